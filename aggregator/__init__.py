@@ -1,0 +1,1 @@
+"""attestfl aggregator package."""

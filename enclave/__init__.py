@@ -1,0 +1,1 @@
+"""attestfl enclave package."""

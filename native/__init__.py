@@ -1,0 +1,1 @@
+"""attestfl native package."""
