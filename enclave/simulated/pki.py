@@ -1,0 +1,276 @@
+"""Simulated vendor PKIs, persisted in a directory: the software TEE's root of trust.
+
+Two hierarchies that mirror the real ones certificate for certificate, so that the
+verifier walks exactly the code paths it walks for hardware evidence:
+
+- AMD style: ARK (RSA-4096, self-signed) -> ASK (RSA-4096) -> VCEK (ECDSA P-384), every
+  RSA signature RSA-PSS/SHA-384 as AMD's; the VCEK carries AMD's extensions
+  (1.3.6.1.4.1.3704.1.2 product name, .1.3.x TCB SPLs, .1.4 hwID).
+- Intel style: root CA -> PCK Platform CA -> PCK leaf (ECDSA P-256), the leaf carrying the
+  SGX extension (1.2.840.113741.1.13.1: PPID, TCB SVNs, PCE-ID, FMSPC, SGX type); a
+  TCB-signing certificate for TCB info and QE identity; CRLs for the root and PCK CAs.
+
+Every certificate's subject carries :data:`attestation.trust.SIMULATED_ORGANIZATION`, so a
+verifier can say "simulated" in its reason. A verifier accepts this evidence only when
+its policy lists the root's fingerprint in ``trusted_simulated_roots``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from asn1crypto import core
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+from attestation.trust import SIMULATED_ORGANIZATION
+
+from . import SimulatedTeeError
+
+AMD_OID = "1.3.6.1.4.1.3704.1"
+SGX_OID = "1.2.840.113741.1.13.1"
+PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+VALIDITY = dt.timedelta(days=3650)
+
+#: The simulated SNP platform's TCB (Milan layout): what the VCEK certifies and reports carry.
+SIM_SNP_TCB = {"bootloader": 4, "tee": 0, "snp": 22, "microcode": 213}
+SIM_SNP_PRODUCT = "Milan-B0"
+#: The simulated TDX platform.
+SIM_SGX_TCB_COMPONENTS = (7, 7, 2, 2, 3, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0)
+SIM_PCESVN = 13
+SIM_PCEID = bytes.fromhex("0000")
+SIM_FMSPC = bytes.fromhex("00a06f0000ff")
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate and the private key of its subject."""
+
+    cert: x509.Certificate
+    key: object
+
+    @property
+    def der(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class AmdPki:
+    ark: Issued
+    ask: Issued
+    vcek: Issued
+    chip_id: bytes  # 64 bytes, the VCEK's hwID
+
+
+@dataclass(frozen=True)
+class IntelPki:
+    root: Issued
+    pck_ca: Issued
+    pck_leaf: Issued
+    tcb_signer: Issued
+    root_crl: x509.CertificateRevocationList
+    pck_crl: x509.CertificateRevocationList
+    ppid: bytes
+
+
+@dataclass(frozen=True)
+class SimulatedPki:
+    directory: Path
+    amd: AmdPki
+    intel: IntelPki
+
+    def trusted_root_fingerprints(self) -> dict[str, str]:
+        """SHA-256 fingerprints a policy lists in ``trusted_simulated_roots`` to trust this TEE."""
+        import hashlib
+
+        return {
+            "sev-snp": hashlib.sha256(self.amd.ark.der).hexdigest(),
+            "tdx": hashlib.sha256(self.intel.root.der).hexdigest(),
+        }
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, SIMULATED_ORGANIZATION),
+        x509.NameAttribute(NameOID.COUNTRY_NAME, "ZZ"),
+    ])
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public_key, now: dt.datetime, ca: bool) -> x509.CertificateBuilder:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    usage = dict(digital_signature=not ca, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                 key_agreement=False, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False)
+    return builder.add_extension(x509.KeyUsage(**usage), critical=True)
+
+
+def _sign(builder: x509.CertificateBuilder, issuer_key) -> x509.Certificate:
+    if isinstance(issuer_key, rsa.RSAPrivateKey):
+        return builder.sign(issuer_key, hashes.SHA384(), rsa_padding=PSS)
+    hash_cls = hashes.SHA384() if issuer_key.curve.key_size >= 384 else hashes.SHA256()
+    return builder.sign(issuer_key, hash_cls)
+
+
+def _der_int(value: int) -> bytes:
+    return core.Integer(value).dump()
+
+
+def vcek_extensions(tcb: dict[str, int], chip_id: bytes, product: str) -> list[x509.UnrecognizedExtension]:
+    """AMD's VCEK extensions: product name, TCB SPLs (DER INTEGERs), hwID (OCTET STRING)."""
+    values = [
+        (f"{AMD_OID}.1", core.IA5String("1").dump()),  # structVersion
+        (f"{AMD_OID}.2", core.IA5String(product).dump()),
+        (f"{AMD_OID}.3.1", _der_int(tcb["bootloader"])),
+        (f"{AMD_OID}.3.2", _der_int(tcb["tee"])),
+        (f"{AMD_OID}.3.3", _der_int(tcb["snp"])),
+        (f"{AMD_OID}.3.8", _der_int(tcb["microcode"])),
+        (f"{AMD_OID}.4", core.OctetString(chip_id).dump()),
+    ]
+    if "fmc" in tcb:
+        values.insert(6, (f"{AMD_OID}.3.9", _der_int(tcb["fmc"])))
+    return [x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value) for oid, value in values]
+
+
+class _SgxEntry(core.Sequence):
+    _fields = [("id", core.ObjectIdentifier), ("value", core.Any)]
+
+
+class _SgxEntries(core.SequenceOf):
+    _child_spec = _SgxEntry
+
+
+class _SgxType(core.Enumerated):
+    _map = {0: "standard", 1: "scalable", 2: "scalable_with_integrity"}
+
+
+def sgx_extension(ppid: bytes, components: tuple[int, ...], pcesvn: int, pceid: bytes, fmspc: bytes) -> x509.UnrecognizedExtension:
+    """Intel's SGX PCK certificate extension, per the Intel SGX PCK Certificate and CRL spec."""
+    tcb = [_SgxEntry({"id": f"{SGX_OID}.2.{i + 1}", "value": core.Integer(svn)}) for i, svn in enumerate(components)]
+    tcb.append(_SgxEntry({"id": f"{SGX_OID}.2.17", "value": core.Integer(pcesvn)}))
+    tcb.append(_SgxEntry({"id": f"{SGX_OID}.2.18", "value": core.OctetString(bytes(components))}))
+    entries = _SgxEntries([
+        _SgxEntry({"id": f"{SGX_OID}.1", "value": core.OctetString(ppid)}),
+        _SgxEntry({"id": f"{SGX_OID}.2", "value": _SgxEntries(tcb)}),
+        _SgxEntry({"id": f"{SGX_OID}.3", "value": core.OctetString(pceid)}),
+        _SgxEntry({"id": f"{SGX_OID}.4", "value": core.OctetString(fmspc)}),
+        _SgxEntry({"id": f"{SGX_OID}.5", "value": _SgxType("standard")}),
+    ])
+    return x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_OID), entries.dump())
+
+
+def _crl(issuer: Issued, now: dt.datetime) -> x509.CertificateRevocationList:
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.cert.subject)
+        .last_update(now - dt.timedelta(days=1))
+        .next_update(now + VALIDITY)
+    )
+    return builder.sign(issuer.key, hashes.SHA256())
+
+
+def _create_amd(now: dt.datetime) -> AmdPki:
+    ark_key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    ark_name = _name("ARK-Milan (simulated)")
+    ark = Issued(_sign(_builder(ark_name, ark_name, ark_key.public_key(), now, True), ark_key), ark_key)
+    ask_key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    ask_name = _name("SEV-Milan (simulated)")
+    ask = Issued(_sign(_builder(ask_name, ark_name, ask_key.public_key(), now, True), ark_key), ask_key)
+    chip_id = secrets.token_bytes(64)
+    vcek_key = ec.generate_private_key(ec.SECP384R1())
+    builder = _builder(_name("SEV-VCEK (simulated)"), ask_name, vcek_key.public_key(), now, False)
+    for ext in vcek_extensions(SIM_SNP_TCB, chip_id, SIM_SNP_PRODUCT):
+        builder = builder.add_extension(ext, critical=False)
+    vcek = Issued(_sign(builder, ask_key), vcek_key)
+    return AmdPki(ark, ask, vcek, chip_id)
+
+
+def _create_intel(now: dt.datetime) -> IntelPki:
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root_name = _name("Intel SGX Root CA (simulated)")
+    root = Issued(_sign(_builder(root_name, root_name, root_key.public_key(), now, True), root_key), root_key)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("Intel SGX PCK Platform CA (simulated)")
+    pck_ca = Issued(_sign(_builder(ca_name, root_name, ca_key.public_key(), now, True), root_key), ca_key)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    ppid = secrets.token_bytes(16)
+    builder = _builder(_name("Intel SGX PCK Certificate (simulated)"), ca_name, leaf_key.public_key(), now, False)
+    builder = builder.add_extension(sgx_extension(ppid, SIM_SGX_TCB_COMPONENTS, SIM_PCESVN, SIM_PCEID, SIM_FMSPC), critical=False)
+    pck_leaf = Issued(_sign(builder, ca_key), leaf_key)
+    signer_key = ec.generate_private_key(ec.SECP256R1())
+    signer = Issued(_sign(_builder(_name("Intel SGX TCB Signing (simulated)"), root_name, signer_key.public_key(), now, False), root_key), signer_key)
+    return IntelPki(root, pck_ca, pck_leaf, signer, _crl(root, now), _crl(pck_ca, now), ppid)
+
+
+_FILES = {
+    "amd": ("ark", "ask", "vcek"),
+    "intel": ("root", "pck_ca", "pck_leaf", "tcb_signer"),
+}
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _save_issued(directory: Path, name: str, issued: Issued) -> None:
+    (directory / f"{name}.pem").write_bytes(issued.pem)
+    key_pem = issued.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    _write_private(directory / f"{name}.key.pem", key_pem)
+
+
+def _load_issued(directory: Path, name: str) -> Issued:
+    cert = x509.load_pem_x509_certificate((directory / f"{name}.pem").read_bytes())
+    key = serialization.load_pem_private_key((directory / f"{name}.key.pem").read_bytes(), password=None)
+    return Issued(cert, key)
+
+
+def load_or_create(directory: str | Path) -> SimulatedPki:
+    """Load the simulated PKIs from ``directory``, creating them on first use."""
+    directory = Path(directory)
+    marker = directory / "simulated-tee.txt"
+    try:
+        if not marker.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
+            now = dt.datetime.now(dt.timezone.utc)
+            amd, intel = _create_amd(now), _create_intel(now)
+            for sub in _FILES:
+                (directory / sub).mkdir(exist_ok=True)
+            for name in _FILES["amd"]:
+                _save_issued(directory / "amd", name, getattr(amd, name))
+            (directory / "amd" / "chip-id.bin").write_bytes(amd.chip_id)
+            for name in _FILES["intel"]:
+                _save_issued(directory / "intel", name, getattr(intel, name))
+            (directory / "intel" / "ppid.bin").write_bytes(intel.ppid)
+            (directory / "intel" / "root-ca-crl.der").write_bytes(intel.root_crl.public_bytes(serialization.Encoding.DER))
+            (directory / "intel" / "pck-crl.der").write_bytes(intel.pck_crl.public_bytes(serialization.Encoding.DER))
+            marker.write_text("attestfl simulated TEE root of trust. Software only: proves nothing about hardware.\n")
+        amd = AmdPki(*(_load_issued(directory / "amd", n) for n in _FILES["amd"]), (directory / "amd" / "chip-id.bin").read_bytes())
+        intel = IntelPki(
+            *(_load_issued(directory / "intel", n) for n in _FILES["intel"]),
+            x509.load_der_x509_crl((directory / "intel" / "root-ca-crl.der").read_bytes()),
+            x509.load_der_x509_crl((directory / "intel" / "pck-crl.der").read_bytes()),
+            (directory / "intel" / "ppid.bin").read_bytes(),
+        )
+    except (OSError, ValueError) as exc:
+        raise SimulatedTeeError(f"simulated TEE directory {directory} is unusable: {exc}") from exc
+    return SimulatedPki(directory, amd, intel)
