@@ -1,0 +1,115 @@
+"""``attestfl evidence verify``: verify evidence and appraise it against a policy.
+
+Exit status: 0 authentic and accepted; 1 rejected; 2 unusable input or usage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from .appraise import MAX_EVIDENCE_BYTES, PLATFORM_CHOICES, EvidenceInputs, appraise_raw
+from .errors import AttestationError, EvidenceTooLargeError
+from .findings import Appraisal
+from .policy import Policy
+from .timeutil import parse_time, utcnow
+
+EXIT_ACCEPTED, EXIT_REJECTED, EXIT_UNUSABLE = 0, 1, 2
+
+
+def read_bounded(path: str | Path, limit: int, what: str) -> bytes:
+    """Read a file, refusing one larger than ``limit`` without reading it whole."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise AttestationError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise EvidenceTooLargeError(f"{what} {path} is larger than {limit} bytes; refused before parsing")
+    return data
+
+
+def parse_nonce(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        return bytes.fromhex(text.strip().removeprefix("0x"))
+    except ValueError as exc:
+        raise AttestationError(f"--nonce is not hex: {text!r}") from exc
+
+
+def add_evidence_commands(subparsers: argparse._SubParsersAction) -> None:
+    evidence = subparsers.add_parser("evidence", help="verify attestation evidence")
+    evidence_sub = evidence.add_subparsers(dest="evidence_command", required=True, metavar="COMMAND")
+    verify = evidence_sub.add_parser(
+        "verify",
+        help="verify an SEV-SNP report, TDX quote or NVIDIA GPU evidence and appraise it",
+        description="Verify evidence (platform detected from the bytes) and appraise it against a policy. "
+        "Exit 0: accepted; 1: rejected; 2: unusable input or usage.",
+    )
+    verify.add_argument("file", help="raw SNP report, TDX quote, GPU evidence (hex or binary) or evidence bundle")
+    verify.add_argument("--cert", action="append", default=[], metavar="FILE", help="VCEK/VLEK (DER or PEM) or GPU certificate chain (PEM) when the evidence does not carry it; repeatable")
+    verify.add_argument("--collateral", metavar="DIR", help="directory of Intel collateral files (see docs/attestation.md)")
+    verify.add_argument("--crl", metavar="FILE", help="AMD CRL (DER or PEM) for SEV-SNP")
+    verify.add_argument("--policy", metavar="FILE", help="policy TOML (default: authenticity required, debug forbidden)")
+    verify.add_argument("--at", metavar="TIME", help="verify as of this ISO-8601 time (default: now)")
+    verify.add_argument("--platform", choices=PLATFORM_CHOICES, default="auto", help="platform of the evidence (default: detected)")
+    verify.add_argument("--nonce", metavar="HEX", help="the nonce you chose (required freshness for GPU evidence)")
+    verify.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    verify.set_defaults(handler=run_verify)
+
+
+def _load_inputs(args: argparse.Namespace) -> EvidenceInputs:
+    certificates = tuple(read_bounded(p, MAX_EVIDENCE_BYTES, "certificate file") for p in args.cert)
+    collateral = None
+    if args.collateral:
+        from .tdx import load_collateral_dir
+
+        collateral = load_collateral_dir(args.collateral)
+    crl = read_bounded(args.crl, MAX_EVIDENCE_BYTES, "CRL file") if args.crl else None
+    return EvidenceInputs(certificates=certificates, tdx_collateral=collateral, snp_crl=crl, nonce=parse_nonce(args.nonce))
+
+
+def run_verify(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    try:
+        at = parse_time(args.at) if args.at else utcnow()
+        policy = Policy.load(args.policy) if args.policy else Policy()
+        data = read_bounded(args.file, MAX_EVIDENCE_BYTES, "evidence file")
+        inputs = _load_inputs(args)
+        appraisal = appraise_raw(data, policy=policy, at=at, inputs=inputs, platform=args.platform)
+    except AttestationError as exc:
+        if args.json:
+            print(json.dumps({"accepted": False, "error": str(exc)}), file=out)
+        print(f"attestfl: error: {exc}", file=err)
+        return EXIT_UNUSABLE
+    if args.json:
+        print(json.dumps(appraisal.to_json_dict(), sort_keys=False), file=out)
+    else:
+        print(render_appraisal(appraisal, at=at.isoformat()), file=out)
+    return EXIT_ACCEPTED if appraisal.accepted else EXIT_REJECTED
+
+
+def _render_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def render_appraisal(appraisal: Appraisal, *, at: str) -> str:
+    simulated = appraisal.claims.get("simulated")
+    head = "ACCEPTED" if appraisal.accepted else "REJECTED"
+    lines = [f"{head}: {appraisal.platform} evidence{' (SIMULATED TEE)' if simulated else ''}, verified as of {at}"]
+    if appraisal.reasons:
+        lines.append(f"{len(appraisal.reasons)} failed check(s):")
+        lines.extend(f"  - {reason}" for reason in appraisal.reasons)
+    for warning in appraisal.warnings:
+        lines.append(f"warning: {warning}")
+    if appraisal.claims:
+        lines.append("claims:")
+        width = max(len(k) for k in appraisal.claims)
+        lines.extend(f"  {key.ljust(width)}  {_render_value(value)}" for key, value in appraisal.claims.items() if key != "measurements")
+        if "measurements" in appraisal.claims:
+            lines.append(f"  {'measurements'.ljust(width)}  {len(appraisal.claims['measurements'])} indices (see --json)")
+    return "\n".join(lines)
