@@ -1,19 +1,311 @@
-"""Appraisal of tdx evidence against a policy (placeholder until implemented)."""
+"""Appraisal of verified TDX evidence against a policy: the ``[tdx]`` section and the common keys.
+
+Each policy key is one check with the check id ``tdx.policy.<key>``; every failed check
+is reported. Byte values are written as lowercase or uppercase hex, exactly as they appear in
+the quote (and in the claims): ``td_attributes`` and ``xfam`` are the 8 quote bytes, i.e. the
+little-endian u64, so TD attributes bit 0 (DEBUG) is the low bit of the first byte.
+
+Common keys (top of the policy file) that apply to TDX:
+
+* ``allow_debug`` — TD attributes bit 0 (DEBUG) set is rejected unless true [tdx.policy.allow_debug].
+* ``report_data`` — REPORTDATA must equal these 64 bytes [tdx.policy.report_data].
+* ``require_collateral`` — TCB info (for the platform's FMSPC), QE identity, PCK CRL and
+  root CA CRL must all be given [tdx.policy.require_collateral].
+* ``max_collateral_age`` — the TCB info's and the QE identity's ``issueDate`` must be no
+  older than this at the verification time [tdx.policy.max_collateral_age].
+
+The ``[tdx]`` section: see :class:`TdxPolicy`; every key is optional and an absent key adds
+no constraint, except the TCB statuses, which have defaults whenever collateral is given.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from .fields import reject_unknown_keys
+from ..errors import PolicyError
+from ..findings import Reason
+from .fields import read_bool, read_hex, read_hex_set, read_int, read_str_set, reject_unknown_keys
+
+if TYPE_CHECKING:
+    from ..abi.tdx import TdxQuote
+    from ..policy import Policy
+    from ..verify.tdx import TdxVerification
 
 SECTION = "tdx"
+
+#: Platform TCB statuses a policy may allow. "Revoked" and "NotSupported" (no TCB level
+#: matches the platform) can never be allowed.
+ALLOWABLE_TCB_STATUSES = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "TDRelaunchAdvised",
+    "TDRelaunchAdvisedConfigurationNeeded",
+)
+#: Used when collateral is given and the policy sets no ``allowed_tcb_statuses``: the
+#: platform is patched; SW hardening or configuration steps may still be advised.
+DEFAULT_TCB_STATUSES = frozenset({"UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded"})
+#: QE TCB statuses a policy may allow ("Revoked" and "NotSupported" never).
+ALLOWABLE_QE_TCB_STATUSES = ("UpToDate", "OutOfDate")
+#: Used when a QE identity is given and the policy sets no ``allowed_qe_tcb_statuses``.
+DEFAULT_QE_TCB_STATUSES = frozenset({"UpToDate"})
+
+_MEASUREMENT_KEYS = (
+    "mr_td",
+    "rtmr0",
+    "rtmr1",
+    "rtmr2",
+    "rtmr3",
+    "mr_config_id",
+    "mr_owner",
+    "mr_owner_config",
+    "mr_seam",
+    "mr_signer_seam",
+)
+_MEASUREMENT_NAMES = {
+    "mr_td": "MRTD",
+    "rtmr0": "RTMR0",
+    "rtmr1": "RTMR1",
+    "rtmr2": "RTMR2",
+    "rtmr3": "RTMR3",
+    "mr_config_id": "MRCONFIGID",
+    "mr_owner": "MROWNER",
+    "mr_owner_config": "MROWNERCONFIG",
+    "mr_seam": "MRSEAM",
+    "mr_signer_seam": "MRSIGNERSEAM",
+}
+
+TD_ATTRIBUTE_SEPT_VE_DISABLE_BIT = 28
+TD_ATTRIBUTE_PERFMON_BIT = 63
 
 
 @dataclass(frozen=True)
 class TdxPolicy:
-    """The [tdx] section of a policy."""
+    """The ``[tdx]`` section of a policy. Every field is one check, ``tdx.policy.<field>``."""
+
+    #: Allowed MRTD values (48-byte hex each): the measurement of the TD's initial contents.
+    mr_td: frozenset[bytes] = frozenset()
+    #: Allowed RTMR0 values (48 bytes): firmware configuration measured at boot.
+    rtmr0: frozenset[bytes] = frozenset()
+    #: Allowed RTMR1 values (48 bytes): OS loader / kernel.
+    rtmr1: frozenset[bytes] = frozenset()
+    #: Allowed RTMR2 values (48 bytes): kernel command line, initrd.
+    rtmr2: frozenset[bytes] = frozenset()
+    #: Allowed RTMR3 values (48 bytes): runtime measurements.
+    rtmr3: frozenset[bytes] = frozenset()
+    #: Allowed MRCONFIGID values (48 bytes): software-defined configuration ID set by the host.
+    mr_config_id: frozenset[bytes] = frozenset()
+    #: Allowed MROWNER values (48 bytes): the TD owner's ID.
+    mr_owner: frozenset[bytes] = frozenset()
+    #: Allowed MROWNERCONFIG values (48 bytes): owner-defined configuration.
+    mr_owner_config: frozenset[bytes] = frozenset()
+    #: Allowed MRSEAM values (48 bytes): the measurement of the TDX module.
+    mr_seam: frozenset[bytes] = frozenset()
+    #: Allowed MRSIGNERSEAM values (48 bytes): the TDX module's signer (zero for Intel's module).
+    mr_signer_seam: frozenset[bytes] = frozenset()
+    #: Minimum TEE_TCB_SVN (16-byte hex), compared component by component (every byte of
+    #: the quote's TEE_TCB_SVN must be >= the corresponding byte).
+    minimum_tee_tcb_svn: bytes | None = None
+    #: Platform TCB statuses accepted (Intel's TDX TCB status from the TCB info). Unset:
+    #: when collateral is given, UpToDate, SWHardeningNeeded, ConfigurationNeeded and
+    #: ConfigurationAndSWHardeningNeeded are accepted; without collateral nothing is
+    #: checked. Set explicitly, a TCB status is required (a quote without a TCB info for its
+    #: platform is rejected). Revoked and NotSupported are never accepted.
+    allowed_tcb_statuses: frozenset[str] | None = None
+    #: QE TCB statuses accepted (from the QE identity). Unset: UpToDate when a QE identity
+    #: is given, nothing checked without one. Set explicitly, a QE identity is required.
+    allowed_qe_tcb_statuses: frozenset[str] | None = None
+    #: Allowed TD attributes values (8-byte hex, quote byte order).
+    td_attributes: frozenset[bytes] = frozenset()
+    #: TD attributes bits that must be zero (8-byte hex mask, quote byte order).
+    td_attributes_forbidden: bytes | None = None
+    #: Accept TD attributes bit 63 (PERFMON: the TD may use performance monitoring).
+    allow_perfmon: bool = True
+    #: Require TD attributes bit 28 (SEPT_VE_DISABLE: no #VE on pending private pages).
+    require_sept_ve_disable: bool = False
+    #: Allowed XFAM values (8-byte hex, quote byte order): the extended features the TD may use.
+    xfam: frozenset[bytes] = frozenset()
+    #: XFAM bits that must be zero (8-byte hex mask, quote byte order).
+    xfam_forbidden: bytes | None = None
+    #: Allowed FMSPC values (6-byte hex) from the PCK certificate: the platform family.
+    fmspc: frozenset[bytes] = frozenset()
+    #: Minimum quote version (4 or 5).
+    minimum_quote_version: int | None = None
+    #: Required QE vendor ID (16-byte hex); Intel's QE is 939a7233f79c4ca9940a0db3957f0607.
+    qe_vendor_id: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.allowed_tcb_statuses is not None:
+            bad = sorted(set(self.allowed_tcb_statuses) - set(ALLOWABLE_TCB_STATUSES))
+            if bad:
+                raise PolicyError(f"[{SECTION}] allowed_tcb_statuses: {', '.join(bad)} can never be allowed; allowed: {', '.join(ALLOWABLE_TCB_STATUSES)}")
+        if self.allowed_qe_tcb_statuses is not None:
+            bad = sorted(set(self.allowed_qe_tcb_statuses) - set(ALLOWABLE_QE_TCB_STATUSES))
+            if bad:
+                raise PolicyError(f"[{SECTION}] allowed_qe_tcb_statuses: {', '.join(bad)} can never be allowed; allowed: {', '.join(ALLOWABLE_QE_TCB_STATUSES)}")
+        if self.minimum_quote_version is not None and self.minimum_quote_version not in (4, 5):
+            raise PolicyError(f"[{SECTION}] minimum_quote_version: expected 4 or 5, got {self.minimum_quote_version}")
 
     @classmethod
     def from_table(cls, table: dict[str, Any]) -> "TdxPolicy":
-        reject_unknown_keys(table, (), SECTION)
-        return cls()
+        keys = tuple(f.name for f in fields(cls))
+        reject_unknown_keys(table, keys, SECTION)
+        measurements = {key: read_hex_set(table, key, SECTION, 48) for key in _MEASUREMENT_KEYS}
+        tcb_statuses = None
+        if "allowed_tcb_statuses" in table:
+            tcb_statuses = read_str_set(table, "allowed_tcb_statuses", SECTION, ALLOWABLE_TCB_STATUSES)
+            if not tcb_statuses:
+                raise PolicyError(f"[{SECTION}] allowed_tcb_statuses: the list is empty, which accepts nothing")
+        qe_statuses = None
+        if "allowed_qe_tcb_statuses" in table:
+            qe_statuses = read_str_set(table, "allowed_qe_tcb_statuses", SECTION, ALLOWABLE_QE_TCB_STATUSES)
+            if not qe_statuses:
+                raise PolicyError(f"[{SECTION}] allowed_qe_tcb_statuses: the list is empty, which accepts nothing")
+        return cls(
+            **measurements,
+            minimum_tee_tcb_svn=read_hex(table, "minimum_tee_tcb_svn", SECTION, 16),
+            allowed_tcb_statuses=tcb_statuses,
+            allowed_qe_tcb_statuses=qe_statuses,
+            td_attributes=read_hex_set(table, "td_attributes", SECTION, 8),
+            td_attributes_forbidden=read_hex(table, "td_attributes_forbidden", SECTION, 8),
+            allow_perfmon=read_bool(table, "allow_perfmon", SECTION, True),
+            require_sept_ve_disable=read_bool(table, "require_sept_ve_disable", SECTION, False),
+            xfam=read_hex_set(table, "xfam", SECTION, 8),
+            xfam_forbidden=read_hex(table, "xfam_forbidden", SECTION, 8),
+            fmspc=read_hex_set(table, "fmspc", SECTION, 6),
+            minimum_quote_version=read_int(table, "minimum_quote_version", SECTION, None, minimum=4, maximum=5),
+            qe_vendor_id=read_hex(table, "qe_vendor_id", SECTION, 16),
+        )
+
+
+def _check(key: str) -> str:
+    return f"tdx.policy.{key}"
+
+
+def _allowed_list(values: frozenset[bytes]) -> str:
+    return ", ".join(sorted(v.hex() for v in values))
+
+
+def _common_reasons(quote: "TdxQuote", verification: "TdxVerification", policy: "Policy", at: datetime) -> list[Reason]:
+    reasons = []
+    # allow_debug: TD attributes bit 0.
+    if quote.body.debug and not policy.allow_debug:
+        reasons.append(Reason(_check("allow_debug"), "the TD runs in debug mode (TD attributes bit 0 DEBUG is set) and the policy forbids debug"))
+    # report_data: binding of the quote to the relying party's key/nonce.
+    if policy.report_data is not None and quote.body.report_data != policy.report_data:
+        reasons.append(Reason(_check("report_data"), f"REPORTDATA {quote.body.report_data.hex()} differs from the required {policy.report_data.hex()}"))
+    # require_collateral: every part of the collateral must be there.
+    if policy.require_collateral and verification.missing_collateral:
+        reasons.append(Reason(_check("require_collateral"), f"the policy requires collateral, but these parts are missing: {', '.join(verification.missing_collateral)}"))
+    # max_collateral_age: issueDate of the TCB info and the QE identity.
+    if policy.max_collateral_age is not None:
+        for name, issued in verification.collateral_issue_dates:
+            age = at - issued
+            if age > policy.max_collateral_age:
+                reasons.append(
+                    Reason(
+                        _check("max_collateral_age"),
+                        f"the {name} was issued {issued.isoformat()}, {age} before the verification time, older than the allowed {policy.max_collateral_age}",
+                    )
+                )
+    return reasons
+
+
+def _bits_set(value: bytes, mask: bytes) -> list[int]:
+    combined = int.from_bytes(value, "little") & int.from_bytes(mask, "little")
+    return [bit for bit in range(64) if combined >> bit & 1]
+
+
+def validate_tdx(quote: "TdxQuote", verification: "TdxVerification", policy: "Policy", *, at: datetime) -> list[Reason]:
+    """Every policy check on a verified quote; returns every failure (empty: accepted by policy).
+
+    The checks, in order: the common keys (``allow_debug``, ``report_data``,
+    ``require_collateral``, ``max_collateral_age``), then each :class:`TdxPolicy` field:
+    measurements (``mr_td`` ... ``mr_signer_seam``: the value must be one of the listed
+    ones), ``minimum_tee_tcb_svn``, ``allowed_tcb_statuses``, ``allowed_qe_tcb_statuses``,
+    ``td_attributes``, ``td_attributes_forbidden``, ``allow_perfmon``,
+    ``require_sept_ve_disable``, ``xfam``, ``xfam_forbidden``, ``fmspc``,
+    ``minimum_quote_version``, ``qe_vendor_id``.
+    """
+    tdx = policy.tdx
+    body = quote.body
+    reasons = _common_reasons(quote, verification, policy, at)
+
+    for key in _MEASUREMENT_KEYS:
+        allowed: frozenset[bytes] = getattr(tdx, key)
+        value: bytes = getattr(body, key)
+        if allowed and value not in allowed:
+            reasons.append(Reason(_check(key), f"{_MEASUREMENT_NAMES[key]} {value.hex()} is not among the allowed values ({_allowed_list(allowed)})"))
+
+    if tdx.minimum_tee_tcb_svn is not None:
+        low = [i for i in range(16) if body.tee_tcb_svn[i] < tdx.minimum_tee_tcb_svn[i]]
+        if low:
+            reasons.append(
+                Reason(
+                    _check("minimum_tee_tcb_svn"),
+                    f"TEE_TCB_SVN {body.tee_tcb_svn.hex()} is below the minimum {tdx.minimum_tee_tcb_svn.hex()} in component(s) {', '.join(map(str, low))}",
+                )
+            )
+
+    tcb = verification.tcb
+    if tcb is not None:
+        allowed_statuses = tdx.allowed_tcb_statuses if tdx.allowed_tcb_statuses is not None else DEFAULT_TCB_STATUSES
+        if tcb.status not in allowed_statuses:
+            reasons.append(
+                Reason(
+                    _check("allowed_tcb_statuses"),
+                    f"platform TCB status {tcb.status} is not allowed (allowed: {', '.join(sorted(allowed_statuses))}): {tcb.detail}",
+                )
+            )
+    elif tdx.allowed_tcb_statuses is not None:
+        reasons.append(
+            Reason(_check("allowed_tcb_statuses"), "the policy requires a TCB status, but no TCB info for this platform was given, so the TCB cannot be appraised")
+        )
+
+    if verification.qe_tcb_status is not None:
+        allowed_qe = tdx.allowed_qe_tcb_statuses if tdx.allowed_qe_tcb_statuses is not None else DEFAULT_QE_TCB_STATUSES
+        if verification.qe_tcb_status not in allowed_qe:
+            reasons.append(
+                Reason(
+                    _check("allowed_qe_tcb_statuses"),
+                    f"QE TCB status {verification.qe_tcb_status} (QE ISVSVN {quote.qe_report.isv_svn}) is not allowed (allowed: {', '.join(sorted(allowed_qe))})",
+                )
+            )
+    elif tdx.allowed_qe_tcb_statuses is not None:
+        reasons.append(Reason(_check("allowed_qe_tcb_statuses"), "the policy requires a QE TCB status, but no QE identity was given"))
+
+    if tdx.td_attributes and body.td_attributes not in tdx.td_attributes:
+        reasons.append(Reason(_check("td_attributes"), f"TD attributes {body.td_attributes.hex()} are not among the allowed values ({_allowed_list(tdx.td_attributes)})"))
+    if tdx.td_attributes_forbidden is not None:
+        bits = _bits_set(body.td_attributes, tdx.td_attributes_forbidden)
+        if bits:
+            reasons.append(Reason(_check("td_attributes_forbidden"), f"TD attributes {body.td_attributes.hex()} set forbidden bit(s) {', '.join(map(str, bits))}"))
+    if not tdx.allow_perfmon and body.td_attributes_value >> TD_ATTRIBUTE_PERFMON_BIT & 1:
+        reasons.append(Reason(_check("allow_perfmon"), "TD attributes bit 63 (PERFMON) is set and the policy forbids it"))
+    if tdx.require_sept_ve_disable and not body.td_attributes_value >> TD_ATTRIBUTE_SEPT_VE_DISABLE_BIT & 1:
+        reasons.append(Reason(_check("require_sept_ve_disable"), "TD attributes bit 28 (SEPT_VE_DISABLE) is clear and the policy requires it"))
+
+    if tdx.xfam and body.xfam not in tdx.xfam:
+        reasons.append(Reason(_check("xfam"), f"XFAM {body.xfam.hex()} is not among the allowed values ({_allowed_list(tdx.xfam)})"))
+    if tdx.xfam_forbidden is not None:
+        bits = _bits_set(body.xfam, tdx.xfam_forbidden)
+        if bits:
+            reasons.append(Reason(_check("xfam_forbidden"), f"XFAM {body.xfam.hex()} sets forbidden bit(s) {', '.join(map(str, bits))}"))
+
+    if tdx.fmspc:
+        fmspc = verification.fmspc
+        if fmspc is None:
+            reasons.append(Reason(_check("fmspc"), "the platform's FMSPC is unknown (no usable PCK certificate)"))
+        elif fmspc not in tdx.fmspc:
+            reasons.append(Reason(_check("fmspc"), f"FMSPC {fmspc.hex()} is not among the allowed values ({_allowed_list(tdx.fmspc)})"))
+
+    if tdx.minimum_quote_version is not None and quote.version < tdx.minimum_quote_version:
+        reasons.append(Reason(_check("minimum_quote_version"), f"quote version {quote.version} is below the minimum {tdx.minimum_quote_version}"))
+
+    if tdx.qe_vendor_id is not None and quote.header.qe_vendor_id != tdx.qe_vendor_id:
+        reasons.append(Reason(_check("qe_vendor_id"), f"QE vendor ID {quote.header.qe_vendor_id.hex()} differs from the required {tdx.qe_vendor_id.hex()}"))
+    return reasons

@@ -1,0 +1,192 @@
+"""Intel TDX: verify a DCAP quote (v4 or v5), with optional Intel collateral, and appraise it.
+
+Collateral directory (``attestfl evidence verify --collateral DIR``), every file optional:
+
+=================================  =========================================================
+``tcb-info-fmspc-<fmspc>.json``    TDX TCB info v3 for one platform (FMSPC in lowercase or
+                                   uppercase hex, 12 digits); several may be present, the one
+                                   matching the PCK certificate's FMSPC is used
+``tcb-info.json``                  a TCB info without the FMSPC in its name (used likewise)
+``tcb-info-issuer-chain.pem``      TCB info signing certificate + Intel SGX Root CA (PEM)
+``qe-identity.json``               TD_QE identity v2
+``qe-identity-issuer-chain.pem``   QE identity signing certificate + root (PEM)
+``pck-platform-crl.der``           PCK Platform CA CRL (DER or PEM)
+``pck-processor-crl.der``          PCK Processor CA CRL (DER or PEM)
+``pck-crl.der``                    a PCK CRL of either CA (DER or PEM)
+``pck-crl-issuer-chain.pem``       the PCK CRL issuer (Platform/Processor CA) + root (PEM)
+``root-ca-crl.der``                Intel SGX Root CA CRL (DER or PEM)
+=================================  =========================================================
+
+These are the bodies and the ``*-Issuer-Chain`` headers Intel PCS returns for
+``/tdx/certification/v4/tcb``, ``/tdx/certification/v4/qe/identity``,
+``/sgx/certification/v4/pckcrl`` and the root CA CRL. Verification never fetches anything.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .abi.tdx import TdxQuote, parse_quote
+from .abi.tdx_collateral import (
+    MAX_COLLATERAL_JSON_BYTES,
+    TdxCollateral,
+    TcbInfoDocument,
+    parse_qe_identity,
+    parse_tcb_info,
+)
+from .abi.x509 import MAX_CERT_INPUT_BYTES, Certificate, RevocationList, parse_certificates, parse_crl
+from .errors import CertificateFormatError, CollateralFormatError
+from .findings import Appraisal
+from .policy import Policy
+from .timeutil import as_utc
+from .validate.tdx import validate_tdx
+from .verify.tdx import TdxVerification, verify_tdx_quote
+
+PLATFORM = "tdx"
+
+TCB_INFO_FILE = "tcb-info.json"
+TCB_INFO_FMSPC_PATTERN = re.compile(r"tcb-info-fmspc-([0-9a-fA-F]{12})\.json")
+TCB_INFO_ISSUER_CHAIN_FILE = "tcb-info-issuer-chain.pem"
+QE_IDENTITY_FILE = "qe-identity.json"
+QE_IDENTITY_ISSUER_CHAIN_FILE = "qe-identity-issuer-chain.pem"
+PCK_CRL_FILES = ("pck-platform-crl.der", "pck-processor-crl.der", "pck-crl.der")
+PCK_CRL_ISSUER_CHAIN_FILE = "pck-crl-issuer-chain.pem"
+ROOT_CA_CRL_FILE = "root-ca-crl.der"
+#: At most this many TCB info files are read from one directory.
+MAX_TCB_INFO_FILES = 64
+MAX_CRL_BYTES = 4 * MAX_CERT_INPUT_BYTES
+
+
+def _read_limited(path: Path, limit: int) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise CollateralFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise CollateralFormatError(f"{path}: over the {limit}-byte limit for this collateral file")
+    return data
+
+
+def _certificates(path: Path) -> tuple[Certificate, ...]:
+    try:
+        return tuple(parse_certificates(_read_limited(path, MAX_CERT_INPUT_BYTES)))
+    except CertificateFormatError as exc:
+        raise CollateralFormatError(f"{path}: not a certificate chain: {exc}") from exc
+
+
+def _crl(path: Path) -> RevocationList:
+    try:
+        return parse_crl(_read_limited(path, MAX_CRL_BYTES))
+    except CertificateFormatError as exc:
+        raise CollateralFormatError(f"{path}: not a CRL: {exc}") from exc
+
+
+def _json(path: Path, parse: Any) -> Any:
+    try:
+        return parse(_read_limited(path, MAX_COLLATERAL_JSON_BYTES))
+    except CollateralFormatError as exc:
+        raise CollateralFormatError(f"{path}: {exc}") from exc
+
+
+def load_collateral_dir(path: str | Path) -> TdxCollateral:
+    """Load Intel collateral from a directory, by the file names in this module's docstring.
+
+    Raises :class:`CollateralFormatError` for a missing directory, a directory with none
+    of the documented files, an oversized or malformed file, or a TCB info whose FMSPC
+    differs from its file name.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CollateralFormatError(f"{directory}: not a directory of collateral files")
+    try:
+        names = sorted(entry.name for entry in directory.iterdir())
+    except OSError as exc:
+        raise CollateralFormatError(f"{directory}: cannot list: {exc.strerror or exc}") from exc
+
+    tcb_infos: list[TcbInfoDocument] = []
+    tcb_info_files = [n for n in names if n == TCB_INFO_FILE or TCB_INFO_FMSPC_PATTERN.fullmatch(n)]
+    if len(tcb_info_files) > MAX_TCB_INFO_FILES:
+        raise CollateralFormatError(f"{directory}: {len(tcb_info_files)} TCB info files, more than {MAX_TCB_INFO_FILES}")
+    for name in tcb_info_files:
+        document: TcbInfoDocument = _json(directory / name, parse_tcb_info)
+        match = TCB_INFO_FMSPC_PATTERN.fullmatch(name)
+        fmspc = document.tcb_info.fmspc
+        if match and bytes.fromhex(match.group(1)) != fmspc:
+            raise CollateralFormatError(f"{directory / name}: the TCB info is for FMSPC {fmspc.hex()}, not the one its name says")
+        if any(other.tcb_info.fmspc == fmspc for other in tcb_infos):
+            raise CollateralFormatError(f"{directory}: more than one TCB info for FMSPC {fmspc.hex()}")
+        tcb_infos.append(document)
+
+    def optional(name: str, load: Any) -> Any:
+        return load(directory / name) if name in names else None
+
+    qe_identity = optional(QE_IDENTITY_FILE, lambda p: _json(p, parse_qe_identity))
+    pck_crls = tuple(_crl(directory / name) for name in PCK_CRL_FILES if name in names)
+    collateral = TdxCollateral(
+        tcb_infos=tuple(tcb_infos),
+        tcb_info_issuer_chain=optional(TCB_INFO_ISSUER_CHAIN_FILE, _certificates) or (),
+        qe_identity=qe_identity,
+        qe_identity_issuer_chain=optional(QE_IDENTITY_ISSUER_CHAIN_FILE, _certificates) or (),
+        pck_crls=pck_crls,
+        pck_crl_issuer_chain=optional(PCK_CRL_ISSUER_CHAIN_FILE, _certificates) or (),
+        root_ca_crl=optional(ROOT_CA_CRL_FILE, _crl),
+    )
+    if collateral.is_empty and not (collateral.tcb_info_issuer_chain or collateral.qe_identity_issuer_chain or collateral.pck_crl_issuer_chain):
+        expected = [TCB_INFO_FILE, "tcb-info-fmspc-<fmspc>.json", QE_IDENTITY_FILE, *PCK_CRL_FILES, ROOT_CA_CRL_FILE]
+        raise CollateralFormatError(f"{directory}: no collateral files found (expected some of: {', '.join(expected)})")
+    return collateral
+
+
+def tdx_claims(quote: TdxQuote, verification: TdxVerification) -> dict[str, Any]:
+    """The claims of a quote: the issue's keys (byte fields as lowercase hex) plus
+    ``simulated`` and, when collateral is given, ``tcb_status`` and ``qe_tcb_status``."""
+    body = quote.body
+    fmspc = verification.fmspc
+    claims: dict[str, Any] = {
+        "version": quote.version,
+        "tee_tcb_svn": body.tee_tcb_svn.hex(),
+        "mr_seam": body.mr_seam.hex(),
+        "mr_signer_seam": body.mr_signer_seam.hex(),
+        "seam_attributes": body.seam_attributes.hex(),
+        "td_attributes": body.td_attributes.hex(),
+        "debug": body.debug,
+        "xfam": body.xfam.hex(),
+        "mr_td": body.mr_td.hex(),
+        "mr_config_id": body.mr_config_id.hex(),
+        "mr_owner": body.mr_owner.hex(),
+        "mr_owner_config": body.mr_owner_config.hex(),
+        "rtmr0": body.rtmr0.hex(),
+        "rtmr1": body.rtmr1.hex(),
+        "rtmr2": body.rtmr2.hex(),
+        "rtmr3": body.rtmr3.hex(),
+        "report_data": body.report_data.hex(),
+        "fmspc": None if fmspc is None else fmspc.hex(),
+    }
+    if verification.collateral_given:
+        claims["tcb_status"] = verification.tcb_status
+        claims["qe_tcb_status"] = verification.qe_tcb_status
+    claims["simulated"] = verification.simulated
+    return claims
+
+
+def appraise_tdx(
+    quote: bytes,
+    *,
+    collateral: TdxCollateral | None = None,
+    policy: Policy,
+    at: datetime,
+) -> Appraisal:
+    """Parse, verify and appraise a TDX quote.
+
+    Raises :class:`~attestation.errors.EvidenceFormatError` (or ``EvidenceTooLargeError``)
+    when the bytes are not a quote. Otherwise returns an :class:`Appraisal` listing every
+    failed authenticity, collateral and policy check, with the claims either way.
+    """
+    at = as_utc(at)
+    parsed = parse_quote(quote)
+    verification = verify_tdx_quote(parsed, collateral=collateral, at=at, trusted_simulated_roots=policy.trusted_simulated_roots)
+    reasons = list(verification.reasons) + validate_tdx(parsed, verification, policy, at=at)
+    return Appraisal(PLATFORM, tdx_claims(parsed, verification), tuple(reasons), verification.warnings)
