@@ -171,6 +171,7 @@ def test_policy_table_is_read_and_checked(rims: dict[str, Path]) -> None:
     assert policy.measurements[12] == {bytes(48), b"\x11" * 48}
     assert len(policy.driver_rims) == 2 and policy.uses_rims
     assert GpuPolicy.from_table({}) == GpuPolicy()
+    assert isinstance(hash(policy), int) and isinstance(hash(Policy(gpu=policy)), int)
 
 
 @pytest.mark.parametrize(

@@ -119,6 +119,13 @@ class GpuPolicy:
         object.__setattr__(self, "allowed_vbios_versions", frozenset(v.lower() for v in self.allowed_vbios_versions))
         object.__setattr__(self, "measurements", MappingProxyType(dict(self.measurements)))
 
+    def __hash__(self) -> int:  # the measurements mapping is not hashable by itself
+        return hash((
+            self.allowed_architectures, self.allowed_driver_versions, self.allowed_vbios_versions,
+            self.require_nonce, self.protected_pcie, self.driver_rims, self.vbios_rims,
+            frozenset(self.measurements.items()),
+        ))
+
     @property
     def uses_rims(self) -> bool:
         return bool(self.driver_rims or self.vbios_rims)
