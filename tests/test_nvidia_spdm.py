@@ -248,6 +248,10 @@ def test_builder_rejects_impossible_values() -> None:
         _response(signature=bytes(95)).to_bytes()
     with pytest.raises(EvidenceFormatError, match="index"):
         MeasurementBlock(256, 1, b"").to_bytes()
+    with pytest.raises(EvidenceFormatError, match="param2"):
+        MeasurementRequest(0x11, 1, 300, bytes(32), 0).to_bytes()
+    with pytest.raises(EvidenceFormatError, match="blocks"):
+        _response(blocks=tuple(MeasurementBlock(i % 256, 1, b"") for i in range(256))).to_bytes()
 
 
 @settings(max_examples=300, deadline=None)

@@ -168,6 +168,13 @@ def _u16(data: bytes, offset: int) -> int:
     return int.from_bytes(data[offset:offset + 2], "little")
 
 
+def _header_bytes(what: str, **values: int) -> bytes:
+    for name, value in values.items():
+        if not 0 <= value <= 0xFF:
+            raise EvidenceFormatError(f"{what} {name}: {value} is not a byte")
+    return bytes(values.values())
+
+
 def _need(data: bytes, offset: int, size: int, what: str) -> None:
     if offset + size > len(data):
         raise EvidenceFormatError(
@@ -199,7 +206,8 @@ class MeasurementRequest:
     def to_bytes(self) -> bytes:
         if len(self.nonce) != NONCE_SIZE:
             raise EvidenceFormatError(f"request nonce: must be {NONCE_SIZE} bytes, got {len(self.nonce)}")
-        return bytes([self.version, GET_MEASUREMENTS, self.param1, self.param2]) + self.nonce + bytes([self.slot_id_param])
+        header = _header_bytes("request", version=self.version, code=GET_MEASUREMENTS, param1=self.param1, param2=self.param2)
+        return header + self.nonce + _header_bytes("request", slot_id_param=self.slot_id_param)
 
     @classmethod
     def for_nonce(cls, nonce: bytes, *, slot_id: int = 0) -> "MeasurementRequest":
@@ -241,8 +249,7 @@ class MeasurementBlock:
         return bool(self.value_type & 0x80)
 
     def to_bytes(self) -> bytes:
-        if not 0 <= self.index <= 0xFF:
-            raise EvidenceFormatError(f"measurement block index {self.index} is not a byte")
+        _header_bytes("measurement block", index=self.index, specification=self.specification, value_type=self.value_type)
         dmtf = bytes([self.value_type]) + len(self.value).to_bytes(2, "little") + self.value
         if len(dmtf) > 0xFFFF:
             raise EvidenceFormatError(f"measurement block {self.index}: value of {len(self.value)} bytes is too long")
@@ -474,7 +481,7 @@ class MeasurementsResponse:
         if len(opaque) > 0xFFFF:
             raise EvidenceFormatError("OpaqueLength: opaque data does not fit 16 bits")
         return (
-            bytes([self.version, MEASUREMENTS, self.param1, self.param2, len(self.blocks)])
+            _header_bytes("response", version=self.version, code=MEASUREMENTS, param1=self.param1, param2=self.param2, blocks=len(self.blocks))
             + len(record).to_bytes(3, "little")
             + record
             + self.responder_nonce
