@@ -8,10 +8,9 @@ import pytest
 from asn1crypto.pem import armor
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import padding
 
-from attestation.abi.snp import SIGNED_SIZE, encode_report, flags_word, new_report, parse_report, with_signature
+from attestation.abi.snp import SIGNED_SIZE, flags_word, parse_report
 from attestation.abi.x509 import parse_certificate
 from attestation.errors import CertificateFormatError, EvidenceFormatError
 from attestation.findings import Appraisal
@@ -20,6 +19,7 @@ from attestation.snp import appraise_snp
 from attestation.timeutil import parse_time
 from attestation.verify.snp import verify_snp_report
 from enclave.simulated.pki import SIM_SNP_TCB, SimulatedPki, load_or_create
+from snp_factory import sign_report, sim_chain, tcb_bytes, trusting
 
 AT = parse_time("2024-01-01T00:00:00Z")
 DEBUG_OK = Policy(allow_debug=True)
@@ -135,31 +135,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> SimulatedPki:
     return load_or_create(tmp_path_factory.mktemp("sim-tee"))
 
 
-def _tcb_bytes(tcb: dict[str, int]) -> bytes:
-    return bytes([tcb["bootloader"], tcb["tee"], 0, 0, 0, 0, tcb["snp"], tcb["microcode"]])
-
-
-def sign_report(pki: SimulatedPki, **fields: object) -> bytes:
-    tcb = _tcb_bytes(SIM_SNP_TCB)
-    values: dict[str, object] = dict(
-        version=3, cpuid_fam_id=0x19, cpuid_mod_id=0x01, chip_id=pki.amd.chip_id, current_tcb_raw=tcb,
-        reported_tcb_raw=tcb, committed_tcb_raw=tcb, launch_tcb_raw=tcb, current_major=1, current_minor=55,
-        current_build=21, committed_major=1, committed_minor=55, committed_build=21, policy=0x30000,
-    )
-    values.update(fields)
-    unsigned = encode_report(new_report(**values))
-    r, s = decode_dss_signature(pki.amd.vcek.key.sign(unsigned[:SIGNED_SIZE], ec.ECDSA(hashes.SHA384())))
-    return with_signature(unsigned, r, s)
-
-
-def sim_chain(pki: SimulatedPki) -> tuple[bytes, ...]:
-    return (pki.amd.vcek.der, pki.amd.ask.pem + pki.amd.ark.pem)
-
-
-def trusting(pki: SimulatedPki, **kwargs: object) -> Policy:
-    return Policy(trusted_simulated_roots=frozenset({pki.trusted_root_fingerprints()["sev-snp"]}), **kwargs)  # type: ignore[arg-type]
-
-
 def test_simulated_report_needs_its_root_trusted(pki: SimulatedPki, tmp_path: Path) -> None:
     report = sign_report(pki)
     now = dt.datetime.now(dt.timezone.utc)
@@ -188,7 +163,7 @@ def test_real_vcek_does_not_verify_a_simulated_report(pki: SimulatedPki, vcek: b
 def test_tcb_and_chip_id_must_match_the_vcek(pki: SimulatedPki) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     lower = dict(SIM_SNP_TCB, snp=SIM_SNP_TCB["snp"] - 1)
-    report = sign_report(pki, reported_tcb_raw=_tcb_bytes(lower), chip_id=bytes(range(64)))
+    report = sign_report(pki, reported_tcb_raw=tcb_bytes(lower), chip_id=bytes(range(64)))
     appraisal = appraise_snp(report, certificates=sim_chain(pki), policy=trusting(pki), at=now)
     assert checks(appraisal) == {"snp.cert.tcb", "snp.cert.hwid"}
     masked = sign_report(pki, chip_id=bytes(64), flags=flags_word(mask_chip_key=True))
