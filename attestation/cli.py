@@ -49,7 +49,13 @@ def add_evidence_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Verify evidence (platform detected from the bytes) and appraise it against a policy. "
         "Exit 0: accepted; 1: rejected; 2: unusable input or usage.",
     )
-    verify.add_argument("file", help="raw SNP report, TDX quote, GPU evidence (hex or binary) or evidence bundle")
+    verify.add_argument("file", nargs="?", help="raw SNP report, TDX quote, GPU evidence (hex or binary) or evidence bundle")
+    verify.add_argument(
+        "--example",
+        action="store_true",
+        help="verify the shipped example: a real AMD Milan SEV-SNP report and its VCEK, as of "
+        f"{EXAMPLE_AT}, under the shipped example policy (FILE, --cert, --at and --policy may override)",
+    )
     verify.add_argument("--cert", action="append", default=[], metavar="FILE", help="VCEK/VLEK (DER or PEM) or GPU certificate chain (PEM) when the evidence does not carry it; repeatable")
     verify.add_argument("--collateral", metavar="DIR", help="directory of Intel collateral files (see docs/attestation.md)")
     verify.add_argument("--crl", metavar="FILE", help="AMD CRL (DER or PEM) for SEV-SNP")
@@ -59,6 +65,20 @@ def add_evidence_commands(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--nonce", metavar="HEX", help="the nonce you chose (required freshness for GPU evidence)")
     verify.add_argument("--json", action="store_true", help="print exactly one JSON object")
     verify.set_defaults(handler=run_verify)
+
+
+EXAMPLE_AT = "2024-01-01T00:00:00Z"
+
+
+def _apply_example(args: argparse.Namespace) -> None:
+    """Fill in the shipped example's evidence, certificate, time and policy where not given."""
+    from importlib import resources
+
+    examples = resources.files("attestation").joinpath("examples")
+    args.file = args.file or str(examples.joinpath("milan-report-v2.bin"))
+    args.cert = args.cert or [str(examples.joinpath("milan-report-v2.vcek.der"))]
+    args.at = args.at or EXAMPLE_AT
+    args.policy = args.policy or str(examples.joinpath("milan-example-policy.toml"))
 
 
 def _load_inputs(args: argparse.Namespace) -> EvidenceInputs:
@@ -72,7 +92,14 @@ def _load_inputs(args: argparse.Namespace) -> EvidenceInputs:
     return EvidenceInputs(certificates=certificates, tdx_collateral=collateral, snp_crl=crl, nonce=parse_nonce(args.nonce))
 
 
-def run_verify(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run_verify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    if args.example:
+        _apply_example(args)
+    elif not args.file:
+        print("attestfl: error: FILE is required (or --example for the shipped example)", file=err)
+        return EXIT_UNUSABLE
     try:
         at = parse_time(args.at) if args.at else utcnow()
         policy = Policy.load(args.policy) if args.policy else Policy()

@@ -228,12 +228,5 @@ def decode_der_integer(value: bytes) -> int:
         raise CertificateFormatError(f"not a DER INTEGER: {exc}") from exc
 
 
-def decode_der_octet_string(value: bytes) -> bytes:
-    try:
-        return bytes(core.OctetString.load(value, strict=True).native)
-    except (ValueError, TypeError) as exc:
-        raise CertificateFormatError(f"not a DER OCTET STRING: {exc}") from exc
-
-
 def pem_encode_certificates(certs: Iterable[Certificate]) -> bytes:
     return b"".join(pem.armor("CERTIFICATE", c.der) for c in certs)

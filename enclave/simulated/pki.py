@@ -134,7 +134,7 @@ def _der_int(value: int) -> bytes:
 
 
 def vcek_extensions(tcb: dict[str, int], chip_id: bytes, product: str) -> list[x509.UnrecognizedExtension]:
-    """AMD's VCEK extensions: product name, TCB SPLs (DER INTEGERs), hwID (OCTET STRING)."""
+    """AMD's VCEK extensions: product name (IA5String), TCB SPLs (DER INTEGERs), hwID (the raw 64 bytes)."""
     values = [
         (f"{AMD_OID}.1", core.IA5String("1").dump()),  # structVersion
         (f"{AMD_OID}.2", core.IA5String(product).dump()),
@@ -142,7 +142,7 @@ def vcek_extensions(tcb: dict[str, int], chip_id: bytes, product: str) -> list[x
         (f"{AMD_OID}.3.2", _der_int(tcb["tee"])),
         (f"{AMD_OID}.3.3", _der_int(tcb["snp"])),
         (f"{AMD_OID}.3.8", _der_int(tcb["microcode"])),
-        (f"{AMD_OID}.4", core.OctetString(chip_id).dump()),
+        (f"{AMD_OID}.4", chip_id),  # raw 64 bytes, as in AMD's VCEKs
     ]
     if "fmc" in tcb:
         values.insert(6, (f"{AMD_OID}.3.9", _der_int(tcb["fmc"])))
