@@ -47,13 +47,25 @@ def evidence_report_data(platform: str, evidence: bytes) -> bytes:
     raise EvidenceFormatError(f"no report_data for platform {platform!r}")
 
 
+#: The AMD CRL in the collateral map of an SEV-SNP bundle.
+SNP_CRL_FILE = "amd-crl.der"
+
+
 def _cpu_inputs(bundle: EvidenceBundle, inputs: EvidenceInputs) -> EvidenceInputs:
+    """The bundle's certificates and collateral, after any the caller gives."""
     collateral = inputs.tdx_collateral
     if collateral is None and bundle.platform == "tdx" and bundle.collateral:
         from .tdx import collateral_from_files
 
         collateral = collateral_from_files(bundle.collateral, where="bundle collateral")
-    return replace(inputs, certificates=tuple(bundle.certificates) + tuple(inputs.certificates), tdx_collateral=collateral, nonce=None)
+    crl = inputs.snp_crl
+    if crl is None and bundle.platform == "sev-snp":
+        unknown = sorted(set(bundle.collateral) - {SNP_CRL_FILE})
+        if unknown:
+            raise EvidenceFormatError(f"bundle collateral: an SEV-SNP bundle carries only {SNP_CRL_FILE}, not {', '.join(unknown)}")
+        crl = bundle.collateral.get(SNP_CRL_FILE)
+    certificates = tuple(inputs.certificates) + tuple(bundle.certificates)
+    return replace(inputs, certificates=certificates, tdx_collateral=collateral, snp_crl=crl, nonce=None)
 
 
 def appraise_bundle(

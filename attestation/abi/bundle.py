@@ -12,8 +12,9 @@ key                 type      content
 ``evidence``        bytes     the raw SNP attestation report (1184 bytes) or TDX quote
 ``certificates``    array     certificates given beside the evidence, each DER or PEM bytes
                               (SNP: VCEK or VLEK, ASK, ARK from the certificate table)
-``collateral``      map       file name -> bytes, the names of a TDX collateral directory
-                              (``attestation.tdx``); empty when none was collected
+``collateral``      map       file name -> bytes: TDX, the names of a collateral directory
+                              (``attestation.tdx``); SEV-SNP, ``amd-crl.der`` (the AMD CRL);
+                              empty when none was collected
 ``keys``            map       ``{"x25519": 32 bytes, "ed25519": 32 bytes}``: the enclave's
                               public keys bound in report_data
 ``nonce``           bytes     the verifier's nonce (16 to 64 bytes)

@@ -18,7 +18,7 @@ from ..measure import measure
 from . import SimulatedTeeError
 from .collateral import simulated_collateral
 from .pki import SimulatedPki, load_or_create
-from .snp import GuestOptions, SimulatedSnpFirmware
+from .snp import AMD_CRL_FILE, GuestOptions, SimulatedSnpFirmware, simulated_amd_crl
 from .tdx import SimulatedTdxQuoter, TdOptions
 
 
@@ -64,7 +64,8 @@ class SimulatedTdxAttester(Attester):
 
 class SimulatedSnpAttester(Attester):
     """A simulated SEV-SNP guest. ``debug``: guest policy DEBUG (bit 19); ``measurement``:
-    MEASUREMENT (default: the measurement of the running code and ``config``)."""
+    MEASUREMENT (default: the measurement of the running code and ``config``); ``crl``:
+    ship a simulated AMD CRL (issued at launch, or at ``crl_issued``) as collateral."""
 
     name = "simulated-snp"
 
@@ -77,14 +78,17 @@ class SimulatedSnpAttester(Attester):
         config: bytes | None = None,
         vmpl: int = 0,
         tcb: dict[str, int] | None = None,
+        crl: bool = True,
+        crl_issued: dt.datetime | None = None,
     ) -> None:
         self.pki: SimulatedPki = load_or_create(directory)
         self.firmware = SimulatedSnpFirmware(self.pki)
         self.options = GuestOptions(measurement=_launch_measurement(measurement, config), debug=debug, vmpl=vmpl, tcb=tcb)
+        self.collateral = {AMD_CRL_FILE: simulated_amd_crl(self.pki, crl_issued)} if crl else {}
 
     def evidence(self, report_data: bytes) -> CpuEvidence:
         report = self.firmware.report(check_report_data(report_data), self.options)
-        return CpuEvidence("sev-snp", report, self.firmware.certificates, source=self.name)
+        return CpuEvidence("sev-snp", report, self.firmware.certificates, dict(self.collateral), source=self.name)
 
 
 class SimulatedGpuAttester(GpuAttester):

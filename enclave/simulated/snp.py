@@ -11,10 +11,13 @@ and ARK.
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes
+from cryptography import x509
+
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
@@ -32,7 +35,7 @@ from attestation.abi.snp import (
 )
 
 from . import SimulatedTeeError
-from .pki import SIM_SNP_TCB, SimulatedPki
+from .pki import PSS, SIM_SNP_TCB, SimulatedPki
 
 #: Milan: CPUID family 0x19, model 0x01.
 SIM_CPUID_FAMILY = 0x19
@@ -40,6 +43,21 @@ SIM_CPUID_MODEL = 0x01
 SIM_CPUID_STEPPING = 0x01
 SIM_FIRMWARE = (1, 55, 21)  # major, minor, build
 SIM_PLATFORM_INFO = 0x3  # SMT enabled, TSME enabled
+#: The name of the simulated AMD CRL in a bundle's collateral map.
+AMD_CRL_FILE = "amd-crl.der"
+CRL_LIFETIME = dt.timedelta(days=30)
+
+
+def simulated_amd_crl(pki: SimulatedPki, issued: dt.datetime | None = None) -> bytes:
+    """An AMD-style CRL (DER) from the simulated ARK, RSA-PSS/SHA-384 as AMD's: nothing revoked."""
+    issued = issued or dt.datetime.now(dt.timezone.utc)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(pki.amd.ark.cert.subject)
+        .last_update(issued)
+        .next_update(issued + CRL_LIFETIME)
+    )
+    return builder.sign(pki.amd.ark.key, hashes.SHA384(), rsa_padding=PSS).public_bytes(serialization.Encoding.DER)
 
 
 @dataclass(frozen=True)
