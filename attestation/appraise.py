@@ -99,3 +99,24 @@ def appraise_raw(
     if inputs.extra_warnings:
         result = replace(result, warnings=result.warnings + inputs.extra_warnings)
     return result
+
+
+def appraise_evidence(
+    data: bytes,
+    *,
+    policy: Policy,
+    at: datetime,
+    inputs: EvidenceInputs = EvidenceInputs(),
+    platform: str = "auto",
+) -> Appraisal:
+    """Appraise an evidence bundle (recognised by its CBOR self-describe tag; ``inputs.nonce``
+    is then the verifier's nonce, see :func:`attestation.bundle.appraise_bundle`) or raw
+    evidence (:func:`appraise_raw`)."""
+    from .abi.bundle import looks_like_bundle
+
+    check_size(data)
+    if looks_like_bundle(data):
+        from .bundle import appraise_bundle
+
+        return appraise_bundle(data, expected_nonce=inputs.nonce, policy=policy, at=at, inputs=replace(inputs, nonce=None))
+    return appraise_raw(data, policy=policy, at=at, inputs=inputs, platform=platform)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from .appraise import MAX_EVIDENCE_BYTES, PLATFORM_CHOICES, EvidenceInputs, appraise_raw
+from .appraise import MAX_EVIDENCE_BYTES, PLATFORM_CHOICES, EvidenceInputs, appraise_evidence
 from .errors import AttestationError, EvidenceTooLargeError
 from .findings import Appraisal
 from .policy import Policy
@@ -62,7 +62,7 @@ def add_evidence_commands(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--policy", metavar="FILE", help="policy TOML (default: authenticity required, debug forbidden)")
     verify.add_argument("--at", metavar="TIME", help="verify as of this ISO-8601 time (default: now)")
     verify.add_argument("--platform", choices=PLATFORM_CHOICES, default="auto", help="platform of the evidence (default: detected)")
-    verify.add_argument("--nonce", metavar="HEX", help="the nonce you chose (required freshness for GPU evidence)")
+    verify.add_argument("--nonce", metavar="HEX", help="the nonce you chose (freshness of GPU evidence and of evidence bundles)")
     verify.add_argument("--json", action="store_true", help="print exactly one JSON object")
     verify.set_defaults(handler=run_verify)
 
@@ -105,7 +105,7 @@ def run_verify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO 
         policy = Policy.load(args.policy) if args.policy else Policy()
         data = read_bounded(args.file, MAX_EVIDENCE_BYTES, "evidence file")
         inputs = _load_inputs(args)
-        appraisal = appraise_raw(data, policy=policy, at=at, inputs=inputs, platform=args.platform)
+        appraisal = appraise_evidence(data, policy=policy, at=at, inputs=inputs, platform=args.platform)
     except AttestationError as exc:
         if args.json:
             print(json.dumps({"accepted": False, "error": str(exc)}), file=out)

@@ -31,6 +31,7 @@ COMMON_KEYS = (
     "require_collateral",
     "max_collateral_age",
     "trusted_simulated_roots",
+    "require_gpu",
 )
 MAX_POLICY_BYTES = 256 * 1024
 
@@ -52,6 +53,8 @@ class Policy:
     max_collateral_age: timedelta | None = None
     #: SHA-256 fingerprints (hex) of simulated roots this policy trusts.
     trusted_simulated_roots: frozenset[str] = frozenset()
+    #: Evidence bundles must carry GPU evidence bound to their CPU evidence.
+    require_gpu: bool = False
     snp: SnpPolicy = field(default_factory=SnpPolicy)
     tdx: TdxPolicy = field(default_factory=TdxPolicy)
     gpu: GpuPolicy = field(default_factory=GpuPolicy)
@@ -78,6 +81,7 @@ class Policy:
             require_collateral=read_bool(data, "require_collateral", "policy", False),
             max_collateral_age=read_duration(data, "max_collateral_age", "policy"),
             trusted_simulated_roots=fingerprints,
+            require_gpu=read_bool(data, "require_gpu", "policy", False),
             snp=SnpPolicy.from_table(read_table(data, "sev-snp", "policy")),
             tdx=TdxPolicy.from_table(read_table(data, "tdx", "policy")),
             gpu=GpuPolicy.from_table(read_table(data, "nvidia-gpu", "policy")),

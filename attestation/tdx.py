@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .abi.tdx import TdxQuote, parse_quote
 from .abi.tdx_collateral import (
@@ -70,25 +70,38 @@ def _read_limited(path: Path, limit: int) -> bytes:
     return data
 
 
-def _certificates(path: Path) -> tuple[Certificate, ...]:
+def _limit_for(name: str) -> int:
+    if name.endswith(".json"):
+        return MAX_COLLATERAL_JSON_BYTES
+    if name.endswith(".pem") and "chain" in name:
+        return MAX_CERT_INPUT_BYTES
+    return MAX_CRL_BYTES
+
+
+def _is_collateral_name(name: str) -> bool:
+    known = {QE_IDENTITY_FILE, TCB_INFO_ISSUER_CHAIN_FILE, QE_IDENTITY_ISSUER_CHAIN_FILE, PCK_CRL_ISSUER_CHAIN_FILE, ROOT_CA_CRL_FILE, TCB_INFO_FILE, *PCK_CRL_FILES}
+    return name in known or TCB_INFO_FMSPC_PATTERN.fullmatch(name) is not None
+
+
+def _certificates(where: str, data: bytes) -> tuple[Certificate, ...]:
     try:
-        return tuple(parse_certificates(_read_limited(path, MAX_CERT_INPUT_BYTES)))
+        return tuple(parse_certificates(data))
     except CertificateFormatError as exc:
-        raise CollateralFormatError(f"{path}: not a certificate chain: {exc}") from exc
+        raise CollateralFormatError(f"{where}: not a certificate chain: {exc}") from exc
 
 
-def _crl(path: Path) -> RevocationList:
+def _crl(where: str, data: bytes) -> RevocationList:
     try:
-        return parse_crl(_read_limited(path, MAX_CRL_BYTES))
+        return parse_crl(data)
     except CertificateFormatError as exc:
-        raise CollateralFormatError(f"{path}: not a CRL: {exc}") from exc
+        raise CollateralFormatError(f"{where}: not a CRL: {exc}") from exc
 
 
-def _json(path: Path, parse: Any) -> Any:
+def _json(where: str, data: bytes, parse: Any) -> Any:
     try:
-        return parse(_read_limited(path, MAX_COLLATERAL_JSON_BYTES))
+        return parse(data)
     except CollateralFormatError as exc:
-        raise CollateralFormatError(f"{path}: {exc}") from exc
+        raise CollateralFormatError(f"{where}: {exc}") from exc
 
 
 def load_collateral_dir(path: str | Path) -> TdxCollateral:
@@ -105,26 +118,41 @@ def load_collateral_dir(path: str | Path) -> TdxCollateral:
         names = sorted(entry.name for entry in directory.iterdir())
     except OSError as exc:
         raise CollateralFormatError(f"{directory}: cannot list: {exc.strerror or exc}") from exc
+    tcb_info_files = [n for n in names if n == TCB_INFO_FILE or TCB_INFO_FMSPC_PATTERN.fullmatch(n)]
+    if len(tcb_info_files) > MAX_TCB_INFO_FILES:
+        raise CollateralFormatError(f"{directory}: {len(tcb_info_files)} TCB info files, more than {MAX_TCB_INFO_FILES}")
+    files = {name: _read_limited(directory / name, _limit_for(name)) for name in names if _is_collateral_name(name)}
+    return collateral_from_files(files, where=str(directory))
+
+
+def collateral_from_files(files: Mapping[str, bytes], *, where: str = "collateral") -> TdxCollateral:
+    """Collateral from file name -> bytes, named as in a collateral directory (e.g. the
+    ``collateral`` map of an evidence bundle); names that are not collateral are ignored.
+    Raises :class:`CollateralFormatError` as :func:`load_collateral_dir` does."""
+    names = sorted(files)
+    for name in names:
+        if _is_collateral_name(name) and len(files[name]) > _limit_for(name):
+            raise CollateralFormatError(f"{where}/{name}: over the {_limit_for(name)}-byte limit for this collateral file")
 
     tcb_infos: list[TcbInfoDocument] = []
     tcb_info_files = [n for n in names if n == TCB_INFO_FILE or TCB_INFO_FMSPC_PATTERN.fullmatch(n)]
     if len(tcb_info_files) > MAX_TCB_INFO_FILES:
-        raise CollateralFormatError(f"{directory}: {len(tcb_info_files)} TCB info files, more than {MAX_TCB_INFO_FILES}")
+        raise CollateralFormatError(f"{where}: {len(tcb_info_files)} TCB info files, more than {MAX_TCB_INFO_FILES}")
     for name in tcb_info_files:
-        document: TcbInfoDocument = _json(directory / name, parse_tcb_info)
+        document: TcbInfoDocument = _json(f"{where}/{name}", files[name], parse_tcb_info)
         match = TCB_INFO_FMSPC_PATTERN.fullmatch(name)
         fmspc = document.tcb_info.fmspc
         if match and bytes.fromhex(match.group(1)) != fmspc:
-            raise CollateralFormatError(f"{directory / name}: the TCB info is for FMSPC {fmspc.hex()}, not the one its name says")
+            raise CollateralFormatError(f"{where}/{name}: the TCB info is for FMSPC {fmspc.hex()}, not the one its name says")
         if any(other.tcb_info.fmspc == fmspc for other in tcb_infos):
-            raise CollateralFormatError(f"{directory}: more than one TCB info for FMSPC {fmspc.hex()}")
+            raise CollateralFormatError(f"{where}: more than one TCB info for FMSPC {fmspc.hex()}")
         tcb_infos.append(document)
 
     def optional(name: str, load: Any) -> Any:
-        return load(directory / name) if name in names else None
+        return load(f"{where}/{name}", files[name]) if name in files else None
 
-    qe_identity = optional(QE_IDENTITY_FILE, lambda p: _json(p, parse_qe_identity))
-    pck_crls = tuple(_crl(directory / name) for name in PCK_CRL_FILES if name in names)
+    qe_identity = optional(QE_IDENTITY_FILE, lambda w, d: _json(w, d, parse_qe_identity))
+    pck_crls = tuple(_crl(f"{where}/{name}", files[name]) for name in PCK_CRL_FILES if name in files)
     collateral = TdxCollateral(
         tcb_infos=tuple(tcb_infos),
         tcb_info_issuer_chain=optional(TCB_INFO_ISSUER_CHAIN_FILE, _certificates) or (),
@@ -136,7 +164,7 @@ def load_collateral_dir(path: str | Path) -> TdxCollateral:
     )
     if collateral.is_empty and not (collateral.tcb_info_issuer_chain or collateral.qe_identity_issuer_chain or collateral.pck_crl_issuer_chain):
         expected = [TCB_INFO_FILE, "tcb-info-fmspc-<fmspc>.json", QE_IDENTITY_FILE, *PCK_CRL_FILES, ROOT_CA_CRL_FILE]
-        raise CollateralFormatError(f"{directory}: no collateral files found (expected some of: {', '.join(expected)})")
+        raise CollateralFormatError(f"{where}: no collateral files found (expected some of: {', '.join(expected)})")
     return collateral
 
 

@@ -1,0 +1,194 @@
+"""``attestfl enclave ...``: evidence from this machine's TEE (or the simulated TEE) and the
+simulated launch measurement.
+
+* ``attestfl enclave evidence --nonce HEX [--tee ...] [--simulated-dir DIR] [--gpu ...] -o FILE``
+  writes an evidence bundle for the verifier's nonce, bound to enclave keys created in
+  this process (they die with it: the command shows the format and checks the platform;
+  the aggregator produces bundles with its long-lived in-process keys);
+* ``attestfl enclave measure [--config FILE]`` prints the simulated launch measurement of
+  the installed code (and configuration), the reference value a policy pins;
+* ``attestfl enclave trust --simulated-dir DIR`` prints the policy line that trusts a
+  simulated TEE's roots.
+
+Exit status: 0 done; 2 unusable input or no TEE.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from .attester import TEE_CHOICES, Attester, AttesterError, GpuAttester, detect_attester, make_bundle
+from .keys import EnclaveKeys
+from .simulated import SimulatedTeeError
+
+EXIT_OK, EXIT_UNUSABLE = 0, 2
+GPU_CHOICES = ("none", "auto", "nvml", "simulated")
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+class EnclaveCliError(Exception):
+    """A usage error of ``attestfl enclave``."""
+
+
+def add_enclave_commands(subparsers: argparse._SubParsersAction) -> None:
+    enclave = subparsers.add_parser("enclave", help="produce attestation evidence from this machine's TEE")
+    sub = enclave.add_subparsers(dest="enclave_command", required=True, metavar="COMMAND")
+
+    evidence = sub.add_parser(
+        "evidence",
+        help="write an evidence bundle for a verifier's nonce",
+        description="Create enclave keys, bind them and the nonce into TEE evidence, write the evidence bundle. Exit 0: written; 2: unusable input or no TEE.",
+    )
+    evidence.add_argument("--nonce", required=True, metavar="HEX", help="the verifier's nonce (16 to 64 bytes, hex)")
+    evidence.add_argument("--tee", choices=TEE_CHOICES, default="auto", help="which TEE (default: detect the hardware TEE)")
+    evidence.add_argument("--simulated-dir", metavar="DIR", help="the simulated TEE's root of trust (created on first use); required for simulated-*")
+    evidence.add_argument("--gpu", choices=GPU_CHOICES, default="none", help="add GPU evidence: nvml (a CC-mode NVIDIA GPU), simulated, auto (nvml when a CC GPU is present)")
+    evidence.add_argument("--debug", action="store_true", help="simulated TEE only: launch a debug guest")
+    evidence.add_argument("--measurement", metavar="HEX", help="simulated TEE only: the launch measurement (48 bytes; default: attestfl enclave measure)")
+    evidence.add_argument("--config", metavar="FILE", help="simulated TEE only: the aggregator configuration measured with the code")
+    evidence.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the bundle")
+    evidence.set_defaults(handler=run_evidence)
+
+    measure = sub.add_parser("measure", help="print the simulated launch measurement of the installed code and configuration")
+    measure.add_argument("--config", metavar="FILE", help="the aggregator configuration file to measure with the code")
+    measure.add_argument("--json", action="store_true", help="print one JSON object (digest, files, versions)")
+    measure.set_defaults(handler=run_measure)
+
+    trust = sub.add_parser("trust", help="print the policy line that trusts a simulated TEE's roots")
+    trust.add_argument("--simulated-dir", required=True, metavar="DIR", help="the simulated TEE's directory")
+    trust.add_argument("--gpu", action="store_true", help="include the simulated GPU's root (DIR/gpu)")
+    trust.set_defaults(handler=run_trust)
+
+
+def _hex(text: str, what: str, size: int | None = None) -> bytes:
+    try:
+        value = bytes.fromhex(text.strip().removeprefix("0x"))
+    except ValueError as exc:
+        raise EnclaveCliError(f"{what} is not hex: {text!r}") from exc
+    if size is not None and len(value) != size:
+        raise EnclaveCliError(f"{what} must be {size} bytes, got {len(value)}")
+    return value
+
+
+def _read_config(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise EnclaveCliError(f"cannot read configuration {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise EnclaveCliError(f"configuration {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    return data
+
+
+def _cpu_attester(args: argparse.Namespace) -> Attester:
+    simulated = args.tee.startswith("simulated-")
+    if not simulated and (args.debug or args.measurement or args.config):
+        raise EnclaveCliError("--debug, --measurement and --config apply to the simulated TEE only (hardware measures itself)")
+    if simulated:
+        if not args.simulated_dir:
+            raise EnclaveCliError(f"--tee {args.tee} needs --simulated-dir DIR (the simulated root of trust)")
+        from .simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
+
+        measurement = _hex(args.measurement, "--measurement", 48) if args.measurement else None
+        cls = SimulatedSnpAttester if args.tee == "simulated-snp" else SimulatedTdxAttester
+        return cls(args.simulated_dir, debug=args.debug, measurement=measurement, config=_read_config(args.config))
+    return detect_attester("/", tee=args.tee)
+
+
+def _gpu_attester(args: argparse.Namespace) -> GpuAttester | None:
+    if args.gpu == "none":
+        return None
+    if args.gpu == "simulated":
+        if not args.simulated_dir:
+            raise EnclaveCliError("--gpu simulated needs --simulated-dir DIR")
+        from .simulated.attester import SimulatedGpuAttester
+
+        return SimulatedGpuAttester(Path(args.simulated_dir) / "gpu")
+    from .nvidia_gpu import NvmlGpuAttester, nvml_cc_gpu_present
+
+    if args.gpu == "auto" and not nvml_cc_gpu_present():
+        return None
+    return NvmlGpuAttester()
+
+
+def run_evidence(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        from attestation.abi.bundle import encode_bundle
+        from attestation.binding import check_nonce
+        from attestation.errors import AttestationError
+
+        nonce = _hex(args.nonce, "--nonce")
+        try:
+            check_nonce(nonce)
+        except AttestationError as exc:
+            raise EnclaveCliError(f"--nonce: {exc}") from exc
+        attester = _cpu_attester(args)
+        gpu = _gpu_attester(args)
+        keys = EnclaveKeys()
+        data = encode_bundle(make_bundle(attester, keys, nonce, gpu=gpu))
+        _write_output(args.output, data)
+    except (EnclaveCliError, AttesterError, SimulatedTeeError, AttestationError) as exc:
+        print(f"attestfl: error: {exc}", file=err)
+        return EXIT_UNUSABLE
+    print(f"wrote {len(data)}-byte {attester.name} evidence bundle{' with GPU evidence' if gpu else ''} to {args.output}", file=out)
+    print(f"enclave keys: x25519 {keys.public.x25519.hex()} ed25519 {keys.public.ed25519.hex()}", file=out)
+    return EXIT_OK
+
+
+def _write_output(path: str, data: bytes) -> None:
+    try:
+        if path == "-":
+            sys.stdout.buffer.write(data)
+            return
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise EnclaveCliError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def run_measure(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    from .measure import measure
+
+    try:
+        result = measure(_read_config(args.config))
+    except (EnclaveCliError, OSError, ValueError) as exc:
+        print(f"attestfl: error: {exc}", file=err)
+        return EXIT_UNUSABLE
+    if args.json:
+        print(json.dumps({
+            "measurement": result.hex,
+            "config_sha384": result.config_sha384,
+            "versions": dict(result.versions),
+            "files": [{"package": f.package, "path": f.path, "sha384": f.sha384} for f in result.files],
+        }), file=out)
+    else:
+        print(result.hex, file=out)
+    return EXIT_OK
+
+
+def run_trust(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    from .simulated.pki import load_or_create
+
+    try:
+        fingerprints = list(load_or_create(args.simulated_dir).trusted_root_fingerprints().values())
+        if args.gpu:
+            from .simulated_gpu import load_or_create_gpu_pki
+
+            fingerprints.append(load_or_create_gpu_pki(Path(args.simulated_dir) / "gpu").root_fingerprint)
+    except SimulatedTeeError as exc:
+        print(f"attestfl: error: {exc}", file=err)
+        return EXIT_UNUSABLE
+    print("trusted_simulated_roots = [" + ", ".join(f'"{fp}"' for fp in fingerprints) + "]", file=out)
+    return EXIT_OK
