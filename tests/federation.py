@@ -21,6 +21,7 @@ from enclave.measure import measure
 from enclave.simulated.pki import load_or_create
 
 ROOT = Path(__file__).resolve().parent.parent
+PLATFORMS = 'platforms = ["sev-snp", "tdx"]'
 MODEL = {"dense.weight": np.arange(12, dtype=np.float32).reshape(4, 3) / 10, "dense.bias": np.zeros(3, np.float32)}
 
 
@@ -76,7 +77,8 @@ class Deployment:
         roots = ", ".join(f'"{fp}"' for fp in self.roots.values())
         (self.directory / "site-policy.toml").write_text(f"trusted_simulated_roots = [{roots}]\n")
         sites = "".join(
-            f'\n[admission.sites.{site}]\nplatforms = ["sev-snp", "tdx"]\n{extra}\n' for site, extra in self.sites.items()
+            f'\n[admission.sites.{site}]\n{extra if "platforms" in extra else chr(10).join([PLATFORMS, extra])}\n'
+            for site, extra in self.sites.items()
         )
         config = textwrap.dedent(f"""\
             [aggregator]
