@@ -9,6 +9,8 @@ from typing import Sequence
 from attestation.cli import add_evidence_commands
 from enclave.cli import add_enclave_commands
 
+from .commands import add_service_commands
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -18,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_evidence_commands(subparsers)
     add_enclave_commands(subparsers)
+    add_service_commands(subparsers)
     return parser
 
 

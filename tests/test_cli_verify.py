@@ -120,3 +120,16 @@ def test_console_script_in_a_separate_process(snp: tuple[str, str]) -> None:
     )
     assert result.returncode == 1, result.stderr
     assert json.loads(result.stdout)["claims"]["product"] == "milan"
+
+
+def test_gpu_evidence_with_chain_and_nonce(capsys: pytest.CaptureFixture[str], vectors: Path) -> None:
+    from attestation.abi.spdm import parse_gpu_evidence_any
+
+    report = vectors / "nvidia-gpu/hopper-attestation-report.hex"
+    chain = str(vectors / "nvidia-gpu/hopper-cert-chain.pem")
+    nonce = parse_gpu_evidence_any(report.read_text()).nonce
+    code, result = run_json(capsys, str(report), "--platform", "nvidia-gpu", "--cert", chain, "--nonce", nonce.hex())
+    assert code == 0 and result["claims"]["driver_version"] == "550.90.07"
+    wrong = bytes([nonce[0] ^ 1]) + nonce[1:]
+    code, result = run_json(capsys, str(report), "--cert", chain, "--nonce", wrong.hex())
+    assert code == 1 and any(r.startswith("gpu.nonce") for r in result["reasons"])

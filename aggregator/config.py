@@ -1,0 +1,158 @@
+"""``aggregator.toml`` (the operator's file) and ``site.toml`` (a site's file).
+
+aggregator.toml::
+
+    [aggregator]
+    listen = "0.0.0.0:7443"            # gRPC (plaintext is fine: payloads are sealed end to end)
+    tee = "auto"                       # auto | sev-snp | tdx | simulated-snp | simulated-tdx
+    simulated_dir = "sim-tee"          # the simulated TEE's root of trust (simulated-* only)
+    gpu = "none"                       # none | nvml | simulated
+    metrics_listen = "127.0.0.1:9464"  # Prometheus metrics; "" disables
+    log_dir = "audit-log"              # the tamper-evident event log
+    state_dir = "state"                # sealed checkpoints
+    stall_timeout = "30s"              # an upload that sends nothing for this long is aborted
+
+    [admission]  -> aggregator.admission      [task] -> aggregator.rounds
+
+site.toml::
+
+    [site]
+    id = "hospital-a"
+    aggregator = "aggregator.example.org:7443"
+    tee = "auto"                       # how this site attests itself (as above)
+    simulated_dir = "sim-tee"
+    policy = "aggregator-policy.toml"  # attestation policy for the aggregator's evidence:
+                                       # trusted roots, pinned measurement(s), TCB minima
+    [data]                              # for `attestfl site run` with the demo trainer
+    ...
+
+Relative paths are relative to the file's directory.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attestation.errors import PolicyError
+from attestation.policy import Policy
+from attestation.validate.fields import read_duration, read_table, reject_unknown_keys
+
+from .admission import AdmissionPolicy, valid_site_id
+from .rounds import TaskConfig
+
+TEE_CHOICES = ("auto", "sev-snp", "tdx", "simulated-snp", "simulated-tdx")
+GPU_CHOICES = ("none", "nvml", "simulated")
+
+
+class ConfigError(ValueError):
+    """A configuration file is unusable; the message names the file and key."""
+
+
+def _load_toml(path: Path) -> tuple[dict[str, Any], bytes]:
+    try:
+        raw = path.read_bytes()
+        return tomllib.loads(raw.decode("utf-8")), raw
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    path: Path
+    raw: bytes  # measured into the simulated TEE's launch measurement
+    listen: str
+    tee: str
+    simulated_dir: Path | None
+    gpu: str
+    metrics_listen: str
+    log_dir: Path
+    state_dir: Path
+    stall_timeout: float
+    admission: AdmissionPolicy
+    task: TaskConfig
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AggregatorConfig":
+        path = Path(path).resolve()
+        data, raw = _load_toml(path)
+        base = path.parent
+        try:
+            reject_unknown_keys(data, ("aggregator", "admission", "task"), str(path))
+            section = read_table(data, "aggregator", "aggregator")
+            reject_unknown_keys(section, ("listen", "tee", "simulated_dir", "gpu", "metrics_listen", "log_dir", "state_dir", "stall_timeout"), "aggregator")
+            tee = str(section.get("tee", "auto"))
+            if tee not in TEE_CHOICES:
+                raise ConfigError(f"[aggregator] tee: {tee!r} is not one of {', '.join(TEE_CHOICES)}")
+            gpu = str(section.get("gpu", "none"))
+            if gpu not in GPU_CHOICES:
+                raise ConfigError(f"[aggregator] gpu: {gpu!r} is not one of {', '.join(GPU_CHOICES)}")
+            simulated_dir = base / str(section["simulated_dir"]) if "simulated_dir" in section else None
+            if tee.startswith("simulated") and simulated_dir is None:
+                raise ConfigError("[aggregator] simulated_dir: required for a simulated TEE")
+            stall = read_duration(section, "stall_timeout", "aggregator")
+            return cls(
+                path=path,
+                raw=raw,
+                listen=str(section.get("listen", "127.0.0.1:7443")),
+                tee=tee,
+                simulated_dir=simulated_dir,
+                gpu=gpu,
+                metrics_listen=str(section.get("metrics_listen", "")),
+                log_dir=base / str(section.get("log_dir", "audit-log")),
+                state_dir=base / str(section.get("state_dir", "state")),
+                stall_timeout=stall.total_seconds() if stall else 30.0,
+                admission=AdmissionPolicy.from_table(read_table(data, "admission", "aggregator"), base),
+                task=TaskConfig.from_table(read_table(data, "task", "aggregator"), base),
+            )
+        except PolicyError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        except ValueError as exc:
+            if isinstance(exc, ConfigError):
+                raise ConfigError(f"{path}: {exc}") from exc
+            raise ConfigError(f"{path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    path: Path
+    site_id: str
+    aggregator: str
+    tee: str
+    simulated_dir: Path | None
+    policy: Policy
+    data: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SiteConfig":
+        path = Path(path).resolve()
+        data, _raw = _load_toml(path)
+        base = path.parent
+        try:
+            reject_unknown_keys(data, ("site", "data"), str(path))
+            section = read_table(data, "site", "site")
+            reject_unknown_keys(section, ("id", "aggregator", "tee", "simulated_dir", "policy"), "site")
+            site_id = str(section.get("id", ""))
+            if not valid_site_id(site_id):
+                raise ConfigError("[site] id: required, 1-128 letters, digits, '-', '_' or '.'")
+            if "aggregator" not in section:
+                raise ConfigError("[site] aggregator: required (host:port)")
+            tee = str(section.get("tee", "auto"))
+            if tee not in TEE_CHOICES:
+                raise ConfigError(f"[site] tee: {tee!r} is not one of {', '.join(TEE_CHOICES)}")
+            if "policy" not in section:
+                raise ConfigError("[site] policy: required: the policy the aggregator's evidence must pass")
+            return cls(
+                path=path,
+                site_id=site_id,
+                aggregator=str(section["aggregator"]),
+                tee=tee,
+                simulated_dir=base / str(section["simulated_dir"]) if "simulated_dir" in section else None,
+                policy=Policy.load(base / str(section["policy"])),
+                data=read_table(data, "data", "site"),
+            )
+        except PolicyError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,55 @@
+"""Prometheus metrics of the aggregator (``[aggregator] metrics_listen``).
+
+Exported: ``attestfl_rounds_completed``, ``attestfl_round`` (the open round),
+``attestfl_sites_admitted_total``, ``attestfl_sites_refused_total``,
+``attestfl_refusal_reasons_total{check}``, ``attestfl_live_sessions``,
+``attestfl_bytes_received_total``, ``attestfl_bytes_sent_total``,
+``attestfl_updates_accepted_total``, ``attestfl_aggregation_seconds{round}`` and
+``attestfl_epsilon`` (central DP, when on).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from prometheus_client import start_http_server
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .rounds import RoundDriver
+from .service import FederationService
+
+
+class AggregatorCollector(Collector):
+    def __init__(self, service: FederationService, driver: RoundDriver) -> None:
+        self.service = service
+        self.driver = driver
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        counters = self.service.counters
+        completed = [r for r in self.driver.history.values() if r.model_sha256 is not None]
+        yield GaugeMetricFamily("attestfl_rounds_completed", "Rounds aggregated so far", value=len(completed))
+        yield GaugeMetricFamily("attestfl_round", "The open round", value=self.driver.round)
+        yield CounterMetricFamily("attestfl_sites_admitted", "Sites admitted", value=counters.admitted)
+        yield CounterMetricFamily("attestfl_sites_refused", "Sites refused admission", value=counters.refused)
+        reasons = CounterMetricFamily("attestfl_refusal_reasons", "Failed admission checks", labels=["check"])
+        for check, count in sorted(counters.by_reason.items()):
+            reasons.add_metric([check], count)
+        yield reasons
+        yield GaugeMetricFamily("attestfl_live_sessions", "Live site sessions", value=len(self.service.sessions))
+        yield CounterMetricFamily("attestfl_bytes_received", "Sealed bytes received", value=counters.bytes_in)
+        yield CounterMetricFamily("attestfl_bytes_sent", "Sealed bytes sent", value=counters.bytes_out)
+        yield CounterMetricFamily("attestfl_updates_accepted", "Updates accepted", value=counters.updates)
+        seconds = GaugeMetricFamily("attestfl_aggregation_seconds", "Aggregation time per round", labels=["round"])
+        for record in completed:
+            seconds.add_metric([str(record.round)], record.aggregation_seconds)
+        yield seconds
+        epsilons = [r.epsilon for r in completed if r.epsilon is not None]
+        if epsilons:
+            yield GaugeMetricFamily("attestfl_epsilon", "Central DP epsilon spent so far", value=epsilons[-1])
+
+
+def start_metrics_server(listen: str, service: FederationService, driver: RoundDriver) -> int:
+    host, _, port = listen.rpartition(":")
+    REGISTRY.register(AggregatorCollector(service, driver))
+    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1")
+    return server.server_port

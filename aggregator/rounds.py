@@ -1,0 +1,287 @@
+"""Training rounds inside the aggregator: collect sealed updates until quorum or deadline,
+aggregate them with the task's strategy, clip and add noise here (never at the sites) when
+central DP is on, and publish the next global model.
+
+Model of round r: the global model *before* round r's training (round 1: the initial model).
+Sites download it, evaluate it on held-out data (``ReportMetrics``, round r), train, and
+upload the delta (their local model minus the round's model) with their example count as
+weight. When training finishes, the final model is round ``rounds + 1``.
+
+The task configuration is the ``[task]`` table of ``aggregator.toml``::
+
+    [task]
+    initial_model = "model.safetensors"  # float32 tensors; the model spec comes from it
+    rounds = 5
+    min_sites = 3                         # quorum: fewer updates by the deadline -> retried
+    round_deadline = "120s"
+    strategy = "fedavg"                   # fedavg | median | trimmed_mean | krum
+    trimmed_mean_beta = 0.2
+    krum_f = 1
+    krum_m = 1
+    clip_norm = 10.0                      # optional: clip every update's L2 norm (robustness)
+    evaluate = true                       # sites report metrics of each round's model
+    [task.dp]                             # optional central differential privacy
+    clip_norm = 1.0
+    noise_multiplier = 1.0
+    delta = 1e-5
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+import numpy as np
+
+import native
+
+from .service import EventSink, LogEvents, Task, UpdateRefused
+from .strategies import Strategy, make_strategy
+from .update import ModelSpec, encode_tensors, flatten, load_model, unflatten
+
+
+class TaskConfigError(ValueError):
+    """The ``[task]`` table is unusable."""
+
+
+@dataclass(frozen=True)
+class DpConfig:
+    clip_norm: float
+    noise_multiplier: float
+    delta: float
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    initial_model: dict[str, np.ndarray] = field(repr=False)
+    rounds: int = 5
+    min_sites: int = 1
+    round_deadline: float = 120.0
+    strategy: Strategy = field(default_factory=lambda: make_strategy("fedavg"))
+    clip_norm: float | None = None
+    evaluate: bool = True
+    dp: DpConfig | None = None
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec.of(self.initial_model)
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], base_dir: Path) -> "TaskConfig":
+        from attestation.validate.fields import read_duration, reject_unknown_keys
+
+        keys = ("initial_model", "rounds", "min_sites", "round_deadline", "strategy", "trimmed_mean_beta", "krum_f",
+                "krum_m", "clip_norm", "evaluate", "dp")
+        try:
+            reject_unknown_keys(table, keys, "task")
+            if "initial_model" not in table:
+                raise TaskConfigError("[task] initial_model: required (a safetensors file of float32 tensors)")
+            model = load_model(base_dir / str(table["initial_model"]))
+            deadline = read_duration(table, "round_deadline", "task")
+            strategy = make_strategy(
+                str(table.get("strategy", "fedavg")),
+                beta=float(table.get("trimmed_mean_beta", 0.2)),
+                f=int(table.get("krum_f", 1)),
+                m=int(table.get("krum_m", 1)),
+            )
+            dp = None
+            if "dp" in table:
+                dp_table = table["dp"]
+                reject_unknown_keys(dp_table, ("clip_norm", "noise_multiplier", "delta"), "task.dp")
+                dp = DpConfig(float(dp_table["clip_norm"]), float(dp_table["noise_multiplier"]), float(dp_table.get("delta", 1e-5)))
+            config = cls(
+                initial_model=model,
+                rounds=int(table.get("rounds", 5)),
+                min_sites=int(table.get("min_sites", 1)),
+                round_deadline=deadline.total_seconds() if deadline else 120.0,
+                strategy=strategy,
+                clip_norm=float(table["clip_norm"]) if "clip_norm" in table else None,
+                evaluate=bool(table.get("evaluate", True)),
+                dp=dp,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TaskConfigError(f"[task]: {exc}") from exc
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.rounds < 1 or self.min_sites < 1 or self.round_deadline <= 0:
+            raise TaskConfigError("[task]: rounds, min_sites and round_deadline must be positive")
+        if self.min_sites < self.strategy.minimum_sites():
+            raise TaskConfigError(f"[task]: strategy {self.strategy.name} needs at least {self.strategy.minimum_sites()} sites per round; min_sites is {self.min_sites}")
+        if self.dp is not None and (self.dp.clip_norm <= 0 or self.dp.noise_multiplier <= 0 or not 0 < self.dp.delta < 1):
+            raise TaskConfigError("[task.dp]: clip_norm and noise_multiplier must be positive, delta in (0, 1)")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise TaskConfigError("[task] clip_norm must be positive")
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round: the audit log and the demo's summary read these."""
+
+    round: int
+    attempt: int
+    participants: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> weight, digest
+    model_sha256: str | None = None
+    epsilon: float | None = None
+    aggregation_seconds: float = 0.0
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> metrics of this round's model
+    examples: dict[str, int] = field(default_factory=dict)
+
+
+class RoundDriver:
+    """The :class:`aggregator.service.TaskDriver` of a training task. Thread-safe."""
+
+    def __init__(self, config: TaskConfig, *, events: EventSink | None = None,
+                 live_sites: Callable[[], int] = lambda: 0, start_round: int = 1,
+                 model: dict[str, np.ndarray] | None = None, epsilon_rounds: int = 0) -> None:
+        self.config = config
+        self.spec = config.spec
+        self.events = events or LogEvents()
+        self.live_sites = live_sites
+        self._lock = threading.RLock()
+        self.global_vector = flatten(model if model is not None else config.initial_model, self.spec).astype(np.float32)
+        self.round = start_round
+        self.attempt = 1
+        self.finished = start_round > config.rounds
+        self.history: dict[int, RoundRecord] = {}
+        self._models: dict[int, bytes] = {start_round: self._encode(self.global_vector)}
+        self._accountant = None
+        self._dp_rounds = epsilon_rounds
+        self._begin()
+
+    # --- state --------------------------------------------------------------------------
+
+    def _encode(self, vector: np.ndarray) -> bytes:
+        return encode_tensors(unflatten(vector, self.spec))
+
+    def _begin(self) -> None:
+        self._aggregation = self.config.strategy.begin_round(self.spec.parameter_count)
+        self._received: dict[str, dict[str, Any]] = {}
+        self._deadline = time.time() + self.config.round_deadline
+        self.history.setdefault(self.round, RoundRecord(self.round, self.attempt)).attempt = self.attempt
+
+    def record(self, round_number: int) -> RoundRecord:
+        return self.history.setdefault(round_number, RoundRecord(round_number, 1))
+
+    def task(self) -> Task:
+        with self._lock:
+            return Task(self.round if not self.finished else self.config.rounds + 1, self.spec, int(self._deadline * 1000),
+                        self.finished, self.config.rounds, self.config.evaluate, attempt=self.attempt)
+
+    def model_bytes(self, round_number: int) -> bytes:
+        with self._lock:
+            model = self._models.get(round_number)
+        if model is None:
+            raise UpdateRefused(f"no model for round {round_number} (current round {self.round})", grpc.StatusCode.NOT_FOUND)
+        return model
+
+    def final_model(self) -> dict[str, np.ndarray]:
+        with self._lock:
+            return unflatten(self.global_vector.copy(), self.spec)
+
+    # --- updates ------------------------------------------------------------------------
+
+    def check_upload(self, site_id: str, round_number: int) -> None:
+        with self._lock:
+            if self.finished:
+                raise UpdateRefused("training is finished")
+            if round_number != self.round:
+                raise UpdateRefused(f"round {round_number} is not open (the open round is {self.round})")
+            if site_id in self._received:
+                raise UpdateRefused(f"site {site_id!r} already submitted an update in round {round_number}", grpc.StatusCode.ALREADY_EXISTS)
+
+    def accept_update(self, site_id: str, round_number: int, update: dict[str, np.ndarray], weight: float, digest: bytes) -> None:
+        vector = flatten(update, self.spec)
+        with self._lock:
+            self.check_upload(site_id, round_number)
+            norm = None
+            clip = self.config.dp.clip_norm if self.config.dp is not None else self.config.clip_norm
+            if clip is not None:
+                norm = native.clip_by_l2(vector, clip)
+            site_index = len(self._received)
+            # Under DP every site counts equally: the sensitivity bound is per site, not per example.
+            self._aggregation.add(vector, 1.0 if self.config.dp is not None else weight, site_index)
+            self._received[site_id] = {"weight": weight, "update_sha256": digest.hex(), "norm_before_clip": norm}
+
+    def close_if_complete(self) -> None:
+        """Aggregate now when every live site (and at least the quorum) has submitted."""
+        with self._lock:
+            if not self.finished and self._received and len(self._received) >= max(self.config.min_sites, self.live_sites()):
+                self._close_round()
+
+    def report_metrics(self, site_id: str, round_number: int, metrics: dict[str, float], examples: int) -> None:
+        with self._lock:
+            if round_number < 1 or round_number > self.config.rounds + 1:
+                raise UpdateRefused(f"no round {round_number}")
+            record = self.record(round_number)
+            record.metrics[site_id] = metrics
+            record.examples[site_id] = max(0, examples)
+        self.events.record("metrics", site=site_id, round=round_number, metrics=metrics, examples=examples)
+
+    def tick(self) -> None:
+        """Close or retry the open round when its deadline has passed (called periodically)."""
+        with self._lock:
+            if self.finished or time.time() < self._deadline:
+                return
+            if len(self._received) >= self.config.min_sites:
+                self._close_round()
+                return
+            self.events.record("round_retry", round=self.round, attempt=self.attempt, received=len(self._received),
+                               min_sites=self.config.min_sites, reason="deadline passed without quorum")
+            self.attempt += 1
+            self._begin()
+
+    def _close_round(self) -> None:
+        started = time.perf_counter()
+        delta = self._aggregation.result()
+        epsilon = None
+        dp = self.config.dp
+        if dp is not None:
+            # The mean of n clipped updates has sensitivity clip/n: noise std = z * clip / n, added here.
+            std = dp.noise_multiplier * dp.clip_norm / max(1, self._aggregation.count)
+            native.add_gaussian_noise(delta, std, int.from_bytes(os.urandom(8), "little"))
+            epsilon = self._epsilon()
+        self.global_vector = (self.global_vector + delta).astype(np.float32)
+        elapsed = time.perf_counter() - started
+        model = self._encode(self.global_vector)
+        record = self.record(self.round)
+        record.participants = dict(self._received)
+        record.model_sha256 = hashlib.sha256(model).hexdigest()
+        record.epsilon = epsilon
+        record.aggregation_seconds = elapsed
+        record.attempt = self.attempt
+        self.events.record(
+            "round", round=self.round, attempt=self.attempt, participants=record.participants, model_sha256=record.model_sha256,
+            strategy=self.config.strategy.describe(), clip_norm=self.config.clip_norm,
+            dp=None if dp is None else {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier, "delta": dp.delta},
+            epsilon=epsilon, aggregation_seconds=round(elapsed, 6),
+        )
+        self.round += 1
+        self.attempt = 1
+        self._models[self.round] = model
+        for old in [r for r in self._models if r < self.round - 1]:
+            del self._models[old]
+        if self.round > self.config.rounds:
+            self.finished = True
+            self.events.record("training_finished", rounds=self.config.rounds, model_sha256=record.model_sha256)
+        self._begin()
+
+    def _epsilon(self) -> float:
+        from dp_accounting import dp_event
+        from dp_accounting.rdp import RdpAccountant
+
+        assert self.config.dp is not None
+        self._dp_rounds += 1
+        accountant = RdpAccountant()
+        accountant.compose(dp_event.GaussianDpEvent(self.config.dp.noise_multiplier), count=self._dp_rounds)
+        return float(accountant.get_epsilon(self.config.dp.delta))
+
+    @property
+    def dp_rounds(self) -> int:
+        return self._dp_rounds

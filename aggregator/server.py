@@ -1,0 +1,132 @@
+"""``attestfl serve --config aggregator.toml``: the aggregator process.
+
+On start, inside the TEE, it creates the enclave keys, opens the attester (hardware or
+simulated), builds the admission policy and the round driver, and serves gRPC with the
+health service. It prints one JSON line on stdout when ready (listen address, port,
+enclave public keys, and for the simulated TEE the measurement and root fingerprints), logs
+structured JSON lines on stderr, and exposes Prometheus metrics when configured.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from enclave.attester import Attester, GpuAttester, detect_attester
+from enclave.keys import EnclaveKeys
+
+from .config import AggregatorConfig
+from .rounds import RoundDriver
+from .service import EventSink, FederationService, LogEvents, start_server
+
+LOG = logging.getLogger("attestfl.aggregator")
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update({k: v for k, v in fields.items() if not isinstance(v, (bytes, bytearray))})
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    handler.formatter.converter = __import__("time").gmtime  # type: ignore[union-attr]
+    root = logging.getLogger("attestfl")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def make_attester(config: AggregatorConfig) -> Attester:
+    if config.tee in ("simulated-snp", "simulated-tdx"):
+        from enclave.simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
+
+        cls = SimulatedSnpAttester if config.tee == "simulated-snp" else SimulatedTdxAttester
+        return cls(config.simulated_dir, config=config.raw)  # measurement covers code and this config
+    return detect_attester(tee=config.tee)
+
+
+def make_gpu_attester(config: AggregatorConfig) -> GpuAttester | None:
+    if config.gpu == "simulated":
+        from enclave.simulated.attester import SimulatedGpuAttester
+
+        return SimulatedGpuAttester(config.simulated_dir / "gpu" if config.simulated_dir else "sim-gpu")
+    if config.gpu == "nvml":
+        from enclave.nvidia_gpu import NvmlGpuAttester
+
+        return NvmlGpuAttester()
+    return None
+
+
+@dataclass
+class Running:
+    service: FederationService
+    driver: RoundDriver
+    port: int
+    server: Any
+
+
+async def start(config: AggregatorConfig, events: EventSink | None = None) -> Running:
+    keys = EnclaveKeys()
+    attester = make_attester(config)
+    gpu = make_gpu_attester(config)
+    events = events or LogEvents()
+    sessions: dict[bytes, Any] = {}
+    driver = RoundDriver(config.task, events=events, live_sites=lambda: len(sessions))
+    service = FederationService(keys=keys, attester=attester, gpu=gpu, admission=config.admission, driver=driver,
+                                events=events, stall_timeout=config.stall_timeout)
+    service.sessions = sessions
+    server, port = await start_server(service, config.listen)
+    return Running(service, driver, port, server)
+
+
+def ready_line(config: AggregatorConfig, running: Running) -> dict[str, Any]:
+    keys = running.service.keys.public
+    info: dict[str, Any] = {"ready": True, "listen": config.listen, "port": running.port, "tee": config.tee,
+                            "x25519": keys.x25519.hex(), "ed25519": keys.ed25519.hex()}
+    attester = running.service.attester
+    options = getattr(attester, "options", None)
+    measurement = getattr(options, "measurement", None) or getattr(options, "mr_td", None)
+    if measurement is not None:
+        info["measurement"] = measurement.hex()
+    pki = getattr(attester, "pki", None)
+    if pki is not None:
+        info["simulated_roots"] = pki.trusted_root_fingerprints()
+    return info
+
+
+async def serve(config: AggregatorConfig) -> None:
+    running = await start(config)
+    if config.metrics_listen:
+        from .metrics import start_metrics_server
+
+        start_metrics_server(config.metrics_listen, running.service, running.driver)
+    print(json.dumps(ready_line(config, running)), flush=True)
+    LOG.info("serving", extra={"fields": {"port": running.port, "tee": config.tee}})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    while not stop.is_set():
+        running.driver.tick()
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=0.25)
+        except asyncio.TimeoutError:
+            pass
+    LOG.info("stopping", extra={"fields": {}})
+    await running.server.stop(grace=2)

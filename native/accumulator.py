@@ -1,0 +1,123 @@
+"""Streaming weighted mean: O(model) memory however many sites report."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from . import _kernels
+from ._validate import as_int, as_update, weight as check_weight
+from .errors import AggregationError, NonFiniteUpdateError
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One accepted ``add``: weight ``weight`` over coordinates [offset, offset + length)."""
+
+    offset: int
+    length: int
+    weight: float
+    site: int
+
+
+class Accumulator:
+    """Weighted mean of updates (or chunks of them) added one at a time.
+
+    The running sum ``sum_i w_i * x_i`` is kept in a float32 buffer of ``size``
+    values and updated in place with a parallel fused multiply-add (float32
+    accumulation, like ``torch.Tensor.add_(x, alpha=w)``; a float64 buffer would
+    double both the memory and the bytes moved per ``add``). ``result()`` divides
+    by the total weight in place, so the accumulator holds one model's worth of
+    memory beyond whatever update the caller is currently handing in.
+
+    Chunks of an update may arrive separately: ``add(chunk, w, offset=k)`` adds
+    ``w * chunk`` at coordinates [k, k + len(chunk)). ``result()`` checks that every
+    coordinate received the same total weight (so a missing or duplicated chunk is
+    an error, not a silently skewed mean).
+    """
+
+    def __init__(self, size: int) -> None:
+        size = as_int(size, "size")
+        if size < 0:
+            raise AggregationError(f"size must be >= 0, got {size}")
+        self._size = size
+        self._sum = np.zeros(size, dtype=np.float32)
+        self._contributions: list[Contribution] = []
+        self._adds = 0
+        self._result: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def contributions(self) -> tuple[Contribution, ...]:
+        return tuple(self._contributions)
+
+    def add(self, update: np.ndarray, weight: float, offset: int = 0, *, site: int | None = None) -> None:
+        """Add ``weight * update`` at ``offset``. ``site`` names the update in errors
+        (default: the number of earlier ``add`` calls). A non-finite update raises
+        ``NonFiniteUpdateError`` and is taken back out (up to float32 rounding of the
+        blocks already added), leaving the other contributions in place."""
+        if self._result is not None:
+            raise AggregationError("result() was already taken; start a new Accumulator")
+        update = as_update(update)
+        w = check_weight(weight)
+        offset = as_int(offset, "offset")
+        site_index = self._adds if site is None else as_int(site, "site")
+        if offset < 0 or offset + update.shape[0] > self._size:
+            raise AggregationError(
+                f"chunk [{offset}, {offset + update.shape[0]}) is outside the accumulator [0, {self._size})"
+            )
+        self._adds += 1
+        if update.shape[0] == 0:
+            return
+        nblocks = (update.shape[0] + _kernels.STREAM_BLOCK - 1) // _kernels.STREAM_BLOCK
+        added = np.zeros(nblocks, dtype=np.bool_)
+        if not _kernels.accumulate_kernel(self._sum, update, w, offset, added):
+            _kernels.unaccumulate_kernel(self._sum, update, w, offset, added)
+            raise NonFiniteUpdateError(site_index)
+        self._contributions.append(Contribution(offset, update.shape[0], w, site_index))
+
+    def total_weight(self) -> float:
+        """The weight every coordinate received; raises if coverage is not uniform."""
+        return float(self._uniform_weight())
+
+    def _uniform_weight(self) -> Fraction:
+        if self._size == 0:
+            raise AggregationError("an Accumulator of size 0 has no mean")
+        events: dict[int, Fraction] = {}
+        for c in self._contributions:
+            w = Fraction(c.weight)
+            events[c.offset] = events.get(c.offset, Fraction(0)) + w
+            events[c.offset + c.length] = events.get(c.offset + c.length, Fraction(0)) - w
+        level = Fraction(0)
+        prev = 0
+        expected: Fraction | None = None
+        for pos in sorted(events) + [self._size]:
+            if pos > prev:
+                if expected is None:
+                    expected = level
+                elif level != expected:
+                    raise AggregationError(
+                        f"coordinates [{prev}, {pos}) received total weight {float(level)}, "
+                        f"coordinates before them {float(expected)}: a chunk is missing or duplicated"
+                    )
+                prev = pos
+            level += events.get(pos, Fraction(0))
+        assert expected is not None
+        if expected <= 0:
+            raise AggregationError("total weight is 0: nothing (or only weight 0) was added")
+        return expected
+
+    def result(self) -> np.ndarray:
+        """The weighted mean (float32), computed in place in the accumulator's buffer.
+
+        After this, ``add`` raises; calling ``result()`` again returns the same array.
+        """
+        if self._result is None:
+            total = self._uniform_weight()
+            _kernels.scale_kernel(self._sum, 1.0 / float(total), self._sum)
+            self._result = self._sum
+        return self._result
