@@ -55,8 +55,11 @@ def _cpu_inputs(bundle: EvidenceBundle, inputs: EvidenceInputs) -> EvidenceInput
     """The bundle's certificates and collateral, after any the caller gives."""
     collateral = inputs.tdx_collateral
     if collateral is None and bundle.platform == "tdx" and bundle.collateral:
-        from .tdx import collateral_from_files
+        from .tdx import collateral_from_files, is_collateral_file_name
 
+        unknown = sorted(name for name in bundle.collateral if not is_collateral_file_name(name))
+        if unknown:
+            raise EvidenceFormatError(f"bundle collateral: {', '.join(unknown)} is not a TDX collateral file name (see attestation.tdx)")
         collateral = collateral_from_files(bundle.collateral, where="bundle collateral")
     crl = inputs.snp_crl
     if crl is None and bundle.platform == "sev-snp":

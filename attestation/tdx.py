@@ -78,7 +78,8 @@ def _limit_for(name: str) -> int:
     return MAX_CRL_BYTES
 
 
-def _is_collateral_name(name: str) -> bool:
+def is_collateral_file_name(name: str) -> bool:
+    """True for the file names of a collateral directory (this module's docstring)."""
     known = {QE_IDENTITY_FILE, TCB_INFO_ISSUER_CHAIN_FILE, QE_IDENTITY_ISSUER_CHAIN_FILE, PCK_CRL_ISSUER_CHAIN_FILE, ROOT_CA_CRL_FILE, TCB_INFO_FILE, *PCK_CRL_FILES}
     return name in known or TCB_INFO_FMSPC_PATTERN.fullmatch(name) is not None
 
@@ -121,7 +122,7 @@ def load_collateral_dir(path: str | Path) -> TdxCollateral:
     tcb_info_files = [n for n in names if n == TCB_INFO_FILE or TCB_INFO_FMSPC_PATTERN.fullmatch(n)]
     if len(tcb_info_files) > MAX_TCB_INFO_FILES:
         raise CollateralFormatError(f"{directory}: {len(tcb_info_files)} TCB info files, more than {MAX_TCB_INFO_FILES}")
-    files = {name: _read_limited(directory / name, _limit_for(name)) for name in names if _is_collateral_name(name)}
+    files = {name: _read_limited(directory / name, _limit_for(name)) for name in names if is_collateral_file_name(name)}
     return collateral_from_files(files, where=str(directory))
 
 
@@ -131,7 +132,7 @@ def collateral_from_files(files: Mapping[str, bytes], *, where: str = "collatera
     Raises :class:`CollateralFormatError` as :func:`load_collateral_dir` does."""
     names = sorted(files)
     for name in names:
-        if _is_collateral_name(name) and len(files[name]) > _limit_for(name):
+        if is_collateral_file_name(name) and len(files[name]) > _limit_for(name):
             raise CollateralFormatError(f"{where}/{name}: over the {_limit_for(name)}-byte limit for this collateral file")
 
     tcb_infos: list[TcbInfoDocument] = []

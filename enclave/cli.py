@@ -138,8 +138,9 @@ def run_evidence(args: argparse.Namespace, out: TextIO | None = None, err: TextI
     except (EnclaveCliError, AttesterError, SimulatedTeeError, AttestationError) as exc:
         print(f"attestfl: error: {exc}", file=err)
         return EXIT_UNUSABLE
-    print(f"wrote {len(data)}-byte {attester.name} evidence bundle{' with GPU evidence' if gpu else ''} to {args.output}", file=out)
-    print(f"enclave keys: x25519 {keys.public.x25519.hex()} ed25519 {keys.public.ed25519.hex()}", file=out)
+    report = err if args.output == "-" else out  # the bundle itself went to stdout
+    print(f"wrote {len(data)}-byte {attester.name} evidence bundle{' with GPU evidence' if gpu else ''} to {args.output}", file=report)
+    print(f"enclave keys: x25519 {keys.public.x25519.hex()} ed25519 {keys.public.ed25519.hex()}", file=report)
     return EXIT_OK
 
 
@@ -147,6 +148,7 @@ def _write_output(path: str, data: bytes) -> None:
     try:
         if path == "-":
             sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
             return
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "wb") as handle:

@@ -229,3 +229,19 @@ def test_cli_measure(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     result = json.loads(capsys.readouterr().out)
     assert result["measurement"] == measure(b"rounds = 3\n").hex != measure().hex
     assert result["files"] and "attestfl" in result["versions"]
+
+
+def test_unknown_collateral_files_are_refused(tdx: SimulatedTdxAttester, snp: SimulatedSnpAttester, policy: Policy) -> None:
+    for attester in (tdx, snp):
+        bundle = make_bundle(attester, EnclaveKeys(), NONCE_A)
+        odd = replace(bundle, collateral={**bundle.collateral, "notes.txt": b"hello"})
+        with pytest.raises(EvidenceFormatError, match="notes.txt"):
+            appraise_bundle(encode_bundle(odd), expected_nonce=NONCE_A, policy=policy, at=now())
+
+
+def test_cli_writes_the_bundle_to_stdout(capfdbinary: pytest.CaptureFixture) -> None:
+    directory = str(shared_simulated_dir())
+    assert main(["enclave", "evidence", "--nonce", NONCE_A.hex(), "--tee", "simulated-tdx", "--simulated-dir", directory, "-o", "-"]) == 0
+    captured = capfdbinary.readouterr()
+    assert parse_bundle(captured.out).platform == "tdx"
+    assert b"wrote" in captured.err
