@@ -1,132 +1,18 @@
-"""Test helper: a deployment on loopback — simulated TEE, aggregator.toml, `attestfl serve` as
-its own process (as operators run it), and sites built from the same simulated vendor roots."""
+"""Test helper: the loopback deployment of :mod:`aggregator.loopback` with a small model."""
 from __future__ import annotations
 
-import json
-import os
-import select
-import subprocess
-import sys
-import textwrap
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator
-
 import numpy as np
 
-from aggregator.update import encode_tensors
-from attestation.policy import Policy
-from enclave.measure import measure
-from enclave.simulated.pki import load_or_create
+from aggregator import loopback
+from aggregator.loopback import Aggregator, run_aggregator
 
-ROOT = Path(__file__).resolve().parent.parent
-PLATFORMS = 'platforms = ["sev-snp", "tdx"]'
 MODEL = {"dense.weight": np.arange(12, dtype=np.float32).reshape(4, 3) / 10, "dense.bias": np.zeros(3, np.float32)}
 
 
 @dataclass
-class Aggregator:
-    process: subprocess.Popen
-    ready: dict[str, Any]
-    config: Path
-    stderr_path: Path
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.ready['port']}"
-
-    def events(self) -> list[dict[str, Any]]:
-        events = []
-        for line in self.stderr_path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and entry.get("logger") == "attestfl.aggregator":
-                events.append(entry)
-        return events
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+class Deployment(loopback.Deployment):
+    model: dict[str, np.ndarray] = field(default_factory=lambda: dict(MODEL), repr=False)
 
 
-@dataclass
-class Deployment:
-    directory: Path
-    sim_dir: Path
-    sites: dict[str, str] = field(default_factory=dict)  # site id -> extra TOML lines of its admission table
-    task: str = ""
-    aggregator_extra: str = ""
-
-    @property
-    def roots(self) -> dict[str, str]:
-        return load_or_create(self.sim_dir).trusted_root_fingerprints()
-
-    def site_policy(self, **kwargs: Any) -> Policy:
-        return Policy(trusted_simulated_roots=frozenset(self.roots.values()), **kwargs)
-
-    def write(self) -> Path:
-        (self.directory / "model.safetensors").write_bytes(encode_tensors(MODEL))
-        roots = ", ".join(f'"{fp}"' for fp in self.roots.values())
-        (self.directory / "site-policy.toml").write_text(f"trusted_simulated_roots = [{roots}]\n")
-        sites = "".join(
-            f'\n[admission.sites.{site}]\n{extra if "platforms" in extra else chr(10).join([PLATFORMS, extra])}\n'
-            for site, extra in self.sites.items()
-        )
-        config = textwrap.dedent(f"""\
-            [aggregator]
-            listen = "127.0.0.1:0"
-            tee = "simulated-snp"
-            simulated_dir = "{self.sim_dir}"
-            log_dir = "audit-log"
-            {self.aggregator_extra}
-
-            [admission]
-            challenge_ttl = "30s"
-            policy = "site-policy.toml"
-            """) + sites + textwrap.dedent(f"""
-            [task]
-            initial_model = "model.safetensors"
-            {self.task or 'rounds = 2'}
-            """)
-        path = self.directory / "aggregator.toml"
-        path.write_text(config)
-        return path
-
-    def measurement(self) -> bytes:
-        return measure((self.directory / "aggregator.toml").read_bytes()).digest
-
-    def start(self, timeout: float = 60.0) -> Aggregator:
-        config = self.write()
-        stderr_path = self.directory / "aggregator.stderr"
-        stderr = stderr_path.open("wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        process = subprocess.Popen([sys.executable, "-m", "aggregator.cli", "serve", "--config", str(config)],
-                                   stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT, env=env)
-        deadline = time.time() + timeout
-        assert process.stdout is not None
-        while time.time() < deadline:
-            ready, _, _ = select.select([process.stdout], [], [], 0.5)
-            if ready:
-                line = process.stdout.readline()
-                if line:
-                    return Aggregator(process, json.loads(line), config, stderr_path)
-            if process.poll() is not None:
-                break
-        process.kill()
-        raise AssertionError(f"aggregator did not start: {stderr_path.read_text()[-3000:]}")
-
-
-def run_aggregator(deployment: Deployment) -> Iterator[Aggregator]:
-    aggregator = deployment.start()
-    try:
-        yield aggregator
-    finally:
-        aggregator.stop()
+__all__ = ["MODEL", "Aggregator", "Deployment", "run_aggregator"]
