@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from attestation.cli import add_evidence_commands
+from attestation.reference_values import add_reference_values_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_evidence_commands(subparsers)
+    add_reference_values_commands(subparsers)
     return parser
 
 
