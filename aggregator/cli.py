@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from attestation.cli import add_evidence_commands
+from attestation.reference_values import add_reference_values_commands
 from enclave.cli import add_enclave_commands
 
 from .commands import add_service_commands
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evidence_commands(subparsers)
     add_enclave_commands(subparsers)
     add_service_commands(subparsers)
+    add_reference_values_commands(subparsers)
     return parser
 
 

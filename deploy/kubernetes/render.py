@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Render the attestfl aggregator manifests for Kubernetes with Confidential Containers.
+
+Source of truth: ``config/aggregator.toml``, ``config/policy.toml`` and
+``config/agent-policy.rego``. From them this script writes
+
+- ``initdata.toml``: the CoCo init-data (the three files under ``[data]``), whose digest the
+  host puts into SEV-SNP HOST_DATA / TDX MRCONFIGID, so the attestation report covers the
+  aggregator's configuration and the agent policy;
+- ``snp/aggregator.yaml`` and ``tdx/aggregator.yaml``: Namespace, ConfigMaps, StatefulSet,
+  Services and NetworkPolicy, identical except for ``runtimeClassName``
+  (``kata-qemu-snp`` / ``kata-qemu-tdx``); the pod carries the init-data as the
+  ``io.katacontainers.config.hypervisor.cc_init_data`` annotation (base64 of gzip).
+
+Usage (from the repository root)::
+
+    python3 deploy/kubernetes/render.py [--image REGISTRY/attestfl/aggregator@sha256:DIGEST]
+    python3 deploy/kubernetes/render.py --check     # exit 1 if the committed files are stale
+    python3 deploy/kubernetes/render.py --digests   # HOST_DATA / MRCONFIGID policy snippets
+
+Never edit the rendered files by hand; tests compare them with this script's output.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+CONFIG = HERE / "config"
+NAMESPACE = "attestfl"
+APP = "attestfl-aggregator"
+UID = 10001
+GRPC_PORT = 7443
+METRICS_PORT = 9464
+INIT_DATA_ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
+INIT_DATA_ALGORITHM = "sha384"
+#: Placeholder: deploy the digest your reproducible build printed (deploy/container/README.md).
+DEFAULT_IMAGE = "registry.example.org/attestfl/aggregator@sha256:" + "0" * 64
+RUNTIME_CLASSES = {"snp": "kata-qemu-snp", "tdx": "kata-qemu-tdx"}
+#: init-data [data] key -> file under config/ ; the first two are also the config ConfigMap.
+INIT_DATA_FILES = {
+    "aggregator.toml": "aggregator.toml",
+    "policy.toml": "policy.toml",
+    "policy.rego": "agent-policy.rego",
+}
+CONFIGMAP_KEYS = ("aggregator.toml", "policy.toml")
+
+
+class RenderError(Exception):
+    """A source file cannot be carried in the init-data."""
+
+
+def read_sources(config: Path = CONFIG) -> dict[str, str]:
+    sources = {}
+    for key, name in INIT_DATA_FILES.items():
+        text = (config / name).read_text(encoding="utf-8")
+        if "'''" in text:
+            raise RenderError(f"{name} contains ''' and cannot be a TOML literal string")
+        if not text.endswith("\n"):
+            raise RenderError(f"{name} must end with a newline")
+        sources[key] = text
+    return sources
+
+
+def render_init_data(sources: dict[str, str]) -> str:
+    """The init-data TOML (spec version 0.1.0): each file verbatim as a multi-line literal."""
+    parts = [f'algorithm = "{INIT_DATA_ALGORITHM}"\nversion = "0.1.0"\n\n[data]\n']
+    for key in INIT_DATA_FILES:
+        # A newline right after ''' is trimmed by TOML, so the value is the file's exact text.
+        parts.append(f"\"{key}\" = '''\n{sources[key]}'''\n")
+    return "\n".join(parts)
+
+
+def encode_annotation(init_data: str) -> str:
+    """base64(gzip(init-data)), gzip with a fixed mtime so the output is reproducible."""
+    return base64.b64encode(gzip.compress(init_data.encode("utf-8"), compresslevel=9, mtime=0)).decode("ascii")
+
+
+def _labels() -> dict[str, str]:
+    return {"app.kubernetes.io/name": APP, "app.kubernetes.io/part-of": "attestfl"}
+
+
+def render_documents(platform: str, sources: dict[str, str], image: str) -> list[dict[str, Any]]:
+    init_data = render_init_data(sources)
+    security_context = {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    probe = {"grpc": {"port": GRPC_PORT}, "periodSeconds": 10, "timeoutSeconds": 3}
+    container = {
+        "name": "aggregator",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["serve", "--config", "/etc/attestfl/aggregator.toml"],
+        "ports": [
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "env": [{"name": "NUMBA_CACHE_DIR", "value": "/tmp/numba"}],
+        # In Kata the pod's limits size the confidential VM (plus the runtime's default overhead).
+        "resources": {
+            "requests": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "256Mi"},
+            "limits": {"cpu": "4", "memory": "8Gi", "ephemeral-storage": "1Gi"},
+        },
+        "securityContext": security_context,
+        "startupProbe": {**probe, "failureThreshold": 30},
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "failureThreshold": 3},
+        "volumeMounts": [
+            {"name": "config", "mountPath": "/etc/attestfl", "readOnly": True},
+            {"name": "data", "mountPath": "/var/lib/attestfl"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": NAMESPACE,
+            "labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+            },
+        },
+    }
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{APP}-config", "namespace": NAMESPACE, "labels": _labels()},
+        "immutable": True,
+        "data": {key: sources[key] for key in CONFIGMAP_KEYS},
+    }
+    init_data_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{APP}-initdata", "namespace": NAMESPACE, "labels": _labels()},
+        "immutable": True,
+        # For sites and auditors: the exact init-data whose digest is in HOST_DATA / MRCONFIGID.
+        "data": {"initdata.toml": init_data},
+    }
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": APP, "namespace": NAMESPACE, "labels": _labels()},
+        "spec": {
+            "serviceName": f"{APP}-headless",
+            "replicas": 1,
+            "selector": {"matchLabels": _labels()},
+            "template": {
+                "metadata": {
+                    "labels": _labels(),
+                    "annotations": {
+                        INIT_DATA_ANNOTATION: encode_annotation(init_data),
+                        "attestfl.io/initdata-sha256": hashlib.sha256(init_data.encode()).hexdigest(),
+                    },
+                },
+                "spec": {
+                    "runtimeClassName": RUNTIME_CLASSES[platform],
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": UID,
+                        "runAsGroup": UID,
+                        "fsGroup": UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": f"{APP}-config", "defaultMode": 0o444}},
+                        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
+                    ],
+                },
+            },
+            # The audit log and the sealed checkpoints (sealed inside the TEE; the disk is untrusted).
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "data", "labels": _labels()},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}},
+                }
+            ],
+        },
+    }
+    ports = [
+        {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+        {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP", "appProtocol": "http"},
+    ]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": APP, "namespace": NAMESPACE, "labels": _labels()},
+        # TLS terminates inside the TEE: expose with a TCP load balancer or TLS passthrough only.
+        "spec": {"type": "ClusterIP", "selector": _labels(), "ports": ports},
+    }
+    headless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": f"{APP}-headless", "namespace": NAMESPACE, "labels": _labels()},
+        "spec": {"clusterIP": "None", "selector": _labels(), "ports": ports[:1]},
+    }
+    network_policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": APP, "namespace": NAMESPACE, "labels": _labels()},
+        "spec": {
+            "podSelector": {"matchLabels": _labels()},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"ports": [{"port": GRPC_PORT, "protocol": "TCP"}, {"port": METRICS_PORT, "protocol": "TCP"}]}],
+        },
+    }
+    return [namespace, config_map, init_data_map, statefulset, service, headless, network_policy]
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_presenter(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str_presenter)
+
+
+def render_yaml(platform: str, sources: dict[str, str], image: str) -> str:
+    header = (
+        f"# attestfl aggregator on Confidential Containers ({RUNTIME_CLASSES[platform]}).\n"
+        "# GENERATED by deploy/kubernetes/render.py from deploy/kubernetes/config/: do not edit.\n"
+    )
+    body = yaml.dump_all(render_documents(platform, sources, image), Dumper=_Dumper, sort_keys=False, width=120)
+    return header + "---\n" + body
+
+
+def rendered_files(image: str = DEFAULT_IMAGE, config: Path = CONFIG) -> dict[Path, str]:
+    sources = read_sources(config)
+    files = {HERE / "initdata.toml": render_init_data(sources)}
+    for platform in RUNTIME_CLASSES:
+        files[HERE / platform / "aggregator.yaml"] = render_yaml(platform, sources, image)
+    return files
+
+
+def digests_snippet(init_data: str) -> str:
+    from attestation.reference_values import init_data_digest
+
+    data = init_data.encode("utf-8")
+    return (
+        "# init-data digest as it appears in the attestation report (pin it in the site's policy)\n"
+        f'[sev-snp]\nhost_data = ["{init_data_digest(data, "sev-snp").hex()}"]\n\n'
+        f'[tdx]\nmr_config_id = ["{init_data_digest(data, "tdx").hex()}"]\n'
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help="aggregator image, by digest")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--check", action="store_true", help="exit 1 if a rendered file differs from the committed one")
+    group.add_argument("--digests", action="store_true", help="print the HOST_DATA / MRCONFIGID policy snippet")
+    args = parser.parse_args(argv)
+    try:
+        files = rendered_files(args.image)
+    except (OSError, UnicodeDecodeError, RenderError) as exc:
+        print(f"render.py: error: {exc}", file=sys.stderr)
+        return 2
+    if args.digests:
+        print(digests_snippet(files[HERE / "initdata.toml"]), end="")
+        return 0
+    stale = [path for path, text in files.items() if not path.is_file() or path.read_text(encoding="utf-8") != text]
+    if args.check:
+        for path in stale:
+            print(f"render.py: {path.relative_to(HERE)} is stale; run deploy/kubernetes/render.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path.relative_to(HERE)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
