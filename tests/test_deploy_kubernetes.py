@@ -147,9 +147,9 @@ def test_init_data_annotation_is_the_config_it_claims(path: Path) -> None:
 
 def test_config_files_match_the_deployment() -> None:
     config = tomllib.loads((K8S / "config/aggregator.toml").read_text())
-    assert config["server"]["listen"].endswith(":7443") and config["server"]["metrics_listen"].endswith(":9464")
-    assert config["storage"]["audit_log_dir"] == "/var/lib/attestfl/log"
-    assert config["storage"]["sealed_state_dir"] == "/var/lib/attestfl/state"
+    assert config["aggregator"]["listen"].endswith(":7443") and config["aggregator"]["metrics_listen"].endswith(":9464")
+    assert config["aggregator"]["log_dir"] == "/var/lib/attestfl/log"
+    assert config["aggregator"]["state_dir"] == "/var/lib/attestfl/state"
     rego = (K8S / "config/agent-policy.rego").read_text()
     assert "default ExecProcessRequest := false" in rego and "default SetPolicyRequest := false" in rego
 
@@ -172,3 +172,20 @@ def test_changing_the_config_changes_the_annotation(tmp_path: Path) -> None:
     (tmp_path / "policy.toml").write_text("x = '''\n")
     with pytest.raises(render.RenderError):
         render.rendered_files(config=tmp_path)
+
+
+def test_shipped_config_is_accepted_by_attestfl_serve(tmp_path: Path) -> None:
+    """The deployed aggregator.toml has the keys `attestfl serve` reads (paths moved to tmp)."""
+    import numpy as np
+
+    from aggregator.config import AggregatorConfig
+    from aggregator.update import encode_tensors
+
+    text = (K8S / "config" / "aggregator.toml").read_text()
+    (tmp_path / "policy.toml").write_bytes((K8S / "config" / "policy.toml").read_bytes())
+    (tmp_path / "initial.safetensors").write_bytes(encode_tensors({"w": np.zeros(4, np.float32)}))
+    text = text.replace("/etc/attestfl/policy.toml", "policy.toml").replace("/etc/attestfl/model/initial.safetensors", "initial.safetensors")
+    (tmp_path / "aggregator.toml").write_text(text)
+    config = AggregatorConfig.load(tmp_path / "aggregator.toml")
+    assert config.listen == "0.0.0.0:7443" and set(config.admission.sites) == {"hospital-a", "hospital-b", "biobank-c"}
+    assert config.task.strategy.name == "trimmed_mean" and config.task.min_sites == 3
