@@ -11,6 +11,7 @@ from attestation.reference_values import add_reference_values_commands
 from enclave.cli import add_enclave_commands
 
 from .commands import add_service_commands
+from .demo import add_demo_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_enclave_commands(subparsers)
     add_service_commands(subparsers)
     add_reference_values_commands(subparsers)
+    add_demo_command(subparsers)
     return parser
 
 
