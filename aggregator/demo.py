@@ -261,7 +261,7 @@ def _follow(stderr_path: Path, rounds: int, processes: list, say: Any, json_outp
     seen_rounds: set[int] = set()
     reported_refusals: set[str] = set()
     started = time.time()
-    with tqdm(total=rounds, desc="training rounds", unit="round", file=sys.stderr, disable=None, leave=False) as bar:
+    with tqdm(total=rounds, desc="training rounds", unit="round", file=sys.stderr, leave=False) as bar:
         while time.time() - started < timeout:
             events = _events(stderr_path)
             for event in events:
