@@ -172,7 +172,6 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
     from enclave.measure import measure
 
     from .loopback import Deployment
-    from .update import encode_tensors
 
     if sites < 1 or rounds < 1:
         raise ValueError("--sites and --rounds must be at least 1")

@@ -91,6 +91,9 @@ def run_site(
     def join() -> None:
         client.join()
         summary.joins += 1
+        # A new aggregator instance keeps only what its sealed checkpoint holds: whatever this
+        # site sent to the previous one for an unfinished round must be sent again.
+        done.clear()
         say(f"verified the aggregator's evidence and joined (session {client.session.claims.session_id.hex()[:12]}...)" if client.session else "joined")
 
     join()

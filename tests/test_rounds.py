@@ -12,7 +12,7 @@ from aggregator.demo import split_non_iid
 from aggregator.rounds import DpConfig, RoundDriver, TaskConfig, TaskConfigError
 from aggregator.service import UpdateRefused
 from aggregator.strategies import Krum, StrategyError, make_strategy
-from aggregator.update import flatten, unflatten
+from aggregator.update import flatten
 
 MODEL = {"w": np.zeros((30, 2), np.float32), "b": np.zeros(2, np.float32)}
 
