@@ -134,6 +134,18 @@ class RoundRecord:
     examples: dict[str, int] = field(default_factory=dict)
 
 
+def weighted_metrics(metrics: dict[str, dict[str, float]], examples: dict[str, int]) -> dict[str, float]:
+    """Each metric averaged over the sites, weighted by their held-out example counts."""
+    totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for site, values in metrics.items():
+        weight = max(0, examples.get(site, 0))
+        for name, value in values.items():
+            totals[name] = totals.get(name, 0.0) + weight * value
+            weights[name] = weights.get(name, 0.0) + weight
+    return {name: totals[name] / weights[name] for name in totals if weights[name] > 0}
+
+
 class RoundDriver:
     """The :class:`aggregator.service.TaskDriver` of a training task. Thread-safe."""
 
@@ -224,7 +236,11 @@ class RoundDriver:
             record = self.record(round_number)
             record.metrics[site_id] = metrics
             record.examples[site_id] = max(0, examples)
+            weighted = weighted_metrics(record.metrics, record.examples)
         self.events.record("metrics", site=site_id, round=round_number, metrics=metrics, examples=examples)
+        # Federated evaluation: per-site and example-weighted metrics of this round's model so far.
+        self.events.record("evaluation", round=round_number, per_site=dict(record.metrics), weighted=weighted,
+                           sites=len(record.metrics))
 
     def tick(self) -> None:
         """Close or retry the open round when its deadline has passed (called periodically)."""

@@ -173,3 +173,14 @@ def test_robust_strategies_hold_while_fedavg_degrades(attack: str) -> None:
     assert all(acc >= 0.9 for acc in robust.values()), robust
     assert fedavg < 0.85, fedavg
     assert fedavg < min(robust.values()) - 0.05
+
+
+def test_federated_evaluation_is_per_site_and_weighted() -> None:
+    d, events = driver(rounds=1, min_sites=1)
+    d.report_metrics("a", 1, {"accuracy": 1.0}, 30)
+    d.report_metrics("b", 1, {"accuracy": 0.5}, 10)
+    last = events.of("evaluation")[-1]
+    assert last["per_site"] == {"a": {"accuracy": 1.0}, "b": {"accuracy": 0.5}}
+    assert last["weighted"]["accuracy"] == pytest.approx(0.875)
+    with pytest.raises(UpdateRefused):
+        d.report_metrics("a", 7, {"accuracy": 1.0}, 1)
