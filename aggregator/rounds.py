@@ -167,9 +167,22 @@ class RoundDriver:
         self._accountant = None
         self._dp_rounds = epsilon_rounds
         self.on_round_closed = on_round_closed
+        self._warm_up()
         self._begin()
 
     # --- state --------------------------------------------------------------------------
+
+    def _warm_up(self) -> None:
+        """Load (or compile) the strategy's kernels now, at start, not inside the first upload."""
+        size = 64
+        aggregation = self.config.strategy.begin_round(size)
+        for site in range(max(1, self.config.strategy.minimum_sites())):
+            aggregation.add(np.full(size, site, np.float32), 1.0, site)
+        aggregation.result()
+        if self.config.clip_norm is not None or self.config.dp is not None:
+            native.clip_by_l2(np.ones(size, np.float32), 1.0)
+        if self.config.dp is not None:
+            native.add_gaussian_noise(np.zeros(size, np.float32), 1.0, 0)
 
     def _encode(self, vector: np.ndarray) -> bytes:
         return encode_tensors(unflatten(vector, self.spec))

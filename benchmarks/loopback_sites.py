@@ -36,10 +36,13 @@ def _site(target: str, site_id: str, sim_dir: str, roots: list[str], parameters:
             client.download_model(task.round, ModelSpec.from_json(task.model_spec))
             download_seconds = time.perf_counter() - started
         barrier.wait()
+        cpu = time.process_time()
         begin = time.time()
         client.upload_update(task.round, update, weight=1)
         end = time.time()
-    results[site_id] = {"attestation_seconds": attestation, "download_seconds": download_seconds, "upload_begin": begin, "upload_end": end}
+        cpu = time.process_time() - cpu
+    results[site_id] = {"attestation_seconds": attestation, "download_seconds": download_seconds, "upload_begin": begin,
+                        "upload_end": end, "upload_cpu_seconds": cpu}
 
 
 def run(sites: int, parameters: int, *, download: bool = False) -> dict[str, Any]:
@@ -61,10 +64,12 @@ def run(sites: int, parameters: int, *, download: bool = False) -> dict[str, Any
                                                           list(deployment.roots.values()), parameters, download, barrier, results))
                      for i in range(sites)]
         try:
+            cpu_before = _cpu_seconds(aggregator.process.pid)
             for process in processes:
                 process.start()
             for process in processes:
                 process.join(timeout=900)
+            aggregator_cpu = _cpu_seconds(aggregator.process.pid) - cpu_before
             failed = [p.exitcode for p in processes if p.exitcode != 0]
             if failed:
                 raise RuntimeError(f"site processes failed: {failed}; aggregator log: {aggregator.stderr_path}")
@@ -75,4 +80,11 @@ def run(sites: int, parameters: int, *, download: bool = False) -> dict[str, Any
                     process.kill()
             aggregator.stop()
     events = aggregator.events()
-    return {"timings": timings, "events": events, "directory": str(directory), "cpus": os.cpu_count()}
+    return {"timings": timings, "events": events, "directory": str(directory), "cpus": os.cpu_count(),
+            "aggregator_cpu_seconds": aggregator_cpu, "load_average_1m": os.getloadavg()[0]}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
