@@ -44,9 +44,11 @@ def run_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
         print(f"attestfl: error: {exc}", file=err)
         return EXIT_UNUSABLE
     configure_logging()
+    from .audit.log import AuditLogError
+
     try:
         asyncio.run(serve(config))
-    except (AttestationError, OSError) as exc:
+    except (AttestationError, AuditLogError, OSError) as exc:
         print(f"attestfl: error: {exc}", file=err)
         return EXIT_UNUSABLE
     return EXIT_OK

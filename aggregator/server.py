@@ -19,6 +19,7 @@ from typing import Any
 from enclave.attester import Attester, GpuAttester, detect_attester
 from enclave.keys import EnclaveKeys
 
+from .audit.events import AuditLog
 from .config import AggregatorConfig
 from .rounds import RoundDriver
 from .service import EventSink, FederationService, LogEvents, start_server
@@ -79,20 +80,49 @@ class Running:
     driver: RoundDriver
     port: int
     server: Any
+    audit: AuditLog | None = None
+
+
+def task_record(config: AggregatorConfig) -> dict[str, Any]:
+    task = config.task
+    dp = task.dp
+    return {"rounds": task.rounds, "min_sites": task.min_sites, "round_deadline_s": task.round_deadline,
+            "strategy": task.strategy.describe(), "clip_norm": task.clip_norm, "evaluate": task.evaluate,
+            "dp": None if dp is None else {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier, "delta": dp.delta}}
+
+
+def open_audit_log(config: AggregatorConfig, keys: EnclaveKeys, attester: Attester, gpu: GpuAttester | None) -> AuditLog:
+    """The tamper-evident log in ``log_dir``: this run's evidence and configuration first."""
+    audit = AuditLog(config.log_dir, keys, forward=LogEvents())
+    try:
+        audit.begin(attester, gpu=gpu, tee=config.tee, config_raw=config.raw, admission=config.admission,
+                    task=task_record(config))
+    except BaseException:
+        audit.close()
+        raise
+    return audit
 
 
 async def start(config: AggregatorConfig, events: EventSink | None = None) -> Running:
     keys = EnclaveKeys()
     attester = make_attester(config)
     gpu = make_gpu_attester(config)
-    events = events or LogEvents()
+    audit = None
+    if events is None:
+        audit = open_audit_log(config, keys, attester, gpu)
+        events = audit
     sessions: dict[bytes, Any] = {}
     driver = RoundDriver(config.task, events=events, live_sites=lambda: len(sessions))
     service = FederationService(keys=keys, attester=attester, gpu=gpu, admission=config.admission, driver=driver,
                                 events=events, stall_timeout=config.stall_timeout)
     service.sessions = sessions
-    server, port = await start_server(service, config.listen)
-    return Running(service, driver, port, server)
+    try:
+        server, port = await start_server(service, config.listen)
+    except BaseException:
+        if audit is not None:
+            audit.close()
+        raise
+    return Running(service, driver, port, server, audit)
 
 
 def ready_line(config: AggregatorConfig, running: Running) -> dict[str, Any]:
@@ -130,3 +160,5 @@ async def serve(config: AggregatorConfig) -> None:
             pass
     LOG.info("stopping", extra={"fields": {}})
     await running.server.stop(grace=2)
+    if running.audit is not None:
+        running.audit.close()
