@@ -29,6 +29,14 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _fmt(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return "—" if value is None else str(value)
+
+
 def _time(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
@@ -105,7 +113,7 @@ def render_report(result: Verification) -> str:
         task = entry.fields.get("task") or {}
         rows.append([str(entry.index), _e(_time(entry.time)), f"<code>{_e(entry.fields.get('aggregator_toml_sha256'))}</code>",
                      f"<code>{_e(admission.get('policy_id'))}</code>", _e(", ".join(sorted(admission.get("sites") or {}))),
-                     _e(", ".join(f"{k}={v}" for k, v in task.items())) if task else "—"])
+                     _e(_fmt(task)) if task else "—"])
     parts.append(_table(["entry", "time", "aggregator.toml sha256", "attestation policy", "sites allowed", "task"], rows, "configuration"))
 
     parts.append("<h2>Sites: admission decisions</h2>")
@@ -120,9 +128,9 @@ def render_report(result: Verification) -> str:
     rows = []
     for r in result.rounds:
         people = _list(f"{site}: weight {p.get('weight')}, update {p.get('update_sha256')}" for site, p in r.participants.items())
-        dp = "—" if not r.dp else _e(", ".join(f"{k}={v}" for k, v in r.dp.items()) + (f"; ε={r.epsilon:.4g}" if isinstance(r.epsilon, float) else ""))
+        dp = "—" if not r.dp else _e(_fmt(r.dp) + (f"; ε={r.epsilon:.4g}" if isinstance(r.epsilon, float) else ""))
         rows.append([str(r.index), _e(_time(r.time)), _e(f"{r.round} (attempt {r.attempt})"), people,
-                     f"<code>{_e(r.model_sha256)}</code>", _e(r.strategy), _e(r.clip_norm if r.clip_norm is not None else "—"), dp])
+                     f"<code>{_e(r.model_sha256)}</code>", _e(_fmt(r.strategy)), _e(_fmt(r.clip_norm)), dp])
     parts.append(_table(["entry", "time", "round", "participants", "model sha256", "strategy", "clip norm", "DP"], rows, "rounds"))
 
     parts.append("<h2>Timeline</h2>")

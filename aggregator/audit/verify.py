@@ -118,7 +118,7 @@ class RoundOutcome:
     attempt: int
     participants: dict[str, Any]
     model_sha256: str
-    strategy: str
+    strategy: Any
     clip_norm: Any
     dp: Any
     epsilon: Any
@@ -496,7 +496,7 @@ def _check_round(result: Verification, entry: Entry, admitted: dict[str, int], r
             result.add(Problem(i, "round.receipt", f"round {round_number}: site {site!r}'s update digest or weight is not the one its receipt "
                                f"(entry {receipt.index}) acknowledges"))
     result.rounds.append(RoundOutcome(i, entry.time, round_number, int(f.get("attempt", 1)), participants, str(f["model_sha256"]),
-                                      str(f.get("strategy")), f.get("clip_norm"), f.get("dp"), f.get("epsilon")))
+                                      f.get("strategy"), f.get("clip_norm"), f.get("dp"), f.get("epsilon")))
 
 
 # --- a site's check: inclusion of its receipt ------------------------------------------------
