@@ -12,6 +12,7 @@ from enclave.cli import add_enclave_commands
 
 from .audit.cli import add_audit_commands
 from .commands import add_service_commands
+from .demo import add_demo_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_service_commands(subparsers)
     add_reference_values_commands(subparsers)
     add_audit_commands(subparsers)
+    add_demo_command(subparsers)
     return parser
 
 

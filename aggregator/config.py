@@ -37,7 +37,7 @@ from typing import Any
 
 from attestation.errors import PolicyError
 from attestation.policy import Policy
-from attestation.validate.fields import read_duration, read_table, reject_unknown_keys
+from attestation.validate.fields import read_duration, read_hex, read_table, reject_unknown_keys
 
 from .admission import AdmissionPolicy, valid_site_id
 from .rounds import TaskConfig
@@ -125,6 +125,8 @@ class SiteConfig:
     simulated_dir: Path | None
     policy: Policy
     data: dict[str, Any]
+    #: Simulated TEE only: launch with this measurement instead of the code's (demos of refusal).
+    simulated_measurement: bytes | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> "SiteConfig":
@@ -134,7 +136,7 @@ class SiteConfig:
         try:
             reject_unknown_keys(data, ("site", "data"), str(path))
             section = read_table(data, "site", "site")
-            reject_unknown_keys(section, ("id", "aggregator", "tee", "simulated_dir", "policy"), "site")
+            reject_unknown_keys(section, ("id", "aggregator", "tee", "simulated_dir", "policy", "simulated_measurement"), "site")
             site_id = str(section.get("id", ""))
             if not valid_site_id(site_id):
                 raise ConfigError("[site] id: required, 1-128 letters, digits, '-', '_' or '.'")
@@ -153,6 +155,7 @@ class SiteConfig:
                 simulated_dir=base / str(section["simulated_dir"]) if "simulated_dir" in section else None,
                 policy=Policy.load(base / str(section["policy"])),
                 data=read_table(data, "data", "site"),
+                simulated_measurement=read_hex(section, "simulated_measurement", "site", 48),
             )
         except PolicyError as exc:
             raise ConfigError(f"{path}: {exc}") from exc

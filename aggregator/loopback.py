@@ -65,6 +65,7 @@ class Deployment:
     sites: dict[str, str] = field(default_factory=dict)  # site id -> extra TOML lines of its admission table
     task: str = ""
     aggregator_extra: str = ""
+    listen: str = "127.0.0.1:0"
 
     @property
     def roots(self) -> dict[str, str]:
@@ -83,7 +84,7 @@ class Deployment:
         )
         config = textwrap.dedent(f"""\
             [aggregator]
-            listen = "127.0.0.1:0"
+            listen = "{self.listen}"
             tee = "simulated-snp"
             simulated_dir = "{self.sim_dir}"
             log_dir = "audit-log"

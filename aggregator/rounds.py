@@ -139,7 +139,8 @@ class RoundDriver:
 
     def __init__(self, config: TaskConfig, *, events: EventSink | None = None,
                  live_sites: Callable[[], int] = lambda: 0, start_round: int = 1,
-                 model: dict[str, np.ndarray] | None = None, epsilon_rounds: int = 0) -> None:
+                 model: dict[str, np.ndarray] | None = None, epsilon_rounds: int = 0,
+                 on_round_closed: Callable[["RoundDriver"], None] | None = None) -> None:
         self.config = config
         self.spec = config.spec
         self.events = events or LogEvents()
@@ -153,6 +154,7 @@ class RoundDriver:
         self._models: dict[int, bytes] = {start_round: self._encode(self.global_vector)}
         self._accountant = None
         self._dp_rounds = epsilon_rounds
+        self.on_round_closed = on_round_closed
         self._begin()
 
     # --- state --------------------------------------------------------------------------
@@ -271,6 +273,8 @@ class RoundDriver:
             self.finished = True
             self.events.record("training_finished", rounds=self.config.rounds, model_sha256=record.model_sha256)
         self._begin()
+        if self.on_round_closed is not None:
+            self.on_round_closed(self)
 
     def _epsilon(self) -> float:
         from dp_accounting import dp_event

@@ -18,9 +18,12 @@ from typing import Any
 
 from enclave.attester import Attester, GpuAttester, detect_attester
 from enclave.keys import EnclaveKeys
+from enclave.sealing import SealingKeySource, SimulatedSealingKey, SnpSealingKey
 
 from .audit.events import AuditLog
+from .checkpoint import Checkpoint, load_checkpoint, now_iso, save_checkpoint
 from .config import AggregatorConfig
+from .update import decode_tensors
 from .rounds import RoundDriver
 from .service import EventSink, FederationService, LogEvents, start_server
 
@@ -60,6 +63,20 @@ def make_attester(config: AggregatorConfig) -> Attester:
         cls = SimulatedSnpAttester if config.tee == "simulated-snp" else SimulatedTdxAttester
         return cls(config.simulated_dir, config=config.raw)  # measurement covers code and this config
     return detect_attester(tee=config.tee)
+
+
+def make_sealing(config: AggregatorConfig, attester: Attester) -> SealingKeySource | None:
+    """The checkpoint sealing key source for this TEE (None: TDX hardware, no local sealing key)."""
+    if config.tee.startswith("simulated"):
+        options = getattr(attester, "options", None)
+        measurement = getattr(options, "measurement", None) or getattr(options, "mr_td", None)
+        return SimulatedSealingKey(config.simulated_dir, measurement)
+    from enclave.sev_guest import SevGuestAttester
+
+    platform = attester.platform() if hasattr(attester, "platform") else None
+    if isinstance(attester, SevGuestAttester) or platform == "sev-snp":
+        return SnpSealingKey()
+    return None
 
 
 def make_gpu_attester(config: AggregatorConfig) -> GpuAttester | None:
@@ -111,17 +128,40 @@ async def start(config: AggregatorConfig, events: EventSink | None = None) -> Ru
     if events is None:
         audit = open_audit_log(config, keys, attester, gpu)
         events = audit
-    sessions: dict[bytes, Any] = {}
-    driver = RoundDriver(config.task, events=events, live_sites=lambda: len(sessions))
-    service = FederationService(keys=keys, attester=attester, gpu=gpu, admission=config.admission, driver=driver,
-                                events=events, stall_timeout=config.stall_timeout)
-    service.sessions = sessions
     try:
-        server, port = await start_server(service, config.listen)
+        return await _start(config, keys, attester, gpu, events, audit)
     except BaseException:
         if audit is not None:
             audit.close()
         raise
+
+
+async def _start(config: AggregatorConfig, keys: EnclaveKeys, attester: Attester, gpu: GpuAttester | None,
+                 events: EventSink, audit: AuditLog | None) -> Running:
+    sessions: dict[bytes, Any] = {}
+    sealing = make_sealing(config, attester)
+    checkpoint = load_checkpoint(config.state_dir, sealing) if sealing is not None else None
+    model = None
+    if checkpoint is not None:
+        model = {name: array.copy() for name, array in decode_tensors(checkpoint.model, config.task.spec)[0].items()}
+
+    def save(driver: RoundDriver) -> None:
+        assert sealing is not None
+        save_checkpoint(config.state_dir, sealing, Checkpoint(driver.round, driver.dp_rounds, driver.model_bytes(driver.round), now_iso()))
+
+    driver = RoundDriver(config.task, events=events, live_sites=lambda: len(sessions),
+                         start_round=checkpoint.round if checkpoint else 1, model=model,
+                         epsilon_rounds=checkpoint.dp_rounds if checkpoint else 0,
+                         on_round_closed=save if sealing is not None else None)
+    if checkpoint is not None:
+        events.record("restart", resumed_round=checkpoint.round, checkpoint_model_sha256=checkpoint.model_sha256,
+                      checkpoint_created=checkpoint.created, sealing=sealing.name if sealing else None)
+    elif sealing is None:
+        events.record("no_sealing", reason="this TEE has no local sealing key: a restart starts training afresh (use a key broker)")
+    service = FederationService(keys=keys, attester=attester, gpu=gpu, admission=config.admission, driver=driver,
+                                events=events, stall_timeout=config.stall_timeout)
+    service.sessions = sessions
+    server, port = await start_server(service, config.listen)
     return Running(service, driver, port, server, audit)
 
 

@@ -301,15 +301,20 @@ class FederationService(pb_grpc.FederationServicer):
                                   context=stream_context(round_number, session.site_id), max_bytes=spec.max_update_bytes)
             data = bytearray()
             chunk: pb.SealedChunk | None = first
+            decrypt_seconds = 0.0
             while chunk is not None:
                 self.counters.bytes_in += len(chunk.ciphertext)
+                started = time.perf_counter()
                 data += opener.open(chunk.index, chunk.ciphertext, final=chunk.final)
+                decrypt_seconds += time.perf_counter() - started
                 if chunk.final:
                     break
                 chunk = await self._next_chunk(request_iterator, context)
             opener.finish()
+            started = time.perf_counter()
             update, metadata = decode_tensors(bytes(data), spec)
             weight = _weight(metadata)
+            validate_seconds = time.perf_counter() - started
         except UpdateRefused as exc:
             self.events.record("update_refused", site=session.site_id, reason=str(exc))
             await context.abort(exc.code, str(exc))
@@ -327,7 +332,8 @@ class FederationService(pb_grpc.FederationServicer):
         signature = self.keys.sign(message)
         self.counters.updates += 1
         self.events.record("update_accepted", site=session.site_id, round=round_number, update_sha256=digest.hex(),
-                           weight=weight, accepted_unix_ms=accepted_ms, receipt_signature=signature.hex())
+                           weight=weight, accepted_unix_ms=accepted_ms, receipt_signature=signature.hex(),
+                           bytes=len(data), decrypt_seconds=round(decrypt_seconds, 6), validate_seconds=round(validate_seconds, 6))
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.driver.close_if_complete)
         return pb.UploadReceipt(round=round_number, site_id=session.site_id, update_sha256=digest, weight=weight,

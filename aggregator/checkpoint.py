@@ -1,0 +1,96 @@
+"""Sealed checkpoints: what must survive an aggregator restart (the global model, the next round,
+the DP rounds spent), on the host's disk, encrypted and authenticated with a sealing key that
+only the same measured code can derive (:mod:`enclave.sealing`).
+
+File ``state_dir/checkpoint.sealed``: ``AFCK1`` || 12-byte nonce || AES-256-GCM ciphertext of
+canonical CBOR ``{version, round, dp_rounds, model, created}`` (``model``: safetensors bytes),
+with the magic as associated data. Written to a temporary file, fsynced, then renamed.
+
+What the host can still do: delete the file (training restarts from the initial model) or put
+back an *older* sealed checkpoint (rollback). Both show in the audit log: each restart logs the
+round it resumed from and the checkpoint's digest, so a round number that goes backwards, or a
+resumed model digest that differs from the last logged round's, is visible to an auditor.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cbor2
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from enclave.sealing import SealingKeySource
+
+MAGIC = b"AFCK1"
+FILE_NAME = "checkpoint.sealed"
+PURPOSE = b"checkpoint"
+MAX_CHECKPOINT_BYTES = 2 * 1024**3
+
+
+class CheckpointError(Exception):
+    """A sealed checkpoint exists but cannot be opened (other code, other platform, or tampered)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    round: int
+    dp_rounds: int
+    model: bytes
+    created: str
+
+    @property
+    def model_sha256(self) -> str:
+        return hashlib.sha256(self.model).hexdigest()
+
+
+def save_checkpoint(state_dir: Path, sealing: SealingKeySource, checkpoint: Checkpoint) -> Path:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    body = cbor2.dumps({"version": 1, "round": checkpoint.round, "dp_rounds": checkpoint.dp_rounds,
+                        "model": checkpoint.model, "created": checkpoint.created}, canonical=True)
+    nonce = os.urandom(12)
+    sealed = MAGIC + nonce + AESGCM(sealing.key(PURPOSE)).encrypt(nonce, body, MAGIC)
+    path = state_dir / FILE_NAME
+    temporary = state_dir / (FILE_NAME + ".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(sealed)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    directory = os.open(state_dir, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path
+
+
+def load_checkpoint(state_dir: Path, sealing: SealingKeySource) -> Checkpoint | None:
+    """The checkpoint, ``None`` when there is none; :class:`CheckpointError` when it cannot be
+    unsealed (it is never silently ignored: the operator must move it away deliberately)."""
+    path = state_dir / FILE_NAME
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    if len(data) > MAX_CHECKPOINT_BYTES or not data.startswith(MAGIC) or len(data) < len(MAGIC) + 12 + 16:
+        raise CheckpointError(f"{path} is not a sealed attestfl checkpoint")
+    nonce = data[len(MAGIC):len(MAGIC) + 12]
+    try:
+        body = AESGCM(sealing.key(PURPOSE)).decrypt(nonce, data[len(MAGIC) + 12:], MAGIC)
+    except InvalidTag:
+        raise CheckpointError(
+            f"{path} cannot be unsealed: it was sealed by other code or on another platform, or it was tampered with. "
+            "Move it away to start training afresh."
+        ) from None
+    try:
+        fields = cbor2.loads(body)
+        return Checkpoint(int(fields["round"]), int(fields["dp_rounds"]), bytes(fields["model"]), str(fields["created"]))
+    except (KeyError, TypeError, ValueError, cbor2.CBORDecodeError) as exc:
+        raise CheckpointError(f"{path}: malformed checkpoint contents: {exc}") from exc
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()

@@ -1,0 +1,133 @@
+"""Sealing keys: a key that only the same measured code on the same platform can derive.
+
+* SEV-SNP hardware: ``SNP_GET_DERIVED_KEY`` on ``/dev/sev-guest``. The firmware derives the
+  key from the chip's VCEK root and the guest fields we select: the launch MEASUREMENT and the
+  guest POLICY (so other code, or the same code launched with debugging, gets another key).
+* Simulated TEE: HKDF-SHA256 over a random root secret kept in the simulated TEE's directory
+  (standing in for the chip's fused secret) with the launch measurement as salt. It protects
+  against nothing a host can do to that directory; it exercises the same checkpoint code.
+* TDX has no local sealing key. A TDX aggregator obtains its checkpoint key from a key broker
+  that releases it only against TDX evidence with the pinned MRTD/RTMRs (e.g. Trustee's KBS);
+  without one it starts fresh on restart (see docs/protocol.md).
+"""
+from __future__ import annotations
+
+import abc
+import ctypes
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .sev_guest import DEVICE, MSG_VERSION, SnpGuestRequestIoctl, _iowr, _system_ioctl
+
+SEALING_LABEL = b"attestfl/v1/sealing-key\x00"
+SIMULATED_ROOT_FILE = "sealing-root.key"
+
+#: SNP_GET_DERIVED_KEY guest_field_select bits (SEV-SNP ABI, MSG_KEY_REQ).
+FIELD_GUEST_POLICY = 1 << 0
+FIELD_IMAGE_ID = 1 << 1
+FIELD_FAMILY_ID = 1 << 2
+FIELD_MEASUREMENT = 1 << 3
+FIELD_GUEST_SVN = 1 << 4
+FIELD_TCB_VERSION = 1 << 5
+
+
+class SealingError(Exception):
+    """No sealing key can be derived here."""
+
+
+class SealingKeySource(abc.ABC):
+    name: str = ""
+
+    @abc.abstractmethod
+    def key(self, purpose: bytes) -> bytes:
+        """A 32-byte key for ``purpose``, bound to this platform and measured code."""
+
+
+class SimulatedSealingKey(SealingKeySource):
+    name = "simulated"
+
+    def __init__(self, directory: str | Path, measurement: bytes) -> None:
+        self.path = Path(directory) / SIMULATED_ROOT_FILE
+        self.measurement = bytes(measurement)
+        try:
+            if not self.path.exists():
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(os.urandom(32))
+            self._root = self.path.read_bytes()
+        except FileExistsError:
+            self._root = self.path.read_bytes()
+        except OSError as exc:
+            raise SealingError(f"cannot read the simulated sealing root {self.path}: {exc.strerror or exc}") from exc
+        if len(self._root) != 32:
+            raise SealingError(f"{self.path} is not a 32-byte simulated sealing root")
+
+    def key(self, purpose: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=self.measurement, info=SEALING_LABEL + purpose).derive(self._root)
+
+
+class SnpDerivedKeyReq(ctypes.Structure):
+    """``struct snp_derived_key_req`` of linux/sev-guest.h (32 bytes)."""
+
+    _fields_ = [
+        ("root_key_select", ctypes.c_uint32),
+        ("rsvd", ctypes.c_uint32),
+        ("guest_field_select", ctypes.c_uint64),
+        ("vmpl", ctypes.c_uint32),
+        ("guest_svn", ctypes.c_uint32),
+        ("tcb_version", ctypes.c_uint64),
+    ]
+
+
+class SnpDerivedKeyResp(ctypes.Structure):
+    """``struct snp_derived_key_resp``: the firmware's MSG_KEY_RSP (status, reserved, key)."""
+
+    _fields_ = [("data", ctypes.c_uint8 * 64)]
+
+
+SNP_GET_DERIVED_KEY = _iowr("S", 0x1, ctypes.sizeof(SnpGuestRequestIoctl))
+
+
+def derived_key_request(vmpl: int = 0, fields: int = FIELD_MEASUREMENT | FIELD_GUEST_POLICY) -> SnpDerivedKeyReq:
+    request = SnpDerivedKeyReq()
+    request.root_key_select = 0  # the VCEK-derived root (chip-unique)
+    request.guest_field_select = fields
+    request.vmpl = vmpl
+    return request
+
+
+class SnpSealingKey(SealingKeySource):
+    """``SNP_GET_DERIVED_KEY``: a chip-unique key mixed with the measurement and guest policy."""
+
+    name = "sev-snp-derived-key"
+
+    def __init__(self, *, root: str | Path = "/", vmpl: int = 0, ioctl=None) -> None:  # noqa: ANN001
+        self.device = Path(root) / DEVICE
+        self.vmpl = vmpl
+        self._ioctl = ioctl or _system_ioctl
+
+    def key(self, purpose: bytes) -> bytes:
+        request = derived_key_request(self.vmpl)
+        response = SnpDerivedKeyResp()
+        argument = SnpGuestRequestIoctl()
+        argument.msg_version = MSG_VERSION
+        argument.req_data = ctypes.addressof(request)
+        argument.resp_data = ctypes.addressof(response)
+        try:
+            fd = os.open(self.device, os.O_RDWR)
+        except OSError as exc:
+            raise SealingError(f"cannot open {self.device}: {exc.strerror or exc}") from exc
+        try:
+            self._ioctl(fd, SNP_GET_DERIVED_KEY, argument)
+        except OSError as exc:
+            raise SealingError(f"SNP_GET_DERIVED_KEY failed: {exc.strerror or exc} (firmware error {argument.fw_error:#x})") from exc
+        finally:
+            os.close(fd)
+        data = bytes(response.data)
+        status = int.from_bytes(data[:4], "little")
+        if status != 0:
+            raise SealingError(f"the firmware refused the derived key (status {status:#x})")
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=SEALING_LABEL + purpose).derive(data[32:64])

@@ -1,0 +1,39 @@
+"""`attestfl demo` with its defaults, as a user runs it: separate processes on loopback."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from aggregator.demo import ROGUE_SITE, _events
+
+
+def test_demo_defaults(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "aggregator.cli", "demo", "--json", "--dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert set(summary) == {"final_accuracy", "rounds", "refused", "audit_log"}
+    assert summary["final_accuracy"] >= 0.93
+    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3, 4, 5]
+    assert all(set(r) == {"round", "accuracy", "per_site", "epsilon"} and len(r["per_site"]) == 4 for r in summary["rounds"])
+    (refusal,) = summary["refused"]
+    assert refusal["site"] == ROGUE_SITE and any(r.startswith("admission.measurement") for r in refusal["reasons"])
+    assert "training rounds" in result.stderr  # the progress bar
+
+    # From the aggregator's own records: nothing from a refused or unadmitted site entered a model.
+    events = _events(tmp_path / "aggregator.stderr")
+    admitted = {e["site"] for e in events if e["message"] == "admission" and e["admitted"]}
+    assert ROGUE_SITE not in admitted and len(admitted) == 4
+    accepted = {e["site"] for e in events if e["message"] == "update_accepted"}
+    participants = {site for e in events if e["message"] == "round" for site in e["participants"]}
+    assert accepted <= admitted and participants <= admitted
+    assert len([e for e in events if e["message"] == "round"]) == 5
+
+    # The demo's tamper-evident audit log verifies offline (the simulated vendor's roots pinned).
+    audit = subprocess.run([sys.executable, "-m", "aggregator.cli", "audit", "verify", summary["audit_log"],
+                            "--policy", str(tmp_path / "site-policy.toml"), "--json"], capture_output=True, text=True, timeout=120)
+    assert audit.returncode == 0, audit.stdout[-3000:]
+    verdict = json.loads(audit.stdout)
+    assert verdict["valid"] and verdict["rounds"] == 5 and verdict["admissions"]["refused"] >= 1
