@@ -138,14 +138,38 @@ class StreamSealer:
         return index, ciphertext
 
 
-def seal_chunks(key: bytes, data: bytes, *, session_id: bytes, purpose: str, context: bytes, chunk_bytes: int = CHUNK_BYTES):
-    """Yield (header or b"", index, final, ciphertext) for ``data`` split into chunks."""
+def _chunked(parts: list[memoryview], chunk_bytes: int):
+    """Slices of ``chunk_bytes`` over consecutive buffers, copying only where a chunk spans two."""
+    pending: list[memoryview] = []
+    pending_size = 0
+    for part in parts:
+        position = 0
+        while position < len(part):
+            take = min(chunk_bytes - pending_size, len(part) - position)
+            piece = part[position:position + take]
+            position += take
+            if not pending and take == chunk_bytes:
+                yield piece
+                continue
+            pending.append(piece)
+            pending_size += take
+            if pending_size == chunk_bytes:
+                yield memoryview(b"".join(pending))
+                pending, pending_size = [], 0
+    if pending or not parts:
+        yield memoryview(b"".join(pending))
+
+
+def seal_chunks(key: bytes, data: bytes | list, *, session_id: bytes, purpose: str, context: bytes, chunk_bytes: int = CHUNK_BYTES):
+    """Yield (header or b"", index, final, ciphertext) for ``data`` (bytes, or a list of
+    buffers sent back to back, e.g. a safetensors header and the tensors' memory) in chunks."""
     sealer = StreamSealer(key, session_id=session_id, purpose=purpose, context=context)
-    total = max(1, -(-len(data) // chunk_bytes))
-    view = memoryview(data)
-    for number in range(total):
+    parts = [memoryview(p).cast("B") for p in (data if isinstance(data, list) else [data])]
+    parts = [p for p in parts if len(p)]
+    total = max(1, -(-sum(len(p) for p in parts) // chunk_bytes))
+    for number, piece in enumerate(_chunked(parts, chunk_bytes)):
         final = number == total - 1
-        index, ciphertext = sealer.seal(bytes(view[number * chunk_bytes : (number + 1) * chunk_bytes]), final=final)
+        index, ciphertext = sealer.seal(piece, final=final)
         yield (sealer.header if index == 0 else b""), index, final, ciphertext
 
 
@@ -186,6 +210,26 @@ class StreamOpener:
         self._index += 1
         self._finished = final
         return plaintext
+
+    def open_into(self, index: int, ciphertext: bytes, *, final: bool, buffer: bytearray, offset: int) -> int:
+        """Like :meth:`open`, writing the plaintext into ``buffer`` at ``offset``; returns its length."""
+        if self._finished:
+            raise StreamError("a chunk arrived after the final chunk")
+        if index != self._index:
+            raise StreamError(f"chunk {index} arrived where chunk {self._index} was expected (reordered, dropped or replayed)")
+        length = len(ciphertext) - TAG_BYTES
+        if length < 0 or length > MAX_CHUNK_BYTES:
+            raise StreamError("chunk has an impossible size")
+        if offset + length > min(len(buffer), self._max_bytes):
+            raise StreamError(f"stream is larger than the {self._max_bytes} bytes allowed for it")
+        try:
+            self._cipher.decrypt_into(_nonce(index), ciphertext, _aad(self._digest, index, final), memoryview(buffer)[offset:offset + length])
+        except InvalidTag:
+            raise StreamError(f"chunk {index} failed authentication (tampered, or sealed for another stream or session)") from None
+        self._index += 1
+        self._finished = final
+        self._received += length
+        return length
 
     def finish(self) -> None:
         if not self._finished:

@@ -164,6 +164,7 @@ class FederationService(pb_grpc.FederationServicer):
         self.sessions: dict[bytes, Session] = {}
         self.counters = Counters()
         self.key_id = hashlib.sha256(keys.public.ed25519).hexdigest()[:16]
+        self._closing: asyncio.Future | None = None
 
     # --- handshake ---------------------------------------------------------------------------
 
@@ -299,20 +300,23 @@ class FederationService(pb_grpc.FederationServicer):
             spec = self.driver.task().spec
             opener = StreamOpener(session.keys.site_to_aggregator, first.header, session_id=session.session_id, purpose="update",
                                   context=stream_context(round_number, session.site_id), max_bytes=spec.max_update_bytes)
-            data = bytearray()
+            # One buffer of the largest valid update, decrypted into in place (no copies per chunk).
+            buffer = bytearray(spec.max_update_bytes)
+            size = 0
             chunk: pb.SealedChunk | None = first
             decrypt_seconds = 0.0
             while chunk is not None:
                 self.counters.bytes_in += len(chunk.ciphertext)
                 started = time.perf_counter()
-                data += opener.open(chunk.index, chunk.ciphertext, final=chunk.final)
+                size += opener.open_into(chunk.index, chunk.ciphertext, final=chunk.final, buffer=buffer, offset=size)
                 decrypt_seconds += time.perf_counter() - started
                 if chunk.final:
                     break
                 chunk = await self._next_chunk(request_iterator, context)
             opener.finish()
+            data = memoryview(buffer)[:size]
             started = time.perf_counter()
-            update, metadata = decode_tensors(bytes(data), spec)
+            update, metadata = decode_tensors(data, spec)
             weight = _weight(metadata)
             validate_seconds = time.perf_counter() - started
         except UpdateRefused as exc:
@@ -334,8 +338,9 @@ class FederationService(pb_grpc.FederationServicer):
         self.events.record("update_accepted", site=session.site_id, round=round_number, update_sha256=digest.hex(),
                            weight=weight, accepted_unix_ms=accepted_ms, receipt_signature=signature.hex(),
                            bytes=len(data), decrypt_seconds=round(decrypt_seconds, 6), validate_seconds=round(validate_seconds, 6))
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.driver.close_if_complete)
+        # Aggregation (and sealing the checkpoint) runs after the receipt is sent: a site does
+        # not wait for the round's other work.
+        self._closing = asyncio.get_running_loop().run_in_executor(None, self.driver.close_if_complete)
         return pb.UploadReceipt(round=round_number, site_id=session.site_id, update_sha256=digest, weight=weight,
                                 accepted_unix_ms=accepted_ms, signature=signature)
 

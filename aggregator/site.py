@@ -30,7 +30,7 @@ from .admission import admission_nonce, app_attest_client_data
 from .credential import CredentialError, SessionClaims, verify_credential
 from .secure_stream import SessionKeys, StreamError, StreamOpener, derive_session_keys, seal_chunks, transcript_hash
 from .service import MAX_MESSAGE_BYTES, parse_stream_context, receipt_message, stream_context
-from .update import ModelSpec, decode_tensors, encode_tensors
+from .update import ModelSpec, decode_tensors, encode_tensor_parts, encode_tensors
 from .wire import federation_pb2 as pb
 from .wire import federation_pb2_grpc as pb_grpc
 
@@ -212,7 +212,7 @@ class SiteClient:
         session = self.session
         if session is None:
             raise SiteError("join first")
-        data = encode_tensors(update, {"weight": repr(float(weight))})
+        data = encode_tensor_parts(update, {"weight": repr(float(weight))})
         for header, index, final, ciphertext in seal_chunks(session.keys.site_to_aggregator, data, session_id=session.claims.session_id,
                                                             purpose="update", context=stream_context(round_number, self.site_id)):
             yield pb.SealedChunk(header=header, index=index, final=final, ciphertext=ciphertext)

@@ -92,6 +92,12 @@ class ModelSpec:
 
 def encode_tensors(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
     """Serialise float32 tensors in the safetensors layout (in the given order)."""
+    return b"".join(encode_tensor_parts(tensors, metadata))
+
+
+def encode_tensor_parts(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> list:
+    """The safetensors layout as buffers to send back to back: the length-prefixed header, then
+    each tensor's memory (no copy when a tensor already is contiguous little-endian float32)."""
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -101,10 +107,10 @@ def encode_tensors(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str
         data = np.ascontiguousarray(array, dtype=DTYPES["F32"])
         header[name] = {"dtype": "F32", "shape": list(data.shape), "data_offsets": [offset, offset + data.nbytes]}
         offset += data.nbytes
-        blobs.append(data.tobytes())
+        blobs.append(data.reshape(-1))
     raw_header = json.dumps(header, separators=(",", ":")).encode()
     raw_header += b" " * (-len(raw_header) % 8)  # align tensor data to 8 bytes, as safetensors does
-    return _LENGTH.pack(len(raw_header)) + raw_header + b"".join(blobs)
+    return [_LENGTH.pack(len(raw_header)) + raw_header, *blobs]
 
 
 def header_length(prefix: bytes) -> int:
@@ -117,7 +123,7 @@ def header_length(prefix: bytes) -> int:
     return int(length)
 
 
-def decode_tensors(data: bytes, spec: ModelSpec | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def decode_tensors(data: bytes | bytearray, spec: ModelSpec | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Parse and check an update: (name -> float32 array in spec order, metadata).
 
     With ``spec``, names, dtypes and shapes must equal it exactly and every value must be
@@ -128,7 +134,7 @@ def decode_tensors(data: bytes, spec: ModelSpec | None = None) -> tuple[dict[str
     if len(data) < end:
         raise UpdateFormatError("update is truncated inside its safetensors header")
     try:
-        header = json.loads(data[_LENGTH.size:end])
+        header = json.loads(bytes(data[_LENGTH.size:end]))
     except (ValueError, UnicodeDecodeError) as exc:
         raise UpdateFormatError(f"safetensors header is not JSON: {exc}") from exc
     if not isinstance(header, dict):

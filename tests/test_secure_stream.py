@@ -121,3 +121,28 @@ def test_session_keys_depend_on_everything_in_the_transcript() -> None:
     assert keys.site_to_aggregator != keys.aggregator_to_site
     assert derive_session_keys(b"s" * 32, session_id=os.urandom(16), transcript=reference) != keys
     assert "hidden" in repr(keys) and keys.site_to_aggregator.hex() not in repr(keys)
+
+
+def test_buffers_sent_back_to_back_are_one_stream() -> None:
+    import numpy as np
+
+    parts = [b"head", np.arange(700, dtype=np.float32), b"", np.ones(250, np.float32)]
+    joined = b"".join(bytes(memoryview(p).cast("B")) for p in parts)
+    chunks = sealed(data=parts)  # type: ignore[arg-type]
+    assert [len(c[3]) - 16 for c in chunks] == [1000, 1000, 1000, 804]
+    assert open_all(chunks) == joined
+
+
+def test_open_into_a_buffer() -> None:
+    chunks = sealed()
+    opener = StreamOpener(KEY, chunks[0][0], session_id=SESSION, purpose="update", context=CONTEXT, max_bytes=10**6)
+    buffer = bytearray(len(DATA))
+    size = 0
+    for _h, index, final, ciphertext in chunks:
+        size += opener.open_into(index, ciphertext, final=final, buffer=buffer, offset=size)
+    opener.finish()
+    assert bytes(buffer[:size]) == DATA
+    small = StreamOpener(KEY, chunks[0][0], session_id=SESSION, purpose="update", context=CONTEXT, max_bytes=1500)
+    with pytest.raises(StreamError, match="larger than"):
+        for _h, index, final, ciphertext in chunks:
+            small.open_into(index, ciphertext, final=final, buffer=buffer, offset=index * 1000)

@@ -1,0 +1,78 @@
+"""Shared harness of benchmarks/transfer.py and benchmarks/round.py: an aggregator (`attestfl
+serve`, its own process, simulated TEE) and N site processes on loopback, each joining (full
+attestation both ways), then uploading a sealed update at the same moment."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _site(target: str, site_id: str, sim_dir: str, roots: list[str], parameters: int, download: bool,
+          barrier: Any, results: Any) -> None:
+    from aggregator.site import SiteClient
+    from aggregator.update import ModelSpec
+    from attestation.policy import Policy
+    from enclave.simulated.attester import SimulatedSnpAttester
+
+    policy = Policy(trusted_simulated_roots=frozenset(roots))
+    update = {"w": np.random.default_rng(abs(hash(site_id)) % 2**32).standard_normal(parameters).astype(np.float32) * 1e-3}
+    with SiteClient(target, site_id=site_id, policy=policy, attester=SimulatedSnpAttester(sim_dir), timeout=600) as client:
+        started = time.perf_counter()
+        client.join()
+        attestation = time.perf_counter() - started
+        task = client.task()
+        download_seconds = None
+        if download:
+            started = time.perf_counter()
+            client.download_model(task.round, ModelSpec.from_json(task.model_spec))
+            download_seconds = time.perf_counter() - started
+        barrier.wait()
+        begin = time.time()
+        client.upload_update(task.round, update, weight=1)
+        end = time.time()
+    results[site_id] = {"attestation_seconds": attestation, "download_seconds": download_seconds, "upload_begin": begin, "upload_end": end}
+
+
+def run(sites: int, parameters: int, *, download: bool = False) -> dict[str, Any]:
+    """Start everything, upload once from every site concurrently; return per-site timings and
+    the aggregator's own events (decryption, validation and aggregation times)."""
+    sys.path.insert(0, str(ROOT))
+    from aggregator.loopback import Deployment
+
+    directory = Path(tempfile.mkdtemp(prefix="attestfl-bench-"))
+    deployment = Deployment(directory, directory / "vendor", model={"w": np.zeros(parameters, np.float32)},
+                            sites={f"site-{i}": "" for i in range(sites)},
+                            task=f'rounds = 1\nmin_sites = {sites}\nround_deadline = "900s"')
+    aggregator = deployment.start()
+    context = mp.get_context("spawn")
+    barrier = context.Barrier(sites)
+    with context.Manager() as manager:
+        results = manager.dict()
+        processes = [context.Process(target=_site, args=(aggregator.target, f"site-{i}", str(deployment.sim_dir),
+                                                          list(deployment.roots.values()), parameters, download, barrier, results))
+                     for i in range(sites)]
+        try:
+            for process in processes:
+                process.start()
+            for process in processes:
+                process.join(timeout=900)
+            failed = [p.exitcode for p in processes if p.exitcode != 0]
+            if failed:
+                raise RuntimeError(f"site processes failed: {failed}; aggregator log: {aggregator.stderr_path}")
+            timings = dict(results)
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.kill()
+            aggregator.stop()
+    events = aggregator.events()
+    return {"timings": timings, "events": events, "directory": str(directory), "cpus": os.cpu_count()}
