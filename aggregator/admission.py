@@ -103,16 +103,20 @@ class AdmissionPolicy:
     credential_ttl: timedelta = timedelta(hours=8)
     #: SHA-256 of the attestation policy's file (or "default"): the EAR appraisal-policy-id.
     policy_id: str = "default"
+    #: The attestation policy file's bytes (None: the default policy), logged in full in the audit log.
+    policy_text: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_table(cls, table: dict[str, Any], base_dir: Path) -> "AdmissionPolicy":
         reject_unknown_keys(table, ("challenge_ttl", "credential_ttl", "policy", "sites"), "admission")
         policy = Policy()
         policy_id = "default"
+        policy_text = None
         if "policy" in table:
             path = base_dir / str(table["policy"])
             policy = Policy.load(path)
-            policy_id = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+            policy_text = path.read_bytes()
+            policy_id = "sha256:" + hashlib.sha256(policy_text).hexdigest()
         sites: dict[str, SiteRule] = {}
         for site_id, rule in read_table(table, "sites", "admission").items():
             where = f"admission.sites.{site_id}"
@@ -150,6 +154,7 @@ class AdmissionPolicy:
             challenge_ttl=read_duration(table, "challenge_ttl", "admission") or timedelta(seconds=60),
             credential_ttl=read_duration(table, "credential_ttl", "admission") or timedelta(hours=8),
             policy_id=policy_id,
+            policy_text=policy_text,
         )
 
     @classmethod

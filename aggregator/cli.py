@@ -10,6 +10,7 @@ from attestation.cli import add_evidence_commands
 from attestation.reference_values import add_reference_values_commands
 from enclave.cli import add_enclave_commands
 
+from .audit.cli import add_audit_commands
 from .commands import add_service_commands
 from .demo import add_demo_command
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_enclave_commands(subparsers)
     add_service_commands(subparsers)
     add_reference_values_commands(subparsers)
+    add_audit_commands(subparsers)
     add_demo_command(subparsers)
     return parser
 

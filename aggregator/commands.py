@@ -46,6 +46,7 @@ def add_service_commands(subparsers: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     from enclave.sealing import SealingError
 
+    from .audit.log import AuditLogError
     from .checkpoint import CheckpointError
     from .config import AggregatorConfig, ConfigError
     from .server import configure_logging, serve
@@ -59,7 +60,7 @@ def run_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
     configure_logging()
     try:
         asyncio.run(serve(config))
-    except (AttestationError, OSError, CheckpointError, SealingError) as exc:
+    except (AttestationError, AuditLogError, OSError, CheckpointError, SealingError) as exc:
         print(f"attestfl: error: {exc}", file=err)
         return EXIT_UNUSABLE
     return EXIT_OK

@@ -18,9 +18,9 @@ from typing import Any
 
 from enclave.attester import Attester, GpuAttester, detect_attester
 from enclave.keys import EnclaveKeys
-
 from enclave.sealing import SealingKeySource, SimulatedSealingKey, SnpSealingKey
 
+from .audit.events import AuditLog
 from .checkpoint import Checkpoint, load_checkpoint, now_iso, save_checkpoint
 from .config import AggregatorConfig
 from .update import decode_tensors
@@ -97,13 +97,47 @@ class Running:
     driver: RoundDriver
     port: int
     server: Any
+    audit: AuditLog | None = None
+
+
+def task_record(config: AggregatorConfig) -> dict[str, Any]:
+    task = config.task
+    dp = task.dp
+    return {"rounds": task.rounds, "min_sites": task.min_sites, "round_deadline_s": task.round_deadline,
+            "strategy": task.strategy.describe(), "clip_norm": task.clip_norm, "evaluate": task.evaluate,
+            "dp": None if dp is None else {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier, "delta": dp.delta}}
+
+
+def open_audit_log(config: AggregatorConfig, keys: EnclaveKeys, attester: Attester, gpu: GpuAttester | None) -> AuditLog:
+    """The tamper-evident log in ``log_dir``: this run's evidence and configuration first."""
+    audit = AuditLog(config.log_dir, keys, forward=LogEvents())
+    try:
+        audit.begin(attester, gpu=gpu, tee=config.tee, config_raw=config.raw, admission=config.admission,
+                    task=task_record(config))
+    except BaseException:
+        audit.close()
+        raise
+    return audit
 
 
 async def start(config: AggregatorConfig, events: EventSink | None = None) -> Running:
     keys = EnclaveKeys()
     attester = make_attester(config)
     gpu = make_gpu_attester(config)
-    events = events or LogEvents()
+    audit = None
+    if events is None:
+        audit = open_audit_log(config, keys, attester, gpu)
+        events = audit
+    try:
+        return await _start(config, keys, attester, gpu, events, audit)
+    except BaseException:
+        if audit is not None:
+            audit.close()
+        raise
+
+
+async def _start(config: AggregatorConfig, keys: EnclaveKeys, attester: Attester, gpu: GpuAttester | None,
+                 events: EventSink, audit: AuditLog | None) -> Running:
     sessions: dict[bytes, Any] = {}
     sealing = make_sealing(config, attester)
     checkpoint = load_checkpoint(config.state_dir, sealing) if sealing is not None else None
@@ -128,7 +162,7 @@ async def start(config: AggregatorConfig, events: EventSink | None = None) -> Ru
                                 events=events, stall_timeout=config.stall_timeout)
     service.sessions = sessions
     server, port = await start_server(service, config.listen)
-    return Running(service, driver, port, server)
+    return Running(service, driver, port, server, audit)
 
 
 def ready_line(config: AggregatorConfig, running: Running) -> dict[str, Any]:
@@ -166,3 +200,5 @@ async def serve(config: AggregatorConfig) -> None:
             pass
     LOG.info("stopping", extra={"fields": {}})
     await running.server.stop(grace=2)
+    if running.audit is not None:
+        running.audit.close()

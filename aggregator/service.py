@@ -203,6 +203,10 @@ class FederationService(pb_grpc.FederationServicer):
             "admission", site=site_id, admitted=appraisal.admitted, reasons=reasons, platform=appraisal.platform,
             evidence_format=request.evidence_format, evidence_sha256=hashlib.sha256(request.evidence).hexdigest(),
             evidence=bytes(request.evidence), policy_id=self.admission.policy_id, claims=appraisal.claims,
+            # What an auditor needs to re-run this decision offline (aggregator.audit.verify):
+            challenge=bytes(request.challenge), x25519=bytes(request.site_x25519_public),
+            ed25519=bytes(request.site_ed25519_public), app_attest_key_id=bytes(request.app_attest_key_id),
+            at=now.isoformat(),
         )
         if not appraisal.admitted:
             self.counters.refused += 1

@@ -30,3 +30,10 @@ def test_demo_defaults(tmp_path: Path) -> None:
     participants = {site for e in events if e["message"] == "round" for site in e["participants"]}
     assert accepted <= admitted and participants <= admitted
     assert len([e for e in events if e["message"] == "round"]) == 5
+
+    # The demo's tamper-evident audit log verifies offline (the simulated vendor's roots pinned).
+    audit = subprocess.run([sys.executable, "-m", "aggregator.cli", "audit", "verify", summary["audit_log"],
+                            "--policy", str(tmp_path / "site-policy.toml"), "--json"], capture_output=True, text=True, timeout=120)
+    assert audit.returncode == 0, audit.stdout[-3000:]
+    verdict = json.loads(audit.stdout)
+    assert verdict["valid"] and verdict["rounds"] == 5 and verdict["admissions"]["refused"] >= 1

@@ -1,0 +1,137 @@
+"""``attestfl audit ...``: the auditor's and the sites' commands on an audit log directory.
+
+Exit status: 0 valid (verify, report) or included (prove); 1 tampered, inconsistent or
+not included; 2 unusable input (no log, unreadable policy or head file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from attestation.errors import PolicyError
+from attestation.policy import Policy
+
+EXIT_OK, EXIT_BAD, EXIT_UNUSABLE = 0, 1, 2
+
+
+def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
+    audit = subparsers.add_parser("audit", help="verify, prove against and report on a tamper-evident audit log",
+                                  description="The auditor's tools for the aggregator's audit log (docs/auditors.md).")
+    sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+
+    verify = sub.add_parser("verify", help="re-verify an audit log offline",
+                            description="Recompute every leaf and tree head, check signatures, the aggregator's evidence "
+                            "(against --policy), re-run every admission, check rounds and receipts. "
+                            "Exit 0: valid; 1: tampered or inconsistent (the first bad entry is named); 2: unusable input.")
+    verify.add_argument("log_dir", metavar="LOGDIR")
+    verify.add_argument("--policy", metavar="FILE", help="attestation policy for the aggregator's evidence "
+                        "(default: real vendor roots only; pass trusted_simulated_roots for the simulated TEE)")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.set_defaults(handler=run_verify)
+
+    prove = sub.add_parser("prove", help="prove a site's update receipt is in the log",
+                           description="Find the update_accepted entry of (site, round, digest) and verify its RFC 9162 "
+                           "inclusion proof against a signed tree head (the latest, or --head FILE the site saved; then the "
+                           "latest head must also be consistent with it). Exit 0: included; 1: not included; 2: unusable input.")
+    prove.add_argument("log_dir", metavar="LOGDIR")
+    prove.add_argument("--site", required=True)
+    prove.add_argument("--round", required=True, type=int)
+    prove.add_argument("--update-sha256", required=True, metavar="HEX")
+    prove.add_argument("--head", metavar="FILE", help="a signed tree head (JSON, as `attestfl audit head` prints)")
+    prove.add_argument("--key", metavar="HEX", help="the aggregator Ed25519 key the site attested: the head must be signed by it")
+    prove.add_argument("--json", action="store_true")
+    prove.set_defaults(handler=run_prove)
+
+    head = sub.add_parser("head", help="print the latest signed tree head (JSON), for a site to keep")
+    head.add_argument("log_dir", metavar="LOGDIR")
+    head.set_defaults(handler=run_head)
+
+    report = sub.add_parser("report", help="write a self-contained HTML report",
+                            description="Verify the log and write one HTML page (no external assets): verdict, the "
+                            "aggregator's measurement and TCB, admissions, rounds, timeline. Exit 0: valid; 1: the log "
+                            "failed verification (the report says why); 2: unusable input.")
+    report.add_argument("log_dir", metavar="LOGDIR")
+    report.add_argument("-o", "--output", required=True, metavar="FILE")
+    report.add_argument("--policy", metavar="FILE", help="as for verify")
+    report.set_defaults(handler=run_report)
+
+
+def _policy(path: str | None) -> Policy:
+    return Policy() if path is None else Policy.load(path)
+
+
+def run_verify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    from .verify import UnusableLog, verify_log
+
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        result = verify_log(args.log_dir, _policy(args.policy))
+    except (UnusableLog, PolicyError) as exc:
+        print(f"attestfl: error: {exc}", file=err)
+        return EXIT_UNUSABLE
+    if args.json:
+        print(json.dumps(result.to_json()), file=out)
+    elif result.valid:
+        print(f"valid: {result.records} entries, {len(result.heads)} signed tree heads, {len(result.runs)} aggregator run(s), "
+              f"{len(result.admissions)} admission decision(s) re-run, {len(result.rounds)} round(s)", file=out)
+    else:
+        first = result.first_problem
+        print(f"INVALID: first bad entry {first.index}: {first.check}: {first.message}" if first else "INVALID", file=out)
+        for problem in result.problems[1:20]:
+            print(f"  also {problem}", file=out)
+    for warning in result.warnings:
+        print(f"attestfl: warning: {warning}", file=err)
+    return EXIT_OK if result.valid else EXIT_BAD
+
+
+def run_prove(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    from .log import TreeHead
+    from .verify import UnusableLog, prove_receipt
+
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        head = None
+        if args.head:
+            head = TreeHead.from_map(json.loads(Path(args.head).read_text(encoding="utf-8")))
+        key = bytes.fromhex(args.key) if args.key else None
+        result = prove_receipt(args.log_dir, site=args.site, round_number=args.round, update_sha256=args.update_sha256,
+                               head=head, key=key)
+    except (UnusableLog, OSError, ValueError) as exc:
+        print(f"attestfl: error: {exc}", file=err)
+        return EXIT_UNUSABLE
+    print(json.dumps(result.to_json()) if args.json else ("included: " if result.included else "NOT INCLUDED: ") + result.message, file=out)
+    return EXIT_OK if result.included else EXIT_BAD
+
+
+def run_head(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    from .verify import UnusableLog, read_log
+
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        _, heads, _, _, _ = read_log(args.log_dir)
+    except UnusableLog as exc:
+        print(f"attestfl: error: {exc}", file=err)
+        return EXIT_UNUSABLE
+    if not heads:
+        print(f"attestfl: error: {args.log_dir}: no signed tree head", file=err)
+        return EXIT_UNUSABLE
+    print(json.dumps(heads[-1].to_json()), file=out)
+    return EXIT_OK
+
+
+def run_report(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    from .report import render_report
+    from .verify import UnusableLog, verify_log
+
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        result = verify_log(args.log_dir, _policy(args.policy))
+        Path(args.output).write_text(render_report(result), encoding="utf-8")
+    except (UnusableLog, PolicyError, OSError) as exc:
+        print(f"attestfl: error: {exc}", file=err)
+        return EXIT_UNUSABLE
+    print(f"{'valid' if result.valid else 'INVALID'}: report written to {args.output}", file=out)
+    return EXIT_OK if result.valid else EXIT_BAD

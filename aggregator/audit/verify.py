@@ -1,0 +1,568 @@
+"""Offline verification of an audit log: the auditor's (relying party's) side.
+
+It lives beside the writer (not in :mod:`attestation`) because re-running admissions needs
+the aggregator's own admission function, :func:`aggregator.admission.appraise_site`, and the
+log format of :mod:`aggregator.audit.log`; it uses only public data from the log directory
+and the auditor's policy, never the aggregator's configuration or keys.
+
+:func:`verify_log` checks, reporting every problem with the index of the entry it names:
+
+1. framing: every record is whole and passes its checksum [entry.framing]; entries decode
+   [entry.decode] and carry their position as index (a deleted, inserted or swapped entry
+   shows here) [entry.index];
+2. signed tree heads: sizes increase and timestamps do not go back [head.order]; each
+   signature verifies [head.signature] under the key bound by the latest
+   ``aggregator_start``/``handover`` entry the head covers [head.key]; each root equals
+   the RFC 9162 root recomputed from the entries (consistency of successive heads
+   follows) [head.root]; no head covers entries that are absent [entry.missing]; every
+   entry is covered by a head [entry.unsigned];
+3. the aggregator's evidence in each start/handover entry: bundle made for the log's key
+   binding nonce, binding the logged key, appraised under the auditor's policy (pinned
+   roots, measurements, TCB) [aggregator.evidence]; a handover names the previous run's
+   last head [handover.previous_head];
+4. admissions re-run from the logged evidence, challenge, keys and time under the logged
+   policy; verdict and reasons must be the logged ones [admission.rerun];
+5. sessions, receipts and rounds: a session or update only for a site admitted in that
+   run [session.site, update.site], each receipt signature valid under the run's key
+   [update.receipt], each round's participants admitted and each one's update digest and
+   weight those of an accepted, logged receipt [round.participant, round.receipt].
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from attestation.abi.bundle import parse_bundle
+from attestation.bundle import appraise_bundle
+from attestation.errors import AttestationError
+from attestation.findings import Reason
+from attestation.policy import Policy
+
+from ..admission import AdmissionPolicy, appraise_site
+from ..service import receipt_message
+from . import merkle
+from .log import ENTRIES_FILE, HEADS_FILE, TreeHead, head_message, key_binding_nonce, scan_records
+from .records import PolicyRecordError, admission_policy_from_record
+
+START_KINDS = ("aggregator_start", "handover")
+MAX_PROBLEMS = 200
+
+
+class UnusableLog(Exception):
+    """The directory is not an audit log that can be read at all (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    index: int  # the entry this names (for a head: the first entry it puts in doubt)
+    check: str
+    message: str
+    head: int | None = None  # position of the tree head in heads.log, when a head is at fault
+
+    def __str__(self) -> str:
+        where = f"entry {self.index}" + (f" (tree head #{self.head})" if self.head is not None else "")
+        return f"{where}: {self.check}: {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "head": self.head, "check": self.check, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Entry:
+    index: int
+    kind: str
+    time: int  # unix ms
+    fields: dict[str, Any]
+
+    @property
+    def when(self) -> datetime:
+        return datetime.fromtimestamp(self.time / 1000, timezone.utc)
+
+
+@dataclass(frozen=True)
+class AggregatorRun:
+    index: int
+    kind: str
+    time: int
+    key: str
+    platform: str | None
+    claims: dict[str, Any]
+    reasons: tuple[str, ...]
+    tee: str
+
+
+@dataclass(frozen=True)
+class AdmissionDecision:
+    index: int
+    time: int
+    site: str
+    admitted: bool
+    reasons: tuple[str, ...]
+    platform: str | None
+    policy_id: str
+    confirmed: bool  # the re-run gave the same verdict and reasons
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    index: int
+    time: int
+    round: int
+    attempt: int
+    participants: dict[str, Any]
+    model_sha256: str
+    strategy: Any
+    clip_norm: Any
+    dp: Any
+    epsilon: Any
+
+
+@dataclass
+class Verification:
+    directory: Path
+    entries: list[Entry] = field(default_factory=list)
+    records: int = 0
+    heads: list[TreeHead] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    runs: list[AggregatorRun] = field(default_factory=list)
+    admissions: list[AdmissionDecision] = field(default_factory=list)
+    rounds: list[RoundOutcome] = field(default_factory=list)
+    configs: list[Entry] = field(default_factory=list)
+    omitted_problems: int = 0
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems and not self.omitted_problems
+
+    @property
+    def first_problem(self) -> Problem | None:
+        return self.problems[0] if self.problems else None
+
+    def add(self, problem: Problem) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(problem)
+        else:
+            self.omitted_problems += 1
+
+    def to_json(self) -> dict[str, Any]:
+        first = self.first_problem
+        return {
+            "valid": self.valid,
+            "log": str(self.directory),
+            "entries": self.records,
+            "tree_heads": len(self.heads),
+            "latest_head": self.heads[-1].to_json() if self.heads else None,
+            "first_problem": first.to_json() if first else None,
+            "problems": [p.to_json() for p in self.problems],
+            "more_problems": self.omitted_problems,
+            "warnings": list(self.warnings),
+            "aggregator_runs": [{"index": r.index, "kind": r.kind, "key": r.key, "platform": r.platform,
+                                 "evidence_accepted": not r.reasons, "reasons": list(r.reasons),
+                                 "measurement": r.claims.get("measurement") or r.claims.get("mr_td")} for r in self.runs],
+            "admissions": {"admitted": sum(a.admitted for a in self.admissions),
+                           "refused": sum(not a.admitted for a in self.admissions)},
+            "rounds": len(self.rounds),
+        }
+
+
+class _Keys:
+    """Ed25519 verification with the public key objects cached."""
+
+    def __init__(self) -> None:
+        self._cache: dict[bytes, Ed25519PublicKey | None] = {}
+
+    def verify(self, key: bytes, signature: bytes, message: bytes) -> bool:
+        if key not in self._cache:
+            try:
+                self._cache[key] = Ed25519PublicKey.from_public_bytes(key)
+            except ValueError:
+                self._cache[key] = None
+        public = self._cache[key]
+        if public is None:
+            return False
+        try:
+            public.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+
+def _read(directory: Path, name: str) -> bytes:
+    try:
+        return (directory / name).read_bytes()
+    except FileNotFoundError:
+        raise UnusableLog(f"{directory}: no {name}: not an attestfl audit log directory") from None
+    except OSError as exc:
+        raise UnusableLog(f"cannot read {directory / name}: {exc.strerror or exc}") from exc
+
+
+def _decode_entry(position: int, payload: bytes) -> Entry | Problem:
+    try:
+        data = cbor2.loads(payload)
+    except Exception as exc:  # noqa: BLE001 - cbor2 raises several types on garbage
+        return Problem(position, "entry.decode", f"the entry is not CBOR: {exc}")
+    if not isinstance(data, dict) or set(data) != {"index", "kind", "time", "fields"}:
+        return Problem(position, "entry.decode", "the entry is not a map of index, kind, time and fields")
+    index, kind, time_ms, fields_ = data["index"], data["kind"], data["time"], data["fields"]
+    if type(index) is not int or not isinstance(kind, str) or type(time_ms) is not int or not isinstance(fields_, dict):
+        return Problem(position, "entry.decode", "index, kind, time or fields has the wrong type")
+    if index != position:
+        return Problem(position, "entry.index",
+                       f"position {position} holds the entry numbered {index}: entries were deleted, inserted or reordered")
+    return Entry(index, kind, time_ms, fields_)
+
+
+def read_log(directory: str | Path) -> tuple[list[bytes], list[TreeHead], list[Any], list[Problem], list[str]]:
+    """Records (payloads), heads, and the framing problems of both files."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UnusableLog(f"{directory}: no such log directory")
+    entries_data, heads_data = _read(directory, ENTRIES_FILE), _read(directory, HEADS_FILE)
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    scan = scan_records(entries_data)
+    payloads = [r.payload for r in scan.records]
+    heads: list[TreeHead] = []
+    raw_heads: list[Any] = []
+    head_scan = scan_records(heads_data)
+    for number, record in enumerate(head_scan.records):
+        try:
+            heads.append(TreeHead.from_map(cbor2.loads(record.payload)))
+            raw_heads.append(number)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(Problem(heads[-1].tree_size if heads else 0, "head.decode", f"tree head #{number} is unreadable: {exc}", number))
+    covered = max((h.tree_size for h in heads), default=0)
+    if scan.torn is not None:
+        position = len(payloads)
+        if scan.torn_at_end and covered <= position:
+            warnings.append(f"entries.log ends with a torn, unacknowledged record at byte {scan.good_end} "
+                            "(an append cut short; the aggregator truncates it on restart)")
+        else:
+            problems.append(Problem(position, "entry.framing", f"{scan.torn} (byte {scan.good_end} of entries.log): "
+                                    "the entry was altered or the file was cut"))
+    if head_scan.torn is not None:
+        number = len(head_scan.records)
+        if head_scan.torn_at_end:
+            warnings.append(f"heads.log ends with a torn record at byte {head_scan.good_end} (an append cut short)")
+        else:
+            problems.append(Problem(heads[-1].tree_size if heads else 0, "head.framing",
+                                    f"tree head #{number}: {head_scan.torn} (byte {head_scan.good_end} of heads.log)", number))
+    if not payloads and not heads:
+        raise UnusableLog(f"{directory}: the log is empty")
+    return payloads, heads, raw_heads, problems, warnings
+
+
+def verify_log(directory: str | Path, policy: Policy | None = None) -> Verification:
+    """Verify the log in ``directory``; ``policy`` appraises the aggregator's evidence
+    (default: :class:`~attestation.policy.Policy`, real vendor roots only)."""
+    directory = Path(directory)
+    policy = policy or Policy()
+    payloads, heads, _, framing, warnings = read_log(directory)
+    result = Verification(directory, records=len(payloads), heads=heads, warnings=warnings)
+    for problem in framing:
+        result.add(problem)
+    leaves = [merkle.leaf_hash(p) for p in payloads]
+    roots = [merkle.EMPTY_ROOT]
+    frontier = merkle.Frontier()
+    for leaf in leaves:
+        frontier.append(leaf)
+        roots.append(frontier.root())
+
+    entries: list[Entry | None] = []
+    for position, payload in enumerate(payloads):
+        decoded = _decode_entry(position, payload)
+        if isinstance(decoded, Problem):
+            result.add(decoded)
+            entries.append(None)
+        else:
+            entries.append(decoded)
+    result.entries = [e for e in entries if e is not None]
+
+    # Keys bound by start/handover entries, by index (checked for their evidence below).
+    bound: list[tuple[int, bytes]] = []
+    for entry in result.entries:
+        if entry.kind in START_KINDS and isinstance(entry.fields.get("ed25519"), bytes):
+            bound.append((entry.index, entry.fields["ed25519"]))
+
+    def key_at(tree_size: int) -> bytes | None:
+        key = None
+        for index, candidate in bound:
+            if index < tree_size:
+                key = candidate
+            else:
+                break
+        return key
+
+    keys = _Keys()
+    previous: TreeHead | None = None
+    good_size = 0
+    root_failed = 0
+    for number, head in enumerate(heads):
+        last = max(0, head.tree_size - 1)
+        if previous is not None and (head.tree_size <= previous.tree_size or head.timestamp < previous.timestamp):
+            result.add(Problem(last, "head.order", f"tree head #{number} (size {head.tree_size}, time {head.timestamp}) does not "
+                               f"follow the previous one (size {previous.tree_size}, time {previous.timestamp})", number))
+        previous = head
+        if not keys.verify(head.key, head.signature, head_message(head.tree_size, head.root_hash, head.timestamp, head.key)):
+            result.add(Problem(last, "head.signature", f"tree head #{number} (size {head.tree_size}): the signature does not "
+                               f"verify under key {head.key.hex()}: a forged or altered tree head", number))
+            continue
+        expected_key = key_at(head.tree_size)
+        if expected_key != head.key:
+            bound_by = "no key" if expected_key is None else f"key {expected_key.hex()}"
+            result.add(Problem(last, "head.key", f"tree head #{number} (size {head.tree_size}) is signed by {head.key.hex()}, "
+                               f"but the log's evidence entries bind {bound_by} at that size: a key whose evidence is not in the log", number))
+            continue
+        if head.tree_size > len(payloads):
+            result.add(Problem(len(payloads), "entry.missing", f"tree head #{number} covers {head.tree_size} entries, but only "
+                               f"{len(payloads)} are present: entries {len(payloads)}..{head.tree_size - 1} were deleted or cut off", number))
+            continue
+        if roots[head.tree_size] != head.root_hash:
+            if not root_failed:
+                culprit = good_size if head.tree_size - good_size == 1 else f"{good_size}..{head.tree_size - 1}"
+                result.add(Problem(good_size, "head.root", f"tree head #{number} (size {head.tree_size}) does not match the "
+                                   f"entries: entry {culprit} was altered, replaced or reordered since it was signed", number))
+            root_failed += 1
+            continue
+        if not root_failed:
+            good_size = head.tree_size
+    if root_failed > 1:
+        result.warnings.append(f"{root_failed - 1} later tree heads do not match the entries either (consequence of the first)")
+    covered = max((h.tree_size for h in heads), default=0)
+    if covered < len(payloads):
+        result.add(Problem(covered, "entry.unsigned", f"entries {covered}..{len(payloads) - 1} are not covered by any signed tree head"))
+
+    _check_semantics(result, entries, roots, policy, keys)
+    result.problems.sort(key=lambda p: p.index)
+    return result
+
+
+def _reason_from_text(text: str) -> Reason:
+    check, _, message = text.partition(": ")
+    return Reason(check, message)
+
+
+def _bytes(fields_: dict[str, Any], name: str) -> bytes:
+    value = fields_.get(name)
+    if not isinstance(value, bytes):
+        raise KeyError(name)
+    return value
+
+
+def _check_semantics(result: Verification, entries: list[Entry | None], roots: list[bytes], policy: Policy, keys: _Keys) -> None:
+    run_key: bytes | None = None
+    admitted: dict[str, int] = {}
+    receipts: dict[tuple[str, int], Entry] = {}
+    policies: dict[str, AdmissionPolicy] = {}
+    last_head_by_size = {h.tree_size: h for h in result.heads}
+    for entry in entries:
+        if entry is None:
+            continue
+        f = entry.fields
+        i = entry.index
+        try:
+            if entry.kind in START_KINDS:
+                run_key = _check_start(result, entry, roots, policy, last_head_by_size)
+                admitted, receipts = {}, {}
+            elif run_key is None:
+                result.add(Problem(i, "entry.run", f"a {entry.kind!r} entry before any aggregator_start entry binds a key"))
+            elif entry.kind == "config":
+                if "admission" in f:
+                    try:
+                        admission = admission_policy_from_record(f["admission"])
+                        policies[admission.policy_id] = admission
+                    except PolicyRecordError as exc:
+                        result.add(Problem(i, "config.admission", str(exc)))
+                if isinstance(f.get("aggregator_toml"), bytes) and hashlib.sha256(f["aggregator_toml"]).hexdigest() != f.get("aggregator_toml_sha256"):
+                    result.add(Problem(i, "config.digest", "aggregator_toml_sha256 is not the digest of the logged aggregator.toml"))
+                result.configs.append(entry)
+            elif entry.kind == "admission":
+                decision = _check_admission(result, entry, policies)
+                if decision is not None:
+                    result.admissions.append(decision)
+                    if decision.admitted:  # a refused re-admission leaves an earlier session live (as the service does)
+                        admitted[decision.site] = i
+            elif entry.kind == "session":
+                if f.get("site") not in admitted:
+                    result.add(Problem(i, "session.site", f"a session for site {f.get('site')!r}, which no admission in this run admitted"))
+            elif entry.kind == "update_accepted":
+                site, round_number = str(f["site"]), int(f["round"])
+                if site not in admitted:
+                    result.add(Problem(i, "update.site", f"an update accepted from site {site!r}, which no admission in this run admitted"))
+                message = receipt_message(round_number, site, bytes.fromhex(f["update_sha256"]), float(f["weight"]), int(f["accepted_unix_ms"]))
+                if not keys.verify(run_key, bytes.fromhex(f["receipt_signature"]), message):
+                    result.add(Problem(i, "update.receipt", f"the receipt of site {site!r} for round {round_number} is not signed by this run's key"))
+                receipts[(site, round_number)] = entry
+            elif entry.kind == "round":
+                _check_round(result, entry, admitted, receipts)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            result.add(Problem(i, f"{entry.kind}.fields", f"the {entry.kind!r} entry lacks a field or has one of the wrong type ({type(exc).__name__}: {exc})"))
+
+
+def _check_start(result: Verification, entry: Entry, roots: list[bytes], policy: Policy,
+                 heads_by_size: dict[int, TreeHead]) -> bytes:
+    f, i = entry.fields, entry.index
+    key = _bytes(f, "ed25519")
+    if entry.kind == "aggregator_start" and i != 0:
+        result.add(Problem(i, "handover.kind", "an aggregator_start entry in the middle of the log (a restart must be a handover)"))
+    if entry.kind == "handover":
+        if i == 0:
+            result.add(Problem(i, "handover.kind", "the log begins with a handover, not an aggregator_start"))
+        try:
+            previous = TreeHead.from_map(f["previous_head"])
+        except (KeyError, ValueError) as exc:
+            result.add(Problem(i, "handover.previous_head", f"the handover's previous head is unusable: {exc}"))
+        else:
+            if previous.tree_size != i or previous.root_hash != roots[i] or not previous.signature_valid():
+                result.add(Problem(i, "handover.previous_head", "the handover does not name a validly signed head of the "
+                                   f"{i} entries before it (previous head size {previous.tree_size})"))
+    claims: dict[str, Any] = {}
+    platform = None
+    reasons: list[str] = []
+    try:
+        bundle = parse_bundle(_bytes(f, "evidence"))
+        platform = bundle.platform
+        appraisal = appraise_bundle(bundle, expected_nonce=key_binding_nonce(i, roots[i]), policy=policy, at=entry.when)
+        claims = appraisal.claims
+        reasons = [str(r) for r in appraisal.reasons]
+        if bundle.keys.ed25519 != key:
+            reasons.append("binding.key: the evidence binds another Ed25519 key than the one this entry names")
+    except AttestationError as exc:
+        reasons.append(f"evidence.format: {exc}")
+    if reasons:
+        result.add(Problem(i, "aggregator.evidence", "the aggregator's evidence does not bind its log key under the auditor's "
+                           "policy: " + "; ".join(reasons)))
+    result.runs.append(AggregatorRun(i, entry.kind, entry.time, key.hex(), platform, claims, tuple(reasons), str(f.get("tee", ""))))
+    return key
+
+
+def _check_admission(result: Verification, entry: Entry, policies: dict[str, AdmissionPolicy]) -> AdmissionDecision | None:
+    f, i = entry.fields, entry.index
+    site = str(f["site"])
+    logged_reasons = tuple(str(r) for r in f["reasons"])
+    logged_admitted = f["admitted"]
+    if not isinstance(logged_admitted, bool):
+        raise TypeError("admitted is not a boolean")
+    evidence = _bytes(f, "evidence")
+    confirmed = False
+    if hashlib.sha256(evidence).hexdigest() != f["evidence_sha256"]:
+        result.add(Problem(i, "admission.evidence_sha256", f"site {site!r}: evidence_sha256 is not the digest of the logged evidence"))
+    policy = policies.get(str(f["policy_id"]))
+    if policy is None:
+        result.add(Problem(i, "admission.policy", f"site {site!r} was appraised under policy {f['policy_id']!r}, which no config entry of the log holds"))
+    else:
+        challenge_reasons = [r for r in logged_reasons if r.startswith("admission.challenge: ")]
+        recomputed = appraise_site(
+            policy, site_id=site, challenge_reason=_reason_from_text(challenge_reasons[0]) if challenge_reasons else None,
+            challenge=_bytes(f, "challenge"), x25519=_bytes(f, "x25519"), ed25519=_bytes(f, "ed25519"),
+            evidence_format=str(f["evidence_format"]), evidence=evidence,
+            app_attest_key_id=f.get("app_attest_key_id") or b"", at=datetime.fromisoformat(str(f["at"])),
+        )
+        again = tuple(str(r) for r in recomputed.reasons)
+        if recomputed.admitted != logged_admitted or again != logged_reasons:
+            if logged_admitted and not recomputed.admitted:
+                why = f"site {site!r} is logged as admitted, but its logged evidence fails the logged policy: " + "; ".join(again)
+            elif recomputed.admitted and not logged_admitted:
+                why = f"site {site!r} is logged as refused ({'; '.join(logged_reasons)}), but its logged evidence passes the logged policy"
+            else:
+                why = f"site {site!r}: the logged reasons ({'; '.join(logged_reasons)}) are not the recomputed ones ({'; '.join(again)})"
+            result.add(Problem(i, "admission.rerun", why))
+        else:
+            confirmed = True
+    return AdmissionDecision(i, entry.time, site, logged_admitted, logged_reasons, f.get("platform"), str(f["policy_id"]), confirmed)
+
+
+def _check_round(result: Verification, entry: Entry, admitted: dict[str, int], receipts: dict[tuple[str, int], Entry]) -> None:
+    f, i = entry.fields, entry.index
+    round_number = int(f["round"])
+    participants = f["participants"]
+    if not isinstance(participants, dict):
+        raise TypeError("participants is not a map")
+    for site, part in participants.items():
+        if site not in admitted:
+            result.add(Problem(i, "round.participant", f"round {round_number} aggregated an update of site {site!r}, which was not admitted in this run"))
+        receipt = receipts.get((site, round_number))
+        if receipt is None:
+            result.add(Problem(i, "round.receipt", f"round {round_number}: site {site!r} has no logged, accepted update receipt"))
+        elif receipt.fields.get("update_sha256") != part.get("update_sha256") or float(receipt.fields.get("weight")) != float(part.get("weight")):
+            result.add(Problem(i, "round.receipt", f"round {round_number}: site {site!r}'s update digest or weight is not the one its receipt "
+                               f"(entry {receipt.index}) acknowledges"))
+    result.rounds.append(RoundOutcome(i, entry.time, round_number, int(f.get("attempt", 1)), participants, str(f["model_sha256"]),
+                                      f.get("strategy"), f.get("clip_norm"), f.get("dp"), f.get("epsilon")))
+
+
+# --- a site's check: inclusion of its receipt ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InclusionResult:
+    included: bool
+    message: str
+    index: int | None = None
+    head: TreeHead | None = None
+    path: tuple[bytes, ...] = ()
+    consistency: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"included": self.included, "message": self.message, "index": self.index,
+                "head": self.head.to_json() if self.head else None, "path": [p.hex() for p in self.path],
+                "consistency": self.consistency}
+
+
+def prove_receipt(directory: str | Path, *, site: str, round_number: int, update_sha256: str,
+                  head: TreeHead | None = None, key: bytes | None = None) -> InclusionResult:
+    """Is the ``update_accepted`` entry of (site, round, digest) in the tree ``head`` signs?
+
+    ``head``: one the site saved (default: the log's latest); ``key``: the aggregator key the
+    site attested (pins the head's signer). With a saved head, the latest head is also
+    checked to be consistent with it (RFC 9162 consistency proof): the log was only appended to.
+    """
+    payloads, heads, _, _, _ = read_log(directory)
+    if not heads:
+        raise UnusableLog(f"{directory}: no signed tree head")
+    latest = heads[-1]
+    head = head or latest
+    if not head.signature_valid():
+        return InclusionResult(False, "the tree head's signature does not verify", head=head)
+    if key is not None and head.key != key:
+        return InclusionResult(False, f"the tree head is signed by {head.key.hex()}, not the pinned key {key.hex()}", head=head)
+    if head.tree_size > len(payloads):
+        return InclusionResult(False, f"the tree head covers {head.tree_size} entries, but the log holds only {len(payloads)}: entries were removed", head=head)
+    leaves = [merkle.leaf_hash(p) for p in payloads]
+    found = None
+    for index in range(head.tree_size):
+        try:
+            data = cbor2.loads(payloads[index])
+        except Exception:  # noqa: BLE001 - an unreadable entry is not the receipt
+            continue
+        if not isinstance(data, dict) or data.get("kind") != "update_accepted":
+            continue
+        f = data.get("fields") or {}
+        if f.get("site") == site and f.get("round") == round_number and str(f.get("update_sha256", "")).lower() == update_sha256.lower():
+            found = index
+            break
+    if found is None:
+        return InclusionResult(False, f"no update_accepted entry for site {site!r}, round {round_number}, update {update_sha256} "
+                               f"among the {head.tree_size} entries the head covers", head=head)
+    path = merkle.inclusion_proof(found, leaves[: head.tree_size])
+    if not merkle.verify_inclusion(leaves[found], found, head.tree_size, path, head.root_hash):
+        return InclusionResult(False, f"the inclusion proof of entry {found} does not verify against the head's root: the log was altered",
+                               found, head, tuple(path))
+    consistency = None
+    if head is not latest and latest.tree_size <= len(payloads) and latest.signature_valid():
+        proof = merkle.consistency_proof(head.tree_size, leaves[: latest.tree_size])
+        ok = merkle.verify_consistency(head.tree_size, latest.tree_size, head.root_hash, latest.root_hash, proof)
+        consistency = {"from": head.tree_size, "to": latest.tree_size, "proof": [p.hex() for p in proof], "consistent": ok}
+        if not ok:
+            return InclusionResult(False, "the log's latest head is not consistent with the saved head: the log was rewritten",
+                                   found, head, tuple(path), consistency)
+    return InclusionResult(True, f"entry {found} is included in the tree of {head.tree_size} entries signed at {head.timestamp}",
+                           found, head, tuple(path), consistency)
