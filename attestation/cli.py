@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from .appraise import MAX_EVIDENCE_BYTES, PLATFORM_CHOICES, EvidenceInputs, appraise_evidence
 from .errors import AttestationError, EvidenceTooLargeError
+from .files import read_bounded as _read_bounded
 from .findings import Appraisal
 from .policy import Policy
 from .timeutil import parse_time, utcnow
@@ -21,14 +22,7 @@ EXIT_ACCEPTED, EXIT_REJECTED, EXIT_UNUSABLE = 0, 1, 2
 
 def read_bounded(path: str | Path, limit: int, what: str) -> bytes:
     """Read a file, refusing one larger than ``limit`` without reading it whole."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise AttestationError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-    if len(data) > limit:
-        raise EvidenceTooLargeError(f"{what} {path} is larger than {limit} bytes; refused before parsing")
-    return data
+    return _read_bounded(path, limit, what, AttestationError, EvidenceTooLargeError)
 
 
 def parse_nonce(text: str | None) -> bytes | None:

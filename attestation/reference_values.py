@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import AttestationError
+from .files import read_bounded
 from .policy import Policy
 
 EXIT_OK, EXIT_UNUSABLE = 0, 2
@@ -120,14 +121,7 @@ def init_data_digest(text: bytes, platform: str) -> bytes:
 
 
 def read_init_data(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_INIT_DATA_BYTES + 1)
-    except OSError as exc:
-        raise ReferenceValueError(f"cannot read init-data {path}: {exc.strerror or exc}") from exc
-    if len(data) > MAX_INIT_DATA_BYTES:
-        raise ReferenceValueError(f"init-data {path} is larger than {MAX_INIT_DATA_BYTES} bytes")
-    return data
+    return read_bounded(path, MAX_INIT_DATA_BYTES, "init-data", ReferenceValueError)
 
 
 def compute_snp(inputs: SnpLaunchInputs, init_data: bytes | None = None) -> SnpReferenceValue:

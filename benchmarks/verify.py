@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
+
+from timing import median_ms
 
 from attestation.appraise import EvidenceInputs, appraise_raw
 from attestation.policy import Policy
@@ -21,22 +21,6 @@ from attestation.timeutil import parse_time
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MS = {"sev-snp": 2.0, "tdx-with-collateral": 8.0}
 
-
-def _median_ms(fn, repeats: int, warmup: int = 5) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000.0)
-    samples.sort()
-    return {
-        "median_ms": round(statistics.median(samples), 3),
-        "p90_ms": round(samples[int(0.9 * (len(samples) - 1))], 3),
-        "min_ms": round(samples[0], 3),
-        "repeats": repeats,
-    }
 
 
 def main() -> None:
@@ -67,7 +51,7 @@ def main() -> None:
         # authentic, but its TCB level is "not supported": the full path runs and rejects.
         assert result.claims["tcb_status"], result
 
-    results = {"sev-snp": _median_ms(snp, args.repeats), "tdx-with-collateral": _median_ms(tdx, args.repeats)}
+    results = {"sev-snp": median_ms(snp, args.repeats), "tdx-with-collateral": median_ms(tdx, args.repeats)}
     for name, entry in results.items():
         entry["target_ms"] = TARGET_MS[name]
         entry["meets_target"] = entry["median_ms"] <= TARGET_MS[name]

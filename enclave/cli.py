@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from attestation.files import read_bounded
+
 from .attester import TEE_CHOICES, Attester, AttesterError, GpuAttester, detect_attester, make_bundle
 from .keys import EnclaveKeys
 from .simulated import SimulatedTeeError
@@ -75,16 +77,7 @@ def _hex(text: str, what: str, size: int | None = None) -> bytes:
 
 
 def _read_config(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise EnclaveCliError(f"cannot read configuration {path}: {exc.strerror or exc}") from exc
-    if len(data) > MAX_CONFIG_BYTES:
-        raise EnclaveCliError(f"configuration {path} is larger than {MAX_CONFIG_BYTES} bytes")
-    return data
+    return None if path is None else read_bounded(path, MAX_CONFIG_BYTES, "configuration", EnclaveCliError)
 
 
 def _cpu_attester(args: argparse.Namespace) -> Attester:

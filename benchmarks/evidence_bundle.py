@@ -7,7 +7,7 @@ it happens once at start-up: loading the persisted simulated PKI, measuring the 
 quoting enclave's attestation key and the collateral (issued at launch). "+gpu" adds
 simulated GPU evidence bound to the same report_data.
 
-    python benchmarks/enclave.py [--repeats N] [--simulated-dir DIR]
+    python benchmarks/evidence_bundle.py [--repeats N] [--simulated-dir DIR]
 
 Prints one JSON object.
 """
@@ -17,16 +17,10 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-# Run as a script, this file's directory comes first on sys.path and its name would hide
-# the ``enclave`` package: take the directory off before importing the package.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+from timing import median_ms
 
 from attestation.abi.bundle import encode_bundle
 from enclave.attester import make_bundle
@@ -35,22 +29,6 @@ from enclave.simulated.attester import SimulatedGpuAttester, SimulatedSnpAtteste
 
 TARGET_MS = 5.0
 
-
-def _median_ms(fn, repeats: int, warmup: int = 5) -> dict[str, float]:  # noqa: ANN001
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000.0)
-    samples.sort()
-    return {
-        "median_ms": round(statistics.median(samples), 3),
-        "p90_ms": round(samples[int(0.9 * (len(samples) - 1))], 3),
-        "min_ms": round(samples[0], 3),
-        "repeats": repeats,
-    }
 
 
 def run(directory: Path, repeats: int) -> dict:
@@ -66,7 +44,7 @@ def run(directory: Path, repeats: int) -> dict:
             def one(attester=attester, with_gpu=with_gpu, label=label) -> None:  # noqa: ANN001
                 sizes[label] = len(encode_bundle(make_bundle(attester, keys, os.urandom(32), gpu=gpu if with_gpu else None)))
 
-            results[label] = _median_ms(one, repeats)
+            results[label] = median_ms(one, repeats)
             results[label]["bundle_bytes"] = sizes[label]
             if not with_gpu:
                 results[label]["within_target"] = results[label]["median_ms"] <= TARGET_MS
