@@ -315,12 +315,8 @@ class FederationService(pb_grpc.FederationServicer):
                     break
                 chunk = await self._next_chunk(request_iterator, context)
             opener.finish()
-        except UpdateRefused as exc:
-            self.events.record("update_refused", site=session.site_id, reason=str(exc))
-            await context.abort(exc.code, str(exc))
-        except StreamError as exc:
-            self.events.record("update_refused", site=session.site_id, reason=str(exc))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (UpdateRefused, StreamError) as exc:
+            await self._refuse_update(context, session, exc)
         data = memoryview(buffer)[:size]
 
         def check_and_accept() -> tuple[bytes, float, float]:
@@ -336,12 +332,8 @@ class FederationService(pb_grpc.FederationServicer):
 
         try:
             digest, weight, validate_seconds = await asyncio.get_running_loop().run_in_executor(None, check_and_accept)
-        except UpdateRefused as exc:
-            self.events.record("update_refused", site=session.site_id, reason=str(exc))
-            await context.abort(exc.code, str(exc))
-        except UpdateFormatError as exc:
-            self.events.record("update_refused", site=session.site_id, reason=str(exc))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (UpdateRefused, UpdateFormatError) as exc:
+            await self._refuse_update(context, session, exc)
         accepted_ms = int(time.time() * 1000)
         message = receipt_message(round_number, session.site_id, digest, weight, accepted_ms)
         signature = self.keys.sign(message)
@@ -354,6 +346,12 @@ class FederationService(pb_grpc.FederationServicer):
         self._closing = asyncio.get_running_loop().run_in_executor(None, self.driver.close_if_complete)
         return pb.UploadReceipt(round=round_number, site_id=session.site_id, update_sha256=digest, weight=weight,
                                 accepted_unix_ms=accepted_ms, signature=signature)
+
+    async def _refuse_update(self, context: grpc.aio.ServicerContext, session: Session, exc: Exception) -> None:
+        """Log the refusal and end the call with the reason (the site learns why)."""
+        self.events.record("update_refused", site=session.site_id, reason=str(exc))
+        code = exc.code if isinstance(exc, UpdateRefused) else grpc.StatusCode.INVALID_ARGUMENT
+        await context.abort(code, str(exc))
 
     async def ReportMetrics(self, request: pb.MetricsReport, context: grpc.aio.ServicerContext) -> pb.MetricsAck:
         session = await self._session(context)
