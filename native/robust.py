@@ -5,7 +5,6 @@ from collections.abc import Sequence
 
 import numba
 import numpy as np
-from numba.typed import List as TypedList
 
 from . import _kernels
 from ._networks import selection_network
@@ -13,11 +12,11 @@ from ._validate import as_int, as_stack, as_update, normalised_weights, trim_cou
 from .errors import AggregationError, NonFiniteUpdateError
 
 
-def _first_nonfinite(rows: Sequence[np.ndarray] | np.ndarray, start: int = 0, stop: int | None = None) -> int:
+def _first_nonfinite(rows: Sequence[np.ndarray] | np.ndarray, start: int = 0, stop: int | None = None) -> int | None:
     for i, row in enumerate(rows):
         if not np.isfinite(row[start:stop]).all():
             return i
-    raise AssertionError("a kernel flagged non-finite input that is not there")
+    return None
 
 
 def _raise_bad_rows(bad_rows: np.ndarray) -> None:
@@ -36,9 +35,10 @@ def fedavg(updates: np.ndarray | Sequence[np.ndarray], weights: Sequence[float] 
     Raises ``NonFiniteUpdateError`` naming the first site whose update holds NaN/inf.
     """
     if isinstance(updates, np.ndarray) and updates.ndim == 2:
-        rows: np.ndarray | TypedList = as_stack(updates)
-        n, size = rows.shape
+        stack = as_stack(updates)
+        n, size = stack.shape
         w = normalised_weights(weights, n)
+        rows: Sequence[np.ndarray] = stack
     else:
         if isinstance(updates, np.ndarray) or not isinstance(updates, Sequence):
             raise AggregationError("updates must be a sequence of 1-D float32 arrays or an (N, P) float32 array")
@@ -50,15 +50,20 @@ def fedavg(updates: np.ndarray | Sequence[np.ndarray], weights: Sequence[float] 
             if u.shape[0] != size:
                 raise AggregationError(f"updates[{i}] has {u.shape[0]} parameters, updates[0] has {size}")
         w = normalised_weights(weights, len(checked))
-        rows = TypedList(checked)
+        rows = checked
     out = np.empty(size, dtype=np.float32)
     nblocks = (size + _kernels.STREAM_BLOCK - 1) // _kernels.STREAM_BLOCK
     bad_blocks = np.zeros(nblocks, dtype=np.bool_)
-    _kernels.fedavg_kernel(rows, w, out, bad_blocks)
+    # The kernel reads the updates through their data addresses; ``rows`` keeps them alive.
+    addresses = np.array([r.__array_interface__["data"][0] for r in rows], dtype=np.intp)
+    _kernels.fedavg_kernel(addresses, w, out, bad_blocks)
     if bad_blocks.any():
         b = int(np.flatnonzero(bad_blocks)[0])
         start = b * _kernels.STREAM_BLOCK
-        raise NonFiniteUpdateError(_first_nonfinite(rows, start, start + _kernels.STREAM_BLOCK))
+        site = _first_nonfinite(rows, start, start + _kernels.STREAM_BLOCK)
+        if site is None:  # all inputs finite: values near float32's limit rounded past it
+            raise AggregationError("the weighted mean overflows float32 (inputs near +-3.4e38)")
+        raise NonFiniteUpdateError(site)
     return out
 
 
