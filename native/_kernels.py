@@ -27,9 +27,10 @@ EXP32 = np.uint32(0x7F800000)
 @njit(cache=True, nogil=True, inline="always")
 def _any_nonfinite(bits, start, stop):
     """True when one of the float32 values whose bits are bits[start:stop] is NaN or +-inf."""
+    seg = bits[start:stop]
     m = np.uint32(0)
-    for t in range(start, stop):
-        e = bits[t] & EXP32
+    for t in range(seg.shape[0]):  # index from 0: numba then emits no negative-index fixup
+        e = seg[t] & EXP32
         m = e if e > m else m
     return m == EXP32
 
@@ -108,8 +109,9 @@ def fedavg_kernel(addresses, weights, out, bad_blocks):
             for t in range(length):
                 acc[t] += w * x[t]
             i += 1
+        o = out[start:stop]
         for t in range(length):
-            out[start + t] = np.float32(acc[t])
+            o[t] = np.float32(acc[t])
         # The weights are normalised, so the result is finite iff every input is.
         bad_blocks[b] = _any_nonfinite(out_bits, start, stop)
 
@@ -169,8 +171,10 @@ def scale_kernel(src, factor, out):
     for b in prange(nblocks):
         start = b * STREAM_BLOCK
         stop = min(start + STREAM_BLOCK, size)
-        for t in range(start, stop):
-            out[t] = src[t] * f
+        s = src[start:stop]
+        o = out[start:stop]
+        for t in range(stop - start):
+            o[t] = s[t] * f
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -222,8 +226,9 @@ def order_stat_kernel(stack, lo, hi, first, last, block, out, bad_rows):
             r = buf[i]
             for t in range(length):
                 acc[t] += r[t]
+        o = out[start:start + length]
         for t in range(length):
-            out[start + t] = np.float32(acc[t] / count)
+            o[t] = np.float32(acc[t] / count)
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
@@ -292,5 +297,6 @@ def mean_rows_kernel(stack, rows, out):
             x = stack[rows[r], start:stop]
             for t in range(stop - start):
                 acc[t] += x[t]
+        o = out[start:stop]
         for t in range(stop - start):
-            out[start + t] = np.float32(acc[t] / m)
+            o[t] = np.float32(acc[t] / m)

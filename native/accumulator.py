@@ -11,6 +11,11 @@ from ._validate import as_int, as_update, weight as check_weight
 from .errors import AggregationError, NonFiniteUpdateError
 
 
+# Weights are applied in float32: outside this range w * x underflows or overflows.
+MIN_WEIGHT = 1e-30
+MAX_WEIGHT = 1e30
+
+
 @dataclass(frozen=True)
 class Contribution:
     """One accepted ``add``: weight ``weight`` over coordinates [offset, offset + length)."""
@@ -64,6 +69,10 @@ class Accumulator:
             raise AggregationError("result() was already taken; start a new Accumulator")
         update = as_update(update)
         w = check_weight(weight)
+        if w != 0.0 and not MIN_WEIGHT <= w <= MAX_WEIGHT:
+            raise AggregationError(
+                f"weight must be 0 or within [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}] (float32 accumulation), got {w}"
+            )
         offset = as_int(offset, "offset")
         site_index = self._adds if site is None else as_int(site, "site")
         if offset < 0 or offset + update.shape[0] > self._size:

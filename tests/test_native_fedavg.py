@@ -15,10 +15,13 @@ SETTINGS = settings(max_examples=60, deadline=None)
 WEIGHT = st.floats(0.0, 1e4, allow_nan=False)
 
 
+ACC_WEIGHT = st.one_of(st.just(0.0), st.floats(1e-3, 1e4))
+
+
 @st.composite
-def stacks_and_weights(draw, max_n: int = 12):
+def stacks_and_weights(draw, max_n: int = 12, weight=WEIGHT):
     stack = draw(stacks(max_n=max_n))
-    weights = draw(st.lists(WEIGHT, min_size=stack.shape[0], max_size=stack.shape[0]))
+    weights = draw(st.lists(weight, min_size=stack.shape[0], max_size=stack.shape[0]))
     if sum(weights) <= 0:
         weights[0] = 1.0
     return stack, weights
@@ -94,7 +97,7 @@ def test_fedavg_rejects_invalid_input(updates, weights, message) -> None:
 
 
 @SETTINGS
-@given(stacks_and_weights(), st.data())
+@given(stacks_and_weights(weight=ACC_WEIGHT), st.data())
 def test_accumulator_matches_weighted_mean_chunked_in_any_order(case, data) -> None:
     stack, weights = case
     n, p = stack.shape
@@ -153,6 +156,10 @@ def test_accumulator_validates_each_add() -> None:
         acc.add(np.zeros(8, np.float32), -2.0)
     with pytest.raises(AggregationError, match="integer"):
         acc.add(np.zeros(8, np.float32), 1.0, offset=1.5)
+    with pytest.raises(AggregationError, match="float32 accumulation"):
+        acc.add(np.zeros(8, np.float32), 1e-40)
+    with pytest.raises(AggregationError, match="float32 accumulation"):
+        acc.add(np.zeros(8, np.float32), 1e31)
     with pytest.raises(AggregationError, match="size"):
         native.Accumulator(-1)
     acc.add(np.ones(8, np.float32), 2.0)
