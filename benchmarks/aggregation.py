@@ -72,19 +72,34 @@ def _import_peer(name: str) -> tuple[Any, str | None]:
     raise ValueError(name)
 
 
-def _time(fn: Callable[[], object], repeats: int, warmup: int) -> dict[str, Any]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000.0)
-    return {"median_ms": round(statistics.median(samples), 3), "min_ms": round(min(samples), 3), "repeats": repeats}
-
-
 def _max_diff(a: Any, b: Any) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+def _time_interleaved(candidates: dict[str, tuple[Callable[[], object], int]], warmup: int = 1) -> dict[str, Any]:
+    """Time candidates round-robin (A B C A B C ...) so that all of them see the same
+    background load; the machine is shared, and load comes and goes in bursts.
+    Each candidate is (fn, repeats); a candidate with fewer repeats drops out early.
+    Warm-up (JIT, allocator, caches) runs for candidates with repeats >= 3 only, so
+    the slow peers are not run more often than they are timed."""
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for name, (fn, reps) in candidates.items():
+        for _ in range(warmup if reps >= 3 else 0):
+            fn()
+    rounds = max(reps for _, reps in candidates.values())
+    names = list(candidates)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            fn, reps = candidates[name]
+            if r < reps:
+                start = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - start) * 1000.0)
+    return {
+        name: {"median_ms": round(statistics.median(v), 3), "min_ms": round(min(v), 3), "repeats": len(v)}
+        for name, v in samples.items()
+    }
 
 
 def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[str, Any]) -> dict[str, Any]:
@@ -93,13 +108,7 @@ def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[st
     updates = [stack[i] for i in range(n)]
     examples = [int(v) for v in rng.integers(100, 1000, size=n)]
     weights = [float(v) for v in examples]
-    ops: dict[str, dict[str, Any]] = {}
-
-    def record(op: str, who: str, fn: Callable[[], object], reps: int, warmup: int = 1) -> None:
-        ops.setdefault(op, {})[who] = _time(fn, reps, warmup)
-
-    # --- ours ---------------------------------------------------------------------
-    ours_fedavg = native.fedavg(updates, weights)
+    checks: dict[str, Any] = {}
 
     def accumulate() -> np.ndarray:
         acc = native.Accumulator(p)
@@ -107,28 +116,21 @@ def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[st
             acc.add(u, w)
         return acc.result()
 
+    ours_fedavg = native.fedavg(updates, weights)
     ours_acc = accumulate()
     ours_median = native.coordinate_median(stack)
     ours_trim = native.trimmed_mean(stack, TRIM_BETA)
     ours_krum, ours_sel = native.krum(stack, KRUM_F)
-    record("fedavg", "ours", lambda: native.fedavg(updates, weights), repeats)
-    record("accumulator", "ours", accumulate, repeats)
-    record("coordinate_median", "ours", lambda: native.coordinate_median(stack), repeats)
-    record("trimmed_mean", "ours", lambda: native.trimmed_mean(stack, TRIM_BETA), repeats)
-    record("krum", "ours", lambda: native.krum(stack, KRUM_F), repeats)
+    checks["accumulator_vs_fedavg_max_abs_diff"] = _max_diff(ours_acc, ours_fedavg)
 
-    checks: dict[str, Any] = {}
-    # --- numpy ---------------------------------------------------------------------
+    mean_group: dict[str, tuple[Callable[[], object], int]] = {
+        "ours_fedavg": (lambda: native.fedavg(updates, weights), repeats),
+        "ours_accumulator": (accumulate, repeats),
+    }
     wn = np.asarray(weights, dtype=np.float32) / np.float32(sum(weights))
-    numpy_fedavg = np.tensordot(wn, np.stack(updates), axes=1)
-    checks["fedavg_vs_numpy_max_abs_diff"] = _max_diff(ours_fedavg, numpy_fedavg)
-    checks["accumulator_vs_numpy_max_abs_diff"] = _max_diff(ours_acc, numpy_fedavg)
-    del numpy_fedavg
-    numpy_fn = lambda: np.tensordot(wn, np.stack(updates), axes=1)  # noqa: E731
-    record("fedavg", "numpy", numpy_fn, repeats)
-    ops["accumulator"]["numpy"] = ops["fedavg"]["numpy"]
+    checks["fedavg_vs_numpy_max_abs_diff"] = _max_diff(ours_fedavg, np.tensordot(wn, np.stack(updates), axes=1))
+    mean_group["numpy"] = (lambda: np.tensordot(wn, np.stack(updates), axes=1), repeats)
 
-    # --- torch streaming add_ --------------------------------------------------------
     torch_mod = peers["torch"][0]
     if torch_mod is not None:
         torch = torch_mod[0]
@@ -142,11 +144,12 @@ def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[st
             return acc.div_(total)
 
         checks["fedavg_vs_torch_max_abs_diff"] = _max_diff(ours_fedavg, torch_stream().numpy())
-        record("fedavg", "torch_add_", torch_stream, repeats)
-        ops["accumulator"]["torch_add_"] = ops["fedavg"]["torch_add_"]
+        mean_group["torch_add_"] = (torch_stream, repeats)
 
-    # --- Flower ----------------------------------------------------------------------
     flower = peers["flower"][0]
+    robust_peers: dict[str, dict[str, tuple[Callable[[], object], int]]] = {
+        "coordinate_median": {}, "trimmed_mean": {}, "krum": {}
+    }
     if flower is not None:
         fl = flower[0]
         results = [([u], e) for u, e in zip(updates, examples)]
@@ -155,16 +158,13 @@ def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[st
         checks["trimmed_mean_vs_flower_max_abs_diff"] = _max_diff(
             ours_trim, fl.aggregate_trimmed_avg(results, TRIM_BETA)[0]
         )
-        flower_krum = fl.aggregate_krum(results, KRUM_F, 0)[0]
-        checks["krum_same_selection_as_flower"] = bool(np.array_equal(flower_krum, ours_krum))
+        checks["krum_same_selection_as_flower"] = bool(np.array_equal(fl.aggregate_krum(results, KRUM_F, 0)[0], ours_krum))
         checks["krum_selected"] = [int(i) for i in ours_sel]
-        record("fedavg", "flower", lambda: fl.aggregate(results), peer_repeats, 0)
-        ops["accumulator"]["flower"] = ops["fedavg"]["flower"]
-        record("coordinate_median", "flower", lambda: fl.aggregate_median(results), peer_repeats, 0)
-        record("trimmed_mean", "flower", lambda: fl.aggregate_trimmed_avg(results, TRIM_BETA), peer_repeats, 0)
-        record("krum", "flower", lambda: fl.aggregate_krum(results, KRUM_F, 0), peer_repeats, 0)
+        mean_group["flower"] = (lambda: fl.aggregate(results), peer_repeats)
+        robust_peers["coordinate_median"]["flower"] = (lambda: fl.aggregate_median(results), peer_repeats)
+        robust_peers["trimmed_mean"]["flower"] = (lambda: fl.aggregate_trimmed_avg(results, TRIM_BETA), peer_repeats)
+        robust_peers["krum"]["flower"] = (lambda: fl.aggregate_krum(results, KRUM_F, 0), peer_repeats)
 
-    # --- NVFlare -----------------------------------------------------------------------
     nvflare = peers["nvflare"][0]
     if nvflare is not None:
         helper_cls = nvflare[0]
@@ -176,8 +176,7 @@ def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[st
             return helper.get_result()["w"]
 
         checks["fedavg_vs_nvflare_max_abs_diff"] = _max_diff(ours_fedavg, nvflare_numpy())
-        record("fedavg", "nvflare", nvflare_numpy, peer_repeats)
-        ops["accumulator"]["nvflare"] = ops["fedavg"]["nvflare"]
+        mean_group["nvflare"] = (nvflare_numpy, repeats)
         if torch_mod is not None:
 
             def nvflare_torch() -> Any:
@@ -186,8 +185,21 @@ def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[st
                     helper.add({"w": t}, w, f"site-{i}", 0)
                 return helper.get_result()["w"]
 
-            record("fedavg", "nvflare_torch", nvflare_torch, peer_repeats)
-            ops["accumulator"]["nvflare_torch"] = ops["fedavg"]["nvflare_torch"]
+            mean_group["nvflare_torch"] = (nvflare_torch, repeats)
+
+    timed = _time_interleaved(mean_group)
+    peers_of_mean = {k: v for k, v in timed.items() if not k.startswith("ours_")}
+    ops: dict[str, dict[str, Any]] = {
+        "fedavg": {"ours": timed["ours_fedavg"], **peers_of_mean},
+        "accumulator": {"ours": timed["ours_accumulator"], **peers_of_mean},
+    }
+    ours_robust = {
+        "coordinate_median": lambda: native.coordinate_median(stack),
+        "trimmed_mean": lambda: native.trimmed_mean(stack, TRIM_BETA),
+        "krum": lambda: native.krum(stack, KRUM_F),
+    }
+    for op, fn in ours_robust.items():
+        ops[op] = _time_interleaved({"ours": (fn, repeats), **robust_peers[op]})
 
     for per_op in ops.values():
         ours_ms = per_op["ours"]["median_ms"]
@@ -260,8 +272,6 @@ def bench_jit() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="attestfl-numba-cache-") as cache_dir:
         cold = _run_probe(cache_dir)
         warm = _run_probe(cache_dir)
-    interpreter = subprocess.run([sys.executable, "-c", "import numpy"], capture_output=True, check=True)
-    del interpreter
     return {
         "compile_empty_cache": cold,
         "new_process_warm_cache": warm,
@@ -352,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             name: ({"available": True, "version": mod[1]} if mod is not None else {"available": False, "error": err})
             for name, (mod, err) in peers.items()
         },
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "jit": bench_jit(),
         "configs": {},
     }
@@ -363,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     every = [t["meets_target"] for c in report["configs"].values() for t in c["targets"]]
     every += [report["accumulator_memory"]["meets_target"], report["jit"]["meets_target"]]
     report["all_targets_met"] = all(every)
+    report["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(report, indent=1))
     return 0
 
