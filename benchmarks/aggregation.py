@@ -250,8 +250,10 @@ _PROBE = textwrap.dedent(
         first[name] = round(time.perf_counter() - t, 4)
         if name == "fedavg":
             t_first = time.perf_counter() - t0
+            first_result_epoch = time.time()
     print(json.dumps({"import_s": round(t_import, 4), "first_call_s": first,
                       "first_result_since_start_s": round(t_first, 4),
+                      "first_result_epoch": first_result_epoch,
                       "all_ops_since_start_s": round(time.perf_counter() - t0, 4)}))
     """
 )
@@ -259,10 +261,12 @@ _PROBE = textwrap.dedent(
 
 def _run_probe(cache_dir: str) -> dict[str, Any]:
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPATH=str(ROOT))
+    spawned = time.time()
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start
     report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report["spawn_to_first_result_s"] = round(report.pop("first_result_epoch") - spawned, 4)
     report["process_wall_s"] = round(wall, 4)
     return report
 
@@ -275,8 +279,8 @@ def bench_jit() -> dict[str, Any]:
     return {
         "compile_empty_cache": cold,
         "new_process_warm_cache": warm,
-        "target": "new process with warm cache reaches first result (fedavg) < 1 s (process wall incl. interpreter start)",
-        "meets_target": warm["process_wall_s"] < 1.0,
+        "target": "new process with warm cache reaches first result (fedavg) < 1 s, from spawn (interpreter start included)",
+        "meets_target": warm["spawn_to_first_result_s"] < 1.0,
         "note": "each timed kernel in this process was called once before timing (compile or cache load excluded)",
     }
 
