@@ -146,6 +146,30 @@ def accumulate_kernel(acc, chunk, weight, offset, added_blocks):
     return ok
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def accumulate_blocks(acc, chunk, weight, offset, added_blocks, first_block, last_block):
+    """Serial ``accumulate_kernel`` over blocks [first_block, last_block); releases the GIL.
+
+    Used by the Accumulator's own work-sharing (see accumulator.py): Python threads
+    take ranges of blocks from a shared counter, so a thread that the OS has not
+    scheduled yet never holds up the caller the way a parallel-region barrier does.
+    """
+    size = chunk.shape[0]
+    w = np.float32(weight)
+    chunk_bits = chunk.view(np.uint32)
+    for b in range(first_block, last_block):
+        start = b * STREAM_BLOCK
+        stop = min(start + STREAM_BLOCK, size)
+        x = chunk[start:stop]
+        if not _any_nonfinite(chunk_bits, start, stop):
+            a = acc[offset + start:offset + stop]
+            for t in range(stop - start):
+                a[t] += w * x[t]
+            added_blocks[b] = True
+        else:
+            added_blocks[b] = False
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
 def unaccumulate_kernel(acc, chunk, weight, offset, added_blocks):
     """Take back the blocks ``accumulate_kernel`` added (exact up to float32 rounding)."""

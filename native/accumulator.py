@@ -7,6 +7,7 @@ from fractions import Fraction
 import numpy as np
 
 from . import _kernels
+from ._workshare import run_blocks
 from ._validate import as_int, as_update, weight as check_weight
 from .errors import AggregationError, NonFiniteUpdateError
 
@@ -14,6 +15,8 @@ from .errors import AggregationError, NonFiniteUpdateError
 # Weights are applied in float32: outside this range w * x underflows or overflows.
 MIN_WEIGHT = 1e-30
 MAX_WEIGHT = 1e30
+# 16 blocks of 4096 values (256 KiB of update) per work-sharing task.
+_BLOCKS_PER_TASK = 16
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,13 @@ class Accumulator:
             return
         nblocks = (update.shape[0] + _kernels.STREAM_BLOCK - 1) // _kernels.STREAM_BLOCK
         added = np.zeros(nblocks, dtype=np.bool_)
-        if not _kernels.accumulate_kernel(self._sum, update, w, offset, added):
+        target = self._sum
+
+        def kernel(first: int, last: int) -> None:
+            _kernels.accumulate_blocks(target, update, w, offset, added, first, last)
+
+        run_blocks(kernel, nblocks, _BLOCKS_PER_TASK)
+        if not added.all():
             _kernels.unaccumulate_kernel(self._sum, update, w, offset, added)
             raise NonFiniteUpdateError(site_index)
         self._contributions.append(Contribution(offset, update.shape[0], w, site_index))
