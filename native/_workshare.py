@@ -42,6 +42,9 @@ def run_blocks(kernel: Callable[[int, int], None], nblocks: int, blocks_per_task
     lock = threading.Lock()
     state = [0]
     errors: list[BaseException] = []
+    # A cancelled helper call stays queued in the pool until a helper thread pops
+    # it; it must not keep the kernel (and so the caller's update) alive till then.
+    holder: list[Callable[[int, int], None]] = [kernel]
 
     def work() -> None:
         while True:
@@ -50,9 +53,10 @@ def run_blocks(kernel: Callable[[int, int], None], nblocks: int, blocks_per_task
                 if task >= ntasks:
                     return
                 state[0] = task + 1
+                run = holder[0]
             first = task * blocks_per_task
             try:
-                kernel(first, min(first + blocks_per_task, nblocks))
+                run(first, min(first + blocks_per_task, nblocks))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
                 errors.append(exc)
                 return
@@ -62,5 +66,6 @@ def run_blocks(kernel: Callable[[int, int], None], nblocks: int, blocks_per_task
     for future in futures:
         if not future.cancel():
             future.result()
+    holder.clear()
     if errors:
         raise errors[0]

@@ -188,3 +188,21 @@ def test_accumulator_rejects_a_non_finite_update_and_keeps_the_others(p: int, da
     expected = ref_fedavg(np.stack(good), [2.0, 1.0, 3.0])
     np.testing.assert_allclose(acc.result(), expected, rtol=1e-5, atol=1e-5)
     assert [c.site for c in acc.contributions] == [0, 3, 4]
+
+
+def test_accumulator_keeps_no_reference_to_added_updates() -> None:
+    # O(model) memory: once add() returns, the caller's update can be freed.
+    import gc
+    import weakref
+
+    size = 40 * 4096 + 3  # several work-sharing tasks per add
+    acc = native.Accumulator(size)
+    refs = []
+    for i in range(20):
+        update = np.full(size, float(i), dtype=np.float32)
+        acc.add(update, 1.0)
+        refs.append(weakref.ref(update))
+        del update
+    gc.collect()
+    assert all(r() is None for r in refs)
+    np.testing.assert_allclose(acc.result(), np.full(size, 9.5, np.float32))
