@@ -6,7 +6,8 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _small_networks
+from ._workshare import run_blocks
 from ._networks import selection_network
 from ._validate import as_int, as_stack, as_update, normalised_weights, trim_count
 from .errors import AggregationError, NonFiniteUpdateError
@@ -76,10 +77,19 @@ def _order_block(n: int) -> int:
 
 def _order_stat(stack: np.ndarray, first: int, last: int, exact: frozenset[int]) -> np.ndarray:
     n, size = stack.shape
-    lo, hi = selection_network(n, exact)
     out = np.empty(size, dtype=np.float32)
     bad_rows = np.zeros(n, dtype=np.bool_)
-    _kernels.order_stat_kernel(stack, lo, hi, first, last, _order_block(n), out, bad_rows)
+    unrolled = _small_networks.KERNELS.get((n, first, last))
+    if unrolled is not None:
+        nblocks = (size + _small_networks.BLOCK - 1) // _small_networks.BLOCK
+
+        def kernel(first_block: int, last_block: int) -> None:
+            unrolled(stack, out, bad_rows, first_block, last_block)
+
+        run_blocks(kernel, nblocks, 16)
+    else:
+        lo, hi = selection_network(n, exact)
+        _kernels.order_stat_kernel(stack, lo, hi, first, last, _order_block(n), out, bad_rows)
     _raise_bad_rows(bad_rows)
     return out
 

@@ -49,3 +49,17 @@ def test_pruned_networks_are_smaller_than_a_full_sort() -> None:
     full = len(selection_network(10, frozenset(range(10)))[0])
     assert len(selection_network(10, frozenset({4, 5}))[0]) < full
     assert len(selection_network(10, frozenset({0, 9}))[0]) <= 2 * 10
+
+
+def test_generated_small_network_kernels_are_up_to_date() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    generated = subprocess.run(
+        [sys.executable, str(root / "tools" / "gen_small_networks.py")], capture_output=True, text=True, check=True
+    ).stdout
+    assert generated == (root / "native" / "_small_networks.py").read_text(), (
+        "native/_small_networks.py is stale: python tools/gen_small_networks.py > native/_small_networks.py"
+    )
