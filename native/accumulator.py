@@ -15,8 +15,9 @@ from .errors import AggregationError, NonFiniteUpdateError
 # Weights are applied in float32: outside this range w * x underflows or overflows.
 MIN_WEIGHT = 1e-30
 MAX_WEIGHT = 1e30
-# 16 blocks of 4096 values (256 KiB of update) per work-sharing task.
-_BLOCKS_PER_TASK = 16
+# 64 blocks of 4096 values (1 MiB of update) per work-sharing task: few enough tasks
+# that the per-task Python overhead stays small, enough that a stalled thread is covered.
+_BLOCKS_PER_TASK = 64
 
 
 @dataclass(frozen=True)
