@@ -116,39 +116,13 @@ def fedavg_kernel(addresses, weights, out, bad_blocks):
         bad_blocks[b] = _any_nonfinite(out_bits, start, stop)
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def accumulate_kernel(acc, chunk, weight, offset, added_blocks):
-    """acc[offset:offset+len] += weight * chunk in float32, block by block.
-
-    A block whose chunk values are not all finite is left untouched; every block
-    that was added is marked in ``added_blocks`` so a caller can take it back out.
-    Returns True when every block was finite (and added).
-    """
-    size = chunk.shape[0]
-    w = np.float32(weight)
-    chunk_bits = chunk.view(np.uint32)
-    nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
-    for b in prange(nblocks):
-        start = b * STREAM_BLOCK
-        stop = min(start + STREAM_BLOCK, size)
-        x = chunk[start:stop]
-        if not _any_nonfinite(chunk_bits, start, stop):
-            a = acc[offset + start:offset + stop]
-            for t in range(stop - start):
-                a[t] += w * x[t]
-            added_blocks[b] = True
-        else:
-            added_blocks[b] = False
-    ok = True
-    for b in range(nblocks):
-        if not added_blocks[b]:
-            ok = False
-    return ok
-
-
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def accumulate_blocks(acc, chunk, weight, offset, added_blocks, first_block, last_block):
-    """Serial ``accumulate_kernel`` over blocks [first_block, last_block); releases the GIL.
+    """acc[offset:offset+len] += weight * chunk (float32) for blocks [first_block, last_block).
+
+    A block whose chunk values are not all finite is left untouched; every block that
+    was added is marked in ``added_blocks`` so the caller can take it back out. Serial
+    and ``nogil``: the Accumulator spreads blocks over threads itself (_workshare.py).
 
     Used by the Accumulator's own work-sharing (see accumulator.py): Python threads
     take ranges of blocks from a shared counter, so a thread that the OS has not
@@ -172,7 +146,7 @@ def accumulate_blocks(acc, chunk, weight, offset, added_blocks, first_block, las
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
 def unaccumulate_kernel(acc, chunk, weight, offset, added_blocks):
-    """Take back the blocks ``accumulate_kernel`` added (exact up to float32 rounding)."""
+    """Take back the blocks ``accumulate_blocks`` added (exact up to float32 rounding)."""
     size = chunk.shape[0]
     w = np.float32(weight)
     nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK

@@ -195,7 +195,7 @@ def test_accumulator_keeps_no_reference_to_added_updates() -> None:
     import gc
     import weakref
 
-    size = 40 * 4096 + 3  # several work-sharing tasks per add
+    size = 5 * 64 * 4096 + 3  # several work-sharing tasks per add
     acc = native.Accumulator(size)
     refs = []
     for i in range(20):
