@@ -199,8 +199,8 @@ def _apply_network(buf, lo, hi, length):
             b[t] = y if x < y else x
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def order_stat_kernel(stack, lo, hi, first, last, block, out, bad_rows):
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def order_stat_kernel(stack, lo, hi, first, last, block, out, bad_rows, first_block, last_block):
     """out[p] = mean of the sorted values at positions first..last (inclusive) of column p.
 
     With first == last or first + 1 == last this is the median; with first = k and
@@ -208,12 +208,12 @@ def order_stat_kernel(stack, lo, hi, first, last, block, out, bad_rows):
     positions outside [first, last] exactly (so the positions inside hold the middle
     values as a set). Blocks of ``block`` columns are copied into a local (N, block)
     buffer and the network is applied row-pair by row-pair (vectorised over columns).
+    Serial over blocks [first_block, last_block); threads share blocks via _workshare.
     """
     n, size = stack.shape
     bits = stack.view(np.uint32)
-    nblocks = (size + block - 1) // block
     count = last - first + 1
-    for b in prange(nblocks):
+    for b in range(first_block, last_block):
         start = b * block
         length = min(block, size - start)
         buf = np.empty((n, block), dtype=np.float32)
@@ -229,9 +229,10 @@ def order_stat_kernel(stack, lo, hi, first, last, block, out, bad_rows):
             o[t] = np.float32(acc[t] / count)
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def sq_distance_kernel(stack, nchunks, partial, bad_rows):
-    """partial[c] = squared pairwise distances of the columns in chunk c (float64).
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def sq_distance_kernel(stack, nchunks, partial, bad_rows, first_chunk, last_chunk):
+    """partial[c] = squared pairwise distances (upper triangle) of the columns in chunk c,
+    for chunks [first_chunk, last_chunk) of ``nchunks`` (threads share chunks via _workshare).
 
     Differences and squares are float32 within a short run of columns (512) whose
     sum is then added into float64, so rounding error stays ~1e-5 relative while
@@ -242,7 +243,7 @@ def sq_distance_kernel(stack, nchunks, partial, bad_rows):
     bits = stack.view(np.uint32)
     per = (size + nchunks - 1) // nchunks
     run = 512
-    for c in prange(nchunks):
+    for c in range(first_chunk, last_chunk):
         start = min(c * per, size)
         stop = min(start + per, size)
         d = partial[c]

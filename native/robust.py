@@ -89,7 +89,12 @@ def _order_stat(stack: np.ndarray, first: int, last: int, exact: frozenset[int])
         run_blocks(kernel, nblocks, 16)
     else:
         lo, hi = selection_network(n, exact)
-        _kernels.order_stat_kernel(stack, lo, hi, first, last, _order_block(n), out, bad_rows)
+        block = _order_block(n)
+
+        def generic(first_block: int, last_block: int) -> None:
+            _kernels.order_stat_kernel(stack, lo, hi, first, last, block, out, bad_rows, first_block, last_block)
+
+        run_blocks(generic, (size + block - 1) // block, max(1, 16384 // block))
     _raise_bad_rows(bad_rows)
     return out
 
@@ -115,7 +120,7 @@ def trimmed_mean(stack: np.ndarray, beta: float) -> np.ndarray:
 
 
 def _chunks(size: int, minimum: int = 4096) -> int:
-    return max(1, min(4 * numba.get_num_threads(), size // minimum))
+    return max(1, min(8 * numba.get_num_threads(), size // minimum))
 
 
 def pairwise_sq_distances(stack: np.ndarray) -> np.ndarray:
@@ -125,7 +130,7 @@ def pairwise_sq_distances(stack: np.ndarray) -> np.ndarray:
     nchunks = _chunks(size)
     partial = np.zeros((nchunks, n, n), dtype=np.float64)
     bad_rows = np.zeros(n, dtype=np.bool_)
-    _kernels.sq_distance_kernel(stack, nchunks, partial, bad_rows)
+    run_blocks(lambda c0, c1: _kernels.sq_distance_kernel(stack, nchunks, partial, bad_rows, c0, c1), nchunks, 1)
     _raise_bad_rows(bad_rows)
     upper = partial.sum(axis=0)
     return upper + upper.T
