@@ -1,7 +1,18 @@
 """Numba aggregation kernels for the attestfl aggregator (float32 in, float32 out).
 
 A model is flattened by the caller into one 1-D float32 array; a stack of N site
-updates is an (N, P) float32 array.
+updates is an (N, P) float32 array. Every input is validated before a kernel runs
+(``AggregationError``); NaN/inf in an update raises ``NonFiniteUpdateError`` naming
+the site, it is never averaged.
+
+Precision choices: ``fedavg``, the trimmed/median means, ``l2_norms`` and multi-Krum
+accumulate in float64 inside cache-resident blocks (no extra memory traffic);
+``Accumulator`` accumulates in float32 in place, like ``torch.Tensor.add_``, because a
+float64 running sum would double its memory and the bytes moved per update; Krum's
+squared distances are float32 over 512-value runs summed in float64.
+
+Kernels are ``numba.njit(cache=True)``, compiled lazily on first use and loaded from
+the on-disk cache (``__pycache__`` next to this package) by later processes.
 """
 from .accumulator import Accumulator, Contribution
 from .dp import add_gaussian_noise, clip_by_l2, l2_norms

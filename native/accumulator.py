@@ -7,8 +7,17 @@ from fractions import Fraction
 import numpy as np
 
 from . import _kernels
+from ._workshare import run_blocks
 from ._validate import as_int, as_update, weight as check_weight
 from .errors import AggregationError, NonFiniteUpdateError
+
+
+# Weights are applied in float32: outside this range w * x underflows or overflows.
+MIN_WEIGHT = 1e-30
+MAX_WEIGHT = 1e30
+# 64 blocks of 4096 values (1 MiB of update) per work-sharing task: few enough tasks
+# that the per-task Python overhead stays small, enough that a stalled thread is covered.
+_BLOCKS_PER_TASK = 64
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,10 @@ class Accumulator:
             raise AggregationError("result() was already taken; start a new Accumulator")
         update = as_update(update)
         w = check_weight(weight)
+        if w != 0.0 and not MIN_WEIGHT <= w <= MAX_WEIGHT:
+            raise AggregationError(
+                f"weight must be 0 or within [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}] (float32 accumulation), got {w}"
+            )
         offset = as_int(offset, "offset")
         site_index = self._adds if site is None else as_int(site, "site")
         if offset < 0 or offset + update.shape[0] > self._size:
@@ -75,7 +88,13 @@ class Accumulator:
             return
         nblocks = (update.shape[0] + _kernels.STREAM_BLOCK - 1) // _kernels.STREAM_BLOCK
         added = np.zeros(nblocks, dtype=np.bool_)
-        if not _kernels.accumulate_kernel(self._sum, update, w, offset, added):
+        target = self._sum
+
+        def kernel(first: int, last: int) -> None:
+            _kernels.accumulate_blocks(target, update, w, offset, added, first, last)
+
+        run_blocks(kernel, nblocks, _BLOCKS_PER_TASK)
+        if not added.all():
             _kernels.unaccumulate_kernel(self._sum, update, w, offset, added)
             raise NonFiniteUpdateError(site_index)
         self._contributions.append(Contribution(offset, update.shape[0], w, site_index))

@@ -5,19 +5,19 @@ from collections.abc import Sequence
 
 import numba
 import numpy as np
-from numba.typed import List as TypedList
 
-from . import _kernels
+from . import _kernels, _small_networks
+from ._workshare import run_blocks
 from ._networks import selection_network
 from ._validate import as_int, as_stack, as_update, normalised_weights, trim_count
 from .errors import AggregationError, NonFiniteUpdateError
 
 
-def _first_nonfinite(rows: Sequence[np.ndarray] | np.ndarray, start: int = 0, stop: int | None = None) -> int:
+def _first_nonfinite(rows: Sequence[np.ndarray] | np.ndarray, start: int = 0, stop: int | None = None) -> int | None:
     for i, row in enumerate(rows):
         if not np.isfinite(row[start:stop]).all():
             return i
-    raise AssertionError("a kernel flagged non-finite input that is not there")
+    return None
 
 
 def _raise_bad_rows(bad_rows: np.ndarray) -> None:
@@ -36,9 +36,10 @@ def fedavg(updates: np.ndarray | Sequence[np.ndarray], weights: Sequence[float] 
     Raises ``NonFiniteUpdateError`` naming the first site whose update holds NaN/inf.
     """
     if isinstance(updates, np.ndarray) and updates.ndim == 2:
-        rows: np.ndarray | TypedList = as_stack(updates)
-        n, size = rows.shape
+        stack = as_stack(updates)
+        n, size = stack.shape
         w = normalised_weights(weights, n)
+        rows: Sequence[np.ndarray] = stack
     else:
         if isinstance(updates, np.ndarray) or not isinstance(updates, Sequence):
             raise AggregationError("updates must be a sequence of 1-D float32 arrays or an (N, P) float32 array")
@@ -50,15 +51,20 @@ def fedavg(updates: np.ndarray | Sequence[np.ndarray], weights: Sequence[float] 
             if u.shape[0] != size:
                 raise AggregationError(f"updates[{i}] has {u.shape[0]} parameters, updates[0] has {size}")
         w = normalised_weights(weights, len(checked))
-        rows = TypedList(checked)
+        rows = checked
     out = np.empty(size, dtype=np.float32)
     nblocks = (size + _kernels.STREAM_BLOCK - 1) // _kernels.STREAM_BLOCK
     bad_blocks = np.zeros(nblocks, dtype=np.bool_)
-    _kernels.fedavg_kernel(rows, w, out, bad_blocks)
+    # The kernel reads the updates through their data addresses; ``rows`` keeps them alive.
+    addresses = np.array([r.__array_interface__["data"][0] for r in rows], dtype=np.intp)
+    _kernels.fedavg_kernel(addresses, w, out, bad_blocks)
     if bad_blocks.any():
         b = int(np.flatnonzero(bad_blocks)[0])
         start = b * _kernels.STREAM_BLOCK
-        raise NonFiniteUpdateError(_first_nonfinite(rows, start, start + _kernels.STREAM_BLOCK))
+        site = _first_nonfinite(rows, start, start + _kernels.STREAM_BLOCK)
+        if site is None:  # all inputs finite: values near float32's limit rounded past it
+            raise AggregationError("the weighted mean overflows float32 (inputs near +-3.4e38)")
+        raise NonFiniteUpdateError(site)
     return out
 
 
@@ -71,10 +77,24 @@ def _order_block(n: int) -> int:
 
 def _order_stat(stack: np.ndarray, first: int, last: int, exact: frozenset[int]) -> np.ndarray:
     n, size = stack.shape
-    lo, hi = selection_network(n, exact)
     out = np.empty(size, dtype=np.float32)
     bad_rows = np.zeros(n, dtype=np.bool_)
-    _kernels.order_stat_kernel(stack, lo, hi, first, last, _order_block(n), out, bad_rows)
+    unrolled = _small_networks.KERNELS.get((n, first, last))
+    if unrolled is not None:
+        nblocks = (size + _small_networks.BLOCK - 1) // _small_networks.BLOCK
+
+        def kernel(first_block: int, last_block: int) -> None:
+            unrolled(stack, out, bad_rows, first_block, last_block)
+
+        run_blocks(kernel, nblocks, 16)
+    else:
+        lo, hi = selection_network(n, exact)
+        block = _order_block(n)
+
+        def generic(first_block: int, last_block: int) -> None:
+            _kernels.order_stat_kernel(stack, lo, hi, first, last, block, out, bad_rows, first_block, last_block)
+
+        run_blocks(generic, (size + block - 1) // block, max(1, 16384 // block))
     _raise_bad_rows(bad_rows)
     return out
 
@@ -100,7 +120,7 @@ def trimmed_mean(stack: np.ndarray, beta: float) -> np.ndarray:
 
 
 def _chunks(size: int, minimum: int = 4096) -> int:
-    return max(1, min(4 * numba.get_num_threads(), size // minimum))
+    return max(1, min(8 * numba.get_num_threads(), size // minimum))
 
 
 def pairwise_sq_distances(stack: np.ndarray) -> np.ndarray:
@@ -110,7 +130,7 @@ def pairwise_sq_distances(stack: np.ndarray) -> np.ndarray:
     nchunks = _chunks(size)
     partial = np.zeros((nchunks, n, n), dtype=np.float64)
     bad_rows = np.zeros(n, dtype=np.bool_)
-    _kernels.sq_distance_kernel(stack, nchunks, partial, bad_rows)
+    run_blocks(lambda c0, c1: _kernels.sq_distance_kernel(stack, nchunks, partial, bad_rows, c0, c1), nchunks, 1)
     _raise_bad_rows(bad_rows)
     upper = partial.sum(axis=0)
     return upper + upper.T
