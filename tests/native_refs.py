@@ -22,7 +22,10 @@ def stacks(draw, min_n: int = 1, max_n: int = 12, max_p: int = 200, ties: bool |
 
 
 def ref_fedavg(stack: np.ndarray, weights) -> np.ndarray:
-    return np.average(stack.astype(np.float64), axis=0, weights=np.asarray(weights, dtype=np.float64))
+    # Normalise the weights first: np.average multiplies before dividing, so tiny (subnormal)
+    # weights underflow to a mean of 0 in the reference itself.
+    w = np.asarray(weights, dtype=np.float64)
+    return np.tensordot(w / w.sum(), stack.astype(np.float64), axes=1)
 
 
 def ref_median(stack: np.ndarray) -> np.ndarray:

@@ -206,3 +206,11 @@ def test_accumulator_keeps_no_reference_to_added_updates() -> None:
     gc.collect()
     assert all(r() is None for r in refs)
     np.testing.assert_allclose(acc.result(), np.full(size, 9.5, np.float32))
+
+
+def test_fedavg_with_a_subnormal_weight() -> None:
+    # Found by hypothesis on a fresh CI run: the weighted mean of one update is that update,
+    # whatever its (positive) weight; the reference must normalise before multiplying.
+    stack = np.array([[0.5]], np.float32)
+    np.testing.assert_array_equal(native.fedavg([stack[0]], [5e-324]), [0.5])
+    np.testing.assert_array_equal(ref_fedavg(stack, [5e-324]), [0.5])
