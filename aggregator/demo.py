@@ -22,6 +22,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from .loopback import read_events
+
 ROGUE_SITE = "rogue-clinic"
 HIDDEN = 16
 FEATURES = 30
@@ -131,18 +133,6 @@ def _site_ids(count: int) -> list[str]:
     return [f"hospital-{chr(ord('a') + i)}" if i < 26 else f"hospital-{i}" for i in range(count)]
 
 
-def _events(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("logger") == "attestfl.aggregator":
-            out.append(entry)
-    return out
-
-
 def summarise(events: list[dict[str, Any]], rounds: int, audit_log: Path) -> dict[str, Any]:
     """The demo's JSON summary, from the aggregator's own records."""
     metrics: dict[int, dict[str, dict[str, float]]] = {}
@@ -241,7 +231,7 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
                 process.kill()
             log.close()
         aggregator.stop()
-    events = _events(aggregator.stderr_path)
+    events = read_events(aggregator.stderr_path)
     summary = summarise(events, rounds, deployment.directory / "audit-log")
     honest_failed = [s for s, p, _ in processes if s != ROGUE_SITE and p.returncode != 0]
     if json_output:
@@ -262,7 +252,7 @@ def _follow(stderr_path: Path, rounds: int, processes: list, say: Any, json_outp
     started = time.time()
     with tqdm(total=rounds, desc="training rounds", unit="round", file=sys.stderr, leave=False) as bar:
         while time.time() - started < timeout:
-            events = _events(stderr_path)
+            events = read_events(stderr_path)
             for event in events:
                 if event["message"] == "admission" and not event["admitted"] and event["site"] not in reported_refusals:
                     reported_refusals.add(event["site"])

@@ -25,6 +25,19 @@ from enclave.simulated.pki import load_or_create
 PLATFORMS = 'platforms = ["sev-snp", "tdx"]'
 
 
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The aggregator's events from its JSON log lines (stderr of ``attestfl serve``)."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("logger") == "attestfl.aggregator":
+            events.append(entry)
+    return events
+
+
 @dataclass
 class Aggregator:
     process: subprocess.Popen
@@ -37,15 +50,7 @@ class Aggregator:
         return f"127.0.0.1:{self.ready['port']}"
 
     def events(self) -> list[dict[str, Any]]:
-        events = []
-        for line in self.stderr_path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and entry.get("logger") == "attestfl.aggregator":
-                events.append(entry)
-        return events
+        return read_events(self.stderr_path)
 
     def stop(self) -> None:
         if self.process.poll() is None:

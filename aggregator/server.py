@@ -65,12 +65,16 @@ def make_attester(config: AggregatorConfig) -> Attester:
     return detect_attester(tee=config.tee)
 
 
+def simulated_measurement(attester: Attester) -> bytes | None:
+    """The launch measurement of a simulated attester (SNP MEASUREMENT or TDX MRTD), else None."""
+    options = getattr(attester, "options", None)
+    return getattr(options, "measurement", None) or getattr(options, "mr_td", None)
+
+
 def make_sealing(config: AggregatorConfig, attester: Attester) -> SealingKeySource | None:
     """The checkpoint sealing key source for this TEE (None: TDX hardware, no local sealing key)."""
     if config.tee.startswith("simulated"):
-        options = getattr(attester, "options", None)
-        measurement = getattr(options, "measurement", None) or getattr(options, "mr_td", None)
-        return SimulatedSealingKey(config.simulated_dir, measurement)
+        return SimulatedSealingKey(config.simulated_dir, simulated_measurement(attester))
     from enclave.sev_guest import SevGuestAttester
 
     platform = attester.platform() if hasattr(attester, "platform") else None
@@ -170,8 +174,7 @@ def ready_line(config: AggregatorConfig, running: Running) -> dict[str, Any]:
     info: dict[str, Any] = {"ready": True, "listen": config.listen, "port": running.port, "tee": config.tee,
                             "x25519": keys.x25519.hex(), "ed25519": keys.ed25519.hex()}
     attester = running.service.attester
-    options = getattr(attester, "options", None)
-    measurement = getattr(options, "measurement", None) or getattr(options, "mr_td", None)
+    measurement = simulated_measurement(attester)
     if measurement is not None:
         info["measurement"] = measurement.hex()
     pki = getattr(attester, "pki", None)

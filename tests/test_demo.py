@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aggregator.demo import ROGUE_SITE, _events
+from aggregator.demo import ROGUE_SITE
+from aggregator.loopback import read_events
 
 
 def test_demo_defaults(tmp_path: Path) -> None:
@@ -23,7 +24,7 @@ def test_demo_defaults(tmp_path: Path) -> None:
     assert "training rounds" in result.stderr  # the progress bar
 
     # From the aggregator's own records: nothing from a refused or unadmitted site entered a model.
-    events = _events(tmp_path / "aggregator.stderr")
+    events = read_events(tmp_path / "aggregator.stderr")
     admitted = {e["site"] for e in events if e["message"] == "admission" and e["admitted"]}
     assert ROGUE_SITE not in admitted and len(admitted) == 4
     accepted = {e["site"] for e in events if e["message"] == "update_accepted"}
