@@ -67,18 +67,9 @@ def run_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
 
 
 def site_attester(config: "SiteConfig"):  # noqa: ANN201, F821
-    from enclave.attester import detect_attester
+    from enclave.attester import open_attester
 
-    if config.tee in ("simulated-snp", "simulated-tdx"):
-        from enclave.simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
-
-        if config.simulated_dir is None:
-            raise AttestationError("[site] simulated_dir: required for a simulated TEE")
-        cls = SimulatedSnpAttester if config.tee == "simulated-snp" else SimulatedTdxAttester
-        return cls(config.simulated_dir, measurement=config.simulated_measurement)
-    if config.simulated_measurement is not None:
-        raise AttestationError("[site] simulated_measurement: only for a simulated TEE")
-    return detect_attester(tee=config.tee)
+    return open_attester(config.tee, simulated_dir=config.simulated_dir, measurement=config.simulated_measurement)
 
 
 def run_site_join(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -39,10 +39,11 @@ from attestation.errors import PolicyError
 from attestation.policy import Policy
 from attestation.validate.fields import read_duration, read_hex, read_table, reject_unknown_keys
 
+from enclave.attester import TEE_CHOICES
+
 from .admission import AdmissionPolicy, valid_site_id
 from .rounds import TaskConfig
 
-TEE_CHOICES = ("auto", "sev-snp", "tdx", "simulated-snp", "simulated-tdx")
 GPU_CHOICES = ("none", "nvml", "simulated")
 
 

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from enclave.attester import Attester, GpuAttester, detect_attester
+from enclave.attester import Attester, GpuAttester, open_attester
 from enclave.keys import EnclaveKeys
 from enclave.sealing import SealingKeySource, SimulatedSealingKey, SnpSealingKey
 
@@ -57,12 +57,8 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def make_attester(config: AggregatorConfig) -> Attester:
-    if config.tee in ("simulated-snp", "simulated-tdx"):
-        from enclave.simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
-
-        cls = SimulatedSnpAttester if config.tee == "simulated-snp" else SimulatedTdxAttester
-        return cls(config.simulated_dir, config=config.raw)  # measurement covers code and this config
-    return detect_attester(tee=config.tee)
+    # In the simulated TEE the measurement covers the code and this configuration.
+    return open_attester(config.tee, simulated_dir=config.simulated_dir, config=config.raw if config.tee.startswith("simulated") else None)
 
 
 def simulated_measurement(attester: Attester) -> bytes | None:

@@ -138,3 +138,22 @@ def detect_attester(root: str | Path = "/", *, tee: str = "auto") -> Attester:
         "no TEE found: looked for " + "; ".join(looked)
         + ". On a machine without SEV-SNP or TDX use --tee simulated-snp or simulated-tdx with --simulated-dir."
     )
+
+
+def open_attester(tee: str, *, simulated_dir: str | Path | None = None, **simulated_options: object) -> Attester:
+    """The attester a ``--tee`` / ``tee =`` choice names: the simulated TEE in ``simulated_dir``
+    (``simulated_options`` such as ``config``, ``measurement`` or ``debug`` go to it), or the
+    hardware backend :func:`detect_attester` finds. Simulated options with hardware are an error."""
+    if tee not in TEE_CHOICES:
+        raise AttesterError(f"unknown TEE {tee!r}; expected one of {', '.join(TEE_CHOICES)}")
+    if tee.startswith("simulated-"):
+        if simulated_dir is None:
+            raise AttesterError(f"{tee} needs a simulated TEE directory (--simulated-dir, or simulated_dir in the configuration): the simulated root of trust")
+        from .simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
+
+        cls = SimulatedSnpAttester if tee == "simulated-snp" else SimulatedTdxAttester
+        return cls(simulated_dir, **simulated_options)  # type: ignore[arg-type]
+    given = sorted(name for name, value in simulated_options.items() if value)
+    if given:
+        raise AttesterError(f"the option(s) {', '.join(given)} apply to the simulated TEE only (hardware measures itself)")
+    return detect_attester(tee=tee)

@@ -23,7 +23,7 @@ from typing import TextIO
 
 from attestation.files import read_bounded
 
-from .attester import TEE_CHOICES, Attester, AttesterError, GpuAttester, detect_attester, make_bundle
+from .attester import TEE_CHOICES, Attester, AttesterError, GpuAttester, make_bundle, open_attester
 from .keys import EnclaveKeys
 from .simulated import SimulatedTeeError
 
@@ -81,18 +81,9 @@ def _read_config(path: str | None) -> bytes | None:
 
 
 def _cpu_attester(args: argparse.Namespace) -> Attester:
-    simulated = args.tee.startswith("simulated-")
-    if not simulated and (args.debug or args.measurement or args.config):
-        raise EnclaveCliError("--debug, --measurement and --config apply to the simulated TEE only (hardware measures itself)")
-    if simulated:
-        if not args.simulated_dir:
-            raise EnclaveCliError(f"--tee {args.tee} needs --simulated-dir DIR (the simulated root of trust)")
-        from .simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
-
-        measurement = _hex(args.measurement, "--measurement", 48) if args.measurement else None
-        cls = SimulatedSnpAttester if args.tee == "simulated-snp" else SimulatedTdxAttester
-        return cls(args.simulated_dir, debug=args.debug, measurement=measurement, config=_read_config(args.config))
-    return detect_attester("/", tee=args.tee)
+    measurement = _hex(args.measurement, "--measurement", 48) if args.measurement else None
+    return open_attester(args.tee, simulated_dir=args.simulated_dir, debug=args.debug, measurement=measurement,
+                         config=_read_config(args.config))
 
 
 def _gpu_attester(args: argparse.Namespace) -> GpuAttester | None:
