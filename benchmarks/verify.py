@@ -26,7 +26,7 @@ TARGET_MS = {"sev-snp": 2.0, "tdx-with-collateral": 8.0}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
-    parser.add_argument("--vectors", type=Path, default=ROOT.parent / "shared" / "vectors")
+    parser.add_argument("--vectors", type=Path, default=ROOT / "tests" / "vectors")
     args = parser.parse_args()
     vectors = args.vectors
 

@@ -1,4 +1,5 @@
-"""Shared test fixtures: paths to the real hardware vectors in ../shared/vectors/."""
+"""Shared test fixtures: the real hardware vectors copied into tests/vectors/ (see its README
+for provenance and licence). Nothing outside the clone is read."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +7,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-VECTORS = ROOT.parent / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parent / "vectors"
 
 
 @pytest.fixture(scope="session")
 def vectors() -> Path:
-    assert VECTORS.is_dir(), f"real evidence vectors are expected at {VECTORS}"
+    assert VECTORS.is_dir(), f"the real evidence vectors are part of the repository: {VECTORS} is missing"
     return VECTORS

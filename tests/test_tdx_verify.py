@@ -1,4 +1,4 @@
-"""TDX verification and appraisal on the real quotes and Intel collateral in ../shared/vectors/tdx."""
+"""TDX verification and appraisal on the real quotes and Intel collateral in tests/vectors/tdx."""
 from __future__ import annotations
 
 import shutil
