@@ -25,6 +25,14 @@ def add_service_commands(subparsers: argparse._SubParsersAction) -> None:
 
     site = subparsers.add_parser("site", help="join an aggregator as a site")
     site_sub = site.add_subparsers(dest="site_command", required=True, metavar="COMMAND")
+    enroll = site_sub.add_parser("enroll", help="create this site's identity key, sealed by its TEE",
+                                 description="Create the site's long-lived Ed25519 identity key inside its TEE, write it sealed "
+                                 "(only this site's TEE and code can open it) to [site] identity, and print the public key and "
+                                 "fingerprint the operator pins in the site's admission rule. Exit 0: enrolled; 2: unusable input.")
+    enroll.add_argument("--config", required=True, metavar="FILE", help="site.toml")
+    enroll.add_argument("--replace", action="store_true", help="replace an existing identity (the operator must pin the new key)")
+    enroll.add_argument("--json", action="store_true", help="print one JSON object")
+    enroll.set_defaults(handler=run_site_enroll)
     join = site_sub.add_parser("join", help="verify the aggregator, join, print the session",
                                description="Verify the aggregator's evidence against the site's policy, then present "
                                "this site's evidence. Exit 0: admitted; 1: aggregator untrusted or site refused; 2: unusable input.")
@@ -72,20 +80,84 @@ def site_attester(config: "SiteConfig"):  # noqa: ANN201, F821
     return open_attester(config.tee, simulated_dir=config.simulated_dir, measurement=config.simulated_measurement)
 
 
-def run_site_join(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+def site_sealing(config: "SiteConfig", attester: object):  # noqa: ANN201, F821
+    from enclave.identity import IdentityError
+    from enclave.sealing import sealing_key_for
+
+    sealing = sealing_key_for(attester, config.simulated_dir)
+    if sealing is None:
+        raise IdentityError("this TEE has no local sealing key (TDX): the identity key must come from a key broker "
+                            "that releases it against this site's evidence (see docs/threat-model.md)")
+    return sealing
+
+
+def run_site_enroll(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     from enclave.attester import AttesterError
+    from enclave.identity import IdentityError, enroll
+    from enclave.sealing import SealingError
 
     from .config import ConfigError, SiteConfig
-    from .site import AdmissionRefused, AggregatorNotTrusted, SiteClient
+
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        config = SiteConfig.load(args.config, load_policy=False)
+        attester = site_attester(config)
+        identity = enroll(config.identity, site_sealing(config, attester), config.site_id, replace=args.replace)
+    except (ConfigError, AttestationError, AttesterError, IdentityError, SealingError, OSError) as exc:
+        print(f"attestfl: error: {exc}", file=err)
+        return EXIT_UNUSABLE
+    result = {"site": config.site_id, "identity_key": identity.public.hex(), "fingerprint": identity.fingerprint,
+              "sealed": str(config.identity)}
+    if args.json:
+        print(json.dumps(result), file=out)
+    else:
+        print(f"enrolled site {config.site_id}: identity key sealed to {config.identity}\n"
+              f"  fingerprint {identity.fingerprint}\n"
+              f"Give the operator this line for the site's admission rule ([admission.sites.{config.site_id}] in aggregator.toml):\n"
+              f'identity_keys = ["{identity.public.hex()}"]', file=out)
+    return EXIT_OK
+
+
+def open_site_client(config: "SiteConfig", err: TextIO):  # noqa: ANN201, F821
+    """The SiteClient of a site.toml: its attester, its unsealed identity, its policy."""
+    from attestation.files import read_bounded
+    from enclave.identity import load_identity
+
+    from .site import SiteClient
+
+    attester = site_attester(config)
+    identity = load_identity(config.identity, site_sealing(config, attester), config.site_id)
+    certificate = b""
+    if config.identity_certificate is not None:
+        certificate = read_bounded(config.identity_certificate, 16 * 1024, "identity certificate")
+        if certificate.lstrip().startswith(b"-----"):
+            from cryptography import x509
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            certificate = x509.load_pem_x509_certificate(certificate).public_bytes(Encoding.DER)
+    if config.insecure_unpinned:
+        print("attestfl: WARNING: INSECURE_accept_any_aggregator is set: this site's policy pins no aggregator measurement, "
+              "so any code in a TEE that passes the policy receives this site's updates", file=err)
+    return SiteClient(config.aggregator, site_id=config.site_id, policy=config.policy, attester=attester, identity=identity,
+                      identity_certificate=certificate, allow_unpinned_aggregator=config.insecure_unpinned)
+
+
+def run_site_join(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    from enclave.attester import AttesterError
+    from enclave.identity import IdentityError
+    from enclave.sealing import SealingError
+
+    from .config import ConfigError, SiteConfig
+    from .site import AdmissionRefused, AggregatorNotTrusted, SiteError
 
     out, err = out or sys.stdout, err or sys.stderr
     try:
         config = SiteConfig.load(args.config)
-        attester = site_attester(config)
-    except (ConfigError, AttestationError, AttesterError, OSError) as exc:
+        client = open_site_client(config, err)
+    except (ConfigError, AttestationError, AttesterError, IdentityError, SealingError, SiteError, OSError, ValueError) as exc:
         print(f"attestfl: error: {exc}", file=err)
         return EXIT_UNUSABLE
-    with SiteClient(config.aggregator, site_id=config.site_id, policy=config.policy, attester=attester) as client:
+    with client:
         try:
             session = client.join()
         except (AggregatorNotTrusted, AdmissionRefused) as exc:
@@ -120,20 +192,22 @@ def load_trainer(config: "SiteConfig"):  # noqa: ANN201, F821
 
 def run_site_run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     from enclave.attester import AttesterError
+    from enclave.identity import IdentityError
+    from enclave.sealing import SealingError
 
     from .config import ConfigError, SiteConfig
     from .sdk import run_site
-    from .site import AdmissionRefused, AggregatorNotTrusted, SiteClient
+    from .site import AdmissionRefused, AggregatorNotTrusted, SiteError
 
     out, err = out or sys.stdout, err or sys.stderr
     try:
         config = SiteConfig.load(args.config)
-        attester = site_attester(config)
         trainer = load_trainer(config)
-    except (ConfigError, AttestationError, AttesterError, OSError, KeyError, ValueError) as exc:
+        client = open_site_client(config, err)
+    except (ConfigError, AttestationError, AttesterError, IdentityError, SealingError, SiteError, OSError, KeyError, ValueError) as exc:
         print(f"attestfl: error: {exc}", file=err)
         return EXIT_UNUSABLE
-    with SiteClient(config.aggregator, site_id=config.site_id, policy=config.policy, attester=attester) as client:
+    with client:
         try:
             summary = run_site(client, trainer, progress=None if args.quiet else err)
         except (AggregatorNotTrusted, AdmissionRefused) as exc:

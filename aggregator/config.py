@@ -22,7 +22,10 @@ site.toml::
     tee = "auto"                       # how this site attests itself (as above)
     simulated_dir = "sim-tee"
     policy = "aggregator-policy.toml"  # attestation policy for the aggregator's evidence:
-                                       # trusted roots, pinned measurement(s), TCB minima
+                                       # trusted roots, pinned measurement(s) (required), TCB minima
+    identity = "identity.sealed"       # the sealed identity key `attestfl site enroll` writes
+    identity_certificate = "site.crt"  # optional: its certificate under the organisation CA
+    INSECURE_accept_any_aggregator = false  # run with a policy that pins no measurement (never in production)
     [data]                              # for `attestfl site run` with the demo trainer
     ...
 
@@ -126,37 +129,64 @@ class SiteConfig:
     simulated_dir: Path | None
     policy: Policy
     data: dict[str, Any]
+    #: The sealed identity key (``attestfl site enroll`` writes it).
+    identity: Path = Path("identity.sealed")
+    #: Optional: the identity key's certificate under the organisation CA the operator's rule names.
+    identity_certificate: Path | None = None
+    #: Run even though the policy pins no aggregator measurement (loudly warned; never in production).
+    insecure_unpinned: bool = False
     #: Simulated TEE only: launch with this measurement instead of the code's (demos of refusal).
     simulated_measurement: bytes | None = None
 
     @classmethod
-    def load(cls, path: str | Path) -> "SiteConfig":
+    def load(cls, path: str | Path, *, load_policy: bool = True) -> "SiteConfig":
+        """The site's configuration; ``load_policy=False`` (enrolment) leaves the aggregator policy unread."""
+        from .site import SitePolicyError, require_measurement_pins
+
         path = Path(path).resolve()
         data, _raw = _load_toml(path)
         base = path.parent
         try:
             reject_unknown_keys(data, ("site", "data"), str(path))
             section = read_table(data, "site", "site")
-            reject_unknown_keys(section, ("id", "aggregator", "tee", "simulated_dir", "policy", "simulated_measurement"), "site")
-            site_id = str(section.get("id", ""))
-            if not valid_site_id(site_id):
+            reject_unknown_keys(section, ("id", "aggregator", "tee", "simulated_dir", "policy", "identity", "identity_certificate",
+                                          "INSECURE_accept_any_aggregator", "simulated_measurement"), "site")
+            site_id = section.get("id", "")
+            if not isinstance(site_id, str) or not valid_site_id(site_id):
                 raise ConfigError("[site] id: required, 1-128 letters, digits, '-', '_' or '.'")
-            if "aggregator" not in section:
+            if not isinstance(section.get("aggregator"), str) or not section["aggregator"]:
                 raise ConfigError("[site] aggregator: required (host:port)")
-            tee = str(section.get("tee", "auto"))
+            tee = section.get("tee", "auto")
             if tee not in TEE_CHOICES:
                 raise ConfigError(f"[site] tee: {tee!r} is not one of {', '.join(TEE_CHOICES)}")
-            if "policy" not in section:
-                raise ConfigError("[site] policy: required: the policy the aggregator's evidence must pass")
+            if not isinstance(section.get("policy"), str):
+                raise ConfigError("[site] policy: required: the policy file the aggregator's evidence must pass")
+            for key in ("simulated_dir", "identity", "identity_certificate"):
+                if key in section and not isinstance(section[key], str):
+                    raise ConfigError(f"[site] {key}: expected a path (a string), got {section[key]!r}")
+            insecure = section.get("INSECURE_accept_any_aggregator", False)
+            if not isinstance(insecure, bool):
+                raise ConfigError(f"[site] INSECURE_accept_any_aggregator: expected true or false, got {insecure!r}")
+            policy = Policy.load(base / section["policy"]) if load_policy else Policy()
+            if load_policy:
+                try:
+                    require_measurement_pins(policy, allow_unpinned=insecure)
+                except SitePolicyError as exc:
+                    raise ConfigError(f"[site] policy {section['policy']}: {exc}") from None
             return cls(
                 path=path,
                 site_id=site_id,
-                aggregator=str(section["aggregator"]),
+                aggregator=section["aggregator"],
                 tee=tee,
-                simulated_dir=base / str(section["simulated_dir"]) if "simulated_dir" in section else None,
-                policy=Policy.load(base / str(section["policy"])),
+                simulated_dir=base / section["simulated_dir"] if "simulated_dir" in section else None,
+                policy=policy,
                 data=read_table(data, "data", "site"),
+                identity=base / section.get("identity", "identity.sealed"),
+                identity_certificate=base / section["identity_certificate"] if "identity_certificate" in section else None,
+                insecure_unpinned=insecure,
                 simulated_measurement=read_hex(section, "simulated_measurement", "site", 48),
             )
         except PolicyError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None

@@ -183,41 +183,34 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
         """)
     if dp:
         task += "[task.dp]\nclip_norm = 1.0\nnoise_multiplier = 0.5\ndelta = 1e-5\n"
-    deployment = Deployment(directory, directory / "simulated-vendor", model=model,
-                            sites={**{s: pin for s in site_ids}, ROGUE_SITE: pin}, task=task)
+    port = _free_port()
+    deployment = Deployment(directory, directory / "simulated-vendor", model=model, task=task, listen=f"127.0.0.1:{port}")
     say(f"attestfl demo: {sites} sites, {rounds} rounds, strategy {strategy}{', central DP' if dp else ''} — in {directory}")
     say("  every party runs in the SIMULATED TEE (software evidence in the real SEV-SNP format; proves nothing about hardware)")
+    everyone = site_ids + [ROGUE_SITE]
+    configs = {}
+    for index, site_id in enumerate(everyone):
+        split = splits[index] if index < sites else splits[0]
+        np.savez(directory / f"{site_id}.npz", **split)
+        configs[site_id] = _write_site_config(directory, site_id, index, f"127.0.0.1:{port}", rogue=site_id == ROGUE_SITE)
+    # Each site creates its identity key inside its (simulated) TEE; the operator pins the public keys.
+    enrolled = _enroll(configs, directory)
+    for index, site_id in enumerate(everyone):
+        examples = len((splits[index] if index < sites else splits[0])["y_train"])
+        deployment.sites[site_id] = f'{pin}\nidentity_keys = ["{enrolled[site_id]}"]\nmax_weight = {examples}'
+    say(f"  {len(enrolled)} sites enrolled identity keys (sealed by their TEEs); the operator pinned each in its admission rule")
+    measurement = deployment.measurement().hex()
+    roots = ", ".join(f'"{fp}"' for fp in deployment.roots.values())
+    (directory / "aggregator-policy.toml").write_text(
+        f"# The sites' policy for the aggregator: its simulated vendor root and its exact measurement.\n"
+        f"trusted_simulated_roots = [{roots}]\nplatforms = [\"sev-snp\"]\n[sev-snp]\nmeasurement = [\"{measurement}\"]\n")
     aggregator = deployment.start()
     processes: list[tuple[str, subprocess.Popen, Any]] = []
     try:
-        measurement = aggregator.ready["measurement"]
-        roots = ", ".join(f'"{fp}"' for fp in deployment.roots.values())
-        (directory / "aggregator-policy.toml").write_text(
-            f"# The sites' policy for the aggregator: its simulated vendor root and its exact measurement.\n"
-            f"trusted_simulated_roots = [{roots}]\n[sev-snp]\nmeasurement = [\"{measurement}\"]\n")
         say(f"  aggregator up on {aggregator.target}, measurement {measurement[:24]}... (pinned by every site)")
-        for index, site_id in enumerate(site_ids + [ROGUE_SITE]):
-            data_file = f"{site_id}.npz"
-            split = splits[index] if index < sites else splits[0]
-            np.savez(directory / data_file, **split)
-            rogue = site_id == ROGUE_SITE
-            config = directory / f"{site_id}.toml"
-            config.write_text(textwrap.dedent(f"""\
-                [site]
-                id = "{site_id}"
-                aggregator = "{aggregator.target}"
-                tee = "simulated-snp"
-                simulated_dir = "simulated-vendor"
-                policy = "aggregator-policy.toml"
-                {'simulated_measurement = "' + os.urandom(48).hex() + '"  # tampered: not the code that runs' if rogue else ''}
-
-                [data]
-                trainer = "aggregator.demo:breast_cancer_trainer"
-                file = "{data_file}"
-                seed = {index}
-                """))
+        for site_id in everyone:
             log = (directory / f"{site_id}.log").open("wb")
-            process = subprocess.Popen([sys.executable, "-m", "aggregator.cli", "site", "run", "--config", str(config), "--quiet"],
+            process = subprocess.Popen([sys.executable, "-m", "aggregator.cli", "site", "run", "--config", str(configs[site_id]), "--quiet"],
                                        stdout=log, stderr=subprocess.STDOUT, cwd=directory, env=dict(os.environ, PYTHONUNBUFFERED="1"))
             processes.append((site_id, process, log))
         _follow(aggregator.stderr_path, rounds, processes, say, json_output, timeout)
@@ -242,6 +235,49 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
         say(f"  sites that did not finish: {', '.join(honest_failed)} (see their logs in {directory})")
     finished = any(e["message"] == "training_finished" for e in events)
     return DemoResult(summary, directory, 0 if finished and not honest_failed else 1)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _write_site_config(directory: Path, site_id: str, index: int, target: str, *, rogue: bool) -> Path:
+    config = directory / f"{site_id}.toml"
+    tampered = f'simulated_measurement = "{os.urandom(48).hex()}"  # tampered: not the code that runs' if rogue else ""
+    config.write_text(textwrap.dedent(f"""\
+        [site]
+        id = "{site_id}"
+        aggregator = "{target}"
+        tee = "simulated-snp"
+        simulated_dir = "simulated-vendor"
+        policy = "aggregator-policy.toml"
+        identity = "{site_id}.identity.sealed"
+        {tampered}
+
+        [data]
+        trainer = "aggregator.demo:breast_cancer_trainer"
+        file = "{site_id}.npz"
+        seed = {index}
+        """))
+    return config
+
+
+def _enroll(configs: dict[str, Path], directory: Path) -> dict[str, str]:
+    """``attestfl site enroll`` for every site (in parallel, as each hospital would): site -> public key (hex)."""
+    running = {site: subprocess.Popen([sys.executable, "-m", "aggregator.cli", "site", "enroll", "--config", str(path), "--json", "--replace"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=directory)
+               for site, path in configs.items()}
+    keys = {}
+    for site, process in running.items():
+        stdout, stderr = process.communicate(timeout=120)
+        if process.returncode != 0:
+            raise RuntimeError(f"attestfl site enroll failed for {site}: {stderr.decode(errors='replace').strip()}")
+        keys[site] = json.loads(stdout)["identity_key"]
+    return keys
 
 
 def _follow(stderr_path: Path, rounds: int, processes: list, say: Any, json_output: bool, timeout: float) -> None:

@@ -19,6 +19,8 @@ import numpy as np
 
 from aggregator.update import encode_tensors
 from attestation.policy import Policy
+from attestation.validate.snp import SnpPolicy
+from enclave.identity import SiteIdentity
 from enclave.measure import measure
 from enclave.simulated.pki import load_or_create
 
@@ -71,22 +73,53 @@ class Deployment:
     task: str = ""
     aggregator_extra: str = ""
     listen: str = "127.0.0.1:0"
+    #: Each site's identity key (in memory; pinned in its admission rule unless the rule pins its own).
+    identities: dict[str, SiteIdentity] = field(default_factory=dict, repr=False)
 
     @property
     def roots(self) -> dict[str, str]:
         return load_or_create(self.sim_dir).trusted_root_fingerprints()
 
+    def identity(self, site_id: str) -> SiteIdentity:
+        """The site's identity key (created on first use)."""
+        if site_id not in self.identities:
+            self.identities[site_id] = SiteIdentity.generate(site_id)
+        return self.identities[site_id]
+
     def site_policy(self, **kwargs: Any) -> Policy:
+        """The sites' policy for this aggregator: the simulated roots and the aggregator's measurement."""
+        if "snp" not in kwargs:
+            kwargs["snp"] = SnpPolicy(measurement=frozenset({self.measurement()}))
+        kwargs.setdefault("platforms", frozenset({"sev-snp", "nvidia-gpu"}))
         return Policy(trusted_simulated_roots=frozenset(self.roots.values()), **kwargs)
+
+    def client(self, target: str, *, site_id: str, policy: Policy | None = None, attester: Any = None, **options: Any) -> Any:
+        """A :class:`aggregator.site.SiteClient` for ``site_id`` with its identity key and the
+        sites' policy (the simulated SNP TEE unless ``attester`` or ``app_attest`` is given)."""
+        from aggregator.site import SiteClient
+        from enclave.simulated.attester import SimulatedSnpAttester
+
+        if attester is None and "app_attest" not in options:
+            attester = SimulatedSnpAttester(self.sim_dir)
+        return SiteClient(target, site_id=site_id, policy=policy or self.site_policy(), attester=attester,
+                          identity=options.pop("identity", None) or self.identity(site_id), **options)
+
+    def rule(self, site: str, extra: str) -> str:
+        """The site's admission table: the given lines, its platforms and its identity key."""
+        lines = [extra] if extra else []
+        if "platforms" not in extra:
+            lines.insert(0, PLATFORMS)
+        if "identity_keys" not in extra and "organisation_ca" not in extra:
+            lines.append(f'identity_keys = ["{self.identity(site).public.hex()}"]')
+        if "max_weight" not in extra:
+            lines.append("max_weight = 1000000")
+        return "\n".join(lines)
 
     def write(self) -> Path:
         (self.directory / "model.safetensors").write_bytes(encode_tensors(self.model))
         roots = ", ".join(f'"{fp}"' for fp in self.roots.values())
         (self.directory / "site-policy.toml").write_text(f"trusted_simulated_roots = [{roots}]\n")
-        sites = "".join(
-            f'\n[admission.sites.{site}]\n{extra if "platforms" in extra else chr(10).join([PLATFORMS, extra])}\n'
-            for site, extra in self.sites.items()
-        )
+        sites = "".join(f"\n[admission.sites.{site}]\n{self.rule(site, extra)}\n" for site, extra in self.sites.items())
         config = textwrap.dedent(f"""\
             [aggregator]
             listen = "{self.listen}"
@@ -108,7 +141,8 @@ class Deployment:
         return path
 
     def measurement(self) -> bytes:
-        return measure((self.directory / "aggregator.toml").read_bytes()).digest
+        path = self.directory / "aggregator.toml"
+        return measure(path.read_bytes() if path.exists() else self.write().read_bytes()).digest
 
     def start(self, timeout: float = 120.0) -> Aggregator:
         config = self.write()

@@ -214,23 +214,30 @@ class RoundDriver:
 
     # --- updates ------------------------------------------------------------------------
 
-    def check_upload(self, site_id: str, round_number: int) -> None:
+    def check_upload(self, site_id: str, round_number: int, attempt: int) -> None:
         with self._lock:
             if self.finished:
                 raise UpdateRefused("training is finished")
             if round_number != self.round:
                 raise UpdateRefused(f"round {round_number} is not open (the open round is {self.round})")
+            if attempt != self.attempt:
+                raise UpdateRefused(f"attempt {attempt} of round {round_number} is not open (the open attempt is {self.attempt}): "
+                                    "an update sealed for another attempt is never reused")
             if site_id in self._received:
                 raise UpdateRefused(f"site {site_id!r} already submitted an update in round {round_number}", grpc.StatusCode.ALREADY_EXISTS)
 
-    def accept_update(self, site_id: str, round_number: int, update: dict[str, np.ndarray], weight: float, digest: bytes) -> None:
+    def accept_update(self, site_id: str, round_number: int, attempt: int, update: dict[str, np.ndarray], weight: float,
+                      digest: bytes, receipt: dict[str, Any]) -> None:
+        """Log the update's receipt (durably), then add the update to the round: if the log
+        refuses, nothing is applied and the error propagates (no receipt is sent)."""
         vector = flatten(update, self.spec)
         with self._lock:
-            self.check_upload(site_id, round_number)
+            self.check_upload(site_id, round_number, attempt)
             norm = None
             clip = self.config.dp.clip_norm if self.config.dp is not None else self.config.clip_norm
             if clip is not None:
                 norm = native.clip_by_l2(vector, clip)
+            self.events.record("update_accepted", **receipt)
             site_index = len(self._received)
             # Under DP every site counts equally: the sensitivity bound is per site, not per example.
             self._aggregation.add(vector, 1.0 if self.config.dp is not None else weight, site_index)
@@ -243,17 +250,22 @@ class RoundDriver:
                 self._close_round()
 
     def report_metrics(self, site_id: str, round_number: int, metrics: dict[str, float], examples: int) -> None:
+        """A site's evaluation of the current round's model (the final model once training is
+        finished), once per site and round."""
         with self._lock:
-            if round_number < 1 or round_number > self.config.rounds + 1:
-                raise UpdateRefused(f"no round {round_number}")
+            current = self.config.rounds + 1 if self.finished else self.round
+            if round_number != current:
+                raise UpdateRefused(f"metrics are accepted for the current round's model (round {current}), not round {round_number}")
             record = self.record(round_number)
+            if site_id in record.metrics:
+                raise UpdateRefused(f"site {site_id!r} already reported metrics for round {round_number}", grpc.StatusCode.ALREADY_EXISTS)
+            self.events.record("metrics", site=site_id, round=round_number, metrics=metrics, examples=examples)
             record.metrics[site_id] = metrics
             record.examples[site_id] = max(0, examples)
             weighted = weighted_metrics(record.metrics, record.examples)
-        self.events.record("metrics", site=site_id, round=round_number, metrics=metrics, examples=examples)
+            per_site = dict(record.metrics)
         # Federated evaluation: per-site and example-weighted metrics of this round's model so far.
-        self.events.record("evaluation", round=round_number, per_site=dict(record.metrics), weighted=weighted,
-                           sites=len(record.metrics))
+        self.events.record("evaluation", round=round_number, per_site=per_site, weighted=weighted, sites=len(per_site))
 
     def tick(self) -> None:
         """Close or retry the open round when its deadline has passed (called periodically)."""

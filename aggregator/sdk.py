@@ -22,7 +22,7 @@ from typing import Any, Callable, TextIO
 import grpc
 import numpy as np
 
-from .site import AdmissionRefused, AggregatorNotTrusted, SiteClient
+from .site import AdmissionRefused, AggregatorNotTrusted, AggregatorUnreachable, SiteClient
 from .update import ModelSpec
 
 Metrics = dict[str, float]
@@ -96,18 +96,29 @@ def run_site(
         done.clear()
         say(f"verified the aggregator's evidence and joined (session {client.session.claims.session_id.hex()[:12]}...)" if client.session else "joined")
 
+    def report(round_number: int, metrics: Metrics, examples: int, max_weight: float) -> None:
+        # The admission rule bounds the example count a site may claim; an honest site stays under it.
+        try:
+            client.report_metrics(round_number, metrics, int(min(max(0, examples), max_weight)))
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT):
+                raise
+            say(f"round {round_number}: metrics not recorded: {exc.details()}")
+            return
+        summary.metrics[round_number] = metrics
+
     join()
     while True:
         try:
             task = client.task()
             spec = ModelSpec.from_json(task.model_spec)
+            max_weight = task.max_weight or 1.0
             last_ok = time.monotonic()
             if task.finished:
                 if task.round not in evaluated and trainer.evaluate is not None:
                     trainer.set(client.download_model(task.round, spec))
                     metrics, examples = trainer.evaluate(trainer.model)
-                    client.report_metrics(task.round, metrics, examples)
-                    summary.metrics[task.round] = metrics
+                    report(task.round, metrics, examples, max_weight)
                     say(f"final model: {_fmt(metrics)}")
                 return summary
             key = (task.round, task.attempt)
@@ -118,14 +129,14 @@ def run_site(
             trainer.set(global_model)
             if task.evaluate and trainer.evaluate is not None and task.round not in evaluated:
                 metrics, examples = trainer.evaluate(trainer.model)
-                client.report_metrics(task.round, metrics, examples)
-                summary.metrics[task.round] = metrics
+                report(task.round, metrics, examples, max_weight)
                 evaluated.add(task.round)
             examples = trainer.train(trainer.model)
             local = trainer.get()
             delta = {name: local[name] - global_model[name] for name in global_model}
+            weight = min(float(max(1, int(examples))), max_weight)
             try:
-                receipt = client.upload_update(task.round, delta, weight=max(1, int(examples)))
+                receipt = client.upload_update(task.round, delta, weight=weight, attempt=task.attempt)
                 summary.receipts.append(receipt)
                 summary.rounds_trained.append(task.round)
                 say(f"round {task.round}/{task.rounds_total}: update sealed and accepted (receipt {receipt.update_sha256.hex()[:12]}...)")
@@ -138,15 +149,13 @@ def run_site(
         except grpc.RpcError as exc:
             if exc.code() not in _RETRYABLE or time.monotonic() - last_ok > reconnect_seconds:
                 raise
-            # The aggregator restarted (new keys: our credential is void) or is briefly away:
+            # The aggregator restarted (new keys: our session is void) or is briefly away:
             # verify its new evidence and join again before sending anything else.
             say(f"aggregator unavailable or session ended ({exc.code().name}); re-verifying and re-joining")
             time.sleep(1.0)
             try:
                 join()
-            except (grpc.RpcError, AggregatorNotTrusted) as again:
-                if isinstance(again, AggregatorNotTrusted) and "offered no evidence" not in str(again):
-                    raise
+            except (grpc.RpcError, AggregatorUnreachable):
                 continue
 
 

@@ -1,8 +1,9 @@
 """Session keys and chunked AEAD streams: what travels between a site and the enclave.
 
 Session keys: X25519 between the two attested public keys, then HKDF-SHA256 with the session
-id as salt and the handshake transcript hash in ``info``, giving one 32-byte key per
-direction (site -> aggregator, aggregator -> site).
+id as salt and the handshake transcript hash in ``info``, giving two 32-byte keys per
+direction (site -> aggregator, aggregator -> site): one for streams, one for the sealed
+request and response messages of authenticated calls (:mod:`aggregator.protocol`).
 
 A stream (one model download, one update upload) is AES-256-GCM (``cryptography``):
 
@@ -14,8 +15,10 @@ A stream (one model download, one update upload) is AES-256-GCM (``cryptography`
 
 So a reordered, dropped, duplicated or replayed chunk fails (index), a truncated stream fails
 (no final chunk), a chunk from another stream or session fails (key and header), and the
-receiver knows the purpose and context were not swapped. TLS on the channel is optional
-hygiene: a proxy that terminates it sees only these ciphertexts.
+receiver knows the purpose and context were not swapped. attestfl does not use TLS: the
+channel is plaintext gRPC and everything that matters is sealed end to end under keys bound
+into both parties' attestation evidence; a proxy that terminates any TLS in front of it sees
+only these ciphertexts.
 """
 from __future__ import annotations
 
@@ -54,6 +57,9 @@ class SessionKeys:
     session_id: bytes
     site_to_aggregator: bytes
     aggregator_to_site: bytes
+    #: Keys of single sealed messages (requests and responses of authenticated calls).
+    site_to_aggregator_messages: bytes = b""
+    aggregator_to_site_messages: bytes = b""
 
     def __repr__(self) -> str:
         return f"SessionKeys(session_id={self.session_id.hex()}, keys=<hidden>)"
@@ -71,8 +77,8 @@ def transcript_hash(*, site_id: str, challenge: bytes, aggregator_x25519: bytes,
 def derive_session_keys(shared_secret: bytes, *, session_id: bytes, transcript: bytes) -> SessionKeys:
     if len(session_id) != 16:
         raise StreamError("session id must be 16 bytes")
-    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=session_id, info=SESSION_KEYS_LABEL + transcript).derive(shared_secret)
-    return SessionKeys(session_id, okm[:32], okm[32:])
+    okm = HKDF(algorithm=hashes.SHA256(), length=128, salt=session_id, info=SESSION_KEYS_LABEL + transcript).derive(shared_secret)
+    return SessionKeys(session_id, okm[:32], okm[32:64], okm[64:96], okm[96:])
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from enclave.attester import Attester, GpuAttester, open_attester
 from enclave.keys import EnclaveKeys
-from enclave.sealing import SealingKeySource, SimulatedSealingKey, SnpSealingKey
+from enclave.sealing import SealingKeySource, sealing_key_for, simulated_launch_measurement
 
 from .audit.events import AuditLog
 from .checkpoint import Checkpoint, load_checkpoint, now_iso, save_checkpoint
@@ -61,22 +61,9 @@ def make_attester(config: AggregatorConfig) -> Attester:
     return open_attester(config.tee, simulated_dir=config.simulated_dir, config=config.raw if config.tee.startswith("simulated") else None)
 
 
-def simulated_measurement(attester: Attester) -> bytes | None:
-    """The launch measurement of a simulated attester (SNP MEASUREMENT or TDX MRTD), else None."""
-    options = getattr(attester, "options", None)
-    return getattr(options, "measurement", None) or getattr(options, "mr_td", None)
-
-
 def make_sealing(config: AggregatorConfig, attester: Attester) -> SealingKeySource | None:
     """The checkpoint sealing key source for this TEE (None: TDX hardware, no local sealing key)."""
-    if config.tee.startswith("simulated"):
-        return SimulatedSealingKey(config.simulated_dir, simulated_measurement(attester))
-    from enclave.sev_guest import SevGuestAttester
-
-    platform = attester.platform() if hasattr(attester, "platform") else None
-    if isinstance(attester, SevGuestAttester) or platform == "sev-snp":
-        return SnpSealingKey()
-    return None
+    return sealing_key_for(attester, config.simulated_dir)
 
 
 def make_gpu_attester(config: AggregatorConfig) -> GpuAttester | None:
@@ -170,7 +157,7 @@ def ready_line(config: AggregatorConfig, running: Running) -> dict[str, Any]:
     info: dict[str, Any] = {"ready": True, "listen": config.listen, "port": running.port, "tee": config.tee,
                             "x25519": keys.x25519.hex(), "ed25519": keys.ed25519.hex()}
     attester = running.service.attester
-    measurement = simulated_measurement(attester)
+    measurement = simulated_launch_measurement(attester)
     if measurement is not None:
         info["measurement"] = measurement.hex()
     pki = getattr(attester, "pki", None)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import grpc
 import numpy as np
@@ -24,27 +25,51 @@ from attestation.errors import AttestationError
 from attestation.findings import Appraisal
 from attestation.policy import Policy
 from enclave.attester import Attester, make_bundle
+from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys, verify_enclave_signature
 
-from .admission import admission_nonce, app_attest_client_data
 from .credential import CredentialError, SessionClaims, verify_credential
+from .protocol import (
+    CALL_HEADER,
+    MAX_MESSAGE_BYTES,
+    SESSION_HEADER,
+    ProtocolError,
+    admission_nonce,
+    app_attest_client_data,
+    download_context,
+    identity_transcript,
+    open_message,
+    receipt_message,
+    seal_message,
+    upload_context,
+)
 from .secure_stream import SessionKeys, StreamError, StreamOpener, derive_session_keys, seal_chunks, transcript_hash
-from .service import MAX_MESSAGE_BYTES, parse_stream_context, receipt_message, stream_context
-from .update import ModelSpec, decode_tensors, encode_tensor_parts, encode_tensors
+from .update import ModelSpec, decode_tensors, encode_tensor_parts
 from .wire import federation_pb2 as pb
 from .wire import federation_pb2_grpc as pb_grpc
+
+#: The CPU platforms whose launch measurement a site's policy must pin for the aggregator.
+_MEASUREMENT_PINS = {"sev-snp": ("snp", "measurement", "[sev-snp] measurement"), "tdx": ("tdx", "mr_td", "[tdx] mr_td")}
 
 
 class SiteError(Exception):
     """The site stopped: the message says why (nothing more was sent)."""
 
 
+class SitePolicyError(SiteError):
+    """The site's policy for the aggregator is unusable (e.g. it pins no measurement)."""
+
+
 class AggregatorNotTrusted(SiteError):
-    """The aggregator offered no evidence, or its evidence failed the site's policy."""
+    """The aggregator's evidence failed the site's policy, or the aggregator proved something false."""
 
     def __init__(self, message: str, reasons: tuple[str, ...] = ()) -> None:
         super().__init__(message + ("".join(f"\n  - {r}" for r in reasons)))
         self.reasons = reasons
+
+
+class AggregatorUnreachable(SiteError):
+    """The aggregator could not be reached or gave no answer (transient: retry later)."""
 
 
 class AdmissionRefused(SiteError):
@@ -53,6 +78,28 @@ class AdmissionRefused(SiteError):
     def __init__(self, reasons: tuple[str, ...]) -> None:
         super().__init__("admission refused:" + "".join(f"\n  - {r}" for r in reasons))
         self.reasons = reasons
+
+
+def unpinned_platforms(policy: Policy) -> list[str]:
+    """The CPU platforms ``policy`` accepts for the aggregator without pinning its measurement:
+    for those, any code in any TEE would pass as the aggregator."""
+    missing = []
+    for platform, (section, name, key) in _MEASUREMENT_PINS.items():
+        if platform in policy.platforms and not getattr(getattr(policy, section), name):
+            missing.append(key)
+    return missing
+
+
+def require_measurement_pins(policy: Policy, *, allow_unpinned: bool = False) -> None:
+    """Refuse a site policy that pins no aggregator measurement, unless explicitly overridden."""
+    missing = unpinned_platforms(policy)
+    if missing and not allow_unpinned:
+        raise SitePolicyError(
+            "the site's policy for the aggregator pins no launch measurement (" + ", ".join(missing) + "): any code in any "
+            "TEE passing the policy would receive this site's updates. Pin the aggregator's measurement (the operator "
+            "publishes it; `attestfl enclave measure` reproduces it), or restrict `platforms`; to run unpinned anyway set "
+            "[site] INSECURE_accept_any_aggregator = true"
+        )
 
 
 @dataclass(frozen=True)
@@ -75,27 +122,58 @@ class JoinedSession:
 @dataclass(frozen=True)
 class Receipt:
     round: int
+    attempt: int
     site_id: str
     update_sha256: bytes
     weight: float
     accepted_unix_ms: int
+    session_id: bytes
+    call: int
     signature: bytes
+    tree_head: bytes = b""
+
+    def message(self) -> bytes:
+        return receipt_message(round_number=self.round, attempt=self.attempt, site_id=self.site_id, update_sha256=self.update_sha256,
+                               weight=self.weight, accepted_unix_ms=self.accepted_unix_ms, session_id=self.session_id, call=self.call)
 
     def verify(self, aggregator_ed25519: bytes) -> bool:
-        message = receipt_message(self.round, self.site_id, self.update_sha256, self.weight, self.accepted_unix_ms)
-        return verify_enclave_signature(aggregator_ed25519, self.signature, message)
+        return verify_enclave_signature(aggregator_ed25519, self.signature, self.message())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"round": self.round, "attempt": self.attempt, "site": self.site_id, "update_sha256": self.update_sha256.hex(),
+                "weight": self.weight, "accepted_unix_ms": self.accepted_unix_ms, "session": self.session_id.hex(),
+                "call": self.call, "signature": self.signature.hex(), "tree_head": self.tree_head.hex()}
+
+
+def admit_request(*, site_id: str, challenge: bytes, session_keys: BoundKeys, evidence_format: str, evidence: bytes,
+                  identity: SiteIdentity, aggregator_keys: BoundKeys, aggregator_evidence_sha256: bytes,
+                  app_attest_key_id: bytes = b"", identity_certificate: bytes = b"") -> pb.AdmitRequest:
+    """The ``Admit`` request of a site: its evidence, its session keys, and its identity key's
+    signature over this handshake's transcript."""
+    signature = identity.sign(identity_transcript(
+        site_id=site_id, challenge=challenge, evidence_sha256=hashlib.sha256(evidence).digest(), site_x25519=session_keys.x25519,
+        site_ed25519=session_keys.ed25519, aggregator_x25519=aggregator_keys.x25519, aggregator_ed25519=aggregator_keys.ed25519,
+        aggregator_evidence_sha256=aggregator_evidence_sha256,
+    ))
+    return pb.AdmitRequest(site_id=site_id, challenge=challenge, site_x25519_public=session_keys.x25519,
+                           site_ed25519_public=session_keys.ed25519, evidence_format=evidence_format, evidence=evidence,
+                           app_attest_key_id=app_attest_key_id, identity_public=identity.public, identity_signature=signature,
+                           identity_certificate=identity_certificate, aggregator_evidence_sha256=aggregator_evidence_sha256)
 
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
 ]
 
 
 class SiteClient:
     """One site's connection to an aggregator. ``policy`` is the site's policy for the
-    aggregator's evidence; ``attester`` produces the site's own evidence (a TEE, real or
-    simulated) or ``app_attest`` does (a mobile/edge device)."""
+    aggregator's evidence (it must pin the aggregator's measurement unless
+    ``allow_unpinned_aggregator``); ``identity`` is the site's enrolled identity key;
+    ``attester`` produces the site's own evidence (a TEE, real or simulated) or
+    ``app_attest`` does (a mobile/edge device)."""
 
     def __init__(
         self,
@@ -103,15 +181,23 @@ class SiteClient:
         *,
         site_id: str,
         policy: Policy,
+        identity: SiteIdentity,
         attester: Attester | None = None,
         app_attest: AppAttestEvidence | None = None,
+        identity_certificate: bytes = b"",
         timeout: float = 30.0,
         channel: grpc.Channel | None = None,
+        allow_unpinned_aggregator: bool = False,
     ) -> None:
         if (attester is None) == (app_attest is None):
             raise SiteError("give exactly one of attester (TEE) or app_attest (mobile)")
+        require_measurement_pins(policy, allow_unpinned=allow_unpinned_aggregator)
+        if identity.site_id != site_id:
+            raise SiteError(f"the identity key was enrolled for site {identity.site_id!r}, not {site_id!r}")
         self.site_id = site_id
         self.policy = policy
+        self.identity = identity
+        self.identity_certificate = identity_certificate
         self.attester = attester
         self.app_attest = app_attest
         self.timeout = timeout
@@ -119,6 +205,8 @@ class SiteClient:
         self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
         self.session: JoinedSession | None = None
+        self._calls = 0
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self.channel.close()
@@ -131,12 +219,15 @@ class SiteClient:
 
     # --- handshake ---------------------------------------------------------------------------
 
-    def verify_aggregator(self) -> tuple[BoundKeys, Appraisal]:
-        """Ask for the aggregator's evidence with a fresh nonce and appraise it; raise unless accepted."""
+    def verify_aggregator(self) -> tuple[BoundKeys, Appraisal, bytes]:
+        """Ask for the aggregator's evidence with a fresh nonce and appraise it; raise unless
+        accepted. Returns its keys, the appraisal and the bundle's SHA-256."""
         nonce = os.urandom(32)
         try:
             response = self.stub.GetEvidence(pb.EvidenceRequest(nonce=nonce), timeout=self.timeout)
         except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise AggregatorUnreachable(f"the aggregator is unreachable ({exc.code().name}: {exc.details()})") from None
             raise AggregatorNotTrusted(f"the aggregator offered no evidence ({exc.code().name}: {exc.details()})") from None
         if not response.bundle:
             raise AggregatorNotTrusted("the aggregator offered no evidence")
@@ -147,24 +238,23 @@ class SiteClient:
             raise AggregatorNotTrusted(f"the aggregator's evidence is unusable: {exc}") from None
         if not appraisal.accepted:
             raise AggregatorNotTrusted("the aggregator's evidence fails this site's policy:", tuple(str(r) for r in appraisal.reasons))
-        return bundle.keys, appraisal
+        return bundle.keys, appraisal, hashlib.sha256(response.bundle).digest()
 
     def join(self) -> JoinedSession:
-        aggregator_keys, appraisal = self.verify_aggregator()
+        aggregator_keys, appraisal, aggregator_evidence_sha256 = self.verify_aggregator()
         challenge = self.stub.GetChallenge(pb.ChallengeRequest(site_id=self.site_id), timeout=self.timeout).challenge
         public = self.keys.public
-        request = pb.AdmitRequest(site_id=self.site_id, challenge=challenge, site_x25519_public=public.x25519,
-                                  site_ed25519_public=public.ed25519)
         if self.attester is not None:
             bundle = make_bundle(self.attester, self.keys, admission_nonce(self.site_id, challenge))
-            request.evidence_format = "bundle"
-            request.evidence = encode_bundle(bundle)
+            evidence_format, evidence, key_id = "bundle", encode_bundle(bundle), b""
         else:
             assert self.app_attest is not None
-            attestation, key_id = self.app_attest.attest(app_attest_client_data(self.site_id, challenge, public.x25519, public.ed25519))
-            request.evidence_format = "app-attest"
-            request.evidence = attestation
-            request.app_attest_key_id = key_id
+            evidence, key_id = self.app_attest.attest(app_attest_client_data(self.site_id, challenge, public.x25519, public.ed25519))
+            evidence_format = "app-attest"
+        request = admit_request(site_id=self.site_id, challenge=challenge, session_keys=public, evidence_format=evidence_format,
+                                evidence=evidence, identity=self.identity, aggregator_keys=aggregator_keys,
+                                aggregator_evidence_sha256=aggregator_evidence_sha256, app_attest_key_id=key_id,
+                                identity_certificate=self.identity_certificate)
         response = self.stub.Admit(request, timeout=self.timeout)
         if not response.admitted:
             raise AdmissionRefused(tuple(response.reasons))
@@ -177,30 +267,49 @@ class SiteClient:
         transcript = transcript_hash(site_id=self.site_id, challenge=challenge, aggregator_x25519=aggregator_keys.x25519,
                                      aggregator_ed25519=aggregator_keys.ed25519, site_x25519=public.x25519, site_ed25519=public.ed25519)
         keys = derive_session_keys(self.keys.shared_secret(aggregator_keys.x25519), session_id=claims.session_id, transcript=transcript)
-        self.session = JoinedSession(aggregator_keys, appraisal, response.credential, claims, keys)
+        with self._lock:
+            self.session = JoinedSession(aggregator_keys, appraisal, response.credential, claims, keys)
+            self._calls = 0
         return self.session
 
-    # --- sealed payloads ---------------------------------------------------------------------
+    # --- authenticated calls -------------------------------------------------------------------
 
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        if self.session is None:
-            raise SiteError("join first")
-        return (("authorization", f"Bearer {self.session.credential}"),)
+    def _next_call(self) -> tuple[JoinedSession, int, tuple[tuple[str, str], ...]]:
+        with self._lock:
+            if self.session is None:
+                raise SiteError("join first")
+            self._calls += 1
+            call = self._calls
+            session = self.session
+        return session, call, ((SESSION_HEADER, session.claims.session_id.hex()), (CALL_HEADER, str(call)))
 
-    def task(self) -> pb.TaskResponse:
-        return self.stub.GetTask(pb.TaskRequest(), metadata=self._metadata(), timeout=self.timeout)
+    def _sealed(self, session: JoinedSession, method: str, call: int, message: Any) -> pb.Sealed:
+        return pb.Sealed(ciphertext=seal_message(session.keys, method=method, call=call, response=False, plaintext=message.SerializeToString()))
+
+    def _open(self, session: JoinedSession, method: str, call: int, sealed: pb.Sealed, message_type: Any) -> Any:
+        try:
+            plaintext = open_message(session.keys, method=method, call=call, response=True, ciphertext=sealed.ciphertext)
+        except ProtocolError as exc:
+            raise AggregatorNotTrusted(f"the aggregator's answer is not authentic: {exc}") from None
+        return message_type.FromString(plaintext)
+
+    def task(self, known_tree_size: int = 0) -> pb.TaskResponse:
+        session, call, metadata = self._next_call()
+        sealed = self.stub.GetTask(self._sealed(session, "GetTask", call, pb.TaskRequest(known_tree_size=known_tree_size)),
+                                   metadata=metadata, timeout=self.timeout)
+        return self._open(session, "GetTask", call, sealed, pb.TaskResponse)
 
     def download_model(self, round_number: int, spec: ModelSpec) -> dict[str, np.ndarray]:
-        session = self.session
-        metadata = self._metadata()
-        assert session is not None
-        chunks = self.stub.DownloadModel(pb.DownloadRequest(round=round_number), metadata=metadata, timeout=self.timeout)
+        session, call, metadata = self._next_call()
+        request = self._sealed(session, "DownloadModel", call, pb.DownloadRequest(round=round_number))
+        chunks = self.stub.DownloadModel(request, metadata=metadata, timeout=self.timeout)
         opener: StreamOpener | None = None
         data = bytearray()
         for chunk in chunks:
             if opener is None:
                 opener = StreamOpener(session.keys.aggregator_to_site, chunk.header, session_id=session.claims.session_id,
-                                      purpose="model", context=stream_context(round_number, self.site_id), max_bytes=spec.max_update_bytes)
+                                      purpose="model", context=download_context(round_number, self.site_id, call),
+                                      max_bytes=spec.max_update_bytes)
             data += opener.open(chunk.index, chunk.ciphertext, final=chunk.final)
         if opener is None:
             raise StreamError("the aggregator sent no model")
@@ -208,30 +317,43 @@ class SiteClient:
         tensors, _metadata = decode_tensors(bytes(data), spec)
         return {name: array.copy() for name, array in tensors.items()}
 
-    def sealed_update(self, round_number: int, update: dict[str, np.ndarray], weight: float) -> Iterator[pb.SealedChunk]:
+    def sealed_update(self, round_number: int, attempt: int, call: int, update: dict[str, np.ndarray], weight: float) -> Iterator[pb.SealedChunk]:
+        """The sealed stream of one update, for call ``call`` (see :meth:`upload_update`)."""
         session = self.session
         if session is None:
             raise SiteError("join first")
         data = encode_tensor_parts(update, {"weight": repr(float(weight))})
         for header, index, final, ciphertext in seal_chunks(session.keys.site_to_aggregator, data, session_id=session.claims.session_id,
-                                                            purpose="update", context=stream_context(round_number, self.site_id)):
+                                                            purpose="update", context=upload_context(round_number, attempt, self.site_id, call)):
             yield pb.SealedChunk(header=header, index=index, final=final, ciphertext=ciphertext)
 
-    def upload_update(self, round_number: int, update: dict[str, np.ndarray], weight: float) -> Receipt:
-        metadata = self._metadata()
-        assert self.session is not None
-        response = self.stub.UploadUpdate(self.sealed_update(round_number, update, weight), metadata=metadata, timeout=self.timeout)
-        receipt = Receipt(response.round, response.site_id, response.update_sha256, response.weight, response.accepted_unix_ms, response.signature)
-        if not receipt.verify(self.session.aggregator_keys.ed25519):
+    def upload_update(self, round_number: int, update: dict[str, np.ndarray], weight: float, *, attempt: int = 1) -> Receipt:
+        """Upload one update; return the aggregator's receipt after checking that it is signed by
+        the attested key and answers exactly this upload (round, attempt, call, digest, weight)."""
+        session, call, metadata = self._next_call()
+        hasher = hashlib.sha256()
+        for part in encode_tensor_parts(update, {"weight": repr(float(weight))}):
+            hasher.update(memoryview(part).cast("B"))
+        digest = hasher.digest()
+        sealed = self.stub.UploadUpdate(self.sealed_update(round_number, attempt, call, update, weight), metadata=metadata, timeout=self.timeout)
+        response = self._open(session, "UploadUpdate", call, sealed, pb.UploadReceipt)
+        receipt = Receipt(response.round, response.attempt, response.site_id, response.update_sha256, response.weight,
+                          response.accepted_unix_ms, session.claims.session_id, response.call, response.signature, response.tree_head)
+        expected = (round_number, attempt, self.site_id, digest, float(weight), call)
+        got = (receipt.round, receipt.attempt, receipt.site_id, receipt.update_sha256, receipt.weight, receipt.call)
+        if got != expected:
+            raise AggregatorNotTrusted("the update receipt does not answer this upload (stale or foreign receipt): "
+                                       f"expected round/attempt/site/digest/weight/call {expected[:3]}, got {got[:3]}")
+        if not receipt.verify(session.aggregator_keys.ed25519):
             raise AggregatorNotTrusted("the update receipt is not signed by the attested aggregator key")
         return receipt
 
     def report_metrics(self, round_number: int, metrics: dict[str, float], examples: int) -> None:
-        self.stub.ReportMetrics(pb.MetricsReport(round=round_number, metrics=metrics, examples=examples), metadata=self._metadata(), timeout=self.timeout)
+        session, call, metadata = self._next_call()
+        request = self._sealed(session, "ReportMetrics", call, pb.MetricsReport(round=round_number, metrics=metrics, examples=examples))
+        sealed = self.stub.ReportMetrics(request, metadata=metadata, timeout=self.timeout)
+        self._open(session, "ReportMetrics", call, sealed, pb.MetricsAck)
 
 
-def update_digest(update: dict[str, np.ndarray], weight: float) -> bytes:
-    return hashlib.sha256(encode_tensors(update, {"weight": repr(float(weight))})).digest()
-
-
-__all__ = ["AdmissionRefused", "AggregatorNotTrusted", "AppAttestEvidence", "Receipt", "SiteClient", "SiteError", "parse_stream_context", "update_digest"]
+__all__ = ["AdmissionRefused", "AggregatorNotTrusted", "AggregatorUnreachable", "AppAttestEvidence", "Receipt", "SiteClient",
+           "SiteError", "SitePolicyError", "admit_request", "require_measurement_pins", "unpinned_platforms"]

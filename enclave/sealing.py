@@ -131,3 +131,26 @@ class SnpSealingKey(SealingKeySource):
         if status != 0:
             raise SealingError(f"the firmware refused the derived key (status {status:#x})")
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=SEALING_LABEL + purpose).derive(data[32:64])
+
+
+def simulated_launch_measurement(attester: object) -> bytes | None:
+    """The launch measurement of a simulated attester (SNP MEASUREMENT or TDX MRTD), else None."""
+    options = getattr(attester, "options", None)
+    return getattr(options, "measurement", None) or getattr(options, "mr_td", None)
+
+
+def sealing_key_for(attester: object, simulated_dir: str | Path | None) -> SealingKeySource | None:
+    """The sealing key source of the TEE ``attester`` runs in: the simulated sealing root bound
+    to the simulated launch measurement, SNP's derived key on SEV-SNP hardware, or ``None``
+    where the platform has no local sealing key (TDX: use a key broker)."""
+    measurement = simulated_launch_measurement(attester)
+    if str(getattr(attester, "name", "")).startswith("simulated-"):
+        if simulated_dir is None or measurement is None:
+            raise SealingError("the simulated TEE needs its directory and launch measurement to derive a sealing key")
+        return SimulatedSealingKey(simulated_dir, measurement)
+    from .sev_guest import SevGuestAttester
+
+    platform = attester.platform() if hasattr(attester, "platform") else None  # type: ignore[attr-defined]
+    if isinstance(attester, SevGuestAttester) or platform == "sev-snp":
+        return SnpSealingKey()
+    return None

@@ -34,11 +34,11 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict:
     deployment.directory.mkdir()
     receipts = []
     for aggregator in run_aggregator(deployment):
-        clients = [SiteClient(aggregator.target, site_id=s, policy=deployment.site_policy(),
+        clients = [deployment.client(aggregator.target, site_id=s, policy=deployment.site_policy(),
                               attester=SimulatedSnpAttester(deployment.sim_dir)) for s in ("hospital-a", "hospital-b")]
         for client in clients:
             client.join()
-        rogue = SiteClient(aggregator.target, site_id="hospital-b", policy=deployment.site_policy(),
+        rogue = deployment.client(aggregator.target, site_id="hospital-b", policy=deployment.site_policy(),
                            attester=SimulatedSnpAttester(deployment.sim_dir, debug=True))
         with pytest.raises(AdmissionRefused):
             rogue.join()
@@ -53,7 +53,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict:
         for client in clients:
             client.close()
     for aggregator in run_aggregator(deployment):  # a restart continues the same log
-        with SiteClient(aggregator.target, site_id="hospital-a", policy=deployment.site_policy(),
+        with deployment.client(aggregator.target, site_id="hospital-a", policy=deployment.site_policy(),
                         attester=SimulatedSnpAttester(deployment.sim_dir)) as client:
             client.join()
     return {"log": deployment.directory / "audit-log", "policy": deployment.directory / "site-policy.toml",

@@ -30,7 +30,7 @@ def test_metrics_logs_and_gpu_binding(tmp_path: Path) -> None:
     for aggregator in run_aggregator(deployment):
         policy = deployment.site_policy(require_gpu=True)
         policy = type(policy)(**{**policy.__dict__, "trusted_simulated_roots": policy.trusted_simulated_roots | {gpu_root}})
-        with SiteClient(aggregator.target, site_id="site-a", policy=policy, attester=SimulatedSnpAttester(deployment.sim_dir)) as client:
+        with deployment.client(aggregator.target, site_id="site-a", policy=policy, attester=SimulatedSnpAttester(deployment.sim_dir)) as client:
             session = client.join()
             assert session.aggregator_appraisal.claims["gpu"]["simulated"] is True  # an attested (simulated) H100, bound to the CPU evidence
             client.upload_update(client.task().round, {k: np.zeros_like(v) for k, v in MODEL.items()}, 1)
@@ -47,7 +47,7 @@ def test_metrics_logs_and_gpu_binding(tmp_path: Path) -> None:
 def test_site_requiring_a_gpu_refuses_an_aggregator_without_one(tmp_path: Path) -> None:
     deployment = Deployment(tmp_path, tmp_path / "vendor", sites={"site-a": ""})
     for aggregator in run_aggregator(deployment):
-        with SiteClient(aggregator.target, site_id="site-a", policy=deployment.site_policy(require_gpu=True),
+        with deployment.client(aggregator.target, site_id="site-a", policy=deployment.site_policy(require_gpu=True),
                         attester=SimulatedSnpAttester(deployment.sim_dir)) as client:
             with pytest.raises(AggregatorNotTrusted) as refused:
                 client.join()

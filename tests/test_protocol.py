@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from aggregator.admission import admission_nonce, app_attest_client_data
 from aggregator.credential import AUDIENCE, issue_credential
 from aggregator.secure_stream import MAX_CHUNK_BYTES
-from aggregator.site import AdmissionRefused, AggregatorNotTrusted, AppAttestEvidence, SiteClient
+from aggregator.site import AdmissionRefused, AggregatorNotTrusted, AppAttestEvidence, SiteClient, admit_request
 from aggregator.update import ModelSpec, encode_tensors
 from aggregator.wire import federation_pb2 as pb
 from aggregator.wire import federation_pb2_grpc as pb_grpc
@@ -65,7 +65,7 @@ def aggregator(deployment: Deployment) -> Iterator[Aggregator]:
 
 
 def site(aggregator: Aggregator, deployment: Deployment, site_id: str, attester: object | None = None, **policy: object) -> SiteClient:
-    return SiteClient(aggregator.target, site_id=site_id, policy=deployment.site_policy(**policy),
+    return deployment.client(aggregator.target, site_id=site_id, policy=deployment.site_policy(**policy),
                       attester=attester or SimulatedSnpAttester(deployment.sim_dir))
 
 
@@ -88,7 +88,7 @@ def test_site_joins_and_exchanges_sealed_payloads(aggregator: Aggregator, deploy
     measurement = bytes.fromhex(aggregator.ready["measurement"])
     assert measurement == deployment.measurement()  # the site's reference value: code + aggregator.toml
     policy_pin = deployment.site_policy().snp.__class__(measurement=frozenset({measurement}))
-    with SiteClient(aggregator.target, site_id="site-a", policy=deployment.site_policy(snp=policy_pin),
+    with deployment.client(aggregator.target, site_id="site-a", policy=deployment.site_policy(snp=policy_pin),
                     attester=SimulatedTdxAttester(deployment.sim_dir)) as client:
         session = client.join()
         assert session.aggregator_keys.ed25519.hex() == aggregator.ready["ed25519"]
@@ -139,13 +139,14 @@ def test_refused_sites_learn_why(aggregator: Aggregator, deployment: Deployment,
     assert len(accepted_updates(aggregator, site_id)) == before
 
 
-def _admit_request(stub: pb_grpc.FederationStub, site_id: str, keys: EnclaveKeys, attester: object,
-                   nonce_site: str | None = None, present: BoundKeys | None = None) -> pb.AdmitRequest:
+def _admit_request(stub: pb_grpc.FederationStub, site_id: str, keys: EnclaveKeys, attester: object, deployment: Deployment,
+                   aggregator: Aggregator, nonce_site: str | None = None, present: BoundKeys | None = None) -> pb.AdmitRequest:
     challenge = stub.GetChallenge(pb.ChallengeRequest(site_id=site_id), timeout=10).challenge
     bundle = make_bundle(attester, keys, admission_nonce(nonce_site or site_id, challenge))
-    shown = present or keys.public
-    return pb.AdmitRequest(site_id=site_id, challenge=challenge, site_x25519_public=shown.x25519,
-                           site_ed25519_public=shown.ed25519, evidence_format="bundle", evidence=encode_bundle(bundle))
+    aggregator_keys = BoundKeys(bytes.fromhex(aggregator.ready["x25519"]), bytes.fromhex(aggregator.ready["ed25519"]))
+    return admit_request(site_id=site_id, challenge=challenge, session_keys=present or keys.public, evidence_format="bundle",
+                         evidence=encode_bundle(bundle), identity=deployment.identity(site_id), aggregator_keys=aggregator_keys,
+                         aggregator_evidence_sha256=bytes(32))
 
 
 @pytest.fixture
@@ -154,57 +155,60 @@ def stub(aggregator: Aggregator) -> Iterator[pb_grpc.FederationStub]:
         yield pb_grpc.FederationStub(channel)
 
 
-def test_replayed_challenge_is_refused(stub: pb_grpc.FederationStub, deployment: Deployment) -> None:
-    request = _admit_request(stub, "site-c", EnclaveKeys(), SimulatedSnpAttester(deployment.sim_dir))
+def test_replayed_challenge_is_refused(stub: pb_grpc.FederationStub, deployment: Deployment, aggregator: Aggregator) -> None:
+    request = _admit_request(stub, "site-c", EnclaveKeys(), SimulatedSnpAttester(deployment.sim_dir), deployment, aggregator)
     assert stub.Admit(request, timeout=30).admitted
     replay = stub.Admit(request, timeout=30)
     assert not replay.admitted and any(r.startswith("admission.challenge") and "replayed" in r for r in replay.reasons)
 
 
-def test_challenge_of_another_site_is_refused(stub: pb_grpc.FederationStub, deployment: Deployment) -> None:
-    request = _admit_request(stub, "site-c", EnclaveKeys(), SimulatedSnpAttester(deployment.sim_dir))
+def test_challenge_of_another_site_is_refused(stub: pb_grpc.FederationStub, deployment: Deployment, aggregator: Aggregator) -> None:
+    request = _admit_request(stub, "site-c", EnclaveKeys(), SimulatedSnpAttester(deployment.sim_dir), deployment, aggregator)
     request.site_id = "site-b"
     response = stub.Admit(request, timeout=30)
     assert not response.admitted and any("issued to site 'site-c'" in r for r in response.reasons)
 
 
-def test_evidence_bound_to_another_site_id_is_refused(stub: pb_grpc.FederationStub, deployment: Deployment) -> None:
-    request = _admit_request(stub, "site-b", EnclaveKeys(), SimulatedSnpAttester(deployment.sim_dir), nonce_site="site-a")
+def test_evidence_bound_to_another_site_id_is_refused(stub: pb_grpc.FederationStub, deployment: Deployment, aggregator: Aggregator) -> None:
+    request = _admit_request(stub, "site-b", EnclaveKeys(), SimulatedSnpAttester(deployment.sim_dir), deployment, aggregator, nonce_site="site-a")
     response = stub.Admit(request, timeout=30)
     assert not response.admitted and any(r.startswith("binding.nonce") for r in response.reasons)
 
 
-def test_evidence_bound_to_other_keys_is_refused(stub: pb_grpc.FederationStub, deployment: Deployment) -> None:
+def test_evidence_bound_to_other_keys_is_refused(stub: pb_grpc.FederationStub, deployment: Deployment, aggregator: Aggregator) -> None:
     mine, theirs = EnclaveKeys(), EnclaveKeys()
-    request = _admit_request(stub, "site-b", theirs, SimulatedSnpAttester(deployment.sim_dir), present=mine.public)
+    request = _admit_request(stub, "site-b", theirs, SimulatedSnpAttester(deployment.sim_dir), deployment, aggregator, present=mine.public)
     response = stub.Admit(request, timeout=30)
     assert not response.admitted and any(r.startswith("admission.keys") for r in response.reasons)
 
 
-def test_calls_without_a_valid_credential_are_refused(stub: pb_grpc.FederationStub) -> None:
+def test_calls_without_a_live_session_are_refused(stub: pb_grpc.FederationStub) -> None:
     with pytest.raises(grpc.RpcError) as missing:
-        stub.GetTask(pb.TaskRequest(), timeout=10)
+        stub.GetTask(pb.Sealed(ciphertext=b"x" * 32), timeout=10)
     assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
     forged = issue_credential(EnclaveKeys().sign, key_id="x", session_id=os.urandom(16), site_id="site-a", site_x25519=bytes(32),
                               site_ed25519=bytes(32), status="affirming", policy_id="p", annotated_claims={},
                               now=__import__("datetime").datetime.now(__import__("datetime").timezone.utc),
                               ttl=__import__("datetime").timedelta(hours=1), build="forger")
-    for token in ("garbage", forged):
+    for metadata in ((("authorization", "Bearer garbage"),), (("authorization", f"Bearer {forged}"),),
+                     (("attestfl-session", os.urandom(16).hex()), ("attestfl-call", "1"))):
         with pytest.raises(grpc.RpcError) as bad:
-            stub.UploadUpdate(iter([pb.SealedChunk(header=b"x", final=True)]), metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+            stub.UploadUpdate(iter([pb.SealedChunk(header=b"x", final=True)]), metadata=metadata, timeout=10)
         assert bad.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_credential_from_another_session_is_refused(aggregator: Aggregator, deployment: Deployment) -> None:
+def test_session_of_another_site_is_refused(aggregator: Aggregator, deployment: Deployment) -> None:
     with site(aggregator, deployment, "site-b") as b, site(aggregator, deployment, "site-c") as c:
         b.join()
         c.join()
         round_number = c.task().round
-        # c's sealed stream (its session keys) with b's credential.
+        # c's sealed stream (its session keys) under b's session id.
+        _session, call, _metadata = c._next_call()
+        metadata = (("attestfl-session", b.session.claims.session_id.hex()), ("attestfl-call", str(call)))
         with pytest.raises(grpc.RpcError) as refused:
-            c.stub.UploadUpdate(c.sealed_update(round_number, update_like(1.0), 1), metadata=b._metadata(), timeout=10)
+            c.stub.UploadUpdate(c.sealed_update(round_number, 1, call, update_like(1.0), 1), metadata=metadata, timeout=10)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "site 'site-c'" in refused.value.details() or "another session" in refused.value.details()
+        assert "another session" in refused.value.details() or "site" in refused.value.details()
 
 
 def test_duplicate_submission_in_a_round_is_refused(aggregator: Aggregator, deployment: Deployment) -> None:
@@ -238,10 +242,11 @@ def test_oversize_messages_and_stalled_uploads(aggregator: Aggregator, deploymen
         client.join()
         with pytest.raises(grpc.RpcError) as oversize:
             client.stub.UploadUpdate(iter([pb.SealedChunk(header=b"h", ciphertext=bytes(MAX_CHUNK_BYTES + 128 * 1024))]),
-                                     metadata=client._metadata(), timeout=20)
+                                     metadata=client._next_call()[2], timeout=20)
         assert oversize.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         round_number = client.task().round
-        chunks = list(client.sealed_update(round_number, update_like(0.3), 1))
+        _session, call, metadata = client._next_call()
+        chunks = list(client.sealed_update(round_number, 1, call, update_like(0.3), 1))
 
         def stalling() -> Iterator[pb.SealedChunk]:
             first = chunks[0]
@@ -251,7 +256,7 @@ def test_oversize_messages_and_stalled_uploads(aggregator: Aggregator, deploymen
 
         started = time.time()
         with pytest.raises(grpc.RpcError) as stalled:
-            client.stub.UploadUpdate(stalling(), metadata=client._metadata(), timeout=20)
+            client.stub.UploadUpdate(stalling(), metadata=metadata, timeout=20)
         assert stalled.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INVALID_ARGUMENT)
         assert time.time() - started < 10
 
@@ -298,7 +303,7 @@ def test_site_never_trusts_a_server_without_evidence(deployment: Deployment, mod
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        with SiteClient(f"127.0.0.1:{port}", site_id="site-a", policy=deployment.site_policy(),
+        with deployment.client(f"127.0.0.1:{port}", site_id="site-a", policy=deployment.site_policy(),
                         attester=SimulatedSnpAttester(deployment.sim_dir)) as client:
             with pytest.raises(AggregatorNotTrusted, match="offered no evidence"):
                 client.join()
@@ -346,7 +351,7 @@ def test_relay_substituting_keys_is_detected(aggregator: Aggregator, deployment:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        with SiteClient(f"127.0.0.1:{port}", site_id="site-b", policy=deployment.site_policy(),
+        with deployment.client(f"127.0.0.1:{port}", site_id="site-b", policy=deployment.site_policy(),
                         attester=SimulatedSnpAttester(deployment.sim_dir)) as client:
             if swap == "aggregator":
                 with pytest.raises(AggregatorNotTrusted) as detected:
@@ -406,7 +411,7 @@ def test_byte_relay_never_sees_a_plaintext_update(aggregator: Aggregator, deploy
     marker = np.frombuffer(hashlib.sha512(b"patient-derived gradient").digest() * 2, dtype=np.float32)[:12].reshape(4, 3)
     update = {"dense.weight": marker.copy(), "dense.bias": np.array([1.25, -2.5, 3.75], np.float32)}
     try:
-        with SiteClient(f"127.0.0.1:{relay.port}", site_id="site-c", policy=deployment.site_policy(),
+        with deployment.client(f"127.0.0.1:{relay.port}", site_id="site-c", policy=deployment.site_policy(),
                         attester=SimulatedSnpAttester(deployment.sim_dir)) as client:
             client.join()
             round_number = client.task().round
@@ -436,7 +441,7 @@ def _app_attest(app_id: str, tamper: bool = False) -> AppAttestEvidence:
 
 
 def test_app_attest_site_joins(aggregator: Aggregator, deployment: Deployment) -> None:
-    with SiteClient(aggregator.target, site_id="mobile-1", policy=deployment.site_policy(), app_attest=_app_attest("org.example.monitor")) as client:
+    with deployment.client(aggregator.target, site_id="mobile-1", policy=deployment.site_policy(), app_attest=_app_attest("org.example.monitor")) as client:
         session = client.join()
         assert session.claims.site_id == "mobile-1"
         round_number = client.task().round
@@ -445,7 +450,7 @@ def test_app_attest_site_joins(aggregator: Aggregator, deployment: Deployment) -
 
 @pytest.mark.parametrize(("app_id", "tamper", "check"), [("org.example.monitor", True, "admission.app_attest"), ("org.example.other", False, "admission.app_attest")])
 def test_bad_app_attestation_is_refused(aggregator: Aggregator, deployment: Deployment, app_id: str, tamper: bool, check: str) -> None:
-    with SiteClient(aggregator.target, site_id="mobile-1", policy=deployment.site_policy(), app_attest=_app_attest(app_id, tamper)) as client:
+    with deployment.client(aggregator.target, site_id="mobile-1", policy=deployment.site_policy(), app_attest=_app_attest(app_id, tamper)) as client:
         with pytest.raises(AdmissionRefused) as refused:
             client.join()
         assert any(r.startswith(check) for r in refused.value.reasons), refused.value.reasons

@@ -74,7 +74,7 @@ def _site(target: str, site_id: str, deployment: Deployment, npz: Path, results:
 
     trainer.train = train
     try:
-        with SiteClient(target, site_id=site_id, policy=deployment.site_policy(),
+        with deployment.client(target, site_id=site_id, policy=deployment.site_policy(),
                         attester=SimulatedSnpAttester(deployment.sim_dir)) as client:
             results[site_id] = run_site(client, trainer, progress=None, reconnect_seconds=60)
     except Exception as exc:  # noqa: BLE001 - reported by the test

@@ -36,7 +36,8 @@ def driver(**kwargs: object) -> tuple[RoundDriver, Events]:
 
 
 def submit(d: RoundDriver, site: str, delta: dict[str, np.ndarray], weight: float = 1.0) -> None:
-    d.accept_update(site, d.round, delta, weight, hashlib.sha256(site.encode()).digest())
+    digest = hashlib.sha256(site.encode()).digest()
+    d.accept_update(site, d.round, d.attempt, delta, weight, digest, {"site": site, "round": d.round, "update_sha256": digest.hex()})
     d.close_if_complete()
 
 
@@ -63,11 +64,11 @@ def test_duplicates_wrong_round_and_finished() -> None:
     with pytest.raises(UpdateRefused, match="already submitted"):
         submit(d, "a", const(1.0))
     with pytest.raises(UpdateRefused, match="not open"):
-        d.check_upload("b", 2)
+        d.check_upload("b", 2, 1)
     submit(d, "b", const(1.0))
     assert d.finished
     with pytest.raises(UpdateRefused, match="finished"):
-        d.check_upload("c", 2)
+        d.check_upload("c", 2, 1)
 
 
 def test_deadline_with_quorum_closes_and_without_retries() -> None:
@@ -89,7 +90,7 @@ def test_non_finite_update_is_refused_before_aggregation() -> None:
     bad = const(1.0)
     bad["b"][0] = np.inf
     with pytest.raises(Exception, match="(?i)non-finite|nan|inf"):
-        d.accept_update("a", 1, bad, 1.0, b"x" * 32)
+        d.accept_update("a", 1, 1, bad, 1.0, b"x" * 32, {})
 
 
 def test_central_dp_noise_and_monotone_epsilon() -> None:
@@ -182,5 +183,31 @@ def test_federated_evaluation_is_per_site_and_weighted() -> None:
     last = events.of("evaluation")[-1]
     assert last["per_site"] == {"a": {"accuracy": 1.0}, "b": {"accuracy": 0.5}}
     assert last["weighted"]["accuracy"] == pytest.approx(0.875)
-    with pytest.raises(UpdateRefused):
-        d.report_metrics("a", 7, {"accuracy": 1.0}, 1)
+    with pytest.raises(UpdateRefused, match="current round"):
+        d.report_metrics("c", 7, {"accuracy": 1.0}, 1)  # only the current round's model is evaluated
+    with pytest.raises(UpdateRefused, match="already reported"):
+        d.report_metrics("a", 1, {"accuracy": 0.0}, 30)  # once per site and round
+
+
+def test_an_update_for_another_attempt_is_refused() -> None:
+    d, _ = driver(rounds=2, min_sites=2, round_deadline=0.05)
+    submit(d, "a", const(1.0))
+    time.sleep(0.1)
+    d.tick()  # retried: attempt 2
+    with pytest.raises(UpdateRefused, match="attempt 1 of round 1 is not open"):
+        d.check_upload("a", 1, 1)
+    d.check_upload("a", 1, 2)
+
+
+def test_a_receipt_that_cannot_be_logged_applies_nothing() -> None:
+    class FullDisk(Events):
+        def record(self, kind: str, **fields: object) -> None:
+            if kind == "update_accepted":
+                raise OSError(28, "No space left on device")
+            super().record(kind, **fields)
+
+    config = TaskConfig(initial_model=MODEL, rounds=1, min_sites=1)
+    d = RoundDriver(config, events=FullDisk())
+    with pytest.raises(OSError):
+        submit(d, "a", const(1.0))
+    assert d._received == {} and d._aggregation.count == 0 and d.round == 1

@@ -21,7 +21,7 @@ from typing import Any
 
 from attestation.policy import Policy
 
-from ..admission import AdmissionPolicy, AppAttestRule, SiteRule
+from ..admission import AdmissionPolicy, AppAttestRule, OrganisationCa, SiteRule
 
 
 def plain(value: Any) -> Any:
@@ -65,8 +65,14 @@ def admission_policy_record(policy: AdmissionPolicy) -> dict[str, Any]:
             app = {"app_id": rule.app_attest.app_id, "root_pem": rule.app_attest.root_pem, "production": rule.app_attest.production}
         sites[site_id] = {
             "platforms": sorted(rule.platforms),
+            "identity_keys": sorted(k.hex() for k in rule.identity_keys),
+            "organisation_ca": rule.organisation_ca.der if rule.organisation_ca is not None else None,
             "measurements": sorted(m.hex() for m in rule.measurements),
+            "chip_ids": sorted(m.hex() for m in rule.chip_ids),
+            "host_data": sorted(m.hex() for m in rule.host_data),
+            "mr_config_ids": sorted(m.hex() for m in rule.mr_config_ids),
             "ed25519_keys": sorted(k.hex() for k in rule.ed25519_keys),
+            "max_weight": rule.max_weight,
             "app_attest": app,
         }
     return {
@@ -94,10 +100,20 @@ def admission_policy_from_record(record: Any) -> AdmissionPolicy:
         sites = {}
         for site_id, rule in record["sites"].items():
             app = rule["app_attest"]
+            def hexes(name: str) -> frozenset[bytes]:
+                return frozenset(bytes.fromhex(value) for value in rule[name])
+
+            ca = rule["organisation_ca"]
             sites[site_id] = SiteRule(
                 platforms=frozenset(rule["platforms"]),
-                measurements=frozenset(bytes.fromhex(m) for m in rule["measurements"]),
-                ed25519_keys=frozenset(bytes.fromhex(k) for k in rule["ed25519_keys"]),
+                identity_keys=hexes("identity_keys"),
+                organisation_ca=None if ca is None else OrganisationCa.from_bytes(ca, f"logged rule of {site_id}"),
+                measurements=hexes("measurements"),
+                chip_ids=hexes("chip_ids"),
+                host_data=hexes("host_data"),
+                mr_config_ids=hexes("mr_config_ids"),
+                ed25519_keys=hexes("ed25519_keys"),
+                max_weight=float(rule["max_weight"]),
                 app_attest=None if app is None else AppAttestRule(app["app_id"], app["root_pem"], bool(app["production"])),
             )
         return AdmissionPolicy(

@@ -26,8 +26,10 @@ from enclave.keys import EnclaveKeys
 from enclave.simulated.attester import SimulatedSnpAttester
 from enclave.simulated.pki import load_or_create
 
-from ..admission import AdmissionPolicy, SiteRule, admission_nonce, appraise_site
-from ..service import receipt_message
+from enclave.identity import SiteIdentity
+
+from ..admission import AdmissionPolicy, IdentityProof, SiteRule, appraise_site
+from ..protocol import admission_nonce, identity_transcript, receipt_message
 from .events import AuditLog
 
 
@@ -40,8 +42,10 @@ class SyntheticFederation:
         self.random = random.Random(seed)
         roots = load_or_create(self.sim_dir).trusted_root_fingerprints()
         self.policy_text = ("trusted_simulated_roots = [" + ", ".join(f'"{fp}"' for fp in sorted(roots.values())) + "]\n").encode()
+        self.identities = {s: SiteIdentity.generate(s) for s in sites}
         self.admission = AdmissionPolicy(
-            sites={s: SiteRule(platforms=frozenset({"sev-snp", "tdx"})) for s in sites},
+            sites={s: SiteRule(platforms=frozenset({"sev-snp", "tdx"}), identity_keys=frozenset({self.identities[s].public}),
+                               max_weight=1000.0) for s in sites},
             attestation=Policy.from_toml(self.policy_text.decode()),
             policy_id="sha256:" + hashlib.sha256(self.policy_text).hexdigest(), policy_text=self.policy_text,
         )
@@ -82,15 +86,24 @@ class SyntheticFederation:
         bundle = make_bundle(self.debug_attester if debug else self.site_attester, keys, admission_nonce(site, challenge))
         evidence = encode_bundle(bundle)
         now = datetime.now(timezone.utc)
+        aggregator_evidence = hashlib.sha256(b"synthetic aggregator evidence").digest()
+        signature = self.identities[site].sign(identity_transcript(
+            site_id=site, challenge=challenge, evidence_sha256=hashlib.sha256(evidence).digest(), site_x25519=keys.public.x25519,
+            site_ed25519=keys.public.ed25519, aggregator_x25519=self.keys.public.x25519, aggregator_ed25519=self.keys.public.ed25519,
+            aggregator_evidence_sha256=aggregator_evidence))
+        identity = IdentityProof(self.identities[site].public, signature, b"", aggregator_evidence)
         appraisal = appraise_site(self.admission, site_id=site, challenge_reason=None, challenge=challenge,
                                   x25519=keys.public.x25519, ed25519=keys.public.ed25519, evidence_format="bundle",
-                                  evidence=evidence, app_attest_key_id=b"", at=now)
+                                  evidence=evidence, app_attest_key_id=b"", identity=identity, aggregator=self.keys.public, at=now)
         admitted = appraisal.admitted if claim_admitted is None else claim_admitted
         reasons = [str(r) for r in appraisal.reasons] if claim_admitted is None else []
         self.log.record("admission", site=site, admitted=admitted, reasons=reasons, platform=appraisal.platform,
                         evidence_format="bundle", evidence_sha256=hashlib.sha256(evidence).hexdigest(), evidence=evidence,
                         policy_id=self.admission.policy_id, claims=appraisal.claims, challenge=challenge,
-                        x25519=keys.public.x25519, ed25519=keys.public.ed25519, app_attest_key_id=b"", at=now.isoformat())
+                        x25519=keys.public.x25519, ed25519=keys.public.ed25519, app_attest_key_id=b"",
+                        identity_public=identity.public, identity_signature=identity.signature, identity_certificate=b"",
+                        aggregator_evidence_sha256=aggregator_evidence, aggregator_x25519=self.keys.public.x25519,
+                        aggregator_ed25519=self.keys.public.ed25519, at=now.isoformat())
         if admitted:
             self.log.record("session", site=site, session=os.urandom(16).hex(), expires=now.isoformat(),
                             site_x25519=keys.public.x25519.hex(), site_ed25519=keys.public.ed25519.hex())
@@ -101,9 +114,11 @@ class SyntheticFederation:
         digest = hashlib.sha256(os.urandom(64)).digest()
         weight = float(weight if weight is not None else self.random.randint(10, 1000))
         accepted_ms = int(time.time() * 1000)
-        signature = self.keys.sign(receipt_message(round_number, site, digest, weight, accepted_ms))
-        self.log.record("update_accepted", site=site, round=round_number, update_sha256=digest.hex(), weight=weight,
-                        accepted_unix_ms=accepted_ms, receipt_signature=signature.hex())
+        session, call = os.urandom(16), self.random.randint(1, 1000)
+        signature = self.keys.sign(receipt_message(round_number=round_number, attempt=1, site_id=site, update_sha256=digest,
+                                                   weight=weight, accepted_unix_ms=accepted_ms, session_id=session, call=call))
+        self.log.record("update_accepted", site=site, round=round_number, attempt=1, update_sha256=digest.hex(), weight=weight,
+                        accepted_unix_ms=accepted_ms, session=session.hex(), call=call, receipt_signature=signature.hex())
         return {"weight": weight, "update_sha256": digest.hex(), "norm_before_clip": None}
 
     def round(self, round_number: int, sites: list[str] | None = None, *, metrics: bool = True) -> None:

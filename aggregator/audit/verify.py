@@ -45,8 +45,10 @@ from attestation.errors import AttestationError
 from attestation.findings import Reason
 from attestation.policy import Policy
 
-from ..admission import AdmissionPolicy, appraise_site
-from ..service import receipt_message
+from attestation.binding import BoundKeys
+
+from ..admission import AdmissionPolicy, IdentityProof, appraise_site
+from ..protocol import receipt_message
 from . import merkle
 from .log import ENTRIES_FILE, HEADS_FILE, TreeHead, head_message, key_binding_nonce, scan_records
 from .records import PolicyRecordError, admission_policy_from_record
@@ -385,6 +387,9 @@ def _check_semantics(result: Verification, entries: list[Entry | None], roots: l
                     result.add(Problem(i, "config.digest", "aggregator_toml_sha256 is not the digest of the logged aggregator.toml"))
                 result.configs.append(entry)
             elif entry.kind == "admission":
+                if f.get("aggregator_ed25519") != run_key:
+                    result.add(Problem(i, "admission.aggregator", "the admission names aggregator keys other than this run's: "
+                                       "the site's identity signature was not made for this aggregator"))
                 decision = _check_admission(result, entry, policies)
                 if decision is not None:
                     result.admissions.append(decision)
@@ -397,13 +402,16 @@ def _check_semantics(result: Verification, entries: list[Entry | None], roots: l
                 site, round_number = str(f["site"]), int(f["round"])
                 if site not in admitted:
                     result.add(Problem(i, "update.site", f"an update accepted from site {site!r}, which no admission in this run admitted"))
-                message = receipt_message(round_number, site, bytes.fromhex(f["update_sha256"]), float(f["weight"]), int(f["accepted_unix_ms"]))
+                message = receipt_message(round_number=round_number, attempt=int(f["attempt"]), site_id=site,
+                                          update_sha256=bytes.fromhex(f["update_sha256"]), weight=float(f["weight"]),
+                                          accepted_unix_ms=int(f["accepted_unix_ms"]), session_id=bytes.fromhex(f["session"]),
+                                          call=int(f["call"]))
                 if not keys.verify(run_key, bytes.fromhex(f["receipt_signature"]), message):
                     result.add(Problem(i, "update.receipt", f"the receipt of site {site!r} for round {round_number} is not signed by this run's key"))
                 receipts[(site, round_number)] = entry
             elif entry.kind == "round":
                 _check_round(result, entry, admitted, receipts)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, AttestationError) as exc:
             result.add(Problem(i, f"{entry.kind}.fields", f"the {entry.kind!r} entry lacks a field or has one of the wrong type ({type(exc).__name__}: {exc})"))
 
 
@@ -465,6 +473,9 @@ def _check_admission(result: Verification, entry: Entry, policies: dict[str, Adm
             challenge=_bytes(f, "challenge"), x25519=_bytes(f, "x25519"), ed25519=_bytes(f, "ed25519"),
             evidence_format=str(f["evidence_format"]), evidence=evidence,
             app_attest_key_id=f.get("app_attest_key_id") or b"", at=datetime.fromisoformat(str(f["at"])),
+            identity=IdentityProof(_bytes(f, "identity_public"), _bytes(f, "identity_signature"), _bytes(f, "identity_certificate"),
+                                   _bytes(f, "aggregator_evidence_sha256")),
+            aggregator=BoundKeys(_bytes(f, "aggregator_x25519"), _bytes(f, "aggregator_ed25519")),
         )
         again = tuple(str(r) for r in recomputed.reasons)
         if recomputed.admitted != logged_admitted or again != logged_reasons:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n aggregator/wire/federation.proto\x12\x0b\x61ttestfl.v1\" \n\x0f\x45videnceRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\"\n\x10\x45videnceResponse\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\"#\n\x10\x43hallengeRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\"?\n\x11\x43hallengeResponse\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\x12\x17\n\x0f\x65xpires_unix_ms\x18\x02 \x01(\x03\"\xb1\x01\n\x0c\x41\x64mitRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tchallenge\x18\x02 \x01(\x0c\x12\x1a\n\x12site_x25519_public\x18\x03 \x01(\x0c\x12\x1b\n\x13site_ed25519_public\x18\x04 \x01(\x0c\x12\x17\n\x0f\x65vidence_format\x18\x05 \x01(\t\x12\x10\n\x08\x65vidence\x18\x06 \x01(\x0c\x12\x19\n\x11\x61pp_attest_key_id\x18\x07 \x01(\x0c\"Z\n\rAdmitResponse\x12\x10\n\x08\x61\x64mitted\x18\x01 \x01(\x08\x12\x0f\n\x07reasons\x18\x02 \x03(\t\x12\x12\n\ncredential\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\x0c\"\r\n\x0bTaskRequest\"\x96\x01\n\x0cTaskResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x12\n\nmodel_spec\x18\x02 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x03 \x01(\x03\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x14\n\x0crounds_total\x18\x05 \x01(\x04\x12\x10\n\x08\x65valuate\x18\x06 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\" \n\x0f\x44ownloadRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"O\n\x0bSealedChunk\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"\x83\x01\n\rUploadReceipt\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x15\n\rupdate_sha256\x18\x03 \x01(\x0c\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12\x18\n\x10\x61\x63\x63\x65pted_unix_ms\x18\x05 \x01(\x03\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"\x9a\x01\n\rMetricsReport\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x38\n\x07metrics\x18\x02 \x03(\x0b\x32\'.attestfl.v1.MetricsReport.MetricsEntry\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0c\n\nMetricsAck2\x80\x04\n\nFederation\x12J\n\x0bGetEvidence\x12\x1c.attestfl.v1.EvidenceRequest\x1a\x1d.attestfl.v1.EvidenceResponse\x12M\n\x0cGetChallenge\x12\x1d.attestfl.v1.ChallengeRequest\x1a\x1e.attestfl.v1.ChallengeResponse\x12>\n\x05\x41\x64mit\x12\x19.attestfl.v1.AdmitRequest\x1a\x1a.attestfl.v1.AdmitResponse\x12>\n\x07GetTask\x12\x18.attestfl.v1.TaskRequest\x1a\x19.attestfl.v1.TaskResponse\x12I\n\rDownloadModel\x12\x1c.attestfl.v1.DownloadRequest\x1a\x18.attestfl.v1.SealedChunk0\x01\x12\x46\n\x0cUploadUpdate\x12\x18.attestfl.v1.SealedChunk\x1a\x1a.attestfl.v1.UploadReceipt(\x01\x12\x44\n\rReportMetrics\x12\x1a.attestfl.v1.MetricsReport\x1a\x17.attestfl.v1.MetricsAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n aggregator/wire/federation.proto\x12\x0b\x61ttestfl.v1\"\x1c\n\x06Sealed\x12\x12\n\nciphertext\x18\x01 \x01(\x0c\" \n\x0f\x45videnceRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\"\n\x10\x45videnceResponse\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\"#\n\x10\x43hallengeRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\"?\n\x11\x43hallengeResponse\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\x12\x17\n\x0f\x65xpires_unix_ms\x18\x02 \x01(\x03\"\xa8\x02\n\x0c\x41\x64mitRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tchallenge\x18\x02 \x01(\x0c\x12\x1a\n\x12site_x25519_public\x18\x03 \x01(\x0c\x12\x1b\n\x13site_ed25519_public\x18\x04 \x01(\x0c\x12\x17\n\x0f\x65vidence_format\x18\x05 \x01(\t\x12\x10\n\x08\x65vidence\x18\x06 \x01(\x0c\x12\x19\n\x11\x61pp_attest_key_id\x18\x07 \x01(\x0c\x12\x17\n\x0fidentity_public\x18\x08 \x01(\x0c\x12\x1a\n\x12identity_signature\x18\t \x01(\x0c\x12\x1c\n\x14identity_certificate\x18\n \x01(\x0c\x12\"\n\x1a\x61ggregator_evidence_sha256\x18\x0b \x01(\x0c\"Z\n\rAdmitResponse\x12\x10\n\x08\x61\x64mitted\x18\x01 \x01(\x08\x12\x0f\n\x07reasons\x18\x02 \x03(\t\x12\x12\n\ncredential\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\x0c\"&\n\x0bTaskRequest\x12\x17\n\x0fknown_tree_size\x18\x01 \x01(\x04\"\xd2\x01\n\x0cTaskResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x12\n\nmodel_spec\x18\x02 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x03 \x01(\x03\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x14\n\x0crounds_total\x18\x05 \x01(\x04\x12\x10\n\x08\x65valuate\x18\x06 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x12\n\nmax_weight\x18\x08 \x01(\x01\x12\x11\n\ttree_head\x18\t \x01(\x0c\x12\x13\n\x0b\x63onsistency\x18\n \x03(\x0c\" \n\x0f\x44ownloadRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"O\n\x0bSealedChunk\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"\xb5\x01\n\rUploadReceipt\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x15\n\rupdate_sha256\x18\x03 \x01(\x0c\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12\x18\n\x10\x61\x63\x63\x65pted_unix_ms\x18\x05 \x01(\x03\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x0c\n\x04\x63\x61ll\x18\x08 \x01(\x04\x12\x11\n\ttree_head\x18\t \x01(\x0c\"\x9a\x01\n\rMetricsReport\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x38\n\x07metrics\x18\x02 \x03(\x0b\x32\'.attestfl.v1.MetricsReport.MetricsEntry\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0c\n\nMetricsAck2\xda\x03\n\nFederation\x12J\n\x0bGetEvidence\x12\x1c.attestfl.v1.EvidenceRequest\x1a\x1d.attestfl.v1.EvidenceResponse\x12M\n\x0cGetChallenge\x12\x1d.attestfl.v1.ChallengeRequest\x1a\x1e.attestfl.v1.ChallengeResponse\x12>\n\x05\x41\x64mit\x12\x19.attestfl.v1.AdmitRequest\x1a\x1a.attestfl.v1.AdmitResponse\x12\x33\n\x07GetTask\x12\x13.attestfl.v1.Sealed\x1a\x13.attestfl.v1.Sealed\x12@\n\rDownloadModel\x12\x13.attestfl.v1.Sealed\x1a\x18.attestfl.v1.SealedChunk0\x01\x12?\n\x0cUploadUpdate\x12\x18.attestfl.v1.SealedChunk\x1a\x13.attestfl.v1.Sealed(\x01\x12\x39\n\rReportMetrics\x12\x13.attestfl.v1.Sealed\x1a\x13.attestfl.v1.Sealedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,34 +33,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_METRICSREPORT_METRICSENTRY']._loaded_options = None
   _globals['_METRICSREPORT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_EVIDENCEREQUEST']._serialized_start=49
-  _globals['_EVIDENCEREQUEST']._serialized_end=81
-  _globals['_EVIDENCERESPONSE']._serialized_start=83
-  _globals['_EVIDENCERESPONSE']._serialized_end=117
-  _globals['_CHALLENGEREQUEST']._serialized_start=119
-  _globals['_CHALLENGEREQUEST']._serialized_end=154
-  _globals['_CHALLENGERESPONSE']._serialized_start=156
-  _globals['_CHALLENGERESPONSE']._serialized_end=219
-  _globals['_ADMITREQUEST']._serialized_start=222
-  _globals['_ADMITREQUEST']._serialized_end=399
-  _globals['_ADMITRESPONSE']._serialized_start=401
-  _globals['_ADMITRESPONSE']._serialized_end=491
-  _globals['_TASKREQUEST']._serialized_start=493
-  _globals['_TASKREQUEST']._serialized_end=506
-  _globals['_TASKRESPONSE']._serialized_start=509
-  _globals['_TASKRESPONSE']._serialized_end=659
-  _globals['_DOWNLOADREQUEST']._serialized_start=661
-  _globals['_DOWNLOADREQUEST']._serialized_end=693
-  _globals['_SEALEDCHUNK']._serialized_start=695
-  _globals['_SEALEDCHUNK']._serialized_end=774
-  _globals['_UPLOADRECEIPT']._serialized_start=777
-  _globals['_UPLOADRECEIPT']._serialized_end=908
-  _globals['_METRICSREPORT']._serialized_start=911
-  _globals['_METRICSREPORT']._serialized_end=1065
-  _globals['_METRICSREPORT_METRICSENTRY']._serialized_start=1019
-  _globals['_METRICSREPORT_METRICSENTRY']._serialized_end=1065
-  _globals['_METRICSACK']._serialized_start=1067
-  _globals['_METRICSACK']._serialized_end=1079
-  _globals['_FEDERATION']._serialized_start=1082
-  _globals['_FEDERATION']._serialized_end=1594
+  _globals['_SEALED']._serialized_start=49
+  _globals['_SEALED']._serialized_end=77
+  _globals['_EVIDENCEREQUEST']._serialized_start=79
+  _globals['_EVIDENCEREQUEST']._serialized_end=111
+  _globals['_EVIDENCERESPONSE']._serialized_start=113
+  _globals['_EVIDENCERESPONSE']._serialized_end=147
+  _globals['_CHALLENGEREQUEST']._serialized_start=149
+  _globals['_CHALLENGEREQUEST']._serialized_end=184
+  _globals['_CHALLENGERESPONSE']._serialized_start=186
+  _globals['_CHALLENGERESPONSE']._serialized_end=249
+  _globals['_ADMITREQUEST']._serialized_start=252
+  _globals['_ADMITREQUEST']._serialized_end=548
+  _globals['_ADMITRESPONSE']._serialized_start=550
+  _globals['_ADMITRESPONSE']._serialized_end=640
+  _globals['_TASKREQUEST']._serialized_start=642
+  _globals['_TASKREQUEST']._serialized_end=680
+  _globals['_TASKRESPONSE']._serialized_start=683
+  _globals['_TASKRESPONSE']._serialized_end=893
+  _globals['_DOWNLOADREQUEST']._serialized_start=895
+  _globals['_DOWNLOADREQUEST']._serialized_end=927
+  _globals['_SEALEDCHUNK']._serialized_start=929
+  _globals['_SEALEDCHUNK']._serialized_end=1008
+  _globals['_UPLOADRECEIPT']._serialized_start=1011
+  _globals['_UPLOADRECEIPT']._serialized_end=1192
+  _globals['_METRICSREPORT']._serialized_start=1195
+  _globals['_METRICSREPORT']._serialized_end=1349
+  _globals['_METRICSREPORT_METRICSENTRY']._serialized_start=1303
+  _globals['_METRICSREPORT_METRICSENTRY']._serialized_end=1349
+  _globals['_METRICSACK']._serialized_start=1351
+  _globals['_METRICSACK']._serialized_end=1363
+  _globals['_FEDERATION']._serialized_start=1366
+  _globals['_FEDERATION']._serialized_end=1840
 # @@protoc_insertion_point(module_scope)

@@ -51,23 +51,23 @@ class FederationStub:
                 _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/attestfl.v1.Federation/GetTask',
-                request_serializer=aggregator_dot_wire_dot_federation__pb2.TaskRequest.SerializeToString,
-                response_deserializer=aggregator_dot_wire_dot_federation__pb2.TaskResponse.FromString,
+                request_serializer=aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+                response_deserializer=aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
                 _registered_method=True)
         self.DownloadModel = channel.unary_stream(
                 '/attestfl.v1.Federation/DownloadModel',
-                request_serializer=aggregator_dot_wire_dot_federation__pb2.DownloadRequest.SerializeToString,
+                request_serializer=aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
                 response_deserializer=aggregator_dot_wire_dot_federation__pb2.SealedChunk.FromString,
                 _registered_method=True)
         self.UploadUpdate = channel.stream_unary(
                 '/attestfl.v1.Federation/UploadUpdate',
                 request_serializer=aggregator_dot_wire_dot_federation__pb2.SealedChunk.SerializeToString,
-                response_deserializer=aggregator_dot_wire_dot_federation__pb2.UploadReceipt.FromString,
+                response_deserializer=aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
                 _registered_method=True)
         self.ReportMetrics = channel.unary_unary(
                 '/attestfl.v1.Federation/ReportMetrics',
-                request_serializer=aggregator_dot_wire_dot_federation__pb2.MetricsReport.SerializeToString,
-                response_deserializer=aggregator_dot_wire_dot_federation__pb2.MetricsAck.FromString,
+                request_serializer=aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+                response_deserializer=aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
                 _registered_method=True)
 
 
@@ -96,29 +96,32 @@ class FederationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTask(self, request, context):
-        """Every call below carries the session credential (metadata "authorization: Bearer <EAR JWT>").
-        The current task: round, model spec, deadline.
+        """Every call below proves possession of the session keys: metadata "attestfl-session" (the
+        session id, hex) and "attestfl-call" (the site's call counter); the request and the response
+        are Sealed messages (AES-256-GCM under the session's message keys, the method, session and
+        counter as associated data; see aggregator/protocol.py). A copied credential is useless.
+        The current task (Sealed TaskRequest -> Sealed TaskResponse).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DownloadModel(self, request, context):
-        """The global model of a round, sealed to the session (aggregator -> site key).
+        """The global model of a round (Sealed DownloadRequest), as a sealed stream (aggregator -> site key).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UploadUpdate(self, request_iterator, context):
-        """One update for a round, sealed to the session (site -> aggregator key).
+        """One update for a round as a sealed stream (site -> aggregator key) -> Sealed UploadReceipt.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportMetrics(self, request, context):
-        """Evaluation metrics of the site on its held-out data for a round.
+        """Evaluation metrics of the site on its held-out data (Sealed MetricsReport -> Sealed MetricsAck).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,23 +147,23 @@ def add_FederationServicer_to_server(servicer, server):
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
-                    request_deserializer=aggregator_dot_wire_dot_federation__pb2.TaskRequest.FromString,
-                    response_serializer=aggregator_dot_wire_dot_federation__pb2.TaskResponse.SerializeToString,
+                    request_deserializer=aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
+                    response_serializer=aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
             ),
             'DownloadModel': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadModel,
-                    request_deserializer=aggregator_dot_wire_dot_federation__pb2.DownloadRequest.FromString,
+                    request_deserializer=aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
                     response_serializer=aggregator_dot_wire_dot_federation__pb2.SealedChunk.SerializeToString,
             ),
             'UploadUpdate': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadUpdate,
                     request_deserializer=aggregator_dot_wire_dot_federation__pb2.SealedChunk.FromString,
-                    response_serializer=aggregator_dot_wire_dot_federation__pb2.UploadReceipt.SerializeToString,
+                    response_serializer=aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
             ),
             'ReportMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportMetrics,
-                    request_deserializer=aggregator_dot_wire_dot_federation__pb2.MetricsReport.FromString,
-                    response_serializer=aggregator_dot_wire_dot_federation__pb2.MetricsAck.SerializeToString,
+                    request_deserializer=aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
+                    response_serializer=aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,8 +272,8 @@ class Federation:
             request,
             target,
             '/attestfl.v1.Federation/GetTask',
-            aggregator_dot_wire_dot_federation__pb2.TaskRequest.SerializeToString,
-            aggregator_dot_wire_dot_federation__pb2.TaskResponse.FromString,
+            aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
             options,
             channel_credentials,
             insecure,
@@ -296,7 +299,7 @@ class Federation:
             request,
             target,
             '/attestfl.v1.Federation/DownloadModel',
-            aggregator_dot_wire_dot_federation__pb2.DownloadRequest.SerializeToString,
+            aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
             aggregator_dot_wire_dot_federation__pb2.SealedChunk.FromString,
             options,
             channel_credentials,
@@ -324,7 +327,7 @@ class Federation:
             target,
             '/attestfl.v1.Federation/UploadUpdate',
             aggregator_dot_wire_dot_federation__pb2.SealedChunk.SerializeToString,
-            aggregator_dot_wire_dot_federation__pb2.UploadReceipt.FromString,
+            aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
             options,
             channel_credentials,
             insecure,
@@ -350,8 +353,8 @@ class Federation:
             request,
             target,
             '/attestfl.v1.Federation/ReportMetrics',
-            aggregator_dot_wire_dot_federation__pb2.MetricsReport.SerializeToString,
-            aggregator_dot_wire_dot_federation__pb2.MetricsAck.FromString,
+            aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
             options,
             channel_credentials,
             insecure,
