@@ -20,11 +20,18 @@ import numpy as np
 from aggregator.update import encode_tensors
 from attestation.policy import Policy
 from attestation.validate.snp import SnpPolicy
-from enclave.identity import SiteIdentity
+from enclave.identity import SiteIdentity, enroll
 from enclave.measure import measure
+from enclave.sealing import SimulatedSealingKey
 from enclave.simulated.pki import load_or_create
 
 PLATFORMS = 'platforms = ["sev-snp", "tdx"]'
+
+
+def site_sealing(sim_dir: Path) -> SimulatedSealingKey:
+    """The sealing key of a simulated site TEE running the installed code."""
+    load_or_create(sim_dir)  # the simulated vendor's directory, created on first use
+    return SimulatedSealingKey(sim_dir, measure().digest)
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -85,6 +92,15 @@ class Deployment:
         if site_id not in self.identities:
             self.identities[site_id] = SiteIdentity.generate(site_id)
         return self.identities[site_id]
+
+    def sealed_identity(self, site_id: str) -> Path:
+        """Enrol ``site_id`` as ``attestfl site enroll`` does (sealed by a simulated TEE running
+        this code) and return the sealed file, for site processes to open with
+        :func:`site_sealing`. Call before :meth:`start`: the rule pins the enrolled key."""
+        path = self.directory / "identities" / f"{site_id}.sealed"
+        if not path.exists():
+            self.identities[site_id] = enroll(path, site_sealing(self.sim_dir), site_id)
+        return path
 
     def site_policy(self, **kwargs: Any) -> Policy:
         """The sites' policy for this aggregator: the simulated roots and the aggregator's measurement."""

@@ -16,16 +16,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _site(target: str, site_id: str, sim_dir: str, roots: list[str], parameters: int, download: bool,
-          barrier: Any, results: Any) -> None:
+def _site(target: str, site_id: str, sim_dir: str, roots: list[str], measurement: str, identity_path: str, parameters: int,
+          download: bool, barrier: Any, results: Any) -> None:
+    from aggregator.loopback import site_sealing
     from aggregator.site import SiteClient
     from aggregator.update import ModelSpec
     from attestation.policy import Policy
+    from attestation.validate.snp import SnpPolicy
+    from enclave.identity import load_identity
     from enclave.simulated.attester import SimulatedSnpAttester
 
-    policy = Policy(trusted_simulated_roots=frozenset(roots))
+    policy = Policy(trusted_simulated_roots=frozenset(roots), platforms=frozenset({"sev-snp"}),
+                    snp=SnpPolicy(measurement=frozenset({bytes.fromhex(measurement)})))
+    identity = load_identity(identity_path, site_sealing(Path(sim_dir)), site_id)
     update = {"w": np.random.default_rng(abs(hash(site_id)) % 2**32).standard_normal(parameters).astype(np.float32) * 1e-3}
-    with SiteClient(target, site_id=site_id, policy=policy, attester=SimulatedSnpAttester(sim_dir), timeout=600) as client:
+    with SiteClient(target, site_id=site_id, policy=policy, attester=SimulatedSnpAttester(sim_dir), identity=identity,
+                    timeout=600) as client:
         started = time.perf_counter()
         client.join()
         attestation = time.perf_counter() - started
@@ -55,13 +61,15 @@ def run(sites: int, parameters: int, *, download: bool = False) -> dict[str, Any
     deployment = Deployment(directory, directory / "vendor", model={"w": np.zeros(parameters, np.float32)},
                             sites={f"site-{i}": "" for i in range(sites)},
                             task=f'rounds = 1\nmin_sites = {sites}\nround_deadline = "900s"')
+    identities = {f"site-{i}": str(deployment.sealed_identity(f"site-{i}")) for i in range(sites)}
     aggregator = deployment.start()
     context = mp.get_context("spawn")
     barrier = context.Barrier(sites)
     with context.Manager() as manager:
         results = manager.dict()
         processes = [context.Process(target=_site, args=(aggregator.target, f"site-{i}", str(deployment.sim_dir),
-                                                          list(deployment.roots.values()), parameters, download, barrier, results))
+                                                          list(deployment.roots.values()), aggregator.ready["measurement"],
+                                                          identities[f"site-{i}"], parameters, download, barrier, results))
                      for i in range(sites)]
         try:
             cpu_before = _cpu_seconds(aggregator.process.pid)
