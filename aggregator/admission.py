@@ -60,6 +60,7 @@ import hashlib
 import hmac
 import math
 import os
+import struct
 import time
 import tomllib
 import warnings
@@ -92,7 +93,6 @@ from .protocol import (
 )
 
 SITE_PLATFORMS = ("sev-snp", "tdx", "app-attest")
-MAX_OUTSTANDING_CHALLENGES = 4096
 MAX_CA_BYTES = 64 * 1024
 #: No site weighs more than this, whatever its rule says.
 MAX_WEIGHT_LIMIT = 1e12
@@ -268,40 +268,52 @@ class AdmissionPolicy:
         return cls.from_table(read_table(data, "admission", str(path)), path.parent)
 
 
-@dataclass
-class _Challenge:
-    site_id: str
-    expires: float
+CHALLENGE_LABEL = b"attestfl/v1/admission-challenge\x00"
+CHALLENGE_BYTES = 56  # 16 random || 8 expiry (unix ms, big-endian) || 32 HMAC-SHA256
+MAX_USED_CHALLENGES = 65536
 
 
 class ChallengeStore:
-    """Single-use, expiring challenges, bounded in number (expired ones are evicted first)."""
+    """Stateless, single-use, expiring challenges.
 
-    def __init__(self, ttl: timedelta, limit: int = MAX_OUTSTANDING_CHALLENGES) -> None:
+    A challenge is ``random(16) || expiry || HMAC(key, label || site id || random || expiry)``
+    under a key that lives only in this process. Any site id gets one of the same form, so the
+    answer says nothing about the roster, and a flood of requests stores nothing: only a
+    challenge that is *presented* with a valid MAC enters a used-set, until it expires (single
+    use). The MAC and expiry are checked before anything else in ``Admit``."""
+
+    def __init__(self, ttl: timedelta, limit: int = MAX_USED_CHALLENGES, clock: Any = time.time) -> None:
         self._ttl = ttl.total_seconds()
         self._limit = limit
-        self._challenges: dict[bytes, _Challenge] = {}
+        self._clock = clock
+        self._key = os.urandom(32)
+        self._used: dict[bytes, float] = {}
+
+    def _mac(self, site_id: str, body: bytes) -> bytes:
+        return hmac.new(self._key, CHALLENGE_LABEL + site_id.encode() + b"\x00" + body, hashlib.sha256).digest()
 
     def issue(self, site_id: str) -> tuple[bytes, float]:
-        now = time.time()
-        if len(self._challenges) >= self._limit:
-            self._challenges = {k: v for k, v in self._challenges.items() if v.expires > now}
-            while len(self._challenges) >= self._limit:  # still full: drop the oldest
-                self._challenges.pop(next(iter(self._challenges)))
-        challenge = os.urandom(32)
-        expires = now + self._ttl
-        self._challenges[challenge] = _Challenge(site_id, expires)
-        return challenge, expires
+        expires = self._clock() + self._ttl
+        body = os.urandom(16) + struct.pack(">Q", int(expires * 1000))
+        return body + self._mac(site_id, body), expires
 
     def consume(self, challenge: bytes, site_id: str) -> Reason | None:
-        """Remove the challenge and say why it is unusable, if it is."""
-        entry = self._challenges.pop(bytes(challenge), None)
-        if entry is None:
-            return Reason("admission.challenge", "the challenge is unknown or was already used (replayed)")
-        if time.time() > entry.expires:
+        """Check the challenge (MAC, expiry, not used) and mark it used; say why it is unusable."""
+        challenge = bytes(challenge)
+        if len(challenge) != CHALLENGE_BYTES or not hmac.compare_digest(self._mac(site_id, challenge[:24]), challenge[24:]):
+            return Reason("admission.challenge", "the challenge was not issued by this aggregator to this site id (forged, "
+                          "for another site, or from before a restart)")
+        now = self._clock()
+        expires = struct.unpack(">Q", challenge[16:24])[0] / 1000
+        if now > expires:
             return Reason("admission.challenge", "the challenge expired")
-        if not hmac.compare_digest(entry.site_id.encode(), site_id.encode()):
-            return Reason("admission.challenge", f"the challenge was issued to site {entry.site_id!r}, not {site_id!r}")
+        if challenge in self._used:
+            return Reason("admission.challenge", "the challenge was already used (replayed)")
+        if len(self._used) >= self._limit:
+            self._used = {c: e for c, e in self._used.items() if e >= now}
+            if len(self._used) >= self._limit:
+                return Reason("admission.challenge", "too many admissions in progress; retry with a new challenge")
+        self._used[challenge] = expires
         return None
 
 
@@ -326,6 +338,15 @@ class SiteAppraisal:
     warnings: tuple[str, ...] = ()
     identity: bytes | None = None  # the identity key that was proven (admitted sites only)
     max_weight: float = 1.0
+    #: The peer proved it holds the site's identity key (its evidence was then appraised).
+    identity_proven: bool = False
+    #: What the peer is told, when it differs from ``reasons`` (an unknown site id is answered
+    #: like a known one: no roster enumeration).
+    told: tuple[str, ...] | None = None
+
+    @property
+    def reply(self) -> tuple[str, ...]:
+        return self.told if self.told is not None else tuple(str(r) for r in self.reasons)
 
 
 def _claim_bytes(claims: dict[str, Any], name: str) -> bytes | None:
@@ -499,19 +520,39 @@ def appraise_site(
     aggregator: BoundKeys,
     at: datetime,
 ) -> SiteAppraisal:
-    """Every admission check; cheap refusals (challenge, unknown site, key shapes) come before any parsing."""
+    """Every admission check, cheapest first, each stage a gate for the next:
+
+    1. the challenge (an HMAC), the site id, the key sizes and the X25519 point;
+    2. the identity proof (one Ed25519 verification): until the peer has proven it holds the
+       site's identity key, no evidence is parsed and no chain is verified;
+    3. the evidence (parsing, signatures, chains, collateral, policy) and the rule's pins.
+
+    A peer that has not proven the identity learns only identity reasons: an unknown site id
+    is answered like a known one with another key (no roster enumeration); the logged reasons
+    (``reasons``) say the truth."""
     reasons: list[Reason] = []
     if challenge_reason is not None:
         reasons.append(challenge_reason)
     rule = policy.sites.get(site_id)
-    if rule is None:
-        reasons.append(Reason("admission.site_id", f"site id {site_id[:MAX_SITE_ID]!r} is not in the admission policy"))
     if len(x25519) != 32 or len(ed25519) != 32:
         reasons.append(Reason("admission.keys", "the site's public keys must be 32 bytes each"))
     elif not usable_x25519(x25519):
         reasons.append(Reason("admission.keys", "the site's X25519 key is a low-order point: no shared secret can be agreed with it"))
-    if reasons or rule is None:
-        return SiteAppraisal(site_id, False, tuple(reasons), {}, "contraindicated", None)
+    transcript = identity_transcript(
+        site_id=site_id, challenge=challenge, evidence_sha256=hashlib.sha256(evidence).digest(), site_x25519=x25519,
+        site_ed25519=ed25519, aggregator_x25519=aggregator.x25519, aggregator_ed25519=aggregator.ed25519,
+        aggregator_evidence_sha256=identity.aggregator_evidence_sha256,
+    )
+    if rule is None:
+        unknown = Reason("admission.site_id", f"site id {site_id[:MAX_SITE_ID]!r} is not in the admission policy")
+        told = reasons + _identity_reasons(SiteRule(frozenset({"sev-snp"}), identity_keys=frozenset({bytes(32)})), site_id, identity,
+                                           transcript, at)
+        return SiteAppraisal(site_id, False, tuple(reasons + [unknown]), {}, "contraindicated", None,
+                             told=tuple(str(r) for r in told))
+    if not reasons:
+        reasons.extend(_identity_reasons(rule, site_id, identity, transcript, at))
+    if reasons:
+        return SiteAppraisal(site_id, False, tuple(reasons), {}, "contraindicated", None, max_weight=rule.max_weight)
 
     warnings_: tuple[str, ...] = ()
     if evidence_format == "bundle":
@@ -525,18 +566,12 @@ def appraise_site(
     else:
         found, claims, platform = [Reason("admission.evidence", f"unknown evidence format {evidence_format[:32]!r}")], {}, None
     reasons.extend(found)
-    transcript = identity_transcript(
-        site_id=site_id, challenge=challenge, evidence_sha256=hashlib.sha256(evidence).digest(), site_x25519=x25519,
-        site_ed25519=ed25519, aggregator_x25519=aggregator.x25519, aggregator_ed25519=aggregator.ed25519,
-        aggregator_evidence_sha256=identity.aggregator_evidence_sha256,
-    )
-    reasons.extend(_identity_reasons(rule, site_id, identity, transcript, at))
     if rule.ed25519_keys and ed25519 not in rule.ed25519_keys:
         reasons.append(Reason("admission.keys", f"site {site_id!r} presented Ed25519 key {ed25519.hex()}, not a pinned one"))
     admitted = not reasons
     status = "contraindicated" if not admitted else ("warning" if warnings_ else "affirming")
     return SiteAppraisal(site_id, admitted, tuple(reasons), claims, status, platform, tuple(warnings_),
-                         identity.public if admitted else None, rule.max_weight)
+                         identity.public if admitted else None, rule.max_weight, identity_proven=True)
 
 
 __all__ = [

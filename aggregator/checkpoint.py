@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import cbor2
 from cryptography.exceptions import InvalidTag
@@ -47,7 +48,10 @@ class Checkpoint:
         return hashlib.sha256(self.model).hexdigest()
 
 
-def save_checkpoint(state_dir: Path, sealing: SealingKeySource, checkpoint: Checkpoint) -> Path:
+def prepare_checkpoint(state_dir: Path, sealing: SealingKeySource, checkpoint: Checkpoint) -> Callable[[], Path]:
+    """Seal ``checkpoint`` into a temporary file beside the current one (fsynced) and return the
+    function that puts it in place (an atomic rename, then the directory fsync). Between the two
+    the caller logs what the checkpoint commits; if that fails the old checkpoint stays."""
     state_dir.mkdir(parents=True, exist_ok=True)
     body = cbor2.dumps({"version": 1, "round": checkpoint.round, "dp_rounds": checkpoint.dp_rounds,
                         "model": checkpoint.model, "created": checkpoint.created}, canonical=True)
@@ -55,17 +59,29 @@ def save_checkpoint(state_dir: Path, sealing: SealingKeySource, checkpoint: Chec
     sealed = MAGIC + nonce + AESGCM(sealing.key(PURPOSE)).encrypt(nonce, body, MAGIC)
     path = state_dir / FILE_NAME
     temporary = state_dir / (FILE_NAME + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(sealed)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(state_dir, os.O_RDONLY)
     try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
+        with open(temporary, "wb") as handle:
+            handle.write(sealed)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+    def commit() -> Path:
+        os.replace(temporary, path)
+        directory = os.open(state_dir, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return path
+
+    return commit
+
+
+def save_checkpoint(state_dir: Path, sealing: SealingKeySource, checkpoint: Checkpoint) -> Path:
+    return prepare_checkpoint(state_dir, sealing, checkpoint)()
 
 
 def load_checkpoint(state_dir: Path, sealing: SealingKeySource) -> Checkpoint | None:

@@ -1,7 +1,8 @@
 """``attestfl serve`` and ``attestfl site ...``: the operator's and the sites' commands.
 
 Exit status: 0 done; 1 refused (the aggregator failed the site's policy, or the site was
-not admitted); 2 unusable configuration or input.
+not admitted); 2 unusable configuration or input; 3 ``serve`` stopped on a fault (the audit
+log could not be written): fix it and start again.
 """
 from __future__ import annotations
 
@@ -67,11 +68,14 @@ def run_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
         return EXIT_UNUSABLE
     configure_logging()
     try:
-        asyncio.run(serve(config))
+        status = asyncio.run(serve(config))
     except (AttestationError, AuditLogError, OSError, CheckpointError, SealingError) as exc:
         print(f"attestfl: error: {exc}", file=err)
         return EXIT_UNUSABLE
-    return EXIT_OK
+    if status:
+        print("attestfl: error: the aggregator stopped on a fault (see the log); nothing was applied without its audit "
+              "entry. Fix the cause (e.g. free disk space) and start it again: it recovers the log and resumes.", file=err)
+    return status
 
 
 def site_attester(config: "SiteConfig"):  # noqa: ANN201, F821

@@ -152,7 +152,7 @@ class RoundDriver:
     def __init__(self, config: TaskConfig, *, events: EventSink | None = None,
                  live_sites: Callable[[], int] = lambda: 0, start_round: int = 1,
                  model: dict[str, np.ndarray] | None = None, epsilon_rounds: int = 0,
-                 on_round_closed: Callable[["RoundDriver"], None] | None = None) -> None:
+                 checkpoint: Callable[[int, int, bytes], Callable[[], None]] | None = None) -> None:
         self.config = config
         self.spec = config.spec
         self.events = events or LogEvents()
@@ -164,9 +164,10 @@ class RoundDriver:
         self.finished = start_round > config.rounds
         self.history: dict[int, RoundRecord] = {}
         self._models: dict[int, bytes] = {start_round: self._encode(self.global_vector)}
-        self._accountant = None
         self._dp_rounds = epsilon_rounds
-        self.on_round_closed = on_round_closed
+        #: ``checkpoint(next_round, dp_rounds, model)`` seals the next state aside and returns the
+        #: function that puts it in place (called once the round is logged).
+        self.checkpoint = checkpoint
         self._warm_up()
         self._begin()
 
@@ -281,50 +282,63 @@ class RoundDriver:
             self._begin()
 
     def _close_round(self) -> None:
+        """Aggregate, then commit in this order: the sealed checkpoint of the next state is
+        written aside, the ``round`` entry is logged durably, the checkpoint is put in place, and
+        only then does the in-memory state move on. If any step fails nothing is applied and the
+        error propagates (the aggregator stops): a round is never applied twice or half."""
         started = time.perf_counter()
         delta = self._aggregation.result()
         epsilon = None
         dp = self.config.dp
+        dp_rounds = self._dp_rounds
         if dp is not None:
             # The mean of n clipped updates has sensitivity clip/n: noise std = z * clip / n, added here.
             std = dp.noise_multiplier * dp.clip_norm / max(1, self._aggregation.count)
             native.add_gaussian_noise(delta, std, int.from_bytes(os.urandom(8), "little"))
-            epsilon = self._epsilon()
-        self.global_vector = (self.global_vector + delta).astype(np.float32)
+            dp_rounds += 1
+            epsilon = self._epsilon(dp_rounds)
+        vector = (self.global_vector + delta).astype(np.float32)
         elapsed = time.perf_counter() - started
-        model = self._encode(self.global_vector)
-        record = self.record(self.round)
-        record.participants = dict(self._received)
-        record.model_sha256 = hashlib.sha256(model).hexdigest()
-        record.epsilon = epsilon
-        record.aggregation_seconds = elapsed
-        record.attempt = self.attempt
+        model = self._encode(vector)
+        digest = hashlib.sha256(model).hexdigest()
+        next_round = self.round + 1
+        finished = next_round > self.config.rounds
+        commit_checkpoint = self.checkpoint(next_round, dp_rounds, model) if self.checkpoint is not None else None
+        participants = dict(self._received)
         self.events.record(
-            "round", round=self.round, attempt=self.attempt, participants=record.participants, model_sha256=record.model_sha256,
+            "round", round=self.round, attempt=self.attempt, participants=participants, model_sha256=digest,
             strategy=self.config.strategy.describe(), clip_norm=self.config.clip_norm,
             dp=None if dp is None else {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier, "delta": dp.delta},
             epsilon=epsilon, aggregation_seconds=round(elapsed, 6),
         )
-        self.round += 1
+        if commit_checkpoint is not None:
+            commit_checkpoint()
+        # Commit in memory: nothing below can fail for lack of disk.
+        record = self.record(self.round)
+        record.participants = participants
+        record.model_sha256 = digest
+        record.epsilon = epsilon
+        record.aggregation_seconds = elapsed
+        record.attempt = self.attempt
+        self.global_vector = vector
+        self._dp_rounds = dp_rounds
+        self.round = next_round
         self.attempt = 1
         self._models[self.round] = model
         for old in [r for r in self._models if r < self.round - 1]:
             del self._models[old]
-        if self.round > self.config.rounds:
-            self.finished = True
-            self.events.record("training_finished", rounds=self.config.rounds, model_sha256=record.model_sha256)
+        self.finished = finished
         self._begin()
-        if self.on_round_closed is not None:
-            self.on_round_closed(self)
+        if finished:
+            self.events.record("training_finished", rounds=self.config.rounds, model_sha256=digest)
 
-    def _epsilon(self) -> float:
+    def _epsilon(self, dp_rounds: int) -> float:
         from dp_accounting import dp_event
         from dp_accounting.rdp import RdpAccountant
 
         assert self.config.dp is not None
-        self._dp_rounds += 1
         accountant = RdpAccountant()
-        accountant.compose(dp_event.GaussianDpEvent(self.config.dp.noise_multiplier), count=self._dp_rounds)
+        accountant.compose(dp_event.GaussianDpEvent(self.config.dp.noise_multiplier), count=dp_rounds)
         return float(accountant.get_epsilon(self.config.dp.delta))
 
     @property

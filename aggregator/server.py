@@ -13,19 +13,22 @@ import json
 import logging
 import signal
 import sys
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+import grpc
 
 from enclave.attester import Attester, GpuAttester, open_attester
 from enclave.keys import EnclaveKeys
 from enclave.sealing import SealingKeySource, sealing_key_for, simulated_launch_measurement
 
 from .audit.events import AuditLog
-from .checkpoint import Checkpoint, load_checkpoint, now_iso, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, now_iso, prepare_checkpoint
 from .config import AggregatorConfig
 from .update import decode_tensors
 from .rounds import RoundDriver
-from .service import EventSink, FederationService, LogEvents, start_server
+from .service import SERVER_OPTIONS, EventSink, FederationService, LogEvents, handlers
 
 LOG = logging.getLogger("attestfl.aggregator")
 
@@ -107,7 +110,51 @@ def open_audit_log(config: AggregatorConfig, keys: EnclaveKeys, attester: Attest
     return audit
 
 
+def bind(config: AggregatorConfig) -> tuple[grpc.aio.Server, int]:
+    """The gRPC server bound to ``listen``, before anything else happens: a port in use or an
+    address that cannot be bound stops the start before the audit log is touched."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...")
+        raise OSError(f"[aggregator] listen = {config.listen!r}: cannot listen there (in use, or not an address of this "
+                      f"machine): {exc}") from None
+    if port == 0:
+        raise OSError(f"[aggregator] listen = {config.listen!r}: cannot listen there (in use, or not an address of this machine)")
+    return server, port
+
+
+class TreeHeads:
+    """The audit log's current signed tree head (CBOR) and RFC 9162 consistency proofs from the
+    sizes sites report (the last few cached: every site polls with the size it last saw)."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+        self._cache: dict[tuple[int, int], list[bytes]] = {}
+
+    def __call__(self, known: int) -> tuple[bytes, list[bytes]]:
+        import cbor2
+
+        from .audit import merkle
+
+        head = self.audit.last_head
+        if head is None:
+            return b"", []
+        encoded = cbor2.dumps(head.to_cbor_map(), canonical=True)
+        if not 0 < known < head.tree_size:
+            return encoded, []
+        key = (known, head.tree_size)
+        proof = self._cache.get(key)
+        if proof is None:
+            proof = merkle.consistency_proof(known, self.audit.store.leaves[:head.tree_size])
+            if len(self._cache) > 256:
+                self._cache.clear()
+            self._cache[key] = proof
+        return encoded, proof
+
+
 async def start(config: AggregatorConfig, events: EventSink | None = None) -> Running:
+    server, port = bind(config)
     keys = EnclaveKeys()
     attester = make_attester(config)
     gpu = make_gpu_attester(config)
@@ -116,7 +163,7 @@ async def start(config: AggregatorConfig, events: EventSink | None = None) -> Ru
         audit = open_audit_log(config, keys, attester, gpu)
         events = audit
     try:
-        return await _start(config, keys, attester, gpu, events, audit)
+        return await _start(config, keys, attester, gpu, events, audit, server, port)
     except BaseException:
         if audit is not None:
             audit.close()
@@ -124,7 +171,7 @@ async def start(config: AggregatorConfig, events: EventSink | None = None) -> Ru
 
 
 async def _start(config: AggregatorConfig, keys: EnclaveKeys, attester: Attester, gpu: GpuAttester | None,
-                 events: EventSink, audit: AuditLog | None) -> Running:
+                 events: EventSink, audit: AuditLog | None, server: grpc.aio.Server, port: int) -> Running:
     sessions: dict[bytes, Any] = {}
     sealing = make_sealing(config, attester)
     checkpoint = load_checkpoint(config.state_dir, sealing) if sealing is not None else None
@@ -132,23 +179,25 @@ async def _start(config: AggregatorConfig, keys: EnclaveKeys, attester: Attester
     if checkpoint is not None:
         model = {name: array.copy() for name, array in decode_tensors(checkpoint.model, config.task.spec)[0].items()}
 
-    def save(driver: RoundDriver) -> None:
+    def seal_next(next_round: int, dp_rounds: int, model: bytes) -> Callable[[], Any]:
         assert sealing is not None
-        save_checkpoint(config.state_dir, sealing, Checkpoint(driver.round, driver.dp_rounds, driver.model_bytes(driver.round), now_iso()))
+        return prepare_checkpoint(config.state_dir, sealing, Checkpoint(next_round, dp_rounds, model, now_iso()))
 
     driver = RoundDriver(config.task, events=events, live_sites=lambda: len(sessions),
                          start_round=checkpoint.round if checkpoint else 1, model=model,
                          epsilon_rounds=checkpoint.dp_rounds if checkpoint else 0,
-                         on_round_closed=save if sealing is not None else None)
+                         checkpoint=seal_next if sealing is not None else None)
     if checkpoint is not None:
         events.record("restart", resumed_round=checkpoint.round, checkpoint_model_sha256=checkpoint.model_sha256,
                       checkpoint_created=checkpoint.created, sealing=sealing.name if sealing else None)
     elif sealing is None:
         events.record("no_sealing", reason="this TEE has no local sealing key: a restart starts training afresh (use a key broker)")
     service = FederationService(keys=keys, attester=attester, gpu=gpu, admission=config.admission, driver=driver,
-                                events=events, stall_timeout=config.stall_timeout)
+                                events=events, stall_timeout=config.stall_timeout,
+                                tree_head=TreeHeads(audit) if audit is not None else None)
     service.sessions = sessions
-    server, port = await start_server(service, config.listen)
+    server.add_generic_rpc_handlers(handlers(service))
+    await server.start()
     return Running(service, driver, port, server, audit)
 
 
@@ -166,7 +215,13 @@ def ready_line(config: AggregatorConfig, running: Running) -> dict[str, Any]:
     return info
 
 
-async def serve(config: AggregatorConfig) -> None:
+#: Exit status of ``attestfl serve`` when it stopped on a fault (fail-stop).
+EXIT_FAULT = 3
+SUPPRESSED_FLUSH_SECONDS = 10.0
+
+
+async def serve(config: AggregatorConfig) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0) or a fault that stops the aggregator (exit 3)."""
     running = await start(config)
     if config.metrics_listen:
         from .metrics import start_metrics_server
@@ -178,13 +233,27 @@ async def serve(config: AggregatorConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    running.service.on_stop = lambda reason: loop.call_soon_threadsafe(stop.set)
+    service = running.service
+    flushed = time.monotonic()
     while not stop.is_set():
-        running.driver.tick()
+        try:
+            running.driver.tick()
+            if time.monotonic() - flushed > SUPPRESSED_FLUSH_SECONDS:
+                flushed = time.monotonic()
+                suppressed = service.gate.drain_suppressed()
+                if suppressed:
+                    top = dict(sorted(suppressed.items(), key=lambda item: -item[1])[:64])
+                    service.events.record("refusals_suppressed", total=sum(suppressed.values()), peers=len(suppressed),
+                                          by_peer=top, seconds=SUPPRESSED_FLUSH_SECONDS)
+        except Exception as exc:  # a round that cannot be logged or checkpointed: stop, apply nothing
+            service.fail_stop(f"{type(exc).__name__}: {exc}")
         try:
             await asyncio.wait_for(stop.wait(), timeout=0.25)
         except asyncio.TimeoutError:
             pass
-    LOG.info("stopping", extra={"fields": {}})
+    LOG.info("stopping", extra={"fields": {"fault": service.stopped}})
     await running.server.stop(grace=2)
     if running.audit is not None:
         running.audit.close()
+    return EXIT_FAULT if service.stopped is not None else 0

@@ -4,8 +4,13 @@ Handshake (see docs/protocol.md): ``GetEvidence`` answers the site's nonce with 
 bundle bound to the enclave keys; ``GetChallenge`` hands out a single-use, expiring
 challenge; ``Admit`` appraises the site's evidence against the admission policy and, when
 it passes, derives the session keys (X25519 + HKDF) and issues the session credential (an
-EAR JWT signed by the enclave key). Every later call must carry that credential; payloads
-travel as sealed streams (:mod:`aggregator.secure_stream`) under the session keys.
+EAR JWT signed by the enclave key). Every later call proves possession of the session keys
+(:mod:`aggregator.protocol`); payloads travel as sealed streams (:mod:`aggregator.secure_stream`).
+
+Before any of that, every call passes the :class:`~aggregator.gate.Gate` (budgets, rates, a
+deadline for the request message) and runs inside one barrier: an unexpected error is logged
+and answered ``INTERNAL`` with no internal detail, and a failure to write the audit log stops
+the aggregator (fail-stop: no state change is applied without its durable audit entry).
 
 What the rounds do with updates is the :class:`TaskDriver`'s business (:mod:`aggregator.rounds`).
 """
@@ -17,13 +22,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Callable, Protocol
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1 import health_pb2
 
 from attestation.abi.bundle import encode_bundle
 from attestation.binding import check_nonce
@@ -34,6 +38,7 @@ from enclave.keys import EnclaveKeys, EnclaveKeyError
 
 from .admission import AdmissionPolicy, ChallengeStore, IdentityProof, appraise_site, valid_site_id
 from .credential import issue_credential
+from .gate import Gate, Limits, Ticket, peer_address
 from .protocol import (
     CALL_HEADER,
     MAX_EVIDENCE_BYTES,
@@ -51,6 +56,7 @@ from .protocol import (
     upload_context,
 )
 from .secure_stream import (
+    TAG_BYTES,
     SessionKeys,
     StreamError,
     StreamHeader,
@@ -61,7 +67,6 @@ from .secure_stream import (
 )
 from .update import ModelSpec, UpdateFormatError, decode_tensors
 from .wire import federation_pb2 as pb
-from .wire import federation_pb2_grpc as pb_grpc
 
 LOG = logging.getLogger("attestfl.aggregator")
 SERVICE_NAME = "attestfl.v1.Federation"
@@ -164,7 +169,18 @@ def _short(value: str, limit: int = 160) -> str:
     return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
-class FederationService(pb_grpc.FederationServicer):
+class FailStop(Exception):
+    """The aggregator stopped on a fault (the audit log could not be written): no call is served."""
+
+
+#: Exceptions of the event sink or the disk that stop the aggregator rather than the call.
+def _is_fault(exc: BaseException) -> bool:
+    from .audit.log import AuditLogError
+
+    return isinstance(exc, (AuditLogError, OSError, FailStop))
+
+
+class FederationService:
     def __init__(
         self,
         *,
@@ -178,6 +194,8 @@ class FederationService(pb_grpc.FederationServicer):
         build: str = "attestfl",
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         tree_head: Callable[[int], tuple[bytes, list[bytes]]] | None = None,
+        limits: Limits | None = None,
+        on_stop: Callable[[str], None] | None = None,
     ) -> None:
         self.keys = keys
         self.attester = attester
@@ -190,11 +208,114 @@ class FederationService(pb_grpc.FederationServicer):
         self.clock = clock
         #: The audit log's current signed tree head (CBOR) and a consistency proof from a size.
         self.tree_head = tree_head or (lambda known: (b"", []))
+        self.limits = limits or Limits()
+        self.gate = Gate(self.limits)
         self.challenges = ChallengeStore(admission.challenge_ttl)
         self.sessions: dict[bytes, Session] = {}
         self.counters = Counters()
         self.key_id = hashlib.sha256(keys.public.ed25519).hexdigest()[:16]
         self._closing: asyncio.Future | None = None
+        self._evidence = asyncio.Semaphore(self.limits.evidence_concurrency)
+        self._appraisals = asyncio.Semaphore(self.limits.appraisal_concurrency)
+        #: Why the aggregator stopped (fail-stop), or None while it serves.
+        self.stopped: str | None = None
+        self.on_stop = on_stop
+
+    # --- the barrier every call runs in ---------------------------------------------------------
+
+    def fail_stop(self, reason: str) -> None:
+        """Stop serving for good: the audit log (or the disk under it) refused a write."""
+        if self.stopped is None:
+            self.stopped = _short(reason, 300)
+            LOG.error("fail-stop", extra={"fields": {"reason": self.stopped}})
+            if self.on_stop is not None:
+                self.on_stop(self.stopped)
+
+    def _record(self, kind: str, **fields: Any) -> None:
+        """Log an event durably; a failure stops the aggregator (the caller applies nothing)."""
+        try:
+            self.events.record(kind, **fields)
+        except Exception as exc:
+            self.fail_stop(f"the audit log refused an entry ({kind}): {exc}")
+            raise FailStop(str(exc)) from None
+
+    def _refused(self, context: grpc.aio.ServicerContext, kind: str, **fields: Any) -> None:
+        """Log an unauthenticated refusal, bounded and rate-limited per client address."""
+        if self.gate.may_log(context.peer()):
+            self._record(kind, peer=_short(peer_address(context.peer())[0], 64), **fields)
+
+    async def _barrier(self, context: grpc.aio.ServicerContext, method: str, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except (asyncio.CancelledError, grpc.aio.AbortError, StopAsyncIteration):
+            raise
+        except Exception as exc:
+            if _is_fault(exc):
+                self.fail_stop(f"{method}: {exc}")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the aggregator stopped on a fault; retry after it restarts")
+            LOG.error("internal error", extra={"fields": {"method": method, "error": type(exc).__name__, "detail": _short(str(exc), 300)}})
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the aggregator); nothing was accepted")
+
+    async def _enter(self, context: grpc.aio.ServicerContext, method: str) -> Ticket:
+        if self.stopped is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the aggregator stopped on a fault; retry after it restarts")
+        if method in HANDSHAKE_METHODS:
+            ticket = self.gate.enter_handshake(context.peer())
+        else:
+            session_id = _session_id(context)
+            if session_id not in self.sessions:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no live session: join (attested admission) first")
+            ticket = self.gate.enter_session(session_id)
+        if isinstance(ticket, str):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, ticket)
+        assert isinstance(ticket, Ticket)
+        return ticket
+
+    async def _first(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        """The request message of a unary call, within ``request_timeout``."""
+        try:
+            async with asyncio.timeout(self.limits.request_timeout):
+                return await requests.__anext__()
+        except StopAsyncIteration:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"no request message within {self.limits.request_timeout:g} s")
+
+    def unary(self, method: str, implementation: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable:
+        async def behaviour(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            ticket = await self._enter(context, method)
+            try:
+                request = await self._first(requests, context)
+                return await self._barrier(context, method, implementation(request, context))
+            finally:
+                ticket.release()
+        return behaviour
+
+    def client_stream(self, method: str, implementation: Callable) -> Callable:
+        async def behaviour(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            ticket = await self._enter(context, method)
+            try:
+                return await self._barrier(context, method, implementation(requests, context))
+            finally:
+                ticket.release()
+        return behaviour
+
+    def server_stream(self, method: str, implementation: Callable) -> Callable:
+        async def behaviour(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            ticket = await self._enter(context, method)
+            try:
+                request = await self._first(requests, context)
+                stream = implementation(request, context)
+                while True:
+                    try:
+                        item = await self._barrier(context, method, stream.__anext__())
+                    except StopAsyncIteration:
+                        return
+                    yield item
+            finally:
+                ticket.release()
+        return behaviour
 
     # --- handshake ---------------------------------------------------------------------------
 
@@ -202,25 +323,29 @@ class FederationService(pb_grpc.FederationServicer):
         try:
             nonce = check_nonce(request.nonce)
         except AttestationError as exc:
+            self._refused(context, "refused", method="GetEvidence", reason="nonce size")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         loop = asyncio.get_running_loop()
-        bundle = await loop.run_in_executor(None, lambda: make_bundle(self.attester, self.keys, nonce, gpu=self.gpu))
+        async with self._evidence:
+            bundle = await loop.run_in_executor(None, lambda: make_bundle(self.attester, self.keys, nonce, gpu=self.gpu))
         data = encode_bundle(bundle)
         self.counters.bytes_out += len(data)
         return pb.EvidenceResponse(bundle=data)
 
     async def GetChallenge(self, request: pb.ChallengeRequest, context: grpc.aio.ServicerContext) -> pb.ChallengeResponse:
         if not valid_site_id(request.site_id):
+            self._refused(context, "refused", method="GetChallenge", reason="site id")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a site id is 1-128 letters, digits, '-', '_' or '.'")
         challenge, expires = self.challenges.issue(request.site_id)
         return pb.ChallengeResponse(challenge=challenge, expires_unix_ms=int(expires * 1000))
 
     async def Admit(self, request: pb.AdmitRequest, context: grpc.aio.ServicerContext) -> pb.AdmitResponse:
-        if len(request.evidence) > MAX_EVIDENCE_BYTES:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"evidence over {MAX_EVIDENCE_BYTES} bytes")
-        if len(request.identity_certificate) > MAX_IDENTITY_CERTIFICATE_BYTES:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"identity certificate over {MAX_IDENTITY_CERTIFICATE_BYTES} bytes")
+        if len(request.evidence) > MAX_EVIDENCE_BYTES or len(request.identity_certificate) > MAX_IDENTITY_CERTIFICATE_BYTES:
+            self._refused(context, "refused", method="Admit", reason="evidence or certificate size")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"evidence over {MAX_EVIDENCE_BYTES} bytes or identity certificate over {MAX_IDENTITY_CERTIFICATE_BYTES} bytes")
         if not valid_site_id(request.site_id):
+            self._refused(context, "refused", method="Admit", reason="site id")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a site id is 1-128 letters, digits, '-', '_' or '.'")
         site_id = request.site_id
         challenge_reason = self.challenges.consume(request.challenge, site_id)
@@ -228,37 +353,51 @@ class FederationService(pb_grpc.FederationServicer):
         identity = IdentityProof(bytes(request.identity_public), bytes(request.identity_signature),
                                  bytes(request.identity_certificate), bytes(request.aggregator_evidence_sha256))
         loop = asyncio.get_running_loop()
-        appraisal = await loop.run_in_executor(None, lambda: appraise_site(
-            self.admission, site_id=site_id, challenge_reason=challenge_reason, challenge=bytes(request.challenge),
-            x25519=bytes(request.site_x25519_public), ed25519=bytes(request.site_ed25519_public),
-            evidence_format=request.evidence_format, evidence=bytes(request.evidence),
-            app_attest_key_id=bytes(request.app_attest_key_id), identity=identity, aggregator=self.keys.public, at=now,
-        ))
-        reasons = [str(r) for r in appraisal.reasons]
+        try:
+            async with asyncio.timeout(self.limits.request_timeout):
+                await self._appraisals.acquire()
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the aggregator is busy appraising evidence; retry shortly")
+        try:
+            appraisal = await loop.run_in_executor(None, lambda: appraise_site(
+                self.admission, site_id=site_id, challenge_reason=challenge_reason, challenge=bytes(request.challenge),
+                x25519=bytes(request.site_x25519_public), ed25519=bytes(request.site_ed25519_public),
+                evidence_format=request.evidence_format, evidence=bytes(request.evidence),
+                app_attest_key_id=bytes(request.app_attest_key_id), identity=identity, aggregator=self.keys.public, at=now,
+            ))
+        finally:
+            self._appraisals.release()
         live = [s for s in self.sessions.values() if s.site_id == site_id and s.expires > now]
         if appraisal.admitted and any(s.identity != appraisal.identity for s in live):
             # Re-admission replaces a live session only for the same identity key.
             refusal = Reason("admission.session_live", f"site {site_id!r} has a live session under another identity key; it is not replaced")
             appraisal = replace(appraisal, admitted=False, reasons=(refusal,), status="contraindicated", identity=None)
-            reasons = [str(refusal)]
-        self.events.record(
-            "admission", site=site_id, admitted=appraisal.admitted, reasons=reasons, platform=appraisal.platform,
+        reasons = [_short(str(r), 400) for r in appraisal.reasons]
+        fields: dict[str, Any] = dict(
+            site=site_id, admitted=appraisal.admitted, reasons=reasons, platform=appraisal.platform,
             evidence_format=_short(request.evidence_format, 32), evidence_sha256=hashlib.sha256(request.evidence).hexdigest(),
-            evidence=bytes(request.evidence), policy_id=self.admission.policy_id, claims=appraisal.claims,
-            warnings=list(appraisal.warnings),
-            # What an auditor needs to re-run this decision offline (aggregator.audit.verify):
-            challenge=bytes(request.challenge[:64]), x25519=bytes(request.site_x25519_public[:64]),
-            ed25519=bytes(request.site_ed25519_public[:64]), app_attest_key_id=bytes(request.app_attest_key_id[:64]),
-            identity_public=identity.public[:64], identity_signature=identity.signature[:128],
-            identity_certificate=identity.certificate, aggregator_evidence_sha256=identity.aggregator_evidence_sha256[:64],
-            aggregator_x25519=self.keys.public.x25519, aggregator_ed25519=self.keys.public.ed25519,
-            at=now.isoformat(),
+            evidence_bytes=len(request.evidence), policy_id=self.admission.policy_id, at=now.isoformat(),
+            challenge=bytes(request.challenge[:64]), identity_public=identity.public[:32],
         )
+        if appraisal.identity_proven:
+            # The peer proved the site's identity key: log everything an auditor needs to re-run
+            # this decision offline (aggregator.audit.verify). Before that proof, only digests and
+            # bounded fields: an unauthenticated peer cannot make the log grow by its evidence.
+            fields.update(
+                evidence=bytes(request.evidence), claims=appraisal.claims, warnings=list(appraisal.warnings),
+                x25519=bytes(request.site_x25519_public), ed25519=bytes(request.site_ed25519_public),
+                app_attest_key_id=bytes(request.app_attest_key_id[:64]), identity_signature=identity.signature,
+                identity_certificate=identity.certificate, aggregator_evidence_sha256=identity.aggregator_evidence_sha256[:64],
+                aggregator_x25519=self.keys.public.x25519, aggregator_ed25519=self.keys.public.ed25519,
+            )
+            self._record("admission", **fields)
+        else:
+            self._refused(context, "admission", **fields)
         if not appraisal.admitted:
             self.counters.refused += 1
             for reason in appraisal.reasons:
                 self.counters.by_reason[reason.check] = self.counters.by_reason.get(reason.check, 0) + 1
-            return pb.AdmitResponse(admitted=False, reasons=reasons)
+            return pb.AdmitResponse(admitted=False, reasons=list(appraisal.reply))
 
         try:
             shared = self.keys.shared_secret(bytes(request.site_x25519_public))
@@ -286,9 +425,9 @@ class FederationService(pb_grpc.FederationServicer):
             now=now, ttl=self.admission.credential_ttl, build=self.build,
         )
         replaced = [sid for sid, s in self.sessions.items() if s.site_id == site_id]
-        self.events.record("session", site=site_id, session=session_id.hex(), expires=expires.isoformat(),
-                           site_x25519=request.site_x25519_public.hex(), site_ed25519=request.site_ed25519_public.hex(),
-                           identity=appraisal.identity.hex(), replaces=[sid.hex() for sid in replaced])
+        self._record("session", site=site_id, session=session_id.hex(), expires=expires.isoformat(),
+                     site_x25519=request.site_x25519_public.hex(), site_ed25519=request.site_ed25519_public.hex(),
+                     identity=appraisal.identity.hex(), replaces=[sid.hex() for sid in replaced])
         for old in replaced:
             del self.sessions[old]
         self.sessions[session_id] = Session(session_id, site_id, session_keys, appraisal.platform, appraisal.identity,
@@ -300,25 +439,16 @@ class FederationService(pb_grpc.FederationServicer):
 
     async def _session(self, context: grpc.aio.ServicerContext) -> tuple[Session, int]:
         """The live session the call names and the call's counter (not yet marked used)."""
-        session_hex, call_text = "", ""
-        for key, value in context.invocation_metadata() or ():
-            if key == SESSION_HEADER and isinstance(value, str):
-                session_hex = value
-            elif key == CALL_HEADER and isinstance(value, str):
-                call_text = value
-        try:
-            session_id = bytes.fromhex(session_hex) if len(session_hex) == 32 else b""
-            call = int(call_text) if 0 < len(call_text) <= 20 and call_text.isdigit() else -1
-        except ValueError:
-            session_id, call = b"", -1
-        session = self.sessions.get(session_id)
-        if session is None or call < 0 or call >= 2**64:
+        session = self.sessions.get(_session_id(context))
+        call = _call_counter(context)
+        if session is None or call < 0:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no live session: join (attested admission) first")
         assert session is not None
         if self.clock() >= session.expires:
             self.sessions.pop(session.session_id, None)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the session expired: join again")
         if not session.calls.fresh(call):
+            self._refused(context, "call_refused", site=session.site_id, reason="replayed call counter")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"call {call} of this session was already made (replayed)")
         return session, call
 
@@ -328,7 +458,7 @@ class FederationService(pb_grpc.FederationServicer):
         try:
             plaintext = open_message(session.keys, method=method, call=call, response=False, ciphertext=request.ciphertext)
         except ProtocolError as exc:
-            self._log_refusal(session, method, "auth", str(exc))
+            self._refused(context, "call_refused", site=session.site_id, method=method, reason="not sealed under the session keys")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         if not session.calls.fresh(call):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"call {call} of this session was already made (replayed)")
@@ -340,12 +470,9 @@ class FederationService(pb_grpc.FederationServicer):
         self.counters.bytes_out += len(data)
         return pb.Sealed(ciphertext=seal_message(session.keys, method=method, call=call, response=True, plaintext=data))
 
-    def _log_refusal(self, session: Session, method: str, check: str, reason: str) -> None:
-        self.events.record("call_refused", site=session.site_id, method=method, check=check, reason=_short(reason, 300))
-
     async def GetTask(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> pb.Sealed:
         session, call, plaintext = await self._open(context, "GetTask", request)
-        inner = pb.TaskRequest.FromString(plaintext)
+        inner = _parse(pb.TaskRequest, plaintext)
         task = self.driver.task()
         head, proof = self.tree_head(int(inner.known_tree_size))
         response = pb.TaskResponse(round=task.round, model_spec=task.spec.to_json(), deadline_unix_ms=task.deadline_unix_ms,
@@ -355,7 +482,7 @@ class FederationService(pb_grpc.FederationServicer):
 
     async def DownloadModel(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SealedChunk]:
         session, call, plaintext = await self._open(context, "DownloadModel", request)
-        inner = pb.DownloadRequest.FromString(plaintext)
+        inner = _parse(pb.DownloadRequest, plaintext)
         try:
             model = self.driver.model_bytes(inner.round)
         except UpdateRefused as exc:
@@ -367,19 +494,35 @@ class FederationService(pb_grpc.FederationServicer):
             self.counters.bytes_out += len(ciphertext)
             yield pb.SealedChunk(header=header, index=index, final=final, ciphertext=ciphertext)
 
-    async def _next_chunk(self, iterator: AsyncIterator[pb.SealedChunk], context: grpc.aio.ServicerContext) -> pb.SealedChunk | None:
+    async def _next_chunk(self, iterator: AsyncIterator[pb.SealedChunk], context: grpc.aio.ServicerContext,
+                          deadline: float) -> pb.SealedChunk | None:
+        timeout = min(self.stall_timeout, deadline - time.monotonic())
         try:
-            async with asyncio.timeout(self.stall_timeout):  # no extra task per chunk, unlike wait_for
+            async with asyncio.timeout(max(0.0, timeout)):  # no extra task per chunk, unlike wait_for
                 return await iterator.__anext__()
         except StopAsyncIteration:
             return None
-        except asyncio.TimeoutError:
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"the upload did not finish within {self.limits.upload_timeout:g} s")
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no chunk for {self.stall_timeout:.0f} s: the upload stalled")
         return None
 
     async def UploadUpdate(self, request_iterator: AsyncIterator[pb.SealedChunk], context: grpc.aio.ServicerContext) -> pb.Sealed:
         session, call = await self._session(context)
-        first = await self._next_chunk(request_iterator, context)
+        if session.uploading:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "an upload of this session is already in flight")
+        session.uploading = True
+        try:
+            return await self._upload(session, call, request_iterator, context)
+        finally:
+            session.uploading = False
+
+    async def _upload(self, session: Session, call: int, request_iterator: AsyncIterator[pb.SealedChunk],
+                      context: grpc.aio.ServicerContext) -> pb.Sealed:
+        started_at = time.monotonic()
+        deadline = started_at + self.limits.upload_timeout
+        first = await self._next_chunk(request_iterator, context, deadline)
         if first is None or not first.header:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the upload does not start with a stream header")
         assert first is not None
@@ -391,24 +534,37 @@ class FederationService(pb_grpc.FederationServicer):
             spec = self.driver.task().spec
             opener = StreamOpener(session.keys.site_to_aggregator, first.header, session_id=session.session_id, purpose="update",
                                   context=upload_context(round_number, attempt, session.site_id, call), max_bytes=spec.max_update_bytes)
+            # Chunk 0 authenticates before anything is allocated for the update.
+            started = time.perf_counter()
+            head = opener.open(first.index, first.ciphertext, final=first.final)
+            decrypt_seconds = time.perf_counter() - started
+            if not session.calls.fresh(call):
+                raise StreamError(f"call {call} of this session was already made (replayed)")
+            session.calls.mark(call)  # chunk 0 authenticated: this call's counter is used
+            if not first.final and not head:
+                raise StreamError("an empty chunk that is not the final one")
+            self.counters.bytes_in += len(first.ciphertext)
             self.driver.check_upload(session.site_id, round_number, attempt)
             # One buffer of the largest valid update, decrypted into in place (no copies per chunk).
             buffer = bytearray(spec.max_update_bytes)
-            size = 0
-            chunk: pb.SealedChunk | None = first
-            decrypt_seconds = 0.0
+            if len(head) > len(buffer):
+                raise StreamError(f"stream is larger than the {spec.max_update_bytes} bytes allowed for it")
+            buffer[:len(head)] = head
+            size = len(head)
+            chunk: pb.SealedChunk | None = None if first.final else await self._next_chunk(request_iterator, context, deadline)
             while chunk is not None:
                 self.counters.bytes_in += len(chunk.ciphertext)
+                if not chunk.final and len(chunk.ciphertext) <= TAG_BYTES:
+                    raise StreamError("an empty chunk that is not the final one")
                 started = time.perf_counter()
                 size += opener.open_into(chunk.index, chunk.ciphertext, final=chunk.final, buffer=buffer, offset=size)
                 decrypt_seconds += time.perf_counter() - started
-                if chunk.index == 0:
-                    if not session.calls.fresh(call):
-                        raise StreamError(f"call {call} of this session was already made (replayed)")
-                    session.calls.mark(call)  # chunk 0 authenticated: this call's counter is used
+                elapsed = time.monotonic() - started_at
+                if elapsed > self.limits.upload_rate_grace and size / elapsed < self.limits.upload_min_rate:
+                    raise StreamError(f"the upload is slower than {self.limits.upload_min_rate / 1024:g} KiB/s")
                 if chunk.final:
                     break
-                chunk = await self._next_chunk(request_iterator, context)
+                chunk = await self._next_chunk(request_iterator, context, deadline)
             opener.finish()
         except (UpdateRefused, StreamError) as exc:
             await self._refuse_update(context, session, exc)
@@ -440,23 +596,29 @@ class FederationService(pb_grpc.FederationServicer):
         except (UpdateRefused, UpdateFormatError) as exc:
             await self._refuse_update(context, session, exc)
         self.counters.updates += 1
-        head, _proof = self.tree_head(0)
+        head_bytes, _proof = self.tree_head(0)
         # Aggregation (and sealing the checkpoint) runs after the receipt is sent: a site does
         # not wait for the round's other work.
-        self._closing = asyncio.get_running_loop().run_in_executor(None, self.driver.close_if_complete)
+        self._closing = asyncio.get_running_loop().run_in_executor(None, self._close_if_complete)
         receipt = pb.UploadReceipt(round=round_number, site_id=session.site_id, update_sha256=digest, weight=weight,
-                                   accepted_unix_ms=accepted_ms, signature=signature, attempt=attempt, call=call, tree_head=head)
+                                   accepted_unix_ms=accepted_ms, signature=signature, attempt=attempt, call=call, tree_head=head_bytes)
         return self._seal(session, "UploadUpdate", call, receipt)
+
+    def _close_if_complete(self) -> None:
+        try:
+            self.driver.close_if_complete()
+        except Exception as exc:  # a round that cannot be logged or checkpointed: stop, apply nothing
+            self.fail_stop(f"closing the round: {exc}")
 
     async def _refuse_update(self, context: grpc.aio.ServicerContext, session: Session, exc: Exception) -> None:
         """Log the refusal and end the call with the reason (the site learns why)."""
-        self.events.record("update_refused", site=session.site_id, reason=_short(str(exc), 300))
+        self._record("update_refused", site=session.site_id, reason=_short(str(exc), 300))
         code = exc.code if isinstance(exc, UpdateRefused) else grpc.StatusCode.INVALID_ARGUMENT
         await context.abort(code, _short(str(exc), 300))
 
     async def ReportMetrics(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> pb.Sealed:
         session, call, plaintext = await self._open(context, "ReportMetrics", request)
-        inner = pb.MetricsReport.FromString(plaintext)
+        inner = _parse(pb.MetricsReport, plaintext)
         try:
             metrics = _metrics(inner.metrics)
             examples = int(inner.examples)
@@ -465,9 +627,45 @@ class FederationService(pb_grpc.FederationServicer):
                                     "(admission policy)", grpc.StatusCode.INVALID_ARGUMENT)
             self.driver.report_metrics(session.site_id, int(inner.round), metrics, examples)
         except UpdateRefused as exc:
-            self._log_refusal(session, "ReportMetrics", "metrics", str(exc))
+            self._record("call_refused", site=session.site_id, method="ReportMetrics", reason=_short(str(exc), 300))
             await context.abort(exc.code, _short(str(exc), 300))
         return self._seal(session, "ReportMetrics", call, pb.MetricsAck())
+
+    # --- health ------------------------------------------------------------------------------
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        if request.service not in ("", SERVICE_NAME):
+            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        serving = self.stopped is None
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+HANDSHAKE_METHODS = ("GetEvidence", "GetChallenge", "Admit", "Check")
+
+
+def _session_id(context: grpc.aio.ServicerContext) -> bytes:
+    for key, value in context.invocation_metadata() or ():
+        if key == SESSION_HEADER and isinstance(value, str) and len(value) == 32:
+            try:
+                return bytes.fromhex(value)
+            except ValueError:
+                return b""
+    return b""
+
+
+def _call_counter(context: grpc.aio.ServicerContext) -> int:
+    for key, value in context.invocation_metadata() or ():
+        if key == CALL_HEADER and isinstance(value, str) and 0 < len(value) <= 20 and value.isdigit():
+            call = int(value)
+            return call if call < 2**64 else -1
+    return -1
+
+
+def _parse(message_type: Any, data: bytes) -> Any:
+    try:
+        return message_type.FromString(data)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError; authenticated but malformed
+        raise UpdateRefused(f"the sealed {message_type.__name__} does not parse", grpc.StatusCode.INVALID_ARGUMENT) from None
 
 
 _EAR_CLAIMS = ("measurement", "mr_td", "debug", "reported_tcb", "tcb_status", "simulated", "product", "app_id", "key_id")
@@ -506,19 +704,49 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.http2.max_pings_without_data", 0),
+    # Connections: a TCP+HTTP/2 handshake must finish in 10 s, a connection with no call is
+    # closed after 5 min, and at most 64 calls run on one connection.
+    ("grpc.server_handshake_timeout_ms", 10_000),
+    ("grpc.max_connection_idle_ms", 300_000),
+    ("grpc.max_concurrent_streams", 64),
+    # One aggregator per port: a second one fails to bind instead of sharing the port.
+    ("grpc.so_reuseport", 0),
 ]
 
+_METHODS = {
+    # name: (kind, request type, response type)
+    "GetEvidence": ("unary", pb.EvidenceRequest, pb.EvidenceResponse),
+    "GetChallenge": ("unary", pb.ChallengeRequest, pb.ChallengeResponse),
+    "Admit": ("unary", pb.AdmitRequest, pb.AdmitResponse),
+    "GetTask": ("unary", pb.Sealed, pb.Sealed),
+    "DownloadModel": ("server_stream", pb.Sealed, pb.SealedChunk),
+    "UploadUpdate": ("client_stream", pb.SealedChunk, pb.Sealed),
+    "ReportMetrics": ("unary", pb.Sealed, pb.Sealed),
+}
 
-async def start_server(service: FederationService, listen: str, *, max_concurrent_rpcs: int = 256) -> tuple[grpc.aio.Server, int]:
-    """Start the gRPC server (plaintext: the payloads are sealed end to end) with the health service."""
-    server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=max_concurrent_rpcs)
-    pb_grpc.add_FederationServicer_to_server(service, server)
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {listen}")
-    await server.start()
-    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    return server, port
+
+def handlers(service: FederationService) -> list[grpc.GenericRpcHandler]:
+    """The federation and health services. Every method is registered as a *streaming-request*
+    handler, whatever the .proto says: a client sends its one request message as it always
+    does, and the handler runs as soon as the call starts, so budgets apply before the message
+    is read and a message that never comes times out (gRPC's unary handlers start only once the
+    message has arrived, unbounded in time)."""
+    def serialize(message: Any) -> bytes:
+        return message.SerializeToString()
+
+    federation = {}
+    for name, (kind, request_type, _response_type) in _METHODS.items():
+        implementation = getattr(service, name)
+        if kind == "unary":
+            federation[name] = grpc.stream_unary_rpc_method_handler(service.unary(name, implementation),
+                                                                    request_type.FromString, serialize)
+        elif kind == "client_stream":
+            federation[name] = grpc.stream_unary_rpc_method_handler(service.client_stream(name, implementation),
+                                                                    request_type.FromString, serialize)
+        else:
+            federation[name] = grpc.stream_stream_rpc_method_handler(service.server_stream(name, implementation),
+                                                                     request_type.FromString, serialize)
+    health = {"Check": grpc.stream_unary_rpc_method_handler(service.unary("Check", service.Check),
+                                                            health_pb2.HealthCheckRequest.FromString, serialize)}
+    return [grpc.method_handlers_generic_handler(SERVICE_NAME, federation),
+            grpc.method_handlers_generic_handler("grpc.health.v1.Health", health)]

@@ -459,8 +459,13 @@ def _check_admission(result: Verification, entry: Entry, policies: dict[str, Adm
     logged_admitted = f["admitted"]
     if not isinstance(logged_admitted, bool):
         raise TypeError("admitted is not a boolean")
-    evidence = _bytes(f, "evidence")
     confirmed = False
+    if not logged_admitted and "evidence" not in f:
+        # Refused before the peer proved the site's identity key: the aggregator logs only
+        # digests and bounded fields for those (an unauthenticated peer cannot grow the log by
+        # its evidence), so there is nothing to re-run; the refusal stands as logged.
+        return AdmissionDecision(i, entry.time, site, logged_admitted, logged_reasons, f.get("platform"), str(f["policy_id"]), False)
+    evidence = _bytes(f, "evidence")
     if hashlib.sha256(evidence).hexdigest() != f["evidence_sha256"]:
         result.add(Problem(i, "admission.evidence_sha256", f"site {site!r}: evidence_sha256 is not the digest of the logged evidence"))
     policy = policies.get(str(f["policy_id"]))
