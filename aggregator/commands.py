@@ -39,6 +39,8 @@ def add_service_commands(subparsers: argparse._SubParsersAction) -> None:
                                "this site's evidence. Exit 0: admitted; 1: aggregator untrusted or site refused; 2: unusable input.")
     join.add_argument("--config", required=True, metavar="FILE", help="site.toml")
     join.add_argument("--json", action="store_true", help="print one JSON object")
+    join.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                      help="keep retrying an unreachable or busy aggregator this long (default 60; refusals are never retried)")
     join.set_defaults(handler=run_site_join)
 
     run = site_sub.add_parser("run", help="take part in training: verify, join, train every round",
@@ -49,6 +51,8 @@ def add_service_commands(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--config", required=True, metavar="FILE", help="site.toml")
     run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     run.add_argument("--json", action="store_true", help="print one JSON summary object")
+    run.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                     help="keep retrying an unreachable or busy aggregator this long (default 60; refusals are never retried)")
     run.set_defaults(handler=run_site_run)
 
 
@@ -143,7 +147,8 @@ def open_site_client(config: "SiteConfig", err: TextIO):  # noqa: ANN201, F821
         print("attestfl: WARNING: INSECURE_accept_any_aggregator is set: this site's policy pins no aggregator measurement, "
               "so any code in a TEE that passes the policy receives this site's updates", file=err)
     return SiteClient(config.aggregator, site_id=config.site_id, policy=config.policy, attester=attester, identity=identity,
-                      identity_certificate=certificate, allow_unpinned_aggregator=config.insecure_unpinned)
+                      identity_certificate=certificate, allow_unpinned_aggregator=config.insecure_unpinned,
+                      max_clock_skew=config.max_clock_skew)
 
 
 def run_site_join(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -152,6 +157,7 @@ def run_site_join(args: argparse.Namespace, out: TextIO | None = None, err: Text
     from enclave.sealing import SealingError
 
     from .config import ConfigError, SiteConfig
+    from .sdk import join_with_retry
     from .site import AdmissionRefused, AggregatorNotTrusted, SiteError
 
     out, err = out or sys.stdout, err or sys.stderr
@@ -163,14 +169,18 @@ def run_site_join(args: argparse.Namespace, out: TextIO | None = None, err: Text
         return EXIT_UNUSABLE
     with client:
         try:
-            session = client.join()
+            session = join_with_retry(client, wait=args.wait, say=lambda text: print(f"attestfl: {text}", file=err))
         except (AggregatorNotTrusted, AdmissionRefused) as exc:
             if args.json:
                 print(json.dumps({"admitted": False, "error": str(exc).splitlines()[0], "reasons": list(exc.reasons)}), file=out)
             print(f"attestfl: {exc}", file=err)
             return EXIT_REFUSED
-        except Exception as exc:  # grpc errors: unreachable aggregator, deadlines
-            print(f"attestfl: error: cannot reach the aggregator at {config.aggregator}: {exc}", file=err)
+        except SiteError as exc:  # clock skew, unreachable after --wait
+            print(f"attestfl: error: {exc}", file=err)
+            return EXIT_UNUSABLE
+        except Exception as exc:  # grpc errors after retries: unreachable aggregator, deadlines
+            detail = f"{exc.code().name}: {exc.details()}" if hasattr(exc, "code") else str(exc)
+            print(f"attestfl: error: cannot reach the aggregator at {config.aggregator} ({detail})", file=err)
             return EXIT_UNUSABLE
     result = {"admitted": True, "site": config.site_id, "session": session.claims.session_id.hex(),
               "status": session.claims.status, "expires": session.claims.expires.isoformat(),
@@ -200,7 +210,7 @@ def run_site_run(args: argparse.Namespace, out: TextIO | None = None, err: TextI
     from enclave.sealing import SealingError
 
     from .config import ConfigError, SiteConfig
-    from .sdk import run_site
+    from .sdk import SiteState, run_site
     from .site import AdmissionRefused, AggregatorNotTrusted, SiteError
 
     out, err = out or sys.stdout, err or sys.stderr
@@ -213,14 +223,18 @@ def run_site_run(args: argparse.Namespace, out: TextIO | None = None, err: TextI
         return EXIT_UNUSABLE
     with client:
         try:
-            summary = run_site(client, trainer, progress=None if args.quiet else err)
+            summary = run_site(client, trainer, progress=None if args.quiet else err, wait=args.wait, state=SiteState(config.state_dir))
         except (AggregatorNotTrusted, AdmissionRefused) as exc:
             print(f"attestfl: {exc}", file=err)
             if args.json:
                 print(json.dumps({"finished": False, "error": str(exc).splitlines()[0], "reasons": list(exc.reasons)}), file=out)
             return EXIT_REFUSED
+        except SiteError as exc:  # clock skew, unreachable after --wait
+            print(f"attestfl: error: training stopped: {exc}", file=err)
+            return EXIT_UNUSABLE
         except Exception as exc:  # grpc errors after retries: unreachable aggregator, deadlines
-            print(f"attestfl: error: training stopped: {type(exc).__name__}: {exc}", file=err)
+            detail = f"{exc.code().name}: {exc.details()}" if hasattr(exc, "code") else str(exc)
+            print(f"attestfl: error: training stopped: {detail}", file=err)
             return EXIT_UNUSABLE
     result = {"finished": True, "site": summary.site_id, "rounds_trained": summary.rounds_trained, "joins": summary.joins,
               "metrics": {str(k): v for k, v in summary.metrics.items()}}

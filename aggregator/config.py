@@ -26,6 +26,8 @@ site.toml::
     identity = "identity.sealed"       # the sealed identity key `attestfl site enroll` writes
     identity_certificate = "site.crt"  # optional: its certificate under the organisation CA
     INSECURE_accept_any_aggregator = false  # run with a policy that pins no measurement (never in production)
+    max_clock_skew = "60s"             # how far this site's and the aggregator's clocks may disagree
+    state_dir = "site-state"           # receipts.jsonl and the newest audit tree head seen
     [data]                              # for `attestfl site run` with the demo trainer
     ...
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +140,10 @@ class SiteConfig:
     insecure_unpinned: bool = False
     #: Simulated TEE only: launch with this measurement instead of the code's (demos of refusal).
     simulated_measurement: bytes | None = None
+    #: How far this site's clock and the aggregator's may disagree.
+    max_clock_skew: timedelta = timedelta(seconds=60)
+    #: Receipts and the newest audit tree head seen (kept between runs).
+    state_dir: Path = Path("site-state")
 
     @classmethod
     def load(cls, path: str | Path, *, load_policy: bool = True) -> "SiteConfig":
@@ -150,7 +157,10 @@ class SiteConfig:
             reject_unknown_keys(data, ("site", "data"), str(path))
             section = read_table(data, "site", "site")
             reject_unknown_keys(section, ("id", "aggregator", "tee", "simulated_dir", "policy", "identity", "identity_certificate",
-                                          "INSECURE_accept_any_aggregator", "simulated_measurement"), "site")
+                                          "INSECURE_accept_any_aggregator", "simulated_measurement", "max_clock_skew", "state_dir"), "site")
+            skew = read_duration(section, "max_clock_skew", "site")
+            if skew is not None and skew.total_seconds() <= 0:
+                raise ConfigError("[site] max_clock_skew: must be longer than zero")
             site_id = section.get("id", "")
             if not isinstance(site_id, str) or not valid_site_id(site_id):
                 raise ConfigError("[site] id: required, 1-128 letters, digits, '-', '_' or '.'")
@@ -161,7 +171,7 @@ class SiteConfig:
                 raise ConfigError(f"[site] tee: {tee!r} is not one of {', '.join(TEE_CHOICES)}")
             if not isinstance(section.get("policy"), str):
                 raise ConfigError("[site] policy: required: the policy file the aggregator's evidence must pass")
-            for key in ("simulated_dir", "identity", "identity_certificate"):
+            for key in ("simulated_dir", "identity", "identity_certificate", "state_dir"):
                 if key in section and not isinstance(section[key], str):
                     raise ConfigError(f"[site] {key}: expected a path (a string), got {section[key]!r}")
             insecure = section.get("INSECURE_accept_any_aggregator", False)
@@ -185,6 +195,8 @@ class SiteConfig:
                 identity_certificate=base / section["identity_certificate"] if "identity_certificate" in section else None,
                 insecure_unpinned=insecure,
                 simulated_measurement=read_hex(section, "simulated_measurement", "site", 48),
+                max_clock_skew=skew or timedelta(seconds=60),
+                state_dir=base / section.get("state_dir", "site-state"),
             )
         except PolicyError as exc:
             raise ConfigError(f"{path}: {exc}") from exc

@@ -93,8 +93,21 @@ def issue_credential(
     return signing_input + "." + _b64url(sign(signing_input.encode("ascii")))
 
 
-def verify_credential(token: str, ed25519_public: bytes, *, now: datetime, max_bytes: int = 16 * 1024) -> SessionClaims:
-    """Check signature, audience, expiry and shape; return the session binding it carries."""
+class ClockSkewError(CredentialError):
+    """The credential's times are further from this clock than the tolerated skew."""
+
+
+#: How far the aggregator's and a site's clocks may disagree (``[site] max_clock_skew``).
+DEFAULT_MAX_CLOCK_SKEW = timedelta(seconds=60)
+
+
+def verify_credential(token: str, ed25519_public: bytes, *, now: datetime, max_bytes: int = 16 * 1024,
+                      max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW) -> SessionClaims:
+    """Check signature, audience, expiry and shape; return the session binding it carries.
+
+    The aggregator's clock and this one may disagree by up to ``max_clock_skew``: a credential
+    issued that far in the future (by this clock) is accepted; beyond it the error says
+    "clock skew", not "not signed"."""
     if not isinstance(token, str) or not token or len(token) > max_bytes:
         raise CredentialError("no usable session credential")
     try:
@@ -103,12 +116,21 @@ def verify_credential(token: str, ed25519_public: bytes, *, now: datetime, max_b
             key=Ed25519PublicKey.from_public_bytes(ed25519_public),
             algorithms=["EdDSA"],
             audience=AUDIENCE,
-            options={"require": ["exp", "iat", "aud", "jti"], "verify_exp": False},
+            options={"require": ["exp", "iat", "aud", "jti"], "verify_exp": False, "verify_iat": False},
         )
     except (jwt.PyJWTError, ValueError) as exc:
         raise CredentialError(f"session credential rejected: {exc}") from exc
-    expires = datetime.fromtimestamp(int(claims["exp"]), tz=now.tzinfo)
-    if now >= expires:
+    try:
+        issued = datetime.fromtimestamp(int(claims["iat"]), tz=now.tzinfo)
+        expires = datetime.fromtimestamp(int(claims["exp"]), tz=now.tzinfo)
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        raise CredentialError(f"session credential times are unusable: {exc}") from None
+    ahead = (issued - now).total_seconds()
+    if ahead > max_clock_skew.total_seconds():
+        raise ClockSkewError(f"clock skew: the aggregator issued the credential at {issued.isoformat()}, {ahead:.0f} s ahead of "
+                             f"this clock (tolerated: {max_clock_skew.total_seconds():.0f} s, [site] max_clock_skew); "
+                             "synchronise the clocks (NTP)")
+    if now >= expires + max_clock_skew:
         raise CredentialError(f"session credential expired at {expires.isoformat()}")
     try:
         site_id = str(claims["attestfl.site"])

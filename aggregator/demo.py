@@ -256,6 +256,7 @@ def _write_site_config(directory: Path, site_id: str, index: int, target: str, *
         simulated_dir = "simulated-vendor"
         policy = "aggregator-policy.toml"
         identity = "{site_id}.identity.sealed"
+        state_dir = "{site_id}-state"
         {tampered}
 
         [data]

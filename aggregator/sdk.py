@@ -14,15 +14,17 @@ and re-joins before sending anything else.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import grpc
 import numpy as np
 
-from .site import AdmissionRefused, AggregatorNotTrusted, AggregatorUnreachable, SiteClient
+from .site import AdmissionRefused, AggregatorNotTrusted, AggregatorUnreachable, SiteClient, SiteError
 from .update import ModelSpec
 
 Metrics = dict[str, float]
@@ -50,6 +52,51 @@ class TorchTrainer:
 
 
 @dataclass
+class SiteState:
+    """What a site keeps between runs, in its state directory: the newest signed audit tree head
+    it has seen (``tree-head.cbor``: a restarted or rolled-back aggregator must extend it) and
+    every receipt it got (``receipts.jsonl``, one JSON object per line)."""
+
+    directory: Path
+
+    def load_tree_head(self) -> Any:
+        import cbor2
+
+        from .audit.log import TreeHead
+
+        path = self.directory / "tree-head.cbor"
+        if not path.exists():
+            return None
+        try:
+            return TreeHead.from_map(cbor2.loads(path.read_bytes()[:4096]))
+        except (ValueError, cbor2.CBORDecodeError) as exc:
+            raise SiteError(f"{path}: the kept audit tree head is unreadable ({exc}); move it away only if you know why") from None
+
+    def save_tree_head(self, head: Any) -> None:
+        import cbor2
+
+        self._write(self.directory / "tree-head.cbor", cbor2.dumps(head.to_cbor_map(), canonical=True))
+
+    def append_receipt(self, receipt: Any) -> None:
+        import json
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / "receipts.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(receipt.to_json(), sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _write(self, path: Path, data: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+
+
+@dataclass
 class SiteRunSummary:
     site_id: str
     rounds_trained: list[int] = field(default_factory=list)
@@ -69,7 +116,40 @@ class _Progress:
             print(f"[{self.site_id}] {text}", file=self.out, flush=True)
 
 
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+              grpc.StatusCode.RESOURCE_EXHAUSTED)
+#: Failures worth trying again: the aggregator is away, restarting or busy. A refusal
+#: (untrusted aggregator, admission refused) is never retried.
+_TRANSIENT_JOIN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                   grpc.StatusCode.CANCELLED)
+
+
+def transient(exc: BaseException) -> bool:
+    """True for failures that retrying may cure (the aggregator unreachable, restarting or busy)."""
+    if isinstance(exc, AggregatorUnreachable):
+        return True
+    return isinstance(exc, grpc.RpcError) and exc.code() in _TRANSIENT_JOIN
+
+
+def join_with_retry(client: SiteClient, *, wait: float, say: Callable[[str], None] | None = None) -> Any:
+    """``client.join()``, retried with exponential backoff (0.5 s doubling to 10 s, with jitter)
+    for up to ``wait`` seconds while the failure is transient; refusals raise at once."""
+    import tenacity
+
+    def log(state: tenacity.RetryCallState) -> None:
+        if say is not None and state.outcome is not None:
+            exc = state.outcome.exception()
+            what = exc.code().name if isinstance(exc, grpc.RpcError) else str(exc).splitlines()[0]
+            say(f"aggregator not reachable yet ({what}); retrying in {state.next_action.sleep if state.next_action else 0:.1f} s")
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(transient),
+        wait=tenacity.wait_exponential(multiplier=0.5, max=10.0) + tenacity.wait_random(0, 0.5),
+        stop=tenacity.stop_after_delay(wait),
+        before_sleep=log,
+        reraise=True,
+    )
+    return retrying(client.join)
 
 
 def run_site(
@@ -79,6 +159,8 @@ def run_site(
     poll_seconds: float = 0.2,
     reconnect_seconds: float = 120.0,
     progress: TextIO | None = sys.stderr,
+    wait: float = 60.0,
+    state: SiteState | None = None,
 ) -> SiteRunSummary:
     """Join, then train every round until the task is finished. Raises
     :class:`AggregatorNotTrusted` or :class:`AdmissionRefused` without sending anything more."""
@@ -89,7 +171,7 @@ def run_site(
     last_ok = time.monotonic()
 
     def join() -> None:
-        client.join()
+        join_with_retry(client, wait=wait, say=say)
         summary.joins += 1
         # A new aggregator instance keeps only what its sealed checkpoint holds: whatever this
         # site sent to the previous one for an unfinished round must be sent again.
@@ -107,10 +189,21 @@ def run_site(
             return
         summary.metrics[round_number] = metrics
 
+    if state is not None and client.tree_head is None:
+        client.tree_head = state.load_tree_head()
+    kept = client.tree_head
+
+    def keep() -> None:
+        nonlocal kept
+        if state is not None and client.tree_head is not None and client.tree_head is not kept:
+            state.save_tree_head(client.tree_head)
+            kept = client.tree_head
+
     join()
     while True:
         try:
             task = client.task()
+            keep()
             spec = ModelSpec.from_json(task.model_spec)
             max_weight = task.max_weight or 1.0
             last_ok = time.monotonic()
@@ -138,6 +231,8 @@ def run_site(
             try:
                 receipt = client.upload_update(task.round, delta, weight=weight, attempt=task.attempt)
                 summary.receipts.append(receipt)
+                if state is not None:
+                    state.append_receipt(receipt)
                 summary.rounds_trained.append(task.round)
                 say(f"round {task.round}/{task.rounds_total}: update sealed and accepted (receipt {receipt.update_sha256.hex()[:12]}...)")
             except grpc.RpcError as exc:
@@ -155,7 +250,9 @@ def run_site(
             time.sleep(1.0)
             try:
                 join()
-            except (grpc.RpcError, AggregatorUnreachable):
+            except Exception as again:  # noqa: BLE001 - only transient failures are retried
+                if not transient(again):
+                    raise
                 continue
 
 

@@ -12,9 +12,10 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
 
+import cbor2
 import grpc
 import numpy as np
 
@@ -28,7 +29,9 @@ from enclave.attester import Attester, make_bundle
 from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys, verify_enclave_signature
 
-from .credential import CredentialError, SessionClaims, verify_credential
+from .audit.log import TreeHead
+from .audit.merkle import verify_consistency
+from .credential import DEFAULT_MAX_CLOCK_SKEW, ClockSkewError, CredentialError, SessionClaims, verify_credential
 from .protocol import (
     CALL_HEADER,
     MAX_MESSAGE_BYTES,
@@ -66,6 +69,10 @@ class AggregatorNotTrusted(SiteError):
     def __init__(self, message: str, reasons: tuple[str, ...] = ()) -> None:
         super().__init__(message + ("".join(f"\n  - {r}" for r in reasons)))
         self.reasons = reasons
+
+
+class ClockSkew(SiteError):
+    """This machine's clock and the aggregator's disagree by more than the tolerated skew."""
 
 
 class AggregatorUnreachable(SiteError):
@@ -188,6 +195,7 @@ class SiteClient:
         timeout: float = 30.0,
         channel: grpc.Channel | None = None,
         allow_unpinned_aggregator: bool = False,
+        max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
         if (attester is None) == (app_attest is None):
             raise SiteError("give exactly one of attester (TEE) or app_attest (mobile)")
@@ -201,10 +209,14 @@ class SiteClient:
         self.attester = attester
         self.app_attest = app_attest
         self.timeout = timeout
+        self.max_clock_skew = max_clock_skew
         self.keys = EnclaveKeys()
         self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
         self.session: JoinedSession | None = None
+        #: The newest signed audit tree head this site has seen (kept across re-joins: a
+        #: restarted aggregator must show a log that extends it, or the site stops).
+        self.tree_head: TreeHead | None = None
         self._calls = 0
         self._lock = threading.Lock()
 
@@ -259,7 +271,10 @@ class SiteClient:
         if not response.admitted:
             raise AdmissionRefused(tuple(response.reasons))
         try:
-            claims = verify_credential(response.credential, aggregator_keys.ed25519, now=datetime.now(timezone.utc))
+            claims = verify_credential(response.credential, aggregator_keys.ed25519, now=datetime.now(timezone.utc),
+                                       max_clock_skew=self.max_clock_skew)
+        except ClockSkewError as exc:
+            raise ClockSkew(str(exc)) from None
         except CredentialError as exc:
             raise AggregatorNotTrusted(f"the session credential is not signed by the attested aggregator key: {exc}") from None
         if claims.session_id != response.session_id or claims.site_id != self.site_id or claims.site_x25519 != public.x25519:
@@ -293,11 +308,39 @@ class SiteClient:
             raise AggregatorNotTrusted(f"the aggregator's answer is not authentic: {exc}") from None
         return message_type.FromString(plaintext)
 
-    def task(self, known_tree_size: int = 0) -> pb.TaskResponse:
+    def task(self) -> pb.TaskResponse:
+        """The current task; its signed tree head must extend the last one this site saw."""
         session, call, metadata = self._next_call()
-        sealed = self.stub.GetTask(self._sealed(session, "GetTask", call, pb.TaskRequest(known_tree_size=known_tree_size)),
+        known = self.tree_head.tree_size if self.tree_head is not None else 0
+        sealed = self.stub.GetTask(self._sealed(session, "GetTask", call, pb.TaskRequest(known_tree_size=known)),
                                    metadata=metadata, timeout=self.timeout)
-        return self._open(session, "GetTask", call, sealed, pb.TaskResponse)
+        task = self._open(session, "GetTask", call, sealed, pb.TaskResponse)
+        self._check_tree_head(session, task.tree_head, list(task.consistency))
+        return task
+
+    def _check_tree_head(self, session: JoinedSession, encoded: bytes, proof: list[bytes]) -> None:
+        """Keep the aggregator's signed tree head if it is its own and extends the last one seen:
+        a log that shrank, forked or was rolled back (a restored disk snapshot) stops the site."""
+        if not encoded:
+            return  # an aggregator without an audit log (in-process tests) shows no head
+        try:
+            head = TreeHead.from_map(cbor2.loads(encoded))
+        except (ValueError, cbor2.CBORDecodeError) as exc:
+            raise AggregatorNotTrusted(f"the aggregator's audit tree head is malformed: {exc}") from None
+        if head.key != session.aggregator_keys.ed25519 or not head.signature_valid():
+            raise AggregatorNotTrusted("the audit tree head is not signed by the attested aggregator key")
+        known = self.tree_head
+        if known is not None:
+            if head.tree_size < known.tree_size:
+                raise AggregatorNotTrusted(f"rollback: the aggregator's audit log has {head.tree_size} entries, fewer than the "
+                                           f"{known.tree_size} this site saw signed (its disk was restored from an older state)")
+            if head.tree_size == known.tree_size and head.root_hash != known.root_hash:
+                raise AggregatorNotTrusted(f"the aggregator's audit log forked: two different roots for {head.tree_size} entries")
+            if head.tree_size > known.tree_size and not verify_consistency(known.tree_size, head.tree_size, known.root_hash,
+                                                                          head.root_hash, proof):
+                raise AggregatorNotTrusted(f"the aggregator's audit log of {head.tree_size} entries does not extend the "
+                                           f"{known.tree_size} entries this site saw (rewritten or rolled back)")
+        self.tree_head = head
 
     def download_model(self, round_number: int, spec: ModelSpec) -> dict[str, np.ndarray]:
         session, call, metadata = self._next_call()
@@ -339,6 +382,10 @@ class SiteClient:
         response = self._open(session, "UploadUpdate", call, sealed, pb.UploadReceipt)
         receipt = Receipt(response.round, response.attempt, response.site_id, response.update_sha256, response.weight,
                           response.accepted_unix_ms, session.claims.session_id, response.call, response.signature, response.tree_head)
+        if response.tree_head:
+            head = TreeHead.from_map(cbor2.loads(response.tree_head)) if response.tree_head else None
+            if head is None or head.key != session.aggregator_keys.ed25519 or not head.signature_valid():
+                raise AggregatorNotTrusted("the receipt's audit tree head is not signed by the attested aggregator key")
         expected = (round_number, attempt, self.site_id, digest, float(weight), call)
         got = (receipt.round, receipt.attempt, receipt.site_id, receipt.update_sha256, receipt.weight, receipt.call)
         if got != expected:
@@ -355,5 +402,5 @@ class SiteClient:
         self._open(session, "ReportMetrics", call, sealed, pb.MetricsAck)
 
 
-__all__ = ["AdmissionRefused", "AggregatorNotTrusted", "AggregatorUnreachable", "AppAttestEvidence", "Receipt", "SiteClient",
+__all__ = ["AdmissionRefused", "AggregatorNotTrusted", "AggregatorUnreachable", "ClockSkew", "AppAttestEvidence", "Receipt", "SiteClient",
            "SiteError", "SitePolicyError", "admit_request", "require_measurement_pins", "unpinned_platforms"]

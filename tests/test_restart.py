@@ -105,7 +105,7 @@ def test_aggregator_killed_mid_round_and_restarted(tmp_path: Path) -> None:
                 break
             time.sleep(0.1)
         else:
-            raise AssertionError("round 2 never started")
+            raise AssertionError(f"round 2 never started: {results}")
         first.process.kill()  # SIGKILL mid-round: round 2 has one of its two updates
         first.process.wait()
         (tmp_path / "first.stderr").write_bytes(first.stderr_path.read_bytes())
