@@ -394,7 +394,9 @@ class LogStore:
         """Undo a failed append: files back to their sizes before it, the tree too; fail stop."""
         self.tree.truncate(index)
         undone: list[str] = []
-        heads_durable = self._cut(self._heads_fd, self._heads_end, HEADS_FILE, undone)
+        heads_durable = True
+        if stage in ("head write", "head fsync"):  # earlier, no byte of this append reached heads.log
+            heads_durable = self._cut(self._heads_fd, self._heads_end, HEADS_FILE, undone)
         if heads_durable:  # only then may the entry go: a surviving head must not cover a missing entry
             self._cut(self._entries_fd, self._entries_end, ENTRIES_FILE, undone)
         else:
@@ -406,13 +408,33 @@ class LogStore:
                                                               "error": _describe(exc), "rollback": rollback}})
 
     def _cut(self, fd: int, size: int, name: str, undone: list[str]) -> bool:
+        """Truncate to ``size`` and make it durable; False (and why, in ``undone``) if not."""
         try:
             if os.fstat(fd).st_size != size:
                 os.ftruncate(fd, size)
-            if self._fsync:
-                os.fsync(fd)
         except OSError as exc:
-            undone.append(f"{name}: {_describe(exc)}")
+            undone.append(f"{name}: truncate: {_describe(exc)}")
+            return False
+        if not self._fsync:
+            return True
+        try:
+            os.fsync(fd)
+            return True
+        except OSError as exc:
+            first = _describe(exc)
+        # Once more through a new open file of the same inode: some file systems (NFS, FUSE)
+        # keep an error on the open file that failed, and the truncation may still be durable.
+        try:
+            fresh = os.open(self.directory / name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                same, info = os.fstat(fresh), os.fstat(fd)
+                if (same.st_dev, same.st_ino) != (info.st_dev, info.st_ino):
+                    raise OSError(errno.ESTALE, "the file was replaced")
+                os.fsync(fresh)
+            finally:
+                os.close(fresh)
+        except OSError as exc:
+            undone.append(f"{name}: fsync: {first}, then {_describe(exc)}")
             return False
         return True
 
