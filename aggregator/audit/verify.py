@@ -684,7 +684,9 @@ def prove_receipt(directory: str | Path, *, site: str, round_number: int, update
             continue
         if not isinstance(data, dict) or data.get("kind") != "update_accepted":
             continue
-        f = data.get("fields") or {}
+        f = data.get("fields")
+        if not isinstance(f, dict):
+            continue
         if f.get("site") == site and f.get("round") == round_number and str(f.get("update_sha256", "")).lower() == update_sha256.lower():
             found = index
             break
