@@ -4,6 +4,7 @@ it can read; every file it reads is checked (regular file, size bound) before re
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures
 import hashlib
 import io
@@ -138,6 +139,22 @@ def test_an_admission_with_other_evidence_is_named_by_entry(tmp_path: Path) -> N
     for index, prefix in cases.items():
         assert any(i == index and check.startswith(prefix) for i, check in named), (index, sorted(named))
     assert not any(check.startswith("head.") for _, check in named)  # the log itself is intact
+    # The same verdict from inside a running event loop (App Attest verification runs its own loop).
+
+    def in_a_running_loop() -> Verification:
+        loop = asyncio.new_event_loop()
+
+        async def call() -> Verification:
+            return verify_log(fed.log_dir, fed.auditor_policy())
+
+        try:
+            return loop.run_until_complete(call())
+        finally:
+            loop.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        again = pool.submit(in_a_running_loop).result(timeout=120)
+    assert [(p.index, p.check) for p in again.problems] == [(p.index, p.check) for p in result.problems]
     code, out, err = _verify_cli(fed.log_dir, tmp_path / "policy.toml")
     report = json.loads(out)
     assert code == 1 and report["valid"] is False and report["first_problem"]["index"] == min(cases)

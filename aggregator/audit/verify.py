@@ -42,6 +42,7 @@ unusable (:class:`UnusableLog`, exit 2), naming the file.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -585,12 +586,22 @@ def _check_admission(result: Verification, entry: Entry, policies: dict[str, Adm
         key_id = f.get("app_attest_key_id") or b""
         if not isinstance(key_id, bytes):
             raise TypeError("app_attest_key_id is not bytes")
+        evidence_format = _text(f, "evidence_format")
+        challenge_reason = _reason_from_text(challenge_reasons[0]) if challenge_reasons else None
+        challenge, x25519, ed25519 = _bytes(f, "challenge"), _bytes(f, "x25519"), _bytes(f, "ed25519")
+
+        def rerun() -> Any:
+            return appraise_site(policy, site_id=site, challenge_reason=challenge_reason, challenge=challenge, x25519=x25519,
+                                 ed25519=ed25519, evidence_format=evidence_format, evidence=evidence, app_attest_key_id=key_id, at=at)
+
         try:
-            recomputed = appraise_site(
-                policy, site_id=site, challenge_reason=_reason_from_text(challenge_reasons[0]) if challenge_reasons else None,
-                challenge=_bytes(f, "challenge"), x25519=_bytes(f, "x25519"), ed25519=_bytes(f, "ed25519"),
-                evidence_format=_text(f, "evidence_format"), evidence=evidence, app_attest_key_id=key_id, at=at,
-            )
+            # App Attest verification runs its own event loop (asyncio.run): on a worker thread it
+            # neither fails inside a caller's running loop nor clears the caller's thread's loop.
+            if evidence_format == "app-attest":
+                with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="attestfl-verify") as pool:
+                    recomputed = pool.submit(rerun).result()
+            else:
+                recomputed = rerun()
         except Exception as exc:  # noqa: BLE001 - logged evidence of any shape is a Problem, never a crash
             result.add(Problem(i, "admission.evidence", f"site {site!r}: the logged evidence cannot be appraised again "
                                f"({type(exc).__name__}: {str(exc)[:300]}): it is not what the site presented"))
