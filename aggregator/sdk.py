@@ -60,22 +60,18 @@ class SiteState:
     directory: Path
 
     def load_tree_head(self) -> Any:
-        import cbor2
-
-        from .audit.log import TreeHead
+        from .audit.heads import HeadError, TreeHead
 
         path = self.directory / "tree-head.cbor"
         if not path.exists():
             return None
         try:
-            return TreeHead.from_map(cbor2.loads(path.read_bytes()[:4096]))
-        except (ValueError, cbor2.CBORDecodeError) as exc:
-            raise SiteError(f"{path}: the kept audit tree head is unreadable ({exc}); move it away only if you know why") from None
+            return TreeHead.from_bytes(path.read_bytes()[:4096])
+        except HeadError as exc:
+            raise SiteError(f"{path}: the kept audit tree head is unusable ({exc}); move it away only if you know why") from None
 
     def save_tree_head(self, head: Any) -> None:
-        import cbor2
-
-        self._write(self.directory / "tree-head.cbor", cbor2.dumps(head.to_cbor_map(), canonical=True))
+        self._write(self.directory / "tree-head.cbor", head.to_bytes())
 
     def append_receipt(self, receipt: Any) -> None:
         import json

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
 
-import cbor2
 import grpc
 import numpy as np
 
@@ -29,8 +28,7 @@ from enclave.attester import Attester, make_bundle
 from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys, verify_enclave_signature
 
-from .audit.log import TreeHead
-from .audit.merkle import verify_consistency
+from .audit.heads import HeadError, HeadInconsistent, TreeHead, verify_consistency
 from .credential import DEFAULT_MAX_CLOCK_SKEW, ClockSkewError, CredentialError, SessionClaims, verify_credential
 from .protocol import (
     CALL_HEADER,
@@ -324,22 +322,16 @@ class SiteClient:
         if not encoded:
             return  # an aggregator without an audit log (in-process tests) shows no head
         try:
-            head = TreeHead.from_map(cbor2.loads(encoded))
-        except (ValueError, cbor2.CBORDecodeError) as exc:
-            raise AggregatorNotTrusted(f"the aggregator's audit tree head is malformed: {exc}") from None
-        if head.key != session.aggregator_keys.ed25519 or not head.signature_valid():
-            raise AggregatorNotTrusted("the audit tree head is not signed by the attested aggregator key")
-        known = self.tree_head
-        if known is not None:
-            if head.tree_size < known.tree_size:
-                raise AggregatorNotTrusted(f"rollback: the aggregator's audit log has {head.tree_size} entries, fewer than the "
-                                           f"{known.tree_size} this site saw signed (its disk was restored from an older state)")
-            if head.tree_size == known.tree_size and head.root_hash != known.root_hash:
-                raise AggregatorNotTrusted(f"the aggregator's audit log forked: two different roots for {head.tree_size} entries")
-            if head.tree_size > known.tree_size and not verify_consistency(known.tree_size, head.tree_size, known.root_hash,
-                                                                          head.root_hash, proof):
-                raise AggregatorNotTrusted(f"the aggregator's audit log of {head.tree_size} entries does not extend the "
-                                           f"{known.tree_size} entries this site saw (rewritten or rolled back)")
+            head = TreeHead.from_bytes(encoded, key=session.aggregator_keys.ed25519)
+        except HeadError as exc:
+            raise AggregatorNotTrusted(f"the aggregator's audit tree head is not usable: {exc}") from None
+        if self.tree_head is not None:
+            try:
+                verify_consistency(self.tree_head, head, proof)
+            except HeadInconsistent as exc:
+                raise AggregatorNotTrusted(f"rollback or fork of the aggregator's audit log: {exc}") from None
+            except HeadError as exc:
+                raise AggregatorNotTrusted(f"the aggregator's audit log does not extend the head this site kept: {exc}") from None
         self.tree_head = head
 
     def download_model(self, round_number: int, spec: ModelSpec) -> dict[str, np.ndarray]:
@@ -383,9 +375,10 @@ class SiteClient:
         receipt = Receipt(response.round, response.attempt, response.site_id, response.update_sha256, response.weight,
                           response.accepted_unix_ms, session.claims.session_id, response.call, response.signature, response.tree_head)
         if response.tree_head:
-            head = TreeHead.from_map(cbor2.loads(response.tree_head)) if response.tree_head else None
-            if head is None or head.key != session.aggregator_keys.ed25519 or not head.signature_valid():
-                raise AggregatorNotTrusted("the receipt's audit tree head is not signed by the attested aggregator key")
+            try:
+                TreeHead.from_bytes(response.tree_head, key=session.aggregator_keys.ed25519)
+            except HeadError as exc:
+                raise AggregatorNotTrusted(f"the receipt's audit tree head is not usable: {exc}") from None
         expected = (round_number, attempt, self.site_id, digest, float(weight), call)
         got = (receipt.round, receipt.attempt, receipt.site_id, receipt.update_sha256, receipt.weight, receipt.call)
         if got != expected:

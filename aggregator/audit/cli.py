@@ -1,7 +1,10 @@
 """``attestfl audit ...``: the auditor's and the sites' commands on an audit log directory.
 
 Exit status: 0 valid (verify, report) or included (prove); 1 tampered, inconsistent or
-not included; 2 unusable input (no log, unreadable policy or head file).
+not included; 2 unusable input (no log, unreadable policy or head file). With ``--json``
+one JSON object is printed in every case (on exit 2: ``{"valid": null, "error": ...}``).
+Every file these commands read must be a regular file under a size limit (a FIFO or a
+device is refused, naming it); errors are one line, never a traceback.
 """
 from __future__ import annotations
 
@@ -9,12 +12,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from .heads import TreeHead
 
 from attestation.errors import PolicyError
-from attestation.policy import Policy
+from attestation.policy import MAX_POLICY_BYTES, Policy
 
 EXIT_OK, EXIT_BAD, EXIT_UNUSABLE = 0, 1, 2
+MAX_HEAD_JSON_BYTES = 64 * 1024
+
+
+class InputError(Exception):
+    """A file given to an audit command cannot be used (the message names it)."""
 
 
 def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -59,8 +70,45 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
     report.set_defaults(handler=run_report)
 
 
+def _read_input(path: str, limit: int, what: str) -> bytes:
+    from .log import AuditFileError, read_regular_file
+
+    try:
+        return read_regular_file(path, limit, what)
+    except FileNotFoundError:
+        raise InputError(f"{what} {path}: no such file") from None
+    except AuditFileError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _policy(path: str | None) -> Policy:
-    return Policy() if path is None else Policy.load(path)
+    if path is None:
+        return Policy()
+    data = _read_input(path, MAX_POLICY_BYTES, "policy file")
+    try:
+        return Policy.from_toml(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"policy file {path} is not UTF-8 text") from None
+    except PolicyError as exc:
+        raise InputError(f"policy file {path}: {exc}") from None
+
+
+def _head_file(path: str) -> "TreeHead":
+    from .heads import TreeHead
+
+    data = _read_input(path, MAX_HEAD_JSON_BYTES, "tree head file")
+    try:
+        return TreeHead.from_map(json.loads(data.decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise InputError(f"tree head file {path}: not a tree head ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _fail(args: argparse.Namespace, message: str, err: TextIO, out: TextIO) -> int:
+    message = " ".join(message.split())  # one line
+    if getattr(args, "json", False):
+        print(json.dumps({"valid": None, "log": str(args.log_dir), "error": message}), file=out)
+    print(f"attestfl: error: {message}", file=err)
+    return EXIT_UNUSABLE
 
 
 def run_verify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -69,9 +117,10 @@ def run_verify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO 
     out, err = out or sys.stdout, err or sys.stderr
     try:
         result = verify_log(args.log_dir, _policy(args.policy))
-    except (UnusableLog, PolicyError) as exc:
-        print(f"attestfl: error: {exc}", file=err)
-        return EXIT_UNUSABLE
+    except (UnusableLog, InputError) as exc:
+        return _fail(args, str(exc), err, out)
+    except Exception as exc:  # noqa: BLE001 - a verifier bug is reported in one line, never a traceback
+        return _fail(args, f"internal error while verifying: {type(exc).__name__}: {exc}", err, out)
     if args.json:
         print(json.dumps(result.to_json()), file=out)
     elif result.valid:
@@ -88,20 +137,19 @@ def run_verify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO 
 
 
 def run_prove(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    from .log import TreeHead
     from .verify import UnusableLog, prove_receipt
 
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        head = None
-        if args.head:
-            head = TreeHead.from_map(json.loads(Path(args.head).read_text(encoding="utf-8")))
-        key = bytes.fromhex(args.key) if args.key else None
+        head = _head_file(args.head) if args.head else None
+        try:
+            key = bytes.fromhex(args.key) if args.key else None
+        except ValueError:
+            raise InputError(f"--key {args.key[:80]!r} is not hex") from None
         result = prove_receipt(args.log_dir, site=args.site, round_number=args.round, update_sha256=args.update_sha256,
                                head=head, key=key)
-    except (UnusableLog, OSError, ValueError) as exc:
-        print(f"attestfl: error: {exc}", file=err)
-        return EXIT_UNUSABLE
+    except (UnusableLog, InputError) as exc:
+        return _fail(args, str(exc), err, out)
     print(json.dumps(result.to_json()) if args.json else ("included: " if result.included else "NOT INCLUDED: ") + result.message, file=out)
     return EXIT_OK if result.included else EXIT_BAD
 
@@ -113,8 +161,7 @@ def run_head(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
     try:
         _, heads, _, _, _ = read_log(args.log_dir)
     except UnusableLog as exc:
-        print(f"attestfl: error: {exc}", file=err)
-        return EXIT_UNUSABLE
+        return _fail(args, str(exc), err, out)
     if not heads:
         print(f"attestfl: error: {args.log_dir}: no signed tree head", file=err)
         return EXIT_UNUSABLE
@@ -130,8 +177,9 @@ def run_report(args: argparse.Namespace, out: TextIO | None = None, err: TextIO 
     try:
         result = verify_log(args.log_dir, _policy(args.policy))
         Path(args.output).write_text(render_report(result), encoding="utf-8")
-    except (UnusableLog, PolicyError, OSError) as exc:
-        print(f"attestfl: error: {exc}", file=err)
-        return EXIT_UNUSABLE
+    except (UnusableLog, InputError) as exc:
+        return _fail(args, str(exc), err, out)
+    except OSError as exc:
+        return _fail(args, f"cannot write the report {args.output}: {exc.strerror or exc}", err, out)
     print(f"{'valid' if result.valid else 'INVALID'}: report written to {args.output}", file=out)
     return EXIT_OK if result.valid else EXIT_BAD

@@ -16,6 +16,16 @@ A run begins with :meth:`AuditLog.begin`:
 
 Every later head is signed by this run's key; the verifier accepts a head only from the key
 bound by the latest start/handover entry it covers.
+
+**The contract of** :meth:`AuditLog.record`: ``record`` returns only when the entry and its
+head are durable (written and fsynced); if it raises, the event must be treated as not
+having happened. So the caller records *before* it applies the state change the event
+describes (admits the site, signs and returns the receipt, publishes the round's model,
+seals the checkpoint) and applies nothing when ``record`` raises. After a failed append the
+log is rolled back to its last acknowledged entry and refuses every later ``record`` with
+:class:`~aggregator.audit.log.AuditLogUnavailable` (fail stop) until it is reopened: the
+aggregator stops serving and exits; a restart (once the disk has room again) reopens the
+log, recovers any torn tail and continues it with a ``handover`` entry.
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ from attestation.abi.bundle import encode_bundle
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeys
 
-from .log import AuditLogError, LogStore, TreeHead, key_binding_nonce
+from .log import AuditLogError, AuditLogUnavailable, LogStore, TreeHead, key_binding_nonce
 from .records import admission_policy_record, plain
 
 LOG = logging.getLogger("attestfl.aggregator.audit")
@@ -57,8 +67,21 @@ class AuditLog:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
+    @property
+    def available(self) -> bool:
+        """False once an append failed: every later one is refused until the log is reopened."""
+        return self.store.failed is None
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        """RFC 9162 consistency proof from the size of a head a site kept to ``new_size``
+        (default: that of :attr:`last_head`); ValueError if a size is out of range."""
+        return self.store.consistency_proof(old_size, new_size)
+
     def append(self, kind: str, fields: dict[str, Any]) -> int:
-        """Append one entry (raises :class:`AuditLogError` if the disk refuses)."""
+        """Append one entry; returns only when it and its head are durable.
+
+        :class:`AuditLogUnavailable` if this or an earlier append failed (fail stop);
+        :class:`AuditLogError` if the entry cannot be encoded (nothing written)."""
         index, _ = self.store.append(kind, self._now_ms(), plain(fields), key=self.keys.public.ed25519, sign=self.keys.sign)
         return index
 
@@ -67,7 +90,7 @@ class AuditLog:
         """Log this run's evidence (start or handover) and its configuration."""
         previous = self.store.last_head
         size = self.store.size
-        nonce = key_binding_nonce(size, self.store.frontier.root())
+        nonce = key_binding_nonce(size, self.store.root())
         bundle = make_bundle(attester, self.keys, nonce, gpu=gpu)
         fields: dict[str, Any] = {"evidence": encode_bundle(bundle), "ed25519": self.keys.public.ed25519,
                                   "x25519": self.keys.public.x25519, "tee": tee, "build": build,
@@ -83,15 +106,20 @@ class AuditLog:
         self.append("config", config)
 
     def record(self, kind: str, **fields: Any) -> None:
-        if self.forward is not None:
-            self.forward.record(kind, **fields)
+        """Log an event; returns only when it is durable. If it raises (:class:`AuditLogError`)
+        the event must be treated as not having happened (module docstring); after
+        :class:`AuditLogUnavailable` every later call raises it too."""
         try:
             self.append(kind, fields)
-        except (AuditLogError, OSError) as exc:
-            # The event happened; that it could not be logged is itself reported loudly.
+        except AuditLogError as exc:
             self.failed = f"{kind}: {exc}"
             LOG.error("audit log append failed", extra={"fields": {"event": kind, "error": str(exc)}})
+            if self.forward is not None:
+                self.forward.record("audit_log_failed", event=kind, error=str(exc),
+                                    fail_stop=isinstance(exc, AuditLogUnavailable))
             raise
+        if self.forward is not None:
+            self.forward.record(kind, **fields)
 
     def close(self) -> None:
         self.store.close()

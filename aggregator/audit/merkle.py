@@ -7,15 +7,18 @@ of ``n`` leaves splits at ``k``, the largest power of two below ``n``. Here:
 * :func:`root` — MTH over leaf hashes (§2.1.1);
 * :func:`inclusion_proof` / :func:`verify_inclusion` — PATH (§2.1.3);
 * :func:`consistency_proof` / :func:`verify_consistency` — PROOF (§2.1.4);
-* :class:`Frontier` — the incremental form the appending log keeps: the roots of the
-  perfect subtrees of the tree so far (O(log n) per append).
+* :class:`Frontier` — the incremental root: the roots of the perfect subtrees of the tree
+  so far (O(log n) per append);
+* :class:`Tree` — what the appending log keeps: every perfect, aligned subtree's hash, so
+  roots of any earlier size and inclusion and consistency proofs cost O(log n) hashes
+  (O(log² n) at worst), and a failed append is undone by :meth:`Tree.truncate`.
 
 Functions work on *leaf hashes* (32 bytes each), so callers hash each entry once.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 HASH_SIZE = 32
 LEAF_PREFIX = b"\x00"
@@ -55,44 +58,54 @@ def _subtree_root(leaves: Sequence[bytes], start: int, end: int) -> bytes:
 
 def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
     """PATH(index, D[n]): the audit path of leaf ``index`` in the tree of all ``leaves``."""
-    if not 0 <= index < len(leaves):
-        raise ValueError(f"leaf {index} is not in a tree of {len(leaves)} leaves")
-    path: list[bytes] = []
-    start, end, m = 0, len(leaves), index
-    while end - start > 1:
-        k = _split(end - start)
-        if m < k:
-            path.append(_subtree_root(leaves, start + k, end))
-            end = start + k
-        else:
-            path.append(_subtree_root(leaves, start, start + k))
-            start, m = start + k, m - k
-    return path[::-1]
+    return _inclusion_proof(index, len(leaves), lambda start, end: _subtree_root(leaves, start, end))
 
 
 def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:
     """PROOF(old_size, D[n]): proves the tree of ``old_size`` leaves is a prefix of this one."""
-    n = len(leaves)
+    return _consistency_proof(old_size, len(leaves), lambda start, end: _subtree_root(leaves, start, end))
+
+
+SubtreeRoot = Callable[[int, int], bytes]
+
+
+def _inclusion_proof(index: int, n: int, subtree: SubtreeRoot) -> list[bytes]:
+    if not 0 <= index < n:
+        raise ValueError(f"leaf {index} is not in a tree of {n} leaves")
+    path: list[bytes] = []
+    start, end, m = 0, n, index
+    while end - start > 1:
+        k = _split(end - start)
+        if m < k:
+            path.append(subtree(start + k, end))
+            end = start + k
+        else:
+            path.append(subtree(start, start + k))
+            start, m = start + k, m - k
+    return path[::-1]
+
+
+def _consistency_proof(old_size: int, n: int, subtree: SubtreeRoot) -> list[bytes]:
     if not 0 <= old_size <= n:
         raise ValueError(f"no consistency proof from size {old_size} to size {n}")
     if old_size in (0, n):
         return []
     proof: list[bytes] = []
-
-    def subproof(m: int, start: int, end: int, complete: bool) -> None:
-        if m == end - start:
-            if not complete:
-                proof.append(_subtree_root(leaves, start, end))
-            return
+    # SUBPROOF(m, D[start:end], complete), RFC 9162 §2.1.4.1, iteratively: the nodes are
+    # collected top-down and emitted bottom-up.
+    stack: list[bytes] = []
+    m, start, end, complete = old_size, 0, n, True
+    while m != end - start:
         k = _split(end - start)
         if m <= k:
-            subproof(m, start, start + k, complete)
-            proof.append(_subtree_root(leaves, start + k, end))
+            stack.append(subtree(start + k, end))
+            end = start + k
         else:
-            subproof(m - k, start + k, end, False)
-            proof.append(_subtree_root(leaves, start, start + k))
-
-    subproof(old_size, 0, n, True)
+            stack.append(subtree(start, start + k))
+            m, start, complete = m - k, start + k, False
+    if not complete:
+        proof.append(subtree(start, end))
+    proof.extend(reversed(stack))
     return proof
 
 
@@ -175,3 +188,75 @@ class Frontier:
         for _, left in reversed(self._nodes[:-1]):
             node = node_hash(left, node)
         return node
+
+
+class Tree:
+    """An append-only tree that keeps the hash of every perfect, aligned subtree.
+
+    ``levels[h][j]`` is the root of leaves ``j * 2**h .. (j + 1) * 2**h - 1``; the leaf
+    hashes themselves are ``levels[0]``. About 2n hashes in memory for n leaves.
+    """
+
+    __slots__ = ("levels",)
+
+    def __init__(self, leaves: Sequence[bytes] = ()) -> None:
+        self.levels: list[list[bytes]] = [[]]
+        for leaf in leaves:
+            self.append(leaf)
+
+    @property
+    def size(self) -> int:
+        return len(self.levels[0])
+
+    @property
+    def leaves(self) -> list[bytes]:
+        return self.levels[0]
+
+    def append(self, leaf: bytes) -> None:
+        self.levels[0].append(leaf)
+        height = 0
+        while len(self.levels[height]) % 2 == 0:
+            level = self.levels[height]
+            if height + 1 == len(self.levels):
+                self.levels.append([])
+            self.levels[height + 1].append(node_hash(level[-2], level[-1]))
+            height += 1
+
+    def truncate(self, size: int) -> None:
+        """Forget every leaf from ``size`` on (undoes appends)."""
+        if not 0 <= size <= self.size:
+            raise ValueError(f"cannot truncate a tree of {self.size} leaves to {size}")
+        for height, level in enumerate(self.levels):
+            del level[size >> height:]
+        while len(self.levels) > 1 and not self.levels[-1]:
+            self.levels.pop()
+
+    def subtree_root(self, start: int, end: int) -> bytes:
+        """MTH of leaves ``start .. end - 1`` where ``start`` is a multiple of the largest
+        power of two below ``end - start`` (every subtree RFC 9162's definitions visit is)."""
+        if end - start == 0:
+            return EMPTY_ROOT
+        width = end - start
+        if width & (width - 1) == 0 and start % width == 0:
+            return self.levels[width.bit_length() - 1][start // width]
+        k = _split(width)
+        return node_hash(self.subtree_root(start, start + k), self.subtree_root(start + k, end))
+
+    def root(self, size: int | None = None) -> bytes:
+        """MTH of the first ``size`` leaves (default: all)."""
+        size = self.size if size is None else size
+        if not 0 <= size <= self.size:
+            raise ValueError(f"no root of size {size} in a tree of {self.size} leaves")
+        return self.subtree_root(0, size)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        size = self.size if size is None else size
+        if size > self.size:
+            raise ValueError(f"no tree of size {size}: the tree has {self.size} leaves")
+        return _inclusion_proof(index, size, self.subtree_root)
+
+    def consistency_proof(self, old_size: int, size: int | None = None) -> list[bytes]:
+        size = self.size if size is None else size
+        if size > self.size:
+            raise ValueError(f"no tree of size {size}: the tree has {self.size} leaves")
+        return _consistency_proof(old_size, size, self.subtree_root)

@@ -52,17 +52,22 @@ def _list(items: Iterable[str]) -> str:
     return "<ul>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>" if items else '<span class="muted">none</span>'
 
 
+def _map(value: Any) -> dict[Any, Any]:
+    """A logged value that should be a map, or an empty one (the verifier reported it)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _summary(kind: str, fields: dict[str, Any]) -> str:
     if kind == "admission":
         return f"site {fields.get('site')}: {'admitted' if fields.get('admitted') else 'refused'}"
     if kind in ("update_accepted", "metrics"):
         return f"site {fields.get('site')}, round {fields.get('round')}"
     if kind == "round":
-        return f"round {fields.get('round')}: {len(fields.get('participants') or {})} participant(s), model {str(fields.get('model_sha256'))[:16]}…"
+        return f"round {fields.get('round')}: {len(_map(fields.get('participants')))} participant(s), model {str(fields.get('model_sha256'))[:16]}…"
     if kind in ("session", "update_refused"):
         return f"site {fields.get('site')}" + (f": {fields.get('reason')}" if "reason" in fields else "")
     if kind == "config":
-        return f"aggregator.toml sha256 {str(fields.get('aggregator_toml_sha256'))[:16]}…, policy {(fields.get('admission') or {}).get('policy_id')}"
+        return f"aggregator.toml sha256 {str(fields.get('aggregator_toml_sha256'))[:16]}…, policy {_map(fields.get('admission')).get('policy_id')}"
     if kind in ("aggregator_start", "handover"):
         key = fields.get("ed25519")
         return f"log key {key.hex() if isinstance(key, bytes) else key}"
@@ -92,7 +97,7 @@ def render_report(result: Verification) -> str:
     parts.append("<h2>Aggregator (TEE evidence)</h2>")
     rows = []
     for run in result.runs:
-        c = run.claims
+        c = _map(run.claims)
         measurement = c.get("measurement") or c.get("mr_td") or "?"
         tcb = c.get("reported_tcb") or c.get("tee_tcb_svn") or "?"
         if isinstance(tcb, dict):
@@ -109,10 +114,10 @@ def render_report(result: Verification) -> str:
     parts.append("<h2>Configuration</h2>")
     rows = []
     for entry in result.configs:
-        admission = entry.fields.get("admission") or {}
-        task = entry.fields.get("task") or {}
+        admission = _map(entry.fields.get("admission"))
+        task = entry.fields.get("task")
         rows.append([str(entry.index), _e(_time(entry.time)), f"<code>{_e(entry.fields.get('aggregator_toml_sha256'))}</code>",
-                     f"<code>{_e(admission.get('policy_id'))}</code>", _e(", ".join(sorted(admission.get("sites") or {}))),
+                     f"<code>{_e(admission.get('policy_id'))}</code>", _e(", ".join(sorted(str(s) for s in _map(admission.get("sites"))))),
                      _e(_fmt(task)) if task else "—"])
     parts.append(_table(["entry", "time", "aggregator.toml sha256", "attestation policy", "sites allowed", "task"], rows, "configuration"))
 

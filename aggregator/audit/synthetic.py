@@ -121,16 +121,22 @@ class SyntheticFederation:
                         accepted_unix_ms=accepted_ms, session=session.hex(), call=call, receipt_signature=signature.hex())
         return {"weight": weight, "update_sha256": digest.hex(), "norm_before_clip": None}
 
-    def round(self, round_number: int, sites: list[str] | None = None, *, metrics: bool = True) -> None:
+    def round(self, round_number: int, sites: list[str] | None = None, *, metrics: bool = True,
+              epsilon: float | None = None, model_sha256: str | None = None) -> str:
+        """Uploads, metrics and the round entry; returns the model digest logged (``epsilon``:
+        log DP parameters and this epsilon, as a DP task does)."""
         assert self.log is not None
         participants = {s: self.upload(s, round_number) for s in (sites or self.sites)}
         if metrics:
             for site in participants:
                 self.log.record("metrics", site=site, round=round_number, metrics={"loss": self.random.random(), "accuracy": self.random.random()},
                                 examples=self.random.randint(10, 1000))
+        model = model_sha256 or hashlib.sha256(os.urandom(32)).hexdigest()
+        dp = None if epsilon is None else {"clip_norm": 1.0, "noise_multiplier": 1.1, "delta": 1e-5}
         self.log.record("round", round=round_number, attempt=1, participants=participants,
-                        model_sha256=hashlib.sha256(os.urandom(32)).hexdigest(), strategy="fedavg", clip_norm=None, dp=None,
-                        epsilon=None, aggregation_seconds=0.001)
+                        model_sha256=model, strategy="fedavg", clip_norm=None if dp is None else 1.0, dp=dp,
+                        epsilon=epsilon, aggregation_seconds=0.001)
+        return model
 
 
 def write_demo_log(log_dir: Path, sim_dir: Path | None = None, *, sites: int = 3, rounds: int = 3) -> SyntheticFederation:

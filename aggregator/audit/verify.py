@@ -25,10 +25,24 @@ and the auditor's policy, never the aggregator's configuration or keys.
 5. sessions, receipts and rounds: a session or update only for a site admitted in that
    run [session.site, update.site], each receipt signature valid under the run's key
    [update.receipt], each round's participants admitted and each one's update digest and
-   weight those of an accepted, logged receipt [round.participant, round.receipt].
+   weight those of an accepted, logged receipt [round.participant, round.receipt];
+6. rollback of the aggregator's state that the log reveals: a ``restart`` that resumes
+   from a checkpoint behind (or ahead of) the rounds the log closed [restart.round], or
+   whose checkpointed model is not the one the log's last round produced [restart.model];
+   a round closed again without such a restart (the sealed checkpoint was lost or rolled
+   back) [round.order]; a DP ε lower than one the log already recorded [dp.epsilon]; a
+   handover whose previous head is not the validly signed head, by the previous run's key,
+   of the entries before it [handover.previous_head]. A ``no_sealing`` entry (training
+   starts afresh) begins a new training for these checks.
+
+Malformed input never raises: a value of the wrong type, out of range or unparsable in an
+entry or a head is a Problem naming it [entry.decode, head.decode, KIND.fields,
+admission.evidence]; files that are not regular files, or too large, make the log
+unusable (:class:`UnusableLog`, exit 2), naming the file.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,11 +64,23 @@ from attestation.binding import BoundKeys
 from ..admission import AdmissionPolicy, IdentityProof, appraise_site
 from ..protocol import receipt_message
 from . import merkle
-from .log import ENTRIES_FILE, HEADS_FILE, TreeHead, head_message, key_binding_nonce, scan_records
+from .log import (
+    ENTRIES_FILE,
+    HEADS_FILE,
+    MAX_LOG_FILE_BYTES,
+    AuditFileError,
+    TreeHead,
+    head_message,
+    key_binding_nonce,
+    read_regular_file,
+    scan_records,
+)
 from .records import PolicyRecordError, admission_policy_from_record
 
 START_KINDS = ("aggregator_start", "handover")
+CHECKED_KINDS = START_KINDS + ("config", "admission", "session", "update_accepted", "round", "restart", "no_sealing")
 MAX_PROBLEMS = 200
+MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last instant a datetime holds
 
 
 class UnusableLog(Exception):
@@ -199,11 +225,11 @@ class _Keys:
 
 def _read(directory: Path, name: str) -> bytes:
     try:
-        return (directory / name).read_bytes()
+        return read_regular_file(directory / name, MAX_LOG_FILE_BYTES, "audit log file")
     except FileNotFoundError:
         raise UnusableLog(f"{directory}: no {name}: not an attestfl audit log directory") from None
-    except OSError as exc:
-        raise UnusableLog(f"cannot read {directory / name}: {exc.strerror or exc}") from exc
+    except AuditFileError as exc:
+        raise UnusableLog(str(exc)) from None
 
 
 def _decode_entry(position: int, payload: bytes) -> Entry | Problem:
@@ -216,6 +242,8 @@ def _decode_entry(position: int, payload: bytes) -> Entry | Problem:
     index, kind, time_ms, fields_ = data["index"], data["kind"], data["time"], data["fields"]
     if type(index) is not int or not isinstance(kind, str) or type(time_ms) is not int or not isinstance(fields_, dict):
         return Problem(position, "entry.decode", "index, kind, time or fields has the wrong type")
+    if not 0 <= time_ms <= MAX_TIME_MS:
+        return Problem(position, "entry.decode", f"the entry's time {time_ms} is not a unix time in milliseconds up to year 9999")
     if index != position:
         return Problem(position, "entry.index",
                        f"position {position} holds the entry numbered {index}: entries were deleted, inserted or reordered")
@@ -364,7 +392,7 @@ def _check_semantics(result: Verification, entries: list[Entry | None], roots: l
     admitted: dict[str, int] = {}
     receipts: dict[tuple[str, int], Entry] = {}
     policies: dict[str, AdmissionPolicy] = {}
-    last_head_by_size = {h.tree_size: h for h in result.heads}
+    training = _Training()
     for entry in entries:
         if entry is None:
             continue
@@ -372,7 +400,7 @@ def _check_semantics(result: Verification, entries: list[Entry | None], roots: l
         i = entry.index
         try:
             if entry.kind in START_KINDS:
-                run_key = _check_start(result, entry, roots, policy, last_head_by_size)
+                run_key = _check_start(result, entry, roots, policy, run_key)
                 admitted, receipts = {}, {}
             elif run_key is None:
                 result.add(Problem(i, "entry.run", f"a {entry.kind!r} entry before any aggregator_start entry binds a key"))
@@ -399,24 +427,107 @@ def _check_semantics(result: Verification, entries: list[Entry | None], roots: l
                 if f.get("site") not in admitted:
                     result.add(Problem(i, "session.site", f"a session for site {f.get('site')!r}, which no admission in this run admitted"))
             elif entry.kind == "update_accepted":
-                site, round_number = str(f["site"]), int(f["round"])
+                site, round_number = _text(f, "site"), _uint(f, "round")
                 if site not in admitted:
                     result.add(Problem(i, "update.site", f"an update accepted from site {site!r}, which no admission in this run admitted"))
-                message = receipt_message(round_number=round_number, attempt=int(f["attempt"]), site_id=site,
-                                          update_sha256=bytes.fromhex(f["update_sha256"]), weight=float(f["weight"]),
-                                          accepted_unix_ms=int(f["accepted_unix_ms"]), session_id=bytes.fromhex(f["session"]),
-                                          call=int(f["call"]))
-                if not keys.verify(run_key, bytes.fromhex(f["receipt_signature"]), message):
+                message = receipt_message(round_number=round_number, attempt=_uint(f, "attempt"), site_id=site,
+                                          update_sha256=bytes.fromhex(_text(f, "update_sha256")), weight=_number(f, "weight"),
+                                          accepted_unix_ms=_uint(f, "accepted_unix_ms"), session_id=bytes.fromhex(_text(f, "session")),
+                                          call=_uint(f, "call"))
+                if not keys.verify(run_key, bytes.fromhex(_text(f, "receipt_signature")), message):
                     result.add(Problem(i, "update.receipt", f"the receipt of site {site!r} for round {round_number} is not signed by this run's key"))
                 receipts[(site, round_number)] = entry
             elif entry.kind == "round":
-                _check_round(result, entry, admitted, receipts)
-        except (KeyError, TypeError, ValueError, AttributeError, AttestationError) as exc:
-            result.add(Problem(i, f"{entry.kind}.fields", f"the {entry.kind!r} entry lacks a field or has one of the wrong type ({type(exc).__name__}: {exc})"))
+                outcome = _check_round(result, entry, admitted, receipts)
+                training.round(result, outcome)
+            elif entry.kind == "restart":
+                training.restart(result, entry)
+            elif entry.kind == "no_sealing":
+                training = _Training()
+        except Exception as exc:  # noqa: BLE001 - whatever a malformed entry makes a check raise is a Problem
+            kind = entry.kind if entry.kind in CHECKED_KINDS else "entry"
+            result.add(Problem(i, f"{kind}.fields", f"the {entry.kind[:64]!r} entry lacks a field or has one of the wrong type "
+                               f"or out of range ({type(exc).__name__}: {str(exc)[:300]})"))
 
 
-def _check_start(result: Verification, entry: Entry, roots: list[bytes], policy: Policy,
-                 heads_by_size: dict[int, TreeHead]) -> bytes:
+def _text(fields_: dict[str, Any], name: str) -> str:
+    value = fields_[name]
+    if not isinstance(value, str):
+        raise TypeError(f"{name} is not text")
+    return value
+
+
+def _uint(fields_: dict[str, Any], name: str) -> int:
+    value = fields_[name]
+    if type(value) is not int or not 0 <= value < 1 << 63:
+        raise ValueError(f"{name} is not a non-negative 63-bit integer")
+    return value
+
+
+def _number(fields_: dict[str, Any], name: str) -> float:
+    value = fields_[name]
+    if type(value) not in (int, float):
+        raise TypeError(f"{name} is not a number")
+    return float(value)
+
+
+class _Training:
+    """What the log says of one training (from a start, or a no_sealing fresh start): the
+    last round it closed, and the highest DP epsilon recorded; for the rollback checks."""
+
+    def __init__(self) -> None:
+        self.closed: int | None = None  # the last closed round (or where a restart said it resumes, less one)
+        self.last: RoundOutcome | None = None
+        self.epsilon: tuple[float, RoundOutcome] | None = None
+
+    def round(self, result: Verification, outcome: RoundOutcome | None) -> None:
+        if outcome is None:
+            return
+        i = outcome.index
+        if self.closed is not None and outcome.round <= self.closed:
+            where = f" (entry {self.last.index})" if self.last is not None and self.last.round == self.closed else ""
+            result.add(Problem(i, "round.order", f"round {outcome.round} is closed again after the log closed round {self.closed}{where} "
+                               "with no restart from a checkpoint: the aggregator's sealed state was lost or rolled back, "
+                               "and sites' data were aggregated again"))
+        epsilon = outcome.epsilon
+        if epsilon is not None:
+            if type(epsilon) not in (int, float):
+                result.add(Problem(i, "dp.epsilon", f"round {outcome.round}: epsilon {epsilon!r} is not a number"))
+            elif self.epsilon is not None and epsilon < self.epsilon[0]:
+                before, at = self.epsilon
+                result.add(Problem(i, "dp.epsilon", f"round {outcome.round} reports DP epsilon {epsilon:.6g}, below the {before:.6g} the "
+                                   f"log recorded at round {at.round} (entry {at.index}): the privacy accounting was rolled back"))
+            elif epsilon == epsilon:  # not NaN
+                self.epsilon = (float(epsilon), outcome)
+        self.closed = outcome.round if self.closed is None else max(self.closed, outcome.round)
+        self.last = outcome
+
+    def restart(self, result: Verification, entry: Entry) -> None:
+        f, i = entry.fields, entry.index
+        resumed = _uint(f, "resumed_round")
+        if resumed < 1:
+            raise ValueError("resumed_round is below 1")
+        closed = self.closed or 0
+        if resumed <= closed:
+            where = f" (entry {self.last.index})" if self.last is not None else ""
+            result.add(Problem(i, "restart.round", f"the aggregator resumed at round {resumed}, but the log already closed round {closed}{where}: "
+                               "its checkpoint was rolled back (or it stopped between logging that round and sealing its checkpoint); "
+                               f"round(s) {resumed}..{closed} are aggregated again"))
+        elif resumed > closed + 1:
+            result.add(Problem(i, "restart.round", f"the aggregator resumed at round {resumed} from a checkpoint, but the log shows "
+                               f"{'no closed round' if not closed else f'round {closed} as the last closed'}: rounds "
+                               f"{closed + 1}..{resumed - 1} are missing from this log (the log was rolled back, or the "
+                               "checkpoint comes from another log)"))
+        elif self.last is not None and self.last.round == closed:
+            checkpoint = f.get("checkpoint_model_sha256")
+            if checkpoint != self.last.model_sha256:
+                result.add(Problem(i, "restart.model", f"the checkpoint the aggregator resumed from holds model {str(checkpoint)[:80]}, "
+                                   f"not the model {self.last.model_sha256} that round {closed} produced (entry {self.last.index}): "
+                                   "the sealed checkpoint was replaced"))
+        self.closed = resumed - 1
+
+
+def _check_start(result: Verification, entry: Entry, roots: list[bytes], policy: Policy, previous_key: bytes | None) -> bytes:
     f, i = entry.fields, entry.index
     key = _bytes(f, "ed25519")
     if entry.kind == "aggregator_start" and i != 0:
@@ -425,13 +536,17 @@ def _check_start(result: Verification, entry: Entry, roots: list[bytes], policy:
         if i == 0:
             result.add(Problem(i, "handover.kind", "the log begins with a handover, not an aggregator_start"))
         try:
-            previous = TreeHead.from_map(f["previous_head"])
-        except (KeyError, ValueError) as exc:
+            previous = TreeHead.from_map(f.get("previous_head"))
+        except ValueError as exc:
             result.add(Problem(i, "handover.previous_head", f"the handover's previous head is unusable: {exc}"))
         else:
-            if previous.tree_size != i or previous.root_hash != roots[i] or not previous.signature_valid():
-                result.add(Problem(i, "handover.previous_head", "the handover does not name a validly signed head of the "
-                                   f"{i} entries before it (previous head size {previous.tree_size})"))
+            if previous.tree_size != i or previous.root_hash != roots[i]:
+                result.add(Problem(i, "handover.previous_head", f"the handover names a head of {previous.tree_size} entries that is not "
+                                   f"the head of the {i} entries before it: the run continued another log (a rolled-back, "
+                                   "rewritten or forked copy)"))
+            elif not previous.signature_valid() or (previous_key is not None and previous.key != previous_key):
+                result.add(Problem(i, "handover.previous_head", "the handover's previous head is not validly signed by the "
+                                   "previous run's key"))
     claims: dict[str, Any] = {}
     platform = None
     reasons: list[str] = []
@@ -439,49 +554,74 @@ def _check_start(result: Verification, entry: Entry, roots: list[bytes], policy:
         bundle = parse_bundle(_bytes(f, "evidence"))
         platform = bundle.platform
         appraisal = appraise_bundle(bundle, expected_nonce=key_binding_nonce(i, roots[i]), policy=policy, at=entry.when)
-        claims = appraisal.claims
+        claims = appraisal.claims if isinstance(appraisal.claims, dict) else {}
         reasons = [str(r) for r in appraisal.reasons]
         if bundle.keys.ed25519 != key:
             reasons.append("binding.key: the evidence binds another Ed25519 key than the one this entry names")
     except AttestationError as exc:
         reasons.append(f"evidence.format: {exc}")
+    except Exception as exc:  # noqa: BLE001 - evidence of any shape must give a reason, not an exception
+        reasons.append(f"evidence.format: the evidence cannot be parsed or appraised ({type(exc).__name__}: {str(exc)[:200]})")
     if reasons:
         result.add(Problem(i, "aggregator.evidence", "the aggregator's evidence does not bind its log key under the auditor's "
                            "policy: " + "; ".join(reasons)))
-    result.runs.append(AggregatorRun(i, entry.kind, entry.time, key.hex(), platform, claims, tuple(reasons), str(f.get("tee", ""))))
+    result.runs.append(AggregatorRun(i, entry.kind, entry.time, key.hex(), platform, claims, tuple(reasons), str(f.get("tee", ""))[:200]))
     return key
 
 
 def _check_admission(result: Verification, entry: Entry, policies: dict[str, AdmissionPolicy]) -> AdmissionDecision | None:
     f, i = entry.fields, entry.index
-    site = str(f["site"])
-    logged_reasons = tuple(str(r) for r in f["reasons"])
+    site = _text(f, "site")
+    reasons_ = f["reasons"]
+    if not isinstance(reasons_, list) or not all(isinstance(r, str) for r in reasons_):
+        raise TypeError("reasons is not a list of text")
+    logged_reasons = tuple(reasons_)
     logged_admitted = f["admitted"]
     if not isinstance(logged_admitted, bool):
         raise TypeError("admitted is not a boolean")
+    policy_id = _text(f, "policy_id")
     confirmed = False
     if not logged_admitted and "evidence" not in f:
         # Refused before the peer proved the site's identity key: the aggregator logs only
         # digests and bounded fields for those (an unauthenticated peer cannot grow the log by
         # its evidence), so there is nothing to re-run; the refusal stands as logged.
-        return AdmissionDecision(i, entry.time, site, logged_admitted, logged_reasons, f.get("platform"), str(f["policy_id"]), False)
+        return AdmissionDecision(i, entry.time, site, logged_admitted, logged_reasons, _optional_text(f, "platform"), policy_id, False)
     evidence = _bytes(f, "evidence")
     if hashlib.sha256(evidence).hexdigest() != f["evidence_sha256"]:
         result.add(Problem(i, "admission.evidence_sha256", f"site {site!r}: evidence_sha256 is not the digest of the logged evidence"))
-    policy = policies.get(str(f["policy_id"]))
+    policy = policies.get(policy_id)
     if policy is None:
-        result.add(Problem(i, "admission.policy", f"site {site!r} was appraised under policy {f['policy_id']!r}, which no config entry of the log holds"))
+        result.add(Problem(i, "admission.policy", f"site {site!r} was appraised under policy {policy_id!r}, which no config entry of the log holds"))
     else:
         challenge_reasons = [r for r in logged_reasons if r.startswith("admission.challenge: ")]
-        recomputed = appraise_site(
-            policy, site_id=site, challenge_reason=_reason_from_text(challenge_reasons[0]) if challenge_reasons else None,
-            challenge=_bytes(f, "challenge"), x25519=_bytes(f, "x25519"), ed25519=_bytes(f, "ed25519"),
-            evidence_format=str(f["evidence_format"]), evidence=evidence,
-            app_attest_key_id=f.get("app_attest_key_id") or b"", at=datetime.fromisoformat(str(f["at"])),
-            identity=IdentityProof(_bytes(f, "identity_public"), _bytes(f, "identity_signature"), _bytes(f, "identity_certificate"),
-                                   _bytes(f, "aggregator_evidence_sha256")),
-            aggregator=BoundKeys(_bytes(f, "aggregator_x25519"), _bytes(f, "aggregator_ed25519")),
-        )
+        at = datetime.fromisoformat(_text(f, "at"))
+        key_id = f.get("app_attest_key_id") or b""
+        if not isinstance(key_id, bytes):
+            raise TypeError("app_attest_key_id is not bytes")
+        evidence_format = _text(f, "evidence_format")
+        challenge_reason = _reason_from_text(challenge_reasons[0]) if challenge_reasons else None
+        challenge, x25519, ed25519 = _bytes(f, "challenge"), _bytes(f, "x25519"), _bytes(f, "ed25519")
+        identity = IdentityProof(_bytes(f, "identity_public"), _bytes(f, "identity_signature"), _bytes(f, "identity_certificate"),
+                                 _bytes(f, "aggregator_evidence_sha256"))
+        aggregator = BoundKeys(_bytes(f, "aggregator_x25519"), _bytes(f, "aggregator_ed25519"))
+
+        def rerun() -> Any:
+            return appraise_site(policy, site_id=site, challenge_reason=challenge_reason, challenge=challenge, x25519=x25519,
+                                 ed25519=ed25519, evidence_format=evidence_format, evidence=evidence, app_attest_key_id=key_id,
+                                 identity=identity, aggregator=aggregator, at=at)
+
+        try:
+            # App Attest verification runs its own event loop (asyncio.run): on a worker thread it
+            # neither fails inside a caller's running loop nor clears the caller's thread's loop.
+            if evidence_format == "app-attest":
+                with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="attestfl-verify") as pool:
+                    recomputed = pool.submit(rerun).result()
+            else:
+                recomputed = rerun()
+        except Exception as exc:  # noqa: BLE001 - logged evidence of any shape is a Problem, never a crash
+            result.add(Problem(i, "admission.evidence", f"site {site!r}: the logged evidence cannot be appraised again "
+                               f"({type(exc).__name__}: {str(exc)[:300]}): it is not what the site presented"))
+            return AdmissionDecision(i, entry.time, site, logged_admitted, logged_reasons, _optional_text(f, "platform"), policy_id, False)
         again = tuple(str(r) for r in recomputed.reasons)
         if recomputed.admitted != logged_admitted or again != logged_reasons:
             if logged_admitted and not recomputed.admitted:
@@ -493,26 +633,36 @@ def _check_admission(result: Verification, entry: Entry, policies: dict[str, Adm
             result.add(Problem(i, "admission.rerun", why))
         else:
             confirmed = True
-    return AdmissionDecision(i, entry.time, site, logged_admitted, logged_reasons, f.get("platform"), str(f["policy_id"]), confirmed)
+    return AdmissionDecision(i, entry.time, site, logged_admitted, logged_reasons, _optional_text(f, "platform"), policy_id, confirmed)
 
 
-def _check_round(result: Verification, entry: Entry, admitted: dict[str, int], receipts: dict[tuple[str, int], Entry]) -> None:
+def _optional_text(fields_: dict[str, Any], name: str) -> str | None:
+    value = fields_.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _check_round(result: Verification, entry: Entry, admitted: dict[str, int], receipts: dict[tuple[str, int], Entry]) -> RoundOutcome:
     f, i = entry.fields, entry.index
-    round_number = int(f["round"])
+    round_number = _uint(f, "round")
     participants = f["participants"]
-    if not isinstance(participants, dict):
-        raise TypeError("participants is not a map")
+    if not isinstance(participants, dict) or not all(isinstance(p, dict) for p in participants.values()):
+        raise TypeError("participants is not a map of maps")
     for site, part in participants.items():
         if site not in admitted:
             result.add(Problem(i, "round.participant", f"round {round_number} aggregated an update of site {site!r}, which was not admitted in this run"))
         receipt = receipts.get((site, round_number))
         if receipt is None:
             result.add(Problem(i, "round.receipt", f"round {round_number}: site {site!r} has no logged, accepted update receipt"))
-        elif receipt.fields.get("update_sha256") != part.get("update_sha256") or float(receipt.fields.get("weight")) != float(part.get("weight")):
+        elif receipt.fields.get("update_sha256") != part.get("update_sha256") or _number(receipt.fields, "weight") != _number(part, "weight"):
             result.add(Problem(i, "round.receipt", f"round {round_number}: site {site!r}'s update digest or weight is not the one its receipt "
                                f"(entry {receipt.index}) acknowledges"))
-    result.rounds.append(RoundOutcome(i, entry.time, round_number, int(f.get("attempt", 1)), participants, str(f["model_sha256"]),
-                                      f.get("strategy"), f.get("clip_norm"), f.get("dp"), f.get("epsilon")))
+    attempt = f.get("attempt", 1)
+    if type(attempt) is not int:
+        raise TypeError("attempt is not an integer")
+    outcome = RoundOutcome(i, entry.time, round_number, attempt, participants, _text(f, "model_sha256"),
+                           f.get("strategy"), f.get("clip_norm"), f.get("dp"), f.get("epsilon"))
+    result.rounds.append(outcome)
+    return outcome
 
 
 # --- a site's check: inclusion of its receipt ------------------------------------------------
@@ -561,7 +711,9 @@ def prove_receipt(directory: str | Path, *, site: str, round_number: int, update
             continue
         if not isinstance(data, dict) or data.get("kind") != "update_accepted":
             continue
-        f = data.get("fields") or {}
+        f = data.get("fields")
+        if not isinstance(f, dict):
+            continue
         if f.get("site") == site and f.get("round") == round_number and str(f.get("update_sha256", "")).lower() == update_sha256.lower():
             found = index
             break
