@@ -80,6 +80,7 @@ class Deployment:
     task: str = ""
     aggregator_extra: str = ""
     listen: str = "127.0.0.1:0"
+    log_dir: str = "audit-log"
     #: Each site's identity key (in memory; pinned in its admission rule unless the rule pins its own).
     identities: dict[str, SiteIdentity] = field(default_factory=dict, repr=False)
 
@@ -141,7 +142,7 @@ class Deployment:
             listen = "{self.listen}"
             tee = "simulated-snp"
             simulated_dir = "{self.sim_dir}"
-            log_dir = "audit-log"
+            log_dir = "{self.log_dir}"
             {self.aggregator_extra}
 
             [admission]
@@ -160,12 +161,14 @@ class Deployment:
         path = self.directory / "aggregator.toml"
         return measure(path.read_bytes() if path.exists() else self.write().read_bytes()).digest
 
-    def start(self, timeout: float = 120.0) -> Aggregator:
+    def start(self, timeout: float = 120.0, prefix: tuple[str, ...] = ()) -> Aggregator:
+        """``attestfl serve`` in its own process (``prefix``: a command to run it under, e.g.
+        ``("faketime", "-f", "+30s")``); returns once it printed its ready line."""
         config = self.write()
         stderr_path = self.directory / "aggregator.stderr"
         stderr = stderr_path.open("wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        process = subprocess.Popen([sys.executable, "-m", "aggregator.cli", "serve", "--config", str(config)],
+        process = subprocess.Popen([*prefix, sys.executable, "-m", "aggregator.cli", "serve", "--config", str(config)],
                                    stdout=subprocess.PIPE, stderr=stderr, cwd=self.directory, env=env)
         deadline = time.time() + timeout
         assert process.stdout is not None
