@@ -6,17 +6,28 @@ Exported: ``attestfl_rounds_completed``, ``attestfl_round`` (the open round),
 ``attestfl_bytes_received_total``, ``attestfl_bytes_sent_total``,
 ``attestfl_updates_accepted_total``, ``attestfl_aggregation_seconds{round}`` and
 ``attestfl_epsilon`` (central DP, when on).
+
+The endpoint is plain, unauthenticated HTTP. It is off unless ``metrics_listen`` is set, and a
+``metrics_listen`` without a host (``":9464"``) binds 127.0.0.1; binding anything but
+loopback is logged as a warning. Scrape it from inside the pod (a sidecar), through
+``kubectl port-forward`` (not into a Kata guest), or behind an authenticating proxy
+(deploy/kubernetes/README.md, "Metrics").
 """
 from __future__ import annotations
 
+import logging
 from typing import Iterator
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 
+from .config import DEFAULT_METRICS_HOST, Endpoint, parse_endpoint
 from .rounds import RoundDriver
 from .service import FederationService
+
+LOG = logging.getLogger("attestfl.aggregator.metrics")
 
 
 class AggregatorCollector(Collector):
@@ -48,8 +59,27 @@ class AggregatorCollector(Collector):
             yield GaugeMetricFamily("attestfl_epsilon", "Central DP epsilon spent so far", value=epsilons[-1])
 
 
-def start_metrics_server(listen: str, service: FederationService, driver: RoundDriver) -> int:
-    host, _, port = listen.rpartition(":")
-    REGISTRY.register(AggregatorCollector(service, driver))
-    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1")
-    return server.server_port
+def metrics_endpoint(listen: str) -> Endpoint:
+    """``metrics_listen`` parsed: host:port, IPv6 in brackets; no host binds 127.0.0.1."""
+    return parse_endpoint(listen, default_host=DEFAULT_METRICS_HOST)
+
+
+def metrics_http_server(listen: str, registry: CollectorRegistry = REGISTRY) -> WSGIServer:
+    """An HTTP server of ``registry`` on ``listen`` (a daemon thread; ``shutdown()`` stops it).
+    The endpoint has no authentication: bound anywhere but loopback it is logged as a warning
+    (scrape it through a sidecar or an authenticating proxy instead)."""
+    endpoint = metrics_endpoint(listen)
+    if not endpoint.is_loopback:
+        LOG.warning("metrics exposed", extra={"fields": {
+            "metrics_listen": str(endpoint),
+            "reason": "Prometheus metrics are unauthenticated: bind them to 127.0.0.1 and scrape them through a sidecar "
+                      "or an authenticating proxy"}})
+    server, _thread = start_http_server(endpoint.port, addr=endpoint.host, registry=registry)
+    return server
+
+
+def start_metrics_server(listen: str, service: FederationService, driver: RoundDriver, *,
+                         registry: CollectorRegistry = REGISTRY) -> int:
+    """Export the aggregator's metrics on ``listen`` (``metrics_listen``); the bound port."""
+    registry.register(AggregatorCollector(service, driver))
+    return metrics_http_server(listen, registry).server_port

@@ -27,26 +27,61 @@ The task configuration is the ``[task]`` table of ``aggregator.toml``::
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Annotated, Callable, Literal
 
 import grpc
+import msgspec
 import numpy as np
+from msgspec import Meta
 
 import native
 
 from .service import EventSink, LogEvents, Task, UpdateRefused
-from .strategies import Strategy, make_strategy
-from .update import ModelSpec, encode_tensors, flatten, load_model, unflatten
+from .config import MAX_DURATION_SECONDS, Duration, PathText, format_seconds, parse_duration, read_struct, value_repr
+from .strategies import STRATEGIES, Strategy, StrategyError, make_strategy
+from .update import ModelSpec, UpdateFormatError, encode_tensors, flatten, load_model, unflatten
 
 
 class TaskConfigError(ValueError):
     """The ``[task]`` table is unusable."""
+
+
+#: Sane bounds: a value past them is a typo (or an attack on the operator's file), not a plan.
+MAX_ROUNDS = 100_000
+MAX_SITES = 10_000
+
+
+class DpTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``[task.dp]`` as written."""
+
+    clip_norm: Annotated[float, Meta(gt=0)]
+    noise_multiplier: Annotated[float, Meta(gt=0)]
+    delta: Annotated[float, Meta(gt=0, lt=1)] = 1e-5
+
+
+class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``[task]`` as written (see the module docstring); the strategy parameters are checked
+    whichever strategy is chosen."""
+
+    initial_model: Annotated[PathText, Meta(description="a path to a safetensors file of float32 tensors")]
+    rounds: Annotated[int, Meta(ge=1, le=MAX_ROUNDS)] = 5
+    min_sites: Annotated[int, Meta(ge=1, le=MAX_SITES)] = 1
+    round_deadline: Duration = 120
+    strategy: Literal[STRATEGIES] = "fedavg"  # type: ignore[valid-type]
+    trimmed_mean_beta: Annotated[float, Meta(ge=0, lt=0.5)] = 0.2
+    krum_f: Annotated[int, Meta(ge=0, le=MAX_SITES)] = 1
+    krum_m: Annotated[int, Meta(ge=1, le=MAX_SITES)] = 1
+    clip_norm: Annotated[float, Meta(gt=0)] | None = None
+    evaluate: bool = True
+    dp: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +89,14 @@ class DpConfig:
     clip_norm: float
     noise_multiplier: float
     delta: float
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -73,51 +116,65 @@ class TaskConfig:
 
     @classmethod
     def from_table(cls, table: dict[str, Any], base_dir: Path) -> "TaskConfig":
-        from attestation.validate.fields import read_duration, reject_unknown_keys
-
-        keys = ("initial_model", "rounds", "min_sites", "round_deadline", "strategy", "trimmed_mean_beta", "krum_f",
-                "krum_m", "clip_norm", "evaluate", "dp")
+        """Every value checked (types, bounds, durations) before the model file is read."""
+        task = read_struct(table, TaskTable, "task", TaskConfigError)
+        deadline = parse_duration(task.round_deadline, "task", "round_deadline", error=TaskConfigError)
+        dp = None
+        if task.dp is not None:
+            dp_table = read_struct(task.dp, DpTable, "task.dp", TaskConfigError)
+            dp = DpConfig(dp_table.clip_norm, dp_table.noise_multiplier, dp_table.delta)
         try:
-            reject_unknown_keys(table, keys, "task")
-            if "initial_model" not in table:
-                raise TaskConfigError("[task] initial_model: required (a safetensors file of float32 tensors)")
-            model = load_model(base_dir / str(table["initial_model"]))
-            deadline = read_duration(table, "round_deadline", "task")
-            strategy = make_strategy(
-                str(table.get("strategy", "fedavg")),
-                beta=float(table.get("trimmed_mean_beta", 0.2)),
-                f=int(table.get("krum_f", 1)),
-                m=int(table.get("krum_m", 1)),
-            )
-            dp = None
-            if "dp" in table:
-                dp_table = table["dp"]
-                reject_unknown_keys(dp_table, ("clip_norm", "noise_multiplier", "delta"), "task.dp")
-                dp = DpConfig(float(dp_table["clip_norm"]), float(dp_table["noise_multiplier"]), float(dp_table.get("delta", 1e-5)))
-            config = cls(
-                initial_model=model,
-                rounds=int(table.get("rounds", 5)),
-                min_sites=int(table.get("min_sites", 1)),
-                round_deadline=deadline.total_seconds() if deadline else 120.0,
-                strategy=strategy,
-                clip_norm=float(table["clip_norm"]) if "clip_norm" in table else None,
-                evaluate=bool(table.get("evaluate", True)),
-                dp=dp,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TaskConfigError(f"[task]: {exc}") from exc
+            strategy = make_strategy(task.strategy, beta=task.trimmed_mean_beta, f=task.krum_f, m=task.krum_m)
+        except StrategyError as exc:
+            raise TaskConfigError(f"[task] strategy: {exc}") from None
+        config = cls(
+            initial_model={},
+            rounds=task.rounds,
+            min_sites=task.min_sites,
+            round_deadline=deadline,
+            strategy=strategy,
+            clip_norm=task.clip_norm,
+            evaluate=task.evaluate,
+            dp=dp,
+        )
+        config.validate(model=False)
+        try:
+            model = load_model(base_dir / task.initial_model)
+        except UpdateFormatError as exc:
+            raise TaskConfigError(f"[task] initial_model: {exc}") from None
+        config = dataclasses.replace(config, initial_model=model)
         config.validate()
         return config
 
-    def validate(self) -> None:
-        if self.rounds < 1 or self.min_sites < 1 or self.round_deadline <= 0:
-            raise TaskConfigError("[task]: rounds, min_sites and round_deadline must be positive")
-        if self.min_sites < self.strategy.minimum_sites():
-            raise TaskConfigError(f"[task]: strategy {self.strategy.name} needs at least {self.strategy.minimum_sites()} sites per round; min_sites is {self.min_sites}")
-        if self.dp is not None and (self.dp.clip_norm <= 0 or self.dp.noise_multiplier <= 0 or not 0 < self.dp.delta < 1):
-            raise TaskConfigError("[task.dp]: clip_norm and noise_multiplier must be positive, delta in (0, 1)")
-        if self.clip_norm is not None and self.clip_norm <= 0:
-            raise TaskConfigError("[task] clip_norm must be positive")
+    def validate(self, *, model: bool = True) -> None:
+        """Check a configuration however it was made (``from_table`` or in code)."""
+        if not _is_int(self.rounds) or not 1 <= self.rounds <= MAX_ROUNDS:
+            raise TaskConfigError(f"[task] rounds: expected an integer from 1 to {MAX_ROUNDS}, got {value_repr(self.rounds)}")
+        if not _is_int(self.min_sites) or not 1 <= self.min_sites <= MAX_SITES:
+            raise TaskConfigError(f"[task] min_sites: expected an integer from 1 to {MAX_SITES}, got {value_repr(self.min_sites)}")
+        if not _is_number(self.round_deadline) or not 0 < self.round_deadline <= MAX_DURATION_SECONDS:
+            raise TaskConfigError(f"[task] round_deadline: expected a duration longer than zero and at most "
+                                  f"{format_seconds(MAX_DURATION_SECONDS)}, got {value_repr(self.round_deadline)}")
+        if not isinstance(self.evaluate, bool):
+            raise TaskConfigError(f"[task] evaluate: expected true or false, got {value_repr(self.evaluate)}")
+        if self.clip_norm is not None and (not _is_number(self.clip_norm) or self.clip_norm <= 0):
+            raise TaskConfigError(f"[task] clip_norm: expected a finite number > 0, got {value_repr(self.clip_norm)}")
+        if self.dp is not None:
+            for key, value in (("clip_norm", self.dp.clip_norm), ("noise_multiplier", self.dp.noise_multiplier)):
+                if not _is_number(value) or value <= 0:
+                    raise TaskConfigError(f"[task.dp] {key}: expected a finite number > 0, got {value_repr(value)}")
+            if not _is_number(self.dp.delta) or not 0 < self.dp.delta < 1:
+                raise TaskConfigError(f"[task.dp] delta: expected a finite number in (0, 1), got {value_repr(self.dp.delta)}")
+        needed = self.strategy.minimum_sites()
+        if self.min_sites < needed:
+            parameters = ", ".join(f"{k} = {v}" for k, v in self.strategy.describe().items() if k != "name")
+            raise TaskConfigError(f"[task] min_sites: strategy {self.strategy.name}{f' ({parameters})' if parameters else ''} "
+                                  f"needs at least {needed} sites per round; min_sites is {self.min_sites}")
+        if model:
+            try:
+                self.spec
+            except UpdateFormatError as exc:
+                raise TaskConfigError(f"[task] initial_model: {exc}") from None
 
 
 @dataclass

@@ -10,6 +10,7 @@ update at once and stack them.
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +133,8 @@ class TrimmedMean(Strategy):
     name = "trimmed_mean"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.beta < 0.5:
-            raise StrategyError(f"trimmed_mean beta must be in [0, 0.5), got {self.beta}")
+        if not _is_real(self.beta) or not 0 <= self.beta < 0.5:
+            raise StrategyError(f"trimmed_mean beta must be a number in [0, 0.5), got {self.beta!r}")
 
     def begin_round(self, size: int) -> RoundAggregation:
         return _Stacked(size, lambda stack, _w: native.trimmed_mean(stack, self.beta))
@@ -155,20 +156,31 @@ class Krum(Strategy):
     name = "krum"
 
     def __post_init__(self) -> None:
-        if self.f < 0 or self.m < 1:
-            raise StrategyError(f"krum needs f >= 0 and m >= 1, got f={self.f}, m={self.m}")
+        if not _is_integer(self.f) or not _is_integer(self.m) or self.f < 0 or self.m < 1:
+            raise StrategyError(f"krum needs integers f >= 0 and m >= 1, got f={self.f!r}, m={self.m!r}")
 
     def begin_round(self, size: int) -> RoundAggregation:
         return _Stacked(size, lambda stack, _w: native.krum(stack, self.f, self.m)[0])
 
     def minimum_sites(self) -> int:
-        return 2 * self.f + 3
+        # Krum scores each update against its n-f-2 nearest neighbours (n >= 2f+3), and
+        # multi-Krum averages m of the n-f best (m <= n-f).
+        return max(2 * self.f + 3, self.f + self.m)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "f": self.f, "m": self.m}
 
 
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def make_strategy(name: str, *, beta: float = 0.2, f: int = 1, m: int = 1) -> Strategy:
+    """The strategy ``name`` with its parameters (each checked: no coercion, finite)."""
     if name == "fedavg":
         return FedAvg()
     if name == "median":

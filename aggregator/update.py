@@ -1,33 +1,66 @@
 """Model updates as named tensors in the safetensors layout, checked against the task's model spec.
 
-Layout (the safetensors format): an 8-byte little-endian header length N, N bytes of JSON
-``{name: {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, "__metadata__": {...}}``,
-then the tensor bytes (little-endian, row-major), offsets relative to the end of the header.
+Layout (the safetensors format): an 8-byte little-endian header length N, N bytes of UTF-8
+JSON ``{name: {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, "__metadata__":
+{...}}``, then the tensor bytes (little-endian, row-major), offsets relative to the end of the
+header.
 
-Everything is checked before a single tensor byte is interpreted: the header size against a
-bound, the names, dtypes and shapes against the :class:`ModelSpec`, offsets contiguous and
-covering the data exactly, so an update's total size is known (and bounded by the spec)
-before it is read. Non-finite values are rejected before anything is aggregated.
+Everything is checked before a single tensor byte is interpreted: the update's size against
+the spec's bound, the header size against :data:`MAX_HEADER_BYTES`, the header as strict
+JSON (no duplicate keys, no NaN or fractions, integers of at most 20 digits, nesting refused
+as it fails), every entry's keys and types (:class:`_Entry`), ranks and element counts
+bounded, sizes computed exactly (no integer overflow), the names, dtypes and shapes against
+the :class:`ModelSpec`, offsets contiguous and covering the data exactly. So an update's total
+size is known (and bounded by the spec) before it is read, nothing is allocated from what a
+header claims, and a crafted header is an :class:`UpdateFormatError` with a one-line reason,
+never another exception. Non-finite values are rejected before anything is aggregated.
 """
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Annotated, Any, Mapping
 
+import msgspec
 import numpy as np
+from msgspec import Meta
 
 #: The dtypes attestfl aggregates: float32 only, as the native kernels.
 DTYPES = {"F32": np.dtype("<f4")}
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_TENSORS = 4096
+#: The most dimensions a tensor may have (numpy 1.x's limit).
+MAX_RANK = 32
+#: The most elements a shape may describe, zero dimensions counted as one (so numpy can index
+#: even an empty tensor's shape); far above any model attestfl aggregates.
+MAX_ELEMENTS = 2**40
+#: JSON integers longer than this are refused while parsing (offsets and dimensions fit in 20 digits).
+MAX_INTEGER_DIGITS = 20
 _LENGTH = struct.Struct("<Q")
+
+Dimension = Annotated[int, Meta(ge=0)]
 
 
 class UpdateFormatError(ValueError):
     """An update (or model file) is not valid safetensors, or does not match the model spec."""
+
+
+def _show(name: str, limit: int = 64) -> str:
+    """A tensor name for a one-line message: quoted, escaped, cut."""
+    text = repr(name)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _check_shape(shape: tuple[int, ...], where: str) -> None:
+    if len(shape) > MAX_RANK:
+        raise UpdateFormatError(f"{where}: {len(shape)} dimensions, more than {MAX_RANK}")
+    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+        raise UpdateFormatError(f"{where}: dimensions must be non-negative integers")
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise UpdateFormatError(f"{where}: shape of more than {MAX_ELEMENTS} elements")
 
 
 @dataclass(frozen=True)
@@ -38,11 +71,17 @@ class TensorSpec:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)  # exact: Python integers do not overflow
 
     @property
     def nbytes(self) -> int:
         return self.size * DTYPES[self.dtype].itemsize
+
+
+class _SpecEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    name: str
+    dtype: str
+    shape: Annotated[list[Dimension], Meta(max_length=MAX_RANK)]
 
 
 @dataclass(frozen=True)
@@ -58,8 +97,11 @@ class ModelSpec:
         if not self.tensors or len(self.tensors) > MAX_TENSORS:
             raise UpdateFormatError(f"model spec: 1 to {MAX_TENSORS} tensors expected")
         for tensor in self.tensors:
+            if not isinstance(tensor.name, str):
+                raise UpdateFormatError(f"model spec: tensor name {tensor.name!r} is not a string")
             if tensor.dtype not in DTYPES:
-                raise UpdateFormatError(f"model spec: tensor {tensor.name!r} has dtype {tensor.dtype}; only {', '.join(DTYPES)} is supported")
+                raise UpdateFormatError(f"model spec: tensor {_show(tensor.name)} has dtype {tensor.dtype}; only {', '.join(DTYPES)} is supported")
+            _check_shape(tensor.shape, f"model spec: tensor {_show(tensor.name)}")
 
     @property
     def parameter_count(self) -> int:
@@ -83,11 +125,14 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str) -> "ModelSpec":
+        """The spec a task carries (from the aggregator): every field typed and bounded."""
+        if len(text) > MAX_HEADER_BYTES:
+            raise UpdateFormatError(f"model spec is over {MAX_HEADER_BYTES} characters")
         try:
-            items = json.loads(text)
-            return cls(tuple(TensorSpec(str(i["name"]), str(i["dtype"]), tuple(int(d) for d in i["shape"])) for i in items))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UpdateFormatError(f"model spec is not valid JSON of tensors: {exc}") from exc
+            items = msgspec.json.decode(text, type=Annotated[list[_SpecEntry], Meta(max_length=MAX_TENSORS)])
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise UpdateFormatError(f"model spec is not valid JSON of tensors: {exc}") from None
+        return cls(tuple(TensorSpec(i.name, i.dtype, tuple(i.shape)) for i in items))
 
 
 def encode_tensors(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
@@ -113,7 +158,7 @@ def encode_tensor_parts(tensors: Mapping[str, np.ndarray], metadata: Mapping[str
     return [_LENGTH.pack(len(raw_header)) + raw_header, *blobs]
 
 
-def header_length(prefix: bytes) -> int:
+def header_length(prefix: bytes | bytearray | memoryview) -> int:
     """The header length from the first 8 bytes, checked against the bound."""
     if len(prefix) < _LENGTH.size:
         raise UpdateFormatError("update is shorter than the 8-byte safetensors header length")
@@ -123,59 +168,120 @@ def header_length(prefix: bytes) -> int:
     return int(length)
 
 
-def decode_tensors(data: bytes | bytearray, spec: ModelSpec | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+# ---- the header as strict JSON -----------------------------------------------------------------
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise UpdateFormatError(f"safetensors header has a duplicate key {_show(key)}")
+        result[key] = value
+    return result
+
+
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise UpdateFormatError(f"safetensors header has an integer of {len(text)} digits (at most {MAX_INTEGER_DIGITS})")
+    return int(text)
+
+
+def _no_float(text: str) -> float:
+    raise UpdateFormatError(f"safetensors header has a non-integer number {text[:32]}")
+
+
+def _no_constant(text: str) -> float:
+    raise UpdateFormatError(f"safetensors header has {text}, which is not JSON")
+
+
+def parse_header(raw: bytes) -> dict[str, Any]:
+    """The header's JSON object, parsed strictly (see the module docstring)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UpdateFormatError(f"safetensors header is not UTF-8 (byte {exc.start})") from None
+    try:
+        header = json.loads(text, object_pairs_hook=_object, parse_int=_integer, parse_float=_no_float,
+                            parse_constant=_no_constant)
+    except UpdateFormatError:
+        raise
+    except RecursionError:
+        raise UpdateFormatError("safetensors header is nested too deeply") from None
+    except ValueError as exc:
+        raise UpdateFormatError(f"safetensors header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise UpdateFormatError("safetensors header is not a JSON object")
+    return header
+
+
+class _Entry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One tensor's header entry, exactly as safetensors writes it."""
+
+    dtype: str
+    shape: Annotated[list[Dimension], Meta(max_length=MAX_RANK)]
+    data_offsets: tuple[Dimension, Dimension]
+
+
+def _entry(name: str, value: Any) -> tuple[str, str, tuple[int, ...], int, int]:
+    where = f"tensor {_show(name)}"
+    try:
+        entry = msgspec.convert(value, _Entry, strict=True)
+    except msgspec.ValidationError as exc:
+        raise UpdateFormatError(f"{where}: malformed entry ({exc})") from None
+    if entry.dtype not in DTYPES:
+        raise UpdateFormatError(f"{where}: dtype {entry.dtype[:32]!r} is not supported (only {', '.join(DTYPES)})")
+    shape = tuple(entry.shape)
+    _check_shape(shape, where)
+    begin, stop = entry.data_offsets
+    size = math.prod(shape) * DTYPES[entry.dtype].itemsize
+    if stop < begin or stop - begin != size:
+        raise UpdateFormatError(f"{where}: data_offsets [{begin}, {stop}] do not fit its shape {list(shape)} ({size} bytes)")
+    return name, entry.dtype, shape, begin, stop
+
+
+def decode_tensors(data: bytes | bytearray | memoryview, spec: ModelSpec | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Parse and check an update: (name -> float32 array in spec order, metadata).
 
-    With ``spec``, names, dtypes and shapes must equal it exactly and every value must be
-    finite. Without, the file is read as it is (loading an initial model), still bounded.
+    With ``spec``, the update may be no larger than the spec allows, names, dtypes and shapes
+    must equal it exactly and every value must be finite. Without, the file is read as it is
+    (loading an initial model), still bounded. The arrays are views of ``data`` (no copy).
+    Anything else than a valid update raises :class:`UpdateFormatError`.
     """
+    if spec is not None and len(data) > spec.max_update_bytes:
+        raise UpdateFormatError(f"update of {len(data)} bytes is larger than the model spec allows ({spec.max_update_bytes})")
     length = header_length(data)
     end = _LENGTH.size + length
     if len(data) < end:
-        raise UpdateFormatError("update is truncated inside its safetensors header")
-    try:
-        header = json.loads(bytes(data[_LENGTH.size:end]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UpdateFormatError(f"safetensors header is not JSON: {exc}") from exc
-    if not isinstance(header, dict):
-        raise UpdateFormatError("safetensors header is not a JSON object")
-    metadata = header.pop("__metadata__", {}) or {}
+        raise UpdateFormatError(f"update is truncated inside its safetensors header ({length} bytes announced, "
+                                f"{len(data) - _LENGTH.size} present)")
+    header = parse_header(bytes(data[_LENGTH.size:end]))
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise UpdateFormatError("safetensors __metadata__ must map strings to strings")
     if len(header) > MAX_TENSORS:
         raise UpdateFormatError(f"update has {len(header)} tensors, more than {MAX_TENSORS}")
 
-    entries: list[tuple[str, str, tuple[int, ...], int, int]] = []
-    for name, entry in header.items():
-        try:
-            dtype = entry["dtype"]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, stop = (int(v) for v in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UpdateFormatError(f"tensor {name!r}: malformed entry ({exc})") from exc
-        if dtype not in DTYPES:
-            raise UpdateFormatError(f"tensor {name!r}: dtype {dtype} is not supported (only {', '.join(DTYPES)})")
-        if any(d < 0 for d in shape):
-            raise UpdateFormatError(f"tensor {name!r}: negative dimension in shape {list(shape)}")
-        entries.append((name, dtype, shape, begin, stop))
+    entries = [_entry(name, value) for name, value in header.items()]
 
     if spec is not None:
         expected = {t.name: t for t in spec.tensors}
         missing = sorted(set(expected) - {e[0] for e in entries})
         extra = sorted({e[0] for e in entries} - set(expected))
         if missing or extra:
-            raise UpdateFormatError(f"update tensors differ from the model spec: missing {missing or 'none'}, unexpected {extra or 'none'}")
+            shown = lambda names: "[" + ", ".join(_show(n) for n in names[:8]) + (", ..." if len(names) > 8 else "") + "]" if names else "none"  # noqa: E731
+            raise UpdateFormatError(f"update tensors differ from the model spec: missing {shown(missing)}, unexpected {shown(extra)}")
         for name, dtype, shape, _b, _e in entries:
             want = expected[name]
             if dtype != want.dtype or shape != want.shape:
-                raise UpdateFormatError(f"tensor {name!r} is {dtype}{list(shape)}, the model spec says {want.dtype}{list(want.shape)}")
+                raise UpdateFormatError(f"tensor {_show(name)} is {dtype}{list(shape)}, the model spec says {want.dtype}{list(want.shape)}")
 
     # Offsets: contiguous from 0, each the size its dtype and shape give, covering the data exactly.
     position = 0
-    for name, dtype, shape, begin, stop in sorted(entries, key=lambda e: e[3]):
-        size = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
-        if begin != position or stop - begin != size:
-            raise UpdateFormatError(f"tensor {name!r}: data_offsets [{begin}, {stop}] do not fit its shape or overlap another tensor")
+    for name, _dtype, _shape, begin, stop in sorted(entries, key=lambda e: (e[3], e[4])):
+        if begin != position:
+            problem = "overlap another tensor" if begin < position else f"leave a gap of {begin - position} bytes before it"
+            raise UpdateFormatError(f"tensor {_show(name)}: data_offsets [{begin}, {stop}] {problem}")
         position = stop
     if len(data) - end != position:
         raise UpdateFormatError(f"update carries {len(data) - end} data bytes, its header describes {position}")
@@ -189,9 +295,9 @@ def decode_tensors(data: bytes | bytearray, spec: ModelSpec | None = None) -> tu
         array = np.frombuffer(body[begin:stop], dtype=DTYPES[dtype]).reshape(shape)
         if spec is not None and not np.isfinite(array).all():
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-            raise UpdateFormatError(f"tensor {name!r} has {bad} non-finite value(s) (NaN or infinity): refused before aggregation")
+            raise UpdateFormatError(f"tensor {_show(name)} has {bad} non-finite value(s) (NaN or infinity): refused before aggregation")
         tensors[name] = array
-    return tensors, {str(k): v for k, v in metadata.items()}
+    return tensors, dict(metadata)
 
 
 def load_model(path: str | Path) -> dict[str, np.ndarray]:

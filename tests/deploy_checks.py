@@ -20,6 +20,8 @@ FORBIDDEN_PACKAGES = frozenset({"torch", "torchvision", "torchaudio", "tensorflo
 RUNTIME_EXTRAS = ("aggregator",)
 CONFIDENTIAL_RUNTIME_CLASSES = frozenset({"kata-qemu-snp", "kata-qemu-tdx"})
 HEALTH_PORT = 7443
+#: Prometheus metrics: unauthenticated, so never exposed outside the pod.
+METRICS_PORT = 9464
 POD_TEMPLATE_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"})
 
 
@@ -208,7 +210,9 @@ def _quantity_set(value: Any) -> bool:
 
 def manifest_problems(docs: Iterable[dict[str, Any]]) -> list[str]:
     """Security settings of every pod template: confidential runtime class, limits, non-root,
-    no privilege escalation, read-only root filesystem, capabilities dropped, gRPC probes."""
+    no privilege escalation, read-only root filesystem, capabilities dropped, gRPC probes; and
+    the metrics port not exposed (:func:`metrics_exposure_problems`)."""
+    docs = list(docs)
     problems = []
     templates = 0
     for doc in docs:
@@ -260,4 +264,74 @@ def manifest_problems(docs: Iterable[dict[str, Any]]) -> list[str]:
                     problems.append(f"{cw}: {probe} is not a gRPC health probe on port {HEALTH_PORT}")
     if templates == 0:
         problems.append("no pod template in the manifests")
+    return problems + metrics_exposure_problems(docs)
+
+
+def _aggregator_tomls(doc: dict[str, Any]) -> Iterable[tuple[str, str]]:
+    """(where, text) of every aggregator.toml a ConfigMap carries, directly or in init-data."""
+    data = doc.get("data") or {}
+    if "aggregator.toml" in data:
+        yield "aggregator.toml", data["aggregator.toml"]
+    if "initdata.toml" in data:
+        try:
+            carried = (tomllib.loads(data["initdata.toml"]).get("data") or {}).get("aggregator.toml")
+        except tomllib.TOMLDecodeError:
+            return
+        if isinstance(carried, str):
+            yield "initdata.toml [data] aggregator.toml", carried
+
+
+def metrics_exposure_problems(docs: Iterable[dict[str, Any]]) -> list[str]:
+    """The Prometheus endpoint has no authentication: the aggregator.toml a ConfigMap carries
+    must bind ``metrics_listen`` to loopback, and no containerPort, hostPort, Service port or
+    NetworkPolicy ingress rule may name the metrics port (or a port called "metrics")."""
+    from aggregator.config import DEFAULT_METRICS_HOST, parse_endpoint
+
+    docs = list(docs)
+    problems = []
+    ports: set[int | str] = {METRICS_PORT, "metrics"}
+    for doc in docs:
+        if doc.get("kind") != "ConfigMap":
+            continue
+        where = f"ConfigMap/{(doc.get('metadata') or {}).get('name')}"
+        for name, text in _aggregator_tomls(doc):
+            try:
+                listen = (tomllib.loads(text).get("aggregator") or {}).get("metrics_listen", "")
+            except tomllib.TOMLDecodeError as exc:
+                problems.append(f"{where}: {name} is not TOML: {exc}")
+                continue
+            if not listen:
+                continue
+            try:
+                endpoint = parse_endpoint(str(listen), default_host=DEFAULT_METRICS_HOST)
+            except ValueError as exc:
+                problems.append(f"{where}: {name} metrics_listen {listen!r}: {exc}")
+                continue
+            ports.add(endpoint.port)
+            if not endpoint.is_loopback:
+                problems.append(f"{where}: {name} metrics_listen {listen!r} binds {endpoint.host}, not loopback: "
+                                "the metrics endpoint is unauthenticated")
+    for doc in docs:
+        kind = doc.get("kind")
+        where = f"{kind}/{(doc.get('metadata') or {}).get('name')}"
+        spec = _pod_spec(doc)
+        if spec is not None:
+            for container in list(spec.get("containers") or []) + list(spec.get("initContainers") or []):
+                for port in container.get("ports") or []:
+                    named = {port.get("name"), port.get("containerPort"), port.get("hostPort")} & ports
+                    if named:
+                        problems.append(f"{where} container {container.get('name')}: exposes the metrics port "
+                                        f"({', '.join(sorted(map(str, named)))})")
+        elif kind == "Service":
+            for port in (doc.get("spec") or {}).get("ports") or []:
+                named = {port.get("name"), port.get("port"), port.get("targetPort")} & ports
+                if named:
+                    problems.append(f"{where}: exposes the metrics port ({', '.join(sorted(map(str, named)))})")
+        elif kind == "NetworkPolicy":
+            for rule in (doc.get("spec") or {}).get("ingress") or []:
+                if not rule.get("ports"):
+                    problems.append(f"{where}: an ingress rule without ports admits every port, the metrics port included")
+                for port in rule.get("ports") or []:
+                    if port.get("port") in ports:
+                        problems.append(f"{where}: admits ingress to the metrics port ({port.get('port')})")
     return problems

@@ -18,7 +18,7 @@ import yaml
 
 from attestation.policy import Policy
 from attestation.reference_values import init_data_digest
-from deploy_checks import DEPLOY, manifest_problems
+from deploy_checks import DEPLOY, manifest_problems, metrics_exposure_problems
 
 KUBERNETES_VERSION = "1.33.0"
 K8S = DEPLOY / "kubernetes"
@@ -120,6 +120,51 @@ def test_checker_flags_other_weakenings(mutate, message: str) -> None:
     assert any(message in p for p in _broken(mutate))
 
 
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.relative_to(K8S).as_posix())
+def test_metrics_are_not_exposed(path: Path) -> None:
+    docs = documents(path)
+    assert metrics_exposure_problems(docs) == []
+    pod = statefulset(docs)["spec"]["template"]["spec"]
+    assert [p["containerPort"] for c in pod["containers"] for p in c.get("ports", [])] == [7443]
+    services = [d for d in docs if d["kind"] == "Service"]
+    assert services and all([p["port"] for p in s["spec"]["ports"]] == [7443] for s in services)
+
+
+def _exposing(mutate) -> list[str]:
+    docs = copy.deepcopy(documents(MANIFESTS[0]))
+    mutate({d["kind"] + "/" + d["metadata"]["name"]: d for d in docs})
+    return manifest_problems(docs)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["StatefulSet/attestfl-aggregator"]["spec"]["template"]["spec"]["containers"][0]["ports"].append(
+            {"name": "metrics", "containerPort": 9464, "protocol": "TCP"}), "container aggregator: exposes the metrics port (9464, metrics)"),
+        (lambda d: d["StatefulSet/attestfl-aggregator"]["spec"]["template"]["spec"]["containers"][0]["ports"].append(
+            {"containerPort": 9464, "hostPort": 9464}), "container aggregator: exposes the metrics port (9464)"),
+        (lambda d: d["Service/attestfl-aggregator"]["spec"]["ports"].append(
+            {"name": "prom", "port": 80, "targetPort": 9464}), "Service/attestfl-aggregator: exposes the metrics port (9464)"),
+        (lambda d: d["Service/attestfl-aggregator-headless"]["spec"]["ports"].append(
+            {"name": "metrics", "port": 9464}), "Service/attestfl-aggregator-headless: exposes the metrics port (9464, metrics)"),
+        (lambda d: d["NetworkPolicy/attestfl-aggregator"]["spec"]["ingress"][0]["ports"].append(
+            {"port": 9464, "protocol": "TCP"}), "NetworkPolicy/attestfl-aggregator: admits ingress to the metrics port (9464)"),
+        (lambda d: d["NetworkPolicy/attestfl-aggregator"]["spec"]["ingress"].append({}),
+         "NetworkPolicy/attestfl-aggregator: an ingress rule without ports admits every port"),
+        (lambda d: d["ConfigMap/attestfl-aggregator-config"]["data"].update(
+            {"aggregator.toml": d["ConfigMap/attestfl-aggregator-config"]["data"]["aggregator.toml"].replace("127.0.0.1:9464", "0.0.0.0:9464")}),
+         "ConfigMap/attestfl-aggregator-config: aggregator.toml metrics_listen '0.0.0.0:9464' binds 0.0.0.0, not loopback"),
+        (lambda d: d["ConfigMap/attestfl-aggregator-initdata"]["data"].update(
+            {"initdata.toml": d["ConfigMap/attestfl-aggregator-initdata"]["data"]["initdata.toml"].replace("127.0.0.1:9464", "[::]:9464")}),
+         "ConfigMap/attestfl-aggregator-initdata: initdata.toml [data] aggregator.toml metrics_listen '[::]:9464' binds ::, not loopback"),
+    ],
+    ids=["containerPort", "hostPort", "service-targetPort", "headless-service", "networkpolicy", "networkpolicy-all-ports",
+         "config-wildcard", "initdata-ipv6-wildcard"],
+)
+def test_checker_flags_an_exposed_metrics_port(mutate, message: str) -> None:
+    assert any(message in p for p in _exposing(mutate)), _exposing(mutate)
+
+
 def test_committed_files_are_what_render_produces() -> None:
     for path, text in render.rendered_files().items():
         assert path.read_text() == text, f"{path} is stale: run python3 deploy/kubernetes/render.py"
@@ -147,7 +192,7 @@ def test_init_data_annotation_is_the_config_it_claims(path: Path) -> None:
 
 def test_config_files_match_the_deployment() -> None:
     config = tomllib.loads((K8S / "config/aggregator.toml").read_text())
-    assert config["aggregator"]["listen"].endswith(":7443") and config["aggregator"]["metrics_listen"].endswith(":9464")
+    assert config["aggregator"]["listen"].endswith(":7443") and config["aggregator"]["metrics_listen"] == "127.0.0.1:9464"
     assert config["aggregator"]["log_dir"] == "/var/lib/attestfl/log"
     assert config["aggregator"]["state_dir"] == "/var/lib/attestfl/state"
     rego = (K8S / "config/agent-policy.rego").read_text()
@@ -188,4 +233,5 @@ def test_shipped_config_is_accepted_by_attestfl_serve(tmp_path: Path) -> None:
     (tmp_path / "aggregator.toml").write_text(text)
     config = AggregatorConfig.load(tmp_path / "aggregator.toml")
     assert config.listen == "0.0.0.0:7443" and set(config.admission.sites) == {"hospital-a", "hospital-b", "biobank-c"}
+    assert config.metrics_endpoint is not None and config.metrics_endpoint.is_loopback
     assert config.task.strategy.name == "trimmed_mean" and config.task.min_sites == 3

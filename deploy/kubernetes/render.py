@@ -8,7 +8,8 @@ Source of truth: ``config/aggregator.toml``, ``config/policy.toml`` and
   host puts into SEV-SNP HOST_DATA / TDX MRCONFIGID, so the attestation report covers the
   aggregator's configuration and the agent policy;
 - ``snp/aggregator.yaml`` and ``tdx/aggregator.yaml``: Namespace, ConfigMaps, StatefulSet,
-  Services and NetworkPolicy, identical except for ``runtimeClassName``
+  Services and NetworkPolicy (gRPC only: the unauthenticated metrics stay on the pod's
+  loopback), identical except for ``runtimeClassName``
   (``kata-qemu-snp`` / ``kata-qemu-tdx``); the pod carries the init-data as the
   ``io.katacontainers.config.hypervisor.cc_init_data`` annotation (base64 of gzip).
 
@@ -38,6 +39,7 @@ NAMESPACE = "attestfl"
 APP = "attestfl-aggregator"
 UID = 10001
 GRPC_PORT = 7443
+#: Prometheus metrics: bound to 127.0.0.1 inside the pod by config/aggregator.toml, never exposed.
 METRICS_PORT = 9464
 INIT_DATA_ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
 INIT_DATA_ALGORITHM = "sha384"
@@ -105,10 +107,10 @@ def render_documents(platform: str, sources: dict[str, str], image: str) -> list
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "args": ["serve", "--config", "/etc/attestfl/aggregator.toml"],
-        "ports": [
-            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
-        ],
+        # Only gRPC leaves the pod. Prometheus metrics (unauthenticated) stay on the guest's
+        # loopback (metrics_listen = "127.0.0.1:9464"): no containerPort, Service port or
+        # NetworkPolicy rule for them; scrape them from inside the pod (README.md).
+        "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
         "env": [{"name": "NUMBA_CACHE_DIR", "value": "/tmp/numba"}],
         # In Kata the pod's limits size the confidential VM (plus the runtime's default overhead).
         "resources": {
@@ -195,10 +197,7 @@ def render_documents(platform: str, sources: dict[str, str], image: str) -> list
             ],
         },
     }
-    ports = [
-        {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
-        {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP", "appProtocol": "http"},
-    ]
+    ports = [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}]
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -210,7 +209,7 @@ def render_documents(platform: str, sources: dict[str, str], image: str) -> list
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": f"{APP}-headless", "namespace": NAMESPACE, "labels": _labels()},
-        "spec": {"clusterIP": "None", "selector": _labels(), "ports": ports[:1]},
+        "spec": {"clusterIP": "None", "selector": _labels(), "ports": ports},
     }
     network_policy = {
         "apiVersion": "networking.k8s.io/v1",
@@ -219,7 +218,7 @@ def render_documents(platform: str, sources: dict[str, str], image: str) -> list
         "spec": {
             "podSelector": {"matchLabels": _labels()},
             "policyTypes": ["Ingress"],
-            "ingress": [{"ports": [{"port": GRPC_PORT, "protocol": "TCP"}, {"port": METRICS_PORT, "protocol": "TCP"}]}],
+            "ingress": [{"ports": [{"port": GRPC_PORT, "protocol": "TCP"}]}],
         },
     }
     return [namespace, config_map, init_data_map, statefulset, service, headless, network_policy]

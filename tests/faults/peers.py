@@ -97,6 +97,8 @@ class BodilessCalls:
         await asyncio.sleep(0.5)
         self.started.set()
         await asyncio.gather(*tasks)
+        release.set()  # let gRPC's request-iterator tasks finish before the loop goes
+        await asyncio.sleep(0.2)
         for channel in channels:
             await channel.close()
 
