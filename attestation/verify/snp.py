@@ -26,8 +26,9 @@ Chain: VCEK -> ASK -> ARK, or VLEK -> ASVK -> ARK (RSA-PSS/SHA-384)
     [snp.chain.kind];
   * signatures, CA flags and validity windows at the verification time
     [snp.chain.signature, snp.chain.ca, snp.chain.validity];
-  * the root is an AMD ARK shipped in the package (exact DER), or a simulated root whose
-    SHA-256 fingerprint the policy trusts [snp.chain.root];
+  * the root is trusted by :func:`attestation.trust.trust_root`: an AMD ARK shipped in the
+    package (exact DER), or a root marked simulated whose SHA-256 fingerprint the policy
+    lists (with a warning) [snp.chain.root];
   * an optional AMD CRL is signed by that ARK and current, and revokes neither the
     intermediate nor the signing certificate [snp.crl.signature, snp.crl.validity, snp.crl.revoked].
 """
@@ -43,7 +44,7 @@ from ..abi.snp import PRODUCTS, SIGNATURE_ALGO_ECDSA_P384_SHA384, SnpReport
 from ..abi.x509 import Certificate, RevocationList, decode_der_integer
 from ..errors import CertificateFormatError
 from ..findings import Reason
-from ..trust import amd_root_chains, is_simulated
+from ..trust import amd_root_chains, trust_root
 from .chain import ChainLink, crl_reasons, load_public_key, raw_ecdsa_is_valid, revoked_reasons, verify_chain
 
 AMD_OID = "1.3.6.1.4.1.3704.1"
@@ -140,17 +141,6 @@ def _find_chain(
     return intermediate, root, product
 
 
-def _root_reasons(root: Certificate, trusted_simulated_roots: frozenset[str]) -> tuple[list[Reason], bool]:
-    if any(chain.root.der == root.der for chain in amd_root_chains()):
-        return [], False
-    fingerprint = root.fingerprint_sha256
-    if is_simulated(root):
-        if fingerprint in trusted_simulated_roots:
-            return [], True
-        return [Reason("snp.chain.root", f"the evidence is from the simulated TEE (root fingerprint {fingerprint}), which this policy does not trust; it proves nothing about hardware")], True
-    return [Reason("snp.chain.root", f"the chain ends at {_common_name(root)!r} (fingerprint {fingerprint}), which is not an AMD root")], False
-
-
 def _extension_reasons(leaf: Certificate, report: SnpReport, product: str | None, signing_key: str) -> list[Reason]:
     reasons: list[Reason] = []
     label = signing_key.upper()
@@ -222,8 +212,12 @@ def verify_snp_report(
             reasons.append(Reason("snp.chain.kind", f"a {signing_key.upper()} must be issued by an {role}, not by {_common_name(intermediate)!r}"))
         links = [ChainLink(leaf, signing_key.upper()), ChainLink(intermediate, role), ChainLink(root, "ARK")]
         reasons.extend(verify_chain(links, at=at, check_prefix="snp.chain"))
-        root_reasons, simulated = _root_reasons(root, trusted_simulated_roots)
-        reasons.extend(root_reasons)
+        trust = trust_root(root, trusted_simulated_roots, vendor="amd", what=f"the {signing_key.upper()} certificate chain")
+        simulated = trust.simulated
+        if trust.reason is not None:
+            reasons.append(Reason("snp.chain.root", trust.reason))
+        if trust.warning is not None:
+            warnings.append(trust.warning)
         if product is None:  # a simulated or unknown root: the product line is in the names
             product = product_of_name(_common_name(intermediate))
         if crl is not None:
