@@ -61,10 +61,14 @@ class Policy:
 
     @classmethod
     def from_toml(cls, text: str) -> "Policy":
+        if not isinstance(text, str):
+            raise PolicyError(f"policy must be TOML text, got {type(text).__name__}")
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"policy is not valid TOML: {exc}") from exc
+        except (RecursionError, ValueError) as exc:  # nesting too deep, an integer too long to convert
+            raise PolicyError(f"policy is not usable TOML: {type(exc).__name__}") from exc
         return cls.from_dict(data)
 
     @classmethod

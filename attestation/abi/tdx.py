@@ -605,6 +605,8 @@ class SgxExtensions:
 
 
 def _entries(der: bytes, where: str) -> dict[str, core.Any]:
+    """OID -> value of a SEQUENCE OF (OID, ANY). Every value is parsed here (asn1crypto
+    parses ANY lazily, and a malformed one would otherwise raise later, untyped)."""
     try:
         parsed = _ExtensionEntries.load(der, strict=True)
         result: dict[str, core.Any] = {}
@@ -612,7 +614,9 @@ def _entries(der: bytes, where: str) -> dict[str, core.Any]:
             oid = entry["oid"].dotted
             if oid in result:
                 raise CertificateFormatError(f"{where}: duplicate entry {oid}")
-            result[oid] = entry["value"]
+            value = entry["value"]
+            value.dump()  # forces the lazy parse of the ANY value
+            result[oid] = value
         return result
     except CertificateFormatError:
         raise

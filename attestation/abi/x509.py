@@ -20,6 +20,9 @@ from ..timeutil import as_utc
 
 #: Refuse certificate input larger than this before decoding it.
 MAX_CERT_INPUT_BYTES = 64 * 1024
+#: RSA-PSS salt lengths above this are refused at decoding (a salt is at most the key's size
+#: in bytes minus the hash size minus 2: 2 KiB keys would be 16384-bit RSA).
+MAX_PSS_SALT_LENGTH = 1024
 
 
 @dataclass(frozen=True)
@@ -94,12 +97,20 @@ def _signature_algorithm(algo: asn1_x509.SignedDigestAlgorithm) -> SignatureAlgo
     if name == "rsassa_pss":
         params = algo["parameters"]
         hash_oid = params["hash_algorithm"]["algorithm"].dotted
-        mgf_hash_oid = params["mask_gen_algorithm"]["parameters"]["algorithm"].dotted
+        mask = params["mask_gen_algorithm"]
+        if mask["algorithm"].dotted != "1.2.840.113549.1.1.8":  # id-mgf1
+            raise CertificateFormatError(f"unsupported RSA-PSS mask generation function {mask['algorithm'].dotted}")
+        mgf_hash_oid = mask["parameters"]["algorithm"].dotted
         hash_name = _HASH_BY_OID.get(hash_oid)
         mgf_hash = _HASH_BY_OID.get(mgf_hash_oid)
         if hash_name is None or mgf_hash is None:
             raise CertificateFormatError(f"unsupported RSA-PSS hash {hash_oid}")
-        return SignatureAlgorithm("rsassa_pss", hash_name, int(params["salt_length"].native), mgf_hash)
+        salt_length = params["salt_length"].native
+        if not isinstance(salt_length, int) or not 0 <= salt_length <= MAX_PSS_SALT_LENGTH:
+            raise CertificateFormatError(f"RSA-PSS salt length {salt_length!r} is out of range (0 to {MAX_PSS_SALT_LENGTH})")
+        if params["trailer_field"].native not in (1, "trailer_field_bc"):
+            raise CertificateFormatError(f"unsupported RSA-PSS trailer field {params['trailer_field'].native!r}")
+        return SignatureAlgorithm("rsassa_pss", hash_name, salt_length, mgf_hash)
     if name == "ed25519":
         return SignatureAlgorithm("ed25519", None)
     if name in ("rsassa_pkcs1v15", "ecdsa"):

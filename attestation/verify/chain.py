@@ -60,7 +60,8 @@ def signature_is_valid(key: PublicKey, algorithm: SignatureAlgorithm, signature:
         if algorithm.scheme == "rsassa_pkcs1v15":
             key.verify(signature, signed, padding.PKCS1v15(), hash_cls())
             return True
-    except (InvalidSignature, ValueError, KeyError):
+    except (InvalidSignature, ValueError, KeyError, OverflowError, TypeError):
+        # a parameter the backend cannot use (e.g. an absurd PSS salt) is not a valid signature
         return False
     return False
 
@@ -72,7 +73,7 @@ def raw_ecdsa_is_valid(key: ec.EllipticCurvePublicKey, r: int, s: int, hash_name
     try:
         key.verify(encode_dss_signature(r, s), signed, ec.ECDSA(_HASHES[hash_name]()))
         return True
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, ValueError, OverflowError):
         return False
 
 
