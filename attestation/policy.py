@@ -93,14 +93,12 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path) -> "Policy":
+        from .files import read_bounded
+
         path = Path(path)
+        data = read_bounded(path, MAX_POLICY_BYTES, "policy file", PolicyError)
         try:
-            size = path.stat().st_size
-            if size > MAX_POLICY_BYTES:
-                raise PolicyError(f"{path}: policy file is {size} bytes, over the {MAX_POLICY_BYTES}-byte limit")
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PolicyError(f"cannot read policy {path}: {exc.strerror or exc}") from exc
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise PolicyError(f"{path}: policy is not UTF-8 text") from exc
         try:

@@ -203,15 +203,10 @@ def parse_rim(data: bytes, source: str = "<RIM>") -> ReferenceManifest:
 
 def load_rim(path: str | Path) -> ReferenceManifest:
     """Read and parse a RIM file (``*.swidtag`` / ``*.xml``). The signature is not verified."""
+    from .files import read_bounded
+
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_RIM_BYTES:
-            raise CollateralFormatError(f"{path}: RIM is {size} bytes, over the {MAX_RIM_BYTES}-byte limit")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CollateralFormatError(f"cannot read RIM {path}: {exc.strerror or exc}") from exc
-    return parse_rim(data, str(path))
+    return parse_rim(read_bounded(path, MAX_RIM_BYTES, "RIM file", CollateralFormatError), str(path))
 
 
 def combine_golden(manifests: Iterable[ReferenceManifest]) -> dict[int, frozenset[bytes]]:

@@ -60,14 +60,9 @@ MAX_CRL_BYTES = 4 * MAX_CERT_INPUT_BYTES
 
 
 def _read_limited(path: Path, limit: int) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise CollateralFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    if len(data) > limit:
-        raise CollateralFormatError(f"{path}: over the {limit}-byte limit for this collateral file")
-    return data
+    from .files import read_bounded
+
+    return read_bounded(path, limit, "collateral file", CollateralFormatError)
 
 
 def _limit_for(name: str) -> int:
