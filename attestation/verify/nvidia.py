@@ -25,6 +25,9 @@ them, never only the first):
     the request nonce equals the verifier's expected nonce, when one is given. Without
     one, freshness is not checked and a warning says so.
 
+Bytes after the response's signature (outside the signed region, see
+:mod:`attestation.abi.spdm`) are ignored with a warning.
+
 Which measurements, versions and settings are acceptable is policy, in
 :mod:`attestation.validate.nvidia`.
 """
@@ -189,6 +192,10 @@ def verify_gpu_evidence(
         raise CertificateFormatError(f"GPU certificate chain has {len(chain)} certificates; at most {MAX_CHAIN_LENGTH} are accepted")
     reasons: list[Reason] = []
     warnings: list[str] = []
+    if evidence.trailing:
+        warnings.append(
+            f"the GPU evidence has {len(evidence.trailing)} bytes after the response's signature; no signature covers them and they were ignored"
+        )
     simulated = False
     root_fingerprint: str | None = None
     certified: CertificateFwid | None = None
