@@ -69,7 +69,13 @@ class Certificate:
 
 @dataclass(frozen=True)
 class RevocationList:
-    """One X.509 CRL."""
+    """One X.509 CRL.
+
+    ``revoked`` holds (issuer name DER, serial number) of every entry: the CRL's issuer, or,
+    in an indirect CRL (RFC 5280 §5.2.5, IssuingDistributionPoint ``indirectCRL``), the
+    name its entries' certificateIssuer extension gives (§5.3.3; an entry without one has the
+    issuer of the entry before it). ``revoked_serials`` are the serials of the entries whose
+    issuer is the CRL's issuer."""
 
     der: bytes
     tbs_der: bytes
@@ -80,6 +86,12 @@ class RevocationList:
     signature_algorithm: SignatureAlgorithm
     signature: bytes
     revoked_serials: frozenset[int]
+    revoked: frozenset[tuple[bytes, int]] = frozenset()
+    indirect: bool = False
+
+    def revokes(self, cert: "Certificate") -> bool:
+        """True when this CRL lists ``cert`` (its issuer's name and its serial number)."""
+        return (cert.issuer_der, cert.serial_number) in self.revoked
 
 
 _HASH_BY_OID = {
@@ -212,18 +224,34 @@ def parse_crl(data: bytes) -> RevocationList:
     try:
         crl = asn1_crl.CertificateList.load(der, strict=True)
         tbs = crl["tbs_cert_list"]
-        revoked = frozenset(int(entry["user_certificate"].native) for entry in tbs["revoked_certificates"])
+        issuer_der = tbs["issuer"].dump()
+        distribution_point = crl.issuing_distribution_point_value
+        indirect = bool(distribution_point is not None and distribution_point["indirect_crl"].native)
+        entries: set[tuple[bytes, int]] = set()
+        entry_issuer = issuer_der
+        for entry in tbs["revoked_certificates"]:
+            names = entry.certificate_issuer_value
+            if names is not None:
+                if not indirect:
+                    raise CertificateFormatError("a CRL entry names a certificate issuer, but the CRL is not indirect")
+                directory = [name.chosen.untag().dump() for name in names if name.name == "directory_name"]
+                if len(directory) != 1:
+                    raise CertificateFormatError("a CRL entry's certificate issuer is not one directory name")
+                entry_issuer = directory[0]
+            entries.add((entry_issuer, int(entry["user_certificate"].native)))
         next_update = tbs["next_update"].native
         return RevocationList(
             der=der,
             tbs_der=tbs.dump(),
             issuer=tbs["issuer"].human_friendly,
-            issuer_der=tbs["issuer"].dump(),
+            issuer_der=issuer_der,
             this_update=_aware(tbs["this_update"].native),
             next_update=None if next_update is None else _aware(next_update),
             signature_algorithm=_signature_algorithm(crl["signature_algorithm"]),
             signature=crl["signature"].native,
-            revoked_serials=revoked,
+            revoked_serials=frozenset(serial for name, serial in entries if name == issuer_der),
+            revoked=frozenset(entries),
+            indirect=indirect,
         )
     except CertificateFormatError:
         raise

@@ -84,6 +84,7 @@ from .chain import (
     ChainLink,
     crl_reasons,
     load_public_key,
+    memoised_raw_ecdsa_is_valid,
     raw_ecdsa_is_valid,
     revoked_reasons,
     verify_chain,
@@ -373,7 +374,7 @@ def _signed_document_reasons(
             _issuer_chain_reasons(links, prefix=prefix, what=what, at=at, trusted_simulated_roots=trusted_simulated_roots, expected_root=expected_root)
         )
         key = _p256_key_of(links[0].cert)
-        if key is None or not _raw_p256_signature_is_valid(key, signature, signed_bytes):
+        if key is None or not memoised_raw_ecdsa_is_valid(links[0].cert, signature, "sha256", signed_bytes):
             reasons.append(Reason(f"{prefix}.signature", f"the {what} signature over its exact signed bytes is invalid (signer {links[0].cert.subject!r})"))
         if root_crl is not None:
             reasons.extend(revoked_reasons(root_crl, links[:-1], f"{prefix}.revoked"))
