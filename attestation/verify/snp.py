@@ -29,14 +29,16 @@ Chain: VCEK -> ASK -> ARK, or VLEK -> ASVK -> ARK (RSA-PSS/SHA-384)
   * the root is trusted by :func:`attestation.trust.trust_root`: an AMD ARK shipped in the
     package (exact DER), or a root marked simulated whose SHA-256 fingerprint the policy
     lists (with a warning) [snp.chain.root];
-  * an optional AMD CRL is signed by that ARK and current, and revokes neither the
-    intermediate nor the signing certificate [snp.crl.signature, snp.crl.validity, snp.crl.revoked].
+  * an AMD CRL (given, or chosen by product line from the verifier's collateral store) is
+    signed by that ARK and current, and revokes neither the intermediate nor the signing
+    certificate (an indirect CRL may name the ASK/ASVK as an entry's issuer)
+    [snp.crl.signature, snp.crl.validity, snp.crl.revoked].
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -76,6 +78,8 @@ class SnpVerification:
     simulated: bool
     #: The AMD CRL's thisUpdate, when a CRL was given.
     crl_issued: datetime | None
+    #: Why the verifier's collateral store gave no AMD CRL (absent, stale, fetch failed).
+    collateral_notes: tuple[str, ...] = ()
 
 
 def _common_name(cert: Certificate) -> str:
@@ -186,8 +190,13 @@ def verify_snp_report(
     crl: RevocationList | None,
     at: datetime,
     trusted_simulated_roots: frozenset[str] = frozenset(),
+    crl_source: Callable[[str, str], Any] | None = None,
 ) -> SnpVerification:
-    """Every authenticity check of the module docstring; never raises on a bad report or chain."""
+    """Every authenticity check of the module docstring; never raises on a bad report or chain.
+
+    ``crl_source(product, signing_key)`` (the verifier's collateral store, see
+    :meth:`attestation.collateral.CollateralStore.amd_crl`) gives the AMD CRL for the chain's
+    product line when ``crl`` is None; it returns a lookup with ``value`` and ``notes``."""
     reasons: list[Reason] = []
     warnings: list[str] = []
     if report.signature_algo != SIGNATURE_ALGO_ECDSA_P384_SHA384:
@@ -200,6 +209,7 @@ def verify_snp_report(
     simulated = False
     product = None
     product_name = None
+    notes: list[str] = []
     leaf = _signing_certificate(certificates, signing_key, reasons)
     found = _find_chain(leaf, certificates, signing_key, reasons) if leaf is not None else None
     if leaf is not None:
@@ -220,11 +230,19 @@ def verify_snp_report(
             warnings.append(trust.warning)
         if product is None:  # a simulated or unknown root: the product line is in the names
             product = product_of_name(_common_name(intermediate))
+        if crl is None and crl_source is not None:
+            if product is None:
+                notes.append("the chain's product line is unknown, so no AMD CRL could be chosen")
+            else:
+                lookup = crl_source(product, signing_key)
+                crl = lookup.value
+                notes.extend(lookup.notes)
         if crl is not None:
             reasons.extend(crl_reasons(crl, root, at=at, check_prefix="snp.crl", name="the AMD CRL"))
             reasons.extend(revoked_reasons(crl, links[:2], "snp.crl.revoked"))
         else:
-            warnings.append("no AMD CRL was given: revocation of the ASK/ASVK was not checked")
+            why = f" ({'; '.join(notes)})" if notes else ""
+            warnings.append(f"no AMD CRL was given: revocation of the {role} and the {signing_key.upper()} was not checked{why}")
 
     cpuid_product = report.product_from_cpuid
     if product is not None and cpuid_product is not None and cpuid_product != product:
@@ -248,5 +266,5 @@ def verify_snp_report(
         reasons.extend(_extension_reasons(leaf, report, product, signing_key))
 
     return SnpVerification(
-        tuple(reasons), tuple(warnings), product, product_name, simulated, None if crl is None else crl.this_update
+        tuple(reasons), tuple(warnings), product, product_name, simulated, None if crl is None else crl.this_update, tuple(notes)
     )

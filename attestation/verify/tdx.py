@@ -218,6 +218,8 @@ class TdxVerification:
     qe_tcb_status: str | None = None
     #: Parts of a full collateral set that were not given (for ``require_collateral``).
     missing_collateral: tuple[str, ...] = ()
+    #: Why the verifier's collateral store gave no (fresh) part (absent, stale, fetch failed).
+    collateral_notes: tuple[str, ...] = ()
 
     @property
     def fmspc(self) -> bytes | None:
