@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import ClassVar
 
 from asn1crypto import core
@@ -649,8 +650,12 @@ def _integer(value: core.Any, name: str, bits: int, spec: type = core.Integer) -
     return number
 
 
+@lru_cache(maxsize=256)
 def decode_sgx_extensions(value_der: bytes) -> SgxExtensions:
-    """Decode the DER value of the SGX extensions (the extension's extnValue content)."""
+    """Decode the DER value of the SGX extensions (the extension's extnValue content).
+
+    A pure function of the bytes, so results are kept (a platform's PCK certificate comes
+    with every quote it makes); malformed input raises every time."""
     entries = _entries(value_der, "SGX extensions")
     if _OID_TCB not in entries:
         raise CertificateFormatError(f"SGX extensions: TCB ({_OID_TCB}) is missing")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable
+from functools import cached_property, lru_cache
+from types import MappingProxyType
+from typing import Iterable, Mapping
 
 from asn1crypto import core, crl as asn1_crl, pem, x509 as asn1_x509
 
@@ -52,10 +54,10 @@ class Certificate:
     signature: bytes
     public_key_der: bytes  # SubjectPublicKeyInfo, DER
     #: extension OID (dotted) -> (critical, DER of extnValue's content)
-    extensions: dict[str, tuple[bool, bytes]] = field(repr=False)
+    extensions: Mapping[str, tuple[bool, bytes]] = field(repr=False)
     is_ca: bool = False
 
-    @property
+    @cached_property
     def fingerprint_sha256(self) -> str:
         return hashlib.sha256(self.der).hexdigest()
 
@@ -149,7 +151,11 @@ def parse_certificate(data: bytes) -> Certificate:
     return _decode_der_certificate(bytes(data))
 
 
+@lru_cache(maxsize=512)
 def _decode_der_certificate(der: bytes) -> Certificate:
+    """Decode one DER certificate. A pure function of the bytes, so results are kept (the same
+    VCEK, PCK chain or vendor root arrives with every appraisal); malformed input raises
+    every time. The result is immutable (its extensions are a read-only mapping)."""
     try:
         cert = asn1_x509.Certificate.load(der, strict=True)
         tbs = cert["tbs_certificate"]
@@ -177,7 +183,7 @@ def _decode_der_certificate(der: bytes) -> Certificate:
             signature_algorithm=_signature_algorithm(cert["signature_algorithm"]),
             signature=cert["signature_value"].native,
             public_key_der=tbs["subject_public_key_info"].dump(),
-            extensions=extensions,
+            extensions=MappingProxyType(extensions),  # type: ignore[arg-type]
             is_ca=is_ca,
         )
     except CertificateFormatError:
