@@ -219,3 +219,39 @@ def test_every_error_here_is_an_attestation_error() -> None:
     for exc in (CertificateFormatError, EvidenceFormatError, PolicyError):
         assert issubclass(exc, AttestationError)
     assert parse_certificates  # the PEM path shares the DER decoder
+
+
+# --- certificate and CRL times outside datetime's range --------------------------------------
+
+
+def _with_not_before(der: bytes, encoded_time: bytes) -> bytes:
+    from asn1crypto import x509 as asn1
+
+    cert = asn1.Certificate.load(der).copy()
+    cert["tbs_certificate"]["validity"]["not_before"] = asn1.Time.load(encoded_time)
+    return cert.dump(force=True)
+
+
+@pytest.mark.parametrize("encoded", [b"\x18\x0f00000101000000Z", b"\x17\x0d230230000000Z"])
+def test_certificate_times_out_of_range_are_certificate_errors(encoded: bytes, vectors: Path) -> None:
+    vcek = (vectors / "sev-snp/milan-report-v2.vcek.der").read_bytes()
+    with pytest.raises(CertificateFormatError):
+        parse_certificate(_with_not_before(vcek, encoded) if encoded[0] == 0x18 else vcek.replace(
+            bytes.fromhex("170d3232303932343030353532385a"), encoded, 1))
+
+
+# --- RIM encodings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("document", [
+    b'<?xml version="1.0" encoding="bogus"?><a/>',
+    '<?xml version="1.0" encoding="utf-16"?><!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>'.encode("utf-16"),
+    b'<?xml version="1.0" encoding="latin-1"?><a/>',
+    b"\xff\xfe<\x00a\x00/\x00>\x00",
+])
+def test_rims_in_other_encodings_are_refused(document: bytes) -> None:
+    from attestation.errors import CollateralFormatError
+    from attestation.rim import parse_rim
+
+    with pytest.raises(CollateralFormatError, match="UTF-8"):
+        parse_rim(document)

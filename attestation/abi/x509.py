@@ -135,7 +135,11 @@ def _signature_algorithm(algo: asn1_x509.SignedDigestAlgorithm) -> SignatureAlgo
     raise CertificateFormatError(f"unsupported signature algorithm {name}")
 
 
-def _aware(value: datetime) -> datetime:
+def _aware(value: object) -> datetime:
+    """A certificate or CRL time as an aware UTC datetime; asn1crypto gives year 0 (which
+    Python's datetime cannot hold) as another type, refused here."""
+    if not isinstance(value, datetime):
+        raise CertificateFormatError(f"time {value} is outside the years 1 to 9999")
     return as_utc(value)
 
 

@@ -213,7 +213,10 @@ def write_simulated_collateral(
     vendors' collateral for the simulated TEE of ``simulated_dir`` (see
     :func:`simulated_collateral_files`); returns the files written. Each file is replaced
     atomically, so a verifier reading the cache never sees half a file."""
-    files = simulated_collateral_files(load_or_create(simulated_dir), issued=issued, lifetime=lifetime, tcb_status=tcb_status, revoked=revoked)
+    try:
+        files = simulated_collateral_files(load_or_create(simulated_dir), issued=issued, lifetime=lifetime, tcb_status=tcb_status, revoked=revoked)
+    except (OverflowError, ValueError) as exc:  # an issue time or lifetime past year 9999, or before 1950 for X.509
+        raise SimulatedTeeError(f"cannot issue collateral at {issued} for {lifetime}: {exc}") from exc
     root = Path(out_dir)
     written = []
     try:
