@@ -400,7 +400,7 @@ def test_cli_collateral_then_verify(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["enclave", "collateral", "--simulated-dir", sim, "--out", str(clean), "--issued", "9999-12-31T00:00:00Z"]) == 2
     assert main(["enclave", "collateral", "--simulated-dir", sim, "--out", str(clean), "--lifetime", "0"]) == 2
     err = capsys.readouterr().err
-    assert err.count("attestfl: error:") == 6 and "internal error" not in err
+    assert err.count("attestfl: error:") == 5 and "internal error" not in err
 
 
 def test_cli_verify_fetches_into_the_cache(server: VendorServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], pki: SimulatedPki) -> None:
