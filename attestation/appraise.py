@@ -86,7 +86,7 @@ def appraise_raw(
     Intel collateral (``inputs`` must carry none) and a VCEK the inputs lack."""
     check_size(data)
     if collateral is not None and (inputs.snp_crl is not None or inputs.tdx_collateral is not None):
-        from .collateral import CollateralError
+        from .errors import CollateralError
 
         raise CollateralError("collateral was given both as inputs (a CRL or TDX collateral) and as a collateral store; give one")
     if platform == "auto":

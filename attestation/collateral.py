@@ -42,6 +42,7 @@ time comparisons to an appraisal, no signature checks.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import threading
@@ -57,7 +58,7 @@ from typing import Any, Callable, Mapping
 
 from .abi.tdx_collateral import MAX_COLLATERAL_JSON_BYTES, QeIdentityDocument, TcbInfoDocument, TdxCollateral, parse_qe_identity, parse_tcb_info
 from .abi.x509 import MAX_CERT_INPUT_BYTES, Certificate, RevocationList, parse_certificate, parse_certificates, parse_crl
-from .errors import AttestationError, CertificateFormatError, CollateralFormatError
+from .errors import AttestationError, CertificateFormatError, CollateralError, CollateralFetchError, CollateralFormatError
 from .files import read_bounded
 from .timeutil import as_utc
 
@@ -70,14 +71,6 @@ MAX_CRL_BYTES = 4 * MAX_CERT_INPUT_BYTES
 MAX_RESPONSE_BYTES = 1024 * 1024
 
 _HEX = re.compile(r"[0-9a-f]+")
-
-
-class CollateralError(AttestationError):
-    """The collateral store cannot be used (no such cache directory, a bad fetch setting)."""
-
-
-class CollateralFetchError(CollateralError):
-    """A vendor service did not give the collateral (network, HTTP status, size, timeout)."""
 
 
 # --- fetching -------------------------------------------------------------------------------
@@ -164,6 +157,8 @@ class CollateralFetcher:
                 size += len(chunk)
                 if size > config.max_response_bytes:
                     raise CollateralFetchError(f"{url}: the response is over the {config.max_response_bytes}-byte limit")
+            if length is not None and length.isdigit() and size != int(length):  # the connection closed mid-body
+                raise http.client.IncompleteRead(b"".join(chunks), int(length) - size)
             headers = {name.lower(): value for name, value in response.headers.items()}
         return Fetched(url, b"".join(chunks), headers)
 
@@ -180,7 +175,8 @@ class CollateralFetcher:
                 error = CollateralFetchError(f"{url}: HTTP {exc.code} {exc.reason}")
             except CollateralFetchError:
                 raise
-            except (urllib.error.URLError, OSError, ValueError) as exc:  # refused, reset, timeout, bad URL
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+                # refused, reset, timeout, a truncated body, an oversized header line, a bad URL
                 retry = not isinstance(exc, ValueError)
                 reason = getattr(exc, "reason", None) or exc
                 error = CollateralFetchError(f"{url}: {reason}")

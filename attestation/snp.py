@@ -118,7 +118,7 @@ def appraise_snp(
     """
     at = as_utc(at)
     if store is not None and crl is not None:
-        from .collateral import CollateralError
+        from .errors import CollateralError
 
         raise CollateralError("an AMD CRL was given beside a collateral store: the store alone supplies collateral")
     parsed = parse_report(report)

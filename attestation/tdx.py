@@ -221,7 +221,8 @@ def appraise_tdx(
     parsed = parse_quote(quote)
     notes: tuple[str, ...] = ()
     if store is not None:
-        from .collateral import CollateralError, pck_ca_kind
+        from .collateral import pck_ca_kind
+        from .errors import CollateralError
         from .verify.tdx import pck_chain_of
 
         if collateral is not None:

@@ -20,6 +20,8 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     status: int = 200
     delay: float = 0.0
+    #: Content-Length to announce (default: the body's), e.g. more than is sent
+    declared_length: int | None = None
 
 
 class VendorServer:
@@ -43,12 +45,14 @@ class VendorServer:
                 self.send_response(route.status)
                 for name, value in route.headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(route.body)))
+                self.send_header("Content-Length", str(len(route.body) if route.declared_length is None else route.declared_length))
                 self.end_headers()
                 try:
                     self.wfile.write(route.body)
                 except OSError:
                     pass
+                if route.declared_length is not None:
+                    self.close_connection = True
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -292,6 +292,8 @@ def test_fetch_failures_are_reasons_not_crashes_and_are_not_retried_at_once(serv
         (Route(b"\x00" * 5000), "over the 4096-byte limit", 1),
         (Route(files["amd/milan/crl-vcek.der"], delay=2.5), "timed out", 2),
         (Route(b"not a crl"), "not a CRL", 1),
+        (Route(b"\x30\x82\x01\x00", declared_length=300), "IncompleteRead", 2),  # the connection closes mid-body
+        (Route(b"x", {"X-Padding": "a" * 70000}), "got more than 65536 bytes", 2),  # a header line too long
     ]
     for route, message, attempts in cases:
         server.routes[crl_path] = route
