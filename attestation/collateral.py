@@ -69,6 +69,8 @@ PCK_CAS = ("platform", "processor")
 MAX_CRL_BYTES = 4 * MAX_CERT_INPUT_BYTES
 #: No response of a vendor service is larger than this.
 MAX_RESPONSE_BYTES = 1024 * 1024
+#: Documents whose fetch failed recently and is not tried again yet, at most.
+MAX_REFUSED_FETCHES = 4096
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -417,15 +419,27 @@ class CollateralStore:
                 for relative, data in files.items():
                     self._write(relative, data)
             except (AttestationError, KeyError) as exc:
-                self._fetch_refused_until[item.path] = time.monotonic() + self.refetch_after
+                self._refuse_fetch(item.path)
                 notes.append(f"fetching the {item.what} failed: {exc}")
                 return Lookup(None, tuple(notes))
             value, why = self._judge(item, at, max_age, fresh_read=True)
             if why is None:
                 return Lookup(value, (f"the {item.what} was fetched again: {notes[0]}",))
-            self._fetch_refused_until[item.path] = time.monotonic() + self.refetch_after
+            self._refuse_fetch(item.path)
             notes.append(f"the {item.what} fetched again is not usable either: {why}")
         return Lookup(None, tuple(notes))
+
+    def _refuse_fetch(self, path: str) -> None:
+        """Do not fetch ``path`` again for ``refetch_after``; the table stays bounded (evidence
+        names the VCEK looked up, so an attacker could otherwise grow it)."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._fetch_refused_until) >= MAX_REFUSED_FETCHES:
+                for key in [k for k, until in self._fetch_refused_until.items() if until <= now]:
+                    del self._fetch_refused_until[key]
+                while len(self._fetch_refused_until) >= MAX_REFUSED_FETCHES:
+                    del self._fetch_refused_until[next(iter(self._fetch_refused_until))]
+            self._fetch_refused_until[path] = now + self.refetch_after
 
     def _judge(self, item: _Item, at: datetime, max_age: timedelta | None, *, fresh_read: bool = False) -> tuple[Any, str | None]:
         if fresh_read:

@@ -19,7 +19,10 @@ Collateral directory (``attestfl evidence verify --collateral DIR``), every file
 
 These are the bodies and the ``*-Issuer-Chain`` headers Intel PCS returns for
 ``/tdx/certification/v4/tcb``, ``/tdx/certification/v4/qe/identity``,
-``/sgx/certification/v4/pckcrl`` and the root CA CRL. Verification never fetches anything.
+``/sgx/certification/v4/pckcrl`` and the root CA CRL. This module never fetches anything;
+the verifier's collateral store (:mod:`attestation.collateral`, ``appraise_tdx(store=...)``)
+chooses the collateral for a quote's FMSPC and PCK CA from its cache, and its optional
+fetcher asks Intel PCS.
 """
 from __future__ import annotations
 
