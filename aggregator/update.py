@@ -300,12 +300,18 @@ def decode_tensors(data: bytes | bytearray | memoryview, spec: ModelSpec | None 
     return tensors, dict(metadata)
 
 
-def load_model(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a safetensors model file (float32 tensors)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UpdateFormatError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+#: The default size limit of a model file (:func:`load_model`).
+MAX_MODEL_BYTES = 64 * 1024 ** 3
+
+
+def load_model(path: str | Path, *, limit: int = MAX_MODEL_BYTES) -> dict[str, np.ndarray]:
+    """Read a safetensors model file (float32 tensors) of at most ``limit`` bytes.
+
+    The file must be a regular file (a FIFO or device is refused without blocking); it is read
+    into one buffer of its own size (:func:`attestation.files.read_bounded_buffer`)."""
+    from attestation.files import read_bounded_buffer
+
+    data = read_bounded_buffer(path, limit, "model file", UpdateFormatError)
     tensors, _metadata = decode_tensors(data)
     return {name: array.copy() for name, array in tensors.items()}
 

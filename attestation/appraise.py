@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .errors import EvidenceFormatError, EvidenceTooLargeError
 from .findings import Appraisal, Reason
 from .policy import Policy
+
+if TYPE_CHECKING:
+    from .collateral import CollateralStore
 
 #: No evidence, bundle or raw, is larger than this; larger input is refused unread.
 MAX_EVIDENCE_BYTES = 64 * 1024
@@ -75,19 +78,27 @@ def appraise_raw(
     at: datetime,
     inputs: EvidenceInputs = EvidenceInputs(),
     platform: str = "auto",
+    collateral: "CollateralStore | None" = None,
 ) -> Appraisal:
-    """Verify and appraise one piece of raw evidence (report, quote or GPU evidence)."""
+    """Verify and appraise one piece of raw evidence (report, quote or GPU evidence).
+
+    ``collateral``: the verifier's collateral store; it then supplies the AMD CRL and the
+    Intel collateral (``inputs`` must carry none) and a VCEK the inputs lack."""
     check_size(data)
+    if collateral is not None and (inputs.snp_crl is not None or inputs.tdx_collateral is not None):
+        from .errors import CollateralError
+
+        raise CollateralError("collateral was given both as inputs (a CRL or TDX collateral) and as a collateral store; give one")
     if platform == "auto":
         platform = detect_platform(data)
     if platform == "sev-snp":
         from .snp import appraise_snp
 
-        result = appraise_snp(data, certificates=tuple(inputs.certificates), crl=inputs.snp_crl, policy=policy, at=at)
+        result = appraise_snp(data, certificates=tuple(inputs.certificates), crl=inputs.snp_crl, policy=policy, at=at, store=collateral)
     elif platform == "tdx":
         from .tdx import appraise_tdx
 
-        result = appraise_tdx(data, collateral=inputs.tdx_collateral, policy=policy, at=at)
+        result = appraise_tdx(data, collateral=inputs.tdx_collateral, policy=policy, at=at, store=collateral)
     elif platform == "nvidia-gpu":
         from .nvidia import appraise_gpu
 
@@ -108,15 +119,16 @@ def appraise_evidence(
     at: datetime,
     inputs: EvidenceInputs = EvidenceInputs(),
     platform: str = "auto",
+    collateral: "CollateralStore | None" = None,
 ) -> Appraisal:
     """Appraise an evidence bundle (recognised by its CBOR self-describe tag; ``inputs.nonce``
     is then the verifier's nonce, see :func:`attestation.bundle.appraise_bundle`) or raw
-    evidence (:func:`appraise_raw`)."""
+    evidence (:func:`appraise_raw`); ``collateral`` is the verifier's collateral store."""
     from .abi.bundle import looks_like_bundle
 
     check_size(data)
     if looks_like_bundle(data):
         from .bundle import appraise_bundle
 
-        return appraise_bundle(data, expected_nonce=inputs.nonce, policy=policy, at=at, inputs=replace(inputs, nonce=None))
-    return appraise_raw(data, policy=policy, at=at, inputs=inputs, platform=platform)
+        return appraise_bundle(data, expected_nonce=inputs.nonce, policy=policy, at=at, inputs=replace(inputs, nonce=None), collateral=collateral)
+    return appraise_raw(data, policy=policy, at=at, inputs=inputs, platform=platform, collateral=collateral)

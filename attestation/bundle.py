@@ -3,8 +3,9 @@
 :func:`appraise_bundle` decodes the bundle (:mod:`attestation.abi.bundle`), then
 
 1. verifies and appraises the CPU evidence through :func:`attestation.appraise.appraise_raw`,
-   exactly as raw evidence, with the certificates and collateral the bundle carries (plus
-   any the caller gives);
+   exactly as raw evidence, with the certificates the bundle carries (plus any the caller
+   gives) and the verifier's collateral store when one is given (the bundle's own collateral
+   is then ignored), else the collateral the bundle carries;
 2. checks the binding [binding.report_data]: the evidence's report_data is SHA-512 over
    the label, the bundle's X25519 and Ed25519 keys and the bundle's nonce
    (:mod:`attestation.binding`);
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .abi.bundle import EvidenceBundle, parse_bundle
 from .abi.spdm import parse_gpu_evidence_any
@@ -32,6 +33,9 @@ from .binding import binding_reasons, gpu_binding_reasons, gpu_nonce_for, report
 from .errors import EvidenceFormatError
 from .findings import Appraisal, Reason
 from .policy import Policy
+
+if TYPE_CHECKING:
+    from .collateral import CollateralStore
 
 
 def evidence_report_data(platform: str, evidence: bytes) -> bytes:
@@ -51,8 +55,16 @@ def evidence_report_data(platform: str, evidence: bytes) -> bytes:
 SNP_CRL_FILE = "amd-crl.der"
 
 
-def _cpu_inputs(bundle: EvidenceBundle, inputs: EvidenceInputs) -> EvidenceInputs:
-    """The bundle's certificates and collateral, after any the caller gives."""
+#: The warning of a bundle appraised with a collateral store while it carried collateral.
+IGNORED_COLLATERAL_WARNING = "the bundle's own collateral was ignored; the verifier's was used"
+
+
+def _cpu_inputs(bundle: EvidenceBundle, inputs: EvidenceInputs, store: "CollateralStore | None" = None) -> EvidenceInputs:
+    """The bundle's certificates and collateral, after any the caller gives; with a
+    collateral store, the certificates only (the store supplies the collateral)."""
+    certificates = tuple(inputs.certificates) + tuple(bundle.certificates)
+    if store is not None:
+        return replace(inputs, certificates=certificates, nonce=None)
     collateral = inputs.tdx_collateral
     if collateral is None and bundle.platform == "tdx" and bundle.collateral:
         from .tdx import collateral_from_files, is_collateral_file_name
@@ -67,7 +79,6 @@ def _cpu_inputs(bundle: EvidenceBundle, inputs: EvidenceInputs) -> EvidenceInput
         if unknown:
             raise EvidenceFormatError(f"bundle collateral: an SEV-SNP bundle carries only {SNP_CRL_FILE}, not {', '.join(unknown)}")
         crl = bundle.collateral.get(SNP_CRL_FILE)
-    certificates = tuple(inputs.certificates) + tuple(bundle.certificates)
     return replace(inputs, certificates=certificates, tdx_collateral=collateral, snp_crl=crl, nonce=None)
 
 
@@ -78,17 +89,27 @@ def appraise_bundle(
     policy: Policy,
     at: datetime,
     inputs: EvidenceInputs = EvidenceInputs(),
+    collateral: "CollateralStore | None" = None,
 ) -> Appraisal:
     """Verify and appraise a bundle (bytes or decoded). ``expected_nonce`` is the nonce the
     verifier chose; ``None`` skips the freshness check and says so in a warning.
+
+    ``collateral``: the verifier's :class:`~attestation.collateral.CollateralStore`. With it,
+    the collateral the bundle carries (AMD CRL, TDX collateral) is **ignored** (a warning says
+    so when the bundle carried some) and the store's is used: a site cannot strip its CRL or
+    bring an old one. The certificates the bundle carries (VCEK/VLEK; the PCK chain travels in
+    the quote) are still used: their chains are verified to the vendor root.
 
     Malformed bundles, evidence or collateral raise :class:`~attestation.errors.AttestationError`
     subclasses; everything that parses yields an :class:`Appraisal` with every failed check.
     """
     bundle = data if isinstance(data, EvidenceBundle) else parse_bundle(data)
-    cpu = appraise_raw(bundle.evidence, policy=policy, at=at, inputs=_cpu_inputs(bundle, inputs), platform=bundle.platform)
+    cpu = appraise_raw(bundle.evidence, policy=policy, at=at, inputs=_cpu_inputs(bundle, inputs, collateral), platform=bundle.platform,
+                       collateral=collateral)
     reasons: list[Reason] = list(cpu.reasons)
     warnings: list[str] = list(cpu.warnings)
+    if collateral is not None and bundle.collateral:
+        warnings.append(IGNORED_COLLATERAL_WARNING)
 
     if expected_nonce is None:
         warnings.append("no expected nonce was given: the bundle's freshness was not checked")

@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .appraise import MAX_EVIDENCE_BYTES, PLATFORM_CHOICES, EvidenceInputs, appraise_evidence
 from .errors import AttestationError, EvidenceTooLargeError
@@ -16,6 +16,9 @@ from .files import read_bounded as _read_bounded
 from .findings import Appraisal
 from .policy import Policy
 from .timeutil import parse_time, utcnow
+
+if TYPE_CHECKING:
+    from .collateral import CollateralStore
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -52,6 +55,14 @@ def add_evidence_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     verify.add_argument("--cert", action="append", default=[], metavar="FILE", help="VCEK/VLEK (DER or PEM) or GPU certificate chain (PEM) when the evidence does not carry it; repeatable")
     verify.add_argument("--collateral", metavar="DIR", help="directory of Intel collateral files (see docs/attestation.md)")
+    verify.add_argument("--collateral-dir", metavar="CACHE_DIR",
+                        help="the verifier's collateral cache (AMD CRLs and VCEKs, Intel TCB info, QE identity, CRLs; layout in "
+                        "docs/attestation.md): collateral comes from there, never from an evidence bundle")
+    verify.add_argument("--fetch-collateral", action="store_true",
+                        help="with --collateral-dir: fetch missing or stale collateral from AMD KDS and Intel PCS into the cache")
+    verify.add_argument("--amd-kds-url", metavar="URL", help="AMD KDS base URL for --fetch-collateral (default https://kdsintf.amd.com)")
+    verify.add_argument("--intel-pcs-url", metavar="URL", help="Intel PCS base URL for --fetch-collateral (default https://api.trustedservices.intel.com)")
+    verify.add_argument("--intel-root-crl-url", metavar="URL", help="Intel SGX Root CA CRL URL for --fetch-collateral")
     verify.add_argument("--crl", metavar="FILE", help="AMD CRL (DER or PEM) for SEV-SNP")
     verify.add_argument("--policy", metavar="FILE", help="policy TOML (default: authenticity required, debug forbidden)")
     verify.add_argument("--at", metavar="TIME", help="verify as of this ISO-8601 time (default: now)")
@@ -73,6 +84,21 @@ def _apply_example(args: argparse.Namespace) -> None:
     args.cert = args.cert or [str(examples.joinpath("milan-report-v2.vcek.der"))]
     args.at = args.at or EXAMPLE_AT
     args.policy = args.policy or str(examples.joinpath("milan-example-policy.toml"))
+
+
+def _collateral_store(args: argparse.Namespace) -> "CollateralStore | None":
+    urls = {"amd_base_url": args.amd_kds_url, "intel_base_url": args.intel_pcs_url, "intel_root_ca_crl_url": args.intel_root_crl_url}
+    given = {name: url for name, url in urls.items() if url}
+    if not args.collateral_dir:
+        if args.fetch_collateral or given:
+            raise AttestationError("--fetch-collateral and the collateral service URLs need --collateral-dir")
+        return None
+    if args.collateral or args.crl:
+        raise AttestationError("--collateral-dir supplies all collateral: do not give --collateral or --crl with it")
+    from .collateral import CollateralFetcher, CollateralStore, FetchConfig
+
+    fetcher = CollateralFetcher(FetchConfig(**given)) if args.fetch_collateral or given else None
+    return CollateralStore(args.collateral_dir, fetcher=fetcher)
 
 
 def _load_inputs(args: argparse.Namespace) -> EvidenceInputs:
@@ -99,7 +125,8 @@ def run_verify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO 
         policy = Policy.load(args.policy) if args.policy else Policy()
         data = read_bounded(args.file, MAX_EVIDENCE_BYTES, "evidence file")
         inputs = _load_inputs(args)
-        appraisal = appraise_evidence(data, policy=policy, at=at, inputs=inputs, platform=args.platform)
+        store = _collateral_store(args)
+        appraisal = appraise_evidence(data, policy=policy, at=at, inputs=inputs, platform=args.platform, collateral=store)
     except AttestationError as exc:
         if args.json:
             print(json.dumps({"accepted": False, "error": str(exc)}), file=out)

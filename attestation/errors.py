@@ -29,3 +29,12 @@ class CollateralFormatError(AttestationError):
 
 class PolicyError(AttestationError):
     """A policy file or value is malformed: unknown key, wrong type, bad hex."""
+
+
+class CollateralError(AttestationError):
+    """The verifier's collateral store cannot be used: no such cache directory, a bad fetch
+    setting, collateral given both to the store and beside it."""
+
+
+class CollateralFetchError(CollateralError):
+    """A vendor service did not give the collateral (network, HTTP status, size, time)."""

@@ -61,10 +61,14 @@ class Policy:
 
     @classmethod
     def from_toml(cls, text: str) -> "Policy":
+        if not isinstance(text, str):
+            raise PolicyError(f"policy must be TOML text, got {type(text).__name__}")
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"policy is not valid TOML: {exc}") from exc
+        except (RecursionError, ValueError) as exc:  # nesting too deep, an integer too long to convert
+            raise PolicyError(f"policy is not usable TOML: {type(exc).__name__}") from exc
         return cls.from_dict(data)
 
     @classmethod
@@ -89,14 +93,12 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path) -> "Policy":
+        from .files import read_bounded
+
         path = Path(path)
+        data = read_bounded(path, MAX_POLICY_BYTES, "policy file", PolicyError)
         try:
-            size = path.stat().st_size
-            if size > MAX_POLICY_BYTES:
-                raise PolicyError(f"{path}: policy file is {size} bytes, over the {MAX_POLICY_BYTES}-byte limit")
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PolicyError(f"cannot read policy {path}: {exc.strerror or exc}") from exc
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise PolicyError(f"{path}: policy is not UTF-8 text") from exc
         try:

@@ -88,12 +88,18 @@ def snp_vcpu_types() -> tuple[str, ...]:
     return tuple(vcpu_types.CPU_SIGS)
 
 
+#: No kernel, initrd or firmware image hashed for reference values is larger than this.
+MAX_IMAGE_BYTES = 4 * 1024 ** 3
+
+
 def _sha256_file(path: Path, role: str) -> str:
-    try:
-        with open(path, "rb") as handle:
+    from .files import open_bounded
+
+    with open_bounded(path, MAX_IMAGE_BYTES, role, ReferenceValueError) as (handle, _size):
+        try:
             return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError as exc:
-        raise ReferenceValueError(f"cannot read {role} {path}: {exc.strerror or exc}") from exc
+        except OSError as exc:
+            raise ReferenceValueError(f"cannot read {role} {path}: {exc.strerror or exc}") from exc
 
 
 def init_data_digest(text: bytes, platform: str) -> bytes:

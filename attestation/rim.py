@@ -61,7 +61,8 @@ MAX_ALTERNATIVES = 64
 #: SPDM block indices are one byte, so RIM indices are 0..254.
 MAX_RIM_INDEX = 254
 
-_FORBIDDEN = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_FORBIDDEN = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_DECLARED_ENCODING = re.compile(r"\A\ufeff?\s*<\?xml[^>]*?\bencoding\s*=\s*[\"']([^\"']*)[\"']")
 _BOOLEANS = {"true": True, "false": False}
 
 
@@ -167,11 +168,20 @@ def parse_rim(data: bytes, source: str = "<RIM>") -> ReferenceManifest:
     """Parse RIM XML bytes. The XML signature is not verified."""
     if len(data) > MAX_RIM_BYTES:
         raise CollateralFormatError(f"{source}: RIM is {len(data)} bytes, over the {MAX_RIM_BYTES}-byte limit")
-    if _FORBIDDEN.search(data):
+    # Only UTF-8 is read, so that the DOCTYPE/ENTITY check below sees what the XML parser sees
+    # (a UTF-16 document would otherwise carry an entity declaration past it).
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CollateralFormatError(f"{source}: RIM is not UTF-8 text") from exc
+    declared = _DECLARED_ENCODING.match(text)
+    if declared and declared.group(1).strip().lower().replace("_", "-") not in ("utf-8", "utf8"):
+        raise CollateralFormatError(f"{source}: RIM declares encoding {declared.group(1)!r}; only UTF-8 is accepted")
+    if _FORBIDDEN.search(text):
         raise CollateralFormatError(f"{source}: RIM contains a DOCTYPE or entity declaration, which are not accepted")
     try:
-        root = ElementTree.fromstring(data)
-    except ElementTree.ParseError as exc:
+        root = ElementTree.fromstring(bytes(data))
+    except (ElementTree.ParseError, ValueError, LookupError) as exc:
         raise CollateralFormatError(f"{source}: RIM is not well-formed XML: {exc}") from exc
     if _local(root.tag) != (SWID_NAMESPACE, "SoftwareIdentity"):
         raise CollateralFormatError(f"{source}: root element is {root.tag!r}, not a SWID SoftwareIdentity")
@@ -203,15 +213,10 @@ def parse_rim(data: bytes, source: str = "<RIM>") -> ReferenceManifest:
 
 def load_rim(path: str | Path) -> ReferenceManifest:
     """Read and parse a RIM file (``*.swidtag`` / ``*.xml``). The signature is not verified."""
+    from .files import read_bounded
+
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_RIM_BYTES:
-            raise CollateralFormatError(f"{path}: RIM is {size} bytes, over the {MAX_RIM_BYTES}-byte limit")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CollateralFormatError(f"cannot read RIM {path}: {exc.strerror or exc}") from exc
-    return parse_rim(data, str(path))
+    return parse_rim(read_bounded(path, MAX_RIM_BYTES, "RIM file", CollateralFormatError), str(path))
 
 
 def combine_golden(manifests: Iterable[ReferenceManifest]) -> dict[int, frozenset[bytes]]:

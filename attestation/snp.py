@@ -8,7 +8,7 @@ package are used. See :mod:`attestation.verify.snp` for every check.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .abi.snp import SnpReport, parse_report
 from .abi.x509 import Certificate, parse_certificates, parse_crl
@@ -18,6 +18,9 @@ from .policy import Policy
 from .timeutil import as_utc
 from .validate.snp import validate_snp
 from .verify.snp import SnpVerification, verify_snp_report
+
+if TYPE_CHECKING:
+    from .collateral import CollateralStore
 
 PLATFORM = "sev-snp"
 
@@ -74,6 +77,25 @@ def _certificates(blobs: Sequence[bytes]) -> tuple[list[Certificate], list[Reaso
     return certs, reasons
 
 
+def _store_vcek(parsed: SnpReport, store: "CollateralStore", at: datetime) -> tuple[list[Certificate], list[str]]:
+    """The VCEK for the report's chip and REPORTED_TCB from the verifier's store (cache or KDS)."""
+    from .collateral import AMD_PRODUCTS
+
+    if parsed.signing_key != "vcek":
+        return [], []
+    if parsed.mask_chip_key:
+        return [], ["the report masks its CHIP_ID, so no VCEK can be looked up for it"]
+    product = parsed.product_from_cpuid
+    notes: list[str] = []
+    for candidate in [product] if product else list(AMD_PRODUCTS):
+        tcb = parsed.tcb("reported", candidate).components()
+        lookup = store.amd_vcek(candidate, parsed.chip_id, parsed.reported_tcb_raw, tcb, at=at)
+        if lookup.value is not None:
+            return [lookup.value], []
+        notes.extend(lookup.notes)
+    return [], notes
+
+
 def appraise_snp(
     report: bytes,
     *,
@@ -81,24 +103,43 @@ def appraise_snp(
     crl: bytes | None = None,
     policy: Policy,
     at: datetime,
+    store: "CollateralStore | None" = None,
 ) -> Appraisal:
     """Parse, verify and appraise an SNP attestation report.
 
     ``certificates`` are DER or PEM blobs: the VCEK or VLEK and, optionally, the ASK/ASVK
-    and ARK. Raises :class:`~attestation.errors.EvidenceFormatError` when the report bytes
-    do not parse, or :class:`~attestation.errors.CertificateFormatError` for a CRL that
-    does not decode; a certificate that does not decode is a failed check. Otherwise
-    returns an :class:`Appraisal` listing every failed check, with the claims either way.
+    and ARK. ``crl``: an AMD CRL. ``store``: the verifier's collateral store
+    (:class:`attestation.collateral.CollateralStore`); with it, the AMD CRL for the chain's
+    product line comes from the store (``crl`` must then be None), and a VCEK not given is
+    looked up there. Raises :class:`~attestation.errors.EvidenceFormatError` when the report
+    bytes do not parse, or :class:`~attestation.errors.CertificateFormatError` for a CRL that
+    does not decode; a certificate that does not decode is a failed check. Otherwise returns
+    an :class:`Appraisal` listing every failed check, with the claims either way.
     """
     at = as_utc(at)
+    if store is not None and crl is not None:
+        from .errors import CollateralError
+
+        raise CollateralError("an AMD CRL was given beside a collateral store: the store alone supplies collateral")
     parsed = parse_report(report)
     certs, reasons = _certificates(certificates)
+    warnings: list[str] = []
+    if store is not None and not any(not c.is_ca for c in certs):
+        found, notes = _store_vcek(parsed, store, at)
+        certs.extend(found)
+        warnings.extend(f"collateral: {note}" for note in notes)
     revocation_list = parse_crl(crl) if crl is not None else None
+    crl_source = None
+    if store is not None:
+        def crl_source(product: str, signing_key: str) -> Any:
+            return store.amd_crl(product, signing_key, at=at, max_age=policy.max_collateral_age)
+
     verification = verify_snp_report(
-        parsed, certificates=certs, crl=revocation_list, at=at, trusted_simulated_roots=policy.trusted_simulated_roots
+        parsed, certificates=certs, crl=revocation_list, at=at, trusted_simulated_roots=policy.trusted_simulated_roots,
+        crl_source=crl_source,
     )
     reasons += list(verification.reasons) + validate_snp(parsed, verification, policy, at=at)
-    return Appraisal(PLATFORM, snp_claims(parsed, verification), tuple(reasons), verification.warnings)
+    return Appraisal(PLATFORM, snp_claims(parsed, verification), tuple(reasons), tuple(warnings) + verification.warnings)
 
 
 __all__ = ["PLATFORM", "EvidenceFormatError", "appraise_snp", "snp_claims"]

@@ -19,14 +19,18 @@ Collateral directory (``attestfl evidence verify --collateral DIR``), every file
 
 These are the bodies and the ``*-Issuer-Chain`` headers Intel PCS returns for
 ``/tdx/certification/v4/tcb``, ``/tdx/certification/v4/qe/identity``,
-``/sgx/certification/v4/pckcrl`` and the root CA CRL. Verification never fetches anything.
+``/sgx/certification/v4/pckcrl`` and the root CA CRL. This module never fetches anything;
+the verifier's collateral store (:mod:`attestation.collateral`, ``appraise_tdx(store=...)``)
+chooses the collateral for a quote's FMSPC and PCK CA from its cache, and its optional
+fetcher asks Intel PCS.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .abi.tdx import TdxQuote, parse_quote
 from .abi.tdx_collateral import (
@@ -44,6 +48,9 @@ from .timeutil import as_utc
 from .validate.tdx import validate_tdx
 from .verify.tdx import TdxVerification, verify_tdx_quote
 
+if TYPE_CHECKING:
+    from .collateral import CollateralStore
+
 PLATFORM = "tdx"
 
 TCB_INFO_FILE = "tcb-info.json"
@@ -60,14 +67,9 @@ MAX_CRL_BYTES = 4 * MAX_CERT_INPUT_BYTES
 
 
 def _read_limited(path: Path, limit: int) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise CollateralFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    if len(data) > limit:
-        raise CollateralFormatError(f"{path}: over the {limit}-byte limit for this collateral file")
-    return data
+    from .files import read_bounded
+
+    return read_bounded(path, limit, "collateral file", CollateralFormatError)
 
 
 def _limit_for(name: str) -> int:
@@ -207,15 +209,37 @@ def appraise_tdx(
     collateral: TdxCollateral | None = None,
     policy: Policy,
     at: datetime,
+    store: "CollateralStore | None" = None,
 ) -> Appraisal:
     """Parse, verify and appraise a TDX quote.
 
-    Raises :class:`~attestation.errors.EvidenceFormatError` (or ``EvidenceTooLargeError``)
-    when the bytes are not a quote. Otherwise returns an :class:`Appraisal` listing every
-    failed authenticity, collateral and policy check, with the claims either way.
+    ``collateral``: Intel collateral given by the caller; ``store``: the verifier's collateral
+    store (:class:`attestation.collateral.CollateralStore`), which then supplies the collateral
+    for the quote's FMSPC and PCK CA (``collateral`` must be None). Raises
+    :class:`~attestation.errors.EvidenceFormatError` (or ``EvidenceTooLargeError``) when the
+    bytes are not a quote. Otherwise returns an :class:`Appraisal` listing every failed
+    authenticity, collateral and policy check, with the claims either way.
     """
     at = as_utc(at)
     parsed = parse_quote(quote)
+    notes: tuple[str, ...] = ()
+    if store is not None:
+        from .collateral import pck_ca_kind
+        from .errors import CollateralError
+        from .verify.tdx import pck_chain_of
+
+        if collateral is not None:
+            raise CollateralError("TDX collateral was given beside a collateral store: the store alone supplies collateral")
+        pck, _ = pck_chain_of(parsed)
+        if pck is not None and pck.extensions is not None:
+            lookup = store.tdx_collateral(pck.extensions.fmspc, pck_ca_kind(pck.leaf.issuer), at=at, max_age=policy.max_collateral_age)
+            collateral = None if lookup.collateral.is_empty else lookup.collateral
+            notes = lookup.notes
+        else:
+            notes = ("the quote carries no usable PCK certificate, so no collateral could be chosen for it",)
     verification = verify_tdx_quote(parsed, collateral=collateral, at=at, trusted_simulated_roots=policy.trusted_simulated_roots)
+    if notes:
+        verification = replace(verification, collateral_notes=notes)
     reasons = list(verification.reasons) + validate_tdx(parsed, verification, policy, at=at)
-    return Appraisal(PLATFORM, tdx_claims(parsed, verification), tuple(reasons), verification.warnings)
+    warnings = tuple(f"collateral: {note}" for note in notes) + verification.warnings
+    return Appraisal(PLATFORM, tdx_claims(parsed, verification), tuple(reasons), warnings)

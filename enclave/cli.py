@@ -8,7 +8,13 @@ simulated launch measurement.
 * ``attestfl enclave measure [--config FILE]`` prints the simulated launch measurement of
   the installed code (and configuration), the reference value a policy pins;
 * ``attestfl enclave trust --simulated-dir DIR`` prints the policy line that trusts a
-  simulated TEE's roots.
+  simulated TEE's roots;
+* ``attestfl enclave collateral --simulated-dir DIR --out CACHE_DIR [--revoke CERT]...``
+  fills a verifier's collateral cache directory (:mod:`attestation.collateral`) with the
+  simulated vendors' collateral (AMD CRL, Intel TCB info, QE identity, CRLs), so that an
+  aggregator or ``attestfl evidence verify --collateral-dir`` verifies simulated SEV-SNP and
+  TDX evidence with the verifier's collateral; ``--revoke`` lists a simulated certificate
+  (``vcek``, ``ask``, ``pck-leaf``, ``pck-ca`` or a certificate file) as revoked.
 
 Exit status: 0 done; 2 unusable input or no TEE.
 """
@@ -64,6 +70,21 @@ def add_enclave_commands(subparsers: argparse._SubParsersAction) -> None:
     trust.add_argument("--simulated-dir", required=True, metavar="DIR", help="the simulated TEE's directory")
     trust.add_argument("--gpu", action="store_true", help="include the simulated GPU's root (DIR/gpu)")
     trust.set_defaults(handler=run_trust)
+
+    collateral = sub.add_parser(
+        "collateral",
+        help="fill a verifier's collateral cache directory with the simulated vendors' collateral",
+        description="Write the simulated AMD CRL and Intel TCB info, QE identity and CRLs into a collateral cache "
+        "directory (the layout of docs/attestation.md). Exit 0: written; 2: unusable input.",
+    )
+    collateral.add_argument("--simulated-dir", required=True, metavar="DIR", help="the simulated TEE's directory (created on first use)")
+    collateral.add_argument("--out", required=True, metavar="CACHE_DIR", help="the collateral cache directory to fill (created if needed)")
+    collateral.add_argument("--issued", metavar="TIME", help="issue time of the collateral, ISO-8601 (default: now)")
+    collateral.add_argument("--lifetime", default="30d", metavar="DURATION", help="time to the next update, seconds or e.g. 30d, 12h (default 30d)")
+    collateral.add_argument("--tcb-status", default="UpToDate", metavar="STATUS", help="TDX TCB status the TCB info gives the simulated platform (default UpToDate)")
+    collateral.add_argument("--revoke", action="append", default=[], metavar="CERT",
+                            help="list as revoked: vcek, ask, pck-leaf, pck-ca, or a certificate file (DER or PEM); repeatable")
+    collateral.set_defaults(handler=run_collateral)
 
 
 def _hex(text: str, what: str, size: int | None = None) -> bytes:
@@ -177,4 +198,43 @@ def run_trust(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
         print(f"attestfl: error: {exc}", file=err)
         return EXIT_UNUSABLE
     print("trusted_simulated_roots = [" + ", ".join(f'"{fp}"' for fp in fingerprints) + "]", file=out)
+    return EXIT_OK
+
+
+REVOKE_NAMES = ("vcek", "ask", "pck-leaf", "pck-ca")
+MAX_CERT_BYTES = 64 * 1024
+
+
+def _revoked(names: list[str], simulated_dir: str) -> list[bytes]:
+    from .simulated.pki import load_or_create
+
+    pki = load_or_create(simulated_dir)
+    named = {"vcek": pki.amd.vcek.der, "ask": pki.amd.ask.der, "pck-leaf": pki.intel.pck_leaf.der, "pck-ca": pki.intel.pck_ca.der}
+    return [named[name] if name in named else read_bounded(name, MAX_CERT_BYTES, "certificate file", EnclaveCliError) for name in names]
+
+
+def run_collateral(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    from attestation.errors import AttestationError
+    from attestation.timeutil import parse_time
+    from attestation.validate.fields import read_duration
+
+    from .simulated.collateral import write_simulated_collateral
+
+    try:
+        issued = parse_time(args.issued) if args.issued else None
+        lifetime = read_duration({"lifetime": args.lifetime}, "lifetime", "--lifetime")
+        assert lifetime is not None
+        if lifetime.total_seconds() <= 0:
+            raise EnclaveCliError("--lifetime must be positive")
+        from attestation.abi.tdx_collateral import TCB_LEVEL_STATUSES
+
+        if args.tcb_status not in TCB_LEVEL_STATUSES:
+            raise EnclaveCliError(f"--tcb-status {args.tcb_status!r} is not one of {', '.join(sorted(TCB_LEVEL_STATUSES))}")
+        written = write_simulated_collateral(args.simulated_dir, args.out, issued=issued, lifetime=lifetime,
+                                             tcb_status=args.tcb_status, revoked=_revoked(args.revoke, args.simulated_dir))
+    except (EnclaveCliError, SimulatedTeeError, AttestationError) as exc:
+        print(f"attestfl: error: {exc}", file=err)
+        return EXIT_UNUSABLE
+    print(f"wrote {len(written)} simulated collateral files to {args.out}" + (f" (revoked: {', '.join(args.revoke)})" if args.revoke else ""), file=out)
     return EXIT_OK

@@ -49,6 +49,7 @@ from attestation.abi.spdm import (
     opaque_fields,
     parse_gpu_evidence,
 )
+from attestation.files import read_bounded
 from attestation.trust import SIMULATED_ORGANIZATION
 
 from .simulated import SimulatedTeeError
@@ -179,9 +180,17 @@ def _save(directory: Path, role: str, issued: IssuedCertificate) -> None:
     _write_private(directory / f"{role}.key.pem", key_pem)
 
 
+#: No file of a simulated PKI directory is larger than this.
+MAX_PKI_FILE_BYTES = 64 * 1024
+
+
+def _read(path: Path) -> bytes:
+    return read_bounded(path, MAX_PKI_FILE_BYTES, "simulated GPU file", SimulatedTeeError)
+
+
 def _load(directory: Path, role: str) -> IssuedCertificate:
-    cert = x509.load_pem_x509_certificate((directory / f"{role}.pem").read_bytes())
-    key = serialization.load_pem_private_key((directory / f"{role}.key.pem").read_bytes(), password=None)
+    cert = x509.load_pem_x509_certificate(_read(directory / f"{role}.pem"))
+    key = serialization.load_pem_private_key(_read(directory / f"{role}.key.pem"), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise SimulatedTeeError(f"{directory / role}.key.pem is not an EC private key")
     return IssuedCertificate(cert, key)
@@ -208,8 +217,8 @@ def load_or_create_gpu_pki(directory: str | Path) -> SimulatedGpuPki:
             (directory / "fwid.bin").write_bytes(fwid)
             marker.write_text("attestfl simulated NVIDIA GPU root of trust. Software only: proves nothing about hardware.\n")
         loaded = {role: _load(directory, role) for role, _, _ in _ROLES}
-        fwid = (directory / "fwid.bin").read_bytes()
-    except (OSError, ValueError) as exc:
+        fwid = _read(directory / "fwid.bin")
+    except (OSError, ValueError, SimulatedTeeError) as exc:
         raise SimulatedTeeError(f"simulated GPU directory {directory} is unusable: {exc}") from exc
     if len(fwid) != FWID_SIZE:
         raise SimulatedTeeError(f"{directory / 'fwid.bin'} does not hold a {FWID_SIZE}-byte FWID")

@@ -149,7 +149,7 @@ def test_rim_file_limits(tmp_path: Path) -> None:
         load_rim(tmp_path / "missing.swidtag")
     big = tmp_path / "big.swidtag"
     big.write_bytes(b" " * (1024 * 1024 + 1))
-    with pytest.raises(CollateralFormatError, match="over the"):
+    with pytest.raises(CollateralFormatError, match="larger than"):
         load_rim(big)
 
 

@@ -171,7 +171,6 @@ def _patch(data: bytes, offset: int, value: bytes) -> bytes:
         (lambda d: _patch(d, REQUEST_SIZE + 8 + 5, b"\x31"), "DMTFSpecMeasurementValueSize"),
         (lambda d: _patch(d, REQUEST_SIZE + 8 + 55, b"\x01"), "appears twice"),
         (lambda d: d[:-1], "Signature"),
-        (lambda d: d + b"\x00", "unexpected bytes after the signature"),
         (lambda d: d[:REQUEST_SIZE + 8 + 3520 + 20], "response Nonce"),
         (lambda d: d[:REQUEST_SIZE + 8 + 3520 + 33], "OpaqueLength"),
         (lambda d: _patch(d, REQUEST_SIZE + 8 + 3520 + 32, b"\xff\xff"), "OpaqueData"),

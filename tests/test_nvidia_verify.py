@@ -169,7 +169,7 @@ def test_chain_ending_at_another_root_is_rejected(report_hex: str, chain: list[C
     appraisal = appraise_gpu(report_hex, certificates=impostor, expected_nonce=evidence.nonce, policy=Policy(), at=AT)
     checks = {r.check for r in appraisal.reasons}
     assert checks == {"gpu.chain.signature", "gpu.chain.root"}
-    assert any("not at the NVIDIA Device Identity CA" in r.message for r in appraisal.reasons)
+    assert any("which is not the NVIDIA Device Identity CA" in r.message for r in appraisal.reasons)
     assert appraisal.claims["simulated"] is False
 
 

@@ -18,7 +18,8 @@ key                 type      content
 ``keys``            map       ``{"x25519": 32 bytes, "ed25519": 32 bytes}``: the enclave's
                               public keys bound in report_data
 ``nonce``           bytes     the verifier's nonce (16 to 64 bytes)
-``created``         uint      creation time, seconds since the Unix epoch (UTC)
+``created``         uint      creation time, seconds since the Unix epoch (UTC), at most
+                              253402300799 (9999-12-31T23:59:59Z)
 ``gpu``             map       optional: ``{"evidence": bytes, "certificates": bytes}``,
                               NVIDIA SPDM evidence and its PEM chain (leaf first)
 ==================  ========  =============================================================
@@ -55,6 +56,8 @@ MAX_ITEMS = 32
 MAX_CERTIFICATES = 8
 MAX_COLLATERAL_FILES = 16
 MAX_FILE_NAME = 64
+#: The last second a ``created`` time may name: 9999-12-31T23:59:59Z (Python's datetime ends there).
+MAX_CREATED = 253402300799
 
 _REQUIRED_KEYS = frozenset({"format", "version", "platform", "evidence", "certificates", "collateral", "keys", "nonce", "created"})
 _OPTIONAL_KEYS = frozenset({"gpu"})
@@ -257,8 +260,8 @@ def parse_bundle(data: bytes) -> EvidenceBundle:
             raise EvidenceFormatError(f"bundle collateral: {name!r} is not a plain file name")
     keys = _map(top["keys"], "keys", frozenset({"x25519", "ed25519"}))
     created = top["created"]
-    if not isinstance(created, int) or isinstance(created, bool) or created >= 1 << 40:
-        raise EvidenceFormatError(f"bundle created: expected seconds since the epoch, got {created!r}")
+    if not isinstance(created, int) or isinstance(created, bool) or not 0 <= created <= MAX_CREATED:
+        raise EvidenceFormatError(f"bundle created: expected seconds since the epoch up to {MAX_CREATED} (year 9999), got {created!r}")
     gpu = None
     if "gpu" in top:
         gpu_map = _map(top["gpu"], "gpu", frozenset({"evidence", "certificates"}))

@@ -38,6 +38,11 @@ verifier and confidential-containers/trustee read it) is the SPDM 1.1 (DMTF DSP0
 The signature covers the request and the response up to (not including) the
 signature, hashed with SHA-384 (SPDM 1.1 has no signing-context prefix).
 
+The response is parsed by its length fields (NumberOfBlocks, MeasurementRecordLength,
+OpaqueLength, then the 96-byte signature), as NVIDIA's and Trustee's verifiers parse it:
+bytes after the signature are outside the signed region; they are kept apart
+(:attr:`GpuEvidence.trailing`) and the verifier warns that it ignored them.
+
 The same module decodes the FWID extension NVIDIA puts in the attestation leaf
 certificate (see :func:`parse_fwid_extension`): it is DER, so it is ABI too.
 """
@@ -495,8 +500,10 @@ class MeasurementsResponse:
         return self.unsigned_bytes() + self.signature
 
 
-def parse_response(data: bytes) -> MeasurementsResponse:
-    """Decode a signed MEASUREMENTS response; every byte must be accounted for."""
+def parse_response_prefix(data: bytes) -> tuple[MeasurementsResponse, int]:
+    """Decode the signed MEASUREMENTS response at the start of ``data`` by its length fields
+    (NumberOfBlocks, MeasurementRecordLength, OpaqueLength; the signature is 96 bytes), and
+    the number of bytes it spans; whatever follows is not looked at."""
     _need(data, 0, RESPONSE_HEADER_SIZE, "MEASUREMENTS response header")
     version, code, param1, param2, count = data[0], data[1], data[2], data[3], data[4]
     if version not in SUPPORTED_SPDM_VERSIONS:
@@ -520,9 +527,15 @@ def parse_response(data: bytes) -> MeasurementsResponse:
     _need(data, offset, SIGNATURE_SIZE, "Signature")
     signature = bytes(data[offset:offset + SIGNATURE_SIZE])
     offset += SIGNATURE_SIZE
-    if offset != len(data):
-        raise EvidenceFormatError(f"response: {len(data) - offset} unexpected bytes after the signature")
-    return MeasurementsResponse(version, param1, param2, blocks, responder_nonce, opaque, signature)
+    return MeasurementsResponse(version, param1, param2, blocks, responder_nonce, opaque, signature), offset
+
+
+def parse_response(data: bytes) -> MeasurementsResponse:
+    """Decode a signed MEASUREMENTS response that is exactly ``data`` (no bytes after the signature)."""
+    response, end = parse_response_prefix(data)
+    if end != len(data):
+        raise EvidenceFormatError(f"response: {len(data) - end} unexpected bytes after the signature")
+    return response
 
 
 # --------------------------------------------------------------------------- evidence
@@ -530,16 +543,21 @@ def parse_response(data: bytes) -> MeasurementsResponse:
 
 @dataclass(frozen=True)
 class GpuEvidence:
-    """Request + response, and the exact bytes they were decoded from."""
+    """Request + response, and the exact bytes they were decoded from.
+
+    ``trailing`` holds the bytes after the response's signature, when the input had any:
+    the response is parsed by its length fields (as NVIDIA's and Trustee's verifiers do), so
+    such bytes are outside the signed region; the verifier ignores them and says so."""
 
     request: MeasurementRequest
     response: MeasurementsResponse
     raw: bytes = field(repr=False)
+    trailing: bytes = field(default=b"", repr=False)
 
     @property
     def signed_bytes(self) -> bytes:
         """Request || response without the signature: the bytes the GPU signed."""
-        return self.raw[: len(self.raw) - SIGNATURE_SIZE]
+        return self.raw[: len(self.raw) - len(self.trailing) - SIGNATURE_SIZE]
 
     @property
     def signature(self) -> bytes:
@@ -567,7 +585,9 @@ def build_evidence(request: MeasurementRequest, response: MeasurementsResponse) 
 
 
 def parse_gpu_evidence(data: bytes) -> GpuEvidence:
-    """Decode binary evidence: a 37-byte GET_MEASUREMENTS request followed by the signed response."""
+    """Decode binary evidence: a 37-byte GET_MEASUREMENTS request followed by the signed
+    response, parsed by its length fields; bytes after the signature are kept in
+    :attr:`GpuEvidence.trailing` (outside the signed region)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise EvidenceFormatError(f"GPU evidence must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -578,8 +598,8 @@ def parse_gpu_evidence(data: bytes) -> GpuEvidence:
         raise EvidenceFormatError(
             f"response SPDMVersion {data[REQUEST_SIZE]:#04x} differs from the request's {request.version:#04x}"
         )
-    response = parse_response(data[REQUEST_SIZE:])
-    return GpuEvidence(request, response, data)
+    response, length = parse_response_prefix(data[REQUEST_SIZE:])
+    return GpuEvidence(request, response, data, data[REQUEST_SIZE + length:])
 
 
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import ClassVar
 
 from asn1crypto import core
@@ -605,6 +606,8 @@ class SgxExtensions:
 
 
 def _entries(der: bytes, where: str) -> dict[str, core.Any]:
+    """OID -> value of a SEQUENCE OF (OID, ANY). Every value is parsed here (asn1crypto
+    parses ANY lazily, and a malformed one would otherwise raise later, untyped)."""
     try:
         parsed = _ExtensionEntries.load(der, strict=True)
         result: dict[str, core.Any] = {}
@@ -612,7 +615,9 @@ def _entries(der: bytes, where: str) -> dict[str, core.Any]:
             oid = entry["oid"].dotted
             if oid in result:
                 raise CertificateFormatError(f"{where}: duplicate entry {oid}")
-            result[oid] = entry["value"]
+            value = entry["value"]
+            value.dump()  # forces the lazy parse of the ANY value
+            result[oid] = value
         return result
     except CertificateFormatError:
         raise
@@ -645,8 +650,12 @@ def _integer(value: core.Any, name: str, bits: int, spec: type = core.Integer) -
     return number
 
 
+@lru_cache(maxsize=256)
 def decode_sgx_extensions(value_der: bytes) -> SgxExtensions:
-    """Decode the DER value of the SGX extensions (the extension's extnValue content)."""
+    """Decode the DER value of the SGX extensions (the extension's extnValue content).
+
+    A pure function of the bytes, so results are kept (a platform's PCK certificate comes
+    with every quote it makes); malformed input raises every time."""
     entries = _entries(value_der, "SGX extensions")
     if _OID_TCB not in entries:
         raise CertificateFormatError(f"SGX extensions: TCB ({_OID_TCB}) is missing")

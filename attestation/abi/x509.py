@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable
+from functools import cached_property, lru_cache
+from types import MappingProxyType
+from typing import Iterable, Mapping
 
 from asn1crypto import core, crl as asn1_crl, pem, x509 as asn1_x509
 
@@ -20,6 +22,9 @@ from ..timeutil import as_utc
 
 #: Refuse certificate input larger than this before decoding it.
 MAX_CERT_INPUT_BYTES = 64 * 1024
+#: RSA-PSS salt lengths above this are refused at decoding (a salt is at most the key's size
+#: in bytes minus the hash size minus 2: 2 KiB keys would be 16384-bit RSA).
+MAX_PSS_SALT_LENGTH = 1024
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,10 @@ class Certificate:
     signature: bytes
     public_key_der: bytes  # SubjectPublicKeyInfo, DER
     #: extension OID (dotted) -> (critical, DER of extnValue's content)
-    extensions: dict[str, tuple[bool, bytes]] = field(repr=False)
+    extensions: Mapping[str, tuple[bool, bytes]] = field(repr=False)
     is_ca: bool = False
 
-    @property
+    @cached_property
     def fingerprint_sha256(self) -> str:
         return hashlib.sha256(self.der).hexdigest()
 
@@ -66,7 +71,13 @@ class Certificate:
 
 @dataclass(frozen=True)
 class RevocationList:
-    """One X.509 CRL."""
+    """One X.509 CRL.
+
+    ``revoked`` holds (issuer name DER, serial number) of every entry: the CRL's issuer, or,
+    in an indirect CRL (RFC 5280 §5.2.5, IssuingDistributionPoint ``indirectCRL``), the
+    name its entries' certificateIssuer extension gives (§5.3.3; an entry without one has the
+    issuer of the entry before it). ``revoked_serials`` are the serials of the entries whose
+    issuer is the CRL's issuer."""
 
     der: bytes
     tbs_der: bytes
@@ -77,6 +88,12 @@ class RevocationList:
     signature_algorithm: SignatureAlgorithm
     signature: bytes
     revoked_serials: frozenset[int]
+    revoked: frozenset[tuple[bytes, int]] = frozenset()
+    indirect: bool = False
+
+    def revokes(self, cert: "Certificate") -> bool:
+        """True when this CRL lists ``cert`` (its issuer's name and its serial number)."""
+        return (cert.issuer_der, cert.serial_number) in self.revoked
 
 
 _HASH_BY_OID = {
@@ -94,12 +111,20 @@ def _signature_algorithm(algo: asn1_x509.SignedDigestAlgorithm) -> SignatureAlgo
     if name == "rsassa_pss":
         params = algo["parameters"]
         hash_oid = params["hash_algorithm"]["algorithm"].dotted
-        mgf_hash_oid = params["mask_gen_algorithm"]["parameters"]["algorithm"].dotted
+        mask = params["mask_gen_algorithm"]
+        if mask["algorithm"].dotted != "1.2.840.113549.1.1.8":  # id-mgf1
+            raise CertificateFormatError(f"unsupported RSA-PSS mask generation function {mask['algorithm'].dotted}")
+        mgf_hash_oid = mask["parameters"]["algorithm"].dotted
         hash_name = _HASH_BY_OID.get(hash_oid)
         mgf_hash = _HASH_BY_OID.get(mgf_hash_oid)
         if hash_name is None or mgf_hash is None:
             raise CertificateFormatError(f"unsupported RSA-PSS hash {hash_oid}")
-        return SignatureAlgorithm("rsassa_pss", hash_name, int(params["salt_length"].native), mgf_hash)
+        salt_length = params["salt_length"].native
+        if not isinstance(salt_length, int) or not 0 <= salt_length <= MAX_PSS_SALT_LENGTH:
+            raise CertificateFormatError(f"RSA-PSS salt length {salt_length!r} is out of range (0 to {MAX_PSS_SALT_LENGTH})")
+        if params["trailer_field"].native not in (1, "trailer_field_bc"):
+            raise CertificateFormatError(f"unsupported RSA-PSS trailer field {params['trailer_field'].native!r}")
+        return SignatureAlgorithm("rsassa_pss", hash_name, salt_length, mgf_hash)
     if name == "ed25519":
         return SignatureAlgorithm("ed25519", None)
     if name in ("rsassa_pkcs1v15", "ecdsa"):
@@ -110,7 +135,11 @@ def _signature_algorithm(algo: asn1_x509.SignedDigestAlgorithm) -> SignatureAlgo
     raise CertificateFormatError(f"unsupported signature algorithm {name}")
 
 
-def _aware(value: datetime) -> datetime:
+def _aware(value: object) -> datetime:
+    """A certificate or CRL time as an aware UTC datetime; asn1crypto gives year 0 (which
+    Python's datetime cannot hold) as another type, refused here."""
+    if not isinstance(value, datetime):
+        raise CertificateFormatError(f"time {value} is outside the years 1 to 9999")
     return as_utc(value)
 
 
@@ -126,7 +155,11 @@ def parse_certificate(data: bytes) -> Certificate:
     return _decode_der_certificate(bytes(data))
 
 
+@lru_cache(maxsize=512)
 def _decode_der_certificate(der: bytes) -> Certificate:
+    """Decode one DER certificate. A pure function of the bytes, so results are kept (the same
+    VCEK, PCK chain or vendor root arrives with every appraisal); malformed input raises
+    every time. The result is immutable (its extensions are a read-only mapping)."""
     try:
         cert = asn1_x509.Certificate.load(der, strict=True)
         tbs = cert["tbs_certificate"]
@@ -154,7 +187,7 @@ def _decode_der_certificate(der: bytes) -> Certificate:
             signature_algorithm=_signature_algorithm(cert["signature_algorithm"]),
             signature=cert["signature_value"].native,
             public_key_der=tbs["subject_public_key_info"].dump(),
-            extensions=extensions,
+            extensions=MappingProxyType(extensions),  # type: ignore[arg-type]
             is_ca=is_ca,
         )
     except CertificateFormatError:
@@ -201,18 +234,34 @@ def parse_crl(data: bytes) -> RevocationList:
     try:
         crl = asn1_crl.CertificateList.load(der, strict=True)
         tbs = crl["tbs_cert_list"]
-        revoked = frozenset(int(entry["user_certificate"].native) for entry in tbs["revoked_certificates"])
+        issuer_der = tbs["issuer"].dump()
+        distribution_point = crl.issuing_distribution_point_value
+        indirect = bool(distribution_point is not None and distribution_point["indirect_crl"].native)
+        entries: set[tuple[bytes, int]] = set()
+        entry_issuer = issuer_der
+        for entry in tbs["revoked_certificates"]:
+            names = entry.certificate_issuer_value
+            if names is not None:
+                if not indirect:
+                    raise CertificateFormatError("a CRL entry names a certificate issuer, but the CRL is not indirect")
+                directory = [name.chosen.untag().dump() for name in names if name.name == "directory_name"]
+                if len(directory) != 1:
+                    raise CertificateFormatError("a CRL entry's certificate issuer is not one directory name")
+                entry_issuer = directory[0]
+            entries.add((entry_issuer, int(entry["user_certificate"].native)))
         next_update = tbs["next_update"].native
         return RevocationList(
             der=der,
             tbs_der=tbs.dump(),
             issuer=tbs["issuer"].human_friendly,
-            issuer_der=tbs["issuer"].dump(),
+            issuer_der=issuer_der,
             this_update=_aware(tbs["this_update"].native),
             next_update=None if next_update is None else _aware(next_update),
             signature_algorithm=_signature_algorithm(crl["signature_algorithm"]),
             signature=crl["signature"].native,
-            revoked_serials=revoked,
+            revoked_serials=frozenset(serial for name, serial in entries if name == issuer_der),
+            revoked=frozenset(entries),
+            indirect=indirect,
         )
     except CertificateFormatError:
         raise

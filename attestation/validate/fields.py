@@ -74,21 +74,27 @@ def read_str_set(table: dict[str, Any], key: str, section: str, allowed: Iterabl
     return frozenset(value)
 
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_DURATION = re.compile(r"^\s*(\d{1,12})\s*([smhd]?)\s*$")
+#: No policy duration is longer than this (100 years); longer values are errors, not overflows.
+MAX_DURATION = timedelta(days=36500)
 
 
 def read_duration(table: dict[str, Any], key: str, section: str) -> timedelta | None:
-    """A duration as integer seconds or a string like "30d", "12h", "15m", "90s"."""
+    """A duration as integer seconds or a string like "30d", "12h", "15m", "90s", at most
+    :data:`MAX_DURATION`."""
     if key not in table:
         return None
     value = table[key]
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return timedelta(seconds=value)
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if not match:
-        raise PolicyError(f"[{section}] {key}: expected seconds or a duration like \"30d\", got {value!r}")
-    number, unit = int(match.group(1)), match.group(2) or "s"
-    return timedelta(seconds=number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+        seconds = value
+    else:
+        match = _DURATION.match(value) if isinstance(value, str) else None
+        if not match:
+            raise PolicyError(f"[{section}] {key}: expected seconds or a duration like \"30d\", got {value!r}")
+        seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
+    if seconds > MAX_DURATION.total_seconds():
+        raise PolicyError(f"[{section}] {key}: {value!r} is longer than {MAX_DURATION.days} days")
+    return timedelta(seconds=seconds)
 
 
 def read_table(table: dict[str, Any], key: str, section: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@ Common keys (top of the policy file) that apply to SEV-SNP:
 
 * ``allow_debug`` — guest policy bit 19 (DEBUG) set is rejected unless true [snp.policy.allow_debug].
 * ``report_data`` — REPORT_DATA must equal these 64 bytes [snp.policy.report_data].
-* ``require_collateral`` — an AMD CRL must be given [snp.policy.require_collateral].
+* ``require_collateral`` — the AMD CRL for the chain's product line must be given, or found
+  fresh in the verifier's collateral store [snp.policy.require_collateral].
 * ``max_collateral_age`` — the AMD CRL's thisUpdate must be no older than this [snp.policy.max_collateral_age].
 
 The ``[sev-snp]`` section: see :class:`SnpPolicy`; every key is optional, and an absent key
@@ -204,7 +205,8 @@ def validate_snp(report: "SnpReport", verification: "SnpVerification", policy: "
     if policy.report_data is not None and report.report_data != policy.report_data:
         reasons.append(Reason(_check("report_data"), f"REPORT_DATA {report.report_data.hex()} differs from the required {policy.report_data.hex()}"))
     if policy.require_collateral and verification.crl_issued is None:
-        reasons.append(Reason(_check("require_collateral"), "the policy requires collateral, but no AMD CRL was given"))
+        why = f" ({'; '.join(verification.collateral_notes)})" if verification.collateral_notes else ""
+        reasons.append(Reason(_check("require_collateral"), f"the policy requires collateral, but no AMD CRL for the chain's product line was given{why}"))
     if policy.max_collateral_age is not None and verification.crl_issued is not None:
         age = at - verification.crl_issued
         if age > policy.max_collateral_age:

@@ -10,7 +10,8 @@ Common keys (top of the policy file) that apply to TDX:
 * ``allow_debug`` — TD attributes bit 0 (DEBUG) set is rejected unless true [tdx.policy.allow_debug].
 * ``report_data`` — REPORTDATA must equal these 64 bytes [tdx.policy.report_data].
 * ``require_collateral`` — TCB info (for the platform's FMSPC), QE identity, PCK CRL and
-  root CA CRL must all be given [tdx.policy.require_collateral].
+  root CA CRL must all be given, or found fresh in the verifier's collateral store
+  [tdx.policy.require_collateral].
 * ``max_collateral_age`` — the TCB info's and the QE identity's ``issueDate`` must be no
   older than this at the verification time [tdx.policy.max_collateral_age].
 
@@ -200,7 +201,8 @@ def _common_reasons(quote: "TdxQuote", verification: "TdxVerification", policy: 
         reasons.append(Reason(_check("report_data"), f"REPORTDATA {quote.body.report_data.hex()} differs from the required {policy.report_data.hex()}"))
     # require_collateral: every part of the collateral must be there.
     if policy.require_collateral and verification.missing_collateral:
-        reasons.append(Reason(_check("require_collateral"), f"the policy requires collateral, but these parts are missing: {', '.join(verification.missing_collateral)}"))
+        why = f" ({'; '.join(verification.collateral_notes)})" if verification.collateral_notes else ""
+        reasons.append(Reason(_check("require_collateral"), f"the policy requires collateral, but these parts are missing: {', '.join(verification.missing_collateral)}{why}"))
     # max_collateral_age: issueDate of the TCB info and the QE identity.
     if policy.max_collateral_age is not None:
         for name, issued in verification.collateral_issue_dates:

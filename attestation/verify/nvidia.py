@@ -11,9 +11,9 @@ them, never only the first):
     every certificate signed by the next, issuers are CAs, every validity window
     contains the verification time (:func:`attestation.verify.chain.verify_chain`).
 ``gpu.chain.root``
-    the chain ends at the NVIDIA Device Identity CA shipped in the package (exact DER
-    match), or at a simulated root whose SHA-256 fingerprint the policy lists in
-    ``trusted_simulated_roots``. A chain without the root but ending at a certificate
+    the chain ends at a root trusted by :func:`attestation.trust.trust_root`: the NVIDIA
+    Device Identity CA shipped in the package (exact DER match), or a root marked simulated
+    whose SHA-256 fingerprint the policy lists in ``trusted_simulated_roots`` (with a warning). A chain without the root but ending at a certificate
     issued by the shipped root's name is completed with the shipped root.
 ``gpu.chain.missing``
     no certificate chain was given.
@@ -24,6 +24,9 @@ them, never only the first):
 ``gpu.nonce``
     the request nonce equals the verifier's expected nonce, when one is given. Without
     one, freshness is not checked and a warning says so.
+
+Bytes after the response's signature (outside the signed region, see
+:mod:`attestation.abi.spdm`) are ignored with a warning.
 
 Which measurements, versions and settings are acceptable is policy, in
 :mod:`attestation.validate.nvidia`.
@@ -49,7 +52,7 @@ from ..abi.spdm import (
 from ..abi.x509 import Certificate
 from ..errors import CertificateFormatError, EvidenceFormatError, PolicyError
 from ..findings import Reason
-from ..trust import is_simulated, nvidia_device_identity_root
+from ..trust import nvidia_device_identity_root, trust_root
 from .chain import ChainLink, load_public_key, raw_ecdsa_is_valid, verify_chain
 
 #: No NVIDIA attestation chain is longer (Hopper: 5 certificates, root included).
@@ -141,18 +144,6 @@ def signature_is_valid(evidence: GpuEvidence, leaf: Certificate) -> bool:
     return not _signature_reasons(evidence, leaf)
 
 
-def _root_reasons(root: Certificate, trusted_simulated_roots: frozenset[str]) -> tuple[list[Reason], list[str], bool]:
-    """(reasons, warnings, simulated) for the chain's last certificate."""
-    fingerprint = root.fingerprint_sha256
-    if root.der == nvidia_device_identity_root().der:
-        return [], [], False
-    if fingerprint in trusted_simulated_roots:
-        return [], [f"GPU evidence is simulated: its root {root.subject!r} ({fingerprint}) is trusted by the policy, not by hardware"], True
-    if is_simulated(root):
-        return [Reason("gpu.chain.root", f"evidence is simulated and its root {root.subject!r} (sha256 {fingerprint}) is not trusted by the policy")], [], True
-    return [Reason("gpu.chain.root", f"chain ends at {root.subject!r} (sha256 {fingerprint}), not at the NVIDIA Device Identity CA")], [], False
-
-
 def _fwid_reasons(evidence: GpuEvidence, leaf: Certificate) -> tuple[list[Reason], CertificateFwid | None]:
     reasons: list[Reason] = []
     report_fwid = evidence.response.opaque.fwid
@@ -201,6 +192,10 @@ def verify_gpu_evidence(
         raise CertificateFormatError(f"GPU certificate chain has {len(chain)} certificates; at most {MAX_CHAIN_LENGTH} are accepted")
     reasons: list[Reason] = []
     warnings: list[str] = []
+    if evidence.trailing:
+        warnings.append(
+            f"the GPU evidence has {len(evidence.trailing)} bytes after the response's signature; no signature covers them and they were ignored"
+        )
     simulated = False
     root_fingerprint: str | None = None
     certified: CertificateFwid | None = None
@@ -218,9 +213,12 @@ def verify_gpu_evidence(
         if len(full_chain) == 1:
             reasons.append(Reason("gpu.chain.root", "the chain is a single certificate; the attestation leaf must chain to a root"))
         reasons.extend(verify_chain(links, at=at, check_prefix="gpu.chain"))
-        root_reasons, root_warnings, simulated = _root_reasons(root, trusted_simulated_roots)
-        reasons.extend(root_reasons)
-        warnings.extend(root_warnings)
+        trust = trust_root(root, trusted_simulated_roots, vendor="nvidia", what="the GPU certificate chain")
+        simulated = trust.simulated
+        if trust.reason is not None:
+            reasons.append(Reason("gpu.chain.root", trust.reason))
+        if trust.warning is not None:
+            warnings.append(trust.warning)
         root_fingerprint = root.fingerprint_sha256
         if root.issuer_der != root.subject_der:
             reasons.append(Reason("gpu.chain.root", f"the last certificate {root.subject!r} is not a self-signed root"))

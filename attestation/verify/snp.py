@@ -26,16 +26,19 @@ Chain: VCEK -> ASK -> ARK, or VLEK -> ASVK -> ARK (RSA-PSS/SHA-384)
     [snp.chain.kind];
   * signatures, CA flags and validity windows at the verification time
     [snp.chain.signature, snp.chain.ca, snp.chain.validity];
-  * the root is an AMD ARK shipped in the package (exact DER), or a simulated root whose
-    SHA-256 fingerprint the policy trusts [snp.chain.root];
-  * an optional AMD CRL is signed by that ARK and current, and revokes neither the
-    intermediate nor the signing certificate [snp.crl.signature, snp.crl.validity, snp.crl.revoked].
+  * the root is trusted by :func:`attestation.trust.trust_root`: an AMD ARK shipped in the
+    package (exact DER), or a root marked simulated whose SHA-256 fingerprint the policy
+    lists (with a warning) [snp.chain.root];
+  * an AMD CRL (given, or chosen by product line from the verifier's collateral store) is
+    signed by that ARK and current, and revokes neither the intermediate nor the signing
+    certificate (an indirect CRL may name the ASK/ASVK as an entry's issuer)
+    [snp.crl.signature, snp.crl.validity, snp.crl.revoked].
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -43,7 +46,7 @@ from ..abi.snp import PRODUCTS, SIGNATURE_ALGO_ECDSA_P384_SHA384, SnpReport
 from ..abi.x509 import Certificate, RevocationList, decode_der_integer
 from ..errors import CertificateFormatError
 from ..findings import Reason
-from ..trust import amd_root_chains, is_simulated
+from ..trust import amd_root_chains, trust_root
 from .chain import ChainLink, crl_reasons, load_public_key, raw_ecdsa_is_valid, revoked_reasons, verify_chain
 
 AMD_OID = "1.3.6.1.4.1.3704.1"
@@ -75,6 +78,8 @@ class SnpVerification:
     simulated: bool
     #: The AMD CRL's thisUpdate, when a CRL was given.
     crl_issued: datetime | None
+    #: Why the verifier's collateral store gave no AMD CRL (absent, stale, fetch failed).
+    collateral_notes: tuple[str, ...] = ()
 
 
 def _common_name(cert: Certificate) -> str:
@@ -140,17 +145,6 @@ def _find_chain(
     return intermediate, root, product
 
 
-def _root_reasons(root: Certificate, trusted_simulated_roots: frozenset[str]) -> tuple[list[Reason], bool]:
-    if any(chain.root.der == root.der for chain in amd_root_chains()):
-        return [], False
-    fingerprint = root.fingerprint_sha256
-    if is_simulated(root):
-        if fingerprint in trusted_simulated_roots:
-            return [], True
-        return [Reason("snp.chain.root", f"the evidence is from the simulated TEE (root fingerprint {fingerprint}), which this policy does not trust; it proves nothing about hardware")], True
-    return [Reason("snp.chain.root", f"the chain ends at {_common_name(root)!r} (fingerprint {fingerprint}), which is not an AMD root")], False
-
-
 def _extension_reasons(leaf: Certificate, report: SnpReport, product: str | None, signing_key: str) -> list[Reason]:
     reasons: list[Reason] = []
     label = signing_key.upper()
@@ -196,8 +190,13 @@ def verify_snp_report(
     crl: RevocationList | None,
     at: datetime,
     trusted_simulated_roots: frozenset[str] = frozenset(),
+    crl_source: Callable[[str, str], Any] | None = None,
 ) -> SnpVerification:
-    """Every authenticity check of the module docstring; never raises on a bad report or chain."""
+    """Every authenticity check of the module docstring; never raises on a bad report or chain.
+
+    ``crl_source(product, signing_key)`` (the verifier's collateral store, see
+    :meth:`attestation.collateral.CollateralStore.amd_crl`) gives the AMD CRL for the chain's
+    product line when ``crl`` is None; it returns a lookup with ``value`` and ``notes``."""
     reasons: list[Reason] = []
     warnings: list[str] = []
     if report.signature_algo != SIGNATURE_ALGO_ECDSA_P384_SHA384:
@@ -210,6 +209,7 @@ def verify_snp_report(
     simulated = False
     product = None
     product_name = None
+    notes: list[str] = []
     leaf = _signing_certificate(certificates, signing_key, reasons)
     found = _find_chain(leaf, certificates, signing_key, reasons) if leaf is not None else None
     if leaf is not None:
@@ -222,15 +222,27 @@ def verify_snp_report(
             reasons.append(Reason("snp.chain.kind", f"a {signing_key.upper()} must be issued by an {role}, not by {_common_name(intermediate)!r}"))
         links = [ChainLink(leaf, signing_key.upper()), ChainLink(intermediate, role), ChainLink(root, "ARK")]
         reasons.extend(verify_chain(links, at=at, check_prefix="snp.chain"))
-        root_reasons, simulated = _root_reasons(root, trusted_simulated_roots)
-        reasons.extend(root_reasons)
+        trust = trust_root(root, trusted_simulated_roots, vendor="amd", what=f"the {signing_key.upper()} certificate chain")
+        simulated = trust.simulated
+        if trust.reason is not None:
+            reasons.append(Reason("snp.chain.root", trust.reason))
+        if trust.warning is not None:
+            warnings.append(trust.warning)
         if product is None:  # a simulated or unknown root: the product line is in the names
             product = product_of_name(_common_name(intermediate))
+        if crl is None and crl_source is not None:
+            if product is None:
+                notes.append("the chain's product line is unknown, so no AMD CRL could be chosen")
+            else:
+                lookup = crl_source(product, signing_key)
+                crl = lookup.value
+                notes.extend(lookup.notes)
         if crl is not None:
             reasons.extend(crl_reasons(crl, root, at=at, check_prefix="snp.crl", name="the AMD CRL"))
             reasons.extend(revoked_reasons(crl, links[:2], "snp.crl.revoked"))
         else:
-            warnings.append("no AMD CRL was given: revocation of the ASK/ASVK was not checked")
+            why = f" ({'; '.join(notes)})" if notes else ""
+            warnings.append(f"no AMD CRL was given: revocation of the {role} and the {signing_key.upper()} was not checked{why}")
 
     cpuid_product = report.product_from_cpuid
     if product is not None and cpuid_product is not None and cpuid_product != product:
@@ -254,5 +266,5 @@ def verify_snp_report(
         reasons.extend(_extension_reasons(leaf, report, product, signing_key))
 
     return SnpVerification(
-        tuple(reasons), tuple(warnings), product, product_name, simulated, None if crl is None else crl.this_update
+        tuple(reasons), tuple(warnings), product, product_name, simulated, None if crl is None else crl.this_update, tuple(notes)
     )

@@ -14,8 +14,9 @@ PCK certificate chain (type 5 certification data nested in the type 6 QE report 
     a chain without its root is completed with the shipped Intel SGX Root CA;
   * signatures, CA flags and validity windows at the verification time
     [tdx.pck.signature, tdx.pck.ca, tdx.pck.validity];
-  * the root is the Intel SGX Root CA shipped in the package (exact DER), or a simulated
-    root whose SHA-256 fingerprint the policy lists in ``trusted_simulated_roots`` [tdx.pck.root];
+  * the root is trusted by :func:`attestation.trust.trust_root`: the Intel SGX Root CA
+    shipped in the package (exact DER), or a root marked simulated whose SHA-256
+    fingerprint the policy lists in ``trusted_simulated_roots`` (with a warning) [tdx.pck.root];
   * the leaf is a PCK certificate with a P-256 key and Intel SGX extensions [tdx.pck.leaf];
   * neither the leaf (PCK CRL) nor the CA (root CA CRL) is revoked [tdx.pck.revoked].
 
@@ -78,11 +79,12 @@ from ..abi.x509 import Certificate, RevocationList, parse_certificates
 from ..errors import CertificateFormatError
 from ..findings import Reason
 from ..timeutil import as_utc
-from ..trust import intel_sgx_root_ca, is_simulated
+from ..trust import intel_sgx_root_ca, trust_root
 from .chain import (
     ChainLink,
     crl_reasons,
     load_public_key,
+    memoised_raw_ecdsa_is_valid,
     raw_ecdsa_is_valid,
     revoked_reasons,
     verify_chain,
@@ -182,16 +184,6 @@ class PckChain:
 
 
 @dataclass(frozen=True)
-class RootTrust:
-    """Whether a chain's root is trusted, and whether it is a simulated TEE's root."""
-
-    trusted: bool
-    simulated: bool
-    reasons: tuple[Reason, ...] = ()
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class TcbEvaluation:
     """The platform TCB status of a quote against one TCB info (Intel's TDX algorithm).
 
@@ -226,6 +218,8 @@ class TdxVerification:
     qe_tcb_status: str | None = None
     #: Parts of a full collateral set that were not given (for ``require_collateral``).
     missing_collateral: tuple[str, ...] = ()
+    #: Why the verifier's collateral store gave no (fresh) part (absent, stale, fetch failed).
+    collateral_notes: tuple[str, ...] = ()
 
     @property
     def fmspc(self) -> bytes | None:
@@ -287,20 +281,12 @@ def qe_report_signature_reasons(quote: TdxQuote, pck_leaf: Certificate) -> list[
 # --- PCK chain --------------------------------------------------------------------------
 
 
-def root_trust(root: Certificate, trusted_simulated_roots: frozenset[str], check: str, what: str) -> RootTrust:
-    """Apply the trust rule: shipped Intel root (exact DER) or a policy-trusted simulated root."""
-    if root.der == intel_sgx_root_ca().der:
-        return RootTrust(True, False)
-    fingerprint = root.fingerprint_sha256
-    simulated = is_simulated(root)
-    if fingerprint in trusted_simulated_roots:
-        warning = f"{what} ends at a simulated root trusted by the policy (fingerprint {fingerprint}): not hardware evidence"
-        return RootTrust(True, True, warnings=(warning,))
-    if simulated:
-        message = f"the evidence is simulated: {what} ends at a simulated root (fingerprint {fingerprint}) that the policy does not trust"
-        return RootTrust(False, True, reasons=(Reason(check, message),))
-    message = f"{what} does not end at the Intel SGX Root CA (root {root.subject!r}, fingerprint {fingerprint})"
-    return RootTrust(False, False, reasons=(Reason(check, message),))
+def root_trust(root: Certificate, trusted_simulated_roots: frozenset[str], check: str, what: str) -> tuple[bool, bool, list[Reason], list[str]]:
+    """(trusted, simulated, reasons, warnings) by the trust rule of :func:`attestation.trust.trust_root`."""
+    trust = trust_root(root, trusted_simulated_roots, vendor="intel", what=what)
+    reasons = [Reason(check, trust.reason)] if trust.reason is not None else []
+    warnings = [trust.warning] if trust.warning is not None else []
+    return trust.trusted, trust.simulated, reasons, warnings
 
 
 def _complete_with_intel_root(certs: list[Certificate]) -> list[Certificate]:
@@ -360,8 +346,8 @@ def _issuer_chain_reasons(
     root = links[-1].cert
     if root.subject_der != root.issuer_der:
         reasons.append(Reason(f"{prefix}.chain", f"the {what} issuer chain does not end at a self-signed root"))
-    trust = root_trust(root, trusted_simulated_roots, f"{prefix}.root", f"the {what} issuer chain")
-    reasons.extend(trust.reasons)
+    _trusted, _simulated, root_reasons, _warnings = root_trust(root, trusted_simulated_roots, f"{prefix}.root", f"the {what} issuer chain")
+    reasons.extend(root_reasons)
     if expected_root is not None and root.der != expected_root.der:
         reasons.append(Reason(f"{prefix}.root", f"the {what} issuer chain ends at a different root than the PCK chain"))
     return reasons
@@ -390,7 +376,7 @@ def _signed_document_reasons(
             _issuer_chain_reasons(links, prefix=prefix, what=what, at=at, trusted_simulated_roots=trusted_simulated_roots, expected_root=expected_root)
         )
         key = _p256_key_of(links[0].cert)
-        if key is None or not _raw_p256_signature_is_valid(key, signature, signed_bytes):
+        if key is None or not memoised_raw_ecdsa_is_valid(links[0].cert, signature, "sha256", signed_bytes):
             reasons.append(Reason(f"{prefix}.signature", f"the {what} signature over its exact signed bytes is invalid (signer {links[0].cert.subject!r})"))
         if root_crl is not None:
             reasons.extend(revoked_reasons(root_crl, links[:-1], f"{prefix}.revoked"))
@@ -635,11 +621,10 @@ def verify_tdx_quote(
     if pck is not None:
         reasons.extend(qe_report_signature_reasons(quote, pck.leaf))
         reasons.extend(verify_chain(pck.links, at=at, check_prefix="tdx.pck"))
-        trust = root_trust(pck.root, trusted_simulated_roots, "tdx.pck.root", "the PCK certificate chain")
-        reasons.extend(trust.reasons)
-        warnings.extend(trust.warnings)
-        simulated = trust.simulated
-        trusted_root = pck.root if trust.trusted else None
+        trusted, simulated, root_reasons, root_warnings = root_trust(pck.root, trusted_simulated_roots, "tdx.pck.root", "the PCK certificate chain")
+        reasons.extend(root_reasons)
+        warnings.extend(root_warnings)
+        trusted_root = pck.root if trusted else None
     else:
         reasons.append(Reason("tdx.qe.report_signature", "the QE report signature cannot be checked without a PCK certificate"))
     reasons.extend(pck_reasons)

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from attestation.files import read_bounded
 from attestation.trust import SIMULATED_ORGANIZATION
 
 from . import SimulatedTeeError
@@ -237,9 +238,17 @@ def _save_issued(directory: Path, name: str, issued: Issued) -> None:
     _write_private(directory / f"{name}.key.pem", key_pem)
 
 
+#: No file of a simulated PKI directory is larger than this.
+MAX_PKI_FILE_BYTES = 64 * 1024
+
+
+def _read(path: Path) -> bytes:
+    return read_bounded(path, MAX_PKI_FILE_BYTES, "simulated TEE file", SimulatedTeeError)
+
+
 def _load_issued(directory: Path, name: str) -> Issued:
-    cert = x509.load_pem_x509_certificate((directory / f"{name}.pem").read_bytes())
-    key = serialization.load_pem_private_key((directory / f"{name}.key.pem").read_bytes(), password=None)
+    cert = x509.load_pem_x509_certificate(_read(directory / f"{name}.pem"))
+    key = serialization.load_pem_private_key(_read(directory / f"{name}.key.pem"), password=None)
     return Issued(cert, key)
 
 
@@ -264,13 +273,13 @@ def load_or_create(directory: str | Path) -> SimulatedPki:
             (directory / "intel" / "root-ca-crl.der").write_bytes(intel.root_crl.public_bytes(serialization.Encoding.DER))
             (directory / "intel" / "pck-crl.der").write_bytes(intel.pck_crl.public_bytes(serialization.Encoding.DER))
             marker.write_text("attestfl simulated TEE root of trust. Software only: proves nothing about hardware.\n")
-        amd = AmdPki(*(_load_issued(directory / "amd", n) for n in _FILES["amd"]), (directory / "amd" / "chip-id.bin").read_bytes())
+        amd = AmdPki(*(_load_issued(directory / "amd", n) for n in _FILES["amd"]), _read(directory / "amd" / "chip-id.bin"))
         intel = IntelPki(
             *(_load_issued(directory / "intel", n) for n in _FILES["intel"]),
-            x509.load_der_x509_crl((directory / "intel" / "root-ca-crl.der").read_bytes()),
-            x509.load_der_x509_crl((directory / "intel" / "pck-crl.der").read_bytes()),
-            (directory / "intel" / "ppid.bin").read_bytes(),
+            x509.load_der_x509_crl(_read(directory / "intel" / "root-ca-crl.der")),
+            x509.load_der_x509_crl(_read(directory / "intel" / "pck-crl.der")),
+            _read(directory / "intel" / "ppid.bin"),
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SimulatedTeeError) as exc:
         raise SimulatedTeeError(f"simulated TEE directory {directory} is unusable: {exc}") from exc
     return SimulatedPki(directory, amd, intel)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 from cryptography import x509
 
@@ -48,15 +49,47 @@ AMD_CRL_FILE = "amd-crl.der"
 CRL_LIFETIME = dt.timedelta(days=30)
 
 
-def simulated_amd_crl(pki: SimulatedPki, issued: dt.datetime | None = None) -> bytes:
-    """An AMD-style CRL (DER) from the simulated ARK, RSA-PSS/SHA-384 as AMD's: nothing revoked."""
+def simulated_amd_crl(
+    pki: SimulatedPki,
+    issued: dt.datetime | None = None,
+    *,
+    revoked: Sequence[x509.Certificate] = (),
+    lifetime: dt.timedelta = CRL_LIFETIME,
+) -> bytes:
+    """An AMD-style CRL (DER) from the simulated ARK, RSA-PSS/SHA-384 as AMD's, issued at
+    ``issued`` (default now), next update ``lifetime`` later.
+
+    ``revoked``: certificates of the simulated AMD PKI to list: the ASK (issued by the ARK)
+    directly; a VCEK (issued by the ASK) as an entry naming the ASK as its certificate
+    issuer, which makes the CRL indirect (RFC 5280 §5.2.5, §5.3.3)."""
     issued = issued or dt.datetime.now(dt.timezone.utc)
+    ark, ask = pki.amd.ark.cert, pki.amd.ask.cert
+    by_ark = [c for c in revoked if c.issuer == ark.subject]
+    by_ask = [c for c in revoked if c.issuer == ask.subject]
+    strangers = [c for c in revoked if c.issuer not in (ark.subject, ask.subject)]
+    if strangers:
+        raise SimulatedTeeError(f"{strangers[0].subject.rfc4514_string()} was not issued by the simulated ARK or ASK")
     builder = (
         x509.CertificateRevocationListBuilder()
-        .issuer_name(pki.amd.ark.cert.subject)
+        .issuer_name(ark.subject)
         .last_update(issued)
-        .next_update(issued + CRL_LIFETIME)
+        .next_update(issued + lifetime)
     )
+    when = issued - dt.timedelta(minutes=1)
+    for cert in by_ark:
+        builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(when).build())
+    for cert in by_ask:  # after the ARK's own entries: an entry without the extension inherits the one before
+        entry = x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(when)
+        entry = entry.add_extension(x509.CertificateIssuer([x509.DirectoryName(ask.subject)]), critical=True)
+        builder = builder.add_revoked_certificate(entry.build())
+    if by_ask:
+        builder = builder.add_extension(
+            x509.IssuingDistributionPoint(
+                full_name=None, relative_name=None, only_contains_user_certs=False, only_contains_ca_certs=False,
+                only_some_reasons=None, indirect_crl=True, only_contains_attribute_certs=False,
+            ),
+            critical=True,
+        )
     return builder.sign(pki.amd.ark.key, hashes.SHA384(), rsa_padding=PSS).public_bytes(serialization.Encoding.DER)
 
 

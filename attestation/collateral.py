@@ -1,0 +1,566 @@
+"""The verifier's collateral: revocation lists, TCB info and QE identity chosen by the verifier,
+never by the evidence.
+
+A :class:`CollateralStore` is opened on a **cache directory** (the offline source; the layout
+is below and in ``docs/attestation.md``), optionally with a :class:`CollateralFetcher` that
+asks the vendors' services (AMD KDS, Intel PCS) for what is missing or stale and writes it
+into the directory. :func:`attestation.bundle.appraise_bundle` given a store ignores the
+collateral a bundle carries: a site cannot strip its CRL (or bring an old one) to turn
+"revoked" into "admitted".
+
+Cache directory layout (every file optional; names are lowercase)::
+
+    amd/<product>/crl-vcek.der                    AMD CRL for VCEK chains (KDS /vcek/v1/<Product>/crl)
+    amd/<product>/crl-vlek.der                    AMD CRL for VLEK chains (KDS /vlek/v1/<Product>/crl)
+    amd/<product>/vcek/<hwid>-<tcb>.der           a VCEK (KDS /vcek/v1/<Product>/<hwid>?blSPL=...),
+                                                  <hwid> as KDS names the chip (64 bytes of CHIP_ID in
+                                                  hex, 8 on Turin), <tcb> the 8 REPORTED_TCB bytes in hex
+    intel/tcb-info-fmspc-<fmspc>.json             TDX TCB info (PCS /tdx/certification/v4/tcb?fmspc=)
+    intel/tcb-info-issuer-chain.pem               its TCB-Info-Issuer-Chain header
+    intel/qe-identity.json                        TD_QE identity (PCS /tdx/certification/v4/qe/identity)
+    intel/qe-identity-issuer-chain.pem            its SGX-Enclave-Identity-Issuer-Chain header
+    intel/pck-<ca>-crl.der                        PCK CRL, <ca> platform or processor
+                                                  (PCS /sgx/certification/v4/pckcrl?ca=<ca>&encoding=der)
+    intel/pck-<ca>-crl-issuer-chain.pem           its SGX-PCK-CRL-Issuer-Chain header
+    intel/root-ca-crl.der                         Intel SGX Root CA CRL
+
+``<product>`` is ``milan``, ``genoa`` or ``turin``.
+
+Freshness: a CRL is used only between its thisUpdate and nextUpdate, a TCB info or QE
+identity only between its issueDate and nextUpdate, and, when the policy sets
+``max_collateral_age``, only if issued no longer ago than that. Anything else is *not used*
+(the lookup says why) and, with a fetcher, fetched again (at most once per
+``refetch_after`` per document). Whether missing collateral fails the appraisal is the
+policy's ``require_collateral``.
+
+Caching: each file's bytes are parsed once (kept by the SHA-256 of its bytes; a file is
+re-read only when its size, mtime or inode changes, checked at most once per
+``recheck_after``); signature verdicts are memoised by
+:data:`attestation.verify.chain.SIGNATURE_MEMO`. A warm store adds file ``stat`` calls and
+time comparisons to an appraisal, no signature checks.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .abi.tdx_collateral import MAX_COLLATERAL_JSON_BYTES, QeIdentityDocument, TcbInfoDocument, TdxCollateral, parse_qe_identity, parse_tcb_info
+from .abi.x509 import MAX_CERT_INPUT_BYTES, Certificate, RevocationList, parse_certificate, parse_certificates, parse_crl
+from .errors import AttestationError, CertificateFormatError, CollateralError, CollateralFetchError, CollateralFormatError
+from .files import read_bounded
+from .timeutil import as_utc
+
+#: KDS product names of the product lines (lowercase in the cache, capitalised in URLs).
+AMD_PRODUCTS = {"milan": "Milan", "genoa": "Genoa", "turin": "Turin"}
+SIGNING_KEYS = ("vcek", "vlek")
+PCK_CAS = ("platform", "processor")
+MAX_CRL_BYTES = 4 * MAX_CERT_INPUT_BYTES
+#: No response of a vendor service is larger than this.
+MAX_RESPONSE_BYTES = 1024 * 1024
+#: Documents whose fetch failed recently and is not tried again yet, at most.
+MAX_REFUSED_FETCHES = 4096
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+# --- fetching -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """Where and how the fetcher asks. Base URLs are configurable per vendor (tests point them
+    at a loopback server); ``timeout`` bounds each request in total, ``max_response_bytes``
+    each body, ``retries`` the further attempts after a network error, HTTP 429 or 5xx."""
+
+    amd_base_url: str = "https://kdsintf.amd.com"
+    intel_base_url: str = "https://api.trustedservices.intel.com"
+    intel_root_ca_crl_url: str = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
+    timeout: float = 10.0
+    max_response_bytes: int = MAX_RESPONSE_BYTES
+    retries: int = 2
+    retry_backoff: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("amd_base_url", "intel_base_url", "intel_root_ca_crl_url"):
+            scheme = urllib.parse.urlsplit(getattr(self, name)).scheme
+            if scheme not in ("https", "http"):
+                raise CollateralError(f"collateral fetcher {name}: {getattr(self, name)!r} is not an http(s) URL")
+        if not 0 < self.timeout <= 300 or not 0 < self.max_response_bytes <= 64 * MAX_RESPONSE_BYTES or not 0 <= self.retries <= 10:
+            raise CollateralError("collateral fetcher: timeout, max_response_bytes or retries out of range")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A vendor response: its URL, body and headers (names lowercase)."""
+
+    url: str
+    body: bytes
+    headers: Mapping[str, str]
+
+    def issuer_chain(self, header: str) -> bytes:
+        """A PEM issuer chain header (URL-encoded, as Intel PCS sends it)."""
+        value = self.headers.get(header.lower())
+        if not value:
+            raise CollateralFetchError(f"{self.url}: the response has no {header} header")
+        return urllib.parse.unquote(value).encode("ascii", "replace")
+
+
+class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to http(s), never from https down to http."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's signature
+        old, new = urllib.parse.urlsplit(req.full_url).scheme, urllib.parse.urlsplit(newurl).scheme
+        if new not in ("http", "https") or (old == "https" and new != "https"):
+            raise urllib.error.HTTPError(newurl, code, f"refused redirect to {new} URL", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class CollateralFetcher:
+    """Asks AMD KDS and Intel PCS (API v4) for collateral, with bounded sizes and times."""
+
+    def __init__(self, config: FetchConfig | None = None) -> None:
+        self.config = config or FetchConfig()
+        self._opener = urllib.request.build_opener(_SameSchemeRedirects())
+
+    # transport
+
+    def _once(self, url: str) -> Fetched:
+        config = self.config
+        deadline = time.monotonic() + config.timeout
+        request = urllib.request.Request(url, headers={"User-Agent": "attestfl-collateral/1", "Accept": "*/*"})
+        with self._opener.open(request, timeout=config.timeout) as response:
+            status = getattr(response, "status", 200)
+            if status != 200:
+                raise CollateralFetchError(f"{url}: HTTP {status}")
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > config.max_response_bytes:
+                raise CollateralFetchError(f"{url}: the response is {length} bytes, over the {config.max_response_bytes}-byte limit")
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                if time.monotonic() > deadline:
+                    raise CollateralFetchError(f"{url}: no complete response within {config.timeout} s")
+                chunk = response.read(min(64 * 1024, config.max_response_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > config.max_response_bytes:
+                    raise CollateralFetchError(f"{url}: the response is over the {config.max_response_bytes}-byte limit")
+            if length is not None and length.isdigit() and size != int(length):  # the connection closed mid-body
+                raise http.client.IncompleteRead(b"".join(chunks), int(length) - size)
+            headers = {name.lower(): value for name, value in response.headers.items()}
+        return Fetched(url, b"".join(chunks), headers)
+
+    def get(self, url: str) -> Fetched:
+        """GET ``url``: 200 with a bounded body, else :class:`CollateralFetchError` (after the
+        configured retries for network errors, HTTP 429 and 5xx)."""
+        attempts = self.config.retries + 1
+        for attempt in range(attempts):
+            retry = False
+            try:
+                return self._once(url)
+            except urllib.error.HTTPError as exc:
+                retry = exc.code == 429 or exc.code >= 500
+                error = CollateralFetchError(f"{url}: HTTP {exc.code} {exc.reason}")
+            except CollateralFetchError:
+                raise
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+                # refused, reset, timeout, a truncated body, an oversized header line, a bad URL
+                retry = not isinstance(exc, ValueError)
+                reason = getattr(exc, "reason", None) or exc
+                error = CollateralFetchError(f"{url}: {reason}")
+            if not retry or attempt + 1 == attempts:
+                raise error
+            time.sleep(self.config.retry_backoff * (2 ** attempt))
+        raise CollateralFetchError(f"{url}: no attempt was made")  # pragma: no cover - attempts >= 1
+
+    # AMD KDS
+
+    def amd_crl_url(self, product: str, signing_key: str) -> str:
+        return f"{self.config.amd_base_url.rstrip('/')}/{signing_key}/v1/{AMD_PRODUCTS[product]}/crl"
+
+    def amd_vcek_url(self, product: str, hwid: bytes, tcb: Mapping[str, int]) -> str:
+        params = {"blSPL": tcb["bootloader"], "teeSPL": tcb["tee"], "snpSPL": tcb["snp"], "ucodeSPL": tcb["microcode"]}
+        if product == "turin":
+            params = {"fmcSPL": tcb.get("fmc", 0), **params}
+        query = "&".join(f"{name}={int(value):02d}" for name, value in params.items())
+        return f"{self.config.amd_base_url.rstrip('/')}/vcek/v1/{AMD_PRODUCTS[product]}/{hwid.hex()}?{query}"
+
+    # Intel PCS v4
+
+    def intel_tcb_info_url(self, fmspc: bytes) -> str:
+        return f"{self.config.intel_base_url.rstrip('/')}/tdx/certification/v4/tcb?fmspc={fmspc.hex()}"
+
+    def intel_qe_identity_url(self) -> str:
+        return f"{self.config.intel_base_url.rstrip('/')}/tdx/certification/v4/qe/identity"
+
+    def intel_pck_crl_url(self, ca: str) -> str:
+        return f"{self.config.intel_base_url.rstrip('/')}/sgx/certification/v4/pckcrl?ca={ca}&encoding=der"
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+@dataclass
+class _File:
+    stamp: tuple[int, int, int]
+    checked: float
+    value: Any = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """One piece of collateral: its parsed value when a fresh one was found, else ``None``;
+    ``notes`` say why a candidate was not used (absent, stale, malformed, fetch failed)."""
+
+    value: Any
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TdxLookup:
+    """The Intel collateral the store holds for one platform (FMSPC and PCK CA), every fresh
+    part of it, and why any part is missing."""
+
+    collateral: TdxCollateral
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Item:
+    """How to find, parse, judge and fetch one cached document."""
+
+    path: str
+    what: str
+    limit: int
+    parse: Callable[[bytes], Any]
+    fresh: Callable[[Any, datetime, timedelta | None], str | None]
+    fetch: Callable[["CollateralFetcher"], dict[str, bytes]] | None = None
+    chain: str | None = None  # the issuer chain file that must be present beside it
+
+
+def _window(what: str, issued: datetime, next_update: datetime | None, at: datetime, max_age: timedelta | None) -> str | None:
+    if at < issued:
+        return f"{what} is not valid before {issued.isoformat()} (verification time {at.isoformat()})"
+    if next_update is not None and at > next_update:
+        return f"{what} expired at its next update {next_update.isoformat()} (verification time {at.isoformat()})"
+    if max_age is not None and at - issued > max_age:
+        return f"{what} was issued {issued.isoformat()}, {at - issued} before the verification time, older than the policy's max_collateral_age {max_age}"
+    return None
+
+
+def _crl_fresh(what: str) -> Callable[[Any, datetime, timedelta | None], str | None]:
+    return lambda crl, at, max_age: _window(what, crl.this_update, crl.next_update, at, max_age)
+
+
+def _document_fresh(what: str, attribute: str) -> Callable[[Any, datetime, timedelta | None], str | None]:
+    def fresh(document: Any, at: datetime, max_age: timedelta | None) -> str | None:
+        content = getattr(document, attribute)
+        return _window(what, content.issue_date, content.next_update, at, max_age)
+
+    return fresh
+
+
+def _always_fresh(_value: Any, _at: datetime, _max_age: timedelta | None) -> str | None:
+    return None
+
+
+def _parse_crl(data: bytes) -> RevocationList:
+    try:
+        return parse_crl(data)
+    except CertificateFormatError as exc:
+        raise CollateralFormatError(f"not a CRL: {exc}") from exc
+
+
+def _parse_chain(data: bytes) -> tuple[Certificate, ...]:
+    try:
+        return tuple(parse_certificates(data))
+    except CertificateFormatError as exc:
+        raise CollateralFormatError(f"not a certificate chain: {exc}") from exc
+
+
+def _parse_certificate(data: bytes) -> Certificate:
+    try:
+        return parse_certificate(data)
+    except CertificateFormatError as exc:
+        raise CollateralFormatError(f"not a certificate: {exc}") from exc
+
+
+def amd_hwid(product: str, chip_id: bytes) -> bytes:
+    """The hardware ID KDS names a chip by: CHIP_ID (64 bytes), its first 8 bytes on Turin."""
+    return chip_id[:8] if product == "turin" else chip_id
+
+
+class CollateralStore:
+    """Collateral from a cache directory, optionally refreshed by ``fetcher`` (see the module
+    docstring). Thread-safe; one store serves many appraisals.
+
+    ``refetch_after``: after a fetch of a document failed or gave stale collateral, it is not
+    asked for again for this long. ``recheck_after``: a cached file's ``stat`` is trusted for
+    this long before it is looked at again."""
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        *,
+        fetcher: CollateralFetcher | None = None,
+        refetch_after: timedelta = timedelta(minutes=5),
+        recheck_after: timedelta = timedelta(seconds=1),
+    ) -> None:
+        self.directory = Path(cache_dir)
+        self.fetcher = fetcher
+        if fetcher is not None:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CollateralError(f"cannot create the collateral cache {self.directory}: {exc.strerror or exc}") from exc
+        if not self.directory.is_dir():
+            raise CollateralError(f"{self.directory}: not a collateral cache directory")
+        self.refetch_after = refetch_after.total_seconds()
+        self.recheck_after = recheck_after.total_seconds()
+        self._lock = threading.Lock()
+        self._files: dict[str, _File] = {}
+        self._parsed: OrderedDict[tuple[str, bytes], tuple[Any, str | None]] = OrderedDict()
+        self._fetch_refused_until: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"CollateralStore({str(self.directory)!r}, fetcher={'yes' if self.fetcher else 'no'})"
+
+    # files
+
+    def _stamp(self, relative: str) -> tuple[int, int, int] | None:
+        try:
+            info = os.stat(self.directory / relative)
+        except OSError:
+            return None
+        return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+    def _read(self, relative: str, what: str, limit: int, parse: Callable[[bytes], Any]) -> tuple[Any, str | None]:
+        """(parsed value, None), (None, problem), or (None, None) when the file is absent."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._files.get(relative)
+            if cached is not None and now - cached.checked < self.recheck_after:
+                return cached.value, cached.problem
+        stamp = self._stamp(relative)
+        if stamp is None:
+            with self._lock:
+                self._files.pop(relative, None)
+            return None, None
+        with self._lock:
+            cached = self._files.get(relative)
+            if cached is not None and cached.stamp == stamp:
+                cached.checked = now
+                return cached.value, cached.problem
+        try:
+            data = read_bounded(self.directory / relative, limit, what, CollateralFormatError)
+        except CollateralFormatError as exc:
+            value, problem = None, str(exc)
+        else:
+            key = (what, hashlib.sha256(data).digest())
+            with self._lock:
+                parsed = self._parsed.get(key)
+            if parsed is None:
+                try:
+                    parsed = (parse(data), None)
+                except AttestationError as exc:
+                    parsed = (None, f"{relative} in the collateral cache is unusable: {exc}")
+                with self._lock:
+                    self._parsed[key] = parsed
+                    while len(self._parsed) > 256:
+                        self._parsed.popitem(last=False)
+            value, problem = parsed
+        with self._lock:
+            self._files[relative] = _File(stamp, now, value, problem)
+        return value, problem
+
+    def _write(self, relative: str, data: bytes) -> None:
+        path = self.directory / relative
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+        except OSError as exc:
+            raise CollateralFetchError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        with self._lock:
+            self._files.pop(relative, None)
+
+    # one document
+
+    def _lookup(self, item: _Item, at: datetime, max_age: timedelta | None) -> Lookup:
+        value, why = self._judge(item, at, max_age)
+        if why is None:
+            return Lookup(value)
+        notes = [why]
+        if self.fetcher is not None and item.fetch is not None:
+            refused_until = self._fetch_refused_until.get(item.path, 0.0)
+            if time.monotonic() < refused_until:
+                notes.append(f"not fetched again: the last fetch of the {item.what} failed less than {int(self.refetch_after)} s ago")
+                return Lookup(None, tuple(notes))
+            try:
+                files = item.fetch(self.fetcher)
+                main = files[item.path]
+                item.parse(main)  # never write what does not parse
+                for relative, data in files.items():
+                    self._write(relative, data)
+            except (AttestationError, KeyError) as exc:
+                self._refuse_fetch(item.path)
+                notes.append(f"fetching the {item.what} failed: {exc}")
+                return Lookup(None, tuple(notes))
+            value, why = self._judge(item, at, max_age, fresh_read=True)
+            if why is None:
+                return Lookup(value, (f"the {item.what} was fetched again: {notes[0]}",))
+            self._refuse_fetch(item.path)
+            notes.append(f"the {item.what} fetched again is not usable either: {why}")
+        return Lookup(None, tuple(notes))
+
+    def _refuse_fetch(self, path: str) -> None:
+        """Do not fetch ``path`` again for ``refetch_after``; the table stays bounded (evidence
+        names the VCEK looked up, so an attacker could otherwise grow it)."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._fetch_refused_until) >= MAX_REFUSED_FETCHES:
+                for key in [k for k, until in self._fetch_refused_until.items() if until <= now]:
+                    del self._fetch_refused_until[key]
+                while len(self._fetch_refused_until) >= MAX_REFUSED_FETCHES:
+                    del self._fetch_refused_until[next(iter(self._fetch_refused_until))]
+            self._fetch_refused_until[path] = now + self.refetch_after
+
+    def _judge(self, item: _Item, at: datetime, max_age: timedelta | None, *, fresh_read: bool = False) -> tuple[Any, str | None]:
+        if fresh_read:
+            with self._lock:
+                self._files.pop(item.path, None)
+                if item.chain:
+                    self._files.pop(item.chain, None)
+        value, problem = self._read(item.path, item.what, item.limit, item.parse)
+        if problem is not None:
+            return None, problem
+        if value is None:
+            return None, f"the collateral cache has no {item.what} ({item.path})"
+        stale = item.fresh(value, at, max_age)
+        if stale is not None:
+            return None, f"the cached {item.what} ({item.path}) is not used: {stale}"
+        if item.chain is not None:
+            chain, chain_problem = self._read(item.chain, f"issuer chain of the {item.what}", MAX_CERT_INPUT_BYTES, _parse_chain)
+            if chain is None:
+                return None, chain_problem or f"the collateral cache has the {item.what} but not its issuer chain ({item.chain})"
+            return (value, chain), None
+        return value, None
+
+    # SEV-SNP
+
+    def amd_crl(self, product: str, signing_key: str, *, at: datetime, max_age: timedelta | None = None) -> Lookup:
+        """The AMD CRL (ARK-signed) for ``product``'s ``signing_key`` ("vcek"/"vlek") chains."""
+        if product not in AMD_PRODUCTS or signing_key not in SIGNING_KEYS:
+            return Lookup(None, (f"no AMD CRL is known for product {product!r} and signing key {signing_key!r}",))
+        path = f"amd/{product}/crl-{signing_key}.der"
+        what = f"AMD CRL for {AMD_PRODUCTS[product]} {signing_key.upper()} chains"
+
+        def fetch(fetcher: CollateralFetcher) -> dict[str, bytes]:
+            return {path: fetcher.get(fetcher.amd_crl_url(product, signing_key)).body}
+
+        item = _Item(path, what, MAX_CRL_BYTES, _parse_crl, _crl_fresh(what), fetch)
+        return self._lookup(item, as_utc(at), max_age)
+
+    def amd_vcek(self, product: str, chip_id: bytes, tcb_raw: bytes, tcb: Mapping[str, int], *, at: datetime) -> Lookup:
+        """The VCEK for the chip ``chip_id`` at the reported TCB (``tcb_raw``: the report's 8
+        REPORTED_TCB bytes, naming the file; ``tcb``: its components, for KDS)."""
+        if product not in AMD_PRODUCTS:
+            return Lookup(None, (f"no VCEK can be looked up for product {product!r}",))
+        hwid = amd_hwid(product, chip_id)
+        path = f"amd/{product}/vcek/{hwid.hex()}-{tcb_raw.hex()}.der"
+        what = f"{AMD_PRODUCTS[product]} VCEK"
+
+        def fetch(fetcher: CollateralFetcher) -> dict[str, bytes]:
+            return {path: fetcher.get(fetcher.amd_vcek_url(product, hwid, tcb)).body}
+
+        return self._lookup(_Item(path, what, MAX_CERT_INPUT_BYTES, _parse_certificate, _always_fresh, fetch), as_utc(at), None)
+
+    # TDX
+
+    def tdx_collateral(self, fmspc: bytes, ca: str, *, at: datetime, max_age: timedelta | None = None) -> TdxLookup:
+        """Every fresh part of the Intel collateral for a platform of FMSPC ``fmspc`` whose PCK
+        certificate was issued by the PCK ``ca`` ("platform" or "processor")."""
+        at = as_utc(at)
+        if ca not in PCK_CAS:
+            raise CollateralError(f"unknown PCK CA {ca!r}; expected platform or processor")
+        fmspc_hex = bytes(fmspc).hex()
+
+        def with_chain(url: Callable[[CollateralFetcher], str], path: str, chain: str, header: str) -> Callable[[CollateralFetcher], dict[str, bytes]]:
+            def fetch(fetcher: CollateralFetcher) -> dict[str, bytes]:
+                response = fetcher.get(url(fetcher))
+                return {path: response.body, chain: response.issuer_chain(header)}
+
+            return fetch
+
+        def parse_tcb_info_for_fmspc(data: bytes) -> TcbInfoDocument:
+            document = parse_tcb_info(data)
+            if document.tcb_info.fmspc != bytes(fmspc):
+                raise CollateralFormatError(f"the TCB info is for FMSPC {document.tcb_info.fmspc.hex()}, not {fmspc_hex}")
+            return document
+
+        tcb_path, tcb_chain = f"intel/tcb-info-fmspc-{fmspc_hex}.json", "intel/tcb-info-issuer-chain.pem"
+        qe_path, qe_chain = "intel/qe-identity.json", "intel/qe-identity-issuer-chain.pem"
+        crl_path, crl_chain = f"intel/pck-{ca}-crl.der", f"intel/pck-{ca}-crl-issuer-chain.pem"
+        root_path = "intel/root-ca-crl.der"
+        items = {
+            "tcb_info": _Item(tcb_path, f"TCB info for FMSPC {fmspc_hex}", MAX_COLLATERAL_JSON_BYTES, parse_tcb_info_for_fmspc,
+                              _document_fresh(f"TCB info for FMSPC {fmspc_hex}", "tcb_info"),
+                              with_chain(lambda f: f.intel_tcb_info_url(bytes(fmspc)), tcb_path, tcb_chain, "TCB-Info-Issuer-Chain"), tcb_chain),
+            "qe_identity": _Item(qe_path, "QE identity", MAX_COLLATERAL_JSON_BYTES, parse_qe_identity, _document_fresh("QE identity", "identity"),
+                                 with_chain(lambda f: f.intel_qe_identity_url(), qe_path, qe_chain, "SGX-Enclave-Identity-Issuer-Chain"), qe_chain),
+            "pck_crl": _Item(crl_path, f"PCK {ca.title()} CA CRL", MAX_CRL_BYTES, _parse_crl, _crl_fresh(f"PCK {ca.title()} CA CRL"),
+                             with_chain(lambda f: f.intel_pck_crl_url(ca), crl_path, crl_chain, "SGX-PCK-CRL-Issuer-Chain"), crl_chain),
+            "root_ca_crl": _Item(root_path, "Intel SGX Root CA CRL", MAX_CRL_BYTES, _parse_crl, _crl_fresh("Intel SGX Root CA CRL"),
+                                 lambda f: {root_path: f.get(f.config.intel_root_ca_crl_url).body}),
+        }
+        found = {name: self._lookup(item, at, max_age) for name, item in items.items()}
+        notes = tuple(note for lookup in found.values() for note in lookup.notes)
+        tcb = found["tcb_info"].value
+        qe = found["qe_identity"].value
+        crl = found["pck_crl"].value
+        collateral = TdxCollateral(
+            tcb_infos=(tcb[0],) if tcb else (),
+            tcb_info_issuer_chain=tcb[1] if tcb else (),
+            qe_identity=qe[0] if qe else None,
+            qe_identity_issuer_chain=qe[1] if qe else (),
+            pck_crls=(crl[0],) if crl else (),
+            pck_crl_issuer_chain=crl[1] if crl else (),
+            root_ca_crl=found["root_ca_crl"].value,
+        )
+        return TdxLookup(collateral, notes)
+
+
+def pck_ca_kind(issuer: str) -> str:
+    """"processor" when a PCK leaf's issuer name says Processor CA, else "platform"."""
+    return "processor" if "processor" in issuer.lower() else "platform"
+
+
+__all__ = [
+    "AMD_PRODUCTS",
+    "CollateralError",
+    "CollateralFetchError",
+    "CollateralFetcher",
+    "CollateralStore",
+    "FetchConfig",
+    "Fetched",
+    "Lookup",
+    "TdxLookup",
+    "amd_hwid",
+    "pck_ca_kind",
+]
