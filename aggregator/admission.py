@@ -14,6 +14,12 @@ The admission policy is the ``[admission]`` table of ``aggregator.toml``::
     credential_ttl = "8h"          # lifetime of a session
     policy = "site-policy.toml"    # attestation policy for site evidence (roots, TCB, debug...);
                                    # require_collateral defaults to true here
+    collateral_dir = "collateral"  # the verifier's own collateral (AMD CRLs and VCEKs, Intel TCB
+                                   # info, QE identity, CRLs; layout: docs/attestation.md). Sites'
+                                   # evidence never brings its own. Absent: none (fail closed).
+    collateral_fetch = false       # fetch missing or stale collateral from AMD KDS / Intel PCS
+    amd_kds_url = "https://kdsintf.amd.com"                  # (with collateral_fetch) the vendors'
+    intel_pcs_url = "https://api.trustedservices.intel.com"  #   services, or a caching proxy of yours
 
     [admission.sites.hospital-a]   # one table per site id that may join
     platforms = ["sev-snp", "tdx"] # accepted: sev-snp, tdx (real or simulated), app-attest
@@ -77,6 +83,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from attestation.abi.bundle import parse_bundle
 from attestation.binding import BoundKeys
 from attestation.bundle import appraise_bundle
+from attestation.collateral import CollateralFetcher, CollateralStore, FetchConfig, LoggedCollateralStore
 from attestation.errors import AttestationError, PolicyError
 from attestation.files import read_bounded
 from attestation.findings import Reason
@@ -207,6 +214,42 @@ def read_site_rule(site_id: str, rule: Any, base_dir: Path) -> SiteRule:
     return site_rule
 
 
+def read_collateral_store(table: dict[str, Any], base_dir: Path) -> CollateralStore | None:
+    """The ``collateral_*`` keys of ``[admission]``: the verifier's collateral store."""
+    fetch = table.get("collateral_fetch", False)
+    if not isinstance(fetch, bool):
+        raise PolicyError(f"[admission] collateral_fetch: expected true or false, got {fetch!r}")
+    urls = {}
+    for key in ("amd_kds_url", "intel_pcs_url"):
+        if key in table:
+            value = table[key]
+            if not isinstance(value, str) or not value.startswith(("https://", "http://")):
+                raise PolicyError(f"[admission] {key}: expected an http(s) URL, got {value!r}")
+            urls[key] = value.rstrip("/")
+    if "collateral_dir" not in table:
+        if fetch or urls:
+            raise PolicyError("[admission] collateral_fetch and the vendor URLs need collateral_dir (where fetched collateral is kept)")
+        return None
+    directory = table["collateral_dir"]
+    if not isinstance(directory, str) or not directory:
+        raise PolicyError(f"[admission] collateral_dir: expected a directory name, got {directory!r}")
+    fetcher = None
+    if fetch:
+        config = FetchConfig(**{name: url for name, url in (("amd_base_url", urls.get("amd_kds_url")),
+                                                            ("intel_base_url", urls.get("intel_pcs_url"))) if url})
+        fetcher = CollateralFetcher(config)
+    try:
+        return CollateralStore(base_dir / directory, fetcher=fetcher)
+    except AttestationError as exc:
+        raise PolicyError(f"[admission] collateral_dir: {exc} (fill it with the vendors' collateral, `attestfl enclave collateral` "
+                          "for the simulated TEE, or set collateral_fetch = true)") from None
+
+
+#: The store of a verifier that holds no collateral at all: evidence that needs some fails
+#: ``require_collateral`` (fail closed) rather than falling back to what the evidence brings.
+NO_COLLATERAL = LoggedCollateralStore({})
+
+
 def load_site_attestation_policy(path: Path) -> tuple[Policy, bytes]:
     """The attestation policy for site evidence, and its bytes. ``require_collateral``
     defaults to true here: revocation and TCB status must be known to admit a site."""
@@ -233,10 +276,13 @@ class AdmissionPolicy:
     policy_id: str = "default"
     #: The attestation policy file's bytes (None: the default policy), logged in full in the audit log.
     policy_text: bytes | None = field(default=None, repr=False)
+    #: The verifier's collateral (None: none at all; the evidence's own is never used).
+    collateral: CollateralStore | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_table(cls, table: dict[str, Any], base_dir: Path) -> "AdmissionPolicy":
-        reject_unknown_keys(table, ("challenge_ttl", "credential_ttl", "policy", "sites"), "admission")
+        reject_unknown_keys(table, ("challenge_ttl", "credential_ttl", "policy", "sites", "collateral_dir", "collateral_fetch",
+                                    "amd_kds_url", "intel_pcs_url"), "admission")
         policy = Policy(require_collateral=True)
         policy_id = "default"
         policy_text = None
@@ -256,6 +302,7 @@ class AdmissionPolicy:
             credential_ttl=credential_ttl or timedelta(hours=8),
             policy_id=policy_id,
             policy_text=policy_text,
+            collateral=read_collateral_store(table, base_dir),
         )
 
     @classmethod
@@ -343,6 +390,8 @@ class SiteAppraisal:
     #: What the peer is told, when it differs from ``reasons`` (an unknown site id is answered
     #: like a known one: no roster enumeration).
     told: tuple[str, ...] | None = None
+    #: The verifier's collateral files the appraisal used: {relative path: SHA-256}.
+    collateral: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def reply(self) -> tuple[str, ...]:
@@ -376,15 +425,21 @@ def _hardware_reasons(rule: SiteRule, site_id: str, platform: str, claims: dict[
     return reasons
 
 
-def _appraise_bundle(rule: SiteRule, policy: AdmissionPolicy, site_id: str, challenge: bytes,
-                     x25519: bytes, ed25519: bytes, evidence: bytes, at: datetime) -> tuple[list[Reason], dict[str, Any], str | None, tuple[str, ...]]:
+def _appraise_bundle(rule: SiteRule, policy: AdmissionPolicy, site_id: str, challenge: bytes, x25519: bytes, ed25519: bytes,
+                     evidence: bytes, at: datetime, used: dict[str, bytes]) -> tuple[list[Reason], dict[str, Any], str | None, tuple[str, ...]]:
     reasons: list[Reason] = []
     try:
         bundle = parse_bundle(evidence)
     except AttestationError as exc:
         return [Reason("admission.evidence", f"the evidence bundle is unusable: {exc}")], {}, None, ()
+    store = policy.collateral if policy.collateral is not None else NO_COLLATERAL
     try:
-        appraisal = appraise_bundle(bundle, expected_nonce=admission_nonce(site_id, challenge), policy=policy.attestation, at=at)
+        # The verifier's collateral, never the bundle's: a site cannot strip its CRL (or bring
+        # an old one) to turn "revoked" into "admitted".
+        with store.recording() as recorded:
+            appraisal = appraise_bundle(bundle, expected_nonce=admission_nonce(site_id, challenge), policy=policy.attestation,
+                                        at=at, collateral=store)
+        used.update(recorded)
     except AttestationError as exc:
         return [Reason("admission.evidence", f"the evidence is unusable: {exc}")], {}, bundle.platform, ()
     reasons.extend(appraisal.reasons)
@@ -555,8 +610,9 @@ def appraise_site(
         return SiteAppraisal(site_id, False, tuple(reasons), {}, "contraindicated", None, max_weight=rule.max_weight)
 
     warnings_: tuple[str, ...] = ()
+    used: dict[str, bytes] = {}
     if evidence_format == "bundle":
-        found, claims, platform, warnings_ = _appraise_bundle(rule, policy, site_id, challenge, x25519, ed25519, evidence, at)
+        found, claims, platform, warnings_ = _appraise_bundle(rule, policy, site_id, challenge, x25519, ed25519, evidence, at, used)
     elif evidence_format == "app-attest":
         platform = "app-attest"
         if "app-attest" not in rule.platforms:
@@ -571,7 +627,7 @@ def appraise_site(
     admitted = not reasons
     status = "contraindicated" if not admitted else ("warning" if warnings_ else "affirming")
     return SiteAppraisal(site_id, admitted, tuple(reasons), claims, status, platform, tuple(warnings_),
-                         identity.public if admitted else None, rule.max_weight, identity_proven=True)
+                         identity.public if admitted else None, rule.max_weight, identity_proven=True, collateral=used)
 
 
 __all__ = [

@@ -133,7 +133,12 @@ class Deployment:
         return "\n".join(lines)
 
     def write(self) -> Path:
+        from enclave.simulated.collateral import write_simulated_collateral
+
         (self.directory / "model.safetensors").write_bytes(encode_tensors(self.model))
+        if not (self.directory / "collateral").exists():
+            # The verifier's own collateral for the simulated vendor (CRLs, TCB info, QE identity).
+            write_simulated_collateral(self.sim_dir, self.directory / "collateral")
         roots = ", ".join(f'"{fp}"' for fp in self.roots.values())
         (self.directory / "site-policy.toml").write_text(f"trusted_simulated_roots = [{roots}]\n")
         sites = "".join(f"\n[admission.sites.{site}]\n{self.rule(site, extra)}\n" for site, extra in self.sites.items())
@@ -148,6 +153,7 @@ class Deployment:
             [admission]
             challenge_ttl = "30s"
             policy = "site-policy.toml"
+            collateral_dir = "collateral"
             """) + sites + textwrap.dedent(f"""
             [task]
             initial_model = "model.safetensors"

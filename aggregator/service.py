@@ -211,6 +211,7 @@ class FederationService:
         self.limits = limits or Limits()
         self.gate = Gate(self.limits)
         self.challenges = ChallengeStore(admission.challenge_ttl)
+        self._logged_collateral: set[bytes] = set()
         self.sessions: dict[bytes, Session] = {}
         self.counters = Counters()
         self.key_id = hashlib.sha256(keys.public.ed25519).hexdigest()[:16]
@@ -381,9 +382,12 @@ class FederationService:
         )
         if appraisal.identity_proven:
             # The peer proved the site's identity key: log everything an auditor needs to re-run
-            # this decision offline (aggregator.audit.verify). Before that proof, only digests and
-            # bounded fields: an unauthenticated peer cannot make the log grow by its evidence.
+            # this decision offline (aggregator.audit.verify), the verifier's collateral included
+            # (each file once). Before that proof, only digests and bounded fields: an
+            # unauthenticated peer cannot make the log grow by its evidence.
+            self._log_collateral(appraisal.collateral)
             fields.update(
+                collateral={path: digest.hex() for path, digest in sorted(appraisal.collateral.items())},
                 evidence=bytes(request.evidence), claims=appraisal.claims, warnings=list(appraisal.warnings),
                 x25519=bytes(request.site_x25519_public), ed25519=bytes(request.site_ed25519_public),
                 app_attest_key_id=bytes(request.app_attest_key_id[:64]), identity_signature=identity.signature,
@@ -434,6 +438,24 @@ class FederationService:
                                             appraisal.max_weight, expires)
         self.counters.admitted += 1
         return pb.AdmitResponse(admitted=True, credential=token, session_id=session_id)
+
+    def _log_collateral(self, used: dict[str, bytes]) -> None:
+        """A ``collateral`` entry for each collateral file an appraisal used that this run has
+        not logged yet: the auditor re-runs admissions with exactly these files."""
+        store = self.admission.collateral
+        for path, digest in sorted(used.items()):
+            if digest in self._logged_collateral or store is None:
+                continue
+            data = store.file_bytes(digest)
+            if data is None:
+                try:
+                    data = (store.directory / path).read_bytes()
+                except OSError:
+                    continue
+                if hashlib.sha256(data).digest() != digest:
+                    continue  # replaced since: the next admission logs the new file
+            self._record("collateral", path=path, sha256=digest.hex(), data=data)
+            self._logged_collateral.add(digest)
 
     # --- authenticated calls -----------------------------------------------------------------
 

@@ -220,6 +220,7 @@ class _File:
     checked: float
     value: Any = None
     problem: str | None = None
+    sha256: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -336,6 +337,24 @@ class CollateralStore:
         self._files: dict[str, _File] = {}
         self._parsed: OrderedDict[tuple[str, bytes], tuple[Any, str | None]] = OrderedDict()
         self._fetch_refused_until: dict[str, float] = {}
+        self._bytes: OrderedDict[bytes, bytes] = OrderedDict()
+        self._recording = threading.local()
+
+    def recording(self) -> "_Recording":
+        """``with store.recording() as used:`` — the files this thread's appraisals used,
+        ``{relative path: SHA-256}``: what an audit log keeps so an auditor can re-run the
+        appraisal with exactly this collateral (:meth:`file_bytes` gives their bytes)."""
+        return _Recording(self)
+
+    def file_bytes(self, sha256: bytes) -> bytes | None:
+        """The bytes of a collateral file this store read recently, by their SHA-256."""
+        with self._lock:
+            return self._bytes.get(sha256)
+
+    def _used(self, relative: str, sha256: bytes) -> None:
+        used = getattr(self._recording, "used", None)
+        if used is not None and sha256:
+            used[relative] = sha256
 
     def __repr__(self) -> str:
         return f"CollateralStore({str(self.directory)!r}, fetcher={'yes' if self.fetcher else 'no'})"
@@ -355,6 +374,8 @@ class CollateralStore:
         with self._lock:
             cached = self._files.get(relative)
             if cached is not None and now - cached.checked < self.recheck_after:
+                if cached.value is not None:
+                    self._used(relative, cached.sha256)
                 return cached.value, cached.problem
         stamp = self._stamp(relative)
         if stamp is None:
@@ -365,13 +386,21 @@ class CollateralStore:
             cached = self._files.get(relative)
             if cached is not None and cached.stamp == stamp:
                 cached.checked = now
+                if cached.value is not None:
+                    self._used(relative, cached.sha256)
                 return cached.value, cached.problem
+        digest = b""
         try:
-            data = read_bounded(self.directory / relative, limit, what, CollateralFormatError)
+            data = self._file(relative, what, limit)
         except CollateralFormatError as exc:
             value, problem = None, str(exc)
         else:
-            key = (what, hashlib.sha256(data).digest())
+            digest = hashlib.sha256(data).digest()
+            with self._lock:
+                self._bytes[digest] = data
+                while len(self._bytes) > 256:
+                    self._bytes.popitem(last=False)
+            key = (what, digest)
             with self._lock:
                 parsed = self._parsed.get(key)
             if parsed is None:
@@ -385,8 +414,13 @@ class CollateralStore:
                         self._parsed.popitem(last=False)
             value, problem = parsed
         with self._lock:
-            self._files[relative] = _File(stamp, now, value, problem)
+            self._files[relative] = _File(stamp, now, value, problem, digest)
+        if value is not None:
+            self._used(relative, digest)
         return value, problem
+
+    def _file(self, relative: str, what: str, limit: int) -> bytes:
+        return read_bounded(self.directory / relative, limit, what, CollateralFormatError)
 
     def _write(self, relative: str, data: bytes) -> None:
         path = self.directory / relative
@@ -544,6 +578,52 @@ class CollateralStore:
             root_ca_crl=found["root_ca_crl"].value,
         )
         return TdxLookup(collateral, notes)
+
+
+class _Recording:
+    def __init__(self, store: CollateralStore) -> None:
+        self.store = store
+        self.used: dict[str, bytes] = {}
+
+    def __enter__(self) -> dict[str, bytes]:
+        self.previous = getattr(self.store._recording, "used", None)
+        self.store._recording.used = self.used
+        return self.used
+
+    def __exit__(self, *exc: object) -> None:
+        self.store._recording.used = self.previous
+
+
+class LoggedCollateralStore(CollateralStore):
+    """A store over collateral files given by content (``{relative path: bytes}``), no
+    directory, no fetcher: how an auditor re-runs an appraisal with the collateral the
+    aggregator logged for it."""
+
+    def __init__(self, files: Mapping[str, bytes]) -> None:
+        self.directory = Path("<logged collateral>")
+        self.fetcher = None
+        self.refetch_after = 0.0
+        self.recheck_after = 3600.0
+        self._lock = threading.Lock()
+        self._files = {}
+        self._parsed = OrderedDict()
+        self._fetch_refused_until = {}
+        self._bytes = OrderedDict()
+        self._recording = threading.local()
+        self._given = {str(k): bytes(v) for k, v in files.items()}
+
+    def _stamp(self, relative: str) -> tuple[int, int, int] | None:
+        data = self._given.get(relative)
+        return None if data is None else (0, len(data), 0)
+
+    def _file(self, relative: str, what: str, limit: int) -> bytes:
+        data = self._given[relative]
+        if len(data) > limit:
+            raise CollateralFormatError(f"the logged {what} ({relative}) is larger than {limit} bytes")
+        return data
+
+    def __repr__(self) -> str:
+        return f"LoggedCollateralStore({sorted(self._given)})"
 
 
 def pck_ca_kind(issuer: str) -> str:

@@ -257,7 +257,7 @@ def test_paths_are_strings(tmp_path: Path, aggregator: dict | None, task: dict |
 
 def test_a_missing_model_names_the_key(tmp_path: Path) -> None:
     message = refused(write(tmp_path, task={"initial_model": '"missing.safetensors"'}))
-    assert message == f"[task] initial_model: cannot read model {tmp_path / 'missing.safetensors'}: No such file or directory"
+    assert message == f"[task] initial_model: cannot read model file {tmp_path / 'missing.safetensors'}: No such file or directory"
 
 
 def test_choices(tmp_path: Path) -> None:

@@ -42,6 +42,8 @@ unusable (:class:`UnusableLog`, exit 2), naming the file.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import concurrent.futures
 import hashlib
 from dataclasses import dataclass, field
@@ -78,7 +80,7 @@ from .log import (
 from .records import PolicyRecordError, admission_policy_from_record
 
 START_KINDS = ("aggregator_start", "handover")
-CHECKED_KINDS = START_KINDS + ("config", "admission", "session", "update_accepted", "round", "restart", "no_sealing")
+CHECKED_KINDS = START_KINDS + ("config", "collateral", "admission", "session", "update_accepted", "round", "restart", "no_sealing")
 MAX_PROBLEMS = 200
 MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last instant a datetime holds
 
@@ -392,6 +394,7 @@ def _check_semantics(result: Verification, entries: list[Entry | None], roots: l
     admitted: dict[str, int] = {}
     receipts: dict[tuple[str, int], Entry] = {}
     policies: dict[str, AdmissionPolicy] = {}
+    collateral: dict[bytes, bytes] = {}  # SHA-256 -> bytes of the verifier's collateral files logged
     training = _Training()
     for entry in entries:
         if entry is None:
@@ -404,6 +407,13 @@ def _check_semantics(result: Verification, entries: list[Entry | None], roots: l
                 admitted, receipts = {}, {}
             elif run_key is None:
                 result.add(Problem(i, "entry.run", f"a {entry.kind!r} entry before any aggregator_start entry binds a key"))
+            elif entry.kind == "collateral":
+                data = _bytes(f, "data")
+                if hashlib.sha256(data).hexdigest() != _text(f, "sha256"):
+                    result.add(Problem(i, "collateral.sha256", f"the logged collateral file {_text(f, 'path')[:200]!r} is not the "
+                                       "bytes its sha256 names"))
+                else:
+                    collateral[hashlib.sha256(data).digest()] = data
             elif entry.kind == "config":
                 if "admission" in f:
                     try:
@@ -418,7 +428,7 @@ def _check_semantics(result: Verification, entries: list[Entry | None], roots: l
                 if f.get("aggregator_ed25519") != run_key:
                     result.add(Problem(i, "admission.aggregator", "the admission names aggregator keys other than this run's: "
                                        "the site's identity signature was not made for this aggregator"))
-                decision = _check_admission(result, entry, policies)
+                decision = _check_admission(result, entry, policies, collateral)
                 if decision is not None:
                     result.admissions.append(decision)
                     if decision.admitted:  # a refused re-admission leaves an earlier session live (as the service does)
@@ -569,7 +579,26 @@ def _check_start(result: Verification, entry: Entry, roots: list[bytes], policy:
     return key
 
 
-def _check_admission(result: Verification, entry: Entry, policies: dict[str, AdmissionPolicy]) -> AdmissionDecision | None:
+def _logged_store(result: Verification, entry: Entry, collateral: dict[bytes, bytes]) -> Any:
+    """The verifier's collateral an admission used, rebuilt from the log's ``collateral`` entries."""
+    from attestation.collateral import LoggedCollateralStore
+
+    used = entry.fields.get("collateral") or {}
+    if not isinstance(used, dict):
+        raise TypeError("collateral is not a map")
+    files = {}
+    for path, digest in used.items():
+        data = collateral.get(bytes.fromhex(str(digest)))
+        if data is None:
+            result.add(Problem(entry.index, "admission.collateral", f"the admission used collateral {str(path)[:200]!r} "
+                               f"({str(digest)[:64]}) that no earlier collateral entry of the log holds"))
+            continue
+        files[str(path)] = data
+    return LoggedCollateralStore(files)
+
+
+def _check_admission(result: Verification, entry: Entry, policies: dict[str, AdmissionPolicy],
+                     collateral: dict[bytes, bytes]) -> AdmissionDecision | None:
     f, i = entry.fields, entry.index
     site = _text(f, "site")
     reasons_ = f["reasons"]
@@ -605,8 +634,10 @@ def _check_admission(result: Verification, entry: Entry, policies: dict[str, Adm
                                  _bytes(f, "aggregator_evidence_sha256"))
         aggregator = BoundKeys(_bytes(f, "aggregator_x25519"), _bytes(f, "aggregator_ed25519"))
 
+        logged_policy = dataclasses.replace(policy, collateral=_logged_store(result, entry, collateral))
+
         def rerun() -> Any:
-            return appraise_site(policy, site_id=site, challenge_reason=challenge_reason, challenge=challenge, x25519=x25519,
+            return appraise_site(logged_policy, site_id=site, challenge_reason=challenge_reason, challenge=challenge, x25519=x25519,
                                  ed25519=ed25519, evidence_format=evidence_format, evidence=evidence, app_attest_key_id=key_id,
                                  identity=identity, aggregator=aggregator, at=at)
 

@@ -378,3 +378,39 @@ def test_a_captured_upload_replayed_into_a_retried_attempt_is_refused(relay: Rel
             relay.replay("UploadUpdate", captured.requests, metadata)
         assert new_call.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "another site or call" in new_call.value.details()
         assert len([e for e in aggregator.events() if e["message"] == "update_accepted" and e["site"] == "hospital-c"]) == accepted
+
+
+# --- 3. the verifier decides the collateral ------------------------------------------------
+
+
+def test_a_revoked_site_that_strips_or_stales_its_crl_is_still_refused(tmp_path: Path) -> None:
+    """The site's chip (its VCEK) is revoked in the verifier's CRL. Leaving the CRL out of its
+    bundle, or bringing an old one, changes nothing: the aggregator uses its own collateral."""
+    from enclave.simulated.collateral import write_simulated_collateral
+
+    vendor = tmp_path / "vendor"
+    vcek = SimulatedSnpAttester(vendor).evidence(bytes(64)).certificates[0]
+    write_simulated_collateral(vendor, tmp_path / "collateral", revoked=[vcek])
+    deployment = Deployment(tmp_path, vendor, sites={"hospital-r": ""})
+    for aggregator in run_aggregator(deployment):
+        for attester in (SimulatedSnpAttester(vendor, crl=False),  # stripped
+                         SimulatedSnpAttester(vendor, crl_issued=datetime.now(timezone.utc) - timedelta(days=2))):  # its own, older
+            with deployment.client(aggregator.target, site_id="hospital-r", attester=attester) as client:
+                with pytest.raises(AdmissionRefused) as refused:
+                    client.join()
+            assert any(r.startswith("snp.crl.revoked") for r in refused.value.reasons), refused.value.reasons
+        logged = _admissions(aggregator, "hospital-r")
+        assert len(logged) == 2 and not any(e["admitted"] for e in logged)
+        assert all("amd/milan/crl-vcek.der" in e["collateral"] for e in logged)
+
+
+def test_without_the_verifiers_collateral_a_site_is_refused_not_warned(tmp_path: Path) -> None:
+    """An aggregator holding no CRL for the site's chip refuses (require_collateral defaults to
+    true for admission), whatever CRL the site brings."""
+    (tmp_path / "collateral").mkdir()  # the verifier's collateral directory, empty
+    deployment = Deployment(tmp_path, tmp_path / "vendor", sites={"hospital-n": ""})
+    for aggregator in run_aggregator(deployment):
+        with deployment.client(aggregator.target, site_id="hospital-n") as client:  # its bundle carries a fresh CRL
+            with pytest.raises(AdmissionRefused) as refused:
+                client.join()
+    assert any(r.startswith("snp.policy.require_collateral") for r in refused.value.reasons), refused.value.reasons
