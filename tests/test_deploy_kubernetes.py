@@ -230,8 +230,10 @@ def test_shipped_config_is_accepted_by_attestfl_serve(tmp_path: Path) -> None:
     (tmp_path / "policy.toml").write_bytes((K8S / "config" / "policy.toml").read_bytes())
     (tmp_path / "initial.safetensors").write_bytes(encode_tensors({"w": np.zeros(4, np.float32)}))
     text = text.replace("/etc/attestfl/policy.toml", "policy.toml").replace("/etc/attestfl/model/initial.safetensors", "initial.safetensors")
+    text = text.replace("/var/lib/attestfl/collateral", "collateral")
     (tmp_path / "aggregator.toml").write_text(text)
     config = AggregatorConfig.load(tmp_path / "aggregator.toml")
     assert config.listen == "0.0.0.0:7443" and set(config.admission.sites) == {"hospital-a", "hospital-b", "biobank-c"}
     assert config.metrics_endpoint is not None and config.metrics_endpoint.is_loopback
     assert config.task.strategy.name == "trimmed_mean" and config.task.min_sites == 3
+    assert config.admission.collateral is not None and config.admission.collateral.fetcher is not None
