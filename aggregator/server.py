@@ -209,6 +209,9 @@ SUPPRESSED_FLUSH_SECONDS = 10.0
 
 async def serve(config: AggregatorConfig) -> int:
     """Serve until SIGTERM/SIGINT (exit 0) or a fault that stops the aggregator (exit 3)."""
+    # A file-size limit (RLIMIT_FSIZE) must fail a write with EFBIG, which fails stop like a
+    # full disk, rather than kill the process in the middle of an append.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     running = await start(config)
     if config.metrics_listen:
         from .metrics import start_metrics_server

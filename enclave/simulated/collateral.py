@@ -125,8 +125,10 @@ class CollateralFiles:
 
 
 def simulated_collateral(pki: SimulatedPki, issued: dt.datetime | None = None, tcb_status: str = "UpToDate") -> CollateralFiles:
-    """Fresh collateral for the simulated TDX platform, issued at ``issued`` (default now)."""
-    issued = issued or dt.datetime.now(dt.timezone.utc)
+    """Fresh collateral for the simulated TDX platform, issued at ``issued`` (default an hour ago)."""
+    # Published an hour ago, as a vendor's collateral is: a verifier whose clock is a little
+    # behind the simulated TEE's still finds it valid.
+    issued = issued or dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
     intel = pki.intel
     signer_chain = intel.tcb_signer.pem + intel.root.pem
     der = serialization.Encoding.DER
@@ -178,7 +180,9 @@ def simulated_collateral_files(
     CA CRL). Anything else is a :class:`SimulatedTeeError`."""
     from .snp import simulated_amd_crl
 
-    issued = issued or dt.datetime.now(dt.timezone.utc)
+    # Published an hour ago, as a vendor's collateral is: a verifier whose clock is a little
+    # behind the simulated TEE's still finds it valid.
+    issued = issued or dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
     certs = [c if isinstance(c, x509.Certificate) else _load_certificate(bytes(c)) for c in revoked]
     amd, intel = pki.amd, pki.intel
     amd_revoked = [c for c in certs if c.issuer in (amd.ark.cert.subject, amd.ask.cert.subject)]

@@ -62,7 +62,9 @@ def simulated_amd_crl(
     ``revoked``: certificates of the simulated AMD PKI to list: the ASK (issued by the ARK)
     directly; a VCEK (issued by the ASK) as an entry naming the ASK as its certificate
     issuer, which makes the CRL indirect (RFC 5280 §5.2.5, §5.3.3)."""
-    issued = issued or dt.datetime.now(dt.timezone.utc)
+    # Published an hour ago, as a vendor's collateral is: a verifier whose clock is a little
+    # behind the simulated TEE's still finds it valid.
+    issued = issued or dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
     ark, ask = pki.amd.ark.cert, pki.amd.ask.cert
     by_ark = [c for c in revoked if c.issuer == ark.subject]
     by_ask = [c for c in revoked if c.issuer == ask.subject]
