@@ -276,12 +276,15 @@ class FederationService:
         """The request message of a unary call, within ``request_timeout``."""
         try:
             async with asyncio.timeout(self.limits.request_timeout):
-                return await requests.__anext__()
+                request = await requests.__anext__()
         except StopAsyncIteration:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                 f"no request message within {self.limits.request_timeout:g} s")
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the {request.type_name} message does not parse")
+        return request
 
     def unary(self, method: str, implementation: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable:
         async def behaviour(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
@@ -521,14 +524,16 @@ class FederationService:
         timeout = min(self.stall_timeout, deadline - time.monotonic())
         try:
             async with asyncio.timeout(max(0.0, timeout)):  # no extra task per chunk, unlike wait_for
-                return await iterator.__anext__()
+                chunk = await iterator.__anext__()
         except StopAsyncIteration:
             return None
         except TimeoutError:
             if time.monotonic() >= deadline:
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"the upload did not finish within {self.limits.upload_timeout:g} s")
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no chunk for {self.stall_timeout:.0f} s: the upload stalled")
-        return None
+        if isinstance(chunk, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the {chunk.type_name} message does not parse")
+        return chunk
 
     async def UploadUpdate(self, request_iterator: AsyncIterator[pb.SealedChunk], context: grpc.aio.ServicerContext) -> pb.Sealed:
         session, call = await self._session(context)
@@ -665,6 +670,25 @@ class FederationService:
 HANDSHAKE_METHODS = ("GetEvidence", "GetChallenge", "Admit", "Check")
 
 
+class Malformed:
+    """A request message that does not parse: the handler refuses it (gRPC would otherwise
+    answer UNKNOWN with the parser's exception text)."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def _deserializer(message_type: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError (and anything a hostile message makes it raise)
+            return Malformed(message_type.__name__)
+    return parse
+
+
 def _session_id(context: grpc.aio.ServicerContext) -> bytes:
     for key, value in context.invocation_metadata() or ():
         if key == SESSION_HEADER and isinstance(value, str) and len(value) == 32:
@@ -761,14 +785,14 @@ def handlers(service: FederationService) -> list[grpc.GenericRpcHandler]:
         implementation = getattr(service, name)
         if kind == "unary":
             federation[name] = grpc.stream_unary_rpc_method_handler(service.unary(name, implementation),
-                                                                    request_type.FromString, serialize)
+                                                                    _deserializer(request_type), serialize)
         elif kind == "client_stream":
             federation[name] = grpc.stream_unary_rpc_method_handler(service.client_stream(name, implementation),
-                                                                    request_type.FromString, serialize)
+                                                                    _deserializer(request_type), serialize)
         else:
             federation[name] = grpc.stream_stream_rpc_method_handler(service.server_stream(name, implementation),
-                                                                     request_type.FromString, serialize)
+                                                                     _deserializer(request_type), serialize)
     health = {"Check": grpc.stream_unary_rpc_method_handler(service.unary("Check", service.Check),
-                                                            health_pb2.HealthCheckRequest.FromString, serialize)}
+                                                            _deserializer(health_pb2.HealthCheckRequest), serialize)}
     return [grpc.method_handlers_generic_handler(SERVICE_NAME, federation),
             grpc.method_handlers_generic_handler("grpc.health.v1.Health", health)]
