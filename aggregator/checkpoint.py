@@ -90,7 +90,13 @@ def load_checkpoint(state_dir: Path, sealing: SealingKeySource) -> Checkpoint | 
     path = state_dir / FILE_NAME
     if not path.exists():
         return None
-    data = path.read_bytes()
+    from attestation.errors import AttestationError
+    from attestation.files import read_bounded
+
+    try:
+        data = read_bounded(path, MAX_CHECKPOINT_BYTES, "sealed checkpoint", CheckpointError)
+    except AttestationError as exc:
+        raise CheckpointError(str(exc)) from None
     if len(data) > MAX_CHECKPOINT_BYTES or not data.startswith(MAGIC) or len(data) < len(MAGIC) + 12 + 16:
         raise CheckpointError(f"{path} is not a sealed attestfl checkpoint")
     nonce = data[len(MAGIC):len(MAGIC) + 12]

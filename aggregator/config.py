@@ -82,12 +82,16 @@ class ConfigError(ValueError):
     """A configuration file is unusable; the message names the file and key."""
 
 
+#: A configuration file is never larger than this (it is read whole, and measured).
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def _load_toml(path: Path) -> tuple[dict[str, Any], bytes]:
+    from attestation.files import read_bounded
+
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, MAX_CONFIG_BYTES, "configuration file", ConfigError)
         return tomllib.loads(raw.decode("utf-8")), raw
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 

@@ -65,8 +65,10 @@ class SiteState:
         path = self.directory / "tree-head.cbor"
         if not path.exists():
             return None
+        from attestation.files import read_bounded
+
         try:
-            return TreeHead.from_bytes(path.read_bytes()[:4096])
+            return TreeHead.from_bytes(read_bounded(path, 4096, "kept audit tree head", HeadError))
         except HeadError as exc:
             raise SiteError(f"{path}: the kept audit tree head is unusable ({exc}); move it away only if you know why") from None
 

@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2
 from attestation.abi.bundle import encode_bundle
 from attestation.binding import check_nonce
 from attestation.errors import AttestationError
+from attestation.files import read_bounded
 from attestation.findings import Reason
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeys, EnclaveKeyError
@@ -265,9 +266,11 @@ class FederationService:
         else:
             session_id = _session_id(context)
             if session_id not in self.sessions:
+                self._refused(context, "refused", method=method, reason="no live session")
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no live session: join (attested admission) first")
             ticket = self.gate.enter_session(session_id)
         if isinstance(ticket, str):
+            self._refused(context, "refused", method=method, reason=_short(ticket, 120))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, ticket)
         assert isinstance(ticket, Ticket)
         return ticket
@@ -452,8 +455,8 @@ class FederationService:
             data = store.file_bytes(digest)
             if data is None:
                 try:
-                    data = (store.directory / path).read_bytes()
-                except OSError:
+                    data = read_bounded(store.directory / path, 1 << 20, "collateral file")
+                except AttestationError:
                     continue
                 if hashlib.sha256(data).digest() != digest:
                     continue  # replaced since: the next admission logs the new file
@@ -754,6 +757,9 @@ SERVER_OPTIONS = [
     # closed after 5 min, and at most 64 calls run on one connection.
     ("grpc.server_handshake_timeout_ms", 10_000),
     ("grpc.max_connection_idle_ms", 300_000),
+    # A connection lives at most 6 h; calls in flight then get an hour to finish (an upload's limit).
+    ("grpc.max_connection_age_ms", 6 * 3600_000),
+    ("grpc.max_connection_age_grace_ms", 3600_000),
     ("grpc.max_concurrent_streams", 64),
     # One aggregator per port: a second one fails to bind instead of sharing the port.
     ("grpc.so_reuseport", 0),

@@ -38,6 +38,16 @@ class SealingError(Exception):
     """No sealing key can be derived here."""
 
 
+def _read_root(path: Path) -> bytes:
+    from attestation.errors import AttestationError
+    from attestation.files import read_bounded
+
+    try:
+        return read_bounded(path, 64, "simulated sealing root", SealingError)
+    except AttestationError as exc:
+        raise SealingError(str(exc)) from None
+
+
 class SealingKeySource(abc.ABC):
     name: str = ""
 
@@ -57,9 +67,9 @@ class SimulatedSealingKey(SealingKeySource):
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(os.urandom(32))
-            self._root = self.path.read_bytes()
+            self._root = _read_root(self.path)
         except FileExistsError:
-            self._root = self.path.read_bytes()
+            self._root = _read_root(self.path)
         except OSError as exc:
             raise SealingError(f"cannot read the simulated sealing root {self.path}: {exc.strerror or exc}") from exc
         if len(self._root) != 32:
