@@ -90,7 +90,7 @@ from attestation.findings import Reason
 from attestation.policy import MAX_POLICY_BYTES, Policy
 from attestation.validate.fields import read_duration, read_hex_set, read_str_set, read_table, reject_unknown_keys
 
-from .protocol import (
+from aggregator.protocol import (
     MAX_IDENTITY_CERTIFICATE_BYTES,
     MAX_SITE_ID,
     admission_nonce,

@@ -10,9 +10,9 @@ from attestation.cli import add_evidence_commands
 from attestation.reference_values import add_reference_values_commands
 from enclave.cli import add_enclave_commands
 
-from .audit.cli import add_audit_commands
-from .commands import add_service_commands
-from .demo import add_demo_command
+from aggregator.audit.cli import add_audit_commands
+from aggregator.commands import add_service_commands
+from aggregator.demo import add_demo_command
 
 
 def build_parser() -> argparse.ArgumentParser:

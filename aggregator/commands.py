@@ -59,10 +59,10 @@ def add_service_commands(subparsers: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     from enclave.sealing import SealingError
 
-    from .audit.log import AuditLogError
-    from .checkpoint import CheckpointError
-    from .config import AggregatorConfig, ConfigError
-    from .server import configure_logging, serve
+    from aggregator.audit.log import AuditLogError
+    from aggregator.checkpoint import CheckpointError
+    from aggregator.config import AggregatorConfig, ConfigError
+    from aggregator.server import configure_logging, serve
 
     err = err or sys.stderr
     try:
@@ -104,7 +104,7 @@ def run_site_enroll(args: argparse.Namespace, out: TextIO | None = None, err: Te
     from enclave.identity import IdentityError, enroll
     from enclave.sealing import SealingError
 
-    from .config import ConfigError, SiteConfig
+    from aggregator.config import ConfigError, SiteConfig
 
     out, err = out or sys.stdout, err or sys.stderr
     try:
@@ -131,7 +131,7 @@ def open_site_client(config: "SiteConfig", err: TextIO):  # noqa: ANN201, F821
     from attestation.files import read_bounded
     from enclave.identity import load_identity
 
-    from .site import SiteClient
+    from aggregator.site import SiteClient
 
     attester = site_attester(config)
     identity = load_identity(config.identity, site_sealing(config, attester), config.site_id)
@@ -156,9 +156,9 @@ def run_site_join(args: argparse.Namespace, out: TextIO | None = None, err: Text
     from enclave.identity import IdentityError
     from enclave.sealing import SealingError
 
-    from .config import ConfigError, SiteConfig
-    from .sdk import join_with_retry
-    from .site import AdmissionRefused, AggregatorNotTrusted, SiteError
+    from aggregator.config import ConfigError, SiteConfig
+    from aggregator.sdk import join_with_retry
+    from aggregator.site import AdmissionRefused, AggregatorNotTrusted, SiteError
 
     out, err = out or sys.stdout, err or sys.stderr
     try:
@@ -209,9 +209,9 @@ def run_site_run(args: argparse.Namespace, out: TextIO | None = None, err: TextI
     from enclave.identity import IdentityError
     from enclave.sealing import SealingError
 
-    from .config import ConfigError, SiteConfig
-    from .sdk import SiteState, run_site
-    from .site import AdmissionRefused, AggregatorNotTrusted, SiteError
+    from aggregator.config import ConfigError, SiteConfig
+    from aggregator.sdk import SiteState, run_site
+    from aggregator.site import AdmissionRefused, AggregatorNotTrusted, SiteError
 
     out, err = out or sys.stdout, err or sys.stderr
     try:

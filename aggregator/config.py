@@ -66,10 +66,10 @@ from attestation.validate.fields import read_duration, read_hex, read_table, rej
 
 from enclave.attester import TEE_CHOICES
 
-from .admission import AdmissionPolicy, valid_site_id
+from aggregator.admission import AdmissionPolicy, valid_site_id
 
 if TYPE_CHECKING:
-    from .rounds import TaskConfig
+    from aggregator.rounds import TaskConfig
 
 GPU_CHOICES = ("none", "nvml", "simulated")
 #: The longest duration any key accepts (a week): a larger value is a typo, not a deadline.
@@ -351,7 +351,7 @@ class AggregatorConfig:
     @classmethod
     def load(cls, path: str | Path) -> "AggregatorConfig":
         """Read and check the whole file. Nothing is created, bound or started here."""
-        from .rounds import TaskConfig
+        from aggregator.rounds import TaskConfig
 
         path = Path(path).resolve()
         data, raw = _load_toml(path)
@@ -420,7 +420,7 @@ class SiteConfig:
     @classmethod
     def load(cls, path: str | Path, *, load_policy: bool = True) -> "SiteConfig":
         """The site's configuration; ``load_policy=False`` (enrolment) leaves the aggregator policy unread."""
-        from .site import SitePolicyError, require_measurement_pins
+        from aggregator.site import SitePolicyError, require_measurement_pins
 
         path = Path(path).resolve()
         data, _raw = _load_toml(path)

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .loopback import read_events
+from aggregator.loopback import read_events
 
 ROGUE_SITE = "rogue-clinic"
 HIDDEN = 16
@@ -42,7 +42,7 @@ def make_model(seed: int = 0) -> Any:
 
 def export_state_dict(module: Any, path: str | Path) -> Path:
     """Write a torch module's state_dict as float32 safetensors (the task's initial model)."""
-    from .update import encode_tensors
+    from aggregator.update import encode_tensors
 
     tensors = {name: t.detach().cpu().numpy().astype(np.float32) for name, t in module.state_dict().items()}
     path = Path(path)
@@ -56,7 +56,7 @@ def breast_cancer_trainer(data: dict[str, Any], base_dir: Path) -> Any:
     import torch
     from torch import nn
 
-    from .sdk import TorchTrainer
+    from aggregator.sdk import TorchTrainer
 
     arrays = np.load(base_dir / str(data["file"]))
     x_train = torch.from_numpy(arrays["x_train"]).float()
@@ -161,7 +161,7 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
              timeout: float = 600.0) -> DemoResult:
     from enclave.measure import measure
 
-    from .loopback import Deployment
+    from aggregator.loopback import Deployment
 
     if sites < 1 or rounds < 1:
         raise ValueError("--sites and --rounds must be at least 1")

@@ -23,9 +23,9 @@ from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .config import DEFAULT_METRICS_HOST, Endpoint, parse_endpoint
-from .rounds import RoundDriver
-from .service import FederationService
+from aggregator.config import DEFAULT_METRICS_HOST, Endpoint, parse_endpoint
+from aggregator.rounds import RoundDriver
+from aggregator.service import FederationService
 
 LOG = logging.getLogger("attestfl.aggregator.metrics")
 

@@ -44,10 +44,10 @@ from msgspec import Meta
 
 import native
 
-from .service import EventSink, LogEvents, Task, UpdateRefused
-from .config import MAX_DURATION_SECONDS, Duration, PathText, format_seconds, parse_duration, read_struct, value_repr
-from .strategies import STRATEGIES, Strategy, StrategyError, make_strategy
-from .update import ModelSpec, UpdateFormatError, encode_tensors, flatten, load_model, unflatten
+from aggregator.service import EventSink, LogEvents, Task, UpdateRefused
+from aggregator.config import MAX_DURATION_SECONDS, Duration, PathText, format_seconds, parse_duration, read_struct, value_repr
+from aggregator.strategies import STRATEGIES, Strategy, StrategyError, make_strategy
+from aggregator.update import ModelSpec, UpdateFormatError, encode_tensors, flatten, load_model, unflatten
 
 
 class TaskConfigError(ValueError):

@@ -24,8 +24,8 @@ from typing import Any, Callable, TextIO
 import grpc
 import numpy as np
 
-from .site import AdmissionRefused, AggregatorNotTrusted, AggregatorUnreachable, SiteClient, SiteError
-from .update import ModelSpec
+from aggregator.site import AdmissionRefused, AggregatorNotTrusted, AggregatorUnreachable, SiteClient, SiteError
+from aggregator.update import ModelSpec
 
 Metrics = dict[str, float]
 
@@ -60,7 +60,7 @@ class SiteState:
     directory: Path
 
     def load_tree_head(self) -> Any:
-        from .audit.heads import HeadError, TreeHead
+        from aggregator.audit.heads import HeadError, TreeHead
 
         path = self.directory / "tree-head.cbor"
         if not path.exists():

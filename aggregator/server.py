@@ -23,12 +23,12 @@ from enclave.attester import Attester, GpuAttester, open_attester
 from enclave.keys import EnclaveKeys
 from enclave.sealing import SealingKeySource, sealing_key_for, simulated_launch_measurement
 
-from .audit.events import AuditLog
-from .checkpoint import Checkpoint, load_checkpoint, now_iso, prepare_checkpoint
-from .config import AggregatorConfig
-from .update import decode_tensors
-from .rounds import RoundDriver
-from .service import SERVER_OPTIONS, EventSink, FederationService, LogEvents, handlers
+from aggregator.audit.events import AuditLog
+from aggregator.checkpoint import Checkpoint, load_checkpoint, now_iso, prepare_checkpoint
+from aggregator.config import AggregatorConfig
+from aggregator.update import decode_tensors
+from aggregator.rounds import RoundDriver
+from aggregator.service import SERVER_OPTIONS, EventSink, FederationService, LogEvents, handlers
 
 LOG = logging.getLogger("attestfl.aggregator")
 
@@ -214,7 +214,7 @@ async def serve(config: AggregatorConfig) -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     running = await start(config)
     if config.metrics_listen:
-        from .metrics import start_metrics_server
+        from aggregator.metrics import start_metrics_server
 
         start_metrics_server(config.metrics_listen, running.service, running.driver)
     print(json.dumps(ready_line(config, running)), flush=True)

@@ -37,10 +37,10 @@ from attestation.findings import Reason
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeys, EnclaveKeyError
 
-from .admission import AdmissionPolicy, ChallengeStore, IdentityProof, appraise_site, valid_site_id
-from .credential import issue_credential
-from .gate import Gate, Limits, Ticket, peer_address
-from .protocol import (
+from aggregator.admission import AdmissionPolicy, ChallengeStore, IdentityProof, appraise_site, valid_site_id
+from aggregator.credential import issue_credential
+from aggregator.gate import Gate, Limits, Ticket, peer_address
+from aggregator.protocol import (
     CALL_HEADER,
     MAX_EVIDENCE_BYTES,
     MAX_IDENTITY_CERTIFICATE_BYTES,
@@ -56,7 +56,7 @@ from .protocol import (
     seal_message,
     upload_context,
 )
-from .secure_stream import (
+from aggregator.secure_stream import (
     TAG_BYTES,
     SessionKeys,
     StreamError,
@@ -66,8 +66,8 @@ from .secure_stream import (
     seal_chunks,
     transcript_hash,
 )
-from .update import ModelSpec, UpdateFormatError, decode_tensors
-from .wire import federation_pb2 as pb
+from aggregator.update import ModelSpec, UpdateFormatError, decode_tensors
+from aggregator.wire import federation_pb2 as pb
 
 LOG = logging.getLogger("attestfl.aggregator")
 SERVICE_NAME = "attestfl.v1.Federation"
@@ -176,7 +176,7 @@ class FailStop(Exception):
 
 #: Exceptions of the event sink or the disk that stop the aggregator rather than the call.
 def _is_fault(exc: BaseException) -> bool:
-    from .audit.log import AuditLogError
+    from aggregator.audit.log import AuditLogError
 
     return isinstance(exc, (AuditLogError, OSError, FailStop))
 

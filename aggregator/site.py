@@ -28,9 +28,9 @@ from enclave.attester import Attester, make_bundle
 from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys, verify_enclave_signature
 
-from .audit.heads import HeadError, HeadInconsistent, TreeHead, verify_consistency
-from .credential import DEFAULT_MAX_CLOCK_SKEW, ClockSkewError, CredentialError, SessionClaims, verify_credential
-from .protocol import (
+from aggregator.audit.heads import HeadError, HeadInconsistent, TreeHead, verify_consistency
+from aggregator.credential import DEFAULT_MAX_CLOCK_SKEW, ClockSkewError, CredentialError, SessionClaims, verify_credential
+from aggregator.protocol import (
     CALL_HEADER,
     MAX_MESSAGE_BYTES,
     SESSION_HEADER,
@@ -44,10 +44,10 @@ from .protocol import (
     seal_message,
     upload_context,
 )
-from .secure_stream import SessionKeys, StreamError, StreamOpener, derive_session_keys, seal_chunks, transcript_hash
-from .update import ModelSpec, decode_tensors, encode_tensor_parts
-from .wire import federation_pb2 as pb
-from .wire import federation_pb2_grpc as pb_grpc
+from aggregator.secure_stream import SessionKeys, StreamError, StreamOpener, derive_session_keys, seal_chunks, transcript_hash
+from aggregator.update import ModelSpec, decode_tensors, encode_tensor_parts
+from aggregator.wire import federation_pb2 as pb
+from aggregator.wire import federation_pb2_grpc as pb_grpc
 
 #: The CPU platforms whose launch measurement a site's policy must pin for the aggregator.
 _MEASUREMENT_PINS = {"sev-snp": ("snp", "measurement", "[sev-snp] measurement"), "tdx": ("tdx", "mr_td", "[tdx] mr_td")}

@@ -39,8 +39,8 @@ from attestation.abi.bundle import encode_bundle
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeys
 
-from .log import AuditLogError, AuditLogUnavailable, LogStore, TreeHead, key_binding_nonce
-from .records import admission_policy_record, plain
+from aggregator.audit.log import AuditLogError, AuditLogUnavailable, LogStore, TreeHead, key_binding_nonce
+from aggregator.audit.records import admission_policy_record, plain
 
 LOG = logging.getLogger("attestfl.aggregator.audit")
 

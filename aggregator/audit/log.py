@@ -57,8 +57,8 @@ from typing import Any, Callable, Iterator
 
 import cbor2
 
-from . import merkle
-from .heads import HEAD_LABEL, HeadError, TreeHead, head_message
+from aggregator.audit import merkle
+from aggregator.audit.heads import HEAD_LABEL, HeadError, TreeHead, head_message
 
 LOG = logging.getLogger("attestfl.aggregator.audit")
 ENTRIES_FILE = "entries.log"

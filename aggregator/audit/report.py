@@ -10,7 +10,7 @@ import html
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from .verify import Verification
+from aggregator.audit.verify import Verification
 
 MAX_TIMELINE = 2000
 _CSS = """

@@ -28,9 +28,9 @@ from enclave.simulated.pki import load_or_create
 
 from enclave.identity import SiteIdentity
 
-from ..admission import AdmissionPolicy, IdentityProof, SiteRule, appraise_site
-from ..protocol import admission_nonce, identity_transcript, receipt_message
-from .events import AuditLog
+from aggregator.admission import AdmissionPolicy, IdentityProof, SiteRule, appraise_site
+from aggregator.protocol import admission_nonce, identity_transcript, receipt_message
+from aggregator.audit.events import AuditLog
 
 
 class SyntheticFederation:

@@ -63,10 +63,10 @@ from attestation.policy import Policy
 
 from attestation.binding import BoundKeys
 
-from ..admission import AdmissionPolicy, IdentityProof, appraise_site
-from ..protocol import receipt_message
-from . import merkle
-from .log import (
+from aggregator.admission import AdmissionPolicy, IdentityProof, appraise_site
+from aggregator.protocol import receipt_message
+from aggregator.audit import merkle
+from aggregator.audit.log import (
     ENTRIES_FILE,
     HEADS_FILE,
     MAX_LOG_FILE_BYTES,
@@ -77,7 +77,7 @@ from .log import (
     read_regular_file,
     scan_records,
 )
-from .records import PolicyRecordError, admission_policy_from_record
+from aggregator.audit.records import PolicyRecordError, admission_policy_from_record
 
 START_KINDS = ("aggregator_start", "handover")
 CHECKED_KINDS = START_KINDS + ("config", "collateral", "admission", "session", "update_accepted", "round", "restart", "no_sealing")
