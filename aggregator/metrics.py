@@ -23,7 +23,8 @@ from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from aggregator.config import DEFAULT_METRICS_HOST, Endpoint, parse_endpoint
+from aggregator.config import DEFAULT_METRICS_HOST
+from protocol.config import Endpoint, parse_endpoint
 from aggregator.rounds import RoundDriver
 from aggregator.service import FederationService
 

@@ -45,9 +45,9 @@ from msgspec import Meta
 import native
 
 from aggregator.service import EventSink, LogEvents, Task, UpdateRefused
-from aggregator.config import MAX_DURATION_SECONDS, Duration, PathText, format_seconds, parse_duration, read_struct, value_repr
+from protocol.config import MAX_DURATION_SECONDS, Duration, PathText, format_seconds, parse_duration, read_struct, value_repr
 from aggregator.strategies import STRATEGIES, Strategy, StrategyError, make_strategy
-from aggregator.update import ModelSpec, UpdateFormatError, encode_tensors, flatten, load_model, unflatten
+from protocol.tensors import ModelSpec, UpdateFormatError, encode_tensors, flatten, load_model, unflatten
 
 
 class TaskConfigError(ValueError):

@@ -26,7 +26,7 @@ from enclave.sealing import SealingKeySource, sealing_key_for, simulated_launch_
 from aggregator.audit.events import AuditLog
 from aggregator.checkpoint import Checkpoint, load_checkpoint, now_iso, prepare_checkpoint
 from aggregator.config import AggregatorConfig
-from aggregator.update import decode_tensors
+from protocol.tensors import decode_tensors
 from aggregator.rounds import RoundDriver
 from aggregator.service import SERVER_OPTIONS, EventSink, FederationService, LogEvents, handlers
 

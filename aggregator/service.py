@@ -5,7 +5,7 @@ bundle bound to the enclave keys; ``GetChallenge`` hands out a single-use, expir
 challenge; ``Admit`` appraises the site's evidence against the admission policy and, when
 it passes, derives the session keys (X25519 + HKDF) and issues the session credential (an
 EAR JWT signed by the enclave key). Every later call proves possession of the session keys
-(:mod:`aggregator.protocol`); payloads travel as sealed streams (:mod:`aggregator.secure_stream`).
+(:mod:`protocol.formulas`); payloads travel as sealed streams (:mod:`protocol.streams`).
 
 Before any of that, every call passes the :class:`~aggregator.gate.Gate` (budgets, rates, a
 deadline for the request message) and runs inside one barrier: an unexpected error is logged
@@ -37,10 +37,11 @@ from attestation.findings import Reason
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeys, EnclaveKeyError
 
-from aggregator.admission import AdmissionPolicy, ChallengeStore, IdentityProof, appraise_site, valid_site_id
-from aggregator.credential import issue_credential
+from aggregator.challenges import ChallengeStore
+from protocol.admission import AdmissionPolicy, IdentityProof, appraise_site, valid_site_id
+from protocol.credential import issue_credential
 from aggregator.gate import Gate, Limits, Ticket, peer_address
-from aggregator.protocol import (
+from protocol.formulas import (
     CALL_HEADER,
     MAX_EVIDENCE_BYTES,
     MAX_IDENTITY_CERTIFICATE_BYTES,
@@ -56,7 +57,7 @@ from aggregator.protocol import (
     seal_message,
     upload_context,
 )
-from aggregator.secure_stream import (
+from protocol.streams import (
     TAG_BYTES,
     SessionKeys,
     StreamError,
@@ -66,8 +67,8 @@ from aggregator.secure_stream import (
     seal_chunks,
     transcript_hash,
 )
-from aggregator.update import ModelSpec, UpdateFormatError, decode_tensors
-from aggregator.wire import federation_pb2 as pb
+from protocol.tensors import ModelSpec, UpdateFormatError, decode_tensors
+from protocol.wire import federation_pb2 as pb
 
 LOG = logging.getLogger("attestfl.aggregator")
 SERVICE_NAME = "attestfl.v1.Federation"
@@ -388,7 +389,7 @@ class FederationService:
         )
         if appraisal.identity_proven:
             # The peer proved the site's identity key: log everything an auditor needs to re-run
-            # this decision offline (aggregator.audit.verify), the verifier's collateral included
+            # this decision offline (auditor.verify), the verifier's collateral included
             # (each file once). Before that proof, only digests and bounded fields: an
             # unauthenticated peer cannot make the log grow by its evidence.
             self._log_collateral(appraisal.collateral)

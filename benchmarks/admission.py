@@ -29,8 +29,9 @@ from timing import median_ms
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aggregator.admission import AdmissionPolicy, ChallengeStore, IdentityProof, SiteRule, appraise_site  # noqa: E402
-from aggregator.protocol import admission_nonce, identity_transcript  # noqa: E402
+from aggregator.challenges import ChallengeStore  # noqa: E402
+from protocol.admission import AdmissionPolicy, IdentityProof, SiteRule, appraise_site  # noqa: E402
+from protocol.formulas import admission_nonce, identity_transcript  # noqa: E402
 from attestation.abi.bundle import encode_bundle  # noqa: E402
 from attestation.bundle import appraise_bundle  # noqa: E402
 from attestation.collateral import CollateralStore  # noqa: E402

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from aggregator.audit.events import AuditLog  # noqa: E402
 from aggregator.audit.log import ENTRIES_FILE, AuditLogUnavailable, LogStore  # noqa: E402
 from aggregator.audit.synthetic import SyntheticFederation  # noqa: E402
-from aggregator.audit.verify import verify_log  # noqa: E402
+from auditor.verify import verify_log  # noqa: E402
 from enclave.keys import EnclaveKeys  # noqa: E402
 from enclave.simulated.attester import SimulatedSnpAttester  # noqa: E402
 

@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _site(target: str, site_id: str, sim_dir: str, roots: list[str], measurement: str, identity_path: str, parameters: int,
           download: bool, barrier: Any, results: Any) -> None:
-    from aggregator.loopback import site_sealing
-    from aggregator.site import SiteClient
-    from aggregator.update import ModelSpec
+    from attestfl.loopback import site_sealing
+    from fedsite.client import SiteClient
+    from protocol.tensors import ModelSpec
     from attestation.policy import Policy
     from attestation.validate.snp import SnpPolicy
     from enclave.identity import load_identity
@@ -55,7 +55,7 @@ def run(sites: int, parameters: int, *, download: bool = False) -> dict[str, Any
     """Start everything, upload once from every site concurrently; return per-site timings and
     the aggregator's own events (decryption, validation and aggregation times)."""
     sys.path.insert(0, str(ROOT))
-    from aggregator.loopback import Deployment
+    from attestfl.loopback import Deployment
 
     directory = Path(tempfile.mkdtemp(prefix="attestfl-bench-"))
     deployment = Deployment(directory, directory / "vendor", model={"w": np.zeros(parameters, np.float32)},

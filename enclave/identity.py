@@ -4,7 +4,7 @@ kept sealed by the site's TEE.
 Attestation says *what* runs (code measurement, TCB, debug off); every honest site runs the
 same code, so evidence alone cannot say *which* site it is. The identity key does: the
 operator pins its public key in the site's admission rule, and at every admission the site
-signs the handshake transcript with it (:func:`aggregator.protocol.identity_transcript`).
+signs the handshake transcript with it (:func:`protocol.formulas.identity_transcript`).
 
 The private key never leaves this object (no export, no pickling, no copies; ``repr`` shows
 the public key only) and rests on disk only sealed:

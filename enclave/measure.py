@@ -3,8 +3,9 @@
 On hardware the measurement is computed by the CPU over the launched image. In the
 simulated TEE it is SHA-384 over a domain-separated transcript of
 
-- every file of the installed attestfl packages (``attestation``, ``enclave``,
-  ``aggregator``, ``native``), by path relative to its package and SHA-384 of its bytes
+- every file of the installed attestfl packages (``attestation``, ``enclave``, ``native``,
+  ``protocol``, ``aggregator``, ``fedsite``, ``auditor``, ``attestfl``), by path relative to
+  its package and SHA-384 of its bytes
   (bytecode caches excluded);
 - the versions of attestfl and of each of its runtime dependencies as installed;
 - the SHA-384 of the aggregator configuration file, when one is measured.
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-MEASURED_PACKAGES = ("aggregator", "attestation", "enclave", "native")
+MEASURED_PACKAGES = ("aggregator", "attestation", "attestfl", "auditor", "enclave", "fedsite", "native", "protocol")
 DOMAIN = b"attestfl/v1/simulated-launch-measurement\x00"
 _EXCLUDED_DIRS = {"__pycache__"}
 _EXCLUDED_SUFFIXES = {".pyc", ".pyo"}

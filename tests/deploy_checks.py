@@ -285,7 +285,8 @@ def metrics_exposure_problems(docs: Iterable[dict[str, Any]]) -> list[str]:
     """The Prometheus endpoint has no authentication: the aggregator.toml a ConfigMap carries
     must bind ``metrics_listen`` to loopback, and no containerPort, hostPort, Service port or
     NetworkPolicy ingress rule may name the metrics port (or a port called "metrics")."""
-    from aggregator.config import DEFAULT_METRICS_HOST, parse_endpoint
+    from aggregator.config import DEFAULT_METRICS_HOST
+    from protocol.config import parse_endpoint
 
     docs = list(docs)
     problems = []

@@ -1,11 +1,11 @@
-"""Test helper: the loopback deployment of :mod:`aggregator.loopback` with a small model."""
+"""Test helper: the loopback deployment of :mod:`attestfl.loopback` with a small model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 import numpy as np
 
-from aggregator import loopback
-from aggregator.loopback import Aggregator, run_aggregator
+from attestfl import loopback
+from attestfl.loopback import Aggregator, run_aggregator
 
 MODEL = {"dense.weight": np.arange(12, dtype=np.float32).reshape(4, 3) / 10, "dense.bias": np.zeros(3, np.float32)}
 

@@ -21,7 +21,7 @@ import pytest
 
 from aggregator.audit.events import AuditLog
 from aggregator.audit.log import ENTRIES_FILE, HEADS_FILE, AuditLogUnavailable, scan_records
-from aggregator.audit.verify import verify_log
+from auditor.verify import verify_log
 from attestation.policy import Policy
 from enclave.keys import EnclaveKeys
 from enclave.simulated.attester import SimulatedSnpAttester

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from aggregator.audit.log import ENTRIES_FILE, scan_records
-from aggregator.audit.verify import verify_log
-from aggregator.site import AdmissionRefused, SiteClient
+from auditor.verify import verify_log
+from fedsite.client import AdmissionRefused, SiteClient
 from enclave.simulated.attester import SimulatedSnpAttester
 from federation import MODEL, Deployment, run_aggregator
 
@@ -61,7 +61,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def attestfl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aggregator.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return subprocess.run([sys.executable, "-m", "attestfl.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
 def test_the_federation_log_verifies(federation: dict) -> None:

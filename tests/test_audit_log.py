@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregator.audit import merkle
+from protocol.auditlog import merkle
 from aggregator.audit.events import AuditLog
 from aggregator.audit.log import (
     ENTRIES_FILE,
@@ -29,7 +29,7 @@ from aggregator.audit.log import (
     scan_records,
 )
 from aggregator.audit.synthetic import SyntheticFederation
-from aggregator.audit.verify import verify_log
+from auditor.verify import verify_log
 from enclave.keys import EnclaveKeys
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,12 +12,12 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from aggregator.audit import merkle
+from protocol.auditlog import merkle
 from aggregator.audit.events import AuditLog
-from aggregator.audit.heads import HeadInconsistent, HeadInvalid, TreeHead, head_message, verify_consistency
+from protocol.auditlog.heads import HeadInconsistent, HeadInvalid, TreeHead, head_message, verify_consistency
 from aggregator.audit.log import ENTRIES_FILE, LogStore, frame, scan_records
 from aggregator.audit.synthetic import SyntheticFederation
-from aggregator.audit.verify import verify_log
+from auditor.verify import verify_log
 from enclave.keys import EnclaveKeys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,9 +243,9 @@ def test_consistency_proofs_are_cheap_on_a_large_log(tmp_path: Path) -> None:
 
 
 def test_the_heads_module_imports_nothing_of_the_aggregator() -> None:
-    code = ("import sys, aggregator.audit.heads; "
+    code = ("import sys, protocol.auditlog.heads; "
             "bad = sorted(m for m in sys.modules if m.startswith(('enclave', 'attestation', 'numpy', 'grpc')) "
-            "or m.startswith('aggregator.') and m not in ('aggregator.audit', 'aggregator.audit.heads', 'aggregator.audit.merkle')); "
+            "or m.startswith('aggregator.') and m not in ('aggregator.audit', 'protocol.auditlog.heads', 'protocol.auditlog.merkle')); "
             "print(bad); sys.exit(1 if bad else 0)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr

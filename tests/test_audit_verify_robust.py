@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregator.admission import AdmissionPolicy, AppAttestRule, SiteRule, admission_nonce
-from aggregator.audit.cli import run_head, run_prove, run_report, run_verify
+from protocol.admission import AdmissionPolicy, AppAttestRule, SiteRule, admission_nonce
+from auditor.cli import run_head, run_prove, run_report, run_verify
 from aggregator.audit.events import AuditLog
 from aggregator.audit.log import (
     ENTRIES_FILE,
@@ -34,9 +34,9 @@ from aggregator.audit.log import (
     frame,
     scan_records,
 )
-from aggregator.audit.report import render_report
+from auditor.report import render_report
 from aggregator.audit.synthetic import SyntheticFederation
-from aggregator.audit.verify import UnusableLog, Verification, verify_log
+from auditor.verify import UnusableLog, Verification, verify_log
 from attestation.abi.bundle import encode_bundle
 from attestation.policy import MAX_POLICY_BYTES
 from enclave.attester import make_bundle
@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def attestfl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aggregator.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return subprocess.run([sys.executable, "-m", "attestfl.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
 def _verify_cli(log: Path, policy: Path | None, *, command: Any = run_verify, **extra: Any) -> tuple[int, str, str]:

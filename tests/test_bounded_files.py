@@ -11,8 +11,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from aggregator.cli import main
-from aggregator.update import UpdateFormatError, encode_tensors, load_model
+from attestfl.cli import main
+from protocol.tensors import UpdateFormatError, encode_tensors, load_model
 from attestation.errors import AttestationError, CollateralFormatError, EvidenceTooLargeError, PolicyError
 from attestation.files import open_bounded, read_bounded, read_bounded_buffer
 from attestation.policy import Policy

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.cli import main
+from attestfl.cli import main
 
 SNP_AT = "2024-01-01T00:00:00Z"
 TDX_AT = "2023-07-01T00:00:00Z"
@@ -115,7 +115,7 @@ def test_missing_files_and_bad_time(capsys: pytest.CaptureFixture[str], snp: tup
 
 def test_console_script_in_a_separate_process(snp: tuple[str, str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "aggregator.cli", "evidence", "verify", snp[0], "--cert", snp[1], "--at", SNP_AT, "--json"],
+        [sys.executable, "-m", "attestfl.cli", "evidence", "verify", snp[0], "--cert", snp[1], "--at", SNP_AT, "--json"],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 1, result.stderr

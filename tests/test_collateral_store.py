@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from aggregator.cli import main
+from attestfl.cli import main
 from attestation.abi.bundle import EvidenceBundle, encode_bundle
 from attestation.bundle import IGNORED_COLLATERAL_WARNING, appraise_bundle
 from attestation.collateral import (

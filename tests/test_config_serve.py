@@ -28,7 +28,7 @@ def test_serve_refuses_a_bad_config_before_any_side_effect(tmp_path: Path, aggre
                                                           message: str) -> None:
     config = write(tmp_path, {**(aggregator or {}), "log_dir": '"audit-log"', "state_dir": '"state"'}, task)
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = subprocess.run([sys.executable, "-m", "aggregator.cli", "serve", "--config", str(config)], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "attestfl.cli", "serve", "--config", str(config)], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120, env=dict(os.environ), stdin=subprocess.DEVNULL)
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.config import AggregatorConfig, ConfigError, Endpoint, parse_endpoint
+from aggregator.config import AggregatorConfig
+from protocol.config import ConfigError, Endpoint, parse_endpoint
 from aggregator.rounds import MAX_ROUNDS, MAX_SITES, DpConfig, TaskConfig, TaskConfigError
 from aggregator.strategies import Krum, StrategyError, TrimmedMean, make_strategy
-from aggregator.update import encode_tensors
+from protocol.tensors import encode_tensors
 
 AGGREGATOR = {"listen": '"127.0.0.1:0"', "tee": '"simulated-snp"', "simulated_dir": '"sim"'}
 TASK = {"initial_model": '"model.safetensors"'}

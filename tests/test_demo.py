@@ -6,12 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aggregator.demo import ROGUE_SITE
-from aggregator.loopback import read_events
+from attestfl.demo import ROGUE_SITE
+from attestfl.loopback import read_events
 
 
 def test_demo_defaults(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "aggregator.cli", "demo", "--json", "--dir", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "attestfl.cli", "demo", "--json", "--dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
@@ -33,7 +33,7 @@ def test_demo_defaults(tmp_path: Path) -> None:
     assert len([e for e in events if e["message"] == "round"]) == 5
 
     # The demo's tamper-evident audit log verifies offline (the simulated vendor's roots pinned).
-    audit = subprocess.run([sys.executable, "-m", "aggregator.cli", "audit", "verify", summary["audit_log"],
+    audit = subprocess.run([sys.executable, "-m", "attestfl.cli", "audit", "verify", summary["audit_log"],
                             "--policy", str(tmp_path / "site-policy.toml"), "--json"], capture_output=True, text=True, timeout=120)
     assert audit.returncode == 0, audit.stdout[-3000:]
     verdict = json.loads(audit.stdout)

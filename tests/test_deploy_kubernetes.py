@@ -224,7 +224,7 @@ def test_shipped_config_is_accepted_by_attestfl_serve(tmp_path: Path) -> None:
     import numpy as np
 
     from aggregator.config import AggregatorConfig
-    from aggregator.update import encode_tensors
+    from protocol.tensors import encode_tensors
 
     text = (K8S / "config" / "aggregator.toml").read_text()
     (tmp_path / "policy.toml").write_bytes((K8S / "config" / "policy.toml").read_bytes())

@@ -20,7 +20,7 @@ from attestation.binding import (
 from attestation.bundle import appraise_bundle, evidence_report_data
 from attestation.errors import EvidenceFormatError, PolicyError
 from attestation.policy import Policy
-from aggregator.cli import main
+from attestfl.cli import main
 from enclave.attester import make_bundle
 from enclave.keys import EnclaveKeyError, EnclaveKeys, verify_enclave_signature
 from enclave.simulated.attester import SimulatedGpuAttester, SimulatedSnpAttester, SimulatedTdxAttester

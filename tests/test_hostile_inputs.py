@@ -15,7 +15,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from aggregator.cli import main
+from attestfl.cli import main
 from attestation.abi.bundle import MAGIC, MAX_CREATED, encode_bundle, parse_bundle
 from attestation.abi.tdx import SGX_EXTENSIONS_OID, decode_sgx_extensions
 from attestation.abi.x509 import SignatureAlgorithm, parse_certificate, parse_certificates

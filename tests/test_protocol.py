@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aggregator.admission import admission_nonce, app_attest_client_data
-from aggregator.credential import AUDIENCE, issue_credential
-from aggregator.secure_stream import MAX_CHUNK_BYTES
-from aggregator.site import AdmissionRefused, AggregatorNotTrusted, AppAttestEvidence, SiteClient, admit_request
-from aggregator.update import ModelSpec, encode_tensors
-from aggregator.wire import federation_pb2 as pb
-from aggregator.wire import federation_pb2_grpc as pb_grpc
+from protocol.admission import admission_nonce, app_attest_client_data
+from protocol.credential import AUDIENCE, issue_credential
+from protocol.streams import MAX_CHUNK_BYTES
+from fedsite.client import AdmissionRefused, AggregatorNotTrusted, AppAttestEvidence, SiteClient, admit_request
+from protocol.tensors import ModelSpec, encode_tensors
+from protocol.wire import federation_pb2 as pb
+from protocol.wire import federation_pb2_grpc as pb_grpc
 from attestation.abi.bundle import encode_bundle, parse_bundle
 from attestation.binding import BoundKeys
 from enclave.attester import make_bundle

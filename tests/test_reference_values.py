@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.cli import main
+from attestfl.cli import main
 from attestation.policy import Policy
 from attestation.reference_values import ReferenceValueError, init_data_digest
 
@@ -154,7 +154,7 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], ovmf: Path, tm
 
 def test_console_script_end_to_end(ovmf: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "aggregator.cli", "reference-values", "snp", "--ovmf", str(ovmf), "--vcpus", "4",
+        [sys.executable, "-m", "attestfl.cli", "reference-values", "snp", "--ovmf", str(ovmf), "--vcpus", "4",
          "--vcpu-type", "EPYC-v4"],
         capture_output=True, text=True, timeout=60,
     )

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from aggregator.checkpoint import FILE_NAME, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from aggregator.demo import breast_cancer_trainer, split_non_iid
-from aggregator.sdk import run_site
-from aggregator.site import SiteClient
+from attestfl.demo import breast_cancer_trainer, split_non_iid
+from fedsite.sdk import run_site
+from fedsite.client import SiteClient
 from enclave.sealing import SimulatedSealingKey, SnpDerivedKeyReq, derived_key_request
 from enclave.simulated.attester import SimulatedSnpAttester
 from federation import Deployment
@@ -85,7 +85,7 @@ def test_aggregator_killed_mid_round_and_restarted(tmp_path: Path) -> None:
     port = _free_port()
     deployment = Deployment(tmp_path, tmp_path / "vendor", sites={"site-a": "", "site-b": ""}, listen=f"127.0.0.1:{port}",
                             task='rounds = 3\nmin_sites = 2\nround_deadline = "120s"')
-    from aggregator.demo import make_model
+    from attestfl.demo import make_model
 
     deployment.model = {k: v.detach().numpy().astype(np.float32) for k, v in make_model().state_dict().items()}
     splits, _, _ = split_non_iid(2)
@@ -138,7 +138,7 @@ def test_unsealable_checkpoint_stops_the_aggregator(tmp_path: Path) -> None:
     config = deployment.write()
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / FILE_NAME).write_bytes(b"AFCK1" + bytes(64))
-    result = subprocess.run([sys.executable, "-m", "aggregator.cli", "serve", "--config", str(config)],
+    result = subprocess.run([sys.executable, "-m", "attestfl.cli", "serve", "--config", str(config)],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2 and "cannot be unsealed" in result.stderr and "Traceback" not in result.stderr
     assert "ready" not in result.stdout

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from aggregator.demo import split_non_iid
+from attestfl.demo import split_non_iid
 from aggregator.rounds import DpConfig, RoundDriver, TaskConfig, TaskConfigError
 from aggregator.service import UpdateRefused
 from aggregator.strategies import Krum, StrategyError, make_strategy
-from aggregator.update import flatten
+from protocol.tensors import flatten
 
 MODEL = {"w": np.zeros((30, 2), np.float32), "b": np.zeros(2, np.float32)}
 

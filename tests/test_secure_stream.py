@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from aggregator.secure_stream import (
+from protocol.streams import (
     StreamError,
     StreamOpener,
     derive_session_keys,

@@ -31,7 +31,7 @@ def _site_toml(directory: Path, site_id: str = "hospital-a", extra: str = "") ->
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aggregator.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "attestfl.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
 def test_enroll_seals_a_key_that_only_this_site_and_code_open(tmp_path: Path) -> None:

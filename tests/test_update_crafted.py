@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregator.update import (
+from protocol.tensors import (
     MAX_ELEMENTS,
     MAX_HEADER_BYTES,
     MAX_RANK,

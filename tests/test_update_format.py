@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_save
 
-from aggregator.update import ModelSpec, UpdateFormatError, decode_tensors, encode_tensors, flatten, unflatten
+from protocol.tensors import ModelSpec, UpdateFormatError, decode_tensors, encode_tensors, flatten, unflatten
 
 TENSORS = {"layer.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "layer.bias": np.array([0.5, -1.0], np.float32)}
 SPEC = ModelSpec.of(TENSORS)

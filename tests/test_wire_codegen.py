@@ -11,13 +11,13 @@ GENERATED = ("federation_pb2.py", "federation_pb2_grpc.py")
 
 
 def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
-    (tmp_path / "aggregator" / "wire").mkdir(parents=True)
-    shutil.copy(ROOT / "aggregator/wire/federation.proto", tmp_path / "aggregator/wire/federation.proto")
+    (tmp_path / "protocol" / "wire").mkdir(parents=True)
+    shutil.copy(ROOT / "protocol/wire/federation.proto", tmp_path / "protocol/wire/federation.proto")
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I.", "--python_out=.", "--grpc_python_out=.", "aggregator/wire/federation.proto"],
+        [sys.executable, "-m", "grpc_tools.protoc", "-I.", "--python_out=.", "--grpc_python_out=.", "protocol/wire/federation.proto"],
         cwd=tmp_path, check=True, capture_output=True, timeout=120,
     )
     for name in GENERATED:
-        assert (tmp_path / "aggregator/wire" / name).read_text() == (ROOT / "aggregator/wire" / name).read_text(), (
-            f"aggregator/wire/{name} is stale: regenerate it (see the comment at the top of federation.proto)"
+        assert (tmp_path / "protocol/wire" / name).read_text() == (ROOT / "protocol/wire" / name).read_text(), (
+            f"protocol/wire/{name} is stale: regenerate it (see the comment at the top of federation.proto)"
         )

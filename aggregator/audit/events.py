@@ -12,7 +12,7 @@ A run begins with :meth:`AuditLog.begin`:
    Ed25519 log key to the TEE and to the log's history; a handover also carries the
    previous run's last signed tree head;
 2. ``config``: the aggregator.toml bytes, the admission policy in full
-   (:func:`~aggregator.audit.records.admission_policy_record`) and the task.
+   (:func:`~protocol.auditlog.records.admission_policy_record`) and the task.
 
 Every later head is signed by this run's key; the verifier accepts a head only from the key
 bound by the latest start/handover entry it covers.
@@ -40,7 +40,7 @@ from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeys
 
 from aggregator.audit.log import AuditLogError, AuditLogUnavailable, LogStore, TreeHead, key_binding_nonce
-from aggregator.audit.records import admission_policy_record, plain
+from protocol.auditlog.records import admission_policy_record, plain
 
 LOG = logging.getLogger("attestfl.aggregator.audit")
 

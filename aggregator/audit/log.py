@@ -16,7 +16,7 @@ Files in the log directory:
     an exclusive ``flock`` held by the one aggregator writing the log.
 
 The per-record checksum is for crash recovery only (an attacker recomputes it); integrity
-comes from the Merkle tree and the signed heads (:mod:`aggregator.audit.verify`).
+comes from the Merkle tree and the signed heads (:mod:`auditor.verify`).
 
 Append (:meth:`LogStore.append`) writes the entry, fsyncs, signs the head of the new tree,
 writes it, fsyncs, and only then returns: an entry is *acknowledged* when its head is on
@@ -45,36 +45,40 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import stat
-import struct
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import cbor2
 
-from aggregator.audit import merkle
-from aggregator.audit.heads import HEAD_LABEL, HeadError, TreeHead, head_message
+from protocol.auditlog import merkle
+from protocol.auditlog.format import (  # noqa: F401 - re-exported for the writer's users
+    CHECKSUM_SIZE,
+    ENTRIES_FILE,
+    HEADS_FILE,
+    KEY_BINDING_LABEL,
+    MAX_LOG_FILE_BYTES,
+    MAX_RECORD_BYTES,
+    AuditFileError,
+    AuditLogError,
+    Record,
+    Scan,
+    encode_entry,
+    frame,
+    key_binding_nonce,
+    read_records,
+    read_regular_file,
+    scan_records,
+)
+from protocol.auditlog.heads import HEAD_LABEL, HeadError, TreeHead, head_message
 
 LOG = logging.getLogger("attestfl.aggregator.audit")
-ENTRIES_FILE = "entries.log"
-HEADS_FILE = "heads.log"
 LOCK_FILE = "lock"
-KEY_BINDING_LABEL = b"attestfl/v1/audit-log-key\x00"
-MAX_RECORD_BYTES = 16 * 1024 * 1024
-MAX_LOG_FILE_BYTES = 4 * 1024 * 1024 * 1024  # entries.log / heads.log are read whole: refuse more
-_LEN = struct.Struct(">I")
-CHECKSUM_SIZE = 32
 
 __all__ = ["HEAD_LABEL", "HeadError", "TreeHead", "head_message"]  # re-exported from .heads
-
-
-class AuditLogError(Exception):
-    """The audit log cannot be used (base class)."""
 
 
 class AuditLogCorrupt(AuditLogError):
@@ -88,94 +92,6 @@ class AuditLogBusy(AuditLogError):
 class AuditLogUnavailable(AuditLogError):
     """An append failed (the log was rolled back to its last acknowledged entry) or the log is
     closed: every append is refused until the log is reopened."""
-
-
-class AuditFileError(AuditLogError):
-    """A file of the log (or one given to the audit tools) is missing, not a regular file,
-    too large or unreadable; the message names it."""
-
-
-def read_regular_file(path: str | Path, limit: int, what: str = "file") -> bytes:
-    """The bytes of the regular file ``path``, at most ``limit`` of them.
-
-    Never blocks on a FIFO (opened non-blocking, then refused), never reads a device (a
-    character device such as /dev/zero is refused before reading), never reads more than
-    ``limit + 1`` bytes. FileNotFoundError passes through; anything else is AuditFileError."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise AuditFileError(f"cannot open {what} {path}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise AuditFileError(f"{what} {path} is not a regular file")
-        if info.st_size > limit:
-            raise AuditFileError(f"{what} {path} is {info.st_size} bytes, over the {limit}-byte limit")
-        chunks, total = [], 0
-        while total <= limit:
-            chunk = os.read(fd, min(1 << 24, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        if total > limit:
-            raise AuditFileError(f"{what} {path} grew over the {limit}-byte limit while it was read")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise AuditFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-
-
-def key_binding_nonce(tree_size: int, root_hash: bytes) -> bytes:
-    """The nonce of the evidence an aggregator logs at start: it binds the enclave's log key
-    to this log's history (the root of the entries before it)."""
-    return hashlib.sha256(KEY_BINDING_LABEL + struct.pack(">Q", tree_size) + root_hash).digest()
-
-
-def encode_entry(index: int, kind: str, time_ms: int, fields: dict[str, Any]) -> bytes:
-    return cbor2.dumps({"index": index, "kind": kind, "time": time_ms, "fields": fields}, canonical=True)
-
-
-def frame(payload: bytes) -> bytes:
-    header = _LEN.pack(len(payload))
-    return header + payload + hashlib.sha256(header + payload).digest()
-
-
-@dataclass(frozen=True)
-class Record:
-    offset: int
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class Scan:
-    records: list[Record]
-    good_end: int  # offset after the last intact record
-    torn: str | None  # why the tail after good_end is unusable (None: the file ends cleanly)
-    torn_at_end: bool  # the unusable part is a torn last record (not damage in the middle)
-
-
-def scan_records(data: bytes) -> Scan:
-    """Split a file into records; stop at the first that does not check out."""
-    records: list[Record] = []
-    offset, size = 0, len(data)
-    while offset < size:
-        if size - offset < _LEN.size:
-            return Scan(records, offset, f"{size - offset} stray bytes (a torn length)", True)
-        (length,) = _LEN.unpack_from(data, offset)
-        end = offset + _LEN.size + length + CHECKSUM_SIZE
-        if length > MAX_RECORD_BYTES or end > size:
-            return Scan(records, offset, f"a record of {length} bytes runs past the end of the file", end > size)
-        payload = data[offset + _LEN.size: offset + _LEN.size + length]
-        if hashlib.sha256(data[offset: offset + _LEN.size + length]).digest() != data[end - CHECKSUM_SIZE: end]:
-            return Scan(records, offset, "a record fails its checksum", end == size)
-        records.append(Record(offset, payload))
-        offset = end
-    return Scan(records, offset, None, False)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -453,5 +369,3 @@ class LogStore:
                 setattr(self, name, -1)
 
 
-def read_records(directory: str | Path, name: str) -> Iterator[Record]:
-    yield from scan_records(read_regular_file(Path(directory) / name, MAX_LOG_FILE_BYTES, "audit log file")).records

@@ -28,8 +28,8 @@ from enclave.simulated.pki import load_or_create
 
 from enclave.identity import SiteIdentity
 
-from aggregator.admission import AdmissionPolicy, IdentityProof, SiteRule, appraise_site
-from aggregator.protocol import admission_nonce, identity_transcript, receipt_message
+from protocol.admission import AdmissionPolicy, IdentityProof, SiteRule, appraise_site
+from protocol.formulas import admission_nonce, identity_transcript, receipt_message
 from aggregator.audit.events import AuditLog
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.site import ClockSkew
+from fedsite.client import ClockSkew
 from federation import Deployment, run_aggregator
 
 FAKETIME = shutil.which("faketime")

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from aggregator.audit.log import ENTRIES_FILE, scan_records
-from aggregator.audit.verify import verify_log
-from aggregator.update import encode_tensors
+from auditor.verify import verify_log
+from protocol.tensors import encode_tensors
 from attestation.policy import Policy
 from federation import MODEL, Aggregator, Deployment
 

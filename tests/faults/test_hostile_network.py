@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from aggregator.audit.log import ENTRIES_FILE, HEADS_FILE, scan_records
-from aggregator.protocol import admission_nonce, upload_context
-from aggregator.secure_stream import StreamSealer
-from aggregator.site import admit_request
-from aggregator.wire import federation_pb2 as pb
-from aggregator.wire import federation_pb2_grpc as pb_grpc
+from protocol.formulas import admission_nonce, upload_context
+from protocol.streams import StreamSealer
+from fedsite.client import admit_request
+from protocol.wire import federation_pb2 as pb
+from protocol.wire import federation_pb2_grpc as pb_grpc
 from attestation.abi.bundle import encode_bundle
 from attestation.binding import BoundKeys
 from enclave.attester import make_bundle

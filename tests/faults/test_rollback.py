@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.audit.verify import verify_log
-from aggregator.site import AggregatorNotTrusted, SiteClient
+from auditor.verify import verify_log
+from fedsite.client import AggregatorNotTrusted, SiteClient
 from attestation.policy import Policy
 from federation import MODEL, Deployment
 

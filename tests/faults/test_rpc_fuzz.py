@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregator.wire import federation_pb2 as pb
+from protocol.wire import federation_pb2 as pb
 from federation import Aggregator, Deployment, run_aggregator
 from peers import SourceForwarder
 

@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from aggregator.protocol import admission_nonce
-from aggregator.site import AdmissionRefused, AggregatorNotTrusted, SiteClient, admit_request
-from aggregator.wire import federation_pb2 as pb
-from aggregator.wire import federation_pb2_grpc as pb_grpc
+from protocol.formulas import admission_nonce
+from fedsite.client import AdmissionRefused, AggregatorNotTrusted, SiteClient, admit_request
+from protocol.wire import federation_pb2 as pb
+from protocol.wire import federation_pb2_grpc as pb_grpc
 from attestation.abi.bundle import EvidenceBundle, encode_bundle
 from attestation.binding import BoundKeys, report_data_for
 from enclave.attester import make_bundle
@@ -197,7 +197,7 @@ def test_hardware_pin_of_another_chip_is_refused(aggregator: Aggregator, deploym
 def test_rule_that_pins_nothing_site_specific_stops_the_aggregator(tmp_path: Path) -> None:
     deployment = Deployment(tmp_path, tmp_path / "vendor", sites={"hospital-a": 'identity_keys = []'})
     config = deployment.write()
-    result = subprocess.run([sys.executable, "-m", "aggregator.cli", "serve", "--config", str(config)],
+    result = subprocess.run([sys.executable, "-m", "attestfl.cli", "serve", "--config", str(config)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "[admission.sites.hospital-a]" in result.stderr and "pins nothing" in result.stderr
@@ -252,16 +252,16 @@ def test_site_refuses_a_policy_that_pins_no_aggregator_measurement(tmp_path: Pat
         """)
     site.write_text(base)
     for command in (["site", "run"], ["site", "join"]):
-        result = subprocess.run([sys.executable, "-m", "aggregator.cli", *command, "--config", str(site)],
+        result = subprocess.run([sys.executable, "-m", "attestfl.cli", *command, "--config", str(site)],
                                 capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert "pins no launch measurement" in result.stderr and "INSECURE_accept_any_aggregator" in result.stderr
     # The override is explicit, loudly named, and warned about at every start.
     site.write_text(base + "INSECURE_accept_any_aggregator = true\n")
-    enrolled = subprocess.run([sys.executable, "-m", "aggregator.cli", "site", "enroll", "--config", str(site), "--json"],
+    enrolled = subprocess.run([sys.executable, "-m", "attestfl.cli", "site", "enroll", "--config", str(site), "--json"],
                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert enrolled.returncode == 0, enrolled.stderr
-    result = subprocess.run([sys.executable, "-m", "aggregator.cli", "site", "join", "--config", str(site)],
+    result = subprocess.run([sys.executable, "-m", "attestfl.cli", "site", "join", "--config", str(site)],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert "WARNING: INSECURE_accept_any_aggregator" in result.stderr
     assert result.returncode == 1 and "admission.identity.key" in result.stderr  # and the operator never pinned this key

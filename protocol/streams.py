@@ -3,7 +3,7 @@
 Session keys: X25519 between the two attested public keys, then HKDF-SHA256 with the session
 id as salt and the handshake transcript hash in ``info``, giving two 32-byte keys per
 direction (site -> aggregator, aggregator -> site): one for streams, one for the sealed
-request and response messages of authenticated calls (:mod:`aggregator.protocol`).
+request and response messages of authenticated calls (:mod:`protocol.formulas`).
 
 A stream (one model download, one update upload) is AES-256-GCM (``cryptography``):
 

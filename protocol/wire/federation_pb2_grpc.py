@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from aggregator.wire import federation_pb2 as aggregator_dot_wire_dot_federation__pb2
+from protocol.wire import federation_pb2 as protocol_dot_wire_dot_federation__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in aggregator/wire/federation_pb2_grpc.py depends on'
+        + ' but the generated code in protocol/wire/federation_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,38 +36,38 @@ class FederationStub:
         """
         self.GetEvidence = channel.unary_unary(
                 '/attestfl.v1.Federation/GetEvidence',
-                request_serializer=aggregator_dot_wire_dot_federation__pb2.EvidenceRequest.SerializeToString,
-                response_deserializer=aggregator_dot_wire_dot_federation__pb2.EvidenceResponse.FromString,
+                request_serializer=protocol_dot_wire_dot_federation__pb2.EvidenceRequest.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.EvidenceResponse.FromString,
                 _registered_method=True)
         self.GetChallenge = channel.unary_unary(
                 '/attestfl.v1.Federation/GetChallenge',
-                request_serializer=aggregator_dot_wire_dot_federation__pb2.ChallengeRequest.SerializeToString,
-                response_deserializer=aggregator_dot_wire_dot_federation__pb2.ChallengeResponse.FromString,
+                request_serializer=protocol_dot_wire_dot_federation__pb2.ChallengeRequest.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.ChallengeResponse.FromString,
                 _registered_method=True)
         self.Admit = channel.unary_unary(
                 '/attestfl.v1.Federation/Admit',
-                request_serializer=aggregator_dot_wire_dot_federation__pb2.AdmitRequest.SerializeToString,
-                response_deserializer=aggregator_dot_wire_dot_federation__pb2.AdmitResponse.FromString,
+                request_serializer=protocol_dot_wire_dot_federation__pb2.AdmitRequest.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.AdmitResponse.FromString,
                 _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/attestfl.v1.Federation/GetTask',
-                request_serializer=aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
-                response_deserializer=aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
+                request_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
                 _registered_method=True)
         self.DownloadModel = channel.unary_stream(
                 '/attestfl.v1.Federation/DownloadModel',
-                request_serializer=aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
-                response_deserializer=aggregator_dot_wire_dot_federation__pb2.SealedChunk.FromString,
+                request_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.SealedChunk.FromString,
                 _registered_method=True)
         self.UploadUpdate = channel.stream_unary(
                 '/attestfl.v1.Federation/UploadUpdate',
-                request_serializer=aggregator_dot_wire_dot_federation__pb2.SealedChunk.SerializeToString,
-                response_deserializer=aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
+                request_serializer=protocol_dot_wire_dot_federation__pb2.SealedChunk.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
                 _registered_method=True)
         self.ReportMetrics = channel.unary_unary(
                 '/attestfl.v1.Federation/ReportMetrics',
-                request_serializer=aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
-                response_deserializer=aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
+                request_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
                 _registered_method=True)
 
 
@@ -99,7 +99,7 @@ class FederationServicer:
         """Every call below proves possession of the session keys: metadata "attestfl-session" (the
         session id, hex) and "attestfl-call" (the site's call counter); the request and the response
         are Sealed messages (AES-256-GCM under the session's message keys, the method, session and
-        counter as associated data; see aggregator/protocol.py). A copied credential is useless.
+        counter as associated data; see protocol/formulas.py). A copied credential is useless.
         The current task (Sealed TaskRequest -> Sealed TaskResponse).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -132,38 +132,38 @@ def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetEvidence': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEvidence,
-                    request_deserializer=aggregator_dot_wire_dot_federation__pb2.EvidenceRequest.FromString,
-                    response_serializer=aggregator_dot_wire_dot_federation__pb2.EvidenceResponse.SerializeToString,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.EvidenceRequest.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.EvidenceResponse.SerializeToString,
             ),
             'GetChallenge': grpc.unary_unary_rpc_method_handler(
                     servicer.GetChallenge,
-                    request_deserializer=aggregator_dot_wire_dot_federation__pb2.ChallengeRequest.FromString,
-                    response_serializer=aggregator_dot_wire_dot_federation__pb2.ChallengeResponse.SerializeToString,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.ChallengeRequest.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.ChallengeResponse.SerializeToString,
             ),
             'Admit': grpc.unary_unary_rpc_method_handler(
                     servicer.Admit,
-                    request_deserializer=aggregator_dot_wire_dot_federation__pb2.AdmitRequest.FromString,
-                    response_serializer=aggregator_dot_wire_dot_federation__pb2.AdmitResponse.SerializeToString,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.AdmitRequest.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.AdmitResponse.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
-                    request_deserializer=aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
-                    response_serializer=aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
             ),
             'DownloadModel': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadModel,
-                    request_deserializer=aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
-                    response_serializer=aggregator_dot_wire_dot_federation__pb2.SealedChunk.SerializeToString,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.SealedChunk.SerializeToString,
             ),
             'UploadUpdate': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadUpdate,
-                    request_deserializer=aggregator_dot_wire_dot_federation__pb2.SealedChunk.FromString,
-                    response_serializer=aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.SealedChunk.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
             ),
             'ReportMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportMetrics,
-                    request_deserializer=aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
-                    response_serializer=aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -191,8 +191,8 @@ class Federation:
             request,
             target,
             '/attestfl.v1.Federation/GetEvidence',
-            aggregator_dot_wire_dot_federation__pb2.EvidenceRequest.SerializeToString,
-            aggregator_dot_wire_dot_federation__pb2.EvidenceResponse.FromString,
+            protocol_dot_wire_dot_federation__pb2.EvidenceRequest.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.EvidenceResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -218,8 +218,8 @@ class Federation:
             request,
             target,
             '/attestfl.v1.Federation/GetChallenge',
-            aggregator_dot_wire_dot_federation__pb2.ChallengeRequest.SerializeToString,
-            aggregator_dot_wire_dot_federation__pb2.ChallengeResponse.FromString,
+            protocol_dot_wire_dot_federation__pb2.ChallengeRequest.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.ChallengeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -245,8 +245,8 @@ class Federation:
             request,
             target,
             '/attestfl.v1.Federation/Admit',
-            aggregator_dot_wire_dot_federation__pb2.AdmitRequest.SerializeToString,
-            aggregator_dot_wire_dot_federation__pb2.AdmitResponse.FromString,
+            protocol_dot_wire_dot_federation__pb2.AdmitRequest.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.AdmitResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -272,8 +272,8 @@ class Federation:
             request,
             target,
             '/attestfl.v1.Federation/GetTask',
-            aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
-            aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
+            protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
             options,
             channel_credentials,
             insecure,
@@ -299,8 +299,8 @@ class Federation:
             request,
             target,
             '/attestfl.v1.Federation/DownloadModel',
-            aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
-            aggregator_dot_wire_dot_federation__pb2.SealedChunk.FromString,
+            protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.SealedChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -326,8 +326,8 @@ class Federation:
             request_iterator,
             target,
             '/attestfl.v1.Federation/UploadUpdate',
-            aggregator_dot_wire_dot_federation__pb2.SealedChunk.SerializeToString,
-            aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
+            protocol_dot_wire_dot_federation__pb2.SealedChunk.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
             options,
             channel_credentials,
             insecure,
@@ -353,8 +353,8 @@ class Federation:
             request,
             target,
             '/attestfl.v1.Federation/ReportMetrics',
-            aggregator_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
-            aggregator_dot_wire_dot_federation__pb2.Sealed.FromString,
+            protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
             options,
             channel_credentials,
             insecure,

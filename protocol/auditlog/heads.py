@@ -28,7 +28,7 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aggregator.audit import merkle
+from protocol.auditlog import merkle
 
 HEAD_LABEL = b"attestfl/v1/audit-tree-head\x00"
 MAX_U64 = (1 << 64) - 1

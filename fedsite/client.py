@@ -28,9 +28,9 @@ from enclave.attester import Attester, make_bundle
 from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys, verify_enclave_signature
 
-from aggregator.audit.heads import HeadError, HeadInconsistent, TreeHead, verify_consistency
-from aggregator.credential import DEFAULT_MAX_CLOCK_SKEW, ClockSkewError, CredentialError, SessionClaims, verify_credential
-from aggregator.protocol import (
+from protocol.auditlog.heads import HeadError, HeadInconsistent, TreeHead, verify_consistency
+from protocol.credential import DEFAULT_MAX_CLOCK_SKEW, ClockSkewError, CredentialError, SessionClaims, verify_credential
+from protocol.formulas import (
     CALL_HEADER,
     MAX_MESSAGE_BYTES,
     SESSION_HEADER,
@@ -44,10 +44,10 @@ from aggregator.protocol import (
     seal_message,
     upload_context,
 )
-from aggregator.secure_stream import SessionKeys, StreamError, StreamOpener, derive_session_keys, seal_chunks, transcript_hash
-from aggregator.update import ModelSpec, decode_tensors, encode_tensor_parts
-from aggregator.wire import federation_pb2 as pb
-from aggregator.wire import federation_pb2_grpc as pb_grpc
+from protocol.streams import SessionKeys, StreamError, StreamOpener, derive_session_keys, seal_chunks, transcript_hash
+from protocol.tensors import ModelSpec, decode_tensors, encode_tensor_parts
+from protocol.wire import federation_pb2 as pb
+from protocol.wire import federation_pb2_grpc as pb_grpc
 
 #: The CPU platforms whose launch measurement a site's policy must pin for the aggregator.
 _MEASUREMENT_PINS = {"sev-snp": ("snp", "measurement", "[sev-snp] measurement"), "tdx": ("tdx", "mr_td", "[tdx] mr_td")}

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from aggregator.loopback import read_events
+from attestfl.loopback import read_events
 
 ROGUE_SITE = "rogue-clinic"
 HIDDEN = 16
@@ -42,7 +42,7 @@ def make_model(seed: int = 0) -> Any:
 
 def export_state_dict(module: Any, path: str | Path) -> Path:
     """Write a torch module's state_dict as float32 safetensors (the task's initial model)."""
-    from aggregator.update import encode_tensors
+    from protocol.tensors import encode_tensors
 
     tensors = {name: t.detach().cpu().numpy().astype(np.float32) for name, t in module.state_dict().items()}
     path = Path(path)
@@ -51,12 +51,12 @@ def export_state_dict(module: Any, path: str | Path) -> Path:
 
 
 def breast_cancer_trainer(data: dict[str, Any], base_dir: Path) -> Any:
-    """The demo's trainer factory (``[data] trainer = "aggregator.demo:breast_cancer_trainer"``):
+    """The demo's trainer factory (``[data] trainer = "attestfl.demo:breast_cancer_trainer"``):
     local SGD epochs on the site's split, accuracy and loss on its held-out split."""
     import torch
     from torch import nn
 
-    from aggregator.sdk import TorchTrainer
+    from fedsite.sdk import TorchTrainer
 
     arrays = np.load(base_dir / str(data["file"]))
     x_train = torch.from_numpy(arrays["x_train"]).float()
@@ -161,7 +161,7 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
              timeout: float = 600.0) -> DemoResult:
     from enclave.measure import measure
 
-    from aggregator.loopback import Deployment
+    from attestfl.loopback import Deployment
 
     if sites < 1 or rounds < 1:
         raise ValueError("--sites and --rounds must be at least 1")
@@ -210,7 +210,7 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
         say(f"  aggregator up on {aggregator.target}, measurement {measurement[:24]}... (pinned by every site)")
         for site_id in everyone:
             log = (directory / f"{site_id}.log").open("wb")
-            process = subprocess.Popen([sys.executable, "-m", "aggregator.cli", "site", "run", "--config", str(configs[site_id]), "--quiet"],
+            process = subprocess.Popen([sys.executable, "-m", "attestfl.cli", "site", "run", "--config", str(configs[site_id]), "--quiet"],
                                        stdout=log, stderr=subprocess.STDOUT, cwd=directory, env=dict(os.environ, PYTHONUNBUFFERED="1"))
             processes.append((site_id, process, log))
         _follow(aggregator.stderr_path, rounds, processes, say, json_output, timeout)
@@ -260,7 +260,7 @@ def _write_site_config(directory: Path, site_id: str, index: int, target: str, *
         {tampered}
 
         [data]
-        trainer = "aggregator.demo:breast_cancer_trainer"
+        trainer = "attestfl.demo:breast_cancer_trainer"
         file = "{site_id}.npz"
         seed = {index}
         """))
@@ -269,7 +269,7 @@ def _write_site_config(directory: Path, site_id: str, index: int, target: str, *
 
 def _enroll(configs: dict[str, Path], directory: Path) -> dict[str, str]:
     """``attestfl site enroll`` for every site (in parallel, as each hospital would): site -> public key (hex)."""
-    running = {site: subprocess.Popen([sys.executable, "-m", "aggregator.cli", "site", "enroll", "--config", str(path), "--json", "--replace"],
+    running = {site: subprocess.Popen([sys.executable, "-m", "attestfl.cli", "site", "enroll", "--config", str(path), "--json", "--replace"],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=directory)
                for site, path in configs.items()}
     keys = {}

@@ -29,7 +29,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from aggregator.secure_stream import MAX_CHUNK_BYTES, SessionKeys, StreamError
+from protocol.streams import MAX_CHUNK_BYTES, SessionKeys, StreamError
 
 ADMISSION_NONCE_LABEL = b"attestfl/v1/site-admission\x00"
 APP_ATTEST_LABEL = b"attestfl/v1/app-attest-client-data\x00"

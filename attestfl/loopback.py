@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from aggregator.update import encode_tensors
+from protocol.tensors import encode_tensors
 from attestation.policy import Policy
 from attestation.validate.snp import SnpPolicy
 from enclave.identity import SiteIdentity, enroll
@@ -111,9 +111,9 @@ class Deployment:
         return Policy(trusted_simulated_roots=frozenset(self.roots.values()), **kwargs)
 
     def client(self, target: str, *, site_id: str, policy: Policy | None = None, attester: Any = None, **options: Any) -> Any:
-        """A :class:`aggregator.site.SiteClient` for ``site_id`` with its identity key and the
+        """A :class:`fedsite.client.SiteClient` for ``site_id`` with its identity key and the
         sites' policy (the simulated SNP TEE unless ``attester`` or ``app_attest`` is given)."""
-        from aggregator.site import SiteClient
+        from fedsite.client import SiteClient
         from enclave.simulated.attester import SimulatedSnpAttester
 
         if attester is None and "app_attest" not in options:
@@ -174,7 +174,7 @@ class Deployment:
         stderr_path = self.directory / "aggregator.stderr"
         stderr = stderr_path.open("wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        process = subprocess.Popen([*prefix, sys.executable, "-m", "aggregator.cli", "serve", "--config", str(config)],
+        process = subprocess.Popen([*prefix, sys.executable, "-m", "attestfl.cli", "serve", "--config", str(config)],
                                    stdout=subprocess.PIPE, stderr=stderr, cwd=self.directory, env=env)
         deadline = time.time() + timeout
         assert process.stdout is not None

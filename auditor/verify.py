@@ -1,7 +1,7 @@
 """Offline verification of an audit log: the auditor's (relying party's) side.
 
 It lives beside the writer (not in :mod:`attestation`) because re-running admissions needs
-the aggregator's own admission function, :func:`aggregator.admission.appraise_site`, and the
+the aggregator's own admission function, :func:`protocol.admission.appraise_site`, and the
 log format of :mod:`aggregator.audit.log`; it uses only public data from the log directory
 and the auditor's policy, never the aggregator's configuration or keys.
 
@@ -63,21 +63,20 @@ from attestation.policy import Policy
 
 from attestation.binding import BoundKeys
 
-from aggregator.admission import AdmissionPolicy, IdentityProof, appraise_site
-from aggregator.protocol import receipt_message
-from aggregator.audit import merkle
-from aggregator.audit.log import (
+from protocol.admission import AdmissionPolicy, IdentityProof, appraise_site
+from protocol.formulas import receipt_message
+from protocol.auditlog import merkle
+from protocol.auditlog.format import (
     ENTRIES_FILE,
     HEADS_FILE,
     MAX_LOG_FILE_BYTES,
     AuditFileError,
-    TreeHead,
-    head_message,
     key_binding_nonce,
     read_regular_file,
     scan_records,
 )
-from aggregator.audit.records import PolicyRecordError, admission_policy_from_record
+from protocol.auditlog.heads import TreeHead, head_message
+from protocol.auditlog.records import PolicyRecordError, admission_policy_from_record
 
 START_KINDS = ("aggregator_start", "handover")
 CHECKED_KINDS = START_KINDS + ("config", "collateral", "admission", "session", "update_accepted", "round", "restart", "no_sealing")

@@ -1,9 +1,9 @@
 """The site SDK: wrap a torch ``nn.Module`` with local ``train`` and ``evaluate`` functions and
 take part in rounds over the attested protocol.
 
-    from aggregator.sdk import TorchTrainer, run_site
+    from fedsite.sdk import TorchTrainer, run_site
     trainer = TorchTrainer(model, train=my_train, evaluate=my_evaluate)
-    summary = run_site(client, trainer)      # client: aggregator.site.SiteClient
+    summary = run_site(client, trainer)      # client: fedsite.client.SiteClient
 
 ``train(model) -> examples`` trains in place on local data and returns the number of
 examples used (the update's weight); ``evaluate(model) -> (metrics, examples)`` evaluates on
@@ -24,8 +24,8 @@ from typing import Any, Callable, TextIO
 import grpc
 import numpy as np
 
-from aggregator.site import AdmissionRefused, AggregatorNotTrusted, AggregatorUnreachable, SiteClient, SiteError
-from aggregator.update import ModelSpec
+from fedsite.client import AdmissionRefused, AggregatorNotTrusted, AggregatorUnreachable, SiteClient, SiteError
+from protocol.tensors import ModelSpec
 
 Metrics = dict[str, float]
 
@@ -60,7 +60,7 @@ class SiteState:
     directory: Path
 
     def load_tree_head(self) -> Any:
-        from aggregator.audit.heads import HeadError, TreeHead
+        from protocol.auditlog.heads import HeadError, TreeHead
 
         path = self.directory / "tree-head.cbor"
         if not path.exists():

@@ -21,7 +21,7 @@ from typing import Any
 
 from attestation.policy import Policy
 
-from aggregator.admission import AdmissionPolicy, AppAttestRule, OrganisationCa, SiteRule
+from protocol.admission import AdmissionPolicy, AppAttestRule, OrganisationCa, SiteRule
 
 
 def plain(value: Any) -> Any:

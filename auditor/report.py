@@ -1,5 +1,5 @@
 """The auditor's report: one self-contained HTML page (inline CSS, no scripts, no external
-assets), rendered from a :class:`~aggregator.audit.verify.Verification`.
+assets), rendered from a :class:`~auditor.verify.Verification`.
 
 Every logged string is escaped (:func:`html.escape`): site ids, reasons and metrics come
 from sites and from the operator, neither of whom the reader trusts.
@@ -10,7 +10,7 @@ import html
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from aggregator.audit.verify import Verification
+from auditor.verify import Verification
 
 MAX_TIMELINE = 2000
 _CSS = """

@@ -10,9 +10,10 @@ from attestation.cli import add_evidence_commands
 from attestation.reference_values import add_reference_values_commands
 from enclave.cli import add_enclave_commands
 
-from aggregator.audit.cli import add_audit_commands
-from aggregator.commands import add_service_commands
-from aggregator.demo import add_demo_command
+from auditor.cli import add_audit_commands
+from aggregator.commands import add_serve_command
+from fedsite.commands import add_site_commands
+from attestfl.demo import add_demo_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_evidence_commands(subparsers)
     add_enclave_commands(subparsers)
-    add_service_commands(subparsers)
+    add_serve_command(subparsers)
+    add_site_commands(subparsers)
     add_reference_values_commands(subparsers)
     add_audit_commands(subparsers)
     add_demo_command(subparsers)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from aggregator.audit.heads import TreeHead
+    from protocol.auditlog.heads import TreeHead
 
 from attestation.errors import PolicyError
 from attestation.policy import MAX_POLICY_BYTES, Policy
@@ -71,7 +71,7 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read_input(path: str, limit: int, what: str) -> bytes:
-    from aggregator.audit.log import AuditFileError, read_regular_file
+    from protocol.auditlog.format import AuditFileError, read_regular_file
 
     try:
         return read_regular_file(path, limit, what)
@@ -94,7 +94,7 @@ def _policy(path: str | None) -> Policy:
 
 
 def _head_file(path: str) -> "TreeHead":
-    from aggregator.audit.heads import TreeHead
+    from protocol.auditlog.heads import TreeHead
 
     data = _read_input(path, MAX_HEAD_JSON_BYTES, "tree head file")
     try:
@@ -112,7 +112,7 @@ def _fail(args: argparse.Namespace, message: str, err: TextIO, out: TextIO) -> i
 
 
 def run_verify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    from aggregator.audit.verify import UnusableLog, verify_log
+    from auditor.verify import UnusableLog, verify_log
 
     out, err = out or sys.stdout, err or sys.stderr
     try:
@@ -137,7 +137,7 @@ def run_verify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO 
 
 
 def run_prove(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    from aggregator.audit.verify import UnusableLog, prove_receipt
+    from auditor.verify import UnusableLog, prove_receipt
 
     out, err = out or sys.stdout, err or sys.stderr
     try:
@@ -155,7 +155,7 @@ def run_prove(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
 
 
 def run_head(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    from aggregator.audit.verify import UnusableLog, read_log
+    from auditor.verify import UnusableLog, read_log
 
     out, err = out or sys.stdout, err or sys.stderr
     try:
@@ -170,8 +170,8 @@ def run_head(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
 
 
 def run_report(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    from aggregator.audit.report import render_report
-    from aggregator.audit.verify import UnusableLog, verify_log
+    from auditor.report import render_report
+    from auditor.verify import UnusableLog, verify_log
 
     out, err = out or sys.stdout, err or sys.stderr
     try:
