@@ -27,7 +27,6 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2
 
 from attestation.abi.bundle import encode_bundle
 from attestation.binding import check_nonce
@@ -69,6 +68,7 @@ from protocol.streams import (
 )
 from protocol.tensors import ModelSpec, UpdateFormatError, decode_tensors
 from protocol.wire import federation_pb2 as pb
+from protocol.wire import health_pb2
 
 LOG = logging.getLogger("attestfl.aggregator")
 SERVICE_NAME = "attestfl.v1.Federation"

@@ -467,7 +467,7 @@ def test_app_attest_is_bound_to_the_site_keys() -> None:
 
 
 def test_health_service(aggregator: Aggregator) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from protocol.wire import health_pb2, health_pb2_grpc
 
     with grpc.insecure_channel(aggregator.target) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="attestfl.v1.Federation"), timeout=10)
