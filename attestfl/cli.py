@@ -14,6 +14,7 @@ from auditor.cli import add_audit_commands
 from aggregator.commands import add_serve_command
 from fedsite.commands import add_site_commands
 from attestfl.demo import add_demo_command
+from attestfl.model import add_model_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_reference_values_commands(subparsers)
     add_audit_commands(subparsers)
     add_demo_command(subparsers)
+    add_model_commands(subparsers)
     return parser
 
 
