@@ -1,0 +1,127 @@
+"""Contributor value inside the TEE: each site's Shapley value for agreeing with the federation's
+consensus, estimated every round from the updates the aggregator already holds.
+
+Method (documented so a site can check what it is scored on):
+
+* **Utility** of a set of sites S: the cosine similarity between the FedAvg aggregate of S's
+  updates and a *reference* direction, the coordinate-wise median of all the round's updates
+  (robust to a minority of poisoners; with fewer than three sites, the plain FedAvg of all).
+  It rewards updates that move the model where the federation as a whole moves it. The
+  aggregator holds no data, so this is a data-free utility: it measures consensus, not
+  accuracy on anyone's patients, and a site whose honest data differ (a rare subpopulation)
+  scores lower than it deserves. Read scores with that in mind.
+* **Shapley value** of each site for that utility, estimated by permutation sampling (in
+  antithetic pairs: each permutation and its reverse) with within-round truncation as in
+  GTG-Shapley (Liu et al., 2022): along each random permutation
+  the marginal gains are accumulated until the prefix's utility is within ``truncation`` of
+  the full set's; the rest get no gain. Duplicated sites share their value; a site sending
+  noise gains little; a poisoner (scaled or sign-flipped updates) gets a negative value.
+* **Cost**: utilities are computed on a fresh random sample of ``sample`` coordinates of the
+  updates (kept inside the TEE, drawn anew every round, so a site cannot know which of its
+  coordinates are scored), so one permutation costs O(N · sample), independent of the model's
+  size; ``permutations`` bounds the work. The aggregation itself costs O(N · P).
+
+The scores never leave the TEE raw: :mod:`aggregator.monitoring` aggregates them over rounds,
+signs them with the enclave key and releases them as the task's policy allows (optionally
+with Laplace noise).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_SAMPLE = 65536
+DEFAULT_PERMUTATIONS = 64
+DEFAULT_TRUNCATION = 1e-3
+
+
+@dataclass(frozen=True)
+class ContributionEstimate:
+    """One round's estimate: site -> Shapley value (the values add up to the full set's utility)."""
+
+    values: dict[str, float]
+    utility: float  # the full set's utility
+    permutations: int
+    coordinates: int
+
+
+def sample_coordinates(size: int, sample: int, rng: np.random.Generator) -> np.ndarray:
+    """``sample`` distinct coordinates of an update of ``size`` (all of them when it is small)."""
+    if size <= sample:
+        return np.arange(size)
+    return np.sort(rng.choice(size, size=sample, replace=False))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def reference_direction(samples: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The coordinate-wise median of the sites' sampled updates (three sites or more), else their weighted mean."""
+    if samples.shape[0] >= 3:
+        return np.median(samples, axis=0)
+    return (weights[:, None] * samples).sum(axis=0) / weights.sum()
+
+
+def shapley_consensus(samples: np.ndarray, weights: np.ndarray, *, rng: np.random.Generator,
+                      permutations: int = DEFAULT_PERMUTATIONS, truncation: float = DEFAULT_TRUNCATION) -> tuple[np.ndarray, float]:
+    """Shapley values of the rows of ``samples`` (N × sample) for the consensus utility, and the
+    full set's utility. ``weights``: the sites' FedAvg weights."""
+    n = samples.shape[0]
+    if n == 0:
+        return np.zeros(0), 0.0
+    weights = np.asarray(weights, dtype=np.float64)
+    samples = np.asarray(samples, dtype=np.float64)
+    reference = reference_direction(samples, weights)
+    weighted = weights[:, None] * samples
+    full = _cosine(weighted.sum(axis=0), reference)
+    values = np.zeros(n)
+    orders: list[np.ndarray] = []
+    for _ in range((permutations + 1) // 2):
+        order = rng.permutation(n)
+        orders += [order, order[::-1]]  # antithetic pairs: a permutation and its reverse (lower variance)
+    orders = orders[:permutations]
+    for order in orders:
+        total = np.zeros(samples.shape[1])
+        weight = 0.0
+        previous = 0.0  # the empty set's utility
+        for site in order:
+            if abs(full - previous) < truncation:
+                break  # GTG-Shapley within-round truncation: the rest of this permutation adds nothing
+            total += weighted[site]
+            weight += weights[site]
+            utility = _cosine(total / weight, reference)
+            values[site] += utility - previous
+            previous = utility
+    return values / permutations, full
+
+
+def estimate(updates: dict[str, np.ndarray], weights: dict[str, float], *, rng: np.random.Generator,
+             sample: int = DEFAULT_SAMPLE, permutations: int = DEFAULT_PERMUTATIONS,
+             truncation: float = DEFAULT_TRUNCATION) -> ContributionEstimate:
+    """One round's contributor values from the sites' flattened updates (all the same size)."""
+    sites = sorted(updates)
+    if not sites:
+        return ContributionEstimate({}, 0.0, 0, 0)
+    size = updates[sites[0]].size
+    coordinates = sample_coordinates(size, sample, rng)
+    samples = np.stack([np.asarray(updates[s], dtype=np.float32).reshape(-1)[coordinates] for s in sites])
+    values, full = shapley_consensus(samples, np.array([weights[s] for s in sites]), rng=rng, permutations=permutations,
+                                     truncation=truncation)
+    return ContributionEstimate({s: float(v) for s, v in zip(sites, values)}, full, permutations, int(coordinates.size))
+
+
+def laplace_release(values: dict[str, float], epsilon: float, sensitivity: float, rng: np.random.Generator) -> dict[str, float]:
+    """``values`` with Laplace noise of scale sensitivity/epsilon (epsilon-DP for one release)."""
+    if not (epsilon > 0 and math.isfinite(epsilon)):
+        raise ValueError("epsilon must be a positive finite number")
+    scale = sensitivity / epsilon
+    return {site: float(v + rng.laplace(0.0, scale)) for site, v in values.items()}
+
+
+__all__ = ["ContributionEstimate", "estimate", "laplace_release", "reference_direction", "sample_coordinates", "shapley_consensus"]
