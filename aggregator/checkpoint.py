@@ -24,6 +24,7 @@ import cbor2
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from attestation.errors import AttestflError
 from enclave.sealing import SealingKeySource
 
 MAGIC = b"AFCK1"
@@ -32,7 +33,7 @@ PURPOSE = b"checkpoint"
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
 
 
-class CheckpointError(Exception):
+class CheckpointError(AttestflError):
     """A sealed checkpoint exists but cannot be opened (other code, other platform, or tampered)."""
 
 

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2
 
 from attestation.abi.bundle import encode_bundle
 from attestation.binding import check_nonce
-from attestation.errors import AttestationError
+from attestation.errors import AttestationError, AttestflError
 from attestation.files import read_bounded
 from attestation.findings import Reason
 from enclave.attester import Attester, GpuAttester, make_bundle
@@ -74,7 +74,7 @@ LOG = logging.getLogger("attestfl.aggregator")
 SERVICE_NAME = "attestfl.v1.Federation"
 
 
-class UpdateRefused(Exception):
+class UpdateRefused(AttestflError):
     """The round driver refuses an update or report (wrong round, duplicate, round closed)."""
 
     def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION) -> None:
@@ -171,7 +171,7 @@ def _short(value: str, limit: int = 160) -> str:
     return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
-class FailStop(Exception):
+class FailStop(AttestflError):
     """The aggregator stopped on a fault (the audit log could not be written): no call is served."""
 
 

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from attestation.errors import AttestflError
 from attestation.files import read_bounded
 
 from .attester import TEE_CHOICES, Attester, AttesterError, GpuAttester, make_bundle, open_attester
@@ -38,7 +39,7 @@ GPU_CHOICES = ("none", "auto", "nvml", "simulated")
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
-class EnclaveCliError(Exception):
+class EnclaveCliError(AttestflError):
     """A usage error of ``attestfl enclave``."""
 
 

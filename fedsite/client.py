@@ -21,7 +21,7 @@ import numpy as np
 from attestation.abi.bundle import encode_bundle, parse_bundle
 from attestation.binding import BoundKeys
 from attestation.bundle import appraise_bundle
-from attestation.errors import AttestationError
+from attestation.errors import AttestationError, AttestflError
 from attestation.findings import Appraisal
 from attestation.policy import Policy
 from enclave.attester import Attester, make_bundle
@@ -53,7 +53,7 @@ from protocol.wire import federation_pb2_grpc as pb_grpc
 _MEASUREMENT_PINS = {"sev-snp": ("snp", "measurement", "[sev-snp] measurement"), "tdx": ("tdx", "mr_td", "[tdx] mr_td")}
 
 
-class SiteError(Exception):
+class SiteError(AttestflError):
     """The site stopped: the message says why (nothing more was sent)."""
 
 

@@ -26,11 +26,13 @@ import msgspec
 import msgspec.inspect as schema_info
 from msgspec import Meta
 
+from attestation.errors import AttestflError
+
 #: The longest duration any key accepts (a week): a larger value is a typo, not a deadline.
 MAX_DURATION_SECONDS = 7 * 86400
 
 
-class ConfigError(ValueError):
+class ConfigError(AttestflError, ValueError):
     """A configuration file is unusable; the message names the file and key."""
 
 

@@ -25,12 +25,14 @@ from typing import Any, Callable
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from attestation.errors import AttestflError
+
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 AUDIENCE = "attestfl-aggregator"
 STATUSES = ("affirming", "warning", "contraindicated", "none")
 
 
-class CredentialError(Exception):
+class CredentialError(AttestflError):
     """A session credential is missing, malformed, expired, or not the enclave's."""
 
 

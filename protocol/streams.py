@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from attestation.errors import AttestflError
+
 SESSION_KEYS_LABEL = b"attestfl/v1/session-keys\x00"
 TRANSCRIPT_LABEL = b"attestfl/v1/handshake-transcript\x00"
 STREAM_KEY_LABEL = b"attestfl/v1/stream-key\x00"
@@ -45,7 +47,7 @@ _HEADER = struct.Struct("<4s16s16s8sH")  # magic, session id, stream id, purpose
 MAX_CONTEXT_BYTES = 1024
 
 
-class StreamError(Exception):
+class StreamError(AttestflError):
     """A sealed stream failed a check: the reason says which; no plaintext of it is used."""
 
 

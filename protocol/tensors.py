@@ -28,6 +28,8 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
+from attestation.errors import AttestflError
+
 #: The dtypes attestfl aggregates: float32 only, as the native kernels.
 DTYPES = {"F32": np.dtype("<f4")}
 MAX_HEADER_BYTES = 1024 * 1024
@@ -44,7 +46,7 @@ _LENGTH = struct.Struct("<Q")
 Dimension = Annotated[int, Meta(ge=0)]
 
 
-class UpdateFormatError(ValueError):
+class UpdateFormatError(AttestflError, ValueError):
     """An update (or model file) is not valid safetensors, or does not match the model spec."""
 
 

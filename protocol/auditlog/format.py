@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import cbor2
 
+from attestation.errors import AttestflError
 from attestation.files import read_bounded
 
 ENTRIES_FILE = "entries.log"
@@ -32,7 +33,7 @@ _LEN = struct.Struct(">I")
 CHECKSUM_SIZE = 32
 
 
-class AuditLogError(Exception):
+class AuditLogError(AttestflError):
     """The audit log cannot be used (base class)."""
 
 

@@ -28,6 +28,7 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from attestation.errors import AttestflError
 from protocol.auditlog import merkle
 
 HEAD_LABEL = b"attestfl/v1/audit-tree-head\x00"
@@ -37,7 +38,7 @@ HEAD_FIELDS = frozenset({"tree_size", "root_hash", "timestamp", "key", "signatur
 _U64X2 = struct.Struct(">QQ")
 
 
-class HeadError(ValueError):
+class HeadError(AttestflError, ValueError):
     """A tree head cannot be used (base class; the message is one line)."""
 
 
