@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import grpc
 
-from enclave.attester import Attester, GpuAttester, open_attester
+from enclave.attester import Attester, GpuAttester, open_attester, open_gpu_attester
 from enclave.keys import EnclaveKeys
 from enclave.sealing import SealingKeySource, sealing_key_for, simulated_launch_measurement
 
@@ -67,18 +67,6 @@ def make_attester(config: AggregatorConfig) -> Attester:
 def make_sealing(config: AggregatorConfig, attester: Attester) -> SealingKeySource | None:
     """The checkpoint sealing key source for this TEE (None: TDX hardware, no local sealing key)."""
     return sealing_key_for(attester, config.simulated_dir)
-
-
-def make_gpu_attester(config: AggregatorConfig) -> GpuAttester | None:
-    if config.gpu == "simulated":
-        from enclave.simulated.attester import SimulatedGpuAttester
-
-        return SimulatedGpuAttester(config.simulated_dir / "gpu" if config.simulated_dir else "sim-gpu")
-    if config.gpu == "nvml":
-        from enclave.nvidia_gpu import NvmlGpuAttester
-
-        return NvmlGpuAttester()
-    return None
 
 
 @dataclass
@@ -144,7 +132,7 @@ async def start(config: AggregatorConfig, events: EventSink | None = None) -> Ru
     server, port = bind(config)
     keys = EnclaveKeys()
     attester = make_attester(config)
-    gpu = make_gpu_attester(config)
+    gpu = open_gpu_attester(config.gpu, simulated_dir=config.simulated_dir)
     audit = None
     if events is None:
         audit = open_audit_log(config, keys, attester, gpu)

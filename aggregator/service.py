@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2
 
 from attestation.abi.bundle import encode_bundle
 from attestation.binding import check_nonce
-from attestation.errors import AttestationError, AttestflError
+from attestation.errors import EXIT_FAULT, EXIT_REFUSED, AttestationError, AttestflError
 from attestation.files import read_bounded
 from attestation.findings import Reason
 from enclave.attester import Attester, GpuAttester, make_bundle
@@ -76,6 +76,8 @@ SERVICE_NAME = "attestfl.v1.Federation"
 
 class UpdateRefused(AttestflError):
     """The round driver refuses an update or report (wrong round, duplicate, round closed)."""
+
+    exit_code = EXIT_REFUSED
 
     def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION) -> None:
         super().__init__(message)
@@ -173,6 +175,8 @@ def _short(value: str, limit: int = 160) -> str:
 
 class FailStop(AttestflError):
     """The aggregator stopped on a fault (the audit log could not be written): no call is served."""
+
+    exit_code = EXIT_FAULT
 
 
 #: Exceptions of the event sink or the disk that stop the aggregator rather than the call.

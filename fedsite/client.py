@@ -21,7 +21,7 @@ import numpy as np
 from attestation.abi.bundle import encode_bundle, parse_bundle
 from attestation.binding import BoundKeys
 from attestation.bundle import appraise_bundle
-from attestation.errors import AttestationError, AttestflError
+from attestation.errors import EXIT_REFUSED, AttestationError, AttestflError
 from attestation.findings import Appraisal
 from attestation.policy import Policy
 from enclave.attester import Attester, make_bundle
@@ -64,6 +64,8 @@ class SitePolicyError(SiteError):
 class AggregatorNotTrusted(SiteError):
     """The aggregator's evidence failed the site's policy, or the aggregator proved something false."""
 
+    exit_code = EXIT_REFUSED
+
     def __init__(self, message: str, reasons: tuple[str, ...] = ()) -> None:
         super().__init__(message + ("".join(f"\n  - {r}" for r in reasons)))
         self.reasons = reasons
@@ -79,6 +81,8 @@ class AggregatorUnreachable(SiteError):
 
 class AdmissionRefused(SiteError):
     """The aggregator refused this site; ``reasons`` are every failed check it reported."""
+
+    exit_code = EXIT_REFUSED
 
     def __init__(self, reasons: tuple[str, ...]) -> None:
         super().__init__("admission refused:" + "".join(f"\n  - {r}" for r in reasons))

@@ -29,6 +29,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from attestation.errors import MAX_EVIDENCE_BYTES
 from protocol.streams import MAX_CHUNK_BYTES, SessionKeys, StreamError
 
 ADMISSION_NONCE_LABEL = b"attestfl/v1/site-admission\x00"
@@ -39,7 +40,6 @@ MESSAGE_LABEL = b"attestfl/v1/sealed-message\x00"
 
 #: Limits both ends enforce.
 MAX_SITE_ID = 128
-MAX_EVIDENCE_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = MAX_CHUNK_BYTES + 64 * 1024
 MAX_SEALED_MESSAGE_BYTES = 64 * 1024
 MAX_METRICS = 64

@@ -69,7 +69,6 @@ from protocol.auditlog.format import (  # noqa: F401 - re-exported for the write
     encode_entry,
     frame,
     key_binding_nonce,
-    read_records,
     read_regular_file,
     scan_records,
 )

@@ -17,7 +17,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cbor2
 
@@ -97,7 +97,3 @@ def scan_records(data: bytes) -> Scan:
         records.append(Record(offset, payload))
         offset = end
     return Scan(records, offset, None, False)
-
-
-def read_records(directory: str | Path, name: str) -> Iterator[Record]:
-    yield from scan_records(read_regular_file(Path(directory) / name, MAX_LOG_FILE_BYTES, "audit log file")).records
