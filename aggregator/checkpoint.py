@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import cbor2
 from cryptography.exceptions import InvalidTag
@@ -116,4 +116,4 @@ def load_checkpoint(state_dir: Path, sealing: SealingKeySource) -> Checkpoint | 
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()

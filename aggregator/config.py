@@ -28,15 +28,25 @@ import msgspec
 from msgspec import Meta
 
 from attestation.errors import PolicyError
-
-from enclave.attester import GPU_CHOICES, TEE_CHOICES
-
+from enclave.attester import TEE_CHOICES
+from enclave.gpu import GPU_CHOICES
 from protocol.admission import AdmissionPolicy
 
 if TYPE_CHECKING:
     from aggregator.rounds import TaskConfig
 
-from protocol.config import ConfigError, Duration, Endpoint, PathText, load_toml, parse_duration, parse_endpoint, read_endpoint, read_struct, value_repr
+from protocol.config import (
+    ConfigError,
+    Duration,
+    Endpoint,
+    PathText,
+    load_toml,
+    parse_duration,
+    parse_endpoint,
+    read_endpoint,
+    read_struct,
+    value_repr,
+)
 
 #: Where a ``metrics_listen`` without a host binds.
 DEFAULT_METRICS_HOST = "127.0.0.1"
@@ -84,7 +94,7 @@ class AggregatorConfig:
         return parse_endpoint(self.metrics_listen, default_host=DEFAULT_METRICS_HOST) if self.metrics_listen else None
 
     @classmethod
-    def load(cls, path: str | Path) -> "AggregatorConfig":
+    def load(cls, path: str | Path) -> AggregatorConfig:
         """Read and check the whole file. Nothing is created, bound or started here."""
         from aggregator.rounds import TaskConfig
 

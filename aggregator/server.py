@@ -14,21 +14,22 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import grpc
-
-from enclave.attester import Attester, GpuAttester, open_attester, open_gpu_attester
-from enclave.keys import EnclaveKeys
-from enclave.sealing import SealingKeySource, sealing_key_for, simulated_launch_measurement
 
 from aggregator.audit.events import AuditLog
 from aggregator.checkpoint import Checkpoint, load_checkpoint, now_iso, prepare_checkpoint
 from aggregator.config import AggregatorConfig
-from protocol.tensors import decode_tensors
 from aggregator.rounds import RoundDriver
 from aggregator.service import SERVER_OPTIONS, EventSink, FederationService, LogEvents, handlers
+from enclave.attester import Attester, GpuAttester, open_attester
+from enclave.gpu import open_gpu_attester
+from enclave.keys import EnclaveKeys
+from enclave.sealing import SealingKeySource, sealing_key_for, simulated_launch_measurement
+from protocol.tensors import decode_tensors
 
 LOG = logging.getLogger("attestfl.aggregator")
 
@@ -211,7 +212,11 @@ async def serve(config: AggregatorConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    running.service.on_stop = lambda reason: loop.call_soon_threadsafe(stop.set)
+
+    def stop_serving(reason: str) -> None:  # a fault: stop serving (from any thread)
+        loop.call_soon_threadsafe(stop.set)
+
+    running.service.on_stop = stop_serving
     service = running.service
     flushed = time.monotonic()
     while not stop.is_set():
@@ -224,11 +229,11 @@ async def serve(config: AggregatorConfig) -> int:
                     top = dict(sorted(suppressed.items(), key=lambda item: -item[1])[:64])
                     service.events.record("refusals_suppressed", total=sum(suppressed.values()), peers=len(suppressed),
                                           by_peer=top, seconds=SUPPRESSED_FLUSH_SECONDS)
-        except Exception as exc:  # a round that cannot be logged or checkpointed: stop, apply nothing
+        except Exception as exc:  # noqa: BLE001 - a round that cannot be logged or checkpointed: stop, apply nothing
             service.fail_stop(f"{type(exc).__name__}: {exc}")
         try:
             await asyncio.wait_for(stop.wait(), timeout=0.25)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     LOG.info("stopping", extra={"fields": {"fault": service.stopped}})
     await running.server.stop(grace=2)

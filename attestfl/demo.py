@@ -16,9 +16,9 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import IO, Any, TextIO
 
 import numpy as np
@@ -148,7 +148,7 @@ def summarise(events: list[dict[str, Any]], rounds: int, audit_log: Path) -> dic
     rows = []
     for r in range(1, rounds + 1):
         # the model produced by round r is evaluated by the sites as round r + 1's model
-        per_site = {site: m.get("accuracy") for site, m in metrics.get(r + 1, {}).items()}
+        per_site = {site: m["accuracy"] for site, m in metrics.get(r + 1, {}).items() if "accuracy" in m}
         weights = examples.get(r + 1, {})
         total = sum(weights.get(site, 0) for site in per_site)
         accuracy = sum(per_site[s] * weights.get(s, 0) for s in per_site) / total if total else None
@@ -179,7 +179,8 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
     port = _free_port()
     deployment = Deployment(directory, directory / "simulated-vendor", model=model,
                             task=_task_toml(sites, rounds, strategy, dp), listen=f"127.0.0.1:{port}")
-    say(f"attestfl demo: {sites} sites, {rounds} rounds, strategy {strategy}{', central DP' if dp else ''} — in {directory}")
+    central_dp = ", central DP" if dp else ""
+    say(f"attestfl demo: {sites} sites, {rounds} rounds, strategy {strategy}{central_dp} — in {directory}")
     say("  every party runs in the SIMULATED TEE (software evidence in the real SEV-SNP format; proves nothing about "
         "hardware)")
     configs = _enrol_sites(deployment, splits, f"127.0.0.1:{port}", say)
@@ -222,7 +223,9 @@ def _enrol_sites(deployment: Deployment, splits: list[dict[str, np.ndarray]], ta
     everyone = _site_ids(len(splits)) + [ROGUE_SITE]
     configs = {}
     for index, site_id in enumerate(everyone):
-        np.savez(directory / f"{site_id}.npz", **_split_of(splits, index))
+        split = _split_of(splits, index)
+        np.savez(directory / f"{site_id}.npz", x_train=split["x_train"], y_train=split["y_train"],
+                 x_test=split["x_test"], y_test=split["y_test"])
         configs[site_id] = _write_site_config(directory, site_id, index, target, rogue=site_id == ROGUE_SITE)
     enrolled = _enroll(configs, directory)
     for index, site_id in enumerate(everyone):
@@ -251,7 +254,7 @@ def _write_aggregator_policy(deployment: Deployment) -> str:
 
 def _start_sites(configs: dict[str, Path], directory: Path) -> list[tuple[str, subprocess.Popen[bytes], IO[bytes]]]:
     """``attestfl site run`` for every site, each in its own process, its output in ``<site>.log``."""
-    processes = []
+    processes: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
     for site_id, config in configs.items():
         log = (directory / f"{site_id}.log").open("wb")
         process = subprocess.Popen([sys.executable, "-m", "attestfl.cli", "site", "run", "--config", str(config), "--quiet"],

@@ -30,8 +30,6 @@ from attestation.errors import AttestflError
 from .keys import EnclaveKeys
 
 TEE_CHOICES = ("auto", "sev-snp", "tdx", "simulated-snp", "simulated-tdx")
-#: ``--gpu`` / ``gpu =``: no GPU evidence, a CC-mode NVIDIA GPU when present, NVML, the simulated GPU.
-GPU_CHOICES = ("none", "auto", "nvml", "simulated")
 
 
 class AttesterError(AttestflError):
@@ -161,24 +159,3 @@ def open_attester(tee: str, *, simulated_dir: str | Path | None = None, **simula
         raise AttesterError(f"the option(s) {', '.join(given)} apply to the simulated TEE only (hardware measures itself)")
     return detect_attester(tee=tee)
 
-
-def open_gpu_attester(gpu: str, *, simulated_dir: str | Path | None = None) -> GpuAttester | None:
-    """The GPU attester a ``--gpu`` / ``gpu =`` choice names (:data:`GPU_CHOICES`): None for
-    ``none`` (and for ``auto`` without a CC-mode NVIDIA GPU), NVML, or the simulated GPU in
-    ``simulated_dir``/gpu."""
-    if gpu not in GPU_CHOICES:
-        raise AttesterError(f"unknown GPU {gpu!r}; expected one of {', '.join(GPU_CHOICES)}")
-    if gpu == "none":
-        return None
-    if gpu == "simulated":
-        if simulated_dir is None:
-            raise AttesterError("the simulated GPU needs a simulated TEE directory (--simulated-dir, or simulated_dir "
-                                "in the configuration)")
-        from .simulated.attester import SimulatedGpuAttester
-
-        return SimulatedGpuAttester(Path(simulated_dir) / "gpu")
-    from .nvidia_gpu import NvmlGpuAttester, nvml_cc_gpu_present
-
-    if gpu == "auto" and not nvml_cc_gpu_present():
-        return None
-    return NvmlGpuAttester()

@@ -30,16 +30,8 @@ from typing import TextIO
 from attestation.errors import AttestflError
 from attestation.files import read_bounded
 
-from .attester import (
-    GPU_CHOICES,
-    TEE_CHOICES,
-    Attester,
-    AttesterError,
-    GpuAttester,
-    make_bundle,
-    open_attester,
-    open_gpu_attester,
-)
+from .attester import TEE_CHOICES, Attester, AttesterError, GpuAttester, make_bundle, open_attester
+from .gpu import GPU_CHOICES, open_gpu_attester
 from .keys import EnclaveKeys
 from .simulated import SimulatedTeeError
 

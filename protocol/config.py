@@ -212,7 +212,8 @@ class Endpoint:
 
 
 def endpoint_form(allow_port_zero: bool = False) -> str:
-    return f"host:port with a port from {0 if allow_port_zero else 1} to 65535 (an IPv6 address in brackets, like \"[::1]:7443\")"
+    lowest = 0 if allow_port_zero else 1
+    return f'host:port with a port from {lowest} to 65535 (an IPv6 address in brackets, like "[::1]:7443")'
 
 
 def parse_endpoint(text: str, *, allow_port_zero: bool = False, default_host: str | None = None) -> Endpoint:

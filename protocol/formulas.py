@@ -157,7 +157,22 @@ def open_message(keys: SessionKeys, *, method: str, call: int, response: bool, c
 
 
 __all__ = [
-    "CALL_HEADER", "MAX_EVIDENCE_BYTES", "MAX_MESSAGE_BYTES", "MAX_METRICS", "MAX_METRIC_NAME", "MAX_SITE_ID", "ProtocolError",
-    "SESSION_HEADER", "admission_nonce", "app_attest_client_data", "download_context", "identity_transcript", "open_message",
-    "parse_upload_context", "receipt_message", "seal_message", "upload_context", "valid_site_id",
+    "CALL_HEADER",
+    "MAX_EVIDENCE_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MAX_METRICS",
+    "MAX_METRIC_NAME",
+    "MAX_SITE_ID",
+    "SESSION_HEADER",
+    "ProtocolError",
+    "admission_nonce",
+    "app_attest_client_data",
+    "download_context",
+    "identity_transcript",
+    "open_message",
+    "parse_upload_context",
+    "receipt_message",
+    "seal_message",
+    "upload_context",
+    "valid_site_id",
 ]

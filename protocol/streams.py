@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -94,7 +95,7 @@ class StreamHeader:
         return _HEADER.pack(HEADER_MAGIC, self.session_id, self.stream_id, self.purpose.encode().ljust(8, b"\0"), len(self.context)) + self.context
 
     @classmethod
-    def decode(cls, data: bytes) -> "StreamHeader":
+    def decode(cls, data: bytes) -> StreamHeader:
         if len(data) < _HEADER.size or len(data) > _HEADER.size + MAX_CONTEXT_BYTES:
             raise StreamError("stream header has the wrong size")
         magic, session_id, stream_id, purpose, context_length = _HEADER.unpack_from(data, 0)
@@ -133,7 +134,7 @@ class StreamSealer:
         self._index = 0
         self._closed = False
 
-    def seal(self, chunk: bytes, *, final: bool) -> tuple[int, bytes]:
+    def seal(self, chunk: bytes | memoryview, *, final: bool) -> tuple[int, bytes]:
         """(index, ciphertext) of the next chunk."""
         if self._closed:
             raise StreamError("the stream was already finished")
@@ -146,7 +147,7 @@ class StreamSealer:
         return index, ciphertext
 
 
-def _chunked(parts: list[memoryview], chunk_bytes: int):
+def _chunked(parts: list[memoryview], chunk_bytes: int) -> Iterator[memoryview]:
     """Slices of ``chunk_bytes`` over consecutive buffers, copying only where a chunk spans two."""
     pending: list[memoryview] = []
     pending_size = 0
@@ -168,7 +169,8 @@ def _chunked(parts: list[memoryview], chunk_bytes: int):
         yield memoryview(b"".join(pending))
 
 
-def seal_chunks(key: bytes, data: bytes | list, *, session_id: bytes, purpose: str, context: bytes, chunk_bytes: int = CHUNK_BYTES):
+def seal_chunks(key: bytes, data: bytes | list[bytes | memoryview], *, session_id: bytes, purpose: str, context: bytes,
+                chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, int, bool, bytes]]:
     """Yield (header or b"", index, final, ciphertext) for ``data`` (bytes, or a list of
     buffers sent back to back, e.g. a safetensors header and the tensors' memory) in chunks."""
     sealer = StreamSealer(key, session_id=session_id, purpose=purpose, context=context)

@@ -49,8 +49,9 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cbor2
 
