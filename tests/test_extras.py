@@ -103,7 +103,7 @@ def test_a_site_install_pulls_no_aggregator_dependency() -> None:
 
 def test_the_aggregator_extra_carries_the_aggregators_dependencies_and_no_training_stack() -> None:
     aggregator = pulled("aggregator")
-    assert AGGREGATOR_ONLY <= aggregator
+    assert aggregator >= AGGREGATOR_ONLY
     assert not aggregator & {"torch", "tenacity", "scikit-learn", "tqdm", "pynacl"}
     assert set(AGGREGATOR_EXTRA_MODULES) == modules(aggregator - pulled(None))  # what `serve` checks for
 
@@ -161,7 +161,8 @@ def test_commands_without_their_extra_say_so_in_one_line(tmp_path: Path) -> None
         result = _without_extras(*argv)
         assert result.returncode == 2, result.stderr
         lines = result.stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("attestfl: error: ") and f"pip install 'attestfl[{extra}]'" in lines[0]
+        assert len(lines) == 1 and lines[0].startswith("attestfl: error: ")
+        assert f"pip install 'attestfl[{extra}]'" in lines[0]
     # What every party shares runs on the plain install: the relying party, the auditor.
     assert _without_extras("evidence", "verify", "--example").returncode == 0
     audit = _without_extras("audit", "verify", str(tmp_path / "no-log"))

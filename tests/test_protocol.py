@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import socket
-import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import jwt
@@ -19,20 +17,20 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from protocol.admission import admission_nonce, app_attest_client_data
-from protocol.credential import AUDIENCE, issue_credential
-from protocol.streams import MAX_CHUNK_BYTES
-from fedsite.client import AdmissionRefused, AggregatorNotTrusted, AppAttestEvidence, SiteClient, admit_request
-from protocol.tensors import ModelSpec, encode_tensors
-from protocol.wire import federation_pb2 as pb
-from protocol.wire import federation_pb2_grpc as pb_grpc
 from attestation.abi.bundle import encode_bundle, parse_bundle
 from attestation.binding import BoundKeys
 from enclave.attester import make_bundle
 from enclave.keys import EnclaveKeys
 from enclave.simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
 from federation import MODEL, Aggregator, Deployment, run_aggregator
+from fedsite.client import AdmissionRefused, AggregatorNotTrusted, AppAttestEvidence, SiteClient, admit_request
 from forwarder import Forwarder
+from protocol.admission import admission_nonce, app_attest_client_data
+from protocol.credential import AUDIENCE, issue_credential
+from protocol.streams import MAX_CHUNK_BYTES
+from protocol.tensors import ModelSpec, encode_tensors
+from protocol.wire import federation_pb2 as pb
+from protocol.wire import federation_pb2_grpc as pb_grpc
 
 PYATTEST_ROOT = Path(__import__("pyattest").__file__).parent / "testutils" / "fixtures" / "root_cert.pem"
 

@@ -5,7 +5,6 @@ calls that send their headers but never their request message."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from typing import Any
 
