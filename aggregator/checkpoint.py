@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import cbor2
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from attestation.errors import AttestflError
 from enclave.sealing import SealingKeySource
 
 MAGIC = b"AFCK1"
@@ -32,7 +33,7 @@ PURPOSE = b"checkpoint"
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
 
 
-class CheckpointError(Exception):
+class CheckpointError(AttestflError):
     """A sealed checkpoint exists but cannot be opened (other code, other platform, or tampered)."""
 
 
@@ -115,4 +116,4 @@ def load_checkpoint(state_dir: Path, sealing: SealingKeySource) -> Checkpoint | 
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()

@@ -7,7 +7,7 @@ aggregator.toml::
                                        # host:port, IPv6 in brackets ("[::]:7443"), port 0: any free port
     tee = "auto"                       # auto | sev-snp | tdx | simulated-snp | simulated-tdx
     simulated_dir = "sim-tee"          # the simulated TEE's root of trust (simulated-* only)
-    gpu = "none"                       # none | nvml | simulated
+    gpu = "none"                       # none | auto (a CC-mode NVIDIA GPU when present) | nvml | simulated
     metrics_listen = "127.0.0.1:9464"  # Prometheus metrics, unauthenticated: keep it on loopback;
                                        # "" (the default) disables, ":9464" binds 127.0.0.1
     log_dir = "audit-log"              # the tamper-evident event log
@@ -28,17 +28,26 @@ import msgspec
 from msgspec import Meta
 
 from attestation.errors import PolicyError
-
 from enclave.attester import TEE_CHOICES
-
+from enclave.gpu import GPU_CHOICES
 from protocol.admission import AdmissionPolicy
 
 if TYPE_CHECKING:
     from aggregator.rounds import TaskConfig
 
-from protocol.config import ConfigError, Duration, Endpoint, PathText, load_toml, parse_duration, parse_endpoint, read_endpoint, read_struct, value_repr
+from protocol.config import (
+    ConfigError,
+    Duration,
+    Endpoint,
+    PathText,
+    load_toml,
+    parse_duration,
+    parse_endpoint,
+    read_endpoint,
+    read_struct,
+    value_repr,
+)
 
-GPU_CHOICES = ("none", "nvml", "simulated")
 #: Where a ``metrics_listen`` without a host binds.
 DEFAULT_METRICS_HOST = "127.0.0.1"
 
@@ -85,7 +94,7 @@ class AggregatorConfig:
         return parse_endpoint(self.metrics_listen, default_host=DEFAULT_METRICS_HOST) if self.metrics_listen else None
 
     @classmethod
-    def load(cls, path: str | Path) -> "AggregatorConfig":
+    def load(cls, path: str | Path) -> AggregatorConfig:
         """Read and check the whole file. Nothing is created, bound or started here."""
         from aggregator.rounds import TaskConfig
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 #: Client addresses tracked at once (least recently seen idle ones are forgotten first).
 MAX_TRACKED_PEERS = 65536

@@ -16,7 +16,7 @@ loopback is logged as a warning. Scrape it from inside the pod (a sidecar), thro
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
@@ -24,9 +24,9 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from aggregator.config import DEFAULT_METRICS_HOST
-from protocol.config import Endpoint, parse_endpoint
 from aggregator.rounds import RoundDriver
 from aggregator.service import FederationService
+from protocol.config import Endpoint, parse_endpoint
 
 LOG = logging.getLogger("attestfl.aggregator.metrics")
 
@@ -73,8 +73,8 @@ def metrics_http_server(listen: str, registry: CollectorRegistry = REGISTRY) -> 
     if not endpoint.is_loopback:
         LOG.warning("metrics exposed", extra={"fields": {
             "metrics_listen": str(endpoint),
-            "reason": "Prometheus metrics are unauthenticated: bind them to 127.0.0.1 and scrape them through a sidecar "
-                      "or an authenticating proxy"}})
+            "reason": "Prometheus metrics are unauthenticated: bind them to 127.0.0.1 and scrape them "
+                      "through a sidecar or an authenticating proxy"}})
     server, _thread = start_http_server(endpoint.port, addr=endpoint.host, registry=registry)
     return server
 

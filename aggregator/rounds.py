@@ -42,6 +42,8 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
+from attestation.errors import AttestflError
+
 import native
 
 from aggregator.service import EventSink, LogEvents, Task, UpdateRefused
@@ -50,7 +52,7 @@ from aggregator.strategies import STRATEGIES, Strategy, StrategyError, make_stra
 from protocol.tensors import ModelSpec, UpdateFormatError, encode_tensors, flatten, load_model, unflatten
 
 
-class TaskConfigError(ValueError):
+class TaskConfigError(AttestflError, ValueError):
     """The ``[task]`` table is unusable."""
 
 

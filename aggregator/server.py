@@ -14,21 +14,22 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import grpc
-
-from enclave.attester import Attester, GpuAttester, open_attester
-from enclave.keys import EnclaveKeys
-from enclave.sealing import SealingKeySource, sealing_key_for, simulated_launch_measurement
 
 from aggregator.audit.events import AuditLog
 from aggregator.checkpoint import Checkpoint, load_checkpoint, now_iso, prepare_checkpoint
 from aggregator.config import AggregatorConfig
-from protocol.tensors import decode_tensors
 from aggregator.rounds import RoundDriver
 from aggregator.service import SERVER_OPTIONS, EventSink, FederationService, LogEvents, handlers
+from enclave.attester import Attester, GpuAttester, open_attester
+from enclave.gpu import open_gpu_attester
+from enclave.keys import EnclaveKeys
+from enclave.sealing import SealingKeySource, sealing_key_for, simulated_launch_measurement
+from protocol.tensors import decode_tensors
 
 LOG = logging.getLogger("attestfl.aggregator")
 
@@ -67,18 +68,6 @@ def make_attester(config: AggregatorConfig) -> Attester:
 def make_sealing(config: AggregatorConfig, attester: Attester) -> SealingKeySource | None:
     """The checkpoint sealing key source for this TEE (None: TDX hardware, no local sealing key)."""
     return sealing_key_for(attester, config.simulated_dir)
-
-
-def make_gpu_attester(config: AggregatorConfig) -> GpuAttester | None:
-    if config.gpu == "simulated":
-        from enclave.simulated.attester import SimulatedGpuAttester
-
-        return SimulatedGpuAttester(config.simulated_dir / "gpu" if config.simulated_dir else "sim-gpu")
-    if config.gpu == "nvml":
-        from enclave.nvidia_gpu import NvmlGpuAttester
-
-        return NvmlGpuAttester()
-    return None
 
 
 @dataclass
@@ -144,7 +133,7 @@ async def start(config: AggregatorConfig, events: EventSink | None = None) -> Ru
     server, port = bind(config)
     keys = EnclaveKeys()
     attester = make_attester(config)
-    gpu = make_gpu_attester(config)
+    gpu = open_gpu_attester(config.gpu, simulated_dir=config.simulated_dir)
     audit = None
     if events is None:
         audit = open_audit_log(config, keys, attester, gpu)
@@ -223,7 +212,11 @@ async def serve(config: AggregatorConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    running.service.on_stop = lambda reason: loop.call_soon_threadsafe(stop.set)
+
+    def stop_serving(reason: str) -> None:  # a fault: stop serving (from any thread)
+        loop.call_soon_threadsafe(stop.set)
+
+    running.service.on_stop = stop_serving
     service = running.service
     flushed = time.monotonic()
     while not stop.is_set():
@@ -236,11 +229,11 @@ async def serve(config: AggregatorConfig) -> int:
                     top = dict(sorted(suppressed.items(), key=lambda item: -item[1])[:64])
                     service.events.record("refusals_suppressed", total=sum(suppressed.values()), peers=len(suppressed),
                                           by_peer=top, seconds=SUPPRESSED_FLUSH_SECONDS)
-        except Exception as exc:  # a round that cannot be logged or checkpointed: stop, apply nothing
+        except Exception as exc:  # noqa: BLE001 - a round that cannot be logged or checkpointed: stop, apply nothing
             service.fail_stop(f"{type(exc).__name__}: {exc}")
         try:
             await asyncio.wait_for(stop.wait(), timeout=0.25)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     LOG.info("stopping", extra={"fields": {"fault": service.stopped}})
     await running.server.stop(grace=2)

@@ -21,25 +21,25 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
 
+from aggregator.challenges import ChallengeStore
+from aggregator.gate import Gate, Limits, Ticket, peer_address
 from attestation.abi.bundle import encode_bundle
 from attestation.binding import check_nonce
-from attestation.errors import AttestationError
+from attestation.errors import EXIT_FAULT, EXIT_REFUSED, AttestationError, AttestflError
 from attestation.files import read_bounded
 from attestation.findings import Reason
 from enclave.attester import Attester, GpuAttester, make_bundle
-from enclave.keys import EnclaveKeys, EnclaveKeyError
-
-from aggregator.challenges import ChallengeStore
-from protocol.admission import AdmissionPolicy, IdentityProof, appraise_site, valid_site_id
+from enclave.keys import EnclaveKeyError, EnclaveKeys
+from protocol.admission import AdmissionPolicy, IdentityProof, SiteAppraisal, appraise_site, valid_site_id
 from protocol.credential import issue_credential
-from aggregator.gate import Gate, Limits, Ticket, peer_address
 from protocol.formulas import (
     CALL_HEADER,
     MAX_EVIDENCE_BYTES,
@@ -74,8 +74,10 @@ LOG = logging.getLogger("attestfl.aggregator")
 SERVICE_NAME = "attestfl.v1.Federation"
 
 
-class UpdateRefused(Exception):
+class UpdateRefused(AttestflError):
     """The round driver refuses an update or report (wrong round, duplicate, round closed)."""
+
+    exit_code = EXIT_REFUSED
 
     def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION) -> None:
         super().__init__(message)
@@ -171,8 +173,10 @@ def _short(value: str, limit: int = 160) -> str:
     return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
-class FailStop(Exception):
+class FailStop(AttestflError):
     """The aggregator stopped on a fault (the audit log could not be written): no call is served."""
+
+    exit_code = EXIT_FAULT
 
 
 #: Exceptions of the event sink or the disk that stop the aggregator rather than the call.
@@ -180,6 +184,17 @@ def _is_fault(exc: BaseException) -> bool:
     from aggregator.audit.log import AuditLogError
 
     return isinstance(exc, (AuditLogError, OSError, FailStop))
+
+
+@dataclass(frozen=True)
+class _ReceivedUpdate:
+    """An upload's plaintext (a view of the receive buffer) and what its stream was sealed for."""
+
+    round: int
+    attempt: int
+    spec: ModelSpec
+    data: memoryview
+    decrypt_seconds: float
 
 
 class FederationService:
@@ -194,7 +209,7 @@ class FederationService:
         events: EventSink | None = None,
         stall_timeout: float = 30.0,
         build: str = "attestfl",
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         tree_head: Callable[[int], tuple[bytes, list[bytes]]] | None = None,
         limits: Limits | None = None,
         on_stop: Callable[[str], None] | None = None,
@@ -238,7 +253,7 @@ class FederationService:
         """Log an event durably; a failure stops the aggregator (the caller applies nothing)."""
         try:
             self.events.record(kind, **fields)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the log's failure: fail-stop
             self.fail_stop(f"the audit log refused an entry ({kind}): {exc}")
             raise FailStop(str(exc)) from None
 
@@ -252,7 +267,7 @@ class FederationService:
             return await call
         except (asyncio.CancelledError, grpc.aio.AbortError, StopAsyncIteration):
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the barrier: logged, answered INTERNAL, nothing accepted
             if _is_fault(exc):
                 self.fail_stop(f"{method}: {exc}")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the aggregator stopped on a fault; retry after it restarts")
@@ -348,18 +363,38 @@ class FederationService:
         return pb.ChallengeResponse(challenge=challenge, expires_unix_ms=int(expires * 1000))
 
     async def Admit(self, request: pb.AdmitRequest, context: grpc.aio.ServicerContext) -> pb.AdmitResponse:
-        if len(request.evidence) > MAX_EVIDENCE_BYTES or len(request.identity_certificate) > MAX_IDENTITY_CERTIFICATE_BYTES:
-            self._refused(context, "refused", method="Admit", reason="evidence or certificate size")
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"evidence over {MAX_EVIDENCE_BYTES} bytes or identity certificate over {MAX_IDENTITY_CERTIFICATE_BYTES} bytes")
-        if not valid_site_id(request.site_id):
-            self._refused(context, "refused", method="Admit", reason="site id")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a site id is 1-128 letters, digits, '-', '_' or '.'")
+        await self._check_admit_request(request, context)
         site_id = request.site_id
         challenge_reason = self.challenges.consume(request.challenge, site_id)
         now = self.clock()
         identity = IdentityProof(bytes(request.identity_public), bytes(request.identity_signature),
                                  bytes(request.identity_certificate), bytes(request.aggregator_evidence_sha256))
+        appraisal = await self._appraise(request, context, challenge_reason, identity, now)
+        self._log_admission(request, context, appraisal, identity, now)
+        if not appraisal.admitted:
+            self.counters.refused += 1
+            for reason in appraisal.reasons:
+                self.counters.by_reason[reason.check] = self.counters.by_reason.get(reason.check, 0) + 1
+            return pb.AdmitResponse(admitted=False, reasons=list(appraisal.reply))
+        return self._open_session(request, appraisal, now)
+
+    async def _check_admit_request(self, request: pb.AdmitRequest, context: grpc.aio.ServicerContext) -> None:
+        """Bounded sizes and a well-formed site id, before any work."""
+        if (len(request.evidence) > MAX_EVIDENCE_BYTES
+                or len(request.identity_certificate) > MAX_IDENTITY_CERTIFICATE_BYTES):
+            self._refused(context, "refused", method="Admit", reason="evidence or certificate size")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"evidence over {MAX_EVIDENCE_BYTES} bytes or identity certificate over "
+                                f"{MAX_IDENTITY_CERTIFICATE_BYTES} bytes")
+        if not valid_site_id(request.site_id):
+            self._refused(context, "refused", method="Admit", reason="site id")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a site id is 1-128 letters, digits, '-', '_' or '.'")
+
+    async def _appraise(self, request: pb.AdmitRequest, context: grpc.aio.ServicerContext,
+                        challenge_reason: Reason | None, identity: IdentityProof, now: datetime) -> SiteAppraisal:
+        """The admission decision: the site's evidence and identity against the policy (off the
+        event loop, at most ``appraisal_concurrency`` at once), then the live-session rule."""
+        site_id = request.site_id
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.limits.request_timeout):
@@ -378,38 +413,42 @@ class FederationService:
         live = [s for s in self.sessions.values() if s.site_id == site_id and s.expires > now]
         if appraisal.admitted and any(s.identity != appraisal.identity for s in live):
             # Re-admission replaces a live session only for the same identity key.
-            refusal = Reason("admission.session_live", f"site {site_id!r} has a live session under another identity key; it is not replaced")
+            refusal = Reason("admission.session_live",
+                             f"site {site_id!r} has a live session under another identity key; it is not replaced")
             appraisal = replace(appraisal, admitted=False, reasons=(refusal,), status="contraindicated", identity=None)
+        return appraisal
+
+    def _log_admission(self, request: pb.AdmitRequest, context: grpc.aio.ServicerContext, appraisal: SiteAppraisal,
+                       identity: IdentityProof, now: datetime) -> None:
+        """The decision in the audit log. Once the peer proved the site's identity key: everything
+        an auditor needs to re-run it offline (auditor.verify), the verifier's collateral included
+        (each file once). Before that proof, only digests and bounded fields (rate-limited): an
+        unauthenticated peer cannot make the log grow by its evidence."""
         reasons = [_short(str(r), 400) for r in appraisal.reasons]
         fields: dict[str, Any] = dict(
-            site=site_id, admitted=appraisal.admitted, reasons=reasons, platform=appraisal.platform,
+            site=request.site_id, admitted=appraisal.admitted, reasons=reasons, platform=appraisal.platform,
             evidence_format=_short(request.evidence_format, 32), evidence_sha256=hashlib.sha256(request.evidence).hexdigest(),
             evidence_bytes=len(request.evidence), policy_id=self.admission.policy_id, at=now.isoformat(),
             challenge=bytes(request.challenge[:64]), identity_public=identity.public[:32],
         )
-        if appraisal.identity_proven:
-            # The peer proved the site's identity key: log everything an auditor needs to re-run
-            # this decision offline (auditor.verify), the verifier's collateral included
-            # (each file once). Before that proof, only digests and bounded fields: an
-            # unauthenticated peer cannot make the log grow by its evidence.
-            self._log_collateral(appraisal.collateral)
-            fields.update(
-                collateral={path: digest.hex() for path, digest in sorted(appraisal.collateral.items())},
-                evidence=bytes(request.evidence), claims=appraisal.claims, warnings=list(appraisal.warnings),
-                x25519=bytes(request.site_x25519_public), ed25519=bytes(request.site_ed25519_public),
-                app_attest_key_id=bytes(request.app_attest_key_id[:64]), identity_signature=identity.signature,
-                identity_certificate=identity.certificate, aggregator_evidence_sha256=identity.aggregator_evidence_sha256[:64],
-                aggregator_x25519=self.keys.public.x25519, aggregator_ed25519=self.keys.public.ed25519,
-            )
-            self._record("admission", **fields)
-        else:
+        if not appraisal.identity_proven:
             self._refused(context, "admission", **fields)
-        if not appraisal.admitted:
-            self.counters.refused += 1
-            for reason in appraisal.reasons:
-                self.counters.by_reason[reason.check] = self.counters.by_reason.get(reason.check, 0) + 1
-            return pb.AdmitResponse(admitted=False, reasons=list(appraisal.reply))
+            return
+        self._log_collateral(appraisal.collateral)
+        fields.update(
+            collateral={path: digest.hex() for path, digest in sorted(appraisal.collateral.items())},
+            evidence=bytes(request.evidence), claims=appraisal.claims, warnings=list(appraisal.warnings),
+            x25519=bytes(request.site_x25519_public), ed25519=bytes(request.site_ed25519_public),
+            app_attest_key_id=bytes(request.app_attest_key_id[:64]), identity_signature=identity.signature,
+            identity_certificate=identity.certificate, aggregator_evidence_sha256=identity.aggregator_evidence_sha256[:64],
+            aggregator_x25519=self.keys.public.x25519, aggregator_ed25519=self.keys.public.ed25519,
+        )
+        self._record("admission", **fields)
 
+    def _open_session(self, request: pb.AdmitRequest, appraisal: SiteAppraisal, now: datetime) -> pb.AdmitResponse:
+        """An admitted site's session: keys derived from the handshake, the credential signed by the
+        enclave key, the session logged (it replaces the site's earlier ones)."""
+        site_id = request.site_id
         try:
             shared = self.keys.shared_secret(bytes(request.site_x25519_public))
         except EnclaveKeyError as exc:  # appraisal refuses low-order keys; this is a last line
@@ -551,6 +590,28 @@ class FederationService:
 
     async def _upload(self, session: Session, call: int, request_iterator: AsyncIterator[pb.SealedChunk],
                       context: grpc.aio.ServicerContext) -> pb.Sealed:
+        update = await self._receive_update(session, call, request_iterator, context)
+        try:
+            # CPU work off the event loop (hashing and numpy release the GIL): other sites'
+            # streams keep flowing meanwhile.
+            digest, weight, accepted_ms, signature = await asyncio.get_running_loop().run_in_executor(
+                None, self._accept_update, session, call, update)
+        except (UpdateRefused, UpdateFormatError) as exc:
+            await self._refuse_update(context, session, exc)
+        self.counters.updates += 1
+        head_bytes, _proof = self.tree_head(0)
+        # Aggregation (and sealing the checkpoint) runs after the receipt is sent: a site does
+        # not wait for the round's other work.
+        self._closing = asyncio.get_running_loop().run_in_executor(None, self._close_if_complete)
+        receipt = pb.UploadReceipt(round=update.round, site_id=session.site_id, update_sha256=digest, weight=weight,
+                                   accepted_unix_ms=accepted_ms, signature=signature, attempt=update.attempt, call=call,
+                                   tree_head=head_bytes)
+        return self._seal(session, "UploadUpdate", call, receipt)
+
+    async def _receive_update(self, session: Session, call: int, request_iterator: AsyncIterator[pb.SealedChunk],
+                              context: grpc.aio.ServicerContext) -> _ReceivedUpdate:
+        """The sealed stream of an upload, authenticated chunk by chunk and decrypted in place into
+        one buffer of the largest valid update; a refusal is logged and ends the call."""
         started_at = time.monotonic()
         deadline = started_at + self.limits.upload_timeout
         first = await self._next_chunk(request_iterator, context, deadline)
@@ -563,8 +624,9 @@ class FederationService:
             if site_id != session.site_id or stream_call != call:
                 raise StreamError("the stream was sealed for another site or call (replayed or moved)")
             spec = self.driver.task().spec
-            opener = StreamOpener(session.keys.site_to_aggregator, first.header, session_id=session.session_id, purpose="update",
-                                  context=upload_context(round_number, attempt, session.site_id, call), max_bytes=spec.max_update_bytes)
+            opener = StreamOpener(session.keys.site_to_aggregator, first.header, session_id=session.session_id,
+                                  purpose="update", context=upload_context(round_number, attempt, session.site_id, call),
+                                  max_bytes=spec.max_update_bytes)
             # Chunk 0 authenticates before anything is allocated for the update.
             started = time.perf_counter()
             head = opener.open(first.index, first.ciphertext, final=first.final)
@@ -582,7 +644,7 @@ class FederationService:
                 raise StreamError(f"stream is larger than the {spec.max_update_bytes} bytes allowed for it")
             buffer[:len(head)] = head
             size = len(head)
-            chunk: pb.SealedChunk | None = None if first.final else await self._next_chunk(request_iterator, context, deadline)
+            chunk = None if first.final else await self._next_chunk(request_iterator, context, deadline)
             while chunk is not None:
                 self.counters.bytes_in += len(chunk.ciphertext)
                 if not chunk.final and len(chunk.ciphertext) <= TAG_BYTES:
@@ -599,46 +661,35 @@ class FederationService:
             opener.finish()
         except (UpdateRefused, StreamError) as exc:
             await self._refuse_update(context, session, exc)
-        data = memoryview(buffer)[:size]
+        return _ReceivedUpdate(round_number, attempt, spec, memoryview(buffer)[:size], decrypt_seconds)
 
-        def check_and_accept() -> tuple[bytes, float, float, int, bytes]:
-            # CPU work off the event loop (hashing and numpy release the GIL): other sites'
-            # streams keep flowing meanwhile.
-            started = time.perf_counter()
-            update, metadata = decode_tensors(data, spec)
-            weight = _weight(metadata, session.max_weight)
-            validate_seconds = time.perf_counter() - started
-            digest = hashlib.sha256(data).digest()
-            accepted_ms = int(time.time() * 1000)
-            message = receipt_message(round_number=round_number, attempt=attempt, site_id=session.site_id, update_sha256=digest,
-                                      weight=weight, accepted_unix_ms=accepted_ms, session_id=session.session_id, call=call)
-            signature = self.keys.sign(message)
-            receipt = {"site": session.site_id, "round": round_number, "attempt": attempt, "update_sha256": digest.hex(),
-                       "weight": weight, "accepted_unix_ms": accepted_ms, "session": session.session_id.hex(), "call": call,
-                       "receipt_signature": signature.hex(), "bytes": len(data), "decrypt_seconds": round(decrypt_seconds, 6),
-                       "validate_seconds": round(validate_seconds, 6)}
-            # The driver logs the receipt durably, then applies the update: no update is
-            # aggregated without its receipt, and no receipt is sent for an update not applied.
-            self.driver.accept_update(session.site_id, round_number, attempt, update, weight, digest, receipt)
-            return digest, weight, validate_seconds, accepted_ms, signature
-
-        try:
-            digest, weight, validate_seconds, accepted_ms, signature = await asyncio.get_running_loop().run_in_executor(None, check_and_accept)
-        except (UpdateRefused, UpdateFormatError) as exc:
-            await self._refuse_update(context, session, exc)
-        self.counters.updates += 1
-        head_bytes, _proof = self.tree_head(0)
-        # Aggregation (and sealing the checkpoint) runs after the receipt is sent: a site does
-        # not wait for the round's other work.
-        self._closing = asyncio.get_running_loop().run_in_executor(None, self._close_if_complete)
-        receipt = pb.UploadReceipt(round=round_number, site_id=session.site_id, update_sha256=digest, weight=weight,
-                                   accepted_unix_ms=accepted_ms, signature=signature, attempt=attempt, call=call, tree_head=head_bytes)
-        return self._seal(session, "UploadUpdate", call, receipt)
+    def _accept_update(self, session: Session, call: int, update: _ReceivedUpdate) -> tuple[bytes, float, int, bytes]:
+        """Decode and check the update, sign its receipt, and hand both to the driver, which logs
+        the receipt durably, then applies the update: no update is aggregated without its
+        receipt, and no receipt is sent for an update not applied. Returns (digest, weight,
+        accepted at (ms), receipt signature)."""
+        started = time.perf_counter()
+        tensors, metadata = decode_tensors(update.data, update.spec)
+        weight = _weight(metadata, session.max_weight)
+        validate_seconds = time.perf_counter() - started
+        digest = hashlib.sha256(update.data).digest()
+        accepted_ms = int(time.time() * 1000)
+        message = receipt_message(round_number=update.round, attempt=update.attempt, site_id=session.site_id,
+                                  update_sha256=digest, weight=weight, accepted_unix_ms=accepted_ms,
+                                  session_id=session.session_id, call=call)
+        signature = self.keys.sign(message)
+        receipt = {"site": session.site_id, "round": update.round, "attempt": update.attempt,
+                   "update_sha256": digest.hex(), "weight": weight, "accepted_unix_ms": accepted_ms,
+                   "session": session.session_id.hex(), "call": call, "receipt_signature": signature.hex(),
+                   "bytes": len(update.data), "decrypt_seconds": round(update.decrypt_seconds, 6),
+                   "validate_seconds": round(validate_seconds, 6)}
+        self.driver.accept_update(session.site_id, update.round, update.attempt, tensors, weight, digest, receipt)
+        return digest, weight, accepted_ms, signature
 
     def _close_if_complete(self) -> None:
         try:
             self.driver.close_if_complete()
-        except Exception as exc:  # a round that cannot be logged or checkpointed: stop, apply nothing
+        except Exception as exc:  # noqa: BLE001 - a round that cannot be logged or checkpointed: stop, apply nothing
             self.fail_stop(f"closing the round: {exc}")
 
     async def _refuse_update(self, context: grpc.aio.ServicerContext, session: Session, exc: Exception) -> None:

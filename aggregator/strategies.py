@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from attestation.errors import AttestflError
+
 import native
 
 STRATEGIES = ("fedavg", "median", "trimmed_mean", "krum")
 
 
-class StrategyError(ValueError):
+class StrategyError(AttestflError, ValueError):
     """A strategy is misconfigured or cannot aggregate what it was given."""
 
 

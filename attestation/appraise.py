@@ -11,15 +11,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Sequence
 
-from .errors import EvidenceFormatError, EvidenceTooLargeError
+from .errors import MAX_EVIDENCE_BYTES, EvidenceFormatError, EvidenceTooLargeError
 from .findings import Appraisal, Reason
 from .policy import Policy
 
 if TYPE_CHECKING:
     from .collateral import CollateralStore
-
-#: No evidence, bundle or raw, is larger than this; larger input is refused unread.
-MAX_EVIDENCE_BYTES = 64 * 1024
 
 PLATFORM_CHOICES = ("auto", "sev-snp", "tdx", "nvidia-gpu")
 

@@ -1,13 +1,64 @@
-"""Exception types of the relying party.
+"""The error model of attestfl, and the exception types of the relying party.
 
-Unusable input (bytes that do not parse, a malformed policy) raises one of these.
-Evidence that parses but fails a check is *not* an exception: it is an
+Every exception attestfl raises derives from :class:`AttestflError`, which carries the exit
+status the ``attestfl`` command ends with when it is not caught sooner, and a stable
+``kind`` naming that status: the console script catches this one type (``attestfl.cli.main``)
+and prints its one-line message. The exit statuses every command documents:
+
+* 0 (:data:`EXIT_OK`) done, valid, accepted;
+* 1 (:data:`EXIT_REFUSED`, kind ``"refused"``) refused, untrusted, not admitted, failed verification;
+* 2 (:data:`EXIT_UNUSABLE`, kind ``"unusable"``) unusable input or configuration (the default);
+* 3 (:data:`EXIT_FAULT`, kind ``"fault"``) the aggregator stopped on a fault.
+
+This module is the bottom layer: every package (``native`` too) may import it. A package's
+errors derive from it directly or through the package's own base (``AttestationError`` here).
+
+Unusable input (bytes that do not parse, a malformed policy) raises one of the relying party's
+errors below. Evidence that parses but fails a check is *not* an exception: it is an
 :class:`attestation.findings.Appraisal` with every failed check listed.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import ClassVar
 
-class AttestationError(Exception):
+EXIT_OK, EXIT_REFUSED, EXIT_UNUSABLE, EXIT_FAULT = 0, 1, 2, 3
+#: The stable name of each non-zero exit status (``AttestflError.kind``).
+KINDS = {EXIT_REFUSED: "refused", EXIT_UNUSABLE: "unusable", EXIT_FAULT: "fault"}
+
+#: The largest evidence accepted anywhere (SEV-SNP report, TDX quote, GPU evidence, evidence
+#: bundle, an Admit request's evidence): larger input is refused before it is parsed
+#: (:class:`EvidenceTooLargeError`).
+MAX_EVIDENCE_BYTES = 64 * 1024
+
+
+class AttestflError(Exception):
+    """Base of every error attestfl raises; ``str()`` is the reason, ``exit_code`` the exit
+    status of the command it ends. A subclass states its status by setting ``exit_code``."""
+
+    exit_code: ClassVar[int] = EXIT_UNUSABLE
+
+    @property
+    def kind(self) -> str:
+        """``"refused"``, ``"unusable"`` or ``"fault"``: the stable name of ``exit_code``."""
+        return KINDS[self.exit_code]
+
+
+class ExtraNotInstalled(AttestflError):
+    """A command needs an optional part of attestfl (an extra) that is not installed here."""
+
+    @classmethod
+    def check(cls, extra: str, command: str, modules: Iterable[str]) -> None:
+        """Raise unless every module of ``extra`` is importable (nothing is imported here)."""
+        import importlib.util
+
+        missing = [name for name in modules if importlib.util.find_spec(name) is None]
+        if missing:
+            raise cls(f"{command} needs the {extra} extra ({', '.join(missing)} not installed): "
+                      f"pip install 'attestfl[{extra}]'")
+
+
+class AttestationError(AttestflError):
     """Base of every error raised by the relying party."""
 
 

@@ -16,13 +16,14 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 import numpy as np
 
-from attestfl.loopback import read_events
+from attestfl.loopback import Deployment, read_events
 
 ROGUE_SITE = "rogue-clinic"
 HIDDEN = 16
@@ -147,7 +148,7 @@ def summarise(events: list[dict[str, Any]], rounds: int, audit_log: Path) -> dic
     rows = []
     for r in range(1, rounds + 1):
         # the model produced by round r is evaluated by the sites as round r + 1's model
-        per_site = {site: m.get("accuracy") for site, m in metrics.get(r + 1, {}).items()}
+        per_site = {site: m["accuracy"] for site, m in metrics.get(r + 1, {}).items() if "accuracy" in m}
         weights = examples.get(r + 1, {})
         total = sum(weights.get(site, 0) for site in per_site)
         accuracy = sum(per_site[s] * weights.get(s, 0) for s in per_site) / total if total else None
@@ -156,24 +157,48 @@ def summarise(events: list[dict[str, Any]], rounds: int, audit_log: Path) -> dic
     return {"final_accuracy": rows[-1]["accuracy"] if rows else None, "rounds": rows, "refused": refused, "audit_log": str(audit_log)}
 
 
+#: The modules ``attestfl demo`` runs with: the site's (torch, scikit-learn, tqdm, tenacity) and
+#: the aggregator's (numba, dp-accounting, prometheus-client).
+DEMO_EXTRA_MODULES = ("torch", "sklearn", "tqdm", "tenacity", "numba", "dp_accounting", "prometheus_client")
+
+
 def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, directory: Path | None = None,
              json_output: bool = False, out: TextIO = sys.stdout, err: TextIO = sys.stderr, dp: bool = False,
              timeout: float = 600.0) -> DemoResult:
-    from enclave.measure import measure
-
-    from attestfl.loopback import Deployment
-
     if sites < 1 or rounds < 1:
         raise ValueError("--sites and --rounds must be at least 1")
     directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="attestfl-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
-    say = (lambda text: print(text, file=err, flush=True)) if json_output else (lambda text: print(text, file=out, flush=True))
+    stream = err if json_output else out
 
-    site_ids = _site_ids(sites)
+    def say(text: str) -> None:
+        print(text, file=stream, flush=True)
+
     splits, _mean, _std = split_non_iid(sites)
     model = {name: t.detach().numpy().astype(np.float32) for name, t in make_model().state_dict().items()}
-    site_measurement = measure().digest  # what an honest site's simulated TEE measures: the installed code
-    pin = f'measurements = ["{site_measurement.hex()}"]'
+    port = _free_port()
+    deployment = Deployment(directory, directory / "simulated-vendor", model=model,
+                            task=_task_toml(sites, rounds, strategy, dp), listen=f"127.0.0.1:{port}")
+    central_dp = ", central DP" if dp else ""
+    say(f"attestfl demo: {sites} sites, {rounds} rounds, strategy {strategy}{central_dp} — in {directory}")
+    say("  every party runs in the SIMULATED TEE (software evidence in the real SEV-SNP format; proves nothing about "
+        "hardware)")
+    configs = _enrol_sites(deployment, splits, f"127.0.0.1:{port}", say)
+    measurement = _write_aggregator_policy(deployment)
+    aggregator = deployment.start()
+    processes: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
+    try:
+        say(f"  aggregator up on {aggregator.target}, measurement {measurement[:24]}... (pinned by every site)")
+        processes = _start_sites(configs, directory)
+        _follow(aggregator.stderr_path, rounds, processes, say, json_output, timeout)
+    finally:
+        _stop_sites(processes)
+        aggregator.stop()
+    return _report(read_events(aggregator.stderr_path), rounds, deployment, processes, json_output, out, say)
+
+
+def _task_toml(sites: int, rounds: int, strategy: str, dp: bool) -> str:
+    """The ``[task]`` table: every honest site takes part in every round."""
     task = textwrap.dedent(f"""\
         rounds = {rounds}
         min_sites = {sites}
@@ -183,48 +208,78 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
         """)
     if dp:
         task += "[task.dp]\nclip_norm = 1.0\nnoise_multiplier = 0.5\ndelta = 1e-5\n"
-    port = _free_port()
-    deployment = Deployment(directory, directory / "simulated-vendor", model=model, task=task, listen=f"127.0.0.1:{port}")
-    say(f"attestfl demo: {sites} sites, {rounds} rounds, strategy {strategy}{', central DP' if dp else ''} — in {directory}")
-    say("  every party runs in the SIMULATED TEE (software evidence in the real SEV-SNP format; proves nothing about hardware)")
-    everyone = site_ids + [ROGUE_SITE]
+    return task
+
+
+def _enrol_sites(deployment: Deployment, splits: list[dict[str, np.ndarray]], target: str, say: Callable[[str], None]
+                 ) -> dict[str, Path]:
+    """Each site's data and site.toml (the rogue one with a tampered measurement); each site creates
+    its identity key inside its (simulated) TEE, and the operator pins the public keys with the
+    code's measurement in the site's admission rule. Returns site id -> site.toml."""
+    from enclave.measure import measure
+
+    directory = deployment.directory
+    site_measurement = measure().digest  # what an honest site's simulated TEE measures: the installed code
+    everyone = _site_ids(len(splits)) + [ROGUE_SITE]
     configs = {}
     for index, site_id in enumerate(everyone):
-        split = splits[index] if index < sites else splits[0]
-        np.savez(directory / f"{site_id}.npz", **split)
-        configs[site_id] = _write_site_config(directory, site_id, index, f"127.0.0.1:{port}", rogue=site_id == ROGUE_SITE)
-    # Each site creates its identity key inside its (simulated) TEE; the operator pins the public keys.
+        split = _split_of(splits, index)
+        np.savez(directory / f"{site_id}.npz", x_train=split["x_train"], y_train=split["y_train"],
+                 x_test=split["x_test"], y_test=split["y_test"])
+        configs[site_id] = _write_site_config(directory, site_id, index, target, rogue=site_id == ROGUE_SITE)
     enrolled = _enroll(configs, directory)
     for index, site_id in enumerate(everyone):
-        examples = len((splits[index] if index < sites else splits[0])["y_train"])
-        deployment.sites[site_id] = f'{pin}\nidentity_keys = ["{enrolled[site_id]}"]\nmax_weight = {examples}'
-    say(f"  {len(enrolled)} sites enrolled identity keys (sealed by their TEEs); the operator pinned each in its admission rule")
-    measurement = deployment.measurement().hex()
+        examples = len(_split_of(splits, index)["y_train"])
+        deployment.sites[site_id] = (f'measurements = ["{site_measurement.hex()}"]\n'
+                                     f'identity_keys = ["{enrolled[site_id]}"]\nmax_weight = {examples}')
+    say(f"  {len(enrolled)} sites enrolled identity keys (sealed by their TEEs); the operator pinned each in its "
+        "admission rule")
+    return configs
+
+
+def _split_of(splits: list[dict[str, np.ndarray]], index: int) -> dict[str, np.ndarray]:
+    """Site ``index``'s data; the rogue site (one past the honest ones) copies the first site's."""
+    return splits[index] if index < len(splits) else splits[0]
+
+
+def _write_aggregator_policy(deployment: Deployment) -> str:
+    """The sites' policy for the aggregator: its simulated vendor root and its exact measurement (hex)."""
+    measurement: str = deployment.measurement().hex()
     roots = ", ".join(f'"{fp}"' for fp in deployment.roots.values())
-    (directory / "aggregator-policy.toml").write_text(
+    (deployment.directory / "aggregator-policy.toml").write_text(
         f"# The sites' policy for the aggregator: its simulated vendor root and its exact measurement.\n"
         f"trusted_simulated_roots = [{roots}]\nplatforms = [\"sev-snp\"]\n[sev-snp]\nmeasurement = [\"{measurement}\"]\n")
-    aggregator = deployment.start()
-    processes: list[tuple[str, subprocess.Popen, Any]] = []
-    try:
-        say(f"  aggregator up on {aggregator.target}, measurement {measurement[:24]}... (pinned by every site)")
-        for site_id in everyone:
-            log = (directory / f"{site_id}.log").open("wb")
-            process = subprocess.Popen([sys.executable, "-m", "attestfl.cli", "site", "run", "--config", str(configs[site_id]), "--quiet"],
-                                       stdout=log, stderr=subprocess.STDOUT, cwd=directory, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-            processes.append((site_id, process, log))
-        _follow(aggregator.stderr_path, rounds, processes, say, json_output, timeout)
-    finally:
-        for _site, process, log in processes:
-            if process.poll() is None:
-                process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            log.close()
-        aggregator.stop()
-    events = read_events(aggregator.stderr_path)
+    return measurement
+
+
+def _start_sites(configs: dict[str, Path], directory: Path) -> list[tuple[str, subprocess.Popen[bytes], IO[bytes]]]:
+    """``attestfl site run`` for every site, each in its own process, its output in ``<site>.log``."""
+    processes: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
+    for site_id, config in configs.items():
+        log = (directory / f"{site_id}.log").open("wb")
+        process = subprocess.Popen([sys.executable, "-m", "attestfl.cli", "site", "run", "--config", str(config), "--quiet"],
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=directory,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        processes.append((site_id, process, log))
+    return processes
+
+
+def _stop_sites(processes: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]]) -> None:
+    for _site, process, log in processes:
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def _report(events: list[dict[str, Any]], rounds: int, deployment: Deployment,
+            processes: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]], json_output: bool, out: TextIO,
+            say: Callable[[str], None]) -> DemoResult:
+    """The summary (JSON or a table) from the aggregator's own records; exit 0 when training
+    finished and every honest site finished."""
     summary = summarise(events, rounds, deployment.directory / "audit-log")
     honest_failed = [s for s, p, _ in processes if s != ROGUE_SITE and p.returncode != 0]
     if json_output:
@@ -232,9 +287,9 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
     else:
         _print_table(summary, say)
     if honest_failed:
-        say(f"  sites that did not finish: {', '.join(honest_failed)} (see their logs in {directory})")
+        say(f"  sites that did not finish: {', '.join(honest_failed)} (see their logs in {deployment.directory})")
     finished = any(e["message"] == "training_finished" for e in events)
-    return DemoResult(summary, directory, 0 if finished and not honest_failed else 1)
+    return DemoResult(summary, deployment.directory, 0 if finished and not honest_failed else 1)
 
 
 def _free_port() -> int:
@@ -323,23 +378,32 @@ def _print_table(summary: dict[str, Any], say: Any) -> None:
     say(f"audit log: {summary['audit_log']}")
 
 
-def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_demo_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = subparsers.add_parser("demo", help="run an attested federation on loopback (simulated TEEs)",
-                                 description="Start one aggregator and N sites in simulated TEEs as separate processes, train a small "
-                                 "torch model on scikit-learn's breast-cancer data split non-IID, refuse a rogue site, print per-round accuracy.")
-    demo.add_argument("--sites", type=int, default=4, help="honest sites (default 4)")
-    demo.add_argument("--rounds", type=int, default=5, help="training rounds (default 5)")
+                                 description="Start one aggregator and N sites in simulated TEEs as separate processes, "
+                                 "train a small torch model on scikit-learn's breast-cancer data split non-IID, refuse a "
+                                 "rogue site, print per-round accuracy. Needs the demo extra: pip install "
+                                 "'attestfl[demo]'.")
+    demo.add_argument("--sites", type=_at_least_one, default=4, help="honest sites (default 4)")
+    demo.add_argument("--rounds", type=_at_least_one, default=5, help="training rounds (default 5)")
     demo.add_argument("--strategy", default="fedavg", choices=("fedavg", "median", "trimmed_mean", "krum"))
     demo.add_argument("--dp", action="store_true", help="central differential privacy inside the aggregator")
-    demo.add_argument("--dir", type=Path, help="where to write configs, logs and the audit log (default: a new temporary directory)")
+    demo.add_argument("--dir", type=Path,
+                      help="where to write configs, logs and the audit log (default: a new temporary directory)")
     demo.add_argument("--json", action="store_true", help="print one JSON summary object")
     demo.set_defaults(handler=_run_demo_command)
 
 
 def _run_demo_command(args: argparse.Namespace) -> int:
-    try:
-        result = run_demo(args.sites, args.rounds, args.strategy, directory=args.dir, json_output=args.json, dp=args.dp)
-    except ValueError as exc:
-        print(f"attestfl: error: {exc}", file=sys.stderr)
-        return 2
-    return result.exit_code
+    from attestation.errors import ExtraNotInstalled
+
+    ExtraNotInstalled.check("demo", "attestfl demo", DEMO_EXTRA_MODULES)
+    return run_demo(args.sites, args.rounds, args.strategy, directory=args.dir, json_output=args.json,
+                    dp=args.dp).exit_code

@@ -11,19 +11,20 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from protocol.tensors import encode_tensors
 from attestation.policy import Policy
 from attestation.validate.snp import SnpPolicy
 from enclave.identity import SiteIdentity, enroll
 from enclave.measure import measure
 from enclave.sealing import SimulatedSealingKey
 from enclave.simulated.pki import load_or_create
+from protocol.tensors import encode_tensors
 
 PLATFORMS = 'platforms = ["sev-snp", "tdx"]'
 
@@ -113,8 +114,8 @@ class Deployment:
     def client(self, target: str, *, site_id: str, policy: Policy | None = None, attester: Any = None, **options: Any) -> Any:
         """A :class:`fedsite.client.SiteClient` for ``site_id`` with its identity key and the
         sites' policy (the simulated SNP TEE unless ``attester`` or ``app_attest`` is given)."""
-        from fedsite.client import SiteClient
         from enclave.simulated.attester import SimulatedSnpAttester
+        from fedsite.client import SiteClient
 
         if attester is None and "app_attest" not in options:
             attester = SimulatedSnpAttester(self.sim_dir)

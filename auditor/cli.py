@@ -9,26 +9,28 @@ device is refused, naming it); errors are one line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
+
+from attestation.errors import EXIT_OK, EXIT_UNUSABLE, AttestflError, PolicyError
+from attestation.errors import EXIT_REFUSED as EXIT_BAD
+from attestation.policy import MAX_POLICY_BYTES, Policy
 
 if TYPE_CHECKING:
     from protocol.auditlog.heads import TreeHead
 
-from attestation.errors import PolicyError
-from attestation.policy import MAX_POLICY_BYTES, Policy
-
-EXIT_OK, EXIT_BAD, EXIT_UNUSABLE = 0, 1, 2
 MAX_HEAD_JSON_BYTES = 64 * 1024
 
 
-class InputError(Exception):
+class InputError(AttestflError):
     """A file given to an audit command cannot be used (the message names it)."""
 
 
-def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = subparsers.add_parser("audit", help="verify, prove against and report on a tamper-evident audit log",
                                   description="The auditor's tools for the aggregator's audit log (docs/auditors.md).")
     sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
@@ -71,14 +73,12 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read_input(path: str, limit: int, what: str) -> bytes:
-    from protocol.auditlog.format import AuditFileError, read_regular_file
+    from protocol.auditlog.format import read_regular_file
 
     try:
-        return read_regular_file(path, limit, what)
+        return read_regular_file(path, limit, what)  # AuditFileError (an AttestflError): not a regular file, too large
     except FileNotFoundError:
         raise InputError(f"{what} {path}: no such file") from None
-    except AuditFileError as exc:
-        raise InputError(str(exc)) from None
 
 
 def _policy(path: str | None) -> Policy:
@@ -93,7 +93,7 @@ def _policy(path: str | None) -> Policy:
         raise InputError(f"policy file {path}: {exc}") from None
 
 
-def _head_file(path: str) -> "TreeHead":
+def _head_file(path: str) -> TreeHead:
     from protocol.auditlog.heads import TreeHead
 
     data = _read_input(path, MAX_HEAD_JSON_BYTES, "tree head file")
@@ -111,21 +111,36 @@ def _fail(args: argparse.Namespace, message: str, err: TextIO, out: TextIO) -> i
     return EXIT_UNUSABLE
 
 
-def run_verify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    from auditor.verify import UnusableLog, verify_log
+AuditCommand = Callable[[argparse.Namespace, TextIO, TextIO], int]
 
-    out, err = out or sys.stdout, err or sys.stderr
-    try:
-        result = verify_log(args.log_dir, _policy(args.policy))
-    except (UnusableLog, InputError) as exc:
-        return _fail(args, str(exc), err, out)
-    except Exception as exc:  # noqa: BLE001 - a verifier bug is reported in one line, never a traceback
-        return _fail(args, f"internal error while verifying: {type(exc).__name__}: {exc}", err, out)
+
+def _audit_command(command: AuditCommand) -> Callable[..., int]:
+    """An audit command whose unusable input still ends in one line, and with ``--json`` in one
+    JSON object (``{"valid": null, "error": ...}``, exit 2), whatever went wrong."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+        out, err = out or sys.stdout, err or sys.stderr
+        try:
+            return command(args, out, err)
+        except (AttestflError, OSError) as exc:  # UnusableLog, InputError, AuditFileError; a file that cannot be read
+            return _fail(args, str(exc), err, out)
+        except Exception as exc:  # noqa: BLE001 - a verifier bug is reported in one line (and JSON), never a traceback
+            return _fail(args, f"internal error while verifying: {type(exc).__name__}: {exc}", err, out)
+
+    return run
+
+
+@_audit_command
+def run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from auditor.verify import verify_log
+
+    result = verify_log(args.log_dir, _policy(args.policy))
     if args.json:
         print(json.dumps(result.to_json()), file=out)
     elif result.valid:
-        print(f"valid: {result.records} entries, {len(result.heads)} signed tree heads, {len(result.runs)} aggregator run(s), "
-              f"{len(result.admissions)} admission decision(s) re-run, {len(result.rounds)} round(s)", file=out)
+        print(f"valid: {result.records} entries, {len(result.heads)} signed tree heads, {len(result.runs)} aggregator "
+              f"run(s), {len(result.admissions)} admission decision(s) re-run, {len(result.rounds)} round(s)", file=out)
     else:
         first = result.first_problem
         print(f"INVALID: first bad entry {first.index}: {first.check}: {first.message}" if first else "INVALID", file=out)
@@ -136,50 +151,42 @@ def run_verify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO 
     return EXIT_OK if result.valid else EXIT_BAD
 
 
-def run_prove(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    from auditor.verify import UnusableLog, prove_receipt
+@_audit_command
+def run_prove(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from auditor.verify import prove_receipt
 
-    out, err = out or sys.stdout, err or sys.stderr
+    head = _head_file(args.head) if args.head else None
     try:
-        head = _head_file(args.head) if args.head else None
-        try:
-            key = bytes.fromhex(args.key) if args.key else None
-        except ValueError:
-            raise InputError(f"--key {args.key[:80]!r} is not hex") from None
-        result = prove_receipt(args.log_dir, site=args.site, round_number=args.round, update_sha256=args.update_sha256,
-                               head=head, key=key)
-    except (UnusableLog, InputError) as exc:
-        return _fail(args, str(exc), err, out)
-    print(json.dumps(result.to_json()) if args.json else ("included: " if result.included else "NOT INCLUDED: ") + result.message, file=out)
+        key = bytes.fromhex(args.key) if args.key else None
+    except ValueError:
+        raise InputError(f"--key {args.key[:80]!r} is not hex") from None
+    result = prove_receipt(args.log_dir, site=args.site, round_number=args.round, update_sha256=args.update_sha256,
+                           head=head, key=key)
+    print(json.dumps(result.to_json()) if args.json
+          else ("included: " if result.included else "NOT INCLUDED: ") + result.message, file=out)
     return EXIT_OK if result.included else EXIT_BAD
 
 
-def run_head(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    from auditor.verify import UnusableLog, read_log
+@_audit_command
+def run_head(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from auditor.verify import read_log
 
-    out, err = out or sys.stdout, err or sys.stderr
-    try:
-        _, heads, _, _, _ = read_log(args.log_dir)
-    except UnusableLog as exc:
-        return _fail(args, str(exc), err, out)
+    _, heads, _, _, _ = read_log(args.log_dir)
     if not heads:
-        print(f"attestfl: error: {args.log_dir}: no signed tree head", file=err)
-        return EXIT_UNUSABLE
+        raise InputError(f"{args.log_dir}: no signed tree head")
     print(json.dumps(heads[-1].to_json()), file=out)
     return EXIT_OK
 
 
-def run_report(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+@_audit_command
+def run_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from auditor.report import render_report
-    from auditor.verify import UnusableLog, verify_log
+    from auditor.verify import verify_log
 
-    out, err = out or sys.stdout, err or sys.stderr
+    result = verify_log(args.log_dir, _policy(args.policy))
     try:
-        result = verify_log(args.log_dir, _policy(args.policy))
         Path(args.output).write_text(render_report(result), encoding="utf-8")
-    except (UnusableLog, InputError) as exc:
-        return _fail(args, str(exc), err, out)
     except OSError as exc:
-        return _fail(args, f"cannot write the report {args.output}: {exc.strerror or exc}", err, out)
+        raise InputError(f"cannot write the report {args.output}: {exc.strerror or exc}") from None
     print(f"{'valid' if result.valid else 'INVALID'}: report written to {args.output}", file=out)
     return EXIT_OK if result.valid else EXIT_BAD

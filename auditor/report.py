@@ -7,8 +7,9 @@ from sites and from the operator, neither of whom the reader trusts.
 from __future__ import annotations
 
 import html
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from auditor.verify import Verification
 
@@ -16,7 +17,8 @@ MAX_TIMELINE = 2000
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#1b1f24;max-width:1200px}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ccd;padding-bottom:.2rem}
-table{border-collapse:collapse;width:100%;font-size:.85rem}th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top}
+table{border-collapse:collapse;width:100%;font-size:.85rem}
+th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top}
 th{background:#f3f5f8}code,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8rem;word-break:break-all}
 .verdict{padding:1rem 1.2rem;border-radius:.4rem;font-size:1.1rem;margin:1rem 0}
 .ok{background:#dafbe1;border:2px solid #1a7f37}.bad{background:#ffebe9;border:2px solid #cf222e}
@@ -38,7 +40,7 @@ def _fmt(value: Any) -> str:
 
 
 def _time(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
 def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], table_id: str) -> str:
@@ -63,11 +65,13 @@ def _summary(kind: str, fields: dict[str, Any]) -> str:
     if kind in ("update_accepted", "metrics"):
         return f"site {fields.get('site')}, round {fields.get('round')}"
     if kind == "round":
-        return f"round {fields.get('round')}: {len(_map(fields.get('participants')))} participant(s), model {str(fields.get('model_sha256'))[:16]}…"
+        participants = len(_map(fields.get("participants")))
+        return f"round {fields.get('round')}: {participants} participant(s), model {str(fields.get('model_sha256'))[:16]}…"
     if kind in ("session", "update_refused"):
         return f"site {fields.get('site')}" + (f": {fields.get('reason')}" if "reason" in fields else "")
     if kind == "config":
-        return f"aggregator.toml sha256 {str(fields.get('aggregator_toml_sha256'))[:16]}…, policy {_map(fields.get('admission')).get('policy_id')}"
+        policy_id = _map(fields.get("admission")).get("policy_id")
+        return f"aggregator.toml sha256 {str(fields.get('aggregator_toml_sha256'))[:16]}…, policy {policy_id}"
     if kind in ("aggregator_start", "handover"):
         key = fields.get("ed25519")
         return f"log key {key.hex() if isinstance(key, bytes) else key}"
@@ -78,7 +82,8 @@ def render_report(result: Verification) -> str:
     parts: list[str] = []
     if result.valid:
         verdict = (f'<div class="verdict ok" id="verdict"><strong>VALID</strong> — {result.records} entries, '
-                   f'{len(result.heads)} signed tree heads; every head, the aggregator\'s evidence and every admission re-verified.</div>')
+                   f'{len(result.heads)} signed tree heads; every head, the aggregator\'s evidence and every admission '
+                   're-verified.</div>')
     else:
         first = result.first_problem
         detail = f"first bad entry <strong>{first.index}</strong>: <code>{_e(first.check)}</code> — {_e(first.message)}" if first else ""
@@ -91,7 +96,8 @@ def render_report(result: Verification) -> str:
         parts.append("<h2>Warnings</h2>" + _list(result.warnings))
     latest = result.heads[-1] if result.heads else None
     if latest is not None:
-        parts.append(f'<p class="muted">Latest signed tree head: size {latest.tree_size}, root <code>{latest.root_hash.hex()}</code>, '
+        parts.append(f'<p class="muted">Latest signed tree head: size {latest.tree_size}, '
+                     f'root <code>{latest.root_hash.hex()}</code>, '
                      f'signed {_e(_time(latest.timestamp))} by <code>{latest.key.hex()}</code>.</p>')
 
     parts.append("<h2>Aggregator (TEE evidence)</h2>")
@@ -143,10 +149,11 @@ def render_report(result: Verification) -> str:
     parts.append(_table(["entry", "time", "event", "summary"], (
         [str(e.index), _e(_time(e.time)), _e(e.kind), _e(_summary(e.kind, e.fields))] for e in shown), "timeline"))
     if len(result.entries) > len(shown):
-        parts.append(f'<p class="muted">… and {len(result.entries) - len(shown)} more entries (see <code>attestfl audit verify --json</code>).</p>')
+        parts.append(f'<p class="muted">… and {len(result.entries) - len(shown)} more entries '
+                     '(see <code>attestfl audit verify --json</code>).</p>')
 
     title = f"attestfl audit report — {_e(result.directory.name)}"
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
             f'<body><h1>{title}</h1><p class="muted">Log <code>{_e(result.directory)}</code>, verified '
-            f'{_e(datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"))} with attestfl.</p>{"".join(parts)}</body></html>\n')
+            f'{_e(datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ"))} with attestfl.</p>{"".join(parts)}</body></html>\n')

@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from attestation.abi.bundle import parse_bundle
 from attestation.bundle import appraise_bundle
-from attestation.errors import AttestationError
+from attestation.errors import AttestationError, AttestflError
 from attestation.findings import Reason
 from attestation.policy import Policy
 
@@ -84,7 +84,7 @@ MAX_PROBLEMS = 200
 MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last instant a datetime holds
 
 
-class UnusableLog(Exception):
+class UnusableLog(AttestflError):
     """The directory is not an audit log that can be read at all (exit 2)."""
 
 

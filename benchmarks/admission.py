@@ -21,28 +21,30 @@ import json
 import os
 import sys
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from timing import median_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
+
 from aggregator.challenges import ChallengeStore  # noqa: E402
-from protocol.admission import AdmissionPolicy, IdentityProof, SiteRule, appraise_site  # noqa: E402
-from protocol.formulas import admission_nonce, identity_transcript  # noqa: E402
 from attestation.abi.bundle import encode_bundle  # noqa: E402
 from attestation.bundle import appraise_bundle  # noqa: E402
 from attestation.collateral import CollateralStore  # noqa: E402
 from attestation.policy import Policy  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
 from enclave.attester import make_bundle  # noqa: E402
 from enclave.identity import SiteIdentity  # noqa: E402
 from enclave.keys import EnclaveKeys  # noqa: E402
 from enclave.simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester  # noqa: E402
 from enclave.simulated.collateral import write_simulated_collateral  # noqa: E402
 from enclave.simulated.pki import load_or_create  # noqa: E402
+from protocol.admission import AdmissionPolicy, IdentityProof, SiteRule, appraise_site  # noqa: E402
+from protocol.formulas import admission_nonce, identity_transcript  # noqa: E402
 
 
 def main() -> None:
@@ -55,52 +57,58 @@ def main() -> None:
     write_simulated_collateral(vendor, work / "collateral")
     store = CollateralStore(work / "collateral")
     aggregator = EnclaveKeys().public
-    at = datetime.now(timezone.utc)
+    at = datetime.now(UTC)
     policy = Policy(trusted_simulated_roots=roots, require_collateral=True)
     results: dict[str, object] = {}
     for platform, attester in (("sev-snp", SimulatedSnpAttester(vendor)), ("tdx", SimulatedTdxAttester(vendor))):
-        identity = SiteIdentity.generate("site-a")
-        admission = AdmissionPolicy(sites={"site-a": SiteRule(frozenset({"sev-snp", "tdx"}), identity_keys=frozenset({identity.public}))},
-                                    attestation=policy, collateral=store)
-        challenges = ChallengeStore(timedelta(minutes=5))
-        keys = EnclaveKeys()
-        challenge, _ = challenges.issue("site-a")
-        bundle = make_bundle(attester, keys, admission_nonce("site-a", challenge))
-        evidence = encode_bundle(bundle)
-        aggregator_evidence = os.urandom(32)
-        transcript = identity_transcript(site_id="site-a", challenge=challenge, evidence_sha256=hashlib.sha256(evidence).digest(),
-                                         site_x25519=keys.public.x25519, site_ed25519=keys.public.ed25519,
-                                         aggregator_x25519=aggregator.x25519, aggregator_ed25519=aggregator.ed25519,
-                                         aggregator_evidence_sha256=aggregator_evidence)
-        proof = IdentityProof(identity.public, identity.sign(transcript), b"", aggregator_evidence)
-
-        def admit(policy_: AdmissionPolicy = admission) -> None:
-            appraisal = appraise_site(policy_, site_id="site-a", challenge_reason=None, challenge=challenge, x25519=keys.public.x25519,
-                                      ed25519=keys.public.ed25519, evidence_format="bundle", evidence=evidence, app_attest_key_id=b"",
-                                      identity=proof, aggregator=aggregator, at=at)
-            assert appraisal.admitted, appraisal.reasons
-
-        def identity_only() -> None:
-            transcript_ = identity_transcript(site_id="site-a", challenge=challenge, evidence_sha256=hashlib.sha256(evidence).digest(),
-                                              site_x25519=keys.public.x25519, site_ed25519=keys.public.ed25519,
-                                              aggregator_x25519=aggregator.x25519, aggregator_ed25519=aggregator.ed25519,
-                                              aggregator_evidence_sha256=aggregator_evidence)
-            Ed25519PublicKey.from_public_bytes(identity.public).verify(proof.signature, transcript_)
-
-        def cold() -> None:
-            admit(AdmissionPolicy(sites=admission.sites, attestation=policy, collateral=CollateralStore(work / "collateral")))
-
-        def own_collateral() -> None:  # the behaviour before the fix: the evidence's own collateral
-            assert appraise_bundle(bundle, expected_nonce=admission_nonce("site-a", challenge), policy=policy, at=at).accepted
-
-        results[platform] = {
-            "admission_warm_store": median_ms(admit, args.repeats),
-            "identity_proof_only": median_ms(identity_only, args.repeats),
-            "admission_cold_store": median_ms(cold, max(20, args.repeats // 10)),
-            "evidence_with_its_own_collateral_before_the_fix": median_ms(own_collateral, args.repeats),
-        }
+        results[platform] = bench_platform(attester, policy, store, aggregator, at, work, args.repeats)
     print(json.dumps({"benchmark": "admission", "results": results, "targets": {"identity_proof_ms": 1.0},
                       "load_average": os.getloadavg(), "cpus": os.cpu_count()}, indent=2))
+
+
+def bench_platform(attester: Any, policy: Policy, store: CollateralStore, aggregator: Any, at: datetime, work: Path,
+                   repeats: int) -> dict[str, float]:
+    """The admission timings of one platform's simulated evidence (median milliseconds)."""
+    identity = SiteIdentity.generate("site-a")
+    admission = AdmissionPolicy(sites={"site-a": SiteRule(frozenset({"sev-snp", "tdx"}), identity_keys=frozenset({identity.public}))},
+                                attestation=policy, collateral=store)
+    challenges = ChallengeStore(timedelta(minutes=5))
+    keys = EnclaveKeys()
+    challenge, _ = challenges.issue("site-a")
+    bundle = make_bundle(attester, keys, admission_nonce("site-a", challenge))
+    evidence = encode_bundle(bundle)
+    aggregator_evidence = os.urandom(32)
+    transcript = identity_transcript(site_id="site-a", challenge=challenge, evidence_sha256=hashlib.sha256(evidence).digest(),
+                                     site_x25519=keys.public.x25519, site_ed25519=keys.public.ed25519,
+                                     aggregator_x25519=aggregator.x25519, aggregator_ed25519=aggregator.ed25519,
+                                     aggregator_evidence_sha256=aggregator_evidence)
+    proof = IdentityProof(identity.public, identity.sign(transcript), b"", aggregator_evidence)
+
+    def admit(policy_: AdmissionPolicy = admission) -> None:
+        appraisal = appraise_site(policy_, site_id="site-a", challenge_reason=None, challenge=challenge, x25519=keys.public.x25519,
+                                  ed25519=keys.public.ed25519, evidence_format="bundle", evidence=evidence, app_attest_key_id=b"",
+                                  identity=proof, aggregator=aggregator, at=at)
+        assert appraisal.admitted, appraisal.reasons
+
+    def identity_only() -> None:
+        transcript_ = identity_transcript(site_id="site-a", challenge=challenge, evidence_sha256=hashlib.sha256(evidence).digest(),
+                                          site_x25519=keys.public.x25519, site_ed25519=keys.public.ed25519,
+                                          aggregator_x25519=aggregator.x25519, aggregator_ed25519=aggregator.ed25519,
+                                          aggregator_evidence_sha256=aggregator_evidence)
+        Ed25519PublicKey.from_public_bytes(identity.public).verify(proof.signature, transcript_)
+
+    def cold() -> None:
+        admit(AdmissionPolicy(sites=admission.sites, attestation=policy, collateral=CollateralStore(work / "collateral")))
+
+    def own_collateral() -> None:  # the behaviour before the fix: the evidence's own collateral
+        assert appraise_bundle(bundle, expected_nonce=admission_nonce("site-a", challenge), policy=policy, at=at).accepted
+
+    return {
+        "admission_warm_store": median_ms(admit, repeats),
+        "identity_proof_only": median_ms(identity_only, repeats),
+        "admission_cold_store": median_ms(cold, max(20, repeats // 10)),
+        "evidence_with_its_own_collateral_before_the_fix": median_ms(own_collateral, repeats),
+    }
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,12 @@ TARGETS: dict[str, list[tuple[str, str, float]]] = {
 def _import_peer(name: str) -> tuple[Any, str | None]:
     try:
         if name == "flower":
-            from flwr.server.strategy import aggregate as mod
             import flwr
+            from flwr.server.strategy import aggregate as mod
             return (mod, flwr.__version__), None
         if name == "nvflare":
-            from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
             import nvflare
+            from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
             return (WeightedAggregationHelper, nvflare.__version__), None
         if name == "torch":
             import torch
@@ -83,7 +84,7 @@ def _time_interleaved(candidates: dict[str, tuple[Callable[[], object], int]], w
     Warm-up (JIT, allocator, caches) runs for candidates with repeats >= 3 only, so
     the slow peers are not run more often than they are timed."""
     samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for name, (fn, reps) in candidates.items():
+    for fn, reps in candidates.values():
         for _ in range(warmup if reps >= 3 else 0):
             fn()
     rounds = max(reps for _, reps in candidates.values())
@@ -102,111 +103,127 @@ def _time_interleaved(candidates: dict[str, tuple[Callable[[], object], int]], w
     }
 
 
-def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[str, Any]) -> dict[str, Any]:
-    rng = np.random.default_rng(1234)
-    stack = rng.standard_normal((n, p), dtype=np.float32)
-    updates = [stack[i] for i in range(n)]
-    examples = [int(v) for v in rng.integers(100, 1000, size=n)]
-    weights = [float(v) for v in examples]
-    checks: dict[str, Any] = {}
+Candidates = dict[str, tuple[Callable[[], object], int]]
 
-    def accumulate() -> np.ndarray:
-        acc = native.Accumulator(p)
-        for u, w in zip(updates, weights):
+
+@dataclass
+class _Case:
+    """One (N, P) configuration: the updates every candidate aggregates, and what is collected."""
+
+    p: int
+    stack: np.ndarray
+    updates: list[np.ndarray]
+    examples: list[int]
+    weights: list[float]
+    repeats: int
+    peer_repeats: int
+    checks: dict[str, Any] = field(default_factory=dict)
+    #: fedavg candidates (ours, numpy, torch, flower, nvflare), timed together.
+    mean_group: Candidates = field(default_factory=dict)
+    #: the peers of each robust operation.
+    robust_peers: dict[str, Candidates] = field(
+        default_factory=lambda: {"coordinate_median": {}, "trimmed_mean": {}, "krum": {}})
+
+    def accumulate(self) -> np.ndarray:
+        acc = native.Accumulator(self.p)
+        for u, w in zip(self.updates, self.weights, strict=True):
             acc.add(u, w)
         return acc.result()
 
-    ours_fedavg = native.fedavg(updates, weights)
-    ours_acc = accumulate()
-    ours_median = native.coordinate_median(stack)
-    ours_trim = native.trimmed_mean(stack, TRIM_BETA)
-    ours_krum, ours_sel = native.krum(stack, KRUM_F)
-    checks["accumulator_vs_fedavg_max_abs_diff"] = _max_diff(ours_acc, ours_fedavg)
 
-    mean_group: dict[str, tuple[Callable[[], object], int]] = {
-        "ours_fedavg": (lambda: native.fedavg(updates, weights), repeats),
-        "ours_accumulator": (accumulate, repeats),
-    }
-    wn = np.asarray(weights, dtype=np.float32) / np.float32(sum(weights))
-    checks["fedavg_vs_numpy_max_abs_diff"] = _max_diff(ours_fedavg, np.tensordot(wn, np.stack(updates), axes=1))
-    mean_group["numpy"] = (lambda: np.tensordot(wn, np.stack(updates), axes=1), repeats)
-
+def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[str, Any]) -> dict[str, Any]:
+    rng = np.random.default_rng(1234)
+    stack = rng.standard_normal((n, p), dtype=np.float32)
+    examples = [int(v) for v in rng.integers(100, 1000, size=n)]
+    case = _Case(p, stack, [stack[i] for i in range(n)], examples, [float(v) for v in examples], repeats, peer_repeats)
+    ours_fedavg = native.fedavg(case.updates, case.weights)
+    case.checks["accumulator_vs_fedavg_max_abs_diff"] = _max_diff(case.accumulate(), ours_fedavg)
+    case.mean_group.update({"ours_fedavg": (lambda: native.fedavg(case.updates, case.weights), repeats),
+                            "ours_accumulator": (case.accumulate, repeats)})
+    _add_numpy(case, ours_fedavg)
     torch_mod = peers["torch"][0]
-    if torch_mod is not None:
-        torch = torch_mod[0]
-        tensors = [torch.from_numpy(u) for u in updates]
-        total = float(sum(weights))
+    tensors = _add_torch(case, torch_mod[0], ours_fedavg) if torch_mod is not None else None
+    if peers["flower"][0] is not None:
+        _add_flower(case, peers["flower"][0][0], ours_fedavg)
+    if peers["nvflare"][0] is not None:
+        _add_nvflare(case, peers["nvflare"][0][0], ours_fedavg, tensors)
+    return {"N": n, "P": p, "operations": _time_operations(case), "checks": case.checks}
 
-        def torch_stream() -> Any:
-            acc = torch.zeros(p, dtype=torch.float32)
-            for t, w in zip(tensors, weights):
-                acc.add_(t, alpha=w)
-            return acc.div_(total)
 
-        checks["fedavg_vs_torch_max_abs_diff"] = _max_diff(ours_fedavg, torch_stream().numpy())
-        mean_group["torch_add_"] = (torch_stream, repeats)
+def _add_numpy(case: _Case, ours_fedavg: np.ndarray) -> None:
+    wn = np.asarray(case.weights, dtype=np.float32) / np.float32(sum(case.weights))
+    case.checks["fedavg_vs_numpy_max_abs_diff"] = _max_diff(ours_fedavg, np.tensordot(wn, np.stack(case.updates), axes=1))
+    case.mean_group["numpy"] = (lambda: np.tensordot(wn, np.stack(case.updates), axes=1), case.repeats)
 
-    flower = peers["flower"][0]
-    robust_peers: dict[str, dict[str, tuple[Callable[[], object], int]]] = {
-        "coordinate_median": {}, "trimmed_mean": {}, "krum": {}
-    }
-    if flower is not None:
-        fl = flower[0]
-        results = [([u], e) for u, e in zip(updates, examples)]
-        checks["fedavg_vs_flower_max_abs_diff"] = _max_diff(ours_fedavg, fl.aggregate(results)[0])
-        checks["median_vs_flower_max_abs_diff"] = _max_diff(ours_median, fl.aggregate_median(results)[0])
-        checks["trimmed_mean_vs_flower_max_abs_diff"] = _max_diff(
-            ours_trim, fl.aggregate_trimmed_avg(results, TRIM_BETA)[0]
-        )
-        checks["krum_same_selection_as_flower"] = bool(np.array_equal(fl.aggregate_krum(results, KRUM_F, 0)[0], ours_krum))
-        checks["krum_selected"] = [int(i) for i in ours_sel]
-        mean_group["flower"] = (lambda: fl.aggregate(results), peer_repeats)
-        robust_peers["coordinate_median"]["flower"] = (lambda: fl.aggregate_median(results), peer_repeats)
-        robust_peers["trimmed_mean"]["flower"] = (lambda: fl.aggregate_trimmed_avg(results, TRIM_BETA), peer_repeats)
-        robust_peers["krum"]["flower"] = (lambda: fl.aggregate_krum(results, KRUM_F, 0), peer_repeats)
 
-    nvflare = peers["nvflare"][0]
-    if nvflare is not None:
-        helper_cls = nvflare[0]
+def _add_torch(case: _Case, torch: Any, ours_fedavg: np.ndarray) -> list[Any]:
+    tensors = [torch.from_numpy(u) for u in case.updates]
+    total = float(sum(case.weights))
 
-        def nvflare_numpy() -> Any:
-            helper = helper_cls()
-            for i, (u, w) in enumerate(zip(updates, weights)):
-                helper.add({"w": u}, w, f"site-{i}", 0)
-            return helper.get_result()["w"]
+    def torch_stream() -> Any:
+        acc = torch.zeros(case.p, dtype=torch.float32)
+        for t, w in zip(tensors, case.weights, strict=True):
+            acc.add_(t, alpha=w)
+        return acc.div_(total)
 
-        checks["fedavg_vs_nvflare_max_abs_diff"] = _max_diff(ours_fedavg, nvflare_numpy())
-        mean_group["nvflare"] = (nvflare_numpy, repeats)
-        if torch_mod is not None:
+    case.checks["fedavg_vs_torch_max_abs_diff"] = _max_diff(ours_fedavg, torch_stream().numpy())
+    case.mean_group["torch_add_"] = (torch_stream, case.repeats)
+    return tensors
 
-            def nvflare_torch() -> Any:
-                helper = helper_cls()
-                for i, (t, w) in enumerate(zip(tensors, weights)):
-                    helper.add({"w": t}, w, f"site-{i}", 0)
-                return helper.get_result()["w"]
 
-            mean_group["nvflare_torch"] = (nvflare_torch, repeats)
+def _add_flower(case: _Case, fl: Any, ours_fedavg: np.ndarray) -> None:
+    results = [([u], e) for u, e in zip(case.updates, case.examples, strict=True)]
+    ours_krum, ours_sel = native.krum(case.stack, KRUM_F)
+    checks = case.checks
+    checks["fedavg_vs_flower_max_abs_diff"] = _max_diff(ours_fedavg, fl.aggregate(results)[0])
+    checks["median_vs_flower_max_abs_diff"] = _max_diff(native.coordinate_median(case.stack),
+                                                         fl.aggregate_median(results)[0])
+    checks["trimmed_mean_vs_flower_max_abs_diff"] = _max_diff(
+        native.trimmed_mean(case.stack, TRIM_BETA), fl.aggregate_trimmed_avg(results, TRIM_BETA)[0]
+    )
+    checks["krum_same_selection_as_flower"] = bool(np.array_equal(fl.aggregate_krum(results, KRUM_F, 0)[0], ours_krum))
+    checks["krum_selected"] = [int(i) for i in ours_sel]
+    case.mean_group["flower"] = (lambda: fl.aggregate(results), case.peer_repeats)
+    case.robust_peers["coordinate_median"]["flower"] = (lambda: fl.aggregate_median(results), case.peer_repeats)
+    case.robust_peers["trimmed_mean"]["flower"] = (lambda: fl.aggregate_trimmed_avg(results, TRIM_BETA),
+                                                   case.peer_repeats)
+    case.robust_peers["krum"]["flower"] = (lambda: fl.aggregate_krum(results, KRUM_F, 0), case.peer_repeats)
 
-    timed = _time_interleaved(mean_group)
+
+def _add_nvflare(case: _Case, helper_cls: Any, ours_fedavg: np.ndarray, tensors: list[Any] | None) -> None:
+    def nvflare(inputs: list[Any]) -> Any:
+        helper = helper_cls()
+        for i, (u, w) in enumerate(zip(inputs, case.weights, strict=True)):
+            helper.add({"w": u}, w, f"site-{i}", 0)
+        return helper.get_result()["w"]
+
+    case.checks["fedavg_vs_nvflare_max_abs_diff"] = _max_diff(ours_fedavg, nvflare(case.updates))
+    case.mean_group["nvflare"] = (lambda: nvflare(case.updates), case.repeats)
+    if tensors is not None:
+        case.mean_group["nvflare_torch"] = (lambda: nvflare(tensors), case.repeats)
+
+
+def _time_operations(case: _Case) -> dict[str, dict[str, Any]]:
+    """Each operation's timings (ours and its peers, interleaved) and the peer/ours ratios."""
+    timed = _time_interleaved(case.mean_group)
     peers_of_mean = {k: v for k, v in timed.items() if not k.startswith("ours_")}
     ops: dict[str, dict[str, Any]] = {
         "fedavg": {"ours": timed["ours_fedavg"], **peers_of_mean},
         "accumulator": {"ours": timed["ours_accumulator"], **peers_of_mean},
     }
     ours_robust = {
-        "coordinate_median": lambda: native.coordinate_median(stack),
-        "trimmed_mean": lambda: native.trimmed_mean(stack, TRIM_BETA),
-        "krum": lambda: native.krum(stack, KRUM_F),
+        "coordinate_median": lambda: native.coordinate_median(case.stack),
+        "trimmed_mean": lambda: native.trimmed_mean(case.stack, TRIM_BETA),
+        "krum": lambda: native.krum(case.stack, KRUM_F),
     }
     for op, fn in ours_robust.items():
-        ops[op] = _time_interleaved({"ours": (fn, repeats), **robust_peers[op]})
-
+        ops[op] = _time_interleaved({"ours": (fn, case.repeats), **case.robust_peers[op]})
     for per_op in ops.values():
         ours_ms = per_op["ours"]["median_ms"]
         per_op["ratios_peer_over_ours"] = {
             who: round(v["median_ms"] / ours_ms, 2) for who, v in per_op.items() if who != "ours"
         }
-    return {"N": n, "P": p, "operations": ops, "checks": checks}
+    return ops
 
 
 def evaluate_targets(name: str, config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -279,7 +296,8 @@ def bench_jit() -> dict[str, Any]:
     return {
         "compile_empty_cache": cold,
         "new_process_warm_cache": warm,
-        "target": "new process with warm cache reaches first result (fedavg) < 1 s, from spawn (interpreter start included)",
+        "target": "new process with warm cache reaches first result (fedavg) < 1 s, from spawn "
+                  "(interpreter start included)",
         "meets_target": warm["spawn_to_first_result_s"] < 1.0,
         "note": "each timed kernel in this process was called once before timing (compile or cache load excluded)",
     }

@@ -18,13 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _site(target: str, site_id: str, sim_dir: str, roots: list[str], measurement: str, identity_path: str, parameters: int,
           download: bool, barrier: Any, results: Any) -> None:
-    from attestfl.loopback import site_sealing
-    from fedsite.client import SiteClient
-    from protocol.tensors import ModelSpec
     from attestation.policy import Policy
     from attestation.validate.snp import SnpPolicy
+    from attestfl.loopback import site_sealing
     from enclave.identity import load_identity
     from enclave.simulated.attester import SimulatedSnpAttester
+    from fedsite.client import SiteClient
+    from protocol.tensors import ModelSpec
 
     policy = Policy(trusted_simulated_roots=frozenset(roots), platforms=frozenset({"sev-snp"}),
                     snp=SnpPolicy(measurement=frozenset({bytes.fromhex(measurement)})))

@@ -25,13 +25,14 @@ from typing import Mapping
 
 from attestation.abi.bundle import EvidenceBundle, GpuPart
 from attestation.binding import REPORT_DATA_SIZE, gpu_nonce_for
+from attestation.errors import AttestflError
 
 from .keys import EnclaveKeys
 
 TEE_CHOICES = ("auto", "sev-snp", "tdx", "simulated-snp", "simulated-tdx")
 
 
-class AttesterError(Exception):
+class AttesterError(AttestflError):
     """Evidence could not be collected (no TEE, an interface error, a refused request)."""
 
 
@@ -157,3 +158,4 @@ def open_attester(tee: str, *, simulated_dir: str | Path | None = None, **simula
     if given:
         raise AttesterError(f"the option(s) {', '.join(given)} apply to the simulated TEE only (hardware measures itself)")
     return detect_attester(tee=tee)
+

@@ -27,18 +27,19 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from attestation.errors import AttestflError
 from attestation.files import read_bounded
 
 from .attester import TEE_CHOICES, Attester, AttesterError, GpuAttester, make_bundle, open_attester
+from .gpu import GPU_CHOICES, open_gpu_attester
 from .keys import EnclaveKeys
 from .simulated import SimulatedTeeError
 
 EXIT_OK, EXIT_UNUSABLE = 0, 2
-GPU_CHOICES = ("none", "auto", "nvml", "simulated")
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
-class EnclaveCliError(Exception):
+class EnclaveCliError(AttestflError):
     """A usage error of ``attestfl enclave``."""
 
 
@@ -108,19 +109,7 @@ def _cpu_attester(args: argparse.Namespace) -> Attester:
 
 
 def _gpu_attester(args: argparse.Namespace) -> GpuAttester | None:
-    if args.gpu == "none":
-        return None
-    if args.gpu == "simulated":
-        if not args.simulated_dir:
-            raise EnclaveCliError("--gpu simulated needs --simulated-dir DIR")
-        from .simulated.attester import SimulatedGpuAttester
-
-        return SimulatedGpuAttester(Path(args.simulated_dir) / "gpu")
-    from .nvidia_gpu import NvmlGpuAttester, nvml_cc_gpu_present
-
-    if args.gpu == "auto" and not nvml_cc_gpu_present():
-        return None
-    return NvmlGpuAttester()
+    return open_gpu_attester(args.gpu, simulated_dir=args.simulated_dir)
 
 
 def run_evidence(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from attestation.errors import AttestflError
+
 from .sealing import SealingError, SealingKeySource
 
 MAGIC = b"AFID1"
@@ -41,7 +43,7 @@ MAX_SEALED_BYTES = 4096
 _RAW = serialization.Encoding.Raw
 
 
-class IdentityError(Exception):
+class IdentityError(AttestflError):
     """The site identity cannot be created, opened or used; the message says which file and why."""
 
 

@@ -14,12 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from attestation.binding import BoundKeys, report_data_for
+from attestation.errors import AttestflError
 
 _RAW = serialization.Encoding.Raw
 _RAW_PUBLIC = serialization.PublicFormat.Raw
 
 
-class EnclaveKeyError(Exception):
+class EnclaveKeyError(AttestflError):
     """A key operation was refused (a bad peer key, an attempt to export private keys)."""
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from attestation.errors import AttestflError
+
 from .sev_guest import DEVICE, MSG_VERSION, SnpGuestRequestIoctl, _iowr, _system_ioctl
 
 SEALING_LABEL = b"attestfl/v1/sealing-key\x00"
@@ -34,7 +36,7 @@ FIELD_GUEST_SVN = 1 << 4
 FIELD_TCB_VERSION = 1 << 5
 
 
-class SealingError(Exception):
+class SealingError(AttestflError):
     """No sealing key can be derived here."""
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import numpy as np
@@ -21,15 +22,20 @@ import numpy as np
 from attestation.abi.bundle import encode_bundle, parse_bundle
 from attestation.binding import BoundKeys
 from attestation.bundle import appraise_bundle
-from attestation.errors import AttestationError
+from attestation.errors import EXIT_REFUSED, AttestationError, AttestflError
 from attestation.findings import Appraisal
 from attestation.policy import Policy
 from enclave.attester import Attester, make_bundle
 from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys, verify_enclave_signature
-
 from protocol.auditlog.heads import HeadError, HeadInconsistent, TreeHead, verify_consistency
-from protocol.credential import DEFAULT_MAX_CLOCK_SKEW, ClockSkewError, CredentialError, SessionClaims, verify_credential
+from protocol.credential import (
+    DEFAULT_MAX_CLOCK_SKEW,
+    ClockSkewError,
+    CredentialError,
+    SessionClaims,
+    verify_credential,
+)
 from protocol.formulas import (
     CALL_HEADER,
     MAX_MESSAGE_BYTES,
@@ -53,7 +59,7 @@ from protocol.wire import federation_pb2_grpc as pb_grpc
 _MEASUREMENT_PINS = {"sev-snp": ("snp", "measurement", "[sev-snp] measurement"), "tdx": ("tdx", "mr_td", "[tdx] mr_td")}
 
 
-class SiteError(Exception):
+class SiteError(AttestflError):
     """The site stopped: the message says why (nothing more was sent)."""
 
 
@@ -63,6 +69,8 @@ class SitePolicyError(SiteError):
 
 class AggregatorNotTrusted(SiteError):
     """The aggregator's evidence failed the site's policy, or the aggregator proved something false."""
+
+    exit_code = EXIT_REFUSED
 
     def __init__(self, message: str, reasons: tuple[str, ...] = ()) -> None:
         super().__init__(message + ("".join(f"\n  - {r}" for r in reasons)))
@@ -79,6 +87,8 @@ class AggregatorUnreachable(SiteError):
 
 class AdmissionRefused(SiteError):
     """The aggregator refused this site; ``reasons`` are every failed check it reported."""
+
+    exit_code = EXIT_REFUSED
 
     def __init__(self, reasons: tuple[str, ...]) -> None:
         super().__init__("admission refused:" + "".join(f"\n  - {r}" for r in reasons))
@@ -100,10 +110,10 @@ def require_measurement_pins(policy: Policy, *, allow_unpinned: bool = False) ->
     missing = unpinned_platforms(policy)
     if missing and not allow_unpinned:
         raise SitePolicyError(
-            "the site's policy for the aggregator pins no launch measurement (" + ", ".join(missing) + "): any code in any "
-            "TEE passing the policy would receive this site's updates. Pin the aggregator's measurement (the operator "
-            "publishes it; `attestfl enclave measure` reproduces it), or restrict `platforms`; to run unpinned anyway set "
-            "[site] INSECURE_accept_any_aggregator = true"
+            "the site's policy for the aggregator pins no launch measurement (" + ", ".join(missing) + "): any code "
+            "in any TEE passing the policy would receive this site's updates. Pin the aggregator's measurement (the "
+            "operator publishes it; `attestfl enclave measure` reproduces it), or restrict `platforms`; to run "
+            "unpinned anyway set [site] INSECURE_accept_any_aggregator = true"
         )
 
 
@@ -221,7 +231,7 @@ class SiteClient:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "SiteClient":
+    def __enter__(self) -> SiteClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -243,7 +253,7 @@ class SiteClient:
             raise AggregatorNotTrusted("the aggregator offered no evidence")
         try:
             bundle = parse_bundle(response.bundle)
-            appraisal = appraise_bundle(bundle, expected_nonce=nonce, policy=self.policy, at=datetime.now(timezone.utc))
+            appraisal = appraise_bundle(bundle, expected_nonce=nonce, policy=self.policy, at=datetime.now(UTC))
         except AttestationError as exc:
             raise AggregatorNotTrusted(f"the aggregator's evidence is unusable: {exc}") from None
         if not appraisal.accepted:
@@ -269,7 +279,7 @@ class SiteClient:
         if not response.admitted:
             raise AdmissionRefused(tuple(response.reasons))
         try:
-            claims = verify_credential(response.credential, aggregator_keys.ed25519, now=datetime.now(timezone.utc),
+            claims = verify_credential(response.credential, aggregator_keys.ed25519, now=datetime.now(UTC),
                                        max_clock_skew=self.max_clock_skew)
         except ClockSkewError as exc:
             raise ClockSkew(str(exc)) from None
@@ -395,5 +405,17 @@ class SiteClient:
         self._open(session, "ReportMetrics", call, sealed, pb.MetricsAck)
 
 
-__all__ = ["AdmissionRefused", "AggregatorNotTrusted", "AggregatorUnreachable", "ClockSkew", "AppAttestEvidence", "Receipt", "SiteClient",
-           "SiteError", "SitePolicyError", "admit_request", "require_measurement_pins", "unpinned_platforms"]
+__all__ = [
+    "AdmissionRefused",
+    "AggregatorNotTrusted",
+    "AggregatorUnreachable",
+    "AppAttestEvidence",
+    "ClockSkew",
+    "Receipt",
+    "SiteClient",
+    "SiteError",
+    "SitePolicyError",
+    "admit_request",
+    "require_measurement_pins",
+    "unpinned_platforms",
+]

@@ -58,7 +58,7 @@ class SiteConfig:
     state_dir: Path = Path("site-state")
 
     @classmethod
-    def load(cls, path: str | Path, *, load_policy: bool = True) -> "SiteConfig":
+    def load(cls, path: str | Path, *, load_policy: bool = True) -> SiteConfig:
         """The site's configuration; ``load_policy=False`` (enrolment) leaves the aggregator policy unread."""
         from fedsite.client import SitePolicyError, require_measurement_pins
 

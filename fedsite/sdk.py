@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import grpc
 import numpy as np
@@ -138,7 +139,8 @@ def join_with_retry(client: SiteClient, *, wait: float, say: Callable[[str], Non
         if say is not None and state.outcome is not None:
             exc = state.outcome.exception()
             what = exc.code().name if isinstance(exc, grpc.RpcError) else str(exc).splitlines()[0]
-            say(f"aggregator not reachable yet ({what}); retrying in {state.next_action.sleep if state.next_action else 0:.1f} s")
+            delay = state.next_action.sleep if state.next_action else 0
+            say(f"aggregator not reachable yet ({what}); retrying in {delay:.1f} s")
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(transient),
@@ -162,96 +164,122 @@ def run_site(
 ) -> SiteRunSummary:
     """Join, then train every round until the task is finished. Raises
     :class:`AggregatorNotTrusted` or :class:`AdmissionRefused` without sending anything more."""
-    summary = SiteRunSummary(client.site_id)
-    say = _Progress(client.site_id, 0, progress).say
-    done: set[tuple[int, int]] = set()
-    evaluated: set[int] = set()
-    last_ok = time.monotonic()
-
-    def join() -> None:
-        join_with_retry(client, wait=wait, say=say)
-        summary.joins += 1
-        # A new aggregator instance keeps only what its sealed checkpoint holds: whatever this
-        # site sent to the previous one for an unfinished round must be sent again.
-        done.clear()
-        say(f"verified the aggregator's evidence and joined (session {client.session.claims.session_id.hex()[:12]}...)" if client.session else "joined")
-
-    def report(round_number: int, metrics: Metrics, examples: int, max_weight: float) -> None:
-        # The admission rule bounds the example count a site may claim; an honest site stays under it.
-        try:
-            client.report_metrics(round_number, metrics, int(min(max(0, examples), max_weight)))
-        except grpc.RpcError as exc:
-            if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT):
-                raise
-            say(f"round {round_number}: metrics not recorded: {exc.details()}")
-            return
-        summary.metrics[round_number] = metrics
-
-    if state is not None and client.tree_head is None:
-        client.tree_head = state.load_tree_head()
-    kept = client.tree_head
-
-    def keep() -> None:
-        nonlocal kept
-        if state is not None and client.tree_head is not None and client.tree_head is not kept:
-            state.save_tree_head(client.tree_head)
-            kept = client.tree_head
-
-    join()
+    run = _SiteRun(client, trainer, progress=progress, wait=wait, state=state)
+    run.join()
     while True:
         try:
-            task = client.task()
-            keep()
-            spec = ModelSpec.from_json(task.model_spec)
-            max_weight = task.max_weight or 1.0
-            last_ok = time.monotonic()
-            if task.finished:
-                if task.round not in evaluated and trainer.evaluate is not None:
-                    trainer.set(client.download_model(task.round, spec))
-                    metrics, examples = trainer.evaluate(trainer.model)
-                    report(task.round, metrics, examples, max_weight)
-                    say(f"final model: {_fmt(metrics)}")
-                return summary
-            key = (task.round, task.attempt)
-            if key in done:
+            outcome = run.step()
+            if outcome == "finished":
+                return run.summary
+            if outcome == "waiting":
                 time.sleep(poll_seconds)
-                continue
-            global_model = client.download_model(task.round, spec)
-            trainer.set(global_model)
-            if task.evaluate and trainer.evaluate is not None and task.round not in evaluated:
-                metrics, examples = trainer.evaluate(trainer.model)
-                report(task.round, metrics, examples, max_weight)
-                evaluated.add(task.round)
-            examples = trainer.train(trainer.model)
-            local = trainer.get()
-            delta = {name: local[name] - global_model[name] for name in global_model}
-            weight = min(float(max(1, int(examples))), max_weight)
-            try:
-                receipt = client.upload_update(task.round, delta, weight=weight, attempt=task.attempt)
-                summary.receipts.append(receipt)
-                if state is not None:
-                    state.append_receipt(receipt)
-                summary.rounds_trained.append(task.round)
-                say(f"round {task.round}/{task.rounds_total}: update sealed and accepted (receipt {receipt.update_sha256.hex()[:12]}...)")
-            except grpc.RpcError as exc:
-                if exc.code() in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION):
-                    say(f"round {task.round}: {exc.details()}")
-                else:
-                    raise
-            done.add(key)
         except grpc.RpcError as exc:
-            if exc.code() not in _RETRYABLE or time.monotonic() - last_ok > reconnect_seconds:
+            if exc.code() not in _RETRYABLE or time.monotonic() - run.last_ok > reconnect_seconds:
                 raise
             # The aggregator restarted (new keys: our session is void) or is briefly away:
             # verify its new evidence and join again before sending anything else.
-            say(f"aggregator unavailable or session ended ({exc.code().name}); re-verifying and re-joining")
+            run.say(f"aggregator unavailable or session ended ({exc.code().name}); re-verifying and re-joining")
             time.sleep(1.0)
             try:
-                join()
-            except Exception as again:  # noqa: BLE001 - only transient failures are retried
+                run.join()
+            except Exception as again:  # only transient failures are retried
                 if not transient(again):
                     raise
-                continue
+
+
+class _SiteRun:
+    """One site's part in a task: what it has sent and evaluated, its receipts, its kept tree head."""
+
+    def __init__(self, client: SiteClient, trainer: TorchTrainer, *, progress: TextIO | None, wait: float,
+                 state: SiteState | None) -> None:
+        self.client, self.trainer, self.wait, self.state = client, trainer, wait, state
+        self.summary = SiteRunSummary(client.site_id)
+        self.say = _Progress(client.site_id, 0, progress).say
+        self.done: set[tuple[int, int]] = set()
+        self.evaluated: set[int] = set()
+        if state is not None and client.tree_head is None:
+            client.tree_head = state.load_tree_head()
+        self.kept = client.tree_head
+        #: When the aggregator last answered a task request (re-joins are tried for a while after).
+        self.last_ok = time.monotonic()
+
+    def join(self) -> None:
+        client = self.client
+        join_with_retry(client, wait=self.wait, say=self.say)
+        self.summary.joins += 1
+        # A new aggregator instance keeps only what its sealed checkpoint holds: whatever this
+        # site sent to the previous one for an unfinished round must be sent again.
+        self.done.clear()
+        self.say(f"verified the aggregator's evidence and joined (session {client.session.claims.session_id.hex()[:12]}...)"
+                 if client.session else "joined")
+
+    def keep(self) -> None:
+        """Keep the newest signed tree head seen (a restarted aggregator must extend it)."""
+        if self.state is not None and self.client.tree_head is not None and self.client.tree_head is not self.kept:
+            self.state.save_tree_head(self.client.tree_head)
+            self.kept = self.client.tree_head
+
+    def report(self, round_number: int, metrics: Metrics, examples: int, max_weight: float) -> None:
+        # The admission rule bounds the example count a site may claim; an honest site stays under it.
+        try:
+            self.client.report_metrics(round_number, metrics, int(min(max(0, examples), max_weight)))
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS,
+                                  grpc.StatusCode.INVALID_ARGUMENT):
+                raise
+            self.say(f"round {round_number}: metrics not recorded: {exc.details()}")
+            return
+        self.summary.metrics[round_number] = metrics
+
+    def evaluate(self, round_number: int, max_weight: float) -> Metrics:
+        assert self.trainer.evaluate is not None
+        metrics, examples = self.trainer.evaluate(self.trainer.model)
+        self.report(round_number, metrics, examples, max_weight)
+        return metrics
+
+    def step(self) -> str:
+        """One look at the task: ``"finished"`` (the final model evaluated), ``"waiting"`` (this
+        round's update was sent), or ``"trained"`` (an update was sent now)."""
+        client, trainer = self.client, self.trainer
+        task = client.task()
+        self.keep()
+        spec = ModelSpec.from_json(task.model_spec)
+        max_weight = task.max_weight or 1.0
+        self.last_ok = time.monotonic()
+        if task.finished:
+            if task.round not in self.evaluated and trainer.evaluate is not None:
+                trainer.set(client.download_model(task.round, spec))
+                self.say(f"final model: {_fmt(self.evaluate(task.round, max_weight))}")
+            return "finished"
+        key = (task.round, task.attempt)
+        if key in self.done:
+            return "waiting"
+        global_model = client.download_model(task.round, spec)
+        trainer.set(global_model)
+        if task.evaluate and trainer.evaluate is not None and task.round not in self.evaluated:
+            self.evaluate(task.round, max_weight)
+            self.evaluated.add(task.round)
+        examples = trainer.train(trainer.model)
+        local = trainer.get()
+        delta = {name: local[name] - global_model[name] for name in global_model}
+        self.upload(task, delta, min(float(max(1, int(examples))), max_weight))
+        self.done.add(key)
+        return "trained"
+
+    def upload(self, task: Any, delta: dict[str, np.ndarray], weight: float) -> None:
+        try:
+            receipt = self.client.upload_update(task.round, delta, weight=weight, attempt=task.attempt)
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION):
+                raise
+            self.say(f"round {task.round}: {exc.details()}")
+            return
+        self.summary.receipts.append(receipt)
+        if self.state is not None:
+            self.state.append_receipt(receipt)
+        self.summary.rounds_trained.append(task.round)
+        self.say(f"round {task.round}/{task.rounds_total}: update sealed and accepted "
+                 f"(receipt {receipt.update_sha256.hex()[:12]}...)")
 
 
 def _fmt(metrics: Metrics) -> str:

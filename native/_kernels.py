@@ -63,9 +63,10 @@ def fedavg_kernel(addresses, weights, out, bad_blocks):
     ``addresses[i]`` is the data address of update i, a C-contiguous float32 array of
     ``len(out)`` values that the caller keeps alive for the call (a Python list of
     arrays would otherwise need a numba typed List, whose construction costs ~0.5 s
-    of JIT in every new process); ``weights`` are normalised float64. Each block of the output is a float64 buffer in L1/L2 that the
-    N updates stream through once, 8 (then 4, then 1) at a time so the buffer is read
-    and written once per group rather than once per update. ``bad_blocks[b]`` is set
+    of JIT in every new process); ``weights`` are normalised float64. Each block of the
+    output is a float64 buffer in L1/L2 that the N updates stream through once, 8 (then
+    4, then 1) at a time so the buffer is read and written once per group rather than
+    once per update. ``bad_blocks[b]`` is set
     when block b of the result is not finite (some input there was not).
     """
     n = addresses.shape[0]

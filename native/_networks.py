@@ -75,7 +75,7 @@ def selection_network(n: int, positions: frozenset[int]) -> tuple[np.ndarray, np
     candidates = [_prune(_batcher_pairs(n), set(positions))]
     # Positions that are all within k of either end: k bubble passes each way.
     k = max((min(p + 1, n - p) for p in positions), default=0)
-    if 0 < k and 2 * k <= n:
+    if k > 0 and 2 * k <= n:
         candidates.append(_prune(_extreme_pairs(n, k), set(positions)))
     best = min(candidates, key=len)
     return _as_arrays(best)

@@ -7,10 +7,10 @@ from fractions import Fraction
 import numpy as np
 
 from . import _kernels
+from ._validate import as_int, as_update
+from ._validate import weight as check_weight
 from ._workshare import run_blocks
-from ._validate import as_int, as_update, weight as check_weight
 from .errors import AggregationError, NonFiniteUpdateError
-
 
 # Weights are applied in float32: outside this range w * x underflows or overflows.
 MIN_WEIGHT = 1e-30

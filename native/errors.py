@@ -1,8 +1,10 @@
 """Exceptions raised by the native aggregation kernels."""
 from __future__ import annotations
 
+from attestation.errors import AttestflError
 
-class AggregationError(ValueError):
+
+class AggregationError(AttestflError, ValueError):
     """Invalid aggregation input (shape, dtype, weights, parameters) or state."""
 
 

@@ -7,9 +7,9 @@ import numba
 import numpy as np
 
 from . import _kernels, _small_networks
-from ._workshare import run_blocks
 from ._networks import selection_network
 from ._validate import as_int, as_stack, as_update, normalised_weights, trim_count
+from ._workshare import run_blocks
 from .errors import AggregationError, NonFiniteUpdateError
 
 
@@ -39,7 +39,7 @@ def fedavg(updates: np.ndarray | Sequence[np.ndarray], weights: Sequence[float] 
         stack = as_stack(updates)
         n, size = stack.shape
         w = normalised_weights(weights, n)
-        rows: Sequence[np.ndarray] = stack
+        rows: Sequence[np.ndarray] | np.ndarray = stack
     else:
         if isinstance(updates, np.ndarray) or not isinstance(updates, Sequence):
             raise AggregationError("updates must be a sequence of 1-D float32 arrays or an (N, P) float32 array")

@@ -26,11 +26,13 @@ import msgspec
 import msgspec.inspect as schema_info
 from msgspec import Meta
 
+from attestation.errors import AttestflError
+
 #: The longest duration any key accepts (a week): a larger value is a typo, not a deadline.
 MAX_DURATION_SECONDS = 7 * 86400
 
 
-class ConfigError(ValueError):
+class ConfigError(AttestflError, ValueError):
     """A configuration file is unusable; the message names the file and key."""
 
 
@@ -210,7 +212,8 @@ class Endpoint:
 
 
 def endpoint_form(allow_port_zero: bool = False) -> str:
-    return f"host:port with a port from {0 if allow_port_zero else 1} to 65535 (an IPv6 address in brackets, like \"[::1]:7443\")"
+    lowest = 0 if allow_port_zero else 1
+    return f'host:port with a port from {lowest} to 65535 (an IPv6 address in brackets, like "[::1]:7443")'
 
 
 def parse_endpoint(text: str, *, allow_port_zero: bool = False, default_host: str | None = None) -> Endpoint:

@@ -18,19 +18,22 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from attestation.errors import AttestflError
 
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 AUDIENCE = "attestfl-aggregator"
 STATUSES = ("affirming", "warning", "contraindicated", "none")
 
 
-class CredentialError(Exception):
+class CredentialError(AttestflError):
     """A session credential is missing, malformed, expired, or not the enclave's."""
 
 

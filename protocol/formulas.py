@@ -29,6 +29,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from attestation.errors import MAX_EVIDENCE_BYTES
 from protocol.streams import MAX_CHUNK_BYTES, SessionKeys, StreamError
 
 ADMISSION_NONCE_LABEL = b"attestfl/v1/site-admission\x00"
@@ -39,7 +40,6 @@ MESSAGE_LABEL = b"attestfl/v1/sealed-message\x00"
 
 #: Limits both ends enforce.
 MAX_SITE_ID = 128
-MAX_EVIDENCE_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = MAX_CHUNK_BYTES + 64 * 1024
 MAX_SEALED_MESSAGE_BYTES = 64 * 1024
 MAX_METRICS = 64
@@ -157,7 +157,22 @@ def open_message(keys: SessionKeys, *, method: str, call: int, response: bool, c
 
 
 __all__ = [
-    "CALL_HEADER", "MAX_EVIDENCE_BYTES", "MAX_MESSAGE_BYTES", "MAX_METRICS", "MAX_METRIC_NAME", "MAX_SITE_ID", "ProtocolError",
-    "SESSION_HEADER", "admission_nonce", "app_attest_client_data", "download_context", "identity_transcript", "open_message",
-    "parse_upload_context", "receipt_message", "seal_message", "upload_context", "valid_site_id",
+    "CALL_HEADER",
+    "MAX_EVIDENCE_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MAX_METRICS",
+    "MAX_METRIC_NAME",
+    "MAX_SITE_ID",
+    "SESSION_HEADER",
+    "ProtocolError",
+    "admission_nonce",
+    "app_attest_client_data",
+    "download_context",
+    "identity_transcript",
+    "open_message",
+    "parse_upload_context",
+    "receipt_message",
+    "seal_message",
+    "upload_context",
+    "valid_site_id",
 ]

@@ -25,12 +25,15 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from attestation.errors import AttestflError
 
 SESSION_KEYS_LABEL = b"attestfl/v1/session-keys\x00"
 TRANSCRIPT_LABEL = b"attestfl/v1/handshake-transcript\x00"
@@ -45,7 +48,7 @@ _HEADER = struct.Struct("<4s16s16s8sH")  # magic, session id, stream id, purpose
 MAX_CONTEXT_BYTES = 1024
 
 
-class StreamError(Exception):
+class StreamError(AttestflError):
     """A sealed stream failed a check: the reason says which; no plaintext of it is used."""
 
 
@@ -92,7 +95,7 @@ class StreamHeader:
         return _HEADER.pack(HEADER_MAGIC, self.session_id, self.stream_id, self.purpose.encode().ljust(8, b"\0"), len(self.context)) + self.context
 
     @classmethod
-    def decode(cls, data: bytes) -> "StreamHeader":
+    def decode(cls, data: bytes) -> StreamHeader:
         if len(data) < _HEADER.size or len(data) > _HEADER.size + MAX_CONTEXT_BYTES:
             raise StreamError("stream header has the wrong size")
         magic, session_id, stream_id, purpose, context_length = _HEADER.unpack_from(data, 0)
@@ -131,7 +134,7 @@ class StreamSealer:
         self._index = 0
         self._closed = False
 
-    def seal(self, chunk: bytes, *, final: bool) -> tuple[int, bytes]:
+    def seal(self, chunk: bytes | memoryview, *, final: bool) -> tuple[int, bytes]:
         """(index, ciphertext) of the next chunk."""
         if self._closed:
             raise StreamError("the stream was already finished")
@@ -144,7 +147,7 @@ class StreamSealer:
         return index, ciphertext
 
 
-def _chunked(parts: list[memoryview], chunk_bytes: int):
+def _chunked(parts: list[memoryview], chunk_bytes: int) -> Iterator[memoryview]:
     """Slices of ``chunk_bytes`` over consecutive buffers, copying only where a chunk spans two."""
     pending: list[memoryview] = []
     pending_size = 0
@@ -166,7 +169,8 @@ def _chunked(parts: list[memoryview], chunk_bytes: int):
         yield memoryview(b"".join(pending))
 
 
-def seal_chunks(key: bytes, data: bytes | list, *, session_id: bytes, purpose: str, context: bytes, chunk_bytes: int = CHUNK_BYTES):
+def seal_chunks(key: bytes, data: bytes | list[bytes | memoryview], *, session_id: bytes, purpose: str, context: bytes,
+                chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, int, bool, bytes]]:
     """Yield (header or b"", index, final, ciphertext) for ``data`` (bytes, or a list of
     buffers sent back to back, e.g. a safetensors header and the tensors' memory) in chunks."""
     sealer = StreamSealer(key, session_id=session_id, purpose=purpose, context=context)

@@ -20,13 +20,16 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 from msgspec import Meta
+
+from attestation.errors import AttestflError
 
 #: The dtypes attestfl aggregates: float32 only, as the native kernels.
 DTYPES = {"F32": np.dtype("<f4")}
@@ -44,7 +47,7 @@ _LENGTH = struct.Struct("<Q")
 Dimension = Annotated[int, Meta(ge=0)]
 
 
-class UpdateFormatError(ValueError):
+class UpdateFormatError(AttestflError, ValueError):
     """An update (or model file) is not valid safetensors, or does not match the model spec."""
 
 
@@ -52,6 +55,13 @@ def _show(name: str, limit: int = 64) -> str:
     """A tensor name for a one-line message: quoted, escaped, cut."""
     text = repr(name)
     return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _show_names(names: list[str]) -> str:
+    """Tensor names for a one-line message: at most eight, each cut."""
+    if not names:
+        return "none"
+    return "[" + ", ".join(_show(n) for n in names[:8]) + (", ..." if len(names) > 8 else "") + "]"
 
 
 def _check_shape(shape: tuple[int, ...], where: str) -> None:
@@ -100,7 +110,8 @@ class ModelSpec:
             if not isinstance(tensor.name, str):
                 raise UpdateFormatError(f"model spec: tensor name {tensor.name!r} is not a string")
             if tensor.dtype not in DTYPES:
-                raise UpdateFormatError(f"model spec: tensor {_show(tensor.name)} has dtype {tensor.dtype}; only {', '.join(DTYPES)} is supported")
+                raise UpdateFormatError(f"model spec: tensor {_show(tensor.name)} has dtype {tensor.dtype}; "
+                                        f"only {', '.join(DTYPES)} is supported")
             _check_shape(tensor.shape, f"model spec: tensor {_show(tensor.name)}")
 
     @property
@@ -117,14 +128,14 @@ class ModelSpec:
         return _LENGTH.size + MAX_HEADER_BYTES + self.data_bytes
 
     @classmethod
-    def of(cls, tensors: Mapping[str, np.ndarray]) -> "ModelSpec":
+    def of(cls, tensors: Mapping[str, np.ndarray]) -> ModelSpec:
         return cls(tuple(TensorSpec(name, "F32", tuple(int(d) for d in array.shape)) for name, array in tensors.items()))
 
     def to_json(self) -> str:
         return json.dumps([{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in self.tensors], separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
+    def from_json(cls, text: str) -> ModelSpec:
         """The spec a task carries (from the aggregator): every field typed and bounded."""
         if len(text) > MAX_HEADER_BYTES:
             raise UpdateFormatError(f"model spec is over {MAX_HEADER_BYTES} characters")
@@ -140,19 +151,19 @@ def encode_tensors(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str
     return b"".join(encode_tensor_parts(tensors, metadata))
 
 
-def encode_tensor_parts(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> list:
+def encode_tensor_parts(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> list[bytes | memoryview]:
     """The safetensors layout as buffers to send back to back: the length-prefixed header, then
     each tensor's memory (no copy when a tensor already is contiguous little-endian float32)."""
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     offset = 0
-    blobs = []
+    blobs: list[bytes | memoryview] = []
     for name, array in tensors.items():
         data = np.ascontiguousarray(array, dtype=DTYPES["F32"])
         header[name] = {"dtype": "F32", "shape": list(data.shape), "data_offsets": [offset, offset + data.nbytes]}
         offset += data.nbytes
-        blobs.append(data.reshape(-1))
+        blobs.append(data.reshape(-1).data.cast("B"))  # the tensor's own memory, as bytes
     raw_header = json.dumps(header, separators=(",", ":")).encode()
     raw_header += b" " * (-len(raw_header) % 8)  # align tensor data to 8 bytes, as safetensors does
     return [_LENGTH.pack(len(raw_header)) + raw_header, *blobs]
@@ -269,8 +280,8 @@ def decode_tensors(data: bytes | bytearray | memoryview, spec: ModelSpec | None 
         missing = sorted(set(expected) - {e[0] for e in entries})
         extra = sorted({e[0] for e in entries} - set(expected))
         if missing or extra:
-            shown = lambda names: "[" + ", ".join(_show(n) for n in names[:8]) + (", ..." if len(names) > 8 else "") + "]" if names else "none"  # noqa: E731
-            raise UpdateFormatError(f"update tensors differ from the model spec: missing {shown(missing)}, unexpected {shown(extra)}")
+            raise UpdateFormatError(f"update tensors differ from the model spec: missing {_show_names(missing)}, "
+                                   f"unexpected {_show_names(extra)}")
         for name, dtype, shape, _b, _e in entries:
             want = expected[name]
             if dtype != want.dtype or shape != want.shape:

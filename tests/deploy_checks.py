@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 import shlex
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -103,7 +104,10 @@ def lock_problems(lock_text: str, pyproject_text: str) -> list[str]:
         return [str(exc)]
     problems = []
     direct = {canonicalize_name(r.name): r for r in runtime_requirements(pyproject_text)}
-    for name, parent in sorted(runtime_closure(direct.values()).items()):
+    needed = runtime_closure(direct.values())
+    for name in sorted(set(lock) - set(needed) - FORBIDDEN_PACKAGES):
+        problems.append(f"{name} is in the lock but nothing the aggregator runs needs it")
+    for name, parent in sorted(needed.items()):
         entry = lock.get(name)
         if entry is None:
             problems.append(f"{name} (needed by {parent}) is not in the lock")

@@ -264,7 +264,7 @@ def test_a_missing_model_names_the_key(tmp_path: Path) -> None:
 def test_choices(tmp_path: Path) -> None:
     assert refused(write(tmp_path, {"tee": '"sgx"'})) == \
         '[aggregator] tee: expected one of "auto", "sev-snp", "simulated-snp", "simulated-tdx", "tdx", got "sgx"'
-    assert refused(write(tmp_path, {"gpu": '"cuda"'})) == '[aggregator] gpu: expected one of "none", "nvml", "simulated", got "cuda"'
+    assert refused(write(tmp_path, {"gpu": '"cuda"'})) == '[aggregator] gpu: expected one of "auto", "none", "nvml", "simulated", got "cuda"'
 
 
 def test_unknown_keys_list_the_allowed_ones(tmp_path: Path) -> None:

@@ -20,9 +20,11 @@ def test_lock_covers_every_runtime_dependency_with_hashes() -> None:
 def test_runtime_dependencies_come_from_pyproject_transitively() -> None:
     names = set(runtime_closure(runtime_requirements(PYPROJECT)))
     # direct ([project] dependencies and the aggregator extra) and transitive (via metadata)
-    assert {"cryptography", "numba", "pynacl", "grpcio", "protobuf", "pyjwt"} <= names
+    assert {"cryptography", "grpcio", "protobuf", "pyjwt"} <= names  # [project] dependencies
+    assert {"numba", "dp-accounting", "prometheus-client"} <= names  # the aggregator extra
     assert {"cffi", "llvmlite"} <= names
     assert "torch" not in names and "sev-snp-measure" not in names and "pytest" not in names
+    assert "tenacity" not in names and "pynacl" not in names  # a site's retries; nothing imports pynacl
 
 
 def test_lock_check_flags_a_missing_unhashed_or_unpinned_dependency() -> None:
@@ -33,8 +35,11 @@ def test_lock_check_flags_a_missing_unhashed_or_unpinned_dependency() -> None:
     assert any("llvmlite" in p and "needed by numba" in p for p in lock_problems(without_llvmlite, PYPROJECT))
     unhashed = re.sub(r"(?m)^(cbor2==\S+) \\\n(\s+--hash=\S+( \\)?\n)+", r"\1\n", lock)
     assert any("cbor2 has no --hash" in p for p in lock_problems(unhashed, PYPROJECT))
-    unpinned = re.sub(r"(?m)^pynacl==", "pynacl>=", lock)
-    assert any("pynacl is not pinned" in p for p in lock_problems(unpinned, PYPROJECT))
+    unpinned = re.sub(r"(?m)^pyjwt==", "pyjwt>=", lock)
+    assert any("pyjwt is not pinned" in p for p in lock_problems(unpinned, PYPROJECT))
+    unneeded = lock + "tenacity==9.2.1 \\\n    --hash=sha256:" + "0" * 64 + "\n"  # a site's dependency
+    assert any("tenacity is in the lock but nothing the aggregator runs needs it" in p
+               for p in lock_problems(unneeded, PYPROJECT))
     with_torch = lock + "torch==2.5.1 \\\n    --hash=sha256:" + "0" * 64 + "\n"
     assert any("torch" in p for p in lock_problems(with_torch, PYPROJECT))
     with_index = "--extra-index-url file:///opt/pypi/simple\n" + lock

@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import socket
-import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import jwt
@@ -19,19 +17,20 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from protocol.admission import admission_nonce, app_attest_client_data
-from protocol.credential import AUDIENCE, issue_credential
-from protocol.streams import MAX_CHUNK_BYTES
-from fedsite.client import AdmissionRefused, AggregatorNotTrusted, AppAttestEvidence, SiteClient, admit_request
-from protocol.tensors import ModelSpec, encode_tensors
-from protocol.wire import federation_pb2 as pb
-from protocol.wire import federation_pb2_grpc as pb_grpc
 from attestation.abi.bundle import encode_bundle, parse_bundle
 from attestation.binding import BoundKeys
 from enclave.attester import make_bundle
 from enclave.keys import EnclaveKeys
 from enclave.simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
 from federation import MODEL, Aggregator, Deployment, run_aggregator
+from fedsite.client import AdmissionRefused, AggregatorNotTrusted, AppAttestEvidence, SiteClient, admit_request
+from forwarder import Forwarder
+from protocol.admission import admission_nonce, app_attest_client_data
+from protocol.credential import AUDIENCE, issue_credential
+from protocol.streams import MAX_CHUNK_BYTES
+from protocol.tensors import ModelSpec, encode_tensors
+from protocol.wire import federation_pb2 as pb
+from protocol.wire import federation_pb2_grpc as pb_grpc
 
 PYATTEST_ROOT = Path(__import__("pyattest").__file__).parent / "testutils" / "fixtures" / "root_cert.pem"
 
@@ -370,48 +369,8 @@ def test_relay_substituting_keys_is_detected(aggregator: Aggregator, deployment:
         relay.channel.close()
 
 
-class _ByteRelay:
-    """A TCP forwarder on loopback that keeps every byte it relays, both directions."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.seen = bytearray()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                with self.lock:
-                    self.seen += data
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 def test_byte_relay_never_sees_a_plaintext_update(aggregator: Aggregator, deployment: Deployment) -> None:
-    relay = _ByteRelay(aggregator.ready["port"])
+    relay = Forwarder(aggregator.ready["port"], record=True)
     marker = np.frombuffer(hashlib.sha512(b"patient-derived gradient").digest() * 2, dtype=np.float32)[:12].reshape(4, 3)
     update = {"dense.weight": marker.copy(), "dense.bias": np.array([1.25, -2.5, 3.75], np.float32)}
     try:

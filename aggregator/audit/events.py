@@ -35,11 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aggregator.audit.log import AuditLogError, AuditLogUnavailable, LogStore, TreeHead, key_binding_nonce
 from attestation.abi.bundle import encode_bundle
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeys
-
-from aggregator.audit.log import AuditLogError, AuditLogUnavailable, LogStore, TreeHead, key_binding_nonce
 from protocol.auditlog.records import admission_policy_record, plain
 
 LOG = logging.getLogger("attestfl.aggregator.audit")

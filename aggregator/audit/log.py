@@ -49,8 +49,9 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cbor2
 
@@ -69,7 +70,6 @@ from protocol.auditlog.format import (  # noqa: F401 - re-exported for the write
     encode_entry,
     frame,
     key_binding_nonce,
-    read_records,
     read_regular_file,
     scan_records,
 )

@@ -15,22 +15,20 @@ import os
 import random
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aggregator.audit.events import AuditLog
 from attestation.abi.bundle import encode_bundle
 from attestation.policy import Policy
 from enclave.attester import make_bundle
+from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys
 from enclave.simulated.attester import SimulatedSnpAttester
 from enclave.simulated.pki import load_or_create
-
-from enclave.identity import SiteIdentity
-
 from protocol.admission import AdmissionPolicy, IdentityProof, SiteRule, appraise_site
 from protocol.formulas import admission_nonce, identity_transcript, receipt_message
-from aggregator.audit.events import AuditLog
 
 
 class SyntheticFederation:
@@ -85,7 +83,7 @@ class SyntheticFederation:
         keys = self.site_keys[site]
         bundle = make_bundle(self.debug_attester if debug else self.site_attester, keys, admission_nonce(site, challenge))
         evidence = encode_bundle(bundle)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         aggregator_evidence = hashlib.sha256(b"synthetic aggregator evidence").digest()
         signature = self.identities[site].sign(identity_transcript(
             site_id=site, challenge=challenge, evidence_sha256=hashlib.sha256(evidence).digest(), site_x25519=keys.public.x25519,

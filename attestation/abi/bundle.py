@@ -42,15 +42,15 @@ from typing import Any, Mapping
 import cbor2
 
 from ..binding import BoundKeys, check_nonce
-from ..errors import EvidenceFormatError, EvidenceTooLargeError
+from ..errors import MAX_EVIDENCE_BYTES, EvidenceFormatError, EvidenceTooLargeError
 
 #: The CBOR self-describe tag 55799: the first three bytes of every bundle.
 MAGIC = b"\xd9\xd9\xf7"
 FORMAT_NAME = "attestfl-evidence-bundle"
 BUNDLE_VERSION = 1
 CPU_PLATFORMS = ("sev-snp", "tdx")
-#: The same limit as for raw evidence (``attestation.appraise.MAX_EVIDENCE_BYTES``).
-MAX_BUNDLE_BYTES = 64 * 1024
+#: The same limit as for raw evidence.
+MAX_BUNDLE_BYTES = MAX_EVIDENCE_BYTES
 MAX_DEPTH = 4
 MAX_ITEMS = 32
 MAX_CERTIFICATES = 8

@@ -55,7 +55,7 @@ from typing import Iterable, Mapping
 
 from asn1crypto import core, keys
 
-from ..errors import EvidenceFormatError, EvidenceTooLargeError
+from ..errors import MAX_EVIDENCE_BYTES, EvidenceFormatError, EvidenceTooLargeError
 
 SPDM_VERSION_1_1 = 0x11
 SUPPORTED_SPDM_VERSIONS = frozenset({SPDM_VERSION_1_1})
@@ -75,8 +75,6 @@ RESPONSE_HEADER_SIZE = 8
 BLOCK_HEADER_SIZE = 4
 DMTF_HEADER_SIZE = 3
 
-#: Refuse binary evidence larger than this before parsing anything.
-MAX_EVIDENCE_BYTES = 64 * 1024
 #: Refuse hex text larger than this (two digits a byte plus whitespace slack).
 MAX_EVIDENCE_HEX_CHARS = 2 * MAX_EVIDENCE_BYTES + 4096
 

@@ -91,6 +91,18 @@ def _labels() -> dict[str, str]:
 
 def render_documents(platform: str, sources: dict[str, str], image: str) -> list[dict[str, Any]]:
     init_data = render_init_data(sources)
+    return [
+        _namespace(),
+        _config_map(sources),
+        _init_data_map(init_data),
+        _statefulset(platform, init_data, _container(image)),
+        *_services(),
+        _network_policy(),
+    ]
+
+
+def _container(image: str) -> dict[str, Any]:
+    """The aggregator container: non-root, read-only, no capabilities, gRPC health probes."""
     security_context = {
         "runAsNonRoot": True,
         "runAsUser": UID,
@@ -102,7 +114,7 @@ def render_documents(platform: str, sources: dict[str, str], image: str) -> list
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     probe = {"grpc": {"port": GRPC_PORT}, "periodSeconds": 10, "timeoutSeconds": 3}
-    container = {
+    return {
         "name": "aggregator",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
@@ -127,7 +139,10 @@ def render_documents(platform: str, sources: dict[str, str], image: str) -> list
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
-    namespace = {
+
+
+def _namespace() -> dict[str, Any]:
+    return {
         "apiVersion": "v1",
         "kind": "Namespace",
         "metadata": {
@@ -138,14 +153,20 @@ def render_documents(platform: str, sources: dict[str, str], image: str) -> list
             },
         },
     }
-    config_map = {
+
+
+def _config_map(sources: dict[str, str]) -> dict[str, Any]:
+    return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": f"{APP}-config", "namespace": NAMESPACE, "labels": _labels()},
         "immutable": True,
         "data": {key: sources[key] for key in CONFIGMAP_KEYS},
     }
-    init_data_map = {
+
+
+def _init_data_map(init_data: str) -> dict[str, Any]:
+    return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": f"{APP}-initdata", "namespace": NAMESPACE, "labels": _labels()},
@@ -153,7 +174,11 @@ def render_documents(platform: str, sources: dict[str, str], image: str) -> list
         # For sites and auditors: the exact init-data whose digest is in HOST_DATA / MRCONFIGID.
         "data": {"initdata.toml": init_data},
     }
-    statefulset = {
+
+
+def _statefulset(platform: str, init_data: str, container: dict[str, Any]) -> dict[str, Any]:
+    """One replica in the platform's confidential runtime class, carrying the init-data."""
+    return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": {"name": APP, "namespace": NAMESPACE, "labels": _labels()},
@@ -197,6 +222,10 @@ def render_documents(platform: str, sources: dict[str, str], image: str) -> list
             ],
         },
     }
+
+
+def _services() -> list[dict[str, Any]]:
+    """The gRPC Service and the StatefulSet's headless Service."""
     ports = [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}]
     service = {
         "apiVersion": "v1",
@@ -211,7 +240,12 @@ def render_documents(platform: str, sources: dict[str, str], image: str) -> list
         "metadata": {"name": f"{APP}-headless", "namespace": NAMESPACE, "labels": _labels()},
         "spec": {"clusterIP": "None", "selector": _labels(), "ports": ports},
     }
-    network_policy = {
+    return [service, headless]
+
+
+def _network_policy() -> dict[str, Any]:
+    """Ingress to the gRPC port only."""
+    return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {"name": APP, "namespace": NAMESPACE, "labels": _labels()},
@@ -221,7 +255,6 @@ def render_documents(platform: str, sources: dict[str, str], image: str) -> list
             "ingress": [{"ports": [{"port": GRPC_PORT, "protocol": "TCP"}]}],
         },
     }
-    return [namespace, config_map, init_data_map, statefulset, service, headless, network_policy]
 
 
 class _Dumper(yaml.SafeDumper):

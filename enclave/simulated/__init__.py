@@ -5,6 +5,8 @@ signatures, chains, collateral, policy) runs on an ordinary machine, and it is
 accepted only by policies that name its root fingerprints.
 """
 
+from attestation.errors import AttestflError
 
-class SimulatedTeeError(Exception):
+
+class SimulatedTeeError(AttestflError):
     """The simulated TEE's directory or inputs are unusable."""

@@ -17,10 +17,11 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cbor2
 
+from attestation.errors import AttestflError
 from attestation.files import read_bounded
 
 ENTRIES_FILE = "entries.log"
@@ -32,7 +33,7 @@ _LEN = struct.Struct(">I")
 CHECKSUM_SIZE = 32
 
 
-class AuditLogError(Exception):
+class AuditLogError(AttestflError):
     """The audit log cannot be used (base class)."""
 
 
@@ -96,7 +97,3 @@ def scan_records(data: bytes) -> Scan:
         records.append(Record(offset, payload))
         offset = end
     return Scan(records, offset, None, False)
-
-
-def read_records(directory: str | Path, name: str) -> Iterator[Record]:
-    yield from scan_records(read_regular_file(Path(directory) / name, MAX_LOG_FILE_BYTES, "audit log file")).records

@@ -21,13 +21,15 @@ tree_size || u64 timestamp (unix ms) || root_hash || key``.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from attestation.errors import AttestflError
 from protocol.auditlog import merkle
 
 HEAD_LABEL = b"attestfl/v1/audit-tree-head\x00"
@@ -37,7 +39,7 @@ HEAD_FIELDS = frozenset({"tree_size", "root_hash", "timestamp", "key", "signatur
 _U64X2 = struct.Struct(">QQ")
 
 
-class HeadError(ValueError):
+class HeadError(AttestflError, ValueError):
     """A tree head cannot be used (base class; the message is one line)."""
 
 
@@ -84,7 +86,7 @@ class TreeHead:
             return False
         return ed25519_verify(self.key, self.signature, message)
 
-    def verify(self, key: bytes | None = None) -> "TreeHead":
+    def verify(self, key: bytes | None = None) -> TreeHead:
         """This head, if its signature verifies (and, with ``key``, it is signed by that key); else HeadInvalid."""
         if key is not None and self.key != key:
             raise HeadInvalid(f"the tree head (size {self.tree_size}) is signed by {self.key.hex()}, not by {bytes(key).hex()}")
@@ -105,7 +107,7 @@ class TreeHead:
                 "key": self.key.hex(), "signature": self.signature.hex()}
 
     @classmethod
-    def from_map(cls, data: Any) -> "TreeHead":
+    def from_map(cls, data: Any) -> TreeHead:
         """From the CBOR map (bytes values) or the JSON form (hex strings); HeadInvalid if malformed.
 
         The signature is not checked here (:meth:`verify`)."""
@@ -129,7 +131,7 @@ class TreeHead:
         return cls(size, raw("root_hash", merkle.HASH_SIZE), timestamp, raw("key", 32), raw("signature", 64))
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, key: bytes | None = None) -> "TreeHead":
+    def from_bytes(cls, data: bytes, *, key: bytes | None = None) -> TreeHead:
         """Parse the canonical CBOR form and verify the signature (and the signer, with ``key``)."""
         if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > MAX_HEAD_BYTES:
             raise HeadInvalid(f"a tree head is at most {MAX_HEAD_BYTES} bytes of CBOR")

@@ -18,7 +18,7 @@ Functions work on *leaf hashes* (32 bytes each), so callers hash each entry once
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 HASH_SIZE = 32
 LEAF_PREFIX = b"\x00"

@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import PurePath
 from typing import Any
 
+from attestation.errors import AttestflError
 from attestation.policy import Policy
 
 from protocol.admission import AdmissionPolicy, AppAttestRule, OrganisationCa, SiteRule
@@ -84,7 +85,7 @@ def admission_policy_record(policy: AdmissionPolicy) -> dict[str, Any]:
     }
 
 
-class PolicyRecordError(ValueError):
+class PolicyRecordError(AttestflError, ValueError):
     """A logged admission policy cannot be rebuilt."""
 
 

@@ -5,54 +5,20 @@ calls that send their headers but never their request message."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from typing import Any
 
 import grpc
 
+from forwarder import Forwarder
 
-class SourceForwarder:
+
+class SourceForwarder(Forwarder):
     """Listen on 127.0.0.1:<port>, connect every accepted connection to the aggregator from
     ``source`` and pump bytes both ways."""
 
     def __init__(self, target_port: int, source: str) -> None:
-        self.target_port = target_port
-        self.source = source
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port), source_address=(self.source, 0))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
+        super().__init__(target_port, source)
 
 
 class BodilessCalls:
