@@ -23,13 +23,14 @@ from typing import Any, Mapping, TextIO
 
 import numpy as np
 
+from attestation.errors import EXIT_UNUSABLE, AttestflError
 from protocol.tensors import encode_tensors
 
 
-class ModelInitError(ValueError):
+class ModelInitError(AttestflError, ValueError):
     """The factory cannot be loaded or its model cannot be written; the message says what to do."""
 
-    exit_code = 2
+    exit_code = EXIT_UNUSABLE
 
 
 def load_factory(spec: str, base_dir: Path) -> Any:
@@ -122,12 +123,4 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("factory", metavar="MODULE:FACTORY")
     init.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the safetensors file")
     init.add_argument("--json", action="store_true", help="print one JSON object")
-    init.set_defaults(handler=_handler)
-
-
-def _handler(args: argparse.Namespace) -> int:
-    try:
-        return run_model_init(args)
-    except ModelInitError as exc:
-        print(f"attestfl: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    init.set_defaults(handler=run_model_init)

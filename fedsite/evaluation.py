@@ -20,12 +20,14 @@ from typing import Mapping
 
 import numpy as np
 
+from attestation.errors import AttestflError
+
 ECE_BINS = 15
 MIN_SUBGROUP_EXAMPLES = 10
 MAX_SUBGROUP_VALUES = 8
 
 
-class EvaluationError(ValueError):
+class EvaluationError(AttestflError, ValueError):
     """The predictions or labels cannot be evaluated (shapes, values)."""
 
 

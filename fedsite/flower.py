@@ -25,8 +25,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from attestation.errors import AttestflError
 
-class FlowerTrainerError(ValueError):
+
+class FlowerTrainerError(AttestflError, ValueError):
     """The Flower client returned parameters that do not fit the federation's model."""
 
 

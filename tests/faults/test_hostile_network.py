@@ -73,7 +73,7 @@ def test_256_bodiless_calls_do_not_delay_a_legitimate_join(deployment: Deploymen
     # Over a budget: refused at once; within one: ended at the request deadline (or with the
     # attacker's connection). Never served, never waiting on the honest site.
     assert len(codes) == 256 and set(codes) <= {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "UNAVAILABLE"}, sorted(set(codes))
-    assert codes.count("RESOURCE_EXHAUSTED") >= 256 - 32  # per-address and per-connection budgets
+    assert codes.count("DEADLINE_EXCEEDED") <= 32  # at most the per-address budget ever held a slot
 
 
 def test_bodiless_calls_on_session_methods_hold_nothing(aggregator: Aggregator) -> None:
