@@ -38,7 +38,7 @@ from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeys, EnclaveKeyError
 
 from aggregator.challenges import ChallengeStore
-from protocol.admission import AdmissionPolicy, IdentityProof, appraise_site, valid_site_id
+from protocol.admission import AdmissionPolicy, AdmissionRequest, IdentityProof, appraise, valid_site_id
 from protocol.credential import issue_credential
 from aggregator.gate import Gate, Limits, Ticket, peer_address
 from protocol.formulas import (
@@ -367,12 +367,13 @@ class FederationService:
         except TimeoutError:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the aggregator is busy appraising evidence; retry shortly")
         try:
-            appraisal = await loop.run_in_executor(None, lambda: appraise_site(
-                self.admission, site_id=site_id, challenge_reason=challenge_reason, challenge=bytes(request.challenge),
-                x25519=bytes(request.site_x25519_public), ed25519=bytes(request.site_ed25519_public),
-                evidence_format=request.evidence_format, evidence=bytes(request.evidence),
-                app_attest_key_id=bytes(request.app_attest_key_id), identity=identity, aggregator=self.keys.public, at=now,
-            ))
+            admission_request = AdmissionRequest(
+                site_id=site_id, challenge=bytes(request.challenge), x25519=bytes(request.site_x25519_public),
+                ed25519=bytes(request.site_ed25519_public), evidence_format=request.evidence_format, evidence=bytes(request.evidence),
+                identity=identity, aggregator=self.keys.public, at=now, app_attest_key_id=bytes(request.app_attest_key_id),
+                challenge_reason=challenge_reason,
+            )
+            appraisal = await loop.run_in_executor(None, lambda: appraise(self.admission, admission_request))
         finally:
             self._appraisals.release()
         live = [s for s in self.sessions.values() if s.site_id == site_id and s.expires > now]
