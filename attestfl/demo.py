@@ -178,9 +178,11 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
         rounds = {rounds}
         min_sites = {sites}
         round_deadline = "120s"
-        strategy = "{strategy}"
-        krum_f = {max(0, (sites - 3) // 2)}
+        [task.strategy]
+        name = "{strategy}"
         """)
+    if strategy == "krum":
+        task += f"f = {max(0, (sites - 3) // 2)}\n"
     if dp:
         task += "[task.dp]\nclip_norm = 1.0\nnoise_multiplier = 0.5\ndelta = 1e-5\n"
     port = _free_port()
