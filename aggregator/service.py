@@ -38,7 +38,7 @@ from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeys, EnclaveKeyError
 
 from aggregator.challenges import ChallengeStore
-from protocol.admission import AdmissionPolicy, AdmissionRequest, IdentityProof, appraise, valid_site_id
+from protocol.admission import AdmissionPolicy, AdmissionRequest, IdentityProof, SiteAppraisal, appraise, valid_site_id
 from protocol.credential import issue_credential
 from aggregator.gate import Gate, Limits, Ticket, peer_address
 from protocol.formulas import (
@@ -358,53 +358,14 @@ class FederationService:
         site_id = request.site_id
         challenge_reason = self.challenges.consume(request.challenge, site_id)
         now = self.clock()
-        identity = IdentityProof(bytes(request.identity_public), bytes(request.identity_signature),
-                                 bytes(request.identity_certificate), bytes(request.aggregator_evidence_sha256))
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.limits.request_timeout):
-                await self._appraisals.acquire()
-        except TimeoutError:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the aggregator is busy appraising evidence; retry shortly")
-        try:
-            admission_request = AdmissionRequest(
-                site_id=site_id, challenge=bytes(request.challenge), x25519=bytes(request.site_x25519_public),
-                ed25519=bytes(request.site_ed25519_public), evidence_format=request.evidence_format, evidence=bytes(request.evidence),
-                identity=identity, aggregator=self.keys.public, at=now, app_attest_key_id=bytes(request.app_attest_key_id),
-                challenge_reason=challenge_reason,
-            )
-            appraisal = await loop.run_in_executor(None, lambda: appraise(self.admission, admission_request))
-        finally:
-            self._appraisals.release()
-        live = [s for s in self.sessions.values() if s.site_id == site_id and s.expires > now]
-        if appraisal.admitted and any(s.identity != appraisal.identity for s in live):
-            # Re-admission replaces a live session only for the same identity key.
-            refusal = Reason("admission.session_live", f"site {site_id!r} has a live session under another identity key; it is not replaced")
-            appraisal = replace(appraisal, admitted=False, reasons=(refusal,), status="contraindicated", identity=None)
-        reasons = [_short(str(r), 400) for r in appraisal.reasons]
-        fields: dict[str, Any] = dict(
-            site=site_id, admitted=appraisal.admitted, reasons=reasons, platform=appraisal.platform,
-            evidence_format=_short(request.evidence_format, 32), evidence_sha256=hashlib.sha256(request.evidence).hexdigest(),
-            evidence_bytes=len(request.evidence), policy_id=self.admission.policy_id, at=now.isoformat(),
-            challenge=bytes(request.challenge[:64]), identity_public=identity.public[:32],
+        admission = AdmissionRequest(
+            site_id=site_id, challenge=bytes(request.challenge), x25519=bytes(request.site_x25519_public),
+            ed25519=bytes(request.site_ed25519_public), evidence_format=request.evidence_format, evidence=bytes(request.evidence),
+            identity=IdentityProof(bytes(request.identity_public), bytes(request.identity_signature),
+                                   bytes(request.identity_certificate), bytes(request.aggregator_evidence_sha256)),
+            aggregator=self.keys.public, at=now, app_attest_key_id=bytes(request.app_attest_key_id), challenge_reason=challenge_reason,
         )
-        if appraisal.identity_proven:
-            # The peer proved the site's identity key: log everything an auditor needs to re-run
-            # this decision offline (auditor.verify), the verifier's collateral included
-            # (each file once). Before that proof, only digests and bounded fields: an
-            # unauthenticated peer cannot make the log grow by its evidence.
-            self._log_collateral(appraisal.collateral)
-            fields.update(
-                collateral={path: digest.hex() for path, digest in sorted(appraisal.collateral.items())},
-                evidence=bytes(request.evidence), claims=appraisal.claims, warnings=list(appraisal.warnings),
-                x25519=bytes(request.site_x25519_public), ed25519=bytes(request.site_ed25519_public),
-                app_attest_key_id=bytes(request.app_attest_key_id[:64]), identity_signature=identity.signature,
-                identity_certificate=identity.certificate, aggregator_evidence_sha256=identity.aggregator_evidence_sha256[:64],
-                aggregator_x25519=self.keys.public.x25519, aggregator_ed25519=self.keys.public.ed25519,
-            )
-            self._record("admission", **fields)
-        else:
-            self._refused(context, "admission", **fields)
+        appraisal = await self._appraise(admission, context)
         if not appraisal.admitted:
             self.counters.refused += 1
             for reason in appraisal.reasons:
@@ -446,6 +407,51 @@ class FederationService:
                                             appraisal.max_weight, expires)
         self.counters.admitted += 1
         return pb.AdmitResponse(admitted=True, credential=token, session_id=session_id)
+
+    async def _appraise(self, admission: AdmissionRequest, context: grpc.aio.ServicerContext) -> SiteAppraisal:
+        """Run the admission checks (off the event loop, a bounded number at once) and log the
+        decision; a site with a live session under another identity key is refused."""
+        site_id, now, identity = admission.site_id, admission.at, admission.identity
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.limits.request_timeout):
+                await self._appraisals.acquire()
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the aggregator is busy appraising evidence; retry shortly")
+        try:
+            appraisal = await loop.run_in_executor(None, lambda: appraise(self.admission, admission))
+        finally:
+            self._appraisals.release()
+        live = [s for s in self.sessions.values() if s.site_id == site_id and s.expires > now]
+        if appraisal.admitted and any(s.identity != appraisal.identity for s in live):
+            # Re-admission replaces a live session only for the same identity key.
+            refusal = Reason("admission.session_live", f"site {site_id!r} has a live session under another identity key; it is not replaced")
+            appraisal = replace(appraisal, admitted=False, reasons=(refusal,), status="contraindicated", identity=None)
+        reasons = [_short(str(r), 400) for r in appraisal.reasons]
+        fields: dict[str, Any] = dict(
+            site=site_id, admitted=appraisal.admitted, reasons=reasons, platform=appraisal.platform,
+            evidence_format=_short(admission.evidence_format, 32), evidence_sha256=hashlib.sha256(admission.evidence).hexdigest(),
+            evidence_bytes=len(admission.evidence), policy_id=self.admission.policy_id, at=now.isoformat(),
+            challenge=admission.challenge[:64], identity_public=identity.public[:32],
+        )
+        if appraisal.identity_proven:
+            # The peer proved the site's identity key: log everything an auditor needs to re-run
+            # this decision offline (auditor.verify), the verifier's collateral included
+            # (each file once). Before that proof, only digests and bounded fields: an
+            # unauthenticated peer cannot make the log grow by its evidence.
+            self._log_collateral(appraisal.collateral)
+            fields.update(
+                collateral={path: digest.hex() for path, digest in sorted(appraisal.collateral.items())},
+                evidence=admission.evidence, claims=appraisal.claims, warnings=list(appraisal.warnings),
+                x25519=admission.x25519, ed25519=admission.ed25519,
+                app_attest_key_id=admission.app_attest_key_id[:64], identity_signature=identity.signature,
+                identity_certificate=identity.certificate, aggregator_evidence_sha256=identity.aggregator_evidence_sha256[:64],
+                aggregator_x25519=self.keys.public.x25519, aggregator_ed25519=self.keys.public.ed25519,
+            )
+            self._record("admission", **fields)
+        else:
+            self._refused(context, "admission", **fields)
+        return appraisal
 
     def _log_collateral(self, used: dict[str, bytes]) -> None:
         """A ``collateral`` entry for each collateral file an appraisal used that this run has
