@@ -27,9 +27,10 @@ import logging
 import math
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Annotated, Any, Callable, ClassVar, Mapping
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import numpy as np
@@ -162,7 +163,7 @@ class Strategy(abc.ABC):
     Parameters: ClassVar[type[msgspec.Struct]] = NoParameters
 
     @classmethod
-    def from_parameters(cls, parameters: msgspec.Struct) -> "Strategy":
+    def from_parameters(cls, parameters: msgspec.Struct) -> Strategy:
         return cls(**msgspec.structs.asdict(parameters))
 
     @abc.abstractmethod
@@ -184,7 +185,7 @@ class Strategy(abc.ABC):
         return {"strategy": self.describe(), "clip_norm": None, "dp": None}
 
     @property
-    def base(self) -> "Strategy":
+    def base(self) -> Strategy:
         """The aggregation rule itself, under any wrappers."""
         return self
 
@@ -342,7 +343,7 @@ class Clipped(_Wrapper):
 
 
 class _DpRound(_ClippedRound):
-    def __init__(self, inner: RoundAggregation, dp: "CentralDp") -> None:
+    def __init__(self, inner: RoundAggregation, dp: CentralDp) -> None:
         # Under DP every site counts equally: the sensitivity bound is per site, not per example.
         super().__init__(inner, dp.clip_norm, weight=1.0)
         self.dp = dp
@@ -491,7 +492,25 @@ def make_strategy(name: str, *, beta: float = 0.2, f: int = 1, m: int = 1) -> St
 
 
 __all__ = [
-    "Aggregate", "CentralDp", "Clipped", "CoordinateMedian", "ENTRY_POINT_GROUP", "FedAvg", "Krum", "NoParameters", "Privacy",
-    "RoundAggregation", "STRATEGIES", "StackedAggregation", "Strategy", "StrategyError", "StreamingMean", "TrimmedMean",
-    "build_strategy", "make_strategy", "register_strategy", "strategy_class", "strategy_names",
+    "ENTRY_POINT_GROUP",
+    "STRATEGIES",
+    "Aggregate",
+    "CentralDp",
+    "Clipped",
+    "CoordinateMedian",
+    "FedAvg",
+    "Krum",
+    "NoParameters",
+    "Privacy",
+    "RoundAggregation",
+    "StackedAggregation",
+    "Strategy",
+    "StrategyError",
+    "StreamingMean",
+    "TrimmedMean",
+    "build_strategy",
+    "make_strategy",
+    "register_strategy",
+    "strategy_class",
+    "strategy_names",
 ]

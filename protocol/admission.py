@@ -89,7 +89,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Literal, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Mapping, TypeVar
 
 import msgspec
 from cryptography import x509
@@ -170,6 +170,12 @@ class OrganisationCa:
         return f"OrganisationCa(sha256:{hashlib.sha256(self.der).hexdigest()[:16]}...)"
 
 
+if TYPE_CHECKING:
+    HexSet = frozenset[bytes]  # what callers pass: SiteRule.__post_init__ makes each value a Hex
+else:
+    HexSet = frozenset[Hex]
+
+
 class AppAttestRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     app_id: str
     root_pem: bytes | None  # None: Apple's App Attestation root shipped by pyattest
@@ -181,13 +187,13 @@ class SiteRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     records and :func:`decode_plain` reads back: add a field here and it round-trips."""
 
     platforms: frozenset[str]
-    identity_keys: frozenset[Hex] = frozenset()
+    identity_keys: HexSet = frozenset()
     organisation_ca: OrganisationCa | None = None
-    measurements: frozenset[Hex] = frozenset()
-    chip_ids: frozenset[Hex] = frozenset()
-    host_data: frozenset[Hex] = frozenset()
-    mr_config_ids: frozenset[Hex] = frozenset()
-    ed25519_keys: frozenset[Hex] = frozenset()
+    measurements: HexSet = frozenset()
+    chip_ids: HexSet = frozenset()
+    host_data: HexSet = frozenset()
+    mr_config_ids: HexSet = frozenset()
+    ed25519_keys: HexSet = frozenset()
     max_weight: float = 1.0
     app_attest: AppAttestRule | None = None
     #: Parameters of installed checks, by check id, as plain data (checked by the policy).
@@ -300,7 +306,7 @@ def read_site_rule(site_id: str, rule: Any, base_dir: Path) -> SiteRule:
         raise PolicyError(f"[{where}] max_weight: expected a number in (0, {MAX_WEIGHT_LIMIT:g}], got {max_weight!r}")
     hexes = {name: read_hex_set(rule, name, where, length) for name, length in HEX_LENGTHS.items()}
     site_rule = SiteRule(platforms=platforms, organisation_ca=ca, max_weight=float(max_weight), app_attest=app_attest,
-                         checks=_read_check_tables(rule, where), **hexes)  # type: ignore[arg-type]
+                         checks=_read_check_tables(rule, where), **hexes)
     if not site_rule.pins_identity:
         raise PolicyError(
             f"[{where}]: the rule pins nothing only site {site_id!r} holds, so any TEE that passes the policy could join "
@@ -897,7 +903,7 @@ BUILTIN_CHECKS: tuple[AdmissionCheck, ...] = (
 )
 #: The rule the identity stage runs against for a site id not in the policy, so the peer is
 #: answered as a known site with another identity key would be.
-DECOY_RULE = SiteRule(frozenset({"sev-snp"}), identity_keys=frozenset({Hex(bytes(32))}))
+DECOY_RULE = SiteRule(frozenset({"sev-snp"}), identity_keys=frozenset({bytes(32)}))
 
 
 # ---- installed checks ----------------------------------------------------------------------------------

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import time
 import tomllib
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -29,9 +30,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
+from federation import MODEL, Deployment, run_aggregator
 
+from aggregator.audit.synthetic import SyntheticFederation
 from aggregator.config import AggregatorConfig
-from aggregator.rounds import DpConfig, RoundDriver, TaskConfig, TaskConfigError
+from aggregator.rounds import DpConfig, RoundDriver, TaskConfig
 from aggregator.strategies import (
     CentralDp,
     Clipped,
@@ -50,10 +53,8 @@ from attestation.binding import BoundKeys
 from attestation.errors import PolicyError
 from attestation.findings import Reason
 from auditor.verify import verify_log
-from aggregator.audit.synthetic import SyntheticFederation
 from enclave.simulated.attester import SimulatedSnpAttester
 from fedsite.client import AdmissionRefused
-from federation import MODEL, Deployment, run_aggregator
 from protocol.admission import (
     BUILTIN_CHECKS,
     AdmissionCheck,
@@ -70,7 +71,12 @@ from protocol.admission import (
     encode_plain,
     validate_check,
 )
-from protocol.auditlog.records import LOG_FORMAT, PolicyRecordError, admission_policy_from_record, admission_policy_record
+from protocol.auditlog.records import (
+    LOG_FORMAT,
+    PolicyRecordError,
+    admission_policy_from_record,
+    admission_policy_record,
+)
 from protocol.tensors import ModelSpec, encode_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +120,7 @@ def write_distribution(directory: Path) -> Path:
 
 
 @pytest.fixture
-def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The distribution importable here (sys.path) and in the processes tests start (PYTHONPATH)."""
     directory = write_distribution(tmp_path / "plugins")
     monkeypatch.syspath_prepend(str(directory))
@@ -146,7 +152,7 @@ def _wait_for_round(client: Any, round_number: int, timeout: float = 30) -> None
 
 
 def test_a_federation_uses_the_installed_strategy_and_check(plugins: Path, tmp_path: Path) -> None:
-    closed_hour = (datetime.now(timezone.utc).hour + 12) % 24  # hours away: the refusal cannot turn into an admission mid-test
+    closed_hour = (datetime.now(UTC).hour + 12) % 24  # hours away: the refusal cannot turn into an admission mid-test
     every_hour = ", ".join(str(h) for h in range(24))
     deployment = Deployment(
         tmp_path / "deployment", tmp_path / "sim",
@@ -160,13 +166,12 @@ def test_a_federation_uses_the_installed_strategy_and_check(plugins: Path, tmp_p
     )
     deployment.directory.mkdir()
     for aggregator in run_aggregator(deployment):
-        def client(site: str) -> Any:
+        def client(site: str, aggregator: Any = aggregator) -> Any:
             return deployment.client(aggregator.target, site_id=site, policy=deployment.site_policy(),
                                      attester=SimulatedSnpAttester(deployment.sim_dir))
 
-        with client("site-b") as refused:
-            with pytest.raises(AdmissionRefused) as caught:
-                refused.join()
+        with client("site-b") as refused, pytest.raises(AdmissionRefused) as caught:
+            refused.join()
         assert [r.split(":")[0] for r in caught.value.reasons] == ["example.hours"], caught.value.reasons
         assert f"may join at {closed_hour:02d}h UTC" in caught.value.reasons[0]
         a, c = client("site-a"), client("site-c")
@@ -204,7 +209,7 @@ def test_a_federation_uses_the_installed_strategy_and_check(plugins: Path, tmp_p
     (tmp_path / "auditor-policy.toml").write_text((deployment.directory / "site-policy.toml").read_text())
     run = subprocess.run([sys.executable, "-m", "attestfl.cli", "audit", "verify", str(deployment.directory / "audit-log"),
                           "--policy", str(tmp_path / "auditor-policy.toml"), "--json"],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+                         check=False, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     report = json.loads(run.stdout)
     assert run.returncode != 0 and not report["valid"]
     messages = [p["message"] for p in report["problems"] if p["check"] == "config.admission"]
@@ -345,9 +350,9 @@ class _EarlyEvidence(AdmissionCheck):
 
 
 def _request(site_id: str, **changes: Any) -> AdmissionRequest:
-    fields: dict[str, Any] = dict(site_id=site_id, challenge=os.urandom(32), x25519=bytes(range(1, 33)), ed25519=bytes(32),
-                                  evidence_format="bundle", evidence=b"not a bundle", identity=IdentityProof(),
-                                  aggregator=BoundKeys(bytes(32), bytes(32)), at=datetime.now(timezone.utc))
+    fields: dict[str, Any] = {"site_id": site_id, "challenge": os.urandom(32), "x25519": bytes(range(1, 33)), "ed25519": bytes(32),
+                              "evidence_format": "bundle", "evidence": b"not a bundle", "identity": IdentityProof(),
+                              "aggregator": BoundKeys(bytes(32), bytes(32)), "at": datetime.now(UTC)}
     return AdmissionRequest(**{**fields, **changes})
 
 
@@ -403,12 +408,10 @@ def test_check_parameters_are_checked_where_they_are_written(plugins: Path, tmp_
     assert policy.parameters("hospital-b", hours) == hours.Parameters(hours=list(range(8, 17)))  # type: ignore[misc]
     table = '[admission.sites.hospital-b.checks."example.hours"]'
     for extra, message in [
-        (f'{table}\nhours = ["9"]', f'[admission.sites.hospital-b.checks."example.hours"] hours: expected a list, each an integer '
-                                    'from 0 to 23, got ["9"]'),
-        (f"{table}\nhours = [9]\nminutes = 5", f'[admission.sites.hospital-b.checks."example.hours"]: unknown key(s) minutes; '
-                                               "allowed: hours"),
-        ('[admission.sites.hospital-b.checks."example.typo"]\nhours = [1]', "no admission check in force takes parameters under "
-                                                                           "this id; those that do: example.hours"),
+        (f'{table}\nhours = ["9"]', f'{table} hours: expected a list, each an integer from 0 to 23, got ["9"]'),
+        (f"{table}\nhours = [9]\nminutes = 5", f"{table}: unknown key(s) minutes; allowed: hours"),
+        ('[admission.sites.hospital-b.checks."example.typo"]\nhours = [1]',
+         "no admission check in force takes parameters under this id; those that do: example.hours"),
         ("checks = 5", "[admission.sites.hospital-b] checks: expected a table of check parameters"),
     ]:
         with pytest.raises(PolicyError) as caught:
@@ -422,7 +425,7 @@ def test_check_parameters_are_checked_where_they_are_written(plugins: Path, tmp_
 def _ca() -> OrganisationCa:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "org CA")])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(1)
             .not_valid_before(now).not_valid_after(now + timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))

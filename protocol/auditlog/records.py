@@ -26,8 +26,13 @@ import msgspec
 
 from attestation.errors import AttestationError
 from attestation.policy import Policy
-
-from protocol.admission import AdmissionPolicy, SiteRule, admission_checks, decode_plain, encode_plain
+from protocol.admission import (
+    AdmissionPolicy,
+    SiteRule,
+    admission_checks,
+    decode_plain,
+    encode_plain,
+)
 
 #: The format of the entries this code writes, recorded as ``log_format`` in every ``config``
 #: entry. 1 (no ``log_format``): the original; 2: the admission policy names the installed
