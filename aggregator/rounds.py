@@ -14,28 +14,35 @@ The task configuration is the ``[task]`` table of ``aggregator.toml``::
     rounds = 5
     min_sites = 3                         # quorum: fewer updates by the deadline -> retried
     round_deadline = "120s"
-    strategy = "fedavg"                   # fedavg | median | trimmed_mean | krum
-    trimmed_mean_beta = 0.2
-    krum_f = 1
-    krum_m = 1
     clip_norm = 10.0                      # optional: clip every update's L2 norm (robustness)
     evaluate = true                       # sites report metrics of each round's model
+    [task.strategy]                       # default: fedavg
+    name = "krum"                         # fedavg | median | trimmed_mean | krum | an installed one
+    f = 1                                 # the strategy's own parameters (krum: f, m; trimmed_mean: beta)
+    m = 1
     [task.dp]                             # optional central differential privacy
     clip_norm = 1.0
     noise_multiplier = 1.0
     delta = 1e-5
+
+``strategy = "median"`` (a name, in ``[task]``) is short for a ``[task.strategy]`` table with
+only ``name``. Deprecated, still read: ``trimmed_mean_beta``, ``krum_f``, ``krum_m`` in
+``[task]`` beside ``strategy = "<name>"`` (a warning names the table to write instead).
+
+Clipping and DP wrap the strategy (:class:`~aggregator.strategies.Clipped`,
+:class:`~aggregator.strategies.CentralDp`); the driver below only calls the wrapped strategy.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Annotated, Callable, Literal
+from typing import Any, Annotated, Callable
 
 import grpc
 import msgspec
@@ -43,12 +50,20 @@ import numpy as np
 from msgspec import Meta
 
 from attestation.errors import AttestflError
-
-import native
-
 from aggregator.service import EventSink, LogEvents, Task, UpdateRefused
 from protocol.config import MAX_DURATION_SECONDS, Duration, PathText, format_seconds, parse_duration, read_struct, value_repr
-from aggregator.strategies import STRATEGIES, Strategy, StrategyError, make_strategy
+from aggregator.strategies import (
+    MAX_SITES,
+    CentralDp,
+    Clipped,
+    Privacy,
+    Strategy,
+    StrategyError,
+    build_strategy,
+    make_strategy,
+    strategy_class,
+    strategy_names,
+)
 from protocol.tensors import ModelSpec, UpdateFormatError, encode_tensors, flatten, load_model, unflatten
 
 
@@ -56,9 +71,12 @@ class TaskConfigError(AttestflError, ValueError):
     """The ``[task]`` table is unusable."""
 
 
+LOG = logging.getLogger("attestfl.aggregator")
+
 #: Sane bounds: a value past them is a typo (or an attack on the operator's file), not a plan.
 MAX_ROUNDS = 100_000
-MAX_SITES = 10_000
+#: The flat ``[task]`` keys of the built-in strategies' parameters (deprecated): key -> (strategy, parameter).
+FLAT_PARAMETERS = {"trimmed_mean_beta": ("trimmed_mean", "beta"), "krum_f": ("krum", "f"), "krum_m": ("krum", "m")}
 
 
 class DpTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -70,20 +88,68 @@ class DpTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
 
 
 class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """``[task]`` as written (see the module docstring); the strategy parameters are checked
-    whichever strategy is chosen."""
+    """``[task]`` as written (see the module docstring). ``strategy`` is a name or the
+    ``[task.strategy]`` table; the deprecated flat strategy parameters are checked whichever
+    strategy is chosen."""
 
     initial_model: Annotated[PathText, Meta(description="a path to a safetensors file of float32 tensors")]
     rounds: Annotated[int, Meta(ge=1, le=MAX_ROUNDS)] = 5
     min_sites: Annotated[int, Meta(ge=1, le=MAX_SITES)] = 1
     round_deadline: Duration = 120
-    strategy: Literal[STRATEGIES] = "fedavg"  # type: ignore[valid-type]
-    trimmed_mean_beta: Annotated[float, Meta(ge=0, lt=0.5)] = 0.2
-    krum_f: Annotated[int, Meta(ge=0, le=MAX_SITES)] = 1
-    krum_m: Annotated[int, Meta(ge=1, le=MAX_SITES)] = 1
+    strategy: str | dict[str, Any] = "fedavg"
+    trimmed_mean_beta: Annotated[float, Meta(ge=0, lt=0.5)] | None = None
+    krum_f: Annotated[int, Meta(ge=0, le=MAX_SITES)] | None = None
+    krum_m: Annotated[int, Meta(ge=1, le=MAX_SITES)] | None = None
     clip_norm: Annotated[float, Meta(gt=0)] | None = None
     evaluate: bool = True
     dp: dict[str, Any] | None = None
+
+
+def _strategy_names_text() -> str:
+    return ", ".join(value_repr(name) for name in strategy_names())
+
+
+def read_strategy(task: TaskTable) -> Strategy:
+    """The ``[task.strategy]`` table (or ``strategy = "<name>"`` with the deprecated flat
+    parameters): the strategy found by name, its parameters checked against its own schema."""
+    flat = {key: getattr(task, key) for key in FLAT_PARAMETERS if getattr(task, key) is not None}
+    if isinstance(task.strategy, dict):
+        table = dict(task.strategy)
+        for key in flat:
+            name, parameter = FLAT_PARAMETERS[key]
+            raise TaskConfigError(f"[task] {key}: with a [task.strategy] table, write the parameter there "
+                                  f"({parameter} = ..., for name = {value_repr(name)})")
+        name = table.pop("name", None)
+        if name is None:
+            raise TaskConfigError(f"[task.strategy] name: required: one of {_strategy_names_text()}")
+        where, key = "task.strategy", "name"
+    else:
+        name, table = task.strategy, {}
+        for key, value in flat.items():
+            owner, parameter = FLAT_PARAMETERS[key]
+            if owner == name:
+                table[parameter] = value
+        if flat:
+            wanted = "\n".join([f"name = {value_repr(name)}", *(f"{k} = {value_repr(v)}" for k, v in table.items())])
+            LOG.warning("deprecated [task] keys: write the strategy's parameters in a [task.strategy] table",
+                        extra={"fields": {"keys": sorted(flat), "instead": f"[task.strategy]\n{wanted}"}})
+        where, key = "task", "strategy"
+    if not isinstance(name, str) or name not in strategy_names():
+        raise TaskConfigError(f"[{where}] {key}: expected one of {_strategy_names_text()}, got {value_repr(name)}")
+    try:
+        cls = strategy_class(name)
+    except StrategyError as exc:
+        raise TaskConfigError(f"[{where}] {key}: {exc}") from None
+    fields = {field.encode_name for field in msgspec.structs.fields(cls.Parameters)}
+    unknown = sorted(set(table) - fields)
+    if unknown:
+        raise TaskConfigError(f"[task.strategy]: unknown key(s) {', '.join(unknown)} for strategy {value_repr(name)}; "
+                              f"allowed: {', '.join(['name', *sorted(fields)])}")
+    parameters = read_struct(table, cls.Parameters, "task.strategy", TaskConfigError)
+    try:
+        return build_strategy(cls, parameters)
+    except StrategyError as exc:
+        raise TaskConfigError(f"[task.strategy]: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -116,6 +182,19 @@ class TaskConfig:
     def spec(self) -> ModelSpec:
         return ModelSpec.of(self.initial_model)
 
+    def aggregation(self) -> Strategy:
+        """The strategy the rounds call: the task's, clipped (``clip_norm``) and under central
+        DP (``[task.dp]``) when configured. With both, an update is clipped to both norms."""
+        strategy = self.strategy
+        try:
+            if self.clip_norm is not None:
+                strategy = Clipped(strategy, self.clip_norm)
+            if self.dp is not None:
+                strategy = CentralDp(strategy, self.dp.clip_norm, self.dp.noise_multiplier, self.dp.delta)
+        except StrategyError as exc:
+            raise TaskConfigError(f"[task] {exc}") from None
+        return strategy
+
     @classmethod
     def from_table(cls, table: dict[str, Any], base_dir: Path) -> "TaskConfig":
         """Every value checked (types, bounds, durations) before the model file is read."""
@@ -125,10 +204,7 @@ class TaskConfig:
         if task.dp is not None:
             dp_table = read_struct(task.dp, DpTable, "task.dp", TaskConfigError)
             dp = DpConfig(dp_table.clip_norm, dp_table.noise_multiplier, dp_table.delta)
-        try:
-            strategy = make_strategy(task.strategy, beta=task.trimmed_mean_beta, f=task.krum_f, m=task.krum_m)
-        except StrategyError as exc:
-            raise TaskConfigError(f"[task] strategy: {exc}") from None
+        strategy = read_strategy(task)
         config = cls(
             initial_model={},
             rounds=task.rounds,
@@ -213,6 +289,8 @@ class RoundDriver:
                  model: dict[str, np.ndarray] | None = None, epsilon_rounds: int = 0,
                  checkpoint: Callable[[int, int, bytes], Callable[[], None]] | None = None) -> None:
         self.config = config
+        #: What aggregates each round: the task's strategy with its wrappers (clipping, DP).
+        self.strategy = config.aggregation()
         self.spec = config.spec
         self.events = events or LogEvents()
         self.live_sites = live_sites
@@ -233,22 +311,19 @@ class RoundDriver:
     # --- state --------------------------------------------------------------------------
 
     def _warm_up(self) -> None:
-        """Load (or compile) the strategy's kernels now, at start, not inside the first upload."""
+        """Load (or compile) the strategy's kernels (and its wrappers': clipping, noise) now, at
+        start, not inside the first upload."""
         size = 64
-        aggregation = self.config.strategy.begin_round(size)
-        for site in range(max(1, self.config.strategy.minimum_sites())):
+        aggregation = self.strategy.begin_round(size)
+        for site in range(max(1, self.strategy.minimum_sites())):
             aggregation.add(np.full(size, site, np.float32), 1.0, site)
         aggregation.result()
-        if self.config.clip_norm is not None or self.config.dp is not None:
-            native.clip_by_l2(np.ones(size, np.float32), 1.0)
-        if self.config.dp is not None:
-            native.add_gaussian_noise(np.zeros(size, np.float32), 1.0, 0)
 
     def _encode(self, vector: np.ndarray) -> bytes:
         return encode_tensors(unflatten(vector, self.spec))
 
     def _begin(self) -> None:
-        self._aggregation = self.config.strategy.begin_round(self.spec.parameter_count)
+        self._aggregation = self.strategy.begin_round(self.spec.parameter_count)
         self._received: dict[str, dict[str, Any]] = {}
         self._deadline = time.time() + self.config.round_deadline
         self.history.setdefault(self.round, RoundRecord(self.round, self.attempt)).attempt = self.attempt
@@ -293,15 +368,9 @@ class RoundDriver:
         vector = flatten(update, self.spec)
         with self._lock:
             self.check_upload(site_id, round_number, attempt)
-            norm = None
-            clip = self.config.dp.clip_norm if self.config.dp is not None else self.config.clip_norm
-            if clip is not None:
-                norm = native.clip_by_l2(vector, clip)
             self.events.record("update_accepted", **receipt)
-            site_index = len(self._received)
-            # Under DP every site counts equally: the sensitivity bound is per site, not per example.
-            self._aggregation.add(vector, 1.0 if self.config.dp is not None else weight, site_index)
-            self._received[site_id] = {"weight": weight, "update_sha256": digest.hex(), "norm_before_clip": norm}
+            facts = self._aggregation.add(vector, weight, len(self._received)) or {}
+            self._received[site_id] = {"weight": weight, "update_sha256": digest.hex(), **facts}
 
     def close_if_complete(self) -> None:
         """Aggregate now when every live site (and at least the quorum) has submitted."""
@@ -346,17 +415,11 @@ class RoundDriver:
         only then does the in-memory state move on. If any step fails nothing is applied and the
         error propagates (the aggregator stops): a round is never applied twice or half."""
         started = time.perf_counter()
-        delta = self._aggregation.result()
-        epsilon = None
-        dp = self.config.dp
-        dp_rounds = self._dp_rounds
-        if dp is not None:
-            # The mean of n clipped updates has sensitivity clip/n: noise std = z * clip / n, added here.
-            std = dp.noise_multiplier * dp.clip_norm / max(1, self._aggregation.count)
-            native.add_gaussian_noise(delta, std, int.from_bytes(os.urandom(8), "little"))
-            dp_rounds += 1
-            epsilon = self._epsilon(dp_rounds)
-        vector = (self.global_vector + delta).astype(np.float32)
+        # The (wrapped) strategy aggregates and accounts for privacy; the driver commits.
+        aggregate = self._aggregation.close(Privacy(self._dp_rounds))
+        epsilon = aggregate.privacy.epsilon
+        dp_rounds = aggregate.privacy.rounds
+        vector = (self.global_vector + aggregate.delta).astype(np.float32)
         elapsed = time.perf_counter() - started
         model = self._encode(vector)
         digest = hashlib.sha256(model).hexdigest()
@@ -366,9 +429,7 @@ class RoundDriver:
         participants = dict(self._received)
         self.events.record(
             "round", round=self.round, attempt=self.attempt, participants=participants, model_sha256=digest,
-            strategy=self.config.strategy.describe(), clip_norm=self.config.clip_norm,
-            dp=None if dp is None else {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier, "delta": dp.delta},
-            epsilon=epsilon, aggregation_seconds=round(elapsed, 6),
+            **self.strategy.round_fields(), epsilon=epsilon, aggregation_seconds=round(elapsed, 6),
         )
         if commit_checkpoint is not None:
             commit_checkpoint()
@@ -390,15 +451,6 @@ class RoundDriver:
         self._begin()
         if finished:
             self.events.record("training_finished", rounds=self.config.rounds, model_sha256=digest)
-
-    def _epsilon(self, dp_rounds: int) -> float:
-        from dp_accounting import dp_event
-        from dp_accounting.rdp import RdpAccountant
-
-        assert self.config.dp is not None
-        accountant = RdpAccountant()
-        accountant.compose(dp_event.GaussianDpEvent(self.config.dp.noise_multiplier), count=dp_rounds)
-        return float(accountant.get_epsilon(self.config.dp.delta))
 
     @property
     def dp_rounds(self) -> int:

@@ -203,9 +203,11 @@ def _task_toml(sites: int, rounds: int, strategy: str, dp: bool) -> str:
         rounds = {rounds}
         min_sites = {sites}
         round_deadline = "120s"
-        strategy = "{strategy}"
-        krum_f = {max(0, (sites - 3) // 2)}
+        [task.strategy]
+        name = "{strategy}"
         """)
+    if strategy == "krum":
+        task += f"f = {max(0, (sites - 3) // 2)}\n"
     if dp:
         task += "[task.dp]\nclip_norm = 1.0\nnoise_multiplier = 0.5\ndelta = 1e-5\n"
     return task

@@ -49,7 +49,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
@@ -63,7 +63,7 @@ from attestation.policy import Policy
 
 from attestation.binding import BoundKeys
 
-from protocol.admission import AdmissionPolicy, IdentityProof, appraise_site
+from protocol.admission import AdmissionPolicy, AdmissionRequest, IdentityProof, appraise
 from protocol.formulas import receipt_message
 from protocol.auditlog import merkle
 from protocol.auditlog.format import (
@@ -76,7 +76,7 @@ from protocol.auditlog.format import (
     scan_records,
 )
 from protocol.auditlog.heads import TreeHead, head_message
-from protocol.auditlog.records import PolicyRecordError, admission_policy_from_record
+from protocol.auditlog.records import KNOWN_LOG_FORMATS, PolicyRecordError, admission_policy_from_record
 
 START_KINDS = ("aggregator_start", "handover")
 CHECKED_KINDS = START_KINDS + ("config", "collateral", "admission", "session", "update_accepted", "round", "restart", "no_sealing")
@@ -300,13 +300,28 @@ def verify_log(directory: str | Path, policy: Policy | None = None) -> Verificat
     result = Verification(directory, records=len(payloads), heads=heads, warnings=warnings)
     for problem in framing:
         result.add(problem)
-    leaves = [merkle.leaf_hash(p) for p in payloads]
+    roots = _roots(payloads)
+    entries = _decode_entries(result, payloads)
+    keys = _Keys()
+    _check_heads(result, heads, roots, len(payloads), keys)
+    _check_semantics(result, entries, roots, policy, keys)
+    result.problems.sort(key=lambda p: p.index)
+    return result
+
+
+def _roots(payloads: list[bytes]) -> list[bytes]:
+    """The RFC 9162 root of every prefix of the log: ``roots[n]`` covers entries 0..n-1."""
     roots = [merkle.EMPTY_ROOT]
     frontier = merkle.Frontier()
-    for leaf in leaves:
-        frontier.append(leaf)
+    for payload in payloads:
+        frontier.append(merkle.leaf_hash(payload))
         roots.append(frontier.root())
+    return roots
 
+
+def _decode_entries(result: Verification, payloads: list[bytes]) -> list[Entry | None]:
+    """Each record decoded (None where it cannot be: a Problem says why); the good ones are
+    kept in ``result.entries``."""
     entries: list[Entry | None] = []
     for position, payload in enumerate(payloads):
         decoded = _decode_entry(position, payload)
@@ -316,23 +331,29 @@ def verify_log(directory: str | Path, policy: Policy | None = None) -> Verificat
         else:
             entries.append(decoded)
     result.entries = [e for e in entries if e is not None]
+    return entries
 
-    # Keys bound by start/handover entries, by index (checked for their evidence below).
-    bound: list[tuple[int, bytes]] = []
-    for entry in result.entries:
-        if entry.kind in START_KINDS and isinstance(entry.fields.get("ed25519"), bytes):
-            bound.append((entry.index, entry.fields["ed25519"]))
 
-    def key_at(tree_size: int) -> bytes | None:
-        key = None
-        for index, candidate in bound:
-            if index < tree_size:
-                key = candidate
-            else:
-                break
-        return key
+def _bound_keys(entries: list[Entry]) -> list[tuple[int, bytes]]:
+    """Keys bound by start/handover entries, by index (checked for their evidence later)."""
+    return [(entry.index, entry.fields["ed25519"]) for entry in entries
+            if entry.kind in START_KINDS and isinstance(entry.fields.get("ed25519"), bytes)]
 
-    keys = _Keys()
+
+def _key_at(bound: list[tuple[int, bytes]], tree_size: int) -> bytes | None:
+    """The key the log binds at ``tree_size``: that of the latest start/handover it covers."""
+    key = None
+    for index, candidate in bound:
+        if index < tree_size:
+            key = candidate
+        else:
+            break
+    return key
+
+
+def _check_heads(result: Verification, heads: list[TreeHead], roots: list[bytes], size: int, keys: "_Keys") -> None:
+    """Signed tree heads: order, signature, signing key, root; then the entries no head covers."""
+    bound = _bound_keys(result.entries)
     previous: TreeHead | None = None
     good_size = 0
     root_failed = 0
@@ -346,15 +367,15 @@ def verify_log(directory: str | Path, policy: Policy | None = None) -> Verificat
             result.add(Problem(last, "head.signature", f"tree head #{number} (size {head.tree_size}): the signature does not "
                                f"verify under key {head.key.hex()}: a forged or altered tree head", number))
             continue
-        expected_key = key_at(head.tree_size)
+        expected_key = _key_at(bound, head.tree_size)
         if expected_key != head.key:
             bound_by = "no key" if expected_key is None else f"key {expected_key.hex()}"
             result.add(Problem(last, "head.key", f"tree head #{number} (size {head.tree_size}) is signed by {head.key.hex()}, "
                                f"but the log's evidence entries bind {bound_by} at that size: a key whose evidence is not in the log", number))
             continue
-        if head.tree_size > len(payloads):
-            result.add(Problem(len(payloads), "entry.missing", f"tree head #{number} covers {head.tree_size} entries, but only "
-                               f"{len(payloads)} are present: entries {len(payloads)}..{head.tree_size - 1} were deleted or cut off", number))
+        if head.tree_size > size:
+            result.add(Problem(size, "entry.missing", f"tree head #{number} covers {head.tree_size} entries, but only "
+                               f"{size} are present: entries {size}..{head.tree_size - 1} were deleted or cut off", number))
             continue
         if roots[head.tree_size] != head.root_hash:
             if not root_failed:
@@ -368,12 +389,8 @@ def verify_log(directory: str | Path, policy: Policy | None = None) -> Verificat
     if root_failed > 1:
         result.warnings.append(f"{root_failed - 1} later tree heads do not match the entries either (consequence of the first)")
     covered = max((h.tree_size for h in heads), default=0)
-    if covered < len(payloads):
-        result.add(Problem(covered, "entry.unsigned", f"entries {covered}..{len(payloads) - 1} are not covered by any signed tree head"))
-
-    _check_semantics(result, entries, roots, policy, keys)
-    result.problems.sort(key=lambda p: p.index)
-    return result
+    if covered < size:
+        result.add(Problem(covered, "entry.unsigned", f"entries {covered}..{size - 1} are not covered by any signed tree head"))
 
 
 def _reason_from_text(text: str) -> Reason:
@@ -388,75 +405,115 @@ def _bytes(fields_: dict[str, Any], name: str) -> bytes:
     return value
 
 
-def _check_semantics(result: Verification, entries: list[Entry | None], roots: list[bytes], policy: Policy, keys: _Keys) -> None:
+@dataclass
+class _RunState:
+    """What the semantic checks carry from entry to entry."""
+
     run_key: bytes | None = None
-    admitted: dict[str, int] = {}
-    receipts: dict[tuple[str, int], Entry] = {}
-    policies: dict[str, AdmissionPolicy] = {}
-    collateral: dict[bytes, bytes] = {}  # SHA-256 -> bytes of the verifier's collateral files logged
-    training = _Training()
+    admitted: dict[str, int] = field(default_factory=dict)  # site -> index of the admission in this run
+    receipts: dict[tuple[str, int], Entry] = field(default_factory=dict)
+    policies: dict[str, AdmissionPolicy] = field(default_factory=dict)
+    collateral: dict[bytes, bytes] = field(default_factory=dict)  # SHA-256 -> bytes of the verifier's collateral files logged
+    training: "_Training" = field(default_factory=lambda: _Training())
+
+
+def _check_semantics(result: Verification, entries: list[Entry | None], roots: list[bytes], policy: Policy, keys: _Keys) -> None:
+    state = _RunState()
     for entry in entries:
         if entry is None:
             continue
-        f = entry.fields
-        i = entry.index
         try:
             if entry.kind in START_KINDS:
-                run_key = _check_start(result, entry, roots, policy, run_key)
-                admitted, receipts = {}, {}
-            elif run_key is None:
-                result.add(Problem(i, "entry.run", f"a {entry.kind!r} entry before any aggregator_start entry binds a key"))
-            elif entry.kind == "collateral":
-                data = _bytes(f, "data")
-                if hashlib.sha256(data).hexdigest() != _text(f, "sha256"):
-                    result.add(Problem(i, "collateral.sha256", f"the logged collateral file {_text(f, 'path')[:200]!r} is not the "
-                                       "bytes its sha256 names"))
-                else:
-                    collateral[hashlib.sha256(data).digest()] = data
-            elif entry.kind == "config":
-                if "admission" in f:
-                    try:
-                        admission = admission_policy_from_record(f["admission"])
-                        policies[admission.policy_id] = admission
-                    except PolicyRecordError as exc:
-                        result.add(Problem(i, "config.admission", str(exc)))
-                if isinstance(f.get("aggregator_toml"), bytes) and hashlib.sha256(f["aggregator_toml"]).hexdigest() != f.get("aggregator_toml_sha256"):
-                    result.add(Problem(i, "config.digest", "aggregator_toml_sha256 is not the digest of the logged aggregator.toml"))
-                result.configs.append(entry)
-            elif entry.kind == "admission":
-                if f.get("aggregator_ed25519") != run_key:
-                    result.add(Problem(i, "admission.aggregator", "the admission names aggregator keys other than this run's: "
-                                       "the site's identity signature was not made for this aggregator"))
-                decision = _check_admission(result, entry, policies, collateral)
-                if decision is not None:
-                    result.admissions.append(decision)
-                    if decision.admitted:  # a refused re-admission leaves an earlier session live (as the service does)
-                        admitted[decision.site] = i
-            elif entry.kind == "session":
-                if f.get("site") not in admitted:
-                    result.add(Problem(i, "session.site", f"a session for site {f.get('site')!r}, which no admission in this run admitted"))
-            elif entry.kind == "update_accepted":
-                site, round_number = _text(f, "site"), _uint(f, "round")
-                if site not in admitted:
-                    result.add(Problem(i, "update.site", f"an update accepted from site {site!r}, which no admission in this run admitted"))
-                message = receipt_message(round_number=round_number, attempt=_uint(f, "attempt"), site_id=site,
-                                          update_sha256=bytes.fromhex(_text(f, "update_sha256")), weight=_number(f, "weight"),
-                                          accepted_unix_ms=_uint(f, "accepted_unix_ms"), session_id=bytes.fromhex(_text(f, "session")),
-                                          call=_uint(f, "call"))
-                if not keys.verify(run_key, bytes.fromhex(_text(f, "receipt_signature")), message):
-                    result.add(Problem(i, "update.receipt", f"the receipt of site {site!r} for round {round_number} is not signed by this run's key"))
-                receipts[(site, round_number)] = entry
-            elif entry.kind == "round":
-                outcome = _check_round(result, entry, admitted, receipts)
-                training.round(result, outcome)
-            elif entry.kind == "restart":
-                training.restart(result, entry)
-            elif entry.kind == "no_sealing":
-                training = _Training()
+                state.run_key = _check_start(result, entry, roots, policy, state.run_key)
+                state.admitted, state.receipts = {}, {}
+            elif state.run_key is None:
+                result.add(Problem(entry.index, "entry.run", f"a {entry.kind!r} entry before any aggregator_start entry binds a key"))
+            elif entry.kind in _HANDLERS:
+                _HANDLERS[entry.kind](result, entry, state, keys)
         except Exception as exc:  # noqa: BLE001 - whatever a malformed entry makes a check raise is a Problem
             kind = entry.kind if entry.kind in CHECKED_KINDS else "entry"
-            result.add(Problem(i, f"{kind}.fields", f"the {entry.kind[:64]!r} entry lacks a field or has one of the wrong type "
+            result.add(Problem(entry.index, f"{kind}.fields", f"the {entry.kind[:64]!r} entry lacks a field or has one of the wrong type "
                                f"or out of range ({type(exc).__name__}: {str(exc)[:300]})"))
+
+
+def _on_collateral(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f, i = entry.fields, entry.index
+    data = _bytes(f, "data")
+    if hashlib.sha256(data).hexdigest() != _text(f, "sha256"):
+        result.add(Problem(i, "collateral.sha256", f"the logged collateral file {_text(f, 'path')[:200]!r} is not the "
+                           "bytes its sha256 names"))
+    else:
+        state.collateral[hashlib.sha256(data).digest()] = data
+
+
+def _on_config(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f, i = entry.fields, entry.index
+    result.configs.append(entry)
+    log_format = f.get("log_format", 1)  # format 1 wrote no log_format
+    if type(log_format) is not int or log_format not in KNOWN_LOG_FORMATS:
+        result.add(Problem(i, "config.log_format", f"this run's entries are in log format {str(log_format)[:40]}, which this "
+                           f"verifier does not read (it reads formats {', '.join(map(str, KNOWN_LOG_FORMATS))}): verify the log "
+                           "with the attestfl version that wrote it"))
+        return
+    if "admission" in f:
+        try:
+            admission = admission_policy_from_record(f["admission"])
+            state.policies[admission.policy_id] = admission
+        except PolicyRecordError as exc:
+            result.add(Problem(i, "config.admission", str(exc)))
+    if isinstance(f.get("aggregator_toml"), bytes) and hashlib.sha256(f["aggregator_toml"]).hexdigest() != f.get("aggregator_toml_sha256"):
+        result.add(Problem(i, "config.digest", "aggregator_toml_sha256 is not the digest of the logged aggregator.toml"))
+
+
+def _on_admission(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    if entry.fields.get("aggregator_ed25519") != state.run_key:
+        result.add(Problem(entry.index, "admission.aggregator", "the admission names aggregator keys other than this run's: "
+                           "the site's identity signature was not made for this aggregator"))
+    decision = _check_admission(result, entry, state.policies, state.collateral)
+    if decision is not None:
+        result.admissions.append(decision)
+        if decision.admitted:  # a refused re-admission leaves an earlier session live (as the service does)
+            state.admitted[decision.site] = entry.index
+
+
+def _on_session(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    site = entry.fields.get("site")
+    if site not in state.admitted:
+        result.add(Problem(entry.index, "session.site", f"a session for site {site!r}, which no admission in this run admitted"))
+
+
+def _on_update(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f, i = entry.fields, entry.index
+    site, round_number = _text(f, "site"), _uint(f, "round")
+    if site not in state.admitted:
+        result.add(Problem(i, "update.site", f"an update accepted from site {site!r}, which no admission in this run admitted"))
+    message = receipt_message(round_number=round_number, attempt=_uint(f, "attempt"), site_id=site,
+                              update_sha256=bytes.fromhex(_text(f, "update_sha256")), weight=_number(f, "weight"),
+                              accepted_unix_ms=_uint(f, "accepted_unix_ms"), session_id=bytes.fromhex(_text(f, "session")),
+                              call=_uint(f, "call"))
+    assert state.run_key is not None
+    if not keys.verify(state.run_key, bytes.fromhex(_text(f, "receipt_signature")), message):
+        result.add(Problem(i, "update.receipt", f"the receipt of site {site!r} for round {round_number} is not signed by this run's key"))
+    state.receipts[(site, round_number)] = entry
+
+
+def _on_round(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    outcome = _check_round(result, entry, state.admitted, state.receipts)
+    state.training.round(result, outcome)
+
+
+def _on_restart(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    state.training.restart(result, entry)
+
+
+def _on_no_sealing(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    state.training = _Training()
+
+
+_HANDLERS: dict[str, Callable[[Verification, Entry, _RunState, _Keys], None]] = {
+    "collateral": _on_collateral, "config": _on_config, "admission": _on_admission, "session": _on_session,
+    "update_accepted": _on_update, "round": _on_round, "restart": _on_restart, "no_sealing": _on_no_sealing,
+}
 
 
 def _text(fields_: dict[str, Any], name: str) -> str:
@@ -608,62 +665,68 @@ def _check_admission(result: Verification, entry: Entry, policies: dict[str, Adm
     if not isinstance(logged_admitted, bool):
         raise TypeError("admitted is not a boolean")
     policy_id = _text(f, "policy_id")
-    confirmed = False
+
+    def decision(confirmed: bool) -> AdmissionDecision:
+        return AdmissionDecision(i, entry.time, site, logged_admitted, logged_reasons, _optional_text(f, "platform"), policy_id, confirmed)
+
     if not logged_admitted and "evidence" not in f:
         # Refused before the peer proved the site's identity key: the aggregator logs only
         # digests and bounded fields for those (an unauthenticated peer cannot grow the log by
         # its evidence), so there is nothing to re-run; the refusal stands as logged.
-        return AdmissionDecision(i, entry.time, site, logged_admitted, logged_reasons, _optional_text(f, "platform"), policy_id, False)
+        return decision(False)
     evidence = _bytes(f, "evidence")
     if hashlib.sha256(evidence).hexdigest() != f["evidence_sha256"]:
         result.add(Problem(i, "admission.evidence_sha256", f"site {site!r}: evidence_sha256 is not the digest of the logged evidence"))
     policy = policies.get(policy_id)
     if policy is None:
         result.add(Problem(i, "admission.policy", f"site {site!r} was appraised under policy {policy_id!r}, which no config entry of the log holds"))
-    else:
-        challenge_reasons = [r for r in logged_reasons if r.startswith("admission.challenge: ")]
-        at = datetime.fromisoformat(_text(f, "at"))
-        key_id = f.get("app_attest_key_id") or b""
-        if not isinstance(key_id, bytes):
-            raise TypeError("app_attest_key_id is not bytes")
-        evidence_format = _text(f, "evidence_format")
-        challenge_reason = _reason_from_text(challenge_reasons[0]) if challenge_reasons else None
-        challenge, x25519, ed25519 = _bytes(f, "challenge"), _bytes(f, "x25519"), _bytes(f, "ed25519")
-        identity = IdentityProof(_bytes(f, "identity_public"), _bytes(f, "identity_signature"), _bytes(f, "identity_certificate"),
-                                 _bytes(f, "aggregator_evidence_sha256"))
-        aggregator = BoundKeys(_bytes(f, "aggregator_x25519"), _bytes(f, "aggregator_ed25519"))
-
-        logged_policy = dataclasses.replace(policy, collateral=_logged_store(result, entry, collateral))
-
-        def rerun() -> Any:
-            return appraise_site(logged_policy, site_id=site, challenge_reason=challenge_reason, challenge=challenge, x25519=x25519,
-                                 ed25519=ed25519, evidence_format=evidence_format, evidence=evidence, app_attest_key_id=key_id,
-                                 identity=identity, aggregator=aggregator, at=at)
-
-        try:
-            # App Attest verification runs its own event loop (asyncio.run): on a worker thread it
-            # neither fails inside a caller's running loop nor clears the caller's thread's loop.
-            if evidence_format == "app-attest":
-                with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="attestfl-verify") as pool:
-                    recomputed = pool.submit(rerun).result()
-            else:
-                recomputed = rerun()
-        except Exception as exc:  # noqa: BLE001 - logged evidence of any shape is a Problem, never a crash
-            result.add(Problem(i, "admission.evidence", f"site {site!r}: the logged evidence cannot be appraised again "
-                               f"({type(exc).__name__}: {str(exc)[:300]}): it is not what the site presented"))
-            return AdmissionDecision(i, entry.time, site, logged_admitted, logged_reasons, _optional_text(f, "platform"), policy_id, False)
-        again = tuple(str(r) for r in recomputed.reasons)
-        if recomputed.admitted != logged_admitted or again != logged_reasons:
-            if logged_admitted and not recomputed.admitted:
-                why = f"site {site!r} is logged as admitted, but its logged evidence fails the logged policy: " + "; ".join(again)
-            elif recomputed.admitted and not logged_admitted:
-                why = f"site {site!r} is logged as refused ({'; '.join(logged_reasons)}), but its logged evidence passes the logged policy"
-            else:
-                why = f"site {site!r}: the logged reasons ({'; '.join(logged_reasons)}) are not the recomputed ones ({'; '.join(again)})"
-            result.add(Problem(i, "admission.rerun", why))
+        return decision(False)
+    request = _logged_request(f, site, evidence, logged_reasons)
+    logged_policy = dataclasses.replace(policy, collateral=_logged_store(result, entry, collateral))
+    try:
+        # App Attest verification runs its own event loop (asyncio.run): on a worker thread it
+        # neither fails inside a caller's running loop nor clears the caller's thread's loop.
+        if request.evidence_format == "app-attest":
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="attestfl-verify") as pool:
+                recomputed = pool.submit(appraise, logged_policy, request).result()
         else:
-            confirmed = True
-    return AdmissionDecision(i, entry.time, site, logged_admitted, logged_reasons, _optional_text(f, "platform"), policy_id, confirmed)
+            recomputed = appraise(logged_policy, request)
+    except Exception as exc:  # noqa: BLE001 - logged evidence of any shape is a Problem, never a crash
+        result.add(Problem(i, "admission.evidence", f"site {site!r}: the logged evidence cannot be appraised again "
+                           f"({type(exc).__name__}: {str(exc)[:300]}): it is not what the site presented"))
+        return decision(False)
+    problem = _rerun_problem(site, logged_admitted, logged_reasons, recomputed.admitted, tuple(str(r) for r in recomputed.reasons))
+    if problem:
+        result.add(Problem(i, "admission.rerun", problem))
+    return decision(not problem)
+
+
+def _logged_request(f: dict[str, Any], site: str, evidence: bytes, logged_reasons: tuple[str, ...]) -> AdmissionRequest:
+    """The admission request as the entry logs it (the challenge store's verdict included)."""
+    challenge_reasons = [r for r in logged_reasons if r.startswith("admission.challenge: ")]
+    key_id = f.get("app_attest_key_id") or b""
+    if not isinstance(key_id, bytes):
+        raise TypeError("app_attest_key_id is not bytes")
+    return AdmissionRequest(
+        site_id=site, challenge=_bytes(f, "challenge"), x25519=_bytes(f, "x25519"), ed25519=_bytes(f, "ed25519"),
+        evidence_format=_text(f, "evidence_format"), evidence=evidence,
+        identity=IdentityProof(_bytes(f, "identity_public"), _bytes(f, "identity_signature"), _bytes(f, "identity_certificate"),
+                               _bytes(f, "aggregator_evidence_sha256")),
+        aggregator=BoundKeys(_bytes(f, "aggregator_x25519"), _bytes(f, "aggregator_ed25519")),
+        at=datetime.fromisoformat(_text(f, "at")), app_attest_key_id=key_id,
+        challenge_reason=_reason_from_text(challenge_reasons[0]) if challenge_reasons else None,
+    )
+
+
+def _rerun_problem(site: str, logged_admitted: bool, logged: tuple[str, ...], admitted: bool, again: tuple[str, ...]) -> str:
+    """How the re-run disagrees with the logged decision ("" when it agrees)."""
+    if admitted == logged_admitted and again == logged:
+        return ""
+    if logged_admitted and not admitted:
+        return f"site {site!r} is logged as admitted, but its logged evidence fails the logged policy: " + "; ".join(again)
+    if admitted and not logged_admitted:
+        return f"site {site!r} is logged as refused ({'; '.join(logged)}), but its logged evidence passes the logged policy"
+    return f"site {site!r}: the logged reasons ({'; '.join(logged)}) are not the recomputed ones ({'; '.join(again)})"
 
 
 def _optional_text(fields_: dict[str, Any], name: str) -> str | None:

@@ -121,6 +121,9 @@ def describe(kind: Any) -> str:
         return "one of " + ", ".join(value_repr(v) for v in kind.values)
     if isinstance(kind, schema_info.DictType):
         return "a table"
+    if isinstance(kind, (schema_info.ListType, schema_info.SetType, schema_info.FrozenSetType, schema_info.VarTupleType)):
+        return f"a list of {describe(kind.item_type).removeprefix('a ').removeprefix('an ')}s" \
+            if isinstance(kind.item_type, (schema_info.StrType,)) else f"a list, each {describe(kind.item_type)}"
     return str(kind)
 
 

@@ -35,11 +35,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aggregator.audit.log import AuditLogError, AuditLogUnavailable, LogStore, TreeHead, key_binding_nonce
 from attestation.abi.bundle import encode_bundle
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeys
-from protocol.auditlog.records import admission_policy_record, plain
+
+from aggregator.audit.log import AuditLogError, AuditLogUnavailable, LogStore, TreeHead, key_binding_nonce
+from protocol.auditlog.records import LOG_FORMAT, admission_policy_record, plain
 
 LOG = logging.getLogger("attestfl.aggregator.audit")
 
@@ -97,7 +98,8 @@ class AuditLog:
         if previous is not None:
             fields["previous_head"] = previous.to_cbor_map()
         self.append("handover" if size else "aggregator_start", fields)
-        config: dict[str, Any] = {"aggregator_toml": config_raw, "aggregator_toml_sha256": hashlib.sha256(config_raw).hexdigest()}
+        config: dict[str, Any] = {"log_format": LOG_FORMAT, "aggregator_toml": config_raw,
+                                  "aggregator_toml_sha256": hashlib.sha256(config_raw).hexdigest()}
         if admission is not None:
             config["admission"] = admission_policy_record(admission)
         if task is not None:

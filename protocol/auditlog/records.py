@@ -7,8 +7,11 @@ scalars, datetimes, tuples, sets) and renders anything else as text.
 The admission policy is logged in full in the ``config`` entry of every start
 (:func:`admission_policy_record`) so an auditor re-runs each admission offline from the
 log alone (:func:`admission_policy_from_record`): the attestation policy file's bytes
-(whose SHA-256 is the ``policy_id`` admissions name) and every site rule, App Attest roots
-included.
+(whose SHA-256 is the ``policy_id`` admissions name), every site rule (App Attest roots and
+installed checks' parameters included) and the installed checks in force. Both directions
+are one schema (:class:`PolicyRecord` over :class:`protocol.admission.SiteRule`), encoded
+by :func:`protocol.admission.encode_plain` and decoded by
+:func:`protocol.admission.decode_plain`.
 """
 from __future__ import annotations
 
@@ -19,10 +22,25 @@ from enum import Enum
 from pathlib import PurePath
 from typing import Any
 
-from attestation.errors import AttestflError
-from attestation.policy import Policy
+import msgspec
 
-from protocol.admission import AdmissionPolicy, AppAttestRule, OrganisationCa, SiteRule
+from attestation.errors import AttestflError
+from attestation.errors import AttestationError
+from attestation.policy import Policy
+from protocol.admission import (
+    AdmissionPolicy,
+    SiteRule,
+    admission_checks,
+    decode_plain,
+    encode_plain,
+)
+
+#: The format of the entries this code writes, recorded as ``log_format`` in every ``config``
+#: entry. 1 (no ``log_format``): the original; 2: the admission policy names the installed
+#: checks in force (``extension_checks``) and site rules may carry their parameters (``checks``).
+LOG_FORMAT = 2
+#: The formats the verifier reads.
+KNOWN_LOG_FORMATS = (1, 2)
 
 
 def plain(value: Any) -> Any:
@@ -58,31 +76,33 @@ def policy_id_for(policy_text: bytes | None) -> str:
     return "default" if policy_text is None else "sha256:" + hashlib.sha256(policy_text).hexdigest()
 
 
+class PolicyRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The admission policy as the ``config`` entry's ``admission`` map records it: one schema
+    for both ways (:func:`admission_policy_record`, :func:`admission_policy_from_record`).
+    A format-1 log's record is the same without ``extension_checks`` (and without the site
+    rules' ``checks``)."""
+
+    policy_id: str
+    attestation_policy: bytes | None
+    challenge_ttl_s: float
+    credential_ttl_s: float
+    sites: dict[str, SiteRule]
+    #: The ids of the installed checks in force (after the built-in ones), in their order.
+    extension_checks: list[str] = []
+
+
 def admission_policy_record(policy: AdmissionPolicy) -> dict[str, Any]:
-    sites: dict[str, Any] = {}
-    for site_id, rule in sorted(policy.sites.items()):
-        app = None
-        if rule.app_attest is not None:
-            app = {"app_id": rule.app_attest.app_id, "root_pem": rule.app_attest.root_pem, "production": rule.app_attest.production}
-        sites[site_id] = {
-            "platforms": sorted(rule.platforms),
-            "identity_keys": sorted(k.hex() for k in rule.identity_keys),
-            "organisation_ca": rule.organisation_ca.der if rule.organisation_ca is not None else None,
-            "measurements": sorted(m.hex() for m in rule.measurements),
-            "chip_ids": sorted(m.hex() for m in rule.chip_ids),
-            "host_data": sorted(m.hex() for m in rule.host_data),
-            "mr_config_ids": sorted(m.hex() for m in rule.mr_config_ids),
-            "ed25519_keys": sorted(k.hex() for k in rule.ed25519_keys),
-            "max_weight": rule.max_weight,
-            "app_attest": app,
-        }
-    return {
-        "policy_id": policy.policy_id,
-        "attestation_policy": policy.policy_text,
-        "challenge_ttl_s": policy.challenge_ttl.total_seconds(),
-        "credential_ttl_s": policy.credential_ttl.total_seconds(),
-        "sites": sites,
-    }
+    """``policy`` as plain data for the audit log."""
+    record = PolicyRecord(
+        policy_id=policy.policy_id,
+        attestation_policy=policy.policy_text,
+        challenge_ttl_s=policy.challenge_ttl.total_seconds(),
+        credential_ttl_s=policy.credential_ttl.total_seconds(),
+        sites=dict(sorted(policy.sites.items())),
+        extension_checks=[check.id for check in policy.extension_checks],
+    )
+    plain_record: dict[str, Any] = encode_plain(record)
+    return plain_record
 
 
 class PolicyRecordError(AttestflError, ValueError):
@@ -90,40 +110,23 @@ class PolicyRecordError(AttestflError, ValueError):
 
 
 def admission_policy_from_record(record: Any) -> AdmissionPolicy:
-    """Rebuild the aggregator's admission policy from a ``config`` entry's ``admission`` map."""
+    """Rebuild the aggregator's admission policy from a ``config`` entry's ``admission`` map:
+    the same rules, the same checks (installed ones must be installed here too)."""
     try:
-        text = record["attestation_policy"]
-        if text is not None and not isinstance(text, bytes):
-            raise PolicyRecordError("attestation_policy is not bytes")
-        if record["policy_id"] != policy_id_for(text):
-            raise PolicyRecordError(f"policy_id {record['policy_id']!r} is not the digest of the logged policy text")
+        logged = decode_plain(record, PolicyRecord)
+    except msgspec.ValidationError as exc:
+        raise PolicyRecordError(f"the logged admission policy is unusable: {exc}") from None
+    text = logged.attestation_policy
+    if logged.policy_id != policy_id_for(text):
+        raise PolicyRecordError(f"policy_id {logged.policy_id!r} is not the digest of the logged policy text")
+    try:
         attestation = Policy() if text is None else Policy.from_toml(text.decode("utf-8"))
-        sites = {}
-        for site_id, rule in record["sites"].items():
-            app = rule["app_attest"]
-            def hexes(name: str) -> frozenset[bytes]:
-                return frozenset(bytes.fromhex(value) for value in rule[name])
-
-            ca = rule["organisation_ca"]
-            sites[site_id] = SiteRule(
-                platforms=frozenset(rule["platforms"]),
-                identity_keys=hexes("identity_keys"),
-                organisation_ca=None if ca is None else OrganisationCa.from_bytes(ca, f"logged rule of {site_id}"),
-                measurements=hexes("measurements"),
-                chip_ids=hexes("chip_ids"),
-                host_data=hexes("host_data"),
-                mr_config_ids=hexes("mr_config_ids"),
-                ed25519_keys=hexes("ed25519_keys"),
-                max_weight=float(rule["max_weight"]),
-                app_attest=None if app is None else AppAttestRule(app["app_id"], app["root_pem"], bool(app["production"])),
-            )
+        checks = admission_checks(logged.extension_checks)
         return AdmissionPolicy(
-            sites=sites, attestation=attestation,
-            challenge_ttl=timedelta(seconds=float(record["challenge_ttl_s"])),
-            credential_ttl=timedelta(seconds=float(record["credential_ttl_s"])),
-            policy_id=record["policy_id"], policy_text=text,
+            sites=logged.sites, attestation=attestation,
+            challenge_ttl=timedelta(seconds=logged.challenge_ttl_s),
+            credential_ttl=timedelta(seconds=logged.credential_ttl_s),
+            policy_id=logged.policy_id, policy_text=text, checks=checks,
         )
-    except PolicyRecordError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any malformed logged policy is one error
-        raise PolicyRecordError(f"the logged admission policy is unusable: {type(exc).__name__}: {exc}") from exc
+    except (AttestationError, UnicodeDecodeError, ValueError, OverflowError) as exc:
+        raise PolicyRecordError(f"the logged admission policy is unusable: {type(exc).__name__}: {exc}") from None
