@@ -34,6 +34,7 @@ from attestation.binding import check_nonce
 from attestation.errors import AttestationError
 from attestation.files import read_bounded
 from attestation.findings import Reason
+from attestation.platforms.base import NEUTRAL_CLAIMS
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeys, EnclaveKeyError
 
@@ -718,7 +719,7 @@ def _parse(message_type: Any, data: bytes) -> Any:
         raise UpdateRefused(f"the sealed {message_type.__name__} does not parse", grpc.StatusCode.INVALID_ARGUMENT) from None
 
 
-_EAR_CLAIMS = ("measurement", "mr_td", "debug", "reported_tcb", "tcb_status", "simulated", "product", "app_id", "key_id")
+_EAR_CLAIMS = (*NEUTRAL_CLAIMS, "reported_tcb", "product", "app_id", "key_id")
 
 
 def _metrics(values: Any) -> dict[str, float]:

@@ -161,6 +161,7 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
              timeout: float = 600.0) -> DemoResult:
     from enclave.measure import measure
 
+    from attestation.platforms.snp import NAME as SNP
     from attestfl.loopback import Deployment
 
     if sites < 1 or rounds < 1:
@@ -203,7 +204,7 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
     roots = ", ".join(f'"{fp}"' for fp in deployment.roots.values())
     (directory / "aggregator-policy.toml").write_text(
         f"# The sites' policy for the aggregator: its simulated vendor root and its exact measurement.\n"
-        f"trusted_simulated_roots = [{roots}]\nplatforms = [\"sev-snp\"]\n[sev-snp]\nmeasurement = [\"{measurement}\"]\n")
+        f"trusted_simulated_roots = [{roots}]\nplatforms = [\"{SNP}\"]\n[{SNP}]\nmeasurement = [\"{measurement}\"]\n")
     aggregator = deployment.start()
     processes: list[tuple[str, subprocess.Popen, Any]] = []
     try:

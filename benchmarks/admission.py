@@ -35,6 +35,8 @@ from protocol.formulas import admission_nonce, identity_transcript  # noqa: E402
 from attestation.abi.bundle import encode_bundle  # noqa: E402
 from attestation.bundle import appraise_bundle  # noqa: E402
 from attestation.collateral import CollateralStore  # noqa: E402
+from attestation.platforms.snp import NAME as SNP  # noqa: E402
+from attestation.platforms.tdx import NAME as TDX  # noqa: E402
 from attestation.policy import Policy  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
 from enclave.attester import make_bundle  # noqa: E402
@@ -58,9 +60,9 @@ def main() -> None:
     at = datetime.now(timezone.utc)
     policy = Policy(trusted_simulated_roots=roots, require_collateral=True)
     results: dict[str, object] = {}
-    for platform, attester in (("sev-snp", SimulatedSnpAttester(vendor)), ("tdx", SimulatedTdxAttester(vendor))):
+    for platform, attester in ((SNP, SimulatedSnpAttester(vendor)), (TDX, SimulatedTdxAttester(vendor))):
         identity = SiteIdentity.generate("site-a")
-        admission = AdmissionPolicy(sites={"site-a": SiteRule(frozenset({"sev-snp", "tdx"}), identity_keys=frozenset({identity.public}))},
+        admission = AdmissionPolicy(sites={"site-a": SiteRule(frozenset({SNP, TDX}), identity_keys=frozenset({identity.public}))},
                                     attestation=policy, collateral=store)
         challenges = ChallengeStore(timedelta(minutes=5))
         keys = EnclaveKeys()

@@ -22,11 +22,12 @@ def _site(target: str, site_id: str, sim_dir: str, roots: list[str], measurement
     from fedsite.client import SiteClient
     from protocol.tensors import ModelSpec
     from attestation.policy import Policy
-    from attestation.validate.snp import SnpPolicy
+    from attestation.platforms.snp import NAME as SNP
+    from attestation.platforms.snp.validate import SnpPolicy
     from enclave.identity import load_identity
     from enclave.simulated.attester import SimulatedSnpAttester
 
-    policy = Policy(trusted_simulated_roots=frozenset(roots), platforms=frozenset({"sev-snp"}),
+    policy = Policy(trusted_simulated_roots=frozenset(roots), platforms=frozenset({SNP}),
                     snp=SnpPolicy(measurement=frozenset({bytes.fromhex(measurement)})))
     identity = load_identity(identity_path, site_sealing(Path(sim_dir)), site_id)
     update = {"w": np.random.default_rng(abs(hash(site_id)) % 2**32).standard_normal(parameters).astype(np.float32) * 1e-3}

@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     vectors = args.vectors
 
-    from attestation.tdx import load_collateral_dir
+    from attestation.platforms.tdx.appraise import load_collateral_dir
 
     snp_report = (vectors / "sev-snp/milan-report-v2.bin").read_bytes()
     snp_inputs = EvidenceInputs(certificates=((vectors / "sev-snp/milan-report-v2.vcek.der").read_bytes(),))

@@ -22,7 +22,7 @@ The admission policy is the ``[admission]`` table of ``aggregator.toml``::
     intel_pcs_url = "https://api.trustedservices.intel.com"  #   services, or a caching proxy of yours
 
     [admission.sites.hospital-a]   # one table per site id that may join
-    platforms = ["sev-snp", "tdx"] # accepted: sev-snp, tdx (real or simulated), app-attest
+    platforms = ["tdx"]            # accepted: any registered CPU platform (sev-snp, tdx; real or simulated), app-attest
     identity_keys = ["<hex>"]      # the site's identity key(s) (attestfl site enroll), or:
     organisation_ca = "ca.pem"     # a CA whose certificate for the identity key names the site id (CN)
     measurements = ["<hex>"]       # SNP MEASUREMENT / TDX MRTD the site must run (optional)
@@ -77,7 +77,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from attestation.abi.bundle import parse_bundle
+from attestation.abi.bundle import cpu_platforms, parse_bundle
 from attestation.binding import BoundKeys
 from attestation.bundle import appraise_bundle
 from attestation.collateral import CollateralFetcher, CollateralStore, FetchConfig, LoggedCollateralStore
@@ -96,7 +96,9 @@ from protocol.formulas import (
     valid_site_id,
 )
 
-SITE_PLATFORMS = ("sev-snp", "tdx", "app-attest")
+def site_platforms() -> tuple[str, ...]:
+    """What a rule's ``platforms`` may name: every registered CPU platform, and app-attest."""
+    return (*cpu_platforms(), "app-attest")
 MAX_CA_BYTES = 64 * 1024
 #: No site weighs more than this, whatever its rule says.
 MAX_WEIGHT_LIMIT = 1e12
@@ -167,9 +169,9 @@ def read_site_rule(site_id: str, rule: Any, base_dir: Path) -> SiteRule:
     if not isinstance(rule, dict):
         raise PolicyError(f"[{where}]: expected a table")
     reject_unknown_keys(rule, RULE_KEYS, where)
-    platforms = read_str_set(rule, "platforms", where, SITE_PLATFORMS)
+    platforms = read_str_set(rule, "platforms", where, site_platforms())
     if not platforms:
-        raise PolicyError(f"[{where}] platforms: name at least one of {', '.join(SITE_PLATFORMS)}")
+        raise PolicyError(f"[{where}] platforms: name at least one of {', '.join(site_platforms())}")
     app_attest = None
     if "app-attest" in platforms:
         if not isinstance(rule.get("app_id"), str):
@@ -355,18 +357,18 @@ def _claim_bytes(claims: dict[str, Any], name: str) -> bytes | None:
 
 
 def _measurement_of(platform: str, claims: dict[str, Any]) -> bytes | None:
-    return _claim_bytes(claims, "measurement" if platform == "sev-snp" else "mr_td")
+    return _claim_bytes(claims, "measurement")  # the neutral claim: SNP MEASUREMENT, TDX MRTD, ...
 
 
 def _hardware_reasons(rule: SiteRule, site_id: str, platform: str, claims: dict[str, Any]) -> list[Reason]:
     """[admission.hardware]: the rule's optional chip and launch-configuration pins."""
-    pins = ((rule.chip_ids, "chip_id", "CHIP_ID", "sev-snp"), (rule.host_data, "host_data", "HOST_DATA", "sev-snp"),
-            (rule.mr_config_ids, "mr_config_id", "MRCONFIGID", "tdx"))
+    pins = ((rule.chip_ids, "chip_id", "CHIP_ID"), (rule.host_data, "host_data", "HOST_DATA"),
+            (rule.mr_config_ids, "mr_config_id", "MRCONFIGID"))
     reasons = []
-    for allowed, claim, label, on in pins:
+    for allowed, claim, label in pins:
         if not allowed:
             continue
-        value = _claim_bytes(claims, claim) if platform == on else None
+        value = _claim_bytes(claims, claim)  # a platform whose evidence has no such field reports no such claim
         if value not in allowed:
             shown = value.hex() if value else f"none ({platform} evidence has no {label})"
             reasons.append(Reason("admission.hardware", f"site {site_id!r} presented {label} {shown}, not one its rule pins"))
@@ -548,7 +550,7 @@ def appraise_site(
     )
     if rule is None:
         unknown = Reason("admission.site_id", f"site id {site_id[:MAX_SITE_ID]!r} is not in the admission policy")
-        told = reasons + _identity_reasons(SiteRule(frozenset({"sev-snp"}), identity_keys=frozenset({bytes(32)})), site_id, identity,
+        told = reasons + _identity_reasons(SiteRule(frozenset(), identity_keys=frozenset({bytes(32)})), site_id, identity,
                                            transcript, at)
         return SiteAppraisal(site_id, False, tuple(reasons + [unknown]), {}, "contraindicated", None,
                              told=tuple(str(r) for r in told))
