@@ -65,6 +65,9 @@ def add_evidence_commands(subparsers: "argparse._SubParsersAction[argparse.Argum
     verify.add_argument("--amd-kds-url", metavar="URL", help="AMD KDS base URL for --fetch-collateral (default https://kdsintf.amd.com)")
     verify.add_argument("--intel-pcs-url", metavar="URL", help="Intel PCS base URL for --fetch-collateral (default https://api.trustedservices.intel.com)")
     verify.add_argument("--intel-root-crl-url", metavar="URL", help="Intel SGX Root CA CRL URL for --fetch-collateral")
+    verify.add_argument("--collateral-service", action="append", default=[], metavar="NAME=URL",
+                        help="for --fetch-collateral: the base URL of a platform plug-in's collateral service (as the plug-in "
+                        "documents its NAME); repeatable")
     verify.add_argument("--crl", metavar="FILE", help="a CRL given beside the evidence, DER or PEM (SEV-SNP: the AMD CRL)")
     verify.add_argument("--policy", metavar="FILE", help="policy TOML (default: authenticity required, debug forbidden)")
     verify.add_argument("--at", metavar="TIME", help="verify as of this ISO-8601 time (default: now)")
@@ -98,9 +101,19 @@ def _apply_example(args: argparse.Namespace) -> None:
     args.policy = args.policy or str(examples.joinpath("milan-example-policy.toml"))
 
 
+def _service_url(text: str) -> tuple[str, str]:
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url:
+        raise AttestationError(f"--collateral-service {text!r}: expected NAME=URL")
+    return name, url
+
+
 def _collateral_store(args: argparse.Namespace) -> CollateralStore | None:
     urls = {"amd_base_url": args.amd_kds_url, "intel_base_url": args.intel_pcs_url, "intel_root_ca_crl_url": args.intel_root_crl_url}
-    given = {name: url for name, url in urls.items() if url}
+    given: dict[str, Any] = {name: url for name, url in urls.items() if url}
+    services = dict(_service_url(text) for text in args.collateral_service)
+    if services:
+        given["service_urls"] = services
     if not args.collateral_dir:
         if args.fetch_collateral or given:
             raise AttestationError("--fetch-collateral and the collateral service URLs need --collateral-dir")

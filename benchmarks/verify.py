@@ -46,13 +46,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 from attestation.appraise import appraise_raw  # noqa: E402
 from attestation.collateral import CollateralStore  # noqa: E402
 from attestation.platforms.base import EvidenceInputs  # noqa: E402
+from attestation.platforms.snp import NAME as SNP  # noqa: E402
+from attestation.platforms.tdx import NAME as TDX  # noqa: E402
 from attestation.platforms.tdx.appraise import appraise_tdx  # noqa: E402
 from attestation.platforms.tdx.collateral import load_collateral_dir  # noqa: E402
 from attestation.policy import Policy  # noqa: E402
 from attestation.timeutil import parse_time  # noqa: E402
 from attestation.verify.chain import SIGNATURE_MEMO  # noqa: E402
 
-TARGET_MS = {"sev-snp": 2.0, "tdx-with-collateral": 8.0}
+TARGET_MS = {SNP: 2.0, "tdx-with-collateral": 8.0}
 #: The collateral directory's files under the store's cache layout (intel/...).
 _CACHE_NAMES = {"pck-crl-issuer-chain.pem": "pck-platform-crl-issuer-chain.pem"}
 
@@ -148,7 +150,7 @@ def main() -> None:
         # authentic, but its TCB level is "not supported": the full path runs and rejects.
         assert result.claims["tcb_status"], result
 
-    results: dict[str, dict[str, object]] = {"sev-snp": dict(median_ms(snp, args.repeats)),
+    results: dict[str, dict[str, object]] = {SNP: dict(median_ms(snp, args.repeats)),
                                              "tdx-with-collateral": dict(median_ms(tdx, args.repeats))}
     for name, entry in results.items():
         entry["target_ms"] = TARGET_MS[name]
@@ -169,7 +171,7 @@ def main() -> None:
 
             attester = SimulatedTdxAttester(work / "vendor")
             evidence = attester.evidence(bytes(64))
-            roots = frozenset({attester.pki.trusted_root_fingerprints()["tdx"]})
+            roots = frozenset({attester.pki.trusted_root_fingerprints()[TDX]})
             sim_files = dict(evidence.collateral)
             simulated = side_by_side(evidence.evidence, sim_files, store_of(sim_files, work / "sim-cache"),
                                      datetime.now(timezone.utc), fmspc=SIM_FMSPC.hex(), repeats=args.repeats, roots=roots,
