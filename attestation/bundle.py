@@ -29,7 +29,12 @@ from typing import Any
 
 from .abi.bundle import GPU_PLATFORM, EvidenceBundle, parse_bundle
 from .appraise import appraise_as, appraise_raw
-from .binding import binding_reasons, gpu_binding_reasons, gpu_nonce_for, report_data_for
+from .binding import (
+    binding_reasons,
+    gpu_binding_reasons,
+    gpu_nonce_for,
+    report_data_for,
+)
 from .collateral import CollateralStore
 from .findings import Appraisal, Reason
 from .platforms import registry

@@ -45,8 +45,21 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
-from .abi.x509 import MAX_CERT_INPUT_BYTES, Certificate, RevocationList, parse_certificate, parse_certificates, parse_crl
-from .errors import AttestationError, CertificateFormatError, CollateralError, CollateralFetchError, CollateralFormatError
+from .abi.x509 import (
+    MAX_CERT_INPUT_BYTES,
+    Certificate,
+    RevocationList,
+    parse_certificate,
+    parse_certificates,
+    parse_crl,
+)
+from .errors import (
+    AttestationError,
+    CertificateFormatError,
+    CollateralError,
+    CollateralFetchError,
+    CollateralFormatError,
+)
 from .files import read_bounded
 from .timeutil import as_utc
 

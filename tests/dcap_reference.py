@@ -23,8 +23,16 @@ import dcap_qvl
 from attestation.errors import AttestationError
 from attestation.platforms.tdx.abi import INTEL_QE_VENDOR_ID
 from attestation.platforms.tdx.appraise import appraise_tdx
-from attestation.platforms.tdx.collateral import PCK_CRL_FILES, TCB_INFO_FMSPC_PATTERN, collateral_from_files
-from attestation.platforms.tdx.validate import ALLOWABLE_QE_TCB_STATUSES, ALLOWABLE_TCB_STATUSES, TdxPolicy
+from attestation.platforms.tdx.collateral import (
+    PCK_CRL_FILES,
+    TCB_INFO_FMSPC_PATTERN,
+    collateral_from_files,
+)
+from attestation.platforms.tdx.validate import (
+    ALLOWABLE_QE_TCB_STATUSES,
+    ALLOWABLE_TCB_STATUSES,
+    TdxPolicy,
+)
 from attestation.policy import Policy
 
 #: TD attribute bits dcap-qvl refuses when set: TUD bits 7:1, SEC bits 27:8 and 29, OTHER

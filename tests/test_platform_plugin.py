@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 import toy_platform
 from toy_attester import ToyAttester
 
@@ -28,7 +27,12 @@ from attestation.policy import Policy
 from enclave.attester import make_bundle
 from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys
-from protocol.admission import AdmissionPolicy, IdentityProof, appraise_site, read_site_rule
+from protocol.admission import (
+    AdmissionPolicy,
+    IdentityProof,
+    appraise_site,
+    read_site_rule,
+)
 from protocol.formulas import admission_nonce, identity_transcript
 
 MEASUREMENT = hashlib.sha256(b"the toy guest").digest()

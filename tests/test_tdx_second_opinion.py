@@ -139,9 +139,10 @@ def test_the_shipped_quotes_are_refused_by_both_for_the_same_reason(
 
 
 def test_the_shipped_v4_quote_is_authentic_with_no_matching_tcb_level() -> None:
+    from dcap_reference import dcap_equivalent_policy
+
     from attestation.platforms.tdx.appraise import appraise_tdx
     from attestation.platforms.tdx.collateral import collateral_from_files
-    from dcap_reference import dcap_equivalent_policy
 
     appraisal = appraise_tdx((VECTORS / "spr-quote-v4.dat").read_bytes(), collateral=collateral_from_files(shipped_collateral()),
                              policy=dcap_equivalent_policy(), at=V4_AT)

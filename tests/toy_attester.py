@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enclave.interface import Attester, CpuEvidence, check_report_data
-
 from toy_platform import NAME, ToyVendor
+
+from enclave.interface import Attester, CpuEvidence, check_report_data
 
 
 class ToyAttester(Attester):

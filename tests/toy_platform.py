@@ -42,7 +42,12 @@ from attestation.abi.x509 import Certificate, parse_certificate
 from attestation.collateral import CollateralStore
 from attestation.errors import CertificateFormatError, EvidenceFormatError
 from attestation.findings import Appraisal, Reason
-from attestation.platforms.base import AppraisalPolicy, EvidenceInputs, MeasurementPin, neutral_claims
+from attestation.platforms.base import (
+    AppraisalPolicy,
+    EvidenceInputs,
+    MeasurementPin,
+    neutral_claims,
+)
 from attestation.trust import SIMULATED_ORGANIZATION, VendorRoots, trust_root
 from attestation.validate.fields import read_hex_set, reject_unknown_keys
 from attestation.verify.chain import ChainLink, verify_chain

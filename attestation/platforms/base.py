@@ -15,7 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Self, Sequence, TypeVar, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Mapping,
+    Protocol,
+    Self,
+    Sequence,
+    TypeVar,
+    runtime_checkable,
+)
 
 from ..findings import Appraisal
 from ..trust import VendorRoots

@@ -5,7 +5,13 @@ from typing import Any
 
 from ..base import neutral_claims
 from . import NAME
-from .abi import OPAQUE_FIELD_NAMES, TEXT_FIELDS, GpuEvidence, OpaqueFieldType, decode_text
+from .abi import (
+    OPAQUE_FIELD_NAMES,
+    TEXT_FIELDS,
+    GpuEvidence,
+    OpaqueFieldType,
+    decode_text,
+)
 from .verify import GpuVerification
 
 #: What GPU evidence is signed with, as the neutral ``signing_key`` claim names it: the GPU's

@@ -34,7 +34,13 @@ from typing import Any, Mapping, Sequence
 
 from ...errors import AttestationError, PolicyError
 from ...findings import Reason
-from ...validate.fields import parse_hex, read_bool, read_str_set, read_table, reject_unknown_keys
+from ...validate.fields import (
+    parse_hex,
+    read_bool,
+    read_str_set,
+    read_table,
+    reject_unknown_keys,
+)
 from . import NAME
 from .abi import STATUS_DISABLED, STATUS_ENABLED
 from .rim import ReferenceManifest, combine_golden, load_rim

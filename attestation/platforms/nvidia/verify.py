@@ -41,7 +41,11 @@ from typing import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .roots import NVIDIA_ROOTS, nvidia_device_identity_root
+from ...abi.x509 import Certificate
+from ...errors import CertificateFormatError, EvidenceFormatError, PolicyError
+from ...findings import Reason
+from ...trust import trust_root
+from ...verify.chain import ChainLink, load_public_key, raw_ecdsa_is_valid, verify_chain
 from .abi import (
     FWID_EXTENSION_OID,
     NONCE_SIZE,
@@ -50,11 +54,7 @@ from .abi import (
     GpuEvidence,
     parse_fwid_extension,
 )
-from ...abi.x509 import Certificate
-from ...errors import CertificateFormatError, EvidenceFormatError, PolicyError
-from ...findings import Reason
-from ...trust import trust_root
-from ...verify.chain import ChainLink, load_public_key, raw_ecdsa_is_valid, verify_chain
+from .roots import NVIDIA_ROOTS, nvidia_device_identity_root
 
 #: No NVIDIA attestation chain is longer (Hopper: 5 certificates, root included).
 MAX_CHAIN_LENGTH = 8

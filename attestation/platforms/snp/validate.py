@@ -24,7 +24,14 @@ from typing import Any, Callable, Iterator
 
 from ...errors import PolicyError
 from ...findings import Reason
-from ...validate.fields import read_bool, read_hex_set, read_int, read_str_set, read_table, reject_unknown_keys
+from ...validate.fields import (
+    read_bool,
+    read_hex_set,
+    read_int,
+    read_str_set,
+    read_table,
+    reject_unknown_keys,
+)
 from ..base import AppraisalPolicy
 from . import NAME
 from .abi import (

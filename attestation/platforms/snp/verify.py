@@ -42,13 +42,20 @@ from typing import Any, Callable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .roots import AMD_ROOTS, amd_root_chains
-from .abi import PRODUCTS, SIGNATURE_ALGO_ECDSA_P384_SHA384, SnpReport
 from ...abi.x509 import Certificate, RevocationList, decode_der_integer
 from ...errors import CertificateFormatError
 from ...findings import Reason
 from ...trust import trust_root
-from ...verify.chain import ChainLink, crl_reasons, load_public_key, raw_ecdsa_is_valid, revoked_reasons, verify_chain
+from ...verify.chain import (
+    ChainLink,
+    crl_reasons,
+    load_public_key,
+    raw_ecdsa_is_valid,
+    revoked_reasons,
+    verify_chain,
+)
+from .abi import PRODUCTS, SIGNATURE_ALGO_ECDSA_P384_SHA384, SnpReport
+from .roots import AMD_ROOTS, amd_root_chains
 
 AMD_OID = "1.3.6.1.4.1.3704.1"
 OID_PRODUCT_NAME = f"{AMD_OID}.2"

@@ -33,8 +33,8 @@ from typing import Any, ClassVar
 
 from asn1crypto import core  # type: ignore[import-untyped]
 
-from ...errors import CertificateFormatError, EvidenceFormatError, EvidenceTooLargeError
 from ...abi.x509 import Certificate
+from ...errors import CertificateFormatError, EvidenceFormatError, EvidenceTooLargeError
 
 #: Refuse quotes larger than this before any parsing work.
 MAX_QUOTE_BYTES = 64 * 1024

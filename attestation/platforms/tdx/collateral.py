@@ -46,7 +46,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ...abi.x509 import MAX_CERT_INPUT_BYTES, Certificate, RevocationList, parse_certificates, parse_crl
+from ...abi.x509 import (
+    MAX_CERT_INPUT_BYTES,
+    Certificate,
+    RevocationList,
+    parse_certificates,
+    parse_crl,
+)
 from ...collateral import (
     MAX_CRL_BYTES,
     CollateralError,

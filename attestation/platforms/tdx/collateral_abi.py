@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
+from ...abi.x509 import Certificate, RevocationList
 from ...errors import AttestationError, CollateralFormatError
 from ...timeutil import parse_time
-from ...abi.x509 import Certificate, RevocationList
 
 #: Refuse JSON collateral documents larger than this before parsing.
 MAX_COLLATERAL_JSON_BYTES = 256 * 1024

@@ -12,7 +12,11 @@ from ..base import AppraisalPolicy, EvidenceInputs, MeasurementPin
 from . import NAME
 from .abi import looks_like_tdx_quote, parse_quote
 from .appraise import appraise_tdx
-from .collateral import collateral_from_files, is_collateral_file_name, load_collateral_dir
+from .collateral import (
+    collateral_from_files,
+    is_collateral_file_name,
+    load_collateral_dir,
+)
 from .collateral_abi import TdxCollateral
 from .roots import INTEL_ROOTS
 from .validate import TdxPolicy

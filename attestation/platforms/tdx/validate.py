@@ -26,7 +26,14 @@ from typing import Any, Callable, Iterator
 
 from ...errors import PolicyError
 from ...findings import Reason
-from ...validate.fields import read_bool, read_hex, read_hex_set, read_int, read_str_set, reject_unknown_keys
+from ...validate.fields import (
+    read_bool,
+    read_hex,
+    read_hex_set,
+    read_int,
+    read_str_set,
+    reject_unknown_keys,
+)
 from ..base import AppraisalPolicy
 from . import NAME
 from .abi import TdReportBody, TdxQuote

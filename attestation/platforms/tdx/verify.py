@@ -61,21 +61,6 @@ from typing import Iterable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .roots import INTEL_ROOTS, intel_sgx_root_ca
-from .abi import (
-    BODY_TYPE_TDX15,
-    SgxExtensions,
-    TdxQuote,
-    pck_sgx_extensions,
-)
-from .collateral_abi import (
-    QeIdentityDocument,
-    TcbInfo,
-    TcbInfoDocument,
-    TcbLevel,
-    TdxCollateral,
-    TdxModuleIdentity,
-)
 from ...abi.x509 import Certificate, RevocationList, parse_certificates
 from ...errors import CertificateFormatError
 from ...findings import Reason
@@ -90,6 +75,21 @@ from ...verify.chain import (
     revoked_reasons,
     verify_chain,
 )
+from .abi import (
+    BODY_TYPE_TDX15,
+    SgxExtensions,
+    TdxQuote,
+    pck_sgx_extensions,
+)
+from .collateral_abi import (
+    QeIdentityDocument,
+    TcbInfo,
+    TcbInfoDocument,
+    TcbLevel,
+    TdxCollateral,
+    TdxModuleIdentity,
+)
+from .roots import INTEL_ROOTS, intel_sgx_root_ca
 
 UP_TO_DATE = "UpToDate"
 SW_HARDENING_NEEDED = "SWHardeningNeeded"
