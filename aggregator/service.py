@@ -36,6 +36,7 @@ from attestation.binding import check_nonce
 from attestation.errors import EXIT_FAULT, EXIT_REFUSED, AttestationError, AttestflError
 from attestation.files import read_bounded
 from attestation.findings import Reason
+from attestation.platforms.base import NEUTRAL_CLAIMS
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeyError, EnclaveKeys
 from protocol.admission import AdmissionPolicy, IdentityProof, SiteAppraisal, appraise_site, valid_site_id
@@ -769,7 +770,7 @@ def _parse(message_type: Any, data: bytes) -> Any:
         raise UpdateRefused(f"the sealed {message_type.__name__} does not parse", grpc.StatusCode.INVALID_ARGUMENT) from None
 
 
-_EAR_CLAIMS = ("measurement", "mr_td", "debug", "reported_tcb", "tcb_status", "simulated", "product", "app_id", "key_id")
+_EAR_CLAIMS = (*NEUTRAL_CLAIMS, "reported_tcb", "product", "app_id", "key_id")
 
 
 def _metrics(values: Any) -> dict[str, float]:

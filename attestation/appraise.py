@@ -1,57 +1,27 @@
-"""One entry point for every kind of evidence: detect the platform from the bytes,
-verify it, appraise it against a policy.
+"""Raw evidence: recognise its platform from the bytes, then verify and appraise it through
+that platform (:mod:`attestation.platforms.registry`).
 
-Size is checked before anything is parsed; detection looks only at fixed header
-fields. Platform modules do the work: :mod:`attestation.snp`, :mod:`attestation.tdx`,
-:mod:`attestation.nvidia`.
+Size is checked before anything is parsed; detection looks only at fixed header fields. The
+platforms do the work; this module names none of them. Evidence bundles are appraised by
+:mod:`attestation.bundle`, and :func:`attestation.evidence.appraise_evidence` takes either.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Sequence
+from typing import Any
 
-from .errors import MAX_EVIDENCE_BYTES, EvidenceFormatError, EvidenceTooLargeError
+from .collateral import CollateralStore
+from .errors import MAX_EVIDENCE_BYTES, CollateralError, EvidenceFormatError, EvidenceTooLargeError
 from .findings import Appraisal, Reason
+from .platforms import registry
+from .platforms.base import NEUTRAL_CLAIMS, EvidenceInputs, Platform
 from .policy import Policy
 
-if TYPE_CHECKING:
-    from .collateral import CollateralStore
 
-PLATFORM_CHOICES = ("auto", "sev-snp", "tdx", "nvidia-gpu")
-
-
-@dataclass(frozen=True)
-class EvidenceInputs:
-    """Everything a relying party may hold beside the evidence itself."""
-
-    #: Certificates given separately (VCEK/VLEK for SNP, a PEM chain for the GPU), DER or PEM.
-    certificates: Sequence[bytes] = ()
-    #: Intel collateral for TDX (see :func:`attestation.tdx.load_collateral_dir`).
-    tdx_collateral: object | None = None
-    #: An AMD CRL (DER or PEM) for SNP.
-    snp_crl: bytes | None = None
-    #: The nonce the relying party chose (GPU request nonce).
-    nonce: bytes | None = None
-    extra_warnings: tuple[str, ...] = field(default=())
-
-
-def detect_platform(data: bytes) -> str:
-    """Name the platform of raw evidence from its header fields alone."""
-    from .abi.snp import looks_like_snp_report
-    from .abi.tdx import looks_like_tdx_quote
-    from .abi.spdm import looks_like_gpu_evidence
-
-    if looks_like_tdx_quote(data):
-        return "tdx"
-    if looks_like_snp_report(data):
-        return "sev-snp"
-    if looks_like_gpu_evidence(data):
-        return "nvidia-gpu"
-    raise EvidenceFormatError(
-        f"unrecognised evidence ({len(data)} bytes): not an SEV-SNP attestation report "
-        "(1184 bytes, version 2, 3 or 5), a TDX DCAP quote (version 4 or 5) or NVIDIA SPDM evidence"
-    )
+def platform_choices() -> tuple[str, ...]:
+    """What ``--platform`` accepts: ``auto`` (detect from the bytes) and every registered platform."""
+    return ("auto", *registry.names())
 
 
 def check_size(data: bytes) -> None:
@@ -68,6 +38,29 @@ def _platform_allowed(appraisal: Appraisal, policy: Policy) -> Appraisal:
     return replace(appraisal, reasons=(reason,) + appraisal.reasons)
 
 
+def _neutral(appraisal: Appraisal, platform: Platform) -> Appraisal:
+    """The appraisal under the platform's registered name, its claims led by every neutral
+    claim (None where the platform gave none): the registry's name is the one that counts."""
+    claims: dict[str, Any] = {key: appraisal.claims.get(key) for key in NEUTRAL_CLAIMS}
+    claims["platform"] = platform.name
+    claims.update((key, value) for key, value in appraisal.claims.items() if key not in claims)
+    return replace(appraisal, platform=platform.name, claims=claims)
+
+
+def appraise_as(
+    platform: Platform,
+    data: bytes,
+    *,
+    policy: Policy,
+    at: datetime,
+    inputs: EvidenceInputs = EvidenceInputs(),
+    collateral: CollateralStore | None = None,
+) -> Appraisal:
+    """``platform``'s appraisal of ``data``, with the neutral claims in place (no size check,
+    no ``platforms`` check: :func:`appraise_raw` does both)."""
+    return _neutral(platform.appraise(data, policy=policy, at=at, inputs=inputs, collateral=collateral), platform)
+
+
 def appraise_raw(
     data: bytes,
     *,
@@ -75,57 +68,27 @@ def appraise_raw(
     at: datetime,
     inputs: EvidenceInputs = EvidenceInputs(),
     platform: str = "auto",
-    collateral: "CollateralStore | None" = None,
+    collateral: CollateralStore | None = None,
 ) -> Appraisal:
-    """Verify and appraise one piece of raw evidence (report, quote or GPU evidence).
+    """Verify and appraise one piece of raw evidence of a registered platform (``auto``:
+    recognised from its header fields).
 
-    ``collateral``: the verifier's collateral store; it then supplies the AMD CRL and the
-    Intel collateral (``inputs`` must carry none) and a VCEK the inputs lack."""
+    ``collateral``: the verifier's collateral store; it then supplies the platform's
+    collateral (``inputs`` must carry none)."""
     check_size(data)
-    if collateral is not None and (inputs.snp_crl is not None or inputs.tdx_collateral is not None):
-        from .errors import CollateralError
-
-        raise CollateralError("collateral was given both as inputs (a CRL or TDX collateral) and as a collateral store; give one")
+    if collateral is not None and inputs.gives_collateral:
+        raise CollateralError("collateral was given both as inputs (a CRL or a collateral directory) and as a collateral store; give one")
     if platform == "auto":
-        platform = detect_platform(data)
-    if platform == "sev-snp":
-        from .snp import appraise_snp
-
-        result = appraise_snp(data, certificates=tuple(inputs.certificates), crl=inputs.snp_crl, policy=policy, at=at, store=collateral)
-    elif platform == "tdx":
-        from .tdx import appraise_tdx
-
-        result = appraise_tdx(data, collateral=inputs.tdx_collateral, policy=policy, at=at, store=collateral)
-    elif platform == "nvidia-gpu":
-        from .nvidia import appraise_gpu
-
-        chain = b"".join(inputs.certificates) if inputs.certificates else None
-        result = appraise_gpu(data, certificates=chain, expected_nonce=inputs.nonce, policy=policy, at=at)
+        chosen = registry.detect(data)
     else:
-        raise EvidenceFormatError(f"unknown platform {platform!r}; expected one of {', '.join(PLATFORM_CHOICES)}")
-    result = _platform_allowed(result, policy)
+        found = registry.find(platform) if isinstance(platform, str) else None
+        if found is None:
+            raise EvidenceFormatError(f"unknown platform {platform!r}; expected one of {', '.join(platform_choices())}")
+        chosen = found
+    result = _platform_allowed(appraise_as(chosen, data, policy=policy, at=at, inputs=inputs, collateral=collateral), policy)
     if inputs.extra_warnings:
         result = replace(result, warnings=result.warnings + inputs.extra_warnings)
     return result
 
 
-def appraise_evidence(
-    data: bytes,
-    *,
-    policy: Policy,
-    at: datetime,
-    inputs: EvidenceInputs = EvidenceInputs(),
-    platform: str = "auto",
-    collateral: "CollateralStore | None" = None,
-) -> Appraisal:
-    """Appraise an evidence bundle (recognised by its CBOR self-describe tag; ``inputs.nonce``
-    is then the verifier's nonce, see :func:`attestation.bundle.appraise_bundle`) or raw
-    evidence (:func:`appraise_raw`); ``collateral`` is the verifier's collateral store."""
-    from .abi.bundle import looks_like_bundle
-
-    check_size(data)
-    if looks_like_bundle(data):
-        from .bundle import appraise_bundle
-
-        return appraise_bundle(data, expected_nonce=inputs.nonce, policy=policy, at=at, inputs=replace(inputs, nonce=None), collateral=collateral)
-    return appraise_raw(data, policy=policy, at=at, inputs=inputs, platform=platform, collateral=collateral)
+__all__ = ["MAX_EVIDENCE_BYTES", "EvidenceInputs", "appraise_as", "appraise_raw", "check_size", "platform_choices"]

@@ -2,18 +2,19 @@
 
 :func:`appraise_bundle` decodes the bundle (:mod:`attestation.abi.bundle`), then
 
-1. verifies and appraises the CPU evidence through :func:`attestation.appraise.appraise_raw`,
-   exactly as raw evidence, with the certificates the bundle carries (plus any the caller
-   gives) and the verifier's collateral store when one is given (the bundle's own collateral
-   is then ignored), else the collateral the bundle carries;
-2. checks the binding [binding.report_data]: the evidence's report_data is SHA-512 over
-   the label, the bundle's X25519 and Ed25519 keys and the bundle's nonce
-   (:mod:`attestation.binding`);
+1. verifies and appraises the CPU evidence through :func:`attestation.appraise.appraise_raw`
+   under the bundle's platform, exactly as raw evidence, with the certificates the bundle
+   carries (plus any the caller gives) and the verifier's collateral store when one is given
+   (the bundle's own collateral is then ignored), else the collateral the bundle carries
+   (its files, which the platform reads);
+2. checks the binding [binding.report_data]: the evidence's report_data (which the platform
+   finds in it) is SHA-512 over the label, the bundle's X25519 and Ed25519 keys and the
+   bundle's nonce (:mod:`attestation.binding`);
 3. checks freshness [binding.nonce]: the bundle's nonce is the one the verifier chose;
-4. appraises GPU evidence, when present, through :func:`attestation.nvidia.appraise_gpu`
-   with the request nonce derived from the binding, and checks that derivation
-   [binding.gpu_nonce]; a policy with ``require_gpu = true`` rejects a bundle without GPU
-   evidence [policy.require_gpu].
+4. appraises GPU evidence, when present, through its platform
+   (:data:`attestation.abi.bundle.GPU_PLATFORM`) with the request nonce derived from the
+   binding, and checks that derivation [binding.gpu_nonce]; a policy with
+   ``require_gpu = true`` rejects a bundle without GPU evidence [policy.require_gpu].
 
 Every failed check of every part is listed in one :class:`~attestation.findings.Appraisal`
 whose platform is the CPU platform; the GPU's claims are under ``claims["gpu"]`` and the
@@ -24,62 +25,39 @@ from __future__ import annotations
 import hmac
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .abi.bundle import EvidenceBundle, parse_bundle
-from .abi.spdm import parse_gpu_evidence_any
-from .appraise import EvidenceInputs, appraise_raw
-from .binding import binding_reasons, gpu_binding_reasons, gpu_nonce_for, report_data_for
-from .errors import EvidenceFormatError
+from .abi.bundle import GPU_PLATFORM, EvidenceBundle, parse_bundle
+from .appraise import appraise_as, appraise_raw
+from .binding import (
+    binding_reasons,
+    gpu_binding_reasons,
+    gpu_nonce_for,
+    report_data_for,
+)
+from .collateral import CollateralStore
 from .findings import Appraisal, Reason
+from .platforms import registry
+from .platforms.base import EvidenceInputs
 from .policy import Policy
-
-if TYPE_CHECKING:
-    from .collateral import CollateralStore
 
 
 def evidence_report_data(platform: str, evidence: bytes) -> bytes:
-    """The 64-byte report_data field of raw CPU evidence (SNP report or TDX quote)."""
-    if platform == "tdx":
-        from .abi.tdx import parse_quote
-
-        return parse_quote(evidence).body.report_data
-    if platform == "sev-snp":
-        from .abi.snp import parse_report
-
-        return parse_report(evidence).report_data
-    raise EvidenceFormatError(f"no report_data for platform {platform!r}")
-
-
-#: The AMD CRL in the collateral map of an SEV-SNP bundle.
-SNP_CRL_FILE = "amd-crl.der"
+    """The report_data field of raw evidence of ``platform`` (for CPU evidence, 64 bytes)."""
+    return registry.get(platform).report_data(evidence)
 
 
 #: The warning of a bundle appraised with a collateral store while it carried collateral.
 IGNORED_COLLATERAL_WARNING = "the bundle's own collateral was ignored; the verifier's was used"
 
 
-def _cpu_inputs(bundle: EvidenceBundle, inputs: EvidenceInputs, store: "CollateralStore | None" = None) -> EvidenceInputs:
-    """The bundle's certificates and collateral, after any the caller gives; with a
-    collateral store, the certificates only (the store supplies the collateral)."""
+def _cpu_inputs(bundle: EvidenceBundle, inputs: EvidenceInputs, store: CollateralStore | None = None) -> EvidenceInputs:
+    """The bundle's certificates after any the caller gives, and its collateral files (the
+    caller's own collateral, when given, takes precedence in the platform); with a collateral
+    store, the certificates only (the store supplies the collateral)."""
     certificates = tuple(inputs.certificates) + tuple(bundle.certificates)
-    if store is not None:
-        return replace(inputs, certificates=certificates, nonce=None)
-    collateral = inputs.tdx_collateral
-    if collateral is None and bundle.platform == "tdx" and bundle.collateral:
-        from .tdx import collateral_from_files, is_collateral_file_name
-
-        unknown = sorted(name for name in bundle.collateral if not is_collateral_file_name(name))
-        if unknown:
-            raise EvidenceFormatError(f"bundle collateral: {', '.join(unknown)} is not a TDX collateral file name (see attestation.tdx)")
-        collateral = collateral_from_files(bundle.collateral, where="bundle collateral")
-    crl = inputs.snp_crl
-    if crl is None and bundle.platform == "sev-snp":
-        unknown = sorted(set(bundle.collateral) - {SNP_CRL_FILE})
-        if unknown:
-            raise EvidenceFormatError(f"bundle collateral: an SEV-SNP bundle carries only {SNP_CRL_FILE}, not {', '.join(unknown)}")
-        crl = bundle.collateral.get(SNP_CRL_FILE)
-    return replace(inputs, certificates=certificates, tdx_collateral=collateral, snp_crl=crl, nonce=None)
+    files = {} if store is not None else dict(bundle.collateral)
+    return replace(inputs, certificates=certificates, collateral_files=files, nonce=None)
 
 
 def appraise_bundle(
@@ -89,7 +67,7 @@ def appraise_bundle(
     policy: Policy,
     at: datetime,
     inputs: EvidenceInputs = EvidenceInputs(),
-    collateral: "CollateralStore | None" = None,
+    collateral: CollateralStore | None = None,
 ) -> Appraisal:
     """Verify and appraise a bundle (bytes or decoded). ``expected_nonce`` is the nonce the
     verifier chose; ``None`` skips the freshness check and says so in a warning.
@@ -97,8 +75,8 @@ def appraise_bundle(
     ``collateral``: the verifier's :class:`~attestation.collateral.CollateralStore`. With it,
     the collateral the bundle carries (AMD CRL, TDX collateral) is **ignored** (a warning says
     so when the bundle carried some) and the store's is used: a site cannot strip its CRL or
-    bring an old one. The certificates the bundle carries (VCEK/VLEK; the PCK chain travels in
-    the quote) are still used: their chains are verified to the vendor root.
+    bring an old one. The certificates the bundle carries (SEV-SNP: VCEK/VLEK; the TDX PCK
+    chain travels in the quote) are still used: their chains are verified to the vendor root.
 
     Malformed bundles, evidence or collateral raise :class:`~attestation.errors.AttestationError`
     subclasses; everything that parses yields an :class:`Appraisal` with every failed check.
@@ -129,17 +107,19 @@ def appraise_bundle(
         "gpu": bundle.gpu is not None,
     }
     if bundle.gpu is not None:
-        from .nvidia import appraise_gpu
-
-        gpu_nonce = gpu_nonce_for(report_data_for(bundle.keys, bundle.nonce))
-        gpu_evidence = parse_gpu_evidence_any(bundle.gpu.evidence)
-        reasons.extend(gpu_binding_reasons(gpu_evidence.nonce, report_data_for(bundle.keys, bundle.nonce)))
-        gpu = appraise_gpu(bundle.gpu.evidence, certificates=bundle.gpu.certificates or None, expected_nonce=gpu_nonce, policy=policy, at=at)
-        if "nvidia-gpu" not in policy.platforms:
-            reasons.append(Reason("policy.platforms", "the bundle carries GPU evidence, but nvidia-gpu is not among the allowed platforms"))
+        gpu_platform = registry.get(GPU_PLATFORM)
+        bound = report_data_for(bundle.keys, bundle.nonce)
+        reasons.extend(gpu_binding_reasons(gpu_platform.report_data(bundle.gpu.evidence), bound))
+        gpu_inputs = EvidenceInputs(certificates=(bundle.gpu.certificates,) if bundle.gpu.certificates else (), nonce=gpu_nonce_for(bound))
+        gpu = appraise_as(gpu_platform, bundle.gpu.evidence, policy=policy, at=at, inputs=gpu_inputs)
+        if gpu_platform.name not in policy.platforms:
+            reasons.append(Reason("policy.platforms", f"the bundle carries GPU evidence, but {gpu_platform.name} is not among the allowed platforms"))
         reasons.extend(gpu.reasons)
         warnings.extend(f"GPU: {w}" for w in gpu.warnings)
         claims["gpu"] = gpu.claims
     elif policy.require_gpu:
         reasons.append(Reason("policy.require_gpu", "the policy requires GPU evidence bound to the CPU evidence, and the bundle carries none"))
     return Appraisal(cpu.platform, claims, tuple(reasons), tuple(warnings))
+
+
+__all__ = ["IGNORED_COLLATERAL_WARNING", "appraise_bundle", "evidence_report_data"]

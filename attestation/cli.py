@@ -8,17 +8,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
-from .appraise import MAX_EVIDENCE_BYTES, PLATFORM_CHOICES, EvidenceInputs, appraise_evidence
+from .appraise import MAX_EVIDENCE_BYTES
+from .collateral import CollateralFetcher, CollateralStore, FetchConfig
 from .errors import AttestationError, EvidenceTooLargeError
+from .evidence import appraise_evidence
 from .files import read_bounded as _read_bounded
 from .findings import Appraisal
+from .platforms import registry
+from .platforms.base import EvidenceInputs
 from .policy import Policy
 from .timeutil import parse_time, utcnow
-
-if TYPE_CHECKING:
-    from .collateral import CollateralStore
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -37,16 +38,16 @@ def parse_nonce(text: str | None) -> bytes | None:
         raise AttestationError(f"--nonce is not hex: {text!r}") from exc
 
 
-def add_evidence_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_evidence_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     evidence = subparsers.add_parser("evidence", help="verify attestation evidence")
     evidence_sub = evidence.add_subparsers(dest="evidence_command", required=True, metavar="COMMAND")
     verify = evidence_sub.add_parser(
         "verify",
-        help="verify an SEV-SNP report, TDX quote or NVIDIA GPU evidence and appraise it",
+        help="verify evidence of any registered platform (SEV-SNP report, TDX quote, NVIDIA GPU evidence, ...) and appraise it",
         description="Verify evidence (platform detected from the bytes) and appraise it against a policy. "
         "Exit 0: accepted; 1: rejected; 2: unusable input or usage.",
     )
-    verify.add_argument("file", nargs="?", help="raw SNP report, TDX quote, GPU evidence (hex or binary) or evidence bundle")
+    verify.add_argument("file", nargs="?", help="raw evidence (SNP report, TDX quote, GPU evidence in hex or binary, ...) or evidence bundle")
     verify.add_argument(
         "--example",
         action="store_true",
@@ -54,7 +55,8 @@ def add_evidence_commands(subparsers: argparse._SubParsersAction) -> None:
         f"{EXAMPLE_AT}, under the shipped example policy (FILE, --cert, --at and --policy may override)",
     )
     verify.add_argument("--cert", action="append", default=[], metavar="FILE", help="VCEK/VLEK (DER or PEM) or GPU certificate chain (PEM) when the evidence does not carry it; repeatable")
-    verify.add_argument("--collateral", metavar="DIR", help="directory of Intel collateral files (see docs/attestation.md)")
+    verify.add_argument("--collateral", metavar="DIR", help="directory of collateral files given beside the evidence, named as its "
+                        "platform documents (TDX: Intel collateral; SEV-SNP: amd-crl.der; see docs/attestation.md)")
     verify.add_argument("--collateral-dir", metavar="CACHE_DIR",
                         help="the verifier's collateral cache (AMD CRLs and VCEKs, Intel TCB info, QE identity, CRLs; layout in "
                         "docs/attestation.md): collateral comes from there, never from an evidence bundle")
@@ -63,13 +65,26 @@ def add_evidence_commands(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--amd-kds-url", metavar="URL", help="AMD KDS base URL for --fetch-collateral (default https://kdsintf.amd.com)")
     verify.add_argument("--intel-pcs-url", metavar="URL", help="Intel PCS base URL for --fetch-collateral (default https://api.trustedservices.intel.com)")
     verify.add_argument("--intel-root-crl-url", metavar="URL", help="Intel SGX Root CA CRL URL for --fetch-collateral")
-    verify.add_argument("--crl", metavar="FILE", help="AMD CRL (DER or PEM) for SEV-SNP")
+    verify.add_argument("--collateral-service", action="append", default=[], metavar="NAME=URL",
+                        help="for --fetch-collateral: the base URL of a platform plug-in's collateral service (as the plug-in "
+                        "documents its NAME); repeatable")
+    verify.add_argument("--crl", metavar="FILE", help="a CRL given beside the evidence, DER or PEM (SEV-SNP: the AMD CRL)")
     verify.add_argument("--policy", metavar="FILE", help="policy TOML (default: authenticity required, debug forbidden)")
     verify.add_argument("--at", metavar="TIME", help="verify as of this ISO-8601 time (default: now)")
-    verify.add_argument("--platform", choices=PLATFORM_CHOICES, default="auto", help="platform of the evidence (default: detected)")
+    verify.add_argument("--platform", default="auto", metavar="NAME",
+                        help="platform of the evidence: auto (detected from the bytes, the default) or a registered platform's name "
+                        "(`attestfl evidence platforms` lists them)")
     verify.add_argument("--nonce", metavar="HEX", help="the nonce you chose (freshness of GPU evidence and of evidence bundles)")
     verify.add_argument("--json", action="store_true", help="print exactly one JSON object")
     verify.set_defaults(handler=run_verify)
+    listing = evidence_sub.add_parser(
+        "platforms",
+        help="list the registered platforms (built-in and from the attestfl.platforms entry points)",
+        description="List the platforms this verifier knows: name, vendor, what their evidence is, and whether a policy "
+        "accepts them by default (the built-in ones). Exit 0; 2 when a platform plug-in cannot be loaded.",
+    )
+    listing.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    listing.set_defaults(handler=run_platforms)
 
 
 EXAMPLE_AT = "2024-01-01T00:00:00Z"
@@ -86,30 +101,56 @@ def _apply_example(args: argparse.Namespace) -> None:
     args.policy = args.policy or str(examples.joinpath("milan-example-policy.toml"))
 
 
-def _collateral_store(args: argparse.Namespace) -> "CollateralStore | None":
+def _service_url(text: str) -> tuple[str, str]:
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url:
+        raise AttestationError(f"--collateral-service {text!r}: expected NAME=URL")
+    return name, url
+
+
+def _collateral_store(args: argparse.Namespace) -> CollateralStore | None:
     urls = {"amd_base_url": args.amd_kds_url, "intel_base_url": args.intel_pcs_url, "intel_root_ca_crl_url": args.intel_root_crl_url}
-    given = {name: url for name, url in urls.items() if url}
+    given: dict[str, Any] = {name: url for name, url in urls.items() if url}
+    services = dict(_service_url(text) for text in args.collateral_service)
+    if services:
+        given["service_urls"] = services
     if not args.collateral_dir:
         if args.fetch_collateral or given:
             raise AttestationError("--fetch-collateral and the collateral service URLs need --collateral-dir")
         return None
     if args.collateral or args.crl:
         raise AttestationError("--collateral-dir supplies all collateral: do not give --collateral or --crl with it")
-    from .collateral import CollateralFetcher, CollateralStore, FetchConfig
-
     fetcher = CollateralFetcher(FetchConfig(**given)) if args.fetch_collateral or given else None
     return CollateralStore(args.collateral_dir, fetcher=fetcher)
 
 
 def _load_inputs(args: argparse.Namespace) -> EvidenceInputs:
     certificates = tuple(read_bounded(p, MAX_EVIDENCE_BYTES, "certificate file") for p in args.cert)
-    collateral = None
-    if args.collateral:
-        from .tdx import load_collateral_dir
-
-        collateral = load_collateral_dir(args.collateral)
+    if args.collateral and not Path(args.collateral).is_dir():
+        raise AttestationError(f"{args.collateral}: not a directory of collateral files")
     crl = read_bounded(args.crl, MAX_EVIDENCE_BYTES, "CRL file") if args.crl else None
-    return EvidenceInputs(certificates=certificates, tdx_collateral=collateral, snp_crl=crl, nonce=parse_nonce(args.nonce))
+    return EvidenceInputs(certificates=certificates, crl=crl, collateral_dir=Path(args.collateral) if args.collateral else None,
+                          nonce=parse_nonce(args.nonce))
+
+
+def run_platforms(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        builtin = set(registry.builtin_names())
+        rows = [{"name": p.name, "vendor": p.roots.vendor, "evidence": p.description, "cpu": p.binds_report_data,
+                 "policy_section": p.policy_key, "default": p.name in builtin, "module": type(p).__module__}
+                for p in registry.platforms()]
+    except AttestationError as exc:
+        print(f"attestfl: error: {exc}", file=err)
+        return EXIT_UNUSABLE
+    if args.json:
+        print(json.dumps({"platforms": rows}), file=out)
+    else:
+        for row in rows:
+            default = "" if row["default"] else "  (accepted only by a policy that names it)"
+            print(f"{row['name']:<12} {row['vendor']:<8} {row['evidence']}  [{row['policy_section']}]{default}", file=out)
+    return EXIT_ACCEPTED
 
 
 def run_verify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -1,37 +1,27 @@
-"""The verifier's collateral: revocation lists, TCB info and QE identity chosen by the verifier,
-never by the evidence.
+"""The verifier's collateral: revocation lists, TCB info, identities and certificates chosen by
+the verifier, never by the evidence.
 
-A :class:`CollateralStore` is opened on a **cache directory** (the offline source; the layout
-is below and in ``docs/attestation.md``), optionally with a :class:`CollateralFetcher` that
-asks the vendors' services (AMD KDS, Intel PCS) for what is missing or stale and writes it
-into the directory. :func:`attestation.bundle.appraise_bundle` given a store ignores the
-collateral a bundle carries: a site cannot strip its CRL (or bring an old one) to turn
-"revoked" into "admitted".
+A :class:`CollateralStore` is opened on a **cache directory** (the offline source), optionally
+with a :class:`CollateralFetcher` that asks the vendors' services for what is missing or stale
+and writes it into the directory. :func:`attestation.bundle.appraise_bundle` given a store
+ignores the collateral a bundle carries: a site cannot strip its CRL (or bring an old one) to
+turn "revoked" into "admitted".
 
-Cache directory layout (every file optional; names are lowercase)::
+The store knows no platform. Each platform package describes its documents as
+:class:`CollateralItem` values (where in the cache, how to parse, when fresh, how to fetch)
+and asks :meth:`CollateralStore.lookup`; the cache layout is the union of theirs, one top-level
+folder per vendor (``docs/attestation.md`` lists it):
 
-    amd/<product>/crl-vcek.der                    AMD CRL for VCEK chains (KDS /vcek/v1/<Product>/crl)
-    amd/<product>/crl-vlek.der                    AMD CRL for VLEK chains (KDS /vlek/v1/<Product>/crl)
-    amd/<product>/vcek/<hwid>-<tcb>.der           a VCEK (KDS /vcek/v1/<Product>/<hwid>?blSPL=...),
-                                                  <hwid> as KDS names the chip (64 bytes of CHIP_ID in
-                                                  hex, 8 on Turin), <tcb> the 8 REPORTED_TCB bytes in hex
-    intel/tcb-info-fmspc-<fmspc>.json             TDX TCB info (PCS /tdx/certification/v4/tcb?fmspc=)
-    intel/tcb-info-issuer-chain.pem               its TCB-Info-Issuer-Chain header
-    intel/qe-identity.json                        TD_QE identity (PCS /tdx/certification/v4/qe/identity)
-    intel/qe-identity-issuer-chain.pem            its SGX-Enclave-Identity-Issuer-Chain header
-    intel/pck-<ca>-crl.der                        PCK CRL, <ca> platform or processor
-                                                  (PCS /sgx/certification/v4/pckcrl?ca=<ca>&encoding=der)
-    intel/pck-<ca>-crl-issuer-chain.pem           its SGX-PCK-CRL-Issuer-Chain header
-    intel/root-ca-crl.der                         Intel SGX Root CA CRL
+* ``amd/...`` — SEV-SNP (:mod:`attestation.platforms.snp.collateral`): AMD CRLs and VCEKs
+  from AMD KDS;
+* ``intel/...`` — TDX (:mod:`attestation.platforms.tdx.collateral`): TCB info, QE identity,
+  PCK and root CA CRLs from Intel PCS.
 
-``<product>`` is ``milan``, ``genoa`` or ``turin``.
-
-Freshness: a CRL is used only between its thisUpdate and nextUpdate, a TCB info or QE
-identity only between its issueDate and nextUpdate, and, when the policy sets
-``max_collateral_age``, only if issued no longer ago than that. Anything else is *not used*
-(the lookup says why) and, with a fetcher, fetched again (at most once per
-``refetch_after`` per document). Whether missing collateral fails the appraisal is the
-policy's ``require_collateral``.
+Freshness: a CRL is used only between its thisUpdate and nextUpdate, a signed document only
+between its issueDate and nextUpdate, and, when the policy sets ``max_collateral_age``, only
+if issued no longer ago than that. Anything else is *not used* (the lookup says why) and,
+with a fetcher, fetched again (at most once per ``refetch_after`` per document). Whether
+missing collateral fails the appraisal is the policy's ``require_collateral``.
 
 Caching: each file's bytes are parsed once (kept by the SHA-256 of its bytes; a file is
 re-read only when its size, mtime or inode changes, checked at most once per
@@ -44,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import re
 import threading
 import time
 import urllib.error
@@ -54,25 +43,32 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import IO, Any, Callable, Mapping
 
-from .abi.tdx_collateral import MAX_COLLATERAL_JSON_BYTES, QeIdentityDocument, TcbInfoDocument, TdxCollateral, parse_qe_identity, parse_tcb_info
-from .abi.x509 import MAX_CERT_INPUT_BYTES, Certificate, RevocationList, parse_certificate, parse_certificates, parse_crl
-from .errors import AttestationError, CertificateFormatError, CollateralError, CollateralFetchError, CollateralFormatError
+from .abi.x509 import (
+    MAX_CERT_INPUT_BYTES,
+    Certificate,
+    RevocationList,
+    parse_certificate,
+    parse_certificates,
+    parse_crl,
+)
+from .errors import (
+    AttestationError,
+    CertificateFormatError,
+    CollateralError,
+    CollateralFetchError,
+    CollateralFormatError,
+)
 from .files import read_bounded
 from .timeutil import as_utc
 
-#: KDS product names of the product lines (lowercase in the cache, capitalised in URLs).
-AMD_PRODUCTS = {"milan": "Milan", "genoa": "Genoa", "turin": "Turin"}
-SIGNING_KEYS = ("vcek", "vlek")
-PCK_CAS = ("platform", "processor")
+#: No CRL in the cache is larger than this.
 MAX_CRL_BYTES = 4 * MAX_CERT_INPUT_BYTES
 #: No response of a vendor service is larger than this.
 MAX_RESPONSE_BYTES = 1024 * 1024
 #: Documents whose fetch failed recently and is not tried again yet, at most.
 MAX_REFUSED_FETCHES = 4096
-
-_HEX = re.compile(r"[0-9a-f]+")
 
 
 # --- fetching -------------------------------------------------------------------------------
@@ -80,9 +76,12 @@ _HEX = re.compile(r"[0-9a-f]+")
 
 @dataclass(frozen=True)
 class FetchConfig:
-    """Where and how the fetcher asks. Base URLs are configurable per vendor (tests point them
-    at a loopback server); ``timeout`` bounds each request in total, ``max_response_bytes``
-    each body, ``retries`` the further attempts after a network error, HTTP 429 or 5xx."""
+    """Where and how the fetcher asks. Base URLs are configurable per vendor service (tests
+    point them at a loopback server): AMD KDS and Intel PCS here, any other service a
+    platform asks in ``service_urls`` (service name -> base URL; the platform documents its
+    service name and default, see :meth:`url_for`); ``timeout`` bounds each request in
+    total, ``max_response_bytes`` each body, ``retries`` the further attempts after a network
+    error, HTTP 429 or 5xx."""
 
     amd_base_url: str = "https://kdsintf.amd.com"
     intel_base_url: str = "https://api.trustedservices.intel.com"
@@ -91,14 +90,20 @@ class FetchConfig:
     max_response_bytes: int = MAX_RESPONSE_BYTES
     retries: int = 2
     retry_backoff: float = 0.5
+    service_urls: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("amd_base_url", "intel_base_url", "intel_root_ca_crl_url"):
-            scheme = urllib.parse.urlsplit(getattr(self, name)).scheme
-            if scheme not in ("https", "http"):
-                raise CollateralError(f"collateral fetcher {name}: {getattr(self, name)!r} is not an http(s) URL")
+        urls = [(name, getattr(self, name)) for name in ("amd_base_url", "intel_base_url", "intel_root_ca_crl_url")]
+        urls += [(f"service_urls[{service!r}]", url) for service, url in self.service_urls.items()]
+        for name, url in urls:
+            if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("https", "http"):
+                raise CollateralError(f"collateral fetcher {name}: {url!r} is not an http(s) URL")
         if not 0 < self.timeout <= 300 or not 0 < self.max_response_bytes <= 64 * MAX_RESPONSE_BYTES or not 0 <= self.retries <= 10:
             raise CollateralError("collateral fetcher: timeout, max_response_bytes or retries out of range")
+
+    def url_for(self, service: str, default: str) -> str:
+        """The base URL configured for ``service`` in ``service_urls``, else ``default``."""
+        return self.service_urls.get(service, default).rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,8 @@ class Fetched:
 class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
     """Follow a redirect only to http(s), never from https down to http."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's signature
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: http.client.HTTPMessage,
+                         newurl: str) -> urllib.request.Request | None:
         old, new = urllib.parse.urlsplit(req.full_url).scheme, urllib.parse.urlsplit(newurl).scheme
         if new not in ("http", "https") or (old == "https" and new != "https"):
             raise urllib.error.HTTPError(newurl, code, f"refused redirect to {new} URL", headers, fp)
@@ -128,7 +134,8 @@ class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
 
 
 class CollateralFetcher:
-    """Asks AMD KDS and Intel PCS (API v4) for collateral, with bounded sizes and times."""
+    """Asks the vendors' services for collateral, with bounded sizes and times (the URLs come
+    from the platform packages' :class:`CollateralItem` fetch functions)."""
 
     def __init__(self, config: FetchConfig | None = None) -> None:
         self.config = config or FetchConfig()
@@ -187,29 +194,6 @@ class CollateralFetcher:
             time.sleep(self.config.retry_backoff * (2 ** attempt))
         raise CollateralFetchError(f"{url}: no attempt was made")  # pragma: no cover - attempts >= 1
 
-    # AMD KDS
-
-    def amd_crl_url(self, product: str, signing_key: str) -> str:
-        return f"{self.config.amd_base_url.rstrip('/')}/{signing_key}/v1/{AMD_PRODUCTS[product]}/crl"
-
-    def amd_vcek_url(self, product: str, hwid: bytes, tcb: Mapping[str, int]) -> str:
-        params = {"blSPL": tcb["bootloader"], "teeSPL": tcb["tee"], "snpSPL": tcb["snp"], "ucodeSPL": tcb["microcode"]}
-        if product == "turin":
-            params = {"fmcSPL": tcb.get("fmc", 0), **params}
-        query = "&".join(f"{name}={int(value):02d}" for name, value in params.items())
-        return f"{self.config.amd_base_url.rstrip('/')}/vcek/v1/{AMD_PRODUCTS[product]}/{hwid.hex()}?{query}"
-
-    # Intel PCS v4
-
-    def intel_tcb_info_url(self, fmspc: bytes) -> str:
-        return f"{self.config.intel_base_url.rstrip('/')}/tdx/certification/v4/tcb?fmspc={fmspc.hex()}"
-
-    def intel_qe_identity_url(self) -> str:
-        return f"{self.config.intel_base_url.rstrip('/')}/tdx/certification/v4/qe/identity"
-
-    def intel_pck_crl_url(self, ca: str) -> str:
-        return f"{self.config.intel_base_url.rstrip('/')}/sgx/certification/v4/pckcrl?ca={ca}&encoding=der"
-
 
 # --- the store ------------------------------------------------------------------------------
 
@@ -232,26 +216,26 @@ class Lookup:
     notes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class TdxLookup:
-    """The Intel collateral the store holds for one platform (FMSPC and PCK CA), every fresh
-    part of it, and why any part is missing."""
-
-    collateral: TdxCollateral
-    notes: tuple[str, ...] = ()
+#: Whether a parsed document is fresh at a time under a maximum age: None, or why not.
+Freshness = Callable[[Any, datetime, "timedelta | None"], "str | None"]
 
 
 @dataclass(frozen=True)
-class _Item:
-    """How to find, parse, judge and fetch one cached document."""
+class CollateralItem:
+    """How to find, parse, judge and fetch one cached document: ``path`` relative to the
+    cache (``<vendor>/...``), ``what`` it is in messages, ``limit`` its size in bytes,
+    ``parse`` (raising :class:`~attestation.errors.AttestationError` when unusable),
+    ``fresh`` (:func:`crl_fresh`, :func:`document_fresh`, :func:`always_fresh`), ``fetch``
+    (the files a fetcher brings: ``{path: bytes, chain: bytes}``) and ``chain``, the issuer
+    chain file that must be present beside it (the value is then ``(document, chain)``)."""
 
     path: str
     what: str
     limit: int
     parse: Callable[[bytes], Any]
-    fresh: Callable[[Any, datetime, timedelta | None], str | None]
+    fresh: Freshness
     fetch: Callable[["CollateralFetcher"], dict[str, bytes]] | None = None
-    chain: str | None = None  # the issuer chain file that must be present beside it
+    chain: str | None = None
 
 
 def _window(what: str, issued: datetime, next_update: datetime | None, at: datetime, max_age: timedelta | None) -> str | None:
@@ -264,11 +248,17 @@ def _window(what: str, issued: datetime, next_update: datetime | None, at: datet
     return None
 
 
-def _crl_fresh(what: str) -> Callable[[Any, datetime, timedelta | None], str | None]:
-    return lambda crl, at, max_age: _window(what, crl.this_update, crl.next_update, at, max_age)
+def crl_fresh(what: str) -> Freshness:
+    """A CRL is fresh between its thisUpdate and nextUpdate, and no older than the maximum age."""
+    def fresh(crl: Any, at: datetime, max_age: timedelta | None) -> str | None:
+        return _window(what, crl.this_update, crl.next_update, at, max_age)
+
+    return fresh
 
 
-def _document_fresh(what: str, attribute: str) -> Callable[[Any, datetime, timedelta | None], str | None]:
+def document_fresh(what: str, attribute: str) -> Freshness:
+    """A signed document (``document.<attribute>`` has ``issue_date`` and ``next_update``) is
+    fresh between the two, and no older than the maximum age."""
     def fresh(document: Any, at: datetime, max_age: timedelta | None) -> str | None:
         content = getattr(document, attribute)
         return _window(what, content.issue_date, content.next_update, at, max_age)
@@ -276,34 +266,30 @@ def _document_fresh(what: str, attribute: str) -> Callable[[Any, datetime, timed
     return fresh
 
 
-def _always_fresh(_value: Any, _at: datetime, _max_age: timedelta | None) -> str | None:
+def always_fresh(_value: Any, _at: datetime, _max_age: timedelta | None) -> str | None:
+    """For what does not go stale (a certificate: its validity is checked with its chain)."""
     return None
 
 
-def _parse_crl(data: bytes) -> RevocationList:
+def parse_crl_file(data: bytes) -> RevocationList:
     try:
         return parse_crl(data)
     except CertificateFormatError as exc:
         raise CollateralFormatError(f"not a CRL: {exc}") from exc
 
 
-def _parse_chain(data: bytes) -> tuple[Certificate, ...]:
+def parse_chain_file(data: bytes) -> tuple[Certificate, ...]:
     try:
         return tuple(parse_certificates(data))
     except CertificateFormatError as exc:
         raise CollateralFormatError(f"not a certificate chain: {exc}") from exc
 
 
-def _parse_certificate(data: bytes) -> Certificate:
+def parse_certificate_file(data: bytes) -> Certificate:
     try:
         return parse_certificate(data)
     except CertificateFormatError as exc:
         raise CollateralFormatError(f"not a certificate: {exc}") from exc
-
-
-def amd_hwid(product: str, chip_id: bytes) -> bytes:
-    """The hardware ID KDS names a chip by: CHIP_ID (64 bytes), its first 8 bytes on Turin."""
-    return chip_id[:8] if product == "turin" else chip_id
 
 
 class CollateralStore:
@@ -390,6 +376,8 @@ class CollateralStore:
                     self._used(relative, cached.sha256)
                 return cached.value, cached.problem
         digest = b""
+        value: Any
+        problem: str | None
         try:
             data = self._file(relative, what, limit)
         except CollateralFormatError as exc:
@@ -436,7 +424,10 @@ class CollateralStore:
 
     # one document
 
-    def _lookup(self, item: _Item, at: datetime, max_age: timedelta | None) -> Lookup:
+    def lookup(self, item: CollateralItem, at: datetime, max_age: timedelta | None = None) -> Lookup:
+        """The fresh document ``item`` describes, from the cache or (with a fetcher) fetched
+        again, or ``Lookup(None, notes)`` saying why there is none."""
+        at = as_utc(at)
         value, why = self._judge(item, at, max_age)
         if why is None:
             return Lookup(value)
@@ -475,7 +466,7 @@ class CollateralStore:
                     del self._fetch_refused_until[next(iter(self._fetch_refused_until))]
             self._fetch_refused_until[path] = now + self.refetch_after
 
-    def _judge(self, item: _Item, at: datetime, max_age: timedelta | None, *, fresh_read: bool = False) -> tuple[Any, str | None]:
+    def _judge(self, item: CollateralItem, at: datetime, max_age: timedelta | None, *, fresh_read: bool = False) -> tuple[Any, str | None]:
         if fresh_read:
             with self._lock:
                 self._files.pop(item.path, None)
@@ -490,94 +481,11 @@ class CollateralStore:
         if stale is not None:
             return None, f"the cached {item.what} ({item.path}) is not used: {stale}"
         if item.chain is not None:
-            chain, chain_problem = self._read(item.chain, f"issuer chain of the {item.what}", MAX_CERT_INPUT_BYTES, _parse_chain)
+            chain, chain_problem = self._read(item.chain, f"issuer chain of the {item.what}", MAX_CERT_INPUT_BYTES, parse_chain_file)
             if chain is None:
                 return None, chain_problem or f"the collateral cache has the {item.what} but not its issuer chain ({item.chain})"
             return (value, chain), None
         return value, None
-
-    # SEV-SNP
-
-    def amd_crl(self, product: str, signing_key: str, *, at: datetime, max_age: timedelta | None = None) -> Lookup:
-        """The AMD CRL (ARK-signed) for ``product``'s ``signing_key`` ("vcek"/"vlek") chains."""
-        if product not in AMD_PRODUCTS or signing_key not in SIGNING_KEYS:
-            return Lookup(None, (f"no AMD CRL is known for product {product!r} and signing key {signing_key!r}",))
-        path = f"amd/{product}/crl-{signing_key}.der"
-        what = f"AMD CRL for {AMD_PRODUCTS[product]} {signing_key.upper()} chains"
-
-        def fetch(fetcher: CollateralFetcher) -> dict[str, bytes]:
-            return {path: fetcher.get(fetcher.amd_crl_url(product, signing_key)).body}
-
-        item = _Item(path, what, MAX_CRL_BYTES, _parse_crl, _crl_fresh(what), fetch)
-        return self._lookup(item, as_utc(at), max_age)
-
-    def amd_vcek(self, product: str, chip_id: bytes, tcb_raw: bytes, tcb: Mapping[str, int], *, at: datetime) -> Lookup:
-        """The VCEK for the chip ``chip_id`` at the reported TCB (``tcb_raw``: the report's 8
-        REPORTED_TCB bytes, naming the file; ``tcb``: its components, for KDS)."""
-        if product not in AMD_PRODUCTS:
-            return Lookup(None, (f"no VCEK can be looked up for product {product!r}",))
-        hwid = amd_hwid(product, chip_id)
-        path = f"amd/{product}/vcek/{hwid.hex()}-{tcb_raw.hex()}.der"
-        what = f"{AMD_PRODUCTS[product]} VCEK"
-
-        def fetch(fetcher: CollateralFetcher) -> dict[str, bytes]:
-            return {path: fetcher.get(fetcher.amd_vcek_url(product, hwid, tcb)).body}
-
-        return self._lookup(_Item(path, what, MAX_CERT_INPUT_BYTES, _parse_certificate, _always_fresh, fetch), as_utc(at), None)
-
-    # TDX
-
-    def tdx_collateral(self, fmspc: bytes, ca: str, *, at: datetime, max_age: timedelta | None = None) -> TdxLookup:
-        """Every fresh part of the Intel collateral for a platform of FMSPC ``fmspc`` whose PCK
-        certificate was issued by the PCK ``ca`` ("platform" or "processor")."""
-        at = as_utc(at)
-        if ca not in PCK_CAS:
-            raise CollateralError(f"unknown PCK CA {ca!r}; expected platform or processor")
-        fmspc_hex = bytes(fmspc).hex()
-
-        def with_chain(url: Callable[[CollateralFetcher], str], path: str, chain: str, header: str) -> Callable[[CollateralFetcher], dict[str, bytes]]:
-            def fetch(fetcher: CollateralFetcher) -> dict[str, bytes]:
-                response = fetcher.get(url(fetcher))
-                return {path: response.body, chain: response.issuer_chain(header)}
-
-            return fetch
-
-        def parse_tcb_info_for_fmspc(data: bytes) -> TcbInfoDocument:
-            document = parse_tcb_info(data)
-            if document.tcb_info.fmspc != bytes(fmspc):
-                raise CollateralFormatError(f"the TCB info is for FMSPC {document.tcb_info.fmspc.hex()}, not {fmspc_hex}")
-            return document
-
-        tcb_path, tcb_chain = f"intel/tcb-info-fmspc-{fmspc_hex}.json", "intel/tcb-info-issuer-chain.pem"
-        qe_path, qe_chain = "intel/qe-identity.json", "intel/qe-identity-issuer-chain.pem"
-        crl_path, crl_chain = f"intel/pck-{ca}-crl.der", f"intel/pck-{ca}-crl-issuer-chain.pem"
-        root_path = "intel/root-ca-crl.der"
-        items = {
-            "tcb_info": _Item(tcb_path, f"TCB info for FMSPC {fmspc_hex}", MAX_COLLATERAL_JSON_BYTES, parse_tcb_info_for_fmspc,
-                              _document_fresh(f"TCB info for FMSPC {fmspc_hex}", "tcb_info"),
-                              with_chain(lambda f: f.intel_tcb_info_url(bytes(fmspc)), tcb_path, tcb_chain, "TCB-Info-Issuer-Chain"), tcb_chain),
-            "qe_identity": _Item(qe_path, "QE identity", MAX_COLLATERAL_JSON_BYTES, parse_qe_identity, _document_fresh("QE identity", "identity"),
-                                 with_chain(lambda f: f.intel_qe_identity_url(), qe_path, qe_chain, "SGX-Enclave-Identity-Issuer-Chain"), qe_chain),
-            "pck_crl": _Item(crl_path, f"PCK {ca.title()} CA CRL", MAX_CRL_BYTES, _parse_crl, _crl_fresh(f"PCK {ca.title()} CA CRL"),
-                             with_chain(lambda f: f.intel_pck_crl_url(ca), crl_path, crl_chain, "SGX-PCK-CRL-Issuer-Chain"), crl_chain),
-            "root_ca_crl": _Item(root_path, "Intel SGX Root CA CRL", MAX_CRL_BYTES, _parse_crl, _crl_fresh("Intel SGX Root CA CRL"),
-                                 lambda f: {root_path: f.get(f.config.intel_root_ca_crl_url).body}),
-        }
-        found = {name: self._lookup(item, at, max_age) for name, item in items.items()}
-        notes = tuple(note for lookup in found.values() for note in lookup.notes)
-        tcb = found["tcb_info"].value
-        qe = found["qe_identity"].value
-        crl = found["pck_crl"].value
-        collateral = TdxCollateral(
-            tcb_infos=(tcb[0],) if tcb else (),
-            tcb_info_issuer_chain=tcb[1] if tcb else (),
-            qe_identity=qe[0] if qe else None,
-            qe_identity_issuer_chain=qe[1] if qe else (),
-            pck_crls=(crl[0],) if crl else (),
-            pck_crl_issuer_chain=crl[1] if crl else (),
-            root_ca_crl=found["root_ca_crl"].value,
-        )
-        return TdxLookup(collateral, notes)
 
 
 class _Recording:
@@ -626,21 +534,20 @@ class LoggedCollateralStore(CollateralStore):
         return f"LoggedCollateralStore({sorted(self._given)})"
 
 
-def pck_ca_kind(issuer: str) -> str:
-    """"processor" when a PCK leaf's issuer name says Processor CA, else "platform"."""
-    return "processor" if "processor" in issuer.lower() else "platform"
-
-
 __all__ = [
-    "AMD_PRODUCTS",
     "CollateralError",
     "CollateralFetchError",
     "CollateralFetcher",
+    "CollateralItem",
     "CollateralStore",
     "FetchConfig",
     "Fetched",
+    "LoggedCollateralStore",
     "Lookup",
-    "TdxLookup",
-    "amd_hwid",
-    "pck_ca_kind",
+    "always_fresh",
+    "crl_fresh",
+    "document_fresh",
+    "parse_certificate_file",
+    "parse_chain_file",
+    "parse_crl_file",
 ]

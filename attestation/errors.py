@@ -82,6 +82,11 @@ class PolicyError(AttestationError):
     """A policy file or value is malformed: unknown key, wrong type, bad hex."""
 
 
+class PlatformError(AttestationError):
+    """A platform name is unknown, or a platform plug-in cannot be registered (it does not load,
+    is no :class:`~attestation.platforms.base.Platform`, or takes a name or policy key in use)."""
+
+
 class CollateralError(AttestationError):
     """The verifier's collateral store cannot be used: no such cache directory, a bad fetch
     setting, collateral given both to the store and beside it."""

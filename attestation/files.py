@@ -19,7 +19,8 @@ import os
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from io import FileIO
+from typing import Iterator
 
 from .errors import AttestationError, EvidenceTooLargeError
 
@@ -38,7 +39,7 @@ def _kind(mode: int) -> str:
 
 @contextmanager
 def open_bounded(path: str | Path, limit: int, what: str, error: type[Exception] = AttestationError,
-                 too_large: type[Exception] | None = None) -> Iterator[tuple[BinaryIO, int]]:
+                 too_large: type[Exception] | None = None) -> Iterator[tuple[FileIO, int]]:
     """``(file, size)`` of a regular file no larger than ``limit``, for readers that stream
     (hashing). Refuses anything else without blocking; see the module docstring."""
     try:
@@ -56,7 +57,7 @@ def open_bounded(path: str | Path, limit: int, what: str, error: type[Exception]
         os.close(fd)
         raise
     with handle:
-        yield handle, info.st_size  # type: ignore[misc]
+        yield handle, info.st_size
 
 
 def read_bounded_buffer(path: str | Path, limit: int, what: str, error: type[Exception] = AttestationError,

@@ -22,10 +22,12 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from .errors import AttestationError
 from .files import read_bounded
+from .platforms.snp import NAME as SNP
+from .platforms.tdx import NAME as TDX
 from .policy import Policy
 
 EXIT_OK, EXIT_UNUSABLE = 0, 2
@@ -33,7 +35,7 @@ EXIT_OK, EXIT_UNUSABLE = 0, 2
 DEFAULT_GUEST_FEATURES = 0x1
 VMM_TYPES = ("QEMU", "ec2", "gce")
 #: Width of the TEE field that receives the init-data digest, per platform.
-INIT_DATA_FIELD_BYTES = {"sev-snp": 32, "tdx": 48}
+INIT_DATA_FIELD_BYTES = {SNP: 32, TDX: 48}
 INIT_DATA_ALGORITHMS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 MAX_INIT_DATA_BYTES = 1024 * 1024
 
@@ -68,10 +70,11 @@ class SnpReferenceValue:
     init_data_sha256: str | None = None
 
 
-def _sevsnpmeasure():
+def _sevsnpmeasure() -> tuple[Any, Any, Any, Any]:
+    """sev-snp-measure's ``guest``, ``vcpu_types`` and ``vmm_types`` modules and its ``SevMode``."""
     try:
-        from sevsnpmeasure import guest, vcpu_types, vmm_types
-        from sevsnpmeasure.sev_mode import SevMode
+        from sevsnpmeasure import guest, vcpu_types, vmm_types  # type: ignore[import-untyped]
+        from sevsnpmeasure.sev_mode import SevMode  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ReferenceValueError(
             "sev-snp-measure is not installed; install the extra: pip install 'attestfl[reference-values]'"
@@ -176,7 +179,7 @@ def compute_snp(inputs: SnpLaunchInputs, init_data: bytes | None = None) -> SnpR
         ) from exc
     if len(digest) != 48:
         raise ReferenceValueError(f"sev-snp-measure returned {len(digest)} bytes, expected 48")
-    host_data = init_data_digest(init_data, "sev-snp") if init_data is not None else None
+    host_data = init_data_digest(init_data, SNP) if init_data is not None else None
     return SnpReferenceValue(
         measurement=bytes(digest),
         inputs=inputs,
@@ -215,7 +218,7 @@ def render_snp_snippet(value: SnpReferenceValue) -> str:
     return "\n".join(lines) + "\n"
 
 
-def add_reference_values_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_reference_values_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     ref = subparsers.add_parser(
         "reference-values",
         help="compute the values a site pins for the aggregator (launch measurement, init-data digest)",

@@ -1,11 +1,13 @@
-"""Trust anchors shipped in the package, and the one rule that decides whether a chain's
-root is trusted (:func:`trust_root`).
+"""The one rule that decides whether a chain's root is trusted (:func:`trust_root`), and how a
+platform names the roots it ships (:class:`VendorRoots`).
 
-Vendor roots (AMD ARK/ASK/ASVK per product line, Intel SGX Root CA, NVIDIA Device
-Identity CA) are public certificates copied from the vendors' distributions.
+Vendor roots (AMD ARK/ASK/ASVK per product line, Intel SGX Root CA, NVIDIA Device Identity
+CA) are public certificates copied from the vendors' distributions into ``attestation/roots/``
+(:func:`read_root_file`); each platform package says which are its own
+(``attestation.platforms.<name>.roots``) and hands them to :func:`trust_root`.
 
-The rule, identical for SEV-SNP, TDX (PCK chain and every collateral issuer chain) and
-NVIDIA GPUs:
+The rule, identical for every platform (SEV-SNP, TDX's PCK chain and every collateral issuer
+chain, NVIDIA GPUs, a third party's):
 
 * a root that is exactly (DER) a shipped root of the platform's vendor is trusted;
 * a root that is marked simulated (:func:`is_simulated`: its subject names
@@ -18,83 +20,42 @@ NVIDIA GPUs:
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from importlib import resources
-from typing import Collection
 
-from .abi.x509 import Certificate, parse_certificates
+from .abi.x509 import Certificate
 
 #: Organization name carried by every certificate of the simulated vendor PKIs.
 SIMULATED_ORGANIZATION = "attestfl simulated TEE (not hardware)"
-
-AMD_PRODUCTS = ("milan", "genoa", "turin")
-
-
-@dataclass(frozen=True)
-class AmdRootChain:
-    """AMD's intermediate (ASK for VCEK, ASVK for VLEK) and root (ARK) for one product line."""
-
-    product: str  # "milan", "genoa", "turin"
-    signing_key: str  # "vcek" or "vlek"
-    intermediate: Certificate
-    root: Certificate
-
-
-def _read_root_file(name: str) -> bytes:
-    return resources.files("attestation").joinpath("roots", name).read_bytes()
-
-
-@lru_cache(maxsize=None)
-def amd_root_chains() -> tuple[AmdRootChain, ...]:
-    chains = []
-    for product in AMD_PRODUCTS:
-        for signing_key in ("vcek", "vlek"):
-            intermediate, root = parse_certificates(_read_root_file(f"{product}-{signing_key}-chain.pem"))
-            chains.append(AmdRootChain(product, signing_key, intermediate, root))
-    return tuple(chains)
-
-
-@lru_cache(maxsize=None)
-def intel_sgx_root_ca() -> Certificate:
-    (root,) = parse_certificates(_read_root_file("intel-sgx-root-ca.pem"))
-    return root
-
-
-@lru_cache(maxsize=None)
-def nvidia_device_identity_root() -> Certificate:
-    (root,) = parse_certificates(_read_root_file("nvidia-device-identity-root.pem"))
-    return root
-
-
-def is_simulated(cert: Certificate) -> bool:
-    """True when a certificate names the simulated TEE's organization."""
-    return SIMULATED_ORGANIZATION in cert.subject
-
-
-def vendor_root_fingerprints() -> frozenset[str]:
-    roots = [c.root for c in amd_root_chains()] + [intel_sgx_root_ca(), nvidia_device_identity_root()]
-    return frozenset(r.fingerprint_sha256 for r in roots)
-
-
-#: The platform vendors whose roots :func:`trust_root` knows.
-VENDORS = ("amd", "intel", "nvidia")
-_VENDOR_ROOT_NAMES = {"amd": "an AMD root (ARK)", "intel": "the Intel SGX Root CA", "nvidia": "the NVIDIA Device Identity CA"}
 
 #: The warning every trusted simulated root yields (after ``{what}: ``).
 SIMULATED_WARNING = "ends at a simulated root trusted by the policy (fingerprint {fingerprint}): the evidence is simulated and proves nothing about hardware"
 
 
-@lru_cache(maxsize=None)
-def vendor_roots(vendor: str) -> frozenset[bytes]:
-    """The DER of every shipped root of ``vendor`` ("amd", "intel", "nvidia")."""
-    if vendor == "amd":
-        return frozenset(chain.root.der for chain in amd_root_chains())
-    if vendor == "intel":
-        return frozenset({intel_sgx_root_ca().der})
-    if vendor == "nvidia":
-        return frozenset({nvidia_device_identity_root().der})
-    raise ValueError(f"unknown vendor {vendor!r}; expected one of {', '.join(VENDORS)}")
+def read_root_file(name: str) -> bytes:
+    """The bytes of a root file shipped in ``attestation/roots/``."""
+    return resources.files("attestation").joinpath("roots", name).read_bytes()
+
+
+@dataclass(frozen=True)
+class VendorRoots:
+    """A vendor's roots as a platform ships them: ``vendor`` ("amd"), ``description`` as a
+    refusal names them ("an AMD root (ARK)"), ``load`` returns the root certificates (it
+    should cache: it is called on every appraisal)."""
+
+    vendor: str
+    description: str
+    load: Callable[[], Sequence[Certificate]]
+
+    def contains(self, root: Certificate) -> bool:
+        """True when ``root`` is exactly (DER) one of the shipped roots."""
+        return any(root.der == shipped.der for shipped in self.load())
+
+
+def is_simulated(cert: Certificate) -> bool:
+    """True when a certificate names the simulated TEE's organization."""
+    return SIMULATED_ORGANIZATION in cert.subject
 
 
 @dataclass(frozen=True)
@@ -112,17 +73,24 @@ class RootTrust:
     warning: str | None = None
 
 
-def trust_root(root: Certificate, policy: object, *, vendor: str, what: str = "the certificate chain") -> RootTrust:
+def _listed(policy: object) -> Collection[str]:
+    listed = getattr(policy, "trusted_simulated_roots", policy)
+    if isinstance(listed, (frozenset, set, tuple, list)):
+        return listed
+    raise TypeError(f"trust_root: expected a policy or a collection of fingerprints, got {type(policy).__name__}")
+
+
+def trust_root(root: Certificate, policy: object, *, vendor: VendorRoots, what: str = "the certificate chain") -> RootTrust:
     """Apply the trust rule of this module to ``root``, the last certificate of a chain.
 
     ``policy`` is an :class:`attestation.policy.Policy` (or anything with a
     ``trusted_simulated_roots`` attribute), or the collection of fingerprints itself;
-    ``vendor`` names whose shipped roots count ("amd", "intel", "nvidia"); ``what`` names
-    the chain in messages ("the PCK certificate chain")."""
-    listed: Collection[str] = getattr(policy, "trusted_simulated_roots", policy)  # type: ignore[assignment]
+    ``vendor`` the platform's roots (``registry.get(name).roots``); ``what`` names the chain
+    in messages ("the PCK certificate chain")."""
+    listed = _listed(policy)
     fingerprint = root.fingerprint_sha256
     simulated = is_simulated(root)
-    if not simulated and root.der in vendor_roots(vendor):
+    if not simulated and vendor.contains(root):
         return RootTrust(True, False, fingerprint)
     if simulated and fingerprint in listed:
         return RootTrust(True, True, fingerprint, warning=f"{what} {SIMULATED_WARNING.format(fingerprint=fingerprint)}")
@@ -130,8 +98,11 @@ def trust_root(root: Certificate, policy: object, *, vendor: str, what: str = "t
         reason = (f"the evidence is simulated: {what} ends at a simulated root (fingerprint {fingerprint}) that the "
                   "policy does not trust; it proves nothing about hardware")
     elif fingerprint in listed:
-        reason = (f"{what} ends at {root.subject!r} (fingerprint {fingerprint}), which is not {_VENDOR_ROOT_NAMES[vendor]}; "
+        reason = (f"{what} ends at {root.subject!r} (fingerprint {fingerprint}), which is not {vendor.description}; "
                   "trusted_simulated_roots lists its fingerprint, but only roots of the simulated TEE can be trusted that way")
     else:
-        reason = f"{what} ends at {root.subject!r} (fingerprint {fingerprint}), which is not {_VENDOR_ROOT_NAMES[vendor]}"
+        reason = f"{what} ends at {root.subject!r} (fingerprint {fingerprint}), which is not {vendor.description}"
     return RootTrust(False, simulated, fingerprint, reason=reason)
+
+
+__all__ = ["SIMULATED_ORGANIZATION", "SIMULATED_WARNING", "RootTrust", "VendorRoots", "is_simulated", "read_root_file", "trust_root"]

@@ -246,11 +246,13 @@ def _split_of(splits: list[dict[str, np.ndarray]], index: int) -> dict[str, np.n
 
 def _write_aggregator_policy(deployment: Deployment) -> str:
     """The sites' policy for the aggregator: its simulated vendor root and its exact measurement (hex)."""
+    from attestation.platforms.snp import NAME as SNP
+
     measurement: str = deployment.measurement().hex()
     roots = ", ".join(f'"{fp}"' for fp in deployment.roots.values())
     (deployment.directory / "aggregator-policy.toml").write_text(
         f"# The sites' policy for the aggregator: its simulated vendor root and its exact measurement.\n"
-        f"trusted_simulated_roots = [{roots}]\nplatforms = [\"sev-snp\"]\n[sev-snp]\nmeasurement = [\"{measurement}\"]\n")
+        f"trusted_simulated_roots = [{roots}]\nplatforms = [\"{SNP}\"]\n[{SNP}]\nmeasurement = [\"{measurement}\"]\n")
     return measurement
 
 

@@ -19,14 +19,17 @@ from typing import Any
 import numpy as np
 
 from attestation.policy import Policy
-from attestation.validate.snp import SnpPolicy
+from attestation.platforms.nvidia import NAME as GPU
+from attestation.platforms.snp import NAME as SNP
+from attestation.platforms.snp.validate import SnpPolicy
+from attestation.platforms.tdx import NAME as TDX
 from enclave.identity import SiteIdentity, enroll
 from enclave.measure import measure
 from enclave.sealing import SimulatedSealingKey
 from enclave.simulated.pki import load_or_create
 from protocol.tensors import encode_tensors
 
-PLATFORMS = 'platforms = ["sev-snp", "tdx"]'
+PLATFORMS = f"platforms = {json.dumps([SNP, TDX])}"
 
 
 def site_sealing(sim_dir: Path) -> SimulatedSealingKey:
@@ -108,7 +111,7 @@ class Deployment:
         """The sites' policy for this aggregator: the simulated roots and the aggregator's measurement."""
         if "snp" not in kwargs:
             kwargs["snp"] = SnpPolicy(measurement=frozenset({self.measurement()}))
-        kwargs.setdefault("platforms", frozenset({"sev-snp", "nvidia-gpu"}))
+        kwargs.setdefault("platforms", frozenset({SNP, GPU}))
         return Policy(trusted_simulated_roots=frozenset(self.roots.values()), **kwargs)
 
     def client(self, target: str, *, site_id: str, policy: Policy | None = None, attester: Any = None, **options: Any) -> Any:

@@ -104,7 +104,7 @@ def render_report(result: Verification) -> str:
     rows = []
     for run in result.runs:
         c = _map(run.claims)
-        measurement = c.get("measurement") or c.get("mr_td") or "?"
+        measurement = c.get("measurement") or "?"
         tcb = c.get("reported_tcb") or c.get("tee_tcb_svn") or "?"
         if isinstance(tcb, dict):
             tcb = ", ".join(f"{k}={v}" for k, v in tcb.items())

@@ -195,7 +195,7 @@ class Verification:
             "warnings": list(self.warnings),
             "aggregator_runs": [{"index": r.index, "kind": r.kind, "key": r.key, "platform": r.platform,
                                  "evidence_accepted": not r.reasons, "reasons": list(r.reasons),
-                                 "measurement": r.claims.get("measurement") or r.claims.get("mr_td")} for r in self.runs],
+                                 "measurement": r.claims.get("measurement")} for r in self.runs],
             "admissions": {"admitted": sum(a.admitted for a in self.admissions),
                            "refused": sum(not a.admitted for a in self.admissions)},
             "rounds": len(self.rounds),

@@ -36,6 +36,8 @@ from aggregator.challenges import ChallengeStore  # noqa: E402
 from attestation.abi.bundle import encode_bundle  # noqa: E402
 from attestation.bundle import appraise_bundle  # noqa: E402
 from attestation.collateral import CollateralStore  # noqa: E402
+from attestation.platforms.snp import NAME as SNP  # noqa: E402
+from attestation.platforms.tdx import NAME as TDX  # noqa: E402
 from attestation.policy import Policy  # noqa: E402
 from enclave.attester import make_bundle  # noqa: E402
 from enclave.identity import SiteIdentity  # noqa: E402
@@ -60,7 +62,7 @@ def main() -> None:
     at = datetime.now(UTC)
     policy = Policy(trusted_simulated_roots=roots, require_collateral=True)
     results: dict[str, object] = {}
-    for platform, attester in (("sev-snp", SimulatedSnpAttester(vendor)), ("tdx", SimulatedTdxAttester(vendor))):
+    for platform, attester in ((SNP, SimulatedSnpAttester(vendor)), (TDX, SimulatedTdxAttester(vendor))):
         results[platform] = bench_platform(attester, policy, store, aggregator, at, work, args.repeats)
     print(json.dumps({"benchmark": "admission", "results": results, "targets": {"identity_proof_ms": 1.0},
                       "load_average": os.getloadavg(), "cpus": os.cpu_count()}, indent=2))
@@ -70,7 +72,7 @@ def bench_platform(attester: Any, policy: Policy, store: CollateralStore, aggreg
                    repeats: int) -> dict[str, float]:
     """The admission timings of one platform's simulated evidence (median milliseconds)."""
     identity = SiteIdentity.generate("site-a")
-    admission = AdmissionPolicy(sites={"site-a": SiteRule(frozenset({"sev-snp", "tdx"}), identity_keys=frozenset({identity.public}))},
+    admission = AdmissionPolicy(sites={"site-a": SiteRule(frozenset({SNP, TDX}), identity_keys=frozenset({identity.public}))},
                                 attestation=policy, collateral=store)
     challenges = ChallengeStore(timedelta(minutes=5))
     keys = EnclaveKeys()

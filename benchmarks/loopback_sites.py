@@ -19,14 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def _site(target: str, site_id: str, sim_dir: str, roots: list[str], measurement: str, identity_path: str, parameters: int,
           download: bool, barrier: Any, results: Any) -> None:
     from attestation.policy import Policy
-    from attestation.validate.snp import SnpPolicy
+    from attestation.platforms.snp import NAME as SNP
+    from attestation.platforms.snp.validate import SnpPolicy
     from attestfl.loopback import site_sealing
     from enclave.identity import load_identity
     from enclave.simulated.attester import SimulatedSnpAttester
     from fedsite.client import SiteClient
     from protocol.tensors import ModelSpec
 
-    policy = Policy(trusted_simulated_roots=frozenset(roots), platforms=frozenset({"sev-snp"}),
+    policy = Policy(trusted_simulated_roots=frozenset(roots), platforms=frozenset({SNP}),
                     snp=SnpPolicy(measurement=frozenset({bytes.fromhex(measurement)})))
     identity = load_identity(identity_path, site_sealing(Path(sim_dir)), site_id)
     update = {"w": np.random.default_rng(abs(hash(site_id)) % 2**32).standard_normal(parameters).astype(np.float32) * 1e-3}

@@ -1,6 +1,7 @@
-"""The attester interface: one call, ``evidence(report_data)``, for every kind of TEE.
+"""Finding and opening the attester of this machine: ``--tee`` / ``tee =`` choices, hardware
+detection, the simulated TEE.
 
-Backends:
+Backends (each implements :mod:`enclave.interface`):
 
 * :class:`enclave.configfs_tsm.ConfigfsTsmAttester` — Linux configfs-tsm (kernel >= 6.7),
   SEV-SNP and TDX alike;
@@ -10,105 +11,36 @@ Backends:
   :class:`~enclave.simulated.attester.SimulatedTdxAttester` — the simulated TEE.
 
 GPU evidence has its own, smaller interface (:class:`GpuAttester`): the NVML backend
-(:mod:`enclave.nvidia_gpu`) and the simulated GPU. :func:`make_bundle` puts the pieces
-together: it derives report_data from the enclave's keys and the verifier's nonce, asks
-the CPU attester for evidence, derives the GPU nonce from the same report_data, and
-returns an :class:`~attestation.abi.bundle.EvidenceBundle`.
+(:mod:`enclave.nvidia_gpu`) and the simulated GPU. The interface's names are importable from
+here too (:class:`Attester`, :class:`CpuEvidence`, :func:`make_bundle`, ...).
 """
 from __future__ import annotations
 
-import abc
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping
 
-from attestation.abi.bundle import EvidenceBundle, GpuPart
-from attestation.binding import REPORT_DATA_SIZE, gpu_nonce_for
-from attestation.errors import AttestflError
+from attestation.platforms import registry
+from attestation.platforms.snp import NAME as SNP
+from attestation.platforms.tdx import NAME as TDX
 
-from .keys import EnclaveKeys
+from .configfs_tsm import PROVIDERS, ConfigfsTsmAttester, configfs_tsm_available
+from .interface import (
+    Attester,
+    AttesterError,
+    CpuEvidence,
+    GpuAttester,
+    GpuEvidence,
+    NoTeeError,
+    check_report_data,
+    make_bundle,
+)
+from .sev_guest import SevGuestAttester, sev_guest_available
 
-TEE_CHOICES = ("auto", "sev-snp", "tdx", "simulated-snp", "simulated-tdx")
-
-
-class AttesterError(AttestflError):
-    """Evidence could not be collected (no TEE, an interface error, a refused request)."""
-
-
-class NoTeeError(AttesterError):
-    """No supported TEE interface is present on this machine."""
-
-
-@dataclass(frozen=True)
-class CpuEvidence:
-    """What a CPU attester returns: the bundle's CPU part."""
-
-    platform: str  # "sev-snp" or "tdx"
-    evidence: bytes
-    certificates: tuple[bytes, ...] = ()
-    collateral: Mapping[str, bytes] = field(default_factory=dict)
-    #: The backend that produced it ("configfs-tsm", "sev-guest", "simulated-snp", ...).
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class GpuEvidence:
-    """What a GPU attester returns: SPDM evidence and its PEM chain (leaf first)."""
-
-    evidence: bytes
-    certificates: bytes
-
-
-class Attester(abc.ABC):
-    """A CPU TEE that can produce evidence carrying 64 bytes of report_data."""
-
-    name: str = "attester"
-
-    @abc.abstractmethod
-    def evidence(self, report_data: bytes) -> CpuEvidence:
-        """Hardware (or simulated) evidence whose report_data field is ``report_data``."""
-
-
-class GpuAttester(abc.ABC):
-    name: str = "gpu"
-
-    @abc.abstractmethod
-    def evidence(self, nonce: bytes) -> GpuEvidence:
-        """GPU evidence for a request carrying ``nonce`` (32 bytes)."""
-
-
-def check_report_data(report_data: bytes) -> bytes:
-    if not isinstance(report_data, (bytes, bytearray)) or len(report_data) != REPORT_DATA_SIZE:
-        raise AttesterError(f"report_data must be {REPORT_DATA_SIZE} bytes")
-    return bytes(report_data)
-
-
-def make_bundle(
-    attester: Attester,
-    keys: EnclaveKeys,
-    nonce: bytes,
-    *,
-    gpu: GpuAttester | None = None,
-    now: datetime | None = None,
-) -> EvidenceBundle:
-    """Evidence for the verifier's ``nonce``, bound to ``keys``, as a bundle."""
-    report_data = keys.report_data(nonce)
-    cpu = attester.evidence(report_data)
-    gpu_part = None
-    if gpu is not None:
-        gpu_evidence = gpu.evidence(gpu_nonce_for(report_data))
-        gpu_part = GpuPart(gpu_evidence.evidence, gpu_evidence.certificates)
-    return EvidenceBundle(
-        platform=cpu.platform,
-        evidence=cpu.evidence,
-        keys=keys.public,
-        nonce=bytes(nonce),
-        created=now or datetime.now(timezone.utc),
-        certificates=cpu.certificates,
-        collateral=dict(cpu.collateral),
-        gpu=gpu_part,
-    )
+#: The simulated TEEs (``--tee`` choice -> the platform whose evidence it emits).
+SIMULATED_TEES = {"simulated-snp": SNP, "simulated-tdx": TDX}
+#: The registered platforms the hardware backends collect evidence for: configfs-tsm's
+#: providers (and ``/dev/sev-guest`` for SEV-SNP), in the registry's order.
+HARDWARE_TEES = tuple(name for name in registry.builtin_names() if name in PROVIDERS.values())
+TEE_CHOICES = ("auto", *HARDWARE_TEES, *SIMULATED_TEES)
 
 
 def detect_attester(root: str | Path = "/", *, tee: str = "auto") -> Attester:
@@ -116,13 +48,10 @@ def detect_attester(root: str | Path = "/", *, tee: str = "auto") -> Attester:
     ``/dev/sev-guest``; :class:`NoTeeError` (saying what was looked for) when neither is there.
 
     ``root`` prefixes every path (tests run the real code against a fake tree).
-    ``tee`` ``"sev-snp"`` or ``"tdx"`` requires that platform.
+    ``tee``, one of :data:`HARDWARE_TEES`, requires that platform.
     """
-    from .configfs_tsm import ConfigfsTsmAttester, configfs_tsm_available
-    from .sev_guest import SevGuestAttester, sev_guest_available
-
-    if tee not in ("auto", "sev-snp", "tdx"):
-        raise AttesterError(f"detect_attester: tee must be auto, sev-snp or tdx, got {tee!r}")
+    if tee != "auto" and tee not in HARDWARE_TEES:
+        raise AttesterError(f"detect_attester: tee must be auto or one of {', '.join(HARDWARE_TEES)}, got {tee!r}")
     looked = []
     if configfs_tsm_available(root):
         attester = ConfigfsTsmAttester(root=root)
@@ -131,7 +60,7 @@ def detect_attester(root: str | Path = "/", *, tee: str = "auto") -> Attester:
         looked.append(f"configfs-tsm (provider {attester.provider()} is not {tee})")
     else:
         looked.append("configfs-tsm (no /sys/kernel/config/tsm/report)")
-    if tee in ("auto", "sev-snp"):
+    if tee in ("auto", SNP):
         if sev_guest_available(root):
             return SevGuestAttester(root=root)
         looked.append("/dev/sev-guest (absent)")
@@ -152,10 +81,15 @@ def open_attester(tee: str, *, simulated_dir: str | Path | None = None, **simula
             raise AttesterError(f"{tee} needs a simulated TEE directory (--simulated-dir, or simulated_dir in the configuration): the simulated root of trust")
         from .simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
 
-        cls = SimulatedSnpAttester if tee == "simulated-snp" else SimulatedTdxAttester
+        cls = SimulatedSnpAttester if SIMULATED_TEES[tee] == SNP else SimulatedTdxAttester
         return cls(simulated_dir, **simulated_options)  # type: ignore[arg-type]
     given = sorted(name for name, value in simulated_options.items() if value)
     if given:
         raise AttesterError(f"the option(s) {', '.join(given)} apply to the simulated TEE only (hardware measures itself)")
     return detect_attester(tee=tee)
 
+
+__all__ = [
+    "HARDWARE_TEES", "SIMULATED_TEES", "TEE_CHOICES", "Attester", "AttesterError", "CpuEvidence", "GpuAttester", "GpuEvidence",
+    "NoTeeError", "check_report_data", "detect_attester", "make_bundle", "open_attester",
+]

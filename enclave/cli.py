@@ -216,7 +216,7 @@ def run_collateral(args: argparse.Namespace, out: TextIO | None = None, err: Tex
         assert lifetime is not None
         if lifetime.total_seconds() <= 0:
             raise EnclaveCliError("--lifetime must be positive")
-        from attestation.abi.tdx_collateral import TCB_LEVEL_STATUSES
+        from attestation.platforms.tdx.collateral_abi import TCB_LEVEL_STATUSES
 
         if args.tcb_status not in TCB_LEVEL_STATUSES:
             raise EnclaveCliError(f"--tcb-status {args.tcb_status!r} is not one of {', '.join(sorted(TCB_LEVEL_STATUSES))}")

@@ -27,10 +27,16 @@ import os
 import secrets
 from pathlib import Path
 
-from .attester import Attester, AttesterError, CpuEvidence, check_report_data
+from attestation.errors import EvidenceFormatError
+from attestation.platforms.snp import NAME as SNP
+from attestation.platforms.snp.abi import parse_cert_table
+from attestation.platforms.tdx import NAME as TDX
+
+from .interface import Attester, AttesterError, CpuEvidence, check_report_data
 
 REPORT_DIR = "sys/kernel/config/tsm/report"
-PROVIDERS = {"sev_guest": "sev-snp", "tdx_guest": "tdx"}
+#: configfs-tsm provider -> the registered platform of its evidence.
+PROVIDERS = {"sev_guest": SNP, "tdx_guest": TDX}
 MAX_ATTEMPTS = 8
 MAX_OUTBLOB_BYTES = 32 * 1024  # TSM_OUTBLOB_MAX
 MAX_AUXBLOB_BYTES = 64 * 1024
@@ -158,10 +164,7 @@ class ConfigfsTsmAttester(Attester):
         if not outblob:
             raise ConfigfsTsmError("configfs-tsm returned an empty outblob")
         certificates: tuple[bytes, ...] = ()
-        if platform == "sev-snp" and auxblob:
-            from attestation.abi.snp import parse_cert_table
-            from attestation.errors import EvidenceFormatError
-
+        if platform == SNP and auxblob:
             try:
                 table = parse_cert_table(auxblob)
             except EvidenceFormatError as exc:

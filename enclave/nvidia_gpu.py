@@ -4,7 +4,7 @@
 backend is used only when the system reports confidential computing enabled
 (``nvmlSystemGetConfComputeState().ccFeature``). For a 32-byte nonce it calls
 ``nvmlDeviceGetConfComputeGpuAttestationReport`` (the SPDM GET_MEASUREMENTS request and
-signed response, :mod:`attestation.abi.spdm`) and ``nvmlDeviceGetConfComputeGpuCertificate``
+signed response, :mod:`attestation.platforms.nvidia.abi`) and ``nvmlDeviceGetConfComputeGpuCertificate``
 (the attestation certificate chain, PEM, leaf first).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from .attester import AttesterError, GpuAttester, GpuEvidence
+from .interface import AttesterError, GpuAttester, GpuEvidence
 
 NONCE_SIZE = 32
 MAX_REPORT_BYTES = 32 * 1024

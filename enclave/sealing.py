@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from attestation.errors import AttestflError
+from attestation.platforms.snp import NAME as SNP
 
 from .sev_guest import DEVICE, MSG_VERSION, SnpGuestRequestIoctl, _iowr, _system_ioctl
 
@@ -146,9 +147,10 @@ class SnpSealingKey(SealingKeySource):
 
 
 def simulated_launch_measurement(attester: object) -> bytes | None:
-    """The launch measurement of a simulated attester (SNP MEASUREMENT or TDX MRTD), else None."""
-    options = getattr(attester, "options", None)
-    return getattr(options, "measurement", None) or getattr(options, "mr_td", None)
+    """The launch measurement of a simulated attester (SNP MEASUREMENT or TDX MRTD: its
+    ``launch_measurement``), else None."""
+    measurement = getattr(attester, "launch_measurement", None)
+    return measurement if isinstance(measurement, bytes) else None
 
 
 def sealing_key_for(attester: object, simulated_dir: str | Path | None) -> SealingKeySource | None:
@@ -163,6 +165,6 @@ def sealing_key_for(attester: object, simulated_dir: str | Path | None) -> Seali
     from .sev_guest import SevGuestAttester
 
     platform = attester.platform() if hasattr(attester, "platform") else None  # type: ignore[attr-defined]
-    if isinstance(attester, SevGuestAttester) or platform == "sev-snp":
+    if isinstance(attester, SevGuestAttester) or platform == SNP:
         return SnpSealingKey()
     return None

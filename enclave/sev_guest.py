@@ -30,7 +30,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .attester import Attester, AttesterError, CpuEvidence, check_report_data
+from attestation.errors import EvidenceFormatError
+from attestation.platforms.snp import NAME as SNP
+from attestation.platforms.snp.abi import parse_cert_table
+
+from .interface import Attester, AttesterError, CpuEvidence, check_report_data
 
 DEVICE = "dev/sev-guest"
 PAGE_SIZE = 4096
@@ -165,15 +169,12 @@ class SevGuestAttester(Attester):
             os.close(fd)
         certificates: tuple[bytes, ...] = ()
         if table and any(table[:16]):
-            from attestation.abi.snp import parse_cert_table
-            from attestation.errors import EvidenceFormatError
-
             try:
                 entries = parse_cert_table(table)
             except EvidenceFormatError as exc:
                 raise SevGuestError(f"the host's certificate table is malformed: {exc}") from exc
             certificates = tuple(entries[name] for name in ("vcek", "vlek", "ask", "ark") if name in entries)
-        return CpuEvidence("sev-snp", report, certificates, source="sev-guest")
+        return CpuEvidence(SNP, report, certificates, source="sev-guest")
 
     def _extended_report(self, fd: int, report_data: bytes) -> tuple[bytes, bytes]:
         certs_len = DEFAULT_CERTS_LEN

@@ -1,7 +1,7 @@
 """A simulated NVIDIA confidential-computing GPU: its PKI and its SPDM evidence.
 
 It proves nothing about hardware. It emits evidence in exactly the format a Hopper GPU
-returns through NVML (:mod:`attestation.abi.spdm`): the SPDM 1.1 GET_MEASUREMENTS
+returns through NVML (:mod:`attestation.platforms.nvidia.abi`): the SPDM 1.1 GET_MEASUREMENTS
 request carrying the caller's 32-byte nonce, then the MEASUREMENTS response with 64
 measurement blocks, NVIDIA's opaque fields and an ECDSA P-384/SHA-384 signature by the
 attestation leaf. The certificate chain mirrors NVIDIA's, certificate for certificate::
@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from attestation.abi.spdm import (
+from attestation.platforms.nvidia.abi import (
     FWID_EXTENSION_OID,
     FWID_SIZE,
     NONCE_SIZE,

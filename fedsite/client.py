@@ -55,8 +55,6 @@ from protocol.tensors import ModelSpec, decode_tensors, encode_tensor_parts
 from protocol.wire import federation_pb2 as pb
 from protocol.wire import federation_pb2_grpc as pb_grpc
 
-#: The CPU platforms whose launch measurement a site's policy must pin for the aggregator.
-_MEASUREMENT_PINS = {"sev-snp": ("snp", "measurement", "[sev-snp] measurement"), "tdx": ("tdx", "mr_td", "[tdx] mr_td")}
 
 
 class SiteError(AttestflError):
@@ -98,11 +96,7 @@ class AdmissionRefused(SiteError):
 def unpinned_platforms(policy: Policy) -> list[str]:
     """The CPU platforms ``policy`` accepts for the aggregator without pinning its measurement:
     for those, any code in any TEE would pass as the aggregator."""
-    missing = []
-    for platform, (section, name, key) in _MEASUREMENT_PINS.items():
-        if platform in policy.platforms and not getattr(getattr(policy, section), name):
-            missing.append(key)
-    return missing
+    return policy.unpinned_measurements()  # each CPU platform's own pin (SNP MEASUREMENT, TDX MRTD, ...)
 
 
 def require_measurement_pins(policy: Policy, *, allow_unpinned: bool = False) -> None:

@@ -180,8 +180,7 @@ def run_site_join(args: argparse.Namespace, out: TextIO | None = None, err: Text
     claims = session.claims
     result = {"admitted": True, "site": config.site_id, "session": claims.session_id.hex(), "status": claims.status,
               "expires": claims.expires.isoformat(),
-              "aggregator": {k: session.aggregator_appraisal.claims.get(k) for k in ("measurement", "mr_td", "simulated",
-                                                                                     "debug")
+              "aggregator": {k: session.aggregator_appraisal.claims.get(k) for k in ("measurement", "simulated", "debug")
                              if k in session.aggregator_appraisal.claims}}
     print(json.dumps(result) if args.json
           else f"admitted: session {result['session']} ({result['status']}), expires {result['expires']}", file=out)

@@ -22,7 +22,7 @@ The admission policy is the ``[admission]`` table of ``aggregator.toml``::
     intel_pcs_url = "https://api.trustedservices.intel.com"  #   services, or a caching proxy of yours
 
     [admission.sites.hospital-a]   # one table per site id that may join
-    platforms = ["sev-snp", "tdx"] # accepted: sev-snp, tdx (real or simulated), app-attest
+    platforms = ["tdx"]            # accepted: any registered CPU platform (sev-snp, tdx; real or simulated), app-attest
     identity_keys = ["<hex>"]      # the site's identity key(s) (attestfl site enroll), or:
     organisation_ca = "ca.pem"     # a CA whose certificate for the identity key names the site id (CN)
     measurements = ["<hex>"]       # SNP MEASUREMENT / TDX MRTD the site must run (optional)
@@ -98,7 +98,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from attestation.abi.bundle import parse_bundle
+from attestation.abi.bundle import cpu_platforms, parse_bundle
 from attestation.binding import BoundKeys
 from attestation.bundle import appraise_bundle
 from attestation.collateral import CollateralFetcher, CollateralStore, FetchConfig, LoggedCollateralStore
@@ -118,7 +118,13 @@ from protocol.formulas import (
     valid_site_id,
 )
 
-SITE_PLATFORMS = ("sev-snp", "tdx", "app-attest")
+
+
+def site_platforms() -> tuple[str, ...]:
+    """What a rule's ``platforms`` may name: every registered CPU platform, and app-attest."""
+    return (*cpu_platforms(), "app-attest")
+
+
 MAX_CA_BYTES = 64 * 1024
 #: No site weighs more than this, whatever its rule says.
 MAX_WEIGHT_LIMIT = 1e12
@@ -200,9 +206,9 @@ class SiteRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     checks: dict[str, dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.platforms) - set(SITE_PLATFORMS))
+        unknown = sorted(set(self.platforms) - set(site_platforms()))
         if unknown:
-            raise ValueError(f"platforms: unknown platform(s) {', '.join(unknown)}; allowed: {', '.join(SITE_PLATFORMS)}")
+            raise ValueError(f"platforms: unknown platform(s) {', '.join(unknown)}; allowed: {', '.join(site_platforms())}")
         for name, length in HEX_LENGTHS.items():
             values = frozenset(Hex(value) for value in getattr(self, name))
             if any(len(value) != length for value in values):
@@ -290,9 +296,9 @@ def read_site_rule(site_id: str, rule: Any, base_dir: Path) -> SiteRule:
     if not isinstance(rule, dict):
         raise PolicyError(f"[{where}]: expected a table")
     reject_unknown_keys(rule, RULE_KEYS, where)
-    platforms = read_str_set(rule, "platforms", where, SITE_PLATFORMS)
+    platforms = read_str_set(rule, "platforms", where, site_platforms())
     if not platforms:
-        raise PolicyError(f"[{where}] platforms: name at least one of {', '.join(SITE_PLATFORMS)}")
+        raise PolicyError(f"[{where}] platforms: name at least one of {', '.join(site_platforms())}")
     app_attest = _read_app_attest(rule, where, base_dir) if "app-attest" in platforms else None
     ca = None
     if "organisation_ca" in rule:
@@ -598,18 +604,18 @@ def _claim_bytes(claims: dict[str, Any], name: str) -> bytes | None:
 
 
 def _measurement_of(platform: str, claims: dict[str, Any]) -> bytes | None:
-    return _claim_bytes(claims, "measurement" if platform == "sev-snp" else "mr_td")
+    return _claim_bytes(claims, "measurement")  # the neutral claim: SNP MEASUREMENT, TDX MRTD, ...
 
 
 def _hardware_reasons(rule: SiteRule, site_id: str, platform: str, claims: dict[str, Any]) -> list[Reason]:
     """[admission.hardware]: the rule's optional chip and launch-configuration pins."""
-    pins = ((rule.chip_ids, "chip_id", "CHIP_ID", "sev-snp"), (rule.host_data, "host_data", "HOST_DATA", "sev-snp"),
-            (rule.mr_config_ids, "mr_config_id", "MRCONFIGID", "tdx"))
+    pins = ((rule.chip_ids, "chip_id", "CHIP_ID"), (rule.host_data, "host_data", "HOST_DATA"),
+            (rule.mr_config_ids, "mr_config_id", "MRCONFIGID"))
     reasons = []
-    for allowed, claim, label, on in pins:
+    for allowed, claim, label in pins:
         if not allowed:
             continue
-        value = _claim_bytes(claims, claim) if platform == on else None
+        value = _claim_bytes(claims, claim)  # a platform whose evidence has no such field reports no such claim
         if value not in allowed:
             shown = value.hex() if value else f"none ({platform} evidence has no {label})"
             reasons.append(Reason("admission.hardware", f"site {site_id!r} presented {label} {shown}, not one its rule pins"))
@@ -903,7 +909,7 @@ BUILTIN_CHECKS: tuple[AdmissionCheck, ...] = (
 )
 #: The rule the identity stage runs against for a site id not in the policy, so the peer is
 #: answered as a known site with another identity key would be.
-DECOY_RULE = SiteRule(frozenset({"sev-snp"}), identity_keys=frozenset({bytes(32)}))
+DECOY_RULE = SiteRule(frozenset(), identity_keys=frozenset({bytes(32)}))
 
 
 # ---- installed checks ----------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
+from attestation.platforms.snp.collateral import amd_crl_url, amd_vcek_url
+from attestation.platforms.tdx.collateral import intel_pck_crl_url, intel_qe_identity_url, intel_tcb_info_url
 from enclave.simulated.pki import SimulatedPki
 
 ROOT_CRL_PATH = "/IntelSGXRootCA.der"
@@ -86,13 +88,13 @@ class VendorServer:
         def chain(name: str) -> str:
             return urllib.parse.quote(files[name].decode())
 
-        self.routes[path(fetcher.amd_crl_url("milan", "vcek"))] = Route(files["amd/milan/crl-vcek.der"])
-        self.routes[path(fetcher.amd_vcek_url("milan", pki.amd.chip_id, SIM_SNP_TCB))] = Route(pki.amd.vcek.der)
-        self.routes[path(fetcher.intel_tcb_info_url(SIM_FMSPC))] = Route(
+        self.routes[path(amd_crl_url(fetcher.config, "milan", "vcek"))] = Route(files["amd/milan/crl-vcek.der"])
+        self.routes[path(amd_vcek_url(fetcher.config, "milan", pki.amd.chip_id, SIM_SNP_TCB))] = Route(pki.amd.vcek.der)
+        self.routes[path(intel_tcb_info_url(fetcher.config, SIM_FMSPC))] = Route(
             files[f"intel/tcb-info-fmspc-{SIM_FMSPC.hex()}.json"], {"TCB-Info-Issuer-Chain": chain("intel/tcb-info-issuer-chain.pem")})
-        self.routes[path(fetcher.intel_qe_identity_url())] = Route(
+        self.routes[path(intel_qe_identity_url(fetcher.config))] = Route(
             files["intel/qe-identity.json"], {"SGX-Enclave-Identity-Issuer-Chain": chain("intel/qe-identity-issuer-chain.pem")})
-        self.routes[path(fetcher.intel_pck_crl_url("platform"))] = Route(
+        self.routes[path(intel_pck_crl_url(fetcher.config, "platform"))] = Route(
             files["intel/pck-platform-crl.der"], {"SGX-PCK-CRL-Issuer-Chain": chain("intel/pck-platform-crl-issuer-chain.pem")})
         self.routes[ROOT_CRL_PATH] = Route(files["intel/root-ca-crl.der"])
 

@@ -5,7 +5,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from attestation.abi.snp import SIGNED_SIZE, encode_report, new_report, with_signature
+from attestation.platforms.snp.abi import SIGNED_SIZE, encode_report, new_report, with_signature
 from attestation.policy import Policy
 from enclave.simulated.pki import SIM_SNP_TCB, SimulatedPki
 

@@ -15,7 +15,7 @@ import pytest
 
 from aggregator.audit.log import ENTRIES_FILE, scan_records
 from auditor.verify import verify_log
-from fedsite.client import AdmissionRefused, SiteClient
+from fedsite.client import AdmissionRefused
 from enclave.simulated.attester import SimulatedSnpAttester
 from federation import MODEL, Deployment, run_aggregator
 

@@ -16,8 +16,8 @@ from protocol.tensors import UpdateFormatError, encode_tensors, load_model
 from attestation.errors import AttestationError, CollateralFormatError, EvidenceTooLargeError, PolicyError
 from attestation.files import open_bounded, read_bounded, read_bounded_buffer
 from attestation.policy import Policy
-from attestation.rim import load_rim
-from attestation.tdx import load_collateral_dir
+from attestation.platforms.nvidia.rim import load_rim
+from attestation.platforms.tdx.collateral import load_collateral_dir
 
 DEVICES = [Path("/dev/zero"), Path("/dev/null")]
 

@@ -123,7 +123,7 @@ def test_console_script_in_a_separate_process(snp: tuple[str, str]) -> None:
 
 
 def test_gpu_evidence_with_chain_and_nonce(capsys: pytest.CaptureFixture[str], vectors: Path) -> None:
-    from attestation.abi.spdm import parse_gpu_evidence_any
+    from attestation.platforms.nvidia.abi import parse_gpu_evidence_any
 
     report = vectors / "nvidia-gpu/hopper-attestation-report.hex"
     chain = str(vectors / "nvidia-gpu/hopper-cert-chain.pem")

@@ -22,14 +22,15 @@ from attestation.collateral import (
     CollateralFetcher,
     CollateralStore,
     FetchConfig,
-    pck_ca_kind,
 )
+from attestation.platforms.snp.collateral import amd_crl_url
+from attestation.platforms.tdx.collateral import pck_ca_kind
 from attestation.abi.x509 import parse_crl
 from attestation.errors import AttestationError, CertificateFormatError
 from attestation.findings import Appraisal
 from attestation.policy import Policy
-from attestation.snp import appraise_snp
-from attestation.tdx import appraise_tdx
+from attestation.platforms.snp.appraise import appraise_snp
+from attestation.platforms.tdx.appraise import appraise_tdx
 from attestation.verify.chain import SIGNATURE_MEMO
 from collateral_server import ROOT_CRL_PATH, Route, VendorServer, serving
 from enclave.attester import make_bundle
@@ -337,10 +338,10 @@ def test_fetcher_follows_http_redirects_only(server: VendorServer, tmp_path: Pat
     server.routes["/vcek/v1/Milan/crl"] = Route(b"", {"Location": "file:///etc/passwd"}, status=302)
     fetcher = CollateralFetcher(FetchConfig(**server.config_kwargs(), retries=0))
     with pytest.raises(AttestationError, match="(?i)redirect"):
-        fetcher.get(fetcher.amd_crl_url("milan", "vcek"))
+        fetcher.get(amd_crl_url(fetcher.config, "milan", "vcek"))
     server.routes["/vcek/v1/Milan/crl"] = Route(b"", {"Location": "/moved/crl"}, status=302)
     server.routes["/moved/crl"] = Route(b"the body")
-    assert fetcher.get(fetcher.amd_crl_url("milan", "vcek")).body == b"the body"
+    assert fetcher.get(amd_crl_url(fetcher.config, "milan", "vcek")).body == b"the body"
 
 
 # --- indirect CRLs ------------------------------------------------------------------------

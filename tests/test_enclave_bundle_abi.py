@@ -17,7 +17,7 @@ from attestation.abi.bundle import (
     looks_like_bundle,
     parse_bundle,
 )
-from attestation.appraise import detect_platform
+from attestation.platforms import registry
 from attestation.binding import BoundKeys
 from attestation.errors import EvidenceFormatError, EvidenceTooLargeError
 
@@ -62,7 +62,7 @@ def test_raw_evidence_is_never_taken_for_a_bundle(vectors) -> None:  # noqa: ANN
     for path in [vectors / "tdx/spr-quote-v4.dat", vectors / "tdx/quote-v5.dat"]:
         data = path.read_bytes()
         assert not looks_like_bundle(data)
-        assert detect_platform(data) == "tdx"
+        assert registry.detect(data).name == "tdx"
     with pytest.raises(EvidenceFormatError, match="self-describe tag"):
         parse_bundle(b"\x04\x00\x02\x00" + bytes(100))
 

@@ -22,10 +22,10 @@ from typing import Callable
 
 import pytest
 
-from attestation.abi.snp import parse_report
-from attestation.abi.tdx import parse_quote
-from attestation.snp import appraise_snp
-from attestation.tdx import appraise_tdx
+from attestation.platforms.snp.abi import parse_report
+from attestation.platforms.tdx.abi import parse_quote
+from attestation.platforms.snp.appraise import appraise_snp
+from attestation.platforms.tdx.appraise import appraise_tdx
 from enclave.attester import NoTeeError, detect_attester
 from enclave.configfs_tsm import MAX_ATTEMPTS, REPORT_DIR, ConfigfsTsmAttester, ConfigfsTsmError, GenerationRaceError
 from enclave.sev_guest import SevGuestAttester

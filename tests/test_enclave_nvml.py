@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from attestation.abi.spdm import parse_gpu_evidence
+from attestation.platforms.nvidia.abi import parse_gpu_evidence
 from attestation.bundle import appraise_bundle
 from enclave.attester import AttesterError, make_bundle
 from enclave.keys import EnclaveKeys

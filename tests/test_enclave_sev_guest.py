@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from attestation.abi.snp import parse_report
-from attestation.snp import appraise_snp
+from attestation.platforms.snp.abi import parse_report
+from attestation.platforms.snp.appraise import appraise_snp
 from enclave.sev_guest import (
     PAGE_SIZE,
     SNP_GET_EXT_REPORT,

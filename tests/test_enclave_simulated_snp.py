@@ -6,13 +6,13 @@ from datetime import timedelta
 
 import pytest
 
-from attestation.abi.snp import SIGNED_SIZE, parse_cert_table, parse_report
+from attestation.platforms.snp.abi import SIGNED_SIZE, parse_cert_table, parse_report
 from attestation.abi.x509 import parse_certificate
 from attestation.errors import EvidenceFormatError
 from attestation.policy import Policy
-from attestation.snp import appraise_snp
-from attestation.validate.snp import MinimumTcb, SnpPolicy
-from attestation.verify.snp import verify_snp_report
+from attestation.platforms.snp.appraise import appraise_snp
+from attestation.platforms.snp.validate import MinimumTcb, SnpPolicy
+from attestation.platforms.snp.verify import verify_snp_report
 from enclave.measure import measure
 from enclave.simulated.attester import SimulatedSnpAttester
 from enclave.simulated.pki import SIM_SNP_TCB, load_or_create

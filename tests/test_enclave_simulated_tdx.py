@@ -6,12 +6,13 @@ from datetime import timedelta
 
 import pytest
 
-from attestation.abi.tdx import INTEL_QE_VENDOR_ID, parse_quote
+from attestation.platforms.tdx.abi import INTEL_QE_VENDOR_ID, parse_quote
 from attestation.errors import EvidenceFormatError
 from attestation.policy import Policy
-from attestation.tdx import appraise_tdx, collateral_from_files
-from attestation.validate.tdx import TdxPolicy
-from attestation.verify.tdx import pck_chain_of, qe_report_signature_reasons, quote_signature_reasons
+from attestation.platforms.tdx.appraise import appraise_tdx
+from attestation.platforms.tdx.collateral import collateral_from_files
+from attestation.platforms.tdx.validate import TdxPolicy
+from attestation.platforms.tdx.verify import pck_chain_of, qe_report_signature_reasons, quote_signature_reasons
 from enclave.measure import measure
 from enclave.simulated.attester import SimulatedTdxAttester
 from enclave.simulated.pki import load_or_create

@@ -26,19 +26,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attestation.abi.bundle import parse_bundle
-from attestation.abi.snp import SIGNED_SIZE
-from attestation.abi.spdm import REQUEST_SIZE, parse_gpu_evidence, parse_gpu_evidence_hex
-from attestation.abi.tdx import parse_quote
-from attestation.abi.tdx_collateral import parse_qe_identity, parse_tcb_info
+from attestation.platforms.snp.abi import SIGNED_SIZE
+from attestation.platforms.nvidia.abi import REQUEST_SIZE, parse_gpu_evidence, parse_gpu_evidence_hex
+from attestation.platforms.tdx.abi import parse_quote
+from attestation.platforms.tdx.collateral_abi import parse_qe_identity, parse_tcb_info
 from attestation.abi.x509 import parse_certificate, parse_certificates, parse_crl
 from attestation.bundle import appraise_bundle
 from attestation.errors import AttestationError
 from attestation.findings import Appraisal
-from attestation.nvidia import appraise_gpu
+from attestation.platforms.nvidia.appraise import appraise_gpu
 from attestation.policy import Policy
-from attestation.rim import parse_rim
-from attestation.snp import appraise_snp
-from attestation.tdx import appraise_tdx, load_collateral_dir
+from attestation.platforms.nvidia.rim import parse_rim
+from attestation.platforms.snp.appraise import appraise_snp
+from attestation.platforms.tdx.appraise import appraise_tdx
+from attestation.platforms.tdx.collateral import load_collateral_dir
 from attestation.verify.chain import certificate_signed_by, crl_reasons, memoised_raw_ecdsa_is_valid
 
 VECTORS = Path(__file__).resolve().parent / "vectors"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from attestation.abi.spdm import REQUEST_SIZE, RESPONSE_HEADER_SIZE, GpuEvidence, parse_gpu_evidence, parse_gpu_evidence_hex
+from attestation.platforms.nvidia.abi import REQUEST_SIZE, RESPONSE_HEADER_SIZE, GpuEvidence, parse_gpu_evidence, parse_gpu_evidence_hex
 from attestation.abi.x509 import Certificate, parse_certificates
 from attestation.errors import EvidenceFormatError
-from attestation.nvidia import appraise_gpu
+from attestation.platforms.nvidia.appraise import appraise_gpu
 from attestation.policy import Policy
-from attestation.verify.nvidia import signature_is_valid
+from attestation.platforms.nvidia.verify import signature_is_valid
 
 AT = datetime(2024, 7, 1, tzinfo=timezone.utc)
 

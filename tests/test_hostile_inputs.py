@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives import hashes
 
 from attestfl.cli import main
 from attestation.abi.bundle import MAGIC, MAX_CREATED, encode_bundle, parse_bundle
-from attestation.abi.tdx import SGX_EXTENSIONS_OID, decode_sgx_extensions
+from attestation.platforms.tdx.abi import SGX_EXTENSIONS_OID, decode_sgx_extensions
 from attestation.abi.x509 import SignatureAlgorithm, parse_certificate, parse_certificates
 from attestation.errors import AttestationError, CertificateFormatError, EvidenceFormatError, PolicyError
 from attestation.policy import Policy
-from attestation.tdx import appraise_tdx
+from attestation.platforms.tdx.appraise import appraise_tdx
 from attestation.verify.chain import load_public_key, signature_is_valid
 from enclave.attester import make_bundle
 from enclave.keys import EnclaveKeys
@@ -53,7 +53,7 @@ def pki() -> SimulatedPki:
 
 def pss_certificate_with_salt(salt: int) -> bytes:
     """AMD's real Milan ASK (RSA-PSS/SHA-384) with its PSS salt length set to ``salt``."""
-    from attestation.trust import amd_root_chains
+    from attestation.platforms.snp.roots import amd_root_chains
 
     cert = asn1_x509.Certificate.load(amd_root_chains()[0].intermediate.der).copy()
     cert["signature_algorithm"]["parameters"]["salt_length"] = salt
@@ -68,7 +68,7 @@ def test_pss_salt_length_out_of_range_is_a_certificate_error(salt: int) -> None:
 
 
 def test_pss_salt_length_that_bypassed_the_parser_is_an_invalid_signature_not_a_crash() -> None:
-    from attestation.trust import amd_root_chains
+    from attestation.platforms.snp.roots import amd_root_chains
 
     chain = amd_root_chains()[0]
     algorithm = SignatureAlgorithm("rsassa_pss", "sha384", 2**31, "sha384")
@@ -251,7 +251,7 @@ def test_certificate_times_out_of_range_are_certificate_errors(encoded: bytes, v
 ])
 def test_rims_in_other_encodings_are_refused(document: bytes) -> None:
     from attestation.errors import CollateralFormatError
-    from attestation.rim import parse_rim
+    from attestation.platforms.nvidia.rim import parse_rim
 
     with pytest.raises(CollateralFormatError, match="UTF-8"):
         parse_rim(document)

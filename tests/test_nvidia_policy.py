@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from attestation.abi.spdm import GpuEvidence, parse_gpu_evidence_hex
+from attestation.platforms.nvidia.abi import GpuEvidence, parse_gpu_evidence_hex
 from attestation.errors import CollateralFormatError, PolicyError
-from attestation.nvidia import appraise_gpu
+from attestation.platforms.nvidia.appraise import appraise_gpu
 from attestation.policy import Policy
-from attestation.rim import combine_golden, load_rim, parse_rim
-from attestation.validate.nvidia import GpuPolicy
+from attestation.platforms.nvidia.rim import combine_golden, load_rim, parse_rim
+from attestation.platforms.nvidia.validate import GpuPolicy
 
 AT = datetime(2024, 7, 1, tzinfo=timezone.utc)
 ZERO = "00" * 48

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from attestation.abi.spdm import parse_gpu_evidence
+from attestation.platforms.nvidia.abi import parse_gpu_evidence
 from attestation.abi.x509 import parse_certificates
-from attestation.nvidia import appraise_gpu
+from attestation.platforms.nvidia.appraise import appraise_gpu
 from attestation.policy import Policy
 from attestation.trust import SIMULATED_ORGANIZATION
-from attestation.verify.nvidia import signature_is_valid
+from attestation.platforms.nvidia.verify import signature_is_valid
 from enclave.simulated import SimulatedTeeError
 from enclave.simulated_gpu import (
     SimulatedGpuPki,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from attestation.abi.spdm import (
+from attestation.platforms.nvidia.abi import (
     FWID_EXTENSION_OID,
     REQUEST_SIZE,
     SIGNATURE_SIZE,

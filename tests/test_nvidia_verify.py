@@ -13,13 +13,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from attestation.abi.spdm import GpuEvidence, parse_gpu_evidence, parse_gpu_evidence_hex
+from attestation.platforms.nvidia.abi import GpuEvidence, parse_gpu_evidence, parse_gpu_evidence_hex
 from attestation.abi.x509 import Certificate, parse_certificates, pem_encode_certificates
 from attestation.errors import CertificateFormatError, EvidenceFormatError, PolicyError
-from attestation.nvidia import appraise_gpu
+from attestation.platforms.nvidia.appraise import appraise_gpu
 from attestation.policy import Policy
-from attestation.trust import nvidia_device_identity_root
-from attestation.verify.nvidia import architecture_of, chip_of, signature_is_valid, verify_gpu_evidence
+from attestation.platforms.nvidia.roots import nvidia_device_identity_root
+from attestation.platforms.nvidia.verify import architecture_of, chip_of, signature_is_valid, verify_gpu_evidence
 
 #: The Hopper chain's certificates are valid from 2022-03-01 (the GH100 Identity CA) to 9999;
 #: the report was produced with driver 550.90.07 (mid 2024).

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsite.client import AggregatorNotTrusted, SiteClient
+from fedsite.client import AggregatorNotTrusted
 from enclave.simulated.attester import SimulatedSnpAttester
 from enclave.simulated_gpu import load_or_create_gpu_pki
 from federation import MODEL, Deployment, run_aggregator

@@ -16,7 +16,6 @@ import pytest
 from aggregator.checkpoint import FILE_NAME, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from attestfl.demo import breast_cancer_trainer, split_non_iid
 from fedsite.sdk import run_site
-from fedsite.client import SiteClient
 from enclave.sealing import SimulatedSealingKey, SnpDerivedKeyReq, derived_key_request
 from enclave.simulated.attester import SimulatedSnpAttester
 from federation import Deployment

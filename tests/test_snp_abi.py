@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from attestation.abi.snp import (
+from attestation.platforms.snp.abi import (
     REPORT_SIZE,
     SIGNED_SIZE,
     TcbVersion,
@@ -19,7 +19,7 @@ from attestation.abi.snp import (
     parse_report,
     product_from_cpuid,
 )
-from attestation.appraise import detect_platform
+from attestation.platforms import registry
 from attestation.errors import EvidenceFormatError, EvidenceTooLargeError
 
 MEASUREMENT = "b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b6bdf8a9ece31a5a608eb0cf2e4872b01"
@@ -71,9 +71,9 @@ def test_unsupported_versions_are_refused(milan: bytes, version: int) -> None:
 
 
 def test_platform_detection(milan: bytes) -> None:
-    assert detect_platform(milan) == "sev-snp"
+    assert registry.detect(milan).name == "sev-snp"
     with pytest.raises(EvidenceFormatError, match="unrecognised evidence"):
-        detect_platform(b"\x07" + milan[1:])
+        registry.detect(b"\x07" + milan[1:])
 
 
 def test_turin_tcb_layout_has_fmc() -> None:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from attestation.abi.snp import flags_word
+from attestation.platforms.snp.abi import flags_word
 from attestation.errors import PolicyError
 from attestation.findings import Appraisal
 from attestation.policy import Policy
-from attestation.snp import appraise_snp
-from attestation.validate.snp import MinimumTcb, SnpPolicy
+from attestation.platforms.snp.appraise import appraise_snp
+from attestation.platforms.snp.validate import MinimumTcb, SnpPolicy
 from enclave.simulated.pki import SIM_SNP_TCB, SimulatedPki, load_or_create
 from snp_factory import sign_report, sim_chain
 

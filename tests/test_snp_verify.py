@@ -10,14 +10,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from attestation.abi.snp import SIGNED_SIZE, flags_word, parse_report
+from attestation.platforms.snp.abi import SIGNED_SIZE, flags_word, parse_report
 from attestation.abi.x509 import parse_certificate
 from attestation.errors import CertificateFormatError, EvidenceFormatError
 from attestation.findings import Appraisal
 from attestation.policy import Policy
-from attestation.snp import appraise_snp
+from attestation.platforms.snp.appraise import appraise_snp
 from attestation.timeutil import parse_time
-from attestation.verify.snp import verify_snp_report
+from attestation.platforms.snp.verify import verify_snp_report
 from enclave.simulated.pki import SIM_SNP_TCB, SimulatedPki, load_or_create
 from snp_factory import sign_report, sim_chain, tcb_bytes, trusting
 

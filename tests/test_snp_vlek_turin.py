@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from attestation.abi.snp import SIGNED_SIZE, TcbVersion, encode_report, flags_word, new_report, with_signature
+from attestation.platforms.snp.abi import SIGNED_SIZE, TcbVersion, encode_report, flags_word, new_report, with_signature
 from attestation.findings import Appraisal
 from attestation.policy import Policy
-from attestation.snp import appraise_snp
+from attestation.platforms.snp.appraise import appraise_snp
 from enclave.simulated.pki import Issued, _builder, _name, _sign, vcek_extensions
 
 NOW = dt.datetime.now(dt.timezone.utc)

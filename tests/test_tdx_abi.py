@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from attestation.abi.tdx import (
+from attestation.platforms.tdx.abi import (
     BODY_TYPE_TDX15,
     CERT_DATA_PCK_CHAIN,
     INTEL_QE_VENDOR_ID,

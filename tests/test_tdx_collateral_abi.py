@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from attestation.abi.tdx_collateral import (
+from attestation.platforms.tdx.collateral_abi import (
     MAX_COLLATERAL_JSON_BYTES,
     TdxCollateral,
     parse_qe_identity,

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from attestation.abi.tdx import parse_quote
+from attestation.platforms.tdx.abi import parse_quote
 from attestation.errors import PolicyError
 from attestation.policy import Policy
-from attestation.tdx import appraise_tdx, load_collateral_dir
-from attestation.validate.tdx import DEFAULT_TCB_STATUSES, TdxPolicy
+from attestation.platforms.tdx.appraise import appraise_tdx
+from attestation.platforms.tdx.collateral import load_collateral_dir
+from attestation.platforms.tdx.validate import DEFAULT_TCB_STATUSES, TdxPolicy
 
 V4_AT = datetime(2023, 7, 1, tzinfo=timezone.utc)
 V5_AT = datetime(2026, 2, 15, tzinfo=timezone.utc)

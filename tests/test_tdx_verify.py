@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from attestation.abi.tdx import CertificationData, parse_quote
+from attestation.platforms.tdx.abi import CertificationData, parse_quote
 from attestation.abi.x509 import parse_certificates, parse_crl
 from attestation.errors import CollateralFormatError, EvidenceFormatError, EvidenceTooLargeError
 from attestation.findings import Appraisal
 from attestation.policy import Policy
-from attestation.tdx import appraise_tdx, load_collateral_dir
-from attestation.validate.tdx import TdxPolicy
-from attestation.verify.tdx import (
+from attestation.platforms.base import NEUTRAL_CLAIMS
+from attestation.platforms.tdx.appraise import appraise_tdx
+from attestation.platforms.tdx.collateral import load_collateral_dir
+from attestation.platforms.tdx.validate import TdxPolicy
+from attestation.platforms.tdx.verify import (
     NOT_SUPPORTED,
     pck_chain_of,
     qe_report_signature_reasons,
@@ -65,8 +67,10 @@ def test_v4_verifies_without_collateral(v4: bytes) -> None:
     appraisal = appraise_tdx(v4, policy=Policy(), at=V4_AT)
     assert appraisal.accepted, appraisal.reasons
     assert appraisal.platform == "tdx"
-    assert set(appraisal.claims) == CLAIM_KEYS | {"simulated"}
+    assert set(appraisal.claims) == CLAIM_KEYS | set(NEUTRAL_CLAIMS)
     claims = appraisal.claims
+    assert claims["platform"] == "tdx" and claims["measurement"] == V4_MRTD and claims["signing_key"] == "pck"
+    assert claims["tcb_status"] is None  # no collateral: no TCB verdict
     assert claims["version"] == 4
     assert claims["mr_td"] == V4_MRTD
     assert claims["td_attributes"] == "0000004000000000"
@@ -121,7 +125,7 @@ def test_v4_with_collateral_is_rejected_for_its_tcb(v4: bytes, collateral) -> No
     assert "NotSupported" in message and "not supported" in message and "FMSPC 50806f000000" in message
     assert appraisal.claims["tcb_status"] == "NotSupported"
     assert appraisal.claims["qe_tcb_status"] == "UpToDate"
-    assert set(appraisal.claims) == CLAIM_KEYS | {"simulated", "tcb_status", "qe_tcb_status"}
+    assert set(appraisal.claims) == CLAIM_KEYS | set(NEUTRAL_CLAIMS) | {"qe_tcb_status"}
     # the default policy rejects it as well (NotSupported is never acceptable)
     default = appraise_tdx(v4, collateral=collateral, policy=Policy(), at=V4_AT)
     assert checks(default) == {"tdx.policy.allowed_tcb_statuses"}

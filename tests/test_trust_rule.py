@@ -17,11 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from attestation.abi.x509 import parse_certificate
 from attestation.findings import Appraisal
-from attestation.nvidia import appraise_gpu
+from attestation.platforms.nvidia.appraise import appraise_gpu
 from attestation.policy import Policy
-from attestation.snp import appraise_snp
-from attestation.tdx import appraise_tdx
-from attestation.trust import SIMULATED_ORGANIZATION, amd_root_chains, trust_root
+from attestation.platforms.snp.appraise import appraise_snp
+from attestation.platforms.tdx.appraise import appraise_tdx
+from attestation.platforms.nvidia.roots import NVIDIA_ROOTS
+from attestation.platforms.snp.roots import AMD_ROOTS, amd_root_chains
+from attestation.platforms.tdx.roots import INTEL_ROOTS
+from attestation.trust import SIMULATED_ORGANIZATION, trust_root
 from enclave.simulated.pki import PSS, Issued, SimulatedPki
 from enclave.simulated.snp import GuestOptions, SimulatedSnpFirmware
 from enclave.simulated.tdx import SimulatedTdxQuoter, TdOptions
@@ -187,15 +190,15 @@ def test_vendor_roots_are_trusted_without_warning(vectors: Path) -> None:
 
 def test_trust_root_is_vendor_specific_and_exact() -> None:
     milan_ark = amd_root_chains()[0].root
-    assert trust_root(milan_ark, Policy(), vendor="amd").trusted
-    intel_view = trust_root(milan_ark, Policy(), vendor="intel")
+    assert trust_root(milan_ark, Policy(), vendor=AMD_ROOTS).trusted
+    intel_view = trust_root(milan_ark, Policy(), vendor=INTEL_ROOTS)
     assert not intel_view.trusted and "not the Intel SGX Root CA" in (intel_view.reason or "")
     # listing a vendor root's fingerprint changes nothing, and cannot make another vendor's root trusted
     listed = Policy(trusted_simulated_roots=frozenset({milan_ark.fingerprint_sha256}))
-    assert not trust_root(milan_ark, listed, vendor="nvidia").trusted
-    assert trust_root(milan_ark, listed, vendor="amd") == trust_root(milan_ark, Policy(), vendor="amd")
+    assert not trust_root(milan_ark, listed, vendor=NVIDIA_ROOTS).trusted
+    assert trust_root(milan_ark, listed, vendor=AMD_ROOTS) == trust_root(milan_ark, Policy(), vendor=AMD_ROOTS)
     # a plain collection of fingerprints works as well as a policy
-    assert trust_root(milan_ark, frozenset(), vendor="amd").trusted
+    assert trust_root(milan_ark, frozenset(), vendor=AMD_ROOTS).trusted
 
 
 def test_reissued_certificate_keeps_the_key(pki: SimulatedPki) -> None:

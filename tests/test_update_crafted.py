@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol.tensors import (
-    MAX_ELEMENTS,
     MAX_HEADER_BYTES,
     MAX_RANK,
     ModelSpec,

@@ -6,7 +6,8 @@ import pytest
 from attestation.abi.x509 import parse_certificate, parse_certificates, parse_crl
 from attestation.errors import CertificateFormatError
 from attestation.timeutil import parse_time
-from attestation.trust import amd_root_chains, intel_sgx_root_ca
+from attestation.platforms.snp.roots import amd_root_chains
+from attestation.platforms.tdx.roots import intel_sgx_root_ca
 from attestation.verify.chain import ChainLink, crl_reasons, verify_chain
 
 

@@ -42,7 +42,7 @@ class SyntheticFederation:
         self.policy_text = ("trusted_simulated_roots = [" + ", ".join(f'"{fp}"' for fp in sorted(roots.values())) + "]\n").encode()
         self.identities = {s: SiteIdentity.generate(s) for s in sites}
         self.admission = AdmissionPolicy(
-            sites={s: SiteRule(platforms=frozenset({"sev-snp", "tdx"}), identity_keys=frozenset({self.identities[s].public}),
+            sites={s: SiteRule(platforms=frozenset(roots), identity_keys=frozenset({self.identities[s].public}),
                                max_weight=1000.0) for s in sites},
             attestation=Policy.from_toml(self.policy_text.decode()),
             policy_id="sha256:" + hashlib.sha256(self.policy_text).hexdigest(), policy_text=self.policy_text,

@@ -8,20 +8,23 @@ key                 type      content
 ==================  ========  =============================================================
 ``format``          text      ``"attestfl-evidence-bundle"``
 ``version``         uint      ``1``
-``platform``        text      ``"sev-snp"`` or ``"tdx"``: the CPU evidence's platform
-``evidence``        bytes     the raw SNP attestation report (1184 bytes) or TDX quote
+``platform``        text      the CPU evidence's platform: a registered platform that binds
+                              report_data (:func:`cpu_platforms`: ``sev-snp``, ``tdx``, and
+                              any third-party CPU platform)
+``evidence``        bytes     the raw evidence (an SNP attestation report, a TDX quote, ...)
 ``certificates``    array     certificates given beside the evidence, each DER or PEM bytes
                               (SNP: VCEK or VLEK, ASK, ARK from the certificate table)
-``collateral``      map       file name -> bytes: TDX, the names of a collateral directory
-                              (``attestation.tdx``); SEV-SNP, ``amd-crl.der`` (the AMD CRL);
-                              empty when none was collected
+``collateral``      map       file name -> bytes, in the names the platform documents (TDX:
+                              those of a collateral directory; SEV-SNP: ``amd-crl.der``, the
+                              AMD CRL); empty when none was collected
 ``keys``            map       ``{"x25519": 32 bytes, "ed25519": 32 bytes}``: the enclave's
                               public keys bound in report_data
 ``nonce``           bytes     the verifier's nonce (16 to 64 bytes)
 ``created``         uint      creation time, seconds since the Unix epoch (UTC), at most
                               253402300799 (9999-12-31T23:59:59Z)
 ``gpu``             map       optional: ``{"evidence": bytes, "certificates": bytes}``,
-                              NVIDIA SPDM evidence and its PEM chain (leaf first)
+                              evidence of :data:`GPU_PLATFORM` (NVIDIA SPDM evidence) and
+                              its PEM chain (leaf first)
 ==================  ========  =============================================================
 
 Decoding is bounded before cbor2 sees the bytes: the input is at most
@@ -43,12 +46,14 @@ import cbor2
 
 from ..binding import BoundKeys, check_nonce
 from ..errors import MAX_EVIDENCE_BYTES, EvidenceFormatError, EvidenceTooLargeError
+from ..platforms import nvidia, registry
 
 #: The CBOR self-describe tag 55799: the first three bytes of every bundle.
 MAGIC = b"\xd9\xd9\xf7"
 FORMAT_NAME = "attestfl-evidence-bundle"
 BUNDLE_VERSION = 1
-CPU_PLATFORMS = ("sev-snp", "tdx")
+#: The platform of a bundle's ``gpu`` part (fixed by version 1 of the format).
+GPU_PLATFORM = nvidia.NAME
 #: The same limit as for raw evidence.
 MAX_BUNDLE_BYTES = MAX_EVIDENCE_BYTES
 MAX_DEPTH = 4
@@ -61,6 +66,17 @@ MAX_CREATED = 253402300799
 
 _REQUIRED_KEYS = frozenset({"format", "version", "platform", "evidence", "certificates", "collateral", "keys", "nonce", "created"})
 _OPTIONAL_KEYS = frozenset({"gpu"})
+
+
+def cpu_platforms() -> tuple[str, ...]:
+    """The platforms a bundle's CPU evidence may be: every registered platform that binds report_data."""
+    return tuple(p.name for p in registry.platforms() if p.binds_report_data)
+
+
+def _check_platform(platform: object) -> str:
+    if not isinstance(platform, str) or platform not in cpu_platforms():
+        raise EvidenceFormatError(f"bundle platform: {platform!r} is not one of {', '.join(cpu_platforms())}")
+    return platform
 
 
 @dataclass(frozen=True)
@@ -86,8 +102,7 @@ class EvidenceBundle:
     version: int = BUNDLE_VERSION
 
     def __post_init__(self) -> None:
-        if self.platform not in CPU_PLATFORMS:
-            raise EvidenceFormatError(f"bundle platform: {self.platform!r} is not one of {', '.join(CPU_PLATFORMS)}")
+        _check_platform(self.platform)
         if self.version != BUNDLE_VERSION:
             raise EvidenceFormatError(f"bundle version: {self.version} is not supported (this verifier reads version {BUNDLE_VERSION})")
         check_nonce(self.nonce)
@@ -246,9 +261,7 @@ def parse_bundle(data: bytes) -> EvidenceBundle:
     version = top["version"]
     if not isinstance(version, int) or isinstance(version, bool) or version != BUNDLE_VERSION:
         raise EvidenceFormatError(f"bundle version: {version!r} is not supported (this verifier reads version {BUNDLE_VERSION})")
-    platform = top["platform"]
-    if not isinstance(platform, str) or platform not in CPU_PLATFORMS:
-        raise EvidenceFormatError(f"bundle platform: {platform!r} is not one of {', '.join(CPU_PLATFORMS)}")
+    platform = _check_platform(top["platform"])
     certificates = top["certificates"]
     if not isinstance(certificates, list) or len(certificates) > MAX_CERTIFICATES:
         raise EvidenceFormatError(f"bundle certificates: expected an array of at most {MAX_CERTIFICATES} byte strings")

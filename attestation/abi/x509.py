@@ -15,7 +15,7 @@ from functools import cached_property, lru_cache
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
-from asn1crypto import core, crl as asn1_crl, pem, x509 as asn1_x509
+from asn1crypto import core, crl as asn1_crl, pem, x509 as asn1_x509  # type: ignore[import-untyped]
 
 from ..errors import CertificateFormatError
 from ..timeutil import as_utc
@@ -187,7 +187,7 @@ def _decode_der_certificate(der: bytes) -> Certificate:
             signature_algorithm=_signature_algorithm(cert["signature_algorithm"]),
             signature=cert["signature_value"].native,
             public_key_der=tbs["subject_public_key_info"].dump(),
-            extensions=MappingProxyType(extensions),  # type: ignore[arg-type]
+            extensions=MappingProxyType(extensions),
             is_ca=is_ca,
         )
     except CertificateFormatError:

@@ -287,13 +287,15 @@ def rendered_files(image: str = DEFAULT_IMAGE, config: Path = CONFIG) -> dict[Pa
 
 
 def digests_snippet(init_data: str) -> str:
+    from attestation.platforms.snp import NAME as SNP
+    from attestation.platforms.tdx import NAME as TDX
     from attestation.reference_values import init_data_digest
 
     data = init_data.encode("utf-8")
     return (
         "# init-data digest as it appears in the attestation report (pin it in the site's policy)\n"
-        f'[sev-snp]\nhost_data = ["{init_data_digest(data, "sev-snp").hex()}"]\n\n'
-        f'[tdx]\nmr_config_id = ["{init_data_digest(data, "tdx").hex()}"]\n'
+        f'[sev-snp]\nhost_data = ["{init_data_digest(data, SNP).hex()}"]\n\n'
+        f'[tdx]\nmr_config_id = ["{init_data_digest(data, TDX).hex()}"]\n'
     )
 
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from ..attester import Attester, CpuEvidence, GpuAttester, GpuEvidence, check_report_data
+from attestation.platforms.snp import NAME as SNP
+from attestation.platforms.tdx import NAME as TDX
+
+from ..interface import Attester, CpuEvidence, GpuAttester, GpuEvidence, check_report_data
 from ..measure import measure
 from . import SimulatedTeeError
 from .collateral import simulated_collateral
@@ -57,9 +60,14 @@ class SimulatedTdxAttester(Attester):
         self.options = options
         self.collateral = simulated_collateral(self.pki, collateral_issued, tcb_status).files if collateral else {}
 
+    @property
+    def launch_measurement(self) -> bytes:
+        """MRTD."""
+        return self.options.mr_td
+
     def evidence(self, report_data: bytes) -> CpuEvidence:
         quote = self.quoter.quote(check_report_data(report_data), self.options)
-        return CpuEvidence("tdx", quote, (), dict(self.collateral), source=self.name)
+        return CpuEvidence(TDX, quote, (), dict(self.collateral), source=self.name)
 
 
 class SimulatedSnpAttester(Attester):
@@ -86,9 +94,14 @@ class SimulatedSnpAttester(Attester):
         self.options = GuestOptions(measurement=_launch_measurement(measurement, config), debug=debug, vmpl=vmpl, tcb=tcb)
         self.collateral = {AMD_CRL_FILE: simulated_amd_crl(self.pki, crl_issued)} if crl else {}
 
+    @property
+    def launch_measurement(self) -> bytes:
+        """MEASUREMENT."""
+        return self.options.measurement
+
     def evidence(self, report_data: bytes) -> CpuEvidence:
         report = self.firmware.report(check_report_data(report_data), self.options)
-        return CpuEvidence("sev-snp", report, self.firmware.certificates, dict(self.collateral), source=self.name)
+        return CpuEvidence(SNP, report, self.firmware.certificates, dict(self.collateral), source=self.name)
 
 
 class SimulatedGpuAttester(GpuAttester):

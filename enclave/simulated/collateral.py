@@ -4,7 +4,7 @@
 The documents have the shape of Intel PCS responses (TCB info v3 with ``id: "TDX"``,
 QE identity v2 with ``id: "TD_QE"``): the signature is ECDSA P-256, raw r||s in hex,
 over the exact bytes of the ``tcbInfo`` / ``enclaveIdentity`` value as written.
-:func:`simulated_collateral` gives files under the names :func:`attestation.tdx.load_collateral_dir`
+:func:`simulated_collateral` gives files under the names :func:`attestation.platforms.tdx.collateral.load_collateral_dir`
 reads (what a simulated TD ships in its bundle); :func:`write_simulated_collateral` fills a
 verifier's collateral cache directory (:mod:`attestation.collateral`) for the simulated SEV-SNP
 and TDX platforms, optionally revoking simulated certificates.
@@ -149,7 +149,11 @@ SIM_AMD_PRODUCT = "milan"
 
 def _intel_crl(issuer_cert: x509.Certificate, key, issued: dt.datetime, lifetime: dt.timedelta,  # noqa: ANN001 - an EC private key
                revoked: Sequence[x509.Certificate]) -> bytes:
-    builder = x509.CertificateRevocationListBuilder().issuer_name(issuer_cert.subject).last_update(issued).next_update(issued + lifetime)
+    # Like Intel's: a CRL number and the issuer's key identifier (RFC 5280 section 5.2; strict
+    # verifiers such as webpki refuse a CRL without them).
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer_cert.subject).last_update(issued).next_update(issued + lifetime)
+               .add_extension(x509.CRLNumber(1), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key()), critical=False))
     for cert in revoked:
         entry = x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(issued - dt.timedelta(minutes=1))
         builder = builder.add_revoked_certificate(entry.build())

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from attestation.files import read_bounded
+from attestation.platforms.snp import NAME as SNP
+from attestation.platforms.tdx import NAME as TDX
 from attestation.trust import SIMULATED_ORGANIZATION
 
 from . import SimulatedTeeError
@@ -94,8 +96,8 @@ class SimulatedPki:
         import hashlib
 
         return {
-            "sev-snp": hashlib.sha256(self.amd.ark.der).hexdigest(),
-            "tdx": hashlib.sha256(self.intel.root.der).hexdigest(),
+            SNP: hashlib.sha256(self.amd.ark.der).hexdigest(),
+            TDX: hashlib.sha256(self.intel.root.der).hexdigest(),
         }
 
 
@@ -178,11 +180,15 @@ def sgx_extension(ppid: bytes, components: tuple[int, ...], pcesvn: int, pceid: 
 
 
 def _crl(issuer: Issued, now: dt.datetime) -> x509.CertificateRevocationList:
+    # Like Intel's: a CRL number and the issuer's key identifier (RFC 5280 section 5.2; strict
+    # verifiers such as webpki refuse a CRL without them).
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(issuer.cert.subject)
         .last_update(now - dt.timedelta(days=1))
         .next_update(now + VALIDITY)
+        .add_extension(x509.CRLNumber(1), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.cert.public_key()), critical=False)  # type: ignore[arg-type]
     )
     return builder.sign(issuer.key, hashes.SHA256())
 

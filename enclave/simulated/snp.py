@@ -1,7 +1,7 @@
 """Simulated AMD SEV-SNP: byte-exact attestation reports (version 3) signed by the
 simulated VCEK.
 
-The report has the layout of :mod:`attestation.abi.snp` (1184 bytes, little-endian), the
+The report has the layout of :mod:`attestation.platforms.snp.abi` (1184 bytes, little-endian), the
 ECDSA P-384/SHA-384 signature over bytes 0x000..0x29F in AMD's encoding (r and s
 little-endian, 72 bytes each). Its reported, current, committed and launch TCB are
 :data:`~enclave.simulated.pki.SIM_SNP_TCB` (what the simulated VCEK certifies), its
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from attestation.abi.snp import (
+from attestation.platforms.snp.abi import (
     POLICY_DEBUG,
     POLICY_RESERVED_MBO,
     POLICY_SMT,

@@ -1,6 +1,6 @@
 """Simulated Intel TDX: byte-exact DCAP quotes, version 4, signed by the simulated PKI.
 
-The quote has exactly the layout real hardware produces (see :mod:`attestation.abi.tdx`):
+The quote has exactly the layout real hardware produces (see :mod:`attestation.platforms.tdx.abi`):
 the 48-byte header (version 4, attestation key type 2 = ECDSA-256 with P-256, TEE type
 0x81, Intel's QE vendor ID), the 584-byte TD report body, then the signature data: the
 quote signature over header || body by the attestation key, the attestation key, and
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from attestation.abi.tdx import (
+from attestation.platforms.tdx.abi import (
     ATTESTATION_KEY_TYPE_ECDSA_P256,
     CERT_DATA_PCK_CHAIN,
     INTEL_QE_VENDOR_ID,
@@ -82,7 +82,7 @@ class TdOptions:
     xfam: bytes = SIM_XFAM
 
     def __post_init__(self) -> None:
-        for name in ("mr_td", "mr_config_id", "mr_owner", "mr_owner_config"):
+        for name in (f.name for f in fields(self) if f.name.startswith("mr_")):  # the 48-byte measurement registers
             if len(getattr(self, name)) != 48:
                 raise SimulatedTeeError(f"{name} must be 48 bytes")
         if len(self.rtmrs) != 4 or any(len(r) != 48 for r in self.rtmrs):

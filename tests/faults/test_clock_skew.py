@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedsite.client import ClockSkew
-from federation import Deployment, run_aggregator
+from federation import Deployment
 
 FAKETIME = shutil.which("faketime")
 

@@ -3,7 +3,6 @@ real man in the middle) against a real `attestfl serve` on loopback, asserting t
 reason id, and what the aggregator's own log says."""
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -19,7 +18,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from protocol.formulas import admission_nonce

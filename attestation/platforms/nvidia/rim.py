@@ -48,7 +48,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
-from .errors import CollateralFormatError
+from ...errors import CollateralFormatError
 
 SWID_NAMESPACE = "http://standards.iso.org/iso/19770/-2/2015/schema.xsd"
 SHA384_NAMESPACE = "http://www.w3.org/2001/04/xmlenc#sha384"
@@ -213,7 +213,7 @@ def parse_rim(data: bytes, source: str = "<RIM>") -> ReferenceManifest:
 
 def load_rim(path: str | Path) -> ReferenceManifest:
     """Read and parse a RIM file (``*.swidtag`` / ``*.xml``). The signature is not verified."""
-    from .files import read_bounded
+    from ...files import read_bounded
 
     path = Path(path)
     return parse_rim(read_bounded(path, MAX_RIM_BYTES, "RIM file", CollateralFormatError), str(path))

@@ -22,18 +22,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Iterator
 
-from ..errors import PolicyError
-from ..findings import Reason
-from .fields import read_bool, read_hex, read_hex_set, read_int, read_str_set, reject_unknown_keys
+from ...errors import PolicyError
+from ...findings import Reason
+from ...validate.fields import (
+    read_bool,
+    read_hex,
+    read_hex_set,
+    read_int,
+    read_str_set,
+    reject_unknown_keys,
+)
+from ..base import AppraisalPolicy
+from . import NAME
+from .abi import TdReportBody, TdxQuote
+from .verify import TdxVerification
 
-if TYPE_CHECKING:
-    from ..abi.tdx import TdxQuote
-    from ..policy import Policy
-    from ..verify.tdx import TdxVerification
-
-SECTION = "tdx"
+SECTION = NAME
 
 #: Platform TCB statuses a policy may allow. "Revoked" and "NotSupported" (no TCB level
 #: matches the platform) can never be allowed.
@@ -183,38 +189,8 @@ class TdxPolicy:
         )
 
 
-def _check(key: str) -> str:
-    return f"tdx.policy.{key}"
-
-
 def _allowed_list(values: frozenset[bytes]) -> str:
     return ", ".join(sorted(v.hex() for v in values))
-
-
-def _common_reasons(quote: "TdxQuote", verification: "TdxVerification", policy: "Policy", at: datetime) -> list[Reason]:
-    reasons = []
-    # allow_debug: TD attributes bit 0.
-    if quote.body.debug and not policy.allow_debug:
-        reasons.append(Reason(_check("allow_debug"), "the TD runs in debug mode (TD attributes bit 0 DEBUG is set) and the policy forbids debug"))
-    # report_data: binding of the quote to the relying party's key/nonce.
-    if policy.report_data is not None and quote.body.report_data != policy.report_data:
-        reasons.append(Reason(_check("report_data"), f"REPORTDATA {quote.body.report_data.hex()} differs from the required {policy.report_data.hex()}"))
-    # require_collateral: every part of the collateral must be there.
-    if policy.require_collateral and verification.missing_collateral:
-        why = f" ({'; '.join(verification.collateral_notes)})" if verification.collateral_notes else ""
-        reasons.append(Reason(_check("require_collateral"), f"the policy requires collateral, but these parts are missing: {', '.join(verification.missing_collateral)}{why}"))
-    # max_collateral_age: issueDate of the TCB info and the QE identity.
-    if policy.max_collateral_age is not None:
-        for name, issued in verification.collateral_issue_dates:
-            age = at - issued
-            if age > policy.max_collateral_age:
-                reasons.append(
-                    Reason(
-                        _check("max_collateral_age"),
-                        f"the {name} was issued {issued.isoformat()}, {age} before the verification time, older than the allowed {policy.max_collateral_age}",
-                    )
-                )
-    return reasons
 
 
 def _bits_set(value: bytes, mask: bytes) -> list[int]:
@@ -222,92 +198,195 @@ def _bits_set(value: bytes, mask: bytes) -> list[int]:
     return [bit for bit in range(64) if combined >> bit & 1]
 
 
-def validate_tdx(quote: "TdxQuote", verification: "TdxVerification", policy: "Policy", *, at: datetime) -> list[Reason]:
-    """Every policy check on a verified quote; returns every failure (empty: accepted by policy).
+@dataclass(frozen=True)
+class TdxFacts:
+    """What the checks look at: the verified quote, what verification established, the
+    policy (common keys) and its ``[tdx]`` section, the verification time."""
 
-    The checks, in order: the common keys (``allow_debug``, ``report_data``,
-    ``require_collateral``, ``max_collateral_age``), then each :class:`TdxPolicy` field:
-    measurements (``mr_td`` ... ``mr_signer_seam``: the value must be one of the listed
-    ones), ``minimum_tee_tcb_svn``, ``allowed_tcb_statuses``, ``allowed_qe_tcb_statuses``,
-    ``td_attributes``, ``td_attributes_forbidden``, ``allow_perfmon``,
-    ``require_sept_ve_disable``, ``xfam``, ``xfam_forbidden``, ``fmspc``,
-    ``minimum_quote_version``, ``qe_vendor_id``.
-    """
-    tdx = policy.tdx
-    body = quote.body
-    reasons = _common_reasons(quote, verification, policy, at)
+    quote: TdxQuote
+    verification: TdxVerification
+    policy: AppraisalPolicy
+    section: TdxPolicy
+    at: datetime
 
-    for key in _MEASUREMENT_KEYS:
-        allowed: frozenset[bytes] = getattr(tdx, key)
-        value: bytes = getattr(body, key)
+    @property
+    def body(self) -> TdReportBody:
+        return self.quote.body
+
+
+#: One check: the messages of its failures (none: passed).
+Check = Callable[[TdxFacts], Iterator[str]]
+
+
+# Common keys.
+
+
+def _allow_debug(f: TdxFacts) -> Iterator[str]:
+    # TD attributes bit 0.
+    if f.body.debug and not f.policy.allow_debug:
+        yield "the TD runs in debug mode (TD attributes bit 0 DEBUG is set) and the policy forbids debug"
+
+
+def _report_data(f: TdxFacts) -> Iterator[str]:
+    # The binding of the quote to the relying party's key/nonce.
+    required = f.policy.report_data
+    if required is not None and f.body.report_data != required:
+        yield f"REPORTDATA {f.body.report_data.hex()} differs from the required {required.hex()}"
+
+
+def _require_collateral(f: TdxFacts) -> Iterator[str]:
+    # Every part of the collateral must be there.
+    missing, notes = f.verification.missing_collateral, f.verification.collateral_notes
+    if f.policy.require_collateral and missing:
+        why = f" ({'; '.join(notes)})" if notes else ""
+        yield f"the policy requires collateral, but these parts are missing: {', '.join(missing)}{why}"
+
+
+def _max_collateral_age(f: TdxFacts) -> Iterator[str]:
+    # issueDate of the TCB info and the QE identity.
+    limit = f.policy.max_collateral_age
+    if limit is None:
+        return
+    for name, issued in f.verification.collateral_issue_dates:
+        age = f.at - issued
+        if age > limit:
+            yield f"the {name} was issued {issued.isoformat()}, {age} before the verification time, older than the allowed {limit}"
+
+
+# Measurements and TCB.
+
+
+def _measurement(key: str) -> Check:
+    def check(f: TdxFacts) -> Iterator[str]:
+        allowed: frozenset[bytes] = getattr(f.section, key)
+        value: bytes = getattr(f.body, key)
         if allowed and value not in allowed:
-            reasons.append(Reason(_check(key), f"{_MEASUREMENT_NAMES[key]} {value.hex()} is not among the allowed values ({_allowed_list(allowed)})"))
+            yield f"{_MEASUREMENT_NAMES[key]} {value.hex()} is not among the allowed values ({_allowed_list(allowed)})"
 
-    if tdx.minimum_tee_tcb_svn is not None:
-        low = [i for i in range(16) if body.tee_tcb_svn[i] < tdx.minimum_tee_tcb_svn[i]]
-        if low:
-            reasons.append(
-                Reason(
-                    _check("minimum_tee_tcb_svn"),
-                    f"TEE_TCB_SVN {body.tee_tcb_svn.hex()} is below the minimum {tdx.minimum_tee_tcb_svn.hex()} in component(s) {', '.join(map(str, low))}",
-                )
-            )
+    return check
 
-    tcb = verification.tcb
-    if tcb is not None:
-        allowed_statuses = tdx.allowed_tcb_statuses if tdx.allowed_tcb_statuses is not None else DEFAULT_TCB_STATUSES
-        if tcb.status not in allowed_statuses:
-            reasons.append(
-                Reason(
-                    _check("allowed_tcb_statuses"),
-                    f"platform TCB status {tcb.status} is not allowed (allowed: {', '.join(sorted(allowed_statuses))}): {tcb.detail}",
-                )
-            )
-    elif tdx.allowed_tcb_statuses is not None:
-        reasons.append(
-            Reason(_check("allowed_tcb_statuses"), "the policy requires a TCB status, but no TCB info for this platform was given, so the TCB cannot be appraised")
-        )
 
-    if verification.qe_tcb_status is not None:
-        allowed_qe = tdx.allowed_qe_tcb_statuses if tdx.allowed_qe_tcb_statuses is not None else DEFAULT_QE_TCB_STATUSES
-        if verification.qe_tcb_status not in allowed_qe:
-            reasons.append(
-                Reason(
-                    _check("allowed_qe_tcb_statuses"),
-                    f"QE TCB status {verification.qe_tcb_status} (QE ISVSVN {quote.qe_report.isv_svn}) is not allowed (allowed: {', '.join(sorted(allowed_qe))})",
-                )
-            )
-    elif tdx.allowed_qe_tcb_statuses is not None:
-        reasons.append(Reason(_check("allowed_qe_tcb_statuses"), "the policy requires a QE TCB status, but no QE identity was given"))
+def _minimum_tee_tcb_svn(f: TdxFacts) -> Iterator[str]:
+    minimum = f.section.minimum_tee_tcb_svn
+    if minimum is None:
+        return
+    have = f.body.tee_tcb_svn
+    low = [i for i in range(16) if have[i] < minimum[i]]
+    if low:
+        yield f"TEE_TCB_SVN {have.hex()} is below the minimum {minimum.hex()} in component(s) {', '.join(map(str, low))}"
 
-    if tdx.td_attributes and body.td_attributes not in tdx.td_attributes:
-        reasons.append(Reason(_check("td_attributes"), f"TD attributes {body.td_attributes.hex()} are not among the allowed values ({_allowed_list(tdx.td_attributes)})"))
-    if tdx.td_attributes_forbidden is not None:
-        bits = _bits_set(body.td_attributes, tdx.td_attributes_forbidden)
-        if bits:
-            reasons.append(Reason(_check("td_attributes_forbidden"), f"TD attributes {body.td_attributes.hex()} set forbidden bit(s) {', '.join(map(str, bits))}"))
-    if not tdx.allow_perfmon and body.td_attributes_value >> TD_ATTRIBUTE_PERFMON_BIT & 1:
-        reasons.append(Reason(_check("allow_perfmon"), "TD attributes bit 63 (PERFMON) is set and the policy forbids it"))
-    if tdx.require_sept_ve_disable and not body.td_attributes_value >> TD_ATTRIBUTE_SEPT_VE_DISABLE_BIT & 1:
-        reasons.append(Reason(_check("require_sept_ve_disable"), "TD attributes bit 28 (SEPT_VE_DISABLE) is clear and the policy requires it"))
 
-    if tdx.xfam and body.xfam not in tdx.xfam:
-        reasons.append(Reason(_check("xfam"), f"XFAM {body.xfam.hex()} is not among the allowed values ({_allowed_list(tdx.xfam)})"))
-    if tdx.xfam_forbidden is not None:
-        bits = _bits_set(body.xfam, tdx.xfam_forbidden)
-        if bits:
-            reasons.append(Reason(_check("xfam_forbidden"), f"XFAM {body.xfam.hex()} sets forbidden bit(s) {', '.join(map(str, bits))}"))
+def _allowed_tcb_statuses(f: TdxFacts) -> Iterator[str]:
+    tcb, wanted = f.verification.tcb, f.section.allowed_tcb_statuses
+    if tcb is None:
+        if wanted is not None:
+            yield "the policy requires a TCB status, but no TCB info for this platform was given, so the TCB cannot be appraised"
+        return
+    allowed = wanted if wanted is not None else DEFAULT_TCB_STATUSES
+    if tcb.status not in allowed:
+        yield f"platform TCB status {tcb.status} is not allowed (allowed: {', '.join(sorted(allowed))}): {tcb.detail}"
 
-    if tdx.fmspc:
-        fmspc = verification.fmspc
-        if fmspc is None:
-            reasons.append(Reason(_check("fmspc"), "the platform's FMSPC is unknown (no usable PCK certificate)"))
-        elif fmspc not in tdx.fmspc:
-            reasons.append(Reason(_check("fmspc"), f"FMSPC {fmspc.hex()} is not among the allowed values ({_allowed_list(tdx.fmspc)})"))
 
-    if tdx.minimum_quote_version is not None and quote.version < tdx.minimum_quote_version:
-        reasons.append(Reason(_check("minimum_quote_version"), f"quote version {quote.version} is below the minimum {tdx.minimum_quote_version}"))
+def _allowed_qe_tcb_statuses(f: TdxFacts) -> Iterator[str]:
+    status, wanted = f.verification.qe_tcb_status, f.section.allowed_qe_tcb_statuses
+    if status is None:
+        if wanted is not None:
+            yield "the policy requires a QE TCB status, but no QE identity was given"
+        return
+    allowed = wanted if wanted is not None else DEFAULT_QE_TCB_STATUSES
+    if status not in allowed:
+        yield f"QE TCB status {status} (QE ISVSVN {f.quote.qe_report.isv_svn}) is not allowed (allowed: {', '.join(sorted(allowed))})"
 
-    if tdx.qe_vendor_id is not None and quote.header.qe_vendor_id != tdx.qe_vendor_id:
-        reasons.append(Reason(_check("qe_vendor_id"), f"QE vendor ID {quote.header.qe_vendor_id.hex()} differs from the required {tdx.qe_vendor_id.hex()}"))
-    return reasons
+
+# TD attributes and XFAM.
+
+
+def _td_attributes(f: TdxFacts) -> Iterator[str]:
+    allowed = f.section.td_attributes
+    if allowed and f.body.td_attributes not in allowed:
+        yield f"TD attributes {f.body.td_attributes.hex()} are not among the allowed values ({_allowed_list(allowed)})"
+
+
+def _td_attributes_forbidden(f: TdxFacts) -> Iterator[str]:
+    mask = f.section.td_attributes_forbidden
+    bits = _bits_set(f.body.td_attributes, mask) if mask is not None else []
+    if bits:
+        yield f"TD attributes {f.body.td_attributes.hex()} set forbidden bit(s) {', '.join(map(str, bits))}"
+
+
+def _allow_perfmon(f: TdxFacts) -> Iterator[str]:
+    if not f.section.allow_perfmon and f.body.td_attributes_value >> TD_ATTRIBUTE_PERFMON_BIT & 1:
+        yield "TD attributes bit 63 (PERFMON) is set and the policy forbids it"
+
+
+def _require_sept_ve_disable(f: TdxFacts) -> Iterator[str]:
+    if f.section.require_sept_ve_disable and not f.body.td_attributes_value >> TD_ATTRIBUTE_SEPT_VE_DISABLE_BIT & 1:
+        yield "TD attributes bit 28 (SEPT_VE_DISABLE) is clear and the policy requires it"
+
+
+def _xfam(f: TdxFacts) -> Iterator[str]:
+    allowed = f.section.xfam
+    if allowed and f.body.xfam not in allowed:
+        yield f"XFAM {f.body.xfam.hex()} is not among the allowed values ({_allowed_list(allowed)})"
+
+
+def _xfam_forbidden(f: TdxFacts) -> Iterator[str]:
+    mask = f.section.xfam_forbidden
+    bits = _bits_set(f.body.xfam, mask) if mask is not None else []
+    if bits:
+        yield f"XFAM {f.body.xfam.hex()} sets forbidden bit(s) {', '.join(map(str, bits))}"
+
+
+# Platform and quote.
+
+
+def _fmspc(f: TdxFacts) -> Iterator[str]:
+    allowed, fmspc = f.section.fmspc, f.verification.fmspc
+    if not allowed:
+        return
+    if fmspc is None:
+        yield "the platform's FMSPC is unknown (no usable PCK certificate)"
+    elif fmspc not in allowed:
+        yield f"FMSPC {fmspc.hex()} is not among the allowed values ({_allowed_list(allowed)})"
+
+
+def _minimum_quote_version(f: TdxFacts) -> Iterator[str]:
+    minimum = f.section.minimum_quote_version
+    if minimum is not None and f.quote.version < minimum:
+        yield f"quote version {f.quote.version} is below the minimum {minimum}"
+
+
+def _qe_vendor_id(f: TdxFacts) -> Iterator[str]:
+    required, have = f.section.qe_vendor_id, f.quote.header.qe_vendor_id
+    if required is not None and have != required:
+        yield f"QE vendor ID {have.hex()} differs from the required {required.hex()}"
+
+
+#: Every check, in the order reasons are reported: ``(policy key, check)``; a failure is filed
+#: as ``tdx.policy.<key>``. The common keys come first, then each :class:`TdxPolicy` field.
+CHECKS: tuple[tuple[str, Check], ...] = (
+    ("allow_debug", _allow_debug),
+    ("report_data", _report_data),
+    ("require_collateral", _require_collateral),
+    ("max_collateral_age", _max_collateral_age),
+    *((key, _measurement(key)) for key in _MEASUREMENT_KEYS),
+    ("minimum_tee_tcb_svn", _minimum_tee_tcb_svn),
+    ("allowed_tcb_statuses", _allowed_tcb_statuses),
+    ("allowed_qe_tcb_statuses", _allowed_qe_tcb_statuses),
+    ("td_attributes", _td_attributes),
+    ("td_attributes_forbidden", _td_attributes_forbidden),
+    ("allow_perfmon", _allow_perfmon),
+    ("require_sept_ve_disable", _require_sept_ve_disable),
+    ("xfam", _xfam),
+    ("xfam_forbidden", _xfam_forbidden),
+    ("fmspc", _fmspc),
+    ("minimum_quote_version", _minimum_quote_version),
+    ("qe_vendor_id", _qe_vendor_id),
+)
+
+
+def validate_tdx(quote: TdxQuote, verification: TdxVerification, policy: AppraisalPolicy, *, at: datetime) -> list[Reason]:
+    """Every policy check on a verified quote (:data:`CHECKS`, in order); returns every
+    failure (empty: accepted by policy)."""
+    facts = TdxFacts(quote, verification, policy, policy.section(NAME, TdxPolicy), at)
+    return [Reason(f"tdx.policy.{key}", message) for key, check in CHECKS for message in check(facts)]

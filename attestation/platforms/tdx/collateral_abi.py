@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
-from ..errors import AttestationError, CollateralFormatError
-from ..timeutil import parse_time
-from .x509 import Certificate, RevocationList
+from ...abi.x509 import Certificate, RevocationList
+from ...errors import AttestationError, CollateralFormatError
+from ...timeutil import parse_time
 
 #: Refuse JSON collateral documents larger than this before parsing.
 MAX_COLLATERAL_JSON_BYTES = 256 * 1024
@@ -415,7 +415,7 @@ def _parse_tcb_info(fields: _Fields) -> TcbInfo:
     assert tdx_module is not None
     return TcbInfo(
         id=identifier,
-        version=version,  # type: ignore[arg-type]
+        version=version,
         issue_date=fields.time("issueDate"),
         next_update=fields.time("nextUpdate"),
         fmspc=fields.hex("fmspc", 6),
@@ -507,7 +507,7 @@ def _parse_enclave_identity(fields: _Fields) -> EnclaveIdentity:
         )
     return EnclaveIdentity(
         id=identifier,
-        version=version,  # type: ignore[arg-type]
+        version=version,
         issue_date=fields.time("issueDate"),
         next_update=fields.time("nextUpdate"),
         tcb_evaluation_data_number=fields.integer("tcbEvaluationDataNumber", 32),  # type: ignore[arg-type]

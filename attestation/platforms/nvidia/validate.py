@@ -21,7 +21,7 @@ the selected RIMs are combined; an index pinned in ``measurements`` replaces the
 values for that index. Every golden index must be present in the evidence with one of
 its acceptable values; each index that is not gives its own reason. RIM file paths are
 read when the policy is loaded (relative paths from the current directory). RIM
-signatures are not verified (see :mod:`attestation.rim`).
+signatures are not verified (see :mod:`attestation.platforms.nvidia.rim`).
 
 ``protected_pcie`` reads opaque field 21 with NVIDIA's status byte convention (0xAA
 enabled, 0x55 disabled, as for the NVDEC0 status); any other byte satisfies neither.
@@ -32,13 +32,20 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
-from ..abi.spdm import STATUS_DISABLED, STATUS_ENABLED
-from ..errors import AttestationError, PolicyError
-from ..findings import Reason
-from ..rim import ReferenceManifest, combine_golden, load_rim
-from .fields import parse_hex, read_bool, read_str_set, read_table, reject_unknown_keys
+from ...errors import AttestationError, PolicyError
+from ...findings import Reason
+from ...validate.fields import (
+    parse_hex,
+    read_bool,
+    read_str_set,
+    read_table,
+    reject_unknown_keys,
+)
+from . import NAME
+from .abi import STATUS_DISABLED, STATUS_ENABLED
+from .rim import ReferenceManifest, combine_golden, load_rim
 
-SECTION = "nvidia-gpu"
+SECTION = NAME
 KEYS = (
     "allowed_architectures",
     "allowed_driver_versions",

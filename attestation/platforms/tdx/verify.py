@@ -20,7 +20,7 @@ PCK certificate chain (type 5 certification data nested in the type 6 QE report 
   * the leaf is a PCK certificate with a P-256 key and Intel SGX extensions [tdx.pck.leaf];
   * neither the leaf (PCK CRL) nor the CA (root CA CRL) is revoked [tdx.pck.revoked].
 
-Collateral (each part optional; see :class:`~attestation.abi.tdx_collateral.TdxCollateral`)
+Collateral (each part optional; see :class:`~attestation.platforms.tdx.collateral_abi.TdxCollateral`)
   * TCB info and QE identity: an issuer chain that verifies and ends at the trusted root of
     the PCK chain [tdx.collateral.<part>.chain.*, tdx.collateral.<part>.root], an ECDSA
     P-256 signature by its first certificate over the exact signed bytes
@@ -49,7 +49,7 @@ TCB and identity
     the TDX level; no such level gives "NotSupported". The TDX level's status is converged
     with the TDX module's status, TD relaunch advice (TDX 1.5 bodies) and the QE's TCB
     status exactly as Intel's QVL does. Whether a status is acceptable is the policy's
-    decision (:mod:`attestation.validate.tdx`).
+    decision (:mod:`attestation.platforms.tdx.validate`).
 """
 from __future__ import annotations
 
@@ -61,26 +61,12 @@ from typing import Iterable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..abi.tdx import (
-    BODY_TYPE_TDX15,
-    SgxExtensions,
-    TdxQuote,
-    pck_sgx_extensions,
-)
-from ..abi.tdx_collateral import (
-    QeIdentityDocument,
-    TcbInfo,
-    TcbInfoDocument,
-    TcbLevel,
-    TdxCollateral,
-    TdxModuleIdentity,
-)
-from ..abi.x509 import Certificate, RevocationList, parse_certificates
-from ..errors import CertificateFormatError
-from ..findings import Reason
-from ..timeutil import as_utc
-from ..trust import intel_sgx_root_ca, trust_root
-from .chain import (
+from ...abi.x509 import Certificate, RevocationList, parse_certificates
+from ...errors import CertificateFormatError
+from ...findings import Reason
+from ...timeutil import as_utc
+from ...trust import trust_root
+from ...verify.chain import (
     ChainLink,
     crl_reasons,
     load_public_key,
@@ -89,6 +75,21 @@ from .chain import (
     revoked_reasons,
     verify_chain,
 )
+from .abi import (
+    BODY_TYPE_TDX15,
+    SgxExtensions,
+    TdxQuote,
+    pck_sgx_extensions,
+)
+from .collateral_abi import (
+    QeIdentityDocument,
+    TcbInfo,
+    TcbInfoDocument,
+    TcbLevel,
+    TdxCollateral,
+    TdxModuleIdentity,
+)
+from .roots import INTEL_ROOTS, intel_sgx_root_ca
 
 UP_TO_DATE = "UpToDate"
 SW_HARDENING_NEEDED = "SWHardeningNeeded"
@@ -283,7 +284,7 @@ def qe_report_signature_reasons(quote: TdxQuote, pck_leaf: Certificate) -> list[
 
 def root_trust(root: Certificate, trusted_simulated_roots: frozenset[str], check: str, what: str) -> tuple[bool, bool, list[Reason], list[str]]:
     """(trusted, simulated, reasons, warnings) by the trust rule of :func:`attestation.trust.trust_root`."""
-    trust = trust_root(root, trusted_simulated_roots, vendor="intel", what=what)
+    trust = trust_root(root, trusted_simulated_roots, vendor=INTEL_ROOTS, what=what)
     reasons = [Reason(check, trust.reason)] if trust.reason is not None else []
     warnings = [trust.warning] if trust.warning is not None else []
     return trust.trusted, trust.simulated, reasons, warnings
@@ -598,6 +599,105 @@ def qe_tcb_status(document: QeIdentityDocument, isv_svn: int) -> str:
 # --- everything -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _PckFindings:
+    """What the PCK chain step established."""
+
+    pck: PckChain | None
+    trusted_root: Certificate | None
+    simulated: bool
+    reasons: tuple[Reason, ...]
+    warnings: tuple[str, ...]
+
+
+def _verify_pck(quote: TdxQuote, at: datetime, trusted_simulated_roots: frozenset[str]) -> _PckFindings:
+    """The PCK chain the quote carries, the QE report's signature by its leaf, and its root
+    by the trust rule [tdx.pck.*, tdx.qe.report_signature]."""
+    pck, pck_reasons = pck_chain_of(quote)
+    if pck is None:
+        missing = Reason("tdx.qe.report_signature", "the QE report signature cannot be checked without a PCK certificate")
+        return _PckFindings(None, None, False, (missing, *pck_reasons), ())
+    reasons = qe_report_signature_reasons(quote, pck.leaf) + verify_chain(pck.links, at=at, check_prefix="tdx.pck")
+    trusted, simulated, root_reasons, root_warnings = root_trust(pck.root, trusted_simulated_roots, "tdx.pck.root", "the PCK certificate chain")
+    reasons += root_reasons + pck_reasons
+    return _PckFindings(pck, pck.root if trusted else None, simulated, tuple(reasons), tuple(root_warnings))
+
+
+@dataclass(frozen=True)
+class _CollateralCheck:
+    """What every collateral step shares: the time, the policy's simulated roots, the PCK
+    chain's root (every issuer chain must end there) and the root CA CRL."""
+
+    at: datetime
+    trusted_simulated_roots: frozenset[str]
+    expected_root: Certificate | None
+    root_crl: RevocationList | None
+
+    def document_reasons(self, *, prefix: str, what: str, signed_bytes: bytes, signature: bytes, issue_date: datetime,
+                         next_update: datetime, issuer_chain: Sequence[Certificate]) -> list[Reason]:
+        return _signed_document_reasons(
+            prefix=prefix, what=what, signed_bytes=signed_bytes, signature=signature, issue_date=issue_date, next_update=next_update,
+            issuer_chain=issuer_chain, at=self.at, trusted_simulated_roots=self.trusted_simulated_roots,
+            expected_root=self.expected_root, root_crl=self.root_crl,
+        )
+
+
+def _root_ca_crl_reasons(check: _CollateralCheck, findings: _PckFindings) -> list[Reason]:
+    """The root CA CRL: signed by the (trusted) root; it revokes PCK CAs and signing certificates."""
+    if check.root_crl is None:
+        return []
+    signer = findings.trusted_root if findings.trusted_root is not None else intel_sgx_root_ca()
+    reasons = crl_reasons(check.root_crl, signer, at=check.at, check_prefix="tdx.collateral.root_ca_crl", name="the root CA CRL")
+    if findings.pck is not None:
+        reasons += revoked_reasons(check.root_crl, [ChainLink(findings.pck.intermediate, "PCK CA")], "tdx.pck.revoked")
+    return reasons
+
+
+def _qe_identity_reasons(check: _CollateralCheck, collateral: TdxCollateral, quote: TdxQuote) -> tuple[list[Reason], str | None]:
+    """The QE identity: its signature and validity, the QE report against it, and the QE's TCB status."""
+    document = collateral.qe_identity
+    if document is None:
+        return [], None
+    identity = document.identity
+    reasons = check.document_reasons(
+        prefix="tdx.collateral.qe_identity", what="QE identity", signed_bytes=document.signed_bytes, signature=document.signature,
+        issue_date=identity.issue_date, next_update=identity.next_update, issuer_chain=collateral.qe_identity_issuer_chain,
+    )
+    reasons += qe_identity_reasons(document, quote)
+    return reasons, qe_tcb_status(document, quote.qe_report.isv_svn)
+
+
+def _tcb_info_for(collateral: TdxCollateral, extensions: SgxExtensions | None) -> tuple[TcbInfoDocument | None, list[Reason]]:
+    """The TCB info selected by the PCK certificate's FMSPC [tdx.collateral.tcb_info.fmspc]."""
+    if not collateral.tcb_infos:
+        return None, []
+    if extensions is None:
+        return None, [Reason("tdx.collateral.tcb_info.fmspc", "the platform's FMSPC is unknown (no usable PCK certificate); no TCB info can be selected")]
+    document = collateral.tcb_info_for(extensions.fmspc)
+    if document is None:
+        given = ", ".join(d.tcb_info.fmspc.hex() for d in collateral.tcb_infos)
+        return None, [Reason("tdx.collateral.tcb_info.fmspc", f"no TCB info for the PCK certificate's FMSPC {extensions.fmspc.hex()} (given: {given})")]
+    return document, []
+
+
+def _tcb_reasons(check: _CollateralCheck, collateral: TdxCollateral, document: TcbInfoDocument, extensions: SgxExtensions,
+                 quote: TdxQuote, qe_status: str | None) -> tuple[list[Reason], TcbEvaluation]:
+    """The TCB info's signature and validity, its PCE-ID, the TDX module, and the platform's TCB status."""
+    info = document.tcb_info
+    reasons = check.document_reasons(
+        prefix="tdx.collateral.tcb_info", what="TCB info", signed_bytes=document.signed_bytes, signature=document.signature,
+        issue_date=info.issue_date, next_update=info.next_update, issuer_chain=collateral.tcb_info_issuer_chain,
+    )
+    if info.pce_id != extensions.pce_id:
+        reasons.append(Reason("tdx.collateral.tcb_info.pce_id", f"the TCB info's PCE-ID {info.pce_id.hex()} differs from the PCK certificate's {extensions.pce_id.hex()}"))
+    reasons += tdx_module_reasons(info, quote)
+    return reasons, evaluate_tcb(info, extensions, quote, qe_status)
+
+
+#: The parts of a full collateral set, as ``missing_collateral`` names them.
+COLLATERAL_PARTS = ("TCB info", "QE identity", "PCK CRL", "root CA CRL")
+
+
 def verify_tdx_quote(
     quote: TdxQuote,
     *,
@@ -607,121 +707,47 @@ def verify_tdx_quote(
 ) -> TdxVerification:
     """Run every authenticity, chain and collateral check on a parsed quote."""
     at = as_utc(at)
-    reasons: list[Reason] = []
     warnings: list[str] = []
     if quote.trailing:
         warnings.append(f"the quote has {len(quote.trailing)} bytes after its signature data; no signature covers them and they were ignored")
 
-    reasons.extend(quote_signature_reasons(quote))
-    reasons.extend(qe_report_binding_reasons(quote))
-
-    pck, pck_reasons = pck_chain_of(quote)
-    simulated = False
-    trusted_root: Certificate | None = None
-    if pck is not None:
-        reasons.extend(qe_report_signature_reasons(quote, pck.leaf))
-        reasons.extend(verify_chain(pck.links, at=at, check_prefix="tdx.pck"))
-        trusted, simulated, root_reasons, root_warnings = root_trust(pck.root, trusted_simulated_roots, "tdx.pck.root", "the PCK certificate chain")
-        reasons.extend(root_reasons)
-        warnings.extend(root_warnings)
-        trusted_root = pck.root if trusted else None
-    else:
-        reasons.append(Reason("tdx.qe.report_signature", "the QE report signature cannot be checked without a PCK certificate"))
-    reasons.extend(pck_reasons)
-
+    # Quote and quoting enclave; PCK chain.
+    reasons = quote_signature_reasons(quote) + qe_report_binding_reasons(quote)
+    found = _verify_pck(quote, at, trusted_simulated_roots)
+    reasons += found.reasons
+    warnings += found.warnings
+    pck = found.pck
     if collateral is None:
-        missing = ("TCB info", "QE identity", "PCK CRL", "root CA CRL")
-        return TdxVerification(tuple(reasons), tuple(warnings), simulated, pck, False, missing_collateral=missing)
+        return TdxVerification(tuple(reasons), tuple(warnings), found.simulated, pck, False, missing_collateral=COLLATERAL_PARTS)
 
-    expected_root = pck.root if pck is not None else None
-    root_crl = collateral.root_ca_crl
-    missing: list[str] = []
-
-    # root CA CRL: signed by the (trusted) root; revokes PCK CAs and signing certificates.
-    if root_crl is not None:
-        crl_signer = trusted_root if trusted_root is not None else intel_sgx_root_ca()
-        reasons.extend(crl_reasons(root_crl, crl_signer, at=at, check_prefix="tdx.collateral.root_ca_crl", name="the root CA CRL"))
-        if pck is not None:
-            reasons.extend(revoked_reasons(root_crl, [ChainLink(pck.intermediate, "PCK CA")], "tdx.pck.revoked"))
-    else:
-        missing.append("root CA CRL")
-
-    # PCK CRL
+    check = _CollateralCheck(at, trusted_simulated_roots, pck.root if pck is not None else None, collateral.root_ca_crl)
+    # Root CA CRL and PCK CRL.
+    reasons += _root_ca_crl_reasons(check, found)
     if collateral.pck_crls:
-        reasons.extend(_pck_crl_reasons(collateral, pck, at=at, trusted_simulated_roots=trusted_simulated_roots))
-    else:
-        missing.append("PCK CRL")
-
-    # QE identity
-    qe_document = collateral.qe_identity
-    qe_status: str | None = None
-    if qe_document is not None:
-        identity = qe_document.identity
-        reasons.extend(
-            _signed_document_reasons(
-                prefix="tdx.collateral.qe_identity",
-                what="QE identity",
-                signed_bytes=qe_document.signed_bytes,
-                signature=qe_document.signature,
-                issue_date=identity.issue_date,
-                next_update=identity.next_update,
-                issuer_chain=collateral.qe_identity_issuer_chain,
-                at=at,
-                trusted_simulated_roots=trusted_simulated_roots,
-                expected_root=expected_root,
-                root_crl=root_crl,
-            )
-        )
-        reasons.extend(qe_identity_reasons(qe_document, quote))
-        qe_status = qe_tcb_status(qe_document, quote.qe_report.isv_svn)
-    else:
-        missing.append("QE identity")
-
-    # TCB info, selected by the PCK certificate's FMSPC
-    tcb_document: TcbInfoDocument | None = None
-    evaluation: TcbEvaluation | None = None
+        reasons += _pck_crl_reasons(collateral, pck, at=at, trusted_simulated_roots=trusted_simulated_roots)
+    # QE identity.
+    qe_reasons, qe_status = _qe_identity_reasons(check, collateral, quote)
+    reasons += qe_reasons
+    # TCB info, selected by the PCK certificate's FMSPC.
     extensions = pck.extensions if pck is not None else None
-    if collateral.tcb_infos:
-        if extensions is None:
-            reasons.append(Reason("tdx.collateral.tcb_info.fmspc", "the platform's FMSPC is unknown (no usable PCK certificate); no TCB info can be selected"))
-        else:
-            tcb_document = collateral.tcb_info_for(extensions.fmspc)
-            if tcb_document is None:
-                given = ", ".join(d.tcb_info.fmspc.hex() for d in collateral.tcb_infos)
-                reasons.append(Reason("tdx.collateral.tcb_info.fmspc", f"no TCB info for the PCK certificate's FMSPC {extensions.fmspc.hex()} (given: {given})"))
+    tcb_document, selection_reasons = _tcb_info_for(collateral, extensions)
+    reasons += selection_reasons
+    evaluation: TcbEvaluation | None = None
     if tcb_document is not None and extensions is not None:
-        info = tcb_document.tcb_info
-        reasons.extend(
-            _signed_document_reasons(
-                prefix="tdx.collateral.tcb_info",
-                what="TCB info",
-                signed_bytes=tcb_document.signed_bytes,
-                signature=tcb_document.signature,
-                issue_date=info.issue_date,
-                next_update=info.next_update,
-                issuer_chain=collateral.tcb_info_issuer_chain,
-                at=at,
-                trusted_simulated_roots=trusted_simulated_roots,
-                expected_root=expected_root,
-                root_crl=root_crl,
-            )
-        )
-        if info.pce_id != extensions.pce_id:
-            reasons.append(Reason("tdx.collateral.tcb_info.pce_id", f"the TCB info's PCE-ID {info.pce_id.hex()} differs from the PCK certificate's {extensions.pce_id.hex()}"))
-        reasons.extend(tdx_module_reasons(info, quote))
-        evaluation = evaluate_tcb(info, extensions, quote, qe_status)
-    elif not collateral.tcb_infos:
-        missing.append("TCB info")
+        tcb_reasons, evaluation = _tcb_reasons(check, collateral, tcb_document, extensions, quote, qe_status)
+        reasons += tcb_reasons
 
+    given = {"TCB info": bool(collateral.tcb_infos), "QE identity": collateral.qe_identity is not None,
+             "PCK CRL": bool(collateral.pck_crls), "root CA CRL": collateral.root_ca_crl is not None}
     return TdxVerification(
         reasons=tuple(reasons),
         warnings=tuple(warnings),
-        simulated=simulated,
+        simulated=found.simulated,
         pck=pck,
         collateral_given=True,
         tcb_info=tcb_document,
-        qe_identity=qe_document,
+        qe_identity=collateral.qe_identity,
         tcb=evaluation,
         qe_tcb_status=qe_status,
-        missing_collateral=tuple(missing),
+        missing_collateral=tuple(part for part in ("root CA CRL", "PCK CRL", "QE identity", "TCB info") if not given[part]),
     )

@@ -53,9 +53,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
-from asn1crypto import core, keys
+from asn1crypto import core, keys  # type: ignore[import-untyped]
 
-from ..errors import MAX_EVIDENCE_BYTES, EvidenceFormatError, EvidenceTooLargeError
+from ...errors import MAX_EVIDENCE_BYTES, EvidenceFormatError, EvidenceTooLargeError
 
 SPDM_VERSION_1_1 = 0x11
 SUPPORTED_SPDM_VERSIONS = frozenset({SPDM_VERSION_1_1})
@@ -660,11 +660,11 @@ def looks_like_gpu_evidence(data: bytes) -> bool:
 FWID_EXTENSION_OID = "2.23.133.5.4.1"
 
 
-class _Fwid(core.Sequence):
+class _Fwid(core.Sequence):  # type: ignore[misc]
     _fields = [("hash_alg", core.ObjectIdentifier), ("digest", core.OctetString)]
 
 
-class _CompositeDeviceId(core.Sequence):
+class _CompositeDeviceId(core.Sequence):  # type: ignore[misc]
     """TCG DICE / RIoT ``CompositeDeviceID``: version, the DeviceID public key, one FWID."""
 
     _fields = [
@@ -718,11 +718,12 @@ def parse_fwid_extension(value: bytes) -> CertificateFwid:
 def encode_fwid_extension(device_id_public_key_der: bytes, digest: bytes, *, hash_name: str = "sha384") -> bytes:
     """Build the extension value NVIDIA uses (for the simulated GPU PKI)."""
     oid = {name: oid for oid, name in _HASH_NAMES.items()}[hash_name]
-    return _CompositeDeviceId({
+    encoded = _CompositeDeviceId({
         "version": 1,
         "device_id": keys.PublicKeyInfo.load(device_id_public_key_der),
         "fwid": _Fwid({"hash_alg": oid, "digest": digest}),
     }).dump()
+    return bytes(encoded)
 
 
 def opaque_fields(items: Iterable[tuple[int, bytes]]) -> OpaqueData:

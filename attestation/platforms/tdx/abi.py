@@ -29,12 +29,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from asn1crypto import core
+from asn1crypto import core  # type: ignore[import-untyped]
 
-from ..errors import CertificateFormatError, EvidenceFormatError, EvidenceTooLargeError
-from .x509 import Certificate
+from ...abi.x509 import Certificate
+from ...errors import CertificateFormatError, EvidenceFormatError, EvidenceTooLargeError
 
 #: Refuse quotes larger than this before any parsing work.
 MAX_QUOTE_BYTES = 64 * 1024
@@ -105,10 +105,12 @@ class _Reader:
         return chunk
 
     def u16(self, name: str) -> int:
-        return struct.unpack("<H", self.take(2, name))[0]
+        value: int = struct.unpack("<H", self.take(2, name))[0]
+        return value
 
     def u32(self, name: str) -> int:
-        return struct.unpack("<I", self.take(4, name))[0]
+        value: int = struct.unpack("<I", self.take(4, name))[0]
+        return value
 
 
 @dataclass(frozen=True)
@@ -558,15 +560,15 @@ _CONFIGURATION_OIDS = {
 SGX_TYPES = {0: "Standard", 1: "Scalable", 2: "ScalableWithIntegrity"}
 
 
-class _ExtensionEntry(core.Sequence):
+class _ExtensionEntry(core.Sequence):  # type: ignore[misc]
     _fields = [("oid", core.ObjectIdentifier), ("value", core.Any)]
 
 
-class _ExtensionEntries(core.SequenceOf):
+class _ExtensionEntries(core.SequenceOf):  # type: ignore[misc]
     _child_spec = _ExtensionEntry
 
 
-class _Enumerated(core.Integer):
+class _Enumerated(core.Integer):  # type: ignore[misc]
     """ENUMERATED read as a plain integer (asn1crypto's Enumerated needs a name map)."""
 
     tag = 10
@@ -625,7 +627,8 @@ def _entries(der: bytes, where: str) -> dict[str, core.Any]:
         raise CertificateFormatError(f"{where}: not a SEQUENCE of (OID, value) entries: {exc}") from exc
 
 
-def _typed(value: core.Any, spec: type, where: str):  # noqa: ANN202 - asn1crypto types
+def _typed(value: Any, spec: Any, where: str) -> Any:
+    """``value`` re-read as the asn1crypto type ``spec``, as a native Python value."""
     try:
         return spec.load(value.dump(), strict=True).native
     except (ValueError, TypeError, AttributeError, OverflowError) as exc:
@@ -643,7 +646,7 @@ def _octets(entries: dict[str, core.Any], oid: str, name: str, size: int | None,
     return value
 
 
-def _integer(value: core.Any, name: str, bits: int, spec: type = core.Integer) -> int:
+def _integer(value: Any, name: str, bits: int, spec: Any = core.Integer) -> int:
     number = _typed(value, spec, f"SGX extensions {name}")
     if not isinstance(number, int) or not 0 <= number < (1 << bits):
         raise CertificateFormatError(f"SGX extensions: {name} = {number!r} is out of range")
@@ -725,4 +728,4 @@ def encode_sgx_extensions(extensions: SgxExtensions) -> bytes:
             if getattr(extensions.configuration, name) is not None
         ]
         items.append(entry(_OID_CONFIGURATION, _ExtensionEntries(config)))
-    return _ExtensionEntries(items).dump()
+    return bytes(_ExtensionEntries(items).dump())

@@ -3,67 +3,25 @@
 The report carries no certificates. The signing certificate comes from ``--cert`` (DER or
 PEM; AMD KDS serves VCEKs as DER), from the extended report's certificate table, or from an
 evidence bundle; ASK/ASVK and ARK may come along, otherwise the AMD chains shipped in the
-package are used. See :mod:`attestation.verify.snp` for every check.
+package are used. See :mod:`attestation.platforms.snp.verify` for every check.
 """
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Sequence
 
-from .abi.snp import SnpReport, parse_report
-from .abi.x509 import Certificate, parse_certificates, parse_crl
-from .errors import CertificateFormatError, EvidenceFormatError
-from .findings import Appraisal, Reason
-from .policy import Policy
-from .timeutil import as_utc
-from .validate.snp import validate_snp
-from .verify.snp import SnpVerification, verify_snp_report
-
-if TYPE_CHECKING:
-    from .collateral import CollateralStore
-
-PLATFORM = "sev-snp"
-
-
-def snp_claims(report: SnpReport, verification: SnpVerification) -> dict[str, Any]:
-    """The claims of a report: the issue's keys (byte fields lowercase hex, TCBs as objects
-    decoded with the product line's layout) plus a few more fields and ``simulated``."""
-    product = verification.product
-
-    def tcb(name: str) -> dict[str, int] | str:
-        if product is None:  # layout unknown: give the raw bytes rather than guess
-            return getattr(report, f"{name}_tcb_raw").hex()
-        return report.tcb(name, product).components()
-
-    claims: dict[str, Any] = {
-        "version": report.version,
-        "guest_svn": report.guest_svn,
-        "policy": f"{report.policy:#x}",
-        "debug": report.debug,
-        "vmpl": report.vmpl,
-        "measurement": report.measurement.hex(),
-        "report_data": report.report_data.hex(),
-        "host_data": report.host_data.hex(),
-        "id_key_digest": report.id_key_digest.hex(),
-        "author_key_digest": report.author_key_digest.hex(),
-        "chip_id": report.chip_id.hex(),
-        "reported_tcb": tcb("reported"),
-        "current_tcb": tcb("current"),
-        "committed_tcb": tcb("committed"),
-        "launch_tcb": tcb("launch"),
-        "signing_key": report.signing_key,
-        "product": product,
-        "family_id": report.family_id.hex(),
-        "image_id": report.image_id.hex(),
-        "platform_info": f"{report.platform_info:#x}",
-        "current_firmware": report.current_version,
-        "committed_firmware": report.committed_version,
-        "report_id": report.report_id.hex(),
-        "simulated": verification.simulated,
-    }
-    if verification.product_name is not None:
-        claims["product_name"] = verification.product_name
-    return claims
+from ...abi.x509 import Certificate, parse_certificates, parse_crl
+from ...collateral import CollateralStore, Lookup
+from ...errors import CertificateFormatError, CollateralError
+from ...findings import Appraisal, Reason
+from ...timeutil import as_utc
+from ..base import AppraisalPolicy
+from . import NAME
+from .abi import SnpReport, parse_report
+from .claims import snp_claims
+from .collateral import KDS_PRODUCTS, amd_crl, amd_vcek
+from .validate import validate_snp
+from .verify import verify_snp_report
 
 
 def _certificates(blobs: Sequence[bytes]) -> tuple[list[Certificate], list[Reason]]:
@@ -77,19 +35,17 @@ def _certificates(blobs: Sequence[bytes]) -> tuple[list[Certificate], list[Reaso
     return certs, reasons
 
 
-def _store_vcek(parsed: SnpReport, store: "CollateralStore", at: datetime) -> tuple[list[Certificate], list[str]]:
+def _store_vcek(parsed: SnpReport, store: CollateralStore, at: datetime) -> tuple[list[Certificate], list[str]]:
     """The VCEK for the report's chip and REPORTED_TCB from the verifier's store (cache or KDS)."""
-    from .collateral import AMD_PRODUCTS
-
     if parsed.signing_key != "vcek":
         return [], []
     if parsed.mask_chip_key:
         return [], ["the report masks its CHIP_ID, so no VCEK can be looked up for it"]
     product = parsed.product_from_cpuid
     notes: list[str] = []
-    for candidate in [product] if product else list(AMD_PRODUCTS):
+    for candidate in [product] if product else list(KDS_PRODUCTS):
         tcb = parsed.tcb("reported", candidate).components()
-        lookup = store.amd_vcek(candidate, parsed.chip_id, parsed.reported_tcb_raw, tcb, at=at)
+        lookup = amd_vcek(store, candidate, parsed.chip_id, parsed.reported_tcb_raw, tcb, at=at)
         if lookup.value is not None:
             return [lookup.value], []
         notes.extend(lookup.notes)
@@ -101,9 +57,9 @@ def appraise_snp(
     *,
     certificates: Sequence[bytes] = (),
     crl: bytes | None = None,
-    policy: Policy,
+    policy: AppraisalPolicy,
     at: datetime,
-    store: "CollateralStore | None" = None,
+    store: CollateralStore | None = None,
 ) -> Appraisal:
     """Parse, verify and appraise an SNP attestation report.
 
@@ -118,8 +74,6 @@ def appraise_snp(
     """
     at = as_utc(at)
     if store is not None and crl is not None:
-        from .errors import CollateralError
-
         raise CollateralError("an AMD CRL was given beside a collateral store: the store alone supplies collateral")
     parsed = parse_report(report)
     certs, reasons = _certificates(certificates)
@@ -131,15 +85,15 @@ def appraise_snp(
     revocation_list = parse_crl(crl) if crl is not None else None
     crl_source = None
     if store is not None:
-        def crl_source(product: str, signing_key: str) -> Any:
-            return store.amd_crl(product, signing_key, at=at, max_age=policy.max_collateral_age)
+        def crl_source(product: str, signing_key: str) -> Lookup:
+            return amd_crl(store, product, signing_key, at=at, max_age=policy.max_collateral_age)
 
     verification = verify_snp_report(
         parsed, certificates=certs, crl=revocation_list, at=at, trusted_simulated_roots=policy.trusted_simulated_roots,
         crl_source=crl_source,
     )
     reasons += list(verification.reasons) + validate_snp(parsed, verification, policy, at=at)
-    return Appraisal(PLATFORM, snp_claims(parsed, verification), tuple(reasons), tuple(warnings) + verification.warnings)
+    return Appraisal(NAME, snp_claims(parsed, verification), tuple(reasons), tuple(warnings) + verification.warnings)
 
 
-__all__ = ["PLATFORM", "EvidenceFormatError", "appraise_snp", "snp_claims"]
+__all__ = ["appraise_snp"]

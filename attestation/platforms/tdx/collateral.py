@@ -1,4 +1,5 @@
-"""Intel TDX: verify a DCAP quote (v4 or v5), with optional Intel collateral, and appraise it.
+"""Intel TDX collateral: given by the caller (a directory, an evidence bundle's files) or chosen
+by the verifier's collateral store for a quote's FMSPC and PCK CA (fetched from Intel PCS).
 
 Collateral directory (``attestfl evidence verify --collateral DIR``), every file optional:
 
@@ -19,39 +20,59 @@ Collateral directory (``attestfl evidence verify --collateral DIR``), every file
 
 These are the bodies and the ``*-Issuer-Chain`` headers Intel PCS returns for
 ``/tdx/certification/v4/tcb``, ``/tdx/certification/v4/qe/identity``,
-``/sgx/certification/v4/pckcrl`` and the root CA CRL. This module never fetches anything;
-the verifier's collateral store (:mod:`attestation.collateral`, ``appraise_tdx(store=...)``)
-chooses the collateral for a quote's FMSPC and PCK CA from its cache, and its optional
-fetcher asks Intel PCS.
+``/sgx/certification/v4/pckcrl`` and the root CA CRL. An evidence bundle carries the same
+names in its collateral map.
+
+The verifier's collateral store (:mod:`attestation.collateral`, :func:`tdx_collateral`)
+chooses the collateral for a quote's FMSPC and PCK CA from its cache directory, laid out as
+(names lowercase)::
+
+    intel/tcb-info-fmspc-<fmspc>.json             TDX TCB info (PCS /tdx/certification/v4/tcb?fmspc=)
+    intel/tcb-info-issuer-chain.pem               its TCB-Info-Issuer-Chain header
+    intel/qe-identity.json                        TD_QE identity (PCS /tdx/certification/v4/qe/identity)
+    intel/qe-identity-issuer-chain.pem            its SGX-Enclave-Identity-Issuer-Chain header
+    intel/pck-<ca>-crl.der                        PCK CRL, <ca> platform or processor
+                                                  (PCS /sgx/certification/v4/pckcrl?ca=<ca>&encoding=der)
+    intel/pck-<ca>-crl-issuer-chain.pem           its SGX-PCK-CRL-Issuer-Chain header
+    intel/root-ca-crl.der                         Intel SGX Root CA CRL
+
+and, with a fetcher, asks Intel PCS for what is missing or stale.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import replace
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Callable, Mapping
 
-from .abi.tdx import TdxQuote, parse_quote
-from .abi.tdx_collateral import (
+from ...abi.x509 import (
+    MAX_CERT_INPUT_BYTES,
+    Certificate,
+    RevocationList,
+    parse_certificates,
+    parse_crl,
+)
+from ...collateral import (
+    MAX_CRL_BYTES,
+    CollateralError,
+    CollateralFetcher,
+    CollateralItem,
+    CollateralStore,
+    FetchConfig,
+    crl_fresh,
+    document_fresh,
+    parse_crl_file,
+)
+from ...errors import CertificateFormatError, CollateralFormatError
+from ...timeutil import as_utc
+from .collateral_abi import (
     MAX_COLLATERAL_JSON_BYTES,
-    TdxCollateral,
     TcbInfoDocument,
+    TdxCollateral,
     parse_qe_identity,
     parse_tcb_info,
 )
-from .abi.x509 import MAX_CERT_INPUT_BYTES, Certificate, RevocationList, parse_certificates, parse_crl
-from .errors import CertificateFormatError, CollateralFormatError
-from .findings import Appraisal
-from .policy import Policy
-from .timeutil import as_utc
-from .validate.tdx import validate_tdx
-from .verify.tdx import TdxVerification, verify_tdx_quote
-
-if TYPE_CHECKING:
-    from .collateral import CollateralStore
-
-PLATFORM = "tdx"
 
 TCB_INFO_FILE = "tcb-info.json"
 TCB_INFO_FMSPC_PATTERN = re.compile(r"tcb-info-fmspc-([0-9a-fA-F]{12})\.json")
@@ -63,11 +84,10 @@ PCK_CRL_ISSUER_CHAIN_FILE = "pck-crl-issuer-chain.pem"
 ROOT_CA_CRL_FILE = "root-ca-crl.der"
 #: At most this many TCB info files are read from one directory.
 MAX_TCB_INFO_FILES = 64
-MAX_CRL_BYTES = 4 * MAX_CERT_INPUT_BYTES
 
 
 def _read_limited(path: Path, limit: int) -> bytes:
-    from .files import read_bounded
+    from ...files import read_bounded
 
     return read_bounded(path, limit, "collateral file", CollateralFormatError)
 
@@ -171,75 +191,85 @@ def collateral_from_files(files: Mapping[str, bytes], *, where: str = "collatera
     return collateral
 
 
-def tdx_claims(quote: TdxQuote, verification: TdxVerification) -> dict[str, Any]:
-    """The claims of a quote: the issue's keys (byte fields as lowercase hex) plus
-    ``simulated`` and, when collateral is given, ``tcb_status`` and ``qe_tcb_status``."""
-    body = quote.body
-    fmspc = verification.fmspc
-    claims: dict[str, Any] = {
-        "version": quote.version,
-        "tee_tcb_svn": body.tee_tcb_svn.hex(),
-        "mr_seam": body.mr_seam.hex(),
-        "mr_signer_seam": body.mr_signer_seam.hex(),
-        "seam_attributes": body.seam_attributes.hex(),
-        "td_attributes": body.td_attributes.hex(),
-        "debug": body.debug,
-        "xfam": body.xfam.hex(),
-        "mr_td": body.mr_td.hex(),
-        "mr_config_id": body.mr_config_id.hex(),
-        "mr_owner": body.mr_owner.hex(),
-        "mr_owner_config": body.mr_owner_config.hex(),
-        "rtmr0": body.rtmr0.hex(),
-        "rtmr1": body.rtmr1.hex(),
-        "rtmr2": body.rtmr2.hex(),
-        "rtmr3": body.rtmr3.hex(),
-        "report_data": body.report_data.hex(),
-        "fmspc": None if fmspc is None else fmspc.hex(),
-    }
-    if verification.collateral_given:
-        claims["tcb_status"] = verification.tcb_status
-        claims["qe_tcb_status"] = verification.qe_tcb_status
-    claims["simulated"] = verification.simulated
-    return claims
+# --- the verifier's collateral store (cache layout in the module docstring) ---------------
+
+PCK_CAS = ("platform", "processor")
 
 
-def appraise_tdx(
-    quote: bytes,
-    *,
-    collateral: TdxCollateral | None = None,
-    policy: Policy,
-    at: datetime,
-    store: "CollateralStore | None" = None,
-) -> Appraisal:
-    """Parse, verify and appraise a TDX quote.
+def pck_ca_kind(issuer: str) -> str:
+    """"processor" when a PCK leaf's issuer name says Processor CA, else "platform"."""
+    return "processor" if "processor" in issuer.lower() else "platform"
 
-    ``collateral``: Intel collateral given by the caller; ``store``: the verifier's collateral
-    store (:class:`attestation.collateral.CollateralStore`), which then supplies the collateral
-    for the quote's FMSPC and PCK CA (``collateral`` must be None). Raises
-    :class:`~attestation.errors.EvidenceFormatError` (or ``EvidenceTooLargeError``) when the
-    bytes are not a quote. Otherwise returns an :class:`Appraisal` listing every failed
-    authenticity, collateral and policy check, with the claims either way.
-    """
-    at = as_utc(at)
-    parsed = parse_quote(quote)
+
+def intel_tcb_info_url(config: FetchConfig, fmspc: bytes) -> str:
+    return f"{config.intel_base_url.rstrip('/')}/tdx/certification/v4/tcb?fmspc={fmspc.hex()}"
+
+
+def intel_qe_identity_url(config: FetchConfig) -> str:
+    return f"{config.intel_base_url.rstrip('/')}/tdx/certification/v4/qe/identity"
+
+
+def intel_pck_crl_url(config: FetchConfig, ca: str) -> str:
+    return f"{config.intel_base_url.rstrip('/')}/sgx/certification/v4/pckcrl?ca={ca}&encoding=der"
+
+
+@dataclass(frozen=True)
+class TdxLookup:
+    """The Intel collateral the store holds for one platform (FMSPC and PCK CA), every fresh
+    part of it, and why any part is missing."""
+
+    collateral: TdxCollateral
     notes: tuple[str, ...] = ()
-    if store is not None:
-        from .collateral import pck_ca_kind
-        from .errors import CollateralError
-        from .verify.tdx import pck_chain_of
 
-        if collateral is not None:
-            raise CollateralError("TDX collateral was given beside a collateral store: the store alone supplies collateral")
-        pck, _ = pck_chain_of(parsed)
-        if pck is not None and pck.extensions is not None:
-            lookup = store.tdx_collateral(pck.extensions.fmspc, pck_ca_kind(pck.leaf.issuer), at=at, max_age=policy.max_collateral_age)
-            collateral = None if lookup.collateral.is_empty else lookup.collateral
-            notes = lookup.notes
-        else:
-            notes = ("the quote carries no usable PCK certificate, so no collateral could be chosen for it",)
-    verification = verify_tdx_quote(parsed, collateral=collateral, at=at, trusted_simulated_roots=policy.trusted_simulated_roots)
-    if notes:
-        verification = replace(verification, collateral_notes=notes)
-    reasons = list(verification.reasons) + validate_tdx(parsed, verification, policy, at=at)
-    warnings = tuple(f"collateral: {note}" for note in notes) + verification.warnings
-    return Appraisal(PLATFORM, tdx_claims(parsed, verification), tuple(reasons), warnings)
+
+def tdx_collateral(store: CollateralStore, fmspc: bytes, ca: str, *, at: datetime, max_age: timedelta | None = None) -> TdxLookup:
+    """Every fresh part of the Intel collateral for a platform of FMSPC ``fmspc`` whose PCK
+    certificate was issued by the PCK ``ca`` ("platform" or "processor")."""
+    at = as_utc(at)
+    if ca not in PCK_CAS:
+        raise CollateralError(f"unknown PCK CA {ca!r}; expected platform or processor")
+    fmspc_hex = bytes(fmspc).hex()
+
+    def with_chain(url: Callable[[CollateralFetcher], str], path: str, chain: str, header: str) -> Callable[[CollateralFetcher], dict[str, bytes]]:
+        def fetch(fetcher: CollateralFetcher) -> dict[str, bytes]:
+            response = fetcher.get(url(fetcher))
+            return {path: response.body, chain: response.issuer_chain(header)}
+
+        return fetch
+
+    def parse_tcb_info_for_fmspc(data: bytes) -> TcbInfoDocument:
+        document = parse_tcb_info(data)
+        if document.tcb_info.fmspc != bytes(fmspc):
+            raise CollateralFormatError(f"the TCB info is for FMSPC {document.tcb_info.fmspc.hex()}, not {fmspc_hex}")
+        return document
+
+    tcb_path, tcb_chain = f"intel/tcb-info-fmspc-{fmspc_hex}.json", "intel/tcb-info-issuer-chain.pem"
+    qe_path, qe_chain = "intel/qe-identity.json", "intel/qe-identity-issuer-chain.pem"
+    crl_path, crl_chain = f"intel/pck-{ca}-crl.der", f"intel/pck-{ca}-crl-issuer-chain.pem"
+    root_path = "intel/root-ca-crl.der"
+    items = {
+        "tcb_info": CollateralItem(tcb_path, f"TCB info for FMSPC {fmspc_hex}", MAX_COLLATERAL_JSON_BYTES, parse_tcb_info_for_fmspc,
+                          document_fresh(f"TCB info for FMSPC {fmspc_hex}", "tcb_info"),
+                          with_chain(lambda f: intel_tcb_info_url(f.config, bytes(fmspc)), tcb_path, tcb_chain, "TCB-Info-Issuer-Chain"), tcb_chain),
+        "qe_identity": CollateralItem(qe_path, "QE identity", MAX_COLLATERAL_JSON_BYTES, parse_qe_identity, document_fresh("QE identity", "identity"),
+                             with_chain(lambda f: intel_qe_identity_url(f.config), qe_path, qe_chain, "SGX-Enclave-Identity-Issuer-Chain"), qe_chain),
+        "pck_crl": CollateralItem(crl_path, f"PCK {ca.title()} CA CRL", MAX_CRL_BYTES, parse_crl_file, crl_fresh(f"PCK {ca.title()} CA CRL"),
+                         with_chain(lambda f: intel_pck_crl_url(f.config, ca), crl_path, crl_chain, "SGX-PCK-CRL-Issuer-Chain"), crl_chain),
+        "root_ca_crl": CollateralItem(root_path, "Intel SGX Root CA CRL", MAX_CRL_BYTES, parse_crl_file, crl_fresh("Intel SGX Root CA CRL"),
+                             lambda f: {root_path: f.get(f.config.intel_root_ca_crl_url).body}),
+    }
+    found = {name: store.lookup(item, at, max_age) for name, item in items.items()}
+    notes = tuple(note for lookup in found.values() for note in lookup.notes)
+    tcb = found["tcb_info"].value
+    qe = found["qe_identity"].value
+    crl = found["pck_crl"].value
+    collateral = TdxCollateral(
+        tcb_infos=(tcb[0],) if tcb else (),
+        tcb_info_issuer_chain=tcb[1] if tcb else (),
+        qe_identity=qe[0] if qe else None,
+        qe_identity_issuer_chain=qe[1] if qe else (),
+        pck_crls=(crl[0],) if crl else (),
+        pck_crl_issuer_chain=crl[1] if crl else (),
+        root_ca_crl=found["root_ca_crl"].value,
+    )
+    return TdxLookup(collateral, notes)

@@ -42,12 +42,20 @@ from typing import Any, Callable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..abi.snp import PRODUCTS, SIGNATURE_ALGO_ECDSA_P384_SHA384, SnpReport
-from ..abi.x509 import Certificate, RevocationList, decode_der_integer
-from ..errors import CertificateFormatError
-from ..findings import Reason
-from ..trust import amd_root_chains, trust_root
-from .chain import ChainLink, crl_reasons, load_public_key, raw_ecdsa_is_valid, revoked_reasons, verify_chain
+from ...abi.x509 import Certificate, RevocationList, decode_der_integer
+from ...errors import CertificateFormatError
+from ...findings import Reason
+from ...trust import trust_root
+from ...verify.chain import (
+    ChainLink,
+    crl_reasons,
+    load_public_key,
+    raw_ecdsa_is_valid,
+    revoked_reasons,
+    verify_chain,
+)
+from .abi import PRODUCTS, SIGNATURE_ALGO_ECDSA_P384_SHA384, SnpReport
+from .roots import AMD_ROOTS, amd_root_chains
 
 AMD_OID = "1.3.6.1.4.1.3704.1"
 OID_PRODUCT_NAME = f"{AMD_OID}.2"
@@ -183,6 +191,90 @@ def _product_name(leaf: Certificate) -> str | None:
     return text.decode("ascii", "replace")
 
 
+@dataclass(frozen=True)
+class _ChainFindings:
+    """What the chain step established: the product line, whether the root is simulated, the
+    CRL used (given or from the store), and why the store gave none."""
+
+    product: str | None
+    simulated: bool
+    crl: RevocationList | None
+    notes: tuple[str, ...]
+
+
+def _verify_chain(
+    leaf: Certificate,
+    found: tuple[Certificate, Certificate, str | None],
+    signing_key: str,
+    *,
+    crl: RevocationList | None,
+    at: datetime,
+    trusted_simulated_roots: frozenset[str],
+    crl_source: Callable[[str, str], Any] | None,
+    reasons: list[Reason],
+    warnings: list[str],
+) -> _ChainFindings:
+    """VCEK -> ASK -> ARK (or VLEK -> ASVK -> ARK): kind, signatures, trust, CRL
+    [snp.chain.*, snp.crl.*]."""
+    intermediate, root, product = found
+    role = _INTERMEDIATE_ROLE[signing_key]
+    is_asvk = _common_name(intermediate).upper().startswith("SEV-VLEK")
+    if is_asvk != (signing_key == "vlek"):
+        reasons.append(Reason("snp.chain.kind", f"a {signing_key.upper()} must be issued by an {role}, not by {_common_name(intermediate)!r}"))
+    links = [ChainLink(leaf, signing_key.upper()), ChainLink(intermediate, role), ChainLink(root, "ARK")]
+    reasons.extend(verify_chain(links, at=at, check_prefix="snp.chain"))
+    trust = trust_root(root, trusted_simulated_roots, vendor=AMD_ROOTS, what=f"the {signing_key.upper()} certificate chain")
+    if trust.reason is not None:
+        reasons.append(Reason("snp.chain.root", trust.reason))
+    if trust.warning is not None:
+        warnings.append(trust.warning)
+    if product is None:  # a simulated or unknown root: the product line is in the names
+        product = product_of_name(_common_name(intermediate))
+    notes: list[str] = []
+    if crl is None and crl_source is not None:
+        if product is None:
+            notes.append("the chain's product line is unknown, so no AMD CRL could be chosen")
+        else:
+            lookup = crl_source(product, signing_key)
+            crl = lookup.value
+            notes.extend(lookup.notes)
+    if crl is not None:
+        reasons.extend(crl_reasons(crl, root, at=at, check_prefix="snp.crl", name="the AMD CRL"))
+        reasons.extend(revoked_reasons(crl, links[:2], "snp.crl.revoked"))
+    else:
+        why = f" ({'; '.join(notes)})" if notes else ""
+        warnings.append(f"no AMD CRL was given: revocation of the {role} and the {signing_key.upper()} was not checked{why}")
+    return _ChainFindings(product, trust.simulated, crl, tuple(notes))
+
+
+def _signature_reasons(leaf: Certificate, report: SnpReport, signing_key: str) -> list[Reason]:
+    """The report's signature by the signing certificate's P-384 key [snp.report.signature]."""
+    try:
+        key = load_public_key(leaf)
+    except CertificateFormatError as exc:
+        return [Reason("snp.report.signature", f"the {signing_key.upper()} key is unusable: {exc}")]
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+        return [Reason("snp.report.signature", f"the {signing_key.upper()} key is not an ECDSA P-384 key")]
+    if not raw_ecdsa_is_valid(key, report.signature_r, report.signature_s, "sha384", report.signed_bytes):
+        return [Reason("snp.report.signature", f"the report signature does not verify with the {signing_key.upper()} key")]
+    return []
+
+
+def _product_reasons(report: SnpReport, product: str | None, product_name: str | None, signing_key: str) -> tuple[str | None, list[Reason]]:
+    """The product line of the chain, the report's CPUID and the certificate agree
+    [snp.report.product, snp.cert.product]; returns the product line (the CPUID's when the
+    chain names none)."""
+    reasons = []
+    cpuid_product = report.product_from_cpuid
+    if product is not None and cpuid_product is not None and cpuid_product != product:
+        reasons.append(Reason("snp.report.product", f"the report's CPUID names a {cpuid_product.title()} processor, but the certificate chain is {product.title()}'s"))
+    if product is None:
+        product = cpuid_product
+    if product_name is not None and product is not None and product_of_name(product_name) not in (None, product):
+        reasons.append(Reason("snp.cert.product", f"the {signing_key.upper()} is for {product_name!r}, but the chain is {product.title()}'s"))
+    return product, reasons
+
+
 def verify_snp_report(
     report: SnpReport,
     *,
@@ -195,10 +287,11 @@ def verify_snp_report(
     """Every authenticity check of the module docstring; never raises on a bad report or chain.
 
     ``crl_source(product, signing_key)`` (the verifier's collateral store, see
-    :meth:`attestation.collateral.CollateralStore.amd_crl`) gives the AMD CRL for the chain's
+    :func:`attestation.platforms.snp.collateral.amd_crl`) gives the AMD CRL for the chain's
     product line when ``crl`` is None; it returns a lookup with ``value`` and ``notes``."""
     reasons: list[Reason] = []
     warnings: list[str] = []
+    # Report.
     if report.signature_algo != SIGNATURE_ALGO_ECDSA_P384_SHA384:
         reasons.append(Reason("snp.report.signature_algo", f"SIGNATURE_ALGO {report.signature_algo} is not 1 (ECDSA P-384/SHA-384)"))
     signing_key = report.signing_key
@@ -206,65 +299,20 @@ def verify_snp_report(
         reasons.append(Reason("snp.report.signing_key", f"SIGNING_KEY is {signing_key}: the report is not signed by a VCEK or VLEK"))
         return SnpVerification(tuple(reasons), (), report.product_from_cpuid, None, False, None)
 
-    simulated = False
-    product = None
-    product_name = None
-    notes: list[str] = []
+    # Signing certificate and chain.
+    chain = _ChainFindings(None, False, crl, ())
     leaf = _signing_certificate(certificates, signing_key, reasons)
     found = _find_chain(leaf, certificates, signing_key, reasons) if leaf is not None else None
-    if leaf is not None:
-        product_name = _product_name(leaf)
+    product_name = _product_name(leaf) if leaf is not None else None
     if found is not None and leaf is not None:
-        intermediate, root, product = found
-        role = _INTERMEDIATE_ROLE[signing_key]
-        is_asvk = _common_name(intermediate).upper().startswith("SEV-VLEK")
-        if is_asvk != (signing_key == "vlek"):
-            reasons.append(Reason("snp.chain.kind", f"a {signing_key.upper()} must be issued by an {role}, not by {_common_name(intermediate)!r}"))
-        links = [ChainLink(leaf, signing_key.upper()), ChainLink(intermediate, role), ChainLink(root, "ARK")]
-        reasons.extend(verify_chain(links, at=at, check_prefix="snp.chain"))
-        trust = trust_root(root, trusted_simulated_roots, vendor="amd", what=f"the {signing_key.upper()} certificate chain")
-        simulated = trust.simulated
-        if trust.reason is not None:
-            reasons.append(Reason("snp.chain.root", trust.reason))
-        if trust.warning is not None:
-            warnings.append(trust.warning)
-        if product is None:  # a simulated or unknown root: the product line is in the names
-            product = product_of_name(_common_name(intermediate))
-        if crl is None and crl_source is not None:
-            if product is None:
-                notes.append("the chain's product line is unknown, so no AMD CRL could be chosen")
-            else:
-                lookup = crl_source(product, signing_key)
-                crl = lookup.value
-                notes.extend(lookup.notes)
-        if crl is not None:
-            reasons.extend(crl_reasons(crl, root, at=at, check_prefix="snp.crl", name="the AMD CRL"))
-            reasons.extend(revoked_reasons(crl, links[:2], "snp.crl.revoked"))
-        else:
-            why = f" ({'; '.join(notes)})" if notes else ""
-            warnings.append(f"no AMD CRL was given: revocation of the {role} and the {signing_key.upper()} was not checked{why}")
+        chain = _verify_chain(leaf, found, signing_key, crl=crl, at=at, trusted_simulated_roots=trusted_simulated_roots,
+                              crl_source=crl_source, reasons=reasons, warnings=warnings)
 
-    cpuid_product = report.product_from_cpuid
-    if product is not None and cpuid_product is not None and cpuid_product != product:
-        reasons.append(Reason("snp.report.product", f"the report's CPUID names a {cpuid_product.title()} processor, but the certificate chain is {product.title()}'s"))
-    if product is None:
-        product = cpuid_product
-    if product_name is not None and product is not None and product_of_name(product_name) not in (None, product):
-        reasons.append(Reason("snp.cert.product", f"the {signing_key.upper()} is for {product_name!r}, but the chain is {product.title()}'s"))
-
+    # Product line, signature, certificate extensions.
+    product, product_reasons = _product_reasons(report, chain.product, product_name, signing_key)
+    reasons.extend(product_reasons)
     if leaf is not None:
-        try:
-            key = load_public_key(leaf)
-        except CertificateFormatError as exc:
-            key = None
-            reasons.append(Reason("snp.report.signature", f"the {signing_key.upper()} key is unusable: {exc}"))
-        if key is not None:
-            if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
-                reasons.append(Reason("snp.report.signature", f"the {signing_key.upper()} key is not an ECDSA P-384 key"))
-            elif not raw_ecdsa_is_valid(key, report.signature_r, report.signature_s, "sha384", report.signed_bytes):
-                reasons.append(Reason("snp.report.signature", f"the report signature does not verify with the {signing_key.upper()} key"))
+        reasons.extend(_signature_reasons(leaf, report, signing_key))
         reasons.extend(_extension_reasons(leaf, report, product, signing_key))
-
-    return SnpVerification(
-        tuple(reasons), tuple(warnings), product, product_name, simulated, None if crl is None else crl.this_update, tuple(notes)
-    )
+    crl_issued = None if chain.crl is None else chain.crl.this_update
+    return SnpVerification(tuple(reasons), tuple(warnings), product, product_name, chain.simulated, crl_issued, chain.notes)

@@ -19,17 +19,17 @@ them, never only the first):
     no certificate chain was given.
 ``gpu.fwid``
     the FWID NVIDIA certifies in the leaf (extension 2.23.133.5.4.1, a DICE
-    CompositeDeviceID, see :func:`attestation.abi.spdm.parse_fwid_extension`) equals the
+    CompositeDeviceID, see :func:`attestation.platforms.nvidia.abi.parse_fwid_extension`) equals the
     FWID field of the signed opaque data; both must be present.
 ``gpu.nonce``
     the request nonce equals the verifier's expected nonce, when one is given. Without
     one, freshness is not checked and a warning says so.
 
 Bytes after the response's signature (outside the signed region, see
-:mod:`attestation.abi.spdm`) are ignored with a warning.
+:mod:`attestation.platforms.nvidia.abi`) are ignored with a warning.
 
 Which measurements, versions and settings are acceptable is policy, in
-:mod:`attestation.validate.nvidia`.
+:mod:`attestation.platforms.nvidia.validate`.
 """
 from __future__ import annotations
 
@@ -41,7 +41,12 @@ from typing import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..abi.spdm import (
+from ...abi.x509 import Certificate
+from ...errors import CertificateFormatError, EvidenceFormatError, PolicyError
+from ...findings import Reason
+from ...trust import trust_root
+from ...verify.chain import ChainLink, load_public_key, raw_ecdsa_is_valid, verify_chain
+from .abi import (
     FWID_EXTENSION_OID,
     NONCE_SIZE,
     SIGNATURE_SIZE,
@@ -49,11 +54,7 @@ from ..abi.spdm import (
     GpuEvidence,
     parse_fwid_extension,
 )
-from ..abi.x509 import Certificate
-from ..errors import CertificateFormatError, EvidenceFormatError, PolicyError
-from ..findings import Reason
-from ..trust import nvidia_device_identity_root, trust_root
-from .chain import ChainLink, load_public_key, raw_ecdsa_is_valid, verify_chain
+from .roots import NVIDIA_ROOTS, nvidia_device_identity_root
 
 #: No NVIDIA attestation chain is longer (Hopper: 5 certificates, root included).
 MAX_CHAIN_LENGTH = 8
@@ -213,7 +214,7 @@ def verify_gpu_evidence(
         if len(full_chain) == 1:
             reasons.append(Reason("gpu.chain.root", "the chain is a single certificate; the attestation leaf must chain to a root"))
         reasons.extend(verify_chain(links, at=at, check_prefix="gpu.chain"))
-        trust = trust_root(root, trusted_simulated_roots, vendor="nvidia", what="the GPU certificate chain")
+        trust = trust_root(root, trusted_simulated_roots, vendor=NVIDIA_ROOTS, what="the GPU certificate chain")
         simulated = trust.simulated
         if trust.reason is not None:
             reasons.append(Reason("gpu.chain.root", trust.reason))

@@ -22,7 +22,7 @@ import struct
 import uuid
 from dataclasses import dataclass, fields, replace
 
-from ..errors import EvidenceFormatError, EvidenceTooLargeError
+from ...errors import EvidenceFormatError, EvidenceTooLargeError
 
 REPORT_SIZE = 0x4A0  # 1184
 SIGNED_SIZE = 0x2A0  # bytes covered by the signature

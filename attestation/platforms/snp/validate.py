@@ -20,27 +20,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Iterator
 
-from ..abi.snp import (
+from ...errors import PolicyError
+from ...findings import Reason
+from ...validate.fields import (
+    read_bool,
+    read_hex_set,
+    read_int,
+    read_str_set,
+    read_table,
+    reject_unknown_keys,
+)
+from ..base import AppraisalPolicy
+from . import NAME
+from .abi import (
     PLATFORM_CIPHERTEXT_HIDING_EN,
     PLATFORM_SMT_EN,
     PLATFORM_TSME_EN,
     POLICY_MIGRATE_MA,
     POLICY_SINGLE_SOCKET,
     PRODUCTS,
+    SnpReport,
     TcbVersion,
 )
-from ..errors import PolicyError
-from ..findings import Reason
-from .fields import read_bool, read_hex_set, read_int, read_str_set, read_table, reject_unknown_keys
+from .verify import SnpVerification
 
-if TYPE_CHECKING:
-    from ..abi.snp import SnpReport
-    from ..policy import Policy
-    from ..verify.snp import SnpVerification
-
-SECTION = "sev-snp"
+SECTION = NAME
 TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 _PINNED = {
     "measurement": ("MEASUREMENT", 48),
@@ -183,86 +189,190 @@ class SnpPolicy:
         )
 
 
-def _check(key: str) -> str:
-    return f"snp.policy.{key}"
-
-
 def _version_text(version: tuple[int, ...]) -> str:
     return ".".join(map(str, version))
 
 
-def validate_snp(report: "SnpReport", verification: "SnpVerification", policy: "Policy", *, at: datetime) -> list[Reason]:
-    """Every policy check on a verified report; returns every failure (empty: accepted by policy).
+@dataclass(frozen=True)
+class SnpFacts:
+    """What the checks look at: the verified report, what verification established, the
+    policy (common keys) and its ``[sev-snp]`` section, the verification time."""
 
-    The checks, in order: the common keys (``allow_debug``, ``report_data``,
-    ``require_collateral``, ``max_collateral_age``), then each :class:`SnpPolicy` field.
-    """
-    snp = policy.snp
-    reasons: list[Reason] = []
-    # Common keys.
-    if report.debug and not policy.allow_debug:
-        reasons.append(Reason(_check("allow_debug"), f"the guest policy {report.policy:#x} allows debugging (bit 19 DEBUG) and the policy forbids debug"))
-    if policy.report_data is not None and report.report_data != policy.report_data:
-        reasons.append(Reason(_check("report_data"), f"REPORT_DATA {report.report_data.hex()} differs from the required {policy.report_data.hex()}"))
-    if policy.require_collateral and verification.crl_issued is None:
-        why = f" ({'; '.join(verification.collateral_notes)})" if verification.collateral_notes else ""
-        reasons.append(Reason(_check("require_collateral"), f"the policy requires collateral, but no AMD CRL for the chain's product line was given{why}"))
-    if policy.max_collateral_age is not None and verification.crl_issued is not None:
-        age = at - verification.crl_issued
-        if age > policy.max_collateral_age:
-            reasons.append(Reason(_check("max_collateral_age"), f"the AMD CRL was issued {verification.crl_issued.isoformat()}, {age} before the verification time, older than the allowed {policy.max_collateral_age}"))
+    report: SnpReport
+    verification: SnpVerification
+    policy: AppraisalPolicy
+    section: SnpPolicy
+    at: datetime
 
-    # Pinned values.
-    for key, (name, _size) in _PINNED.items():
-        allowed: frozenset[bytes] = getattr(snp, key)
-        value: bytes = getattr(report, key)
+    @property
+    def current(self) -> tuple[int, int, int]:
+        return (self.report.current_major, self.report.current_minor, self.report.current_build)
+
+    @property
+    def committed(self) -> tuple[int, int, int]:
+        return (self.report.committed_major, self.report.committed_minor, self.report.committed_build)
+
+
+#: One check: the messages of its failures (none: passed).
+Check = Callable[[SnpFacts], Iterator[str]]
+
+
+# Common keys.
+
+
+def _allow_debug(f: SnpFacts) -> Iterator[str]:
+    if f.report.debug and not f.policy.allow_debug:
+        yield f"the guest policy {f.report.policy:#x} allows debugging (bit 19 DEBUG) and the policy forbids debug"
+
+
+def _report_data(f: SnpFacts) -> Iterator[str]:
+    required = f.policy.report_data
+    if required is not None and f.report.report_data != required:
+        yield f"REPORT_DATA {f.report.report_data.hex()} differs from the required {required.hex()}"
+
+
+def _require_collateral(f: SnpFacts) -> Iterator[str]:
+    if f.policy.require_collateral and f.verification.crl_issued is None:
+        notes = f.verification.collateral_notes
+        why = f" ({'; '.join(notes)})" if notes else ""
+        yield f"the policy requires collateral, but no AMD CRL for the chain's product line was given{why}"
+
+
+def _max_collateral_age(f: SnpFacts) -> Iterator[str]:
+    issued, limit = f.verification.crl_issued, f.policy.max_collateral_age
+    if limit is not None and issued is not None and f.at - issued > limit:
+        yield (f"the AMD CRL was issued {issued.isoformat()}, {f.at - issued} before the verification time, "
+               f"older than the allowed {limit}")
+
+
+# Pinned values and levels.
+
+
+def _pinned(key: str) -> Check:
+    name = _PINNED[key][0]
+
+    def check(f: SnpFacts) -> Iterator[str]:
+        allowed: frozenset[bytes] = getattr(f.section, key)
+        value: bytes = getattr(f.report, key)
         if allowed and value not in allowed:
-            reasons.append(Reason(_check(key), f"{name} {value.hex()} is not among the allowed values ({', '.join(sorted(v.hex() for v in allowed))})"))
+            yield f"{name} {value.hex()} is not among the allowed values ({', '.join(sorted(v.hex() for v in allowed))})"
 
-    if report.vmpl not in snp.vmpl:
-        reasons.append(Reason(_check("vmpl"), f"VMPL {report.vmpl} is not among the allowed ({', '.join(map(str, sorted(snp.vmpl)))})"))
-    if snp.minimum_guest_svn is not None and report.guest_svn < snp.minimum_guest_svn:
-        reasons.append(Reason(_check("minimum_guest_svn"), f"GUEST_SVN {report.guest_svn} is below the minimum {snp.minimum_guest_svn}"))
+    return check
 
-    product = verification.product
-    if product is None and not (snp.minimum_tcb.is_empty and snp.minimum_launch_tcb.is_empty):
-        reasons.append(Reason(_check("minimum_tcb"), "the product line is unknown, so the TCB cannot be compared with the policy's minimum"))
-    elif product is not None:
-        for name in ("reported", "current", "committed"):
-            short = snp.minimum_tcb.shortfalls(report.tcb(name, product))
-            if short:
-                reasons.append(Reason(_check("minimum_tcb"), f"{name.upper()}_TCB is below the minimum: {'; '.join(short)}"))
-        short = snp.minimum_launch_tcb.shortfalls(report.tcb("launch", product))
+
+def _vmpl(f: SnpFacts) -> Iterator[str]:
+    if f.report.vmpl not in f.section.vmpl:
+        yield f"VMPL {f.report.vmpl} is not among the allowed ({', '.join(map(str, sorted(f.section.vmpl)))})"
+
+
+def _minimum_guest_svn(f: SnpFacts) -> Iterator[str]:
+    minimum = f.section.minimum_guest_svn
+    if minimum is not None and f.report.guest_svn < minimum:
+        yield f"GUEST_SVN {f.report.guest_svn} is below the minimum {minimum}"
+
+
+def _minimum_tcb(f: SnpFacts) -> Iterator[str]:
+    product = f.verification.product
+    if product is None:
+        if not (f.section.minimum_tcb.is_empty and f.section.minimum_launch_tcb.is_empty):
+            yield "the product line is unknown, so the TCB cannot be compared with the policy's minimum"
+        return
+    for name in ("reported", "current", "committed"):
+        short = f.section.minimum_tcb.shortfalls(f.report.tcb(name, product))
         if short:
-            reasons.append(Reason(_check("minimum_launch_tcb"), f"LAUNCH_TCB is below the minimum: {'; '.join(short)}"))
+            yield f"{name.upper()}_TCB is below the minimum: {'; '.join(short)}"
 
-    current = (report.current_major, report.current_minor, report.current_build)
-    committed = (report.committed_major, report.committed_minor, report.committed_build)
-    if snp.minimum_firmware is not None:
-        for name, version in (("current", current), ("committed", committed)):
-            if version < snp.minimum_firmware:
-                reasons.append(Reason(_check("minimum_firmware"), f"{name} SNP firmware {_version_text(version)} is older than the minimum {_version_text(snp.minimum_firmware)}"))
-    if not snp.allow_provisional_firmware and current != committed:
-        reasons.append(Reason(_check("allow_provisional_firmware"), f"the current firmware {_version_text(current)} is not the committed one {_version_text(committed)} (provisional firmware can be rolled back)"))
-    if snp.minimum_abi is not None and (report.abi_major, report.abi_minor) < snp.minimum_abi:
-        reasons.append(Reason(_check("minimum_abi"), f"the guest policy requires ABI {report.abi_major}.{report.abi_minor}, below the minimum {_version_text(snp.minimum_abi)}"))
 
-    if not snp.allow_migrate_ma and report.policy & POLICY_MIGRATE_MA:
-        reasons.append(Reason(_check("allow_migrate_ma"), "the guest policy allows a migration agent (bit 18 MIGRATE_MA) and the policy forbids it"))
-    if not snp.allow_smt and report.platform_info & PLATFORM_SMT_EN:
-        reasons.append(Reason(_check("allow_smt"), "the platform has SMT enabled (PLATFORM_INFO bit 0) and the policy forbids it"))
-    if snp.require_single_socket and not report.policy & POLICY_SINGLE_SOCKET:
-        reasons.append(Reason(_check("require_single_socket"), "the guest policy's SINGLE_SOCKET bit (20) is clear and the policy requires it"))
-    if snp.require_tsme and not report.platform_info & PLATFORM_TSME_EN:
-        reasons.append(Reason(_check("require_tsme"), "TSME is not enabled on the platform (PLATFORM_INFO bit 1) and the policy requires it"))
-    if snp.require_ciphertext_hiding and not report.platform_info & PLATFORM_CIPHERTEXT_HIDING_EN:
-        reasons.append(Reason(_check("require_ciphertext_hiding"), "ciphertext hiding is not enabled on the platform (PLATFORM_INFO bit 4) and the policy requires it"))
-    if snp.require_id_block and not any(report.id_key_digest):
-        reasons.append(Reason(_check("require_id_block"), "the guest was launched without an ID block (ID_KEY_DIGEST is zero) and the policy requires one"))
-    if snp.require_author_key and not (report.author_key_en and any(report.author_key_digest)):
-        reasons.append(Reason(_check("require_author_key"), "the ID block has no author key (AUTHOR_KEY_EN clear) and the policy requires one"))
-    if report.signing_key not in snp.signing_keys:
-        reasons.append(Reason(_check("signing_keys"), f"the report is signed by a {report.signing_key.upper()}, not an allowed key ({', '.join(sorted(snp.signing_keys))})"))
-    if snp.products and product not in snp.products:
-        reasons.append(Reason(_check("products"), f"product line {product or 'unknown'} is not among the allowed ({', '.join(sorted(snp.products))})"))
-    return reasons
+def _minimum_launch_tcb(f: SnpFacts) -> Iterator[str]:
+    product = f.verification.product
+    if product is not None:
+        short = f.section.minimum_launch_tcb.shortfalls(f.report.tcb("launch", product))
+        if short:
+            yield f"LAUNCH_TCB is below the minimum: {'; '.join(short)}"
+
+
+# Firmware.
+
+
+def _minimum_firmware(f: SnpFacts) -> Iterator[str]:
+    minimum = f.section.minimum_firmware
+    if minimum is None:
+        return
+    for name, version in (("current", f.current), ("committed", f.committed)):
+        if version < minimum:
+            yield f"{name} SNP firmware {_version_text(version)} is older than the minimum {_version_text(minimum)}"
+
+
+def _allow_provisional_firmware(f: SnpFacts) -> Iterator[str]:
+    if not f.section.allow_provisional_firmware and f.current != f.committed:
+        yield (f"the current firmware {_version_text(f.current)} is not the committed one {_version_text(f.committed)} "
+               "(provisional firmware can be rolled back)")
+
+
+def _minimum_abi(f: SnpFacts) -> Iterator[str]:
+    minimum = f.section.minimum_abi
+    if minimum is not None and (f.report.abi_major, f.report.abi_minor) < minimum:
+        yield f"the guest policy requires ABI {f.report.abi_major}.{f.report.abi_minor}, below the minimum {_version_text(minimum)}"
+
+
+# Guest policy and platform flags.
+
+
+def _flag(forbidden_when: Callable[[SnpFacts], bool], message: str) -> Check:
+    def check(f: SnpFacts) -> Iterator[str]:
+        if forbidden_when(f):
+            yield message
+
+    return check
+
+
+def _signing_keys(f: SnpFacts) -> Iterator[str]:
+    if f.report.signing_key not in f.section.signing_keys:
+        yield f"the report is signed by a {f.report.signing_key.upper()}, not an allowed key ({', '.join(sorted(f.section.signing_keys))})"
+
+
+def _products(f: SnpFacts) -> Iterator[str]:
+    products, product = f.section.products, f.verification.product
+    if products and product not in products:
+        yield f"product line {product or 'unknown'} is not among the allowed ({', '.join(sorted(products))})"
+
+
+#: Every check, in the order reasons are reported: ``(policy key, check)``; a failure is filed
+#: as ``snp.policy.<key>``.
+CHECKS: tuple[tuple[str, Check], ...] = (
+    ("allow_debug", _allow_debug),
+    ("report_data", _report_data),
+    ("require_collateral", _require_collateral),
+    ("max_collateral_age", _max_collateral_age),
+    *((key, _pinned(key)) for key in _PINNED),
+    ("vmpl", _vmpl),
+    ("minimum_guest_svn", _minimum_guest_svn),
+    ("minimum_tcb", _minimum_tcb),
+    ("minimum_launch_tcb", _minimum_launch_tcb),
+    ("minimum_firmware", _minimum_firmware),
+    ("allow_provisional_firmware", _allow_provisional_firmware),
+    ("minimum_abi", _minimum_abi),
+    ("allow_migrate_ma", _flag(lambda f: not f.section.allow_migrate_ma and bool(f.report.policy & POLICY_MIGRATE_MA),
+                               "the guest policy allows a migration agent (bit 18 MIGRATE_MA) and the policy forbids it")),
+    ("allow_smt", _flag(lambda f: not f.section.allow_smt and bool(f.report.platform_info & PLATFORM_SMT_EN),
+                        "the platform has SMT enabled (PLATFORM_INFO bit 0) and the policy forbids it")),
+    ("require_single_socket", _flag(lambda f: f.section.require_single_socket and not f.report.policy & POLICY_SINGLE_SOCKET,
+                                    "the guest policy's SINGLE_SOCKET bit (20) is clear and the policy requires it")),
+    ("require_tsme", _flag(lambda f: f.section.require_tsme and not f.report.platform_info & PLATFORM_TSME_EN,
+                           "TSME is not enabled on the platform (PLATFORM_INFO bit 1) and the policy requires it")),
+    ("require_ciphertext_hiding", _flag(lambda f: f.section.require_ciphertext_hiding and not f.report.platform_info & PLATFORM_CIPHERTEXT_HIDING_EN,
+                                        "ciphertext hiding is not enabled on the platform (PLATFORM_INFO bit 4) and the policy requires it")),
+    ("require_id_block", _flag(lambda f: f.section.require_id_block and not any(f.report.id_key_digest),
+                               "the guest was launched without an ID block (ID_KEY_DIGEST is zero) and the policy requires one")),
+    ("require_author_key", _flag(lambda f: f.section.require_author_key and not (f.report.author_key_en and any(f.report.author_key_digest)),
+                                 "the ID block has no author key (AUTHOR_KEY_EN clear) and the policy requires one")),
+    ("signing_keys", _signing_keys),
+    ("products", _products),
+)
+
+
+def validate_snp(report: SnpReport, verification: SnpVerification, policy: AppraisalPolicy, *, at: datetime) -> list[Reason]:
+    """Every policy check on a verified report (:data:`CHECKS`, in order); returns every
+    failure (empty: accepted by policy)."""
+    facts = SnpFacts(report, verification, policy, policy.section(NAME, SnpPolicy), at)
+    return [Reason(f"snp.policy.{key}", message) for key, check in CHECKS for message in check(facts)]
