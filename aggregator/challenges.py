@@ -1,5 +1,6 @@
 """The aggregator's admission challenges: what it hands out in ``GetChallenge`` and checks
 first in ``Admit``."""
+
 from __future__ import annotations
 
 import hashlib
@@ -44,9 +45,14 @@ class ChallengeStore:
     def consume(self, challenge: bytes, site_id: str) -> Reason | None:
         """Check the challenge (MAC, expiry, not used) and mark it used; say why it is unusable."""
         challenge = bytes(challenge)
-        if len(challenge) != CHALLENGE_BYTES or not hmac.compare_digest(self._mac(site_id, challenge[:24]), challenge[24:]):
-            return Reason("admission.challenge", "the challenge was not issued by this aggregator to this site id (forged, "
-                          "for another site, or from before a restart)")
+        if len(challenge) != CHALLENGE_BYTES or not hmac.compare_digest(
+            self._mac(site_id, challenge[:24]), challenge[24:]
+        ):
+            return Reason(
+                "admission.challenge",
+                "the challenge was not issued by this aggregator to this site id (forged, "
+                "for another site, or from before a restart)",
+            )
         now = self._clock()
         expires = struct.unpack(">Q", challenge[16:24])[0] / 1000
         if now > expires:

@@ -11,6 +11,7 @@ back an *older* sealed checkpoint (rollback). Both show in the audit log: each r
 round it resumed from and the checkpoint's digest, so a round number that goes backwards, or a
 resumed model digest that differs from the last logged round's, is visible to an auditor.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,8 +55,16 @@ def prepare_checkpoint(state_dir: Path, sealing: SealingKeySource, checkpoint: C
     function that puts it in place (an atomic rename, then the directory fsync). Between the two
     the caller logs what the checkpoint commits; if that fails the old checkpoint stays."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    body = cbor2.dumps({"version": 1, "round": checkpoint.round, "dp_rounds": checkpoint.dp_rounds,
-                        "model": checkpoint.model, "created": checkpoint.created}, canonical=True)
+    body = cbor2.dumps(
+        {
+            "version": 1,
+            "round": checkpoint.round,
+            "dp_rounds": checkpoint.dp_rounds,
+            "model": checkpoint.model,
+            "created": checkpoint.created,
+        },
+        canonical=True,
+    )
     nonce = os.urandom(12)
     sealed = MAGIC + nonce + AESGCM(sealing.key(PURPOSE)).encrypt(nonce, body, MAGIC)
     path = state_dir / FILE_NAME
@@ -100,9 +109,9 @@ def load_checkpoint(state_dir: Path, sealing: SealingKeySource) -> Checkpoint | 
         raise CheckpointError(str(exc)) from None
     if len(data) > MAX_CHECKPOINT_BYTES or not data.startswith(MAGIC) or len(data) < len(MAGIC) + 12 + 16:
         raise CheckpointError(f"{path} is not a sealed attestfl checkpoint")
-    nonce = data[len(MAGIC):len(MAGIC) + 12]
+    nonce = data[len(MAGIC) : len(MAGIC) + 12]
     try:
-        body = AESGCM(sealing.key(PURPOSE)).decrypt(nonce, data[len(MAGIC) + 12:], MAGIC)
+        body = AESGCM(sealing.key(PURPOSE)).decrypt(nonce, data[len(MAGIC) + 12 :], MAGIC)
     except InvalidTag:
         raise CheckpointError(
             f"{path} cannot be unsealed: it was sealed by other code or on another platform, or it was tampered with. "
@@ -110,7 +119,9 @@ def load_checkpoint(state_dir: Path, sealing: SealingKeySource) -> Checkpoint | 
         ) from None
     try:
         fields = cbor2.loads(body)
-        return Checkpoint(int(fields["round"]), int(fields["dp_rounds"]), bytes(fields["model"]), str(fields["created"]))
+        return Checkpoint(
+            int(fields["round"]), int(fields["dp_rounds"]), bytes(fields["model"]), str(fields["created"])
+        )
     except (KeyError, TypeError, ValueError, cbor2.CBORDecodeError) as exc:
         raise CheckpointError(f"{path}: malformed checkpoint contents: {exc}") from exc
 

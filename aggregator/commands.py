@@ -5,6 +5,7 @@ not admitted); 2 unusable configuration or input, or the ``aggregator`` extra no
 3 ``serve`` stopped on a fault (the audit log could not be written): fix it and start again.
 Errors end the command in ``attestfl.cli.main`` (one line, their exit status).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,13 @@ AGGREGATOR_EXTRA_MODULES = ("numba", "dp_accounting", "prometheus_client")
 
 
 def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = subparsers.add_parser("serve", help="run the attested aggregator",
-                                  description="Run the aggregator: gRPC federation service, admission, rounds. "
-                                  "Prints one JSON line when ready; logs JSON lines on stderr. Needs the aggregator "
-                                  "extra: pip install 'attestfl[aggregator]'.")
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the attested aggregator",
+        description="Run the aggregator: gRPC federation service, admission, rounds. "
+        "Prints one JSON line when ready; logs JSON lines on stderr. Needs the aggregator "
+        "extra: pip install 'attestfl[aggregator]'.",
+    )
     serve.add_argument("--config", required=True, metavar="FILE", help="aggregator.toml")
     serve.set_defaults(handler=run_serve)
 
@@ -37,6 +41,9 @@ def run_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
     configure_logging()
     status = asyncio.run(serve(config))
     if status:
-        print("attestfl: error: the aggregator stopped on a fault (see the log); nothing was applied without its audit "
-              "entry. Fix the cause (e.g. free disk space) and start it again: it recovers the log and resumes.", file=err)
+        print(
+            "attestfl: error: the aggregator stopped on a fault (see the log); nothing was applied without its audit "
+            "entry. Fix the cause (e.g. free disk space) and start it again: it recovers the log and resumes.",
+            file=err,
+        )
     return status

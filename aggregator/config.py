@@ -18,6 +18,7 @@ aggregator.toml::
 
 The rules every file follows (types, bounds, error lines): :mod:`protocol.config`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,7 +56,9 @@ DEFAULT_METRICS_HOST = "127.0.0.1"
 class AggregatorTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The ``[aggregator]`` table as written (see the module docstring)."""
 
-    listen: Annotated[str, Meta(description='host:port, like "0.0.0.0:7443" or "[::]:7443" (port 0: any free port)')] = "127.0.0.1:7443"
+    listen: Annotated[
+        str, Meta(description='host:port, like "0.0.0.0:7443" or "[::]:7443" (port 0: any free port)')
+    ] = "127.0.0.1:7443"
     tee: Literal[TEE_CHOICES] = "auto"  # type: ignore[valid-type]
     simulated_dir: PathText | None = None
     gpu: Literal[GPU_CHOICES] = "none"  # type: ignore[valid-type]
@@ -104,21 +107,31 @@ class AggregatorConfig:
         try:
             unknown = sorted(set(data) - set(_TABLES))
             if unknown:
-                raise ConfigError(f"unknown table(s) {', '.join(unknown)}; allowed: {', '.join(f'[{t}]' for t in _TABLES)}")
+                raise ConfigError(
+                    f"unknown table(s) {', '.join(unknown)}; allowed: {', '.join(f'[{t}]' for t in _TABLES)}"
+                )
             for name in _TABLES:
                 if not isinstance(data.get(name, {}), dict):
                     raise ConfigError(f"[{name}]: expected a table, got {value_repr(data[name])}")
             section = read_struct(data.get("aggregator", {}), AggregatorTable, "aggregator")
             listen = read_endpoint(section.listen, "aggregator", "listen", allow_port_zero=True)
             if section.metrics_listen:
-                metrics = read_endpoint(section.metrics_listen, "aggregator", "metrics_listen", default_host=DEFAULT_METRICS_HOST)
-                if metrics.port == listen.port and (metrics.host == listen.host or metrics.is_wildcard or listen.is_wildcard):
-                    raise ConfigError(f"[aggregator] metrics_listen: port {metrics.port} is the gRPC port of listen; use another port")
+                metrics = read_endpoint(
+                    section.metrics_listen, "aggregator", "metrics_listen", default_host=DEFAULT_METRICS_HOST
+                )
+                if metrics.port == listen.port and (
+                    metrics.host == listen.host or metrics.is_wildcard or listen.is_wildcard
+                ):
+                    raise ConfigError(
+                        f"[aggregator] metrics_listen: port {metrics.port} is the gRPC port of listen; use another port"
+                    )
             if section.tee.startswith("simulated") and section.simulated_dir is None:
                 raise ConfigError("[aggregator] simulated_dir: required for a simulated TEE (a path)")
             log_dir, state_dir = base / section.log_dir, base / section.state_dir
             if log_dir.resolve() == state_dir.resolve():
-                raise ConfigError(f"[aggregator] state_dir: must differ from log_dir, got {value_repr(section.state_dir)}")
+                raise ConfigError(
+                    f"[aggregator] state_dir: must differ from log_dir, got {value_repr(section.state_dir)}"
+                )
             stall = parse_duration(section.stall_timeout, "aggregator", "stall_timeout")
             admission = AdmissionPolicy.from_table(data.get("admission", {}), base)
             task = TaskConfig.from_table(data.get("task", {}), base)
@@ -138,5 +151,3 @@ class AggregatorConfig:
             )
         except (PolicyError, ValueError) as exc:  # ConfigError, TaskConfigError, PolicyError
             raise ConfigError(f"{path}: {exc}") from None
-
-

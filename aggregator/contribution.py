@@ -25,6 +25,7 @@ The scores never leave the TEE raw: :mod:`aggregator.monitoring` aggregates them
 signs them with the enclave key and releases them as the task's policy allows (optionally
 with Laplace noise).
 """
+
 from __future__ import annotations
 
 import math
@@ -68,8 +69,14 @@ def reference_direction(samples: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (weights[:, None] * samples).sum(axis=0) / weights.sum()
 
 
-def shapley_consensus(samples: np.ndarray, weights: np.ndarray, *, rng: np.random.Generator,
-                      permutations: int = DEFAULT_PERMUTATIONS, truncation: float = DEFAULT_TRUNCATION) -> tuple[np.ndarray, float]:
+def shapley_consensus(
+    samples: np.ndarray,
+    weights: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    permutations: int = DEFAULT_PERMUTATIONS,
+    truncation: float = DEFAULT_TRUNCATION,
+) -> tuple[np.ndarray, float]:
     """Shapley values of the rows of ``samples`` (N × sample) for the consensus utility, and the
     full set's utility. ``weights``: the sites' FedAvg weights."""
     n = samples.shape[0]
@@ -101,9 +108,15 @@ def shapley_consensus(samples: np.ndarray, weights: np.ndarray, *, rng: np.rando
     return values / permutations, full
 
 
-def estimate(updates: dict[str, np.ndarray], weights: dict[str, float], *, rng: np.random.Generator,
-             sample: int = DEFAULT_SAMPLE, permutations: int = DEFAULT_PERMUTATIONS,
-             truncation: float = DEFAULT_TRUNCATION) -> ContributionEstimate:
+def estimate(
+    updates: dict[str, np.ndarray],
+    weights: dict[str, float],
+    *,
+    rng: np.random.Generator,
+    sample: int = DEFAULT_SAMPLE,
+    permutations: int = DEFAULT_PERMUTATIONS,
+    truncation: float = DEFAULT_TRUNCATION,
+) -> ContributionEstimate:
     """One round's contributor values from the sites' flattened updates (all the same size)."""
     sites = sorted(updates)
     if not sites:
@@ -111,12 +124,15 @@ def estimate(updates: dict[str, np.ndarray], weights: dict[str, float], *, rng: 
     size = updates[sites[0]].size
     coordinates = sample_coordinates(size, sample, rng)
     samples = np.stack([np.asarray(updates[s], dtype=np.float32).reshape(-1)[coordinates] for s in sites])
-    values, full = shapley_consensus(samples, np.array([weights[s] for s in sites]), rng=rng, permutations=permutations,
-                                     truncation=truncation)
+    values, full = shapley_consensus(
+        samples, np.array([weights[s] for s in sites]), rng=rng, permutations=permutations, truncation=truncation
+    )
     return ContributionEstimate({s: float(v) for s, v in zip(sites, values)}, full, permutations, int(coordinates.size))
 
 
-def laplace_release(values: dict[str, float], epsilon: float, sensitivity: float, rng: np.random.Generator) -> dict[str, float]:
+def laplace_release(
+    values: dict[str, float], epsilon: float, sensitivity: float, rng: np.random.Generator
+) -> dict[str, float]:
     """``values`` with Laplace noise of scale sensitivity/epsilon (epsilon-DP for one release)."""
     if not (epsilon > 0 and math.isfinite(epsilon)):
         raise ValueError("epsilon must be a positive finite number")
@@ -124,4 +140,11 @@ def laplace_release(values: dict[str, float], epsilon: float, sensitivity: float
     return {site: float(v + rng.laplace(0.0, scale)) for site, v in values.items()}
 
 
-__all__ = ["ContributionEstimate", "estimate", "laplace_release", "reference_direction", "sample_coordinates", "shapley_consensus"]
+__all__ = [
+    "ContributionEstimate",
+    "estimate",
+    "laplace_release",
+    "reference_direction",
+    "sample_coordinates",
+    "shapley_consensus",
+]

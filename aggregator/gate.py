@@ -21,6 +21,7 @@ Why by hand: gRPC's ``maximum_concurrent_rpcs`` is one budget for every call, co
 the request arrives, so 256 bodiless calls locked every site out; no gRPC option separates
 unauthenticated from authenticated work or limits per client address.
 """
+
 from __future__ import annotations
 
 import threading
@@ -117,8 +118,17 @@ class Gate:
         peer = self._peers.get(address)
         if peer is None:
             limits = self.limits
-            peer = _Peer(_Bucket(limits.handshake_rate_per_ip, limits.handshake_burst_per_ip, limits.handshake_burst_per_ip, now),
-                         _Bucket(limits.refusal_log_rate_per_ip, limits.refusal_log_burst_per_ip, limits.refusal_log_burst_per_ip, now))
+            peer = _Peer(
+                _Bucket(
+                    limits.handshake_rate_per_ip, limits.handshake_burst_per_ip, limits.handshake_burst_per_ip, now
+                ),
+                _Bucket(
+                    limits.refusal_log_rate_per_ip,
+                    limits.refusal_log_burst_per_ip,
+                    limits.refusal_log_burst_per_ip,
+                    now,
+                ),
+            )
             self._peers[address] = peer
             if len(self._peers) > MAX_TRACKED_PEERS:
                 for old, state in list(self._peers.items()):

@@ -13,6 +13,7 @@ loopback is logged as a warning. Scrape it from inside the pod (a sidecar), thro
 ``kubectl port-forward`` (not into a Kata guest), or behind an authenticating proxy
 (deploy/kubernetes/README.md, "Metrics").
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,16 +72,23 @@ def metrics_http_server(listen: str, registry: CollectorRegistry = REGISTRY) -> 
     (scrape it through a sidecar or an authenticating proxy instead)."""
     endpoint = metrics_endpoint(listen)
     if not endpoint.is_loopback:
-        LOG.warning("metrics exposed", extra={"fields": {
-            "metrics_listen": str(endpoint),
-            "reason": "Prometheus metrics are unauthenticated: bind them to 127.0.0.1 and scrape them "
-                      "through a sidecar or an authenticating proxy"}})
+        LOG.warning(
+            "metrics exposed",
+            extra={
+                "fields": {
+                    "metrics_listen": str(endpoint),
+                    "reason": "Prometheus metrics are unauthenticated: bind them to 127.0.0.1 and scrape them "
+                    "through a sidecar or an authenticating proxy",
+                }
+            },
+        )
     server, _thread = start_http_server(endpoint.port, addr=endpoint.host, registry=registry)
     return server
 
 
-def start_metrics_server(listen: str, service: FederationService, driver: RoundDriver, *,
-                         registry: CollectorRegistry = REGISTRY) -> int:
+def start_metrics_server(
+    listen: str, service: FederationService, driver: RoundDriver, *, registry: CollectorRegistry = REGISTRY
+) -> int:
     """Export the aggregator's metrics on ``listen`` (``metrics_listen``); the bound port."""
     registry.register(AggregatorCollector(service, driver))
     return metrics_http_server(listen, registry).server_port

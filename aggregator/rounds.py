@@ -32,6 +32,7 @@ only ``name``. Deprecated, still read: ``trimmed_mean_beta``, ``krum_f``, ``krum
 Clipping and DP wrap the strategy (:class:`~aggregator.strategies.Clipped`,
 :class:`~aggregator.strategies.CentralDp`); the driver below only calls the wrapped strategy.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,18 +41,17 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Annotated, Callable
+from typing import Annotated, Any
 
 import grpc
 import msgspec
 import numpy as np
 from msgspec import Meta
 
-from attestation.errors import AttestflError
 from aggregator.service import EventSink, LogEvents, Task, UpdateRefused
-from protocol.config import MAX_DURATION_SECONDS, Duration, PathText, format_seconds, parse_duration, read_struct, value_repr
 from aggregator.strategies import (
     MAX_SITES,
     CentralDp,
@@ -63,6 +63,16 @@ from aggregator.strategies import (
     make_strategy,
     strategy_class,
     strategy_names,
+)
+from attestation.errors import AttestflError
+from protocol.config import (
+    MAX_DURATION_SECONDS,
+    Duration,
+    PathText,
+    format_seconds,
+    parse_duration,
+    read_struct,
+    value_repr,
 )
 from protocol.tensors import ModelSpec, UpdateFormatError, encode_tensors, flatten, load_model, unflatten
 
@@ -117,8 +127,10 @@ def read_strategy(task: TaskTable) -> Strategy:
         table = dict(task.strategy)
         for key in flat:
             name, parameter = FLAT_PARAMETERS[key]
-            raise TaskConfigError(f"[task] {key}: with a [task.strategy] table, write the parameter there "
-                                  f"({parameter} = ..., for name = {value_repr(name)})")
+            raise TaskConfigError(
+                f"[task] {key}: with a [task.strategy] table, write the parameter there "
+                f"({parameter} = ..., for name = {value_repr(name)})"
+            )
         name = table.pop("name", None)
         if name is None:
             raise TaskConfigError(f"[task.strategy] name: required: one of {_strategy_names_text()}")
@@ -131,8 +143,10 @@ def read_strategy(task: TaskTable) -> Strategy:
                 table[parameter] = value
         if flat:
             wanted = "\n".join([f"name = {value_repr(name)}", *(f"{k} = {value_repr(v)}" for k, v in table.items())])
-            LOG.warning("deprecated [task] keys: write the strategy's parameters in a [task.strategy] table",
-                        extra={"fields": {"keys": sorted(flat), "instead": f"[task.strategy]\n{wanted}"}})
+            LOG.warning(
+                "deprecated [task] keys: write the strategy's parameters in a [task.strategy] table",
+                extra={"fields": {"keys": sorted(flat), "instead": f"[task.strategy]\n{wanted}"}},
+            )
         where, key = "task", "strategy"
     if not isinstance(name, str) or name not in strategy_names():
         raise TaskConfigError(f"[{where}] {key}: expected one of {_strategy_names_text()}, got {value_repr(name)}")
@@ -143,8 +157,10 @@ def read_strategy(task: TaskTable) -> Strategy:
     fields = {field.encode_name for field in msgspec.structs.fields(cls.Parameters)}
     unknown = sorted(set(table) - fields)
     if unknown:
-        raise TaskConfigError(f"[task.strategy]: unknown key(s) {', '.join(unknown)} for strategy {value_repr(name)}; "
-                              f"allowed: {', '.join(['name', *sorted(fields)])}")
+        raise TaskConfigError(
+            f"[task.strategy]: unknown key(s) {', '.join(unknown)} for strategy {value_repr(name)}; "
+            f"allowed: {', '.join(['name', *sorted(fields)])}"
+        )
     parameters = read_struct(table, cls.Parameters, "task.strategy", TaskConfigError)
     try:
         return build_strategy(cls, parameters)
@@ -196,7 +212,7 @@ class TaskConfig:
         return strategy
 
     @classmethod
-    def from_table(cls, table: dict[str, Any], base_dir: Path) -> "TaskConfig":
+    def from_table(cls, table: dict[str, Any], base_dir: Path) -> TaskConfig:
         """Every value checked (types, bounds, durations) before the model file is read."""
         task = read_struct(table, TaskTable, "task", TaskConfigError)
         deadline = parse_duration(task.round_deadline, "task", "round_deadline", error=TaskConfigError)
@@ -227,12 +243,18 @@ class TaskConfig:
     def validate(self, *, model: bool = True) -> None:
         """Check a configuration however it was made (``from_table`` or in code)."""
         if not _is_int(self.rounds) or not 1 <= self.rounds <= MAX_ROUNDS:
-            raise TaskConfigError(f"[task] rounds: expected an integer from 1 to {MAX_ROUNDS}, got {value_repr(self.rounds)}")
+            raise TaskConfigError(
+                f"[task] rounds: expected an integer from 1 to {MAX_ROUNDS}, got {value_repr(self.rounds)}"
+            )
         if not _is_int(self.min_sites) or not 1 <= self.min_sites <= MAX_SITES:
-            raise TaskConfigError(f"[task] min_sites: expected an integer from 1 to {MAX_SITES}, got {value_repr(self.min_sites)}")
+            raise TaskConfigError(
+                f"[task] min_sites: expected an integer from 1 to {MAX_SITES}, got {value_repr(self.min_sites)}"
+            )
         if not _is_number(self.round_deadline) or not 0 < self.round_deadline <= MAX_DURATION_SECONDS:
-            raise TaskConfigError(f"[task] round_deadline: expected a duration longer than zero and at most "
-                                  f"{format_seconds(MAX_DURATION_SECONDS)}, got {value_repr(self.round_deadline)}")
+            raise TaskConfigError(
+                f"[task] round_deadline: expected a duration longer than zero and at most "
+                f"{format_seconds(MAX_DURATION_SECONDS)}, got {value_repr(self.round_deadline)}"
+            )
         if not isinstance(self.evaluate, bool):
             raise TaskConfigError(f"[task] evaluate: expected true or false, got {value_repr(self.evaluate)}")
         if self.clip_norm is not None and (not _is_number(self.clip_norm) or self.clip_norm <= 0):
@@ -242,12 +264,16 @@ class TaskConfig:
                 if not _is_number(value) or value <= 0:
                     raise TaskConfigError(f"[task.dp] {key}: expected a finite number > 0, got {value_repr(value)}")
             if not _is_number(self.dp.delta) or not 0 < self.dp.delta < 1:
-                raise TaskConfigError(f"[task.dp] delta: expected a finite number in (0, 1), got {value_repr(self.dp.delta)}")
+                raise TaskConfigError(
+                    f"[task.dp] delta: expected a finite number in (0, 1), got {value_repr(self.dp.delta)}"
+                )
         needed = self.strategy.minimum_sites()
         if self.min_sites < needed:
             parameters = ", ".join(f"{k} = {v}" for k, v in self.strategy.describe().items() if k != "name")
-            raise TaskConfigError(f"[task] min_sites: strategy {self.strategy.name}{f' ({parameters})' if parameters else ''} "
-                                  f"needs at least {needed} sites per round; min_sites is {self.min_sites}")
+            raise TaskConfigError(
+                f"[task] min_sites: strategy {self.strategy.name}{f' ({parameters})' if parameters else ''} "
+                f"needs at least {needed} sites per round; min_sites is {self.min_sites}"
+            )
         if model:
             try:
                 self.spec
@@ -284,10 +310,17 @@ def weighted_metrics(metrics: dict[str, dict[str, float]], examples: dict[str, i
 class RoundDriver:
     """The :class:`aggregator.service.TaskDriver` of a training task. Thread-safe."""
 
-    def __init__(self, config: TaskConfig, *, events: EventSink | None = None,
-                 live_sites: Callable[[], int] = lambda: 0, start_round: int = 1,
-                 model: dict[str, np.ndarray] | None = None, epsilon_rounds: int = 0,
-                 checkpoint: Callable[[int, int, bytes], Callable[[], None]] | None = None) -> None:
+    def __init__(
+        self,
+        config: TaskConfig,
+        *,
+        events: EventSink | None = None,
+        live_sites: Callable[[], int] = lambda: 0,
+        start_round: int = 1,
+        model: dict[str, np.ndarray] | None = None,
+        epsilon_rounds: int = 0,
+        checkpoint: Callable[[int, int, bytes], Callable[[], None]] | None = None,
+    ) -> None:
         self.config = config
         #: What aggregates each round: the task's strategy with its wrappers (clipping, DP).
         self.strategy = config.aggregation()
@@ -333,14 +366,23 @@ class RoundDriver:
 
     def task(self) -> Task:
         with self._lock:
-            return Task(self.round if not self.finished else self.config.rounds + 1, self.spec, int(self._deadline * 1000),
-                        self.finished, self.config.rounds, self.config.evaluate, attempt=self.attempt)
+            return Task(
+                self.round if not self.finished else self.config.rounds + 1,
+                self.spec,
+                int(self._deadline * 1000),
+                self.finished,
+                self.config.rounds,
+                self.config.evaluate,
+                attempt=self.attempt,
+            )
 
     def model_bytes(self, round_number: int) -> bytes:
         with self._lock:
             model = self._models.get(round_number)
         if model is None:
-            raise UpdateRefused(f"no model for round {round_number} (current round {self.round})", grpc.StatusCode.NOT_FOUND)
+            raise UpdateRefused(
+                f"no model for round {round_number} (current round {self.round})", grpc.StatusCode.NOT_FOUND
+            )
         return model
 
     def final_model(self) -> dict[str, np.ndarray]:
@@ -356,13 +398,26 @@ class RoundDriver:
             if round_number != self.round:
                 raise UpdateRefused(f"round {round_number} is not open (the open round is {self.round})")
             if attempt != self.attempt:
-                raise UpdateRefused(f"attempt {attempt} of round {round_number} is not open (the open attempt is {self.attempt}): "
-                                    "an update sealed for another attempt is never reused")
+                raise UpdateRefused(
+                    f"attempt {attempt} of round {round_number} is not open (the open attempt is {self.attempt}): "
+                    "an update sealed for another attempt is never reused"
+                )
             if site_id in self._received:
-                raise UpdateRefused(f"site {site_id!r} already submitted an update in round {round_number}", grpc.StatusCode.ALREADY_EXISTS)
+                raise UpdateRefused(
+                    f"site {site_id!r} already submitted an update in round {round_number}",
+                    grpc.StatusCode.ALREADY_EXISTS,
+                )
 
-    def accept_update(self, site_id: str, round_number: int, attempt: int, update: dict[str, np.ndarray], weight: float,
-                      digest: bytes, receipt: dict[str, Any]) -> None:
+    def accept_update(
+        self,
+        site_id: str,
+        round_number: int,
+        attempt: int,
+        update: dict[str, np.ndarray],
+        weight: float,
+        digest: bytes,
+        receipt: dict[str, Any],
+    ) -> None:
         """Log the update's receipt (durably), then add the update to the round: if the log
         refuses, nothing is applied and the error propagates (no receipt is sent)."""
         vector = flatten(update, self.spec)
@@ -375,7 +430,11 @@ class RoundDriver:
     def close_if_complete(self) -> None:
         """Aggregate now when every live site (and at least the quorum) has submitted."""
         with self._lock:
-            if not self.finished and self._received and len(self._received) >= max(self.config.min_sites, self.live_sites()):
+            if (
+                not self.finished
+                and self._received
+                and len(self._received) >= max(self.config.min_sites, self.live_sites())
+            ):
                 self._close_round()
 
     def report_metrics(self, site_id: str, round_number: int, metrics: dict[str, float], examples: int) -> None:
@@ -384,10 +443,15 @@ class RoundDriver:
         with self._lock:
             current = self.config.rounds + 1 if self.finished else self.round
             if round_number != current:
-                raise UpdateRefused(f"metrics are accepted for the current round's model (round {current}), not round {round_number}")
+                raise UpdateRefused(
+                    f"metrics are accepted for the current round's model (round {current}), not round {round_number}"
+                )
             record = self.record(round_number)
             if site_id in record.metrics:
-                raise UpdateRefused(f"site {site_id!r} already reported metrics for round {round_number}", grpc.StatusCode.ALREADY_EXISTS)
+                raise UpdateRefused(
+                    f"site {site_id!r} already reported metrics for round {round_number}",
+                    grpc.StatusCode.ALREADY_EXISTS,
+                )
             self.events.record("metrics", site=site_id, round=round_number, metrics=metrics, examples=examples)
             record.metrics[site_id] = metrics
             record.examples[site_id] = max(0, examples)
@@ -404,8 +468,14 @@ class RoundDriver:
             if len(self._received) >= self.config.min_sites:
                 self._close_round()
                 return
-            self.events.record("round_retry", round=self.round, attempt=self.attempt, received=len(self._received),
-                               min_sites=self.config.min_sites, reason="deadline passed without quorum")
+            self.events.record(
+                "round_retry",
+                round=self.round,
+                attempt=self.attempt,
+                received=len(self._received),
+                min_sites=self.config.min_sites,
+                reason="deadline passed without quorum",
+            )
             self.attempt += 1
             self._begin()
 
@@ -428,8 +498,14 @@ class RoundDriver:
         commit_checkpoint = self.checkpoint(next_round, dp_rounds, model) if self.checkpoint is not None else None
         participants = dict(self._received)
         self.events.record(
-            "round", round=self.round, attempt=self.attempt, participants=participants, model_sha256=digest,
-            **self.strategy.round_fields(), epsilon=epsilon, aggregation_seconds=round(elapsed, 6),
+            "round",
+            round=self.round,
+            attempt=self.attempt,
+            participants=participants,
+            model_sha256=digest,
+            **self.strategy.round_fields(),
+            epsilon=epsilon,
+            aggregation_seconds=round(elapsed, 6),
         )
         if commit_checkpoint is not None:
             commit_checkpoint()

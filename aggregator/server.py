@@ -6,6 +6,7 @@ health service. It prints one JSON line on stdout when ready (listen address, po
 enclave public keys, and for the simulated TEE the measurement and root fingerprints), logs
 structured JSON lines on stderr, and exposes Prometheus metrics when configured.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -62,7 +63,11 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 def make_attester(config: AggregatorConfig) -> Attester:
     # In the simulated TEE the measurement covers the code and this configuration.
-    return open_attester(config.tee, simulated_dir=config.simulated_dir, config=config.raw if config.tee.startswith("simulated") else None)
+    return open_attester(
+        config.tee,
+        simulated_dir=config.simulated_dir,
+        config=config.raw if config.tee.startswith("simulated") else None,
+    )
 
 
 def make_sealing(config: AggregatorConfig, attester: Attester) -> SealingKeySource | None:
@@ -82,17 +87,33 @@ class Running:
 def task_record(config: AggregatorConfig) -> dict[str, Any]:
     task = config.task
     dp = task.dp
-    return {"rounds": task.rounds, "min_sites": task.min_sites, "round_deadline_s": task.round_deadline,
-            "strategy": task.strategy.describe(), "clip_norm": task.clip_norm, "evaluate": task.evaluate,
-            "dp": None if dp is None else {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier, "delta": dp.delta}}
+    return {
+        "rounds": task.rounds,
+        "min_sites": task.min_sites,
+        "round_deadline_s": task.round_deadline,
+        "strategy": task.strategy.describe(),
+        "clip_norm": task.clip_norm,
+        "evaluate": task.evaluate,
+        "dp": None
+        if dp is None
+        else {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier, "delta": dp.delta},
+    }
 
 
-def open_audit_log(config: AggregatorConfig, keys: EnclaveKeys, attester: Attester, gpu: GpuAttester | None) -> AuditLog:
+def open_audit_log(
+    config: AggregatorConfig, keys: EnclaveKeys, attester: Attester, gpu: GpuAttester | None
+) -> AuditLog:
     """The tamper-evident log in ``log_dir``: this run's evidence and configuration first."""
     audit = AuditLog(config.log_dir, keys, forward=LogEvents())
     try:
-        audit.begin(attester, gpu=gpu, tee=config.tee, config_raw=config.raw, admission=config.admission,
-                    task=task_record(config))
+        audit.begin(
+            attester,
+            gpu=gpu,
+            tee=config.tee,
+            config_raw=config.raw,
+            admission=config.admission,
+            task=task_record(config),
+        )
     except BaseException:
         audit.close()
         raise
@@ -106,10 +127,14 @@ def bind(config: AggregatorConfig) -> tuple[grpc.aio.Server, int]:
     try:
         port = server.add_insecure_port(config.listen)
     except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...")
-        raise OSError(f"[aggregator] listen = {config.listen!r}: cannot listen there (in use, or not an address of this "
-                      f"machine): {exc}") from None
+        raise OSError(
+            f"[aggregator] listen = {config.listen!r}: cannot listen there (in use, or not an address of this "
+            f"machine): {exc}"
+        ) from None
     if port == 0:
-        raise OSError(f"[aggregator] listen = {config.listen!r}: cannot listen there (in use, or not an address of this machine)")
+        raise OSError(
+            f"[aggregator] listen = {config.listen!r}: cannot listen there (in use, or not an address of this machine)"
+        )
     return server, port
 
 
@@ -146,8 +171,16 @@ async def start(config: AggregatorConfig, events: EventSink | None = None) -> Ru
         raise
 
 
-async def _start(config: AggregatorConfig, keys: EnclaveKeys, attester: Attester, gpu: GpuAttester | None,
-                 events: EventSink, audit: AuditLog | None, server: grpc.aio.Server, port: int) -> Running:
+async def _start(
+    config: AggregatorConfig,
+    keys: EnclaveKeys,
+    attester: Attester,
+    gpu: GpuAttester | None,
+    events: EventSink,
+    audit: AuditLog | None,
+    server: grpc.aio.Server,
+    port: int,
+) -> Running:
     sessions: dict[bytes, Any] = {}
     sealing = make_sealing(config, attester)
     checkpoint = load_checkpoint(config.state_dir, sealing) if sealing is not None else None
@@ -159,18 +192,38 @@ async def _start(config: AggregatorConfig, keys: EnclaveKeys, attester: Attester
         assert sealing is not None
         return prepare_checkpoint(config.state_dir, sealing, Checkpoint(next_round, dp_rounds, model, now_iso()))
 
-    driver = RoundDriver(config.task, events=events, live_sites=lambda: len(sessions),
-                         start_round=checkpoint.round if checkpoint else 1, model=model,
-                         epsilon_rounds=checkpoint.dp_rounds if checkpoint else 0,
-                         checkpoint=seal_next if sealing is not None else None)
+    driver = RoundDriver(
+        config.task,
+        events=events,
+        live_sites=lambda: len(sessions),
+        start_round=checkpoint.round if checkpoint else 1,
+        model=model,
+        epsilon_rounds=checkpoint.dp_rounds if checkpoint else 0,
+        checkpoint=seal_next if sealing is not None else None,
+    )
     if checkpoint is not None:
-        events.record("restart", resumed_round=checkpoint.round, checkpoint_model_sha256=checkpoint.model_sha256,
-                      checkpoint_created=checkpoint.created, sealing=sealing.name if sealing else None)
+        events.record(
+            "restart",
+            resumed_round=checkpoint.round,
+            checkpoint_model_sha256=checkpoint.model_sha256,
+            checkpoint_created=checkpoint.created,
+            sealing=sealing.name if sealing else None,
+        )
     elif sealing is None:
-        events.record("no_sealing", reason="this TEE has no local sealing key: a restart starts training afresh (use a key broker)")
-    service = FederationService(keys=keys, attester=attester, gpu=gpu, admission=config.admission, driver=driver,
-                                events=events, stall_timeout=config.stall_timeout,
-                                tree_head=TreeHeads(audit) if audit is not None else None)
+        events.record(
+            "no_sealing",
+            reason="this TEE has no local sealing key: a restart starts training afresh (use a key broker)",
+        )
+    service = FederationService(
+        keys=keys,
+        attester=attester,
+        gpu=gpu,
+        admission=config.admission,
+        driver=driver,
+        events=events,
+        stall_timeout=config.stall_timeout,
+        tree_head=TreeHeads(audit) if audit is not None else None,
+    )
     service.sessions = sessions
     server.add_generic_rpc_handlers(handlers(service))
     await server.start()
@@ -179,8 +232,14 @@ async def _start(config: AggregatorConfig, keys: EnclaveKeys, attester: Attester
 
 def ready_line(config: AggregatorConfig, running: Running) -> dict[str, Any]:
     keys = running.service.keys.public
-    info: dict[str, Any] = {"ready": True, "listen": config.listen, "port": running.port, "tee": config.tee,
-                            "x25519": keys.x25519.hex(), "ed25519": keys.ed25519.hex()}
+    info: dict[str, Any] = {
+        "ready": True,
+        "listen": config.listen,
+        "port": running.port,
+        "tee": config.tee,
+        "x25519": keys.x25519.hex(),
+        "ed25519": keys.ed25519.hex(),
+    }
     attester = running.service.attester
     measurement = simulated_launch_measurement(attester)
     if measurement is not None:
@@ -227,8 +286,13 @@ async def serve(config: AggregatorConfig) -> int:
                 suppressed = service.gate.drain_suppressed()
                 if suppressed:
                     top = dict(sorted(suppressed.items(), key=lambda item: -item[1])[:64])
-                    service.events.record("refusals_suppressed", total=sum(suppressed.values()), peers=len(suppressed),
-                                          by_peer=top, seconds=SUPPRESSED_FLUSH_SECONDS)
+                    service.events.record(
+                        "refusals_suppressed",
+                        total=sum(suppressed.values()),
+                        peers=len(suppressed),
+                        by_peer=top,
+                        seconds=SUPPRESSED_FLUSH_SECONDS,
+                    )
         except Exception as exc:  # noqa: BLE001 - a round that cannot be logged or checkpointed: stop, apply nothing
             service.fail_stop(f"{type(exc).__name__}: {exc}")
         try:

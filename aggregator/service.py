@@ -14,6 +14,7 @@ the aggregator (fail-stop: no state change is applied without its durable audit 
 
 What the rounds do with updates is the :class:`TaskDriver`'s business (:mod:`aggregator.rounds`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -102,8 +103,16 @@ class TaskDriver(Protocol):
     def task(self) -> Task: ...
     def model_bytes(self, round_number: int) -> bytes: ...
     def check_upload(self, site_id: str, round_number: int, attempt: int) -> None: ...
-    def accept_update(self, site_id: str, round_number: int, attempt: int, update: dict[str, np.ndarray], weight: float,
-                      digest: bytes, receipt: dict[str, Any]) -> None: ...
+    def accept_update(
+        self,
+        site_id: str,
+        round_number: int,
+        attempt: int,
+        update: dict[str, np.ndarray],
+        weight: float,
+        digest: bytes,
+        receipt: dict[str, Any],
+    ) -> None: ...
     def close_if_complete(self) -> None: ...
     def report_metrics(self, site_id: str, round_number: int, metrics: dict[str, float], examples: int) -> None: ...
 
@@ -271,13 +280,22 @@ class FederationService:
         except Exception as exc:  # noqa: BLE001 - the barrier: logged, answered INTERNAL, nothing accepted
             if _is_fault(exc):
                 self.fail_stop(f"{method}: {exc}")
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the aggregator stopped on a fault; retry after it restarts")
-            LOG.error("internal error", extra={"fields": {"method": method, "error": type(exc).__name__, "detail": _short(str(exc), 300)}})
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the aggregator); nothing was accepted")
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, "the aggregator stopped on a fault; retry after it restarts"
+                )
+            LOG.error(
+                "internal error",
+                extra={"fields": {"method": method, "error": type(exc).__name__, "detail": _short(str(exc), 300)}},
+            )
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error (logged by the aggregator); nothing was accepted"
+            )
 
     async def _enter(self, context: grpc.aio.ServicerContext, method: str) -> Ticket:
         if self.stopped is not None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the aggregator stopped on a fault; retry after it restarts")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the aggregator stopped on a fault; retry after it restarts"
+            )
         if method in HANDSHAKE_METHODS:
             ticket = self.gate.enter_handshake(context.peer())
         else:
@@ -300,8 +318,9 @@ class FederationService:
         except StopAsyncIteration:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
         except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                f"no request message within {self.limits.request_timeout:g} s")
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no request message within {self.limits.request_timeout:g} s"
+            )
         if isinstance(request, Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the {request.type_name} message does not parse")
         return request
@@ -314,6 +333,7 @@ class FederationService:
                 return await self._barrier(context, method, implementation(request, context))
             finally:
                 ticket.release()
+
         return behaviour
 
     def client_stream(self, method: str, implementation: Callable) -> Callable:
@@ -323,6 +343,7 @@ class FederationService:
                 return await self._barrier(context, method, implementation(requests, context))
             finally:
                 ticket.release()
+
         return behaviour
 
     def server_stream(self, method: str, implementation: Callable) -> Callable:
@@ -339,6 +360,7 @@ class FederationService:
                     yield item
             finally:
                 ticket.release()
+
         return behaviour
 
     # --- handshake ---------------------------------------------------------------------------
@@ -351,12 +373,16 @@ class FederationService:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         loop = asyncio.get_running_loop()
         async with self._evidence:
-            bundle = await loop.run_in_executor(None, lambda: make_bundle(self.attester, self.keys, nonce, gpu=self.gpu))
+            bundle = await loop.run_in_executor(
+                None, lambda: make_bundle(self.attester, self.keys, nonce, gpu=self.gpu)
+            )
         data = encode_bundle(bundle)
         self.counters.bytes_out += len(data)
         return pb.EvidenceResponse(bundle=data)
 
-    async def GetChallenge(self, request: pb.ChallengeRequest, context: grpc.aio.ServicerContext) -> pb.ChallengeResponse:
+    async def GetChallenge(
+        self, request: pb.ChallengeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ChallengeResponse:
         if not valid_site_id(request.site_id):
             self._refused(context, "refused", method="GetChallenge", reason="site id")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a site id is 1-128 letters, digits, '-', '_' or '.'")
@@ -368,8 +394,12 @@ class FederationService:
         site_id = request.site_id
         challenge_reason = self.challenges.consume(request.challenge, site_id)
         now = self.clock()
-        identity = IdentityProof(bytes(request.identity_public), bytes(request.identity_signature),
-                                 bytes(request.identity_certificate), bytes(request.aggregator_evidence_sha256))
+        identity = IdentityProof(
+            bytes(request.identity_public),
+            bytes(request.identity_signature),
+            bytes(request.identity_certificate),
+            bytes(request.aggregator_evidence_sha256),
+        )
         appraisal = await self._appraise(request, context, challenge_reason, identity, now)
         self._log_admission(request, context, appraisal, identity, now)
         if not appraisal.admitted:
@@ -381,18 +411,28 @@ class FederationService:
 
     async def _check_admit_request(self, request: pb.AdmitRequest, context: grpc.aio.ServicerContext) -> None:
         """Bounded sizes and a well-formed site id, before any work."""
-        if (len(request.evidence) > MAX_EVIDENCE_BYTES
-                or len(request.identity_certificate) > MAX_IDENTITY_CERTIFICATE_BYTES):
+        if (
+            len(request.evidence) > MAX_EVIDENCE_BYTES
+            or len(request.identity_certificate) > MAX_IDENTITY_CERTIFICATE_BYTES
+        ):
             self._refused(context, "refused", method="Admit", reason="evidence or certificate size")
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"evidence over {MAX_EVIDENCE_BYTES} bytes or identity certificate over "
-                                f"{MAX_IDENTITY_CERTIFICATE_BYTES} bytes")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"evidence over {MAX_EVIDENCE_BYTES} bytes or identity certificate over "
+                f"{MAX_IDENTITY_CERTIFICATE_BYTES} bytes",
+            )
         if not valid_site_id(request.site_id):
             self._refused(context, "refused", method="Admit", reason="site id")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a site id is 1-128 letters, digits, '-', '_' or '.'")
 
-    async def _appraise(self, request: pb.AdmitRequest, context: grpc.aio.ServicerContext,
-                        challenge_reason: Reason | None, identity: IdentityProof, now: datetime) -> SiteAppraisal:
+    async def _appraise(
+        self,
+        request: pb.AdmitRequest,
+        context: grpc.aio.ServicerContext,
+        challenge_reason: Reason | None,
+        identity: IdentityProof,
+        now: datetime,
+    ) -> SiteAppraisal:
         """The admission decision: the site's evidence and identity against the policy (off the
         event loop, at most ``appraisal_concurrency`` at once), then the live-session rule."""
         site_id = request.site_id
@@ -401,36 +441,64 @@ class FederationService:
             async with asyncio.timeout(self.limits.request_timeout):
                 await self._appraisals.acquire()
         except TimeoutError:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the aggregator is busy appraising evidence; retry shortly")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "the aggregator is busy appraising evidence; retry shortly"
+            )
         try:
-            appraisal = await loop.run_in_executor(None, lambda: appraise_site(
-                self.admission, site_id=site_id, challenge_reason=challenge_reason, challenge=bytes(request.challenge),
-                x25519=bytes(request.site_x25519_public), ed25519=bytes(request.site_ed25519_public),
-                evidence_format=request.evidence_format, evidence=bytes(request.evidence),
-                app_attest_key_id=bytes(request.app_attest_key_id), identity=identity, aggregator=self.keys.public, at=now,
-            ))
+            appraisal = await loop.run_in_executor(
+                None,
+                lambda: appraise_site(
+                    self.admission,
+                    site_id=site_id,
+                    challenge_reason=challenge_reason,
+                    challenge=bytes(request.challenge),
+                    x25519=bytes(request.site_x25519_public),
+                    ed25519=bytes(request.site_ed25519_public),
+                    evidence_format=request.evidence_format,
+                    evidence=bytes(request.evidence),
+                    app_attest_key_id=bytes(request.app_attest_key_id),
+                    identity=identity,
+                    aggregator=self.keys.public,
+                    at=now,
+                ),
+            )
         finally:
             self._appraisals.release()
         live = [s for s in self.sessions.values() if s.site_id == site_id and s.expires > now]
         if appraisal.admitted and any(s.identity != appraisal.identity for s in live):
             # Re-admission replaces a live session only for the same identity key.
-            refusal = Reason("admission.session_live",
-                             f"site {site_id!r} has a live session under another identity key; it is not replaced")
+            refusal = Reason(
+                "admission.session_live",
+                f"site {site_id!r} has a live session under another identity key; it is not replaced",
+            )
             appraisal = replace(appraisal, admitted=False, reasons=(refusal,), status="contraindicated", identity=None)
         return appraisal
 
-    def _log_admission(self, request: pb.AdmitRequest, context: grpc.aio.ServicerContext, appraisal: SiteAppraisal,
-                       identity: IdentityProof, now: datetime) -> None:
+    def _log_admission(
+        self,
+        request: pb.AdmitRequest,
+        context: grpc.aio.ServicerContext,
+        appraisal: SiteAppraisal,
+        identity: IdentityProof,
+        now: datetime,
+    ) -> None:
         """The decision in the audit log. Once the peer proved the site's identity key: everything
         an auditor needs to re-run it offline (auditor.verify), the verifier's collateral included
         (each file once). Before that proof, only digests and bounded fields (rate-limited): an
         unauthenticated peer cannot make the log grow by its evidence."""
         reasons = [_short(str(r), 400) for r in appraisal.reasons]
         fields: dict[str, Any] = dict(
-            site=request.site_id, admitted=appraisal.admitted, reasons=reasons, platform=appraisal.platform,
-            evidence_format=_short(request.evidence_format, 32), evidence_sha256=hashlib.sha256(request.evidence).hexdigest(),
-            evidence_bytes=len(request.evidence), policy_id=self.admission.policy_id, at=now.isoformat(),
-            challenge=bytes(request.challenge[:64]), identity_public=identity.public[:32],
+            site=request.site_id,
+            admitted=appraisal.admitted,
+            reasons=reasons,
+            platform=appraisal.platform,
+            evidence_format=_short(request.evidence_format, 32),
+            evidence_sha256=hashlib.sha256(request.evidence).hexdigest(),
+            evidence_bytes=len(request.evidence),
+            policy_id=self.admission.policy_id,
+            at=now.isoformat(),
+            challenge=bytes(request.challenge[:64]),
+            identity_public=identity.public[:32],
         )
         if not appraisal.identity_proven:
             self._refused(context, "admission", **fields)
@@ -438,11 +506,17 @@ class FederationService:
         self._log_collateral(appraisal.collateral)
         fields.update(
             collateral={path: digest.hex() for path, digest in sorted(appraisal.collateral.items())},
-            evidence=bytes(request.evidence), claims=appraisal.claims, warnings=list(appraisal.warnings),
-            x25519=bytes(request.site_x25519_public), ed25519=bytes(request.site_ed25519_public),
-            app_attest_key_id=bytes(request.app_attest_key_id[:64]), identity_signature=identity.signature,
-            identity_certificate=identity.certificate, aggregator_evidence_sha256=identity.aggregator_evidence_sha256[:64],
-            aggregator_x25519=self.keys.public.x25519, aggregator_ed25519=self.keys.public.ed25519,
+            evidence=bytes(request.evidence),
+            claims=appraisal.claims,
+            warnings=list(appraisal.warnings),
+            x25519=bytes(request.site_x25519_public),
+            ed25519=bytes(request.site_ed25519_public),
+            app_attest_key_id=bytes(request.app_attest_key_id[:64]),
+            identity_signature=identity.signature,
+            identity_certificate=identity.certificate,
+            aggregator_evidence_sha256=identity.aggregator_evidence_sha256[:64],
+            aggregator_x25519=self.keys.public.x25519,
+            aggregator_ed25519=self.keys.public.ed25519,
         )
         self._record("admission", **fields)
 
@@ -457,9 +531,12 @@ class FederationService:
         assert appraisal.identity is not None
         session_id = os.urandom(16)
         transcript = transcript_hash(
-            site_id=site_id, challenge=bytes(request.challenge),
-            aggregator_x25519=self.keys.public.x25519, aggregator_ed25519=self.keys.public.ed25519,
-            site_x25519=bytes(request.site_x25519_public), site_ed25519=bytes(request.site_ed25519_public),
+            site_id=site_id,
+            challenge=bytes(request.challenge),
+            aggregator_x25519=self.keys.public.x25519,
+            aggregator_ed25519=self.keys.public.ed25519,
+            site_x25519=bytes(request.site_x25519_public),
+            site_ed25519=bytes(request.site_ed25519_public),
         )
         session_keys = derive_session_keys(shared, session_id=session_id, transcript=transcript)
         annotated = {k: v for k, v in appraisal.claims.items() if k in _EAR_CLAIMS}
@@ -470,19 +547,35 @@ class FederationService:
             annotated["warnings"] = list(appraisal.warnings)
         expires = now + self.admission.credential_ttl
         token = issue_credential(
-            self.keys.sign, key_id=self.key_id, session_id=session_id, site_id=site_id,
-            site_x25519=bytes(request.site_x25519_public), site_ed25519=bytes(request.site_ed25519_public),
-            status=appraisal.status, policy_id=self.admission.policy_id, annotated_claims=annotated,
-            now=now, ttl=self.admission.credential_ttl, build=self.build,
+            self.keys.sign,
+            key_id=self.key_id,
+            session_id=session_id,
+            site_id=site_id,
+            site_x25519=bytes(request.site_x25519_public),
+            site_ed25519=bytes(request.site_ed25519_public),
+            status=appraisal.status,
+            policy_id=self.admission.policy_id,
+            annotated_claims=annotated,
+            now=now,
+            ttl=self.admission.credential_ttl,
+            build=self.build,
         )
         replaced = [sid for sid, s in self.sessions.items() if s.site_id == site_id]
-        self._record("session", site=site_id, session=session_id.hex(), expires=expires.isoformat(),
-                     site_x25519=request.site_x25519_public.hex(), site_ed25519=request.site_ed25519_public.hex(),
-                     identity=appraisal.identity.hex(), replaces=[sid.hex() for sid in replaced])
+        self._record(
+            "session",
+            site=site_id,
+            session=session_id.hex(),
+            expires=expires.isoformat(),
+            site_x25519=request.site_x25519_public.hex(),
+            site_ed25519=request.site_ed25519_public.hex(),
+            identity=appraisal.identity.hex(),
+            replaces=[sid.hex() for sid in replaced],
+        )
         for old in replaced:
             del self.sessions[old]
-        self.sessions[session_id] = Session(session_id, site_id, session_keys, appraisal.platform, appraisal.identity,
-                                            appraisal.max_weight, expires)
+        self.sessions[session_id] = Session(
+            session_id, site_id, session_keys, appraisal.platform, appraisal.identity, appraisal.max_weight, expires
+        )
         self.counters.admitted += 1
         return pb.AdmitResponse(admitted=True, credential=token, session_id=session_id)
 
@@ -518,19 +611,29 @@ class FederationService:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the session expired: join again")
         if not session.calls.fresh(call):
             self._refused(context, "call_refused", site=session.site_id, reason="replayed call counter")
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"call {call} of this session was already made (replayed)")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, f"call {call} of this session was already made (replayed)"
+            )
         return session, call
 
-    async def _open(self, context: grpc.aio.ServicerContext, method: str, request: pb.Sealed) -> tuple[Session, int, bytes]:
+    async def _open(
+        self, context: grpc.aio.ServicerContext, method: str, request: pb.Sealed
+    ) -> tuple[Session, int, bytes]:
         """Authenticate a sealed request; the counter is used once it authenticates."""
         session, call = await self._session(context)
         try:
-            plaintext = open_message(session.keys, method=method, call=call, response=False, ciphertext=request.ciphertext)
+            plaintext = open_message(
+                session.keys, method=method, call=call, response=False, ciphertext=request.ciphertext
+            )
         except ProtocolError as exc:
-            self._refused(context, "call_refused", site=session.site_id, method=method, reason="not sealed under the session keys")
+            self._refused(
+                context, "call_refused", site=session.site_id, method=method, reason="not sealed under the session keys"
+            )
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         if not session.calls.fresh(call):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"call {call} of this session was already made (replayed)")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, f"call {call} of this session was already made (replayed)"
+            )
         session.calls.mark(call)
         return session, call, plaintext
 
@@ -544,12 +647,23 @@ class FederationService:
         inner = _parse(pb.TaskRequest, plaintext)
         task = self.driver.task()
         head, proof = self.tree_head(int(inner.known_tree_size))
-        response = pb.TaskResponse(round=task.round, model_spec=task.spec.to_json(), deadline_unix_ms=task.deadline_unix_ms,
-                                   finished=task.finished, rounds_total=task.rounds_total, evaluate=task.evaluate,
-                                   attempt=task.attempt, max_weight=session.max_weight, tree_head=head, consistency=proof)
+        response = pb.TaskResponse(
+            round=task.round,
+            model_spec=task.spec.to_json(),
+            deadline_unix_ms=task.deadline_unix_ms,
+            finished=task.finished,
+            rounds_total=task.rounds_total,
+            evaluate=task.evaluate,
+            attempt=task.attempt,
+            max_weight=session.max_weight,
+            tree_head=head,
+            consistency=proof,
+        )
         return self._seal(session, "GetTask", call, response)
 
-    async def DownloadModel(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SealedChunk]:
+    async def DownloadModel(
+        self, request: pb.Sealed, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SealedChunk]:
         session, call, plaintext = await self._open(context, "DownloadModel", request)
         inner = _parse(pb.DownloadRequest, plaintext)
         try:
@@ -557,14 +671,18 @@ class FederationService:
         except UpdateRefused as exc:
             await context.abort(exc.code, str(exc))
         for header, index, final, ciphertext in seal_chunks(
-            session.keys.aggregator_to_site, model, session_id=session.session_id, purpose="model",
+            session.keys.aggregator_to_site,
+            model,
+            session_id=session.session_id,
+            purpose="model",
             context=download_context(inner.round, session.site_id, call),
         ):
             self.counters.bytes_out += len(ciphertext)
             yield pb.SealedChunk(header=header, index=index, final=final, ciphertext=ciphertext)
 
-    async def _next_chunk(self, iterator: AsyncIterator[pb.SealedChunk], context: grpc.aio.ServicerContext,
-                          deadline: float) -> pb.SealedChunk | None:
+    async def _next_chunk(
+        self, iterator: AsyncIterator[pb.SealedChunk], context: grpc.aio.ServicerContext, deadline: float
+    ) -> pb.SealedChunk | None:
         timeout = min(self.stall_timeout, deadline - time.monotonic())
         try:
             async with asyncio.timeout(max(0.0, timeout)):  # no extra task per chunk, unlike wait_for
@@ -573,13 +691,20 @@ class FederationService:
             return None
         except TimeoutError:
             if time.monotonic() >= deadline:
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"the upload did not finish within {self.limits.upload_timeout:g} s")
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no chunk for {self.stall_timeout:.0f} s: the upload stalled")
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the upload did not finish within {self.limits.upload_timeout:g} s",
+                )
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no chunk for {self.stall_timeout:.0f} s: the upload stalled"
+            )
         if isinstance(chunk, Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the {chunk.type_name} message does not parse")
         return chunk
 
-    async def UploadUpdate(self, request_iterator: AsyncIterator[pb.SealedChunk], context: grpc.aio.ServicerContext) -> pb.Sealed:
+    async def UploadUpdate(
+        self, request_iterator: AsyncIterator[pb.SealedChunk], context: grpc.aio.ServicerContext
+    ) -> pb.Sealed:
         session, call = await self._session(context)
         if session.uploading:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "an upload of this session is already in flight")
@@ -589,14 +714,20 @@ class FederationService:
         finally:
             session.uploading = False
 
-    async def _upload(self, session: Session, call: int, request_iterator: AsyncIterator[pb.SealedChunk],
-                      context: grpc.aio.ServicerContext) -> pb.Sealed:
+    async def _upload(
+        self,
+        session: Session,
+        call: int,
+        request_iterator: AsyncIterator[pb.SealedChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.Sealed:
         update = await self._receive_update(session, call, request_iterator, context)
         try:
             # CPU work off the event loop (hashing and numpy release the GIL): other sites'
             # streams keep flowing meanwhile.
             digest, weight, accepted_ms, signature = await asyncio.get_running_loop().run_in_executor(
-                None, self._accept_update, session, call, update)
+                None, self._accept_update, session, call, update
+            )
         except (UpdateRefused, UpdateFormatError) as exc:
             await self._refuse_update(context, session, exc)
         self.counters.updates += 1
@@ -604,13 +735,26 @@ class FederationService:
         # Aggregation (and sealing the checkpoint) runs after the receipt is sent: a site does
         # not wait for the round's other work.
         self._closing = asyncio.get_running_loop().run_in_executor(None, self._close_if_complete)
-        receipt = pb.UploadReceipt(round=update.round, site_id=session.site_id, update_sha256=digest, weight=weight,
-                                   accepted_unix_ms=accepted_ms, signature=signature, attempt=update.attempt, call=call,
-                                   tree_head=head_bytes)
+        receipt = pb.UploadReceipt(
+            round=update.round,
+            site_id=session.site_id,
+            update_sha256=digest,
+            weight=weight,
+            accepted_unix_ms=accepted_ms,
+            signature=signature,
+            attempt=update.attempt,
+            call=call,
+            tree_head=head_bytes,
+        )
         return self._seal(session, "UploadUpdate", call, receipt)
 
-    async def _receive_update(self, session: Session, call: int, request_iterator: AsyncIterator[pb.SealedChunk],
-                              context: grpc.aio.ServicerContext) -> _ReceivedUpdate:
+    async def _receive_update(
+        self,
+        session: Session,
+        call: int,
+        request_iterator: AsyncIterator[pb.SealedChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> _ReceivedUpdate:
         """The sealed stream of an upload, authenticated chunk by chunk and decrypted in place into
         one buffer of the largest valid update; a refusal is logged and ends the call."""
         started_at = time.monotonic()
@@ -625,9 +769,14 @@ class FederationService:
             if site_id != session.site_id or stream_call != call:
                 raise StreamError("the stream was sealed for another site or call (replayed or moved)")
             spec = self.driver.task().spec
-            opener = StreamOpener(session.keys.site_to_aggregator, first.header, session_id=session.session_id,
-                                  purpose="update", context=upload_context(round_number, attempt, session.site_id, call),
-                                  max_bytes=spec.max_update_bytes)
+            opener = StreamOpener(
+                session.keys.site_to_aggregator,
+                first.header,
+                session_id=session.session_id,
+                purpose="update",
+                context=upload_context(round_number, attempt, session.site_id, call),
+                max_bytes=spec.max_update_bytes,
+            )
             # Chunk 0 authenticates before anything is allocated for the update.
             started = time.perf_counter()
             head = opener.open(first.index, first.ciphertext, final=first.final)
@@ -643,7 +792,7 @@ class FederationService:
             buffer = bytearray(spec.max_update_bytes)
             if len(head) > len(buffer):
                 raise StreamError(f"stream is larger than the {spec.max_update_bytes} bytes allowed for it")
-            buffer[:len(head)] = head
+            buffer[: len(head)] = head
             size = len(head)
             chunk = None if first.final else await self._next_chunk(request_iterator, context, deadline)
             while chunk is not None:
@@ -675,15 +824,31 @@ class FederationService:
         validate_seconds = time.perf_counter() - started
         digest = hashlib.sha256(update.data).digest()
         accepted_ms = int(time.time() * 1000)
-        message = receipt_message(round_number=update.round, attempt=update.attempt, site_id=session.site_id,
-                                  update_sha256=digest, weight=weight, accepted_unix_ms=accepted_ms,
-                                  session_id=session.session_id, call=call)
+        message = receipt_message(
+            round_number=update.round,
+            attempt=update.attempt,
+            site_id=session.site_id,
+            update_sha256=digest,
+            weight=weight,
+            accepted_unix_ms=accepted_ms,
+            session_id=session.session_id,
+            call=call,
+        )
         signature = self.keys.sign(message)
-        receipt = {"site": session.site_id, "round": update.round, "attempt": update.attempt,
-                   "update_sha256": digest.hex(), "weight": weight, "accepted_unix_ms": accepted_ms,
-                   "session": session.session_id.hex(), "call": call, "receipt_signature": signature.hex(),
-                   "bytes": len(update.data), "decrypt_seconds": round(update.decrypt_seconds, 6),
-                   "validate_seconds": round(validate_seconds, 6)}
+        receipt = {
+            "site": session.site_id,
+            "round": update.round,
+            "attempt": update.attempt,
+            "update_sha256": digest.hex(),
+            "weight": weight,
+            "accepted_unix_ms": accepted_ms,
+            "session": session.session_id.hex(),
+            "call": call,
+            "receipt_signature": signature.hex(),
+            "bytes": len(update.data),
+            "decrypt_seconds": round(update.decrypt_seconds, 6),
+            "validate_seconds": round(validate_seconds, 6),
+        }
         self.driver.accept_update(session.site_id, update.round, update.attempt, tensors, weight, digest, receipt)
         return digest, weight, accepted_ms, signature
 
@@ -706,8 +871,11 @@ class FederationService:
             metrics = _metrics(inner.metrics)
             examples = int(inner.examples)
             if examples > session.max_weight:
-                raise UpdateRefused(f"{examples} evaluation examples is over this site's max_weight {session.max_weight:g} "
-                                    "(admission policy)", grpc.StatusCode.INVALID_ARGUMENT)
+                raise UpdateRefused(
+                    f"{examples} evaluation examples is over this site's max_weight {session.max_weight:g} "
+                    "(admission policy)",
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                )
             self.driver.report_metrics(session.site_id, int(inner.round), metrics, examples)
         except UpdateRefused as exc:
             self._record("call_refused", site=session.site_id, method="ReportMetrics", reason=_short(str(exc), 300))
@@ -716,11 +884,15 @@ class FederationService:
 
     # --- health ------------------------------------------------------------------------------
 
-    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
         if request.service not in ("", SERVICE_NAME):
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
         serving = self.stopped is None
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING)
+        return health_pb2.HealthCheckResponse(
+            status=health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
 
 
 HANDSHAKE_METHODS = ("GetEvidence", "GetChallenge", "Admit", "Check")
@@ -742,6 +914,7 @@ def _deserializer(message_type: Any) -> Callable[[bytes], Any]:
             return message_type.FromString(data)
         except Exception:  # noqa: BLE001 - protobuf's DecodeError (and anything a hostile message makes it raise)
             return Malformed(message_type.__name__)
+
     return parse
 
 
@@ -767,7 +940,9 @@ def _parse(message_type: Any, data: bytes) -> Any:
     try:
         return message_type.FromString(data)
     except Exception:  # noqa: BLE001 - protobuf's DecodeError; authenticated but malformed
-        raise UpdateRefused(f"the sealed {message_type.__name__} does not parse", grpc.StatusCode.INVALID_ARGUMENT) from None
+        raise UpdateRefused(
+            f"the sealed {message_type.__name__} does not parse", grpc.StatusCode.INVALID_ARGUMENT
+        ) from None
 
 
 _EAR_CLAIMS = (*NEUTRAL_CLAIMS, "reported_tcb", "product", "app_id", "key_id")
@@ -777,12 +952,16 @@ def _metrics(values: Any) -> dict[str, float]:
     """A site's metrics: at most MAX_METRICS names of at most MAX_METRIC_NAME printable
     characters, finite values; anything else refuses the report."""
     if len(values) > MAX_METRICS:
-        raise UpdateRefused(f"{len(values)} metrics is over the limit of {MAX_METRICS}", grpc.StatusCode.INVALID_ARGUMENT)
+        raise UpdateRefused(
+            f"{len(values)} metrics is over the limit of {MAX_METRICS}", grpc.StatusCode.INVALID_ARGUMENT
+        )
     metrics = {}
     for name, value in values.items():
         if not 0 < len(name) <= MAX_METRIC_NAME or not name.isascii() or not name.isprintable():
-            raise UpdateRefused(f"metric name {_short(name, 40)!r} is not 1-{MAX_METRIC_NAME} printable ASCII characters",
-                                grpc.StatusCode.INVALID_ARGUMENT)
+            raise UpdateRefused(
+                f"metric name {_short(name, 40)!r} is not 1-{MAX_METRIC_NAME} printable ASCII characters",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
         if not np.isfinite(value):
             raise UpdateRefused(f"metric {name!r} is not finite", grpc.StatusCode.INVALID_ARGUMENT)
         metrics[name] = float(value)
@@ -797,7 +976,9 @@ def _weight(metadata: dict[str, str], max_weight: float) -> float:
     if not np.isfinite(weight) or weight <= 0:
         raise UpdateFormatError(f"update weight {weight} is not a positive finite number")
     if weight > max_weight:
-        raise UpdateFormatError(f"update weight {weight:g} is over this site's max_weight {max_weight:g} (admission policy)")
+        raise UpdateFormatError(
+            f"update weight {weight:g} is over this site's max_weight {max_weight:g} (admission policy)"
+        )
     return weight
 
 
@@ -836,6 +1017,7 @@ def handlers(service: FederationService) -> list[grpc.GenericRpcHandler]:
     does, and the handler runs as soon as the call starts, so budgets apply before the message
     is read and a message that never comes times out (gRPC's unary handlers start only once the
     message has arrived, unbounded in time)."""
+
     def serialize(message: Any) -> bytes:
         return message.SerializeToString()
 
@@ -843,15 +1025,23 @@ def handlers(service: FederationService) -> list[grpc.GenericRpcHandler]:
     for name, (kind, request_type, _response_type) in _METHODS.items():
         implementation = getattr(service, name)
         if kind == "unary":
-            federation[name] = grpc.stream_unary_rpc_method_handler(service.unary(name, implementation),
-                                                                    _deserializer(request_type), serialize)
+            federation[name] = grpc.stream_unary_rpc_method_handler(
+                service.unary(name, implementation), _deserializer(request_type), serialize
+            )
         elif kind == "client_stream":
-            federation[name] = grpc.stream_unary_rpc_method_handler(service.client_stream(name, implementation),
-                                                                    _deserializer(request_type), serialize)
+            federation[name] = grpc.stream_unary_rpc_method_handler(
+                service.client_stream(name, implementation), _deserializer(request_type), serialize
+            )
         else:
-            federation[name] = grpc.stream_stream_rpc_method_handler(service.server_stream(name, implementation),
-                                                                     _deserializer(request_type), serialize)
-    health = {"Check": grpc.stream_unary_rpc_method_handler(service.unary("Check", service.Check),
-                                                            _deserializer(health_pb2.HealthCheckRequest), serialize)}
-    return [grpc.method_handlers_generic_handler(SERVICE_NAME, federation),
-            grpc.method_handlers_generic_handler("grpc.health.v1.Health", health)]
+            federation[name] = grpc.stream_stream_rpc_method_handler(
+                service.server_stream(name, implementation), _deserializer(request_type), serialize
+            )
+    health = {
+        "Check": grpc.stream_unary_rpc_method_handler(
+            service.unary("Check", service.Check), _deserializer(health_pb2.HealthCheckRequest), serialize
+        )
+    }
+    return [
+        grpc.method_handlers_generic_handler(SERVICE_NAME, federation),
+        grpc.method_handlers_generic_handler("grpc.health.v1.Health", health),
+    ]

@@ -19,6 +19,7 @@ Clipping and central differential privacy are not strategies of their own but wr
 any strategy (:class:`Clipped`, :class:`CentralDp`), as Flower wraps a strategy in DP: the
 round driver only calls the (wrapped) strategy.
 """
+
 from __future__ import annotations
 
 import abc
@@ -36,8 +37,8 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
-from attestation.errors import AttestflError
 import native
+from attestation.errors import AttestflError
 
 LOG = logging.getLogger("attestfl.aggregator")
 
@@ -267,7 +268,11 @@ def _is_integer(value: Any) -> bool:
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
 # ---- wrappers: clipping and central DP around any strategy -----------------------------------
@@ -385,8 +390,10 @@ class CentralDp(_Wrapper):
         return _DpRound(self.inner.begin_round(size), self)
 
     def round_fields(self) -> dict[str, Any]:
-        return {**self.inner.round_fields(),
-                "dp": {"clip_norm": self.clip_norm, "noise_multiplier": self.noise_multiplier, "delta": self.delta}}
+        return {
+            **self.inner.round_fields(),
+            "dp": {"clip_norm": self.clip_norm, "noise_multiplier": self.noise_multiplier, "delta": self.delta},
+        }
 
     def epsilon(self, rounds: int) -> float:
         """Epsilon at ``delta`` after ``rounds`` rounds of this Gaussian mechanism."""
@@ -408,8 +415,9 @@ def _check_class(cls: Any, where: str) -> type[Strategy]:
     if not isinstance(cls, type) or not issubclass(cls, Strategy) or issubclass(cls, _Wrapper):
         raise StrategyError(f"{where}: {cls!r} is not a subclass of aggregator.strategies.Strategy")
     if not isinstance(cls.name, str) or not _NAME.match(cls.name):
-        raise StrategyError(f"{where}: strategy name {cls.name!r} is not 1-64 lowercase letters, digits or '_' "
-                            "(starting with a letter)")
+        raise StrategyError(
+            f"{where}: strategy name {cls.name!r} is not 1-64 lowercase letters, digits or '_' (starting with a letter)"
+        )
     if not isinstance(cls.Parameters, type) or not issubclass(cls.Parameters, msgspec.Struct):
         raise StrategyError(f"{where}: {cls.__name__}.Parameters is not a msgspec Struct")
     if any(f.encode_name == "name" for f in msgspec.structs.fields(cls.Parameters)):
@@ -422,7 +430,9 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     _check_class(cls, "register_strategy")
     taken = _BUILTIN.get(cls.name) or _REGISTERED.get(cls.name)
     if taken is not None and taken is not cls:
-        raise StrategyError(f"register_strategy: the name {cls.name!r} is taken by {taken.__module__}.{taken.__qualname__}")
+        raise StrategyError(
+            f"register_strategy: the name {cls.name!r} is taken by {taken.__module__}.{taken.__qualname__}"
+        )
     _REGISTERED[cls.name] = cls
     return cls
 
@@ -431,8 +441,10 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
     found: dict[str, metadata.EntryPoint] = {}
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry.name in _BUILTIN:
-            LOG.warning("strategy entry point ignored: it has a built-in strategy's name",
-                        extra={"fields": {"entry_point": entry.name, "value": entry.value}})
+            LOG.warning(
+                "strategy entry point ignored: it has a built-in strategy's name",
+                extra={"fields": {"entry_point": entry.name, "value": entry.value}},
+            )
             continue
         found.setdefault(entry.name, entry)
     return found

@@ -5,6 +5,7 @@ Size is checked before anything is parsed; detection looks only at fixed header 
 platforms do the work; this module names none of them. Evidence bundles are appraised by
 :mod:`attestation.bundle`, and :func:`attestation.evidence.appraise_evidence` takes either.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -34,7 +35,10 @@ def check_size(data: bytes) -> None:
 def _platform_allowed(appraisal: Appraisal, policy: Policy) -> Appraisal:
     if appraisal.platform in policy.platforms:
         return appraisal
-    reason = Reason("policy.platforms", f"platform {appraisal.platform} is not among the allowed platforms ({', '.join(sorted(policy.platforms))})")
+    reason = Reason(
+        "policy.platforms",
+        f"platform {appraisal.platform} is not among the allowed platforms ({', '.join(sorted(policy.platforms))})",
+    )
     return replace(appraisal, reasons=(reason,) + appraisal.reasons)
 
 
@@ -77,7 +81,9 @@ def appraise_raw(
     collateral (``inputs`` must carry none)."""
     check_size(data)
     if collateral is not None and inputs.gives_collateral:
-        raise CollateralError("collateral was given both as inputs (a CRL or a collateral directory) and as a collateral store; give one")
+        raise CollateralError(
+            "collateral was given both as inputs (a CRL or a collateral directory) and as a collateral store; give one"
+        )
     if platform == "auto":
         chosen = registry.detect(data)
     else:
@@ -85,7 +91,9 @@ def appraise_raw(
         if found is None:
             raise EvidenceFormatError(f"unknown platform {platform!r}; expected one of {', '.join(platform_choices())}")
         chosen = found
-    result = _platform_allowed(appraise_as(chosen, data, policy=policy, at=at, inputs=inputs, collateral=collateral), policy)
+    result = _platform_allowed(
+        appraise_as(chosen, data, policy=policy, at=at, inputs=inputs, collateral=collateral), policy
+    )
     if inputs.extra_warnings:
         result = replace(result, warnings=result.warnings + inputs.extra_warnings)
     return result

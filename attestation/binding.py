@@ -17,6 +17,7 @@ so the GPU's signed report names the same keys and nonce: it cannot be replayed,
 moved next to another VM's CPU evidence. Both formulas are fixed by version 1 of the
 bundle format (:mod:`attestation.abi.bundle`).
 """
+
 from __future__ import annotations
 
 import hashlib

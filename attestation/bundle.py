@@ -20,6 +20,7 @@ Every failed check of every part is listed in one :class:`~attestation.findings.
 whose platform is the CPU platform; the GPU's claims are under ``claims["gpu"]`` and the
 bundle's under ``claims["bundle"]``.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -82,8 +83,14 @@ def appraise_bundle(
     subclasses; everything that parses yields an :class:`Appraisal` with every failed check.
     """
     bundle = data if isinstance(data, EvidenceBundle) else parse_bundle(data)
-    cpu = appraise_raw(bundle.evidence, policy=policy, at=at, inputs=_cpu_inputs(bundle, inputs, collateral), platform=bundle.platform,
-                       collateral=collateral)
+    cpu = appraise_raw(
+        bundle.evidence,
+        policy=policy,
+        at=at,
+        inputs=_cpu_inputs(bundle, inputs, collateral),
+        platform=bundle.platform,
+        collateral=collateral,
+    )
     reasons: list[Reason] = list(cpu.reasons)
     warnings: list[str] = list(cpu.warnings)
     if collateral is not None and bundle.collateral:
@@ -92,7 +99,12 @@ def appraise_bundle(
     if expected_nonce is None:
         warnings.append("no expected nonce was given: the bundle's freshness was not checked")
     elif not hmac.compare_digest(bytes(expected_nonce), bundle.nonce):
-        reasons.append(Reason("binding.nonce", f"the bundle was made for nonce {bundle.nonce.hex()}, not the expected {bytes(expected_nonce).hex()}"))
+        reasons.append(
+            Reason(
+                "binding.nonce",
+                f"the bundle was made for nonce {bundle.nonce.hex()}, not the expected {bytes(expected_nonce).hex()}",
+            )
+        )
 
     report_data = evidence_report_data(bundle.platform, bundle.evidence)
     reasons.extend(binding_reasons(report_data, bundle.keys, bundle.nonce))
@@ -110,15 +122,27 @@ def appraise_bundle(
         gpu_platform = registry.get(GPU_PLATFORM)
         bound = report_data_for(bundle.keys, bundle.nonce)
         reasons.extend(gpu_binding_reasons(gpu_platform.report_data(bundle.gpu.evidence), bound))
-        gpu_inputs = EvidenceInputs(certificates=(bundle.gpu.certificates,) if bundle.gpu.certificates else (), nonce=gpu_nonce_for(bound))
+        gpu_inputs = EvidenceInputs(
+            certificates=(bundle.gpu.certificates,) if bundle.gpu.certificates else (), nonce=gpu_nonce_for(bound)
+        )
         gpu = appraise_as(gpu_platform, bundle.gpu.evidence, policy=policy, at=at, inputs=gpu_inputs)
         if gpu_platform.name not in policy.platforms:
-            reasons.append(Reason("policy.platforms", f"the bundle carries GPU evidence, but {gpu_platform.name} is not among the allowed platforms"))
+            reasons.append(
+                Reason(
+                    "policy.platforms",
+                    f"the bundle carries GPU evidence, but {gpu_platform.name} is not among the allowed platforms",
+                )
+            )
         reasons.extend(gpu.reasons)
         warnings.extend(f"GPU: {w}" for w in gpu.warnings)
         claims["gpu"] = gpu.claims
     elif policy.require_gpu:
-        reasons.append(Reason("policy.require_gpu", "the policy requires GPU evidence bound to the CPU evidence, and the bundle carries none"))
+        reasons.append(
+            Reason(
+                "policy.require_gpu",
+                "the policy requires GPU evidence bound to the CPU evidence, and the bundle carries none",
+            )
+        )
     return Appraisal(cpu.platform, claims, tuple(reasons), tuple(warnings))
 
 

@@ -2,6 +2,7 @@
 
 Exit status: 0 authentic and accepted; 1 rejected; 2 unusable input or usage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ def parse_nonce(text: str | None) -> bytes | None:
         raise AttestationError(f"--nonce is not hex: {text!r}") from exc
 
 
-def add_evidence_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_evidence_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     evidence = subparsers.add_parser("evidence", help="verify attestation evidence")
     evidence_sub = evidence.add_subparsers(dest="evidence_command", required=True, metavar="COMMAND")
     verify = evidence_sub.add_parser(
@@ -47,34 +48,75 @@ def add_evidence_commands(subparsers: "argparse._SubParsersAction[argparse.Argum
         description="Verify evidence (platform detected from the bytes) and appraise it against a policy. "
         "Exit 0: accepted; 1: rejected; 2: unusable input or usage.",
     )
-    verify.add_argument("file", nargs="?", help="raw evidence (SNP report, TDX quote, GPU evidence in hex or binary, ...) or evidence bundle")
+    verify.add_argument(
+        "file",
+        nargs="?",
+        help="raw evidence (SNP report, TDX quote, GPU evidence in hex or binary, ...) or evidence bundle",
+    )
     verify.add_argument(
         "--example",
         action="store_true",
         help="verify the shipped example: a real AMD Milan SEV-SNP report and its VCEK, as of "
         f"{EXAMPLE_AT}, under the shipped example policy (FILE, --cert, --at and --policy may override)",
     )
-    verify.add_argument("--cert", action="append", default=[], metavar="FILE", help="VCEK/VLEK (DER or PEM) or GPU certificate chain (PEM) when the evidence does not carry it; repeatable")
-    verify.add_argument("--collateral", metavar="DIR", help="directory of collateral files given beside the evidence, named as its "
-                        "platform documents (TDX: Intel collateral; SEV-SNP: amd-crl.der; see docs/attestation.md)")
-    verify.add_argument("--collateral-dir", metavar="CACHE_DIR",
-                        help="the verifier's collateral cache (AMD CRLs and VCEKs, Intel TCB info, QE identity, CRLs; layout in "
-                        "docs/attestation.md): collateral comes from there, never from an evidence bundle")
-    verify.add_argument("--fetch-collateral", action="store_true",
-                        help="with --collateral-dir: fetch missing or stale collateral from AMD KDS and Intel PCS into the cache")
-    verify.add_argument("--amd-kds-url", metavar="URL", help="AMD KDS base URL for --fetch-collateral (default https://kdsintf.amd.com)")
-    verify.add_argument("--intel-pcs-url", metavar="URL", help="Intel PCS base URL for --fetch-collateral (default https://api.trustedservices.intel.com)")
+    verify.add_argument(
+        "--cert",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="VCEK/VLEK (DER or PEM) or GPU certificate chain (PEM) when the evidence does not carry it; repeatable",
+    )
+    verify.add_argument(
+        "--collateral",
+        metavar="DIR",
+        help="directory of collateral files given beside the evidence, named as its "
+        "platform documents (TDX: Intel collateral; SEV-SNP: amd-crl.der; see docs/attestation.md)",
+    )
+    verify.add_argument(
+        "--collateral-dir",
+        metavar="CACHE_DIR",
+        help="the verifier's collateral cache (AMD CRLs and VCEKs, Intel TCB info, QE identity, CRLs; layout in "
+        "docs/attestation.md): collateral comes from there, never from an evidence bundle",
+    )
+    verify.add_argument(
+        "--fetch-collateral",
+        action="store_true",
+        help="with --collateral-dir: fetch missing or stale collateral from AMD KDS and Intel PCS into the cache",
+    )
+    verify.add_argument(
+        "--amd-kds-url", metavar="URL", help="AMD KDS base URL for --fetch-collateral (default https://kdsintf.amd.com)"
+    )
+    verify.add_argument(
+        "--intel-pcs-url",
+        metavar="URL",
+        help="Intel PCS base URL for --fetch-collateral (default https://api.trustedservices.intel.com)",
+    )
     verify.add_argument("--intel-root-crl-url", metavar="URL", help="Intel SGX Root CA CRL URL for --fetch-collateral")
-    verify.add_argument("--collateral-service", action="append", default=[], metavar="NAME=URL",
-                        help="for --fetch-collateral: the base URL of a platform plug-in's collateral service (as the plug-in "
-                        "documents its NAME); repeatable")
-    verify.add_argument("--crl", metavar="FILE", help="a CRL given beside the evidence, DER or PEM (SEV-SNP: the AMD CRL)")
-    verify.add_argument("--policy", metavar="FILE", help="policy TOML (default: authenticity required, debug forbidden)")
+    verify.add_argument(
+        "--collateral-service",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="for --fetch-collateral: the base URL of a platform plug-in's collateral service (as the plug-in "
+        "documents its NAME); repeatable",
+    )
+    verify.add_argument(
+        "--crl", metavar="FILE", help="a CRL given beside the evidence, DER or PEM (SEV-SNP: the AMD CRL)"
+    )
+    verify.add_argument(
+        "--policy", metavar="FILE", help="policy TOML (default: authenticity required, debug forbidden)"
+    )
     verify.add_argument("--at", metavar="TIME", help="verify as of this ISO-8601 time (default: now)")
-    verify.add_argument("--platform", default="auto", metavar="NAME",
-                        help="platform of the evidence: auto (detected from the bytes, the default) or a registered platform's name "
-                        "(`attestfl evidence platforms` lists them)")
-    verify.add_argument("--nonce", metavar="HEX", help="the nonce you chose (freshness of GPU evidence and of evidence bundles)")
+    verify.add_argument(
+        "--platform",
+        default="auto",
+        metavar="NAME",
+        help="platform of the evidence: auto (detected from the bytes, the default) or a registered platform's name "
+        "(`attestfl evidence platforms` lists them)",
+    )
+    verify.add_argument(
+        "--nonce", metavar="HEX", help="the nonce you chose (freshness of GPU evidence and of evidence bundles)"
+    )
     verify.add_argument("--json", action="store_true", help="print exactly one JSON object")
     verify.set_defaults(handler=run_verify)
     listing = evidence_sub.add_parser(
@@ -109,7 +151,11 @@ def _service_url(text: str) -> tuple[str, str]:
 
 
 def _collateral_store(args: argparse.Namespace) -> CollateralStore | None:
-    urls = {"amd_base_url": args.amd_kds_url, "intel_base_url": args.intel_pcs_url, "intel_root_ca_crl_url": args.intel_root_crl_url}
+    urls = {
+        "amd_base_url": args.amd_kds_url,
+        "intel_base_url": args.intel_pcs_url,
+        "intel_root_ca_crl_url": args.intel_root_crl_url,
+    }
     given: dict[str, Any] = {name: url for name, url in urls.items() if url}
     services = dict(_service_url(text) for text in args.collateral_service)
     if services:
@@ -129,8 +175,12 @@ def _load_inputs(args: argparse.Namespace) -> EvidenceInputs:
     if args.collateral and not Path(args.collateral).is_dir():
         raise AttestationError(f"{args.collateral}: not a directory of collateral files")
     crl = read_bounded(args.crl, MAX_EVIDENCE_BYTES, "CRL file") if args.crl else None
-    return EvidenceInputs(certificates=certificates, crl=crl, collateral_dir=Path(args.collateral) if args.collateral else None,
-                          nonce=parse_nonce(args.nonce))
+    return EvidenceInputs(
+        certificates=certificates,
+        crl=crl,
+        collateral_dir=Path(args.collateral) if args.collateral else None,
+        nonce=parse_nonce(args.nonce),
+    )
 
 
 def run_platforms(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -138,9 +188,18 @@ def run_platforms(args: argparse.Namespace, out: TextIO | None = None, err: Text
     err = err or sys.stderr
     try:
         builtin = set(registry.builtin_names())
-        rows = [{"name": p.name, "vendor": p.roots.vendor, "evidence": p.description, "cpu": p.binds_report_data,
-                 "policy_section": p.policy_key, "default": p.name in builtin, "module": type(p).__module__}
-                for p in registry.platforms()]
+        rows = [
+            {
+                "name": p.name,
+                "vendor": p.roots.vendor,
+                "evidence": p.description,
+                "cpu": p.binds_report_data,
+                "policy_section": p.policy_key,
+                "default": p.name in builtin,
+                "module": type(p).__module__,
+            }
+            for p in registry.platforms()
+        ]
     except AttestationError as exc:
         print(f"attestfl: error: {exc}", file=err)
         return EXIT_UNUSABLE
@@ -149,7 +208,9 @@ def run_platforms(args: argparse.Namespace, out: TextIO | None = None, err: Text
     else:
         for row in rows:
             default = "" if row["default"] else "  (accepted only by a policy that names it)"
-            print(f"{row['name']:<12} {row['vendor']:<8} {row['evidence']}  [{row['policy_section']}]{default}", file=out)
+            print(
+                f"{row['name']:<12} {row['vendor']:<8} {row['evidence']}  [{row['policy_section']}]{default}", file=out
+            )
     return EXIT_ACCEPTED
 
 
@@ -167,7 +228,9 @@ def run_verify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO 
         data = read_bounded(args.file, MAX_EVIDENCE_BYTES, "evidence file")
         inputs = _load_inputs(args)
         store = _collateral_store(args)
-        appraisal = appraise_evidence(data, policy=policy, at=at, inputs=inputs, platform=args.platform, collateral=store)
+        appraisal = appraise_evidence(
+            data, policy=policy, at=at, inputs=inputs, platform=args.platform, collateral=store
+        )
     except AttestationError as exc:
         if args.json:
             print(json.dumps({"accepted": False, "error": str(exc)}), file=out)
@@ -198,7 +261,13 @@ def render_appraisal(appraisal: Appraisal, *, at: str) -> str:
     if appraisal.claims:
         lines.append("claims:")
         width = max(len(k) for k in appraisal.claims)
-        lines.extend(f"  {key.ljust(width)}  {_render_value(value)}" for key, value in appraisal.claims.items() if key != "measurements")
+        lines.extend(
+            f"  {key.ljust(width)}  {_render_value(value)}"
+            for key, value in appraisal.claims.items()
+            if key != "measurements"
+        )
         if "measurements" in appraisal.claims:
-            lines.append(f"  {'measurements'.ljust(width)}  {len(appraisal.claims['measurements'])} indices (see --json)")
+            lines.append(
+                f"  {'measurements'.ljust(width)}  {len(appraisal.claims['measurements'])} indices (see --json)"
+            )
     return "\n".join(lines)

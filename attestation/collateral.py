@@ -29,6 +29,7 @@ re-read only when its size, mtime or inode changes, checked at most once per
 :data:`attestation.verify.chain.SIGNATURE_MEMO`. A warm store adds file ``stat`` calls and
 time comparisons to an appraisal, no signature checks.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,10 +41,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any
 
 from .abi.x509 import (
     MAX_CERT_INPUT_BYTES,
@@ -98,7 +100,11 @@ class FetchConfig:
         for name, url in urls:
             if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("https", "http"):
                 raise CollateralError(f"collateral fetcher {name}: {url!r} is not an http(s) URL")
-        if not 0 < self.timeout <= 300 or not 0 < self.max_response_bytes <= 64 * MAX_RESPONSE_BYTES or not 0 <= self.retries <= 10:
+        if (
+            not 0 < self.timeout <= 300
+            or not 0 < self.max_response_bytes <= 64 * MAX_RESPONSE_BYTES
+            or not 0 <= self.retries <= 10
+        ):
             raise CollateralError("collateral fetcher: timeout, max_response_bytes or retries out of range")
 
     def url_for(self, service: str, default: str) -> str:
@@ -125,8 +131,15 @@ class Fetched:
 class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
     """Follow a redirect only to http(s), never from https down to http."""
 
-    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: http.client.HTTPMessage,
-                         newurl: str) -> urllib.request.Request | None:
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
         old, new = urllib.parse.urlsplit(req.full_url).scheme, urllib.parse.urlsplit(newurl).scheme
         if new not in ("http", "https") or (old == "https" and new != "https"):
             raise urllib.error.HTTPError(newurl, code, f"refused redirect to {new} URL", headers, fp)
@@ -153,7 +166,9 @@ class CollateralFetcher:
                 raise CollateralFetchError(f"{url}: HTTP {status}")
             length = response.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > config.max_response_bytes:
-                raise CollateralFetchError(f"{url}: the response is {length} bytes, over the {config.max_response_bytes}-byte limit")
+                raise CollateralFetchError(
+                    f"{url}: the response is {length} bytes, over the {config.max_response_bytes}-byte limit"
+                )
             chunks: list[bytes] = []
             size = 0
             while True:
@@ -165,7 +180,9 @@ class CollateralFetcher:
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > config.max_response_bytes:
-                    raise CollateralFetchError(f"{url}: the response is over the {config.max_response_bytes}-byte limit")
+                    raise CollateralFetchError(
+                        f"{url}: the response is over the {config.max_response_bytes}-byte limit"
+                    )
             if length is not None and length.isdigit() and size != int(length):  # the connection closed mid-body
                 raise http.client.IncompleteRead(b"".join(chunks), int(length) - size)
             headers = {name.lower(): value for name, value in response.headers.items()}
@@ -191,7 +208,7 @@ class CollateralFetcher:
                 error = CollateralFetchError(f"{url}: {reason}")
             if not retry or attempt + 1 == attempts:
                 raise error
-            time.sleep(self.config.retry_backoff * (2 ** attempt))
+            time.sleep(self.config.retry_backoff * (2**attempt))
         raise CollateralFetchError(f"{url}: no attempt was made")  # pragma: no cover - attempts >= 1
 
 
@@ -234,11 +251,13 @@ class CollateralItem:
     limit: int
     parse: Callable[[bytes], Any]
     fresh: Freshness
-    fetch: Callable[["CollateralFetcher"], dict[str, bytes]] | None = None
+    fetch: Callable[[CollateralFetcher], dict[str, bytes]] | None = None
     chain: str | None = None
 
 
-def _window(what: str, issued: datetime, next_update: datetime | None, at: datetime, max_age: timedelta | None) -> str | None:
+def _window(
+    what: str, issued: datetime, next_update: datetime | None, at: datetime, max_age: timedelta | None
+) -> str | None:
     if at < issued:
         return f"{what} is not valid before {issued.isoformat()} (verification time {at.isoformat()})"
     if next_update is not None and at > next_update:
@@ -250,6 +269,7 @@ def _window(what: str, issued: datetime, next_update: datetime | None, at: datet
 
 def crl_fresh(what: str) -> Freshness:
     """A CRL is fresh between its thisUpdate and nextUpdate, and no older than the maximum age."""
+
     def fresh(crl: Any, at: datetime, max_age: timedelta | None) -> str | None:
         return _window(what, crl.this_update, crl.next_update, at, max_age)
 
@@ -259,6 +279,7 @@ def crl_fresh(what: str) -> Freshness:
 def document_fresh(what: str, attribute: str) -> Freshness:
     """A signed document (``document.<attribute>`` has ``issue_date`` and ``next_update``) is
     fresh between the two, and no older than the maximum age."""
+
     def fresh(document: Any, at: datetime, max_age: timedelta | None) -> str | None:
         content = getattr(document, attribute)
         return _window(what, content.issue_date, content.next_update, at, max_age)
@@ -314,7 +335,9 @@ class CollateralStore:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise CollateralError(f"cannot create the collateral cache {self.directory}: {exc.strerror or exc}") from exc
+                raise CollateralError(
+                    f"cannot create the collateral cache {self.directory}: {exc.strerror or exc}"
+                ) from exc
         if not self.directory.is_dir():
             raise CollateralError(f"{self.directory}: not a collateral cache directory")
         self.refetch_after = refetch_after.total_seconds()
@@ -326,7 +349,7 @@ class CollateralStore:
         self._bytes: OrderedDict[bytes, bytes] = OrderedDict()
         self._recording = threading.local()
 
-    def recording(self) -> "_Recording":
+    def recording(self) -> _Recording:
         """``with store.recording() as used:`` — the files this thread's appraisals used,
         ``{relative path: SHA-256}``: what an audit log keeps so an auditor can re-run the
         appraisal with exactly this collateral (:meth:`file_bytes` gives their bytes)."""
@@ -435,7 +458,9 @@ class CollateralStore:
         if self.fetcher is not None and item.fetch is not None:
             refused_until = self._fetch_refused_until.get(item.path, 0.0)
             if time.monotonic() < refused_until:
-                notes.append(f"not fetched again: the last fetch of the {item.what} failed less than {int(self.refetch_after)} s ago")
+                notes.append(
+                    f"not fetched again: the last fetch of the {item.what} failed less than {int(self.refetch_after)} s ago"
+                )
                 return Lookup(None, tuple(notes))
             try:
                 files = item.fetch(self.fetcher)
@@ -466,7 +491,9 @@ class CollateralStore:
                     del self._fetch_refused_until[next(iter(self._fetch_refused_until))]
             self._fetch_refused_until[path] = now + self.refetch_after
 
-    def _judge(self, item: CollateralItem, at: datetime, max_age: timedelta | None, *, fresh_read: bool = False) -> tuple[Any, str | None]:
+    def _judge(
+        self, item: CollateralItem, at: datetime, max_age: timedelta | None, *, fresh_read: bool = False
+    ) -> tuple[Any, str | None]:
         if fresh_read:
             with self._lock:
                 self._files.pop(item.path, None)
@@ -481,9 +508,15 @@ class CollateralStore:
         if stale is not None:
             return None, f"the cached {item.what} ({item.path}) is not used: {stale}"
         if item.chain is not None:
-            chain, chain_problem = self._read(item.chain, f"issuer chain of the {item.what}", MAX_CERT_INPUT_BYTES, parse_chain_file)
+            chain, chain_problem = self._read(
+                item.chain, f"issuer chain of the {item.what}", MAX_CERT_INPUT_BYTES, parse_chain_file
+            )
             if chain is None:
-                return None, chain_problem or f"the collateral cache has the {item.what} but not its issuer chain ({item.chain})"
+                return (
+                    None,
+                    chain_problem
+                    or f"the collateral cache has the {item.what} but not its issuer chain ({item.chain})",
+                )
             return (value, chain), None
         return value, None
 

@@ -17,6 +17,7 @@ Unusable input (bytes that do not parse, a malformed policy) raises one of the r
 errors below. Evidence that parses but fails a check is *not* an exception: it is an
 :class:`attestation.findings.Appraisal` with every failed check listed.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -54,8 +55,10 @@ class ExtraNotInstalled(AttestflError):
 
         missing = [name for name in modules if importlib.util.find_spec(name) is None]
         if missing:
-            raise cls(f"{command} needs the {extra} extra ({', '.join(missing)} not installed): "
-                      f"pip install 'attestfl[{extra}]'")
+            raise cls(
+                f"{command} needs the {extra} extra ({', '.join(missing)} not installed): "
+                f"pip install 'attestfl[{extra}]'"
+            )
 
 
 class AttestationError(AttestflError):

@@ -1,6 +1,7 @@
 """One entry point for every kind of evidence: an evidence bundle (recognised by its CBOR
 self-describe tag, :mod:`attestation.bundle`) or raw evidence of a registered platform
 (:mod:`attestation.appraise`)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -29,7 +30,14 @@ def appraise_evidence(
     (:func:`attestation.appraise.appraise_raw`); ``collateral`` is the verifier's collateral store."""
     check_size(data)
     if looks_like_bundle(data):
-        return appraise_bundle(data, expected_nonce=inputs.nonce, policy=policy, at=at, inputs=replace(inputs, nonce=None), collateral=collateral)
+        return appraise_bundle(
+            data,
+            expected_nonce=inputs.nonce,
+            policy=policy,
+            at=at,
+            inputs=replace(inputs, nonce=None),
+            collateral=collateral,
+        )
     return appraise_raw(data, policy=policy, at=at, inputs=inputs, platform=platform, collateral=collateral)
 
 

@@ -13,33 +13,50 @@ no copy) open the file with ``O_NONBLOCK`` and check it with ``fstat`` before re
 
 Every error names the file and what it was for.
 """
+
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from io import FileIO
-from typing import Iterator
+from pathlib import Path
 
 from .errors import AttestationError, EvidenceTooLargeError
 
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
 #: What is read at once beyond the size ``fstat`` reported (a growing file).
 _TAIL_CHUNK = 64 * 1024
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
 
 
 @contextmanager
-def open_bounded(path: str | Path, limit: int, what: str, error: type[Exception] = AttestationError,
-                 too_large: type[Exception] | None = None) -> Iterator[tuple[FileIO, int]]:
+def open_bounded(
+    path: str | Path,
+    limit: int,
+    what: str,
+    error: type[Exception] = AttestationError,
+    too_large: type[Exception] | None = None,
+) -> Iterator[tuple[FileIO, int]]:
     """``(file, size)`` of a regular file no larger than ``limit``, for readers that stream
     (hashing). Refuses anything else without blocking; see the module docstring."""
     try:
@@ -51,7 +68,9 @@ def open_bounded(path: str | Path, limit: int, what: str, error: type[Exception]
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{what} {path} is {_kind(info.st_mode)}, not a regular file; refused unread")
         if info.st_size > limit:
-            raise (too_large or error)(f"{what} {path} is {info.st_size} bytes, larger than {limit} bytes, the limit for this file; refused before parsing")
+            raise (too_large or error)(
+                f"{what} {path} is {info.st_size} bytes, larger than {limit} bytes, the limit for this file; refused before parsing"
+            )
         handle = os.fdopen(fd, "rb", buffering=0)
     except BaseException:
         os.close(fd)
@@ -60,8 +79,13 @@ def open_bounded(path: str | Path, limit: int, what: str, error: type[Exception]
         yield handle, info.st_size
 
 
-def read_bounded_buffer(path: str | Path, limit: int, what: str, error: type[Exception] = AttestationError,
-                        too_large: type[Exception] | None = None) -> bytearray:
+def read_bounded_buffer(
+    path: str | Path,
+    limit: int,
+    what: str,
+    error: type[Exception] = AttestationError,
+    too_large: type[Exception] | None = None,
+) -> bytearray:
     """The bytes of the regular file ``path`` in a bytearray of the file's size (no copy);
     ``error`` when it cannot be read or is not a regular file, ``too_large`` (default
     ``error``) when it is over ``limit`` bytes."""
@@ -84,14 +108,21 @@ def read_bounded_buffer(path: str | Path, limit: int, what: str, error: type[Exc
                     break
                 buffer += tail
                 if len(buffer) > limit:
-                    raise (too_large or error)(f"{what} {path} grew past the {limit}-byte limit while it was read; refused")
+                    raise (too_large or error)(
+                        f"{what} {path} grew past the {limit}-byte limit while it was read; refused"
+                    )
         except OSError as exc:
             raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     return buffer
 
 
-def read_bounded(path: str | Path, limit: int, what: str, error: type[Exception] = AttestationError,
-                 too_large: type[Exception] | None = None) -> bytes:
+def read_bounded(
+    path: str | Path,
+    limit: int,
+    what: str,
+    error: type[Exception] = AttestationError,
+    too_large: type[Exception] | None = None,
+) -> bytes:
     """The bytes of ``path``; ``error`` when it cannot be read or is not a regular file,
     ``too_large`` (default ``error``; :class:`EvidenceTooLargeError` for evidence) when it is
     over ``limit`` bytes."""

@@ -1,4 +1,5 @@
 """The result types shared by every platform: reasons and the appraisal verdict."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

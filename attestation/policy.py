@@ -5,13 +5,15 @@ platform (:mod:`attestation.platforms.registry`) adds its section under its poli
 (``[sev-snp]``, ``[tdx]``, ``[nvidia-gpu]``, a third party's), parsed by its section class.
 See ``docs/attestation.md`` and ``attestation/examples/policy.toml`` for the reference.
 """
+
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Mapping, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from .errors import PolicyError
 from .platforms import registry
@@ -31,7 +33,9 @@ MAX_POLICY_BYTES = 256 * 1024
 SectionT = TypeVar("SectionT")
 
 
-def _section_map(sections: Mapping[str, object] | None, by_attribute: Mapping[str, object]) -> Mapping[str, PolicySection]:
+def _section_map(
+    sections: Mapping[str, object] | None, by_attribute: Mapping[str, object]
+) -> Mapping[str, PolicySection]:
     resolved: dict[str, object] = dict(sections or {})
     for attribute, section in by_attribute.items():
         platform = registry.by_policy_attribute(attribute)
@@ -44,7 +48,9 @@ def _section_map(sections: Mapping[str, object] | None, by_attribute: Mapping[st
         if platform is None:
             raise PolicyError(f"policy section for unknown platform {name!r}; known: {', '.join(registry.names())}")
         if not isinstance(section, platform.policy_section):
-            raise TypeError(f"the {name} policy section must be a {platform.policy_section.__name__}, got {type(section).__name__}")
+            raise TypeError(
+                f"the {name} policy section must be a {platform.policy_section.__name__}, got {type(section).__name__}"
+            )
         checked[name] = section
     return checked
 
@@ -92,7 +98,9 @@ class Policy:
         chosen = frozenset(registry.builtin_names()) if platforms is None else frozenset(platforms)
         unknown = sorted(chosen - set(registry.names()))
         if unknown:
-            raise PolicyError(f"[policy] platforms: unknown platform(s) {', '.join(unknown)}; known: {', '.join(registry.names())}")
+            raise PolicyError(
+                f"[policy] platforms: unknown platform(s) {', '.join(unknown)}; known: {', '.join(registry.names())}"
+            )
         values: dict[str, Any] = {
             "platforms": chosen,
             "allow_debug": allow_debug,
@@ -107,8 +115,18 @@ class Policy:
             object.__setattr__(self, name, value)
 
     def __hash__(self) -> int:
-        return hash((self.platforms, self.allow_debug, self.report_data, self.require_collateral, self.max_collateral_age,
-                     self.trusted_simulated_roots, self.require_gpu, frozenset(self.sections.items())))
+        return hash(
+            (
+                self.platforms,
+                self.allow_debug,
+                self.report_data,
+                self.require_collateral,
+                self.max_collateral_age,
+                self.trusted_simulated_roots,
+                self.require_gpu,
+                frozenset(self.sections.items()),
+            )
+        )
 
     @overload
     def section(self, name: str) -> Any: ...
@@ -151,7 +169,7 @@ class Policy:
         return missing
 
     @classmethod
-    def from_toml(cls, text: str) -> "Policy":
+    def from_toml(cls, text: str) -> Policy:
         if not isinstance(text, str):
             raise PolicyError(f"policy must be TOML text, got {type(text).__name__}")
         try:
@@ -163,14 +181,20 @@ class Policy:
         return cls.from_dict(data)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Policy":
+    def from_dict(cls, data: dict[str, Any]) -> Policy:
         known = registry.platforms()
         reject_unknown_keys(data, COMMON_KEYS + tuple(p.policy_key for p in known), "policy")
         fingerprints = read_str_set(data, "trusted_simulated_roots", "policy")
         for fp in fingerprints:
             if len(fp) != 64 or any(ch not in "0123456789abcdef" for ch in fp):
-                raise PolicyError(f"[policy] trusted_simulated_roots: {fp!r} is not a lowercase SHA-256 hex fingerprint")
-        sections = {p.name: p.policy_section.from_table(read_table(data, p.policy_key, "policy")) for p in known if p.policy_key in data}
+                raise PolicyError(
+                    f"[policy] trusted_simulated_roots: {fp!r} is not a lowercase SHA-256 hex fingerprint"
+                )
+        sections = {
+            p.name: p.policy_section.from_table(read_table(data, p.policy_key, "policy"))
+            for p in known
+            if p.policy_key in data
+        }
         return cls(
             platforms=read_str_set(data, "platforms", "policy", registry.names(), default=registry.builtin_names()),
             allow_debug=read_bool(data, "allow_debug", "policy", False),
@@ -183,7 +207,7 @@ class Policy:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Policy":
+    def load(cls, path: str | Path) -> Policy:
         from .files import read_bounded
 
         path = Path(path)

@@ -14,6 +14,7 @@ site can pin the configuration the pod was started with as well.
 Exit status: 0 printed; 2 unusable input (missing file, firmware without SEV metadata,
 kernel hashes not supported by the firmware) or the extra not installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,7 +93,7 @@ def snp_vcpu_types() -> tuple[str, ...]:
 
 
 #: No kernel, initrd or firmware image hashed for reference values is larger than this.
-MAX_IMAGE_BYTES = 4 * 1024 ** 3
+MAX_IMAGE_BYTES = 4 * 1024**3
 
 
 def _sha256_file(path: Path, role: str) -> str:
@@ -121,7 +122,7 @@ def init_data_digest(text: bytes, platform: str) -> bytes:
             f"init-data algorithm must be one of {', '.join(INIT_DATA_ALGORITHMS)}, got {algorithm!r}"
         )
     if document.get("version") != "0.1.0":
-        raise ReferenceValueError(f"init-data version must be \"0.1.0\", got {document.get('version')!r}")
+        raise ReferenceValueError(f'init-data version must be "0.1.0", got {document.get("version")!r}')
     if not isinstance(document.get("data"), dict):
         raise ReferenceValueError("init-data has no [data] table")
     width = INIT_DATA_FIELD_BYTES[platform]
@@ -139,9 +140,7 @@ def compute_snp(inputs: SnpLaunchInputs, init_data: bytes | None = None) -> SnpR
     if inputs.vcpus < 1:
         raise ReferenceValueError(f"--vcpus must be at least 1, got {inputs.vcpus}")
     if inputs.vcpu_type not in vcpu_types.CPU_SIGS:
-        raise ReferenceValueError(
-            f"unknown vCPU type {inputs.vcpu_type!r}; known: {', '.join(vcpu_types.CPU_SIGS)}"
-        )
+        raise ReferenceValueError(f"unknown vCPU type {inputs.vcpu_type!r}; known: {', '.join(vcpu_types.CPU_SIGS)}")
     if inputs.vmm_type not in VMM_TYPES:
         raise ReferenceValueError(f"unknown VMM type {inputs.vmm_type!r}; known: {', '.join(VMM_TYPES)}")
     if (inputs.initrd is not None or inputs.append is not None) and inputs.kernel is None:
@@ -218,7 +217,7 @@ def render_snp_snippet(value: SnpReferenceValue) -> str:
     return "\n".join(lines) + "\n"
 
 
-def add_reference_values_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_reference_values_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ref = subparsers.add_parser(
         "reference-values",
         help="compute the values a site pins for the aggregator (launch measurement, init-data digest)",
@@ -231,16 +230,36 @@ def add_reference_values_commands(subparsers: "argparse._SubParsersAction[argpar
         "policy snippet. Use exactly the inputs the guest is launched with. "
         "Exit 0: printed; 2: unusable input.",
     )
-    snp.add_argument("--ovmf", required=True, type=Path, metavar="FILE", help="OVMF firmware with SEV metadata (e.g. an AmdSev build)")
-    snp.add_argument("--kernel", type=Path, metavar="FILE", help="kernel measured through OVMF's kernel-hashes table (QEMU kernel-hashes=on)")
+    snp.add_argument(
+        "--ovmf",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="OVMF firmware with SEV metadata (e.g. an AmdSev build)",
+    )
+    snp.add_argument(
+        "--kernel",
+        type=Path,
+        metavar="FILE",
+        help="kernel measured through OVMF's kernel-hashes table (QEMU kernel-hashes=on)",
+    )
     snp.add_argument("--initrd", type=Path, metavar="FILE", help="initrd (with --kernel)")
     snp.add_argument("--append", metavar="CMDLINE", help="kernel command line (with --kernel)")
     snp.add_argument("--vcpus", required=True, type=int, metavar="N", help="number of vCPUs the guest is launched with")
-    snp.add_argument("--vcpu-type", required=True, metavar="TYPE", help="QEMU vCPU model, e.g. EPYC-v4, EPYC-Milan, EPYC-Genoa")
+    snp.add_argument(
+        "--vcpu-type", required=True, metavar="TYPE", help="QEMU vCPU model, e.g. EPYC-v4, EPYC-Milan, EPYC-Genoa"
+    )
     snp.add_argument("--vmm-type", default="QEMU", choices=VMM_TYPES, help="VMM that launches the guest (default QEMU)")
-    snp.add_argument("--guest-features", default=DEFAULT_GUEST_FEATURES, type=lambda s: int(s, 0), metavar="HEX",
-                     help="SEV features enabled in the VMSA (default 0x1, QEMU's)")
-    snp.add_argument("--init-data", type=Path, metavar="FILE", help="CoCo init-data TOML: also pin its digest as host_data")
+    snp.add_argument(
+        "--guest-features",
+        default=DEFAULT_GUEST_FEATURES,
+        type=lambda s: int(s, 0),
+        metavar="HEX",
+        help="SEV features enabled in the VMSA (default 0x1, QEMU's)",
+    )
+    snp.add_argument(
+        "--init-data", type=Path, metavar="FILE", help="CoCo init-data TOML: also pin its digest as host_data"
+    )
     snp.set_defaults(handler=run_snp)
 
 

@@ -1,7 +1,8 @@
 """Verification time: always an aware UTC datetime."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .errors import AttestationError
 
@@ -13,16 +14,16 @@ def parse_time(text: str) -> datetime:
     except ValueError as exc:
         raise AttestationError(f"not an ISO-8601 time: {text!r}") from exc
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def as_utc(value: datetime) -> datetime:
     """Return ``value`` as an aware UTC datetime (naive values are taken as UTC)."""
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)

@@ -18,6 +18,7 @@ chain, NVIDIA GPUs, a third party's):
   certificate that is not marked simulated (the list is for the simulated TEE only; it
   never turns an arbitrary certificate into a vendor root).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
@@ -80,7 +81,9 @@ def _listed(policy: object) -> Collection[str]:
     raise TypeError(f"trust_root: expected a policy or a collection of fingerprints, got {type(policy).__name__}")
 
 
-def trust_root(root: Certificate, policy: object, *, vendor: VendorRoots, what: str = "the certificate chain") -> RootTrust:
+def trust_root(
+    root: Certificate, policy: object, *, vendor: VendorRoots, what: str = "the certificate chain"
+) -> RootTrust:
     """Apply the trust rule of this module to ``root``, the last certificate of a chain.
 
     ``policy`` is an :class:`attestation.policy.Policy` (or anything with a
@@ -95,14 +98,26 @@ def trust_root(root: Certificate, policy: object, *, vendor: VendorRoots, what: 
     if simulated and fingerprint in listed:
         return RootTrust(True, True, fingerprint, warning=f"{what} {SIMULATED_WARNING.format(fingerprint=fingerprint)}")
     if simulated:
-        reason = (f"the evidence is simulated: {what} ends at a simulated root (fingerprint {fingerprint}) that the "
-                  "policy does not trust; it proves nothing about hardware")
+        reason = (
+            f"the evidence is simulated: {what} ends at a simulated root (fingerprint {fingerprint}) that the "
+            "policy does not trust; it proves nothing about hardware"
+        )
     elif fingerprint in listed:
-        reason = (f"{what} ends at {root.subject!r} (fingerprint {fingerprint}), which is not {vendor.description}; "
-                  "trusted_simulated_roots lists its fingerprint, but only roots of the simulated TEE can be trusted that way")
+        reason = (
+            f"{what} ends at {root.subject!r} (fingerprint {fingerprint}), which is not {vendor.description}; "
+            "trusted_simulated_roots lists its fingerprint, but only roots of the simulated TEE can be trusted that way"
+        )
     else:
         reason = f"{what} ends at {root.subject!r} (fingerprint {fingerprint}), which is not {vendor.description}"
     return RootTrust(False, simulated, fingerprint, reason=reason)
 
 
-__all__ = ["SIMULATED_ORGANIZATION", "SIMULATED_WARNING", "RootTrust", "VendorRoots", "is_simulated", "read_root_file", "trust_root"]
+__all__ = [
+    "SIMULATED_ORGANIZATION",
+    "SIMULATED_WARNING",
+    "RootTrust",
+    "VendorRoots",
+    "is_simulated",
+    "read_root_file",
+    "trust_root",
+]

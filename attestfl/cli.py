@@ -7,6 +7,7 @@ reported in one line ("internal error ... nothing was accepted", exit 2) and nev
 traceback unless ``ATTESTFL_DEBUG=1``. A handler catches an error itself only where its
 command prints more than that line (a refusal's reasons, a JSON object).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("ATTESTFL_DEBUG"):
             raise
-        print(f"attestfl: internal error ({type(exc).__name__}: {exc}); nothing was accepted. "
-              "Set ATTESTFL_DEBUG=1 for a traceback and please report it.", file=sys.stderr)
+        print(
+            f"attestfl: internal error ({type(exc).__name__}: {exc}); nothing was accepted. "
+            "Set ATTESTFL_DEBUG=1 for a traceback and please report it.",
+            file=sys.stderr,
+        )
         return EXIT_UNUSABLE
 
 

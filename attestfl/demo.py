@@ -6,6 +6,7 @@ carries a tampered measurement, refused with its reasons.
 Everything runs over gRPC on loopback. The simulated TEE proves nothing about hardware; the
 demo's policies trust its simulated vendor root explicitly, which no production policy does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,7 +77,7 @@ def breast_cancer_trainer(data: dict[str, Any], base_dir: Path) -> Any:
         for _ in range(epochs):
             order = torch.randperm(len(x_train), generator=generator)
             for start in range(0, len(order), 16):
-                batch = order[start:start + 16]
+                batch = order[start : start + 16]
                 optimiser.zero_grad()
                 loss_fn(model(x_train[batch]), y_train[batch]).backward()
                 optimiser.step()
@@ -116,7 +117,14 @@ def split_non_iid(sites: int, seed: int = 7) -> tuple[list[dict[str, np.ndarray]
         rng.shuffle(members)
         cut = max(1, int(0.75 * len(members)))
         train, test = members[:cut], members[cut:]
-        splits.append({"x_train": x[train], "y_train": y[train].astype(np.int64), "x_test": x[test], "y_test": y[test].astype(np.int64)})
+        splits.append(
+            {
+                "x_train": x[train],
+                "y_train": y[train].astype(np.int64),
+                "x_test": x[test],
+                "y_test": y[test].astype(np.int64),
+            }
+        )
     return splits, mean, std
 
 
@@ -153,8 +161,17 @@ def summarise(events: list[dict[str, Any]], rounds: int, audit_log: Path) -> dic
         total = sum(weights.get(site, 0) for site in per_site)
         accuracy = sum(per_site[s] * weights.get(s, 0) for s in per_site) / total if total else None
         rows.append({"round": r, "accuracy": accuracy, "per_site": per_site, "epsilon": epsilon.get(r)})
-    refused = [{"site": e["site"], "reasons": e["reasons"]} for e in events if e["message"] == "admission" and not e["admitted"]]
-    return {"final_accuracy": rows[-1]["accuracy"] if rows else None, "rounds": rows, "refused": refused, "audit_log": str(audit_log)}
+    refused = [
+        {"site": e["site"], "reasons": e["reasons"]}
+        for e in events
+        if e["message"] == "admission" and not e["admitted"]
+    ]
+    return {
+        "final_accuracy": rows[-1]["accuracy"] if rows else None,
+        "rounds": rows,
+        "refused": refused,
+        "audit_log": str(audit_log),
+    }
 
 
 #: The modules ``attestfl demo`` runs with: the site's (torch, scikit-learn, tqdm, tenacity) and
@@ -162,9 +179,18 @@ def summarise(events: list[dict[str, Any]], rounds: int, audit_log: Path) -> dic
 DEMO_EXTRA_MODULES = ("torch", "sklearn", "tqdm", "tenacity", "numba", "dp_accounting", "prometheus_client")
 
 
-def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, directory: Path | None = None,
-             json_output: bool = False, out: TextIO = sys.stdout, err: TextIO = sys.stderr, dp: bool = False,
-             timeout: float = 600.0) -> DemoResult:
+def run_demo(
+    sites: int = 4,
+    rounds: int = 5,
+    strategy: str = "fedavg",
+    *,
+    directory: Path | None = None,
+    json_output: bool = False,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    dp: bool = False,
+    timeout: float = 600.0,
+) -> DemoResult:
     if sites < 1 or rounds < 1:
         raise ValueError("--sites and --rounds must be at least 1")
     directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="attestfl-demo-"))
@@ -177,12 +203,19 @@ def run_demo(sites: int = 4, rounds: int = 5, strategy: str = "fedavg", *, direc
     splits, _mean, _std = split_non_iid(sites)
     model = {name: t.detach().numpy().astype(np.float32) for name, t in make_model().state_dict().items()}
     port = _free_port()
-    deployment = Deployment(directory, directory / "simulated-vendor", model=model,
-                            task=_task_toml(sites, rounds, strategy, dp), listen=f"127.0.0.1:{port}")
+    deployment = Deployment(
+        directory,
+        directory / "simulated-vendor",
+        model=model,
+        task=_task_toml(sites, rounds, strategy, dp),
+        listen=f"127.0.0.1:{port}",
+    )
     central_dp = ", central DP" if dp else ""
     say(f"attestfl demo: {sites} sites, {rounds} rounds, strategy {strategy}{central_dp} — in {directory}")
-    say("  every party runs in the SIMULATED TEE (software evidence in the real SEV-SNP format; proves nothing about "
-        "hardware)")
+    say(
+        "  every party runs in the SIMULATED TEE (software evidence in the real SEV-SNP format; proves nothing about "
+        "hardware)"
+    )
     configs = _enrol_sites(deployment, splits, f"127.0.0.1:{port}", say)
     measurement = _write_aggregator_policy(deployment)
     aggregator = deployment.start()
@@ -213,8 +246,9 @@ def _task_toml(sites: int, rounds: int, strategy: str, dp: bool) -> str:
     return task
 
 
-def _enrol_sites(deployment: Deployment, splits: list[dict[str, np.ndarray]], target: str, say: Callable[[str], None]
-                 ) -> dict[str, Path]:
+def _enrol_sites(
+    deployment: Deployment, splits: list[dict[str, np.ndarray]], target: str, say: Callable[[str], None]
+) -> dict[str, Path]:
     """Each site's data and site.toml (the rogue one with a tampered measurement); each site creates
     its identity key inside its (simulated) TEE, and the operator pins the public keys with the
     code's measurement in the site's admission rule. Returns site id -> site.toml."""
@@ -226,16 +260,25 @@ def _enrol_sites(deployment: Deployment, splits: list[dict[str, np.ndarray]], ta
     configs = {}
     for index, site_id in enumerate(everyone):
         split = _split_of(splits, index)
-        np.savez(directory / f"{site_id}.npz", x_train=split["x_train"], y_train=split["y_train"],
-                 x_test=split["x_test"], y_test=split["y_test"])
+        np.savez(
+            directory / f"{site_id}.npz",
+            x_train=split["x_train"],
+            y_train=split["y_train"],
+            x_test=split["x_test"],
+            y_test=split["y_test"],
+        )
         configs[site_id] = _write_site_config(directory, site_id, index, target, rogue=site_id == ROGUE_SITE)
     enrolled = _enroll(configs, directory)
     for index, site_id in enumerate(everyone):
         examples = len(_split_of(splits, index)["y_train"])
-        deployment.sites[site_id] = (f'measurements = ["{site_measurement.hex()}"]\n'
-                                     f'identity_keys = ["{enrolled[site_id]}"]\nmax_weight = {examples}')
-    say(f"  {len(enrolled)} sites enrolled identity keys (sealed by their TEEs); the operator pinned each in its "
-        "admission rule")
+        deployment.sites[site_id] = (
+            f'measurements = ["{site_measurement.hex()}"]\n'
+            f'identity_keys = ["{enrolled[site_id]}"]\nmax_weight = {examples}'
+        )
+    say(
+        f"  {len(enrolled)} sites enrolled identity keys (sealed by their TEEs); the operator pinned each in its "
+        "admission rule"
+    )
     return configs
 
 
@@ -252,7 +295,8 @@ def _write_aggregator_policy(deployment: Deployment) -> str:
     roots = ", ".join(f'"{fp}"' for fp in deployment.roots.values())
     (deployment.directory / "aggregator-policy.toml").write_text(
         f"# The sites' policy for the aggregator: its simulated vendor root and its exact measurement.\n"
-        f"trusted_simulated_roots = [{roots}]\nplatforms = [\"{SNP}\"]\n[{SNP}]\nmeasurement = [\"{measurement}\"]\n")
+        f'trusted_simulated_roots = [{roots}]\nplatforms = ["{SNP}"]\n[{SNP}]\nmeasurement = ["{measurement}"]\n'
+    )
     return measurement
 
 
@@ -261,9 +305,13 @@ def _start_sites(configs: dict[str, Path], directory: Path) -> list[tuple[str, s
     processes: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
     for site_id, config in configs.items():
         log = (directory / f"{site_id}.log").open("wb")
-        process = subprocess.Popen([sys.executable, "-m", "attestfl.cli", "site", "run", "--config", str(config), "--quiet"],
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=directory,
-                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "attestfl.cli", "site", "run", "--config", str(config), "--quiet"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
         processes.append((site_id, process, log))
     return processes
 
@@ -279,9 +327,15 @@ def _stop_sites(processes: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]])
         log.close()
 
 
-def _report(events: list[dict[str, Any]], rounds: int, deployment: Deployment,
-            processes: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]], json_output: bool, out: TextIO,
-            say: Callable[[str], None]) -> DemoResult:
+def _report(
+    events: list[dict[str, Any]],
+    rounds: int,
+    deployment: Deployment,
+    processes: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]],
+    json_output: bool,
+    out: TextIO,
+    say: Callable[[str], None],
+) -> DemoResult:
     """The summary (JSON or a table) from the aggregator's own records; exit 0 when training
     finished and every honest site finished."""
     summary = summarise(events, rounds, deployment.directory / "audit-log")
@@ -307,7 +361,8 @@ def _free_port() -> int:
 def _write_site_config(directory: Path, site_id: str, index: int, target: str, *, rogue: bool) -> Path:
     config = directory / f"{site_id}.toml"
     tampered = f'simulated_measurement = "{os.urandom(48).hex()}"  # tampered: not the code that runs' if rogue else ""
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         [site]
         id = "{site_id}"
         aggregator = "{target}"
@@ -322,15 +377,22 @@ def _write_site_config(directory: Path, site_id: str, index: int, target: str, *
         trainer = "attestfl.demo:breast_cancer_trainer"
         file = "{site_id}.npz"
         seed = {index}
-        """))
+        """)
+    )
     return config
 
 
 def _enroll(configs: dict[str, Path], directory: Path) -> dict[str, str]:
     """``attestfl site enroll`` for every site (in parallel, as each hospital would): site -> public key (hex)."""
-    running = {site: subprocess.Popen([sys.executable, "-m", "attestfl.cli", "site", "enroll", "--config", str(path), "--json", "--replace"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=directory)
-               for site, path in configs.items()}
+    running = {
+        site: subprocess.Popen(
+            [sys.executable, "-m", "attestfl.cli", "site", "enroll", "--config", str(path), "--json", "--replace"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=directory,
+        )
+        for site, path in configs.items()
+    }
     keys = {}
     for site, process in running.items():
         stdout, stderr = process.communicate(timeout=120)
@@ -352,7 +414,10 @@ def _follow(stderr_path: Path, rounds: int, processes: list, say: Any, json_outp
             for event in events:
                 if event["message"] == "admission" and not event["admitted"] and event["site"] not in reported_refusals:
                     reported_refusals.add(event["site"])
-                    tqdm.write(f"  REFUSED {event['site']}: " + "; ".join(event["reasons"]), file=sys.stderr if json_output else sys.stdout)
+                    tqdm.write(
+                        f"  REFUSED {event['site']}: " + "; ".join(event["reasons"]),
+                        file=sys.stderr if json_output else sys.stdout,
+                    )
                 if event["message"] == "round" and event["round"] not in seen_rounds:
                     seen_rounds.add(event["round"])
                     bar.update(1)
@@ -366,7 +431,11 @@ def _follow(stderr_path: Path, rounds: int, processes: list, say: Any, json_outp
 def _print_table(summary: dict[str, Any], say: Any) -> None:
     say("")
     sites = sorted({s for row in summary["rounds"] for s in row["per_site"]})
-    header = f"{'round':>5}  {'global acc':>10}  " + "  ".join(f"{s:>12}" for s in sites) + ("  epsilon" if any(r['epsilon'] is not None for r in summary['rounds']) else "")
+    header = (
+        f"{'round':>5}  {'global acc':>10}  "
+        + "  ".join(f"{s:>12}" for s in sites)
+        + ("  epsilon" if any(r["epsilon"] is not None for r in summary["rounds"]) else "")
+    )
     say(header)
     for row in summary["rounds"]:
         acc = f"{row['accuracy']:.4f}" if row["accuracy"] is not None else "-"
@@ -390,17 +459,21 @@ def _at_least_one(text: str) -> int:
 
 
 def add_demo_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    demo = subparsers.add_parser("demo", help="run an attested federation on loopback (simulated TEEs)",
-                                 description="Start one aggregator and N sites in simulated TEEs as separate processes, "
-                                 "train a small torch model on scikit-learn's breast-cancer data split non-IID, refuse a "
-                                 "rogue site, print per-round accuracy. Needs the demo extra: pip install "
-                                 "'attestfl[demo]'.")
+    demo = subparsers.add_parser(
+        "demo",
+        help="run an attested federation on loopback (simulated TEEs)",
+        description="Start one aggregator and N sites in simulated TEEs as separate processes, "
+        "train a small torch model on scikit-learn's breast-cancer data split non-IID, refuse a "
+        "rogue site, print per-round accuracy. Needs the demo extra: pip install "
+        "'attestfl[demo]'.",
+    )
     demo.add_argument("--sites", type=_at_least_one, default=4, help="honest sites (default 4)")
     demo.add_argument("--rounds", type=_at_least_one, default=5, help="training rounds (default 5)")
     demo.add_argument("--strategy", default="fedavg", choices=("fedavg", "median", "trimmed_mean", "krum"))
     demo.add_argument("--dp", action="store_true", help="central differential privacy inside the aggregator")
-    demo.add_argument("--dir", type=Path,
-                      help="where to write configs, logs and the audit log (default: a new temporary directory)")
+    demo.add_argument(
+        "--dir", type=Path, help="where to write configs, logs and the audit log (default: a new temporary directory)"
+    )
     demo.add_argument("--json", action="store_true", help="print one JSON summary object")
     demo.set_defaults(handler=_run_demo_command)
 
@@ -409,5 +482,6 @@ def _run_demo_command(args: argparse.Namespace) -> int:
     from attestation.errors import ExtraNotInstalled
 
     ExtraNotInstalled.check("demo", "attestfl demo", DEMO_EXTRA_MODULES)
-    return run_demo(args.sites, args.rounds, args.strategy, directory=args.dir, json_output=args.json,
-                    dp=args.dp).exit_code
+    return run_demo(
+        args.sites, args.rounds, args.strategy, directory=args.dir, json_output=args.json, dp=args.dp
+    ).exit_code

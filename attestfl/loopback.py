@@ -2,6 +2,7 @@
 an ``aggregator.toml``, ``attestfl serve`` in its own process (as operators run it), and the
 site policy that trusts the same simulated vendor roots. Never for production: it trusts a
 simulated root."""
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from attestation.policy import Policy
 from attestation.platforms.nvidia import NAME as GPU
 from attestation.platforms.snp import NAME as SNP
 from attestation.platforms.snp.validate import SnpPolicy
 from attestation.platforms.tdx import NAME as TDX
+from attestation.policy import Policy
 from enclave.identity import SiteIdentity, enroll
 from enclave.measure import measure
 from enclave.sealing import SimulatedSealingKey
@@ -114,7 +115,9 @@ class Deployment:
         kwargs.setdefault("platforms", frozenset({SNP, GPU}))
         return Policy(trusted_simulated_roots=frozenset(self.roots.values()), **kwargs)
 
-    def client(self, target: str, *, site_id: str, policy: Policy | None = None, attester: Any = None, **options: Any) -> Any:
+    def client(
+        self, target: str, *, site_id: str, policy: Policy | None = None, attester: Any = None, **options: Any
+    ) -> Any:
         """A :class:`fedsite.client.SiteClient` for ``site_id`` with its identity key and the
         sites' policy (the simulated SNP TEE unless ``attester`` or ``app_attest`` is given)."""
         from enclave.simulated.attester import SimulatedSnpAttester
@@ -122,8 +125,14 @@ class Deployment:
 
         if attester is None and "app_attest" not in options:
             attester = SimulatedSnpAttester(self.sim_dir)
-        return SiteClient(target, site_id=site_id, policy=policy or self.site_policy(), attester=attester,
-                          identity=options.pop("identity", None) or self.identity(site_id), **options)
+        return SiteClient(
+            target,
+            site_id=site_id,
+            policy=policy or self.site_policy(),
+            attester=attester,
+            identity=options.pop("identity", None) or self.identity(site_id),
+            **options,
+        )
 
     def rule(self, site: str, extra: str) -> str:
         """The site's admission table: the given lines, its platforms and its identity key."""
@@ -146,7 +155,8 @@ class Deployment:
         roots = ", ".join(f'"{fp}"' for fp in self.roots.values())
         (self.directory / "site-policy.toml").write_text(f"trusted_simulated_roots = [{roots}]\n")
         sites = "".join(f"\n[admission.sites.{site}]\n{self.rule(site, extra)}\n" for site, extra in self.sites.items())
-        config = textwrap.dedent(f"""\
+        config = (
+            textwrap.dedent(f"""\
             [aggregator]
             listen = "{self.listen}"
             tee = "simulated-snp"
@@ -158,11 +168,14 @@ class Deployment:
             challenge_ttl = "30s"
             policy = "site-policy.toml"
             collateral_dir = "collateral"
-            """) + sites + textwrap.dedent(f"""
+            """)
+            + sites
+            + textwrap.dedent(f"""
             [task]
             initial_model = "model.safetensors"
-            {self.task or 'rounds = 2'}
+            {self.task or "rounds = 2"}
             """)
+        )
         path = self.directory / "aggregator.toml"
         path.write_text(config)
         return path
@@ -178,8 +191,13 @@ class Deployment:
         stderr_path = self.directory / "aggregator.stderr"
         stderr = stderr_path.open("wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        process = subprocess.Popen([*prefix, sys.executable, "-m", "attestfl.cli", "serve", "--config", str(config)],
-                                   stdout=subprocess.PIPE, stderr=stderr, cwd=self.directory, env=env)
+        process = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "attestfl.cli", "serve", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=self.directory,
+            env=env,
+        )
         deadline = time.time() + timeout
         assert process.stdout is not None
         while time.time() < deadline:

@@ -10,6 +10,7 @@ their own dtype); complex or non-numeric tensors are refused with what to do. Th
 prints the model spec (name, shape, dtype as loaded) and the file's SHA-256, the digest the
 aggregator logs for the initial model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,9 @@ import importlib
 import importlib.util
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -76,10 +78,18 @@ def tensors_of(model: Any) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]
         array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
         kind = array.dtype.kind
         if kind not in "fiub":
-            raise ModelInitError(f"tensor {name!r} has dtype {array.dtype}: attestfl federates float32 tensors; convert it "
-                                 "(or leave it out of the state_dict) in your factory")
-        spec.append({"name": str(name), "shape": list(array.shape), "dtype": str(array.dtype),
-                     "cast": kind != "f" or array.dtype != np.float32})
+            raise ModelInitError(
+                f"tensor {name!r} has dtype {array.dtype}: attestfl federates float32 tensors; convert it "
+                "(or leave it out of the state_dict) in your factory"
+            )
+        spec.append(
+            {
+                "name": str(name),
+                "shape": list(array.shape),
+                "dtype": str(array.dtype),
+                "cast": kind != "f" or array.dtype != np.float32,
+            }
+        )
         converted = array.astype(np.float32)
         if kind == "f" and not np.isfinite(converted).all():
             raise ModelInitError(f"tensor {name!r} has non-finite values (or overflows float32)")
@@ -102,24 +112,35 @@ def run_model_init(args: argparse.Namespace, out: TextIO | None = None) -> int:
     digest = hashlib.sha256(data).hexdigest()
     parameters = sum(int(np.prod(t["shape"])) for t in spec)
     if args.json:
-        print(json.dumps({"file": str(output), "sha256": digest, "parameters": parameters, "bytes": len(data), "tensors": spec}), file=out)
+        print(
+            json.dumps(
+                {"file": str(output), "sha256": digest, "parameters": parameters, "bytes": len(data), "tensors": spec}
+            ),
+            file=out,
+        )
         return 0
-    print(f"wrote {output}: {len(spec)} tensors, {parameters:,} parameters, {len(data):,} bytes, sha256 {digest}", file=out)
+    print(
+        f"wrote {output}: {len(spec)} tensors, {parameters:,} parameters, {len(data):,} bytes, sha256 {digest}",
+        file=out,
+    )
     width = max(len(t["name"]) for t in spec)
     for t in spec:
         note = f"  (cast from {t['dtype']})" if t["cast"] else ""
         print(f"  {t['name']:<{width}}  {'x'.join(map(str, t['shape'])) or 'scalar':>14}  float32{note}", file=out)
-    print(f"Use it as [task] initial_model = \"{output.name}\" in aggregator.toml.", file=out)
+    print(f'Use it as [task] initial_model = "{output.name}" in aggregator.toml.', file=out)
     return 0
 
 
 def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
     model = subparsers.add_parser("model", help="make the task's initial model from your model code")
     sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
-    init = sub.add_parser("init", help="write MODULE:FACTORY's model as float32 safetensors and print its spec",
-                          description="Call FACTORY (file.py:function relative to the current directory, or package.module:function) "
-                          "to build your torch model, write its state_dict as float32 safetensors (integer and boolean buffers cast, "
-                          "other precisions cast, complex refused), and print the spec and SHA-256. Exit 0: written; 2: unusable.")
+    init = sub.add_parser(
+        "init",
+        help="write MODULE:FACTORY's model as float32 safetensors and print its spec",
+        description="Call FACTORY (file.py:function relative to the current directory, or package.module:function) "
+        "to build your torch model, write its state_dict as float32 safetensors (integer and boolean buffers cast, "
+        "other precisions cast, complex refused), and print the spec and SHA-256. Exit 0: written; 2: unusable.",
+    )
     init.add_argument("factory", metavar="MODULE:FACTORY")
     init.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the safetensors file")
     init.add_argument("--json", action="store_true", help="print one JSON object")

@@ -6,6 +6,7 @@ one JSON object is printed in every case (on exit 2: ``{"valid": null, "error": 
 Every file these commands read must be a regular file under a size limit (a FIFO or a
 device is refused, naming it); errors are one line, never a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,30 +32,45 @@ class InputError(AttestflError):
 
 
 def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    audit = subparsers.add_parser("audit", help="verify, prove against and report on a tamper-evident audit log",
-                                  description="The auditor's tools for the aggregator's audit log (docs/auditors.md).")
+    audit = subparsers.add_parser(
+        "audit",
+        help="verify, prove against and report on a tamper-evident audit log",
+        description="The auditor's tools for the aggregator's audit log (docs/auditors.md).",
+    )
     sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
 
-    verify = sub.add_parser("verify", help="re-verify an audit log offline",
-                            description="Recompute every leaf and tree head, check signatures, the aggregator's evidence "
-                            "(against --policy), re-run every admission, check rounds and receipts. "
-                            "Exit 0: valid; 1: tampered or inconsistent (the first bad entry is named); 2: unusable input.")
+    verify = sub.add_parser(
+        "verify",
+        help="re-verify an audit log offline",
+        description="Recompute every leaf and tree head, check signatures, the aggregator's evidence "
+        "(against --policy), re-run every admission, check rounds and receipts. "
+        "Exit 0: valid; 1: tampered or inconsistent (the first bad entry is named); 2: unusable input.",
+    )
     verify.add_argument("log_dir", metavar="LOGDIR")
-    verify.add_argument("--policy", metavar="FILE", help="attestation policy for the aggregator's evidence "
-                        "(default: real vendor roots only; pass trusted_simulated_roots for the simulated TEE)")
+    verify.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="attestation policy for the aggregator's evidence "
+        "(default: real vendor roots only; pass trusted_simulated_roots for the simulated TEE)",
+    )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(handler=run_verify)
 
-    prove = sub.add_parser("prove", help="prove a site's update receipt is in the log",
-                           description="Find the update_accepted entry of (site, round, digest) and verify its RFC 9162 "
-                           "inclusion proof against a signed tree head (the latest, or --head FILE the site saved; then the "
-                           "latest head must also be consistent with it). Exit 0: included; 1: not included; 2: unusable input.")
+    prove = sub.add_parser(
+        "prove",
+        help="prove a site's update receipt is in the log",
+        description="Find the update_accepted entry of (site, round, digest) and verify its RFC 9162 "
+        "inclusion proof against a signed tree head (the latest, or --head FILE the site saved; then the "
+        "latest head must also be consistent with it). Exit 0: included; 1: not included; 2: unusable input.",
+    )
     prove.add_argument("log_dir", metavar="LOGDIR")
     prove.add_argument("--site", required=True)
     prove.add_argument("--round", required=True, type=int)
     prove.add_argument("--update-sha256", required=True, metavar="HEX")
     prove.add_argument("--head", metavar="FILE", help="a signed tree head (JSON, as `attestfl audit head` prints)")
-    prove.add_argument("--key", metavar="HEX", help="the aggregator Ed25519 key the site attested: the head must be signed by it")
+    prove.add_argument(
+        "--key", metavar="HEX", help="the aggregator Ed25519 key the site attested: the head must be signed by it"
+    )
     prove.add_argument("--json", action="store_true")
     prove.set_defaults(handler=run_prove)
 
@@ -62,10 +78,13 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     head.add_argument("log_dir", metavar="LOGDIR")
     head.set_defaults(handler=run_head)
 
-    report = sub.add_parser("report", help="write a self-contained HTML report",
-                            description="Verify the log and write one HTML page (no external assets): verdict, the "
-                            "aggregator's measurement and TCB, admissions, rounds, timeline. Exit 0: valid; 1: the log "
-                            "failed verification (the report says why); 2: unusable input.")
+    report = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report",
+        description="Verify the log and write one HTML page (no external assets): verdict, the "
+        "aggregator's measurement and TCB, admissions, rounds, timeline. Exit 0: valid; 1: the log "
+        "failed verification (the report says why); 2: unusable input.",
+    )
     report.add_argument("log_dir", metavar="LOGDIR")
     report.add_argument("-o", "--output", required=True, metavar="FILE")
     report.add_argument("--policy", metavar="FILE", help="as for verify")
@@ -139,11 +158,16 @@ def run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.json:
         print(json.dumps(result.to_json()), file=out)
     elif result.valid:
-        print(f"valid: {result.records} entries, {len(result.heads)} signed tree heads, {len(result.runs)} aggregator "
-              f"run(s), {len(result.admissions)} admission decision(s) re-run, {len(result.rounds)} round(s)", file=out)
+        print(
+            f"valid: {result.records} entries, {len(result.heads)} signed tree heads, {len(result.runs)} aggregator "
+            f"run(s), {len(result.admissions)} admission decision(s) re-run, {len(result.rounds)} round(s)",
+            file=out,
+        )
     else:
         first = result.first_problem
-        print(f"INVALID: first bad entry {first.index}: {first.check}: {first.message}" if first else "INVALID", file=out)
+        print(
+            f"INVALID: first bad entry {first.index}: {first.check}: {first.message}" if first else "INVALID", file=out
+        )
         for problem in result.problems[1:20]:
             print(f"  also {problem}", file=out)
     for warning in result.warnings:
@@ -160,10 +184,15 @@ def run_prove(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         key = bytes.fromhex(args.key) if args.key else None
     except ValueError:
         raise InputError(f"--key {args.key[:80]!r} is not hex") from None
-    result = prove_receipt(args.log_dir, site=args.site, round_number=args.round, update_sha256=args.update_sha256,
-                           head=head, key=key)
-    print(json.dumps(result.to_json()) if args.json
-          else ("included: " if result.included else "NOT INCLUDED: ") + result.message, file=out)
+    result = prove_receipt(
+        args.log_dir, site=args.site, round_number=args.round, update_sha256=args.update_sha256, head=head, key=key
+    )
+    print(
+        json.dumps(result.to_json())
+        if args.json
+        else ("included: " if result.included else "NOT INCLUDED: ") + result.message,
+        file=out,
+    )
     return EXIT_OK if result.included else EXIT_BAD
 
 

@@ -40,31 +40,29 @@ entry or a head is a Problem naming it [entry.decode, head.decode, KIND.fields,
 admission.evidence]; files that are not regular files, or too large, make the log
 unusable (:class:`UnusableLog`, exit 2), naming the file.
 """
+
 from __future__ import annotations
 
-import dataclasses
-
 import concurrent.futures
+import dataclasses
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from attestation.abi.bundle import parse_bundle
+from attestation.binding import BoundKeys
 from attestation.bundle import appraise_bundle
 from attestation.errors import AttestationError, AttestflError
 from attestation.findings import Reason
 from attestation.policy import Policy
-
-from attestation.binding import BoundKeys
-
 from protocol.admission import AdmissionPolicy, AdmissionRequest, IdentityProof, appraise
-from protocol.formulas import receipt_message
 from protocol.auditlog import merkle
 from protocol.auditlog.format import (
     ENTRIES_FILE,
@@ -77,9 +75,19 @@ from protocol.auditlog.format import (
 )
 from protocol.auditlog.heads import TreeHead, head_message
 from protocol.auditlog.records import KNOWN_LOG_FORMATS, PolicyRecordError, admission_policy_from_record
+from protocol.formulas import receipt_message
 
 START_KINDS = ("aggregator_start", "handover")
-CHECKED_KINDS = START_KINDS + ("config", "collateral", "admission", "session", "update_accepted", "round", "restart", "no_sealing")
+CHECKED_KINDS = START_KINDS + (
+    "config",
+    "collateral",
+    "admission",
+    "session",
+    "update_accepted",
+    "round",
+    "restart",
+    "no_sealing",
+)
 MAX_PROBLEMS = 200
 MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last instant a datetime holds
 
@@ -112,7 +120,7 @@ class Entry:
 
     @property
     def when(self) -> datetime:
-        return datetime.fromtimestamp(self.time / 1000, timezone.utc)
+        return datetime.fromtimestamp(self.time / 1000, UTC)
 
 
 @dataclass(frozen=True)
@@ -193,11 +201,22 @@ class Verification:
             "problems": [p.to_json() for p in self.problems],
             "more_problems": self.omitted_problems,
             "warnings": list(self.warnings),
-            "aggregator_runs": [{"index": r.index, "kind": r.kind, "key": r.key, "platform": r.platform,
-                                 "evidence_accepted": not r.reasons, "reasons": list(r.reasons),
-                                 "measurement": r.claims.get("measurement")} for r in self.runs],
-            "admissions": {"admitted": sum(a.admitted for a in self.admissions),
-                           "refused": sum(not a.admitted for a in self.admissions)},
+            "aggregator_runs": [
+                {
+                    "index": r.index,
+                    "kind": r.kind,
+                    "key": r.key,
+                    "platform": r.platform,
+                    "evidence_accepted": not r.reasons,
+                    "reasons": list(r.reasons),
+                    "measurement": r.claims.get("measurement"),
+                }
+                for r in self.runs
+            ],
+            "admissions": {
+                "admitted": sum(a.admitted for a in self.admissions),
+                "refused": sum(not a.admitted for a in self.admissions),
+            },
             "rounds": len(self.rounds),
         }
 
@@ -244,10 +263,15 @@ def _decode_entry(position: int, payload: bytes) -> Entry | Problem:
     if type(index) is not int or not isinstance(kind, str) or type(time_ms) is not int or not isinstance(fields_, dict):
         return Problem(position, "entry.decode", "index, kind, time or fields has the wrong type")
     if not 0 <= time_ms <= MAX_TIME_MS:
-        return Problem(position, "entry.decode", f"the entry's time {time_ms} is not a unix time in milliseconds up to year 9999")
+        return Problem(
+            position, "entry.decode", f"the entry's time {time_ms} is not a unix time in milliseconds up to year 9999"
+        )
     if index != position:
-        return Problem(position, "entry.index",
-                       f"position {position} holds the entry numbered {index}: entries were deleted, inserted or reordered")
+        return Problem(
+            position,
+            "entry.index",
+            f"position {position} holds the entry numbered {index}: entries were deleted, inserted or reordered",
+        )
     return Entry(index, kind, time_ms, fields_)
 
 
@@ -269,23 +293,43 @@ def read_log(directory: str | Path) -> tuple[list[bytes], list[TreeHead], list[A
             heads.append(TreeHead.from_map(cbor2.loads(record.payload)))
             raw_heads.append(number)
         except Exception as exc:  # noqa: BLE001
-            problems.append(Problem(heads[-1].tree_size if heads else 0, "head.decode", f"tree head #{number} is unreadable: {exc}", number))
+            problems.append(
+                Problem(
+                    heads[-1].tree_size if heads else 0,
+                    "head.decode",
+                    f"tree head #{number} is unreadable: {exc}",
+                    number,
+                )
+            )
     covered = max((h.tree_size for h in heads), default=0)
     if scan.torn is not None:
         position = len(payloads)
         if scan.torn_at_end and covered <= position:
-            warnings.append(f"entries.log ends with a torn, unacknowledged record at byte {scan.good_end} "
-                            "(an append cut short; the aggregator truncates it on restart)")
+            warnings.append(
+                f"entries.log ends with a torn, unacknowledged record at byte {scan.good_end} "
+                "(an append cut short; the aggregator truncates it on restart)"
+            )
         else:
-            problems.append(Problem(position, "entry.framing", f"{scan.torn} (byte {scan.good_end} of entries.log): "
-                                    "the entry was altered or the file was cut"))
+            problems.append(
+                Problem(
+                    position,
+                    "entry.framing",
+                    f"{scan.torn} (byte {scan.good_end} of entries.log): the entry was altered or the file was cut",
+                )
+            )
     if head_scan.torn is not None:
         number = len(head_scan.records)
         if head_scan.torn_at_end:
             warnings.append(f"heads.log ends with a torn record at byte {head_scan.good_end} (an append cut short)")
         else:
-            problems.append(Problem(heads[-1].tree_size if heads else 0, "head.framing",
-                                    f"tree head #{number}: {head_scan.torn} (byte {head_scan.good_end} of heads.log)", number))
+            problems.append(
+                Problem(
+                    heads[-1].tree_size if heads else 0,
+                    "head.framing",
+                    f"tree head #{number}: {head_scan.torn} (byte {head_scan.good_end} of heads.log)",
+                    number,
+                )
+            )
     if not payloads and not heads:
         raise UnusableLog(f"{directory}: the log is empty")
     return payloads, heads, raw_heads, problems, warnings
@@ -336,8 +380,11 @@ def _decode_entries(result: Verification, payloads: list[bytes]) -> list[Entry |
 
 def _bound_keys(entries: list[Entry]) -> list[tuple[int, bytes]]:
     """Keys bound by start/handover entries, by index (checked for their evidence later)."""
-    return [(entry.index, entry.fields["ed25519"]) for entry in entries
-            if entry.kind in START_KINDS and isinstance(entry.fields.get("ed25519"), bytes)]
+    return [
+        (entry.index, entry.fields["ed25519"])
+        for entry in entries
+        if entry.kind in START_KINDS and isinstance(entry.fields.get("ed25519"), bytes)
+    ]
 
 
 def _key_at(bound: list[tuple[int, bytes]], tree_size: int) -> bytes | None:
@@ -351,7 +398,7 @@ def _key_at(bound: list[tuple[int, bytes]], tree_size: int) -> bytes | None:
     return key
 
 
-def _check_heads(result: Verification, heads: list[TreeHead], roots: list[bytes], size: int, keys: "_Keys") -> None:
+def _check_heads(result: Verification, heads: list[TreeHead], roots: list[bytes], size: int, keys: _Keys) -> None:
     """Signed tree heads: order, signature, signing key, root; then the entries no head covers."""
     bound = _bound_keys(result.entries)
     previous: TreeHead | None = None
@@ -360,37 +407,78 @@ def _check_heads(result: Verification, heads: list[TreeHead], roots: list[bytes]
     for number, head in enumerate(heads):
         last = max(0, head.tree_size - 1)
         if previous is not None and (head.tree_size <= previous.tree_size or head.timestamp < previous.timestamp):
-            result.add(Problem(last, "head.order", f"tree head #{number} (size {head.tree_size}, time {head.timestamp}) does not "
-                               f"follow the previous one (size {previous.tree_size}, time {previous.timestamp})", number))
+            result.add(
+                Problem(
+                    last,
+                    "head.order",
+                    f"tree head #{number} (size {head.tree_size}, time {head.timestamp}) does not "
+                    f"follow the previous one (size {previous.tree_size}, time {previous.timestamp})",
+                    number,
+                )
+            )
         previous = head
-        if not keys.verify(head.key, head.signature, head_message(head.tree_size, head.root_hash, head.timestamp, head.key)):
-            result.add(Problem(last, "head.signature", f"tree head #{number} (size {head.tree_size}): the signature does not "
-                               f"verify under key {head.key.hex()}: a forged or altered tree head", number))
+        if not keys.verify(
+            head.key, head.signature, head_message(head.tree_size, head.root_hash, head.timestamp, head.key)
+        ):
+            result.add(
+                Problem(
+                    last,
+                    "head.signature",
+                    f"tree head #{number} (size {head.tree_size}): the signature does not "
+                    f"verify under key {head.key.hex()}: a forged or altered tree head",
+                    number,
+                )
+            )
             continue
         expected_key = _key_at(bound, head.tree_size)
         if expected_key != head.key:
             bound_by = "no key" if expected_key is None else f"key {expected_key.hex()}"
-            result.add(Problem(last, "head.key", f"tree head #{number} (size {head.tree_size}) is signed by {head.key.hex()}, "
-                               f"but the log's evidence entries bind {bound_by} at that size: a key whose evidence is not in the log", number))
+            result.add(
+                Problem(
+                    last,
+                    "head.key",
+                    f"tree head #{number} (size {head.tree_size}) is signed by {head.key.hex()}, "
+                    f"but the log's evidence entries bind {bound_by} at that size: a key whose evidence is not in the log",
+                    number,
+                )
+            )
             continue
         if head.tree_size > size:
-            result.add(Problem(size, "entry.missing", f"tree head #{number} covers {head.tree_size} entries, but only "
-                               f"{size} are present: entries {size}..{head.tree_size - 1} were deleted or cut off", number))
+            result.add(
+                Problem(
+                    size,
+                    "entry.missing",
+                    f"tree head #{number} covers {head.tree_size} entries, but only "
+                    f"{size} are present: entries {size}..{head.tree_size - 1} were deleted or cut off",
+                    number,
+                )
+            )
             continue
         if roots[head.tree_size] != head.root_hash:
             if not root_failed:
                 culprit = good_size if head.tree_size - good_size == 1 else f"{good_size}..{head.tree_size - 1}"
-                result.add(Problem(good_size, "head.root", f"tree head #{number} (size {head.tree_size}) does not match the "
-                                   f"entries: entry {culprit} was altered, replaced or reordered since it was signed", number))
+                result.add(
+                    Problem(
+                        good_size,
+                        "head.root",
+                        f"tree head #{number} (size {head.tree_size}) does not match the "
+                        f"entries: entry {culprit} was altered, replaced or reordered since it was signed",
+                        number,
+                    )
+                )
             root_failed += 1
             continue
         if not root_failed:
             good_size = head.tree_size
     if root_failed > 1:
-        result.warnings.append(f"{root_failed - 1} later tree heads do not match the entries either (consequence of the first)")
+        result.warnings.append(
+            f"{root_failed - 1} later tree heads do not match the entries either (consequence of the first)"
+        )
     covered = max((h.tree_size for h in heads), default=0)
     if covered < size:
-        result.add(Problem(covered, "entry.unsigned", f"entries {covered}..{size - 1} are not covered by any signed tree head"))
+        result.add(
+            Problem(covered, "entry.unsigned", f"entries {covered}..{size - 1} are not covered by any signed tree head")
+        )
 
 
 def _reason_from_text(text: str) -> Reason:
@@ -413,11 +501,15 @@ class _RunState:
     admitted: dict[str, int] = field(default_factory=dict)  # site -> index of the admission in this run
     receipts: dict[tuple[str, int], Entry] = field(default_factory=dict)
     policies: dict[str, AdmissionPolicy] = field(default_factory=dict)
-    collateral: dict[bytes, bytes] = field(default_factory=dict)  # SHA-256 -> bytes of the verifier's collateral files logged
-    training: "_Training" = field(default_factory=lambda: _Training())
+    collateral: dict[bytes, bytes] = field(
+        default_factory=dict
+    )  # SHA-256 -> bytes of the verifier's collateral files logged
+    training: _Training = field(default_factory=lambda: _Training())
 
 
-def _check_semantics(result: Verification, entries: list[Entry | None], roots: list[bytes], policy: Policy, keys: _Keys) -> None:
+def _check_semantics(
+    result: Verification, entries: list[Entry | None], roots: list[bytes], policy: Policy, keys: _Keys
+) -> None:
     state = _RunState()
     for entry in entries:
         if entry is None:
@@ -427,21 +519,38 @@ def _check_semantics(result: Verification, entries: list[Entry | None], roots: l
                 state.run_key = _check_start(result, entry, roots, policy, state.run_key)
                 state.admitted, state.receipts = {}, {}
             elif state.run_key is None:
-                result.add(Problem(entry.index, "entry.run", f"a {entry.kind!r} entry before any aggregator_start entry binds a key"))
+                result.add(
+                    Problem(
+                        entry.index,
+                        "entry.run",
+                        f"a {entry.kind!r} entry before any aggregator_start entry binds a key",
+                    )
+                )
             elif entry.kind in _HANDLERS:
                 _HANDLERS[entry.kind](result, entry, state, keys)
         except Exception as exc:  # noqa: BLE001 - whatever a malformed entry makes a check raise is a Problem
             kind = entry.kind if entry.kind in CHECKED_KINDS else "entry"
-            result.add(Problem(entry.index, f"{kind}.fields", f"the {entry.kind[:64]!r} entry lacks a field or has one of the wrong type "
-                               f"or out of range ({type(exc).__name__}: {str(exc)[:300]})"))
+            result.add(
+                Problem(
+                    entry.index,
+                    f"{kind}.fields",
+                    f"the {entry.kind[:64]!r} entry lacks a field or has one of the wrong type "
+                    f"or out of range ({type(exc).__name__}: {str(exc)[:300]})",
+                )
+            )
 
 
 def _on_collateral(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
     f, i = entry.fields, entry.index
     data = _bytes(f, "data")
     if hashlib.sha256(data).hexdigest() != _text(f, "sha256"):
-        result.add(Problem(i, "collateral.sha256", f"the logged collateral file {_text(f, 'path')[:200]!r} is not the "
-                           "bytes its sha256 names"))
+        result.add(
+            Problem(
+                i,
+                "collateral.sha256",
+                f"the logged collateral file {_text(f, 'path')[:200]!r} is not the bytes its sha256 names",
+            )
+        )
     else:
         state.collateral[hashlib.sha256(data).digest()] = data
 
@@ -451,9 +560,15 @@ def _on_config(result: Verification, entry: Entry, state: _RunState, keys: _Keys
     result.configs.append(entry)
     log_format = f.get("log_format", 1)  # format 1 wrote no log_format
     if type(log_format) is not int or log_format not in KNOWN_LOG_FORMATS:
-        result.add(Problem(i, "config.log_format", f"this run's entries are in log format {str(log_format)[:40]}, which this "
-                           f"verifier does not read (it reads formats {', '.join(map(str, KNOWN_LOG_FORMATS))}): verify the log "
-                           "with the attestfl version that wrote it"))
+        result.add(
+            Problem(
+                i,
+                "config.log_format",
+                f"this run's entries are in log format {str(log_format)[:40]}, which this "
+                f"verifier does not read (it reads formats {', '.join(map(str, KNOWN_LOG_FORMATS))}): verify the log "
+                "with the attestfl version that wrote it",
+            )
+        )
         return
     if "admission" in f:
         try:
@@ -461,14 +576,24 @@ def _on_config(result: Verification, entry: Entry, state: _RunState, keys: _Keys
             state.policies[admission.policy_id] = admission
         except PolicyRecordError as exc:
             result.add(Problem(i, "config.admission", str(exc)))
-    if isinstance(f.get("aggregator_toml"), bytes) and hashlib.sha256(f["aggregator_toml"]).hexdigest() != f.get("aggregator_toml_sha256"):
-        result.add(Problem(i, "config.digest", "aggregator_toml_sha256 is not the digest of the logged aggregator.toml"))
+    if isinstance(f.get("aggregator_toml"), bytes) and hashlib.sha256(f["aggregator_toml"]).hexdigest() != f.get(
+        "aggregator_toml_sha256"
+    ):
+        result.add(
+            Problem(i, "config.digest", "aggregator_toml_sha256 is not the digest of the logged aggregator.toml")
+        )
 
 
 def _on_admission(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
     if entry.fields.get("aggregator_ed25519") != state.run_key:
-        result.add(Problem(entry.index, "admission.aggregator", "the admission names aggregator keys other than this run's: "
-                           "the site's identity signature was not made for this aggregator"))
+        result.add(
+            Problem(
+                entry.index,
+                "admission.aggregator",
+                "the admission names aggregator keys other than this run's: "
+                "the site's identity signature was not made for this aggregator",
+            )
+        )
     decision = _check_admission(result, entry, state.policies, state.collateral)
     if decision is not None:
         result.admissions.append(decision)
@@ -479,21 +604,39 @@ def _on_admission(result: Verification, entry: Entry, state: _RunState, keys: _K
 def _on_session(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
     site = entry.fields.get("site")
     if site not in state.admitted:
-        result.add(Problem(entry.index, "session.site", f"a session for site {site!r}, which no admission in this run admitted"))
+        result.add(
+            Problem(
+                entry.index, "session.site", f"a session for site {site!r}, which no admission in this run admitted"
+            )
+        )
 
 
 def _on_update(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
     f, i = entry.fields, entry.index
     site, round_number = _text(f, "site"), _uint(f, "round")
     if site not in state.admitted:
-        result.add(Problem(i, "update.site", f"an update accepted from site {site!r}, which no admission in this run admitted"))
-    message = receipt_message(round_number=round_number, attempt=_uint(f, "attempt"), site_id=site,
-                              update_sha256=bytes.fromhex(_text(f, "update_sha256")), weight=_number(f, "weight"),
-                              accepted_unix_ms=_uint(f, "accepted_unix_ms"), session_id=bytes.fromhex(_text(f, "session")),
-                              call=_uint(f, "call"))
+        result.add(
+            Problem(i, "update.site", f"an update accepted from site {site!r}, which no admission in this run admitted")
+        )
+    message = receipt_message(
+        round_number=round_number,
+        attempt=_uint(f, "attempt"),
+        site_id=site,
+        update_sha256=bytes.fromhex(_text(f, "update_sha256")),
+        weight=_number(f, "weight"),
+        accepted_unix_ms=_uint(f, "accepted_unix_ms"),
+        session_id=bytes.fromhex(_text(f, "session")),
+        call=_uint(f, "call"),
+    )
     assert state.run_key is not None
     if not keys.verify(state.run_key, bytes.fromhex(_text(f, "receipt_signature")), message):
-        result.add(Problem(i, "update.receipt", f"the receipt of site {site!r} for round {round_number} is not signed by this run's key"))
+        result.add(
+            Problem(
+                i,
+                "update.receipt",
+                f"the receipt of site {site!r} for round {round_number} is not signed by this run's key",
+            )
+        )
     state.receipts[(site, round_number)] = entry
 
 
@@ -511,8 +654,14 @@ def _on_no_sealing(result: Verification, entry: Entry, state: _RunState, keys: _
 
 
 _HANDLERS: dict[str, Callable[[Verification, Entry, _RunState, _Keys], None]] = {
-    "collateral": _on_collateral, "config": _on_config, "admission": _on_admission, "session": _on_session,
-    "update_accepted": _on_update, "round": _on_round, "restart": _on_restart, "no_sealing": _on_no_sealing,
+    "collateral": _on_collateral,
+    "config": _on_config,
+    "admission": _on_admission,
+    "session": _on_session,
+    "update_accepted": _on_update,
+    "round": _on_round,
+    "restart": _on_restart,
+    "no_sealing": _on_no_sealing,
 }
 
 
@@ -552,17 +701,29 @@ class _Training:
         i = outcome.index
         if self.closed is not None and outcome.round <= self.closed:
             where = f" (entry {self.last.index})" if self.last is not None and self.last.round == self.closed else ""
-            result.add(Problem(i, "round.order", f"round {outcome.round} is closed again after the log closed round {self.closed}{where} "
-                               "with no restart from a checkpoint: the aggregator's sealed state was lost or rolled back, "
-                               "and sites' data were aggregated again"))
+            result.add(
+                Problem(
+                    i,
+                    "round.order",
+                    f"round {outcome.round} is closed again after the log closed round {self.closed}{where} "
+                    "with no restart from a checkpoint: the aggregator's sealed state was lost or rolled back, "
+                    "and sites' data were aggregated again",
+                )
+            )
         epsilon = outcome.epsilon
         if epsilon is not None:
             if type(epsilon) not in (int, float):
                 result.add(Problem(i, "dp.epsilon", f"round {outcome.round}: epsilon {epsilon!r} is not a number"))
             elif self.epsilon is not None and epsilon < self.epsilon[0]:
                 before, at = self.epsilon
-                result.add(Problem(i, "dp.epsilon", f"round {outcome.round} reports DP epsilon {epsilon:.6g}, below the {before:.6g} the "
-                                   f"log recorded at round {at.round} (entry {at.index}): the privacy accounting was rolled back"))
+                result.add(
+                    Problem(
+                        i,
+                        "dp.epsilon",
+                        f"round {outcome.round} reports DP epsilon {epsilon:.6g}, below the {before:.6g} the "
+                        f"log recorded at round {at.round} (entry {at.index}): the privacy accounting was rolled back",
+                    )
+                )
             elif epsilon == epsilon:  # not NaN
                 self.epsilon = (float(epsilon), outcome)
         self.closed = outcome.round if self.closed is None else max(self.closed, outcome.round)
@@ -576,28 +737,52 @@ class _Training:
         closed = self.closed or 0
         if resumed <= closed:
             where = f" (entry {self.last.index})" if self.last is not None else ""
-            result.add(Problem(i, "restart.round", f"the aggregator resumed at round {resumed}, but the log already closed round {closed}{where}: "
-                               "its checkpoint was rolled back (or it stopped between logging that round and sealing its checkpoint); "
-                               f"round(s) {resumed}..{closed} are aggregated again"))
+            result.add(
+                Problem(
+                    i,
+                    "restart.round",
+                    f"the aggregator resumed at round {resumed}, but the log already closed round {closed}{where}: "
+                    "its checkpoint was rolled back (or it stopped between logging that round and sealing its checkpoint); "
+                    f"round(s) {resumed}..{closed} are aggregated again",
+                )
+            )
         elif resumed > closed + 1:
-            result.add(Problem(i, "restart.round", f"the aggregator resumed at round {resumed} from a checkpoint, but the log shows "
-                               f"{'no closed round' if not closed else f'round {closed} as the last closed'}: rounds "
-                               f"{closed + 1}..{resumed - 1} are missing from this log (the log was rolled back, or the "
-                               "checkpoint comes from another log)"))
+            result.add(
+                Problem(
+                    i,
+                    "restart.round",
+                    f"the aggregator resumed at round {resumed} from a checkpoint, but the log shows "
+                    f"{'no closed round' if not closed else f'round {closed} as the last closed'}: rounds "
+                    f"{closed + 1}..{resumed - 1} are missing from this log (the log was rolled back, or the "
+                    "checkpoint comes from another log)",
+                )
+            )
         elif self.last is not None and self.last.round == closed:
             checkpoint = f.get("checkpoint_model_sha256")
             if checkpoint != self.last.model_sha256:
-                result.add(Problem(i, "restart.model", f"the checkpoint the aggregator resumed from holds model {str(checkpoint)[:80]}, "
-                                   f"not the model {self.last.model_sha256} that round {closed} produced (entry {self.last.index}): "
-                                   "the sealed checkpoint was replaced"))
+                result.add(
+                    Problem(
+                        i,
+                        "restart.model",
+                        f"the checkpoint the aggregator resumed from holds model {str(checkpoint)[:80]}, "
+                        f"not the model {self.last.model_sha256} that round {closed} produced (entry {self.last.index}): "
+                        "the sealed checkpoint was replaced",
+                    )
+                )
         self.closed = resumed - 1
 
 
-def _check_start(result: Verification, entry: Entry, roots: list[bytes], policy: Policy, previous_key: bytes | None) -> bytes:
+def _check_start(
+    result: Verification, entry: Entry, roots: list[bytes], policy: Policy, previous_key: bytes | None
+) -> bytes:
     f, i = entry.fields, entry.index
     key = _bytes(f, "ed25519")
     if entry.kind == "aggregator_start" and i != 0:
-        result.add(Problem(i, "handover.kind", "an aggregator_start entry in the middle of the log (a restart must be a handover)"))
+        result.add(
+            Problem(
+                i, "handover.kind", "an aggregator_start entry in the middle of the log (a restart must be a handover)"
+            )
+        )
     if entry.kind == "handover":
         if i == 0:
             result.add(Problem(i, "handover.kind", "the log begins with a handover, not an aggregator_start"))
@@ -607,12 +792,23 @@ def _check_start(result: Verification, entry: Entry, roots: list[bytes], policy:
             result.add(Problem(i, "handover.previous_head", f"the handover's previous head is unusable: {exc}"))
         else:
             if previous.tree_size != i or previous.root_hash != roots[i]:
-                result.add(Problem(i, "handover.previous_head", f"the handover names a head of {previous.tree_size} entries that is not "
-                                   f"the head of the {i} entries before it: the run continued another log (a rolled-back, "
-                                   "rewritten or forked copy)"))
+                result.add(
+                    Problem(
+                        i,
+                        "handover.previous_head",
+                        f"the handover names a head of {previous.tree_size} entries that is not "
+                        f"the head of the {i} entries before it: the run continued another log (a rolled-back, "
+                        "rewritten or forked copy)",
+                    )
+                )
             elif not previous.signature_valid() or (previous_key is not None and previous.key != previous_key):
-                result.add(Problem(i, "handover.previous_head", "the handover's previous head is not validly signed by the "
-                                   "previous run's key"))
+                result.add(
+                    Problem(
+                        i,
+                        "handover.previous_head",
+                        "the handover's previous head is not validly signed by the previous run's key",
+                    )
+                )
     claims: dict[str, Any] = {}
     platform = None
     reasons: list[str] = []
@@ -627,11 +823,22 @@ def _check_start(result: Verification, entry: Entry, roots: list[bytes], policy:
     except AttestationError as exc:
         reasons.append(f"evidence.format: {exc}")
     except Exception as exc:  # noqa: BLE001 - evidence of any shape must give a reason, not an exception
-        reasons.append(f"evidence.format: the evidence cannot be parsed or appraised ({type(exc).__name__}: {str(exc)[:200]})")
+        reasons.append(
+            f"evidence.format: the evidence cannot be parsed or appraised ({type(exc).__name__}: {str(exc)[:200]})"
+        )
     if reasons:
-        result.add(Problem(i, "aggregator.evidence", "the aggregator's evidence does not bind its log key under the auditor's "
-                           "policy: " + "; ".join(reasons)))
-    result.runs.append(AggregatorRun(i, entry.kind, entry.time, key.hex(), platform, claims, tuple(reasons), str(f.get("tee", ""))[:200]))
+        result.add(
+            Problem(
+                i,
+                "aggregator.evidence",
+                "the aggregator's evidence does not bind its log key under the auditor's policy: " + "; ".join(reasons),
+            )
+        )
+    result.runs.append(
+        AggregatorRun(
+            i, entry.kind, entry.time, key.hex(), platform, claims, tuple(reasons), str(f.get("tee", ""))[:200]
+        )
+    )
     return key
 
 
@@ -646,15 +853,22 @@ def _logged_store(result: Verification, entry: Entry, collateral: dict[bytes, by
     for path, digest in used.items():
         data = collateral.get(bytes.fromhex(str(digest)))
         if data is None:
-            result.add(Problem(entry.index, "admission.collateral", f"the admission used collateral {str(path)[:200]!r} "
-                               f"({str(digest)[:64]}) that no earlier collateral entry of the log holds"))
+            result.add(
+                Problem(
+                    entry.index,
+                    "admission.collateral",
+                    f"the admission used collateral {str(path)[:200]!r} "
+                    f"({str(digest)[:64]}) that no earlier collateral entry of the log holds",
+                )
+            )
             continue
         files[str(path)] = data
     return LoggedCollateralStore(files)
 
 
-def _check_admission(result: Verification, entry: Entry, policies: dict[str, AdmissionPolicy],
-                     collateral: dict[bytes, bytes]) -> AdmissionDecision | None:
+def _check_admission(
+    result: Verification, entry: Entry, policies: dict[str, AdmissionPolicy], collateral: dict[bytes, bytes]
+) -> AdmissionDecision | None:
     f, i = entry.fields, entry.index
     site = _text(f, "site")
     reasons_ = f["reasons"]
@@ -667,7 +881,9 @@ def _check_admission(result: Verification, entry: Entry, policies: dict[str, Adm
     policy_id = _text(f, "policy_id")
 
     def decision(confirmed: bool) -> AdmissionDecision:
-        return AdmissionDecision(i, entry.time, site, logged_admitted, logged_reasons, _optional_text(f, "platform"), policy_id, confirmed)
+        return AdmissionDecision(
+            i, entry.time, site, logged_admitted, logged_reasons, _optional_text(f, "platform"), policy_id, confirmed
+        )
 
     if not logged_admitted and "evidence" not in f:
         # Refused before the peer proved the site's identity key: the aggregator logs only
@@ -676,10 +892,22 @@ def _check_admission(result: Verification, entry: Entry, policies: dict[str, Adm
         return decision(False)
     evidence = _bytes(f, "evidence")
     if hashlib.sha256(evidence).hexdigest() != f["evidence_sha256"]:
-        result.add(Problem(i, "admission.evidence_sha256", f"site {site!r}: evidence_sha256 is not the digest of the logged evidence"))
+        result.add(
+            Problem(
+                i,
+                "admission.evidence_sha256",
+                f"site {site!r}: evidence_sha256 is not the digest of the logged evidence",
+            )
+        )
     policy = policies.get(policy_id)
     if policy is None:
-        result.add(Problem(i, "admission.policy", f"site {site!r} was appraised under policy {policy_id!r}, which no config entry of the log holds"))
+        result.add(
+            Problem(
+                i,
+                "admission.policy",
+                f"site {site!r} was appraised under policy {policy_id!r}, which no config entry of the log holds",
+            )
+        )
         return decision(False)
     request = _logged_request(f, site, evidence, logged_reasons)
     logged_policy = dataclasses.replace(policy, collateral=_logged_store(result, entry, collateral))
@@ -692,10 +920,18 @@ def _check_admission(result: Verification, entry: Entry, policies: dict[str, Adm
         else:
             recomputed = appraise(logged_policy, request)
     except Exception as exc:  # noqa: BLE001 - logged evidence of any shape is a Problem, never a crash
-        result.add(Problem(i, "admission.evidence", f"site {site!r}: the logged evidence cannot be appraised again "
-                           f"({type(exc).__name__}: {str(exc)[:300]}): it is not what the site presented"))
+        result.add(
+            Problem(
+                i,
+                "admission.evidence",
+                f"site {site!r}: the logged evidence cannot be appraised again "
+                f"({type(exc).__name__}: {str(exc)[:300]}): it is not what the site presented",
+            )
+        )
         return decision(False)
-    problem = _rerun_problem(site, logged_admitted, logged_reasons, recomputed.admitted, tuple(str(r) for r in recomputed.reasons))
+    problem = _rerun_problem(
+        site, logged_admitted, logged_reasons, recomputed.admitted, tuple(str(r) for r in recomputed.reasons)
+    )
     if problem:
         result.add(Problem(i, "admission.rerun", problem))
     return decision(not problem)
@@ -708,22 +944,35 @@ def _logged_request(f: dict[str, Any], site: str, evidence: bytes, logged_reason
     if not isinstance(key_id, bytes):
         raise TypeError("app_attest_key_id is not bytes")
     return AdmissionRequest(
-        site_id=site, challenge=_bytes(f, "challenge"), x25519=_bytes(f, "x25519"), ed25519=_bytes(f, "ed25519"),
-        evidence_format=_text(f, "evidence_format"), evidence=evidence,
-        identity=IdentityProof(_bytes(f, "identity_public"), _bytes(f, "identity_signature"), _bytes(f, "identity_certificate"),
-                               _bytes(f, "aggregator_evidence_sha256")),
+        site_id=site,
+        challenge=_bytes(f, "challenge"),
+        x25519=_bytes(f, "x25519"),
+        ed25519=_bytes(f, "ed25519"),
+        evidence_format=_text(f, "evidence_format"),
+        evidence=evidence,
+        identity=IdentityProof(
+            _bytes(f, "identity_public"),
+            _bytes(f, "identity_signature"),
+            _bytes(f, "identity_certificate"),
+            _bytes(f, "aggregator_evidence_sha256"),
+        ),
         aggregator=BoundKeys(_bytes(f, "aggregator_x25519"), _bytes(f, "aggregator_ed25519")),
-        at=datetime.fromisoformat(_text(f, "at")), app_attest_key_id=key_id,
+        at=datetime.fromisoformat(_text(f, "at")),
+        app_attest_key_id=key_id,
         challenge_reason=_reason_from_text(challenge_reasons[0]) if challenge_reasons else None,
     )
 
 
-def _rerun_problem(site: str, logged_admitted: bool, logged: tuple[str, ...], admitted: bool, again: tuple[str, ...]) -> str:
+def _rerun_problem(
+    site: str, logged_admitted: bool, logged: tuple[str, ...], admitted: bool, again: tuple[str, ...]
+) -> str:
     """How the re-run disagrees with the logged decision ("" when it agrees)."""
     if admitted == logged_admitted and again == logged:
         return ""
     if logged_admitted and not admitted:
-        return f"site {site!r} is logged as admitted, but its logged evidence fails the logged policy: " + "; ".join(again)
+        return f"site {site!r} is logged as admitted, but its logged evidence fails the logged policy: " + "; ".join(
+            again
+        )
     if admitted and not logged_admitted:
         return f"site {site!r} is logged as refused ({'; '.join(logged)}), but its logged evidence passes the logged policy"
     return f"site {site!r}: the logged reasons ({'; '.join(logged)}) are not the recomputed ones ({'; '.join(again)})"
@@ -734,7 +983,9 @@ def _optional_text(fields_: dict[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _check_round(result: Verification, entry: Entry, admitted: dict[str, int], receipts: dict[tuple[str, int], Entry]) -> RoundOutcome:
+def _check_round(
+    result: Verification, entry: Entry, admitted: dict[str, int], receipts: dict[tuple[str, int], Entry]
+) -> RoundOutcome:
     f, i = entry.fields, entry.index
     round_number = _uint(f, "round")
     participants = f["participants"]
@@ -742,18 +993,46 @@ def _check_round(result: Verification, entry: Entry, admitted: dict[str, int], r
         raise TypeError("participants is not a map of maps")
     for site, part in participants.items():
         if site not in admitted:
-            result.add(Problem(i, "round.participant", f"round {round_number} aggregated an update of site {site!r}, which was not admitted in this run"))
+            result.add(
+                Problem(
+                    i,
+                    "round.participant",
+                    f"round {round_number} aggregated an update of site {site!r}, which was not admitted in this run",
+                )
+            )
         receipt = receipts.get((site, round_number))
         if receipt is None:
-            result.add(Problem(i, "round.receipt", f"round {round_number}: site {site!r} has no logged, accepted update receipt"))
-        elif receipt.fields.get("update_sha256") != part.get("update_sha256") or _number(receipt.fields, "weight") != _number(part, "weight"):
-            result.add(Problem(i, "round.receipt", f"round {round_number}: site {site!r}'s update digest or weight is not the one its receipt "
-                               f"(entry {receipt.index}) acknowledges"))
+            result.add(
+                Problem(
+                    i, "round.receipt", f"round {round_number}: site {site!r} has no logged, accepted update receipt"
+                )
+            )
+        elif receipt.fields.get("update_sha256") != part.get("update_sha256") or _number(
+            receipt.fields, "weight"
+        ) != _number(part, "weight"):
+            result.add(
+                Problem(
+                    i,
+                    "round.receipt",
+                    f"round {round_number}: site {site!r}'s update digest or weight is not the one its receipt "
+                    f"(entry {receipt.index}) acknowledges",
+                )
+            )
     attempt = f.get("attempt", 1)
     if type(attempt) is not int:
         raise TypeError("attempt is not an integer")
-    outcome = RoundOutcome(i, entry.time, round_number, attempt, participants, _text(f, "model_sha256"),
-                           f.get("strategy"), f.get("clip_norm"), f.get("dp"), f.get("epsilon"))
+    outcome = RoundOutcome(
+        i,
+        entry.time,
+        round_number,
+        attempt,
+        participants,
+        _text(f, "model_sha256"),
+        f.get("strategy"),
+        f.get("clip_norm"),
+        f.get("dp"),
+        f.get("epsilon"),
+    )
     result.rounds.append(outcome)
     return outcome
 
@@ -771,13 +1050,25 @@ class InclusionResult:
     consistency: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"included": self.included, "message": self.message, "index": self.index,
-                "head": self.head.to_json() if self.head else None, "path": [p.hex() for p in self.path],
-                "consistency": self.consistency}
+        return {
+            "included": self.included,
+            "message": self.message,
+            "index": self.index,
+            "head": self.head.to_json() if self.head else None,
+            "path": [p.hex() for p in self.path],
+            "consistency": self.consistency,
+        }
 
 
-def prove_receipt(directory: str | Path, *, site: str, round_number: int, update_sha256: str,
-                  head: TreeHead | None = None, key: bytes | None = None) -> InclusionResult:
+def prove_receipt(
+    directory: str | Path,
+    *,
+    site: str,
+    round_number: int,
+    update_sha256: str,
+    head: TreeHead | None = None,
+    key: bytes | None = None,
+) -> InclusionResult:
     """Is the ``update_accepted`` entry of (site, round, digest) in the tree ``head`` signs?
 
     ``head``: one the site saved (default: the log's latest); ``key``: the aggregator key the
@@ -792,9 +1083,15 @@ def prove_receipt(directory: str | Path, *, site: str, round_number: int, update
     if not head.signature_valid():
         return InclusionResult(False, "the tree head's signature does not verify", head=head)
     if key is not None and head.key != key:
-        return InclusionResult(False, f"the tree head is signed by {head.key.hex()}, not the pinned key {key.hex()}", head=head)
+        return InclusionResult(
+            False, f"the tree head is signed by {head.key.hex()}, not the pinned key {key.hex()}", head=head
+        )
     if head.tree_size > len(payloads):
-        return InclusionResult(False, f"the tree head covers {head.tree_size} entries, but the log holds only {len(payloads)}: entries were removed", head=head)
+        return InclusionResult(
+            False,
+            f"the tree head covers {head.tree_size} entries, but the log holds only {len(payloads)}: entries were removed",
+            head=head,
+        )
     leaves = [merkle.leaf_hash(p) for p in payloads]
     found = None
     for index in range(head.tree_size):
@@ -807,23 +1104,53 @@ def prove_receipt(directory: str | Path, *, site: str, round_number: int, update
         f = data.get("fields")
         if not isinstance(f, dict):
             continue
-        if f.get("site") == site and f.get("round") == round_number and str(f.get("update_sha256", "")).lower() == update_sha256.lower():
+        if (
+            f.get("site") == site
+            and f.get("round") == round_number
+            and str(f.get("update_sha256", "")).lower() == update_sha256.lower()
+        ):
             found = index
             break
     if found is None:
-        return InclusionResult(False, f"no update_accepted entry for site {site!r}, round {round_number}, update {update_sha256} "
-                               f"among the {head.tree_size} entries the head covers", head=head)
+        return InclusionResult(
+            False,
+            f"no update_accepted entry for site {site!r}, round {round_number}, update {update_sha256} "
+            f"among the {head.tree_size} entries the head covers",
+            head=head,
+        )
     path = merkle.inclusion_proof(found, leaves[: head.tree_size])
     if not merkle.verify_inclusion(leaves[found], found, head.tree_size, path, head.root_hash):
-        return InclusionResult(False, f"the inclusion proof of entry {found} does not verify against the head's root: the log was altered",
-                               found, head, tuple(path))
+        return InclusionResult(
+            False,
+            f"the inclusion proof of entry {found} does not verify against the head's root: the log was altered",
+            found,
+            head,
+            tuple(path),
+        )
     consistency = None
     if head is not latest and latest.tree_size <= len(payloads) and latest.signature_valid():
         proof = merkle.consistency_proof(head.tree_size, leaves[: latest.tree_size])
         ok = merkle.verify_consistency(head.tree_size, latest.tree_size, head.root_hash, latest.root_hash, proof)
-        consistency = {"from": head.tree_size, "to": latest.tree_size, "proof": [p.hex() for p in proof], "consistent": ok}
+        consistency = {
+            "from": head.tree_size,
+            "to": latest.tree_size,
+            "proof": [p.hex() for p in proof],
+            "consistent": ok,
+        }
         if not ok:
-            return InclusionResult(False, "the log's latest head is not consistent with the saved head: the log was rewritten",
-                                   found, head, tuple(path), consistency)
-    return InclusionResult(True, f"entry {found} is included in the tree of {head.tree_size} entries signed at {head.timestamp}",
-                           found, head, tuple(path), consistency)
+            return InclusionResult(
+                False,
+                "the log's latest head is not consistent with the saved head: the log was rewritten",
+                found,
+                head,
+                tuple(path),
+                consistency,
+            )
+    return InclusionResult(
+        True,
+        f"entry {found} is included in the tree of {head.tree_size} entries signed at {head.timestamp}",
+        found,
+        head,
+        tuple(path),
+        consistency,
+    )

@@ -13,6 +13,7 @@ Measured in one process, interleaved, medians of warm calls:
 
 Prints JSON with the load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,46 +65,87 @@ def main() -> None:
     results: dict[str, object] = {}
     for platform, attester in ((SNP, SimulatedSnpAttester(vendor)), (TDX, SimulatedTdxAttester(vendor))):
         results[platform] = bench_platform(attester, policy, store, aggregator, at, work, args.repeats)
-    print(json.dumps({"benchmark": "admission", "results": results, "targets": {"identity_proof_ms": 1.0},
-                      "load_average": os.getloadavg(), "cpus": os.cpu_count()}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "admission",
+                "results": results,
+                "targets": {"identity_proof_ms": 1.0},
+                "load_average": os.getloadavg(),
+                "cpus": os.cpu_count(),
+            },
+            indent=2,
+        )
+    )
 
 
-def bench_platform(attester: Any, policy: Policy, store: CollateralStore, aggregator: Any, at: datetime, work: Path,
-                   repeats: int) -> dict[str, float]:
+def bench_platform(
+    attester: Any, policy: Policy, store: CollateralStore, aggregator: Any, at: datetime, work: Path, repeats: int
+) -> dict[str, float]:
     """The admission timings of one platform's simulated evidence (median milliseconds)."""
     identity = SiteIdentity.generate("site-a")
-    admission = AdmissionPolicy(sites={"site-a": SiteRule(frozenset({SNP, TDX}), identity_keys=frozenset({identity.public}))},
-                                attestation=policy, collateral=store)
+    admission = AdmissionPolicy(
+        sites={"site-a": SiteRule(frozenset({SNP, TDX}), identity_keys=frozenset({identity.public}))},
+        attestation=policy,
+        collateral=store,
+    )
     challenges = ChallengeStore(timedelta(minutes=5))
     keys = EnclaveKeys()
     challenge, _ = challenges.issue("site-a")
     bundle = make_bundle(attester, keys, admission_nonce("site-a", challenge))
     evidence = encode_bundle(bundle)
     aggregator_evidence = os.urandom(32)
-    transcript = identity_transcript(site_id="site-a", challenge=challenge, evidence_sha256=hashlib.sha256(evidence).digest(),
-                                     site_x25519=keys.public.x25519, site_ed25519=keys.public.ed25519,
-                                     aggregator_x25519=aggregator.x25519, aggregator_ed25519=aggregator.ed25519,
-                                     aggregator_evidence_sha256=aggregator_evidence)
+    transcript = identity_transcript(
+        site_id="site-a",
+        challenge=challenge,
+        evidence_sha256=hashlib.sha256(evidence).digest(),
+        site_x25519=keys.public.x25519,
+        site_ed25519=keys.public.ed25519,
+        aggregator_x25519=aggregator.x25519,
+        aggregator_ed25519=aggregator.ed25519,
+        aggregator_evidence_sha256=aggregator_evidence,
+    )
     proof = IdentityProof(identity.public, identity.sign(transcript), b"", aggregator_evidence)
 
     def admit(policy_: AdmissionPolicy = admission) -> None:
-        appraisal = appraise_site(policy_, site_id="site-a", challenge_reason=None, challenge=challenge, x25519=keys.public.x25519,
-                                  ed25519=keys.public.ed25519, evidence_format="bundle", evidence=evidence, app_attest_key_id=b"",
-                                  identity=proof, aggregator=aggregator, at=at)
+        appraisal = appraise_site(
+            policy_,
+            site_id="site-a",
+            challenge_reason=None,
+            challenge=challenge,
+            x25519=keys.public.x25519,
+            ed25519=keys.public.ed25519,
+            evidence_format="bundle",
+            evidence=evidence,
+            app_attest_key_id=b"",
+            identity=proof,
+            aggregator=aggregator,
+            at=at,
+        )
         assert appraisal.admitted, appraisal.reasons
 
     def identity_only() -> None:
-        transcript_ = identity_transcript(site_id="site-a", challenge=challenge, evidence_sha256=hashlib.sha256(evidence).digest(),
-                                          site_x25519=keys.public.x25519, site_ed25519=keys.public.ed25519,
-                                          aggregator_x25519=aggregator.x25519, aggregator_ed25519=aggregator.ed25519,
-                                          aggregator_evidence_sha256=aggregator_evidence)
+        transcript_ = identity_transcript(
+            site_id="site-a",
+            challenge=challenge,
+            evidence_sha256=hashlib.sha256(evidence).digest(),
+            site_x25519=keys.public.x25519,
+            site_ed25519=keys.public.ed25519,
+            aggregator_x25519=aggregator.x25519,
+            aggregator_ed25519=aggregator.ed25519,
+            aggregator_evidence_sha256=aggregator_evidence,
+        )
         Ed25519PublicKey.from_public_bytes(identity.public).verify(proof.signature, transcript_)
 
     def cold() -> None:
-        admit(AdmissionPolicy(sites=admission.sites, attestation=policy, collateral=CollateralStore(work / "collateral")))
+        admit(
+            AdmissionPolicy(sites=admission.sites, attestation=policy, collateral=CollateralStore(work / "collateral"))
+        )
 
     def own_collateral() -> None:  # the behaviour before the fix: the evidence's own collateral
-        assert appraise_bundle(bundle, expected_nonce=admission_nonce("site-a", challenge), policy=policy, at=at).accepted
+        assert appraise_bundle(
+            bundle, expected_nonce=admission_nonce("site-a", challenge), policy=policy, at=at
+        ).accepted
 
     return {
         "admission_warm_store": median_ms(admit, repeats),

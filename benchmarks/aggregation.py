@@ -11,6 +11,7 @@ also times a new process reaching its first result with the on-disk cache warm. 
 come from the ``bench`` extra (``pip install -e '.[bench]'``); one that cannot be
 imported is reported as unavailable in the JSON, with the import error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,15 +42,21 @@ KRUM_F = 2
 # (operation, peer, minimum ratio peer/ours) per config; the acceptance lines of issue 3.
 TARGETS: dict[str, list[tuple[str, str, float]]] = {
     "large_n10": [
-        ("fedavg", "torch_add_", 1.0), ("fedavg", "flower", 5.0),
-        ("accumulator", "torch_add_", 0.8), ("accumulator", "flower", 5.0),
-        ("coordinate_median", "flower", 30.0), ("trimmed_mean", "flower", 30.0),
+        ("fedavg", "torch_add_", 1.0),
+        ("fedavg", "flower", 5.0),
+        ("accumulator", "torch_add_", 0.8),
+        ("accumulator", "flower", 5.0),
+        ("coordinate_median", "flower", 30.0),
+        ("trimmed_mean", "flower", 30.0),
         ("krum", "flower", 10.0),
     ],
     "many_n100": [
-        ("fedavg", "torch_add_", 1.0), ("fedavg", "flower", 5.0),
-        ("accumulator", "torch_add_", 0.8), ("accumulator", "flower", 5.0),
-        ("coordinate_median", "flower", 10.0), ("trimmed_mean", "flower", 10.0),
+        ("fedavg", "torch_add_", 1.0),
+        ("fedavg", "flower", 5.0),
+        ("accumulator", "torch_add_", 0.8),
+        ("accumulator", "flower", 5.0),
+        ("coordinate_median", "flower", 10.0),
+        ("trimmed_mean", "flower", 10.0),
         ("krum", "flower", 10.0),
     ],
 }
@@ -60,13 +67,16 @@ def _import_peer(name: str) -> tuple[Any, str | None]:
         if name == "flower":
             import flwr
             from flwr.server.strategy import aggregate as mod
+
             return (mod, flwr.__version__), None
         if name == "nvflare":
             import nvflare
             from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
+
             return (WeightedAggregationHelper, nvflare.__version__), None
         if name == "torch":
             import torch
+
             return (torch, torch.__version__), None
     except Exception as exc:  # noqa: BLE001 - reported in the JSON, not hidden
         return None, f"{type(exc).__name__}: {exc}"
@@ -90,7 +100,7 @@ def _time_interleaved(candidates: dict[str, tuple[Callable[[], object], int]], w
     rounds = max(reps for _, reps in candidates.values())
     names = list(candidates)
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             fn, reps = candidates[name]
             if r < reps:
@@ -122,7 +132,8 @@ class _Case:
     mean_group: Candidates = field(default_factory=dict)
     #: the peers of each robust operation.
     robust_peers: dict[str, Candidates] = field(
-        default_factory=lambda: {"coordinate_median": {}, "trimmed_mean": {}, "krum": {}})
+        default_factory=lambda: {"coordinate_median": {}, "trimmed_mean": {}, "krum": {}}
+    )
 
     def accumulate(self) -> np.ndarray:
         acc = native.Accumulator(self.p)
@@ -138,8 +149,12 @@ def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[st
     case = _Case(p, stack, [stack[i] for i in range(n)], examples, [float(v) for v in examples], repeats, peer_repeats)
     ours_fedavg = native.fedavg(case.updates, case.weights)
     case.checks["accumulator_vs_fedavg_max_abs_diff"] = _max_diff(case.accumulate(), ours_fedavg)
-    case.mean_group.update({"ours_fedavg": (lambda: native.fedavg(case.updates, case.weights), repeats),
-                            "ours_accumulator": (case.accumulate, repeats)})
+    case.mean_group.update(
+        {
+            "ours_fedavg": (lambda: native.fedavg(case.updates, case.weights), repeats),
+            "ours_accumulator": (case.accumulate, repeats),
+        }
+    )
     _add_numpy(case, ours_fedavg)
     torch_mod = peers["torch"][0]
     tensors = _add_torch(case, torch_mod[0], ours_fedavg) if torch_mod is not None else None
@@ -152,7 +167,9 @@ def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[st
 
 def _add_numpy(case: _Case, ours_fedavg: np.ndarray) -> None:
     wn = np.asarray(case.weights, dtype=np.float32) / np.float32(sum(case.weights))
-    case.checks["fedavg_vs_numpy_max_abs_diff"] = _max_diff(ours_fedavg, np.tensordot(wn, np.stack(case.updates), axes=1))
+    case.checks["fedavg_vs_numpy_max_abs_diff"] = _max_diff(
+        ours_fedavg, np.tensordot(wn, np.stack(case.updates), axes=1)
+    )
     case.mean_group["numpy"] = (lambda: np.tensordot(wn, np.stack(case.updates), axes=1), case.repeats)
 
 
@@ -176,8 +193,9 @@ def _add_flower(case: _Case, fl: Any, ours_fedavg: np.ndarray) -> None:
     ours_krum, ours_sel = native.krum(case.stack, KRUM_F)
     checks = case.checks
     checks["fedavg_vs_flower_max_abs_diff"] = _max_diff(ours_fedavg, fl.aggregate(results)[0])
-    checks["median_vs_flower_max_abs_diff"] = _max_diff(native.coordinate_median(case.stack),
-                                                         fl.aggregate_median(results)[0])
+    checks["median_vs_flower_max_abs_diff"] = _max_diff(
+        native.coordinate_median(case.stack), fl.aggregate_median(results)[0]
+    )
     checks["trimmed_mean_vs_flower_max_abs_diff"] = _max_diff(
         native.trimmed_mean(case.stack, TRIM_BETA), fl.aggregate_trimmed_avg(results, TRIM_BETA)[0]
     )
@@ -185,8 +203,10 @@ def _add_flower(case: _Case, fl: Any, ours_fedavg: np.ndarray) -> None:
     checks["krum_selected"] = [int(i) for i in ours_sel]
     case.mean_group["flower"] = (lambda: fl.aggregate(results), case.peer_repeats)
     case.robust_peers["coordinate_median"]["flower"] = (lambda: fl.aggregate_median(results), case.peer_repeats)
-    case.robust_peers["trimmed_mean"]["flower"] = (lambda: fl.aggregate_trimmed_avg(results, TRIM_BETA),
-                                                   case.peer_repeats)
+    case.robust_peers["trimmed_mean"]["flower"] = (
+        lambda: fl.aggregate_trimmed_avg(results, TRIM_BETA),
+        case.peer_repeats,
+    )
     case.robust_peers["krum"]["flower"] = (lambda: fl.aggregate_krum(results, KRUM_F, 0), case.peer_repeats)
 
 
@@ -230,12 +250,14 @@ def evaluate_targets(name: str, config: dict[str, Any]) -> list[dict[str, Any]]:
     lines = []
     for op, peer, minimum in TARGETS.get(name, []):
         ratio = config["operations"][op].get("ratios_peer_over_ours", {}).get(peer)
-        lines.append({
-            "target": f"{op} >= {minimum}x {peer}",
-            "ratio": ratio,
-            "meets_target": ratio is not None and ratio >= minimum,
-            **({} if ratio is not None else {"reason": f"peer {peer} unavailable"}),
-        })
+        lines.append(
+            {
+                "target": f"{op} >= {minimum}x {peer}",
+                "ratio": ratio,
+                "meets_target": ratio is not None and ratio >= minimum,
+                **({} if ratio is not None else {"reason": f"peer {peer} unavailable"}),
+            }
+        )
     return lines
 
 
@@ -297,7 +319,7 @@ def bench_jit() -> dict[str, Any]:
         "compile_empty_cache": cold,
         "new_process_warm_cache": warm,
         "target": "new process with warm cache reaches first result (fedavg) < 1 s, from spawn "
-                  "(interpreter start included)",
+        "(interpreter start included)",
         "meets_target": warm["spawn_to_first_result_s"] < 1.0,
         "note": "each timed kernel in this process was called once before timing (compile or cache load excluded)",
     }
@@ -353,7 +375,9 @@ def bench_memory(n: int, p: int) -> dict[str, Any]:
         "peak includes the update in flight"
     )
     report["target"] = "peak <= 3x one update"
-    report["meets_target"] = report["tracemalloc_peak_over_update"] <= 3.0 and report["rss_peak_growth_over_update"] <= 3.0
+    report["meets_target"] = (
+        report["tracemalloc_peak_over_update"] <= 3.0 and report["rss_peak_growth_over_update"] <= 3.0
+    )
     return report
 
 
@@ -378,8 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "aggregation",
         "quick": args.quick,
-        "machine": {"cpus": os.cpu_count(), "numba_threads": numba.get_num_threads(),
-                    "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "numba_threads": numba.get_num_threads(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "numba": numba.__version__,
+        },
         "peers": {
             name: ({"available": True, "version": mod[1]} if mod is not None else {"available": False, "error": err})
             for name, (mod, err) in peers.items()

@@ -22,6 +22,7 @@ logs its handover (fresh evidence) and the first entry.
 
     python benchmarks/audit.py --faults [--entries 10000] [--appends 2000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,15 +81,26 @@ def build(directory: Path, entries: int, fsync: bool) -> SyntheticFederation:
 
 def _receipt_fields(i: int) -> dict:
     """An entry the size of a typical update_accepted receipt."""
-    return {"site": f"site-{i % 20:02d}", "round": i // 20, "update_sha256": os.urandom(32).hex(), "weight": 100.0,
-            "accepted_unix_ms": int(time.time() * 1000), "receipt_signature": os.urandom(64).hex()}
+    return {
+        "site": f"site-{i % 20:02d}",
+        "round": i // 20,
+        "update_sha256": os.urandom(32).hex(),
+        "weight": 100.0,
+        "accepted_unix_ms": int(time.time() * 1000),
+        "receipt_signature": os.urandom(64).hex(),
+    }
 
 
 def _before_store() -> type | None:
     """The LogStore class of BEFORE_COMMIT (from git history), or None without it."""
     try:
-        source = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:aggregator/audit/log.py"], cwd=ROOT, capture_output=True,
-                                check=True, timeout=30).stdout
+        source = subprocess.run(
+            ["git", "show", f"{BEFORE_COMMIT}:aggregator/audit/log.py"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            timeout=30,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     path = Path(tempfile.mkdtemp(prefix="attestfl-before-")) / "log_before.py"
@@ -112,8 +124,12 @@ def _append_latency(store_class: type, directory: Path, appends: int) -> dict:
         samples.append(time.perf_counter() - started)
     store.close()
     samples.sort()
-    return {"appends": appends, "median_ms": round(1000 * statistics.median(samples), 3),
-            "p99_ms": round(1000 * samples[int(0.99 * (len(samples) - 1))], 3), "mean_ms": round(1000 * statistics.fmean(samples), 3)}
+    return {
+        "appends": appends,
+        "median_ms": round(1000 * statistics.median(samples), 3),
+        "p99_ms": round(1000 * samples[int(0.99 * (len(samples) - 1))], 3),
+        "mean_ms": round(1000 * statistics.fmean(samples), 3),
+    }
 
 
 def faults(entries: int, appends: int) -> dict:
@@ -121,7 +137,9 @@ def faults(entries: int, appends: int) -> dict:
         base = Path(tmp)
         latency = {"after": _append_latency(LogStore, base / "after", appends)}
         before = _before_store()
-        latency["before"] = _append_latency(before, base / "before", appends) if before else "unavailable (no git history)"
+        latency["before"] = (
+            _append_latency(before, base / "before", appends) if before else "unavailable (no git history)"
+        )
         # A log of `entries` entries: the aggregator's start (real simulated evidence), then receipts.
         started = time.perf_counter()
         log = AuditLog(base / "log", EnclaveKeys(), fsync=False)
@@ -157,10 +175,17 @@ def faults(entries: int, appends: int) -> dict:
     return {
         "benchmark": "attestfl audit log: append latency and recovery after a failed append (fsync on)",
         "append_latency": latency,
-        "recovery": {"entries": entries, "log_bytes": size, "failure": failure, "reopen_seconds": round(t1 - t0, 4),
-                     "handover_seconds": round(t2 - t1, 4), "first_append_seconds": round(t3 - t2, 4),
-                     "reopen_and_first_append_seconds": round((t1 - t0) + (t3 - t2), 4),
-                     "total_with_handover_seconds": round(t3 - t0, 4), "entries_after": total},
+        "recovery": {
+            "entries": entries,
+            "log_bytes": size,
+            "failure": failure,
+            "reopen_seconds": round(t1 - t0, 4),
+            "handover_seconds": round(t2 - t1, 4),
+            "first_append_seconds": round(t3 - t2, 4),
+            "reopen_and_first_append_seconds": round((t1 - t0) + (t3 - t2), 4),
+            "total_with_handover_seconds": round(t3 - t0, 4),
+            "entries_after": total,
+        },
         "build_seconds": round(build_seconds, 2),
         "tmp_filesystem": tempfile.gettempdir(),
         "loadavg": os.getloadavg(),
@@ -172,8 +197,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--fsync", action="store_true", help="fsync every append while building (as the aggregator does)")
-    parser.add_argument("--faults", action="store_true", help="measure append latency and recovery after a failed append instead")
+    parser.add_argument(
+        "--fsync", action="store_true", help="fsync every append while building (as the aggregator does)"
+    )
+    parser.add_argument(
+        "--faults", action="store_true", help="measure append latency and recovery after a failed append instead"
+    )
     parser.add_argument("--appends", type=int, default=2000, help="appends timed per LogStore (with --faults)")
     args = parser.parse_args()
     if args.faults:
@@ -194,27 +223,32 @@ def main() -> None:
         size = sum(p.stat().st_size for p in (Path(tmp) / "log").iterdir())
     seconds = statistics.median(samples)
     kinds = Counter(e.kind for e in result.entries)
-    print(json.dumps({
-        "benchmark": "attestfl audit verify (offline re-verification)",
-        "entries": result.records,
-        "tree_heads": len(result.heads),
-        "valid": result.valid,
-        "seconds": round(seconds, 3),
-        "seconds_all": [round(s, 3) for s in samples],
-        "entries_per_second": round(result.records / seconds, 1),
-        "target_seconds": TARGET_SECONDS,
-        "meets_target": result.valid and max(samples) <= TARGET_SECONDS,
-        "mix": dict(sorted(kinds.items())),
-        "admission_share": round(kinds["admission"] / result.records, 4),
-        "admissions_re_run": len(result.admissions),
-        "aggregator_evidence_appraised": len(result.runs),
-        "memoised": False,
-        "log_bytes": size,
-        "build_seconds": round(build_seconds, 2),
-        "build_fsync": args.fsync,
-        "loadavg_before": load_before,
-        "loadavg": os.getloadavg(),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "attestfl audit verify (offline re-verification)",
+                "entries": result.records,
+                "tree_heads": len(result.heads),
+                "valid": result.valid,
+                "seconds": round(seconds, 3),
+                "seconds_all": [round(s, 3) for s in samples],
+                "entries_per_second": round(result.records / seconds, 1),
+                "target_seconds": TARGET_SECONDS,
+                "meets_target": result.valid and max(samples) <= TARGET_SECONDS,
+                "mix": dict(sorted(kinds.items())),
+                "admission_share": round(kinds["admission"] / result.records, 4),
+                "admissions_re_run": len(result.admissions),
+                "aggregator_evidence_appraised": len(result.runs),
+                "memoised": False,
+                "log_bytes": size,
+                "build_seconds": round(build_seconds, 2),
+                "build_fsync": args.fsync,
+                "loadavg_before": load_before,
+                "loadavg": os.getloadavg(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ simulated GPU evidence bound to the same report_data.
 
 Prints one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,6 @@ from enclave.simulated.attester import SimulatedGpuAttester, SimulatedSnpAtteste
 TARGET_MS = 5.0
 
 
-
 def run(directory: Path, repeats: int) -> dict:
     keys = EnclaveKeys()
     attesters = {"simulated-snp": SimulatedSnpAttester(directory), "simulated-tdx": SimulatedTdxAttester(directory)}
@@ -42,7 +42,9 @@ def run(directory: Path, repeats: int) -> dict:
             label = name + ("+gpu" if with_gpu else "")
 
             def one(attester=attester, with_gpu=with_gpu, label=label) -> None:  # noqa: ANN001
-                sizes[label] = len(encode_bundle(make_bundle(attester, keys, os.urandom(32), gpu=gpu if with_gpu else None)))
+                sizes[label] = len(
+                    encode_bundle(make_bundle(attester, keys, os.urandom(32), gpu=gpu if with_gpu else None))
+                )
 
             results[label] = median_ms(one, repeats)
             results[label]["bundle_bytes"] = sizes[label]

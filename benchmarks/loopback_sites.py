@@ -1,6 +1,7 @@
 """Shared harness of benchmarks/transfer.py and benchmarks/round.py: an aggregator (`attestfl
 serve`, its own process, simulated TEE) and N site processes on loopback, each joining (full
 attestation both ways), then uploading a sealed update at the same moment."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -16,23 +17,39 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _site(target: str, site_id: str, sim_dir: str, roots: list[str], measurement: str, identity_path: str, parameters: int,
-          download: bool, barrier: Any, results: Any) -> None:
-    from attestation.policy import Policy
+def _site(
+    target: str,
+    site_id: str,
+    sim_dir: str,
+    roots: list[str],
+    measurement: str,
+    identity_path: str,
+    parameters: int,
+    download: bool,
+    barrier: Any,
+    results: Any,
+) -> None:
     from attestation.platforms.snp import NAME as SNP
     from attestation.platforms.snp.validate import SnpPolicy
+    from attestation.policy import Policy
     from attestfl.loopback import site_sealing
     from enclave.identity import load_identity
     from enclave.simulated.attester import SimulatedSnpAttester
     from fedsite.client import SiteClient
     from protocol.tensors import ModelSpec
 
-    policy = Policy(trusted_simulated_roots=frozenset(roots), platforms=frozenset({SNP}),
-                    snp=SnpPolicy(measurement=frozenset({bytes.fromhex(measurement)})))
+    policy = Policy(
+        trusted_simulated_roots=frozenset(roots),
+        platforms=frozenset({SNP}),
+        snp=SnpPolicy(measurement=frozenset({bytes.fromhex(measurement)})),
+    )
     identity = load_identity(identity_path, site_sealing(Path(sim_dir)), site_id)
-    update = {"w": np.random.default_rng(abs(hash(site_id)) % 2**32).standard_normal(parameters).astype(np.float32) * 1e-3}
-    with SiteClient(target, site_id=site_id, policy=policy, attester=SimulatedSnpAttester(sim_dir), identity=identity,
-                    timeout=600) as client:
+    update = {
+        "w": np.random.default_rng(abs(hash(site_id)) % 2**32).standard_normal(parameters).astype(np.float32) * 1e-3
+    }
+    with SiteClient(
+        target, site_id=site_id, policy=policy, attester=SimulatedSnpAttester(sim_dir), identity=identity, timeout=600
+    ) as client:
         started = time.perf_counter()
         client.join()
         attestation = time.perf_counter() - started
@@ -48,8 +65,13 @@ def _site(target: str, site_id: str, sim_dir: str, roots: list[str], measurement
         client.upload_update(task.round, update, weight=1)
         end = time.time()
         cpu = time.process_time() - cpu
-    results[site_id] = {"attestation_seconds": attestation, "download_seconds": download_seconds, "upload_begin": begin,
-                        "upload_end": end, "upload_cpu_seconds": cpu}
+    results[site_id] = {
+        "attestation_seconds": attestation,
+        "download_seconds": download_seconds,
+        "upload_begin": begin,
+        "upload_end": end,
+        "upload_cpu_seconds": cpu,
+    }
 
 
 def run(sites: int, parameters: int, *, download: bool = False) -> dict[str, Any]:
@@ -59,19 +81,37 @@ def run(sites: int, parameters: int, *, download: bool = False) -> dict[str, Any
     from attestfl.loopback import Deployment
 
     directory = Path(tempfile.mkdtemp(prefix="attestfl-bench-"))
-    deployment = Deployment(directory, directory / "vendor", model={"w": np.zeros(parameters, np.float32)},
-                            sites={f"site-{i}": "" for i in range(sites)},
-                            task=f'rounds = 1\nmin_sites = {sites}\nround_deadline = "900s"')
+    deployment = Deployment(
+        directory,
+        directory / "vendor",
+        model={"w": np.zeros(parameters, np.float32)},
+        sites={f"site-{i}": "" for i in range(sites)},
+        task=f'rounds = 1\nmin_sites = {sites}\nround_deadline = "900s"',
+    )
     identities = {f"site-{i}": str(deployment.sealed_identity(f"site-{i}")) for i in range(sites)}
     aggregator = deployment.start()
     context = mp.get_context("spawn")
     barrier = context.Barrier(sites)
     with context.Manager() as manager:
         results = manager.dict()
-        processes = [context.Process(target=_site, args=(aggregator.target, f"site-{i}", str(deployment.sim_dir),
-                                                          list(deployment.roots.values()), aggregator.ready["measurement"],
-                                                          identities[f"site-{i}"], parameters, download, barrier, results))
-                     for i in range(sites)]
+        processes = [
+            context.Process(
+                target=_site,
+                args=(
+                    aggregator.target,
+                    f"site-{i}",
+                    str(deployment.sim_dir),
+                    list(deployment.roots.values()),
+                    aggregator.ready["measurement"],
+                    identities[f"site-{i}"],
+                    parameters,
+                    download,
+                    barrier,
+                    results,
+                ),
+            )
+            for i in range(sites)
+        ]
         try:
             cpu_before = _cpu_seconds(aggregator.process.pid)
             for process in processes:
@@ -89,8 +129,14 @@ def run(sites: int, parameters: int, *, download: bool = False) -> dict[str, Any
                     process.kill()
             aggregator.stop()
     events = aggregator.events()
-    return {"timings": timings, "events": events, "directory": str(directory), "cpus": os.cpu_count(),
-            "aggregator_cpu_seconds": aggregator_cpu, "load_average_1m": os.getloadavg()[0]}
+    return {
+        "timings": timings,
+        "events": events,
+        "directory": str(directory),
+        "cpus": os.cpu_count(),
+        "aggregator_cpu_seconds": aggregator_cpu,
+        "load_average_1m": os.getloadavg()[0],
+    }
 
 
 def _cpu_seconds(pid: int) -> float:

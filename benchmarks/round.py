@@ -7,6 +7,7 @@ the aggregator's decryption and validation time, and its aggregation time. Print
 
     python benchmarks/round.py [--sites 10] [--parameters 10000000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,21 +33,28 @@ def main() -> None:
     (round_event,) = [e for e in events if e["message"] == "round"]
     begin = min(t["upload_begin"] for t in timings)
     end = max(t["upload_end"] for t in timings)
-    print(json.dumps({
-        "benchmark": "round",
-        "sites": args.sites,
-        "parameters": args.parameters,
-        "model_megabytes": round(args.parameters * 4 / 1e6, 1),
-        "attestation_seconds_per_site": _summary([t["attestation_seconds"] for t in timings]),
-        "model_download_seconds_per_site": _summary([t["download_seconds"] for t in timings]),
-        "upload_wall_seconds_all_sites": round(end - begin, 3),
-        "aggregator_decryption_seconds": {"total": round(sum(e["decrypt_seconds"] for e in uploads), 3),
-                                          "per_update_median": round(statistics.median(e["decrypt_seconds"] for e in uploads), 4)},
-        "aggregator_validation_seconds_total": round(sum(e["validate_seconds"] for e in uploads), 3),
-        "aggregation_seconds": round_event["aggregation_seconds"],
-        "strategy": round_event["strategy"],
-        "cpus": result["cpus"],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "round",
+                "sites": args.sites,
+                "parameters": args.parameters,
+                "model_megabytes": round(args.parameters * 4 / 1e6, 1),
+                "attestation_seconds_per_site": _summary([t["attestation_seconds"] for t in timings]),
+                "model_download_seconds_per_site": _summary([t["download_seconds"] for t in timings]),
+                "upload_wall_seconds_all_sites": round(end - begin, 3),
+                "aggregator_decryption_seconds": {
+                    "total": round(sum(e["decrypt_seconds"] for e in uploads), 3),
+                    "per_update_median": round(statistics.median(e["decrypt_seconds"] for e in uploads), 4),
+                },
+                "aggregator_validation_seconds_total": round(sum(e["validate_seconds"] for e in uploads), 3),
+                "aggregation_seconds": round_event["aggregation_seconds"],
+                "strategy": round_event["strategy"],
+                "cpus": result["cpus"],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

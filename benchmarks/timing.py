@@ -1,4 +1,5 @@
 """Shared by the benchmark scripts: median warm latency of a callable."""
+
 from __future__ import annotations
 
 import statistics

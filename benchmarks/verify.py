@@ -22,6 +22,7 @@ level: no level matches) and on the simulated TD's quote (both accept it, UpToDa
 
 Prints JSON with the load average before and after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,9 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from timing import median_ms
 
@@ -73,8 +74,12 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     out = {}
     for name, values in samples.items():
         values.sort()
-        out[name] = {"median_ms": round(statistics.median(values), 3), "p90_ms": round(values[int(0.9 * (len(values) - 1))], 3),
-                     "min_ms": round(values[0], 3), "repeats": repeats}
+        out[name] = {
+            "median_ms": round(statistics.median(values), 3),
+            "p90_ms": round(values[int(0.9 * (len(values) - 1))], 3),
+            "min_ms": round(values[0], 3),
+            "repeats": repeats,
+        }
     return out
 
 
@@ -87,9 +92,19 @@ def store_of(files: dict[str, bytes], cache: Path) -> CollateralStore:
     return CollateralStore(cache)
 
 
-def side_by_side(quote: bytes, files: dict[str, bytes], store: CollateralStore, at: datetime, *, fmspc: str, repeats: int,
-                 roots: frozenset[str] = frozenset(), root_der: bytes | None = None) -> dict[str, object]:
+def side_by_side(
+    quote: bytes,
+    files: dict[str, bytes],
+    store: CollateralStore,
+    at: datetime,
+    *,
+    fmspc: str,
+    repeats: int,
+    roots: frozenset[str] = frozenset(),
+    root_der: bytes | None = None,
+) -> dict[str, object]:
     import dcap_qvl
+
     from dcap_reference import dcap_collateral, ours, theirs
 
     policy = Policy(require_collateral=True, trusted_simulated_roots=roots)
@@ -115,12 +130,16 @@ def side_by_side(quote: bytes, files: dict[str, bytes], store: CollateralStore, 
     mine, theirs_ = ours(quote, files, at, roots), theirs(quote, files, at, fmspc=fmspc, root_der=root_der)
     timings = interleaved({"attestfl": attestfl, "attestfl_cold": attestfl_cold, "dcap_qvl": reference}, repeats)
     return {
-        "verdicts": {"attestfl": {"accepted": mine.accepted, "tcb_status": mine.status},
-                     "dcap_qvl": {"accepted": theirs_.accepted, "tcb_status": theirs_.status, "error": theirs_.why or None},
-                     "agree": mine.agrees_with(theirs_)},
+        "verdicts": {
+            "attestfl": {"accepted": mine.accepted, "tcb_status": mine.status},
+            "dcap_qvl": {"accepted": theirs_.accepted, "tcb_status": theirs_.status, "error": theirs_.why or None},
+            "agree": mine.agrees_with(theirs_),
+        },
         **timings,
         "attestfl_over_dcap_qvl": round(timings["attestfl"]["median_ms"] / timings["dcap_qvl"]["median_ms"], 2),
-        "attestfl_cold_over_dcap_qvl": round(timings["attestfl_cold"]["median_ms"] / timings["dcap_qvl"]["median_ms"], 2),
+        "attestfl_cold_over_dcap_qvl": round(
+            timings["attestfl_cold"]["median_ms"] / timings["dcap_qvl"]["median_ms"], 2
+        ),
     }
 
 
@@ -150,8 +169,10 @@ def main() -> None:
         # authentic, but its TCB level is "not supported": the full path runs and rejects.
         assert result.claims["tcb_status"], result
 
-    results: dict[str, dict[str, object]] = {SNP: dict(median_ms(snp, args.repeats)),
-                                             "tdx-with-collateral": dict(median_ms(tdx, args.repeats))}
+    results: dict[str, dict[str, object]] = {
+        SNP: dict(median_ms(snp, args.repeats)),
+        "tdx-with-collateral": dict(median_ms(tdx, args.repeats)),
+    }
     for name, entry in results.items():
         entry["target_ms"] = TARGET_MS[name]
         entry["meets_target"] = float(entry["median_ms"]) <= TARGET_MS[name]  # type: ignore[arg-type]
@@ -165,7 +186,9 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="attestfl-verify-bench-"))
         try:
             files = {p.name: p.read_bytes() for p in (vectors / "tdx/collateral").iterdir()}
-            shipped = side_by_side(tdx_quote, files, store_of(files, work / "cache"), tdx_at, fmspc="50806f000000", repeats=args.repeats)
+            shipped = side_by_side(
+                tdx_quote, files, store_of(files, work / "cache"), tdx_at, fmspc="50806f000000", repeats=args.repeats
+            )
             from enclave.simulated.attester import SimulatedTdxAttester
             from enclave.simulated.pki import SIM_FMSPC
 
@@ -173,9 +196,16 @@ def main() -> None:
             evidence = attester.evidence(bytes(64))
             roots = frozenset({attester.pki.trusted_root_fingerprints()[TDX]})
             sim_files = dict(evidence.collateral)
-            simulated = side_by_side(evidence.evidence, sim_files, store_of(sim_files, work / "sim-cache"),
-                                     datetime.now(timezone.utc), fmspc=SIM_FMSPC.hex(), repeats=args.repeats, roots=roots,
-                                     root_der=attester.pki.intel.root.der)
+            simulated = side_by_side(
+                evidence.evidence,
+                sim_files,
+                store_of(sim_files, work / "sim-cache"),
+                datetime.now(UTC),
+                fmspc=SIM_FMSPC.hex(),
+                repeats=args.repeats,
+                roots=roots,
+                root_der=attester.pki.intel.root.der,
+            )
         finally:
             shutil.rmtree(work, ignore_errors=True)
         report["tdx_vs_dcap_qvl"] = {

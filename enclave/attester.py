@@ -14,6 +14,7 @@ GPU evidence has its own, smaller interface (:class:`GpuAttester`): the NVML bac
 (:mod:`enclave.nvidia_gpu`) and the simulated GPU. The interface's names are importable from
 here too (:class:`Attester`, :class:`CpuEvidence`, :func:`make_bundle`, ...).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,7 +66,8 @@ def detect_attester(root: str | Path = "/", *, tee: str = "auto") -> Attester:
             return SevGuestAttester(root=root)
         looked.append("/dev/sev-guest (absent)")
     raise NoTeeError(
-        "no TEE found: looked for " + "; ".join(looked)
+        "no TEE found: looked for "
+        + "; ".join(looked)
         + ". On a machine without SEV-SNP or TDX use --tee simulated-snp or simulated-tdx with --simulated-dir."
     )
 
@@ -78,18 +80,33 @@ def open_attester(tee: str, *, simulated_dir: str | Path | None = None, **simula
         raise AttesterError(f"unknown TEE {tee!r}; expected one of {', '.join(TEE_CHOICES)}")
     if tee.startswith("simulated-"):
         if simulated_dir is None:
-            raise AttesterError(f"{tee} needs a simulated TEE directory (--simulated-dir, or simulated_dir in the configuration): the simulated root of trust")
+            raise AttesterError(
+                f"{tee} needs a simulated TEE directory (--simulated-dir, or simulated_dir in the configuration): the simulated root of trust"
+            )
         from .simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
 
         cls = SimulatedSnpAttester if SIMULATED_TEES[tee] == SNP else SimulatedTdxAttester
         return cls(simulated_dir, **simulated_options)  # type: ignore[arg-type]
     given = sorted(name for name, value in simulated_options.items() if value)
     if given:
-        raise AttesterError(f"the option(s) {', '.join(given)} apply to the simulated TEE only (hardware measures itself)")
+        raise AttesterError(
+            f"the option(s) {', '.join(given)} apply to the simulated TEE only (hardware measures itself)"
+        )
     return detect_attester(tee=tee)
 
 
 __all__ = [
-    "HARDWARE_TEES", "SIMULATED_TEES", "TEE_CHOICES", "Attester", "AttesterError", "CpuEvidence", "GpuAttester", "GpuEvidence",
-    "NoTeeError", "check_report_data", "detect_attester", "make_bundle", "open_attester",
+    "HARDWARE_TEES",
+    "SIMULATED_TEES",
+    "TEE_CHOICES",
+    "Attester",
+    "AttesterError",
+    "CpuEvidence",
+    "GpuAttester",
+    "GpuEvidence",
+    "NoTeeError",
+    "check_report_data",
+    "detect_attester",
+    "make_bundle",
+    "open_attester",
 ]

@@ -18,6 +18,7 @@ simulated launch measurement.
 
 Exit status: 0 done; 2 unusable input or no TEE.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,16 +54,35 @@ def add_enclave_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Create enclave keys, bind them and the nonce into TEE evidence, write the evidence bundle. Exit 0: written; 2: unusable input or no TEE.",
     )
     evidence.add_argument("--nonce", required=True, metavar="HEX", help="the verifier's nonce (16 to 64 bytes, hex)")
-    evidence.add_argument("--tee", choices=TEE_CHOICES, default="auto", help="which TEE (default: detect the hardware TEE)")
-    evidence.add_argument("--simulated-dir", metavar="DIR", help="the simulated TEE's root of trust (created on first use); required for simulated-*")
-    evidence.add_argument("--gpu", choices=GPU_CHOICES, default="none", help="add GPU evidence: nvml (a CC-mode NVIDIA GPU), simulated, auto (nvml when a CC GPU is present)")
+    evidence.add_argument(
+        "--tee", choices=TEE_CHOICES, default="auto", help="which TEE (default: detect the hardware TEE)"
+    )
+    evidence.add_argument(
+        "--simulated-dir",
+        metavar="DIR",
+        help="the simulated TEE's root of trust (created on first use); required for simulated-*",
+    )
+    evidence.add_argument(
+        "--gpu",
+        choices=GPU_CHOICES,
+        default="none",
+        help="add GPU evidence: nvml (a CC-mode NVIDIA GPU), simulated, auto (nvml when a CC GPU is present)",
+    )
     evidence.add_argument("--debug", action="store_true", help="simulated TEE only: launch a debug guest")
-    evidence.add_argument("--measurement", metavar="HEX", help="simulated TEE only: the launch measurement (48 bytes; default: attestfl enclave measure)")
-    evidence.add_argument("--config", metavar="FILE", help="simulated TEE only: the aggregator configuration measured with the code")
+    evidence.add_argument(
+        "--measurement",
+        metavar="HEX",
+        help="simulated TEE only: the launch measurement (48 bytes; default: attestfl enclave measure)",
+    )
+    evidence.add_argument(
+        "--config", metavar="FILE", help="simulated TEE only: the aggregator configuration measured with the code"
+    )
     evidence.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the bundle")
     evidence.set_defaults(handler=run_evidence)
 
-    measure = sub.add_parser("measure", help="print the simulated launch measurement of the installed code and configuration")
+    measure = sub.add_parser(
+        "measure", help="print the simulated launch measurement of the installed code and configuration"
+    )
     measure.add_argument("--config", metavar="FILE", help="the aggregator configuration file to measure with the code")
     measure.add_argument("--json", action="store_true", help="print one JSON object (digest, files, versions)")
     measure.set_defaults(handler=run_measure)
@@ -78,13 +98,32 @@ def add_enclave_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Write the simulated AMD CRL and Intel TCB info, QE identity and CRLs into a collateral cache "
         "directory (the layout of docs/attestation.md). Exit 0: written; 2: unusable input.",
     )
-    collateral.add_argument("--simulated-dir", required=True, metavar="DIR", help="the simulated TEE's directory (created on first use)")
-    collateral.add_argument("--out", required=True, metavar="CACHE_DIR", help="the collateral cache directory to fill (created if needed)")
+    collateral.add_argument(
+        "--simulated-dir", required=True, metavar="DIR", help="the simulated TEE's directory (created on first use)"
+    )
+    collateral.add_argument(
+        "--out", required=True, metavar="CACHE_DIR", help="the collateral cache directory to fill (created if needed)"
+    )
     collateral.add_argument("--issued", metavar="TIME", help="issue time of the collateral, ISO-8601 (default: now)")
-    collateral.add_argument("--lifetime", default="30d", metavar="DURATION", help="time to the next update, seconds or e.g. 30d, 12h (default 30d)")
-    collateral.add_argument("--tcb-status", default="UpToDate", metavar="STATUS", help="TDX TCB status the TCB info gives the simulated platform (default UpToDate)")
-    collateral.add_argument("--revoke", action="append", default=[], metavar="CERT",
-                            help="list as revoked: vcek, ask, pck-leaf, pck-ca, or a certificate file (DER or PEM); repeatable")
+    collateral.add_argument(
+        "--lifetime",
+        default="30d",
+        metavar="DURATION",
+        help="time to the next update, seconds or e.g. 30d, 12h (default 30d)",
+    )
+    collateral.add_argument(
+        "--tcb-status",
+        default="UpToDate",
+        metavar="STATUS",
+        help="TDX TCB status the TCB info gives the simulated platform (default UpToDate)",
+    )
+    collateral.add_argument(
+        "--revoke",
+        action="append",
+        default=[],
+        metavar="CERT",
+        help="list as revoked: vcek, ask, pck-leaf, pck-ca, or a certificate file (DER or PEM); repeatable",
+    )
     collateral.set_defaults(handler=run_collateral)
 
 
@@ -104,8 +143,13 @@ def _read_config(path: str | None) -> bytes | None:
 
 def _cpu_attester(args: argparse.Namespace) -> Attester:
     measurement = _hex(args.measurement, "--measurement", 48) if args.measurement else None
-    return open_attester(args.tee, simulated_dir=args.simulated_dir, debug=args.debug, measurement=measurement,
-                         config=_read_config(args.config))
+    return open_attester(
+        args.tee,
+        simulated_dir=args.simulated_dir,
+        debug=args.debug,
+        measurement=measurement,
+        config=_read_config(args.config),
+    )
 
 
 def _gpu_attester(args: argparse.Namespace) -> GpuAttester | None:
@@ -133,7 +177,10 @@ def run_evidence(args: argparse.Namespace, out: TextIO | None = None, err: TextI
         print(f"attestfl: error: {exc}", file=err)
         return EXIT_UNUSABLE
     report = err if args.output == "-" else out  # the bundle itself went to stdout
-    print(f"wrote {len(data)}-byte {attester.name} evidence bundle{' with GPU evidence' if gpu else ''} to {args.output}", file=report)
+    print(
+        f"wrote {len(data)}-byte {attester.name} evidence bundle{' with GPU evidence' if gpu else ''} to {args.output}",
+        file=report,
+    )
     print(f"enclave keys: x25519 {keys.public.x25519.hex()} ed25519 {keys.public.ed25519.hex()}", file=report)
     return EXIT_OK
 
@@ -162,12 +209,17 @@ def run_measure(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
         print(f"attestfl: error: {exc}", file=err)
         return EXIT_UNUSABLE
     if args.json:
-        print(json.dumps({
-            "measurement": result.hex,
-            "config_sha384": result.config_sha384,
-            "versions": dict(result.versions),
-            "files": [{"package": f.package, "path": f.path, "sha384": f.sha384} for f in result.files],
-        }), file=out)
+        print(
+            json.dumps(
+                {
+                    "measurement": result.hex,
+                    "config_sha384": result.config_sha384,
+                    "versions": dict(result.versions),
+                    "files": [{"package": f.package, "path": f.path, "sha384": f.sha384} for f in result.files],
+                }
+            ),
+            file=out,
+        )
     else:
         print(result.hex, file=out)
     return EXIT_OK
@@ -198,8 +250,16 @@ def _revoked(names: list[str], simulated_dir: str) -> list[bytes]:
     from .simulated.pki import load_or_create
 
     pki = load_or_create(simulated_dir)
-    named = {"vcek": pki.amd.vcek.der, "ask": pki.amd.ask.der, "pck-leaf": pki.intel.pck_leaf.der, "pck-ca": pki.intel.pck_ca.der}
-    return [named[name] if name in named else read_bounded(name, MAX_CERT_BYTES, "certificate file", EnclaveCliError) for name in names]
+    named = {
+        "vcek": pki.amd.vcek.der,
+        "ask": pki.amd.ask.der,
+        "pck-leaf": pki.intel.pck_leaf.der,
+        "pck-ca": pki.intel.pck_ca.der,
+    }
+    return [
+        named[name] if name in named else read_bounded(name, MAX_CERT_BYTES, "certificate file", EnclaveCliError)
+        for name in names
+    ]
 
 
 def run_collateral(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -219,11 +279,23 @@ def run_collateral(args: argparse.Namespace, out: TextIO | None = None, err: Tex
         from attestation.platforms.tdx.collateral_abi import TCB_LEVEL_STATUSES
 
         if args.tcb_status not in TCB_LEVEL_STATUSES:
-            raise EnclaveCliError(f"--tcb-status {args.tcb_status!r} is not one of {', '.join(sorted(TCB_LEVEL_STATUSES))}")
-        written = write_simulated_collateral(args.simulated_dir, args.out, issued=issued, lifetime=lifetime,
-                                             tcb_status=args.tcb_status, revoked=_revoked(args.revoke, args.simulated_dir))
+            raise EnclaveCliError(
+                f"--tcb-status {args.tcb_status!r} is not one of {', '.join(sorted(TCB_LEVEL_STATUSES))}"
+            )
+        written = write_simulated_collateral(
+            args.simulated_dir,
+            args.out,
+            issued=issued,
+            lifetime=lifetime,
+            tcb_status=args.tcb_status,
+            revoked=_revoked(args.revoke, args.simulated_dir),
+        )
     except (EnclaveCliError, SimulatedTeeError, AttestationError) as exc:
         print(f"attestfl: error: {exc}", file=err)
         return EXIT_UNUSABLE
-    print(f"wrote {len(written)} simulated collateral files to {args.out}" + (f" (revoked: {', '.join(args.revoke)})" if args.revoke else ""), file=out)
+    print(
+        f"wrote {len(written)} simulated collateral files to {args.out}"
+        + (f" (revoked: {', '.join(args.revoke)})" if args.revoke else ""),
+        file=out,
+    )
     return EXIT_OK

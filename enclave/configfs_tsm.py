@@ -21,6 +21,7 @@ us and the blobs may not be ours — start again (up to :data:`MAX_ATTEMPTS` tim
 
 Every path is under ``root`` (default ``/``), so tests run this code against a fake tree.
 """
+
 from __future__ import annotations
 
 import os
@@ -124,10 +125,12 @@ class ConfigfsTsmAttester(Attester):
     def platform(self) -> str:
         provider = self.provider()
         if provider not in PROVIDERS:
-            raise ConfigfsTsmError(f"configfs-tsm provider {provider!r} is not supported (known: {', '.join(PROVIDERS)})")
+            raise ConfigfsTsmError(
+                f"configfs-tsm provider {provider!r} is not supported (known: {', '.join(PROVIDERS)})"
+            )
         return PROVIDERS[provider]
 
-    def _entry(self) -> "_Entry":
+    def _entry(self) -> _Entry:
         return _Entry(report_dir(self.root), self.entry)
 
     def evidence(self, report_data: bytes) -> CpuEvidence:
@@ -136,10 +139,14 @@ class ConfigfsTsmAttester(Attester):
             provider = self.provider(path)
             platform = PROVIDERS.get(provider)
             if platform is None:
-                raise ConfigfsTsmError(f"configfs-tsm provider {provider!r} is not supported (known: {', '.join(PROVIDERS)})")
+                raise ConfigfsTsmError(
+                    f"configfs-tsm provider {provider!r} is not supported (known: {', '.join(PROVIDERS)})"
+                )
             if self.privlevel is not None:
                 if not (path / "privlevel").exists():
-                    raise ConfigfsTsmError(f"the {provider} provider has no privlevel attribute; a privilege level cannot be requested")
+                    raise ConfigfsTsmError(
+                        f"the {provider} provider has no privlevel attribute; a privilege level cannot be requested"
+                    )
                 floor_path = path / "privlevel_floor"
                 floor = _read_int(floor_path) if floor_path.exists() else 0
                 if self.privlevel < floor:
@@ -157,7 +164,9 @@ class ConfigfsTsmAttester(Attester):
                 after = _read_int(path / "generation")
                 if after == before + writes:
                     return self._evidence(platform, outblob, auxblob)
-            raise GenerationRaceError(f"{path}: the entry's generation kept changing under us ({MAX_ATTEMPTS} attempts); other writers share it")
+            raise GenerationRaceError(
+                f"{path}: the entry's generation kept changing under us ({MAX_ATTEMPTS} attempts); other writers share it"
+            )
 
     @staticmethod
     def _evidence(platform: str, outblob: bytes, auxblob: bytes) -> CpuEvidence:
@@ -183,7 +192,9 @@ class _Entry:
 
     def __enter__(self) -> Path:
         if not self.directory.is_dir():
-            raise ConfigfsTsmError(f"{self.directory} does not exist: configfs-tsm needs Linux >= 6.7 with configfs mounted")
+            raise ConfigfsTsmError(
+                f"{self.directory} does not exist: configfs-tsm needs Linux >= 6.7 with configfs mounted"
+            )
         if self.name is not None:
             path = self.directory / self.name
             if path.is_dir():

@@ -1,5 +1,6 @@
 """Which GPU attester a ``--gpu`` (``attestfl enclave evidence``) or ``gpu =`` (``aggregator.toml``)
 choice names: one factory for both."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,10 @@ def open_gpu_attester(gpu: str, *, simulated_dir: str | Path | None = None) -> G
         return None
     if gpu == "simulated":
         if simulated_dir is None:
-            raise AttesterError("the simulated GPU needs a simulated TEE directory (--simulated-dir, or simulated_dir "
-                                "in the configuration)")
+            raise AttesterError(
+                "the simulated GPU needs a simulated TEE directory (--simulated-dir, or simulated_dir "
+                "in the configuration)"
+            )
         from .simulated.attester import SimulatedGpuAttester
 
         return SimulatedGpuAttester(Path(simulated_dir) / "gpu")

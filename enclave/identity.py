@@ -19,11 +19,12 @@ Sealed file: ``AFID1`` || 12-byte nonce || AES-256-GCM(sealing key for ``site-id
 canonical CBOR ``{version, site_id, ed25519_private, created}``), with the magic and the
 site id as associated data, so a sealed identity cannot be presented as another site's.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cbor2
@@ -50,13 +51,13 @@ class IdentityError(AttestflError):
 def fingerprint(public_key: bytes) -> str:
     """How people compare identity keys: SHA-256 of the raw public key, hex, in groups of four."""
     digest = hashlib.sha256(bytes(public_key)).hexdigest()
-    return ":".join(digest[i:i + 4] for i in range(0, 32, 4))
+    return ":".join(digest[i : i + 4] for i in range(0, 32, 4))
 
 
 class SiteIdentity:
     """An Ed25519 identity key. Create with :func:`enroll`, open with :func:`load_identity`."""
 
-    __slots__ = ("_key", "_public", "site_id", "created")
+    __slots__ = ("_key", "_public", "created", "site_id")
 
     def __init__(self, key: Ed25519PrivateKey, site_id: str, created: str) -> None:
         self._key = key
@@ -65,10 +66,10 @@ class SiteIdentity:
         self.created = created
 
     @classmethod
-    def generate(cls, site_id: str) -> "SiteIdentity":
+    def generate(cls, site_id: str) -> SiteIdentity:
         """A new identity key in memory only (tests, in-process federations); :func:`enroll`
         creates one and seals it."""
-        return cls(Ed25519PrivateKey.generate(), site_id, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return cls(Ed25519PrivateKey.generate(), site_id, datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
     def public(self) -> bytes:
@@ -84,7 +85,9 @@ class SiteIdentity:
 
     def _seal(self, sealing: SealingKeySource) -> bytes:
         private = self._key.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-        body = cbor2.dumps({"version": 1, "site_id": self.site_id, "ed25519_private": private, "created": self.created}, canonical=True)
+        body = cbor2.dumps(
+            {"version": 1, "site_id": self.site_id, "ed25519_private": private, "created": self.created}, canonical=True
+        )
         nonce = os.urandom(12)
         return MAGIC + nonce + AESGCM(sealing.key(PURPOSE)).encrypt(nonce, body, MAGIC + self.site_id.encode())
 
@@ -108,8 +111,10 @@ def enroll(path: str | Path, sealing: SealingKeySource, site_id: str, *, replace
     must change the admission rule, which is never what a re-run of a script should do."""
     path = Path(path)
     if path.exists() and not replace:
-        raise IdentityError(f"{path}: an identity is already enrolled here; use --replace to make a new one "
-                            "(the operator must then pin the new public key)")
+        raise IdentityError(
+            f"{path}: an identity is already enrolled here; use --replace to make a new one "
+            "(the operator must then pin the new public key)"
+        )
     identity = SiteIdentity.generate(site_id)
     try:
         sealed = identity._seal(sealing)
@@ -142,9 +147,9 @@ def load_identity(path: str | Path, sealing: SealingKeySource, site_id: str) -> 
         raise IdentityError(f"{exc}{hint}") from None
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 12 + 16:
         raise IdentityError(f"{path} is not a sealed attestfl site identity")
-    nonce = data[len(MAGIC):len(MAGIC) + 12]
+    nonce = data[len(MAGIC) : len(MAGIC) + 12]
     try:
-        body = AESGCM(sealing.key(PURPOSE)).decrypt(nonce, data[len(MAGIC) + 12:], MAGIC + site_id.encode())
+        body = AESGCM(sealing.key(PURPOSE)).decrypt(nonce, data[len(MAGIC) + 12 :], MAGIC + site_id.encode())
     except InvalidTag:
         raise IdentityError(
             f"{path} cannot be unsealed: it was sealed for another site id, by other code (a different measurement), "

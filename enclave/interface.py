@@ -8,16 +8,17 @@ an :class:`~attestation.abi.bundle.EvidenceBundle`. The backends
 :mod:`enclave.nvidia_gpu`) implement this interface; :mod:`enclave.attester` finds and opens
 them. This module imports no backend.
 """
+
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Mapping
+from datetime import UTC, datetime
 
 from attestation.abi.bundle import EvidenceBundle, GpuPart
-from attestation.errors import AttestflError
 from attestation.binding import REPORT_DATA_SIZE, gpu_nonce_for
+from attestation.errors import AttestflError
 
 from .keys import EnclaveKeys
 
@@ -101,7 +102,7 @@ def make_bundle(
         evidence=cpu.evidence,
         keys=keys.public,
         nonce=bytes(nonce),
-        created=now or datetime.now(timezone.utc),
+        created=now or datetime.now(UTC),
         certificates=cpu.certificates,
         collateral=dict(cpu.collateral),
         gpu=gpu_part,

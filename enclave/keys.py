@@ -7,6 +7,7 @@ Both public keys are bound into the hardware evidence (:mod:`attestation.binding
 private keys live only in this object: it has no method that returns or serialises them,
 refuses to be pickled or copied, and its ``repr`` shows public keys only.
 """
+
 from __future__ import annotations
 
 from cryptography.hazmat.primitives import serialization
@@ -27,7 +28,7 @@ class EnclaveKeyError(AttestflError):
 class EnclaveKeys:
     """A fresh X25519 + Ed25519 key pair, generated with ``cryptography`` on construction."""
 
-    __slots__ = ("_x25519", "_ed25519", "_public")
+    __slots__ = ("_ed25519", "_public", "_x25519")
 
     def __init__(self) -> None:
         self._x25519 = X25519PrivateKey.generate()

@@ -13,6 +13,7 @@ simulated TEE it is SHA-384 over a domain-separated transcript of
 Changing any code file, any dependency version or the configuration changes the
 measurement. 48 bytes: the width of an SNP ``MEASUREMENT`` and a TDX ``MRTD``.
 """
+
 from __future__ import annotations
 
 import hashlib

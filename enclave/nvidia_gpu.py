@@ -7,6 +7,7 @@ backend is used only when the system reports confidential computing enabled
 signed response, :mod:`attestation.platforms.nvidia.abi`) and ``nvmlDeviceGetConfComputeGpuCertificate``
 (the attestation certificate chain, PEM, leaf first).
 """
+
 from __future__ import annotations
 
 from types import ModuleType
@@ -27,7 +28,9 @@ def _load_nvml() -> ModuleType:
     try:
         import pynvml  # type: ignore[import-not-found]
     except ImportError as exc:
-        raise GpuUnavailableError("GPU attestation needs nvidia-ml-py (pip install nvidia-ml-py), which is not installed") from exc
+        raise GpuUnavailableError(
+            "GPU attestation needs nvidia-ml-py (pip install nvidia-ml-py), which is not installed"
+        ) from exc
     return pynvml
 
 
@@ -62,13 +65,19 @@ class NvmlGpuAttester(GpuAttester):
         try:
             state = nvml.nvmlSystemGetConfComputeState()
             if not getattr(state, "ccFeature", 0):
-                raise GpuUnavailableError("the system's NVIDIA GPUs are not in confidential-computing mode (ccFeature off)")
+                raise GpuUnavailableError(
+                    "the system's NVIDIA GPUs are not in confidential-computing mode (ccFeature off)"
+                )
             handle = nvml.nvmlDeviceGetHandleByIndex(self.index)
             report = nvml.nvmlDeviceGetConfComputeGpuAttestationReport(handle, bytes(nonce))
             chain = nvml.nvmlDeviceGetConfComputeGpuCertificate(handle)
             return GpuEvidence(
-                _bytes(report.attestationReport, report.attestationReportSize, MAX_REPORT_BYTES, "GPU attestation report"),
-                _bytes(chain.attestationCertChain, chain.attestationCertChainSize, MAX_CHAIN_BYTES, "GPU certificate chain"),
+                _bytes(
+                    report.attestationReport, report.attestationReportSize, MAX_REPORT_BYTES, "GPU attestation report"
+                ),
+                _bytes(
+                    chain.attestationCertChain, chain.attestationCertChainSize, MAX_CHAIN_BYTES, "GPU certificate chain"
+                ),
             )
         except AttesterError:
             raise

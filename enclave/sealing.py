@@ -10,6 +10,7 @@
   that releases it only against TDX evidence with the pinned MRTD/RTMRs (e.g. Trustee's KBS);
   without one it starts fresh on restart (see docs/protocol.md).
 """
+
 from __future__ import annotations
 
 import abc
@@ -79,7 +80,9 @@ class SimulatedSealingKey(SealingKeySource):
             raise SealingError(f"{self.path} is not a 32-byte simulated sealing root")
 
     def key(self, purpose: bytes) -> bytes:
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=self.measurement, info=SEALING_LABEL + purpose).derive(self._root)
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=self.measurement, info=SEALING_LABEL + purpose).derive(
+            self._root
+        )
 
 
 class SnpDerivedKeyReq(ctypes.Structure):
@@ -136,7 +139,9 @@ class SnpSealingKey(SealingKeySource):
         try:
             self._ioctl(fd, SNP_GET_DERIVED_KEY, argument)
         except OSError as exc:
-            raise SealingError(f"SNP_GET_DERIVED_KEY failed: {exc.strerror or exc} (firmware error {argument.fw_error:#x})") from exc
+            raise SealingError(
+                f"SNP_GET_DERIVED_KEY failed: {exc.strerror or exc} (firmware error {argument.fw_error:#x})"
+            ) from exc
         finally:
             os.close(fd)
         data = bytes(response.data)

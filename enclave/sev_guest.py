@@ -19,6 +19,7 @@ the kernel writes the size needed (bytes, whole pages) into ``certs_len``: we re
 with a buffer that large. ``SNP_GUEST_VMM_ERR_BUSY`` (the host is throttling) is retried
 a few times.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -27,8 +28,8 @@ import mmap
 import os
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from attestation.errors import EvidenceFormatError
 from attestation.platforms.snp import NAME as SNP
@@ -123,14 +124,18 @@ class PageBuffer:
         self.memory.close()
 
 
-def build_request(user_data: bytes, vmpl: int, certs: PageBuffer | None, response: SnpReportResp) -> tuple[SnpGuestRequestIoctl, SnpExtReportReq]:
+def build_request(
+    user_data: bytes, vmpl: int, certs: PageBuffer | None, response: SnpReportResp
+) -> tuple[SnpGuestRequestIoctl, SnpExtReportReq]:
     """The ioctl argument and the extended report request it points to."""
     request = SnpExtReportReq()
     ctypes.memmove(request.data.user_data, user_data, 64)
     request.data.vmpl = vmpl
     request.certs_address = certs.address if certs is not None else 0
     request.certs_len = certs.size if certs is not None else 0
-    argument = SnpGuestRequestIoctl(msg_version=MSG_VERSION, req_data=ctypes.addressof(request), resp_data=ctypes.addressof(response))
+    argument = SnpGuestRequestIoctl(
+        msg_version=MSG_VERSION, req_data=ctypes.addressof(request), resp_data=ctypes.addressof(response)
+    )
     return argument, request
 
 
@@ -191,7 +196,9 @@ class SevGuestAttester(Attester):
                     if exc.errno == errno.EIO and argument.vmm_error == SNP_GUEST_VMM_ERR_INVALID_LEN and not resized:
                         needed = request.certs_len
                         if not 0 < needed <= MAX_CERTS_LEN:
-                            raise SevGuestError(f"the host needs a {needed}-byte certificate buffer (limit {MAX_CERTS_LEN})") from exc
+                            raise SevGuestError(
+                                f"the host needs a {needed}-byte certificate buffer (limit {MAX_CERTS_LEN})"
+                            ) from exc
                         certs_len, resized = needed, True
                         continue
                     if exc.errno == errno.EIO and argument.vmm_error == SNP_GUEST_VMM_ERR_BUSY and busy < BUSY_RETRIES:

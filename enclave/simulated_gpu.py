@@ -18,14 +18,15 @@ this evidence only when its policy lists :attr:`SimulatedGpuPki.root_fingerprint
 ``trusted_simulated_roots``. Keys are ECDSA P-384, as NVIDIA's; private keys are written
 with mode 0600 in a 0700 directory.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from attestation.files import read_bounded
 from attestation.platforms.nvidia.abi import (
     FWID_EXTENSION_OID,
     FWID_SIZE,
@@ -49,7 +51,6 @@ from attestation.platforms.nvidia.abi import (
     opaque_fields,
     parse_gpu_evidence,
 )
-from attestation.files import read_bounded
 from attestation.trust import SIMULATED_ORGANIZATION
 
 from .simulated import SimulatedTeeError
@@ -112,11 +113,13 @@ class SimulatedGpuPki:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, SIMULATED_ORGANIZATION),
-        x509.NameAttribute(NameOID.COUNTRY_NAME, "ZZ"),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, SIMULATED_ORGANIZATION),
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "ZZ"),
+        ]
+    )
 
 
 def _issue(
@@ -130,8 +133,17 @@ def _issue(
     subject = _name(common_name)
     issuer_name = subject if issuer is None else issuer.cert.subject
     signing_key = key if issuer is None else issuer.key
-    usage = dict(digital_signature=not ca, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                 key_agreement=False, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False)
+    usage = dict(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -155,7 +167,9 @@ def _issue(
 
 
 def _fwid_extension(brom: IssuedCertificate, fwid: bytes) -> x509.UnrecognizedExtension:
-    device_id = brom.key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    device_id = brom.key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return x509.UnrecognizedExtension(x509.ObjectIdentifier(FWID_EXTENSION_OID), encode_fwid_extension(device_id, fwid))
 
 
@@ -163,7 +177,7 @@ def issue_attestation_leaf(pki: SimulatedGpuPki, *, fwid: bytes, now: dt.datetim
     """A new attestation leaf under the simulated BROM certifying ``fwid`` (not persisted)."""
     if len(fwid) != FWID_SIZE:
         raise SimulatedTeeError(f"FWID must be {FWID_SIZE} bytes, got {len(fwid)}")
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     return _issue(_ROLES[-1][1], False, pki.brom, now, [_fwid_extension(pki.brom, fwid)])
 
 
@@ -176,7 +190,9 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def _save(directory: Path, role: str, issued: IssuedCertificate) -> None:
     (directory / f"{role}.pem").write_bytes(issued.pem)
-    key_pem = issued.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = issued.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     _write_private(directory / f"{role}.key.pem", key_pem)
 
 
@@ -204,7 +220,7 @@ def load_or_create_gpu_pki(directory: str | Path) -> SimulatedGpuPki:
         if not marker.exists():
             directory.mkdir(parents=True, exist_ok=True)
             os.chmod(directory, 0o700)
-            now = dt.datetime.now(dt.timezone.utc)
+            now = dt.datetime.now(dt.UTC)
             fwid = hashlib.sha384(b"attestfl simulated GPU firmware " + os.urandom(16)).digest()
             issued: dict[str, IssuedCertificate] = {}
             parent: IssuedCertificate | None = None
@@ -215,7 +231,9 @@ def load_or_create_gpu_pki(directory: str | Path) -> SimulatedGpuPki:
             for role, value in issued.items():
                 _save(directory, role, value)
             (directory / "fwid.bin").write_bytes(fwid)
-            marker.write_text("attestfl simulated NVIDIA GPU root of trust. Software only: proves nothing about hardware.\n")
+            marker.write_text(
+                "attestfl simulated NVIDIA GPU root of trust. Software only: proves nothing about hardware.\n"
+            )
         loaded = {role: _load(directory, role) for role, _, _ in _ROLES}
         fwid = _read(directory / "fwid.bin")
     except (OSError, ValueError, SimulatedTeeError) as exc:
@@ -229,7 +247,8 @@ def simulated_measurements() -> dict[int, bytes]:
     """The simulated GPU's 64 measurement values (deterministic; zero where Hopper reports zero)."""
     return {
         index: hashlib.sha384(f"attestfl simulated GPU measurement {index}".encode()).digest()
-        if index in SIM_ACTIVE_INDICES else bytes(48)
+        if index in SIM_ACTIVE_INDICES
+        else bytes(48)
         for index in range(1, MEASUREMENT_BLOCKS + 1)
     }
 
@@ -269,24 +288,28 @@ def simulated_gpu_evidence(
     fwid = pki.fwid if report_fwid is None else report_fwid
     if len(fwid) != FWID_SIZE:
         raise SimulatedTeeError(f"FWID must be {FWID_SIZE} bytes")
-    counts = b"".join((1 if any(values.get(i, b"")) else 0).to_bytes(4, "little") for i in range(1, MEASUREMENT_BLOCKS + 1))
+    counts = b"".join(
+        (1 if any(values.get(i, b"")) else 0).to_bytes(4, "little") for i in range(1, MEASUREMENT_BLOCKS + 1)
+    )
     status = STATUS_ENABLED if protected_pcie else STATUS_DISABLED
-    opaque = opaque_fields([
-        (OpaqueFieldType.VBIOS_VERSION, encode_vbios_version(vbios_version)),
-        (OpaqueFieldType.BOARD_ID, bytes.fromhex("b1030000")),
-        (OpaqueFieldType.CHIP_SKU, encode_text("882", 9)),
-        (OpaqueFieldType.CHIP_SKU_MOD, encode_text("0", 5)),
-        (OpaqueFieldType.PROJECT, encode_text("1010", 5)),
-        (OpaqueFieldType.PROJECT_SKU, encode_text("0200", 5)),
-        (OpaqueFieldType.PROJECT_SKU_MOD, bytes(2)),
-        (OpaqueFieldType.DRIVER_VERSION, encode_text(driver_version)),
-        (OpaqueFieldType.GPU_INFO, bytes.fromhex("8001000000000000")),
-        (OpaqueFieldType.MSRSCNT, counts),
-        (OpaqueFieldType.CPRINFO, bytes.fromhex("00c00100")),
-        (OpaqueFieldType.NVDEC0_STATUS, bytes([STATUS_DISABLED])),
-        (OpaqueFieldType.FWID, fwid),
-        (OpaqueFieldType.PROTECTED_PCIE_STATUS, bytes([status])),
-    ])
+    opaque = opaque_fields(
+        [
+            (OpaqueFieldType.VBIOS_VERSION, encode_vbios_version(vbios_version)),
+            (OpaqueFieldType.BOARD_ID, bytes.fromhex("b1030000")),
+            (OpaqueFieldType.CHIP_SKU, encode_text("882", 9)),
+            (OpaqueFieldType.CHIP_SKU_MOD, encode_text("0", 5)),
+            (OpaqueFieldType.PROJECT, encode_text("1010", 5)),
+            (OpaqueFieldType.PROJECT_SKU, encode_text("0200", 5)),
+            (OpaqueFieldType.PROJECT_SKU_MOD, bytes(2)),
+            (OpaqueFieldType.DRIVER_VERSION, encode_text(driver_version)),
+            (OpaqueFieldType.GPU_INFO, bytes.fromhex("8001000000000000")),
+            (OpaqueFieldType.MSRSCNT, counts),
+            (OpaqueFieldType.CPRINFO, bytes.fromhex("00c00100")),
+            (OpaqueFieldType.NVDEC0_STATUS, bytes([STATUS_DISABLED])),
+            (OpaqueFieldType.FWID, fwid),
+            (OpaqueFieldType.PROTECTED_PCIE_STATUS, bytes([status])),
+        ]
+    )
     request = MeasurementRequest.for_nonce(bytes(nonce))
     unsigned = MeasurementsResponse(
         version=request.version,

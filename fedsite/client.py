@@ -6,6 +6,7 @@ presents its own evidence bound to (site id, its keys, the challenge), checks th
 session credential it gets back is signed by the key the aggregator's evidence binds, and
 derives the session keys. A failure at any step raises and nothing more is sent.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,7 +55,6 @@ from protocol.streams import SessionKeys, StreamError, StreamOpener, derive_sess
 from protocol.tensors import ModelSpec, decode_tensors, encode_tensor_parts
 from protocol.wire import federation_pb2 as pb
 from protocol.wire import federation_pb2_grpc as pb_grpc
-
 
 
 class SiteError(AttestflError):
@@ -142,32 +142,75 @@ class Receipt:
     tree_head: bytes = b""
 
     def message(self) -> bytes:
-        return receipt_message(round_number=self.round, attempt=self.attempt, site_id=self.site_id, update_sha256=self.update_sha256,
-                               weight=self.weight, accepted_unix_ms=self.accepted_unix_ms, session_id=self.session_id, call=self.call)
+        return receipt_message(
+            round_number=self.round,
+            attempt=self.attempt,
+            site_id=self.site_id,
+            update_sha256=self.update_sha256,
+            weight=self.weight,
+            accepted_unix_ms=self.accepted_unix_ms,
+            session_id=self.session_id,
+            call=self.call,
+        )
 
     def verify(self, aggregator_ed25519: bytes) -> bool:
         return verify_enclave_signature(aggregator_ed25519, self.signature, self.message())
 
     def to_json(self) -> dict[str, Any]:
-        return {"round": self.round, "attempt": self.attempt, "site": self.site_id, "update_sha256": self.update_sha256.hex(),
-                "weight": self.weight, "accepted_unix_ms": self.accepted_unix_ms, "session": self.session_id.hex(),
-                "call": self.call, "signature": self.signature.hex(), "tree_head": self.tree_head.hex()}
+        return {
+            "round": self.round,
+            "attempt": self.attempt,
+            "site": self.site_id,
+            "update_sha256": self.update_sha256.hex(),
+            "weight": self.weight,
+            "accepted_unix_ms": self.accepted_unix_ms,
+            "session": self.session_id.hex(),
+            "call": self.call,
+            "signature": self.signature.hex(),
+            "tree_head": self.tree_head.hex(),
+        }
 
 
-def admit_request(*, site_id: str, challenge: bytes, session_keys: BoundKeys, evidence_format: str, evidence: bytes,
-                  identity: SiteIdentity, aggregator_keys: BoundKeys, aggregator_evidence_sha256: bytes,
-                  app_attest_key_id: bytes = b"", identity_certificate: bytes = b"") -> pb.AdmitRequest:
+def admit_request(
+    *,
+    site_id: str,
+    challenge: bytes,
+    session_keys: BoundKeys,
+    evidence_format: str,
+    evidence: bytes,
+    identity: SiteIdentity,
+    aggregator_keys: BoundKeys,
+    aggregator_evidence_sha256: bytes,
+    app_attest_key_id: bytes = b"",
+    identity_certificate: bytes = b"",
+) -> pb.AdmitRequest:
     """The ``Admit`` request of a site: its evidence, its session keys, and its identity key's
     signature over this handshake's transcript."""
-    signature = identity.sign(identity_transcript(
-        site_id=site_id, challenge=challenge, evidence_sha256=hashlib.sha256(evidence).digest(), site_x25519=session_keys.x25519,
-        site_ed25519=session_keys.ed25519, aggregator_x25519=aggregator_keys.x25519, aggregator_ed25519=aggregator_keys.ed25519,
+    signature = identity.sign(
+        identity_transcript(
+            site_id=site_id,
+            challenge=challenge,
+            evidence_sha256=hashlib.sha256(evidence).digest(),
+            site_x25519=session_keys.x25519,
+            site_ed25519=session_keys.ed25519,
+            aggregator_x25519=aggregator_keys.x25519,
+            aggregator_ed25519=aggregator_keys.ed25519,
+            aggregator_evidence_sha256=aggregator_evidence_sha256,
+        )
+    )
+    return pb.AdmitRequest(
+        site_id=site_id,
+        challenge=challenge,
+        site_x25519_public=session_keys.x25519,
+        site_ed25519_public=session_keys.ed25519,
+        evidence_format=evidence_format,
+        evidence=evidence,
+        app_attest_key_id=app_attest_key_id,
+        identity_public=identity.public,
+        identity_signature=signature,
+        identity_certificate=identity_certificate,
         aggregator_evidence_sha256=aggregator_evidence_sha256,
-    ))
-    return pb.AdmitRequest(site_id=site_id, challenge=challenge, site_x25519_public=session_keys.x25519,
-                           site_ed25519_public=session_keys.ed25519, evidence_format=evidence_format, evidence=evidence,
-                           app_attest_key_id=app_attest_key_id, identity_public=identity.public, identity_signature=signature,
-                           identity_certificate=identity_certificate, aggregator_evidence_sha256=aggregator_evidence_sha256)
+    )
 
 
 CHANNEL_OPTIONS = [
@@ -241,8 +284,12 @@ class SiteClient:
             response = self.stub.GetEvidence(pb.EvidenceRequest(nonce=nonce), timeout=self.timeout)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise AggregatorUnreachable(f"the aggregator is unreachable ({exc.code().name}: {exc.details()})") from None
-            raise AggregatorNotTrusted(f"the aggregator offered no evidence ({exc.code().name}: {exc.details()})") from None
+                raise AggregatorUnreachable(
+                    f"the aggregator is unreachable ({exc.code().name}: {exc.details()})"
+                ) from None
+            raise AggregatorNotTrusted(
+                f"the aggregator offered no evidence ({exc.code().name}: {exc.details()})"
+            ) from None
         if not response.bundle:
             raise AggregatorNotTrusted("the aggregator offered no evidence")
         try:
@@ -251,7 +298,9 @@ class SiteClient:
         except AttestationError as exc:
             raise AggregatorNotTrusted(f"the aggregator's evidence is unusable: {exc}") from None
         if not appraisal.accepted:
-            raise AggregatorNotTrusted("the aggregator's evidence fails this site's policy:", tuple(str(r) for r in appraisal.reasons))
+            raise AggregatorNotTrusted(
+                "the aggregator's evidence fails this site's policy:", tuple(str(r) for r in appraisal.reasons)
+            )
         return bundle.keys, appraisal, hashlib.sha256(response.bundle).digest()
 
     def join(self) -> JoinedSession:
@@ -263,27 +312,52 @@ class SiteClient:
             evidence_format, evidence, key_id = "bundle", encode_bundle(bundle), b""
         else:
             assert self.app_attest is not None
-            evidence, key_id = self.app_attest.attest(app_attest_client_data(self.site_id, challenge, public.x25519, public.ed25519))
+            evidence, key_id = self.app_attest.attest(
+                app_attest_client_data(self.site_id, challenge, public.x25519, public.ed25519)
+            )
             evidence_format = "app-attest"
-        request = admit_request(site_id=self.site_id, challenge=challenge, session_keys=public, evidence_format=evidence_format,
-                                evidence=evidence, identity=self.identity, aggregator_keys=aggregator_keys,
-                                aggregator_evidence_sha256=aggregator_evidence_sha256, app_attest_key_id=key_id,
-                                identity_certificate=self.identity_certificate)
+        request = admit_request(
+            site_id=self.site_id,
+            challenge=challenge,
+            session_keys=public,
+            evidence_format=evidence_format,
+            evidence=evidence,
+            identity=self.identity,
+            aggregator_keys=aggregator_keys,
+            aggregator_evidence_sha256=aggregator_evidence_sha256,
+            app_attest_key_id=key_id,
+            identity_certificate=self.identity_certificate,
+        )
         response = self.stub.Admit(request, timeout=self.timeout)
         if not response.admitted:
             raise AdmissionRefused(tuple(response.reasons))
         try:
-            claims = verify_credential(response.credential, aggregator_keys.ed25519, now=datetime.now(UTC),
-                                       max_clock_skew=self.max_clock_skew)
+            claims = verify_credential(
+                response.credential, aggregator_keys.ed25519, now=datetime.now(UTC), max_clock_skew=self.max_clock_skew
+            )
         except ClockSkewError as exc:
             raise ClockSkew(str(exc)) from None
         except CredentialError as exc:
-            raise AggregatorNotTrusted(f"the session credential is not signed by the attested aggregator key: {exc}") from None
-        if claims.session_id != response.session_id or claims.site_id != self.site_id or claims.site_x25519 != public.x25519:
+            raise AggregatorNotTrusted(
+                f"the session credential is not signed by the attested aggregator key: {exc}"
+            ) from None
+        if (
+            claims.session_id != response.session_id
+            or claims.site_id != self.site_id
+            or claims.site_x25519 != public.x25519
+        ):
             raise AggregatorNotTrusted("the session credential is for another session, site or key")
-        transcript = transcript_hash(site_id=self.site_id, challenge=challenge, aggregator_x25519=aggregator_keys.x25519,
-                                     aggregator_ed25519=aggregator_keys.ed25519, site_x25519=public.x25519, site_ed25519=public.ed25519)
-        keys = derive_session_keys(self.keys.shared_secret(aggregator_keys.x25519), session_id=claims.session_id, transcript=transcript)
+        transcript = transcript_hash(
+            site_id=self.site_id,
+            challenge=challenge,
+            aggregator_x25519=aggregator_keys.x25519,
+            aggregator_ed25519=aggregator_keys.ed25519,
+            site_x25519=public.x25519,
+            site_ed25519=public.ed25519,
+        )
+        keys = derive_session_keys(
+            self.keys.shared_secret(aggregator_keys.x25519), session_id=claims.session_id, transcript=transcript
+        )
         with self._lock:
             self.session = JoinedSession(aggregator_keys, appraisal, response.credential, claims, keys)
             self._calls = 0
@@ -301,11 +375,17 @@ class SiteClient:
         return session, call, ((SESSION_HEADER, session.claims.session_id.hex()), (CALL_HEADER, str(call)))
 
     def _sealed(self, session: JoinedSession, method: str, call: int, message: Any) -> pb.Sealed:
-        return pb.Sealed(ciphertext=seal_message(session.keys, method=method, call=call, response=False, plaintext=message.SerializeToString()))
+        return pb.Sealed(
+            ciphertext=seal_message(
+                session.keys, method=method, call=call, response=False, plaintext=message.SerializeToString()
+            )
+        )
 
     def _open(self, session: JoinedSession, method: str, call: int, sealed: pb.Sealed, message_type: Any) -> Any:
         try:
-            plaintext = open_message(session.keys, method=method, call=call, response=True, ciphertext=sealed.ciphertext)
+            plaintext = open_message(
+                session.keys, method=method, call=call, response=True, ciphertext=sealed.ciphertext
+            )
         except ProtocolError as exc:
             raise AggregatorNotTrusted(f"the aggregator's answer is not authentic: {exc}") from None
         return message_type.FromString(plaintext)
@@ -314,8 +394,11 @@ class SiteClient:
         """The current task; its signed tree head must extend the last one this site saw."""
         session, call, metadata = self._next_call()
         known = self.tree_head.tree_size if self.tree_head is not None else 0
-        sealed = self.stub.GetTask(self._sealed(session, "GetTask", call, pb.TaskRequest(known_tree_size=known)),
-                                   metadata=metadata, timeout=self.timeout)
+        sealed = self.stub.GetTask(
+            self._sealed(session, "GetTask", call, pb.TaskRequest(known_tree_size=known)),
+            metadata=metadata,
+            timeout=self.timeout,
+        )
         task = self._open(session, "GetTask", call, sealed, pb.TaskResponse)
         self._check_tree_head(session, task.tree_head, list(task.consistency))
         return task
@@ -335,7 +418,9 @@ class SiteClient:
             except HeadInconsistent as exc:
                 raise AggregatorNotTrusted(f"rollback or fork of the aggregator's audit log: {exc}") from None
             except HeadError as exc:
-                raise AggregatorNotTrusted(f"the aggregator's audit log does not extend the head this site kept: {exc}") from None
+                raise AggregatorNotTrusted(
+                    f"the aggregator's audit log does not extend the head this site kept: {exc}"
+                ) from None
         self.tree_head = head
 
     def download_model(self, round_number: int, spec: ModelSpec) -> dict[str, np.ndarray]:
@@ -346,9 +431,14 @@ class SiteClient:
         data = bytearray()
         for chunk in chunks:
             if opener is None:
-                opener = StreamOpener(session.keys.aggregator_to_site, chunk.header, session_id=session.claims.session_id,
-                                      purpose="model", context=download_context(round_number, self.site_id, call),
-                                      max_bytes=spec.max_update_bytes)
+                opener = StreamOpener(
+                    session.keys.aggregator_to_site,
+                    chunk.header,
+                    session_id=session.claims.session_id,
+                    purpose="model",
+                    context=download_context(round_number, self.site_id, call),
+                    max_bytes=spec.max_update_bytes,
+                )
             data += opener.open(chunk.index, chunk.ciphertext, final=chunk.final)
         if opener is None:
             raise StreamError("the aggregator sent no model")
@@ -356,17 +446,26 @@ class SiteClient:
         tensors, _metadata = decode_tensors(bytes(data), spec)
         return {name: array.copy() for name, array in tensors.items()}
 
-    def sealed_update(self, round_number: int, attempt: int, call: int, update: dict[str, np.ndarray], weight: float) -> Iterator[pb.SealedChunk]:
+    def sealed_update(
+        self, round_number: int, attempt: int, call: int, update: dict[str, np.ndarray], weight: float
+    ) -> Iterator[pb.SealedChunk]:
         """The sealed stream of one update, for call ``call`` (see :meth:`upload_update`)."""
         session = self.session
         if session is None:
             raise SiteError("join first")
         data = encode_tensor_parts(update, {"weight": repr(float(weight))})
-        for header, index, final, ciphertext in seal_chunks(session.keys.site_to_aggregator, data, session_id=session.claims.session_id,
-                                                            purpose="update", context=upload_context(round_number, attempt, self.site_id, call)):
+        for header, index, final, ciphertext in seal_chunks(
+            session.keys.site_to_aggregator,
+            data,
+            session_id=session.claims.session_id,
+            purpose="update",
+            context=upload_context(round_number, attempt, self.site_id, call),
+        ):
             yield pb.SealedChunk(header=header, index=index, final=final, ciphertext=ciphertext)
 
-    def upload_update(self, round_number: int, update: dict[str, np.ndarray], weight: float, *, attempt: int = 1) -> Receipt:
+    def upload_update(
+        self, round_number: int, update: dict[str, np.ndarray], weight: float, *, attempt: int = 1
+    ) -> Receipt:
         """Upload one update; return the aggregator's receipt after checking that it is signed by
         the attested key and answers exactly this upload (round, attempt, call, digest, weight)."""
         session, call, metadata = self._next_call()
@@ -374,10 +473,22 @@ class SiteClient:
         for part in encode_tensor_parts(update, {"weight": repr(float(weight))}):
             hasher.update(memoryview(part).cast("B"))
         digest = hasher.digest()
-        sealed = self.stub.UploadUpdate(self.sealed_update(round_number, attempt, call, update, weight), metadata=metadata, timeout=self.timeout)
+        sealed = self.stub.UploadUpdate(
+            self.sealed_update(round_number, attempt, call, update, weight), metadata=metadata, timeout=self.timeout
+        )
         response = self._open(session, "UploadUpdate", call, sealed, pb.UploadReceipt)
-        receipt = Receipt(response.round, response.attempt, response.site_id, response.update_sha256, response.weight,
-                          response.accepted_unix_ms, session.claims.session_id, response.call, response.signature, response.tree_head)
+        receipt = Receipt(
+            response.round,
+            response.attempt,
+            response.site_id,
+            response.update_sha256,
+            response.weight,
+            response.accepted_unix_ms,
+            session.claims.session_id,
+            response.call,
+            response.signature,
+            response.tree_head,
+        )
         if response.tree_head:
             try:
                 TreeHead.from_bytes(response.tree_head, key=session.aggregator_keys.ed25519)
@@ -386,15 +497,19 @@ class SiteClient:
         expected = (round_number, attempt, self.site_id, digest, float(weight), call)
         got = (receipt.round, receipt.attempt, receipt.site_id, receipt.update_sha256, receipt.weight, receipt.call)
         if got != expected:
-            raise AggregatorNotTrusted("the update receipt does not answer this upload (stale or foreign receipt): "
-                                       f"expected round/attempt/site/digest/weight/call {expected[:3]}, got {got[:3]}")
+            raise AggregatorNotTrusted(
+                "the update receipt does not answer this upload (stale or foreign receipt): "
+                f"expected round/attempt/site/digest/weight/call {expected[:3]}, got {got[:3]}"
+            )
         if not receipt.verify(session.aggregator_keys.ed25519):
             raise AggregatorNotTrusted("the update receipt is not signed by the attested aggregator key")
         return receipt
 
     def report_metrics(self, round_number: int, metrics: dict[str, float], examples: int) -> None:
         session, call, metadata = self._next_call()
-        request = self._sealed(session, "ReportMetrics", call, pb.MetricsReport(round=round_number, metrics=metrics, examples=examples))
+        request = self._sealed(
+            session, "ReportMetrics", call, pb.MetricsReport(round=round_number, metrics=metrics, examples=examples)
+        )
         sealed = self.stub.ReportMetrics(request, metadata=metadata, timeout=self.timeout)
         self._open(session, "ReportMetrics", call, sealed, pb.MetricsAck)
 

@@ -5,6 +5,7 @@ not admitted); 2 unusable configuration or input, the aggregator unreachable, or
 extra not installed. Errors end the command in ``attestfl.cli.main`` (one line, their exit
 status); a refusal is printed here, with its reasons (and as JSON with ``--json``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,39 +34,57 @@ MAX_IDENTITY_CERTIFICATE_BYTES = 16 * 1024
 def add_site_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     site = subparsers.add_parser("site", help="join an aggregator as a site")
     site_sub = site.add_subparsers(dest="site_command", required=True, metavar="COMMAND")
-    enroll = site_sub.add_parser("enroll", help="create this site's identity key, sealed by its TEE",
-                                 description="Create the site's long-lived Ed25519 identity key inside its TEE, write it "
-                                 "sealed (only this site's TEE and code can open it) to [site] identity, and print the "
-                                 "public key and fingerprint the operator pins in the site's admission rule. Exit 0: "
-                                 "enrolled; 2: unusable input.")
+    enroll = site_sub.add_parser(
+        "enroll",
+        help="create this site's identity key, sealed by its TEE",
+        description="Create the site's long-lived Ed25519 identity key inside its TEE, write it "
+        "sealed (only this site's TEE and code can open it) to [site] identity, and print the "
+        "public key and fingerprint the operator pins in the site's admission rule. Exit 0: "
+        "enrolled; 2: unusable input.",
+    )
     enroll.add_argument("--config", required=True, metavar="FILE", help="site.toml")
-    enroll.add_argument("--replace", action="store_true",
-                        help="replace an existing identity (the operator must pin the new key)")
+    enroll.add_argument(
+        "--replace", action="store_true", help="replace an existing identity (the operator must pin the new key)"
+    )
     enroll.add_argument("--json", action="store_true", help="print one JSON object")
     enroll.set_defaults(handler=run_site_enroll)
-    join = site_sub.add_parser("join", help="verify the aggregator, join, print the session",
-                               description="Verify the aggregator's evidence against the site's policy, then present "
-                               "this site's evidence. Exit 0: admitted; 1: aggregator untrusted or site refused; "
-                               "2: unusable input.")
+    join = site_sub.add_parser(
+        "join",
+        help="verify the aggregator, join, print the session",
+        description="Verify the aggregator's evidence against the site's policy, then present "
+        "this site's evidence. Exit 0: admitted; 1: aggregator untrusted or site refused; "
+        "2: unusable input.",
+    )
     join.add_argument("--config", required=True, metavar="FILE", help="site.toml")
     join.add_argument("--json", action="store_true", help="print one JSON object")
-    join.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
-                      help="keep retrying an unreachable or busy aggregator this long (default 60; refusals are "
-                      "never retried)")
+    join.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="keep retrying an unreachable or busy aggregator this long (default 60; refusals are never retried)",
+    )
     join.set_defaults(handler=run_site_join)
 
-    run = site_sub.add_parser("run", help="take part in training: verify, join, train every round",
-                              description="Verify the aggregator, join, then for every round download the sealed global "
-                              "model, evaluate it on held-out data, train locally and upload the sealed update. The "
-                              "trainer is [data] trainer = \"module:function\", called with the [data] table and the "
-                              "config's directory and returning an fedsite.sdk.TorchTrainer. Exit 0: training finished; "
-                              "1: refused; 2: unusable input.")
+    run = site_sub.add_parser(
+        "run",
+        help="take part in training: verify, join, train every round",
+        description="Verify the aggregator, join, then for every round download the sealed global "
+        "model, evaluate it on held-out data, train locally and upload the sealed update. The "
+        'trainer is [data] trainer = "module:function", called with the [data] table and the '
+        "config's directory and returning an fedsite.sdk.TorchTrainer. Exit 0: training finished; "
+        "1: refused; 2: unusable input.",
+    )
     run.add_argument("--config", required=True, metavar="FILE", help="site.toml")
     run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     run.add_argument("--json", action="store_true", help="print one JSON summary object")
-    run.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
-                     help="keep retrying an unreachable or busy aggregator this long (default 60; refusals are "
-                     "never retried)")
+    run.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="keep retrying an unreachable or busy aggregator this long (default 60; refusals are never retried)",
+    )
     run.set_defaults(handler=run_site_run)
 
 
@@ -81,8 +100,10 @@ def site_sealing(config: SiteConfig, attester: Attester) -> SealingKeySource:
 
     sealing = sealing_key_for(attester, config.simulated_dir)
     if sealing is None:
-        raise IdentityError("this TEE has no local sealing key (TDX): the identity key must come from a key broker "
-                            "that releases it against this site's evidence (see docs/threat-model.md)")
+        raise IdentityError(
+            "this TEE has no local sealing key (TDX): the identity key must come from a key broker "
+            "that releases it against this site's evidence (see docs/threat-model.md)"
+        )
     return sealing
 
 
@@ -94,16 +115,23 @@ def run_site_enroll(args: argparse.Namespace, out: TextIO | None = None, err: Te
     config = SiteConfig.load(args.config, load_policy=False)
     attester = site_attester(config)
     identity = enroll(config.identity, site_sealing(config, attester), config.site_id, replace=args.replace)
-    result = {"site": config.site_id, "identity_key": identity.public.hex(), "fingerprint": identity.fingerprint,
-              "sealed": str(config.identity)}
+    result = {
+        "site": config.site_id,
+        "identity_key": identity.public.hex(),
+        "fingerprint": identity.fingerprint,
+        "sealed": str(config.identity),
+    }
     if args.json:
         print(json.dumps(result), file=out)
     else:
-        print(f"enrolled site {config.site_id}: identity key sealed to {config.identity}\n"
-              f"  fingerprint {identity.fingerprint}\n"
-              "Give the operator this line for the site's admission rule "
-              f"([admission.sites.{config.site_id}] in aggregator.toml):\n"
-              f'identity_keys = ["{identity.public.hex()}"]', file=out)
+        print(
+            f"enrolled site {config.site_id}: identity key sealed to {config.identity}\n"
+            f"  fingerprint {identity.fingerprint}\n"
+            "Give the operator this line for the site's admission rule "
+            f"([admission.sites.{config.site_id}] in aggregator.toml):\n"
+            f'identity_keys = ["{identity.public.hex()}"]',
+            file=out,
+        )
     return EXIT_OK
 
 
@@ -121,8 +149,9 @@ def _identity_certificate(config: SiteConfig) -> bytes:
         try:
             certificate = x509.load_pem_x509_certificate(certificate).public_bytes(Encoding.DER)
         except ValueError as exc:
-            raise ConfigError(f"[site] identity_certificate {config.identity_certificate}: not a PEM certificate "
-                              f"({exc})") from None
+            raise ConfigError(
+                f"[site] identity_certificate {config.identity_certificate}: not a PEM certificate ({exc})"
+            ) from None
     return certificate
 
 
@@ -135,15 +164,26 @@ def open_site_client(config: SiteConfig, err: TextIO) -> SiteClient:
     identity = load_identity(config.identity, site_sealing(config, attester), config.site_id)
     certificate = _identity_certificate(config)
     if config.insecure_unpinned:
-        print("attestfl: WARNING: INSECURE_accept_any_aggregator is set: this site's policy pins no aggregator "
-              "measurement, so any code in a TEE that passes the policy receives this site's updates", file=err)
-    return SiteClient(config.aggregator, site_id=config.site_id, policy=config.policy, attester=attester,
-                      identity=identity, identity_certificate=certificate,
-                      allow_unpinned_aggregator=config.insecure_unpinned, max_clock_skew=config.max_clock_skew)
+        print(
+            "attestfl: WARNING: INSECURE_accept_any_aggregator is set: this site's policy pins no aggregator "
+            "measurement, so any code in a TEE that passes the policy receives this site's updates",
+            file=err,
+        )
+    return SiteClient(
+        config.aggregator,
+        site_id=config.site_id,
+        policy=config.policy,
+        attester=attester,
+        identity=identity,
+        identity_certificate=certificate,
+        allow_unpinned_aggregator=config.insecure_unpinned,
+        max_clock_skew=config.max_clock_skew,
+    )
 
 
-def _refused(exc: AggregatorNotTrusted | AdmissionRefused, args: argparse.Namespace, outcome: str, out: TextIO,
-             err: TextIO) -> int:
+def _refused(
+    exc: AggregatorNotTrusted | AdmissionRefused, args: argparse.Namespace, outcome: str, out: TextIO, err: TextIO
+) -> int:
     """A refusal either way (the aggregator untrusted, the site not admitted): its reasons, exit 1."""
     if args.json:
         print(json.dumps({outcome: False, "error": str(exc).splitlines()[0], "reasons": list(exc.reasons)}), file=out)
@@ -178,12 +218,24 @@ def run_site_join(args: argparse.Namespace, out: TextIO | None = None, err: Text
         except grpc.RpcError as exc:
             raise _unreachable(exc, config, "") from None
     claims = session.claims
-    result = {"admitted": True, "site": config.site_id, "session": claims.session_id.hex(), "status": claims.status,
-              "expires": claims.expires.isoformat(),
-              "aggregator": {k: session.aggregator_appraisal.claims.get(k) for k in ("measurement", "simulated", "debug")
-                             if k in session.aggregator_appraisal.claims}}
-    print(json.dumps(result) if args.json
-          else f"admitted: session {result['session']} ({result['status']}), expires {result['expires']}", file=out)
+    result = {
+        "admitted": True,
+        "site": config.site_id,
+        "session": claims.session_id.hex(),
+        "status": claims.status,
+        "expires": claims.expires.isoformat(),
+        "aggregator": {
+            k: session.aggregator_appraisal.claims.get(k)
+            for k in ("measurement", "simulated", "debug")
+            if k in session.aggregator_appraisal.claims
+        },
+    }
+    print(
+        json.dumps(result)
+        if args.json
+        else f"admitted: session {result['session']} ({result['status']}), expires {result['expires']}",
+        file=out,
+    )
     return EXIT_OK
 
 
@@ -219,15 +271,25 @@ def run_site_run(args: argparse.Namespace, out: TextIO | None = None, err: TextI
     trainer = load_trainer(config)
     with open_site_client(config, err) as client:
         try:
-            summary = run_site(client, trainer, progress=None if args.quiet else err, wait=args.wait,
-                               state=SiteState(config.state_dir))
+            summary = run_site(
+                client, trainer, progress=None if args.quiet else err, wait=args.wait, state=SiteState(config.state_dir)
+            )
         except (AggregatorNotTrusted, AdmissionRefused) as exc:
             return _refused(exc, args, "finished", out, err)
         except grpc.RpcError as exc:
             raise _unreachable(exc, config, "training stopped: ") from None
-    result: dict[str, Any] = {"finished": True, "site": summary.site_id, "rounds_trained": summary.rounds_trained,
-                              "joins": summary.joins, "metrics": {str(k): v for k, v in summary.metrics.items()}}
+    result: dict[str, Any] = {
+        "finished": True,
+        "site": summary.site_id,
+        "rounds_trained": summary.rounds_trained,
+        "joins": summary.joins,
+        "metrics": {str(k): v for k, v in summary.metrics.items()},
+    }
     final = summary.metrics.get(max(summary.metrics), {}) if summary.metrics else {}
-    print(json.dumps(result) if args.json
-          else f"{summary.site_id}: trained rounds {summary.rounds_trained}, final metrics {final}", file=out)
+    print(
+        json.dumps(result)
+        if args.json
+        else f"{summary.site_id}: trained rounds {summary.rounds_trained}, final metrics {final}",
+        file=out,
+    )
     return EXIT_OK

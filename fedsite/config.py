@@ -20,6 +20,7 @@ site.toml::
 Relative paths are relative to the file's directory. The rules every file follows (types,
 bounds, error lines): :mod:`protocol.config`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,8 +69,23 @@ class SiteConfig:
         try:
             reject_unknown_keys(data, ("site", "data"), str(path))
             section = read_table(data, "site", "site")
-            reject_unknown_keys(section, ("id", "aggregator", "tee", "simulated_dir", "policy", "identity", "identity_certificate",
-                                          "INSECURE_accept_any_aggregator", "simulated_measurement", "max_clock_skew", "state_dir"), "site")
+            reject_unknown_keys(
+                section,
+                (
+                    "id",
+                    "aggregator",
+                    "tee",
+                    "simulated_dir",
+                    "policy",
+                    "identity",
+                    "identity_certificate",
+                    "INSECURE_accept_any_aggregator",
+                    "simulated_measurement",
+                    "max_clock_skew",
+                    "state_dir",
+                ),
+                "site",
+            )
             skew = read_duration(section, "max_clock_skew", "site")
             if skew is not None and skew.total_seconds() <= 0:
                 raise ConfigError("[site] max_clock_skew: must be longer than zero")
@@ -104,7 +120,9 @@ class SiteConfig:
                 policy=policy,
                 data=read_table(data, "data", "site"),
                 identity=base / section.get("identity", "identity.sealed"),
-                identity_certificate=base / section["identity_certificate"] if "identity_certificate" in section else None,
+                identity_certificate=base / section["identity_certificate"]
+                if "identity_certificate" in section
+                else None,
                 insecure_unpinned=insecure,
                 simulated_measurement=read_hex(section, "simulated_measurement", "site", 48),
                 max_clock_skew=skew or timedelta(seconds=60),

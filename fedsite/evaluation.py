@@ -14,9 +14,10 @@ can identify patients).
 the NLL over a bracketed 1-D search, no optimiser dependency): a local recalibration whose
 before/after metrics the site can report; the federated model is not changed.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -42,8 +43,12 @@ def _checked(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray,
     labels = np.asarray(labels)
     if probabilities.ndim != 2 or probabilities.shape[0] != labels.shape[0] or probabilities.shape[1] < 2:
         raise EvaluationError(f"probabilities of shape {probabilities.shape} do not fit {labels.shape[0]} labels")
-    if not np.all(np.isfinite(probabilities)) or labels.dtype.kind not in "iu" or labels.min(initial=0) < 0 \
-            or labels.max(initial=0) >= probabilities.shape[1]:
+    if (
+        not np.all(np.isfinite(probabilities))
+        or labels.dtype.kind not in "iu"
+        or labels.min(initial=0) < 0
+        or labels.max(initial=0) >= probabilities.shape[1]
+    ):
         raise EvaluationError("probabilities must be finite and labels class indices")
     return probabilities, labels.astype(np.int64)
 
@@ -100,8 +105,13 @@ def metric_set(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float
     return metrics
 
 
-def evaluate_predictions(probabilities: np.ndarray, labels: np.ndarray, subgroups: Mapping[str, np.ndarray] | None = None, *,
-                         min_examples: int = MIN_SUBGROUP_EXAMPLES) -> dict[str, float]:
+def evaluate_predictions(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    subgroups: Mapping[str, np.ndarray] | None = None,
+    *,
+    min_examples: int = MIN_SUBGROUP_EXAMPLES,
+) -> dict[str, float]:
     """The site's metric set, and each subgroup's as ``metric[attribute=value]``."""
     probabilities, labels = _checked(probabilities, labels)
     metrics = metric_set(probabilities, labels)
@@ -111,7 +121,9 @@ def evaluate_predictions(probabilities: np.ndarray, labels: np.ndarray, subgroup
             raise EvaluationError(f"subgroup {attribute!r} has {values.shape[0]} labels for {labels.shape[0]} examples")
         distinct = np.unique(values)
         if distinct.size > MAX_SUBGROUP_VALUES:
-            raise EvaluationError(f"subgroup {attribute!r} has {distinct.size} values; at most {MAX_SUBGROUP_VALUES} (use bands)")
+            raise EvaluationError(
+                f"subgroup {attribute!r} has {distinct.size} values; at most {MAX_SUBGROUP_VALUES} (use bands)"
+            )
         for value in distinct:
             members = values == value
             if members.sum() < min_examples:
@@ -121,7 +133,9 @@ def evaluate_predictions(probabilities: np.ndarray, labels: np.ndarray, subgroup
     return metrics
 
 
-def temperature_scaling(logits: np.ndarray, labels: np.ndarray, *, low: float = 0.05, high: float = 20.0, steps: int = 60) -> float:
+def temperature_scaling(
+    logits: np.ndarray, labels: np.ndarray, *, low: float = 0.05, high: float = 20.0, steps: int = 60
+) -> float:
     """The temperature T > 0 minimising the NLL of softmax(logits / T) on held-out data
     (golden-section search on log T over [low, high])."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -148,5 +162,12 @@ def temperature_scaling(logits: np.ndarray, labels: np.ndarray, *, low: float = 
     return float(np.exp((a + b) / 2.0))
 
 
-__all__ = ["EvaluationError", "auroc", "evaluate_predictions", "expected_calibration_error", "metric_set", "softmax",
-           "temperature_scaling"]
+__all__ = [
+    "EvaluationError",
+    "auroc",
+    "evaluate_predictions",
+    "expected_calibration_error",
+    "metric_set",
+    "softmax",
+    "temperature_scaling",
+]

@@ -19,9 +19,11 @@ instead of training on a misaligned model. What leaves the site is still only th
 to the attested aggregator; Flower itself (its server, its transport) is not used. This module
 needs no ``flwr`` import: any object with Flower's three methods works.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +67,11 @@ class FlowerTrainer:
     def evaluate(self, _model: Any = None) -> tuple[dict[str, float], int]:
         """``evaluate`` on the global model: its loss and numeric metrics, and the example count."""
         loss, examples, metrics = self.client.evaluate([p.copy() for p in self._global], dict(self.config))
-        numeric = {str(k): float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numeric = {
+            str(k): float(v)
+            for k, v in (metrics or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         return {"loss": float(loss), **numeric}, int(examples)
 
     def get(self) -> dict[str, np.ndarray]:
@@ -75,11 +81,15 @@ class FlowerTrainer:
     def _checked(self, parameters: Any, method: str) -> list[np.ndarray]:
         arrays = [np.asarray(p, dtype=np.float32) for p in parameters]
         if len(arrays) != len(self._global):
-            raise FlowerTrainerError(f"the Flower client's {method} returned {len(arrays)} arrays; the federation's model has "
-                                     f"{len(self._global)} ({', '.join(self._names)})")
+            raise FlowerTrainerError(
+                f"the Flower client's {method} returned {len(arrays)} arrays; the federation's model has "
+                f"{len(self._global)} ({', '.join(self._names)})"
+            )
         for name, got, want in zip(self._names, arrays, self._global):
             if got.shape != want.shape:
-                raise FlowerTrainerError(f"the Flower client's {method} returned shape {got.shape} for {name}, the model has {want.shape}")
+                raise FlowerTrainerError(
+                    f"the Flower client's {method} returned shape {got.shape} for {name}, the model has {want.shape}"
+                )
         return arrays
 
 

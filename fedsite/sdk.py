@@ -12,6 +12,7 @@ sealed to the attested enclave; it never adds noise itself (central DP happens i
 TEE). When the aggregator restarts (new enclave keys, new evidence), the site re-verifies
 and re-joins before sending anything else.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,10 @@ class TorchTrainer:
     evaluate: Callable[[Any], tuple[Metrics, int]] | None = None
 
     def get(self) -> dict[str, np.ndarray]:
-        return {name: tensor.detach().cpu().numpy().astype(np.float32, copy=True) for name, tensor in self.model.state_dict().items()}
+        return {
+            name: tensor.detach().cpu().numpy().astype(np.float32, copy=True)
+            for name, tensor in self.model.state_dict().items()
+        }
 
     def set(self, tensors: dict[str, np.ndarray]) -> None:
         import torch
@@ -49,7 +53,9 @@ class TorchTrainer:
         missing = set(state) - set(tensors)
         if missing:
             raise ValueError(f"the global model lacks {sorted(missing)} of the local model")
-        self.model.load_state_dict({name: torch.from_numpy(np.array(tensors[name], dtype=np.float32)) for name in state})
+        self.model.load_state_dict(
+            {name: torch.from_numpy(np.array(tensors[name], dtype=np.float32)) for name in state}
+        )
 
 
 @dataclass
@@ -71,7 +77,9 @@ class SiteState:
         try:
             return TreeHead.from_bytes(read_bounded(path, 4096, "kept audit tree head", HeadError))
         except HeadError as exc:
-            raise SiteError(f"{path}: the kept audit tree head is unusable ({exc}); move it away only if you know why") from None
+            raise SiteError(
+                f"{path}: the kept audit tree head is unusable ({exc}); move it away only if you know why"
+            ) from None
 
     def save_tree_head(self, head: Any) -> None:
         self._write(self.directory / "tree-head.cbor", head.to_bytes())
@@ -115,12 +123,21 @@ class _Progress:
             print(f"[{self.site_id}] {text}", file=self.out, flush=True)
 
 
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
-              grpc.StatusCode.RESOURCE_EXHAUSTED)
+_RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 #: Failures worth trying again: the aggregator is away, restarting or busy. A refusal
 #: (untrusted aggregator, admission refused) is never retried.
-_TRANSIENT_JOIN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                   grpc.StatusCode.CANCELLED)
+_TRANSIENT_JOIN = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+)
 
 
 def transient(exc: BaseException) -> bool:
@@ -190,8 +207,15 @@ def run_site(
 class _SiteRun:
     """One site's part in a task: what it has sent and evaluated, its receipts, its kept tree head."""
 
-    def __init__(self, client: SiteClient, trainer: TorchTrainer, *, progress: TextIO | None, wait: float,
-                 state: SiteState | None) -> None:
+    def __init__(
+        self,
+        client: SiteClient,
+        trainer: TorchTrainer,
+        *,
+        progress: TextIO | None,
+        wait: float,
+        state: SiteState | None,
+    ) -> None:
         self.client, self.trainer, self.wait, self.state = client, trainer, wait, state
         self.summary = SiteRunSummary(client.site_id)
         self.say = _Progress(client.site_id, 0, progress).say
@@ -210,8 +234,11 @@ class _SiteRun:
         # A new aggregator instance keeps only what its sealed checkpoint holds: whatever this
         # site sent to the previous one for an unfinished round must be sent again.
         self.done.clear()
-        self.say(f"verified the aggregator's evidence and joined (session {client.session.claims.session_id.hex()[:12]}...)"
-                 if client.session else "joined")
+        self.say(
+            f"verified the aggregator's evidence and joined (session {client.session.claims.session_id.hex()[:12]}...)"
+            if client.session
+            else "joined"
+        )
 
     def keep(self) -> None:
         """Keep the newest signed tree head seen (a restarted aggregator must extend it)."""
@@ -224,8 +251,11 @@ class _SiteRun:
         try:
             self.client.report_metrics(round_number, metrics, int(min(max(0, examples), max_weight)))
         except grpc.RpcError as exc:
-            if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS,
-                                  grpc.StatusCode.INVALID_ARGUMENT):
+            if exc.code() not in (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.ALREADY_EXISTS,
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ):
                 raise
             self.say(f"round {round_number}: metrics not recorded: {exc.details()}")
             return
@@ -278,8 +308,10 @@ class _SiteRun:
         if self.state is not None:
             self.state.append_receipt(receipt)
         self.summary.rounds_trained.append(task.round)
-        self.say(f"round {task.round}/{task.rounds_total}: update sealed and accepted "
-                 f"(receipt {receipt.update_sha256.hex()[:12]}...)")
+        self.say(
+            f"round {task.round}/{task.rounds_total}: update sealed and accepted "
+            f"(receipt {receipt.update_sha256.hex()[:12]}...)"
+        )
 
 
 def _fmt(metrics: Metrics) -> str:

@@ -14,6 +14,7 @@ squared distances are float32 over 512-value runs summed in float64.
 Kernels are ``numba.njit(cache=True)``, compiled lazily on first use and loaded from
 the on-disk cache (``__pycache__`` next to this package) by later processes.
 """
+
 from .accumulator import Accumulator, Contribution
 from .dp import add_gaussian_noise, clip_by_l2, l2_norms
 from .errors import AggregationError, NonFiniteUpdateError

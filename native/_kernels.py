@@ -10,6 +10,7 @@ over a block equals EXP exactly when some value is not finite. It vectorises wit
 relying on IEEE NaN semantics, which fast-math reassociation is allowed to fold away
 (``v - v`` is 0 under reassoc).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -137,7 +138,7 @@ def accumulate_blocks(acc, chunk, weight, offset, added_blocks, first_block, las
         stop = min(start + STREAM_BLOCK, size)
         x = chunk[start:stop]
         if not _any_nonfinite(chunk_bits, start, stop):
-            a = acc[offset + start:offset + stop]
+            a = acc[offset + start : offset + stop]
             for t in range(stop - start):
                 a[t] += w * x[t]
             added_blocks[b] = True
@@ -156,7 +157,7 @@ def unaccumulate_kernel(acc, chunk, weight, offset, added_blocks):
             start = b * STREAM_BLOCK
             stop = min(start + STREAM_BLOCK, size)
             x = chunk[start:stop]
-            a = acc[offset + start:offset + stop]
+            a = acc[offset + start : offset + stop]
             for t in range(stop - start):
                 a[t] -= w * x[t]
 
@@ -180,7 +181,7 @@ def scale_kernel(src, factor, out):
 def _load_block(stack, bits, start, length, buf, bad_rows):
     n = stack.shape[0]
     for i in range(n):
-        row = stack[i, start:start + length]
+        row = stack[i, start : start + length]
         dst = buf[i]
         for t in range(length):
             dst[t] = row[t]
@@ -225,7 +226,7 @@ def order_stat_kernel(stack, lo, hi, first, last, block, out, bad_rows, first_bl
             r = buf[i]
             for t in range(length):
                 acc[t] += r[t]
-        o = out[start:start + length]
+        o = out[start : start + length]
         for t in range(length):
             o[t] = np.float32(acc[t] / count)
 

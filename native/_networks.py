@@ -10,6 +10,7 @@ inputs: the missing inputs are +inf, and every pair touching one of them is a no
 (+inf is never smaller than a value and so never moves), hence dropped. Then pairs
 that cannot affect the requested output positions are pruned backwards.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

@@ -1,4 +1,5 @@
 """Input checks shared by the public functions; they run before any kernel."""
+
 from __future__ import annotations
 
 import math

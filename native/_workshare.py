@@ -9,6 +9,7 @@ by helper threads running a serial ``nogil`` kernel; when the caller runs out of
 ranges it cancels helpers that have not started, and waits only for ranges a helper
 actually took.
 """
+
 from __future__ import annotations
 
 import threading

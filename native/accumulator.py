@@ -1,4 +1,5 @@
 """Streaming weighted mean: O(model) memory however many sites report."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Norms, clipping and Gaussian noise for central differential privacy."""
+
 from __future__ import annotations
 
 import numba
@@ -80,7 +81,7 @@ def add_gaussian_noise(x: np.ndarray, std: float, seed: int | np.random.SeedSequ
     scale = np.float32(sigma)
     buf = np.empty(min(_NOISE_CHUNK, x.shape[0]), dtype=np.float32)
     for start in range(0, x.shape[0], _NOISE_CHUNK):
-        part = x[start:start + _NOISE_CHUNK]
+        part = x[start : start + _NOISE_CHUNK]
         noise = buf[: part.shape[0]]
         rng.standard_normal(out=noise, dtype=np.float32)
         noise *= scale

@@ -1,4 +1,5 @@
 """Exceptions raised by the native aggregation kernels."""
+
 from __future__ import annotations
 
 from attestation.errors import AttestflError

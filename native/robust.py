@@ -1,4 +1,5 @@
 """Weighted mean and robust aggregation rules over a stack of site updates."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -74,6 +74,7 @@ are the one codec of the rule as plain data (the audit log's ``config`` entry,
 through the log with no second codec to keep in step. ``docs/extending.md`` walks through
 adding a check.
 """
+
 from __future__ import annotations
 
 import abc
@@ -84,12 +85,13 @@ import math
 import re
 import tomllib
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 from cryptography import x509
@@ -107,7 +109,6 @@ from attestation.files import read_bounded
 from attestation.findings import Reason
 from attestation.policy import MAX_POLICY_BYTES, Policy
 from attestation.validate.fields import read_duration, read_hex_set, read_str_set, read_table, reject_unknown_keys
-
 from protocol.config import ConfigError, read_struct
 from protocol.formulas import (
     MAX_IDENTITY_CERTIFICATE_BYTES,
@@ -119,7 +120,6 @@ from protocol.formulas import (
 )
 
 
-
 def site_platforms() -> tuple[str, ...]:
     """What a rule's ``platforms`` may name: every registered CPU platform, and app-attest."""
     return (*cpu_platforms(), "app-attest")
@@ -128,10 +128,30 @@ def site_platforms() -> tuple[str, ...]:
 MAX_CA_BYTES = 64 * 1024
 #: No site weighs more than this, whatever its rule says.
 MAX_WEIGHT_LIMIT = 1e12
-RULE_KEYS = ("platforms", "identity_keys", "organisation_ca", "measurements", "chip_ids", "host_data", "mr_config_ids",
-             "ed25519_keys", "max_weight", "app_id", "app_attest_root", "production", "checks")
+RULE_KEYS = (
+    "platforms",
+    "identity_keys",
+    "organisation_ca",
+    "measurements",
+    "chip_ids",
+    "host_data",
+    "mr_config_ids",
+    "ed25519_keys",
+    "max_weight",
+    "app_id",
+    "app_attest_root",
+    "production",
+    "checks",
+)
 #: The byte length of each hex-set field of a rule.
-HEX_LENGTHS = {"identity_keys": 32, "measurements": 48, "chip_ids": 64, "host_data": 32, "mr_config_ids": 48, "ed25519_keys": 32}
+HEX_LENGTHS = {
+    "identity_keys": 32,
+    "measurements": 48,
+    "chip_ids": 64,
+    "host_data": 32,
+    "mr_config_ids": 48,
+    "ed25519_keys": 32,
+}
 #: The entry-point group through which installed distributions add admission checks.
 CHECK_ENTRY_POINTS = "attestfl.admission_checks"
 
@@ -154,12 +174,18 @@ class OrganisationCa:
         self.certificate = certificate
 
     @classmethod
-    def from_bytes(cls, data: bytes, where: str) -> "OrganisationCa":
+    def from_bytes(cls, data: bytes, where: str) -> OrganisationCa:
         try:
-            certificate = x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_certificate(data)
+            certificate = (
+                x509.load_pem_x509_certificate(data)
+                if data.lstrip().startswith(b"-----")
+                else x509.load_der_x509_certificate(data)
+            )
             constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
         except x509.ExtensionNotFound:
-            raise PolicyError(f"{where}: the organisation CA certificate has no basicConstraints (CA:true required)") from None
+            raise PolicyError(
+                f"{where}: the organisation CA certificate has no basicConstraints (CA:true required)"
+            ) from None
         except ValueError as exc:
             raise PolicyError(f"{where}: not an X.509 certificate: {exc}") from None
         if not constraints.ca:
@@ -208,15 +234,21 @@ class SiteRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         unknown = sorted(set(self.platforms) - set(site_platforms()))
         if unknown:
-            raise ValueError(f"platforms: unknown platform(s) {', '.join(unknown)}; allowed: {', '.join(site_platforms())}")
+            raise ValueError(
+                f"platforms: unknown platform(s) {', '.join(unknown)}; allowed: {', '.join(site_platforms())}"
+            )
         for name, length in HEX_LENGTHS.items():
             values = frozenset(Hex(value) for value in getattr(self, name))
             if any(len(value) != length for value in values):
                 raise ValueError(f"{name}: every value is {length} bytes")
             msgspec.structs.force_setattr(self, name, values)
         weight = self.max_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
-                or not 0 < weight <= MAX_WEIGHT_LIMIT:
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not math.isfinite(weight)
+            or not 0 < weight <= MAX_WEIGHT_LIMIT
+        ):
             raise ValueError(f"max_weight: expected a number in (0, {MAX_WEIGHT_LIMIT:g}], got {weight!r}")
         msgspec.structs.force_setattr(self, "max_weight", float(weight))
 
@@ -304,19 +336,31 @@ def read_site_rule(site_id: str, rule: Any, base_dir: Path) -> SiteRule:
     if "organisation_ca" in rule:
         if not isinstance(rule["organisation_ca"], str):
             raise PolicyError(f"[{where}] organisation_ca: expected a file name")
-        ca = OrganisationCa.from_bytes(_read_file(base_dir / rule["organisation_ca"], MAX_CA_BYTES, f"[{where}] organisation_ca"),
-                                       f"[{where}] organisation_ca")
+        ca = OrganisationCa.from_bytes(
+            _read_file(base_dir / rule["organisation_ca"], MAX_CA_BYTES, f"[{where}] organisation_ca"),
+            f"[{where}] organisation_ca",
+        )
     max_weight = rule.get("max_weight", 1)
-    if isinstance(max_weight, bool) or not isinstance(max_weight, (int, float)) or not math.isfinite(max_weight) \
-            or not 0 < max_weight <= MAX_WEIGHT_LIMIT:
+    if (
+        isinstance(max_weight, bool)
+        or not isinstance(max_weight, (int, float))
+        or not math.isfinite(max_weight)
+        or not 0 < max_weight <= MAX_WEIGHT_LIMIT
+    ):
         raise PolicyError(f"[{where}] max_weight: expected a number in (0, {MAX_WEIGHT_LIMIT:g}], got {max_weight!r}")
     hexes = {name: read_hex_set(rule, name, where, length) for name, length in HEX_LENGTHS.items()}
-    site_rule = SiteRule(platforms=platforms, organisation_ca=ca, max_weight=float(max_weight), app_attest=app_attest,
-                         checks=_read_check_tables(rule, where), **hexes)
+    site_rule = SiteRule(
+        platforms=platforms,
+        organisation_ca=ca,
+        max_weight=float(max_weight),
+        app_attest=app_attest,
+        checks=_read_check_tables(rule, where),
+        **hexes,
+    )
     if not site_rule.pins_identity:
         raise PolicyError(
             f"[{where}]: the rule pins nothing only site {site_id!r} holds, so any TEE that passes the policy could join "
-            "as this site: add identity_keys = [\"<hex>\"] (printed by `attestfl site enroll`) or organisation_ca = \"ca.pem\""
+            'as this site: add identity_keys = ["<hex>"] (printed by `attestfl site enroll`) or organisation_ca = "ca.pem"'
         )
     return site_rule
 
@@ -335,7 +379,9 @@ def read_collateral_store(table: dict[str, Any], base_dir: Path) -> CollateralSt
             urls[key] = value.rstrip("/")
     if "collateral_dir" not in table:
         if fetch or urls:
-            raise PolicyError("[admission] collateral_fetch and the vendor URLs need collateral_dir (where fetched collateral is kept)")
+            raise PolicyError(
+                "[admission] collateral_fetch and the vendor URLs need collateral_dir (where fetched collateral is kept)"
+            )
         return None
     directory = table["collateral_dir"]
     if not isinstance(directory, str) or not directory:
@@ -351,8 +397,10 @@ def read_collateral_store(table: dict[str, Any], base_dir: Path) -> CollateralSt
     try:
         return CollateralStore(base_dir / directory, fetcher=fetcher)
     except AttestationError as exc:
-        raise PolicyError(f"[admission] collateral_dir: {exc} (fill it with the vendors' collateral, `attestfl enclave collateral` "
-                          "for the simulated TEE, or set collateral_fetch = true)") from None
+        raise PolicyError(
+            f"[admission] collateral_dir: {exc} (fill it with the vendors' collateral, `attestfl enclave collateral` "
+            "for the simulated TEE, or set collateral_fetch = true)"
+        ) from None
 
 
 #: The store of a verifier that holds no collateral at all: evidence that needs some fails
@@ -437,7 +485,7 @@ class AdmissionInputs:
     key signs (identity stage on) and the appraised ``evidence`` (evidence stage only: it is
     parsed on first use, never before the peer proved the site's identity)."""
 
-    def __init__(self, policy: "AdmissionPolicy", request: AdmissionRequest, rule: SiteRule | None) -> None:
+    def __init__(self, policy: AdmissionPolicy, request: AdmissionRequest, rule: SiteRule | None) -> None:
         self.policy = policy
         self.request = request
         self.rule = rule
@@ -451,9 +499,14 @@ class AdmissionInputs:
     def _transcript(self) -> bytes:
         request = self.request
         return identity_transcript(
-            site_id=request.site_id, challenge=request.challenge, evidence_sha256=hashlib.sha256(request.evidence).digest(),
-            site_x25519=request.x25519, site_ed25519=request.ed25519, aggregator_x25519=request.aggregator.x25519,
-            aggregator_ed25519=request.aggregator.ed25519, aggregator_evidence_sha256=request.identity.aggregator_evidence_sha256,
+            site_id=request.site_id,
+            challenge=request.challenge,
+            evidence_sha256=hashlib.sha256(request.evidence).digest(),
+            site_x25519=request.x25519,
+            site_ed25519=request.ed25519,
+            aggregator_x25519=request.aggregator.x25519,
+            aggregator_ed25519=request.aggregator.ed25519,
+            aggregator_evidence_sha256=request.identity.aggregator_evidence_sha256,
         )
 
     @property
@@ -520,8 +573,10 @@ class AdmissionPolicy:
     #: The verifier's collateral (None: none at all; the evidence's own is never used).
     collateral: CollateralStore | None = field(default=None, repr=False, compare=False)
     #: The checks, in the order they run within each stage: the built-in ones, then installed ones.
-    checks: tuple["AdmissionCheck", ...] = field(default_factory=lambda: BUILTIN_CHECKS)
-    _parameters: dict[tuple[str, str], msgspec.Struct] = field(default_factory=dict, init=False, repr=False, compare=False)
+    checks: tuple[AdmissionCheck, ...] = field(default_factory=lambda: BUILTIN_CHECKS)
+    _parameters: dict[tuple[str, str], msgspec.Struct] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         """Each site rule's check parameters are checked against the check's schema (and kept
@@ -535,8 +590,10 @@ class AdmissionPolicy:
                 check = by_id.get(check_id)
                 if check is None or check.Parameters is None:
                     takes = sorted(c.id for c in self.checks if c.Parameters is not None)
-                    raise PolicyError(f"[{where}]: no admission check in force takes parameters under this id; "
-                                      f"those that do: {', '.join(takes) or 'none (install one: entry points ' + CHECK_ENTRY_POINTS + ')'}")
+                    raise PolicyError(
+                        f"[{where}]: no admission check in force takes parameters under this id; "
+                        f"those that do: {', '.join(takes) or 'none (install one: entry points ' + CHECK_ENTRY_POINTS + ')'}"
+                    )
                 try:
                     parsed = read_struct(table, check.Parameters, where)
                 except ConfigError as exc:
@@ -546,26 +603,41 @@ class AdmissionPolicy:
             sites[site_id] = rule if plain == rule.checks else msgspec.structs.replace(rule, checks=plain)
         object.__setattr__(self, "sites", sites)
 
-    def parameters(self, site_id: str, check: "AdmissionCheck") -> msgspec.Struct | None:
+    def parameters(self, site_id: str, check: AdmissionCheck) -> msgspec.Struct | None:
         """The site rule's parsed parameters for ``check`` (None: the rule has none)."""
         return self._parameters.get((site_id, check.id))
 
     @property
-    def extension_checks(self) -> tuple["AdmissionCheck", ...]:
+    def extension_checks(self) -> tuple[AdmissionCheck, ...]:
         """The checks in force that are not built in (installed ones)."""
         return tuple(check for check in self.checks if check not in BUILTIN_CHECKS)
 
     @classmethod
-    def from_table(cls, table: dict[str, Any], base_dir: Path) -> "AdmissionPolicy":
-        reject_unknown_keys(table, ("challenge_ttl", "credential_ttl", "policy", "sites", "collateral_dir", "collateral_fetch",
-                                    "amd_kds_url", "intel_pcs_url"), "admission")
+    def from_table(cls, table: dict[str, Any], base_dir: Path) -> AdmissionPolicy:
+        reject_unknown_keys(
+            table,
+            (
+                "challenge_ttl",
+                "credential_ttl",
+                "policy",
+                "sites",
+                "collateral_dir",
+                "collateral_fetch",
+                "amd_kds_url",
+                "intel_pcs_url",
+            ),
+            "admission",
+        )
         policy = Policy(require_collateral=True)
         policy_id = "default"
         policy_text = None
         if "policy" in table:
             policy, policy_text = load_site_attestation_policy(base_dir / str(table["policy"]))
             policy_id = "sha256:" + hashlib.sha256(policy_text).hexdigest()
-        sites = {site_id: read_site_rule(site_id, rule, base_dir) for site_id, rule in read_table(table, "sites", "admission").items()}
+        sites = {
+            site_id: read_site_rule(site_id, rule, base_dir)
+            for site_id, rule in read_table(table, "sites", "admission").items()
+        }
         challenge_ttl = read_duration(table, "challenge_ttl", "admission")
         credential_ttl = read_duration(table, "credential_ttl", "admission")
         for name, value in (("challenge_ttl", challenge_ttl), ("credential_ttl", credential_ttl)):
@@ -583,7 +655,7 @@ class AdmissionPolicy:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "AdmissionPolicy":
+    def load(cls, path: str | Path) -> AdmissionPolicy:
         path = Path(path)
         try:
             data = tomllib.loads(_read_file(path, MAX_POLICY_BYTES, "admission policy").decode("utf-8"))
@@ -609,8 +681,11 @@ def _measurement_of(platform: str, claims: dict[str, Any]) -> bytes | None:
 
 def _hardware_reasons(rule: SiteRule, site_id: str, platform: str, claims: dict[str, Any]) -> list[Reason]:
     """[admission.hardware]: the rule's optional chip and launch-configuration pins."""
-    pins = ((rule.chip_ids, "chip_id", "CHIP_ID"), (rule.host_data, "host_data", "HOST_DATA"),
-            (rule.mr_config_ids, "mr_config_id", "MRCONFIGID"))
+    pins = (
+        (rule.chip_ids, "chip_id", "CHIP_ID"),
+        (rule.host_data, "host_data", "HOST_DATA"),
+        (rule.mr_config_ids, "mr_config_id", "MRCONFIGID"),
+    )
     reasons = []
     for allowed, claim, label in pins:
         if not allowed:
@@ -618,7 +693,9 @@ def _hardware_reasons(rule: SiteRule, site_id: str, platform: str, claims: dict[
         value = _claim_bytes(claims, claim)  # a platform whose evidence has no such field reports no such claim
         if value not in allowed:
             shown = value.hex() if value else f"none ({platform} evidence has no {label})"
-            reasons.append(Reason("admission.hardware", f"site {site_id!r} presented {label} {shown}, not one its rule pins"))
+            reasons.append(
+                Reason("admission.hardware", f"site {site_id!r} presented {label} {shown}, not one its rule pins")
+            )
     return reasons
 
 
@@ -629,7 +706,11 @@ def _appraise_evidence(policy: AdmissionPolicy, rule: SiteRule, request: Admissi
         if "app-attest" not in rule.platforms:
             return Evidence("app-attest", "app-attest")  # refused by the platform check, never parsed
         return _appraise_app_attest(rule, request)
-    return Evidence(request.evidence_format, None, (Reason("admission.evidence", f"unknown evidence format {request.evidence_format[:32]!r}"),))
+    return Evidence(
+        request.evidence_format,
+        None,
+        (Reason("admission.evidence", f"unknown evidence format {request.evidence_format[:32]!r}"),),
+    )
 
 
 def _appraise_bundle(policy: AdmissionPolicy, request: AdmissionRequest) -> Evidence:
@@ -642,38 +723,71 @@ def _appraise_bundle(policy: AdmissionPolicy, request: AdmissionRequest) -> Evid
         # The verifier's collateral, never the bundle's: a site cannot strip its CRL (or bring
         # an old one) to turn "revoked" into "admitted".
         with store.recording() as recorded:
-            appraisal = appraise_bundle(bundle, expected_nonce=admission_nonce(request.site_id, request.challenge),
-                                        policy=policy.attestation, at=request.at, collateral=store)
+            appraisal = appraise_bundle(
+                bundle,
+                expected_nonce=admission_nonce(request.site_id, request.challenge),
+                policy=policy.attestation,
+                at=request.at,
+                collateral=store,
+            )
     except AttestationError as exc:
         return Evidence("bundle", bundle.platform, (Reason("admission.evidence", f"the evidence is unusable: {exc}"),))
-    return Evidence("bundle", bundle.platform, tuple(appraisal.reasons), appraisal.claims, True, bundle.keys,
-                    tuple(appraisal.warnings), dict(recorded))
+    return Evidence(
+        "bundle",
+        bundle.platform,
+        tuple(appraisal.reasons),
+        appraisal.claims,
+        True,
+        bundle.keys,
+        tuple(appraisal.warnings),
+        dict(recorded),
+    )
 
 
 def _appraise_app_attest(rule: SiteRule, request: AdmissionRequest) -> Evidence:
     site_id = request.site_id
     if rule.app_attest is None:
-        return Evidence("app-attest", "app-attest", (Reason("admission.platform", f"site {site_id!r} may not join with App Attest"),))
+        return Evidence(
+            "app-attest",
+            "app-attest",
+            (Reason("admission.platform", f"site {site_id!r} may not join with App Attest"),),
+        )
     from pyattest.attestation import Attestation  # type: ignore[import-untyped]
     from pyattest.configs.apple import AppleConfig  # type: ignore[import-untyped]
     from pyattest.exceptions import PyAttestException  # type: ignore[import-untyped]
 
-    config = AppleConfig(key_id=request.app_attest_key_id, app_id=rule.app_attest.app_id, production=rule.app_attest.production,
-                         root_ca=rule.app_attest.root_pem)
+    config = AppleConfig(
+        key_id=request.app_attest_key_id,
+        app_id=rule.app_attest.app_id,
+        production=rule.app_attest.production,
+        root_ca=rule.app_attest.root_pem,
+    )
     nonce = app_attest_client_data(site_id, request.challenge, request.x25519, request.ed25519)
     try:
         with warnings.catch_warnings():
             # pyhanko-certvalidator warns that pyattest passes only extra trust roots; attestfl
             # pins the configured root itself below, so the operating system's list never decides.
-            warnings.filterwarnings("ignore", message="Relying on the operating system's trust list", category=DeprecationWarning)
+            warnings.filterwarnings(
+                "ignore", message="Relying on the operating system's trust list", category=DeprecationWarning
+            )
             attestation = Attestation(request.evidence, nonce, config)
             asyncio.run(attestation.verify())
     except PyAttestException as exc:
-        reason = Reason("admission.app_attest", f"App Attest verification failed: {type(exc).__name__} {exc}".strip()[:300])
+        reason = Reason(
+            "admission.app_attest", f"App Attest verification failed: {type(exc).__name__} {exc}".strip()[:300]
+        )
         return Evidence("app-attest", "app-attest", (reason,))
     except Exception as exc:  # noqa: BLE001 - malformed CBOR or certificates inside pyattest: a refusal
-        return Evidence("app-attest", "app-attest", (Reason("admission.app_attest", f"App Attest evidence is unusable: {type(exc).__name__}: {exc}"[:300]),))
-    claims = {"app_id": rule.app_attest.app_id, "key_id": request.app_attest_key_id.hex(), "production": rule.app_attest.production}
+        return Evidence(
+            "app-attest",
+            "app-attest",
+            (Reason("admission.app_attest", f"App Attest evidence is unusable: {type(exc).__name__}: {exc}"[:300]),),
+        )
+    claims = {
+        "app_id": rule.app_attest.app_id,
+        "key_id": request.app_attest_key_id.hex(),
+        "production": rule.app_attest.production,
+    }
     return Evidence("app-attest", "app-attest", tuple(_app_attest_root_reasons(request.evidence, config)), claims, True)
 
 
@@ -717,34 +831,54 @@ def _certificate_reasons(rule: SiteRule, site_id: str, identity: IdentityProof, 
     except (ValueError, TypeError, InvalidSignature) as exc:
         return refuse(f"the identity certificate is not issued by the organisation CA ({type(exc).__name__})")
     if not leaf.not_valid_before_utc <= at <= leaf.not_valid_after_utc:
-        return refuse(f"the identity certificate is not valid at {at.isoformat()} "
-                      f"({leaf.not_valid_before_utc.isoformat()} to {leaf.not_valid_after_utc.isoformat()})")
+        return refuse(
+            f"the identity certificate is not valid at {at.isoformat()} "
+            f"({leaf.not_valid_before_utc.isoformat()} to {leaf.not_valid_after_utc.isoformat()})"
+        )
     names = [a.value for a in leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
     if names != [site_id]:
         return refuse(f"the identity certificate names {names!r}, not this site id")
     key = leaf.public_key()
-    if not isinstance(key, Ed25519PublicKey) or not hmac.compare_digest(key.public_bytes(Encoding.Raw, PublicFormat.Raw), identity.public):
+    if not isinstance(key, Ed25519PublicKey) or not hmac.compare_digest(
+        key.public_bytes(Encoding.Raw, PublicFormat.Raw), identity.public
+    ):
         return refuse("the identity certificate certifies another key")
     return []
 
 
-def _identity_reasons(rule: SiteRule, site_id: str, identity: IdentityProof, transcript: bytes, at: datetime) -> list[Reason]:
+def _identity_reasons(
+    rule: SiteRule, site_id: str, identity: IdentityProof, transcript: bytes, at: datetime
+) -> list[Reason]:
     """Every identity check: the key is the site's, and it signed this handshake."""
     if len(identity.public) != 32 or len(identity.signature) != 64:
-        return [Reason("admission.identity.missing", f"site {site_id!r} did not prove its identity: no identity key and "
-                       "signature over the handshake (enrol the site with `attestfl site enroll`)")]
+        return [
+            Reason(
+                "admission.identity.missing",
+                f"site {site_id!r} did not prove its identity: no identity key and "
+                "signature over the handshake (enrol the site with `attestfl site enroll`)",
+            )
+        ]
     reasons = []
     pinned = any(hmac.compare_digest(identity.public, key) for key in rule.identity_keys)
     if rule.identity_keys and not pinned and rule.organisation_ca is None:
-        reasons.append(Reason("admission.identity.key", f"site {site_id!r} presented identity key {identity.public.hex()}, "
-                              "not one its admission rule pins"))
+        reasons.append(
+            Reason(
+                "admission.identity.key",
+                f"site {site_id!r} presented identity key {identity.public.hex()}, not one its admission rule pins",
+            )
+        )
     if rule.organisation_ca is not None and not pinned:
         reasons.extend(_certificate_reasons(rule, site_id, identity, at))
     try:
         Ed25519PublicKey.from_public_bytes(identity.public).verify(identity.signature, transcript)
     except (InvalidSignature, ValueError):
-        reasons.append(Reason("admission.identity.signature", f"site {site_id!r}: the identity signature is not over this "
-                              "handshake's transcript (another challenge, evidence, keys or aggregator)"))
+        reasons.append(
+            Reason(
+                "admission.identity.signature",
+                f"site {site_id!r}: the identity signature is not over this "
+                "handshake's transcript (another challenge, evidence, keys or aggregator)",
+            )
+        )
     return reasons
 
 
@@ -785,7 +919,12 @@ class SessionKeySizeCheck(AdmissionCheck):
         if len(request.x25519) != 32 or len(request.ed25519) != 32:
             return [Reason("admission.keys", "the site's public keys must be 32 bytes each")]
         if not usable_x25519(request.x25519):
-            return [Reason("admission.keys", "the site's X25519 key is a low-order point: no shared secret can be agreed with it")]
+            return [
+                Reason(
+                    "admission.keys",
+                    "the site's X25519 key is a low-order point: no shared secret can be agreed with it",
+                )
+            ]
         return []
 
 
@@ -801,7 +940,11 @@ class SiteIdCheck(AdmissionCheck):
     def check(self, inputs: AdmissionInputs, parameters: Any) -> list[Reason]:
         if inputs.rule is not None:
             return []
-        return [Reason("admission.site_id", f"site id {inputs.request.site_id[:MAX_SITE_ID]!r} is not in the admission policy")]
+        return [
+            Reason(
+                "admission.site_id", f"site id {inputs.request.site_id[:MAX_SITE_ID]!r} is not in the admission policy"
+            )
+        ]
 
 
 class IdentityCheck(AdmissionCheck):
@@ -839,8 +982,12 @@ class PlatformCheck(AdmissionCheck):
         if evidence.format == "app-attest" and "app-attest" not in rule.platforms:
             return [Reason("admission.platform", f"site {site_id!r} may not join with App Attest")]
         if evidence.format == "bundle" and evidence.usable and evidence.platform not in rule.platforms:
-            return [Reason("admission.platform", f"site {site_id!r} may join on {', '.join(sorted(rule.platforms))}, "
-                           f"not {evidence.platform}")]
+            return [
+                Reason(
+                    "admission.platform",
+                    f"site {site_id!r} may join on {', '.join(sorted(rule.platforms))}, not {evidence.platform}",
+                )
+            ]
         return []
 
 
@@ -854,7 +1001,9 @@ class KeysBoundCheck(AdmissionCheck):
         evidence, request = inputs.evidence, inputs.request
         if evidence.format != "bundle" or not evidence.usable or evidence.keys is None:
             return []
-        if hmac.compare_digest(evidence.keys.x25519, request.x25519) and hmac.compare_digest(evidence.keys.ed25519, request.ed25519):
+        if hmac.compare_digest(evidence.keys.x25519, request.x25519) and hmac.compare_digest(
+            evidence.keys.ed25519, request.ed25519
+        ):
             return []
         return [Reason("admission.keys", "the keys presented are not the keys the evidence binds (substituted keys)")]
 
@@ -872,8 +1021,13 @@ class MeasurementCheck(AdmissionCheck):
         measured = _measurement_of(evidence.platform, evidence.claims)
         if measured in rule.measurements:
             return []
-        return [Reason("admission.measurement", f"site {inputs.request.site_id!r} runs measurement "
-                       f"{measured.hex() if measured else 'unknown'}, not one the admission policy lists")]
+        return [
+            Reason(
+                "admission.measurement",
+                f"site {inputs.request.site_id!r} runs measurement "
+                f"{measured.hex() if measured else 'unknown'}, not one the admission policy lists",
+            )
+        ]
 
 
 class HardwareCheck(AdmissionCheck):
@@ -899,13 +1053,25 @@ class PinnedSessionKeyCheck(AdmissionCheck):
         rule, request = inputs.known_rule, inputs.request
         if not rule.ed25519_keys or request.ed25519 in rule.ed25519_keys:
             return []
-        return [Reason("admission.keys", f"site {request.site_id!r} presented Ed25519 key {request.ed25519.hex()}, not a pinned one")]
+        return [
+            Reason(
+                "admission.keys",
+                f"site {request.site_id!r} presented Ed25519 key {request.ed25519.hex()}, not a pinned one",
+            )
+        ]
 
 
 BUILTIN_CHECKS: tuple[AdmissionCheck, ...] = (
-    ChallengeCheck(), SessionKeySizeCheck(), SiteIdCheck(),
+    ChallengeCheck(),
+    SessionKeySizeCheck(),
+    SiteIdCheck(),
     IdentityCheck(),
-    EvidenceCheck(), PlatformCheck(), KeysBoundCheck(), MeasurementCheck(), HardwareCheck(), PinnedSessionKeyCheck(),
+    EvidenceCheck(),
+    PlatformCheck(),
+    KeysBoundCheck(),
+    MeasurementCheck(),
+    HardwareCheck(),
+    PinnedSessionKeyCheck(),
 )
 #: The rule the identity stage runs against for a site id not in the policy, so the peer is
 #: answered as a known site with another identity key would be.
@@ -928,12 +1094,16 @@ def validate_check(value: Any, where: str) -> AdmissionCheck:
     if check.id.startswith("admission."):
         raise PolicyError(f"{where}: check id {check.id!r}: the 'admission.' ids are the built-in checks'")
     if check.stage not in ("request", "evidence"):
-        raise PolicyError(f"{where}: check {check.id}: stage {check.stage!r} is not 'request' or 'evidence' "
-                          "(the identity stage is the built-in identity proof)")
+        raise PolicyError(
+            f"{where}: check {check.id}: stage {check.stage!r} is not 'request' or 'evidence' "
+            "(the identity stage is the built-in identity proof)"
+        )
     extra = sorted(set(check.inputs) - STAGE_INPUTS[check.stage])
     if extra:
         raise PolicyError(f"{where}: check {check.id}: a {check.stage}-stage check cannot read {', '.join(extra)}")
-    if check.Parameters is not None and not (isinstance(check.Parameters, type) and issubclass(check.Parameters, msgspec.Struct)):
+    if check.Parameters is not None and not (
+        isinstance(check.Parameters, type) and issubclass(check.Parameters, msgspec.Struct)
+    ):
         raise PolicyError(f"{where}: check {check.id}: Parameters is not a msgspec Struct (or None)")
     return check
 
@@ -964,8 +1134,10 @@ def admission_checks(extension_ids: Iterable[str] | None = None) -> tuple[Admiss
         if check_id in (c.id for c in checks):
             raise PolicyError(f"admission check {check_id!r} is named twice")
         if check_id not in entries:
-            raise PolicyError(f"admission check {check_id!r} is not installed here (no entry point of that name in group "
-                              f"{CHECK_ENTRY_POINTS}): install the distribution that provides it")
+            raise PolicyError(
+                f"admission check {check_id!r} is not installed here (no entry point of that name in group "
+                f"{CHECK_ENTRY_POINTS}): install the distribution that provides it"
+            )
         checks.append(_load_entry_point(entries[check_id]))
     return tuple(checks)
 
@@ -1042,7 +1214,9 @@ def appraise(policy: AdmissionPolicy, request: AdmissionRequest) -> SiteAppraisa
     if rule is None:
         if not told:
             told, _ = _run_stage(AdmissionInputs(policy, request, DECOY_RULE), "identity")
-        return SiteAppraisal(site_id, False, tuple(reasons), {}, "contraindicated", None, told=tuple(str(r) for r in told))
+        return SiteAppraisal(
+            site_id, False, tuple(reasons), {}, "contraindicated", None, told=tuple(str(r) for r in told)
+        )
     if not reasons:
         reasons, _ = _run_stage(inputs, "identity")
     if reasons:
@@ -1051,9 +1225,19 @@ def appraise(policy: AdmissionPolicy, request: AdmissionRequest) -> SiteAppraisa
     evidence = inputs.evidence
     admitted = not reasons
     status = "contraindicated" if not admitted else ("warning" if evidence.warnings else "affirming")
-    return SiteAppraisal(site_id, admitted, tuple(reasons), evidence.claims, status, evidence.platform, evidence.warnings,
-                         request.identity.public if admitted else None, rule.max_weight, identity_proven=True,
-                         collateral=dict(evidence.collateral))
+    return SiteAppraisal(
+        site_id,
+        admitted,
+        tuple(reasons),
+        evidence.claims,
+        status,
+        evidence.platform,
+        evidence.warnings,
+        request.identity.public if admitted else None,
+        rule.max_weight,
+        identity_proven=True,
+        collateral=dict(evidence.collateral),
+    )
 
 
 def appraise_site(
@@ -1073,15 +1257,47 @@ def appraise_site(
 ) -> SiteAppraisal:
     """:func:`appraise` of the :class:`AdmissionRequest` these make (kept for callers that
     pass the fields one by one)."""
-    return appraise(policy, AdmissionRequest(site_id=site_id, challenge=challenge, x25519=x25519, ed25519=ed25519,
-                                             evidence_format=evidence_format, evidence=evidence, identity=identity,
-                                             aggregator=aggregator, at=at, app_attest_key_id=app_attest_key_id,
-                                             challenge_reason=challenge_reason))
+    return appraise(
+        policy,
+        AdmissionRequest(
+            site_id=site_id,
+            challenge=challenge,
+            x25519=x25519,
+            ed25519=ed25519,
+            evidence_format=evidence_format,
+            evidence=evidence,
+            identity=identity,
+            aggregator=aggregator,
+            at=at,
+            app_attest_key_id=app_attest_key_id,
+            challenge_reason=challenge_reason,
+        ),
+    )
 
 
 __all__ = [
-    "AdmissionCheck", "AdmissionInputs", "AdmissionPolicy", "AdmissionRequest", "AppAttestRule", "BUILTIN_CHECKS",
-    "CHECK_ENTRY_POINTS", "Evidence", "Hex", "IdentityProof", "OrganisationCa", "SiteAppraisal", "SiteRule",
-    "admission_checks", "admission_nonce", "app_attest_client_data", "appraise", "appraise_site", "decode_plain",
-    "encode_plain", "read_site_rule", "usable_x25519", "valid_site_id", "validate_check",
+    "BUILTIN_CHECKS",
+    "CHECK_ENTRY_POINTS",
+    "AdmissionCheck",
+    "AdmissionInputs",
+    "AdmissionPolicy",
+    "AdmissionRequest",
+    "AppAttestRule",
+    "Evidence",
+    "Hex",
+    "IdentityProof",
+    "OrganisationCa",
+    "SiteAppraisal",
+    "SiteRule",
+    "admission_checks",
+    "admission_nonce",
+    "app_attest_client_data",
+    "appraise",
+    "appraise_site",
+    "decode_plain",
+    "encode_plain",
+    "read_site_rule",
+    "usable_x25519",
+    "valid_site_id",
+    "validate_check",
 ]

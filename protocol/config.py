@@ -9,6 +9,7 @@ integer from 1 to 100000, got "5"``. Tables are described by :mod:`msgspec` Stru
 (:func:`read_struct`). The aggregator's file is :mod:`aggregator.config`, a site's
 :mod:`fedsite.config`.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -57,8 +58,9 @@ def load_toml(path: Path) -> tuple[dict[str, Any], bytes]:
 # got <the value as TOML spells it>" and refuses infinite floats.
 
 #: A path in the file: a non-empty string without NUL, relative to the file's directory.
-PathText = Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"^[^\x00]+$",
-                               description="a path (a non-empty string)")]
+PathText = Annotated[
+    str, Meta(min_length=1, max_length=4096, pattern=r"^[^\x00]+$", description="a path (a non-empty string)")
+]
 _DURATION_TEXT = 'a duration longer than zero: seconds (an integer) or a string like "90s", "15m", "2h", "1d"'
 #: A duration: integer seconds or "<n>s|m|h|d" (checked by :func:`parse_duration`).
 Duration = Annotated[int | str, Meta(description=_DURATION_TEXT)]
@@ -121,9 +123,14 @@ def describe(kind: Any) -> str:
         return "one of " + ", ".join(value_repr(v) for v in kind.values)
     if isinstance(kind, schema_info.DictType):
         return "a table"
-    if isinstance(kind, (schema_info.ListType, schema_info.SetType, schema_info.FrozenSetType, schema_info.VarTupleType)):
-        return f"a list of {describe(kind.item_type).removeprefix('a ').removeprefix('an ')}s" \
-            if isinstance(kind.item_type, (schema_info.StrType,)) else f"a list, each {describe(kind.item_type)}"
+    if isinstance(
+        kind, (schema_info.ListType, schema_info.SetType, schema_info.FrozenSetType, schema_info.VarTupleType)
+    ):
+        return (
+            f"a list of {describe(kind.item_type).removeprefix('a ').removeprefix('an ')}s"
+            if isinstance(kind.item_type, (schema_info.StrType,))
+            else f"a list, each {describe(kind.item_type)}"
+        )
     return str(kind)
 
 
@@ -149,7 +156,9 @@ def read_struct(table: Any, schema: type[S], section: str, error: type[ValueErro
         at = re.search(r" - at `\$\.([^`.\[]+)", message)
         if at and at.group(1) in fields:
             key = at.group(1)
-            raise error(f"[{section}] {key}: expected {describe(fields[key].type)}, got {value_repr(table.get(key))}") from None
+            raise error(
+                f"[{section}] {key}: expected {describe(fields[key].type)}, got {value_repr(table.get(key))}"
+            ) from None
         missing = re.search(r"missing required field `([^`]+)`", message)
         if missing and missing.group(1) in fields:
             key = missing.group(1)
@@ -169,8 +178,14 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def parse_duration(value: int | str, section: str, key: str, *, maximum: float = MAX_DURATION_SECONDS,
-                   error: type[ValueError] = ConfigError) -> float:
+def parse_duration(
+    value: int | str,
+    section: str,
+    key: str,
+    *,
+    maximum: float = MAX_DURATION_SECONDS,
+    error: type[ValueError] = ConfigError,
+) -> float:
     """A :data:`Duration` in seconds: longer than zero and at most ``maximum``."""
     if isinstance(value, int) and not isinstance(value, bool):
         seconds = value
@@ -180,8 +195,10 @@ def parse_duration(value: int | str, section: str, key: str, *, maximum: float =
             raise error(f"[{section}] {key}: expected {_DURATION_TEXT}, got {value_repr(value)}")
         seconds = int(match.group(1)) * _UNITS[match.group(2) or "s"]
     if not 0 < seconds <= maximum:
-        raise error(f"[{section}] {key}: expected a duration longer than zero and at most {format_seconds(maximum)}, "
-                    f"got {value_repr(value)}")
+        raise error(
+            f"[{section}] {key}: expected a duration longer than zero and at most {format_seconds(maximum)}, "
+            f"got {value_repr(value)}"
+        )
     return float(seconds)
 
 
@@ -256,12 +273,15 @@ def parse_endpoint(text: str, *, allow_port_zero: bool = False, default_host: st
     return Endpoint(host, port)
 
 
-def read_endpoint(value: str, section: str, key: str, *, allow_port_zero: bool = False, default_host: str | None = None) -> Endpoint:
+def read_endpoint(
+    value: str, section: str, key: str, *, allow_port_zero: bool = False, default_host: str | None = None
+) -> Endpoint:
     try:
         return parse_endpoint(value, allow_port_zero=allow_port_zero, default_host=default_host)
     except ValueError as exc:
-        raise ConfigError(f"[{section}] {key}: expected {endpoint_form(allow_port_zero)}, got {value_repr(value)}: {exc}") from None
+        raise ConfigError(
+            f"[{section}] {key}: expected {endpoint_form(allow_port_zero)}, got {value_repr(value)}: {exc}"
+        ) from None
 
 
 # ---- aggregator.toml ---------------------------------------------------------------------------
-

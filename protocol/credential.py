@@ -13,6 +13,7 @@ Claims (draft-ietf-rats-ear): ``eat_profile``, ``iat``, ``exp``, ``ear.verifier-
 claims that matter). attestfl adds ``aud``, ``jti`` and the ``attestfl.*`` claims that tie
 it to the session: session id, site id and the site's attested public keys.
 """
+
 from __future__ import annotations
 
 import base64
@@ -90,8 +91,10 @@ def issue_credential(
         "attestfl.site-keys": {"x25519": site_x25519.hex(), "ed25519": site_ed25519.hex()},
     }
     header = {"alg": "EdDSA", "typ": "JWT", "kid": key_id}
-    signing_input = _b64url(json.dumps(header, separators=(",", ":")).encode()) + "." + _b64url(
-        json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    signing_input = (
+        _b64url(json.dumps(header, separators=(",", ":")).encode())
+        + "."
+        + _b64url(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
     )
     return signing_input + "." + _b64url(sign(signing_input.encode("ascii")))
 
@@ -104,8 +107,14 @@ class ClockSkewError(CredentialError):
 DEFAULT_MAX_CLOCK_SKEW = timedelta(seconds=60)
 
 
-def verify_credential(token: str, ed25519_public: bytes, *, now: datetime, max_bytes: int = 16 * 1024,
-                      max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW) -> SessionClaims:
+def verify_credential(
+    token: str,
+    ed25519_public: bytes,
+    *,
+    now: datetime,
+    max_bytes: int = 16 * 1024,
+    max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW,
+) -> SessionClaims:
     """Check signature, audience, expiry and shape; return the session binding it carries.
 
     The aggregator's clock and this one may disagree by up to ``max_clock_skew``: a credential
@@ -130,9 +139,11 @@ def verify_credential(token: str, ed25519_public: bytes, *, now: datetime, max_b
         raise CredentialError(f"session credential times are unusable: {exc}") from None
     ahead = (issued - now).total_seconds()
     if ahead > max_clock_skew.total_seconds():
-        raise ClockSkewError(f"clock skew: the aggregator issued the credential at {issued.isoformat()}, {ahead:.0f} s ahead of "
-                             f"this clock (tolerated: {max_clock_skew.total_seconds():.0f} s, [site] max_clock_skew); "
-                             "synchronise the clocks (NTP)")
+        raise ClockSkewError(
+            f"clock skew: the aggregator issued the credential at {issued.isoformat()}, {ahead:.0f} s ahead of "
+            f"this clock (tolerated: {max_clock_skew.total_seconds():.0f} s, [site] max_clock_skew); "
+            "synchronise the clocks (NTP)"
+        )
     if now >= expires + max_clock_skew:
         raise CredentialError(f"session credential expired at {expires.isoformat()}")
     try:

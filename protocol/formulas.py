@@ -20,6 +20,7 @@ Authenticated calls
     refused by its counter, and a response (task, receipt, metrics acknowledgement) cannot be
     forged, moved to another call or replayed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,7 +63,11 @@ def _length_prefixed(*parts: bytes) -> bytes:
 
 
 def valid_site_id(site_id: str) -> bool:
-    return isinstance(site_id, str) and 0 < len(site_id) <= MAX_SITE_ID and all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in site_id)
+    return (
+        isinstance(site_id, str)
+        and 0 < len(site_id) <= MAX_SITE_ID
+        and all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in site_id)
+    )
 
 
 def admission_nonce(site_id: str, challenge: bytes) -> bytes:
@@ -75,12 +80,27 @@ def app_attest_client_data(site_id: str, challenge: bytes, x25519: bytes, ed2551
     return hashlib.sha256(APP_ATTEST_LABEL + _length_prefixed(site_id.encode(), challenge, x25519, ed25519)).digest()
 
 
-def identity_transcript(*, site_id: str, challenge: bytes, evidence_sha256: bytes, site_x25519: bytes, site_ed25519: bytes,
-                        aggregator_x25519: bytes, aggregator_ed25519: bytes, aggregator_evidence_sha256: bytes) -> bytes:
+def identity_transcript(
+    *,
+    site_id: str,
+    challenge: bytes,
+    evidence_sha256: bytes,
+    site_x25519: bytes,
+    site_ed25519: bytes,
+    aggregator_x25519: bytes,
+    aggregator_ed25519: bytes,
+    aggregator_evidence_sha256: bytes,
+) -> bytes:
     """The bytes a site's identity key signs at admission (length-prefixed, labelled)."""
     return IDENTITY_LABEL + _length_prefixed(
-        site_id.encode(), bytes(challenge), bytes(evidence_sha256), bytes(site_x25519), bytes(site_ed25519),
-        bytes(aggregator_x25519), bytes(aggregator_ed25519), bytes(aggregator_evidence_sha256),
+        site_id.encode(),
+        bytes(challenge),
+        bytes(evidence_sha256),
+        bytes(site_x25519),
+        bytes(site_ed25519),
+        bytes(aggregator_x25519),
+        bytes(aggregator_ed25519),
+        bytes(aggregator_evidence_sha256),
     )
 
 
@@ -112,12 +132,29 @@ def parse_upload_context(context: bytes) -> tuple[int, int, str, int]:
         raise ProtocolError("the stream context is not update;round=<n>;attempt=<n>;site=<id>;call=<n>") from None
 
 
-def receipt_message(*, round_number: int, attempt: int, site_id: str, update_sha256: bytes, weight: float,
-                    accepted_unix_ms: int, session_id: bytes, call: int) -> bytes:
+def receipt_message(
+    *,
+    round_number: int,
+    attempt: int,
+    site_id: str,
+    update_sha256: bytes,
+    weight: float,
+    accepted_unix_ms: int,
+    session_id: bytes,
+    call: int,
+) -> bytes:
     """The bytes the enclave signs for an update receipt (a site and an auditor re-check them):
     the round and attempt, the site, the update's digest and weight, and the call it answers."""
-    body = {"accepted_unix_ms": accepted_unix_ms, "attempt": attempt, "call": call, "round": round_number,
-            "session": bytes(session_id).hex(), "site": site_id, "update_sha256": bytes(update_sha256).hex(), "weight": weight}
+    body = {
+        "accepted_unix_ms": accepted_unix_ms,
+        "attempt": attempt,
+        "call": call,
+        "round": round_number,
+        "session": bytes(session_id).hex(),
+        "site": site_id,
+        "update_sha256": bytes(update_sha256).hex(),
+        "weight": weight,
+    }
     return RECEIPT_LABEL + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -125,7 +162,9 @@ def receipt_message(*, round_number: int, attempt: int, site_id: str, update_sha
 
 
 def _message_aad(session_id: bytes, method: str, call: int, response: bool) -> bytes:
-    return MESSAGE_LABEL + _length_prefixed(bytes(session_id), method.encode(), struct.pack(">QB", call, 1 if response else 0))
+    return MESSAGE_LABEL + _length_prefixed(
+        bytes(session_id), method.encode(), struct.pack(">QB", call, 1 if response else 0)
+    )
 
 
 def _message_nonce(call: int) -> bytes:
@@ -140,7 +179,9 @@ def seal_message(keys: SessionKeys, *, method: str, call: int, response: bool, p
     if method not in SEALED_METHODS or not 0 <= call < 2**64:
         raise ProtocolError(f"cannot seal a {method} message for call {call}")
     key = keys.aggregator_to_site_messages if response else keys.site_to_aggregator_messages
-    return AESGCM(key).encrypt(_message_nonce(call), bytes(plaintext), _message_aad(keys.session_id, method, call, response))
+    return AESGCM(key).encrypt(
+        _message_nonce(call), bytes(plaintext), _message_aad(keys.session_id, method, call, response)
+    )
 
 
 def open_message(keys: SessionKeys, *, method: str, call: int, response: bool, ciphertext: bytes) -> bytes:
@@ -149,11 +190,15 @@ def open_message(keys: SessionKeys, *, method: str, call: int, response: bool, c
         raise ProtocolError(f"a sealed {method} message is over {MAX_SEALED_MESSAGE_BYTES} bytes")
     key = keys.aggregator_to_site_messages if response else keys.site_to_aggregator_messages
     try:
-        return AESGCM(key).decrypt(_message_nonce(call), bytes(ciphertext), _message_aad(keys.session_id, method, call, response))
+        return AESGCM(key).decrypt(
+            _message_nonce(call), bytes(ciphertext), _message_aad(keys.session_id, method, call, response)
+        )
     except (InvalidTag, ValueError):
         what = "response" if response else "request"
-        raise ProtocolError(f"the {method} {what} failed authentication: not sealed under this session's keys for call {call} "
-                            "(forged, replayed or moved from another call)") from None
+        raise ProtocolError(
+            f"the {method} {what} failed authentication: not sealed under this session's keys for call {call} "
+            "(forged, replayed or moved from another call)"
+        ) from None
 
 
 __all__ = [

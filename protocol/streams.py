@@ -20,6 +20,7 @@ channel is plaintext gRPC and everything that matters is sealed end to end under
 into both parties' attestation evidence; a proxy that terminates any TLS in front of it sees
 only these ciphertexts.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,8 +69,15 @@ class SessionKeys:
         return f"SessionKeys(session_id={self.session_id.hex()}, keys=<hidden>)"
 
 
-def transcript_hash(*, site_id: str, challenge: bytes, aggregator_x25519: bytes, aggregator_ed25519: bytes,
-                    site_x25519: bytes, site_ed25519: bytes) -> bytes:
+def transcript_hash(
+    *,
+    site_id: str,
+    challenge: bytes,
+    aggregator_x25519: bytes,
+    aggregator_ed25519: bytes,
+    site_x25519: bytes,
+    site_ed25519: bytes,
+) -> bytes:
     """SHA-256 over everything both parties attested in the handshake, length-prefixed."""
     digest = hashlib.sha256(TRANSCRIPT_LABEL)
     for part in (site_id.encode(), challenge, aggregator_x25519, aggregator_ed25519, site_x25519, site_ed25519):
@@ -80,7 +88,9 @@ def transcript_hash(*, site_id: str, challenge: bytes, aggregator_x25519: bytes,
 def derive_session_keys(shared_secret: bytes, *, session_id: bytes, transcript: bytes) -> SessionKeys:
     if len(session_id) != 16:
         raise StreamError("session id must be 16 bytes")
-    okm = HKDF(algorithm=hashes.SHA256(), length=128, salt=session_id, info=SESSION_KEYS_LABEL + transcript).derive(shared_secret)
+    okm = HKDF(algorithm=hashes.SHA256(), length=128, salt=session_id, info=SESSION_KEYS_LABEL + transcript).derive(
+        shared_secret
+    )
     return SessionKeys(session_id, okm[:32], okm[32:64], okm[64:96], okm[96:])
 
 
@@ -92,7 +102,12 @@ class StreamHeader:
     context: bytes
 
     def encode(self) -> bytes:
-        return _HEADER.pack(HEADER_MAGIC, self.session_id, self.stream_id, self.purpose.encode().ljust(8, b"\0"), len(self.context)) + self.context
+        return (
+            _HEADER.pack(
+                HEADER_MAGIC, self.session_id, self.stream_id, self.purpose.encode().ljust(8, b"\0"), len(self.context)
+            )
+            + self.context
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> StreamHeader:
@@ -106,7 +121,7 @@ class StreamHeader:
         name = purpose.rstrip(b"\0").decode("ascii", "replace")
         if name not in PURPOSES:
             raise StreamError(f"unknown stream purpose {name!r}")
-        return cls(session_id, stream_id, name, data[_HEADER.size:])
+        return cls(session_id, stream_id, name, data[_HEADER.size :])
 
 
 def _stream_cipher(key: bytes, header: bytes) -> AESGCM:
@@ -155,7 +170,7 @@ def _chunked(parts: list[memoryview], chunk_bytes: int) -> Iterator[memoryview]:
         position = 0
         while position < len(part):
             take = min(chunk_bytes - pending_size, len(part) - position)
-            piece = part[position:position + take]
+            piece = part[position : position + take]
             position += take
             if not pending and take == chunk_bytes:
                 yield piece
@@ -169,8 +184,15 @@ def _chunked(parts: list[memoryview], chunk_bytes: int) -> Iterator[memoryview]:
         yield memoryview(b"".join(pending))
 
 
-def seal_chunks(key: bytes, data: bytes | list[bytes | memoryview], *, session_id: bytes, purpose: str, context: bytes,
-                chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, int, bool, bytes]]:
+def seal_chunks(
+    key: bytes,
+    data: bytes | list[bytes | memoryview],
+    *,
+    session_id: bytes,
+    purpose: str,
+    context: bytes,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[tuple[bytes, int, bool, bytes]]:
     """Yield (header or b"", index, final, ciphertext) for ``data`` (bytes, or a list of
     buffers sent back to back, e.g. a safetensors header and the tensors' memory) in chunks."""
     sealer = StreamSealer(key, session_id=session_id, purpose=purpose, context=context)
@@ -187,7 +209,9 @@ class StreamOpener:
     """Open one stream, checking the header against what the receiver expects and every chunk's
     position. ``finish()`` raises unless the final chunk arrived."""
 
-    def __init__(self, key: bytes, header: bytes, *, session_id: bytes, purpose: str, context: bytes, max_bytes: int) -> None:
+    def __init__(
+        self, key: bytes, header: bytes, *, session_id: bytes, purpose: str, context: bytes, max_bytes: int
+    ) -> None:
         parsed = StreamHeader.decode(header)
         if parsed.session_id != session_id:
             raise StreamError("the stream belongs to another session")
@@ -207,7 +231,9 @@ class StreamOpener:
         if self._finished:
             raise StreamError("a chunk arrived after the final chunk")
         if index != self._index:
-            raise StreamError(f"chunk {index} arrived where chunk {self._index} was expected (reordered, dropped or replayed)")
+            raise StreamError(
+                f"chunk {index} arrived where chunk {self._index} was expected (reordered, dropped or replayed)"
+            )
         if len(ciphertext) > MAX_CHUNK_BYTES + TAG_BYTES:
             raise StreamError("chunk is over the size limit")
         self._received += max(0, len(ciphertext) - TAG_BYTES)
@@ -216,7 +242,9 @@ class StreamOpener:
         try:
             plaintext = self._cipher.decrypt(_nonce(index), ciphertext, _aad(self._digest, index, final))
         except InvalidTag:
-            raise StreamError(f"chunk {index} failed authentication (tampered, or sealed for another stream or session)") from None
+            raise StreamError(
+                f"chunk {index} failed authentication (tampered, or sealed for another stream or session)"
+            ) from None
         self._index += 1
         self._finished = final
         return plaintext
@@ -226,16 +254,25 @@ class StreamOpener:
         if self._finished:
             raise StreamError("a chunk arrived after the final chunk")
         if index != self._index:
-            raise StreamError(f"chunk {index} arrived where chunk {self._index} was expected (reordered, dropped or replayed)")
+            raise StreamError(
+                f"chunk {index} arrived where chunk {self._index} was expected (reordered, dropped or replayed)"
+            )
         length = len(ciphertext) - TAG_BYTES
         if length < 0 or length > MAX_CHUNK_BYTES:
             raise StreamError("chunk has an impossible size")
         if offset + length > min(len(buffer), self._max_bytes):
             raise StreamError(f"stream is larger than the {self._max_bytes} bytes allowed for it")
         try:
-            self._cipher.decrypt_into(_nonce(index), ciphertext, _aad(self._digest, index, final), memoryview(buffer)[offset:offset + length])
+            self._cipher.decrypt_into(
+                _nonce(index),
+                ciphertext,
+                _aad(self._digest, index, final),
+                memoryview(buffer)[offset : offset + length],
+            )
         except InvalidTag:
-            raise StreamError(f"chunk {index} failed authentication (tampered, or sealed for another stream or session)") from None
+            raise StreamError(
+                f"chunk {index} failed authentication (tampered, or sealed for another stream or session)"
+            ) from None
         self._index += 1
         self._finished = final
         self._received += length

@@ -15,6 +15,7 @@ size is known (and bounded by the spec) before it is read, nothing is allocated 
 header claims, and a crafted header is an :class:`UpdateFormatError` with a one-line reason,
 never another exception. Non-finite values are rejected before anything is aggregated.
 """
+
 from __future__ import annotations
 
 import json
@@ -110,8 +111,10 @@ class ModelSpec:
             if not isinstance(tensor.name, str):
                 raise UpdateFormatError(f"model spec: tensor name {tensor.name!r} is not a string")
             if tensor.dtype not in DTYPES:
-                raise UpdateFormatError(f"model spec: tensor {_show(tensor.name)} has dtype {tensor.dtype}; "
-                                        f"only {', '.join(DTYPES)} is supported")
+                raise UpdateFormatError(
+                    f"model spec: tensor {_show(tensor.name)} has dtype {tensor.dtype}; "
+                    f"only {', '.join(DTYPES)} is supported"
+                )
             _check_shape(tensor.shape, f"model spec: tensor {_show(tensor.name)}")
 
     @property
@@ -129,10 +132,14 @@ class ModelSpec:
 
     @classmethod
     def of(cls, tensors: Mapping[str, np.ndarray]) -> ModelSpec:
-        return cls(tuple(TensorSpec(name, "F32", tuple(int(d) for d in array.shape)) for name, array in tensors.items()))
+        return cls(
+            tuple(TensorSpec(name, "F32", tuple(int(d) for d in array.shape)) for name, array in tensors.items())
+        )
 
     def to_json(self) -> str:
-        return json.dumps([{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in self.tensors], separators=(",", ":"))
+        return json.dumps(
+            [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in self.tensors], separators=(",", ":")
+        )
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
@@ -151,7 +158,9 @@ def encode_tensors(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str
     return b"".join(encode_tensor_parts(tensors, metadata))
 
 
-def encode_tensor_parts(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> list[bytes | memoryview]:
+def encode_tensor_parts(
+    tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> list[bytes | memoryview]:
     """The safetensors layout as buffers to send back to back: the length-prefixed header, then
     each tensor's memory (no copy when a tensor already is contiguous little-endian float32)."""
     header: dict[str, object] = {}
@@ -181,6 +190,7 @@ def header_length(prefix: bytes | bytearray | memoryview) -> int:
 
 # ---- the header as strict JSON -----------------------------------------------------------------
 
+
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
@@ -192,7 +202,9 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _integer(text: str) -> int:
     if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
-        raise UpdateFormatError(f"safetensors header has an integer of {len(text)} digits (at most {MAX_INTEGER_DIGITS})")
+        raise UpdateFormatError(
+            f"safetensors header has an integer of {len(text)} digits (at most {MAX_INTEGER_DIGITS})"
+        )
     return int(text)
 
 
@@ -211,8 +223,9 @@ def parse_header(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise UpdateFormatError(f"safetensors header is not UTF-8 (byte {exc.start})") from None
     try:
-        header = json.loads(text, object_pairs_hook=_object, parse_int=_integer, parse_float=_no_float,
-                            parse_constant=_no_constant)
+        header = json.loads(
+            text, object_pairs_hook=_object, parse_int=_integer, parse_float=_no_float, parse_constant=_no_constant
+        )
     except UpdateFormatError:
         raise
     except RecursionError:
@@ -245,11 +258,15 @@ def _entry(name: str, value: Any) -> tuple[str, str, tuple[int, ...], int, int]:
     begin, stop = entry.data_offsets
     size = math.prod(shape) * DTYPES[entry.dtype].itemsize
     if stop < begin or stop - begin != size:
-        raise UpdateFormatError(f"{where}: data_offsets [{begin}, {stop}] do not fit its shape {list(shape)} ({size} bytes)")
+        raise UpdateFormatError(
+            f"{where}: data_offsets [{begin}, {stop}] do not fit its shape {list(shape)} ({size} bytes)"
+        )
     return name, entry.dtype, shape, begin, stop
 
 
-def decode_tensors(data: bytes | bytearray | memoryview, spec: ModelSpec | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def decode_tensors(
+    data: bytes | bytearray | memoryview, spec: ModelSpec | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Parse and check an update: (name -> float32 array in spec order, metadata).
 
     With ``spec``, the update may be no larger than the spec allows, names, dtypes and shapes
@@ -258,13 +275,17 @@ def decode_tensors(data: bytes | bytearray | memoryview, spec: ModelSpec | None 
     Anything else than a valid update raises :class:`UpdateFormatError`.
     """
     if spec is not None and len(data) > spec.max_update_bytes:
-        raise UpdateFormatError(f"update of {len(data)} bytes is larger than the model spec allows ({spec.max_update_bytes})")
+        raise UpdateFormatError(
+            f"update of {len(data)} bytes is larger than the model spec allows ({spec.max_update_bytes})"
+        )
     length = header_length(data)
     end = _LENGTH.size + length
     if len(data) < end:
-        raise UpdateFormatError(f"update is truncated inside its safetensors header ({length} bytes announced, "
-                                f"{len(data) - _LENGTH.size} present)")
-    header = parse_header(bytes(data[_LENGTH.size:end]))
+        raise UpdateFormatError(
+            f"update is truncated inside its safetensors header ({length} bytes announced, "
+            f"{len(data) - _LENGTH.size} present)"
+        )
+    header = parse_header(bytes(data[_LENGTH.size : end]))
     metadata = header.pop("__metadata__", None)
     if metadata is None:
         metadata = {}
@@ -280,18 +301,24 @@ def decode_tensors(data: bytes | bytearray | memoryview, spec: ModelSpec | None 
         missing = sorted(set(expected) - {e[0] for e in entries})
         extra = sorted({e[0] for e in entries} - set(expected))
         if missing or extra:
-            raise UpdateFormatError(f"update tensors differ from the model spec: missing {_show_names(missing)}, "
-                                   f"unexpected {_show_names(extra)}")
+            raise UpdateFormatError(
+                f"update tensors differ from the model spec: missing {_show_names(missing)}, "
+                f"unexpected {_show_names(extra)}"
+            )
         for name, dtype, shape, _b, _e in entries:
             want = expected[name]
             if dtype != want.dtype or shape != want.shape:
-                raise UpdateFormatError(f"tensor {_show(name)} is {dtype}{list(shape)}, the model spec says {want.dtype}{list(want.shape)}")
+                raise UpdateFormatError(
+                    f"tensor {_show(name)} is {dtype}{list(shape)}, the model spec says {want.dtype}{list(want.shape)}"
+                )
 
     # Offsets: contiguous from 0, each the size its dtype and shape give, covering the data exactly.
     position = 0
     for name, _dtype, _shape, begin, stop in sorted(entries, key=lambda e: (e[3], e[4])):
         if begin != position:
-            problem = "overlap another tensor" if begin < position else f"leave a gap of {begin - position} bytes before it"
+            problem = (
+                "overlap another tensor" if begin < position else f"leave a gap of {begin - position} bytes before it"
+            )
             raise UpdateFormatError(f"tensor {_show(name)}: data_offsets [{begin}, {stop}] {problem}")
         position = stop
     if len(data) - end != position:
@@ -306,13 +333,15 @@ def decode_tensors(data: bytes | bytearray | memoryview, spec: ModelSpec | None 
         array = np.frombuffer(body[begin:stop], dtype=DTYPES[dtype]).reshape(shape)
         if spec is not None and not np.isfinite(array).all():
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-            raise UpdateFormatError(f"tensor {_show(name)} has {bad} non-finite value(s) (NaN or infinity): refused before aggregation")
+            raise UpdateFormatError(
+                f"tensor {_show(name)} has {bad} non-finite value(s) (NaN or infinity): refused before aggregation"
+            )
         tensors[name] = array
     return tensors, dict(metadata)
 
 
 #: The default size limit of a model file (:func:`load_model`).
-MAX_MODEL_BYTES = 64 * 1024 ** 3
+MAX_MODEL_BYTES = 64 * 1024**3
 
 
 def load_model(path: str | Path, *, limit: int = MAX_MODEL_BYTES) -> dict[str, np.ndarray]:

@@ -1,13 +1,14 @@
 """Test helper: a real loopback HTTP server playing AMD KDS and Intel PCS for the simulated
 vendors (the paths and issuer-chain headers of the real services)."""
+
 from __future__ import annotations
 
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 from attestation.platforms.snp.collateral import amd_crl_url, amd_vcek_url
 from attestation.platforms.tdx.collateral import intel_pck_crl_url, intel_qe_identity_url, intel_tcb_info_url
@@ -47,7 +48,9 @@ class VendorServer:
                 self.send_response(route.status)
                 for name, value in route.headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(route.body) if route.declared_length is None else route.declared_length))
+                self.send_header(
+                    "Content-Length", str(len(route.body) if route.declared_length is None else route.declared_length)
+                )
                 self.end_headers()
                 try:
                     self.wfile.write(route.body)
@@ -79,7 +82,9 @@ class VendorServer:
         from attestation.collateral import CollateralFetcher, FetchConfig
         from enclave.simulated.pki import SIM_FMSPC, SIM_SNP_TCB
 
-        fetcher = CollateralFetcher(FetchConfig(amd_base_url=self.url, intel_base_url=self.url, intel_root_ca_crl_url=self.url + ROOT_CRL_PATH))
+        fetcher = CollateralFetcher(
+            FetchConfig(amd_base_url=self.url, intel_base_url=self.url, intel_root_ca_crl_url=self.url + ROOT_CRL_PATH)
+        )
 
         def path(url: str) -> str:
             parts = urllib.parse.urlsplit(url)
@@ -91,11 +96,17 @@ class VendorServer:
         self.routes[path(amd_crl_url(fetcher.config, "milan", "vcek"))] = Route(files["amd/milan/crl-vcek.der"])
         self.routes[path(amd_vcek_url(fetcher.config, "milan", pki.amd.chip_id, SIM_SNP_TCB))] = Route(pki.amd.vcek.der)
         self.routes[path(intel_tcb_info_url(fetcher.config, SIM_FMSPC))] = Route(
-            files[f"intel/tcb-info-fmspc-{SIM_FMSPC.hex()}.json"], {"TCB-Info-Issuer-Chain": chain("intel/tcb-info-issuer-chain.pem")})
+            files[f"intel/tcb-info-fmspc-{SIM_FMSPC.hex()}.json"],
+            {"TCB-Info-Issuer-Chain": chain("intel/tcb-info-issuer-chain.pem")},
+        )
         self.routes[path(intel_qe_identity_url(fetcher.config))] = Route(
-            files["intel/qe-identity.json"], {"SGX-Enclave-Identity-Issuer-Chain": chain("intel/qe-identity-issuer-chain.pem")})
+            files["intel/qe-identity.json"],
+            {"SGX-Enclave-Identity-Issuer-Chain": chain("intel/qe-identity-issuer-chain.pem")},
+        )
         self.routes[path(intel_pck_crl_url(fetcher.config, "platform"))] = Route(
-            files["intel/pck-platform-crl.der"], {"SGX-PCK-CRL-Issuer-Chain": chain("intel/pck-platform-crl-issuer-chain.pem")})
+            files["intel/pck-platform-crl.der"],
+            {"SGX-PCK-CRL-Issuer-Chain": chain("intel/pck-platform-crl-issuer-chain.pem")},
+        )
         self.routes[ROOT_CRL_PATH] = Route(files["intel/root-ca-crl.der"])
 
     def config_kwargs(self) -> dict[str, str]:

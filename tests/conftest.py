@@ -1,5 +1,6 @@
 """Shared test fixtures: the real hardware vectors copied into tests/vectors/ (see its README
 for provenance and licence). Nothing outside the clone is read."""
+
 from __future__ import annotations
 
 from pathlib import Path

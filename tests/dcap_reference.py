@@ -11,12 +11,13 @@ but Revoked and "not supported" (no matching TCB level), debug off, SEPT_VE_DISA
 reserved TD attribute bit, Intel's QE vendor ID. The two agree when both accept with the
 same TCB status, or both reject. For the shipped vectors the tests also pin why.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Mapping
 
 import dcap_qvl
 
@@ -46,7 +47,7 @@ class Verdict:
     status: str | None  # the TCB status of an accepted quote
     why: str  # dcap-qvl's error, or attestfl's failed check ids
 
-    def agrees_with(self, other: "Verdict") -> bool:
+    def agrees_with(self, other: Verdict) -> bool:
         return self.accepted == other.accepted and (not self.accepted or self.status == other.status)
 
 
@@ -62,10 +63,17 @@ def dcap_equivalent_policy(trusted_simulated_roots: frozenset[str] = frozenset()
     return Policy(require_collateral=True, trusted_simulated_roots=trusted_simulated_roots, tdx=tdx)
 
 
-def ours(quote: bytes, files: Mapping[str, bytes], at: datetime, trusted_simulated_roots: frozenset[str] = frozenset()) -> Verdict:
+def ours(
+    quote: bytes, files: Mapping[str, bytes], at: datetime, trusted_simulated_roots: frozenset[str] = frozenset()
+) -> Verdict:
     """attestfl's verdict under :func:`dcap_equivalent_policy`; unusable input is a rejection."""
     try:
-        appraisal = appraise_tdx(quote, collateral=collateral_from_files(files), policy=dcap_equivalent_policy(trusted_simulated_roots), at=at)
+        appraisal = appraise_tdx(
+            quote,
+            collateral=collateral_from_files(files),
+            policy=dcap_equivalent_policy(trusted_simulated_roots),
+            at=at,
+        )
     except AttestationError as exc:
         return Verdict(False, None, f"unusable: {exc}")
     if not appraisal.accepted:
@@ -73,7 +81,9 @@ def ours(quote: bytes, files: Mapping[str, bytes], at: datetime, trusted_simulat
     return Verdict(True, appraisal.claims["tcb_status"], "")
 
 
-_SIGNED = re.compile(rb'\A\{"(tcbInfo|enclaveIdentity)":(?P<body>.*),"signature":"(?P<signature>[0-9a-fA-F]*)"\}\s*\Z', re.S)
+_SIGNED = re.compile(
+    rb'\A\{"(tcbInfo|enclaveIdentity)":(?P<body>.*),"signature":"(?P<signature>[0-9a-fA-F]*)"\}\s*\Z', re.S
+)
 
 
 def _signed_document(data: bytes) -> tuple[str, bytes]:
@@ -108,7 +118,9 @@ def dcap_collateral(files: Mapping[str, bytes], fmspc: str) -> dcap_qvl.QuoteCol
     )
 
 
-def theirs(quote: bytes, files: Mapping[str, bytes], at: datetime, *, fmspc: str, root_der: bytes | None = None) -> Verdict:
+def theirs(
+    quote: bytes, files: Mapping[str, bytes], at: datetime, *, fmspc: str, root_der: bytes | None = None
+) -> Verdict:
     """dcap-qvl's verdict (Intel's root, or ``root_der``); collateral it cannot even hold is a rejection."""
     try:
         collateral = dcap_collateral(files, fmspc)
@@ -116,7 +128,11 @@ def theirs(quote: bytes, files: Mapping[str, bytes], at: datetime, *, fmspc: str
         return Verdict(False, None, f"unusable collateral: {exc}")
     now = int(at.timestamp())
     try:
-        report = dcap_qvl.verify(quote, collateral, now) if root_der is None else dcap_qvl.verify_with_root_ca(quote, collateral, root_der, now)
+        report = (
+            dcap_qvl.verify(quote, collateral, now)
+            if root_der is None
+            else dcap_qvl.verify_with_root_ca(quote, collateral, root_der, now)
+        )
     except ValueError as exc:
         return Verdict(False, None, str(exc).splitlines()[0])
     return Verdict(True, report.status, "")

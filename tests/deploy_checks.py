@@ -1,6 +1,7 @@
 """Offline checks of the deployment files (deploy/): the container lock and Dockerfile, and
 the Kubernetes manifests. Each check returns a list of problems (empty: fine), so that the
 tests can show both that the shipped files pass and that broken copies are flagged."""
+
 from __future__ import annotations
 
 import re
@@ -27,6 +28,7 @@ POD_TEMPLATE_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Repli
 
 
 # ---- lock ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class LockEntry:
@@ -127,6 +129,7 @@ def lock_problems(lock_text: str, pyproject_text: str) -> list[str]:
 
 # ---- Dockerfile ------------------------------------------------------------------------------
 
+
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
     out: list[tuple[str, str]] = []
@@ -163,7 +166,7 @@ def dockerfile_problems(text: str, lock_path: str = "deploy/container/requiremen
     stages = [i for i, (k, _) in enumerate(instructions) if k == "FROM"]
     if not stages:
         return ["no FROM instruction"]
-    final = instructions[stages[-1]:]
+    final = instructions[stages[-1] :]
     installs = [cmd for k, a in instructions if k == "RUN" for cmd in _pip_install_commands(a)]
     for keyword, args in instructions:
         if keyword == "FROM" and re.search(r"torch|tensorflow|jax", args, re.IGNORECASE):
@@ -200,6 +203,7 @@ def dockerfile_problems(text: str, lock_path: str = "deploy/container/requiremen
 
 # ---- Kubernetes manifests --------------------------------------------------------------------
 
+
 def _pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
     if doc.get("kind") == "Pod":
         return doc.get("spec") or {}
@@ -227,7 +231,9 @@ def manifest_problems(docs: Iterable[dict[str, Any]]) -> list[str]:
         where = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
         runtime_class = spec.get("runtimeClassName")
         if runtime_class not in CONFIDENTIAL_RUNTIME_CLASSES:
-            problems.append(f"{where}: runtimeClassName {runtime_class!r} is not one of {sorted(CONFIDENTIAL_RUNTIME_CLASSES)}")
+            problems.append(
+                f"{where}: runtimeClassName {runtime_class!r} is not one of {sorted(CONFIDENTIAL_RUNTIME_CLASSES)}"
+            )
         if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
             problems.append(f"{where}: shares a host namespace")
         if spec.get("automountServiceAccountToken") is not False:
@@ -258,7 +264,7 @@ def manifest_problems(docs: Iterable[dict[str, Any]]) -> list[str]:
                 problems.append(f"{cw}: readOnlyRootFilesystem is not true")
             if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
                 problems.append(f"{cw}: capabilities do not drop ALL")
-            if ((sc.get("capabilities") or {}).get("add")):
+            if (sc.get("capabilities") or {}).get("add"):
                 problems.append(f"{cw}: adds capabilities")
             if container in (spec.get("initContainers") or []):
                 continue
@@ -314,8 +320,10 @@ def metrics_exposure_problems(docs: Iterable[dict[str, Any]]) -> list[str]:
                 continue
             ports.add(endpoint.port)
             if not endpoint.is_loopback:
-                problems.append(f"{where}: {name} metrics_listen {listen!r} binds {endpoint.host}, not loopback: "
-                                "the metrics endpoint is unauthenticated")
+                problems.append(
+                    f"{where}: {name} metrics_listen {listen!r} binds {endpoint.host}, not loopback: "
+                    "the metrics endpoint is unauthenticated"
+                )
     for doc in docs:
         kind = doc.get("kind")
         where = f"{kind}/{(doc.get('metadata') or {}).get('name')}"
@@ -325,8 +333,10 @@ def metrics_exposure_problems(docs: Iterable[dict[str, Any]]) -> list[str]:
                 for port in container.get("ports") or []:
                     named = {port.get("name"), port.get("containerPort"), port.get("hostPort")} & ports
                     if named:
-                        problems.append(f"{where} container {container.get('name')}: exposes the metrics port "
-                                        f"({', '.join(sorted(map(str, named)))})")
+                        problems.append(
+                            f"{where} container {container.get('name')}: exposes the metrics port "
+                            f"({', '.join(sorted(map(str, named)))})"
+                        )
         elif kind == "Service":
             for port in (doc.get("spec") or {}).get("ports") or []:
                 named = {port.get("name"), port.get("port"), port.get("targetPort")} & ports
@@ -335,7 +345,9 @@ def metrics_exposure_problems(docs: Iterable[dict[str, Any]]) -> list[str]:
         elif kind == "NetworkPolicy":
             for rule in (doc.get("spec") or {}).get("ingress") or []:
                 if not rule.get("ports"):
-                    problems.append(f"{where}: an ingress rule without ports admits every port, the metrics port included")
+                    problems.append(
+                        f"{where}: an ingress rule without ports admits every port, the metrics port included"
+                    )
                 for port in rule.get("ports") or []:
                     if port.get("port") in ports:
                         problems.append(f"{where}: admits ingress to the metrics port ({port.get('port')})")

@@ -1,11 +1,12 @@
 """Shared helpers for the enclave tests: one simulated TEE directory per test session."""
+
 from __future__ import annotations
 
 import atexit
 import hashlib
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from attestation.policy import Policy
@@ -17,7 +18,7 @@ NONCE_B = hashlib.sha256(b"verifier nonce B").digest()
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def trusting(pki: SimulatedPki, *extra: str, **kwargs: object) -> Policy:

@@ -1,7 +1,9 @@
 """Test helper: the loopback deployment of :mod:`attestfl.loopback` with a small model."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from attestfl import loopback

@@ -1,6 +1,7 @@
 """A TCP forwarder on loopback for the tests: every accepted connection is connected to the
 aggregator (from ``source``, another loopback address, if given) and bytes are pumped both ways;
 with ``record`` it keeps every byte it relays, both directions (what a network observer sees)."""
+
 from __future__ import annotations
 
 import socket

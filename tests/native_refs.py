@@ -1,4 +1,5 @@
 """numpy float64 reference implementations and hypothesis strategies for the native tests."""
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,7 @@ def ref_trimmed_mean(stack: np.ndarray, beta: float) -> np.ndarray:
     n = stack.shape[0]
     k = ref_trim_count(beta, n)
     s = np.sort(stack.astype(np.float64), axis=0)
-    return s[k:n - k].mean(axis=0)
+    return s[k : n - k].mean(axis=0)
 
 
 def ref_distances(stack: np.ndarray) -> np.ndarray:

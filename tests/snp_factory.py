@@ -1,4 +1,5 @@
 """Test helper: SEV-SNP reports with any field values, signed by a simulated AMD PKI."""
+
 from __future__ import annotations
 
 from cryptography.hazmat.primitives import hashes
@@ -17,9 +18,21 @@ def tcb_bytes(tcb: dict[str, int]) -> bytes:
 def sign_report(pki: SimulatedPki, **fields: object) -> bytes:
     tcb = tcb_bytes(SIM_SNP_TCB)
     values: dict[str, object] = dict(
-        version=3, cpuid_fam_id=0x19, cpuid_mod_id=0x01, chip_id=pki.amd.chip_id, current_tcb_raw=tcb,
-        reported_tcb_raw=tcb, committed_tcb_raw=tcb, launch_tcb_raw=tcb, current_major=1, current_minor=55,
-        current_build=21, committed_major=1, committed_minor=55, committed_build=21, policy=0x30000,
+        version=3,
+        cpuid_fam_id=0x19,
+        cpuid_mod_id=0x01,
+        chip_id=pki.amd.chip_id,
+        current_tcb_raw=tcb,
+        reported_tcb_raw=tcb,
+        committed_tcb_raw=tcb,
+        launch_tcb_raw=tcb,
+        current_major=1,
+        current_minor=55,
+        current_build=21,
+        committed_major=1,
+        committed_minor=55,
+        committed_build=21,
+        policy=0x30000,
     )
     values.update(fields)
     unsigned = encode_report(new_report(**values))

@@ -5,6 +5,7 @@ themselves fail; then space comes back and the aggregator restarts.
 Faults are real: RLIMIT_FSIZE on a child process (tests/faults/audit_child.py), a seccomp
 filter in the child that makes the kernel fail chosen system calls (tests/faults/seccomp.py),
 and a 1 MiB tmpfs filled to the last page (mounting it needs root, as CI has)."""
+
 from __future__ import annotations
 
 import errno
@@ -21,8 +22,8 @@ import pytest
 
 from aggregator.audit.events import AuditLog
 from aggregator.audit.log import ENTRIES_FILE, HEADS_FILE, AuditLogUnavailable, scan_records
-from auditor.verify import verify_log
 from attestation.policy import Policy
+from auditor.verify import verify_log
 from enclave.keys import EnclaveKeys
 from enclave.simulated.attester import SimulatedSnpAttester
 from enclave.simulated.pki import load_or_create
@@ -56,8 +57,14 @@ def _copy(prepared: tuple[Path, Path], tmp_path: Path) -> Path:
 
 
 def _child(log: Path, sim: Path, fault: str) -> tuple[int, dict]:
-    run = subprocess.run([sys.executable, str(CHILD), str(log), str(sim), fault], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run = subprocess.run(
+        [sys.executable, str(CHILD), str(log), str(sim), fault],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     report = json.loads(run.stdout) if run.stdout.strip() else {}
     assert "precondition" not in report, report
     assert "Traceback" not in run.stderr, run.stderr
@@ -95,21 +102,28 @@ def _assert_verifies(log: Path, sim: Path) -> None:
     assert not result.warnings, result.warnings
 
 
-@pytest.mark.parametrize("fault, stage, cause", [
-    ("fsize-entry", "entry write", "EFBIG"),
-    ("fsync-entry", "entry fsync", "EIO"),
-    ("fsize-head", "head write", "EFBIG"),
-    ("fsync-head", "head fsync", "EIO"),
-])
+@pytest.mark.parametrize(
+    "fault, stage, cause",
+    [
+        ("fsize-entry", "entry write", "EFBIG"),
+        ("fsync-entry", "entry fsync", "EIO"),
+        ("fsize-head", "head write", "EFBIG"),
+        ("fsync-head", "head fsync", "EIO"),
+    ],
+)
 def test_a_failed_append_rolls_back_to_the_last_good_record_and_fails_stop(
-        prepared: tuple[Path, Path], tmp_path: Path, fault: str, stage: str, cause: str) -> None:
+    prepared: tuple[Path, Path], tmp_path: Path, fault: str, stage: str, cause: str
+) -> None:
     log, sim = _copy(prepared, tmp_path), prepared[1]
     code, report = _child(log, sim, fault)
     assert code == 0
     assert report["failed"].startswith("AuditLogUnavailable: ") and f"{stage} failed ({cause}" in report["failed"]
     assert "rolled back to the previous entry" in report["failed"]
     assert report["during"] == report["before"] == report["closed"]  # exactly the last good record, also after close
-    assert report["again"].startswith("AuditLogUnavailable: ") and "refuses appends until it is reopened" in report["again"]
+    assert (
+        report["again"].startswith("AuditLogUnavailable: ")
+        and "refuses appends until it is reopened" in report["again"]
+    )
     assert report["after_space"].startswith("AuditLogUnavailable: ")  # space back: still refused until reopened
     assert report["available"] is False and report["audit_failed"]
     entries, heads = _clean_ends(log)
@@ -121,13 +135,17 @@ def test_a_failed_append_rolls_back_to_the_last_good_record_and_fails_stop(
     _assert_verifies(log, sim)
 
 
-@pytest.mark.parametrize("fault, recovered", [
-    ("kill-entry", ["entries.log: truncated a torn last record"]),
-    ("kill-before-head", ["entries.log: dropped 1 unacknowledged entries"]),
-    ("kill-head", ["heads.log: truncated a torn last record", "entries.log: dropped 1 unacknowledged entries"]),
-])
+@pytest.mark.parametrize(
+    "fault, recovered",
+    [
+        ("kill-entry", ["entries.log: truncated a torn last record"]),
+        ("kill-before-head", ["entries.log: dropped 1 unacknowledged entries"]),
+        ("kill-head", ["heads.log: truncated a torn last record", "entries.log: dropped 1 unacknowledged entries"]),
+    ],
+)
 def test_a_process_killed_mid_append_leaves_a_tail_that_the_next_open_recovers(
-        prepared: tuple[Path, Path], tmp_path: Path, fault: str, recovered: list[str]) -> None:
+    prepared: tuple[Path, Path], tmp_path: Path, fault: str, recovered: list[str]
+) -> None:
     # SIGXFSZ kills the process inside the write: no rollback runs (as if truncation failed).
     log, sim = _copy(prepared, tmp_path), prepared[1]
     code, _ = _child(log, sim, fault)
@@ -140,12 +158,16 @@ def test_a_process_killed_mid_append_leaves_a_tail_that_the_next_open_recovers(
     _assert_verifies(log, sim)
 
 
-def test_when_the_rollback_cannot_be_made_durable_the_next_open_recovers(prepared: tuple[Path, Path], tmp_path: Path) -> None:
+def test_when_the_rollback_cannot_be_made_durable_the_next_open_recovers(
+    prepared: tuple[Path, Path], tmp_path: Path
+) -> None:
     # Every fsync fails: the entry's fsync, then the fsync of its truncation (twice).
     log, sim = _copy(prepared, tmp_path), prepared[1]
     code, report = _child(log, sim, "fsync-all")
     assert code == 0 and "entry fsync failed (EIO" in report["failed"] and "rollback incomplete" in report["failed"]
-    assert report["again"].startswith("AuditLogUnavailable: ") and report["after_space"].startswith("AuditLogUnavailable: ")
+    assert report["again"].startswith("AuditLogUnavailable: ") and report["after_space"].startswith(
+        "AuditLogUnavailable: "
+    )
     assert report["closed"] == report["before"]
     _restart(log, sim)
     _assert_verifies(log, sim)
@@ -157,7 +179,9 @@ def test_the_double_fault_keeps_a_consistent_log(prepared: tuple[Path, Path], tm
     log, sim = _copy(prepared, tmp_path), prepared[1]
     code, report = _child(log, sim, "no-rollback")
     assert code == 0 and "head fsync failed (EIO" in report["failed"] and "rollback incomplete" in report["failed"]
-    assert report["again"].startswith("AuditLogUnavailable: ") and report["after_space"].startswith("AuditLogUnavailable: ")
+    assert report["again"].startswith("AuditLogUnavailable: ") and report["after_space"].startswith(
+        "AuditLogUnavailable: "
+    )
     assert report["closed"][0] > report["before"][0] and report["closed"][1] > report["before"][1]
     entries, heads = _clean_ends(log)  # no torn record anywhere, no append after the failure
     assert entries == heads
@@ -193,8 +217,12 @@ def _fill(directory: Path) -> Path:
 def small_fs(tmp_path: Path):  # noqa: ANN201
     mount = tmp_path / "small"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "attestfl-audit-test", str(mount)], check=True,
-                   capture_output=True, timeout=30)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "attestfl-audit-test", str(mount)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     try:
         yield mount
     finally:

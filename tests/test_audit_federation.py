@@ -1,6 +1,7 @@
 """The audit log of a real federation: `attestfl serve` in its own process on loopback, sites
 joining (one refused), two rounds, a restart (handover); then `attestfl audit verify`,
 `prove`, `head` and `report` (opened in headless Chromium) on what it wrote."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ import pytest
 
 from aggregator.audit.log import ENTRIES_FILE, scan_records
 from auditor.verify import verify_log
-from fedsite.client import AdmissionRefused
 from enclave.simulated.attester import SimulatedSnpAttester
 from federation import MODEL, Deployment, run_aggregator
+from fedsite.client import AdmissionRefused
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,17 +30,32 @@ def _update(value: float) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("audited")
-    deployment = Deployment(base / "deployment", base / "sim", sites={"hospital-a": "", "hospital-b": ""},
-                            task='rounds = 2\nmin_sites = 2\nround_deadline = "120s"')
+    deployment = Deployment(
+        base / "deployment",
+        base / "sim",
+        sites={"hospital-a": "", "hospital-b": ""},
+        task='rounds = 2\nmin_sites = 2\nround_deadline = "120s"',
+    )
     deployment.directory.mkdir()
     receipts = []
     for aggregator in run_aggregator(deployment):
-        clients = [deployment.client(aggregator.target, site_id=s, policy=deployment.site_policy(),
-                              attester=SimulatedSnpAttester(deployment.sim_dir)) for s in ("hospital-a", "hospital-b")]
+        clients = [
+            deployment.client(
+                aggregator.target,
+                site_id=s,
+                policy=deployment.site_policy(),
+                attester=SimulatedSnpAttester(deployment.sim_dir),
+            )
+            for s in ("hospital-a", "hospital-b")
+        ]
         for client in clients:
             client.join()
-        rogue = deployment.client(aggregator.target, site_id="hospital-b", policy=deployment.site_policy(),
-                           attester=SimulatedSnpAttester(deployment.sim_dir, debug=True))
+        rogue = deployment.client(
+            aggregator.target,
+            site_id="hospital-b",
+            policy=deployment.site_policy(),
+            attester=SimulatedSnpAttester(deployment.sim_dir, debug=True),
+        )
         with pytest.raises(AdmissionRefused):
             rogue.join()
         rogue.close()
@@ -53,15 +69,25 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict:
         for client in clients:
             client.close()
     for aggregator in run_aggregator(deployment):  # a restart continues the same log
-        with deployment.client(aggregator.target, site_id="hospital-a", policy=deployment.site_policy(),
-                        attester=SimulatedSnpAttester(deployment.sim_dir)) as client:
+        with deployment.client(
+            aggregator.target,
+            site_id="hospital-a",
+            policy=deployment.site_policy(),
+            attester=SimulatedSnpAttester(deployment.sim_dir),
+        ) as client:
             client.join()
-    return {"log": deployment.directory / "audit-log", "policy": deployment.directory / "site-policy.toml",
-            "receipts": receipts, "deployment": deployment}
+    return {
+        "log": deployment.directory / "audit-log",
+        "policy": deployment.directory / "site-policy.toml",
+        "receipts": receipts,
+        "deployment": deployment,
+    }
 
 
 def attestfl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "attestfl.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "attestfl.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
 
 
 def test_the_federation_log_verifies(federation: dict) -> None:
@@ -73,7 +99,16 @@ def test_the_federation_log_verifies(federation: dict) -> None:
     assert report["admissions"] == {"admitted": 3, "refused": 1} and report["rounds"] == 2
     result = verify_log(federation["log"], federation["deployment"].site_policy())
     kinds = [e.kind for e in result.entries]
-    assert {"aggregator_start", "config", "admission", "session", "update_accepted", "round", "training_finished", "handover"} <= set(kinds)
+    assert {
+        "aggregator_start",
+        "config",
+        "admission",
+        "session",
+        "update_accepted",
+        "round",
+        "training_finished",
+        "handover",
+    } <= set(kinds)
     refused = next(a for a in result.admissions if not a.admitted)
     assert refused.confirmed and any("allow_debug" in r for r in refused.reasons)
     measured = federation["deployment"].measurement().hex()
@@ -82,7 +117,9 @@ def test_the_federation_log_verifies(federation: dict) -> None:
 
 def test_verify_exit_codes(federation: dict, tmp_path: Path) -> None:
     run = attestfl("audit", "verify", str(federation["log"]))  # default policy: real vendor roots only
-    assert run.returncode == 1 and "first bad entry 0: aggregator.evidence" in run.stdout and "Traceback" not in run.stderr
+    assert (
+        run.returncode == 1 and "first bad entry 0: aggregator.evidence" in run.stdout and "Traceback" not in run.stderr
+    )
     assert attestfl("audit", "verify", str(tmp_path / "nothing")).returncode == 2
     (tmp_path / "bad.toml").write_text("allow_debug = 3\n")
     run = attestfl("audit", "verify", str(federation["log"]), "--policy", str(tmp_path / "bad.toml"))
@@ -111,8 +148,17 @@ def test_a_site_proves_its_receipt_is_in_the_log(federation: dict, tmp_path: Pat
     assert head.returncode == 0
     (tmp_path / "head.json").write_text(head.stdout)
     receipt = federation["receipts"][0]
-    args = ["audit", "prove", str(federation["log"]), "--site", receipt.site_id, "--round", str(receipt.round),
-            "--update-sha256", receipt.update_sha256.hex()]
+    args = [
+        "audit",
+        "prove",
+        str(federation["log"]),
+        "--site",
+        receipt.site_id,
+        "--round",
+        str(receipt.round),
+        "--update-sha256",
+        receipt.update_sha256.hex(),
+    ]
     run = attestfl(*args, "--head", str(tmp_path / "head.json"), "--json")
     assert run.returncode == 0, run.stdout + run.stderr
     proof = json.loads(run.stdout)
@@ -138,8 +184,10 @@ def test_the_html_report_in_a_browser(federation: dict, tmp_path: Path) -> None:
     page_html = output.read_text()
     assert "http://" not in page_html and "https://" not in page_html and "<script" not in page_html  # self-contained
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         try:
             page = browser.new_page()
             requests: list[str] = []
@@ -152,7 +200,9 @@ def test_the_html_report_in_a_browser(federation: dict, tmp_path: Path) -> None:
             assert "hospital-a" in admissions and "refused" in admissions and "allow_debug" in admissions
             assert page.locator("#rounds tbody tr").count() == 2
             assert federation["receipts"][0].update_sha256.hex() in page.inner_text("#rounds")
-            assert page.locator("#timeline tbody tr").count() == len(verify_log(federation["log"], federation["deployment"].site_policy()).entries)
+            assert page.locator("#timeline tbody tr").count() == len(
+                verify_log(federation["log"], federation["deployment"].site_policy()).entries
+            )
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
             assert requests == [output.as_uri()]  # nothing fetched beyond the page itself
         finally:
@@ -174,8 +224,10 @@ def test_the_report_escapes_what_sites_and_operators_log(tmp_path: Path) -> None
     assert run.returncode == 1  # simulated evidence under the default policy: the verdict says INVALID
     assert "<img" not in output.read_text() and "&lt;img src=x" in output.read_text()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         try:
             page = browser.new_page()
             page.goto(output.as_uri())

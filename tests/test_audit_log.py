@@ -1,5 +1,6 @@
 """The audit log's structure, crash safety and tamper evidence, on logs written through the
 real AuditLog with real simulated evidence, admissions and receipt signatures."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +16,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.auditlog import merkle
 from aggregator.audit.events import AuditLog
 from aggregator.audit.log import (
     ENTRIES_FILE,
@@ -31,6 +31,7 @@ from aggregator.audit.log import (
 from aggregator.audit.synthetic import SyntheticFederation
 from auditor.verify import verify_log
 from enclave.keys import EnclaveKeys
+from protocol.auditlog import merkle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,16 +170,22 @@ def test_a_one_byte_change_with_a_recomputed_checksum_is_named(log: Path, policy
     for index in range(len(payloads)):
         for position in (len(payloads[index]) // 3, len(payloads[index]) - 1):
             changed = list(payloads)
-            changed[index] = payloads[index][:position] + bytes([payloads[index][position] ^ 0x20]) + payloads[index][position + 1:]
+            changed[index] = (
+                payloads[index][:position] + bytes([payloads[index][position] ^ 0x20]) + payloads[index][position + 1 :]
+            )
             _rewrite(log, changed)
             result = verify_log(log, policy)
-            assert not result.valid and result.first_problem.index == index, (index, position, str(result.first_problem))
+            assert not result.valid and result.first_problem.index == index, (
+                index,
+                position,
+                str(result.first_problem),
+            )
 
 
 def test_a_deleted_entry_is_named(log: Path, policy) -> None:  # noqa: ANN001
     payloads = _payloads(log)
     for index in (0, 5, len(payloads) // 2, len(payloads) - 1):
-        _rewrite(log, payloads[:index] + payloads[index + 1:])
+        _rewrite(log, payloads[:index] + payloads[index + 1 :])
         result = verify_log(log, policy)
         assert not result.valid and result.first_problem.index == index, (index, str(result.first_problem))
         assert result.first_problem.check in ("entry.index", "entry.missing")
@@ -227,7 +234,17 @@ def test_a_head_signed_by_a_key_whose_evidence_is_not_in_the_log_is_named(log: P
     # and the same rogue head over an unchanged log: every entry was fine, the head is not
     _rewrite(log, payloads)
     signature = rogue.sign(head_message(len(payloads), last.root_hash, timestamp, rogue.public.ed25519))
-    _rewrite(log, heads + [cbor2.dumps(TreeHead(len(payloads), last.root_hash, timestamp, rogue.public.ed25519, signature).to_cbor_map(), canonical=True)], HEADS_FILE)
+    _rewrite(
+        log,
+        heads
+        + [
+            cbor2.dumps(
+                TreeHead(len(payloads), last.root_hash, timestamp, rogue.public.ed25519, signature).to_cbor_map(),
+                canonical=True,
+            )
+        ],
+        HEADS_FILE,
+    )
     result = verify_log(log, policy)
     assert result.first_problem.check in ("head.key", "head.order")
 
@@ -345,8 +362,12 @@ CHILD = textwrap.dedent("""
 
 @pytest.mark.parametrize("acks", [3, 11])
 def test_an_append_killed_mid_write_loses_no_acknowledged_entry(tmp_path: Path, acks: int) -> None:
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "log"), str(tmp_path / "sim")],
-                             stdout=subprocess.PIPE, cwd=ROOT, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path / "log"), str(tmp_path / "sim")],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        text=True,
+    )
     acknowledged = []
     assert child.stdout is not None
     for line in child.stdout:
@@ -360,8 +381,11 @@ def test_an_append_killed_mid_write_loses_no_acknowledged_entry(tmp_path: Path, 
         payloads = _payloads(tmp_path / "log")
         notes = [cbor2.loads(p)["fields"]["i"] for p in payloads if cbor2.loads(p)["kind"] == "note"]
         assert notes[: len(acknowledged)] == acknowledged  # every acknowledged entry, in order
-        reopened.begin(__import__("enclave.simulated.attester", fromlist=["x"]).SimulatedSnpAttester(tmp_path / "sim"),
-                       tee="simulated-snp", config_raw=b"crash test")
+        reopened.begin(
+            __import__("enclave.simulated.attester", fromlist=["x"]).SimulatedSnpAttester(tmp_path / "sim"),
+            tee="simulated-snp",
+            config_raw=b"crash test",
+        )
         reopened.record("note", i=-1)
     finally:
         reopened.close()

@@ -1,5 +1,6 @@
 """Rollback that the log can reveal (restart, round order, DP epsilon, handover heads), and
 the sites' side: signed tree heads from bytes and consistency proofs from the live log."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,13 +13,13 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from protocol.auditlog import merkle
 from aggregator.audit.events import AuditLog
-from protocol.auditlog.heads import HeadInconsistent, HeadInvalid, TreeHead, head_message, verify_consistency
 from aggregator.audit.log import ENTRIES_FILE, LogStore, frame, scan_records
 from aggregator.audit.synthetic import SyntheticFederation
 from auditor.verify import verify_log
 from enclave.keys import EnclaveKeys
+from protocol.auditlog import merkle
+from protocol.auditlog.heads import HeadInconsistent, HeadInvalid, TreeHead, head_message, verify_consistency
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,8 +39,13 @@ def _problems(fed: SyntheticFederation) -> list[tuple[int, str]]:
 
 def _restart_entry(fed: SyntheticFederation, resumed: int, model: str) -> int:
     index = fed.log.store.size
-    fed.log.record("restart", resumed_round=resumed, checkpoint_model_sha256=model, checkpoint_created="2025-01-01T00:00:00+00:00",
-                   sealing="simulated")
+    fed.log.record(
+        "restart",
+        resumed_round=resumed,
+        checkpoint_model_sha256=model,
+        checkpoint_created="2025-01-01T00:00:00+00:00",
+        sealing="simulated",
+    )
     return index
 
 
@@ -117,9 +123,15 @@ def test_a_handover_naming_a_head_that_is_not_the_log_before_it_is_named(tmp_pat
     fed.restart()
     fed.close()
     payloads = [r.payload for r in scan_records((fed.log_dir / ENTRIES_FILE).read_bytes()).records]
-    heads = [TreeHead.from_map(cbor2.loads(r.payload)) for r in scan_records((fed.log_dir / "heads.log").read_bytes()).records]
+    heads = [
+        TreeHead.from_map(cbor2.loads(r.payload))
+        for r in scan_records((fed.log_dir / "heads.log").read_bytes()).records
+    ]
     index = next(i for i, p in enumerate(payloads) if cbor2.loads(p)["kind"] == "handover")
-    for previous in (heads[index - 4], TreeHead(index, heads[index - 1].root_hash, 1, *_forged(index, heads[index - 1].root_hash))):
+    for previous in (
+        heads[index - 4],
+        TreeHead(index, heads[index - 1].root_hash, 1, *_forged(index, heads[index - 1].root_hash)),
+    ):
         entry = cbor2.loads(payloads[index])
         entry["fields"]["previous_head"] = previous.to_cbor_map()
         changed = list(payloads)
@@ -150,7 +162,13 @@ def test_a_head_round_trips_through_bytes_and_refuses_what_is_not_a_signed_head(
     bad["root_hash"] = hashlib.sha256(b"other").digest()
     with pytest.raises(HeadInvalid, match="signature"):
         TreeHead.from_bytes(cbor2.dumps(bad, canonical=True))
-    for name, value in (("tree_size", 1 << 64), ("timestamp", 1 << 64), ("tree_size", -1), ("tree_size", "1"), ("key", b"k")):
+    for name, value in (
+        ("tree_size", 1 << 64),
+        ("timestamp", 1 << 64),
+        ("tree_size", -1),
+        ("tree_size", "1"),
+        ("key", b"k"),
+    ):
         with pytest.raises(HeadInvalid):
             TreeHead.from_bytes(cbor2.dumps(dict(head.to_cbor_map(), **{name: value}), canonical=True))
     for data in (b"", b"\xff", b"\x81" * 2000, cbor2.dumps([1, 2]), bytes(2000)):
@@ -220,7 +238,9 @@ def test_consistency_proofs_of_the_store_match_the_definition(tmp_path: Path) ->
         for old in {0, 1, n // 3, n - 1, n}:
             assert store.consistency_proof(old) == merkle.consistency_proof(old, store.leaves)
     for new in (1, 64, 77, 130):
-        assert store.consistency_proof(5 if new >= 5 else 0, new) == merkle.consistency_proof(5 if new >= 5 else 0, store.leaves[:new])
+        assert store.consistency_proof(5 if new >= 5 else 0, new) == merkle.consistency_proof(
+            5 if new >= 5 else 0, store.leaves[:new]
+        )
         assert store.root(new) == merkle.root(store.leaves[:new])
     for bad in ((-1, None), (131, None), (10, 5), (0, 131)):
         with pytest.raises(ValueError):
@@ -244,10 +264,12 @@ def test_consistency_proofs_are_cheap_on_a_large_log(tmp_path: Path) -> None:
 
 def test_the_heads_module_imports_nothing_of_the_aggregator() -> None:
     # attestation.errors (the error model every package shares; the standard library only) aside.
-    code = ("import sys, protocol.auditlog.heads; "
-            "bad = sorted(m for m in sys.modules if m.startswith(('enclave', 'attestation', 'numpy', 'grpc')) "
-            "and m not in ('attestation', 'attestation.errors') "
-            "or m.startswith('aggregator.') and m not in ('aggregator.audit', 'protocol.auditlog.heads', 'protocol.auditlog.merkle')); "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, protocol.auditlog.heads; "
+        "bad = sorted(m for m in sys.modules if m.startswith(('enclave', 'attestation', 'numpy', 'grpc')) "
+        "and m not in ('attestation', 'attestation.errors') "
+        "or m.startswith('aggregator.') and m not in ('aggregator.audit', 'protocol.auditlog.heads', 'protocol.auditlog.merkle')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr

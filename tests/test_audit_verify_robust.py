@@ -1,6 +1,7 @@
 """`audit verify` on malformed input: every bad value in any entry or head is a Problem naming
 it, never an exception; the CLI always prints its JSON with --json and exits 0 or 1 on any log
 it can read; every file it reads is checked (regular file, size bound) before reading."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,7 @@ import random
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.admission import AdmissionPolicy, AppAttestRule, SiteRule, admission_nonce
-from auditor.cli import run_head, run_prove, run_report, run_verify
 from aggregator.audit.events import AuditLog
 from aggregator.audit.log import (
     ENTRIES_FILE,
@@ -34,20 +33,24 @@ from aggregator.audit.log import (
     frame,
     scan_records,
 )
-from auditor.report import render_report
 from aggregator.audit.synthetic import SyntheticFederation
-from auditor.verify import UnusableLog, Verification, verify_log
 from attestation.abi.bundle import encode_bundle
 from attestation.policy import MAX_POLICY_BYTES
+from auditor.cli import run_head, run_prove, run_report, run_verify
+from auditor.report import render_report
+from auditor.verify import UnusableLog, Verification, verify_log
 from enclave.attester import make_bundle
 from enclave.keys import EnclaveKeys
 from enclave.simulated.attester import SimulatedTdxAttester
+from protocol.admission import AdmissionPolicy, AppAttestRule, SiteRule, admission_nonce
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def attestfl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "attestfl.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "attestfl.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
 
 
 def _verify_cli(log: Path, policy: Path | None, *, command: Any = run_verify, **extra: Any) -> tuple[int, str, str]:
@@ -67,8 +70,13 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     fed.round(1, epsilon=0.4)
     model = fed.round(2, ["a", "b"], epsilon=0.7)
     fed.restart()
-    fed.log.record("restart", resumed_round=3, checkpoint_model_sha256=model, checkpoint_created="2025-01-01T00:00:00+00:00",
-                   sealing="simulated")
+    fed.log.record(
+        "restart",
+        resumed_round=3,
+        checkpoint_model_sha256=model,
+        checkpoint_created="2025-01-01T00:00:00+00:00",
+        sealing="simulated",
+    )
     fed.admit("a")
     fed.round(3, ["a"], epsilon=0.9)
     fed.close()
@@ -100,10 +108,23 @@ def _checked(log: Path, policy: Any) -> Verification:
 def _record_admission(fed: SyntheticFederation, site: str, evidence: Any, evidence_format: str = "bundle") -> int:
     index = fed.log.store.size
     keys = fed.site_keys[site]
-    fed.log.record("admission", site=site, admitted=True, reasons=[], platform="sev-snp", evidence_format=evidence_format,
-                   evidence_sha256=hashlib.sha256(evidence if isinstance(evidence, bytes) else b"").hexdigest(), evidence=evidence,
-                   policy_id=fed.admission.policy_id, claims={}, challenge=os.urandom(32), x25519=keys.public.x25519,
-                   ed25519=keys.public.ed25519, app_attest_key_id=b"", at=datetime.now(timezone.utc).isoformat())
+    fed.log.record(
+        "admission",
+        site=site,
+        admitted=True,
+        reasons=[],
+        platform="sev-snp",
+        evidence_format=evidence_format,
+        evidence_sha256=hashlib.sha256(evidence if isinstance(evidence, bytes) else b"").hexdigest(),
+        evidence=evidence,
+        policy_id=fed.admission.policy_id,
+        claims={},
+        challenge=os.urandom(32),
+        x25519=keys.public.x25519,
+        ed25519=keys.public.ed25519,
+        app_attest_key_id=b"",
+        at=datetime.now(UTC).isoformat(),
+    )
     return index
 
 
@@ -111,15 +132,25 @@ def test_an_admission_with_other_evidence_is_named_by_entry(tmp_path: Path) -> N
     fed = SyntheticFederation(tmp_path / "log", tmp_path / "sim", sites=["a", "b"])
     # App Attest allowed for site b, so its garbage reaches the App Attest parser too.
     fed.admission = AdmissionPolicy(
-        sites={"a": SiteRule(platforms=frozenset({"sev-snp"})),
-               "b": SiteRule(platforms=frozenset({"sev-snp", "app-attest"}), app_attest=AppAttestRule("TEAMID.org.example", None, False))},
-        attestation=fed.admission.attestation, policy_id=fed.admission.policy_id, policy_text=fed.admission.policy_text)
+        sites={
+            "a": SiteRule(platforms=frozenset({"sev-snp"})),
+            "b": SiteRule(
+                platforms=frozenset({"sev-snp", "app-attest"}),
+                app_attest=AppAttestRule("TEAMID.org.example", None, False),
+            ),
+        },
+        attestation=fed.admission.attestation,
+        policy_id=fed.admission.policy_id,
+        policy_text=fed.admission.policy_text,
+    )
     fed.restart()
     fed.admit("a")
     good = fed.log.store.size - 2
     bundle = fed.log.store  # noqa: F841 - the log stays open
     real = _payloads_of(fed, good)["fields"]["evidence"]
-    tdx = encode_bundle(make_bundle(SimulatedTdxAttester(tmp_path / "sim"), fed.site_keys["a"], admission_nonce("a", b"c" * 32)))
+    tdx = encode_bundle(
+        make_bundle(SimulatedTdxAttester(tmp_path / "sim"), fed.site_keys["a"], admission_nonce("a", b"c" * 32))
+    )
     cases = {
         _record_admission(fed, "a", b"garbage" * 9): "admission.",
         _record_admission(fed, "a", real[: len(real) // 2]): "admission.",
@@ -128,8 +159,14 @@ def test_an_admission_with_other_evidence_is_named_by_entry(tmp_path: Path) -> N
         _record_admission(fed, "a", "not bytes"): "admission.fields",
         _record_admission(fed, "a", 1 << 70): "admission.fields",
         _record_admission(fed, "b", b"garbage", "app-attest"): "admission.",
-        _record_admission(fed, "b", cbor2.dumps({"fmt": "apple-appattest", "attStmt": {"x5c": [b"x"], "receipt": b""},
-                                                 "authData": b"\x00" * 37}), "app-attest"): "admission.",
+        _record_admission(
+            fed,
+            "b",
+            cbor2.dumps(
+                {"fmt": "apple-appattest", "attStmt": {"x5c": [b"x"], "receipt": b""}, "authData": b"\x00" * 37}
+            ),
+            "app-attest",
+        ): "admission.",
         _record_admission(fed, "b", real, "no-such-format"): "admission.",
     }
     fed.close()
@@ -159,7 +196,11 @@ def test_an_admission_with_other_evidence_is_named_by_entry(tmp_path: Path) -> N
     report = json.loads(out)
     assert code == 1 and report["valid"] is False and report["first_problem"]["index"] == min(cases)
     run = attestfl("audit", "verify", str(fed.log_dir), "--policy", str(tmp_path / "policy.toml"), "--json")
-    assert run.returncode == 1 and json.loads(run.stdout)["first_problem"]["index"] == min(cases) and "Traceback" not in run.stderr
+    assert (
+        run.returncode == 1
+        and json.loads(run.stdout)["first_problem"]["index"] == min(cases)
+        and "Traceback" not in run.stderr
+    )
 
 
 def _payloads_of(fed: SyntheticFederation, index: int) -> dict[str, Any]:
@@ -169,8 +210,12 @@ def _payloads_of(fed: SyntheticFederation, index: int) -> dict[str, Any]:
 # --- heads holding numbers past 64 bits ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, value", [("tree_size", 1 << 64), ("timestamp", 1 << 64), ("tree_size", 1 << 200), ("timestamp", -1)])
-def test_a_head_with_a_number_past_64_bits_is_named(small: dict[str, Any], tmp_path: Path, name: str, value: int) -> None:
+@pytest.mark.parametrize(
+    "name, value", [("tree_size", 1 << 64), ("timestamp", 1 << 64), ("tree_size", 1 << 200), ("timestamp", -1)]
+)
+def test_a_head_with_a_number_past_64_bits_is_named(
+    small: dict[str, Any], tmp_path: Path, name: str, value: int
+) -> None:
     log = tmp_path / "log"
     shutil.copytree(small["log"], log)
     heads = _payloads(log, HEADS_FILE)
@@ -180,7 +225,9 @@ def test_a_head_with_a_number_past_64_bits_is_named(small: dict[str, Any], tmp_p
     heads[number] = cbor2.dumps(head, canonical=True)
     _write(log, heads, HEADS_FILE)
     result = _checked(log, small["fed"].auditor_policy())
-    assert any(p.check == "head.decode" and p.head == number for p in result.problems), [str(p) for p in result.problems]
+    assert any(p.check == "head.decode" and p.head == number for p in result.problems), [
+        str(p) for p in result.problems
+    ]
     code, out, _ = _verify_cli(log, small["policy_file"])
     assert code == 1 and json.loads(out)["valid"] is False
     for command in (run_head,):
@@ -197,8 +244,26 @@ def _deep(depth: int) -> Any:
     return value
 
 
-BAD_VALUES = [None, -1, 1 << 64, -(1 << 70), 1 << 200, float("nan"), float("inf"), 1.5, True, "", "x" * 3, b"\x00",
-              [], {}, {"k": [1, {"x": None}]}, {1: "int key", b"b": "bytes key"}, cbor2.CBORTag(4242, [1]), _deep(300)]
+BAD_VALUES = [
+    None,
+    -1,
+    1 << 64,
+    -(1 << 70),
+    1 << 200,
+    float("nan"),
+    float("inf"),
+    1.5,
+    True,
+    "",
+    "x" * 3,
+    b"\x00",
+    [],
+    {},
+    {"k": [1, {"x": None}]},
+    {1: "int key", b"b": "bytes key"},
+    cbor2.CBORTag(4242, [1]),
+    _deep(300),
+]
 
 
 def test_every_field_of_every_entry_kind_malformed_is_a_problem(small: dict[str, Any], tmp_path: Path) -> None:
@@ -212,7 +277,17 @@ def test_every_field_of_every_entry_kind_malformed_is_a_problem(small: dict[str,
         if kind in seen and kind != "handover":
             continue
         seen[kind] = index
-    assert {"aggregator_start", "handover", "config", "admission", "session", "update_accepted", "round", "restart", "metrics"} <= set(seen)
+    assert {
+        "aggregator_start",
+        "handover",
+        "config",
+        "admission",
+        "session",
+        "update_accepted",
+        "round",
+        "restart",
+        "metrics",
+    } <= set(seen)
     cases = 0
     for kind, index in seen.items():
         entry = cbor2.loads(payloads[index])
@@ -243,7 +318,12 @@ def test_every_field_of_every_entry_kind_malformed_is_a_problem(small: dict[str,
 
 
 CBOR_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats() | st.text(max_size=20) | st.binary(max_size=40),
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 70), 1 << 70)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=40),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
@@ -251,7 +331,9 @@ CBOR_VALUES = st.recursive(
 
 def _replace_somewhere(value: Any, draw: Any, new: Any, depth: int = 0) -> Any:
     """``value`` with one node (chosen by ``draw``) replaced by ``new``."""
-    children = list(value.items()) if isinstance(value, dict) else list(enumerate(value)) if isinstance(value, list) else []
+    children = (
+        list(value.items()) if isinstance(value, dict) else list(enumerate(value)) if isinstance(value, list) else []
+    )
     if not children or depth > 6 or draw(st.integers(0, 3)) == 0:
         return new
     key, child = children[draw(st.integers(0, len(children) - 1))]
@@ -266,7 +348,9 @@ def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
-def test_fuzzed_logs_give_a_verdict_never_an_exception(small: dict[str, Any], fuzz_dir: Path, data: st.DataObject) -> None:
+def test_fuzzed_logs_give_a_verdict_never_an_exception(
+    small: dict[str, Any], fuzz_dir: Path, data: st.DataObject
+) -> None:
     log = fuzz_dir / "log"
     if log.exists():
         shutil.rmtree(log)
@@ -283,7 +367,9 @@ def test_fuzzed_logs_give_a_verdict_never_an_exception(small: dict[str, Any], fu
         (log / name).write_bytes(bytes(raw[: data.draw(st.integers(1, len(raw) - 1))]))
     elif mutation == "garbage":
         position = data.draw(st.integers(0, len(raw)))
-        (log / name).write_bytes(bytes(raw[:position]) + data.draw(st.binary(min_size=1, max_size=64)) + bytes(raw[position:]))
+        (log / name).write_bytes(
+            bytes(raw[:position]) + data.draw(st.binary(min_size=1, max_size=64)) + bytes(raw[position:])
+        )
     else:
         payloads = _payloads(log, name)
         index = data.draw(st.integers(0, len(payloads) - 1))
@@ -299,7 +385,9 @@ def test_fuzzed_logs_give_a_verdict_never_an_exception(small: dict[str, Any], fu
     try:
         result = _checked(log, small["fed"].auditor_policy())
     except UnusableLog:
-        assert (log / ENTRIES_FILE).stat().st_size < 40 and (log / HEADS_FILE).stat().st_size < 40  # nothing readable left
+        assert (log / ENTRIES_FILE).stat().st_size < 40 and (
+            log / HEADS_FILE
+        ).stat().st_size < 40  # nothing readable left
         return
     assert isinstance(result, Verification)
     code, out, err = _verify_cli(log, small["policy_file"])
@@ -325,8 +413,9 @@ def _sparse(path: Path, size: int) -> None:
 
 @pytest.mark.parametrize("name", [ENTRIES_FILE, HEADS_FILE])
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "too-large", "directory"])
-def test_log_files_that_are_not_regular_or_too_large_are_refused_naming_them(small: dict[str, Any], tmp_path: Path,
-                                                                             name: str, kind: str) -> None:
+def test_log_files_that_are_not_regular_or_too_large_are_refused_naming_them(
+    small: dict[str, Any], tmp_path: Path, name: str, kind: str
+) -> None:
     log = tmp_path / "log"
     shutil.copytree(small["log"], log)
     target = log / name
@@ -341,15 +430,18 @@ def test_log_files_that_are_not_regular_or_too_large_are_refused_naming_them(sma
         _sparse(target, MAX_LOG_FILE_BYTES + 1)
     code, out, err = _within(30, _verify_cli, log, small["policy_file"])
     assert code == 2 and str(target) in json.loads(out)["error"] and str(target) in err
-    code, out, _ = _within(30, _verify_cli, log, small["policy_file"], command=run_report, output=str(tmp_path / "r.html"))
+    code, out, _ = _within(
+        30, _verify_cli, log, small["policy_file"], command=run_report, output=str(tmp_path / "r.html")
+    )
     assert code == 2 and str(target) in json.loads(out)["error"]
     with pytest.raises(AuditFileError, match=str(target)):
         _within(30, AuditLog, log, EnclaveKeys())
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "too-large", "missing"])
-def test_policy_and_head_files_that_are_not_regular_or_too_large_are_refused_naming_them(small: dict[str, Any], tmp_path: Path,
-                                                                                          kind: str) -> None:
+def test_policy_and_head_files_that_are_not_regular_or_too_large_are_refused_naming_them(
+    small: dict[str, Any], tmp_path: Path, kind: str
+) -> None:
     path = tmp_path / "input"
     if kind == "fifo":
         os.mkfifo(path)
@@ -366,7 +458,13 @@ def test_policy_and_head_files_that_are_not_regular_or_too_large_are_refused_nam
 
 def test_a_head_file_past_64_bits_or_garbage_is_refused_by_prove(small: dict[str, Any], tmp_path: Path) -> None:
     head = verify_log(small["log"], small["fed"].auditor_policy()).heads[-1].to_json()
-    for content in (json.dumps(dict(head, tree_size=1 << 64)), json.dumps(dict(head, timestamp=1 << 70)), "[" * 100000, "\xff", "{}"):
+    for content in (
+        json.dumps(dict(head, tree_size=1 << 64)),
+        json.dumps(dict(head, timestamp=1 << 70)),
+        "[" * 100000,
+        "\xff",
+        "{}",
+    ):
         (tmp_path / "head.json").write_text(content, encoding="utf-8", errors="surrogateescape")
         prove = dict(site="a", round=1, update_sha256="00" * 32, head=str(tmp_path / "head.json"), key=None)
         code, out, _ = _verify_cli(small["log"], None, command=run_prove, **prove)

@@ -1,23 +1,24 @@
 """Every file the verifier reads goes through one bounded reader (attestation.files): only
 regular files, refused without blocking otherwise (a FIFO must not hang), a size limit checked
 before reading, the file named in every error."""
+
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 
-from attestfl.cli import main
-from protocol.tensors import UpdateFormatError, encode_tensors, load_model
 from attestation.errors import AttestationError, CollateralFormatError, EvidenceTooLargeError, PolicyError
 from attestation.files import open_bounded, read_bounded, read_bounded_buffer
-from attestation.policy import Policy
 from attestation.platforms.nvidia.rim import load_rim
 from attestation.platforms.tdx.collateral import load_collateral_dir
+from attestation.policy import Policy
+from attestfl.cli import main
+from protocol.tensors import UpdateFormatError, encode_tensors, load_model
 
 DEVICES = [Path("/dev/zero"), Path("/dev/null")]
 
@@ -130,7 +131,9 @@ def test_every_file_reader_refuses_fifos_and_devices(source: str, fifo: Path, tm
 
 
 @pytest.mark.parametrize("option", ["FILE", "--cert", "--policy", "--crl"])
-def test_cli_refuses_a_fifo_for_every_file_argument(option: str, fifo: Path, vectors: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_a_fifo_for_every_file_argument(
+    option: str, fifo: Path, vectors: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     report = str(vectors / "sev-snp/milan-report-v2.bin")
     argv = ["evidence", "verify", str(fifo)] if option == "FILE" else ["evidence", "verify", report, option, str(fifo)]
     assert finishes_quickly(lambda: main(argv)) == 2

@@ -1,4 +1,5 @@
 """`attestfl evidence verify`: exit codes, --json shape, bad input without tracebacks."""
+
 from __future__ import annotations
 
 import json
@@ -42,18 +43,25 @@ def test_snp_default_policy_rejects_debug(capsys: pytest.CaptureFixture[str], sn
     assert code == 1
     assert set(result) == {"accepted", "platform", "claims", "reasons", "warnings"}
     assert result["accepted"] is False and result["platform"] == "sev-snp"
-    assert result["reasons"] == [r for r in result["reasons"] if r.startswith("snp.policy.allow_debug")] and result["reasons"]
+    assert (
+        result["reasons"] == [r for r in result["reasons"] if r.startswith("snp.policy.allow_debug")]
+        and result["reasons"]
+    )
     assert result["claims"]["reported_tcb"] == {"bootloader": 2, "tee": 0, "snp": 5, "microcode": 68}
 
 
-def test_snp_policy_allowing_debug_accepts(capsys: pytest.CaptureFixture[str], snp: tuple[str, str], tmp_path: Path) -> None:
+def test_snp_policy_allowing_debug_accepts(
+    capsys: pytest.CaptureFixture[str], snp: tuple[str, str], tmp_path: Path
+) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text("allow_debug = true\n")
     code, result = run_json(capsys, snp[0], "--cert", snp[1], "--at", SNP_AT, "--policy", str(policy))
     assert code == 0 and result["accepted"] is True
 
 
-def test_snp_past_expiry_is_rejected_with_that_reason(capsys: pytest.CaptureFixture[str], snp: tuple[str, str], tmp_path: Path) -> None:
+def test_snp_past_expiry_is_rejected_with_that_reason(
+    capsys: pytest.CaptureFixture[str], snp: tuple[str, str], tmp_path: Path
+) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text("allow_debug = true\n")
     code, result = run_json(capsys, snp[0], "--cert", snp[1], "--at", "2030-01-01T00:00:00Z", "--policy", str(policy))
@@ -61,7 +69,9 @@ def test_snp_past_expiry_is_rejected_with_that_reason(capsys: pytest.CaptureFixt
     assert any(r.startswith("snp.chain.validity") and "expired" in r for r in result["reasons"])
 
 
-def test_tdx_not_supported_tcb_is_rejected_by_uptodate_policy(capsys: pytest.CaptureFixture[str], vectors: Path, tmp_path: Path) -> None:
+def test_tdx_not_supported_tcb_is_rejected_by_uptodate_policy(
+    capsys: pytest.CaptureFixture[str], vectors: Path, tmp_path: Path
+) -> None:
     quote = str(vectors / "tdx/spr-quote-v4.dat")
     collateral = str(vectors / "tdx/collateral")
     code, result = run_json(capsys, quote, "--collateral", collateral, "--at", TDX_AT)
@@ -82,7 +92,9 @@ def test_tdx_not_supported_tcb_is_rejected_by_uptodate_policy(capsys: pytest.Cap
         (bytes(70 * 1024), "larger than 65536 bytes"),
     ],
 )
-def test_unusable_evidence_exits_2_with_a_message(capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes, message: str) -> None:
+def test_unusable_evidence_exits_2_with_a_message(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes, message: str
+) -> None:
     path = tmp_path / "evidence.bin"
     path.write_bytes(content)
     code, out, err = run(capsys, str(path))
@@ -98,7 +110,9 @@ def test_truncated_snp_report(capsys: pytest.CaptureFixture[str], snp: tuple[str
     assert code == 2 and "1184 bytes" in err
 
 
-def test_garbage_certificate_is_a_failed_check(capsys: pytest.CaptureFixture[str], snp: tuple[str, str], tmp_path: Path) -> None:
+def test_garbage_certificate_is_a_failed_check(
+    capsys: pytest.CaptureFixture[str], snp: tuple[str, str], tmp_path: Path
+) -> None:
     cert = tmp_path / "vcek.der"
     cert.write_bytes(b"\x30\x82garbage")
     code, result = run_json(capsys, snp[0], "--cert", str(cert), "--at", SNP_AT)
@@ -115,8 +129,23 @@ def test_missing_files_and_bad_time(capsys: pytest.CaptureFixture[str], snp: tup
 
 def test_console_script_in_a_separate_process(snp: tuple[str, str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "attestfl.cli", "evidence", "verify", snp[0], "--cert", snp[1], "--at", SNP_AT, "--json"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "attestfl.cli",
+            "evidence",
+            "verify",
+            snp[0],
+            "--cert",
+            snp[1],
+            "--at",
+            SNP_AT,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 1, result.stderr
     assert json.loads(result.stdout)["claims"]["product"] == "milan"

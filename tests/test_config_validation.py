@@ -2,6 +2,7 @@
 longer than zero, addresses parsed as host:port, bounded counts, paths as strings. Each
 test writes a real file and asserts the one-line message: the file, the table and key, what
 is allowed, and the value that was given."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,17 +11,18 @@ import numpy as np
 import pytest
 
 from aggregator.config import AggregatorConfig
-from protocol.config import ConfigError, Endpoint, parse_endpoint
 from aggregator.rounds import MAX_ROUNDS, MAX_SITES, DpConfig, TaskConfig, TaskConfigError
 from aggregator.strategies import Krum, StrategyError, TrimmedMean, make_strategy
+from protocol.config import ConfigError, Endpoint, parse_endpoint
 from protocol.tensors import encode_tensors
 
 AGGREGATOR = {"listen": '"127.0.0.1:0"', "tee": '"simulated-snp"', "simulated_dir": '"sim"'}
 TASK = {"initial_model": '"model.safetensors"'}
 
 
-def write(directory: Path, aggregator: dict[str, str] | None = None, task: dict[str, str] | None = None,
-          extra: str = "") -> Path:
+def write(
+    directory: Path, aggregator: dict[str, str] | None = None, task: dict[str, str] | None = None, extra: str = ""
+) -> Path:
     """aggregator.toml in ``directory`` with the valid defaults above, overridden per key (None
     drops a key), and ``extra`` appended verbatim."""
     (directory / "model.safetensors").write_bytes(encode_tensors({"w": np.zeros(4, np.float32)}))
@@ -43,10 +45,22 @@ def refused(path: Path) -> str:
 
 
 def test_a_valid_file_loads_with_its_values(tmp_path: Path) -> None:
-    config = AggregatorConfig.load(write(tmp_path, {"listen": '"[::1]:0"', "metrics_listen": '"127.0.0.1:9464"', "stall_timeout": '"2m"'},
-                                         {"rounds": "7", "min_sites": "1", "round_deadline": "90", "clip_norm": "5",
-                                          "evaluate": "false", "strategy": '"trimmed_mean"', "trimmed_mean_beta": "0"},
-                                         "[task.dp]\nclip_norm = 1\nnoise_multiplier = 0.5\n"))
+    config = AggregatorConfig.load(
+        write(
+            tmp_path,
+            {"listen": '"[::1]:0"', "metrics_listen": '"127.0.0.1:9464"', "stall_timeout": '"2m"'},
+            {
+                "rounds": "7",
+                "min_sites": "1",
+                "round_deadline": "90",
+                "clip_norm": "5",
+                "evaluate": "false",
+                "strategy": '"trimmed_mean"',
+                "trimmed_mean_beta": "0",
+            },
+            "[task.dp]\nclip_norm = 1\nnoise_multiplier = 0.5\n",
+        )
+    )
     assert config.listen == "[::1]:0" and config.listen_endpoint == Endpoint("::1", 0)
     assert config.metrics_endpoint == Endpoint("127.0.0.1", 9464) and config.stall_timeout == 120.0
     task = config.task
@@ -58,11 +72,21 @@ def test_a_valid_file_loads_with_its_values(tmp_path: Path) -> None:
 def test_defaults(tmp_path: Path) -> None:
     config = AggregatorConfig.load(write(tmp_path, {"listen": None}))
     assert config.listen == "127.0.0.1:7443" and config.metrics_listen == "" and config.metrics_endpoint is None
-    assert config.stall_timeout == 30.0 and config.log_dir == tmp_path / "audit-log" and config.state_dir == tmp_path / "state"
-    assert (config.task.rounds, config.task.min_sites, config.task.round_deadline, config.task.evaluate) == (5, 1, 120.0, True)
+    assert (
+        config.stall_timeout == 30.0
+        and config.log_dir == tmp_path / "audit-log"
+        and config.state_dir == tmp_path / "state"
+    )
+    assert (config.task.rounds, config.task.min_sites, config.task.round_deadline, config.task.evaluate) == (
+        5,
+        1,
+        120.0,
+        True,
+    )
 
 
 # ---- strict types: no coercion ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("task", "message"),
@@ -76,7 +100,10 @@ def test_defaults(tmp_path: Path) -> None:
         ({"krum_m": "1.5"}, "[task] krum_m: expected an integer from 1 to 10000, got 1.5"),
         ({"trimmed_mean_beta": '"0.2"'}, '[task] trimmed_mean_beta: expected a finite number in [0, 0.5), got "0.2"'),
         ({"clip_norm": "true"}, "[task] clip_norm: expected a finite number > 0, got true"),
-        ({"strategy": '"mean"'}, '[task] strategy: expected one of "fedavg", "krum", "median", "trimmed_mean", got "mean"'),
+        (
+            {"strategy": '"mean"'},
+            '[task] strategy: expected one of "fedavg", "krum", "median", "trimmed_mean", got "mean"',
+        ),
         ({"dp": "5"}, "[task] dp: expected a table, got 5"),
     ],
 )
@@ -91,18 +118,31 @@ def test_bool_is_only_true_or_false(tmp_path: Path, value: str) -> None:
 
 # ---- finite floats ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0.0", "-1.0"])
 def test_clip_norm_must_be_finite_and_positive(tmp_path: Path, value: str) -> None:
-    assert refused(write(tmp_path, task={"clip_norm": value})) == f"[task] clip_norm: expected a finite number > 0, got {value}"
+    assert (
+        refused(write(tmp_path, task={"clip_norm": value}))
+        == f"[task] clip_norm: expected a finite number > 0, got {value}"
+    )
 
 
 @pytest.mark.parametrize(
     ("dp", "message"),
     [
         ("clip_norm = nan\nnoise_multiplier = 1.0", "[task.dp] clip_norm: expected a finite number > 0, got nan"),
-        ("clip_norm = 1.0\nnoise_multiplier = inf", "[task.dp] noise_multiplier: expected a finite number > 0, got inf"),
-        ("clip_norm = 1.0\nnoise_multiplier = 1.0\ndelta = 1.0", "[task.dp] delta: expected a finite number in (0, 1), got 1.0"),
-        ("clip_norm = 1.0\nnoise_multiplier = 1.0\ndelta = nan", "[task.dp] delta: expected a finite number in (0, 1), got nan"),
+        (
+            "clip_norm = 1.0\nnoise_multiplier = inf",
+            "[task.dp] noise_multiplier: expected a finite number > 0, got inf",
+        ),
+        (
+            "clip_norm = 1.0\nnoise_multiplier = 1.0\ndelta = 1.0",
+            "[task.dp] delta: expected a finite number in (0, 1), got 1.0",
+        ),
+        (
+            "clip_norm = 1.0\nnoise_multiplier = 1.0\ndelta = nan",
+            "[task.dp] delta: expected a finite number in (0, 1), got nan",
+        ),
         ("clip_norm = 1.0", "[task.dp] noise_multiplier: required: a finite number > 0"),
         ('clip_norm = "1"\nnoise_multiplier = 1.0', '[task.dp] clip_norm: expected a finite number > 0, got "1"'),
     ],
@@ -119,6 +159,7 @@ def test_trimmed_mean_beta_in_zero_to_a_half(tmp_path: Path, value: str, shown: 
 
 # ---- durations: zero and negative are errors, not defaults -----------------------------------------
 
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
@@ -126,12 +167,24 @@ def test_trimmed_mean_beta_in_zero_to_a_half(tmp_path: Path, value: str, shown: 
         ("round_deadline", "0", "expected a duration longer than zero and at most 7d, got 0"),
         ("round_deadline", "-5", "expected a duration longer than zero and at most 7d, got -5"),
         ("round_deadline", '"8d"', 'expected a duration longer than zero and at most 7d, got "8d"'),
-        ("round_deadline", "1.5", 'expected a duration longer than zero: seconds (an integer) or a string like "90s", "15m", '
-                                  '"2h", "1d", got 1.5'),
-        ("round_deadline", '"99999999999999999999d"', 'expected a duration longer than zero: seconds (an integer) or a string '
-                                                     'like "90s", "15m", "2h", "1d", got "99999999999999999999d"'),
-        ("round_deadline", '"soon"', 'expected a duration longer than zero: seconds (an integer) or a string like "90s", '
-                                     '"15m", "2h", "1d", got "soon"'),
+        (
+            "round_deadline",
+            "1.5",
+            'expected a duration longer than zero: seconds (an integer) or a string like "90s", "15m", '
+            '"2h", "1d", got 1.5',
+        ),
+        (
+            "round_deadline",
+            '"99999999999999999999d"',
+            "expected a duration longer than zero: seconds (an integer) or a string "
+            'like "90s", "15m", "2h", "1d", got "99999999999999999999d"',
+        ),
+        (
+            "round_deadline",
+            '"soon"',
+            'expected a duration longer than zero: seconds (an integer) or a string like "90s", '
+            '"15m", "2h", "1d", got "soon"',
+        ),
     ],
 )
 def test_task_durations(tmp_path: Path, key: str, value: str, message: str) -> None:
@@ -173,16 +226,25 @@ def test_listen_is_parsed_at_load(tmp_path: Path, value: str, reason: str) -> No
 
 
 def test_listen_must_be_a_string(tmp_path: Path) -> None:
-    assert refused(write(tmp_path, {"listen": "7443"})) == \
-        '[aggregator] listen: expected host:port, like "0.0.0.0:7443" or "[::]:7443" (port 0: any free port), got 7443'
+    assert (
+        refused(write(tmp_path, {"listen": "7443"}))
+        == '[aggregator] listen: expected host:port, like "0.0.0.0:7443" or "[::]:7443" (port 0: any free port), got 7443'
+    )
 
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [('"127.0.0.1:0"', "port 0 is out of range"), ('"127.0.0.1:65536"', "port 65536 is out of range"), ('"9464"', "not host:port")],
+    [
+        ('"127.0.0.1:0"', "port 0 is out of range"),
+        ('"127.0.0.1:65536"', "port 65536 is out of range"),
+        ('"9464"', "not host:port"),
+    ],
 )
 def test_metrics_listen_is_parsed_at_load_and_port_zero_is_refused(tmp_path: Path, value: str, reason: str) -> None:
-    assert refused(write(tmp_path, {"metrics_listen": value})) == f"[aggregator] metrics_listen: {METRICS}, got {value}: {reason}"
+    assert (
+        refused(write(tmp_path, {"metrics_listen": value}))
+        == f"[aggregator] metrics_listen: {METRICS}, got {value}: {reason}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -215,21 +277,32 @@ def test_parse_endpoint() -> None:
 
 # ---- bounds -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("task", "message"),
     [
         ({"rounds": "0"}, f"[task] rounds: expected an integer from 1 to {MAX_ROUNDS}, got 0"),
-        ({"rounds": str(MAX_ROUNDS + 1)}, f"[task] rounds: expected an integer from 1 to {MAX_ROUNDS}, got {MAX_ROUNDS + 1}"),
+        (
+            {"rounds": str(MAX_ROUNDS + 1)},
+            f"[task] rounds: expected an integer from 1 to {MAX_ROUNDS}, got {MAX_ROUNDS + 1}",
+        ),
         ({"rounds": "-3"}, f"[task] rounds: expected an integer from 1 to {MAX_ROUNDS}, got -3"),
         ({"min_sites": "0"}, f"[task] min_sites: expected an integer from 1 to {MAX_SITES}, got 0"),
-        ({"min_sites": str(MAX_SITES + 1)}, f"[task] min_sites: expected an integer from 1 to {MAX_SITES}, got {MAX_SITES + 1}"),
+        (
+            {"min_sites": str(MAX_SITES + 1)},
+            f"[task] min_sites: expected an integer from 1 to {MAX_SITES}, got {MAX_SITES + 1}",
+        ),
         ({"krum_f": "-1"}, f"[task] krum_f: expected an integer from 0 to {MAX_SITES}, got -1"),
         ({"krum_m": "0"}, f"[task] krum_m: expected an integer from 1 to {MAX_SITES}, got 0"),
-        ({"strategy": '"krum"', "min_sites": "4"},
-         "[task] min_sites: strategy krum (f = 1, m = 1) needs at least 5 sites per round; min_sites is 4"),
+        (
+            {"strategy": '"krum"', "min_sites": "4"},
+            "[task] min_sites: strategy krum (f = 1, m = 1) needs at least 5 sites per round; min_sites is 4",
+        ),
         # multi-Krum averages m of the n-f best updates: m <= min_sites - f
-        ({"strategy": '"krum"', "krum_m": "5", "min_sites": "5"},
-         "[task] min_sites: strategy krum (f = 1, m = 5) needs at least 6 sites per round; min_sites is 5"),
+        (
+            {"strategy": '"krum"', "krum_m": "5", "min_sites": "5"},
+            "[task] min_sites: strategy krum (f = 1, m = 5) needs at least 6 sites per round; min_sites is 5",
+        ),
     ],
 )
 def test_counts_are_bounded(tmp_path: Path, task: dict[str, str], message: str) -> None:
@@ -238,16 +311,28 @@ def test_counts_are_bounded(tmp_path: Path, task: dict[str, str], message: str) 
 
 # ---- paths, choices, unknown keys -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("aggregator", "task", "message"),
     [
         ({"log_dir": "5"}, None, "[aggregator] log_dir: expected a path (a non-empty string), got 5"),
         ({"state_dir": '""'}, None, '[aggregator] state_dir: expected a path (a non-empty string), got ""'),
-        ({"state_dir": '"a\\u0000b"'}, None, '[aggregator] state_dir: expected a path (a non-empty string), got "a\\u0000b"'),
+        (
+            {"state_dir": '"a\\u0000b"'},
+            None,
+            '[aggregator] state_dir: expected a path (a non-empty string), got "a\\u0000b"',
+        ),
         ({"simulated_dir": "true"}, None, "[aggregator] simulated_dir: expected a path (a non-empty string), got true"),
-        (None, {"initial_model": '["model.safetensors"]'},
-         '[task] initial_model: expected a path to a safetensors file of float32 tensors, got ["model.safetensors"]'),
-        (None, {"initial_model": None}, "[task] initial_model: required: a path to a safetensors file of float32 tensors"),
+        (
+            None,
+            {"initial_model": '["model.safetensors"]'},
+            '[task] initial_model: expected a path to a safetensors file of float32 tensors, got ["model.safetensors"]',
+        ),
+        (
+            None,
+            {"initial_model": None},
+            "[task] initial_model: required: a path to a safetensors file of float32 tensors",
+        ),
         ({"state_dir": '"audit-log"'}, None, '[aggregator] state_dir: must differ from log_dir, got "audit-log"'),
         ({"simulated_dir": None}, None, "[aggregator] simulated_dir: required for a simulated TEE (a path)"),
     ],
@@ -258,26 +343,40 @@ def test_paths_are_strings(tmp_path: Path, aggregator: dict | None, task: dict |
 
 def test_a_missing_model_names_the_key(tmp_path: Path) -> None:
     message = refused(write(tmp_path, task={"initial_model": '"missing.safetensors"'}))
-    assert message == f"[task] initial_model: cannot read model file {tmp_path / 'missing.safetensors'}: No such file or directory"
+    assert (
+        message
+        == f"[task] initial_model: cannot read model file {tmp_path / 'missing.safetensors'}: No such file or directory"
+    )
 
 
 def test_choices(tmp_path: Path) -> None:
-    assert refused(write(tmp_path, {"tee": '"sgx"'})) == \
-        '[aggregator] tee: expected one of "auto", "sev-snp", "simulated-snp", "simulated-tdx", "tdx", got "sgx"'
-    assert refused(write(tmp_path, {"gpu": '"cuda"'})) == '[aggregator] gpu: expected one of "auto", "none", "nvml", "simulated", got "cuda"'
+    assert (
+        refused(write(tmp_path, {"tee": '"sgx"'}))
+        == '[aggregator] tee: expected one of "auto", "sev-snp", "simulated-snp", "simulated-tdx", "tdx", got "sgx"'
+    )
+    assert (
+        refused(write(tmp_path, {"gpu": '"cuda"'}))
+        == '[aggregator] gpu: expected one of "auto", "none", "nvml", "simulated", got "cuda"'
+    )
 
 
 def test_unknown_keys_list_the_allowed_ones(tmp_path: Path) -> None:
     assert refused(write(tmp_path, task={"roundz": "3", "evaluat": "true"})) == (
         "[task]: unknown key(s) evaluat, roundz; allowed: initial_model, rounds, min_sites, round_deadline, strategy, "
-        "trimmed_mean_beta, krum_f, krum_m, clip_norm, evaluate, dp")
+        "trimmed_mean_beta, krum_f, krum_m, clip_norm, evaluate, dp"
+    )
     assert refused(write(tmp_path, {"listn": '"127.0.0.1:1"'})) == (
         "[aggregator]: unknown key(s) listn; allowed: listen, tee, simulated_dir, gpu, metrics_listen, log_dir, state_dir, "
-        "stall_timeout")
-    assert refused(write(tmp_path, extra="[task.dp]\nclip_norm = 1.0\nnoise_multiplier = 1.0\nepsilon = 3\n")) == \
-        "[task.dp]: unknown key(s) epsilon; allowed: clip_norm, noise_multiplier, delta"
-    assert refused(write(tmp_path, extra="[tasks]\nrounds = 1\n")) == \
-        "unknown table(s) tasks; allowed: [aggregator], [admission], [task]"
+        "stall_timeout"
+    )
+    assert (
+        refused(write(tmp_path, extra="[task.dp]\nclip_norm = 1.0\nnoise_multiplier = 1.0\nepsilon = 3\n"))
+        == "[task.dp]: unknown key(s) epsilon; allowed: clip_norm, noise_multiplier, delta"
+    )
+    assert (
+        refused(write(tmp_path, extra="[tasks]\nrounds = 1\n"))
+        == "unknown table(s) tasks; allowed: [aggregator], [admission], [task]"
+    )
 
 
 def test_tables_must_be_tables(tmp_path: Path) -> None:
@@ -297,8 +396,14 @@ MODEL = {"w": np.zeros(4, np.float32)}
         ({"rounds": "5"}, '[task] rounds: expected an integer from 1 to 100000, got "5"'),
         ({"rounds": True}, "[task] rounds: expected an integer from 1 to 100000, got true"),
         ({"evaluate": "no"}, '[task] evaluate: expected true or false, got "no"'),
-        ({"round_deadline": 0.0}, "[task] round_deadline: expected a duration longer than zero and at most 7d, got 0.0"),
-        ({"round_deadline": float("inf")}, "[task] round_deadline: expected a duration longer than zero and at most 7d, got inf"),
+        (
+            {"round_deadline": 0.0},
+            "[task] round_deadline: expected a duration longer than zero and at most 7d, got 0.0",
+        ),
+        (
+            {"round_deadline": float("inf")},
+            "[task] round_deadline: expected a duration longer than zero and at most 7d, got inf",
+        ),
         ({"clip_norm": float("nan")}, "[task] clip_norm: expected a finite number > 0, got nan"),
         ({"dp": DpConfig(float("nan"), 1.0, 1e-5)}, "[task.dp] clip_norm: expected a finite number > 0, got nan"),
         ({"dp": DpConfig(1.0, 1.0, 0.0)}, "[task.dp] delta: expected a finite number in (0, 1), got 0.0"),

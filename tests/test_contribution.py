@@ -1,5 +1,6 @@
 """Contributor value: on a synthetic federation with known duplicated, noisy and poisoning
 sites, the consensus Shapley estimate ranks them as expected, and sums to the full utility."""
+
 from __future__ import annotations
 
 import numpy as np

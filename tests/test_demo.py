@@ -1,4 +1,5 @@
 """`attestfl demo` with its defaults, as a user runs it: separate processes on loopback."""
+
 from __future__ import annotations
 
 import json
@@ -11,14 +12,21 @@ from attestfl.loopback import read_events
 
 
 def test_demo_defaults(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "attestfl.cli", "demo", "--json", "--dir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "attestfl.cli", "demo", "--json", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert set(summary) == {"final_accuracy", "rounds", "refused", "audit_log"}
     assert summary["final_accuracy"] >= 0.93
     assert [r["round"] for r in summary["rounds"]] == [1, 2, 3, 4, 5]
-    assert all(set(r) == {"round", "accuracy", "per_site", "epsilon"} and len(r["per_site"]) == 4 for r in summary["rounds"])
+    assert all(
+        set(r) == {"round", "accuracy", "per_site", "epsilon"} and len(r["per_site"]) == 4 for r in summary["rounds"]
+    )
     (refusal,) = summary["refused"]
     assert refusal["site"] == ROGUE_SITE and any(r.startswith("admission.measurement") for r in refusal["reasons"])
     assert "training rounds" in result.stderr  # the progress bar
@@ -33,8 +41,22 @@ def test_demo_defaults(tmp_path: Path) -> None:
     assert len([e for e in events if e["message"] == "round"]) == 5
 
     # The demo's tamper-evident audit log verifies offline (the simulated vendor's roots pinned).
-    audit = subprocess.run([sys.executable, "-m", "attestfl.cli", "audit", "verify", summary["audit_log"],
-                            "--policy", str(tmp_path / "site-policy.toml"), "--json"], capture_output=True, text=True, timeout=120)
+    audit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attestfl.cli",
+            "audit",
+            "verify",
+            summary["audit_log"],
+            "--policy",
+            str(tmp_path / "site-policy.toml"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert audit.returncode == 0, audit.stdout[-3000:]
     verdict = json.loads(audit.stdout)
     assert verdict["valid"] and verdict["rounds"] == 5 and verdict["admissions"]["refused"] >= 1

@@ -1,11 +1,20 @@
 """deploy/container: the lock covers every runtime dependency, pinned with hashes; the Dockerfile
 installs exactly the lock and the project with --no-deps, as a non-root user, without torch.
 No Docker engine is involved."""
+
 from __future__ import annotations
 
 import re
 
-from deploy_checks import DEPLOY, ROOT, dockerfile_problems, lock_problems, parse_lock, runtime_closure, runtime_requirements
+from deploy_checks import (
+    DEPLOY,
+    ROOT,
+    dockerfile_problems,
+    lock_problems,
+    parse_lock,
+    runtime_closure,
+    runtime_requirements,
+)
 
 LOCK = DEPLOY / "container" / "requirements.lock"
 BUILD_LOCK = DEPLOY / "container" / "build-requirements.lock"
@@ -38,8 +47,10 @@ def test_lock_check_flags_a_missing_unhashed_or_unpinned_dependency() -> None:
     unpinned = re.sub(r"(?m)^pyjwt==", "pyjwt>=", lock)
     assert any("pyjwt is not pinned" in p for p in lock_problems(unpinned, PYPROJECT))
     unneeded = lock + "tenacity==9.2.1 \\\n    --hash=sha256:" + "0" * 64 + "\n"  # a site's dependency
-    assert any("tenacity is in the lock but nothing the aggregator runs needs it" in p
-               for p in lock_problems(unneeded, PYPROJECT))
+    assert any(
+        "tenacity is in the lock but nothing the aggregator runs needs it" in p
+        for p in lock_problems(unneeded, PYPROJECT)
+    )
     with_torch = lock + "torch==2.5.1 \\\n    --hash=sha256:" + "0" * 64 + "\n"
     assert any("torch" in p for p in lock_problems(with_torch, PYPROJECT))
     with_index = "--extra-index-url file:///opt/pypi/simple\n" + lock
@@ -77,9 +88,17 @@ def test_dockerfile_check_flags_broken_copies() -> None:
         "as root": (good.replace("USER 10001:10001", "USER root"), "runs as USER 'root'"),
         "uid 0": (good.replace("USER 10001:10001", "USER 0"), "runs as USER '0'"),
         "no user": (good.replace("USER 10001:10001\n", ""), "no USER"),
-        "no hashes": (good.replace("--require-hashes --no-deps --only-binary=:all: \\\n        -r deploy/container/requirements.lock",
-                                   "--no-deps -r deploy/container/requirements.lock"), "without --require-hashes"),
-        "deps resolved": (good.replace("install --no-deps --no-index /wheels", "install --no-index /wheels"), "without --no-deps"),
+        "no hashes": (
+            good.replace(
+                "--require-hashes --no-deps --only-binary=:all: \\\n        -r deploy/container/requirements.lock",
+                "--no-deps -r deploy/container/requirements.lock",
+            ),
+            "without --require-hashes",
+        ),
+        "deps resolved": (
+            good.replace("install --no-deps --no-index /wheels", "install --no-index /wheels"),
+            "without --no-deps",
+        ),
         "torch": (good.replace("EXPOSE 7443\n", "RUN pip install torch\nEXPOSE 7443\n"), "torch"),
     }
     for label, (text, message) in cases.items():

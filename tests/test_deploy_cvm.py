@@ -1,5 +1,6 @@
 """deploy/cvm: the systemd unit starts `attestfl serve` with the standard config, as a
 dedicated non-root user, with the hardening the guide promises."""
+
 from __future__ import annotations
 
 from collections import defaultdict

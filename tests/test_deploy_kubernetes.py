@@ -2,6 +2,7 @@
 by kubernetes-validate; every pod template is confidential, limited and non-root (and broken
 copies are flagged); the init-data annotation is exactly the configuration it claims to cover;
 the committed files are what render.py produces."""
+
 from __future__ import annotations
 
 import base64
@@ -85,13 +86,17 @@ def _broken(mutate) -> list[str]:
 
 def test_checker_flags_missing_confidential_runtime_class() -> None:
     assert any("runtimeClassName None" in p for p in _broken(lambda pod, c: pod.pop("runtimeClassName")))
-    assert any("runtimeClassName 'kata-qemu'" in p for p in _broken(lambda pod, c: pod.update(runtimeClassName="kata-qemu")))
+    assert any(
+        "runtimeClassName 'kata-qemu'" in p for p in _broken(lambda pod, c: pod.update(runtimeClassName="kata-qemu"))
+    )
 
 
 def test_checker_flags_missing_limits() -> None:
     problems = _broken(lambda pod, c: c["resources"].pop("limits"))
     assert any("resources.limits.cpu" in p for p in problems) and any("resources.limits.memory" in p for p in problems)
-    assert any("resources.requests.memory" in p for p in _broken(lambda pod, c: c["resources"]["requests"].pop("memory")))
+    assert any(
+        "resources.requests.memory" in p for p in _broken(lambda pod, c: c["resources"]["requests"].pop("memory"))
+    )
 
 
 def test_checker_flags_running_as_root() -> None:
@@ -139,27 +144,71 @@ def _exposing(mutate) -> list[str]:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d["StatefulSet/attestfl-aggregator"]["spec"]["template"]["spec"]["containers"][0]["ports"].append(
-            {"name": "metrics", "containerPort": 9464, "protocol": "TCP"}), "container aggregator: exposes the metrics port (9464, metrics)"),
-        (lambda d: d["StatefulSet/attestfl-aggregator"]["spec"]["template"]["spec"]["containers"][0]["ports"].append(
-            {"containerPort": 9464, "hostPort": 9464}), "container aggregator: exposes the metrics port (9464)"),
-        (lambda d: d["Service/attestfl-aggregator"]["spec"]["ports"].append(
-            {"name": "prom", "port": 80, "targetPort": 9464}), "Service/attestfl-aggregator: exposes the metrics port (9464)"),
-        (lambda d: d["Service/attestfl-aggregator-headless"]["spec"]["ports"].append(
-            {"name": "metrics", "port": 9464}), "Service/attestfl-aggregator-headless: exposes the metrics port (9464, metrics)"),
-        (lambda d: d["NetworkPolicy/attestfl-aggregator"]["spec"]["ingress"][0]["ports"].append(
-            {"port": 9464, "protocol": "TCP"}), "NetworkPolicy/attestfl-aggregator: admits ingress to the metrics port (9464)"),
-        (lambda d: d["NetworkPolicy/attestfl-aggregator"]["spec"]["ingress"].append({}),
-         "NetworkPolicy/attestfl-aggregator: an ingress rule without ports admits every port"),
-        (lambda d: d["ConfigMap/attestfl-aggregator-config"]["data"].update(
-            {"aggregator.toml": d["ConfigMap/attestfl-aggregator-config"]["data"]["aggregator.toml"].replace("127.0.0.1:9464", "0.0.0.0:9464")}),
-         "ConfigMap/attestfl-aggregator-config: aggregator.toml metrics_listen '0.0.0.0:9464' binds 0.0.0.0, not loopback"),
-        (lambda d: d["ConfigMap/attestfl-aggregator-initdata"]["data"].update(
-            {"initdata.toml": d["ConfigMap/attestfl-aggregator-initdata"]["data"]["initdata.toml"].replace("127.0.0.1:9464", "[::]:9464")}),
-         "ConfigMap/attestfl-aggregator-initdata: initdata.toml [data] aggregator.toml metrics_listen '[::]:9464' binds ::, not loopback"),
+        (
+            lambda d: d["StatefulSet/attestfl-aggregator"]["spec"]["template"]["spec"]["containers"][0]["ports"].append(
+                {"name": "metrics", "containerPort": 9464, "protocol": "TCP"}
+            ),
+            "container aggregator: exposes the metrics port (9464, metrics)",
+        ),
+        (
+            lambda d: d["StatefulSet/attestfl-aggregator"]["spec"]["template"]["spec"]["containers"][0]["ports"].append(
+                {"containerPort": 9464, "hostPort": 9464}
+            ),
+            "container aggregator: exposes the metrics port (9464)",
+        ),
+        (
+            lambda d: d["Service/attestfl-aggregator"]["spec"]["ports"].append(
+                {"name": "prom", "port": 80, "targetPort": 9464}
+            ),
+            "Service/attestfl-aggregator: exposes the metrics port (9464)",
+        ),
+        (
+            lambda d: d["Service/attestfl-aggregator-headless"]["spec"]["ports"].append(
+                {"name": "metrics", "port": 9464}
+            ),
+            "Service/attestfl-aggregator-headless: exposes the metrics port (9464, metrics)",
+        ),
+        (
+            lambda d: d["NetworkPolicy/attestfl-aggregator"]["spec"]["ingress"][0]["ports"].append(
+                {"port": 9464, "protocol": "TCP"}
+            ),
+            "NetworkPolicy/attestfl-aggregator: admits ingress to the metrics port (9464)",
+        ),
+        (
+            lambda d: d["NetworkPolicy/attestfl-aggregator"]["spec"]["ingress"].append({}),
+            "NetworkPolicy/attestfl-aggregator: an ingress rule without ports admits every port",
+        ),
+        (
+            lambda d: d["ConfigMap/attestfl-aggregator-config"]["data"].update(
+                {
+                    "aggregator.toml": d["ConfigMap/attestfl-aggregator-config"]["data"]["aggregator.toml"].replace(
+                        "127.0.0.1:9464", "0.0.0.0:9464"
+                    )
+                }
+            ),
+            "ConfigMap/attestfl-aggregator-config: aggregator.toml metrics_listen '0.0.0.0:9464' binds 0.0.0.0, not loopback",
+        ),
+        (
+            lambda d: d["ConfigMap/attestfl-aggregator-initdata"]["data"].update(
+                {
+                    "initdata.toml": d["ConfigMap/attestfl-aggregator-initdata"]["data"]["initdata.toml"].replace(
+                        "127.0.0.1:9464", "[::]:9464"
+                    )
+                }
+            ),
+            "ConfigMap/attestfl-aggregator-initdata: initdata.toml [data] aggregator.toml metrics_listen '[::]:9464' binds ::, not loopback",
+        ),
     ],
-    ids=["containerPort", "hostPort", "service-targetPort", "headless-service", "networkpolicy", "networkpolicy-all-ports",
-         "config-wildcard", "initdata-ipv6-wildcard"],
+    ids=[
+        "containerPort",
+        "hostPort",
+        "service-targetPort",
+        "headless-service",
+        "networkpolicy",
+        "networkpolicy-all-ports",
+        "config-wildcard",
+        "initdata-ipv6-wildcard",
+    ],
 )
 def test_checker_flags_an_exposed_metrics_port(mutate, message: str) -> None:
     assert any(message in p for p in _exposing(mutate)), _exposing(mutate)
@@ -192,7 +241,9 @@ def test_init_data_annotation_is_the_config_it_claims(path: Path) -> None:
 
 def test_config_files_match_the_deployment() -> None:
     config = tomllib.loads((K8S / "config/aggregator.toml").read_text())
-    assert config["aggregator"]["listen"].endswith(":7443") and config["aggregator"]["metrics_listen"] == "127.0.0.1:9464"
+    assert (
+        config["aggregator"]["listen"].endswith(":7443") and config["aggregator"]["metrics_listen"] == "127.0.0.1:9464"
+    )
     assert config["aggregator"]["log_dir"] == "/var/lib/attestfl/log"
     assert config["aggregator"]["state_dir"] == "/var/lib/attestfl/state"
     rego = (K8S / "config/agent-policy.rego").read_text()
@@ -229,7 +280,9 @@ def test_shipped_config_is_accepted_by_attestfl_serve(tmp_path: Path) -> None:
     text = (K8S / "config" / "aggregator.toml").read_text()
     (tmp_path / "policy.toml").write_bytes((K8S / "config" / "policy.toml").read_bytes())
     (tmp_path / "initial.safetensors").write_bytes(encode_tensors({"w": np.zeros(4, np.float32)}))
-    text = text.replace("/etc/attestfl/policy.toml", "policy.toml").replace("/etc/attestfl/model/initial.safetensors", "initial.safetensors")
+    text = text.replace("/etc/attestfl/policy.toml", "policy.toml").replace(
+        "/etc/attestfl/model/initial.safetensors", "initial.safetensors"
+    )
     text = text.replace("/var/lib/attestfl/collateral", "collateral")
     (tmp_path / "aggregator.toml").write_text(text)
     config = AggregatorConfig.load(tmp_path / "aggregator.toml")

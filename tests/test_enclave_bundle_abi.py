@@ -1,9 +1,10 @@
 """The evidence bundle wire format: round trip, detection, bounded strict decoding."""
+
 from __future__ import annotations
 
 import os
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import cbor2
 import pytest
@@ -17,11 +18,11 @@ from attestation.abi.bundle import (
     looks_like_bundle,
     parse_bundle,
 )
-from attestation.platforms import registry
 from attestation.binding import BoundKeys
 from attestation.errors import EvidenceFormatError, EvidenceTooLargeError
+from attestation.platforms import registry
 
-CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def bundle(**changes: object) -> EvidenceBundle:

@@ -1,4 +1,5 @@
 """Evidence bundles end to end: keys bound to the nonce, CPU + GPU evidence, the CLI."""
+
 from __future__ import annotations
 
 import copy
@@ -58,7 +59,9 @@ def test_report_data_formula_and_gpu_nonce() -> None:
     import hashlib
 
     keys = BoundKeys(bytes(range(32)), bytes(range(32, 64)))
-    expected = hashlib.sha512(b"attestfl/v1/enclave-report-data\x00" + bytes(range(64)) + bytes([32]) + NONCE_A).digest()
+    expected = hashlib.sha512(
+        b"attestfl/v1/enclave-report-data\x00" + bytes(range(64)) + bytes([32]) + NONCE_A
+    ).digest()
     assert report_data_for(keys, NONCE_A) == expected
     assert gpu_nonce_for(expected) == hashlib.sha256(b"attestfl/v1/gpu-nonce\x00" + expected).digest()
     assert report_data_for(keys, NONCE_A) != report_data_for(keys, NONCE_B)
@@ -73,7 +76,9 @@ def test_binding_check_names_nonce_and_keys() -> None:
     assert [r.check for r in binding_reasons(report_data, keys.public, NONCE_B)] == ["binding.report_data"]
     assert [r.check for r in binding_reasons(report_data, other.public, NONCE_A)] == ["binding.report_data"]
     assert gpu_binding_reasons(gpu_nonce_for(report_data), report_data) == []
-    assert [r.check for r in gpu_binding_reasons(gpu_nonce_for(other.report_data(NONCE_A)), report_data)] == ["binding.gpu_nonce"]
+    assert [r.check for r in gpu_binding_reasons(gpu_nonce_for(other.report_data(NONCE_A)), report_data)] == [
+        "binding.gpu_nonce"
+    ]
 
 
 def test_enclave_keys_sign_agree_and_never_leave_the_process() -> None:
@@ -86,7 +91,11 @@ def test_enclave_keys_sign_agree_and_never_leave_the_process() -> None:
     assert not verify_enclave_signature(keys.public.ed25519, signature, b"log head 8")
     peer = X25519PrivateKey.generate()
     shared = keys.shared_secret(peer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
-    assert shared == peer.exchange(__import__("cryptography.hazmat.primitives.asymmetric.x25519", fromlist=["X"]).X25519PublicKey.from_public_bytes(keys.public.x25519))
+    assert shared == peer.exchange(
+        __import__(
+            "cryptography.hazmat.primitives.asymmetric.x25519", fromlist=["X"]
+        ).X25519PublicKey.from_public_bytes(keys.public.x25519)
+    )
     for leak in (pickle.dumps, copy.copy, copy.deepcopy):
         with pytest.raises(EnclaveKeyError):
             leak(keys)
@@ -106,25 +115,33 @@ def test_simulated_bundle_verifies(name: str, request: pytest.FixtureRequest, po
     assert appraisal.accepted, appraisal.reasons
     assert appraisal.claims["simulated"] is True
     assert appraisal.claims["bundle"]["x25519"] == keys.public.x25519.hex()
-    assert evidence_report_data(attester.evidence(keys.report_data(NONCE_A)).platform, parse_bundle(data).evidence) == keys.report_data(NONCE_A)
+    assert evidence_report_data(
+        attester.evidence(keys.report_data(NONCE_A)).platform, parse_bundle(data).evidence
+    ) == keys.report_data(NONCE_A)
 
 
 @pytest.mark.parametrize("name", ["tdx", "snp"])
-def test_nonce_a_evidence_fails_for_nonce_b_and_other_keys(name: str, request: pytest.FixtureRequest, policy: Policy) -> None:
+def test_nonce_a_evidence_fails_for_nonce_b_and_other_keys(
+    name: str, request: pytest.FixtureRequest, policy: Policy
+) -> None:
     attester = request.getfixturevalue(name)
     bundle = make_bundle(attester, EnclaveKeys(), NONCE_A)
     # the verifier asked for B
     assert checks(appraise_bundle(bundle, expected_nonce=NONCE_B, policy=policy, at=now())) == {"binding.nonce"}
     # the bundle claims B but the evidence was made for A
     relabelled = replace(bundle, nonce=NONCE_B)
-    assert checks(appraise_bundle(relabelled, expected_nonce=NONCE_B, policy=policy, at=now())) == {"binding.report_data"}
+    assert checks(appraise_bundle(relabelled, expected_nonce=NONCE_B, policy=policy, at=now())) == {
+        "binding.report_data"
+    }
     # same nonce, other keys
     swapped = replace(bundle, keys=EnclaveKeys().public)
     assert checks(appraise_bundle(swapped, expected_nonce=NONCE_A, policy=policy, at=now())) == {"binding.report_data"}
 
 
 def test_bundle_without_trust_is_rejected_as_simulated(tdx: SimulatedTdxAttester) -> None:
-    appraisal = appraise_bundle(make_bundle(tdx, EnclaveKeys(), NONCE_A), expected_nonce=NONCE_A, policy=Policy(), at=now())
+    appraisal = appraise_bundle(
+        make_bundle(tdx, EnclaveKeys(), NONCE_A), expected_nonce=NONCE_A, policy=Policy(), at=now()
+    )
     assert "tdx.pck.root" in checks(appraisal)
     assert any("simulated" in r.message for r in appraisal.reasons)
 
@@ -135,18 +152,24 @@ def test_missing_expected_nonce_is_a_warning(tdx: SimulatedTdxAttester, policy: 
 
 
 @pytest.mark.parametrize("name", ["tdx", "snp"])
-def test_cpu_and_gpu_evidence_verify_together(name: str, request: pytest.FixtureRequest, gpu: SimulatedGpuAttester, policy: Policy) -> None:
+def test_cpu_and_gpu_evidence_verify_together(
+    name: str, request: pytest.FixtureRequest, gpu: SimulatedGpuAttester, policy: Policy
+) -> None:
     attester = request.getfixturevalue(name)
     keys = EnclaveKeys()
     bundle = make_bundle(attester, keys, NONCE_A, gpu=gpu)
     assert bundle.gpu is not None
-    appraisal = appraise_bundle(encode_bundle(bundle), expected_nonce=NONCE_A, policy=replace(policy, require_gpu=True), at=now())
+    appraisal = appraise_bundle(
+        encode_bundle(bundle), expected_nonce=NONCE_A, policy=replace(policy, require_gpu=True), at=now()
+    )
     assert appraisal.accepted, appraisal.reasons
     assert appraisal.claims["gpu"]["nonce"] == gpu_nonce_for(keys.report_data(NONCE_A)).hex()
     assert appraisal.claims["gpu"]["simulated"] is True
 
 
-def test_gpu_evidence_moved_to_another_bundle_fails_the_binding(tdx: SimulatedTdxAttester, snp: SimulatedSnpAttester, gpu: SimulatedGpuAttester, policy: Policy) -> None:
+def test_gpu_evidence_moved_to_another_bundle_fails_the_binding(
+    tdx: SimulatedTdxAttester, snp: SimulatedSnpAttester, gpu: SimulatedGpuAttester, policy: Policy
+) -> None:
     donor = make_bundle(snp, EnclaveKeys(), NONCE_A, gpu=gpu)
     target = make_bundle(tdx, EnclaveKeys(), NONCE_A)
     moved = replace(target, gpu=donor.gpu)
@@ -157,12 +180,16 @@ def test_gpu_evidence_moved_to_another_bundle_fails_the_binding(tdx: SimulatedTd
     keys = EnclaveKeys()
     old = make_bundle(tdx, keys, NONCE_B, gpu=gpu)
     fresh = make_bundle(tdx, keys, NONCE_A)
-    assert "binding.gpu_nonce" in checks(appraise_bundle(replace(fresh, gpu=old.gpu), expected_nonce=NONCE_A, policy=policy, at=now()))
+    assert "binding.gpu_nonce" in checks(
+        appraise_bundle(replace(fresh, gpu=old.gpu), expected_nonce=NONCE_A, policy=policy, at=now())
+    )
 
 
 def test_policy_can_require_a_gpu(tdx: SimulatedTdxAttester, policy: Policy) -> None:
     bundle = make_bundle(tdx, EnclaveKeys(), NONCE_A)
-    assert checks(appraise_bundle(bundle, expected_nonce=NONCE_A, policy=replace(policy, require_gpu=True), at=now())) == {"policy.require_gpu"}
+    assert checks(
+        appraise_bundle(bundle, expected_nonce=NONCE_A, policy=replace(policy, require_gpu=True), at=now())
+    ) == {"policy.require_gpu"}
     assert Policy.from_toml("require_gpu = true").require_gpu is True
     assert Policy.from_toml("").require_gpu is False
     with pytest.raises(PolicyError):
@@ -173,7 +200,13 @@ def test_every_failure_is_listed(tdx: SimulatedTdxAttester) -> None:
     debug = SimulatedTdxAttester(shared_simulated_dir(), measurement=MEASUREMENT, debug=True)
     bundle = replace(make_bundle(debug, EnclaveKeys(), NONCE_A), keys=EnclaveKeys().public)
     appraisal = appraise_bundle(bundle, expected_nonce=NONCE_B, policy=replace(Policy(), require_gpu=True), at=now())
-    assert {"tdx.pck.root", "tdx.policy.allow_debug", "binding.nonce", "binding.report_data", "policy.require_gpu"} <= checks(appraisal)
+    assert {
+        "tdx.pck.root",
+        "tdx.policy.allow_debug",
+        "binding.nonce",
+        "binding.report_data",
+        "policy.require_gpu",
+    } <= checks(appraisal)
 
 
 # --- CLI ----------------------------------------------------------------------------------
@@ -186,10 +219,30 @@ def _policy_file(tmp_path: Path, *fingerprints: str, extra: str = "") -> Path:
 
 
 @pytest.mark.parametrize("tee", ["simulated-tdx", "simulated-snp"])
-def test_cli_evidence_then_verify(tee: str, tmp_path: Path, capsys: pytest.CaptureFixture, tdx: SimulatedTdxAttester, gpu: SimulatedGpuAttester) -> None:
+def test_cli_evidence_then_verify(
+    tee: str, tmp_path: Path, capsys: pytest.CaptureFixture, tdx: SimulatedTdxAttester, gpu: SimulatedGpuAttester
+) -> None:
     out = tmp_path / "bundle.cbor"
     directory = str(shared_simulated_dir())
-    assert main(["enclave", "evidence", "--nonce", NONCE_A.hex(), "--tee", tee, "--simulated-dir", directory, "--gpu", "simulated", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "enclave",
+                "evidence",
+                "--nonce",
+                NONCE_A.hex(),
+                "--tee",
+                tee,
+                "--simulated-dir",
+                directory,
+                "--gpu",
+                "simulated",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert parse_bundle(out.read_bytes()).gpu is not None
     capsys.readouterr()
     assert main(["enclave", "trust", "--simulated-dir", directory, "--gpu"]) == 0
@@ -206,8 +259,40 @@ def test_cli_evidence_then_verify(tee: str, tmp_path: Path, capsys: pytest.Captu
 
 def test_cli_errors_are_clean(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = str(tmp_path / "b.cbor")
-    assert main(["enclave", "evidence", "--nonce", "zz", "--tee", "simulated-tdx", "--simulated-dir", str(tmp_path), "-o", out]) == 2
-    assert main(["enclave", "evidence", "--nonce", "00" * 8, "--tee", "simulated-tdx", "--simulated-dir", str(tmp_path), "-o", out]) == 2
+    assert (
+        main(
+            [
+                "enclave",
+                "evidence",
+                "--nonce",
+                "zz",
+                "--tee",
+                "simulated-tdx",
+                "--simulated-dir",
+                str(tmp_path),
+                "-o",
+                out,
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "enclave",
+                "evidence",
+                "--nonce",
+                "00" * 8,
+                "--tee",
+                "simulated-tdx",
+                "--simulated-dir",
+                str(tmp_path),
+                "-o",
+                out,
+            ]
+        )
+        == 2
+    )
     assert main(["enclave", "evidence", "--nonce", NONCE_A.hex(), "--tee", "simulated-snp", "-o", out]) == 2
     assert main(["enclave", "evidence", "--nonce", NONCE_A.hex(), "--tee", "tdx", "--debug", "-o", out]) == 2
     err = capsys.readouterr().err
@@ -231,7 +316,9 @@ def test_cli_measure(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     assert result["files"] and "attestfl" in result["versions"]
 
 
-def test_unknown_collateral_files_are_refused(tdx: SimulatedTdxAttester, snp: SimulatedSnpAttester, policy: Policy) -> None:
+def test_unknown_collateral_files_are_refused(
+    tdx: SimulatedTdxAttester, snp: SimulatedSnpAttester, policy: Policy
+) -> None:
     for attester in (tdx, snp):
         bundle = make_bundle(attester, EnclaveKeys(), NONCE_A)
         odd = replace(bundle, collateral={**bundle.collateral, "notes.txt": b"hello"})
@@ -241,7 +328,23 @@ def test_unknown_collateral_files_are_refused(tdx: SimulatedTdxAttester, snp: Si
 
 def test_cli_writes_the_bundle_to_stdout(capfdbinary: pytest.CaptureFixture) -> None:
     directory = str(shared_simulated_dir())
-    assert main(["enclave", "evidence", "--nonce", NONCE_A.hex(), "--tee", "simulated-tdx", "--simulated-dir", directory, "-o", "-"]) == 0
+    assert (
+        main(
+            [
+                "enclave",
+                "evidence",
+                "--nonce",
+                NONCE_A.hex(),
+                "--tee",
+                "simulated-tdx",
+                "--simulated-dir",
+                directory,
+                "-o",
+                "-",
+            ]
+        )
+        == 0
+    )
     captured = capfdbinary.readouterr()
     assert parse_bundle(captured.out).platform == "tdx"
     assert b"wrote" in captured.err

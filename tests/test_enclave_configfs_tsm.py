@@ -9,6 +9,7 @@ generates the report for the latest ``inblob`` and hands it out. A "racing write
 switched on: it writes other report data (and bumps ``generation``) just before a report
 is handed out. The backend code runs unmodified.
 """
+
 from __future__ import annotations
 
 import array
@@ -17,14 +18,14 @@ import os
 import termios
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from attestation.platforms.snp.abi import parse_report
-from attestation.platforms.tdx.abi import parse_quote
 from attestation.platforms.snp.appraise import appraise_snp
+from attestation.platforms.tdx.abi import parse_quote
 from attestation.platforms.tdx.appraise import appraise_tdx
 from enclave.attester import NoTeeError, detect_attester
 from enclave.configfs_tsm import MAX_ATTEMPTS, REPORT_DIR, ConfigfsTsmAttester, ConfigfsTsmError, GenerationRaceError
@@ -38,7 +39,15 @@ REPORT_DATA = bytes(range(100, 164))
 
 
 class FakeTsmKernel:
-    def __init__(self, root: Path, provider: str, make_report: Callable[[bytes, int], bytes], *, auxblob: bytes | None = None, privlevel_floor: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        provider: str,
+        make_report: Callable[[bytes, int], bytes],
+        *,
+        auxblob: bytes | None = None,
+        privlevel_floor: int | None = None,
+    ) -> None:
         self.entry = root / REPORT_DIR / "shared"
         self.entry.mkdir(parents=True)
         (self.entry / "provider").write_text(provider + "\n")

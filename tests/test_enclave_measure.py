@@ -1,4 +1,5 @@
 """The simulated launch measurement covers code, dependency versions and configuration."""
+
 from __future__ import annotations
 
 import shutil

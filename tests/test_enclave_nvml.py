@@ -1,13 +1,14 @@
 """The NVML GPU backend against a fake ``pynvml`` module (the third-party boundary) that
 answers with the simulated GPU's evidence, and its binding into a bundle."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import pytest
 
-from attestation.platforms.nvidia.abi import parse_gpu_evidence
 from attestation.bundle import appraise_bundle
+from attestation.platforms.nvidia.abi import parse_gpu_evidence
 from enclave.attester import AttesterError, make_bundle
 from enclave.keys import EnclaveKeys
 from enclave.nvidia_gpu import GpuUnavailableError, NvmlGpuAttester
@@ -50,10 +51,14 @@ class FakePynvml:
             raise FakeNvmlError("NVML_ERROR_TIMEOUT")
         self.nonces.append(bytes(nonce))
         evidence, self.chain = simulated_gpu_evidence(bytes(nonce), self.pki)
-        return SimpleNamespace(nonce=list(nonce), attestationReport=list(evidence) + [0] * 64, attestationReportSize=len(evidence))
+        return SimpleNamespace(
+            nonce=list(nonce), attestationReport=list(evidence) + [0] * 64, attestationReportSize=len(evidence)
+        )
 
     def nvmlDeviceGetConfComputeGpuCertificate(self, handle: int):  # noqa: N802, ANN201
-        return SimpleNamespace(attestationCertChain=list(self.chain) + [0] * 64, attestationCertChainSize=len(self.chain))
+        return SimpleNamespace(
+            attestationCertChain=list(self.chain) + [0] * 64, attestationCertChainSize=len(self.chain)
+        )
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The /dev/sev-guest backend: ioctl structures byte for byte, and SNP_GET_EXT_REPORT
 against a fake kernel (the system call is the boundary; the backend code runs as is)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -38,7 +39,11 @@ def test_structure_sizes_offsets_and_request_numbers() -> None:
     assert SnpExtReportReq.certs_address.offset == 96 and SnpExtReportReq.certs_len.offset == 104
     assert ctypes.sizeof(SnpReportResp) == 4000
     assert ctypes.sizeof(SnpGuestRequestIoctl) == 32
-    assert (SnpGuestRequestIoctl.req_data.offset, SnpGuestRequestIoctl.resp_data.offset, SnpGuestRequestIoctl.exitinfo2.offset) == (8, 16, 24)
+    assert (
+        SnpGuestRequestIoctl.req_data.offset,
+        SnpGuestRequestIoctl.resp_data.offset,
+        SnpGuestRequestIoctl.exitinfo2.offset,
+    ) == (8, 16, 24)
     assert (SnpGuestRequestIoctl.fw_error.offset, SnpGuestRequestIoctl.vmm_error.offset) == (24, 28)
     # _IOWR('S', n, struct snp_guest_request_ioctl): dir 3 << 30 | size 32 << 16 | 'S' << 8 | n
     assert SNP_GET_EXT_REPORT == 0xC0205302 and SNP_GET_REPORT == 0xC0205300
@@ -50,9 +55,13 @@ def test_request_bytes_are_exactly_the_kernel_layout() -> None:
     try:
         argument, request = build_request(USER_DATA, 2, certs, response)
         assert certs.size == 4 * PAGE_SIZE and certs.address % PAGE_SIZE == 0
-        expected_request = USER_DATA + struct.pack("<I", 2) + bytes(28) + struct.pack("<QI", certs.address, 4 * PAGE_SIZE) + bytes(4)
+        expected_request = (
+            USER_DATA + struct.pack("<I", 2) + bytes(28) + struct.pack("<QI", certs.address, 4 * PAGE_SIZE) + bytes(4)
+        )
         assert bytes(request) == expected_request
-        expected_argument = bytes([1]) + bytes(7) + struct.pack("<QQQ", ctypes.addressof(request), ctypes.addressof(response), 0)
+        expected_argument = (
+            bytes([1]) + bytes(7) + struct.pack("<QQQ", ctypes.addressof(request), ctypes.addressof(response), 0)
+        )
         assert bytes(argument) == expected_argument
         argument.exitinfo2 = (1 << 32) | 0x16
         assert (argument.vmm_error, argument.fw_error) == (1, 0x16)
@@ -88,7 +97,9 @@ class FakeSevGuestKernel:
             raise OSError(errno.EIO, "busy")
         if certs_len < self.needed:
             ctypes.memmove(request_address + 104, struct.pack("<I", self.needed), 4)  # bytes needed, whole pages
-            ctypes.memmove(ctypes.addressof(argument) + 24, struct.pack("<II", 0, 1), 8)  # SNP_GUEST_VMM_ERR_INVALID_LEN
+            ctypes.memmove(
+                ctypes.addressof(argument) + 24, struct.pack("<II", 0, 1), 8
+            )  # SNP_GUEST_VMM_ERR_INVALID_LEN
             raise OSError(errno.EIO, "certificate buffer too small")
         table = self.firmware.cert_table
         ctypes.memmove(certs_address, table, len(table))
@@ -121,7 +132,9 @@ def test_extended_report_with_certificates(device: Path, firmware: SimulatedSnpF
     assert {r.check for r in appraisal.reasons} == {"snp.policy.vmpl"}  # authentic; VMPL 1 is not allowed by default
 
 
-def test_too_small_certificate_buffer_is_retried_with_the_size_the_host_asks_for(device: Path, firmware: SimulatedSnpFirmware) -> None:
+def test_too_small_certificate_buffer_is_retried_with_the_size_the_host_asks_for(
+    device: Path, firmware: SimulatedSnpFirmware
+) -> None:
     kernel = FakeSevGuestKernel(firmware, cert_pages=6)
     evidence = SevGuestAttester(root=device, ioctl=kernel).evidence(USER_DATA)
     assert kernel.calls == [(0, 4 * PAGE_SIZE), (0, 6 * PAGE_SIZE)]

@@ -1,4 +1,5 @@
 """The simulated vendor PKIs mirror the real hierarchies and persist in their directory."""
+
 from __future__ import annotations
 
 import stat
@@ -20,7 +21,12 @@ def pki(tmp_path_factory):
 
 def test_amd_chain_verifies_like_the_real_one(pki):
     vcek, ask, ark = (parse_certificate(i.der) for i in (pki.amd.vcek, pki.amd.ask, pki.amd.ark))
-    assert verify_chain([ChainLink(vcek, "VCEK"), ChainLink(ask, "ASK"), ChainLink(ark, "ARK")], at=utcnow(), check_prefix="t") == []
+    assert (
+        verify_chain(
+            [ChainLink(vcek, "VCEK"), ChainLink(ask, "ASK"), ChainLink(ark, "ARK")], at=utcnow(), check_prefix="t"
+        )
+        == []
+    )
     assert ask.signature_algorithm.scheme == "rsassa_pss" and ask.signature_algorithm.hash_name == "sha384"
     assert all(is_simulated(c) for c in (vcek, ask, ark))
     oid = "1.3.6.1.4.1.3704.1"
@@ -32,7 +38,12 @@ def test_amd_chain_verifies_like_the_real_one(pki):
 
 def test_intel_chain_verifies_and_leaf_has_sgx_extension(pki):
     leaf, ca, root = (parse_certificate(i.der) for i in (pki.intel.pck_leaf, pki.intel.pck_ca, pki.intel.root))
-    assert verify_chain([ChainLink(leaf, "PCK"), ChainLink(ca, "PCK CA"), ChainLink(root, "root")], at=utcnow(), check_prefix="t") == []
+    assert (
+        verify_chain(
+            [ChainLink(leaf, "PCK"), ChainLink(ca, "PCK CA"), ChainLink(root, "root")], at=utcnow(), check_prefix="t"
+        )
+        == []
+    )
     assert "1.2.840.113741.1.13.1" in leaf.extensions
 
 

@@ -1,18 +1,19 @@
 """The simulated SEV-SNP platform: byte-exact version-3 reports verified through the same
 functions as the real vectors, AMD CRL included; the same policy checks bite; every bit counts."""
+
 from __future__ import annotations
 
 from datetime import timedelta
 
 import pytest
 
-from attestation.platforms.snp.abi import SIGNED_SIZE, parse_cert_table, parse_report
 from attestation.abi.x509 import parse_certificate
 from attestation.errors import EvidenceFormatError
-from attestation.policy import Policy
+from attestation.platforms.snp.abi import SIGNED_SIZE, parse_cert_table, parse_report
 from attestation.platforms.snp.appraise import appraise_snp
 from attestation.platforms.snp.validate import MinimumTcb, SnpPolicy
 from attestation.platforms.snp.verify import verify_snp_report
+from attestation.policy import Policy
 from enclave.measure import measure
 from enclave.simulated.attester import SimulatedSnpAttester
 from enclave.simulated.pki import SIM_SNP_TCB, load_or_create
@@ -37,7 +38,13 @@ def checks(appraisal) -> set[str]:  # noqa: ANN001
 
 
 def appraise(attester: SimulatedSnpAttester, report: bytes, policy: Policy):  # noqa: ANN201
-    return appraise_snp(report, certificates=attester.firmware.certificates, crl=attester.collateral.get(AMD_CRL_FILE), policy=policy, at=now())
+    return appraise_snp(
+        report,
+        certificates=attester.firmware.certificates,
+        crl=attester.collateral.get(AMD_CRL_FILE),
+        policy=policy,
+        at=now(),
+    )
 
 
 def test_report_is_byte_exact_version_3(attester: SimulatedSnpAttester, report: bytes) -> None:
@@ -48,7 +55,11 @@ def test_report_is_byte_exact_version_3(attester: SimulatedSnpAttester, report: 
     for name in ("reported", "current", "committed", "launch"):
         assert parsed.tcb(name, "milan").components() == SIM_SNP_TCB
     table = parse_cert_table(attester.firmware.cert_table)
-    assert table == {"vcek": attester.pki.amd.vcek.der, "ask": attester.pki.amd.ask.der, "ark": attester.pki.amd.ark.der}
+    assert table == {
+        "vcek": attester.pki.amd.vcek.der,
+        "ask": attester.pki.amd.ask.der,
+        "ark": attester.pki.amd.ark.der,
+    }
 
 
 def test_verifies_with_crl_through_the_hardware_path(attester: SimulatedSnpAttester, report: bytes) -> None:
@@ -82,7 +93,9 @@ def test_debug_bites() -> None:
 
 
 def test_measurement_bites(attester: SimulatedSnpAttester, report: bytes) -> None:
-    assert appraise(attester, report, trusting(attester.pki, snp=SnpPolicy(measurement=frozenset({MEASUREMENT})))).accepted
+    assert appraise(
+        attester, report, trusting(attester.pki, snp=SnpPolicy(measurement=frozenset({MEASUREMENT})))
+    ).accepted
     other = trusting(attester.pki, snp=SnpPolicy(measurement=frozenset({bytes(48)})))
     assert checks(appraise(attester, report, other)) == {"snp.policy.measurement"}
 
@@ -100,12 +113,18 @@ def test_collateral_age_and_presence_bite() -> None:
     stale = SimulatedSnpAttester(shared_simulated_dir(), measurement=MEASUREMENT, crl_issued=now() - timedelta(days=20))
     report = stale.evidence(REPORT_DATA).evidence
     assert appraise(stale, report, trusting(stale.pki)).accepted
-    assert checks(appraise(stale, report, trusting(stale.pki, max_collateral_age=timedelta(days=7)))) == {"snp.policy.max_collateral_age"}
+    assert checks(appraise(stale, report, trusting(stale.pki, max_collateral_age=timedelta(days=7)))) == {
+        "snp.policy.max_collateral_age"
+    }
     bare = SimulatedSnpAttester(shared_simulated_dir(), measurement=MEASUREMENT, crl=False)
-    assert checks(appraise(bare, bare.evidence(REPORT_DATA).evidence, trusting(bare.pki, require_collateral=True))) == {"snp.policy.require_collateral"}
+    assert checks(appraise(bare, bare.evidence(REPORT_DATA).evidence, trusting(bare.pki, require_collateral=True))) == {
+        "snp.policy.require_collateral"
+    }
 
 
-def test_every_bit_flip_of_the_signed_region_and_signature_is_rejected(attester: SimulatedSnpAttester, report: bytes) -> None:
+def test_every_bit_flip_of_the_signed_region_and_signature_is_rejected(
+    attester: SimulatedSnpAttester, report: bytes
+) -> None:
     certificates = [parse_certificate(attester.pki.amd.vcek.der)]
     accepted, tried = [], 0
     for index in list(range(SIGNED_SIZE)) + list(range(SIGNED_SIZE, SIGNED_SIZE + 144)):
@@ -117,7 +136,10 @@ def test_every_bit_flip_of_the_signed_region_and_signature_is_rejected(attester:
                 continue  # unusable input: refused, not accepted
             tried += 1
             verification = verify_snp_report(parsed, certificates=certificates, crl=None, at=now())
-            if not any(r.check in ("snp.report.signature", "snp.report.signature_algo", "snp.report.signing_key") for r in verification.reasons):
+            if not any(
+                r.check in ("snp.report.signature", "snp.report.signature_algo", "snp.report.signing_key")
+                for r in verification.reasons
+            ):
                 accepted.append((index, bit))
     assert accepted == []
     assert tried > 0.9 * (SIGNED_SIZE + 144) * 8

@@ -1,18 +1,19 @@
 """The simulated TDX platform: byte-exact v4 quotes verified through the same functions as
 the real vectors, collateral included; the same policy checks bite; every bit counts."""
+
 from __future__ import annotations
 
 from datetime import timedelta
 
 import pytest
 
-from attestation.platforms.tdx.abi import INTEL_QE_VENDOR_ID, parse_quote
 from attestation.errors import EvidenceFormatError
-from attestation.policy import Policy
+from attestation.platforms.tdx.abi import INTEL_QE_VENDOR_ID, parse_quote
 from attestation.platforms.tdx.appraise import appraise_tdx
 from attestation.platforms.tdx.collateral import collateral_from_files
 from attestation.platforms.tdx.validate import TdxPolicy
 from attestation.platforms.tdx.verify import pck_chain_of, qe_report_signature_reasons, quote_signature_reasons
+from attestation.policy import Policy
 from enclave.measure import measure
 from enclave.simulated.attester import SimulatedTdxAttester
 from enclave.simulated.pki import load_or_create
@@ -98,14 +99,18 @@ def test_tcb_bites() -> None:
     appraisal = appraise(out_of_date, out_of_date.evidence(REPORT_DATA).evidence, trusting(out_of_date.pki))
     assert appraisal.claims["tcb_status"] == "OutOfDate"
     assert checks(appraisal) == {"tdx.policy.allowed_tcb_statuses"}
-    old_module = SimulatedTdxAttester(shared_simulated_dir(), measurement=MEASUREMENT, tee_tcb_svn=bytes([5, 1, 2] + [0] * 13))
+    old_module = SimulatedTdxAttester(
+        shared_simulated_dir(), measurement=MEASUREMENT, tee_tcb_svn=bytes([5, 1, 2] + [0] * 13)
+    )
     appraisal = appraise(old_module, old_module.evidence(REPORT_DATA).evidence, trusting(old_module.pki))
     assert appraisal.claims["tcb_status"] == "OutOfDate"
     assert "tdx.policy.allowed_tcb_statuses" in checks(appraisal)
 
 
 def test_collateral_age_and_presence_bite(attester: SimulatedTdxAttester) -> None:
-    stale = SimulatedTdxAttester(shared_simulated_dir(), measurement=MEASUREMENT, collateral_issued=now() - timedelta(days=20))
+    stale = SimulatedTdxAttester(
+        shared_simulated_dir(), measurement=MEASUREMENT, collateral_issued=now() - timedelta(days=20)
+    )
     quote = stale.evidence(REPORT_DATA).evidence
     assert appraise(stale, quote, trusting(stale.pki)).accepted
     policy = trusting(stale.pki, max_collateral_age=timedelta(days=7))
@@ -142,7 +147,11 @@ def test_every_bit_flip_of_the_qe_report_is_rejected(quote: bytes) -> None:
     assert pck is not None
     start = len(parsed.signed_bytes()) + 4 + 64 + 64 + 6
     assert quote[start : start + 384] == parsed.qe_report.to_bytes()
-    accepted = [(i, b) for i, b, flipped in _flips(quote, start, start + 384) if not qe_report_signature_reasons(parse_quote(flipped), pck.leaf)]
+    accepted = [
+        (i, b)
+        for i, b, flipped in _flips(quote, start, start + 384)
+        if not qe_report_signature_reasons(parse_quote(flipped), pck.leaf)
+    ]
     assert accepted == []
 
 

@@ -7,6 +7,7 @@ edit to attestfl. The check refuses the site it should with its own reason id, t
 the strategy's aggregate, and the auditor's re-run of the log (whose policy carries the check's
 parameters) agrees. The unit tests below pin the parts: the [task.strategy] table, the wrappers,
 the check registry, the one codec of the admission policy, the log format."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
-from federation import MODEL, Deployment, run_aggregator
 
 from aggregator.audit.synthetic import SyntheticFederation
 from aggregator.config import AggregatorConfig
@@ -54,6 +54,7 @@ from attestation.errors import PolicyError
 from attestation.findings import Reason
 from auditor.verify import verify_log
 from enclave.simulated.attester import SimulatedSnpAttester
+from federation import MODEL, Deployment, run_aggregator
 from fedsite.client import AdmissionRefused
 from protocol.admission import (
     BUILTIN_CHECKS,
@@ -96,8 +97,11 @@ def doc_block(name: str, section: str) -> str:
     text = DOC.read_text()
     start = text.index(f"## {section}\n")
     end = text.find("\n## ", start + 1)
-    found = [body for _, file, body in re.findall(r"^```(\w+) (\S+)\n(.*?)^```", text[start:end], flags=re.MULTILINE | re.DOTALL)
-             if file == name]
+    found = [
+        body
+        for _, file, body in re.findall(r"^```(\w+) (\S+)\n(.*?)^```", text[start:end], flags=re.MULTILINE | re.DOTALL)
+        if file == name
+    ]
     assert len(found) == 1, (name, section)
     return found[0]
 
@@ -155,7 +159,8 @@ def test_a_federation_uses_the_installed_strategy_and_check(plugins: Path, tmp_p
     closed_hour = (datetime.now(UTC).hour + 12) % 24  # hours away: the refusal cannot turn into an admission mid-test
     every_hour = ", ".join(str(h) for h in range(24))
     deployment = Deployment(
-        tmp_path / "deployment", tmp_path / "sim",
+        tmp_path / "deployment",
+        tmp_path / "sim",
         sites={
             "site-a": "",  # no table: the check passes
             # (dotted keys: the loopback deployment appends the rule's other keys after these lines)
@@ -166,9 +171,14 @@ def test_a_federation_uses_the_installed_strategy_and_check(plugins: Path, tmp_p
     )
     deployment.directory.mkdir()
     for aggregator in run_aggregator(deployment):
+
         def client(site: str, aggregator: Any = aggregator) -> Any:
-            return deployment.client(aggregator.target, site_id=site, policy=deployment.site_policy(),
-                                     attester=SimulatedSnpAttester(deployment.sim_dir))
+            return deployment.client(
+                aggregator.target,
+                site_id=site,
+                policy=deployment.site_policy(),
+                attester=SimulatedSnpAttester(deployment.sim_dir),
+            )
 
         with client("site-b") as refused, pytest.raises(AdmissionRefused) as caught:
             refused.join()
@@ -205,11 +215,30 @@ def test_a_federation_uses_the_installed_strategy_and_check(plugins: Path, tmp_p
     assert result.rounds[0].strategy == {"name": "scaled_max", "scale": 2.0}
 
     # An auditor without the distribution cannot re-run those admissions, and says why.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in os.environ["PYTHONPATH"].split(os.pathsep) if p != str(plugins)))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(p for p in os.environ["PYTHONPATH"].split(os.pathsep) if p != str(plugins)),
+    )
     (tmp_path / "auditor-policy.toml").write_text((deployment.directory / "site-policy.toml").read_text())
-    run = subprocess.run([sys.executable, "-m", "attestfl.cli", "audit", "verify", str(deployment.directory / "audit-log"),
-                          "--policy", str(tmp_path / "auditor-policy.toml"), "--json"],
-                         check=False, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attestfl.cli",
+            "audit",
+            "verify",
+            str(deployment.directory / "audit-log"),
+            "--policy",
+            str(tmp_path / "auditor-policy.toml"),
+            "--json",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     report = json.loads(run.stdout)
     assert run.returncode != 0 and not report["valid"]
     messages = [p["message"] for p in report["problems"] if p["check"] == "config.admission"]
@@ -222,8 +251,10 @@ def test_a_federation_uses_the_installed_strategy_and_check(plugins: Path, tmp_p
 def _config(tmp_path: Path, task: str) -> Path:
     (tmp_path / "model.safetensors").write_bytes(encode_tensors({"w": np.zeros(4, np.float32)}))
     path = tmp_path / "aggregator.toml"
-    path.write_text('[aggregator]\nlisten = "127.0.0.1:0"\ntee = "simulated-snp"\nsimulated_dir = "sim"\n\n'
-                    f'[task]\ninitial_model = "model.safetensors"\n{task}\n')
+    path.write_text(
+        '[aggregator]\nlisten = "127.0.0.1:0"\ntee = "simulated-snp"\nsimulated_dir = "sim"\n\n'
+        f'[task]\ninitial_model = "model.safetensors"\n{task}\n'
+    )
     return path
 
 
@@ -238,13 +269,15 @@ def _refused(path: Path) -> str:
 def test_the_strategy_table_is_typed_per_strategy(tmp_path: Path) -> None:
     task = AggregatorConfig.load(_config(tmp_path, 'min_sites = 5\n[task.strategy]\nname = "krum"\nf = 1\nm = 2')).task
     assert task.strategy == Krum(1, 2)
-    assert AggregatorConfig.load(_config(tmp_path, '[task.strategy]\nname = "trimmed_mean"\nbeta = 0')).task.strategy == TrimmedMean(0.0)
+    assert AggregatorConfig.load(
+        _config(tmp_path, '[task.strategy]\nname = "trimmed_mean"\nbeta = 0')
+    ).task.strategy == TrimmedMean(0.0)
     assert AggregatorConfig.load(_config(tmp_path, 'strategy = "median"')).task.strategy.name == "median"
     cases = {
         '[task.strategy]\nname = "krum"\nf = "1"': '[task.strategy] f: expected an integer from 0 to 10000, got "1"',
         '[task.strategy]\nname = "krum"\nbeta = 0.1': '[task.strategy]: unknown key(s) beta for strategy "krum"; allowed: name, f, m',
         '[task.strategy]\nname = "mean"': '[task.strategy] name: expected one of "fedavg", "krum", "median", "trimmed_mean", got "mean"',
-        '[task.strategy]\nbeta = 0.1': '[task.strategy] name: required: one of "fedavg", "krum", "median", "trimmed_mean"',
+        "[task.strategy]\nbeta = 0.1": '[task.strategy] name: required: one of "fedavg", "krum", "median", "trimmed_mean"',
         '[task.strategy]\nname = "trimmed_mean"\nbeta = 0.5': "[task.strategy] beta: expected a finite number in [0, 0.5), got 0.5",
         'krum_f = 2\n[task.strategy]\nname = "krum"': '[task] krum_f: with a [task.strategy] table, write the parameter there (f = ..., for name = "krum")',
         'min_sites = 4\n[task.strategy]\nname = "krum"': "[task] min_sites: strategy krum (f = 1, m = 1) needs at least 5 sites per round; min_sites is 4",
@@ -264,24 +297,34 @@ def test_the_flat_strategy_keys_still_work_with_a_warning(tmp_path: Path, caplog
 
 def test_an_installed_strategy_is_found_by_its_entry_point(plugins: Path, tmp_path: Path) -> None:
     assert "scaled_max" in strategy_names()
-    task = AggregatorConfig.load(_config(tmp_path, "min_sites = 2\n" + doc_block("aggregator.toml", "Add a strategy"))).task
+    task = AggregatorConfig.load(
+        _config(tmp_path, "min_sites = 2\n" + doc_block("aggregator.toml", "Add a strategy"))
+    ).task
     assert task.strategy.name == "scaled_max" and task.strategy.describe() == {"name": "scaled_max", "scale": 2.0}
-    assert _refused(_config(tmp_path, 'min_sites = 2\n[task.strategy]\nname = "scaled_max"\nscale = "2"')) == \
-        '[task.strategy] scale: expected a finite number in (0, 10], got "2"'
+    assert (
+        _refused(_config(tmp_path, 'min_sites = 2\n[task.strategy]\nname = "scaled_max"\nscale = "2"'))
+        == '[task.strategy] scale: expected a finite number in (0, 10], got "2"'
+    )
     assert _refused(_config(tmp_path, '[task.strategy]\nname = "scaled_max"')).startswith(
-        "[task] min_sites: strategy scaled_max (scale = 1.0) needs at least 2 sites per round")
+        "[task] min_sites: strategy scaled_max (scale = 1.0) needs at least 2 sites per round"
+    )
 
 
 def test_a_broken_strategy_entry_point_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     info = tmp_path / "broken-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[attestfl.strategies]\nbroken = no_such_module:Nothing\nwrong = json:dumps\n")
+    (info / "entry_points.txt").write_text(
+        "[attestfl.strategies]\nbroken = no_such_module:Nothing\nwrong = json:dumps\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert _refused(_config(tmp_path, '[task.strategy]\nname = "broken"')).startswith(
         "[task.strategy] name: entry point broken = no_such_module:Nothing (group attestfl.strategies) cannot be loaded: "
-        "ModuleNotFoundError")
-    assert "is not a subclass of aggregator.strategies.Strategy" in _refused(_config(tmp_path, '[task.strategy]\nname = "wrong"'))
+        "ModuleNotFoundError"
+    )
+    assert "is not a subclass of aggregator.strategies.Strategy" in _refused(
+        _config(tmp_path, '[task.strategy]\nname = "wrong"')
+    )
 
 
 def test_register_strategy_in_code() -> None:
@@ -305,8 +348,11 @@ def test_register_strategy_in_code() -> None:
 def test_clipping_and_dp_wrap_any_strategy() -> None:
     wrapped = CentralDp(Clipped(TrimmedMean(0.1), 5.0), 1.0, 0.5, 1e-6)
     assert wrapped.name == "trimmed_mean" and wrapped.base == TrimmedMean(0.1) and wrapped.minimum_sites() == 1
-    assert wrapped.round_fields() == {"strategy": {"name": "trimmed_mean", "beta": 0.1}, "clip_norm": 5.0,
-                                      "dp": {"clip_norm": 1.0, "noise_multiplier": 0.5, "delta": 1e-6}}
+    assert wrapped.round_fields() == {
+        "strategy": {"name": "trimmed_mean", "beta": 0.1},
+        "clip_norm": 5.0,
+        "dp": {"clip_norm": 1.0, "noise_multiplier": 0.5, "delta": 1e-6},
+    }
     aggregation = wrapped.begin_round(4)
     facts = aggregation.add(np.full(4, 3.0, np.float32), 100.0, 0)  # norm 6: clipped to 1 by DP (outermost), then to 5
     assert facts == {"norm_before_clip": pytest.approx(6.0)}
@@ -324,8 +370,12 @@ def test_clipping_and_dp_wrap_any_strategy() -> None:
 
 
 def test_the_round_driver_calls_only_the_wrapped_strategy() -> None:
-    config = TaskConfig(initial_model={"w": np.zeros(4, np.float32)}, rounds=2, clip_norm=2.0,
-                        dp=DpConfig(clip_norm=1.0, noise_multiplier=1e-6, delta=1e-5))
+    config = TaskConfig(
+        initial_model={"w": np.zeros(4, np.float32)},
+        rounds=2,
+        clip_norm=2.0,
+        dp=DpConfig(clip_norm=1.0, noise_multiplier=1e-6, delta=1e-5),
+    )
     driver = RoundDriver(config)
     assert isinstance(driver.strategy, CentralDp) and isinstance(driver.strategy.inner, Clipped)
     assert driver.strategy.base is config.strategy
@@ -350,9 +400,17 @@ class _EarlyEvidence(AdmissionCheck):
 
 
 def _request(site_id: str, **changes: Any) -> AdmissionRequest:
-    fields: dict[str, Any] = {"site_id": site_id, "challenge": os.urandom(32), "x25519": bytes(range(1, 33)), "ed25519": bytes(32),
-                              "evidence_format": "bundle", "evidence": b"not a bundle", "identity": IdentityProof(),
-                              "aggregator": BoundKeys(bytes(32), bytes(32)), "at": datetime.now(UTC)}
+    fields: dict[str, Any] = {
+        "site_id": site_id,
+        "challenge": os.urandom(32),
+        "x25519": bytes(range(1, 33)),
+        "ed25519": bytes(32),
+        "evidence_format": "bundle",
+        "evidence": b"not a bundle",
+        "identity": IdentityProof(),
+        "aggregator": BoundKeys(bytes(32), bytes(32)),
+        "at": datetime.now(UTC),
+    }
     return AdmissionRequest(**{**fields, **changes})
 
 
@@ -362,7 +420,10 @@ def test_installed_checks_are_validated() -> None:
         (type("C", (_Raises,), {"id": "Admission.X"})(), "is not dotted lowercase"),
         (type("C", (_Raises,), {"id": "admission.mine"})(), "the 'admission.' ids are the built-in checks'"),
         (type("C", (_Raises,), {"stage": "identity"})(), "is not 'request' or 'evidence'"),
-        (type("C", (_Raises,), {"stage": "request", "inputs": ("evidence",)})(), "a request-stage check cannot read evidence"),
+        (
+            type("C", (_Raises,), {"stage": "request", "inputs": ("evidence",)})(),
+            "a request-stage check cannot read evidence",
+        ),
         (type("C", (_Raises,), {"Parameters": dict})(), "Parameters is not a msgspec Struct"),
     ]:
         with pytest.raises(PolicyError, match=re.escape(message)):
@@ -377,7 +438,9 @@ def test_a_failing_installed_check_refuses_with_its_id_and_the_request_stage_nev
     early = AdmissionPolicy({"a": rule}, checks=(*BUILTIN_CHECKS, _EarlyEvidence()))
     appraisal = appraise(early, _request("a"))
     assert [r.check for r in appraisal.reasons] == ["test.early"]
-    assert "RuntimeError" in appraisal.reasons[0].message and "only later stages may read" in appraisal.reasons[0].message
+    assert (
+        "RuntimeError" in appraisal.reasons[0].message and "only later stages may read" in appraisal.reasons[0].message
+    )
     raising = AdmissionPolicy({"a": rule}, checks=(*BUILTIN_CHECKS, type("Early", (_Raises,), {"stage": "request"})()))
     assert appraise(raising, _request("a")).reasons == (Reason("test.raises", "the check failed: KeyError: 'boom'"),)
 
@@ -391,14 +454,18 @@ def test_an_unknown_site_is_told_what_a_known_one_would_be() -> None:
         assert bad_challenge.reply == (str(challenge),), site  # the same answer: no roster enumeration
         no_identity = appraise(policy, _request(site))
         assert [r.split(":")[0] for r in no_identity.reply] == ["admission.identity.missing"], site
-    assert [r.check for r in appraise(policy, _request("stranger", challenge_reason=challenge)).reasons] == \
-        ["admission.challenge", "admission.site_id"]  # the log says the truth
+    assert [r.check for r in appraise(policy, _request("stranger", challenge_reason=challenge)).reasons] == [
+        "admission.challenge",
+        "admission.site_id",
+    ]  # the log says the truth
 
 
 def test_check_parameters_are_checked_where_they_are_written(plugins: Path, tmp_path: Path) -> None:
     def load(extra: str) -> AdmissionPolicy:
         path = tmp_path / "aggregator.toml"
-        path.write_text(f'[admission.sites.hospital-b]\nplatforms = ["sev-snp"]\nidentity_keys = ["{"11" * 32}"]\n{extra}\n')
+        path.write_text(
+            f'[admission.sites.hospital-b]\nplatforms = ["sev-snp"]\nidentity_keys = ["{"11" * 32}"]\n{extra}\n'
+        )
         return AdmissionPolicy.load(path)
 
     doc = doc_block("aggregator.toml", "Add an admission check")
@@ -410,8 +477,10 @@ def test_check_parameters_are_checked_where_they_are_written(plugins: Path, tmp_
     for extra, message in [
         (f'{table}\nhours = ["9"]', f'{table} hours: expected a list, each an integer from 0 to 23, got ["9"]'),
         (f"{table}\nhours = [9]\nminutes = 5", f"{table}: unknown key(s) minutes; allowed: hours"),
-        ('[admission.sites.hospital-b.checks."example.typo"]\nhours = [1]',
-         "no admission check in force takes parameters under this id; those that do: example.hours"),
+        (
+            '[admission.sites.hospital-b.checks."example.typo"]\nhours = [1]',
+            "no admission check in force takes parameters under this id; those that do: example.hours",
+        ),
         ("checks = 5", "[admission.sites.hospital-b] checks: expected a table of check parameters"),
     ]:
         with pytest.raises(PolicyError) as caught:
@@ -426,23 +495,46 @@ def _ca() -> OrganisationCa:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "org CA")])
     now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now).not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     return OrganisationCa.from_bytes(cert.public_bytes(Encoding.PEM), "test")
 
 
 def test_a_rule_round_trips_through_its_plain_form() -> None:
-    rule = SiteRule(frozenset({"sev-snp", "tdx", "app-attest"}), identity_keys=frozenset({b"\x01" * 32}), organisation_ca=_ca(),
-                    measurements=frozenset({b"\x02" * 48}), chip_ids=frozenset({b"\x03" * 64}), host_data=frozenset({b"\x04" * 32}),
-                    mr_config_ids=frozenset({b"\x05" * 48}), ed25519_keys=frozenset({b"\x06" * 32}), max_weight=12,
-                    app_attest=AppAttestRule("TEAM.org.example", b"-----PEM-----", False), checks={"x.y": {"n": [1, 2]}})
+    rule = SiteRule(
+        frozenset({"sev-snp", "tdx", "app-attest"}),
+        identity_keys=frozenset({b"\x01" * 32}),
+        organisation_ca=_ca(),
+        measurements=frozenset({b"\x02" * 48}),
+        chip_ids=frozenset({b"\x03" * 64}),
+        host_data=frozenset({b"\x04" * 32}),
+        mr_config_ids=frozenset({b"\x05" * 48}),
+        ed25519_keys=frozenset({b"\x06" * 32}),
+        max_weight=12,
+        app_attest=AppAttestRule("TEAM.org.example", b"-----PEM-----", False),
+        checks={"x.y": {"n": [1, 2]}},
+    )
     plain = encode_plain(rule)
     assert plain["identity_keys"] == ["01" * 32] and plain["organisation_ca"] == rule.organisation_ca.der  # type: ignore[union-attr]
     assert plain["max_weight"] == 12.0 and plain["platforms"] == ["app-attest", "sev-snp", "tdx"]
     assert decode_plain(plain, SiteRule) == rule and encode_plain(decode_plain(plain, SiteRule)) == plain
-    for bad in ({**plain, "identity_keys": ["01" * 31]}, {**plain, "measurements": ["XY" * 48]}, {**plain, "new_field": 1},
-                {**plain, "platforms": ["sgx"]}, {**plain, "max_weight": float("inf")}, {**plain, "organisation_ca": b"junk"}):
+    for bad in (
+        {**plain, "identity_keys": ["01" * 31]},
+        {**plain, "measurements": ["XY" * 48]},
+        {**plain, "new_field": 1},
+        {**plain, "platforms": ["sgx"]},
+        {**plain, "max_weight": float("inf")},
+        {**plain, "organisation_ca": b"junk"},
+    ):
         with pytest.raises(msgspec.ValidationError):
             decode_plain(bad, SiteRule)
 
@@ -451,34 +543,67 @@ def _format_1_record(policy: AdmissionPolicy) -> dict[str, Any]:
     """The admission map exactly as the hand-written encoder of log format 1 wrote it."""
     sites = {}
     for site_id, rule in sorted(policy.sites.items()):
-        app = None if rule.app_attest is None else {"app_id": rule.app_attest.app_id, "root_pem": rule.app_attest.root_pem,
-                                                    "production": rule.app_attest.production}
-        sites[site_id] = {"platforms": sorted(rule.platforms), "identity_keys": sorted(k.hex() for k in rule.identity_keys),
-                          "organisation_ca": None if rule.organisation_ca is None else rule.organisation_ca.der,
-                          **{name: sorted(v.hex() for v in getattr(rule, name))
-                             for name in ("measurements", "chip_ids", "host_data", "mr_config_ids", "ed25519_keys")},
-                          "max_weight": rule.max_weight, "app_attest": app}
-    return {"policy_id": policy.policy_id, "attestation_policy": policy.policy_text,
-            "challenge_ttl_s": policy.challenge_ttl.total_seconds(), "credential_ttl_s": policy.credential_ttl.total_seconds(),
-            "sites": sites}
+        app = (
+            None
+            if rule.app_attest is None
+            else {
+                "app_id": rule.app_attest.app_id,
+                "root_pem": rule.app_attest.root_pem,
+                "production": rule.app_attest.production,
+            }
+        )
+        sites[site_id] = {
+            "platforms": sorted(rule.platforms),
+            "identity_keys": sorted(k.hex() for k in rule.identity_keys),
+            "organisation_ca": None if rule.organisation_ca is None else rule.organisation_ca.der,
+            **{
+                name: sorted(v.hex() for v in getattr(rule, name))
+                for name in ("measurements", "chip_ids", "host_data", "mr_config_ids", "ed25519_keys")
+            },
+            "max_weight": rule.max_weight,
+            "app_attest": app,
+        }
+    return {
+        "policy_id": policy.policy_id,
+        "attestation_policy": policy.policy_text,
+        "challenge_ttl_s": policy.challenge_ttl.total_seconds(),
+        "credential_ttl_s": policy.credential_ttl.total_seconds(),
+        "sites": sites,
+    }
 
 
 def test_the_logged_policy_round_trips_and_format_1_still_reads() -> None:
     text = b'trusted_simulated_roots = ["' + b"ab" * 32 + b'"]\n'
     policy = AdmissionPolicy(
-        {"a": SiteRule(frozenset({"sev-snp"}), identity_keys=frozenset({b"\x07" * 32}), organisation_ca=_ca(), max_weight=5),
-         "m": SiteRule(frozenset({"app-attest"}), identity_keys=frozenset({b"\x08" * 32}),
-                       app_attest=AppAttestRule("T.org.example", None, True))},
-        policy_id="sha256:" + hashlib.sha256(text).hexdigest(), policy_text=text, challenge_ttl=timedelta(seconds=30))
+        {
+            "a": SiteRule(
+                frozenset({"sev-snp"}), identity_keys=frozenset({b"\x07" * 32}), organisation_ca=_ca(), max_weight=5
+            ),
+            "m": SiteRule(
+                frozenset({"app-attest"}),
+                identity_keys=frozenset({b"\x08" * 32}),
+                app_attest=AppAttestRule("T.org.example", None, True),
+            ),
+        },
+        policy_id="sha256:" + hashlib.sha256(text).hexdigest(),
+        policy_text=text,
+        challenge_ttl=timedelta(seconds=30),
+    )
     again = admission_policy_from_record(admission_policy_record(policy))
     assert again.sites == policy.sites and again.checks == BUILTIN_CHECKS
-    assert (again.policy_id, again.policy_text, again.challenge_ttl, again.credential_ttl) == \
-        (policy.policy_id, text, policy.challenge_ttl, policy.credential_ttl)
+    assert (again.policy_id, again.policy_text, again.challenge_ttl, again.credential_ttl) == (
+        policy.policy_id,
+        text,
+        policy.challenge_ttl,
+        policy.credential_ttl,
+    )
     old = admission_policy_from_record(_format_1_record(policy))
     assert old.sites == policy.sites and old.checks == BUILTIN_CHECKS
-    for broken, message in [({**_format_1_record(policy), "policy_id": "sha256:00"}, "is not the digest"),
-                            ({**_format_1_record(policy), "extension_checks": ["nope.x"]}, "'nope.x' is not installed here"),
-                            ({**_format_1_record(policy), "sites": {"a": {"platforms": "sev-snp"}}}, "unusable")]:
+    for broken, message in [
+        ({**_format_1_record(policy), "policy_id": "sha256:00"}, "is not the digest"),
+        ({**_format_1_record(policy), "extension_checks": ["nope.x"]}, "'nope.x' is not installed here"),
+        ({**_format_1_record(policy), "sites": {"a": {"platforms": "sev-snp"}}}, "unusable"),
+    ]:
         with pytest.raises(PolicyRecordError, match=re.escape(message)):
             admission_policy_from_record(broken)
 

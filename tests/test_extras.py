@@ -2,6 +2,7 @@
 (``attestfl[site]``) pulls no aggregator dependency, the aggregator's are its own extra, every
 declared dependency is imported by some code, and every party's code imports only what its
 install provides. A command whose extra is missing says so in one line (exit 2)."""
+
 from __future__ import annotations
 
 import ast
@@ -114,8 +115,10 @@ def test_the_demo_extra_runs_both_ends_and_the_test_extra_everything() -> None:
     assert set(SITE_EXTRA_MODULES) == modules(pulled("site") - pulled(None))  # what `site run` checks for
     test = pulled("test")
     assert demo | pulled("reference-values") <= test
-    pins = {canonicalize_name(Requirement(r).name): str(Requirement(r).specifier)
-            for r in PROJECT["optional-dependencies"]["test"]}
+    pins = {
+        canonicalize_name(Requirement(r).name): str(Requirement(r).specifier)
+        for r in PROJECT["optional-dependencies"]["test"]
+    }
     for tool in ("ruff", "mypy", "import-linter"):
         assert pins.get(tool, "").startswith("=="), f"{tool} is not pinned in the test extra: {pins.get(tool)!r}"
 
@@ -148,15 +151,19 @@ BLOCK = ("numba", "dp_accounting", "prometheus_client", "torch", "tenacity", "sk
 
 def _without_extras(*argv: str) -> subprocess.CompletedProcess[str]:
     """``attestfl ARGV`` as in a plain ``pip install attestfl``: the extras' modules cannot be imported."""
-    script = (f"import sys\nfor name in {BLOCK!r}:\n    sys.modules[name] = None\n"
-              "from attestfl.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    script = (
+        f"import sys\nfor name in {BLOCK!r}:\n    sys.modules[name] = None\n"
+        "from attestfl.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
     return subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
 
 
 def test_commands_without_their_extra_say_so_in_one_line(tmp_path: Path) -> None:
-    for argv, extra in ((["serve", "--config", str(tmp_path / "aggregator.toml")], "aggregator"),
-                        (["site", "run", "--config", str(tmp_path / "site.toml")], "site"),
-                        (["demo", "--dir", str(tmp_path)], "demo")):
+    for argv, extra in (
+        (["serve", "--config", str(tmp_path / "aggregator.toml")], "aggregator"),
+        (["site", "run", "--config", str(tmp_path / "site.toml")], "site"),
+        (["demo", "--dir", str(tmp_path)], "demo"),
+    ):
         result = _without_extras(*argv)
         assert result.returncode == 2, result.stderr
         lines = result.stderr.splitlines()

@@ -2,13 +2,13 @@
 ``flwr`` package) trains in an attested attestfl federation through fedsite.flower.FlowerTrainer:
 two sites, each in its own thread with its own simulated TEE and identity, against a real
 `attestfl serve`."""
+
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from pathlib import Path
-
-import warnings
 
 import numpy as np
 import pytest
@@ -50,7 +50,7 @@ class FlowerClient(NumPyClient):
         for _ in range(3):
             for start in range(0, len(x), 16):
                 optimiser.zero_grad()
-                nn.CrossEntropyLoss()(self.net(x[start:start + 16]), y[start:start + 16]).backward()
+                nn.CrossEntropyLoss()(self.net(x[start : start + 16]), y[start : start + 16]).backward()
                 optimiser.step()
         return get_parameters(self.net), len(x), {}
 
@@ -67,13 +67,22 @@ def test_an_unchanged_flower_client_trains_in_an_attested_federation(tmp_path: P
     torch.set_num_threads(1)
     splits, _mean, _std = split_non_iid(2)
     initial = {k: v.detach().numpy().astype(np.float32) for k, v in make_model().state_dict().items()}
-    deployment = Deployment(tmp_path, tmp_path / "vendor", model=initial, sites={"clinic-a": "", "clinic-b": ""},
-                            task='rounds = 3\nmin_sites = 2\nround_deadline = "120s"')
+    deployment = Deployment(
+        tmp_path,
+        tmp_path / "vendor",
+        model=initial,
+        sites={"clinic-a": "", "clinic-b": ""},
+        task='rounds = 3\nmin_sites = 2\nround_deadline = "120s"',
+    )
     results: dict = {}
     for aggregator in run_aggregator(deployment):
+
         def site(site_id: str, split: dict) -> None:
-            client = FlowerClient(make_model(seed=1), {"x": split["x_train"], "y": split["y_train"]},
-                                  {"x": split["x_test"], "y": split["y_test"]})
+            client = FlowerClient(
+                make_model(seed=1),
+                {"x": split["x_train"], "y": split["y_train"]},
+                {"x": split["x_test"], "y": split["y_test"]},
+            )
             try:
                 with deployment.client(aggregator.target, site_id=site_id) as connection:
                     results[site_id] = run_site(connection, FlowerTrainer(client), progress=None)
@@ -95,7 +104,14 @@ def test_an_unchanged_flower_client_trains_in_an_attested_federation(tmp_path: P
 
 
 def test_a_flower_client_for_another_model_is_refused_clearly() -> None:
-    trainer = FlowerTrainer(FlowerClient(nn.Linear(3, 2), {"x": np.zeros((2, 3), np.float32), "y": np.zeros(2, np.int64)},
-                                         {"x": np.zeros((2, 3), np.float32), "y": np.zeros(2, np.int64)}))
-    with pytest.raises(FlowerTrainerError, match=r"get_parameters returned shape \(2, 3\) for 0.weight, the model has \(16, 30\)"):
+    trainer = FlowerTrainer(
+        FlowerClient(
+            nn.Linear(3, 2),
+            {"x": np.zeros((2, 3), np.float32), "y": np.zeros(2, np.int64)},
+            {"x": np.zeros((2, 3), np.float32), "y": np.zeros(2, np.int64)},
+        )
+    )
+    with pytest.raises(
+        FlowerTrainerError, match=r"get_parameters returned shape \(2, 3\) for 0.weight, the model has \(16, 30\)"
+    ):
         trainer.set({"0.weight": np.zeros((16, 30), np.float32), "0.bias": np.zeros(16, np.float32)})

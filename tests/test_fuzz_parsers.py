@@ -14,38 +14,40 @@ Crashes these targets found are named regression tests in ``tests/test_hostile_i
 Bounded (1000 examples a target) so that all targets together take about 15 s on two cores;
 ``ATTESTFL_FUZZ_EXAMPLES`` sets another number for a longer local campaign.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attestation.abi.bundle import parse_bundle
-from attestation.platforms.snp.abi import SIGNED_SIZE
-from attestation.platforms.nvidia.abi import REQUEST_SIZE, parse_gpu_evidence, parse_gpu_evidence_hex
-from attestation.platforms.tdx.abi import parse_quote
-from attestation.platforms.tdx.collateral_abi import parse_qe_identity, parse_tcb_info
 from attestation.abi.x509 import parse_certificate, parse_certificates, parse_crl
 from attestation.bundle import appraise_bundle
 from attestation.errors import AttestationError
 from attestation.findings import Appraisal
+from attestation.platforms.nvidia.abi import REQUEST_SIZE, parse_gpu_evidence, parse_gpu_evidence_hex
 from attestation.platforms.nvidia.appraise import appraise_gpu
-from attestation.policy import Policy
 from attestation.platforms.nvidia.rim import parse_rim
+from attestation.platforms.snp.abi import SIGNED_SIZE
 from attestation.platforms.snp.appraise import appraise_snp
+from attestation.platforms.tdx.abi import parse_quote
 from attestation.platforms.tdx.appraise import appraise_tdx
 from attestation.platforms.tdx.collateral import load_collateral_dir
+from attestation.platforms.tdx.collateral_abi import parse_qe_identity, parse_tcb_info
+from attestation.policy import Policy
 from attestation.verify.chain import certificate_signed_by, crl_reasons, memoised_raw_ecdsa_is_valid
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
-SNP_AT = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-TDX_AT = dt.datetime(2023, 7, 1, tzinfo=dt.timezone.utc)
-GPU_AT = dt.datetime(2024, 7, 1, tzinfo=dt.timezone.utc)
+SNP_AT = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+TDX_AT = dt.datetime(2023, 7, 1, tzinfo=dt.UTC)
+GPU_AT = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
 
 #: Examples per target; ATTESTFL_FUZZ_EXAMPLES=50000 runs a longer campaign locally.
 EXAMPLES = int(os.environ.get("ATTESTFL_FUZZ_EXAMPLES", "1000"))
@@ -91,16 +93,22 @@ def mutate(seed: bytes, operations: list[tuple[Any, ...]]) -> bytes:
         elif kind == "insert":
             data[at:at] = op[2]
         elif kind == "delete":
-            del data[at:at + op[2]]
+            del data[at : at + op[2]]
         elif kind == "random":
-            data[at:at + len(op[2])] = op[2]
+            data[at : at + len(op[2])] = op[2]
         elif kind == "length":
             (offset, width, order), how = op[1], op[2]
             if offset + width <= len(data):
-                current = int.from_bytes(data[offset:offset + width], order)
+                current = int.from_bytes(data[offset : offset + width], order)
                 top = (1 << (8 * width)) - 1
-                value = {"zero": 0, "max": top, "one-less": max(current - 1, 0), "one-more": min(current + 1, top), "huge": top >> 1}[how]
-                data[offset:offset + width] = value.to_bytes(width, order)
+                value = {
+                    "zero": 0,
+                    "max": top,
+                    "one-less": max(current - 1, 0),
+                    "one-more": min(current + 1, top),
+                    "huge": top >> 1,
+                }[how]
+                data[offset : offset + width] = value.to_bytes(width, order)
     return bytes(data)
 
 
@@ -127,7 +135,9 @@ def test_snp_seed_is_accepted() -> None:
 @given(mutations())
 def test_fuzz_snp_report(operations: list[tuple[Any, ...]]) -> None:
     data = mutate(SNP_REPORT, operations)
-    appraisal: Appraisal | None = typed(lambda: appraise_snp(data, certificates=(SNP_VCEK,), policy=SNP_POLICY, at=SNP_AT))
+    appraisal: Appraisal | None = typed(
+        lambda: appraise_snp(data, certificates=(SNP_VCEK,), policy=SNP_POLICY, at=SNP_AT)
+    )
     if appraisal is not None and data[:SIGNED_SIZE] != SNP_REPORT[:SIGNED_SIZE]:
         assert not appraisal.accepted
 
@@ -150,9 +160,14 @@ def _tdx_length_fields() -> tuple[tuple[int, int, str], ...]:
     quote = parse_quote(TDX_QUOTE)
     auth = len(quote.signature_data.qe_certification.qe_auth_data)
     base = 48 + 584
-    fields = [(base, 4, "little"), (base + 4 + 128, 2, "little"), (base + 4 + 128 + 2, 4, "little"),
-              (base + 4 + 128 + 6 + 384 + 64, 2, "little"), (base + 4 + 128 + 6 + 384 + 64 + 2 + auth, 2, "little"),
-              (base + 4 + 128 + 6 + 384 + 64 + 2 + auth + 2, 4, "little")]
+    fields = [
+        (base, 4, "little"),
+        (base + 4 + 128, 2, "little"),
+        (base + 4 + 128 + 2, 4, "little"),
+        (base + 4 + 128 + 6 + 384 + 64, 2, "little"),
+        (base + 4 + 128 + 6 + 384 + 64 + 2 + auth, 2, "little"),
+        (base + 4 + 128 + 6 + 384 + 64 + 2 + auth + 2, 4, "little"),
+    ]
     return tuple(fields)
 
 
@@ -210,12 +225,17 @@ def test_x509_seeds_verify() -> None:
 def test_fuzz_x509(which: str, operations: list[tuple[Any, ...]]) -> None:
     if which == "certificate":
         cert = typed(lambda: parse_certificate(mutate(SNP_VCEK, operations)))
-        if cert is not None and (cert.tbs_der != VCEK_CERT.tbs_der or cert.signature_algorithm != VCEK_CERT.signature_algorithm):
+        if cert is not None and (
+            cert.tbs_der != VCEK_CERT.tbs_der or cert.signature_algorithm != VCEK_CERT.signature_algorithm
+        ):
             assert not certificate_signed_by(cert, MILAN_CHAIN[0])
     elif which == "crl":
         crl = typed(lambda: parse_crl(mutate(PCK_CRL, operations)))
         if crl is not None and crl.tbs_der != parse_crl(PCK_CRL).tbs_der:
-            assert any(r.check == "x.signature" for r in crl_reasons(crl, PCK_CRL_ISSUER, at=TDX_AT, check_prefix="x", name="crl"))
+            assert any(
+                r.check == "x.signature"
+                for r in crl_reasons(crl, PCK_CRL_ISSUER, at=TDX_AT, check_prefix="x", name="crl")
+            )
     else:
         typed(lambda: parse_certificates(mutate(GPU_CHAIN_PEM, operations)))
 
@@ -227,15 +247,22 @@ GPU_RAW = GPU_EVIDENCE.raw
 
 
 def _spdm_length_fields() -> tuple[tuple[int, int, str], ...]:
-    record = int.from_bytes(GPU_RAW[REQUEST_SIZE + 5:REQUEST_SIZE + 8], "little")
+    record = int.from_bytes(GPU_RAW[REQUEST_SIZE + 5 : REQUEST_SIZE + 8], "little")
     opaque_at = REQUEST_SIZE + 8 + record + 32
     blocks = [(REQUEST_SIZE + 8 + 2 + 55 * i, 2, "little") for i in (0, 1, 30, 63)]
-    return ((REQUEST_SIZE + 4, 1, "little"), (REQUEST_SIZE + 5, 3, "little"), (opaque_at, 2, "little"),
-            (opaque_at + 4, 2, "little"), *blocks)
+    return (
+        (REQUEST_SIZE + 4, 1, "little"),
+        (REQUEST_SIZE + 5, 3, "little"),
+        (opaque_at, 2, "little"),
+        (opaque_at + 4, 2, "little"),
+        *blocks,
+    )
 
 
 def test_gpu_seed_is_accepted() -> None:
-    assert appraise_gpu(GPU_RAW, certificates=GPU_CHAIN_PEM, expected_nonce=GPU_EVIDENCE.nonce, policy=Policy(), at=GPU_AT).accepted
+    assert appraise_gpu(
+        GPU_RAW, certificates=GPU_CHAIN_PEM, expected_nonce=GPU_EVIDENCE.nonce, policy=Policy(), at=GPU_AT
+    ).accepted
 
 
 @FUZZ
@@ -243,7 +270,11 @@ def test_gpu_seed_is_accepted() -> None:
 def test_fuzz_gpu_evidence(operations: list[tuple[Any, ...]], as_hex: bool) -> None:
     data = mutate(GPU_RAW, operations)
     evidence: Any = data.hex() if as_hex else data
-    appraisal = typed(lambda: appraise_gpu(evidence, certificates=GPU_CHAIN_PEM, expected_nonce=GPU_EVIDENCE.nonce, policy=Policy(), at=GPU_AT))
+    appraisal = typed(
+        lambda: appraise_gpu(
+            evidence, certificates=GPU_CHAIN_PEM, expected_nonce=GPU_EVIDENCE.nonce, policy=Policy(), at=GPU_AT
+        )
+    )
     parsed = typed(lambda: parse_gpu_evidence(data))
     if appraisal is not None and parsed is not None and parsed.signed_bytes != GPU_EVIDENCE.signed_bytes:
         assert not appraisal.accepted
@@ -254,17 +285,16 @@ def test_fuzz_gpu_evidence(operations: list[tuple[Any, ...]], as_hex: bool) -> N
 
 @pytest.fixture(scope="module")
 def bundle_seed() -> tuple[bytes, Policy, bytes]:
+    from attestation.abi.bundle import encode_bundle
     from enclave.attester import make_bundle
     from enclave.keys import EnclaveKeys
     from enclave.simulated.attester import SimulatedSnpAttester
     from enclave_fixtures import MEASUREMENT, NONCE_A, shared_simulated_dir, trusting
 
-    from attestation.abi.bundle import encode_bundle
-
     attester = SimulatedSnpAttester(shared_simulated_dir(), measurement=MEASUREMENT)
     seed = encode_bundle(make_bundle(attester, EnclaveKeys(), NONCE_A))
     policy = trusting(attester.pki)
-    assert appraise_bundle(seed, expected_nonce=NONCE_A, policy=policy, at=dt.datetime.now(dt.timezone.utc)).accepted
+    assert appraise_bundle(seed, expected_nonce=NONCE_A, policy=policy, at=dt.datetime.now(dt.UTC)).accepted
     return seed, policy, NONCE_A
 
 
@@ -273,7 +303,9 @@ def bundle_seed() -> tuple[bytes, Policy, bytes]:
 def test_fuzz_bundle(bundle_seed: tuple[bytes, Policy, bytes], operations: list[tuple[Any, ...]]) -> None:
     seed, policy, nonce = bundle_seed
     data = mutate(seed, operations)
-    appraisal = typed(lambda: appraise_bundle(data, expected_nonce=nonce, policy=policy, at=dt.datetime.now(dt.timezone.utc)))
+    appraisal = typed(
+        lambda: appraise_bundle(data, expected_nonce=nonce, policy=policy, at=dt.datetime.now(dt.UTC))
+    )
     if appraisal is None:
         return
     original, mutated = parse_bundle(seed), parse_bundle(data)
@@ -290,8 +322,11 @@ RIM = (
     b'xmlns:ns0="http://standards.iso.org/iso/19770/-2/2015/schema.xsd" xmlns:ns2="http://www.w3.org/2001/04/xmlenc#sha384" '
     b'corpus="false" name="GH100" tagId="test" version="1.0" tagVersion="0">'
     b'<ns0:Meta colloquialVersion="550.90.07" edition="GPU" product="GH100"/><ns0:Payload>'
-    + b"".join(b'<ns0:Resource type="Measurement" index="%d" active="True" alternatives="1" ns2:Hash0="%s" size="48"/>' % (i, b"ab" * 48)
-               for i in range(3))
+    + b"".join(
+        b'<ns0:Resource type="Measurement" index="%d" active="True" alternatives="1" ns2:Hash0="%s" size="48"/>'
+        % (i, b"ab" * 48)
+        for i in range(3)
+    )
     + b"</ns0:Payload></SoftwareIdentity>"
 )
 

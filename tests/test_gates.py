@@ -5,6 +5,7 @@ cycles). Each is configured in pyproject.toml; a failure shows the tool's own ou
 
 Run one by hand from the repository root: ``ruff check .``, ``ruff format --check .``,
 ``mypy``, ``lint-imports``."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ def _tool(name: str) -> str:
 def _gate(*command: str) -> None:
     # This tree's packages, whatever else is installed: lint-imports analyses what it imports.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
-    result = subprocess.run([_tool(command[0]), *command[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [_tool(command[0]), *command[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}"
 
 

@@ -3,6 +3,7 @@ untyped exception ("internal error" from the CLI). Each is built here, re-signed
 key where the parser must get past a signature, and must now give a typed
 ``AttestationError`` (or, where the format says so, a failed check), and the CLI one clean
 line."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,14 +16,14 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from attestfl.cli import main
 from attestation.abi.bundle import MAGIC, MAX_CREATED, encode_bundle, parse_bundle
-from attestation.platforms.tdx.abi import SGX_EXTENSIONS_OID, decode_sgx_extensions
 from attestation.abi.x509 import SignatureAlgorithm, parse_certificate, parse_certificates
 from attestation.errors import AttestationError, CertificateFormatError, EvidenceFormatError, PolicyError
-from attestation.policy import Policy
+from attestation.platforms.tdx.abi import SGX_EXTENSIONS_OID, decode_sgx_extensions
 from attestation.platforms.tdx.appraise import appraise_tdx
+from attestation.policy import Policy
 from attestation.verify.chain import load_public_key, signature_is_valid
+from attestfl.cli import main
 from enclave.attester import make_bundle
 from enclave.keys import EnclaveKeys
 from enclave.simulated.attester import SimulatedSnpAttester
@@ -86,8 +87,16 @@ def test_cli_pss_salt_length(capsys: pytest.CaptureFixture[str], tmp_path: Path,
     assert code == 2 and "salt length" in err
     assert_one_clean_error_line(err)
     # beside an SEV-SNP report, a certificate that does not decode is a failed check (snp.cert.format)
-    code, out, err = cli(capsys, str(vectors / "sev-snp/milan-report-v2.bin"), "--cert", str(vectors / "sev-snp/milan-report-v2.vcek.der"),
-                         "--cert", str(bad), "--at", "2024-01-01T00:00:00Z")
+    code, out, err = cli(
+        capsys,
+        str(vectors / "sev-snp/milan-report-v2.bin"),
+        "--cert",
+        str(vectors / "sev-snp/milan-report-v2.vcek.der"),
+        "--cert",
+        str(bad),
+        "--at",
+        "2024-01-01T00:00:00Z",
+    )
     assert code == 1 and "snp.cert.format" in out and "salt length" in out and not err
 
 
@@ -110,7 +119,7 @@ def test_bundle_created_past_year_9999_is_a_format_error(created: int) -> None:
 
 def test_bundle_created_at_the_last_second_of_9999_parses() -> None:
     bundle = parse_bundle(bundle_with_created(MAX_CREATED))
-    assert bundle.created == dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
+    assert bundle.created == dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
     assert parse_bundle(encode_bundle(bundle)).created == bundle.created
 
 
@@ -152,13 +161,18 @@ def malformed_sgx_extension() -> bytes:
     """SEQUENCE OF (OID, ANY) whose TCB value is an element no parser knows
     (universal class, constructed, tag 0): the ANY is only parsed when it is used."""
     entry = lambda oid, value: _der(0x30, _oid(oid) + value)  # noqa: E731
-    return _der(0x30, b"".join([
-        entry(f"{SGX_EXTENSIONS_OID}.1", _der(0x04, bytes(16))),
-        entry(f"{SGX_EXTENSIONS_OID}.2", b"\x20\x00"),
-        entry(f"{SGX_EXTENSIONS_OID}.3", _der(0x04, bytes(2))),
-        entry(f"{SGX_EXTENSIONS_OID}.4", _der(0x04, bytes(6))),
-        entry(f"{SGX_EXTENSIONS_OID}.5", _der(0x0A, b"\x00")),
-    ]))
+    return _der(
+        0x30,
+        b"".join(
+            [
+                entry(f"{SGX_EXTENSIONS_OID}.1", _der(0x04, bytes(16))),
+                entry(f"{SGX_EXTENSIONS_OID}.2", b"\x20\x00"),
+                entry(f"{SGX_EXTENSIONS_OID}.3", _der(0x04, bytes(2))),
+                entry(f"{SGX_EXTENSIONS_OID}.4", _der(0x04, bytes(6))),
+                entry(f"{SGX_EXTENSIONS_OID}.5", _der(0x0A, b"\x00")),
+            ]
+        ),
+    )
 
 
 def pki_with_pck_extension(pki: SimulatedPki, value: bytes) -> SimulatedPki:
@@ -166,13 +180,20 @@ def pki_with_pck_extension(pki: SimulatedPki, value: bytes) -> SimulatedPki:
     carrying ``value`` as its SGX extension."""
     leaf = pki.intel.pck_leaf.cert
     builder = (
-        x509.CertificateBuilder().subject_name(leaf.subject).issuer_name(leaf.issuer).public_key(leaf.public_key())
-        .serial_number(leaf.serial_number).not_valid_before(leaf.not_valid_before_utc).not_valid_after(leaf.not_valid_after_utc)
+        x509.CertificateBuilder()
+        .subject_name(leaf.subject)
+        .issuer_name(leaf.issuer)
+        .public_key(leaf.public_key())
+        .serial_number(leaf.serial_number)
+        .not_valid_before(leaf.not_valid_before_utc)
+        .not_valid_after(leaf.not_valid_after_utc)
     )
     for extension in leaf.extensions:
         if extension.oid.dotted_string != SGX_EXTENSIONS_OID:
             builder = builder.add_extension(extension.value, extension.critical)
-    builder = builder.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_EXTENSIONS_OID), value), critical=False)
+    builder = builder.add_extension(
+        x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_EXTENSIONS_OID), value), critical=False
+    )
     new_leaf = dataclasses.replace(pki.intel.pck_leaf, cert=builder.sign(pki.intel.pck_ca.key, hashes.SHA256()))
     return dataclasses.replace(pki, intel=dataclasses.replace(pki.intel, pck_leaf=new_leaf))
 
@@ -182,10 +203,12 @@ def test_malformed_sgx_extension_is_a_certificate_error() -> None:
         decode_sgx_extensions(malformed_sgx_extension())
 
 
-def test_quote_whose_pck_leaf_has_a_malformed_sgx_extension_is_refused(pki: SimulatedPki, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quote_whose_pck_leaf_has_a_malformed_sgx_extension_is_refused(
+    pki: SimulatedPki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     hostile = pki_with_pck_extension(pki, malformed_sgx_extension())
     quote = SimulatedTdxQuoter(hostile).quote(bytes(64), TdOptions(mr_td=MEASUREMENT))
-    appraisal = appraise_tdx(quote, policy=trusting(pki), at=dt.datetime.now(dt.timezone.utc))
+    appraisal = appraise_tdx(quote, policy=trusting(pki), at=dt.datetime.now(dt.UTC))
     assert [r.check for r in appraisal.reasons] == ["tdx.pck.leaf"], appraisal.reasons
     assert "SGX extensions" in appraisal.reasons[0].message
     path = tmp_path / "quote.dat"
@@ -197,13 +220,16 @@ def test_quote_whose_pck_leaf_has_a_malformed_sgx_extension_is_refused(pki: Simu
 # --- policy values that overflowed ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", [
-    "max_collateral_age = 999999999999999999",
-    'max_collateral_age = "99999999999d"',
-    "max_collateral_age = " + "9" * 5000,
-    'max_collateral_age = "' + "9" * 5000 + 'd"',
-    "a = " + "[" * 5000 + "]" * 5000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "max_collateral_age = 999999999999999999",
+        'max_collateral_age = "99999999999d"',
+        "max_collateral_age = " + "9" * 5000,
+        'max_collateral_age = "' + "9" * 5000 + 'd"',
+        "a = " + "[" * 5000 + "]" * 5000,
+    ],
+)
 def test_policy_values_out_of_range_are_policy_errors(text: str) -> None:
     with pytest.raises(PolicyError):
         Policy.from_toml(text)
@@ -236,19 +262,25 @@ def _with_not_before(der: bytes, encoded_time: bytes) -> bytes:
 def test_certificate_times_out_of_range_are_certificate_errors(encoded: bytes, vectors: Path) -> None:
     vcek = (vectors / "sev-snp/milan-report-v2.vcek.der").read_bytes()
     with pytest.raises(CertificateFormatError):
-        parse_certificate(_with_not_before(vcek, encoded) if encoded[0] == 0x18 else vcek.replace(
-            bytes.fromhex("170d3232303932343030353532385a"), encoded, 1))
+        parse_certificate(
+            _with_not_before(vcek, encoded)
+            if encoded[0] == 0x18
+            else vcek.replace(bytes.fromhex("170d3232303932343030353532385a"), encoded, 1)
+        )
 
 
 # --- RIM encodings ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("document", [
-    b'<?xml version="1.0" encoding="bogus"?><a/>',
-    '<?xml version="1.0" encoding="utf-16"?><!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>'.encode("utf-16"),
-    b'<?xml version="1.0" encoding="latin-1"?><a/>',
-    b"\xff\xfe<\x00a\x00/\x00>\x00",
-])
+@pytest.mark.parametrize(
+    "document",
+    [
+        b'<?xml version="1.0" encoding="bogus"?><a/>',
+        '<?xml version="1.0" encoding="utf-16"?><!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>'.encode("utf-16"),
+        b'<?xml version="1.0" encoding="latin-1"?><a/>',
+        b"\xff\xfe<\x00a\x00/\x00>\x00",
+    ],
+)
 def test_rims_in_other_encodings_are_refused(document: bytes) -> None:
     from attestation.errors import CollateralFormatError
     from attestation.platforms.nvidia.rim import parse_rim

@@ -1,5 +1,6 @@
 """The Prometheus endpoint (unauthenticated) binds where metrics_listen says, 127.0.0.1 when no
 host is given, IPv6 in brackets; anything but loopback is logged as a warning."""
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,9 @@ def _free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
 
 
 def _registry() -> CollectorRegistry:
-    counters = SimpleNamespace(admitted=2, refused=1, by_reason={"policy.measurement": 1}, bytes_in=10, bytes_out=20, updates=3)
+    counters = SimpleNamespace(
+        admitted=2, refused=1, by_reason={"policy.measurement": 1}, bytes_in=10, bytes_out=20, updates=3
+    )
     service = SimpleNamespace(counters=counters, sessions={b"s": object()})
     driver = SimpleNamespace(history={}, round=4)
     registry = CollectorRegistry()
@@ -93,9 +96,12 @@ def test_binding_beyond_loopback_is_logged_as_a_warning(warnings_logged: list) -
 
 def test_start_metrics_server_registers_the_collector() -> None:
     registry = CollectorRegistry()
-    service = SimpleNamespace(counters=SimpleNamespace(admitted=0, refused=0, by_reason={}, bytes_in=0, bytes_out=0, updates=0),
-                              sessions={})
-    port = start_metrics_server(f"127.0.0.1:{_free_port()}", service, SimpleNamespace(history={}, round=1), registry=registry)  # type: ignore[arg-type]
+    service = SimpleNamespace(
+        counters=SimpleNamespace(admitted=0, refused=0, by_reason={}, bytes_in=0, bytes_out=0, updates=0), sessions={}
+    )
+    port = start_metrics_server(
+        f"127.0.0.1:{_free_port()}", service, SimpleNamespace(history={}, round=1), registry=registry
+    )  # type: ignore[arg-type]
     assert "attestfl_rounds_completed 0.0" in _scrape(f"http://127.0.0.1:{port}/metrics")
 
 

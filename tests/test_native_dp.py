@@ -1,4 +1,5 @@
 """L2 norms, clipping and seeded Gaussian noise."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,6 @@ from hypothesis import strategies as st
 
 import native
 from native import AggregationError, NonFiniteUpdateError
-
 from native_refs import stacks
 
 SETTINGS = settings(max_examples=50, deadline=None)
@@ -84,7 +84,8 @@ def test_gaussian_noise_reproducible_and_seed_dependent() -> None:
     np.testing.assert_array_equal(native.add_gaussian_noise(base.copy(), 0.0, 7), base)
     seq = np.random.SeedSequence(99)
     np.testing.assert_array_equal(
-        native.add_gaussian_noise(base.copy(), 1.0, seq), native.add_gaussian_noise(base.copy(), 1.0, np.random.SeedSequence(99))
+        native.add_gaussian_noise(base.copy(), 1.0, seq),
+        native.add_gaussian_noise(base.copy(), 1.0, np.random.SeedSequence(99)),
     )
 
 

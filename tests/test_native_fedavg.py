@@ -1,4 +1,5 @@
 """fedavg and Accumulator against numpy float64 references."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,6 @@ from hypothesis import strategies as st
 
 import native
 from native import AggregationError, NonFiniteUpdateError
-
 from native_refs import ref_fedavg, stacks, tol
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -44,15 +44,21 @@ def test_fedavg_spans_several_blocks_and_groups() -> None:
     for n in (1, 3, 4, 5, 8, 9, 13, 17):
         stack = rng.standard_normal((n, 3 * 4096 + 17), dtype=np.float32)
         weights = rng.uniform(0.5, 10.0, n).tolist()
-        np.testing.assert_allclose(native.fedavg(list(stack), weights), ref_fedavg(stack, weights), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            native.fedavg(list(stack), weights), ref_fedavg(stack, weights), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_fedavg_accepts_strided_updates() -> None:
     rng = np.random.default_rng(4)
     base = rng.standard_normal((3, 200), dtype=np.float32)
     updates = [row[::2] for row in base]
-    np.testing.assert_allclose(native.fedavg(updates, [1, 2, 3]), ref_fedavg(base[:, ::2], [1, 2, 3]), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(native.fedavg(base[:, ::2], [1, 2, 3]), ref_fedavg(base[:, ::2], [1, 2, 3]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        native.fedavg(updates, [1, 2, 3]), ref_fedavg(base[:, ::2], [1, 2, 3]), rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        native.fedavg(base[:, ::2], [1, 2, 3]), ref_fedavg(base[:, ::2], [1, 2, 3]), rtol=1e-6, atol=1e-6
+    )
 
 
 @SETTINGS

@@ -1,4 +1,5 @@
 """Comparator networks are checked exhaustively by the 0-1 principle for small n."""
+
 from __future__ import annotations
 
 import itertools

@@ -1,4 +1,5 @@
 """Coordinate median, trimmed mean and (multi-)Krum against numpy float64 references."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,6 @@ from hypothesis.extra import numpy as hnp
 
 import native
 from native import AggregationError, NonFiniteUpdateError
-
 from native_refs import ref_distances, ref_krum_scores, ref_median, ref_trim_count, ref_trimmed_mean, stacks, tol
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -160,7 +160,9 @@ def test_non_finite_values_name_the_site(rule: str, n: int, p: int, data) -> Non
     assert f"site {site}" in str(info.value)
 
 
-@pytest.mark.parametrize("fn", [native.coordinate_median, lambda s: native.trimmed_mean(s, 0.1), lambda s: native.krum(s, 0)])
+@pytest.mark.parametrize(
+    "fn", [native.coordinate_median, lambda s: native.trimmed_mean(s, 0.1), lambda s: native.krum(s, 0)]
+)
 def test_stack_validation(fn) -> None:
     with pytest.raises(AggregationError, match="float32"):
         fn(np.zeros((5, 3), np.float64))
@@ -177,4 +179,6 @@ def test_non_contiguous_stack_is_accepted() -> None:
     base = rng.standard_normal((9, 400), dtype=np.float32)
     view = base[:, ::3]
     np.testing.assert_array_equal(native.coordinate_median(view), ref_median(view))
-    np.testing.assert_allclose(native.trimmed_mean(base.T[:9], 0.2), ref_trimmed_mean(base.T[:9], 0.2), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        native.trimmed_mean(base.T[:9], 0.2), ref_trimmed_mean(base.T[:9], 0.2), rtol=1e-6, atol=1e-6
+    )

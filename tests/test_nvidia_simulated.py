@@ -1,20 +1,21 @@
 """The simulated NVIDIA GPU: its PKI on disk, its SPDM evidence, and what a verifier makes of them."""
+
 from __future__ import annotations
 
 import hashlib
 import os
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from attestation.platforms.nvidia.abi import parse_gpu_evidence
 from attestation.abi.x509 import parse_certificates
+from attestation.platforms.nvidia.abi import parse_gpu_evidence
 from attestation.platforms.nvidia.appraise import appraise_gpu
+from attestation.platforms.nvidia.verify import signature_is_valid
 from attestation.policy import Policy
 from attestation.trust import SIMULATED_ORGANIZATION
-from attestation.platforms.nvidia.verify import signature_is_valid
 from enclave.simulated import SimulatedTeeError
 from enclave.simulated_gpu import (
     SimulatedGpuPki,
@@ -28,7 +29,7 @@ NONCE = hashlib.sha256(b"verifier nonce").digest()
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +117,13 @@ def test_report_fwid_differing_from_the_certified_one_is_rejected(pki: Simulated
 def test_simulated_evidence_with_the_real_nvidia_chain_fails(pki: SimulatedGpuPki, vectors: Path) -> None:
     evidence, _chain = simulated_gpu_evidence(NONCE, pki)
     real_chain = (vectors / "nvidia-gpu" / "hopper-cert-chain.pem").read_bytes()
-    appraisal = appraise_gpu(evidence, certificates=real_chain, expected_nonce=NONCE, policy=Policy(),
-                             at=datetime(2024, 7, 1, tzinfo=timezone.utc))
+    appraisal = appraise_gpu(
+        evidence,
+        certificates=real_chain,
+        expected_nonce=NONCE,
+        policy=Policy(),
+        at=datetime(2024, 7, 1, tzinfo=UTC),
+    )
     assert {r.check for r in appraisal.reasons} == {"gpu.signature", "gpu.fwid"}
 
 
@@ -127,7 +133,7 @@ def test_tampered_simulated_evidence_is_rejected(pki: SimulatedGpuPki, trusting:
     parsed = parse_gpu_evidence(evidence)
     assert signature_is_valid(parsed, leaf)
     for byte in (10, 37 + 8 + 4 + 3 + 7, 37 + 8 + 3520 + 40, len(evidence) - 97, len(evidence) - 1):
-        tampered = evidence[:byte] + bytes([evidence[byte] ^ 0x01]) + evidence[byte + 1:]
+        tampered = evidence[:byte] + bytes([evidence[byte] ^ 0x01]) + evidence[byte + 1 :]
         appraisal = appraise_gpu(tampered, certificates=chain, policy=trusting, at=now())
         assert "gpu.signature" in {r.check for r in appraisal.reasons}
 
@@ -135,17 +141,25 @@ def test_tampered_simulated_evidence_is_rejected(pki: SimulatedGpuPki, trusting:
 def test_policy_settings_on_simulated_evidence(pki: SimulatedGpuPki) -> None:
     measurements = simulated_measurements()
     measurements[5] = b"\x05" * 48
-    evidence, chain = simulated_gpu_evidence(NONCE, pki, measurements=measurements, protected_pcie=True,
-                                             driver_version="560.35.03", vbios_version="96.00.74.00.1C")
-    policy = Policy.from_dict({
-        "trusted_simulated_roots": [pki.root_fingerprint],
-        "nvidia-gpu": {
-            "protected_pcie": "enabled",
-            "allowed_driver_versions": ["560.35.03"],
-            "allowed_vbios_versions": ["96.00.74.00.1c"],
-            "measurements": {"5": "05" * 48, "6": measurements[6].hex()},
-        },
-    })
+    evidence, chain = simulated_gpu_evidence(
+        NONCE,
+        pki,
+        measurements=measurements,
+        protected_pcie=True,
+        driver_version="560.35.03",
+        vbios_version="96.00.74.00.1C",
+    )
+    policy = Policy.from_dict(
+        {
+            "trusted_simulated_roots": [pki.root_fingerprint],
+            "nvidia-gpu": {
+                "protected_pcie": "enabled",
+                "allowed_driver_versions": ["560.35.03"],
+                "allowed_vbios_versions": ["96.00.74.00.1c"],
+                "measurements": {"5": "05" * 48, "6": measurements[6].hex()},
+            },
+        }
+    )
     appraisal = appraise_gpu(evidence, certificates=chain, expected_nonce=NONCE, policy=policy, at=now())
     assert appraisal.accepted, appraisal.reasons
     assert appraisal.claims["protected_pcie_status"] == "aa"

@@ -1,11 +1,15 @@
 """SPDM GET_MEASUREMENTS evidence of an NVIDIA Hopper GPU: parsing, round trip, malformed input."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from attestation.abi.x509 import parse_certificates
+from attestation.errors import EvidenceFormatError, EvidenceTooLargeError
 from attestation.platforms.nvidia.abi import (
     FWID_EXTENSION_OID,
     REQUEST_SIZE,
@@ -27,8 +31,6 @@ from attestation.platforms.nvidia.abi import (
     parse_gpu_evidence_any,
     parse_gpu_evidence_hex,
 )
-from attestation.abi.x509 import parse_certificates
-from attestation.errors import EvidenceFormatError, EvidenceTooLargeError
 
 HOPPER_NONCE = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb"
 HOPPER_FWID = "f5c384aebb579217a2c66b17ed0f28e6a9b8d639041acd7b4721cec004f7275494ba94bb5cdfdb3055ee051762b1f75d"
@@ -94,7 +96,7 @@ def test_binary_hex_and_detection(hopper: GpuEvidence, hopper_hex: str) -> None:
     assert parse_gpu_evidence_any(hopper.raw) == hopper
     assert parse_gpu_evidence_any(hopper_hex) == hopper
     assert parse_gpu_evidence_any(hopper_hex.encode()) == hopper
-    spaced = "\n".join(hopper_hex[i:i + 64] for i in range(0, len(hopper_hex.strip()), 64))
+    spaced = "\n".join(hopper_hex[i : i + 64] for i in range(0, len(hopper_hex.strip()), 64))
     assert parse_gpu_evidence_hex(spaced) == hopper
     assert looks_like_gpu_evidence(hopper.raw)
     assert looks_like_gpu_evidence(hopper_hex.encode())
@@ -126,7 +128,9 @@ def test_vbios_version_codec() -> None:
 
 def _response(**changes) -> MeasurementsResponse:
     base = dict(
-        version=0x11, param1=0, param2=0,
+        version=0x11,
+        param1=0,
+        param2=0,
         blocks=(MeasurementBlock(1, 0x01, bytes(48)), MeasurementBlock(2, 0x01, b"\x01" * 48)),
         responder_nonce=bytes(32),
         opaque=opaque_fields([(OpaqueFieldType.DRIVER_VERSION, encode_text("550.90.07"))]),
@@ -150,7 +154,7 @@ def test_built_evidence_parses_back() -> None:
 
 
 def _patch(data: bytes, offset: int, value: bytes) -> bytes:
-    return data[:offset] + value + data[offset + len(value):]
+    return data[:offset] + value + data[offset + len(value) :]
 
 
 @pytest.mark.parametrize(
@@ -160,7 +164,7 @@ def _patch(data: bytes, offset: int, value: bytes) -> bytes:
         (lambda d: _patch(d, 0, b"\x12"), "request SPDMVersion"),
         (lambda d: _patch(d, 1, b"\xe1"), "request RequestResponseCode"),
         (lambda d: _patch(d, 2, b"\x00"), "signature-requested"),
-        (lambda d: d[:REQUEST_SIZE + 5], "MEASUREMENTS response header"),
+        (lambda d: d[: REQUEST_SIZE + 5], "MEASUREMENTS response header"),
         (lambda d: _patch(d, REQUEST_SIZE, b"\x10"), "differs from the request"),
         (lambda d: _patch(d, REQUEST_SIZE + 1, b"\x61"), "response RequestResponseCode"),
         (lambda d: _patch(d, REQUEST_SIZE + 4, b"\x41"), "measurement block #65 header"),
@@ -171,8 +175,8 @@ def _patch(data: bytes, offset: int, value: bytes) -> bytes:
         (lambda d: _patch(d, REQUEST_SIZE + 8 + 5, b"\x31"), "DMTFSpecMeasurementValueSize"),
         (lambda d: _patch(d, REQUEST_SIZE + 8 + 55, b"\x01"), "appears twice"),
         (lambda d: d[:-1], "Signature"),
-        (lambda d: d[:REQUEST_SIZE + 8 + 3520 + 20], "response Nonce"),
-        (lambda d: d[:REQUEST_SIZE + 8 + 3520 + 33], "OpaqueLength"),
+        (lambda d: d[: REQUEST_SIZE + 8 + 3520 + 20], "response Nonce"),
+        (lambda d: d[: REQUEST_SIZE + 8 + 3520 + 33], "OpaqueLength"),
         (lambda d: _patch(d, REQUEST_SIZE + 8 + 3520 + 32, b"\xff\xff"), "OpaqueData"),
     ],
 )
@@ -204,7 +208,7 @@ def test_malformed_opaque_fields() -> None:
 def test_truncated_opaque_field_header_and_data() -> None:
     good = _evidence_bytes()
     opaque_at = REQUEST_SIZE + 8 + 2 * 55 + 32
-    opaque_len = int.from_bytes(good[opaque_at:opaque_at + 2], "little")
+    opaque_len = int.from_bytes(good[opaque_at : opaque_at + 2], "little")
     # Opaque data of 3 bytes: a truncated field header.
     short = good[:opaque_at] + (3).to_bytes(2, "little") + b"\x03\x00\x01" + bytes(96)
     with pytest.raises(EvidenceFormatError, match="opaque field header"):
@@ -266,7 +270,7 @@ def test_arbitrary_bytes_never_leak_other_exceptions(data: bytes) -> None:
 @given(st.integers(min_value=0, max_value=4116), st.integers(min_value=1, max_value=255))
 def test_corrupted_hopper_bytes_parse_or_raise_typed_error(vectors: Path, position: int, xor: int) -> None:
     raw = parse_gpu_evidence_hex((vectors / "nvidia-gpu" / "hopper-attestation-report.hex").read_text()).raw
-    corrupted = raw[:position] + bytes([raw[position] ^ xor]) + raw[position + 1:]
+    corrupted = raw[:position] + bytes([raw[position] ^ xor]) + raw[position + 1 :]
     try:
         parse_gpu_evidence(corrupted)
     except EvidenceFormatError:

@@ -1,6 +1,7 @@
 """The attested federation protocol over real gRPC on loopback; the aggregator is `attestfl serve`
 in its own process, sites run here, each refusal is checked from the site's side and in the
 aggregator's own event log."""
+
 from __future__ import annotations
 
 import asyncio
@@ -53,7 +54,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, sim_dir: Path) -> Deplo
             "site-pinned": f'measurements = ["{"ab" * 48}"]',
             "mobile-1": f'platforms = ["app-attest"]\napp_id = "org.example.monitor"\napp_attest_root = "{PYATTEST_ROOT}"\nproduction = false',
         },
-        task="rounds = 100\nmin_sites = 1\nround_deadline = \"600s\"",
+        task='rounds = 100\nmin_sites = 1\nround_deadline = "600s"',
         aggregator_extra='stall_timeout = "2s"',
     )
 
@@ -63,9 +64,15 @@ def aggregator(deployment: Deployment) -> Iterator[Aggregator]:
     yield from run_aggregator(deployment)
 
 
-def site(aggregator: Aggregator, deployment: Deployment, site_id: str, attester: object | None = None, **policy: object) -> SiteClient:
-    return deployment.client(aggregator.target, site_id=site_id, policy=deployment.site_policy(**policy),
-                      attester=attester or SimulatedSnpAttester(deployment.sim_dir))
+def site(
+    aggregator: Aggregator, deployment: Deployment, site_id: str, attester: object | None = None, **policy: object
+) -> SiteClient:
+    return deployment.client(
+        aggregator.target,
+        site_id=site_id,
+        policy=deployment.site_policy(**policy),
+        attester=attester or SimulatedSnpAttester(deployment.sim_dir),
+    )
 
 
 def admissions(aggregator: Aggregator, site_id: str) -> list[dict]:
@@ -87,13 +94,21 @@ def test_site_joins_and_exchanges_sealed_payloads(aggregator: Aggregator, deploy
     measurement = bytes.fromhex(aggregator.ready["measurement"])
     assert measurement == deployment.measurement()  # the site's reference value: code + aggregator.toml
     policy_pin = deployment.site_policy().snp.__class__(measurement=frozenset({measurement}))
-    with deployment.client(aggregator.target, site_id="site-a", policy=deployment.site_policy(snp=policy_pin),
-                    attester=SimulatedTdxAttester(deployment.sim_dir)) as client:
+    with deployment.client(
+        aggregator.target,
+        site_id="site-a",
+        policy=deployment.site_policy(snp=policy_pin),
+        attester=SimulatedTdxAttester(deployment.sim_dir),
+    ) as client:
         session = client.join()
         assert session.aggregator_keys.ed25519.hex() == aggregator.ready["ed25519"]
         # The credential is an EAR JWT any JWT library checks with the attested key.
-        claims = jwt.decode(session.credential, key=Ed25519PublicKey.from_public_bytes(session.aggregator_keys.ed25519),
-                            algorithms=["EdDSA"], audience=AUDIENCE)
+        claims = jwt.decode(
+            session.credential,
+            key=Ed25519PublicKey.from_public_bytes(session.aggregator_keys.ed25519),
+            algorithms=["EdDSA"],
+            audience=AUDIENCE,
+        )
         assert claims["eat_profile"] == "tag:github.com,2023:veraison/ear"
         submod = claims["submods"]["site-a"]
         assert submod["ear.status"] in ("affirming", "warning")
@@ -120,7 +135,9 @@ def test_site_joins_and_exchanges_sealed_payloads(aggregator: Aggregator, deploy
         ("site id not in the admission policy", "intruder", "admission.identity.key"),
     ],
 )
-def test_refused_sites_learn_why(aggregator: Aggregator, deployment: Deployment, tmp_path: Path, case: str, site_id: str, expected: str) -> None:
+def test_refused_sites_learn_why(
+    aggregator: Aggregator, deployment: Deployment, tmp_path: Path, case: str, site_id: str, expected: str
+) -> None:
     attester = SimulatedSnpAttester(deployment.sim_dir)
     if case == "debug evidence":
         attester = SimulatedSnpAttester(deployment.sim_dir, debug=True)
@@ -140,14 +157,29 @@ def test_refused_sites_learn_why(aggregator: Aggregator, deployment: Deployment,
     assert len(accepted_updates(aggregator, site_id)) == before
 
 
-def _admit_request(stub: pb_grpc.FederationStub, site_id: str, keys: EnclaveKeys, attester: object, deployment: Deployment,
-                   aggregator: Aggregator, nonce_site: str | None = None, present: BoundKeys | None = None) -> pb.AdmitRequest:
+def _admit_request(
+    stub: pb_grpc.FederationStub,
+    site_id: str,
+    keys: EnclaveKeys,
+    attester: object,
+    deployment: Deployment,
+    aggregator: Aggregator,
+    nonce_site: str | None = None,
+    present: BoundKeys | None = None,
+) -> pb.AdmitRequest:
     challenge = stub.GetChallenge(pb.ChallengeRequest(site_id=site_id), timeout=10).challenge
     bundle = make_bundle(attester, keys, admission_nonce(nonce_site or site_id, challenge))
     aggregator_keys = BoundKeys(bytes.fromhex(aggregator.ready["x25519"]), bytes.fromhex(aggregator.ready["ed25519"]))
-    return admit_request(site_id=site_id, challenge=challenge, session_keys=present or keys.public, evidence_format="bundle",
-                         evidence=encode_bundle(bundle), identity=deployment.identity(site_id), aggregator_keys=aggregator_keys,
-                         aggregator_evidence_sha256=bytes(32))
+    return admit_request(
+        site_id=site_id,
+        challenge=challenge,
+        session_keys=present or keys.public,
+        evidence_format="bundle",
+        evidence=encode_bundle(bundle),
+        identity=deployment.identity(site_id),
+        aggregator_keys=aggregator_keys,
+        aggregator_evidence_sha256=bytes(32),
+    )
 
 
 @pytest.fixture
@@ -156,30 +188,54 @@ def stub(aggregator: Aggregator) -> Iterator[pb_grpc.FederationStub]:
         yield pb_grpc.FederationStub(channel)
 
 
-def test_replayed_challenge_is_refused(stub: pb_grpc.FederationStub, deployment: Deployment, aggregator: Aggregator) -> None:
-    request = _admit_request(stub, "site-c", EnclaveKeys(), SimulatedSnpAttester(deployment.sim_dir), deployment, aggregator)
+def test_replayed_challenge_is_refused(
+    stub: pb_grpc.FederationStub, deployment: Deployment, aggregator: Aggregator
+) -> None:
+    request = _admit_request(
+        stub, "site-c", EnclaveKeys(), SimulatedSnpAttester(deployment.sim_dir), deployment, aggregator
+    )
     assert stub.Admit(request, timeout=30).admitted
     replay = stub.Admit(request, timeout=30)
     assert not replay.admitted and any(r.startswith("admission.challenge") and "replayed" in r for r in replay.reasons)
 
 
-def test_challenge_of_another_site_is_refused(stub: pb_grpc.FederationStub, deployment: Deployment, aggregator: Aggregator) -> None:
-    request = _admit_request(stub, "site-c", EnclaveKeys(), SimulatedSnpAttester(deployment.sim_dir), deployment, aggregator)
+def test_challenge_of_another_site_is_refused(
+    stub: pb_grpc.FederationStub, deployment: Deployment, aggregator: Aggregator
+) -> None:
+    request = _admit_request(
+        stub, "site-c", EnclaveKeys(), SimulatedSnpAttester(deployment.sim_dir), deployment, aggregator
+    )
     request.site_id = "site-b"
     response = stub.Admit(request, timeout=30)
-    assert not response.admitted and any(r.startswith("admission.challenge") and "not issued by this aggregator to this site id" in r
-                                         for r in response.reasons)
+    assert not response.admitted and any(
+        r.startswith("admission.challenge") and "not issued by this aggregator to this site id" in r
+        for r in response.reasons
+    )
 
 
-def test_evidence_bound_to_another_site_id_is_refused(stub: pb_grpc.FederationStub, deployment: Deployment, aggregator: Aggregator) -> None:
-    request = _admit_request(stub, "site-b", EnclaveKeys(), SimulatedSnpAttester(deployment.sim_dir), deployment, aggregator, nonce_site="site-a")
+def test_evidence_bound_to_another_site_id_is_refused(
+    stub: pb_grpc.FederationStub, deployment: Deployment, aggregator: Aggregator
+) -> None:
+    request = _admit_request(
+        stub,
+        "site-b",
+        EnclaveKeys(),
+        SimulatedSnpAttester(deployment.sim_dir),
+        deployment,
+        aggregator,
+        nonce_site="site-a",
+    )
     response = stub.Admit(request, timeout=30)
     assert not response.admitted and any(r.startswith("binding.nonce") for r in response.reasons)
 
 
-def test_evidence_bound_to_other_keys_is_refused(stub: pb_grpc.FederationStub, deployment: Deployment, aggregator: Aggregator) -> None:
+def test_evidence_bound_to_other_keys_is_refused(
+    stub: pb_grpc.FederationStub, deployment: Deployment, aggregator: Aggregator
+) -> None:
     mine, theirs = EnclaveKeys(), EnclaveKeys()
-    request = _admit_request(stub, "site-b", theirs, SimulatedSnpAttester(deployment.sim_dir), deployment, aggregator, present=mine.public)
+    request = _admit_request(
+        stub, "site-b", theirs, SimulatedSnpAttester(deployment.sim_dir), deployment, aggregator, present=mine.public
+    )
     response = stub.Admit(request, timeout=30)
     assert not response.admitted and any(r.startswith("admission.keys") for r in response.reasons)
 
@@ -188,12 +244,25 @@ def test_calls_without_a_live_session_are_refused(stub: pb_grpc.FederationStub) 
     with pytest.raises(grpc.RpcError) as missing:
         stub.GetTask(pb.Sealed(ciphertext=b"x" * 32), timeout=10)
     assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    forged = issue_credential(EnclaveKeys().sign, key_id="x", session_id=os.urandom(16), site_id="site-a", site_x25519=bytes(32),
-                              site_ed25519=bytes(32), status="affirming", policy_id="p", annotated_claims={},
-                              now=__import__("datetime").datetime.now(__import__("datetime").timezone.utc),
-                              ttl=__import__("datetime").timedelta(hours=1), build="forger")
-    for metadata in ((("authorization", "Bearer garbage"),), (("authorization", f"Bearer {forged}"),),
-                     (("attestfl-session", os.urandom(16).hex()), ("attestfl-call", "1"))):
+    forged = issue_credential(
+        EnclaveKeys().sign,
+        key_id="x",
+        session_id=os.urandom(16),
+        site_id="site-a",
+        site_x25519=bytes(32),
+        site_ed25519=bytes(32),
+        status="affirming",
+        policy_id="p",
+        annotated_claims={},
+        now=__import__("datetime").datetime.now(__import__("datetime").timezone.utc),
+        ttl=__import__("datetime").timedelta(hours=1),
+        build="forger",
+    )
+    for metadata in (
+        (("authorization", "Bearer garbage"),),
+        (("authorization", f"Bearer {forged}"),),
+        (("attestfl-session", os.urandom(16).hex()), ("attestfl-call", "1")),
+    ):
         with pytest.raises(grpc.RpcError) as bad:
             stub.UploadUpdate(iter([pb.SealedChunk(header=b"x", final=True)]), metadata=metadata, timeout=10)
         assert bad.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -208,7 +277,9 @@ def test_session_of_another_site_is_refused(aggregator: Aggregator, deployment: 
         _session, call, _metadata = c._next_call()
         metadata = (("attestfl-session", b.session.claims.session_id.hex()), ("attestfl-call", str(call)))
         with pytest.raises(grpc.RpcError) as refused:
-            c.stub.UploadUpdate(c.sealed_update(round_number, 1, call, update_like(1.0), 1), metadata=metadata, timeout=10)
+            c.stub.UploadUpdate(
+                c.sealed_update(round_number, 1, call, update_like(1.0), 1), metadata=metadata, timeout=10
+            )
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "another session" in refused.value.details() or "site" in refused.value.details()
 
@@ -243,8 +314,11 @@ def test_oversize_messages_and_stalled_uploads(aggregator: Aggregator, deploymen
     with site(aggregator, deployment, "site-c") as client:
         client.join()
         with pytest.raises(grpc.RpcError) as oversize:
-            client.stub.UploadUpdate(iter([pb.SealedChunk(header=b"h", ciphertext=bytes(MAX_CHUNK_BYTES + 128 * 1024))]),
-                                     metadata=client._next_call()[2], timeout=20)
+            client.stub.UploadUpdate(
+                iter([pb.SealedChunk(header=b"h", ciphertext=bytes(MAX_CHUNK_BYTES + 128 * 1024))]),
+                metadata=client._next_call()[2],
+                timeout=20,
+            )
         assert oversize.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         round_number = client.task().round
         _session, call, metadata = client._next_call()
@@ -305,10 +379,13 @@ def test_site_never_trusts_a_server_without_evidence(deployment: Deployment, mod
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        with deployment.client(f"127.0.0.1:{port}", site_id="site-a", policy=deployment.site_policy(),
-                        attester=SimulatedSnpAttester(deployment.sim_dir)) as client:
-            with pytest.raises(AggregatorNotTrusted, match="offered no evidence"):
-                client.join()
+        with deployment.client(
+            f"127.0.0.1:{port}",
+            site_id="site-a",
+            policy=deployment.site_policy(),
+            attester=SimulatedSnpAttester(deployment.sim_dir),
+        ) as client, pytest.raises(AggregatorNotTrusted, match="offered no evidence"):
+            client.join()
     finally:
         server.stop(0)
     assert impostor.calls == ["GetEvidence"]
@@ -353,8 +430,12 @@ def test_relay_substituting_keys_is_detected(aggregator: Aggregator, deployment:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        with deployment.client(f"127.0.0.1:{port}", site_id="site-b", policy=deployment.site_policy(),
-                        attester=SimulatedSnpAttester(deployment.sim_dir)) as client:
+        with deployment.client(
+            f"127.0.0.1:{port}",
+            site_id="site-b",
+            policy=deployment.site_policy(),
+            attester=SimulatedSnpAttester(deployment.sim_dir),
+        ) as client:
             if swap == "aggregator":
                 with pytest.raises(AggregatorNotTrusted) as detected:
                     client.join()
@@ -363,7 +444,10 @@ def test_relay_substituting_keys_is_detected(aggregator: Aggregator, deployment:
                 with pytest.raises(AdmissionRefused) as refused:
                     client.join()
                 # The identity signature covers the session keys: the substitution fails there, before any evidence work.
-                assert any(r.startswith(("admission.identity.signature", "binding.", "admission.keys")) for r in refused.value.reasons)
+                assert any(
+                    r.startswith(("admission.identity.signature", "binding.", "admission.keys"))
+                    for r in refused.value.reasons
+                )
     finally:
         server.stop(0)
         relay.channel.close()
@@ -371,11 +455,17 @@ def test_relay_substituting_keys_is_detected(aggregator: Aggregator, deployment:
 
 def test_byte_relay_never_sees_a_plaintext_update(aggregator: Aggregator, deployment: Deployment) -> None:
     relay = Forwarder(aggregator.ready["port"], record=True)
-    marker = np.frombuffer(hashlib.sha512(b"patient-derived gradient").digest() * 2, dtype=np.float32)[:12].reshape(4, 3)
+    marker = np.frombuffer(hashlib.sha512(b"patient-derived gradient").digest() * 2, dtype=np.float32)[:12].reshape(
+        4, 3
+    )
     update = {"dense.weight": marker.copy(), "dense.bias": np.array([1.25, -2.5, 3.75], np.float32)}
     try:
-        with deployment.client(f"127.0.0.1:{relay.port}", site_id="site-c", policy=deployment.site_policy(),
-                        attester=SimulatedSnpAttester(deployment.sim_dir)) as client:
+        with deployment.client(
+            f"127.0.0.1:{relay.port}",
+            site_id="site-c",
+            policy=deployment.site_policy(),
+            attester=SimulatedSnpAttester(deployment.sim_dir),
+        ) as client:
             client.join()
             round_number = client.task().round
             receipt = client.upload_update(round_number, update, weight=3)
@@ -404,16 +494,28 @@ def _app_attest(app_id: str, tamper: bool = False) -> AppAttestEvidence:
 
 
 def test_app_attest_site_joins(aggregator: Aggregator, deployment: Deployment) -> None:
-    with deployment.client(aggregator.target, site_id="mobile-1", policy=deployment.site_policy(), app_attest=_app_attest("org.example.monitor")) as client:
+    with deployment.client(
+        aggregator.target,
+        site_id="mobile-1",
+        policy=deployment.site_policy(),
+        app_attest=_app_attest("org.example.monitor"),
+    ) as client:
         session = client.join()
         assert session.claims.site_id == "mobile-1"
         round_number = client.task().round
         assert client.upload_update(round_number, update_like(0.01), 1).verify(session.aggregator_keys.ed25519)
 
 
-@pytest.mark.parametrize(("app_id", "tamper", "check"), [("org.example.monitor", True, "admission.app_attest"), ("org.example.other", False, "admission.app_attest")])
-def test_bad_app_attestation_is_refused(aggregator: Aggregator, deployment: Deployment, app_id: str, tamper: bool, check: str) -> None:
-    with deployment.client(aggregator.target, site_id="mobile-1", policy=deployment.site_policy(), app_attest=_app_attest(app_id, tamper)) as client:
+@pytest.mark.parametrize(
+    ("app_id", "tamper", "check"),
+    [("org.example.monitor", True, "admission.app_attest"), ("org.example.other", False, "admission.app_attest")],
+)
+def test_bad_app_attestation_is_refused(
+    aggregator: Aggregator, deployment: Deployment, app_id: str, tamper: bool, check: str
+) -> None:
+    with deployment.client(
+        aggregator.target, site_id="mobile-1", policy=deployment.site_policy(), app_attest=_app_attest(app_id, tamper)
+    ) as client:
         with pytest.raises(AdmissionRefused) as refused:
             client.join()
         assert any(r.startswith(check) for r in refused.value.reasons), refused.value.reasons
@@ -429,7 +531,9 @@ def test_health_service(aggregator: Aggregator) -> None:
     from protocol.wire import health_pb2, health_pb2_grpc
 
     with grpc.insecure_channel(aggregator.target) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="attestfl.v1.Federation"), timeout=10)
+        status = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="attestfl.v1.Federation"), timeout=10
+        )
     assert status.status == health_pb2.HealthCheckResponse.SERVING
 
 

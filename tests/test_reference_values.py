@@ -1,6 +1,7 @@
 """`attestfl reference-values snp`: the same measurement as sev-snp-measure's own command for
 the same inputs, on Debian's OVMF (apt package ``ovmf``); a snippet the policy loader accepts;
 clear errors (exit 2, no traceback) for unusable inputs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from attestfl.cli import main
 from attestation.policy import Policy
 from attestation.reference_values import ReferenceValueError, init_data_digest
+from attestfl.cli import main
 
 DEBIAN_OVMF = Path("/usr/share/ovmf/OVMF.fd")
 SEV_SNP_MEASURE = Path(sys.executable).with_name("sev-snp-measure")
@@ -23,8 +24,7 @@ SEV_SNP_MEASURE = Path(sys.executable).with_name("sev-snp-measure")
 @pytest.fixture(scope="module")
 def ovmf() -> Path:
     assert DEBIAN_OVMF.is_file(), (
-        f"{DEBIAN_OVMF} is missing: these tests need Debian's OVMF firmware; install it with "
-        "`apt-get install -y ovmf`"
+        f"{DEBIAN_OVMF} is missing: these tests need Debian's OVMF firmware; install it with `apt-get install -y ovmf`"
     )
     return DEBIAN_OVMF
 
@@ -72,11 +72,30 @@ def test_inputs_change_the_measurement(capsys: pytest.CaptureFixture[str], ovmf:
 
 def test_guest_features_and_vmm_type_match_sev_snp_measure(capsys: pytest.CaptureFixture[str], ovmf: Path) -> None:
     reference = sev_snp_measure(
-        "--vcpus", "2", "--vcpu-type", "EPYC-Milan", "--ovmf", str(ovmf), "--guest-features", "0x21", "--vmm-type", "gce"
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-Milan",
+        "--ovmf",
+        str(ovmf),
+        "--guest-features",
+        "0x21",
+        "--vmm-type",
+        "gce",
     )
     assert reference.returncode == 0, reference.stderr
     code, out, err = ours(
-        capsys, "--ovmf", str(ovmf), "--vcpus", "2", "--vcpu-type", "EPYC-Milan", "--guest-features", "0x21", "--vmm-type", "gce"
+        capsys,
+        "--ovmf",
+        str(ovmf),
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-Milan",
+        "--guest-features",
+        "0x21",
+        "--vmm-type",
+        "gce",
     )
     assert code == 0, err
     assert Policy.from_toml(out).snp.measurement == frozenset({bytes.fromhex(reference.stdout.strip())})
@@ -84,9 +103,11 @@ def test_guest_features_and_vmm_type_match_sev_snp_measure(capsys: pytest.Captur
 
 def test_init_data_pins_host_data(capsys: pytest.CaptureFixture[str], ovmf: Path, tmp_path: Path) -> None:
     init_data = tmp_path / "initdata.toml"
-    text = b'algorithm = "sha256"\nversion = "0.1.0"\n\n[data]\n"aggregator.toml" = \'\'\'\n[server]\n\'\'\'\n'
+    text = b"algorithm = \"sha256\"\nversion = \"0.1.0\"\n\n[data]\n\"aggregator.toml\" = '''\n[server]\n'''\n"
     init_data.write_bytes(text)
-    code, out, err = ours(capsys, "--ovmf", str(ovmf), "--vcpus", "4", "--vcpu-type", "EPYC-v4", "--init-data", str(init_data))
+    code, out, err = ours(
+        capsys, "--ovmf", str(ovmf), "--vcpus", "4", "--vcpu-type", "EPYC-v4", "--init-data", str(init_data)
+    )
     assert code == 0, err
     assert Policy.from_toml(out).snp.host_data == frozenset({hashlib.sha256(text).digest()})
 
@@ -112,8 +133,20 @@ def test_kernel_with_debian_ovmf_is_refused_like_sev_snp_measure(
     kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
     kernel.write_bytes(b"\x7fkernel" * 512)
     initrd.write_bytes(b"initrd" * 100)
-    args = ("--vcpus", "4", "--vcpu-type", "EPYC-v4", "--ovmf", str(ovmf), "--kernel", str(kernel),
-            "--initrd", str(initrd), "--append", "console=ttyS0")
+    args = (
+        "--vcpus",
+        "4",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--ovmf",
+        str(ovmf),
+        "--kernel",
+        str(kernel),
+        "--initrd",
+        str(initrd),
+        "--append",
+        "console=ttyS0",
+    )
     reference = sev_snp_measure(*args)
     assert reference.returncode != 0 and "SNP_KERNEL_HASHES" in reference.stderr
     code, out, err = ours(capsys, *args)
@@ -145,7 +178,10 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], ovmf: Path, tm
         (("--vcpus", "4", "--vcpu-type", "Pentium"), "unknown vCPU type"),
         (("--vcpus", "0", "--vcpu-type", "EPYC-v4"), "at least 1"),
         (("--vcpus", "4", "--vcpu-type", "EPYC-v4", "--append", "quiet"), "only together with --kernel"),
-        (("--vcpus", "4", "--vcpu-type", "EPYC-v4", "--init-data", str(tmp_path / "absent.toml")), "cannot read init-data"),
+        (
+            ("--vcpus", "4", "--vcpu-type", "EPYC-v4", "--init-data", str(tmp_path / "absent.toml")),
+            "cannot read init-data",
+        ),
     ):
         code, out, err = ours(capsys, "--ovmf", str(ovmf), *argv)
         assert code == 2 and out == "", argv
@@ -154,9 +190,22 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], ovmf: Path, tm
 
 def test_console_script_end_to_end(ovmf: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "attestfl.cli", "reference-values", "snp", "--ovmf", str(ovmf), "--vcpus", "4",
-         "--vcpu-type", "EPYC-v4"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "attestfl.cli",
+            "reference-values",
+            "snp",
+            "--ovmf",
+            str(ovmf),
+            "--vcpus",
+            "4",
+            "--vcpu-type",
+            "EPYC-v4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     reference = sev_snp_measure("--vcpus", "4", "--vcpu-type", "EPYC-v4", "--ovmf", str(ovmf))
@@ -187,7 +236,9 @@ def with_kernel_hashes_section(ovmf: bytes) -> bytes:
     return bytes(data)
 
 
-def test_kernel_initrd_append_match_sev_snp_measure(capsys: pytest.CaptureFixture[str], ovmf: Path, tmp_path: Path) -> None:
+def test_kernel_initrd_append_match_sev_snp_measure(
+    capsys: pytest.CaptureFixture[str], ovmf: Path, tmp_path: Path
+) -> None:
     firmware = tmp_path / "OVMF.kernel-hashes.fd"
     firmware.write_bytes(with_kernel_hashes_section(ovmf.read_bytes()))
     kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
@@ -199,8 +250,20 @@ def test_kernel_initrd_append_match_sev_snp_measure(capsys: pytest.CaptureFixtur
         ((kernel, initrd), "console=ttyS0 rw"),
         ((initrd, kernel), "console=ttyS0 ro"),  # kernel and initrd swapped
     ):
-        args = ("--vcpus", "4", "--vcpu-type", "EPYC-v4", "--ovmf", str(firmware), "--kernel", str(files[0]),
-                "--initrd", str(files[1]), "--append", append)
+        args = (
+            "--vcpus",
+            "4",
+            "--vcpu-type",
+            "EPYC-v4",
+            "--ovmf",
+            str(firmware),
+            "--kernel",
+            str(files[0]),
+            "--initrd",
+            str(files[1]),
+            "--append",
+            append,
+        )
         reference = sev_snp_measure(*args)
         assert reference.returncode == 0, reference.stderr
         code, out, err = ours(capsys, *args)

@@ -1,6 +1,7 @@
 """Restart without trusting the host's disk: the aggregator is killed mid-round and restarted;
 sites re-attest it (new enclave keys, new evidence), the interrupted round is retried from the
 sealed checkpoint, training completes. And a checkpoint other code cannot unseal is refused."""
+
 from __future__ import annotations
 
 import socket
@@ -15,10 +16,10 @@ import pytest
 
 from aggregator.checkpoint import FILE_NAME, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from attestfl.demo import breast_cancer_trainer, split_non_iid
-from fedsite.sdk import run_site
 from enclave.sealing import SimulatedSealingKey, SnpDerivedKeyReq, derived_key_request
 from enclave.simulated.attester import SimulatedSnpAttester
 from federation import Deployment
+from fedsite.sdk import run_site
 
 
 def _free_port() -> int:
@@ -73,8 +74,9 @@ def _site(target: str, site_id: str, deployment: Deployment, npz: Path, results:
 
     trainer.train = train
     try:
-        with deployment.client(target, site_id=site_id, policy=deployment.site_policy(),
-                        attester=SimulatedSnpAttester(deployment.sim_dir)) as client:
+        with deployment.client(
+            target, site_id=site_id, policy=deployment.site_policy(), attester=SimulatedSnpAttester(deployment.sim_dir)
+        ) as client:
             results[site_id] = run_site(client, trainer, progress=None, reconnect_seconds=60)
     except Exception as exc:  # noqa: BLE001 - reported by the test
         results[site_id] = exc
@@ -82,8 +84,13 @@ def _site(target: str, site_id: str, deployment: Deployment, npz: Path, results:
 
 def test_aggregator_killed_mid_round_and_restarted(tmp_path: Path) -> None:
     port = _free_port()
-    deployment = Deployment(tmp_path, tmp_path / "vendor", sites={"site-a": "", "site-b": ""}, listen=f"127.0.0.1:{port}",
-                            task='rounds = 3\nmin_sites = 2\nround_deadline = "120s"')
+    deployment = Deployment(
+        tmp_path,
+        tmp_path / "vendor",
+        sites={"site-a": "", "site-b": ""},
+        listen=f"127.0.0.1:{port}",
+        task='rounds = 3\nmin_sites = 2\nround_deadline = "120s"',
+    )
     from attestfl.demo import make_model
 
     deployment.model = {k: v.detach().numpy().astype(np.float32) for k, v in make_model().state_dict().items()}
@@ -92,8 +99,12 @@ def test_aggregator_killed_mid_round_and_restarted(tmp_path: Path) -> None:
         np.savez(tmp_path / f"{name}.npz", **split)
     first = deployment.start()
     results: dict = {}
-    threads = [threading.Thread(target=_site, args=(first.target, "site-a", deployment, tmp_path / "site-a.npz", results, None)),
-               threading.Thread(target=_site, args=(first.target, "site-b", deployment, tmp_path / "site-b.npz", results, 2))]
+    threads = [
+        threading.Thread(
+            target=_site, args=(first.target, "site-a", deployment, tmp_path / "site-a.npz", results, None)
+        ),
+        threading.Thread(target=_site, args=(first.target, "site-b", deployment, tmp_path / "site-b.npz", results, 2)),
+    ]
     for thread in threads:
         thread.start()
     try:
@@ -129,7 +140,10 @@ def test_aggregator_killed_mid_round_and_restarted(tmp_path: Path) -> None:
     rounds = [e["round"] for e in events if e["message"] == "round"]
     assert rounds == [2, 3]  # the interrupted round is retried, then training completes
     assert any(e["message"] == "training_finished" for e in events)
-    assert {s for e in events if e["message"] == "round" and e["round"] == 2 for s in e["participants"]} == {"site-a", "site-b"}
+    assert {s for e in events if e["message"] == "round" and e["round"] == 2 for s in e["participants"]} == {
+        "site-a",
+        "site-b",
+    }
 
 
 def test_unsealable_checkpoint_stops_the_aggregator(tmp_path: Path) -> None:
@@ -137,7 +151,12 @@ def test_unsealable_checkpoint_stops_the_aggregator(tmp_path: Path) -> None:
     config = deployment.write()
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / FILE_NAME).write_bytes(b"AFCK1" + bytes(64))
-    result = subprocess.run([sys.executable, "-m", "attestfl.cli", "serve", "--config", str(config)],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "attestfl.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and "cannot be unsealed" in result.stderr and "Traceback" not in result.stderr
     assert "ready" not in result.stdout

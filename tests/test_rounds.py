@@ -1,5 +1,6 @@
 """Rounds inside the aggregator: quorum and deadline, retries, central DP, robust strategies
 against a Byzantine site (real local training on the breast-cancer data, real RoundDriver)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from attestfl.demo import split_non_iid
 from aggregator.rounds import DpConfig, RoundDriver, TaskConfig, TaskConfigError
 from aggregator.service import UpdateRefused
 from aggregator.strategies import Krum, StrategyError, make_strategy
+from attestfl.demo import split_non_iid
 from protocol.tensors import flatten
 
 MODEL = {"w": np.zeros((30, 2), np.float32), "b": np.zeros(2, np.float32)}
@@ -37,7 +38,9 @@ def driver(**kwargs: object) -> tuple[RoundDriver, Events]:
 
 def submit(d: RoundDriver, site: str, delta: dict[str, np.ndarray], weight: float = 1.0) -> None:
     digest = hashlib.sha256(site.encode()).digest()
-    d.accept_update(site, d.round, d.attempt, delta, weight, digest, {"site": site, "round": d.round, "update_sha256": digest.hex()})
+    d.accept_update(
+        site, d.round, d.attempt, delta, weight, digest, {"site": site, "round": d.round, "update_sha256": digest.hex()}
+    )
     d.close_if_complete()
 
 
@@ -128,7 +131,9 @@ def test_configuration_errors() -> None:
 # --- Byzantine robustness with real local training ----------------------------------------------
 
 
-def _local_train(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray, epochs: int = 20, lr: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def _local_train(
+    w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray, epochs: int = 20, lr: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """Softmax regression, full-batch gradient descent (the site's local step)."""
     w, b = w.copy(), b.copy()
     onehot = np.eye(2, dtype=np.float32)[y]

@@ -1,4 +1,5 @@
 """Sealed streams: every reordering, truncation, replay, splice and swap is refused."""
+
 from __future__ import annotations
 
 import os
@@ -19,11 +20,15 @@ CONTEXT = b"round=3;site=site-a"
 DATA = os.urandom(5 * 1000 + 17)
 
 
-def sealed(data: bytes = DATA, key: bytes = KEY, session: bytes = SESSION, purpose: str = "update", context: bytes = CONTEXT):
+def sealed(
+    data: bytes = DATA, key: bytes = KEY, session: bytes = SESSION, purpose: str = "update", context: bytes = CONTEXT
+):
     return list(seal_chunks(key, data, session_id=session, purpose=purpose, context=context, chunk_bytes=1000))
 
 
-def open_all(chunks, key: bytes = KEY, session: bytes = SESSION, purpose: str = "update", context: bytes = CONTEXT) -> bytes:
+def open_all(
+    chunks, key: bytes = KEY, session: bytes = SESSION, purpose: str = "update", context: bytes = CONTEXT
+) -> bytes:
     opener = StreamOpener(key, chunks[0][0], session_id=session, purpose=purpose, context=context, max_bytes=10**6)
     out = b"".join(opener.open(index, ciphertext, final=final) for _h, index, final, ciphertext in chunks)
     opener.finish()
@@ -111,8 +116,14 @@ def test_size_bound() -> None:
 
 
 def test_session_keys_depend_on_everything_in_the_transcript() -> None:
-    base = dict(site_id="site-a", challenge=b"c" * 32, aggregator_x25519=b"1" * 32, aggregator_ed25519=b"2" * 32,
-                site_x25519=b"3" * 32, site_ed25519=b"4" * 32)
+    base = dict(
+        site_id="site-a",
+        challenge=b"c" * 32,
+        aggregator_x25519=b"1" * 32,
+        aggregator_ed25519=b"2" * 32,
+        site_x25519=b"3" * 32,
+        site_ed25519=b"4" * 32,
+    )
     reference = transcript_hash(**base)
     for key in base:
         changed = dict(base, **{key: "site-b" if key == "site_id" else b"9" * 32})

@@ -1,5 +1,6 @@
 """The sites' metric set against independent references (scikit-learn), subgroups, and the
 temperature-scaling recalibration."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,9 @@ def test_metrics_match_scikit_learn(classes: int, n: int, seed: int) -> None:
     metrics = metric_set(p, labels)
     assert metrics["accuracy"] == pytest.approx((p.argmax(1) == labels).mean())
     assert metrics["loss"] == pytest.approx(log_loss(labels, p, labels=list(range(classes))), rel=1e-9)
-    expected = roc_auc_score(labels, p[:, 1]) if classes == 2 else roc_auc_score(labels, p, multi_class="ovr", average="macro")
+    expected = (
+        roc_auc_score(labels, p[:, 1]) if classes == 2 else roc_auc_score(labels, p, multi_class="ovr", average="macro")
+    )
     assert metrics["auroc"] == pytest.approx(expected, abs=1e-12)
     assert 0.0 <= metrics["ece"] <= 1.0
 

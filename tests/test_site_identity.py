@@ -1,5 +1,6 @@
 """The site identity key: `attestfl site enroll` creates it inside the (simulated) TEE and seals
 it; only the same site id, code and TEE open it again."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,8 @@ from enclave.sealing import SimulatedSealingKey
 def _site_toml(directory: Path, site_id: str = "hospital-a", extra: str = "") -> Path:
     (directory / "policy.toml").write_text("trusted_simulated_roots = []\n")
     path = directory / "site.toml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         [site]
         id = "{site_id}"
         aggregator = "127.0.0.1:1"
@@ -26,12 +28,15 @@ def _site_toml(directory: Path, site_id: str = "hospital-a", extra: str = "") ->
         simulated_dir = "vendor"
         policy = "policy.toml"
         {extra}
-        """))
+        """)
+    )
     return path
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "attestfl.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "attestfl.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 def test_enroll_seals_a_key_that_only_this_site_and_code_open(tmp_path: Path) -> None:
@@ -70,7 +75,11 @@ def test_sealed_identity_is_bound_to_site_id_and_measurement(tmp_path: Path) -> 
 def test_identity_private_key_never_leaves_the_object() -> None:
     identity = SiteIdentity.generate("hospital-a")
     assert identity.public.hex() in repr(identity)
-    for attempt in (lambda: pickle.dumps(identity), lambda: __import__("copy").copy(identity), lambda: __import__("copy").deepcopy(identity)):
+    for attempt in (
+        lambda: pickle.dumps(identity),
+        lambda: __import__("copy").copy(identity),
+        lambda: __import__("copy").deepcopy(identity),
+    ):
         with pytest.raises(IdentityError):
             attempt()
 

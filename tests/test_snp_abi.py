@@ -1,4 +1,5 @@
 """SEV-SNP report ABI: every field of the real Milan vector, versions, TCB layouts, certificate table."""
+
 from __future__ import annotations
 
 import struct
@@ -6,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from attestation.errors import EvidenceFormatError, EvidenceTooLargeError
+from attestation.platforms import registry
 from attestation.platforms.snp.abi import (
     REPORT_SIZE,
     SIGNED_SIZE,
@@ -19,8 +22,6 @@ from attestation.platforms.snp.abi import (
     parse_report,
     product_from_cpuid,
 )
-from attestation.platforms import registry
-from attestation.errors import EvidenceFormatError, EvidenceTooLargeError
 
 MEASUREMENT = "b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b6bdf8a9ece31a5a608eb0cf2e4872b01"
 
@@ -90,7 +91,14 @@ def test_turin_tcb_layout_has_fmc() -> None:
 
 @pytest.mark.parametrize(
     ("family", "model", "product"),
-    [(0x19, 0x01, "milan"), (0x19, 0x11, "genoa"), (0x19, 0xA0, "genoa"), (0x1A, 0x02, "turin"), (0x17, 0x31, None), (0x19, 0x50, None)],
+    [
+        (0x19, 0x01, "milan"),
+        (0x19, 0x11, "genoa"),
+        (0x19, 0xA0, "genoa"),
+        (0x1A, 0x02, "turin"),
+        (0x17, 0x31, None),
+        (0x19, 0x50, None),
+    ],
 )
 def test_product_from_cpuid(family: int, model: int, product: str | None) -> None:
     assert product_from_cpuid(family, model) == product
@@ -101,8 +109,14 @@ def test_version_3_and_5_fields_round_trip() -> None:
     parsed3 = parse_report(encode_report(v3))
     assert parsed3.product_from_cpuid == "genoa"
     assert parsed3.launch_mit_vector == 0  # not a field before version 5
-    v5 = new_report(version=5, cpuid_fam_id=0x1A, cpuid_mod_id=0x02, launch_mit_vector=7, current_mit_vector=3,
-                    flags=flags_word(mask_chip_key=True, signing_key="vlek"))
+    v5 = new_report(
+        version=5,
+        cpuid_fam_id=0x1A,
+        cpuid_mod_id=0x02,
+        launch_mit_vector=7,
+        current_mit_vector=3,
+        flags=flags_word(mask_chip_key=True, signing_key="vlek"),
+    )
     parsed5 = parse_report(encode_report(v5))
     assert (parsed5.product_from_cpuid, parsed5.launch_mit_vector, parsed5.current_mit_vector) == ("turin", 7, 3)
     assert parsed5.signing_key == "vlek" and parsed5.mask_chip_key and not parsed5.author_key_en

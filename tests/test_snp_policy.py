@@ -1,4 +1,5 @@
 """SNP policy: TOML parsing, one check per field, every failure reported."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -6,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from attestation.platforms.snp.abi import flags_word
 from attestation.errors import PolicyError
 from attestation.findings import Appraisal
-from attestation.policy import Policy
+from attestation.platforms.snp.abi import flags_word
 from attestation.platforms.snp.appraise import appraise_snp
 from attestation.platforms.snp.validate import MinimumTcb, SnpPolicy
+from attestation.policy import Policy
 from enclave.simulated.pki import SIM_SNP_TCB, SimulatedPki, load_or_create
 from snp_factory import sign_report, sim_chain
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,11 @@ def test_baseline_is_accepted(pki: SimulatedPki) -> None:
         ("", {"vmpl": 1}, "snp.policy.vmpl"),
         ("[sev-snp]\nminimum_guest_svn = 3", {"guest_svn": 2}, "snp.policy.minimum_guest_svn"),
         (f"[sev-snp.minimum_tcb]\nsnp = {SIM_SNP_TCB['snp'] + 1}", {}, "snp.policy.minimum_tcb"),
-        (f"[sev-snp.minimum_launch_tcb]\nmicrocode = {SIM_SNP_TCB['microcode'] + 1}", {}, "snp.policy.minimum_launch_tcb"),
+        (
+            f"[sev-snp.minimum_launch_tcb]\nmicrocode = {SIM_SNP_TCB['microcode'] + 1}",
+            {},
+            "snp.policy.minimum_launch_tcb",
+        ),
         ('[sev-snp]\nminimum_firmware = "1.56"', {}, "snp.policy.minimum_firmware"),
         ("", {"current_minor": 56}, "snp.policy.allow_provisional_firmware"),
         ('[sev-snp]\nminimum_abi = "1.51"', {"policy": 0x30000 | 1 << 8 | 50}, "snp.policy.minimum_abi"),
@@ -74,7 +79,9 @@ def test_each_check_bites(pki: SimulatedPki, toml: str, fields: dict, check: str
 
         root = pki.trusted_root_fingerprints()["sev-snp"]
         policy = Policy.from_toml(f'trusted_simulated_roots = ["{root}"]\n' + toml)
-        appraisal = appraise_raw(sign_report(pki), policy=policy, at=NOW, inputs=EvidenceInputs(certificates=sim_chain(pki)))
+        appraisal = appraise_raw(
+            sign_report(pki), policy=policy, at=NOW, inputs=EvidenceInputs(certificates=sim_chain(pki))
+        )
     else:
         appraisal = appraise(pki, toml, **fields)
     assert checks(appraisal) == {check}, appraisal.reasons
@@ -83,7 +90,7 @@ def test_each_check_bites(pki: SimulatedPki, toml: str, fields: dict, check: str
 def test_passing_values_are_accepted(pki: SimulatedPki) -> None:
     toml = f"""
 [sev-snp]
-measurement = ["{'11' * 48}", "{'12' * 48}"]
+measurement = ["{"11" * 48}", "{"12" * 48}"]
 vmpl = [0, 1]
 minimum_guest_svn = 2
 minimum_firmware = "1.55.21"
@@ -93,12 +100,19 @@ require_id_block = true
 require_author_key = true
 allow_migrate_ma = true
 [sev-snp.minimum_tcb]
-bootloader = {SIM_SNP_TCB['bootloader']}
-snp = {SIM_SNP_TCB['snp']}
+bootloader = {SIM_SNP_TCB["bootloader"]}
+snp = {SIM_SNP_TCB["snp"]}
 """
     appraisal = appraise(
-        pki, toml, measurement=b"\x12" * 48, vmpl=1, guest_svn=2, id_key_digest=b"\x01" * 48,
-        author_key_digest=b"\x02" * 48, flags=flags_word(author_key_en=True), policy=0x30000 | 1 << 18,
+        pki,
+        toml,
+        measurement=b"\x12" * 48,
+        vmpl=1,
+        guest_svn=2,
+        id_key_digest=b"\x01" * 48,
+        author_key_digest=b"\x02" * 48,
+        flags=flags_word(author_key_en=True),
+        policy=0x30000 | 1 << 18,
     )
     assert appraisal.accepted, appraisal.reasons
 
@@ -106,15 +120,19 @@ snp = {SIM_SNP_TCB['snp']}
 def test_every_failure_is_reported(pki: SimulatedPki) -> None:
     toml = f"""
 [sev-snp]
-measurement = ["{'11' * 48}"]
+measurement = ["{"11" * 48}"]
 minimum_guest_svn = 9
 [sev-snp.minimum_tcb]
 microcode = 255
 """
     appraisal = appraise(pki, toml, policy=0x30000 | 1 << 19 | 1 << 18, vmpl=2)
     assert checks(appraisal) == {
-        "snp.policy.allow_debug", "snp.policy.measurement", "snp.policy.minimum_guest_svn",
-        "snp.policy.minimum_tcb", "snp.policy.vmpl", "snp.policy.allow_migrate_ma",
+        "snp.policy.allow_debug",
+        "snp.policy.measurement",
+        "snp.policy.minimum_guest_svn",
+        "snp.policy.minimum_tcb",
+        "snp.policy.vmpl",
+        "snp.policy.allow_migrate_ma",
     }
     # REPORTED, CURRENT and COMMITTED TCB each fall short: three reasons under one check.
     assert sum(r.check == "snp.policy.minimum_tcb" for r in appraisal.reasons) == 3

@@ -1,4 +1,5 @@
 """SEV-SNP verification on the real Milan vector and on reports signed by the simulated AMD PKI."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,14 +11,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from attestation.platforms.snp.abi import SIGNED_SIZE, flags_word, parse_report
 from attestation.abi.x509 import parse_certificate
 from attestation.errors import CertificateFormatError, EvidenceFormatError
 from attestation.findings import Appraisal
-from attestation.policy import Policy
+from attestation.platforms.snp.abi import SIGNED_SIZE, flags_word, parse_report
 from attestation.platforms.snp.appraise import appraise_snp
-from attestation.timeutil import parse_time
 from attestation.platforms.snp.verify import verify_snp_report
+from attestation.policy import Policy
+from attestation.timeutil import parse_time
 from enclave.simulated.pki import SIM_SNP_TCB, SimulatedPki, load_or_create
 from snp_factory import sign_report, sim_chain, tcb_bytes, trusting
 
@@ -51,12 +52,24 @@ def test_real_report_is_authentic_and_rejected_by_default_for_debug(milan: bytes
     assert allowed.accepted, allowed.reasons
     claims = allowed.claims
     assert claims["policy"] == "0xb0000" and claims["debug"] is True
-    assert claims["measurement"] == "b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b6bdf8a9ece31a5a608eb0cf2e4872b01"
+    assert (
+        claims["measurement"]
+        == "b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b6bdf8a9ece31a5a608eb0cf2e4872b01"
+    )
     assert claims["reported_tcb"] == {"bootloader": 2, "tee": 0, "snp": 5, "microcode": 68}
     assert claims["reported_tcb"] == claims["current_tcb"] == claims["committed_tcb"] == claims["launch_tcb"]
     assert claims["signing_key"] == "vcek" and claims["product"] == "milan" and claims["product_name"] == "Milan-B0"
     assert claims["simulated"] is False
-    assert {"version", "guest_svn", "vmpl", "report_data", "host_data", "id_key_digest", "author_key_digest", "chip_id"} <= set(claims)
+    assert {
+        "version",
+        "guest_svn",
+        "vmpl",
+        "report_data",
+        "host_data",
+        "id_key_digest",
+        "author_key_digest",
+        "chip_id",
+    } <= set(claims)
 
 
 def test_vcek_as_pem_and_with_its_chain(milan: bytes, vcek: bytes, vectors: Path) -> None:
@@ -112,7 +125,10 @@ def test_every_bit_flip_of_the_signed_region_and_signature_is_rejected(milan: by
             except EvidenceFormatError:
                 continue  # refused as unusable input: not accepted
             verification = verify_snp_report(report, certificates=certificates, crl=None, at=AT)
-            if not any(r.check in ("snp.report.signature", "snp.report.signature_algo", "snp.report.signing_key") for r in verification.reasons):
+            if not any(
+                r.check in ("snp.report.signature", "snp.report.signature_algo", "snp.report.signing_key")
+                for r in verification.reasons
+            ):
                 accepted.append((index, bit))
     assert accepted == []
 
@@ -137,7 +153,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> SimulatedPki:
 
 def test_simulated_report_needs_its_root_trusted(pki: SimulatedPki, tmp_path: Path) -> None:
     report = sign_report(pki)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     untrusted = appraise_snp(report, certificates=sim_chain(pki), policy=Policy(), at=now)
     assert checks(untrusted) == {"snp.chain.root"}
     assert "simulated" in untrusted.reasons[0].message and "does not trust" in untrusted.reasons[0].message
@@ -146,11 +162,13 @@ def test_simulated_report_needs_its_root_trusted(pki: SimulatedPki, tmp_path: Pa
     assert trusted.accepted, trusted.reasons
     assert trusted.claims["product"] == "milan" and trusted.claims["version"] == 3
     other = load_or_create(tmp_path / "other")
-    assert checks(appraise_snp(report, certificates=sim_chain(pki), policy=trusting(other), at=now)) == {"snp.chain.root"}
+    assert checks(appraise_snp(report, certificates=sim_chain(pki), policy=trusting(other), at=now)) == {
+        "snp.chain.root"
+    }
 
 
 def test_simulated_vcek_without_its_chain_is_not_an_amd_vcek(pki: SimulatedPki) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     found = checks(appraise_snp(sign_report(pki), certificates=(pki.amd.vcek.der,), policy=trusting(pki), at=now))
     assert found == {"snp.chain.issuer"}
 
@@ -161,7 +179,7 @@ def test_real_vcek_does_not_verify_a_simulated_report(pki: SimulatedPki, vcek: b
 
 
 def test_tcb_and_chip_id_must_match_the_vcek(pki: SimulatedPki) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     lower = dict(SIM_SNP_TCB, snp=SIM_SNP_TCB["snp"] - 1)
     report = sign_report(pki, reported_tcb_raw=tcb_bytes(lower), chip_id=bytes(range(64)))
     appraisal = appraise_snp(report, certificates=sim_chain(pki), policy=trusting(pki), at=now)
@@ -171,13 +189,15 @@ def test_tcb_and_chip_id_must_match_the_vcek(pki: SimulatedPki) -> None:
 
 
 def test_cpuid_product_must_match_the_chain(pki: SimulatedPki) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     genoa = sign_report(pki, cpuid_fam_id=0x19, cpuid_mod_id=0x11)
-    assert "snp.report.product" in checks(appraise_snp(genoa, certificates=sim_chain(pki), policy=trusting(pki), at=now))
+    assert "snp.report.product" in checks(
+        appraise_snp(genoa, certificates=sim_chain(pki), policy=trusting(pki), at=now)
+    )
 
 
 def _crl(pki: SimulatedPki, revoked: int | None = None, last_update: dt.datetime | None = None) -> bytes:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(pki.amd.ark.cert.subject)
@@ -193,19 +213,31 @@ def _crl(pki: SimulatedPki, revoked: int | None = None, last_update: dt.datetime
 
 
 def test_amd_crl(pki: SimulatedPki) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     report = sign_report(pki)
     clean = appraise_snp(report, certificates=sim_chain(pki), crl=_crl(pki), policy=trusting(pki), at=now)
     # the simulated root's warning is the only one: revocation was checked
     assert clean.accepted and len(clean.warnings) == 1 and "simulated root trusted by the policy" in clean.warnings[0]
-    revoked = appraise_snp(report, certificates=sim_chain(pki), crl=_crl(pki, pki.amd.ask.cert.serial_number), policy=trusting(pki), at=now)
+    revoked = appraise_snp(
+        report, certificates=sim_chain(pki), crl=_crl(pki, pki.amd.ask.cert.serial_number), policy=trusting(pki), at=now
+    )
     assert checks(revoked) == {"snp.crl.revoked"} and "ASK" in revoked.reasons[0].message
     stale = _crl(pki, last_update=now - dt.timedelta(days=20))
-    aged = appraise_snp(report, certificates=sim_chain(pki), crl=stale, policy=trusting(pki, max_collateral_age=dt.timedelta(days=7)), at=now)
+    aged = appraise_snp(
+        report,
+        certificates=sim_chain(pki),
+        crl=stale,
+        policy=trusting(pki, max_collateral_age=dt.timedelta(days=7)),
+        at=now,
+    )
     assert checks(aged) == {"snp.policy.max_collateral_age"}
-    assert checks(appraise_snp(report, certificates=sim_chain(pki), policy=trusting(pki, require_collateral=True), at=now)) == {"snp.policy.require_collateral"}
+    assert checks(
+        appraise_snp(report, certificates=sim_chain(pki), policy=trusting(pki, require_collateral=True), at=now)
+    ) == {"snp.policy.require_collateral"}
     forged = bytearray(_crl(pki))
     forged[-5] ^= 1
-    assert "snp.crl.signature" in checks(appraise_snp(report, certificates=sim_chain(pki), crl=bytes(forged), policy=trusting(pki), at=now))
+    assert "snp.crl.signature" in checks(
+        appraise_snp(report, certificates=sim_chain(pki), crl=bytes(forged), policy=trusting(pki), at=now)
+    )
     with pytest.raises(CertificateFormatError):
         appraise_snp(report, certificates=sim_chain(pki), crl=b"garbage", policy=trusting(pki), at=now)

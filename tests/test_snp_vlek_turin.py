@@ -4,6 +4,7 @@ The chains are built here with the simulated PKI's certificate builder: a Turin 
 (the VCEK carrying the FMC SPL extension) and a Milan ARK/ASVK/VLEK. RSA-2048 keeps the test
 quick; the verifier does not depend on the key size.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,13 +16,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from attestation.platforms.snp.abi import SIGNED_SIZE, TcbVersion, encode_report, flags_word, new_report, with_signature
 from attestation.findings import Appraisal
-from attestation.policy import Policy
+from attestation.platforms.snp.abi import SIGNED_SIZE, TcbVersion, encode_report, flags_word, new_report, with_signature
 from attestation.platforms.snp.appraise import appraise_snp
+from attestation.policy import Policy
 from enclave.simulated.pki import Issued, _builder, _name, _sign, vcek_extensions
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 TURIN_TCB = TcbVersion(bootloader=1, tee=0, snp=3, microcode=0x44, fmc=2)
 MILAN_TCB = TcbVersion(bootloader=4, tee=0, snp=22, microcode=213)
 
@@ -90,7 +91,9 @@ def test_turin_report_decodes_fmc_and_verifies(turin: Chain) -> None:
     assert appraisal.accepted, appraisal.reasons
     assert appraisal.claims["product"] == "turin"
     assert appraisal.claims["reported_tcb"] == {"bootloader": 1, "tee": 0, "snp": 3, "microcode": 0x44, "fmc": 2}
-    policy = Policy.from_toml(f'trusted_simulated_roots = ["{turin.root_fingerprint}"]\n[sev-snp.minimum_tcb]\nfmc = 3\n')
+    policy = Policy.from_toml(
+        f'trusted_simulated_roots = ["{turin.root_fingerprint}"]\n[sev-snp.minimum_tcb]\nfmc = 3\n'
+    )
     short = appraise_snp(report, certificates=turin.certificates(), policy=policy, at=NOW)
     assert checks(short) == {"snp.policy.minimum_tcb"} and "fmc SPL 2 < minimum 3" in short.reasons[0].message
 
@@ -104,9 +107,18 @@ def test_turin_fmc_must_match_the_vcek(turin: Chain) -> None:
 
 def test_turin_report_with_a_milan_layout_fails(turin: Chain) -> None:
     # The same SPLs written with Milan's byte positions are read as other values on Turin.
-    report = _signed(turin, "turin", TURIN_TCB, version=5, cpuid_fam_id=0x1A, cpuid_mod_id=0x02,
-                     reported_tcb_raw=bytes([1, 0, 0, 0, 0, 0, 3, 0x44]))
-    assert "snp.cert.tcb" in checks(appraise_snp(report, certificates=turin.certificates(), policy=turin.policy(), at=NOW))
+    report = _signed(
+        turin,
+        "turin",
+        TURIN_TCB,
+        version=5,
+        cpuid_fam_id=0x1A,
+        cpuid_mod_id=0x02,
+        reported_tcb_raw=bytes([1, 0, 0, 0, 0, 0, 3, 0x44]),
+    )
+    assert "snp.cert.tcb" in checks(
+        appraise_snp(report, certificates=turin.certificates(), policy=turin.policy(), at=NOW)
+    )
 
 
 def test_vlek_signed_report(milan_vlek: Chain) -> None:
@@ -116,14 +128,18 @@ def test_vlek_signed_report(milan_vlek: Chain) -> None:
     assert appraisal.accepted, appraisal.reasons
     assert appraisal.claims["signing_key"] == "vlek"
     vcek_only = milan_vlek.policy(snp=Policy.from_toml('[sev-snp]\nsigning_keys = ["vcek"]').snp)
-    assert checks(appraise_snp(report, certificates=milan_vlek.certificates(), policy=vcek_only, at=NOW)) == {"snp.policy.signing_keys"}
+    assert checks(appraise_snp(report, certificates=milan_vlek.certificates(), policy=vcek_only, at=NOW)) == {
+        "snp.policy.signing_keys"
+    }
 
 
 def test_vlek_issued_by_an_ask_is_refused(turin: Chain) -> None:
     # A "VLEK" issued by an ASK (not an ASVK): the chain kind is wrong.
     bogus = _chain("Milan", "VLEK", "SEV-Milan", MILAN_TCB)
     report = _signed(bogus, "milan", MILAN_TCB, flags=flags_word(signing_key="vlek"))
-    assert "snp.chain.kind" in checks(appraise_snp(report, certificates=bogus.certificates(), policy=bogus.policy(), at=NOW))
+    assert "snp.chain.kind" in checks(
+        appraise_snp(report, certificates=bogus.certificates(), policy=bogus.policy(), at=NOW)
+    )
 
 
 def test_vcek_report_with_a_vlek_certificate_is_refused(milan_vlek: Chain) -> None:

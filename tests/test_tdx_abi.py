@@ -1,4 +1,5 @@
 """TDX quote ABI: parsing the real v4/v5 quotes, byte-exact round trips, malformed input."""
+
 from __future__ import annotations
 
 import struct
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from attestation.abi.x509 import parse_certificates
+from attestation.errors import CertificateFormatError, EvidenceFormatError, EvidenceTooLargeError
 from attestation.platforms.tdx.abi import (
     BODY_TYPE_TDX15,
     CERT_DATA_PCK_CHAIN,
@@ -22,8 +25,6 @@ from attestation.platforms.tdx.abi import (
     parse_quote,
     pck_sgx_extensions,
 )
-from attestation.abi.x509 import parse_certificates
-from attestation.errors import CertificateFormatError, EvidenceFormatError, EvidenceTooLargeError
 
 V4_MRTD = "6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f22fc00b8dcd404bc10d5e119d7215cbb"
 
@@ -219,7 +220,9 @@ def test_certification_data_type_preserved(v4_bytes: bytes) -> None:
     quote = parse_quote(v4_bytes)
     other = replace(
         quote.signature_data,
-        qe_certification=replace(quote.signature_data.qe_certification, certification_data=CertificationData(3, b"\x01" * 8)),
+        qe_certification=replace(
+            quote.signature_data.qe_certification, certification_data=CertificationData(3, b"\x01" * 8)
+        ),
     )
     rebuilt = replace(quote, signature_data=other, trailing=b"")
     parsed = parse_quote(rebuilt.to_bytes())

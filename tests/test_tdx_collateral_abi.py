@@ -1,4 +1,5 @@
 """TDX collateral ABI: TCB info v3 / QE identity v2 parsing and the exact signed bytes."""
+
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from attestation.errors import CollateralFormatError
 from attestation.platforms.tdx.collateral_abi import (
     MAX_COLLATERAL_JSON_BYTES,
     TdxCollateral,
@@ -13,7 +15,6 @@ from attestation.platforms.tdx.collateral_abi import (
     parse_tcb_info,
     top_level_value_bytes,
 )
-from attestation.errors import CollateralFormatError
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,9 @@ def test_qe_identity(collateral_dir: Path) -> None:
 
 def test_whitespace_is_kept_in_signed_bytes(collateral_dir: Path) -> None:
     raw = (collateral_dir / "qe-identity.json").read_bytes()
-    spaced = raw.replace(b'"version":2', b'"version" :  2', 1).replace(b'{"enclaveIdentity":', b'{ "enclaveIdentity" :\n ', 1)
+    spaced = raw.replace(b'"version":2', b'"version" :  2', 1).replace(
+        b'{"enclaveIdentity":', b'{ "enclaveIdentity" :\n ', 1
+    )
     document = parse_qe_identity(spaced)
     assert b'"version" :  2' in document.signed_bytes
     assert document.identity == parse_qe_identity(raw).identity

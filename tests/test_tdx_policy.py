@@ -1,21 +1,22 @@
 """The [tdx] policy section: parsing and one check per field, every failure reported."""
+
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from attestation.platforms.tdx.abi import parse_quote
 from attestation.errors import PolicyError
-from attestation.policy import Policy
+from attestation.platforms.tdx.abi import parse_quote
 from attestation.platforms.tdx.appraise import appraise_tdx
 from attestation.platforms.tdx.collateral import load_collateral_dir
 from attestation.platforms.tdx.validate import DEFAULT_TCB_STATUSES, TdxPolicy
+from attestation.policy import Policy
 
-V4_AT = datetime(2023, 7, 1, tzinfo=timezone.utc)
-V5_AT = datetime(2026, 2, 15, tzinfo=timezone.utc)
+V4_AT = datetime(2023, 7, 1, tzinfo=UTC)
+V5_AT = datetime(2026, 2, 15, tzinfo=UTC)
 V4_MRTD = "6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f22fc00b8dcd404bc10d5e119d7215cbb"
 OTHER48 = "ab" * 48
 
@@ -27,8 +28,8 @@ max_collateral_age = "30d"
 
 [tdx]
 mr_td = ["{V4_MRTD}"]
-rtmr0 = ["{'00' * 48}", "{'11' * 48}"]
-mr_config_id = "{'00' * 48}"
+rtmr0 = ["{"00" * 48}", "{"11" * 48}"]
+mr_config_id = "{"00" * 48}"
 minimum_tee_tcb_svn = "03000400000000000000000000000000"
 allowed_tcb_statuses = ["UpToDate", "SWHardeningNeeded"]
 allowed_qe_tcb_statuses = ["UpToDate"]
@@ -174,7 +175,9 @@ def test_every_failed_field_is_reported(v4: bytes) -> None:
     assert "bit(s) 0" in found["tdx.policy.xfam_forbidden"]
     assert V4_MRTD in found["tdx.policy.mr_td"]
     assert "no TCB info" in found["tdx.policy.allowed_tcb_statuses"]
-    assert "TCB info" in found["tdx.policy.require_collateral"] and "root CA CRL" in found["tdx.policy.require_collateral"]
+    assert (
+        "TCB info" in found["tdx.policy.require_collateral"] and "root CA CRL" in found["tdx.policy.require_collateral"]
+    )
 
 
 def test_debug_bit_uses_the_common_allow_debug(v4: bytes) -> None:

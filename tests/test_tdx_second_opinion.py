@@ -9,31 +9,33 @@ a debug TD, every TCB status. Both accept with the same TCB status, or both reje
 One class of difference is known and pinned: dcap-qvl never reads the PCK CRL issuer chain
 file, nor the root certificate at the end of an issuer chain (its trust anchor is its own);
 attestfl refuses collateral whose issuer chains are corrupted there too (stricter, never looser)."""
+
 from __future__ import annotations
 
 import datetime as dt
 import os
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import pytest
 
 try:
     import dcap_qvl  # noqa: F401 - the reference verifier; pinned in the test extra
 except ImportError:  # pragma: no cover - a missing test dependency must be seen, not skipped
-    pytest.fail("dcap-qvl is a test dependency (dcap-qvl==0.7.0 in the test extra): pip install dcap-qvl", pytrace=False)
-
-from dcap_reference import Verdict, ours, theirs
+    pytest.fail(
+        "dcap-qvl is a test dependency (dcap-qvl==0.7.0 in the test extra): pip install dcap-qvl", pytrace=False
+    )
 
 from attestation.platforms.tdx.abi import parse_quote
 from attestation.platforms.tdx.verify import pck_chain_of
+from dcap_reference import Verdict, ours, theirs
 from enclave.simulated.attester import SimulatedTdxAttester
 from enclave.simulated.collateral import simulated_collateral_files
 from enclave.simulated.pki import SIM_FMSPC, load_or_create
 
 VECTORS = Path(__file__).parent / "vectors" / "tdx"
-V4_AT = dt.datetime(2023, 7, 1, tzinfo=dt.timezone.utc)
+V4_AT = dt.datetime(2023, 7, 1, tzinfo=dt.UTC)
 V4_FMSPC, V5_FMSPC = "50806f000000", "90c06f000000"
 
 
@@ -101,7 +103,12 @@ def collateral_mutations(files: Mapping[str, bytes]) -> Iterator[tuple[str, str,
     for name in sorted(files):
         for region, (start, end) in collateral_regions(name, files[name]).items():
             for pos, bit in flips(start, end):
-                yield f"{name} {region} byte {pos} bit {bit}", name, pos, {**files, name: flipped(files[name], pos, bit)}
+                yield (
+                    f"{name} {region} byte {pos} bit {bit}",
+                    name,
+                    pos,
+                    {**files, name: flipped(files[name], pos, bit)},
+                )
 
 
 def dcap_never_reads(name: str, data: bytes, pos: int) -> bool:
@@ -111,7 +118,9 @@ def dcap_never_reads(name: str, data: bytes, pos: int) -> bool:
     return name.endswith("issuer-chain.pem") and pos >= data.rindex(b"-----BEGIN CERTIFICATE-----")
 
 
-def assert_agree_on_collateral(label: str, name: str, pos: int, files: Mapping[str, bytes], mine: Verdict, reference: Verdict) -> None:
+def assert_agree_on_collateral(
+    label: str, name: str, pos: int, files: Mapping[str, bytes], mine: Verdict, reference: Verdict
+) -> None:
     if not mine.agrees_with(reference) and dcap_never_reads(name, files[name], pos):
         assert reference.accepted and not mine.accepted, f"{label}: attestfl {mine} but dcap-qvl {reference}"
         return
@@ -121,13 +130,22 @@ def assert_agree_on_collateral(label: str, name: str, pos: int, files: Mapping[s
 # --- the shipped vectors --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("quote_file, at, fmspc, our_checks, their_error", [
-    # Authentic, fresh collateral, but no TCB level of the TCB info matches the platform.
-    ("spr-quote-v4.dat", V4_AT, V4_FMSPC, {"tdx.policy.allowed_tcb_statuses"}, "No matching TCB level found"),
-    # The v5 TCB info is valid in 2026, the QE identity and CRLs expired in 2023.
-    ("quote-v5.dat", dt.datetime(2026, 2, 15, tzinfo=dt.timezone.utc), V5_FMSPC, {"tdx.collateral.qe_identity.validity"}, "CrlExpired"),
-    ("quote-v5.dat", V4_AT, V5_FMSPC, {"tdx.collateral.tcb_info.validity"}, "TCBInfo issue date is in the future"),
-])
+@pytest.mark.parametrize(
+    "quote_file, at, fmspc, our_checks, their_error",
+    [
+        # Authentic, fresh collateral, but no TCB level of the TCB info matches the platform.
+        ("spr-quote-v4.dat", V4_AT, V4_FMSPC, {"tdx.policy.allowed_tcb_statuses"}, "No matching TCB level found"),
+        # The v5 TCB info is valid in 2026, the QE identity and CRLs expired in 2023.
+        (
+            "quote-v5.dat",
+            dt.datetime(2026, 2, 15, tzinfo=dt.UTC),
+            V5_FMSPC,
+            {"tdx.collateral.qe_identity.validity"},
+            "CrlExpired",
+        ),
+        ("quote-v5.dat", V4_AT, V5_FMSPC, {"tdx.collateral.tcb_info.validity"}, "TCBInfo issue date is in the future"),
+    ],
+)
 def test_the_shipped_quotes_are_refused_by_both_for_the_same_reason(
     quote_file: str, at: dt.datetime, fmspc: str, our_checks: set[str], their_error: str
 ) -> None:
@@ -139,21 +157,27 @@ def test_the_shipped_quotes_are_refused_by_both_for_the_same_reason(
 
 
 def test_the_shipped_v4_quote_is_authentic_with_no_matching_tcb_level() -> None:
-    from dcap_reference import dcap_equivalent_policy
-
     from attestation.platforms.tdx.appraise import appraise_tdx
     from attestation.platforms.tdx.collateral import collateral_from_files
+    from dcap_reference import dcap_equivalent_policy
 
-    appraisal = appraise_tdx((VECTORS / "spr-quote-v4.dat").read_bytes(), collateral=collateral_from_files(shipped_collateral()),
-                             policy=dcap_equivalent_policy(), at=V4_AT)
+    appraisal = appraise_tdx(
+        (VECTORS / "spr-quote-v4.dat").read_bytes(),
+        collateral=collateral_from_files(shipped_collateral()),
+        policy=dcap_equivalent_policy(),
+        at=V4_AT,
+    )
     assert appraisal.claims["tcb_status"] == "NotSupported"
     assert not [r for r in appraisal.reasons if not r.check.startswith("tdx.policy.")], appraisal.reasons
 
 
-@pytest.mark.parametrize("quote_file, fmspc, at", [
-    ("spr-quote-v4.dat", V4_FMSPC, V4_AT),
-    ("quote-v5.dat", V5_FMSPC, dt.datetime(2026, 2, 15, tzinfo=dt.timezone.utc)),
-])
+@pytest.mark.parametrize(
+    "quote_file, fmspc, at",
+    [
+        ("spr-quote-v4.dat", V4_FMSPC, V4_AT),
+        ("quote-v5.dat", V5_FMSPC, dt.datetime(2026, 2, 15, tzinfo=dt.UTC)),
+    ],
+)
 def test_every_mutation_of_a_shipped_quote_is_refused_by_both(quote_file: str, fmspc: str, at: dt.datetime) -> None:
     files = shipped_collateral()
     for label, quote in quote_mutations((VECTORS / quote_file).read_bytes()):
@@ -167,7 +191,9 @@ def test_every_mutation_of_the_shipped_collateral_is_refused_by_both() -> None:
     for label, name, pos, mutated in collateral_mutations(files):
         if "90c06f" in name:  # the v5 platform's TCB info: not used for this quote
             continue
-        assert_agree_on_collateral(label, name, pos, files, ours(quote, mutated, V4_AT), theirs(quote, mutated, V4_AT, fmspc=V4_FMSPC))
+        assert_agree_on_collateral(
+            label, name, pos, files, ours(quote, mutated, V4_AT), theirs(quote, mutated, V4_AT, fmspc=V4_FMSPC)
+        )
 
 
 # --- the simulated TD: a quote both accept -------------------------------------------------
@@ -186,13 +212,25 @@ def simulated(sim_dir: Path, **options: object) -> tuple[bytes, dict[str, bytes]
     return evidence.evidence, dict(evidence.collateral), roots, attester.pki.intel.root.der
 
 
-def both(quote: bytes, files: Mapping[str, bytes], roots: frozenset[str], root_der: bytes, at: dt.datetime | None = None) -> tuple[Verdict, Verdict]:
-    at = at or dt.datetime.now(dt.timezone.utc)
+def both(
+    quote: bytes, files: Mapping[str, bytes], roots: frozenset[str], root_der: bytes, at: dt.datetime | None = None
+) -> tuple[Verdict, Verdict]:
+    at = at or dt.datetime.now(dt.UTC)
     return ours(quote, files, at, roots), theirs(quote, files, at, fmspc=SIM_FMSPC.hex(), root_der=root_der)
 
 
-@pytest.mark.parametrize("status", ["UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
-                                    "OutOfDate", "OutOfDateConfigurationNeeded", "Revoked"])
+@pytest.mark.parametrize(
+    "status",
+    [
+        "UpToDate",
+        "SWHardeningNeeded",
+        "ConfigurationNeeded",
+        "ConfigurationAndSWHardeningNeeded",
+        "OutOfDate",
+        "OutOfDateConfigurationNeeded",
+        "Revoked",
+    ],
+)
 def test_both_give_the_simulated_td_the_same_tcb_status(sim_dir: Path, status: str) -> None:
     quote, files, roots, root_der = simulated(sim_dir, tcb_status=status)
     mine, reference = both(quote, files, roots, root_der)
@@ -206,7 +244,7 @@ def test_both_refuse_a_debug_td_and_stale_collateral(sim_dir: Path) -> None:
     assert_agree("debug", mine, reference)
     assert "tdx.policy.allow_debug" in mine.why and "Debug mode" in reference.why
     quote, files, roots, root_der = simulated(sim_dir)
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=60)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=60)
     mine, reference = both(quote, files, roots, root_der, later)
     assert_agree("60 days later", mine, reference)
     assert not mine.accepted
@@ -242,7 +280,11 @@ def test_swapped_collateral_is_refused_by_both(sim_dir: Path, tmp_path: Path) ->
         "another vendor's PCK CRL": {**files, "pck-platform-crl.der": other_files["pck-platform-crl.der"]},
         "another vendor's root CA CRL": {**files, "root-ca-crl.der": other_files["root-ca-crl.der"]},
         "Intel's collateral": shipped,
-        "PCK CRL and root CA CRL swapped": {**files, "pck-platform-crl.der": files["root-ca-crl.der"], "root-ca-crl.der": files["pck-platform-crl.der"]},
+        "PCK CRL and root CA CRL swapped": {
+            **files,
+            "pck-platform-crl.der": files["root-ca-crl.der"],
+            "root-ca-crl.der": files["pck-platform-crl.der"],
+        },
         "the QE identity as the TCB info": {**files, tcb_name: files["qe-identity.json"]},
     }
     for label, swapped in swaps.items():
@@ -255,7 +297,9 @@ def test_swapped_collateral_is_refused_by_both(sim_dir: Path, tmp_path: Path) ->
     only_v5 = {n: d for n, d in shipped.items() if V4_FMSPC not in n}
     mine, reference = ours(v4, only_v5, V4_AT), theirs(v4, only_v5, V4_AT, fmspc=V5_FMSPC)
     assert_agree("v4 with the v5 platform's TCB info", mine, reference)
-    assert "tdx.collateral.tcb_info.fmspc" in mine.why and not reference.accepted  # dcap-qvl stops earlier: the TCB info is not valid yet
+    assert (
+        "tdx.collateral.tcb_info.fmspc" in mine.why and not reference.accepted
+    )  # dcap-qvl stops earlier: the TCB info is not valid yet
 
 
 def test_a_revoked_pck_certificate_is_refused_by_both(sim_dir: Path) -> None:
@@ -263,8 +307,11 @@ def test_a_revoked_pck_certificate_is_refused_by_both(sim_dir: Path) -> None:
     pck, _ = pck_chain_of(parse_quote(quote))
     assert pck is not None
     cache = simulated_collateral_files(load_or_create(sim_dir), revoked=[pck.leaf.der])
-    names = {"intel/pck-platform-crl.der": "pck-platform-crl.der", "intel/pck-platform-crl-issuer-chain.pem": "pck-crl-issuer-chain.pem",
-             "intel/root-ca-crl.der": "root-ca-crl.der"}
+    names = {
+        "intel/pck-platform-crl.der": "pck-platform-crl.der",
+        "intel/pck-platform-crl-issuer-chain.pem": "pck-crl-issuer-chain.pem",
+        "intel/root-ca-crl.der": "root-ca-crl.der",
+    }
     revoked = {**files, **{names[path]: data for path, data in cache.items() if path in names}}
     mine, reference = both(quote, revoked, roots, root_der)
     assert_agree("revoked PCK", mine, reference)

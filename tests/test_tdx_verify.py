@@ -1,20 +1,20 @@
 """TDX verification and appraisal on the real quotes and Intel collateral in tests/vectors/tdx."""
+
 from __future__ import annotations
 
 import shutil
 import struct
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from attestation.platforms.tdx.abi import CertificationData, parse_quote
 from attestation.abi.x509 import parse_certificates, parse_crl
 from attestation.errors import CollateralFormatError, EvidenceFormatError, EvidenceTooLargeError
 from attestation.findings import Appraisal
-from attestation.policy import Policy
 from attestation.platforms.base import NEUTRAL_CLAIMS
+from attestation.platforms.tdx.abi import CertificationData, parse_quote
 from attestation.platforms.tdx.appraise import appraise_tdx
 from attestation.platforms.tdx.collateral import load_collateral_dir
 from attestation.platforms.tdx.validate import TdxPolicy
@@ -25,9 +25,10 @@ from attestation.platforms.tdx.verify import (
     quote_signature_reasons,
     verify_tdx_quote,
 )
+from attestation.policy import Policy
 
-V4_AT = datetime(2023, 7, 1, tzinfo=timezone.utc)
-V5_AT = datetime(2026, 2, 15, tzinfo=timezone.utc)
+V4_AT = datetime(2023, 7, 1, tzinfo=UTC)
+V5_AT = datetime(2026, 2, 15, tzinfo=UTC)
 V4_MRTD = "6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f22fc00b8dcd404bc10d5e119d7215cbb"
 CLAIM_KEYS = {
     "version", "tee_tcb_svn", "mr_seam", "mr_signer_seam", "seam_attributes", "td_attributes", "debug",
@@ -162,10 +163,14 @@ def test_v4_collateral_for_another_platform(v4: bytes, collateral_dir: Path, tmp
 
 
 def test_expired_collateral_is_rejected(v4: bytes, collateral) -> None:  # noqa: ANN001
-    later = datetime(2023, 8, 1, tzinfo=timezone.utc)
+    later = datetime(2023, 8, 1, tzinfo=UTC)
     appraisal = appraise_tdx(v4, collateral=collateral, policy=Policy(), at=later)
     found = checks(appraisal)
-    assert {"tdx.collateral.tcb_info.validity", "tdx.collateral.qe_identity.validity", "tdx.collateral.pck_crl.validity"} <= found
+    assert {
+        "tdx.collateral.tcb_info.validity",
+        "tdx.collateral.qe_identity.validity",
+        "tdx.collateral.pck_crl.validity",
+    } <= found
     assert any("TCB info expired at its nextUpdate 2023-07-18T08:42:58" in r.message for r in appraisal.reasons)
     assert any("QE identity expired at its nextUpdate 2023-07-08T07:24:59" in r.message for r in appraisal.reasons)
     # the claims are still reported
@@ -173,9 +178,13 @@ def test_expired_collateral_is_rejected(v4: bytes, collateral) -> None:  # noqa:
 
 
 def test_collateral_not_yet_valid(v4: bytes, collateral) -> None:  # noqa: ANN001
-    earlier = datetime(2023, 6, 1, tzinfo=timezone.utc)
+    earlier = datetime(2023, 6, 1, tzinfo=UTC)
     found = checks(appraise_tdx(v4, collateral=collateral, policy=Policy(), at=earlier))
-    assert {"tdx.collateral.tcb_info.validity", "tdx.collateral.qe_identity.validity", "tdx.collateral.pck_crl.validity"} <= found
+    assert {
+        "tdx.collateral.tcb_info.validity",
+        "tdx.collateral.qe_identity.validity",
+        "tdx.collateral.pck_crl.validity",
+    } <= found
 
 
 def test_max_collateral_age(v4: bytes, collateral) -> None:  # noqa: ANN001
@@ -189,7 +198,7 @@ def test_max_collateral_age(v4: bytes, collateral) -> None:  # noqa: ANN001
 
 
 def test_pck_chain_expired_far_in_the_future(v4: bytes) -> None:
-    appraisal = appraise_tdx(v4, policy=Policy(), at=datetime(2030, 1, 1, tzinfo=timezone.utc))
+    appraisal = appraise_tdx(v4, policy=Policy(), at=datetime(2030, 1, 1, tzinfo=UTC))
     assert "tdx.pck.validity" in checks(appraisal)
     assert any("expired at 2029-09-20" in r.message for r in appraisal.reasons)
 
@@ -251,7 +260,12 @@ def test_bit_flips_through_appraise(v4: bytes, v5: bytes, collateral) -> None:  
 def test_attestation_key_and_auth_data_are_bound(v4: bytes) -> None:
     quote = parse_quote(v4)
     certification = quote.signature_data.qe_certification
-    other_auth = replace(quote, signature_data=replace(quote.signature_data, qe_certification=replace(certification, qe_auth_data=b"\x00" * 32)))
+    other_auth = replace(
+        quote,
+        signature_data=replace(
+            quote.signature_data, qe_certification=replace(certification, qe_auth_data=b"\x00" * 32)
+        ),
+    )
     appraisal = appraise_tdx(other_auth.to_bytes(), policy=Policy(), at=V4_AT)
     assert checks(appraisal) == {"tdx.qe.report_data"}
     key = bytearray(quote.signature_data.attestation_key)
@@ -308,7 +322,9 @@ def test_unusable_certification_data_is_a_reason(v4: bytes) -> None:
         assert appraisal.claims["fmspc"] is None and appraisal.claims["mr_td"] == V4_MRTD
 
 
-def test_collateral_issuer_chain_from_another_root(v4: bytes, collateral_dir: Path, vectors: Path, tmp_path: Path) -> None:
+def test_collateral_issuer_chain_from_another_root(
+    v4: bytes, collateral_dir: Path, vectors: Path, tmp_path: Path
+) -> None:
     shutil.copy(collateral_dir / "tcb-info-fmspc-50806f000000.json", tmp_path)
     shutil.copy(vectors / "sev-snp/amd-roots/milan-vcek-chain.pem", tmp_path / "tcb-info-issuer-chain.pem")
     appraisal = appraise_tdx(v4, collateral=load_collateral_dir(tmp_path), policy=Policy(), at=V4_AT)
@@ -340,7 +356,13 @@ def _collateral_copy(collateral_dir: Path, tmp_path: Path, name: str, old: bytes
 
 
 def test_tampered_tcb_info_byte(v4: bytes, collateral_dir: Path, tmp_path: Path) -> None:
-    directory = _collateral_copy(collateral_dir, tmp_path, "tcb-info-fmspc-50806f000000.json", b'"tcbEvaluationDataNumber":15', b'"tcbEvaluationDataNumber":16')
+    directory = _collateral_copy(
+        collateral_dir,
+        tmp_path,
+        "tcb-info-fmspc-50806f000000.json",
+        b'"tcbEvaluationDataNumber":15',
+        b'"tcbEvaluationDataNumber":16',
+    )
     verification = verify_tdx_quote(parse_quote(v4), collateral=load_collateral_dir(directory), at=V4_AT)
     assert [r.check for r in verification.reasons] == ["tdx.collateral.tcb_info.signature"]
 
@@ -353,7 +375,9 @@ def test_tampered_qe_identity_byte(v4: bytes, collateral_dir: Path, tmp_path: Pa
 
 def test_reserialization_trap_whitespace(v4: bytes, collateral_dir: Path, tmp_path: Path) -> None:
     # Same JSON content, different bytes: a verifier that re-serializes would accept it.
-    directory = _collateral_copy(collateral_dir, tmp_path, "tcb-info-fmspc-50806f000000.json", b'"pceId":"0000",', b'"pceId": "0000", ')
+    directory = _collateral_copy(
+        collateral_dir, tmp_path, "tcb-info-fmspc-50806f000000.json", b'"pceId":"0000",', b'"pceId": "0000", '
+    )
     collateral = load_collateral_dir(directory)
     original = load_collateral_dir(collateral_dir)
     assert collateral.tcb_infos[0].tcb_info == original.tcb_infos[0].tcb_info
@@ -365,7 +389,9 @@ def test_reserialization_trap_whitespace(v4: bytes, collateral_dir: Path, tmp_pa
     for entry in collateral_dir.iterdir():
         shutil.copy(entry, directory2 / entry.name)
     raw = (collateral_dir / "qe-identity.json").read_bytes()
-    (directory2 / "qe-identity.json").write_bytes(raw.replace(b'{"enclaveIdentity":', b'{\n  "enclaveIdentity" : ', 1) + b"\n")
+    (directory2 / "qe-identity.json").write_bytes(
+        raw.replace(b'{"enclaveIdentity":', b'{\n  "enclaveIdentity" : ', 1) + b"\n"
+    )
     assert verify_tdx_quote(parse_quote(v4), collateral=load_collateral_dir(directory2), at=V4_AT).reasons == ()
 
 
@@ -398,7 +424,9 @@ def test_load_collateral_dir_errors(collateral_dir: Path, tmp_path: Path) -> Non
     with pytest.raises(CollateralFormatError, match="root-ca-crl.der: not a CRL"):
         load_collateral_dir(tmp_path)
     (tmp_path / "root-ca-crl.der").unlink()
-    (tmp_path / "tcb-info-issuer-chain.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n")
+    (tmp_path / "tcb-info-issuer-chain.pem").write_bytes(
+        b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n"
+    )
     with pytest.raises(CollateralFormatError, match="not a certificate chain"):
         load_collateral_dir(tmp_path)
     (tmp_path / "tcb-info-issuer-chain.pem").unlink()

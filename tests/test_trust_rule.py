@@ -2,13 +2,15 @@
 NVIDIA GPUs: a shipped vendor root, or a root marked simulated *and* listed in the policy
 (always with the same warning); an unlisted simulated root and a listed fingerprint of a
 certificate that is not marked simulated are refused, under each platform's stable check id."""
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -18,28 +20,30 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from attestation.abi.x509 import parse_certificate
 from attestation.findings import Appraisal
 from attestation.platforms.nvidia.appraise import appraise_gpu
-from attestation.policy import Policy
-from attestation.platforms.snp.appraise import appraise_snp
-from attestation.platforms.tdx.appraise import appraise_tdx
 from attestation.platforms.nvidia.roots import NVIDIA_ROOTS
+from attestation.platforms.snp.appraise import appraise_snp
 from attestation.platforms.snp.roots import AMD_ROOTS, amd_root_chains
+from attestation.platforms.tdx.appraise import appraise_tdx
 from attestation.platforms.tdx.roots import INTEL_ROOTS
+from attestation.policy import Policy
 from attestation.trust import SIMULATED_ORGANIZATION, trust_root
-from enclave.simulated.pki import PSS, Issued, SimulatedPki
+from enclave.simulated.pki import PSS, Issued, SimulatedPki, load_or_create
 from enclave.simulated.snp import GuestOptions, SimulatedSnpFirmware
 from enclave.simulated.tdx import SimulatedTdxQuoter, TdOptions
 from enclave.simulated_gpu import IssuedCertificate, SimulatedGpuPki, load_or_create_gpu_pki, simulated_gpu_evidence
 from enclave_fixtures import MEASUREMENT, NONCE_A, shared_simulated_dir
-from enclave.simulated.pki import load_or_create
 
 ROOT_CHECK = {"sev-snp": "snp.chain.root", "tdx": "tdx.pck.root", "nvidia-gpu": "gpu.chain.root"}
 NOT_SIMULATED = "Not Simulated Vendor Ltd"
 
 
 def _renamed(name: x509.Name) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(attr.oid, NOT_SIMULATED if attr.value == SIMULATED_ORGANIZATION else attr.value) for attr in name
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(attr.oid, NOT_SIMULATED if attr.value == SIMULATED_ORGANIZATION else attr.value)
+            for attr in name
+        ]
+    )
 
 
 def reissue_without_simulated_mark(chain: list[Any]) -> list[Any]:
@@ -92,20 +96,24 @@ def gpu_pki() -> SimulatedGpuPki:
 def _snp(pki: SimulatedPki) -> Callable[[Policy], Appraisal]:
     report = SimulatedSnpFirmware(pki).report(bytes(64), GuestOptions(measurement=MEASUREMENT))
     certs = (pki.amd.vcek.der, pki.amd.ask.pem + pki.amd.ark.pem)
-    return lambda policy: appraise_snp(report, certificates=certs, policy=policy, at=datetime.now(timezone.utc))
+    return lambda policy: appraise_snp(report, certificates=certs, policy=policy, at=datetime.now(UTC))
 
 
 def _tdx(pki: SimulatedPki) -> Callable[[Policy], Appraisal]:
     quote = SimulatedTdxQuoter(pki).quote(bytes(64), TdOptions(mr_td=MEASUREMENT))
-    return lambda policy: appraise_tdx(quote, policy=policy, at=datetime.now(timezone.utc))
+    return lambda policy: appraise_tdx(quote, policy=policy, at=datetime.now(UTC))
 
 
 def _gpu(gpu_pki: SimulatedGpuPki) -> Callable[[Policy], Appraisal]:
     evidence, chain = simulated_gpu_evidence(NONCE_A, gpu_pki)
-    return lambda policy: appraise_gpu(evidence, certificates=chain, expected_nonce=NONCE_A, policy=policy, at=datetime.now(timezone.utc))
+    return lambda policy: appraise_gpu(
+        evidence, certificates=chain, expected_nonce=NONCE_A, policy=policy, at=datetime.now(UTC)
+    )
 
 
-def simulated_case(platform: str, pki: SimulatedPki, gpu_pki: SimulatedGpuPki) -> tuple[Callable[[Policy], Appraisal], str]:
+def simulated_case(
+    platform: str, pki: SimulatedPki, gpu_pki: SimulatedGpuPki
+) -> tuple[Callable[[Policy], Appraisal], str]:
     if platform == "sev-snp":
         return _snp(pki), fingerprint(pki.amd.ark.cert)
     if platform == "tdx":
@@ -113,7 +121,9 @@ def simulated_case(platform: str, pki: SimulatedPki, gpu_pki: SimulatedGpuPki) -
     return _gpu(gpu_pki), gpu_pki.root_fingerprint
 
 
-def unmarked_case(platform: str, pki: SimulatedPki, gpu_pki: SimulatedGpuPki) -> tuple[Callable[[Policy], Appraisal], str]:
+def unmarked_case(
+    platform: str, pki: SimulatedPki, gpu_pki: SimulatedGpuPki
+) -> tuple[Callable[[Policy], Appraisal], str]:
     """Evidence whose chain ends at a root that is *not* marked simulated (same keys, renamed)."""
     if platform == "sev-snp":
         ark, ask, vcek = reissue_without_simulated_mark([pki.amd.ark, pki.amd.ask, pki.amd.vcek])
@@ -123,7 +133,9 @@ def unmarked_case(platform: str, pki: SimulatedPki, gpu_pki: SimulatedGpuPki) ->
         root, ca, leaf = reissue_without_simulated_mark([pki.intel.root, pki.intel.pck_ca, pki.intel.pck_leaf])
         other = dataclasses.replace(pki, intel=dataclasses.replace(pki.intel, root=root, pck_ca=ca, pck_leaf=leaf))
         return _tdx(other), fingerprint(root.cert)
-    chain = reissue_without_simulated_mark([gpu_pki.root, gpu_pki.identity, gpu_pki.provisioner, gpu_pki.brom, gpu_pki.leaf])
+    chain = reissue_without_simulated_mark(
+        [gpu_pki.root, gpu_pki.identity, gpu_pki.provisioner, gpu_pki.brom, gpu_pki.leaf]
+    )
     other_gpu = dataclasses.replace(gpu_pki, **dict(zip(("root", "identity", "provisioner", "brom", "leaf"), chain)))
     return _gpu(other_gpu), fingerprint(chain[0].cert)
 
@@ -140,13 +152,17 @@ def simulated_warnings(appraisal: Appraisal) -> list[str]:
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
-def test_listed_simulated_root_is_trusted_with_the_same_warning(platform: str, pki: SimulatedPki, gpu_pki: SimulatedGpuPki) -> None:
+def test_listed_simulated_root_is_trusted_with_the_same_warning(
+    platform: str, pki: SimulatedPki, gpu_pki: SimulatedGpuPki
+) -> None:
     appraise, root = simulated_case(platform, pki, gpu_pki)
     appraisal = appraise(Policy(trusted_simulated_roots=frozenset({root})))
     assert appraisal.accepted, appraisal.reasons
     assert appraisal.claims["simulated"] is True
     (warning,) = simulated_warnings(appraisal)
-    assert warning.endswith(f"ends at a simulated root trusted by the policy (fingerprint {root}): the evidence is simulated and proves nothing about hardware")
+    assert warning.endswith(
+        f"ends at a simulated root trusted by the policy (fingerprint {root}): the evidence is simulated and proves nothing about hardware"
+    )
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
@@ -159,7 +175,9 @@ def test_unlisted_simulated_root_is_refused(platform: str, pki: SimulatedPki, gp
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
-def test_listed_fingerprint_of_a_root_not_marked_simulated_is_refused(platform: str, pki: SimulatedPki, gpu_pki: SimulatedGpuPki) -> None:
+def test_listed_fingerprint_of_a_root_not_marked_simulated_is_refused(
+    platform: str, pki: SimulatedPki, gpu_pki: SimulatedGpuPki
+) -> None:
     appraise, root = unmarked_case(platform, pki, gpu_pki)
     trusted = appraise(Policy(trusted_simulated_roots=frozenset({root})))
     (message,) = root_reasons(trusted, platform)
@@ -174,15 +192,25 @@ def test_listed_fingerprint_of_a_root_not_marked_simulated_is_refused(platform: 
 
 def test_vendor_roots_are_trusted_without_warning(vectors: Path) -> None:
     # SNP: the real Milan report and VCEK
-    snp = appraise_snp((vectors / "sev-snp" / "milan-report-v2.bin").read_bytes(),
-                       certificates=((vectors / "sev-snp" / "milan-report-v2.vcek.der").read_bytes(),),
-                       policy=Policy(allow_debug=True), at=datetime(2024, 1, 1, tzinfo=timezone.utc))
+    snp = appraise_snp(
+        (vectors / "sev-snp" / "milan-report-v2.bin").read_bytes(),
+        certificates=((vectors / "sev-snp" / "milan-report-v2.vcek.der").read_bytes(),),
+        policy=Policy(allow_debug=True),
+        at=datetime(2024, 1, 1, tzinfo=UTC),
+    )
     # TDX: the real Sapphire Rapids quote
-    tdx = appraise_tdx((vectors / "tdx" / "spr-quote-v4.dat").read_bytes(), policy=Policy(), at=datetime(2023, 7, 1, tzinfo=timezone.utc))
+    tdx = appraise_tdx(
+        (vectors / "tdx" / "spr-quote-v4.dat").read_bytes(),
+        policy=Policy(),
+        at=datetime(2023, 7, 1, tzinfo=UTC),
+    )
     # GPU: the real Hopper evidence and chain
-    gpu = appraise_gpu((vectors / "nvidia-gpu" / "hopper-attestation-report.hex").read_text(),
-                       certificates=(vectors / "nvidia-gpu" / "hopper-cert-chain.pem").read_bytes(),
-                       policy=Policy(), at=datetime(2024, 7, 1, tzinfo=timezone.utc))
+    gpu = appraise_gpu(
+        (vectors / "nvidia-gpu" / "hopper-attestation-report.hex").read_text(),
+        certificates=(vectors / "nvidia-gpu" / "hopper-cert-chain.pem").read_bytes(),
+        policy=Policy(),
+        at=datetime(2024, 7, 1, tzinfo=UTC),
+    )
     for platform, appraisal in (("sev-snp", snp), ("tdx", tdx), ("nvidia-gpu", gpu)):
         assert not root_reasons(appraisal, platform), appraisal.reasons
         assert appraisal.claims["simulated"] is False and not simulated_warnings(appraisal)

@@ -2,6 +2,7 @@
 with an UpdateFormatError and a one-line reason: never another exception, never an allocation
 sized by what the header claims. Named regressions for each crafted case, then a bounded
 hypothesis fuzz over decode_tensors."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,10 @@ from protocol.tensors import (
     encode_tensors,
 )
 
-TENSORS = {"layer.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "layer.bias": np.array([0.5, -1.0], np.float32)}
+TENSORS = {
+    "layer.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+    "layer.bias": np.array([0.5, -1.0], np.float32),
+}
 SPEC = ModelSpec.of(TENSORS)
 GOOD = encode_tensors(TENSORS)
 WEIGHT = {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}
@@ -57,6 +61,7 @@ def test_the_framing_helper_builds_a_valid_update() -> None:
 
 # ---- JSON structure --------------------------------------------------------------------------------
 
+
 def test_deeply_nested_json_is_refused_without_recursion_error() -> None:
     for opener in ("[", '{"a":'):
         header = '{"x":' + opener * 200_000
@@ -66,9 +71,16 @@ def test_deeply_nested_json_is_refused_without_recursion_error() -> None:
 
 
 def test_duplicate_keys_are_refused() -> None:
-    header = '{"layer.weight": %s, "layer.bias": %s, "layer.bias": %s}' % (json.dumps(WEIGHT), json.dumps(BIAS), json.dumps(BIAS))
+    header = '{"layer.weight": %s, "layer.bias": %s, "layer.bias": %s}' % (
+        json.dumps(WEIGHT),
+        json.dumps(BIAS),
+        json.dumps(BIAS),
+    )
     assert "duplicate key 'layer.bias'" in refused(framed(header))
-    inner = '{"layer.weight": {"dtype": "F32", "dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "layer.bias": %s}' % json.dumps(BIAS)
+    inner = (
+        '{"layer.weight": {"dtype": "F32", "dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "layer.bias": %s}'
+        % json.dumps(BIAS)
+    )
     assert "duplicate key 'dtype'" in refused(framed(inner))
     assert "duplicate key '__metadata__'" in refused(framed('{"__metadata__": {}, "__metadata__": {}}', b""), None)
 
@@ -96,6 +108,7 @@ def test_header_must_be_utf8_json() -> None:
 
 
 # ---- offsets ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("bias", "message"),
@@ -133,6 +146,7 @@ def test_header_length_past_the_data_is_refused() -> None:
 
 # ---- shapes ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("shape", "offsets", "message"),
     [
@@ -168,13 +182,18 @@ def test_many_tensors_are_refused_and_names_are_cut_in_messages() -> None:
     header = json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(5000)})
     assert "more than 4096" in refused(framed(header, b""), None)
     long_name = "n" * 100_000
-    message = refused(framed(entries(**{long_name: {"dtype": "F32", "shape": [1], "data_offsets": [32, 36]}}), BODY + b"\0" * 4))
+    message = refused(
+        framed(entries(**{long_name: {"dtype": "F32", "shape": [1], "data_offsets": [32, 36]}}), BODY + b"\0" * 4)
+    )
     assert "unexpected ['nnnn" in message and len(message) < 400
 
 
 # ---- metadata --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("metadata", [{"weight": 12}, {"weight": None}, {"weight": ["1"]}, [], "x", 5, [["weight", "1"]]])
+
+@pytest.mark.parametrize(
+    "metadata", [{"weight": 12}, {"weight": None}, {"weight": ["1"]}, [], "x", 5, [["weight", "1"]]]
+)
 def test_metadata_must_map_strings_to_strings(metadata: Any) -> None:
     assert "__metadata__ must map strings to strings" in refused(framed(entries(__metadata__=metadata)))
 
@@ -185,6 +204,7 @@ def test_null_or_empty_metadata_is_none() -> None:
 
 
 # ---- bounds: nothing allocated from what the header claims -------------------------------------------
+
 
 def test_an_update_larger_than_the_spec_allows_is_refused_before_parsing() -> None:
     data = framed(entries(), BODY + b"\0" * (SPEC.max_update_bytes))
@@ -212,10 +232,18 @@ def test_valid_decodes_are_views_without_copies() -> None:
 
 def test_model_spec_from_json_is_typed_and_bounded() -> None:
     assert ModelSpec.from_json(SPEC.to_json()) == SPEC
-    for text in ('[{"name": "w", "dtype": "F32", "shape": [true]}]', '[{"name": 1, "dtype": "F32", "shape": [1]}]',
-                 '[{"name": "w", "dtype": "F32", "shape": [-1]}]', '[{"name": "w", "dtype": "F32", "shape": [1], "x": 1}]',
-                 '[{"name": "w", "dtype": "F32", "shape": [4294967296, 4294967296]}]', '{"name": "w"}', "[" * 100_000,
-                 '[{"name": "w", "dtype": "F64", "shape": [1]}]', "[]", '[{"name": "w", "dtype": "F32", "shape": [1.5]}]'):
+    for text in (
+        '[{"name": "w", "dtype": "F32", "shape": [true]}]',
+        '[{"name": 1, "dtype": "F32", "shape": [1]}]',
+        '[{"name": "w", "dtype": "F32", "shape": [-1]}]',
+        '[{"name": "w", "dtype": "F32", "shape": [1], "x": 1}]',
+        '[{"name": "w", "dtype": "F32", "shape": [4294967296, 4294967296]}]',
+        '{"name": "w"}',
+        "[" * 100_000,
+        '[{"name": "w", "dtype": "F64", "shape": [1]}]',
+        "[]",
+        '[{"name": "w", "dtype": "F32", "shape": [1.5]}]',
+    ):
         with pytest.raises(UpdateFormatError):
             ModelSpec.from_json(text)
     with pytest.raises(UpdateFormatError, match="more than"):
@@ -227,24 +255,38 @@ def test_model_spec_from_json_is_typed_and_bounded() -> None:
 
 FUZZ = settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
-scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8)
-           | st.sampled_from(["F32", "F64", 0, 8, 24, 32, 2**32, 2**62]))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.sampled_from(["F32", "F64", 0, 8, 24, 32, 2**32, 2**62])
+)
 json_values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(["dtype", "shape", "data_offsets", "x"]) | st.text(max_size=4), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["dtype", "shape", "data_offsets", "x"]) | st.text(max_size=4), children, max_size=4
+        )
+    ),
     max_leaves=12,
 )
 dimensions = st.sampled_from([0, 1, 2, 3, 6, 2**32, 2**62]) | st.integers(-1, 2**64) | scalars
 offsets = st.sampled_from([0, 8, 24, 32]) | st.integers(-1, 2**65) | scalars
 entry = st.fixed_dictionaries(
-    {"dtype": st.sampled_from(["F32", "F32", "F32", "F16"]) | json_values,
-     "shape": st.lists(dimensions, max_size=4) | json_values,
-     "data_offsets": st.lists(offsets, min_size=2, max_size=2) | st.lists(offsets, max_size=3) | json_values},
+    {
+        "dtype": st.sampled_from(["F32", "F32", "F32", "F16"]) | json_values,
+        "shape": st.lists(dimensions, max_size=4) | json_values,
+        "data_offsets": st.lists(offsets, min_size=2, max_size=2) | st.lists(offsets, max_size=3) | json_values,
+    },
     optional={"x": json_values},
 )
 metadata = st.dictionaries(st.text(max_size=4), st.text(max_size=4) | scalars, max_size=3) | json_values
-headers = st.dictionaries(st.sampled_from(["layer.weight", "layer.bias", "other"]) | st.text(max_size=6), entry | json_values,
-                          max_size=5).flatmap(lambda h: st.just(h) | metadata.map(lambda m: {**h, "__metadata__": m}))
+headers = st.dictionaries(
+    st.sampled_from(["layer.weight", "layer.bias", "other"]) | st.text(max_size=6), entry | json_values, max_size=5
+).flatmap(lambda h: st.just(h) | metadata.map(lambda m: {**h, "__metadata__": m}))
 
 
 def check(data: bytes) -> None:
@@ -277,7 +319,9 @@ def test_fuzz_crafted_headers(header: dict, body: bytes, length_error: int, with
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, len(GOOD) - 1), st.integers(0, 255)), max_size=6), st.integers(0, len(GOOD) + 8))
+@given(
+    st.lists(st.tuples(st.integers(0, len(GOOD) - 1), st.integers(0, 255)), max_size=6), st.integers(0, len(GOOD) + 8)
+)
 def test_fuzz_mutated_valid_update(flips: list[tuple[int, int]], cut: int) -> None:
     data = bytearray(GOOD)
     for position, value in flips:

@@ -1,4 +1,5 @@
 """Updates in the safetensors layout, checked against the model spec before aggregation."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,10 @@ from safetensors.numpy import save as safetensors_save
 
 from protocol.tensors import ModelSpec, UpdateFormatError, decode_tensors, encode_tensors, flatten, unflatten
 
-TENSORS = {"layer.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "layer.bias": np.array([0.5, -1.0], np.float32)}
+TENSORS = {
+    "layer.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+    "layer.bias": np.array([0.5, -1.0], np.float32),
+}
 SPEC = ModelSpec.of(TENSORS)
 
 
@@ -53,13 +57,23 @@ def test_spec_mismatches_are_refused(mutate, message: str) -> None:  # noqa: ANN
 def test_malformed_layouts() -> None:
     weight = TENSORS["layer.weight"].tobytes()
     bias = TENSORS["layer.bias"].tobytes()
-    good = {"layer.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
-            "layer.bias": {"dtype": "F32", "shape": [2], "data_offsets": [24, 32]}}
+    good = {
+        "layer.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+        "layer.bias": {"dtype": "F32", "shape": [2], "data_offsets": [24, 32]},
+    }
     assert decode_tensors(_raw(good, weight + bias), SPEC)
     cases = [
-        (dict(good, **{"layer.bias": {"dtype": "F32", "shape": [2], "data_offsets": [20, 28]}}), weight + bias, "overlap"),
+        (
+            dict(good, **{"layer.bias": {"dtype": "F32", "shape": [2], "data_offsets": [20, 28]}}),
+            weight + bias,
+            "overlap",
+        ),
         (good, weight + bias + b"\0" * 4, "data bytes"),
-        (dict(good, **{"layer.bias": {"dtype": "F64", "shape": [2], "data_offsets": [24, 40]}}), weight + bias * 2, "not supported"),
+        (
+            dict(good, **{"layer.bias": {"dtype": "F64", "shape": [2], "data_offsets": [24, 40]}}),
+            weight + bias * 2,
+            "not supported",
+        ),
         (dict(good, **{"layer.bias": {"dtype": "F32", "shape": [2]}}), weight + bias, "malformed"),
     ]
     for header, body, message in cases:

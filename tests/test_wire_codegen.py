@@ -1,5 +1,6 @@
 """The committed gRPC code is exactly what the .proto files generate with the pinned generator
 (grpcio-tools 1.67.1, the test extra's pin: its code runs on protobuf 5.27.2 to 7.x)."""
+
 from __future__ import annotations
 
 import shutil
@@ -16,8 +17,19 @@ def test_generated_code_matches_the_protos(tmp_path: Path) -> None:
     for proto in PROTOS:
         shutil.copy(ROOT / f"protocol/wire/{proto}.proto", tmp_path / f"protocol/wire/{proto}.proto")
         subprocess.run(
-            [sys.executable, "-m", "grpc_tools.protoc", "-I.", "--python_out=.", "--grpc_python_out=.", f"protocol/wire/{proto}.proto"],
-            cwd=tmp_path, check=True, capture_output=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                "-I.",
+                "--python_out=.",
+                "--grpc_python_out=.",
+                f"protocol/wire/{proto}.proto",
+            ],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         for name in (f"{proto}_pb2.py", f"{proto}_pb2_grpc.py"):
             assert (tmp_path / "protocol/wire" / name).read_text() == (ROOT / "protocol/wire" / name).read_text(), (
@@ -34,5 +46,7 @@ def test_generated_code_supports_the_declared_protobuf_range() -> None:
     protobuf = next(d for d in declared if d.startswith("protobuf"))
     floor = re.search(r">=([\d.]+)", protobuf).group(1)
     for proto in PROTOS:
-        gencode = re.search(r"# Protobuf Python Version: ([\d.]+)", (ROOT / f"protocol/wire/{proto}_pb2.py").read_text()).group(1)
+        gencode = re.search(
+            r"# Protobuf Python Version: ([\d.]+)", (ROOT / f"protocol/wire/{proto}_pb2.py").read_text()
+        ).group(1)
         assert gencode == floor, (proto, gencode, protobuf)

@@ -1,13 +1,14 @@
 """Certificates decode without deprecated paths; chains and CRLs verify on vendor material."""
+
 from __future__ import annotations
 
 import pytest
 
 from attestation.abi.x509 import parse_certificate, parse_certificates, parse_crl
 from attestation.errors import CertificateFormatError
-from attestation.timeutil import parse_time
 from attestation.platforms.snp.roots import amd_root_chains
 from attestation.platforms.tdx.roots import intel_sgx_root_ca
+from attestation.timeutil import parse_time
 from attestation.verify.chain import ChainLink, crl_reasons, verify_chain
 
 
@@ -55,7 +56,10 @@ def test_pck_crl_signed_by_platform_ca(vectors):
     assert crl_reasons(crl, root, at=parse_time("2023-07-01T00:00:00Z"), check_prefix="t", name="PCK CRL")
 
 
-@pytest.mark.parametrize("data", [b"", b"\x30\x03\x02\x01", b"not a certificate", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"])
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x30\x03\x02\x01", b"not a certificate", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"],
+)
 def test_garbage_certificates_raise_typed_error(data):
     with pytest.raises(CertificateFormatError):
         parse_certificate(data)

@@ -1,13 +1,13 @@
 """The attester side of the toy platform (``tests/toy_platform.py``): a CPU TEE that answers
 ``evidence(report_data)`` with toy evidence, so an evidence bundle, a site and the aggregator's
 admission handle it through the registry like any other platform."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from toy_platform import NAME, ToyVendor
-
 from enclave.interface import Attester, CpuEvidence, check_report_data
+from toy_platform import NAME, ToyVendor
 
 
 class ToyAttester(Attester):
@@ -28,5 +28,7 @@ class ToyAttester(Attester):
         return self.measurement
 
     def evidence(self, report_data: bytes) -> CpuEvidence:
-        evidence = self.vendor.evidence(measurement=self.measurement, report_data=check_report_data(report_data), debug=self.debug)
+        evidence = self.vendor.evidence(
+            measurement=self.measurement, report_data=check_report_data(report_data), debug=self.debug
+        )
         return CpuEvidence(NAME, evidence, (self.vendor.root_der,), source=self.name)

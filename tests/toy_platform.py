@@ -22,15 +22,17 @@ policy lists is trusted), and the ``[toy]`` policy section: ``toy.policy.allow_d
 The producing side (:func:`make_evidence`, :class:`ToyVendor`) lives here too, so a test can
 make evidence; nothing in it is imported by attestfl.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Self
+from typing import Any, Self
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -83,24 +85,40 @@ def parse_evidence(data: bytes) -> ToyEvidence:
     _magic, measurement, report_data, flags, cert_len = _HEAD.unpack_from(data)
     end = _HEAD.size + cert_len
     if len(data) != end + SIGNATURE_SIZE:
-        raise EvidenceFormatError(f"toy evidence: {len(data)} bytes, expected {end + SIGNATURE_SIZE} for a {cert_len}-byte certificate")
+        raise EvidenceFormatError(
+            f"toy evidence: {len(data)} bytes, expected {end + SIGNATURE_SIZE} for a {cert_len}-byte certificate"
+        )
     if flags & ~FLAG_DEBUG:
         raise EvidenceFormatError(f"toy evidence: unknown flags {flags:#x}")
-    return ToyEvidence(measurement, report_data, bool(flags & FLAG_DEBUG), data[_HEAD.size:end], data[end:], data[:end])
+    return ToyEvidence(
+        measurement, report_data, bool(flags & FLAG_DEBUG), data[_HEAD.size : end], data[end:], data[:end]
+    )
 
 
 # --- the producing side (tests only) ----------------------------------------------------
 
 
-def make_evidence(signing_key: ed25519.Ed25519PrivateKey, certificate_der: bytes, *, measurement: bytes, report_data: bytes,
-                  debug: bool = False) -> bytes:
-    head = _HEAD.pack(MAGIC, measurement, report_data, FLAG_DEBUG if debug else 0, len(certificate_der)) + certificate_der
+def make_evidence(
+    signing_key: ed25519.Ed25519PrivateKey,
+    certificate_der: bytes,
+    *,
+    measurement: bytes,
+    report_data: bytes,
+    debug: bool = False,
+) -> bytes:
+    head = (
+        _HEAD.pack(MAGIC, measurement, report_data, FLAG_DEBUG if debug else 0, len(certificate_der)) + certificate_der
+    )
     return head + signing_key.sign(head)
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, SIMULATED_ORGANIZATION)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, SIMULATED_ORGANIZATION),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -117,28 +135,47 @@ class ToyVendor:
         return hashlib.sha256(self.root_der).hexdigest()
 
     def evidence(self, *, measurement: bytes, report_data: bytes, debug: bool = False) -> bytes:
-        return make_evidence(self.device_key, self.device_der, measurement=measurement, report_data=report_data, debug=debug)
+        return make_evidence(
+            self.device_key, self.device_der, measurement=measurement, report_data=report_data, debug=debug
+        )
 
     @classmethod
-    def load_or_create(cls, directory: Path) -> "ToyVendor":
+    def load_or_create(cls, directory: Path) -> ToyVendor:
         files = [directory / n for n in ("root.der", "device.der", "device.key")]
         if not all(p.exists() for p in files):
             directory.mkdir(parents=True, exist_ok=True)
-            now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+            now = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
             root_key, device_key = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
 
             def issue(subject: str, key: ed25519.Ed25519PublicKey, ca: bool) -> x509.Certificate:
-                builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name("toy root"))
-                           .public_key(key).serial_number(x509.random_serial_number())
-                           .not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
-                           .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+                builder = (
+                    x509.CertificateBuilder()
+                    .subject_name(_name(subject))
+                    .issuer_name(_name("toy root"))
+                    .public_key(key)
+                    .serial_number(x509.random_serial_number())
+                    .not_valid_before(now)
+                    .not_valid_after(now + dt.timedelta(days=3650))
+                    .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+                )
                 return builder.sign(root_key, None)
 
-            files[0].write_bytes(issue("toy root", root_key.public_key(), True).public_bytes(serialization.Encoding.DER))
-            files[1].write_bytes(issue("toy device", device_key.public_key(), False).public_bytes(serialization.Encoding.DER))
-            files[2].write_bytes(device_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                                          serialization.NoEncryption()))
-        return cls(files[0].read_bytes(), ed25519.Ed25519PrivateKey.from_private_bytes(files[2].read_bytes()), files[1].read_bytes())
+            files[0].write_bytes(
+                issue("toy root", root_key.public_key(), True).public_bytes(serialization.Encoding.DER)
+            )
+            files[1].write_bytes(
+                issue("toy device", device_key.public_key(), False).public_bytes(serialization.Encoding.DER)
+            )
+            files[2].write_bytes(
+                device_key.private_bytes(
+                    serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+                )
+            )
+        return cls(
+            files[0].read_bytes(),
+            ed25519.Ed25519PrivateKey.from_private_bytes(files[2].read_bytes()),
+            files[1].read_bytes(),
+        )
 
 
 # --- trust roots: none shipped ------------------------------------------------------------
@@ -171,15 +208,21 @@ def validate(evidence: ToyEvidence, policy: AppraisalPolicy) -> Iterator[Reason]
     if evidence.debug and not policy.allow_debug:
         yield Reason("toy.policy.allow_debug", "the toy guest runs with debug on and the policy forbids debug")
     if policy.report_data is not None and evidence.report_data != policy.report_data:
-        yield Reason("toy.policy.report_data", f"report_data {evidence.report_data.hex()} differs from the required one")
+        yield Reason(
+            "toy.policy.report_data", f"report_data {evidence.report_data.hex()} differs from the required one"
+        )
     if section.measurement and evidence.measurement not in section.measurement:
-        yield Reason("toy.policy.measurement", f"measurement {evidence.measurement.hex()} is not among the allowed values")
+        yield Reason(
+            "toy.policy.measurement", f"measurement {evidence.measurement.hex()} is not among the allowed values"
+        )
 
 
 # --- verify ---------------------------------------------------------------------------------
 
 
-def verify(evidence: ToyEvidence, root: Certificate | None, policy: AppraisalPolicy, at: datetime) -> tuple[list[Reason], list[str], bool]:
+def verify(
+    evidence: ToyEvidence, root: Certificate | None, policy: AppraisalPolicy, at: datetime
+) -> tuple[list[Reason], list[str], bool]:
     """(reasons, warnings, simulated): the signature by the certificate's key, the certificate's
     chain to the root, and the one trust rule on the root."""
     reasons: list[Reason] = []
@@ -198,7 +241,9 @@ def verify(evidence: ToyEvidence, root: Certificate | None, policy: AppraisalPol
     if root is None:
         reasons.append(Reason("toy.chain.root", "no root certificate was given for the toy signing certificate"))
         return reasons, warnings, False
-    reasons += verify_chain([ChainLink(leaf, "toy device"), ChainLink(root, "toy root")], at=at, check_prefix="toy.chain")
+    reasons += verify_chain(
+        [ChainLink(leaf, "toy device"), ChainLink(root, "toy root")], at=at, check_prefix="toy.chain"
+    )
     trust = trust_root(root, policy, vendor=TOY_ROOTS, what="the toy certificate chain")
     if trust.reason is not None:
         reasons.append(Reason("toy.chain.root", trust.reason))
@@ -227,15 +272,28 @@ class ToyPlatform:
     def report_data(self, evidence: bytes) -> bytes:
         return parse_evidence(evidence).report_data
 
-    def appraise(self, evidence: bytes, *, policy: AppraisalPolicy, at: datetime, inputs: EvidenceInputs,
-                 collateral: CollateralStore | None) -> Appraisal:
+    def appraise(
+        self,
+        evidence: bytes,
+        *,
+        policy: AppraisalPolicy,
+        at: datetime,
+        inputs: EvidenceInputs,
+        collateral: CollateralStore | None,
+    ) -> Appraisal:
         parsed = parse_evidence(evidence)
         roots = [parse_certificate(c) for c in inputs.certificates]
         root = next((c for c in roots if c.is_ca), None)
         reasons, warnings, simulated = verify(parsed, root, policy, at)
         reasons += validate(parsed, policy)
-        claims = neutral_claims(NAME, measurement=parsed.measurement, debug=parsed.debug, simulated=simulated, tcb_status=None,
-                                signing_key="toy-device-key")
+        claims = neutral_claims(
+            NAME,
+            measurement=parsed.measurement,
+            debug=parsed.debug,
+            simulated=simulated,
+            tcb_status=None,
+            signing_key="toy-device-key",
+        )
         claims["report_data"] = parsed.report_data.hex()
         return Appraisal(NAME, claims, tuple(reasons), tuple(warnings))
 

@@ -10,6 +10,7 @@ regenerate with
 
     python tools/gen_small_networks.py > native/_small_networks.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -85,8 +86,13 @@ def main() -> None:
             exact = frozenset(range(k)) | frozenset(range(n - k, n))
             lines += kernel(name, n, k, n - 1 - k, exact)
             table.append(f"    ({n}, {k}, {n - 1 - k}): {name},")
-    lines += ["", "", "# (N, first, last) -> kernel(stack, out, bad_rows, first_block, last_block):",
-        "# mean of sorted positions first..last for the columns of blocks [first_block, last_block)", "KERNELS = {"]
+    lines += [
+        "",
+        "",
+        "# (N, first, last) -> kernel(stack, out, bad_rows, first_block, last_block):",
+        "# mean of sorted positions first..last for the columns of blocks [first_block, last_block)",
+        "KERNELS = {",
+    ]
     lines += table
     lines += ["}", ""]
     sys.stdout.write("\n".join(lines))

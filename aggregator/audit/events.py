@@ -27,6 +27,7 @@ log is rolled back to its last acknowledged entry and refuses every later ``reco
 aggregator stops serving and exits; a restart (once the disk has room again) reopens the
 log, recovers any torn tail and continues it with a ``handover`` entry.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,11 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aggregator.audit.log import AuditLogError, AuditLogUnavailable, LogStore, TreeHead, key_binding_nonce
 from attestation.abi.bundle import encode_bundle
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeys
-
-from aggregator.audit.log import AuditLogError, AuditLogUnavailable, LogStore, TreeHead, key_binding_nonce
 from protocol.auditlog.records import LOG_FORMAT, admission_policy_record, plain
 
 LOG = logging.getLogger("attestfl.aggregator.audit")
@@ -48,8 +48,15 @@ LOG = logging.getLogger("attestfl.aggregator.audit")
 class AuditLog:
     """Event sink writing the tamper-evident log; forwards events to ``forward`` too."""
 
-    def __init__(self, directory: str | Path, keys: EnclaveKeys, *, forward: Any | None = None, fsync: bool = True,
-                 clock: Any = time.time) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        keys: EnclaveKeys,
+        *,
+        forward: Any | None = None,
+        fsync: bool = True,
+        clock: Any = time.time,
+    ) -> None:
         self.store = LogStore(directory, fsync=fsync)
         self.keys = keys
         self.forward = forward
@@ -82,24 +89,43 @@ class AuditLog:
 
         :class:`AuditLogUnavailable` if this or an earlier append failed (fail stop);
         :class:`AuditLogError` if the entry cannot be encoded (nothing written)."""
-        index, _ = self.store.append(kind, self._now_ms(), plain(fields), key=self.keys.public.ed25519, sign=self.keys.sign)
+        index, _ = self.store.append(
+            kind, self._now_ms(), plain(fields), key=self.keys.public.ed25519, sign=self.keys.sign
+        )
         return index
 
-    def begin(self, attester: Attester, *, gpu: GpuAttester | None = None, tee: str = "", config_raw: bytes = b"",
-              admission: Any = None, task: dict[str, Any] | None = None, build: str = "attestfl") -> None:
+    def begin(
+        self,
+        attester: Attester,
+        *,
+        gpu: GpuAttester | None = None,
+        tee: str = "",
+        config_raw: bytes = b"",
+        admission: Any = None,
+        task: dict[str, Any] | None = None,
+        build: str = "attestfl",
+    ) -> None:
         """Log this run's evidence (start or handover) and its configuration."""
         previous = self.store.last_head
         size = self.store.size
         nonce = key_binding_nonce(size, self.store.root())
         bundle = make_bundle(attester, self.keys, nonce, gpu=gpu)
-        fields: dict[str, Any] = {"evidence": encode_bundle(bundle), "ed25519": self.keys.public.ed25519,
-                                  "x25519": self.keys.public.x25519, "tee": tee, "build": build,
-                                  "recovered": list(self.store.recovered)}
+        fields: dict[str, Any] = {
+            "evidence": encode_bundle(bundle),
+            "ed25519": self.keys.public.ed25519,
+            "x25519": self.keys.public.x25519,
+            "tee": tee,
+            "build": build,
+            "recovered": list(self.store.recovered),
+        }
         if previous is not None:
             fields["previous_head"] = previous.to_cbor_map()
         self.append("handover" if size else "aggregator_start", fields)
-        config: dict[str, Any] = {"log_format": LOG_FORMAT, "aggregator_toml": config_raw,
-                                  "aggregator_toml_sha256": hashlib.sha256(config_raw).hexdigest()}
+        config: dict[str, Any] = {
+            "log_format": LOG_FORMAT,
+            "aggregator_toml": config_raw,
+            "aggregator_toml_sha256": hashlib.sha256(config_raw).hexdigest(),
+        }
         if admission is not None:
             config["admission"] = admission_policy_record(admission)
         if task is not None:
@@ -116,8 +142,9 @@ class AuditLog:
             self.failed = f"{kind}: {exc}"
             LOG.error("audit log append failed", extra={"fields": {"event": kind, "error": str(exc)}})
             if self.forward is not None:
-                self.forward.record("audit_log_failed", event=kind, error=str(exc),
-                                    fail_stop=isinstance(exc, AuditLogUnavailable))
+                self.forward.record(
+                    "audit_log_failed", event=kind, error=str(exc), fail_stop=isinstance(exc, AuditLogUnavailable)
+                )
             raise
         if self.forward is not None:
             self.forward.record(kind, **fields)

@@ -41,6 +41,7 @@ not add up (a bad record in the middle, a head covering entries that are missing
 whose root is not the root of the entries) is :class:`AuditLogCorrupt` and the aggregator
 refuses to start.
 """
+
 from __future__ import annotations
 
 import errno
@@ -130,7 +131,9 @@ class LogStore:
         self._failure: str | None = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            self._lock_fd = os.open(
+                self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644
+            )
         except OSError as exc:
             raise AuditLogError(f"cannot open the audit log directory {self.directory}: {exc.strerror or exc}") from exc
         try:
@@ -175,7 +178,9 @@ class LogStore:
         with self._lock:
             new_size = self.tree.size if new_size is None else new_size
             if not 0 <= old_size <= new_size <= self.tree.size:
-                raise ValueError(f"no consistency proof from size {old_size} to size {new_size} in a log of {self.tree.size} entries")
+                raise ValueError(
+                    f"no consistency proof from size {old_size} to size {new_size} in a log of {self.tree.size} entries"
+                )
             return self.tree.consistency_proof(old_size, new_size)
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
@@ -188,7 +193,9 @@ class LogStore:
     def _open_append(self, name: str) -> tuple[int, int]:
         path = self.directory / name
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), 0o644)
+            fd = os.open(
+                path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), 0o644
+            )
         except OSError as exc:
             raise AuditFileError(f"cannot open {path} for appending: {exc.strerror or exc}") from None
         try:
@@ -229,8 +236,10 @@ class LogStore:
             if scan.torn is None:
                 continue
             if not scan.torn_at_end:
-                raise AuditLogCorrupt(f"{self.directory / name}: {scan.torn} at byte {scan.good_end}, before the end: "
-                                      "the log is damaged; restore it or start a new log directory")
+                raise AuditLogCorrupt(
+                    f"{self.directory / name}: {scan.torn} at byte {scan.good_end}, before the end: "
+                    "the log is damaged; restore it or start a new log directory"
+                )
             self._truncate(name, scan.good_end, f"torn last record: {scan.torn}")
             recovered.append(f"{name}: truncated a torn last record at byte {scan.good_end}")
         last_head = None
@@ -238,18 +247,28 @@ class LogStore:
             try:
                 last_head = TreeHead.from_map(cbor2.loads(scan_h.records[-1].payload))
             except Exception as exc:  # noqa: BLE001 - cbor2 raises several types on garbage; HeadError otherwise
-                raise AuditLogCorrupt(f"{self.directory / HEADS_FILE}: the last tree head is unreadable: {exc}") from None
+                raise AuditLogCorrupt(
+                    f"{self.directory / HEADS_FILE}: the last tree head is unreadable: {exc}"
+                ) from None
             if not last_head.signature_valid():
                 raise AuditLogCorrupt(f"{self.directory / HEADS_FILE}: the last tree head's signature is invalid")
         acknowledged = last_head.tree_size if last_head else 0
         records = scan_e.records
         if len(records) < acknowledged:
-            raise AuditLogCorrupt(f"{self.directory / ENTRIES_FILE}: the last signed tree head covers {acknowledged} entries, "
-                                  f"but only {len(records)} are on disk: acknowledged entries are missing")
+            raise AuditLogCorrupt(
+                f"{self.directory / ENTRIES_FILE}: the last signed tree head covers {acknowledged} entries, "
+                f"but only {len(records)} are on disk: acknowledged entries are missing"
+            )
         if len(records) > acknowledged:
             cut = records[acknowledged].offset
-            self._truncate(ENTRIES_FILE, cut, f"{len(records) - acknowledged} entries after the last signed tree head were never acknowledged")
-            recovered.append(f"{ENTRIES_FILE}: dropped {len(records) - acknowledged} unacknowledged entries after the last tree head")
+            self._truncate(
+                ENTRIES_FILE,
+                cut,
+                f"{len(records) - acknowledged} entries after the last signed tree head were never acknowledged",
+            )
+            recovered.append(
+                f"{ENTRIES_FILE}: dropped {len(records) - acknowledged} unacknowledged entries after the last tree head"
+            )
             records = records[:acknowledged]
         leaves = [merkle.leaf_hash(r.payload) for r in records]
         if last_head is not None and merkle.root(leaves) != last_head.root_hash:
@@ -258,8 +277,9 @@ class LogStore:
 
     # --- append ----------------------------------------------------------------------------------
 
-    def append(self, kind: str, time_ms: int, fields: dict[str, Any], *, key: bytes,
-               sign: Callable[[bytes], bytes]) -> tuple[int, TreeHead]:
+    def append(
+        self, kind: str, time_ms: int, fields: dict[str, Any], *, key: bytes, sign: Callable[[bytes], bytes]
+    ) -> tuple[int, TreeHead]:
         """Append one entry and its signed tree head; returns only when both are on disk.
 
         Raises :class:`AuditLogUnavailable` if the log refused an earlier append or is closed,
@@ -268,7 +288,9 @@ class LogStore:
         usable) if the entry cannot be encoded or is too large."""
         with self._lock:
             if self._failure is not None:
-                raise AuditLogUnavailable(f"the audit log {self.directory} refuses appends until it is reopened: {self._failure}")
+                raise AuditLogUnavailable(
+                    f"the audit log {self.directory} refuses appends until it is reopened: {self._failure}"
+                )
             if self._entries_fd < 0:
                 raise AuditLogUnavailable(f"the audit log {self.directory} is closed")
             index = self.tree.size
@@ -299,7 +321,9 @@ class LogStore:
             except BaseException as exc:
                 self._roll_back(index, stage, exc)
                 if isinstance(exc, Exception):
-                    raise AuditLogUnavailable(f"audit entry {index} ({kind!r}) was not logged: {self._failure}") from exc
+                    raise AuditLogUnavailable(
+                        f"audit entry {index} ({kind!r}) was not logged: {self._failure}"
+                    ) from exc
                 raise
             self._entries_end += len(entry_record)
             self._heads_end += len(head_record)
@@ -317,11 +341,24 @@ class LogStore:
             self._cut(self._entries_fd, self._entries_end, ENTRIES_FILE, undone)
         else:
             undone.append(f"{ENTRIES_FILE} left as it was (the head's removal is not durable)")
-        rollback = "rolled back to the previous entry" if not undone else "rollback incomplete (" + "; ".join(undone) + \
-            "): reopening recovers the torn or unacknowledged tail"
+        rollback = (
+            "rolled back to the previous entry"
+            if not undone
+            else "rollback incomplete (" + "; ".join(undone) + "): reopening recovers the torn or unacknowledged tail"
+        )
         self._failure = f"{stage} failed ({_describe(exc)}); {rollback}"
-        LOG.error("audit log append failed", extra={"fields": {"log": str(self.directory), "entry": index, "stage": stage,
-                                                              "error": _describe(exc), "rollback": rollback}})
+        LOG.error(
+            "audit log append failed",
+            extra={
+                "fields": {
+                    "log": str(self.directory),
+                    "entry": index,
+                    "stage": stage,
+                    "error": _describe(exc),
+                    "rollback": rollback,
+                }
+            },
+        )
 
     def _cut(self, fd: int, size: int, name: str, undone: list[str]) -> bool:
         """Truncate to ``size`` and make it durable; False (and why, in ``undone``) if not."""
@@ -367,5 +404,3 @@ class LogStore:
                 except OSError:
                     pass
                 setattr(self, name, -1)
-
-

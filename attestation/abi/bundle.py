@@ -35,12 +35,14 @@ per container; no tags but the leading self-describe tag, no floats, no trailing
 Every field is then checked for its exact type and size. Everything malformed raises
 :class:`~attestation.errors.EvidenceFormatError` naming the field.
 """
+
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import cbor2
 
@@ -64,7 +66,9 @@ MAX_FILE_NAME = 64
 #: The last second a ``created`` time may name: 9999-12-31T23:59:59Z (Python's datetime ends there).
 MAX_CREATED = 253402300799
 
-_REQUIRED_KEYS = frozenset({"format", "version", "platform", "evidence", "certificates", "collateral", "keys", "nonce", "created"})
+_REQUIRED_KEYS = frozenset(
+    {"format", "version", "platform", "evidence", "certificates", "collateral", "keys", "nonce", "created"}
+)
 _OPTIONAL_KEYS = frozenset({"gpu"})
 
 
@@ -104,7 +108,9 @@ class EvidenceBundle:
     def __post_init__(self) -> None:
         _check_platform(self.platform)
         if self.version != BUNDLE_VERSION:
-            raise EvidenceFormatError(f"bundle version: {self.version} is not supported (this verifier reads version {BUNDLE_VERSION})")
+            raise EvidenceFormatError(
+                f"bundle version: {self.version} is not supported (this verifier reads version {BUNDLE_VERSION})"
+            )
         check_nonce(self.nonce)
         if self.created.tzinfo is None:
             raise EvidenceFormatError("bundle created: the time must be timezone-aware")
@@ -245,7 +251,9 @@ def parse_bundle(data: bytes) -> EvidenceBundle:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise EvidenceFormatError(f"bundle: expected bytes, got {type(data).__name__}")
     if len(data) > MAX_BUNDLE_BYTES:
-        raise EvidenceTooLargeError(f"bundle is {len(data)} bytes; nothing larger than {MAX_BUNDLE_BYTES} bytes is accepted")
+        raise EvidenceTooLargeError(
+            f"bundle is {len(data)} bytes; nothing larger than {MAX_BUNDLE_BYTES} bytes is accepted"
+        )
     data = bytes(data)
     if not looks_like_bundle(data):
         raise EvidenceFormatError("bundle: does not start with the CBOR self-describe tag d9d9f7")
@@ -260,7 +268,9 @@ def parse_bundle(data: bytes) -> EvidenceBundle:
         raise EvidenceFormatError(f"bundle format: expected {FORMAT_NAME!r}, got {top['format']!r}")
     version = top["version"]
     if not isinstance(version, int) or isinstance(version, bool) or version != BUNDLE_VERSION:
-        raise EvidenceFormatError(f"bundle version: {version!r} is not supported (this verifier reads version {BUNDLE_VERSION})")
+        raise EvidenceFormatError(
+            f"bundle version: {version!r} is not supported (this verifier reads version {BUNDLE_VERSION})"
+        )
     platform = _check_platform(top["platform"])
     certificates = top["certificates"]
     if not isinstance(certificates, list) or len(certificates) > MAX_CERTIFICATES:
@@ -269,12 +279,19 @@ def parse_bundle(data: bytes) -> EvidenceBundle:
     if not isinstance(collateral, dict) or len(collateral) > MAX_COLLATERAL_FILES:
         raise EvidenceFormatError(f"bundle collateral: expected a map of at most {MAX_COLLATERAL_FILES} files")
     for name in collateral:
-        if not name or len(name) > MAX_FILE_NAME or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        if (
+            not name
+            or len(name) > MAX_FILE_NAME
+            or not all(c.isalnum() or c in "-_." for c in name)
+            or name.startswith(".")
+        ):
             raise EvidenceFormatError(f"bundle collateral: {name!r} is not a plain file name")
     keys = _map(top["keys"], "keys", frozenset({"x25519", "ed25519"}))
     created = top["created"]
     if not isinstance(created, int) or isinstance(created, bool) or not 0 <= created <= MAX_CREATED:
-        raise EvidenceFormatError(f"bundle created: expected seconds since the epoch up to {MAX_CREATED} (year 9999), got {created!r}")
+        raise EvidenceFormatError(
+            f"bundle created: expected seconds since the epoch up to {MAX_CREATED} (year 9999), got {created!r}"
+        )
     gpu = None
     if "gpu" in top:
         gpu_map = _map(top["gpu"], "gpu", frozenset({"evidence", "certificates"}))
@@ -284,7 +301,7 @@ def parse_bundle(data: bytes) -> EvidenceBundle:
         evidence=_bytes(top["evidence"], "evidence"),
         keys=BoundKeys(_bytes(keys["x25519"], "keys.x25519", 32), _bytes(keys["ed25519"], "keys.ed25519", 32)),
         nonce=_bytes(top["nonce"], "nonce"),
-        created=datetime.fromtimestamp(created, timezone.utc),
+        created=datetime.fromtimestamp(created, UTC),
         certificates=tuple(_bytes(c, f"certificates[{i}]") for i, c in enumerate(certificates)),
         collateral={name: _bytes(value, f"collateral[{name!r}]") for name, value in collateral.items()},
         gpu=gpu,

@@ -6,16 +6,19 @@ through a deprecated path that a future release removes. Decoding every
 certificate the same way keeps one code path for all vendors; the signature
 checks themselves are in :mod:`attestation.verify.chain`.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property, lru_cache
 from types import MappingProxyType
-from typing import Iterable, Mapping
 
-from asn1crypto import core, crl as asn1_crl, pem, x509 as asn1_x509  # type: ignore[import-untyped]
+from asn1crypto import core, pem  # type: ignore[import-untyped]
+from asn1crypto import crl as asn1_crl
+from asn1crypto import x509 as asn1_x509
 
 from ..errors import CertificateFormatError
 from ..timeutil import as_utc
@@ -91,7 +94,7 @@ class RevocationList:
     revoked: frozenset[tuple[bytes, int]] = frozenset()
     indirect: bool = False
 
-    def revokes(self, cert: "Certificate") -> bool:
+    def revokes(self, cert: Certificate) -> bool:
         """True when this CRL lists ``cert`` (its issuer's name and its serial number)."""
         return (cert.issuer_der, cert.serial_number) in self.revoked
 
@@ -121,7 +124,9 @@ def _signature_algorithm(algo: asn1_x509.SignedDigestAlgorithm) -> SignatureAlgo
             raise CertificateFormatError(f"unsupported RSA-PSS hash {hash_oid}")
         salt_length = params["salt_length"].native
         if not isinstance(salt_length, int) or not 0 <= salt_length <= MAX_PSS_SALT_LENGTH:
-            raise CertificateFormatError(f"RSA-PSS salt length {salt_length!r} is out of range (0 to {MAX_PSS_SALT_LENGTH})")
+            raise CertificateFormatError(
+                f"RSA-PSS salt length {salt_length!r} is out of range (0 to {MAX_PSS_SALT_LENGTH})"
+            )
         if params["trailer_field"].native not in (1, "trailer_field_bc"):
             raise CertificateFormatError(f"unsupported RSA-PSS trailer field {params['trailer_field'].native!r}")
         return SignatureAlgorithm("rsassa_pss", hash_name, salt_length, mgf_hash)
@@ -146,7 +151,9 @@ def _aware(value: object) -> datetime:
 def parse_certificate(data: bytes) -> Certificate:
     """Decode one certificate from DER or PEM bytes."""
     if len(data) > MAX_CERT_INPUT_BYTES:
-        raise CertificateFormatError(f"certificate input is {len(data)} bytes, over the {MAX_CERT_INPUT_BYTES}-byte limit")
+        raise CertificateFormatError(
+            f"certificate input is {len(data)} bytes, over the {MAX_CERT_INPUT_BYTES}-byte limit"
+        )
     if pem.detect(data):
         certs = parse_certificates(data)
         if len(certs) != 1:
@@ -202,7 +209,9 @@ def _decode_der_certificate(der: bytes) -> Certificate:
 def parse_certificates(data: bytes) -> list[Certificate]:
     """Decode every certificate of a PEM bundle, or a single DER certificate."""
     if len(data) > MAX_CERT_INPUT_BYTES:
-        raise CertificateFormatError(f"certificate input is {len(data)} bytes, over the {MAX_CERT_INPUT_BYTES}-byte limit")
+        raise CertificateFormatError(
+            f"certificate input is {len(data)} bytes, over the {MAX_CERT_INPUT_BYTES}-byte limit"
+        )
     if not pem.detect(data):
         return [_decode_der_certificate(bytes(data))]
     certs = []

@@ -10,18 +10,18 @@ the platforms; nothing outside the platform packages names one.
 
 This module imports no platform and no policy: platforms depend on it, never the reverse.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
     Any,
-    Mapping,
     Protocol,
     Self,
-    Sequence,
     TypeVar,
     runtime_checkable,
 )
@@ -216,7 +216,7 @@ class Platform(Protocol):
         policy: AppraisalPolicy,
         at: datetime,
         inputs: EvidenceInputs,
-        collateral: "CollateralStore | None",
+        collateral: CollateralStore | None,
     ) -> Appraisal:
         """Parse, verify and appraise raw evidence. Unusable input raises an
         :class:`~attestation.errors.AttestationError`; evidence that parses yields an

@@ -15,6 +15,7 @@ never the reverse.
 A third-party platform is accepted only by a policy that names it: the default ``platforms``
 of a policy are the built-in ones (:func:`builtin_names`).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -49,18 +50,22 @@ def _load(reference: str, where: str) -> Platform:
     module, _, attribute = reference.partition(":")
     try:
         value = getattr(importlib.import_module(module), attribute)
-    except Exception as exc:  # noqa: BLE001 - any failure of a plug-in's import is reported as unusable
+    except Exception as exc:
         raise PlatformError(f"{where}: cannot load {reference}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(value, Platform):
-        raise PlatformError(f"{where}: {reference} is a {type(value).__name__}, not a Platform (see attestation.platforms.base)")
+        raise PlatformError(
+            f"{where}: {reference} is a {type(value).__name__}, not a Platform (see attestation.platforms.base)"
+        )
     return value
 
 
 def _check(platform: Platform, where: str) -> None:
     name = platform.name
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED_NAMES:
-        raise PlatformError(f"{where}: {name!r} is not a usable platform name (1-32 lowercase letters, digits and '-', "
-                            f"not {', '.join(sorted(RESERVED_NAMES))})")
+        raise PlatformError(
+            f"{where}: {name!r} is not a usable platform name (1-32 lowercase letters, digits and '-', "
+            f"not {', '.join(sorted(RESERVED_NAMES))})"
+        )
     key = platform.policy_key
     if not isinstance(key, str) or not key or key in COMMON_POLICY_KEYS:
         raise PlatformError(f"{where}: platform {name}: policy key {key!r} is empty or a common policy key")
@@ -70,7 +75,9 @@ def _check(platform: Platform, where: str) -> None:
         if other.policy_key == key:
             raise PlatformError(f"{where}: platform {name}: policy key [{key}] is already platform {other.name}'s")
         if platform.policy_attribute is not None and other.policy_attribute == platform.policy_attribute:
-            raise PlatformError(f"{where}: platform {name}: policy attribute {platform.policy_attribute!r} is already platform {other.name}'s")
+            raise PlatformError(
+                f"{where}: platform {name}: policy attribute {platform.policy_attribute!r} is already platform {other.name}'s"
+            )
 
 
 def _add(platform: Platform, where: str, *, replace: bool = False) -> Platform:
@@ -182,8 +189,10 @@ def detect(data: bytes) -> Platform:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise EvidenceFormatError(f"the evidence ({len(data)} bytes) looks like {' and '.join(p.name for p in matches)} evidence; "
-                                  "name its platform")
+        raise EvidenceFormatError(
+            f"the evidence ({len(data)} bytes) looks like {' and '.join(p.name for p in matches)} evidence; "
+            "name its platform"
+        )
     kinds = [p.description for p in candidates]
     listed = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
     raise EvidenceFormatError(f"unrecognised evidence ({len(data)} bytes): not {listed}")

@@ -1,9 +1,11 @@
 """Typed readers for policy TOML tables: every value is checked, unknown keys are errors."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import PolicyError
 
@@ -21,14 +23,24 @@ def read_bool(table: dict[str, Any], key: str, section: str, default: bool) -> b
     return value
 
 
-def read_int(table: dict[str, Any], key: str, section: str, default: int | None = None, *, minimum: int = 0, maximum: int | None = None) -> int | None:
+def read_int(
+    table: dict[str, Any],
+    key: str,
+    section: str,
+    default: int | None = None,
+    *,
+    minimum: int = 0,
+    maximum: int | None = None,
+) -> int | None:
     value = table.get(key, default)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise PolicyError(f"[{section}] {key}: expected an integer, got {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
-        raise PolicyError(f"[{section}] {key}: {value} is out of range [{minimum}, {maximum if maximum is not None else 'inf'}]")
+        raise PolicyError(
+            f"[{section}] {key}: {value} is out of range [{minimum}, {maximum if maximum is not None else 'inf'}]"
+        )
     return value
 
 
@@ -60,7 +72,9 @@ def read_hex_set(table: dict[str, Any], key: str, section: str, length: int | No
     return frozenset(parse_hex(v, f"[{section}] {key}", length) for v in value)
 
 
-def read_str_set(table: dict[str, Any], key: str, section: str, allowed: Iterable[str] | None = None, default: Iterable[str] = ()) -> frozenset[str]:
+def read_str_set(
+    table: dict[str, Any], key: str, section: str, allowed: Iterable[str] | None = None, default: Iterable[str] = ()
+) -> frozenset[str]:
     value = table.get(key, list(default))
     if isinstance(value, str):
         value = [value]
@@ -70,7 +84,9 @@ def read_str_set(table: dict[str, Any], key: str, section: str, allowed: Iterabl
         allowed_set = set(allowed)
         bad = [v for v in value if v not in allowed_set]
         if bad:
-            raise PolicyError(f"[{section}] {key}: unknown value(s) {', '.join(bad)}; allowed: {', '.join(sorted(allowed_set))}")
+            raise PolicyError(
+                f"[{section}] {key}: unknown value(s) {', '.join(bad)}; allowed: {', '.join(sorted(allowed_set))}"
+            )
     return frozenset(value)
 
 
@@ -90,7 +106,7 @@ def read_duration(table: dict[str, Any], key: str, section: str) -> timedelta | 
     else:
         match = _DURATION.match(value) if isinstance(value, str) else None
         if not match:
-            raise PolicyError(f"[{section}] {key}: expected seconds or a duration like \"30d\", got {value!r}")
+            raise PolicyError(f'[{section}] {key}: expected seconds or a duration like "30d", got {value!r}')
         seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
     if seconds > MAX_DURATION.total_seconds():
         raise PolicyError(f"[{section}] {key}: {value!r} is longer than {MAX_DURATION.days} days")

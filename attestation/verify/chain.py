@@ -12,14 +12,15 @@ hit is exactly as good as checking again; what depends on time (validity windows
 updates, collateral freshness) is checked on every appraisal. Signatures over evidence
 itself (an SNP report, a TDX quote and its QE report, GPU evidence) are never memoised.
 """
+
 from __future__ import annotations
 
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Sequence
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,7 +31,11 @@ from ..abi.x509 import Certificate, RevocationList, SignatureAlgorithm
 from ..errors import CertificateFormatError
 from ..findings import Reason
 
-_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
@@ -89,7 +94,9 @@ def _algorithm_id(algorithm: SignatureAlgorithm) -> str:
     return f"{algorithm.scheme}/{algorithm.hash_name}/{algorithm.pss_salt_length}/{algorithm.pss_mgf_hash_name}"
 
 
-def x509_signature_is_valid(issuer: Certificate, algorithm: SignatureAlgorithm, signature: bytes, signed: bytes) -> bool:
+def x509_signature_is_valid(
+    issuer: Certificate, algorithm: SignatureAlgorithm, signature: bytes, signed: bytes
+) -> bool:
     """:func:`signature_is_valid` with ``issuer``'s key, memoised in :data:`SIGNATURE_MEMO`."""
     key = SIGNATURE_MEMO.key("x509", issuer.public_key_der, _algorithm_id(algorithm), signature, signed)
 
@@ -185,9 +192,19 @@ def certificate_signed_by(child: Certificate, issuer: Certificate) -> bool:
 
 def validity_reasons(cert: Certificate, at: datetime, check: str, role: str) -> list[Reason]:
     if at < cert.not_before:
-        return [Reason(check, f"{role} certificate {cert.subject!r} is not valid before {cert.not_before.isoformat()} (verification time {at.isoformat()})")]
+        return [
+            Reason(
+                check,
+                f"{role} certificate {cert.subject!r} is not valid before {cert.not_before.isoformat()} (verification time {at.isoformat()})",
+            )
+        ]
     if at > cert.not_after:
-        return [Reason(check, f"{role} certificate {cert.subject!r} expired at {cert.not_after.isoformat()} (verification time {at.isoformat()})")]
+        return [
+            Reason(
+                check,
+                f"{role} certificate {cert.subject!r} expired at {cert.not_after.isoformat()} (verification time {at.isoformat()})",
+            )
+        ]
     return []
 
 
@@ -217,11 +234,23 @@ def verify_chain(
         issuer = links[index + 1] if index + 1 < len(links) else link
         if not certificate_signed_by(link.cert, issuer.cert):
             if issuer is link:
-                reasons.append(Reason(f"{check_prefix}.signature", f"{link.role} certificate is not validly self-signed"))
+                reasons.append(
+                    Reason(f"{check_prefix}.signature", f"{link.role} certificate is not validly self-signed")
+                )
             else:
-                reasons.append(Reason(f"{check_prefix}.signature", f"{link.role} certificate is not signed by the {issuer.role} certificate"))
+                reasons.append(
+                    Reason(
+                        f"{check_prefix}.signature",
+                        f"{link.role} certificate is not signed by the {issuer.role} certificate",
+                    )
+                )
         if require_ca and issuer is not link and not issuer.cert.is_ca:
-            reasons.append(Reason(f"{check_prefix}.ca", f"{issuer.role} certificate is not a CA but issued the {link.role} certificate"))
+            reasons.append(
+                Reason(
+                    f"{check_prefix}.ca",
+                    f"{issuer.role} certificate is not a CA but issued the {link.role} certificate",
+                )
+            )
         reasons.extend(validity_reasons(link.cert, at, f"{check_prefix}.validity", link.role))
     return reasons
 
@@ -243,9 +272,16 @@ def crl_reasons(
         reasons.append(Reason(f"{check_prefix}.signature", f"{name} is not signed by {issuer.subject!r}"))
     if require_current:
         if at < crl.this_update:
-            reasons.append(Reason(f"{check_prefix}.validity", f"{name} is not valid before {crl.this_update.isoformat()}"))
+            reasons.append(
+                Reason(f"{check_prefix}.validity", f"{name} is not valid before {crl.this_update.isoformat()}")
+            )
         elif crl.next_update is not None and at > crl.next_update:
-            reasons.append(Reason(f"{check_prefix}.validity", f"{name} expired at {crl.next_update.isoformat()} (verification time {at.isoformat()})"))
+            reasons.append(
+                Reason(
+                    f"{check_prefix}.validity",
+                    f"{name} expired at {crl.next_update.isoformat()} (verification time {at.isoformat()})",
+                )
+            )
     return reasons
 
 

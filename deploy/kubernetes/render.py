@@ -21,6 +21,7 @@ Usage (from the repository root)::
 
 Never edit the rendered files by hand; tests compare them with this script's output.
 """
+
 from __future__ import annotations
 
 import argparse

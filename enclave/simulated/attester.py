@@ -8,6 +8,7 @@ with simulated Intel collateral (issued at launch, or at ``collateral_issued``),
 evidence with the VCEK/ASK/ARK of the simulated certificate table.
 ``SimulatedGpuAttester`` answers GPU requests with the simulated NVIDIA GPU.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -91,7 +92,9 @@ class SimulatedSnpAttester(Attester):
     ) -> None:
         self.pki: SimulatedPki = load_or_create(directory)
         self.firmware = SimulatedSnpFirmware(self.pki)
-        self.options = GuestOptions(measurement=_launch_measurement(measurement, config), debug=debug, vmpl=vmpl, tcb=tcb)
+        self.options = GuestOptions(
+            measurement=_launch_measurement(measurement, config), debug=debug, vmpl=vmpl, tcb=tcb
+        )
         self.collateral = {AMD_CRL_FILE: simulated_amd_crl(self.pki, crl_issued)} if crl else {}
 
     @property

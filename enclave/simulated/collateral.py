@@ -9,14 +9,15 @@ reads (what a simulated TD ships in its bundle); :func:`write_simulated_collater
 verifier's collateral cache directory (:mod:`attestation.collateral`) for the simulated SEV-SNP
 and TDX platforms, optionally revoking simulated certificates.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -37,7 +38,7 @@ COLLATERAL_LIFETIME = dt.timedelta(days=30)
 
 
 def _iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _sign_body(key: ec.EllipticCurvePrivateKey, body: bytes) -> str:
@@ -55,7 +56,9 @@ def _svns(values) -> list[dict[str, int]]:
     return [{"svn": int(v)} for v in values]
 
 
-def tcb_info_json(pki: SimulatedPki, issued: dt.datetime, status: str = "UpToDate", lifetime: dt.timedelta = COLLATERAL_LIFETIME) -> bytes:
+def tcb_info_json(
+    pki: SimulatedPki, issued: dt.datetime, status: str = "UpToDate", lifetime: dt.timedelta = COLLATERAL_LIFETIME
+) -> bytes:
     """TCB info whose first level is exactly the simulated platform (status ``status``)."""
     date = _iso(issued - dt.timedelta(days=7))
     body = {
@@ -68,16 +71,22 @@ def tcb_info_json(pki: SimulatedPki, issued: dt.datetime, status: str = "UpToDat
         "tcbType": 0,
         "tcbEvaluationDataNumber": 17,
         "tdxModule": {"mrsigner": "00" * 48, "attributes": "0000000000000000", "attributesMask": "FFFFFFFFFFFFFFFF"},
-        "tdxModuleIdentities": [{
-            "id": f"TDX_{SIM_TEE_TCB_SVN[1]:02X}",
-            "mrsigner": "00" * 48,
-            "attributes": "0000000000000000",
-            "attributesMask": "FFFFFFFFFFFFFFFF",
-            "tcbLevels": [{"tcb": {"isvsvn": SIM_TEE_TCB_SVN[0]}, "tcbDate": date, "tcbStatus": "UpToDate"}],
-        }],
+        "tdxModuleIdentities": [
+            {
+                "id": f"TDX_{SIM_TEE_TCB_SVN[1]:02X}",
+                "mrsigner": "00" * 48,
+                "attributes": "0000000000000000",
+                "attributesMask": "FFFFFFFFFFFFFFFF",
+                "tcbLevels": [{"tcb": {"isvsvn": SIM_TEE_TCB_SVN[0]}, "tcbDate": date, "tcbStatus": "UpToDate"}],
+            }
+        ],
         "tcbLevels": [
             {
-                "tcb": {"sgxtcbcomponents": _svns(SIM_SGX_TCB_COMPONENTS), "pcesvn": SIM_PCESVN, "tdxtcbcomponents": _svns(SIM_TEE_TCB_SVN)},
+                "tcb": {
+                    "sgxtcbcomponents": _svns(SIM_SGX_TCB_COMPONENTS),
+                    "pcesvn": SIM_PCESVN,
+                    "tdxtcbcomponents": _svns(SIM_TEE_TCB_SVN),
+                },
                 "tcbDate": date,
                 "tcbStatus": status,
             },
@@ -105,7 +114,9 @@ def qe_identity_json(pki: SimulatedPki, issued: dt.datetime, lifetime: dt.timede
         "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
         "mrsigner": SIM_QE_MRSIGNER.hex().upper(),
         "isvprodid": SIM_QE_ISVPRODID,
-        "tcbLevels": [{"tcb": {"isvsvn": SIM_QE_ISVSVN}, "tcbDate": _iso(issued - dt.timedelta(days=7)), "tcbStatus": "UpToDate"}],
+        "tcbLevels": [
+            {"tcb": {"isvsvn": SIM_QE_ISVSVN}, "tcbDate": _iso(issued - dt.timedelta(days=7)), "tcbStatus": "UpToDate"}
+        ],
     }
     return _document("enclaveIdentity", body, pki.intel.tcb_signer.key)
 
@@ -124,38 +135,56 @@ class CollateralFiles:
         return directory
 
 
-def simulated_collateral(pki: SimulatedPki, issued: dt.datetime | None = None, tcb_status: str = "UpToDate") -> CollateralFiles:
+def simulated_collateral(
+    pki: SimulatedPki, issued: dt.datetime | None = None, tcb_status: str = "UpToDate"
+) -> CollateralFiles:
     """Fresh collateral for the simulated TDX platform, issued at ``issued`` (default an hour ago)."""
     # Published an hour ago, as a vendor's collateral is: a verifier whose clock is a little
     # behind the simulated TEE's still finds it valid.
-    issued = issued or dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    issued = issued or dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     intel = pki.intel
     signer_chain = intel.tcb_signer.pem + intel.root.pem
     der = serialization.Encoding.DER
-    return CollateralFiles({
-        f"tcb-info-fmspc-{SIM_FMSPC.hex()}.json": tcb_info_json(pki, issued, tcb_status),
-        "qe-identity.json": qe_identity_json(pki, issued),
-        "tcb-info-issuer-chain.pem": signer_chain,
-        "qe-identity-issuer-chain.pem": signer_chain,
-        "pck-platform-crl.der": intel.pck_crl.public_bytes(der),
-        "pck-crl-issuer-chain.pem": intel.pck_ca.pem + intel.root.pem,
-        "root-ca-crl.der": intel.root_crl.public_bytes(der),
-    })
+    return CollateralFiles(
+        {
+            f"tcb-info-fmspc-{SIM_FMSPC.hex()}.json": tcb_info_json(pki, issued, tcb_status),
+            "qe-identity.json": qe_identity_json(pki, issued),
+            "tcb-info-issuer-chain.pem": signer_chain,
+            "qe-identity-issuer-chain.pem": signer_chain,
+            "pck-platform-crl.der": intel.pck_crl.public_bytes(der),
+            "pck-crl-issuer-chain.pem": intel.pck_ca.pem + intel.root.pem,
+            "root-ca-crl.der": intel.root_crl.public_bytes(der),
+        }
+    )
 
 
 #: The simulated SEV-SNP platform's product line (its reports and VCEK are Milan's).
 SIM_AMD_PRODUCT = "milan"
 
 
-def _intel_crl(issuer_cert: x509.Certificate, key, issued: dt.datetime, lifetime: dt.timedelta,  # noqa: ANN001 - an EC private key
-               revoked: Sequence[x509.Certificate]) -> bytes:
+def _intel_crl(
+    issuer_cert: x509.Certificate,
+    key,
+    issued: dt.datetime,
+    lifetime: dt.timedelta,  # noqa: ANN001 - an EC private key
+    revoked: Sequence[x509.Certificate],
+) -> bytes:
     # Like Intel's: a CRL number and the issuer's key identifier (RFC 5280 section 5.2; strict
     # verifiers such as webpki refuse a CRL without them).
-    builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer_cert.subject).last_update(issued).next_update(issued + lifetime)
-               .add_extension(x509.CRLNumber(1), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key()), critical=False))
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer_cert.subject)
+        .last_update(issued)
+        .next_update(issued + lifetime)
+        .add_extension(x509.CRLNumber(1), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key()), critical=False)
+    )
     for cert in revoked:
-        entry = x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(issued - dt.timedelta(minutes=1))
+        entry = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(issued - dt.timedelta(minutes=1))
+        )
         builder = builder.add_revoked_certificate(entry.build())
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
@@ -186,7 +215,7 @@ def simulated_collateral_files(
 
     # Published an hour ago, as a vendor's collateral is: a verifier whose clock is a little
     # behind the simulated TEE's still finds it valid.
-    issued = issued or dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    issued = issued or dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     certs = [c if isinstance(c, x509.Certificate) else _load_certificate(bytes(c)) for c in revoked]
     amd, intel = pki.amd, pki.intel
     amd_revoked = [c for c in certs if c.issuer in (amd.ark.cert.subject, amd.ask.cert.subject)]
@@ -194,7 +223,9 @@ def simulated_collateral_files(
     root_revoked = [c for c in certs if c.issuer == intel.root.cert.subject]
     if len(amd_revoked) + len(pck_revoked) + len(root_revoked) != len(certs):
         stranger = next(c for c in certs if c not in amd_revoked + pck_revoked + root_revoked)
-        raise SimulatedTeeError(f"{stranger.subject.rfc4514_string()} was not issued by the simulated vendors of {pki.directory}")
+        raise SimulatedTeeError(
+            f"{stranger.subject.rfc4514_string()} was not issued by the simulated vendors of {pki.directory}"
+        )
     signer_chain = intel.tcb_signer.pem + intel.root.pem
     return {
         f"amd/{SIM_AMD_PRODUCT}/crl-vcek.der": simulated_amd_crl(pki, issued, revoked=amd_revoked, lifetime=lifetime),
@@ -222,7 +253,9 @@ def write_simulated_collateral(
     :func:`simulated_collateral_files`); returns the files written. Each file is replaced
     atomically, so a verifier reading the cache never sees half a file."""
     try:
-        files = simulated_collateral_files(load_or_create(simulated_dir), issued=issued, lifetime=lifetime, tcb_status=tcb_status, revoked=revoked)
+        files = simulated_collateral_files(
+            load_or_create(simulated_dir), issued=issued, lifetime=lifetime, tcb_status=tcb_status, revoked=revoked
+        )
     except (OverflowError, ValueError) as exc:  # an issue time or lifetime past year 9999, or before 1950 for X.509
         raise SimulatedTeeError(f"cannot issue collateral at {issued} for {lifetime}: {exc}") from exc
     root = Path(out_dir)

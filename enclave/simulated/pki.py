@@ -14,6 +14,7 @@ Every certificate's subject carries :data:`attestation.trust.SIMULATED_ORGANIZAT
 verifier can say "simulated" in its reason. A verifier accepts this evidence only when
 its policy lists the root's fingerprint in ``trusted_simulated_roots``.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -102,11 +103,13 @@ class SimulatedPki:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, SIMULATED_ORGANIZATION),
-        x509.NameAttribute(NameOID.COUNTRY_NAME, "ZZ"),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, SIMULATED_ORGANIZATION),
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "ZZ"),
+        ]
+    )
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, public_key, now: dt.datetime, ca: bool) -> x509.CertificateBuilder:
@@ -120,8 +123,17 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key, now: dt.datetime
         .not_valid_after(now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
-    usage = dict(digital_signature=not ca, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                 key_agreement=False, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False)
+    usage = dict(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
     return builder.add_extension(x509.KeyUsage(**usage), critical=True)
 
 
@@ -164,18 +176,22 @@ class _SgxType(core.Enumerated):
     _map = {0: "standard", 1: "scalable", 2: "scalable_with_integrity"}
 
 
-def sgx_extension(ppid: bytes, components: tuple[int, ...], pcesvn: int, pceid: bytes, fmspc: bytes) -> x509.UnrecognizedExtension:
+def sgx_extension(
+    ppid: bytes, components: tuple[int, ...], pcesvn: int, pceid: bytes, fmspc: bytes
+) -> x509.UnrecognizedExtension:
     """Intel's SGX PCK certificate extension, per the Intel SGX PCK Certificate and CRL spec."""
     tcb = [_SgxEntry({"id": f"{SGX_OID}.2.{i + 1}", "value": core.Integer(svn)}) for i, svn in enumerate(components)]
     tcb.append(_SgxEntry({"id": f"{SGX_OID}.2.17", "value": core.Integer(pcesvn)}))
     tcb.append(_SgxEntry({"id": f"{SGX_OID}.2.18", "value": core.OctetString(bytes(components))}))
-    entries = _SgxEntries([
-        _SgxEntry({"id": f"{SGX_OID}.1", "value": core.OctetString(ppid)}),
-        _SgxEntry({"id": f"{SGX_OID}.2", "value": _SgxEntries(tcb)}),
-        _SgxEntry({"id": f"{SGX_OID}.3", "value": core.OctetString(pceid)}),
-        _SgxEntry({"id": f"{SGX_OID}.4", "value": core.OctetString(fmspc)}),
-        _SgxEntry({"id": f"{SGX_OID}.5", "value": _SgxType("standard")}),
-    ])
+    entries = _SgxEntries(
+        [
+            _SgxEntry({"id": f"{SGX_OID}.1", "value": core.OctetString(ppid)}),
+            _SgxEntry({"id": f"{SGX_OID}.2", "value": _SgxEntries(tcb)}),
+            _SgxEntry({"id": f"{SGX_OID}.3", "value": core.OctetString(pceid)}),
+            _SgxEntry({"id": f"{SGX_OID}.4", "value": core.OctetString(fmspc)}),
+            _SgxEntry({"id": f"{SGX_OID}.5", "value": _SgxType("standard")}),
+        ]
+    )
     return x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_OID), entries.dump())
 
 
@@ -219,10 +235,18 @@ def _create_intel(now: dt.datetime) -> IntelPki:
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     ppid = secrets.token_bytes(16)
     builder = _builder(_name("Intel SGX PCK Certificate (simulated)"), ca_name, leaf_key.public_key(), now, False)
-    builder = builder.add_extension(sgx_extension(ppid, SIM_SGX_TCB_COMPONENTS, SIM_PCESVN, SIM_PCEID, SIM_FMSPC), critical=False)
+    builder = builder.add_extension(
+        sgx_extension(ppid, SIM_SGX_TCB_COMPONENTS, SIM_PCESVN, SIM_PCEID, SIM_FMSPC), critical=False
+    )
     pck_leaf = Issued(_sign(builder, ca_key), leaf_key)
     signer_key = ec.generate_private_key(ec.SECP256R1())
-    signer = Issued(_sign(_builder(_name("Intel SGX TCB Signing (simulated)"), root_name, signer_key.public_key(), now, False), root_key), signer_key)
+    signer = Issued(
+        _sign(
+            _builder(_name("Intel SGX TCB Signing (simulated)"), root_name, signer_key.public_key(), now, False),
+            root_key,
+        ),
+        signer_key,
+    )
     return IntelPki(root, pck_ca, pck_leaf, signer, _crl(root, now), _crl(pck_ca, now), ppid)
 
 
@@ -240,7 +264,9 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def _save_issued(directory: Path, name: str, issued: Issued) -> None:
     (directory / f"{name}.pem").write_bytes(issued.pem)
-    key_pem = issued.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = issued.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     _write_private(directory / f"{name}.key.pem", key_pem)
 
 
@@ -266,7 +292,7 @@ def load_or_create(directory: str | Path) -> SimulatedPki:
         if not marker.exists():
             directory.mkdir(parents=True, exist_ok=True)
             os.chmod(directory, 0o700)
-            now = dt.datetime.now(dt.timezone.utc)
+            now = dt.datetime.now(dt.UTC)
             amd, intel = _create_amd(now), _create_intel(now)
             for sub in _FILES:
                 (directory / sub).mkdir(exist_ok=True)
@@ -276,10 +302,14 @@ def load_or_create(directory: str | Path) -> SimulatedPki:
             for name in _FILES["intel"]:
                 _save_issued(directory / "intel", name, getattr(intel, name))
             (directory / "intel" / "ppid.bin").write_bytes(intel.ppid)
-            (directory / "intel" / "root-ca-crl.der").write_bytes(intel.root_crl.public_bytes(serialization.Encoding.DER))
+            (directory / "intel" / "root-ca-crl.der").write_bytes(
+                intel.root_crl.public_bytes(serialization.Encoding.DER)
+            )
             (directory / "intel" / "pck-crl.der").write_bytes(intel.pck_crl.public_bytes(serialization.Encoding.DER))
             marker.write_text("attestfl simulated TEE root of trust. Software only: proves nothing about hardware.\n")
-        amd = AmdPki(*(_load_issued(directory / "amd", n) for n in _FILES["amd"]), _read(directory / "amd" / "chip-id.bin"))
+        amd = AmdPki(
+            *(_load_issued(directory / "amd", n) for n in _FILES["amd"]), _read(directory / "amd" / "chip-id.bin")
+        )
         intel = IntelPki(
             *(_load_issued(directory / "intel", n) for n in _FILES["intel"]),
             x509.load_der_x509_crl(_read(directory / "intel" / "root-ca-crl.der")),

@@ -9,15 +9,15 @@ CHIP_ID is the VCEK's hwID, CPUID family/model say Milan, the signing key field 
 The certificate table the simulated host hands out (the ``auxblob``) holds the VCEK, ASK
 and ARK.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from cryptography import x509
-
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -64,7 +64,7 @@ def simulated_amd_crl(
     issuer, which makes the CRL indirect (RFC 5280 §5.2.5, §5.3.3)."""
     # Published an hour ago, as a vendor's collateral is: a verifier whose clock is a little
     # behind the simulated TEE's still finds it valid.
-    issued = issued or dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    issued = issued or dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     ark, ask = pki.amd.ark.cert, pki.amd.ask.cert
     by_ark = [c for c in revoked if c.issuer == ark.subject]
     by_ask = [c for c in revoked if c.issuer == ask.subject]
@@ -79,7 +79,9 @@ def simulated_amd_crl(
     )
     when = issued - dt.timedelta(minutes=1)
     for cert in by_ark:
-        builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(when).build())
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(when).build()
+        )
     for cert in by_ask:  # after the ARK's own entries: an entry without the extension inherits the one before
         entry = x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(when)
         entry = entry.add_extension(x509.CertificateIssuer([x509.DirectoryName(ask.subject)]), critical=True)
@@ -87,8 +89,13 @@ def simulated_amd_crl(
     if by_ask:
         builder = builder.add_extension(
             x509.IssuingDistributionPoint(
-                full_name=None, relative_name=None, only_contains_user_certs=False, only_contains_ca_certs=False,
-                only_some_reasons=None, indirect_crl=True, only_contains_attribute_certs=False,
+                full_name=None,
+                relative_name=None,
+                only_contains_user_certs=False,
+                only_contains_ca_certs=False,
+                only_some_reasons=None,
+                indirect_crl=True,
+                only_contains_attribute_certs=False,
             ),
             critical=True,
         )

@@ -17,6 +17,7 @@ The attestation key is created when a :class:`SimulatedTdxQuoter` is created (as
 creates one at start-up) and the QE report that certifies it is signed once; each quote
 then costs one ECDSA P-256 signature.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -163,5 +164,7 @@ class SimulatedTdxQuoter:
         )
         signed = self._header.to_bytes() + body.to_bytes()
         signature = _raw_p256_signature(self._attestation_key, signed)
-        quote = TdxQuote(self._header, body, QuoteSignatureData(signature, self.attestation_public_key, self._certification))
+        quote = TdxQuote(
+            self._header, body, QuoteSignatureData(signature, self.attestation_public_key, self._certification)
+        )
         return quote.to_bytes()

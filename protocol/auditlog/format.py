@@ -9,6 +9,7 @@ SHA-256(length || payload)``; an entry's payload is the canonical CBOR of ``{"in
 "time", "fields"}``, a head's the canonical CBOR of a signed tree head
 (:mod:`protocol.auditlog.heads`).
 """
+
 from __future__ import annotations
 
 import errno
@@ -91,8 +92,8 @@ def scan_records(data: bytes) -> Scan:
         end = offset + _LEN.size + length + CHECKSUM_SIZE
         if length > MAX_RECORD_BYTES or end > size:
             return Scan(records, offset, f"a record of {length} bytes runs past the end of the file", end > size)
-        payload = data[offset + _LEN.size: offset + _LEN.size + length]
-        if hashlib.sha256(data[offset: offset + _LEN.size + length]).digest() != data[end - CHECKSUM_SIZE: end]:
+        payload = data[offset + _LEN.size : offset + _LEN.size + length]
+        if hashlib.sha256(data[offset : offset + _LEN.size + length]).digest() != data[end - CHECKSUM_SIZE : end]:
             return Scan(records, offset, "a record fails its checksum", end == size)
         records.append(Record(offset, payload))
         offset = end

@@ -18,6 +18,7 @@ canonical CBOR (RFC 8949 §4.2.1) of ``{"tree_size", "root_hash", "timestamp", "
 "signature"}``; the Ed25519 signature covers :func:`head_message`: ``HEAD_LABEL || u64
 tree_size || u64 timestamp (unix ms) || root_hash || key``.
 """
+
 from __future__ import annotations
 
 import struct
@@ -89,22 +90,34 @@ class TreeHead:
     def verify(self, key: bytes | None = None) -> TreeHead:
         """This head, if its signature verifies (and, with ``key``, it is signed by that key); else HeadInvalid."""
         if key is not None and self.key != key:
-            raise HeadInvalid(f"the tree head (size {self.tree_size}) is signed by {self.key.hex()}, not by {bytes(key).hex()}")
+            raise HeadInvalid(
+                f"the tree head (size {self.tree_size}) is signed by {self.key.hex()}, not by {bytes(key).hex()}"
+            )
         if not self.signature_valid():
             raise HeadInvalid(f"the tree head (size {self.tree_size}) has a signature that does not verify")
         return self
 
     def to_cbor_map(self) -> dict[str, Any]:
-        return {"tree_size": self.tree_size, "root_hash": self.root_hash, "timestamp": self.timestamp,
-                "key": self.key, "signature": self.signature}
+        return {
+            "tree_size": self.tree_size,
+            "root_hash": self.root_hash,
+            "timestamp": self.timestamp,
+            "key": self.key,
+            "signature": self.signature,
+        }
 
     def to_bytes(self) -> bytes:
         """The canonical CBOR form (as in ``heads.log``, and on the wire to sites)."""
         return cbor2.dumps(self.to_cbor_map(), canonical=True)
 
     def to_json(self) -> dict[str, Any]:
-        return {"tree_size": self.tree_size, "root_hash": self.root_hash.hex(), "timestamp": self.timestamp,
-                "key": self.key.hex(), "signature": self.signature.hex()}
+        return {
+            "tree_size": self.tree_size,
+            "root_hash": self.root_hash.hex(),
+            "timestamp": self.timestamp,
+            "key": self.key.hex(),
+            "signature": self.signature.hex(),
+        }
 
     @classmethod
     def from_map(cls, data: Any) -> TreeHead:
@@ -126,7 +139,12 @@ class TreeHead:
             return value
 
         size, timestamp = data["tree_size"], data["timestamp"]
-        if type(size) is not int or type(timestamp) is not int or not 0 <= size <= MAX_U64 or not 0 <= timestamp <= MAX_U64:
+        if (
+            type(size) is not int
+            or type(timestamp) is not int
+            or not 0 <= size <= MAX_U64
+            or not 0 <= timestamp <= MAX_U64
+        ):
             raise HeadInvalid("tree head tree_size and timestamp must be unsigned 64-bit integers")
         return cls(size, raw("root_hash", merkle.HASH_SIZE), timestamp, raw("key", 32), raw("signature", 64))
 
@@ -153,16 +171,34 @@ def verify_consistency(old: TreeHead, new: TreeHead, proof: Sequence[bytes], *, 
     old.verify()
     new.verify(key)
     if new.tree_size < old.tree_size:
-        raise HeadInconsistent(f"the new tree head covers {new.tree_size} entries, fewer than the {old.tree_size} of the kept one: "
-                               "the log was rolled back")
+        raise HeadInconsistent(
+            f"the new tree head covers {new.tree_size} entries, fewer than the {old.tree_size} of the kept one: "
+            "the log was rolled back"
+        )
     if new.timestamp < old.timestamp:
-        raise HeadInconsistent(f"the new tree head (time {new.timestamp}) is older than the kept one (time {old.timestamp}): "
-                               "the log was rolled back")
-    if not isinstance(proof, (list, tuple)) or len(proof) > 128 or not all(isinstance(p, bytes) and len(p) == merkle.HASH_SIZE for p in proof):
+        raise HeadInconsistent(
+            f"the new tree head (time {new.timestamp}) is older than the kept one (time {old.timestamp}): "
+            "the log was rolled back"
+        )
+    if (
+        not isinstance(proof, (list, tuple))
+        or len(proof) > 128
+        or not all(isinstance(p, bytes) and len(p) == merkle.HASH_SIZE for p in proof)
+    ):
         raise HeadInconsistent("the consistency proof is not a list of at most 128 SHA-256 hashes")
     if not merkle.verify_consistency(old.tree_size, new.tree_size, old.root_hash, new.root_hash, proof):
-        raise HeadInconsistent(f"the tree of {new.tree_size} entries does not extend the kept tree of {old.tree_size} entries: "
-                               "the log was rewritten, rolled back or forked")
+        raise HeadInconsistent(
+            f"the tree of {new.tree_size} entries does not extend the kept tree of {old.tree_size} entries: "
+            "the log was rewritten, rolled back or forked"
+        )
 
 
-__all__ = ["HEAD_LABEL", "HeadError", "HeadInconsistent", "HeadInvalid", "TreeHead", "head_message", "verify_consistency"]
+__all__ = [
+    "HEAD_LABEL",
+    "HeadError",
+    "HeadInconsistent",
+    "HeadInvalid",
+    "TreeHead",
+    "head_message",
+    "verify_consistency",
+]

@@ -15,6 +15,7 @@ of ``n`` leaves splits at ``k``, the largest power of two below ``n``. Here:
 
 Functions work on *leaf hashes* (32 bytes each), so callers hash each entry once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -227,7 +228,7 @@ class Tree:
         if not 0 <= size <= self.size:
             raise ValueError(f"cannot truncate a tree of {self.size} leaves to {size}")
         for height, level in enumerate(self.levels):
-            del level[size >> height:]
+            del level[size >> height :]
         while len(self.levels) > 1 and not self.levels[-1]:
             self.levels.pop()
 

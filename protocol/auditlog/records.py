@@ -13,6 +13,7 @@ are one schema (:class:`PolicyRecord` over :class:`protocol.admission.SiteRule`)
 by :func:`protocol.admission.encode_plain` and decoded by
 :func:`protocol.admission.decode_plain`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,7 @@ from typing import Any
 
 import msgspec
 
-from attestation.errors import AttestflError
-from attestation.errors import AttestationError
+from attestation.errors import AttestationError, AttestflError
 from attestation.policy import Policy
 from protocol.admission import (
     AdmissionPolicy,
@@ -123,10 +123,13 @@ def admission_policy_from_record(record: Any) -> AdmissionPolicy:
         attestation = Policy() if text is None else Policy.from_toml(text.decode("utf-8"))
         checks = admission_checks(logged.extension_checks)
         return AdmissionPolicy(
-            sites=logged.sites, attestation=attestation,
+            sites=logged.sites,
+            attestation=attestation,
             challenge_ttl=timedelta(seconds=logged.challenge_ttl_s),
             credential_ttl=timedelta(seconds=logged.credential_ttl_s),
-            policy_id=logged.policy_id, policy_text=text, checks=checks,
+            policy_id=logged.policy_id,
+            policy_text=text,
+            checks=checks,
         )
     except (AttestationError, UnicodeDecodeError, ValueError, OverflowError) as exc:
         raise PolicyRecordError(f"the logged admission policy is unusable: {type(exc).__name__}: {exc}") from None

@@ -17,6 +17,7 @@ FAULT is one of:
 After the failed append it tries another (must be refused), lifts the file size limit
 ("space comes back"), tries again (still refused), closes the log and reports file sizes.
 """
+
 from __future__ import annotations
 
 import errno
@@ -28,12 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from seccomp import fail_syscalls, fd_of  # noqa: E402
-
-from aggregator.audit.events import AuditLog  # noqa: E402
-from aggregator.audit.log import ENTRIES_FILE, HEADS_FILE  # noqa: E402
-from enclave.keys import EnclaveKeys  # noqa: E402
-from enclave.simulated.attester import SimulatedSnpAttester  # noqa: E402
+from aggregator.audit.events import AuditLog
+from aggregator.audit.log import ENTRIES_FILE, HEADS_FILE
+from enclave.keys import EnclaveKeys
+from enclave.simulated.attester import SimulatedSnpAttester
+from seccomp import fail_syscalls, fd_of
 
 MARKER = b"FAILED-APPEND-MARKER-"
 OFFSET = 10  # bytes of the record that fit under the limit
@@ -60,12 +60,20 @@ def main() -> None:
     entries_end, heads_end = before
     entry_bytes = 4 + 32 + 200 + len(MARKER) * 8  # an upper bound of the failing entry's record
     if fault.endswith("head") and not entries_end + entry_bytes <= heads_end:
-        print(json.dumps({"precondition": f"heads.log ({heads_end}) must be longer than entries.log ({entries_end}) + {entry_bytes}"}))
+        print(
+            json.dumps(
+                {
+                    "precondition": f"heads.log ({heads_end}) must be longer than entries.log ({entries_end}) + {entry_bytes}"
+                }
+            )
+        )
         return
     _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     if fault.startswith(("fsize", "kill")):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN if fault.startswith("fsize") else signal.SIG_DFL)
-        target = {"entry": entries_end + OFFSET, "head": heads_end + OFFSET, "before-head": heads_end}[fault.split("-", 1)[1]]
+        target = {"entry": entries_end + OFFSET, "head": heads_end + OFFSET, "before-head": heads_end}[
+            fault.split("-", 1)[1]
+        ]
         resource.setrlimit(resource.RLIMIT_FSIZE, (target, hard))
     elif fault == "fsync-entry":
         fail_syscalls([("fsync", fd_of(log_dir / ENTRIES_FILE), errno.EIO)])
@@ -84,8 +92,20 @@ def main() -> None:
     after_space = attempt(log, i=3)
     available = log.available
     log.close()
-    print(json.dumps({"before": before, "failed": failed, "during": during, "again": again, "after_space": after_space,
-                      "available": available, "closed": sizes(log_dir), "audit_failed": log.failed}))
+    print(
+        json.dumps(
+            {
+                "before": before,
+                "failed": failed,
+                "during": during,
+                "again": again,
+                "after_space": after_space,
+                "available": available,
+                "closed": sizes(log_dir),
+                "audit_failed": log.failed,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 loopback address (127.0.0.2, 127.0.0.3, ...: on Linux the whole 127/8 is this machine), so an
 attacker and an honest site are different client addresses as they would be on a network; and
 calls that send their headers but never their request message."""
+
 from __future__ import annotations
 
 import asyncio
@@ -51,8 +52,11 @@ class BodilessCalls:
                 yield b""
 
         async def one(channel: grpc.aio.Channel) -> None:
-            call = channel.stream_unary(f"/attestfl.v1.Federation/{self.method}", request_serializer=lambda b: b,
-                                        response_deserializer=lambda b: b)(never(), timeout=120)
+            call = channel.stream_unary(
+                f"/attestfl.v1.Federation/{self.method}",
+                request_serializer=lambda b: b,
+                response_deserializer=lambda b: b,
+            )(never(), timeout=120)
             try:
                 await call
                 self.codes.append("OK")

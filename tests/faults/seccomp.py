@@ -5,6 +5,7 @@ test is unchanged and sees exactly what a failing disk would give it (``OSError`
 
 Linux on x86-64 or aarch64; needs no privilege (``PR_SET_NO_NEW_PRIVS`` first).
 """
+
 from __future__ import annotations
 
 import ctypes

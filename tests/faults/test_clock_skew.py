@@ -1,6 +1,7 @@
 """Clocks disagree: the aggregator's clock runs ahead of the site's (libfaketime on the real
 `attestfl serve` process). Within the tolerance the site joins; beyond it the site says
 "clock skew", not "not signed by the attested aggregator key"."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsite.client import ClockSkew
 from federation import Deployment
+from fedsite.client import ClockSkew
 
 FAKETIME = shutil.which("faketime")
 

@@ -3,6 +3,7 @@ server process gets a file-size limit, RLIMIT_FSIZE, just below the next entry: 
 same failure as a full disk for the code that appends), the aggregator stops before applying
 anything (exit 3), and once the limit is gone ("space returns") it restarts, its log verifies,
 nothing is applied twice or without its receipt, and training ends with the correct model."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,17 +11,16 @@ import resource
 import time
 from pathlib import Path
 
+import cbor2
 import grpc
 import numpy as np
 import pytest
 
 from aggregator.audit.log import ENTRIES_FILE, scan_records
-from auditor.verify import verify_log
-from protocol.tensors import encode_tensors
 from attestation.policy import Policy
+from auditor.verify import verify_log
 from federation import MODEL, Aggregator, Deployment
-
-import cbor2
+from protocol.tensors import encode_tensors
 
 
 def _const(value: float) -> dict[str, np.ndarray]:
@@ -90,8 +90,12 @@ def _verified(deployment: Deployment) -> None:
 
 @pytest.mark.parametrize("point", ["admission", "update_accepted", "metrics", "round"])
 def test_disk_full_at_each_append_point(tmp_path: Path, point: str, record_property) -> None:
-    deployment = Deployment(tmp_path, tmp_path / "vendor", sites={"site-a": "", "site-b": "", "site-c": ""},
-                            task='rounds = 2\nmin_sites = 2\nround_deadline = "4s"')
+    deployment = Deployment(
+        tmp_path,
+        tmp_path / "vendor",
+        sites={"site-a": "", "site-b": "", "site-c": ""},
+        task='rounds = 2\nmin_sites = 2\nround_deadline = "4s"',
+    )
     first = deployment.start()
     a = deployment.client(first.target, site_id="site-a")
     b = deployment.client(first.target, site_id="site-b")

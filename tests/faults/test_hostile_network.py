@@ -1,11 +1,12 @@
 """The network is hostile before authentication: floods from another client address against a
 real `attestfl serve`, while an honest site joins from its own."""
+
 from __future__ import annotations
 
 import os
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import cbor2
 import grpc
@@ -13,11 +14,6 @@ import numpy as np
 import pytest
 
 from aggregator.audit.log import ENTRIES_FILE, HEADS_FILE, scan_records
-from protocol.formulas import admission_nonce, upload_context
-from protocol.streams import StreamSealer
-from fedsite.client import admit_request
-from protocol.wire import federation_pb2 as pb
-from protocol.wire import federation_pb2_grpc as pb_grpc
 from attestation.abi.bundle import encode_bundle
 from attestation.binding import BoundKeys
 from enclave.attester import make_bundle
@@ -25,13 +21,22 @@ from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys
 from enclave.simulated.attester import SimulatedSnpAttester
 from federation import MODEL, Aggregator, Deployment, run_aggregator
+from fedsite.client import admit_request
 from peers import BodilessCalls, SourceForwarder
+from protocol.formulas import admission_nonce, upload_context
+from protocol.streams import StreamSealer
+from protocol.wire import federation_pb2 as pb
+from protocol.wire import federation_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
-    return Deployment(tmp_path_factory.mktemp("deployment"), tmp_path_factory.mktemp("vendor"),
-                      sites={f"site-{x}": "" for x in "abcdef"}, task='rounds = 50\nmin_sites = 3\nround_deadline = "600s"')
+    return Deployment(
+        tmp_path_factory.mktemp("deployment"),
+        tmp_path_factory.mktemp("vendor"),
+        sites={f"site-{x}": "" for x in "abcdef"},
+        task='rounds = 50\nmin_sites = 3\nround_deadline = "600s"',
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +59,15 @@ def _timed_join(deployment: Deployment, aggregator: Aggregator, site_id: str) ->
 
 def _log_bytes(deployment: Deployment) -> int:
     log = deployment.directory / "audit-log"
-    return sum((log / name).stat().st_size for name in (ENTRIES_FILE, HEADS_FILE)) + (deployment.directory / "aggregator.stderr").stat().st_size
+    return (
+        sum((log / name).stat().st_size for name in (ENTRIES_FILE, HEADS_FILE))
+        + (deployment.directory / "aggregator.stderr").stat().st_size
+    )
 
 
-def test_256_bodiless_calls_do_not_delay_a_legitimate_join(deployment: Deployment, aggregator: Aggregator, record_property) -> None:
+def test_256_bodiless_calls_do_not_delay_a_legitimate_join(
+    deployment: Deployment, aggregator: Aggregator, record_property
+) -> None:
     baseline = min(_timed_join(deployment, aggregator, "site-a") for _ in range(3))
     forwarder = _attacker(aggregator, "127.0.0.2")
     try:
@@ -71,7 +81,9 @@ def test_256_bodiless_calls_do_not_delay_a_legitimate_join(deployment: Deploymen
     assert flooded < baseline + 0.5, (baseline, flooded)
     # Over a budget: refused at once; within one: ended at the request deadline (or with the
     # attacker's connection). Never served, never waiting on the honest site.
-    assert len(codes) == 256 and set(codes) <= {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "UNAVAILABLE"}, sorted(set(codes))
+    assert len(codes) == 256 and set(codes) <= {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "UNAVAILABLE"}, sorted(
+        set(codes)
+    )
     assert codes.count("DEADLINE_EXCEEDED") <= 32  # at most the per-address budget ever held a slot
 
 
@@ -80,7 +92,9 @@ def test_bodiless_calls_on_session_methods_hold_nothing(aggregator: Aggregator) 
     assert set(flood.finish()) == {"UNAUTHENTICATED"}  # no session: refused before any message is awaited
 
 
-def test_unauthenticated_log_growth_per_request_is_bounded(deployment: Deployment, aggregator: Aggregator, record_property) -> None:
+def test_unauthenticated_log_growth_per_request_is_bounded(
+    deployment: Deployment, aggregator: Aggregator, record_property
+) -> None:
     forwarder = _attacker(aggregator, "127.0.0.3")
     entries_before = len(scan_records((deployment.directory / "audit-log" / ENTRIES_FILE).read_bytes()).records)
     before = _log_bytes(deployment)
@@ -96,9 +110,16 @@ def test_unauthenticated_log_growth_per_request_is_bounded(deployment: Deploymen
                     challenge = stub.GetChallenge(pb.ChallengeRequest(site_id=site_id), timeout=10).challenge
                     requests += 1
                     keys = EnclaveKeys()
-                    request = admit_request(site_id=site_id, challenge=challenge, session_keys=keys.public, evidence_format="bundle",
-                                            evidence=garbage, identity=SiteIdentity.generate(site_id), aggregator_keys=aggregator_keys,
-                                            aggregator_evidence_sha256=os.urandom(32))
+                    request = admit_request(
+                        site_id=site_id,
+                        challenge=challenge,
+                        session_keys=keys.public,
+                        evidence_format="bundle",
+                        evidence=garbage,
+                        identity=SiteIdentity.generate(site_id),
+                        aggregator_keys=aggregator_keys,
+                        aggregator_evidence_sha256=os.urandom(32),
+                    )
                     request.evidence_format = "f" * 10_000
                     requests += 1
                     assert not stub.Admit(request, timeout=10).admitted
@@ -116,18 +137,24 @@ def test_unauthenticated_log_growth_per_request_is_bounded(deployment: Deploymen
     records = scan_records((deployment.directory / "audit-log" / ENTRIES_FILE).read_bytes()).records[entries_before:]
     logged = [cbor2.loads(r.payload) for r in records]
     unauthenticated = [e for e in logged if e["kind"] == "admission"]
-    assert unauthenticated and all(not e["fields"]["admitted"] and "evidence" not in e["fields"] for e in unauthenticated)
+    assert unauthenticated and all(
+        not e["fields"]["admitted"] and "evidence" not in e["fields"] for e in unauthenticated
+    )
     assert max(len(r.payload) for r in records) < 1500
     # The refusals over the rate are counted, not dropped: one entry per flush period.
     deadline = time.time() + 30
     counted = 0
     while time.time() < deadline and not counted:
-        counted = sum(e["by_peer"].get("127.0.0.3", 0) for e in aggregator.events() if e["message"] == "refusals_suppressed")
+        counted = sum(
+            e["by_peer"].get("127.0.0.3", 0) for e in aggregator.events() if e["message"] == "refusals_suppressed"
+        )
         time.sleep(0.5)
     assert counted > 0
 
 
-def test_a_challenge_flood_does_not_evict_a_real_sites_challenge(deployment: Deployment, aggregator: Aggregator) -> None:
+def test_a_challenge_flood_does_not_evict_a_real_sites_challenge(
+    deployment: Deployment, aggregator: Aggregator
+) -> None:
     with grpc.insecure_channel(aggregator.target) as channel:
         stub = pb_grpc.FederationStub(channel)
         challenge = stub.GetChallenge(pb.ChallengeRequest(site_id="site-c"), timeout=10).challenge
@@ -146,10 +173,18 @@ def test_a_challenge_flood_does_not_evict_a_real_sites_challenge(deployment: Dep
             forwarder.close()
         keys = EnclaveKeys()
         bundle = make_bundle(SimulatedSnpAttester(deployment.sim_dir), keys, admission_nonce("site-c", challenge))
-        request = admit_request(site_id="site-c", challenge=challenge, session_keys=keys.public, evidence_format="bundle",
-                                evidence=encode_bundle(bundle), identity=deployment.identity("site-c"),
-                                aggregator_keys=BoundKeys(bytes.fromhex(aggregator.ready["x25519"]), bytes.fromhex(aggregator.ready["ed25519"])),
-                                aggregator_evidence_sha256=bytes(32))
+        request = admit_request(
+            site_id="site-c",
+            challenge=challenge,
+            session_keys=keys.public,
+            evidence_format="bundle",
+            evidence=encode_bundle(bundle),
+            identity=deployment.identity("site-c"),
+            aggregator_keys=BoundKeys(
+                bytes.fromhex(aggregator.ready["x25519"]), bytes.fromhex(aggregator.ready["ed25519"])
+            ),
+            aggregator_evidence_sha256=bytes(32),
+        )
         assert stub.Admit(request, timeout=30).admitted
     assert answered < 4096  # and the rate limit held the flood back as well
 
@@ -169,8 +204,12 @@ def test_an_admitted_site_cannot_hold_more_than_one_upload(deployment: Deploymen
         task = client.task()
         update = {name: np.full(array.shape, 0.1, np.float32) for name, array in MODEL.items()}
         session, call, metadata = client._next_call()
-        sealer = StreamSealer(session.keys.site_to_aggregator, session_id=session.claims.session_id, purpose="update",
-                              context=upload_context(task.round, task.attempt, client.site_id, call))
+        sealer = StreamSealer(
+            session.keys.site_to_aggregator,
+            session_id=session.claims.session_id,
+            purpose="update",
+            context=upload_context(task.round, task.attempt, client.site_id, call),
+        )
         _index, chunk0 = sealer.seal(b"\0" * 64, final=False)  # a genuine chunk 0: it authenticates; more would follow
         hold = threading.Event()
 

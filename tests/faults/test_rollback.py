@@ -1,6 +1,7 @@
 """The host snapshots the aggregator's disk and later restores it (rollback). A site that kept a
 newer signed tree head refuses the rolled-back aggregator; a checkpoint rolled back under a
 newer log is flagged by `audit verify`."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,16 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auditor.verify import verify_log
-from fedsite.client import AggregatorNotTrusted, SiteClient
 from attestation.policy import Policy
+from auditor.verify import verify_log
 from federation import MODEL, Deployment
+from fedsite.client import AggregatorNotTrusted, SiteClient
 
 
 def _round(clients: list[SiteClient]) -> int:
     task = clients[0].task()
     for value, client in zip((0.1, 0.3), clients):
-        client.upload_update(task.round, {k: np.full(v.shape, value, np.float32) for k, v in MODEL.items()}, 1.0, attempt=task.attempt)
+        client.upload_update(
+            task.round, {k: np.full(v.shape, value, np.float32) for k, v in MODEL.items()}, 1.0, attempt=task.attempt
+        )
     deadline = time.time() + 30
     while clients[0].task().round == task.round and time.time() < deadline:
         time.sleep(0.05)
@@ -40,8 +43,12 @@ def _restore(deployment: Deployment, where: Path, names: tuple[str, ...]) -> Non
 @pytest.fixture
 def history(tmp_path: Path) -> tuple[Deployment, Path, SiteClient]:
     """Round 1, a snapshot of the disk, round 2; the aggregator is stopped. Site a keeps its head."""
-    deployment = Deployment(tmp_path / "run", tmp_path / "vendor", sites={"site-a": "", "site-b": ""},
-                            task='rounds = 5\nmin_sites = 2\nround_deadline = "600s"')
+    deployment = Deployment(
+        tmp_path / "run",
+        tmp_path / "vendor",
+        sites={"site-a": "", "site-b": ""},
+        task='rounds = 5\nmin_sites = 2\nround_deadline = "600s"',
+    )
     deployment.directory.mkdir()
     aggregator = deployment.start()
     clients = [deployment.client(aggregator.target, site_id=site) for site in ("site-a", "site-b")]
@@ -75,7 +82,9 @@ def test_a_rejoining_site_refuses_a_rolled_back_aggregator(history: tuple[Deploy
         aggregator.stop()
 
 
-def test_audit_verify_flags_a_checkpoint_rolled_back_under_a_newer_log(history: tuple[Deployment, Path, SiteClient]) -> None:
+def test_audit_verify_flags_a_checkpoint_rolled_back_under_a_newer_log(
+    history: tuple[Deployment, Path, SiteClient],
+) -> None:
     deployment, snapshot, site = history
     site.close()
     _restore(deployment, snapshot, ("state",))  # only the sealed checkpoint goes back to round 2's start

@@ -2,12 +2,13 @@
 ``attestfl.v1.Federation`` call to the real aggregator as raw bytes, keeps what passes, and lets
 a test rewrite any request or response. It holds no key of either party: what it can do is
 what a hostile network can do."""
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import grpc
 
@@ -35,14 +36,17 @@ class Relay:
     """Forward calls to ``target``; ``rewrite_request``/``rewrite_response`` see (method, bytes)."""
 
     def __init__(self, target: str) -> None:
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 << 20),
-                                                              ("grpc.max_send_message_length", 8 << 20)])
+        self.channel = grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
+        )
         self.seen: list[Seen] = []
         self.lock = threading.Lock()
         self.rewrite_request: Rewrite = lambda method, data: data
         self.rewrite_response: Rewrite = lambda method, data: data
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                                  options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)])
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=8),
+            options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)],
+        )
         self.server.add_generic_rpc_handlers((self._handlers(),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
@@ -56,7 +60,9 @@ class Relay:
             return [s for s in self.seen if s.method == method]
 
     def _record(self, method: str, context: grpc.ServicerContext, requests: list[bytes]) -> Seen:
-        metadata = tuple((k, v) for k, v in context.invocation_metadata() if isinstance(v, str) and not k.startswith("grpc-"))
+        metadata = tuple(
+            (k, v) for k, v in context.invocation_metadata() if isinstance(v, str) and not k.startswith("grpc-")
+        )
         seen = Seen(method, metadata, requests)
         with self.lock:
             self.seen.append(seen)
@@ -66,7 +72,9 @@ class Relay:
         context.abort(error.code(), error.details() or "")
 
     def _unary(self, method: str) -> grpc.RpcMethodHandler:
-        call = self.channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=_identity, response_deserializer=_identity)
+        call = self.channel.unary_unary(
+            f"/{SERVICE}/{method}", request_serializer=_identity, response_deserializer=_identity
+        )
 
         def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
             seen = self._record(method, context, [request])
@@ -77,10 +85,14 @@ class Relay:
             seen.responses.append(response)
             return self.rewrite_response(method, response)
 
-        return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=_identity, response_serializer=_identity)
+        return grpc.unary_unary_rpc_method_handler(
+            handle, request_deserializer=_identity, response_serializer=_identity
+        )
 
     def _server_stream(self, method: str) -> grpc.RpcMethodHandler:
-        call = self.channel.unary_stream(f"/{SERVICE}/{method}", request_serializer=_identity, response_deserializer=_identity)
+        call = self.channel.unary_stream(
+            f"/{SERVICE}/{method}", request_serializer=_identity, response_deserializer=_identity
+        )
 
         def handle(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
             seen = self._record(method, context, [request])
@@ -91,10 +103,14 @@ class Relay:
             except grpc.RpcError as error:
                 self._abort_like(context, error)
 
-        return grpc.unary_stream_rpc_method_handler(handle, request_deserializer=_identity, response_serializer=_identity)
+        return grpc.unary_stream_rpc_method_handler(
+            handle, request_deserializer=_identity, response_serializer=_identity
+        )
 
     def _client_stream(self, method: str) -> grpc.RpcMethodHandler:
-        call = self.channel.stream_unary(f"/{SERVICE}/{method}", request_serializer=_identity, response_deserializer=_identity)
+        call = self.channel.stream_unary(
+            f"/{SERVICE}/{method}", request_serializer=_identity, response_deserializer=_identity
+        )
 
         def handle(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
             seen = self._record(method, context, [])
@@ -111,7 +127,9 @@ class Relay:
             seen.responses.append(response)
             return self.rewrite_response(method, response)
 
-        return grpc.stream_unary_rpc_method_handler(handle, request_deserializer=_identity, response_serializer=_identity)
+        return grpc.stream_unary_rpc_method_handler(
+            handle, request_deserializer=_identity, response_serializer=_identity
+        )
 
     def _handlers(self) -> grpc.GenericRpcHandler:
         handlers = {name: self._unary(name) for name in UNARY}
@@ -122,9 +140,13 @@ class Relay:
     def replay(self, method: str, requests: list[bytes], metadata: tuple[tuple[str, str], ...]) -> bytes:
         """Send captured request bytes to the aggregator again (a replay by the network)."""
         if method in CLIENT_STREAM:
-            call = self.channel.stream_unary(f"/{SERVICE}/{method}", request_serializer=_identity, response_deserializer=_identity)
+            call = self.channel.stream_unary(
+                f"/{SERVICE}/{method}", request_serializer=_identity, response_deserializer=_identity
+            )
             return call(iter(requests), metadata=metadata, timeout=60)
-        call = self.channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=_identity, response_deserializer=_identity)
+        call = self.channel.unary_unary(
+            f"/{SERVICE}/{method}", request_serializer=_identity, response_deserializer=_identity
+        )
         return call(requests[0], metadata=metadata, timeout=60)
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """Attested is not authorised: each attack of the security review, done by a real client (or a
 real man in the middle) against a real `attestfl serve` on loopback, asserting the refusal, its
 reason id, and what the aggregator's own log says."""
+
 from __future__ import annotations
 
 import os
@@ -8,9 +9,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
@@ -20,10 +21,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from protocol.formulas import admission_nonce
-from fedsite.client import AdmissionRefused, AggregatorNotTrusted, SiteClient, admit_request
-from protocol.wire import federation_pb2 as pb
-from protocol.wire import federation_pb2_grpc as pb_grpc
 from attestation.abi.bundle import EvidenceBundle, encode_bundle
 from attestation.binding import BoundKeys, report_data_for
 from enclave.attester import make_bundle
@@ -32,6 +29,10 @@ from enclave.keys import EnclaveKeys
 from enclave.measure import measure
 from enclave.simulated.attester import SimulatedSnpAttester
 from federation import MODEL, Aggregator, Deployment, run_aggregator
+from fedsite.client import AdmissionRefused, AggregatorNotTrusted, SiteClient, admit_request
+from protocol.formulas import admission_nonce
+from protocol.wire import federation_pb2 as pb
+from protocol.wire import federation_pb2_grpc as pb_grpc
 from relay import Relay
 
 CODE = measure().digest  # what every honest site's simulated TEE measures: the installed code
@@ -39,25 +40,46 @@ CODE = measure().digest  # what every honest site's simulated TEE measures: the 
 
 def _ca(tmp: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Health Network"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, "Example Health Network site CA")])
-    now = datetime.now(timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=365)).add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(key, hashes.SHA256()))
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Health Network"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "Example Health Network site CA"),
+        ]
+    )
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     path = tmp / "organisation-ca.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return key, cert, path
 
 
-def _certify(ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, identity: SiteIdentity, common_name: str) -> bytes:
-    now = datetime.now(timezone.utc)
+def _certify(
+    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, identity: SiteIdentity, common_name: str
+) -> bytes:
+    now = datetime.now(UTC)
     public = serialization.load_der_public_key(
-        bytes.fromhex("302a300506032b6570032100") + identity.public)  # SubjectPublicKeyInfo of an Ed25519 key
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(ca.subject).public_key(public).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=30)).sign(ca_key, hashes.SHA256()))
+        bytes.fromhex("302a300506032b6570032100") + identity.public
+    )  # SubjectPublicKeyInfo of an Ed25519 key
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(ca_key, hashes.SHA256())
+    )
     return cert.public_bytes(serialization.Encoding.DER)
 
 
@@ -70,9 +92,15 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> tuple:
 def deployment(tmp_path_factory: pytest.TempPathFactory, ca: tuple) -> Deployment:
     pin = f'measurements = ["{CODE.hex()}"]'
     return Deployment(
-        tmp_path_factory.mktemp("deployment"), tmp_path_factory.mktemp("vendor"),
-        sites={"hospital-a": pin + "\nmax_weight = 500", "hospital-b": pin + "\nmax_weight = 500", "hospital-c": pin,
-               "hospital-ca": f'{pin}\norganisation_ca = "{ca[2]}"', "hospital-chip": f'chip_ids = ["{"ee" * 64}"]'},
+        tmp_path_factory.mktemp("deployment"),
+        tmp_path_factory.mktemp("vendor"),
+        sites={
+            "hospital-a": pin + "\nmax_weight = 500",
+            "hospital-b": pin + "\nmax_weight = 500",
+            "hospital-c": pin,
+            "hospital-ca": f'{pin}\norganisation_ca = "{ca[2]}"',
+            "hospital-chip": f'chip_ids = ["{"ee" * 64}"]',
+        },
         task='rounds = 50\nmin_sites = 2\nround_deadline = "3s"',
     )
 
@@ -92,15 +120,27 @@ def _aggregator_keys(aggregator: Aggregator) -> BoundKeys:
     return BoundKeys(bytes.fromhex(aggregator.ready["x25519"]), bytes.fromhex(aggregator.ready["ed25519"]))
 
 
-def _impostor_admit(stub: pb_grpc.FederationStub, aggregator: Aggregator, site_id: str, identity: SiteIdentity,
-                    keys: EnclaveKeys | None = None) -> pb.AdmitRequest:
+def _impostor_admit(
+    stub: pb_grpc.FederationStub,
+    aggregator: Aggregator,
+    site_id: str,
+    identity: SiteIdentity,
+    keys: EnclaveKeys | None = None,
+) -> pb.AdmitRequest:
     """An attacker's Admit: a genuine (simulated) TEE running the honest code, its own keys."""
     keys = keys or EnclaveKeys()
     challenge = stub.GetChallenge(pb.ChallengeRequest(site_id=site_id), timeout=10).challenge
     bundle = make_bundle(SimulatedSnpAttester(_vendor(aggregator)), keys, admission_nonce(site_id, challenge))
-    return admit_request(site_id=site_id, challenge=challenge, session_keys=keys.public, evidence_format="bundle",
-                         evidence=encode_bundle(bundle), identity=identity, aggregator_keys=_aggregator_keys(aggregator),
-                         aggregator_evidence_sha256=bytes(32))
+    return admit_request(
+        site_id=site_id,
+        challenge=challenge,
+        session_keys=keys.public,
+        evidence_format="bundle",
+        evidence=encode_bundle(bundle),
+        identity=identity,
+        aggregator_keys=_aggregator_keys(aggregator),
+        aggregator_evidence_sha256=bytes(32),
+    )
 
 
 def _vendor(aggregator: Aggregator) -> Path:
@@ -120,10 +160,14 @@ def _update(value: float) -> dict[str, np.ndarray]:
 # --- 1. site identity -------------------------------------------------------------------------
 
 
-def test_impostor_tee_with_a_passing_measurement_cannot_join_as_another_site(stub: pb_grpc.FederationStub, aggregator: Aggregator) -> None:
+def test_impostor_tee_with_a_passing_measurement_cannot_join_as_another_site(
+    stub: pb_grpc.FederationStub, aggregator: Aggregator
+) -> None:
     """A rented TEE running the very same code (its evidence passes every check, its measurement
     is the pinned one) but holding its own identity key asks to join as hospital-a."""
-    response = stub.Admit(_impostor_admit(stub, aggregator, "hospital-a", SiteIdentity.generate("hospital-a")), timeout=30)
+    response = stub.Admit(
+        _impostor_admit(stub, aggregator, "hospital-a", SiteIdentity.generate("hospital-a")), timeout=30
+    )
     assert not response.admitted
     assert [r.split(":")[0] for r in response.reasons] == ["admission.identity.key"]
     logged = _admissions(aggregator, "hospital-a")[-1]
@@ -138,8 +182,9 @@ def test_admission_without_an_identity_proof_is_refused(stub: pb_grpc.Federation
     assert not response.admitted and [r.split(":")[0] for r in response.reasons] == ["admission.identity.missing"]
 
 
-def test_identity_signature_over_another_transcript_is_refused(stub: pb_grpc.FederationStub, aggregator: Aggregator,
-                                                                deployment: Deployment) -> None:
+def test_identity_signature_over_another_transcript_is_refused(
+    stub: pb_grpc.FederationStub, aggregator: Aggregator, deployment: Deployment
+) -> None:
     """The right key, but a signature lifted from another handshake (another challenge)."""
     identity = deployment.identity("hospital-c")
     earlier = _impostor_admit(stub, aggregator, "hospital-c", identity)
@@ -150,11 +195,14 @@ def test_identity_signature_over_another_transcript_is_refused(stub: pb_grpc.Fed
     stub.Admit(earlier, timeout=30)  # consume the earlier challenge
 
 
-def test_readmission_without_the_identity_key_never_evicts_the_live_session(stub: pb_grpc.FederationStub, aggregator: Aggregator,
-                                                                            deployment: Deployment) -> None:
+def test_readmission_without_the_identity_key_never_evicts_the_live_session(
+    stub: pb_grpc.FederationStub, aggregator: Aggregator, deployment: Deployment
+) -> None:
     with deployment.client(aggregator.target, site_id="hospital-b") as honest:
         session = honest.join()
-        response = stub.Admit(_impostor_admit(stub, aggregator, "hospital-b", SiteIdentity.generate("hospital-b")), timeout=30)
+        response = stub.Admit(
+            _impostor_admit(stub, aggregator, "hospital-b", SiteIdentity.generate("hospital-b")), timeout=30
+        )
         assert not response.admitted and response.reasons[0].startswith("admission.identity.key")
         assert honest.task().round >= 1  # still live: the refused admission replaced nothing
         # The same site re-admitted with its identity replaces its own session, and the log says so.
@@ -169,18 +217,25 @@ def test_readmission_without_the_identity_key_never_evicts_the_live_session(stub
     assert sessions[-1]["session"] == replacement.claims.session_id.hex()
 
 
-def test_organisation_ca_certifies_the_identity_for_that_site_only(aggregator: Aggregator, deployment: Deployment, ca: tuple) -> None:
+def test_organisation_ca_certifies_the_identity_for_that_site_only(
+    aggregator: Aggregator, deployment: Deployment, ca: tuple
+) -> None:
     ca_key, ca_cert, _path = ca
     identity = SiteIdentity.generate("hospital-ca")
     good = _certify(ca_key, ca_cert, identity, "hospital-ca")
-    with deployment.client(aggregator.target, site_id="hospital-ca", identity=identity, identity_certificate=good) as client:
+    with deployment.client(
+        aggregator.target, site_id="hospital-ca", identity=identity, identity_certificate=good
+    ) as client:
         assert client.join().claims.site_id == "hospital-ca"
-    for certificate, why in ((_certify(ca_key, ca_cert, identity, "hospital-a"), "names"),
-                             (_certify(ec.generate_private_key(ec.SECP256R1()), ca_cert, identity, "hospital-ca"), "not issued"),
-                             (b"", "no identity certificate")):
-        with deployment.client(aggregator.target, site_id="hospital-ca", identity=identity, identity_certificate=certificate) as client:
-            with pytest.raises(AdmissionRefused) as refused:
-                client.join()
+    for certificate, why in (
+        (_certify(ca_key, ca_cert, identity, "hospital-a"), "names"),
+        (_certify(ec.generate_private_key(ec.SECP256R1()), ca_cert, identity, "hospital-ca"), "not issued"),
+        (b"", "no identity certificate"),
+    ):
+        with deployment.client(
+            aggregator.target, site_id="hospital-ca", identity=identity, identity_certificate=certificate
+        ) as client, pytest.raises(AdmissionRefused) as refused:
+            client.join()
         (reason,) = refused.value.reasons
         assert reason.startswith("admission.identity.certificate") and why in reason
 
@@ -193,10 +248,14 @@ def test_hardware_pin_of_another_chip_is_refused(aggregator: Aggregator, deploym
 
 
 def test_rule_that_pins_nothing_site_specific_stops_the_aggregator(tmp_path: Path) -> None:
-    deployment = Deployment(tmp_path, tmp_path / "vendor", sites={"hospital-a": 'identity_keys = []'})
+    deployment = Deployment(tmp_path, tmp_path / "vendor", sites={"hospital-a": "identity_keys = []"})
     config = deployment.write()
-    result = subprocess.run([sys.executable, "-m", "attestfl.cli", "serve", "--config", str(config)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "attestfl.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "[admission.sites.hospital-a]" in result.stderr and "pins nothing" in result.stderr
     assert "Traceback" not in result.stderr
@@ -212,7 +271,9 @@ def test_weight_over_the_rule_is_refused(aggregator: Aggregator, deployment: Dep
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_weight" in refused.value.details()
 
 
-def test_low_order_x25519_key_is_refused_at_appraisal(stub: pb_grpc.FederationStub, aggregator: Aggregator, deployment: Deployment) -> None:
+def test_low_order_x25519_key_is_refused_at_appraisal(
+    stub: pb_grpc.FederationStub, aggregator: Aggregator, deployment: Deployment
+) -> None:
     """The evidence binds a low-order X25519 point: refused by the appraisal, so the log and the
     reply agree (no 'admitted' entry followed by a failure to agree a key)."""
     low_order = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
@@ -221,11 +282,25 @@ def test_low_order_x25519_key_is_refused_at_appraisal(stub: pb_grpc.FederationSt
     nonce = admission_nonce("hospital-c", challenge)
     keys = BoundKeys(low_order, ed25519)
     cpu = SimulatedSnpAttester(_vendor(aggregator)).evidence(report_data_for(keys, nonce))
-    bundle = EvidenceBundle(platform=cpu.platform, evidence=cpu.evidence, keys=keys, nonce=nonce, created=datetime.now(timezone.utc),
-                            certificates=cpu.certificates, collateral=dict(cpu.collateral))
-    request = admit_request(site_id="hospital-c", challenge=challenge, session_keys=keys, evidence_format="bundle",
-                            evidence=encode_bundle(bundle), identity=deployment.identity("hospital-c"),
-                            aggregator_keys=_aggregator_keys(aggregator), aggregator_evidence_sha256=bytes(32))
+    bundle = EvidenceBundle(
+        platform=cpu.platform,
+        evidence=cpu.evidence,
+        keys=keys,
+        nonce=nonce,
+        created=datetime.now(UTC),
+        certificates=cpu.certificates,
+        collateral=dict(cpu.collateral),
+    )
+    request = admit_request(
+        site_id="hospital-c",
+        challenge=challenge,
+        session_keys=keys,
+        evidence_format="bundle",
+        evidence=encode_bundle(bundle),
+        identity=deployment.identity("hospital-c"),
+        aggregator_keys=_aggregator_keys(aggregator),
+        aggregator_evidence_sha256=bytes(32),
+    )
     response = stub.Admit(request, timeout=30)
     assert not response.admitted and any(r.startswith("admission.keys") and "low-order" in r for r in response.reasons)
     logged = _admissions(aggregator, "hospital-c")[-1]
@@ -235,7 +310,9 @@ def test_low_order_x25519_key_is_refused_at_appraisal(stub: pb_grpc.FederationSt
 # --- the site mirrors it: no unpinned aggregator ----------------------------------------------
 
 
-def test_site_refuses_a_policy_that_pins_no_aggregator_measurement(tmp_path: Path, aggregator: Aggregator, deployment: Deployment) -> None:
+def test_site_refuses_a_policy_that_pins_no_aggregator_measurement(
+    tmp_path: Path, aggregator: Aggregator, deployment: Deployment
+) -> None:
     roots = ", ".join(f'"{fp}"' for fp in deployment.roots.values())
     (tmp_path / "policy.toml").write_text(f"trusted_simulated_roots = [{roots}]\n")
     (tmp_path / "trainer.py").write_text("def make(data, base):\n    raise SystemExit('never reached')\n")
@@ -250,27 +327,49 @@ def test_site_refuses_a_policy_that_pins_no_aggregator_measurement(tmp_path: Pat
         """)
     site.write_text(base)
     for command in (["site", "run"], ["site", "join"]):
-        result = subprocess.run([sys.executable, "-m", "attestfl.cli", *command, "--config", str(site)],
-                                capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        result = subprocess.run(
+            [sys.executable, "-m", "attestfl.cli", *command, "--config", str(site)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
         assert result.returncode == 2, result.stderr
         assert "pins no launch measurement" in result.stderr and "INSECURE_accept_any_aggregator" in result.stderr
     # The override is explicit, loudly named, and warned about at every start.
     site.write_text(base + "INSECURE_accept_any_aggregator = true\n")
-    enrolled = subprocess.run([sys.executable, "-m", "attestfl.cli", "site", "enroll", "--config", str(site), "--json"],
-                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    enrolled = subprocess.run(
+        [sys.executable, "-m", "attestfl.cli", "site", "enroll", "--config", str(site), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert enrolled.returncode == 0, enrolled.stderr
-    result = subprocess.run([sys.executable, "-m", "attestfl.cli", "site", "join", "--config", str(site)],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "attestfl.cli", "site", "join", "--config", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert "WARNING: INSECURE_accept_any_aggregator" in result.stderr
-    assert result.returncode == 1 and "admission.identity.key" in result.stderr  # and the operator never pinned this key
+    assert (
+        result.returncode == 1 and "admission.identity.key" in result.stderr
+    )  # and the operator never pinned this key
 
 
 def test_site_client_refuses_an_unpinned_policy(deployment: Deployment) -> None:
     from attestation.policy import Policy
 
     with pytest.raises(Exception, match="pins no launch measurement"):
-        SiteClient("127.0.0.1:1", site_id="hospital-a", policy=Policy(trusted_simulated_roots=frozenset(deployment.roots.values())),
-                   identity=deployment.identity("hospital-a"), attester=SimulatedSnpAttester(deployment.sim_dir))
+        SiteClient(
+            "127.0.0.1:1",
+            site_id="hospital-a",
+            policy=Policy(trusted_simulated_roots=frozenset(deployment.roots.values())),
+            identity=deployment.identity("hospital-a"),
+            attester=SimulatedSnpAttester(deployment.sim_dir),
+        )
 
 
 # --- 2. every authenticated call proves possession ---------------------------------------------
@@ -283,7 +382,9 @@ def relay(aggregator: Aggregator) -> Iterator[Relay]:
     relay.close()
 
 
-def test_a_copied_credential_or_session_id_is_useless_without_the_session_keys(relay: Relay, deployment: Deployment) -> None:
+def test_a_copied_credential_or_session_id_is_useless_without_the_session_keys(
+    relay: Relay, deployment: Deployment
+) -> None:
     with deployment.client(relay.target, site_id="hospital-c") as honest:
         session = honest.join()
         honest.task()
@@ -293,12 +394,22 @@ def test_a_copied_credential_or_session_id_is_useless_without_the_session_keys(r
         attacker = pb_grpc.FederationStub(channel)
         # The EAR credential as a bearer token: a statement, not a key.
         with pytest.raises(grpc.RpcError) as bearer:
-            attacker.GetTask(pb.Sealed(ciphertext=os.urandom(48)), metadata=(("authorization", f"Bearer {session.credential}"),), timeout=10)
+            attacker.GetTask(
+                pb.Sealed(ciphertext=os.urandom(48)),
+                metadata=(("authorization", f"Bearer {session.credential}"),),
+                timeout=10,
+            )
         assert bearer.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # The session id and a fresh counter, without the keys.
         with pytest.raises(grpc.RpcError) as forged:
-            attacker.GetTask(pb.Sealed(ciphertext=os.urandom(48)), metadata=(("attestfl-session", session_header), ("attestfl-call", "999")), timeout=10)
-        assert forged.value.code() == grpc.StatusCode.UNAUTHENTICATED and "failed authentication" in forged.value.details()
+            attacker.GetTask(
+                pb.Sealed(ciphertext=os.urandom(48)),
+                metadata=(("attestfl-session", session_header), ("attestfl-call", "999")),
+                timeout=10,
+            )
+        assert (
+            forged.value.code() == grpc.StatusCode.UNAUTHENTICATED and "failed authentication" in forged.value.details()
+        )
     # The captured sealed request, replayed as it was.
     with pytest.raises(grpc.RpcError) as replayed:
         relay.replay("GetTask", captured.requests, captured.metadata)
@@ -312,8 +423,11 @@ def test_forged_metrics_are_refused(relay: Relay, aggregator: Aggregator, deploy
         session_header = dict(relay.calls("GetTask")[-1].metadata)["attestfl-session"]
         forged = pb.MetricsReport(round=task.round, metrics={"accuracy": 0.01}, examples=1).SerializeToString()
         with pytest.raises(grpc.RpcError) as refused:
-            relay.replay("ReportMetrics", [pb.Sealed(ciphertext=forged).SerializeToString()],
-                         (("attestfl-session", session_header), ("attestfl-call", "777")))
+            relay.replay(
+                "ReportMetrics",
+                [pb.Sealed(ciphertext=forged).SerializeToString()],
+                (("attestfl-session", session_header), ("attestfl-call", "777")),
+            )
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # The site itself: only the current round, once, with a bounded example count.
         with pytest.raises(grpc.RpcError, match="current round"):
@@ -323,12 +437,19 @@ def test_forged_metrics_are_refused(relay: Relay, aggregator: Aggregator, deploy
         honest.report_metrics(task.round, {"accuracy": 0.9}, 10)
         with pytest.raises(grpc.RpcError, match="already reported"):
             honest.report_metrics(task.round, {"accuracy": 0.1}, 10)
-    forged_logged = [e for e in aggregator.events() if e["message"] == "metrics" and e["site"] == "hospital-c" and e["metrics"].get("accuracy") == 0.01]
+    forged_logged = [
+        e
+        for e in aggregator.events()
+        if e["message"] == "metrics" and e["site"] == "hospital-c" and e["metrics"].get("accuracy") == 0.01
+    ]
     assert forged_logged == []
 
 
 def test_a_stale_receipt_is_refused_by_the_site(relay: Relay, deployment: Deployment) -> None:
-    with deployment.client(relay.target, site_id="hospital-a") as site_a, deployment.client(relay.target, site_id="hospital-b") as site_b:
+    with (
+        deployment.client(relay.target, site_id="hospital-a") as site_a,
+        deployment.client(relay.target, site_id="hospital-b") as site_b,
+    ):
         site_a.join()
         site_b.join()
         task = site_a.task()
@@ -346,14 +467,20 @@ def test_a_forged_finished_task_is_refused_by_the_site(relay: Relay, deployment:
         site.join()
         site.task()
         earlier = relay.calls("GetTask")[-1].responses[-1]
-        forged = pb.Sealed(ciphertext=pb.TaskResponse(round=99, finished=True, rounds_total=99).SerializeToString()).SerializeToString()
+        forged = pb.Sealed(
+            ciphertext=pb.TaskResponse(round=99, finished=True, rounds_total=99).SerializeToString()
+        ).SerializeToString()
         for substitute in (forged, earlier):  # a made-up "training is finished", or an older genuine answer
-            relay.rewrite_response = lambda method, data, substitute=substitute: substitute if method == "GetTask" else data
+            relay.rewrite_response = lambda method, data, substitute=substitute: (
+                substitute if method == "GetTask" else data
+            )
             with pytest.raises(AggregatorNotTrusted, match="not authentic"):
                 site.task()
 
 
-def test_a_captured_upload_replayed_into_a_retried_attempt_is_refused(relay: Relay, aggregator: Aggregator, deployment: Deployment) -> None:
+def test_a_captured_upload_replayed_into_a_retried_attempt_is_refused(
+    relay: Relay, aggregator: Aggregator, deployment: Deployment
+) -> None:
     """min_sites = 2 and a 3 s deadline: one upload, the round is retried; the network replays the
     captured upload (the same call, then as a new call) into the new attempt."""
     with deployment.client(relay.target, site_id="hospital-c") as site:
@@ -367,15 +494,23 @@ def test_a_captured_upload_replayed_into_a_retried_attempt_is_refused(relay: Rel
         while (now := site.task()).round == task.round and now.attempt == task.attempt:
             time.sleep(0.2)
         assert now.round == task.round and now.attempt == task.attempt + 1  # retried: quorum not met
-        accepted = len([e for e in aggregator.events() if e["message"] == "update_accepted" and e["site"] == "hospital-c"])
+        accepted = len(
+            [e for e in aggregator.events() if e["message"] == "update_accepted" and e["site"] == "hospital-c"]
+        )
         with pytest.raises(grpc.RpcError) as same_call:
             relay.replay("UploadUpdate", captured.requests, captured.metadata)
         assert same_call.value.code() == grpc.StatusCode.UNAUTHENTICATED and "replayed" in same_call.value.details()
         metadata = tuple((k, "12345" if k == "attestfl-call" else v) for k, v in captured.metadata)
         with pytest.raises(grpc.RpcError) as new_call:
             relay.replay("UploadUpdate", captured.requests, metadata)
-        assert new_call.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "another site or call" in new_call.value.details()
-        assert len([e for e in aggregator.events() if e["message"] == "update_accepted" and e["site"] == "hospital-c"]) == accepted
+        assert (
+            new_call.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "another site or call" in new_call.value.details()
+        )
+        assert (
+            len([e for e in aggregator.events() if e["message"] == "update_accepted" and e["site"] == "hospital-c"])
+            == accepted
+        )
 
 
 # --- 3. the verifier decides the collateral ------------------------------------------------
@@ -391,8 +526,10 @@ def test_a_revoked_site_that_strips_or_stales_its_crl_is_still_refused(tmp_path:
     write_simulated_collateral(vendor, tmp_path / "collateral", revoked=[vcek])
     deployment = Deployment(tmp_path, vendor, sites={"hospital-r": ""})
     for aggregator in run_aggregator(deployment):
-        for attester in (SimulatedSnpAttester(vendor, crl=False),  # stripped
-                         SimulatedSnpAttester(vendor, crl_issued=datetime.now(timezone.utc) - timedelta(days=2))):  # its own, older
+        for attester in (
+            SimulatedSnpAttester(vendor, crl=False),  # stripped
+            SimulatedSnpAttester(vendor, crl_issued=datetime.now(UTC) - timedelta(days=2)),
+        ):  # its own, older
             with deployment.client(aggregator.target, site_id="hospital-r", attester=attester) as client:
                 with pytest.raises(AdmissionRefused) as refused:
                     client.join()

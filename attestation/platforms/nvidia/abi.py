@@ -46,12 +46,13 @@ bytes after the signature are outside the signed region; they are kept apart
 The same module decodes the FWID extension NVIDIA puts in the attestation leaf
 certificate (see :func:`parse_fwid_extension`): it is DER, so it is ABI too.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping
 
 from asn1crypto import core, keys  # type: ignore[import-untyped]
 
@@ -116,48 +117,52 @@ class OpaqueFieldType:
 
 
 #: Claim name of every known opaque field (the names NVIDIA's and trustee's verifiers use).
-OPAQUE_FIELD_NAMES: Mapping[int, str] = MappingProxyType({
-    1: "cert_issuer_name",
-    2: "cert_authority_key_identifier",
-    3: "driver_version",
-    4: "gpu_info",
-    5: "sku",
-    6: "vbios_version",
-    7: "manufacturer_id",
-    8: "tamper_detection",
-    9: "smc",
-    10: "vpr",
-    11: "nvdec0_status",
-    12: "measurement_count",
-    13: "cpr_info",
-    14: "board_id",
-    15: "chip_sku",
-    16: "chip_sku_mod",
-    17: "project",
-    18: "project_sku",
-    19: "project_sku_mod",
-    20: "fwid",
-    21: "protected_pcie_status",
-    22: "switch_pdi",
-    23: "floorswept_ports",
-    24: "position_id",
-    25: "lock_switch_status",
-    32: "gpu_link_conn",
-    33: "sys_enable_status",
-    34: "opaque_data_version",
-    35: "chip_info",
-    36: "feature_flag",
-})
+OPAQUE_FIELD_NAMES: Mapping[int, str] = MappingProxyType(
+    {
+        1: "cert_issuer_name",
+        2: "cert_authority_key_identifier",
+        3: "driver_version",
+        4: "gpu_info",
+        5: "sku",
+        6: "vbios_version",
+        7: "manufacturer_id",
+        8: "tamper_detection",
+        9: "smc",
+        10: "vpr",
+        11: "nvdec0_status",
+        12: "measurement_count",
+        13: "cpr_info",
+        14: "board_id",
+        15: "chip_sku",
+        16: "chip_sku_mod",
+        17: "project",
+        18: "project_sku",
+        19: "project_sku_mod",
+        20: "fwid",
+        21: "protected_pcie_status",
+        22: "switch_pdi",
+        23: "floorswept_ports",
+        24: "position_id",
+        25: "lock_switch_status",
+        32: "gpu_link_conn",
+        33: "sys_enable_status",
+        34: "opaque_data_version",
+        35: "chip_info",
+        36: "feature_flag",
+    }
+)
 
 #: Fields holding NUL-padded ASCII text.
-TEXT_FIELDS = frozenset({
-    OpaqueFieldType.DRIVER_VERSION,
-    OpaqueFieldType.CHIP_SKU,
-    OpaqueFieldType.CHIP_SKU_MOD,
-    OpaqueFieldType.PROJECT,
-    OpaqueFieldType.PROJECT_SKU,
-    OpaqueFieldType.CHIP_INFO,
-})
+TEXT_FIELDS = frozenset(
+    {
+        OpaqueFieldType.DRIVER_VERSION,
+        OpaqueFieldType.CHIP_SKU,
+        OpaqueFieldType.CHIP_SKU_MOD,
+        OpaqueFieldType.PROJECT,
+        OpaqueFieldType.PROJECT_SKU,
+        OpaqueFieldType.CHIP_INFO,
+    }
+)
 
 #: Status bytes NVIDIA uses for on/off fields (NVDEC0 status, protected PCIe status).
 STATUS_ENABLED = 0xAA
@@ -168,7 +173,7 @@ VBIOS_VERSION_SIZE = 8
 
 
 def _u16(data: bytes, offset: int) -> int:
-    return int.from_bytes(data[offset:offset + 2], "little")
+    return int.from_bytes(data[offset : offset + 2], "little")
 
 
 def _header_bytes(what: str, **values: int) -> bytes:
@@ -209,11 +214,13 @@ class MeasurementRequest:
     def to_bytes(self) -> bytes:
         if len(self.nonce) != NONCE_SIZE:
             raise EvidenceFormatError(f"request nonce: must be {NONCE_SIZE} bytes, got {len(self.nonce)}")
-        header = _header_bytes("request", version=self.version, code=GET_MEASUREMENTS, param1=self.param1, param2=self.param2)
+        header = _header_bytes(
+            "request", version=self.version, code=GET_MEASUREMENTS, param1=self.param1, param2=self.param2
+        )
         return header + self.nonce + _header_bytes("request", slot_id_param=self.slot_id_param)
 
     @classmethod
-    def for_nonce(cls, nonce: bytes, *, slot_id: int = 0) -> "MeasurementRequest":
+    def for_nonce(cls, nonce: bytes, *, slot_id: int = 0) -> MeasurementRequest:
         """The request NVIDIA's driver sends: SPDM 1.1, signed, all blocks, slot ``slot_id``."""
         if len(nonce) != NONCE_SIZE:
             raise EvidenceFormatError(f"request nonce: must be {NONCE_SIZE} bytes, got {len(nonce)}")
@@ -252,7 +259,9 @@ class MeasurementBlock:
         return bool(self.value_type & 0x80)
 
     def to_bytes(self) -> bytes:
-        _header_bytes("measurement block", index=self.index, specification=self.specification, value_type=self.value_type)
+        _header_bytes(
+            "measurement block", index=self.index, specification=self.specification, value_type=self.value_type
+        )
         dmtf = bytes([self.value_type]) + len(self.value).to_bytes(2, "little") + self.value
         if len(dmtf) > 0xFFFF:
             raise EvidenceFormatError(f"measurement block {self.index}: value of {len(self.value)} bytes is too long")
@@ -269,15 +278,19 @@ def _parse_blocks(record: bytes, count: int) -> tuple[MeasurementBlock, ...]:
         index, specification, size = record[offset], record[offset + 1], _u16(record, offset + 2)
         offset += BLOCK_HEADER_SIZE
         if specification != DMTF_SPECIFICATION:
-            raise EvidenceFormatError(f"{where} (index {index}) MeasurementSpecification: {specification:#04x} is not DMTF (0x01)")
+            raise EvidenceFormatError(
+                f"{where} (index {index}) MeasurementSpecification: {specification:#04x} is not DMTF (0x01)"
+            )
         if index in seen:
             raise EvidenceFormatError(f"{where}: index {index} appears twice")
         seen.add(index)
         _need(record, offset, size, f"{where} (index {index}) measurement")
-        measurement = record[offset:offset + size]
+        measurement = record[offset : offset + size]
         offset += size
         if size < DMTF_HEADER_SIZE:
-            raise EvidenceFormatError(f"{where} (index {index}) MeasurementSize: {size} is smaller than the 3-byte DMTF header")
+            raise EvidenceFormatError(
+                f"{where} (index {index}) MeasurementSize: {size} is smaller than the 3-byte DMTF header"
+            )
         value_type, value_size = measurement[0], _u16(measurement, 1)
         if value_size != size - DMTF_HEADER_SIZE:
             raise EvidenceFormatError(
@@ -285,9 +298,7 @@ def _parse_blocks(record: bytes, count: int) -> tuple[MeasurementBlock, ...]:
             )
         blocks.append(MeasurementBlock(index, value_type, bytes(measurement[DMTF_HEADER_SIZE:]), specification))
     if offset != len(record):
-        raise EvidenceFormatError(
-            f"MeasurementRecordLength: {len(record)} bytes, but {count} blocks use {offset}"
-        )
+        raise EvidenceFormatError(f"MeasurementRecordLength: {len(record)} bytes, but {count} blocks use {offset}")
     return tuple(blocks)
 
 
@@ -363,7 +374,8 @@ def decode_measurement_counts(value: bytes) -> tuple[int, ...]:
     if len(value) % MEASUREMENT_COUNT_SIZE:
         raise EvidenceFormatError(f"opaque measurement_count: {len(value)} bytes is not a multiple of 4")
     return tuple(
-        int.from_bytes(value[i:i + MEASUREMENT_COUNT_SIZE], "little") for i in range(0, len(value), MEASUREMENT_COUNT_SIZE)
+        int.from_bytes(value[i : i + MEASUREMENT_COUNT_SIZE], "little")
+        for i in range(0, len(value), MEASUREMENT_COUNT_SIZE)
     )
 
 
@@ -391,7 +403,9 @@ class OpaqueData:
         if OpaqueFieldType.MSRSCNT in by_type:
             decode_measurement_counts(by_type[OpaqueFieldType.MSRSCNT])
         if OpaqueFieldType.FWID in by_type and len(by_type[OpaqueFieldType.FWID]) != FWID_SIZE:
-            raise EvidenceFormatError(f"opaque fwid: expected {FWID_SIZE} bytes, got {len(by_type[OpaqueFieldType.FWID])}")
+            raise EvidenceFormatError(
+                f"opaque fwid: expected {FWID_SIZE} bytes, got {len(by_type[OpaqueFieldType.FWID])}"
+            )
         for type_id in TEXT_FIELDS & by_type.keys():
             decode_text(by_type[type_id], OPAQUE_FIELD_NAMES[type_id])
 
@@ -441,7 +455,7 @@ def _parse_opaque(data: bytes) -> OpaqueData:
         offset += 4
         name = OPAQUE_FIELD_NAMES.get(type_id, f"opaque_field_{type_id}")
         _need(data, offset, size, f"opaque field {name} ({type_id}) data")
-        items.append(OpaqueField(type_id, bytes(data[offset:offset + size])))
+        items.append(OpaqueField(type_id, bytes(data[offset : offset + size])))
         offset += size
     return OpaqueData(tuple(items))
 
@@ -484,7 +498,14 @@ class MeasurementsResponse:
         if len(opaque) > 0xFFFF:
             raise EvidenceFormatError("OpaqueLength: opaque data does not fit 16 bits")
         return (
-            _header_bytes("response", version=self.version, code=MEASUREMENTS, param1=self.param1, param2=self.param2, blocks=len(self.blocks))
+            _header_bytes(
+                "response",
+                version=self.version,
+                code=MEASUREMENTS,
+                param1=self.param1,
+                param2=self.param2,
+                blocks=len(self.blocks),
+            )
             + len(record).to_bytes(3, "little")
             + record
             + self.responder_nonce
@@ -511,19 +532,19 @@ def parse_response_prefix(data: bytes) -> tuple[MeasurementsResponse, int]:
     record_length = int.from_bytes(data[5:8], "little")
     offset = RESPONSE_HEADER_SIZE
     _need(data, offset, record_length, "MeasurementRecord")
-    blocks = _parse_blocks(bytes(data[offset:offset + record_length]), count)
+    blocks = _parse_blocks(bytes(data[offset : offset + record_length]), count)
     offset += record_length
     _need(data, offset, NONCE_SIZE, "response Nonce")
-    responder_nonce = bytes(data[offset:offset + NONCE_SIZE])
+    responder_nonce = bytes(data[offset : offset + NONCE_SIZE])
     offset += NONCE_SIZE
     _need(data, offset, 2, "OpaqueLength")
     opaque_length = _u16(data, offset)
     offset += 2
     _need(data, offset, opaque_length, "OpaqueData")
-    opaque = _parse_opaque(bytes(data[offset:offset + opaque_length]))
+    opaque = _parse_opaque(bytes(data[offset : offset + opaque_length]))
     offset += opaque_length
     _need(data, offset, SIGNATURE_SIZE, "Signature")
-    signature = bytes(data[offset:offset + SIGNATURE_SIZE])
+    signature = bytes(data[offset : offset + SIGNATURE_SIZE])
     offset += SIGNATURE_SIZE
     return MeasurementsResponse(version, param1, param2, blocks, responder_nonce, opaque, signature), offset
 
@@ -592,12 +613,12 @@ def parse_gpu_evidence(data: bytes) -> GpuEvidence:
     if len(data) > MAX_EVIDENCE_BYTES:
         raise EvidenceTooLargeError(f"GPU evidence is {len(data)} bytes, over the {MAX_EVIDENCE_BYTES}-byte limit")
     request = parse_request(data)
-    if data[REQUEST_SIZE:REQUEST_SIZE + 1] and data[REQUEST_SIZE] != request.version:
+    if data[REQUEST_SIZE : REQUEST_SIZE + 1] and data[REQUEST_SIZE] != request.version:
         raise EvidenceFormatError(
             f"response SPDMVersion {data[REQUEST_SIZE]:#04x} differs from the request's {request.version:#04x}"
         )
     response, length = parse_response_prefix(data[REQUEST_SIZE:])
-    return GpuEvidence(request, response, data, data[REQUEST_SIZE + length:])
+    return GpuEvidence(request, response, data, data[REQUEST_SIZE + length :])
 
 
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
@@ -620,7 +641,9 @@ def parse_gpu_evidence_hex(text: str | bytes) -> GpuEvidence:
     else:
         raise EvidenceFormatError(f"GPU evidence hex must be str or bytes, got {type(text).__name__}")
     if len(raw_text) > MAX_EVIDENCE_HEX_CHARS:
-        raise EvidenceTooLargeError(f"GPU evidence hex is {len(raw_text)} characters, over the {MAX_EVIDENCE_HEX_CHARS}-character limit")
+        raise EvidenceTooLargeError(
+            f"GPU evidence hex is {len(raw_text)} characters, over the {MAX_EVIDENCE_HEX_CHARS}-character limit"
+        )
     digits = bytes(b for b in raw_text if b not in _WHITESPACE)
     for position, char in enumerate(digits):
         if char not in _HEX_DIGITS:
@@ -718,11 +741,13 @@ def parse_fwid_extension(value: bytes) -> CertificateFwid:
 def encode_fwid_extension(device_id_public_key_der: bytes, digest: bytes, *, hash_name: str = "sha384") -> bytes:
     """Build the extension value NVIDIA uses (for the simulated GPU PKI)."""
     oid = {name: oid for oid, name in _HASH_NAMES.items()}[hash_name]
-    encoded = _CompositeDeviceId({
-        "version": 1,
-        "device_id": keys.PublicKeyInfo.load(device_id_public_key_der),
-        "fwid": _Fwid({"hash_alg": oid, "digest": digest}),
-    }).dump()
+    encoded = _CompositeDeviceId(
+        {
+            "version": 1,
+            "device_id": keys.PublicKeyInfo.load(device_id_public_key_der),
+            "fwid": _Fwid({"hash_alg": oid, "digest": digest}),
+        }
+    ).dump()
     return bytes(encoded)
 
 

@@ -10,6 +10,7 @@ as ``expected_nonce`` makes a replayed report fail ``gpu.nonce``; a caller bindi
 evidence to a CPU TEE derives that nonce from the same values the CPU report binds and
 passes the result here.
 """
+
 from __future__ import annotations
 
 from datetime import datetime

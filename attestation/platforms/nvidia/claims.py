@@ -1,4 +1,5 @@
 """The claims of an NVIDIA GPU appraisal."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -52,19 +53,22 @@ def gpu_claims(verification: GpuVerification) -> dict[str, Any]:
     evidence's own."""
     evidence = verification.evidence
     opaque = evidence.response.opaque
-    claims = neutral_claims(NAME, measurement=None, debug=None, simulated=verification.simulated, tcb_status=None,
-                            signing_key=SIGNING_KEY)
-    claims.update({
-        "arch": verification.arch,
-        "chip": verification.chip,
-        "spdm_version": f"{evidence.request.version >> 4}.{evidence.request.version & 0x0F}",
-        "nonce": evidence.nonce.hex(),
-        "responder_nonce": evidence.response.responder_nonce.hex(),
-        "driver_version": opaque.driver_version,
-        "vbios_version": opaque.vbios_version,
-        "fwid": opaque.fwid.hex() if opaque.fwid is not None else None,
-        "measurements": {str(block.index): block.value.hex() for block in evidence.response.blocks},
-    })
+    claims = neutral_claims(
+        NAME, measurement=None, debug=None, simulated=verification.simulated, tcb_status=None, signing_key=SIGNING_KEY
+    )
+    claims.update(
+        {
+            "arch": verification.arch,
+            "chip": verification.chip,
+            "spdm_version": f"{evidence.request.version >> 4}.{evidence.request.version & 0x0F}",
+            "nonce": evidence.nonce.hex(),
+            "responder_nonce": evidence.response.responder_nonce.hex(),
+            "driver_version": opaque.driver_version,
+            "vbios_version": opaque.vbios_version,
+            "fwid": opaque.fwid.hex() if opaque.fwid is not None else None,
+            "measurements": {str(block.index): block.value.hex() for block in evidence.response.blocks},
+        }
+    )
     for name, value in opaque_claims(evidence).items():
         claims.setdefault(name, value)
     claims["root_fingerprint"] = verification.root_fingerprint

@@ -1,4 +1,5 @@
 """The NVIDIA GPU :class:`~attestation.platforms.base.Platform`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,15 @@ class GpuPlatform:
         to the CPU evidence, see :func:`attestation.binding.gpu_nonce_for`)."""
         return parse_gpu_evidence_any(evidence).nonce
 
-    def appraise(self, evidence: bytes, *, policy: AppraisalPolicy, at: datetime, inputs: EvidenceInputs,
-                 collateral: CollateralStore | None) -> Appraisal:
+    def appraise(
+        self,
+        evidence: bytes,
+        *,
+        policy: AppraisalPolicy,
+        at: datetime,
+        inputs: EvidenceInputs,
+        collateral: CollateralStore | None,
+    ) -> Appraisal:
         chain = b"".join(inputs.certificates) if inputs.certificates else None
         return appraise_gpu(evidence, certificates=chain, expected_nonce=inputs.nonce, policy=policy, at=at)
 

@@ -39,14 +39,15 @@ elements, malformed indices, hashes of the wrong length, duplicate indices, or n
 measurements at all raise :class:`~attestation.errors.CollateralFormatError`; nothing is
 dropped silently.
 """
+
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Iterable, Mapping
 
 from ...errors import CollateralFormatError
 
@@ -97,9 +98,7 @@ class ReferenceManifest:
 
     def golden_measurements(self) -> Mapping[int, frozenset[bytes]]:
         """SPDM index -> acceptable values, for every *active* resource."""
-        return MappingProxyType({
-            m.spdm_index: frozenset(m.alternatives) for m in self.measurements if m.active
-        })
+        return MappingProxyType({m.spdm_index: frozenset(m.alternatives) for m in self.measurements if m.active})
 
     def version_matches(self, version: str | None) -> bool:
         """Whether this RIM is for ``version`` (driver "550.90.07" or VBIOS "96.00.9f.00.01"; case-insensitive)."""
@@ -145,7 +144,11 @@ def _parse_resource(element: ElementTree.Element, source: str) -> RimMeasurement
     if active_text not in _BOOLEANS:
         raise CollateralFormatError(f"{where}: attribute active={element.get('active')!r} is not True or False")
     count = _int_attribute(element, "alternatives", where, 1, MAX_ALTERNATIVES)
-    size = _int_attribute(element, "size", where, SHA384_SIZE, SHA384_SIZE) if element.get("size") is not None else SHA384_SIZE
+    size = (
+        _int_attribute(element, "size", where, SHA384_SIZE, SHA384_SIZE)
+        if element.get("size") is not None
+        else SHA384_SIZE
+    )
     values: list[bytes] = []
     hash_attributes = {k for k in element.attrib if k.startswith("{")}
     for number in range(count):
@@ -160,7 +163,9 @@ def _parse_resource(element: ElementTree.Element, source: str) -> RimMeasurement
         hash_attributes.discard(key)
     if hash_attributes:
         extra = ", ".join(sorted(_local(k)[1] + f" ({_local(k)[0]})" for k in hash_attributes))
-        raise CollateralFormatError(f"{where}: attributes beyond alternatives={count} or in another hash namespace: {extra}")
+        raise CollateralFormatError(
+            f"{where}: attributes beyond alternatives={count} or in another hash namespace: {extra}"
+        )
     return RimMeasurement(index, element.get("name") or f"Measurement_{index}", _BOOLEANS[active_text], tuple(values))
 
 

@@ -1,13 +1,14 @@
 """NVIDIA's root shipped for GPU evidence: the NVIDIA Device Identity CA."""
+
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from ...abi.x509 import Certificate, parse_certificates
 from ...trust import VendorRoots, read_root_file
 
 
-@lru_cache(maxsize=None)
+@cache
 def nvidia_device_identity_root() -> Certificate:
     (root,) = parse_certificates(read_root_file("nvidia-device-identity-root.pem"))
     return root

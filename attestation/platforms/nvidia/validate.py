@@ -26,11 +26,13 @@ signatures are not verified (see :mod:`attestation.platforms.nvidia.rim`).
 ``protected_pcie`` reads opaque field 21 with NVIDIA's status byte convention (0xAA
 enabled, 0x55 disabled, as for the NVDEC0 status); any other byte satisfies neither.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ...errors import AttestationError, PolicyError
 from ...findings import Reason
@@ -122,27 +124,36 @@ class GpuPolicy:
 
     def __post_init__(self) -> None:
         if self.protected_pcie is not None and self.protected_pcie not in PCIE_SETTINGS:
-            raise PolicyError(f"[{SECTION}] protected_pcie: {self.protected_pcie!r} is not one of {', '.join(PCIE_SETTINGS)}")
+            raise PolicyError(
+                f"[{SECTION}] protected_pcie: {self.protected_pcie!r} is not one of {', '.join(PCIE_SETTINGS)}"
+            )
         object.__setattr__(self, "allowed_vbios_versions", frozenset(v.lower() for v in self.allowed_vbios_versions))
         object.__setattr__(self, "measurements", MappingProxyType(dict(self.measurements)))
 
     def __hash__(self) -> int:  # the measurements mapping is not hashable by itself
-        return hash((
-            self.allowed_architectures, self.allowed_driver_versions, self.allowed_vbios_versions,
-            self.require_nonce, self.protected_pcie, self.driver_rims, self.vbios_rims,
-            frozenset(self.measurements.items()),
-        ))
+        return hash(
+            (
+                self.allowed_architectures,
+                self.allowed_driver_versions,
+                self.allowed_vbios_versions,
+                self.require_nonce,
+                self.protected_pcie,
+                self.driver_rims,
+                self.vbios_rims,
+                frozenset(self.measurements.items()),
+            )
+        )
 
     @property
     def uses_rims(self) -> bool:
         return bool(self.driver_rims or self.vbios_rims)
 
     @classmethod
-    def from_table(cls, table: dict[str, Any]) -> "GpuPolicy":
+    def from_table(cls, table: dict[str, Any]) -> GpuPolicy:
         reject_unknown_keys(table, KEYS, SECTION)
         pcie = table.get("protected_pcie")
         if pcie is not None and (not isinstance(pcie, str) or pcie not in PCIE_SETTINGS):
-            raise PolicyError(f"[{SECTION}] protected_pcie: expected \"enabled\" or \"disabled\", got {pcie!r}")
+            raise PolicyError(f'[{SECTION}] protected_pcie: expected "enabled" or "disabled", got {pcie!r}')
         return cls(
             allowed_architectures=read_str_set(table, "allowed_architectures", SECTION, ARCHITECTURES),
             allowed_driver_versions=read_str_set(table, "allowed_driver_versions", SECTION),
@@ -171,7 +182,12 @@ class GpuFacts:
 def check_architecture(facts: GpuFacts, policy: GpuPolicy) -> list[Reason]:
     """gpu.arch: the architecture named by the certificate chain is allowed."""
     if policy.allowed_architectures and facts.arch not in policy.allowed_architectures:
-        return [Reason("gpu.arch", f"GPU architecture {facts.arch} is not allowed ({', '.join(sorted(policy.allowed_architectures))})")]
+        return [
+            Reason(
+                "gpu.arch",
+                f"GPU architecture {facts.arch} is not allowed ({', '.join(sorted(policy.allowed_architectures))})",
+            )
+        ]
     return []
 
 
@@ -182,7 +198,12 @@ def check_driver_version(facts: GpuFacts, policy: GpuPolicy) -> list[Reason]:
     if facts.driver_version is None:
         return [Reason("gpu.driver_version", "the evidence carries no driver version")]
     if facts.driver_version not in policy.allowed_driver_versions:
-        return [Reason("gpu.driver_version", f"driver version {facts.driver_version} is not allowed ({', '.join(sorted(policy.allowed_driver_versions))})")]
+        return [
+            Reason(
+                "gpu.driver_version",
+                f"driver version {facts.driver_version} is not allowed ({', '.join(sorted(policy.allowed_driver_versions))})",
+            )
+        ]
     return []
 
 
@@ -193,7 +214,12 @@ def check_vbios_version(facts: GpuFacts, policy: GpuPolicy) -> list[Reason]:
     if facts.vbios_version is None:
         return [Reason("gpu.vbios_version", "the evidence carries no VBIOS version")]
     if facts.vbios_version.lower() not in policy.allowed_vbios_versions:
-        return [Reason("gpu.vbios_version", f"VBIOS version {facts.vbios_version} is not allowed ({', '.join(sorted(policy.allowed_vbios_versions))})")]
+        return [
+            Reason(
+                "gpu.vbios_version",
+                f"VBIOS version {facts.vbios_version} is not allowed ({', '.join(sorted(policy.allowed_vbios_versions))})",
+            )
+        ]
     return []
 
 
@@ -211,13 +237,25 @@ def check_protected_pcie(facts: GpuFacts, policy: GpuPolicy) -> list[Reason]:
     wanted = PCIE_SETTINGS[policy.protected_pcie]
     status = facts.protected_pcie_status
     if status is None:
-        return [Reason("gpu.protected_pcie", f"the policy requires protected PCIe {policy.protected_pcie}, but the evidence has no protected PCIe status")]
+        return [
+            Reason(
+                "gpu.protected_pcie",
+                f"the policy requires protected PCIe {policy.protected_pcie}, but the evidence has no protected PCIe status",
+            )
+        ]
     if status != bytes([wanted]):
-        return [Reason("gpu.protected_pcie", f"protected PCIe status is {status.hex()}, the policy requires {policy.protected_pcie} ({wanted:02x})")]
+        return [
+            Reason(
+                "gpu.protected_pcie",
+                f"protected PCIe status is {status.hex()}, the policy requires {policy.protected_pcie} ({wanted:02x})",
+            )
+        ]
     return []
 
 
-def _select_rim(rims: Sequence[ReferenceManifest], version: str | None, chip: str | None, kind: str) -> tuple[ReferenceManifest | None, list[Reason]]:
+def _select_rim(
+    rims: Sequence[ReferenceManifest], version: str | None, chip: str | None, kind: str
+) -> tuple[ReferenceManifest | None, list[Reason]]:
     check = f"gpu.rim.{kind}"
     if not rims:
         return None, []
@@ -234,7 +272,9 @@ def _select_rim(rims: Sequence[ReferenceManifest], version: str | None, chip: st
     return candidates[0], []
 
 
-def golden_measurements(facts: GpuFacts, policy: GpuPolicy) -> tuple[dict[int, frozenset[bytes]], list[Reason], tuple[ReferenceManifest, ...]]:
+def golden_measurements(
+    facts: GpuFacts, policy: GpuPolicy
+) -> tuple[dict[int, frozenset[bytes]], list[Reason], tuple[ReferenceManifest, ...]]:
     """(golden values by SPDM index, reasons, RIMs used): RIM values, overridden by explicit pins."""
     reasons: list[Reason] = []
     driver_rim, driver_reasons = _select_rim(policy.driver_rims, facts.driver_version, facts.chip, "driver")
@@ -260,10 +300,12 @@ def check_measurements(facts: GpuFacts, golden: Mapping[int, frozenset[bytes]]) 
         if actual is None:
             reasons.append(Reason(check, f"measurement index {index} is missing from the evidence"))
         elif actual not in allowed:
-            reasons.append(Reason(
-                check,
-                f"measurement index {index} is {actual.hex()}, not a golden value ({', '.join(sorted(v.hex() for v in allowed))})",
-            ))
+            reasons.append(
+                Reason(
+                    check,
+                    f"measurement index {index} is {actual.hex()}, not a golden value ({', '.join(sorted(v.hex() for v in allowed))})",
+                )
+            )
     return reasons
 
 

@@ -31,13 +31,14 @@ Bytes after the response's signature (outside the signed region, see
 Which measurements, versions and settings are acceptable is policy, in
 :mod:`attestation.platforms.nvidia.validate`.
 """
+
 from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -136,7 +137,12 @@ def _signature_reasons(evidence: GpuEvidence, leaf: Certificate) -> list[Reason]
     r = int.from_bytes(signature[:48], "big")
     s = int.from_bytes(signature[48:], "big")
     if not raw_ecdsa_is_valid(key, r, s, "sha384", evidence.signed_bytes):
-        return [Reason("gpu.signature", f"the evidence is not signed by the attestation leaf {leaf.subject!r} (ECDSA P-384/SHA-384 over request and response)")]
+        return [
+            Reason(
+                "gpu.signature",
+                f"the evidence is not signed by the attestation leaf {leaf.subject!r} (ECDSA P-384/SHA-384 over request and response)",
+            )
+        ]
     return []
 
 
@@ -151,7 +157,9 @@ def _fwid_reasons(evidence: GpuEvidence, leaf: Certificate) -> tuple[list[Reason
     extension = leaf.extension_value(FWID_EXTENSION_OID)
     certified: CertificateFwid | None = None
     if extension is None:
-        reasons.append(Reason("gpu.fwid", f"attestation leaf {leaf.subject!r} has no FWID extension ({FWID_EXTENSION_OID})"))
+        reasons.append(
+            Reason("gpu.fwid", f"attestation leaf {leaf.subject!r} has no FWID extension ({FWID_EXTENSION_OID})")
+        )
     else:
         try:
             certified = parse_fwid_extension(extension)
@@ -160,15 +168,19 @@ def _fwid_reasons(evidence: GpuEvidence, leaf: Certificate) -> tuple[list[Reason
     if report_fwid is None:
         reasons.append(Reason("gpu.fwid", "the evidence's opaque data carries no FWID field (type 20)"))
     if certified is not None and report_fwid is not None and not hmac.compare_digest(certified.digest, report_fwid):
-        reasons.append(Reason(
-            "gpu.fwid",
-            f"FWID in the evidence ({report_fwid.hex()}) differs from the FWID certified in the attestation leaf ({certified.digest.hex()})",
-        ))
+        reasons.append(
+            Reason(
+                "gpu.fwid",
+                f"FWID in the evidence ({report_fwid.hex()}) differs from the FWID certified in the attestation leaf ({certified.digest.hex()})",
+            )
+        )
     return reasons, certified
 
 
 def check_expected_nonce(expected_nonce: bytes | None) -> None:
-    if expected_nonce is not None and (not isinstance(expected_nonce, (bytes, bytearray)) or len(expected_nonce) != NONCE_SIZE):
+    if expected_nonce is not None and (
+        not isinstance(expected_nonce, (bytes, bytearray)) or len(expected_nonce) != NONCE_SIZE
+    ):
         size = len(expected_nonce) if isinstance(expected_nonce, (bytes, bytearray)) else type(expected_nonce).__name__
         raise PolicyError(f"expected GPU nonce must be {NONCE_SIZE} bytes, got {size}")
 
@@ -190,7 +202,9 @@ def verify_gpu_evidence(
     if at.tzinfo is None:
         raise PolicyError("verification time must be timezone-aware (UTC)")
     if len(chain) > MAX_CHAIN_LENGTH:
-        raise CertificateFormatError(f"GPU certificate chain has {len(chain)} certificates; at most {MAX_CHAIN_LENGTH} are accepted")
+        raise CertificateFormatError(
+            f"GPU certificate chain has {len(chain)} certificates; at most {MAX_CHAIN_LENGTH} are accepted"
+        )
     reasons: list[Reason] = []
     warnings: list[str] = []
     if evidence.trailing:
@@ -204,7 +218,9 @@ def verify_gpu_evidence(
 
     if not chain:
         reasons.append(Reason("gpu.chain.missing", "no GPU attestation certificate chain was given"))
-        reasons.append(Reason("gpu.signature", "the evidence signature cannot be checked without the attestation leaf certificate"))
+        reasons.append(
+            Reason("gpu.signature", "the evidence signature cannot be checked without the attestation leaf certificate")
+        )
         reasons.append(Reason("gpu.fwid", "the FWID cannot be checked without the attestation leaf certificate"))
     else:
         full_chain = _complete_chain(chain)
@@ -212,7 +228,9 @@ def verify_gpu_evidence(
         reasons.extend(_signature_reasons(evidence, leaf))
         links = [ChainLink(cert, _role(i, len(full_chain))) for i, cert in enumerate(full_chain)]
         if len(full_chain) == 1:
-            reasons.append(Reason("gpu.chain.root", "the chain is a single certificate; the attestation leaf must chain to a root"))
+            reasons.append(
+                Reason("gpu.chain.root", "the chain is a single certificate; the attestation leaf must chain to a root")
+            )
         reasons.extend(verify_chain(links, at=at, check_prefix="gpu.chain"))
         trust = trust_root(root, trusted_simulated_roots, vendor=NVIDIA_ROOTS, what="the GPU certificate chain")
         simulated = trust.simulated
@@ -229,7 +247,12 @@ def verify_gpu_evidence(
     if expected_nonce is None:
         warnings.append("no expected GPU nonce was given: the freshness of the GPU evidence was not checked")
     elif not hmac.compare_digest(bytes(expected_nonce), evidence.nonce):
-        reasons.append(Reason("gpu.nonce", f"request nonce {evidence.nonce.hex()} is not the expected nonce {bytes(expected_nonce).hex()}"))
+        reasons.append(
+            Reason(
+                "gpu.nonce",
+                f"request nonce {evidence.nonce.hex()} is not the expected nonce {bytes(expected_nonce).hex()}",
+            )
+        )
 
     return GpuVerification(
         evidence=evidence,

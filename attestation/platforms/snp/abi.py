@@ -16,6 +16,7 @@ Turin              byte 0 FMC, 1 BOOT_LOADER, 2 TEE, 3 SNP, 4..6 reserved, 7 MIC
 Also here: the extended-report certificate table (the ``auxblob`` of configfs-tsm, the
 certificate buffer of ``SNP_GET_EXT_REPORT``) keyed by AMD's GUIDs.
 """
+
 from __future__ import annotations
 
 import struct
@@ -113,7 +114,7 @@ class TcbVersion:
     fmc: int | None = None
 
     @classmethod
-    def from_bytes(cls, raw: bytes, product: str) -> "TcbVersion":
+    def from_bytes(cls, raw: bytes, product: str) -> TcbVersion:
         if len(raw) != 8:
             raise EvidenceFormatError(f"TCB_VERSION is 8 bytes, got {len(raw)}")
         if product == "turin":
@@ -258,8 +259,8 @@ def looks_like_snp_report(data: bytes) -> bool:
     """True for 1184 bytes with a supported version and signature algorithm 1."""
     if len(data) != REPORT_SIZE:
         return False
-    version, = struct.unpack_from("<I", data, 0)
-    algo, = struct.unpack_from("<I", data, 0x34)
+    (version,) = struct.unpack_from("<I", data, 0)
+    (algo,) = struct.unpack_from("<I", data, 0x34)
     return version in SUPPORTED_VERSIONS and algo == SIGNATURE_ALGO_ECDSA_P384_SHA384
 
 
@@ -278,11 +279,40 @@ def parse_report(data: bytes) -> SnpReport:
             f"SEV-SNP report version {version} is not supported (supported: {', '.join(map(str, SUPPORTED_VERSIONS))})"
         )
     (
-        version, guest_svn, policy, family_id, image_id, vmpl, signature_algo, current_tcb, platform_info,
-        flags, _reserved0, report_data, measurement, host_data, id_key_digest, author_key_digest,
-        report_id, report_id_ma, reported_tcb, cpuid_fam_id, cpuid_mod_id, cpuid_step, _reserved1, chip_id,
-        committed_tcb, current_build, current_minor, current_major, committed_build, committed_minor,
-        committed_major, launch_tcb, launch_mit_vector, current_mit_vector,
+        version,
+        guest_svn,
+        policy,
+        family_id,
+        image_id,
+        vmpl,
+        signature_algo,
+        current_tcb,
+        platform_info,
+        flags,
+        _reserved0,
+        report_data,
+        measurement,
+        host_data,
+        id_key_digest,
+        author_key_digest,
+        report_id,
+        report_id_ma,
+        reported_tcb,
+        cpuid_fam_id,
+        cpuid_mod_id,
+        cpuid_step,
+        _reserved1,
+        chip_id,
+        committed_tcb,
+        current_build,
+        current_minor,
+        current_major,
+        committed_build,
+        committed_minor,
+        committed_major,
+        launch_tcb,
+        launch_mit_vector,
+        current_mit_vector,
     ) = values
     if version < 3:
         cpuid_fam_id = cpuid_mod_id = cpuid_step = 0
@@ -329,9 +359,21 @@ def parse_report(data: bytes) -> SnpReport:
 # --- building (the simulated TEE emits reports through this) -----------------------------
 
 _SIZES = {
-    "family_id": 16, "image_id": 16, "current_tcb_raw": 8, "report_data": 64, "measurement": 48,
-    "host_data": 32, "id_key_digest": 48, "author_key_digest": 48, "report_id": 32, "report_id_ma": 32,
-    "reported_tcb_raw": 8, "chip_id": 64, "committed_tcb_raw": 8, "launch_tcb_raw": 8, "signature": SIGNATURE_SIZE,
+    "family_id": 16,
+    "image_id": 16,
+    "current_tcb_raw": 8,
+    "report_data": 64,
+    "measurement": 48,
+    "host_data": 32,
+    "id_key_digest": 48,
+    "author_key_digest": 48,
+    "report_id": 32,
+    "report_id_ma": 32,
+    "reported_tcb_raw": 8,
+    "chip_id": 64,
+    "committed_tcb_raw": 8,
+    "launch_tcb_raw": 8,
+    "signature": SIGNATURE_SIZE,
 }
 
 
@@ -357,13 +399,38 @@ def encode_report(report: SnpReport) -> bytes:
         raise EvidenceFormatError(f"SEV-SNP report version {report.version} is not supported")
     try:
         head = _FIXED.pack(
-            report.version, report.guest_svn, report.policy, report.family_id, report.image_id, report.vmpl,
-            report.signature_algo, report.current_tcb_raw, report.platform_info, report.flags, bytes(4),
-            report.report_data, report.measurement, report.host_data, report.id_key_digest,
-            report.author_key_digest, report.report_id, report.report_id_ma, report.reported_tcb_raw,
-            report.cpuid_fam_id, report.cpuid_mod_id, report.cpuid_step, bytes(21), report.chip_id,
-            report.committed_tcb_raw, report.current_build, report.current_minor, report.current_major,
-            report.committed_build, report.committed_minor, report.committed_major, report.launch_tcb_raw,
+            report.version,
+            report.guest_svn,
+            report.policy,
+            report.family_id,
+            report.image_id,
+            report.vmpl,
+            report.signature_algo,
+            report.current_tcb_raw,
+            report.platform_info,
+            report.flags,
+            bytes(4),
+            report.report_data,
+            report.measurement,
+            report.host_data,
+            report.id_key_digest,
+            report.author_key_digest,
+            report.report_id,
+            report.report_id_ma,
+            report.reported_tcb_raw,
+            report.cpuid_fam_id,
+            report.cpuid_mod_id,
+            report.cpuid_step,
+            bytes(21),
+            report.chip_id,
+            report.committed_tcb_raw,
+            report.current_build,
+            report.current_minor,
+            report.current_major,
+            report.committed_build,
+            report.committed_minor,
+            report.committed_major,
+            report.launch_tcb_raw,
             report.launch_mit_vector if report.version >= 5 else 0,
             report.current_mit_vector if report.version >= 5 else 0,
         )
@@ -374,8 +441,10 @@ def encode_report(report: SnpReport) -> bytes:
 
 def encode_signature(r: int, s: int) -> bytes:
     """The 512-byte signature field for an ECDSA signature (r, s)."""
-    return r.to_bytes(ECDSA_COMPONENT_SIZE, "little") + s.to_bytes(ECDSA_COMPONENT_SIZE, "little") + bytes(
-        SIGNATURE_SIZE - 2 * ECDSA_COMPONENT_SIZE
+    return (
+        r.to_bytes(ECDSA_COMPONENT_SIZE, "little")
+        + s.to_bytes(ECDSA_COMPONENT_SIZE, "little")
+        + bytes(SIGNATURE_SIZE - 2 * ECDSA_COMPONENT_SIZE)
     )
 
 
@@ -417,7 +486,9 @@ def parse_cert_table(data: bytes) -> dict[str, bytes]:
     with other GUIDs are ignored. Offsets are from the start of the table.
     """
     if len(data) > MAX_CERT_TABLE_BYTES:
-        raise EvidenceTooLargeError(f"certificate table is {len(data)} bytes, over the {MAX_CERT_TABLE_BYTES}-byte limit")
+        raise EvidenceTooLargeError(
+            f"certificate table is {len(data)} bytes, over the {MAX_CERT_TABLE_BYTES}-byte limit"
+        )
     entries: dict[str, bytes] = {}
     position = 0
     for _ in range(MAX_CERT_TABLE_ENTRIES + 1):
@@ -427,7 +498,7 @@ def parse_cert_table(data: bytes) -> dict[str, bytes]:
         position += _ENTRY.size
         if guid == bytes(16) and offset == 0 and length == 0:
             return entries
-        if offset + length > len(data) or offset < position and length:
+        if offset + length > len(data) or (offset < position and length):
             raise EvidenceFormatError(f"certificate table entry at {position - _ENTRY.size} points outside the table")
         name = _GUID_NAMES.get(guid)
         if name is not None:

@@ -5,10 +5,11 @@ PEM; AMD KDS serves VCEKs as DER), from the extended report's certificate table,
 evidence bundle; ASK/ASVK and ARK may come along, otherwise the AMD chains shipped in the
 package are used. See :mod:`attestation.platforms.snp.verify` for every check.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Sequence
 
 from ...abi.x509 import Certificate, parse_certificates, parse_crl
 from ...collateral import CollateralStore, Lookup
@@ -31,7 +32,9 @@ def _certificates(blobs: Sequence[bytes]) -> tuple[list[Certificate], list[Reaso
         try:
             certs.extend(parse_certificates(blob))
         except CertificateFormatError as exc:
-            reasons.append(Reason("snp.cert.format", f"certificate input {index + 1} is not a DER or PEM certificate: {exc}"))
+            reasons.append(
+                Reason("snp.cert.format", f"certificate input {index + 1} is not a DER or PEM certificate: {exc}")
+            )
     return certs, reasons
 
 
@@ -85,11 +88,16 @@ def appraise_snp(
     revocation_list = parse_crl(crl) if crl is not None else None
     crl_source = None
     if store is not None:
+
         def crl_source(product: str, signing_key: str) -> Lookup:
             return amd_crl(store, product, signing_key, at=at, max_age=policy.max_collateral_age)
 
     verification = verify_snp_report(
-        parsed, certificates=certs, crl=revocation_list, at=at, trusted_simulated_roots=policy.trusted_simulated_roots,
+        parsed,
+        certificates=certs,
+        crl=revocation_list,
+        at=at,
+        trusted_simulated_roots=policy.trusted_simulated_roots,
         crl_source=crl_source,
     )
     reasons += list(verification.reasons) + validate_snp(parsed, verification, policy, at=at)

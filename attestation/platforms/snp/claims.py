@@ -1,4 +1,5 @@
 """The claims of an SEV-SNP appraisal."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,34 +24,40 @@ def snp_claims(report: SnpReport, verification: SnpVerification) -> dict[str, An
         return report.tcb(name, product).components()
 
     claims = neutral_claims(
-        NAME, measurement=report.measurement, debug=report.debug, simulated=verification.simulated, tcb_status=None,
+        NAME,
+        measurement=report.measurement,
+        debug=report.debug,
+        simulated=verification.simulated,
+        tcb_status=None,
         signing_key=report.signing_key,
     )
-    claims.update({
-        "version": report.version,
-        "guest_svn": report.guest_svn,
-        "policy": f"{report.policy:#x}",
-        "debug": report.debug,
-        "vmpl": report.vmpl,
-        "measurement": report.measurement.hex(),
-        "report_data": report.report_data.hex(),
-        "host_data": report.host_data.hex(),
-        "id_key_digest": report.id_key_digest.hex(),
-        "author_key_digest": report.author_key_digest.hex(),
-        "chip_id": report.chip_id.hex(),
-        "reported_tcb": tcb("reported"),
-        "current_tcb": tcb("current"),
-        "committed_tcb": tcb("committed"),
-        "launch_tcb": tcb("launch"),
-        "signing_key": report.signing_key,
-        "product": product,
-        "family_id": report.family_id.hex(),
-        "image_id": report.image_id.hex(),
-        "platform_info": f"{report.platform_info:#x}",
-        "current_firmware": report.current_version,
-        "committed_firmware": report.committed_version,
-        "report_id": report.report_id.hex(),
-    })
+    claims.update(
+        {
+            "version": report.version,
+            "guest_svn": report.guest_svn,
+            "policy": f"{report.policy:#x}",
+            "debug": report.debug,
+            "vmpl": report.vmpl,
+            "measurement": report.measurement.hex(),
+            "report_data": report.report_data.hex(),
+            "host_data": report.host_data.hex(),
+            "id_key_digest": report.id_key_digest.hex(),
+            "author_key_digest": report.author_key_digest.hex(),
+            "chip_id": report.chip_id.hex(),
+            "reported_tcb": tcb("reported"),
+            "current_tcb": tcb("current"),
+            "committed_tcb": tcb("committed"),
+            "launch_tcb": tcb("launch"),
+            "signing_key": report.signing_key,
+            "product": product,
+            "family_id": report.family_id.hex(),
+            "image_id": report.image_id.hex(),
+            "platform_info": f"{report.platform_info:#x}",
+            "current_firmware": report.current_version,
+            "committed_firmware": report.committed_version,
+            "report_id": report.report_id.hex(),
+        }
+    )
     if verification.product_name is not None:
         claims["product_name"] = verification.product_name
     return claims

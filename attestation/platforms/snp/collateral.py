@@ -12,10 +12,11 @@ Cache layout (under the store's directory; names lowercase)::
 ``<product>`` is ``milan``, ``genoa`` or ``turin``. Given beside the evidence (a bundle's
 collateral, a collateral directory), the AMD CRL is the file :data:`CRL_FILE`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Mapping
 
 from ...abi.x509 import MAX_CERT_INPUT_BYTES
 from ...collateral import (
@@ -55,7 +56,9 @@ def amd_vcek_url(config: FetchConfig, product: str, hwid: bytes, tcb: Mapping[st
     return f"{config.amd_base_url.rstrip('/')}/vcek/v1/{KDS_PRODUCTS[product]}/{hwid.hex()}?{query}"
 
 
-def amd_crl(store: CollateralStore, product: str, signing_key: str, *, at: datetime, max_age: timedelta | None = None) -> Lookup:
+def amd_crl(
+    store: CollateralStore, product: str, signing_key: str, *, at: datetime, max_age: timedelta | None = None
+) -> Lookup:
     """The AMD CRL (ARK-signed) for ``product``'s ``signing_key`` ("vcek"/"vlek") chains."""
     if product not in KDS_PRODUCTS or signing_key not in SIGNING_KEYS:
         return Lookup(None, (f"no AMD CRL is known for product {product!r} and signing key {signing_key!r}",))
@@ -68,7 +71,9 @@ def amd_crl(store: CollateralStore, product: str, signing_key: str, *, at: datet
     return store.lookup(CollateralItem(path, what, MAX_CRL_BYTES, parse_crl_file, crl_fresh(what), fetch), at, max_age)
 
 
-def amd_vcek(store: CollateralStore, product: str, chip_id: bytes, tcb_raw: bytes, tcb: Mapping[str, int], *, at: datetime) -> Lookup:
+def amd_vcek(
+    store: CollateralStore, product: str, chip_id: bytes, tcb_raw: bytes, tcb: Mapping[str, int], *, at: datetime
+) -> Lookup:
     """The VCEK for the chip ``chip_id`` at the reported TCB (``tcb_raw``: the report's 8
     REPORTED_TCB bytes, naming the file; ``tcb``: its components, for KDS)."""
     if product not in KDS_PRODUCTS:
@@ -80,7 +85,9 @@ def amd_vcek(store: CollateralStore, product: str, chip_id: bytes, tcb_raw: byte
     def fetch(fetcher: CollateralFetcher) -> dict[str, bytes]:
         return {path: fetcher.get(amd_vcek_url(fetcher.config, product, hwid, tcb)).body}
 
-    return store.lookup(CollateralItem(path, what, MAX_CERT_INPUT_BYTES, parse_certificate_file, always_fresh, fetch), at, None)
+    return store.lookup(
+        CollateralItem(path, what, MAX_CERT_INPUT_BYTES, parse_certificate_file, always_fresh, fetch), at, None
+    )
 
 
 __all__ = ["CRL_FILE", "KDS_PRODUCTS", "SIGNING_KEYS", "amd_crl", "amd_crl_url", "amd_hwid", "amd_vcek", "amd_vcek_url"]

@@ -1,4 +1,5 @@
 """The SEV-SNP :class:`~attestation.platforms.base.Platform`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ def _given_crl(inputs: EvidenceInputs) -> bytes | None:
         return read_bounded(path, MAX_CRL_BYTES, "AMD CRL", CollateralFormatError) if path.exists() else None
     unknown = sorted(set(inputs.collateral_files) - {CRL_FILE})
     if unknown:
-        raise EvidenceFormatError(f"bundle collateral: an SEV-SNP bundle carries only {CRL_FILE}, not {', '.join(unknown)}")
+        raise EvidenceFormatError(
+            f"bundle collateral: an SEV-SNP bundle carries only {CRL_FILE}, not {', '.join(unknown)}"
+        )
     return inputs.collateral_files.get(CRL_FILE)
 
 
@@ -49,10 +52,19 @@ class SnpPlatform:
     def report_data(self, evidence: bytes) -> bytes:
         return parse_report(evidence).report_data
 
-    def appraise(self, evidence: bytes, *, policy: AppraisalPolicy, at: datetime, inputs: EvidenceInputs,
-                 collateral: CollateralStore | None) -> Appraisal:
+    def appraise(
+        self,
+        evidence: bytes,
+        *,
+        policy: AppraisalPolicy,
+        at: datetime,
+        inputs: EvidenceInputs,
+        collateral: CollateralStore | None,
+    ) -> Appraisal:
         crl = None if collateral is not None else _given_crl(inputs)
-        return appraise_snp(evidence, certificates=tuple(inputs.certificates), crl=crl, policy=policy, at=at, store=collateral)
+        return appraise_snp(
+            evidence, certificates=tuple(inputs.certificates), crl=crl, policy=policy, at=at, store=collateral
+        )
 
 
 PLATFORM = SnpPlatform()

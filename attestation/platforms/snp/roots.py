@@ -1,9 +1,10 @@
 """AMD's roots shipped for SEV-SNP: per product line, the ASK (VCEK chains) or ASVK (VLEK
 chains) and the ARK, copied from AMD's distribution into ``attestation/roots/``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from ...abi.x509 import Certificate, parse_certificates
 from ...trust import VendorRoots, read_root_file
@@ -22,7 +23,7 @@ class AmdRootChain:
     root: Certificate
 
 
-@lru_cache(maxsize=None)
+@cache
 def amd_root_chains() -> tuple[AmdRootChain, ...]:
     chains = []
     for product in AMD_PRODUCTS:
@@ -32,7 +33,7 @@ def amd_root_chains() -> tuple[AmdRootChain, ...]:
     return tuple(chains)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _arks() -> tuple[Certificate, ...]:
     return tuple({chain.root.der: chain.root for chain in amd_root_chains()}.values())
 

@@ -16,11 +16,13 @@ The ``[sev-snp]`` section: see :class:`SnpPolicy`; every key is optional, and an
 adds no constraint except where its default says otherwise (``vmpl``,
 ``allow_migrate_ma``, ``allow_provisional_firmware``, ``signing_keys``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ...errors import PolicyError
 from ...findings import Reason
@@ -71,7 +73,7 @@ class MinimumTcb:
     fmc: int | None = None
 
     @classmethod
-    def from_table(cls, table: dict[str, Any], where: str) -> "MinimumTcb":
+    def from_table(cls, table: dict[str, Any], where: str) -> MinimumTcb:
         reject_unknown_keys(table, TCB_COMPONENTS, where)
         return cls(**{name: read_int(table, name, where, None, maximum=255) for name in TCB_COMPONENTS})
 
@@ -95,7 +97,7 @@ def _parse_version(value: Any, where: str) -> tuple[int, int, int] | None:
         return None
     parts = value.split(".") if isinstance(value, str) else []
     if not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
-        raise PolicyError(f"{where}: expected a firmware version like \"1.55\" or \"1.55.21\", got {value!r}")
+        raise PolicyError(f'{where}: expected a firmware version like "1.55" or "1.55.21", got {value!r}')
     numbers = [int(p) for p in parts] + [0] * (3 - len(parts))
     if any(n > 255 for n in numbers):
         raise PolicyError(f"{where}: each part of a firmware version is at most 255")
@@ -156,14 +158,16 @@ class SnpPolicy:
     products: frozenset[str] = frozenset()
 
     @classmethod
-    def from_table(cls, table: dict[str, Any]) -> "SnpPolicy":
+    def from_table(cls, table: dict[str, Any]) -> SnpPolicy:
         keys = tuple(f.name for f in fields(cls))
         reject_unknown_keys(table, keys, SECTION)
         pinned = {key: read_hex_set(table, key, SECTION, size) for key, (_name, size) in _PINNED.items()}
         vmpl_value = table.get("vmpl", [0])
         vmpls = vmpl_value if isinstance(vmpl_value, list) else [vmpl_value]
         if not vmpls or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 3 for v in vmpls):
-            raise PolicyError(f"[{SECTION}] vmpl: expected an integer 0..3 or a non-empty list of them, got {vmpl_value!r}")
+            raise PolicyError(
+                f"[{SECTION}] vmpl: expected an integer 0..3 or a non-empty list of them, got {vmpl_value!r}"
+            )
         abi = _parse_version(table.get("minimum_abi"), f"[{SECTION}] minimum_abi")
         signing_keys = read_str_set(table, "signing_keys", SECTION, ("vcek", "vlek"), default=("vcek", "vlek"))
         if not signing_keys:
@@ -173,7 +177,9 @@ class SnpPolicy:
             vmpl=frozenset(vmpls),
             minimum_guest_svn=read_int(table, "minimum_guest_svn", SECTION, None, maximum=2**32 - 1),
             minimum_tcb=MinimumTcb.from_table(read_table(table, "minimum_tcb", SECTION), f"{SECTION}.minimum_tcb"),
-            minimum_launch_tcb=MinimumTcb.from_table(read_table(table, "minimum_launch_tcb", SECTION), f"{SECTION}.minimum_launch_tcb"),
+            minimum_launch_tcb=MinimumTcb.from_table(
+                read_table(table, "minimum_launch_tcb", SECTION), f"{SECTION}.minimum_launch_tcb"
+            ),
             minimum_firmware=_parse_version(table.get("minimum_firmware"), f"[{SECTION}] minimum_firmware"),
             allow_provisional_firmware=read_bool(table, "allow_provisional_firmware", SECTION, False),
             minimum_abi=None if abi is None else (abi[0], abi[1]),
@@ -241,8 +247,10 @@ def _require_collateral(f: SnpFacts) -> Iterator[str]:
 def _max_collateral_age(f: SnpFacts) -> Iterator[str]:
     issued, limit = f.verification.crl_issued, f.policy.max_collateral_age
     if limit is not None and issued is not None and f.at - issued > limit:
-        yield (f"the AMD CRL was issued {issued.isoformat()}, {f.at - issued} before the verification time, "
-               f"older than the allowed {limit}")
+        yield (
+            f"the AMD CRL was issued {issued.isoformat()}, {f.at - issued} before the verification time, "
+            f"older than the allowed {limit}"
+        )
 
 
 # Pinned values and levels.
@@ -305,8 +313,10 @@ def _minimum_firmware(f: SnpFacts) -> Iterator[str]:
 
 def _allow_provisional_firmware(f: SnpFacts) -> Iterator[str]:
     if not f.section.allow_provisional_firmware and f.current != f.committed:
-        yield (f"the current firmware {_version_text(f.current)} is not the committed one {_version_text(f.committed)} "
-               "(provisional firmware can be rolled back)")
+        yield (
+            f"the current firmware {_version_text(f.current)} is not the committed one {_version_text(f.committed)} "
+            "(provisional firmware can be rolled back)"
+        )
 
 
 def _minimum_abi(f: SnpFacts) -> Iterator[str]:
@@ -352,26 +362,65 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("minimum_firmware", _minimum_firmware),
     ("allow_provisional_firmware", _allow_provisional_firmware),
     ("minimum_abi", _minimum_abi),
-    ("allow_migrate_ma", _flag(lambda f: not f.section.allow_migrate_ma and bool(f.report.policy & POLICY_MIGRATE_MA),
-                               "the guest policy allows a migration agent (bit 18 MIGRATE_MA) and the policy forbids it")),
-    ("allow_smt", _flag(lambda f: not f.section.allow_smt and bool(f.report.platform_info & PLATFORM_SMT_EN),
-                        "the platform has SMT enabled (PLATFORM_INFO bit 0) and the policy forbids it")),
-    ("require_single_socket", _flag(lambda f: f.section.require_single_socket and not f.report.policy & POLICY_SINGLE_SOCKET,
-                                    "the guest policy's SINGLE_SOCKET bit (20) is clear and the policy requires it")),
-    ("require_tsme", _flag(lambda f: f.section.require_tsme and not f.report.platform_info & PLATFORM_TSME_EN,
-                           "TSME is not enabled on the platform (PLATFORM_INFO bit 1) and the policy requires it")),
-    ("require_ciphertext_hiding", _flag(lambda f: f.section.require_ciphertext_hiding and not f.report.platform_info & PLATFORM_CIPHERTEXT_HIDING_EN,
-                                        "ciphertext hiding is not enabled on the platform (PLATFORM_INFO bit 4) and the policy requires it")),
-    ("require_id_block", _flag(lambda f: f.section.require_id_block and not any(f.report.id_key_digest),
-                               "the guest was launched without an ID block (ID_KEY_DIGEST is zero) and the policy requires one")),
-    ("require_author_key", _flag(lambda f: f.section.require_author_key and not (f.report.author_key_en and any(f.report.author_key_digest)),
-                                 "the ID block has no author key (AUTHOR_KEY_EN clear) and the policy requires one")),
+    (
+        "allow_migrate_ma",
+        _flag(
+            lambda f: not f.section.allow_migrate_ma and bool(f.report.policy & POLICY_MIGRATE_MA),
+            "the guest policy allows a migration agent (bit 18 MIGRATE_MA) and the policy forbids it",
+        ),
+    ),
+    (
+        "allow_smt",
+        _flag(
+            lambda f: not f.section.allow_smt and bool(f.report.platform_info & PLATFORM_SMT_EN),
+            "the platform has SMT enabled (PLATFORM_INFO bit 0) and the policy forbids it",
+        ),
+    ),
+    (
+        "require_single_socket",
+        _flag(
+            lambda f: f.section.require_single_socket and not f.report.policy & POLICY_SINGLE_SOCKET,
+            "the guest policy's SINGLE_SOCKET bit (20) is clear and the policy requires it",
+        ),
+    ),
+    (
+        "require_tsme",
+        _flag(
+            lambda f: f.section.require_tsme and not f.report.platform_info & PLATFORM_TSME_EN,
+            "TSME is not enabled on the platform (PLATFORM_INFO bit 1) and the policy requires it",
+        ),
+    ),
+    (
+        "require_ciphertext_hiding",
+        _flag(
+            lambda f: (
+                f.section.require_ciphertext_hiding and not f.report.platform_info & PLATFORM_CIPHERTEXT_HIDING_EN
+            ),
+            "ciphertext hiding is not enabled on the platform (PLATFORM_INFO bit 4) and the policy requires it",
+        ),
+    ),
+    (
+        "require_id_block",
+        _flag(
+            lambda f: f.section.require_id_block and not any(f.report.id_key_digest),
+            "the guest was launched without an ID block (ID_KEY_DIGEST is zero) and the policy requires one",
+        ),
+    ),
+    (
+        "require_author_key",
+        _flag(
+            lambda f: f.section.require_author_key and not (f.report.author_key_en and any(f.report.author_key_digest)),
+            "the ID block has no author key (AUTHOR_KEY_EN clear) and the policy requires one",
+        ),
+    ),
     ("signing_keys", _signing_keys),
     ("products", _products),
 )
 
 
-def validate_snp(report: SnpReport, verification: SnpVerification, policy: AppraisalPolicy, *, at: datetime) -> list[Reason]:
+def validate_snp(
+    report: SnpReport, verification: SnpVerification, policy: AppraisalPolicy, *, at: datetime
+) -> list[Reason]:
     """Every policy check on a verified report (:data:`CHECKS`, in order); returns every
     failure (empty: accepted by policy)."""
     facts = SnpFacts(report, verification, policy, policy.section(NAME, SnpPolicy), at)

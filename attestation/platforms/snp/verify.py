@@ -34,11 +34,13 @@ Chain: VCEK -> ASK -> ARK, or VLEK -> ASVK -> ARK (RSA-PSS/SHA-384)
     certificate (an indirect CRL may name the ASK/ASVK as an entry's issuer)
     [snp.crl.signature, snp.crl.validity, snp.crl.revoked].
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -105,11 +107,16 @@ def product_of_name(name: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def _signing_certificate(certificates: Sequence[Certificate], signing_key: str, reasons: list[Reason]) -> Certificate | None:
+def _signing_certificate(
+    certificates: Sequence[Certificate], signing_key: str, reasons: list[Reason]
+) -> Certificate | None:
     leaves = [c for c in certificates if not c.is_ca]
     if not leaves:
         reasons.append(
-            Reason("snp.cert.missing", f"no {signing_key.upper()} certificate was given; pass it with --cert (DER or PEM) or use an evidence bundle")
+            Reason(
+                "snp.cert.missing",
+                f"no {signing_key.upper()} certificate was given; pass it with --cert (DER or PEM) or use an evidence bundle",
+            )
         )
         return None
     wanted = f"SEV-{signing_key.upper()}"
@@ -117,7 +124,12 @@ def _signing_certificate(certificates: Sequence[Certificate], signing_key: str, 
     if matching:
         return matching[0]
     leaf = leaves[0]
-    reasons.append(Reason("snp.cert.kind", f"the report is signed by a {signing_key.upper()}, but the certificate given is {_common_name(leaf)!r}"))
+    reasons.append(
+        Reason(
+            "snp.cert.kind",
+            f"the report is signed by a {signing_key.upper()}, but the certificate given is {_common_name(leaf)!r}",
+        )
+    )
     return leaf
 
 
@@ -131,21 +143,31 @@ def _find_chain(
         intermediates = [c for c in given_cas if c.subject_der == leaf.issuer_der and c.issuer_der != c.subject_der]
         if not intermediates:
             names = ", ".join(repr(_common_name(c)) for c in given_cas)
-            reasons.append(Reason("snp.chain.issuer", f"the {signing_key.upper()} was issued by {leaf.issuer!r}, but the given chain ({names}) does not contain that issuer"))
+            reasons.append(
+                Reason(
+                    "snp.chain.issuer",
+                    f"the {signing_key.upper()} was issued by {leaf.issuer!r}, but the given chain ({names}) does not contain that issuer",
+                )
+            )
             return None
         intermediate = intermediates[0]
         roots = [c for c in given_cas if c.subject_der == intermediate.issuer_der and c.issuer_der == c.subject_der]
         if not roots:
             roots = [chain.root for chain in shipped if chain.root.subject_der == intermediate.issuer_der]
         if not roots:
-            reasons.append(Reason("snp.chain.issuer", f"no root certificate named {intermediate.issuer!r} was given or is shipped"))
+            reasons.append(
+                Reason("snp.chain.issuer", f"no root certificate named {intermediate.issuer!r} was given or is shipped")
+            )
             return None
         root = roots[0]
     else:
         candidates = [chain for chain in shipped if chain.intermediate.subject_der == leaf.issuer_der]
         if not candidates:
             reasons.append(
-                Reason("snp.chain.issuer", f"the {signing_key.upper()} was issued by {leaf.issuer!r}, which is no AMD ASK or ASVK shipped in the package; give the chain with --cert")
+                Reason(
+                    "snp.chain.issuer",
+                    f"the {signing_key.upper()} was issued by {leaf.issuer!r}, which is no AMD ASK or ASVK shipped in the package; give the chain with --cert",
+                )
             )
             return None
         intermediate, root = candidates[0].intermediate, candidates[0].root
@@ -157,13 +179,22 @@ def _extension_reasons(leaf: Certificate, report: SnpReport, product: str | None
     reasons: list[Reason] = []
     label = signing_key.upper()
     if product is None:
-        reasons.append(Reason("snp.cert.tcb", f"the product line is unknown, so the {label}'s TCB cannot be compared with the report's"))
+        reasons.append(
+            Reason(
+                "snp.cert.tcb",
+                f"the product line is unknown, so the {label}'s TCB cannot be compared with the report's",
+            )
+        )
         return reasons
     reported = report.tcb("reported", product).components()
     for component, value in reported.items():
         raw = leaf.extension_value(TCB_COMPONENT_OIDS[component])
         if raw is None:
-            reasons.append(Reason("snp.cert.tcb", f"the {label} lacks the {component} SPL extension ({TCB_COMPONENT_OIDS[component]})"))
+            reasons.append(
+                Reason(
+                    "snp.cert.tcb", f"the {label} lacks the {component} SPL extension ({TCB_COMPONENT_OIDS[component]})"
+                )
+            )
             continue
         try:
             certified = decode_der_integer(raw)
@@ -171,14 +202,18 @@ def _extension_reasons(leaf: Certificate, report: SnpReport, product: str | None
             reasons.append(Reason("snp.cert.tcb", f"the {label}'s {component} SPL extension is not a DER INTEGER"))
             continue
         if certified != value:
-            reasons.append(Reason("snp.cert.tcb", f"REPORTED_TCB {component} SPL {value} differs from the {label}'s {certified}"))
+            reasons.append(
+                Reason("snp.cert.tcb", f"REPORTED_TCB {component} SPL {value} differs from the {label}'s {certified}")
+            )
     if signing_key == "vcek" and not report.mask_chip_key:
         # AMD puts the 64 hwID bytes directly in the extension value (no inner OCTET STRING).
         hwid = leaf.extension_value(OID_HWID)
         if hwid is None or len(hwid) != 64:
             reasons.append(Reason("snp.cert.hwid", "the VCEK has no 64-byte hwID extension"))
         elif hwid != report.chip_id:
-            reasons.append(Reason("snp.cert.hwid", f"CHIP_ID {report.chip_id.hex()} differs from the VCEK's hwID {hwid.hex()}"))
+            reasons.append(
+                Reason("snp.cert.hwid", f"CHIP_ID {report.chip_id.hex()} differs from the VCEK's hwID {hwid.hex()}")
+            )
     return reasons
 
 
@@ -220,10 +255,17 @@ def _verify_chain(
     role = _INTERMEDIATE_ROLE[signing_key]
     is_asvk = _common_name(intermediate).upper().startswith("SEV-VLEK")
     if is_asvk != (signing_key == "vlek"):
-        reasons.append(Reason("snp.chain.kind", f"a {signing_key.upper()} must be issued by an {role}, not by {_common_name(intermediate)!r}"))
+        reasons.append(
+            Reason(
+                "snp.chain.kind",
+                f"a {signing_key.upper()} must be issued by an {role}, not by {_common_name(intermediate)!r}",
+            )
+        )
     links = [ChainLink(leaf, signing_key.upper()), ChainLink(intermediate, role), ChainLink(root, "ARK")]
     reasons.extend(verify_chain(links, at=at, check_prefix="snp.chain"))
-    trust = trust_root(root, trusted_simulated_roots, vendor=AMD_ROOTS, what=f"the {signing_key.upper()} certificate chain")
+    trust = trust_root(
+        root, trusted_simulated_roots, vendor=AMD_ROOTS, what=f"the {signing_key.upper()} certificate chain"
+    )
     if trust.reason is not None:
         reasons.append(Reason("snp.chain.root", trust.reason))
     if trust.warning is not None:
@@ -243,7 +285,9 @@ def _verify_chain(
         reasons.extend(revoked_reasons(crl, links[:2], "snp.crl.revoked"))
     else:
         why = f" ({'; '.join(notes)})" if notes else ""
-        warnings.append(f"no AMD CRL was given: revocation of the {role} and the {signing_key.upper()} was not checked{why}")
+        warnings.append(
+            f"no AMD CRL was given: revocation of the {role} and the {signing_key.upper()} was not checked{why}"
+        )
     return _ChainFindings(product, trust.simulated, crl, tuple(notes))
 
 
@@ -256,22 +300,36 @@ def _signature_reasons(leaf: Certificate, report: SnpReport, signing_key: str) -
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         return [Reason("snp.report.signature", f"the {signing_key.upper()} key is not an ECDSA P-384 key")]
     if not raw_ecdsa_is_valid(key, report.signature_r, report.signature_s, "sha384", report.signed_bytes):
-        return [Reason("snp.report.signature", f"the report signature does not verify with the {signing_key.upper()} key")]
+        return [
+            Reason("snp.report.signature", f"the report signature does not verify with the {signing_key.upper()} key")
+        ]
     return []
 
 
-def _product_reasons(report: SnpReport, product: str | None, product_name: str | None, signing_key: str) -> tuple[str | None, list[Reason]]:
+def _product_reasons(
+    report: SnpReport, product: str | None, product_name: str | None, signing_key: str
+) -> tuple[str | None, list[Reason]]:
     """The product line of the chain, the report's CPUID and the certificate agree
     [snp.report.product, snp.cert.product]; returns the product line (the CPUID's when the
     chain names none)."""
     reasons = []
     cpuid_product = report.product_from_cpuid
     if product is not None and cpuid_product is not None and cpuid_product != product:
-        reasons.append(Reason("snp.report.product", f"the report's CPUID names a {cpuid_product.title()} processor, but the certificate chain is {product.title()}'s"))
+        reasons.append(
+            Reason(
+                "snp.report.product",
+                f"the report's CPUID names a {cpuid_product.title()} processor, but the certificate chain is {product.title()}'s",
+            )
+        )
     if product is None:
         product = cpuid_product
     if product_name is not None and product is not None and product_of_name(product_name) not in (None, product):
-        reasons.append(Reason("snp.cert.product", f"the {signing_key.upper()} is for {product_name!r}, but the chain is {product.title()}'s"))
+        reasons.append(
+            Reason(
+                "snp.cert.product",
+                f"the {signing_key.upper()} is for {product_name!r}, but the chain is {product.title()}'s",
+            )
+        )
     return product, reasons
 
 
@@ -293,10 +351,18 @@ def verify_snp_report(
     warnings: list[str] = []
     # Report.
     if report.signature_algo != SIGNATURE_ALGO_ECDSA_P384_SHA384:
-        reasons.append(Reason("snp.report.signature_algo", f"SIGNATURE_ALGO {report.signature_algo} is not 1 (ECDSA P-384/SHA-384)"))
+        reasons.append(
+            Reason(
+                "snp.report.signature_algo", f"SIGNATURE_ALGO {report.signature_algo} is not 1 (ECDSA P-384/SHA-384)"
+            )
+        )
     signing_key = report.signing_key
     if signing_key not in ("vcek", "vlek"):
-        reasons.append(Reason("snp.report.signing_key", f"SIGNING_KEY is {signing_key}: the report is not signed by a VCEK or VLEK"))
+        reasons.append(
+            Reason(
+                "snp.report.signing_key", f"SIGNING_KEY is {signing_key}: the report is not signed by a VCEK or VLEK"
+            )
+        )
         return SnpVerification(tuple(reasons), (), report.product_from_cpuid, None, False, None)
 
     # Signing certificate and chain.
@@ -305,8 +371,17 @@ def verify_snp_report(
     found = _find_chain(leaf, certificates, signing_key, reasons) if leaf is not None else None
     product_name = _product_name(leaf) if leaf is not None else None
     if found is not None and leaf is not None:
-        chain = _verify_chain(leaf, found, signing_key, crl=crl, at=at, trusted_simulated_roots=trusted_simulated_roots,
-                              crl_source=crl_source, reasons=reasons, warnings=warnings)
+        chain = _verify_chain(
+            leaf,
+            found,
+            signing_key,
+            crl=crl,
+            at=at,
+            trusted_simulated_roots=trusted_simulated_roots,
+            crl_source=crl_source,
+            reasons=reasons,
+            warnings=warnings,
+        )
 
     # Product line, signature, certificate extensions.
     product, product_reasons = _product_reasons(report, chain.product, product_name, signing_key)
@@ -315,4 +390,6 @@ def verify_snp_report(
         reasons.extend(_signature_reasons(leaf, report, signing_key))
         reasons.extend(_extension_reasons(leaf, report, product, signing_key))
     crl_issued = None if chain.crl is None else chain.crl.this_update
-    return SnpVerification(tuple(reasons), tuple(warnings), product, product_name, chain.simulated, crl_issued, chain.notes)
+    return SnpVerification(
+        tuple(reasons), tuple(warnings), product, product_name, chain.simulated, crl_issued, chain.notes
+    )

@@ -24,6 +24,7 @@ length in the input can cause work beyond the input; input over
 The Intel SGX extensions of a PCK certificate (OID 1.2.840.113741.1.13.1: PPID, TCB,
 PCE-ID, FMSPC, SGX type, ...) are decoded here as well (:func:`decode_sgx_extensions`).
 """
+
 from __future__ import annotations
 
 import struct
@@ -146,7 +147,7 @@ class QuoteHeader:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "QuoteHeader":
+    def from_bytes(cls, data: bytes) -> QuoteHeader:
         _require_length(data, HEADER_SIZE, "header")
         version, key_type, tee_type, qe_svn, pce_svn = struct.unpack_from("<HHIHH", data, 0)
         return cls(version, key_type, tee_type, qe_svn, pce_svn, bytes(data[12:28]), bytes(data[28:48]))
@@ -203,7 +204,9 @@ class TdReportBody:
         for name, size in _TD_REPORT10_FIELDS:
             _require_length(getattr(self, name), size, f"body.{name}")
         if (self.tee_tcb_svn2 is None) != (self.mr_servicetd is None):
-            raise EvidenceFormatError("body: tee_tcb_svn2 and mr_servicetd are both present (TDX 1.5) or both absent (TDX 1.0)")
+            raise EvidenceFormatError(
+                "body: tee_tcb_svn2 and mr_servicetd are both present (TDX 1.5) or both absent (TDX 1.0)"
+            )
         if self.tee_tcb_svn2 is not None:
             for name, size in _TD_REPORT15_EXTRA_FIELDS:
                 _require_length(getattr(self, name), size, f"body.{name}")
@@ -243,7 +246,7 @@ class TdReportBody:
         return b"".join(getattr(self, name) for name, _size in fields)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "TdReportBody":
+    def from_bytes(cls, data: bytes) -> TdReportBody:
         if len(data) not in (TD_REPORT10_SIZE, TD_REPORT15_SIZE):
             raise EvidenceFormatError(f"body: expected {TD_REPORT10_SIZE} or {TD_REPORT15_SIZE} bytes, got {len(data)}")
         fields = _TD_REPORT10_FIELDS + (_TD_REPORT15_EXTRA_FIELDS if len(data) == TD_REPORT15_SIZE else ())
@@ -317,7 +320,7 @@ class EnclaveReport:
         return b"".join(parts)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "EnclaveReport":
+    def from_bytes(cls, data: bytes) -> EnclaveReport:
         _require_length(data, ENCLAVE_REPORT_SIZE, "qe_report")
         values: dict[str, bytes | int] = {}
         offset = 0
@@ -410,9 +413,13 @@ class TdxQuote:
 
     def __post_init__(self) -> None:
         if self.header.version not in SUPPORTED_QUOTE_VERSIONS:
-            raise EvidenceFormatError(f"header.version: {self.header.version} is not a supported TDX quote version (4 or 5)")
+            raise EvidenceFormatError(
+                f"header.version: {self.header.version} is not a supported TDX quote version (4 or 5)"
+            )
         if self.header.version == QUOTE_VERSION_4 and self.body.is_tdx15:
-            raise EvidenceFormatError("body: a version 4 quote carries a TDX 1.0 body (584 bytes); TDX 1.5 bodies need version 5")
+            raise EvidenceFormatError(
+                "body: a version 4 quote carries a TDX 1.0 body (584 bytes); TDX 1.5 bodies need version 5"
+            )
 
     @property
     def version(self) -> int:
@@ -490,7 +497,9 @@ def parse_quote(data: bytes) -> TdxQuote:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise EvidenceFormatError(f"quote: expected bytes, got {type(data).__name__}")
     if len(data) > MAX_QUOTE_BYTES:
-        raise EvidenceTooLargeError(f"quote is {len(data)} bytes; nothing larger than {MAX_QUOTE_BYTES} bytes is accepted")
+        raise EvidenceTooLargeError(
+            f"quote is {len(data)} bytes; nothing larger than {MAX_QUOTE_BYTES} bytes is accepted"
+        )
     data = bytes(data)
     reader = _Reader(data)
     if len(data) < HEADER_SIZE:
@@ -517,7 +526,9 @@ def parse_quote(data: bytes) -> TdxQuote:
                 f"({BODY_TYPE_TDX10} = TDX 1.0, {BODY_TYPE_TDX15} = TDX 1.5)"
             )
         if body_size != expected:
-            raise EvidenceFormatError(f"body_descriptor.size: {body_size} does not match body type {body_type} ({expected} bytes)")
+            raise EvidenceFormatError(
+                f"body_descriptor.size: {body_size} does not match body type {body_type} ({expected} bytes)"
+            )
         body_bytes = reader.take(body_size, "body")
     body = TdReportBody.from_bytes(body_bytes)
     signature_size = reader.u32("signature_data_len")
@@ -536,7 +547,9 @@ def looks_like_tdx_quote(data: bytes) -> bool:
     if len(data) < HEADER_SIZE:
         return False
     version, key_type, tee_type = struct.unpack_from("<HHI", data, 0)
-    return version in SUPPORTED_QUOTE_VERSIONS and key_type == ATTESTATION_KEY_TYPE_ECDSA_P256 and tee_type == TEE_TYPE_TDX
+    return (
+        version in SUPPORTED_QUOTE_VERSIONS and key_type == ATTESTATION_KEY_TYPE_ECDSA_P256 and tee_type == TEE_TYPE_TDX
+    )
 
 
 # --- Intel SGX extensions of PCK certificates -------------------------------------------
@@ -635,7 +648,9 @@ def _typed(value: Any, spec: Any, where: str) -> Any:
         raise CertificateFormatError(f"{where}: expected {spec.__name__}: {exc}") from exc
 
 
-def _octets(entries: dict[str, core.Any], oid: str, name: str, size: int | None, *, required: bool = True) -> bytes | None:
+def _octets(
+    entries: dict[str, core.Any], oid: str, name: str, size: int | None, *, required: bool = True
+) -> bytes | None:
     if oid not in entries:
         if required:
             raise CertificateFormatError(f"SGX extensions: {name} ({oid}) is missing")

@@ -4,6 +4,7 @@ The collateral comes from the caller (:mod:`attestation.platforms.tdx.collateral
 directory, a bundle's files) or from the verifier's collateral store, which chooses it for the
 quote's FMSPC and PCK CA. See :mod:`attestation.platforms.tdx.verify` for every check.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -45,15 +46,21 @@ def appraise_tdx(
     notes: tuple[str, ...] = ()
     if store is not None:
         if collateral is not None:
-            raise CollateralError("TDX collateral was given beside a collateral store: the store alone supplies collateral")
+            raise CollateralError(
+                "TDX collateral was given beside a collateral store: the store alone supplies collateral"
+            )
         pck, _ = pck_chain_of(parsed)
         if pck is not None and pck.extensions is not None:
-            lookup = tdx_collateral(store, pck.extensions.fmspc, pck_ca_kind(pck.leaf.issuer), at=at, max_age=policy.max_collateral_age)
+            lookup = tdx_collateral(
+                store, pck.extensions.fmspc, pck_ca_kind(pck.leaf.issuer), at=at, max_age=policy.max_collateral_age
+            )
             collateral = None if lookup.collateral.is_empty else lookup.collateral
             notes = lookup.notes
         else:
             notes = ("the quote carries no usable PCK certificate, so no collateral could be chosen for it",)
-    verification = verify_tdx_quote(parsed, collateral=collateral, at=at, trusted_simulated_roots=policy.trusted_simulated_roots)
+    verification = verify_tdx_quote(
+        parsed, collateral=collateral, at=at, trusted_simulated_roots=policy.trusted_simulated_roots
+    )
     if notes:
         verification = replace(verification, collateral_notes=notes)
     reasons = list(verification.reasons) + validate_tdx(parsed, verification, policy, at=at)

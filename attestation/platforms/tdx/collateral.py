@@ -38,13 +38,15 @@ chooses the collateral for a quote's FMSPC and PCK CA from its cache directory, 
 
 and, with a fetcher, asks Intel PCS for what is missing or stale.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ...abi.x509 import (
     MAX_CERT_INPUT_BYTES,
@@ -102,7 +104,15 @@ def _limit_for(name: str) -> int:
 
 def is_collateral_file_name(name: str) -> bool:
     """True for the file names of a collateral directory (this module's docstring)."""
-    known = {QE_IDENTITY_FILE, TCB_INFO_ISSUER_CHAIN_FILE, QE_IDENTITY_ISSUER_CHAIN_FILE, PCK_CRL_ISSUER_CHAIN_FILE, ROOT_CA_CRL_FILE, TCB_INFO_FILE, *PCK_CRL_FILES}
+    known = {
+        QE_IDENTITY_FILE,
+        TCB_INFO_ISSUER_CHAIN_FILE,
+        QE_IDENTITY_ISSUER_CHAIN_FILE,
+        PCK_CRL_ISSUER_CHAIN_FILE,
+        ROOT_CA_CRL_FILE,
+        TCB_INFO_FILE,
+        *PCK_CRL_FILES,
+    }
     return name in known or TCB_INFO_FMSPC_PATTERN.fullmatch(name) is not None
 
 
@@ -143,7 +153,9 @@ def load_collateral_dir(path: str | Path) -> TdxCollateral:
         raise CollateralFormatError(f"{directory}: cannot list: {exc.strerror or exc}") from exc
     tcb_info_files = [n for n in names if n == TCB_INFO_FILE or TCB_INFO_FMSPC_PATTERN.fullmatch(n)]
     if len(tcb_info_files) > MAX_TCB_INFO_FILES:
-        raise CollateralFormatError(f"{directory}: {len(tcb_info_files)} TCB info files, more than {MAX_TCB_INFO_FILES}")
+        raise CollateralFormatError(
+            f"{directory}: {len(tcb_info_files)} TCB info files, more than {MAX_TCB_INFO_FILES}"
+        )
     files = {name: _read_limited(directory / name, _limit_for(name)) for name in names if is_collateral_file_name(name)}
     return collateral_from_files(files, where=str(directory))
 
@@ -155,7 +167,9 @@ def collateral_from_files(files: Mapping[str, bytes], *, where: str = "collatera
     names = sorted(files)
     for name in names:
         if is_collateral_file_name(name) and len(files[name]) > _limit_for(name):
-            raise CollateralFormatError(f"{where}/{name}: over the {_limit_for(name)}-byte limit for this collateral file")
+            raise CollateralFormatError(
+                f"{where}/{name}: over the {_limit_for(name)}-byte limit for this collateral file"
+            )
 
     tcb_infos: list[TcbInfoDocument] = []
     tcb_info_files = [n for n in names if n == TCB_INFO_FILE or TCB_INFO_FMSPC_PATTERN.fullmatch(n)]
@@ -166,7 +180,9 @@ def collateral_from_files(files: Mapping[str, bytes], *, where: str = "collatera
         match = TCB_INFO_FMSPC_PATTERN.fullmatch(name)
         fmspc = document.tcb_info.fmspc
         if match and bytes.fromhex(match.group(1)) != fmspc:
-            raise CollateralFormatError(f"{where}/{name}: the TCB info is for FMSPC {fmspc.hex()}, not the one its name says")
+            raise CollateralFormatError(
+                f"{where}/{name}: the TCB info is for FMSPC {fmspc.hex()}, not the one its name says"
+            )
         if any(other.tcb_info.fmspc == fmspc for other in tcb_infos):
             raise CollateralFormatError(f"{where}: more than one TCB info for FMSPC {fmspc.hex()}")
         tcb_infos.append(document)
@@ -185,7 +201,9 @@ def collateral_from_files(files: Mapping[str, bytes], *, where: str = "collatera
         pck_crl_issuer_chain=optional(PCK_CRL_ISSUER_CHAIN_FILE, _certificates) or (),
         root_ca_crl=optional(ROOT_CA_CRL_FILE, _crl),
     )
-    if collateral.is_empty and not (collateral.tcb_info_issuer_chain or collateral.qe_identity_issuer_chain or collateral.pck_crl_issuer_chain):
+    if collateral.is_empty and not (
+        collateral.tcb_info_issuer_chain or collateral.qe_identity_issuer_chain or collateral.pck_crl_issuer_chain
+    ):
         expected = [TCB_INFO_FILE, "tcb-info-fmspc-<fmspc>.json", QE_IDENTITY_FILE, *PCK_CRL_FILES, ROOT_CA_CRL_FILE]
         raise CollateralFormatError(f"{where}: no collateral files found (expected some of: {', '.join(expected)})")
     return collateral
@@ -197,7 +215,7 @@ PCK_CAS = ("platform", "processor")
 
 
 def pck_ca_kind(issuer: str) -> str:
-    """"processor" when a PCK leaf's issuer name says Processor CA, else "platform"."""
+    """ "processor" when a PCK leaf's issuer name says Processor CA, else "platform"."""
     return "processor" if "processor" in issuer.lower() else "platform"
 
 
@@ -222,7 +240,9 @@ class TdxLookup:
     notes: tuple[str, ...] = ()
 
 
-def tdx_collateral(store: CollateralStore, fmspc: bytes, ca: str, *, at: datetime, max_age: timedelta | None = None) -> TdxLookup:
+def tdx_collateral(
+    store: CollateralStore, fmspc: bytes, ca: str, *, at: datetime, max_age: timedelta | None = None
+) -> TdxLookup:
     """Every fresh part of the Intel collateral for a platform of FMSPC ``fmspc`` whose PCK
     certificate was issued by the PCK ``ca`` ("platform" or "processor")."""
     at = as_utc(at)
@@ -230,7 +250,9 @@ def tdx_collateral(store: CollateralStore, fmspc: bytes, ca: str, *, at: datetim
         raise CollateralError(f"unknown PCK CA {ca!r}; expected platform or processor")
     fmspc_hex = bytes(fmspc).hex()
 
-    def with_chain(url: Callable[[CollateralFetcher], str], path: str, chain: str, header: str) -> Callable[[CollateralFetcher], dict[str, bytes]]:
+    def with_chain(
+        url: Callable[[CollateralFetcher], str], path: str, chain: str, header: str
+    ) -> Callable[[CollateralFetcher], dict[str, bytes]]:
         def fetch(fetcher: CollateralFetcher) -> dict[str, bytes]:
             response = fetcher.get(url(fetcher))
             return {path: response.body, chain: response.issuer_chain(header)}
@@ -248,15 +270,45 @@ def tdx_collateral(store: CollateralStore, fmspc: bytes, ca: str, *, at: datetim
     crl_path, crl_chain = f"intel/pck-{ca}-crl.der", f"intel/pck-{ca}-crl-issuer-chain.pem"
     root_path = "intel/root-ca-crl.der"
     items = {
-        "tcb_info": CollateralItem(tcb_path, f"TCB info for FMSPC {fmspc_hex}", MAX_COLLATERAL_JSON_BYTES, parse_tcb_info_for_fmspc,
-                          document_fresh(f"TCB info for FMSPC {fmspc_hex}", "tcb_info"),
-                          with_chain(lambda f: intel_tcb_info_url(f.config, bytes(fmspc)), tcb_path, tcb_chain, "TCB-Info-Issuer-Chain"), tcb_chain),
-        "qe_identity": CollateralItem(qe_path, "QE identity", MAX_COLLATERAL_JSON_BYTES, parse_qe_identity, document_fresh("QE identity", "identity"),
-                             with_chain(lambda f: intel_qe_identity_url(f.config), qe_path, qe_chain, "SGX-Enclave-Identity-Issuer-Chain"), qe_chain),
-        "pck_crl": CollateralItem(crl_path, f"PCK {ca.title()} CA CRL", MAX_CRL_BYTES, parse_crl_file, crl_fresh(f"PCK {ca.title()} CA CRL"),
-                         with_chain(lambda f: intel_pck_crl_url(f.config, ca), crl_path, crl_chain, "SGX-PCK-CRL-Issuer-Chain"), crl_chain),
-        "root_ca_crl": CollateralItem(root_path, "Intel SGX Root CA CRL", MAX_CRL_BYTES, parse_crl_file, crl_fresh("Intel SGX Root CA CRL"),
-                             lambda f: {root_path: f.get(f.config.intel_root_ca_crl_url).body}),
+        "tcb_info": CollateralItem(
+            tcb_path,
+            f"TCB info for FMSPC {fmspc_hex}",
+            MAX_COLLATERAL_JSON_BYTES,
+            parse_tcb_info_for_fmspc,
+            document_fresh(f"TCB info for FMSPC {fmspc_hex}", "tcb_info"),
+            with_chain(
+                lambda f: intel_tcb_info_url(f.config, bytes(fmspc)), tcb_path, tcb_chain, "TCB-Info-Issuer-Chain"
+            ),
+            tcb_chain,
+        ),
+        "qe_identity": CollateralItem(
+            qe_path,
+            "QE identity",
+            MAX_COLLATERAL_JSON_BYTES,
+            parse_qe_identity,
+            document_fresh("QE identity", "identity"),
+            with_chain(
+                lambda f: intel_qe_identity_url(f.config), qe_path, qe_chain, "SGX-Enclave-Identity-Issuer-Chain"
+            ),
+            qe_chain,
+        ),
+        "pck_crl": CollateralItem(
+            crl_path,
+            f"PCK {ca.title()} CA CRL",
+            MAX_CRL_BYTES,
+            parse_crl_file,
+            crl_fresh(f"PCK {ca.title()} CA CRL"),
+            with_chain(lambda f: intel_pck_crl_url(f.config, ca), crl_path, crl_chain, "SGX-PCK-CRL-Issuer-Chain"),
+            crl_chain,
+        ),
+        "root_ca_crl": CollateralItem(
+            root_path,
+            "Intel SGX Root CA CRL",
+            MAX_CRL_BYTES,
+            parse_crl_file,
+            crl_fresh("Intel SGX Root CA CRL"),
+            lambda f: {root_path: f.get(f.config.intel_root_ca_crl_url).body},
+        ),
     }
     found = {name: store.lookup(item, at, max_age) for name, item in items.items()}
     notes = tuple(note for lookup in found.values() for note in lookup.notes)

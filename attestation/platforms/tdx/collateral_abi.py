@@ -13,13 +13,15 @@ bytes are :attr:`TcbInfoDocument.signed_bytes`.
 info documents (one per FMSPC), the QE identity, the PCK CRL(s), the Intel SGX Root CA CRL
 and the issuer chains that Intel PCS sends with them. Every part is optional on its own.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from ...abi.x509 import Certificate, RevocationList
 from ...errors import AttestationError, CollateralFormatError
@@ -229,7 +231,7 @@ class _Fields:
         except AttestationError as exc:
             raise _fail(f"{self.path}.{key}: {exc}") from exc
 
-    def objects(self, key: str, required: bool = True, non_empty: bool = True) -> list["_Fields"]:
+    def objects(self, key: str, required: bool = True, non_empty: bool = True) -> list[_Fields]:
         value = self._get(key, required)
         if value is None and not required:
             return []
@@ -237,7 +239,7 @@ class _Fields:
             raise _fail(f"{self.path}.{key}: expected a non-empty array of objects")
         return [_Fields(item, f"{self.path}.{key}[{index}]") for index, item in enumerate(value)]
 
-    def obj(self, key: str, required: bool = True) -> "_Fields | None":
+    def obj(self, key: str, required: bool = True) -> _Fields | None:
         value = self._get(key, required)
         if value is None and not required:
             return None
@@ -247,7 +249,9 @@ class _Fields:
         value = self.string(key)
         assert value is not None
         if value not in allowed:
-            raise _fail(f"{self.path}.{key}: unknown TCB status {value!r}; expected one of {', '.join(sorted(allowed))}")
+            raise _fail(
+                f"{self.path}.{key}: unknown TCB status {value!r}; expected one of {', '.join(sorted(allowed))}"
+            )
         return value
 
     def advisory_ids(self) -> tuple[str, ...]:
@@ -408,7 +412,13 @@ def _parse_tcb_info(fields: _Fields) -> TcbInfo:
                 )
             module = _tdx_module(identity)
             identity_list.append(
-                TdxModuleIdentity(identity.string("id"), module.mrsigner, module.attributes, module.attributes_mask, tuple(module_levels))  # type: ignore[arg-type]
+                TdxModuleIdentity(
+                    identity.string("id"),
+                    module.mrsigner,
+                    module.attributes,
+                    module.attributes_mask,
+                    tuple(module_levels),
+                )  # type: ignore[arg-type]
             )
         identities = tuple(identity_list)
     tdx_module = fields.obj("tdxModule")
@@ -428,7 +438,9 @@ def _parse_tcb_info(fields: _Fields) -> TcbInfo:
     )
 
 
-def _parse_signed_document(raw: bytes, key: str, what: str, parse: Callable[[_Fields], Any]) -> tuple[bytes, bytes, Any]:
+def _parse_signed_document(
+    raw: bytes, key: str, what: str, parse: Callable[[_Fields], Any]
+) -> tuple[bytes, bytes, Any]:
     document = _load_document(raw, what)
     unknown = sorted(set(document) - {key, "signature"})
     if unknown:
@@ -489,7 +501,9 @@ class QeIdentityDocument:
 def _parse_enclave_identity(fields: _Fields) -> EnclaveIdentity:
     identifier = fields.string("id")
     if identifier != QE_IDENTITY_ID_TD_QE:
-        raise _fail(f"{fields.path}.id: {identifier!r} is not the TD quoting enclave's identity (expected {QE_IDENTITY_ID_TD_QE!r})")
+        raise _fail(
+            f"{fields.path}.id: {identifier!r} is not the TD quoting enclave's identity (expected {QE_IDENTITY_ID_TD_QE!r})"
+        )
     version = fields.integer("version", 32)
     if version != QE_IDENTITY_VERSION:
         raise _fail(f"{fields.path}.version: {version} is not supported (expected {QE_IDENTITY_VERSION})")

@@ -1,4 +1,5 @@
 """The TDX :class:`~attestation.platforms.base.Platform`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ def _given_collateral(inputs: EvidenceInputs) -> TdxCollateral | None:
         return None
     unknown = sorted(name for name in inputs.collateral_files if not is_collateral_file_name(name))
     if unknown:
-        raise EvidenceFormatError(f"bundle collateral: {', '.join(unknown)} is not a TDX collateral file name "
-                                  "(see attestation.platforms.tdx.collateral)")
+        raise EvidenceFormatError(
+            f"bundle collateral: {', '.join(unknown)} is not a TDX collateral file name "
+            "(see attestation.platforms.tdx.collateral)"
+        )
     return collateral_from_files(inputs.collateral_files, where="bundle collateral")
 
 
@@ -53,8 +56,15 @@ class TdxPlatform:
     def report_data(self, evidence: bytes) -> bytes:
         return parse_quote(evidence).body.report_data
 
-    def appraise(self, evidence: bytes, *, policy: AppraisalPolicy, at: datetime, inputs: EvidenceInputs,
-                 collateral: CollateralStore | None) -> Appraisal:
+    def appraise(
+        self,
+        evidence: bytes,
+        *,
+        policy: AppraisalPolicy,
+        at: datetime,
+        inputs: EvidenceInputs,
+        collateral: CollateralStore | None,
+    ) -> Appraisal:
         given = None if collateral is not None else _given_collateral(inputs)
         return appraise_tdx(evidence, collateral=given, policy=policy, at=at, store=collateral)
 

@@ -1,14 +1,15 @@
 """Intel's root shipped for TDX: the Intel SGX Root CA, the anchor of the PCK chain and of
 every collateral issuer chain."""
+
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from ...abi.x509 import Certificate, parse_certificates
 from ...trust import VendorRoots, read_root_file
 
 
-@lru_cache(maxsize=None)
+@cache
 def intel_sgx_root_ca() -> Certificate:
     (root,) = parse_certificates(read_root_file("intel-sgx-root-ca.pem"))
     return root

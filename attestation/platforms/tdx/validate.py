@@ -18,11 +18,13 @@ Common keys (top of the policy file) that apply to TDX:
 The ``[tdx]`` section: see :class:`TdxPolicy`; every key is optional and an absent key adds
 no constraint, except the TCB statuses, which have defaults whenever collateral is given.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ...errors import PolicyError
 from ...findings import Reason
@@ -55,7 +57,9 @@ ALLOWABLE_TCB_STATUSES = (
 )
 #: Used when collateral is given and the policy sets no ``allowed_tcb_statuses``: the
 #: platform is patched; SW hardening or configuration steps may still be advised.
-DEFAULT_TCB_STATUSES = frozenset({"UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded"})
+DEFAULT_TCB_STATUSES = frozenset(
+    {"UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded"}
+)
 #: QE TCB statuses a policy may allow ("Revoked" and "NotSupported" never).
 ALLOWABLE_QE_TCB_STATUSES = ("UpToDate", "OutOfDate")
 #: Used when a QE identity is given and the policy sets no ``allowed_qe_tcb_statuses``.
@@ -149,16 +153,20 @@ class TdxPolicy:
         if self.allowed_tcb_statuses is not None:
             bad = sorted(set(self.allowed_tcb_statuses) - set(ALLOWABLE_TCB_STATUSES))
             if bad:
-                raise PolicyError(f"[{SECTION}] allowed_tcb_statuses: {', '.join(bad)} can never be allowed; allowed: {', '.join(ALLOWABLE_TCB_STATUSES)}")
+                raise PolicyError(
+                    f"[{SECTION}] allowed_tcb_statuses: {', '.join(bad)} can never be allowed; allowed: {', '.join(ALLOWABLE_TCB_STATUSES)}"
+                )
         if self.allowed_qe_tcb_statuses is not None:
             bad = sorted(set(self.allowed_qe_tcb_statuses) - set(ALLOWABLE_QE_TCB_STATUSES))
             if bad:
-                raise PolicyError(f"[{SECTION}] allowed_qe_tcb_statuses: {', '.join(bad)} can never be allowed; allowed: {', '.join(ALLOWABLE_QE_TCB_STATUSES)}")
+                raise PolicyError(
+                    f"[{SECTION}] allowed_qe_tcb_statuses: {', '.join(bad)} can never be allowed; allowed: {', '.join(ALLOWABLE_QE_TCB_STATUSES)}"
+                )
         if self.minimum_quote_version is not None and self.minimum_quote_version not in (4, 5):
             raise PolicyError(f"[{SECTION}] minimum_quote_version: expected 4 or 5, got {self.minimum_quote_version}")
 
     @classmethod
-    def from_table(cls, table: dict[str, Any]) -> "TdxPolicy":
+    def from_table(cls, table: dict[str, Any]) -> TdxPolicy:
         keys = tuple(f.name for f in fields(cls))
         reject_unknown_keys(table, keys, SECTION)
         measurements = {key: read_hex_set(table, key, SECTION, 48) for key in _MEASUREMENT_KEYS}
@@ -385,7 +393,9 @@ CHECKS: tuple[tuple[str, Check], ...] = (
 )
 
 
-def validate_tdx(quote: TdxQuote, verification: TdxVerification, policy: AppraisalPolicy, *, at: datetime) -> list[Reason]:
+def validate_tdx(
+    quote: TdxQuote, verification: TdxVerification, policy: AppraisalPolicy, *, at: datetime
+) -> list[Reason]:
     """Every policy check on a verified quote (:data:`CHECKS`, in order); returns every
     failure (empty: accepted by policy)."""
     facts = TdxFacts(quote, verification, policy, policy.section(NAME, TdxPolicy), at)

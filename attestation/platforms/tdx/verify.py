@@ -51,13 +51,14 @@ TCB and identity
     status exactly as Intel's QVL does. Whether a status is acceptable is the policy's
     decision (:mod:`attestation.platforms.tdx.validate`).
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -121,7 +122,12 @@ QE_TCB_STATUSES = (UP_TO_DATE, OUT_OF_DATE, REVOKED, NOT_SUPPORTED)
 
 _PCK_LEAF_CN_PHRASE = "SGX PCK Certificate"
 _CONFIGURATION_STATUSES = frozenset(
-    {CONFIGURATION_NEEDED, OUT_OF_DATE_CONFIGURATION_NEEDED, CONFIGURATION_AND_SW_HARDENING_NEEDED, TD_RELAUNCH_ADVISED_CONFIGURATION_NEEDED}
+    {
+        CONFIGURATION_NEEDED,
+        OUT_OF_DATE_CONFIGURATION_NEEDED,
+        CONFIGURATION_AND_SW_HARDENING_NEEDED,
+        TD_RELAUNCH_ADVISED_CONFIGURATION_NEEDED,
+    }
 )
 
 
@@ -181,7 +187,11 @@ class PckChain:
 
     @property
     def links(self) -> list[ChainLink]:
-        return [ChainLink(self.leaf, "PCK leaf"), ChainLink(self.intermediate, "PCK CA"), ChainLink(self.root, "root CA")]
+        return [
+            ChainLink(self.leaf, "PCK leaf"),
+            ChainLink(self.intermediate, "PCK CA"),
+            ChainLink(self.root, "root CA"),
+        ]
 
 
 @dataclass(frozen=True)
@@ -247,9 +257,19 @@ def quote_signature_reasons(quote: TdxQuote) -> list[Reason]:
     """The attestation key signed the header and body [tdx.quote.attestation_key, tdx.quote.signature]."""
     key = _p256_key_from_raw(quote.signature_data.attestation_key)
     if key is None:
-        return [Reason("tdx.quote.attestation_key", "the attestation key is not a valid P-256 public key; the quote signature cannot be checked")]
+        return [
+            Reason(
+                "tdx.quote.attestation_key",
+                "the attestation key is not a valid P-256 public key; the quote signature cannot be checked",
+            )
+        ]
     if not _raw_p256_signature_is_valid(key, quote.signature_data.signature, quote.signed_bytes()):
-        return [Reason("tdx.quote.signature", "the quote signature (ECDSA P-256/SHA-256 by the attestation key over header and body) is invalid")]
+        return [
+            Reason(
+                "tdx.quote.signature",
+                "the quote signature (ECDSA P-256/SHA-256 by the attestation key over header and body) is invalid",
+            )
+        ]
     return []
 
 
@@ -261,7 +281,10 @@ def qe_report_binding_reasons(quote: TdxQuote) -> list[Reason]:
     reasons = []
     if report_data[:32] != expected:
         reasons.append(
-            Reason("tdx.qe.report_data", "QE report_data[0:32] is not SHA-256(attestation key || QE authentication data): the attestation key is not bound to the QE")
+            Reason(
+                "tdx.qe.report_data",
+                "QE report_data[0:32] is not SHA-256(attestation key || QE authentication data): the attestation key is not bound to the QE",
+            )
         )
     if report_data[32:] != bytes(32):
         reasons.append(Reason("tdx.qe.report_data", "QE report_data[32:64] is not zero"))
@@ -272,7 +295,11 @@ def qe_report_signature_reasons(quote: TdxQuote, pck_leaf: Certificate) -> list[
     """The PCK leaf key signed the QE report (ECDSA P-256/SHA-256, raw r||s) [tdx.qe.report_signature]."""
     key = _p256_key_of(pck_leaf)
     if key is None:
-        return [Reason("tdx.qe.report_signature", "the PCK leaf has no P-256 key; the QE report signature cannot be checked")]
+        return [
+            Reason(
+                "tdx.qe.report_signature", "the PCK leaf has no P-256 key; the QE report signature cannot be checked"
+            )
+        ]
     certification = quote.signature_data.qe_certification
     if not _raw_p256_signature_is_valid(key, certification.qe_report_signature, certification.qe_report.to_bytes()):
         return [Reason("tdx.qe.report_signature", "the QE report signature by the PCK leaf key is invalid")]
@@ -282,7 +309,9 @@ def qe_report_signature_reasons(quote: TdxQuote, pck_leaf: Certificate) -> list[
 # --- PCK chain --------------------------------------------------------------------------
 
 
-def root_trust(root: Certificate, trusted_simulated_roots: frozenset[str], check: str, what: str) -> tuple[bool, bool, list[Reason], list[str]]:
+def root_trust(
+    root: Certificate, trusted_simulated_roots: frozenset[str], check: str, what: str
+) -> tuple[bool, bool, list[Reason], list[str]]:
     """(trusted, simulated, reasons, warnings) by the trust rule of :func:`attestation.trust.trust_root`."""
     trust = trust_root(root, trusted_simulated_roots, vendor=INTEL_ROOTS, what=what)
     reasons = [Reason(check, trust.reason)] if trust.reason is not None else []
@@ -303,14 +332,24 @@ def pck_chain_of(quote: TdxQuote) -> tuple[PckChain | None, list[Reason]]:
     pem = quote.signature_data.qe_certification.pck_chain_pem
     if pem is None:
         cert_type = quote.signature_data.qe_certification.certification_data.cert_type
-        return None, [Reason("tdx.pck.chain", f"the quote carries certification data of type {cert_type}, not a PCK certificate chain (type 5)")]
+        return None, [
+            Reason(
+                "tdx.pck.chain",
+                f"the quote carries certification data of type {cert_type}, not a PCK certificate chain (type 5)",
+            )
+        ]
     try:
         certs = list(_decode_pem_chain(pem.rstrip(b"\x00")))
     except CertificateFormatError as exc:
         return None, [Reason("tdx.pck.chain", f"the PCK certificate chain in the quote is malformed: {exc}")]
     certs = _complete_with_intel_root(certs)
     if len(certs) != 3:
-        return None, [Reason("tdx.pck.chain", f"expected a PCK chain of leaf, PCK CA and root certificates, got {len(certs)} certificates")]
+        return None, [
+            Reason(
+                "tdx.pck.chain",
+                f"expected a PCK chain of leaf, PCK CA and root certificates, got {len(certs)} certificates",
+            )
+        ]
     leaf, intermediate, root = certs
     reasons = []
     if _PCK_LEAF_CN_PHRASE not in leaf.subject:
@@ -347,7 +386,9 @@ def _issuer_chain_reasons(
     root = links[-1].cert
     if root.subject_der != root.issuer_der:
         reasons.append(Reason(f"{prefix}.chain", f"the {what} issuer chain does not end at a self-signed root"))
-    _trusted, _simulated, root_reasons, _warnings = root_trust(root, trusted_simulated_roots, f"{prefix}.root", f"the {what} issuer chain")
+    _trusted, _simulated, root_reasons, _warnings = root_trust(
+        root, trusted_simulated_roots, f"{prefix}.root", f"the {what} issuer chain"
+    )
     reasons.extend(root_reasons)
     if expected_root is not None and root.der != expected_root.der:
         reasons.append(Reason(f"{prefix}.root", f"the {what} issuer chain ends at a different root than the PCK chain"))
@@ -370,21 +411,45 @@ def _signed_document_reasons(
 ) -> list[Reason]:
     reasons: list[Reason] = []
     if not issuer_chain:
-        reasons.append(Reason(f"{prefix}.chain", f"no issuer chain was given for the {what}; its signature cannot be checked"))
+        reasons.append(
+            Reason(f"{prefix}.chain", f"no issuer chain was given for the {what}; its signature cannot be checked")
+        )
     else:
         links = _issuer_chain_links(issuer_chain, f"{what} signing")
         reasons.extend(
-            _issuer_chain_reasons(links, prefix=prefix, what=what, at=at, trusted_simulated_roots=trusted_simulated_roots, expected_root=expected_root)
+            _issuer_chain_reasons(
+                links,
+                prefix=prefix,
+                what=what,
+                at=at,
+                trusted_simulated_roots=trusted_simulated_roots,
+                expected_root=expected_root,
+            )
         )
         key = _p256_key_of(links[0].cert)
         if key is None or not memoised_raw_ecdsa_is_valid(links[0].cert, signature, "sha256", signed_bytes):
-            reasons.append(Reason(f"{prefix}.signature", f"the {what} signature over its exact signed bytes is invalid (signer {links[0].cert.subject!r})"))
+            reasons.append(
+                Reason(
+                    f"{prefix}.signature",
+                    f"the {what} signature over its exact signed bytes is invalid (signer {links[0].cert.subject!r})",
+                )
+            )
         if root_crl is not None:
             reasons.extend(revoked_reasons(root_crl, links[:-1], f"{prefix}.revoked"))
     if at < issue_date:
-        reasons.append(Reason(f"{prefix}.validity", f"the {what} is not valid before its issueDate {issue_date.isoformat()} (verification time {at.isoformat()})"))
+        reasons.append(
+            Reason(
+                f"{prefix}.validity",
+                f"the {what} is not valid before its issueDate {issue_date.isoformat()} (verification time {at.isoformat()})",
+            )
+        )
     elif at > next_update:
-        reasons.append(Reason(f"{prefix}.validity", f"the {what} expired at its nextUpdate {next_update.isoformat()} (verification time {at.isoformat()})"))
+        reasons.append(
+            Reason(
+                f"{prefix}.validity",
+                f"the {what} expired at its nextUpdate {next_update.isoformat()} (verification time {at.isoformat()})",
+            )
+        )
     return reasons
 
 
@@ -402,12 +467,23 @@ def _pck_crl_reasons(
         crls = [crl for crl in collateral.pck_crls if crl.issuer_der == pck.leaf.issuer_der]
         if not crls:
             issuers = ", ".join(repr(crl.issuer) for crl in collateral.pck_crls)
-            return [Reason(f"{prefix}.issuer", f"no PCK CRL was issued by the PCK leaf's issuer {pck.leaf.issuer!r} (given: {issuers})")]
+            return [
+                Reason(
+                    f"{prefix}.issuer",
+                    f"no PCK CRL was issued by the PCK leaf's issuer {pck.leaf.issuer!r} (given: {issuers})",
+                )
+            ]
     reasons: list[Reason] = []
     for crl in crls:
-        issuer_index = next((i for i, c in enumerate(collateral.pck_crl_issuer_chain) if c.subject_der == crl.issuer_der), None)
+        issuer_index = next(
+            (i for i, c in enumerate(collateral.pck_crl_issuer_chain) if c.subject_der == crl.issuer_der), None
+        )
         if issuer_index is None:
-            reasons.append(Reason(f"{prefix}.chain", f"the PCK CRL issuer chain has no certificate for the CRL issuer {crl.issuer!r}"))
+            reasons.append(
+                Reason(
+                    f"{prefix}.chain", f"the PCK CRL issuer chain has no certificate for the CRL issuer {crl.issuer!r}"
+                )
+            )
             continue
         links = _issuer_chain_links(collateral.pck_crl_issuer_chain[issuer_index:], "PCK CRL issuer")
         reasons.extend(
@@ -449,7 +525,10 @@ def _tdx_module_status(tcb_info: TcbInfo, tee_tcb_svn: bytes) -> tuple[str | Non
         return None, f"the TCB info has no TDX module identity TDX_{version:02X}"
     for level in identity.tcb_levels:
         if isvsvn >= level.isvsvn:
-            return level.tcb_status, f"TDX module {identity.id} ISVSVN {isvsvn} matches level ISVSVN {level.isvsvn} ({level.tcb_status})"
+            return (
+                level.tcb_status,
+                f"TDX module {identity.id} ISVSVN {isvsvn} matches level ISVSVN {level.isvsvn} ({level.tcb_status})",
+            )
     return NOT_SUPPORTED, f"TDX module {identity.id} ISVSVN {isvsvn} is below every level of its identity"
 
 
@@ -457,18 +536,42 @@ def tdx_module_reasons(tcb_info: TcbInfo, quote: TdxQuote) -> list[Reason]:
     """MRSIGNERSEAM and SEAMATTRIBUTES against the TCB info's TDX module [tdx.tcb.module]."""
     body = quote.body
     version = body.tee_tcb_svn[1]
-    mrsigner, attributes, mask = tcb_info.tdx_module.mrsigner, tcb_info.tdx_module.attributes, tcb_info.tdx_module.attributes_mask
+    mrsigner, attributes, mask = (
+        tcb_info.tdx_module.mrsigner,
+        tcb_info.tdx_module.attributes,
+        tcb_info.tdx_module.attributes_mask,
+    )
     source = "tdxModule"
     if version > 0:
         identity = _module_identity(tcb_info.tdx_module_identities, version)
         if identity is None:
-            return [Reason("tdx.tcb.module", f"the TDX module has version {version}, but the TCB info has no TDX module identity TDX_{version:02X}")]
-        mrsigner, attributes, mask, source = identity.mrsigner, identity.attributes, identity.attributes_mask, f"TDX module identity {identity.id}"
+            return [
+                Reason(
+                    "tdx.tcb.module",
+                    f"the TDX module has version {version}, but the TCB info has no TDX module identity TDX_{version:02X}",
+                )
+            ]
+        mrsigner, attributes, mask, source = (
+            identity.mrsigner,
+            identity.attributes,
+            identity.attributes_mask,
+            f"TDX module identity {identity.id}",
+        )
     reasons = []
     if body.mr_signer_seam != mrsigner:
-        reasons.append(Reason("tdx.tcb.module", f"MRSIGNERSEAM {body.mr_signer_seam.hex()} differs from the {source} MRSIGNER {mrsigner.hex()}"))
+        reasons.append(
+            Reason(
+                "tdx.tcb.module",
+                f"MRSIGNERSEAM {body.mr_signer_seam.hex()} differs from the {source} MRSIGNER {mrsigner.hex()}",
+            )
+        )
     if _mask(body.seam_attributes, mask) != attributes:
-        reasons.append(Reason("tdx.tcb.module", f"SEAMATTRIBUTES {body.seam_attributes.hex()} do not match the {source} attributes {attributes.hex()} under mask {mask.hex()}"))
+        reasons.append(
+            Reason(
+                "tdx.tcb.module",
+                f"SEAMATTRIBUTES {body.seam_attributes.hex()} do not match the {source} attributes {attributes.hex()} under mask {mask.hex()}",
+            )
+        )
     return reasons
 
 
@@ -531,9 +634,7 @@ def evaluate_tcb(tcb_info: TcbInfo, extensions: SgxExtensions, quote: TdxQuote, 
     pce_svn = extensions.tcb.pce_svn
     tee_tcb_svn = quote.body.tee_tcb_svn
     skip = 2 if tee_tcb_svn[1] > 0 else 0
-    platform = (
-        f"PCK SGX TCB components {_svn_list(pck_svns)}, PCESVN {pce_svn}; TEE TCB SVN {_svn_list(tee_tcb_svn)}"
-    )
+    platform = f"PCK SGX TCB components {_svn_list(pck_svns)}, PCESVN {pce_svn}; TEE TCB SVN {_svn_list(tee_tcb_svn)}"
     sgx_level: TcbLevel | None = None
     tdx_level: TcbLevel | None = None
     for level in tcb_info.tcb_levels:
@@ -556,7 +657,9 @@ def evaluate_tcb(tcb_info: TcbInfo, extensions: SgxExtensions, quote: TdxQuote, 
         return TcbEvaluation(NOT_SUPPORTED, sgx_level, tdx_level, module_status, qe_status, detail)
     status = _converge_with_module(tdx_level.tcb_status, module_status)
     if status != REVOKED and quote.body_type == BODY_TYPE_TDX15 and quote.body.tee_tcb_svn2 is not None:
-        status = _relaunch_status(quote.body.tee_tcb_svn2, tcb_info, sgx_level.tcb_status, status, module_status, qe_status)
+        status = _relaunch_status(
+            quote.body.tee_tcb_svn2, tcb_info, sgx_level.tcb_status, status, module_status, qe_status
+        )
     if qe_status is not None:
         status = _converge_with_qe(status, qe_status)
     detail = (
@@ -574,16 +677,32 @@ def qe_identity_reasons(document: QeIdentityDocument, quote: TdxQuote) -> list[R
     report = quote.qe_report
     reasons = []
     if report.mr_signer != identity.mrsigner:
-        reasons.append(Reason("tdx.qe.identity.mrsigner", f"QE MRSIGNER {report.mr_signer.hex()} differs from the TD_QE identity's {identity.mrsigner.hex()}"))
+        reasons.append(
+            Reason(
+                "tdx.qe.identity.mrsigner",
+                f"QE MRSIGNER {report.mr_signer.hex()} differs from the TD_QE identity's {identity.mrsigner.hex()}",
+            )
+        )
     if report.isv_prod_id != identity.isvprodid:
-        reasons.append(Reason("tdx.qe.identity.isvprodid", f"QE ISVPRODID {report.isv_prod_id} differs from the TD_QE identity's {identity.isvprodid}"))
+        reasons.append(
+            Reason(
+                "tdx.qe.identity.isvprodid",
+                f"QE ISVPRODID {report.isv_prod_id} differs from the TD_QE identity's {identity.isvprodid}",
+            )
+        )
     if _mask(report.misc_select, identity.miscselect_mask) != identity.miscselect:
         reasons.append(
-            Reason("tdx.qe.identity.miscselect", f"QE MISCSELECT {report.misc_select.hex()} under mask {identity.miscselect_mask.hex()} differs from {identity.miscselect.hex()}")
+            Reason(
+                "tdx.qe.identity.miscselect",
+                f"QE MISCSELECT {report.misc_select.hex()} under mask {identity.miscselect_mask.hex()} differs from {identity.miscselect.hex()}",
+            )
         )
     if _mask(report.attributes, identity.attributes_mask) != identity.attributes:
         reasons.append(
-            Reason("tdx.qe.identity.attributes", f"QE ATTRIBUTES {report.attributes.hex()} under mask {identity.attributes_mask.hex()} differ from {identity.attributes.hex()}")
+            Reason(
+                "tdx.qe.identity.attributes",
+                f"QE ATTRIBUTES {report.attributes.hex()} under mask {identity.attributes_mask.hex()} differ from {identity.attributes.hex()}",
+            )
         )
     return reasons
 
@@ -615,10 +734,14 @@ def _verify_pck(quote: TdxQuote, at: datetime, trusted_simulated_roots: frozense
     by the trust rule [tdx.pck.*, tdx.qe.report_signature]."""
     pck, pck_reasons = pck_chain_of(quote)
     if pck is None:
-        missing = Reason("tdx.qe.report_signature", "the QE report signature cannot be checked without a PCK certificate")
+        missing = Reason(
+            "tdx.qe.report_signature", "the QE report signature cannot be checked without a PCK certificate"
+        )
         return _PckFindings(None, None, False, (missing, *pck_reasons), ())
     reasons = qe_report_signature_reasons(quote, pck.leaf) + verify_chain(pck.links, at=at, check_prefix="tdx.pck")
-    trusted, simulated, root_reasons, root_warnings = root_trust(pck.root, trusted_simulated_roots, "tdx.pck.root", "the PCK certificate chain")
+    trusted, simulated, root_reasons, root_warnings = root_trust(
+        pck.root, trusted_simulated_roots, "tdx.pck.root", "the PCK certificate chain"
+    )
     reasons += root_reasons + pck_reasons
     return _PckFindings(pck, pck.root if trusted else None, simulated, tuple(reasons), tuple(root_warnings))
 
@@ -633,12 +756,29 @@ class _CollateralCheck:
     expected_root: Certificate | None
     root_crl: RevocationList | None
 
-    def document_reasons(self, *, prefix: str, what: str, signed_bytes: bytes, signature: bytes, issue_date: datetime,
-                         next_update: datetime, issuer_chain: Sequence[Certificate]) -> list[Reason]:
+    def document_reasons(
+        self,
+        *,
+        prefix: str,
+        what: str,
+        signed_bytes: bytes,
+        signature: bytes,
+        issue_date: datetime,
+        next_update: datetime,
+        issuer_chain: Sequence[Certificate],
+    ) -> list[Reason]:
         return _signed_document_reasons(
-            prefix=prefix, what=what, signed_bytes=signed_bytes, signature=signature, issue_date=issue_date, next_update=next_update,
-            issuer_chain=issuer_chain, at=self.at, trusted_simulated_roots=self.trusted_simulated_roots,
-            expected_root=self.expected_root, root_crl=self.root_crl,
+            prefix=prefix,
+            what=what,
+            signed_bytes=signed_bytes,
+            signature=signature,
+            issue_date=issue_date,
+            next_update=next_update,
+            issuer_chain=issuer_chain,
+            at=self.at,
+            trusted_simulated_roots=self.trusted_simulated_roots,
+            expected_root=self.expected_root,
+            root_crl=self.root_crl,
         )
 
 
@@ -647,49 +787,86 @@ def _root_ca_crl_reasons(check: _CollateralCheck, findings: _PckFindings) -> lis
     if check.root_crl is None:
         return []
     signer = findings.trusted_root if findings.trusted_root is not None else intel_sgx_root_ca()
-    reasons = crl_reasons(check.root_crl, signer, at=check.at, check_prefix="tdx.collateral.root_ca_crl", name="the root CA CRL")
+    reasons = crl_reasons(
+        check.root_crl, signer, at=check.at, check_prefix="tdx.collateral.root_ca_crl", name="the root CA CRL"
+    )
     if findings.pck is not None:
         reasons += revoked_reasons(check.root_crl, [ChainLink(findings.pck.intermediate, "PCK CA")], "tdx.pck.revoked")
     return reasons
 
 
-def _qe_identity_reasons(check: _CollateralCheck, collateral: TdxCollateral, quote: TdxQuote) -> tuple[list[Reason], str | None]:
+def _qe_identity_reasons(
+    check: _CollateralCheck, collateral: TdxCollateral, quote: TdxQuote
+) -> tuple[list[Reason], str | None]:
     """The QE identity: its signature and validity, the QE report against it, and the QE's TCB status."""
     document = collateral.qe_identity
     if document is None:
         return [], None
     identity = document.identity
     reasons = check.document_reasons(
-        prefix="tdx.collateral.qe_identity", what="QE identity", signed_bytes=document.signed_bytes, signature=document.signature,
-        issue_date=identity.issue_date, next_update=identity.next_update, issuer_chain=collateral.qe_identity_issuer_chain,
+        prefix="tdx.collateral.qe_identity",
+        what="QE identity",
+        signed_bytes=document.signed_bytes,
+        signature=document.signature,
+        issue_date=identity.issue_date,
+        next_update=identity.next_update,
+        issuer_chain=collateral.qe_identity_issuer_chain,
     )
     reasons += qe_identity_reasons(document, quote)
     return reasons, qe_tcb_status(document, quote.qe_report.isv_svn)
 
 
-def _tcb_info_for(collateral: TdxCollateral, extensions: SgxExtensions | None) -> tuple[TcbInfoDocument | None, list[Reason]]:
+def _tcb_info_for(
+    collateral: TdxCollateral, extensions: SgxExtensions | None
+) -> tuple[TcbInfoDocument | None, list[Reason]]:
     """The TCB info selected by the PCK certificate's FMSPC [tdx.collateral.tcb_info.fmspc]."""
     if not collateral.tcb_infos:
         return None, []
     if extensions is None:
-        return None, [Reason("tdx.collateral.tcb_info.fmspc", "the platform's FMSPC is unknown (no usable PCK certificate); no TCB info can be selected")]
+        return None, [
+            Reason(
+                "tdx.collateral.tcb_info.fmspc",
+                "the platform's FMSPC is unknown (no usable PCK certificate); no TCB info can be selected",
+            )
+        ]
     document = collateral.tcb_info_for(extensions.fmspc)
     if document is None:
         given = ", ".join(d.tcb_info.fmspc.hex() for d in collateral.tcb_infos)
-        return None, [Reason("tdx.collateral.tcb_info.fmspc", f"no TCB info for the PCK certificate's FMSPC {extensions.fmspc.hex()} (given: {given})")]
+        return None, [
+            Reason(
+                "tdx.collateral.tcb_info.fmspc",
+                f"no TCB info for the PCK certificate's FMSPC {extensions.fmspc.hex()} (given: {given})",
+            )
+        ]
     return document, []
 
 
-def _tcb_reasons(check: _CollateralCheck, collateral: TdxCollateral, document: TcbInfoDocument, extensions: SgxExtensions,
-                 quote: TdxQuote, qe_status: str | None) -> tuple[list[Reason], TcbEvaluation]:
+def _tcb_reasons(
+    check: _CollateralCheck,
+    collateral: TdxCollateral,
+    document: TcbInfoDocument,
+    extensions: SgxExtensions,
+    quote: TdxQuote,
+    qe_status: str | None,
+) -> tuple[list[Reason], TcbEvaluation]:
     """The TCB info's signature and validity, its PCE-ID, the TDX module, and the platform's TCB status."""
     info = document.tcb_info
     reasons = check.document_reasons(
-        prefix="tdx.collateral.tcb_info", what="TCB info", signed_bytes=document.signed_bytes, signature=document.signature,
-        issue_date=info.issue_date, next_update=info.next_update, issuer_chain=collateral.tcb_info_issuer_chain,
+        prefix="tdx.collateral.tcb_info",
+        what="TCB info",
+        signed_bytes=document.signed_bytes,
+        signature=document.signature,
+        issue_date=info.issue_date,
+        next_update=info.next_update,
+        issuer_chain=collateral.tcb_info_issuer_chain,
     )
     if info.pce_id != extensions.pce_id:
-        reasons.append(Reason("tdx.collateral.tcb_info.pce_id", f"the TCB info's PCE-ID {info.pce_id.hex()} differs from the PCK certificate's {extensions.pce_id.hex()}"))
+        reasons.append(
+            Reason(
+                "tdx.collateral.tcb_info.pce_id",
+                f"the TCB info's PCE-ID {info.pce_id.hex()} differs from the PCK certificate's {extensions.pce_id.hex()}",
+            )
+        )
     reasons += tdx_module_reasons(info, quote)
     return reasons, evaluate_tcb(info, extensions, quote, qe_status)
 
@@ -709,7 +886,9 @@ def verify_tdx_quote(
     at = as_utc(at)
     warnings: list[str] = []
     if quote.trailing:
-        warnings.append(f"the quote has {len(quote.trailing)} bytes after its signature data; no signature covers them and they were ignored")
+        warnings.append(
+            f"the quote has {len(quote.trailing)} bytes after its signature data; no signature covers them and they were ignored"
+        )
 
     # Quote and quoting enclave; PCK chain.
     reasons = quote_signature_reasons(quote) + qe_report_binding_reasons(quote)
@@ -718,7 +897,9 @@ def verify_tdx_quote(
     warnings += found.warnings
     pck = found.pck
     if collateral is None:
-        return TdxVerification(tuple(reasons), tuple(warnings), found.simulated, pck, False, missing_collateral=COLLATERAL_PARTS)
+        return TdxVerification(
+            tuple(reasons), tuple(warnings), found.simulated, pck, False, missing_collateral=COLLATERAL_PARTS
+        )
 
     check = _CollateralCheck(at, trusted_simulated_roots, pck.root if pck is not None else None, collateral.root_ca_crl)
     # Root CA CRL and PCK CRL.
@@ -737,8 +918,12 @@ def verify_tdx_quote(
         tcb_reasons, evaluation = _tcb_reasons(check, collateral, tcb_document, extensions, quote, qe_status)
         reasons += tcb_reasons
 
-    given = {"TCB info": bool(collateral.tcb_infos), "QE identity": collateral.qe_identity is not None,
-             "PCK CRL": bool(collateral.pck_crls), "root CA CRL": collateral.root_ca_crl is not None}
+    given = {
+        "TCB info": bool(collateral.tcb_infos),
+        "QE identity": collateral.qe_identity is not None,
+        "PCK CRL": bool(collateral.pck_crls),
+        "root CA CRL": collateral.root_ca_crl is not None,
+    }
     return TdxVerification(
         reasons=tuple(reasons),
         warnings=tuple(warnings),
@@ -749,5 +934,7 @@ def verify_tdx_quote(
         qe_identity=collateral.qe_identity,
         tcb=evaluation,
         qe_tcb_status=qe_status,
-        missing_collateral=tuple(part for part in ("root CA CRL", "PCK CRL", "QE identity", "TCB info") if not given[part]),
+        missing_collateral=tuple(
+            part for part in ("root CA CRL", "PCK CRL", "QE identity", "TCB info") if not given[part]
+        ),
     )
