@@ -32,8 +32,8 @@ import numpy as np
 
 from aggregator.challenges import ChallengeStore
 from aggregator.gate import Gate, Limits, Ticket, peer_address
-from attestation.abi.bundle import encode_bundle
 from attestation.binding import check_nonce
+from attestation.bundle_abi import encode_bundle
 from attestation.errors import EXIT_FAULT, EXIT_REFUSED, AttestationError, AttestflError
 from attestation.files import read_bounded
 from attestation.findings import Reason

@@ -11,7 +11,8 @@ google/go-sev-guest:
 - ``claims``: what an appraisal reports (the platform-neutral claims first).
 
 What every platform shares stays here: the registry lookups (:mod:`.appraise` raw evidence,
-:mod:`.bundle` evidence bundles, :mod:`.evidence` either), the policy (:mod:`.policy`), the
+:mod:`.bundle` evidence bundles and
+:mod:`.bundle_abi` their wire format, :mod:`.evidence` either), the policy (:mod:`.policy`), the
 one trust rule (:mod:`.trust`), the verifier's collateral store (:mod:`.collateral`),
 X.509 (:mod:`.abi.x509`), chains and signatures (:mod:`.verify.chain`) and the typed policy
 readers (:mod:`.validate.fields`). Nothing here names a platform.

@@ -15,7 +15,7 @@ GPU evidence collected in the same session is requested with the SPDM nonce
 
 so the GPU's signed report names the same keys and nonce: it cannot be replayed, nor
 moved next to another VM's CPU evidence. Both formulas are fixed by version 1 of the
-bundle format (:mod:`attestation.abi.bundle`).
+bundle format (:mod:`attestation.bundle_abi`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Appraisal of an evidence bundle: CPU evidence, its binding, optional GPU evidence.
 
-:func:`appraise_bundle` decodes the bundle (:mod:`attestation.abi.bundle`), then
+:func:`appraise_bundle` decodes the bundle (:mod:`attestation.bundle_abi`), then
 
 1. verifies and appraises the CPU evidence through :func:`attestation.appraise.appraise_raw`
    under the bundle's platform, exactly as raw evidence, with the certificates the bundle
@@ -12,7 +12,7 @@
    bundle's nonce (:mod:`attestation.binding`);
 3. checks freshness [binding.nonce]: the bundle's nonce is the one the verifier chose;
 4. appraises GPU evidence, when present, through its platform
-   (:data:`attestation.abi.bundle.GPU_PLATFORM`) with the request nonce derived from the
+   (:data:`attestation.bundle_abi.GPU_PLATFORM`) with the request nonce derived from the
    binding, and checks that derivation [binding.gpu_nonce]; a policy with
    ``require_gpu = true`` rejects a bundle without GPU evidence [policy.require_gpu].
 
@@ -28,7 +28,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from .abi.bundle import GPU_PLATFORM, EvidenceBundle, parse_bundle
 from .appraise import appraise_as, appraise_raw
 from .binding import (
     binding_reasons,
@@ -36,6 +35,7 @@ from .binding import (
     gpu_nonce_for,
     report_data_for,
 )
+from .bundle_abi import GPU_PLATFORM, EvidenceBundle, parse_bundle
 from .collateral import CollateralStore
 from .findings import Appraisal, Reason
 from .platforms import registry

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from .abi.bundle import looks_like_bundle
 from .appraise import appraise_raw, check_size
 from .bundle import appraise_bundle
+from .bundle_abi import looks_like_bundle
 from .collateral import CollateralStore
 from .findings import Appraisal
 from .platforms.base import EvidenceInputs

@@ -56,9 +56,9 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from attestation.abi.bundle import parse_bundle
 from attestation.binding import BoundKeys
 from attestation.bundle import appraise_bundle
+from attestation.bundle_abi import parse_bundle
 from attestation.errors import AttestationError, AttestflError
 from attestation.findings import Reason
 from attestation.policy import Policy

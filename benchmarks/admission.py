@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
 
 from aggregator.challenges import ChallengeStore  # noqa: E402
-from attestation.abi.bundle import encode_bundle  # noqa: E402
 from attestation.bundle import appraise_bundle  # noqa: E402
+from attestation.bundle_abi import encode_bundle  # noqa: E402
 from attestation.collateral import CollateralStore  # noqa: E402
 from attestation.platforms.snp import NAME as SNP  # noqa: E402
 from attestation.platforms.tdx import NAME as TDX  # noqa: E402

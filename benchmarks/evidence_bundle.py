@@ -23,7 +23,7 @@ from pathlib import Path
 
 from timing import median_ms
 
-from attestation.abi.bundle import encode_bundle
+from attestation.bundle_abi import encode_bundle
 from enclave.attester import make_bundle
 from enclave.keys import EnclaveKeys
 from enclave.simulated.attester import SimulatedGpuAttester, SimulatedSnpAttester, SimulatedTdxAttester

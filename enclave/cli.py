@@ -159,8 +159,8 @@ def _gpu_attester(args: argparse.Namespace) -> GpuAttester | None:
 def run_evidence(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        from attestation.abi.bundle import encode_bundle
         from attestation.binding import check_nonce
+        from attestation.bundle_abi import encode_bundle
         from attestation.errors import AttestationError
 
         nonce = _hex(args.nonce, "--nonce")
@@ -232,7 +232,7 @@ def run_trust(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
     try:
         fingerprints = list(load_or_create(args.simulated_dir).trusted_root_fingerprints().values())
         if args.gpu:
-            from .simulated_gpu import load_or_create_gpu_pki
+            from .simulated.gpu import load_or_create_gpu_pki
 
             fingerprints.append(load_or_create_gpu_pki(Path(args.simulated_dir) / "gpu").root_fingerprint)
     except SimulatedTeeError as exc:

@@ -3,7 +3,7 @@
 
 :func:`make_bundle` derives report_data from the enclave's keys and the verifier's nonce, asks
 the CPU attester for evidence, derives the GPU nonce from the same report_data, and returns
-an :class:`~attestation.abi.bundle.EvidenceBundle`. The backends
+an :class:`~attestation.bundle_abi.EvidenceBundle`. The backends
 (:mod:`enclave.configfs_tsm`, :mod:`enclave.sev_guest`, :mod:`enclave.simulated.attester`,
 :mod:`enclave.nvidia_gpu`) implement this interface; :mod:`enclave.attester` finds and opens
 them. This module imports no backend.
@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from attestation.abi.bundle import EvidenceBundle, GpuPart
 from attestation.binding import REPORT_DATA_SIZE, gpu_nonce_for
+from attestation.bundle_abi import EvidenceBundle, GpuPart
 from attestation.errors import AttestflError
 
 from .keys import EnclaveKeys

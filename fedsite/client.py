@@ -20,9 +20,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from attestation.abi.bundle import encode_bundle, parse_bundle
 from attestation.binding import BoundKeys
 from attestation.bundle import appraise_bundle
+from attestation.bundle_abi import encode_bundle, parse_bundle
 from attestation.errors import EXIT_REFUSED, AttestationError, AttestflError
 from attestation.findings import Appraisal
 from attestation.policy import Policy

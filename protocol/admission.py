@@ -100,9 +100,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from attestation.abi.bundle import cpu_platforms, parse_bundle
 from attestation.binding import BoundKeys
 from attestation.bundle import appraise_bundle
+from attestation.bundle_abi import cpu_platforms, parse_bundle
 from attestation.collateral import CollateralFetcher, CollateralStore, FetchConfig, LoggedCollateralStore
 from attestation.errors import AttestationError, PolicyError
 from attestation.files import read_bounded

@@ -34,7 +34,7 @@ from aggregator.audit.log import (
     scan_records,
 )
 from aggregator.audit.synthetic import SyntheticFederation
-from attestation.abi.bundle import encode_bundle
+from attestation.bundle_abi import encode_bundle
 from attestation.policy import MAX_POLICY_BYTES
 from auditor.cli import run_head, run_prove, run_report, run_verify
 from auditor.report import render_report

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from attestation.abi.bundle import EvidenceBundle, encode_bundle
 from attestation.abi.x509 import parse_crl
 from attestation.bundle import IGNORED_COLLATERAL_WARNING, appraise_bundle
+from attestation.bundle_abi import EvidenceBundle, encode_bundle
 from attestation.collateral import (
     CollateralError,
     CollateralFetcher,

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import cbor2
 import pytest
 
-from attestation.abi.bundle import (
+from attestation.binding import BoundKeys
+from attestation.bundle_abi import (
     MAGIC,
     MAX_BUNDLE_BYTES,
     EvidenceBundle,
@@ -18,7 +19,6 @@ from attestation.abi.bundle import (
     looks_like_bundle,
     parse_bundle,
 )
-from attestation.binding import BoundKeys
 from attestation.errors import EvidenceFormatError, EvidenceTooLargeError
 from attestation.platforms import registry
 

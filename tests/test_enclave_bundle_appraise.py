@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from attestation.abi.bundle import encode_bundle, parse_bundle
 from attestation.binding import (
     BoundKeys,
     binding_reasons,
@@ -19,6 +18,7 @@ from attestation.binding import (
     report_data_for,
 )
 from attestation.bundle import appraise_bundle, evidence_report_data
+from attestation.bundle_abi import encode_bundle, parse_bundle
 from attestation.errors import EvidenceFormatError, PolicyError
 from attestation.policy import Policy
 from attestfl.cli import main

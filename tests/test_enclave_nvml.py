@@ -13,7 +13,7 @@ from enclave.attester import AttesterError, make_bundle
 from enclave.keys import EnclaveKeys
 from enclave.nvidia_gpu import GpuUnavailableError, NvmlGpuAttester
 from enclave.simulated.attester import SimulatedTdxAttester
-from enclave.simulated_gpu import load_or_create_gpu_pki, simulated_gpu_evidence
+from enclave.simulated.gpu import load_or_create_gpu_pki, simulated_gpu_evidence
 from enclave_fixtures import MEASUREMENT, NONCE_A, now, shared_simulated_dir, trusting
 
 

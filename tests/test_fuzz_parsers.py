@@ -27,9 +27,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attestation.abi.bundle import parse_bundle
 from attestation.abi.x509 import parse_certificate, parse_certificates, parse_crl
 from attestation.bundle import appraise_bundle
+from attestation.bundle_abi import parse_bundle
 from attestation.errors import AttestationError
 from attestation.findings import Appraisal
 from attestation.platforms.nvidia.abi import REQUEST_SIZE, parse_gpu_evidence, parse_gpu_evidence_hex
@@ -285,7 +285,7 @@ def test_fuzz_gpu_evidence(operations: list[tuple[Any, ...]], as_hex: bool) -> N
 
 @pytest.fixture(scope="module")
 def bundle_seed() -> tuple[bytes, Policy, bytes]:
-    from attestation.abi.bundle import encode_bundle
+    from attestation.bundle_abi import encode_bundle
     from enclave.attester import make_bundle
     from enclave.keys import EnclaveKeys
     from enclave.simulated.attester import SimulatedSnpAttester

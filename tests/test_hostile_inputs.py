@@ -16,8 +16,8 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from attestation.abi.bundle import MAGIC, MAX_CREATED, encode_bundle, parse_bundle
 from attestation.abi.x509 import SignatureAlgorithm, parse_certificate, parse_certificates
+from attestation.bundle_abi import MAGIC, MAX_CREATED, encode_bundle, parse_bundle
 from attestation.errors import AttestationError, CertificateFormatError, EvidenceFormatError, PolicyError
 from attestation.platforms.tdx.abi import SGX_EXTENSIONS_OID, decode_sgx_extensions
 from attestation.platforms.tdx.appraise import appraise_tdx

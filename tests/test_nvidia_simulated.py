@@ -17,7 +17,7 @@ from attestation.platforms.nvidia.verify import signature_is_valid
 from attestation.policy import Policy
 from attestation.trust import SIMULATED_ORGANIZATION
 from enclave.simulated import SimulatedTeeError
-from enclave.simulated_gpu import (
+from enclave.simulated.gpu import (
     SimulatedGpuPki,
     issue_attestation_leaf,
     load_or_create_gpu_pki,

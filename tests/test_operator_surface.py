@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from enclave.simulated.attester import SimulatedSnpAttester
-from enclave.simulated_gpu import load_or_create_gpu_pki
+from enclave.simulated.gpu import load_or_create_gpu_pki
 from federation import MODEL, Deployment, run_aggregator
 from fedsite.client import AggregatorNotTrusted
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import toy_platform
-from attestation.abi.bundle import cpu_platforms, encode_bundle
 from attestation.bundle import appraise_bundle
+from attestation.bundle_abi import cpu_platforms, encode_bundle
 from attestation.platforms import registry
 from attestation.platforms.base import NEUTRAL_CLAIMS
 from attestation.policy import Policy

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from attestation.abi.bundle import encode_bundle, parse_bundle
 from attestation.binding import BoundKeys
+from attestation.bundle_abi import encode_bundle, parse_bundle
 from enclave.attester import make_bundle
 from enclave.keys import EnclaveKeys
 from enclave.simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester

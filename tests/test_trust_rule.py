@@ -27,10 +27,10 @@ from attestation.platforms.tdx.appraise import appraise_tdx
 from attestation.platforms.tdx.roots import INTEL_ROOTS
 from attestation.policy import Policy
 from attestation.trust import SIMULATED_ORGANIZATION, trust_root
+from enclave.simulated.gpu import IssuedCertificate, SimulatedGpuPki, load_or_create_gpu_pki, simulated_gpu_evidence
 from enclave.simulated.pki import PSS, Issued, SimulatedPki, load_or_create
 from enclave.simulated.snp import GuestOptions, SimulatedSnpFirmware
 from enclave.simulated.tdx import SimulatedTdxQuoter, TdOptions
-from enclave.simulated_gpu import IssuedCertificate, SimulatedGpuPki, load_or_create_gpu_pki, simulated_gpu_evidence
 from enclave_fixtures import MEASUREMENT, NONCE_A, shared_simulated_dir
 
 ROOT_CHECK = {"sev-snp": "snp.chain.root", "tdx": "tdx.pck.root", "nvidia-gpu": "gpu.chain.root"}

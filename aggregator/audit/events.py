@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.audit.log import AuditLogError, AuditLogUnavailable, LogStore, TreeHead, key_binding_nonce
-from attestation.abi.bundle import encode_bundle
+from attestation.bundle_abi import encode_bundle
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeys
 from protocol.auditlog.records import LOG_FORMAT, admission_policy_record, plain

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.audit.events import AuditLog
-from attestation.abi.bundle import encode_bundle
+from attestation.bundle_abi import encode_bundle
 from attestation.policy import Policy
 from enclave.attester import make_bundle
 from enclave.identity import SiteIdentity

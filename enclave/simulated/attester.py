@@ -113,12 +113,12 @@ class SimulatedGpuAttester(GpuAttester):
     name = "simulated-gpu"
 
     def __init__(self, directory: str | Path) -> None:
-        from ..simulated_gpu import load_or_create_gpu_pki
+        from .gpu import load_or_create_gpu_pki
 
         self.pki = load_or_create_gpu_pki(directory)
 
     def evidence(self, nonce: bytes) -> GpuEvidence:
-        from ..simulated_gpu import simulated_gpu_evidence
+        from .gpu import simulated_gpu_evidence
 
         evidence, chain = simulated_gpu_evidence(nonce, self.pki)
         return GpuEvidence(evidence, chain)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from aggregator.audit.log import ENTRIES_FILE, HEADS_FILE, scan_records
-from attestation.abi.bundle import encode_bundle
 from attestation.binding import BoundKeys
+from attestation.bundle_abi import encode_bundle
 from enclave.attester import make_bundle
 from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from attestation.abi.bundle import EvidenceBundle, encode_bundle
 from attestation.binding import BoundKeys, report_data_for
+from attestation.bundle_abi import EvidenceBundle, encode_bundle
 from enclave.attester import make_bundle
 from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys

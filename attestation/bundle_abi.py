@@ -46,9 +46,9 @@ from typing import Any
 
 import cbor2
 
-from ..binding import BoundKeys, check_nonce
-from ..errors import MAX_EVIDENCE_BYTES, EvidenceFormatError, EvidenceTooLargeError
-from ..platforms import nvidia, registry
+from .binding import BoundKeys, check_nonce
+from .errors import MAX_EVIDENCE_BYTES, EvidenceFormatError, EvidenceTooLargeError
+from .platforms import nvidia, registry
 
 #: The CBOR self-describe tag 55799: the first three bytes of every bundle.
 MAGIC = b"\xd9\xd9\xf7"

@@ -53,7 +53,7 @@ from attestation.platforms.nvidia.abi import (
 )
 from attestation.trust import SIMULATED_ORGANIZATION
 
-from .simulated import SimulatedTeeError
+from . import SimulatedTeeError
 
 VALIDITY = dt.timedelta(days=3650)
 MEASUREMENT_BLOCKS = 64
