@@ -303,9 +303,7 @@ def bundle_seed() -> tuple[bytes, Policy, bytes]:
 def test_fuzz_bundle(bundle_seed: tuple[bytes, Policy, bytes], operations: list[tuple[Any, ...]]) -> None:
     seed, policy, nonce = bundle_seed
     data = mutate(seed, operations)
-    appraisal = typed(
-        lambda: appraise_bundle(data, expected_nonce=nonce, policy=policy, at=dt.datetime.now(dt.UTC))
-    )
+    appraisal = typed(lambda: appraise_bundle(data, expected_nonce=nonce, policy=policy, at=dt.datetime.now(dt.UTC)))
     if appraisal is None:
         return
     original, mutated = parse_bundle(seed), parse_bundle(data)

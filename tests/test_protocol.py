@@ -379,12 +379,15 @@ def test_site_never_trusts_a_server_without_evidence(deployment: Deployment, mod
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        with deployment.client(
-            f"127.0.0.1:{port}",
-            site_id="site-a",
-            policy=deployment.site_policy(),
-            attester=SimulatedSnpAttester(deployment.sim_dir),
-        ) as client, pytest.raises(AggregatorNotTrusted, match="offered no evidence"):
+        with (
+            deployment.client(
+                f"127.0.0.1:{port}",
+                site_id="site-a",
+                policy=deployment.site_policy(),
+                attester=SimulatedSnpAttester(deployment.sim_dir),
+            ) as client,
+            pytest.raises(AggregatorNotTrusted, match="offered no evidence"),
+        ):
             client.join()
     finally:
         server.stop(0)

@@ -232,9 +232,12 @@ def test_organisation_ca_certifies_the_identity_for_that_site_only(
         (_certify(ec.generate_private_key(ec.SECP256R1()), ca_cert, identity, "hospital-ca"), "not issued"),
         (b"", "no identity certificate"),
     ):
-        with deployment.client(
-            aggregator.target, site_id="hospital-ca", identity=identity, identity_certificate=certificate
-        ) as client, pytest.raises(AdmissionRefused) as refused:
+        with (
+            deployment.client(
+                aggregator.target, site_id="hospital-ca", identity=identity, identity_certificate=certificate
+            ) as client,
+            pytest.raises(AdmissionRefused) as refused,
+        ):
             client.join()
         (reason,) = refused.value.reasons
         assert reason.startswith("admission.identity.certificate") and why in reason
