@@ -74,8 +74,8 @@ class SnpReferenceValue:
 def _sevsnpmeasure() -> tuple[Any, Any, Any, Any]:
     """sev-snp-measure's ``guest``, ``vcpu_types`` and ``vmm_types`` modules and its ``SevMode``."""
     try:
-        from sevsnpmeasure import guest, vcpu_types, vmm_types  # type: ignore[import-untyped]
-        from sevsnpmeasure.sev_mode import SevMode  # type: ignore[import-untyped]
+        from sevsnpmeasure import guest, vcpu_types, vmm_types
+        from sevsnpmeasure.sev_mode import SevMode
     except ImportError as exc:
         raise ReferenceValueError(
             "sev-snp-measure is not installed; install the extra: pip install 'attestfl[reference-values]'"

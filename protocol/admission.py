@@ -752,9 +752,9 @@ def _appraise_app_attest(rule: SiteRule, request: AdmissionRequest) -> Evidence:
             "app-attest",
             (Reason("admission.platform", f"site {site_id!r} may not join with App Attest"),),
         )
-    from pyattest.attestation import Attestation  # type: ignore[import-untyped]
-    from pyattest.configs.apple import AppleConfig  # type: ignore[import-untyped]
-    from pyattest.exceptions import PyAttestException  # type: ignore[import-untyped]
+    from pyattest.attestation import Attestation
+    from pyattest.configs.apple import AppleConfig
+    from pyattest.exceptions import PyAttestException
 
     config = AppleConfig(
         key_id=request.app_attest_key_id,

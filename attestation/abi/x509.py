@@ -16,7 +16,7 @@ from datetime import datetime
 from functools import cached_property, lru_cache
 from types import MappingProxyType
 
-from asn1crypto import core, pem  # type: ignore[import-untyped]
+from asn1crypto import core, pem
 from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 

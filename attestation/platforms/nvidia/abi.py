@@ -54,7 +54,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from asn1crypto import core, keys  # type: ignore[import-untyped]
+from asn1crypto import core, keys
 
 from ...errors import MAX_EVIDENCE_BYTES, EvidenceFormatError, EvidenceTooLargeError
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar
 
-from asn1crypto import core  # type: ignore[import-untyped]
+from asn1crypto import core
 
 from ...abi.x509 import Certificate
 from ...errors import CertificateFormatError, EvidenceFormatError, EvidenceTooLargeError
