@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 from ...abi.x509 import Certificate, RevocationList
 from ...errors import AttestationError, CollateralFormatError
@@ -198,6 +198,10 @@ class _Fields:
             return None
         return self.value[key]
 
+    @overload
+    def string(self, key: str, required: Literal[True] = True) -> str: ...
+    @overload
+    def string(self, key: str, required: bool) -> str | None: ...
     def string(self, key: str, required: bool = True) -> str | None:
         value = self._get(key, required)
         if value is None and not required:
@@ -206,6 +210,10 @@ class _Fields:
             raise _fail(f"{self.path}.{key}: expected a string, got {value!r}")
         return value
 
+    @overload
+    def integer(self, key: str, bits: int, required: Literal[True] = True) -> int: ...
+    @overload
+    def integer(self, key: str, bits: int, required: bool) -> int | None: ...
     def integer(self, key: str, bits: int, required: bool = True) -> int | None:
         value = self._get(key, required)
         if value is None and not required:
@@ -216,14 +224,12 @@ class _Fields:
 
     def hex(self, key: str, size: int) -> bytes:
         value = self.string(key)
-        assert value is not None
         if len(value) != 2 * size or not _HEX.fullmatch(value):
             raise _fail(f"{self.path}.{key}: expected {2 * size} hex digits, got {value!r}")
         return bytes.fromhex(value)
 
     def time(self, key: str) -> datetime:
         value = self.string(key)
-        assert value is not None
         if not re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", value):
             raise _fail(f"{self.path}.{key}: expected an ISO-8601 UTC time like 2023-06-18T08:42:58Z, got {value!r}")
         try:
@@ -239,6 +245,10 @@ class _Fields:
             raise _fail(f"{self.path}.{key}: expected a non-empty array of objects")
         return [_Fields(item, f"{self.path}.{key}[{index}]") for index, item in enumerate(value)]
 
+    @overload
+    def obj(self, key: str, required: Literal[True] = True) -> _Fields: ...
+    @overload
+    def obj(self, key: str, required: bool) -> _Fields | None: ...
     def obj(self, key: str, required: bool = True) -> _Fields | None:
         value = self._get(key, required)
         if value is None and not required:
@@ -247,7 +257,6 @@ class _Fields:
 
     def status(self, key: str, allowed: frozenset[str]) -> str:
         value = self.string(key)
-        assert value is not None
         if value not in allowed:
             raise _fail(
                 f"{self.path}.{key}: unknown TCB status {value!r}; expected one of {', '.join(sorted(allowed))}"
@@ -361,7 +370,7 @@ def _components(level: _Fields, key: str) -> tuple[TcbComponent, ...]:
         raise _fail(f"{level.path}.{key}: expected 16 components, got {len(items)}")
     return tuple(
         TcbComponent(
-            svn=item.integer("svn", 8),  # type: ignore[arg-type]
+            svn=item.integer("svn", 8),
             category=item.string("category", required=False),
             type=item.string("type", required=False),
         )
@@ -383,11 +392,10 @@ def _parse_tcb_info(fields: _Fields) -> TcbInfo:
     levels = []
     for level in fields.objects("tcbLevels"):
         tcb = level.obj("tcb")
-        assert tcb is not None
         levels.append(
             TcbLevel(
                 sgx_tcb_components=_components(tcb, "sgxtcbcomponents"),
-                pce_svn=tcb.integer("pcesvn", 16),  # type: ignore[arg-type]
+                pce_svn=tcb.integer("pcesvn", 16),
                 tdx_tcb_components=_components(tcb, "tdxtcbcomponents"),
                 tcb_date=level.time("tcbDate"),
                 tcb_status=level.status("tcbStatus", TCB_LEVEL_STATUSES),
@@ -401,10 +409,9 @@ def _parse_tcb_info(fields: _Fields) -> TcbInfo:
             module_levels = []
             for level in identity.objects("tcbLevels"):
                 tcb = level.obj("tcb")
-                assert tcb is not None
                 module_levels.append(
                     ModuleTcbLevel(
-                        isvsvn=tcb.integer("isvsvn", 8),  # type: ignore[arg-type]
+                        isvsvn=tcb.integer("isvsvn", 8),
                         tcb_date=level.time("tcbDate"),
                         tcb_status=level.status("tcbStatus", MODULE_TCB_STATUSES),
                         advisory_ids=level.advisory_ids(),
@@ -418,11 +425,10 @@ def _parse_tcb_info(fields: _Fields) -> TcbInfo:
                     module.attributes,
                     module.attributes_mask,
                     tuple(module_levels),
-                )  # type: ignore[arg-type]
+                )
             )
         identities = tuple(identity_list)
     tdx_module = fields.obj("tdxModule")
-    assert tdx_module is not None
     return TcbInfo(
         id=identifier,
         version=version,
@@ -430,8 +436,8 @@ def _parse_tcb_info(fields: _Fields) -> TcbInfo:
         next_update=fields.time("nextUpdate"),
         fmspc=fields.hex("fmspc", 6),
         pce_id=fields.hex("pceId", 2),
-        tcb_type=fields.integer("tcbType", 32),  # type: ignore[arg-type]
-        tcb_evaluation_data_number=fields.integer("tcbEvaluationDataNumber", 32),  # type: ignore[arg-type]
+        tcb_type=fields.integer("tcbType", 32),
+        tcb_evaluation_data_number=fields.integer("tcbEvaluationDataNumber", 32),
         tdx_module=_tdx_module(tdx_module),
         tdx_module_identities=identities,
         tcb_levels=tuple(levels),
@@ -510,10 +516,9 @@ def _parse_enclave_identity(fields: _Fields) -> EnclaveIdentity:
     levels = []
     for level in fields.objects("tcbLevels"):
         tcb = level.obj("tcb")
-        assert tcb is not None
         levels.append(
             QeTcbLevel(
-                isvsvn=tcb.integer("isvsvn", 16),  # type: ignore[arg-type]
+                isvsvn=tcb.integer("isvsvn", 16),
                 tcb_date=level.time("tcbDate"),
                 tcb_status=level.status("tcbStatus", QE_TCB_STATUSES),
                 advisory_ids=level.advisory_ids(),
@@ -524,13 +529,13 @@ def _parse_enclave_identity(fields: _Fields) -> EnclaveIdentity:
         version=version,
         issue_date=fields.time("issueDate"),
         next_update=fields.time("nextUpdate"),
-        tcb_evaluation_data_number=fields.integer("tcbEvaluationDataNumber", 32),  # type: ignore[arg-type]
+        tcb_evaluation_data_number=fields.integer("tcbEvaluationDataNumber", 32),
         miscselect=fields.hex("miscselect", 4),
         miscselect_mask=fields.hex("miscselectMask", 4),
         attributes=fields.hex("attributes", 16),
         attributes_mask=fields.hex("attributesMask", 16),
         mrsigner=fields.hex("mrsigner", 32),
-        isvprodid=fields.integer("isvprodid", 16),  # type: ignore[arg-type]
+        isvprodid=fields.integer("isvprodid", 16),
         tcb_levels=tuple(levels),
     )
 
