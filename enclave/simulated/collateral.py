@@ -164,9 +164,9 @@ SIM_AMD_PRODUCT = "milan"
 
 def _intel_crl(
     issuer_cert: x509.Certificate,
-    key,
+    key: ec.EllipticCurvePrivateKey,
     issued: dt.datetime,
-    lifetime: dt.timedelta,  # noqa: ANN001 - an EC private key
+    lifetime: dt.timedelta,
     revoked: Sequence[x509.Certificate],
 ) -> bytes:
     # Like Intel's: a CRL number and the issuer's key identifier (RFC 5280 section 5.2; strict
@@ -177,7 +177,7 @@ def _intel_crl(
         .last_update(issued)
         .next_update(issued + lifetime)
         .add_extension(x509.CRLNumber(1), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
     )
     for cert in revoked:
         entry = (

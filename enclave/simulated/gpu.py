@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +127,7 @@ def _issue(
     ca: bool,
     issuer: IssuedCertificate | None,
     now: dt.datetime,
-    extra: list[x509.ExtensionType] = (),  # type: ignore[assignment]
+    extra: Sequence[x509.ExtensionType] = (),
 ) -> IssuedCertificate:
     key = ec.generate_private_key(ec.SECP384R1())
     subject = _name(common_name)

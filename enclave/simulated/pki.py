@@ -22,11 +22,13 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from asn1crypto import core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 from attestation.files import read_bounded
@@ -51,12 +53,16 @@ SIM_PCEID = bytes.fromhex("0000")
 SIM_FMSPC = bytes.fromhex("00a06f0000ff")
 
 
+#: The kind of private key an :class:`Issued` holds (RSA for AMD's ARK and ASK, EC otherwise).
+K = TypeVar("K", rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)
+
+
 @dataclass(frozen=True)
-class Issued:
+class Issued(Generic[K]):
     """A certificate and the private key of its subject."""
 
     cert: x509.Certificate
-    key: object
+    key: K
 
     @property
     def der(self) -> bytes:
@@ -69,18 +75,18 @@ class Issued:
 
 @dataclass(frozen=True)
 class AmdPki:
-    ark: Issued
-    ask: Issued
-    vcek: Issued
+    ark: Issued[rsa.RSAPrivateKey]
+    ask: Issued[rsa.RSAPrivateKey]
+    vcek: Issued[ec.EllipticCurvePrivateKey]
     chip_id: bytes  # 64 bytes, the VCEK's hwID
 
 
 @dataclass(frozen=True)
 class IntelPki:
-    root: Issued
-    pck_ca: Issued
-    pck_leaf: Issued
-    tcb_signer: Issued
+    root: Issued[ec.EllipticCurvePrivateKey]
+    pck_ca: Issued[ec.EllipticCurvePrivateKey]
+    pck_leaf: Issued[ec.EllipticCurvePrivateKey]
+    tcb_signer: Issued[ec.EllipticCurvePrivateKey]
     root_crl: x509.CertificateRevocationList
     pck_crl: x509.CertificateRevocationList
     ppid: bytes
@@ -137,7 +143,9 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key, now: dt.datetime
     return builder.add_extension(x509.KeyUsage(**usage), critical=True)
 
 
-def _sign(builder: x509.CertificateBuilder, issuer_key) -> x509.Certificate:
+def _sign(
+    builder: x509.CertificateBuilder, issuer_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+) -> x509.Certificate:
     if isinstance(issuer_key, rsa.RSAPrivateKey):
         return builder.sign(issuer_key, hashes.SHA384(), rsa_padding=PSS)
     hash_cls = hashes.SHA384() if issuer_key.curve.key_size >= 384 else hashes.SHA256()
@@ -195,7 +203,7 @@ def sgx_extension(
     return x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_OID), entries.dump())
 
 
-def _crl(issuer: Issued, now: dt.datetime) -> x509.CertificateRevocationList:
+def _crl(issuer: Issued[ec.EllipticCurvePrivateKey], now: dt.datetime) -> x509.CertificateRevocationList:
     # Like Intel's: a CRL number and the issuer's key identifier (RFC 5280 section 5.2; strict
     # verifiers such as webpki refuse a CRL without them).
     builder = (
@@ -204,7 +212,7 @@ def _crl(issuer: Issued, now: dt.datetime) -> x509.CertificateRevocationList:
         .last_update(now - dt.timedelta(days=1))
         .next_update(now + VALIDITY)
         .add_extension(x509.CRLNumber(1), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.cert.public_key()), critical=False)  # type: ignore[arg-type]
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
     )
     return builder.sign(issuer.key, hashes.SHA256())
 
@@ -262,7 +270,9 @@ def _write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def _save_issued(directory: Path, name: str, issued: Issued) -> None:
+def _save_issued(
+    directory: Path, name: str, issued: Issued[rsa.RSAPrivateKey] | Issued[ec.EllipticCurvePrivateKey]
+) -> None:
     (directory / f"{name}.pem").write_bytes(issued.pem)
     key_pem = issued.key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -278,9 +288,22 @@ def _read(path: Path) -> bytes:
     return read_bounded(path, MAX_PKI_FILE_BYTES, "simulated TEE file", SimulatedTeeError)
 
 
-def _load_issued(directory: Path, name: str) -> Issued:
+def _load_issued(directory: Path, name: str) -> tuple[x509.Certificate, PrivateKeyTypes]:
     cert = x509.load_pem_x509_certificate(_read(directory / f"{name}.pem"))
-    key = serialization.load_pem_private_key(_read(directory / f"{name}.key.pem"), password=None)
+    return cert, serialization.load_pem_private_key(_read(directory / f"{name}.key.pem"), password=None)
+
+
+def _load_rsa(directory: Path, name: str) -> Issued[rsa.RSAPrivateKey]:
+    cert, key = _load_issued(directory, name)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise SimulatedTeeError(f"{directory / name}.key.pem is not an RSA private key")
+    return Issued(cert, key)
+
+
+def _load_ec(directory: Path, name: str) -> Issued[ec.EllipticCurvePrivateKey]:
+    cert, key = _load_issued(directory, name)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise SimulatedTeeError(f"{directory / name}.key.pem is not an EC private key")
     return Issued(cert, key)
 
 
@@ -307,14 +330,21 @@ def load_or_create(directory: str | Path) -> SimulatedPki:
             )
             (directory / "intel" / "pck-crl.der").write_bytes(intel.pck_crl.public_bytes(serialization.Encoding.DER))
             marker.write_text("attestfl simulated TEE root of trust. Software only: proves nothing about hardware.\n")
+        amd_dir, intel_dir = directory / "amd", directory / "intel"
         amd = AmdPki(
-            *(_load_issued(directory / "amd", n) for n in _FILES["amd"]), _read(directory / "amd" / "chip-id.bin")
+            _load_rsa(amd_dir, "ark"),
+            _load_rsa(amd_dir, "ask"),
+            _load_ec(amd_dir, "vcek"),
+            _read(amd_dir / "chip-id.bin"),
         )
         intel = IntelPki(
-            *(_load_issued(directory / "intel", n) for n in _FILES["intel"]),
-            x509.load_der_x509_crl(_read(directory / "intel" / "root-ca-crl.der")),
-            x509.load_der_x509_crl(_read(directory / "intel" / "pck-crl.der")),
-            _read(directory / "intel" / "ppid.bin"),
+            _load_ec(intel_dir, "root"),
+            _load_ec(intel_dir, "pck_ca"),
+            _load_ec(intel_dir, "pck_leaf"),
+            _load_ec(intel_dir, "tcb_signer"),
+            x509.load_der_x509_crl(_read(intel_dir / "root-ca-crl.der")),
+            x509.load_der_x509_crl(_read(intel_dir / "pck-crl.der")),
+            _read(intel_dir / "ppid.bin"),
         )
     except (OSError, ValueError, SimulatedTeeError) as exc:
         raise SimulatedTeeError(f"simulated TEE directory {directory} is unusable: {exc}") from exc
