@@ -179,7 +179,7 @@ class Strategy(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """The parameters, as the audit log records them (default: ``name`` and the fields of a
         dataclass strategy)."""
-        fields = dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+        fields: dict[str, Any] = dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
         return {"name": self.name, **fields}
 
     def round_fields(self) -> dict[str, Any]:

@@ -50,9 +50,16 @@ class Measurement:
         return self.digest.hex()
 
 
+def _package_dir(name: str) -> Path:
+    init = importlib.import_module(name).__file__
+    if init is None:  # a namespace package: no __init__.py says where it lives
+        raise ImportError(f"{name} is not a regular package: its files cannot be measured")
+    return Path(init).resolve().parent
+
+
 def installed_package_dirs() -> dict[str, Path]:
     """Where the running interpreter imports each measured package from."""
-    return {name: Path(importlib.import_module(name).__file__).resolve().parent for name in MEASURED_PACKAGES}
+    return {name: _package_dir(name) for name in MEASURED_PACKAGES}
 
 
 def _package_files(package: str, base: Path) -> list[MeasuredFile]:
