@@ -412,7 +412,7 @@ def test_fetcher_gets_a_vcek_the_evidence_lacks(
 def test_fetcher_follows_http_redirects_only(server: VendorServer, tmp_path: Path) -> None:
     server.routes["/vcek/v1/Milan/crl"] = Route(b"", {"Location": "file:///etc/passwd"}, status=302)
     fetcher = CollateralFetcher(FetchConfig(**server.config_kwargs(), retries=0))
-    with pytest.raises(AttestationError, match="(?i)redirect"):
+    with pytest.raises(AttestationError, match=r"(?i)redirect"):
         fetcher.get(amd_crl_url(fetcher.config, "milan", "vcek"))
     server.routes["/vcek/v1/Milan/crl"] = Route(b"", {"Location": "/moved/crl"}, status=302)
     server.routes["/moved/crl"] = Route(b"the body")

@@ -129,7 +129,7 @@ def test_fields_are_strictly_typed(changes: dict, message: str) -> None:
 def test_missing_fields_are_named() -> None:
     obj = raw_object()
     del obj["nonce"], obj["created"]
-    with pytest.raises(EvidenceFormatError, match="missing field.*created, nonce"):
+    with pytest.raises(EvidenceFormatError, match=r"missing field.*created, nonce"):
         parse_bundle(encode_raw(obj))
 
 

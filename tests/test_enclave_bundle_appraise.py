@@ -322,7 +322,7 @@ def test_unknown_collateral_files_are_refused(
     for attester in (tdx, snp):
         bundle = make_bundle(attester, EnclaveKeys(), NONCE_A)
         odd = replace(bundle, collateral={**bundle.collateral, "notes.txt": b"hello"})
-        with pytest.raises(EvidenceFormatError, match="notes.txt"):
+        with pytest.raises(EvidenceFormatError, match=r"notes\.txt"):
             appraise_bundle(encode_bundle(odd), expected_nonce=NONCE_A, policy=policy, at=now())
 
 

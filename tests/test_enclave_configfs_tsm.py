@@ -218,7 +218,7 @@ def test_snp_race_with_privlevel_is_retried(tmp_path: Path, snp_kernel: FakeTsmK
 def test_privlevel_is_honoured_only_where_supported(tmp_path: Path, snp_kernel: FakeTsmKernel) -> None:
     with pytest.raises(ConfigfsTsmError, match="below this guest's privlevel_floor 1"):
         ConfigfsTsmAttester(root=tmp_path, entry="shared", privlevel=0).evidence(REPORT_DATA)
-    with pytest.raises(ConfigfsTsmError, match="must be 0..3"):
+    with pytest.raises(ConfigfsTsmError, match=r"must be 0\.\.3"):
         ConfigfsTsmAttester(root=tmp_path, privlevel=4)
 
 
@@ -230,7 +230,7 @@ def test_privlevel_on_tdx_is_refused(tmp_path: Path, tdx_kernel: FakeTsmKernel) 
 def test_private_entry_is_created_and_removed(tmp_path: Path) -> None:
     reports = tmp_path / REPORT_DIR
     reports.mkdir(parents=True)
-    with pytest.raises(ConfigfsTsmError, match="cannot read .*provider"):
+    with pytest.raises(ConfigfsTsmError, match=r"cannot read .*provider"):
         ConfigfsTsmAttester(root=tmp_path).evidence(REPORT_DATA)
     assert list(reports.iterdir()) == []  # the entry it made is gone again
 
@@ -246,7 +246,7 @@ def test_unknown_provider_and_bad_input(tmp_path: Path) -> None:
 
 
 def test_detection(tmp_path: Path) -> None:
-    with pytest.raises(NoTeeError, match="no TEE found.*configfs-tsm.*sev-guest.*simulated"):
+    with pytest.raises(NoTeeError, match=r"no TEE found.*configfs-tsm.*sev-guest.*simulated"):
         detect_attester(tmp_path)
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev/sev-guest").write_bytes(b"")

@@ -145,7 +145,7 @@ def test_busy_host_is_retried_and_errors_are_typed(device: Path, firmware: Simul
     kernel = FakeSevGuestKernel(firmware, busy=2)
     SevGuestAttester(root=device, ioctl=kernel).evidence(USER_DATA)
     assert len(kernel.calls) == 3
-    with pytest.raises(SevGuestError, match="needs a .*-byte certificate buffer"):
+    with pytest.raises(SevGuestError, match=r"needs a .*-byte certificate buffer"):
         SevGuestAttester(root=device, ioctl=FakeSevGuestKernel(firmware, cert_pages=1000)).evidence(USER_DATA)
     with pytest.raises(SevGuestError, match="cannot open"):
         SevGuestAttester(root=device / "nowhere").evidence(USER_DATA)

@@ -429,7 +429,7 @@ def test_installed_checks_are_validated() -> None:
         with pytest.raises(PolicyError, match=re.escape(message)):
             validate_check(value, "entry point x")
     assert validate_check(_Raises, "class").id == "test.raises"
-    with pytest.raises(PolicyError, match="'nope.missing' is not installed here"):
+    with pytest.raises(PolicyError, match=r"'nope\.missing' is not installed here"):
         admission_checks(["nope.missing"])
 
 

@@ -236,7 +236,7 @@ def test_bad_policy_tables(table: dict, message: str) -> None:
 
 
 def test_two_rims_for_the_same_version_are_refused(rims: dict[str, Path]) -> None:
-    with pytest.raises(PolicyError, match="both for version 550.90.07"):
+    with pytest.raises(PolicyError, match=r"both for version 550\.90\.07"):
         GpuPolicy.from_table({"driver_rims": [str(rims["driver"]), str(rims["driver"])]})
 
 

@@ -92,7 +92,7 @@ def test_non_finite_update_is_refused_before_aggregation() -> None:
     d, _ = driver(rounds=1, min_sites=1, strategy=make_strategy("median"))
     bad = const(1.0)
     bad["b"][0] = np.inf
-    with pytest.raises(Exception, match="(?i)non-finite|nan|inf"):
+    with pytest.raises(Exception, match=r"(?i)non-finite|nan|inf"):
         d.accept_update("a", 1, 1, bad, 1.0, b"x" * 32, {})
 
 

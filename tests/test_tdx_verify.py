@@ -403,7 +403,7 @@ def test_bad_quote_input_raises(v4: bytes) -> None:
         appraise_tdx(v4 + bytes(64 * 1024), policy=Policy(), at=V4_AT)
     with pytest.raises(EvidenceFormatError, match="shorter than the 48-byte header"):
         appraise_tdx(v4[:20], policy=Policy(), at=V4_AT)
-    with pytest.raises(EvidenceFormatError, match="header.version"):
+    with pytest.raises(EvidenceFormatError, match=r"header\.version"):
         appraise_tdx(struct.pack("<H", 3) + v4[2:], policy=Policy(), at=V4_AT)
     with pytest.raises(EvidenceFormatError, match="signature_data_len"):
         appraise_tdx(v4[:632] + struct.pack("<I", 1 << 30) + v4[636:], policy=Policy(), at=V4_AT)
@@ -417,11 +417,11 @@ def test_load_collateral_dir_errors(collateral_dir: Path, tmp_path: Path) -> Non
     with pytest.raises(CollateralFormatError, match="no collateral files"):
         load_collateral_dir(tmp_path)
     (tmp_path / "qe-identity.json").write_bytes(b"{not json")
-    with pytest.raises(CollateralFormatError, match="qe-identity.json.*not valid JSON"):
+    with pytest.raises(CollateralFormatError, match=r"qe-identity\.json.*not valid JSON"):
         load_collateral_dir(tmp_path)
     (tmp_path / "qe-identity.json").unlink()
     (tmp_path / "root-ca-crl.der").write_bytes(b"\x30\x03garbage")
-    with pytest.raises(CollateralFormatError, match="root-ca-crl.der: not a CRL"):
+    with pytest.raises(CollateralFormatError, match=r"root-ca-crl\.der: not a CRL"):
         load_collateral_dir(tmp_path)
     (tmp_path / "root-ca-crl.der").unlink()
     (tmp_path / "tcb-info-issuer-chain.pem").write_bytes(

@@ -75,7 +75,7 @@ def test_a_rejoining_site_refuses_a_rolled_back_aggregator(history: tuple[Deploy
         rejoined = deployment.client(aggregator.target, site_id="site-a")
         rejoined.tree_head = kept  # what the site kept (tree-head.cbor in its state directory)
         rejoined.join()  # the new evidence and admission are fine ...
-        with pytest.raises(AggregatorNotTrusted, match="rollback|rolled back"):
+        with pytest.raises(AggregatorNotTrusted, match=r"rollback|rolled back"):
             rejoined.task()  # ... but the log it shows does not extend the head this site saw
         rejoined.close()
     finally:

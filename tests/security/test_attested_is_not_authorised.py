@@ -461,7 +461,7 @@ def test_a_stale_receipt_is_refused_by_the_site(relay: Relay, deployment: Deploy
         stale = relay.calls("UploadUpdate")[-1].responses[-1]
         # The network answers b's upload with a's (authentic, signed) receipt.
         relay.rewrite_response = lambda method, data: stale if method == "UploadUpdate" else data
-        with pytest.raises(AggregatorNotTrusted, match="not authentic|does not answer"):
+        with pytest.raises(AggregatorNotTrusted, match=r"not authentic|does not answer"):
             site_b.upload_update(task.round, _update(0.02), weight=3, attempt=task.attempt)
 
 
