@@ -77,8 +77,8 @@ def shapley_consensus(
     permutations: int = DEFAULT_PERMUTATIONS,
     truncation: float = DEFAULT_TRUNCATION,
 ) -> tuple[np.ndarray, float]:
-    """Shapley values of the rows of ``samples`` (N × sample) for the consensus utility, and the
-    full set's utility. ``weights``: the sites' FedAvg weights."""
+    """Shapley values of the rows of ``samples`` (a row per site, a column per sampled coordinate)
+    for the consensus utility, and the full set's utility. ``weights``: the sites' FedAvg weights."""
     n = samples.shape[0]
     if n == 0:
         return np.zeros(0), 0.0
@@ -127,7 +127,9 @@ def estimate(
     values, full = shapley_consensus(
         samples, np.array([weights[s] for s in sites]), rng=rng, permutations=permutations, truncation=truncation
     )
-    return ContributionEstimate({s: float(v) for s, v in zip(sites, values)}, full, permutations, int(coordinates.size))
+    return ContributionEstimate(
+        {s: float(v) for s, v in zip(sites, values, strict=True)}, full, permutations, int(coordinates.size)
+    )
 
 
 def laplace_release(

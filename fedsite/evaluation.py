@@ -66,7 +66,7 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
     starts = np.concatenate(([0], boundaries))
     ends = np.concatenate((boundaries, [scores.size]))
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, ends, strict=True):
         ranks[order[start:end]] = (start + end + 1) / 2.0
     return float((ranks[positive].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
 

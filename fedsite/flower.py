@@ -76,7 +76,7 @@ class FlowerTrainer:
 
     def get(self) -> dict[str, np.ndarray]:
         """The local model after ``train`` (the global one before), as named tensors."""
-        return dict(zip(self._names, self._local if self._local is not None else self._global))
+        return dict(zip(self._names, self._local if self._local is not None else self._global, strict=True))
 
     def _checked(self, parameters: Any, method: str) -> list[np.ndarray]:
         arrays = [np.asarray(p, dtype=np.float32) for p in parameters]
@@ -85,7 +85,7 @@ class FlowerTrainer:
                 f"the Flower client's {method} returned {len(arrays)} arrays; the federation's model has "
                 f"{len(self._global)} ({', '.join(self._names)})"
             )
-        for name, got, want in zip(self._names, arrays, self._global):
+        for name, got, want in zip(self._names, arrays, self._global, strict=True):
             if got.shape != want.shape:
                 raise FlowerTrainerError(
                     f"the Flower client's {method} returned shape {got.shape} for {name}, the model has {want.shape}"

@@ -152,7 +152,7 @@ def test_a_process_killed_mid_append_leaves_a_tail_that_the_next_open_recovers(
     assert code == -signal.SIGXFSZ
     assert MARKER in (log / ENTRIES_FILE).read_bytes()[-4096:] or fault == "kill-entry"
     notes = _restart(log, sim)
-    assert len(notes) == len(recovered) and all(n.startswith(r) for n, r in zip(notes, recovered)), notes
+    assert len(notes) == len(recovered) and all(n.startswith(r) for n, r in zip(notes, recovered, strict=True)), notes
     assert MARKER not in (log / ENTRIES_FILE).read_bytes()
     _clean_ends(log)
     _assert_verifies(log, sim)

@@ -30,7 +30,7 @@ def get_parameters(net: nn.Module) -> list[np.ndarray]:
 
 
 def set_parameters(net: nn.Module, parameters: list[np.ndarray]) -> None:
-    state_dict = OrderedDict({k: torch.tensor(v) for k, v in zip(net.state_dict().keys(), parameters)})
+    state_dict = OrderedDict({k: torch.tensor(v) for k, v in zip(net.state_dict().keys(), parameters, strict=True)})
     net.load_state_dict(state_dict, strict=True)
 
 
@@ -77,19 +77,22 @@ def test_an_unchanged_flower_client_trains_in_an_attested_federation(tmp_path: P
     results: dict = {}
     for aggregator in run_aggregator(deployment):
 
-        def site(site_id: str, split: dict) -> None:
+        def site(target: str, site_id: str, split: dict) -> None:
             client = FlowerClient(
                 make_model(seed=1),
                 {"x": split["x_train"], "y": split["y_train"]},
                 {"x": split["x_test"], "y": split["y_test"]},
             )
             try:
-                with deployment.client(aggregator.target, site_id=site_id) as connection:
+                with deployment.client(target, site_id=site_id) as connection:
                     results[site_id] = run_site(connection, FlowerTrainer(client), progress=None)
             except Exception as exc:  # noqa: BLE001 - reported below
                 results[site_id] = exc
 
-        threads = [threading.Thread(target=site, args=(s, split)) for s, split in zip(("clinic-a", "clinic-b"), splits)]
+        threads = [
+            threading.Thread(target=site, args=(aggregator.target, s, split))
+            for s, split in zip(("clinic-a", "clinic-b"), splits, strict=True)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -112,7 +114,7 @@ def test_accumulator_matches_weighted_mean_chunked_in_any_order(case, data) -> N
     for i in range(n):
         cuts = sorted(data.draw(st.lists(st.integers(0, p), max_size=3)))
         bounds = [0, *cuts, p]
-        pieces += [(i, a, b) for a, b in zip(bounds, bounds[1:])]
+        pieces += [(i, a, b) for a, b in itertools.pairwise(bounds)]
     order = data.draw(st.permutations(pieces))
     for i, a, b in order:
         acc.add(stack[i, a:b], weights[i], offset=a)

@@ -12,7 +12,7 @@ from native._networks import selection_network
 
 def _apply_batch(lo: np.ndarray, hi: np.ndarray, batch: np.ndarray) -> np.ndarray:
     v = batch.copy()
-    for a, b in zip(lo.tolist(), hi.tolist()):
+    for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
         x, y = v[:, a].copy(), v[:, b].copy()
         v[:, a] = np.minimum(x, y)
         v[:, b] = np.maximum(x, y)

@@ -95,7 +95,7 @@ def test_aggregator_killed_mid_round_and_restarted(tmp_path: Path) -> None:
 
     deployment.model = {k: v.detach().numpy().astype(np.float32) for k, v in make_model().state_dict().items()}
     splits, _, _ = split_non_iid(2)
-    for name, split in zip(("site-a", "site-b"), splits):
+    for name, split in zip(("site-a", "site-b"), splits, strict=True):
         np.savez(tmp_path / f"{name}.npz", **split)
     first = deployment.start()
     results: dict = {}

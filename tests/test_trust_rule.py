@@ -136,7 +136,9 @@ def unmarked_case(
     chain = reissue_without_simulated_mark(
         [gpu_pki.root, gpu_pki.identity, gpu_pki.provisioner, gpu_pki.brom, gpu_pki.leaf]
     )
-    other_gpu = dataclasses.replace(gpu_pki, **dict(zip(("root", "identity", "provisioner", "brom", "leaf"), chain)))
+    other_gpu = dataclasses.replace(
+        gpu_pki, **dict(zip(("root", "identity", "provisioner", "brom", "leaf"), chain, strict=True))
+    )
     return _gpu(other_gpu), fingerprint(chain[0].cert)
 
 

@@ -71,15 +71,12 @@ def test_deeply_nested_json_is_refused_without_recursion_error() -> None:
 
 
 def test_duplicate_keys_are_refused() -> None:
-    header = '{"layer.weight": %s, "layer.bias": %s, "layer.bias": %s}' % (
-        json.dumps(WEIGHT),
-        json.dumps(BIAS),
-        json.dumps(BIAS),
-    )
+    weight, bias = json.dumps(WEIGHT), json.dumps(BIAS)
+    header = f'{{"layer.weight": {weight}, "layer.bias": {bias}, "layer.bias": {bias}}}'
     assert "duplicate key 'layer.bias'" in refused(framed(header))
     inner = (
-        '{"layer.weight": {"dtype": "F32", "dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "layer.bias": %s}'
-        % json.dumps(BIAS)
+        '{"layer.weight": {"dtype": "F32", "dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, '
+        f'"layer.bias": {bias}}}'
     )
     assert "duplicate key 'dtype'" in refused(framed(inner))
     assert "duplicate key '__metadata__'" in refused(framed('{"__metadata__": {}, "__metadata__": {}}', b""), None)
@@ -301,7 +298,9 @@ def check(data: bytes) -> None:
         assert sum(a.nbytes for a in tensors.values()) <= len(data)
         if spec is not None:
             assert list(tensors) == [t.name for t in spec.tensors]
-            assert all(a.shape == t.shape and np.isfinite(a).all() for a, t in zip(tensors.values(), spec.tensors))
+            assert all(
+                a.shape == t.shape and np.isfinite(a).all() for a, t in zip(tensors.values(), spec.tensors, strict=True)
+            )
 
 
 @FUZZ

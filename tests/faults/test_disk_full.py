@@ -55,7 +55,7 @@ def _train(deployment: Deployment, aggregator: Aggregator, sites: list[str], rou
             task = clients[0].task()
             if task.finished:
                 break
-            for value, client in zip((0.1, 0.3), clients):
+            for value, client in zip((0.1, 0.3), clients, strict=True):
                 client.upload_update(task.round, _const(value), 1.0, attempt=task.attempt)
             deadline = time.time() + 30
             while clients[0].task().round == task.round and time.time() < deadline:

@@ -19,7 +19,7 @@ from fedsite.client import AggregatorNotTrusted, SiteClient
 
 def _round(clients: list[SiteClient]) -> int:
     task = clients[0].task()
-    for value, client in zip((0.1, 0.3), clients):
+    for value, client in zip((0.1, 0.3), clients, strict=True):
         client.upload_update(
             task.round, {k: np.full(v.shape, value, np.float32) for k, v in MODEL.items()}, 1.0, attempt=task.attempt
         )

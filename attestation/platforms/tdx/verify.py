@@ -170,7 +170,7 @@ def _decode_pem_chain(pem: bytes) -> tuple[Certificate, ...]:
 
 
 def _mask(value: bytes, mask: bytes) -> bytes:
-    return bytes(a & b for a, b in zip(value, mask))
+    return bytes(a & b for a, b in zip(value, mask, strict=True))
 
 
 # --- results --------------------------------------------------------------------------
@@ -369,8 +369,11 @@ def pck_chain_of(quote: TdxQuote) -> tuple[PckChain | None, list[Reason]]:
 
 def _issuer_chain_links(chain: Sequence[Certificate], first_role: str) -> list[ChainLink]:
     certs = _complete_with_intel_root(list(chain))
-    roles = [first_role] + ["intermediate CA"] * (len(certs) - 2) + ["root CA"]
-    return [ChainLink(cert, role) for cert, role in zip(certs, roles)]
+    last = len(certs) - 1
+    return [
+        ChainLink(cert, first_role if i == 0 else "root CA" if i == last else "intermediate CA")
+        for i, cert in enumerate(certs)
+    ]
 
 
 def _issuer_chain_reasons(
