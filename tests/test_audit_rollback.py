@@ -251,7 +251,7 @@ def test_consistency_proofs_of_the_store_match_the_definition(tmp_path: Path) ->
 def test_consistency_proofs_are_cheap_on_a_large_log(tmp_path: Path) -> None:
     store = LogStore(tmp_path / "log", fsync=False)
     keys = EnclaveKeys()
-    for i in range(1 << 14):
+    for _ in range(1 << 14):
         store.append("n", 0, {}, key=keys.public.ed25519, sign=keys.sign)
     started = time.perf_counter()
     for old in range(1, 1 << 14, 97):

@@ -192,7 +192,7 @@ def test_an_admission_with_other_evidence_is_named_by_entry(tmp_path: Path) -> N
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         again = pool.submit(in_a_running_loop).result(timeout=120)
     assert [(p.index, p.check) for p in again.problems] == [(p.index, p.check) for p in result.problems]
-    code, out, err = _verify_cli(fed.log_dir, tmp_path / "policy.toml")
+    code, out, _ = _verify_cli(fed.log_dir, tmp_path / "policy.toml")
     report = json.loads(out)
     assert code == 1 and report["valid"] is False and report["first_problem"]["index"] == min(cases)
     run = attestfl("audit", "verify", str(fed.log_dir), "--policy", str(tmp_path / "policy.toml"), "--json")

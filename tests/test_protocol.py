@@ -24,7 +24,14 @@ from enclave.attester import make_bundle
 from enclave.keys import EnclaveKeys
 from enclave.simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
 from federation import MODEL, Aggregator, Deployment, run_aggregator
-from fedsite.client import AdmissionRefused, AggregatorNotTrusted, AppAttestEvidence, SiteClient, admit_request
+from fedsite.client import (
+    AdmissionRefused,
+    AggregatorNotTrusted,
+    AppAttestEvidence,
+    SiteClient,
+    SiteError,
+    admit_request,
+)
 from forwarder import Forwarder
 from protocol.admission import admission_nonce, app_attest_client_data
 from protocol.credential import AUDIENCE, issue_credential
@@ -148,7 +155,7 @@ def test_refused_sites_learn_why(
         with pytest.raises(AdmissionRefused) as refused:
             client.join()
         assert any(r.startswith(expected) for r in refused.value.reasons), refused.value.reasons
-        with pytest.raises(Exception):  # never admitted: no credential to send an update with
+        with pytest.raises(SiteError, match="join first"):  # never admitted: no session to send an update in
             client.upload_update(1, update_like(1.0), 1)
     logged = admissions(aggregator, site_id)[-1]
     # The aggregator's own log says the truth; the wire answers an unknown site id like a known one.

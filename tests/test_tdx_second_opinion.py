@@ -270,7 +270,7 @@ def test_every_mutation_of_the_simulated_collateral_agrees(sim_dir: Path) -> Non
 
 def test_swapped_collateral_is_refused_by_both(sim_dir: Path, tmp_path: Path) -> None:
     quote, files, roots, root_der = simulated(sim_dir)
-    other_vendor, other_files, _, _ = simulated(tmp_path / "another-vendor")
+    _, other_files, _, _ = simulated(tmp_path / "another-vendor")
     shipped = shipped_collateral()
     tcb_name = next(n for n in files if n.startswith("tcb-info-fmspc-"))
     swaps = {

@@ -244,9 +244,11 @@ def test_organisation_ca_certifies_the_identity_for_that_site_only(
 
 
 def test_hardware_pin_of_another_chip_is_refused(aggregator: Aggregator, deployment: Deployment) -> None:
-    with deployment.client(aggregator.target, site_id="hospital-chip") as client:
-        with pytest.raises(AdmissionRefused) as refused:
-            client.join()
+    with (
+        deployment.client(aggregator.target, site_id="hospital-chip") as client,
+        pytest.raises(AdmissionRefused) as refused,
+    ):
+        client.join()
     assert [r.split(":")[0] for r in refused.value.reasons] == ["admission.hardware"]
 
 
@@ -531,11 +533,13 @@ def test_a_revoked_site_that_strips_or_stales_its_crl_is_still_refused(tmp_path:
     for aggregator in run_aggregator(deployment):
         for attester in (
             SimulatedSnpAttester(vendor, crl=False),  # stripped
-            SimulatedSnpAttester(vendor, crl_issued=datetime.now(UTC) - timedelta(days=2)),
-        ):  # its own, older
-            with deployment.client(aggregator.target, site_id="hospital-r", attester=attester) as client:
-                with pytest.raises(AdmissionRefused) as refused:
-                    client.join()
+            SimulatedSnpAttester(vendor, crl_issued=datetime.now(UTC) - timedelta(days=2)),  # its own, older
+        ):
+            with (
+                deployment.client(aggregator.target, site_id="hospital-r", attester=attester) as client,
+                pytest.raises(AdmissionRefused) as refused,
+            ):
+                client.join()
             assert any(r.startswith("snp.crl.revoked") for r in refused.value.reasons), refused.value.reasons
         logged = _admissions(aggregator, "hospital-r")
         assert len(logged) == 2 and not any(e["admitted"] for e in logged)
@@ -548,7 +552,9 @@ def test_without_the_verifiers_collateral_a_site_is_refused_not_warned(tmp_path:
     (tmp_path / "collateral").mkdir()  # the verifier's collateral directory, empty
     deployment = Deployment(tmp_path, tmp_path / "vendor", sites={"hospital-n": ""})
     for aggregator in run_aggregator(deployment):
-        with deployment.client(aggregator.target, site_id="hospital-n") as client:  # its bundle carries a fresh CRL
-            with pytest.raises(AdmissionRefused) as refused:
-                client.join()
+        with (
+            deployment.client(aggregator.target, site_id="hospital-n") as client,  # its bundle carries a fresh CRL
+            pytest.raises(AdmissionRefused) as refused,
+        ):
+            client.join()
     assert any(r.startswith("snp.policy.require_collateral") for r in refused.value.reasons), refused.value.reasons
