@@ -276,7 +276,7 @@ class TaskConfig:
             )
         if model:
             try:
-                self.spec
+                ModelSpec.of(self.initial_model)
             except UpdateFormatError as exc:
                 raise TaskConfigError(f"[task] initial_model: {exc}") from None
 

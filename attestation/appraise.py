@@ -16,7 +16,7 @@ from .collateral import CollateralStore
 from .errors import MAX_EVIDENCE_BYTES, CollateralError, EvidenceFormatError, EvidenceTooLargeError
 from .findings import Appraisal, Reason
 from .platforms import registry
-from .platforms.base import NEUTRAL_CLAIMS, EvidenceInputs, Platform
+from .platforms.base import NEUTRAL_CLAIMS, NO_INPUTS, EvidenceInputs, Platform
 from .policy import Policy
 
 
@@ -57,7 +57,7 @@ def appraise_as(
     *,
     policy: Policy,
     at: datetime,
-    inputs: EvidenceInputs = EvidenceInputs(),
+    inputs: EvidenceInputs = NO_INPUTS,
     collateral: CollateralStore | None = None,
 ) -> Appraisal:
     """``platform``'s appraisal of ``data``, with the neutral claims in place (no size check,
@@ -70,7 +70,7 @@ def appraise_raw(
     *,
     policy: Policy,
     at: datetime,
-    inputs: EvidenceInputs = EvidenceInputs(),
+    inputs: EvidenceInputs = NO_INPUTS,
     platform: str = "auto",
     collateral: CollateralStore | None = None,
 ) -> Appraisal:

@@ -39,7 +39,7 @@ from .bundle_abi import GPU_PLATFORM, EvidenceBundle, parse_bundle
 from .collateral import CollateralStore
 from .findings import Appraisal, Reason
 from .platforms import registry
-from .platforms.base import EvidenceInputs
+from .platforms.base import NO_INPUTS, EvidenceInputs
 from .policy import Policy
 
 
@@ -67,7 +67,7 @@ def appraise_bundle(
     expected_nonce: bytes | None,
     policy: Policy,
     at: datetime,
-    inputs: EvidenceInputs = EvidenceInputs(),
+    inputs: EvidenceInputs = NO_INPUTS,
     collateral: CollateralStore | None = None,
 ) -> Appraisal:
     """Verify and appraise a bundle (bytes or decoded). ``expected_nonce`` is the nonce the

@@ -12,7 +12,7 @@ from .bundle import appraise_bundle
 from .bundle_abi import looks_like_bundle
 from .collateral import CollateralStore
 from .findings import Appraisal
-from .platforms.base import EvidenceInputs
+from .platforms.base import NO_INPUTS, EvidenceInputs
 from .policy import Policy
 
 
@@ -21,7 +21,7 @@ def appraise_evidence(
     *,
     policy: Policy,
     at: datetime,
-    inputs: EvidenceInputs = EvidenceInputs(),
+    inputs: EvidenceInputs = NO_INPUTS,
     platform: str = "auto",
     collateral: CollateralStore | None = None,
 ) -> Appraisal:

@@ -105,6 +105,10 @@ class EvidenceInputs:
         return self.crl is not None or self.collateral_dir is not None
 
 
+#: The default :class:`EvidenceInputs`: nothing beside the evidence.
+NO_INPUTS = EvidenceInputs()
+
+
 class AppraisalPolicy(Protocol):
     """The policy as a platform sees it (:class:`attestation.policy.Policy` is one): the
     common keys, and the platform's own section by name."""

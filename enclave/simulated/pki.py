@@ -22,7 +22,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from asn1crypto import core
 from cryptography import x509
@@ -173,7 +173,7 @@ def vcek_extensions(tcb: dict[str, int], chip_id: bytes, product: str) -> list[x
 
 
 class _SgxEntry(core.Sequence):
-    _fields = [("id", core.ObjectIdentifier), ("value", core.Any)]
+    _fields: ClassVar[list[tuple[str, Any]]] = [("id", core.ObjectIdentifier), ("value", core.Any)]
 
 
 class _SgxEntries(core.SequenceOf):
@@ -181,7 +181,7 @@ class _SgxEntries(core.SequenceOf):
 
 
 class _SgxType(core.Enumerated):
-    _map = {0: "standard", 1: "scalable", 2: "scalable_with_integrity"}
+    _map: ClassVar[dict[int, str]] = {0: "standard", 1: "scalable", 2: "scalable_with_integrity"}
 
 
 def sgx_extension(

@@ -53,6 +53,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, ClassVar
 
 from asn1crypto import core, keys
 
@@ -684,13 +685,13 @@ FWID_EXTENSION_OID = "2.23.133.5.4.1"
 
 
 class _Fwid(core.Sequence):  # type: ignore[misc]
-    _fields = [("hash_alg", core.ObjectIdentifier), ("digest", core.OctetString)]
+    _fields: ClassVar[list[tuple[str, Any]]] = [("hash_alg", core.ObjectIdentifier), ("digest", core.OctetString)]
 
 
 class _CompositeDeviceId(core.Sequence):  # type: ignore[misc]
     """TCG DICE / RIoT ``CompositeDeviceID``: version, the DeviceID public key, one FWID."""
 
-    _fields = [
+    _fields: ClassVar[list[tuple[str, Any]]] = [
         ("version", core.Integer),
         ("device_id", keys.PublicKeyInfo),
         ("fwid", _Fwid),

@@ -574,7 +574,7 @@ SGX_TYPES = {0: "Standard", 1: "Scalable", 2: "ScalableWithIntegrity"}
 
 
 class _ExtensionEntry(core.Sequence):  # type: ignore[misc]
-    _fields = [("oid", core.ObjectIdentifier), ("value", core.Any)]
+    _fields: ClassVar[list[tuple[str, Any]]] = [("oid", core.ObjectIdentifier), ("value", core.Any)]
 
 
 class _ExtensionEntries(core.SequenceOf):  # type: ignore[misc]
