@@ -44,7 +44,8 @@ def add_evidence_commands(subparsers: argparse._SubParsersAction[argparse.Argume
     evidence_sub = evidence.add_subparsers(dest="evidence_command", required=True, metavar="COMMAND")
     verify = evidence_sub.add_parser(
         "verify",
-        help="verify evidence of any registered platform (SEV-SNP report, TDX quote, NVIDIA GPU evidence, ...) and appraise it",
+        help="verify evidence of any registered platform (SEV-SNP report, TDX quote, NVIDIA GPU evidence, ...) "
+        "and appraise it",
         description="Verify evidence (platform detected from the bytes) and appraise it against a policy. "
         "Exit 0: accepted; 1: rejected; 2: unusable input or usage.",
     )
@@ -122,8 +123,9 @@ def add_evidence_commands(subparsers: argparse._SubParsersAction[argparse.Argume
     listing = evidence_sub.add_parser(
         "platforms",
         help="list the registered platforms (built-in and from the attestfl.platforms entry points)",
-        description="List the platforms this verifier knows: name, vendor, what their evidence is, and whether a policy "
-        "accepts them by default (the built-in ones). Exit 0; 2 when a platform plug-in cannot be loaded.",
+        description="List the platforms this verifier knows: name, vendor, what their evidence is, "
+        "and whether a policy accepts them by default (the built-in ones). "
+        "Exit 0; 2 when a platform plug-in cannot be loaded.",
     )
     listing.add_argument("--json", action="store_true", help="print exactly one JSON object")
     listing.set_defaults(handler=run_platforms)

@@ -263,7 +263,10 @@ def _window(
     if next_update is not None and at > next_update:
         return f"{what} expired at its next update {next_update.isoformat()} (verification time {at.isoformat()})"
     if max_age is not None and at - issued > max_age:
-        return f"{what} was issued {issued.isoformat()}, {at - issued} before the verification time, older than the policy's max_collateral_age {max_age}"
+        return (
+            f"{what} was issued {issued.isoformat()}, {at - issued} before the verification time, "
+            f"older than the policy's max_collateral_age {max_age}"
+        )
     return None
 
 
@@ -459,7 +462,8 @@ class CollateralStore:
             refused_until = self._fetch_refused_until.get(item.path, 0.0)
             if time.monotonic() < refused_until:
                 notes.append(
-                    f"not fetched again: the last fetch of the {item.what} failed less than {int(self.refetch_after)} s ago"
+                    f"not fetched again: the last fetch of the {item.what} failed "
+                    f"less than {int(self.refetch_after)} s ago"
                 )
                 return Lookup(None, tuple(notes))
             try:

@@ -69,7 +69,8 @@ def open_bounded(
             raise error(f"{what} {path} is {_kind(info.st_mode)}, not a regular file; refused unread")
         if info.st_size > limit:
             raise (too_large or error)(
-                f"{what} {path} is {info.st_size} bytes, larger than {limit} bytes, the limit for this file; refused before parsing"
+                f"{what} {path} is {info.st_size} bytes, larger than {limit} bytes, the limit for this file; "
+                "refused before parsing"
             )
         handle = os.fdopen(fd, "rb", buffering=0)
     except BaseException:

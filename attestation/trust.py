@@ -31,7 +31,10 @@ from .abi.x509 import Certificate
 SIMULATED_ORGANIZATION = "attestfl simulated TEE (not hardware)"
 
 #: The warning every trusted simulated root yields (after ``{what}: ``).
-SIMULATED_WARNING = "ends at a simulated root trusted by the policy (fingerprint {fingerprint}): the evidence is simulated and proves nothing about hardware"
+SIMULATED_WARNING = (
+    "ends at a simulated root trusted by the policy (fingerprint {fingerprint}): "
+    "the evidence is simulated and proves nothing about hardware"
+)
 
 
 def read_root_file(name: str) -> bytes:

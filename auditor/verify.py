@@ -438,7 +438,8 @@ def _check_heads(result: Verification, heads: list[TreeHead], roots: list[bytes]
                     last,
                     "head.key",
                     f"tree head #{number} (size {head.tree_size}) is signed by {head.key.hex()}, "
-                    f"but the log's evidence entries bind {bound_by} at that size: a key whose evidence is not in the log",
+                    f"but the log's evidence entries bind {bound_by} at that size: "
+                    "a key whose evidence is not in the log",
                     number,
                 )
             )
@@ -742,7 +743,8 @@ class _Training:
                     i,
                     "restart.round",
                     f"the aggregator resumed at round {resumed}, but the log already closed round {closed}{where}: "
-                    "its checkpoint was rolled back (or it stopped between logging that round and sealing its checkpoint); "
+                    "its checkpoint was rolled back "
+                    "(or it stopped between logging that round and sealing its checkpoint); "
                     f"round(s) {resumed}..{closed} are aggregated again",
                 )
             )
@@ -765,7 +767,8 @@ class _Training:
                         i,
                         "restart.model",
                         f"the checkpoint the aggregator resumed from holds model {str(checkpoint)[:80]}, "
-                        f"not the model {self.last.model_sha256} that round {closed} produced (entry {self.last.index}): "
+                        f"not the model {self.last.model_sha256} that round {closed} produced "
+                        f"(entry {self.last.index}): "
                         "the sealed checkpoint was replaced",
                     )
                 )
@@ -974,7 +977,10 @@ def _rerun_problem(
             again
         )
     if admitted and not logged_admitted:
-        return f"site {site!r} is logged as refused ({'; '.join(logged)}), but its logged evidence passes the logged policy"
+        return (
+            f"site {site!r} is logged as refused ({'; '.join(logged)}), "
+            "but its logged evidence passes the logged policy"
+        )
     return f"site {site!r}: the logged reasons ({'; '.join(logged)}) are not the recomputed ones ({'; '.join(again)})"
 
 
@@ -1089,7 +1095,8 @@ def prove_receipt(
     if head.tree_size > len(payloads):
         return InclusionResult(
             False,
-            f"the tree head covers {head.tree_size} entries, but the log holds only {len(payloads)}: entries were removed",
+            f"the tree head covers {head.tree_size} entries, "
+            f"but the log holds only {len(payloads)}: entries were removed",
             head=head,
         )
     leaves = [merkle.leaf_hash(p) for p in payloads]

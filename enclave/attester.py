@@ -81,7 +81,8 @@ def open_attester(tee: str, *, simulated_dir: str | Path | None = None, **simula
     if tee.startswith("simulated-"):
         if simulated_dir is None:
             raise AttesterError(
-                f"{tee} needs a simulated TEE directory (--simulated-dir, or simulated_dir in the configuration): the simulated root of trust"
+                f"{tee} needs a simulated TEE directory (--simulated-dir, or simulated_dir in the configuration): "
+                "the simulated root of trust"
             )
         from .simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
 

@@ -51,7 +51,8 @@ def add_enclave_commands(subparsers: argparse._SubParsersAction) -> None:
     evidence = sub.add_parser(
         "evidence",
         help="write an evidence bundle for a verifier's nonce",
-        description="Create enclave keys, bind them and the nonce into TEE evidence, write the evidence bundle. Exit 0: written; 2: unusable input or no TEE.",
+        description="Create enclave keys, bind them and the nonce into TEE evidence, write the evidence bundle. "
+        "Exit 0: written; 2: unusable input or no TEE.",
     )
     evidence.add_argument("--nonce", required=True, metavar="HEX", help="the verifier's nonce (16 to 64 bytes, hex)")
     evidence.add_argument(

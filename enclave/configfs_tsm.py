@@ -165,7 +165,8 @@ class ConfigfsTsmAttester(Attester):
                 if after == before + writes:
                     return self._evidence(platform, outblob, auxblob)
             raise GenerationRaceError(
-                f"{path}: the entry's generation kept changing under us ({MAX_ATTEMPTS} attempts); other writers share it"
+                f"{path}: the entry's generation kept changing under us ({MAX_ATTEMPTS} attempts); "
+                "other writers share it"
             )
 
     @staticmethod

@@ -206,7 +206,8 @@ class SevGuestAttester(Attester):
                         time.sleep(0.01 * 2**busy)
                         continue
                     raise SevGuestError(
-                        f"SNP_GET_EXT_REPORT failed: {exc.strerror or exc} (fw_error {argument.fw_error:#x}, vmm_error {argument.vmm_error:#x})"
+                        f"SNP_GET_EXT_REPORT failed: {exc.strerror or exc} "
+                        f"(fw_error {argument.fw_error:#x}, vmm_error {argument.vmm_error:#x})"
                     ) from exc
                 return report_from_response(bytes(response.data)), certs.read()
             finally:

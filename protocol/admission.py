@@ -359,8 +359,9 @@ def read_site_rule(site_id: str, rule: Any, base_dir: Path) -> SiteRule:
     )
     if not site_rule.pins_identity:
         raise PolicyError(
-            f"[{where}]: the rule pins nothing only site {site_id!r} holds, so any TEE that passes the policy could join "
-            'as this site: add identity_keys = ["<hex>"] (printed by `attestfl site enroll`) or organisation_ca = "ca.pem"'
+            f"[{where}]: the rule pins nothing only site {site_id!r} holds, "
+            "so any TEE that passes the policy could join as this site: "
+            'add identity_keys = ["<hex>"] (printed by `attestfl site enroll`) or organisation_ca = "ca.pem"'
         )
     return site_rule
 
@@ -380,7 +381,8 @@ def read_collateral_store(table: dict[str, Any], base_dir: Path) -> CollateralSt
     if "collateral_dir" not in table:
         if fetch or urls:
             raise PolicyError(
-                "[admission] collateral_fetch and the vendor URLs need collateral_dir (where fetched collateral is kept)"
+                "[admission] collateral_fetch and the vendor URLs need collateral_dir "
+                "(where fetched collateral is kept)"
             )
         return None
     directory = table["collateral_dir"]
@@ -592,7 +594,8 @@ class AdmissionPolicy:
                     takes = sorted(c.id for c in self.checks if c.Parameters is not None)
                     raise PolicyError(
                         f"[{where}]: no admission check in force takes parameters under this id; "
-                        f"those that do: {', '.join(takes) or 'none (install one: entry points ' + CHECK_ENTRY_POINTS + ')'}"
+                        "those that do: "
+                        f"{', '.join(takes) or 'none (install one: entry points ' + CHECK_ENTRY_POINTS + ')'}"
                     )
                 try:
                     parsed = read_struct(table, check.Parameters, where)

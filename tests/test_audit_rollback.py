@@ -268,7 +268,8 @@ def test_the_heads_module_imports_nothing_of_the_aggregator() -> None:
         "import sys, protocol.auditlog.heads; "
         "bad = sorted(m for m in sys.modules if m.startswith(('enclave', 'attestation', 'numpy', 'grpc')) "
         "and m not in ('attestation', 'attestation.errors') "
-        "or m.startswith('aggregator.') and m not in ('aggregator.audit', 'protocol.auditlog.heads', 'protocol.auditlog.merkle')); "
+        "or m.startswith('aggregator.') and m not in ('aggregator.audit', "
+        "'protocol.auditlog.heads', 'protocol.auditlog.merkle')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)

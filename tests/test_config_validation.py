@@ -228,7 +228,8 @@ def test_listen_is_parsed_at_load(tmp_path: Path, value: str, reason: str) -> No
 def test_listen_must_be_a_string(tmp_path: Path) -> None:
     assert (
         refused(write(tmp_path, {"listen": "7443"}))
-        == '[aggregator] listen: expected host:port, like "0.0.0.0:7443" or "[::]:7443" (port 0: any free port), got 7443'
+        == '[aggregator] listen: expected host:port, like "0.0.0.0:7443" or "[::]:7443" '
+        "(port 0: any free port), got 7443"
     )
 
 
@@ -366,7 +367,8 @@ def test_unknown_keys_list_the_allowed_ones(tmp_path: Path) -> None:
         "trimmed_mean_beta, krum_f, krum_m, clip_norm, evaluate, dp"
     )
     assert refused(write(tmp_path, {"listn": '"127.0.0.1:1"'})) == (
-        "[aggregator]: unknown key(s) listn; allowed: listen, tee, simulated_dir, gpu, metrics_listen, log_dir, state_dir, "
+        "[aggregator]: unknown key(s) listn; allowed: listen, tee, simulated_dir, gpu, metrics_listen, log_dir, "
+        "state_dir, "
         "stall_timeout"
     )
     assert (

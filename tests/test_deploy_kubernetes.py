@@ -186,7 +186,8 @@ def _exposing(mutate) -> list[str]:
                     )
                 }
             ),
-            "ConfigMap/attestfl-aggregator-config: aggregator.toml metrics_listen '0.0.0.0:9464' binds 0.0.0.0, not loopback",
+            "ConfigMap/attestfl-aggregator-config: aggregator.toml metrics_listen '0.0.0.0:9464' "
+            "binds 0.0.0.0, not loopback",
         ),
         (
             lambda d: d["ConfigMap/attestfl-aggregator-initdata"]["data"].update(
@@ -196,7 +197,8 @@ def _exposing(mutate) -> list[str]:
                     )
                 }
             ),
-            "ConfigMap/attestfl-aggregator-initdata: initdata.toml [data] aggregator.toml metrics_listen '[::]:9464' binds ::, not loopback",
+            "ConfigMap/attestfl-aggregator-initdata: initdata.toml [data] aggregator.toml metrics_listen '[::]:9464' "
+            "binds ::, not loopback",
         ),
     ],
     ids=[

@@ -275,12 +275,24 @@ def test_the_strategy_table_is_typed_per_strategy(tmp_path: Path) -> None:
     assert AggregatorConfig.load(_config(tmp_path, 'strategy = "median"')).task.strategy.name == "median"
     cases = {
         '[task.strategy]\nname = "krum"\nf = "1"': '[task.strategy] f: expected an integer from 0 to 10000, got "1"',
-        '[task.strategy]\nname = "krum"\nbeta = 0.1': '[task.strategy]: unknown key(s) beta for strategy "krum"; allowed: name, f, m',
-        '[task.strategy]\nname = "mean"': '[task.strategy] name: expected one of "fedavg", "krum", "median", "trimmed_mean", got "mean"',
-        "[task.strategy]\nbeta = 0.1": '[task.strategy] name: required: one of "fedavg", "krum", "median", "trimmed_mean"',
-        '[task.strategy]\nname = "trimmed_mean"\nbeta = 0.5': "[task.strategy] beta: expected a finite number in [0, 0.5), got 0.5",
-        'krum_f = 2\n[task.strategy]\nname = "krum"': '[task] krum_f: with a [task.strategy] table, write the parameter there (f = ..., for name = "krum")',
-        'min_sites = 4\n[task.strategy]\nname = "krum"': "[task] min_sites: strategy krum (f = 1, m = 1) needs at least 5 sites per round; min_sites is 4",
+        '[task.strategy]\nname = "krum"\nbeta = 0.1': (
+            '[task.strategy]: unknown key(s) beta for strategy "krum"; allowed: name, f, m'
+        ),
+        '[task.strategy]\nname = "mean"': (
+            '[task.strategy] name: expected one of "fedavg", "krum", "median", "trimmed_mean", got "mean"'
+        ),
+        "[task.strategy]\nbeta = 0.1": (
+            '[task.strategy] name: required: one of "fedavg", "krum", "median", "trimmed_mean"'
+        ),
+        '[task.strategy]\nname = "trimmed_mean"\nbeta = 0.5': (
+            "[task.strategy] beta: expected a finite number in [0, 0.5), got 0.5"
+        ),
+        'krum_f = 2\n[task.strategy]\nname = "krum"': (
+            '[task] krum_f: with a [task.strategy] table, write the parameter there (f = ..., for name = "krum")'
+        ),
+        'min_sites = 4\n[task.strategy]\nname = "krum"': (
+            "[task] min_sites: strategy krum (f = 1, m = 1) needs at least 5 sites per round; min_sites is 4"
+        ),
         "strategy = 5": "[task] strategy: expected a string or a table, got 5",
     }
     for text, message in cases.items():
@@ -319,8 +331,8 @@ def test_a_broken_strategy_entry_point_is_one_line(tmp_path: Path, monkeypatch: 
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert _refused(_config(tmp_path, '[task.strategy]\nname = "broken"')).startswith(
-        "[task.strategy] name: entry point broken = no_such_module:Nothing (group attestfl.strategies) cannot be loaded: "
-        "ModuleNotFoundError"
+        "[task.strategy] name: entry point broken = no_such_module:Nothing (group attestfl.strategies) "
+        "cannot be loaded: ModuleNotFoundError"
     )
     assert "is not a subclass of aggregator.strategies.Strategy" in _refused(
         _config(tmp_path, '[task.strategy]\nname = "wrong"')

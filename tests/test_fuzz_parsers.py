@@ -317,7 +317,8 @@ def test_fuzz_bundle(bundle_seed: tuple[bytes, Policy, bytes], operations: list[
 POLICY_TOML = (Path(__file__).resolve().parent.parent / "attestation/examples/policy.toml").read_bytes()
 RIM = (
     b'<SoftwareIdentity xmlns="http://standards.iso.org/iso/19770/-2/2015/schema.xsd" '
-    b'xmlns:ns0="http://standards.iso.org/iso/19770/-2/2015/schema.xsd" xmlns:ns2="http://www.w3.org/2001/04/xmlenc#sha384" '
+    b'xmlns:ns0="http://standards.iso.org/iso/19770/-2/2015/schema.xsd" '
+    b'xmlns:ns2="http://www.w3.org/2001/04/xmlenc#sha384" '
     b'corpus="false" name="GH100" tagId="test" version="1.0" tagVersion="0">'
     b'<ns0:Meta colloquialVersion="550.90.07" edition="GPU" product="GH100"/><ns0:Payload>'
     + b"".join(

@@ -30,7 +30,9 @@ def test_a_batchnorm_model_becomes_float32_safetensors(tmp_path: Path) -> None:
 
         def build():
             torch.manual_seed(0)
-            return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+            return nn.Sequential(
+                nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)
+            )
         """)
     )
     result = _run(tmp_path, "my_model.py:build", "-o", "initial.safetensors", "--json")

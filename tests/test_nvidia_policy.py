@@ -66,8 +66,10 @@ def rim_xml(
         'xmlns:ns2="http://www.w3.org/2001/04/xmlenc#sha384" corpus="false" name="GH100" patch="false" '
         'supplemental="false" tagId="test-tag" version="1.0" tagVersion="0">\n'
         '  <ns0:Entity name="NVIDIA Corporation" role="softwareCreator tagCreator"/>\n'
-        '  <ns0:Meta xmlns:ns1="https://trustedcomputinggroup.org/resource/tcg-reference-integrity-manifest-rim-information-model/" '
-        f'colloquialVersion="{version}" edition="GPU" product="GH100" revision="r1" PayloadType="direct" ns1:BindingSpec="RIMIM"/>\n'
+        '  <ns0:Meta xmlns:ns1="https://trustedcomputinggroup.org/resource/'
+        'tcg-reference-integrity-manifest-rim-information-model/" '
+        f'colloquialVersion="{version}" edition="GPU" product="GH100" revision="r1" PayloadType="direct" '
+        'ns1:BindingSpec="RIMIM"/>\n'
         '  <ns0:Payload xmlns:SHA384="http://www.w3.org/2001/04/xmlenc#sha384">\n'
         + "\n".join(lines)
         + extra_payload

@@ -160,7 +160,8 @@ def test_every_single_bit_flip_of_the_signed_bytes_and_signature_fails(
 
 @pytest.mark.parametrize(
     "byte",
-    # request nonce, measurement values of blocks 1/12/41, responder nonce, opaque driver version, FWID, PCIe status, signature
+    # request nonce, measurement values of blocks 1/12/41, responder nonce, opaque driver version, FWID,
+    # PCIe status, signature
     [
         5,
         36,

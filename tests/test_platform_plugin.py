@@ -235,7 +235,8 @@ def test_a_plugin_cannot_take_a_built_in_name(tmp_path: Path) -> None:
     shadow = tmp_path / "shadow"
     shadow.mkdir()
     (shadow / "shadow_tdx.py").write_text(
-        f"from dataclasses import replace\nfrom {MODULE} import PLATFORM as TOY\nPLATFORM = replace(TOY, name='tdx', policy_key='tdx2', policy_attribute=None)\n"
+        f"from dataclasses import replace\nfrom {MODULE} import PLATFORM as TOY\n"
+        "PLATFORM = replace(TOY, name='tdx', policy_key='tdx2', policy_attribute=None)\n"
     )
     dist = write_distribution(tmp_path / "site-packages", "[attestfl.platforms]\ntdx = shadow_tdx:PLATFORM\n")
     env_dist = Path(f"{dist}{os.pathsep}{shadow}")

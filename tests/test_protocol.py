@@ -59,7 +59,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, sim_dir: Path) -> Deplo
             "site-c": "",
             "site-cautious": "",
             "site-pinned": f'measurements = ["{"ab" * 48}"]',
-            "mobile-1": f'platforms = ["app-attest"]\napp_id = "org.example.monitor"\napp_attest_root = "{PYATTEST_ROOT}"\nproduction = false',
+            "mobile-1": (
+                'platforms = ["app-attest"]\napp_id = "org.example.monitor"\n'
+                f'app_attest_root = "{PYATTEST_ROOT}"\nproduction = false'
+            ),
         },
         task='rounds = 100\nmin_sites = 1\nround_deadline = "600s"',
         aggregator_extra='stall_timeout = "2s"',
@@ -453,7 +456,8 @@ def test_relay_substituting_keys_is_detected(aggregator: Aggregator, deployment:
             else:
                 with pytest.raises(AdmissionRefused) as refused:
                     client.join()
-                # The identity signature covers the session keys: the substitution fails there, before any evidence work.
+                # The identity signature covers the session keys: the substitution fails there, before any
+                # evidence work.
                 assert any(
                     r.startswith(("admission.identity.signature", "binding.", "admission.keys"))
                     for r in refused.value.reasons

@@ -163,7 +163,8 @@ def test_listed_simulated_root_is_trusted_with_the_same_warning(
     assert appraisal.claims["simulated"] is True
     (warning,) = simulated_warnings(appraisal)
     assert warning.endswith(
-        f"ends at a simulated root trusted by the policy (fingerprint {root}): the evidence is simulated and proves nothing about hardware"
+        f"ends at a simulated root trusted by the policy (fingerprint {root}): "
+        "the evidence is simulated and proves nothing about hardware"
     )
 
 

@@ -210,7 +210,8 @@ class Platform(Protocol):
 
     def report_data(self, evidence: bytes) -> bytes:
         """The caller-chosen bytes the raw evidence carries: CPU evidence its 64-byte
-        report_data, device evidence its request nonce; :class:`~attestation.errors.EvidenceFormatError` when it does not parse."""
+        report_data, device evidence its request nonce;
+        :class:`~attestation.errors.EvidenceFormatError` when it does not parse."""
         ...
 
     def appraise(

@@ -76,7 +76,8 @@ def _check(platform: Platform, where: str) -> None:
             raise PlatformError(f"{where}: platform {name}: policy key [{key}] is already platform {other.name}'s")
         if platform.policy_attribute is not None and other.policy_attribute == platform.policy_attribute:
             raise PlatformError(
-                f"{where}: platform {name}: policy attribute {platform.policy_attribute!r} is already platform {other.name}'s"
+                f"{where}: platform {name}: "
+                f"policy attribute {platform.policy_attribute!r} is already platform {other.name}'s"
             )
 
 
@@ -177,7 +178,8 @@ def get(name: str) -> Platform:
 
 
 def by_policy_attribute(attribute: str) -> Platform | None:
-    """The platform whose policy section :class:`~attestation.policy.Policy` exposes as ``attribute`` (``policy.snp``)."""
+    """The platform whose policy section :class:`~attestation.policy.Policy` exposes as
+    ``attribute`` (``policy.snp``)."""
     return next((p for p in platforms() if p.policy_attribute == attribute), None)
 
 

@@ -195,14 +195,16 @@ def validity_reasons(cert: Certificate, at: datetime, check: str, role: str) -> 
         return [
             Reason(
                 check,
-                f"{role} certificate {cert.subject!r} is not valid before {cert.not_before.isoformat()} (verification time {at.isoformat()})",
+                f"{role} certificate {cert.subject!r} is not valid before {cert.not_before.isoformat()} "
+                f"(verification time {at.isoformat()})",
             )
         ]
     if at > cert.not_after:
         return [
             Reason(
                 check,
-                f"{role} certificate {cert.subject!r} expired at {cert.not_after.isoformat()} (verification time {at.isoformat()})",
+                f"{role} certificate {cert.subject!r} expired at {cert.not_after.isoformat()} "
+                f"(verification time {at.isoformat()})",
             )
         ]
     return []

@@ -4,8 +4,9 @@
 The documents have the shape of Intel PCS responses (TCB info v3 with ``id: "TDX"``,
 QE identity v2 with ``id: "TD_QE"``): the signature is ECDSA P-256, raw r||s in hex,
 over the exact bytes of the ``tcbInfo`` / ``enclaveIdentity`` value as written.
-:func:`simulated_collateral` gives files under the names :func:`attestation.platforms.tdx.collateral.load_collateral_dir`
-reads (what a simulated TD ships in its bundle); :func:`write_simulated_collateral` fills a
+:func:`simulated_collateral` gives files under the names
+:func:`attestation.platforms.tdx.collateral.load_collateral_dir` reads (what a simulated TD
+ships in its bundle); :func:`write_simulated_collateral` fills a
 verifier's collateral cache directory (:mod:`attestation.collateral`) for the simulated SEV-SNP
 and TDX platforms, optionally revoking simulated certificates.
 """

@@ -63,7 +63,8 @@ def main() -> None:
         print(
             json.dumps(
                 {
-                    "precondition": f"heads.log ({heads_end}) must be longer than entries.log ({entries_end}) + {entry_bytes}"
+                    "precondition": f"heads.log ({heads_end}) must be longer than "
+                    f"entries.log ({entries_end}) + {entry_bytes}"
                 }
             )
         )

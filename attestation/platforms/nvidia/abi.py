@@ -295,7 +295,8 @@ def _parse_blocks(record: bytes, count: int) -> tuple[MeasurementBlock, ...]:
         value_type, value_size = measurement[0], _u16(measurement, 1)
         if value_size != size - DMTF_HEADER_SIZE:
             raise EvidenceFormatError(
-                f"{where} (index {index}) DMTFSpecMeasurementValueSize: {value_size} does not match MeasurementSize {size} - 3"
+                f"{where} (index {index}) DMTFSpecMeasurementValueSize: {value_size} "
+                f"does not match MeasurementSize {size} - 3"
             )
         blocks.append(MeasurementBlock(index, value_type, bytes(measurement[DMTF_HEADER_SIZE:]), specification))
     if offset != len(record):

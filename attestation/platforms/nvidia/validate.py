@@ -201,7 +201,8 @@ def check_driver_version(facts: GpuFacts, policy: GpuPolicy) -> list[Reason]:
         return [
             Reason(
                 "gpu.driver_version",
-                f"driver version {facts.driver_version} is not allowed ({', '.join(sorted(policy.allowed_driver_versions))})",
+                f"driver version {facts.driver_version} is not allowed "
+                f"({', '.join(sorted(policy.allowed_driver_versions))})",
             )
         ]
     return []
@@ -217,7 +218,8 @@ def check_vbios_version(facts: GpuFacts, policy: GpuPolicy) -> list[Reason]:
         return [
             Reason(
                 "gpu.vbios_version",
-                f"VBIOS version {facts.vbios_version} is not allowed ({', '.join(sorted(policy.allowed_vbios_versions))})",
+                f"VBIOS version {facts.vbios_version} is not allowed "
+                f"({', '.join(sorted(policy.allowed_vbios_versions))})",
             )
         ]
     return []
@@ -240,7 +242,8 @@ def check_protected_pcie(facts: GpuFacts, policy: GpuPolicy) -> list[Reason]:
         return [
             Reason(
                 "gpu.protected_pcie",
-                f"the policy requires protected PCIe {policy.protected_pcie}, but the evidence has no protected PCIe status",
+                f"the policy requires protected PCIe {policy.protected_pcie}, "
+                "but the evidence has no protected PCIe status",
             )
         ]
     if status != bytes([wanted]):
@@ -303,7 +306,8 @@ def check_measurements(facts: GpuFacts, golden: Mapping[int, frozenset[bytes]]) 
             reasons.append(
                 Reason(
                     check,
-                    f"measurement index {index} is {actual.hex()}, not a golden value ({', '.join(sorted(v.hex() for v in allowed))})",
+                    f"measurement index {index} is {actual.hex()}, not a golden value "
+                    f"({', '.join(sorted(v.hex() for v in allowed))})",
                 )
             )
     return reasons

@@ -13,8 +13,9 @@ them, never only the first):
 ``gpu.chain.root``
     the chain ends at a root trusted by :func:`attestation.trust.trust_root`: the NVIDIA
     Device Identity CA shipped in the package (exact DER match), or a root marked simulated
-    whose SHA-256 fingerprint the policy lists in ``trusted_simulated_roots`` (with a warning). A chain without the root but ending at a certificate
-    issued by the shipped root's name is completed with the shipped root.
+    whose SHA-256 fingerprint the policy lists in ``trusted_simulated_roots`` (with a warning).
+    A chain without the root but ending at a certificate issued by the shipped root's name is
+    completed with the shipped root.
 ``gpu.chain.missing``
     no certificate chain was given.
 ``gpu.fwid``
@@ -140,7 +141,8 @@ def _signature_reasons(evidence: GpuEvidence, leaf: Certificate) -> list[Reason]
         return [
             Reason(
                 "gpu.signature",
-                f"the evidence is not signed by the attestation leaf {leaf.subject!r} (ECDSA P-384/SHA-384 over request and response)",
+                f"the evidence is not signed by the attestation leaf {leaf.subject!r} "
+                "(ECDSA P-384/SHA-384 over request and response)",
             )
         ]
     return []
@@ -171,7 +173,8 @@ def _fwid_reasons(evidence: GpuEvidence, leaf: Certificate) -> tuple[list[Reason
         reasons.append(
             Reason(
                 "gpu.fwid",
-                f"FWID in the evidence ({report_fwid.hex()}) differs from the FWID certified in the attestation leaf ({certified.digest.hex()})",
+                f"FWID in the evidence ({report_fwid.hex()}) differs from "
+                f"the FWID certified in the attestation leaf ({certified.digest.hex()})",
             )
         )
     return reasons, certified
@@ -209,7 +212,8 @@ def verify_gpu_evidence(
     warnings: list[str] = []
     if evidence.trailing:
         warnings.append(
-            f"the GPU evidence has {len(evidence.trailing)} bytes after the response's signature; no signature covers them and they were ignored"
+            f"the GPU evidence has {len(evidence.trailing)} bytes after the response's signature; "
+            "no signature covers them and they were ignored"
         )
     simulated = False
     root_fingerprint: str | None = None

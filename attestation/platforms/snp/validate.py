@@ -263,7 +263,9 @@ def _pinned(key: str) -> Check:
         allowed: frozenset[bytes] = getattr(f.section, key)
         value: bytes = getattr(f.report, key)
         if allowed and value not in allowed:
-            yield f"{name} {value.hex()} is not among the allowed values ({', '.join(sorted(v.hex() for v in allowed))})"
+            yield (
+                f"{name} {value.hex()} is not among the allowed values ({', '.join(sorted(v.hex() for v in allowed))})"
+            )
 
     return check
 
@@ -322,7 +324,10 @@ def _allow_provisional_firmware(f: SnpFacts) -> Iterator[str]:
 def _minimum_abi(f: SnpFacts) -> Iterator[str]:
     minimum = f.section.minimum_abi
     if minimum is not None and (f.report.abi_major, f.report.abi_minor) < minimum:
-        yield f"the guest policy requires ABI {f.report.abi_major}.{f.report.abi_minor}, below the minimum {_version_text(minimum)}"
+        yield (
+            f"the guest policy requires ABI {f.report.abi_major}.{f.report.abi_minor}, below the minimum "
+            f"{_version_text(minimum)}"
+        )
 
 
 # Guest policy and platform flags.
@@ -338,7 +343,10 @@ def _flag(forbidden_when: Callable[[SnpFacts], bool], message: str) -> Check:
 
 def _signing_keys(f: SnpFacts) -> Iterator[str]:
     if f.report.signing_key not in f.section.signing_keys:
-        yield f"the report is signed by a {f.report.signing_key.upper()}, not an allowed key ({', '.join(sorted(f.section.signing_keys))})"
+        yield (
+            f"the report is signed by a {f.report.signing_key.upper()}, not an allowed key "
+            f"({', '.join(sorted(f.section.signing_keys))})"
+        )
 
 
 def _products(f: SnpFacts) -> Iterator[str]:

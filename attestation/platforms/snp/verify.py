@@ -115,7 +115,8 @@ def _signing_certificate(
         reasons.append(
             Reason(
                 "snp.cert.missing",
-                f"no {signing_key.upper()} certificate was given; pass it with --cert (DER or PEM) or use an evidence bundle",
+                f"no {signing_key.upper()} certificate was given; "
+                "pass it with --cert (DER or PEM) or use an evidence bundle",
             )
         )
         return None
@@ -146,7 +147,8 @@ def _find_chain(
             reasons.append(
                 Reason(
                     "snp.chain.issuer",
-                    f"the {signing_key.upper()} was issued by {leaf.issuer!r}, but the given chain ({names}) does not contain that issuer",
+                    f"the {signing_key.upper()} was issued by {leaf.issuer!r}, "
+                    f"but the given chain ({names}) does not contain that issuer",
                 )
             )
             return None
@@ -166,7 +168,8 @@ def _find_chain(
             reasons.append(
                 Reason(
                     "snp.chain.issuer",
-                    f"the {signing_key.upper()} was issued by {leaf.issuer!r}, which is no AMD ASK or ASVK shipped in the package; give the chain with --cert",
+                    f"the {signing_key.upper()} was issued by {leaf.issuer!r}, "
+                    "which is no AMD ASK or ASVK shipped in the package; give the chain with --cert",
                 )
             )
             return None
@@ -318,7 +321,8 @@ def _product_reasons(
         reasons.append(
             Reason(
                 "snp.report.product",
-                f"the report's CPUID names a {cpuid_product.title()} processor, but the certificate chain is {product.title()}'s",
+                f"the report's CPUID names a {cpuid_product.title()} processor, "
+                f"but the certificate chain is {product.title()}'s",
             )
         )
     if product is None:

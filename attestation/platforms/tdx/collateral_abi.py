@@ -508,7 +508,8 @@ def _parse_enclave_identity(fields: _Fields) -> EnclaveIdentity:
     identifier = fields.string("id")
     if identifier != QE_IDENTITY_ID_TD_QE:
         raise _fail(
-            f"{fields.path}.id: {identifier!r} is not the TD quoting enclave's identity (expected {QE_IDENTITY_ID_TD_QE!r})"
+            f"{fields.path}.id: {identifier!r} is not the TD quoting enclave's identity "
+            f"(expected {QE_IDENTITY_ID_TD_QE!r})"
         )
     version = fields.integer("version", 32)
     if version != QE_IDENTITY_VERSION:

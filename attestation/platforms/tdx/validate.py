@@ -154,13 +154,15 @@ class TdxPolicy:
             bad = sorted(set(self.allowed_tcb_statuses) - set(ALLOWABLE_TCB_STATUSES))
             if bad:
                 raise PolicyError(
-                    f"[{SECTION}] allowed_tcb_statuses: {', '.join(bad)} can never be allowed; allowed: {', '.join(ALLOWABLE_TCB_STATUSES)}"
+                    f"[{SECTION}] allowed_tcb_statuses: {', '.join(bad)} can never be allowed; "
+                    f"allowed: {', '.join(ALLOWABLE_TCB_STATUSES)}"
                 )
         if self.allowed_qe_tcb_statuses is not None:
             bad = sorted(set(self.allowed_qe_tcb_statuses) - set(ALLOWABLE_QE_TCB_STATUSES))
             if bad:
                 raise PolicyError(
-                    f"[{SECTION}] allowed_qe_tcb_statuses: {', '.join(bad)} can never be allowed; allowed: {', '.join(ALLOWABLE_QE_TCB_STATUSES)}"
+                    f"[{SECTION}] allowed_qe_tcb_statuses: {', '.join(bad)} can never be allowed; "
+                    f"allowed: {', '.join(ALLOWABLE_QE_TCB_STATUSES)}"
                 )
         if self.minimum_quote_version is not None and self.minimum_quote_version not in (4, 5):
             raise PolicyError(f"[{SECTION}] minimum_quote_version: expected 4 or 5, got {self.minimum_quote_version}")
@@ -258,7 +260,10 @@ def _max_collateral_age(f: TdxFacts) -> Iterator[str]:
     for name, issued in f.verification.collateral_issue_dates:
         age = f.at - issued
         if age > limit:
-            yield f"the {name} was issued {issued.isoformat()}, {age} before the verification time, older than the allowed {limit}"
+            yield (
+                f"the {name} was issued {issued.isoformat()}, {age} before the verification time, "
+                f"older than the allowed {limit}"
+            )
 
 
 # Measurements and TCB.
@@ -281,14 +286,19 @@ def _minimum_tee_tcb_svn(f: TdxFacts) -> Iterator[str]:
     have = f.body.tee_tcb_svn
     low = [i for i in range(16) if have[i] < minimum[i]]
     if low:
-        yield f"TEE_TCB_SVN {have.hex()} is below the minimum {minimum.hex()} in component(s) {', '.join(map(str, low))}"
+        yield (
+            f"TEE_TCB_SVN {have.hex()} is below the minimum {minimum.hex()} in component(s) {', '.join(map(str, low))}"
+        )
 
 
 def _allowed_tcb_statuses(f: TdxFacts) -> Iterator[str]:
     tcb, wanted = f.verification.tcb, f.section.allowed_tcb_statuses
     if tcb is None:
         if wanted is not None:
-            yield "the policy requires a TCB status, but no TCB info for this platform was given, so the TCB cannot be appraised"
+            yield (
+                "the policy requires a TCB status, but no TCB info for this platform was given, "
+                "so the TCB cannot be appraised"
+            )
         return
     allowed = wanted if wanted is not None else DEFAULT_TCB_STATUSES
     if tcb.status not in allowed:
@@ -303,7 +313,10 @@ def _allowed_qe_tcb_statuses(f: TdxFacts) -> Iterator[str]:
         return
     allowed = wanted if wanted is not None else DEFAULT_QE_TCB_STATUSES
     if status not in allowed:
-        yield f"QE TCB status {status} (QE ISVSVN {f.quote.qe_report.isv_svn}) is not allowed (allowed: {', '.join(sorted(allowed))})"
+        yield (
+            f"QE TCB status {status} (QE ISVSVN {f.quote.qe_report.isv_svn}) is not allowed "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
 
 
 # TD attributes and XFAM.

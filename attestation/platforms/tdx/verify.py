@@ -283,7 +283,8 @@ def qe_report_binding_reasons(quote: TdxQuote) -> list[Reason]:
         reasons.append(
             Reason(
                 "tdx.qe.report_data",
-                "QE report_data[0:32] is not SHA-256(attestation key || QE authentication data): the attestation key is not bound to the QE",
+                "QE report_data[0:32] is not SHA-256(attestation key || QE authentication data): "
+                "the attestation key is not bound to the QE",
             )
         )
     if report_data[32:] != bytes(32):
@@ -443,7 +444,8 @@ def _signed_document_reasons(
         reasons.append(
             Reason(
                 f"{prefix}.validity",
-                f"the {what} is not valid before its issueDate {issue_date.isoformat()} (verification time {at.isoformat()})",
+                f"the {what} is not valid before its issueDate {issue_date.isoformat()} "
+                f"(verification time {at.isoformat()})",
             )
         )
     elif at > next_update:
@@ -551,7 +553,8 @@ def tdx_module_reasons(tcb_info: TcbInfo, quote: TdxQuote) -> list[Reason]:
             return [
                 Reason(
                     "tdx.tcb.module",
-                    f"the TDX module has version {version}, but the TCB info has no TDX module identity TDX_{version:02X}",
+                    f"the TDX module has version {version}, "
+                    f"but the TCB info has no TDX module identity TDX_{version:02X}",
                 )
             ]
         mrsigner, attributes, mask, source = (
@@ -572,7 +575,8 @@ def tdx_module_reasons(tcb_info: TcbInfo, quote: TdxQuote) -> list[Reason]:
         reasons.append(
             Reason(
                 "tdx.tcb.module",
-                f"SEAMATTRIBUTES {body.seam_attributes.hex()} do not match the {source} attributes {attributes.hex()} under mask {mask.hex()}",
+                f"SEAMATTRIBUTES {body.seam_attributes.hex()} do not match the {source} attributes {attributes.hex()} "
+                f"under mask {mask.hex()}",
             )
         )
     return reasons
@@ -649,10 +653,16 @@ def evaluate_tcb(tcb_info: TcbInfo, extensions: SgxExtensions, quote: TdxQuote, 
                 break
     fmspc = tcb_info.fmspc.hex()
     if sgx_level is None:
-        detail = f"TCB not supported: no TCB level of the TCB info for FMSPC {fmspc} matches the platform's SGX TCB ({platform})"
+        detail = (
+            f"TCB not supported: no TCB level of the TCB info for FMSPC {fmspc} "
+            f"matches the platform's SGX TCB ({platform})"
+        )
         return TcbEvaluation(NOT_SUPPORTED, None, None, None, qe_status, detail)
     if tdx_level is None:
-        detail = f"TCB not supported: no TCB level of the TCB info for FMSPC {fmspc} matches the platform's TDX TCB ({platform})"
+        detail = (
+            f"TCB not supported: no TCB level of the TCB info for FMSPC {fmspc} "
+            f"matches the platform's TDX TCB ({platform})"
+        )
         return TcbEvaluation(NOT_SUPPORTED, sgx_level, None, None, qe_status, detail)
     module_status, module_detail = _tdx_module_status(tcb_info, tee_tcb_svn)
     if module_status is None or module_status == NOT_SUPPORTED:
@@ -697,14 +707,16 @@ def qe_identity_reasons(document: QeIdentityDocument, quote: TdxQuote) -> list[R
         reasons.append(
             Reason(
                 "tdx.qe.identity.miscselect",
-                f"QE MISCSELECT {report.misc_select.hex()} under mask {identity.miscselect_mask.hex()} differs from {identity.miscselect.hex()}",
+                f"QE MISCSELECT {report.misc_select.hex()} under mask {identity.miscselect_mask.hex()} differs from "
+                f"{identity.miscselect.hex()}",
             )
         )
     if _mask(report.attributes, identity.attributes_mask) != identity.attributes:
         reasons.append(
             Reason(
                 "tdx.qe.identity.attributes",
-                f"QE ATTRIBUTES {report.attributes.hex()} under mask {identity.attributes_mask.hex()} differ from {identity.attributes.hex()}",
+                f"QE ATTRIBUTES {report.attributes.hex()} under mask {identity.attributes_mask.hex()} differ from "
+                f"{identity.attributes.hex()}",
             )
         )
     return reasons
@@ -867,7 +879,8 @@ def _tcb_reasons(
         reasons.append(
             Reason(
                 "tdx.collateral.tcb_info.pce_id",
-                f"the TCB info's PCE-ID {info.pce_id.hex()} differs from the PCK certificate's {extensions.pce_id.hex()}",
+                f"the TCB info's PCE-ID {info.pce_id.hex()} differs from the PCK certificate's "
+                f"{extensions.pce_id.hex()}",
             )
         )
     reasons += tdx_module_reasons(info, quote)
@@ -890,7 +903,8 @@ def verify_tdx_quote(
     warnings: list[str] = []
     if quote.trailing:
         warnings.append(
-            f"the quote has {len(quote.trailing)} bytes after its signature data; no signature covers them and they were ignored"
+            f"the quote has {len(quote.trailing)} bytes after its signature data; "
+            "no signature covers them and they were ignored"
         )
 
     # Quote and quoting enclave; PCK chain.
