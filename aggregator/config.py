@@ -59,9 +59,10 @@ class AggregatorTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     listen: Annotated[
         str, Meta(description='host:port, like "0.0.0.0:7443" or "[::]:7443" (port 0: any free port)')
     ] = "127.0.0.1:7443"
+    # Literal[...] of a tuple of choices: msgspec validates it, mypy does not accept the form.
     tee: Literal[TEE_CHOICES] = "auto"  # type: ignore[valid-type]
     simulated_dir: PathText | None = None
-    gpu: Literal[GPU_CHOICES] = "none"  # type: ignore[valid-type]
+    gpu: Literal[GPU_CHOICES] = "none"  # type: ignore[valid-type]  # as tee
     metrics_listen: Annotated[str, Meta(description='host:port like "127.0.0.1:9464", or "" (off)')] = ""
     log_dir: PathText = "audit-log"
     state_dir: PathText = "state"

@@ -52,9 +52,10 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def configure_logging(level: int = logging.INFO) -> None:
+    formatter = JsonLogFormatter()
+    formatter.converter = time.gmtime
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    handler.formatter.converter = __import__("time").gmtime  # type: ignore[union-attr]
+    handler.setFormatter(formatter)
     root = logging.getLogger("attestfl")
     root.handlers[:] = [handler]
     root.setLevel(level)

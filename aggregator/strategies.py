@@ -286,7 +286,7 @@ class _Wrapper(Strategy):
         self.inner = inner
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:  # type: ignore[override]  # Strategy declares a class attribute; this one is derived
         return self.inner.name
 
     def minimum_sites(self) -> int:

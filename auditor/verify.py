@@ -292,7 +292,7 @@ def read_log(directory: str | Path) -> tuple[list[bytes], list[TreeHead], list[A
         try:
             heads.append(TreeHead.from_map(cbor2.loads(record.payload)))
             raw_heads.append(number)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a tree head unreadable in any way is a Problem, never a traceback
             problems.append(
                 Problem(
                     heads[-1].tree_size if heads else 0,

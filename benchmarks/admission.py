@@ -31,6 +31,7 @@ from timing import median_ms
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# This script's packages are importable once sys.path names the repository: imports after it (E402).
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
 
 from aggregator.challenges import ChallengeStore  # noqa: E402

@@ -34,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# This script's packages are importable once sys.path names the repository: imports after it (E402).
 import native  # noqa: E402
 
 TRIM_BETA = 0.1

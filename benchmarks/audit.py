@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# This script's packages are importable once sys.path names the repository: imports after it (E402).
 from aggregator.audit.events import AuditLog  # noqa: E402
 from aggregator.audit.log import ENTRIES_FILE, AuditLogUnavailable, LogStore  # noqa: E402
 from aggregator.audit.synthetic import SyntheticFederation  # noqa: E402

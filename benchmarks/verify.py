@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+# This script's packages are importable once sys.path names the repository: imports after it (E402).
 from attestation.appraise import appraise_raw  # noqa: E402
 from attestation.collateral import CollateralStore  # noqa: E402
 from attestation.platforms.base import EvidenceInputs  # noqa: E402

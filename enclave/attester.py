@@ -87,7 +87,7 @@ def open_attester(tee: str, *, simulated_dir: str | Path | None = None, **simula
         from .simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
 
         cls = SimulatedSnpAttester if SIMULATED_TEES[tee] == SNP else SimulatedTdxAttester
-        return cls(simulated_dir, **simulated_options)  # type: ignore[arg-type]
+        return cls(simulated_dir, **simulated_options)  # type: ignore[arg-type]  # options by name, as documented
     given = sorted(name for name, value in simulated_options.items() if value)
     if given:
         raise AttesterError(

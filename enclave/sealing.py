@@ -169,7 +169,7 @@ def sealing_key_for(attester: object, simulated_dir: str | Path | None) -> Seali
         return SimulatedSealingKey(simulated_dir, measurement)
     from .sev_guest import SevGuestAttester
 
-    platform = attester.platform() if hasattr(attester, "platform") else None  # type: ignore[attr-defined]
+    platform = attester.platform() if hasattr(attester, "platform") else None
     if isinstance(attester, SevGuestAttester) or platform == SNP:
         return SnpSealingKey()
     return None

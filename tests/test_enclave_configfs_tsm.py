@@ -165,7 +165,10 @@ def tdx_kernel(tmp_path: Path, pki):  # noqa: ANN001, ANN201
 @pytest.fixture
 def snp_kernel(tmp_path: Path, pki):  # noqa: ANN001, ANN201
     firmware = SimulatedSnpFirmware(pki)
-    make = lambda blob, level: firmware.report(blob, GuestOptions(measurement=MEASUREMENT, vmpl=level))  # noqa: E731
+
+    def make(blob: bytes, level: int) -> bytes:
+        return firmware.report(blob, GuestOptions(measurement=MEASUREMENT, vmpl=level))
+
     kernel = FakeTsmKernel(tmp_path, "sev_guest", make, auxblob=firmware.cert_table, privlevel_floor=1)
     yield kernel
     kernel.close()

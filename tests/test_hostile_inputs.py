@@ -160,7 +160,10 @@ def _oid(dotted: str) -> bytes:
 def malformed_sgx_extension() -> bytes:
     """SEQUENCE OF (OID, ANY) whose TCB value is an element no parser knows
     (universal class, constructed, tag 0): the ANY is only parsed when it is used."""
-    entry = lambda oid, value: _der(0x30, _oid(oid) + value)  # noqa: E731
+
+    def entry(oid: str, value: bytes) -> bytes:
+        return _der(0x30, _oid(oid) + value)
+
     return _der(
         0x30,
         b"".join(

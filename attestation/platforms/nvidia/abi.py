@@ -665,9 +665,9 @@ def is_hex_text(data: bytes | str) -> bool:
 
 def parse_gpu_evidence_any(data: bytes | str) -> GpuEvidence:
     """Binary evidence, or hex text given as ``str`` or as ASCII bytes."""
-    if is_hex_text(data):
+    if isinstance(data, str) or is_hex_text(data):
         return parse_gpu_evidence_hex(data)
-    return parse_gpu_evidence(data)  # type: ignore[arg-type]
+    return parse_gpu_evidence(data)
 
 
 def looks_like_gpu_evidence(data: bytes) -> bool:
@@ -685,11 +685,11 @@ def looks_like_gpu_evidence(data: bytes) -> bool:
 FWID_EXTENSION_OID = "2.23.133.5.4.1"
 
 
-class _Fwid(core.Sequence):  # type: ignore[misc]
+class _Fwid(core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped: its base classes are Any
     _fields: ClassVar[list[tuple[str, Any]]] = [("hash_alg", core.ObjectIdentifier), ("digest", core.OctetString)]
 
 
-class _CompositeDeviceId(core.Sequence):  # type: ignore[misc]
+class _CompositeDeviceId(core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped: its base classes are Any
     """TCG DICE / RIoT ``CompositeDeviceID``: version, the DeviceID public key, one FWID."""
 
     _fields: ClassVar[list[tuple[str, Any]]] = [

@@ -386,7 +386,7 @@ def new_report(**values: object) -> SnpReport:
     if unknown:
         raise TypeError(f"unknown SnpReport field(s): {', '.join(sorted(unknown))}")
     defaults.update(values)
-    return SnpReport(**defaults)  # type: ignore[arg-type]
+    return SnpReport(**defaults)  # type: ignore[arg-type]  # fields by name (checked above), values as given
 
 
 def encode_report(report: SnpReport) -> bytes:
@@ -461,7 +461,7 @@ def flags_word(*, author_key_en: bool = False, mask_chip_key: bool = False, sign
 
 
 def report_replace(report: SnpReport, **changes: object) -> SnpReport:
-    return replace(report, raw=b"", **changes)  # type: ignore[arg-type]
+    return replace(report, raw=b"", **changes)  # type: ignore[arg-type]  # fields by name, values as given
 
 
 # --- the certificate table of an extended report ------------------------------------------

@@ -30,7 +30,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, overload
 
 from asn1crypto import core
 
@@ -328,7 +328,7 @@ class EnclaveReport:
             chunk = bytes(data[offset : offset + size])
             values[name] = struct.unpack("<H", chunk)[0] if size == 2 else chunk
             offset += size
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]  # each field's value as the layout table types it
 
 
 @dataclass(frozen=True)
@@ -573,15 +573,15 @@ _CONFIGURATION_OIDS = {
 SGX_TYPES = {0: "Standard", 1: "Scalable", 2: "ScalableWithIntegrity"}
 
 
-class _ExtensionEntry(core.Sequence):  # type: ignore[misc]
+class _ExtensionEntry(core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped: its base classes are Any
     _fields: ClassVar[list[tuple[str, Any]]] = [("oid", core.ObjectIdentifier), ("value", core.Any)]
 
 
-class _ExtensionEntries(core.SequenceOf):  # type: ignore[misc]
+class _ExtensionEntries(core.SequenceOf):  # type: ignore[misc]  # asn1crypto is untyped: its base classes are Any
     _child_spec = _ExtensionEntry
 
 
-class _Enumerated(core.Integer):  # type: ignore[misc]
+class _Enumerated(core.Integer):  # type: ignore[misc]  # asn1crypto is untyped: its base classes are Any
     """ENUMERATED read as a plain integer (asn1crypto's Enumerated needs a name map)."""
 
     tag = 10
@@ -648,6 +648,12 @@ def _typed(value: Any, spec: Any, where: str) -> Any:
         raise CertificateFormatError(f"{where}: expected {spec.__name__}: {exc}") from exc
 
 
+@overload
+def _octets(
+    entries: dict[str, core.Any], oid: str, name: str, size: int | None, *, required: Literal[True] = True
+) -> bytes: ...
+@overload
+def _octets(entries: dict[str, core.Any], oid: str, name: str, size: int | None, *, required: bool) -> bytes | None: ...
 def _octets(
     entries: dict[str, core.Any], oid: str, name: str, size: int | None, *, required: bool = True
 ) -> bytes | None:
@@ -700,10 +706,10 @@ def decode_sgx_extensions(value_der: bytes) -> SgxExtensions:
                 flags[name] = bool(_typed(config_entries[oid], core.Boolean, f"SGX extensions {name}"))
         configuration = PlatformConfiguration(**flags)
     return SgxExtensions(
-        ppid=_octets(entries, _OID_PPID, "PPID", 16),  # type: ignore[arg-type]
-        tcb=PckTcb(tuple(components), pce_svn, cpu_svn),  # type: ignore[arg-type]
-        pce_id=_octets(entries, _OID_PCE_ID, "PCE-ID", 2),  # type: ignore[arg-type]
-        fmspc=_octets(entries, _OID_FMSPC, "FMSPC", 6),  # type: ignore[arg-type]
+        ppid=_octets(entries, _OID_PPID, "PPID", 16),
+        tcb=PckTcb(tuple(components), pce_svn, cpu_svn),
+        pce_id=_octets(entries, _OID_PCE_ID, "PCE-ID", 2),
+        fmspc=_octets(entries, _OID_FMSPC, "FMSPC", 6),
         sgx_type=sgx_type,
         platform_instance_id=_octets(entries, _OID_PLATFORM_INSTANCE_ID, "PlatformInstanceID", 16, required=False),
         configuration=configuration,
