@@ -425,6 +425,11 @@ def _check_class(cls: Any, where: str) -> type[Strategy]:
     return cls
 
 
+def unregister_strategy(name: str) -> None:
+    """Forget a strategy registered in code (tests; a built-in cannot be removed)."""
+    _REGISTERED.pop(name, None)
+
+
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     """Make ``cls`` available by its ``name`` in this process (usable as a class decorator)."""
     _check_class(cls, "register_strategy")

@@ -46,6 +46,7 @@ from aggregator.strategies import (
     StrategyError,
     TrimmedMean,
     register_strategy,
+    unregister_strategy,
     strategy_class,
     strategy_names,
 )
@@ -347,11 +348,15 @@ def test_register_strategy_in_code() -> None:
             return StackedAggregation(size, lambda stack, _w: stack[-1])
 
     register_strategy(Last)
-    assert strategy_class("last_update_test") is Last and "last_update_test" in strategy_names()
-    with pytest.raises(StrategyError, match="taken"):
-        register_strategy(type("Other", (Last,), {}))
-    with pytest.raises(StrategyError, match="not 1-64 lowercase"):
-        register_strategy(type("Bad", (Last,), {"name": "Bad Name"}))
+    try:
+        assert strategy_class("last_update_test") is Last and "last_update_test" in strategy_names()
+        with pytest.raises(StrategyError, match="taken"):
+            register_strategy(type("Other", (Last,), {}))
+        with pytest.raises(StrategyError, match="not 1-64 lowercase"):
+            register_strategy(type("Bad", (Last,), {"name": "Bad Name"}))
+    finally:
+        unregister_strategy("last_update_test")  # other tests list the strategies
+    assert "last_update_test" not in strategy_names()
 
 
 # --- the wrappers ---------------------------------------------------------------------------------
