@@ -46,9 +46,9 @@ from aggregator.strategies import (
     StrategyError,
     TrimmedMean,
     register_strategy,
-    unregister_strategy,
     strategy_class,
     strategy_names,
+    unregister_strategy,
 )
 from attestation.binding import BoundKeys
 from attestation.errors import PolicyError
