@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import stat
 
 import pytest
@@ -64,3 +65,29 @@ def test_corrupt_directory_is_a_typed_error(pki, tmp_path):
     (broken / "amd" / "vcek.pem").write_text("garbage")
     with pytest.raises(SimulatedTeeError, match="unusable"):
         load_or_create(broken)
+
+
+def _roots_in_a_new_process(directory: str) -> dict[str, str]:
+    return load_or_create(directory).trusted_root_fingerprints()
+
+
+def test_processes_starting_at_once_on_a_fresh_directory_share_one_complete_pki(tmp_path):
+    """``attestfl demo`` enrols every site in parallel on one fresh directory: no process may read
+    another's half-written key (the CI failure "Unable to load PEM file"), and all end on one root."""
+    directory = tmp_path / "fresh"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(6) as pool:
+        roots = pool.map(_roots_in_a_new_process, [str(directory)] * 12)
+    assert all(r == roots[0] for r in roots)
+    assert roots[0] == load_or_create(directory).trusted_root_fingerprints()
+    assert [p.name for p in tmp_path.iterdir()] == ["fresh"]  # no staging directory left behind
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def test_an_occupied_directory_that_is_not_a_pki_is_refused_not_overwritten(tmp_path):
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    with pytest.raises(SimulatedTeeError, match="not a simulated TEE directory"):
+        load_or_create(occupied)
+    assert [p.name for p in occupied.iterdir()] == ["notes.txt"]

@@ -53,7 +53,7 @@ from attestation.platforms.nvidia.abi import (
 )
 from attestation.trust import SIMULATED_ORGANIZATION
 
-from . import SimulatedTeeError
+from . import SimulatedTeeError, create_once
 
 VALIDITY = dt.timedelta(days=3650)
 MEASUREMENT_BLOCKS = 64
@@ -212,28 +212,33 @@ def _load(directory: Path, role: str) -> IssuedCertificate:
     return IssuedCertificate(cert, key)
 
 
+_MARKER = "simulated-gpu.txt"
+
+
+def _populate(directory: Path) -> None:
+    """Write a new simulated GPU PKI (and its firmware id) into ``directory``."""
+    now = dt.datetime.now(dt.UTC)
+    fwid = hashlib.sha384(b"attestfl simulated GPU firmware " + os.urandom(16)).digest()
+    issued: dict[str, IssuedCertificate] = {}
+    parent: IssuedCertificate | None = None
+    for role, common_name, ca in _ROLES:
+        extra = [_fwid_extension(issued["brom"], fwid)] if role == "leaf" else []
+        issued[role] = _issue(common_name, ca, parent, now, extra)
+        parent = issued[role]
+    for role, value in issued.items():
+        _save(directory, role, value)
+    (directory / "fwid.bin").write_bytes(fwid)
+    (directory / _MARKER).write_text(
+        "attestfl simulated NVIDIA GPU root of trust. Software only: proves nothing about hardware.\n"
+    )
+
+
 def load_or_create_gpu_pki(directory: str | Path) -> SimulatedGpuPki:
-    """Load the simulated GPU PKI from ``directory``, creating it on first use."""
+    """Load the simulated GPU PKI from ``directory``, creating it on first use (safe when several
+    processes start at once on a fresh directory)."""
     directory = Path(directory)
-    marker = directory / "simulated-gpu.txt"
     try:
-        if not marker.exists():
-            directory.mkdir(parents=True, exist_ok=True)
-            os.chmod(directory, 0o700)
-            now = dt.datetime.now(dt.UTC)
-            fwid = hashlib.sha384(b"attestfl simulated GPU firmware " + os.urandom(16)).digest()
-            issued: dict[str, IssuedCertificate] = {}
-            parent: IssuedCertificate | None = None
-            for role, common_name, ca in _ROLES:
-                extra = [_fwid_extension(issued["brom"], fwid)] if role == "leaf" else []
-                issued[role] = _issue(common_name, ca, parent, now, extra)
-                parent = issued[role]
-            for role, value in issued.items():
-                _save(directory, role, value)
-            (directory / "fwid.bin").write_bytes(fwid)
-            marker.write_text(
-                "attestfl simulated NVIDIA GPU root of trust. Software only: proves nothing about hardware.\n"
-            )
+        create_once(directory, _MARKER, _populate)
         loaded = {role: _load(directory, role) for role, _, _ in _ROLES}
         fwid = _read(directory / "fwid.bin")
     except (OSError, ValueError, SimulatedTeeError) as exc:

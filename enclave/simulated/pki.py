@@ -36,7 +36,7 @@ from attestation.platforms.snp import NAME as SNP
 from attestation.platforms.tdx import NAME as TDX
 from attestation.trust import SIMULATED_ORGANIZATION
 
-from . import SimulatedTeeError
+from . import SimulatedTeeError, create_once
 
 AMD_OID = "1.3.6.1.4.1.3704.1"
 SGX_OID = "1.2.840.113741.1.13.1"
@@ -307,29 +307,34 @@ def _load_ec(directory: Path, name: str) -> Issued[ec.EllipticCurvePrivateKey]:
     return Issued(cert, key)
 
 
+_MARKER = "simulated-tee.txt"
+
+
+def _populate(directory: Path) -> None:
+    """Write a new pair of simulated AMD and Intel PKIs into ``directory``."""
+    now = dt.datetime.now(dt.UTC)
+    amd, intel = _create_amd(now), _create_intel(now)
+    for sub in _FILES:
+        (directory / sub).mkdir(exist_ok=True)
+    for name in _FILES["amd"]:
+        _save_issued(directory / "amd", name, getattr(amd, name))
+    (directory / "amd" / "chip-id.bin").write_bytes(amd.chip_id)
+    for name in _FILES["intel"]:
+        _save_issued(directory / "intel", name, getattr(intel, name))
+    (directory / "intel" / "ppid.bin").write_bytes(intel.ppid)
+    (directory / "intel" / "root-ca-crl.der").write_bytes(intel.root_crl.public_bytes(serialization.Encoding.DER))
+    (directory / "intel" / "pck-crl.der").write_bytes(intel.pck_crl.public_bytes(serialization.Encoding.DER))
+    (directory / _MARKER).write_text(
+        "attestfl simulated TEE root of trust. Software only: proves nothing about hardware.\n"
+    )
+
+
 def load_or_create(directory: str | Path) -> SimulatedPki:
-    """Load the simulated PKIs from ``directory``, creating them on first use."""
+    """Load the simulated PKIs from ``directory``, creating them on first use (safe when several
+    processes start at once on a fresh directory)."""
     directory = Path(directory)
-    marker = directory / "simulated-tee.txt"
     try:
-        if not marker.exists():
-            directory.mkdir(parents=True, exist_ok=True)
-            os.chmod(directory, 0o700)
-            now = dt.datetime.now(dt.UTC)
-            amd, intel = _create_amd(now), _create_intel(now)
-            for sub in _FILES:
-                (directory / sub).mkdir(exist_ok=True)
-            for name in _FILES["amd"]:
-                _save_issued(directory / "amd", name, getattr(amd, name))
-            (directory / "amd" / "chip-id.bin").write_bytes(amd.chip_id)
-            for name in _FILES["intel"]:
-                _save_issued(directory / "intel", name, getattr(intel, name))
-            (directory / "intel" / "ppid.bin").write_bytes(intel.ppid)
-            (directory / "intel" / "root-ca-crl.der").write_bytes(
-                intel.root_crl.public_bytes(serialization.Encoding.DER)
-            )
-            (directory / "intel" / "pck-crl.der").write_bytes(intel.pck_crl.public_bytes(serialization.Encoding.DER))
-            marker.write_text("attestfl simulated TEE root of trust. Software only: proves nothing about hardware.\n")
+        create_once(directory, _MARKER, _populate)
         amd_dir, intel_dir = directory / "amd", directory / "intel"
         amd = AmdPki(
             _load_rsa(amd_dir, "ark"),
