@@ -1,5 +1,5 @@
 """A toy platform, written against the public API alone: the worked example of
-``docs/extending-platform.md``, registered by the tests through the ``attestfl.platforms``
+``docs/extending.md`` ("Add a platform"), registered by the tests through the ``attestfl.platforms``
 entry point of a distribution they write (``tests/test_platform_plugin.py``).
 
 Evidence format (all integers big-endian)::

@@ -9,5 +9,5 @@
   registered name, for code that must name one (an attester saying what it produced).
 
 This package imports nothing: the registry loads platforms by name, so that platforms depend
-on the core and never the reverse. How to add one: ``docs/extending-platform.md``.
+on the core and never the reverse. How to add one: ``docs/extending.md`` ("Add a platform").
 """

@@ -159,7 +159,7 @@ class MeasurementPin:
 class Platform(Protocol):
     """One kind of evidence. Built-in platforms live in :mod:`attestation.platforms`; a third
     party's is registered through the ``attestfl.platforms`` entry point group (see
-    ``docs/extending-platform.md``)."""
+    ``docs/extending.md`` ("Add a platform"))."""
 
     @property
     def name(self) -> str:
