@@ -16,7 +16,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
 from attestation.errors import AttestflError
+from attestation.files import read_bounded
 
 
 class SimulatedTeeError(AttestflError):
@@ -51,3 +56,29 @@ def create_once(directory: Path, marker: str, populate: Callable[[Path], None]) 
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+#: No file of a simulated PKI directory is larger than this.
+MAX_PKI_FILE_BYTES = 64 * 1024
+
+
+def read_pki_file(path: Path) -> bytes:
+    """A file of a simulated PKI directory, read with a bound."""
+    return read_bounded(path, MAX_PKI_FILE_BYTES, "simulated TEE file", SimulatedTeeError)
+
+
+def save_issued(directory: Path, name: str, certificate_pem: bytes, key: PrivateKeyTypes) -> None:
+    """``name.pem`` (the certificate) and ``name.key.pem`` (its key, PKCS#8, readable by the owner only)."""
+    (directory / f"{name}.pem").write_bytes(certificate_pem)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(directory / f"{name}.key.pem", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key_pem)
+
+
+def load_issued(directory: Path, name: str) -> tuple[x509.Certificate, PrivateKeyTypes]:
+    """What :func:`save_issued` wrote."""
+    certificate = x509.load_pem_x509_certificate(read_pki_file(directory / f"{name}.pem"))
+    return certificate, serialization.load_pem_private_key(read_pki_file(directory / f"{name}.key.pem"), password=None)

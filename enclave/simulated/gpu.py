@@ -34,7 +34,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from attestation.files import read_bounded
 from attestation.platforms.nvidia.abi import (
     FWID_EXTENSION_OID,
     FWID_SIZE,
@@ -53,7 +52,7 @@ from attestation.platforms.nvidia.abi import (
 )
 from attestation.trust import SIMULATED_ORGANIZATION
 
-from . import SimulatedTeeError, create_once
+from . import SimulatedTeeError, create_once, load_issued, read_pki_file, save_issued
 
 VALIDITY = dt.timedelta(days=3650)
 MEASUREMENT_BLOCKS = 64
@@ -181,32 +180,8 @@ def issue_attestation_leaf(pki: SimulatedGpuPki, *, fwid: bytes, now: dt.datetim
     return _issue(_ROLES[-1][1], False, pki.brom, now, [_fwid_extension(pki.brom, fwid)])
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
-
-
-def _save(directory: Path, role: str, issued: IssuedCertificate) -> None:
-    (directory / f"{role}.pem").write_bytes(issued.pem)
-    key_pem = issued.key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    _write_private(directory / f"{role}.key.pem", key_pem)
-
-
-#: No file of a simulated PKI directory is larger than this.
-MAX_PKI_FILE_BYTES = 64 * 1024
-
-
-def _read(path: Path) -> bytes:
-    return read_bounded(path, MAX_PKI_FILE_BYTES, "simulated GPU file", SimulatedTeeError)
-
-
 def _load(directory: Path, role: str) -> IssuedCertificate:
-    cert = x509.load_pem_x509_certificate(_read(directory / f"{role}.pem"))
-    key = serialization.load_pem_private_key(_read(directory / f"{role}.key.pem"), password=None)
+    cert, key = load_issued(directory, role)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise SimulatedTeeError(f"{directory / role}.key.pem is not an EC private key")
     return IssuedCertificate(cert, key)
@@ -226,7 +201,7 @@ def _populate(directory: Path) -> None:
         issued[role] = _issue(common_name, ca, parent, now, extra)
         parent = issued[role]
     for role, value in issued.items():
-        _save(directory, role, value)
+        save_issued(directory, role, value.pem, value.key)
     (directory / "fwid.bin").write_bytes(fwid)
     (directory / _MARKER).write_text(
         "attestfl simulated NVIDIA GPU root of trust. Software only: proves nothing about hardware.\n"
@@ -240,7 +215,7 @@ def load_or_create_gpu_pki(directory: str | Path) -> SimulatedGpuPki:
     try:
         create_once(directory, _MARKER, _populate)
         loaded = {role: _load(directory, role) for role, _, _ in _ROLES}
-        fwid = _read(directory / "fwid.bin")
+        fwid = read_pki_file(directory / "fwid.bin")
     except (OSError, ValueError, SimulatedTeeError) as exc:
         raise SimulatedTeeError(f"simulated GPU directory {directory} is unusable: {exc}") from exc
     if len(fwid) != FWID_SIZE:

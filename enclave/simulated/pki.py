@@ -18,7 +18,6 @@ its policy lists the root's fingerprint in ``trusted_simulated_roots``.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +27,13 @@ from asn1crypto import core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
-from attestation.files import read_bounded
 from attestation.platforms.snp import NAME as SNP
 from attestation.platforms.tdx import NAME as TDX
 from attestation.trust import SIMULATED_ORGANIZATION
 
-from . import SimulatedTeeError, create_once
+from . import SimulatedTeeError, create_once, load_issued, read_pki_file, save_issued
 
 AMD_OID = "1.3.6.1.4.1.3704.1"
 SGX_OID = "1.2.840.113741.1.13.1"
@@ -264,44 +261,15 @@ _FILES = {
 }
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
-def _save_issued(
-    directory: Path, name: str, issued: Issued[rsa.RSAPrivateKey] | Issued[ec.EllipticCurvePrivateKey]
-) -> None:
-    (directory / f"{name}.pem").write_bytes(issued.pem)
-    key_pem = issued.key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    _write_private(directory / f"{name}.key.pem", key_pem)
-
-
-#: No file of a simulated PKI directory is larger than this.
-MAX_PKI_FILE_BYTES = 64 * 1024
-
-
-def _read(path: Path) -> bytes:
-    return read_bounded(path, MAX_PKI_FILE_BYTES, "simulated TEE file", SimulatedTeeError)
-
-
-def _load_issued(directory: Path, name: str) -> tuple[x509.Certificate, PrivateKeyTypes]:
-    cert = x509.load_pem_x509_certificate(_read(directory / f"{name}.pem"))
-    return cert, serialization.load_pem_private_key(_read(directory / f"{name}.key.pem"), password=None)
-
-
 def _load_rsa(directory: Path, name: str) -> Issued[rsa.RSAPrivateKey]:
-    cert, key = _load_issued(directory, name)
+    cert, key = load_issued(directory, name)
     if not isinstance(key, rsa.RSAPrivateKey):
         raise SimulatedTeeError(f"{directory / name}.key.pem is not an RSA private key")
     return Issued(cert, key)
 
 
 def _load_ec(directory: Path, name: str) -> Issued[ec.EllipticCurvePrivateKey]:
-    cert, key = _load_issued(directory, name)
+    cert, key = load_issued(directory, name)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise SimulatedTeeError(f"{directory / name}.key.pem is not an EC private key")
     return Issued(cert, key)
@@ -317,10 +285,12 @@ def _populate(directory: Path) -> None:
     for sub in _FILES:
         (directory / sub).mkdir(exist_ok=True)
     for name in _FILES["amd"]:
-        _save_issued(directory / "amd", name, getattr(amd, name))
+        issued = getattr(amd, name)
+        save_issued(directory / "amd", name, issued.pem, issued.key)
     (directory / "amd" / "chip-id.bin").write_bytes(amd.chip_id)
     for name in _FILES["intel"]:
-        _save_issued(directory / "intel", name, getattr(intel, name))
+        issued = getattr(intel, name)
+        save_issued(directory / "intel", name, issued.pem, issued.key)
     (directory / "intel" / "ppid.bin").write_bytes(intel.ppid)
     (directory / "intel" / "root-ca-crl.der").write_bytes(intel.root_crl.public_bytes(serialization.Encoding.DER))
     (directory / "intel" / "pck-crl.der").write_bytes(intel.pck_crl.public_bytes(serialization.Encoding.DER))
@@ -340,16 +310,16 @@ def load_or_create(directory: str | Path) -> SimulatedPki:
             _load_rsa(amd_dir, "ark"),
             _load_rsa(amd_dir, "ask"),
             _load_ec(amd_dir, "vcek"),
-            _read(amd_dir / "chip-id.bin"),
+            read_pki_file(amd_dir / "chip-id.bin"),
         )
         intel = IntelPki(
             _load_ec(intel_dir, "root"),
             _load_ec(intel_dir, "pck_ca"),
             _load_ec(intel_dir, "pck_leaf"),
             _load_ec(intel_dir, "tcb_signer"),
-            x509.load_der_x509_crl(_read(intel_dir / "root-ca-crl.der")),
-            x509.load_der_x509_crl(_read(intel_dir / "pck-crl.der")),
-            _read(intel_dir / "ppid.bin"),
+            x509.load_der_x509_crl(read_pki_file(intel_dir / "root-ca-crl.der")),
+            x509.load_der_x509_crl(read_pki_file(intel_dir / "pck-crl.der")),
+            read_pki_file(intel_dir / "ppid.bin"),
         )
     except (OSError, ValueError, SimulatedTeeError) as exc:
         raise SimulatedTeeError(f"simulated TEE directory {directory} is unusable: {exc}") from exc
