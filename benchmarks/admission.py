@@ -96,17 +96,15 @@ def bench_platform(
     bundle = make_bundle(attester, keys, admission_nonce("site-a", challenge))
     evidence = encode_bundle(bundle)
     aggregator_evidence = os.urandom(32)
-    transcript = identity_transcript(
+    proof = IdentityProof.signed(
+        identity,
         site_id="site-a",
         challenge=challenge,
-        evidence_sha256=hashlib.sha256(evidence).digest(),
-        site_x25519=keys.public.x25519,
-        site_ed25519=keys.public.ed25519,
-        aggregator_x25519=aggregator.x25519,
-        aggregator_ed25519=aggregator.ed25519,
+        evidence=evidence,
+        site_keys=keys.public,
+        aggregator_keys=aggregator,
         aggregator_evidence_sha256=aggregator_evidence,
     )
-    proof = IdentityProof(identity.public, identity.sign(transcript), b"", aggregator_evidence)
 
     def admit(policy_: AdmissionPolicy = admission) -> None:
         appraisal = appraise_site(

@@ -29,6 +29,7 @@ from attestation.policy import Policy
 from enclave.attester import Attester, make_bundle
 from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys, verify_enclave_signature
+from protocol.admission import IdentityProof
 from protocol.auditlog.heads import HeadError, HeadInconsistent, TreeHead, verify_consistency
 from protocol.credential import (
     DEFAULT_MAX_CLOCK_SKEW,
@@ -45,7 +46,6 @@ from protocol.formulas import (
     admission_nonce,
     app_attest_client_data,
     download_context,
-    identity_transcript,
     open_message,
     receipt_message,
     seal_message,
@@ -186,17 +186,14 @@ def admit_request(
 ) -> pb.AdmitRequest:
     """The ``Admit`` request of a site: its evidence, its session keys, and its identity key's
     signature over this handshake's transcript."""
-    signature = identity.sign(
-        identity_transcript(
-            site_id=site_id,
-            challenge=challenge,
-            evidence_sha256=hashlib.sha256(evidence).digest(),
-            site_x25519=session_keys.x25519,
-            site_ed25519=session_keys.ed25519,
-            aggregator_x25519=aggregator_keys.x25519,
-            aggregator_ed25519=aggregator_keys.ed25519,
-            aggregator_evidence_sha256=aggregator_evidence_sha256,
-        )
+    proof = IdentityProof.signed(
+        identity,
+        site_id=site_id,
+        challenge=challenge,
+        evidence=evidence,
+        site_keys=session_keys,
+        aggregator_keys=aggregator_keys,
+        aggregator_evidence_sha256=aggregator_evidence_sha256,
     )
     return pb.AdmitRequest(
         site_id=site_id,
@@ -206,8 +203,8 @@ def admit_request(
         evidence_format=evidence_format,
         evidence=evidence,
         app_attest_key_id=app_attest_key_id,
-        identity_public=identity.public,
-        identity_signature=signature,
+        identity_public=proof.public,
+        identity_signature=proof.signature,
         identity_certificate=identity_certificate,
         aggregator_evidence_sha256=aggregator_evidence_sha256,
     )

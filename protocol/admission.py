@@ -203,6 +203,8 @@ class OrganisationCa:
 
 
 if TYPE_CHECKING:
+    from enclave.identity import SiteIdentity
+
     HexSet = frozenset[bytes]  # what callers pass: SiteRule.__post_init__ makes each value a Hex
 else:
     HexSet = frozenset[Hex]
@@ -446,6 +448,33 @@ class IdentityProof:
     signature: bytes = b""
     certificate: bytes = b""  # DER, under the rule's organisation CA
     aggregator_evidence_sha256: bytes = b""  # the aggregator's evidence bundle the site verified
+
+    @classmethod
+    def signed(
+        cls,
+        identity: SiteIdentity,
+        *,
+        site_id: str,
+        challenge: bytes,
+        evidence: bytes,
+        site_keys: BoundKeys,
+        aggregator_keys: BoundKeys,
+        aggregator_evidence_sha256: bytes,
+        certificate: bytes = b"",
+    ) -> IdentityProof:
+        """The site's proof: ``identity``'s signature over this handshake's transcript
+        (:func:`protocol.formulas.identity_transcript`), as a site presents it in ``Admit``."""
+        transcript = identity_transcript(
+            site_id=site_id,
+            challenge=challenge,
+            evidence_sha256=hashlib.sha256(evidence).digest(),
+            site_x25519=site_keys.x25519,
+            site_ed25519=site_keys.ed25519,
+            aggregator_x25519=aggregator_keys.x25519,
+            aggregator_ed25519=aggregator_keys.ed25519,
+            aggregator_evidence_sha256=aggregator_evidence_sha256,
+        )
+        return cls(identity.public, identity.sign(transcript), certificate, aggregator_evidence_sha256)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from protocol.admission import (
     appraise_site,
     read_site_rule,
 )
-from protocol.formulas import admission_nonce, identity_transcript
+from protocol.formulas import admission_nonce
 from toy_attester import ToyAttester
 
 MEASUREMENT = hashlib.sha256(b"the toy guest").digest()
@@ -176,16 +176,6 @@ def test_admission_admits_a_site_on_the_toy_platform(tmp_path: Path, registered:
     keys, aggregator = EnclaveKeys(), EnclaveKeys().public
     challenge = os.urandom(32)
     evidence = encode_bundle(make_bundle(attester, keys, admission_nonce("toy-site", challenge)))
-    transcript = identity_transcript(
-        site_id="toy-site",
-        challenge=challenge,
-        evidence_sha256=hashlib.sha256(evidence).digest(),
-        site_x25519=keys.public.x25519,
-        site_ed25519=keys.public.ed25519,
-        aggregator_x25519=aggregator.x25519,
-        aggregator_ed25519=aggregator.ed25519,
-        aggregator_evidence_sha256=bytes(32),
-    )
     appraisal = appraise_site(
         policy,
         site_id="toy-site",
@@ -196,7 +186,15 @@ def test_admission_admits_a_site_on_the_toy_platform(tmp_path: Path, registered:
         evidence_format="bundle",
         evidence=evidence,
         app_attest_key_id=b"",
-        identity=IdentityProof(identity.public, identity.sign(transcript), b"", bytes(32)),
+        identity=IdentityProof.signed(
+            identity,
+            site_id="toy-site",
+            challenge=challenge,
+            evidence=evidence,
+            site_keys=keys.public,
+            aggregator_keys=aggregator,
+            aggregator_evidence_sha256=bytes(32),
+        ),
         aggregator=aggregator,
         at=datetime.now(UTC),
     )

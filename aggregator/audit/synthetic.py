@@ -29,7 +29,7 @@ from enclave.keys import EnclaveKeys
 from enclave.simulated.attester import SimulatedSnpAttester
 from enclave.simulated.pki import load_or_create
 from protocol.admission import AdmissionPolicy, IdentityProof, SiteRule, appraise_site
-from protocol.formulas import admission_nonce, identity_transcript, receipt_message
+from protocol.formulas import admission_nonce, receipt_message
 
 
 class SyntheticFederation:
@@ -101,19 +101,15 @@ class SyntheticFederation:
         evidence = encode_bundle(bundle)
         now = datetime.now(UTC)
         aggregator_evidence = hashlib.sha256(b"synthetic aggregator evidence").digest()
-        signature = self.identities[site].sign(
-            identity_transcript(
-                site_id=site,
-                challenge=challenge,
-                evidence_sha256=hashlib.sha256(evidence).digest(),
-                site_x25519=keys.public.x25519,
-                site_ed25519=keys.public.ed25519,
-                aggregator_x25519=self.keys.public.x25519,
-                aggregator_ed25519=self.keys.public.ed25519,
-                aggregator_evidence_sha256=aggregator_evidence,
-            )
+        identity = IdentityProof.signed(
+            self.identities[site],
+            site_id=site,
+            challenge=challenge,
+            evidence=evidence,
+            site_keys=keys.public,
+            aggregator_keys=self.keys.public,
+            aggregator_evidence_sha256=aggregator_evidence,
         )
-        identity = IdentityProof(self.identities[site].public, signature, b"", aggregator_evidence)
         appraisal = appraise_site(
             self.admission,
             site_id=site,
