@@ -101,6 +101,54 @@ _FIXED = struct.Struct(
 )
 assert _FIXED.size == 0x208
 
+#: :data:`_FIXED`'s items in order: the :class:`SnpReport` field each one fills, or the size of a
+#: reserved span (zero bytes). Parsing and encoding both read this one table.
+_LAYOUT: tuple[str | int, ...] = (
+    "version",
+    "guest_svn",
+    "policy",
+    "family_id",
+    "image_id",
+    "vmpl",
+    "signature_algo",
+    "current_tcb_raw",
+    "platform_info",
+    "flags",
+    4,
+    "report_data",
+    "measurement",
+    "host_data",
+    "id_key_digest",
+    "author_key_digest",
+    "report_id",
+    "report_id_ma",
+    "reported_tcb_raw",
+    "cpuid_fam_id",
+    "cpuid_mod_id",
+    "cpuid_step",
+    21,
+    "chip_id",
+    "committed_tcb_raw",
+    "current_build",
+    "current_minor",
+    "current_major",
+    "committed_build",
+    "committed_minor",
+    "committed_major",
+    "launch_tcb_raw",
+    "launch_mit_vector",
+    "current_mit_vector",
+)
+assert len(_LAYOUT) == len(_FIXED.unpack(bytes(_FIXED.size)))
+#: Fields that exist from a report version on (their bytes are reserved, read as 0, before it).
+_FIRST_VERSION = {
+    "cpuid_fam_id": 3,
+    "cpuid_mod_id": 3,
+    "cpuid_step": 3,
+    "launch_mit_vector": 5,
+    "current_mit_vector": 5,
+}
+
 
 @dataclass(frozen=True)
 class TcbVersion:
@@ -278,82 +326,11 @@ def parse_report(data: bytes) -> SnpReport:
         raise EvidenceFormatError(
             f"SEV-SNP report version {version} is not supported (supported: {', '.join(map(str, SUPPORTED_VERSIONS))})"
         )
-    (
-        version,
-        guest_svn,
-        policy,
-        family_id,
-        image_id,
-        vmpl,
-        signature_algo,
-        current_tcb,
-        platform_info,
-        flags,
-        _reserved0,
-        report_data,
-        measurement,
-        host_data,
-        id_key_digest,
-        author_key_digest,
-        report_id,
-        report_id_ma,
-        reported_tcb,
-        cpuid_fam_id,
-        cpuid_mod_id,
-        cpuid_step,
-        _reserved1,
-        chip_id,
-        committed_tcb,
-        current_build,
-        current_minor,
-        current_major,
-        committed_build,
-        committed_minor,
-        committed_major,
-        launch_tcb,
-        launch_mit_vector,
-        current_mit_vector,
-    ) = values
-    if version < 3:
-        cpuid_fam_id = cpuid_mod_id = cpuid_step = 0
-    if version < 5:
-        launch_mit_vector = current_mit_vector = 0
-    return SnpReport(
-        version=version,
-        guest_svn=guest_svn,
-        policy=policy,
-        family_id=family_id,
-        image_id=image_id,
-        vmpl=vmpl,
-        signature_algo=signature_algo,
-        current_tcb_raw=current_tcb,
-        platform_info=platform_info,
-        flags=flags,
-        report_data=report_data,
-        measurement=measurement,
-        host_data=host_data,
-        id_key_digest=id_key_digest,
-        author_key_digest=author_key_digest,
-        report_id=report_id,
-        report_id_ma=report_id_ma,
-        reported_tcb_raw=reported_tcb,
-        cpuid_fam_id=cpuid_fam_id,
-        cpuid_mod_id=cpuid_mod_id,
-        cpuid_step=cpuid_step,
-        chip_id=chip_id,
-        committed_tcb_raw=committed_tcb,
-        current_build=current_build,
-        current_minor=current_minor,
-        current_major=current_major,
-        committed_build=committed_build,
-        committed_minor=committed_minor,
-        committed_major=committed_major,
-        launch_tcb_raw=launch_tcb,
-        launch_mit_vector=launch_mit_vector,
-        current_mit_vector=current_mit_vector,
-        signature=data[SIGNATURE_OFFSET:],
-        raw=data,
-    )
+    fields_ = {name: value for name, value in zip(_LAYOUT, values, strict=True) if isinstance(name, str)}
+    for name, first_version in _FIRST_VERSION.items():
+        if version < first_version:
+            fields_[name] = 0  # reserved bytes in earlier versions
+    return SnpReport(**fields_, signature=data[SIGNATURE_OFFSET:], raw=data)
 
 
 # --- building (the simulated TEE emits reports through this) -----------------------------
@@ -389,6 +366,15 @@ def new_report(**values: object) -> SnpReport:
     return SnpReport(**defaults)  # type: ignore[arg-type]  # fields by name (checked above), values as given
 
 
+def _packed(report: SnpReport, item: str | int) -> object:
+    """The value :data:`_FIXED` packs for one :data:`_LAYOUT` item of ``report``."""
+    if isinstance(item, int):
+        return bytes(item)  # reserved
+    if report.version < _FIRST_VERSION.get(item, 0):
+        return 0  # not in this version: reserved
+    return getattr(report, item)
+
+
 def encode_report(report: SnpReport) -> bytes:
     """The 1184 bytes of ``report`` (its ``raw`` is ignored); inverse of :func:`parse_report`."""
     for name, size in _SIZES.items():
@@ -398,42 +384,7 @@ def encode_report(report: SnpReport) -> bytes:
     if report.version not in SUPPORTED_VERSIONS:
         raise EvidenceFormatError(f"SEV-SNP report version {report.version} is not supported")
     try:
-        head = _FIXED.pack(
-            report.version,
-            report.guest_svn,
-            report.policy,
-            report.family_id,
-            report.image_id,
-            report.vmpl,
-            report.signature_algo,
-            report.current_tcb_raw,
-            report.platform_info,
-            report.flags,
-            bytes(4),
-            report.report_data,
-            report.measurement,
-            report.host_data,
-            report.id_key_digest,
-            report.author_key_digest,
-            report.report_id,
-            report.report_id_ma,
-            report.reported_tcb_raw,
-            report.cpuid_fam_id,
-            report.cpuid_mod_id,
-            report.cpuid_step,
-            bytes(21),
-            report.chip_id,
-            report.committed_tcb_raw,
-            report.current_build,
-            report.current_minor,
-            report.current_major,
-            report.committed_build,
-            report.committed_minor,
-            report.committed_major,
-            report.launch_tcb_raw,
-            report.launch_mit_vector if report.version >= 5 else 0,
-            report.current_mit_vector if report.version >= 5 else 0,
-        )
+        head = _FIXED.pack(*(_packed(report, item) for item in _LAYOUT))
     except struct.error as exc:
         raise EvidenceFormatError(f"SEV-SNP report field out of range: {exc}") from exc
     return head + bytes(SIGNATURE_OFFSET - len(head)) + report.signature
