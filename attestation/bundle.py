@@ -35,7 +35,7 @@ from .binding import (
     gpu_nonce_for,
     report_data_for,
 )
-from .bundle_abi import GPU_PLATFORM, EvidenceBundle, parse_bundle
+from .bundle_abi import GPU_PLATFORM, EvidenceBundle, GpuPart, parse_bundle
 from .collateral import CollateralStore
 from .findings import Appraisal, Reason
 from .platforms import registry
@@ -59,6 +59,50 @@ def _cpu_inputs(bundle: EvidenceBundle, inputs: EvidenceInputs, store: Collatera
     certificates = tuple(inputs.certificates) + tuple(bundle.certificates)
     files = {} if store is not None else dict(bundle.collateral)
     return replace(inputs, certificates=certificates, collateral_files=files, nonce=None)
+
+
+def _freshness_reasons(bundle: EvidenceBundle, expected_nonce: bytes | None, warnings: list[str]) -> list[Reason]:
+    """The bundle's nonce against the verifier's (a warning when the verifier gave none)."""
+    if expected_nonce is None:
+        warnings.append("no expected nonce was given: the bundle's freshness was not checked")
+        return []
+    if hmac.compare_digest(bytes(expected_nonce), bundle.nonce):
+        return []
+    return [
+        Reason(
+            "binding.nonce",
+            f"the bundle was made for nonce {bundle.nonce.hex()}, not the expected {bytes(expected_nonce).hex()}",
+        )
+    ]
+
+
+def _appraise_gpu(
+    bundle: EvidenceBundle,
+    gpu_evidence: GpuPart,
+    policy: Policy,
+    at: datetime,
+    reasons: list[Reason],
+    warnings: list[str],
+) -> dict[str, Any]:
+    """The GPU evidence a bundle carries: bound to the bundle's keys and nonce, appraised, and
+    allowed by the policy; adds to ``reasons`` and ``warnings``, returns the GPU's claims."""
+    gpu_platform = registry.get(GPU_PLATFORM)
+    bound = report_data_for(bundle.keys, bundle.nonce)
+    reasons.extend(gpu_binding_reasons(gpu_platform.report_data(gpu_evidence.evidence), bound))
+    gpu_inputs = EvidenceInputs(
+        certificates=(gpu_evidence.certificates,) if gpu_evidence.certificates else (), nonce=gpu_nonce_for(bound)
+    )
+    gpu = appraise_as(gpu_platform, gpu_evidence.evidence, policy=policy, at=at, inputs=gpu_inputs)
+    if gpu_platform.name not in policy.platforms:
+        reasons.append(
+            Reason(
+                "policy.platforms",
+                f"the bundle carries GPU evidence, but {gpu_platform.name} is not among the allowed platforms",
+            )
+        )
+    reasons.extend(gpu.reasons)
+    warnings.extend(f"GPU: {w}" for w in gpu.warnings)
+    return dict(gpu.claims)
 
 
 def appraise_bundle(
@@ -96,16 +140,7 @@ def appraise_bundle(
     if collateral is not None and bundle.collateral:
         warnings.append(IGNORED_COLLATERAL_WARNING)
 
-    if expected_nonce is None:
-        warnings.append("no expected nonce was given: the bundle's freshness was not checked")
-    elif not hmac.compare_digest(bytes(expected_nonce), bundle.nonce):
-        reasons.append(
-            Reason(
-                "binding.nonce",
-                f"the bundle was made for nonce {bundle.nonce.hex()}, not the expected {bytes(expected_nonce).hex()}",
-            )
-        )
-
+    reasons += _freshness_reasons(bundle, expected_nonce, warnings)
     report_data = evidence_report_data(bundle.platform, bundle.evidence)
     reasons.extend(binding_reasons(report_data, bundle.keys, bundle.nonce))
 
@@ -119,23 +154,7 @@ def appraise_bundle(
         "gpu": bundle.gpu is not None,
     }
     if bundle.gpu is not None:
-        gpu_platform = registry.get(GPU_PLATFORM)
-        bound = report_data_for(bundle.keys, bundle.nonce)
-        reasons.extend(gpu_binding_reasons(gpu_platform.report_data(bundle.gpu.evidence), bound))
-        gpu_inputs = EvidenceInputs(
-            certificates=(bundle.gpu.certificates,) if bundle.gpu.certificates else (), nonce=gpu_nonce_for(bound)
-        )
-        gpu = appraise_as(gpu_platform, bundle.gpu.evidence, policy=policy, at=at, inputs=gpu_inputs)
-        if gpu_platform.name not in policy.platforms:
-            reasons.append(
-                Reason(
-                    "policy.platforms",
-                    f"the bundle carries GPU evidence, but {gpu_platform.name} is not among the allowed platforms",
-                )
-            )
-        reasons.extend(gpu.reasons)
-        warnings.extend(f"GPU: {w}" for w in gpu.warnings)
-        claims["gpu"] = gpu.claims
+        claims["gpu"] = _appraise_gpu(bundle, bundle.gpu, policy, at, reasons, warnings)
     elif policy.require_gpu:
         reasons.append(
             Reason(
