@@ -188,6 +188,56 @@ def check_expected_nonce(expected_nonce: bytes | None) -> None:
         raise PolicyError(f"expected GPU nonce must be {NONCE_SIZE} bytes, got {size}")
 
 
+@dataclass(frozen=True)
+class _ChainCheck:
+    """What the certificate chain says of the evidence: its signature, the chain to a trusted
+    root, and the FWID the leaf certifies."""
+
+    reasons: list[Reason]
+    warnings: list[str]
+    chain: tuple[Certificate, ...] = ()
+    simulated: bool = False
+    root_fingerprint: str | None = None
+    certified: CertificateFwid | None = None
+
+
+def _check_chain(
+    evidence: GpuEvidence, chain: Sequence[Certificate], *, at: datetime, trusted_simulated_roots: frozenset[str]
+) -> _ChainCheck:
+    if not chain:
+        return _ChainCheck(
+            [
+                Reason("gpu.chain.missing", "no GPU attestation certificate chain was given"),
+                Reason(
+                    "gpu.signature", "the evidence signature cannot be checked without the attestation leaf certificate"
+                ),
+                Reason("gpu.fwid", "the FWID cannot be checked without the attestation leaf certificate"),
+            ],
+            [],
+        )
+    reasons: list[Reason] = []
+    warnings: list[str] = []
+    full_chain = _complete_chain(chain)
+    leaf, root = full_chain[0], full_chain[-1]
+    reasons.extend(_signature_reasons(evidence, leaf))
+    links = [ChainLink(cert, _role(i, len(full_chain))) for i, cert in enumerate(full_chain)]
+    if len(full_chain) == 1:
+        reasons.append(
+            Reason("gpu.chain.root", "the chain is a single certificate; the attestation leaf must chain to a root")
+        )
+    reasons.extend(verify_chain(links, at=at, check_prefix="gpu.chain"))
+    trust = trust_root(root, trusted_simulated_roots, vendor=NVIDIA_ROOTS, what="the GPU certificate chain")
+    if trust.reason is not None:
+        reasons.append(Reason("gpu.chain.root", trust.reason))
+    if trust.warning is not None:
+        warnings.append(trust.warning)
+    if root.issuer_der != root.subject_der:
+        reasons.append(Reason("gpu.chain.root", f"the last certificate {root.subject!r} is not a self-signed root"))
+    fwid_reasons, certified = _fwid_reasons(evidence, leaf)
+    reasons.extend(fwid_reasons)
+    return _ChainCheck(reasons, warnings, full_chain, trust.simulated, root.fingerprint_sha256, certified)
+
+
 def verify_gpu_evidence(
     evidence: GpuEvidence,
     chain: Sequence[Certificate],
@@ -215,38 +265,10 @@ def verify_gpu_evidence(
             f"the GPU evidence has {len(evidence.trailing)} bytes after the response's signature; "
             "no signature covers them and they were ignored"
         )
-    simulated = False
-    root_fingerprint: str | None = None
-    certified: CertificateFwid | None = None
-    full_chain: tuple[Certificate, ...] = ()
-
-    if not chain:
-        reasons.append(Reason("gpu.chain.missing", "no GPU attestation certificate chain was given"))
-        reasons.append(
-            Reason("gpu.signature", "the evidence signature cannot be checked without the attestation leaf certificate")
-        )
-        reasons.append(Reason("gpu.fwid", "the FWID cannot be checked without the attestation leaf certificate"))
-    else:
-        full_chain = _complete_chain(chain)
-        leaf, root = full_chain[0], full_chain[-1]
-        reasons.extend(_signature_reasons(evidence, leaf))
-        links = [ChainLink(cert, _role(i, len(full_chain))) for i, cert in enumerate(full_chain)]
-        if len(full_chain) == 1:
-            reasons.append(
-                Reason("gpu.chain.root", "the chain is a single certificate; the attestation leaf must chain to a root")
-            )
-        reasons.extend(verify_chain(links, at=at, check_prefix="gpu.chain"))
-        trust = trust_root(root, trusted_simulated_roots, vendor=NVIDIA_ROOTS, what="the GPU certificate chain")
-        simulated = trust.simulated
-        if trust.reason is not None:
-            reasons.append(Reason("gpu.chain.root", trust.reason))
-        if trust.warning is not None:
-            warnings.append(trust.warning)
-        root_fingerprint = root.fingerprint_sha256
-        if root.issuer_der != root.subject_der:
-            reasons.append(Reason("gpu.chain.root", f"the last certificate {root.subject!r} is not a self-signed root"))
-        fwid_reasons, certified = _fwid_reasons(evidence, leaf)
-        reasons.extend(fwid_reasons)
+    checked = _check_chain(evidence, chain, at=at, trusted_simulated_roots=trusted_simulated_roots)
+    reasons += checked.reasons
+    warnings += checked.warnings
+    full_chain = checked.chain
 
     if expected_nonce is None:
         warnings.append("no expected GPU nonce was given: the freshness of the GPU evidence was not checked")
@@ -263,9 +285,9 @@ def verify_gpu_evidence(
         chain=full_chain,
         arch=architecture_of(full_chain),
         chip=chip_of(full_chain),
-        certificate_fwid=certified,
-        simulated=simulated,
-        root_fingerprint=root_fingerprint,
+        certificate_fwid=checked.certified,
+        simulated=checked.simulated,
+        root_fingerprint=checked.root_fingerprint,
         reasons=tuple(reasons),
         warnings=tuple(warnings),
     )
