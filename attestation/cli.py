@@ -67,43 +67,7 @@ def add_evidence_commands(subparsers: argparse._SubParsersAction[argparse.Argume
         metavar="FILE",
         help="VCEK/VLEK (DER or PEM) or GPU certificate chain (PEM) when the evidence does not carry it; repeatable",
     )
-    verify.add_argument(
-        "--collateral",
-        metavar="DIR",
-        help="directory of collateral files given beside the evidence, named as its "
-        "platform documents (TDX: Intel collateral; SEV-SNP: amd-crl.der; see docs/attestation.md)",
-    )
-    verify.add_argument(
-        "--collateral-dir",
-        metavar="CACHE_DIR",
-        help="the verifier's collateral cache (AMD CRLs and VCEKs, Intel TCB info, QE identity, CRLs; layout in "
-        "docs/attestation.md): collateral comes from there, never from an evidence bundle",
-    )
-    verify.add_argument(
-        "--fetch-collateral",
-        action="store_true",
-        help="with --collateral-dir: fetch missing or stale collateral from AMD KDS and Intel PCS into the cache",
-    )
-    verify.add_argument(
-        "--amd-kds-url", metavar="URL", help="AMD KDS base URL for --fetch-collateral (default https://kdsintf.amd.com)"
-    )
-    verify.add_argument(
-        "--intel-pcs-url",
-        metavar="URL",
-        help="Intel PCS base URL for --fetch-collateral (default https://api.trustedservices.intel.com)",
-    )
-    verify.add_argument("--intel-root-crl-url", metavar="URL", help="Intel SGX Root CA CRL URL for --fetch-collateral")
-    verify.add_argument(
-        "--collateral-service",
-        action="append",
-        default=[],
-        metavar="NAME=URL",
-        help="for --fetch-collateral: the base URL of a platform plug-in's collateral service (as the plug-in "
-        "documents its NAME); repeatable",
-    )
-    verify.add_argument(
-        "--crl", metavar="FILE", help="a CRL given beside the evidence, DER or PEM (SEV-SNP: the AMD CRL)"
-    )
+    _add_collateral_options(verify.add_argument_group("collateral"))
     verify.add_argument(
         "--policy", metavar="FILE", help="policy TOML (default: authenticity required, debug forbidden)"
     )
@@ -120,7 +84,52 @@ def add_evidence_commands(subparsers: argparse._SubParsersAction[argparse.Argume
     )
     verify.add_argument("--json", action="store_true", help="print exactly one JSON object")
     verify.set_defaults(handler=run_verify)
-    listing = evidence_sub.add_parser(
+    _add_platforms_command(evidence_sub)
+
+
+def _add_collateral_options(group: argparse._ArgumentGroup) -> None:
+    """Where ``evidence verify`` takes collateral from: beside the evidence, or the verifier's cache."""
+    group.add_argument(
+        "--collateral",
+        metavar="DIR",
+        help="directory of collateral files given beside the evidence, named as its "
+        "platform documents (TDX: Intel collateral; SEV-SNP: amd-crl.der; see docs/attestation.md)",
+    )
+    group.add_argument(
+        "--collateral-dir",
+        metavar="CACHE_DIR",
+        help="the verifier's collateral cache (AMD CRLs and VCEKs, Intel TCB info, QE identity, CRLs; layout in "
+        "docs/attestation.md): collateral comes from there, never from an evidence bundle",
+    )
+    group.add_argument(
+        "--fetch-collateral",
+        action="store_true",
+        help="with --collateral-dir: fetch missing or stale collateral from AMD KDS and Intel PCS into the cache",
+    )
+    group.add_argument(
+        "--amd-kds-url", metavar="URL", help="AMD KDS base URL for --fetch-collateral (default https://kdsintf.amd.com)"
+    )
+    group.add_argument(
+        "--intel-pcs-url",
+        metavar="URL",
+        help="Intel PCS base URL for --fetch-collateral (default https://api.trustedservices.intel.com)",
+    )
+    group.add_argument("--intel-root-crl-url", metavar="URL", help="Intel SGX Root CA CRL URL for --fetch-collateral")
+    group.add_argument(
+        "--collateral-service",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="for --fetch-collateral: the base URL of a platform plug-in's collateral service (as the plug-in "
+        "documents its NAME); repeatable",
+    )
+    group.add_argument(
+        "--crl", metavar="FILE", help="a CRL given beside the evidence, DER or PEM (SEV-SNP: the AMD CRL)"
+    )
+
+
+def _add_platforms_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    listing = subparsers.add_parser(
         "platforms",
         help="list the registered platforms (built-in and from the attestfl.platforms entry points)",
         description="List the platforms this verifier knows: name, vendor, what their evidence is, "

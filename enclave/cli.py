@@ -47,7 +47,14 @@ class EnclaveCliError(AttestflError):
 def add_enclave_commands(subparsers: argparse._SubParsersAction) -> None:
     enclave = subparsers.add_parser("enclave", help="produce attestation evidence from this machine's TEE")
     sub = enclave.add_subparsers(dest="enclave_command", required=True, metavar="COMMAND")
+    _add_evidence(sub)
+    _add_measure(sub)
+    _add_trust(sub)
+    _add_collateral(sub)
 
+
+def _add_evidence(sub: argparse._SubParsersAction) -> None:
+    """``enclave evidence``: an evidence bundle for a verifier's nonce."""
     evidence = sub.add_parser(
         "evidence",
         help="write an evidence bundle for a verifier's nonce",
@@ -81,6 +88,9 @@ def add_enclave_commands(subparsers: argparse._SubParsersAction) -> None:
     evidence.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the bundle")
     evidence.set_defaults(handler=run_evidence)
 
+
+def _add_measure(sub: argparse._SubParsersAction) -> None:
+    """``enclave measure``: the simulated launch measurement."""
     measure = sub.add_parser(
         "measure", help="print the simulated launch measurement of the installed code and configuration"
     )
@@ -88,11 +98,17 @@ def add_enclave_commands(subparsers: argparse._SubParsersAction) -> None:
     measure.add_argument("--json", action="store_true", help="print one JSON object (digest, files, versions)")
     measure.set_defaults(handler=run_measure)
 
+
+def _add_trust(sub: argparse._SubParsersAction) -> None:
+    """``enclave trust``: the policy line that trusts a simulated TEE's roots."""
     trust = sub.add_parser("trust", help="print the policy line that trusts a simulated TEE's roots")
     trust.add_argument("--simulated-dir", required=True, metavar="DIR", help="the simulated TEE's directory")
     trust.add_argument("--gpu", action="store_true", help="include the simulated GPU's root (DIR/gpu)")
     trust.set_defaults(handler=run_trust)
 
+
+def _add_collateral(sub: argparse._SubParsersAction) -> None:
+    """``enclave collateral``: the simulated vendors' collateral into a cache directory."""
     collateral = sub.add_parser(
         "collateral",
         help="fill a verifier's collateral cache directory with the simulated vendors' collateral",
