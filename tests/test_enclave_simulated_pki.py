@@ -80,14 +80,13 @@ def test_processes_starting_at_once_on_a_fresh_directory_share_one_complete_pki(
         roots = pool.map(_roots_in_a_new_process, [str(directory)] * 12)
     assert all(r == roots[0] for r in roots)
     assert roots[0] == load_or_create(directory).trusted_root_fingerprints()
-    assert [p.name for p in tmp_path.iterdir()] == ["fresh"]  # no staging directory left behind
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
-def test_an_occupied_directory_that_is_not_a_pki_is_refused_not_overwritten(tmp_path):
-    occupied = tmp_path / "occupied"
-    occupied.mkdir()
-    (occupied / "notes.txt").write_text("mine")
-    with pytest.raises(SimulatedTeeError, match="not a simulated TEE directory"):
-        load_or_create(occupied)
-    assert [p.name for p in occupied.iterdir()] == ["notes.txt"]
+def test_a_directory_that_already_holds_the_gpu_pki_gets_the_cpu_pkis_beside_it(tmp_path):
+    from enclave.simulated.gpu import load_or_create_gpu_pki
+
+    gpu = load_or_create_gpu_pki(tmp_path / "vendor" / "gpu")
+    pki = load_or_create(tmp_path / "vendor")
+    assert load_or_create_gpu_pki(tmp_path / "vendor" / "gpu").root_fingerprint == gpu.root_fingerprint
+    assert load_or_create(tmp_path / "vendor").trusted_root_fingerprints() == pki.trusted_root_fingerprints()

@@ -9,10 +9,8 @@ evidence), :mod:`.gpu` (a simulated NVIDIA CC GPU: its PKI and SPDM evidence),
 :mod:`.collateral` (what the simulated vendors publish) and :mod:`.attester`.
 """
 
-import errno
+import fcntl
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,33 +27,25 @@ class SimulatedTeeError(AttestflError):
 
 
 def create_once(directory: Path, marker: str, populate: Callable[[Path], None]) -> None:
-    """Create ``directory`` (holding ``marker``) with ``populate`` unless it already exists.
+    """Fill ``directory`` with ``populate`` unless it holds ``marker`` (which ``populate`` writes last).
 
     Several processes may start at once on a fresh directory (``attestfl demo`` enrols every site in
-    parallel). Each fills a private sibling directory and renames it into place: ``rename`` is
-    atomic, so a reader sees either no directory or a complete one, never a half-written key. The
-    first rename wins; the others find the directory taken and discard their own.
+    parallel), and the directory may already hold other things (the simulated GPU's ``gpu/``, the
+    sealing root). The creator holds an exclusive ``flock`` on the directory while it writes; a
+    process that finds no marker waits for that lock and looks again, so nobody reads a half-written
+    key and nobody overwrites a finished one.
     """
     if (directory / marker).exists():
         return
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        populate(staging)
-        (staging / marker).touch(exist_ok=True)
-        try:
-            os.rename(staging, directory)  # replaces an empty directory; fails on a populated one
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            if not (directory / marker).exists():
-                raise SimulatedTeeError(
-                    f"{directory} exists and is not a simulated TEE directory (no {marker}); "
-                    "name another directory or empty this one"
-                ) from None
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if not (directory / marker).exists():
+            os.chmod(directory, 0o700)
+            populate(directory)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        os.close(handle)  # releases the lock
 
 
 #: No file of a simulated PKI directory is larger than this.
