@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import ctypes
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -52,6 +53,23 @@ def _read_root(path: Path) -> bytes:
         raise SealingError(str(exc)) from None
 
 
+def _create_root(path: Path) -> None:
+    """A new random root at ``path`` unless one is there. Written beside it and hard-linked into
+    place, so that a process starting at the same moment sees no file or the whole 32 bytes, never
+    an empty one; the first link wins and the others keep the winner's root."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(os.urandom(32))
+        os.chmod(temporary, 0o600)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(temporary)
+
+
 class SealingKeySource(abc.ABC):
     name: str = ""
 
@@ -68,11 +86,7 @@ class SimulatedSealingKey(SealingKeySource):
         self.measurement = bytes(measurement)
         try:
             if not self.path.exists():
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(os.urandom(32))
-            self._root = _read_root(self.path)
-        except FileExistsError:
+                _create_root(self.path)
             self._root = _read_root(self.path)
         except OSError as exc:
             raise SealingError(f"cannot read the simulated sealing root {self.path}: {exc.strerror or exc}") from exc

@@ -91,3 +91,20 @@ def test_site_run_without_enrolment_says_what_to_do(tmp_path: Path) -> None:
         handle.write('\n[data]\ntrainer = "trainer:make"\n')
     result = _cli("site", "join", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 2 and "attestfl site enroll" in result.stderr and "Traceback" not in result.stderr
+
+
+def _sealing_key_in_a_new_process(directory: str) -> bytes:
+    from enclave.sealing import SimulatedSealingKey
+
+    return SimulatedSealingKey(directory, bytes(48)).key(b"test")
+
+
+def test_processes_starting_at_once_share_one_simulated_sealing_root(tmp_path: Path) -> None:
+    """The demo enrols its sites in parallel, each sealing with the simulated TEE's root: a process
+    must never read the root file while another is still writing it."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        keys = pool.map(_sealing_key_in_a_new_process, [str(tmp_path)] * 12)
+    assert len(set(keys)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["sealing-root.key"]  # no temporary file left
