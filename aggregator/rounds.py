@@ -113,6 +113,7 @@ class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     clip_norm: Annotated[float, Meta(gt=0)] | None = None
     evaluate: bool = True
     dp: dict[str, Any] | None = None
+    vendors: dict[str, Any] | None = None  # [task.vendors]: protocol.vendor.VendorPolicy
 
 
 def _strategy_names_text() -> str:
@@ -193,6 +194,7 @@ class TaskConfig:
     clip_norm: float | None = None
     evaluate: bool = True
     dp: DpConfig | None = None
+    vendors: Any = None  # protocol.vendor.VendorPolicy of vendor evaluation jobs, or None
 
     @property
     def spec(self) -> ModelSpec:
@@ -221,6 +223,7 @@ class TaskConfig:
             dp_table = read_struct(task.dp, DpTable, "task.dp", TaskConfigError)
             dp = DpConfig(dp_table.clip_norm, dp_table.noise_multiplier, dp_table.delta)
         strategy = read_strategy(task)
+        vendors = _read_vendors(task.vendors)
         config = cls(
             initial_model={},
             rounds=task.rounds,
@@ -230,6 +233,7 @@ class TaskConfig:
             clip_norm=task.clip_norm,
             evaluate=task.evaluate,
             dp=dp,
+            vendors=vendors,
         )
         config.validate(model=False)
         try:
@@ -279,6 +283,18 @@ class TaskConfig:
                 ModelSpec.of(self.initial_model)
             except UpdateFormatError as exc:
                 raise TaskConfigError(f"[task] initial_model: {exc}") from None
+
+
+def _read_vendors(table: dict[str, Any] | None) -> Any:
+    """``[task.vendors]`` (vendor evaluation jobs, protocol.vendor), or None."""
+    if table is None:
+        return None
+    from protocol.vendor import VendorError, VendorPolicy
+
+    try:
+        return VendorPolicy.from_table(table)
+    except VendorError as exc:
+        raise TaskConfigError(str(exc)) from None
 
 
 @dataclass

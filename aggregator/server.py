@@ -95,6 +95,7 @@ def task_record(config: AggregatorConfig) -> dict[str, Any]:
         "strategy": task.strategy.describe(),
         "clip_norm": task.clip_norm,
         "evaluate": task.evaluate,
+        **({"vendors": task.vendors.describe()} if task.vendors is not None else {}),
         "dp": None
         if dp is None
         else {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier, "delta": dp.delta},
@@ -226,6 +227,11 @@ async def _start(
         tree_head=TreeHeads(audit) if audit is not None else None,
     )
     service.sessions = sessions
+    if config.task.vendors is not None:
+        from aggregator.evaluation_jobs import EvaluationJobs
+
+        report_dir = config.path.parent / config.task.vendors.report_dir
+        service.vendor_jobs = EvaluationJobs(config.task.vendors, keys, service._record, report_dir)
     server.add_generic_rpc_handlers(handlers(service))
     await server.start()
     return Running(service, driver, port, server, audit)

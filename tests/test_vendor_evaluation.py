@@ -1,0 +1,198 @@
+"""Vendor evaluation jobs on loopback, against a real `attestfl serve`: two vendors, three
+evaluating sites (one below the small-cell threshold), an admitted site outside the vendor
+policy, a site that is not admitted and a vendor that is not in the policy. Each vendor's
+report holds only its own row; the plaintext models are never on the host's disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from attestfl.loopback import read_events
+from attestfl.vendor import VendorClient, VendorRefused, public_key
+from auditor.verify import verify_log
+from enclave.simulated.attester import SimulatedSnpAttester
+from federation import Deployment, run_aggregator
+from fedsite.client import AdmissionRefused
+from fedsite.vendor_eval import EvaluationData, fetch_jobs, run_vendor_jobs
+from protocol.tensors import encode_tensors
+from protocol.vendor import (
+    SealedArtefact,
+    VendorError,
+    decrypt_artefact,
+    encrypt_artefact,
+    new_content_key,
+)
+
+ENTRY = "fedsite.vendor_models:mlp"
+SITES = {"site-a": 80, "site-b": 60, "site-c": 12}  # site-c is below min_examples = 20
+FEATURES = 6
+
+
+def _data(seed: int, n: int) -> EvaluationData:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, FEATURES)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.7, size=n) > 0).astype(np.int64)
+    sex = np.where(rng.random(n) < 0.5, "F", "M")
+    return EvaluationData(x, y, {"sex": sex})
+
+
+def _model(seed: int, strength: float) -> bytes:
+    rng = np.random.default_rng(seed)
+    weight = np.zeros((2, FEATURES), np.float32)
+    weight[1, 0], weight[1, 1] = strength, strength / 2
+    weight += rng.normal(scale=0.05, size=weight.shape).astype(np.float32)
+    return encode_tensors({"layers.0.weight": weight, "layers.0.bias": rng.normal(size=2).astype(np.float32)})
+
+
+def _scan(directories: list[Path], needles: list[bytes]) -> list[str]:
+    found = []
+    for directory in directories:
+        for path in directory.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                found += [f"{path}" for needle in needles if needle in data]
+    return found
+
+
+def test_artefact_round_trip_and_tampering() -> None:
+    key = new_content_key()
+    data = bytes(range(256)) * 9000  # over two chunks
+    artefact = encrypt_artefact(data, key)
+    assert len(artefact.chunks) == 3 and decrypt_artefact(artefact, key, max_bytes=len(data)) == data
+    with pytest.raises(VendorError, match="truncated"):
+        decrypt_artefact(SealedArtefact(artefact.header, artefact.chunks[:2]), key)
+    with pytest.raises(VendorError, match="not authentic"):
+        decrypt_artefact(SealedArtefact(artefact.header, artefact.chunks[::-1]), key)
+    with pytest.raises(VendorError):
+        decrypt_artefact(artefact, new_content_key())
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("vendors")
+    vendors = {"acme": Ed25519PrivateKey.generate(), "globex": Ed25519PrivateKey.generate()}
+    keys = "\n".join(f'{name} = "{public_key(key).hex()}"' for name, key in vendors.items())
+    task = (
+        "rounds = 1\n[task.vendors]\n"
+        f"sites = {json.dumps(list(SITES))}\nmin_examples = 20\nbootstrap = 100\n"
+        'vendor_metrics = ["accuracy", "auroc"]\nreport_dir = "vendor-reports"\n'
+        f"[task.vendors.keys]\n{keys}\n"
+    )
+    deployment = Deployment(
+        base / "deployment", base / "sim", sites={**{s: "" for s in SITES}, "site-x": ""}, task=task
+    )
+    deployment.directory.mkdir()
+    models = {"acme": _model(1, 2.0), "globex": _model(2, 0.4)}
+    out: dict = {"deployment": deployment, "models": models, "sim": base / "sim"}
+    for aggregator in run_aggregator(deployment):
+        jobs = {}
+        for name, key in vendors.items():
+            with VendorClient(
+                aggregator.target, vendor=name, signing_key=key, policy=deployment.site_policy()
+            ) as vendor:
+                jobs[name] = vendor.submit(models[name], name=f"{name}-detector", entry_point=ENTRY)
+        out["jobs"] = jobs
+        # A vendor whose key is not in the policy, and a known name signed with another key.
+        for name in ("mallory", "acme"):
+            impostor = Ed25519PrivateKey.generate()
+            with VendorClient(
+                aggregator.target, vendor=name, signing_key=impostor, policy=deployment.site_policy()
+            ) as vendor:
+                with pytest.raises(VendorRefused) as refused:
+                    vendor.submit(_model(3, 1.0), name="x", entry_point=ENTRY)
+                out[f"refused-{name}"] = refused.value.reasons
+        results = {}
+        for index, (site, n) in enumerate(SITES.items()):
+            with deployment.client(aggregator.target, site_id=site) as client:
+                client.join()
+                results[site] = run_vendor_jobs(client, _data(10 + index, n))
+        out["results"] = results
+        with deployment.client(aggregator.target, site_id="site-x") as outsider:
+            outsider.join()
+            with pytest.raises(grpc.RpcError) as denied:
+                fetch_jobs(outsider)
+            out["outsider"] = denied.value
+        # A site whose evidence fails admission (a debug-mode TEE) is not admitted: no session, no jobs.
+        stranger = deployment.client(
+            aggregator.target, site_id="site-a", attester=SimulatedSnpAttester(deployment.sim_dir, debug=True)
+        )
+        with pytest.raises(AdmissionRefused) as not_admitted:
+            stranger.join()
+        out["stranger"] = not_admitted.value.reasons
+        with pytest.raises(Exception, match="join first"):
+            fetch_jobs(stranger)
+        stranger.close()
+        reports = {}
+        for name, key in vendors.items():
+            with VendorClient(
+                aggregator.target, vendor=name, signing_key=key, policy=deployment.site_policy()
+            ) as vendor:
+                reports[name] = vendor.wait_report(jobs[name], timeout=30)
+                other = jobs["globex" if name == "acme" else "acme"]
+                with pytest.raises(VendorRefused) as foreign:
+                    vendor.report(other)
+                out[f"foreign-{name}"] = foreign.value.reasons
+        out["reports"] = reports
+    out["network"] = json.loads((deployment.directory / "vendor-reports" / "network-report.json").read_text())
+    out["html"] = (deployment.directory / "vendor-reports" / "network-report.html").read_text()
+    return out
+
+
+def test_each_vendor_gets_only_its_own_row(evaluation: dict) -> None:
+    for name, report in evaluation["reports"].items():
+        other = "globex" if name == "acme" else "acme"
+        assert report["vendor"] == name and report["job"] == evaluation["jobs"][name]
+        assert other not in json.dumps(report) and evaluation["jobs"][other] not in json.dumps(report)
+        assert set(report["pooled"]["metrics"]) == {"accuracy", "auroc"}  # vendor_metrics only
+        assert "sites" not in report  # vendor_per_site = false
+        assert report["pooled"]["sites"] == 2 and report["pooled"]["examples"] == 140
+        low, high = report["pooled"]["ci"]["auroc"]
+        assert low <= report["pooled"]["metrics"]["auroc"] <= high
+        assert evaluation[f"foreign-{name}"][0].startswith("vendor.job")
+    acme, globex = (evaluation["reports"][v]["pooled"]["metrics"]["auroc"] for v in ("acme", "globex"))
+    assert acme > globex  # acme's model uses the informative features more strongly
+
+
+def test_network_report_compares_vendors_per_site(evaluation: dict) -> None:
+    network = evaluation["network"]
+    assert {row["vendor"] for row in network["vendors"]} == {"acme", "globex"}
+    for row in network["vendors"]:
+        assert set(row["sites"]) == set(SITES)
+        assert "suppressed" in row["sites"]["site-c"]  # 12 examples < min_examples 20
+        assert row["sites"]["site-a"]["examples"] == 80
+        assert {"accuracy", "auroc", "loss", "ece"} <= set(row["sites"]["site-a"]["metrics"])
+        assert any(name.startswith("accuracy[sex=") for name in row["sites"]["site-a"]["metrics"])
+        assert row["worst_site"]["auroc"]["site"] in ("site-a", "site-b")
+        assert set(row["pooled"]["ci"]) == {"accuracy", "auroc", "loss", "ece"}
+    assert "<svg" in evaluation["html"] and "acme" in evaluation["html"] and "globex" in evaluation["html"]
+
+
+def test_refusals_carry_reasons(evaluation: dict) -> None:
+    assert any(r.startswith("vendor.unknown") for r in evaluation["refused-mallory"])
+    assert any(r.startswith("vendor.key") for r in evaluation["refused-acme"])
+    assert evaluation["outsider"].code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "does not evaluate vendor models" in evaluation["outsider"].details()
+    assert evaluation["stranger"]
+
+
+def test_plaintext_models_never_on_disk(evaluation: dict) -> None:
+    needles = []
+    for model in evaluation["models"].values():
+        needles += [model, model[-32:], model[:48]]
+    found = _scan([evaluation["deployment"].directory, evaluation["sim"]], needles)
+    assert found == []
+
+
+def test_audit_log_records_and_verifies(evaluation: dict) -> None:
+    deployment = evaluation["deployment"]
+    result = verify_log(deployment.directory / "audit-log", deployment.site_policy())
+    assert result.valid, [str(p) for p in result.problems][:5]
+    kinds = [event.get("message") for event in read_events(deployment.directory / "aggregator.stderr")]
+    for kind in ("vendor_submission", "vendor_dispatch", "vendor_evaluation", "vendor_release", "vendor_refused"):
+        assert kind in kinds, kind
