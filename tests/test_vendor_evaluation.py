@@ -196,3 +196,22 @@ def test_audit_log_records_and_verifies(evaluation: dict) -> None:
     kinds = [event.get("message") for event in read_events(deployment.directory / "aggregator.stderr")]
     for kind in ("vendor_submission", "vendor_dispatch", "vendor_evaluation", "vendor_release", "vendor_refused"):
         assert kind in kinds, kind
+
+
+def test_vendors_demo_prints_the_comparison(tmp_path: Path) -> None:
+    import io
+    import time
+
+    pytest.importorskip("sklearn")
+    from attestfl.scenarios.vendors import run_vendors_demo
+
+    out, err = io.StringIO(), io.StringIO()
+    started = time.monotonic()
+    assert run_vendors_demo(tmp_path / "demo", out=out, err=err) == 0
+    assert time.monotonic() - started < 60
+    text = out.getvalue()
+    assert "Comparative report" in text and "POOLED" in text
+    for hospital in ("st-mary", "general", "riverside"):
+        assert hospital in text
+    assert "vendor acme received only its own row" in text
+    assert (tmp_path / "demo" / "vendor-reports" / "network-report.html").exists()
