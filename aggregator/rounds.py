@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import grpc
 import msgspec
@@ -114,6 +114,9 @@ class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     evaluate: bool = True
     dp: dict[str, Any] | None = None
     vendors: dict[str, Any] | None = None  # [task.vendors]: protocol.vendor.VendorPolicy
+    mode: Literal["sync", "async"] = "sync"  # async: aggregator.async_rounds (buffer_size, max_staleness)
+    buffer_size: Annotated[int, Meta(ge=1, le=MAX_SITES)] = 2
+    max_staleness: Annotated[int, Meta(ge=0, le=1000)] = 8
 
 
 def _strategy_names_text() -> str:
@@ -195,6 +198,9 @@ class TaskConfig:
     evaluate: bool = True
     dp: DpConfig | None = None
     vendors: Any = None  # protocol.vendor.VendorPolicy of vendor evaluation jobs, or None
+    mode: str = "sync"  # "async": aggregator.async_rounds.AsyncDriver
+    buffer_size: int = 2
+    max_staleness: int = 8
 
     @property
     def spec(self) -> ModelSpec:
@@ -234,6 +240,9 @@ class TaskConfig:
             evaluate=task.evaluate,
             dp=dp,
             vendors=vendors,
+            mode=task.mode,
+            buffer_size=task.buffer_size,
+            max_staleness=task.max_staleness,
         )
         config.validate(model=False)
         try:
@@ -271,6 +280,11 @@ class TaskConfig:
                 raise TaskConfigError(
                     f"[task.dp] delta: expected a finite number in (0, 1), got {value_repr(self.dp.delta)}"
                 )
+        if self.mode == "async" and (self.strategy.name != "fedavg" or self.dp is not None):
+            raise TaskConfigError(
+                '[task] mode = "async" buffers staleness-weighted means (aggregator.async_rounds): it takes '
+                "neither another strategy nor [task.dp]"
+            )
         needed = self.strategy.minimum_sites()
         if self.min_sites < needed:
             parameters = ", ".join(f"{k} = {v}" for k, v in self.strategy.describe().items() if k != "name")
@@ -283,6 +297,15 @@ class TaskConfig:
                 ModelSpec.of(self.initial_model)
             except UpdateFormatError as exc:
                 raise TaskConfigError(f"[task] initial_model: {exc}") from None
+
+
+def make_driver(config: TaskConfig, **options: Any) -> Any:
+    """The task's driver: :class:`RoundDriver`, or the async one for ``mode = "async"``."""
+    if config.mode == "async":
+        from aggregator.async_rounds import AsyncDriver
+
+        return AsyncDriver(config, **options)
+    return RoundDriver(config, **options)
 
 
 def _read_vendors(table: dict[str, Any] | None) -> Any:

@@ -24,7 +24,7 @@ import grpc
 from aggregator.audit.events import AuditLog
 from aggregator.checkpoint import Checkpoint, load_checkpoint, now_iso, prepare_checkpoint
 from aggregator.config import AggregatorConfig
-from aggregator.rounds import RoundDriver
+from aggregator.rounds import RoundDriver, make_driver
 from aggregator.service import SERVER_OPTIONS, EventSink, FederationService, LogEvents, handlers
 from enclave.attester import Attester, GpuAttester, open_attester
 from enclave.gpu import open_gpu_attester
@@ -95,6 +95,8 @@ def task_record(config: AggregatorConfig) -> dict[str, Any]:
         "strategy": task.strategy.describe(),
         "clip_norm": task.clip_norm,
         "evaluate": task.evaluate,
+        **({"mode": task.mode, "buffer_size": task.buffer_size, "max_staleness": task.max_staleness}
+           if task.mode == "async" else {}),
         **({"vendors": task.vendors.describe()} if task.vendors is not None else {}),
         "dp": None
         if dp is None
@@ -194,7 +196,7 @@ async def _start(
         assert sealing is not None
         return prepare_checkpoint(config.state_dir, sealing, Checkpoint(next_round, dp_rounds, model, now_iso()))
 
-    driver = RoundDriver(
+    driver = make_driver(
         config.task,
         events=events,
         live_sites=lambda: len(sessions),

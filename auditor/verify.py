@@ -90,6 +90,7 @@ CHECKED_KINDS = START_KINDS + (
     "vendor_submission",
     "vendor_evaluation",
     "vendor_release",
+    "async_version",
 )
 MAX_PROBLEMS = 200
 MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last instant a datetime holds
@@ -722,8 +723,27 @@ def _on_vendor_release(result: Verification, entry: Entry, state: _RunState, key
         result.add(Problem(i, "vendor_release.vendor", f"vendor {str(vendor)[:64]!r} was sent another vendor's job"))
 
 
+def _on_async_version(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """An async version (aggregator/async_rounds.py) aggregates only logged receipts, on their base versions."""
+    for participant in entry.fields["participants"]:
+        site, base = _text(participant, "site"), _uint(participant, "base_version")
+        receipt = state.receipts.get((site, base))
+        if receipt is None or receipt.fields.get("update_sha256") != participant.get("update_sha256"):
+            result.add(
+                Problem(
+                    entry.index,
+                    "async_version.receipt",
+                    f"version {entry.fields.get('version')!r} aggregates an update of site {site!r} on base version "
+                    f"{base} that no logged receipt accepted",
+                )
+            )
+
+
 _HANDLERS.update(
-    vendor_submission=_on_vendor_submission, vendor_evaluation=_on_vendor_evaluation, vendor_release=_on_vendor_release
+    vendor_submission=_on_vendor_submission,
+    vendor_evaluation=_on_vendor_evaluation,
+    vendor_release=_on_vendor_release,
+    async_version=_on_async_version,
 )
 
 
