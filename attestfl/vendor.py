@@ -8,11 +8,14 @@ reuses the sites' appraisal of the aggregator (:mod:`fedsite.client`).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,7 +26,7 @@ from nacl.public import PrivateKey
 from attestation.binding import BoundKeys
 from attestation.bundle import appraise_bundle
 from attestation.bundle_abi import parse_bundle
-from attestation.errors import EXIT_REFUSED, AttestationError, AttestflError
+from attestation.errors import EXIT_REFUSED, EXIT_UNUSABLE, AttestationError, AttestflError
 from attestation.policy import Policy
 from enclave.keys import verify_enclave_signature
 from fedsite.client import CHANNEL_OPTIONS, AggregatorNotTrusted, require_measurement_pins
@@ -197,4 +200,101 @@ class VendorClient:
             time.sleep(poll)
 
 
-__all__ = ["VendorClient", "VendorRefused", "public_key"]
+
+
+# --- attestfl vendor keygen | submit | report -------------------------------------------------------
+
+
+def _load_key(path: str) -> Ed25519PrivateKey:
+    from attestation.files import read_bounded
+
+    data = read_bounded(Path(path), 4096, "vendor key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except ValueError as exc:
+        raise VendorKeyError(f"{path}: not a PEM Ed25519 private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise VendorKeyError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+class VendorKeyError(AttestflError):
+    """The vendor's key file is unusable."""
+
+    exit_code = EXIT_UNUSABLE
+
+
+def _client(args: argparse.Namespace) -> VendorClient:
+    return VendorClient(
+        args.aggregator, vendor=args.vendor, signing_key=_load_key(args.key), policy=Policy.load(args.policy)
+    )
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    key = Ed25519PrivateKey.generate()
+    path = Path(args.out)
+    if path.exists():
+        raise VendorKeyError(f"{path} exists: not overwritten")
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    print(public_key(key).hex())
+    return 0
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from attestation.files import read_bounded
+    from protocol.vendor import MAX_VENDOR_MODEL_BYTES
+
+    model = read_bounded(Path(args.model), MAX_VENDOR_MODEL_BYTES, "vendor model")
+    with _client(args) as vendor:
+        try:
+            job = vendor.submit(model, name=args.name, entry_point=args.entry_point)
+        except VendorRefused as exc:
+            print(f"attestfl: refused:{''.join(f'{chr(10)}  - {r}' for r in exc.reasons)}", file=sys.stderr)
+            return EXIT_REFUSED
+    print(job)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    with _client(args) as vendor:
+        try:
+            report = vendor.wait_report(args.job, timeout=args.wait) if args.wait else vendor.report(args.job)
+        except VendorRefused as exc:
+            print(f"attestfl: refused:{''.join(f'{chr(10)}  - {r}' for r in exc.reasons)}", file=sys.stderr)
+            return EXIT_REFUSED
+    if report is None:
+        print("attestfl: the sites have not all reported yet (try --wait SECONDS)", file=sys.stderr)
+        return EXIT_REFUSED
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
+def add_vendor_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    vendor = subparsers.add_parser("vendor", help="submit a model for evaluation at attested sites (a vendor)")
+    sub = vendor.add_subparsers(dest="vendor_command", required=True, metavar="COMMAND")
+    keygen = sub.add_parser("keygen", help="create a vendor signing key (PEM), print its public key (hex)")
+    keygen.add_argument("--out", required=True, metavar="FILE")
+    keygen.set_defaults(handler=run_keygen)
+    for name, handler, text in (
+        ("submit", run_submit, "verify the aggregator, submit a model sealed to it; print the job id"),
+        ("report", run_report, "fetch this vendor's own report of a job (JSON)"),
+    ):
+        command = sub.add_parser(name, help=text, description=text + ". Exit 0: done; 1: refused; 2: unusable input.")
+        command.add_argument("--aggregator", required=True, metavar="HOST:PORT")
+        command.add_argument("--policy", required=True, metavar="FILE", help="policy for the aggregator's evidence")
+        command.add_argument("--key", required=True, metavar="FILE", help="the vendor's signing key (keygen)")
+        command.add_argument("--vendor", required=True, help="the vendor's name in the task's vendor policy")
+        command.set_defaults(handler=handler)
+        if name == "submit":
+            command.add_argument("--model", required=True, metavar="FILE", help="safetensors file")
+            command.add_argument("--name", required=True, help="the model's name (letters, digits, . _ -)")
+            command.add_argument("--entry-point", required=True, help="module:function (pinned by its source digest)")
+        else:
+            command.add_argument("--job", required=True)
+            command.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
+
+
+__all__ = ["VendorClient", "VendorKeyError", "VendorRefused", "add_vendor_commands", "public_key"]

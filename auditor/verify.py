@@ -698,6 +698,16 @@ def _on_vendor_submission(result: Verification, entry: Entry, state: _RunState, 
                 "manifest and this run's keys",
             )
         )
+    task = result.configs[-1].fields.get("task") if result.configs else None
+    policy = task.get("vendors") if isinstance(task, dict) else None
+    if isinstance(policy, dict) and policy.get("keys", {}).get(manifest.vendor) != _bytes(f, "vendor_public").hex():
+        result.add(
+            Problem(
+                i,
+                "vendor_submission.policy",
+                f"vendor {manifest.vendor!r} with this key is not in the run's logged vendor policy",
+            )
+        )
     if manifest.job_id != _text(f, "job") or manifest.vendor != _text(f, "vendor"):
         result.add(Problem(i, "vendor_submission.job", "the logged job id or vendor is not the manifest's"))
     state.vendor_jobs[manifest.job_id] = manifest.vendor

@@ -86,6 +86,9 @@ def add_site_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         help="keep retrying an unreachable or busy aggregator this long (default 60; refusals are never retried)",
     )
     run.set_defaults(handler=run_site_run)
+    from fedsite.vendor_eval import add_vendor_eval_command
+
+    add_vendor_eval_command(site_sub, open_site_client)
 
 
 def site_attester(config: SiteConfig) -> Attester:

@@ -215,3 +215,72 @@ def test_vendors_demo_prints_the_comparison(tmp_path: Path) -> None:
         assert hospital in text
     assert "vendor acme received only its own row" in text
     assert (tmp_path / "demo" / "vendor-reports" / "network-report.html").exists()
+
+
+def test_verifier_catches_a_forged_submission_and_a_foreign_release(evaluation: dict) -> None:
+    from dataclasses import replace
+
+    from auditor import verify
+
+    deployment = evaluation["deployment"]
+    log = verify_log(deployment.directory / "audit-log", deployment.site_policy())
+    (start,) = [e for e in log.entries if e.kind == "aggregator_start"]
+    submissions = [e for e in log.entries if e.kind == "vendor_submission"]
+    assert len(submissions) == 2
+    state = verify._RunState(run_key=start.fields["ed25519"])
+    result = verify.Verification(deployment.directory)
+    result.configs.extend(e for e in log.entries if e.kind == "config")
+    for submission in submissions:
+        verify._on_vendor_submission(result, submission, state, verify._Keys())
+    assert result.problems == []
+    forged = replace(submissions[0], fields={**submissions[0].fields, "signature": bytes(64)})
+    verify._on_vendor_submission(result, forged, state, verify._Keys())
+    assert [p.check for p in result.problems] == ["vendor_submission.signature"]
+    vendor = submissions[0].fields["vendor"]
+    foreign = {"to": "vendor", "vendor": vendor, "jobs": [submissions[1].fields["job"]]}
+    release = replace(submissions[0], kind="vendor_release", fields=foreign)
+    verify._on_vendor_release(result, release, state, verify._Keys())
+    assert result.problems[-1].check == "vendor_release.vendor"
+
+
+def test_vendor_commands(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from attestfl.demo import _write_aggregator_policy
+
+    def attestfl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "attestfl.cli", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+
+    keygen = attestfl("vendor", "keygen", "--out", "acme.pem")
+    assert keygen.returncode == 0, keygen.stderr
+    public = keygen.stdout.strip()
+    assert attestfl("vendor", "keygen", "--out", "acme.pem").returncode == 2  # never overwritten
+    task = (
+        'rounds = 1\n[task.vendors]\nsites = ["site-a"]\nmin_examples = 5\nbootstrap = 20\n'
+        f'[task.vendors.keys]\nacme = "{public}"\n'
+    )
+    deployment = Deployment(tmp_path / "deployment", tmp_path / "sim", sites={"site-a": ""}, task=task)
+    deployment.directory.mkdir()
+    _write_aggregator_policy(deployment)
+    (tmp_path / "model.safetensors").write_bytes(_model(1, 2.0))
+    for aggregator in run_aggregator(deployment):
+        common = ["--aggregator", aggregator.target, "--policy", str(deployment.directory / "aggregator-policy.toml"),
+                  "--key", "acme.pem", "--vendor", "acme"]
+        submit = attestfl("vendor", "submit", *common, "--model", "model.safetensors", "--name", "m1",
+                          "--entry-point", ENTRY)
+        assert submit.returncode == 0, submit.stderr
+        job = submit.stdout.strip()
+        pending = attestfl("vendor", "report", *common, "--job", job)
+        assert pending.returncode == 1 and "not all reported" in pending.stderr
+        with deployment.client(aggregator.target, site_id="site-a") as client:
+            client.join()
+            run_vendor_jobs(client, _data(3, 40))
+        report = attestfl("vendor", "report", *common, "--job", job, "--wait", "30")
+        assert report.returncode == 0, report.stderr
+        assert json.loads(report.stdout)["job"] == job
+        refused = attestfl("vendor", "submit", *common[:-1], "mallory", "--model", "model.safetensors",
+                           "--name", "m1", "--entry-point", ENTRY)
+        assert refused.returncode == 1 and "vendor.unknown" in refused.stderr
