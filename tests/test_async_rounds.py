@@ -193,3 +193,24 @@ def test_slow_site_contributes_and_a_vanished_upload_stalls_nobody(tmp_path: Any
     assert not [p for v in versions for p in v["participants"] if p["site"] == "ghost"]
     result = verify_log(deployment.directory / "audit-log", deployment.site_policy())
     assert result.valid, [str(p) for p in result.problems][:5]
+
+
+def test_async_matches_sync_accuracy_in_half_the_time(tmp_path: Any) -> None:
+    """The acceptance figure of benchmarks/async.py, smaller: one site 10x slower; async reaches
+    the synchronous final accuracy (within 1 point) in at most half the wall time."""
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("sklearn")
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "async.py"
+    spec = importlib.util.spec_from_file_location("async_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    sync = benchmark.run_mode("sync", 5, 0.1, tmp_path / "sync")
+    asynchronous = benchmark.run_mode("async", 5, 0.1, tmp_path / "async")
+    target = sync["curve"][-1][2] - 0.01
+    assert asynchronous["curve"][-1][2] >= target
+    sync_time, async_time = benchmark.time_to(sync["curve"], target), benchmark.time_to(asynchronous["curve"], target)
+    assert sync_time is not None and async_time is not None
+    assert async_time <= 0.5 * sync_time
