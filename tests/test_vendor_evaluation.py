@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -284,3 +285,70 @@ def test_vendor_commands(tmp_path: Path) -> None:
         refused = attestfl("vendor", "submit", *common[:-1], "mallory", "--model", "model.safetensors",
                            "--name", "m1", "--entry-point", ENTRY)
         assert refused.returncode == 1 and "vendor.unknown" in refused.stderr
+
+
+def _submission(keys: Any, vendor_key: Ed25519PrivateKey, model: bytes, claimed: bytes) -> Any:
+    import hashlib
+
+    from protocol.vendor import VendorManifest, entry_point_digest, seal_key, submission_message
+    from protocol.wire import federation_pb2 as pb
+
+    manifest = VendorManifest(
+        "acme", "m", hashlib.sha256(claimed).digest(), len(claimed), ENTRY, entry_point_digest(ENTRY)
+    ).to_bytes()
+    content_key = new_content_key()
+    artefact = encrypt_artefact(model, content_key)
+    sealed = seal_key(content_key, keys.public.x25519)
+    message = submission_message(
+        manifest,
+        aggregator_x25519=keys.public.x25519,
+        aggregator_ed25519=keys.public.ed25519,
+        sealed_key=sealed,
+        header=artefact.header,
+    )
+    return pb.VendorSubmission(
+        manifest=manifest,
+        artefact=pb.VendorArtefact(header=artefact.header, chunks=list(artefact.chunks), sealed_key=sealed),
+        vendor_public=public_key(vendor_key),
+        signature=vendor_key.sign(message),
+    )
+
+
+def test_enclave_refuses_a_model_that_is_not_the_signed_one(tmp_path: Path) -> None:
+    from aggregator.evaluation_jobs import EvaluationJobs
+    from enclave.keys import EnclaveKeys
+    from protocol.vendor import VendorPolicy
+
+    keys, vendor_key = EnclaveKeys(), Ed25519PrivateKey.generate()
+    policy = VendorPolicy(keys={"acme": public_key(vendor_key)}, sites=("site-a",))
+    logged: list = []
+    jobs = EvaluationJobs(policy, keys, lambda kind, **fields: logged.append(kind), tmp_path)
+    refusals: list = []
+
+    def refuse(**fields: object) -> None:
+        refusals.append(fields)
+
+    swapped = jobs.submit(_submission(keys, vendor_key, _model(1, 1.0), claimed=_model(2, 1.0)), refuse)
+    assert not swapped.accepted and [r.split(":")[0] for r in swapped.reasons] == ["vendor.digest"]
+    assert refusals[0]["reasons"] == list(swapped.reasons) and logged == []
+    accepted = jobs.submit(_submission(keys, vendor_key, _model(1, 1.0), claimed=_model(1, 1.0)), refuse)
+    assert accepted.accepted and logged == ["vendor_submission"]
+    again = jobs.submit(_submission(keys, vendor_key, _model(1, 1.0), claimed=_model(1, 1.0)), refuse)
+    assert [r.split(":")[0] for r in again.reasons] == ["vendor.duplicate"]
+    other_key = Ed25519PrivateKey.generate()
+    forged = jobs.submit(_submission(keys, other_key, _model(4, 1.0), claimed=_model(4, 1.0)), refuse)
+    assert [r.split(":")[0] for r in forged.reasons] == ["vendor.key"]
+
+
+def test_a_site_refuses_code_other_than_the_pinned_entry_point() -> None:
+    import hashlib
+
+    from fedsite.vendor_eval import load_entry_point
+    from protocol.vendor import VendorManifest
+
+    manifest = VendorManifest("acme", "m", hashlib.sha256(b"x").digest(), 1, ENTRY, bytes(32))
+    with pytest.raises(VendorError, match="not the code the vendor pinned"):
+        load_entry_point(manifest)
+    missing = VendorManifest("acme", "m", bytes(32), 1, "no_such_module:build", bytes(32))
+    with pytest.raises(VendorError, match="not installed"):
+        load_entry_point(missing)
