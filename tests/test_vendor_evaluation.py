@@ -20,7 +20,7 @@ from auditor.verify import verify_log
 from enclave.simulated.attester import SimulatedSnpAttester
 from federation import Deployment, run_aggregator
 from fedsite.client import AdmissionRefused
-from fedsite.vendor_eval import EvaluationData, fetch_jobs, run_vendor_jobs
+from fedsite.vendor_eval import EvaluationData, fetch_jobs, run_vendor_jobs, send_metrics
 from protocol.tensors import encode_tensors
 from protocol.vendor import (
     SealedArtefact,
@@ -29,6 +29,7 @@ from protocol.vendor import (
     encrypt_artefact,
     new_content_key,
 )
+from protocol.wire import federation_pb2 as pb
 
 ENTRY = "fedsite.vendor_models:mlp"
 SITES = {"site-a": 80, "site-b": 60, "site-c": 12}  # site-c is below min_examples = 20
@@ -108,11 +109,20 @@ def evaluation(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 with pytest.raises(VendorRefused) as refused:
                     vendor.submit(_model(3, 1.0), name="x", entry_point=ENTRY)
                 out[f"refused-{name}"] = refused.value.reasons
+        # Bytes that are no manifest at all: refused with the reason, nothing decrypted.
+        with VendorClient(
+            aggregator.target, vendor="acme", signing_key=vendors["acme"], policy=deployment.site_policy()
+        ) as vendor:
+            out["garbage"] = vendor.stub.VendorSubmit(pb.VendorSubmission(manifest=b"{not json"), timeout=10)
         results = {}
         for index, (site, n) in enumerate(SITES.items()):
             with deployment.client(aggregator.target, site_id=site) as client:
                 client.join()
                 results[site] = run_vendor_jobs(client, _data(10 + index, n))
+                if site == "site-a":  # a second report of the same job is refused
+                    with pytest.raises(grpc.RpcError) as twice:
+                        send_metrics(client, pb.VendorMetrics(job_id=jobs["acme"], examples=1))
+                    out["twice"] = twice.value
         out["results"] = results
         with deployment.client(aggregator.target, site_id="site-x") as outsider:
             outsider.join()
@@ -180,6 +190,8 @@ def test_refusals_carry_reasons(evaluation: dict) -> None:
     assert evaluation["outsider"].code() == grpc.StatusCode.PERMISSION_DENIED
     assert "does not evaluate vendor models" in evaluation["outsider"].details()
     assert evaluation["stranger"]
+    assert not evaluation["garbage"].accepted and evaluation["garbage"].reasons[0].startswith("vendor.manifest")
+    assert evaluation["twice"].code() == grpc.StatusCode.ALREADY_EXISTS
 
 
 def test_plaintext_models_never_on_disk(evaluation: dict) -> None:
