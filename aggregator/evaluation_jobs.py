@@ -215,6 +215,13 @@ class EvaluationJobs:
                 )
         return response
 
+    def pending(self, site_id: str) -> int:
+        """How many jobs wait for this site's metrics (0 for a site that does not evaluate)."""
+        if site_id not in self.policy.sites:
+            return 0
+        with self._lock:
+            return sum(1 for job in self.jobs.values() if site_id not in job.results)
+
     def accept_metrics(self, site_id: str, report: pb.VendorMetrics, max_weight: float) -> None:
         self._check_site(site_id)
         with self._lock:

@@ -663,6 +663,8 @@ class FederationService:
             tree_head=head,
             consistency=proof,
         )
+        if self.vendor_jobs is not None:
+            response.vendor_jobs = self.vendor_jobs.pending(session.site_id)
         return self._seal(session, "GetTask", call, response)
 
     async def DownloadModel(

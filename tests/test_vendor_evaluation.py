@@ -118,7 +118,9 @@ def evaluation(tmp_path_factory: pytest.TempPathFactory) -> dict:
         for index, (site, n) in enumerate(SITES.items()):
             with deployment.client(aggregator.target, site_id=site) as client:
                 client.join()
+                assert client.task().vendor_jobs == 2  # the task tells a site that jobs wait
                 results[site] = run_vendor_jobs(client, _data(10 + index, n))
+                assert client.task().vendor_jobs == 0
                 if site == "site-a":  # a second report of the same job is refused
                     with pytest.raises(grpc.RpcError) as twice:
                         send_metrics(client, pb.VendorMetrics(job_id=jobs["acme"], examples=1))
