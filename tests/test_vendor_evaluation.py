@@ -366,3 +366,40 @@ def test_a_site_refuses_code_other_than_the_pinned_entry_point() -> None:
     missing = VendorManifest("acme", "m", bytes(32), 1, "no_such_module:build", bytes(32))
     with pytest.raises(VendorError, match="not installed"):
         load_entry_point(missing)
+
+
+class _NumpyTrainer:
+    """A trainer the SDK drives (get/set/train/evaluate) without torch: one step towards zero."""
+
+    def __init__(self) -> None:
+        self.model: dict = {}
+        self.evaluate = None
+
+    def get(self) -> dict:
+        return {name: array * 0.5 for name, array in self.model.items()}
+
+    def set(self, tensors: dict) -> None:
+        self.model = {name: np.array(array) for name, array in tensors.items()}
+
+    def train(self, model: dict) -> int:
+        return 10
+
+
+def test_site_run_evaluates_waiting_vendor_jobs(tmp_path: Path) -> None:
+    from fedsite.sdk import run_site
+
+    key = Ed25519PrivateKey.generate()
+    task = (
+        'rounds = 1\nmin_sites = 1\n[task.vendors]\nsites = ["site-a"]\nmin_examples = 5\nbootstrap = 10\n'
+        f'[task.vendors.keys]\nacme = "{public_key(key).hex()}"\n'
+    )
+    deployment = Deployment(tmp_path / "deployment", tmp_path / "sim", sites={"site-a": ""}, task=task)
+    deployment.directory.mkdir()
+    for aggregator in run_aggregator(deployment):
+        with VendorClient(aggregator.target, vendor="acme", signing_key=key, policy=deployment.site_policy()) as vendor:
+            job = vendor.submit(_model(1, 2.0), name="m1", entry_point=ENTRY)
+            with deployment.client(aggregator.target, site_id="site-a") as client:
+                summary = run_site(client, _NumpyTrainer(), progress=None, vendor_data=_data(5, 30))
+            assert summary.rounds_trained == [1]
+            report = vendor.wait_report(job, timeout=30)
+    assert report["pooled"]["examples"] == 30
