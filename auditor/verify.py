@@ -747,6 +747,13 @@ def _on_async_version(result: Verification, entry: Entry, state: _RunState, keys
                     f"{base} that no logged receipt accepted",
                 )
             )
+    # Version v closes base v - 1, as a synchronous round r produces the model of round r + 1: the
+    # restart and rollback checks read both alike.
+    base = _uint(entry.fields, "base")
+    outcome = RoundOutcome(
+        entry.index, entry.time, base, 1, {}, _text(entry.fields, "model_sha256"), "async", None, None, None
+    )
+    state.training.round(result, outcome)
 
 
 _HANDLERS.update(

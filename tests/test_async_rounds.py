@@ -19,7 +19,7 @@ from aggregator.service import UpdateRefused
 from aggregator.strategies import make_strategy
 from attestfl.loopback import read_events
 from auditor.verify import verify_log
-from federation import MODEL, Deployment
+from federation import MODEL, Deployment, run_aggregator
 from protocol.formulas import upload_context
 from protocol.streams import seal_chunks
 from protocol.tensors import ModelSpec, encode_tensors, flatten
@@ -214,3 +214,29 @@ def test_async_matches_sync_accuracy_in_half_the_time(tmp_path: Any) -> None:
     sync_time, async_time = benchmark.time_to(sync["curve"], target), benchmark.time_to(asynchronous["curve"], target)
     assert sync_time is not None and async_time is not None
     assert async_time <= 0.5 * sync_time
+
+
+def test_async_versions_survive_a_restart(tmp_path: Any) -> None:
+    deployment = Deployment(
+        tmp_path / "deployment",
+        tmp_path / "sim",
+        sites={"site-a": ""},
+        task='mode = "async"\nrounds = 4\nbuffer_size = 1\nmax_staleness = 4',
+    )
+    deployment.directory.mkdir()
+    for aggregator in run_aggregator(deployment):
+        with deployment.client(aggregator.target, site_id="site-a") as client:
+            client.join()
+            for version in (1, 2):
+                _train(client, version, 0.0, 0.5)
+                deadline = time.monotonic() + 10
+                while client.task().round == version and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            assert client.task().round == 3
+    for aggregator in run_aggregator(deployment):  # a restart resumes at version 3 (sealed checkpoint)
+        with deployment.client(aggregator.target, site_id="site-a") as client:
+            client.join()
+            assert client.task().round == 3
+            _train(client, 3, 0.0, 0.5)
+    result = verify_log(deployment.directory / "audit-log", deployment.site_policy())
+    assert result.valid, [str(p) for p in result.problems][:5]
