@@ -95,8 +95,11 @@ def task_record(config: AggregatorConfig) -> dict[str, Any]:
         "strategy": task.strategy.describe(),
         "clip_norm": task.clip_norm,
         "evaluate": task.evaluate,
-        **({"mode": task.mode, "buffer_size": task.buffer_size, "max_staleness": task.max_staleness}
-           if task.mode == "async" else {}),
+        **(
+            {"mode": task.mode, "buffer_size": task.buffer_size, "max_staleness": task.max_staleness}
+            if task.mode == "async"
+            else {}
+        ),
         **({"vendors": task.vendors.describe()} if task.vendors is not None else {}),
         "dp": None
         if dp is None

@@ -577,9 +577,9 @@ class FederationService:
         for old in replaced:
             del self.sessions[old]
         self.sessions[session_id] = Session(
-            session_id, site_id, session_keys, appraisal.platform, appraisal.identity, appraisal.max_weight, expires,
-            x25519=bytes(request.site_x25519_public),
+            session_id, site_id, session_keys, appraisal.platform, appraisal.identity, appraisal.max_weight, expires
         )
+        self.sessions[session_id].x25519 = bytes(request.site_x25519_public)  # vendor evaluation seals to it
         self.counters.admitted += 1
         return pb.AdmitResponse(admitted=True, credential=token, session_id=session_id)
 
