@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import grpc
 import msgspec
@@ -113,6 +113,10 @@ class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     clip_norm: Annotated[float, Meta(gt=0)] | None = None
     evaluate: bool = True
     dp: dict[str, Any] | None = None
+    vendors: dict[str, Any] | None = None  # [task.vendors]: protocol.vendor.VendorPolicy
+    mode: Literal["sync", "async"] = "sync"  # async: aggregator.async_rounds (buffer_size, max_staleness)
+    buffer_size: Annotated[int, Meta(ge=1, le=MAX_SITES)] = 2
+    max_staleness: Annotated[int, Meta(ge=0, le=1000)] = 8
 
 
 def _strategy_names_text() -> str:
@@ -193,6 +197,10 @@ class TaskConfig:
     clip_norm: float | None = None
     evaluate: bool = True
     dp: DpConfig | None = None
+    vendors: Any = None  # protocol.vendor.VendorPolicy of vendor evaluation jobs, or None
+    mode: str = "sync"  # "async": aggregator.async_rounds.AsyncDriver
+    buffer_size: int = 2
+    max_staleness: int = 8
 
     @property
     def spec(self) -> ModelSpec:
@@ -221,6 +229,7 @@ class TaskConfig:
             dp_table = read_struct(task.dp, DpTable, "task.dp", TaskConfigError)
             dp = DpConfig(dp_table.clip_norm, dp_table.noise_multiplier, dp_table.delta)
         strategy = read_strategy(task)
+        vendors = _read_vendors(task.vendors)
         config = cls(
             initial_model={},
             rounds=task.rounds,
@@ -230,6 +239,10 @@ class TaskConfig:
             clip_norm=task.clip_norm,
             evaluate=task.evaluate,
             dp=dp,
+            vendors=vendors,
+            mode=task.mode,
+            buffer_size=task.buffer_size,
+            max_staleness=task.max_staleness,
         )
         config.validate(model=False)
         try:
@@ -267,6 +280,11 @@ class TaskConfig:
                 raise TaskConfigError(
                     f"[task.dp] delta: expected a finite number in (0, 1), got {value_repr(self.dp.delta)}"
                 )
+        if self.mode == "async" and (self.strategy.name != "fedavg" or self.dp is not None):
+            raise TaskConfigError(
+                '[task] mode = "async" buffers staleness-weighted means (aggregator.async_rounds): it takes '
+                "neither another strategy nor [task.dp]"
+            )
         needed = self.strategy.minimum_sites()
         if self.min_sites < needed:
             parameters = ", ".join(f"{k} = {v}" for k, v in self.strategy.describe().items() if k != "name")
@@ -279,6 +297,27 @@ class TaskConfig:
                 ModelSpec.of(self.initial_model)
             except UpdateFormatError as exc:
                 raise TaskConfigError(f"[task] initial_model: {exc}") from None
+
+
+def make_driver(config: TaskConfig, **options: Any) -> Any:
+    """The task's driver: :class:`RoundDriver`, or the async one for ``mode = "async"``."""
+    if config.mode == "async":
+        from aggregator.async_rounds import AsyncDriver
+
+        return AsyncDriver(config, **options)
+    return RoundDriver(config, **options)
+
+
+def _read_vendors(table: dict[str, Any] | None) -> Any:
+    """``[task.vendors]`` (vendor evaluation jobs, protocol.vendor), or None."""
+    if table is None:
+        return None
+    from protocol.vendor import VendorError, VendorPolicy
+
+    try:
+        return VendorPolicy.from_table(table)
+    except VendorError as exc:
+        raise TaskConfigError(str(exc)) from None
 
 
 @dataclass

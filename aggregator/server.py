@@ -24,7 +24,7 @@ import grpc
 from aggregator.audit.events import AuditLog
 from aggregator.checkpoint import Checkpoint, load_checkpoint, now_iso, prepare_checkpoint
 from aggregator.config import AggregatorConfig
-from aggregator.rounds import RoundDriver
+from aggregator.rounds import RoundDriver, make_driver
 from aggregator.service import SERVER_OPTIONS, EventSink, FederationService, LogEvents, handlers
 from enclave.attester import Attester, GpuAttester, open_attester
 from enclave.gpu import open_gpu_attester
@@ -95,6 +95,12 @@ def task_record(config: AggregatorConfig) -> dict[str, Any]:
         "strategy": task.strategy.describe(),
         "clip_norm": task.clip_norm,
         "evaluate": task.evaluate,
+        **(
+            {"mode": task.mode, "buffer_size": task.buffer_size, "max_staleness": task.max_staleness}
+            if task.mode == "async"
+            else {}
+        ),
+        **({"vendors": task.vendors.describe()} if task.vendors is not None else {}),
         "dp": None
         if dp is None
         else {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier, "delta": dp.delta},
@@ -193,7 +199,7 @@ async def _start(
         assert sealing is not None
         return prepare_checkpoint(config.state_dir, sealing, Checkpoint(next_round, dp_rounds, model, now_iso()))
 
-    driver = RoundDriver(
+    driver = make_driver(
         config.task,
         events=events,
         live_sites=lambda: len(sessions),
@@ -226,6 +232,11 @@ async def _start(
         tree_head=TreeHeads(audit) if audit is not None else None,
     )
     service.sessions = sessions
+    if config.task.vendors is not None:
+        from aggregator.evaluation_jobs import EvaluationJobs
+
+        report_dir = config.path.parent / config.task.vendors.report_dir
+        service.vendor_jobs = EvaluationJobs(config.task.vendors, keys, service._record, report_dir)
     server.add_generic_rpc_handlers(handlers(service))
     await server.start()
     return Running(service, driver, port, server, audit)

@@ -165,6 +165,7 @@ class Session:
     expires: datetime
     calls: CallWindow = field(default_factory=CallWindow)
     uploading: bool = False
+    x25519: bytes = b""  # the site's attested session key (vendor evaluation seals models to it)
 
 
 @dataclass
@@ -248,6 +249,8 @@ class FederationService:
         #: Why the aggregator stopped (fail-stop), or None while it serves.
         self.stopped: str | None = None
         self.on_stop = on_stop
+        #: Vendor evaluation jobs (aggregator.evaluation_jobs.EvaluationJobs) when the task has a vendor policy.
+        self.vendor_jobs: Any = None
 
     # --- the barrier every call runs in ---------------------------------------------------------
 
@@ -576,6 +579,7 @@ class FederationService:
         self.sessions[session_id] = Session(
             session_id, site_id, session_keys, appraisal.platform, appraisal.identity, appraisal.max_weight, expires
         )
+        self.sessions[session_id].x25519 = bytes(request.site_x25519_public)  # vendor evaluation seals to it
         self.counters.admitted += 1
         return pb.AdmitResponse(admitted=True, credential=token, session_id=session_id)
 
@@ -659,6 +663,8 @@ class FederationService:
             tree_head=head,
             consistency=proof,
         )
+        if self.vendor_jobs is not None:
+            response.vendor_jobs = self.vendor_jobs.pending(session.site_id)
         return self._seal(session, "GetTask", call, response)
 
     async def DownloadModel(
@@ -882,6 +888,25 @@ class FederationService:
             await context.abort(exc.code, _short(str(exc), 300))
         return self._seal(session, "ReportMetrics", call, pb.MetricsAck())
 
+    # --- vendor evaluation (aggregator/evaluation_jobs.py) -------------------------------------
+
+    async def _vendor(self, name: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if self.vendor_jobs is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this task has no vendor policy ([task.vendors])")
+        return await getattr(self.vendor_jobs, name)(self, request, context)
+
+    async def VendorSubmit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._vendor("rpc_submit", request, context)
+
+    async def VendorJobs(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> pb.Sealed:
+        return await self._vendor("rpc_jobs", request, context)
+
+    async def VendorReportMetrics(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> pb.Sealed:
+        return await self._vendor("rpc_report_metrics", request, context)
+
+    async def VendorReport(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._vendor("rpc_report", request, context)
+
     # --- health ------------------------------------------------------------------------------
 
     async def Check(
@@ -895,7 +920,7 @@ class FederationService:
         )
 
 
-HANDSHAKE_METHODS = ("GetEvidence", "GetChallenge", "Admit", "Check")
+HANDSHAKE_METHODS = ("GetEvidence", "GetChallenge", "Admit", "Check", "VendorSubmit", "VendorReport")
 
 
 class Malformed:
@@ -1008,6 +1033,10 @@ _METHODS = {
     "DownloadModel": ("server_stream", pb.Sealed, pb.SealedChunk),
     "UploadUpdate": ("client_stream", pb.SealedChunk, pb.Sealed),
     "ReportMetrics": ("unary", pb.Sealed, pb.Sealed),
+    "VendorSubmit": ("unary", pb.VendorSubmission, pb.VendorSubmitResponse),
+    "VendorJobs": ("unary", pb.Sealed, pb.Sealed),
+    "VendorReportMetrics": ("unary", pb.Sealed, pb.Sealed),
+    "VendorReport": ("unary", pb.VendorReportRequest, pb.VendorReportResponse),
 }
 
 

@@ -458,6 +458,12 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+#: ``attestfl demo --scenario NAME``: the module function that runs it (one line per scenario).
+SCENARIOS = {
+    "vendors": "attestfl.scenarios.vendors:run",
+}
+
+
 def add_demo_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = subparsers.add_parser(
         "demo",
@@ -475,6 +481,12 @@ def add_demo_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "--dir", type=Path, help="where to write configs, logs and the audit log (default: a new temporary directory)"
     )
     demo.add_argument("--json", action="store_true", help="print one JSON summary object")
+    demo.add_argument(
+        "--scenario",
+        choices=("training", *SCENARIOS),
+        default="training",
+        help="what to demonstrate (default: training)",
+    )
     demo.set_defaults(handler=_run_demo_command)
 
 
@@ -482,6 +494,11 @@ def _run_demo_command(args: argparse.Namespace) -> int:
     from attestation.errors import ExtraNotInstalled
 
     ExtraNotInstalled.check("demo", "attestfl demo", DEMO_EXTRA_MODULES)
+    if getattr(args, "scenario", "training") != "training":
+        import importlib
+
+        module, function = SCENARIOS[args.scenario].split(":")
+        return int(getattr(importlib.import_module(module), function)(args))
     return run_demo(
         args.sites, args.rounds, args.strategy, directory=args.dir, json_output=args.json, dp=args.dp
     ).exit_code

@@ -87,6 +87,10 @@ CHECKED_KINDS = START_KINDS + (
     "round",
     "restart",
     "no_sealing",
+    "vendor_submission",
+    "vendor_evaluation",
+    "vendor_release",
+    "async_version",
 )
 MAX_PROBLEMS = 200
 MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last instant a datetime holds
@@ -506,6 +510,7 @@ class _RunState:
         default_factory=dict
     )  # SHA-256 -> bytes of the verifier's collateral files logged
     training: _Training = field(default_factory=lambda: _Training())
+    vendor_jobs: dict[str, str] = field(default_factory=dict)  # job id -> vendor (vendor evaluation)
 
 
 def _check_semantics(
@@ -519,6 +524,7 @@ def _check_semantics(
             if entry.kind in START_KINDS:
                 state.run_key = _check_start(result, entry, roots, policy, state.run_key)
                 state.admitted, state.receipts = {}, {}
+                state.vendor_jobs = {}
             elif state.run_key is None:
                 result.add(
                     Problem(
@@ -664,6 +670,98 @@ _HANDLERS: dict[str, Callable[[Verification, Entry, _RunState, _Keys], None]] = 
     "restart": _on_restart,
     "no_sealing": _on_no_sealing,
 }
+
+
+# --- vendor evaluation (aggregator/evaluation_jobs.py) ------------------------------------------
+
+
+def _on_vendor_submission(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """The vendor's signature binds its manifest to this run's keys and the logged artefact."""
+    from protocol.vendor import VendorManifest, submission_message
+
+    f, i = entry.fields, entry.index
+    manifest = VendorManifest.from_bytes(_bytes(f, "manifest"))
+    assert state.run_key is not None
+    message = submission_message(
+        _bytes(f, "manifest"),
+        aggregator_x25519=_bytes(f, "aggregator_x25519"),
+        aggregator_ed25519=state.run_key,
+        sealed_key=_bytes(f, "sealed_key"),
+        header=_bytes(f, "header"),
+    )
+    if not keys.verify(_bytes(f, "vendor_public"), _bytes(f, "signature"), message):
+        result.add(
+            Problem(
+                i,
+                "vendor_submission.signature",
+                f"the submission of vendor {manifest.vendor!r} is not signed by the logged vendor key over its "
+                "manifest and this run's keys",
+            )
+        )
+    task = result.configs[-1].fields.get("task") if result.configs else None
+    policy = task.get("vendors") if isinstance(task, dict) else None
+    if isinstance(policy, dict) and policy.get("keys", {}).get(manifest.vendor) != _bytes(f, "vendor_public").hex():
+        result.add(
+            Problem(
+                i,
+                "vendor_submission.policy",
+                f"vendor {manifest.vendor!r} with this key is not in the run's logged vendor policy",
+            )
+        )
+    if manifest.job_id != _text(f, "job") or manifest.vendor != _text(f, "vendor"):
+        result.add(Problem(i, "vendor_submission.job", "the logged job id or vendor is not the manifest's"))
+    state.vendor_jobs[manifest.job_id] = manifest.vendor
+
+
+def _on_vendor_evaluation(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f, i = entry.fields, entry.index
+    job, site = _text(f, "job"), _text(f, "site")
+    if job not in state.vendor_jobs:
+        result.add(Problem(i, "vendor_evaluation.job", f"metrics for job {job[:40]!r}, which no submission logged"))
+    if site not in state.admitted:
+        result.add(Problem(i, "vendor_evaluation.site", f"metrics from site {site!r}, which no admission admitted"))
+
+
+def _on_vendor_release(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f, i = entry.fields, entry.index
+    jobs = f["jobs"]
+    unknown = [str(j)[:40] for j in jobs if j not in state.vendor_jobs]
+    if unknown:
+        result.add(Problem(i, "vendor_release.job", f"a release of job(s) {unknown[:4]} that no submission logged"))
+    vendor = f.get("vendor")
+    if f.get("to") == "vendor" and any(state.vendor_jobs.get(j) != vendor for j in jobs):
+        result.add(Problem(i, "vendor_release.vendor", f"vendor {str(vendor)[:64]!r} was sent another vendor's job"))
+
+
+def _on_async_version(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """An async version (aggregator/async_rounds.py) aggregates only logged receipts, on their base versions."""
+    for participant in entry.fields["participants"]:
+        site, base = _text(participant, "site"), _uint(participant, "base_version")
+        receipt = state.receipts.get((site, base))
+        if receipt is None or receipt.fields.get("update_sha256") != participant.get("update_sha256"):
+            result.add(
+                Problem(
+                    entry.index,
+                    "async_version.receipt",
+                    f"version {entry.fields.get('version')!r} aggregates an update of site {site!r} on base version "
+                    f"{base} that no logged receipt accepted",
+                )
+            )
+    # Version v closes base v - 1, as a synchronous round r produces the model of round r + 1: the
+    # restart and rollback checks read both alike.
+    base = _uint(entry.fields, "base")
+    outcome = RoundOutcome(
+        entry.index, entry.time, base, 1, {}, _text(entry.fields, "model_sha256"), "async", None, None, None
+    )
+    state.training.round(result, outcome)
+
+
+_HANDLERS.update(
+    vendor_submission=_on_vendor_submission,
+    vendor_evaluation=_on_vendor_evaluation,
+    vendor_release=_on_vendor_release,
+    async_version=_on_async_version,
+)
 
 
 def _text(fields_: dict[str, Any], name: str) -> str:

@@ -59,6 +59,18 @@ class EnclaveKeys:
         except ValueError as exc:
             raise EnclaveKeyError(f"unusable X25519 peer key: {exc}") from exc
 
+    def open_sealed_box(self, sealed: bytes) -> bytes:
+        """Open a libsodium sealed box made for this X25519 key (vendor evaluation: a content key
+        sealed to the enclave); the private key is used here and never returned."""
+        from nacl.exceptions import CryptoError
+        from nacl.public import PrivateKey, SealedBox
+
+        raw = self._x25519.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        try:
+            return bytes(SealedBox(PrivateKey(raw)).decrypt(bytes(sealed)))
+        except (CryptoError, ValueError, TypeError) as exc:
+            raise EnclaveKeyError("the sealed box does not open under this enclave key") from exc
+
     def __repr__(self) -> str:
         return f"EnclaveKeys(x25519={self._public.x25519.hex()}, ed25519={self._public.ed25519.hex()})"
 

@@ -86,6 +86,9 @@ def add_site_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         help="keep retrying an unreachable or busy aggregator this long (default 60; refusals are never retried)",
     )
     run.set_defaults(handler=run_site_run)
+    from fedsite.vendor_eval import add_vendor_eval_command
+
+    add_vendor_eval_command(site_sub, open_site_client)
 
 
 def site_attester(config: SiteConfig) -> Attester:
@@ -269,10 +272,20 @@ def run_site_run(args: argparse.Namespace, out: TextIO | None = None, err: TextI
     ExtraNotInstalled.check("site", "attestfl site run", SITE_EXTRA_MODULES)
     config = SiteConfig.load(args.config)
     trainer = load_trainer(config)
+    vendor_data = None
+    if "vendor_eval" in config.data:  # [data] vendor_eval = "held-out.npz": evaluate vendor models too
+        from fedsite.vendor_eval import load_evaluation_data
+
+        vendor_data = load_evaluation_data(str(config.path.parent / str(config.data["vendor_eval"])))
     with open_site_client(config, err) as client:
         try:
             summary = run_site(
-                client, trainer, progress=None if args.quiet else err, wait=args.wait, state=SiteState(config.state_dir)
+                client,
+                trainer,
+                progress=None if args.quiet else err,
+                wait=args.wait,
+                state=SiteState(config.state_dir),
+                vendor_data=vendor_data,
             )
         except (AggregatorNotTrusted, AdmissionRefused) as exc:
             return _refused(exc, args, "finished", out, err)

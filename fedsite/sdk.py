@@ -178,10 +178,14 @@ def run_site(
     progress: TextIO | None = sys.stderr,
     wait: float = 60.0,
     state: SiteState | None = None,
+    vendor_data: Any = None,
 ) -> SiteRunSummary:
     """Join, then train every round until the task is finished. Raises
-    :class:`AggregatorNotTrusted` or :class:`AdmissionRefused` without sending anything more."""
+    :class:`AggregatorNotTrusted` or :class:`AdmissionRefused` without sending anything more.
+    With ``vendor_data`` (a :class:`fedsite.vendor_eval.EvaluationData`) the site also evaluates
+    the vendor models the task says are waiting for it (docs/vendor-evaluation.md)."""
     run = _SiteRun(client, trainer, progress=progress, wait=wait, state=state)
+    run.vendor_data = vendor_data
     run.join()
     while True:
         try:
@@ -206,6 +210,8 @@ def run_site(
 
 class _SiteRun:
     """One site's part in a task: what it has sent and evaluated, its receipts, its kept tree head."""
+
+    vendor_data: Any = None  # fedsite.vendor_eval.EvaluationData: evaluate vendor jobs when the task has some
 
     def __init__(
         self,
@@ -273,6 +279,11 @@ class _SiteRun:
         client, trainer = self.client, self.trainer
         task = client.task()
         self.keep()
+        if task.vendor_jobs and self.vendor_data is not None:
+            from fedsite.vendor_eval import run_vendor_jobs
+
+            for job_id in run_vendor_jobs(client, self.vendor_data):
+                self.say(f"vendor job {job_id[:12]}: evaluated in memory, metrics sealed to the aggregator")
         spec = ModelSpec.from_json(task.model_spec)
         max_weight = task.max_weight or 1.0
         self.last_ok = time.monotonic()

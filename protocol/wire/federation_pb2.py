@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotocol/wire/federation.proto\x12\x0b\x61ttestfl.v1\"\x1c\n\x06Sealed\x12\x12\n\nciphertext\x18\x01 \x01(\x0c\" \n\x0f\x45videnceRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\"\n\x10\x45videnceResponse\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\"#\n\x10\x43hallengeRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\"?\n\x11\x43hallengeResponse\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\x12\x17\n\x0f\x65xpires_unix_ms\x18\x02 \x01(\x03\"\xa8\x02\n\x0c\x41\x64mitRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tchallenge\x18\x02 \x01(\x0c\x12\x1a\n\x12site_x25519_public\x18\x03 \x01(\x0c\x12\x1b\n\x13site_ed25519_public\x18\x04 \x01(\x0c\x12\x17\n\x0f\x65vidence_format\x18\x05 \x01(\t\x12\x10\n\x08\x65vidence\x18\x06 \x01(\x0c\x12\x19\n\x11\x61pp_attest_key_id\x18\x07 \x01(\x0c\x12\x17\n\x0fidentity_public\x18\x08 \x01(\x0c\x12\x1a\n\x12identity_signature\x18\t \x01(\x0c\x12\x1c\n\x14identity_certificate\x18\n \x01(\x0c\x12\"\n\x1a\x61ggregator_evidence_sha256\x18\x0b \x01(\x0c\"Z\n\rAdmitResponse\x12\x10\n\x08\x61\x64mitted\x18\x01 \x01(\x08\x12\x0f\n\x07reasons\x18\x02 \x03(\t\x12\x12\n\ncredential\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\x0c\"&\n\x0bTaskRequest\x12\x17\n\x0fknown_tree_size\x18\x01 \x01(\x04\"\xd2\x01\n\x0cTaskResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x12\n\nmodel_spec\x18\x02 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x03 \x01(\x03\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x14\n\x0crounds_total\x18\x05 \x01(\x04\x12\x10\n\x08\x65valuate\x18\x06 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x12\n\nmax_weight\x18\x08 \x01(\x01\x12\x11\n\ttree_head\x18\t \x01(\x0c\x12\x13\n\x0b\x63onsistency\x18\n \x03(\x0c\" \n\x0f\x44ownloadRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"O\n\x0bSealedChunk\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"\xb5\x01\n\rUploadReceipt\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x15\n\rupdate_sha256\x18\x03 \x01(\x0c\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12\x18\n\x10\x61\x63\x63\x65pted_unix_ms\x18\x05 \x01(\x03\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x0c\n\x04\x63\x61ll\x18\x08 \x01(\x04\x12\x11\n\ttree_head\x18\t \x01(\x0c\"\x9a\x01\n\rMetricsReport\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x38\n\x07metrics\x18\x02 \x03(\x0b\x32\'.attestfl.v1.MetricsReport.MetricsEntry\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0c\n\nMetricsAck2\xda\x03\n\nFederation\x12J\n\x0bGetEvidence\x12\x1c.attestfl.v1.EvidenceRequest\x1a\x1d.attestfl.v1.EvidenceResponse\x12M\n\x0cGetChallenge\x12\x1d.attestfl.v1.ChallengeRequest\x1a\x1e.attestfl.v1.ChallengeResponse\x12>\n\x05\x41\x64mit\x12\x19.attestfl.v1.AdmitRequest\x1a\x1a.attestfl.v1.AdmitResponse\x12\x33\n\x07GetTask\x12\x13.attestfl.v1.Sealed\x1a\x13.attestfl.v1.Sealed\x12@\n\rDownloadModel\x12\x13.attestfl.v1.Sealed\x1a\x18.attestfl.v1.SealedChunk0\x01\x12?\n\x0cUploadUpdate\x12\x18.attestfl.v1.SealedChunk\x1a\x13.attestfl.v1.Sealed(\x01\x12\x39\n\rReportMetrics\x12\x13.attestfl.v1.Sealed\x1a\x13.attestfl.v1.Sealedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotocol/wire/federation.proto\x12\x0b\x61ttestfl.v1\"\x1c\n\x06Sealed\x12\x12\n\nciphertext\x18\x01 \x01(\x0c\" \n\x0f\x45videnceRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\"\n\x10\x45videnceResponse\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\"#\n\x10\x43hallengeRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\"?\n\x11\x43hallengeResponse\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\x12\x17\n\x0f\x65xpires_unix_ms\x18\x02 \x01(\x03\"\xa8\x02\n\x0c\x41\x64mitRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tchallenge\x18\x02 \x01(\x0c\x12\x1a\n\x12site_x25519_public\x18\x03 \x01(\x0c\x12\x1b\n\x13site_ed25519_public\x18\x04 \x01(\x0c\x12\x17\n\x0f\x65vidence_format\x18\x05 \x01(\t\x12\x10\n\x08\x65vidence\x18\x06 \x01(\x0c\x12\x19\n\x11\x61pp_attest_key_id\x18\x07 \x01(\x0c\x12\x17\n\x0fidentity_public\x18\x08 \x01(\x0c\x12\x1a\n\x12identity_signature\x18\t \x01(\x0c\x12\x1c\n\x14identity_certificate\x18\n \x01(\x0c\x12\"\n\x1a\x61ggregator_evidence_sha256\x18\x0b \x01(\x0c\"Z\n\rAdmitResponse\x12\x10\n\x08\x61\x64mitted\x18\x01 \x01(\x08\x12\x0f\n\x07reasons\x18\x02 \x03(\t\x12\x12\n\ncredential\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\x0c\"&\n\x0bTaskRequest\x12\x17\n\x0fknown_tree_size\x18\x01 \x01(\x04\"\xe7\x01\n\x0cTaskResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x12\n\nmodel_spec\x18\x02 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x03 \x01(\x03\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x14\n\x0crounds_total\x18\x05 \x01(\x04\x12\x10\n\x08\x65valuate\x18\x06 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x12\n\nmax_weight\x18\x08 \x01(\x01\x12\x11\n\ttree_head\x18\t \x01(\x0c\x12\x13\n\x0b\x63onsistency\x18\n \x03(\x0c\x12\x13\n\x0bvendor_jobs\x18\x1e \x01(\r\" \n\x0f\x44ownloadRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"O\n\x0bSealedChunk\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"\xb5\x01\n\rUploadReceipt\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x15\n\rupdate_sha256\x18\x03 \x01(\x0c\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12\x18\n\x10\x61\x63\x63\x65pted_unix_ms\x18\x05 \x01(\x03\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x0c\n\x04\x63\x61ll\x18\x08 \x01(\x04\x12\x11\n\ttree_head\x18\t \x01(\x0c\"\x9a\x01\n\rMetricsReport\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x38\n\x07metrics\x18\x02 \x03(\x0b\x32\'.attestfl.v1.MetricsReport.MetricsEntry\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0c\n\nMetricsAck\"D\n\x0eVendorArtefact\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63hunks\x18\x02 \x03(\x0c\x12\x12\n\nsealed_key\x18\x03 \x01(\x0c\"}\n\x10VendorSubmission\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12-\n\x08\x61rtefact\x18\x02 \x01(\x0b\x32\x1b.attestfl.v1.VendorArtefact\x12\x15\n\rvendor_public\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"I\n\x14VendorSubmitResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07reasons\x18\x02 \x03(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\"\x13\n\x11VendorJobsRequest\"o\n\tVendorJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08manifest\x18\x02 \x01(\x0c\x12-\n\x08\x61rtefact\x18\x03 \x01(\x0b\x32\x1b.attestfl.v1.VendorArtefact\x12\x11\n\tbootstrap\x18\x04 \x01(\r\":\n\x12VendorJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.attestfl.v1.VendorJob\"\x1f\n\rVendorSamples\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\xbb\x02\n\rVendorMetrics\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x38\n\x07metrics\x18\x02 \x03(\x0b\x32\'.attestfl.v1.VendorMetrics.MetricsEntry\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x04\x12>\n\nreplicates\x18\x04 \x03(\x0b\x32*.attestfl.v1.VendorMetrics.ReplicatesEntry\x12\x0f\n\x07refused\x18\x05 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1aM\n\x0fReplicatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.attestfl.v1.VendorSamples:\x02\x38\x01\"w\n\x13VendorReportRequest\x12\x0e\n\x06vendor\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x15\n\rvendor_x25519\x18\x03 \x01(\x0c\x12\x16\n\x0eissued_unix_ms\x18\x04 \x01(\x03\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"c\n\x14VendorReportResponse\x12\x10\n\x08\x63omplete\x18\x01 \x01(\x08\x12\x15\n\rsealed_report\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x0f\n\x07reasons\x18\x04 \x03(\t2\xfa\x05\n\nFederation\x12J\n\x0bGetEvidence\x12\x1c.attestfl.v1.EvidenceRequest\x1a\x1d.attestfl.v1.EvidenceResponse\x12M\n\x0cGetChallenge\x12\x1d.attestfl.v1.ChallengeRequest\x1a\x1e.attestfl.v1.ChallengeResponse\x12>\n\x05\x41\x64mit\x12\x19.attestfl.v1.AdmitRequest\x1a\x1a.attestfl.v1.AdmitResponse\x12\x33\n\x07GetTask\x12\x13.attestfl.v1.Sealed\x1a\x13.attestfl.v1.Sealed\x12@\n\rDownloadModel\x12\x13.attestfl.v1.Sealed\x1a\x18.attestfl.v1.SealedChunk0\x01\x12?\n\x0cUploadUpdate\x12\x18.attestfl.v1.SealedChunk\x1a\x13.attestfl.v1.Sealed(\x01\x12\x39\n\rReportMetrics\x12\x13.attestfl.v1.Sealed\x1a\x13.attestfl.v1.Sealed\x12P\n\x0cVendorSubmit\x12\x1d.attestfl.v1.VendorSubmission\x1a!.attestfl.v1.VendorSubmitResponse\x12\x36\n\nVendorJobs\x12\x13.attestfl.v1.Sealed\x1a\x13.attestfl.v1.Sealed\x12?\n\x13VendorReportMetrics\x12\x13.attestfl.v1.Sealed\x1a\x13.attestfl.v1.Sealed\x12S\n\x0cVendorReport\x12 .attestfl.v1.VendorReportRequest\x1a!.attestfl.v1.VendorReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_METRICSREPORT_METRICSENTRY']._loaded_options = None
   _globals['_METRICSREPORT_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_VENDORMETRICS_METRICSENTRY']._loaded_options = None
+  _globals['_VENDORMETRICS_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_VENDORMETRICS_REPLICATESENTRY']._loaded_options = None
+  _globals['_VENDORMETRICS_REPLICATESENTRY']._serialized_options = b'8\001'
   _globals['_SEALED']._serialized_start=47
   _globals['_SEALED']._serialized_end=75
   _globals['_EVIDENCEREQUEST']._serialized_start=77
@@ -50,19 +54,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKREQUEST']._serialized_start=640
   _globals['_TASKREQUEST']._serialized_end=678
   _globals['_TASKRESPONSE']._serialized_start=681
-  _globals['_TASKRESPONSE']._serialized_end=891
-  _globals['_DOWNLOADREQUEST']._serialized_start=893
-  _globals['_DOWNLOADREQUEST']._serialized_end=925
-  _globals['_SEALEDCHUNK']._serialized_start=927
-  _globals['_SEALEDCHUNK']._serialized_end=1006
-  _globals['_UPLOADRECEIPT']._serialized_start=1009
-  _globals['_UPLOADRECEIPT']._serialized_end=1190
-  _globals['_METRICSREPORT']._serialized_start=1193
-  _globals['_METRICSREPORT']._serialized_end=1347
-  _globals['_METRICSREPORT_METRICSENTRY']._serialized_start=1301
-  _globals['_METRICSREPORT_METRICSENTRY']._serialized_end=1347
-  _globals['_METRICSACK']._serialized_start=1349
-  _globals['_METRICSACK']._serialized_end=1361
-  _globals['_FEDERATION']._serialized_start=1364
-  _globals['_FEDERATION']._serialized_end=1838
+  _globals['_TASKRESPONSE']._serialized_end=912
+  _globals['_DOWNLOADREQUEST']._serialized_start=914
+  _globals['_DOWNLOADREQUEST']._serialized_end=946
+  _globals['_SEALEDCHUNK']._serialized_start=948
+  _globals['_SEALEDCHUNK']._serialized_end=1027
+  _globals['_UPLOADRECEIPT']._serialized_start=1030
+  _globals['_UPLOADRECEIPT']._serialized_end=1211
+  _globals['_METRICSREPORT']._serialized_start=1214
+  _globals['_METRICSREPORT']._serialized_end=1368
+  _globals['_METRICSREPORT_METRICSENTRY']._serialized_start=1322
+  _globals['_METRICSREPORT_METRICSENTRY']._serialized_end=1368
+  _globals['_METRICSACK']._serialized_start=1370
+  _globals['_METRICSACK']._serialized_end=1382
+  _globals['_VENDORARTEFACT']._serialized_start=1384
+  _globals['_VENDORARTEFACT']._serialized_end=1452
+  _globals['_VENDORSUBMISSION']._serialized_start=1454
+  _globals['_VENDORSUBMISSION']._serialized_end=1579
+  _globals['_VENDORSUBMITRESPONSE']._serialized_start=1581
+  _globals['_VENDORSUBMITRESPONSE']._serialized_end=1654
+  _globals['_VENDORJOBSREQUEST']._serialized_start=1656
+  _globals['_VENDORJOBSREQUEST']._serialized_end=1675
+  _globals['_VENDORJOB']._serialized_start=1677
+  _globals['_VENDORJOB']._serialized_end=1788
+  _globals['_VENDORJOBSRESPONSE']._serialized_start=1790
+  _globals['_VENDORJOBSRESPONSE']._serialized_end=1848
+  _globals['_VENDORSAMPLES']._serialized_start=1850
+  _globals['_VENDORSAMPLES']._serialized_end=1881
+  _globals['_VENDORMETRICS']._serialized_start=1884
+  _globals['_VENDORMETRICS']._serialized_end=2199
+  _globals['_VENDORMETRICS_METRICSENTRY']._serialized_start=1322
+  _globals['_VENDORMETRICS_METRICSENTRY']._serialized_end=1368
+  _globals['_VENDORMETRICS_REPLICATESENTRY']._serialized_start=2122
+  _globals['_VENDORMETRICS_REPLICATESENTRY']._serialized_end=2199
+  _globals['_VENDORREPORTREQUEST']._serialized_start=2201
+  _globals['_VENDORREPORTREQUEST']._serialized_end=2320
+  _globals['_VENDORREPORTRESPONSE']._serialized_start=2322
+  _globals['_VENDORREPORTRESPONSE']._serialized_end=2421
+  _globals['_FEDERATION']._serialized_start=2424
+  _globals['_FEDERATION']._serialized_end=3186
 # @@protoc_insertion_point(module_scope)

@@ -69,6 +69,26 @@ class FederationStub(object):
                 request_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
                 response_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
                 _registered_method=True)
+        self.VendorSubmit = channel.unary_unary(
+                '/attestfl.v1.Federation/VendorSubmit',
+                request_serializer=protocol_dot_wire_dot_federation__pb2.VendorSubmission.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.VendorSubmitResponse.FromString,
+                _registered_method=True)
+        self.VendorJobs = channel.unary_unary(
+                '/attestfl.v1.Federation/VendorJobs',
+                request_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+                _registered_method=True)
+        self.VendorReportMetrics = channel.unary_unary(
+                '/attestfl.v1.Federation/VendorReportMetrics',
+                request_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+                _registered_method=True)
+        self.VendorReport = channel.unary_unary(
+                '/attestfl.v1.Federation/VendorReport',
+                request_serializer=protocol_dot_wire_dot_federation__pb2.VendorReportRequest.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.VendorReportResponse.FromString,
+                _registered_method=True)
 
 
 class FederationServicer(object):
@@ -127,6 +147,36 @@ class FederationServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VendorSubmit(self, request, context):
+        """Vendor evaluation (docs/vendor-evaluation.md). A vendor, after appraising GetEvidence,
+        submits a model encrypted to the aggregator's attested X25519 key, signed by its key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VendorJobs(self, request, context):
+        """A site's evaluation jobs, each model re-sealed to its attested session key
+        (Sealed VendorJobsRequest -> Sealed VendorJobsResponse).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VendorReportMetrics(self, request, context):
+        """A site's metrics of one job (Sealed VendorMetrics -> Sealed MetricsAck).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VendorReport(self, request, context):
+        """A vendor's own report, sealed to a key of its choosing and signed by the enclave.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +214,26 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.ReportMetrics,
                     request_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
                     response_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            ),
+            'VendorSubmit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VendorSubmit,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.VendorSubmission.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.VendorSubmitResponse.SerializeToString,
+            ),
+            'VendorJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.VendorJobs,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            ),
+            'VendorReportMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.VendorReportMetrics,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            ),
+            'VendorReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.VendorReport,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.VendorReportRequest.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.VendorReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +425,114 @@ class Federation(object):
             '/attestfl.v1.Federation/ReportMetrics',
             protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
             protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VendorSubmit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/attestfl.v1.Federation/VendorSubmit',
+            protocol_dot_wire_dot_federation__pb2.VendorSubmission.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.VendorSubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VendorJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/attestfl.v1.Federation/VendorJobs',
+            protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VendorReportMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/attestfl.v1.Federation/VendorReportMetrics',
+            protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VendorReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/attestfl.v1.Federation/VendorReport',
+            protocol_dot_wire_dot_federation__pb2.VendorReportRequest.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.VendorReportResponse.FromString,
             options,
             channel_credentials,
             insecure,
