@@ -410,5 +410,4 @@ class EvaluationJobs:
         return response
 
 
-
 __all__ = ["EvaluationJobs", "Job"]

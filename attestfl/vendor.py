@@ -200,8 +200,6 @@ class VendorClient:
             time.sleep(poll)
 
 
-
-
 # --- attestfl vendor keygen | submit | report -------------------------------------------------------
 
 

@@ -90,9 +90,7 @@ def load_entry_point(manifest: VendorManifest) -> Callable[[dict[str, np.ndarray
     return build
 
 
-def bootstrap(
-    probabilities: np.ndarray, labels: np.ndarray, replicates: int, seed: int
-) -> dict[str, list[float]]:
+def bootstrap(probabilities: np.ndarray, labels: np.ndarray, replicates: int, seed: int) -> dict[str, list[float]]:
     """Each metric on ``replicates`` resamples (with replacement) of the site's examples."""
     rng = np.random.default_rng(seed)
     out: dict[str, list[float]] = {name: [] for name in VENDOR_METRICS}

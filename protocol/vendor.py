@@ -280,16 +280,16 @@ def entry_point_digest(entry_point: str) -> bytes:
 class VendorPolicy:
     """``[task.vendors]``::
 
-        [task.vendors]
-        sites = ["site-a", "site-b", "site-c"]   # which admitted sites evaluate vendor models
-        min_examples = 20                         # a site's metrics are released only from this many examples
-        network_metrics = ["accuracy", "auroc", "loss", "ece"]   # to the hospital network's report
-        vendor_metrics = ["accuracy", "auroc"]    # to each vendor (its own row only)
-        vendor_per_site = false                   # vendors see pooled metrics only (true: per site too)
-        bootstrap = 200                           # replicates per metric for the confidence intervals
-        report_dir = "vendor-reports"             # the network's report (JSON + HTML)
-        [task.vendors.keys]                       # vendors allowed to submit: name = Ed25519 public key (hex)
-        acme = "9f0c..."
+    [task.vendors]
+    sites = ["site-a", "site-b", "site-c"]   # which admitted sites evaluate vendor models
+    min_examples = 20                         # a site's metrics are released only from this many examples
+    network_metrics = ["accuracy", "auroc", "loss", "ece"]   # to the hospital network's report
+    vendor_metrics = ["accuracy", "auroc"]    # to each vendor (its own row only)
+    vendor_per_site = false                   # vendors see pooled metrics only (true: per site too)
+    bootstrap = 200                           # replicates per metric for the confidence intervals
+    report_dir = "vendor-reports"             # the network's report (JSON + HTML)
+    [task.vendors.keys]                       # vendors allowed to submit: name = Ed25519 public key (hex)
+    acme = "9f0c..."
     """
 
     keys: dict[str, bytes]

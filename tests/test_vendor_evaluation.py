@@ -282,10 +282,19 @@ def test_vendor_commands(tmp_path: Path) -> None:
     _write_aggregator_policy(deployment)
     (tmp_path / "model.safetensors").write_bytes(_model(1, 2.0))
     for aggregator in run_aggregator(deployment):
-        common = ["--aggregator", aggregator.target, "--policy", str(deployment.directory / "aggregator-policy.toml"),
-                  "--key", "acme.pem", "--vendor", "acme"]
-        submit = attestfl("vendor", "submit", *common, "--model", "model.safetensors", "--name", "m1",
-                          "--entry-point", ENTRY)
+        common = [
+            "--aggregator",
+            aggregator.target,
+            "--policy",
+            str(deployment.directory / "aggregator-policy.toml"),
+            "--key",
+            "acme.pem",
+            "--vendor",
+            "acme",
+        ]
+        submit = attestfl(
+            "vendor", "submit", *common, "--model", "model.safetensors", "--name", "m1", "--entry-point", ENTRY
+        )
         assert submit.returncode == 0, submit.stderr
         job = submit.stdout.strip()
         pending = attestfl("vendor", "report", *common, "--job", job)
@@ -296,8 +305,18 @@ def test_vendor_commands(tmp_path: Path) -> None:
         report = attestfl("vendor", "report", *common, "--job", job, "--wait", "30")
         assert report.returncode == 0, report.stderr
         assert json.loads(report.stdout)["job"] == job
-        refused = attestfl("vendor", "submit", *common[:-1], "mallory", "--model", "model.safetensors",
-                           "--name", "m1", "--entry-point", ENTRY)
+        refused = attestfl(
+            "vendor",
+            "submit",
+            *common[:-1],
+            "mallory",
+            "--model",
+            "model.safetensors",
+            "--name",
+            "m1",
+            "--entry-point",
+            ENTRY,
+        )
         assert refused.returncode == 1 and "vendor.unknown" in refused.stderr
 
 
