@@ -86,9 +86,8 @@ def add_site_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         help="keep retrying an unreachable or busy aggregator this long (default 60; refusals are never retried)",
     )
     run.set_defaults(handler=run_site_run)
-    from fedsite.vendor_eval import add_vendor_eval_command
 
-    add_vendor_eval_command(site_sub, open_site_client)
+    add_vendor_eval_command(site_sub)
 
 
 def site_attester(config: SiteConfig) -> Attester:
@@ -306,3 +305,35 @@ def run_site_run(args: argparse.Namespace, out: TextIO | None = None, err: TextI
         file=out,
     )
     return EXIT_OK
+
+
+def run_evaluate_vendors(args: Any) -> int:
+    """``attestfl site evaluate-vendors``: join, evaluate every pending vendor job, report."""
+    import json
+    import sys
+
+    from fedsite.config import SiteConfig
+    from fedsite.sdk import join_with_retry
+    from fedsite.vendor_eval import load_evaluation_data, run_vendor_jobs
+
+    config = SiteConfig.load(args.config)
+    data = load_evaluation_data(args.data)
+    with open_site_client(config, sys.stderr) as client:
+        join_with_retry(client, wait=args.wait, say=lambda text: print(f"attestfl: {text}", file=sys.stderr))
+        done = run_vendor_jobs(client, data)
+    print(json.dumps({"site": config.site_id, "jobs": done}, indent=2, sort_keys=True))
+    return 0
+
+
+def add_vendor_eval_command(site_sub: Any) -> None:
+    command = site_sub.add_parser(
+        "evaluate-vendors",
+        help="evaluate the vendor models sealed to this site, in memory, and report metrics",
+        description="Verify the aggregator, join, fetch every vendor evaluation job re-sealed to this "
+        "site's attested key, evaluate each model in memory on --data, and return the metrics sealed. "
+        "Exit 0: done; 1: refused; 2: unusable input.",
+    )
+    command.add_argument("--config", required=True, metavar="FILE", help="site.toml")
+    command.add_argument("--data", required=True, metavar="FILE", help=".npz with x, y, subgroup_<name>")
+    command.add_argument("--wait", type=float, default=60.0, metavar="SECONDS")
+    command.set_defaults(handler=run_evaluate_vendors)

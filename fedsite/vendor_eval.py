@@ -154,41 +154,8 @@ def load_evaluation_data(path: str) -> EvaluationData:
         raise VendorError(f"{path}: expected an .npz with arrays x, y and optional subgroup_<name> ({exc})") from None
 
 
-def run_evaluate_vendors(args: Any, open_site_client: Callable[[Any, Any], SiteClient]) -> int:
-    """``attestfl site evaluate-vendors``: join, evaluate every pending vendor job, report
-    (``open_site_client``: fedsite.commands', passed in by the command)."""
-    import json
-    import sys
-
-    from fedsite.config import SiteConfig
-    from fedsite.sdk import join_with_retry
-
-    config = SiteConfig.load(args.config)
-    data = load_evaluation_data(args.data)
-    with open_site_client(config, sys.stderr) as client:
-        join_with_retry(client, wait=args.wait, say=lambda text: print(f"attestfl: {text}", file=sys.stderr))
-        done = run_vendor_jobs(client, data)
-    print(json.dumps({"site": config.site_id, "jobs": done}, indent=2, sort_keys=True))
-    return 0
-
-
-def add_vendor_eval_command(site_sub: Any, open_site_client: Callable[[Any, Any], SiteClient]) -> None:
-    command = site_sub.add_parser(
-        "evaluate-vendors",
-        help="evaluate the vendor models sealed to this site, in memory, and report metrics",
-        description="Verify the aggregator, join, fetch every vendor evaluation job re-sealed to this "
-        "site's attested key, evaluate each model in memory on --data, and return the metrics sealed. "
-        "Exit 0: done; 1: refused; 2: unusable input.",
-    )
-    command.add_argument("--config", required=True, metavar="FILE", help="site.toml")
-    command.add_argument("--data", required=True, metavar="FILE", help=".npz with x, y, subgroup_<name>")
-    command.add_argument("--wait", type=float, default=60.0, metavar="SECONDS")
-    command.set_defaults(handler=lambda args: run_evaluate_vendors(args, open_site_client))
-
-
 __all__ = [
     "EvaluationData",
-    "add_vendor_eval_command",
     "bootstrap",
     "evaluate_job",
     "fetch_jobs",
