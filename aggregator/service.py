@@ -876,7 +876,9 @@ class FederationService:
                     "(admission policy)",
                     grpc.StatusCode.INVALID_ARGUMENT,
                 )
-            self.driver.report_metrics(session.site_id, int(inner.round), metrics, examples)
+            await asyncio.get_running_loop().run_in_executor(  # logged durably: an fsync, off the event loop
+                None, self.driver.report_metrics, session.site_id, int(inner.round), metrics, examples
+            )
         except UpdateRefused as exc:
             self._record("call_refused", site=session.site_id, method="ReportMetrics", reason=_short(str(exc), 300))
             await context.abort(exc.code, _short(str(exc), 300))
