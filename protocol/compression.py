@@ -296,9 +296,7 @@ def decode_update(
     if len(data) - end != position:
         raise UpdateFormatError(f"update carries {len(data) - end} data bytes, its header describes {position}")
     body = memoryview(data)[end:]
-    numpy_dtype: np.dtype[np.generic] = {FLOAT16: np.dtype("<f2"), BFLOAT16: np.dtype("<u2"), INT8: np.dtype("i1")}[
-        mode
-    ]
+    numpy_dtype = {FLOAT16: "<f2", BFLOAT16: "<u2", INT8: "i1"}[mode]
     tensors: dict[str, np.ndarray] = {}
     for tensor in spec.tensors:
         begin, stop = header[tensor.name]["data_offsets"]
