@@ -16,6 +16,7 @@ The task configuration is the ``[task]`` table of ``aggregator.toml``::
     round_deadline = "120s"
     clip_norm = 10.0                      # optional: clip every update's L2 norm (robustness)
     evaluate = true                       # sites report metrics of each round's model
+    compression = "float32"               # updates on the wire: float32 | float16 | bfloat16 | int8
     [task.strategy]                       # default: fedavg
     name = "krum"                         # fedavg | median | trimmed_mean | krum | an installed one
     f = 1                                 # the strategy's own parameters (krum: f, m; trimmed_mean: beta)
@@ -65,6 +66,7 @@ from aggregator.strategies import (
     strategy_names,
 )
 from attestation.errors import AttestflError
+from protocol.compression import MODES as COMPRESSION_MODES
 from protocol.config import (
     MAX_DURATION_SECONDS,
     Duration,
@@ -113,6 +115,7 @@ class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     clip_norm: Annotated[float, Meta(gt=0)] | None = None
     evaluate: bool = True
     dp: dict[str, Any] | None = None
+    compression: str = "float32"
 
 
 def _strategy_names_text() -> str:
@@ -193,6 +196,8 @@ class TaskConfig:
     clip_norm: float | None = None
     evaluate: bool = True
     dp: DpConfig | None = None
+    #: How sites encode their updates (:mod:`protocol.compression`); aggregation is float32 whatever it is.
+    compression: str = "float32"
 
     @property
     def spec(self) -> ModelSpec:
@@ -230,6 +235,7 @@ class TaskConfig:
             clip_norm=task.clip_norm,
             evaluate=task.evaluate,
             dp=dp,
+            compression=task.compression,
         )
         config.validate(model=False)
         try:
@@ -254,6 +260,11 @@ class TaskConfig:
             raise TaskConfigError(
                 f"[task] round_deadline: expected a duration longer than zero and at most "
                 f"{format_seconds(MAX_DURATION_SECONDS)}, got {value_repr(self.round_deadline)}"
+            )
+        if self.compression not in COMPRESSION_MODES:
+            raise TaskConfigError(
+                f"[task] compression: expected one of {', '.join(map(value_repr, COMPRESSION_MODES))}, "
+                f"got {value_repr(self.compression)}"
             )
         if not isinstance(self.evaluate, bool):
             raise TaskConfigError(f"[task] evaluate: expected true or false, got {value_repr(self.evaluate)}")
@@ -393,6 +404,7 @@ class RoundDriver:
             self.config.rounds,
             self.config.evaluate,
             attempt=self.attempt,
+            compression=self.config.compression,
         )
 
     def record(self, round_number: int) -> RoundRecord:

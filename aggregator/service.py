@@ -41,6 +41,7 @@ from attestation.platforms.base import NEUTRAL_CLAIMS
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeyError, EnclaveKeys
 from protocol.admission import AdmissionPolicy, IdentityProof, SiteAppraisal, appraise_site, valid_site_id
+from protocol.compression import decode_update
 from protocol.credential import issue_credential
 from protocol.formulas import (
     CALL_HEADER,
@@ -68,7 +69,7 @@ from protocol.streams import (
     seal_chunks,
     transcript_hash,
 )
-from protocol.tensors import ModelSpec, UpdateFormatError, decode_tensors
+from protocol.tensors import ModelSpec, UpdateFormatError
 from protocol.wire import federation_pb2 as pb
 from protocol.wire import health_pb2
 
@@ -95,6 +96,7 @@ class Task:
     rounds_total: int
     evaluate: bool = False
     attempt: int = 1
+    compression: str = "float32"  # how sites encode updates (protocol.compression)
 
 
 class TaskDriver(Protocol):
@@ -658,6 +660,7 @@ class FederationService:
             max_weight=session.max_weight,
             tree_head=head,
             consistency=proof,
+            compression=task.compression,
         )
         return self._seal(session, "GetTask", call, response)
 
@@ -819,7 +822,7 @@ class FederationService:
         receipt, and no receipt is sent for an update not applied. Returns (digest, weight,
         accepted at (ms), receipt signature)."""
         started = time.perf_counter()
-        tensors, metadata = decode_tensors(update.data, update.spec)
+        tensors, metadata = decode_update(update.data, update.spec, self.driver.task().compression)
         weight = _weight(metadata, session.max_weight)
         validate_seconds = time.perf_counter() - started
         digest = hashlib.sha256(update.data).digest()
