@@ -78,11 +78,11 @@ class SpilledStack:
         if row >= 1 << 32:
             raise SpillError("too many rows")
         self._close_map()
-        view = memoryview(update).cast("B")
+        view = update.view(np.uint8)
         for b in range(self.blocks):
             start, _stop = self._span(row, b)
             plain = view[4 * b * self.block : 4 * min((b + 1) * self.block, self.size)]
-            sealed = self._aead.encrypt(self._nonce(row, b), bytes(plain), self._aad(row, b))
+            sealed = self._aead.encrypt(self._nonce(row, b), plain.tobytes(), self._aad(row, b))
             os.pwrite(self._file.fileno(), sealed, start)
         self.rows += 1
         return row

@@ -211,9 +211,7 @@ def encode_update(
     offset = 0
     for name, array in tensors.items():
         parts = compress_array(np.asarray(array, dtype=np.float32), mode)
-        for suffix, part, dtype in zip(
-            ("", SCALES_SUFFIX), parts, (_SAFETENSORS_DTYPE[mode], "F32"), strict=False
-        ):
+        for suffix, part, dtype in zip(("", SCALES_SUFFIX), parts, (_SAFETENSORS_DTYPE[mode], "F32"), strict=False):
             data = np.ascontiguousarray(part)
             header[name + suffix] = {
                 "dtype": dtype,

@@ -183,7 +183,7 @@ def slow_strategy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     info = directory / "slow_strategy-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: slow-strategy\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text('[attestfl.strategies]\nslow_mean = slow_strategy:SlowMean\n')
+    (info / "entry_points.txt").write_text("[attestfl.strategies]\nslow_mean = slow_strategy:SlowMean\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")])))
     yield mark
     sys.modules.pop("slow_strategy", None)
@@ -200,9 +200,7 @@ def test_a_handshake_completes_while_a_large_aggregation_runs(slow_strategy: Pat
     for aggregator in run_aggregator(deployment):
 
         def client(site: str, aggregator: Any = aggregator) -> Any:
-            return deployment.client(
-                aggregator.target, site_id=site, attester=SimulatedSnpAttester(deployment.sim_dir)
-            )
+            return deployment.client(aggregator.target, site_id=site, attester=SimulatedSnpAttester(deployment.sim_dir))
 
         a, b = client("site-a"), client("site-b")
         began = time.perf_counter()
@@ -233,4 +231,3 @@ def test_a_handshake_completes_while_a_large_aggregation_runs(slow_strategy: Pat
             site.close()
     rounds = [e for e in aggregator.events() if e["message"] == "round"]
     assert rounds and rounds[0]["strategy"] == {"name": "slow_mean"}
-
