@@ -6,7 +6,8 @@ update is written, as it arrives, to one unlinked temporary file (:class:`Spille
 in column blocks with AES-256-GCM under a key that exists only in this process's memory (the
 disk is outside the TEE: it sees ciphertext only; a block moved, swapped, replayed from another
 round or altered fails its tag). The file is memory-mapped to be read back one column block of
-all N updates at a time; the kernels run on each (N, block) piece:
+all N updates at a time; the kernels run on each (N, block) piece (the round aggregation that
+spills past a memory budget is :class:`aggregator.strategies.SpillingAggregation`):
 
 * median and trimmed mean are per coordinate: block by block they are *exactly* the in-memory
   kernels' results;
@@ -30,14 +31,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import native
-from aggregator.strategies import RoundAggregation, StrategyError
+from attestation.errors import AttestflError
 
 #: Values per column block (1 MiB of float32 per update).
 BLOCK_VALUES = 1 << 18
 _TAG = 16
 
 
-class SpillError(StrategyError):
+class SpillError(AttestflError, ValueError):
     """A spilled update cannot be written or read back intact."""
 
 
@@ -166,37 +167,18 @@ def spilled_krum(stack: SpilledStack, f: int, m: int = 1) -> tuple[np.ndarray, n
     return out, selected
 
 
-class SpilledAggregation(RoundAggregation):
-    """A :class:`~aggregator.strategies.RoundAggregation` that spills every update as it arrives
-    and combines column blocks at the end: ``combine(stack, weights)`` gets the
-    :class:`SpilledStack` (a drop-in for :class:`~aggregator.strategies.StackedAggregation` on
-    models larger than memory / N)."""
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 
-    def __init__(
-        self,
-        size: int,
-        combine: Callable[[SpilledStack, np.ndarray], np.ndarray],
-        directory: str | Path | None = None,
-        block: int = BLOCK_VALUES,
-    ) -> None:
-        self._stack = SpilledStack(size, directory, block)
-        self._weights: list[float] = []
-        self._combine = combine
 
-    def add(self, update: np.ndarray, weight: float, site: int) -> None:
-        if not np.isfinite(update).all():
-            raise native.NonFiniteUpdateError(site)
-        self._stack.append(update)
-        self._weights.append(weight)
-
-    def result(self) -> np.ndarray:
-        if not self._weights:
-            raise StrategyError("no update to aggregate")
-        try:
-            return np.asarray(self._combine(self._stack, np.asarray(self._weights)), dtype=np.float32)
-        finally:
-            self._stack.close()
-
-    @property
-    def count(self) -> int:
-        return len(self._weights)
+#: Updates held in memory per round before a robust strategy spills them: ``ATTESTFL_SPILL_BYTES``
+#: (bytes), by default a quarter of this machine's memory. ``ATTESTFL_SPILL_DIR``: where (default:
+#: the system's temporary directory; choose a disk, not a tmpfs, in a TEE).
+def spill_budget() -> int:
+    value = os.environ.get("ATTESTFL_SPILL_BYTES")
+    if value is not None and value.strip().isdigit():
+        return int(value)
+    return _physical_memory() // 4

@@ -12,14 +12,13 @@ import pytest
 
 import native
 from aggregator.spill import (
-    SpilledAggregation,
     SpilledStack,
     SpillError,
     spilled_krum,
     spilled_median,
     spilled_trimmed_mean,
 )
-from aggregator.strategies import Privacy
+from aggregator.strategies import Privacy, SpillingAggregation
 
 
 def _stack(n: int, p: int, seed: int = 0) -> np.ndarray:
@@ -69,9 +68,14 @@ def test_the_disk_sees_ciphertext_and_cannot_alter_a_block(tmp_path: Path) -> No
     spilled.close()
 
 
-def test_a_round_aggregation_in_bounded_memory(tmp_path: Path) -> None:
+def test_a_round_aggregation_in_bounded_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     n, p, block = 12, 400_000, 1 << 14
-    aggregation = SpilledAggregation(p, lambda stack, _w: spilled_median(stack), tmp_path, block)
+    monkeypatch.setenv("ATTESTFL_SPILL_DIR", str(tmp_path))
+
+    def in_memory(stack: np.ndarray, _weights: np.ndarray) -> np.ndarray:  # never called: budget 0
+        return native.coordinate_median(stack)
+
+    aggregation = SpillingAggregation(p, in_memory, lambda stack, _w: spilled_median(stack), budget=0, block=block)
     rng = np.random.default_rng(1)
     native.coordinate_median(np.ones((n, block), np.float32))  # compiled (or loaded) before counting
     tracemalloc.start()
@@ -88,7 +92,9 @@ def test_a_round_aggregation_in_bounded_memory(tmp_path: Path) -> None:
 
 
 def test_a_non_finite_update_is_refused_before_it_is_spilled(tmp_path: Path) -> None:
-    aggregation = SpilledAggregation(8, lambda stack, _w: spilled_median(stack), tmp_path, 4)
+    aggregation = SpillingAggregation(
+        8, lambda stack, _w: native.coordinate_median(stack), lambda stack, _w: spilled_median(stack), budget=0
+    )
     bad = np.ones(8, np.float32)
     bad[3] = np.inf
     with pytest.raises(native.NonFiniteUpdateError):
@@ -96,3 +102,36 @@ def test_a_non_finite_update_is_refused_before_it_is_spilled(tmp_path: Path) -> 
     assert aggregation.count == 0
     with pytest.raises(SpillError, match="values"):
         SpilledStack(8, tmp_path).append(np.ones(9, np.float32))
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed_mean", "krum"])
+def test_a_robust_round_past_the_budget_spills_and_gives_the_same_model(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aggregator.rounds import RoundDriver, TaskConfig
+    from aggregator.strategies import make_strategy
+
+    model = {"w": np.zeros((300, 7), np.float32), "b": np.zeros(7, np.float32)}
+    stack = _stack(7, 2107, seed=5)
+
+    class Quiet:
+        def record(self, kind: str, **fields: object) -> None:
+            pass
+
+    def final(budget: str) -> tuple[np.ndarray, bool]:
+        monkeypatch.setenv("ATTESTFL_SPILL_BYTES", budget)
+        monkeypatch.setenv("ATTESTFL_SPILL_DIR", str(tmp_path))
+        config = TaskConfig(initial_model=model, rounds=1, min_sites=7, strategy=make_strategy(name))
+        driver = RoundDriver(config, events=Quiet())
+        aggregation = driver._aggregation
+        assert isinstance(aggregation, SpillingAggregation)
+        for site, row in enumerate(stack):
+            update = {"w": row[: 300 * 7].reshape(300, 7), "b": row[300 * 7 :]}
+            driver.accept_update(f"s{site}", 1, 1, update, 1.0, bytes(32), {})
+        driver.close_if_complete()
+        return np.concatenate([v.reshape(-1) for v in driver.final_model().values()]), aggregation.spilled
+
+    in_memory, spilled_before = final(str(1 << 30))
+    spilled_result, spilled_after = final(str(3 * 4 * 2107))  # the fourth update spills the round
+    assert not spilled_before and spilled_after
+    np.testing.assert_array_equal(spilled_result, in_memory)
