@@ -489,15 +489,20 @@ class SiteClient:
         the attested key and answers exactly this upload (round, attempt, call, digest, weight)."""
         session, call, metadata = self._next_call()
         hasher = hashlib.sha256()
+        residual = dict(self.feedback.residual)  # restored if this upload is not accepted
         parts = self.encode_update(update, weight)  # once: error feedback moves on once per update
         for part in parts:
             hasher.update(memoryview(part).cast("B"))
         digest = hasher.digest()
-        sealed = self.stub.UploadUpdate(
-            self.sealed_update(round_number, attempt, call, update, weight, parts),
-            metadata=metadata,
-            timeout=self.timeout,
-        )
+        try:
+            sealed = self.stub.UploadUpdate(
+                self.sealed_update(round_number, attempt, call, update, weight, parts),
+                metadata=metadata,
+                timeout=self.timeout,
+            )
+        except grpc.RpcError:
+            self.feedback.residual = residual
+            raise
         response = self._open(session, "UploadUpdate", call, sealed, pb.UploadReceipt)
         receipt = Receipt(
             response.round,

@@ -78,3 +78,24 @@ def test_the_task_compression_is_checked_when_the_file_is_loaded(tmp_path: Path)
     from aggregator.config import AggregatorConfig
 
     assert AggregatorConfig.load(write(tmp_path, task={"compression": '"bfloat16"'})).task.compression == "bfloat16"
+
+
+def test_a_refused_upload_leaves_the_error_feedback_as_it_was(tmp_path: Path) -> None:
+    deployment = Deployment(
+        tmp_path / "deployment",
+        tmp_path / "sim",
+        sites={"site-a": ""},
+        task='rounds = 1\nmin_sites = 1\nround_deadline = "120s"\ncompression = "int8"',
+    )
+    deployment.directory.mkdir()
+    for aggregator in run_aggregator(deployment):
+        a = deployment.client(aggregator.target, site_id="site-a", attester=SimulatedSnpAttester(deployment.sim_dir))
+        a.join()
+        a.task()
+        update = {n: np.full(v.shape, 0.3, np.float32) for n, v in deployment.model.items()}
+        with pytest.raises(grpc.RpcError):
+            a.upload_update(7, update, weight=1)  # round 7 is not open: refused
+        assert a.feedback.residual == {}
+        a.upload_update(1, update, weight=1)
+        assert set(a.feedback.residual) == set(update)
+        a.close()
