@@ -139,7 +139,7 @@ def test_a_round_that_cannot_be_committed_refuses_everything_after() -> None:
 
 # --- the real aggregator: a handshake while a large aggregation runs -----------------------------
 
-SLOW_SECONDS = 6.0
+SLOW_SECONDS = 10.0
 
 PLUGIN = '''
 """A weighted mean that takes SECONDS to combine (the GIL free meanwhile, as in numpy's kernels)."""
@@ -220,8 +220,9 @@ def test_a_handshake_completes_while_a_large_aggregation_runs(slow_strategy: Pat
         handshake = time.perf_counter() - began
         task = b.task()
         answered = time.time()
-        assert answered - aggregation_started < SLOW_SECONDS - 1, "the handshake waited for the aggregation"
-        assert handshake < max(2.0, 3 * baseline), (handshake, baseline)
+        # On a driver that holds the event loop during aggregation the handshake ends after it (>= 10 s);
+        # here it ends long before (a loaded machine makes a handshake take seconds: the margin is wide).
+        assert answered - aggregation_started < SLOW_SECONDS - 3, ("the handshake waited", handshake, baseline)
         assert task.round == 1  # asked during the aggregation: round 1 is still the open one
         deadline = time.time() + 30
         while a.task().round == 1 and time.time() < deadline:
