@@ -96,6 +96,7 @@ class AsyncDriver:
                 self.config.rounds,
                 self.config.evaluate,
                 attempt=1,
+                compression=self.config.compression,
             )
 
     def model_bytes(self, round_number: int) -> bytes:

@@ -16,6 +16,7 @@ The task configuration is the ``[task]`` table of ``aggregator.toml``::
     round_deadline = "120s"
     clip_norm = 10.0                      # optional: clip every update's L2 norm (robustness)
     evaluate = true                       # sites report metrics of each round's model
+    compression = "float32"               # updates on the wire: float32 | float16 | bfloat16 | int8
     [task.strategy]                       # default: fedavg
     name = "krum"                         # fedavg | median | trimmed_mean | krum | an installed one
     f = 1                                 # the strategy's own parameters (krum: f, m; trimmed_mean: beta)
@@ -65,6 +66,7 @@ from aggregator.strategies import (
     strategy_names,
 )
 from attestation.errors import AttestflError
+from protocol.compression import MODES as COMPRESSION_MODES
 from protocol.config import (
     MAX_DURATION_SECONDS,
     Duration,
@@ -117,6 +119,7 @@ class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     mode: Literal["sync", "async"] = "sync"  # async: aggregator.async_rounds (buffer_size, max_staleness)
     buffer_size: Annotated[int, Meta(ge=1, le=MAX_SITES)] = 2
     max_staleness: Annotated[int, Meta(ge=0, le=1000)] = 8
+    compression: str = "float32"
 
 
 def _strategy_names_text() -> str:
@@ -201,6 +204,8 @@ class TaskConfig:
     mode: str = "sync"  # "async": aggregator.async_rounds.AsyncDriver
     buffer_size: int = 2
     max_staleness: int = 8
+    #: How sites encode their updates (:mod:`protocol.compression`); aggregation is float32 whatever it is.
+    compression: str = "float32"
 
     @property
     def spec(self) -> ModelSpec:
@@ -243,6 +248,7 @@ class TaskConfig:
             mode=task.mode,
             buffer_size=task.buffer_size,
             max_staleness=task.max_staleness,
+            compression=task.compression,
         )
         config.validate(model=False)
         try:
@@ -267,6 +273,11 @@ class TaskConfig:
             raise TaskConfigError(
                 f"[task] round_deadline: expected a duration longer than zero and at most "
                 f"{format_seconds(MAX_DURATION_SECONDS)}, got {value_repr(self.round_deadline)}"
+            )
+        if self.compression not in COMPRESSION_MODES:
+            raise TaskConfigError(
+                f"[task] compression: expected one of {', '.join(map(value_repr, COMPRESSION_MODES))}, "
+                f"got {value_repr(self.compression)}"
             )
         if not isinstance(self.evaluate, bool):
             raise TaskConfigError(f"[task] evaluate: expected true or false, got {value_repr(self.evaluate)}")
@@ -346,8 +357,30 @@ def weighted_metrics(metrics: dict[str, dict[str, float]], examples: dict[str, i
     return {name: totals[name] / weights[name] for name in totals if weights[name] > 0}
 
 
+@dataclass(frozen=True)
+class _Closing:
+    """A round taken out of service to be aggregated off the lock (see :meth:`RoundDriver._close_round`)."""
+
+    aggregation: Any
+    participants: dict[str, dict[str, Any]]
+    round: int
+    attempt: int
+    dp_rounds: int
+    global_vector: np.ndarray
+
+
 class RoundDriver:
-    """The :class:`aggregator.service.TaskDriver` of a training task. Thread-safe."""
+    """The :class:`aggregator.service.TaskDriver` of a training task. Thread-safe.
+
+    Nothing slow runs under the round lock, and what the event loop's thread calls never waits
+    for it: :meth:`task`, :meth:`model_bytes` and :meth:`check_upload` read a snapshot (an
+    immutable :class:`~aggregator.service.Task` replaced whole, the models by round) without the
+    lock; a round is aggregated, encoded and its checkpoint sealed and fsynced with the lock
+    released (the round is marked *closing* meanwhile: uploads to it are refused, none is lost
+    into an aggregate already taken); only the durable ``round`` entry, the checkpoint's rename
+    and the in-memory commit hold it. The service runs the calls that may aggregate or fsync
+    (:meth:`accept_update`, :meth:`close_if_complete`, :meth:`tick`, :meth:`report_metrics`) on
+    executor threads."""
 
     def __init__(
         self,
@@ -374,6 +407,9 @@ class RoundDriver:
         self.history: dict[int, RoundRecord] = {}
         self._models: dict[int, bytes] = {start_round: self._encode(self.global_vector)}
         self._dp_rounds = epsilon_rounds
+        #: A round being aggregated off the lock; a commit that failed (the aggregator stops).
+        self._closing: _Closing | None = None
+        self._fault: str | None = None
         #: ``checkpoint(next_round, dp_rounds, model)`` seals the next state aside and returns the
         #: function that puts it in place (called once the round is logged).
         self.checkpoint = checkpoint
@@ -399,25 +435,26 @@ class RoundDriver:
         self._received: dict[str, dict[str, Any]] = {}
         self._deadline = time.time() + self.config.round_deadline
         self.history.setdefault(self.round, RoundRecord(self.round, self.attempt)).attempt = self.attempt
+        self._snapshot = Task(
+            self.round if not self.finished else self.config.rounds + 1,
+            self.spec,
+            int(self._deadline * 1000),
+            self.finished,
+            self.config.rounds,
+            self.config.evaluate,
+            attempt=self.attempt,
+            compression=self.config.compression,
+        )
 
     def record(self, round_number: int) -> RoundRecord:
         return self.history.setdefault(round_number, RoundRecord(round_number, 1))
 
     def task(self) -> Task:
-        with self._lock:
-            return Task(
-                self.round if not self.finished else self.config.rounds + 1,
-                self.spec,
-                int(self._deadline * 1000),
-                self.finished,
-                self.config.rounds,
-                self.config.evaluate,
-                attempt=self.attempt,
-            )
+        """The open round (a snapshot replaced whole under the lock: read without it)."""
+        return self._snapshot
 
     def model_bytes(self, round_number: int) -> bytes:
-        with self._lock:
-            model = self._models.get(round_number)
+        model = self._models.get(round_number)  # one dict lookup: atomic, no lock to wait for
         if model is None:
             raise UpdateRefused(
                 f"no model for round {round_number} (current round {self.round})", grpc.StatusCode.NOT_FOUND
@@ -431,21 +468,33 @@ class RoundDriver:
     # --- updates ------------------------------------------------------------------------
 
     def check_upload(self, site_id: str, round_number: int, attempt: int) -> None:
-        with self._lock:
-            if self.finished:
-                raise UpdateRefused("training is finished")
-            if round_number != self.round:
-                raise UpdateRefused(f"round {round_number} is not open (the open round is {self.round})")
-            if attempt != self.attempt:
-                raise UpdateRefused(
-                    f"attempt {attempt} of round {round_number} is not open (the open attempt is {self.attempt}): "
-                    "an update sealed for another attempt is never reused"
-                )
-            if site_id in self._received:
-                raise UpdateRefused(
-                    f"site {site_id!r} already submitted an update in round {round_number}",
-                    grpc.StatusCode.ALREADY_EXISTS,
-                )
+        """A first check of an upload against the snapshot, without the lock (the event loop
+        calls it before receiving the stream); :meth:`accept_update` checks again under it."""
+        task = self._snapshot
+        self._check_upload(site_id, round_number, attempt, task.round, task.attempt, task.finished)
+
+    def _check_upload(
+        self, site_id: str, round_number: int, attempt: int, open_round: int, open_attempt: int, finished: bool
+    ) -> None:
+        if self._fault is not None:
+            raise UpdateRefused(f"the aggregator is stopping: {self._fault}", grpc.StatusCode.UNAVAILABLE)
+        if finished:
+            raise UpdateRefused("training is finished")
+        if round_number != open_round:
+            raise UpdateRefused(f"round {round_number} is not open (the open round is {open_round})")
+        if attempt != open_attempt:
+            raise UpdateRefused(
+                f"attempt {attempt} of round {round_number} is not open (the open attempt is {open_attempt}): "
+                "an update sealed for another attempt is never reused"
+            )
+        closing = self._closing
+        if closing is not None and closing.round == round_number:
+            raise UpdateRefused(f"round {round_number} is closing: its aggregate is being computed")
+        if site_id in self._received:
+            raise UpdateRefused(
+                f"site {site_id!r} already submitted an update in round {round_number}",
+                grpc.StatusCode.ALREADY_EXISTS,
+            )
 
     def accept_update(
         self,
@@ -461,7 +510,7 @@ class RoundDriver:
         refuses, nothing is applied and the error propagates (no receipt is sent)."""
         vector = flatten(update, self.spec)
         with self._lock:
-            self.check_upload(site_id, round_number, attempt)
+            self._check_upload(site_id, round_number, attempt, self.round, self.attempt, self.finished)
             self.events.record("update_accepted", **receipt)
             facts = self._aggregation.add(vector, weight, len(self._received)) or {}
             self._received[site_id] = {"weight": weight, "update_sha256": digest.hex(), **facts}
@@ -471,10 +520,15 @@ class RoundDriver:
         with self._lock:
             if (
                 not self.finished
+                and self._closing is None
+                and self._fault is None
                 and self._received
                 and len(self._received) >= max(self.config.min_sites, self.live_sites())
             ):
-                self._close_round()
+                closing = self._take_round()
+            else:
+                return
+        self._close_round(closing)
 
     def report_metrics(self, site_id: str, round_number: int, metrics: dict[str, float], examples: int) -> None:
         """A site's evaluation of the current round's model (the final model once training is
@@ -502,44 +556,84 @@ class RoundDriver:
     def tick(self) -> None:
         """Close or retry the open round when its deadline has passed (called periodically)."""
         with self._lock:
-            if self.finished or time.time() < self._deadline:
+            if self.finished or self._closing is not None or self._fault is not None or time.time() < self._deadline:
                 return
-            if len(self._received) >= self.config.min_sites:
-                self._close_round()
+            if len(self._received) < self.config.min_sites:
+                self.events.record(
+                    "round_retry",
+                    round=self.round,
+                    attempt=self.attempt,
+                    received=len(self._received),
+                    min_sites=self.config.min_sites,
+                    reason="deadline passed without quorum",
+                )
+                self.attempt += 1
+                self._begin()
                 return
-            self.events.record(
-                "round_retry",
-                round=self.round,
-                attempt=self.attempt,
-                received=len(self._received),
-                min_sites=self.config.min_sites,
-                reason="deadline passed without quorum",
-            )
-            self.attempt += 1
-            self._begin()
+            closing = self._take_round()
+        self._close_round(closing)
 
-    def _close_round(self) -> None:
-        """Aggregate, then commit in this order: the sealed checkpoint of the next state is
+    def _take_round(self) -> _Closing:
+        """Take the open round out of service (under the lock): its updates are final."""
+        closing = _Closing(
+            self._aggregation,
+            dict(self._received),
+            self.round,
+            self.attempt,
+            self._dp_rounds,
+            self.global_vector,
+        )
+        self._closing = closing
+        return closing
+
+    def _close_round(self, closing: _Closing) -> None:
+        """Aggregate, then commit (:meth:`_commit_round`). Aggregation, encoding and sealing
+        (with its fsync) run without the round lock (the round is *closing*: no update joins it
+        meanwhile); the log entry, the rename and the in-memory commit run under it. If any step
+        fails nothing is applied, the error propagates (the aggregator stops) and the driver
+        refuses every update from then on."""
+        try:
+            started = time.perf_counter()
+            # The (wrapped) strategy aggregates and accounts for privacy; the driver commits.
+            aggregate = closing.aggregation.close(Privacy(closing.dp_rounds))
+            vector = (closing.global_vector + aggregate.delta).astype(np.float32)
+            elapsed = time.perf_counter() - started
+            model = self._encode(vector)
+            digest = hashlib.sha256(model).hexdigest()
+            next_round = closing.round + 1
+            commit_checkpoint = (
+                self.checkpoint(next_round, aggregate.privacy.rounds, model) if self.checkpoint is not None else None
+            )
+            with self._lock:
+                self._commit_round(closing, aggregate.privacy, vector, model, digest, elapsed, commit_checkpoint)
+        except BaseException as exc:
+            with self._lock:
+                if self._closing is closing:  # not committed
+                    self._fault = f"round {closing.round} could not be committed: {type(exc).__name__}"
+            raise
+
+    def _commit_round(
+        self,
+        closing: _Closing,
+        privacy: Privacy,
+        vector: np.ndarray,
+        model: bytes,
+        digest: str,
+        elapsed: float,
+        commit_checkpoint: Callable[[], Any] | None,
+    ) -> None:
+        """Commit in this order (under the lock): the sealed checkpoint of the next state was
         written aside, the ``round`` entry is logged durably, the checkpoint is put in place, and
-        only then does the in-memory state move on. If any step fails nothing is applied and the
-        error propagates (the aggregator stops): a round is never applied twice or half."""
-        started = time.perf_counter()
-        # The (wrapped) strategy aggregates and accounts for privacy; the driver commits.
-        aggregate = self._aggregation.close(Privacy(self._dp_rounds))
-        epsilon = aggregate.privacy.epsilon
-        dp_rounds = aggregate.privacy.rounds
-        vector = (self.global_vector + aggregate.delta).astype(np.float32)
-        elapsed = time.perf_counter() - started
-        model = self._encode(vector)
-        digest = hashlib.sha256(model).hexdigest()
-        next_round = self.round + 1
+        only then does the in-memory state move on: a round is never applied twice or half."""
+        epsilon = privacy.epsilon
+        dp_rounds = privacy.rounds
+        next_round = closing.round + 1
         finished = next_round > self.config.rounds
-        commit_checkpoint = self.checkpoint(next_round, dp_rounds, model) if self.checkpoint is not None else None
-        participants = dict(self._received)
+        participants = closing.participants
         self.events.record(
             "round",
-            round=self.round,
-            attempt=self.attempt,
+            round=closing.round,
+            attempt=closing.attempt,
             participants=participants,
             model_sha256=digest,
             **self.strategy.round_fields(),
@@ -549,12 +643,12 @@ class RoundDriver:
         if commit_checkpoint is not None:
             commit_checkpoint()
         # Commit in memory: nothing below can fail for lack of disk.
-        record = self.record(self.round)
+        record = self.record(closing.round)
         record.participants = participants
         record.model_sha256 = digest
         record.epsilon = epsilon
         record.aggregation_seconds = elapsed
-        record.attempt = self.attempt
+        record.attempt = closing.attempt
         self.global_vector = vector
         self._dp_rounds = dp_rounds
         self.round = next_round
@@ -563,6 +657,7 @@ class RoundDriver:
         for old in [r for r in self._models if r < self.round - 1]:
             del self._models[old]
         self.finished = finished
+        self._closing = None
         self._begin()
         if finished:
             self.events.record("training_finished", rounds=self.config.rounds, model_sha256=digest)

@@ -292,7 +292,8 @@ async def serve(config: AggregatorConfig) -> int:
     flushed = time.monotonic()
     while not stop.is_set():
         try:
-            running.driver.tick()
+            # A deadline may close the round: aggregation and fsync run off the event loop.
+            await loop.run_in_executor(None, running.driver.tick)
             if time.monotonic() - flushed > SUPPRESSED_FLUSH_SECONDS:
                 flushed = time.monotonic()
                 suppressed = service.gate.drain_suppressed()

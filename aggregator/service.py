@@ -41,6 +41,7 @@ from attestation.platforms.base import NEUTRAL_CLAIMS
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeyError, EnclaveKeys
 from protocol.admission import AdmissionPolicy, IdentityProof, SiteAppraisal, appraise_site, valid_site_id
+from protocol.compression import decode_update
 from protocol.credential import issue_credential
 from protocol.formulas import (
     CALL_HEADER,
@@ -68,7 +69,7 @@ from protocol.streams import (
     seal_chunks,
     transcript_hash,
 )
-from protocol.tensors import ModelSpec, UpdateFormatError, decode_tensors
+from protocol.tensors import ModelSpec, UpdateFormatError
 from protocol.wire import federation_pb2 as pb
 from protocol.wire import health_pb2
 
@@ -95,6 +96,7 @@ class Task:
     rounds_total: int
     evaluate: bool = False
     attempt: int = 1
+    compression: str = "float32"  # how sites encode updates (protocol.compression)
 
 
 class TaskDriver(Protocol):
@@ -662,6 +664,7 @@ class FederationService:
             max_weight=session.max_weight,
             tree_head=head,
             consistency=proof,
+            compression=task.compression,
         )
         if self.vendor_jobs is not None:
             response.vendor_jobs = self.vendor_jobs.pending(session.site_id)
@@ -825,7 +828,7 @@ class FederationService:
         receipt, and no receipt is sent for an update not applied. Returns (digest, weight,
         accepted at (ms), receipt signature)."""
         started = time.perf_counter()
-        tensors, metadata = decode_tensors(update.data, update.spec)
+        tensors, metadata = decode_update(update.data, update.spec, self.driver.task().compression)
         weight = _weight(metadata, session.max_weight)
         validate_seconds = time.perf_counter() - started
         digest = hashlib.sha256(update.data).digest()
@@ -882,7 +885,9 @@ class FederationService:
                     "(admission policy)",
                     grpc.StatusCode.INVALID_ARGUMENT,
                 )
-            self.driver.report_metrics(session.site_id, int(inner.round), metrics, examples)
+            await asyncio.get_running_loop().run_in_executor(  # logged durably: an fsync, off the event loop
+                None, self.driver.report_metrics, session.site_id, int(inner.round), metrics, examples
+            )
         except UpdateRefused as exc:
             self._record("call_refused", site=session.site_id, method="ReportMetrics", reason=_short(str(exc), 300))
             await context.abort(exc.code, _short(str(exc), 300))

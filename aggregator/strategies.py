@@ -38,6 +38,14 @@ import numpy as np
 from msgspec import Meta
 
 import native
+from aggregator.spill import (
+    BLOCK_VALUES,
+    SpilledStack,
+    spill_budget,
+    spilled_krum,
+    spilled_median,
+    spilled_trimmed_mean,
+)
 from attestation.errors import AttestflError
 
 LOG = logging.getLogger("attestfl.aggregator")
@@ -148,6 +156,66 @@ class StackedAggregation(RoundAggregation):
         return len(self._rows)
 
 
+class SpillingAggregation(RoundAggregation):
+    """Updates stacked in memory (as :class:`StackedAggregation`) until they would pass
+    :func:`aggregator.spill.spill_budget`; from then on every update of the round is sealed to
+    disk (:class:`aggregator.spill.SpilledStack`) and the round is combined column block by
+    column block (issue 19: robust strategies on models larger than memory / N). The result is
+    the same either way (tests/test_spill.py)."""
+
+    def __init__(
+        self,
+        size: int,
+        in_memory: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        spilled: Callable[[SpilledStack, np.ndarray], np.ndarray],
+        budget: int | None = None,
+        block: int = BLOCK_VALUES,
+    ) -> None:
+        self._size = size
+        self._block = block
+        self._in_memory = in_memory
+        self._spilled = spilled
+        self._budget = spill_budget() if budget is None else budget
+        self._rows: list[np.ndarray] = []
+        self._weights: list[float] = []
+        self._stack: SpilledStack | None = None
+
+    def add(self, update: np.ndarray, weight: float, site: int) -> None:
+        if update.shape != (self._size,):
+            raise StrategyError(f"update of site {site} has {update.size} values, the model {self._size}")
+        if not np.isfinite(update).all():
+            raise native.NonFiniteUpdateError(site)
+        if self._stack is None and (len(self._rows) + 1) * 4 * self._size > self._budget:
+            self._stack = SpilledStack(self._size, os.environ.get("ATTESTFL_SPILL_DIR") or None, self._block)
+            for row in self._rows:
+                self._stack.append(row)
+            self._rows.clear()
+        if self._stack is not None:
+            self._stack.append(update)
+        else:
+            self._rows.append(np.array(update, dtype=np.float32))
+        self._weights.append(weight)
+
+    @property
+    def spilled(self) -> bool:
+        return self._stack is not None
+
+    def result(self) -> np.ndarray:
+        if not self._weights:
+            raise StrategyError("no update to aggregate")
+        weights = np.asarray(self._weights)
+        if self._stack is None:
+            return np.asarray(self._in_memory(np.stack(self._rows), weights), dtype=np.float32)
+        try:
+            return np.asarray(self._spilled(self._stack, weights), dtype=np.float32)
+        finally:
+            self._stack.close()
+
+    @property
+    def count(self) -> int:
+        return len(self._weights)
+
+
 # ---- the strategy interface -------------------------------------------------------------------
 
 
@@ -209,7 +277,9 @@ class CoordinateMedian(Strategy):
     name = "median"
 
     def begin_round(self, size: int) -> RoundAggregation:
-        return StackedAggregation(size, lambda stack, _w: native.coordinate_median(stack))
+        return SpillingAggregation(
+            size, lambda stack, _w: native.coordinate_median(stack), lambda spilled, _w: spilled_median(spilled)
+        )
 
 
 class TrimmedMeanParameters(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -229,7 +299,11 @@ class TrimmedMean(Strategy):
             raise StrategyError(f"trimmed_mean beta must be a number in [0, 0.5), got {self.beta!r}")
 
     def begin_round(self, size: int) -> RoundAggregation:
-        return StackedAggregation(size, lambda stack, _w: native.trimmed_mean(stack, self.beta))
+        return SpillingAggregation(
+            size,
+            lambda stack, _w: native.trimmed_mean(stack, self.beta),
+            lambda spilled, _w: spilled_trimmed_mean(spilled, self.beta),
+        )
 
     def minimum_sites(self) -> int:
         # 2*floor(beta*N) < N holds for every N >= 1 when beta < 0.5
@@ -255,7 +329,11 @@ class Krum(Strategy):
             raise StrategyError(f"krum needs integers f >= 0 and m >= 1, got f={self.f!r}, m={self.m!r}")
 
     def begin_round(self, size: int) -> RoundAggregation:
-        return StackedAggregation(size, lambda stack, _w: native.krum(stack, self.f, self.m)[0])
+        return SpillingAggregation(
+            size,
+            lambda stack, _w: native.krum(stack, self.f, self.m)[0],
+            lambda spilled, _w: spilled_krum(spilled, self.f, self.m)[0],
+        )
 
     def minimum_sites(self) -> int:
         # Krum scores each update against its n-f-2 nearest neighbours (n >= 2f+3), and

@@ -4,6 +4,15 @@ One process, one run, the same data for everyone. Prints one JSON object:
 
     python benchmarks/aggregation.py            # N=10,P=10M and N=100,P=1M (a few minutes)
     python benchmarks/aggregation.py --quick    # small smoke run
+    python benchmarks/aggregation.py --large-p 2000000 --sweep-max 10000000   # modest, on a shared machine
+
+The same run measures this machine's memory bandwidth (``bandwidth``: numpy streaming copy,
+in-place add and triad over arrays far larger than the caches) and reports each kernel against
+its *byte floor*: the least bytes it must move (read every input once, write the output once)
+at the best streaming bandwidth measured. ``fraction_of_floor`` = floor time / our median
+time (1.0 = at the memory's speed). ``accumulator_vs_torch`` sweeps update sizes from 10K to
+100M values: N = 10 updates added to a fresh accumulator and the mean taken, ours against
+torch's streaming ``add_`` (then ``div_``), with both as fractions of the floor.
 
 Ratios are peer_ms / ours_ms (> 1 means we are faster). JIT compilation is kept out of
 every timing (each kernel is warmed first) and reported in the ``jit`` section, which
@@ -61,6 +70,114 @@ TARGETS: dict[str, list[tuple[str, str, float]]] = {
         ("krum", "flower", 10.0),
     ],
 }
+
+
+# --- the machine's memory bandwidth, and byte floors ---------------------------------------------
+
+#: Bytes per value each streaming probe moves (nominal: read each input, write the output once).
+_STREAMS: dict[str, int] = {"copy": 8, "add_in_place": 12, "triad": 12}
+
+
+def bench_bandwidth(values: int = 32 * 1024 * 1024, repeats: int = 7) -> dict[str, Any]:
+    """Streaming copy (b = a), in-place add (a += b) and triad (a = b + s * c, numpy's two
+    passes counted as one: a lower bound on its speed) over float32 arrays of ``values``
+    (128 MiB each), GB/s of the median run; ``best_gbps`` is the floor's bandwidth."""
+    a = np.ones(values, np.float32)
+    b = np.full(values, 2.0, np.float32)
+    c = np.full(values, 3.0, np.float32)
+    tmp = np.empty(values, np.float32)
+
+    def triad() -> None:
+        np.multiply(c, np.float32(0.5), out=tmp)
+        np.add(b, tmp, out=a)
+
+    probes: dict[str, Callable[[], object]] = {
+        "copy": lambda: np.copyto(b, a),
+        "add_in_place": lambda: np.add(a, b, out=a),
+        "triad": triad,
+    }
+    timed = _time_interleaved({name: (fn, repeats) for name, fn in probes.items()})
+    out: dict[str, Any] = {"values": values, "bytes_per_array": 4 * values}
+    for name, t in timed.items():
+        nominal = _STREAMS[name] * values
+        out[name] = {
+            **t,
+            "bytes_moved": nominal,
+            "gbps": round(nominal / (t["median_ms"] / 1000.0) / 1e9, 2),
+            "gbps_best_run": round(nominal / (t["min_ms"] / 1000.0) / 1e9, 2),
+        }
+    out["best_gbps"] = max(out[name]["gbps"] for name in _STREAMS)
+    out["note"] = "triad's bytes are counted once (numpy makes two passes): its GB/s is a lower bound"
+    return out
+
+
+def byte_floor(operation: str, n: int, p: int) -> int:
+    """The least bytes ``operation`` moves on N updates of P float32 values: every input read
+    once, the result written once (the Accumulator also reads and writes its sum per update)."""
+    model = 4 * p
+    if operation == "accumulator":
+        return n * 3 * model + 2 * model  # per add: read the update, read and write the sum; then scale
+    if operation == "krum":
+        return n * model + model
+    return (n + 1) * model  # fedavg, coordinate_median, trimmed_mean: read the stack, write the result
+
+
+def add_floors(config: dict[str, Any], gbps: float) -> None:
+    """Each operation's byte floor (ms at ``gbps``) and our fraction of it, in place."""
+    n, p = config["N"], config["P"]
+    for op, per_op in config["operations"].items():
+        floor_ms = byte_floor(op, n, p) / (gbps * 1e9) * 1000.0
+        per_op["byte_floor"] = {
+            "bytes": byte_floor(op, n, p),
+            "floor_ms": round(floor_ms, 3),
+            "fraction_of_floor": round(floor_ms / per_op["ours"]["median_ms"], 3),
+        }
+
+
+def bench_accumulator_sweep(sizes: list[int], n: int, gbps: float, torch: Any) -> dict[str, Any]:
+    """Ours against torch's streaming ``add_`` at each size: N adds into a fresh accumulator, then
+    the mean. Repeats scale down with size (the smallest sizes need many to time)."""
+    out: dict[str, Any] = {"N": n, "what": "fresh accumulator, N weighted adds, then the mean", "sizes": {}}
+    weights = [float(i + 1) for i in range(n)]
+    total = float(sum(weights))
+    for p in sizes:
+        rng = np.random.default_rng(p)
+        # two distinct updates, alternated: large sizes would not fit N copies on a shared machine
+        updates = [rng.standard_normal(p, dtype=np.float32) for _ in range(min(n, 2))]
+
+        def ours(p: int = p, updates: list[np.ndarray] = updates) -> np.ndarray:
+            acc = native.Accumulator(p)
+            for i, w in enumerate(weights):
+                acc.add(updates[i % len(updates)], w)
+            return acc.result()
+
+        candidates: Candidates = {}
+        repeats = int(min(2000, max(3, 2e8 // (n * p))))
+        candidates["ours"] = (ours, repeats)
+        entry: dict[str, Any] = {}
+        if torch is not None:
+            tensors = [torch.from_numpy(u) for u in updates]
+
+            def torch_add_(p: int = p, tensors: list[Any] = tensors) -> Any:
+                acc = torch.zeros(p, dtype=torch.float32)
+                for i, w in enumerate(weights):
+                    acc.add_(tensors[i % len(tensors)], alpha=w)
+                return acc.div_(total)
+
+            entry["max_abs_diff_vs_torch"] = _max_diff(ours(), torch_add_().numpy())
+            candidates["torch_add_"] = (torch_add_, repeats)
+        timed = _time_interleaved(candidates, warmup=2)
+        floor_ms = byte_floor("accumulator", n, p) / (gbps * 1e9) * 1000.0
+        entry.update(timed)
+        entry["floor_ms"] = round(floor_ms, 4)
+        entry["fraction_of_floor"] = {k: round(floor_ms / v["median_ms"], 3) for k, v in timed.items()}
+        if "torch_add_" in timed:
+            entry["torch_over_ours"] = round(timed["torch_add_"]["median_ms"] / timed["ours"]["median_ms"], 2)
+            entry["meets_target"] = entry["torch_over_ours"] >= 1.0
+        out["sizes"][str(p)] = entry
+        del updates, candidates
+    out["target"] = "Accumulator >= 1.0x torch streaming add_ at every size"
+    return out
 
 
 def _import_peer(name: str) -> tuple[Any, str | None]:
@@ -387,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke run)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats for ours, numpy and torch")
     parser.add_argument("--peer-repeats", type=int, default=None, help="timed repeats for Flower and NVFlare")
+    parser.add_argument("--large-p", type=int, default=None, help="P of the N=10 configuration (default 10M)")
+    parser.add_argument("--many-p", type=int, default=None, help="P of the N=100 configuration (default 1M; 0: skip)")
+    parser.add_argument("--sweep-max", type=int, default=100_000_000, help="largest size of the accumulator sweep")
+    parser.add_argument("--no-jit", action="store_true", help="skip the JIT/new-process section")
     args = parser.parse_args(argv)
     if args.quick:
         configs = {"large_n10": (10, 200_000), "many_n100": (100, 20_000)}
@@ -396,6 +517,16 @@ def main(argv: list[str] | None = None) -> int:
         repeats, peer_repeats, memory = 7, 3, (100, 1_000_000)
     repeats = args.repeats or repeats
     peer_repeats = args.peer_repeats or peer_repeats
+    if args.large_p:
+        configs["large_n10"] = (10, args.large_p)
+    if args.many_p is not None:
+        if args.many_p:
+            configs["many_n100"] = (100, args.many_p)
+        else:
+            del configs["many_n100"]
+    sweep = [v for v in (10_000, 100_000, 1_000_000, 10_000_000, 100_000_000) if v <= args.sweep_max]
+    if args.quick:
+        sweep = [v for v in sweep if v <= 1_000_000]
 
     import numba
 
@@ -415,16 +546,24 @@ def main(argv: list[str] | None = None) -> int:
             for name, (mod, err) in peers.items()
         },
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-        "jit": bench_jit(),
+        "bandwidth": bench_bandwidth(32 * 1024 * 1024, 3 if args.quick else 7),
+        "jit": None if args.no_jit else bench_jit(),
         "configs": {},
     }
+    gbps = report["bandwidth"]["best_gbps"]
     for name, (n, p) in configs.items():
         config = bench_config(n, p, repeats, peer_repeats, peers)
+        add_floors(config, gbps)
         config["targets"] = evaluate_targets(name, config)
         report["configs"][name] = config
+    report["accumulator_vs_torch"] = bench_accumulator_sweep(
+        sweep, 10, gbps, peers["torch"][0][0] if peers["torch"][0] is not None else None
+    )
     report["accumulator_memory"] = bench_memory(*memory)
     every = [t["meets_target"] for c in report["configs"].values() for t in c["targets"]]
-    every += [report["accumulator_memory"]["meets_target"], report["jit"]["meets_target"]]
+    every += [report["accumulator_memory"]["meets_target"]]
+    every += [report["jit"]["meets_target"]] if report["jit"] is not None else []
+    every += [e.get("meets_target", False) for e in report["accumulator_vs_torch"]["sizes"].values()]
     report["all_targets_met"] = all(every)
     report["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(report, indent=1))

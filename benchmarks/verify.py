@@ -12,6 +12,8 @@ Side by side (``tdx_vs_dcap_qvl``), interleaved call by call so that both see th
   shipped collateral, every file read and parsed and every signature verdict kept);
 * ``attestfl_cold``: the same with a new store and the signature memo cleared on every call
   (every file read and parsed, every signature checked again);
+* ``attestfl_new_quote`` (simulated TD only): the warm store, a different quote of the same
+  platform on every call (16 quotes in turn): each pays its own signatures, never memoised;
 * ``dcap_qvl``: ``dcap_qvl.verify`` with its collateral object built once (dcap-qvl keeps no
   state between calls: it parses and verifies everything on every call).
 
@@ -103,6 +105,7 @@ def side_by_side(
     repeats: int,
     roots: frozenset[str] = frozenset(),
     root_der: bytes | None = None,
+    fresh_quotes: list[bytes] | None = None,
 ) -> dict[str, object]:
     import dcap_qvl
 
@@ -128,8 +131,16 @@ def side_by_side(
         except ValueError:
             pass
 
+    fns: dict[str, Callable[[], object]] = {"attestfl": attestfl, "attestfl_cold": attestfl_cold, "dcap_qvl": reference}
+    if fresh_quotes:
+        cycle = iter(range(1 << 62))
+
+        def attestfl_new_quote() -> None:  # another quote (own signatures) of the same platform on every call
+            appraise_tdx(fresh_quotes[next(cycle) % len(fresh_quotes)], policy=policy, at=at, store=store)
+
+        fns["attestfl_new_quote"] = attestfl_new_quote
     mine, theirs_ = ours(quote, files, at, roots), theirs(quote, files, at, fmspc=fmspc, root_der=root_der)
-    timings = interleaved({"attestfl": attestfl, "attestfl_cold": attestfl_cold, "dcap_qvl": reference}, repeats)
+    timings = interleaved(fns, repeats)
     return {
         "verdicts": {
             "attestfl": {"accepted": mine.accepted, "tcb_status": mine.status},
@@ -140,6 +151,15 @@ def side_by_side(
         "attestfl_over_dcap_qvl": round(timings["attestfl"]["median_ms"] / timings["dcap_qvl"]["median_ms"], 2),
         "attestfl_cold_over_dcap_qvl": round(
             timings["attestfl_cold"]["median_ms"] / timings["dcap_qvl"]["median_ms"], 2
+        ),
+        **(
+            {
+                "attestfl_new_quote_over_dcap_qvl": round(
+                    timings["attestfl_new_quote"]["median_ms"] / timings["dcap_qvl"]["median_ms"], 2
+                )
+            }
+            if fresh_quotes
+            else {}
         ),
     }
 
@@ -206,6 +226,7 @@ def main() -> None:
                 repeats=args.repeats,
                 roots=roots,
                 root_der=attester.pki.intel.root.der,
+                fresh_quotes=[attester.evidence(i.to_bytes(64, "big")).evidence for i in range(1, 17)],
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -31,6 +31,8 @@ from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys, verify_enclave_signature
 from protocol.admission import IdentityProof
 from protocol.auditlog.heads import HeadError, HeadInconsistent, TreeHead, verify_consistency
+from protocol.compression import ErrorFeedback
+from protocol.compression import encode_update as encode_compressed
 from protocol.credential import (
     DEFAULT_MAX_CLOCK_SKEW,
     ClockSkewError,
@@ -261,6 +263,9 @@ class SiteClient:
         self.tree_head: TreeHead | None = None
         self._calls = 0
         self._lock = threading.Lock()
+        #: How updates are encoded (the task's ``compression``, learnt from GetTask) and what it lost.
+        self.compression = "float32"
+        self.feedback = ErrorFeedback()
 
     def close(self) -> None:
         self.channel.close()
@@ -398,6 +403,7 @@ class SiteClient:
         )
         task = self._open(session, "GetTask", call, sealed, pb.TaskResponse)
         self._check_tree_head(session, task.tree_head, list(task.consistency))
+        self.compression = task.compression or "float32"
         return task
 
     def _check_tree_head(self, session: JoinedSession, encoded: bytes, proof: list[bytes]) -> None:
@@ -443,14 +449,27 @@ class SiteClient:
         tensors, _metadata = decode_tensors(bytes(data), spec)
         return {name: array.copy() for name, array in tensors.items()}
 
+    def encode_update(self, update: dict[str, np.ndarray], weight: float) -> list[bytes | memoryview]:
+        """The update's bytes in the task's compression (error feedback applied when compressed)."""
+        mode = self.compression
+        if mode == "float32":
+            return encode_tensor_parts(update, {"weight": repr(float(weight))})
+        return encode_compressed(update, {"weight": repr(float(weight))}, mode, self.feedback)
+
     def sealed_update(
-        self, round_number: int, attempt: int, call: int, update: dict[str, np.ndarray], weight: float
+        self,
+        round_number: int,
+        attempt: int,
+        call: int,
+        update: dict[str, np.ndarray],
+        weight: float,
+        parts: list[bytes | memoryview] | None = None,
     ) -> Iterator[pb.SealedChunk]:
         """The sealed stream of one update, for call ``call`` (see :meth:`upload_update`)."""
         session = self.session
         if session is None:
             raise SiteError("join first")
-        data = encode_tensor_parts(update, {"weight": repr(float(weight))})
+        data = parts if parts is not None else self.encode_update(update, weight)
         for header, index, final, ciphertext in seal_chunks(
             session.keys.site_to_aggregator,
             data,
@@ -467,12 +486,20 @@ class SiteClient:
         the attested key and answers exactly this upload (round, attempt, call, digest, weight)."""
         session, call, metadata = self._next_call()
         hasher = hashlib.sha256()
-        for part in encode_tensor_parts(update, {"weight": repr(float(weight))}):
+        residual = dict(self.feedback.residual)  # restored if this upload is not accepted
+        parts = self.encode_update(update, weight)  # once: error feedback moves on once per update
+        for part in parts:
             hasher.update(memoryview(part).cast("B"))
         digest = hasher.digest()
-        sealed = self.stub.UploadUpdate(
-            self.sealed_update(round_number, attempt, call, update, weight), metadata=metadata, timeout=self.timeout
-        )
+        try:
+            sealed = self.stub.UploadUpdate(
+                self.sealed_update(round_number, attempt, call, update, weight, parts),
+                metadata=metadata,
+                timeout=self.timeout,
+            )
+        except grpc.RpcError:
+            self.feedback.residual = residual
+            raise
         response = self._open(session, "UploadUpdate", call, sealed, pb.UploadReceipt)
         receipt = Receipt(
             response.round,

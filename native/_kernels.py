@@ -146,6 +146,50 @@ def accumulate_blocks(acc, chunk, weight, offset, added_blocks, first_block, las
             added_blocks[b] = False
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def accumulate_serial(acc, chunk, weight, offset):
+    """acc[offset:offset+len] += weight * chunk (float32), serially, in the calling thread:
+    the small-update path of the Accumulator (no work-sharing hand-off, no flags array).
+
+    Returns -1 when every block was added, else the index of the first block whose values
+    are not all finite: blocks before it were added (the caller takes them back out with
+    :func:`unaccumulate_serial`), it and the blocks after it were not."""
+    size = chunk.shape[0]
+    w = np.float32(weight)
+    chunk_bits = chunk.view(np.uint32)
+    nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
+    for b in range(nblocks):
+        start = b * STREAM_BLOCK
+        stop = min(start + STREAM_BLOCK, size)
+        if _any_nonfinite(chunk_bits, start, stop):
+            return b
+        x = chunk[start:stop]
+        a = acc[offset + start : offset + stop]
+        for t in range(stop - start):
+            a[t] += w * x[t]
+    return -1
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def unaccumulate_serial(acc, chunk, weight, offset, blocks):
+    """Take back the first ``blocks`` blocks :func:`accumulate_serial` added."""
+    size = chunk.shape[0]
+    w = np.float32(weight)
+    stop_all = min(blocks * STREAM_BLOCK, size)
+    x = chunk[:stop_all]
+    a = acc[offset : offset + stop_all]
+    for t in range(stop_all):
+        a[t] -= w * x[t]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def scale_serial(values, factor):
+    """values *= factor (float32), in place, serially (small results)."""
+    f = np.float32(factor)
+    for t in range(values.shape[0]):
+        values[t] = values[t] * f
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
 def unaccumulate_kernel(acc, chunk, weight, offset, added_blocks):
     """Take back the blocks ``accumulate_blocks`` added (exact up to float32 rounding)."""

@@ -19,6 +19,10 @@ MAX_WEIGHT = 1e30
 # 64 blocks of 4096 values (1 MiB of update) per work-sharing task: few enough tasks
 # that the per-task Python overhead stays small, enough that a stalled thread is covered.
 _BLOCKS_PER_TASK = 64
+#: Updates of at most this many values are added serially in the calling thread (no hand-off
+#: to helper threads, no per-call flags array): below it, a hand-off costs more than the
+#: second core saves (benchmarks/aggregation.py, ``accumulator_vs_torch``).
+SERIAL_MAX_VALUES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,17 @@ class Accumulator:
         if self._result is not None:
             raise AggregationError("result() was already taken; start a new Accumulator")
         update = as_update(update)
-        w = check_weight(weight)
-        if w != 0.0 and not MIN_WEIGHT <= w <= MAX_WEIGHT:
-            raise AggregationError(
-                f"weight must be 0 or within [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}] (float32 accumulation), got {w}"
-            )
-        offset = as_int(offset, "offset")
+        # The common types first (a float weight in range, int offset): the checks' cost counts on small updates.
+        if type(weight) is float and MIN_WEIGHT <= weight <= MAX_WEIGHT:
+            w = weight
+        else:
+            w = check_weight(weight)
+            if w != 0.0 and not MIN_WEIGHT <= w <= MAX_WEIGHT:
+                raise AggregationError(
+                    f"weight must be 0 or within [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}] (float32 accumulation), got {w}"
+                )
+        if type(offset) is not int:
+            offset = as_int(offset, "offset")
         site_index = self._adds if site is None else as_int(site, "site")
         if offset < 0 or offset + update.shape[0] > self._size:
             raise AggregationError(
@@ -86,6 +95,13 @@ class Accumulator:
             )
         self._adds += 1
         if update.shape[0] == 0:
+            return
+        if update.shape[0] <= SERIAL_MAX_VALUES:
+            bad = _kernels.accumulate_serial(self._sum, update, w, offset)
+            if bad >= 0:
+                _kernels.unaccumulate_serial(self._sum, update, w, offset, bad)
+                raise NonFiniteUpdateError(site_index)
+            self._contributions.append(Contribution(offset, update.shape[0], w, site_index))
             return
         nblocks = (update.shape[0] + _kernels.STREAM_BLOCK - 1) // _kernels.STREAM_BLOCK
         added = np.zeros(nblocks, dtype=np.bool_)
@@ -107,6 +123,12 @@ class Accumulator:
     def _uniform_weight(self) -> Fraction:
         if self._size == 0:
             raise AggregationError("an Accumulator of size 0 has no mean")
+        if self._contributions and all(c.offset == 0 and c.length == self._size for c in self._contributions):
+            # Whole updates only (the usual case): the exact sum of the weights.
+            total = sum((Fraction(c.weight) for c in self._contributions), Fraction(0))
+            if total <= 0:
+                raise AggregationError("total weight is 0: nothing (or only weight 0) was added")
+            return total
         events: dict[int, Fraction] = {}
         for c in self._contributions:
             w = Fraction(c.weight)
@@ -138,6 +160,9 @@ class Accumulator:
         """
         if self._result is None:
             total = self._uniform_weight()
-            _kernels.scale_kernel(self._sum, 1.0 / float(total), self._sum)
+            if self._size <= SERIAL_MAX_VALUES:
+                _kernels.scale_serial(self._sum, 1.0 / float(total))
+            else:
+                _kernels.scale_kernel(self._sum, 1.0 / float(total), self._sum)
             self._result = self._sum
         return self._result
