@@ -29,13 +29,15 @@ def _num(value: float) -> str:
     return f"{value:.6g}"
 
 
-def _ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round tick values covering [low, high]."""
+def _ticks(low: float, high: float, count: int = 5, integer: bool = False) -> list[float]:
+    """Round tick values covering [low, high] (whole numbers only with ``integer``)."""
     if high <= low:
         high = low + 1.0
     raw = (high - low) / count
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    if integer:
+        step = float(max(1, math.ceil(step)))
     first = math.floor(low / step) * step
     ticks: list[float] = []
     value = first
@@ -46,15 +48,22 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 
 class _Frame:
-    def __init__(self, xs: Sequence[float], ys: Sequence[float], y_range: tuple[float, float] | None) -> None:
-        self.x_low, self.x_high = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    def __init__(
+        self,
+        xs: Sequence[float],
+        ys: Sequence[float],
+        y_range: tuple[float, float] | None,
+        x_pad: float = 0.0,
+        integer: bool = False,
+    ) -> None:
+        self.x_low, self.x_high = (min(xs) - x_pad, max(xs) + x_pad) if xs else (0.0, 1.0)
         if self.x_high == self.x_low:
             self.x_low, self.x_high = self.x_low - 0.5, self.x_high + 0.5
         if y_range is not None:
             low, high = y_range
         else:
             low, high = (min(0.0, min(ys)), max(ys)) if ys else (0.0, 1.0)
-        self.y_ticks = _ticks(low, high if high > low else low + 1.0)
+        self.y_ticks = _ticks(low, high if high > low else low + 1.0, integer=integer)
         self.y_low, self.y_high = self.y_ticks[0], self.y_ticks[-1]
 
     def x(self, value: float) -> float:
@@ -142,9 +151,9 @@ def bar_chart(points: Sequence[Point], *, chart_id: str, title: str, x_label: st
     """One bar per point (x: a round number)."""
     clean = sorted((x, y) for x, y in points if math.isfinite(x) and math.isfinite(y))
     xs = [x for x, _ in clean]
-    frame = _Frame(xs, [y for _, y in clean], None)
+    frame = _Frame(xs, [y for _, y in clean], None, x_pad=0.6, integer=all(y == int(y) for _, y in clean))
     body = _axes(frame, xs, title, x_label, y_label)
-    slot = (WIDTH - LEFT - RIGHT) / max(len(set(xs)) + 1, 2)
+    slot = (frame.x(1.0) - frame.x(0.0)) if xs else 40.0
     width = max(2.0, min(40.0, slot * 0.6))
     for x, y in clean:
         top, base = frame.y(y), frame.y(max(frame.y_low, 0.0))

@@ -279,10 +279,33 @@ def render_text(view: dict[str, Any], shown_policies: set[str]) -> str:
         lines = [f"{head}  {view['summary']}"]
         if view["kind"] == "config":
             policy = view.get("policy") or {}
-            lines.append(f"    admission policy  {policy.get('policy_id')}")
+            policy_id = str(policy.get("policy_id"))
             if "aggregator_toml" in view:
                 lines.append("    aggregator.toml:")
-                lines.append(_indent(view["aggregator_toml"], "      | "))
+                lines.append(_indent(str(view["aggregator_toml"]), "      | "))
+            lines.append(f"    admission policy  {policy_id}, attestation policy file:")
+            lines.append(_indent(str(policy.get("attestation_policy") or ""), "      | "))
+            shown_policies.add(policy_id)
+            sites = policy.get("sites")
+            for site, rule in sites.items() if isinstance(sites, dict) else []:
+                lines.append(f"    site rule         {site}: {rule_text(rule)}")
+        elif view["kind"] == "round":
+            fields = view.get("fields") or {}
+            lines.append(f"    model sha256      {fields.get('model_sha256')}")
+            lines.append(f"    strategy          {fields.get('strategy')}, clip norm {fields.get('clip_norm')}")
+            if fields.get("dp"):
+                lines.append(f"    DP                {fields.get('dp')}, ε after this round {fields.get('epsilon')}")
+            participants = fields.get("participants")
+            for site, part in participants.items() if isinstance(participants, dict) else []:
+                part = part if isinstance(part, dict) else {}
+                lines.append(
+                    f"    participant       {site}: weight {part.get('weight')}, update {part.get('update_sha256')}"
+                )
+        elif view["kind"] == "metrics":
+            number = (view.get("fields") or {}).get("round")
+            if isinstance(number, int):
+                model = "the initial model" if number == 1 else f"the model round {number - 1} produced"
+                lines[0] += f" (evaluates {model})"
         return "\n".join(lines)
     e = view["evidence"]
     verdict = "ADMITTED" if view["admitted"] else "REFUSED"
