@@ -339,17 +339,20 @@ def render_text(view: dict[str, Any], shown_policies: set[str]) -> str:
     row("reasons", "; ".join(map(str, reasons)) if reasons else "none")
     row("note", view.get("note"))
     policy = view.get("policy") or {}
-    policy_id = policy.get("policy_id")
+    admission_policy_id = str(policy.get("policy_id"))
     if "attestation_policy" in policy:
         row("site rule", rule_text(policy.get("site_rule")))
-        if policy_id in shown_policies:
-            row("policy", f"{policy_id} (text shown above)")
+        if admission_policy_id in shown_policies:
+            row("policy", f"{admission_policy_id} (text shown above)")
         else:
-            shown_policies.add(str(policy_id))
-            row("policy", f"{policy_id} (config entry {policy.get('config_entry')}), attestation policy file:")
+            shown_policies.add(admission_policy_id)
+            row(
+                "policy",
+                f"{admission_policy_id} (config entry {policy.get('config_entry')}), attestation policy file:",
+            )
             lines.append(_indent(policy.get("attestation_policy") or "", "      | "))
     else:
-        row("policy", f"{policy_id} (no config entry of this run holds it)")
+        row("policy", f"{admission_policy_id} (no config entry of this run holds it)")
     return "\n".join(lines)
 
 
