@@ -189,7 +189,8 @@ def run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         print(headline(result), file=out)
         if result.verdict == "invalid":
-            for problem in result.problems[1:20]:
+            first = result.first_tampering or result.first_problem
+            for problem in [p for p in result.problems if p is not first][:19]:
                 print(f"  also {problem}", file=out)
     for warning in result.warnings:
         print(f"attestfl: warning: {warning}", file=err)

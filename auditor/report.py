@@ -95,7 +95,7 @@ def _verdict(result: Verification) -> str:
             "head signed by the key the evidence binds), but your policy does not accept the aggregator's evidence."
         )
     else:
-        first = result.first_problem
+        first = result.first_tampering or result.first_problem
         detail = (
             f"first bad entry <strong>{first.index}</strong>: <code>{_e(first.check)}</code> — {_e(first.message)}"
             if first
@@ -288,6 +288,7 @@ def render_report(result: Verification, *, policy_file: str | None = None, polic
         + _list(NOT_PROVEN)
         + "<p>See docs/auditors.md (“What it does not show”).</p></div>"
     )
+    parts.append("<h2>Charts</h2>" + _charts(result))
     if result.problems:
         parts.append(
             "<h2>Problems</h2>"
@@ -417,8 +418,6 @@ def render_report(result: Verification, *, policy_file: str | None = None, polic
             "admissions",
         )
     )
-
-    parts.append("<h2>Charts</h2>" + _charts(result))
 
     parts.append("<h2>Rounds</h2>")
     rows = []

@@ -58,7 +58,7 @@ def headline(result: Verification) -> str:
                 else ""
             )
         )
-    first = result.first_problem
+    first = result.first_tampering or result.first_problem
     return f"INVALID: first bad entry {first.index}: {first.check}: {first.message}" if first else "INVALID"
 
 

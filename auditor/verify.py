@@ -207,6 +207,11 @@ class Verification:
         return self.problems[0] if self.problems else None
 
     @property
+    def first_tampering(self) -> Problem | None:
+        """The first problem that is not merely the auditor's policy not trusting authentic evidence."""
+        return next((p for p in self.problems if not p.untrusted), None)
+
+    @property
     def tampered(self) -> bool:
         """Something is altered, inconsistent or forged (not merely untrusted by the auditor's policy)."""
         return bool(self.omitted_problems) or any(not p.untrusted for p in self.problems)
