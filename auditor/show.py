@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from auditor.verify import AdmissionDecision, Entry, Verification
+from auditor.verify import AdmissionDecision, AggregatorRun, Entry, Verification
 
 #: Byte strings up to this length are shown as hex; longer ones as their digest and length.
 MAX_HEX_BYTES = 64
@@ -213,8 +213,25 @@ def admission_view(entry: Entry, decision: AdmissionDecision | None, config: Ent
     return result
 
 
-def entry_view(entry: Entry) -> dict[str, Any]:
-    """Any entry, decoded."""
+def run_view(run: AggregatorRun) -> dict[str, Any]:
+    """The aggregator's evidence of a start or handover, as appraised under the auditor's policy."""
+    claims = run.claims if isinstance(run.claims, dict) else {}
+    return {
+        "platform": run.platform,
+        "simulated": claims.get("simulated"),
+        "debug": claims.get("debug"),
+        "measurement": claims.get("measurement"),
+        "tcb": tcb_of(claims),
+        "tcb_status": claims.get("tcb_status"),
+        "chip_id": claims.get("chip_id"),
+        "log_key": run.key,
+        "auditor_policy": "accepted" if not run.reasons else ("not trusted" if run.not_trusted else "rejected"),
+        "reasons": list(run.not_trusted or run.reasons),
+    }
+
+
+def entry_view(entry: Entry, run: AggregatorRun | None = None) -> dict[str, Any]:
+    """Any entry, decoded (``run``: a start or handover's appraisal)."""
     fields = dict(entry.fields)
     view: dict[str, Any] = {
         "index": entry.index,
@@ -228,6 +245,8 @@ def entry_view(entry: Entry) -> dict[str, Any]:
             view["aggregator_toml"] = toml
         fields.pop("admission", None)
         view["policy"] = policy_view(entry)
+    if run is not None:
+        view["aggregator_evidence"] = run_view(run)
     view["fields"] = fields
     result: dict[str, Any] = plain(view)
     return result
@@ -236,6 +255,7 @@ def entry_view(entry: Entry) -> dict[str, Any]:
 def views(result: Verification, kinds: frozenset[str] | None = None) -> Iterator[dict[str, Any]]:
     """Every entry of the verified log (of ``kinds`` only, when given), decoded."""
     decisions = {a.index: a for a in result.admissions}
+    runs = {r.index: r for r in result.runs}
     config: Entry | None = None
     for entry in result.entries:
         if entry.kind == "config":
@@ -252,7 +272,7 @@ def views(result: Verification, kinds: frozenset[str] | None = None) -> Iterator
                 in_force = None  # the entry names a policy this run did not log: verify reports it
             yield admission_view(entry, decisions.get(entry.index), in_force)
         else:
-            yield entry_view(entry)
+            yield entry_view(entry, runs.get(entry.index))
 
 
 def rule_text(rule: Any) -> str:
@@ -289,6 +309,19 @@ def render_text(view: dict[str, Any], shown_policies: set[str]) -> str:
             sites = policy.get("sites")
             for site, rule in sites.items() if isinstance(sites, dict) else []:
                 lines.append(f"    site rule         {site}: {rule_text(rule)}")
+        elif "aggregator_evidence" in view:
+            run = view["aggregator_evidence"]
+            platform = f"{run.get('platform')}" + (
+                " (SIMULATED: proves nothing about hardware)" if run.get("simulated") else ""
+            )
+            lines.append(f"    platform          {platform}")
+            lines.append(f"    measurement       {run.get('measurement')}")
+            if run.get("tcb"):
+                lines.append(f"    TCB               {run.get('tcb')}")
+            if run.get("chip_id"):
+                lines.append(f"    chip id           {run.get('chip_id')}")
+            reasons = "; ".join(map(str, run.get("reasons") or []))
+            lines.append(f"    your policy       {run.get('auditor_policy')}" + (f": {reasons}" if reasons else ""))
         elif view["kind"] == "round":
             fields = view.get("fields") or {}
             lines.append(f"    model sha256      {fields.get('model_sha256')}")
@@ -363,6 +396,7 @@ __all__ = [
     "policy_view",
     "render_text",
     "rule_text",
+    "run_view",
     "summary",
     "tcb_of",
     "views",

@@ -21,6 +21,7 @@ from attestation.platforms.snp import NAME as SNP
 from attestation.platforms.tdx import NAME as TDX
 from attestation.policy import Policy
 from auditor.charts import bar_chart, line_chart
+from auditor.show import render_text, views
 from auditor.verdict import exit_code, headline
 from auditor.verify import verify_log
 from enclave.simulated.attester import SimulatedTdxAttester
@@ -40,6 +41,8 @@ def two_platforms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     fed.aggregator_attester = SimulatedTdxAttester(fed.sim_dir, config=fed.config_raw)
     fed.start()  # a handover with TDX evidence
     fed.admit("a")
+    fed.site_attester = SimulatedTdxAttester(fed.sim_dir)
+    assert fed.admit("a")  # the site on TDX too
     fed.close()
     (base / "policy.toml").write_bytes(fed.policy_text)
     return {"log": base / "log", "fed": fed, "roots": load_or_create(fed.sim_dir).trusted_root_fingerprints()}
@@ -118,3 +121,19 @@ def test_charts_escape_labels_and_carry_their_points() -> None:
     bars = bar_chart([(1, 2), (2, 3)], chart_id="p", title="participants", x_label="round", y_label="participants")
     assert re.findall(r'<rect class="point"[^>]*data-x="([^"]+)" data-y="([^"]+)"', bars) == [("1", "2"), ("2", "3")]
     assert line_chart({}, chart_id="e", title="empty", x_label="x", y_label="y").startswith('<svg id="e"')
+
+
+def test_show_names_the_evidence_of_each_platform(two_platforms: dict) -> None:
+    result = verify_log(two_platforms["log"], two_platforms["fed"].auditor_policy())
+    shown = list(views(result, frozenset({"admission", "aggregator_start", "handover"})))
+    starts = [v for v in shown if v["kind"] in ("aggregator_start", "handover")]
+    assert [v["aggregator_evidence"]["platform"] for v in starts] == [SNP, TDX]
+    assert all(v["aggregator_evidence"]["auditor_policy"] == "accepted" for v in starts)
+    admissions = [v for v in shown if v["kind"] == "admission"]
+    assert [v["evidence"]["platform"] for v in admissions] == [SNP, SNP, TDX]
+    snp, tdx = admissions[0]["evidence"], admissions[-1]["evidence"]
+    assert re.fullmatch(r"[0-9a-f]{128}", snp["chip_id"]) and snp["ppid"] is None
+    assert re.fullmatch(r"[0-9a-f]{32}", tdx["ppid"]) and tdx["chip_id"] is None
+    assert re.fullmatch(r"[0-9a-f]{96}", tdx["measurement"]) and tdx["tcb"] and tdx["fmspc"]
+    text = "\n".join(render_text(v, set()) for v in shown)
+    assert f"PPID              {tdx['ppid']}" in text and f"chip id           {snp['chip_id']}" in text
