@@ -320,8 +320,8 @@ def render_text(view: dict[str, Any], shown_policies: set[str]) -> str:
                 lines.append(f"    TCB               {run.get('tcb')}")
             if run.get("chip_id"):
                 lines.append(f"    chip id           {run.get('chip_id')}")
-            reasons = "; ".join(map(str, run.get("reasons") or []))
-            lines.append(f"    your policy       {run.get('auditor_policy')}" + (f": {reasons}" if reasons else ""))
+            why = "; ".join(map(str, run.get("reasons") or []))
+            lines.append(f"    your policy       {run.get('auditor_policy')}" + (f": {why}" if why else ""))
         elif view["kind"] == "round":
             fields = view.get("fields") or {}
             lines.append(f"    model sha256      {fields.get('model_sha256')}")
