@@ -21,7 +21,7 @@ from typing import Any
 
 from auditor.charts import bar_chart, line_chart
 from auditor.show import admission_view, plain, policy_view, rule_text, summary, tcb_of
-from auditor.verdict import HEADLINES, counts
+from auditor.verdict import HEADLINES, counts, simulated_detail
 from auditor.verify import Entry, Verification
 
 MAX_TIMELINE = 2000
@@ -85,9 +85,9 @@ def _verdict(result: Verification) -> str:
         )
     elif verdict == "simulated":
         detail = (
-            f"{_e(counts(result))}. The log is intact and verifies under your policy, which trusts the simulated "
-            "TEE's root: <strong>simulated evidence proves nothing about hardware</strong>; anyone holding the "
-            "simulated vendor's keys can produce such a log."
+            f"{_e(counts(result))}. {_e(simulated_detail(result)[0].upper() + simulated_detail(result)[1:])}. "
+            "<strong>Simulated evidence proves nothing about hardware</strong>; anyone holding the simulated "
+            "vendor's keys can produce it."
         )
     elif verdict == "not_trusted":
         detail = (

@@ -38,16 +38,27 @@ def counts(result: Verification) -> str:
     )
 
 
+def simulated_detail(result: Verification) -> str:
+    """Whose evidence is simulated, in a valid log."""
+    if any(run.claims.get("simulated") for run in result.runs):
+        return (
+            "the log is intact and verifies under your policy, which trusts the simulated TEE's root; "
+            "simulated evidence proves nothing about hardware"
+        )
+    sites = sorted({a.site for a in result.admissions if a.admitted and a.claims.get("simulated")})
+    return (
+        "the log is intact and verifies under your policy, but the logged admission policy admitted site(s) "
+        f"{', '.join(sites)} on simulated evidence, which proves nothing about their hardware"
+    )
+
+
 def headline(result: Verification) -> str:
     """One line: the verdict in capitals, then what it rests on."""
     verdict = result.verdict
     if verdict == "valid":
         return f"VALID: {counts(result)}"
     if verdict == "simulated":
-        return (
-            f"SIMULATED: the log is intact and verifies under your policy, which trusts the simulated TEE's root; "
-            f"simulated evidence proves nothing about hardware: {counts(result)}"
-        )
+        return f"SIMULATED: {simulated_detail(result)}: {counts(result)}"
     if verdict == "not_trusted":
         return (
             f"AUTHENTIC, NOT TRUSTED BY YOUR POLICY: {'; '.join(result.not_trusted)}. The log is intact (no entry "
@@ -62,4 +73,4 @@ def headline(result: Verification) -> str:
     return f"INVALID: first bad entry {first.index}: {first.check}: {first.message}" if first else "INVALID"
 
 
-__all__ = ["EXIT_CODES", "HEADLINES", "counts", "exit_code", "headline"]
+__all__ = ["EXIT_CODES", "HEADLINES", "counts", "exit_code", "headline", "simulated_detail"]
