@@ -19,7 +19,10 @@ and the auditor's policy, never the aggregator's configuration or keys.
 3. the aggregator's evidence in each start/handover entry: bundle made for the log's key
    binding nonce, binding the logged key, appraised under the auditor's policy (pinned
    roots, measurements, TCB) [aggregator.evidence]; a handover names the previous run's
-   last head [handover.previous_head];
+   last head [handover.previous_head]. When the evidence is authentic and only the auditor's
+   policy does not accept it (a simulated root it does not list, a policy check such as the
+   measurement), the problem is marked ``untrusted``: the verdict is then ``not_trusted``
+   (exit 4), not ``invalid`` (:attr:`Verification.verdict`, :mod:`auditor.verdict`);
 4. admissions re-run from the logged evidence, challenge, keys and time under the logged
    policy; verdict and reasons must be the logged ones [admission.rerun];
 5. sessions, receipts and rounds: a session or update only for a site admitted in that
