@@ -35,7 +35,8 @@ th{background:#f3f5f8}code,.mono{font-family:ui-monospace,Menlo,Consolas,monospa
 .ok{background:#dafbe1;border:2px solid #1a7f37}.bad{background:#ffebe9;border:2px solid #cf222e}
 .sim{background:#fff8c5;border:3px dashed #9a6700}.untrusted{background:#fff1e5;border:2px solid #bc4c00}
 .box{border:1px solid #d0d7de;border-left:4px solid #9a6700;padding:.5rem 1rem;background:#fbfbfc}
-details summary{cursor:pointer}pre{background:#f6f8fa;padding:.5rem;overflow-x:auto;font-size:.8rem}
+details summary{cursor:pointer}.evidence-row td{border-top:none;background:#fbfbfc}table.facts,table.claims{width:auto}
+pre{background:#f6f8fa;padding:.5rem;overflow-x:auto;font-size:.8rem}
 .charts{display:flex;flex-wrap:wrap;gap:1rem}.chart{border:1px solid #d0d7de;background:#fff;width:560px;height:auto}
 .yes{color:#1a7f37;font-weight:600}.no{color:#cf222e;font-weight:600}.muted{color:#57606a}
 ul{margin:.2rem 0;padding-left:1.2rem}
@@ -252,7 +253,7 @@ def _evidence_details(view: dict[str, Any]) -> str:
     e = view["evidence"]
     if not e.get("sha256") and not e.get("claims"):
         return '<span class="muted">no evidence logged</span>'
-    label = f"{e.get('platform') or e.get('format') or 'evidence'}"
+    label = f"evidence: {e.get('platform') or e.get('format') or '?'}"
     if e.get("simulated"):
         label += " (SIMULATED)"
     if e.get("measurement"):
@@ -396,27 +397,29 @@ def render_report(result: Verification, *, policy_file: str | None = None, polic
         elif entry.kind == "admission" and current is not None:
             config_of[entry.index] = current
     rows = []
+    headers = ["entry", "time", "site", "verdict", "platform", "reasons", "policy", "offline re-run"]
+    body = []
     for a in result.admissions:
         view = admission_view(by_index[a.index], a, config_of.get(a.index))
-        rows.append(
-            [
-                str(a.index),
-                _e(_time(a.time)),
-                _e(a.site),
-                '<span class="yes">admitted</span>' if a.admitted else '<span class="no">refused</span>',
-                _e(a.platform or "—"),
-                _evidence_details(view),
-                _list(a.reasons),
-                f"<code>{_e(a.policy_id)}</code>",
-                '<span class="yes">confirmed</span>' if a.confirmed else '<span class="no">NOT confirmed</span>',
-            ]
+        cells = [
+            str(a.index),
+            _e(_time(a.time)),
+            _e(a.site),
+            '<span class="yes">admitted</span>' if a.admitted else '<span class="no">refused</span>',
+            _e(a.platform or "—"),
+            _list(a.reasons),
+            f'<code title="{_e(a.policy_id)}">{_e(a.policy_id[:19])}{"…" if len(a.policy_id) > 19 else ""}</code>',
+            '<span class="yes">confirmed</span>' if a.confirmed else '<span class="no">NOT confirmed</span>',
+        ]
+        body.append(
+            "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+            f'<tr class="evidence-row"><td></td><td colspan="{len(headers) - 1}">{_evidence_details(view)}</td></tr>'
         )
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     parts.append(
-        _table(
-            ["entry", "time", "site", "verdict", "platform", "evidence (click)", "reasons", "policy", "offline re-run"],
-            rows,
-            "admissions",
-        )
+        '<p class="muted">Each admission\'s evidence, as the offline re-run appraised it from the logged bytes: '
+        "click to expand.</p>"
+        f'<table id="admissions"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
     )
 
     parts.append("<h2>Rounds</h2>")
