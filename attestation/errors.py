@@ -8,7 +8,11 @@ and prints its one-line message. The exit statuses every command documents:
 * 0 (:data:`EXIT_OK`) done, valid, accepted;
 * 1 (:data:`EXIT_REFUSED`, kind ``"refused"``) refused, untrusted, not admitted, failed verification;
 * 2 (:data:`EXIT_UNUSABLE`, kind ``"unusable"``) unusable input or configuration (the default);
-* 3 (:data:`EXIT_FAULT`, kind ``"fault"``) the aggregator stopped on a fault.
+* 3 (:data:`EXIT_FAULT`, kind ``"fault"``) the aggregator stopped on a fault;
+* 4 (:data:`EXIT_NOT_TRUSTED`, kind ``"not_trusted"``) authentic but not trusted by your policy:
+  ``attestfl audit verify``/``report`` on a log that is intact (nothing altered since it was
+  signed) whose aggregator evidence ends at roots, or has a measurement or TCB, that the
+  auditor's policy does not accept (e.g. the simulated TEE's root under the default policy).
 
 This module is the bottom layer: every package (``native`` too) may import it. A package's
 errors derive from it directly or through the package's own base (``AttestationError`` here).
@@ -24,8 +28,10 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 EXIT_OK, EXIT_REFUSED, EXIT_UNUSABLE, EXIT_FAULT = 0, 1, 2, 3
+#: An audit log that is authentic (intact) but whose evidence the auditor's policy does not trust.
+EXIT_NOT_TRUSTED = 4
 #: The stable name of each non-zero exit status (``AttestflError.kind``).
-KINDS = {EXIT_REFUSED: "refused", EXIT_UNUSABLE: "unusable", EXIT_FAULT: "fault"}
+KINDS = {EXIT_REFUSED: "refused", EXIT_UNUSABLE: "unusable", EXIT_FAULT: "fault", EXIT_NOT_TRUSTED: "not_trusted"}
 
 #: The largest evidence accepted anywhere (SEV-SNP report, TDX quote, GPU evidence, evidence
 #: bundle, an Admit request's evidence): larger input is refused before it is parsed
@@ -41,7 +47,7 @@ class AttestflError(Exception):
 
     @property
     def kind(self) -> str:
-        """``"refused"``, ``"unusable"`` or ``"fault"``: the stable name of ``exit_code``."""
+        """``"refused"``, ``"unusable"``, ``"fault"`` or ``"not_trusted"``: the stable name of ``exit_code``."""
         return KINDS[self.exit_code]
 
 

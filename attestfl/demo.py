@@ -449,6 +449,13 @@ def _print_table(summary: dict[str, Any], say: Any) -> None:
     final = summary["final_accuracy"]
     say(f"final global accuracy: {final:.4f}" if final is not None else "final global accuracy: unavailable")
     say(f"audit log: {summary['audit_log']}")
+    policy = Path(summary["audit_log"]).parent / "aggregator-policy.toml"
+    say(f"verify it: attestfl audit verify {summary['audit_log']} --policy {policy}")
+    say(
+        "  (that policy trusts this demo's simulated vendor root and pins the aggregator's measurement: the verdict "
+        "is SIMULATED; under the default policy it is AUTHENTIC, NOT TRUSTED BY YOUR POLICY, exit 4; "
+        "see docs/auditors.md)"
+    )
 
 
 def _at_least_one(text: str) -> int:

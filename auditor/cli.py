@@ -1,7 +1,8 @@
 """``attestfl audit ...``: the auditor's and the sites' commands on an audit log directory.
 
-Exit status: 0 valid (verify, report) or included (prove); 1 tampered, inconsistent or
-not included; 2 unusable input (no log, unreadable policy or head file). With ``--json``
+Exit status: 0 valid or SIMULATED-valid (verify, report) or included (prove); 1 tampered,
+inconsistent or not included; 2 unusable input (no log, unreadable policy or head file); 4
+(verify, report) authentic but not trusted by your policy (:mod:`auditor.verdict`). With ``--json``
 one JSON object is printed in every case (on exit 2: ``{"valid": null, "error": ...}``).
 Every file these commands read must be a regular file under a size limit (a FIFO or a
 device is refused, naming it); errors are one line, never a traceback.
@@ -44,7 +45,9 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         help="re-verify an audit log offline",
         description="Recompute every leaf and tree head, check signatures, the aggregator's evidence "
         "(against --policy), re-run every admission, check rounds and receipts. "
-        "Exit 0: valid; 1: tampered or inconsistent (the first bad entry is named); 2: unusable input.",
+        "Exit 0: valid (SIMULATED when your policy trusts the simulated TEE); 1: tampered or inconsistent "
+        "(the first bad entry is named); 2: unusable input; 4: authentic, but your policy does not trust the "
+        "aggregator's evidence (e.g. the simulated root).",
     )
     verify.add_argument("log_dir", metavar="LOGDIR")
     verify.add_argument(
@@ -56,6 +59,24 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(handler=run_verify)
 
+    show = sub.add_parser(
+        "show",
+        help="list the log's entries decoded; admissions with the site evidence and policy behind them",
+        description="Verify the log, print the verdict, then every entry decoded (no CBOR to read). An admission "
+        "shows the site's evidence as the offline re-run appraised it (platform, measurement, TCB, chip id or PPID, "
+        "evidence digest, identity key fingerprint, session keys) and the admission policy in force (the attestation "
+        "policy file's text, the site's rule). Exit status as for verify.",
+    )
+    show.add_argument("log_dir", metavar="LOGDIR")
+    show.add_argument(
+        "--kind", action="append", metavar="KIND", help="only entries of this kind (admission, round, ...); repeatable"
+    )
+    show.add_argument("--policy", metavar="FILE", help="as for verify")
+    show.add_argument(
+        "--json", action="store_true", help="JSON lines: one object per entry (the verdict goes to stderr)"
+    )
+    show.set_defaults(handler=run_show)
+
     prove = sub.add_parser(
         "prove",
         help="prove a site's update receipt is in the log",
@@ -66,7 +87,13 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     prove.add_argument("log_dir", metavar="LOGDIR")
     prove.add_argument("--site", required=True)
     prove.add_argument("--round", required=True, type=int)
-    prove.add_argument("--update-sha256", required=True, metavar="HEX")
+    prove.add_argument(
+        "--update-sha256",
+        required=True,
+        metavar="HEX",
+        help="the update's SHA-256: all 64 hex digits, or a prefix (e.g. the 12 a site is shown) that names "
+        "exactly one of the site's accepted updates in that round",
+    )
     prove.add_argument("--head", metavar="FILE", help="a signed tree head (JSON, as `attestfl audit head` prints)")
     prove.add_argument(
         "--key", metavar="HEX", help="the aggregator Ed25519 key the site attested: the head must be signed by it"
@@ -82,8 +109,9 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         "report",
         help="write a self-contained HTML report",
         description="Verify the log and write one HTML page (no external assets): verdict, the "
-        "aggregator's measurement and TCB, admissions, rounds, timeline. Exit 0: valid; 1: the log "
-        "failed verification (the report says why); 2: unusable input.",
+        "aggregator's measurement and TCB, admissions with their evidence, the policy, charts, timeline. Exit "
+        "status as for verify (0 valid or SIMULATED, 1 tampered, 4 not trusted by your policy; the report says "
+        "which); 2: unusable input.",
     )
     report.add_argument("log_dir", metavar="LOGDIR")
     report.add_argument("-o", "--output", required=True, metavar="FILE")
@@ -152,27 +180,45 @@ def _audit_command(command: AuditCommand) -> Callable[..., int]:
 
 @_audit_command
 def run_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from auditor.verdict import exit_code, headline
     from auditor.verify import verify_log
 
     result = verify_log(args.log_dir, _policy(args.policy))
     if args.json:
         print(json.dumps(result.to_json()), file=out)
-    elif result.valid:
-        print(
-            f"valid: {result.records} entries, {len(result.heads)} signed tree heads, {len(result.runs)} aggregator "
-            f"run(s), {len(result.admissions)} admission decision(s) re-run, {len(result.rounds)} round(s)",
-            file=out,
-        )
     else:
-        first = result.first_problem
-        print(
-            f"INVALID: first bad entry {first.index}: {first.check}: {first.message}" if first else "INVALID", file=out
-        )
-        for problem in result.problems[1:20]:
-            print(f"  also {problem}", file=out)
+        print(headline(result), file=out)
+        if result.verdict == "invalid":
+            first = result.first_tampering or result.first_problem
+            for problem in [p for p in result.problems if p is not first][:19]:
+                print(f"  also {problem}", file=out)
     for warning in result.warnings:
         print(f"attestfl: warning: {warning}", file=err)
-    return EXIT_OK if result.valid else EXIT_BAD
+    return exit_code(result)
+
+
+@_audit_command
+def run_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from auditor.show import render_text, views
+    from auditor.verdict import exit_code, headline
+    from auditor.verify import verify_log
+
+    result = verify_log(args.log_dir, _policy(args.policy))
+    kinds = frozenset(args.kind) if args.kind else None
+    if args.json:
+        for view in views(result, kinds):
+            print(json.dumps(view), file=out)
+        print(f"attestfl: {headline(result)}", file=err)
+    else:
+        print(headline(result), file=out)
+        if result.verdict == "invalid":
+            print("  the entries below are as the log holds them: do not rely on them", file=out)
+        shown: set[str] = set()
+        for view in views(result, kinds):
+            print(render_text(view, shown), file=out)
+    for warning in result.warnings:
+        print(f"attestfl: warning: {warning}", file=err)
+    return exit_code(result)
 
 
 @_audit_command
@@ -210,12 +256,17 @@ def run_head(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 @_audit_command
 def run_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from auditor.report import render_report
+    from auditor.verdict import HEADLINES, exit_code
     from auditor.verify import verify_log
 
     result = verify_log(args.log_dir, _policy(args.policy))
+    policy_text = None
+    if args.policy is not None:
+        policy_text = _read_input(args.policy, MAX_POLICY_BYTES, "policy file").decode("utf-8", errors="replace")
     try:
-        Path(args.output).write_text(render_report(result), encoding="utf-8")
+        page = render_report(result, policy_file=args.policy, policy_text=policy_text)
+        Path(args.output).write_text(page, encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write the report {args.output}: {exc.strerror or exc}") from None
-    print(f"{'valid' if result.valid else 'INVALID'}: report written to {args.output}", file=out)
-    return EXIT_OK if result.valid else EXIT_BAD
+    print(f"{HEADLINES[result.verdict]}: report written to {args.output}", file=out)
+    return exit_code(result)

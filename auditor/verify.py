@@ -19,7 +19,10 @@ and the auditor's policy, never the aggregator's configuration or keys.
 3. the aggregator's evidence in each start/handover entry: bundle made for the log's key
    binding nonce, binding the logged key, appraised under the auditor's policy (pinned
    roots, measurements, TCB) [aggregator.evidence]; a handover names the previous run's
-   last head [handover.previous_head];
+   last head [handover.previous_head]. When the evidence is authentic and only the auditor's
+   policy does not accept it (a simulated root it does not list, a policy check such as the
+   measurement), the problem is marked ``untrusted``: the verdict is then ``not_trusted``
+   (exit 4), not ``invalid`` (:attr:`Verification.verdict`, :mod:`auditor.verdict`);
 4. admissions re-run from the logged evidence, challenge, keys and time under the logged
    policy; verdict and reasons must be the logged ones [admission.rerun];
 5. sessions, receipts and rounds: a session or update only for a site admitted in that
@@ -46,6 +49,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,7 +62,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from attestation.binding import BoundKeys
 from attestation.bundle import appraise_bundle
-from attestation.bundle_abi import parse_bundle
+from attestation.bundle_abi import EvidenceBundle, parse_bundle
 from attestation.errors import AttestationError, AttestflError
 from attestation.findings import Reason
 from attestation.policy import Policy
@@ -100,19 +104,36 @@ class UnusableLog(AttestflError):
     """The directory is not an audit log that can be read at all (exit 2)."""
 
 
+class DigestArgumentError(AttestflError):
+    """An update digest given to ``audit prove`` is not hex, too short, or a prefix of several (exit 2)."""
+
+
+#: The shortest update digest prefix ``audit prove`` accepts (sites are shown 12 hex digits).
+MIN_DIGEST_PREFIX = 8
+
+
 @dataclass(frozen=True)
 class Problem:
     index: int  # the entry this names (for a head: the first entry it puts in doubt)
     check: str
     message: str
     head: int | None = None  # position of the tree head in heads.log, when a head is at fault
+    #: True when the problem is only that the auditor's policy does not trust authentic evidence
+    #: (a root, measurement, TCB or platform it does not accept), not that anything was altered.
+    untrusted: bool = False
 
     def __str__(self) -> str:
         where = f"entry {self.index}" + (f" (tree head #{self.head})" if self.head is not None else "")
         return f"{where}: {self.check}: {self.message}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "head": self.head, "check": self.check, "message": self.message}
+        return {
+            "index": self.index,
+            "head": self.head,
+            "check": self.check,
+            "message": self.message,
+            "class": "not_trusted" if self.untrusted else "tampered",
+        }
 
 
 @dataclass(frozen=True)
@@ -137,6 +158,9 @@ class AggregatorRun:
     claims: dict[str, Any]
     reasons: tuple[str, ...]
     tee: str
+    #: Non-empty when the evidence is authentic but the auditor's policy does not trust it: what it
+    #: does not accept ("simulated root <fingerprint>", a failed policy check).
+    not_trusted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,6 +173,8 @@ class AdmissionDecision:
     platform: str | None
     policy_id: str
     confirmed: bool  # the re-run gave the same verdict and reasons
+    #: The claims of the site's evidence as the offline re-run appraised them (empty when it was not re-run).
+    claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -187,6 +213,39 @@ class Verification:
     def first_problem(self) -> Problem | None:
         return self.problems[0] if self.problems else None
 
+    @property
+    def first_tampering(self) -> Problem | None:
+        """The first problem that is not merely the auditor's policy not trusting authentic evidence."""
+        return next((p for p in self.problems if not p.untrusted), None)
+
+    @property
+    def tampered(self) -> bool:
+        """Something is altered, inconsistent or forged (not merely untrusted by the auditor's policy)."""
+        return bool(self.omitted_problems) or any(not p.untrusted for p in self.problems)
+
+    @property
+    def simulated(self) -> bool:
+        """The aggregator's or an admitted site's evidence comes from the simulated TEE."""
+        return any(run.claims.get("simulated") for run in self.runs) or any(
+            a.admitted and a.claims.get("simulated") for a in self.admissions
+        )
+
+    @property
+    def not_trusted(self) -> list[str]:
+        """What the auditor's policy does not trust in authentic evidence, per aggregator run."""
+        return [f"{item} (entry {run.index}, {run.kind})" for run in self.runs for item in run.not_trusted]
+
+    @property
+    def verdict(self) -> str:
+        """``"invalid"`` (tampered, inconsistent or forged: exit 1), ``"not_trusted"`` (authentic,
+        but the auditor's policy does not trust its evidence: exit 4), ``"simulated"`` (valid under a
+        policy that trusts the simulated TEE: proves nothing about hardware) or ``"valid"``."""
+        if self.tampered:
+            return "invalid"
+        if self.problems:
+            return "not_trusted"
+        return "simulated" if self.simulated else "valid"
+
     def add(self, problem: Problem) -> None:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(problem)
@@ -197,6 +256,9 @@ class Verification:
         first = self.first_problem
         return {
             "valid": self.valid,
+            "verdict": self.verdict,
+            "simulated": self.simulated,
+            "not_trusted": self.not_trusted,
             "log": str(self.directory),
             "entries": self.records,
             "tree_heads": len(self.heads),
@@ -213,6 +275,8 @@ class Verification:
                     "platform": r.platform,
                     "evidence_accepted": not r.reasons,
                     "reasons": list(r.reasons),
+                    "not_trusted": list(r.not_trusted),
+                    "simulated": bool(r.claims.get("simulated")),
                     "measurement": r.claims.get("measurement"),
                 }
                 for r in self.runs
@@ -913,21 +977,35 @@ def _check_start(
     claims: dict[str, Any] = {}
     platform = None
     reasons: list[str] = []
+    not_trusted: tuple[str, ...] = ()
     try:
         bundle = parse_bundle(_bytes(f, "evidence"))
         platform = bundle.platform
-        appraisal = appraise_bundle(bundle, expected_nonce=key_binding_nonce(i, roots[i]), policy=policy, at=entry.when)
+        nonce = key_binding_nonce(i, roots[i])
+        appraisal = appraise_bundle(bundle, expected_nonce=nonce, policy=policy, at=entry.when)
         claims = appraisal.claims if isinstance(appraisal.claims, dict) else {}
         reasons = [str(r) for r in appraisal.reasons]
         if bundle.keys.ed25519 != key:
             reasons.append("binding.key: the evidence binds another Ed25519 key than the one this entry names")
+        elif reasons:
+            not_trusted = _only_untrusted(bundle, appraisal.reasons, nonce, policy, entry.when)
     except AttestationError as exc:
         reasons.append(f"evidence.format: {exc}")
     except Exception as exc:  # noqa: BLE001 - evidence of any shape must give a reason, not an exception
         reasons.append(
             f"evidence.format: the evidence cannot be parsed or appraised ({type(exc).__name__}: {str(exc)[:200]})"
         )
-    if reasons:
+    if not_trusted:
+        result.add(
+            Problem(
+                i,
+                "aggregator.evidence",
+                "the aggregator's evidence is authentic and binds its log key, but the auditor's policy does not "
+                "trust it: " + "; ".join(not_trusted),
+                untrusted=True,
+            )
+        )
+    elif reasons:
         result.add(
             Problem(
                 i,
@@ -937,10 +1015,41 @@ def _check_start(
         )
     result.runs.append(
         AggregatorRun(
-            i, entry.kind, entry.time, key.hex(), platform, claims, tuple(reasons), str(f.get("tee", ""))[:200]
+            i,
+            entry.kind,
+            entry.time,
+            key.hex(),
+            platform,
+            claims,
+            tuple(reasons),
+            str(f.get("tee", ""))[:200],
+            not_trusted,
         )
     )
     return key
+
+
+_SIMULATED_ROOT = re.compile(r"simulated root \(fingerprint ([0-9a-f]{64})\)")
+_POLICY_CHECK = re.compile(r"^(?:[a-z0-9_-]+\.)?policy\.[a-z0-9_]+$")
+
+
+def _only_untrusted(
+    bundle: EvidenceBundle, reasons: tuple[Reason, ...], nonce: bytes, policy: Policy, at: datetime
+) -> tuple[str, ...]:
+    """What the auditor's policy does not trust, when that is all that is wrong with authentic evidence;
+    () when anything else fails (a signature, the binding, a root that is neither a vendor's nor simulated).
+
+    The evidence is appraised again under the auditor's policy plus the simulated roots it ends at:
+    every check of authenticity must then pass, and only policy checks (``policy.*``,
+    ``<platform>.policy.*``: measurement, TCB, debug, platforms) may still fail."""
+    simulated = sorted({fp for r in reasons if r.check.endswith(".root") for fp in _SIMULATED_ROOT.findall(r.message)})
+    again = reasons
+    if simulated:
+        widened = dataclasses.replace(policy, trusted_simulated_roots=policy.trusted_simulated_roots | set(simulated))
+        again = appraise_bundle(bundle, expected_nonce=nonce, policy=widened, at=at).reasons
+    if any(not _POLICY_CHECK.match(r.check) for r in again):
+        return ()
+    return tuple(f"simulated root {fp}" for fp in simulated) + tuple(str(r) for r in again)
 
 
 def _logged_store(result: Verification, entry: Entry, collateral: dict[bytes, bytes]) -> Any:
@@ -981,9 +1090,17 @@ def _check_admission(
         raise TypeError("admitted is not a boolean")
     policy_id = _text(f, "policy_id")
 
-    def decision(confirmed: bool) -> AdmissionDecision:
+    def decision(confirmed: bool, claims: dict[str, Any] | None = None) -> AdmissionDecision:
         return AdmissionDecision(
-            i, entry.time, site, logged_admitted, logged_reasons, _optional_text(f, "platform"), policy_id, confirmed
+            i,
+            entry.time,
+            site,
+            logged_admitted,
+            logged_reasons,
+            _optional_text(f, "platform"),
+            policy_id,
+            confirmed,
+            claims if claims is not None else {},
         )
 
     if not logged_admitted and "evidence" not in f:
@@ -1035,7 +1152,8 @@ def _check_admission(
     )
     if problem:
         result.add(Problem(i, "admission.rerun", problem))
-    return decision(not problem)
+    claims = recomputed.claims if isinstance(recomputed.claims, dict) else {}
+    return decision(not problem, claims)
 
 
 def _logged_request(f: dict[str, Any], site: str, evidence: bytes, logged_reasons: tuple[str, ...]) -> AdmissionRequest:
@@ -1178,7 +1296,17 @@ def prove_receipt(
     ``head``: one the site saved (default: the log's latest); ``key``: the aggregator key the
     site attested (pins the head's signer). With a saved head, the latest head is also
     checked to be consistent with it (RFC 9162 consistency proof): the log was only appended to.
+
+    ``update_sha256`` is the full digest (64 hex digits) or a prefix of at least
+    :data:`MIN_DIGEST_PREFIX` that names exactly one of the site's accepted updates in that round
+    (:class:`DigestArgumentError` otherwise, listing the candidates).
     """
+    wanted = update_sha256.strip().lower()
+    if not MIN_DIGEST_PREFIX <= len(wanted) <= 64 or any(c not in "0123456789abcdef" for c in wanted):
+        raise DigestArgumentError(
+            f"--update-sha256 {update_sha256[:80]!r}: expected the update's SHA-256 as hex, all 64 digits or a "
+            f"prefix of at least {MIN_DIGEST_PREFIX}"
+        )
     payloads, heads, _, _, _ = read_log(directory)
     if not heads:
         raise UnusableLog(f"{directory}: no signed tree head")
@@ -1199,6 +1327,7 @@ def prove_receipt(
         )
     leaves = [merkle.leaf_hash(p) for p in payloads]
     found = None
+    candidates: dict[str, int] = {}  # full digest -> first entry
     for index in range(head.tree_size):
         try:
             data = cbor2.loads(payloads[index])
@@ -1209,18 +1338,22 @@ def prove_receipt(
         f = data.get("fields")
         if not isinstance(f, dict):
             continue
-        if (
-            f.get("site") == site
-            and f.get("round") == round_number
-            and str(f.get("update_sha256", "")).lower() == update_sha256.lower()
-        ):
-            found = index
-            break
+        digest = str(f.get("update_sha256", "")).lower()
+        if f.get("site") == site and f.get("round") == round_number and digest.startswith(wanted):
+            candidates.setdefault(digest, index)
+    if len(candidates) > 1:
+        listed = ", ".join(f"{digest} (entry {index})" for digest, index in sorted(candidates.items()))
+        raise DigestArgumentError(
+            f"--update-sha256 {wanted} is a prefix of {len(candidates)} accepted updates of site {site!r} in round "
+            f"{round_number}: {listed}; give more digits"
+        )
+    if candidates:
+        ((update_sha256, found),) = candidates.items()
     if found is None:
         return InclusionResult(
             False,
-            f"no update_accepted entry for site {site!r}, round {round_number}, update {update_sha256} "
-            f"among the {head.tree_size} entries the head covers",
+            f"no update_accepted entry for site {site!r}, round {round_number}, update {wanted}"
+            f"{'' if len(wanted) == 64 else '…'} among the {head.tree_size} entries the head covers",
             head=head,
         )
     path = merkle.inclusion_proof(found, leaves[: head.tree_size])
@@ -1253,7 +1386,8 @@ def prove_receipt(
             )
     return InclusionResult(
         True,
-        f"entry {found} is included in the tree of {head.tree_size} entries signed at {head.timestamp}",
+        f"entry {found} (update {update_sha256}) is included in the tree of {head.tree_size} entries signed at "
+        f"{head.timestamp}",
         found,
         head,
         tuple(path),

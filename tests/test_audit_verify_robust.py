@@ -38,6 +38,7 @@ from attestation.bundle_abi import encode_bundle
 from attestation.policy import MAX_POLICY_BYTES
 from auditor.cli import run_head, run_prove, run_report, run_verify
 from auditor.report import render_report
+from auditor.show import render_text, views
 from auditor.verify import UnusableLog, Verification, verify_log
 from enclave.attester import make_bundle
 from enclave.keys import EnclaveKeys
@@ -99,6 +100,10 @@ def _checked(log: Path, policy: Any) -> Verification:
     result = verify_log(log, policy)
     json.dumps(result.to_json())
     render_report(result)
+    shown: set[str] = set()
+    for view in views(result):  # audit show
+        json.dumps(view)
+        render_text(view, shown)
     return result
 
 
