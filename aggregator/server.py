@@ -63,11 +63,14 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def make_attester(config: AggregatorConfig) -> Attester:
-    # In the simulated TEE the measurement covers the code and this configuration.
+    # In the simulated TEE the measurement covers the code and this configuration with every
+    # file it names (admission policy, initial model): enclave.config_bundle.
+    from enclave.config_bundle import config_bundle
+
     return open_attester(
         config.tee,
         simulated_dir=config.simulated_dir,
-        config=config.raw if config.tee.startswith("simulated") else None,
+        config=config_bundle(config.path).data if config.tee.startswith("simulated") else None,
     )
 
 
