@@ -51,6 +51,7 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
+from aggregator.delivery import ReleasePolicy, read_release
 from aggregator.service import EventSink, LogEvents, Task, UpdateRefused
 from aggregator.strategies import (
     MAX_SITES,
@@ -113,6 +114,8 @@ class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     clip_norm: Annotated[float, Meta(gt=0)] | None = None
     evaluate: bool = True
     dp: dict[str, Any] | None = None
+    deliver: str = "final"  # model delivery (aggregator.delivery)
+    release: list[str] | dict[str, Any] | None = None
 
 
 def _strategy_names_text() -> str:
@@ -193,6 +196,9 @@ class TaskConfig:
     clip_norm: float | None = None
     evaluate: bool = True
     dp: DpConfig | None = None
+    #: Model delivery: who receives the final model (aggregator.delivery); the initial model's file.
+    release: ReleasePolicy = field(default_factory=ReleasePolicy)
+    initial_model_path: Path | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -230,6 +236,8 @@ class TaskConfig:
             clip_norm=task.clip_norm,
             evaluate=task.evaluate,
             dp=dp,
+            release=read_release(task.release, task.deliver),
+            initial_model_path=base_dir / task.initial_model,
         )
         config.validate(model=False)
         try:
@@ -338,6 +346,8 @@ class RoundDriver:
         #: ``checkpoint(next_round, dp_rounds, model)`` seals the next state aside and returns the
         #: function that puts it in place (called once the round is logged).
         self.checkpoint = checkpoint
+        #: ``on_model(round, model, finished)``: a round's model now exists (aggregator.delivery).
+        self.on_model: Callable[[int, bytes, bool], None] | None = None
         self._warm_up()
         self._begin()
 
@@ -523,6 +533,8 @@ class RoundDriver:
         self._models[self.round] = model
         for old in [r for r in self._models if r < self.round - 1]:
             del self._models[old]
+        if self.on_model is not None:
+            self.on_model(self.round, model, finished)
         self.finished = finished
         self._begin()
         if finished:

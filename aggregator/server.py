@@ -24,6 +24,7 @@ import grpc
 from aggregator.audit.events import AuditLog
 from aggregator.checkpoint import Checkpoint, load_checkpoint, now_iso, prepare_checkpoint
 from aggregator.config import AggregatorConfig
+from aggregator.delivery import start_delivery
 from aggregator.rounds import RoundDriver
 from aggregator.service import SERVER_OPTIONS, EventSink, FederationService, LogEvents, handlers
 from enclave.attester import Attester, GpuAttester, open_attester
@@ -229,6 +230,7 @@ async def _start(
         tree_head=TreeHeads(audit) if audit is not None else None,
     )
     service.sessions = sessions
+    service.delivery = start_delivery(config, driver, events)
     server.add_generic_rpc_handlers(handlers(service))
     await server.start()
     return Running(service, driver, port, server, audit)

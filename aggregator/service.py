@@ -208,6 +208,9 @@ class _ReceivedUpdate:
 
 
 class FederationService:
+    #: Model delivery under the task's release policy (aggregator.delivery.Delivery), when set.
+    delivery: Any = None
+
     def __init__(
         self,
         *,
@@ -659,6 +662,8 @@ class FederationService:
             tree_head=head,
             consistency=proof,
         )
+        if self.delivery is not None:
+            self.delivery.fill_task(response, task.round)
         return self._seal(session, "GetTask", call, response)
 
     async def DownloadModel(
@@ -668,8 +673,11 @@ class FederationService:
         inner = _parse(pb.DownloadRequest, plaintext)
         try:
             model = self.driver.model_bytes(inner.round)
+            delivered = self.delivery.check_download(session.site_id, inner.round) if self.delivery else None
         except UpdateRefused as exc:
             await context.abort(exc.code, str(exc))
+        if delivered is not None:
+            self._record("model_delivered", **delivered)  # durably, before the model leaves
         for header, index, final, ciphertext in seal_chunks(
             session.keys.aggregator_to_site,
             model,
