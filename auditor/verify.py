@@ -174,6 +174,8 @@ class Verification:
     rounds: list[RoundOutcome] = field(default_factory=list)
     configs: list[Entry] = field(default_factory=list)
     omitted_problems: int = 0
+    #: Model delivery: the initial model's digest and each released model's (round -> SHA-256 hex).
+    models: dict[str, Any] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -218,6 +220,7 @@ class Verification:
                 "refused": sum(not a.admitted for a in self.admissions),
             },
             "rounds": len(self.rounds),
+            "models": self.models,
         }
 
 
@@ -1194,6 +1197,7 @@ def _on_model_initial(result: Verification, entry: Entry, state: _RunState, keys
     if not isinstance(release, dict):
         raise TypeError("release is not a map")
     state.delivery = {"initial": digest, "release": release, "released": {}}
+    result.models.update(initial_sha256=digest, release=release)
 
 
 def _on_model_released(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
@@ -1223,6 +1227,9 @@ def _on_model_released(result: Verification, entry: Entry, state: _RunState, key
     if bool(f.get("to_sites")) != ("admitted-sites" in release.get("to", [])):
         result.add(Problem(i, "delivery.recipient", "to_sites differs from the release policy"))
     state.delivery["released"][round_number] = digest
+    result.models.setdefault("released", {})[str(round_number)] = digest
+    if f.get("final"):
+        result.models["final_sha256"] = digest
 
 
 def _on_model_delivered(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:

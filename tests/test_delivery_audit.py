@@ -52,6 +52,7 @@ def test_an_honest_delivery_verifies(tmp_path: Path) -> None:
     fed.close()
     result = verify_log(tmp_path / "log", fed.auditor_policy())
     assert result.valid, [str(p) for p in result.problems]
+    assert result.to_json()["models"]["final_sha256"] == FINAL == result.models["released"]["2"]
 
 
 def test_delivery_lies_are_named(tmp_path: Path) -> None:
