@@ -199,6 +199,12 @@ def test_each_site_keeps_the_final_model_the_audit_log_names(delivered: dict) ->
         assert (base / f"{site}-state" / "final-model.safetensors.sha256").read_text() == f"{digest}  {path.name}\n"
         model = load_model(path)
         assert "1.running_mean" in model and "1.num_batches_tracked" in model  # the BatchNorm's buffers travel
+    # docs/model-delivery.md's checks, as written there
+    check = subprocess.run(["sha256sum", "-c", "final-model.safetensors.sha256"], cwd=base / "site-a-state")
+    assert check.returncode == 0
+    audit = _attestfl("audit", "verify", str(deployment.directory / "audit-log"), "--policy", "policy.toml", "--json",
+                      cwd=base)
+    assert audit.returncode == 0 and json.loads(audit.stdout)["models"]["final_sha256"] == final, audit.stdout[-2000:]
 
 
 def test_the_owner_opens_its_sealed_copy_and_nobody_else_can(delivered: dict, tmp_path: Path) -> None:
@@ -283,3 +289,59 @@ def test_a_sealed_model_opens_only_with_its_key() -> None:
     moved[68] ^= 1  # the round in the fixed header: bound into the key and the stream
     with pytest.raises(DeliveryError):
         open_owner_model(bytes(moved), load_owner_key(pem))
+
+
+def test_every_round_delivery_with_a_progress_bar(tmp_path: Path) -> None:
+    """deliver = "every-round": the site keeps each round's model and the owner gets each sealed;
+    a model over a few MB downloads with a progress bar."""
+    import io
+
+    import torch
+    from torch import nn
+
+    from fedsite.sdk import SiteState, TorchTrainer, run_site
+
+    torch.manual_seed(0)
+    layer = nn.Linear(1100, 1100)  # 4.8 MB of float32
+    pem, public = generate_owner_key()
+    deployment = Deployment(
+        tmp_path,
+        tmp_path / "vendor",
+        model={name: t.detach().numpy().copy() for name, t in layer.state_dict().items()},
+        sites={"site-a": ""},
+        task=f'rounds = 2\nmin_sites = 1\ndeliver = "every-round"\n[task.release]\nowner_keys = ["{public.hex()}"]',
+    )
+    x = torch.randn(8, 1100)
+
+    def train(model: nn.Module) -> int:
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.01)
+        optimiser.zero_grad()
+        model(x).pow(2).mean().backward()
+        optimiser.step()
+        return 8
+
+    aggregator = deployment.start()
+    progress = io.StringIO()
+    try:
+        with deployment.client(aggregator.target, site_id="site-a") as client:
+            trainer = TorchTrainer(layer, train=train)
+            summary = run_site(client, trainer, progress=progress, state=SiteState(tmp_path / "s"))
+    finally:
+        aggregator.stop()
+    assert "model of round 1" in progress.getvalue() and "/4.62M" in progress.getvalue()  # tqdm: 4.62 MiB
+    result = verify_log(tmp_path / "audit-log", deployment.site_policy())
+    assert result.valid, [str(p) for p in result.problems]
+    models = result.models
+    assert set(models["released"]) == {"2", "3"} and models["final_sha256"] == models["released"]["3"]
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    assert digest(tmp_path / "s" / "model-round-1.safetensors") == models["initial_sha256"]
+    assert digest(tmp_path / "s" / "model-round-2.safetensors") == models["released"]["2"]
+    assert digest(tmp_path / "s" / "final-model.safetensors") == models["final_sha256"] == summary.final_model_sha256
+    key = load_owner_key(pem)
+    for name, round_number in (("model-round-2", 2), ("final-model", 3)):
+        sealed = (tmp_path / "state" / "delivery" / f"{name}.{public.hex()[:16]}.afm").read_bytes()
+        opened = open_owner_model(sealed, key)
+        assert opened.round == round_number and opened.sha256 == models["released"][str(round_number)]
