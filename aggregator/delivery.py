@@ -66,12 +66,12 @@ class ReleasePolicy:
 
 def _recipients(value: Any, where: str) -> bool:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ReleaseConfigError(f"{where}: expected a list of recipients like [\"{SITES}\"], got {value!r}")
+        raise ReleaseConfigError(f'{where}: expected a list of recipients like ["{SITES}"], got {value!r}')
     unknown = sorted(set(value) - {SITES})
     if unknown:
         raise ReleaseConfigError(
-            f"{where}: unknown recipient(s) {', '.join(map(repr, unknown))}; allowed: \"{SITES}\" "
-            "(a model owner is named by key: [task.release] owner_keys = [\"<X25519 public key hex>\"])"
+            f'{where}: unknown recipient(s) {", ".join(map(repr, unknown))}; allowed: "{SITES}" '
+            '(a model owner is named by key: [task.release] owner_keys = ["<X25519 public key hex>"])'
         )
     return SITES in value
 

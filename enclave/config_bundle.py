@@ -113,9 +113,7 @@ def _named_files(value: Any, key: str, base: Path, found: dict[str, Path]) -> No
 def bundle_files(files: dict[str, bytes]) -> ConfigBundle:
     """The bundle of files given in memory (key -> bytes)."""
     return ConfigBundle(
-        tuple(
-            BundledFile(key, hashlib.sha384(data).hexdigest(), len(data)) for key, data in sorted(files.items())
-        )
+        tuple(BundledFile(key, hashlib.sha384(data).hexdigest(), len(data)) for key, data in sorted(files.items()))
     )
 
 

@@ -235,12 +235,8 @@ def fetch_aggregator_evidence(stub: Any, policy: Policy, timeout: float) -> tupl
         response = stub.GetEvidence(pb.EvidenceRequest(nonce=nonce), timeout=timeout)
     except grpc.RpcError as exc:
         if exc.code() in _UNREACHABLE:
-            raise AggregatorUnreachable(
-                f"the aggregator is unreachable ({exc.code().name}: {exc.details()})"
-            ) from None
-        raise AggregatorNotTrusted(
-            f"the aggregator offered no evidence ({exc.code().name}: {exc.details()})"
-        ) from None
+            raise AggregatorUnreachable(f"the aggregator is unreachable ({exc.code().name}: {exc.details()})") from None
+        raise AggregatorNotTrusted(f"the aggregator offered no evidence ({exc.code().name}: {exc.details()})") from None
     if not response.bundle:
         raise AggregatorNotTrusted("the aggregator offered no evidence")
     try:

@@ -111,7 +111,11 @@ def open_owner_model(data: bytes, private_key: X25519PrivateKey) -> OwnerModel:
         header = data[offset + 2 : offset + 2 + length]
         offset += 2 + length
         opener = StreamOpener(
-            key, header, session_id=_session(recipient, ephemeral), purpose="model", context=fixed,
+            key,
+            header,
+            session_id=_session(recipient, ephemeral),
+            purpose="model",
+            context=fixed,
             max_bytes=MAX_MODEL_BYTES,
         )
         model = bytearray()

@@ -39,8 +39,11 @@ def test_digest_computation_is_the_canonical_text(tmp_path: Path) -> None:
     """HOST_DATA = SHA-256 and MRCONFIGID = SHA-384 of the canonical lines, written out here by hand."""
     config = _write(tmp_path)
     lines = [DOMAIN]
-    for key, name in (("admission.policy", "site-policy.toml"), ("config", "aggregator.toml"),
-                      ("task.initial_model", "model.safetensors")):
+    for key, name in (
+        ("admission.policy", "site-policy.toml"),
+        ("config", "aggregator.toml"),
+        ("task.initial_model", "model.safetensors"),
+    ):
         data = (tmp_path / name).read_bytes()
         lines.append(f"file\x00{key}\x00{hashlib.sha384(data).hexdigest()}\x00{len(data)}\n")
     text = "".join(lines).encode()

@@ -202,22 +202,40 @@ def test_each_site_keeps_the_final_model_the_audit_log_names(delivered: dict) ->
     # docs/model-delivery.md's checks, as written there
     check = subprocess.run(["sha256sum", "-c", "final-model.safetensors.sha256"], cwd=base / "site-a-state")
     assert check.returncode == 0
-    audit = _attestfl("audit", "verify", str(deployment.directory / "audit-log"), "--policy", "policy.toml", "--json",
-                      cwd=base)
+    audit = _attestfl(
+        "audit", "verify", str(deployment.directory / "audit-log"), "--policy", "policy.toml", "--json", cwd=base
+    )
     assert audit.returncode == 0 and json.loads(audit.stdout)["models"]["final_sha256"] == final, audit.stdout[-2000:]
 
 
 def test_the_owner_opens_its_sealed_copy_and_nobody_else_can(delivered: dict, tmp_path: Path) -> None:
     base, deployment = delivered["base"], delivered["deployment"]
     sealed = deployment.directory / "state" / "delivery" / f"final-model.{delivered['owner_key'][:16]}.afm"
-    opened = _attestfl("owner", "open", str(sealed), "--key", str(base / "owner.key"), "-o",
-                       str(tmp_path / "owner-model.safetensors"), "--json", cwd=base)
+    opened = _attestfl(
+        "owner",
+        "open",
+        str(sealed),
+        "--key",
+        str(base / "owner.key"),
+        "-o",
+        str(tmp_path / "owner-model.safetensors"),
+        "--json",
+        cwd=base,
+    )
     assert opened.returncode == 0, opened.stderr
     final = hashlib.sha256((base / "site-a-state" / "final-model.safetensors").read_bytes()).hexdigest()
     assert json.loads(opened.stdout)["sha256"] == final
     assert _attestfl("owner", "keygen", "-o", str(tmp_path / "other.key"), cwd=tmp_path).returncode == 0
-    other = _attestfl("owner", "open", str(sealed), "--key", str(tmp_path / "other.key"), "-o",
-                      str(tmp_path / "stolen.safetensors"), cwd=tmp_path)
+    other = _attestfl(
+        "owner",
+        "open",
+        str(sealed),
+        "--key",
+        str(tmp_path / "other.key"),
+        "-o",
+        str(tmp_path / "stolen.safetensors"),
+        cwd=tmp_path,
+    )
     assert other.returncode == 1 and "not to this key" in other.stderr
     assert not (tmp_path / "stolen.safetensors").exists()
     # The plaintext model is nowhere on the aggregator's disk: only sealed files and the sealed checkpoint.
@@ -245,8 +263,11 @@ def test_site_verify_prints_the_claims_and_refuses_an_unpinned_measurement(deliv
     base = delivered["base"]
     config = base / "site-a.toml"
     gone = tmp_path / "site.toml"
-    gone.write_text(config.read_text().replace(json.loads(delivered["verify_json"].stdout)["aggregator"],
-                                               "127.0.0.1:9").replace('"policy.toml"', f'"{base / "policy.toml"}"'))
+    gone.write_text(
+        config.read_text()
+        .replace(json.loads(delivered["verify_json"].stdout)["aggregator"], "127.0.0.1:9")
+        .replace('"policy.toml"', f'"{base / "policy.toml"}"')
+    )
     unreachable = _attestfl("site", "verify", "--config", str(gone), "--timeout", "3", cwd=base)
     assert unreachable.returncode == 3 and "cannot reach the aggregator at 127.0.0.1:9" in unreachable.stderr
 
