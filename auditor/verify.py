@@ -78,7 +78,7 @@ from protocol.auditlog.records import KNOWN_LOG_FORMATS, PolicyRecordError, admi
 from protocol.formulas import receipt_message
 
 START_KINDS = ("aggregator_start", "handover")
-CHECKED_KINDS = START_KINDS + (
+CHECKED_KINDS: tuple[str, ...] = START_KINDS + (
     "config",
     "collateral",
     "admission",
