@@ -160,6 +160,8 @@ def delivered(tmp_path_factory: pytest.TempPathFactory) -> dict:
         codes = [run.returncode for run in runs]
     finally:
         aggregator.stop()
+    # The aggregator is gone: joining says so (exit 3), it does not call it untrusted (exit 1).
+    gone = _attestfl("site", "join", "--config", str(configs["site-a"]), "--wait", "1", cwd=base)
     return {
         "base": base,
         "deployment": deployment,
@@ -171,6 +173,7 @@ def delivered(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "outputs": outputs,
         "codes": codes,
         "owner_key": owner_key,
+        "gone": gone,
     }
 
 
@@ -270,6 +273,9 @@ def test_site_verify_prints_the_claims_and_refuses_an_unpinned_measurement(deliv
     )
     unreachable = _attestfl("site", "verify", "--config", str(gone), "--timeout", "3", cwd=base)
     assert unreachable.returncode == 3 and "cannot reach the aggregator at 127.0.0.1:9" in unreachable.stderr
+    join = delivered["gone"]
+    assert join.returncode == 3 and "cannot reach the aggregator" in join.stderr, join.stderr
+    assert "offered no evidence" not in join.stderr
 
 
 def test_release_policy_is_read_and_enforced() -> None:
