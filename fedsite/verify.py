@@ -19,8 +19,19 @@ from typing import Any, TextIO
 
 from attestation.errors import EXIT_OK, EXIT_REFUSED
 
-#: The claims printed first, in this order (the rest follow, sorted).
-SHOWN = ("platform", "simulated", "measurement", "debug", "tcb_status", "reported_tcb", "signing_key")
+#: The claims printed first, in this order (the rest follow, sorted); the text output shows only these.
+SHOWN = (
+    "platform",
+    "simulated",
+    "measurement",
+    "debug",
+    "tcb_status",
+    "reported_tcb",
+    "host_data",
+    "mr_config_id",
+    "signing_key",
+    "product",
+)
 SIMULATED_BANNER = (
     "*** SIMULATED TEE: this evidence comes from attestfl's software-simulated TEE, signed by a simulated vendor "
     "root. It proves NOTHING about hardware isolation: development and testing only. ***"
@@ -80,12 +91,13 @@ def _text(result: dict[str, Any]) -> str:
         lines.append(SIMULATED_BANNER)
     verdict = "TRUSTED (passes this site's policy)" if result["trusted"] else "REFUSED by this site's policy"
     lines.append(f"aggregator {result['aggregator']}: {verdict}")
-    for key, value in result["claims"].items():
-        shown = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
-        lines.append(f"  {key:<14} {shown}")
-    lines.append(f"  {'x25519':<14} {result['keys']['x25519']}")
-    lines.append(f"  {'ed25519':<14} {result['keys']['ed25519']}")
-    lines.append(f"  {'evidence':<14} sha256 {result['evidence_sha256']}")
+    shown = {key: value for key, value in result["claims"].items() if key in SHOWN and value is not None}
+    shown.update(result["keys"])
+    shown["evidence"] = f"sha256 {result['evidence_sha256']}"
+    for key, value in shown.items():
+        text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
+        lines.append(f"  {key:<13} {text}")
+    lines.append(f"  (every claim: {len(result['claims'])} in all, with --json)")
     lines += [f"  warning: {w}" for w in result["warnings"]]
     lines += [f"  - {r}" for r in result["reasons"]]
     if result["simulated"]:
