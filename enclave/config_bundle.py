@@ -20,7 +20,7 @@ Keys, not paths, are measured: the same configuration in another directory has t
 digest. Where it is bound:
 
 - simulated TEE: the launch measurement covers the bundle (:func:`enclave.measure.measure`
-  with ``config=bundle.data``);
+  with ``config=bundle.data``), and the simulated launch sets the two fields below as a host would;
 - AMD SEV-SNP: ``HOST_DATA`` (32 bytes, fixed by the host at launch) = :attr:`ConfigBundle.sha256`;
 - Intel TDX: ``MRCONFIGID`` (48 bytes, fixed at launch) = :attr:`ConfigBundle.sha384`.
 

@@ -76,3 +76,38 @@ def test_unreadable_configuration_is_a_typed_error(tmp_path: Path) -> None:
         config_bundle(bad)
     with pytest.raises(ConfigBundleError, match="cannot read"):
         config_bundle(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(("platform", "field"), [("sev-snp", "host_data"), ("tdx", "mr_config_id")])
+def test_the_launch_field_carries_the_bundle_digest_and_a_pin_bites(tmp_path: Path, platform: str, field: str) -> None:
+    """As on hardware (HOST_DATA / MRCONFIGID set by the host at launch): the simulated TEE launched
+    with a configuration reports its bundle's digest there; a site pinning it refuses the same
+    aggregator launched after the admission policy file changed."""
+    import os
+    from datetime import UTC, datetime
+
+    from attestation.bundle import appraise_bundle
+    from attestation.bundle_abi import encode_bundle, parse_bundle
+    from attestation.policy import Policy
+    from enclave.attester import make_bundle
+    from enclave.keys import EnclaveKeys
+    from enclave.simulated.attester import SimulatedSnpAttester, SimulatedTdxAttester
+    from enclave.simulated.pki import load_or_create
+
+    sim = tmp_path / "vendor"
+    roots = ", ".join(f'"{fp}"' for fp in load_or_create(sim).trusted_root_fingerprints().values())
+    make = SimulatedSnpAttester if platform == "sev-snp" else SimulatedTdxAttester
+    pinned = config_bundle(_write(tmp_path / "agg"))
+    value = pinned.sha256 if platform == "sev-snp" else pinned.sha384
+    policy = Policy.from_toml(f'trusted_simulated_roots = [{roots}]\n[{platform}]\n{field} = ["{value}"]\n')
+
+    def appraise(config: bytes) -> object:
+        nonce = os.urandom(32)
+        evidence = encode_bundle(make_bundle(make(sim, config=config), EnclaveKeys(), nonce))
+        return appraise_bundle(parse_bundle(evidence), expected_nonce=nonce, policy=policy, at=datetime.now(UTC))
+
+    same = appraise(pinned.data)
+    assert same.accepted and same.claims[field] == value, same.reasons
+    changed = config_bundle(_write(tmp_path / "agg", policy="allow_debug = true\n"))
+    refused = appraise(changed.data)
+    assert not refused.accepted and any(field in str(r) for r in refused.reasons)
