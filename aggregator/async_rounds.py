@@ -67,6 +67,8 @@ class AsyncDriver:
         self.events = events or LogEvents()
         self.live_sites = live_sites
         self.checkpoint = checkpoint
+        #: ``on_model(version, model, finished)``: a version's model now exists (aggregator.delivery).
+        self.on_model: Callable[[int, bytes, bool], None] | None = None
         self.buffer_size = int(config.buffer_size)
         self.max_staleness = int(config.max_staleness)
         self._lock = threading.RLock()
@@ -234,6 +236,8 @@ class AsyncDriver:
             del self._models[old]
         self._contributed = {(s, v) for s, v in self._contributed if v >= next_version - self.max_staleness}
         self._buffer = []
+        if self.on_model is not None:
+            self.on_model(next_version, model, finished)
         self.finished = finished
         if finished:
             self.events.record("training_finished", rounds=self.config.rounds, model_sha256=digest)

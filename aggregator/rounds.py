@@ -52,6 +52,7 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
+from aggregator.delivery import ReleasePolicy, read_release
 from aggregator.service import EventSink, LogEvents, Task, UpdateRefused
 from aggregator.strategies import (
     MAX_SITES,
@@ -120,6 +121,8 @@ class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     buffer_size: Annotated[int, Meta(ge=1, le=MAX_SITES)] = 2
     max_staleness: Annotated[int, Meta(ge=0, le=1000)] = 8
     compression: str = "float32"
+    deliver: str = "final"  # model delivery (aggregator.delivery)
+    release: list[str] | dict[str, Any] | None = None
 
 
 def _strategy_names_text() -> str:
@@ -206,6 +209,9 @@ class TaskConfig:
     max_staleness: int = 8
     #: How sites encode their updates (:mod:`protocol.compression`); aggregation is float32 whatever it is.
     compression: str = "float32"
+    #: Model delivery: who receives the final model (aggregator.delivery); the initial model's file.
+    release: ReleasePolicy = field(default_factory=ReleasePolicy)
+    initial_model_path: Path | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -249,6 +255,8 @@ class TaskConfig:
             buffer_size=task.buffer_size,
             max_staleness=task.max_staleness,
             compression=task.compression,
+            release=read_release(task.release, task.deliver),
+            initial_model_path=base_dir / task.initial_model,
         )
         config.validate(model=False)
         try:
@@ -413,6 +421,8 @@ class RoundDriver:
         #: ``checkpoint(next_round, dp_rounds, model)`` seals the next state aside and returns the
         #: function that puts it in place (called once the round is logged).
         self.checkpoint = checkpoint
+        #: ``on_model(round, model, finished)``: a round's model now exists (aggregator.delivery).
+        self.on_model: Callable[[int, bytes, bool], None] | None = None
         self._warm_up()
         self._begin()
 
@@ -656,6 +666,8 @@ class RoundDriver:
         self._models[self.round] = model
         for old in [r for r in self._models if r < self.round - 1]:
             del self._models[old]
+        if self.on_model is not None:
+            self.on_model(self.round, model, finished)
         self.finished = finished
         self._closing = None
         self._begin()

@@ -24,6 +24,7 @@ import grpc
 from aggregator.audit.events import AuditLog
 from aggregator.checkpoint import Checkpoint, load_checkpoint, now_iso, prepare_checkpoint
 from aggregator.config import AggregatorConfig
+from aggregator.delivery import start_delivery
 from aggregator.rounds import RoundDriver, make_driver
 from aggregator.service import SERVER_OPTIONS, EventSink, FederationService, LogEvents, handlers
 from enclave.attester import Attester, GpuAttester, open_attester
@@ -63,11 +64,14 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def make_attester(config: AggregatorConfig) -> Attester:
-    # In the simulated TEE the measurement covers the code and this configuration.
+    # In the simulated TEE the measurement covers the code and this configuration with every
+    # file it names (admission policy, initial model): enclave.config_bundle.
+    from enclave.config_bundle import config_bundle
+
     return open_attester(
         config.tee,
         simulated_dir=config.simulated_dir,
-        config=config.raw if config.tee.startswith("simulated") else None,
+        config=config_bundle(config.path).data if config.tee.startswith("simulated") else None,
     )
 
 
@@ -237,6 +241,7 @@ async def _start(
 
         report_dir = config.path.parent / config.task.vendors.report_dir
         service.vendor_jobs = EvaluationJobs(config.task.vendors, keys, service._record, report_dir)
+    service.delivery = start_delivery(config, driver, events)
     server.add_generic_rpc_handlers(handlers(service))
     await server.start()
     return Running(service, driver, port, server, audit)

@@ -211,6 +211,9 @@ class _ReceivedUpdate:
 
 
 class FederationService:
+    #: Model delivery under the task's release policy (aggregator.delivery.Delivery), when set.
+    delivery: Any = None
+
     def __init__(
         self,
         *,
@@ -668,6 +671,8 @@ class FederationService:
         )
         if self.vendor_jobs is not None:
             response.vendor_jobs = self.vendor_jobs.pending(session.site_id)
+        if self.delivery is not None:
+            self.delivery.fill_task(response, task.round)
         return self._seal(session, "GetTask", call, response)
 
     async def DownloadModel(
@@ -677,8 +682,11 @@ class FederationService:
         inner = _parse(pb.DownloadRequest, plaintext)
         try:
             model = self.driver.model_bytes(inner.round)
+            delivered = self.delivery.check_download(session.site_id, inner.round) if self.delivery else None
         except UpdateRefused as exc:
             await context.abort(exc.code, str(exc))
+        if delivered is not None:
+            self._record("model_delivered", **delivered)  # durably, before the model leaves
         for header, index, final, ciphertext in seal_chunks(
             session.keys.aggregator_to_site,
             model,

@@ -21,6 +21,7 @@ from attestation.errors import EXIT_UNUSABLE, AttestflError
 from attestation.reference_values import add_reference_values_commands
 from attestfl.demo import add_demo_command
 from attestfl.model import add_model_commands
+from attestfl.owner import add_owner_commands
 from attestfl.vendor import add_vendor_commands
 from auditor.cli import add_audit_commands
 from enclave.cli import add_enclave_commands
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(subparsers)
     add_model_commands(subparsers)
     add_vendor_commands(subparsers)
+    add_owner_commands(subparsers)
     return parser
 
 

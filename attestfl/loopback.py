@@ -181,8 +181,11 @@ class Deployment:
         return path
 
     def measurement(self) -> bytes:
+        """The simulated measurement of the aggregator: the code, aggregator.toml and every file it names."""
+        from enclave.config_bundle import config_bundle
+
         path = self.directory / "aggregator.toml"
-        return measure(path.read_bytes() if path.exists() else self.write().read_bytes()).digest
+        return measure(config_bundle(path if path.exists() else self.write()).data).digest
 
     def start(self, timeout: float = 120.0, prefix: tuple[str, ...] = ()) -> Aggregator:
         """``attestfl serve`` in its own process (``prefix``: a command to run it under, e.g.

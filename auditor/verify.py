@@ -82,7 +82,7 @@ from protocol.auditlog.records import KNOWN_LOG_FORMATS, PolicyRecordError, admi
 from protocol.formulas import receipt_message
 
 START_KINDS = ("aggregator_start", "handover")
-CHECKED_KINDS = START_KINDS + (
+CHECKED_KINDS: tuple[str, ...] = START_KINDS + (
     "config",
     "collateral",
     "admission",
@@ -95,6 +95,10 @@ CHECKED_KINDS = START_KINDS + (
     "vendor_evaluation",
     "vendor_release",
     "async_version",
+    "config_bundle",
+    "model_initial",
+    "model_released",
+    "model_delivered",
 )
 MAX_PROBLEMS = 200
 MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last instant a datetime holds
@@ -204,6 +208,8 @@ class Verification:
     rounds: list[RoundOutcome] = field(default_factory=list)
     configs: list[Entry] = field(default_factory=list)
     omitted_problems: int = 0
+    #: Model delivery: the initial model's digest and each released model's (round -> SHA-256 hex).
+    models: dict[str, Any] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -286,6 +292,7 @@ class Verification:
                 "refused": sum(not a.admitted for a in self.admissions),
             },
             "rounds": len(self.rounds),
+            "models": self.models,
         }
 
 
@@ -575,6 +582,7 @@ class _RunState:
     )  # SHA-256 -> bytes of the verifier's collateral files logged
     training: _Training = field(default_factory=lambda: _Training())
     vendor_jobs: dict[str, str] = field(default_factory=dict)  # job id -> vendor (vendor evaluation)
+    delivery: dict[str, Any] = field(default_factory=dict)  # model delivery (see _on_model_initial)
 
 
 def _check_semantics(
@@ -1393,3 +1401,93 @@ def prove_receipt(
         tuple(path),
         consistency,
     )
+
+
+# --- model delivery and the configuration bundle (aggregator.delivery, enclave.config_bundle) ---
+
+
+def _on_config_bundle(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """The bundle's digests are those of its listed files, and its ``config`` file is the
+    aggregator.toml this run logged."""
+    from enclave.config_bundle import BundledFile, ConfigBundle
+
+    f, i = entry.fields, entry.index
+    files = f["files"]
+    if not isinstance(files, dict):
+        raise TypeError("files is not a map")
+    bundle = ConfigBundle(
+        tuple(BundledFile(str(k), _text(v, "sha384"), _uint(v, "size")) for k, v in sorted(files.items()))
+    )
+    if bundle.sha256 != f.get("sha256") or bundle.sha384 != f.get("sha384"):
+        result.add(Problem(i, "config_bundle.digest", "the bundle's digests are not those of the files it lists"))
+    config = result.configs[-1].fields.get("aggregator_toml") if result.configs else None
+    if isinstance(config, bytes) and files.get("config", {}).get("sha384") != hashlib.sha384(config).hexdigest():
+        result.add(Problem(i, "config_bundle.config", "the bundle's aggregator.toml is not the one this run logged"))
+
+
+def _on_model_initial(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f = entry.fields
+    digest = _text(f, "model_sha256")
+    bytes.fromhex(digest)
+    release = f["release"]
+    if not isinstance(release, dict):
+        raise TypeError("release is not a map")
+    state.delivery = {"initial": digest, "release": release, "released": {}}
+    result.models.update(initial_sha256=digest, release=release)
+
+
+def _on_model_released(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """A released model is the one the last closed round produced, for the recipients the policy names."""
+    f, i = entry.fields, entry.index
+    round_number, digest = _uint(f, "round"), _text(f, "model_sha256")
+    last = state.training.last
+    if last is None or last.round + 1 != round_number or last.model_sha256 != digest:
+        result.add(
+            Problem(
+                i,
+                "delivery.digest",
+                f"the model released for round {round_number} ({digest[:16]}...) is not the model the last closed "
+                "round produced",
+            )
+        )
+    release = state.delivery.get("release")
+    if release is None:
+        result.add(Problem(i, "delivery.policy", "a model released with no model_initial entry (release policy)"))
+        return
+    allowed = set(release.get("owner_keys", []))
+    for owner in f["owners"]:
+        if _text(owner, "owner_key") not in allowed:
+            result.add(
+                Problem(i, "delivery.recipient", "a model sealed to an owner key the release policy does not name")
+            )
+    if bool(f.get("to_sites")) != ("admitted-sites" in release.get("to", [])):
+        result.add(Problem(i, "delivery.recipient", "to_sites differs from the release policy"))
+    state.delivery["released"][round_number] = digest
+    result.models.setdefault("released", {})[str(round_number)] = digest
+    if f.get("final"):
+        result.models["final_sha256"] = digest
+
+
+def _on_model_delivered(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """A model went to an admitted site, released to sites, with the released digest."""
+    f, i = entry.fields, entry.index
+    site, round_number, digest = _text(f, "site"), _uint(f, "round"), _text(f, "model_sha256")
+    if site not in state.admitted:
+        result.add(Problem(i, "delivery.site", f"a model delivered to site {site!r}, which was not admitted"))
+    release = state.delivery.get("release") or {}
+    if "admitted-sites" not in release.get("to", []):
+        result.add(Problem(i, "delivery.recipient", f"a model delivered to site {site!r}: the policy releases to none"))
+    if state.delivery.get("released", {}).get(round_number) != digest:
+        result.add(
+            Problem(i, "delivery.digest", f"the model delivered for round {round_number} is not the released one")
+        )
+
+
+_HANDLERS.update(
+    {
+        "config_bundle": _on_config_bundle,
+        "model_initial": _on_model_initial,
+        "model_released": _on_model_released,
+        "model_delivered": _on_model_delivered,
+    }
+)

@@ -94,7 +94,11 @@ def _add_measure(sub: argparse._SubParsersAction) -> None:
     measure = sub.add_parser(
         "measure", help="print the simulated launch measurement of the installed code and configuration"
     )
-    measure.add_argument("--config", metavar="FILE", help="the aggregator configuration file to measure with the code")
+    measure.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the aggregator configuration to measure with the code (with every file it names: policy, initial model)",
+    )
     measure.add_argument("--json", action="store_true", help="print one JSON object (digest, files, versions)")
     measure.set_defaults(handler=run_measure)
 
@@ -155,7 +159,16 @@ def _hex(text: str, what: str, size: int | None = None) -> bytes:
 
 
 def _read_config(path: str | None) -> bytes | None:
-    return None if path is None else read_bounded(path, MAX_CONFIG_BYTES, "configuration", EnclaveCliError)
+    """The configuration bundle's bytes (the file and every file it names: enclave.config_bundle)."""
+    if path is None:
+        return None
+    from .config_bundle import ConfigBundleError, config_bundle
+
+    read_bounded(path, MAX_CONFIG_BYTES, "configuration", EnclaveCliError)
+    try:
+        return config_bundle(path).data
+    except ConfigBundleError as exc:
+        raise EnclaveCliError(str(exc)) from None
 
 
 def _cpu_attester(args: argparse.Namespace) -> Attester:
@@ -231,6 +244,7 @@ def run_measure(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
                 {
                     "measurement": result.hex,
                     "config_sha384": result.config_sha384,
+                    "config_bundle": _bundle_description(args.config),
                     "versions": dict(result.versions),
                     "files": [{"package": f.package, "path": f.path, "sha384": f.sha384} for f in result.files],
                 }
@@ -240,6 +254,12 @@ def run_measure(args: argparse.Namespace, out: TextIO | None = None, err: TextIO
     else:
         print(result.hex, file=out)
     return EXIT_OK
+
+
+def _bundle_description(path: str | None) -> dict[str, object] | None:
+    from .config_bundle import config_bundle
+
+    return None if path is None else config_bundle(path).describe()
 
 
 def run_trust(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -8,7 +8,9 @@ simulated TEE it is SHA-384 over a domain-separated transcript of
   its package and SHA-384 of its bytes
   (bytecode caches excluded);
 - the versions of attestfl and of each of its runtime dependencies as installed;
-- the SHA-384 of the aggregator configuration file, when one is measured.
+- the SHA-384 of the aggregator configuration, when one is measured: the configuration bundle's
+  bytes (:mod:`enclave.config_bundle`: the file and every file it names, such as the admission
+  policy and the initial model).
 
 Changing any code file, any dependency version or the configuration changes the
 measurement. 48 bytes: the width of an SNP ``MEASUREMENT`` and a TDX ``MRTD``.

@@ -23,7 +23,7 @@ import numpy as np
 from attestation.binding import BoundKeys
 from attestation.bundle import appraise_bundle
 from attestation.bundle_abi import encode_bundle, parse_bundle
-from attestation.errors import EXIT_REFUSED, AttestationError, AttestflError
+from attestation.errors import EXIT_FAULT, EXIT_REFUSED, AttestationError, AttestflError
 from attestation.findings import Appraisal
 from attestation.policy import Policy
 from enclave.attester import Attester, make_bundle
@@ -82,7 +82,10 @@ class ClockSkew(SiteError):
 
 
 class AggregatorUnreachable(SiteError):
-    """The aggregator could not be reached or gave no answer (transient: retry later)."""
+    """The aggregator could not be reached or gave no answer (transient: retry later). Not a
+    refusal: exit 3 (a fault), never 1 (untrusted)."""
+
+    exit_code = EXIT_FAULT
 
 
 class AdmissionRefused(SiteError):
@@ -212,6 +215,37 @@ def admit_request(
     )
 
 
+#: gRPC outcomes of GetEvidence that mean "no aggregator answered" (not "it answered badly").
+_UNREACHABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+)
+
+
+def fetch_aggregator_evidence(stub: Any, policy: Policy, timeout: float) -> tuple[Any, Appraisal, bytes]:
+    """Ask for the aggregator's evidence with a fresh nonce and appraise it under ``policy``:
+    (the parsed bundle, the appraisal, the bundle's SHA-256). Nothing else is sent. Raises
+    :class:`AggregatorUnreachable` when no aggregator answers, :class:`AggregatorNotTrusted`
+    when one answers without usable evidence; a refusal is an appraisal that is not accepted."""
+    nonce = os.urandom(32)
+    try:
+        response = stub.GetEvidence(pb.EvidenceRequest(nonce=nonce), timeout=timeout)
+    except grpc.RpcError as exc:
+        if exc.code() in _UNREACHABLE:
+            raise AggregatorUnreachable(f"the aggregator is unreachable ({exc.code().name}: {exc.details()})") from None
+        raise AggregatorNotTrusted(f"the aggregator offered no evidence ({exc.code().name}: {exc.details()})") from None
+    if not response.bundle:
+        raise AggregatorNotTrusted("the aggregator offered no evidence")
+    try:
+        bundle = parse_bundle(response.bundle)
+        appraisal = appraise_bundle(bundle, expected_nonce=nonce, policy=policy, at=datetime.now(UTC))
+    except AttestationError as exc:
+        raise AggregatorNotTrusted(f"the aggregator's evidence is unusable: {exc}") from None
+    return bundle, appraisal, hashlib.sha256(response.bundle).digest()
+
+
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -281,29 +315,12 @@ class SiteClient:
     def verify_aggregator(self) -> tuple[BoundKeys, Appraisal, bytes]:
         """Ask for the aggregator's evidence with a fresh nonce and appraise it; raise unless
         accepted. Returns its keys, the appraisal and the bundle's SHA-256."""
-        nonce = os.urandom(32)
-        try:
-            response = self.stub.GetEvidence(pb.EvidenceRequest(nonce=nonce), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise AggregatorUnreachable(
-                    f"the aggregator is unreachable ({exc.code().name}: {exc.details()})"
-                ) from None
-            raise AggregatorNotTrusted(
-                f"the aggregator offered no evidence ({exc.code().name}: {exc.details()})"
-            ) from None
-        if not response.bundle:
-            raise AggregatorNotTrusted("the aggregator offered no evidence")
-        try:
-            bundle = parse_bundle(response.bundle)
-            appraisal = appraise_bundle(bundle, expected_nonce=nonce, policy=self.policy, at=datetime.now(UTC))
-        except AttestationError as exc:
-            raise AggregatorNotTrusted(f"the aggregator's evidence is unusable: {exc}") from None
+        bundle, appraisal, digest = fetch_aggregator_evidence(self.stub, self.policy, self.timeout)
         if not appraisal.accepted:
             raise AggregatorNotTrusted(
                 "the aggregator's evidence fails this site's policy:", tuple(str(r) for r in appraisal.reasons)
             )
-        return bundle.keys, appraisal, hashlib.sha256(response.bundle).digest()
+        return bundle.keys, appraisal, digest
 
     def join(self) -> JoinedSession:
         aggregator_keys, appraisal, aggregator_evidence_sha256 = self.verify_aggregator()
@@ -427,6 +444,14 @@ class SiteClient:
         self.tree_head = head
 
     def download_model(self, round_number: int, spec: ModelSpec) -> dict[str, np.ndarray]:
+        tensors, _metadata = decode_tensors(self.download_model_bytes(round_number, spec), spec)
+        return {name: array.copy() for name, array in tensors.items()}
+
+    def download_model_bytes(
+        self, round_number: int, spec: ModelSpec, on_chunk: Callable[[int], None] | None = None
+    ) -> bytes:
+        """The model of a round as the aggregator serves it (safetensors bytes, the bytes its
+        logged digest covers); ``on_chunk(plaintext bytes)`` after each chunk (progress)."""
         session, call, metadata = self._next_call()
         request = self._sealed(session, "DownloadModel", call, pb.DownloadRequest(round=round_number))
         chunks = self.stub.DownloadModel(request, metadata=metadata, timeout=self.timeout)
@@ -442,12 +467,14 @@ class SiteClient:
                     context=download_context(round_number, self.site_id, call),
                     max_bytes=spec.max_update_bytes,
                 )
-            data += opener.open(chunk.index, chunk.ciphertext, final=chunk.final)
+            plaintext = opener.open(chunk.index, chunk.ciphertext, final=chunk.final)
+            data += plaintext
+            if on_chunk is not None:
+                on_chunk(len(plaintext))
         if opener is None:
             raise StreamError("the aggregator sent no model")
         opener.finish()
-        tensors, _metadata = decode_tensors(bytes(data), spec)
-        return {name: array.copy() for name, array in tensors.items()}
+        return bytes(data)
 
     def encode_update(self, update: dict[str, np.ndarray], weight: float) -> list[bytes | memoryview]:
         """The update's bytes in the task's compression (error feedback applied when compressed)."""
@@ -549,6 +576,7 @@ __all__ = [
     "SiteError",
     "SitePolicyError",
     "admit_request",
+    "fetch_aggregator_evidence",
     "require_measurement_pins",
     "unpinned_platforms",
 ]

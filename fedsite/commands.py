@@ -1,9 +1,10 @@
 """``attestfl site ...``: a site's commands (enroll, join, run).
 
 Exit status: 0 done; 1 refused (the aggregator failed the site's policy, or the site was
-not admitted); 2 unusable configuration or input, the aggregator unreachable, or the ``site``
-extra not installed. Errors end the command in ``attestfl.cli.main`` (one line, their exit
-status); a refusal is printed here, with its reasons (and as JSON with ``--json``).
+not admitted); 2 unusable configuration or input, or the ``site`` extra not installed; 3 the
+aggregator unreachable (after the retries of ``--wait``). Errors end the command in
+``attestfl.cli.main`` (one line, their exit status); a refusal is printed here, with its
+reasons (and as JSON with ``--json``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from attestation.errors import EXIT_OK, EXIT_REFUSED, ExtraNotInstalled
 from protocol.config import ConfigError
 
 if TYPE_CHECKING:
-    import grpc
-
     from enclave.attester import Attester
     from enclave.sealing import SealingKeySource
     from fedsite.client import AdmissionRefused, AggregatorNotTrusted, SiteClient
@@ -86,6 +85,9 @@ def add_site_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         help="keep retrying an unreachable or busy aggregator this long (default 60; refusals are never retried)",
     )
     run.set_defaults(handler=run_site_run)
+    from fedsite.verify import add_verify_command
+
+    add_verify_command(site_sub)
 
     add_vendor_eval_command(site_sub)
 
@@ -193,7 +195,7 @@ def _refused(
     return EXIT_REFUSED
 
 
-def _unreachable(exc: grpc.RpcError, config: SiteConfig, what: str) -> Exception:
+def _unreachable(exc: Exception, config: SiteConfig, what: str) -> Exception:
     """A gRPC failure left after the retries (unreachable aggregator, deadlines), as one line."""
     from fedsite.client import AggregatorUnreachable
 
@@ -205,7 +207,7 @@ def _unreachable(exc: grpc.RpcError, config: SiteConfig, what: str) -> Exception
 def run_site_join(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     import grpc
 
-    from fedsite.client import AdmissionRefused, AggregatorNotTrusted
+    from fedsite.client import AdmissionRefused, AggregatorNotTrusted, AggregatorUnreachable
     from fedsite.config import SiteConfig
     from fedsite.sdk import join_with_retry
 
@@ -217,7 +219,7 @@ def run_site_join(args: argparse.Namespace, out: TextIO | None = None, err: Text
             session = join_with_retry(client, wait=args.wait, say=lambda text: print(f"attestfl: {text}", file=err))
         except (AggregatorNotTrusted, AdmissionRefused) as exc:
             return _refused(exc, args, "admitted", out, err)
-        except grpc.RpcError as exc:
+        except (grpc.RpcError, AggregatorUnreachable) as exc:
             raise _unreachable(exc, config, "") from None
     claims = session.claims
     result = {
@@ -263,7 +265,7 @@ def load_trainer(config: SiteConfig) -> TorchTrainer:
 def run_site_run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     import grpc
 
-    from fedsite.client import AdmissionRefused, AggregatorNotTrusted
+    from fedsite.client import AdmissionRefused, AggregatorNotTrusted, AggregatorUnreachable
     from fedsite.config import SiteConfig
     from fedsite.sdk import SiteState, run_site
 
@@ -288,7 +290,7 @@ def run_site_run(args: argparse.Namespace, out: TextIO | None = None, err: TextI
             )
         except (AggregatorNotTrusted, AdmissionRefused) as exc:
             return _refused(exc, args, "finished", out, err)
-        except grpc.RpcError as exc:
+        except (grpc.RpcError, AggregatorUnreachable) as exc:
             raise _unreachable(exc, config, "training stopped: ") from None
     result: dict[str, Any] = {
         "finished": True,
@@ -296,6 +298,8 @@ def run_site_run(args: argparse.Namespace, out: TextIO | None = None, err: TextI
         "rounds_trained": summary.rounds_trained,
         "joins": summary.joins,
         "metrics": {str(k): v for k, v in summary.metrics.items()},
+        "final_model": str(summary.final_model) if summary.final_model else None,
+        "final_model_sha256": summary.final_model_sha256,
     }
     final = summary.metrics.get(max(summary.metrics), {}) if summary.metrics else {}
     print(

@@ -110,6 +110,9 @@ class SiteRunSummary:
     metrics: dict[int, Metrics] = field(default_factory=dict)
     joins: int = 0
     receipts: list[Any] = field(default_factory=list)
+    #: The final model written to the state directory and its SHA-256 (when released to sites).
+    final_model: Path | None = None
+    final_model_sha256: str | None = None
 
 
 class _Progress:
@@ -230,6 +233,9 @@ class _SiteRun:
         if state is not None and client.tree_head is None:
             client.tree_head = state.load_tree_head()
         self.kept = client.tree_head
+        from fedsite.delivery import ModelKeeper
+
+        self.keeper = ModelKeeper(client, state.directory if state is not None else None, progress)
         #: When the aggregator last answered a task request (re-joins are tried for a while after).
         self.last_ok = time.monotonic()
 
@@ -288,14 +294,16 @@ class _SiteRun:
         max_weight = task.max_weight or 1.0
         self.last_ok = time.monotonic()
         if task.finished:
-            if task.round not in self.evaluated and trainer.evaluate is not None:
-                trainer.set(client.download_model(task.round, spec))
-                self.say(f"final model: {_fmt(self.evaluate(task.round, max_weight))}")
+            if task.deliver and not task.release_to_sites:  # the release policy names other recipients
+                self.say("training finished; the final model is released to its owner, not to sites")
+                return "finished"
+            if task.round not in self.evaluated and (trainer.evaluate is not None or task.deliver):
+                self.receive_final(task, spec, max_weight)
             return "finished"
         key = (task.round, task.attempt)
         if key in self.done:
             return "waiting"
-        global_model = client.download_model(task.round, spec)
+        global_model = self.download(task, spec)
         trainer.set(global_model)
         if task.evaluate and trainer.evaluate is not None and task.round not in self.evaluated:
             self.evaluate(task.round, max_weight)
@@ -306,6 +314,25 @@ class _SiteRun:
         self.upload(task, delta, min(float(max(1, int(examples))), max_weight))
         self.done.add(key)
         return "trained"
+
+    def download(self, task: Any, spec: ModelSpec) -> dict[str, np.ndarray]:
+        """The round's model (digest checked; kept on disk with deliver = "every-round")."""
+        from fedsite.delivery import decode
+
+        data = self.keeper.fetch(task, spec)
+        self.keeper.keep(task, data)
+        return decode(data, spec)
+
+    def receive_final(self, task: Any, spec: ModelSpec, max_weight: float) -> None:
+        """The final model: written as final-model.safetensors with its digest, then evaluated."""
+        final = self.download(task, spec)
+        self.evaluated.add(task.round)
+        if self.keeper.final_path is not None:
+            self.summary.final_model, self.summary.final_model_sha256 = self.keeper.final_path, self.keeper.final_sha256
+            self.say(f"final model written to {self.keeper.final_path} (SHA-256 {self.keeper.final_sha256})")
+        if self.trainer.evaluate is not None:
+            self.trainer.set(final)
+            self.say(f"final model: {_fmt(self.evaluate(task.round, max_weight))}")
 
     def upload(self, task: Any, delta: dict[str, np.ndarray], weight: float) -> None:
         try:

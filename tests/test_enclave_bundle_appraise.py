@@ -312,7 +312,10 @@ def test_cli_measure(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     config.write_text("rounds = 3\n")
     assert main(["enclave", "measure", "--config", str(config), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["measurement"] == measure(b"rounds = 3\n").hex != measure().hex
+    from enclave.config_bundle import config_bundle
+
+    assert result["measurement"] == measure(config_bundle(config).data).hex != measure().hex
+    assert result["config_bundle"]["sha384"] == result["config_sha384"]
     assert result["files"] and "attestfl" in result["versions"]
 
 

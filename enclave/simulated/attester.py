@@ -12,6 +12,7 @@ evidence with the VCEK/ASK/ARK of the simulated certificate table.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from pathlib import Path
 
 from attestation.platforms.snp import NAME as SNP
@@ -24,6 +25,15 @@ from .collateral import simulated_collateral
 from .pki import SimulatedPki, load_or_create
 from .snp import AMD_CRL_FILE, GuestOptions, SimulatedSnpFirmware, simulated_amd_crl
 from .tdx import SimulatedTdxQuoter, TdOptions
+
+
+def _config_field(config: bytes | None, size: int) -> bytes:
+    """HOST_DATA (SNP, 32 bytes: SHA-256) or MRCONFIGID (TDX, 48 bytes: SHA-384) of a launch with
+    ``config`` (the configuration bundle, enclave.config_bundle), as a host binds it on hardware;
+    zeros without one."""
+    if config is None:
+        return bytes(size)
+    return (hashlib.sha256 if size == 32 else hashlib.sha384)(config).digest()
 
 
 def _launch_measurement(measurement: bytes | None, config: bytes | None) -> bytes:
@@ -55,9 +65,10 @@ class SimulatedTdxAttester(Attester):
     ) -> None:
         self.pki: SimulatedPki = load_or_create(directory)
         self.quoter = SimulatedTdxQuoter(self.pki)
-        options = TdOptions(mr_td=_launch_measurement(measurement, config), debug=debug)
+        config_id = _config_field(config, 48)
+        options = TdOptions(mr_td=_launch_measurement(measurement, config), debug=debug, mr_config_id=config_id)
         if tee_tcb_svn is not None:
-            options = TdOptions(mr_td=options.mr_td, debug=debug, tee_tcb_svn=tee_tcb_svn)
+            options = TdOptions(mr_td=options.mr_td, debug=debug, tee_tcb_svn=tee_tcb_svn, mr_config_id=config_id)
         self.options = options
         self.collateral = simulated_collateral(self.pki, collateral_issued, tcb_status).files if collateral else {}
 
@@ -93,7 +104,11 @@ class SimulatedSnpAttester(Attester):
         self.pki: SimulatedPki = load_or_create(directory)
         self.firmware = SimulatedSnpFirmware(self.pki)
         self.options = GuestOptions(
-            measurement=_launch_measurement(measurement, config), debug=debug, vmpl=vmpl, tcb=tcb
+            measurement=_launch_measurement(measurement, config),
+            debug=debug,
+            vmpl=vmpl,
+            tcb=tcb,
+            host_data=_config_field(config, 32),
         )
         self.collateral = {AMD_CRL_FILE: simulated_amd_crl(self.pki, crl_issued)} if crl else {}
 
