@@ -19,8 +19,10 @@ from aggregator.commands import add_serve_command
 from attestation.cli import add_evidence_commands
 from attestation.errors import EXIT_UNUSABLE, AttestflError
 from attestation.reference_values import add_reference_values_commands
+from attestfl.configtool import add_config_commands
 from attestfl.demo import add_demo_command
 from attestfl.model import add_model_commands
+from attestfl.scaffold import add_new_commands
 from auditor.cli import add_audit_commands
 from enclave.cli import add_enclave_commands
 from fedsite.commands import add_site_commands
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_commands(subparsers)
     add_demo_command(subparsers)
     add_model_commands(subparsers)
+    add_config_commands(subparsers)
+    add_new_commands(subparsers)
     return parser
 
 

@@ -36,6 +36,22 @@ from protocol.config import ConfigError, load_toml
 from protocol.formulas import valid_site_id
 
 
+#: The keys of the ``[site]`` table.
+SITE_KEYS = (
+    "id",
+    "aggregator",
+    "tee",
+    "simulated_dir",
+    "policy",
+    "identity",
+    "identity_certificate",
+    "INSECURE_accept_any_aggregator",
+    "simulated_measurement",
+    "max_clock_skew",
+    "state_dir",
+)
+
+
 @dataclass(frozen=True)
 class SiteConfig:
     path: Path
@@ -69,23 +85,7 @@ class SiteConfig:
         try:
             reject_unknown_keys(data, ("site", "data"), str(path))
             section = read_table(data, "site", "site")
-            reject_unknown_keys(
-                section,
-                (
-                    "id",
-                    "aggregator",
-                    "tee",
-                    "simulated_dir",
-                    "policy",
-                    "identity",
-                    "identity_certificate",
-                    "INSECURE_accept_any_aggregator",
-                    "simulated_measurement",
-                    "max_clock_skew",
-                    "state_dir",
-                ),
-                "site",
-            )
+            reject_unknown_keys(section, SITE_KEYS, "site")
             skew = read_duration(section, "max_clock_skew", "site")
             if skew is not None and skew.total_seconds() <= 0:
                 raise ConfigError("[site] max_clock_skew: must be longer than zero")
