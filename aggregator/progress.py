@@ -48,7 +48,10 @@ class RoundTable:
         driver, now = self.driver, time.monotonic()
         with driver._lock:  # a consistent view of the history
             current, finished = driver.round, driver.finished
-            history = {r: (dict(rec.participants), rec.model_sha256, dict(rec.metrics), dict(rec.examples)) for r, rec in driver.history.items()}
+            history = {
+                r: (dict(rec.participants), rec.model_sha256, dict(rec.metrics), dict(rec.examples))
+                for r, rec in driver.history.items()
+            }
         for r in range(self.printed + 1, current):
             self.closed.setdefault(r, now)
         self.opened.setdefault(current, now)

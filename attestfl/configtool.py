@@ -84,7 +84,8 @@ def check_file(path: Path, kind: str | None = None) -> tuple[str, str]:
             if unknown:
                 raise ConfigError(f"unknown table(s) {', '.join(unknown)}; allowed: [task]")
             task = TaskConfig.from_table(data.get("task", {}), base)
-            return kind, f"{task.rounds} round(s) of {task.strategy.name}, model of {task.spec.parameter_count} parameters"
+            parameters = task.spec.parameter_count
+            return kind, f"{task.rounds} round(s) of {task.strategy.name}, model of {parameters} parameters"
         if kind == "admission":
             from protocol.admission import AdmissionPolicy
 
@@ -174,13 +175,19 @@ def _struct_keys(schema: type[msgspec.Struct], comments: dict[str, tuple[str, st
             default = "none"
         else:
             default = value_repr(field.default)
-        keys.append(KeyDoc(field.encode_name, describe(field.type), default, comments.get(field.encode_name, ("", ""))[1]))
+        comment = comments.get(field.encode_name, ("", ""))[1]
+        keys.append(KeyDoc(field.encode_name, describe(field.type), default, comment))
     return tuple(keys)
 
 
 def _listed_keys(names: tuple[str, ...], comments: dict[str, tuple[str, str]]) -> tuple[KeyDoc, ...]:
     return tuple(
-        KeyDoc(name, f"e.g. `{comments[name][0]}`" if name in comments and comments[name][0] else "", "", comments.get(name, ("", ""))[1])
+        KeyDoc(
+            name,
+            f"e.g. `{comments[name][0]}`" if name in comments and comments[name][0] else "",
+            "",
+            comments.get(name, ("", ""))[1],
+        )
         for name in names
     )
 
@@ -199,7 +206,11 @@ def reference_tables() -> list[TableDoc]:
     rounds_doc = rounds.__doc__ or ""
     site_doc = site_config.__doc__ or ""
     tables = [
-        TableDoc("aggregator.toml", "aggregator", _struct_keys(aggregator_config.AggregatorTable, docstring_keys(aggregator_doc, "aggregator"))),
+        TableDoc(
+            "aggregator.toml",
+            "aggregator",
+            _struct_keys(aggregator_config.AggregatorTable, docstring_keys(aggregator_doc, "aggregator")),
+        ),
         TableDoc(
             "aggregator.toml",
             "admission",
@@ -220,22 +231,44 @@ def reference_tables() -> list[TableDoc]:
         TableDoc(
             "aggregator.toml",
             "task.strategy",
-            (KeyDoc("name", "one of " + ", ".join(f'"{n}"' for n in sorted(_BUILTIN)) + " or an installed strategy", '"fedavg"', ""),),
+            (
+                KeyDoc(
+                    "name",
+                    "one of " + ", ".join(f'"{n}"' for n in sorted(_BUILTIN)) + " or an installed strategy",
+                    '"fedavg"',
+                    "",
+                ),
+            ),
             "Or `strategy = \"<name>\"` in `[task]`. The strategy's own parameters go beside `name`: "
             + "; ".join(
                 f"{name}: "
-                + (", ".join(f"`{k.name}` ({k.allowed}, default {k.default})" for k in _struct_keys(cls.Parameters, {})) or "none")
+                + (
+                    ", ".join(
+                        f"`{k.name}` ({k.allowed}, default {k.default})" for k in _struct_keys(cls.Parameters, {})
+                    )
+                    or "none"
+                )
                 for name, cls in sorted(_BUILTIN.items())
             )
             + ".",
         ),
-        TableDoc("aggregator.toml", "task.dp", _struct_keys(rounds.DpTable, docstring_keys(rounds_doc, "task.dp")), "Optional: central differential privacy inside the TEE."),
+        TableDoc(
+            "aggregator.toml",
+            "task.dp",
+            _struct_keys(rounds.DpTable, docstring_keys(rounds_doc, "task.dp")),
+            "Optional: central differential privacy inside the TEE.",
+        ),
         TableDoc("site.toml", "site", _listed_keys(site_config.SITE_KEYS, docstring_keys(site_doc, "site"))),
         TableDoc(
             "site.toml",
             "data",
             (
-                KeyDoc("trainer", '`"trainer.py:function"` (relative to site.toml) or `"package.module:function"`', "required for `site run`", "makes the site's TorchTrainer from this table"),
+                KeyDoc(
+                    "trainer",
+                    '`"trainer.py:function"` (relative to site.toml) or `"package.module:function"`',
+                    "required for `site run`",
+                    "makes the site's TorchTrainer from this table",
+                ),
             ),
             "Every other key of `[data]` is the trainer's own (the scaffold's: `seed`, `examples`, `epochs`, `lr`).",
         ),
@@ -415,7 +448,10 @@ def add_config_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     add.add_argument("--id", help="the site id (default: the enrolment's)")
     add.add_argument("--identity-key", metavar="HEX", help="the site's identity key (default: the enrolment's)")
     add.add_argument(
-        "--platform", action="append", metavar="NAME", help="a platform the site attests with (repeatable; default sev-snp and tdx)"
+        "--platform",
+        action="append",
+        metavar="NAME",
+        help="a platform the site attests with (repeatable; default sev-snp and tdx)",
     )
     add.add_argument("--max-weight", type=float, metavar="N", help="the largest example count the site may claim")
     add.set_defaults(handler=run_add_site)

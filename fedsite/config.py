@@ -35,7 +35,6 @@ from enclave.attester import TEE_CHOICES
 from protocol.config import ConfigError, load_toml
 from protocol.formulas import valid_site_id
 
-
 #: The keys of the ``[site]`` table.
 SITE_KEYS = (
     "id",

@@ -137,7 +137,9 @@ def new_aggregator(
                 "listen": listen,
                 "tee": tee,
                 "simulated_dir": sim_line,
-                "collateral_fetch": "" if sim is not None else "\ncollateral_fetch = true       # fetch from AMD KDS / Intel PCS",
+                "collateral_fetch": ""
+                if sim is not None
+                else "\ncollateral_fetch = true       # fetch from AMD KDS / Intel PCS",
                 "rounds": str(rounds),
                 "min_sites": str(min_sites),
             },
@@ -145,7 +147,8 @@ def new_aggregator(
     )
     config = directory / "aggregator.toml"
     return [
-        f"attestfl model init {_quote(str(directory / 'model.py') + ':build')} -o {_quote(directory / 'initial.safetensors')}",
+        f"attestfl model init {_quote(str(directory / 'model.py') + ':build')} "
+        f"-o {_quote(directory / 'initial.safetensors')}",
         f"attestfl config add-site {_quote(config)} --enrolment <enrolment.json>",
         f"attestfl config check {_quote(config)}",
         f"attestfl enclave measure --config {_quote(config)}",
