@@ -252,3 +252,30 @@ def test_a_second_serve_on_the_same_port_is_refused(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stderr
         assert "cannot listen there" in done.stderr and not done.stdout
         assert aggregator.process.poll() is None
+
+
+@pytest.mark.parametrize("platform", ["snp", "tdx"])
+def test_the_kubernetes_manifest_mounts_the_initial_model_it_names(platform: str) -> None:
+    import base64
+    import posixpath
+    import tomllib
+
+    import yaml
+
+    documents = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / platform / "aggregator.yaml").read_text()))
+    config_map = next(d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config"))
+    pod = next(d for d in documents if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v.get("configMap", {}).get("name") == config_map["metadata"]["name"])
+    mount = next(m for c in pod["containers"] for m in c["volumeMounts"] if m["name"] == volume["name"])
+    initial_model = tomllib.loads(config_map["data"]["aggregator.toml"])["task"]["initial_model"]
+    directory, name = posixpath.split(initial_model)
+    assert directory == mount["mountPath"], f"{initial_model} is not in the config mount {mount['mountPath']}"
+    model = base64.b64decode(config_map["binaryData"][name])
+    assert model == (ROOT / "deploy" / "kubernetes" / "config" / name).read_bytes()
+
+
+def test_the_shipped_initial_model_loads(tmp_path: Path) -> None:
+    from protocol.tensors import load_model
+
+    tensors = load_model(ROOT / "deploy" / "kubernetes" / "config" / "initial.safetensors")
+    assert sum(t.size for t in tensors.values()) == 451
