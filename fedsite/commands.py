@@ -251,11 +251,14 @@ def load_trainer(config: SiteConfig) -> TorchTrainer:
     from fedsite.trainer_loading import load_factory
 
     spec = str(config.data.get("trainer", ""))
-    factory = load_factory(spec, config.path.parent)
     try:
-        trainer: TorchTrainer = factory(config.data, config.path.parent)
-    except (KeyError, ValueError, OSError) as exc:  # the [data] table or the data files do not suit the trainer
-        raise ConfigError(f"[data] trainer {spec}: {type(exc).__name__}: {exc}") from None
+        factory = load_factory(spec, config.path.parent)
+        try:
+            trainer: TorchTrainer = factory(config.data, config.path.parent)
+        except (KeyError, ValueError, OSError) as exc:  # the [data] table or the data files do not suit the trainer
+            raise ConfigError(f"[data] trainer {spec}: {type(exc).__name__}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{config.path}: {exc}") from None
     return trainer
 
 

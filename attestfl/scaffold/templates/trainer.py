@@ -17,12 +17,28 @@ from torch import nn
 from fedsite.sdk import TorchTrainer
 
 
+def integer(data: dict, key: str, default: int) -> int:
+    """A [data] key of this trainer, checked: a ValueError names the key (attestfl reports it as
+    an error of site.toml)."""
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"[data] {key}: expected an integer, got {value!r}")
+    return value
+
+
+def number(data: dict, key: str, default: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"[data] {key}: expected a number, got {value!r}")
+    return float(value)
+
+
 def load_data(data: dict, base_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Your data goes here. The template makes a synthetic task: CLASSES clusters in FEATURES
     dimensions (the same clusters at every site), sampled with this site's [data] seed."""
     centres = np.random.default_rng(2024).normal(0.0, 1.0, (CLASSES, FEATURES))
-    rng = np.random.default_rng(int(data.get("seed", 0)))
-    labels = rng.integers(0, CLASSES, int(data.get("examples", 600)))
+    rng = np.random.default_rng(integer(data, "seed", 0))
+    labels = rng.integers(0, CLASSES, integer(data, "examples", 600))
     features = centres[labels] + rng.normal(0.0, 0.8, (len(labels), FEATURES))
     return features.astype(np.float32), labels.astype(np.int64)
 
@@ -32,8 +48,8 @@ def make_trainer(data: dict, base_dir: Path) -> TorchTrainer:
     held_out = max(1, len(labels) // 5)  # the last fifth evaluates each round's global model
     x_train, y_train = torch.from_numpy(features[held_out:]), torch.from_numpy(labels[held_out:])
     x_test, y_test = torch.from_numpy(features[:held_out]), torch.from_numpy(labels[:held_out])
-    epochs, lr = int(data.get("epochs", 2)), float(data.get("lr", 0.05))
-    generator = torch.Generator().manual_seed(int(data.get("seed", 0)))
+    epochs, lr = integer(data, "epochs", 2), number(data, "lr", 0.05)
+    generator = torch.Generator().manual_seed(integer(data, "seed", 0))
     torch.set_num_threads(1)
 
     def train(model: nn.Module) -> int:
