@@ -6,7 +6,9 @@ template), then prints the exact commands that follow. With a simulated TEE (the
 trying it on one machine) the aggregator and the sites share one simulated vendor directory
 (``--simulated-dir``, default ``sim-tee`` next to DIR): its roots are what both policies trust.
 
-The files are templates shipped in this package (``attestfl/scaffold/templates``).
+The files are templates shipped in this package (``attestfl/scaffold/templates/*.template``:
+package data, not modules, so the package's own checks and imports never see them; the
+journey test runs them).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class ScaffoldError(AttestflError, ValueError):
 
 
 def template(name: str) -> str:
-    return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
+    """A template file (``templates/<name>.template``: not a module of this package)."""
+    return resources.files(__package__).joinpath("templates", f"{name}.template").read_text(encoding="utf-8")
 
 
 def _render(name: str, values: dict[str, str]) -> str:
