@@ -371,10 +371,24 @@ def run_add_site(args: argparse.Namespace, out: TextIO | None = None, err: TextI
             ) from None
     if not site_id or not key:
         raise ConfigToolError("give --enrolment FILE, or --id and --identity-key")
-    platforms = args.platform or ["sev-snp", "tdx"]
+    from attestation.bundle_abi import cpu_platforms
+
+    platforms = args.platform or list(cpu_platforms())
     block = add_site(Path(args.config), site_id, key, platforms, args.max_weight)
     print(f"{args.config}: admitted site {site_id}:{block}", file=out, end="")
     return EXIT_OK
+
+
+def measurement_pin(tee: str) -> tuple[str, str]:
+    """(policy table, key) where a policy pins the launch measurement of the platform ``tee`` names."""
+    from attestation.platforms import registry
+    from attestation.platforms.snp import NAME as SNP
+    from attestation.platforms.tdx import NAME as TDX
+
+    platform = registry.get(TDX if tee.endswith(TDX) else SNP)
+    pin = platform.measurement_pin
+    assert pin is not None  # both CPU platforms pin one
+    return platform.policy_key, pin.field
 
 
 def pin_measurement(site_config: Path, measurements: list[str]) -> Path:
@@ -392,7 +406,7 @@ def pin_measurement(site_config: Path, measurements: list[str]) -> Path:
         if not re.fullmatch(r"[0-9a-f]{96}", value):
             raise ConfigToolError(f"--measurement: expected 48 bytes as 96 hex digits, got {text!r}")
         values.append(value)
-    table, key = ("tdx", "mr_td") if str(site.get("tee", "")).endswith("tdx") else ("sev-snp", "measurement")
+    table, key = measurement_pin(str(site.get("tee", "")))
     policy = site_config.parent / site["policy"]
     lines = policy.read_text(encoding="utf-8").splitlines() if policy.exists() else []
     pin = f"{key} = [{', '.join(json.dumps(v) for v in values)}]"
