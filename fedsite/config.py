@@ -32,7 +32,7 @@ from attestation.errors import PolicyError
 from attestation.policy import Policy
 from attestation.validate.fields import read_duration, read_hex, read_table, reject_unknown_keys
 from enclave.attester import TEE_CHOICES
-from protocol.config import ConfigError, load_toml
+from protocol.config import ConfigError, load_toml, read_endpoint
 from protocol.formulas import valid_site_id
 
 #: The keys of the ``[site]`` table.
@@ -93,6 +93,7 @@ class SiteConfig:
                 raise ConfigError("[site] id: required, 1-128 letters, digits, '-', '_' or '.'")
             if not isinstance(section.get("aggregator"), str) or not section["aggregator"]:
                 raise ConfigError("[site] aggregator: required (host:port)")
+            read_endpoint(section["aggregator"], "site", "aggregator")
             tee = section.get("tee", "auto")
             if tee not in TEE_CHOICES:
                 raise ConfigError(f"[site] tee: {tee!r} is not one of {', '.join(TEE_CHOICES)}")

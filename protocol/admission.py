@@ -633,7 +633,10 @@ class AdmissionPolicy:
         policy_id = "default"
         policy_text = None
         if "policy" in table:
-            policy, policy_text = load_site_attestation_policy(base_dir / str(table["policy"]))
+            try:
+                policy, policy_text = load_site_attestation_policy(base_dir / str(table["policy"]))
+            except PolicyError as exc:
+                raise PolicyError(f"[admission] policy: {exc}") from None
             policy_id = "sha256:" + hashlib.sha256(policy_text).hexdigest()
         sites = {
             site_id: read_site_rule(site_id, rule, base_dir)

@@ -293,3 +293,19 @@ def test_site_run_retries_an_unreachable_aggregator_then_exits_2(
     err = capsys.readouterr().err
     assert "retrying in" in err and "attestfl: error: the aggregator is unreachable" in err
     assert "offered no evidence" not in err
+
+
+def test_more_config_errors_name_the_key(
+    aggregator_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = (aggregator_dir / "aggregator.toml").read_text()
+    bad = aggregator_dir / "bad-policy.toml"
+    bad.write_text(good.replace('policy = "site-policy.toml"', 'policy = "nope.toml"'))
+    assert main(["config", "check", str(bad)]) == 2
+    assert f"{bad}: [admission] policy: cannot read" in capsys.readouterr().err
+    assert main(["new", "site", str(tmp_path / "s"), "--id", "a"]) == 0
+    site = tmp_path / "s" / "site.toml"
+    site.write_text(site.read_text().replace('aggregator = "127.0.0.1:7443"', 'aggregator = "localhost"'))
+    capsys.readouterr()
+    assert main(["config", "check", str(site)]) == 2
+    assert "[site] aggregator: expected host:port with a port from 1 to 65535" in capsys.readouterr().err
