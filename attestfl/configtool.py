@@ -23,7 +23,7 @@ import os
 import re
 import sys
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -164,6 +164,43 @@ def docstring_keys(doc: str, table: str) -> dict[str, tuple[str, str]]:
     return keys
 
 
+#: What a key is for, where its reader's docstring does not say: (table, key) -> text.
+MORE = {
+    ("site", "id"): "this site's id: the operator admits it by this name",
+    ("site", "aggregator"): "the aggregator's host:port (IPv6 in brackets)",
+    ("site", "simulated_dir"): "the simulated TEE's directory (simulated-* only)",
+    ("site", "simulated_measurement"): "simulated TEE only: launch with this measurement (48 bytes hex; refusal demos)",
+    ("admission", "sites"): "the site rules: one [admission.sites.<id>] table each",
+    ("admission.sites.<id>", "app_id"): "App Attest: TEAMID.bundle.id of the app",
+    ("admission.sites.<id>", "production"): "App Attest: production (true) or development environment",
+    ("admission.sites.<id>", "checks"): 'parameters of installed admission checks: a checks."<check id>" table each',
+    ("task", "rounds"): "training rounds",
+    ("task", "round_deadline"): "a round closes at its deadline with the quorum, or is retried",
+    ("task", "strategy"): "the aggregation rule: a name, or the [task.strategy] table",
+    ("task", "trimmed_mean_beta"): "deprecated: [task.strategy] beta",
+    ("task", "krum_f"): "deprecated: [task.strategy] f",
+    ("task", "krum_m"): "deprecated: [task.strategy] m",
+    ("task", "dp"): "optional central differential privacy: the [task.dp] table",
+    ("task.strategy", "name"): "the strategy",
+    ("task.dp", "clip_norm"): "each update is clipped to this L2 norm",
+    ("task.dp", "noise_multiplier"): "Gaussian noise standard deviation over clip_norm",
+    ("task.dp", "delta"): "the δ of the (ε, δ) accounting",
+}
+
+
+def _more(tables: list[TableDoc]) -> list[TableDoc]:
+    return [
+        replace(
+            table,
+            keys=tuple(
+                replace(key, description=key.description or MORE.get((table.table, key.name), ""))
+                for key in table.keys
+            ),
+        )
+        for table in tables
+    ]
+
+
 def _struct_keys(schema: type[msgspec.Struct], comments: dict[str, tuple[str, str]]) -> tuple[KeyDoc, ...]:
     info = schema_info.type_info(schema)
     assert isinstance(info, schema_info.StructType)
@@ -273,7 +310,7 @@ def reference_tables() -> list[TableDoc]:
             "Every other key of `[data]` is the trainer's own (the scaffold's: `seed`, `examples`, `epochs`, `lr`).",
         ),
     ]
-    return tables
+    return _more(tables)
 
 
 REFERENCE_HEADER = """# Configuration reference
