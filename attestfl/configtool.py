@@ -416,21 +416,20 @@ def run_add_site(args: argparse.Namespace, out: TextIO | None = None, err: TextI
     return EXIT_OK
 
 
-def measurement_pin(tee: str) -> tuple[str, str]:
-    """(policy table, key) where a policy pins the launch measurement of the platform ``tee`` names."""
+def measurement_pin(name: str) -> tuple[str, str]:
+    """(policy table, key) where a policy pins the launch measurement of platform ``name``."""
     from attestation.platforms import registry
-    from attestation.platforms.snp import NAME as SNP
-    from attestation.platforms.tdx import NAME as TDX
 
-    platform = registry.get(TDX if tee.endswith(TDX) else SNP)
+    platform = registry.get(name)
     pin = platform.measurement_pin
-    assert pin is not None  # both CPU platforms pin one
+    if pin is None:
+        raise ConfigToolError(f"platform {name} has no launch measurement to pin")
     return platform.policy_key, pin.field
 
 
-def pin_measurement(site_config: Path, measurements: list[str]) -> Path:
-    """Set the aggregator measurement pins in the policy file ``[site] policy`` names (SEV-SNP
-    ``[sev-snp] measurement``, TDX ``[tdx] mr_td``, by the site's ``tee``); the policy is checked."""
+def pin_measurement(site_config: Path, measurements: list[str], platform: str | None = None) -> Path:
+    """Set the aggregator measurement pins in the policy file ``[site] policy`` names, for
+    ``platform`` (default: the one CPU platform the policy accepts); the policy is checked."""
     from attestation.policy import Policy
 
     data, _raw = load_toml(site_config)
@@ -443,9 +442,24 @@ def pin_measurement(site_config: Path, measurements: list[str]) -> Path:
         if not re.fullmatch(r"[0-9a-f]{96}", value):
             raise ConfigToolError(f"--measurement: expected 48 bytes as 96 hex digits, got {text!r}")
         values.append(value)
-    table, key = measurement_pin(str(site.get("tee", "")))
+    from attestation.bundle_abi import cpu_platforms
+
     policy = site_config.parent / site["policy"]
-    lines = policy.read_text(encoding="utf-8").splitlines() if policy.exists() else []
+    text = policy.read_text(encoding="utf-8") if policy.exists() else ""
+    if platform is None:
+        try:
+            accepted = tomllib.loads(text).get("platforms", list(cpu_platforms()))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigToolError(f"{policy}: not valid TOML: {exc}") from None
+        candidates = [p for p in cpu_platforms() if p in accepted]
+        if len(candidates) != 1:
+            raise ConfigToolError(
+                f"{policy}: accepts {', '.join(candidates) or 'no CPU platform'} for the aggregator: "
+                "say which platform's measurement this is with --platform"
+            )
+        platform = candidates[0]
+    table, key = measurement_pin(platform)
+    lines = text.splitlines()
     pin = f"{key} = [{', '.join(json.dumps(v) for v in values)}]"
     start = next((i for i, line in enumerate(lines) if line.strip() == f"[{table}]"), None)
     if start is None:
@@ -468,7 +482,7 @@ def pin_measurement(site_config: Path, measurements: list[str]) -> Path:
 
 def run_pin(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out = out or sys.stdout
-    policy = pin_measurement(Path(args.config), args.measurement)
+    policy = pin_measurement(Path(args.config), args.measurement, args.platform)
     print(f"{policy}: pinned the aggregator measurement {', '.join(args.measurement)}", file=out)
     return EXIT_OK
 
@@ -515,4 +529,5 @@ def add_config_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     )
     pin.add_argument("config", metavar="SITE_TOML")
     pin.add_argument("--measurement", action="append", required=True, metavar="HEX", help="repeatable")
+    pin.add_argument("--platform", metavar="NAME", help="the aggregator's platform (default: the policy's only one)")
     pin.set_defaults(handler=run_pin)
