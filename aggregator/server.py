@@ -266,9 +266,7 @@ EXIT_FAULT = 3
 SUPPRESSED_FLUSH_SECONDS = 10.0
 
 
-async def serve(
-    config: AggregatorConfig, *, progress: str = "table", exit_when_finished: bool = False
-) -> int:
+async def serve(config: AggregatorConfig, *, progress: str = "table", exit_when_finished: bool = False) -> int:
     """Serve until SIGTERM/SIGINT (exit 0), the end of training with ``exit_when_finished``
     (exit 0), or a fault that stops the aggregator (exit 3). ``progress``: the round table on
     stdout (:mod:`aggregator.progress`)."""

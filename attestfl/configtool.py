@@ -193,8 +193,7 @@ def _more(tables: list[TableDoc]) -> list[TableDoc]:
         replace(
             table,
             keys=tuple(
-                replace(key, description=key.description or MORE.get((table.table, key.name), ""))
-                for key in table.keys
+                replace(key, description=key.description or MORE.get((table.table, key.name), "")) for key in table.keys
             ),
         )
         for table in tables
@@ -252,7 +251,7 @@ def reference_tables() -> list[TableDoc]:
             "aggregator.toml",
             "admission",
             _listed_keys(admission.ADMISSION_KEYS, docstring_keys(admission_doc, "admission")),
-            "Durations: seconds or a string like `\"60s\"`, `\"8h\"`. `sites` holds the site rules below.",
+            'Durations: seconds or a string like `"60s"`, `"8h"`. `sites` holds the site rules below.',
         ),
         TableDoc(
             "aggregator.toml",
@@ -261,7 +260,7 @@ def reference_tables() -> list[TableDoc]:
             "One table per site id that may join. Every rule pins `identity_keys` or `organisation_ca`. "
             "Hex lengths: "
             + ", ".join(f"`{name}` {length} bytes" for name, length in admission.HEX_LENGTHS.items())
-            + ". `app_id`, `app_attest_root`, `production`: App Attest rules only. `checks.\"<id>\"`: the "
+            + '. `app_id`, `app_attest_root`, `production`: App Attest rules only. `checks."<id>"`: the '
             "parameters of an installed admission check.",
         ),
         TableDoc("aggregator.toml", "task", _struct_keys(rounds.TaskTable, docstring_keys(rounds_doc, "task"))),
@@ -276,7 +275,7 @@ def reference_tables() -> list[TableDoc]:
                     "",
                 ),
             ),
-            "Or `strategy = \"<name>\"` in `[task]`. The strategy's own parameters go beside `name`: "
+            'Or `strategy = "<name>"` in `[task]`. The strategy\'s own parameters go beside `name`: '
             + "; ".join(
                 f"{name}: "
                 + (

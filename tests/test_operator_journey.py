@@ -208,7 +208,7 @@ def test_config_check_detects_each_kind(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["config", "check", str(task)]) == 2
     assert "[task] rounds: expected an integer from 1 to 100000, got 0" in capsys.readouterr().err
     admission = tmp_path / "admission.toml"
-    admission.write_text("[admission.sites.a]\nplatforms = [\"sev-snp\"]\n")
+    admission.write_text('[admission.sites.a]\nplatforms = ["sev-snp"]\n')
     assert main(["config", "check", str(admission)]) == 2
     assert "[admission.sites.a]: the rule pins nothing" in capsys.readouterr().err
 
