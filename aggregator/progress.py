@@ -42,7 +42,10 @@ class RoundTable:
 
     def _say(self, text: str) -> None:
         if self.out is not None:
-            print(text, file=self.out, flush=True)
+            try:
+                print(text, file=self.out, flush=True)
+            except (OSError, ValueError):  # stdout closed (e.g. `serve | head -1`): stop printing, keep serving
+                self.out = None
 
     def update(self) -> None:
         driver, now = self.driver, time.monotonic()

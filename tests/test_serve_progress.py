@@ -64,3 +64,15 @@ def test_the_last_round_is_done_after_the_grace_period_without_evaluations(monke
     table.update()
     table.update()
     assert table.finished() and out.getvalue() == ""
+
+
+def test_a_closed_stdout_stops_the_table_not_the_aggregator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "FINAL_METRICS_GRACE_SECONDS", -1.0)
+    driver = RoundDriver(TaskConfig(initial_model=MODEL, rounds=1, min_sites=1))
+    out = io.StringIO()
+    out.close()  # like `attestfl serve | head -1` after head exits
+    table = RoundTable(driver, out, "table")
+    train_round(driver, ("a",), 0.5)
+    table.update()
+    table.update()
+    assert table.out is None and driver.finished
