@@ -24,10 +24,21 @@ def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "serve",
         help="run the attested aggregator",
         description="Run the aggregator: gRPC federation service, admission, rounds. "
-        "Prints one JSON line when ready; logs JSON lines on stderr. Needs the aggregator "
-        "extra: pip install 'attestfl[aggregator]'.",
+        "Prints one JSON line when ready, then one line per round (--progress); logs JSON lines on stderr. "
+        "Needs the aggregator extra: pip install 'attestfl[aggregator]'.",
     )
     serve.add_argument("--config", required=True, metavar="FILE", help="aggregator.toml")
+    serve.add_argument(
+        "--progress",
+        choices=("table", "json", "none"),
+        default="table",
+        help="after the ready line, one line per round on stdout: a table (default), JSON objects, or nothing",
+    )
+    serve.add_argument(
+        "--exit-when-finished",
+        action="store_true",
+        help="exit 0 once the last round is applied, logged and evaluated (default: serve until stopped)",
+    )
     serve.set_defaults(handler=run_serve)
 
 
@@ -39,7 +50,7 @@ def run_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
     err = err or sys.stderr
     config = AggregatorConfig.load(args.config)
     configure_logging()
-    status = asyncio.run(serve(config))
+    status = asyncio.run(serve(config, progress=args.progress, exit_when_finished=args.exit_when_finished))
     if status:
         print(
             "attestfl: error: the aggregator stopped on a fault (see the log); nothing was applied without its audit "

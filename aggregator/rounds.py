@@ -17,6 +17,12 @@ The task configuration is the ``[task]`` table of ``aggregator.toml``::
     clip_norm = 10.0                      # optional: clip every update's L2 norm (robustness)
     evaluate = true                       # sites report metrics of each round's model
     compression = "float32"               # updates on the wire: float32 | float16 | bfloat16 | int8
+    mode = "sync"                         # sync rounds, or async versions (docs/async-rounds.md)
+    buffer_size = 2                       # async: updates per new version
+    max_staleness = 8                     # async: oldest base version accepted, in versions
+    deliver = "final"                     # sites keep the final model, or every round's (docs/model-delivery.md)
+    release = ["admitted-sites"]          # who receives the final model ([task.release] for owner keys)
+    [task.vendors]                        # optional vendor evaluation jobs (docs/vendor-evaluation.md)
     [task.strategy]                       # default: fedavg
     name = "krum"                         # fedavg | median | trimmed_mean | krum | an installed one
     f = 1                                 # the strategy's own parameters (krum: f, m; trimmed_mean: beta)

@@ -64,6 +64,16 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def make_attester(config: AggregatorConfig) -> Attester:
+    from enclave.interface import NoTeeError
+    from protocol.config import no_tee_error
+
+    try:
+        return _open_attester(config)
+    except NoTeeError as exc:
+        raise no_tee_error(config.path, "aggregator", config.tee, exc) from None
+
+
+def _open_attester(config: AggregatorConfig) -> Attester:
     # In the simulated TEE the measurement covers the code and this configuration with every
     # file it names (admission policy, initial model): enclave.config_bundle.
     from enclave.config_bundle import config_bundle
@@ -272,8 +282,12 @@ EXIT_FAULT = 3
 SUPPRESSED_FLUSH_SECONDS = 10.0
 
 
-async def serve(config: AggregatorConfig) -> int:
-    """Serve until SIGTERM/SIGINT (exit 0) or a fault that stops the aggregator (exit 3)."""
+async def serve(config: AggregatorConfig, *, progress: str = "table", exit_when_finished: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0), the end of training with ``exit_when_finished``
+    (exit 0), or a fault that stops the aggregator (exit 3). ``progress``: the round table on
+    stdout (:mod:`aggregator.progress`)."""
+    from aggregator.progress import RoundTable
+
     # A file-size limit (RLIMIT_FSIZE) must fail a write with EFBIG, which fails stop like a
     # full disk, rather than kill the process in the middle of an append.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -284,6 +298,7 @@ async def serve(config: AggregatorConfig) -> int:
         start_metrics_server(config.metrics_listen, running.service, running.driver)
     print(json.dumps(ready_line(config, running)), flush=True)
     LOG.info("serving", extra={"fields": {"port": running.port, "tee": config.tee}})
+    table = RoundTable(running.driver, sys.stdout, progress)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -313,6 +328,10 @@ async def serve(config: AggregatorConfig) -> int:
                     )
         except Exception as exc:  # noqa: BLE001 - a round that cannot be logged or checkpointed: stop, apply nothing
             service.fail_stop(f"{type(exc).__name__}: {exc}")
+        table.update()
+        if exit_when_finished and table.finished() and service.stopped is None:
+            LOG.info("training finished: exiting (--exit-when-finished)")
+            stop.set()
         try:
             await asyncio.wait_for(stop.wait(), timeout=0.25)
         except TimeoutError:

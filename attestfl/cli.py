@@ -19,9 +19,11 @@ from aggregator.commands import add_serve_command
 from attestation.cli import add_evidence_commands
 from attestation.errors import EXIT_UNUSABLE, AttestflError
 from attestation.reference_values import add_reference_values_commands
+from attestfl.configtool import add_config_commands
 from attestfl.demo import add_demo_command
 from attestfl.model import add_model_commands
 from attestfl.owner import add_owner_commands
+from attestfl.scaffold import add_new_commands
 from attestfl.vendor import add_vendor_commands
 from auditor.cli import add_audit_commands
 from enclave.cli import add_enclave_commands
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(subparsers)
     add_vendor_commands(subparsers)
     add_owner_commands(subparsers)
+    add_config_commands(subparsers)
+    add_new_commands(subparsers)
     return parser
 
 

@@ -195,7 +195,8 @@ class Deployment:
         stderr = stderr_path.open("wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "attestfl.cli", "serve", "--config", str(config)],
+            # --progress none: only the ready line is read from this pipe (a round table would fill it)
+            [*prefix, sys.executable, "-m", "attestfl.cli", "serve", "--config", str(config), "--progress", "none"],
             stdout=subprocess.PIPE,
             stderr=stderr,
             cwd=self.directory,

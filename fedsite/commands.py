@@ -70,7 +70,8 @@ def add_site_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         help="take part in training: verify, join, train every round",
         description="Verify the aggregator, join, then for every round download the sealed global "
         "model, evaluate it on held-out data, train locally and upload the sealed update. The "
-        'trainer is [data] trainer = "module:function", called with the [data] table and the '
+        'trainer is [data] trainer = "trainer.py:function" (a file next to site.toml) or "module:function", '
+        "called with the [data] table and the "
         "config's directory and returning an fedsite.sdk.TorchTrainer. Exit 0: training finished; "
         "1: refused; 2: unusable input.",
     )
@@ -94,8 +95,13 @@ def add_site_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 
 def site_attester(config: SiteConfig) -> Attester:
     from enclave.attester import open_attester
+    from enclave.interface import NoTeeError
+    from protocol.config import no_tee_error
 
-    return open_attester(config.tee, simulated_dir=config.simulated_dir, measurement=config.simulated_measurement)
+    try:
+        return open_attester(config.tee, simulated_dir=config.simulated_dir, measurement=config.simulated_measurement)
+    except NoTeeError as exc:
+        raise no_tee_error(config.path, "site", config.tee, exc) from None
 
 
 def site_sealing(config: SiteConfig, attester: Attester) -> SealingKeySource:
@@ -244,21 +250,19 @@ def run_site_join(args: argparse.Namespace, out: TextIO | None = None, err: Text
 
 
 def load_trainer(config: SiteConfig) -> TorchTrainer:
-    """The trainer ``[data] trainer = "module:function"`` makes from the [data] table."""
-    import importlib
+    """The trainer ``[data] trainer = "file.py:function"`` (relative to site.toml) or
+    ``"module:function"`` makes from the [data] table (:mod:`fedsite.trainer_loading`)."""
+    from fedsite.trainer_loading import load_factory
 
     spec = str(config.data.get("trainer", ""))
-    module_name, _, function = spec.partition(":")
-    if not module_name or not function:
-        raise ConfigError('[data] trainer: expected "module:function" returning an fedsite.sdk.TorchTrainer')
     try:
-        factory = getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"[data] trainer: cannot load {spec}: {exc}") from None
-    try:
-        trainer: TorchTrainer = factory(config.data, config.path.parent)
-    except (KeyError, ValueError, OSError) as exc:  # the [data] table or the data files do not suit the trainer
-        raise ConfigError(f"[data] trainer {spec}: {type(exc).__name__}: {exc}") from None
+        factory = load_factory(spec, config.path.parent)
+        try:
+            trainer: TorchTrainer = factory(config.data, config.path.parent)
+        except (KeyError, ValueError, OSError) as exc:  # the [data] table or the data files do not suit the trainer
+            raise ConfigError(f"[data] trainer {spec}: {type(exc).__name__}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{config.path}: {exc}") from None
     return trainer
 
 
@@ -301,11 +305,16 @@ def run_site_run(args: argparse.Namespace, out: TextIO | None = None, err: TextI
         "final_model": str(summary.final_model) if summary.final_model else None,
         "final_model_sha256": summary.final_model_sha256,
     }
+    from fedsite.trainer_loading import write_metrics_csv
+
+    result["metrics_csv"] = str(write_metrics_csv(config.state_dir / "metrics.csv", summary.metrics))
     final = summary.metrics.get(max(summary.metrics), {}) if summary.metrics else {}
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(final.items())) or "none"
     print(
         json.dumps(result)
         if args.json
-        else f"{summary.site_id}: trained rounds {summary.rounds_trained}, final metrics {final}",
+        else f"{summary.site_id}: trained {len(summary.rounds_trained)} round(s), final model: {shown}; "
+        f"metrics per round in {result['metrics_csv']}",
         file=out,
     )
     return EXIT_OK

@@ -32,8 +32,23 @@ from attestation.errors import PolicyError
 from attestation.policy import Policy
 from attestation.validate.fields import read_duration, read_hex, read_table, reject_unknown_keys
 from enclave.attester import TEE_CHOICES
-from protocol.config import ConfigError, load_toml
+from protocol.config import ConfigError, load_toml, read_endpoint
 from protocol.formulas import valid_site_id
+
+#: The keys of the ``[site]`` table.
+SITE_KEYS = (
+    "id",
+    "aggregator",
+    "tee",
+    "simulated_dir",
+    "policy",
+    "identity",
+    "identity_certificate",
+    "INSECURE_accept_any_aggregator",
+    "simulated_measurement",
+    "max_clock_skew",
+    "state_dir",
+)
 
 
 @dataclass(frozen=True)
@@ -69,23 +84,7 @@ class SiteConfig:
         try:
             reject_unknown_keys(data, ("site", "data"), str(path))
             section = read_table(data, "site", "site")
-            reject_unknown_keys(
-                section,
-                (
-                    "id",
-                    "aggregator",
-                    "tee",
-                    "simulated_dir",
-                    "policy",
-                    "identity",
-                    "identity_certificate",
-                    "INSECURE_accept_any_aggregator",
-                    "simulated_measurement",
-                    "max_clock_skew",
-                    "state_dir",
-                ),
-                "site",
-            )
+            reject_unknown_keys(section, SITE_KEYS, "site")
             skew = read_duration(section, "max_clock_skew", "site")
             if skew is not None and skew.total_seconds() <= 0:
                 raise ConfigError("[site] max_clock_skew: must be longer than zero")
@@ -94,6 +93,7 @@ class SiteConfig:
                 raise ConfigError("[site] id: required, 1-128 letters, digits, '-', '_' or '.'")
             if not isinstance(section.get("aggregator"), str) or not section["aggregator"]:
                 raise ConfigError("[site] aggregator: required (host:port)")
+            read_endpoint(section["aggregator"], "site", "aggregator")
             tee = section.get("tee", "auto")
             if tee not in TEE_CHOICES:
                 raise ConfigError(f"[site] tee: {tee!r} is not one of {', '.join(TEE_CHOICES)}")

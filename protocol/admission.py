@@ -143,6 +143,17 @@ RULE_KEYS = (
     "production",
     "checks",
 )
+#: The keys of the ``[admission]`` table.
+ADMISSION_KEYS = (
+    "challenge_ttl",
+    "credential_ttl",
+    "policy",
+    "sites",
+    "collateral_dir",
+    "collateral_fetch",
+    "amd_kds_url",
+    "intel_pcs_url",
+)
 #: The byte length of each hex-set field of a rule.
 HEX_LENGTHS = {
     "identity_keys": 32,
@@ -646,25 +657,15 @@ class AdmissionPolicy:
 
     @classmethod
     def from_table(cls, table: dict[str, Any], base_dir: Path) -> AdmissionPolicy:
-        reject_unknown_keys(
-            table,
-            (
-                "challenge_ttl",
-                "credential_ttl",
-                "policy",
-                "sites",
-                "collateral_dir",
-                "collateral_fetch",
-                "amd_kds_url",
-                "intel_pcs_url",
-            ),
-            "admission",
-        )
+        reject_unknown_keys(table, ADMISSION_KEYS, "admission")
         policy = Policy(require_collateral=True)
         policy_id = "default"
         policy_text = None
         if "policy" in table:
-            policy, policy_text = load_site_attestation_policy(base_dir / str(table["policy"]))
+            try:
+                policy, policy_text = load_site_attestation_policy(base_dir / str(table["policy"]))
+            except PolicyError as exc:
+                raise PolicyError(f"[admission] policy: {exc}") from None
             policy_id = "sha256:" + hashlib.sha256(policy_text).hexdigest()
         sites = {
             site_id: read_site_rule(site_id, rule, base_dir)

@@ -285,3 +285,15 @@ def read_endpoint(
 
 
 # ---- aggregator.toml ---------------------------------------------------------------------------
+
+
+def no_tee_error(path: Path, section: str, tee: str, exc: Exception) -> ConfigError:
+    """A configured ``tee`` this machine does not have, as the one-line configuration error that
+    names the file, the key and the options (rather than the attester's command-line hint)."""
+    from enclave.attester import TEE_CHOICES
+
+    found = str(exc).split(". On a machine without", 1)[0]
+    return ConfigError(
+        f"{path}: [{section}] tee = {value_repr(tee)}: {found}. Allowed: {', '.join(TEE_CHOICES)}; without SEV-SNP "
+        'or TDX hardware set tee = "simulated-snp" (or "simulated-tdx") and simulated_dir (development only)'
+    )

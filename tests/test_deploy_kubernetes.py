@@ -260,8 +260,8 @@ def test_digests_snippet_pins_host_data_and_mr_config_id() -> None:
 
 
 def test_changing_the_config_changes_the_annotation(tmp_path: Path) -> None:
-    for name in ("aggregator.toml", "policy.toml", "agent-policy.rego"):
-        (tmp_path / name).write_text((K8S / "config" / name).read_text())
+    for name in ("aggregator.toml", "policy.toml", "agent-policy.rego", "initial.safetensors"):
+        (tmp_path / name).write_bytes((K8S / "config" / name).read_bytes())
     before = render.rendered_files(config=tmp_path)
     (tmp_path / "aggregator.toml").write_text((tmp_path / "aggregator.toml").read_text() + "# changed\n")
     after = render.rendered_files(config=tmp_path)
@@ -283,7 +283,7 @@ def test_shipped_config_is_accepted_by_attestfl_serve(tmp_path: Path) -> None:
     (tmp_path / "policy.toml").write_bytes((K8S / "config" / "policy.toml").read_bytes())
     (tmp_path / "initial.safetensors").write_bytes(encode_tensors({"w": np.zeros(4, np.float32)}))
     text = text.replace("/etc/attestfl/policy.toml", "policy.toml").replace(
-        "/etc/attestfl/model/initial.safetensors", "initial.safetensors"
+        "/etc/attestfl/initial.safetensors", "initial.safetensors"
     )
     text = text.replace("/var/lib/attestfl/collateral", "collateral")
     (tmp_path / "aggregator.toml").write_text(text)

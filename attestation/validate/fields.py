@@ -11,9 +11,10 @@ from ..errors import PolicyError
 
 
 def reject_unknown_keys(table: dict[str, Any], allowed: Iterable[str], section: str) -> None:
+    allowed = tuple(allowed)
     unknown = sorted(set(table) - set(allowed))
     if unknown:
-        raise PolicyError(f"[{section}]: unknown key(s) {', '.join(unknown)}")
+        raise PolicyError(f"[{section}]: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
 
 
 def read_bool(table: dict[str, Any], key: str, section: str, default: bool) -> bool:

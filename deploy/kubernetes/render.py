@@ -54,6 +54,10 @@ INIT_DATA_FILES = {
     "policy.rego": "agent-policy.rego",
 }
 CONFIGMAP_KEYS = ("aggregator.toml", "policy.toml")
+#: The initial model ([task] initial_model), shipped in the config ConfigMap as binary data and
+#: so mounted at /etc/attestfl/initial.safetensors. Replace it with yours (`attestfl model init`);
+#: a ConfigMap holds at most 1 MiB: a larger model goes on a volume or in the image.
+MODEL_FILE = "initial.safetensors"
 
 
 class RenderError(Exception):
@@ -69,6 +73,10 @@ def read_sources(config: Path = CONFIG) -> dict[str, str]:
         if not text.endswith("\n"):
             raise RenderError(f"{name} must end with a newline")
         sources[key] = text
+    model = config / MODEL_FILE
+    if not model.is_file():
+        raise RenderError(f"{model}: missing: the initial model ([task] initial_model; make it: attestfl model init)")
+    sources[MODEL_FILE] = base64.b64encode(model.read_bytes()).decode("ascii")
     return sources
 
 
@@ -163,6 +171,7 @@ def _config_map(sources: dict[str, str]) -> dict[str, Any]:
         "metadata": {"name": f"{APP}-config", "namespace": NAMESPACE, "labels": _labels()},
         "immutable": True,
         "data": {key: sources[key] for key in CONFIGMAP_KEYS},
+        "binaryData": {MODEL_FILE: sources[MODEL_FILE]},
     }
 
 
