@@ -281,7 +281,7 @@ def test_the_shipped_initial_model_loads(tmp_path: Path) -> None:
     assert sum(t.size for t in tensors.values()) == 451
 
 
-def test_site_run_retries_an_unreachable_aggregator_then_exits_2(
+def test_site_run_retries_an_unreachable_aggregator_then_exits_3(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     site = tmp_path / "s"
@@ -289,9 +289,9 @@ def test_site_run_retries_an_unreachable_aggregator_then_exits_2(
     assert main(["site", "enroll", "--config", str(site / "site.toml")]) == 0
     assert main(["config", "pin", str(site / "site.toml"), "--measurement", "ab" * 48]) == 0
     capsys.readouterr()
-    assert main(["site", "run", "--config", str(site / "site.toml"), "--wait", "2"]) == 2
+    assert main(["site", "run", "--config", str(site / "site.toml"), "--wait", "2"]) == 3  # a fault, not a refusal
     err = capsys.readouterr().err
-    assert "retrying in" in err and "attestfl: error: the aggregator is unreachable" in err
+    assert "retrying in" in err and "cannot reach the aggregator at 127.0.0.1:" in err
     assert "offered no evidence" not in err
 
 
