@@ -664,7 +664,10 @@ def _on_config(result: Verification, entry: Entry, state: _RunState, keys: _Keys
 
 
 def _on_admission(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
-    if entry.fields.get("aggregator_ed25519") != state.run_key:
+    # A refusal logged before the peer proved an identity key carries only digests and bounded
+    # fields (no evidence, no aggregator keys): nothing was signed for this aggregator to check.
+    unproven_refusal = entry.fields.get("admitted") is False and "evidence" not in entry.fields
+    if not unproven_refusal and entry.fields.get("aggregator_ed25519") != state.run_key:
         result.add(
             Problem(
                 entry.index,
