@@ -193,7 +193,8 @@ def run_demo(
 ) -> DemoResult:
     if sites < 1 or rounds < 1:
         raise ValueError("--sites and --rounds must be at least 1")
-    directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="attestfl-demo-"))
+    # Absolute: the sites are enrolled and run with this directory as their working directory.
+    directory = Path(directory).resolve() if directory else Path(tempfile.mkdtemp(prefix="attestfl-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     stream = err if json_output else out
 
