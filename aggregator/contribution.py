@@ -18,10 +18,11 @@ Method (documented so a site can check what it is scored on):
   noise gains little; a poisoner (scaled or sign-flipped updates) gets a negative value.
 * **Cost**: utilities are computed on a fresh random sample of ``sample`` coordinates of the
   updates (kept inside the TEE, drawn anew every round, so a site cannot know which of its
-  coordinates are scored), so one permutation costs O(N · sample), independent of the model's
-  size; ``permutations`` bounds the work. The aggregation itself costs O(N · P).
+  coordinates are scored); the Gram matrix of the sampled rows costs O(N² · sample) once, then
+  one permutation costs O(N²), independent of the model's size; ``permutations`` bounds the
+  work. The aggregation itself costs O(N · P).
 
-The scores never leave the TEE raw: :mod:`aggregator.monitoring` aggregates them over rounds,
+The scores never leave the TEE raw: :mod:`aggregator.surveillance` aggregates them over rounds,
 signs them with the enclave key and releases them as the task's policy allows (optionally
 with Laplace noise).
 """
@@ -87,6 +88,12 @@ def shapley_consensus(
     reference = reference_direction(samples, weights)
     weighted = weights[:, None] * samples
     full = _cosine(weighted.sum(axis=0), reference)
+    # Every utility is a cosine of a prefix sum of the weighted rows with the reference: from the
+    # Gram matrix of the rows and their dot products with the reference, a permutation costs
+    # O(N^2) instead of O(N * coordinates) (same values, up to rounding).
+    gram = weighted @ weighted.T
+    dots = weighted @ reference
+    reference_norm = float(np.linalg.norm(reference))
     values = np.zeros(n)
     orders: list[np.ndarray] = []
     for _ in range((permutations + 1) // 2):
@@ -94,15 +101,18 @@ def shapley_consensus(
         orders += [order, order[::-1]]  # antithetic pairs: a permutation and its reverse (lower variance)
     orders = orders[:permutations]
     for order in orders:
-        total = np.zeros(samples.shape[1])
-        weight = 0.0
+        column = np.zeros(n)  # sum of the Gram columns of the prefix
+        squared = 0.0  # squared norm of the prefix's sum
+        dot = 0.0
         previous = 0.0  # the empty set's utility
         for site in order:
             if abs(full - previous) < truncation:
                 break  # GTG-Shapley within-round truncation: the rest of this permutation adds nothing
-            total += weighted[site]
-            weight += weights[site]
-            utility = _cosine(total / weight, reference)
+            squared += 2.0 * column[site] + gram[site, site]
+            column += gram[:, site]
+            dot += dots[site]
+            norm = math.sqrt(max(squared, 0.0))
+            utility = dot / (norm * reference_norm) if norm > 0.0 and reference_norm > 0.0 else 0.0
             values[site] += utility - previous
             previous = utility
     return values / permutations, full

@@ -16,6 +16,8 @@ The task configuration is the ``[task]`` table of ``aggregator.toml``::
     round_deadline = "120s"
     clip_norm = 10.0                      # optional: clip every update's L2 norm (robustness)
     evaluate = true                       # sites report metrics of each round's model
+    [task.drift]                          # optional: drift surveillance, alerts, quarantine
+    [task.contribution]                   # optional: contributor value (aggregator/surveillance.py)
     [task.strategy]                       # default: fedavg
     name = "krum"                         # fedavg | median | trimmed_mean | krum | an installed one
     f = 1                                 # the strategy's own parameters (krum: f, m; trimmed_mean: beta)
@@ -63,6 +65,15 @@ from aggregator.strategies import (
     make_strategy,
     strategy_class,
     strategy_names,
+)
+from aggregator.surveillance import (
+    ContributionPolicy,
+    DriftRules,
+    Surveillance,
+    SurveillanceConfigError,
+    federation_risk,
+    read_contribution,
+    read_drift,
 )
 from attestation.errors import AttestflError
 from protocol.config import (
@@ -113,6 +124,8 @@ class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     clip_norm: Annotated[float, Meta(gt=0)] | None = None
     evaluate: bool = True
     dp: dict[str, Any] | None = None
+    drift: dict[str, Any] | None = None
+    contribution: dict[str, Any] | None = None
 
 
 def _strategy_names_text() -> str:
@@ -193,6 +206,8 @@ class TaskConfig:
     clip_norm: float | None = None
     evaluate: bool = True
     dp: DpConfig | None = None
+    drift: DriftRules | None = None
+    contribution: ContributionPolicy | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -221,6 +236,10 @@ class TaskConfig:
             dp_table = read_struct(task.dp, DpTable, "task.dp", TaskConfigError)
             dp = DpConfig(dp_table.clip_norm, dp_table.noise_multiplier, dp_table.delta)
         strategy = read_strategy(task)
+        try:
+            drift, contribution = read_drift(task.drift), read_contribution(task.contribution)
+        except SurveillanceConfigError as exc:
+            raise TaskConfigError(str(exc)) from None
         config = cls(
             initial_model={},
             rounds=task.rounds,
@@ -230,6 +249,8 @@ class TaskConfig:
             clip_norm=task.clip_norm,
             evaluate=task.evaluate,
             dp=dp,
+            drift=drift,
+            contribution=contribution,
         )
         config.validate(model=False)
         try:
@@ -338,6 +359,8 @@ class RoundDriver:
         #: ``checkpoint(next_round, dp_rounds, model)`` seals the next state aside and returns the
         #: function that puts it in place (called once the round is logged).
         self.checkpoint = checkpoint
+        #: Drift surveillance, quarantine and contributor value (``[task.drift]``, ``[task.contribution]``).
+        self.surveillance = Surveillance(self.spec.parameter_count, config.drift, config.contribution)
         self._warm_up()
         self._begin()
 
@@ -360,6 +383,7 @@ class RoundDriver:
         self._received: dict[str, dict[str, Any]] = {}
         self._deadline = time.time() + self.config.round_deadline
         self.history.setdefault(self.round, RoundRecord(self.round, self.attempt)).attempt = self.attempt
+        self.surveillance.begin(self.round, self.attempt)
 
     def record(self, round_number: int) -> RoundRecord:
         return self.history.setdefault(round_number, RoundRecord(round_number, 1))
@@ -424,6 +448,9 @@ class RoundDriver:
         with self._lock:
             self.check_upload(site_id, round_number, attempt)
             self.events.record("update_accepted", **receipt)
+            if self.surveillance.observe(site_id, vector, weight):  # held until the round closes (quarantine)
+                self._received[site_id] = {"weight": weight, "update_sha256": digest.hex()}
+                return
             facts = self._aggregation.add(vector, weight, len(self._received)) or {}
             self._received[site_id] = {"weight": weight, "update_sha256": digest.hex(), **facts}
 
@@ -457,8 +484,13 @@ class RoundDriver:
             record.examples[site_id] = max(0, examples)
             weighted = weighted_metrics(record.metrics, record.examples)
             per_site = dict(record.metrics)
-        # Federated evaluation: per-site and example-weighted metrics of this round's model so far.
-        self.events.record("evaluation", round=round_number, per_site=per_site, weighted=weighted, sites=len(per_site))
+            self.surveillance.on_metrics(self.events, site_id, round_number, metrics)
+            risk = self.surveillance.risk = federation_risk(per_site)
+        # Federated evaluation: the worst site and the largest subgroup gap first, then per-site and
+        # example-weighted metrics of this round's model so far.
+        self.events.record(
+            "evaluation", round=round_number, **risk, per_site=per_site, weighted=weighted, sites=len(per_site)
+        )
 
     def tick(self) -> None:
         """Close or retry the open round when its deadline has passed (called periodically)."""
@@ -485,6 +517,7 @@ class RoundDriver:
         only then does the in-memory state move on. If any step fails nothing is applied and the
         error propagates (the aggregator stops): a round is never applied twice or half."""
         started = time.perf_counter()
+        self.surveillance.settle(self.events, self._aggregation, self._received, self.strategy.minimum_sites())
         # The (wrapped) strategy aggregates and accounts for privacy; the driver commits.
         aggregate = self._aggregation.close(Privacy(self._dp_rounds))
         epsilon = aggregate.privacy.epsilon
@@ -497,6 +530,7 @@ class RoundDriver:
         finished = next_round > self.config.rounds
         commit_checkpoint = self.checkpoint(next_round, dp_rounds, model) if self.checkpoint is not None else None
         participants = dict(self._received)
+        self.surveillance.after(self.events, aggregate.delta, finished=finished, rounds=self.config.rounds)
         self.events.record(
             "round",
             round=self.round,
