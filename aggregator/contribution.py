@@ -10,6 +10,10 @@ Method (documented so a site can check what it is scored on):
   aggregator holds no data, so this is a data-free utility: it measures consensus, not
   accuracy on anyone's patients, and a site whose honest data differ (a rare subpopulation)
   scores lower than it deserves. Read scores with that in mind.
+  ``utility="distance"``: 1 - ||aggregate(S) - reference|| / ||reference|| instead (the empty
+  set's aggregate is zero: utility 0, as for the cosine). The cosine ignores magnitudes, so a
+  site that boosts its honest update (scaled by 20) still scores well under it; the distance
+  penalises it, and ranks duplicated and noisy sites as the cosine does.
 * **Shapley value** of each site for that utility, estimated by permutation sampling (in
   antithetic pairs: each permutation and its reverse) with within-round truncation as in
   GTG-Shapley (Liu et al., 2022): along each random permutation
@@ -37,6 +41,7 @@ import numpy as np
 DEFAULT_SAMPLE = 65536
 DEFAULT_PERMUTATIONS = 64
 DEFAULT_TRUNCATION = 1e-3
+UTILITIES = ("cosine", "distance")
 
 
 @dataclass(frozen=True)
@@ -56,13 +61,6 @@ def sample_coordinates(size: int, sample: int, rng: np.random.Generator) -> np.n
     return np.sort(rng.choice(size, size=sample, replace=False))
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 or nb == 0.0:
-        return 0.0
-    return float(np.dot(a, b) / (na * nb))
-
-
 def reference_direction(samples: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The coordinate-wise median of the sites' sampled updates (three sites or more), else their weighted mean."""
     if samples.shape[0] >= 3:
@@ -77,6 +75,7 @@ def shapley_consensus(
     rng: np.random.Generator,
     permutations: int = DEFAULT_PERMUTATIONS,
     truncation: float = DEFAULT_TRUNCATION,
+    utility: str = "cosine",
 ) -> tuple[np.ndarray, float]:
     """Shapley values of the rows of ``samples`` (a row per site, a column per sampled coordinate)
     for the consensus utility, and the full set's utility. ``weights``: the sites' FedAvg weights."""
@@ -85,15 +84,29 @@ def shapley_consensus(
         return np.zeros(0), 0.0
     weights = np.asarray(weights, dtype=np.float64)
     samples = np.asarray(samples, dtype=np.float64)
+    if utility not in UTILITIES:
+        raise ValueError(f"utility must be one of {', '.join(UTILITIES)}")
     reference = reference_direction(samples, weights)
     weighted = weights[:, None] * samples
-    full = _cosine(weighted.sum(axis=0), reference)
+    reference_norm = float(np.linalg.norm(reference))
+
+    def value(dot: float, squared: float, weight: float) -> float:
+        """The utility of a set from its sum's dot product with the reference, its squared norm, its weight."""
+        norm = math.sqrt(max(squared, 0.0))
+        if utility == "cosine":
+            return dot / (norm * reference_norm) if norm > 0.0 and reference_norm > 0.0 else 0.0
+        if reference_norm == 0.0 or weight <= 0.0:
+            return 0.0
+        distance = squared / weight**2 - 2.0 * dot / weight + reference_norm**2
+        return 1.0 - math.sqrt(max(distance, 0.0)) / reference_norm
+
+    total_sum = weighted.sum(axis=0)
+    full = value(float(total_sum @ reference), float(total_sum @ total_sum), float(weights.sum()))
     # Every utility is a cosine of a prefix sum of the weighted rows with the reference: from the
     # Gram matrix of the rows and their dot products with the reference, a permutation costs
     # O(N^2) instead of O(N * coordinates) (same values, up to rounding).
     gram = weighted @ weighted.T
     dots = weighted @ reference
-    reference_norm = float(np.linalg.norm(reference))
     values = np.zeros(n)
     orders: list[np.ndarray] = []
     for _ in range((permutations + 1) // 2):
@@ -104,6 +117,7 @@ def shapley_consensus(
         column = np.zeros(n)  # sum of the Gram columns of the prefix
         squared = 0.0  # squared norm of the prefix's sum
         dot = 0.0
+        weight = 0.0
         previous = 0.0  # the empty set's utility
         for site in order:
             if abs(full - previous) < truncation:
@@ -111,10 +125,10 @@ def shapley_consensus(
             squared += 2.0 * column[site] + gram[site, site]
             column += gram[:, site]
             dot += dots[site]
-            norm = math.sqrt(max(squared, 0.0))
-            utility = dot / (norm * reference_norm) if norm > 0.0 and reference_norm > 0.0 else 0.0
-            values[site] += utility - previous
-            previous = utility
+            weight += weights[site]
+            current = value(dot, squared, weight)
+            values[site] += current - previous
+            previous = current
     return values / permutations, full
 
 
@@ -126,6 +140,7 @@ def estimate(
     sample: int = DEFAULT_SAMPLE,
     permutations: int = DEFAULT_PERMUTATIONS,
     truncation: float = DEFAULT_TRUNCATION,
+    utility: str = "cosine",
 ) -> ContributionEstimate:
     """One round's contributor values from the sites' flattened updates (all the same size)."""
     sites = sorted(updates)
@@ -135,7 +150,12 @@ def estimate(
     coordinates = sample_coordinates(size, sample, rng)
     samples = np.stack([np.asarray(updates[s], dtype=np.float32).reshape(-1)[coordinates] for s in sites])
     values, full = shapley_consensus(
-        samples, np.array([weights[s] for s in sites]), rng=rng, permutations=permutations, truncation=truncation
+        samples,
+        np.array([weights[s] for s in sites]),
+        rng=rng,
+        permutations=permutations,
+        truncation=truncation,
+        utility=utility,
     )
     return ContributionEstimate(
         {s: float(v) for s, v in zip(sites, values, strict=True)}, full, permutations, int(coordinates.size)

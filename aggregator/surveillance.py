@@ -15,6 +15,7 @@ Configured in ``aggregator.toml`` beside the task (both tables optional)::
 
     [task.contribution]     # contributor value (aggregator/contribution.py), every round
     release = "final"       # "final": the mean over rounds when training ends; "round": each round; "none"
+    utility = "distance"    # or "cosine" (aggregator/contribution.py: the cosine ignores boosted magnitudes)
     epsilon = 1.0           # optional: Laplace noise on each release (sensitivity stated in the entry)
     permutations = 64
     sample = 65536
@@ -77,6 +78,7 @@ class DriftTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
 
 class ContributionTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     release: Literal["final", "round", "none"] = "final"
+    utility: Literal["distance", "cosine"] = "distance"
     epsilon: Annotated[float, Meta(gt=0)] | None = None
     permutations: Annotated[int, Meta(ge=2, le=10_000)] = contribution.DEFAULT_PERMUTATIONS
     sample: Annotated[int, Meta(ge=16, le=16_777_216)] = contribution.DEFAULT_SAMPLE
@@ -96,6 +98,7 @@ class DriftRules:
 @dataclass(frozen=True)
 class ContributionPolicy:
     release: str = "final"
+    utility: str = "distance"
     epsilon: float | None = None
     permutations: int = contribution.DEFAULT_PERMUTATIONS
     sample: int = contribution.DEFAULT_SAMPLE
@@ -112,7 +115,7 @@ def read_contribution(table: Any) -> ContributionPolicy | None:
     if table is None:
         return None
     t = read_struct(table, ContributionTable, "task.contribution", SurveillanceConfigError)
-    return ContributionPolicy(t.release, t.epsilon, t.permutations, t.sample)
+    return ContributionPolicy(t.release, t.utility, t.epsilon, t.permutations, t.sample)
 
 
 # --- per-site risk -----------------------------------------------------------------------------
@@ -329,12 +332,14 @@ class Surveillance:
                 rng=self._rng,
                 sample=policy.sample,
                 permutations=policy.permutations,
+                utility=policy.utility,
             )
             seconds = time.perf_counter() - started
             self.contribution_seconds = seconds
             fields: dict[str, Any] = {
                 "round": current.round,
                 "method": "consensus-shapley (GTG-Shapley permutation sampling, coordinate-median reference)",
+                "utility": policy.utility,
                 "permutations": result.permutations,
                 "coordinates": result.coordinates,
                 "sites": len(sites),

@@ -39,6 +39,9 @@ class TorchTrainer:
     model: Any  # torch.nn.Module
     train: Callable[[Any], int]
     evaluate: Callable[[Any], tuple[Metrics, int]] | None = None
+    #: After the last round: a local recalibration's before/after metrics (fedsite/risk.py),
+    #: reported with the final model's evaluation; the global model is not changed.
+    recalibrate: Callable[[Any], Metrics] | None = None
 
     def get(self) -> dict[str, np.ndarray]:
         return {
@@ -261,9 +264,11 @@ class _SiteRun:
             return
         self.summary.metrics[round_number] = metrics
 
-    def evaluate(self, round_number: int, max_weight: float) -> Metrics:
+    def evaluate(self, round_number: int, max_weight: float, *, final: bool = False) -> Metrics:
         assert self.trainer.evaluate is not None
         metrics, examples = self.trainer.evaluate(self.trainer.model)
+        if final and self.trainer.recalibrate is not None:
+            metrics = {**metrics, **self.trainer.recalibrate(self.trainer.model)}
         self.report(round_number, metrics, examples, max_weight)
         return metrics
 
@@ -279,7 +284,7 @@ class _SiteRun:
         if task.finished:
             if task.round not in self.evaluated and trainer.evaluate is not None:
                 trainer.set(client.download_model(task.round, spec))
-                self.say(f"final model: {_fmt(self.evaluate(task.round, max_weight))}")
+                self.say(f"final model: {_fmt(self.evaluate(task.round, max_weight, final=True))}")
             return "finished"
         key = (task.round, task.attempt)
         if key in self.done:
