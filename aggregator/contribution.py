@@ -10,7 +10,7 @@ Method (documented so a site can check what it is scored on):
   aggregator holds no data, so this is a data-free utility: it measures consensus, not
   accuracy on anyone's patients, and a site whose honest data differ (a rare subpopulation)
   scores lower than it deserves. Read scores with that in mind.
-  ``utility="distance"``: 1 - ||aggregate(S) - reference|| / ||reference|| instead (the empty
+  ``utility="distance"``: max(-1, 1 - ||aggregate(S) - reference|| / ||reference||) instead (the empty
   set's aggregate is zero: utility 0, as for the cosine). The cosine ignores magnitudes, so a
   site that boosts its honest update (scaled by 20) still scores well under it; the distance
   penalises it, and ranks duplicated and noisy sites as the cosine does.
@@ -98,7 +98,7 @@ def shapley_consensus(
         if reference_norm == 0.0 or weight <= 0.0:
             return 0.0
         distance = squared / weight**2 - 2.0 * dot / weight + reference_norm**2
-        return 1.0 - math.sqrt(max(distance, 0.0)) / reference_norm
+        return max(-1.0, 1.0 - math.sqrt(max(distance, 0.0)) / reference_norm)  # bounded, like the cosine
 
     total_sum = weighted.sum(axis=0)
     full = value(float(total_sum @ reference), float(total_sum @ total_sum), float(weights.sum()))

@@ -46,6 +46,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -87,6 +89,9 @@ CHECKED_KINDS = START_KINDS + (
     "round",
     "restart",
     "no_sealing",
+    "drift_alert",
+    "quarantine",
+    "contribution_release",
 )
 MAX_PROBLEMS = 200
 MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last instant a datetime holds
@@ -506,6 +511,7 @@ class _RunState:
         default_factory=dict
     )  # SHA-256 -> bytes of the verifier's collateral files logged
     training: _Training = field(default_factory=lambda: _Training())
+    quarantined: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # (round, attempt) -> sites
 
 
 def _check_semantics(
@@ -643,6 +649,7 @@ def _on_update(result: Verification, entry: Entry, state: _RunState, keys: _Keys
 
 def _on_round(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
     outcome = _check_round(result, entry, state.admitted, state.receipts)
+    _check_quarantined(result, entry, state)
     state.training.round(result, outcome)
 
 
@@ -664,6 +671,91 @@ _HANDLERS: dict[str, Callable[[Verification, Entry, _RunState, _Keys], None]] = 
     "restart": _on_restart,
     "no_sealing": _on_no_sealing,
 }
+
+
+# --- federation intelligence (aggregator/surveillance.py) ---------------------------------------
+
+
+def _on_drift_alert(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f = entry.fields
+    site, round_number, rule, value = _text(f, "site"), _uint(f, "round"), _text(f, "rule"), _number(f, "value")
+    if type(f.get("quarantined")) is not bool or not math.isfinite(value):
+        raise TypeError("quarantined is not a boolean or value is not finite")
+    if site not in state.admitted:
+        result.add(
+            Problem(
+                entry.index,
+                "drift_alert.site",
+                f"a {rule[:40]!r} alert of round {round_number} names "
+                f"site {site[:80]!r}, which no admission in this run admitted",
+            )
+        )
+
+
+def _on_quarantine(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f = entry.fields
+    round_number, attempt, sites = _uint(f, "round"), _uint(f, "attempt"), f["sites"]
+    if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites) or not isinstance(f["reasons"], dict):
+        raise TypeError("sites is not a list of site ids or reasons is not a map")
+    for site in sites:
+        if (site, round_number) not in state.receipts or not f["reasons"].get(site):
+            result.add(
+                Problem(
+                    entry.index,
+                    "quarantine.site",
+                    f"round {round_number}: site {site[:80]!r} is "
+                    "quarantined without a logged, accepted update or without a reason",
+                )
+            )
+    state.quarantined[(round_number, attempt)] = list(sites)
+
+
+def _check_quarantined(result: Verification, entry: Entry, state: _RunState) -> None:
+    """A quarantine logged for a round's attempt is applied: the round aggregated none of those sites."""
+    f = entry.fields
+    excluded = state.quarantined.get((_uint(f, "round"), f.get("attempt", 1)), [])
+    for site in excluded:
+        if site in f["participants"]:
+            result.add(
+                Problem(
+                    entry.index,
+                    "round.quarantine",
+                    f"round {f['round']} aggregated the update of site "
+                    f"{site[:80]!r}, which the log quarantined for that round",
+                )
+            )
+
+
+def _on_contribution_release(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    values, ranking = entry.fields["values"], entry.fields["ranking"]
+    if not isinstance(values, dict) or not all(type(v) in (int, float) and math.isfinite(v) for v in values.values()):
+        raise TypeError("values is not a map of finite numbers")
+    if (
+        not isinstance(ranking, list)
+        or sorted(ranking) != sorted(values)
+        or any(values[a] < values[b] for a, b in itertools.pairwise(ranking))
+    ):
+        result.add(
+            Problem(
+                entry.index,
+                "contribution_release.ranking",
+                "the released ranking is not the released values in decreasing order",
+            )
+        )
+    for site in values:
+        if site not in state.admitted:
+            result.add(
+                Problem(
+                    entry.index,
+                    "contribution_release.site",
+                    f"a contributor value for site {site[:80]!r}, which no admission in this run admitted",
+                )
+            )
+
+
+_HANDLERS.update(
+    {"drift_alert": _on_drift_alert, "quarantine": _on_quarantine, "contribution_release": _on_contribution_release}
+)
 
 
 def _text(fields_: dict[str, Any], name: str) -> str:
