@@ -218,7 +218,7 @@ class Surveillance:
         current = self._round
         if current is None:
             return False
-        current.norms[site] = float(np.linalg.norm(vector.astype(np.float64)))
+        current.norms[site] = float(np.linalg.norm(vector))
         current.weights[site] = float(weight)
         current.samples[site] = np.asarray(vector[current.coordinates], dtype=np.float64)
         if self.drift is not None and self.drift.quarantine:
