@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from auditor.intelligence_report import render_intelligence
 from auditor.verify import Verification
 
 MAX_TIMELINE = 2000
@@ -229,6 +230,7 @@ def render_report(result: Verification) -> str:
         )
     )
 
+    parts.append(render_intelligence(result.entries))  # auditor/intelligence_report.py
     parts.append("<h2>Timeline</h2>")
     shown = result.entries[:MAX_TIMELINE]
     parts.append(
