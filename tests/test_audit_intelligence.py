@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from aggregator.audit.synthetic import SyntheticFederation
+from auditor.report import render_report
 from auditor.verify import verify_log
 
 
@@ -18,6 +19,16 @@ def _federation(base: Path, *, aggregate_quarantined: bool, ranking: list[str] |
         fed.admit(site)
     assert fed.log is not None
     uploads = {site: fed.upload(site, 1) for site in fed.sites}
+    fed.log.record(
+        "evaluation",
+        round=1,
+        worst_site="b<script>",
+        worst_accuracy=0.61,
+        largest_subgroup_gap={"site": "a", "attribute": "sex", "metric": "accuracy", "gap": 0.3},
+        per_site={},
+        weighted={},
+        sites=3,
+    )
     fed.log.record(
         "drift_alert", round=1, attempt=1, site="c", rule="norm_ratio", value=31.9, threshold=10.0, quarantined=True
     )
@@ -55,3 +66,12 @@ def test_a_quarantined_update_in_the_aggregate_and_a_false_ranking_are_problems(
     result = verify_log(tmp_path / "log", fed.auditor_policy())
     checks = {p.check for p in result.problems}
     assert {"round.quarantine", "contribution_release.ranking"} <= checks and not result.valid
+
+
+def test_the_audit_report_leads_its_intelligence_with_the_worst_site(tmp_path: Path) -> None:
+    fed = _federation(tmp_path, aggregate_quarantined=False)
+    page = render_report(verify_log(tmp_path / "log", fed.auditor_policy()))
+    risk = page.index("Federation risk (worst site first)")
+    assert risk < page.index("Drift alerts and quarantines") < page.index("Contributor value (as released)")
+    assert "b&lt;script&gt;" in page and "<script>" not in page  # site ids are escaped
+    assert "0.3000 (a, sex)" in page and "norm_ratio" in page
