@@ -22,9 +22,10 @@ RULES = ("norm_ratio", "norm_z", "min_cosine", "metric_drop")
 def surveillance_metrics(surveillance: Any) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
     if surveillance is None:
         return
+    counts = dict(surveillance.alerts)  # a copy: the round driver updates it from another thread
     alerts = CounterMetricFamily("attestfl_drift_alerts", "Drift alerts raised, by rule", labels=["rule"])
-    for rule in sorted(set(RULES) | set(surveillance.alerts)):
-        alerts.add_metric([rule], surveillance.alerts.get(rule, 0))
+    for rule in sorted(set(RULES) | set(counts)):
+        alerts.add_metric([rule], counts.get(rule, 0))
     yield alerts
     yield CounterMetricFamily(
         "attestfl_quarantined_updates",
