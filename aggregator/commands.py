@@ -28,6 +28,9 @@ def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "extra: pip install 'attestfl[aggregator]'.",
     )
     serve.add_argument("--config", required=True, metavar="FILE", help="aggregator.toml")
+    serve.add_argument(
+        "--dashboard", metavar="HOST:PORT", help="serve a read-only live page (unauthenticated: keep it on loopback)"
+    )
     serve.set_defaults(handler=run_serve)
 
 
@@ -39,7 +42,7 @@ def run_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
     err = err or sys.stderr
     config = AggregatorConfig.load(args.config)
     configure_logging()
-    status = asyncio.run(serve(config))
+    status = asyncio.run(serve(config, getattr(args, "dashboard", None)))
     if status:
         print(
             "attestfl: error: the aggregator stopped on a fault (see the log); nothing was applied without its audit "

@@ -256,7 +256,7 @@ EXIT_FAULT = 3
 SUPPRESSED_FLUSH_SECONDS = 10.0
 
 
-async def serve(config: AggregatorConfig) -> int:
+async def serve(config: AggregatorConfig, dashboard: str | None = None) -> int:
     """Serve until SIGTERM/SIGINT (exit 0) or a fault that stops the aggregator (exit 3)."""
     # A file-size limit (RLIMIT_FSIZE) must fail a write with EFBIG, which fails stop like a
     # full disk, rather than kill the process in the middle of an append.
@@ -266,6 +266,10 @@ async def serve(config: AggregatorConfig) -> int:
         from aggregator.metrics import start_metrics_server
 
         start_metrics_server(config.metrics_listen, running.service, running.driver)
+    if dashboard:  # attestfl serve --dashboard HOST:PORT (aggregator/dashboard.py)
+        from aggregator.dashboard import start_dashboard
+
+        start_dashboard(dashboard, running.driver)
     print(json.dumps(ready_line(config, running)), flush=True)
     LOG.info("serving", extra={"fields": {"port": running.port, "tee": config.tee}})
     stop = asyncio.Event()

@@ -39,6 +39,7 @@ sample of ``sample`` coordinates per site is kept.
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 import time
@@ -63,6 +64,7 @@ UPDATE_RULES = ("norm_ratio", "norm_z", "min_cosine")
 METRIC_RULES = ("metric_drop",)
 #: Sites named in one entry at most (the federation's own bound is MAX_SITES).
 _MAD_SCALE = 0.6745
+RECENT_ALERTS = 100
 _SUBGROUP = re.compile(r"^(?P<metric>[a-z_]+)\[(?P<attribute>[^=\]]+)=(?P<value>[^\]]*)\]$")
 
 
@@ -198,6 +200,9 @@ class Surveillance:
         self.norms: dict[str, float] = {}
         self.risk: dict[str, Any] = {}
         self.contribution_seconds: float = 0.0
+        #: The dashboard: the last alerts (bounded) and the contributor values as last released.
+        self.recent_alerts: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_ALERTS)
+        self.released: dict[str, Any] | None = None
         self._values: dict[str, list[float]] = {}
 
     @property
@@ -274,6 +279,7 @@ class Surveillance:
                 alert["note"] = reason
             events.record("drift_alert", **alert)
             self.alerts[alert["rule"]] = self.alerts.get(alert["rule"], 0) + 1
+            self.recent_alerts.append(alert)
         if excluded:
             reasons = {
                 site: "; ".join(
@@ -351,12 +357,14 @@ class Surveillance:
             if policy.release == "round":
                 fields.update(self._release(clipped, sensitivity=2.0))
             events.record("contribution", **fields)
+            if "values" in fields:
+                self.released = {k: fields[k] for k in ("round", "values", "ranking", "epsilon")}
         if finished and policy is not None and policy.release == "final" and self._values:
             means = {s: float(np.mean(v)) for s, v in self._values.items()}
             fewest = min(len(v) for v in self._values.values())
-            events.record(
-                "contribution_release", rounds=rounds, **self._release(means, sensitivity=2.0 / max(1, fewest))
-            )
+            release = self._release(means, sensitivity=2.0 / max(1, fewest))
+            events.record("contribution_release", rounds=rounds, **release)
+            self.released = {"rounds": rounds, **release}
 
     def _release(self, values: dict[str, float], *, sensitivity: float) -> dict[str, Any]:
         assert self.contribution is not None
@@ -378,19 +386,20 @@ class Surveillance:
             return
         drop = previous[1] - value
         if drop > rules.metric_drop:
-            events.record(
-                "drift_alert",
-                round=round_number,
-                site=site,
-                rule="metric_drop",
-                metric=rules.metric,
-                value=drop,
-                threshold=rules.metric_drop,
-                previous=previous[1],
-                current=value,
-                quarantined=False,
-            )
+            alert = {
+                "round": round_number,
+                "site": site,
+                "rule": "metric_drop",
+                "metric": rules.metric,
+                "value": drop,
+                "threshold": rules.metric_drop,
+                "previous": previous[1],
+                "current": value,
+                "quarantined": False,
+            }
+            events.record("drift_alert", **alert)
             self.alerts["metric_drop"] = self.alerts.get("metric_drop", 0) + 1
+            self.recent_alerts.append(alert)
 
 
 def _alert(current: _Round, site: str, rule: str, value: float, threshold: float) -> dict[str, Any]:
