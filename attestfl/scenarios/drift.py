@@ -19,6 +19,7 @@ run the quarantined run is compared with).
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import numpy as np
 
 from attestfl.scenarios import Scenario
 
+BASE_TRAINER = "attestfl.demo:breast_cancer_trainer"
 SHIFT_ROUND = 3
 SCALE = 20.0
 SHIFT_OFFSET = 1.0
@@ -72,8 +74,9 @@ def drift_trainer(data: dict[str, Any], base_dir: Path) -> Any:
     evaluations, one per round) and updates scaled by ``scale``."""
     import torch
 
-    from attestfl.demo import breast_cancer_trainer
-
+    # The trainer this one wraps, named like a site's [data] trainer (the demo's by default).
+    module, _, name = str(data.get("base_trainer", BASE_TRAINER)).partition(":")
+    breast_cancer_trainer = getattr(importlib.import_module(module), name)
     trainer = breast_cancer_trainer(data, base_dir)
     shift_round = int(data.get("shift_round", 0))
     scale = float(data.get("scale", 1.0))
@@ -102,7 +105,7 @@ def drift_trainer(data: dict[str, Any], base_dir: Path) -> Any:
     def scenario_evaluate(model: Any) -> tuple[dict[str, float], int]:
         state["evaluations"] += 1
         shift_now()
-        return trainer_parts["evaluate"](model)  # type: ignore[no-any-return]
+        return trainer_parts["evaluate"](model)
 
     def scenario_train(model: Any) -> int:
         before = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
@@ -113,7 +116,7 @@ def drift_trainer(data: dict[str, Any], base_dir: Path) -> Any:
         return examples
 
     def scenario_recalibrate(model: Any) -> dict[str, float]:
-        return trainer_parts["recalibrate"](model)  # type: ignore[no-any-return]
+        return trainer_parts["recalibrate"](model)
 
     trainer.train, trainer.evaluate, trainer.recalibrate = scenario_train, scenario_evaluate, scenario_recalibrate
     return trainer
