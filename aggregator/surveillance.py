@@ -18,7 +18,7 @@ Configured in ``aggregator.toml`` beside the task (both tables optional)::
     utility = "distance"    # or "cosine" (aggregator/contribution.py: the cosine ignores boosted magnitudes)
     epsilon = 1.0           # optional: Laplace noise on each release (sensitivity stated in the entry)
     permutations = 64
-    sample = 65536
+    sample = 16384
 
 Entries (audit log and JSON log; the audit log's tree heads are signed by the enclave key):
 
@@ -64,6 +64,9 @@ UPDATE_RULES = ("norm_ratio", "norm_z", "min_cosine")
 METRIC_RULES = ("metric_drop",)
 #: Sites named in one entry at most (the federation's own bound is MAX_SITES).
 _MAD_SCALE = 0.6745
+#: Coordinates sampled per round for the statistics and the contributor values: 16,384 keeps the
+#: estimate's cost at or under the aggregation's from 1M parameters up (benchmarks/contribution.py).
+DEFAULT_SAMPLE = 16_384
 RECENT_ALERTS = 100
 _SUBGROUP = re.compile(r"^(?P<metric>[a-z_]+)\[(?P<attribute>[^=\]]+)=(?P<value>[^\]]*)\]$")
 
@@ -83,7 +86,7 @@ class ContributionTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True,
     utility: Literal["distance", "cosine"] = "distance"
     epsilon: Annotated[float, Meta(gt=0)] | None = None
     permutations: Annotated[int, Meta(ge=2, le=10_000)] = contribution.DEFAULT_PERMUTATIONS
-    sample: Annotated[int, Meta(ge=16, le=16_777_216)] = contribution.DEFAULT_SAMPLE
+    sample: Annotated[int, Meta(ge=16, le=16_777_216)] = DEFAULT_SAMPLE
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ class ContributionPolicy:
     utility: str = "distance"
     epsilon: float | None = None
     permutations: int = contribution.DEFAULT_PERMUTATIONS
-    sample: int = contribution.DEFAULT_SAMPLE
+    sample: int = DEFAULT_SAMPLE
 
 
 def read_drift(table: Any) -> DriftRules | None:
@@ -210,7 +213,7 @@ class Surveillance:
         return self.drift is not None or self.contribution is not None
 
     def _sample(self) -> int:
-        return self.contribution.sample if self.contribution is not None else contribution.DEFAULT_SAMPLE
+        return self.contribution.sample if self.contribution is not None else DEFAULT_SAMPLE
 
     def begin(self, round_number: int, attempt: int) -> None:
         if self.active:
