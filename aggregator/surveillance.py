@@ -28,7 +28,9 @@ Entries (audit log and JSON log; the audit log's tree heads are signed by the en
 * ``quarantine``: ``round, attempt, sites, reasons``: the updates excluded from the round's
   aggregate, logged before the aggregate is computed (the ``round`` entry's ``participants``
   then lack them; ``attestfl audit verify`` checks that).
-* ``surveillance``: ``round, sites: {site: {norm, cosine_reference, cosine_aggregate, weight}}``.
+* ``surveillance``: ``round, sites: {site: {norm, cosine_reference, cosine_aggregate, weight,
+  quarantined, <metric>_change}}`` (the change of the site's evaluation of this round's model
+  against its previous report; None before its second report).
 * ``contribution``: ``round, method, permutations, coordinates, seconds`` and, when the policy
   releases per round, ``values``; ``contribution_release`` when training ends (policy "final").
 
@@ -197,6 +199,8 @@ class Surveillance:
         self._rng = np.random.default_rng(seed)
         self._round: _Round | None = None
         self._last_metric: dict[str, tuple[int, float]] = {}
+        #: site -> the change of its watched metric at its last report (the surveillance entry logs it).
+        self._metric_change: dict[str, float] = {}
         #: Prometheus: alerts by rule, updates quarantined, the last round's norms, the last risk summary.
         self.alerts: dict[str, int] = {}
         self.quarantined = 0
@@ -327,6 +331,7 @@ class Surveillance:
                     "cosine_aggregate": _cosine(current.samples[site], aggregate),
                     "weight": current.weights[site],
                     "quarantined": site in current.excluded,
+                    f"{self.drift.metric}_change": self._metric_change.get(site),
                 }
                 for site in sites
             }
@@ -385,6 +390,8 @@ class Surveillance:
         value = metrics[rules.metric]
         previous = self._last_metric.get(site)
         self._last_metric[site] = (round_number, value)
+        if previous is not None and previous[0] < round_number:
+            self._metric_change[site] = value - previous[1]
         if rules.metric_drop is None or previous is None or previous[0] >= round_number:
             return
         drop = previous[1] - value

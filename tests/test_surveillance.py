@@ -110,6 +110,8 @@ def test_metric_drop_alert_names_the_site_and_round() -> None:
     (alert,) = events.of("drift_alert")
     assert (alert["site"], alert["round"], alert["rule"]) == ("b", 3, "metric_drop")
     assert alert["value"] == pytest.approx(0.37)
+    changes = [e["sites"]["a"]["accuracy_change"] for e in events.of("surveillance")]
+    assert changes[0] is None and changes[1] == pytest.approx(0.4) and changes[2] == pytest.approx(-0.02)
 
 
 def test_evaluation_leads_with_the_worst_site_and_the_largest_subgroup_gap() -> None:
