@@ -18,6 +18,7 @@ The task configuration is the ``[task]`` table of ``aggregator.toml``::
     evaluate = true                       # sites report metrics of each round's model
     [task.drift]                          # optional: drift surveillance, alerts, quarantine
     [task.contribution]                   # optional: contributor value (aggregator/surveillance.py)
+    [task.cards]                          # optional: the sites' dataset cards (aggregator/cards.py)
     [task.strategy]                       # default: fedavg
     name = "krum"                         # fedavg | median | trimmed_mean | krum | an installed one
     f = 1                                 # the strategy's own parameters (krum: f, m; trimmed_mean: beta)
@@ -53,6 +54,7 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
+from aggregator.cards import CardPolicy, CardRegistry, CardsConfigError, read_cards
 from aggregator.service import EventSink, LogEvents, Task, UpdateRefused
 from aggregator.strategies import (
     MAX_SITES,
@@ -126,6 +128,7 @@ class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     dp: dict[str, Any] | None = None
     drift: dict[str, Any] | None = None
     contribution: dict[str, Any] | None = None
+    cards: dict[str, Any] | None = None
 
 
 def _strategy_names_text() -> str:
@@ -208,6 +211,7 @@ class TaskConfig:
     dp: DpConfig | None = None
     drift: DriftRules | None = None
     contribution: ContributionPolicy | None = None
+    cards: CardPolicy | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -238,7 +242,8 @@ class TaskConfig:
         strategy = read_strategy(task)
         try:
             drift, contribution = read_drift(task.drift), read_contribution(task.contribution)
-        except SurveillanceConfigError as exc:
+            cards = read_cards(task.cards)
+        except (SurveillanceConfigError, CardsConfigError) as exc:
             raise TaskConfigError(str(exc)) from None
         config = cls(
             initial_model={},
@@ -251,6 +256,7 @@ class TaskConfig:
             dp=dp,
             drift=drift,
             contribution=contribution,
+            cards=cards,
         )
         config.validate(model=False)
         try:
@@ -361,6 +367,7 @@ class RoundDriver:
         self.checkpoint = checkpoint
         #: Drift surveillance, quarantine and contributor value (``[task.drift]``, ``[task.contribution]``).
         self.surveillance = Surveillance(self.spec.parameter_count, config.drift, config.contribution)
+        self.cards = CardRegistry(config.cards)  # the sites' dataset cards (aggregator/cards.py)
         self._warm_up()
         self._begin()
 
@@ -431,6 +438,7 @@ class RoundDriver:
                     f"site {site_id!r} already submitted an update in round {round_number}",
                     grpc.StatusCode.ALREADY_EXISTS,
                 )
+            self.cards.check_upload(site_id)
 
     def accept_update(
         self,
@@ -565,3 +573,19 @@ class RoundDriver:
     @property
     def dp_rounds(self) -> int:
         return self._dp_rounds
+
+    def report_card(
+        self, site_id: str, round_number: int, session: bytes, identity: bytes, text: str, signature: bytes
+    ) -> None:
+        """A site's signed dataset card (aggregator/cards.py), sent with its metrics report."""
+        with self._lock:
+            for alert in self.cards.accept(
+                self.events,
+                site=site_id,
+                round_number=round_number,
+                session=session,
+                identity=identity,
+                text=text,
+                signature=signature,
+            ):
+                self.surveillance.raise_alert(self.events, alert)

@@ -876,6 +876,15 @@ class FederationService:
                     "(admission policy)",
                     grpc.StatusCode.INVALID_ARGUMENT,
                 )
+            if inner.dataset_card:  # the site's signed dataset card (aggregator/cards.py)
+                self.driver.report_card(  # type: ignore[attr-defined]
+                    session.site_id,
+                    int(inner.round),
+                    session.session_id,
+                    session.identity,
+                    inner.dataset_card,
+                    bytes(inner.dataset_card_signature),
+                )
             self.driver.report_metrics(session.site_id, int(inner.round), metrics, examples)
         except UpdateRefused as exc:
             self._record("call_refused", site=session.site_id, method="ReportMetrics", reason=_short(str(exc), 300))

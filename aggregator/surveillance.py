@@ -382,6 +382,12 @@ class Surveillance:
         ranking = sorted(values, key=lambda s: (-values[s], s))
         return {"values": values, "ranking": ranking, "epsilon": epsilon, "sensitivity": sensitivity}
 
+    def raise_alert(self, events: EventSink, alert: dict[str, Any]) -> None:
+        """An alert raised elsewhere (a dataset card's label shift): logged and counted like the others."""
+        events.record("drift_alert", **alert)
+        self.alerts[alert["rule"]] = self.alerts.get(alert["rule"], 0) + 1
+        self.recent_alerts.append(alert)
+
     def on_metrics(self, events: EventSink, site: str, round_number: int, metrics: dict[str, float]) -> None:
         """A site's evaluation of the round's model: the metric-change rule."""
         rules = self.drift

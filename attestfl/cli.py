@@ -20,6 +20,7 @@ from attestation.cli import add_evidence_commands
 from attestation.errors import EXIT_UNUSABLE, AttestflError
 from attestation.reference_values import add_reference_values_commands
 from attestfl.demo import add_demo_command
+from attestfl.federation import add_federation_commands
 from attestfl.model import add_model_commands
 from auditor.cli import add_audit_commands
 from enclave.cli import add_enclave_commands
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_commands(subparsers)
     add_demo_command(subparsers)
     add_model_commands(subparsers)
+    add_federation_commands(subparsers)
     return parser
 
 

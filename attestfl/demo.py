@@ -24,7 +24,7 @@ from typing import IO, Any, TextIO
 
 import numpy as np
 
-from attestfl.intelligence import print_intelligence, summarise_intelligence
+from attestfl.intelligence import FEATURE_NAMES, cards_task_toml, print_intelligence, summarise_intelligence
 from attestfl.loopback import Deployment, read_events
 from attestfl.scenarios import SCENARIOS, Scenario, load_scenario
 
@@ -60,6 +60,7 @@ def breast_cancer_trainer(data: dict[str, Any], base_dir: Path) -> Any:
     import torch
     from torch import nn
 
+    from fedsite.cards import make_card
     from fedsite.risk import torch_evaluator, torch_recalibrator
     from fedsite.sdk import TorchTrainer
 
@@ -88,8 +89,13 @@ def breast_cancer_trainer(data: dict[str, Any], base_dir: Path) -> Any:
 
     # The fixed metric set (accuracy, AUROC, loss, ECE), per tumour-size band too (fedsite/risk.py).
     bands = {"radius": np.where(arrays["x_test"][:, 0] < 0, "small", "large")}
+    card = make_card("", arrays["x_train"], arrays["y_train"], FEATURE_NAMES)  # the SDK names the site
     return TorchTrainer(
-        make_model(), train, torch_evaluator(x_test, y_test, bands), recalibrate=torch_recalibrator(x_test, y_test)
+        make_model(),
+        train,
+        torch_evaluator(x_test, y_test, bands),
+        recalibrate=torch_recalibrator(x_test, y_test),
+        card=lambda: card,
     )
 
 
@@ -245,7 +251,7 @@ def _task_toml(sites: int, rounds: int, strategy: str, dp: bool) -> str:
         task += f"f = {max(0, (sites - 3) // 2)}\n"
     if dp:
         task += "[task.dp]\nclip_norm = 1.0\nnoise_multiplier = 0.5\ndelta = 1e-5\n"
-    return task
+    return task + cards_task_toml(FEATURE_NAMES)  # every site's dataset card must match the schema
 
 
 def _enrol_sites(

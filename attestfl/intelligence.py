@@ -5,8 +5,33 @@ contributor values as released, and each site's recalibration before/after."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+#: The demo's features (scikit-learn's breast-cancer data), in order: the task's dataset-card schema.
+_MEASURES = (
+    "radius",
+    "texture",
+    "perimeter",
+    "area",
+    "smoothness",
+    "compactness",
+    "concavity",
+    "concave points",
+    "symmetry",
+    "fractal dimension",
+)
+FEATURE_NAMES = (
+    tuple(f"mean {m}" for m in _MEASURES)
+    + tuple(f"{m} error" for m in _MEASURES)
+    + tuple(f"worst {m}" for m in _MEASURES)
+)
+
+
+def cards_task_toml(features: Sequence[str], *, label_shift: float = 0.3) -> str:
+    """A ``[task.cards]`` table requiring every site's card to have these float features."""
+    schema = ", ".join(f'["{name}", "float"]' for name in features)
+    return f"[task.cards]\nschema = [{schema}]\nrequired = true\nlabel_shift = {label_shift}\n"
 
 
 def summarise_intelligence(events: list[dict[str, Any]], rounds: int) -> dict[str, Any]:

@@ -77,6 +77,7 @@ from protocol.auditlog.format import (
 )
 from protocol.auditlog.heads import TreeHead, head_message
 from protocol.auditlog.records import KNOWN_LOG_FORMATS, PolicyRecordError, admission_policy_from_record
+from protocol.cards import CardError, card_message, parse_card
 from protocol.formulas import receipt_message
 
 START_KINDS = ("aggregator_start", "handover")
@@ -92,6 +93,7 @@ CHECKED_KINDS = START_KINDS + (
     "drift_alert",
     "quarantine",
     "contribution_release",
+    "dataset_card",
 )
 MAX_PROBLEMS = 200
 MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last instant a datetime holds
@@ -512,6 +514,7 @@ class _RunState:
     )  # SHA-256 -> bytes of the verifier's collateral files logged
     training: _Training = field(default_factory=lambda: _Training())
     quarantined: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # (round, attempt) -> sites
+    session_identities: dict[tuple[str, str], str] = field(default_factory=dict)  # (site, session) -> identity key
 
 
 def _check_semantics(
@@ -756,6 +759,41 @@ def _on_contribution_release(result: Verification, entry: Entry, state: _RunStat
 _HANDLERS.update(
     {"drift_alert": _on_drift_alert, "quarantine": _on_quarantine, "contribution_release": _on_contribution_release}
 )
+
+
+def _on_session_keys(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """The session check, then the identity key each session was opened for (dataset cards are signed by it)."""
+    _on_session(result, entry, state, keys)
+    f = entry.fields
+    if isinstance(f.get("site"), str) and isinstance(f.get("session"), str) and isinstance(f.get("identity"), str):
+        state.session_identities[(f["site"], f["session"])] = f["identity"]
+
+
+def _on_dataset_card(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f = entry.fields
+    site, session, text = _text(f, "site"), _text(f, "session"), _text(f, "card")
+    identity = state.session_identities.get((site, session))
+    problem = None
+    if identity is None:
+        problem = f"a dataset card of site {site[:80]!r} for session {session[:32]}, which this run did not open for it"
+    else:
+        try:
+            card = parse_card(text)
+            signed = keys.verify(
+                bytes.fromhex(identity)[:32],
+                bytes.fromhex(_text(f, "signature")),
+                card_message(bytes.fromhex(session), text.encode()),
+            )
+        except (CardError, ValueError) as exc:
+            problem = f"the dataset card of site {site[:80]!r} is unreadable: {str(exc)[:200]}"
+        else:
+            if card.site != site or not signed:
+                problem = f"the dataset card of site {site[:80]!r} is not signed by its identity key for its session"
+    if problem is not None:
+        result.add(Problem(entry.index, "dataset_card.signature", problem))
+
+
+_HANDLERS.update({"session": _on_session_keys, "dataset_card": _on_dataset_card})
 
 
 def _text(fields_: dict[str, Any], name: str) -> str:

@@ -15,6 +15,7 @@ and re-joins before sending anything else.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -42,6 +43,8 @@ class TorchTrainer:
     #: After the last round: a local recalibration's before/after metrics (fedsite/risk.py),
     #: reported with the final model's evaluation; the global model is not changed.
     recalibrate: Callable[[Any], Metrics] | None = None
+    #: The site's dataset card (protocol/cards.py, fedsite/cards.py), sent signed with every metrics report.
+    card: Callable[[], Any] | None = None
 
     def get(self) -> dict[str, np.ndarray]:
         return {
@@ -252,7 +255,10 @@ class _SiteRun:
     def report(self, round_number: int, metrics: Metrics, examples: int, max_weight: float) -> None:
         # The admission rule bounds the example count a site may claim; an honest site stays under it.
         try:
-            self.client.report_metrics(round_number, metrics, int(min(max(0, examples), max_weight)))
+            card = self.trainer.card() if self.trainer.card is not None else None
+            if card is not None:  # the card names this site (the one its identity key signs for)
+                card = dataclasses.replace(card, site=self.client.site_id)
+            self.client.report_metrics(round_number, metrics, int(min(max(0, examples), max_weight)), card)
         except grpc.RpcError as exc:
             if exc.code() not in (
                 grpc.StatusCode.FAILED_PRECONDITION,
