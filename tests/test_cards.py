@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -70,7 +71,7 @@ def test_the_aggregator_checks_signature_schema_and_label_shift() -> None:
         registry.check_upload("a")
     x, y = _data()
     text, signature = _signed(identity, session, make_card("a", x, y, NAMES))
-    kwargs = {"site": "a", "round_number": 1, "session": session, "identity": identity.public}
+    kwargs: dict[str, Any] = {"site": "a", "round_number": 1, "session": session, "identity": identity.public}
     with pytest.raises(UpdateRefused, match="signature") as refused:
         registry.accept(events, **kwargs, text=text, signature=bytes(64))
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
