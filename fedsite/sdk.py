@@ -255,7 +255,8 @@ class _SiteRun:
     def report(self, round_number: int, metrics: Metrics, examples: int, max_weight: float) -> None:
         # The admission rule bounds the example count a site may claim; an honest site stays under it.
         try:
-            card = self.trainer.card() if self.trainer.card is not None else None
+            make_card = getattr(self.trainer, "card", None)  # trainers other than TorchTrainer may lack it
+            card = make_card() if make_card is not None else None
             if card is not None:  # the card names this site (the one its identity key signs for)
                 card = dataclasses.replace(card, site=self.client.site_id)
             self.client.report_metrics(round_number, metrics, int(min(max(0, examples), max_weight)), card)
@@ -273,8 +274,9 @@ class _SiteRun:
     def evaluate(self, round_number: int, max_weight: float, *, final: bool = False) -> Metrics:
         assert self.trainer.evaluate is not None
         metrics, examples = self.trainer.evaluate(self.trainer.model)
-        if final and self.trainer.recalibrate is not None:
-            metrics = {**metrics, **self.trainer.recalibrate(self.trainer.model)}
+        recalibrate = getattr(self.trainer, "recalibrate", None)  # trainers other than TorchTrainer may lack it
+        if final and recalibrate is not None:
+            metrics = {**metrics, **recalibrate(self.trainer.model)}
         self.report(round_number, metrics, examples, max_weight)
         return metrics
 
