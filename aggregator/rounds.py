@@ -579,8 +579,15 @@ class RoundDriver:
     def report_card(
         self, site_id: str, round_number: int, session: bytes, identity: bytes, text: str, signature: bytes
     ) -> None:
-        """A site's signed dataset card (aggregator/cards.py), sent with its metrics report."""
+        """A site's signed dataset card (aggregator/cards.py), sent with its metrics report: at most
+        one per site and round (checked before anything is logged: a card cannot grow the log
+        faster than the metrics it comes with)."""
         with self._lock:
+            current = self.config.rounds + 1 if self.finished else self.round
+            if round_number != current or site_id in self.record(round_number).metrics:
+                raise UpdateRefused(
+                    f"a dataset card comes with the site's one metrics report of the current round ({current})"
+                )
             for alert in self.cards.accept(
                 self.events,
                 site=site_id,

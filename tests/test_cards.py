@@ -123,3 +123,19 @@ def test_cards_verify_offline_and_are_listed(tmp_path: Path, capsys: pytest.Capt
     listed = json.loads(capsys.readouterr().out)
     assert [c["site"] for c in listed["cards"]] == ["a", "b"] and listed["cards"][0]["examples"] == 200
     assert "dataset_card.signature" in listed["problem"]
+
+
+def test_the_driver_takes_one_card_per_site_and_round_with_its_metrics() -> None:
+    from aggregator.rounds import RoundDriver, TaskConfig
+
+    events = Events()
+    driver = RoundDriver(TaskConfig(initial_model={"w": np.zeros(4, np.float32)}, rounds=2), events=events)
+    identity, session = SiteIdentity.generate("a"), os.urandom(16)
+    x, y = _data()
+    text, signature = _signed(identity, session, make_card("a", x, y, NAMES))
+    driver.report_card("a", 1, session, identity.public, text, signature)
+    driver.report_metrics("a", 1, {"accuracy": 0.5}, 10)
+    for round_number in (1, 2):  # a second card in round 1, or one for a round that is not open
+        with pytest.raises(UpdateRefused, match="one metrics report of the current round"):
+            driver.report_card("a", round_number, session, identity.public, text, signature)
+    assert [k for k, _ in events.seen].count("dataset_card") == 1
