@@ -893,6 +893,18 @@ class FederationService:
                     "(admission policy)",
                     grpc.StatusCode.INVALID_ARGUMENT,
                 )
+            report_card = getattr(self.driver, "report_card", None)  # async versions take no cards
+            if inner.dataset_card and report_card is not None:  # the site's signed dataset card (aggregator/cards.py)
+                await asyncio.get_running_loop().run_in_executor(
+                    None,
+                    report_card,
+                    session.site_id,
+                    int(inner.round),
+                    session.session_id,
+                    session.identity,
+                    inner.dataset_card,
+                    bytes(inner.dataset_card_signature),
+                )
             await asyncio.get_running_loop().run_in_executor(  # logged durably: an fsync, off the event loop
                 None, self.driver.report_metrics, session.site_id, int(inner.round), metrics, examples
             )

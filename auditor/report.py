@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from auditor.charts import bar_chart, line_chart
+from auditor.intelligence_report import render_intelligence
 from auditor.show import admission_view, plain, policy_view, rule_text, summary, tcb_of
 from auditor.verdict import HEADLINES, counts, simulated_detail
 from auditor.verify import Entry, Verification
@@ -447,6 +448,7 @@ def render_report(result: Verification, *, policy_file: str | None = None, polic
         )
     )
 
+    parts.append(render_intelligence(result.entries))  # auditor/intelligence_report.py
     parts.append("<h2>Timeline</h2>")
     shown = result.entries[:MAX_TIMELINE]
     parts.append(

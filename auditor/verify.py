@@ -49,6 +49,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import itertools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +81,7 @@ from protocol.auditlog.format import (
 )
 from protocol.auditlog.heads import TreeHead, head_message
 from protocol.auditlog.records import KNOWN_LOG_FORMATS, PolicyRecordError, admission_policy_from_record
+from protocol.cards import CardError, card_message, parse_card
 from protocol.formulas import receipt_message
 
 START_KINDS = ("aggregator_start", "handover")
@@ -99,6 +102,10 @@ CHECKED_KINDS: tuple[str, ...] = START_KINDS + (
     "model_initial",
     "model_released",
     "model_delivered",
+    "drift_alert",
+    "quarantine",
+    "contribution_release",
+    "dataset_card",
 )
 MAX_PROBLEMS = 200
 MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last instant a datetime holds
@@ -583,6 +590,8 @@ class _RunState:
     training: _Training = field(default_factory=lambda: _Training())
     vendor_jobs: dict[str, str] = field(default_factory=dict)  # job id -> vendor (vendor evaluation)
     delivery: dict[str, Any] = field(default_factory=dict)  # model delivery (see _on_model_initial)
+    quarantined: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # (round, attempt) -> sites
+    session_identities: dict[tuple[str, str], str] = field(default_factory=dict)  # (site, session) -> identity key
 
 
 def _check_semantics(
@@ -724,6 +733,7 @@ def _on_update(result: Verification, entry: Entry, state: _RunState, keys: _Keys
 
 def _on_round(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
     outcome = _check_round(result, entry, state.admitted, state.receipts)
+    _check_quarantined(result, entry, state)
     state.training.round(result, outcome)
 
 
@@ -837,6 +847,126 @@ _HANDLERS.update(
     vendor_release=_on_vendor_release,
     async_version=_on_async_version,
 )
+
+
+# --- federation intelligence (aggregator/surveillance.py) ---------------------------------------
+
+
+def _on_drift_alert(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f = entry.fields
+    site, round_number, rule, value = _text(f, "site"), _uint(f, "round"), _text(f, "rule"), _number(f, "value")
+    if type(f.get("quarantined")) is not bool or not math.isfinite(value):
+        raise TypeError("quarantined is not a boolean or value is not finite")
+    if site not in state.admitted:
+        result.add(
+            Problem(
+                entry.index,
+                "drift_alert.site",
+                f"a {rule[:40]!r} alert of round {round_number} names "
+                f"site {site[:80]!r}, which no admission in this run admitted",
+            )
+        )
+
+
+def _on_quarantine(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f = entry.fields
+    round_number, attempt, sites = _uint(f, "round"), _uint(f, "attempt"), f["sites"]
+    if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites) or not isinstance(f["reasons"], dict):
+        raise TypeError("sites is not a list of site ids or reasons is not a map")
+    for site in sites:
+        if (site, round_number) not in state.receipts or not f["reasons"].get(site):
+            result.add(
+                Problem(
+                    entry.index,
+                    "quarantine.site",
+                    f"round {round_number}: site {site[:80]!r} is "
+                    "quarantined without a logged, accepted update or without a reason",
+                )
+            )
+    state.quarantined[(round_number, attempt)] = list(sites)
+
+
+def _check_quarantined(result: Verification, entry: Entry, state: _RunState) -> None:
+    """A quarantine logged for a round's attempt is applied: the round aggregated none of those sites."""
+    f = entry.fields
+    excluded = state.quarantined.get((_uint(f, "round"), f.get("attempt", 1)), [])
+    for site in excluded:
+        if site in f["participants"]:
+            result.add(
+                Problem(
+                    entry.index,
+                    "round.quarantine",
+                    f"round {f['round']} aggregated the update of site "
+                    f"{site[:80]!r}, which the log quarantined for that round",
+                )
+            )
+
+
+def _on_contribution_release(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    values, ranking = entry.fields["values"], entry.fields["ranking"]
+    if not isinstance(values, dict) or not all(type(v) in (int, float) and math.isfinite(v) for v in values.values()):
+        raise TypeError("values is not a map of finite numbers")
+    if (
+        not isinstance(ranking, list)
+        or sorted(ranking) != sorted(values)
+        or any(values[a] < values[b] for a, b in itertools.pairwise(ranking))
+    ):
+        result.add(
+            Problem(
+                entry.index,
+                "contribution_release.ranking",
+                "the released ranking is not the released values in decreasing order",
+            )
+        )
+    for site in values:
+        if site not in state.admitted:
+            result.add(
+                Problem(
+                    entry.index,
+                    "contribution_release.site",
+                    f"a contributor value for site {site[:80]!r}, which no admission in this run admitted",
+                )
+            )
+
+
+_HANDLERS.update(
+    {"drift_alert": _on_drift_alert, "quarantine": _on_quarantine, "contribution_release": _on_contribution_release}
+)
+
+
+def _on_session_keys(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """The session check, then the identity key each session was opened for (dataset cards are signed by it)."""
+    _on_session(result, entry, state, keys)
+    f = entry.fields
+    if isinstance(f.get("site"), str) and isinstance(f.get("session"), str) and isinstance(f.get("identity"), str):
+        state.session_identities[(f["site"], f["session"])] = f["identity"]
+
+
+def _on_dataset_card(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f = entry.fields
+    site, session, text = _text(f, "site"), _text(f, "session"), _text(f, "card")
+    identity = state.session_identities.get((site, session))
+    problem = None
+    if identity is None:
+        problem = f"a dataset card of site {site[:80]!r} for session {session[:32]}, which this run did not open for it"
+    else:
+        try:
+            card = parse_card(text)
+            signed = keys.verify(
+                bytes.fromhex(identity)[:32],
+                bytes.fromhex(_text(f, "signature")),
+                card_message(bytes.fromhex(session), text.encode()),
+            )
+        except (CardError, ValueError) as exc:
+            problem = f"the dataset card of site {site[:80]!r} is unreadable: {str(exc)[:200]}"
+        else:
+            if card.site != site or not signed:
+                problem = f"the dataset card of site {site[:80]!r} is not signed by its identity key for its session"
+    if problem is not None:
+        result.add(Problem(entry.index, "dataset_card.signature", problem))
+
+
+_HANDLERS.update({"session": _on_session_keys, "dataset_card": _on_dataset_card})
 
 
 def _text(fields_: dict[str, Any], name: str) -> str:

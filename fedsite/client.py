@@ -556,11 +556,19 @@ class SiteClient:
             raise AggregatorNotTrusted("the update receipt is not signed by the attested aggregator key")
         return receipt
 
-    def report_metrics(self, round_number: int, metrics: dict[str, float], examples: int) -> None:
+    def report_metrics(
+        self, round_number: int, metrics: dict[str, float], examples: int, card: Any | None = None
+    ) -> None:
+        """``card``: the site's :class:`protocol.cards.DatasetCard`, signed here by its identity key."""
         session, call, metadata = self._next_call()
-        request = self._sealed(
-            session, "ReportMetrics", call, pb.MetricsReport(round=round_number, metrics=metrics, examples=examples)
-        )
+        report = pb.MetricsReport(round=round_number, metrics=metrics, examples=examples)
+        if card is not None:
+            from protocol.cards import card_message
+
+            text = card.to_json()
+            report.dataset_card = text
+            report.dataset_card_signature = self.identity.sign(card_message(session.claims.session_id, text.encode()))
+        request = self._sealed(session, "ReportMetrics", call, report)
         sealed = self.stub.ReportMetrics(request, metadata=metadata, timeout=self.timeout)
         self._open(session, "ReportMetrics", call, sealed, pb.MetricsAck)
 

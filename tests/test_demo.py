@@ -23,7 +23,7 @@ def test_demo_defaults(tmp_path: Path) -> None:
     tmp_path = tmp_path / "demo"
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
-    assert set(summary) == {"final_accuracy", "rounds", "refused", "audit_log"}
+    assert set(summary) == {"final_accuracy", "rounds", "refused", "audit_log", "intelligence"}
     assert summary["final_accuracy"] >= 0.93
     assert [r["round"] for r in summary["rounds"]] == [1, 2, 3, 4, 5]
     assert all(
