@@ -181,7 +181,7 @@ MORE = {
     ("task", "krum_f"): "deprecated: [task.strategy] f",
     ("task", "krum_m"): "deprecated: [task.strategy] m",
     ("task", "dp"): "optional central differential privacy: the [task.dp] table",
-    ("task", "drift"): "optional drift surveillance, alerts and quarantine: the [task.drift] table (docs/intelligence.md)",
+    ("task", "drift"): "optional drift surveillance, alerts and quarantine: [task.drift] (docs/intelligence.md)",
     ("task", "contribution"): "optional contributor value and its release: the [task.contribution] table",
     ("task", "cards"): "optional dataset cards the sites publish, with the schema they must match: [task.cards]",
     ("task", "vendors"): "optional vendor evaluation jobs: the [task.vendors] table (docs/vendor-evaluation.md)",
