@@ -932,6 +932,15 @@ class FederationService:
     async def VendorReport(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._vendor("rpc_report", request, context)
 
+    async def VendorUpload(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._vendor("rpc_upload", request_iterator, context)
+
+    async def VendorFetch(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if self.vendor_jobs is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this task has no vendor policy ([task.vendors])")
+        async for chunk in self.vendor_jobs.rpc_fetch(self, request, context):
+            yield chunk
+
     # --- health ------------------------------------------------------------------------------
 
     async def Check(
@@ -945,7 +954,7 @@ class FederationService:
         )
 
 
-HANDSHAKE_METHODS = ("GetEvidence", "GetChallenge", "Admit", "Check", "VendorSubmit", "VendorReport")
+HANDSHAKE_METHODS = ("GetEvidence", "GetChallenge", "Admit", "Check", "VendorSubmit", "VendorReport", "VendorUpload")
 
 
 class Malformed:
@@ -1062,6 +1071,8 @@ _METHODS = {
     "VendorJobs": ("unary", pb.Sealed, pb.Sealed),
     "VendorReportMetrics": ("unary", pb.Sealed, pb.Sealed),
     "VendorReport": ("unary", pb.VendorReportRequest, pb.VendorReportResponse),
+    "VendorUpload": ("client_stream", pb.VendorUploadChunk, pb.VendorSubmitResponse),
+    "VendorFetch": ("server_stream", pb.Sealed, pb.VendorChunk),
 }
 
 
