@@ -34,6 +34,7 @@ import numpy as np
 from aggregator.gate import MemoryBudget, Ticket
 from aggregator.service import Malformed, UpdateRefused, _parse, _short
 from aggregator.vendor_reports import job_row, render_html, vendor_view
+from aggregator.vendor_state import StoredJob, VendorStore
 from enclave.keys import EnclaveKeyError, EnclaveKeys, verify_enclave_signature
 from protocol.formulas import MAX_METRIC_NAME, MAX_METRICS
 from protocol.tensors import UpdateFormatError, decode_tensors
@@ -69,6 +70,26 @@ class Job:
     dispatched: set[str] = field(default_factory=set)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: Ticket | None = field(default=None, repr=False)  # the stored ciphertext's place in the memory budget
+    #: Set when the report deadline closed the job before every site reported: the sites that did not.
+    missing: list[str] | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Every evaluating site reported, or the report deadline passed."""
+        return self.missing is not None
+
+    def stored(self) -> StoredJob:
+        return StoredJob(
+            job_id=self.job_id,
+            manifest=self.manifest_bytes,
+            key=self.key,
+            header=self.artefact.header,
+            chunks=self.artefact.chunks,
+            submitted=self.submitted,
+            dispatched=sorted(self.dispatched),
+            results=self.results,
+            missing=self.missing,
+        )
 
     @property
     def job_id(self) -> str:
@@ -90,8 +111,11 @@ def _artefact(message: pb.VendorArtefact) -> SealedArtefact:
 class EvaluationJobs:
     """The vendor evaluation jobs of one aggregator run. Thread-safe."""
 
-    def __init__(self, policy: VendorPolicy, keys: EnclaveKeys, record: Any, report_dir: Path) -> None:
+    def __init__(
+        self, policy: VendorPolicy, keys: EnclaveKeys, record: Any, report_dir: Path, store: VendorStore | None = None
+    ) -> None:
         self.policy = policy
+        self.store = store  # sealed job state (aggregator/vendor_state.py); None: jobs end with the process
         self.keys = keys
         self.record = record  # the service's _record: durable, fail-stop
         self.report_dir = report_dir
@@ -221,7 +245,56 @@ class EvaluationJobs:
         return pb.VendorSubmitResponse(accepted=True, job_id=manifest.job_id)
 
     def on_submitted(self, job: Job) -> None:
-        """A hook after a job is kept (persistence, deadlines)."""
+        """Seal the new job's state (a restart restores it)."""
+        self.persist(job)
+
+    def persist(self, job: Job) -> None:
+        """Seal a job's state after a change (its artefact once, at submission)."""
+        if self.store is None:
+            return
+        if not (self.store.directory / f"{job.job_id}.artefact").exists():
+            self.store.save_artefact(job.job_id, job.artefact.header, job.artefact.chunks)
+        self.store.save(job.stored())
+
+    def restore(self) -> list[str]:
+        """The jobs sealed by an earlier run of this code, logged (``vendor_restored``) and kept;
+        the content keys are re-sealed to each site's new session key when it asks again."""
+        if self.store is None:
+            return []
+        stored = self.store.load()
+        if not stored:
+            return []
+        self.record(
+            "vendor_restored",
+            jobs=[
+                {
+                    "job": job.job_id,
+                    "vendor": VendorManifest.from_bytes(job.manifest).vendor,
+                    "dispatched": sorted(job.dispatched),
+                    "reported": sorted(job.results),
+                    "missing": job.missing,
+                }
+                for job in stored
+            ],
+        )
+        with self._lock:
+            for item in stored:
+                manifest = VendorManifest.from_bytes(item.manifest)
+                artefact = SealedArtefact(item.header, item.chunks)
+                ticket = self.memory.reserve(manifest.vendor, sum(len(c) for c in item.chunks))
+                job = Job(
+                    manifest,
+                    item.manifest,
+                    artefact,
+                    item.key,
+                    item.submitted,
+                    dispatched=set(item.dispatched),
+                    results=item.results,
+                    memory=ticket if isinstance(ticket, Ticket) else None,
+                    missing=item.missing,
+                )
+                self.jobs[job.job_id] = job
+        return [item.job_id for item in stored]
 
     # --- streamed submission (VendorUpload) ----------------------------------------------------
 
@@ -322,11 +395,12 @@ class EvaluationJobs:
         response = pb.VendorJobsResponse()
         with self._lock:
             for job in self.jobs.values():
-                if site_id in job.results:
+                if site_id in job.results or job.closed:
                     continue
                 if site_id not in job.dispatched:
                     self.record("vendor_dispatch", job=job.job_id, site=site_id, site_x25519=site_x25519)
                     job.dispatched.add(site_id)
+                    self.persist(job)
                 response.jobs.append(
                     pb.VendorJob(
                         job_id=job.job_id,
@@ -347,9 +421,10 @@ class EvaluationJobs:
             job = self.jobs.get(job_id)
             if job is None or site_id not in job.dispatched:
                 raise UpdateRefused(f"no evaluation job {_short(job_id, 40)!r} was sent to this site")
-            if site_id in job.results:
+            if site_id in job.results or job.closed:
                 raise UpdateRefused(
-                    f"site {site_id!r} already reported job {job.job_id}", grpc.StatusCode.ALREADY_EXISTS
+                    f"site {site_id!r} already reported job {job.job_id}, or the job is closed",
+                    grpc.StatusCode.FAILED_PRECONDITION,
                 )
             return job.artefact.chunks
 
@@ -358,7 +433,7 @@ class EvaluationJobs:
         if site_id not in self.policy.sites:
             return 0
         with self._lock:
-            return sum(1 for job in self.jobs.values() if site_id not in job.results)
+            return sum(1 for job in self.jobs.values() if site_id not in job.results and not job.closed)
 
     def accept_metrics(self, site_id: str, report: pb.VendorMetrics, max_weight: float) -> None:
         self._check_site(site_id)
@@ -369,6 +444,11 @@ class EvaluationJobs:
             if site_id in job.results:
                 raise UpdateRefused(
                     f"site {site_id!r} already reported job {job.job_id}", grpc.StatusCode.ALREADY_EXISTS
+                )
+            if job.closed:
+                raise UpdateRefused(
+                    f"job {job.job_id} was closed at its report deadline; site {site_id!r} is listed as missing",
+                    grpc.StatusCode.FAILED_PRECONDITION,
                 )
             result = self._checked_result(report, max_weight)
             digest = hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()
@@ -384,6 +464,9 @@ class EvaluationJobs:
             )
             job.results[site_id] = result
             complete = all(s in job.results for s in self.policy.sites)
+            if complete:
+                job.missing = []
+            self.persist(job)
         if complete:
             self.release_network()
 
@@ -423,13 +506,67 @@ class EvaluationJobs:
 
     # --- reports -------------------------------------------------------------------------------
 
+    def _row(self, job: Job) -> dict[str, Any]:
+        row = job_row(job.describe(), job.results, allowed=self.policy.network_metrics)
+        row["missing"] = list(job.missing or [])  # sites that had not reported at the report deadline
+        return row
+
     def rows(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [
-                job_row(job.describe(), job.results, allowed=self.policy.network_metrics)
-                for job in self.jobs.values()
-                if all(s in job.results for s in self.policy.sites)
-            ]
+            return [self._row(job) for job in self.jobs.values() if job.closed]
+
+    # --- the report deadline ([task.vendors] report_deadline) ----------------------------------
+
+    def deadline(self, job: Job) -> float | None:
+        """When a job's report is produced from the sites that reported (unix seconds), if the policy sets one."""
+        if self.policy.report_deadline is None:
+            return None
+        return datetime.fromisoformat(job.submitted).timestamp() + self.policy.report_deadline
+
+    def close_due(self, now: float | None = None) -> list[str]:
+        """Close every job whose report deadline passed: log ``vendor_deadline`` (the sites that
+        reported and those missing), then release the network's report per the policy."""
+        now = time.time() if now is None else now
+        closed = []
+        with self._lock:
+            for job in self.jobs.values():
+                due = self.deadline(job)
+                if job.closed or due is None or now < due:
+                    continue
+                reported = sorted(s for s in self.policy.sites if s in job.results)
+                missing = sorted(s for s in self.policy.sites if s not in job.results)
+                self.record(
+                    "vendor_deadline",
+                    job=job.job_id,
+                    vendor=job.manifest.vendor,
+                    deadline=datetime.fromtimestamp(due, UTC).isoformat(),
+                    reported=reported,
+                    missing=missing,
+                )
+                job.missing = missing
+                self.persist(job)
+                closed.append(job.job_id)
+        if closed:
+            self.release_network()
+        return closed
+
+    def start(self, stop: threading.Event | None = None, *, period: float = 1.0) -> threading.Thread | None:
+        """Close due jobs every ``period`` seconds in a daemon thread (none without a report deadline)."""
+        if self.policy.report_deadline is None:
+            return None
+        stop = stop or threading.Event()
+        self._stop = stop
+
+        def watch() -> None:
+            while not stop.wait(period):
+                try:
+                    self.close_due()
+                except Exception:  # noqa: BLE001 - the log refused an entry: the service has fail-stopped
+                    return
+
+        thread = threading.Thread(target=watch, name="vendor-deadlines", daemon=True)
+        thread.start()
+        return thread
 
     def network_report(self) -> dict[str, Any]:
         return {
@@ -481,10 +618,12 @@ class EvaluationJobs:
             if reasons:
                 return pb.VendorReportResponse(reasons=reasons)
             assert job is not None
-            if not all(s in job.results for s in self.policy.sites):
+            if not job.closed:
                 return pb.VendorReportResponse(complete=False)
-            row = job_row(job.describe(), job.results, allowed=self.policy.network_metrics)
+            row = self._row(job)
         view = vendor_view(row, allowed=self.policy.vendor_metrics, per_site=self.policy.vendor_per_site)
+        if row["missing"]:  # closed at the report deadline: which sites (or, without per-site release, how many)
+            view["missing"] = row["missing"] if self.policy.vendor_per_site else len(row["missing"])
         data = json.dumps(view, sort_keys=True).encode()
         content_key = new_content_key()
         try:

@@ -250,7 +250,12 @@ async def _start(
         from aggregator.evaluation_jobs import EvaluationJobs
 
         report_dir = config.path.parent / config.task.vendors.report_dir
-        service.vendor_jobs = EvaluationJobs(config.task.vendors, keys, service._record, report_dir)
+        from aggregator.vendor_state import VendorStore
+
+        store = VendorStore(config.state_dir / "vendor-jobs", sealing) if sealing is not None else None
+        service.vendor_jobs = EvaluationJobs(config.task.vendors, keys, service._record, report_dir, store)
+        service.vendor_jobs.restore()  # jobs sealed by an earlier run (logged: vendor_restored)
+        service.vendor_jobs.start()  # the report deadline, if the policy sets one
     service.delivery = start_delivery(config, driver, events)
     server.add_generic_rpc_handlers(handlers(service))
     await server.start()

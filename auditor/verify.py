@@ -97,6 +97,8 @@ CHECKED_KINDS: tuple[str, ...] = START_KINDS + (
     "vendor_submission",
     "vendor_evaluation",
     "vendor_release",
+    "vendor_restored",
+    "vendor_deadline",
     "async_version",
     "config_bundle",
     "model_initial",
@@ -589,6 +591,7 @@ class _RunState:
     )  # SHA-256 -> bytes of the verifier's collateral files logged
     training: _Training = field(default_factory=lambda: _Training())
     vendor_jobs: dict[str, str] = field(default_factory=dict)  # job id -> vendor (vendor evaluation)
+    vendor_submitted: dict[str, str] = field(default_factory=dict)  # every run's submissions (vendor_restored)
     delivery: dict[str, Any] = field(default_factory=dict)  # model delivery (see _on_model_initial)
     quarantined: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # (round, attempt) -> sites
     session_identities: dict[tuple[str, str], str] = field(default_factory=dict)  # (site, session) -> identity key
@@ -796,6 +799,7 @@ def _on_vendor_submission(result: Verification, entry: Entry, state: _RunState, 
     if manifest.job_id != _text(f, "job") or manifest.vendor != _text(f, "vendor"):
         result.add(Problem(i, "vendor_submission.job", "the logged job id or vendor is not the manifest's"))
     state.vendor_jobs[manifest.job_id] = manifest.vendor
+    state.vendor_submitted[manifest.job_id] = manifest.vendor
 
 
 def _on_vendor_evaluation(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
@@ -816,6 +820,30 @@ def _on_vendor_release(result: Verification, entry: Entry, state: _RunState, key
     vendor = f.get("vendor")
     if f.get("to") == "vendor" and any(state.vendor_jobs.get(j) != vendor for j in jobs):
         result.add(Problem(i, "vendor_release.vendor", f"vendor {str(vendor)[:64]!r} was sent another vendor's job"))
+
+
+def _on_vendor_restored(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """A restart restores only jobs an earlier run of this log accepted (aggregator/vendor_state.py)."""
+    for item in entry.fields["jobs"]:
+        job, vendor = _text(item, "job"), _text(item, "vendor")
+        if state.vendor_submitted.get(job) != vendor:
+            result.add(
+                Problem(
+                    entry.index,
+                    "vendor_restored.job",
+                    f"restored job {job[:40]!r} of vendor {vendor[:64]!r}, which no earlier run's submission logged",
+                )
+            )
+            continue
+        state.vendor_jobs[job] = vendor
+
+
+def _on_vendor_deadline(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f = entry.fields
+    if _text(f, "job") not in state.vendor_jobs:
+        result.add(
+            Problem(entry.index, "vendor_deadline.job", f"a deadline of job {_text(f, 'job')[:40]!r} never submitted")
+        )
 
 
 def _on_async_version(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
@@ -845,6 +873,8 @@ _HANDLERS.update(
     vendor_submission=_on_vendor_submission,
     vendor_evaluation=_on_vendor_evaluation,
     vendor_release=_on_vendor_release,
+    vendor_restored=_on_vendor_restored,
+    vendor_deadline=_on_vendor_deadline,
     async_version=_on_async_version,
 )
 
