@@ -18,11 +18,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import numpy as np
 
 from enclave.keys import EnclaveKeyError
 from fedsite.client import SiteClient
 from fedsite.evaluation import MIN_SUBGROUP_EXAMPLES, EvaluationError, evaluate_predictions, metric_set
+from protocol.formulas import ProtocolError
 from protocol.tensors import UpdateFormatError, decode_tensors
 from protocol.vendor import (
     VENDOR_METRICS,
@@ -148,6 +150,8 @@ def evaluate_job(
         metrics = evaluate_predictions(probabilities, labels, data.subgroups, min_examples=min_examples)
     except (VendorError, EnclaveKeyError, EvaluationError) as exc:
         return pb.VendorMetrics(job_id=job.job_id, refused=str(exc)[:300])
+    except (grpc.RpcError, ProtocolError):
+        raise  # the model did not arrive (VendorFetch): the job stays pending, nothing is reported
     except Exception as exc:  # noqa: BLE001 - the vendor's pinned code failed: refused with its reason
         reason = f"the model definition failed: {type(exc).__name__}: {exc}"
         return pb.VendorMetrics(job_id=job.job_id, refused=reason[:300])

@@ -204,7 +204,7 @@ def new_content_key() -> bytes:
     return os.urandom(CONTENT_KEY_BYTES)
 
 
-def encrypt_artefact(data: bytes, key: bytes, *, chunk: int = ARTEFACT_CHUNK) -> SealedArtefact:
+def encrypt_artefact(data: bytes | bytearray, key: bytes, *, chunk: int = ARTEFACT_CHUNK) -> SealedArtefact:
     """``data`` under ``key`` with secretstream (XChaCha20-Poly1305)."""
     state = ss.crypto_secretstream_xchacha20poly1305_state()
     header = ss.crypto_secretstream_xchacha20poly1305_init_push(state, key)
