@@ -219,3 +219,31 @@ def test_a_20_mb_model_streams_both_ways_and_never_touches_the_disk(tmp_path: Pa
     assert "vendor.deadline" in json.dumps([e for e in events if e.get("message") == "vendor_refused"])
     assert _scan([vendor_dir], _needles(model))  # the scan finds the plaintext where it is
     assert not _scan([deployment.directory, deployment.sim_dir], _needles(model))
+
+
+def test_memory_budget_bounds_each_vendor_and_all() -> None:
+    from aggregator.gate import MemoryBudget, Ticket
+
+    budget = MemoryBudget(per_holder=100, total=150)
+    first = budget.reserve("acme", 80)
+    assert isinstance(first, Ticket)
+    assert "over its 100" in str(budget.reserve("acme", 30))
+    second = budget.reserve("globex", 60)
+    assert isinstance(second, Ticket)
+    assert "over 150" in str(budget.reserve("initech", 20))
+    first.release()
+    first.release()  # once only
+    assert budget.held == 60 and isinstance(budget.reserve("acme", 90), Ticket)
+
+
+def test_policy_size_and_deadline_keys() -> None:
+    from protocol.vendor import VendorPolicy
+
+    base = {"keys": {"acme": "00" * 32}, "sites": ["site-a"]}
+    policy = VendorPolicy.from_table({**base, "max_model_bytes": 1 << 25, "report_deadline": "30m"})
+    assert policy.max_model_bytes == 1 << 25 and policy.report_deadline == 1800.0 and policy.upload_timeout == 600.0
+    assert VendorPolicy.from_table(base).report_deadline is None
+    with pytest.raises(VendorError) as bad:
+        VendorPolicy.from_table({**base, "memory_total": 0, "report_deadline": "soon", "upload_timeout": -1})
+    message = str(bad.value)
+    assert "memory_total" in message and "report_deadline" in message and "upload_timeout" in message
