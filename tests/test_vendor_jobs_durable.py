@@ -154,6 +154,8 @@ def test_the_report_deadline_releases_what_the_sites_reported(tmp_path: Path) ->
     network = json.loads((deployment.directory / "vendor-reports" / "network-report.json").read_text())
     [row] = network["vendors"]
     assert row["missing"] == ["site-b"] and list(row["sites"]) == ["site-a"]
+    html_page = (deployment.directory / "vendor-reports" / "network-report.html").read_text()
+    assert "not reported: site-b" in html_page
     events = read_events(deployment.directory / "aggregator.stderr")
     [deadline] = [e for e in events if e.get("message") == "vendor_deadline"]
     assert "site-b" in json.dumps(deadline) and job in json.dumps(deadline)
