@@ -327,9 +327,7 @@ class EvaluationJobs:
         try:
             try:
                 content_key = self.keys.open_sealed_box(bytes(request.artefact.sealed_key))
-                opener = ArtefactOpener(
-                    bytes(request.artefact.header), content_key, max_bytes=manifest.model_bytes
-                )
+                opener = ArtefactOpener(bytes(request.artefact.header), content_key, max_bytes=manifest.model_bytes)
             except (EnclaveKeyError, VendorError) as exc:
                 return refused(manifest.vendor, [f"vendor.artefact: {exc}"])
             message: Any = first if first.ciphertext else None

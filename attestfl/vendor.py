@@ -112,9 +112,7 @@ class VendorClient:
         self.aggregator = bundle.keys
         return bundle.keys
 
-    def submit(
-        self, model: bytes | Path, *, name: str, entry_point: str, entry_sha256: bytes | None = None
-    ) -> str:
+    def submit(self, model: bytes | Path, *, name: str, entry_point: str, entry_sha256: bytes | None = None) -> str:
         """Submit ``model`` (safetensors bytes, or the path of a safetensors file of any size) for
         evaluation; returns the job id. The model is encrypted to the aggregator's attested key
         only after its evidence passed, and streamed in ARTEFACT_CHUNK chunks (VendorUpload): a

@@ -52,7 +52,13 @@ SESSION_HEADER = "attestfl-session"
 CALL_HEADER = "attestfl-call"
 #: The methods whose requests and responses are sealed (their names are in the associated data).
 SEALED_METHODS = (
-    "GetTask", "DownloadModel", "UploadUpdate", "ReportMetrics", "VendorJobs", "VendorReportMetrics", "VendorFetch"
+    "GetTask",
+    "DownloadModel",
+    "UploadUpdate",
+    "ReportMetrics",
+    "VendorJobs",
+    "VendorReportMetrics",
+    "VendorFetch",
 )
 
 

@@ -100,7 +100,10 @@ def _upload(
     sealed = seal_key(content_key, keys.x25519)
     signature = vendor_key.sign(
         submission_message(
-            manifest, aggregator_x25519=keys.x25519, aggregator_ed25519=keys.ed25519, sealed_key=sealed,
+            manifest,
+            aggregator_x25519=keys.x25519,
+            aggregator_ed25519=keys.ed25519,
+            sealed_key=sealed,
             header=sealer.header,
         )
     )
@@ -111,9 +114,7 @@ def _upload(
         signature=signature,
     )
     count = chunk_count(len(model))
-    chunks = [
-        sealer.push(model[i << 20 : (i + 1) << 20], final=i == count - 1) for i in range(count)
-    ]
+    chunks = [sealer.push(model[i << 20 : (i + 1) << 20], final=i == count - 1) for i in range(count)]
     messages = [pb.VendorUploadChunk(index=i, ciphertext=c) for i, c in enumerate(chunks)]
     if tamper == "truncated":
         messages = messages[:-1]
