@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
@@ -31,8 +31,9 @@ from protocol.streams import TAG_BYTES, StreamError, StreamHeader, StreamOpener
 from protocol.tensors import ModelSpec
 from protocol.wire import federation_pb2 as pb
 
-if TYPE_CHECKING:
-    from aggregator.service import FederationService, Session
+#: aggregator.service.FederationService and its Session (not imported: the service imports this module).
+FederationService = Any
+Session = Any
 
 #: Download stream headers remembered per session, and in all.
 DOWNLOADS_PER_SESSION = 4
@@ -138,11 +139,11 @@ async def receive_resumed(
     first: pb.SealedChunk,
     iterator: AsyncIterator[pb.SealedChunk],
     context: grpc.aio.ServicerContext,
-) -> Any:
+    refusals: tuple[type[Exception], ...],
+) -> pb.Sealed | PartialUpload:
     """A resume call of ``UploadUpdate``: the answer to a query (a Sealed UploadReceipt with
-    ``resume_index``), or the whole update once its final chunk arrived (a _ReceivedUpdate)."""
-    from aggregator.service import UpdateRefused, _ReceivedUpdate
-
+    ``resume_index``), or the whole upload once its final chunk arrived. An exception of
+    ``refusals`` (the driver's, a stream's) refuses the upload for good."""
     resumes: Resumes = service.resumes
     query = bool(first.resume_query)
     try:
@@ -214,16 +215,9 @@ async def receive_resumed(
         raise
     except grpc.aio.AbortError:
         raise
-    except (UpdateRefused, StreamError) as exc:  # the upload is refused for good
+    except refusals as exc:  # the upload is refused for good
         await service._refuse_update(context, session, exc)
-    return _ReceivedUpdate(
-        partial.round,
-        partial.attempt,
-        partial.spec,
-        memoryview(partial.buffer)[: partial.size],
-        partial.decrypt_seconds,
-        partial.call,
-    )
+    return partial
 
 
 async def dropped(context: grpc.aio.ServicerContext, wait: float = 0.25) -> bool:

@@ -804,7 +804,15 @@ class FederationService:
         deadline = started_at + self.limits.upload_timeout
         first = await self._next_chunk(request_iterator, context, deadline)
         if first is not None and (first.resume_stream or first.resume_query):
-            return await receive_resumed(self, session, call, first, request_iterator, context)
+            resumed = await receive_resumed(
+                self, session, call, first, request_iterator, context, (UpdateRefused, StreamError)
+            )
+            if isinstance(resumed, pb.Sealed):
+                return resumed  # where to resume
+            data = memoryview(resumed.buffer)[: resumed.size]
+            return _ReceivedUpdate(
+                resumed.round, resumed.attempt, resumed.spec, data, resumed.decrypt_seconds, resumed.call
+            )
         if first is None or not first.header:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the upload does not start with a stream header")
         assert first is not None

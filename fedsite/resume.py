@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
@@ -20,9 +20,10 @@ from protocol.resume import reseal_from, resume_token
 from protocol.streams import StreamHeader
 from protocol.wire import federation_pb2 as pb
 
-if TYPE_CHECKING:
-    from fedsite.client import JoinedSession, SiteClient
-
+#: ``client`` below is a fedsite.client.SiteClient and ``session`` its JoinedSession (not imported:
+#: the client imports this module).
+SiteClient = Any
+JoinedSession = Any
 #: Status codes of a dropped connection (worth resuming), and of an upload still in flight there.
 DROPPED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
 #: Resume attempts per transfer.
