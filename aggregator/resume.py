@@ -88,6 +88,10 @@ class Resumes:
             self._parked.popitem(last=False)
         partial.expires = time.monotonic() + self.retention
         self._parked[partial.session_id] = partial
+        try:  # its memory is released when the retention passes, resumed or not
+            asyncio.get_running_loop().call_later(self.retention + 0.05, self.expire)
+        except RuntimeError:
+            pass  # no event loop (a test of the store alone): expired on the next use
         return True
 
     def find(self, session_id: bytes, stream_id: bytes) -> PartialUpload | None:

@@ -478,7 +478,7 @@ class SiteClient:
                         on_chunk(len(plaintext))
                 break
             except grpc.RpcError as exc:  # dropped: ask for the rest of the same stream, checked by the same opener
-                if opener is None or exc.code() not in DROPPED or resumes >= RESUME_ATTEMPTS:  # type: ignore[attr-defined]
+                if opener is None or exc.code() not in DROPPED or resumes >= RESUME_ATTEMPTS:
                     raise
                 if opener.finished:
                     break

@@ -56,7 +56,7 @@ def resume_upload(
     """(the Sealed receipt, the call it answers) of the rest of ``stream``; None when the
     aggregator holds no part of it (the caller starts over); re-raises ``error`` when the
     failure was not a dropped connection."""
-    if error.code() not in DROPPED or not stream.header:  # type: ignore[attr-defined]
+    if error.code() not in DROPPED or not stream.header:
         raise error
     stream_id = StreamHeader.decode(stream.header).stream_id
     last: grpc.RpcError = error
@@ -66,9 +66,9 @@ def resume_upload(
         try:
             start = _where(client, session, stream_id)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            if exc.code() not in (*DROPPED, grpc.StatusCode.RESOURCE_EXHAUSTED):  # type: ignore[attr-defined]
+            if exc.code() not in (*DROPPED, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 raise
             last = exc  # the aggregator has not yet seen the drop (in flight), or the link is still down
             continue
@@ -79,7 +79,7 @@ def resume_upload(
                 iter(rest), metadata=metadata, timeout=client.timeout, wait_for_ready=True
             )
         except grpc.RpcError as exc:
-            if exc.code() not in DROPPED:  # type: ignore[attr-defined]
+            if exc.code() not in DROPPED:
                 raise
             last = exc
             continue

@@ -36,9 +36,7 @@ MAX_RESUMES = 8
 
 def resume_token(keys: SessionKeys, *, call: int, stream_id: bytes, query: bool) -> bytes:
     """The site's proof that call ``call`` continues (or asks about) stream ``stream_id``."""
-    return seal_message(
-        keys, method="UploadUpdate", call=call, response=False, plaintext=_token_body(stream_id, query)
-    )
+    return seal_message(keys, method="UploadUpdate", call=call, response=False, plaintext=_token_body(stream_id, query))
 
 
 def check_resume_token(keys: SessionKeys, *, call: int, stream_id: bytes, query: bool, token: bytes) -> None:

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -161,7 +161,7 @@ def stream_bytes(parts: list) -> tuple[int, int]:
     return chunks, size + chunks * TAG_BYTES
 
 
-def wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.time() + timeout
     while not condition():
         assert time.time() < deadline, "timed out"
@@ -213,6 +213,7 @@ def test_upload_cut_by_a_proxy_resumes_and_each_chunk_arrives_once(
         proxy.arm("up", int(2.5 * 1024 * 1024))
         receipt = client.upload_update(round_number, update(0.25), 3.0)
         assert proxy.cuts >= 1
+        assert client.session is not None
         assert receipt.update_sha256 == digest and receipt.verify(client.session.aggregator_keys.ed25519)
         parked = events(aggregator, "upload_parked", "site-a")
         resumed = events(aggregator, "upload_resumed", "site-a")
@@ -226,9 +227,7 @@ def test_upload_cut_by_a_proxy_resumes_and_each_chunk_arrives_once(
         assert receipt.call == resumed[0]["call"]  # the receipt names the stream's call
 
 
-def test_replayed_foreign_and_truncated_resumes_are_refused(
-    aggregator: Aggregator, deployment: Deployment
-) -> None:
+def test_replayed_foreign_and_truncated_resumes_are_refused(aggregator: Aggregator, deployment: Deployment) -> None:
     client, round_number, _spec = joined(deployment, aggregator.target, "site-b")
     other, _round, _ = joined(deployment, aggregator.target, "site-c")
     with client, other:
@@ -288,7 +287,7 @@ def test_a_resume_after_the_retention_window_starts_over(aggregator: Aggregator,
         stream = SentStream(iter(chunks[:1]))
         list(stream)
         dropped = grpc.RpcError()
-        dropped.code = lambda: grpc.StatusCode.UNAVAILABLE  # type: ignore[method-assign]
+        dropped.code = lambda: grpc.StatusCode.UNAVAILABLE
         assert resume_upload(client, client.session, stream, parts, dropped) is None  # the caller starts over
         receipt = client.upload_update(round_number, update(0.75), 1.0)
         accepted = events(aggregator, "update_accepted", "site-d")
@@ -328,4 +327,3 @@ def test_a_download_resume_names_only_a_stream_sent_to_this_session(
             list(client.stub.DownloadModel(request, metadata=metadata, timeout=30))
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "did not send to this session" in refused.value.details()
-
