@@ -224,7 +224,7 @@ async def receive_resumed(
     return partial
 
 
-async def dropped(context: grpc.aio.ServicerContext, wait: float = 0.25) -> bool:
+async def dropped(context: grpc.aio.ServicerContext, wait: float = 1.0) -> bool:
     """Whether a request stream that ended without its final chunk ended because the connection
     dropped (the call is cancelled) rather than by the site's half-close (a truncated stream)."""
     deadline = time.monotonic() + wait

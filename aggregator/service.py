@@ -211,7 +211,7 @@ class _ReceivedUpdate:
     spec: ModelSpec
     data: memoryview
     decrypt_seconds: float
-    call: int = 0  # a resumed upload: the call its stream was sealed for (0: this call)
+    call: int | None = None  # a resumed upload: the call its stream was sealed for (None: this call)
 
 
 class FederationService:
@@ -764,7 +764,8 @@ class FederationService:
         update = await self._receive_update(session, call, request_iterator, context)
         if isinstance(update, pb.Sealed):
             return update  # a resume query's answer
-        sealed_call, call = call, update.call or call  # a resumed upload's receipt names its stream's call
+        sealed_call = call
+        call = call if update.call is None else update.call  # a resumed upload's receipt names its stream's call
         try:
             # CPU work off the event loop (hashing and numpy release the GIL): other sites'
             # streams keep flowing meanwhile.

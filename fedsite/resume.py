@@ -27,7 +27,7 @@ JoinedSession = Any
 #: Status codes of a dropped connection (worth resuming), and of an upload still in flight there.
 DROPPED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
 #: Resume attempts per transfer.
-RESUME_ATTEMPTS = 5
+RESUME_ATTEMPTS = 6
 
 
 class SentStream:
