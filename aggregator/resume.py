@@ -67,7 +67,9 @@ class Resumes:
         self.max_parked = max_parked
         self.max_parked_bytes = max_parked_bytes
         self._parked: OrderedDict[bytes, PartialUpload] = OrderedDict()  # by session id, oldest first
-        self._downloads: OrderedDict[tuple[bytes, bytes], tuple[bytes, int]] = OrderedDict()
+        #: (session, stream id) -> (header, round, model size): a round's model never changes (its bytes
+        #: are set once, aggregator/rounds.py), so re-sealing it under the header gives the same ciphertexts.
+        self._downloads: OrderedDict[tuple[bytes, bytes], tuple[bytes, int, int]] = OrderedDict()
 
     # --- uploads ------------------------------------------------------------------------------
 
@@ -115,16 +117,16 @@ class Resumes:
 
     # --- downloads ----------------------------------------------------------------------------
 
-    def issued(self, session_id: bytes, header: bytes, round_number: int) -> None:
+    def issued(self, session_id: bytes, header: bytes, round_number: int, size: int) -> None:
         stream_id = StreamHeader.decode(header).stream_id
-        self._downloads[(session_id, stream_id)] = (header, round_number)
+        self._downloads[(session_id, stream_id)] = (header, round_number, size)
         mine = [key for key in self._downloads if key[0] == session_id]
         for key in mine[:-DOWNLOADS_PER_SESSION]:
             del self._downloads[key]
         while len(self._downloads) > MAX_DOWNLOADS:
             self._downloads.popitem(last=False)
 
-    def download_header(self, session_id: bytes, header: bytes, round_number: int) -> bytes:
+    def download_header(self, session_id: bytes, header: bytes, round_number: int, size: int) -> bytes:
         """``header`` if this aggregator issued it to this session for this round; else StreamError."""
         try:
             stream_id = StreamHeader.decode(header).stream_id
@@ -133,6 +135,8 @@ class Resumes:
         known = self._downloads.get((session_id, stream_id))
         if known is None or known[0] != header or known[1] != round_number:
             raise StreamError("the resumed download names a stream this aggregator did not send to this session")
+        if known[2] != size:
+            raise StreamError("the model of that round changed since the stream was sent: download it again")
         return header
 
 

@@ -699,7 +699,7 @@ class FederationService:
             self._record("model_delivered", **delivered)  # durably, before the model leaves
         if inner.resume_header:  # a resumed download: the rest of a stream issued to this session
             try:
-                header = self.resumes.download_header(session.session_id, inner.resume_header, inner.round)
+                header = self.resumes.download_header(session.session_id, inner.resume_header, inner.round, len(model))
                 chunks = reseal_from(session.keys.aggregator_to_site, header, model, inner.start_index)
                 pending = [next(chunks)]  # an impossible start index fails here, before anything is sent
             except StreamError as exc:
@@ -716,7 +716,7 @@ class FederationService:
             context=download_context(inner.round, session.site_id, call),
         ):
             if header:
-                self.resumes.issued(session.session_id, header, inner.round)
+                self.resumes.issued(session.session_id, header, inner.round, len(model))
             self.counters.bytes_out += len(ciphertext)
             yield pb.SealedChunk(header=header, index=index, final=final, ciphertext=ciphertext)
 

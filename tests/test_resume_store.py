@@ -54,14 +54,16 @@ def test_download_headers_resume_only_for_their_session_and_round() -> None:
     store = Resumes(retention=1, max_parked=1, max_parked_bytes=1)
     headers = [StreamHeader(b"s" * 16, os.urandom(16), "model", b"model;round=1").encode() for _ in range(6)]
     for header in headers:
-        store.issued(b"s" * 16, header, 1)
-    assert store.download_header(b"s" * 16, headers[-1], 1) == headers[-1]
+        store.issued(b"s" * 16, header, 1, 100)
+    assert store.download_header(b"s" * 16, headers[-1], 1, 100) == headers[-1]
     with pytest.raises(StreamError):
-        store.download_header(b"s" * 16, headers[-1], 2)  # another round
+        store.download_header(b"s" * 16, headers[-1], 2, 100)  # another round
     with pytest.raises(StreamError):
-        store.download_header(b"t" * 16, headers[-1], 1)  # another session
+        store.download_header(b"t" * 16, headers[-1], 1, 100)  # another session
     with pytest.raises(StreamError):
-        store.download_header(b"s" * 16, headers[-1 - DOWNLOADS_PER_SESSION], 1)  # forgotten (4 per session)
+        store.download_header(b"s" * 16, headers[-1 - DOWNLOADS_PER_SESSION], 1, 100)  # forgotten (4 per session)
+    with pytest.raises(StreamError):
+        store.download_header(b"s" * 16, headers[-1], 1, 101)  # the round's model is not the one sent
 
 
 def test_resealing_from_chunk_k_gives_the_same_ciphertexts_and_tokens_bind_call_and_stream() -> None:
