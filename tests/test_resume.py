@@ -169,7 +169,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def park_upload(
-    aggregator: Aggregator, client: SiteClient, round_number: int, value: float, sent: int
+    aggregator: Aggregator, client: SiteClient, round_number: int, value: float, sent: int, metrics_port: int
 ) -> tuple[list[pb.SealedChunk], bytes, list]:
     """Send ``sent`` chunks of an update, then cancel the call (a client-side cut): the
     aggregator parks the upload. Returns the stream's chunks, its id and its parts."""
@@ -183,8 +183,10 @@ def park_upload(
         release.wait(30)
 
     parked_before = len(events(aggregator, "upload_parked", client.site_id))
+    received = metric(metrics_port, "attestfl_bytes_received")
     future = client.stub.UploadUpdate.future(some(), metadata=metadata, timeout=60)
-    time.sleep(1.0)  # the sent chunks reach the aggregator
+    arrived = received + sum(len(c.ciphertext) for c in chunks[:sent])
+    wait_for(lambda: metric(metrics_port, "attestfl_bytes_received") >= arrived, 30)  # the sent chunks arrived
     future.cancel()
     release.set()
     wait_for(lambda: len(events(aggregator, "upload_parked", client.site_id)) > parked_before)
@@ -227,12 +229,14 @@ def test_upload_cut_by_a_proxy_resumes_and_each_chunk_arrives_once(
         assert receipt.call == resumed[0]["call"]  # the receipt names the stream's call
 
 
-def test_replayed_foreign_and_truncated_resumes_are_refused(aggregator: Aggregator, deployment: Deployment) -> None:
+def test_replayed_foreign_and_truncated_resumes_are_refused(
+    aggregator: Aggregator, deployment: Deployment, metrics_port: int
+) -> None:
     client, round_number, _spec = joined(deployment, aggregator.target, "site-b")
     other, _round, _ = joined(deployment, aggregator.target, "site-c")
     with client, other:
         # A replayed chunk: the resume starts at a chunk the aggregator already has.
-        chunks, stream_id, _parts = park_upload(aggregator, client, round_number, 0.5, 3)
+        chunks, stream_id, _parts = park_upload(aggregator, client, round_number, 0.5, 3, metrics_port)
         assert _where(client, client.session, stream_id) == 3
         messages, metadata = resume_call(client, stream_id, chunks[2:])
         with pytest.raises(grpc.RpcError) as replayed:
@@ -245,7 +249,7 @@ def test_replayed_foreign_and_truncated_resumes_are_refused(aggregator: Aggregat
         assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
         # A chunk from another session's stream, at the right index.
-        chunks, stream_id, _parts = park_upload(aggregator, client, round_number, 0.5, 2)
+        chunks, stream_id, _parts = park_upload(aggregator, client, round_number, 0.5, 2, metrics_port)
         _s, other_call, _m = other._next_call()
         foreign = list(other.sealed_update(round_number, 1, other_call, {}, 1.0, other.encode_update(update(0.5), 1.0)))
         messages, metadata = resume_call(client, stream_id, foreign[2:])
@@ -254,7 +258,7 @@ def test_replayed_foreign_and_truncated_resumes_are_refused(aggregator: Aggregat
         assert moved.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "chunk 2 failed authentication" in moved.value.details()
         # ... and another session cannot name this session's parked stream at all.
-        chunks, stream_id, _parts = park_upload(aggregator, client, round_number, 0.5, 2)
+        chunks, stream_id, _parts = park_upload(aggregator, client, round_number, 0.5, 2, metrics_port)
         with pytest.raises(grpc.RpcError) as elsewhere:
             _where(other, other.session, stream_id)
         assert elsewhere.value.code() == grpc.StatusCode.NOT_FOUND
@@ -276,10 +280,12 @@ def test_replayed_foreign_and_truncated_resumes_are_refused(aggregator: Aggregat
         assert not events(aggregator, "update_accepted", "site-b")
 
 
-def test_a_resume_after_the_retention_window_starts_over(aggregator: Aggregator, deployment: Deployment) -> None:
+def test_a_resume_after_the_retention_window_starts_over(
+    aggregator: Aggregator, deployment: Deployment, metrics_port: int
+) -> None:
     client, round_number, _spec = joined(deployment, aggregator.target, "site-d")
     with client:
-        chunks, stream_id, parts = park_upload(aggregator, client, round_number, 0.75, 3)
+        chunks, stream_id, parts = park_upload(aggregator, client, round_number, 0.75, 3, metrics_port)
         time.sleep(RETENTION + 0.5)
         with pytest.raises(grpc.RpcError) as gone:
             _where(client, client.session, stream_id)
