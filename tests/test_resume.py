@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
+from auditor.verify import verify_log
 from federation import Aggregator, Deployment, run_aggregator
 from fedsite.client import SiteClient
 from fedsite.resume import SentStream, _where, resume_upload
@@ -333,3 +334,11 @@ def test_a_download_resume_names_only_a_stream_sent_to_this_session(
             list(client.stub.DownloadModel(request, metadata=metadata, timeout=30))
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "did not send to this session" in refused.value.details()
+
+
+def test_the_audit_log_checks_parked_and_resumed_uploads(aggregator: Aggregator, deployment: Deployment) -> None:
+    """`audit verify` checks the new entries: a resume continues a parked stream of the same site, round,
+    call and chunk, in a later call (the log of this module's aggregator, with its resumes and refusals)."""
+    result = verify_log(deployment.directory / deployment.log_dir, deployment.site_policy())
+    assert events(aggregator, "upload_resumed", "site-a") and events(aggregator, "upload_parked", "site-b")
+    assert result.valid, [str(p)[:300] for p in result.problems]

@@ -88,3 +88,34 @@ def test_resealing_from_chunk_k_gives_the_same_ciphertexts_and_tokens_bind_call_
     for call, stream_id, query in ((8, stream, False), (7, os.urandom(16), False), (7, stream, True)):
         with pytest.raises(ProtocolError):
             check_resume_token(keys, call=call, stream_id=stream_id, query=query, token=token)
+
+
+def test_audit_verify_refuses_a_resume_of_a_stream_never_parked_or_moved() -> None:
+    from pathlib import Path
+
+    from auditor import verify
+
+    state, keys = verify._RunState(), verify._Keys()
+    state.admitted["site-a"] = 1
+    stream = "ab" * 16
+    parked = {"site": "site-a", "round": 1, "attempt": 1, "stream": stream, "call": 5, "index": 3, "bytes": 3 << 20}
+
+    def check(kind: str, **fields: object) -> list[str]:
+        result = verify.Verification(Path("."))
+        handler = verify._HANDLERS[kind]
+        handler(result, verify.Entry(9, kind, 0, {**parked, **fields}), state, keys)
+        return [p.check for p in result.problems]
+
+    assert kind_checked("upload_parked") and kind_checked("upload_resumed")
+    assert check("upload_resumed", resume_call=6) == ["resume.parked"]  # never parked
+    assert check("upload_parked") == []
+    assert check("upload_resumed", resume_call=6, index=2) == ["resume.stream"]  # another chunk than parked
+    assert check("upload_parked") == []
+    assert check("upload_resumed", resume_call=5) == ["resume.call"]  # not a later call
+    assert check("upload_parked", site="site-z") == ["resume.site"]
+
+
+def kind_checked(kind: str) -> bool:
+    from auditor import verify
+
+    return kind in verify.CHECKED_KINDS and kind in verify._HANDLERS
