@@ -51,6 +51,10 @@ class Limits:
     upload_timeout: float = 3600.0
     upload_min_rate: float = 64 * 1024
     upload_rate_grace: float = 10.0
+    #: Uploads whose connection dropped, kept to resume (aggregator/resume.py): at most this many, in all
+    #: at most this many bytes of receive buffers (the oldest is dropped first), one per session.
+    parked_uploads: int = 16
+    parked_upload_bytes: int = 8 * 1024**3
     refusal_log_rate_per_ip: float = 5.0
     refusal_log_burst_per_ip: int = 20
 

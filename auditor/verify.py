@@ -104,6 +104,8 @@ CHECKED_KINDS: tuple[str, ...] = START_KINDS + (
     "model_initial",
     "model_released",
     "model_delivered",
+    "upload_parked",
+    "upload_resumed",
     "drift_alert",
     "quarantine",
     "contribution_release",
@@ -1654,3 +1656,49 @@ _HANDLERS.update(
         "model_delivered": _on_model_delivered,
     }
 )
+
+
+# --- resumable uploads (issue 19; aggregator/resume.py) ----------------------------------------
+
+
+def _parked(state: _RunState) -> dict[str, tuple[str, int, int, int, int]]:
+    """Stream id -> (site, round, attempt, call, next index) of the uploads parked in this check run."""
+    parked: dict[str, tuple[str, int, int, int, int]] = vars(state).setdefault("_parked_uploads", {})
+    return parked
+
+
+def _upload_stream(f: dict[str, Any]) -> tuple[str, str, int, int, int, int]:
+    stream = _text(f, "stream")
+    if not re.fullmatch(r"[0-9a-f]{32}", stream):
+        raise ValueError("stream is not a 16-byte id in hex")
+    return _text(f, "site"), stream, _uint(f, "round"), _uint(f, "attempt"), _uint(f, "call"), _uint(f, "index")
+
+
+def _on_upload_parked(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """An upload whose connection dropped was kept: its site was admitted, chunk 0 had arrived."""
+    site, stream, round_number, attempt, call, index = _upload_stream(entry.fields)
+    _uint(entry.fields, "bytes")
+    if site not in state.admitted:
+        result.add(Problem(entry.index, "resume.site", f"an upload of site {site!r} parked: it was not admitted"))
+    if index < 1:
+        result.add(Problem(entry.index, "resume.index", "an upload parked before its first chunk arrived"))
+    _parked(state)[stream] = (site, round_number, attempt, call, index)
+
+
+def _on_upload_resumed(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """A resumed upload continues a stream parked for the same site, round, attempt and call, at
+    the chunk where it was parked, in a later call."""
+    site, stream, round_number, attempt, call, index = _upload_stream(entry.fields)
+    resume_call = _uint(entry.fields, "resume_call")
+    parked = _parked(state).pop(stream, None)
+    if parked is None:
+        result.add(Problem(entry.index, "resume.parked", f"site {site!r} resumed an upload that was not parked"))
+    elif parked != (site, round_number, attempt, call, index):
+        result.add(
+            Problem(entry.index, "resume.stream", "an upload resumed as another site, round, call or chunk than parked")
+        )
+    if resume_call <= call:
+        result.add(Problem(entry.index, "resume.call", "an upload resumed in a call that is not a later one"))
+
+
+_HANDLERS.update({"upload_parked": _on_upload_parked, "upload_resumed": _on_upload_resumed})
