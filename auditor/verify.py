@@ -484,6 +484,67 @@ def _key_at(bound: list[tuple[int, bytes]], tree_size: int) -> bytes | None:
     return key
 
 
+def _head_order_problem(number: int, head: TreeHead, previous: TreeHead | None) -> Problem | None:
+    """Each head must be larger and no older than the one before it."""
+    if previous is not None and (head.tree_size <= previous.tree_size or head.timestamp < previous.timestamp):
+        return Problem(
+            max(0, head.tree_size - 1),
+            "head.order",
+            f"tree head #{number} (size {head.tree_size}, time {head.timestamp}) does not "
+            f"follow the previous one (size {previous.tree_size}, time {previous.timestamp})",
+            number,
+        )
+    return None
+
+
+def _head_trust_problem(
+    number: int, head: TreeHead, bound: list[tuple[int, bytes]], keys: _Keys, size: int
+) -> Problem | None:
+    """Signature, signing key, entries present: the first that fails (the later checks are then moot)."""
+    last = max(0, head.tree_size - 1)
+    message = head_message(head.tree_size, head.root_hash, head.timestamp, head.key)
+    if not keys.verify(head.key, head.signature, message):
+        return Problem(
+            last,
+            "head.signature",
+            f"tree head #{number} (size {head.tree_size}): the signature does not "
+            f"verify under key {head.key.hex()}: a forged or altered tree head",
+            number,
+        )
+    expected_key = _key_at(bound, head.tree_size)
+    if expected_key != head.key:
+        bound_by = "no key" if expected_key is None else f"key {expected_key.hex()}"
+        return Problem(
+            last,
+            "head.key",
+            f"tree head #{number} (size {head.tree_size}) is signed by {head.key.hex()}, "
+            f"but the log's evidence entries bind {bound_by} at that size: "
+            "a key whose evidence is not in the log",
+            number,
+        )
+    if head.tree_size > size:
+        return Problem(
+            size,
+            "entry.missing",
+            f"tree head #{number} covers {head.tree_size} entries, but only "
+            f"{size} are present: entries {size}..{head.tree_size - 1} were deleted or cut off",
+            number,
+        )
+    return None
+
+
+def _head_root_problem(number: int, head: TreeHead, good_size: int) -> Problem:
+    """The first head whose root does not match: the entries after the last matching head were changed."""
+    culprit = good_size if head.tree_size - good_size == 1 else f"{good_size}..{head.tree_size - 1}"
+    return Problem(
+        good_size,
+        "head.root",
+        f"tree head #{number} (size {head.tree_size}) does not match the "
+        f"entries: entry {culprit} was altered, replaced or reordered since it was signed",
+        number,
+    )
+
+
 def _check_heads(result: Verification, heads: list[TreeHead], roots: list[bytes], size: int, keys: _Keys) -> None:
     """Signed tree heads: order, signature, signing key, root; then the entries no head covers."""
     bound = _bound_keys(result.entries)
@@ -491,68 +552,17 @@ def _check_heads(result: Verification, heads: list[TreeHead], roots: list[bytes]
     good_size = 0
     root_failed = 0
     for number, head in enumerate(heads):
-        last = max(0, head.tree_size - 1)
-        if previous is not None and (head.tree_size <= previous.tree_size or head.timestamp < previous.timestamp):
-            result.add(
-                Problem(
-                    last,
-                    "head.order",
-                    f"tree head #{number} (size {head.tree_size}, time {head.timestamp}) does not "
-                    f"follow the previous one (size {previous.tree_size}, time {previous.timestamp})",
-                    number,
-                )
-            )
+        order = _head_order_problem(number, head, previous)
+        if order is not None:
+            result.add(order)
         previous = head
-        if not keys.verify(
-            head.key, head.signature, head_message(head.tree_size, head.root_hash, head.timestamp, head.key)
-        ):
-            result.add(
-                Problem(
-                    last,
-                    "head.signature",
-                    f"tree head #{number} (size {head.tree_size}): the signature does not "
-                    f"verify under key {head.key.hex()}: a forged or altered tree head",
-                    number,
-                )
-            )
-            continue
-        expected_key = _key_at(bound, head.tree_size)
-        if expected_key != head.key:
-            bound_by = "no key" if expected_key is None else f"key {expected_key.hex()}"
-            result.add(
-                Problem(
-                    last,
-                    "head.key",
-                    f"tree head #{number} (size {head.tree_size}) is signed by {head.key.hex()}, "
-                    f"but the log's evidence entries bind {bound_by} at that size: "
-                    "a key whose evidence is not in the log",
-                    number,
-                )
-            )
-            continue
-        if head.tree_size > size:
-            result.add(
-                Problem(
-                    size,
-                    "entry.missing",
-                    f"tree head #{number} covers {head.tree_size} entries, but only "
-                    f"{size} are present: entries {size}..{head.tree_size - 1} were deleted or cut off",
-                    number,
-                )
-            )
+        problem = _head_trust_problem(number, head, bound, keys, size)
+        if problem is not None:
+            result.add(problem)
             continue
         if roots[head.tree_size] != head.root_hash:
             if not root_failed:
-                culprit = good_size if head.tree_size - good_size == 1 else f"{good_size}..{head.tree_size - 1}"
-                result.add(
-                    Problem(
-                        good_size,
-                        "head.root",
-                        f"tree head #{number} (size {head.tree_size}) does not match the "
-                        f"entries: entry {culprit} was altered, replaced or reordered since it was signed",
-                        number,
-                    )
-                )
+                result.add(_head_root_problem(number, head, good_size))
             root_failed += 1
             continue
         if not root_failed:
@@ -1110,43 +1120,50 @@ class _Training:
         self.closed = resumed - 1
 
 
-def _check_start(
-    result: Verification, entry: Entry, roots: list[bytes], policy: Policy, previous_key: bytes | None
-) -> bytes:
+def _check_start_kind(result: Verification, entry: Entry, roots: list[bytes], previous_key: bytes | None) -> None:
+    """A start begins the log; a handover continues it, naming the previous run's last head."""
     f, i = entry.fields, entry.index
-    key = _bytes(f, "ed25519")
     if entry.kind == "aggregator_start" and i != 0:
         result.add(
             Problem(
                 i, "handover.kind", "an aggregator_start entry in the middle of the log (a restart must be a handover)"
             )
         )
-    if entry.kind == "handover":
-        if i == 0:
-            result.add(Problem(i, "handover.kind", "the log begins with a handover, not an aggregator_start"))
-        try:
-            previous = TreeHead.from_map(f.get("previous_head"))
-        except ValueError as exc:
-            result.add(Problem(i, "handover.previous_head", f"the handover's previous head is unusable: {exc}"))
-        else:
-            if previous.tree_size != i or previous.root_hash != roots[i]:
-                result.add(
-                    Problem(
-                        i,
-                        "handover.previous_head",
-                        f"the handover names a head of {previous.tree_size} entries that is not "
-                        f"the head of the {i} entries before it: the run continued another log (a rolled-back, "
-                        "rewritten or forked copy)",
-                    )
-                )
-            elif not previous.signature_valid() or (previous_key is not None and previous.key != previous_key):
-                result.add(
-                    Problem(
-                        i,
-                        "handover.previous_head",
-                        "the handover's previous head is not validly signed by the previous run's key",
-                    )
-                )
+    if entry.kind != "handover":
+        return
+    if i == 0:
+        result.add(Problem(i, "handover.kind", "the log begins with a handover, not an aggregator_start"))
+    try:
+        previous = TreeHead.from_map(f.get("previous_head"))
+    except ValueError as exc:
+        result.add(Problem(i, "handover.previous_head", f"the handover's previous head is unusable: {exc}"))
+        return
+    if previous.tree_size != i or previous.root_hash != roots[i]:
+        result.add(
+            Problem(
+                i,
+                "handover.previous_head",
+                f"the handover names a head of {previous.tree_size} entries that is not "
+                f"the head of the {i} entries before it: the run continued another log (a rolled-back, "
+                "rewritten or forked copy)",
+            )
+        )
+    elif not previous.signature_valid() or (previous_key is not None and previous.key != previous_key):
+        result.add(
+            Problem(
+                i,
+                "handover.previous_head",
+                "the handover's previous head is not validly signed by the previous run's key",
+            )
+        )
+
+
+def _appraise_start(
+    entry: Entry, key: bytes, roots: list[bytes], policy: Policy
+) -> tuple[dict[str, Any], str | None, list[str], tuple[str, ...]]:
+    """The start's evidence under the auditor's policy: (claims, platform, reasons, the reasons that are
+    only the policy's distrust of authentic evidence)."""
+    f, i = entry.fields, entry.index
     claims: dict[str, Any] = {}
     platform = None
     reasons: list[str] = []
@@ -1168,6 +1185,16 @@ def _check_start(
         reasons.append(
             f"evidence.format: the evidence cannot be parsed or appraised ({type(exc).__name__}: {str(exc)[:200]})"
         )
+    return claims, platform, reasons, not_trusted
+
+
+def _check_start(
+    result: Verification, entry: Entry, roots: list[bytes], policy: Policy, previous_key: bytes | None
+) -> bytes:
+    f, i = entry.fields, entry.index
+    key = _bytes(f, "ed25519")
+    _check_start_kind(result, entry, roots, previous_key)
+    claims, platform, reasons, not_trusted = _appraise_start(entry, key, roots, policy)
     if not_trusted:
         result.add(
             Problem(
@@ -1455,6 +1482,73 @@ class InclusionResult:
         }
 
 
+def _wanted_digest(update_sha256: str) -> str:
+    """The digest argument, normalised: hex, all 64 digits or a prefix of at least MIN_DIGEST_PREFIX."""
+    wanted = update_sha256.strip().lower()
+    if not MIN_DIGEST_PREFIX <= len(wanted) <= 64 or any(c not in "0123456789abcdef" for c in wanted):
+        raise DigestArgumentError(
+            f"--update-sha256 {update_sha256[:80]!r}: expected the update's SHA-256 as hex, all 64 digits or a "
+            f"prefix of at least {MIN_DIGEST_PREFIX}"
+        )
+    return wanted
+
+
+def _head_refusal(head: TreeHead, key: bytes | None, present: int) -> InclusionResult | None:
+    """The head itself: validly signed, by the pinned key, over entries that are all present."""
+    if not head.signature_valid():
+        return InclusionResult(False, "the tree head's signature does not verify", head=head)
+    if key is not None and head.key != key:
+        return InclusionResult(
+            False, f"the tree head is signed by {head.key.hex()}, not the pinned key {key.hex()}", head=head
+        )
+    if head.tree_size > present:
+        return InclusionResult(
+            False,
+            f"the tree head covers {head.tree_size} entries, but the log holds only {present}: entries were removed",
+            head=head,
+        )
+    return None
+
+
+def _receipt_candidates(
+    payloads: list[bytes], tree_size: int, site: str, round_number: int, wanted: str
+) -> dict[str, int]:
+    """The site's accepted updates in that round whose digest starts with ``wanted``: full digest -> first entry."""
+    candidates: dict[str, int] = {}
+    for index in range(tree_size):
+        try:
+            data = cbor2.loads(payloads[index])
+        except Exception:  # noqa: BLE001 - an unreadable entry is not the receipt
+            continue
+        if not isinstance(data, dict) or data.get("kind") != "update_accepted":
+            continue
+        f = data.get("fields")
+        if not isinstance(f, dict):
+            continue
+        digest = str(f.get("update_sha256", "")).lower()
+        if f.get("site") == site and f.get("round") == round_number and digest.startswith(wanted):
+            candidates.setdefault(digest, index)
+    if len(candidates) > 1:
+        listed = ", ".join(f"{digest} (entry {index})" for digest, index in sorted(candidates.items()))
+        raise DigestArgumentError(
+            f"--update-sha256 {wanted} is a prefix of {len(candidates)} accepted updates of site {site!r} in round "
+            f"{round_number}: {listed}; give more digits"
+        )
+    return candidates
+
+
+def _consistency(
+    head: TreeHead, latest: TreeHead, leaves: list[bytes], present: int
+) -> tuple[dict[str, Any] | None, bool]:
+    """The latest head's consistency with a saved one (RFC 9162), when it is another, valid head over present
+    entries: (the proof as JSON or None, whether it holds)."""
+    if head is latest or latest.tree_size > present or not latest.signature_valid():
+        return None, True
+    proof = merkle.consistency_proof(head.tree_size, leaves[: latest.tree_size])
+    ok = merkle.verify_consistency(head.tree_size, latest.tree_size, head.root_hash, latest.root_hash, proof)
+    return {"from": head.tree_size, "to": latest.tree_size, "proof": [p.hex() for p in proof], "consistent": ok}, ok
+
+
 def prove_receipt(
     directory: str | Path,
     *,
@@ -1474,61 +1568,25 @@ def prove_receipt(
     :data:`MIN_DIGEST_PREFIX` that names exactly one of the site's accepted updates in that round
     (:class:`DigestArgumentError` otherwise, listing the candidates).
     """
-    wanted = update_sha256.strip().lower()
-    if not MIN_DIGEST_PREFIX <= len(wanted) <= 64 or any(c not in "0123456789abcdef" for c in wanted):
-        raise DigestArgumentError(
-            f"--update-sha256 {update_sha256[:80]!r}: expected the update's SHA-256 as hex, all 64 digits or a "
-            f"prefix of at least {MIN_DIGEST_PREFIX}"
-        )
+    wanted = _wanted_digest(update_sha256)
     payloads, heads, _, _, _ = read_log(directory)
     if not heads:
         raise UnusableLog(f"{directory}: no signed tree head")
     latest = heads[-1]
     head = head or latest
-    if not head.signature_valid():
-        return InclusionResult(False, "the tree head's signature does not verify", head=head)
-    if key is not None and head.key != key:
-        return InclusionResult(
-            False, f"the tree head is signed by {head.key.hex()}, not the pinned key {key.hex()}", head=head
-        )
-    if head.tree_size > len(payloads):
-        return InclusionResult(
-            False,
-            f"the tree head covers {head.tree_size} entries, "
-            f"but the log holds only {len(payloads)}: entries were removed",
-            head=head,
-        )
+    refusal = _head_refusal(head, key, len(payloads))
+    if refusal is not None:
+        return refusal
     leaves = [merkle.leaf_hash(p) for p in payloads]
-    found = None
-    candidates: dict[str, int] = {}  # full digest -> first entry
-    for index in range(head.tree_size):
-        try:
-            data = cbor2.loads(payloads[index])
-        except Exception:  # noqa: BLE001 - an unreadable entry is not the receipt
-            continue
-        if not isinstance(data, dict) or data.get("kind") != "update_accepted":
-            continue
-        f = data.get("fields")
-        if not isinstance(f, dict):
-            continue
-        digest = str(f.get("update_sha256", "")).lower()
-        if f.get("site") == site and f.get("round") == round_number and digest.startswith(wanted):
-            candidates.setdefault(digest, index)
-    if len(candidates) > 1:
-        listed = ", ".join(f"{digest} (entry {index})" for digest, index in sorted(candidates.items()))
-        raise DigestArgumentError(
-            f"--update-sha256 {wanted} is a prefix of {len(candidates)} accepted updates of site {site!r} in round "
-            f"{round_number}: {listed}; give more digits"
-        )
-    if candidates:
-        ((update_sha256, found),) = candidates.items()
-    if found is None:
+    candidates = _receipt_candidates(payloads, head.tree_size, site, round_number, wanted)
+    if not candidates:
         return InclusionResult(
             False,
             f"no update_accepted entry for site {site!r}, round {round_number}, update {wanted}"
             f"{'' if len(wanted) == 64 else '…'} among the {head.tree_size} entries the head covers",
             head=head,
         )
+    ((update_sha256, found),) = candidates.items()
     path = merkle.inclusion_proof(found, leaves[: head.tree_size])
     if not merkle.verify_inclusion(leaves[found], found, head.tree_size, path, head.root_hash):
         return InclusionResult(
@@ -1538,25 +1596,16 @@ def prove_receipt(
             head,
             tuple(path),
         )
-    consistency = None
-    if head is not latest and latest.tree_size <= len(payloads) and latest.signature_valid():
-        proof = merkle.consistency_proof(head.tree_size, leaves[: latest.tree_size])
-        ok = merkle.verify_consistency(head.tree_size, latest.tree_size, head.root_hash, latest.root_hash, proof)
-        consistency = {
-            "from": head.tree_size,
-            "to": latest.tree_size,
-            "proof": [p.hex() for p in proof],
-            "consistent": ok,
-        }
-        if not ok:
-            return InclusionResult(
-                False,
-                "the log's latest head is not consistent with the saved head: the log was rewritten",
-                found,
-                head,
-                tuple(path),
-                consistency,
-            )
+    consistency, consistent = _consistency(head, latest, leaves, len(payloads))
+    if not consistent:
+        return InclusionResult(
+            False,
+            "the log's latest head is not consistent with the saved head: the log was rewritten",
+            found,
+            head,
+            tuple(path),
+            consistency,
+        )
     return InclusionResult(
         True,
         f"entry {found} (update {update_sha256}) is included in the tree of {head.tree_size} entries signed at "
