@@ -169,7 +169,8 @@ def _charts(result: Verification) -> str:
             continue
         weight = float(examples) if isinstance(examples, (int, float)) and examples > 0 else 1.0
         for name, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and len(metrics) < 8:
+            charted = str(name) in metrics or len(metrics) < 8  # at most 8 metric names, each with every point
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and charted:
                 # metrics logged in round N evaluate the model round N-1 produced (0: the initial model)
                 metrics.setdefault(str(name), {}).setdefault(site, []).append((number - 1, float(value)))
                 weighted.setdefault(str(name), {}).setdefault(number - 1, []).append((float(value), weight))
