@@ -22,6 +22,9 @@ The task configuration is the ``[task]`` table of ``aggregator.toml``::
     max_staleness = 8                     # async: oldest base version accepted, in versions
     deliver = "final"                     # sites keep the final model, or every round's (docs/model-delivery.md)
     release = ["admitted-sites"]          # who receives the final model ([task.release] for owner keys)
+    [task.adapters]                       # optional: federate only these tensors (protocol.adapters)
+    tensors = ["*.lora_A.*", "*.lora_B.*"]
+    base_sha256 = "..."                   # the frozen base model file's SHA-256: sites on another refuse
     [task.vendors]                        # optional vendor evaluation jobs (docs/vendor-evaluation.md)
     [task.strategy]                       # default: fedavg
     name = "krum"                         # fedavg | median | trimmed_mean | krum | an installed one
@@ -73,6 +76,7 @@ from aggregator.strategies import (
     strategy_names,
 )
 from attestation.errors import AttestflError
+from protocol.adapters import AdapterError, AdapterSpec
 from protocol.compression import MODES as COMPRESSION_MODES
 from protocol.config import (
     MAX_DURATION_SECONDS,
@@ -129,6 +133,7 @@ class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     compression: str = "float32"
     deliver: str = "final"  # model delivery (aggregator.delivery)
     release: list[str] | dict[str, Any] | None = None
+    adapters: dict[str, Any] | None = None  # [task.adapters]: protocol.adapters.AdapterSpec
 
 
 def _strategy_names_text() -> str:
@@ -218,6 +223,8 @@ class TaskConfig:
     #: Model delivery: who receives the final model (aggregator.delivery); the initial model's file.
     release: ReleasePolicy = field(default_factory=ReleasePolicy)
     initial_model_path: Path | None = None
+    #: ``[task.adapters]``: only these tensors are federated (the model above is already the subset).
+    adapters: AdapterSpec | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -263,12 +270,18 @@ class TaskConfig:
             compression=task.compression,
             release=read_release(task.release, task.deliver),
             initial_model_path=base_dir / task.initial_model,
+            adapters=_read_adapters(task.adapters),
         )
         config.validate(model=False)
         try:
             model = load_model(base_dir / task.initial_model)
         except UpdateFormatError as exc:
             raise TaskConfigError(f"[task] initial_model: {exc}") from None
+        if config.adapters is not None:
+            try:
+                model = config.adapters.select(model)
+            except AdapterError as exc:
+                raise TaskConfigError(str(exc)) from None
         config = dataclasses.replace(config, initial_model=model)
         config.validate()
         return config
@@ -331,6 +344,16 @@ def make_driver(config: TaskConfig, **options: Any) -> Any:
 
         return AsyncDriver(config, **options)
     return RoundDriver(config, **options)
+
+
+def _read_adapters(table: dict[str, Any] | None) -> AdapterSpec | None:
+    """``[task.adapters]`` (protocol.adapters), or None."""
+    if table is None:
+        return None
+    try:
+        return AdapterSpec.from_table(table)
+    except AdapterError as exc:
+        raise TaskConfigError(str(exc)) from None
 
 
 def _read_vendors(table: dict[str, Any] | None) -> Any:
@@ -460,6 +483,7 @@ class RoundDriver:
             self.config.evaluate,
             attempt=self.attempt,
             compression=self.config.compression,
+            adapters=self.config.adapters,
         )
 
     def record(self, round_number: int) -> RoundRecord:

@@ -182,6 +182,7 @@ MORE = {
     ("task", "krum_m"): "deprecated: [task.strategy] m",
     ("task", "dp"): "optional central differential privacy: the [task.dp] table",
     ("task", "vendors"): "optional vendor evaluation jobs: the [task.vendors] table (docs/vendor-evaluation.md)",
+    ("task", "adapters"): "optional: federate only these tensors on a pinned frozen base: the [task.adapters] table",
     ("task.strategy", "name"): "the strategy",
     ("task.dp", "clip_norm"): "each update is clipped to this L2 norm",
     ("task.dp", "noise_multiplier"): "Gaussian noise standard deviation over clip_norm",
