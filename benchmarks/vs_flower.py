@@ -214,7 +214,15 @@ def _when(entry: dict[str, Any]) -> float:
     return datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp()
 
 
-def run_attestfl(sites: int, parameters: int, rounds: int, poll: float) -> dict[str, Any]:
+def peak_rss_bytes(pid: int) -> int:
+    """A process's peak resident set (VmHWM), bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+
+
+def run_attestfl(
+    sites: int, parameters: int, rounds: int, poll: float, *, compression: str = "float32"
+) -> dict[str, Any]:
     from attestfl.loopback import Deployment
     from protocol.tensors import encode_tensors
 
@@ -225,7 +233,8 @@ def run_attestfl(sites: int, parameters: int, rounds: int, poll: float) -> dict[
         directory / "vendor",
         model=model,
         sites={f"site-{i}": "" for i in range(sites)},
-        task=f'rounds = {rounds}\nmin_sites = {sites}\nround_deadline = "1800s"\nevaluate = false',
+        task=f'rounds = {rounds}\nmin_sites = {sites}\nround_deadline = "1800s"\nevaluate = false\n'
+        f'compression = "{compression}"',
     )
     identities = {f"site-{i}": str(deployment.sealed_identity(f"site-{i}")) for i in range(sites)}
     aggregator = deployment.start()
@@ -248,6 +257,7 @@ def run_attestfl(sites: int, parameters: int, rounds: int, poll: float) -> dict[
         failed = [p.exitcode for p in processes if p.exitcode != 0]
         if failed:
             raise RuntimeError(f"site processes failed: {failed}; aggregator log: {aggregator.stderr_path}")
+        peak = peak_rss_bytes(aggregator.process.pid)
     finally:
         for process in processes:
             if process.is_alive():
@@ -264,6 +274,9 @@ def run_attestfl(sites: int, parameters: int, rounds: int, poll: float) -> dict[
         "round_seconds": [round(b - a, 4) for a, b in itertools.pairwise(ends)],
         "bytes_per_round": [sites * model_bytes + uploads.get(r, 0) for r in range(2, rounds + 1)],
         "poll_seconds": poll,
+        "model_bytes": model_bytes,
+        "upload_bytes": [e["bytes"] for e in events if e["message"] == "update_accepted"],
+        "aggregator_peak_rss_bytes": peak,
     }
 
 
@@ -274,6 +287,7 @@ def _summary(side: dict[str, Any], loopback: float) -> dict[str, Any]:
     seconds, moved = side["round_seconds"], side["bytes_per_round"]
     median = statistics.median(seconds)
     rate = statistics.median(b / s / 1e6 for b, s in zip(moved, seconds, strict=True))
+    side = {k: v for k, v in side.items() if k not in ("upload_bytes", "model_bytes")}
     return {
         **side,
         "median_round_seconds": round(median, 4),
