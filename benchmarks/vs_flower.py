@@ -243,8 +243,15 @@ def run_attestfl(
         context.Process(
             target=_attestfl_site,
             args=(
-                aggregator.target, f"site-{i}", i, str(deployment.sim_dir), list(deployment.roots.values()),
-                aggregator.ready["measurement"], identities[f"site-{i}"], parameters, poll,
+                aggregator.target,
+                f"site-{i}",
+                i,
+                str(deployment.sim_dir),
+                list(deployment.roots.values()),
+                aggregator.ready["measurement"],
+                identities[f"site-{i}"],
+                parameters,
+                poll,
             ),
         )
         for i in range(sites)
