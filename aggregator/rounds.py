@@ -22,6 +22,9 @@ The task configuration is the ``[task]`` table of ``aggregator.toml``::
     max_staleness = 8                     # async: oldest base version accepted, in versions
     deliver = "final"                     # sites keep the final model, or every round's (docs/model-delivery.md)
     release = ["admitted-sites"]          # who receives the final model ([task.release] for owner keys)
+    [task.adapters]                       # optional: federate only these tensors (protocol.adapters)
+    tensors = ["*.lora_A.*", "*.lora_B.*"]
+    base_sha256 = "..."                   # the frozen base model file's SHA-256: sites on another refuse
     [task.vendors]                        # optional vendor evaluation jobs (docs/vendor-evaluation.md)
     [task.drift]                          # optional: drift surveillance, alerts, quarantine
     [task.contribution]                   # optional: contributor value (aggregator/surveillance.py)
@@ -86,6 +89,7 @@ from aggregator.surveillance import (
     read_drift,
 )
 from attestation.errors import AttestflError
+from protocol.adapters import AdapterError, AdapterSpec
 from protocol.compression import MODES as COMPRESSION_MODES
 from protocol.config import (
     MAX_DURATION_SECONDS,
@@ -145,6 +149,7 @@ class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     drift: dict[str, Any] | None = None
     contribution: dict[str, Any] | None = None
     cards: dict[str, Any] | None = None
+    adapters: dict[str, Any] | None = None  # [task.adapters]: protocol.adapters.AdapterSpec
 
 
 def _strategy_names_text() -> str:
@@ -237,6 +242,8 @@ class TaskConfig:
     drift: DriftRules | None = None
     contribution: ContributionPolicy | None = None
     cards: CardPolicy | None = None
+    #: ``[task.adapters]``: only these tensors are federated (the model above is already the subset).
+    adapters: AdapterSpec | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -292,12 +299,18 @@ class TaskConfig:
             drift=drift,
             contribution=contribution,
             cards=cards,
+            adapters=_read_adapters(task.adapters),
         )
         config.validate(model=False)
         try:
             model = load_model(base_dir / task.initial_model)
         except UpdateFormatError as exc:
             raise TaskConfigError(f"[task] initial_model: {exc}") from None
+        if config.adapters is not None:
+            try:
+                model = config.adapters.select(model)
+            except AdapterError as exc:
+                raise TaskConfigError(str(exc)) from None
         config = dataclasses.replace(config, initial_model=model)
         config.validate()
         return config
@@ -360,6 +373,16 @@ def make_driver(config: TaskConfig, **options: Any) -> Any:
 
         return AsyncDriver(config, **options)
     return RoundDriver(config, **options)
+
+
+def _read_adapters(table: dict[str, Any] | None) -> AdapterSpec | None:
+    """``[task.adapters]`` (protocol.adapters), or None."""
+    if table is None:
+        return None
+    try:
+        return AdapterSpec.from_table(table)
+    except AdapterError as exc:
+        raise TaskConfigError(str(exc)) from None
 
 
 def _read_vendors(table: dict[str, Any] | None) -> Any:
@@ -492,6 +515,7 @@ class RoundDriver:
             self.config.evaluate,
             attempt=self.attempt,
             compression=self.config.compression,
+            adapters=self.config.adapters,
         )
         self.surveillance.begin(self.round, self.attempt)
 

@@ -100,6 +100,7 @@ class Task:
     evaluate: bool = False
     attempt: int = 1
     compression: str = "float32"  # how sites encode updates (protocol.compression)
+    adapters: Any = None  # protocol.adapters.AdapterSpec: only these tensors are federated, on a pinned base
 
 
 class TaskDriver(Protocol):
@@ -679,6 +680,9 @@ class FederationService:
             consistency=proof,
             compression=task.compression,
         )
+        if task.adapters is not None:
+            response.adapter_base_sha256 = task.adapters.base_sha256
+            response.adapter_tensors.extend(task.adapters.tensors)
         if self.vendor_jobs is not None:
             response.vendor_jobs = self.vendor_jobs.pending(session.site_id)
         if self.delivery is not None:

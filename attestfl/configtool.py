@@ -185,6 +185,7 @@ MORE = {
     ("task", "contribution"): "optional contributor value and its release: the [task.contribution] table",
     ("task", "cards"): "optional dataset cards the sites publish, with the schema they must match: [task.cards]",
     ("task", "vendors"): "optional vendor evaluation jobs: the [task.vendors] table (docs/vendor-evaluation.md)",
+    ("task", "adapters"): "optional: federate only these tensors on a pinned frozen base: the [task.adapters] table",
     ("task.strategy", "name"): "the strategy",
     ("task.dp", "clip_norm"): "each update is clipped to this L2 norm",
     ("task.dp", "noise_multiplier"): "Gaussian noise standard deviation over clip_norm",

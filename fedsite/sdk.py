@@ -316,6 +316,10 @@ class _SiteRun:
         key = (task.round, task.attempt)
         if key in self.done:
             return "waiting"
+        if task.adapter_base_sha256:  # an adapter task: train only on the pinned frozen base (fedsite.adapters)
+            from fedsite.adapters import check_trainer_base
+
+            check_trainer_base(trainer, task.adapter_base_sha256)
         global_model = self.download(task, spec)
         trainer.set(global_model)
         if task.evaluate and trainer.evaluate is not None and task.round not in self.evaluated:
