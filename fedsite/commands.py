@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from fedsite.sdk import TorchTrainer
 
 #: The modules of the ``site`` extra that joining and training need (pip install 'attestfl[site]').
-SITE_EXTRA_MODULES = ("tenacity", "torch")
+SITE_EXTRA_MODULES = ("tenacity", "torch", "tqdm")
 #: The largest identity certificate a site presents.
 MAX_IDENTITY_CERTIFICATE_BYTES = 16 * 1024
 

@@ -33,6 +33,7 @@ MODULE_OF = {
     "protobuf": "google",
     "pyjwt": "jwt",
     "msgspec": "msgspec",
+    "pynacl": "nacl",
     "numba": "numba",
     "dp-accounting": "dp_accounting",
     "prometheus-client": "prometheus_client",
@@ -104,7 +105,7 @@ def test_a_site_install_pulls_no_aggregator_dependency() -> None:
 def test_the_aggregator_extra_carries_the_aggregators_dependencies_and_no_training_stack() -> None:
     aggregator = pulled("aggregator")
     assert aggregator >= AGGREGATOR_ONLY
-    assert not aggregator & {"torch", "tenacity", "scikit-learn", "tqdm", "pynacl"}
+    assert not aggregator & {"torch", "tenacity", "scikit-learn", "tqdm"}
     assert set(AGGREGATOR_EXTRA_MODULES) == modules(aggregator - pulled(None))  # what `serve` checks for
 
 
