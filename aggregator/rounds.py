@@ -755,3 +755,26 @@ class RoundDriver:
                 signature=signature,
             ):
                 self.surveillance.raise_alert(self.events, alert)
+
+    def publish_card(self, site_id: str, session: bytes, identity: bytes, text: str, signature: bytes) -> bool:
+        """A site's signed dataset card right after its admission (``PublishCard``,
+        aggregator/card_calls.py), before any update: a schema mismatch refuses the site here."""
+        with self._lock:
+            current = self.config.rounds + 1 if self.finished else self.round
+            logged, alerts = self.cards.publish(
+                self.events,
+                site=site_id,
+                round_number=current,
+                session=session,
+                identity=identity,
+                text=text,
+                signature=signature,
+            )
+            for alert in alerts:
+                self.surveillance.raise_alert(self.events, alert)
+            return logged
+
+    def visible_cards(self, site_id: str) -> tuple[list[Any], bool]:
+        """The dataset cards ``site_id`` may fetch (``ListCards``; ``[task.cards] share_with_sites``)."""
+        with self._lock:
+            return self.cards.visible(site_id)

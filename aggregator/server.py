@@ -115,6 +115,7 @@ def task_record(config: AggregatorConfig) -> dict[str, Any]:
             else {}
         ),
         **({"vendors": task.vendors.describe()} if task.vendors is not None else {}),
+        "cards": {"share_with_sites": task.cards.share_with_sites if task.cards is not None else True},
         "dp": None
         if dp is None
         else {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier, "delta": dp.delta},
@@ -246,6 +247,9 @@ async def _start(
         tree_head=TreeHeads(audit) if audit is not None else None,
     )
     service.sessions = sessions
+    from aggregator import card_calls  # dataset cards: PublishCard, ListCards
+
+    service.card_calls = card_calls
     if config.task.vendors is not None:
         from aggregator.evaluation_jobs import EvaluationJobs
 

@@ -932,6 +932,22 @@ class FederationService:
     async def VendorReport(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._vendor("rpc_report", request, context)
 
+    # --- dataset cards (aggregator/card_calls.py) -------------------------------------------
+
+    #: The module aggregator.card_calls, set by the server (None: the calls are not offered).
+    card_calls: Any = None
+
+    async def _cards(self, name: str, request: pb.Sealed, context: grpc.aio.ServicerContext) -> pb.Sealed:
+        if self.card_calls is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this aggregator takes no dataset cards")
+        return await getattr(self.card_calls, name)(self, request, context)
+
+    async def PublishCard(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> pb.Sealed:
+        return await self._cards("publish", request, context)
+
+    async def ListCards(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> pb.Sealed:
+        return await self._cards("list_cards", request, context)
+
     # --- health ------------------------------------------------------------------------------
 
     async def Check(
@@ -1062,6 +1078,8 @@ _METHODS = {
     "VendorJobs": ("unary", pb.Sealed, pb.Sealed),
     "VendorReportMetrics": ("unary", pb.Sealed, pb.Sealed),
     "VendorReport": ("unary", pb.VendorReportRequest, pb.VendorReportResponse),
+    "PublishCard": ("unary", pb.Sealed, pb.Sealed),
+    "ListCards": ("unary", pb.Sealed, pb.Sealed),
 }
 
 
