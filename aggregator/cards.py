@@ -198,6 +198,33 @@ class CardRegistry:
         )
         return self.signed.get(site) is not before, alerts
 
+    def state(self) -> dict[str, Any]:
+        """The latest logged card of each site, for the sealed checkpoint (a refusal is not kept:
+        a restarted aggregator checks a site's card again when the site re-joins)."""
+        return {
+            site: {
+                "card": c.text,
+                "signature": c.signature.hex(),
+                "session": c.session.hex(),
+                "identity": c.identity.hex(),
+                "round": c.round,
+            }
+            for site, c in self.signed.items()
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for site, c in state.items():
+            text = str(c["card"])
+            self.latest[site] = parse_card(text)
+            self.signed[site] = SignedCard(
+                site,
+                text,
+                bytes.fromhex(c["signature"]),
+                bytes.fromhex(c["session"]),
+                bytes.fromhex(c["identity"]),
+                int(c["round"]),
+            )
+
     def visible(self, site: str) -> tuple[list[SignedCard], bool]:
         """The cards ``site`` may see (in site order), and whether other sites' are shared."""
         if self.policy.share_with_sites:

@@ -778,3 +778,16 @@ class RoundDriver:
         """The dataset cards ``site_id`` may fetch (``ListCards``; ``[task.cards] share_with_sites``)."""
         with self._lock:
             return self.cards.visible(site_id)
+
+    def intelligence_state(self) -> dict[str, Any]:
+        """For the sealed checkpoint: drift surveillance, contributor value and the latest cards."""
+        with self._lock:
+            return {"surveillance": self.surveillance.state(), "cards": self.cards.state()}
+
+    def restore_intelligence(self, state: dict[str, Any]) -> None:
+        """Take back :meth:`intelligence_state` from the checkpoint this driver resumed from."""
+        with self._lock:
+            if state.get("surveillance") is not None:
+                self.surveillance.restore(state["surveillance"], self.round, self.attempt)
+            if state.get("cards") is not None:
+                self.cards.restore(state["cards"])

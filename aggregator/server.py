@@ -212,7 +212,12 @@ async def _start(
 
     def seal_next(next_round: int, dp_rounds: int, model: bytes) -> Callable[[], Any]:
         assert sealing is not None
-        return prepare_checkpoint(config.state_dir, sealing, Checkpoint(next_round, dp_rounds, model, now_iso()))
+        intelligence = getattr(driver, "intelligence_state", None)  # drift and contribution state (issue 17)
+        return prepare_checkpoint(
+            config.state_dir,
+            sealing,
+            Checkpoint(next_round, dp_rounds, model, now_iso(), intelligence() if intelligence is not None else None),
+        )
 
     driver = make_driver(
         config.task,
@@ -223,6 +228,8 @@ async def _start(
         epsilon_rounds=checkpoint.dp_rounds if checkpoint else 0,
         checkpoint=seal_next if sealing is not None else None,
     )
+    if checkpoint is not None and checkpoint.intelligence is not None and hasattr(driver, "restore_intelligence"):
+        driver.restore_intelligence(checkpoint.intelligence)  # surveillance and contributor value go on
     if checkpoint is not None:
         events.record(
             "restart",
