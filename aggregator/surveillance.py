@@ -426,7 +426,6 @@ class Surveillance:
             self.alerts["metric_drop"] = self.alerts.get("metric_drop", 0) + 1
             self.recent_alerts.append(alert)
 
-
     # --- what survives a restart (the sealed checkpoint, aggregator/checkpoint.py) ---------------
 
     def state(self) -> dict[str, Any]:

@@ -167,9 +167,11 @@ def test_contribution_release_after_a_restart_mid_federation_equals_an_uninterru
     clean = deployment("clean")
     aggregator = clean.start()
     try:
-        with clean.client(aggregator.target, site_id="site-a") as a, clean.client(
-            aggregator.target, site_id="site-b"
-        ) as b, clean.client(aggregator.target, site_id="site-c") as c:
+        with (
+            clean.client(aggregator.target, site_id="site-a") as a,
+            clean.client(aggregator.target, site_id="site-b") as b,
+            clean.client(aggregator.target, site_id="site-c") as c,
+        ):
             clients = {"site-a": a, "site-b": b, "site-c": c}
             for client in clients.values():
                 client.join()
@@ -182,9 +184,11 @@ def test_contribution_release_after_a_restart_mid_federation_equals_an_uninterru
     restarted = deployment("restarted")
     first = restarted.start()
     try:
-        with restarted.client(first.target, site_id="site-a") as a, restarted.client(
-            first.target, site_id="site-b"
-        ) as b, restarted.client(first.target, site_id="site-c") as c:
+        with (
+            restarted.client(first.target, site_id="site-a") as a,
+            restarted.client(first.target, site_id="site-b") as b,
+            restarted.client(first.target, site_id="site-c") as c,
+        ):
             clients = {"site-a": a, "site-b": b, "site-c": c}
             for client in clients.values():
                 client.join()
@@ -196,9 +200,11 @@ def test_contribution_release_after_a_restart_mid_federation_equals_an_uninterru
         first.stop()
     second = restarted.start()
     try:
-        with restarted.client(second.target, site_id="site-a") as a, restarted.client(
-            second.target, site_id="site-b"
-        ) as b, restarted.client(second.target, site_id="site-c") as c:
+        with (
+            restarted.client(second.target, site_id="site-a") as a,
+            restarted.client(second.target, site_id="site-b") as b,
+            restarted.client(second.target, site_id="site-c") as c,
+        ):
             clients = {"site-a": a, "site-b": b, "site-c": c}
             for client in clients.values():
                 client.join()
