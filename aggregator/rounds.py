@@ -271,8 +271,6 @@ class TaskConfig:
             cards = read_cards(task.cards)
         except (SurveillanceConfigError, CardsConfigError) as exc:
             raise TaskConfigError(str(exc)) from None
-        if cards is not None and cards.required and not task.evaluate:
-            raise TaskConfigError("[task.cards] required: cards come with metrics reports: set [task] evaluate = true")
         config = cls(
             initial_model={},
             rounds=task.rounds,

@@ -25,7 +25,7 @@ from auditor.verify import verify_log
 from fedsite.cards import fetch_cards, make_card, publish_after_join, verify_listing
 from fedsite.client import AdmissionRefused
 from protocol.cards import MAX_CARD_BYTES
-from tests.federation import Deployment
+from tests.federation import MODEL, Deployment
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("age", "bmi")
@@ -47,7 +47,8 @@ def _deployment(tmp_path: Path, share: bool) -> Deployment:
         tmp_path,
         tmp_path / "vendor",
         sites=dict.fromkeys(("site-a", "site-b", "site-c"), ""),
-        task=f'rounds = 2\nmin_sites = 2\nround_deadline = "120s"\nevaluate = true\n{SCHEMA}'
+        # required = true without evaluate: the cards come at admission (PublishCard), not only with metrics
+        task=f'rounds = 2\nmin_sites = 2\nround_deadline = "120s"\nevaluate = {str(share).lower()}\n{SCHEMA}'
         + ("" if share else "share_with_sites = false\n"),
     )
 
@@ -149,7 +150,11 @@ def test_share_with_sites_false_shows_a_site_only_its_own_card(tmp_path: Path) -
         ):
             a.join()
             b.join()
+            update = {name: np.ones_like(array) for name, array in MODEL.items()}
+            with pytest.raises(grpc.RpcError, match="not published its dataset card"):  # required = true
+                a.upload_update(1, update, 10.0)
             a.publish_card(_card("site-a"))
+            a.upload_update(1, update, 10.0)  # the card came at admission: no metrics report needed
             assert fetch_cards(b) == ([], [], False)
             b.publish_card(_card("site-b"))
             cards, problems, shared = fetch_cards(b)
