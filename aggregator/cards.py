@@ -8,6 +8,7 @@ compared with the site's previous card (a drift signal).
     schema = [["mean radius", "float"], ["mean texture", "float"]]  # the task's features, in order
     required = true       # no update is accepted from a site before its card (and never after a mismatch)
     label_shift = 0.2     # drift alert: total-variation distance between a site's successive cards' labels
+    share_with_sites = true  # admitted sites may fetch the other sites' cards (ListCards); false: only their own
 
 Entries: ``dataset_card`` (round, site, session, card (the JSON as signed), signature, schema_ok);
 ``dataset_card_refused`` (round, site, reason) when the schema does not match: from then on the
@@ -49,6 +50,7 @@ class CardsTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     schema: Annotated[list[tuple[str, str]], Meta(max_length=MAX_FEATURES)] | None = None
     required: bool = False
     label_shift: Annotated[float, Meta(gt=0, le=1)] | None = None
+    share_with_sites: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,19 @@ class CardPolicy:
     schema: tuple[tuple[str, str], ...] | None = None
     required: bool = False
     label_shift: float | None = None
+    share_with_sites: bool = True
+
+
+@dataclass(frozen=True)
+class SignedCard:
+    """A logged card as the site signed it (what ListCards hands to the other sites)."""
+
+    site: str
+    text: str
+    signature: bytes
+    session: bytes
+    identity: bytes
+    round: int
 
 
 def read_cards(table: Any) -> CardPolicy | None:
@@ -68,7 +83,7 @@ def read_cards(table: Any) -> CardPolicy | None:
             if kind not in FEATURE_TYPES:
                 raise CardsConfigError(f"[task.cards] schema: {name!r} has type {kind!r}, not one of {FEATURE_TYPES}")
         schema = tuple((name, kind) for name, kind in t.schema)
-    return CardPolicy(schema, t.required, t.label_shift)
+    return CardPolicy(schema, t.required, t.label_shift, t.share_with_sites)
 
 
 class CardRegistry:
@@ -78,6 +93,8 @@ class CardRegistry:
         self.policy = policy or CardPolicy()
         self.latest: dict[str, DatasetCard] = {}
         self.refused: dict[str, str] = {}
+        #: The latest logged card of each site, with its signature (ListCards, the checkpoint).
+        self.signed: dict[str, SignedCard] = {}
 
     def check_upload(self, site: str) -> None:
         if site in self.refused:
@@ -130,6 +147,7 @@ class CardRegistry:
             self.refused[site] = mismatch
             raise UpdateRefused(mismatch)
         self.latest[site] = card
+        self.signed[site] = SignedCard(site, text, signature, session, identity[:32], round_number)
         if previous is not None and self.policy.label_shift is not None:
             shift = label_shift(previous, card)
             if shift > self.policy.label_shift:
@@ -145,5 +163,73 @@ class CardRegistry:
                 ]
         return []
 
+    def publish(
+        self,
+        events: EventSink,
+        *,
+        site: str,
+        round_number: int,
+        session: bytes,
+        identity: bytes,
+        text: str,
+        signature: bytes,
+    ) -> tuple[bool, list[dict[str, Any]]]:
+        """A card published on its own (``PublishCard``, right after admission): a refused site
+        is refused again without logging; at most one *changed* card per site and round is logged
+        (the same card again, e.g. after a re-join, is acknowledged and not logged). Returns
+        whether it was logged, and the drift alerts to raise."""
+        if site in self.refused:
+            raise UpdateRefused(f"site {site!r} is refused: {self.refused[site]}")
+        before = self.signed.get(site)
+        if before is not None and before.round == round_number and before.text != text:
+            raise UpdateRefused(
+                f"site {site!r} already published a different dataset card in round {round_number}: "
+                "one card per site and round",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+        alerts = self.accept(
+            events,
+            site=site,
+            round_number=round_number,
+            session=session,
+            identity=identity,
+            text=text,
+            signature=signature,
+        )
+        return self.signed.get(site) is not before, alerts
 
-__all__ = ["CardPolicy", "CardRegistry", "CardsConfigError", "read_cards"]
+    def state(self) -> dict[str, Any]:
+        """The latest logged card of each site, for the sealed checkpoint (a refusal is not kept:
+        a restarted aggregator checks a site's card again when the site re-joins)."""
+        return {
+            site: {
+                "card": c.text,
+                "signature": c.signature.hex(),
+                "session": c.session.hex(),
+                "identity": c.identity.hex(),
+                "round": c.round,
+            }
+            for site, c in self.signed.items()
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for site, c in state.items():
+            text = str(c["card"])
+            self.latest[site] = parse_card(text)
+            self.signed[site] = SignedCard(
+                site,
+                text,
+                bytes.fromhex(c["signature"]),
+                bytes.fromhex(c["session"]),
+                bytes.fromhex(c["identity"]),
+                int(c["round"]),
+            )
+
+    def visible(self, site: str) -> tuple[list[SignedCard], bool]:
+        """The cards ``site`` may see (in site order), and whether other sites' are shared."""
+        if self.policy.share_with_sites:
+            return [self.signed[s] for s in sorted(self.signed)], True
+        return ([self.signed[site]] if site in self.signed else []), False
+
+
+__all__ = ["CardPolicy", "CardRegistry", "CardsConfigError", "SignedCard", "read_cards"]

@@ -3,8 +3,12 @@ the DP rounds spent), on the host's disk, encrypted and authenticated with a sea
 only the same measured code can derive (:mod:`enclave.sealing`).
 
 File ``state_dir/checkpoint.sealed``: ``AFCK1`` || 12-byte nonce || AES-256-GCM ciphertext of
-canonical CBOR ``{version, round, dp_rounds, model, created}`` (``model``: safetensors bytes),
-with the magic as associated data. Written to a temporary file, fsynced, then renamed.
+canonical CBOR ``{version, round, dp_rounds, model, created, intelligence}`` (``model``:
+safetensors bytes), with the magic as associated data. Written to a temporary file, fsynced,
+then renamed. ``version`` 2 adds ``intelligence`` (a map or null: the drift surveillance and
+contributor-value state and the sites' latest dataset cards, aggregator/surveillance.py and
+aggregator/cards.py ``state()``); a version 1 checkpoint (no ``intelligence``) is still read
+(that state then starts afresh).
 
 What the host can still do: delete the file (training restarts from the initial model) or put
 back an *older* sealed checkpoint (rollback). Both show in the audit log: each restart logs the
@@ -20,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import cbor2
 from cryptography.exceptions import InvalidTag
@@ -32,6 +37,7 @@ MAGIC = b"AFCK1"
 FILE_NAME = "checkpoint.sealed"
 PURPOSE = b"checkpoint"
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
+VERSION = 2
 
 
 class CheckpointError(AttestflError):
@@ -44,6 +50,8 @@ class Checkpoint:
     dp_rounds: int
     model: bytes
     created: str
+    #: Version 2: what federation intelligence needs to go on after a restart (None: start afresh).
+    intelligence: dict[str, Any] | None = None
 
     @property
     def model_sha256(self) -> str:
@@ -57,11 +65,12 @@ def prepare_checkpoint(state_dir: Path, sealing: SealingKeySource, checkpoint: C
     state_dir.mkdir(parents=True, exist_ok=True)
     body = cbor2.dumps(
         {
-            "version": 1,
+            "version": VERSION,
             "round": checkpoint.round,
             "dp_rounds": checkpoint.dp_rounds,
             "model": checkpoint.model,
             "created": checkpoint.created,
+            "intelligence": checkpoint.intelligence,
         },
         canonical=True,
     )
@@ -119,10 +128,20 @@ def load_checkpoint(state_dir: Path, sealing: SealingKeySource) -> Checkpoint | 
         ) from None
     try:
         fields = cbor2.loads(body)
+        version = fields.get("version", 1)
+        if version not in (1, VERSION):
+            raise CheckpointError(f"{path}: checkpoint version {str(version)[:20]} is not one this code reads (1, 2)")
+        intelligence = fields.get("intelligence") if version >= 2 else None
+        if intelligence is not None and not isinstance(intelligence, dict):
+            raise TypeError("intelligence is not a map")
         return Checkpoint(
-            int(fields["round"]), int(fields["dp_rounds"]), bytes(fields["model"]), str(fields["created"])
+            int(fields["round"]),
+            int(fields["dp_rounds"]),
+            bytes(fields["model"]),
+            str(fields["created"]),
+            intelligence,
         )
-    except (KeyError, TypeError, ValueError, cbor2.CBORDecodeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, cbor2.CBORDecodeError) as exc:
         raise CheckpointError(f"{path}: malformed checkpoint contents: {exc}") from exc
 
 

@@ -278,8 +278,6 @@ class TaskConfig:
             cards = read_cards(task.cards)
         except (SurveillanceConfigError, CardsConfigError) as exc:
             raise TaskConfigError(str(exc)) from None
-        if cards is not None and cards.required and not task.evaluate:
-            raise TaskConfigError("[task.cards] required: cards come with metrics reports: set [task] evaluate = true")
         config = cls(
             initial_model={},
             rounds=task.rounds,
@@ -779,3 +777,39 @@ class RoundDriver:
                 signature=signature,
             ):
                 self.surveillance.raise_alert(self.events, alert)
+
+    def publish_card(self, site_id: str, session: bytes, identity: bytes, text: str, signature: bytes) -> bool:
+        """A site's signed dataset card right after its admission (``PublishCard``,
+        aggregator/card_calls.py), before any update: a schema mismatch refuses the site here."""
+        with self._lock:
+            current = self.config.rounds + 1 if self.finished else self.round
+            logged, alerts = self.cards.publish(
+                self.events,
+                site=site_id,
+                round_number=current,
+                session=session,
+                identity=identity,
+                text=text,
+                signature=signature,
+            )
+            for alert in alerts:
+                self.surveillance.raise_alert(self.events, alert)
+            return logged
+
+    def visible_cards(self, site_id: str) -> tuple[list[Any], bool]:
+        """The dataset cards ``site_id`` may fetch (``ListCards``; ``[task.cards] share_with_sites``)."""
+        with self._lock:
+            return self.cards.visible(site_id)
+
+    def intelligence_state(self) -> dict[str, Any]:
+        """For the sealed checkpoint: drift surveillance, contributor value and the latest cards."""
+        with self._lock:
+            return {"surveillance": self.surveillance.state(), "cards": self.cards.state()}
+
+    def restore_intelligence(self, state: dict[str, Any]) -> None:
+        """Take back :meth:`intelligence_state` from the checkpoint this driver resumed from."""
+        with self._lock:
+            if state.get("surveillance") is not None:
+                self.surveillance.restore(state["surveillance"], self.round, self.attempt)
+            if state.get("cards") is not None:
+                self.cards.restore(state["cards"])

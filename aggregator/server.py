@@ -115,6 +115,7 @@ def task_record(config: AggregatorConfig) -> dict[str, Any]:
             else {}
         ),
         **({"vendors": task.vendors.describe()} if task.vendors is not None else {}),
+        "cards": {"share_with_sites": task.cards.share_with_sites if task.cards is not None else True},
         "dp": None
         if dp is None
         else {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier, "delta": dp.delta},
@@ -211,7 +212,12 @@ async def _start(
 
     def seal_next(next_round: int, dp_rounds: int, model: bytes) -> Callable[[], Any]:
         assert sealing is not None
-        return prepare_checkpoint(config.state_dir, sealing, Checkpoint(next_round, dp_rounds, model, now_iso()))
+        intelligence = getattr(driver, "intelligence_state", None)  # drift and contribution state (issue 17)
+        return prepare_checkpoint(
+            config.state_dir,
+            sealing,
+            Checkpoint(next_round, dp_rounds, model, now_iso(), intelligence() if intelligence is not None else None),
+        )
 
     driver = make_driver(
         config.task,
@@ -222,6 +228,8 @@ async def _start(
         epsilon_rounds=checkpoint.dp_rounds if checkpoint else 0,
         checkpoint=seal_next if sealing is not None else None,
     )
+    if checkpoint is not None and checkpoint.intelligence is not None and hasattr(driver, "restore_intelligence"):
+        driver.restore_intelligence(checkpoint.intelligence)  # surveillance and contributor value go on
     if checkpoint is not None:
         events.record(
             "restart",
@@ -246,6 +254,9 @@ async def _start(
         tree_head=TreeHeads(audit) if audit is not None else None,
     )
     service.sessions = sessions
+    from aggregator import card_calls  # dataset cards: PublishCard, ListCards
+
+    service.card_calls = card_calls
     if config.task.vendors is not None:
         from aggregator.evaluation_jobs import EvaluationJobs
 

@@ -1003,6 +1003,22 @@ class FederationService:
         async for chunk in self.vendor_jobs.rpc_fetch(self, request, context):
             yield chunk
 
+    # --- dataset cards (aggregator/card_calls.py) -------------------------------------------
+
+    #: The module aggregator.card_calls, set by the server (None: the calls are not offered).
+    card_calls: Any = None
+
+    async def _cards(self, name: str, request: pb.Sealed, context: grpc.aio.ServicerContext) -> pb.Sealed:
+        if self.card_calls is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this aggregator takes no dataset cards")
+        return await getattr(self.card_calls, name)(self, request, context)
+
+    async def PublishCard(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> pb.Sealed:
+        return await self._cards("publish", request, context)
+
+    async def ListCards(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> pb.Sealed:
+        return await self._cards("list_cards", request, context)
+
     # --- health ------------------------------------------------------------------------------
 
     async def Check(
@@ -1135,6 +1151,8 @@ _METHODS = {
     "VendorReport": ("unary", pb.VendorReportRequest, pb.VendorReportResponse),
     "VendorUpload": ("client_stream", pb.VendorUploadChunk, pb.VendorSubmitResponse),
     "VendorFetch": ("server_stream", pb.Sealed, pb.VendorChunk),
+    "PublishCard": ("unary", pb.Sealed, pb.Sealed),
+    "ListCards": ("unary", pb.Sealed, pb.Sealed),
 }
 
 

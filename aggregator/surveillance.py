@@ -19,6 +19,8 @@ Configured in ``aggregator.toml`` beside the task (both tables optional)::
     epsilon = 1.0           # optional: Laplace noise on each release (sensitivity stated in the entry)
     permutations = 64
     sample = 16384
+    seed = 7                # optional, tests and reproducible audits only: the estimator's random seed
+                            # (refused with epsilon: a known seed makes the noise predictable)
 
 Entries (audit log and JSON log; the audit log's tree heads are signed by the enclave key):
 
@@ -42,6 +44,7 @@ sample of ``sample`` coordinates per site is kept.
 from __future__ import annotations
 
 import collections
+import json
 import math
 import re
 import time
@@ -89,6 +92,7 @@ class ContributionTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True,
     epsilon: Annotated[float, Meta(gt=0)] | None = None
     permutations: Annotated[int, Meta(ge=2, le=10_000)] = contribution.DEFAULT_PERMUTATIONS
     sample: Annotated[int, Meta(ge=16, le=16_777_216)] = DEFAULT_SAMPLE
+    seed: Annotated[int, Meta(ge=0, le=2**62)] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class ContributionPolicy:
     epsilon: float | None = None
     permutations: int = contribution.DEFAULT_PERMUTATIONS
     sample: int = DEFAULT_SAMPLE
+    seed: int | None = None
 
 
 def read_drift(table: Any) -> DriftRules | None:
@@ -122,7 +127,9 @@ def read_contribution(table: Any) -> ContributionPolicy | None:
     if table is None:
         return None
     t = read_struct(table, ContributionTable, "task.contribution", SurveillanceConfigError)
-    return ContributionPolicy(t.release, t.utility, t.epsilon, t.permutations, t.sample)
+    if t.seed is not None and t.epsilon is not None:
+        raise SurveillanceConfigError("[task.contribution] seed with epsilon: a known seed makes the noise predictable")
+    return ContributionPolicy(t.release, t.utility, t.epsilon, t.permutations, t.sample, t.seed)
 
 
 # --- per-site risk -----------------------------------------------------------------------------
@@ -196,6 +203,8 @@ class Surveillance:
         self.size = size
         self.drift = drift
         self.contribution = contribution_policy
+        if seed is None and contribution_policy is not None:
+            seed = contribution_policy.seed
         self._rng = np.random.default_rng(seed)
         self._round: _Round | None = None
         self._last_metric: dict[str, tuple[int, float]] = {}
@@ -416,6 +425,39 @@ class Surveillance:
             events.record("drift_alert", **alert)
             self.alerts["metric_drop"] = self.alerts.get("metric_drop", 0) + 1
             self.recent_alerts.append(alert)
+
+    # --- what survives a restart (the sealed checkpoint, aggregator/checkpoint.py) ---------------
+
+    def state(self) -> dict[str, Any]:
+        """What a restarted aggregator needs to go on as if uninterrupted: the per-round
+        contributor values not yet released, each site's last watched metric, the counters, the
+        last release and the random generator's state (so that a restart neither redraws the
+        estimator's samples nor the release noise: restarting cannot average the noise away)."""
+        state = {
+            "values": self._values,
+            "last_metric": {site: list(value) for site, value in self._last_metric.items()},
+            "metric_change": self._metric_change,
+            "alerts": self.alerts,
+            "quarantined": self.quarantined,
+            "recent_alerts": list(self.recent_alerts),
+            "released": self.released,
+            "rng": self._rng.bit_generator.state,
+        }
+        return json.loads(json.dumps(state, default=float))  # plain types only (numpy scalars as floats)
+
+    def restore(self, state: dict[str, Any], round_number: int, attempt: int) -> None:
+        """Take back :meth:`state` (from the checkpoint of the round ``round_number`` resumes at)."""
+        self._values = {str(site): [float(v) for v in values] for site, values in state["values"].items()}
+        self._last_metric = {str(site): (int(v[0]), float(v[1])) for site, v in state["last_metric"].items()}
+        self._metric_change = {str(site): float(v) for site, v in state["metric_change"].items()}
+        self.alerts = {str(rule): int(n) for rule, n in state["alerts"].items()}
+        self.quarantined = int(state["quarantined"])
+        self.recent_alerts.extend(state["recent_alerts"])
+        self.released = state["released"]
+        bit_generator = self._rng.bit_generator
+        if state["rng"].get("bit_generator") == type(bit_generator).__name__:
+            bit_generator.state = state["rng"]
+        self.begin(round_number, attempt)  # the open round's sample, drawn as the uninterrupted run drew it
 
 
 def _alert(current: _Round, site: str, rule: str, value: float, threshold: float) -> dict[str, Any]:

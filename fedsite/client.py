@@ -596,6 +596,27 @@ class SiteClient:
         sealed = self.stub.ReportMetrics(request, metadata=metadata, timeout=self.timeout)
         self._open(session, "ReportMetrics", call, sealed, pb.MetricsAck)
 
+    def publish_card(self, card: Any) -> bool:
+        """Publish the site's dataset card (signed here by its identity key for this session),
+        right after admission: the aggregator refuses a schema that is not the task's
+        (grpc FAILED_PRECONDITION). True when the aggregator logged it (False: unchanged)."""
+        from protocol.cards import card_message
+
+        session, call, metadata = self._next_call()
+        text = card.to_json()
+        signature = self.identity.sign(card_message(session.claims.session_id, text.encode()))
+        request = self._sealed(session, "PublishCard", call, pb.CardPublish(card=text, signature=signature))
+        sealed = self.stub.PublishCard(request, metadata=metadata, timeout=self.timeout)
+        return bool(self._open(session, "PublishCard", call, sealed, pb.CardAck).logged)
+
+    def list_cards(self, offset: int = 0) -> Any:
+        """One page of the federation's dataset cards (``pb.CardList``); verify them with
+        :func:`fedsite.cards.verify_listing`."""
+        session, call, metadata = self._next_call()
+        request = self._sealed(session, "ListCards", call, pb.CardListRequest(offset=offset))
+        sealed = self.stub.ListCards(request, metadata=metadata, timeout=self.timeout)
+        return self._open(session, "ListCards", call, sealed, pb.CardList)
+
 
 __all__ = [
     "AdmissionRefused",

@@ -91,6 +91,9 @@ def add_site_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     add_verify_command(site_sub)
 
     add_vendor_eval_command(site_sub)
+    from fedsite.card_commands import add_cards_command
+
+    add_cards_command(site_sub, open_site_client)
 
 
 def site_attester(config: SiteConfig) -> Attester:

@@ -249,6 +249,9 @@ class _SiteRun:
         client = self.client
         join_with_retry(client, wait=self.wait, say=self.say)
         self.summary.joins += 1
+        from fedsite.cards import publish_after_join  # the dataset card, before any update (docs/intelligence.md)
+
+        publish_after_join(client, self.trainer, self.say)
         # A new aggregator instance keeps only what its sealed checkpoint holds: whatever this
         # site sent to the previous one for an unfinished round must be sent again.
         self.done.clear()

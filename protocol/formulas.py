@@ -59,6 +59,8 @@ SEALED_METHODS = (
     "VendorJobs",
     "VendorReportMetrics",
     "VendorFetch",
+    "PublishCard",
+    "ListCards",
 )
 
 

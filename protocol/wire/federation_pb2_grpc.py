@@ -99,6 +99,16 @@ class FederationStub(object):
                 request_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
                 response_deserializer=protocol_dot_wire_dot_federation__pb2.VendorChunk.FromString,
                 _registered_method=True)
+        self.PublishCard = channel.unary_unary(
+                '/attestfl.v1.Federation/PublishCard',
+                request_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+                _registered_method=True)
+        self.ListCards = channel.unary_unary(
+                '/attestfl.v1.Federation/ListCards',
+                request_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+                _registered_method=True)
 
 
 class FederationServicer(object):
@@ -203,6 +213,24 @@ class FederationServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishCard(self, request, context):
+        """Dataset cards (docs/intelligence.md). A site publishes its signed card right after admission,
+        before any update: a schema that is not the task's is refused here (Sealed CardPublish ->
+        Sealed CardAck).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCards(self, request, context):
+        """The federation's current cards, each with its site's signature, a bounded page at a time
+        (Sealed CardListRequest -> Sealed CardList); [task.cards] share_with_sites decides whether a
+        site sees the other sites' cards or only its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -270,6 +298,16 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.VendorFetch,
                     request_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
                     response_serializer=protocol_dot_wire_dot_federation__pb2.VendorChunk.SerializeToString,
+            ),
+            'PublishCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishCard,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            ),
+            'ListCards': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCards,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -623,6 +661,60 @@ class Federation(object):
             '/attestfl.v1.Federation/VendorFetch',
             protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
             protocol_dot_wire_dot_federation__pb2.VendorChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/attestfl.v1.Federation/PublishCard',
+            protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/attestfl.v1.Federation/ListCards',
+            protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
             options,
             channel_credentials,
             insecure,
