@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import textwrap
@@ -67,13 +68,23 @@ class Aggregator:
         return read_events(self.stderr_path)
 
     def stop(self) -> None:
+        """Stop ``serve`` and whatever runs it (a prefix such as ``faketime`` forks the aggregator
+        as its child and does not pass signals on): the whole process group."""
         if self.process.poll() is None:
-            self.process.terminate()
+            _signal_group(self.process, signal.SIGTERM)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                _signal_group(self.process, signal.SIGKILL)
                 self.process.wait()
+        _signal_group(self.process, signal.SIGKILL)  # a child the prefix left behind
+
+
+def _signal_group(process: subprocess.Popen, number: int) -> None:
+    try:
+        os.killpg(process.pid, number)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @dataclass
@@ -201,6 +212,7 @@ class Deployment:
             stderr=stderr,
             cwd=self.directory,
             env=env,
+            start_new_session=True,  # its own process group: stop() ends a prefix's child too
         )
         deadline = time.time() + timeout
         assert process.stdout is not None
@@ -212,7 +224,7 @@ class Deployment:
                     return Aggregator(process, json.loads(line), config, stderr_path)
             if process.poll() is not None:
                 break
-        process.kill()
+        _signal_group(process, signal.SIGKILL)
         raise AssertionError(f"aggregator did not start: {stderr_path.read_text()[-3000:]}")
 
 
