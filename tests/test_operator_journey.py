@@ -4,6 +4,7 @@ and its errors, the configuration reference, `serve`'s round table and --exit-wh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -115,6 +116,27 @@ def test_three_sites_train_the_scaffolds_model_with_the_printed_commands(tmp_pat
         assert "round 3/3" in (tmp_path / f"{site}.err").read_text()
     events = [json.loads(line) for line in (tmp_path / "serve.err").read_text().splitlines() if line.startswith("{")]
     assert any(e.get("message") == "training_finished" for e in events)
+    # Each site ends with the final model, and its SHA-256 is the final digest the audit log names.
+    policy = "fl/hospital-a/aggregator-policy.toml"  # trusts the simulated root, pins the aggregator
+    verify = subprocess.run(
+        ["bash", "-c", "attestfl audit verify fl/aggregator/audit-log --json --policy " + policy],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert verify.returncode in (0, 4), verify.stdout[-2000:] + verify.stderr[-2000:]
+    final_sha256 = json.loads(verify.stdout)["models"]["final_sha256"]
+    released = [e for e in events if e.get("message") == "model_released" and e.get("final")]
+    assert [e["model_sha256"] for e in released] == [final_sha256]
+    for site in sites:
+        state = tmp_path / "fl" / site / "site-state"
+        model = (state / "final-model.safetensors").read_bytes()
+        assert hashlib.sha256(model).hexdigest() == final_sha256, site
+        assert (state / "final-model.safetensors.sha256").read_text().split()[0] == final_sha256
+        assert final_sha256 in (tmp_path / f"{site}.err").read_text()  # the site says which model it kept
 
 
 def test_scaffolds_refuse_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
