@@ -215,6 +215,7 @@ class _SiteRun:
     """One site's part in a task: what it has sent and evaluated, its receipts, its kept tree head."""
 
     vendor_data: Any = None  # fedsite.vendor_eval.EvaluationData: evaluate vendor jobs when the task has some
+    checked = False  # the trainer's model was compared with the task's model spec (fedsite.model_check)
 
     def __init__(
         self,
@@ -291,6 +292,11 @@ class _SiteRun:
             for job_id in run_vendor_jobs(client, self.vendor_data):
                 self.say(f"vendor job {job_id[:12]}: evaluated in memory, metrics sealed to the aggregator")
         spec = ModelSpec.from_json(task.model_spec)
+        if not self.checked:  # the trainer's model is the task's, before anything is downloaded or trained
+            from fedsite.model_check import check_trainer_model
+
+            check_trainer_model(trainer, spec)
+            self.checked = True
         max_weight = task.max_weight or 1.0
         self.last_ok = time.monotonic()
         if task.finished:
