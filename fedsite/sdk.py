@@ -338,7 +338,7 @@ class _SiteRun:
             self.say(f"final model written to {self.keeper.final_path} (SHA-256 {self.keeper.final_sha256})")
         if self.trainer.evaluate is not None:
             self.trainer.set(final)
-            self.say(f"final model: {_fmt(self.evaluate(task.round, max_weight))}")
+            self.say(f"final model (round {task.round}): {_fmt(self.evaluate(task.round, max_weight))}")
 
     def upload(self, task: Any, delta: dict[str, np.ndarray], weight: float) -> None:
         try:
@@ -352,9 +352,11 @@ class _SiteRun:
         if self.state is not None:
             self.state.append_receipt(receipt)
         self.summary.rounds_trained.append(task.round)
+        evaluated = self.summary.metrics.get(task.round)  # round r's model: the one before its training
         self.say(
-            f"round {task.round}/{task.rounds_total}: update sealed and accepted "
-            f"(receipt {receipt.update_sha256.hex()[:12]}...)"
+            f"round {task.round}/{task.rounds_total}: "
+            + (f"its model {_fmt(evaluated)}; " if evaluated else "")
+            + f"update sealed and accepted (receipt {receipt.update_sha256.hex()[:12]}...)"
         )
 
 
