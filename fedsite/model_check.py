@@ -38,6 +38,11 @@ def trainer_tensors(trainer: Any) -> dict[str, tuple[tuple[int, ...], str]] | No
     }
 
 
+def _same(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A scalar travels as one element (torch loads a [1] tensor into a scalar buffer)."""
+    return shape or (1,)
+
+
 def _numeric(dtype: str) -> bool:
     return dtype.startswith(("float", "bfloat", "half", "double", "int", "uint", "bool", "long", "short"))
 
@@ -52,7 +57,7 @@ def differences(local: dict[str, tuple[tuple[int, ...], str]], spec: ModelSpec) 
     for name, (shape, dtype) in local.items():
         if name not in wanted:
             found.append(f"{name} {list(shape)} not in the task's model")
-        elif shape != tuple(wanted[name].shape):
+        elif _same(shape) != _same(tuple(wanted[name].shape)):
             found.append(f"{name} is {list(shape)} in the trainer, {list(wanted[name].shape)} in the task")
         elif not _numeric(dtype):
             found.append(f"{name} has dtype {dtype} (only real and integer tensors travel, as float32)")

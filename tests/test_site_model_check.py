@@ -33,6 +33,11 @@ def test_the_same_model_passes_and_buffers_of_any_real_dtype_are_accepted() -> N
     check_trainer_model(TorchTrainer(build(), train=lambda m: 1), spec)
     check_trainer_model(TorchTrainer(build().double(), train=lambda m: 1), spec)
     check_trainer_model(object(), spec)  # no state_dict (the Flower adapter checks its own arrays)
+    as_written = ModelSpec(  # attestfl model init writes a scalar buffer as one element
+        tuple(TensorSpec(t.name, "F32", t.shape or (1,)) for t in spec.tensors)
+    )
+    assert any(t.name == "1.num_batches_tracked" and t.shape == (1,) for t in as_written.tensors)
+    check_trainer_model(TorchTrainer(build(), train=lambda m: 1), as_written)
 
 
 def test_differences_name_each_tensor() -> None:
