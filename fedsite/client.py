@@ -507,10 +507,17 @@ class SiteClient:
             yield pb.SealedChunk(header=header, index=index, final=final, ciphertext=ciphertext)
 
     def upload_update(
-        self, round_number: int, update: dict[str, np.ndarray], weight: float, *, attempt: int = 1
+        self,
+        round_number: int,
+        update: dict[str, np.ndarray],
+        weight: float,
+        *,
+        attempt: int = 1,
+        on_chunk: Callable[[int], None] | None = None,
     ) -> Receipt:
         """Upload one update; return the aggregator's receipt after checking that it is signed by
-        the attested key and answers exactly this upload (round, attempt, call, digest, weight)."""
+        the attested key and answers exactly this upload (round, attempt, call, digest, weight).
+        ``on_chunk(bytes)`` as each sealed chunk is sent (progress)."""
         session, call, metadata = self._next_call()
         hasher = hashlib.sha256()
         residual = dict(self.feedback.residual)  # restored if this upload is not accepted
@@ -519,8 +526,9 @@ class SiteClient:
             hasher.update(memoryview(part).cast("B"))
         digest = hasher.digest()
         try:
+            chunks = self.sealed_update(round_number, attempt, call, update, weight, parts)
             sealed = self.stub.UploadUpdate(
-                self.sealed_update(round_number, attempt, call, update, weight, parts),
+                _counted(chunks, on_chunk) if on_chunk is not None else chunks,
                 metadata=metadata,
                 timeout=self.timeout,
             )
@@ -580,3 +588,10 @@ __all__ = [
     "require_measurement_pins",
     "unpinned_platforms",
 ]
+
+
+def _counted(chunks: Iterator[pb.SealedChunk], on_chunk: Callable[[int], None]) -> Iterator[pb.SealedChunk]:
+    """The chunks, calling ``on_chunk`` with each one's size as gRPC takes it to send."""
+    for chunk in chunks:
+        on_chunk(len(chunk.ciphertext))
+        yield chunk

@@ -182,13 +182,28 @@ def run_site(
     wait: float = 60.0,
     state: SiteState | None = None,
     vendor_data: Any = None,
+    bars: TextIO | None = None,
 ) -> SiteRunSummary:
     """Join, then train every round until the task is finished. Raises
     :class:`AggregatorNotTrusted` or :class:`AdmissionRefused` without sending anything more.
     With ``vendor_data`` (a :class:`fedsite.vendor_eval.EvaluationData`) the site also evaluates
-    the vendor models the task says are waiting for it (docs/vendor-evaluation.md)."""
+    the vendor models the task says are waiting for it (docs/vendor-evaluation.md). ``bars``: the
+    stream for progress bars (training, large transfers: :mod:`fedsite.progress`), None for none."""
     run = _SiteRun(client, trainer, progress=progress, wait=wait, state=state)
     run.vendor_data = vendor_data
+    if bars is not None and progress is not None:
+        from fedsite.progress import SiteBars
+
+        run.bars = SiteBars(client.site_id, bars, progress)
+        run.say = lambda text: run.bars.say(f"[{client.site_id}] {text}")
+        run.keeper.progress = bars
+    try:
+        return _run_rounds(run, poll_seconds, reconnect_seconds)
+    finally:
+        run.bars.close()
+
+
+def _run_rounds(run: _SiteRun, poll_seconds: float, reconnect_seconds: float) -> SiteRunSummary:
     run.join()
     while True:
         try:
@@ -236,7 +251,10 @@ class _SiteRun:
         self.kept = client.tree_head
         from fedsite.delivery import ModelKeeper
 
-        self.keeper = ModelKeeper(client, state.directory if state is not None else None, progress)
+        self.keeper = ModelKeeper(client, state.directory if state is not None else None, None)
+        from fedsite.progress import SiteBars
+
+        self.bars = SiteBars(client.site_id, None, None)  # no bars unless run_site is given a stream
         #: When the aggregator last answered a task request (re-joins are tried for a while after).
         self.last_ok = time.monotonic()
 
@@ -314,7 +332,8 @@ class _SiteRun:
         if task.evaluate and trainer.evaluate is not None and task.round not in self.evaluated:
             self.evaluate(task.round, max_weight)
             self.evaluated.add(task.round)
-        examples = trainer.train(trainer.model)
+        with self.bars.training(task.round, task.rounds_total):
+            examples = trainer.train(trainer.model)
         local = trainer.get()
         delta = {name: local[name] - global_model[name] for name in global_model}
         self.upload(task, delta, min(float(max(1, int(examples))), max_weight))
@@ -342,7 +361,11 @@ class _SiteRun:
 
     def upload(self, task: Any, delta: dict[str, np.ndarray], weight: float) -> None:
         try:
-            receipt = self.client.upload_update(task.round, delta, weight=weight, attempt=task.attempt)
+            size = sum(int(array.nbytes) for array in delta.values())
+            with self.bars.transfer(size, f"[{self.client.site_id}] update of round {task.round}") as on_chunk:
+                receipt = self.client.upload_update(
+                    task.round, delta, weight=weight, attempt=task.attempt, on_chunk=on_chunk
+                )
         except grpc.RpcError as exc:
             if exc.code() not in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION):
                 raise

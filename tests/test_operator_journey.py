@@ -134,6 +134,7 @@ def test_three_sites_train_the_scaffolds_model_with_the_printed_commands(tmp_pat
         for number in (1, 2, 3):
             assert f"round {number}/3: its model accuracy={logged[number][site][0]:.4f}" in said
         assert f"final model (round 4): accuracy={logged[4][site][0]:.4f}" in said
+        assert "training rounds" not in said and "it/s]" not in said  # stderr is not a terminal: no bars
     # Each site ends with the final model, and its SHA-256 is the final digest the audit log names.
     policy = "fl/hospital-a/aggregator-policy.toml"  # trusts the simulated root, pins the aggregator
     verify = subprocess.run(
