@@ -442,6 +442,7 @@ def _print_table(summary: dict[str, Any], say: Any) -> None:
         acc = f"{row['accuracy']:.4f}" if row["accuracy"] is not None else "-"
         cells = "  ".join(f"{row['per_site'].get(s, float('nan')):>12.4f}" for s in sites)
         eps = f"  {row['epsilon']:.3f}" if row["epsilon"] is not None else ""
+        eps = eps or ("  -    " if "epsilon" in header else "")
         final = "  final model" if row is summary["rounds"][-1] else ""
         say(f"{row['round']:>5}  {acc:>10}  {cells}{eps}{final}")
     for refusal in summary["refused"]:
