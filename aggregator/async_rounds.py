@@ -99,6 +99,7 @@ class AsyncDriver:
                 self.config.evaluate,
                 attempt=1,
                 compression=self.config.compression,
+                adapters=self.config.adapters,
             )
 
     def model_bytes(self, round_number: int) -> bytes:

@@ -39,6 +39,9 @@ def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         action="store_true",
         help="exit 0 once the last round is applied, logged and evaluated (default: serve until stopped)",
     )
+    serve.add_argument(
+        "--dashboard", metavar="HOST:PORT", help="serve a read-only live page (unauthenticated: keep it on loopback)"
+    )
     serve.set_defaults(handler=run_serve)
 
 
@@ -50,7 +53,14 @@ def run_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
     err = err or sys.stderr
     config = AggregatorConfig.load(args.config)
     configure_logging()
-    status = asyncio.run(serve(config, progress=args.progress, exit_when_finished=args.exit_when_finished))
+    status = asyncio.run(
+        serve(
+            config,
+            progress=args.progress,
+            exit_when_finished=args.exit_when_finished,
+            dashboard=getattr(args, "dashboard", None),
+        )
+    )
     if status:
         print(
             "attestfl: error: the aggregator stopped on a fault (see the log); nothing was applied without its audit "

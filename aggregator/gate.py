@@ -51,6 +51,10 @@ class Limits:
     upload_timeout: float = 3600.0
     upload_min_rate: float = 64 * 1024
     upload_rate_grace: float = 10.0
+    #: Uploads whose connection dropped, kept to resume (aggregator/resume.py): at most this many, in all
+    #: at most this many bytes of receive buffers (the oldest is dropped first), one per session.
+    parked_uploads: int = 16
+    parked_upload_bytes: int = 8 * 1024**3
     refusal_log_rate_per_ip: float = 5.0
     refusal_log_burst_per_ip: int = 20
 
@@ -213,3 +217,42 @@ class Gate:
         """(handshake calls, session calls) in progress."""
         with self._lock:
             return self._handshakes, self._session_calls
+
+
+class MemoryBudget:
+    """Bytes a kind of holder (a vendor) may keep in memory: at most ``per_holder`` each and
+    ``total`` in all (vendor models being uploaded and the re-sealed models kept for the sites).
+    ``reserve`` answers a ticket that gives the bytes back, or why the bytes are refused."""
+
+    def __init__(self, per_holder: int, total: int) -> None:
+        self.per_holder = per_holder
+        self.total = total
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+        self._sum = 0
+
+    def reserve(self, holder: str, amount: int) -> Ticket | str:
+        with self._lock:
+            held = self._held.get(holder, 0)
+            if held + amount > self.per_holder:
+                return f"{holder!r} would hold {held + amount} bytes in memory, over its {self.per_holder}"
+            if self._sum + amount > self.total:
+                return f"the aggregator holds {self._sum} bytes of vendor models; {amount} more is over {self.total}"
+            self._held[holder] = held + amount
+            self._sum += amount
+
+        def release() -> None:
+            with self._lock:
+                left = self._held.get(holder, amount) - amount
+                if left > 0:
+                    self._held[holder] = left
+                else:
+                    self._held.pop(holder, None)
+                self._sum -= amount
+
+        return Ticket(release)
+
+    @property
+    def held(self) -> int:
+        with self._lock:
+            return self._sum

@@ -5,7 +5,8 @@ Exported: ``attestfl_rounds_completed``, ``attestfl_round`` (the open round),
 ``attestfl_refusal_reasons_total{check}``, ``attestfl_live_sessions``,
 ``attestfl_bytes_received_total``, ``attestfl_bytes_sent_total``,
 ``attestfl_updates_accepted_total``, ``attestfl_aggregation_seconds{round}`` and
-``attestfl_epsilon`` (central DP, when on).
+``attestfl_epsilon`` (central DP, when on); drift alerts, quarantines, per-site update norms,
+the worst site and the largest subgroup gap (:mod:`aggregator.surveillance_metrics`).
 
 The endpoint is plain, unauthenticated HTTP. It is off unless ``metrics_listen`` is set, and a
 ``metrics_listen`` without a host (``":9464"``) binds 127.0.0.1; binding anything but
@@ -27,6 +28,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from aggregator.config import DEFAULT_METRICS_HOST
 from aggregator.rounds import RoundDriver
 from aggregator.service import FederationService
+from aggregator.surveillance_metrics import surveillance_metrics
 from protocol.config import Endpoint, parse_endpoint
 
 LOG = logging.getLogger("attestfl.aggregator.metrics")
@@ -59,6 +61,7 @@ class AggregatorCollector(Collector):
         epsilons = [r.epsilon for r in completed if r.epsilon is not None]
         if epsilons:
             yield GaugeMetricFamily("attestfl_epsilon", "Central DP epsilon spent so far", value=epsilons[-1])
+        yield from surveillance_metrics(getattr(self.driver, "surveillance", None))
 
 
 def metrics_endpoint(listen: str) -> Endpoint:

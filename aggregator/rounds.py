@@ -22,7 +22,13 @@ The task configuration is the ``[task]`` table of ``aggregator.toml``::
     max_staleness = 8                     # async: oldest base version accepted, in versions
     deliver = "final"                     # sites keep the final model, or every round's (docs/model-delivery.md)
     release = ["admitted-sites"]          # who receives the final model ([task.release] for owner keys)
+    [task.adapters]                       # optional: federate only these tensors (protocol.adapters)
+    tensors = ["*.lora_A.*", "*.lora_B.*"]
+    base_sha256 = "..."                   # the frozen base model file's SHA-256: sites on another refuse
     [task.vendors]                        # optional vendor evaluation jobs (docs/vendor-evaluation.md)
+    [task.drift]                          # optional: drift surveillance, alerts, quarantine
+    [task.contribution]                   # optional: contributor value (aggregator/surveillance.py)
+    [task.cards]                          # optional: the sites' dataset cards (aggregator/cards.py)
     [task.strategy]                       # default: fedavg
     name = "krum"                         # fedavg | median | trimmed_mean | krum | an installed one
     f = 1                                 # the strategy's own parameters (krum: f, m; trimmed_mean: beta)
@@ -58,6 +64,7 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
+from aggregator.cards import CardPolicy, CardRegistry, CardsConfigError, read_cards
 from aggregator.delivery import ReleasePolicy, read_release
 from aggregator.service import EventSink, LogEvents, Task, UpdateRefused
 from aggregator.strategies import (
@@ -72,7 +79,17 @@ from aggregator.strategies import (
     strategy_class,
     strategy_names,
 )
+from aggregator.surveillance import (
+    ContributionPolicy,
+    DriftRules,
+    Surveillance,
+    SurveillanceConfigError,
+    federation_risk,
+    read_contribution,
+    read_drift,
+)
 from attestation.errors import AttestflError
+from protocol.adapters import AdapterError, AdapterSpec
 from protocol.compression import MODES as COMPRESSION_MODES
 from protocol.config import (
     MAX_DURATION_SECONDS,
@@ -129,6 +146,10 @@ class TaskTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     compression: str = "float32"
     deliver: str = "final"  # model delivery (aggregator.delivery)
     release: list[str] | dict[str, Any] | None = None
+    drift: dict[str, Any] | None = None
+    contribution: dict[str, Any] | None = None
+    cards: dict[str, Any] | None = None
+    adapters: dict[str, Any] | None = None  # [task.adapters]: protocol.adapters.AdapterSpec
 
 
 def _strategy_names_text() -> str:
@@ -218,6 +239,11 @@ class TaskConfig:
     #: Model delivery: who receives the final model (aggregator.delivery); the initial model's file.
     release: ReleasePolicy = field(default_factory=ReleasePolicy)
     initial_model_path: Path | None = None
+    drift: DriftRules | None = None
+    contribution: ContributionPolicy | None = None
+    cards: CardPolicy | None = None
+    #: ``[task.adapters]``: only these tensors are federated (the model above is already the subset).
+    adapters: AdapterSpec | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -247,6 +273,13 @@ class TaskConfig:
             dp = DpConfig(dp_table.clip_norm, dp_table.noise_multiplier, dp_table.delta)
         strategy = read_strategy(task)
         vendors = _read_vendors(task.vendors)
+        try:
+            drift, contribution = read_drift(task.drift), read_contribution(task.contribution)
+            cards = read_cards(task.cards)
+        except (SurveillanceConfigError, CardsConfigError) as exc:
+            raise TaskConfigError(str(exc)) from None
+        if cards is not None and cards.required and not task.evaluate:
+            raise TaskConfigError("[task.cards] required: cards come with metrics reports: set [task] evaluate = true")
         config = cls(
             initial_model={},
             rounds=task.rounds,
@@ -263,12 +296,21 @@ class TaskConfig:
             compression=task.compression,
             release=read_release(task.release, task.deliver),
             initial_model_path=base_dir / task.initial_model,
+            drift=drift,
+            contribution=contribution,
+            cards=cards,
+            adapters=_read_adapters(task.adapters),
         )
         config.validate(model=False)
         try:
             model = load_model(base_dir / task.initial_model)
         except UpdateFormatError as exc:
             raise TaskConfigError(f"[task] initial_model: {exc}") from None
+        if config.adapters is not None:
+            try:
+                model = config.adapters.select(model)
+            except AdapterError as exc:
+                raise TaskConfigError(str(exc)) from None
         config = dataclasses.replace(config, initial_model=model)
         config.validate()
         return config
@@ -331,6 +373,16 @@ def make_driver(config: TaskConfig, **options: Any) -> Any:
 
         return AsyncDriver(config, **options)
     return RoundDriver(config, **options)
+
+
+def _read_adapters(table: dict[str, Any] | None) -> AdapterSpec | None:
+    """``[task.adapters]`` (protocol.adapters), or None."""
+    if table is None:
+        return None
+    try:
+        return AdapterSpec.from_table(table)
+    except AdapterError as exc:
+        raise TaskConfigError(str(exc)) from None
 
 
 def _read_vendors(table: dict[str, Any] | None) -> Any:
@@ -429,6 +481,9 @@ class RoundDriver:
         self.checkpoint = checkpoint
         #: ``on_model(round, model, finished)``: a round's model now exists (aggregator.delivery).
         self.on_model: Callable[[int, bytes, bool], None] | None = None
+        #: Drift surveillance, quarantine and contributor value (``[task.drift]``, ``[task.contribution]``).
+        self.surveillance = Surveillance(self.spec.parameter_count, config.drift, config.contribution)
+        self.cards = CardRegistry(config.cards)  # the sites' dataset cards (aggregator/cards.py)
         self._warm_up()
         self._begin()
 
@@ -460,7 +515,9 @@ class RoundDriver:
             self.config.evaluate,
             attempt=self.attempt,
             compression=self.config.compression,
+            adapters=self.config.adapters,
         )
+        self.surveillance.begin(self.round, self.attempt)
 
     def record(self, round_number: int) -> RoundRecord:
         return self.history.setdefault(round_number, RoundRecord(round_number, 1))
@@ -511,6 +568,7 @@ class RoundDriver:
                 f"site {site_id!r} already submitted an update in round {round_number}",
                 grpc.StatusCode.ALREADY_EXISTS,
             )
+        self.cards.check_upload(site_id)  # a site whose dataset card does not match the task
 
     def accept_update(
         self,
@@ -528,6 +586,9 @@ class RoundDriver:
         with self._lock:
             self._check_upload(site_id, round_number, attempt, self.round, self.attempt, self.finished)
             self.events.record("update_accepted", **receipt)
+            if self.surveillance.observe(site_id, vector, weight):  # held until the round closes (quarantine)
+                self._received[site_id] = {"weight": weight, "update_sha256": digest.hex()}
+                return
             facts = self._aggregation.add(vector, weight, len(self._received)) or {}
             self._received[site_id] = {"weight": weight, "update_sha256": digest.hex(), **facts}
 
@@ -566,8 +627,13 @@ class RoundDriver:
             record.examples[site_id] = max(0, examples)
             weighted = weighted_metrics(record.metrics, record.examples)
             per_site = dict(record.metrics)
-        # Federated evaluation: per-site and example-weighted metrics of this round's model so far.
-        self.events.record("evaluation", round=round_number, per_site=per_site, weighted=weighted, sites=len(per_site))
+            self.surveillance.on_metrics(self.events, site_id, round_number, metrics)
+            risk = self.surveillance.risk = federation_risk(per_site)
+        # Federated evaluation: the worst site and the largest subgroup gap first, then per-site and
+        # example-weighted metrics of this round's model so far.
+        self.events.record(
+            "evaluation", round=round_number, **risk, per_site=per_site, weighted=weighted, sites=len(per_site)
+        )
 
     def tick(self) -> None:
         """Close or retry the open round when its deadline has passed (called periodically)."""
@@ -610,6 +676,10 @@ class RoundDriver:
         refuses every update from then on."""
         try:
             started = time.perf_counter()
+            # Drift rules first: alerts and any quarantine are logged before the aggregate exists.
+            self.surveillance.settle(
+                self.events, closing.aggregation, closing.participants, self.strategy.minimum_sites()
+            )
             # The (wrapped) strategy aggregates and accounts for privacy; the driver commits.
             aggregate = closing.aggregation.close(Privacy(closing.dp_rounds))
             vector = (closing.global_vector + aggregate.delta).astype(np.float32)
@@ -617,6 +687,9 @@ class RoundDriver:
             model = self._encode(vector)
             digest = hashlib.sha256(model).hexdigest()
             next_round = closing.round + 1
+            self.surveillance.after(
+                self.events, aggregate.delta, finished=next_round > self.config.rounds, rounds=self.config.rounds
+            )
             commit_checkpoint = (
                 self.checkpoint(next_round, aggregate.privacy.rounds, model) if self.checkpoint is not None else None
             )
@@ -683,3 +756,26 @@ class RoundDriver:
     @property
     def dp_rounds(self) -> int:
         return self._dp_rounds
+
+    def report_card(
+        self, site_id: str, round_number: int, session: bytes, identity: bytes, text: str, signature: bytes
+    ) -> None:
+        """A site's signed dataset card (aggregator/cards.py), sent with its metrics report: at most
+        one per site and round (checked before anything is logged: a card cannot grow the log
+        faster than the metrics it comes with)."""
+        with self._lock:
+            current = self.config.rounds + 1 if self.finished else self.round
+            if round_number != current or site_id in self.record(round_number).metrics:
+                raise UpdateRefused(
+                    f"a dataset card comes with the site's one metrics report of the current round ({current})"
+                )
+            for alert in self.cards.accept(
+                self.events,
+                site=site_id,
+                round_number=round_number,
+                session=session,
+                identity=identity,
+                text=text,
+                signature=signature,
+            ):
+                self.surveillance.raise_alert(self.events, alert)

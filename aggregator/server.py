@@ -250,7 +250,12 @@ async def _start(
         from aggregator.evaluation_jobs import EvaluationJobs
 
         report_dir = config.path.parent / config.task.vendors.report_dir
-        service.vendor_jobs = EvaluationJobs(config.task.vendors, keys, service._record, report_dir)
+        from aggregator.vendor_state import VendorStore
+
+        store = VendorStore(config.state_dir / "vendor-jobs", sealing) if sealing is not None else None
+        service.vendor_jobs = EvaluationJobs(config.task.vendors, keys, service._record, report_dir, store)
+        service.vendor_jobs.restore()  # jobs sealed by an earlier run (logged: vendor_restored)
+        service.vendor_jobs.start()  # the report deadline, if the policy sets one
     service.delivery = start_delivery(config, driver, events)
     server.add_generic_rpc_handlers(handlers(service))
     await server.start()
@@ -282,10 +287,16 @@ EXIT_FAULT = 3
 SUPPRESSED_FLUSH_SECONDS = 10.0
 
 
-async def serve(config: AggregatorConfig, *, progress: str = "table", exit_when_finished: bool = False) -> int:
+async def serve(
+    config: AggregatorConfig,
+    *,
+    progress: str = "table",
+    exit_when_finished: bool = False,
+    dashboard: str | None = None,
+) -> int:
     """Serve until SIGTERM/SIGINT (exit 0), the end of training with ``exit_when_finished``
     (exit 0), or a fault that stops the aggregator (exit 3). ``progress``: the round table on
-    stdout (:mod:`aggregator.progress`)."""
+    stdout (:mod:`aggregator.progress`); ``dashboard``: HOST:PORT of a read-only live page."""
     from aggregator.progress import RoundTable
 
     # A file-size limit (RLIMIT_FSIZE) must fail a write with EFBIG, which fails stop like a
@@ -296,6 +307,10 @@ async def serve(config: AggregatorConfig, *, progress: str = "table", exit_when_
         from aggregator.metrics import start_metrics_server
 
         start_metrics_server(config.metrics_listen, running.service, running.driver)
+    if dashboard:  # attestfl serve --dashboard HOST:PORT (aggregator/dashboard.py)
+        from aggregator.dashboard import start_dashboard
+
+        start_dashboard(dashboard, running.driver)
     print(json.dumps(ready_line(config, running)), flush=True)
     LOG.info("serving", extra={"fields": {"port": running.port, "tee": config.tee}})
     table = RoundTable(running.driver, sys.stdout, progress)

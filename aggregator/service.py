@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import os
 import time
@@ -32,6 +33,7 @@ import numpy as np
 
 from aggregator.challenges import ChallengeStore
 from aggregator.gate import Gate, Limits, Ticket, peer_address
+from aggregator.resume import PartialUpload, Resumes, dropped, park, receive_resumed
 from attestation.binding import check_nonce
 from attestation.bundle_abi import encode_bundle
 from attestation.errors import EXIT_FAULT, EXIT_REFUSED, AttestationError, AttestflError
@@ -59,6 +61,7 @@ from protocol.formulas import (
     seal_message,
     upload_context,
 )
+from protocol.resume import reseal_from
 from protocol.streams import (
     TAG_BYTES,
     SessionKeys,
@@ -97,6 +100,7 @@ class Task:
     evaluate: bool = False
     attempt: int = 1
     compression: str = "float32"  # how sites encode updates (protocol.compression)
+    adapters: Any = None  # protocol.adapters.AdapterSpec: only these tensors are federated, on a pinned base
 
 
 class TaskDriver(Protocol):
@@ -208,6 +212,7 @@ class _ReceivedUpdate:
     spec: ModelSpec
     data: memoryview
     decrypt_seconds: float
+    call: int | None = None  # a resumed upload: the call its stream was sealed for (None: this call)
 
 
 class FederationService:
@@ -243,6 +248,12 @@ class FederationService:
         self.tree_head = tree_head or (lambda known: (b"", []))
         self.limits = limits or Limits()
         self.gate = Gate(self.limits)
+        #: Uploads whose connection dropped, and download headers, kept to resume (aggregator/resume.py).
+        self.resumes = Resumes(
+            retention=stall_timeout,
+            max_parked=self.limits.parked_uploads,
+            max_parked_bytes=self.limits.parked_upload_bytes,
+        )
         self.challenges = ChallengeStore(admission.challenge_ttl)
         self._logged_collateral: set[bytes] = set()
         self.sessions: dict[bytes, Session] = {}
@@ -669,6 +680,9 @@ class FederationService:
             consistency=proof,
             compression=task.compression,
         )
+        if task.adapters is not None:
+            response.adapter_base_sha256 = task.adapters.base_sha256
+            response.adapter_tensors.extend(task.adapters.tensors)
         if self.vendor_jobs is not None:
             response.vendor_jobs = self.vendor_jobs.pending(session.site_id)
         if self.delivery is not None:
@@ -687,6 +701,17 @@ class FederationService:
             await context.abort(exc.code, str(exc))
         if delivered is not None:
             self._record("model_delivered", **delivered)  # durably, before the model leaves
+        if inner.resume_header:  # a resumed download: the rest of a stream issued to this session
+            try:
+                header = self.resumes.download_header(session.session_id, inner.resume_header, inner.round, len(model))
+                chunks = reseal_from(session.keys.aggregator_to_site, header, model, inner.start_index)
+                pending = [next(chunks)]  # an impossible start index fails here, before anything is sent
+            except StreamError as exc:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            for index, final, ciphertext in itertools.chain(pending, chunks):
+                self.counters.bytes_out += len(ciphertext)
+                yield pb.SealedChunk(index=index, final=final, ciphertext=ciphertext)
+            return
         for header, index, final, ciphertext in seal_chunks(
             session.keys.aggregator_to_site,
             model,
@@ -694,6 +719,8 @@ class FederationService:
             purpose="model",
             context=download_context(inner.round, session.site_id, call),
         ):
+            if header:
+                self.resumes.issued(session.session_id, header, inner.round, len(model))
             self.counters.bytes_out += len(ciphertext)
             yield pb.SealedChunk(header=header, index=index, final=final, ciphertext=ciphertext)
 
@@ -739,6 +766,10 @@ class FederationService:
         context: grpc.aio.ServicerContext,
     ) -> pb.Sealed:
         update = await self._receive_update(session, call, request_iterator, context)
+        if isinstance(update, pb.Sealed):
+            return update  # a resume query's answer
+        sealed_call = call
+        call = call if update.call is None else update.call  # a resumed upload's receipt names its stream's call
         try:
             # CPU work off the event loop (hashing and numpy release the GIL): other sites'
             # streams keep flowing meanwhile.
@@ -763,7 +794,7 @@ class FederationService:
             call=call,
             tree_head=head_bytes,
         )
-        return self._seal(session, "UploadUpdate", call, receipt)
+        return self._seal(session, "UploadUpdate", sealed_call, receipt)
 
     async def _receive_update(
         self,
@@ -771,15 +802,26 @@ class FederationService:
         call: int,
         request_iterator: AsyncIterator[pb.SealedChunk],
         context: grpc.aio.ServicerContext,
-    ) -> _ReceivedUpdate:
+    ) -> Any:
         """The sealed stream of an upload, authenticated chunk by chunk and decrypted in place into
         one buffer of the largest valid update; a refusal is logged and ends the call."""
         started_at = time.monotonic()
         deadline = started_at + self.limits.upload_timeout
         first = await self._next_chunk(request_iterator, context, deadline)
+        if first is not None and (first.resume_stream or first.resume_query):
+            resumed = await receive_resumed(
+                self, session, call, first, request_iterator, context, (UpdateRefused, StreamError)
+            )
+            if isinstance(resumed, pb.Sealed):
+                return resumed  # where to resume
+            data = memoryview(resumed.buffer)[: resumed.size]
+            return _ReceivedUpdate(
+                resumed.round, resumed.attempt, resumed.spec, data, resumed.decrypt_seconds, resumed.call
+            )
         if first is None or not first.header:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the upload does not start with a stream header")
         assert first is not None
+        partial: PartialUpload | None = None
         try:
             header = StreamHeader.decode(first.header)
             round_number, attempt, site_id, stream_call = parse_upload_context(header.context)
@@ -811,6 +853,19 @@ class FederationService:
                 raise StreamError(f"stream is larger than the {spec.max_update_bytes} bytes allowed for it")
             buffer[: len(head)] = head
             size = len(head)
+            partial = PartialUpload(
+                session.session_id,
+                header.stream_id,
+                round_number,
+                attempt,
+                call,
+                spec,
+                opener,
+                buffer,
+                size,
+                0.0,
+                deadline,
+            )
             chunk = None if first.final else await self._next_chunk(request_iterator, context, deadline)
             while chunk is not None:
                 self.counters.bytes_in += len(chunk.ciphertext)
@@ -824,8 +879,15 @@ class FederationService:
                     raise StreamError(f"the upload is slower than {self.limits.upload_min_rate / 1024:g} KiB/s")
                 if chunk.final:
                     break
+                partial.size, partial.decrypt_seconds = size, decrypt_seconds
                 chunk = await self._next_chunk(request_iterator, context, deadline)
+            if not opener.finished and await dropped(context):
+                raise asyncio.CancelledError  # the connection dropped (not a half-close): parked below
             opener.finish()
+        except asyncio.CancelledError:  # the connection dropped: parked if chunk 0 authenticated
+            if partial is not None:
+                park(self, session, partial)
+            raise
         except (UpdateRefused, StreamError) as exc:
             await self._refuse_update(context, session, exc)
         return _ReceivedUpdate(round_number, attempt, spec, memoryview(buffer)[:size], decrypt_seconds)
@@ -893,6 +955,18 @@ class FederationService:
                     "(admission policy)",
                     grpc.StatusCode.INVALID_ARGUMENT,
                 )
+            report_card = getattr(self.driver, "report_card", None)  # async versions take no cards
+            if inner.dataset_card and report_card is not None:  # the site's signed dataset card (aggregator/cards.py)
+                await asyncio.get_running_loop().run_in_executor(
+                    None,
+                    report_card,
+                    session.site_id,
+                    int(inner.round),
+                    session.session_id,
+                    session.identity,
+                    inner.dataset_card,
+                    bytes(inner.dataset_card_signature),
+                )
             await asyncio.get_running_loop().run_in_executor(  # logged durably: an fsync, off the event loop
                 None, self.driver.report_metrics, session.site_id, int(inner.round), metrics, examples
             )
@@ -920,6 +994,15 @@ class FederationService:
     async def VendorReport(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._vendor("rpc_report", request, context)
 
+    async def VendorUpload(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._vendor("rpc_upload", request_iterator, context)
+
+    async def VendorFetch(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if self.vendor_jobs is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this task has no vendor policy ([task.vendors])")
+        async for chunk in self.vendor_jobs.rpc_fetch(self, request, context):
+            yield chunk
+
     # --- health ------------------------------------------------------------------------------
 
     async def Check(
@@ -933,7 +1016,7 @@ class FederationService:
         )
 
 
-HANDSHAKE_METHODS = ("GetEvidence", "GetChallenge", "Admit", "Check", "VendorSubmit", "VendorReport")
+HANDSHAKE_METHODS = ("GetEvidence", "GetChallenge", "Admit", "Check", "VendorSubmit", "VendorReport", "VendorUpload")
 
 
 class Malformed:
@@ -1050,6 +1133,8 @@ _METHODS = {
     "VendorJobs": ("unary", pb.Sealed, pb.Sealed),
     "VendorReportMetrics": ("unary", pb.Sealed, pb.Sealed),
     "VendorReport": ("unary", pb.VendorReportRequest, pb.VendorReportResponse),
+    "VendorUpload": ("client_stream", pb.VendorUploadChunk, pb.VendorSubmitResponse),
+    "VendorFetch": ("server_stream", pb.Sealed, pb.VendorChunk),
 }
 
 

@@ -133,6 +133,8 @@ def table_text(report: Mapping[str, Any], metrics: tuple[str, ...] = ("accuracy"
         worst = row["worst_site"].get("auroc") or row["worst_site"].get("accuracy")
         if worst:
             lines.append(f"{'':<12} worst site: {worst['site']} ({_fmt(worst['value'])})")
+        if row.get("missing"):
+            lines.append(f"{'':<12} not reported by the deadline: {', '.join(row['missing'])}")
     return "\n".join(lines)
 
 
@@ -193,6 +195,12 @@ def render_html(report: Mapping[str, Any]) -> str:
                 )
             out.append(f"<tr><td>{html.escape(site)}</td><td>{value['examples']}</td>{''.join(cells)}</tr>")
         out.append("</table>")
+        if row.get("missing"):
+            out.append(
+                "<p>Closed at the report deadline; not reported: "
+                + ", ".join(html.escape(str(site)) for site in row["missing"])
+                + "</p>"
+            )
         worst = row["worst_site"]
         if worst:
             out.append(

@@ -181,7 +181,11 @@ MORE = {
     ("task", "krum_f"): "deprecated: [task.strategy] f",
     ("task", "krum_m"): "deprecated: [task.strategy] m",
     ("task", "dp"): "optional central differential privacy: the [task.dp] table",
+    ("task", "drift"): "optional drift surveillance, alerts and quarantine: [task.drift] (docs/intelligence.md)",
+    ("task", "contribution"): "optional contributor value and its release: the [task.contribution] table",
+    ("task", "cards"): "optional dataset cards the sites publish, with the schema they must match: [task.cards]",
     ("task", "vendors"): "optional vendor evaluation jobs: the [task.vendors] table (docs/vendor-evaluation.md)",
+    ("task", "adapters"): "optional: federate only these tensors on a pinned frozen base: the [task.adapters] table",
     ("task.strategy", "name"): "the strategy",
     ("task.dp", "clip_norm"): "each update is clipped to this L2 norm",
     ("task.dp", "noise_multiplier"): "Gaussian noise standard deviation over clip_norm",
@@ -229,20 +233,15 @@ def _listed_keys(names: tuple[str, ...], comments: dict[str, tuple[str, str]]) -
     )
 
 
-def reference_tables() -> list[TableDoc]:
-    """Every table of every configuration file, from what the readers declare."""
+def _aggregator_tables() -> list[TableDoc]:
+    """aggregator.toml: [aggregator], [admission] and its site rules."""
     import aggregator.config as aggregator_config
-    import aggregator.rounds as rounds
-    import fedsite.config as site_config
     import protocol.admission as admission
-    from aggregator.strategies import _BUILTIN
 
     aggregator_doc = aggregator_config.__doc__ or ""
     admission_doc = (admission.__doc__ or "").replace("[admission.sites.hospital-a]", "[admission.sites.<id>]")
     admission_doc = admission_doc.replace("[admission.sites.wearable-7]", "[admission.sites.<id>]")
-    rounds_doc = rounds.__doc__ or ""
-    site_doc = site_config.__doc__ or ""
-    tables = [
+    return [
         TableDoc(
             "aggregator.toml",
             "aggregator",
@@ -264,37 +263,60 @@ def reference_tables() -> list[TableDoc]:
             + '. `app_id`, `app_attest_root`, `production`: App Attest rules only. `checks."<id>"`: the '
             "parameters of an installed admission check.",
         ),
-        TableDoc("aggregator.toml", "task", _struct_keys(rounds.TaskTable, docstring_keys(rounds_doc, "task"))),
-        TableDoc(
-            "aggregator.toml",
-            "task.strategy",
-            (
-                KeyDoc(
-                    "name",
-                    "one of " + ", ".join(f'"{n}"' for n in sorted(_BUILTIN)) + " or an installed strategy",
-                    '"fedavg"',
-                    "",
-                ),
+    ]
+
+
+def _strategy_table() -> TableDoc:
+    """aggregator.toml [task.strategy]: the built-in strategies and each one's own parameters."""
+    from aggregator.strategies import _BUILTIN
+
+    return TableDoc(
+        "aggregator.toml",
+        "task.strategy",
+        (
+            KeyDoc(
+                "name",
+                "one of " + ", ".join(f'"{n}"' for n in sorted(_BUILTIN)) + " or an installed strategy",
+                '"fedavg"',
+                "",
             ),
-            'Or `strategy = "<name>"` in `[task]`. The strategy\'s own parameters go beside `name`: '
-            + "; ".join(
-                f"{name}: "
-                + (
-                    ", ".join(
-                        f"`{k.name}` ({k.allowed}, default {k.default})" for k in _struct_keys(cls.Parameters, {})
-                    )
-                    or "none"
-                )
-                for name, cls in sorted(_BUILTIN.items())
-            )
-            + ".",
         ),
+        'Or `strategy = "<name>"` in `[task]`. The strategy\'s own parameters go beside `name`: '
+        + "; ".join(
+            f"{name}: "
+            + (
+                ", ".join(f"`{k.name}` ({k.allowed}, default {k.default})" for k in _struct_keys(cls.Parameters, {}))
+                or "none"
+            )
+            for name, cls in sorted(_BUILTIN.items())
+        )
+        + ".",
+    )
+
+
+def _task_tables() -> list[TableDoc]:
+    """aggregator.toml: [task], [task.strategy], [task.dp]."""
+    import aggregator.rounds as rounds
+
+    rounds_doc = rounds.__doc__ or ""
+    return [
+        TableDoc("aggregator.toml", "task", _struct_keys(rounds.TaskTable, docstring_keys(rounds_doc, "task"))),
+        _strategy_table(),
         TableDoc(
             "aggregator.toml",
             "task.dp",
             _struct_keys(rounds.DpTable, docstring_keys(rounds_doc, "task.dp")),
             "Optional: central differential privacy inside the TEE.",
         ),
+    ]
+
+
+def _site_tables() -> list[TableDoc]:
+    """site.toml: [site] and [data]."""
+    import fedsite.config as site_config
+
+    site_doc = site_config.__doc__ or ""
+    return [
         TableDoc("site.toml", "site", _listed_keys(site_config.SITE_KEYS, docstring_keys(site_doc, "site"))),
         TableDoc(
             "site.toml",
@@ -310,7 +332,11 @@ def reference_tables() -> list[TableDoc]:
             "Every other key of `[data]` is the trainer's own (the scaffold's: `seed`, `examples`, `epochs`, `lr`).",
         ),
     ]
-    return _more(tables)
+
+
+def reference_tables() -> list[TableDoc]:
+    """Every table of every configuration file, from what the readers declare."""
+    return _more([*_aggregator_tables(), *_task_tables(), *_site_tables()])
 
 
 REFERENCE_HEADER = """# Configuration reference

@@ -24,7 +24,9 @@ from typing import IO, Any, TextIO
 
 import numpy as np
 
+from attestfl.intelligence import FEATURE_NAMES, cards_task_toml, print_intelligence, summarise_intelligence
 from attestfl.loopback import Deployment, read_events
+from attestfl.scenarios import RUNNERS, SCENARIOS, Scenario, load_scenario
 
 ROGUE_SITE = "rogue-clinic"
 HIDDEN = 16
@@ -58,6 +60,8 @@ def breast_cancer_trainer(data: dict[str, Any], base_dir: Path) -> Any:
     import torch
     from torch import nn
 
+    from fedsite.cards import make_card
+    from fedsite.risk import torch_evaluator, torch_recalibrator
     from fedsite.sdk import TorchTrainer
 
     arrays = np.load(base_dir / str(data["file"]))
@@ -83,15 +87,16 @@ def breast_cancer_trainer(data: dict[str, Any], base_dir: Path) -> Any:
                 optimiser.step()
         return len(x_train)
 
-    def evaluate(model: Any) -> tuple[dict[str, float], int]:
-        model.eval()
-        with torch.no_grad():
-            logits = model(x_test)
-            loss = float(nn.CrossEntropyLoss()(logits, y_test))
-            accuracy = float((logits.argmax(1) == y_test).float().mean())
-        return {"accuracy": accuracy, "loss": loss}, len(x_test)
-
-    return TorchTrainer(make_model(), train, evaluate)
+    # The fixed metric set (accuracy, AUROC, loss, ECE), per tumour-size band too (fedsite/risk.py).
+    bands = {"radius": np.where(arrays["x_test"][:, 0] < 0, "small", "large")}
+    card = make_card("", arrays["x_train"], arrays["y_train"], FEATURE_NAMES)  # the SDK names the site
+    return TorchTrainer(
+        make_model(),
+        train,
+        torch_evaluator(x_test, y_test, bands),
+        recalibrate=torch_recalibrator(x_test, y_test),
+        card=lambda: card,
+    )
 
 
 def split_non_iid(sites: int, seed: int = 7) -> tuple[list[dict[str, np.ndarray]], np.ndarray, np.ndarray]:
@@ -172,6 +177,7 @@ def summarise(events: list[dict[str, Any]], rounds: int, audit_log: Path) -> dic
         "rounds": rows,
         "refused": refused,
         "audit_log": str(audit_log),
+        "intelligence": summarise_intelligence(events, rounds),
     }
 
 
@@ -191,10 +197,13 @@ def run_demo(
     err: TextIO = sys.stderr,
     dp: bool = False,
     timeout: float = 600.0,
+    scenario: str | None = None,
 ) -> DemoResult:
+    chosen = load_scenario(scenario) if scenario else None
     if sites < 1 or rounds < 1:
         raise ValueError("--sites and --rounds must be at least 1")
-    directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="attestfl-demo-"))
+    # Absolute: the sites are enrolled and run with this directory as their working directory.
+    directory = Path(directory).resolve() if directory else Path(tempfile.mkdtemp(prefix="attestfl-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     stream = err if json_output else out
 
@@ -208,7 +217,7 @@ def run_demo(
         directory,
         directory / "simulated-vendor",
         model=model,
-        task=_task_toml(sites, rounds, strategy, dp),
+        task=_task_toml(sites, rounds, strategy, dp) + (chosen.task if chosen else ""),
         listen=f"127.0.0.1:{port}",
     )
     central_dp = ", central DP" if dp else ""
@@ -217,7 +226,7 @@ def run_demo(
         "  every party runs in the SIMULATED TEE (software evidence in the real SEV-SNP format; proves nothing about "
         "hardware)"
     )
-    configs = _enrol_sites(deployment, splits, f"127.0.0.1:{port}", say)
+    configs = _enrol_sites(deployment, splits, f"127.0.0.1:{port}", say, chosen)
     measurement = _write_aggregator_policy(deployment)
     aggregator = deployment.start()
     processes: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
@@ -244,11 +253,15 @@ def _task_toml(sites: int, rounds: int, strategy: str, dp: bool) -> str:
         task += f"f = {max(0, (sites - 3) // 2)}\n"
     if dp:
         task += "[task.dp]\nclip_norm = 1.0\nnoise_multiplier = 0.5\ndelta = 1e-5\n"
-    return task
+    return task + cards_task_toml(FEATURE_NAMES)  # every site's dataset card must match the schema
 
 
 def _enrol_sites(
-    deployment: Deployment, splits: list[dict[str, np.ndarray]], target: str, say: Callable[[str], None]
+    deployment: Deployment,
+    splits: list[dict[str, np.ndarray]],
+    target: str,
+    say: Callable[[str], None],
+    scenario: Scenario | None = None,
 ) -> dict[str, Path]:
     """Each site's data and site.toml (the rogue one with a tampered measurement); each site creates
     its identity key inside its (simulated) TEE, and the operator pins the public keys with the
@@ -268,7 +281,9 @@ def _enrol_sites(
             x_test=split["x_test"],
             y_test=split["y_test"],
         )
-        configs[site_id] = _write_site_config(directory, site_id, index, target, rogue=site_id == ROGUE_SITE)
+        configs[site_id] = _write_site_config(
+            directory, site_id, index, target, rogue=site_id == ROGUE_SITE, scenario=scenario, honest=everyone[:-1]
+        )
     enrolled = _enroll(configs, directory)
     for index, site_id in enumerate(everyone):
         examples = len(_split_of(splits, index)["y_train"])
@@ -359,9 +374,20 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _write_site_config(directory: Path, site_id: str, index: int, target: str, *, rogue: bool) -> Path:
+def _write_site_config(
+    directory: Path,
+    site_id: str,
+    index: int,
+    target: str,
+    *,
+    rogue: bool,
+    scenario: Scenario | None = None,
+    honest: list[str] | None = None,
+) -> Path:
     config = directory / f"{site_id}.toml"
     tampered = f'simulated_measurement = "{os.urandom(48).hex()}"  # tampered: not the code that runs' if rogue else ""
+    trainer = scenario.trainer if scenario else "attestfl.demo:breast_cancer_trainer"
+    extra = scenario.site_data(site_id, honest or []) if scenario and scenario.site_data and not rogue else ""
     config.write_text(
         textwrap.dedent(f"""\
         [site]
@@ -375,10 +401,11 @@ def _write_site_config(directory: Path, site_id: str, index: int, target: str, *
         {tampered}
 
         [data]
-        trainer = "attestfl.demo:breast_cancer_trainer"
+        trainer = "{trainer}"
         file = "{site_id}.npz"
         seed = {index}
         """)
+        + (extra + "\n" if extra else "")
     )
     return config
 
@@ -430,6 +457,8 @@ def _follow(stderr_path: Path, rounds: int, processes: list, say: Any, json_outp
 
 
 def _print_table(summary: dict[str, Any], say: Any) -> None:
+    if "intelligence" in summary:  # risk first: the worst site and the largest subgroup gap, then the mean
+        print_intelligence(summary["intelligence"], say)
     say("")
     sites = sorted({s for row in summary["rounds"] for s in row["per_site"]})
     header = (
@@ -468,12 +497,6 @@ def _at_least_one(text: str) -> int:
     return value
 
 
-#: ``attestfl demo --scenario NAME``: the module function that runs it (one line per scenario).
-SCENARIOS = {
-    "vendors": "attestfl.scenarios.vendors:run",
-}
-
-
 def add_demo_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = subparsers.add_parser(
         "demo",
@@ -483,7 +506,7 @@ def add_demo_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "rogue site, print per-round accuracy. Needs the demo extra: pip install "
         "'attestfl[demo]'.",
     )
-    demo.add_argument("--sites", type=_at_least_one, default=4, help="honest sites (default 4)")
+    demo.add_argument("--sites", type=_at_least_one, help="honest sites (default 4, or the scenario's)")
     demo.add_argument("--rounds", type=_at_least_one, default=5, help="training rounds (default 5)")
     demo.add_argument("--strategy", default="fedavg", choices=("fedavg", "median", "trimmed_mean", "krum"))
     demo.add_argument("--dp", action="store_true", help="central differential privacy inside the aggregator")
@@ -493,9 +516,8 @@ def add_demo_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     demo.add_argument("--json", action="store_true", help="print one JSON summary object")
     demo.add_argument(
         "--scenario",
-        choices=("training", *SCENARIOS),
-        default="training",
-        help="what to demonstrate (default: training)",
+        choices=sorted({*SCENARIOS, *RUNNERS}),
+        help="a variant of the demo (attestfl/scenarios/): drift surveillance, the vendor comparison, ...",
     )
     demo.set_defaults(handler=_run_demo_command)
 
@@ -504,11 +526,12 @@ def _run_demo_command(args: argparse.Namespace) -> int:
     from attestation.errors import ExtraNotInstalled
 
     ExtraNotInstalled.check("demo", "attestfl demo", DEMO_EXTRA_MODULES)
-    if getattr(args, "scenario", "training") != "training":
+    if args.scenario in RUNNERS:
         import importlib
 
-        module, function = SCENARIOS[args.scenario].split(":")
+        module, function = RUNNERS[args.scenario].split(":")
         return int(getattr(importlib.import_module(module), function)(args))
+    sites = args.sites or (load_scenario(args.scenario).sites if args.scenario else 4)
     return run_demo(
-        args.sites, args.rounds, args.strategy, directory=args.dir, json_output=args.json, dp=args.dp
+        sites, args.rounds, args.strategy, directory=args.dir, json_output=args.json, dp=args.dp, scenario=args.scenario
     ).exit_code

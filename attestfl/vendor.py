@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,12 @@ from attestation.policy import Policy
 from enclave.keys import verify_enclave_signature
 from fedsite.client import CHANNEL_OPTIONS, AggregatorNotTrusted, require_measurement_pins
 from protocol.vendor import (
+    ARTEFACT_CHUNK,
+    ArtefactSealer,
     SealedArtefact,
     VendorManifest,
+    chunk_count,
     decrypt_artefact,
-    encrypt_artefact,
     entry_point_digest,
     new_content_key,
     open_sealed_key,
@@ -109,22 +112,25 @@ class VendorClient:
         self.aggregator = bundle.keys
         return bundle.keys
 
-    def submit(self, model: bytes, *, name: str, entry_point: str, entry_sha256: bytes | None = None) -> str:
-        """Submit ``model`` (safetensors bytes) for evaluation; returns the job id. The model is
-        encrypted to the aggregator's attested key only after its evidence passed."""
+    def submit(self, model: bytes | Path, *, name: str, entry_point: str, entry_sha256: bytes | None = None) -> str:
+        """Submit ``model`` (safetensors bytes, or the path of a safetensors file of any size) for
+        evaluation; returns the job id. The model is encrypted to the aggregator's attested key
+        only after its evidence passed, and streamed in ARTEFACT_CHUNK chunks (VendorUpload): a
+        file is read, encrypted and sent chunk by chunk, never whole in memory."""
         keys = self.verify_aggregator()
+        model_sha256, model_bytes = _digest(model)
         manifest = VendorManifest(
             vendor=self.vendor,
             model=name,
-            model_sha256=hashlib.sha256(model).digest(),
-            model_bytes=len(model),
+            model_sha256=model_sha256,
+            model_bytes=model_bytes,
             entry_point=entry_point,
             entry_sha256=entry_sha256 if entry_sha256 is not None else entry_point_digest(entry_point),
         )
         manifest.check()
         manifest_bytes = manifest.to_bytes()
         content_key = new_content_key()
-        artefact = encrypt_artefact(model, content_key)
+        sealer = ArtefactSealer(content_key)
         sealed_key = seal_key(content_key, keys.x25519)
         signature = self.signing_key.sign(
             submission_message(
@@ -132,18 +138,22 @@ class VendorClient:
                 aggregator_x25519=keys.x25519,
                 aggregator_ed25519=keys.ed25519,
                 sealed_key=sealed_key,
-                header=artefact.header,
+                header=sealer.header,
             )
         )
-        response = self.stub.VendorSubmit(
-            pb.VendorSubmission(
-                manifest=manifest_bytes,
-                artefact=pb.VendorArtefact(header=artefact.header, chunks=list(artefact.chunks), sealed_key=sealed_key),
-                vendor_public=public_key(self.signing_key),
-                signature=signature,
-            ),
-            timeout=self.timeout,
+        submission = pb.VendorSubmission(
+            manifest=manifest_bytes,
+            artefact=pb.VendorArtefact(header=sealer.header, sealed_key=sealed_key),
+            vendor_public=public_key(self.signing_key),
+            signature=signature,
         )
+
+        def messages() -> Iterator[pb.VendorUploadChunk]:
+            yield pb.VendorUploadChunk(submission=submission)
+            for index, (piece, final) in enumerate(_pieces(model, model_bytes)):
+                yield pb.VendorUploadChunk(index=index, ciphertext=sealer.push(piece, final=final))
+
+        response = self.stub.VendorUpload(messages(), timeout=self.timeout + model_bytes / (1 << 20))
         if not response.accepted:
             raise VendorRefused(tuple(response.reasons))
         return str(response.job_id)
@@ -200,6 +210,32 @@ class VendorClient:
             time.sleep(poll)
 
 
+def _digest(model: bytes | Path) -> tuple[bytes, int]:
+    if isinstance(model, bytes | bytearray):
+        return hashlib.sha256(model).digest(), len(model)
+    hasher, size = hashlib.sha256(), 0
+    with open(model, "rb") as handle:
+        while piece := handle.read(ARTEFACT_CHUNK):
+            hasher.update(piece)
+            size += len(piece)
+    return hasher.digest(), size
+
+
+def _pieces(model: bytes | Path, size: int) -> Iterator[tuple[bytes, bool]]:
+    """The model's plaintext in ARTEFACT_CHUNK pieces, each with whether it is the last one."""
+    count = chunk_count(size)
+    if isinstance(model, bytes | bytearray):
+        for index in range(count):
+            yield bytes(model[index * ARTEFACT_CHUNK : (index + 1) * ARTEFACT_CHUNK]), index == count - 1
+        return
+    with open(model, "rb") as handle:
+        for index in range(count):
+            piece = handle.read(ARTEFACT_CHUNK)
+            if len(piece) != min(ARTEFACT_CHUNK, size - index * ARTEFACT_CHUNK):
+                raise VendorKeyError(f"{model}: the file changed while it was submitted")
+            yield piece, index == count - 1
+
+
 # --- attestfl vendor keygen | submit | report -------------------------------------------------------
 
 
@@ -242,10 +278,9 @@ def run_keygen(args: argparse.Namespace) -> int:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from attestation.files import read_bounded
-    from protocol.vendor import MAX_VENDOR_MODEL_BYTES
-
-    model = read_bounded(Path(args.model), MAX_VENDOR_MODEL_BYTES, "vendor model")
+    model = Path(args.model)
+    if not model.is_file():
+        raise VendorKeyError(f"{model}: no such model file")
     with _client(args) as vendor:
         try:
             job = vendor.submit(model, name=args.name, entry_point=args.entry_point)

@@ -32,14 +32,8 @@ class InputError(AttestflError):
     """A file given to an audit command cannot be used (the message names it)."""
 
 
-def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    audit = subparsers.add_parser(
-        "audit",
-        help="verify, prove against and report on a tamper-evident audit log",
-        description="The auditor's tools for the aggregator's audit log (docs/auditors.md).",
-    )
-    sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-
+def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``audit verify``: re-verify a log offline."""
     verify = sub.add_parser(
         "verify",
         help="re-verify an audit log offline",
@@ -59,6 +53,9 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(handler=run_verify)
 
+
+def _add_show(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``audit show``: the entries decoded."""
     show = sub.add_parser(
         "show",
         help="list the log's entries decoded; admissions with the site evidence and policy behind them",
@@ -77,6 +74,9 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     )
     show.set_defaults(handler=run_show)
 
+
+def _add_prove(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``audit prove``: a site's receipt's inclusion (and consistency) proof."""
     prove = sub.add_parser(
         "prove",
         help="prove a site's update receipt is in the log",
@@ -101,10 +101,16 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     prove.add_argument("--json", action="store_true")
     prove.set_defaults(handler=run_prove)
 
+
+def _add_head(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``audit head``: the latest signed tree head, for a site to keep."""
     head = sub.add_parser("head", help="print the latest signed tree head (JSON), for a site to keep")
     head.add_argument("log_dir", metavar="LOGDIR")
     head.set_defaults(handler=run_head)
 
+
+def _add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``audit report``: the self-contained HTML report."""
     report = sub.add_parser(
         "report",
         help="write a self-contained HTML report",
@@ -117,6 +123,20 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     report.add_argument("-o", "--output", required=True, metavar="FILE")
     report.add_argument("--policy", metavar="FILE", help="as for verify")
     report.set_defaults(handler=run_report)
+
+
+def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = subparsers.add_parser(
+        "audit",
+        help="verify, prove against and report on a tamper-evident audit log",
+        description="The auditor's tools for the aggregator's audit log (docs/auditors.md).",
+    )
+    sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    _add_verify(sub)
+    _add_show(sub)
+    _add_prove(sub)
+    _add_head(sub)
+    _add_report(sub)
 
 
 def _read_input(path: str, limit: int, what: str) -> bytes:

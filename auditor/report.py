@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from auditor.charts import bar_chart, line_chart
+from auditor.intelligence_report import render_intelligence
 from auditor.show import admission_view, plain, policy_view, rule_text, summary, tcb_of
 from auditor.verdict import HEADLINES, counts, simulated_detail
 from auditor.verify import Entry, Verification
@@ -168,7 +169,8 @@ def _charts(result: Verification) -> str:
             continue
         weight = float(examples) if isinstance(examples, (int, float)) and examples > 0 else 1.0
         for name, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and len(metrics) < 8:
+            charted = str(name) in metrics or len(metrics) < 8  # at most 8 metric names, each with every point
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and charted:
                 # metrics logged in round N evaluate round N's model: the one before its training (1: the
                 # initial model, rounds + 1: the final model), the numbering of serve's table and metrics.csv
                 metrics.setdefault(str(name), {}).setdefault(site, []).append((number, float(value)))
@@ -282,8 +284,8 @@ def _evidence_details(view: dict[str, Any]) -> str:
     )
 
 
-def render_report(result: Verification, *, policy_file: str | None = None, policy_text: str | None = None) -> str:
-    """The report; ``policy_file``/``policy_text``: the auditor's policy the log was verified under."""
+def _overview(result: Verification, policy_file: str | None, policy_text: str | None) -> list[str]:
+    """Verdict, what was checked, what it does not prove, charts, problems, warnings, latest tree head."""
     parts: list[str] = [_verdict(result), _about(result, policy_file, policy_text)]
     parts.append(
         '<div class="box" id="not-proven"><h2>What this does not prove</h2>'
@@ -309,8 +311,11 @@ def render_report(result: Verification, *, policy_file: str | None = None, polic
             f"root <code>{latest.root_hash.hex()}</code>, "
             f"signed {_e(_time(latest.timestamp))} by <code>{latest.key.hex()}</code>.</p>"
         )
+    return parts
 
-    parts.append("<h2>Aggregator (TEE evidence)</h2>")
+
+def _aggregator_section(result: Verification) -> str:
+    """Aggregator (TEE evidence): one row per run, with the auditor's policy's verdict."""
     rows = []
     for run in result.runs:
         c = _map(run.claims)
@@ -337,27 +342,27 @@ def render_report(result: Verification, *, policy_file: str | None = None, polic
                 ),
             ]
         )
-    parts.append(
-        _table(
-            [
-                "entry",
-                "kind",
-                "time",
-                "platform",
-                "measurement",
-                "TCB",
-                "TCB status",
-                "simulated",
-                "debug",
-                "log key (Ed25519)",
-                "auditor's policy",
-            ],
-            rows,
-            "aggregator",
-        )
+    return "<h2>Aggregator (TEE evidence)</h2>" + _table(
+        [
+            "entry",
+            "kind",
+            "time",
+            "platform",
+            "measurement",
+            "TCB",
+            "TCB status",
+            "simulated",
+            "debug",
+            "log key (Ed25519)",
+            "auditor's policy",
+        ],
+        rows,
+        "aggregator",
     )
 
-    parts.append("<h2>Configuration</h2>")
+
+def _configuration_section(result: Verification) -> str:
+    """Configuration: one row per config entry."""
     rows = []
     for entry in result.configs:
         admission = _map(entry.fields.get("admission"))
@@ -372,13 +377,15 @@ def render_report(result: Verification, *, policy_file: str | None = None, polic
                 _e(_fmt(task)) if task else "—",
             ]
         )
-    parts.append(
-        _table(
-            ["entry", "time", "aggregator.toml sha256", "attestation policy", "sites allowed", "task"],
-            rows,
-            "configuration",
-        )
+    return "<h2>Configuration</h2>" + _table(
+        ["entry", "time", "aggregator.toml sha256", "attestation policy", "sites allowed", "task"],
+        rows,
+        "configuration",
     )
+
+
+def _policy_section(result: Verification) -> str:
+    """Admission policy in force: each distinct policy once, in the order first logged."""
     seen: set[Any] = set()
     policies = []
     for entry in result.configs:
@@ -386,9 +393,11 @@ def render_report(result: Verification, *, policy_file: str | None = None, polic
         if policy_id not in seen:
             seen.add(policy_id)
             policies.append(_policy_details(entry))
-    parts.append('<h2>Admission policy in force</h2><div id="policy">' + "".join(policies) + "</div>")
+    return '<h2>Admission policy in force</h2><div id="policy">' + "".join(policies) + "</div>"
 
-    parts.append("<h2>Sites: admission decisions</h2>")
+
+def _admissions_section(result: Verification) -> str:
+    """Sites: admission decisions, each with its evidence as the offline re-run appraised it."""
     by_index = {e.index: e for e in result.entries}
     config_of: dict[int, Entry] = {}
     current: Entry | None = None
@@ -397,7 +406,6 @@ def render_report(result: Verification, *, policy_file: str | None = None, polic
             current = entry
         elif entry.kind == "admission" and current is not None:
             config_of[entry.index] = current
-    rows = []
     headers = ["entry", "time", "site", "verdict", "platform", "reasons", "policy", "offline re-run"]
     body = []
     for a in result.admissions:
@@ -417,13 +425,16 @@ def render_report(result: Verification, *, policy_file: str | None = None, polic
             f'<tr class="evidence-row"><td></td><td colspan="{len(headers) - 1}">{_evidence_details(view)}</td></tr>'
         )
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    parts.append(
+    return (
+        "<h2>Sites: admission decisions</h2>"
         '<p class="muted">Each admission\'s evidence, as the offline re-run appraised it from the logged bytes: '
         "click to expand.</p>"
         f'<table id="admissions"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
     )
 
-    parts.append("<h2>Rounds</h2>")
+
+def _rounds_section(result: Verification) -> str:
+    """Rounds: participants, model digest, strategy, clipping, DP."""
     rows = []
     for r in result.rounds:
         people = _list(
@@ -442,26 +453,39 @@ def render_report(result: Verification, *, policy_file: str | None = None, polic
                 dp,
             ]
         )
-    parts.append(
-        _table(
-            ["entry", "time", "round", "participants", "model sha256", "strategy", "clip norm", "DP"], rows, "rounds"
-        )
+    return "<h2>Rounds</h2>" + _table(
+        ["entry", "time", "round", "participants", "model sha256", "strategy", "clip norm", "DP"], rows, "rounds"
     )
 
-    parts.append("<h2>Timeline</h2>")
+
+def _timeline_section(result: Verification) -> str:
+    """Timeline: the first MAX_TIMELINE entries, and how many more there are."""
     shown = result.entries[:MAX_TIMELINE]
-    parts.append(
-        _table(
-            ["entry", "time", "event", "summary"],
-            ([str(e.index), _e(_time(e.time)), _e(e.kind), _e(summary(e.kind, e.fields))] for e in shown),
-            "timeline",
-        )
+    text = "<h2>Timeline</h2>" + _table(
+        ["entry", "time", "event", "summary"],
+        ([str(e.index), _e(_time(e.time)), _e(e.kind), _e(summary(e.kind, e.fields))] for e in shown),
+        "timeline",
     )
     if len(result.entries) > len(shown):
-        parts.append(
+        text += (
             f'<p class="muted">… and {len(result.entries) - len(shown)} more entries '
             "(see <code>attestfl audit verify --json</code>).</p>"
         )
+    return text
+
+
+def render_report(result: Verification, *, policy_file: str | None = None, policy_text: str | None = None) -> str:
+    """The report; ``policy_file``/``policy_text``: the auditor's policy the log was verified under."""
+    parts = _overview(result, policy_file, policy_text)
+    parts += [
+        _aggregator_section(result),
+        _configuration_section(result),
+        _policy_section(result),
+        _admissions_section(result),
+        _rounds_section(result),
+        render_intelligence(result.entries),  # auditor/intelligence_report.py
+        _timeline_section(result),
+    ]
 
     title = f"attestfl audit report — {_e(result.directory.name)}" + (" — SIMULATED" if result.simulated else "")
     return (

@@ -293,101 +293,138 @@ def _indent(text: str, prefix: str) -> str:
     return "\n".join(prefix + line for line in text.rstrip("\n").splitlines())
 
 
-def render_text(view: dict[str, Any], shown_policies: set[str]) -> str:
-    """A view as lines for a person; a policy's text is printed once (``shown_policies``)."""
-    head = f"entry {view['index']:>5}  {view['time']}  {view['kind']}"
-    if view["kind"] != "admission":
-        lines = [f"{head}  {view['summary']}"]
-        if view["kind"] == "config":
-            policy = view.get("policy") or {}
-            policy_id = str(policy.get("policy_id"))
-            if "aggregator_toml" in view:
-                lines.append("    aggregator.toml:")
-                lines.append(_indent(str(view["aggregator_toml"]), "      | "))
-            lines.append(f"    admission policy  {policy_id}, attestation policy file:")
-            lines.append(_indent(str(policy.get("attestation_policy") or ""), "      | "))
-            shown_policies.add(policy_id)
-            sites = policy.get("sites")
-            for site, rule in sites.items() if isinstance(sites, dict) else []:
-                lines.append(f"    site rule         {site}: {rule_text(rule)}")
-        elif "aggregator_evidence" in view:
-            run = view["aggregator_evidence"]
-            platform = f"{run.get('platform')}" + (
-                " (SIMULATED: proves nothing about hardware)" if run.get("simulated") else ""
-            )
-            lines.append(f"    platform          {platform}")
-            lines.append(f"    measurement       {run.get('measurement')}")
-            if run.get("tcb"):
-                lines.append(f"    TCB               {run.get('tcb')}")
-            if run.get("chip_id"):
-                lines.append(f"    chip id           {run.get('chip_id')}")
-            why = "; ".join(map(str, run.get("reasons") or []))
-            lines.append(f"    your policy       {run.get('auditor_policy')}" + (f": {why}" if why else ""))
-        elif view["kind"] == "round":
-            fields = view.get("fields") or {}
-            produced = f"{fields.get('model_sha256')} (round {_next(fields.get('round'))}'s model)"
-            lines.append(f"    produced model    {produced}")
-            lines.append(f"    strategy          {fields.get('strategy')}, clip norm {fields.get('clip_norm')}")
-            if fields.get("dp"):
-                lines.append(f"    DP                {fields.get('dp')}, ε after this round {fields.get('epsilon')}")
-            participants = fields.get("participants")
-            for site, part in participants.items() if isinstance(participants, dict) else []:
-                part = part if isinstance(part, dict) else {}
-                lines.append(
-                    f"    participant       {site}: weight {part.get('weight')}, update {part.get('update_sha256')}"
-                )
-        elif view["kind"] == "metrics":
-            number = (view.get("fields") or {}).get("round")
-            if isinstance(number, int):
-                model = "the initial model" if number == 1 else f"the model round {number - 1} produced"
-                lines[0] += f" (evaluates {model})"
-        return "\n".join(lines)
+def _config_lines(view: dict[str, Any], shown_policies: set[str]) -> list[str]:
+    """A config entry: the aggregator.toml, the admission policy's attestation policy file, the site rules."""
+    lines = []
+    policy = view.get("policy") or {}
+    policy_id = str(policy.get("policy_id"))
+    if "aggregator_toml" in view:
+        lines.append("    aggregator.toml:")
+        lines.append(_indent(str(view["aggregator_toml"]), "      | "))
+    lines.append(f"    admission policy  {policy_id}, attestation policy file:")
+    lines.append(_indent(str(policy.get("attestation_policy") or ""), "      | "))
+    shown_policies.add(policy_id)
+    sites = policy.get("sites")
+    for site, rule in sites.items() if isinstance(sites, dict) else []:
+        lines.append(f"    site rule         {site}: {rule_text(rule)}")
+    return lines
+
+
+def _aggregator_evidence_lines(run: dict[str, Any]) -> list[str]:
+    """A start or handover: the aggregator's evidence and the auditor's policy's verdict on it."""
+    lines = []
+    simulated = " (SIMULATED: proves nothing about hardware)" if run.get("simulated") else ""
+    platform = f"{run.get('platform')}" + simulated
+    lines.append(f"    platform          {platform}")
+    lines.append(f"    measurement       {run.get('measurement')}")
+    if run.get("tcb"):
+        lines.append(f"    TCB               {run.get('tcb')}")
+    if run.get("chip_id"):
+        lines.append(f"    chip id           {run.get('chip_id')}")
+    why = "; ".join(map(str, run.get("reasons") or []))
+    lines.append(f"    your policy       {run.get('auditor_policy')}" + (f": {why}" if why else ""))
+    return lines
+
+
+def _round_lines(fields: dict[str, Any]) -> list[str]:
+    """A round: the model, strategy, DP and each participant's update."""
+    lines = []
+    produced = f"{fields.get('model_sha256')} (round {_next(fields.get('round'))}'s model)"
+    lines.append(f"    produced model    {produced}")
+    lines.append(f"    strategy          {fields.get('strategy')}, clip norm {fields.get('clip_norm')}")
+    if fields.get("dp"):
+        lines.append(f"    DP                {fields.get('dp')}, ε after this round {fields.get('epsilon')}")
+    participants = fields.get("participants")
+    for site, part in participants.items() if isinstance(participants, dict) else []:
+        part = part if isinstance(part, dict) else {}
+        lines.append(f"    participant       {site}: weight {part.get('weight')}, update {part.get('update_sha256')}")
+    return lines
+
+
+def _entry_text(view: dict[str, Any], head: str, shown_policies: set[str]) -> str:
+    """Any entry but an admission: its summary, and the details of a config, start, round or metrics entry."""
+    lines = [f"{head}  {view['summary']}"]
+    if view["kind"] == "config":
+        lines += _config_lines(view, shown_policies)
+    elif "aggregator_evidence" in view:
+        lines += _aggregator_evidence_lines(view["aggregator_evidence"])
+    elif view["kind"] == "round":
+        lines += _round_lines(view.get("fields") or {})
+    elif view["kind"] == "metrics":
+        number = (view.get("fields") or {}).get("round")
+        if isinstance(number, int):
+            model = "the initial model" if number == 1 else f"the model round {number - 1} produced"
+            lines[0] += f" (evaluates {model})"
+    return "\n".join(lines)
+
+
+def _row(lines: list[str], name: str, value: Any) -> None:
+    """A labelled line, left out when there is no value."""
+    if value is not None and value != "":
+        lines.append(f"    {name:<17} {value}")
+
+
+def _evidence_lines(view: dict[str, Any]) -> list[str]:
+    """An admission's evidence as the offline re-run appraised it, its keys and its reasons."""
+    lines: list[str] = []
     e = view["evidence"]
-    verdict = "ADMITTED" if view["admitted"] else "REFUSED"
-    rerun = f" (offline re-run: {view['rerun']})" if view["rerun"] else ""
-    lines = [f"{head}  site {view['site']}: {verdict}{rerun}"]
-
-    def row(name: str, value: Any) -> None:
-        if value is not None and value != "":
-            lines.append(f"    {name:<17} {value}")
-
     platform = e["platform"]
     if e["simulated"]:
         platform = f"{platform} (SIMULATED: proves nothing about hardware)"
-    row("platform", platform)
-    row("measurement", e["measurement"])
-    row("TCB", e["tcb"] and f"{e['tcb']} (status: {e['tcb_status'] or 'not appraised: no collateral'})")
-    row("chip id", e["chip_id"])
-    row("PPID", e["ppid"])
-    row("FMSPC", e["fmspc"])
-    row("debug", None if e["debug"] is None else ("yes" if e["debug"] else "no"))
+    _row(lines, "platform", platform)
+    _row(lines, "measurement", e["measurement"])
+    _row(lines, "TCB", e["tcb"] and f"{e['tcb']} (status: {e['tcb_status'] or 'not appraised: no collateral'})")
+    _row(lines, "chip id", e["chip_id"])
+    _row(lines, "PPID", e["ppid"])
+    _row(lines, "FMSPC", e["fmspc"])
+    _row(lines, "debug", None if e["debug"] is None else ("yes" if e["debug"] else "no"))
     if e["sha256"]:
-        row("evidence", f"{e['format']}, {e['bytes'] or '?'} bytes, sha256 {e['sha256']}")
+        _row(lines, "evidence", f"{e['format']}, {e['bytes'] or '?'} bytes, sha256 {e['sha256']}")
     key = view["identity_key"]
     if key["public"]:
-        row("identity key", f"{key['public']} (fingerprint {key['fingerprint']})")
+        _row(lines, "identity key", f"{key['public']} (fingerprint {key['fingerprint']})")
     sessions = view["session_keys"]
     if sessions["x25519"] or sessions["ed25519"]:
-        row("session keys", f"x25519 {sessions['x25519']}, ed25519 {sessions['ed25519']}")
-    row("appraised at", view["appraised_at"])
+        _row(lines, "session keys", f"x25519 {sessions['x25519']}, ed25519 {sessions['ed25519']}")
+    _row(lines, "appraised at", view["appraised_at"])
     reasons = view["reasons"] if isinstance(view["reasons"], list) else [view["reasons"]]
-    row("reasons", "; ".join(map(str, reasons)) if reasons else "none")
-    row("note", view.get("note"))
+    _row(lines, "reasons", "; ".join(map(str, reasons)) if reasons else "none")
+    _row(lines, "note", view.get("note"))
+    return lines
+
+
+def _admission_policy_lines(view: dict[str, Any], shown_policies: set[str]) -> list[str]:
+    """The admission policy in force: the site's rule, and the policy's text unless already shown."""
+    lines: list[str] = []
     policy = view.get("policy") or {}
     admission_policy_id = str(policy.get("policy_id"))
     if "attestation_policy" in policy:
-        row("site rule", rule_text(policy.get("site_rule")))
+        _row(lines, "site rule", rule_text(policy.get("site_rule")))
         if admission_policy_id in shown_policies:
-            row("policy", f"{admission_policy_id} (text shown above)")
+            _row(lines, "policy", f"{admission_policy_id} (text shown above)")
         else:
             shown_policies.add(admission_policy_id)
-            row(
+            _row(
+                lines,
                 "policy",
                 f"{admission_policy_id} (config entry {policy.get('config_entry')}), attestation policy file:",
             )
             lines.append(_indent(policy.get("attestation_policy") or "", "      | "))
     else:
-        row("policy", f"{admission_policy_id} (no config entry of this run holds it)")
+        _row(lines, "policy", f"{admission_policy_id} (no config entry of this run holds it)")
+    return lines
+
+
+def render_text(view: dict[str, Any], shown_policies: set[str]) -> str:
+    """A view as lines for a person; a policy's text is printed once (``shown_policies``)."""
+    head = f"entry {view['index']:>5}  {view['time']}  {view['kind']}"
+    if view["kind"] != "admission":
+        return _entry_text(view, head, shown_policies)
+    verdict = "ADMITTED" if view["admitted"] else "REFUSED"
+    rerun = f" (offline re-run: {view['rerun']})" if view["rerun"] else ""
+    lines = [f"{head}  site {view['site']}: {verdict}{rerun}"]
+    lines += _evidence_lines(view)
+    lines += _admission_policy_lines(view, shown_policies)
     return "\n".join(lines)
 
 

@@ -49,6 +49,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import itertools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +81,7 @@ from protocol.auditlog.format import (
 )
 from protocol.auditlog.heads import TreeHead, head_message
 from protocol.auditlog.records import KNOWN_LOG_FORMATS, PolicyRecordError, admission_policy_from_record
+from protocol.cards import CardError, card_message, parse_card
 from protocol.formulas import receipt_message
 
 START_KINDS = ("aggregator_start", "handover")
@@ -94,11 +97,19 @@ CHECKED_KINDS: tuple[str, ...] = START_KINDS + (
     "vendor_submission",
     "vendor_evaluation",
     "vendor_release",
+    "vendor_restored",
+    "vendor_deadline",
     "async_version",
     "config_bundle",
     "model_initial",
     "model_released",
     "model_delivered",
+    "upload_parked",
+    "upload_resumed",
+    "drift_alert",
+    "quarantine",
+    "contribution_release",
+    "dataset_card",
 )
 MAX_PROBLEMS = 200
 MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last instant a datetime holds
@@ -473,6 +484,67 @@ def _key_at(bound: list[tuple[int, bytes]], tree_size: int) -> bytes | None:
     return key
 
 
+def _head_order_problem(number: int, head: TreeHead, previous: TreeHead | None) -> Problem | None:
+    """Each head must be larger and no older than the one before it."""
+    if previous is not None and (head.tree_size <= previous.tree_size or head.timestamp < previous.timestamp):
+        return Problem(
+            max(0, head.tree_size - 1),
+            "head.order",
+            f"tree head #{number} (size {head.tree_size}, time {head.timestamp}) does not "
+            f"follow the previous one (size {previous.tree_size}, time {previous.timestamp})",
+            number,
+        )
+    return None
+
+
+def _head_trust_problem(
+    number: int, head: TreeHead, bound: list[tuple[int, bytes]], keys: _Keys, size: int
+) -> Problem | None:
+    """Signature, signing key, entries present: the first that fails (the later checks are then moot)."""
+    last = max(0, head.tree_size - 1)
+    message = head_message(head.tree_size, head.root_hash, head.timestamp, head.key)
+    if not keys.verify(head.key, head.signature, message):
+        return Problem(
+            last,
+            "head.signature",
+            f"tree head #{number} (size {head.tree_size}): the signature does not "
+            f"verify under key {head.key.hex()}: a forged or altered tree head",
+            number,
+        )
+    expected_key = _key_at(bound, head.tree_size)
+    if expected_key != head.key:
+        bound_by = "no key" if expected_key is None else f"key {expected_key.hex()}"
+        return Problem(
+            last,
+            "head.key",
+            f"tree head #{number} (size {head.tree_size}) is signed by {head.key.hex()}, "
+            f"but the log's evidence entries bind {bound_by} at that size: "
+            "a key whose evidence is not in the log",
+            number,
+        )
+    if head.tree_size > size:
+        return Problem(
+            size,
+            "entry.missing",
+            f"tree head #{number} covers {head.tree_size} entries, but only "
+            f"{size} are present: entries {size}..{head.tree_size - 1} were deleted or cut off",
+            number,
+        )
+    return None
+
+
+def _head_root_problem(number: int, head: TreeHead, good_size: int) -> Problem:
+    """The first head whose root does not match: the entries after the last matching head were changed."""
+    culprit = good_size if head.tree_size - good_size == 1 else f"{good_size}..{head.tree_size - 1}"
+    return Problem(
+        good_size,
+        "head.root",
+        f"tree head #{number} (size {head.tree_size}) does not match the "
+        f"entries: entry {culprit} was altered, replaced or reordered since it was signed",
+        number,
+    )
+
+
 def _check_heads(result: Verification, heads: list[TreeHead], roots: list[bytes], size: int, keys: _Keys) -> None:
     """Signed tree heads: order, signature, signing key, root; then the entries no head covers."""
     bound = _bound_keys(result.entries)
@@ -480,68 +552,17 @@ def _check_heads(result: Verification, heads: list[TreeHead], roots: list[bytes]
     good_size = 0
     root_failed = 0
     for number, head in enumerate(heads):
-        last = max(0, head.tree_size - 1)
-        if previous is not None and (head.tree_size <= previous.tree_size or head.timestamp < previous.timestamp):
-            result.add(
-                Problem(
-                    last,
-                    "head.order",
-                    f"tree head #{number} (size {head.tree_size}, time {head.timestamp}) does not "
-                    f"follow the previous one (size {previous.tree_size}, time {previous.timestamp})",
-                    number,
-                )
-            )
+        order = _head_order_problem(number, head, previous)
+        if order is not None:
+            result.add(order)
         previous = head
-        if not keys.verify(
-            head.key, head.signature, head_message(head.tree_size, head.root_hash, head.timestamp, head.key)
-        ):
-            result.add(
-                Problem(
-                    last,
-                    "head.signature",
-                    f"tree head #{number} (size {head.tree_size}): the signature does not "
-                    f"verify under key {head.key.hex()}: a forged or altered tree head",
-                    number,
-                )
-            )
-            continue
-        expected_key = _key_at(bound, head.tree_size)
-        if expected_key != head.key:
-            bound_by = "no key" if expected_key is None else f"key {expected_key.hex()}"
-            result.add(
-                Problem(
-                    last,
-                    "head.key",
-                    f"tree head #{number} (size {head.tree_size}) is signed by {head.key.hex()}, "
-                    f"but the log's evidence entries bind {bound_by} at that size: "
-                    "a key whose evidence is not in the log",
-                    number,
-                )
-            )
-            continue
-        if head.tree_size > size:
-            result.add(
-                Problem(
-                    size,
-                    "entry.missing",
-                    f"tree head #{number} covers {head.tree_size} entries, but only "
-                    f"{size} are present: entries {size}..{head.tree_size - 1} were deleted or cut off",
-                    number,
-                )
-            )
+        problem = _head_trust_problem(number, head, bound, keys, size)
+        if problem is not None:
+            result.add(problem)
             continue
         if roots[head.tree_size] != head.root_hash:
             if not root_failed:
-                culprit = good_size if head.tree_size - good_size == 1 else f"{good_size}..{head.tree_size - 1}"
-                result.add(
-                    Problem(
-                        good_size,
-                        "head.root",
-                        f"tree head #{number} (size {head.tree_size}) does not match the "
-                        f"entries: entry {culprit} was altered, replaced or reordered since it was signed",
-                        number,
-                    )
-                )
+                result.add(_head_root_problem(number, head, good_size))
             root_failed += 1
             continue
         if not root_failed:
@@ -582,7 +603,10 @@ class _RunState:
     )  # SHA-256 -> bytes of the verifier's collateral files logged
     training: _Training = field(default_factory=lambda: _Training())
     vendor_jobs: dict[str, str] = field(default_factory=dict)  # job id -> vendor (vendor evaluation)
+    vendor_submitted: dict[str, str] = field(default_factory=dict)  # every run's submissions (vendor_restored)
     delivery: dict[str, Any] = field(default_factory=dict)  # model delivery (see _on_model_initial)
+    quarantined: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # (round, attempt) -> sites
+    session_identities: dict[tuple[str, str], str] = field(default_factory=dict)  # (site, session) -> identity key
 
 
 def _check_semantics(
@@ -664,7 +688,10 @@ def _on_config(result: Verification, entry: Entry, state: _RunState, keys: _Keys
 
 
 def _on_admission(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
-    if entry.fields.get("aggregator_ed25519") != state.run_key:
+    # A refusal logged before the peer proved an identity key carries only digests and bounded
+    # fields (no evidence, no aggregator keys): nothing was signed for this aggregator to check.
+    unproven_refusal = entry.fields.get("admitted") is False and "evidence" not in entry.fields
+    if not unproven_refusal and entry.fields.get("aggregator_ed25519") != state.run_key:
         result.add(
             Problem(
                 entry.index,
@@ -721,6 +748,7 @@ def _on_update(result: Verification, entry: Entry, state: _RunState, keys: _Keys
 
 def _on_round(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
     outcome = _check_round(result, entry, state.admitted, state.receipts)
+    _check_quarantined(result, entry, state)
     state.training.round(result, outcome)
 
 
@@ -783,6 +811,7 @@ def _on_vendor_submission(result: Verification, entry: Entry, state: _RunState, 
     if manifest.job_id != _text(f, "job") or manifest.vendor != _text(f, "vendor"):
         result.add(Problem(i, "vendor_submission.job", "the logged job id or vendor is not the manifest's"))
     state.vendor_jobs[manifest.job_id] = manifest.vendor
+    state.vendor_submitted[manifest.job_id] = manifest.vendor
 
 
 def _on_vendor_evaluation(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
@@ -803,6 +832,30 @@ def _on_vendor_release(result: Verification, entry: Entry, state: _RunState, key
     vendor = f.get("vendor")
     if f.get("to") == "vendor" and any(state.vendor_jobs.get(j) != vendor for j in jobs):
         result.add(Problem(i, "vendor_release.vendor", f"vendor {str(vendor)[:64]!r} was sent another vendor's job"))
+
+
+def _on_vendor_restored(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """A restart restores only jobs an earlier run of this log accepted (aggregator/vendor_state.py)."""
+    for item in entry.fields["jobs"]:
+        job, vendor = _text(item, "job"), _text(item, "vendor")
+        if state.vendor_submitted.get(job) != vendor:
+            result.add(
+                Problem(
+                    entry.index,
+                    "vendor_restored.job",
+                    f"restored job {job[:40]!r} of vendor {vendor[:64]!r}, which no earlier run's submission logged",
+                )
+            )
+            continue
+        state.vendor_jobs[job] = vendor
+
+
+def _on_vendor_deadline(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f = entry.fields
+    if _text(f, "job") not in state.vendor_jobs:
+        result.add(
+            Problem(entry.index, "vendor_deadline.job", f"a deadline of job {_text(f, 'job')[:40]!r} never submitted")
+        )
 
 
 def _on_async_version(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
@@ -832,8 +885,130 @@ _HANDLERS.update(
     vendor_submission=_on_vendor_submission,
     vendor_evaluation=_on_vendor_evaluation,
     vendor_release=_on_vendor_release,
+    vendor_restored=_on_vendor_restored,
+    vendor_deadline=_on_vendor_deadline,
     async_version=_on_async_version,
 )
+
+
+# --- federation intelligence (aggregator/surveillance.py) ---------------------------------------
+
+
+def _on_drift_alert(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f = entry.fields
+    site, round_number, rule, value = _text(f, "site"), _uint(f, "round"), _text(f, "rule"), _number(f, "value")
+    if type(f.get("quarantined")) is not bool or not math.isfinite(value):
+        raise TypeError("quarantined is not a boolean or value is not finite")
+    if site not in state.admitted:
+        result.add(
+            Problem(
+                entry.index,
+                "drift_alert.site",
+                f"a {rule[:40]!r} alert of round {round_number} names "
+                f"site {site[:80]!r}, which no admission in this run admitted",
+            )
+        )
+
+
+def _on_quarantine(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f = entry.fields
+    round_number, attempt, sites = _uint(f, "round"), _uint(f, "attempt"), f["sites"]
+    if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites) or not isinstance(f["reasons"], dict):
+        raise TypeError("sites is not a list of site ids or reasons is not a map")
+    for site in sites:
+        if (site, round_number) not in state.receipts or not f["reasons"].get(site):
+            result.add(
+                Problem(
+                    entry.index,
+                    "quarantine.site",
+                    f"round {round_number}: site {site[:80]!r} is "
+                    "quarantined without a logged, accepted update or without a reason",
+                )
+            )
+    state.quarantined[(round_number, attempt)] = list(sites)
+
+
+def _check_quarantined(result: Verification, entry: Entry, state: _RunState) -> None:
+    """A quarantine logged for a round's attempt is applied: the round aggregated none of those sites."""
+    f = entry.fields
+    excluded = state.quarantined.get((_uint(f, "round"), f.get("attempt", 1)), [])
+    for site in excluded:
+        if site in f["participants"]:
+            result.add(
+                Problem(
+                    entry.index,
+                    "round.quarantine",
+                    f"round {f['round']} aggregated the update of site "
+                    f"{site[:80]!r}, which the log quarantined for that round",
+                )
+            )
+
+
+def _on_contribution_release(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    values, ranking = entry.fields["values"], entry.fields["ranking"]
+    if not isinstance(values, dict) or not all(type(v) in (int, float) and math.isfinite(v) for v in values.values()):
+        raise TypeError("values is not a map of finite numbers")
+    if (
+        not isinstance(ranking, list)
+        or sorted(ranking) != sorted(values)
+        or any(values[a] < values[b] for a, b in itertools.pairwise(ranking))
+    ):
+        result.add(
+            Problem(
+                entry.index,
+                "contribution_release.ranking",
+                "the released ranking is not the released values in decreasing order",
+            )
+        )
+    for site in values:
+        if site not in state.admitted:
+            result.add(
+                Problem(
+                    entry.index,
+                    "contribution_release.site",
+                    f"a contributor value for site {site[:80]!r}, which no admission in this run admitted",
+                )
+            )
+
+
+_HANDLERS.update(
+    {"drift_alert": _on_drift_alert, "quarantine": _on_quarantine, "contribution_release": _on_contribution_release}
+)
+
+
+def _on_session_keys(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """The session check, then the identity key each session was opened for (dataset cards are signed by it)."""
+    _on_session(result, entry, state, keys)
+    f = entry.fields
+    if isinstance(f.get("site"), str) and isinstance(f.get("session"), str) and isinstance(f.get("identity"), str):
+        state.session_identities[(f["site"], f["session"])] = f["identity"]
+
+
+def _on_dataset_card(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    f = entry.fields
+    site, session, text = _text(f, "site"), _text(f, "session"), _text(f, "card")
+    identity = state.session_identities.get((site, session))
+    problem = None
+    if identity is None:
+        problem = f"a dataset card of site {site[:80]!r} for session {session[:32]}, which this run did not open for it"
+    else:
+        try:
+            card = parse_card(text)
+            signed = keys.verify(
+                bytes.fromhex(identity)[:32],
+                bytes.fromhex(_text(f, "signature")),
+                card_message(bytes.fromhex(session), text.encode()),
+            )
+        except (CardError, ValueError) as exc:
+            problem = f"the dataset card of site {site[:80]!r} is unreadable: {str(exc)[:200]}"
+        else:
+            if card.site != site or not signed:
+                problem = f"the dataset card of site {site[:80]!r} is not signed by its identity key for its session"
+    if problem is not None:
+        result.add(Problem(entry.index, "dataset_card.signature", problem))
+
+
+_HANDLERS.update({"session": _on_session_keys, "dataset_card": _on_dataset_card})
 
 
 def _text(fields_: dict[str, Any], name: str) -> str:
@@ -945,43 +1120,50 @@ class _Training:
         self.closed = resumed - 1
 
 
-def _check_start(
-    result: Verification, entry: Entry, roots: list[bytes], policy: Policy, previous_key: bytes | None
-) -> bytes:
+def _check_start_kind(result: Verification, entry: Entry, roots: list[bytes], previous_key: bytes | None) -> None:
+    """A start begins the log; a handover continues it, naming the previous run's last head."""
     f, i = entry.fields, entry.index
-    key = _bytes(f, "ed25519")
     if entry.kind == "aggregator_start" and i != 0:
         result.add(
             Problem(
                 i, "handover.kind", "an aggregator_start entry in the middle of the log (a restart must be a handover)"
             )
         )
-    if entry.kind == "handover":
-        if i == 0:
-            result.add(Problem(i, "handover.kind", "the log begins with a handover, not an aggregator_start"))
-        try:
-            previous = TreeHead.from_map(f.get("previous_head"))
-        except ValueError as exc:
-            result.add(Problem(i, "handover.previous_head", f"the handover's previous head is unusable: {exc}"))
-        else:
-            if previous.tree_size != i or previous.root_hash != roots[i]:
-                result.add(
-                    Problem(
-                        i,
-                        "handover.previous_head",
-                        f"the handover names a head of {previous.tree_size} entries that is not "
-                        f"the head of the {i} entries before it: the run continued another log (a rolled-back, "
-                        "rewritten or forked copy)",
-                    )
-                )
-            elif not previous.signature_valid() or (previous_key is not None and previous.key != previous_key):
-                result.add(
-                    Problem(
-                        i,
-                        "handover.previous_head",
-                        "the handover's previous head is not validly signed by the previous run's key",
-                    )
-                )
+    if entry.kind != "handover":
+        return
+    if i == 0:
+        result.add(Problem(i, "handover.kind", "the log begins with a handover, not an aggregator_start"))
+    try:
+        previous = TreeHead.from_map(f.get("previous_head"))
+    except ValueError as exc:
+        result.add(Problem(i, "handover.previous_head", f"the handover's previous head is unusable: {exc}"))
+        return
+    if previous.tree_size != i or previous.root_hash != roots[i]:
+        result.add(
+            Problem(
+                i,
+                "handover.previous_head",
+                f"the handover names a head of {previous.tree_size} entries that is not "
+                f"the head of the {i} entries before it: the run continued another log (a rolled-back, "
+                "rewritten or forked copy)",
+            )
+        )
+    elif not previous.signature_valid() or (previous_key is not None and previous.key != previous_key):
+        result.add(
+            Problem(
+                i,
+                "handover.previous_head",
+                "the handover's previous head is not validly signed by the previous run's key",
+            )
+        )
+
+
+def _appraise_start(
+    entry: Entry, key: bytes, roots: list[bytes], policy: Policy
+) -> tuple[dict[str, Any], str | None, list[str], tuple[str, ...]]:
+    """The start's evidence under the auditor's policy: (claims, platform, reasons, the reasons that are
+    only the policy's distrust of authentic evidence)."""
+    f, i = entry.fields, entry.index
     claims: dict[str, Any] = {}
     platform = None
     reasons: list[str] = []
@@ -1003,6 +1185,16 @@ def _check_start(
         reasons.append(
             f"evidence.format: the evidence cannot be parsed or appraised ({type(exc).__name__}: {str(exc)[:200]})"
         )
+    return claims, platform, reasons, not_trusted
+
+
+def _check_start(
+    result: Verification, entry: Entry, roots: list[bytes], policy: Policy, previous_key: bytes | None
+) -> bytes:
+    f, i = entry.fields, entry.index
+    key = _bytes(f, "ed25519")
+    _check_start_kind(result, entry, roots, previous_key)
+    claims, platform, reasons, not_trusted = _appraise_start(entry, key, roots, policy)
     if not_trusted:
         result.add(
             Problem(
@@ -1290,6 +1482,73 @@ class InclusionResult:
         }
 
 
+def _wanted_digest(update_sha256: str) -> str:
+    """The digest argument, normalised: hex, all 64 digits or a prefix of at least MIN_DIGEST_PREFIX."""
+    wanted = update_sha256.strip().lower()
+    if not MIN_DIGEST_PREFIX <= len(wanted) <= 64 or any(c not in "0123456789abcdef" for c in wanted):
+        raise DigestArgumentError(
+            f"--update-sha256 {update_sha256[:80]!r}: expected the update's SHA-256 as hex, all 64 digits or a "
+            f"prefix of at least {MIN_DIGEST_PREFIX}"
+        )
+    return wanted
+
+
+def _head_refusal(head: TreeHead, key: bytes | None, present: int) -> InclusionResult | None:
+    """The head itself: validly signed, by the pinned key, over entries that are all present."""
+    if not head.signature_valid():
+        return InclusionResult(False, "the tree head's signature does not verify", head=head)
+    if key is not None and head.key != key:
+        return InclusionResult(
+            False, f"the tree head is signed by {head.key.hex()}, not the pinned key {key.hex()}", head=head
+        )
+    if head.tree_size > present:
+        return InclusionResult(
+            False,
+            f"the tree head covers {head.tree_size} entries, but the log holds only {present}: entries were removed",
+            head=head,
+        )
+    return None
+
+
+def _receipt_candidates(
+    payloads: list[bytes], tree_size: int, site: str, round_number: int, wanted: str
+) -> dict[str, int]:
+    """The site's accepted updates in that round whose digest starts with ``wanted``: full digest -> first entry."""
+    candidates: dict[str, int] = {}
+    for index in range(tree_size):
+        try:
+            data = cbor2.loads(payloads[index])
+        except Exception:  # noqa: BLE001 - an unreadable entry is not the receipt
+            continue
+        if not isinstance(data, dict) or data.get("kind") != "update_accepted":
+            continue
+        f = data.get("fields")
+        if not isinstance(f, dict):
+            continue
+        digest = str(f.get("update_sha256", "")).lower()
+        if f.get("site") == site and f.get("round") == round_number and digest.startswith(wanted):
+            candidates.setdefault(digest, index)
+    if len(candidates) > 1:
+        listed = ", ".join(f"{digest} (entry {index})" for digest, index in sorted(candidates.items()))
+        raise DigestArgumentError(
+            f"--update-sha256 {wanted} is a prefix of {len(candidates)} accepted updates of site {site!r} in round "
+            f"{round_number}: {listed}; give more digits"
+        )
+    return candidates
+
+
+def _consistency(
+    head: TreeHead, latest: TreeHead, leaves: list[bytes], present: int
+) -> tuple[dict[str, Any] | None, bool]:
+    """The latest head's consistency with a saved one (RFC 9162), when it is another, valid head over present
+    entries: (the proof as JSON or None, whether it holds)."""
+    if head is latest or latest.tree_size > present or not latest.signature_valid():
+        return None, True
+    proof = merkle.consistency_proof(head.tree_size, leaves[: latest.tree_size])
+    ok = merkle.verify_consistency(head.tree_size, latest.tree_size, head.root_hash, latest.root_hash, proof)
+    return {"from": head.tree_size, "to": latest.tree_size, "proof": [p.hex() for p in proof], "consistent": ok}, ok
+
+
 def prove_receipt(
     directory: str | Path,
     *,
@@ -1309,61 +1568,25 @@ def prove_receipt(
     :data:`MIN_DIGEST_PREFIX` that names exactly one of the site's accepted updates in that round
     (:class:`DigestArgumentError` otherwise, listing the candidates).
     """
-    wanted = update_sha256.strip().lower()
-    if not MIN_DIGEST_PREFIX <= len(wanted) <= 64 or any(c not in "0123456789abcdef" for c in wanted):
-        raise DigestArgumentError(
-            f"--update-sha256 {update_sha256[:80]!r}: expected the update's SHA-256 as hex, all 64 digits or a "
-            f"prefix of at least {MIN_DIGEST_PREFIX}"
-        )
+    wanted = _wanted_digest(update_sha256)
     payloads, heads, _, _, _ = read_log(directory)
     if not heads:
         raise UnusableLog(f"{directory}: no signed tree head")
     latest = heads[-1]
     head = head or latest
-    if not head.signature_valid():
-        return InclusionResult(False, "the tree head's signature does not verify", head=head)
-    if key is not None and head.key != key:
-        return InclusionResult(
-            False, f"the tree head is signed by {head.key.hex()}, not the pinned key {key.hex()}", head=head
-        )
-    if head.tree_size > len(payloads):
-        return InclusionResult(
-            False,
-            f"the tree head covers {head.tree_size} entries, "
-            f"but the log holds only {len(payloads)}: entries were removed",
-            head=head,
-        )
+    refusal = _head_refusal(head, key, len(payloads))
+    if refusal is not None:
+        return refusal
     leaves = [merkle.leaf_hash(p) for p in payloads]
-    found = None
-    candidates: dict[str, int] = {}  # full digest -> first entry
-    for index in range(head.tree_size):
-        try:
-            data = cbor2.loads(payloads[index])
-        except Exception:  # noqa: BLE001 - an unreadable entry is not the receipt
-            continue
-        if not isinstance(data, dict) or data.get("kind") != "update_accepted":
-            continue
-        f = data.get("fields")
-        if not isinstance(f, dict):
-            continue
-        digest = str(f.get("update_sha256", "")).lower()
-        if f.get("site") == site and f.get("round") == round_number and digest.startswith(wanted):
-            candidates.setdefault(digest, index)
-    if len(candidates) > 1:
-        listed = ", ".join(f"{digest} (entry {index})" for digest, index in sorted(candidates.items()))
-        raise DigestArgumentError(
-            f"--update-sha256 {wanted} is a prefix of {len(candidates)} accepted updates of site {site!r} in round "
-            f"{round_number}: {listed}; give more digits"
-        )
-    if candidates:
-        ((update_sha256, found),) = candidates.items()
-    if found is None:
+    candidates = _receipt_candidates(payloads, head.tree_size, site, round_number, wanted)
+    if not candidates:
         return InclusionResult(
             False,
             f"no update_accepted entry for site {site!r}, round {round_number}, update {wanted}"
             f"{'' if len(wanted) == 64 else '…'} among the {head.tree_size} entries the head covers",
             head=head,
         )
+    ((update_sha256, found),) = candidates.items()
     path = merkle.inclusion_proof(found, leaves[: head.tree_size])
     if not merkle.verify_inclusion(leaves[found], found, head.tree_size, path, head.root_hash):
         return InclusionResult(
@@ -1373,25 +1596,16 @@ def prove_receipt(
             head,
             tuple(path),
         )
-    consistency = None
-    if head is not latest and latest.tree_size <= len(payloads) and latest.signature_valid():
-        proof = merkle.consistency_proof(head.tree_size, leaves[: latest.tree_size])
-        ok = merkle.verify_consistency(head.tree_size, latest.tree_size, head.root_hash, latest.root_hash, proof)
-        consistency = {
-            "from": head.tree_size,
-            "to": latest.tree_size,
-            "proof": [p.hex() for p in proof],
-            "consistent": ok,
-        }
-        if not ok:
-            return InclusionResult(
-                False,
-                "the log's latest head is not consistent with the saved head: the log was rewritten",
-                found,
-                head,
-                tuple(path),
-                consistency,
-            )
+    consistency, consistent = _consistency(head, latest, leaves, len(payloads))
+    if not consistent:
+        return InclusionResult(
+            False,
+            "the log's latest head is not consistent with the saved head: the log was rewritten",
+            found,
+            head,
+            tuple(path),
+            consistency,
+        )
     return InclusionResult(
         True,
         f"entry {found} (update {update_sha256}) is included in the tree of {head.tree_size} entries signed at "
@@ -1491,3 +1705,49 @@ _HANDLERS.update(
         "model_delivered": _on_model_delivered,
     }
 )
+
+
+# --- resumable uploads (issue 19; aggregator/resume.py) ----------------------------------------
+
+
+def _parked(state: _RunState) -> dict[str, tuple[str, int, int, int, int]]:
+    """Stream id -> (site, round, attempt, call, next index) of the uploads parked in this check run."""
+    parked: dict[str, tuple[str, int, int, int, int]] = vars(state).setdefault("_parked_uploads", {})
+    return parked
+
+
+def _upload_stream(f: dict[str, Any]) -> tuple[str, str, int, int, int, int]:
+    stream = _text(f, "stream")
+    if not re.fullmatch(r"[0-9a-f]{32}", stream):
+        raise ValueError("stream is not a 16-byte id in hex")
+    return _text(f, "site"), stream, _uint(f, "round"), _uint(f, "attempt"), _uint(f, "call"), _uint(f, "index")
+
+
+def _on_upload_parked(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """An upload whose connection dropped was kept: its site was admitted, chunk 0 had arrived."""
+    site, stream, round_number, attempt, call, index = _upload_stream(entry.fields)
+    _uint(entry.fields, "bytes")
+    if site not in state.admitted:
+        result.add(Problem(entry.index, "resume.site", f"an upload of site {site!r} parked: it was not admitted"))
+    if index < 1:
+        result.add(Problem(entry.index, "resume.index", "an upload parked before its first chunk arrived"))
+    _parked(state)[stream] = (site, round_number, attempt, call, index)
+
+
+def _on_upload_resumed(result: Verification, entry: Entry, state: _RunState, keys: _Keys) -> None:
+    """A resumed upload continues a stream parked for the same site, round, attempt and call, at
+    the chunk where it was parked, in a later call."""
+    site, stream, round_number, attempt, call, index = _upload_stream(entry.fields)
+    resume_call = _uint(entry.fields, "resume_call")
+    parked = _parked(state).pop(stream, None)
+    if parked is None:
+        result.add(Problem(entry.index, "resume.parked", f"site {site!r} resumed an upload that was not parked"))
+    elif parked != (site, round_number, attempt, call, index):
+        result.add(
+            Problem(entry.index, "resume.stream", "an upload resumed as another site, round, call or chunk than parked")
+        )
+    if resume_call <= call:
+        result.add(Problem(entry.index, "resume.call", "an upload resumed in a call that is not a later one"))
+
+
+_HANDLERS.update({"upload_parked": _on_upload_parked, "upload_resumed": _on_upload_resumed})

@@ -29,6 +29,7 @@ from attestation.policy import Policy
 from enclave.attester import Attester, make_bundle
 from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys, verify_enclave_signature
+from fedsite.resume import DROPPED, RESUME_ATTEMPTS, SentStream, download_resume_request, resume_upload
 from protocol.admission import IdentityProof
 from protocol.auditlog.heads import HeadError, HeadInconsistent, TreeHead, verify_consistency
 from protocol.compression import ErrorFeedback
@@ -457,20 +458,35 @@ class SiteClient:
         chunks = self.stub.DownloadModel(request, metadata=metadata, timeout=self.timeout)
         opener: StreamOpener | None = None
         data = bytearray()
-        for chunk in chunks:
-            if opener is None:
-                opener = StreamOpener(
-                    session.keys.aggregator_to_site,
-                    chunk.header,
-                    session_id=session.claims.session_id,
-                    purpose="model",
-                    context=download_context(round_number, self.site_id, call),
-                    max_bytes=spec.max_update_bytes,
-                )
-            plaintext = opener.open(chunk.index, chunk.ciphertext, final=chunk.final)
-            data += plaintext
-            if on_chunk is not None:
-                on_chunk(len(plaintext))
+        header, resumes = b"", 0
+        while True:
+            try:
+                for chunk in chunks:
+                    if opener is None:
+                        header = bytes(chunk.header)
+                        opener = StreamOpener(
+                            session.keys.aggregator_to_site,
+                            chunk.header,
+                            session_id=session.claims.session_id,
+                            purpose="model",
+                            context=download_context(round_number, self.site_id, call),
+                            max_bytes=spec.max_update_bytes,
+                        )
+                    plaintext = opener.open(chunk.index, chunk.ciphertext, final=chunk.final)
+                    data += plaintext
+                    if on_chunk is not None:
+                        on_chunk(len(plaintext))
+                break
+            except grpc.RpcError as exc:  # dropped: ask for the rest of the same stream, checked by the same opener
+                if opener is None or exc.code() not in DROPPED or resumes >= RESUME_ATTEMPTS:
+                    raise
+                if opener.finished:
+                    break
+                resumes += 1
+                resume = download_resume_request(round_number, header, opener.next_index)
+                session, resume_call, metadata = self._next_call()
+                request = self._sealed(session, "DownloadModel", resume_call, resume)
+                chunks = self.stub.DownloadModel(request, metadata=metadata, timeout=self.timeout, wait_for_ready=True)
         if opener is None:
             raise StreamError("the aggregator sent no model")
         opener.finish()
@@ -525,17 +541,29 @@ class SiteClient:
         for part in parts:
             hasher.update(memoryview(part).cast("B"))
         digest = hasher.digest()
+        answered = call  # the call whose counter seals the receipt (a resumed upload's last call)
         try:
-            chunks = self.sealed_update(round_number, attempt, call, update, weight, parts)
-            sealed = self.stub.UploadUpdate(
-                _counted(chunks, on_chunk) if on_chunk is not None else chunks,
-                metadata=metadata,
-                timeout=self.timeout,
-            )
+            stream = SentStream(self.sealed_update(round_number, attempt, call, update, weight, parts))
+            chunks = iter(stream)
+            try:
+                sealed = self.stub.UploadUpdate(
+                    _counted(chunks, on_chunk) if on_chunk is not None else chunks,
+                    metadata=metadata,
+                    timeout=self.timeout,
+                )
+            except grpc.RpcError as exc:  # a dropped connection resumes where the aggregator stopped
+                resumed = resume_upload(self, session, stream, parts, exc)
+                if resumed is None:  # the aggregator holds none of it: start over, in a new call
+                    session, call, metadata = self._next_call()
+                    answered = call
+                    stream = SentStream(self.sealed_update(round_number, attempt, call, update, weight, parts))
+                    sealed = self.stub.UploadUpdate(iter(stream), metadata=metadata, timeout=self.timeout)
+                else:
+                    sealed, answered = resumed
         except grpc.RpcError:
             self.feedback.residual = residual
             raise
-        response = self._open(session, "UploadUpdate", call, sealed, pb.UploadReceipt)
+        response = self._open(session, "UploadUpdate", answered, sealed, pb.UploadReceipt)
         receipt = Receipt(
             response.round,
             response.attempt,
@@ -564,11 +592,19 @@ class SiteClient:
             raise AggregatorNotTrusted("the update receipt is not signed by the attested aggregator key")
         return receipt
 
-    def report_metrics(self, round_number: int, metrics: dict[str, float], examples: int) -> None:
+    def report_metrics(
+        self, round_number: int, metrics: dict[str, float], examples: int, card: Any | None = None
+    ) -> None:
+        """``card``: the site's :class:`protocol.cards.DatasetCard`, signed here by its identity key."""
         session, call, metadata = self._next_call()
-        request = self._sealed(
-            session, "ReportMetrics", call, pb.MetricsReport(round=round_number, metrics=metrics, examples=examples)
-        )
+        report = pb.MetricsReport(round=round_number, metrics=metrics, examples=examples)
+        if card is not None:
+            from protocol.cards import card_message
+
+            text = card.to_json()
+            report.dataset_card = text
+            report.dataset_card_signature = self.identity.sign(card_message(session.claims.session_id, text.encode()))
+        request = self._sealed(session, "ReportMetrics", call, report)
         sealed = self.stub.ReportMetrics(request, metadata=metadata, timeout=self.timeout)
         self._open(session, "ReportMetrics", call, sealed, pb.MetricsAck)
 

@@ -47,8 +47,10 @@ def _numeric(dtype: str) -> bool:
     return dtype.startswith(("float", "bfloat", "half", "double", "int", "uint", "bool", "long", "short"))
 
 
-def differences(local: dict[str, tuple[tuple[int, ...], str]], spec: ModelSpec) -> list[str]:
-    """What differs between the trainer's tensors and the task's model spec, one phrase each."""
+def differences(local: dict[str, tuple[tuple[int, ...], str]], spec: ModelSpec, *, subset: bool = False) -> list[str]:
+    """What differs between the trainer's tensors and the task's model spec, one phrase each.
+    ``subset``: the task federates only some of the model's tensors (an adapter task: the frozen
+    base stays at the site), so tensors the spec does not name are not differences."""
     wanted = {t.name: t for t in spec.tensors}
     found: list[str] = []
     for name in wanted:
@@ -56,6 +58,8 @@ def differences(local: dict[str, tuple[tuple[int, ...], str]], spec: ModelSpec) 
             found.append(f"{name} {list(wanted[name].shape)} missing from the trainer's model")
     for name, (shape, dtype) in local.items():
         if name not in wanted:
+            if subset:
+                continue
             found.append(f"{name} {list(shape)} not in the task's model")
         elif _same(shape) != _same(tuple(wanted[name].shape)):
             found.append(f"{name} is {list(shape)} in the trainer, {list(wanted[name].shape)} in the task")
@@ -70,12 +74,13 @@ def _listed(items: Iterable[str]) -> str:
     return shown + (f"; and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
 
 
-def check_trainer_model(trainer: Any, spec: ModelSpec) -> None:
-    """Raise :class:`ModelMismatch` (one line) when the trainer's model is not the task's."""
+def check_trainer_model(trainer: Any, spec: ModelSpec, *, subset: bool = False) -> None:
+    """Raise :class:`ModelMismatch` (one line) when the trainer's model is not the task's (with
+    ``subset``: does not hold every tensor the task federates, in its shape)."""
     local = trainer_tensors(trainer)
     if local is None:
         return
-    found = differences(local, spec)
+    found = differences(local, spec, subset=subset)
     if found:
         raise ModelMismatch(
             f"the trainer's model is not the federation's model ({len(spec.tensors)} tensors, "

@@ -15,6 +15,7 @@ and re-joins before sending anything else.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -39,6 +40,11 @@ class TorchTrainer:
     model: Any  # torch.nn.Module
     train: Callable[[Any], int]
     evaluate: Callable[[Any], tuple[Metrics, int]] | None = None
+    #: After the last round: a local recalibration's before/after metrics (fedsite/risk.py),
+    #: reported with the final model's evaluation; the global model is not changed.
+    recalibrate: Callable[[Any], Metrics] | None = None
+    #: The site's dataset card (protocol/cards.py, fedsite/cards.py), sent signed with every metrics report.
+    card: Callable[[], Any] | None = None
 
     def get(self) -> dict[str, np.ndarray]:
         return {
@@ -280,7 +286,11 @@ class _SiteRun:
     def report(self, round_number: int, metrics: Metrics, examples: int, max_weight: float) -> None:
         # The admission rule bounds the example count a site may claim; an honest site stays under it.
         try:
-            self.client.report_metrics(round_number, metrics, int(min(max(0, examples), max_weight)))
+            make_card = getattr(self.trainer, "card", None)  # trainers other than TorchTrainer may lack it
+            card = make_card() if make_card is not None else None
+            if card is not None:  # the card names this site (the one its identity key signs for)
+                card = dataclasses.replace(card, site=self.client.site_id)
+            self.client.report_metrics(round_number, metrics, int(min(max(0, examples), max_weight)), card)
         except grpc.RpcError as exc:
             if exc.code() not in (
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -292,9 +302,12 @@ class _SiteRun:
             return
         self.summary.metrics[round_number] = metrics
 
-    def evaluate(self, round_number: int, max_weight: float) -> Metrics:
+    def evaluate(self, round_number: int, max_weight: float, *, final: bool = False) -> Metrics:
         assert self.trainer.evaluate is not None
         metrics, examples = self.trainer.evaluate(self.trainer.model)
+        recalibrate = getattr(self.trainer, "recalibrate", None)  # trainers other than TorchTrainer may lack it
+        if final and recalibrate is not None:
+            metrics = {**metrics, **recalibrate(self.trainer.model)}
         self.report(round_number, metrics, examples, max_weight)
         return metrics
 
@@ -313,7 +326,7 @@ class _SiteRun:
         if not self.checked:  # the trainer's model is the task's, before anything is downloaded or trained
             from fedsite.model_check import check_trainer_model
 
-            check_trainer_model(trainer, spec)
+            check_trainer_model(trainer, spec, subset=bool(getattr(task, "adapter_base_sha256", b"")))
             self.checked = True
         max_weight = task.max_weight or 1.0
         self.last_ok = time.monotonic()
@@ -327,6 +340,10 @@ class _SiteRun:
         key = (task.round, task.attempt)
         if key in self.done:
             return "waiting"
+        if task.adapter_base_sha256:  # an adapter task: train only on the pinned frozen base (fedsite.adapters)
+            from fedsite.adapters import check_trainer_base
+
+            check_trainer_base(trainer, task.adapter_base_sha256)
         global_model = self.download(task, spec)
         trainer.set(global_model)
         if task.evaluate and trainer.evaluate is not None and task.round not in self.evaluated:
@@ -357,7 +374,7 @@ class _SiteRun:
             self.say(f"final model written to {self.keeper.final_path} (SHA-256 {self.keeper.final_sha256})")
         if self.trainer.evaluate is not None:
             self.trainer.set(final)
-            self.say(f"final model (round {task.round}): {_fmt(self.evaluate(task.round, max_weight))}")
+            self.say(f"final model (round {task.round}): {_fmt(self.evaluate(task.round, max_weight, final=True))}")
 
     def upload(self, task: Any, delta: dict[str, np.ndarray], weight: float) -> None:
         try:

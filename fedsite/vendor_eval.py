@@ -18,14 +18,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import numpy as np
 
 from enclave.keys import EnclaveKeyError
 from fedsite.client import SiteClient
 from fedsite.evaluation import MIN_SUBGROUP_EXAMPLES, EvaluationError, evaluate_predictions, metric_set
+from protocol.formulas import ProtocolError
 from protocol.tensors import UpdateFormatError, decode_tensors
 from protocol.vendor import (
     VENDOR_METRICS,
+    ArtefactOpener,
     SealedArtefact,
     VendorError,
     VendorManifest,
@@ -60,13 +63,44 @@ def send_metrics(client: SiteClient, report: pb.VendorMetrics) -> None:
     client._open(session, "VendorReportMetrics", call, sealed, pb.MetricsAck)
 
 
+#: The largest vendor model a site opens (its plaintext is held in memory, never on disk).
+SITE_MAX_MODEL_BYTES = 1 << 30
+
+
+def fetch_model(
+    client: SiteClient, job: pb.VendorJob, content_key: bytes, *, max_bytes: int = SITE_MAX_MODEL_BYTES
+) -> bytearray:
+    """A streamed job's model (VendorFetch), decrypted chunk by chunk into one buffer of the
+    manifest's size: every chunk authentic and in order, the last one final, nothing after it."""
+    manifest = VendorManifest.from_bytes(bytes(job.manifest))
+    if manifest.model_bytes > max_bytes:
+        raise VendorError(f"the vendor model is {manifest.model_bytes} bytes, over this site's {max_bytes}")
+    opener = ArtefactOpener(bytes(job.artefact.header), content_key, max_bytes=manifest.model_bytes)
+    buffer = bytearray(manifest.model_bytes)
+    session, call, metadata = client._next_call()
+    stream = client.stub.VendorFetch(
+        client._sealed(session, "VendorFetch", call, pb.VendorFetchRequest(job_id=job.job_id)),
+        metadata=metadata,
+        timeout=client.timeout + manifest.model_bytes / (1 << 20),  # a second per MiB beyond the call timeout
+    )
+    for chunk in stream:
+        start = opener.received
+        piece = opener.open(bytes(chunk.ciphertext), int(chunk.index))
+        buffer[start : start + len(piece)] = piece
+    opener.finish()
+    return buffer
+
+
 def open_model(client: SiteClient, job: pb.VendorJob) -> tuple[VendorManifest, dict[str, np.ndarray]]:
     """The job's model, in memory: the sealed content key opened by this site's enclave key, the
     stream authenticated and decrypted, its digest the one the vendor signed."""
     manifest = VendorManifest.from_bytes(bytes(job.manifest))
     content_key = client.keys.open_sealed_box(bytes(job.artefact.sealed_key))
-    artefact = SealedArtefact(bytes(job.artefact.header), tuple(bytes(c) for c in job.artefact.chunks))
-    plaintext = decrypt_artefact(artefact, content_key, max_bytes=manifest.model_bytes)
+    if job.chunks:
+        plaintext = fetch_model(client, job, content_key)
+    else:
+        artefact = SealedArtefact(bytes(job.artefact.header), tuple(bytes(c) for c in job.artefact.chunks))
+        plaintext = decrypt_artefact(artefact, content_key, max_bytes=manifest.model_bytes)
     if hashlib.sha256(plaintext).digest() != manifest.model_sha256:
         raise VendorError("the model is not the one the vendor signed (digest)")
     try:
@@ -116,6 +150,8 @@ def evaluate_job(
         metrics = evaluate_predictions(probabilities, labels, data.subgroups, min_examples=min_examples)
     except (VendorError, EnclaveKeyError, EvaluationError) as exc:
         return pb.VendorMetrics(job_id=job.job_id, refused=str(exc)[:300])
+    except (grpc.RpcError, ProtocolError):
+        raise  # the model did not arrive (VendorFetch): the job stays pending, nothing is reported
     except Exception as exc:  # noqa: BLE001 - the vendor's pinned code failed: refused with its reason
         reason = f"the model definition failed: {type(exc).__name__}: {exc}"
         return pb.VendorMetrics(job_id=job.job_id, refused=reason[:300])
@@ -159,6 +195,7 @@ __all__ = [
     "bootstrap",
     "evaluate_job",
     "fetch_jobs",
+    "fetch_model",
     "load_entry_point",
     "load_evaluation_data",
     "open_model",

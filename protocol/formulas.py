@@ -51,7 +51,15 @@ MAX_IDENTITY_CERTIFICATE_BYTES = 16 * 1024
 SESSION_HEADER = "attestfl-session"
 CALL_HEADER = "attestfl-call"
 #: The methods whose requests and responses are sealed (their names are in the associated data).
-SEALED_METHODS = ("GetTask", "DownloadModel", "UploadUpdate", "ReportMetrics", "VendorJobs", "VendorReportMetrics")
+SEALED_METHODS = (
+    "GetTask",
+    "DownloadModel",
+    "UploadUpdate",
+    "ReportMetrics",
+    "VendorJobs",
+    "VendorReportMetrics",
+    "VendorFetch",
+)
 
 
 class ProtocolError(StreamError):

@@ -281,3 +281,13 @@ class StreamOpener:
     def finish(self) -> None:
         if not self._finished:
             raise StreamError(f"the stream ended after {self._index} chunk(s) without its final chunk (truncated)")
+
+    @property
+    def next_index(self) -> int:
+        """The index of the next chunk this opener accepts (the chunks before it authenticated)."""
+        return self._index
+
+    @property
+    def finished(self) -> bool:
+        """Whether the final chunk arrived."""
+        return self._finished

@@ -33,12 +33,19 @@ from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from attestation.errors import EXIT_REFUSED, AttestflError
+from protocol.config import parse_duration
 
 #: Plaintext bytes per secretstream chunk.
 ARTEFACT_CHUNK = 1 << 20
-#: The largest vendor model this version carries (one gRPC message holds the whole artefact).
-MAX_VENDOR_MODEL_BYTES = 3 << 20
+#: The largest vendor model the protocol describes (the task's vendor policy sets the effective
+#: limit, ``max_model_bytes``): models travel in streams of ARTEFACT_CHUNK chunks (VendorUpload,
+#: VendorFetch), never in one message.
+MAX_VENDOR_MODEL_BYTES = 1 << 36
 MAX_VENDOR_CHUNKS = MAX_VENDOR_MODEL_BYTES // ARTEFACT_CHUNK + 1
+#: The largest model the one-message ``VendorSubmit`` carries (kept for small models).
+MAX_INLINE_MODEL_BYTES = 3 << 20
+#: The largest ciphertext chunk of an artefact (a chunk of ARTEFACT_CHUNK plaintext bytes and its tag).
+MAX_ARTEFACT_CHUNK_BYTES = ARTEFACT_CHUNK + ss.crypto_secretstream_xchacha20poly1305_ABYTES
 #: Metrics a site computes for a vendor model (fedsite/evaluation.py); the policy releases a subset.
 VENDOR_METRICS = ("accuracy", "auroc", "loss", "ece")
 #: Bootstrap replicates a site sends per metric (the report's confidence intervals).
@@ -197,7 +204,7 @@ def new_content_key() -> bytes:
     return os.urandom(CONTENT_KEY_BYTES)
 
 
-def encrypt_artefact(data: bytes, key: bytes, *, chunk: int = ARTEFACT_CHUNK) -> SealedArtefact:
+def encrypt_artefact(data: bytes | bytearray, key: bytes, *, chunk: int = ARTEFACT_CHUNK) -> SealedArtefact:
     """``data`` under ``key`` with secretstream (XChaCha20-Poly1305)."""
     state = ss.crypto_secretstream_xchacha20poly1305_state()
     header = ss.crypto_secretstream_xchacha20poly1305_init_push(state, key)
@@ -215,30 +222,91 @@ def encrypt_artefact(data: bytes, key: bytes, *, chunk: int = ARTEFACT_CHUNK) ->
     return SealedArtefact(header, tuple(chunks))
 
 
-def decrypt_artefact(artefact: SealedArtefact, key: bytes, *, max_bytes: int = MAX_VENDOR_MODEL_BYTES) -> bytearray:
+def chunk_count(model_bytes: int, chunk: int = ARTEFACT_CHUNK) -> int:
+    """How many secretstream chunks carry ``model_bytes`` plaintext bytes."""
+    return max(1, -(-model_bytes // chunk))
+
+
+class ArtefactSealer:
+    """Encrypt an artefact chunk by chunk (a model of any size never needs to be whole in memory):
+    ``header`` first, then ``push(piece, final=...)`` for each plaintext piece in order."""
+
+    def __init__(self, key: bytes) -> None:
+        self._state = ss.crypto_secretstream_xchacha20poly1305_state()
+        self.header = ss.crypto_secretstream_xchacha20poly1305_init_push(self._state, key)
+        self.finished = False
+
+    def push(self, piece: bytes, *, final: bool) -> bytes:
+        if self.finished:
+            raise VendorError("the artefact was already finished")
+        self.finished = final
+        tag = (
+            ss.crypto_secretstream_xchacha20poly1305_TAG_FINAL
+            if final
+            else ss.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
+        )
+        return ss.crypto_secretstream_xchacha20poly1305_push(self._state, bytes(piece), None, tag)
+
+
+class ArtefactOpener:
+    """Authenticate and decrypt an artefact chunk by chunk: each chunk in order (secretstream's
+    nonce advances per chunk, so a reordered, repeated or foreign chunk does not authenticate),
+    the last one tagged final and nothing after it (:meth:`finish` refuses a truncated stream),
+    at most ``max_bytes`` plaintext bytes in all."""
+
+    def __init__(self, header: bytes, key: bytes, *, max_bytes: int) -> None:
+        if len(header) != ss.crypto_secretstream_xchacha20poly1305_HEADERBYTES:
+            raise VendorError("the artefact's stream header is not 24 bytes")
+        self._state = ss.crypto_secretstream_xchacha20poly1305_state()
+        try:
+            ss.crypto_secretstream_xchacha20poly1305_init_pull(self._state, header, key)
+        except (CryptoError, ValueError):
+            raise VendorError("the artefact's stream header does not open under the content key") from None
+        self.max_bytes = max_bytes
+        self.index = 0
+        self.received = 0
+        self.final = False
+
+    def open(self, chunk: bytes, index: int | None = None) -> bytes:
+        """The plaintext of the next chunk (``index``, when the transport numbers chunks, must be the next one)."""
+        if self.final:
+            raise VendorError("the artefact has chunks after its final one")
+        if index is not None and index != self.index:
+            raise VendorError(f"artefact chunk {index} arrived where chunk {self.index} belongs (reordered or lost)")
+        if len(chunk) > MAX_ARTEFACT_CHUNK_BYTES:
+            raise VendorError(f"artefact chunk {self.index} is over {MAX_ARTEFACT_CHUNK_BYTES} bytes")
+        try:
+            piece, tag = ss.crypto_secretstream_xchacha20poly1305_pull(self._state, bytes(chunk), None)
+        except (CryptoError, ValueError):
+            raise VendorError(
+                f"artefact chunk {self.index} is not authentic (tampered, reordered or another key)"
+            ) from None
+        self.received += len(piece)
+        if self.received > self.max_bytes:
+            raise VendorError(f"the artefact is over {self.max_bytes} bytes")
+        self.final = tag == ss.crypto_secretstream_xchacha20poly1305_TAG_FINAL
+        self.index += 1
+        return bytes(piece)
+
+    def finish(self) -> None:
+        """Refuse a stream that ended before its final chunk."""
+        if not self.final:
+            raise VendorError("the artefact is truncated (the stream ended before its final chunk)")
+
+
+def decrypt_artefact(artefact: SealedArtefact, key: bytes, *, max_bytes: int = MAX_INLINE_MODEL_BYTES) -> bytearray:
     """The plaintext (in memory only): every chunk authentic, in order, the last one final and
     no chunk after it; at most ``max_bytes``."""
-    if len(artefact.header) != ss.crypto_secretstream_xchacha20poly1305_HEADERBYTES:
-        raise VendorError("the artefact's stream header is not 24 bytes")
     if not 0 < len(artefact.chunks) <= MAX_VENDOR_CHUNKS:
         raise VendorError(f"the artefact has {len(artefact.chunks)} chunks (1..{MAX_VENDOR_CHUNKS})")
-    state = ss.crypto_secretstream_xchacha20poly1305_state()
-    try:
-        ss.crypto_secretstream_xchacha20poly1305_init_pull(state, artefact.header, key)
-    except (CryptoError, ValueError):
-        raise VendorError("the artefact's stream header does not open under the content key") from None
+    opener = ArtefactOpener(artefact.header, key, max_bytes=max_bytes)
     out = bytearray()
-    for index, chunk in enumerate(artefact.chunks):
-        try:
-            piece, tag = ss.crypto_secretstream_xchacha20poly1305_pull(state, chunk, None)
-        except (CryptoError, ValueError):
-            raise VendorError(f"artefact chunk {index} is not authentic (tampered, reordered or another key)") from None
-        out += piece
-        if len(out) > max_bytes:
-            raise VendorError(f"the artefact is over {max_bytes} bytes")
-        final = tag == ss.crypto_secretstream_xchacha20poly1305_TAG_FINAL
-        if final != (index == len(artefact.chunks) - 1):
+    for chunk in artefact.chunks:
+        if opener.final:
             raise VendorError("the artefact is truncated or has chunks after its final one")
+        out += opener.open(chunk)
+    if not opener.final:
+        raise VendorError("the artefact is truncated or has chunks after its final one")
     return out
 
 
@@ -288,6 +356,11 @@ class VendorPolicy:
     vendor_per_site = false                   # vendors see pooled metrics only (true: per site too)
     bootstrap = 200                           # replicates per metric for the confidence intervals
     report_dir = "vendor-reports"             # the network's report (JSON + HTML)
+    max_model_bytes = 1073741824              # the largest vendor model accepted (streamed in 1 MiB chunks)
+    memory_per_vendor = 2147483648            # bytes one vendor's uploads and stored models may hold in memory
+    memory_total = 4294967296                 # bytes all vendors' uploads and stored models may hold in memory
+    upload_timeout = "10m"                    # an upload must finish within this
+    report_deadline = "30m"                   # after a job's submission: report from the sites that reported
     [task.vendors.keys]                       # vendors allowed to submit: name = Ed25519 public key (hex)
     acme = "9f0c..."
     """
@@ -300,6 +373,11 @@ class VendorPolicy:
     vendor_per_site: bool = False
     bootstrap: int = 200
     report_dir: str = "vendor-reports"
+    max_model_bytes: int = 1 << 30
+    memory_per_vendor: int = 2 << 30
+    memory_total: int = 4 << 30
+    upload_timeout: float = 600.0
+    report_deadline: float | None = None
 
     @classmethod
     def from_table(cls, table: dict[str, Any]) -> VendorPolicy:
@@ -312,6 +390,11 @@ class VendorPolicy:
             "vendor_per_site",
             "bootstrap",
             "report_dir",
+            "max_model_bytes",
+            "memory_per_vendor",
+            "memory_total",
+            "upload_timeout",
+            "report_deadline",
         }
         problems = []
         unknown = sorted(set(table) - allowed)
@@ -358,6 +441,28 @@ class VendorPolicy:
         if not isinstance(report_dir, str) or not report_dir:
             problems.append("report_dir: expected a path")
             report_dir = "vendor-reports"
+        sizes: dict[str, int] = {}
+        for size_name, size_default in (
+            ("max_model_bytes", 1 << 30),
+            ("memory_per_vendor", 2 << 30),
+            ("memory_total", 4 << 30),
+        ):
+            size = table.get(size_name, size_default)
+            if type(size) is not int or not 1 <= size <= MAX_VENDOR_MODEL_BYTES:
+                problems.append(f"{size_name}: expected a number of bytes from 1 to {MAX_VENDOR_MODEL_BYTES}")
+                size = size_default
+            sizes[size_name] = size
+        durations: dict[str, float | None] = {}
+        for name, fallback in (("upload_timeout", 600.0), ("report_deadline", None)):
+            raw = table.get(name)
+            if raw is None:
+                durations[name] = fallback
+                continue
+            try:
+                durations[name] = parse_duration(raw, "task.vendors", name, error=VendorError)
+            except VendorError as exc:
+                problems.append(str(exc).removeprefix("[task.vendors] "))
+                durations[name] = fallback
         if problems:
             raise VendorError("[task.vendors] " + "; ".join(problems))
         return cls(
@@ -369,6 +474,11 @@ class VendorPolicy:
             vendor_per_site=per_site,
             bootstrap=bootstrap,
             report_dir=report_dir,
+            max_model_bytes=sizes["max_model_bytes"],
+            memory_per_vendor=sizes["memory_per_vendor"],
+            memory_total=sizes["memory_total"],
+            upload_timeout=durations["upload_timeout"] or 600.0,
+            report_deadline=durations["report_deadline"],
         )
 
     def describe(self) -> dict[str, Any]:
@@ -381,6 +491,8 @@ class VendorPolicy:
             "vendor_metrics": list(self.vendor_metrics),
             "vendor_per_site": self.vendor_per_site,
             "bootstrap": self.bootstrap,
+            "max_model_bytes": self.max_model_bytes,
+            "report_deadline": self.report_deadline,
         }
 
 
@@ -402,13 +514,18 @@ def percentile_interval(values: list[float], level: float = 0.95) -> tuple[float
 
 __all__ = [
     "ARTEFACT_CHUNK",
+    "MAX_ARTEFACT_CHUNK_BYTES",
+    "MAX_INLINE_MODEL_BYTES",
     "MAX_REPLICATES",
     "MAX_VENDOR_MODEL_BYTES",
     "VENDOR_METRICS",
+    "ArtefactOpener",
+    "ArtefactSealer",
     "SealedArtefact",
     "VendorError",
     "VendorManifest",
     "VendorPolicy",
+    "chunk_count",
     "decrypt_artefact",
     "encrypt_artefact",
     "entry_point_digest",

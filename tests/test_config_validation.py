@@ -365,7 +365,7 @@ def test_unknown_keys_list_the_allowed_ones(tmp_path: Path) -> None:
     assert refused(write(tmp_path, task={"roundz": "3", "evaluat": "true"})) == (
         "[task]: unknown key(s) evaluat, roundz; allowed: initial_model, rounds, min_sites, round_deadline, strategy, "
         "trimmed_mean_beta, krum_f, krum_m, clip_norm, evaluate, dp, vendors, mode, buffer_size, max_staleness, "
-        "compression, deliver, release"
+        "compression, deliver, release, drift, contribution, cards, adapters"
     )
     assert refused(write(tmp_path, {"listn": '"127.0.0.1:1"'})) == (
         "[aggregator]: unknown key(s) listn; allowed: listen, tee, simulated_dir, gpu, metrics_listen, log_dir, "

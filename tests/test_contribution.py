@@ -41,3 +41,23 @@ def test_release_with_laplace_noise() -> None:
     assert set(noisy) == {"a", "b"} and abs(noisy["a"] - 0.5) < 0.2
     with pytest.raises(ValueError):
         laplace_release({"a": 0.5}, epsilon=0.0, sensitivity=1.0, rng=np.random.default_rng(3))
+
+
+def test_the_distance_utility_also_puts_a_boosting_site_last() -> None:
+    """A site that scales its honest update by 20 agrees with the consensus in direction (the
+    cosine utility cannot see it) but not in magnitude: the distance utility ranks it last, and
+    still ranks the noisy site below the honest ones and the duplicate with its original."""
+    updates = _federation(size=50_000)
+    del updates["poisoner"]
+    updates["booster"] = 20.0 * updates["honest-1"]
+    weights = {site: 1.0 for site in updates}
+    result = estimate(updates, weights, rng=np.random.default_rng(4), permutations=400, utility="distance")
+    values = result.values
+    assert min(values, key=values.get) == "booster" and values["booster"] < 0
+    assert values["noisy"] < min(v for s, v in values.items() if s.startswith("honest"))
+    assert abs(values["duplicate"] - values["honest-0"]) < 0.15 * values["honest-0"]  # sampling error
+    assert sum(values.values()) == pytest.approx(result.utility, abs=0.02)
+    cosine = estimate(updates, weights, rng=np.random.default_rng(4), permutations=400).values
+    assert min(cosine, key=cosine.get) != "booster"  # why the aggregator uses the distance by default
+    with pytest.raises(ValueError, match="utility"):
+        estimate(updates, weights, rng=np.random.default_rng(4), utility="accuracy")

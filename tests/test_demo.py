@@ -13,15 +13,17 @@ from attestfl.loopback import read_events
 
 def test_demo_defaults(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "attestfl.cli", "demo", "--json", "--dir", str(tmp_path)],
+        [sys.executable, "-m", "attestfl.cli", "demo", "--json", "--dir", "demo"],  # relative, as a user types it
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
+        cwd=tmp_path,
     )
+    tmp_path = tmp_path / "demo"
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
-    assert set(summary) == {"final_accuracy", "rounds", "refused", "audit_log"}
+    assert set(summary) == {"final_accuracy", "rounds", "refused", "audit_log", "intelligence"}
     assert summary["final_accuracy"] >= 0.93
     # round r's model is the one before round r's training; round 6 is the final model (as in serve's table,
     # the sites' metrics.csv and the audit log's metrics entries)

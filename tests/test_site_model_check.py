@@ -52,6 +52,11 @@ def test_differences_name_each_tensor() -> None:
         "2.bias [2] not in the task's model",
     ]
     assert "missing from the trainer's model" in differences({}, spec)[0]
+    bigger = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2), torch.nn.Linear(2, 2))
+    federated = ModelSpec(spec.tensors[:2])  # an adapter task federates a subset; the rest stays at the site
+    check_trainer_model(TorchTrainer(bigger, train=lambda m: 1), federated, subset=True)
+    with pytest.raises(ModelMismatch, match=r"2\.weight \[2, 2\] not in the task's model"):
+        check_trainer_model(TorchTrainer(bigger, train=lambda m: 1), federated)
     complex_model = {"0.weight": ((8, 4), "complex64"), "0.bias": ((8,), "float32")}
     assert differences(complex_model, ModelSpec(spec.tensors[:2])) == [
         "0.weight has dtype complex64 (only real and integer tensors travel, as float32)"

@@ -18,10 +18,18 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from attestfl.loopback import Deployment
+
+Say = Callable[[str], None]
 
 ENTRY = "fedsite.vendor_models:mlp"
 HOSPITALS = ("st-mary", "general", "riverside")
@@ -91,15 +99,81 @@ def train_mlp(
     }
 
 
+def _task_toml(public_keys: dict[str, str]) -> str:
+    """The aggregator's [task]: one round of vendor evaluation at the hospitals, the vendors' keys."""
+    key_lines = "\n".join(f'{name} = "{key}"' for name, key in public_keys.items())
+    return (
+        "rounds = 1\n[task.vendors]\n"
+        f"sites = {json.dumps(list(HOSPITALS))}\nmin_examples = 20\nbootstrap = 200\n"
+        'vendor_metrics = ["accuracy", "auroc"]\nreport_dir = "vendor-reports"\n'
+        f"[task.vendors.keys]\n{key_lines}\n"
+    )
+
+
+def _submit_models(
+    deployment: Deployment, target: str, models: dict[str, bytes], keys: dict[str, Ed25519PrivateKey], say: Say
+) -> dict[str, str]:
+    """Each vendor attests the aggregator and submits its model sealed to it: vendor -> job id."""
+    from attestfl.vendor import VendorClient
+
+    jobs = {}
+    for name, model in models.items():
+        with VendorClient(target, vendor=name, signing_key=keys[name], policy=deployment.site_policy()) as vendor:
+            jobs[name] = vendor.submit(model, name=f"{name}-breast-v1", entry_point=ENTRY)
+        say(f"  vendor {name}: aggregator attested, {len(model)}-byte model sealed to it (job {jobs[name][:12]})")
+    return jobs
+
+
+def _evaluate_at_hospitals(
+    deployment: Deployment, target: str, hospitals: list[tuple[np.ndarray, np.ndarray]], say: Say
+) -> None:
+    """Each hospital joins and evaluates the sealed models in its enclave, by tumour size too."""
+    from fedsite.vendor_eval import EvaluationData, run_vendor_jobs
+
+    for site, (x, y) in zip(HOSPITALS, hospitals, strict=True):
+        size = np.where(x[:, 0] > 0, "large", "small")  # mean radius above the population mean
+        with deployment.client(target, site_id=site) as client:
+            client.join()
+            done = run_vendor_jobs(client, EvaluationData(x, y, {"size": size}))
+        say(f"  hospital {site}: evaluated {len(done)} sealed models in its enclave on {len(y)} patients")
+
+
+def _vendor_reports(
+    deployment: Deployment, target: str, jobs: dict[str, str], keys: dict[str, Ed25519PrivateKey]
+) -> dict[str, Any]:
+    """Each vendor's own row of the report: vendor -> row."""
+    from attestfl.vendor import VendorClient
+
+    rows = {}
+    for name in jobs:
+        with VendorClient(target, vendor=name, signing_key=keys[name], policy=deployment.site_policy()) as vendor:
+            rows[name] = vendor.wait_report(jobs[name], timeout=30)
+    return rows
+
+
+def _say_report(say: Say, network: Any, rows: dict[str, Any], directory: Path, elapsed: float) -> None:
+    """The network's comparative table, what each vendor received, where the files are."""
+    from aggregator.vendor_reports import table_text
+
+    say("")
+    say("Comparative report for the hospital network (95 % bootstrap intervals):")
+    say(table_text(network))
+    say("")
+    for name, row in rows.items():
+        pooled = ", ".join(f"{k} {v:.3f}" for k, v in row["pooled"]["metrics"].items())
+        say(f"  vendor {name} received only its own row: pooled {pooled} over {row['pooled']['sites']} hospitals")
+    report_dir = directory / "vendor-reports"
+    say(f"  report: {report_dir / 'network-report.html'} (and .json); audit log: {directory / 'audit-log'}")
+    say(f"  done in {elapsed:.1f} s")
+
+
 def run_vendors_demo(
     directory: Path | None = None, *, json_output: bool = False, out: TextIO = sys.stdout, err: TextIO = sys.stderr
 ) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from aggregator.vendor_reports import table_text
     from attestfl.loopback import Deployment
-    from attestfl.vendor import VendorClient, public_key
-    from fedsite.vendor_eval import EvaluationData, run_vendor_jobs
+    from attestfl.vendor import public_key
     from protocol.tensors import encode_tensors
 
     started = time.monotonic()
@@ -118,61 +192,29 @@ def run_vendors_demo(
         "globex": encode_tensors(train_mlp(x_vendor[half:], y_vendor[half:])),
     }
     keys = {name: Ed25519PrivateKey.generate() for name in models}
-    key_lines = "\n".join(f'{name} = "{public_key(key).hex()}"' for name, key in keys.items())
-    task = (
-        "rounds = 1\n[task.vendors]\n"
-        f"sites = {json.dumps(list(HOSPITALS))}\nmin_examples = 20\nbootstrap = 200\n"
-        'vendor_metrics = ["accuracy", "auroc"]\nreport_dir = "vendor-reports"\n'
-        f"[task.vendors.keys]\n{key_lines}\n"
-    )
     deployment = Deployment(
         directory,
         directory / "simulated-vendor",
         model={"placeholder": np.zeros(1, np.float32)},
         sites={site: "" for site in HOSPITALS},
-        task=task,
+        task=_task_toml({name: public_key(key).hex() for name, key in keys.items()}),
     )
     say(f"attestfl demo --scenario vendors: 2 vendors, {len(HOSPITALS)} hospitals — in {directory}")
     say("  every party runs in the SIMULATED TEE (software evidence; proves nothing about hardware)")
     aggregator = deployment.start()
     try:
         say(f"  aggregator up on {aggregator.target}; vendors and hospitals pin its measurement")
-        jobs = {}
-        for name, model in models.items():
-            with VendorClient(
-                aggregator.target, vendor=name, signing_key=keys[name], policy=deployment.site_policy()
-            ) as vendor:
-                jobs[name] = vendor.submit(model, name=f"{name}-breast-v1", entry_point=ENTRY)
-            say(f"  vendor {name}: aggregator attested, {len(model)}-byte model sealed to it (job {jobs[name][:12]})")
-        for site, (x, y) in zip(HOSPITALS, hospitals, strict=True):
-            size = np.where(x[:, 0] > 0, "large", "small")  # mean radius above the population mean
-            with deployment.client(aggregator.target, site_id=site) as client:
-                client.join()
-                done = run_vendor_jobs(client, EvaluationData(x, y, {"size": size}))
-            say(f"  hospital {site}: evaluated {len(done)} sealed models in its enclave on {len(y)} patients")
-        rows = {}
-        for name in models:
-            with VendorClient(
-                aggregator.target, vendor=name, signing_key=keys[name], policy=deployment.site_policy()
-            ) as vendor:
-                rows[name] = vendor.wait_report(jobs[name], timeout=30)
+        jobs = _submit_models(deployment, aggregator.target, models, keys, say)
+        _evaluate_at_hospitals(deployment, aggregator.target, hospitals, say)
+        rows = _vendor_reports(deployment, aggregator.target, jobs, keys)
     finally:
         aggregator.stop()
-    report_dir = directory / "vendor-reports"
-    network = json.loads((report_dir / "network-report.json").read_text())
+    network = json.loads((directory / "vendor-reports" / "network-report.json").read_text())
     elapsed = time.monotonic() - started
     if json_output:
         print(json.dumps({"network": network, "vendors": rows, "seconds": round(elapsed, 1)}), file=out)
         return 0
-    say("")
-    say("Comparative report for the hospital network (95 % bootstrap intervals):")
-    say(table_text(network))
-    say("")
-    for name, row in rows.items():
-        pooled = ", ".join(f"{k} {v:.3f}" for k, v in row["pooled"]["metrics"].items())
-        say(f"  vendor {name} received only its own row: pooled {pooled} over {row['pooled']['sites']} hospitals")
-    say(f"  report: {report_dir / 'network-report.html'} (and .json); audit log: {directory / 'audit-log'}")
-    say(f"  done in {elapsed:.1f} s")
+    _say_report(say, network, rows, directory, elapsed)
     return 0
 
 

@@ -89,6 +89,16 @@ class FederationStub(object):
                 request_serializer=protocol_dot_wire_dot_federation__pb2.VendorReportRequest.SerializeToString,
                 response_deserializer=protocol_dot_wire_dot_federation__pb2.VendorReportResponse.FromString,
                 _registered_method=True)
+        self.VendorUpload = channel.stream_unary(
+                '/attestfl.v1.Federation/VendorUpload',
+                request_serializer=protocol_dot_wire_dot_federation__pb2.VendorUploadChunk.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.VendorSubmitResponse.FromString,
+                _registered_method=True)
+        self.VendorFetch = channel.unary_stream(
+                '/attestfl.v1.Federation/VendorFetch',
+                request_serializer=protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+                response_deserializer=protocol_dot_wire_dot_federation__pb2.VendorChunk.FromString,
+                _registered_method=True)
 
 
 class FederationServicer(object):
@@ -177,6 +187,22 @@ class FederationServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VendorUpload(self, request_iterator, context):
+        """A vendor model of any size in bounded chunks: the first message carries the signed submission
+        (its artefact without chunks), then one secretstream chunk per message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VendorFetch(self, request, context):
+        """A job's re-sealed model as a stream of its secretstream chunks (Sealed VendorFetchRequest);
+        the stream header and the sealed content key come in the session-sealed VendorJob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +260,16 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.VendorReport,
                     request_deserializer=protocol_dot_wire_dot_federation__pb2.VendorReportRequest.FromString,
                     response_serializer=protocol_dot_wire_dot_federation__pb2.VendorReportResponse.SerializeToString,
+            ),
+            'VendorUpload': grpc.stream_unary_rpc_method_handler(
+                    servicer.VendorUpload,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.VendorUploadChunk.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.VendorSubmitResponse.SerializeToString,
+            ),
+            'VendorFetch': grpc.unary_stream_rpc_method_handler(
+                    servicer.VendorFetch,
+                    request_deserializer=protocol_dot_wire_dot_federation__pb2.Sealed.FromString,
+                    response_serializer=protocol_dot_wire_dot_federation__pb2.VendorChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -533,6 +569,60 @@ class Federation(object):
             '/attestfl.v1.Federation/VendorReport',
             protocol_dot_wire_dot_federation__pb2.VendorReportRequest.SerializeToString,
             protocol_dot_wire_dot_federation__pb2.VendorReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VendorUpload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/attestfl.v1.Federation/VendorUpload',
+            protocol_dot_wire_dot_federation__pb2.VendorUploadChunk.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.VendorSubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VendorFetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/attestfl.v1.Federation/VendorFetch',
+            protocol_dot_wire_dot_federation__pb2.Sealed.SerializeToString,
+            protocol_dot_wire_dot_federation__pb2.VendorChunk.FromString,
             options,
             channel_credentials,
             insecure,

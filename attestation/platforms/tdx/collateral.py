@@ -240,14 +240,9 @@ class TdxLookup:
     notes: tuple[str, ...] = ()
 
 
-def tdx_collateral(
-    store: CollateralStore, fmspc: bytes, ca: str, *, at: datetime, max_age: timedelta | None = None
-) -> TdxLookup:
-    """Every fresh part of the Intel collateral for a platform of FMSPC ``fmspc`` whose PCK
-    certificate was issued by the PCK ``ca`` ("platform" or "processor")."""
-    at = as_utc(at)
-    if ca not in PCK_CAS:
-        raise CollateralError(f"unknown PCK CA {ca!r}; expected platform or processor")
+def _tdx_items(fmspc: bytes, ca: str) -> dict[str, CollateralItem]:
+    """The four Intel documents a TDX quote of FMSPC ``fmspc`` under PCK ``ca`` needs: where each
+    lives in the cache, how it is parsed and judged fresh, and how it is fetched."""
     fmspc_hex = bytes(fmspc).hex()
 
     def with_chain(
@@ -269,7 +264,7 @@ def tdx_collateral(
     qe_path, qe_chain = "intel/qe-identity.json", "intel/qe-identity-issuer-chain.pem"
     crl_path, crl_chain = f"intel/pck-{ca}-crl.der", f"intel/pck-{ca}-crl-issuer-chain.pem"
     root_path = "intel/root-ca-crl.der"
-    items = {
+    return {
         "tcb_info": CollateralItem(
             tcb_path,
             f"TCB info for FMSPC {fmspc_hex}",
@@ -310,6 +305,17 @@ def tdx_collateral(
             lambda f: {root_path: f.get(f.config.intel_root_ca_crl_url).body},
         ),
     }
+
+
+def tdx_collateral(
+    store: CollateralStore, fmspc: bytes, ca: str, *, at: datetime, max_age: timedelta | None = None
+) -> TdxLookup:
+    """Every fresh part of the Intel collateral for a platform of FMSPC ``fmspc`` whose PCK
+    certificate was issued by the PCK ``ca`` ("platform" or "processor")."""
+    at = as_utc(at)
+    if ca not in PCK_CAS:
+        raise CollateralError(f"unknown PCK CA {ca!r}; expected platform or processor")
+    items = _tdx_items(bytes(fmspc), ca)
     found = {name: store.lookup(item, at, max_age) for name, item in items.items()}
     notes = tuple(note for lookup in found.values() for note in lookup.notes)
     tcb = found["tcb_info"].value
