@@ -1,25 +1,33 @@
 """The round table ``attestfl serve`` prints on stdout after its ready line, and when it may
 exit with ``--exit-when-finished``.
 
-One line per round, once the round is applied and its model evaluated by the sites that trained
-it (the model round r produced is evaluated at the start of round r + 1, or after the last round
-as the final model)::
+Rounds are numbered as everywhere else (docs/protocol.md, the audit log, the site's metrics.csv,
+the demo): round r's model is the global model *before* round r's training (round 1: the initial
+model), and the final model is round ``rounds + 1``. One line per round once it is applied: the
+sites that trained in it, the accuracy and loss of its model (evaluated by the sites at the
+round's start, weighted by their held-out examples) and its duration; then one line for the final
+model once the sites evaluated it::
 
     round  sites  accuracy      loss  seconds
-        1      3    0.8917    0.3410      2.1
+        1      3    0.3417    1.0910      2.1
+        2      3    0.8917    0.3410      1.9
+        3      3    0.9310    0.2150        -  final model
 
-``--progress json`` prints the same as one JSON object per line (``{"round": 1, ...}``), so
-stdout stays machine-readable; ``--progress none`` prints nothing. The structured log on stderr is
+``--progress json`` prints the same as one JSON object per line (``{"round": 1, ...}``, with
+``model_sha256`` the digest of the round's model and ``"final": true`` on the last), so stdout
+stays machine-readable; ``--progress none`` prints nothing. The structured log on stderr is
 unchanged. The table only reads the driver's history (what the audit log already recorded).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any, TextIO
 
 from aggregator.rounds import RoundDriver, weighted_metrics
+from aggregator.service import UpdateRefused
 
 PROGRESS_FORMATS = ("table", "json", "none")
 #: After the last round: how long to wait for the sites' evaluation of the final model at most.
@@ -39,6 +47,12 @@ class RoundTable:
         self.finished_at: float | None = None
         self.done_at: float | None = None
         self._header = False
+        #: The digest of each round's model (the model round r - 1 produced; the first one as loaded).
+        self.digests: dict[int, str] = {}
+        try:
+            self.digests[driver.round] = hashlib.sha256(driver.model_bytes(driver.round)).hexdigest()
+        except UpdateRefused:  # no model kept for it: the digest is shown as null
+            pass
 
     def _say(self, text: str) -> None:
         if self.out is not None:
@@ -60,35 +74,41 @@ class RoundTable:
         self.opened.setdefault(current, now)
         if finished and self.finished_at is None:
             self.finished_at = now
-        while self.printed + 1 < current:
+        rounds = driver.config.rounds
+        while self.printed + 1 < current:  # round r is applied: its sites, its model's metrics, its time
             r = self.printed + 1
-            participants, digest, _, _ = history.get(r, ({}, None, {}, {}))
-            _, _, metrics, examples = history.get(r + 1, ({}, None, {}, {}))
-            evaluated = set(metrics) >= set(participants)
-            last = r == driver.config.rounds
-            waited = last and self.finished_at is not None and now - self.finished_at > FINAL_METRICS_GRACE_SECONDS
-            if driver.config.evaluate and not evaluated and not waited and (r + 1 == current or last):
-                break  # the sites are still evaluating this round's model
-            self._line(r, participants, digest, weighted_metrics(metrics, examples))
+            participants, produced, metrics, examples = history.get(r, ({}, None, {}, {}))
+            if produced is not None:
+                self.digests[r + 1] = produced
+            self._line(r, sorted(participants), weighted_metrics(metrics, examples))
             self.printed = r
-        if finished and self.printed >= driver.config.rounds and self.done_at is None:
+        final = rounds + 1
+        if finished and self.printed == rounds:  # the final model, once the sites that trained evaluated it
+            trained, _, _, _ = history.get(rounds, ({}, None, {}, {}))
+            _, _, metrics, examples = history.get(final, ({}, None, {}, {}))
+            evaluated = set(metrics) >= set(trained)
+            waited = self.finished_at is not None and now - self.finished_at > FINAL_METRICS_GRACE_SECONDS
+            if evaluated or waited or not driver.config.evaluate:
+                self._line(final, sorted(metrics), weighted_metrics(metrics, examples), last=True)
+                self.printed = final
+        if finished and self.printed >= final and self.done_at is None:
             self.done_at = now
 
-    def _line(self, r: int, participants: dict[str, Any], digest: str | None, metrics: dict[str, float]) -> None:
+    def _line(self, r: int, sites: list[str], metrics: dict[str, float], last: bool = False) -> None:
+        """Round r: the sites that trained in it (for the final model: that evaluated it), its model's metrics."""
         seconds = self.closed.get(r, time.monotonic()) - self.opened.get(r, self.closed.get(r, time.monotonic()))
         if self.form == "json":
-            self._say(
-                json.dumps(
-                    {
-                        "round": r,
-                        "sites": len(participants),
-                        "participants": sorted(participants),
-                        "metrics": metrics,
-                        "seconds": round(seconds, 3),
-                        "model_sha256": digest,
-                    }
-                )
-            )
+            line: dict[str, Any] = {
+                "round": r,
+                "sites": len(sites),
+                "participants": sites,
+                "metrics": metrics,
+                "seconds": None if last else round(seconds, 3),
+                "model_sha256": self.digests.get(r),
+            }
+            if last:
+                line["final"] = True
+            self._say(json.dumps(line))
             return
         if not self._header:
             self._say(f"{'round':>5}  {'sites':>5}  {'accuracy':>8}  {'loss':>8}  {'seconds':>7}")
@@ -97,7 +117,8 @@ class RoundTable:
         def cell(name: str) -> str:
             return f"{metrics[name]:>8.4f}" if name in metrics else f"{'-':>8}"
 
-        self._say(f"{r:>5}  {len(participants):>5}  {cell('accuracy')}  {cell('loss')}  {seconds:>7.1f}")
+        time_cell = f"{'-':>7}  final model" if last else f"{seconds:>7.1f}"
+        self._say(f"{r:>5}  {len(sites):>5}  {cell('accuracy')}  {cell('loss')}  {time_cell}")
 
     def finished(self) -> bool:
         """Training is finished, every round's line printed, and the sites had time to see it."""

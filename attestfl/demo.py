@@ -159,10 +159,11 @@ def summarise(events: list[dict[str, Any]], rounds: int, audit_log: Path) -> dic
         elif event["message"] == "round":
             epsilon[event["round"]] = event.get("epsilon")
     rows = []
-    for r in range(1, rounds + 1):
-        # the model produced by round r is evaluated by the sites as round r + 1's model
-        per_site = {site: m["accuracy"] for site, m in metrics.get(r + 1, {}).items() if "accuracy" in m}
-        weights = examples.get(r + 1, {})
+    for r in range(1, rounds + 2):
+        # round r's model is the one before its training (round 1: the initial model; rounds + 1: the final
+        # model), as in serve's table, the site's metrics.csv and the audit log's metrics entries
+        per_site = {site: m["accuracy"] for site, m in metrics.get(r, {}).items() if "accuracy" in m}
+        weights = examples.get(r, {})
         total = sum(weights.get(site, 0) for site in per_site)
         accuracy = sum(per_site[s] * weights.get(s, 0) for s in per_site) / total if total else None
         rows.append({"round": r, "accuracy": accuracy, "per_site": per_site, "epsilon": epsilon.get(r)})
@@ -470,7 +471,9 @@ def _print_table(summary: dict[str, Any], say: Any) -> None:
         acc = f"{row['accuracy']:.4f}" if row["accuracy"] is not None else "-"
         cells = "  ".join(f"{row['per_site'].get(s, float('nan')):>12.4f}" for s in sites)
         eps = f"  {row['epsilon']:.3f}" if row["epsilon"] is not None else ""
-        say(f"{row['round']:>5}  {acc:>10}  {cells}{eps}")
+        eps = eps or ("  -    " if "epsilon" in header else "")
+        final = "  final model" if row is summary["rounds"][-1] else ""
+        say(f"{row['round']:>5}  {acc:>10}  {cells}{eps}{final}")
     for refusal in summary["refused"]:
         say(f"refused: {refusal['site']}")
         for reason in refusal["reasons"]:

@@ -171,9 +171,10 @@ def _charts(result: Verification) -> str:
         for name, value in values.items():
             charted = str(name) in metrics or len(metrics) < 8  # at most 8 metric names, each with every point
             if isinstance(value, (int, float)) and not isinstance(value, bool) and charted:
-                # metrics logged in round N evaluate the model round N-1 produced (0: the initial model)
-                metrics.setdefault(str(name), {}).setdefault(site, []).append((number - 1, float(value)))
-                weighted.setdefault(str(name), {}).setdefault(number - 1, []).append((float(value), weight))
+                # metrics logged in round N evaluate round N's model: the one before its training (1: the
+                # initial model, rounds + 1: the final model), the numbering of serve's table and metrics.csv
+                metrics.setdefault(str(name), {}).setdefault(site, []).append((number, float(value)))
+                weighted.setdefault(str(name), {}).setdefault(number, []).append((float(value), weight))
     charts = []
     ordered = sorted(metrics, key=lambda n: (n != "accuracy", n))[:4]
     for number, name in enumerate(ordered):
@@ -189,7 +190,7 @@ def _charts(result: Verification) -> str:
                 series,
                 chart_id="chart-metrics" if number == 0 else f"chart-metrics-{number}",
                 title=f"{name} per round, per site (as the sites reported it)",
-                x_label="model after round (0: initial)",
+                x_label="round (its model, before training; 1: initial, last: final)",
                 y_label=name,
                 y_range=(0.0, 1.0) if bounded else None,
                 emphasise="all sites (weighted)",

@@ -76,7 +76,8 @@ def summary(kind: str, fields: dict[str, Any]) -> str:
         participants = len(_map(fields.get("participants")))
         epsilon = fields.get("epsilon")
         return (
-            f"round {fields.get('round')}: {participants} participant(s), model {str(fields.get('model_sha256'))[:16]}…"
+            f"round {fields.get('round')}: {participants} participant(s), produced round "
+            f"{_next(fields.get('round'))}'s model {str(fields.get('model_sha256'))[:16]}…"
             + (f", ε={_number(epsilon)}" if isinstance(epsilon, (int, float)) else "")
         )
     if kind in ("session", "update_refused"):
@@ -328,7 +329,8 @@ def _aggregator_evidence_lines(run: dict[str, Any]) -> list[str]:
 def _round_lines(fields: dict[str, Any]) -> list[str]:
     """A round: the model, strategy, DP and each participant's update."""
     lines = []
-    lines.append(f"    model sha256      {fields.get('model_sha256')}")
+    produced = f"{fields.get('model_sha256')} (round {_next(fields.get('round'))}'s model)"
+    lines.append(f"    produced model    {produced}")
     lines.append(f"    strategy          {fields.get('strategy')}, clip norm {fields.get('clip_norm')}")
     if fields.get("dp"):
         lines.append(f"    DP                {fields.get('dp')}, ε after this round {fields.get('epsilon')}")
@@ -438,3 +440,8 @@ __all__ = [
     "tcb_of",
     "views",
 ]
+
+
+def _next(number: object) -> object:
+    """The round whose model a ``round`` entry produced (round r's training makes round r + 1's model)."""
+    return number + 1 if type(number) is int else "?"

@@ -523,10 +523,17 @@ class SiteClient:
             yield pb.SealedChunk(header=header, index=index, final=final, ciphertext=ciphertext)
 
     def upload_update(
-        self, round_number: int, update: dict[str, np.ndarray], weight: float, *, attempt: int = 1
+        self,
+        round_number: int,
+        update: dict[str, np.ndarray],
+        weight: float,
+        *,
+        attempt: int = 1,
+        on_chunk: Callable[[int], None] | None = None,
     ) -> Receipt:
         """Upload one update; return the aggregator's receipt after checking that it is signed by
-        the attested key and answers exactly this upload (round, attempt, call, digest, weight)."""
+        the attested key and answers exactly this upload (round, attempt, call, digest, weight).
+        ``on_chunk(bytes)`` as each sealed chunk is sent (progress)."""
         session, call, metadata = self._next_call()
         hasher = hashlib.sha256()
         residual = dict(self.feedback.residual)  # restored if this upload is not accepted
@@ -537,8 +544,13 @@ class SiteClient:
         answered = call  # the call whose counter seals the receipt (a resumed upload's last call)
         try:
             stream = SentStream(self.sealed_update(round_number, attempt, call, update, weight, parts))
+            chunks = iter(stream)
             try:
-                sealed = self.stub.UploadUpdate(iter(stream), metadata=metadata, timeout=self.timeout)
+                sealed = self.stub.UploadUpdate(
+                    _counted(chunks, on_chunk) if on_chunk is not None else chunks,
+                    metadata=metadata,
+                    timeout=self.timeout,
+                )
             except grpc.RpcError as exc:  # a dropped connection resumes where the aggregator stopped
                 resumed = resume_upload(self, session, stream, parts, exc)
                 if resumed is None:  # the aggregator holds none of it: start over, in a new call
@@ -633,3 +645,10 @@ __all__ = [
     "require_measurement_pins",
     "unpinned_platforms",
 ]
+
+
+def _counted(chunks: Iterator[pb.SealedChunk], on_chunk: Callable[[int], None]) -> Iterator[pb.SealedChunk]:
+    """The chunks, calling ``on_chunk`` with each one's size as gRPC takes it to send."""
+    for chunk in chunks:
+        on_chunk(len(chunk.ciphertext))
+        yield chunk

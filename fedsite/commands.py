@@ -77,6 +77,11 @@ def add_site_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     )
     run.add_argument("--config", required=True, metavar="FILE", help="site.toml")
     run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    run.add_argument(
+        "--progress",
+        action="store_true",
+        help="progress bars on stderr (training, large transfers) even when it is not a terminal",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON summary object")
     run.add_argument(
         "--wait",
@@ -294,6 +299,7 @@ def run_site_run(args: argparse.Namespace, out: TextIO | None = None, err: TextI
                 wait=args.wait,
                 state=SiteState(config.state_dir),
                 vendor_data=vendor_data,
+                bars=_bars(args, err),
             )
         except (AggregatorNotTrusted, AdmissionRefused) as exc:
             return _refused(exc, args, "finished", out, err)
@@ -321,6 +327,16 @@ def run_site_run(args: argparse.Namespace, out: TextIO | None = None, err: TextI
         file=out,
     )
     return EXIT_OK
+
+
+def _bars(args: argparse.Namespace, err: TextIO) -> TextIO | None:
+    """Progress bars on stderr: when it is a terminal or with --progress; never with --quiet (and
+    never on stdout, where --json prints)."""
+    from fedsite.progress import wanted
+
+    if args.quiet:
+        return None
+    return err if wanted(err, forced=getattr(args, "progress", False)) else None
 
 
 def run_evaluate_vendors(args: Any) -> int:

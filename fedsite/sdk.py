@@ -188,13 +188,28 @@ def run_site(
     wait: float = 60.0,
     state: SiteState | None = None,
     vendor_data: Any = None,
+    bars: TextIO | None = None,
 ) -> SiteRunSummary:
     """Join, then train every round until the task is finished. Raises
     :class:`AggregatorNotTrusted` or :class:`AdmissionRefused` without sending anything more.
     With ``vendor_data`` (a :class:`fedsite.vendor_eval.EvaluationData`) the site also evaluates
-    the vendor models the task says are waiting for it (docs/vendor-evaluation.md)."""
+    the vendor models the task says are waiting for it (docs/vendor-evaluation.md). ``bars``: the
+    stream for progress bars (training, large transfers: :mod:`fedsite.progress`), None for none."""
     run = _SiteRun(client, trainer, progress=progress, wait=wait, state=state)
     run.vendor_data = vendor_data
+    if bars is not None and progress is not None:
+        from fedsite.progress import SiteBars
+
+        run.bars = SiteBars(client.site_id, bars, progress)
+        run.say = lambda text: run.bars.say(f"[{client.site_id}] {text}")
+        run.keeper.progress = bars
+    try:
+        return _run_rounds(run, poll_seconds, reconnect_seconds)
+    finally:
+        run.bars.close()
+
+
+def _run_rounds(run: _SiteRun, poll_seconds: float, reconnect_seconds: float) -> SiteRunSummary:
     run.join()
     while True:
         try:
@@ -221,6 +236,7 @@ class _SiteRun:
     """One site's part in a task: what it has sent and evaluated, its receipts, its kept tree head."""
 
     vendor_data: Any = None  # fedsite.vendor_eval.EvaluationData: evaluate vendor jobs when the task has some
+    checked = False  # the trainer's model was compared with the task's model spec (fedsite.model_check)
 
     def __init__(
         self,
@@ -241,7 +257,10 @@ class _SiteRun:
         self.kept = client.tree_head
         from fedsite.delivery import ModelKeeper
 
-        self.keeper = ModelKeeper(client, state.directory if state is not None else None, progress)
+        self.keeper = ModelKeeper(client, state.directory if state is not None else None, None)
+        from fedsite.progress import SiteBars
+
+        self.bars = SiteBars(client.site_id, None, None)  # no bars unless run_site is given a stream
         #: When the aggregator last answered a task request (re-joins are tried for a while after).
         self.last_ok = time.monotonic()
 
@@ -307,6 +326,11 @@ class _SiteRun:
             for job_id in run_vendor_jobs(client, self.vendor_data):
                 self.say(f"vendor job {job_id[:12]}: evaluated in memory, metrics sealed to the aggregator")
         spec = ModelSpec.from_json(task.model_spec)
+        if not self.checked:  # the trainer's model is the task's, before anything is downloaded or trained
+            from fedsite.model_check import check_trainer_model
+
+            check_trainer_model(trainer, spec, subset=bool(getattr(task, "adapter_base_sha256", b"")))
+            self.checked = True
         max_weight = task.max_weight or 1.0
         self.last_ok = time.monotonic()
         if task.finished:
@@ -328,7 +352,8 @@ class _SiteRun:
         if task.evaluate and trainer.evaluate is not None and task.round not in self.evaluated:
             self.evaluate(task.round, max_weight)
             self.evaluated.add(task.round)
-        examples = trainer.train(trainer.model)
+        with self.bars.training(task.round, task.rounds_total):
+            examples = trainer.train(trainer.model)
         local = trainer.get()
         delta = {name: local[name] - global_model[name] for name in global_model}
         self.upload(task, delta, min(float(max(1, int(examples))), max_weight))
@@ -352,11 +377,15 @@ class _SiteRun:
             self.say(f"final model written to {self.keeper.final_path} (SHA-256 {self.keeper.final_sha256})")
         if self.trainer.evaluate is not None:
             self.trainer.set(final)
-            self.say(f"final model: {_fmt(self.evaluate(task.round, max_weight, final=True))}")
+            self.say(f"final model (round {task.round}): {_fmt(self.evaluate(task.round, max_weight, final=True))}")
 
     def upload(self, task: Any, delta: dict[str, np.ndarray], weight: float) -> None:
         try:
-            receipt = self.client.upload_update(task.round, delta, weight=weight, attempt=task.attempt)
+            size = sum(int(array.nbytes) for array in delta.values())
+            with self.bars.transfer(size, f"[{self.client.site_id}] update of round {task.round}") as on_chunk:
+                receipt = self.client.upload_update(
+                    task.round, delta, weight=weight, attempt=task.attempt, on_chunk=on_chunk
+                )
         except grpc.RpcError as exc:
             if exc.code() not in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION):
                 raise
@@ -366,9 +395,11 @@ class _SiteRun:
         if self.state is not None:
             self.state.append_receipt(receipt)
         self.summary.rounds_trained.append(task.round)
+        evaluated = self.summary.metrics.get(task.round)  # round r's model: the one before its training
         self.say(
-            f"round {task.round}/{task.rounds_total}: update sealed and accepted "
-            f"(receipt {receipt.update_sha256.hex()[:12]}...)"
+            f"round {task.round}/{task.rounds_total}: "
+            + (f"its model {_fmt(evaluated)}; " if evaluated else "")
+            + f"update sealed and accepted (receipt {receipt.update_sha256.hex()[:12]}...)"
         )
 
 

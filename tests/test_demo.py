@@ -25,7 +25,10 @@ def test_demo_defaults(tmp_path: Path) -> None:
     summary = json.loads(result.stdout)
     assert set(summary) == {"final_accuracy", "rounds", "refused", "audit_log", "intelligence"}
     assert summary["final_accuracy"] >= 0.93
-    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3, 4, 5]
+    # round r's model is the one before round r's training; round 6 is the final model (as in serve's table,
+    # the sites' metrics.csv and the audit log's metrics entries)
+    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3, 4, 5, 6]
+    assert summary["rounds"][-1]["accuracy"] == summary["final_accuracy"]
     assert all(
         set(r) == {"round", "accuracy", "per_site", "epsilon"} and len(r["per_site"]) == 4 for r in summary["rounds"]
     )
@@ -41,6 +44,11 @@ def test_demo_defaults(tmp_path: Path) -> None:
     participants = {site for e in events if e["message"] == "round" for site in e["participants"]}
     assert accepted <= admitted and participants <= admitted
     assert len([e for e in events if e["message"] == "round"]) == 5
+    logged: dict[int, dict[str, float]] = {}
+    for e in events:
+        if e["message"] == "metrics":
+            logged.setdefault(e["round"], {})[e["site"]] = e["metrics"]["accuracy"]
+    assert {row["round"]: row["per_site"] for row in summary["rounds"]} == logged  # round r: round r's metrics
 
     # The demo's tamper-evident audit log verifies offline (the simulated vendor's roots pinned).
     audit = subprocess.run(

@@ -352,7 +352,7 @@ def test_every_round_delivery_with_a_progress_bar(tmp_path: Path) -> None:
     try:
         with deployment.client(aggregator.target, site_id="site-a") as client:
             trainer = TorchTrainer(layer, train=train)
-            summary = run_site(client, trainer, progress=progress, state=SiteState(tmp_path / "s"))
+            summary = run_site(client, trainer, progress=progress, state=SiteState(tmp_path / "s"), bars=progress)
     finally:
         aggregator.stop()
     assert "model of round 1" in progress.getvalue() and "/4.62M" in progress.getvalue()  # tqdm: 4.62 MiB

@@ -4,6 +4,7 @@ and its errors, the configuration reference, `serve`'s round table and --exit-wh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -106,15 +107,55 @@ def test_three_sites_train_the_scaffolds_model_with_the_printed_commands(tmp_pat
     assert json.loads(lines[0])["ready"] is True
     assert lines[1].split() == ["round", "sites", "accuracy", "loss", "seconds"]
     rows = [line.split() for line in lines[2:]]
-    assert [row[:2] for row in rows] == [["1", "3"], ["2", "3"], ["3", "3"]]
+    # round r's model is the one before round r's training; round 4 is the final model
+    assert [row[:2] for row in rows] == [["1", "3"], ["2", "3"], ["3", "3"], ["4", "3"]]
+    assert rows[-1][-2:] == ["final", "model"]
     assert float(rows[-1][2]) > 0.8  # the scaffold's synthetic task is learnable
+    events = [json.loads(line) for line in (tmp_path / "serve.err").read_text().splitlines() if line.startswith("{")]
+    assert any(e.get("message") == "training_finished" for e in events)
+    # One numbering everywhere: serve's row r, the logged metrics of round r, metrics.csv's row r, the site's line.
+    logged: dict[int, dict[str, tuple[float, int]]] = {}
+    for e in events:
+        if e.get("message") == "metrics":
+            logged.setdefault(e["round"], {})[e["site"]] = (e["metrics"]["accuracy"], e["examples"])
+    assert sorted(logged) == [1, 2, 3, 4]
+    for row in rows:
+        per_site = logged[int(row[0])].values()
+        weighted = sum(a * n for a, n in per_site) / sum(n for _, n in per_site)
+        assert f"{weighted:.4f}" == row[2]
     for site in sites:
         csv = (tmp_path / "fl" / site / "site-state" / "metrics.csv").read_text().splitlines()
         assert csv[0] == "round,accuracy,loss" and [row.split(",")[0] for row in csv[1:]] == ["1", "2", "3", "4"]
+        for row in csv[1:]:
+            number, accuracy, _loss = row.split(",")
+            assert float(accuracy) == logged[int(number)][site][0]
         assert "trained 3 round(s)" in (tmp_path / f"{site}.out").read_text()
-        assert "round 3/3" in (tmp_path / f"{site}.err").read_text()
-    events = [json.loads(line) for line in (tmp_path / "serve.err").read_text().splitlines() if line.startswith("{")]
-    assert any(e.get("message") == "training_finished" for e in events)
+        said = (tmp_path / f"{site}.err").read_text()
+        for number in (1, 2, 3):
+            assert f"round {number}/3: its model accuracy={logged[number][site][0]:.4f}" in said
+        assert f"final model (round 4): accuracy={logged[4][site][0]:.4f}" in said
+        assert "training rounds" not in said and "it/s]" not in said  # stderr is not a terminal: no bars
+    # Each site ends with the final model, and its SHA-256 is the final digest the audit log names.
+    policy = "fl/hospital-a/aggregator-policy.toml"  # trusts the simulated root, pins the aggregator
+    verify = subprocess.run(
+        ["bash", "-c", "attestfl audit verify fl/aggregator/audit-log --json --policy " + policy],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert verify.returncode in (0, 4), verify.stdout[-2000:] + verify.stderr[-2000:]
+    final_sha256 = json.loads(verify.stdout)["models"]["final_sha256"]
+    released = [e for e in events if e.get("message") == "model_released" and e.get("final")]
+    assert [e["model_sha256"] for e in released] == [final_sha256]
+    for site in sites:
+        state = tmp_path / "fl" / site / "site-state"
+        model = (state / "final-model.safetensors").read_bytes()
+        assert hashlib.sha256(model).hexdigest() == final_sha256, site
+        assert (state / "final-model.safetensors.sha256").read_text().split()[0] == final_sha256
+        assert final_sha256 in (tmp_path / f"{site}.err").read_text()  # the site says which model it kept
 
 
 def test_scaffolds_refuse_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
