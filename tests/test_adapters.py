@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import peft
 import pytest
+import torch
 
 from federation import Deployment, run_aggregator
 from protocol.adapters import AdapterError, AdapterSpec, BaseModelMismatch, check_base
 from protocol.tensors import ModelSpec, encode_tensors, load_model
-
-torch = pytest.importorskip("torch")
-peft = pytest.importorskip("peft")
 
 PATTERNS = ["*.lora_A.*", "*.lora_B.*"]
 

@@ -201,7 +201,6 @@ def test_async_matches_sync_accuracy_in_half_the_time(tmp_path: Any) -> None:
     import importlib.util
     from pathlib import Path
 
-    pytest.importorskip("sklearn")
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "async.py"
     spec = importlib.util.spec_from_file_location("async_benchmark", path)
     assert spec is not None and spec.loader is not None

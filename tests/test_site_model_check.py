@@ -9,13 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedsite.model_check import ModelMismatch, check_trainer_model, differences, trainer_tensors
 from fedsite.sdk import TorchTrainer
 from protocol.tensors import ModelSpec, TensorSpec
 from tests.test_operator_journey import free_port, printed_commands, sh, shim
-
-torch = pytest.importorskip("torch")
 
 
 def spec_of(module: object) -> ModelSpec:

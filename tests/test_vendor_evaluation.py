@@ -217,7 +217,6 @@ def test_vendors_demo_prints_the_comparison(tmp_path: Path) -> None:
     import io
     import time
 
-    pytest.importorskip("sklearn")
     from attestfl.scenarios.vendors import run_vendors_demo
 
     out, err = io.StringIO(), io.StringIO()
