@@ -27,7 +27,6 @@ Audit entries (logged durably before what they state happens):
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import numpy as np
 
 from aggregator.service import EventSink, UpdateRefused
 from attestation.errors import AttestflError
+from attestation.files import write_atomically
 from protocol.delivery import DELIVER_CHOICES, FINAL_MODEL, SITES, round_model_name, seal_to_owner
 from protocol.tensors import ModelSpec, encode_tensors, flatten, unflatten
 
@@ -176,13 +176,7 @@ class Delivery:
         self.released[round_number] = digest
 
     def _write(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        write_atomically(path, data)
 
     def fill_task(self, response: Any, round_number: int) -> None:
         response.deliver = self.policy.deliver

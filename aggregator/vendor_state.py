@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from attestation.errors import AttestflError
+from attestation.files import write_atomically
 from enclave.sealing import SealingKeySource
 
 STATE_MAGIC = b"AFVJ1"
@@ -57,21 +58,7 @@ class StoredJob:
 
 
 def _write(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomically(path, data)
 
 
 def _digest(header: bytes, chunks: tuple[bytes, ...]) -> bytes:

@@ -1,5 +1,6 @@
 """Reading input files without unbounded work: one bounded reader for every file attestfl's
-verifier reads (policies, RIMs, collateral, certificates, evidence, model files).
+verifier reads (policies, RIMs, collateral, certificates, evidence, model files); and one way to
+replace a file all at once (:func:`write_atomically`).
 
 :func:`read_bounded` (bytes) and :func:`read_bounded_buffer` (a bytearray, for large files:
 no copy) open the file with ``O_NONBLOCK`` and check it with ``fstat`` before reading a byte:
@@ -18,8 +19,9 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from io import FileIO
 from pathlib import Path
 
@@ -131,3 +133,30 @@ def read_bounded(
 
 
 __all__ = ["EvidenceTooLargeError", "open_bounded", "read_bounded", "read_bounded_buffer"]
+
+
+def write_atomically(path: str | Path, data: bytes | str, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` all at once: a reader (or a crash) sees the old file or the
+    new one, never a part. Written to a unique temporary file beside it (so concurrent writers do
+    not share one), fsynced, renamed over ``path``, and the directory fsynced (``durable``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            if durable:
+                os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    if durable:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)

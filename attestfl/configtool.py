@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import tomllib
@@ -31,6 +30,7 @@ import msgspec
 import msgspec.inspect as schema_info
 
 from attestation.errors import EXIT_OK, EXIT_UNUSABLE, AttestflError, PolicyError
+from attestation.files import write_atomically
 from protocol.config import ConfigError, describe, load_toml, value_repr
 
 KINDS = ("aggregator", "site", "task", "admission", "policy")
@@ -389,9 +389,7 @@ def run_reference(args: argparse.Namespace, out: TextIO | None = None, err: Text
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    write_atomically(path, text)
 
 
 def add_site(config: Path, site_id: str, identity_key: str, platforms: list[str], max_weight: float | None) -> str:

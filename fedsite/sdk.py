@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import grpc
 import numpy as np
 
+from attestation.files import write_atomically
 from fedsite.client import AdmissionRefused, AggregatorNotTrusted, AggregatorUnreachable, SiteClient, SiteError
 from protocol.tensors import ModelSpec
 
@@ -100,13 +101,7 @@ class SiteState:
             os.fsync(handle.fileno())
 
     def _write(self, path: Path, data: bytes) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        write_atomically(path, data)
 
 
 @dataclass

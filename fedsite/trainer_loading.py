@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from attestation.files import write_atomically
 from protocol.config import ConfigError
 
 _FORM = '"file.py:function" (relative to site.toml) or "package.module:function"'
@@ -62,7 +63,6 @@ def write_metrics_csv(path: Path, metrics: dict[int, dict[str, float]]) -> Path:
     (a temporary file renamed into place)."""
     import csv
     import io
-    import os
 
     names = sorted({name for values in metrics.values() for name in values})
     text = io.StringIO()
@@ -70,8 +70,5 @@ def write_metrics_csv(path: Path, metrics: dict[int, dict[str, float]]) -> Path:
     writer.writerow(["round", *names])
     for round_number in sorted(metrics):
         writer.writerow([round_number, *(metrics[round_number].get(name, "") for name in names)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text.getvalue())
-    os.replace(temporary, path)
+    write_atomically(path, text.getvalue(), durable=False)
     return path

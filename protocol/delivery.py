@@ -22,7 +22,6 @@ audit log's digest names.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from attestation.errors import AttestflError
+from attestation.files import write_atomically
 from protocol.streams import StreamError, StreamOpener, seal_chunks
 from protocol.tensors import MAX_MODEL_BYTES
 
@@ -157,11 +157,6 @@ def write_model(directory: Path, name: str, model: bytes) -> tuple[Path, str]:
     directory.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(model).hexdigest()
     path = directory / name
-    for target, data in ((path, model), (directory / f"{name}.sha256", f"{digest}  {name}\n".encode())):
-        temporary = target.with_name(target.name + ".tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
+    write_atomically(path, model)
+    write_atomically(directory / f"{name}.sha256", f"{digest}  {name}\n")
     return path, digest

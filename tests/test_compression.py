@@ -74,6 +74,7 @@ def test_every_value_is_within_the_stated_bound(values: np.ndarray, mode: str) -
 @given(hnp.arrays(np.float32, st.integers(1, 500), elements=st.floats(allow_nan=False, allow_infinity=False, width=32)))
 def test_bfloat16_rounds_as_torch_does(values: np.ndarray) -> None:
     import torch  # the test extra installs it
+
     want = torch.from_numpy(values.copy()).to(torch.bfloat16).to(torch.float32).numpy()
     got = roundtrip(values, BFLOAT16)
     finite = np.isfinite(want)

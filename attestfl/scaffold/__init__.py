@@ -25,6 +25,7 @@ from typing import TextIO
 
 from attestation.bundle_abi import cpu_platforms
 from attestation.errors import EXIT_OK, EXIT_UNUSABLE, AttestflError
+from attestation.files import write_atomically
 from enclave.attester import SIMULATED_TEES, TEE_CHOICES
 from protocol.config import parse_endpoint
 from protocol.formulas import valid_site_id
@@ -80,9 +81,7 @@ def _trusted_roots(sim: Path) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    write_atomically(path, text)
 
 
 def _platform(tee: str) -> str:
