@@ -53,6 +53,7 @@ from protocol.formulas import (
     MAX_METRIC_NAME,
     MAX_METRICS,
     SESSION_HEADER,
+    STOPPED_ON_FAULT,
     ProtocolError,
     download_context,
     open_message,
@@ -299,9 +300,7 @@ class FederationService:
         except Exception as exc:  # noqa: BLE001 - the barrier: logged, answered INTERNAL, nothing accepted
             if _is_fault(exc):
                 self.fail_stop(f"{method}: {exc}")
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE, "the aggregator stopped on a fault; retry after it restarts"
-                )
+                await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPED_ON_FAULT)
             LOG.error(
                 "internal error",
                 extra={"fields": {"method": method, "error": type(exc).__name__, "detail": _short(str(exc), 300)}},
@@ -312,9 +311,7 @@ class FederationService:
 
     async def _enter(self, context: grpc.aio.ServicerContext, method: str) -> Ticket:
         if self.stopped is not None:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, "the aggregator stopped on a fault; retry after it restarts"
-            )
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPED_ON_FAULT)
         if method in HANDSHAKE_METHODS:
             ticket = self.gate.enter_handshake(context.peer())
         else:

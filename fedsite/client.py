@@ -29,7 +29,7 @@ from attestation.policy import Policy
 from enclave.attester import Attester, make_bundle
 from enclave.identity import SiteIdentity
 from enclave.keys import EnclaveKeys, verify_enclave_signature
-from fedsite.resume import DROPPED, RESUME_ATTEMPTS, SentStream, download_resume_request, resume_upload
+from fedsite.resume import RESUME_ATTEMPTS, SentStream, download_resume_request, dropped, resume_upload
 from protocol.admission import IdentityProof
 from protocol.auditlog.heads import HeadError, HeadInconsistent, TreeHead, verify_consistency
 from protocol.compression import ErrorFeedback
@@ -478,7 +478,7 @@ class SiteClient:
                         on_chunk(len(plaintext))
                 break
             except grpc.RpcError as exc:  # dropped: ask for the rest of the same stream, checked by the same opener
-                if opener is None or exc.code() not in DROPPED or resumes >= RESUME_ATTEMPTS:
+                if opener is None or not dropped(exc) or resumes >= RESUME_ATTEMPTS:
                     raise
                 if opener.finished:
                     break

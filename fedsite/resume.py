@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from protocol.formulas import STOPPED_ON_FAULT
 from protocol.resume import reseal_from, resume_token
 from protocol.streams import StreamHeader
 from protocol.wire import federation_pb2 as pb
@@ -26,6 +27,16 @@ SiteClient = Any
 JoinedSession = Any
 #: Status codes of a dropped connection (worth resuming), and of an upload still in flight there.
 DROPPED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def dropped(error: grpc.RpcError) -> bool:
+    """The connection dropped (resume the transfer), as opposed to an answer: an aggregator that
+    stopped on a fault says so (UNAVAILABLE, :data:`protocol.formulas.STOPPED_ON_FAULT`) and is
+    not resumed into."""
+    details = getattr(error, "details", None)  # an RpcError raised by an interceptor may carry none
+    return error.code() in DROPPED and STOPPED_ON_FAULT not in ((details() if callable(details) else "") or "")
+
+
 #: Resume attempts per transfer.
 RESUME_ATTEMPTS = 6
 
@@ -56,7 +67,7 @@ def resume_upload(
     """(the Sealed receipt, the call it answers) of the rest of ``stream``; None when the
     aggregator holds no part of it (the caller starts over); re-raises ``error`` when the
     failure was not a dropped connection."""
-    if error.code() not in DROPPED or not stream.header:
+    if not dropped(error) or not stream.header:
         raise error
     stream_id = StreamHeader.decode(stream.header).stream_id
     last: grpc.RpcError = error
@@ -68,7 +79,7 @@ def resume_upload(
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            if exc.code() not in (*DROPPED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            if not (dropped(exc) or exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED):
                 raise
             last = exc  # the aggregator has not yet seen the drop (in flight), or the link is still down
             continue
@@ -79,7 +90,7 @@ def resume_upload(
                 iter(rest), metadata=metadata, timeout=client.timeout, wait_for_ready=True
             )
         except grpc.RpcError as exc:
-            if exc.code() not in DROPPED:
+            if not dropped(exc):
                 raise
             last = exc
             continue
@@ -122,4 +133,4 @@ def download_resume_request(round_number: int, header: bytes, start: int) -> pb.
     return pb.DownloadRequest(round=round_number, start_index=start, resume_header=header)
 
 
-__all__ = ["DROPPED", "RESUME_ATTEMPTS", "SentStream", "download_resume_request", "resume_upload"]
+__all__ = ["DROPPED", "RESUME_ATTEMPTS", "SentStream", "download_resume_request", "dropped", "resume_upload"]

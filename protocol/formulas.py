@@ -211,6 +211,10 @@ def open_message(keys: SessionKeys, *, method: str, call: int, response: bool, c
         ) from None
 
 
+#: What an aggregator that stopped on a fault (its audit log could not be written) answers every
+#: call with (UNAVAILABLE): a site stops there instead of resuming a transfer into it.
+STOPPED_ON_FAULT = "the aggregator stopped on a fault; retry after it restarts"
+
 __all__ = [
     "CALL_HEADER",
     "MAX_EVIDENCE_BYTES",
@@ -219,6 +223,7 @@ __all__ = [
     "MAX_METRIC_NAME",
     "MAX_SITE_ID",
     "SESSION_HEADER",
+    "STOPPED_ON_FAULT",
     "ProtocolError",
     "admission_nonce",
     "app_attest_client_data",
