@@ -344,6 +344,51 @@ def entry_point_digest(entry_point: str) -> bytes:
 # --- the policy ---------------------------------------------------------------------------------
 
 
+def _read_vendor_keys(raw_keys: Any, problems: list[str]) -> dict[str, bytes]:
+    """``[task.vendors] keys``: vendor name -> Ed25519 public key; adds to ``problems``."""
+    keys: dict[str, bytes] = {}
+    if not isinstance(raw_keys, dict) or not raw_keys:
+        problems.append("keys: expected a table of vendor name = Ed25519 public key (64 hex digits)")
+        return keys
+    for name, value in raw_keys.items():
+        try:
+            key = bytes.fromhex(value) if isinstance(value, str) else b""
+        except ValueError:
+            key = b""
+        if not valid_name(name) or len(key) != 32:
+            problems.append(f"keys.{str(name)[:64]}: expected a vendor name = 64 hex digits")
+        else:
+            keys[name] = key
+    return keys
+
+
+def _read_vendor_limits(table: dict[str, Any], problems: list[str]) -> tuple[dict[str, int], dict[str, float | None]]:
+    """The size limits (bytes) and durations (seconds) of ``[task.vendors]``; adds to ``problems``."""
+    sizes: dict[str, int] = {}
+    for size_name, size_default in (
+        ("max_model_bytes", 1 << 30),
+        ("memory_per_vendor", 2 << 30),
+        ("memory_total", 4 << 30),
+    ):
+        size = table.get(size_name, size_default)
+        if type(size) is not int or not 1 <= size <= MAX_VENDOR_MODEL_BYTES:
+            problems.append(f"{size_name}: expected a number of bytes from 1 to {MAX_VENDOR_MODEL_BYTES}")
+            size = size_default
+        sizes[size_name] = size
+    durations: dict[str, float | None] = {}
+    for name, fallback in (("upload_timeout", 600.0), ("report_deadline", None)):
+        raw = table.get(name)
+        if raw is None:
+            durations[name] = fallback
+            continue
+        try:
+            durations[name] = parse_duration(raw, "task.vendors", name, error=VendorError)
+        except VendorError as exc:
+            problems.append(str(exc).removeprefix("[task.vendors] "))
+            durations[name] = fallback
+    return sizes, durations
+
+
 @dataclass(frozen=True)
 class VendorPolicy:
     """``[task.vendors]``::
@@ -400,20 +445,7 @@ class VendorPolicy:
         unknown = sorted(set(table) - allowed)
         if unknown:
             problems.append(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-        keys: dict[str, bytes] = {}
-        raw_keys = table.get("keys", {})
-        if not isinstance(raw_keys, dict) or not raw_keys:
-            problems.append("keys: expected a table of vendor name = Ed25519 public key (64 hex digits)")
-        else:
-            for name, value in raw_keys.items():
-                try:
-                    key = bytes.fromhex(value) if isinstance(value, str) else b""
-                except ValueError:
-                    key = b""
-                if not valid_name(name) or len(key) != 32:
-                    problems.append(f"keys.{str(name)[:64]}: expected a vendor name = 64 hex digits")
-                else:
-                    keys[name] = key
+        keys = _read_vendor_keys(table.get("keys", {}), problems)
         sites = table.get("sites", [])
         if not isinstance(sites, list) or not sites or not all(isinstance(s, str) and s for s in sites):
             problems.append("sites: expected a non-empty list of site ids")
@@ -441,28 +473,7 @@ class VendorPolicy:
         if not isinstance(report_dir, str) or not report_dir:
             problems.append("report_dir: expected a path")
             report_dir = "vendor-reports"
-        sizes: dict[str, int] = {}
-        for size_name, size_default in (
-            ("max_model_bytes", 1 << 30),
-            ("memory_per_vendor", 2 << 30),
-            ("memory_total", 4 << 30),
-        ):
-            size = table.get(size_name, size_default)
-            if type(size) is not int or not 1 <= size <= MAX_VENDOR_MODEL_BYTES:
-                problems.append(f"{size_name}: expected a number of bytes from 1 to {MAX_VENDOR_MODEL_BYTES}")
-                size = size_default
-            sizes[size_name] = size
-        durations: dict[str, float | None] = {}
-        for name, fallback in (("upload_timeout", 600.0), ("report_deadline", None)):
-            raw = table.get(name)
-            if raw is None:
-                durations[name] = fallback
-                continue
-            try:
-                durations[name] = parse_duration(raw, "task.vendors", name, error=VendorError)
-            except VendorError as exc:
-                problems.append(str(exc).removeprefix("[task.vendors] "))
-                durations[name] = fallback
+        sizes, durations = _read_vendor_limits(table, problems)
         if problems:
             raise VendorError("[task.vendors] " + "; ".join(problems))
         return cls(
