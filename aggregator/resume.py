@@ -140,6 +140,42 @@ class Resumes:
         return header
 
 
+async def receive_chunks(
+    service: FederationService,
+    partial: PartialUpload,
+    chunk: pb.SealedChunk | None,
+    iterator: AsyncIterator[pb.SealedChunk],
+    context: grpc.aio.ServicerContext,
+    *,
+    started_at: float,
+    counted_from: int,
+) -> None:
+    """Authenticate and decrypt ``chunk`` and the stream's next chunks into ``partial``'s buffer, in
+    place, through the final one. Refuses (StreamError) an empty chunk that is not the final one
+    and an upload slower than the minimum rate (its bytes from ``counted_from`` on, since
+    ``started_at``); raises CancelledError when the connection dropped before the final chunk (the
+    caller parks the upload). Every upload, first or resumed, reads its chunks here."""
+    limits = service.limits
+    while chunk is not None:
+        service.counters.bytes_in += len(chunk.ciphertext)
+        if not chunk.final and len(chunk.ciphertext) <= TAG_BYTES:
+            raise StreamError("an empty chunk that is not the final one")
+        started = time.perf_counter()
+        partial.size += partial.opener.open_into(
+            chunk.index, chunk.ciphertext, final=chunk.final, buffer=partial.buffer, offset=partial.size
+        )
+        partial.decrypt_seconds += time.perf_counter() - started
+        elapsed = time.monotonic() - started_at
+        if elapsed > limits.upload_rate_grace and (partial.size - counted_from) / elapsed < limits.upload_min_rate:
+            raise StreamError(f"the upload is slower than {limits.upload_min_rate / 1024:g} KiB/s")
+        if chunk.final:
+            break
+        chunk = await service._next_chunk(iterator, context, partial.deadline)
+    if not partial.opener.finished and await dropped(context):
+        raise asyncio.CancelledError  # the connection dropped (not a half-close)
+    partial.opener.finish()
+
+
 async def receive_resumed(
     service: FederationService,
     session: Session,
@@ -196,28 +232,11 @@ async def receive_resumed(
     )
     partial.resumes += 1
     started_at, resumed_from = time.monotonic(), partial.size
-    chunk: pb.SealedChunk | None = first
     try:
         service.driver.check_upload(session.site_id, partial.round, partial.attempt)
-        while chunk is not None:
-            service.counters.bytes_in += len(chunk.ciphertext)
-            if not chunk.final and len(chunk.ciphertext) <= TAG_BYTES:
-                raise StreamError("an empty chunk that is not the final one")
-            started = time.perf_counter()
-            partial.size += partial.opener.open_into(
-                chunk.index, chunk.ciphertext, final=chunk.final, buffer=partial.buffer, offset=partial.size
-            )
-            partial.decrypt_seconds += time.perf_counter() - started
-            elapsed = time.monotonic() - started_at
-            limits = service.limits
-            if elapsed > limits.upload_rate_grace and (partial.size - resumed_from) / elapsed < limits.upload_min_rate:
-                raise StreamError(f"the upload is slower than {limits.upload_min_rate / 1024:g} KiB/s")
-            if chunk.final:
-                break
-            chunk = await service._next_chunk(iterator, context, partial.deadline)
-        if not partial.opener.finished and await dropped(context):
-            raise asyncio.CancelledError  # the connection dropped again: parked below
-        partial.opener.finish()
+        await receive_chunks(
+            service, partial, first, iterator, context, started_at=started_at, counted_from=resumed_from
+        )
     except asyncio.CancelledError:
         park(service, session, partial)
         raise

@@ -33,7 +33,7 @@ import numpy as np
 
 from aggregator.challenges import ChallengeStore
 from aggregator.gate import Gate, Limits, Ticket, peer_address
-from aggregator.resume import PartialUpload, Resumes, dropped, park, receive_resumed
+from aggregator.resume import PartialUpload, Resumes, park, receive_chunks, receive_resumed
 from attestation.binding import check_nonce
 from attestation.bundle_abi import encode_bundle
 from attestation.errors import EXIT_FAULT, EXIT_REFUSED, AttestationError, AttestflError
@@ -64,7 +64,6 @@ from protocol.formulas import (
 )
 from protocol.resume import reseal_from
 from protocol.streams import (
-    TAG_BYTES,
     SessionKeys,
     StreamError,
     StreamHeader,
@@ -849,7 +848,6 @@ class FederationService:
             if len(head) > len(buffer):
                 raise StreamError(f"stream is larger than the {spec.max_update_bytes} bytes allowed for it")
             buffer[: len(head)] = head
-            size = len(head)
             partial = PartialUpload(
                 session.session_id,
                 header.stream_id,
@@ -859,35 +857,22 @@ class FederationService:
                 spec,
                 opener,
                 buffer,
-                size,
-                0.0,
+                len(head),
+                decrypt_seconds,
                 deadline,
             )
             chunk = None if first.final else await self._next_chunk(request_iterator, context, deadline)
-            while chunk is not None:
-                self.counters.bytes_in += len(chunk.ciphertext)
-                if not chunk.final and len(chunk.ciphertext) <= TAG_BYTES:
-                    raise StreamError("an empty chunk that is not the final one")
-                started = time.perf_counter()
-                size += opener.open_into(chunk.index, chunk.ciphertext, final=chunk.final, buffer=buffer, offset=size)
-                decrypt_seconds += time.perf_counter() - started
-                elapsed = time.monotonic() - started_at
-                if elapsed > self.limits.upload_rate_grace and size / elapsed < self.limits.upload_min_rate:
-                    raise StreamError(f"the upload is slower than {self.limits.upload_min_rate / 1024:g} KiB/s")
-                if chunk.final:
-                    break
-                partial.size, partial.decrypt_seconds = size, decrypt_seconds
-                chunk = await self._next_chunk(request_iterator, context, deadline)
-            if not opener.finished and await dropped(context):
-                raise asyncio.CancelledError  # the connection dropped (not a half-close): parked below
-            opener.finish()
+            await receive_chunks(self, partial, chunk, request_iterator, context, started_at=started_at, counted_from=0)
         except asyncio.CancelledError:  # the connection dropped: parked if chunk 0 authenticated
             if partial is not None:
                 park(self, session, partial)
             raise
         except (UpdateRefused, StreamError) as exc:
             await self._refuse_update(context, session, exc)
-        return _ReceivedUpdate(round_number, attempt, spec, memoryview(buffer)[:size], decrypt_seconds)
+        assert partial is not None
+        return _ReceivedUpdate(
+            round_number, attempt, spec, memoryview(partial.buffer)[: partial.size], partial.decrypt_seconds
+        )
 
     def _accept_update(self, session: Session, call: int, update: _ReceivedUpdate) -> tuple[bytes, float, int, bytes]:
         """Decode and check the update, sign its receipt, and hand both to the driver, which logs
