@@ -214,6 +214,12 @@ class _ReceivedUpdate:
     decrypt_seconds: float
     call: int | None = None  # a resumed upload: the call its stream was sealed for (None: this call)
 
+    @classmethod
+    def of(cls, partial: PartialUpload, call: int | None = None) -> _ReceivedUpdate:
+        """A finished upload's plaintext: the first ``size`` bytes of its receive buffer."""
+        data = memoryview(partial.buffer)[: partial.size]
+        return cls(partial.round, partial.attempt, partial.spec, data, partial.decrypt_seconds, call)
+
 
 class FederationService:
     #: Model delivery under the task's release policy (aggregator.delivery.Delivery), when set.
@@ -808,12 +814,8 @@ class FederationService:
             resumed = await receive_resumed(
                 self, session, call, first, request_iterator, context, (UpdateRefused, StreamError)
             )
-            if isinstance(resumed, pb.Sealed):
-                return resumed  # where to resume
-            data = memoryview(resumed.buffer)[: resumed.size]
-            return _ReceivedUpdate(
-                resumed.round, resumed.attempt, resumed.spec, data, resumed.decrypt_seconds, resumed.call
-            )
+            # where to resume, or the whole upload (sealed for its first call)
+            return resumed if isinstance(resumed, pb.Sealed) else _ReceivedUpdate.of(resumed, resumed.call)
         if first is None or not first.header:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the upload does not start with a stream header")
         assert first is not None
@@ -870,9 +872,7 @@ class FederationService:
         except (UpdateRefused, StreamError) as exc:
             await self._refuse_update(context, session, exc)
         assert partial is not None
-        return _ReceivedUpdate(
-            round_number, attempt, spec, memoryview(partial.buffer)[: partial.size], partial.decrypt_seconds
-        )
+        return _ReceivedUpdate.of(partial)
 
     def _accept_update(self, session: Session, call: int, update: _ReceivedUpdate) -> tuple[bytes, float, int, bytes]:
         """Decode and check the update, sign its receipt, and hand both to the driver, which logs
