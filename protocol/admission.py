@@ -245,7 +245,8 @@ class SiteRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     checks: dict[str, dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.platforms) - set(site_platforms()))
+        # (no platforms, no registry: DECOY_RULE is built at import, before any plug-in is loaded)
+        unknown = sorted(set(self.platforms) - set(site_platforms())) if self.platforms else []
         if unknown:
             raise ValueError(
                 f"platforms: unknown platform(s) {', '.join(unknown)}; allowed: {', '.join(site_platforms())}"

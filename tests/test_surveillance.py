@@ -156,7 +156,7 @@ def test_task_tables_are_read_and_checked(tmp_path: Path) -> None:
         TaskConfig.from_table({**table, "drift": {"norm_ratio": 0.5}}, tmp_path)
     with pytest.raises(TaskConfigError, match=r"task\.contribution"):
         TaskConfig.from_table({**table, "contribution": {"release": "always"}}, tmp_path)
-    with pytest.raises(TaskConfigError, match="evaluate = true"):
-        TaskConfig.from_table({**table, "evaluate": False, "cards": {"required": True}}, tmp_path)
+    # cards come right after admission (PublishCard), so required cards no longer need evaluate = true
+    assert TaskConfig.from_table({**table, "evaluate": False, "cards": {"required": True}}, tmp_path).cards
     with pytest.raises(TaskConfigError, match=r"task\.cards"):
         TaskConfig.from_table({**table, "cards": {"schema": [["age", "tensor"]]}}, tmp_path)

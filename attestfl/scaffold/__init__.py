@@ -185,11 +185,13 @@ def new_site(
         parse_endpoint(aggregator)
     except ValueError as exc:
         raise ScaffoldError(f"--aggregator: {exc}") from None
+    platform = aggregator_platform or _platform("")
+    if platform not in cpu_platforms():
+        raise ScaffoldError(f"--aggregator-platform: {platform!r} is not one of {', '.join(cpu_platforms())}")
     _prepare(directory, force, SITE_FILES)
     sim, sim_line = _simulated(tee, directory, simulated_dir)
     from attestfl.configtool import measurement_pin
 
-    platform = aggregator_platform or _platform("")
     table, key = measurement_pin(platform)
     roots = f"{_trusted_roots(sim)}\n" if sim is not None else ""
     _write(
@@ -244,8 +246,10 @@ def add_new_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     site.add_argument("--aggregator", default="127.0.0.1:7443", metavar="HOST:PORT", help="default 127.0.0.1:7443")
     site.add_argument(
         "--aggregator-platform",
-        choices=cpu_platforms(),
-        help="the aggregator's TEE platform, whose measurement this site pins (default sev-snp)",
+        metavar="PLATFORM",
+        # checked when the command runs, not when the parser is built: building it loads no plug-in
+        help="the aggregator's TEE platform, whose measurement this site pins: a CPU platform of "
+        "`attestfl evidence platforms` (default sev-snp)",
     )
     aggregator = sub.add_parser(
         "aggregator",
