@@ -195,9 +195,10 @@ def test_slow_site_contributes_and_a_vanished_upload_stalls_nobody(tmp_path: Any
     assert result.valid, [str(p) for p in result.problems][:5]
 
 
-def test_async_matches_sync_accuracy_in_half_the_time(tmp_path: Any) -> None:
-    """The acceptance figure of benchmarks/async.py, smaller: one site 10x slower; async reaches
-    the synchronous final accuracy (within 1 point) in at most half the wall time."""
+def test_async_matches_sync_accuracy_with_a_slow_site(tmp_path: Any) -> None:
+    """benchmarks/async.py's federations, smaller: one site 10x slower; async reaches the
+    synchronous final accuracy within 1 point. (How much sooner is the benchmark's figure, printed
+    as JSON with the load average: speed is measured there, never asserted in a test.)"""
     import importlib.util
     from pathlib import Path
 
@@ -210,9 +211,7 @@ def test_async_matches_sync_accuracy_in_half_the_time(tmp_path: Any) -> None:
     asynchronous = benchmark.run_mode("async", 5, 0.1, tmp_path / "async")
     target = sync["curve"][-1][2] - 0.01
     assert asynchronous["curve"][-1][2] >= target
-    sync_time, async_time = benchmark.time_to(sync["curve"], target), benchmark.time_to(asynchronous["curve"], target)
-    assert sync_time is not None and async_time is not None
-    assert async_time <= 0.5 * sync_time
+    assert benchmark.time_to(asynchronous["curve"], target) is not None
 
 
 def test_async_versions_survive_a_restart(tmp_path: Any) -> None:
