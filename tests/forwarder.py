@@ -1,6 +1,8 @@
 """A TCP forwarder on loopback for the tests: every accepted connection is connected to the
 aggregator (from ``source``, another loopback address, if given) and bytes are pumped both ways;
-with ``record`` it keeps every byte it relays, both directions (what a network observer sees)."""
+with ``record`` it keeps every byte it relays, both directions (what a network observer sees).
+A subclass decides what happens to each piece of data in :meth:`Forwarder.passes` (e.g. cut the
+connection: tests/test_resume.py)."""
 
 from __future__ import annotations
 
@@ -31,15 +33,26 @@ class Forwarder:
                 return
             source_address = (self.source, 0) if self.source else None
             upstream = socket.create_connection(("127.0.0.1", self.target_port), source_address=source_address)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            pair = (client, upstream)
+            for a, b, direction in ((client, upstream, "up"), (upstream, client, "down")):
+                threading.Thread(target=self._pump, args=(a, b, direction, pair), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def passes(self, direction: str, data: bytes) -> bool:
+        """Whether ``data`` going ``direction`` ("up": to the aggregator, "down": back) is relayed;
+        False drops the connection (both sockets, reset)."""
+        return True
+
+    def _pump(self, source: socket.socket, sink: socket.socket, direction: str, pair: tuple) -> None:
         try:
             while data := source.recv(65536):
                 if self.record:
                     with self.lock:
                         self.seen += data
+                if not self.passes(direction, data):
+                    for s in pair:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                        s.close()
+                    return
                 sink.sendall(data)
         except OSError:
             pass

@@ -20,6 +20,7 @@ from auditor.verify import verify_log
 from federation import Aggregator, Deployment, run_aggregator
 from fedsite.client import SiteClient
 from fedsite.resume import SentStream, _where, resume_upload
+from forwarder import Forwarder
 from protocol.resume import resume_token
 from protocol.streams import TAG_BYTES, StreamHeader
 from protocol.tensors import ModelSpec, encode_tensors
@@ -36,70 +37,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class CuttingProxy:
+class CuttingProxy(Forwarder):
     """A TCP proxy to the aggregator that, once armed, drops the connection (both sockets) after
     ``after`` more bytes went one way ("up": site -> aggregator, "down": aggregator -> site)."""
 
     def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.lock = threading.Lock()
         self.armed: dict[str, int] = {}
         self.cuts = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        super().__init__(target_port)
 
     def arm(self, direction: str, after: int) -> None:
         with self.lock:
             self.armed = {direction: after}
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            pair = (client, upstream)
-            threading.Thread(target=self._pump, args=(client, upstream, "up", pair), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, "down", pair), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, direction: str, pair: tuple) -> None:
-        try:
-            while data := source.recv(65536):
-                with self.lock:
-                    left = self.armed.get(direction)
-                    if left is not None:
-                        if len(data) >= left:
-                            self.armed = {}
-                            self.cuts += 1
-                            cut = True
-                        else:
-                            self.armed[direction] = left - len(data)
-                            cut = False
-                    else:
-                        cut = False
-                if cut:
-                    for s in pair:
-                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                        s.close()
-                    return
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
+    def passes(self, direction: str, data: bytes) -> bool:
+        with self.lock:
+            left = self.armed.get(direction)
+            if left is None:
+                return True
+            if len(data) >= left:
+                self.armed = {}
+                self.cuts += 1
+                return False
+            self.armed[direction] = left - len(data)
+            return True
 
 
 @pytest.fixture(scope="module")
