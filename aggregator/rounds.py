@@ -69,6 +69,7 @@ from aggregator.delivery import ReleasePolicy, read_release
 from aggregator.service import EventSink, LogEvents, Task, UpdateRefused
 from aggregator.strategies import (
     MAX_SITES,
+    Aggregate,
     CentralDp,
     Clipped,
     Privacy,
@@ -680,7 +681,7 @@ class RoundDriver:
             )
             # The (wrapped) strategy aggregates and accounts for privacy; the driver commits.
             aggregate = closing.aggregation.close(Privacy(closing.dp_rounds))
-            vector = (closing.global_vector + aggregate.delta).astype(np.float32)
+            vector = self.next_vector(closing, aggregate)
             elapsed = time.perf_counter() - started
             model = self._encode(vector)
             digest = hashlib.sha256(model).hexdigest()
@@ -698,6 +699,13 @@ class RoundDriver:
                 if self._closing is closing:  # not committed
                     self._fault = f"round {closing.round} could not be committed: {type(exc).__name__}"
             raise
+
+    def next_vector(self, closing: _Closing, aggregate: Aggregate) -> np.ndarray:
+        """The next round's model (1-D float32) from the closed round and its aggregate: the
+        global model plus the aggregated delta. Runs without the round lock. A subclass may
+        replace it (a leaf of a hierarchical federation forwards the aggregate to its parent and
+        returns the parent's next model); ``closing.participants`` holds each update's weight."""
+        return (closing.global_vector + aggregate.delta).astype(np.float32)
 
     def _commit_round(
         self,
