@@ -13,6 +13,9 @@ aggregator.toml::
     log_dir = "audit-log"              # the tamper-evident event log
     state_dir = "state"                # sealed checkpoints
     stall_timeout = "30s"              # an upload that sends nothing for this long is aborted
+    upload_memory_bytes = 67108864     # an upload up to this size is received in memory; a larger
+                                       # one is sealed to disk in blocks as it arrives (spool_dir)
+    spool_dir = "spool"                # where spooled uploads go (unset: the system's temporary directory)
 
     [admission]  -> protocol.admission      [task] -> aggregator.rounds
 
@@ -67,6 +70,10 @@ class AggregatorTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     log_dir: PathText = "audit-log"
     state_dir: PathText = "state"
     stall_timeout: Duration = 30
+    upload_memory_bytes: Annotated[
+        int, Meta(ge=1024 * 1024, le=1 << 40, description="an upload up to this size is received in memory")
+    ] = 64 * 1024 * 1024
+    spool_dir: PathText | None = None
 
 
 _TABLES = ("aggregator", "admission", "task")
@@ -86,6 +93,8 @@ class AggregatorConfig:
     stall_timeout: float
     admission: AdmissionPolicy
     task: TaskConfig
+    upload_memory_bytes: int = 64 * 1024 * 1024
+    spool_dir: Path | None = None  # None: the system's temporary directory
 
     @property
     def listen_endpoint(self) -> Endpoint:
@@ -149,6 +158,8 @@ class AggregatorConfig:
                 stall_timeout=stall,
                 admission=admission,
                 task=task,
+                upload_memory_bytes=section.upload_memory_bytes,
+                spool_dir=base / section.spool_dir if section.spool_dir is not None else None,
             )
         except (PolicyError, ValueError) as exc:  # ConfigError, TaskConfigError, PolicyError
             raise ConfigError(f"{path}: {exc}") from None

@@ -55,6 +55,9 @@ class Limits:
     #: at most this many bytes of receive buffers (the oldest is dropped first), one per session.
     parked_uploads: int = 16
     parked_upload_bytes: int = 8 * 1024**3
+    #: An upload up to this size is received in memory; a larger one is sealed to disk in blocks as
+    #: it arrives (aggregator/spool.py): the memory an upload holds is bounded whatever the model's size.
+    upload_memory_bytes: int = 64 * 1024**2
     refusal_log_rate_per_ip: float = 5.0
     refusal_log_burst_per_ip: int = 20
 

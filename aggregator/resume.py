@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from aggregator.spool import UpdateSpool
 from protocol.formulas import ProtocolError
 from protocol.resume import MAX_RESUMES, check_resume_token
 from protocol.streams import TAG_BYTES, StreamError, StreamHeader, StreamOpener
@@ -51,12 +52,16 @@ class PartialUpload:
     call: int  # the call the stream was sealed for (its receipt names it)
     spec: ModelSpec
     opener: StreamOpener
-    buffer: bytearray
-    size: int
+    spool: UpdateSpool  # what arrived, in memory or sealed on disk (aggregator/spool.py)
     decrypt_seconds: float
     deadline: float  # monotonic: the upload's overall limit (Limits.upload_timeout from its start)
     resumes: int = 0
     expires: float = 0.0
+
+    @property
+    def size(self) -> int:
+        """Plaintext bytes received so far."""
+        return self.spool.size
 
 
 class Resumes:
@@ -75,19 +80,20 @@ class Resumes:
 
     @property
     def parked_bytes(self) -> int:
-        return sum(len(p.buffer) for p in self._parked.values())
+        return sum(p.spool.size for p in self._parked.values())
 
     def park(self, partial: PartialUpload) -> bool:
         """Keep ``partial`` for ``retention`` seconds (replacing this session's previous one);
         False when it may not be kept (too many resumes, or larger than the whole budget)."""
         self.expire()
         self._parked.pop(partial.session_id, None)
-        if partial.resumes >= MAX_RESUMES or len(partial.buffer) > self.max_parked_bytes or self.max_parked <= 0:
+        if partial.resumes >= MAX_RESUMES or partial.size > self.max_parked_bytes or self.max_parked <= 0:
+            partial.spool.close()
             return False
         while self._parked and (
-            len(self._parked) >= self.max_parked or self.parked_bytes + len(partial.buffer) > self.max_parked_bytes
+            len(self._parked) >= self.max_parked or self.parked_bytes + partial.size > self.max_parked_bytes
         ):
-            self._parked.popitem(last=False)
+            self._parked.popitem(last=False)[1].spool.close()
         partial.expires = time.monotonic() + self.retention
         self._parked[partial.session_id] = partial
         try:  # its memory is released when the retention passes, resumed or not
@@ -108,12 +114,14 @@ class Resumes:
         return partial
 
     def drop(self, session_id: bytes) -> None:
-        self._parked.pop(session_id, None)
+        partial = self._parked.pop(session_id, None)
+        if partial is not None:
+            partial.spool.close()
 
     def expire(self) -> None:
         now = time.monotonic()
         for key in [k for k, p in self._parked.items() if p.expires <= now or p.deadline <= now]:
-            del self._parked[key]
+            self._parked.pop(key).spool.close()
 
     # --- downloads ----------------------------------------------------------------------------
 
@@ -150,8 +158,8 @@ async def receive_chunks(
     started_at: float,
     counted_from: int,
 ) -> None:
-    """Authenticate and decrypt ``chunk`` and the stream's next chunks into ``partial``'s buffer, in
-    place, through the final one. Refuses (StreamError) an empty chunk that is not the final one
+    """Authenticate and decrypt ``chunk`` and the stream's next chunks into ``partial``'s spool
+    through the final one. Refuses (StreamError) an empty chunk that is not the final one
     and an upload slower than the minimum rate (its bytes from ``counted_from`` on, since
     ``started_at``); raises CancelledError when the connection dropped before the final chunk (the
     caller parks the upload). Every upload, first or resumed, reads its chunks here."""
@@ -161,9 +169,7 @@ async def receive_chunks(
         if not chunk.final and len(chunk.ciphertext) <= TAG_BYTES:
             raise StreamError("an empty chunk that is not the final one")
         started = time.perf_counter()
-        partial.size += partial.opener.open_into(
-            chunk.index, chunk.ciphertext, final=chunk.final, buffer=partial.buffer, offset=partial.size
-        )
+        partial.spool.receive(partial.opener, chunk.index, chunk.ciphertext, final=chunk.final)
         partial.decrypt_seconds += time.perf_counter() - started
         elapsed = time.monotonic() - started_at
         if elapsed > limits.upload_rate_grace and (partial.size - counted_from) / elapsed < limits.upload_min_rate:

@@ -67,6 +67,7 @@ from msgspec import Meta
 from aggregator.cards import CardPolicy, CardRegistry, CardsConfigError, read_cards
 from aggregator.delivery import ReleasePolicy, read_release
 from aggregator.service import EventSink, LogEvents, Task, UpdateRefused
+from aggregator.spool import is_streamed
 from aggregator.strategies import (
     MAX_SITES,
     Aggregate,
@@ -447,6 +448,9 @@ class RoundDriver:
     (:meth:`accept_update`, :meth:`close_if_complete`, :meth:`tick`, :meth:`report_metrics`) on
     executor threads."""
 
+    #: The service hands uploads as :class:`aggregator.spool.StreamedUpdate` (read piece by piece).
+    accepts_streamed = True
+
     def __init__(
         self,
         config: TaskConfig,
@@ -580,15 +584,32 @@ class RoundDriver:
         receipt: dict[str, Any],
     ) -> None:
         """Log the update's receipt (durably), then add the update to the round: if the log
-        refuses, nothing is applied and the error propagates (no receipt is sent)."""
-        vector = flatten(update, self.spec)
+        refuses, nothing is applied and the error propagates (no receipt is sent).
+
+        ``update``: the tensors, or a :class:`aggregator.spool.StreamedUpdate` (checked already),
+        read back piece by piece into the aggregate. An error while it is applied (a spooled
+        block altered on disk) leaves the round half-applied: the driver then refuses everything
+        and the round is never committed (the aggregator stops; a restart resumes from the last
+        checkpoint)."""
+        streamed = is_streamed(update)
+        vector = None if streamed else flatten(update, self.spec)
         with self._lock:
             self._check_upload(site_id, round_number, attempt, self.round, self.attempt, self.finished)
             self.events.record("update_accepted", **receipt)
-            if self.surveillance.observe(site_id, vector, weight):  # held until the round closes (quarantine)
-                self._received[site_id] = {"weight": weight, "update_sha256": digest.hex()}
-                return
-            facts = self._aggregation.add(vector, weight, len(self._received)) or {}
+            try:
+                # held until the round closes (quarantine)
+                if self.surveillance.observe(site_id, update if vector is None else vector, weight):
+                    self._received[site_id] = {"weight": weight, "update_sha256": digest.hex()}
+                    return
+                site = len(self._received)
+                if vector is None:
+                    facts = self._aggregation.add_pieces(update, weight, site) or {}
+                else:
+                    facts = self._aggregation.add(vector, weight, site) or {}
+            except BaseException as exc:
+                if streamed:
+                    self._fault = f"update of site {site_id!r} could not be applied: {type(exc).__name__}"
+                raise
             self._received[site_id] = {"weight": weight, "update_sha256": digest.hex(), **facts}
 
     def close_if_complete(self) -> None:

@@ -25,6 +25,7 @@ from aggregator.audit.events import AuditLog
 from aggregator.checkpoint import Checkpoint, load_checkpoint, now_iso, prepare_checkpoint
 from aggregator.config import AggregatorConfig
 from aggregator.delivery import start_delivery
+from aggregator.gate import Limits
 from aggregator.rounds import RoundDriver, make_driver
 from aggregator.service import SERVER_OPTIONS, EventSink, FederationService, LogEvents, handlers
 from enclave.attester import Attester, GpuAttester, open_attester
@@ -252,7 +253,11 @@ async def _start(
         events=events,
         stall_timeout=config.stall_timeout,
         tree_head=TreeHeads(audit) if audit is not None else None,
+        limits=Limits(upload_memory_bytes=config.upload_memory_bytes),
     )
+    service.spool_dir = config.spool_dir
+    if config.spool_dir is not None:
+        config.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     service.sessions = sessions
     from aggregator import card_calls  # dataset cards: PublishCard, ListCards
 

@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -34,6 +35,7 @@ import numpy as np
 from aggregator.challenges import ChallengeStore
 from aggregator.gate import Gate, Limits, Ticket, peer_address
 from aggregator.resume import PartialUpload, Resumes, park, receive_chunks, receive_resumed
+from aggregator.spool import StreamedUpdate, UpdateSpool
 from attestation.binding import check_nonce
 from attestation.bundle_abi import encode_bundle
 from attestation.errors import EXIT_FAULT, EXIT_REFUSED, AttestationError, AttestflError
@@ -43,7 +45,6 @@ from attestation.platforms.base import NEUTRAL_CLAIMS
 from enclave.attester import Attester, GpuAttester, make_bundle
 from enclave.keys import EnclaveKeyError, EnclaveKeys
 from protocol.admission import AdmissionPolicy, IdentityProof, SiteAppraisal, appraise_site, valid_site_id
-from protocol.compression import decode_update
 from protocol.credential import issue_credential
 from protocol.formulas import (
     CALL_HEADER,
@@ -205,25 +206,26 @@ def _is_fault(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class _ReceivedUpdate:
-    """An upload's plaintext (a view of the receive buffer) and what its stream was sealed for."""
+    """An upload's plaintext (its spool, aggregator/spool.py) and what its stream was sealed for."""
 
     round: int
     attempt: int
     spec: ModelSpec
-    data: memoryview
+    spool: UpdateSpool
     decrypt_seconds: float
     call: int | None = None  # a resumed upload: the call its stream was sealed for (None: this call)
 
     @classmethod
     def of(cls, partial: PartialUpload, call: int | None = None) -> _ReceivedUpdate:
-        """A finished upload's plaintext: the first ``size`` bytes of its receive buffer."""
-        data = memoryview(partial.buffer)[: partial.size]
-        return cls(partial.round, partial.attempt, partial.spec, data, partial.decrypt_seconds, call)
+        """A finished upload."""
+        return cls(partial.round, partial.attempt, partial.spec, partial.spool, partial.decrypt_seconds, call)
 
 
 class FederationService:
     #: Model delivery under the task's release policy (aggregator.delivery.Delivery), when set.
     delivery: Any = None
+    #: Where uploads larger than ``Limits.upload_memory_bytes`` are sealed to disk (None: the temp dir).
+    spool_dir: Path | None = None
 
     def __init__(
         self,
@@ -778,8 +780,11 @@ class FederationService:
             digest, weight, accepted_ms, signature = await asyncio.get_running_loop().run_in_executor(
                 None, self._accept_update, session, call, update
             )
-        except (UpdateRefused, UpdateFormatError) as exc:
+        except (UpdateRefused, UpdateFormatError, StreamError) as exc:
             await self._refuse_update(context, session, exc)
+        except Exception as exc:  # noqa: BLE001 - logged but not applied whole: stop, never commit half
+            self.fail_stop(f"applying an accepted update: {_short(str(exc), 200)}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the aggregator stopped: an accepted update failed")
         self.counters.updates += 1
         head_bytes, _proof = self.tree_head(0)
         # Aggregation (and sealing the checkpoint) runs after the receipt is sent: a site does
@@ -845,11 +850,12 @@ class FederationService:
                 raise StreamError("an empty chunk that is not the final one")
             self.counters.bytes_in += len(first.ciphertext)
             self.driver.check_upload(session.site_id, round_number, attempt)
-            # One buffer of the largest valid update, decrypted into in place (no copies per chunk).
-            buffer = bytearray(spec.max_update_bytes)
-            if len(head) > len(buffer):
-                raise StreamError(f"stream is larger than the {spec.max_update_bytes} bytes allowed for it")
-            buffer[: len(head)] = head
+            # In memory up to Limits.upload_memory_bytes, beyond that sealed on disk in blocks: a
+            # bounded buffer per connection whatever the model's size (aggregator/spool.py).
+            spool = UpdateSpool(
+                spec.max_update_bytes, memory_bytes=self.limits.upload_memory_bytes, directory=self.spool_dir
+            )
+            spool.append_plaintext(head)
             partial = PartialUpload(
                 session.session_id,
                 header.stream_id,
@@ -858,8 +864,7 @@ class FederationService:
                 call,
                 spec,
                 opener,
-                buffer,
-                len(head),
+                spool,
                 decrypt_seconds,
                 deadline,
             )
@@ -875,15 +880,17 @@ class FederationService:
         return _ReceivedUpdate.of(partial)
 
     def _accept_update(self, session: Session, call: int, update: _ReceivedUpdate) -> tuple[bytes, float, int, bytes]:
-        """Decode and check the update, sign its receipt, and hand both to the driver, which logs
-        the receipt durably, then applies the update: no update is aggregated without its
-        receipt, and no receipt is sent for an update not applied. Returns (digest, weight,
-        accepted at (ms), receipt signature)."""
+        """Check the update (read once from its spool: layout, finite values, norm), sign its
+        receipt, and hand both to the driver, which logs the receipt durably, then applies the
+        update (reading it again, piece by piece): no update is aggregated without its receipt,
+        and no receipt is sent for an update not applied. Returns (digest, weight, accepted at
+        (ms), receipt signature)."""
         started = time.perf_counter()
-        tensors, metadata = decode_update(update.data, update.spec, self.driver.task().compression)
-        weight = _weight(metadata, session.max_weight)
+        digest = update.spool.finish()
+        streamed = StreamedUpdate(update.spool, update.spec, self.driver.task().compression)
+        weight = _weight(streamed.metadata, session.max_weight)
+        streamed.check()
         validate_seconds = time.perf_counter() - started
-        digest = hashlib.sha256(update.data).digest()
         accepted_ms = int(time.time() * 1000)
         message = receipt_message(
             round_number=update.round,
@@ -906,11 +913,17 @@ class FederationService:
             "session": session.session_id.hex(),
             "call": call,
             "receipt_signature": signature.hex(),
-            "bytes": len(update.data),
+            "bytes": update.spool.size,
             "decrypt_seconds": round(update.decrypt_seconds, 6),
             "validate_seconds": round(validate_seconds, 6),
         }
-        self.driver.accept_update(session.site_id, update.round, update.attempt, tensors, weight, digest, receipt)
+        try:
+            # A driver that takes the update piece by piece reads it from the spool (bounded
+            # memory); any other gets it whole.
+            accepted = streamed if getattr(self.driver, "accepts_streamed", False) else streamed.tensors()
+            self.driver.accept_update(session.site_id, update.round, update.attempt, accepted, weight, digest, receipt)
+        finally:
+            streamed.close()
         return digest, weight, accepted_ms, signature
 
     def _close_if_complete(self) -> None:

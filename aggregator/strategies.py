@@ -28,10 +28,10 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Protocol
 
 import msgspec
 import numpy as np
@@ -105,6 +105,46 @@ class RoundAggregation(abc.ABC):
         round). Only a privacy wrapper changes the privacy."""
         return Aggregate(self.result(), privacy)
 
+    def add_pieces(self, update: PieceSource, weight: float, site: int) -> Mapping[str, Any] | None:
+        """Take an update read piece by piece (:class:`aggregator.spool.StreamedUpdate`, already
+        checked finite, its ``norm`` known). By default the pieces are put together and handed to
+        :meth:`add`; a rule that folds updates in as they come (the weighted mean) takes the
+        pieces themselves, so the round never holds a whole update."""
+        return self.add(update.vector(), weight, site)
+
+
+class PieceSource(Protocol):
+    """An update as float32 pieces (flat offset, values) in model order, and its L2 norm."""
+
+    @property
+    def norm(self) -> float: ...
+
+    def pieces(self) -> Iterator[tuple[int, np.ndarray]]: ...
+
+    def vector(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class _ScaledPieces:
+    """``update`` times ``factor``, piece by piece (a clipped update, never materialised)."""
+
+    update: PieceSource
+    factor: float
+
+    @property
+    def norm(self) -> float:
+        return self.update.norm * self.factor
+
+    def pieces(self) -> Iterator[tuple[int, np.ndarray]]:
+        factor = np.float32(self.factor)
+        for offset, piece in self.update.pieces():
+            yield offset, piece * factor
+
+    def vector(self) -> np.ndarray:
+        vector = self.update.vector()
+        vector *= np.float32(self.factor)
+        return vector
+
 
 class StreamingMean(RoundAggregation):
     """Weighted mean, each update folded into a :class:`native.Accumulator` as it arrives."""
@@ -115,6 +155,11 @@ class StreamingMean(RoundAggregation):
 
     def add(self, update: np.ndarray, weight: float, site: int) -> None:
         self._accumulator.add(update, weight, site=site)
+        self._count += 1
+
+    def add_pieces(self, update: PieceSource, weight: float, site: int) -> None:
+        for offset, piece in update.pieces():
+            self._accumulator.add(piece, weight, offset, site=site)
         self._count += 1
 
     def result(self) -> np.ndarray:
@@ -397,6 +442,12 @@ class _ClippedRound(RoundAggregation):
         norm = native.clip_by_l2(update, self.clip_norm, site=site)
         facts = self.inner.add(update, weight if self.weight is None else self.weight, site) or {}
         return {**facts, "norm_before_clip": norm}  # the outermost clip saw the update as sent
+
+    def add_pieces(self, update: PieceSource, weight: float, site: int) -> Mapping[str, Any]:
+        norm = update.norm  # as clip_by_l2 scales: by max_norm / norm (float64) when over the bound
+        scaled = _ScaledPieces(update, self.clip_norm / norm) if norm > self.clip_norm else update
+        facts = self.inner.add_pieces(scaled, weight if self.weight is None else self.weight, site) or {}
+        return {**facts, "norm_before_clip": norm}
 
     def result(self) -> np.ndarray:
         return self.inner.result()

@@ -233,17 +233,21 @@ class Surveillance:
             coordinates = contribution.sample_coordinates(self.size, self._sample(), self._rng)
             self._round = _Round(round_number, attempt, coordinates)
 
-    def observe(self, site: str, vector: np.ndarray, weight: float) -> bool:
+    def observe(self, site: str, vector: Any, weight: float) -> bool:
         """Keep an accepted update's statistics; True when the update is held until the round
         closes (quarantine on) instead of being aggregated now."""
         current = self._round
         if current is None:
             return False
-        current.norms[site] = float(np.linalg.norm(vector))
+        if isinstance(vector, np.ndarray):
+            current.norms[site] = float(np.linalg.norm(vector))
+            current.samples[site] = np.asarray(vector[current.coordinates], dtype=np.float64)
+        else:  # an update read piece by piece (aggregator/spool.py): its norm is known, its sample read
+            current.norms[site] = float(vector.norm)
+            current.samples[site] = vector.gather(current.coordinates)
         current.weights[site] = float(weight)
-        current.samples[site] = np.asarray(vector[current.coordinates], dtype=np.float64)
         if self.drift is not None and self.drift.quarantine:
-            current.held[site] = vector
+            current.held[site] = vector if isinstance(vector, np.ndarray) else vector.vector()
             return True
         return False
 

@@ -29,7 +29,8 @@ over rounds.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -52,7 +53,7 @@ MODES: Final = {FLOAT32: 4, FLOAT16: 2, BFLOAT16: 2, INT8: 1}
 #: Values per int8 scale.
 INT8_BLOCK: Final = 256
 SCALES_SUFFIX: Final = "::scales"
-_SAFETENSORS_DTYPE = {FLOAT16: "F16", BFLOAT16: "BF16", INT8: "I8"}
+_SAFETENSORS_DTYPE = {FLOAT32: "F32", FLOAT16: "F16", BFLOAT16: "BF16", INT8: "I8"}
 _LENGTH_BYTES = 8
 _F16_MAX = float(np.finfo(np.float16).max)
 
@@ -237,25 +238,50 @@ def _expected(spec: ModelSpec, mode: str) -> dict[str, tuple[str, tuple[int, ...
     return out
 
 
-def decode_update(
-    data: bytes | bytearray | memoryview, spec: ModelSpec, mode: str
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """An update sent in the task's ``mode``, as float32 tensors in spec order (and its metadata).
-    float32 is :func:`protocol.tensors.decode_tensors` itself."""
+@dataclass(frozen=True)
+class TensorLayout:
+    """Where one tensor of an update lies: its values in the flat float32 vector (spec order) and
+    its bytes in the update's body."""
+
+    name: str
+    offset: int  # index of its first value in the flat vector
+    size: int  # values
+    values: tuple[int, int]  # byte span of its values in the body
+    scales: tuple[int, int] | None  # int8: byte span of its scales in the body
+
+
+@dataclass(frozen=True)
+class UpdateLayout:
+    """An update's checked safetensors header: the mode, its metadata and each tensor's place."""
+
+    mode: str
+    metadata: dict[str, str]
+    body_start: int  # the length prefix and the header
+    total: int  # the update's bytes
+    tensors: tuple[TensorLayout, ...]
+
+
+def read_layout(head: bytes | bytearray | memoryview, total: int, spec: ModelSpec, mode: str) -> UpdateLayout:
+    """Check an update's header against ``spec`` and the task's ``mode`` before any of its values
+    is read. ``head``: the update's first bytes (at least its header; the whole update will do);
+    ``total``: the update's length. Raises :class:`~protocol.tensors.UpdateFormatError`."""
     check_mode(mode)
-    if mode == FLOAT32:
-        return decode_tensors(data, spec)
-    if len(data) > spec.max_update_bytes:
-        raise UpdateFormatError(f"update of {len(data)} bytes is larger than the model spec allows")
-    length = header_length(data)
+    if total > spec.max_update_bytes:
+        raise UpdateFormatError(
+            f"update of {total} bytes is larger than the model spec allows ({spec.max_update_bytes})"
+        )
+    length = header_length(head)
     end = _LENGTH_BYTES + length
-    if len(data) < end:
-        raise UpdateFormatError("update is truncated inside its safetensors header")
-    header = parse_header(bytes(data[_LENGTH_BYTES:end]))
+    if len(head) < end or total < end:
+        raise UpdateFormatError(
+            f"update is truncated inside its safetensors header ({length} bytes announced, "
+            f"{min(len(head), total) - _LENGTH_BYTES} present)"
+        )
+    header = parse_header(bytes(head[_LENGTH_BYTES:end]))
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise UpdateFormatError("safetensors __metadata__ must map strings to strings")
-    if metadata.get("compression") != mode:
+    if metadata.get("compression", FLOAT32 if mode == FLOAT32 else None) != mode:
         raise UpdateFormatError(
             f"the update is compressed as {str(metadata.get('compression', 'float32'))[:16]!r}, "
             f"the task asks for {mode!r}"
@@ -267,7 +293,7 @@ def decode_update(
         missing = sorted(set(expected) - set(header))[:4]
         extra = sorted(set(header) - set(expected))[:4]
         raise UpdateFormatError(f"update tensors differ from the model spec: missing {missing}, unexpected {extra}")
-    spans: list[tuple[int, int, str]] = []
+    spans: dict[str, tuple[int, int]] = {}
     for name, (dtype, shape, size) in expected.items():
         entry = header[name]
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
@@ -276,7 +302,11 @@ def decode_update(
         if entry["dtype"] != dtype or entry["shape"] != list(shape):
             raise UpdateFormatError(
                 f"tensor {name[:64]!r} is {str(entry['dtype'])[:8]}{str(entry['shape'])[:64]}, "
-                f"expected {dtype}{list(shape)} for {mode}"
+                + (
+                    f"the model spec says {dtype}{list(shape)}"
+                    if mode == FLOAT32
+                    else f"expected {dtype}{list(shape)} for {mode}"
+                )
             )
         if (
             not isinstance(offsets, list)
@@ -285,35 +315,89 @@ def decode_update(
             or offsets[1] - offsets[0] != size
         ):
             raise UpdateFormatError(f"tensor {name[:64]!r}: data_offsets do not fit its shape")
-        spans.append((offsets[0], offsets[1], name))
+        spans[name] = (offsets[0], offsets[1])
     position = 0
-    for begin, stop, name in sorted(spans):
+    for (begin, stop), name in sorted((span, name) for name, span in spans.items()):
         if begin != position:
             raise UpdateFormatError(f"tensor {name[:64]!r}: data_offsets overlap or leave a gap")
         position = stop
-    if len(data) - end != position:
-        raise UpdateFormatError(f"update carries {len(data) - end} data bytes, its header describes {position}")
-    body = memoryview(data)[end:]
-    numpy_dtype = {FLOAT16: "<f2", BFLOAT16: "<u2", INT8: "i1"}[mode]
-    tensors: dict[str, np.ndarray] = {}
+    if total - end != position:
+        raise UpdateFormatError(f"update carries {total - end} data bytes, its header describes {position}")
+    tensors = []
+    offset = 0
     for tensor in spec.tensors:
-        begin, stop = header[tensor.name]["data_offsets"]
-        parts: tuple[np.ndarray, ...] = (np.frombuffer(body[begin:stop], dtype=numpy_dtype),)
-        if mode == INT8:
-            sb, ss = header[tensor.name + SCALES_SUFFIX]["data_offsets"]
-            scales = np.frombuffer(body[sb:ss], dtype="<f4")
+        scales = spans[tensor.name + SCALES_SUFFIX] if mode == INT8 else None
+        tensors.append(TensorLayout(tensor.name, offset, tensor.size, spans[tensor.name], scales))
+        offset += tensor.size
+    return UpdateLayout(mode, dict(metadata), end, total, tuple(tensors))
+
+
+#: Values per piece read by :func:`iter_pieces` (a multiple of the int8 block).
+PIECE_VALUES: Final = 1 << 20
+
+
+def iter_pieces(
+    layout: UpdateLayout, read: Callable[[int, int], bytes | bytearray | memoryview], max_values: int = PIECE_VALUES
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The update's values as float32 pieces ``(flat offset, values)`` of at most ``max_values``,
+    in spec order, each checked finite before it is yielded; ``read(offset, length)`` returns the
+    update's bytes there. Memory: one piece (and one tensor's int8 scales) at a time."""
+    step = max(INT8_BLOCK, max_values // INT8_BLOCK * INT8_BLOCK)
+    width = MODES[layout.mode]
+    for tensor in layout.tensors:
+        scales: np.ndarray | None = None
+        if tensor.scales is not None:
+            begin, stop = tensor.scales
+            scales = np.frombuffer(read(layout.body_start + begin, stop - begin), dtype="<f4")
             if not np.isfinite(scales).all() or (scales < 0).any():
                 raise UpdateFormatError(f"tensor {tensor.name[:64]!r}: int8 scales must be finite and >= 0")
-            if (parts[0] == -128).any():
-                raise UpdateFormatError(f"tensor {tensor.name[:64]!r}: int8 value -128 (the range is -127..127)")
-            parts = (parts[0], scales)
-        array = decompress_array(parts, mode, tensor.shape)
-        if not np.isfinite(array).all():
-            raise UpdateFormatError(
-                f"tensor {tensor.name[:64]!r} has non-finite value(s) (NaN or infinity): refused before aggregation"
-            )
-        tensors[tensor.name] = array
-    return tensors, dict(metadata)
+        for start in range(0, tensor.size, step):
+            count = min(step, tensor.size - start)
+            raw = read(layout.body_start + tensor.values[0] + start * width, count * width)
+            piece = _decode_piece(raw, layout.mode, scales, start, tensor.name)
+            if not np.isfinite(piece).all():
+                raise UpdateFormatError(
+                    f"tensor {tensor.name[:64]!r} has non-finite value(s) (NaN or infinity): refused before aggregation"
+                )
+            yield tensor.offset + start, piece
+
+
+def _decode_piece(
+    raw: bytes | bytearray | memoryview, mode: str, scales: np.ndarray | None, start: int, name: str
+) -> np.ndarray:
+    """float32 values of one piece of a tensor starting at value ``start`` (int8: a block boundary)."""
+    if mode == FLOAT32:
+        return np.frombuffer(raw, dtype="<f4")
+    if mode == FLOAT16:
+        return np.frombuffer(raw, dtype="<f2").astype(np.float32)
+    if mode == BFLOAT16:
+        return from_bfloat16(np.frombuffer(raw, dtype="<u2"))
+    q = np.frombuffer(raw, dtype="i1")
+    if (q == -128).any():
+        raise UpdateFormatError(f"tensor {name[:64]!r}: int8 value -128 (the range is -127..127)")
+    assert scales is not None
+    first = start // INT8_BLOCK
+    return from_int8_blocks(q, scales[first : first + (q.size + INT8_BLOCK - 1) // INT8_BLOCK])
+
+
+def decode_update(
+    data: bytes | bytearray | memoryview, spec: ModelSpec, mode: str
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """An update sent in the task's ``mode``, as float32 tensors in spec order (and its metadata).
+    float32 is :func:`protocol.tensors.decode_tensors` itself (views of ``data``, no copy)."""
+    check_mode(mode)
+    if mode == FLOAT32:
+        return decode_tensors(data, spec)
+    layout = read_layout(data, len(data), spec, mode)
+    view = memoryview(data)
+    flat = np.empty(spec.parameter_count, np.float32)
+    for offset, piece in iter_pieces(layout, lambda begin, length: view[begin : begin + length]):
+        flat[offset : offset + piece.size] = piece
+    tensors = {
+        t.name: flat[t.offset : t.offset + t.size].reshape(s.shape)
+        for t, s in zip(layout.tensors, spec.tensors, strict=True)
+    }
+    return tensors, layout.metadata
 
 
 def update_bytes(parts: list[bytes | memoryview]) -> int:
@@ -327,14 +411,19 @@ __all__ = [
     "INT8",
     "INT8_BLOCK",
     "MODES",
+    "PIECE_VALUES",
     "CompressionError",
     "ErrorFeedback",
+    "TensorLayout",
+    "UpdateLayout",
     "check_mode",
     "compress_array",
     "decode_update",
     "decompress_array",
     "encode_update",
     "error_bound",
+    "iter_pieces",
+    "read_layout",
     "roundtrip",
     "update_bytes",
     "wire_bytes",

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from aggregator.resume import DOWNLOADS_PER_SESSION, PartialUpload, Resumes
+from aggregator.spool import UpdateSpool
 from protocol.formulas import ProtocolError
 from protocol.resume import MAX_RESUMES, check_resume_token, reseal_from, resume_token
 from protocol.streams import StreamError, StreamHeader, StreamOpener, derive_session_keys, seal_chunks
@@ -16,6 +17,13 @@ from protocol.tensors import ModelSpec, TensorSpec
 
 SESSION, KEY = os.urandom(16), os.urandom(32)
 HEADER = StreamHeader(SESSION, os.urandom(16), "update", b"c").encode()
+
+
+def _spool(size: int) -> UpdateSpool:
+    """A spool holding ``size`` bytes received (what the store's budget counts)."""
+    spool = UpdateSpool(1 << 20)
+    spool.append_plaintext(bytes(size))
+    return spool
 
 
 def partial(session: bytes, size: int, stream: bytes | None = None, resumes: int = 0) -> PartialUpload:
@@ -29,8 +37,7 @@ def partial(session: bytes, size: int, stream: bytes | None = None, resumes: int
         1,
         spec,
         opener,
-        bytearray(size),
-        0,
+        _spool(size),
         0.0,
         time.monotonic() + 3600,
         resumes,
