@@ -10,6 +10,13 @@ contributor-value state and the sites' latest dataset cards, aggregator/surveill
 aggregator/cards.py ``state()``); a version 1 checkpoint (no ``intelligence``) is still read
 (that state then starts afresh).
 
+Version 3 (written since issue 19; versions 1 and 2 are still read) streams the model instead of
+holding it twice: ``AFCK3`` || 8-byte nonce prefix || 4-byte length || the sealed CBOR of
+``{version, round, dp_rounds, created, intelligence, model_bytes, model_sha256, chunk}`` (nonce:
+prefix || 0xFFFFFFFF), then the model in sealed chunks of ``chunk`` bytes (nonce: prefix || index;
+associated data: the magic, the index and whether it is the last), so that neither writing nor
+reading holds more than the model and one chunk; a chunk moved, dropped or cut off fails.
+
 What the host can still do: delete the file (training restarts from the initial model) or put
 back an *older* sealed checkpoint (rollback). Both show in the audit log: each restart logs the
 round it resumed from and the checkpoint's digest, so a round number that goes backwards, or a
@@ -34,10 +41,16 @@ from attestation.errors import AttestflError
 from enclave.sealing import SealingKeySource
 
 MAGIC = b"AFCK1"
+MAGIC_STREAMED = b"AFCK3"
+#: Model bytes per sealed chunk of a version 3 checkpoint.
+CHUNK_BYTES = 16 * 1024 * 1024
+_HEADER_INDEX = 0xFFFFFFFF
+#: The largest model a checkpoint holds (the model itself is bounded by the task's spec).
+MAX_MODEL_BYTES = 64 * 1024**3
 FILE_NAME = "checkpoint.sealed"
 PURPOSE = b"checkpoint"
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
-VERSION = 2
+VERSION = 3
 
 
 class CheckpointError(AttestflError):
@@ -48,7 +61,7 @@ class CheckpointError(AttestflError):
 class Checkpoint:
     round: int
     dp_rounds: int
-    model: bytes
+    model: bytes | bytearray
     created: str
     #: Version 2: what federation intelligence needs to go on after a restart (None: start afresh).
     intelligence: dict[str, Any] | None = None
@@ -63,24 +76,33 @@ def prepare_checkpoint(state_dir: Path, sealing: SealingKeySource, checkpoint: C
     function that puts it in place (an atomic rename, then the directory fsync). Between the two
     the caller logs what the checkpoint commits; if that fails the old checkpoint stays."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    body = cbor2.dumps(
+    model = memoryview(checkpoint.model).cast("B")
+    aead = AESGCM(sealing.key(PURPOSE))
+    prefix = os.urandom(8)
+    header = cbor2.dumps(
         {
             "version": VERSION,
             "round": checkpoint.round,
             "dp_rounds": checkpoint.dp_rounds,
-            "model": checkpoint.model,
             "created": checkpoint.created,
             "intelligence": checkpoint.intelligence,
+            "model_bytes": len(model),
+            "model_sha256": hashlib.sha256(model).digest(),
+            "chunk": CHUNK_BYTES,
         },
         canonical=True,
     )
-    nonce = os.urandom(12)
-    sealed = MAGIC + nonce + AESGCM(sealing.key(PURPOSE)).encrypt(nonce, body, MAGIC)
+    sealed_header = aead.encrypt(prefix + _HEADER_INDEX.to_bytes(4, "big"), header, MAGIC_STREAMED)
     path = state_dir / FILE_NAME
     temporary = state_dir / (FILE_NAME + ".tmp")
     try:
         with open(temporary, "wb") as handle:
-            handle.write(sealed)
+            handle.write(MAGIC_STREAMED + prefix + len(sealed_header).to_bytes(4, "big") + sealed_header)
+            chunks = max(1, -(-len(model) // CHUNK_BYTES))
+            for index in range(chunks):
+                piece = model[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
+                nonce = prefix + index.to_bytes(4, "big")
+                handle.write(aead.encrypt(nonce, piece, _chunk_aad(index, index == chunks - 1)))
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:
@@ -112,6 +134,10 @@ def load_checkpoint(state_dir: Path, sealing: SealingKeySource) -> Checkpoint | 
     from attestation.errors import AttestationError
     from attestation.files import read_bounded
 
+    with open(path, "rb") as handle:
+        streamed = handle.read(len(MAGIC_STREAMED)) == MAGIC_STREAMED
+    if streamed:
+        return _load_streamed(path, sealing)
     try:
         data = read_bounded(path, MAX_CHECKPOINT_BYTES, "sealed checkpoint", CheckpointError)
     except AttestationError as exc:
@@ -122,15 +148,14 @@ def load_checkpoint(state_dir: Path, sealing: SealingKeySource) -> Checkpoint | 
     try:
         body = AESGCM(sealing.key(PURPOSE)).decrypt(nonce, data[len(MAGIC) + 12 :], MAGIC)
     except InvalidTag:
-        raise CheckpointError(
-            f"{path} cannot be unsealed: it was sealed by other code or on another platform, or it was tampered with. "
-            "Move it away to start training afresh."
-        ) from None
+        raise _unsealable(path) from None
     try:
         fields = cbor2.loads(body)
         version = fields.get("version", 1)
-        if version not in (1, VERSION):
-            raise CheckpointError(f"{path}: checkpoint version {str(version)[:20]} is not one this code reads (1, 2)")
+        if version not in (1, 2):
+            raise CheckpointError(
+                f"{path}: checkpoint version {str(version)[:20]} is not one this code reads (1, 2, 3)"
+            )
         intelligence = fields.get("intelligence") if version >= 2 else None
         if intelligence is not None and not isinstance(intelligence, dict):
             raise TypeError("intelligence is not a map")
@@ -143,6 +168,63 @@ def load_checkpoint(state_dir: Path, sealing: SealingKeySource) -> Checkpoint | 
         )
     except (KeyError, TypeError, ValueError, AttributeError, cbor2.CBORDecodeError) as exc:
         raise CheckpointError(f"{path}: malformed checkpoint contents: {exc}") from exc
+
+
+def _chunk_aad(index: int, last: bool) -> bytes:
+    return MAGIC_STREAMED + index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
+
+
+def _unsealable(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path} cannot be unsealed: it was sealed by other code or on another platform, or it was tampered with. "
+        "Move it away to start training afresh."
+    )
+
+
+def _load_streamed(path: Path, sealing: SealingKeySource) -> Checkpoint:
+    """A version 3 checkpoint, read chunk by chunk into one buffer of the model's size."""
+    aead = AESGCM(sealing.key(PURPOSE))
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        start = handle.read(len(MAGIC_STREAMED) + 12)
+        prefix, length = start[len(MAGIC_STREAMED) : len(MAGIC_STREAMED) + 8], int.from_bytes(start[-4:], "big")
+        if len(start) < len(MAGIC_STREAMED) + 12 or length > 1024 * 1024:
+            raise CheckpointError(f"{path} is not a sealed attestfl checkpoint")
+        try:
+            header = aead.decrypt(prefix + _HEADER_INDEX.to_bytes(4, "big"), handle.read(length), MAGIC_STREAMED)
+        except InvalidTag:
+            raise _unsealable(path) from None
+        try:
+            fields = cbor2.loads(header)
+            model_bytes, chunk = int(fields["model_bytes"]), int(fields["chunk"])
+            if not 0 < model_bytes <= MAX_MODEL_BYTES or not 0 < chunk <= 1 << 30:
+                raise ValueError("model or chunk size out of range")
+            chunks = -(-model_bytes // chunk)
+            if size != len(start) + length + model_bytes + 16 * chunks:
+                raise ValueError(f"the file has {size} bytes, its header describes another size (cut off or padded)")
+            model = bytearray(model_bytes)
+            for index in range(chunks):
+                piece = handle.read(min(chunk, model_bytes - index * chunk) + 16)
+                nonce = prefix + index.to_bytes(4, "big")
+                try:
+                    aead.decrypt_into(
+                        nonce,
+                        piece,
+                        _chunk_aad(index, index == chunks - 1),
+                        memoryview(model)[index * chunk : index * chunk + len(piece) - 16],
+                    )
+                except InvalidTag:
+                    raise _unsealable(path) from None
+            if hashlib.sha256(model).digest() != fields["model_sha256"]:
+                raise ValueError("the model's digest differs from the header's")
+            intelligence = fields.get("intelligence")
+            if intelligence is not None and not isinstance(intelligence, dict):
+                raise TypeError("intelligence is not a map")
+            return Checkpoint(
+                int(fields["round"]), int(fields["dp_rounds"]), model, str(fields["created"]), intelligence
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, cbor2.CBORDecodeError) as exc:
+            raise CheckpointError(f"{path}: malformed checkpoint contents: {exc}") from exc
 
 
 def now_iso() -> str:

@@ -66,7 +66,7 @@ from msgspec import Meta
 
 from aggregator.cards import CardPolicy, CardRegistry, CardsConfigError, read_cards
 from aggregator.delivery import ReleasePolicy, read_release
-from aggregator.service import EventSink, LogEvents, Task, UpdateRefused
+from aggregator.service import EventSink, FailStop, LogEvents, Task, UpdateRefused
 from aggregator.spool import is_streamed
 from aggregator.strategies import (
     MAX_SITES,
@@ -102,7 +102,15 @@ from protocol.config import (
     read_struct,
     value_repr,
 )
-from protocol.tensors import ModelSpec, UpdateFormatError, encode_tensors, flatten, load_model, unflatten
+from protocol.tensors import (
+    ModelSpec,
+    UpdateFormatError,
+    flatten,
+    load_model,
+    model_buffer,
+    model_bytes_of,
+    unflatten,
+)
 
 
 class TaskConfigError(AttestflError, ValueError):
@@ -397,6 +405,18 @@ def _read_vendors(table: dict[str, Any] | None) -> Any:
         raise TaskConfigError(str(exc)) from None
 
 
+def _in_spec_order(model: dict[str, np.ndarray], spec: ModelSpec) -> list[np.ndarray]:
+    """The model's tensors in spec order, each the spec's size (a model that does not fit is refused)."""
+    try:
+        arrays = [model[t.name] for t in spec.tensors]
+    except KeyError as exc:
+        raise UpdateFormatError(f"the model has no tensor {exc.args[0]!r} of the model spec") from None
+    for tensor, array in zip(spec.tensors, arrays, strict=True):
+        if np.size(array) != tensor.size:
+            raise UpdateFormatError(f"tensor {tensor.name!r} has {np.size(array)} values, the model spec {tensor.size}")
+    return arrays
+
+
 @dataclass
 class RoundRecord:
     """What happened in one round: the audit log and the demo's summary read these."""
@@ -469,12 +489,22 @@ class RoundDriver:
         self.events = events or LogEvents()
         self.live_sites = live_sites
         self._lock = threading.RLock()
-        self.global_vector = flatten(model if model is not None else config.initial_model, self.spec).astype(np.float32)
+        initial, self.global_vector = model_buffer(self.spec)  # the model's bytes and its flat view
+        position = 0
+        for tensor, array in zip(
+            self.spec.tensors,
+            _in_spec_order(model if model is not None else config.initial_model, self.spec),
+            strict=True,
+        ):
+            self.global_vector[position : position + tensor.size] = np.asarray(array, np.float32).reshape(-1)
+            position += tensor.size
         self.round = start_round
         self.attempt = 1
         self.finished = start_round > config.rounds
         self.history: dict[int, RoundRecord] = {}
-        self._models: dict[int, bytes] = {start_round: self._encode(self.global_vector)}
+        #: The current round's model (safetensors bytes; ``global_vector`` is a view of its data): only
+        #: the current one is kept (one model in memory, issue 19), never changed once made.
+        self._models: dict[int, bytes | bytearray] = {start_round: initial}
         self._dp_rounds = epsilon_rounds
         #: A round being aggregated off the lock; a commit that failed (the aggregator stops).
         self._closing: _Closing | None = None
@@ -501,8 +531,9 @@ class RoundDriver:
             aggregation.add(np.full(size, site, np.float32), 1.0, site)
         aggregation.result()
 
-    def _encode(self, vector: np.ndarray) -> bytes:
-        return encode_tensors(unflatten(vector, self.spec))
+    def _encode(self, vector: np.ndarray) -> bytes | bytearray:
+        """The model's bytes: no copy when ``vector`` is a :func:`model_buffer`'s view (next_vector's)."""
+        return model_bytes_of(vector, self.spec)
 
     def _begin(self) -> None:
         self._aggregation = self.strategy.begin_round(self.spec.parameter_count)
@@ -529,7 +560,7 @@ class RoundDriver:
         """The open round (a snapshot replaced whole under the lock: read without it)."""
         return self._snapshot
 
-    def model_bytes(self, round_number: int) -> bytes:
+    def model_bytes(self, round_number: int) -> bytes | bytearray:
         model = self._models.get(round_number)  # one dict lookup: atomic, no lock to wait for
         if model is None:
             raise UpdateRefused(
@@ -606,10 +637,12 @@ class RoundDriver:
                     facts = self._aggregation.add_pieces(update, weight, site) or {}
                 else:
                     facts = self._aggregation.add(vector, weight, site) or {}
-            except BaseException as exc:
-                if streamed:
-                    self._fault = f"update of site {site_id!r} could not be applied: {type(exc).__name__}"
-                raise
+            except Exception as exc:
+                if not streamed:
+                    raise
+                # Logged but not applied whole: the round must never commit; the aggregator stops.
+                self._fault = f"update of site {site_id!r} could not be applied: {type(exc).__name__}"
+                raise FailStop(f"{self._fault}: {exc}") from exc
             self._received[site_id] = {"weight": weight, "update_sha256": digest.hex(), **facts}
 
     def close_if_complete(self) -> None:
@@ -726,7 +759,9 @@ class RoundDriver:
         global model plus the aggregated delta. Runs without the round lock. A subclass may
         replace it (a leaf of a hierarchical federation forwards the aggregate to its parent and
         returns the parent's next model); ``closing.participants`` holds each update's weight."""
-        return (closing.global_vector + aggregate.delta).astype(np.float32)
+        _model, vector = model_buffer(self.spec)  # written in place: the next model's bytes
+        np.add(closing.global_vector, aggregate.delta, out=vector)
+        return vector
 
     def _commit_round(
         self,
@@ -769,9 +804,7 @@ class RoundDriver:
         self._dp_rounds = dp_rounds
         self.round = next_round
         self.attempt = 1
-        self._models[self.round] = model
-        for old in [r for r in self._models if r < self.round - 1]:
-            del self._models[old]
+        self._models = {self.round: model}  # the previous model is freed (a download under way keeps its view)
         if self.on_model is not None:
             self.on_model(self.round, model, finished)
         self.finished = finished

@@ -209,7 +209,7 @@ async def _start(
     checkpoint = load_checkpoint(config.state_dir, sealing) if sealing is not None else None
     model = None
     if checkpoint is not None:
-        model = {name: array.copy() for name, array in decode_tensors(checkpoint.model, config.task.spec)[0].items()}
+        model = decode_tensors(checkpoint.model, config.task.spec)[0]  # views: the driver copies them into its own
 
     def seal_next(next_round: int, dp_rounds: int, model: bytes) -> Callable[[], Any]:
         assert sealing is not None

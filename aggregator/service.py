@@ -782,9 +782,6 @@ class FederationService:
             )
         except (UpdateRefused, UpdateFormatError, StreamError) as exc:
             await self._refuse_update(context, session, exc)
-        except Exception as exc:  # noqa: BLE001 - logged but not applied whole: stop, never commit half
-            self.fail_stop(f"applying an accepted update: {_short(str(exc), 200)}")
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the aggregator stopped: an accepted update failed")
         self.counters.updates += 1
         head_bytes, _proof = self.tree_head(0)
         # Aggregation (and sealing the checkpoint) runs after the receipt is sent: a site does

@@ -445,20 +445,23 @@ class SiteClient:
         self.tree_head = head
 
     def download_model(self, round_number: int, spec: ModelSpec) -> dict[str, np.ndarray]:
+        """The model of a round as arrays (writable views of the one buffer it was received into)."""
         tensors, _metadata = decode_tensors(self.download_model_bytes(round_number, spec), spec)
-        return {name: array.copy() for name, array in tensors.items()}
+        return tensors
 
     def download_model_bytes(
         self, round_number: int, spec: ModelSpec, on_chunk: Callable[[int], None] | None = None
-    ) -> bytes:
+    ) -> bytearray:
         """The model of a round as the aggregator serves it (safetensors bytes, the bytes its
-        logged digest covers); ``on_chunk(plaintext bytes)`` after each chunk (progress)."""
+        logged digest covers); ``on_chunk(plaintext bytes)`` after each chunk (progress).
+        Decrypted in place into one buffer of the largest model the spec allows, cut to size:
+        the site holds the model once, whatever its size."""
         session, call, metadata = self._next_call()
         request = self._sealed(session, "DownloadModel", call, pb.DownloadRequest(round=round_number))
         chunks = self.stub.DownloadModel(request, metadata=metadata, timeout=self.timeout)
         opener: StreamOpener | None = None
-        data = bytearray()
-        header, resumes = b"", 0
+        data = bytearray(spec.max_update_bytes)
+        size, header, resumes = 0, b"", 0
         while True:
             try:
                 for chunk in chunks:
@@ -472,10 +475,12 @@ class SiteClient:
                             context=download_context(round_number, self.site_id, call),
                             max_bytes=spec.max_update_bytes,
                         )
-                    plaintext = opener.open(chunk.index, chunk.ciphertext, final=chunk.final)
-                    data += plaintext
+                    received = opener.open_into(
+                        chunk.index, chunk.ciphertext, final=chunk.final, buffer=data, offset=size
+                    )
+                    size += received
                     if on_chunk is not None:
-                        on_chunk(len(plaintext))
+                        on_chunk(received)
                 break
             except grpc.RpcError as exc:  # dropped: ask for the rest of the same stream, checked by the same opener
                 if opener is None or not dropped(exc) or resumes >= RESUME_ATTEMPTS:
@@ -490,7 +495,8 @@ class SiteClient:
         if opener is None:
             raise StreamError("the aggregator sent no model")
         opener.finish()
-        return bytes(data)
+        del data[size:]
+        return data
 
     def encode_update(self, update: dict[str, np.ndarray], weight: float) -> list[bytes | memoryview]:
         """The update's bytes in the task's compression (error feedback applied when compressed)."""

@@ -163,19 +163,50 @@ def encode_tensor_parts(
 ) -> list[bytes | memoryview]:
     """The safetensors layout as buffers to send back to back: the length-prefixed header, then
     each tensor's memory (no copy when a tensor already is contiguous little-endian float32)."""
+    blobs: list[bytes | memoryview] = []
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    for name, array in tensors.items():
+        data = np.ascontiguousarray(array, dtype=DTYPES["F32"])
+        shapes.append((name, tuple(data.shape)))
+        blobs.append(data.reshape(-1).data.cast("B"))  # the tensor's own memory, as bytes
+    return [_header(shapes, metadata), *blobs]
+
+
+def _header(tensors: list[tuple[str, tuple[int, ...]]], metadata: Mapping[str, str] | None) -> bytes:
+    """The length-prefixed safetensors header of float32 tensors laid out back to back in order."""
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     offset = 0
-    blobs: list[bytes | memoryview] = []
-    for name, array in tensors.items():
-        data = np.ascontiguousarray(array, dtype=DTYPES["F32"])
-        header[name] = {"dtype": "F32", "shape": list(data.shape), "data_offsets": [offset, offset + data.nbytes]}
-        offset += data.nbytes
-        blobs.append(data.reshape(-1).data.cast("B"))  # the tensor's own memory, as bytes
+    for name, shape in tensors:
+        nbytes = 4 * math.prod(shape)
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     raw_header = json.dumps(header, separators=(",", ":")).encode()
     raw_header += b" " * (-len(raw_header) % 8)  # align tensor data to 8 bytes, as safetensors does
-    return [_LENGTH.pack(len(raw_header)) + raw_header, *blobs]
+    return _LENGTH.pack(len(raw_header)) + raw_header
+
+
+def model_buffer(spec: ModelSpec) -> tuple[bytearray, np.ndarray]:
+    """A model's safetensors bytes, header written, and the flat float32 vector that is its data
+    section (a view: what is written into the vector is the model's bytes, no second copy).
+    The header is :func:`encode_tensors`'s for the spec's tensors in order, without metadata."""
+    header = _header([(t.name, t.shape) for t in spec.tensors], None)
+    buffer = bytearray(len(header) + 4 * spec.parameter_count)
+    buffer[: len(header)] = header
+    return buffer, np.frombuffer(buffer, dtype=DTYPES["F32"], offset=len(header))
+
+
+def model_bytes_of(vector: np.ndarray, spec: ModelSpec) -> bytes | bytearray:
+    """The safetensors bytes of a flat model vector: the buffer itself (no copy) when ``vector`` is
+    the data section of a :func:`model_buffer`, else a new encoding."""
+    base = vector.base
+    if isinstance(base, memoryview) and isinstance(base.obj, bytearray) and vector.size == spec.parameter_count:
+        buffer = base.obj
+        start = len(buffer) - 4 * spec.parameter_count
+        if start >= _LENGTH.size and vector.ctypes.data == np.frombuffer(buffer, np.uint8)[start:].ctypes.data:
+            return buffer
+    return encode_tensors(unflatten(vector, spec))
 
 
 def header_length(prefix: bytes | bytearray | memoryview) -> int:

@@ -142,3 +142,28 @@ def test_spooled_uploads_aggregate_as_uploads_held_in_memory(tmp_path: Path, tas
     if not task_extra:
         expected = sum(w * updates[s]["w"] for w, s in enumerate(updates, start=1)) / 6
         np.testing.assert_allclose(spooled["w"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_spooled_update_altered_between_check_and_apply_stops_the_round() -> None:
+    """The host alters a sealed block after the update was checked and receipted: the driver
+    stops (FailStop) with the update half-applied, and never commits that round."""
+    from aggregator.rounds import RoundDriver, TaskConfig
+    from aggregator.service import FailStop, UpdateRefused
+
+    model = {"w": np.zeros(300_000, np.float32)}
+    config = TaskConfig(initial_model=model, rounds=2, min_sites=1)
+    config.validate()
+    driver = RoundDriver(config)
+    data = b"".join(bytes(p) for p in encode_update({"w": np.ones(300_000, np.float32)}, {}, "float32"))
+    spool = _received(data, memory=100_000)
+    digest = spool.finish()
+    streamed = StreamedUpdate(spool, driver.spec, "float32")
+    streamed.check()
+    assert spool._fd is not None
+    os.pwrite(spool._fd, b"\xff", 10 * (65_536 + 16) + 3)
+    with pytest.raises(FailStop, match="could not be applied"):
+        driver.accept_update("a", 1, 1, streamed, 1.0, digest, {})
+    with pytest.raises(UpdateRefused, match="stopping"):
+        driver.check_upload("b", 1, 1)
+    driver.close_if_complete()
+    assert driver.round == 1  # nothing committed
