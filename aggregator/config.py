@@ -15,6 +15,7 @@ aggregator.toml::
     stall_timeout = "30s"              # an upload that sends nothing for this long is aborted
 
     [admission]  -> protocol.admission      [task] -> aggregator.rounds
+    [parent]     -> attestfl.hierarchy (optional: this aggregator is a leaf of a hierarchical federation)
 
 The rules every file follows (types, bounds, error lines): :mod:`protocol.config`.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -69,7 +70,7 @@ class AggregatorTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     stall_timeout: Duration = 30
 
 
-_TABLES = ("aggregator", "admission", "task")
+_TABLES = ("aggregator", "admission", "task", "parent")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class AggregatorConfig:
     stall_timeout: float
     admission: AdmissionPolicy
     task: TaskConfig
+    #: ``[parent]`` as written (read and checked by attestfl.hierarchy), or None: not a leaf.
+    parent: dict[str, Any] | None = None
 
     @property
     def listen_endpoint(self) -> Endpoint:
@@ -149,6 +152,7 @@ class AggregatorConfig:
                 stall_timeout=stall,
                 admission=admission,
                 task=task,
+                parent=data.get("parent"),
             )
         except (PolicyError, ValueError) as exc:  # ConfigError, TaskConfigError, PolicyError
             raise ConfigError(f"{path}: {exc}") from None
