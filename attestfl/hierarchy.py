@@ -406,14 +406,18 @@ def run_leaf_serve(args: argparse.Namespace, out: TextIO | None = None, err: Tex
 
 def run_leaf_enroll(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from aggregator.config import AggregatorConfig
-    from enclave.identity import enroll
+    from enclave.identity import enroll, load_identity
 
     out = out or sys.stdout
     config = AggregatorConfig.load(args.config)
     if config.parent is None:
         raise ConfigError(f"{config.path}: no [parent] table: this aggregator is not a leaf")
     parent = read_parent(config, load_policy=False)
-    identity = enroll(parent.identity, leaf_sealing(config), parent.site_id, replace=args.replace)
+    sealing = leaf_sealing(config)
+    if getattr(args, "keep", False) and parent.identity.exists():  # an init container: enrol once, then show it
+        identity = load_identity(parent.identity, sealing, parent.site_id)
+    else:
+        identity = enroll(parent.identity, sealing, parent.site_id, replace=args.replace)
     public = identity.public.hex()
     if args.json:
         print(
@@ -447,6 +451,9 @@ def add_leaf_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     enroll.add_argument("--config", required=True, metavar="FILE", help="the leaf's aggregator.toml")
     enroll.add_argument(
         "--replace", action="store_true", help="replace an enrolled key (the root must pin the new one)"
+    )
+    enroll.add_argument(
+        "--keep", action="store_true", help="if a key is already enrolled, print its public key (exit 0) instead"
     )
     enroll.add_argument("--json", action="store_true", help="print one JSON object")
     enroll.set_defaults(handler=run_leaf_enroll)
