@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from attestation.policy import Policy
 from attestfl.cli import main
 from attestfl.hierarchy import check_tree, tree_differences
 from attestfl.loopback import Aggregator
@@ -297,3 +298,35 @@ def test_serve_refuses_a_leaf_whose_root_policy_pins_no_measurement(tmp_path: Pa
     line = err.getvalue().strip()
     assert line.startswith(f"attestfl: error: {config}: [parent] policy root-policy.toml: ")
     assert "[parent] INSECURE_accept_any_aggregator" in line and len(line.splitlines()) == 1
+
+
+def test_an_auditor_checks_both_levels_together(tree: dict, tmp_path: Path) -> None:
+    from auditor.tree import verify_tree
+
+    root = tree["root"]
+    leaves = [d.directory / "audit-log" for d in tree["leaves"].values()]
+    # One policy for every log: the simulated vendor's roots (each log's own evidence pins its own code).
+    simulated = Policy(trusted_simulated_roots=frozenset(root.roots.values()))
+    result = verify_tree(root.directory / "audit-log", leaves, simulated)
+    assert result.logs_valid and result.valid, [str(p) for p in result.problems]
+    # The command line: one leaf's log missing -> the root admitted a leaf not given.
+    policy = tmp_path / "policy.toml"
+    roots = ", ".join(f'"{fp}"' for fp in root.roots.values())
+    policy.write_text(f"trusted_simulated_roots = [{roots}]\n")
+    out = io.StringIO()
+    args = ["audit", "tree", str(root.directory / "audit-log"), *map(str, leaves[:2]), "--policy", str(policy)]
+    from attestfl.cli import build_parser
+
+    parsed = build_parser().parse_args([*args, "--json"])
+    assert parsed.handler(parsed, out) == 1
+    report = json.loads(out.getvalue())
+    assert report["valid"] is False and report["problems"] == [
+        f"tree.admitted: {root.directory / 'audit-log'}: the root admitted site(s) whose leaf logs were not given: "
+        "leaf-3"
+    ]
+    out = io.StringIO()
+    parsed = build_parser().parse_args([*args[:3], *map(str, leaves), "--policy", str(policy)])
+    assert parsed.handler(parsed, out) == 0, out.getvalue()
+    # A leaf's log checked against a root it never joined.
+    other = verify_tree(leaves[0], leaves[1:], simulated)
+    assert any(p.check == "tree.parent_key" for p in other.problems)
