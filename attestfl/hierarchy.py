@@ -11,7 +11,7 @@ audit log) whose ``aggregator.toml`` has a ``[parent]`` table::
     timeout = "30s"                        # one call to the root
     connect_timeout = "10m"                # how long the start waits for the root to answer
     round_timeout = "1h"                   # how long a closed round waits for the root's next model
-    allow_not_flat = false                 # accept a [task] a tree does not preserve (see check_tree)
+    allow_not_flat = false                 # accept a [task] a tree does not preserve (docs/hierarchy.md)
     INSECURE_accept_any_aggregator = false # a root policy without a measurement pin (never in production)
 
 Its identity key toward the root is enrolled by ``attestfl leaf enroll --config aggregator.toml``

@@ -330,3 +330,24 @@ def test_an_auditor_checks_both_levels_together(tree: dict, tmp_path: Path) -> N
     # A leaf's log checked against a root it never joined.
     other = verify_tree(leaves[0], leaves[1:], simulated)
     assert any(p.check == "tree.parent_key" for p in other.problems)
+
+
+def test_config_check_reads_a_leafs_parent_table(tmp_path: Path) -> None:
+    deployment = _leaf(tmp_path, tmp_path / "sim", "leaf-x", "leaf-x", "127.0.0.1:7443")
+    (deployment.directory / "root-policy.toml").write_text(
+        'platforms = ["sev-snp"]\n[sev-snp]\nmeasurement = ["' + "ab" * 48 + '"]\n'
+    )
+    config = deployment.write()
+    out = io.StringIO()
+    from attestfl.cli import build_parser
+
+    parsed = build_parser().parse_args(["config", "check", str(config)])
+    assert parsed.handler(parsed, out) == 0
+    assert "leaf leaf-x of 127.0.0.1:7443" in out.getvalue()
+    config.write_text(config.read_text().replace('site_id = "leaf-x"', 'site_id = "leaf x"'))
+    err = io.StringIO()
+    import contextlib
+
+    with contextlib.redirect_stderr(err):
+        assert main(["config", "check", str(config)]) == 2
+    assert err.getvalue() == f"attestfl: error: {config}: [parent] site_id: 1-128 letters, digits, '-', '_' or '.'\n"
