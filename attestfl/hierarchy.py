@@ -159,6 +159,11 @@ def tree_differences(task: TaskConfig) -> list[str]:
         reasons.append(
             f"[task] strategy = {base!r}: {NOT_FLAT.get(base, 'only fedavg is known to be preserved by a tree')}"
         )
+    if task.drift is not None and task.drift.quarantine:
+        reasons.append(
+            "[task.drift] quarantine: a leaf's drift rules compare a site with its leaf's sites only, so it may "
+            "exclude other updates than the flat aggregator would"
+        )
     if task.dp is not None:
         reasons.append(
             "[task.dp]: central noise is added at every leaf (the root's model carries the noise of each leaf, "

@@ -256,10 +256,12 @@ def test_a_tree_preserves_fedavg_only_unless_the_operator_opts_in(tmp_path: Path
 
     assert tree_differences(task("")) == []
     assert tree_differences(task("clip_norm = 1.0")) == []  # per-site clipping, as the flat aggregator's
+    assert tree_differences(task("[drift]\nnorm_ratio = 3.0")) == []  # alerts only: the model is unchanged
     for extra, word in (
         ('strategy = "median"', "median"),
         ('[strategy]\nname = "trimmed_mean"\nbeta = 0.1', "trimmed"),
         ("[dp]\nclip_norm = 1.0\nnoise_multiplier = 1.0", "noise"),
+        ("[drift]\nnorm_ratio = 3.0\nquarantine = true", "quarantine"),
     ):
         config = task(extra)
         with pytest.raises(ConfigError, match="allow_not_flat") as refused:
