@@ -304,9 +304,7 @@ def render_yaml(platform: str, sources: dict[str, str], image: str) -> str:
     return header + "---\n" + body
 
 
-def rendered_files(
-    image: str = DEFAULT_IMAGE, config: Path = CONFIG, hierarchy: Path | None = None
-) -> dict[Path, str]:
+def rendered_files(image: str = DEFAULT_IMAGE, config: Path = CONFIG, hierarchy: Path | None = None) -> dict[Path, str]:
     sources = read_sources(config)
     files = {HERE / "initdata.toml": render_init_data(sources)}
     for platform in RUNTIME_CLASSES:
