@@ -46,15 +46,13 @@ def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     serve.set_defaults(handler=run_serve)
 
 
-def run_serve(
-    args: argparse.Namespace,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-    *,
-    leaf: Callable[[Any], Any] | None = None,
-) -> int:
-    """``leaf(config)``: the driver factory of an aggregator whose file has a ``[parent]`` table
-    (a leaf of a hierarchical federation; the composition root passes it: attestfl/hierarchy.py)."""
+#: ``leaf_driver(config)``: the driver factory of an aggregator whose file has a ``[parent]``
+#: table (a leaf of a hierarchical federation). The composition root sets it when it builds the
+#: console script (attestfl/hierarchy.py); without it such a file is refused.
+leaf_driver: Callable[[Any], Any] | None = None
+
+
+def run_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     ExtraNotInstalled.check("aggregator", "attestfl serve", AGGREGATOR_EXTRA_MODULES)
     from aggregator.config import AggregatorConfig
     from aggregator.server import configure_logging, serve
@@ -64,9 +62,9 @@ def run_serve(
     config = AggregatorConfig.load(args.config)
     driver_factory = None
     if config.parent is not None:
-        if leaf is None:
+        if leaf_driver is None:
             raise ConfigError(f"{config.path}: [parent]: a leaf aggregator is served by the attestfl console script")
-        driver_factory = leaf(config)
+        driver_factory = leaf_driver(config)
     configure_logging()
     status = asyncio.run(
         serve(

@@ -402,13 +402,6 @@ def leaf_factory(config: AggregatorConfig) -> Any:
 # --- commands --------------------------------------------------------------------------------
 
 
-def run_leaf_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """``attestfl serve``: as the aggregator's, with the leaf's driver when the file has [parent]."""
-    from aggregator.commands import run_serve
-
-    return run_serve(args, out, err, leaf=leaf_factory)
-
-
 def run_leaf_enroll(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from aggregator.config import AggregatorConfig
     from enclave.identity import enroll, load_identity
@@ -439,7 +432,9 @@ def run_leaf_enroll(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 def add_leaf_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``attestfl leaf enroll``; ``attestfl serve`` of a file with a ``[parent]`` table serves a leaf."""
-    subparsers.choices["serve"].set_defaults(handler=run_leaf_serve)
+    import aggregator.commands
+
+    aggregator.commands.leaf_driver = leaf_factory  # `attestfl serve` of a file with [parent]
     leaf = subparsers.add_parser(
         "leaf",
         help="a leaf aggregator of a hierarchical federation (docs/hierarchy.md)",
