@@ -293,6 +293,7 @@ class ParentLink:
         client = self.client
         deadline = time.monotonic() + self.parent.round_timeout
         uploaded: int | None = None
+        forwarded = False  # the root holds this round's partial aggregate (False: it moved on without it)
         while True:
             if time.monotonic() > deadline:
                 raise LeafError(
@@ -320,9 +321,9 @@ class ParentLink:
                     except grpc.RpcError as exc:
                         if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                             raise
-                        uploaded = task.attempt  # an earlier try of this attempt got through
+                        uploaded, forwarded = task.attempt, True  # an earlier try of this attempt got through
                         continue
-                    uploaded = task.attempt
+                    uploaded, forwarded = task.attempt, True
                     self.events.record(
                         "parent_forward",
                         round=round_number,
@@ -358,6 +359,7 @@ class ParentLink:
             parent=self.parent.aggregator,
             model_sha256=_digest(data),
             finished=bool(task.finished),
+            forwarded=forwarded,
         )
         return data
 

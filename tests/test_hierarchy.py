@@ -83,8 +83,8 @@ def _enroll(deployment: Deployment) -> str:
     return json.loads(out.getvalue())["identity_public"]
 
 
-def _serve(deployment: Deployment, target: str, root: Deployment) -> subprocess.Popen:
-    (deployment.directory / "root-policy.toml").write_text(_root_policy(root))
+def _serve(deployment: Deployment, target: str, root: Deployment, policy: str | None = None) -> subprocess.Popen:
+    (deployment.directory / "root-policy.toml").write_text(policy or _root_policy(root))
     config = deployment.write()
     stderr = (deployment.directory / "aggregator.stderr").open("wb")
     return subprocess.Popen(
@@ -125,17 +125,22 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # An impostor: a leaf enrolled under leaf-2's name with its own key, which the root does not pin.
     impostor = _leaf(base, sim, "impostor", "leaf-2", "127.0.0.1:1")
     _enroll(impostor)
+    # A misled leaf: its policy for the root pins another measurement; it must send the root nothing.
+    misled = _leaf(base, sim, "misled", "leaf-1", "127.0.0.1:1")
+    _enroll(misled)
     started: list[Aggregator] = []
     result: dict = {"root": root, "leaves": leaves, "base": base}
     try:
         server = root.start()
         started.append(server)
         target = server.target
-        for deployment in (*leaves.values(), impostor):
+        for deployment in (*leaves.values(), impostor, misled):
             deployment.task = deployment.task.replace("127.0.0.1:1", target)
         rogue = _serve(impostor, target, root)
-        rogue_status = rogue.wait(120)
-        result["impostor"] = (rogue_status, (impostor.directory / "aggregator.stderr").read_text())
+        wrong = _root_policy(root).replace(root.measurement().hex(), "ab" * 48)
+        fooled = _serve(misled, target, root, wrong)
+        result["impostor"] = (rogue.wait(120), (impostor.directory / "aggregator.stderr").read_text())
+        result["misled"] = (fooled.wait(120), (misled.directory / "aggregator.stderr").read_text(), misled)
         processes = {leaf: _serve(deployment, target, root) for leaf, deployment in leaves.items()}
         servers = {leaf: _ready(leaves[leaf], process) for leaf, process in processes.items()}
         started.extend(servers.values())
@@ -212,6 +217,18 @@ def test_the_root_admitted_exactly_the_three_leaves_and_refused_the_impostor(tre
     assert {leaf: p["weight"] for leaf, p in rounds[0]["participants"].items()} == weights
 
 
+def test_a_leaf_sends_nothing_to_a_root_its_policy_does_not_pin(tree: dict) -> None:
+    status, stderr, misled = tree["misled"]
+    assert status == 1, stderr
+    assert "evidence fails this site's policy" in stderr and "measurement" in stderr
+    verification = verify_log(misled.directory / "audit-log", misled.site_policy())
+    assert verification.valid, verification.problems
+    (refused,) = [e.fields for e in verification.entries if e.kind == "parent_refused"]
+    assert refused["by"] == "leaf" and refused["site"] == "leaf-1"
+    assert not [e for e in verification.entries if e.kind in ("parent_joined", "parent_forward")]
+    # The root never heard from it: its only refusal is the impostor's (previous test).
+
+
 def test_each_leaf_logs_its_forwards_and_verifies(tree: dict) -> None:
     root_entries = verify_log(tree["root"].directory / "audit-log", tree["root"].site_policy()).entries
     accepted = {
@@ -233,6 +250,7 @@ def test_each_leaf_logs_its_forwards_and_verifies(tree: dict) -> None:
         models = [e.fields for e in verification.entries if e.kind == "parent_model"]
         rounds = [e.fields for e in verification.entries if e.kind == "round"]
         assert [m["model_sha256"] for m in models] == [r["model_sha256"] for r in rounds]
+        assert all(m["forwarded"] for m in models)
         assert sorted(rounds[0]["participants"]) == sorted(SITES[leaf])
 
 
@@ -329,6 +347,9 @@ def test_an_auditor_checks_both_levels_together(tree: dict, tmp_path: Path) -> N
     out = io.StringIO()
     parsed = build_parser().parse_args([*args[:3], *map(str, leaves), "--policy", str(policy)])
     assert parsed.handler(parsed, out) == 0, out.getvalue()
+    for log in (root.directory / "audit-log", *leaves):  # `attestfl audit verify` passes on each log
+        parsed = build_parser().parse_args(["audit", "verify", str(log), "--policy", str(policy)])
+        assert parsed.handler(parsed, io.StringIO(), io.StringIO()) == 0, log
     # A leaf's log checked against a root it never joined.
     other = verify_tree(leaves[0], leaves[1:], simulated)
     assert any(p.check == "tree.parent_key" for p in other.problems)
