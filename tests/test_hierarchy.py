@@ -257,6 +257,10 @@ def test_each_leaf_logs_its_forwards_and_verifies(tree: dict) -> None:
 def test_no_update_is_on_disk_in_plaintext(tree: dict) -> None:
     needles = [_delta(n, r)["dense.weight"].tobytes()[:16] for n in range(12) for r in range(1, ROUNDS + 1)]
     needles += [encode_tensors(_delta(0, 1), {"weight": repr(_weight(0))})[:64]]
+    # The leaves' partial aggregates: their safetensors header (shapes, offsets, the leaf's weight) leads the plaintext.
+    for i in range(len(LEAVES)):
+        weight = sum(_weight(n) for n in range(4 * i, 4 * i + 4))
+        needles.append(encode_tensors(_delta(0, 1), {"weight": repr(float(weight))})[:64])
     for path in tree["base"].rglob("*"):
         if path.is_file():
             data = path.read_bytes()
