@@ -265,9 +265,11 @@ class ParentLink:
             session=session.claims.session_id.hex(),
         )
 
-    def check_task(self, task_config: TaskConfig, initial_sha256: str) -> Any:
-        """The root's task must be this leaf's: same model spec, rounds and initial model; it must
-        release the final model to its sites (the leaves), and take float32 updates."""
+    def check_task(self, task_config: TaskConfig, initial_sha256: str, start_round: int = 1) -> Any:
+        """The root's task must be this leaf's: same model spec, rounds and initial model, at this
+        leaf's round (or the next: the root took this leaf's partial aggregate before the leaf
+        restarted); it must release the final model to its sites (the leaves), and take float32
+        updates."""
         from protocol.tensors import ModelSpec
 
         task = self.client.task()
@@ -278,6 +280,11 @@ class ParentLink:
             problems.append(f"the root trains {task.rounds_total} rounds, this leaf {task_config.rounds}")
         if task.initial_model_sha256 and bytes(task.initial_model_sha256).hex() != initial_sha256:
             problems.append("the root's initial model is not this leaf's (SHA-256 differs)")
+        if start_round <= task_config.rounds and task.round not in (start_round, start_round + 1):
+            problems.append(
+                f"the root is at round {task.round}, this leaf at round {start_round}: a leaf joins its root's "
+                "training from the start (or resumes where it stopped)"
+            )
         if not task.release_to_sites:
             problems.append("the root does not release the final model to its sites (the leaves)")
         if (task.compression or "float32") != "float32" and not self.parent.allow_not_flat:
@@ -390,7 +397,8 @@ def make_leaf_driver(config: AggregatorConfig, attester: Attester, **options: An
     driver = LeafDriver(task_config, **options)
     link = ParentLink(parent, attester, identity, driver.events, driver.spec)
     link.join(wait=parent.connect_timeout)
-    link.check_task(task_config, _digest(driver._encode(flatten(task_config.initial_model, driver.spec))))
+    initial = _digest(driver._encode(flatten(task_config.initial_model, driver.spec)))
+    link.check_task(task_config, initial, driver.round)
     return driver
 
 
