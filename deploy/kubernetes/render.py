@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import gzip
 import hashlib
 import sys
@@ -389,13 +390,13 @@ def render_leaves_documents(platform: str, leaves: dict[str, str], image: str) -
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "args": ["leaf", "enroll", "--config", config, "--keep"],
-        "env": container["env"],
+        "env": copy.deepcopy(container["env"]),
         "resources": {
             "requests": {"cpu": "100m", "memory": "256Mi"},
             "limits": {"cpu": "1", "memory": "512Mi"},
         },
         "securityContext": _security_context(),
-        "volumeMounts": container["volumeMounts"],
+        "volumeMounts": copy.deepcopy(container["volumeMounts"]),
     }
     statefulset = _statefulset(platform, init_data, container, LEAF_APP, LEAVES, [enroll])
     statefulset["spec"]["podManagementPolicy"] = "Parallel"
