@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from attestation.errors import ExtraNotInstalled
 
@@ -45,13 +46,25 @@ def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     serve.set_defaults(handler=run_serve)
 
 
+#: ``leaf_driver(config)``: the driver factory of an aggregator whose file has a ``[parent]``
+#: table (a leaf of a hierarchical federation). The composition root sets it when it builds the
+#: console script (attestfl/hierarchy.py); without it such a file is refused.
+leaf_driver: Callable[[Any], Any] | None = None
+
+
 def run_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     ExtraNotInstalled.check("aggregator", "attestfl serve", AGGREGATOR_EXTRA_MODULES)
     from aggregator.config import AggregatorConfig
     from aggregator.server import configure_logging, serve
+    from protocol.config import ConfigError
 
     err = err or sys.stderr
     config = AggregatorConfig.load(args.config)
+    driver_factory = None
+    if config.parent is not None:
+        if leaf_driver is None:
+            raise ConfigError(f"{config.path}: [parent]: a leaf aggregator is served by the attestfl console script")
+        driver_factory = leaf_driver(config)
     configure_logging()
     status = asyncio.run(
         serve(
@@ -59,6 +72,7 @@ def run_serve(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
             progress=args.progress,
             exit_when_finished=args.exit_when_finished,
             dashboard=getattr(args, "dashboard", None),
+            driver_factory=driver_factory,
         )
     )
     if status:

@@ -18,6 +18,7 @@ aggregator.toml::
     spool_dir = "spool"                # where spooled uploads go (unset: the system's temporary directory)
 
     [admission]  -> protocol.admission      [task] -> aggregator.rounds
+    [parent]     -> attestfl.hierarchy (optional: this aggregator is a leaf of a hierarchical federation)
 
 The rules every file follows (types, bounds, error lines): :mod:`protocol.config`.
 """
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -76,7 +77,7 @@ class AggregatorTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     spool_dir: PathText | None = None
 
 
-_TABLES = ("aggregator", "admission", "task")
+_TABLES = ("aggregator", "admission", "task", "parent")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class AggregatorConfig:
     task: TaskConfig
     upload_memory_bytes: int = 64 * 1024 * 1024
     spool_dir: Path | None = None  # None: the system's temporary directory
+    #: ``[parent]`` as written (read and checked by attestfl.hierarchy), or None: not a leaf.
+    parent: dict[str, Any] | None = None
 
     @property
     def listen_endpoint(self) -> Endpoint:
@@ -160,6 +163,7 @@ class AggregatorConfig:
                 task=task,
                 upload_memory_bytes=section.upload_memory_bytes,
                 spool_dir=base / section.spool_dir if section.spool_dir is not None else None,
+                parent=data.get("parent"),
             )
         except (PolicyError, ValueError) as exc:  # ConfigError, TaskConfigError, PolicyError
             raise ConfigError(f"{path}: {exc}") from None

@@ -177,7 +177,14 @@ class TreeHeads:
         return head.to_bytes(), self.audit.consistency_proof(known, head.tree_size)
 
 
-async def start(config: AggregatorConfig, events: EventSink | None = None) -> Running:
+#: ``driver_factory(config, attester, **options)``: the round driver of a :func:`start`, instead of
+#: :func:`~aggregator.rounds.make_driver` (a leaf of a hierarchical federation: attestfl/hierarchy.py).
+DriverFactory = Callable[..., RoundDriver]
+
+
+async def start(
+    config: AggregatorConfig, events: EventSink | None = None, *, driver_factory: DriverFactory | None = None
+) -> Running:
     server, port = bind(config)
     keys = EnclaveKeys()
     attester = make_attester(config)
@@ -187,7 +194,7 @@ async def start(config: AggregatorConfig, events: EventSink | None = None) -> Ru
         audit = open_audit_log(config, keys, attester, gpu)
         events = audit
     try:
-        return await _start(config, keys, attester, gpu, events, audit, server, port)
+        return await _start(config, keys, attester, gpu, events, audit, server, port, driver_factory)
     except BaseException:
         if audit is not None:
             audit.close()
@@ -203,6 +210,7 @@ async def _start(
     audit: AuditLog | None,
     server: grpc.aio.Server,
     port: int,
+    driver_factory: DriverFactory | None = None,
 ) -> Running:
     sessions: dict[bytes, Any] = {}
     sealing = make_sealing(config, attester)
@@ -220,8 +228,7 @@ async def _start(
             Checkpoint(next_round, dp_rounds, model, now_iso(), intelligence() if intelligence is not None else None),
         )
 
-    driver = make_driver(
-        config.task,
+    options: dict[str, Any] = dict(
         events=events,
         live_sites=lambda: len(sessions),
         start_round=checkpoint.round if checkpoint else 1,
@@ -229,6 +236,10 @@ async def _start(
         epsilon_rounds=checkpoint.dp_rounds if checkpoint else 0,
         checkpoint=seal_next if sealing is not None else None,
     )
+    if driver_factory is not None:
+        driver = driver_factory(config, attester, **options)
+    else:
+        driver = make_driver(config.task, **options)
     if checkpoint is not None and checkpoint.intelligence is not None and hasattr(driver, "restore_intelligence"):
         driver.restore_intelligence(checkpoint.intelligence)  # surveillance and contributor value go on
     if checkpoint is not None:
@@ -309,6 +320,7 @@ async def serve(
     progress: str = "table",
     exit_when_finished: bool = False,
     dashboard: str | None = None,
+    driver_factory: DriverFactory | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (exit 0), the end of training with ``exit_when_finished``
     (exit 0), or a fault that stops the aggregator (exit 3). ``progress``: the round table on
@@ -318,7 +330,7 @@ async def serve(
     # A file-size limit (RLIMIT_FSIZE) must fail a write with EFBIG, which fails stop like a
     # full disk, rather than kill the process in the middle of an append.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    running = await start(config)
+    running = await start(config, driver_factory=driver_factory)
     if config.metrics_listen:
         from aggregator.metrics import start_metrics_server
 

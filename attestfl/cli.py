@@ -22,6 +22,7 @@ from attestation.reference_values import add_reference_values_commands
 from attestfl.configtool import add_config_commands
 from attestfl.demo import add_demo_command
 from attestfl.federation import add_federation_commands
+from attestfl.hierarchy import add_leaf_commands
 from attestfl.model import add_model_commands
 from attestfl.owner import add_owner_commands
 from attestfl.scaffold import add_new_commands
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_commands(subparsers)
     add_new_commands(subparsers)
     add_federation_commands(subparsers)
+    add_leaf_commands(subparsers)  # `attestfl leaf enroll`; `attestfl serve` of a leaf's file ([parent])
     return parser
 
 

@@ -67,10 +67,16 @@ def check_file(path: Path, kind: str | None = None) -> tuple[str, str]:
             from aggregator.config import AggregatorConfig
 
             aggregator = AggregatorConfig.load(path)
+            leaf = ""
+            if aggregator.parent is not None:  # a leaf: its [parent] and its [task] as a tree takes it
+                from attestfl.hierarchy import read_parent
+
+                parent = read_parent(aggregator)
+                leaf = f", leaf {parent.site_id} of {parent.aggregator}"
             return kind, (
                 f"listen {aggregator.listen}, tee {aggregator.tee}, {len(aggregator.admission.sites)} site rule(s), "
                 f"{aggregator.task.rounds} round(s) of {aggregator.task.strategy.name}, "
-                f"model of {aggregator.task.spec.parameter_count} parameters"
+                f"model of {aggregator.task.spec.parameter_count} parameters{leaf}"
             )
         if kind == "site":
             from fedsite.config import SiteConfig
@@ -311,6 +317,20 @@ def _task_tables() -> list[TableDoc]:
     ]
 
 
+def _parent_table() -> TableDoc:
+    """aggregator.toml: [parent] (a leaf of a hierarchical federation)."""
+    import attestfl.hierarchy as hierarchy
+
+    return TableDoc(
+        "aggregator.toml",
+        "parent",
+        _struct_keys(hierarchy.ParentTable, docstring_keys(hierarchy.__doc__ or "", "parent")),
+        "Optional: this aggregator is a leaf of a hierarchical federation: it forwards each round's partial "
+        "aggregate to its root as one of the root's sites (docs/hierarchy.md). Its identity key toward the root: "
+        "`attestfl leaf enroll`.",
+    )
+
+
 def _site_tables() -> list[TableDoc]:
     """site.toml: [site] and [data]."""
     import fedsite.config as site_config
@@ -336,7 +356,7 @@ def _site_tables() -> list[TableDoc]:
 
 def reference_tables() -> list[TableDoc]:
     """Every table of every configuration file, from what the readers declare."""
-    return _more([*_aggregator_tables(), *_task_tables(), *_site_tables()])
+    return _more([*_aggregator_tables(), *_task_tables(), _parent_table(), *_site_tables()])
 
 
 REFERENCE_HEADER = """# Configuration reference

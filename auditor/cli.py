@@ -137,6 +137,7 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     _add_prove(sub)
     _add_head(sub)
     _add_report(sub)
+    _add_tree(sub)
 
 
 def _read_input(path: str, limit: int, what: str) -> bytes:
@@ -290,3 +291,42 @@ def run_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise InputError(f"cannot write the report {args.output}: {exc.strerror or exc}") from None
     print(f"{HEADLINES[result.verdict]}: report written to {args.output}", file=out)
     return exit_code(result)
+
+
+def _add_tree(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``audit tree``: a hierarchical federation's logs together (auditor/tree.py)."""
+    tree = sub.add_parser(
+        "tree",
+        help="verify a hierarchical federation: the root's log, each leaf's, and the links between them",
+        description="Verify the root aggregator's log and each leaf's (as verify does), then that every partial "
+        "aggregate a leaf forwarded is an update the root accepted from it under a receipt signed by the root's "
+        "key, with the weight of the leaf's participants, that each leaf took the model the root committed, and "
+        "that the root admitted only these leaves (docs/hierarchy.md). Exit 0: valid; 1: a log or a link fails; "
+        "2: unusable input.",
+    )
+    tree.add_argument("log_dir", metavar="ROOT_LOGDIR")
+    tree.add_argument("leaves", nargs="+", metavar="LEAF_LOGDIR")
+    tree.add_argument("--policy", metavar="FILE", help="as for verify (applied to every log)")
+    tree.add_argument("--json", action="store_true", help="print one JSON object")
+    tree.set_defaults(handler=run_tree)
+
+
+@_audit_command
+def run_tree(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from auditor.tree import verify_tree
+
+    result = verify_tree(args.log_dir, list(args.leaves), _policy(args.policy))
+    if args.json:
+        print(json.dumps(result.to_json()), file=out)
+    else:
+        print(
+            f"{'VALID' if result.valid else 'INVALID'}: root and {len(result.leaves)} leaf log(s); "
+            f"{len(result.problems)} problem(s) between the levels",
+            file=out,
+        )
+        for log in (result.root, *result.leaves):
+            if not log.valid:
+                print(f"  {log.directory}: {log.first_problem}", file=out)
+        for problem in result.problems[:20]:
+            print(f"  {problem}", file=out)
+    return 0 if result.valid else 1

@@ -280,15 +280,27 @@ def manifest_problems(docs: Iterable[dict[str, Any]]) -> list[str]:
 def _aggregator_tomls(doc: dict[str, Any]) -> Iterable[tuple[str, str]]:
     """(where, text) of every aggregator.toml a ConfigMap carries, directly or in init-data."""
     data = doc.get("data") or {}
-    if "aggregator.toml" in data:
-        yield "aggregator.toml", data["aggregator.toml"]
+    # aggregator.toml, and the files of a hierarchy's leaves (attestfl-leaf-<i>.toml): every
+    # carried TOML with an [aggregator] table.
+    for key, text in data.items():
+        if key.endswith(".toml") and key != "initdata.toml" and isinstance(text, str) and _has_aggregator(text):
+            yield key, text
     if "initdata.toml" in data:
         try:
-            carried = (tomllib.loads(data["initdata.toml"]).get("data") or {}).get("aggregator.toml")
+            carried = tomllib.loads(data["initdata.toml"]).get("data") or {}
         except tomllib.TOMLDecodeError:
             return
-        if isinstance(carried, str):
-            yield "initdata.toml [data] aggregator.toml", carried
+        for key, text in carried.items():
+            if key.endswith(".toml") and isinstance(text, str) and _has_aggregator(text):
+                yield f"initdata.toml [data] {key}", text
+
+
+def _has_aggregator(text: str) -> bool:
+    """The text is an aggregator.toml (unparsable text counts: the caller reports it)."""
+    try:
+        return "aggregator" in tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return True
 
 
 def metrics_exposure_problems(docs: Iterable[dict[str, Any]]) -> list[str]:

@@ -378,7 +378,7 @@ def test_unknown_keys_list_the_allowed_ones(tmp_path: Path) -> None:
     )
     assert (
         refused(write(tmp_path, extra="[tasks]\nrounds = 1\n"))
-        == "unknown table(s) tasks; allowed: [aggregator], [admission], [task]"
+        == "unknown table(s) tasks; allowed: [aggregator], [admission], [task], [parent]"
     )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import gzip
 import hashlib
 import sys
@@ -64,15 +65,19 @@ class RenderError(Exception):
     """A source file cannot be carried in the init-data."""
 
 
+def _source_text(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    if "'''" in text:
+        raise RenderError(f"{path.name} contains ''' and cannot be a TOML literal string")
+    if not text.endswith("\n"):
+        raise RenderError(f"{path.name} must end with a newline")
+    return text
+
+
 def read_sources(config: Path = CONFIG) -> dict[str, str]:
     sources = {}
     for key, name in INIT_DATA_FILES.items():
-        text = (config / name).read_text(encoding="utf-8")
-        if "'''" in text:
-            raise RenderError(f"{name} contains ''' and cannot be a TOML literal string")
-        if not text.endswith("\n"):
-            raise RenderError(f"{name} must end with a newline")
-        sources[key] = text
+        sources[key] = _source_text(config / name)
     model = config / MODEL_FILE
     if not model.is_file():
         raise RenderError(f"{model}: missing: the initial model ([task] initial_model; make it: attestfl model init)")
@@ -80,10 +85,10 @@ def read_sources(config: Path = CONFIG) -> dict[str, str]:
     return sources
 
 
-def render_init_data(sources: dict[str, str]) -> str:
+def render_init_data(sources: dict[str, str], keys: tuple[str, ...] = tuple(INIT_DATA_FILES)) -> str:
     """The init-data TOML (spec version 0.1.0): each file verbatim as a multi-line literal."""
     parts = [f'algorithm = "{INIT_DATA_ALGORITHM}"\nversion = "0.1.0"\n\n[data]\n']
-    for key in INIT_DATA_FILES:
+    for key in keys:
         # A newline right after ''' is trimmed by TOML, so the value is the file's exact text.
         parts.append(f"\"{key}\" = '''\n{sources[key]}'''\n")
     return "\n".join(parts)
@@ -94,8 +99,8 @@ def encode_annotation(init_data: str) -> str:
     return base64.b64encode(gzip.compress(init_data.encode("utf-8"), compresslevel=9, mtime=0)).decode("ascii")
 
 
-def _labels() -> dict[str, str]:
-    return {"app.kubernetes.io/name": APP, "app.kubernetes.io/part-of": "attestfl"}
+def _labels(app: str = APP) -> dict[str, str]:
+    return {"app.kubernetes.io/name": app, "app.kubernetes.io/part-of": "attestfl"}
 
 
 def render_documents(platform: str, sources: dict[str, str], image: str) -> list[dict[str, Any]]:
@@ -110,9 +115,8 @@ def render_documents(platform: str, sources: dict[str, str], image: str) -> list
     ]
 
 
-def _container(image: str) -> dict[str, Any]:
-    """The aggregator container: non-root, read-only, no capabilities, gRPC health probes."""
-    security_context = {
+def _security_context() -> dict[str, Any]:
+    return {
         "runAsNonRoot": True,
         "runAsUser": UID,
         "runAsGroup": UID,
@@ -122,12 +126,17 @@ def _container(image: str) -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def _container(image: str, config: str = "/etc/attestfl/aggregator.toml") -> dict[str, Any]:
+    """The aggregator container: non-root, read-only, no capabilities, gRPC health probes."""
+    security_context = _security_context()
     probe = {"grpc": {"port": GRPC_PORT}, "periodSeconds": 10, "timeoutSeconds": 3}
     return {
         "name": "aggregator",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "args": ["serve", "--config", "/etc/attestfl/aggregator.toml"],
+        "args": ["serve", "--config", config],
         # Only gRPC leaves the pod. Prometheus metrics (unauthenticated) stay on the guest's
         # loopback (metrics_listen = "127.0.0.1:9464"): no containerPort, Service port or
         # NetworkPolicy rule for them; scrape them from inside the pod (README.md).
@@ -164,41 +173,48 @@ def _namespace() -> dict[str, Any]:
     }
 
 
-def _config_map(sources: dict[str, str]) -> dict[str, Any]:
+def _config_map(sources: dict[str, str], app: str = APP, keys: tuple[str, ...] = CONFIGMAP_KEYS) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": f"{APP}-config", "namespace": NAMESPACE, "labels": _labels()},
+        "metadata": {"name": f"{app}-config", "namespace": NAMESPACE, "labels": _labels(app)},
         "immutable": True,
-        "data": {key: sources[key] for key in CONFIGMAP_KEYS},
+        "data": {key: sources[key] for key in keys},
         "binaryData": {MODEL_FILE: sources[MODEL_FILE]},
     }
 
 
-def _init_data_map(init_data: str) -> dict[str, Any]:
+def _init_data_map(init_data: str, app: str = APP) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": f"{APP}-initdata", "namespace": NAMESPACE, "labels": _labels()},
+        "metadata": {"name": f"{app}-initdata", "namespace": NAMESPACE, "labels": _labels(app)},
         "immutable": True,
         # For sites and auditors: the exact init-data whose digest is in HOST_DATA / MRCONFIGID.
         "data": {"initdata.toml": init_data},
     }
 
 
-def _statefulset(platform: str, init_data: str, container: dict[str, Any]) -> dict[str, Any]:
-    """One replica in the platform's confidential runtime class, carrying the init-data."""
+def _statefulset(
+    platform: str,
+    init_data: str,
+    container: dict[str, Any],
+    app: str = APP,
+    replicas: int = 1,
+    init_containers: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """``replicas`` pods in the platform's confidential runtime class, carrying the init-data."""
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": {"name": APP, "namespace": NAMESPACE, "labels": _labels()},
+        "metadata": {"name": app, "namespace": NAMESPACE, "labels": _labels(app)},
         "spec": {
-            "serviceName": f"{APP}-headless",
-            "replicas": 1,
-            "selector": {"matchLabels": _labels()},
+            "serviceName": f"{app}-headless",
+            "replicas": replicas,
+            "selector": {"matchLabels": _labels(app)},
             "template": {
                 "metadata": {
-                    "labels": _labels(),
+                    "labels": _labels(app),
                     "annotations": {
                         INIT_DATA_ANNOTATION: encode_annotation(init_data),
                         "attestfl.io/initdata-sha256": hashlib.sha256(init_data.encode()).hexdigest(),
@@ -216,9 +232,10 @@ def _statefulset(platform: str, init_data: str, container: dict[str, Any]) -> di
                         "fsGroup": UID,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
+                    **({"initContainers": init_containers} if init_containers else {}),
                     "containers": [container],
                     "volumes": [
-                        {"name": "config", "configMap": {"name": f"{APP}-config", "defaultMode": 0o444}},
+                        {"name": "config", "configMap": {"name": f"{app}-config", "defaultMode": 0o444}},
                         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
                     ],
                 },
@@ -226,7 +243,7 @@ def _statefulset(platform: str, init_data: str, container: dict[str, Any]) -> di
             # The audit log and the sealed checkpoints (sealed inside the TEE; the disk is untrusted).
             "volumeClaimTemplates": [
                 {
-                    "metadata": {"name": "data", "labels": _labels()},
+                    "metadata": {"name": "data", "labels": _labels(app)},
                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}},
                 }
             ],
@@ -234,33 +251,33 @@ def _statefulset(platform: str, init_data: str, container: dict[str, Any]) -> di
     }
 
 
-def _services() -> list[dict[str, Any]]:
+def _services(app: str = APP) -> list[dict[str, Any]]:
     """The gRPC Service and the StatefulSet's headless Service."""
     ports = [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}]
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": APP, "namespace": NAMESPACE, "labels": _labels()},
+        "metadata": {"name": app, "namespace": NAMESPACE, "labels": _labels(app)},
         # TLS terminates inside the TEE: expose with a TCP load balancer or TLS passthrough only.
-        "spec": {"type": "ClusterIP", "selector": _labels(), "ports": ports},
+        "spec": {"type": "ClusterIP", "selector": _labels(app), "ports": ports},
     }
     headless = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": f"{APP}-headless", "namespace": NAMESPACE, "labels": _labels()},
-        "spec": {"clusterIP": "None", "selector": _labels(), "ports": ports},
+        "metadata": {"name": f"{app}-headless", "namespace": NAMESPACE, "labels": _labels(app)},
+        "spec": {"clusterIP": "None", "selector": _labels(app), "ports": ports},
     }
     return [service, headless]
 
 
-def _network_policy() -> dict[str, Any]:
+def _network_policy(app: str = APP) -> dict[str, Any]:
     """Ingress to the gRPC port only."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": APP, "namespace": NAMESPACE, "labels": _labels()},
+        "metadata": {"name": app, "namespace": NAMESPACE, "labels": _labels(app)},
         "spec": {
-            "podSelector": {"matchLabels": _labels()},
+            "podSelector": {"matchLabels": _labels(app)},
             "policyTypes": ["Ingress"],
             "ingress": [{"ports": [{"port": GRPC_PORT, "protocol": "TCP"}]}],
         },
@@ -288,11 +305,131 @@ def render_yaml(platform: str, sources: dict[str, str], image: str) -> str:
     return header + "---\n" + body
 
 
-def rendered_files(image: str = DEFAULT_IMAGE, config: Path = CONFIG) -> dict[Path, str]:
+def rendered_files(image: str = DEFAULT_IMAGE, config: Path = CONFIG, hierarchy: Path | None = None) -> dict[Path, str]:
     sources = read_sources(config)
     files = {HERE / "initdata.toml": render_init_data(sources)}
     for platform in RUNTIME_CLASSES:
         files[HERE / platform / "aggregator.yaml"] = render_yaml(platform, sources, image)
+    files.update(rendered_hierarchy(image, config, hierarchy or HIERARCHY_CONFIG))
+    return files
+
+
+# ---- a hierarchical federation: one root, a StatefulSet of leaves (docs/hierarchy.md) ------------
+
+HIERARCHY = HERE / "hierarchy"
+HIERARCHY_CONFIG = HIERARCHY / "config"
+ROOT_APP = "attestfl-root"
+LEAF_APP = "attestfl-leaf"
+#: The leaves' StatefulSet replicas: pod attestfl-leaf-<i> serves config/attestfl-leaf-<i>.toml.
+LEAVES = 3
+ROOT_INIT_DATA_KEYS = ("aggregator.toml", "policy.toml", "policy.rego")
+#: In hierarchy/config/root-policy.toml: replaced by the root's init-data digest (HOST_DATA, MRCONFIGID).
+ROOT_DIGEST_MARKERS = ("@ROOT_HOST_DATA@", "@ROOT_MR_CONFIG_ID@")
+
+
+def leaf_config_key(ordinal: int) -> str:
+    return f"{LEAF_APP}-{ordinal}.toml"
+
+
+def init_data_digests(init_data: str) -> tuple[str, str]:
+    """(SNP HOST_DATA, TDX MRCONFIGID) of an init-data (algorithm sha384), hex."""
+    digest = hashlib.sha384(init_data.encode("utf-8")).digest()
+    return digest[:32].hex(), digest.hex()
+
+
+def read_hierarchy_sources(
+    config: Path = CONFIG, hierarchy: Path = HIERARCHY_CONFIG
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The root's and the leaves' files. The leaves' ``root-policy.toml`` gets the digest of the
+    root's init-data: a leaf forwards only to a root launched with exactly that configuration."""
+    shared = read_sources(config)
+    common = {key: shared[key] for key in ("policy.toml", "policy.rego", MODEL_FILE)}
+    root = {"aggregator.toml": _source_text(hierarchy / "root.toml"), **common}
+    host_data, mr_config_id = init_data_digests(render_init_data(root, ROOT_INIT_DATA_KEYS))
+    policy = _source_text(hierarchy / "root-policy.toml")
+    for marker, value in zip(ROOT_DIGEST_MARKERS, (host_data, mr_config_id), strict=True):
+        if marker not in policy:
+            raise RenderError(f"root-policy.toml: no {marker} to replace with the root's init-data digest")
+        policy = policy.replace(marker, value)
+    leaves = {leaf_config_key(i): _source_text(hierarchy / leaf_config_key(i)) for i in range(LEAVES)}
+    leaves.update(common, **{"root-policy.toml": policy})
+    return root, leaves
+
+
+def leaves_init_data_keys() -> tuple[str, ...]:
+    return (*(leaf_config_key(i) for i in range(LEAVES)), "policy.toml", "root-policy.toml", "policy.rego")
+
+
+def _pod_name_env() -> list[dict[str, Any]]:
+    return [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+
+
+def render_root_documents(platform: str, root: dict[str, str], image: str) -> list[dict[str, Any]]:
+    init_data = render_init_data(root, ROOT_INIT_DATA_KEYS)
+    return [
+        _namespace(),
+        _config_map(root, ROOT_APP),
+        _init_data_map(init_data, ROOT_APP),
+        _statefulset(platform, init_data, _container(image), ROOT_APP),
+        *_services(ROOT_APP),
+        _network_policy(ROOT_APP),
+    ]
+
+
+def render_leaves_documents(platform: str, leaves: dict[str, str], image: str) -> list[dict[str, Any]]:
+    """A StatefulSet of LEAVES leaves: pod attestfl-leaf-<i> serves /etc/attestfl/attestfl-leaf-<i>.toml
+    (all the leaves' files are in the one init-data); an init container enrols its identity key
+    toward the root once (``attestfl leaf enroll --keep`` prints it on every start)."""
+    keys = leaves_init_data_keys()
+    init_data = render_init_data(leaves, keys)
+    config = "/etc/attestfl/$(POD_NAME).toml"
+    container = _container(image, config)
+    container["env"] = _pod_name_env() + container["env"]
+    enroll = {
+        "name": "enroll",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["leaf", "enroll", "--config", config, "--keep"],
+        "env": copy.deepcopy(container["env"]),
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"cpu": "1", "memory": "512Mi"},
+        },
+        "securityContext": _security_context(),
+        "volumeMounts": copy.deepcopy(container["volumeMounts"]),
+    }
+    statefulset = _statefulset(platform, init_data, container, LEAF_APP, LEAVES, [enroll])
+    statefulset["spec"]["podManagementPolicy"] = "Parallel"
+    return [
+        _namespace(),
+        _config_map(leaves, LEAF_APP, tuple(k for k in keys if k != "policy.rego")),
+        _init_data_map(init_data, LEAF_APP),
+        statefulset,
+        *_services(LEAF_APP),
+        _network_policy(LEAF_APP),
+    ]
+
+
+def _dump(title: str, docs: list[dict[str, Any]]) -> str:
+    header = f"# {title}\n# GENERATED by deploy/kubernetes/render.py from deploy/kubernetes/: do not edit.\n"
+    return header + "---\n" + yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, width=120)
+
+
+def rendered_hierarchy(image: str, config: Path, hierarchy: Path) -> dict[Path, str]:
+    root, leaves = read_hierarchy_sources(config, hierarchy)
+    files = {
+        HIERARCHY / "root-initdata.toml": render_init_data(root, ROOT_INIT_DATA_KEYS),
+        HIERARCHY / "leaves-initdata.toml": render_init_data(leaves, leaves_init_data_keys()),
+    }
+    for platform, runtime_class in RUNTIME_CLASSES.items():
+        files[HIERARCHY / platform / "root.yaml"] = _dump(
+            f"attestfl root aggregator of a hierarchical federation on Confidential Containers ({runtime_class}).",
+            render_root_documents(platform, root, image),
+        )
+        files[HIERARCHY / platform / "leaves.yaml"] = _dump(
+            f"attestfl leaf aggregators (StatefulSet) of a hierarchical federation ({runtime_class}).",
+            render_leaves_documents(platform, leaves, image),
+        )
     return files
 
 
