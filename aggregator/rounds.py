@@ -67,7 +67,7 @@ from msgspec import Meta
 from aggregator.cards import CardPolicy, CardRegistry, CardsConfigError, read_cards
 from aggregator.delivery import ReleasePolicy, read_release
 from aggregator.service import EventSink, FailStop, LogEvents, Task, UpdateRefused
-from aggregator.spool import is_streamed
+from aggregator.spool import StreamedUpdate
 from aggregator.strategies import (
     MAX_SITES,
     Aggregate,
@@ -480,7 +480,7 @@ class RoundDriver:
         start_round: int = 1,
         model: dict[str, np.ndarray] | None = None,
         epsilon_rounds: int = 0,
-        checkpoint: Callable[[int, int, bytes], Callable[[], None]] | None = None,
+        checkpoint: Callable[[int, int, bytes | bytearray], Callable[[], None]] | None = None,
     ) -> None:
         self.config = config
         #: What aggregates each round: the task's strategy with its wrappers (clipping, DP).
@@ -513,7 +513,7 @@ class RoundDriver:
         #: function that puts it in place (called once the round is logged).
         self.checkpoint = checkpoint
         #: ``on_model(round, model, finished)``: a round's model now exists (aggregator.delivery).
-        self.on_model: Callable[[int, bytes, bool], None] | None = None
+        self.on_model: Callable[[int, bytes | bytearray, bool], None] | None = None
         #: Drift surveillance, quarantine and contributor value (``[task.drift]``, ``[task.contribution]``).
         self.surveillance = Surveillance(self.spec.parameter_count, config.drift, config.contribution)
         self.cards = CardRegistry(config.cards)  # the sites' dataset cards (aggregator/cards.py)
@@ -609,7 +609,7 @@ class RoundDriver:
         site_id: str,
         round_number: int,
         attempt: int,
-        update: dict[str, np.ndarray],
+        update: dict[str, np.ndarray] | StreamedUpdate,
         weight: float,
         digest: bytes,
         receipt: dict[str, Any],
@@ -622,8 +622,8 @@ class RoundDriver:
         block altered on disk) leaves the round half-applied: the driver then refuses everything
         and the round is never committed (the aggregator stops; a restart resumes from the last
         checkpoint)."""
-        streamed = is_streamed(update)
-        vector = None if streamed else flatten(update, self.spec)
+        streamed = isinstance(update, StreamedUpdate)
+        vector = None if isinstance(update, StreamedUpdate) else flatten(update, self.spec)
         with self._lock:
             self._check_upload(site_id, round_number, attempt, self.round, self.attempt, self.finished)
             self.events.record("update_accepted", **receipt)
@@ -633,9 +633,10 @@ class RoundDriver:
                     self._received[site_id] = {"weight": weight, "update_sha256": digest.hex()}
                     return
                 site = len(self._received)
-                if vector is None:
+                if isinstance(update, StreamedUpdate):
                     facts = self._aggregation.add_pieces(update, weight, site) or {}
                 else:
+                    assert vector is not None
                     facts = self._aggregation.add(vector, weight, site) or {}
             except Exception as exc:
                 if not streamed:
@@ -768,7 +769,7 @@ class RoundDriver:
         closing: _Closing,
         privacy: Privacy,
         vector: np.ndarray,
-        model: bytes,
+        model: bytes | bytearray,
         digest: str,
         elapsed: float,
         commit_checkpoint: Callable[[], Any] | None,

@@ -219,7 +219,7 @@ async def _start(
     if checkpoint is not None:
         model = decode_tensors(checkpoint.model, config.task.spec)[0]  # views: the driver copies them into its own
 
-    def seal_next(next_round: int, dp_rounds: int, model: bytes) -> Callable[[], Any]:
+    def seal_next(next_round: int, dp_rounds: int, model: bytes | bytearray) -> Callable[[], Any]:
         assert sealing is not None
         intelligence = getattr(driver, "intelligence_state", None)  # drift and contribution state (issue 17)
         return prepare_checkpoint(

@@ -108,14 +108,14 @@ class TaskDriver(Protocol):
     """What the service asks of the training rounds."""
 
     def task(self) -> Task: ...
-    def model_bytes(self, round_number: int) -> bytes: ...
+    def model_bytes(self, round_number: int) -> bytes | bytearray: ...
     def check_upload(self, site_id: str, round_number: int, attempt: int) -> None: ...
     def accept_update(
         self,
         site_id: str,
         round_number: int,
         attempt: int,
-        update: dict[str, np.ndarray],
+        update: Any,  # the tensors, or an aggregator.spool.StreamedUpdate when the driver ``accepts_streamed``
         weight: float,
         digest: bytes,
         receipt: dict[str, Any],

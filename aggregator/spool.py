@@ -23,7 +23,6 @@ import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -157,7 +156,7 @@ class UpdateSpool:
             self._finished = True
         return self._hash.digest()
 
-    def read(self, offset: int, length: int) -> bytes | memoryview:
+    def read(self, offset: int, length: int) -> bytes | bytearray | memoryview:
         """``length`` bytes of the update at ``offset`` (after :meth:`finish`)."""
         if not self._finished or offset < 0 or length < 0 or offset + length > self.size:
             raise SpoolError(f"read of [{offset}, {offset + length}) outside the update's {self.size} bytes")
@@ -257,7 +256,3 @@ class StreamedUpdate:
 
     def close(self) -> None:
         self.spool.close()
-
-
-def is_streamed(update: Any) -> bool:
-    return isinstance(update, StreamedUpdate)

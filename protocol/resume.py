@@ -55,7 +55,7 @@ def _token_body(stream_id: bytes, query: bool) -> bytes:
 def reseal_from(
     key: bytes,
     header: bytes,
-    parts: list[bytes | memoryview] | bytes,
+    parts: list[bytes | memoryview] | bytes | bytearray,
     start: int,
     *,
     chunk_bytes: int = CHUNK_BYTES,

@@ -186,7 +186,7 @@ def _chunked(parts: list[memoryview], chunk_bytes: int) -> Iterator[memoryview]:
 
 def seal_chunks(
     key: bytes,
-    data: bytes | list[bytes | memoryview],
+    data: bytes | bytearray | list[bytes | memoryview],
     *,
     session_id: bytes,
     purpose: str,
