@@ -257,7 +257,14 @@ class TaskConfig:
 
     @property
     def spec(self) -> ModelSpec:
-        return ModelSpec.of(self.initial_model)
+        spec: ModelSpec | None = self.__dict__.get("_spec")  # kept once the initial model is released
+        return spec if spec is not None else ModelSpec.of(self.initial_model)
+
+    def release_initial_model(self) -> None:
+        """Drop the initial model's arrays once the driver holds its own copy (at start, after
+        everything that reads them): a large model is then held once. The spec stays."""
+        object.__setattr__(self, "_spec", self.spec)
+        object.__setattr__(self, "initial_model", {})
 
     def aggregation(self) -> Strategy:
         """The strategy the rounds call: the task's, clipped (``clip_norm``) and under central

@@ -284,6 +284,7 @@ async def _start(
         service.vendor_jobs.restore()  # jobs sealed by an earlier run (logged: vendor_restored)
         service.vendor_jobs.start()  # the report deadline, if the policy sets one
     service.delivery = start_delivery(config, driver, events)
+    config.task.release_initial_model()  # the driver holds the model now: one copy in memory, not two
     server.add_generic_rpc_handlers(handlers(service))
     await server.start()
     return Running(service, driver, port, server, audit)

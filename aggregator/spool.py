@@ -44,8 +44,8 @@ class SpoolError(StreamError):
 
 
 class UpdateSpool:
-    """One upload's plaintext, ``limit`` bytes at most: in memory up to ``memory_bytes``, beyond
-    that sealed on disk in blocks of ``block`` bytes. Thread-compatible: written by one task,
+    """One upload's plaintext, ``limit`` bytes at most: in memory when ``limit`` is at most
+    ``memory_bytes``, else sealed on disk in blocks of ``block`` bytes. Thread-compatible: written by one task,
     then read by one thread at a time."""
 
     def __init__(
@@ -60,7 +60,8 @@ class UpdateSpool:
         self.size = 0
         self._directory = directory
         self._block = block
-        self._memory: bytearray | None = bytearray(min(limit, memory_bytes))
+        # In memory only when the largest valid update fits: a larger one is spooled from its first byte.
+        self._memory: bytearray | None = bytearray(limit) if limit <= memory_bytes else None
         self._scratch: bytearray | None = None
         self._pending = bytearray()
         self._fd: int | None = None
@@ -88,7 +89,7 @@ class UpdateSpool:
             raise StreamError("chunk has an impossible size")
         if self.size + length > self.limit:
             raise StreamError(f"stream is larger than the {self.limit} bytes allowed for it")
-        if self._memory is not None and self.size + length <= len(self._memory):
+        if self._memory is not None:
             added = opener.open_into(index, ciphertext, final=final, buffer=self._memory, offset=self.size)
         else:
             if self._scratch is None:
@@ -102,21 +103,16 @@ class UpdateSpool:
         """Add plaintext already authenticated (a stream's chunk 0, opened before the spool exists)."""
         if self.size + len(data) > self.limit:
             raise StreamError(f"stream is larger than the {self.limit} bytes allowed for it")
-        if self._memory is not None and self.size + len(data) <= len(self._memory):
+        if self._memory is not None:
             self._memory[self.size : self.size + len(data)] = data
         else:
             self._append(memoryview(data))
         self.size += len(data)
 
     def _append(self, data: memoryview) -> None:
-        """Spool ``data`` (moving what memory held to disk first)."""
+        """Seal ``data`` to disk in whole blocks (the rest pending until the next or :meth:`finish`)."""
         if self._fd is None:
             self._open_file()
-            held, self._memory = self._memory, None
-            if held is not None and self.size:
-                self._hash.update(memoryview(held)[: self.size])
-                self._pending += memoryview(held)[: self.size]
-            del held
         self._hash.update(data)
         self._pending += data
         while len(self._pending) >= self._block:

@@ -384,7 +384,7 @@ def load_model(path: str | Path, *, limit: int = MAX_MODEL_BYTES) -> dict[str, n
 
     data = read_bounded_buffer(path, limit, "model file", UpdateFormatError)
     tensors, _metadata = decode_tensors(data)
-    return {name: array.copy() for name, array in tensors.items()}
+    return tensors  # writable views of the one buffer the file was read into (no second copy)
 
 
 def flatten(tensors: Mapping[str, np.ndarray], spec: ModelSpec) -> np.ndarray:
