@@ -38,7 +38,7 @@ from aggregator.service import EventSink, UpdateRefused
 from attestation.errors import AttestflError
 from attestation.files import write_atomically
 from protocol.delivery import DELIVER_CHOICES, FINAL_MODEL, SITES, round_model_name, seal_to_owner
-from protocol.tensors import ModelSpec, encode_tensors, flatten, unflatten
+from protocol.tensors import encode_tensor_parts
 
 #: At most this many owner keys (each gets its own sealed file per released model).
 MAX_OWNER_KEYS = 16
@@ -110,10 +110,14 @@ def read_release(value: Any, deliver: str = "final") -> ReleasePolicy:
     return ReleasePolicy(sites=sites, owner_keys=tuple(dict.fromkeys(owners)), deliver=deliver)
 
 
-def model_bytes_of(model: dict[str, np.ndarray]) -> bytes:
-    """The bytes the aggregator serves for a model (what the round digests cover)."""
-    spec = ModelSpec.of(model)
-    return encode_tensors(unflatten(flatten(model, spec).astype(np.float32), spec))
+def served_digest(model: dict[str, np.ndarray]) -> tuple[bytes, int]:
+    """SHA-256 and length of the bytes the aggregator serves for a model (what the round digests
+    cover), hashed from the tensors' own memory: no encoded copy of a large model."""
+    hasher, length = hashlib.sha256(), 0
+    for part in encode_tensor_parts(model):
+        hasher.update(part)
+        length += memoryview(part).nbytes
+    return hasher.digest(), length
 
 
 class Delivery:
@@ -131,13 +135,12 @@ class Delivery:
 
     def start(self, initial: dict[str, np.ndarray], file_sha256: str | None, driver: Any) -> None:
         """Log the initial model and the policy (``model_initial``); on a restart, the current model."""
-        initial_bytes = model_bytes_of(initial)
-        self.initial = hashlib.sha256(initial_bytes).digest()
+        self.initial, initial_length = served_digest(initial)
         self.events.record(
             "model_initial",
             model_sha256=self.initial.hex(),
             file_sha256=file_sha256,
-            bytes=len(initial_bytes),
+            bytes=initial_length,
             release=self.policy.describe(),
         )
         self.digests[1] = self.initial
