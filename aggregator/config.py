@@ -16,6 +16,8 @@ aggregator.toml::
     upload_memory_bytes = 67108864     # an upload up to this size is received in memory; a larger
                                        # one is sealed to disk in blocks as it arrives (spool_dir)
     spool_dir = "spool"                # where spooled uploads go (unset: the system's temporary directory)
+    handshake_rate_per_ip = 20.0       # handshake calls per second from one client address (3 per join);
+    handshake_burst_per_ip = 80        # raise both when many sites share one address (a NAT, a proxy)
 
     [admission]  -> protocol.admission      [task] -> aggregator.rounds
     [parent]     -> attestfl.hierarchy (optional: this aggregator is a leaf of a hierarchical federation)
@@ -75,6 +77,12 @@ class AggregatorTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
         int, Meta(ge=1024 * 1024, le=1 << 40, description="an upload up to this size is received in memory")
     ] = 64 * 1024 * 1024
     spool_dir: PathText | None = None
+    handshake_rate_per_ip: Annotated[
+        float, Meta(gt=0, le=1e6, description="handshake calls per second from one client address")
+    ] = 20.0
+    handshake_burst_per_ip: Annotated[
+        int, Meta(ge=1, le=1_000_000, description="handshake calls from one client address at once, over the rate")
+    ] = 80
 
 
 _TABLES = ("aggregator", "admission", "task", "parent")
@@ -96,6 +104,8 @@ class AggregatorConfig:
     task: TaskConfig
     upload_memory_bytes: int = 64 * 1024 * 1024
     spool_dir: Path | None = None  # None: the system's temporary directory
+    handshake_rate_per_ip: float = 20.0
+    handshake_burst_per_ip: int = 80
     #: ``[parent]`` as written (read and checked by attestfl.hierarchy), or None: not a leaf.
     parent: dict[str, Any] | None = None
 
@@ -162,6 +172,8 @@ class AggregatorConfig:
                 admission=admission,
                 task=task,
                 upload_memory_bytes=section.upload_memory_bytes,
+                handshake_rate_per_ip=section.handshake_rate_per_ip,
+                handshake_burst_per_ip=section.handshake_burst_per_ip,
                 spool_dir=base / section.spool_dir if section.spool_dir is not None else None,
                 parent=data.get("parent"),
             )

@@ -264,7 +264,11 @@ async def _start(
         events=events,
         stall_timeout=config.stall_timeout,
         tree_head=TreeHeads(audit) if audit is not None else None,
-        limits=Limits(upload_memory_bytes=config.upload_memory_bytes),
+        limits=Limits(
+            upload_memory_bytes=config.upload_memory_bytes,
+            handshake_rate_per_ip=config.handshake_rate_per_ip,
+            handshake_burst_per_ip=config.handshake_burst_per_ip,
+        ),
     )
     service.spool_dir = config.spool_dir
     if config.spool_dir is not None:

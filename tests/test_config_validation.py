@@ -370,7 +370,7 @@ def test_unknown_keys_list_the_allowed_ones(tmp_path: Path) -> None:
     assert refused(write(tmp_path, {"listn": '"127.0.0.1:1"'})) == (
         "[aggregator]: unknown key(s) listn; allowed: listen, tee, simulated_dir, gpu, metrics_listen, log_dir, "
         "state_dir, "
-        "stall_timeout, upload_memory_bytes, spool_dir"
+        "stall_timeout, upload_memory_bytes, spool_dir, handshake_rate_per_ip, handshake_burst_per_ip"
     )
     assert (
         refused(write(tmp_path, extra="[task.dp]\nclip_norm = 1.0\nnoise_multiplier = 1.0\nepsilon = 3\n"))
