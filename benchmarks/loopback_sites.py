@@ -44,9 +44,9 @@ def _site(
         snp=SnpPolicy(measurement=frozenset({bytes.fromhex(measurement)})),
     )
     identity = load_identity(identity_path, site_sealing(Path(sim_dir)), site_id)
-    update = {
-        "w": np.random.default_rng(abs(hash(site_id)) % 2**32).standard_normal(parameters).astype(np.float32) * 1e-3
-    }
+    values = np.random.default_rng(abs(hash(site_id)) % 2**32).standard_normal(parameters, dtype=np.float32)
+    values *= np.float32(1e-3)  # in place: one update-sized array, whatever the model's size
+    update = {"w": values}
     with SiteClient(
         target, site_id=site_id, policy=policy, attester=SimulatedSnpAttester(sim_dir), identity=identity, timeout=600
     ) as client:
@@ -74,9 +74,13 @@ def _site(
     }
 
 
-def run(sites: int, parameters: int, *, download: bool = False) -> dict[str, Any]:
+def run(
+    sites: int, parameters: int, *, download: bool = False, sequential: bool = False, compression: str = "float32"
+) -> dict[str, Any]:
     """Start everything, upload once from every site concurrently; return per-site timings and
-    the aggregator's own events (decryption, validation and aggregation times)."""
+    the aggregator's own events (decryption, validation and aggregation times) and peak RSS.
+    ``sequential``: one site process at a time (each joins, downloads, uploads and exits before
+    the next starts), for models too large for N site processes to hold at once on this machine."""
     sys.path.insert(0, str(ROOT))
     from attestfl.loopback import Deployment
 
@@ -86,12 +90,12 @@ def run(sites: int, parameters: int, *, download: bool = False) -> dict[str, Any
         directory / "vendor",
         model={"w": np.zeros(parameters, np.float32)},
         sites={f"site-{i}": "" for i in range(sites)},
-        task=f'rounds = 1\nmin_sites = {sites}\nround_deadline = "900s"',
+        task=f'rounds = 1\nmin_sites = {sites}\nround_deadline = "1800s"\ncompression = "{compression}"',
     )
     identities = {f"site-{i}": str(deployment.sealed_identity(f"site-{i}")) for i in range(sites)}
     aggregator = deployment.start()
     context = mp.get_context("spawn")
-    barrier = context.Barrier(sites)
+    barrier = context.Barrier(1 if sequential else sites)
     with context.Manager() as manager:
         results = manager.dict()
         processes = [
@@ -114,14 +118,25 @@ def run(sites: int, parameters: int, *, download: bool = False) -> dict[str, Any
         ]
         try:
             cpu_before = _cpu_seconds(aggregator.process.pid)
+            started = time.time()
             for process in processes:
                 process.start()
+                if sequential:
+                    process.join(timeout=1800)
             for process in processes:
-                process.join(timeout=900)
+                process.join(timeout=1800)
             aggregator_cpu = _cpu_seconds(aggregator.process.pid) - cpu_before
             failed = [p.exitcode for p in processes if p.exitcode != 0]
             if failed:
                 raise RuntimeError(f"site processes failed: {failed}; aggregator log: {aggregator.stderr_path}")
+            # The round is aggregated and checkpointed after the last receipt: wait for its entry.
+            deadline = time.time() + 1800
+            while not any(e["message"] == "round" for e in aggregator.events()) and time.time() < deadline:
+                time.sleep(0.2)
+            round_wall = time.time() - started
+            aggregator_cpu = _cpu_seconds(aggregator.process.pid) - cpu_before
+            status = Path(f"/proc/{aggregator.process.pid}/status").read_text()
+            peak = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
             timings = dict(results)
         finally:
             for process in processes:
@@ -135,6 +150,8 @@ def run(sites: int, parameters: int, *, download: bool = False) -> dict[str, Any
         "directory": str(directory),
         "cpus": os.cpu_count(),
         "aggregator_cpu_seconds": aggregator_cpu,
+        "aggregator_peak_rss_bytes": peak,
+        "round_wall_seconds": round_wall,
         "load_average_1m": os.getloadavg()[0],
     }
 
