@@ -105,6 +105,7 @@ from protocol.config import (
 from protocol.tensors import (
     ModelSpec,
     UpdateFormatError,
+    adopt_model_buffer,
     flatten,
     load_model,
     model_buffer,
@@ -496,15 +497,16 @@ class RoundDriver:
         self.events = events or LogEvents()
         self.live_sites = live_sites
         self._lock = threading.RLock()
-        initial, self.global_vector = model_buffer(self.spec)  # the model's bytes and its flat view
-        position = 0
-        for tensor, array in zip(
-            self.spec.tensors,
-            _in_spec_order(model if model is not None else config.initial_model, self.spec),
-            strict=True,
-        ):
-            self.global_vector[position : position + tensor.size] = np.asarray(array, np.float32).reshape(-1)
-            position += tensor.size
+        given = model if model is not None else config.initial_model
+        adopted = adopt_model_buffer(given, self.spec)  # the file or checkpoint as read: no copy
+        if adopted is not None:
+            initial, self.global_vector = adopted
+        else:
+            initial, self.global_vector = model_buffer(self.spec)  # the model's bytes and its flat view
+            position = 0
+            for tensor, array in zip(self.spec.tensors, _in_spec_order(given, self.spec), strict=True):
+                self.global_vector[position : position + tensor.size] = np.asarray(array, np.float32).reshape(-1)
+                position += tensor.size
         self.round = start_round
         self.attempt = 1
         self.finished = start_round > config.rounds

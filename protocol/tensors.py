@@ -197,6 +197,29 @@ def model_buffer(spec: ModelSpec) -> tuple[bytearray, np.ndarray]:
     return buffer, np.frombuffer(buffer, dtype=DTYPES["F32"], offset=len(header))
 
 
+def adopt_model_buffer(tensors: Mapping[str, np.ndarray], spec: ModelSpec) -> tuple[bytearray, np.ndarray] | None:
+    """When ``tensors`` are views of one buffer laid out as :func:`model_buffer` lays out ``spec``
+    (a model file or checkpoint read by :func:`load_model` / :func:`decode_tensors`), that buffer
+    and its flat vector: the model is then used where it was read, not copied. Else None."""
+    base: object = tensors.get(spec.tensors[0].name) if spec.tensors else None
+    while isinstance(base, np.ndarray):  # a reshaped view's base is the flat view, whose base is the buffer's
+        base = base.base
+    buffer = base.obj if isinstance(base, memoryview) else None
+    if not isinstance(buffer, bytearray):
+        return None
+    header = _header([(t.name, t.shape) for t in spec.tensors], None)
+    if len(buffer) != len(header) + 4 * spec.parameter_count or buffer[: len(header)] != header:
+        return None
+    vector = np.frombuffer(buffer, dtype=DTYPES["F32"], offset=len(header))
+    position = vector.ctypes.data
+    for tensor in spec.tensors:  # each tensor is the buffer's own slice, in order
+        array = tensors[tensor.name]
+        if array.ctypes.data != position or array.size != tensor.size or not array.flags.c_contiguous:
+            return None
+        position += 4 * tensor.size
+    return buffer, vector
+
+
 def model_bytes_of(vector: np.ndarray, spec: ModelSpec) -> bytes | bytearray:
     """The safetensors bytes of a flat model vector: the buffer itself (no copy) when ``vector`` is
     the data section of a :func:`model_buffer`, else a new encoding."""
