@@ -68,16 +68,21 @@ def metrics_port() -> int:
     return _free_port()
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory, metrics_port: int) -> Deployment:
+@pytest.fixture(scope="module", params=["in-memory", "spooled"])
+def deployment(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, metrics_port: int
+) -> Deployment:
+    """Each test twice: uploads received in memory, and spooled to disk (aggregator/spool.py) as
+    every update larger than ``upload_memory_bytes`` is."""
     sites = {f"site-{name}": "" for name in "abcdefg"}
+    spooled = "upload_memory_bytes = 1048576\n" if request.param == "spooled" else ""
     return Deployment(
         tmp_path_factory.mktemp("deployment"),
         tmp_path_factory.mktemp("simulated-vendor"),
         model=dict(MODEL),
         sites=sites,
         task=f'rounds = 3\nmin_sites = {len(sites)}\nround_deadline = "600s"',
-        aggregator_extra=f'stall_timeout = "{RETENTION:g}s"\nmetrics_listen = "127.0.0.1:{metrics_port}"',
+        aggregator_extra=spooled + f'stall_timeout = "{RETENTION:g}s"\nmetrics_listen = "127.0.0.1:{metrics_port}"',
     )
 
 
