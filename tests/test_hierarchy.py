@@ -294,32 +294,31 @@ def test_a_tree_preserves_fedavg_only_unless_the_operator_opts_in(tmp_path: Path
         check_tree(task('mode = "async"'), allow_not_flat=True)
 
 
-def test_serve_refuses_a_leaf_whose_strategy_a_tree_does_not_preserve(tmp_path: Path) -> None:
-    deployment = _leaf(tmp_path, tmp_path / "sim", "leaf-x", "leaf-x", "127.0.0.1:1")
-    deployment.task = deployment.task.replace("evaluate = false", 'evaluate = false\nstrategy = "median"')
+def _serve_refused(deployment: Deployment) -> tuple[Path, str]:
+    """``attestfl serve`` on the leaf's file: refused with exit 2 and one line (the config, the line)."""
+    import contextlib
+
     (deployment.directory / "root-policy.toml").write_text('platforms = ["sev-snp"]\n')
     config = deployment.write()
     err = io.StringIO()
-    import contextlib
-
     with contextlib.redirect_stderr(err):
         status = main(["serve", "--config", str(config)])
     assert status == 2
     line = err.getvalue().strip()
-    assert line.startswith(f"attestfl: error: {config}: ") and "allow_not_flat" in line and len(line.splitlines()) == 1
+    assert len(line.splitlines()) == 1
+    return config, line
+
+
+def test_serve_refuses_a_leaf_whose_strategy_a_tree_does_not_preserve(tmp_path: Path) -> None:
+    deployment = _leaf(tmp_path, tmp_path / "sim", "leaf-x", "leaf-x", "127.0.0.1:1")
+    deployment.task = deployment.task.replace("evaluate = false", 'evaluate = false\nstrategy = "median"')
+    config, line = _serve_refused(deployment)
+    assert line.startswith(f"attestfl: error: {config}: ") and "allow_not_flat" in line
 
 
 def test_serve_refuses_a_leaf_whose_root_policy_pins_no_measurement(tmp_path: Path) -> None:
     deployment = _leaf(tmp_path, tmp_path / "sim", "leaf-x", "leaf-x", "127.0.0.1:1")
-    (deployment.directory / "root-policy.toml").write_text('platforms = ["sev-snp"]\n')
-    config = deployment.write()
-    err = io.StringIO()
-    import contextlib
-
-    with contextlib.redirect_stderr(err):
-        status = main(["serve", "--config", str(config)])
-    assert status == 2
-    line = err.getvalue().strip()
+    config, line = _serve_refused(deployment)
     assert line.startswith(f"attestfl: error: {config}: [parent] policy root-policy.toml: ")
     assert "[parent] INSECURE_accept_any_aggregator" in line and len(line.splitlines()) == 1
 
