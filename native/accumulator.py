@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _pool
 from ._validate import as_int, as_update
 from ._validate import weight as check_weight
 from ._workshare import run_blocks
@@ -21,9 +21,10 @@ MAX_WEIGHT = 1e30
 # that the per-task Python overhead stays small, enough that a stalled thread is covered.
 _BLOCKS_PER_TASK = 64
 #: Updates of at most this many values are added serially in the calling thread (no hand-off
-#: to helper threads, no per-call flags array): below it, a hand-off costs more than the
-#: second core saves (benchmarks/aggregation.py, ``accumulator_vs_torch``).
-SERIAL_MAX_VALUES = 1 << 20
+#: to a helper thread): below it, a hand-off costs more than the second core saves
+#: (benchmarks/aggregation.py, ``accumulator_vs_torch``). The native helpers (native/_pool.py)
+#: take a job in well under a microsecond; the portable Python work sharing needs tens.
+SERIAL_MAX_VALUES = 48 * 1024 if _pool.available() else 1 << 20
 _FLOAT32 = np.dtype(np.float32)
 
 
@@ -115,6 +116,32 @@ class Accumulator:
             if length != self._size:
                 self._whole = False
             return
+        if _pool.available():
+            self._add_shared(update, w, offset, site_index)
+        else:
+            self._add_work_shared(update, w, offset, site_index)
+        self._parts.append((offset, length, w, site_index))
+        if length != self._size:
+            self._whole = False
+
+    def _add_shared(self, update: np.ndarray, w: float, offset: int, site_index: int) -> None:
+        pool = _pool.pool()
+        if pool.lock.acquire(blocking=False):
+            try:
+                bad = _pool.accumulate(pool.ctrl, pool.ip, pool.fp, self._sum, update, w, offset)
+            finally:
+                pool.lock.release()
+            if bad:
+                _kernels.unaccumulate_finite(self._sum, update, w, offset)
+                raise NonFiniteUpdateError(site_index)
+        else:  # another thread is using the helpers: add in this one
+            first_bad = _kernels.accumulate_serial(self._sum, update, w, offset)
+            if first_bad >= 0:
+                _kernels.unaccumulate_serial(self._sum, update, w, offset, first_bad)
+                raise NonFiniteUpdateError(site_index)
+
+    def _add_work_shared(self, update: np.ndarray, w: float, offset: int, site_index: int) -> None:
+        """The portable shared path (Python pool threads), where native/_pool.py is unavailable."""
         nblocks = (update.shape[0] + _kernels.STREAM_BLOCK - 1) // _kernels.STREAM_BLOCK
         added = np.zeros(nblocks, dtype=np.bool_)
         target = self._sum
@@ -126,9 +153,6 @@ class Accumulator:
         if not added.all():
             _kernels.unaccumulate_kernel(self._sum, update, w, offset, added)
             raise NonFiniteUpdateError(site_index)
-        self._parts.append((offset, length, w, site_index))
-        if length != self._size:
-            self._whole = False
 
     def total_weight(self) -> float:
         """The weight every coordinate received; raises if coverage is not uniform."""
@@ -175,9 +199,15 @@ class Accumulator:
         """
         if self._result is None:
             total = self._uniform_weight()
+            factor = 1.0 / total
             if self._size <= SERIAL_MAX_VALUES:
-                _kernels.scale_serial(self._sum, 1.0 / float(total))
+                _kernels.scale_serial(self._sum, factor)
+            elif _pool.available() and (pool := _pool.pool()).lock.acquire(blocking=False):
+                try:
+                    _pool.scale(pool.ctrl, pool.ip, pool.fp, self._sum, factor)
+                finally:
+                    pool.lock.release()
             else:
-                _kernels.scale_kernel(self._sum, 1.0 / float(total), self._sum)
+                _kernels.scale_kernel(self._sum, factor, self._sum)
             self._result = self._sum
         return self._result

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
-from . import _kernels, _small_networks
+from . import _kernels, _pool, _small_networks
 from ._networks import selection_network
 from ._validate import as_int, as_stack, as_update, normalised_weights, trim_count
 from ._workshare import run_blocks
@@ -54,15 +54,21 @@ def fedavg(updates: np.ndarray | Sequence[np.ndarray], weights: Sequence[float] 
         w = normalised_weights(weights, len(checked))
         rows = checked
     out = np.empty(size, dtype=np.float32)
-    nblocks = (size + _kernels.STREAM_BLOCK - 1) // _kernels.STREAM_BLOCK
-    bad_blocks = np.zeros(nblocks, dtype=np.bool_)
-    # The kernel reads the updates through their data addresses; ``rows`` keeps them alive.
+    # The kernels read the updates through their data addresses; ``rows`` keeps them alive.
     addresses = np.array([r.__array_interface__["data"][0] for r in rows], dtype=np.intp)
-    _kernels.fedavg_kernel(addresses, w, out, bad_blocks)
-    if bad_blocks.any():
-        b = int(np.flatnonzero(bad_blocks)[0])
-        start = b * _kernels.STREAM_BLOCK
-        site = _first_nonfinite(rows, start, start + _kernels.STREAM_BLOCK)
+    pool = _pool.pool() if _pool.available() else None
+    if pool is not None and pool.lock.acquire(blocking=False):
+        try:
+            bad = bool(_pool.fedavg(pool.ctrl, pool.ip, pool.fp, addresses, w, out))
+        finally:
+            pool.lock.release()
+    else:
+        nblocks = (size + _kernels.STREAM_BLOCK - 1) // _kernels.STREAM_BLOCK
+        bad_blocks = np.zeros(nblocks, dtype=np.bool_)
+        _kernels.fedavg_kernel(addresses, w, out, bad_blocks)
+        bad = bool(bad_blocks.any())
+    if bad:
+        site = _first_nonfinite(rows)
         if site is None:  # all inputs finite: values near float32's limit rounded past it
             raise AggregationError("the weighted mean overflows float32 (inputs near +-3.4e38)")
         raise NonFiniteUpdateError(site)

@@ -1,0 +1,473 @@
+"""Native work sharing for the streaming kernels (Accumulator.add, its mean, fedavg).
+
+``_workshare.run_blocks`` hands ranges of blocks to Python pool threads: each hand-off
+wakes a thread that must take the GIL, some tens of microseconds, so updates below ~1M
+values were added by one core. Here the helper threads run a ``nogil`` Numba loop that
+never returns to Python: it watches a shared control word, spins briefly (``pause``)
+after each job so a stream of ``add`` calls finds it awake, then sleeps on a futex.
+A job costs the caller a few atomic operations, so updates of ~50K values and up use
+both cores.
+
+The protocol keeps what made ``run_blocks`` robust on a shared machine: the caller
+takes tasks (ranges of blocks) from the same counter as the helpers and, when none
+are left, waits only for tasks a helper actually took. A helper the OS has not
+scheduled holds nothing up.
+
+The control word packs (job generation << 32) | next task; a helper takes a task with a
+compare-and-swap that fails if the generation moved on, so it never works on a later
+job with an earlier job's parameters. The caller writes a job's parameters before it
+publishes the generation (sequentially consistent atomics), and rewrites them only once
+every task of the previous job is done.
+
+x86-64 Linux only (``pause``, the ``futex`` and ``sched_yield`` system calls as inline
+assembly, so the kernels stay cacheable); elsewhere ``available()`` is False and the
+Accumulator keeps the Python work sharing.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import threading
+
+import numba
+import numpy as np
+from llvmlite import binding, ir
+from numba import carray, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._kernels import STREAM_BLOCK, _any_nonfinite
+
+# --- atomics and system calls ---------------------------------------------------------------
+
+
+def _slot(context, builder, arrty, ary, idx):
+    array = context.make_array(arrty)(context, builder, ary)
+    return cgutils.get_item_pointer(context, builder, arrty, array, [idx], wraparound=False)
+
+
+@intrinsic
+def _load(typingctx, arr, idx):
+    """Sequentially consistent load of arr[idx] (int64)."""
+
+    def codegen(context, builder, sig, args):
+        ptr = _slot(context, builder, sig.args[0], args[0], args[1])
+        return builder.load_atomic(ptr, "seq_cst", 8)
+
+    return types.int64(arr, idx), codegen
+
+
+@intrinsic
+def _store(typingctx, arr, idx, value):
+    """Sequentially consistent store of value into arr[idx] (int64)."""
+
+    def codegen(context, builder, sig, args):
+        ptr = _slot(context, builder, sig.args[0], args[0], args[1])
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        builder.store_atomic(val, ptr, "seq_cst", 8)
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, value), codegen
+
+
+@intrinsic
+def _fetch_add(typingctx, arr, idx, value):
+    """arr[idx] += value atomically; returns the old value."""
+
+    def codegen(context, builder, sig, args):
+        ptr = _slot(context, builder, sig.args[0], args[0], args[1])
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("add", ptr, val, "seq_cst")
+
+    return types.int64(arr, idx, value), codegen
+
+
+@intrinsic
+def _cas(typingctx, arr, idx, expected, new):
+    """Compare-and-swap arr[idx] from expected to new; returns the value found."""
+
+    def codegen(context, builder, sig, args):
+        ptr = _slot(context, builder, sig.args[0], args[0], args[1])
+        exp = context.cast(builder, args[2], sig.args[2], types.int64)
+        val = context.cast(builder, args[3], sig.args[3], types.int64)
+        pair = builder.cmpxchg(ptr, exp, val, "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 0)
+
+    return types.int64(arr, idx, expected, new), codegen
+
+
+@intrinsic
+def _address(typingctx, arr, idx):
+    """The address of arr[idx], as an int."""
+
+    def codegen(context, builder, sig, args):
+        ptr = _slot(context, builder, sig.args[0], args[0], args[1])
+        return builder.ptrtoint(ptr, ir.IntType(64))
+
+    return types.int64(arr, idx), codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    """The x86 spin-wait hint."""
+
+    def codegen(context, builder, sig, args):
+        asm = ir.InlineAsm(ir.FunctionType(ir.VoidType(), []), "pause", "~{memory}", side_effect=True)
+        builder.call(asm, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def _syscall4(typingctx, nr, a1, a2, a3, a4):
+    """Linux x86-64 system call ``nr`` with four integer arguments; returns rax."""
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        vals = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args, strict=True)]
+        fnty = ir.FunctionType(i64, [i64] * 5)
+        asm = ir.InlineAsm(
+            fnty, "syscall", "={rax},{rax},{rdi},{rsi},{rdx},{r10},~{rcx},~{r11},~{memory}", side_effect=True
+        )
+        return builder.call(asm, vals)
+
+    return types.int64(nr, a1, a2, a3, a4), codegen
+
+
+# Compiling inline assembly needs the native assembly parser, which numba leaves out.
+binding.initialize_native_asmparser()
+
+_SYS_SCHED_YIELD = 24
+_SYS_FUTEX = 202
+_FUTEX_WAIT_PRIVATE = 128
+_FUTEX_WAKE_PRIVATE = 129
+
+# --- the control block ------------------------------------------------------------------------
+# int64 slots, each on its own 64-byte line.
+_WORD = 0  # (generation << 32) | next task
+_DONE = 8  # tasks finished in this generation
+_BAD = 16  # set when a block of the job holds a non-finite value
+_FUTEX = 24  # bumped on every job: what sleeping helpers wait on (low 32 bits)
+_SLEEPERS = 32  # helpers inside (or about to enter) futex wait
+_HELPED = 40  # tasks run by helpers, all jobs together (a statistic for tests and benchmarks)
+_CTRL_SLOTS = 48
+# int64 parameters of the current job
+_KIND, _NTASKS, _TASK_BLOCKS, _SIZE, _OUT, _IN, _OFFSET, _ROWS, _N = range(9)
+# job kinds
+_ACCUMULATE, _SCALE, _FEDAVG = 1, 2, 3
+
+#: pause instructions a helper spins before it sleeps (~50-100 us: longer than the
+#: Python-side gap between two ``add`` calls of a stream, short enough to idle cheaply).
+_SPIN = 20_000
+_LOW32 = np.int64(0xFFFFFFFF)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _f32(address, size):
+    return carray(_f32_pointer(address), size)
+
+
+@intrinsic
+def _f32_pointer(typingctx, address):
+    sig = types.CPointer(types.float32)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float32)))
+
+    return sig, codegen
+
+
+@intrinsic
+def _f64_pointer(typingctx, address):
+    sig = types.CPointer(types.float64)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float64)))
+
+    return sig, codegen
+
+
+@intrinsic
+def _i64_pointer(typingctx, address):
+    sig = types.CPointer(types.int64)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.int64)))
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def _run_task(ctrl, ip, fp, task):
+    """Blocks [task * tb, (task + 1) * tb) of the current job."""
+    kind = ip[_KIND]
+    tb = ip[_TASK_BLOCKS]
+    size = ip[_SIZE]
+    nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
+    first = task * tb
+    last = min(first + tb, nblocks)
+    if kind == _ACCUMULATE:
+        x = _f32(ip[_IN], size)
+        bits = x.view(np.uint32)
+        acc = _f32(ip[_OUT] + 4 * ip[_OFFSET], size)
+        w = np.float32(fp[0])
+        for b in range(first, last):
+            start = b * STREAM_BLOCK
+            stop = min(start + STREAM_BLOCK, size)
+            if _any_nonfinite(bits, start, stop):
+                _store(ctrl, _BAD, 1)
+                continue
+            xs = x[start:stop]
+            a = acc[start:stop]
+            for t in range(stop - start):
+                a[t] += w * xs[t]
+    elif kind == _SCALE:
+        v = _f32(ip[_OUT], size)
+        f = np.float32(fp[0])
+        start = first * STREAM_BLOCK
+        stop = min(last * STREAM_BLOCK, size)
+        vs = v[start:stop]
+        for t in range(stop - start):
+            vs[t] = vs[t] * f
+    elif kind == _FEDAVG:
+        _fedavg_blocks(ctrl, ip, first, last)
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def _fedavg_blocks(ctrl, ip, first, last):
+    """out = sum_i weights[i] * rows[i] over blocks [first, last): float64 in a block buffer
+    (L1) that the rows stream through two at a time; the result block is checked for
+    non-finite values (the weights are normalised, so it is finite iff every input is)."""
+    size = ip[_SIZE]
+    n = ip[_N]
+    out = _f32(ip[_OUT], size)
+    out_bits = out.view(np.uint32)
+    rows = carray(_i64_pointer(ip[_ROWS]), n)
+    weights = carray(_f64_pointer(ip[_IN]), n)
+    acc = np.empty(STREAM_BLOCK, dtype=np.float64)
+    for b in range(first, last):
+        start = b * STREAM_BLOCK
+        stop = min(start + STREAM_BLOCK, size)
+        length = stop - start
+        x0 = _f32(rows[0], size)[start:stop]
+        w0 = weights[0]
+        if n >= 2:
+            x1 = _f32(rows[1], size)[start:stop]
+            w1 = weights[1]
+            for t in range(length):
+                acc[t] = w0 * x0[t] + w1 * x1[t]
+        else:
+            for t in range(length):
+                acc[t] = w0 * x0[t]
+        i = 2
+        while i + 2 <= n:
+            x0 = _f32(rows[i], size)[start:stop]
+            x1 = _f32(rows[i + 1], size)[start:stop]
+            w0 = weights[i]
+            w1 = weights[i + 1]
+            for t in range(length):
+                acc[t] += w0 * x0[t] + w1 * x1[t]
+            i += 2
+        if i < n:
+            x0 = _f32(rows[i], size)[start:stop]
+            w0 = weights[i]
+            for t in range(length):
+                acc[t] += w0 * x0[t]
+        o = out[start:stop]
+        for t in range(length):
+            o[t] = np.float32(acc[t])
+        if _any_nonfinite(out_bits, start, stop):
+            _store(ctrl, _BAD, 1)
+
+
+@njit(cache=True, nogil=True)
+def _work(ctrl, ip, fp, generation, ntasks):
+    """Take and run tasks of ``generation`` until none is left; the number run."""
+    ran = 0
+    while True:
+        word = _load(ctrl, _WORD)
+        if (word >> 32) != generation:
+            return ran
+        task = word & _LOW32
+        if task >= ntasks:
+            return ran
+        if _cas(ctrl, _WORD, word, word + 1) != word:
+            continue
+        _run_task(ctrl, ip, fp, task)
+        _fetch_add(ctrl, _DONE, 1)
+        ran += 1
+
+
+@njit(cache=True, nogil=True)
+def helper_loop(ctrl, ip, fp):
+    """A helper thread's life: wait for a job, share its tasks, spin, sleep, repeat."""
+    seen = _load(ctrl, _WORD) >> 32
+    while True:
+        spins = 0
+        while True:
+            generation = _load(ctrl, _WORD) >> 32
+            if generation != seen:
+                break
+            if spins < _SPIN:
+                _pause()
+                spins += 1
+                continue
+            expected = _load(ctrl, _FUTEX) & _LOW32
+            _fetch_add(ctrl, _SLEEPERS, 1)
+            if (_load(ctrl, _WORD) >> 32) == seen:
+                _syscall4(_SYS_FUTEX, _address(ctrl, _FUTEX), _FUTEX_WAIT_PRIVATE, expected, 0)
+            _fetch_add(ctrl, _SLEEPERS, -1)
+            spins = 0
+        seen = generation
+        ran = _work(ctrl, ip, fp, generation, ip[_NTASKS])
+        if ran:
+            _fetch_add(ctrl, _HELPED, ran)
+
+
+@njit(cache=True, nogil=True)
+def _run_job(ctrl, ip, ntasks):
+    """Publish the job whose parameters are in ip/fp, share its tasks, wait for the tasks
+    a helper took; returns 1 when a block held a non-finite value."""
+    ip[_NTASKS] = ntasks
+    _store(ctrl, _DONE, 0)
+    _store(ctrl, _BAD, 0)
+    generation = (_load(ctrl, _WORD) >> 32) + 1
+    _store(ctrl, _WORD, generation << 32)
+    _fetch_add(ctrl, _FUTEX, 1)
+    if _load(ctrl, _SLEEPERS) > 0:
+        _syscall4(_SYS_FUTEX, _address(ctrl, _FUTEX), _FUTEX_WAKE_PRIVATE, 1 << 30, 0)
+    return generation
+
+
+@njit(cache=True, nogil=True)
+def _finish(ctrl, ip, fp, generation, ntasks):
+    _work(ctrl, ip, fp, generation, ntasks)
+    spins = 0
+    while _load(ctrl, _DONE) < ntasks:
+        # only tasks a helper took are left: it is running them (or was preempted)
+        spins += 1
+        if spins < 4096:
+            _pause()
+        else:
+            _syscall4(_SYS_SCHED_YIELD, 0, 0, 0, 0)
+    return _load(ctrl, _BAD)
+
+
+@njit(cache=True, nogil=True)
+def accumulate(ctrl, ip, fp, acc, chunk, weight, offset):
+    """acc[offset:offset+len] += weight * chunk, shared with the helpers. Blocks holding a
+    non-finite value are skipped; returns 1 if there was one (take the others back out
+    with ``_kernels.unaccumulate_finite``), else 0."""
+    size = chunk.shape[0]
+    nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
+    tb = max(1, min(64, nblocks // 8))
+    ip[_KIND] = _ACCUMULATE
+    ip[_TASK_BLOCKS] = tb
+    ip[_SIZE] = size
+    ip[_OUT] = acc.ctypes.data
+    ip[_IN] = chunk.ctypes.data
+    ip[_OFFSET] = offset
+    fp[0] = weight
+    ntasks = (nblocks + tb - 1) // tb
+    generation = _run_job(ctrl, ip, ntasks)
+    return _finish(ctrl, ip, fp, generation, ntasks)
+
+
+@njit(cache=True, nogil=True)
+def scale(ctrl, ip, fp, values, factor):
+    """values *= factor (float32), shared with the helpers."""
+    size = values.shape[0]
+    nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
+    tb = max(1, min(64, nblocks // 8))
+    ip[_KIND] = _SCALE
+    ip[_TASK_BLOCKS] = tb
+    ip[_SIZE] = size
+    ip[_OUT] = values.ctypes.data
+    fp[0] = factor
+    ntasks = (nblocks + tb - 1) // tb
+    generation = _run_job(ctrl, ip, ntasks)
+    _finish(ctrl, ip, fp, generation, ntasks)
+
+
+@njit(cache=True, nogil=True)
+def fedavg(ctrl, ip, fp, addresses, weights, out):
+    """out = sum_i weights[i] * update_i (addresses[i]: the data of a float32 update of
+    len(out) values), shared with the helpers; returns 1 if the result holds a non-finite
+    value (so some input does)."""
+    size = out.shape[0]
+    nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
+    tb = max(1, min(16, nblocks // 8))
+    ip[_KIND] = _FEDAVG
+    ip[_TASK_BLOCKS] = tb
+    ip[_SIZE] = size
+    ip[_OUT] = out.ctypes.data
+    ip[_IN] = weights.ctypes.data
+    ip[_ROWS] = addresses.ctypes.data
+    ip[_N] = addresses.shape[0]
+    ntasks = (nblocks + tb - 1) // tb
+    generation = _run_job(ctrl, ip, ntasks)
+    return _finish(ctrl, ip, fp, generation, ntasks)
+
+
+# --- the pool ------------------------------------------------------------------------------------
+
+
+class Pool:
+    """The control block, its parameters and the helper threads (started on first use)."""
+
+    def __init__(self) -> None:
+        self.ctrl = np.zeros(_CTRL_SLOTS, dtype=np.int64)
+        self.ip = np.zeros(16, dtype=np.int64)
+        self.fp = np.zeros(8, dtype=np.float64)
+        #: one job at a time; a second thread that finds the pool busy works alone
+        self.lock = threading.Lock()
+        self._started = False
+        #: helper threads (numba's thread count less the caller)
+        self.helpers = max(0, numba.get_num_threads() - 1)
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for i in range(self.helpers):
+            thread = threading.Thread(
+                target=helper_loop, args=(self.ctrl, self.ip, self.fp), name=f"attestfl-native-{i}", daemon=True
+            )
+            thread.start()
+
+
+_AVAILABLE = sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64")
+
+
+def available() -> bool:
+    """Whether the native helpers run on this platform (x86-64 Linux)."""
+    return _AVAILABLE
+
+
+_pool: Pool | None = None
+_pool_lock = threading.Lock()
+
+
+def pool() -> Pool:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                p = Pool()
+                p.start()
+                _pool = p
+    return _pool
+
+
+def _after_fork() -> None:
+    # The helpers do not exist in a forked child: a fresh pool starts its own there.
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

@@ -1,0 +1,151 @@
+"""native/_pool.py: the native helper threads that share the Accumulator's adds, its mean
+and fedavg (issue 19, kernels at the floor). The shared path gives the same sums, bit for
+bit, as the serial one and as the portable Python work sharing; a busy pool, a forked
+child and concurrent callers all still get the right answer; the helpers do take work."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import native
+from native import _pool, accumulator
+from native.errors import NonFiniteUpdateError
+from native_refs import ref_fedavg
+
+pytestmark = pytest.mark.skipif(not _pool.available(), reason="the native helpers run on x86-64 Linux only")
+
+SIZE = 3 * 64 * 4096 + 7
+
+
+def _updates(size: int, count: int = 4, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(size, dtype=np.float32) for _ in range(count)]
+
+
+def _mean(updates: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    acc = native.Accumulator(updates[0].size)
+    for update, weight in zip(updates, weights, strict=True):
+        acc.add(update, weight)
+    return acc.result()
+
+
+WEIGHTS = [1.0, 2.5, 7.0, 0.125]
+
+
+def test_shared_serial_and_python_work_sharing_agree_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    updates = _updates(SIZE)
+    monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", 1 << 40)
+    serial = _mean(updates, WEIGHTS)
+    monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", 0)
+    shared = _mean(updates, WEIGHTS)
+    monkeypatch.setattr(_pool, "_AVAILABLE", False)
+    python_shared = _mean(updates, WEIGHTS)
+    np.testing.assert_array_equal(serial, shared)
+    np.testing.assert_array_equal(serial, python_shared)
+
+
+def test_a_busy_pool_adds_in_the_calling_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", 0)
+    updates = _updates(SIZE, seed=1)
+    expected = _mean(updates, WEIGHTS)
+    pool = _pool.pool()
+    with pool.lock:  # another thread holds the helpers
+        busy = _mean(updates, WEIGHTS)
+        bad = updates[0].copy()
+        bad[SIZE - 1] = np.inf
+        acc = native.Accumulator(SIZE)
+        acc.add(updates[1], 1.0)
+        with pytest.raises(NonFiniteUpdateError):
+            acc.add(bad, 2.0)
+        np.testing.assert_allclose(acc.result(), updates[1], rtol=1e-6, atol=1e-6)
+        fed = native.fedavg(updates, WEIGHTS)
+    np.testing.assert_array_equal(busy, expected)
+    np.testing.assert_array_equal(fed, native.fedavg(updates, WEIGHTS))
+
+
+@pytest.mark.parametrize("where", [0, 64 * 4096 + 3, -1])
+def test_a_non_finite_update_is_taken_back_out_on_the_shared_path(where: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", 0)
+    good = _updates(SIZE, 2, seed=2)
+    bad = good[0].copy()
+    bad[where] = np.nan
+    acc = native.Accumulator(SIZE + 10)
+    acc.add(good[0], 2.0, offset=5)
+    with pytest.raises(NonFiniteUpdateError) as info:
+        acc.add(bad, 3.0, offset=5, site=4)
+    assert info.value.site_index == 4
+    acc.add(good[1], 1.0, offset=5)
+    # the 5 coordinates either side received nothing: only whole coverage has a mean
+    np.testing.assert_allclose(
+        acc._sum[5:-5] / 3.0, (2.0 * good[0].astype(np.float64) + good[1]) / 3.0, rtol=1e-5, atol=1e-5
+    )
+    assert [c.site for c in acc.contributions] == [0, 2]
+
+
+def test_fedavg_shared_matches_the_reference_and_names_the_first_bad_site() -> None:
+    stack = np.stack(_updates(200_003, 7, seed=3))
+    weights = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0]
+    np.testing.assert_allclose(native.fedavg(stack, weights), ref_fedavg(stack, weights), rtol=1e-6, atol=1e-6)
+    stack[5, 10] = np.nan
+    stack[2, 199_000] = -np.inf  # later in the update, but an earlier site
+    with pytest.raises(NonFiniteUpdateError) as info:
+        native.fedavg(stack, weights)
+    assert info.value.site_index == 2
+
+
+def test_concurrent_callers_each_get_their_own_sum(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", 0)
+    sets = [_updates(SIZE, 4, seed=10 + i) for i in range(3)]
+    expected = [_mean(u, WEIGHTS) for u in sets]
+    got: list[np.ndarray | None] = [None] * 3
+
+    def run(i: int) -> None:
+        for _ in range(5):
+            got[i] = _mean(sets[i], WEIGHTS)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_the_helpers_take_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", 0)
+    if _pool.pool().helpers == 0:
+        pytest.skip("one numba thread: no helper")
+    ctrl = _pool.pool().ctrl
+    before = int(ctrl[_pool._HELPED])
+    update = _updates(1 << 20, 1, seed=4)[0]
+    acc = native.Accumulator(update.size)
+    deadline = time.monotonic() + 10.0
+    while int(ctrl[_pool._HELPED]) == before and time.monotonic() < deadline:
+        for _ in range(20):
+            acc.add(update, 1.0)
+    assert int(ctrl[_pool._HELPED]) > before
+
+
+def _child(queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    updates = _updates(SIZE, 4, seed=5)
+    accumulator.SERIAL_MAX_VALUES = 0
+    queue.put(_mean(updates, WEIGHTS).tobytes())
+
+
+def test_a_forked_child_gets_its_own_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", 0)
+    expected = _mean(_updates(SIZE, 4, seed=5), WEIGHTS)  # the parent's helpers are running
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue,))
+    proc.start()
+    data = queue.get(timeout=60)
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    np.testing.assert_array_equal(np.frombuffer(data, dtype=np.float32), expected)
