@@ -38,7 +38,14 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._kernels import STREAM_BLOCK, _any_nonfinite
+from ._kernels import (
+    STREAM_BLOCK,
+    _any_nonfinite,
+    accumulate_serial,
+    scale_serial,
+    unaccumulate_finite,
+    unaccumulate_serial,
+)
 
 # --- atomics and system calls ---------------------------------------------------------------
 
@@ -153,8 +160,10 @@ _BAD = 16  # set when a block of the job holds a non-finite value
 _FUTEX = 24  # bumped on every job: what sleeping helpers wait on (low 32 bits)
 _SLEEPERS = 32  # helpers inside (or about to enter) futex wait
 _HELPED = 40  # tasks run by helpers, all jobs together (a statistic for tests and benchmarks)
-_CTRL_SLOTS = 48
-# int64 parameters of the current job
+_BUSY = 48  # 1 while a caller owns the helpers (a second caller works alone)
+_PARAMS = 56  # 16 int64 parameters of the current job, then 8 float64
+_FLOATS = 72
+_STATE_SLOTS = 80
 _KIND, _NTASKS, _TASK_BLOCKS, _SIZE, _OUT, _IN, _OFFSET, _ROWS, _N = range(9)
 # job kinds
 _ACCUMULATE, _SCALE, _FEDAVG = 1, 2, 3
@@ -301,9 +310,15 @@ def _work(ctrl, ip, fp, generation, ntasks):
         ran += 1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _split(state):
+    return state, state[_PARAMS:_FLOATS], state[_FLOATS:].view(np.float64)
+
+
 @njit(cache=True, nogil=True)
-def helper_loop(ctrl, ip, fp):
+def helper_loop(state):
     """A helper thread's life: wait for a job, share its tasks, spin, sleep, repeat."""
+    ctrl, ip, fp = _split(state)
     seen = _load(ctrl, _WORD) >> 32
     while True:
         spins = 0
@@ -357,10 +372,17 @@ def _finish(ctrl, ip, fp, generation, ntasks):
 
 
 @njit(cache=True, nogil=True)
-def accumulate(ctrl, ip, fp, acc, chunk, weight, offset):
-    """acc[offset:offset+len] += weight * chunk, shared with the helpers. Blocks holding a
-    non-finite value are skipped; returns 1 if there was one (take the others back out
-    with ``_kernels.unaccumulate_finite``), else 0."""
+def accumulate(state, acc, chunk, weight, offset):
+    """acc[offset:offset+len] += weight * chunk (float32), shared with the helpers (alone if
+    another caller has them). Returns 1 when the chunk holds a non-finite value: it is then
+    taken back out (the blocks that were added are subtracted), else 0."""
+    if _cas(state, _BUSY, 0, 1) != 0:
+        first_bad = accumulate_serial(acc, chunk, weight, offset)
+        if first_bad >= 0:
+            unaccumulate_serial(acc, chunk, weight, offset, first_bad)
+            return 1
+        return 0
+    ctrl, ip, fp = _split(state)
     size = chunk.shape[0]
     nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
     tb = max(1, min(64, nblocks // 8))
@@ -373,12 +395,22 @@ def accumulate(ctrl, ip, fp, acc, chunk, weight, offset):
     fp[0] = weight
     ntasks = (nblocks + tb - 1) // tb
     generation = _run_job(ctrl, ip, ntasks)
-    return _finish(ctrl, ip, fp, generation, ntasks)
+    bad = _finish(ctrl, ip, fp, generation, ntasks)
+    _store(state, _BUSY, 0)
+    if bad:
+        # blocks holding a non-finite value were skipped; every other one was added
+        unaccumulate_finite(acc, chunk, weight, offset)
+        return 1
+    return 0
 
 
 @njit(cache=True, nogil=True)
-def scale(ctrl, ip, fp, values, factor):
-    """values *= factor (float32), shared with the helpers."""
+def scale(state, values, factor):
+    """values *= factor (float32), shared with the helpers (alone if another caller has them)."""
+    if _cas(state, _BUSY, 0, 1) != 0:
+        scale_serial(values, factor)
+        return
+    ctrl, ip, fp = _split(state)
     size = values.shape[0]
     nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
     tb = max(1, min(64, nblocks // 8))
@@ -390,13 +422,17 @@ def scale(ctrl, ip, fp, values, factor):
     ntasks = (nblocks + tb - 1) // tb
     generation = _run_job(ctrl, ip, ntasks)
     _finish(ctrl, ip, fp, generation, ntasks)
+    _store(state, _BUSY, 0)
 
 
 @njit(cache=True, nogil=True)
-def fedavg(ctrl, ip, fp, addresses, weights, out):
+def fedavg(state, addresses, weights, out):
     """out = sum_i weights[i] * update_i (addresses[i]: the data of a float32 update of
-    len(out) values), shared with the helpers; returns 1 if the result holds a non-finite
-    value (so some input does)."""
+    len(out) values), shared with the helpers. Returns 1 if the result holds a non-finite
+    value (so some input does), 0 if not, -1 (nothing done) if another caller has them."""
+    if _cas(state, _BUSY, 0, 1) != 0:
+        return -1
+    ctrl, ip, fp = _split(state)
     size = out.shape[0]
     nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
     tb = max(1, min(16, nblocks // 8))
@@ -409,34 +445,12 @@ def fedavg(ctrl, ip, fp, addresses, weights, out):
     ip[_N] = addresses.shape[0]
     ntasks = (nblocks + tb - 1) // tb
     generation = _run_job(ctrl, ip, ntasks)
-    return _finish(ctrl, ip, fp, generation, ntasks)
+    bad = _finish(ctrl, ip, fp, generation, ntasks)
+    _store(state, _BUSY, 0)
+    return bad
 
 
 # --- the pool ------------------------------------------------------------------------------------
-
-
-class Pool:
-    """The control block, its parameters and the helper threads (started on first use)."""
-
-    def __init__(self) -> None:
-        self.ctrl = np.zeros(_CTRL_SLOTS, dtype=np.int64)
-        self.ip = np.zeros(16, dtype=np.int64)
-        self.fp = np.zeros(8, dtype=np.float64)
-        #: one job at a time; a second thread that finds the pool busy works alone
-        self.lock = threading.Lock()
-        self._started = False
-        #: helper threads (numba's thread count less the caller)
-        self.helpers = max(0, numba.get_num_threads() - 1)
-
-    def start(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        for i in range(self.helpers):
-            thread = threading.Thread(
-                target=helper_loop, args=(self.ctrl, self.ip, self.fp), name=f"attestfl-native-{i}", daemon=True
-            )
-            thread.start()
 
 
 _AVAILABLE = sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64")
@@ -447,26 +461,43 @@ def available() -> bool:
     return _AVAILABLE
 
 
-_pool: Pool | None = None
-_pool_lock = threading.Lock()
+def helper_count() -> int:
+    """Helper threads (numba's thread count less the caller)."""
+    return max(0, numba.get_num_threads() - 1)
 
 
-def pool() -> Pool:
-    global _pool
-    if _pool is None:
-        with _pool_lock:
-            if _pool is None:
-                p = Pool()
-                p.start()
-                _pool = p
-    return _pool
+_state: np.ndarray | None = None
+_state_lock = threading.Lock()
+
+
+def state() -> np.ndarray:
+    """The shared state the native entry points take; starts the helpers on first use."""
+    if _state is not None:
+        return _state
+    return _start()
+
+
+def _start() -> np.ndarray:
+    global _state
+    with _state_lock:
+        if _state is None:
+            new = np.zeros(_STATE_SLOTS, dtype=np.int64)
+            for i in range(helper_count()):
+                threading.Thread(target=helper_loop, args=(new,), name=f"attestfl-native-{i}", daemon=True).start()
+            _state = new
+    return _state
+
+
+def helped() -> int:
+    """Tasks the helpers have run in this process (0 before the first job)."""
+    return 0 if _state is None else int(_state[_HELPED])
 
 
 def _after_fork() -> None:
     # The helpers do not exist in a forked child: a fresh pool starts its own there.
-    global _pool, _pool_lock
-    _pool = None
-    _pool_lock = threading.Lock()
+    global _state, _state_lock
+    _state = None
+    _state_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -125,20 +125,8 @@ class Accumulator:
             self._whole = False
 
     def _add_shared(self, update: np.ndarray, w: float, offset: int, site_index: int) -> None:
-        pool = _pool.pool()
-        if pool.lock.acquire(blocking=False):
-            try:
-                bad = _pool.accumulate(pool.ctrl, pool.ip, pool.fp, self._sum, update, w, offset)
-            finally:
-                pool.lock.release()
-            if bad:
-                _kernels.unaccumulate_finite(self._sum, update, w, offset)
-                raise NonFiniteUpdateError(site_index)
-        else:  # another thread is using the helpers: add in this one
-            first_bad = _kernels.accumulate_serial(self._sum, update, w, offset)
-            if first_bad >= 0:
-                _kernels.unaccumulate_serial(self._sum, update, w, offset, first_bad)
-                raise NonFiniteUpdateError(site_index)
+        if _pool.accumulate(_pool.state(), self._sum, update, w, offset):
+            raise NonFiniteUpdateError(site_index)
 
     def _add_work_shared(self, update: np.ndarray, w: float, offset: int, site_index: int) -> None:
         """The portable shared path (Python pool threads), where native/_pool.py is unavailable."""
@@ -202,11 +190,8 @@ class Accumulator:
             factor = 1.0 / total
             if self._size <= SERIAL_MAX_VALUES:
                 _kernels.scale_serial(self._sum, factor)
-            elif _pool.available() and (pool := _pool.pool()).lock.acquire(blocking=False):
-                try:
-                    _pool.scale(pool.ctrl, pool.ip, pool.fp, self._sum, factor)
-                finally:
-                    pool.lock.release()
+            elif _pool.available():
+                _pool.scale(_pool.state(), self._sum, factor)
             else:
                 _kernels.scale_kernel(self._sum, factor, self._sum)
             self._result = self._sum

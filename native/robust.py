@@ -56,13 +56,10 @@ def fedavg(updates: np.ndarray | Sequence[np.ndarray], weights: Sequence[float] 
     out = np.empty(size, dtype=np.float32)
     # The kernels read the updates through their data addresses; ``rows`` keeps them alive.
     addresses = np.array([r.__array_interface__["data"][0] for r in rows], dtype=np.intp)
-    pool = _pool.pool() if _pool.available() else None
-    if pool is not None and pool.lock.acquire(blocking=False):
-        try:
-            bad = bool(_pool.fedavg(pool.ctrl, pool.ip, pool.fp, addresses, w, out))
-        finally:
-            pool.lock.release()
-    else:
+    shared = _pool.fedavg(_pool.state(), addresses, w, out) if _pool.available() else -1
+    if shared >= 0:
+        bad = shared == 1
+    else:  # no native helpers here, or another thread has them: numba's parallel loop
         nblocks = (size + _kernels.STREAM_BLOCK - 1) // _kernels.STREAM_BLOCK
         bad_blocks = np.zeros(nblocks, dtype=np.bool_)
         _kernels.fedavg_kernel(addresses, w, out, bad_blocks)
