@@ -13,8 +13,9 @@ takes tasks (ranges of blocks) from the same counter as the helpers and, when no
 are left, waits only for tasks a helper actually took. A helper the OS has not
 scheduled holds nothing up.
 
-The control word packs (job generation << 32) | next task; a helper takes a task with a
-compare-and-swap that fails if the generation moved on, so it never works on a later
+The control word packs the job generation and the range of tasks not yet taken; the
+caller takes tasks from its front, helpers from its back, each with a compare-and-swap
+that fails if the generation moved on, so it never works on a later
 job with an earlier job's parameters. The caller writes a job's parameters before it
 publishes the generation (sequentially consistent atomics), and rewrites them only once
 every task of the previous job is done.
@@ -154,7 +155,7 @@ _FUTEX_WAKE_PRIVATE = 129
 
 # --- the control block ------------------------------------------------------------------------
 # int64 slots, each on its own 64-byte line.
-_WORD = 0  # (generation << 32) | next task
+_WORD = 0  # (generation << 40) | (back << 20) | front: tasks [front, back) are left
 _DONE = 8  # tasks finished in this generation
 _BAD = 16  # set when a block of the job holds a non-finite value
 _FUTEX = 24  # bumped on every job: what sleeping helpers wait on (low 32 bits)
@@ -166,12 +167,19 @@ _FLOATS = 72
 _STATE_SLOTS = 80
 _KIND, _NTASKS, _TASK_BLOCKS, _SIZE, _OUT, _IN, _OFFSET, _ROWS, _N = range(9)
 # job kinds
-_ACCUMULATE, _SCALE, _FEDAVG = 1, 2, 3
+_ACCUMULATE, _SCALE, _FEDAVG, _STORE = 1, 2, 3, 4
 
 #: pause instructions a helper spins before it sleeps (~50-100 us: longer than the
 #: Python-side gap between two ``add`` calls of a stream, short enough to idle cheaply).
 _SPIN = 20_000
 _LOW32 = np.int64(0xFFFFFFFF)
+_GEN_SHIFT = 40
+_GEN_MASK = np.int64((1 << 23) - 1)
+_BACK_SHIFT = 20
+_TASK_MASK = np.int64((1 << 20) - 1)
+#: at most this many tasks per job (the control word's 20-bit task fields)
+_MAX_TASKS = 1 << 20
+_TASKS_PER_JOB = 16
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -243,6 +251,31 @@ def _run_task(ctrl, ip, fp, task):
             vs[t] = vs[t] * f
     elif kind == _FEDAVG:
         _fedavg_blocks(ctrl, ip, first, last)
+    elif kind == _STORE:
+        _store_blocks(ctrl, ip, fp, first, last)
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _store_blocks(ctrl, ip, fp, first, last):
+    """out = 0 + w * x over blocks [first, last): the first add into a fresh (unwritten) sum.
+    ``+ 0`` contracts to the same fused multiply-add as adding into a zero sum (no ``nsz``
+    here, so it is not dropped): the bits, zeros' signs included, are those of an add."""
+    size = ip[_SIZE]
+    x = _f32(ip[_IN], size)
+    bits = x.view(np.uint32)
+    out = _f32(ip[_OUT], size)
+    w = np.float32(fp[0])
+    zero = np.float32(0.0)
+    for b in range(first, last):
+        start = b * STREAM_BLOCK
+        stop = min(start + STREAM_BLOCK, size)
+        if _any_nonfinite(bits, start, stop):
+            _store(ctrl, _BAD, 1)
+            continue
+        xs = x[start:stop]
+        o = out[start:stop]
+        for t in range(stop - start):
+            o[t] = w * xs[t] + zero
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
@@ -293,17 +326,26 @@ def _fedavg_blocks(ctrl, ip, first, last):
 
 
 @njit(cache=True, nogil=True)
-def _work(ctrl, ip, fp, generation, ntasks):
-    """Take and run tasks of ``generation`` until none is left; the number run."""
+def _work(ctrl, ip, fp, generation, from_front):
+    """Take and run tasks of ``generation`` until none is left; the number run. The caller
+    takes tasks from the front, helpers from the back: from one job to the next each core
+    tends to get the same part of the sum, which stays in its cache (when it fits there)."""
     ran = 0
     while True:
         word = _load(ctrl, _WORD)
-        if (word >> 32) != generation:
+        if (word >> _GEN_SHIFT) != generation:
             return ran
-        task = word & _LOW32
-        if task >= ntasks:
+        front = word & _TASK_MASK
+        back = (word >> _BACK_SHIFT) & _TASK_MASK
+        if front >= back:
             return ran
-        if _cas(ctrl, _WORD, word, word + 1) != word:
+        if from_front:
+            task = front
+            new = word + 1
+        else:
+            task = back - 1
+            new = word - (np.int64(1) << _BACK_SHIFT)
+        if _cas(ctrl, _WORD, word, new) != word:
             continue
         _run_task(ctrl, ip, fp, task)
         _fetch_add(ctrl, _DONE, 1)
@@ -319,11 +361,11 @@ def _split(state):
 def helper_loop(state):
     """A helper thread's life: wait for a job, share its tasks, spin, sleep, repeat."""
     ctrl, ip, fp = _split(state)
-    seen = _load(ctrl, _WORD) >> 32
+    seen = _load(ctrl, _WORD) >> _GEN_SHIFT
     while True:
         spins = 0
         while True:
-            generation = _load(ctrl, _WORD) >> 32
+            generation = _load(ctrl, _WORD) >> _GEN_SHIFT
             if generation != seen:
                 break
             if spins < _SPIN:
@@ -332,12 +374,12 @@ def helper_loop(state):
                 continue
             expected = _load(ctrl, _FUTEX) & _LOW32
             _fetch_add(ctrl, _SLEEPERS, 1)
-            if (_load(ctrl, _WORD) >> 32) == seen:
+            if (_load(ctrl, _WORD) >> _GEN_SHIFT) == seen:
                 _syscall4(_SYS_FUTEX, _address(ctrl, _FUTEX), _FUTEX_WAIT_PRIVATE, expected, 0)
             _fetch_add(ctrl, _SLEEPERS, -1)
             spins = 0
         seen = generation
-        ran = _work(ctrl, ip, fp, generation, ip[_NTASKS])
+        ran = _work(ctrl, ip, fp, generation, False)
         if ran:
             _fetch_add(ctrl, _HELPED, ran)
 
@@ -349,8 +391,8 @@ def _run_job(ctrl, ip, ntasks):
     ip[_NTASKS] = ntasks
     _store(ctrl, _DONE, 0)
     _store(ctrl, _BAD, 0)
-    generation = (_load(ctrl, _WORD) >> 32) + 1
-    _store(ctrl, _WORD, generation << 32)
+    generation = ((_load(ctrl, _WORD) >> _GEN_SHIFT) + 1) & _GEN_MASK
+    _store(ctrl, _WORD, (generation << _GEN_SHIFT) | (ntasks << _BACK_SHIFT))
     _fetch_add(ctrl, _FUTEX, 1)
     if _load(ctrl, _SLEEPERS) > 0:
         _syscall4(_SYS_FUTEX, _address(ctrl, _FUTEX), _FUTEX_WAKE_PRIVATE, 1 << 30, 0)
@@ -359,7 +401,7 @@ def _run_job(ctrl, ip, ntasks):
 
 @njit(cache=True, nogil=True)
 def _finish(ctrl, ip, fp, generation, ntasks):
-    _work(ctrl, ip, fp, generation, ntasks)
+    _work(ctrl, ip, fp, generation, True)
     spins = 0
     while _load(ctrl, _DONE) < ntasks:
         # only tasks a helper took are left: it is running them (or was preempted)
@@ -369,6 +411,15 @@ def _finish(ctrl, ip, fp, generation, ntasks):
         else:
             _syscall4(_SYS_SCHED_YIELD, 0, 0, 0, 0)
     return _load(ctrl, _BAD)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _task_blocks(nblocks, most):
+    """Blocks per task: ~16 tasks per job (a fine enough split that two cores end together),
+    at most ``most`` blocks (the task counter is shared less often than that), and never
+    more than the control word's task fields hold."""
+    tb = max(1, min(most, nblocks // _TASKS_PER_JOB))
+    return max(tb, (nblocks + _MAX_TASKS - 2) // (_MAX_TASKS - 1))
 
 
 @njit(cache=True, nogil=True)
@@ -385,7 +436,7 @@ def accumulate(state, acc, chunk, weight, offset):
     ctrl, ip, fp = _split(state)
     size = chunk.shape[0]
     nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
-    tb = max(1, min(64, nblocks // 8))
+    tb = _task_blocks(nblocks, 64)
     ip[_KIND] = _ACCUMULATE
     ip[_TASK_BLOCKS] = tb
     ip[_SIZE] = size
@@ -405,6 +456,30 @@ def accumulate(state, acc, chunk, weight, offset):
 
 
 @njit(cache=True, nogil=True)
+def store(state, out, update, weight):
+    """out = weight * update (float32; out is a fresh, unwritten sum of the same length),
+    shared with the helpers. Returns -1 (nothing done) if another caller has them, 1 if the
+    update holds a non-finite value (out is then partly written: the caller clears it), else 0."""
+    if _cas(state, _BUSY, 0, 1) != 0:
+        return -1
+    ctrl, ip, fp = _split(state)
+    size = update.shape[0]
+    nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
+    tb = _task_blocks(nblocks, 64)
+    ip[_KIND] = _STORE
+    ip[_TASK_BLOCKS] = tb
+    ip[_SIZE] = size
+    ip[_OUT] = out.ctypes.data
+    ip[_IN] = update.ctypes.data
+    fp[0] = weight
+    ntasks = (nblocks + tb - 1) // tb
+    generation = _run_job(ctrl, ip, ntasks)
+    bad = _finish(ctrl, ip, fp, generation, ntasks)
+    _store(state, _BUSY, 0)
+    return bad
+
+
+@njit(cache=True, nogil=True)
 def scale(state, values, factor):
     """values *= factor (float32), shared with the helpers (alone if another caller has them)."""
     if _cas(state, _BUSY, 0, 1) != 0:
@@ -413,7 +488,7 @@ def scale(state, values, factor):
     ctrl, ip, fp = _split(state)
     size = values.shape[0]
     nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
-    tb = max(1, min(64, nblocks // 8))
+    tb = _task_blocks(nblocks, 64)
     ip[_KIND] = _SCALE
     ip[_TASK_BLOCKS] = tb
     ip[_SIZE] = size
@@ -435,7 +510,7 @@ def fedavg(state, addresses, weights, out):
     ctrl, ip, fp = _split(state)
     size = out.shape[0]
     nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
-    tb = max(1, min(16, nblocks // 8))
+    tb = _task_blocks(nblocks, 16)
     ip[_KIND] = _FEDAVG
     ip[_TASK_BLOCKS] = tb
     ip[_SIZE] = size

@@ -59,7 +59,11 @@ class Accumulator:
         if size < 0:
             raise AggregationError(f"size must be >= 0, got {size}")
         self._size = size
-        self._sum = np.zeros(size, dtype=np.float32)
+        # A large sum starts unwritten (np.empty): the first whole update is stored into it
+        # (w * x, the bits an add into zeros gives) rather than added, which spares reading
+        # zeros and faulting each page in twice (read, then write). Otherwise it starts zeroed.
+        self._fresh = size > SERIAL_MAX_VALUES and _pool.available()
+        self._sum = np.empty(size, dtype=np.float32) if self._fresh else np.zeros(size, dtype=np.float32)
         # (offset, length, weight, site) per accepted add: plain tuples, a Contribution each
         # would cost more than the kernel on a small update (see ``contributions``).
         self._parts: list[tuple[int, int, float, int]] = []
@@ -107,6 +111,8 @@ class Accumulator:
         self._adds += 1
         if length == 0:
             return
+        if self._fresh and self._first_add(update, w, site_index):
+            return
         if length <= SERIAL_MAX_VALUES:
             bad = _kernels.accumulate_serial(self._sum, update, w, offset)
             if bad >= 0:
@@ -123,6 +129,21 @@ class Accumulator:
         self._parts.append((offset, length, w, site_index))
         if length != self._size:
             self._whole = False
+
+    def _first_add(self, update: np.ndarray, w: float, site_index: int) -> bool:
+        """The first add into a fresh sum: stores a whole update (True: done), or zeroes the
+        sum for an ordinary add (a chunk, or the helpers busy)."""
+        self._fresh = False
+        if update.shape[0] == self._size:
+            done = _pool.store(_pool.state(), self._sum, update, w)
+            if done == 0:
+                self._parts.append((0, self._size, w, site_index))
+                return True
+            if done == 1:
+                self._sum.fill(0.0)
+                raise NonFiniteUpdateError(site_index)
+        self._sum.fill(0.0)
+        return False
 
     def _add_shared(self, update: np.ndarray, w: float, offset: int, site_index: int) -> None:
         if _pool.accumulate(_pool.state(), self._sum, update, w, offset):

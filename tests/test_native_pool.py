@@ -39,14 +39,16 @@ WEIGHTS = [1.0, 2.5, 7.0, 0.125]
 
 def test_shared_serial_and_python_work_sharing_agree_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
     updates = _updates(SIZE)
+    updates[0][:4] = [-0.0, 0.0, -1e-45, 1e-45]  # zeros' signs, and products that underflow
+    updates[1][:4] = -0.0
     monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", 1 << 40)
     serial = _mean(updates, WEIGHTS)
     monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", 0)
     shared = _mean(updates, WEIGHTS)
     monkeypatch.setattr(_pool, "_AVAILABLE", False)
     python_shared = _mean(updates, WEIGHTS)
-    np.testing.assert_array_equal(serial, shared)
-    np.testing.assert_array_equal(serial, python_shared)
+    assert serial.tobytes() == shared.tobytes()
+    assert serial.tobytes() == python_shared.tobytes()
 
 
 def test_a_busy_pool_adds_in_the_calling_thread(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,6 +90,38 @@ def test_a_non_finite_update_is_taken_back_out_on_the_shared_path(where: int, mo
         acc._sum[5:-5] / 3.0, (2.0 * good[0].astype(np.float64) + good[1]) / 3.0, rtol=1e-5, atol=1e-5
     )
     assert [c.site for c in acc.contributions] == [0, 2]
+
+
+@pytest.mark.parametrize("where", [0, SIZE // 2, SIZE - 1])
+def test_a_fresh_sum_refuses_a_non_finite_first_update(where: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", 0)
+    good = _updates(SIZE, 2, seed=6)
+    bad = good[0].copy()
+    bad[where] = np.inf
+    acc = native.Accumulator(SIZE)
+    with pytest.raises(NonFiniteUpdateError):
+        acc.add(bad, 2.0)
+    acc.add(good[0], 1.0)
+    acc.add(good[1], 3.0)
+    expected = (good[0].astype(np.float64) + 3.0 * good[1]) / 4.0
+    np.testing.assert_allclose(acc.result(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_fresh_sum_takes_chunks_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", 0)
+    update = _updates(SIZE, 1, seed=7)[0]
+    acc = native.Accumulator(SIZE)
+    acc.add(update[1000:], 2.0, offset=1000)
+    acc.add(update[:1000], 2.0)
+    np.testing.assert_array_equal(acc.result(), _mean([update], [2.0]))
+    busy = native.Accumulator(SIZE)
+    state = _pool.state()
+    state[_pool._BUSY] = 1
+    try:
+        busy.add(update, 2.0)
+    finally:
+        state[_pool._BUSY] = 0
+    np.testing.assert_array_equal(busy.result(), _mean([update], [2.0]))
 
 
 def test_fedavg_shared_matches_the_reference_and_names_the_first_bad_site() -> None:
