@@ -148,7 +148,6 @@ def _syscall4(typingctx, nr, a1, a2, a3, a4):
 # Compiling inline assembly needs the native assembly parser, which numba leaves out.
 binding.initialize_native_asmparser()
 
-_SYS_SCHED_YIELD = 24
 _SYS_FUTEX = 202
 _FUTEX_WAIT_PRIVATE = 128
 _FUTEX_WAKE_PRIVATE = 129
@@ -162,6 +161,10 @@ _FUTEX = 24  # bumped on every job: what sleeping helpers wait on (low 32 bits)
 _SLEEPERS = 32  # helpers inside (or about to enter) futex wait
 _HELPED = 40  # tasks run by helpers, all jobs together (a statistic for tests and benchmarks)
 _BUSY = 48  # 1 while a caller owns the helpers (a second caller works alone)
+_WAKES = 49  # futex wake calls made by callers (a statistic)
+_WAITS = 50  # futex waits entered by helpers (a statistic)
+_CALLER_WAITING = 51  # the caller sleeps until the helpers' tasks are done (on _DONE's futex)
+_TIMESPEC = 52  # {0 s, 1 ms}: the longest such a sleep lasts (a lost wake costs no more)
 _PARAMS = 56  # 16 int64 parameters of the current job, then 8 float64
 _FLOATS = 72
 _STATE_SLOTS = 80
@@ -348,7 +351,6 @@ def _work(ctrl, ip, fp, generation, from_front):
         if _cas(ctrl, _WORD, word, new) != word:
             continue
         _run_task(ctrl, ip, fp, task)
-        _fetch_add(ctrl, _DONE, 1)
         ran += 1
 
 
@@ -375,13 +377,18 @@ def helper_loop(state):
             expected = _load(ctrl, _FUTEX) & _LOW32
             _fetch_add(ctrl, _SLEEPERS, 1)
             if (_load(ctrl, _WORD) >> _GEN_SHIFT) == seen:
+                ctrl[_WAITS] += 1
                 _syscall4(_SYS_FUTEX, _address(ctrl, _FUTEX), _FUTEX_WAIT_PRIVATE, expected, 0)
             _fetch_add(ctrl, _SLEEPERS, -1)
             spins = 0
         seen = generation
         ran = _work(ctrl, ip, fp, generation, False)
         if ran:
+            # one shared write per job, not per task: the counters' line moves between cores once
+            _fetch_add(ctrl, _DONE, ran)
             _fetch_add(ctrl, _HELPED, ran)
+            if _load(ctrl, _CALLER_WAITING):
+                _syscall4(_SYS_FUTEX, _address(ctrl, _DONE), _FUTEX_WAKE_PRIVATE, 1 << 30, 0)
 
 
 @njit(cache=True, nogil=True)
@@ -395,30 +402,42 @@ def _run_job(ctrl, ip, ntasks):
     _store(ctrl, _WORD, (generation << _GEN_SHIFT) | (ntasks << _BACK_SHIFT))
     _fetch_add(ctrl, _FUTEX, 1)
     if _load(ctrl, _SLEEPERS) > 0:
+        ctrl[_WAKES] += 1
         _syscall4(_SYS_FUTEX, _address(ctrl, _FUTEX), _FUTEX_WAKE_PRIVATE, 1 << 30, 0)
     return generation
 
 
 @njit(cache=True, nogil=True)
 def _finish(ctrl, ip, fp, generation, ntasks):
-    _work(ctrl, ip, fp, generation, True)
+    helpers_share = ntasks - _work(ctrl, ip, fp, generation, True)
     spins = 0
-    while _load(ctrl, _DONE) < ntasks:
-        # only tasks a helper took are left: it is running them (or was preempted)
+    while True:
+        done = _load(ctrl, _DONE)
+        if done >= helpers_share:
+            break
+        # Only tasks a helper took are left: it is running them, or the OS preempted it.
+        # Spin a little (~10 us), then sleep until it is done: on a busy machine the helper
+        # may need this very core to finish.
         spins += 1
-        if spins < 4096:
+        if spins < 256:
             _pause()
-        else:
-            _syscall4(_SYS_SCHED_YIELD, 0, 0, 0, 0)
+            continue
+        _store(ctrl, _CALLER_WAITING, 1)
+        if _load(ctrl, _DONE) == done:
+            ctrl[_TIMESPEC] = 0
+            ctrl[_TIMESPEC + 1] = 1_000_000
+            _syscall4(_SYS_FUTEX, _address(ctrl, _DONE), _FUTEX_WAIT_PRIVATE, done & _LOW32, _address(ctrl, _TIMESPEC))
+        _store(ctrl, _CALLER_WAITING, 0)
     return _load(ctrl, _BAD)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _task_blocks(nblocks, most):
-    """Blocks per task: ~16 tasks per job (a fine enough split that two cores end together),
-    at most ``most`` blocks (the task counter is shared less often than that), and never
-    more than the control word's task fields hold."""
-    tb = max(1, min(most, nblocks // _TASKS_PER_JOB))
+    """Blocks per task: up to ~16 tasks per job (a split fine enough that two cores end
+    together), tasks of at least 4 blocks (taking one costs a cache line moving between
+    cores), at most ``most`` blocks, and never more tasks than the control word holds."""
+    ntasks = min(_TASKS_PER_JOB, max(2, nblocks // 4))
+    tb = max(1, min(most, (nblocks + ntasks - 1) // ntasks))
     return max(tb, (nblocks + _MAX_TASKS - 2) // (_MAX_TASKS - 1))
 
 
