@@ -183,6 +183,10 @@ _TASK_MASK = np.int64((1 << 20) - 1)
 #: at most this many tasks per job (the control word's 20-bit task fields)
 _MAX_TASKS = 1 << 20
 _TASKS_PER_JOB = 16
+#: Coordinates per fedavg block: N rows stream through a float64 buffer of this many values
+#: (128 KiB, in L2); longer runs per row than the Accumulator's blocks keep the prefetchers
+#: on N streams at once.
+_FEDAVG_BLOCK = 16384
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -226,7 +230,8 @@ def _run_task(ctrl, ip, fp, task):
     kind = ip[_KIND]
     tb = ip[_TASK_BLOCKS]
     size = ip[_SIZE]
-    nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
+    block = _FEDAVG_BLOCK if kind == _FEDAVG else STREAM_BLOCK
+    nblocks = (size + block - 1) // block
     first = task * tb
     last = min(first + tb, nblocks)
     if kind == _ACCUMULATE:
@@ -292,10 +297,10 @@ def _fedavg_blocks(ctrl, ip, first, last):
     out_bits = out.view(np.uint32)
     rows = carray(_i64_pointer(ip[_ROWS]), n)
     weights = carray(_f64_pointer(ip[_IN]), n)
-    acc = np.empty(STREAM_BLOCK, dtype=np.float64)
+    acc = np.empty(_FEDAVG_BLOCK, dtype=np.float64)
     for b in range(first, last):
-        start = b * STREAM_BLOCK
-        stop = min(start + STREAM_BLOCK, size)
+        start = b * _FEDAVG_BLOCK
+        stop = min(start + _FEDAVG_BLOCK, size)
         length = stop - start
         x0 = _f32(rows[0], size)[start:stop]
         w0 = weights[0]
@@ -528,7 +533,7 @@ def fedavg(state, addresses, weights, out):
         return -1
     ctrl, ip, fp = _split(state)
     size = out.shape[0]
-    nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
+    nblocks = (size + _FEDAVG_BLOCK - 1) // _FEDAVG_BLOCK
     tb = _task_blocks(nblocks, 16)
     ip[_KIND] = _FEDAVG
     ip[_TASK_BLOCKS] = tb
