@@ -7,14 +7,18 @@ One process, one run, the same data for everyone. Prints one JSON object:
     python benchmarks/aggregation.py --large-p 2000000 --sweep-max 10000000   # modest, on a shared machine
 
 The same run measures this machine's memory bandwidth (``bandwidth``: numpy streaming copy,
-in-place add and triad over arrays far larger than the caches) and reports each kernel against
-its *byte floor*: the least bytes it must move (read every input once, write the output once)
-at the best streaming bandwidth measured. ``fraction_of_floor`` = floor time / our median
+in-place add and triad on one core, and a one-pass triad and in-place add on every core, over
+arrays far larger than the caches) and reports each kernel against its *byte floor*: the least
+bytes it must move (read every input once, write the output once) at the best streaming
+bandwidth measured. ``fraction_of_floor`` = floor time / our median
 time (1.0 = at the memory's speed). ``accumulator_vs_torch`` sweeps update sizes from 10K to
 100M values: N = 10 updates added to a fresh accumulator and the mean taken, ours against
 torch's streaming ``add_`` (then ``div_``), with both as fractions of the floor.
 
-Ratios are peer_ms / ours_ms (> 1 means we are faster). JIT compilation is kept out of
+Ratios are peer_ms / ours_ms (> 1 means we are faster), of median times; the sweep also
+gives the ratio of best runs. torch runs on every core (``torch.set_num_threads``). Each
+timed call follows a pause and an untimed call of the same candidate (``GAP_S``): no
+candidate shares the cores with another's spinning thread pool. JIT compilation is kept out of
 every timing (each kernel is warmed first) and reported in the ``jit`` section, which
 also times a new process reaching its first result with the on-disk cache warm. Peers
 come from the ``bench`` extra (``pip install -e '.[bench]'``); one that cannot be
@@ -187,7 +191,7 @@ def bench_accumulator_sweep(sizes: list[int], n: int, gbps: float, torch: Any) -
             return acc.result()
 
         candidates: Candidates = {}
-        repeats = int(min(2000, max(3, 2e8 // (n * p))))
+        repeats = int(min(200, max(3, 2e8 // (n * p))))
         candidates["ours"] = (ours, repeats)
         entry: dict[str, Any] = {}
         if torch is not None:
@@ -243,12 +247,20 @@ def _max_diff(a: Any, b: Any) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 
 
+#: Pause before each timed call. Thread pools spin a while after a call (torch's OpenMP
+#: workers ~9 ms here, our helpers ~0.5 ms); in a round-robin the next candidate would share
+#: the cores with the previous one's spinning threads. After the pause, one untimed call of
+#: the candidate itself wakes its own pool, so each timed call runs hot and alone.
+GAP_S = 0.012
+
+
 def _time_interleaved(candidates: dict[str, tuple[Callable[[], object], int]], warmup: int = 1) -> dict[str, Any]:
     """Time candidates round-robin (A B C A B C ...) so that all of them see the same
     background load; the machine is shared, and load comes and goes in bursts.
     Each candidate is (fn, repeats); a candidate with fewer repeats drops out early.
     Warm-up (JIT, allocator, caches) runs for candidates with repeats >= 3 only, so
-    the slow peers are not run more often than they are timed."""
+    the slow peers are not run more often than they are timed. Each timed call follows a
+    pause of ``GAP_S`` and, for those same candidates, an untimed call (see GAP_S)."""
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for fn, reps in candidates.values():
         for _ in range(warmup if reps >= 3 else 0):
@@ -260,6 +272,9 @@ def _time_interleaved(candidates: dict[str, tuple[Callable[[], object], int]], w
         for name in order:
             fn, reps = candidates[name]
             if r < reps:
+                time.sleep(GAP_S)
+                if reps >= 3:
+                    fn()
                 start = time.perf_counter()
                 fn()
                 samples[name].append((time.perf_counter() - start) * 1000.0)
