@@ -34,7 +34,7 @@ import threading
 
 import numba
 import numpy as np
-from llvmlite import binding, ir
+from llvmlite import binding, ir  # type: ignore[import-untyped]
 from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
