@@ -581,6 +581,9 @@ def _start() -> np.ndarray:
     with _state_lock:
         if _state is None:
             new = np.zeros(_STATE_SLOTS, dtype=np.int64)
+            # Compile (or load from the cache) here: a helper would do it holding the GIL, and
+            # take no job until done; a short-lived process might never cache it at all.
+            helper_loop.compile((numba.typeof(new),))
             for i in range(helper_count()):
                 threading.Thread(target=helper_loop, args=(new,), name=f"attestfl-native-{i}", daemon=True).start()
             _state = new
