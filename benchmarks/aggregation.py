@@ -325,9 +325,12 @@ def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[st
     case = _Case(p, stack, [stack[i] for i in range(n)], examples, [float(v) for v in examples], repeats, peer_repeats)
     ours_fedavg = native.fedavg(case.updates, case.weights)
     case.checks["accumulator_vs_fedavg_max_abs_diff"] = _max_diff(case.accumulate(), ours_fedavg)
+    reused = np.empty(p, dtype=np.float32)
     case.mean_group.update(
         {
             "ours_fedavg": (lambda: native.fedavg(case.updates, case.weights), repeats),
+            # the same into an output buffer kept from call to call (``out=``): no fresh pages
+            "ours_fedavg_reused_output": (lambda: native.fedavg(case.updates, case.weights, out=reused), repeats),
             "ours_accumulator": (case.accumulate, repeats),
         }
     )
@@ -405,6 +408,7 @@ def _time_operations(case: _Case) -> dict[str, dict[str, Any]]:
     peers_of_mean = {k: v for k, v in timed.items() if not k.startswith("ours_")}
     ops: dict[str, dict[str, Any]] = {
         "fedavg": {"ours": timed["ours_fedavg"], **peers_of_mean},
+        "fedavg_reused_output": {"ours": timed["ours_fedavg_reused_output"], **peers_of_mean},
         "accumulator": {"ours": timed["ours_accumulator"], **peers_of_mean},
     }
     ours_robust = {

@@ -185,3 +185,38 @@ def test_a_forked_child_gets_its_own_helpers(monkeypatch: pytest.MonkeyPatch) ->
     proc.join(timeout=60)
     assert proc.exitcode == 0
     np.testing.assert_array_equal(np.frombuffer(data, dtype=np.float32), expected)
+
+
+def test_fedavg_into_a_reused_output() -> None:
+    stack = np.stack(_updates(70_001, 5, seed=8))
+    weights = [1.0, 2.0, 3.0, 4.0, 5.0]
+    out = np.full(70_001, 7.0, dtype=np.float32)
+    got = native.fedavg(stack, weights, out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, native.fedavg(stack, weights))
+    np.testing.assert_array_equal(native.fedavg(list(stack), weights, out=out), native.fedavg(stack, weights))
+
+
+@pytest.mark.parametrize(
+    ("out", "reason"),
+    [
+        (np.zeros(10, np.float64), "float32"),
+        (np.zeros(20, np.float32)[::2], "C-contiguous"),
+        (np.zeros(11, np.float32), "11 values"),
+        ([0.0] * 10, "numpy.ndarray"),
+    ],
+)
+def test_fedavg_refuses_a_bad_output(out: object, reason: str) -> None:
+    stack = np.ones((3, 10), np.float32)
+    with pytest.raises(native.AggregationError, match=reason):
+        native.fedavg(stack, [1, 1, 1], out=out)  # type: ignore[arg-type]
+
+
+def test_fedavg_refuses_an_output_that_overlaps_an_update() -> None:
+    stack = np.ones((3, 10), np.float32)
+    with pytest.raises(native.AggregationError, match=r"overlaps updates\[1\]"):
+        native.fedavg(stack, [1, 1, 1], out=stack[1])
+    frozen = np.zeros(10, np.float32)
+    frozen.setflags(write=False)
+    with pytest.raises(native.AggregationError, match="writeable"):
+        native.fedavg(stack, [1, 1, 1], out=frozen)
