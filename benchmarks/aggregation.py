@@ -155,7 +155,7 @@ def byte_floor(operation: str, n: int, p: int) -> int:
     """The least bytes ``operation`` moves on N updates of P float32 values: every input read
     once, the result written once (the Accumulator also reads and writes its sum per update)."""
     model = 4 * p
-    if operation == "accumulator":
+    if operation.startswith("accumulator"):
         return n * 3 * model + 2 * model  # per add: read the update, read and write the sum; then scale
     if operation == "krum":
         return n * model + model
@@ -311,8 +311,8 @@ class _Case:
         default_factory=lambda: {"coordinate_median": {}, "trimmed_mean": {}, "krum": {}}
     )
 
-    def accumulate(self) -> np.ndarray:
-        acc = native.Accumulator(self.p)
+    def accumulate(self, out: np.ndarray | None = None) -> np.ndarray:
+        acc = native.Accumulator(self.p, out=out)
         for u, w in zip(self.updates, self.weights, strict=True):
             acc.add(u, w)
         return acc.result()
@@ -330,8 +330,10 @@ def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[st
         {
             "ours_fedavg": (lambda: native.fedavg(case.updates, case.weights), repeats),
             # the same into an output buffer kept from call to call (``out=``): no fresh pages
+            # (the Accumulator's below likewise; both share one buffer, used in turn)
             "ours_fedavg_reused_output": (lambda: native.fedavg(case.updates, case.weights, out=reused), repeats),
             "ours_accumulator": (case.accumulate, repeats),
+            "ours_accumulator_reused_buffer": (lambda: case.accumulate(reused), repeats),
         }
     )
     _add_numpy(case, ours_fedavg)
@@ -410,6 +412,7 @@ def _time_operations(case: _Case) -> dict[str, dict[str, Any]]:
         "fedavg": {"ours": timed["ours_fedavg"], **peers_of_mean},
         "fedavg_reused_output": {"ours": timed["ours_fedavg_reused_output"], **peers_of_mean},
         "accumulator": {"ours": timed["ours_accumulator"], **peers_of_mean},
+        "accumulator_reused_buffer": {"ours": timed["ours_accumulator_reused_buffer"], **peers_of_mean},
     }
     ours_robust = {
         "coordinate_median": lambda: native.coordinate_median(case.stack),

@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 
 from . import _kernels, _pool
-from ._validate import as_int, as_update
+from ._validate import as_int, as_update, check_output
 from ._validate import weight as check_weight
 from ._workshare import run_blocks
 from .errors import AggregationError, NonFiniteUpdateError
@@ -54,7 +54,11 @@ class Accumulator:
     an error, not a silently skewed mean).
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, out: np.ndarray | None = None) -> None:
+        """``out``: a C-contiguous, writeable float32 array of ``size`` values to hold the sum
+        (and so the mean ``result()`` returns) instead of a new one; its contents are
+        overwritten. A buffer reused from round to round spares the OS zeroing and mapping
+        fresh pages (~2 ms per 10M values here)."""
         size = as_int(size, "size")
         if size < 0:
             raise AggregationError(f"size must be >= 0, got {size}")
@@ -63,7 +67,13 @@ class Accumulator:
         # (w * x, the bits an add into zeros gives) rather than added, which spares reading
         # zeros and faulting each page in twice (read, then write). Otherwise it starts zeroed.
         self._fresh = size > SERIAL_MAX_VALUES and _pool.available()
-        self._sum = np.empty(size, dtype=np.float32) if self._fresh else np.zeros(size, dtype=np.float32)
+        if out is not None:
+            out = check_output(out, size, "the accumulator")
+            if not self._fresh:
+                out.fill(0.0)
+            self._sum = out
+        else:
+            self._sum = np.empty(size, dtype=np.float32) if self._fresh else np.zeros(size, dtype=np.float32)
         # (offset, length, weight, site) per accepted add: plain tuples, a Contribution each
         # would cost more than the kernel on a small update (see ``contributions``).
         self._parts: list[tuple[int, int, float, int]] = []

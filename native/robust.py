@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _kernels, _pool, _small_networks
 from ._networks import selection_network
-from ._validate import as_int, as_stack, as_update, normalised_weights, trim_count
+from ._validate import as_int, as_stack, as_update, check_output, normalised_weights, trim_count
 from ._workshare import run_blocks
 from .errors import AggregationError, NonFiniteUpdateError
 
@@ -86,12 +86,7 @@ def fedavg(
 
 
 def _check_out(out: object, size: int, rows: Sequence[np.ndarray] | np.ndarray) -> None:
-    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 1 or not out.flags.c_contiguous:
-        raise AggregationError("out must be a C-contiguous 1-D float32 numpy.ndarray")
-    if not out.flags.writeable:
-        raise AggregationError("out must be writeable")
-    if out.shape[0] != size:
-        raise AggregationError(f"out has {out.shape[0]} values, the updates {size}")
+    check_output(out, size, "the updates")
     for i, row in enumerate(rows):
         if np.may_share_memory(out, row):
             raise AggregationError(f"out overlaps updates[{i}]")

@@ -220,3 +220,32 @@ def test_fedavg_refuses_an_output_that_overlaps_an_update() -> None:
     frozen.setflags(write=False)
     with pytest.raises(native.AggregationError, match="writeable"):
         native.fedavg(stack, [1, 1, 1], out=frozen)
+
+
+@pytest.mark.parametrize("serial_max", [1 << 40, 0])
+def test_an_accumulator_in_a_reused_buffer(serial_max: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", serial_max)
+    updates = _updates(SIZE, 4, seed=9)
+    expected = _mean(updates, WEIGHTS)
+    buffer = np.full(SIZE, np.nan, dtype=np.float32)  # old contents never leak into the sum
+    for _ in range(2):
+        acc = native.Accumulator(SIZE, out=buffer)
+        acc.add(updates[0][:100], WEIGHTS[0])  # a chunk first: the rest of the sum is zeroed
+        acc.add(updates[0][100:], WEIGHTS[0], offset=100)
+        for update, weight in zip(updates[1:], WEIGHTS[1:], strict=True):
+            acc.add(update, weight)
+        assert acc.result() is buffer
+        np.testing.assert_array_equal(buffer, expected)
+
+
+@pytest.mark.parametrize(
+    ("out", "reason"),
+    [
+        (np.zeros(10, np.float64), "float32"),
+        (np.zeros(20, np.float32)[::2], "C-contiguous"),
+        (np.zeros(11, np.float32), "11 values"),
+    ],
+)
+def test_an_accumulator_refuses_a_bad_buffer(out: np.ndarray, reason: str) -> None:
+    with pytest.raises(native.AggregationError, match=reason):
+        native.Accumulator(10, out=out)
