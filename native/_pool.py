@@ -287,11 +287,72 @@ def _store_blocks(ctrl, ip, fp, first, last):
             o[t] = w * xs[t] + zero
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+_FM = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _group(acc, o, rows, weights, i, k, size, start, stop, mode):
+    """Rows i..i+k-1 (k = 4, 2 or 1) of one block into the block's float64 sum. mode 0
+    starts the sum, 1 adds to it, 2 is the whole mean (a single group), 3 adds the last
+    group and rounds into the output. The branches are outside the vectorised loops."""
+    length = stop - start
+    if k == 4:
+        x0 = _f32(rows[i], size)[start:stop]
+        x1 = _f32(rows[i + 1], size)[start:stop]
+        x2 = _f32(rows[i + 2], size)[start:stop]
+        x3 = _f32(rows[i + 3], size)[start:stop]
+        w0, w1, w2, w3 = weights[i], weights[i + 1], weights[i + 2], weights[i + 3]
+        if mode == 0:
+            for t in range(length):
+                acc[t] = (w0 * x0[t] + w1 * x1[t]) + (w2 * x2[t] + w3 * x3[t])
+        elif mode == 1:
+            for t in range(length):
+                acc[t] += (w0 * x0[t] + w1 * x1[t]) + (w2 * x2[t] + w3 * x3[t])
+        elif mode == 2:
+            for t in range(length):
+                o[t] = np.float32((w0 * x0[t] + w1 * x1[t]) + (w2 * x2[t] + w3 * x3[t]))
+        else:
+            for t in range(length):
+                o[t] = np.float32(acc[t] + ((w0 * x0[t] + w1 * x1[t]) + (w2 * x2[t] + w3 * x3[t])))
+    elif k == 2:
+        x0 = _f32(rows[i], size)[start:stop]
+        x1 = _f32(rows[i + 1], size)[start:stop]
+        w0, w1 = weights[i], weights[i + 1]
+        if mode == 0:
+            for t in range(length):
+                acc[t] = w0 * x0[t] + w1 * x1[t]
+        elif mode == 1:
+            for t in range(length):
+                acc[t] += w0 * x0[t] + w1 * x1[t]
+        elif mode == 2:
+            for t in range(length):
+                o[t] = np.float32(w0 * x0[t] + w1 * x1[t])
+        else:
+            for t in range(length):
+                o[t] = np.float32(acc[t] + (w0 * x0[t] + w1 * x1[t]))
+    else:
+        x0 = _f32(rows[i], size)[start:stop]
+        w0 = weights[i]
+        if mode == 0:
+            for t in range(length):
+                acc[t] = w0 * x0[t]
+        elif mode == 1:
+            for t in range(length):
+                acc[t] += w0 * x0[t]
+        elif mode == 2:
+            for t in range(length):
+                o[t] = np.float32(w0 * x0[t])
+        else:
+            for t in range(length):
+                o[t] = np.float32(acc[t] + w0 * x0[t])
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
 def _fedavg_blocks(ctrl, ip, first, last):
     """out = sum_i weights[i] * rows[i] over blocks [first, last): float64 in a block buffer
-    (L1) that the rows stream through two at a time; the result block is checked for
-    non-finite values (the weights are normalised, so it is finite iff every input is)."""
+    (L1/L2) that the rows stream through four at a time, the last group rounding straight
+    into the output; the result block is checked for non-finite values (the weights are
+    normalised, so it is finite iff every input is)."""
     size = ip[_SIZE]
     n = ip[_N]
     out = _f32(ip[_OUT], size)
@@ -302,34 +363,14 @@ def _fedavg_blocks(ctrl, ip, first, last):
     for b in range(first, last):
         start = b * _FEDAVG_BLOCK
         stop = min(start + _FEDAVG_BLOCK, size)
-        length = stop - start
-        x0 = _f32(rows[0], size)[start:stop]
-        w0 = weights[0]
-        if n >= 2:
-            x1 = _f32(rows[1], size)[start:stop]
-            w1 = weights[1]
-            for t in range(length):
-                acc[t] = w0 * x0[t] + w1 * x1[t]
-        else:
-            for t in range(length):
-                acc[t] = w0 * x0[t]
-        i = 2
-        while i + 2 <= n:
-            x0 = _f32(rows[i], size)[start:stop]
-            x1 = _f32(rows[i + 1], size)[start:stop]
-            w0 = weights[i]
-            w1 = weights[i + 1]
-            for t in range(length):
-                acc[t] += w0 * x0[t] + w1 * x1[t]
-            i += 2
-        if i < n:
-            x0 = _f32(rows[i], size)[start:stop]
-            w0 = weights[i]
-            for t in range(length):
-                acc[t] += w0 * x0[t]
         o = out[start:stop]
-        for t in range(length):
-            o[t] = np.float32(acc[t])
+        i = 0
+        while i < n:
+            left = n - i
+            k = 4 if left >= 4 else (2 if left >= 2 else 1)
+            mode = (0 if i == 0 else 1) + (2 if i + k == n else 0)
+            _group(acc, o, rows, weights, i, k, size, start, stop, mode)
+            i += k
         if _any_nonfinite(out_bits, start, stop):
             _store(ctrl, _BAD, 1)
 
