@@ -20,9 +20,9 @@ job with an earlier job's parameters. The caller writes a job's parameters befor
 publishes the generation (sequentially consistent atomics), and rewrites them only once
 every task of the previous job is done.
 
-x86-64 Linux only (``pause``, the ``futex`` and ``sched_yield`` system calls as inline
-assembly, so the kernels stay cacheable); elsewhere ``available()`` is False and the
-Accumulator keeps the Python work sharing.
+x86-64 Linux only (``pause`` and the ``futex`` system call as inline assembly, so the
+kernels stay cacheable); elsewhere ``available()`` is False and the Accumulator keeps the
+Python work sharing (fedavg numba's parallel loop).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ _FUTEX_WAIT_PRIVATE = 128
 _FUTEX_WAKE_PRIVATE = 129
 
 # --- the control block ------------------------------------------------------------------------
-# int64 slots, each on its own 64-byte line.
+# int64 slots; the ones two threads write are 64 bytes apart (no two share a cache line).
 _WORD = 0  # (generation << 40) | (back << 20) | front: tasks [front, back) are left
 _DONE = 8  # tasks finished in this generation
 _BAD = 16  # set when a block of the job holds a non-finite value
@@ -164,8 +164,8 @@ _BUSY = 48  # 1 while a caller owns the helpers (a second caller works alone)
 _WAKES = 49  # futex wake calls made by callers (a statistic)
 _WAITS = 50  # futex waits entered by helpers (a statistic)
 _CALLER_WAITING = 51  # the caller sleeps until the helpers' tasks are done (on _DONE's futex)
+_TIMESPEC = 52  # and 53: {0 s, 1 ms}, the longest such a sleep lasts (a lost wake costs no more)
 _TASKS_PER_JOB_SLOT = 54  # tasks a job is cut into (0: _TASKS_PER_JOB); a tuning knob for benchmarks
-_TIMESPEC = 52  # {0 s, 1 ms}: the longest such a sleep lasts (a lost wake costs no more)
 _PARAMS = 56  # 16 int64 parameters of the current job, then 8 float64
 _FLOATS = 72
 _STATE_SLOTS = 80
@@ -173,7 +173,7 @@ _KIND, _NTASKS, _TASK_BLOCKS, _SIZE, _OUT, _IN, _OFFSET, _ROWS, _N = range(9)
 # job kinds
 _ACCUMULATE, _SCALE, _FEDAVG, _STORE = 1, 2, 3, 4
 
-#: pause instructions a helper spins before it sleeps (~50-100 us: longer than the
+#: pause instructions a helper spins before it sleeps (~0.5-0.8 ms here: far longer than the
 #: Python-side gap between two ``add`` calls of a stream, short enough to idle cheaply).
 _SPIN = 20_000
 _LOW32 = np.int64(0xFFFFFFFF)
@@ -440,8 +440,8 @@ def helper_loop(state):
 
 @njit(cache=True, nogil=True)
 def _run_job(ctrl, ip, ntasks):
-    """Publish the job whose parameters are in ip/fp, share its tasks, wait for the tasks
-    a helper took; returns 1 when a block held a non-finite value."""
+    """Publish the job whose parameters are in ip/fp (waking sleeping helpers); returns its
+    generation."""
     ip[_NTASKS] = ntasks
     _store(ctrl, _DONE, 0)
     _store(ctrl, _BAD, 0)
@@ -456,6 +456,8 @@ def _run_job(ctrl, ip, ntasks):
 
 @njit(cache=True, nogil=True)
 def _finish(ctrl, ip, fp, generation, ntasks):
+    """Run tasks of the job until none is left, then wait for those helpers took; returns
+    1 when a block held a non-finite value."""
     helpers_share = ntasks - _work(ctrl, ip, fp, generation, True)
     spins = 0
     while True:
