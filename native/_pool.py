@@ -166,6 +166,10 @@ _WAITS = 50  # futex waits entered by helpers (a statistic)
 _CALLER_WAITING = 51  # the caller sleeps until the helpers' tasks are done (on _DONE's futex)
 _TIMESPEC = 52  # and 53: {0 s, 1 ms}, the longest such a sleep lasts (a lost wake costs no more)
 _TASKS_PER_JOB_SLOT = 54  # tasks a job is cut into (0: _TASKS_PER_JOB); a tuning knob for benchmarks
+_BACKOFF = 55  # jobs the caller still runs alone since a helper was preempted mid-task
+#: After a helper held up a job (preempted mid-task: the machine is oversubscribed), the next
+#: this many adds and means run in the calling thread alone.
+_BACKOFF_JOBS = 32
 _PARAMS = 56  # 16 int64 parameters of the current job, then 8 float64
 _FLOATS = 72
 _STATE_SLOTS = 80
@@ -471,6 +475,7 @@ def _finish(ctrl, ip, fp, generation, ntasks):
         if spins < 256:
             _pause()
             continue
+        ctrl[_BACKOFF] = _BACKOFF_JOBS
         _store(ctrl, _CALLER_WAITING, 1)
         if _load(ctrl, _DONE) == done:
             ctrl[_TIMESPEC] = 0
@@ -492,12 +497,25 @@ def _task_blocks(state, nblocks, most):
     return max(tb, (nblocks + _MAX_TASKS - 2) // (_MAX_TASKS - 1))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _claim(state, backoff):
+    """True: the caller has the helpers for one job. False: it works alone, because another
+    caller has them or (``backoff``) a helper was preempted mid-task a few jobs ago."""
+    if _cas(state, _BUSY, 0, 1) != 0:
+        return False
+    if backoff and state[_BACKOFF] > 0:
+        state[_BACKOFF] -= 1
+        _store(state, _BUSY, 0)
+        return False
+    return True
+
+
 @njit(cache=True, nogil=True)
 def accumulate(state, acc, chunk, weight, offset):
     """acc[offset:offset+len] += weight * chunk (float32), shared with the helpers (alone if
     another caller has them). Returns 1 when the chunk holds a non-finite value: it is then
     taken back out (the blocks that were added are subtracted), else 0."""
-    if _cas(state, _BUSY, 0, 1) != 0:
+    if not _claim(state, True):
         first_bad = accumulate_serial(acc, chunk, weight, offset)
         if first_bad >= 0:
             unaccumulate_serial(acc, chunk, weight, offset, first_bad)
@@ -530,7 +548,7 @@ def store(state, out, update, weight):
     """out = weight * update (float32; out is a fresh, unwritten sum of the same length),
     shared with the helpers. Returns -1 (nothing done) if another caller has them, 1 if the
     update holds a non-finite value (out is then partly written: the caller clears it), else 0."""
-    if _cas(state, _BUSY, 0, 1) != 0:
+    if not _claim(state, True):
         return -1
     ctrl, ip, fp = _split(state)
     size = update.shape[0]
@@ -552,7 +570,7 @@ def store(state, out, update, weight):
 @njit(cache=True, nogil=True)
 def scale(state, values, factor):
     """values *= factor (float32), shared with the helpers (alone if another caller has them)."""
-    if _cas(state, _BUSY, 0, 1) != 0:
+    if not _claim(state, True):
         scale_serial(values, factor)
         return
     ctrl, ip, fp = _split(state)
@@ -575,7 +593,7 @@ def fedavg(state, addresses, weights, out):
     """out = sum_i weights[i] * update_i (addresses[i]: the data of a float32 update of
     len(out) values), shared with the helpers. Returns 1 if the result holds a non-finite
     value (so some input does), 0 if not, -1 (nothing done) if another caller has them."""
-    if _cas(state, _BUSY, 0, 1) != 0:
+    if not _claim(state, False):
         return -1
     ctrl, ip, fp = _split(state)
     size = out.shape[0]

@@ -250,3 +250,16 @@ def test_an_accumulator_in_a_reused_buffer(serial_max: int, monkeypatch: pytest.
 def test_an_accumulator_refuses_a_bad_buffer(out: np.ndarray, reason: str) -> None:
     with pytest.raises(native.AggregationError, match=reason):
         native.Accumulator(10, out=out)
+
+
+def test_after_a_preempted_helper_the_caller_works_alone_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", 0)
+    updates = _updates(SIZE, 4, seed=11)
+    expected = _mean(updates, WEIGHTS)
+    state = _pool.state()
+    state[_pool._BACKOFF] = 5  # as _finish sets it when a helper held a job up
+    before = _pool.helped()
+    got = _mean(updates, WEIGHTS)  # a store, three adds and the mean: five jobs, all alone
+    assert _pool.helped() == before
+    assert state[_pool._BACKOFF] == 0
+    np.testing.assert_array_equal(got, expected)
