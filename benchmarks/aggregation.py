@@ -514,7 +514,9 @@ _MEMORY_PROBE = textwrap.dedent(
     import numpy as np
     import native
     n, p = int(sys.argv[1]), int(sys.argv[2])
-    warm = native.Accumulator(16); warm.add(np.ones(16, np.float32), 1.0); warm.result()
+    # warm-up: the kernels, and (an update above SERIAL_MAX_VALUES) the native helper threads
+    warm = native.Accumulator(1 << 17); warm.add(np.ones(1 << 17, np.float32), 1.0); warm.result()
+    del warm
 
     def vm_hwm():
         for line in open("/proc/self/status"):
