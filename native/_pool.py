@@ -168,8 +168,10 @@ _TIMESPEC = 52  # and 53: {0 s, 1 ms}, the longest such a sleep lasts (a lost wa
 _TASKS_PER_JOB_SLOT = 54  # tasks a job is cut into (0: _TASKS_PER_JOB); a tuning knob for benchmarks
 _BACKOFF = 55  # jobs the caller still runs alone since a helper was preempted mid-task
 #: After a helper held up a job (preempted mid-task: the machine is oversubscribed), the next
-#: this many adds and means run in the calling thread alone.
+#: adds and means run in the calling thread alone: at most this many, and only while their
+#: values add up to _BACKOFF_VALUES (large jobs keep both cores).
 _BACKOFF_JOBS = 32
+_BACKOFF_VALUES = 4 << 20
 _PARAMS = 56  # 16 int64 parameters of the current job, then 8 float64
 _FLOATS = 72
 _STATE_SLOTS = 80
@@ -479,7 +481,9 @@ def _finish(ctrl, ip, fp, generation, ntasks):
         if spins < patience:
             _pause()
             continue
-        ctrl[_BACKOFF] = _BACKOFF_JOBS
+        # Alone, a small job loses little and waits for no one; a large one would lose the
+        # second core for longer than the preemption cost: back off about 4M values' worth.
+        ctrl[_BACKOFF] = min(_BACKOFF_JOBS, _BACKOFF_VALUES // max(1, ip[_SIZE]))
         _store(ctrl, _CALLER_WAITING, 1)
         if _load(ctrl, _DONE) == done:
             ctrl[_TIMESPEC] = 0
