@@ -17,8 +17,9 @@ torch's streaming ``add_`` (then ``div_``), with both as fractions of the floor.
 
 Ratios are peer_ms / ours_ms (> 1 means we are faster), of median times; the sweep also
 gives the ratio of best runs. torch runs on every core (``torch.set_num_threads``). Each
-timed call follows a pause and an untimed call of the same candidate (``GAP_S``): no
-candidate shares the cores with another's spinning thread pool. JIT compilation is kept out of
+timed call follows a pause and untimed calls of the same candidate (``GAP_S``, ``WARM_S``):
+no candidate shares the cores with another's spinning thread pool, and each runs with its own
+pool awake. JIT compilation is kept out of
 every timing (each kernel is warmed first) and reported in the ``jit`` section, which
 also times a new process reaching its first result with the on-disk cache warm. Peers
 come from the ``bench`` extra (``pip install -e '.[bench]'``); one that cannot be
@@ -253,10 +254,12 @@ def _max_diff(a: Any, b: Any) -> float:
 
 
 #: Pause before each timed call. Thread pools spin a while after a call (torch's OpenMP
-#: workers ~9 ms here, our helpers ~0.5 ms); in a round-robin the next candidate would share
-#: the cores with the previous one's spinning threads. After the pause, one untimed call of
-#: the candidate itself wakes its own pool, so each timed call runs hot and alone.
+#: workers ~9 ms here, our helpers ~5 ms); in a round-robin the next candidate would share
+#: the cores with the previous one's spinning threads. After the pause the candidate itself
+#: runs untimed for ``WARM_S`` (at least once), which wakes its own pool (waking a sleeping
+#: thread takes ~0.5 ms and up to ~8 ms on this shared VM), so each timed call runs hot and alone.
 GAP_S = 0.012
+WARM_S = 0.005
 
 
 def _time_interleaved(candidates: dict[str, tuple[Callable[[], object], int]], warmup: int = 1) -> dict[str, Any]:
@@ -265,7 +268,7 @@ def _time_interleaved(candidates: dict[str, tuple[Callable[[], object], int]], w
     Each candidate is (fn, repeats); a candidate with fewer repeats drops out early.
     Warm-up (JIT, allocator, caches) runs for candidates with repeats >= 3 only, so
     the slow peers are not run more often than they are timed. Each timed call follows a
-    pause of ``GAP_S`` and, for those same candidates, an untimed call (see GAP_S)."""
+    pause of ``GAP_S`` and, for those same candidates, untimed calls (see GAP_S)."""
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for fn, reps in candidates.values():
         for _ in range(warmup if reps >= 3 else 0):
@@ -279,7 +282,10 @@ def _time_interleaved(candidates: dict[str, tuple[Callable[[], object], int]], w
             if r < reps:
                 time.sleep(GAP_S)
                 if reps >= 3:
+                    warm_from = time.perf_counter()
                     fn()
+                    while time.perf_counter() - warm_from < WARM_S:
+                        fn()
                 start = time.perf_counter()
                 fn()
                 samples[name].append((time.perf_counter() - start) * 1000.0)

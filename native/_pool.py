@@ -3,8 +3,8 @@
 ``_workshare.run_blocks`` hands ranges of blocks to Python pool threads: each hand-off
 wakes a thread that must take the GIL, some tens of microseconds, so updates below ~1M
 values were added by one core. Here the helper threads run a ``nogil`` Numba loop that
-never returns to Python: it watches a shared control word, spins briefly (``pause``)
-after each job so a stream of ``add`` calls finds it awake, then sleeps on a futex.
+never returns to Python: it watches a shared control word, spins (``pause``, ~5 ms) after
+each job so a stream of ``add`` calls finds it awake, then sleeps on a futex.
 A job costs the caller a few atomic operations, so updates of ~50K values and up use
 both cores.
 
@@ -179,9 +179,11 @@ _KIND, _NTASKS, _TASK_BLOCKS, _SIZE, _OUT, _IN, _OFFSET, _ROWS, _N = range(9)
 # job kinds
 _ACCUMULATE, _SCALE, _FEDAVG, _STORE = 1, 2, 3, 4
 
-#: pause instructions a helper spins before it sleeps (~0.5-0.8 ms here: far longer than the
-#: Python-side gap between two ``add`` calls of a stream, short enough to idle cheaply).
-_SPIN = 20_000
+#: pause instructions a helper spins before it sleeps (~5 ms here). Waking a sleeping helper
+#: takes ~0.5 ms typically and up to ~8 ms on this shared VM (measured), longer than a job of
+#: 1M values: a helper must stay awake through the gaps of a stream of ``add`` calls to be of
+#: use. (libgomp's workers, torch's, spin ~9 ms after a parallel region.)
+_SPIN = 120_000
 _LOW32 = np.int64(0xFFFFFFFF)
 _GEN_SHIFT = 40
 _GEN_MASK = np.int64((1 << 23) - 1)
