@@ -132,8 +132,9 @@ class Accumulator:
             if length != self._size:
                 self._whole = False
             return
-        if _pool.available():
-            self._add_shared(update, w, offset, site_index)
+        if _pool.AVAILABLE:
+            if _pool.accumulate(_pool.state(), self._sum, update, w, offset):
+                raise NonFiniteUpdateError(site_index)
         else:
             self._add_work_shared(update, w, offset, site_index)
         self._parts.append((offset, length, w, site_index))
@@ -154,10 +155,6 @@ class Accumulator:
                 raise NonFiniteUpdateError(site_index)
         self._sum.fill(0.0)
         return False
-
-    def _add_shared(self, update: np.ndarray, w: float, offset: int, site_index: int) -> None:
-        if _pool.accumulate(_pool.state(), self._sum, update, w, offset):
-            raise NonFiniteUpdateError(site_index)
 
     def _add_work_shared(self, update: np.ndarray, w: float, offset: int, site_index: int) -> None:
         """The portable shared path (Python pool threads), where native/_pool.py is unavailable."""

@@ -45,7 +45,7 @@ def test_shared_serial_and_python_work_sharing_agree_bit_for_bit(monkeypatch: py
     serial = _mean(updates, WEIGHTS)
     monkeypatch.setattr(accumulator, "SERIAL_MAX_VALUES", 0)
     shared = _mean(updates, WEIGHTS)
-    monkeypatch.setattr(_pool, "_AVAILABLE", False)
+    monkeypatch.setattr(_pool, "AVAILABLE", False)
     python_shared = _mean(updates, WEIGHTS)
     assert serial.tobytes() == shared.tobytes()
     assert serial.tobytes() == python_shared.tobytes()
