@@ -234,7 +234,7 @@ def _i64_pointer(typingctx, address):
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
-def _run_task(ctrl, ip, fp, task):
+def _run_task(ctrl, ip, fp, task, scratch):
     """Blocks [task * tb, (task + 1) * tb) of the current job."""
     kind = ip[_KIND]
     tb = ip[_TASK_BLOCKS]
@@ -267,7 +267,7 @@ def _run_task(ctrl, ip, fp, task):
         for t in range(stop - start):
             vs[t] = vs[t] * f
     elif kind == _FEDAVG:
-        _fedavg_blocks(ctrl, ip, first, last)
+        _fedavg_blocks(ctrl, ip, first, last, scratch)
     elif kind == _STORE:
         _store_blocks(ctrl, ip, fp, first, last)
 
@@ -356,7 +356,7 @@ def _group(acc, o, rows, weights, i, k, size, start, stop, mode):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _fedavg_blocks(ctrl, ip, first, last):
+def _fedavg_blocks(ctrl, ip, first, last, acc):
     """out = sum_i weights[i] * rows[i] over blocks [first, last): float64 in a block buffer
     (L1/L2) that the rows stream through four at a time, the last group rounding straight
     into the output; the result block is checked for non-finite values (the weights are
@@ -367,7 +367,6 @@ def _fedavg_blocks(ctrl, ip, first, last):
     out_bits = out.view(np.uint32)
     rows = carray(_i64_pointer(ip[_ROWS]), n)
     weights = carray(_f64_pointer(ip[_IN]), n)
-    acc = np.empty(_FEDAVG_BLOCK, dtype=np.float64)
     for b in range(first, last):
         start = b * _FEDAVG_BLOCK
         stop = min(start + _FEDAVG_BLOCK, size)
@@ -384,7 +383,7 @@ def _fedavg_blocks(ctrl, ip, first, last):
 
 
 @njit(cache=True, nogil=True)
-def _work(ctrl, ip, fp, generation, from_front):
+def _work(ctrl, ip, fp, generation, from_front, scratch):
     """Take and run tasks of ``generation`` until none is left; the number run. The caller
     takes tasks from the front, helpers from the back: from one job to the next each core
     tends to get the same part of the sum, which stays in its cache (when it fits there)."""
@@ -405,7 +404,7 @@ def _work(ctrl, ip, fp, generation, from_front):
             new = word - (np.int64(1) << _BACK_SHIFT)
         if _cas(ctrl, _WORD, word, new) != word:
             continue
-        _run_task(ctrl, ip, fp, task)
+        _run_task(ctrl, ip, fp, task, scratch)
         ran += 1
 
 
@@ -418,6 +417,9 @@ def _split(state):
 def helper_loop(state):
     """A helper thread's life: wait for a job, share its tasks, spin, sleep, repeat."""
     ctrl, ip, fp = _split(state)
+    # The fedavg block sum, allocated once: a task never allocates, so it cannot fail half
+    # done (an allocation failure here ends the thread before it takes any task).
+    scratch = np.empty(_FEDAVG_BLOCK, dtype=np.float64)
     seen = _load(ctrl, _WORD) >> _GEN_SHIFT
     while True:
         spins = 0
@@ -437,7 +439,7 @@ def helper_loop(state):
             _fetch_add(ctrl, _SLEEPERS, -1)
             spins = 0
         seen = generation
-        ran = _work(ctrl, ip, fp, generation, False)
+        ran = _work(ctrl, ip, fp, generation, False, scratch)
         if ran:
             # one shared write per job, not per task: the counters' line moves between cores once
             _fetch_add(ctrl, _HELPED, ran)  # first: once the caller sees its job done, so does helped()
@@ -463,10 +465,10 @@ def _run_job(ctrl, ip, ntasks):
 
 
 @njit(cache=True, nogil=True)
-def _finish(ctrl, ip, fp, generation, ntasks):
+def _finish(ctrl, ip, fp, generation, ntasks, scratch):
     """Run tasks of the job until none is left, then wait for those helpers took; returns
     1 when a block held a non-finite value."""
-    helpers_share = ntasks - _work(ctrl, ip, fp, generation, True)
+    helpers_share = ntasks - _work(ctrl, ip, fp, generation, True, scratch)
     # How long a task should take: its bytes at a slow 10 GB/s, in pause instructions
     # (~40 ns, ~420 bytes at that speed).
     block_bytes = _FEDAVG_BLOCK * 4 * (ip[_N] + 1) if ip[_KIND] == _FEDAVG else STREAM_BLOCK * 12
@@ -544,7 +546,7 @@ def accumulate(state, acc, chunk, weight, offset):
     fp[0] = weight
     ntasks = (nblocks + tb - 1) // tb
     generation = _run_job(ctrl, ip, ntasks)
-    bad = _finish(ctrl, ip, fp, generation, ntasks)
+    bad = _finish(ctrl, ip, fp, generation, ntasks, fp)  # fp: a scratch of the right type, unused here
     _store(state, _BUSY, 0)
     if bad:
         # blocks holding a non-finite value were skipped; every other one was added
@@ -572,7 +574,7 @@ def store(state, out, update, weight):
     fp[0] = weight
     ntasks = (nblocks + tb - 1) // tb
     generation = _run_job(ctrl, ip, ntasks)
-    bad = _finish(ctrl, ip, fp, generation, ntasks)
+    bad = _finish(ctrl, ip, fp, generation, ntasks, fp)  # fp: a scratch of the right type, unused here
     _store(state, _BUSY, 0)
     return bad
 
@@ -594,7 +596,7 @@ def scale(state, values, factor):
     fp[0] = factor
     ntasks = (nblocks + tb - 1) // tb
     generation = _run_job(ctrl, ip, ntasks)
-    _finish(ctrl, ip, fp, generation, ntasks)
+    _finish(ctrl, ip, fp, generation, ntasks, fp)  # fp: a scratch of the right type, unused here
     _store(state, _BUSY, 0)
 
 
@@ -603,6 +605,7 @@ def fedavg(state, addresses, weights, out):
     """out = sum_i weights[i] * update_i (addresses[i]: the data of a float32 update of
     len(out) values), shared with the helpers. Returns 1 if the result holds a non-finite
     value (so some input does), 0 if not, -1 (nothing done) if another caller has them."""
+    scratch = np.empty(_FEDAVG_BLOCK, dtype=np.float64)  # the caller's block sum (before the claim)
     if not _claim(state, False):
         return -1
     ctrl, ip, fp = _split(state)
@@ -618,7 +621,7 @@ def fedavg(state, addresses, weights, out):
     ip[_N] = addresses.shape[0]
     ntasks = (nblocks + tb - 1) // tb
     generation = _run_job(ctrl, ip, ntasks)
-    bad = _finish(ctrl, ip, fp, generation, ntasks)
+    bad = _finish(ctrl, ip, fp, generation, ntasks, scratch)
     _store(state, _BUSY, 0)
     return bad
 
