@@ -13,6 +13,12 @@ squared distances are float32 over 512-value runs summed in float64.
 
 Kernels are ``numba.njit(cache=True)``, compiled lazily on first use and loaded from
 the on-disk cache (``__pycache__`` next to this package) by later processes.
+
+On x86-64 Linux the streaming kernels (``Accumulator`` adds above 48K values and its mean,
+``fedavg``) share their work with native helper threads (``native/_pool.py``: a ``nogil``
+loop per helper, no GIL hand-off per call); the order statistics and Krum, and the streaming
+kernels elsewhere, use ``native/_workshare.py`` and numba's parallel loops. ``fedavg(...,
+out=)`` and ``Accumulator(size, out=)`` write into a caller's buffer.
 """
 
 from .accumulator import Accumulator, Contribution

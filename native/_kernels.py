@@ -183,6 +183,24 @@ def unaccumulate_serial(acc, chunk, weight, offset, blocks):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
+def unaccumulate_finite(acc, chunk, weight, offset):
+    """Take back the blocks of ``chunk`` that hold only finite values: those the shared
+    path (native/_pool.py) added when another block of the chunk was not finite."""
+    size = chunk.shape[0]
+    w = np.float32(weight)
+    chunk_bits = chunk.view(np.uint32)
+    nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
+    for b in range(nblocks):
+        start = b * STREAM_BLOCK
+        stop = min(start + STREAM_BLOCK, size)
+        if not _any_nonfinite(chunk_bits, start, stop):
+            x = chunk[start:stop]
+            a = acc[offset + start : offset + stop]
+            for t in range(stop - start):
+                a[t] -= w * x[t]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def scale_serial(values, factor):
     """values *= factor (float32), in place, serially (small results)."""
     f = np.float32(factor)

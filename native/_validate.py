@@ -25,6 +25,17 @@ def as_update(x: object, what: str = "update") -> np.ndarray:
     return x
 
 
+def check_output(out: object, size: int, what: str) -> np.ndarray:
+    """A caller's output buffer: a writeable C-contiguous 1-D float32 array of ``size`` values."""
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 1 or not out.flags.c_contiguous:
+        raise AggregationError("out must be a C-contiguous 1-D float32 numpy.ndarray")
+    if not out.flags.writeable:
+        raise AggregationError("out must be writeable")
+    if out.shape[0] != size:
+        raise AggregationError(f"out has {out.shape[0]} values, {what} {size}")
+    return out
+
+
 def as_stack(stack: object) -> np.ndarray:
     """A 2-D (N, P) float32 array with N >= 1 (C-contiguous: otherwise copied once)."""
     if not isinstance(stack, np.ndarray):

@@ -1,4 +1,5 @@
-"""Work sharing for kernels called many times in a row (Accumulator.add).
+"""Work sharing for kernels called many times in a row: the order statistics and Krum, and
+Accumulator.add where the native helpers (native/_pool.py, x86-64 Linux) are unavailable.
 
 A numba ``parallel=True`` call ends at a barrier that waits for every worker thread.
 On a machine shared with other processes a worker can wait a whole scheduler slice

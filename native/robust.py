@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
-from . import _kernels, _small_networks
+from . import _kernels, _pool, _small_networks
 from ._networks import selection_network
-from ._validate import as_int, as_stack, as_update, normalised_weights, trim_count
+from ._validate import as_int, as_stack, as_update, check_output, normalised_weights, trim_count
 from ._workshare import run_blocks
 from .errors import AggregationError, NonFiniteUpdateError
 
@@ -26,13 +26,23 @@ def _raise_bad_rows(bad_rows: np.ndarray) -> None:
         raise NonFiniteUpdateError(int(np.flatnonzero(bad_rows)[0]))
 
 
-def fedavg(updates: np.ndarray | Sequence[np.ndarray], weights: Sequence[float] | np.ndarray) -> np.ndarray:
+def fedavg(
+    updates: np.ndarray | Sequence[np.ndarray],
+    weights: Sequence[float] | np.ndarray,
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Weighted mean of N equal-length float32 updates, as one fused pass.
 
     ``updates`` is a sequence of 1-D float32 arrays, or a 2-D (N, P) float32 array.
     Weights (e.g. example counts) must be finite and >= 0 with a positive sum; they
     are normalised in float64. Each output block is accumulated in float64 in cache
     while the N updates stream through it once, then rounded to float32.
+
+    ``out``, a C-contiguous float32 array of P values that overlaps no update, receives
+    the mean (and is returned) instead of a new array: a reused buffer spares the OS
+    zeroing and mapping fresh pages (~20% of the time at P = 10M). On an error its
+    contents are unspecified.
 
     Raises ``NonFiniteUpdateError`` naming the first site whose update holds NaN/inf.
     """
@@ -53,20 +63,33 @@ def fedavg(updates: np.ndarray | Sequence[np.ndarray], weights: Sequence[float] 
                 raise AggregationError(f"updates[{i}] has {u.shape[0]} parameters, updates[0] has {size}")
         w = normalised_weights(weights, len(checked))
         rows = checked
-    out = np.empty(size, dtype=np.float32)
-    nblocks = (size + _kernels.STREAM_BLOCK - 1) // _kernels.STREAM_BLOCK
-    bad_blocks = np.zeros(nblocks, dtype=np.bool_)
-    # The kernel reads the updates through their data addresses; ``rows`` keeps them alive.
+    if out is None:
+        out = np.empty(size, dtype=np.float32)
+    else:
+        _check_out(out, size, rows)
+    # The kernels read the updates through their data addresses; ``rows`` keeps them alive.
     addresses = np.array([r.__array_interface__["data"][0] for r in rows], dtype=np.intp)
-    _kernels.fedavg_kernel(addresses, w, out, bad_blocks)
-    if bad_blocks.any():
-        b = int(np.flatnonzero(bad_blocks)[0])
-        start = b * _kernels.STREAM_BLOCK
-        site = _first_nonfinite(rows, start, start + _kernels.STREAM_BLOCK)
+    shared = _pool.fedavg(_pool.state(), addresses, w, out) if _pool.available() else -1
+    if shared >= 0:
+        bad = shared == 1
+    else:  # no native helpers here, or another thread has them: numba's parallel loop
+        nblocks = (size + _kernels.STREAM_BLOCK - 1) // _kernels.STREAM_BLOCK
+        bad_blocks = np.zeros(nblocks, dtype=np.bool_)
+        _kernels.fedavg_kernel(addresses, w, out, bad_blocks)
+        bad = bool(bad_blocks.any())
+    if bad:
+        site = _first_nonfinite(rows)
         if site is None:  # all inputs finite: values near float32's limit rounded past it
             raise AggregationError("the weighted mean overflows float32 (inputs near +-3.4e38)")
         raise NonFiniteUpdateError(site)
     return out
+
+
+def _check_out(out: object, size: int, rows: Sequence[np.ndarray] | np.ndarray) -> None:
+    check_output(out, size, "the updates")
+    for i, row in enumerate(rows):
+        if np.may_share_memory(out, row):
+            raise AggregationError(f"out overlaps updates[{i}]")
 
 
 def _order_block(n: int) -> int:
