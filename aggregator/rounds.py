@@ -461,6 +461,8 @@ class _Closing:
     attempt: int
     dp_rounds: int
     global_vector: np.ndarray
+    #: The next model's data section the aggregate is computed into (None: the rule cannot).
+    output: np.ndarray | None = None
 
 
 class RoundDriver:
@@ -546,6 +548,11 @@ class RoundDriver:
 
     def _begin(self) -> None:
         self._aggregation = self.strategy.begin_round(self.spec.parameter_count)
+        # The next model's bytes, its data section the round's accumulator when the rule can sum
+        # into it (FedAvg, clipped or with DP): the model and the round's sum are then all the
+        # models a round holds, and the close adds the global model in place.
+        _next, output = model_buffer(self.spec)
+        self._output: np.ndarray | None = output if self._aggregation.use_output(output) else None
         self._received: dict[str, dict[str, Any]] = {}
         self._deadline = time.time() + self.config.round_deadline
         self.history.setdefault(self.round, RoundRecord(self.round, self.attempt)).attempt = self.attempt
@@ -727,6 +734,7 @@ class RoundDriver:
             self.attempt,
             self._dp_rounds,
             self.global_vector,
+            self._output,
         )
         self._closing = closing
         return closing
@@ -769,6 +777,10 @@ class RoundDriver:
         global model plus the aggregated delta. Runs without the round lock. A subclass may
         replace it (a leaf of a hierarchical federation forwards the aggregate to its parent and
         returns the parent's next model); ``closing.participants`` holds each update's weight."""
+        out = closing.output
+        if out is not None and aggregate.delta.ctypes.data == out.ctypes.data and aggregate.delta.size == out.size:
+            np.add(out, closing.global_vector, out=out)  # the mean is in the next model's bytes already
+            return out
         _model, vector = model_buffer(self.spec)  # written in place: the next model's bytes
         np.add(closing.global_vector, aggregate.delta, out=vector)
         return vector

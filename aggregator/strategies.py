@@ -112,6 +112,13 @@ class RoundAggregation(abc.ABC):
         pieces themselves, so the round never holds a whole update."""
         return self.add(update.vector(), weight, site)
 
+    def use_output(self, out: np.ndarray) -> bool:
+        """Compute the round's aggregate into ``out`` (a float32 vector of the model's size, the
+        data section of the next model's bytes) if this rule can, before any update is added:
+        True when it will (the driver then adds the global model in place: one model-sized
+        buffer less at the round's close). By default it cannot."""
+        return False
+
 
 class PieceSource(Protocol):
     """An update as float32 pieces (flat offset, values) in model order, and its L2 norm."""
@@ -161,6 +168,12 @@ class StreamingMean(RoundAggregation):
         for offset, piece in update.pieces():
             self._accumulator.add(piece, weight, offset, site=site)
         self._count += 1
+
+    def use_output(self, out: np.ndarray) -> bool:
+        if self._count:
+            return False
+        self._accumulator = native.Accumulator(self._accumulator.size, out=out)
+        return True
 
     def result(self) -> np.ndarray:
         if not self._count:
@@ -448,6 +461,9 @@ class _ClippedRound(RoundAggregation):
         scaled = _ScaledPieces(update, self.clip_norm / norm) if norm > self.clip_norm else update
         facts = self.inner.add_pieces(scaled, weight if self.weight is None else self.weight, site) or {}
         return {**facts, "norm_before_clip": norm}
+
+    def use_output(self, out: np.ndarray) -> bool:
+        return self.inner.use_output(out)  # clipping and noise work in place on the inner aggregate
 
     def result(self) -> np.ndarray:
         return self.inner.result()
