@@ -548,11 +548,9 @@ class RoundDriver:
 
     def _begin(self) -> None:
         self._aggregation = self.strategy.begin_round(self.spec.parameter_count)
-        # The next model's bytes, its data section the round's accumulator when the rule can sum
-        # into it (FedAvg, clipped or with DP): the model and the round's sum are then all the
-        # models a round holds, and the close adds the global model in place.
-        _next, output = model_buffer(self.spec)
-        self._output: np.ndarray | None = output if self._aggregation.use_output(output) else None
+        #: The next model's data section, the round's sum when the rule can sum into it (made at
+        #: the round's first update, :meth:`_first_update`, once the last round is let go).
+        self._output: np.ndarray | None = None
         self._received: dict[str, dict[str, Any]] = {}
         self._deadline = time.time() + self.config.round_deadline
         self.history.setdefault(self.round, RoundRecord(self.round, self.attempt)).attempt = self.attempt
@@ -568,6 +566,15 @@ class RoundDriver:
             adapters=self.config.adapters,
         )
         self.surveillance.begin(self.round, self.attempt)
+
+    def _first_update(self) -> None:
+        """Before a round's first update is added (under the lock): the next model's bytes, whose
+        data section becomes the round's sum when the rule can sum into it (FedAvg, clipped or
+        with DP); the close then adds the global model in place, and a round holds two models'
+        worth, the current one and its sum. Made here, not when the round begins, so that the
+        last round's model is no longer held (a download under way keeps its own view)."""
+        _next, output = model_buffer(self.spec)
+        self._output = output if self._aggregation.use_output(output) else None
 
     def record(self, round_number: int) -> RoundRecord:
         return self.history.setdefault(round_number, RoundRecord(round_number, 1))
@@ -649,6 +656,8 @@ class RoundDriver:
                     self._received[site_id] = {"weight": weight, "update_sha256": digest.hex()}
                     return
                 site = len(self._received)
+                if not self._received:
+                    self._first_update()
                 if isinstance(update, StreamedUpdate):
                     facts = self._aggregation.add_pieces(update, weight, site) or {}
                 else:
