@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from attestation.errors import ExtraNotInstalled
 
 #: The modules of the ``aggregator`` extra (pip install 'attestfl[aggregator]').
-AGGREGATOR_EXTRA_MODULES = ("numba", "dp_accounting", "prometheus_client")
+AGGREGATOR_EXTRA_MODULES = ("numba", "llvmlite", "dp_accounting", "prometheus_client")
 
 
 def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

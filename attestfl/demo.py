@@ -183,7 +183,7 @@ def summarise(events: list[dict[str, Any]], rounds: int, audit_log: Path) -> dic
 
 #: The modules ``attestfl demo`` runs with: the site's (torch, scikit-learn, tqdm, tenacity) and
 #: the aggregator's (numba, dp-accounting, prometheus-client).
-DEMO_EXTRA_MODULES = ("torch", "sklearn", "tqdm", "tenacity", "numba", "dp_accounting", "prometheus_client")
+DEMO_EXTRA_MODULES = ("torch", "sklearn", "tqdm", "tenacity", "numba", "llvmlite", "dp_accounting", "prometheus_client")
 
 
 def run_demo(

@@ -35,6 +35,7 @@ MODULE_OF = {
     "msgspec": "msgspec",
     "pynacl": "nacl",
     "numba": "numba",
+    "llvmlite": "llvmlite",
     "dp-accounting": "dp_accounting",
     "prometheus-client": "prometheus_client",
     "torch": "torch",
@@ -49,7 +50,7 @@ RUNTIME_EXTRAS = ("aggregator", "site", "demo", "mobile", "reference-values")
 #: Imported only by an optional backend, each behind a one-line error when missing: App Attest
 #: (the mobile extra), reference values (the reference-values extra), NVML (nvidia-ml-py).
 OPTIONAL_MODULES = frozenset({"pyattest", "sevsnpmeasure", "pynvml"})
-AGGREGATOR_ONLY = frozenset({"numba", "dp-accounting", "prometheus-client"})
+AGGREGATOR_ONLY = frozenset({"numba", "llvmlite", "dp-accounting", "prometheus-client"})
 
 
 def pulled(extra: str | None) -> set[str]:
