@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import native
-from protocol.compression import UpdateLayout, iter_pieces, read_layout
+from protocol.compression import UpdateLayout, iter_pieces, non_finite, read_layout
 from protocol.streams import MAX_CHUNK_BYTES, TAG_BYTES, StreamError, StreamOpener
 from protocol.tensors import MAX_HEADER_BYTES, ModelSpec, unflatten
 
@@ -212,6 +212,7 @@ class StreamedUpdate:
     mode: str
     layout: UpdateLayout = field(init=False)
     norm: float = 0.0
+    _checked: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         head = self.spool.read(0, min(self.spool.size, 8 + MAX_HEADER_BYTES))
@@ -222,15 +223,24 @@ class StreamedUpdate:
         return self.layout.metadata
 
     def pieces(self) -> Iterator[tuple[int, np.ndarray]]:
-        return iter_pieces(self.layout, self.spool.read)
+        """The values, piece by piece; after :meth:`check` not checked finite again (they were,
+        and the spool's blocks are authenticated: what is read back is what was checked)."""
+        return iter_pieces(self.layout, self.spool.read, check_finite=not self._checked)
 
     def check(self) -> None:
         """Read every value once: all finite (else UpdateFormatError), and the update's L2 norm
-        (float64, as the in-memory clip computes it)."""
+        (float64, as the in-memory clip computes it), in one pass of the norm kernel."""
         total = 0.0
-        for _offset, piece in self.pieces():
-            total += float(native.l2_norms(piece.reshape(1, -1))[0]) ** 2
+        for offset, piece in iter_pieces(self.layout, self.spool.read, check_finite=False):
+            try:
+                total += float(native.l2_norms(piece.reshape(1, -1))[0]) ** 2
+            except native.NonFiniteUpdateError:
+                raise non_finite(self._tensor_at(offset)) from None
         self.norm = math.sqrt(total)
+        self._checked = True
+
+    def _tensor_at(self, offset: int) -> str:
+        return next(t.name for t in reversed(self.layout.tensors) if t.offset <= offset)
 
     def vector(self) -> np.ndarray:
         """The whole update as one float32 vector (for the strategies that need every value at once)."""

@@ -337,11 +337,16 @@ PIECE_VALUES: Final = 1 << 20
 
 
 def iter_pieces(
-    layout: UpdateLayout, read: Callable[[int, int], bytes | bytearray | memoryview], max_values: int = PIECE_VALUES
+    layout: UpdateLayout,
+    read: Callable[[int, int], bytes | bytearray | memoryview],
+    max_values: int = PIECE_VALUES,
+    *,
+    check_finite: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """The update's values as float32 pieces ``(flat offset, values)`` of at most ``max_values``,
-    in spec order, each checked finite before it is yielded; ``read(offset, length)`` returns the
-    update's bytes there. Memory: one piece (and one tensor's int8 scales) at a time."""
+    in spec order, each checked finite before it is yielded (unless ``check_finite`` is False: a
+    caller that checks them itself, or read them once already); ``read(offset, length)`` returns
+    the update's bytes there. Memory: one piece (and one tensor's int8 scales) at a time."""
     step = max(INT8_BLOCK, max_values // INT8_BLOCK * INT8_BLOCK)
     width = MODES[layout.mode]
     for tensor in layout.tensors:
@@ -355,11 +360,16 @@ def iter_pieces(
             count = min(step, tensor.size - start)
             raw = read(layout.body_start + tensor.values[0] + start * width, count * width)
             piece = _decode_piece(raw, layout.mode, scales, start, tensor.name)
-            if not np.isfinite(piece).all():
-                raise UpdateFormatError(
-                    f"tensor {tensor.name[:64]!r} has non-finite value(s) (NaN or infinity): refused before aggregation"
-                )
+            if check_finite and not np.isfinite(piece).all():
+                raise non_finite(tensor.name)
             yield tensor.offset + start, piece
+
+
+def non_finite(name: str) -> UpdateFormatError:
+    """The refusal of an update with a NaN or an infinity in tensor ``name``."""
+    return UpdateFormatError(
+        f"tensor {name[:64]!r} has non-finite value(s) (NaN or infinity): refused before aggregation"
+    )
 
 
 def _decode_piece(
@@ -423,6 +433,7 @@ __all__ = [
     "encode_update",
     "error_bound",
     "iter_pieces",
+    "non_finite",
     "read_layout",
     "roundtrip",
     "update_bytes",
