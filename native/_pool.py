@@ -203,34 +203,24 @@ def _f32(address, size):
     return carray(_f32_pointer(address), size)
 
 
-@intrinsic
-def _f32_pointer(typingctx, address):
-    sig = types.CPointer(types.float32)(types.int64)
+def _pointer_to(element: types.Type) -> object:
+    """An intrinsic turning an int64 address into a pointer to ``element`` values."""
 
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float32)))
+    @intrinsic
+    def pointer(typingctx, address):
+        sig = types.CPointer(element)(types.int64)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(types.CPointer(element)))
 
+        return sig, codegen
 
-@intrinsic
-def _f64_pointer(typingctx, address):
-    sig = types.CPointer(types.float64)(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float64)))
-
-    return sig, codegen
+    return pointer
 
 
-@intrinsic
-def _i64_pointer(typingctx, address):
-    sig = types.CPointer(types.int64)(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.int64)))
-
-    return sig, codegen
+_f32_pointer = _pointer_to(types.float32)
+_f64_pointer = _pointer_to(types.float64)
+_i64_pointer = _pointer_to(types.int64)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
