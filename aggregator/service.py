@@ -911,6 +911,7 @@ class FederationService:
             "call": call,
             "receipt_signature": signature.hex(),
             "bytes": update.spool.size,
+            "spooled": update.spool.spooled,  # sealed to disk (over upload_memory_bytes), or held in memory
             "decrypt_seconds": round(update.decrypt_seconds, 6),
             "validate_seconds": round(validate_seconds, 6),
         }

@@ -9,7 +9,6 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -96,7 +95,10 @@ def test_a_non_finite_value_is_refused_before_the_receipt() -> None:
         StreamedUpdate(spool, ModelSpec.of(update), "float32").check()
 
 
-def _run(tmp_path: Path, name: str, memory_line: str, updates: dict[str, dict[str, np.ndarray]], task: str) -> Any:
+def _run(
+    tmp_path: Path, name: str, memory_line: str, updates: dict[str, dict[str, np.ndarray]], task: str
+) -> tuple[dict[str, np.ndarray], list[bool]]:
+    """One round of the three sites' updates; the model after it, and whether each update was spooled."""
     deployment = Deployment(
         tmp_path / name,
         tmp_path / "sim",
@@ -123,7 +125,8 @@ def _run(tmp_path: Path, name: str, memory_line: str, updates: dict[str, dict[st
         model = clients[0].download_model(2, spec)
         for client in clients:
             client.close()
-        return model
+        spooled = [e["spooled"] for e in aggregator.events() if e["message"] == "update_accepted"]
+        return model, spooled
 
 
 @pytest.mark.parametrize("task_extra", ["", "\nclip_norm = 5.0"])
@@ -134,9 +137,12 @@ def test_spooled_uploads_aggregate_as_uploads_held_in_memory(tmp_path: Path, tas
         for site in ("site-a", "site-b", "site-c")
     }
     task = 'rounds = 2\nmin_sites = 3\nround_deadline = "120s"' + task_extra
-    held = _run(tmp_path, "held", "", updates, task)
-    spooled = _run(tmp_path, "spooled", f'upload_memory_bytes = {1 << 20}\nspool_dir = "spool"', updates, task)
-    assert any((tmp_path / "spooled" / "spool").iterdir()) is False  # unlinked at once: nothing to read there
+    held, held_flags = _run(tmp_path, "held", "", updates, task)
+    spooled, spooled_flags = _run(
+        tmp_path, "spooled", f'upload_memory_bytes = {1 << 20}\nspool_dir = "spool"', updates, task
+    )
+    assert held_flags == [False] * 3 and spooled_flags == [True] * 3  # 2.4 MB updates: over 1 MiB, under 64 MiB
+    assert not any((tmp_path / "spooled" / "spool").iterdir())  # unlinked at once: nothing to read there
     for name in held:
         np.testing.assert_allclose(spooled[name], held[name], rtol=1e-6, atol=1e-6)
     if not task_extra:
