@@ -512,6 +512,18 @@ def _claim(state, backoff):
     return True
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _set_job(state, ip, kind, size, block, most, out_address):
+    """The fields every job sets (its kind, size, output and blocks per task); the job's task count."""
+    nblocks = (size + block - 1) // block
+    tb = _task_blocks(state, nblocks, most)
+    ip[_KIND] = kind
+    ip[_TASK_BLOCKS] = tb
+    ip[_SIZE] = size
+    ip[_OUT] = out_address
+    return (nblocks + tb - 1) // tb
+
+
 @njit(cache=True, nogil=True)
 def accumulate(state, acc, chunk, weight, offset):
     """acc[offset:offset+len] += weight * chunk (float32), shared with the helpers (alone if
@@ -524,17 +536,10 @@ def accumulate(state, acc, chunk, weight, offset):
             return 1
         return 0
     ctrl, ip, fp = _split(state)
-    size = chunk.shape[0]
-    nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
-    tb = _task_blocks(state, nblocks, 64)
-    ip[_KIND] = _ACCUMULATE
-    ip[_TASK_BLOCKS] = tb
-    ip[_SIZE] = size
-    ip[_OUT] = acc.ctypes.data
+    ntasks = _set_job(state, ip, _ACCUMULATE, chunk.shape[0], STREAM_BLOCK, 64, acc.ctypes.data)
     ip[_IN] = chunk.ctypes.data
     ip[_OFFSET] = offset
     fp[0] = weight
-    ntasks = (nblocks + tb - 1) // tb
     generation = _run_job(ctrl, ip, ntasks)
     bad = _finish(ctrl, ip, fp, generation, ntasks, fp)  # fp: a scratch of the right type, unused here
     _store(state, _BUSY, 0)
@@ -553,16 +558,9 @@ def store(state, out, update, weight):
     if not _claim(state, True):
         return -1
     ctrl, ip, fp = _split(state)
-    size = update.shape[0]
-    nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
-    tb = _task_blocks(state, nblocks, 64)
-    ip[_KIND] = _STORE
-    ip[_TASK_BLOCKS] = tb
-    ip[_SIZE] = size
-    ip[_OUT] = out.ctypes.data
+    ntasks = _set_job(state, ip, _STORE, update.shape[0], STREAM_BLOCK, 64, out.ctypes.data)
     ip[_IN] = update.ctypes.data
     fp[0] = weight
-    ntasks = (nblocks + tb - 1) // tb
     generation = _run_job(ctrl, ip, ntasks)
     bad = _finish(ctrl, ip, fp, generation, ntasks, fp)  # fp: a scratch of the right type, unused here
     _store(state, _BUSY, 0)
@@ -576,15 +574,8 @@ def scale(state, values, factor):
         scale_serial(values, factor)
         return
     ctrl, ip, fp = _split(state)
-    size = values.shape[0]
-    nblocks = (size + STREAM_BLOCK - 1) // STREAM_BLOCK
-    tb = _task_blocks(state, nblocks, 64)
-    ip[_KIND] = _SCALE
-    ip[_TASK_BLOCKS] = tb
-    ip[_SIZE] = size
-    ip[_OUT] = values.ctypes.data
+    ntasks = _set_job(state, ip, _SCALE, values.shape[0], STREAM_BLOCK, 64, values.ctypes.data)
     fp[0] = factor
-    ntasks = (nblocks + tb - 1) // tb
     generation = _run_job(ctrl, ip, ntasks)
     _finish(ctrl, ip, fp, generation, ntasks, fp)  # fp: a scratch of the right type, unused here
     _store(state, _BUSY, 0)
@@ -599,17 +590,10 @@ def fedavg(state, addresses, weights, out):
     if not _claim(state, False):
         return -1
     ctrl, ip, fp = _split(state)
-    size = out.shape[0]
-    nblocks = (size + _FEDAVG_BLOCK - 1) // _FEDAVG_BLOCK
-    tb = _task_blocks(state, nblocks, 16)
-    ip[_KIND] = _FEDAVG
-    ip[_TASK_BLOCKS] = tb
-    ip[_SIZE] = size
-    ip[_OUT] = out.ctypes.data
+    ntasks = _set_job(state, ip, _FEDAVG, out.shape[0], _FEDAVG_BLOCK, 16, out.ctypes.data)
     ip[_IN] = weights.ctypes.data
     ip[_ROWS] = addresses.ctypes.data
     ip[_N] = addresses.shape[0]
-    ntasks = (nblocks + tb - 1) // tb
     generation = _run_job(ctrl, ip, ntasks)
     bad = _finish(ctrl, ip, fp, generation, ntasks, scratch)
     _store(state, _BUSY, 0)
