@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 import native
 from protocol.compression import UpdateLayout, iter_pieces, non_finite, read_layout
 from protocol.streams import MAX_CHUNK_BYTES, TAG_BYTES, StreamError, StreamOpener
-from protocol.tensors import MAX_HEADER_BYTES, ModelSpec, unflatten
+from protocol.tensors import MAX_HEADER_BYTES, ModelSpec, receive_buffer, unflatten
 
 #: Updates up to this size are received in memory (one buffer of the update's size).
 MEMORY_BYTES = 64 * 1024 * 1024
@@ -61,7 +61,7 @@ class UpdateSpool:
         self._directory = directory
         self._block = block
         # In memory only when the largest valid update fits: a larger one is spooled from its first byte.
-        self._memory: bytearray | None = bytearray(limit) if limit <= memory_bytes else None
+        self._memory: memoryview | None = receive_buffer(limit) if limit <= memory_bytes else None
         self._scratch: bytearray | None = None
         self._pending = bytearray()
         self._fd: int | None = None

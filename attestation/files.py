@@ -135,7 +135,7 @@ def read_bounded(
 __all__ = ["EvidenceTooLargeError", "open_bounded", "read_bounded", "read_bounded_buffer"]
 
 
-def write_atomically(path: str | Path, data: bytes | bytearray | str, *, durable: bool = True) -> None:
+def write_atomically(path: str | Path, data: bytes | bytearray | memoryview | str, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` all at once: a reader (or a crash) sees the old file or the
     new one, never a part. Written to a unique temporary file beside it (so concurrent writers do
     not share one), fsynced, renamed over ``path``, and the directory fsynced (``durable``)."""

@@ -206,7 +206,7 @@ def leaf_sealing(config: AggregatorConfig) -> SealingKeySource:
     return sealing
 
 
-def _digest(data: bytes | bytearray) -> str:
+def _digest(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -293,7 +293,7 @@ class ParentLink:
             raise LeafError(f"[parent] {self.parent.aggregator}: " + "; ".join(problems))
         return task
 
-    def forward(self, round_number: int, delta: dict[str, np.ndarray], weight: float) -> bytes | bytearray:
+    def forward(self, round_number: int, delta: dict[str, np.ndarray], weight: float) -> bytes | bytearray | memoryview:
         """Upload round ``round_number``'s partial aggregate (again for each new attempt of the
         root's round, and after a re-join) and return the root's next model (safetensors bytes,
         digest checked against the root's task)."""

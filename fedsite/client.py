@@ -55,7 +55,7 @@ from protocol.formulas import (
     upload_context,
 )
 from protocol.streams import SessionKeys, StreamError, StreamOpener, derive_session_keys, seal_chunks, transcript_hash
-from protocol.tensors import ModelSpec, decode_tensors, encode_tensor_parts
+from protocol.tensors import ModelSpec, decode_tensors, encode_tensor_parts, receive_buffer
 from protocol.wire import federation_pb2 as pb
 from protocol.wire import federation_pb2_grpc as pb_grpc
 
@@ -451,7 +451,7 @@ class SiteClient:
 
     def download_model_bytes(
         self, round_number: int, spec: ModelSpec, on_chunk: Callable[[int], None] | None = None
-    ) -> bytearray:
+    ) -> memoryview:
         """The model of a round as the aggregator serves it (safetensors bytes, the bytes its
         logged digest covers); ``on_chunk(plaintext bytes)`` after each chunk (progress).
         Decrypted in place into one buffer of the largest model the spec allows, cut to size:
@@ -460,7 +460,7 @@ class SiteClient:
         request = self._sealed(session, "DownloadModel", call, pb.DownloadRequest(round=round_number))
         chunks = self.stub.DownloadModel(request, metadata=metadata, timeout=self.timeout)
         opener: StreamOpener | None = None
-        data = bytearray(spec.max_update_bytes)
+        data = receive_buffer(spec.max_update_bytes)
         size, header, resumes = 0, b"", 0
         while True:
             try:
@@ -495,8 +495,7 @@ class SiteClient:
         if opener is None:
             raise StreamError("the aggregator sent no model")
         opener.finish()
-        del data[size:]
-        return data
+        return data[:size]
 
     def encode_update(self, update: dict[str, np.ndarray], weight: float) -> list[bytes | memoryview]:
         """The update's bytes in the task's compression (error feedback applied when compressed)."""

@@ -35,7 +35,7 @@ class ModelKeeper:
     final_path: Path | None = None
     final_sha256: str | None = None
 
-    def fetch(self, task: Any, spec: ModelSpec) -> bytes | bytearray:
+    def fetch(self, task: Any, spec: ModelSpec) -> bytes | bytearray | memoryview:
         """The model of ``task.round``, its digest checked against the task's."""
         total = spec.data_bytes
         bar = None
@@ -64,7 +64,7 @@ class ModelKeeper:
             )
         return data
 
-    def keep(self, task: Any, data: bytes | bytearray) -> Path | None:
+    def keep(self, task: Any, data: bytes | bytearray | memoryview) -> Path | None:
         """Write the model if it is released to this site and kept (the final one; every
         round's with every-round). Returns the file written, or None."""
         if self.directory is None or not task.release_to_sites:
@@ -77,6 +77,6 @@ class ModelKeeper:
         return None
 
 
-def decode(data: bytes | bytearray, spec: ModelSpec) -> dict[str, np.ndarray]:
+def decode(data: bytes | bytearray | memoryview, spec: ModelSpec) -> dict[str, np.ndarray]:
     tensors, _metadata = decode_tensors(data, spec)
     return {name: array.copy() for name, array in tensors.items()}

@@ -151,7 +151,7 @@ def load_owner_key(pem: bytes) -> X25519PrivateKey:
     return key
 
 
-def write_model(directory: Path, name: str, model: bytes | bytearray) -> tuple[Path, str]:
+def write_model(directory: Path, name: str, model: bytes | bytearray | memoryview) -> tuple[Path, str]:
     """Write ``model`` to ``directory/name`` (atomically) and its SHA-256 to ``name + ".sha256"``
     (``sha256sum`` format); returns the path and the digest (hex)."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -249,7 +249,9 @@ class StreamOpener:
         self._finished = final
         return plaintext
 
-    def open_into(self, index: int, ciphertext: bytes, *, final: bool, buffer: bytearray, offset: int) -> int:
+    def open_into(
+        self, index: int, ciphertext: bytes, *, final: bool, buffer: bytearray | memoryview, offset: int
+    ) -> int:
         """Like :meth:`open`, writing the plaintext into ``buffer`` at ``offset``; returns its length."""
         if self._finished:
             raise StreamError("a chunk arrived after the final chunk")

@@ -187,6 +187,15 @@ def _header(tensors: list[tuple[str, tuple[int, ...]]], metadata: Mapping[str, s
     return _LENGTH.pack(len(raw_header)) + raw_header
 
 
+def receive_buffer(size: int) -> memoryview:
+    """``size`` writable zero bytes to receive a model or an update into. Made by numpy, not
+    ``bytearray(size)``: numpy takes fresh zero pages from the kernel and advises huge pages for
+    a large buffer, where ``bytearray`` writes every byte and faults 4 KiB pages in one by one
+    (40 MB: about 4 ms against 19 ms on this machine, paid on each end of every upload and
+    download)."""
+    return memoryview(np.zeros(size, dtype=np.uint8))  # type: ignore[arg-type]  # ndarray is a buffer
+
+
 def model_buffer(spec: ModelSpec) -> tuple[bytearray, np.ndarray]:
     """A model's safetensors bytes, header written, and the flat float32 vector that is its data
     section (a view: what is written into the vector is the model's bytes, no second copy).
