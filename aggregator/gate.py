@@ -47,6 +47,9 @@ class Limits:
     appraisal_concurrency: int = 2
     session_concurrency: int = 1024
     session_per_session: int = 8
+    #: The longest a GetTask long poll (``TaskRequest.wait_ms``) is held, seconds: below the
+    #: server's 2 s stop grace, so a waiting site never delays a shutdown.
+    task_wait: float = 1.5
     #: An upload must finish within this, and after ``upload_rate_grace`` seconds keep at least this rate.
     upload_timeout: float = 3600.0
     upload_min_rate: float = 64 * 1024

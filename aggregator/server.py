@@ -362,6 +362,7 @@ async def serve(
         try:
             # A deadline may close the round: aggregation and fsync run off the event loop.
             await loop.run_in_executor(None, running.driver.tick)
+            service.wake_task_waiters()  # a deadline may have moved the task on
             if time.monotonic() - flushed > SUPPRESSED_FLUSH_SECONDS:
                 flushed = time.monotonic()
                 suppressed = service.gate.drain_suppressed()
@@ -385,6 +386,8 @@ async def serve(
         except TimeoutError:
             pass
     LOG.info("stopping", extra={"fields": {"fault": service.stopped}})
+    service.stopping = True
+    service.wake_task_waiters()  # long polls answer now, inside the grace
     await running.server.stop(grace=2)
     if running.audit is not None:
         running.audit.close()

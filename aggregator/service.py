@@ -79,6 +79,8 @@ from protocol.wire import health_pb2
 
 LOG = logging.getLogger("attestfl.aggregator")
 SERVICE_NAME = "attestfl.v1.Federation"
+#: How often a GetTask long poll looks at the task when nothing woke it (a deadline, a retry).
+TASK_RECHECK_SECONDS = 0.02
 
 
 class UpdateRefused(AttestflError):
@@ -268,6 +270,10 @@ class FederationService:
         self.counters = Counters()
         self.key_id = hashlib.sha256(keys.public.ed25519).hexdigest()[:16]
         self._closing: asyncio.Future | None = None
+        #: Set (and replaced) when a round may have moved on: wakes GetTask long polls at once.
+        self._task_moved: asyncio.Event | None = None
+        #: Set when the server stops: long polls answer at once.
+        self.stopping = False
         self._evidence = asyncio.Semaphore(self.limits.evidence_concurrency)
         self._appraisals = asyncio.Semaphore(self.limits.appraisal_concurrency)
         #: Why the aggregator stopped (fail-stop), or None while it serves.
@@ -669,6 +675,8 @@ class FederationService:
     async def GetTask(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> pb.Sealed:
         session, call, plaintext = await self._open(context, "GetTask", request)
         inner = _parse(pb.TaskRequest, plaintext)
+        if inner.wait_ms:
+            await self._wait_for_task(int(inner.wait_round), int(inner.wait_attempt), inner.wait_ms / 1000)
         task = self.driver.task()
         head, proof = self.tree_head(int(inner.known_tree_size))
         response = pb.TaskResponse(
@@ -683,6 +691,7 @@ class FederationService:
             tree_head=head,
             consistency=proof,
             compression=task.compression,
+            waits=True,
         )
         if task.adapters is not None:
             response.adapter_base_sha256 = task.adapters.base_sha256
@@ -692,6 +701,35 @@ class FederationService:
         if self.delivery is not None:
             self.delivery.fill_task(response, task.round)
         return self._seal(session, "GetTask", call, response)
+
+    async def _wait_for_task(self, round_number: int, attempt: int, seconds: float) -> None:
+        """A long poll: return once the task is no longer (round_number, attempt) and open, or
+        after ``seconds`` (at most ``Limits.task_wait``), or when the server stops. Woken at once
+        when a round closes after an upload; any other move (a deadline, a retry) is seen within
+        ``TASK_RECHECK_SECONDS``. Holds one of the session's call slots, nothing else."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(seconds, self.limits.task_wait)
+        while not self.stopping and self.stopped is None:
+            task = self.driver.task()
+            if task.finished or (task.round, task.attempt) != (round_number, attempt):
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            if self._task_moved is None:
+                self._task_moved = asyncio.Event()
+            try:
+                async with asyncio.timeout(min(remaining, TASK_RECHECK_SECONDS)):
+                    await self._task_moved.wait()
+            except TimeoutError:
+                pass
+
+    def wake_task_waiters(self) -> None:
+        """The round may have moved on (or the server stops): GetTask long polls look again now.
+        Call on the event loop's thread."""
+        moved, self._task_moved = self._task_moved, None
+        if moved is not None:
+            moved.set()
 
     async def DownloadModel(
         self, request: pb.Sealed, context: grpc.aio.ServicerContext
@@ -787,6 +825,7 @@ class FederationService:
         # Aggregation (and sealing the checkpoint) runs after the receipt is sent: a site does
         # not wait for the round's other work.
         self._closing = asyncio.get_running_loop().run_in_executor(None, self._close_if_complete)
+        self._closing.add_done_callback(lambda _closed: self.wake_task_waiters())
         receipt = pb.UploadReceipt(
             round=update.round,
             site_id=session.site_id,

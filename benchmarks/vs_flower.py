@@ -197,17 +197,20 @@ def _attestfl_site(
     ) as client:
         client.join()
         done: set[tuple[int, int]] = set()
+        sent: tuple[int, int] | None = None
         while True:
-            task = client.task()
+            task = client.task(after=sent if poll == 0 else None)  # --poll 0: long polls
             if task.finished:
                 return
             if (task.round, task.attempt) in done:
-                time.sleep(poll)
+                if poll or not task.waits:
+                    time.sleep(poll or 0.05)
                 continue
             model = client.download_model(task.round, ModelSpec.from_json(task.model_spec))
             np.add(model["w"], delta["w"], out=model["w"])  # the same "training" as the Flower client's (in place)
             client.upload_update(task.round, delta, weight=1, attempt=task.attempt)
             done.add((task.round, task.attempt))
+            sent = (task.round, task.attempt)
 
 
 def _when(entry: dict[str, Any]) -> float:
@@ -308,7 +311,13 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=4)
     parser.add_argument("--parameters", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--poll", type=float, default=0.05, help="attestfl sites' GetTask poll interval (seconds)")
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=0.0,
+        help="attestfl sites' GetTask poll interval (seconds); 0 (the default): long polls, the aggregator "
+        "answers when the next round opens",
+    )
     parser.add_argument("--loopback-mb", type=int, default=512)
     args = parser.parse_args()
     if args.rounds < 2:

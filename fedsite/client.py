@@ -247,6 +247,9 @@ def fetch_aggregator_evidence(stub: Any, policy: Policy, timeout: float) -> tupl
     return bundle, appraisal, hashlib.sha256(response.bundle).digest()
 
 
+#: How long :meth:`SiteClient.task` asks the aggregator to hold a long poll (it may hold it less).
+TASK_WAIT_SECONDS = 5.0
+
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -410,14 +413,23 @@ class SiteClient:
             raise AggregatorNotTrusted(f"the aggregator's answer is not authentic: {exc}") from None
         return message_type.FromString(plaintext)
 
-    def task(self) -> pb.TaskResponse:
-        """The current task; its signed tree head must extend the last one this site saw."""
+    def task(self, *, after: tuple[int, int] | None = None, wait: float = TASK_WAIT_SECONDS) -> pb.TaskResponse:
+        """The current task; its signed tree head must extend the last one this site saw.
+
+        ``after`` = (round, attempt) asks for a long poll: the aggregator answers when its task
+        is past that round and attempt (or finished), or after ``wait`` seconds at most (it may
+        hold the call for less). ``response.waits`` says whether it holds such calls; an
+        aggregator that does not answers at once, and the caller sleeps between calls."""
         session, call, metadata = self._next_call()
         known = self.tree_head.tree_size if self.tree_head is not None else 0
+        request = pb.TaskRequest(known_tree_size=known)
+        if after is not None and wait > 0:
+            request.wait_round, request.wait_attempt = after
+            request.wait_ms = int(wait * 1000)
         sealed = self.stub.GetTask(
-            self._sealed(session, "GetTask", call, pb.TaskRequest(known_tree_size=known)),
+            self._sealed(session, "GetTask", call, request),
             metadata=metadata,
-            timeout=self.timeout,
+            timeout=self.timeout + (wait if after is not None else 0.0),
         )
         task = self._open(session, "GetTask", call, sealed, pb.TaskResponse)
         self._check_tree_head(session, task.tree_head, list(task.consistency))

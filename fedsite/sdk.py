@@ -211,7 +211,7 @@ def _run_rounds(run: _SiteRun, poll_seconds: float, reconnect_seconds: float) ->
             outcome = run.step()
             if outcome == "finished":
                 return run.summary
-            if outcome == "waiting":
+            if outcome == "waiting" and not run.long_poll:  # else the next task request waits itself
                 time.sleep(poll_seconds)
         except grpc.RpcError as exc:
             if exc.code() not in _RETRYABLE or time.monotonic() - run.last_ok > reconnect_seconds:
@@ -258,6 +258,10 @@ class _SiteRun:
         self.bars = SiteBars(client.site_id, None, None)  # no bars unless run_site is given a stream
         #: When the aggregator last answered a task request (re-joins are tried for a while after).
         self.last_ok = time.monotonic()
+        #: The (round, attempt) this site has sent its update for: the next task request waits
+        #: past it (a long poll) when the aggregator holds such requests (``long_poll``).
+        self.sent: tuple[int, int] | None = None
+        self.long_poll = False
 
     def join(self) -> None:
         client = self.client
@@ -313,7 +317,8 @@ class _SiteRun:
         """One look at the task: ``"finished"`` (the final model evaluated), ``"waiting"`` (this
         round's update was sent), or ``"trained"`` (an update was sent now)."""
         client, trainer = self.client, self.trainer
-        task = client.task()
+        task = client.task(after=self.sent)
+        self.long_poll = bool(task.waits)
         self.keep()
         if task.vendor_jobs and self.vendor_data is not None:
             from fedsite.vendor_eval import run_vendor_jobs
@@ -353,6 +358,7 @@ class _SiteRun:
         delta = {name: local[name] - global_model[name] for name in global_model}
         self.upload(task, delta, min(float(max(1, int(examples))), max_weight))
         self.done.add(key)
+        self.sent = key
         return "trained"
 
     def download(self, task: Any, spec: ModelSpec) -> dict[str, np.ndarray]:
