@@ -60,15 +60,15 @@ class AsyncDriver:
         start_round: int = 1,
         model: dict[str, np.ndarray] | None = None,
         epsilon_rounds: int = 0,
-        checkpoint: Callable[[int, int, bytes], Callable[[], None]] | None = None,
+        checkpoint: Callable[[int, int, bytes, bytes], Callable[[], None]] | None = None,
     ) -> None:
         self.config = config
         self.spec = config.spec
         self.events = events or LogEvents()
         self.live_sites = live_sites
         self.checkpoint = checkpoint
-        #: ``on_model(version, model, finished)``: a version's model now exists (aggregator.delivery).
-        self.on_model: Callable[[int, bytes, bool], None] | None = None
+        #: ``on_model(version, model, finished, model_sha256)``: a version's model now exists (aggregator.delivery).
+        self.on_model: Callable[[int, bytes, bool, bytes], None] | None = None
         self.buffer_size = int(config.buffer_size)
         self.max_staleness = int(config.max_staleness)
         self._lock = threading.RLock()
@@ -212,10 +212,11 @@ class AsyncDriver:
                 delta *= clip / norm
         vector = (self.global_vector + delta).astype(np.float32)
         model = self._encode(vector)
-        digest = hashlib.sha256(model).hexdigest()
+        raw_digest = hashlib.sha256(model).digest()
+        digest = raw_digest.hex()
         next_version = self.round + 1
         finished = next_version > self.config.rounds
-        commit = self.checkpoint(next_version, 0, model) if self.checkpoint is not None else None
+        commit = self.checkpoint(next_version, 0, model, raw_digest) if self.checkpoint is not None else None
         participants = [
             {k: item[k] for k in ("site", "base_version", "staleness", "weight", "update_sha256")} for item in buffered
         ]
@@ -238,7 +239,7 @@ class AsyncDriver:
         self._contributed = {(s, v) for s, v in self._contributed if v >= next_version - self.max_staleness}
         self._buffer = []
         if self.on_model is not None:
-            self.on_model(next_version, model, finished)
+            self.on_model(next_version, model, finished, raw_digest)
         self.finished = finished
         if finished:
             self.events.record("training_finished", rounds=self.config.rounds, model_sha256=digest)

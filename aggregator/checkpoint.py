@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,10 +65,17 @@ class Checkpoint:
     created: str
     #: Version 2: what federation intelligence needs to go on after a restart (None: start afresh).
     intelligence: dict[str, Any] | None = None
+    #: The model's SHA-256 when the caller has it already (the round driver hashed the model
+    #: for its ``round`` entry): not hashed a second time on the round's close.
+    known_sha256: bytes | None = field(default=None, repr=False)
 
     @property
     def model_sha256(self) -> str:
-        return hashlib.sha256(self.model).hexdigest()
+        return self.digest().hex()
+
+    def digest(self) -> bytes:
+        """The model's SHA-256."""
+        return self.known_sha256 if self.known_sha256 is not None else hashlib.sha256(self.model).digest()
 
 
 def prepare_checkpoint(state_dir: Path, sealing: SealingKeySource, checkpoint: Checkpoint) -> Callable[[], Path]:
@@ -87,7 +94,7 @@ def prepare_checkpoint(state_dir: Path, sealing: SealingKeySource, checkpoint: C
             "created": checkpoint.created,
             "intelligence": checkpoint.intelligence,
             "model_bytes": len(model),
-            "model_sha256": hashlib.sha256(model).digest(),
+            "model_sha256": checkpoint.digest(),
             "chunk": CHUNK_BYTES,
         },
         canonical=True,

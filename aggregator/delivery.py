@@ -149,12 +149,12 @@ class Delivery:
             model = driver.model_bytes(current)
             self.digests[current] = hashlib.sha256(model).digest()
             if driver.task().finished:
-                self.on_model(current, model, True)
+                self.on_model(current, model, True, self.digests[current])
 
-    def on_model(self, round_number: int, model: bytes, finished: bool) -> None:
-        """A round closed and ``round_number``'s model exists: release it if it is the final one (or
-        every round's is delivered). The owners' sealed files are made, logged, then written."""
-        digest = hashlib.sha256(model).digest()
+    def on_model(self, round_number: int, model: bytes, finished: bool, digest: bytes) -> None:
+        """A round closed and ``round_number``'s model exists (``digest``: its SHA-256, as the
+        driver logged it): release it if it is the final one (or every round's is delivered).
+        The owners' sealed files are made, logged, then written."""
         self.digests[round_number] = digest
         if not finished and self.policy.deliver != "every-round":
             return

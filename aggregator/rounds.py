@@ -490,7 +490,7 @@ class RoundDriver:
         start_round: int = 1,
         model: dict[str, np.ndarray] | None = None,
         epsilon_rounds: int = 0,
-        checkpoint: Callable[[int, int, bytes | bytearray], Callable[[], None]] | None = None,
+        checkpoint: Callable[[int, int, bytes | bytearray, bytes], Callable[[], None]] | None = None,
     ) -> None:
         self.config = config
         #: What aggregates each round: the task's strategy with its wrappers (clipping, DP).
@@ -520,11 +520,11 @@ class RoundDriver:
         #: A round being aggregated off the lock; a commit that failed (the aggregator stops).
         self._closing: _Closing | None = None
         self._fault: str | None = None
-        #: ``checkpoint(next_round, dp_rounds, model)`` seals the next state aside and returns the
-        #: function that puts it in place (called once the round is logged).
+        #: ``checkpoint(next_round, dp_rounds, model, model_sha256)`` seals the next state aside and
+        #: returns the function that puts it in place (called once the round is logged).
         self.checkpoint = checkpoint
-        #: ``on_model(round, model, finished)``: a round's model now exists (aggregator.delivery).
-        self.on_model: Callable[[int, bytes | bytearray, bool], None] | None = None
+        #: ``on_model(round, model, finished, model_sha256)``: a round's model now exists (aggregator.delivery).
+        self.on_model: Callable[[int, bytes | bytearray, bool, bytes], None] | None = None
         #: Drift surveillance, quarantine and contributor value (``[task.drift]``, ``[task.contribution]``).
         self.surveillance = Surveillance(self.spec.parameter_count, config.drift, config.contribution)
         self.cards = CardRegistry(config.cards)  # the sites' dataset cards (aggregator/cards.py)
@@ -765,13 +765,16 @@ class RoundDriver:
             vector = self.next_vector(closing, aggregate)
             elapsed = time.perf_counter() - started
             model = self._encode(vector)
-            digest = hashlib.sha256(model).hexdigest()
+            raw_digest = hashlib.sha256(model).digest()  # once: the checkpoint takes it as it is
+            digest = raw_digest.hex()
             next_round = closing.round + 1
             self.surveillance.after(
                 self.events, aggregate.delta, finished=next_round > self.config.rounds, rounds=self.config.rounds
             )
             commit_checkpoint = (
-                self.checkpoint(next_round, aggregate.privacy.rounds, model) if self.checkpoint is not None else None
+                self.checkpoint(next_round, aggregate.privacy.rounds, model, raw_digest)
+                if self.checkpoint is not None
+                else None
             )
             with self._lock:
                 self._commit_round(closing, aggregate.privacy, vector, model, digest, elapsed, commit_checkpoint)
@@ -837,7 +840,7 @@ class RoundDriver:
         self.attempt = 1
         self._models = {self.round: model}  # the previous model is freed (a download under way keeps its view)
         if self.on_model is not None:
-            self.on_model(self.round, model, finished)
+            self.on_model(self.round, model, finished, bytes.fromhex(digest))
         self.finished = finished
         self._closing = None
         self._begin()

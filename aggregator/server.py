@@ -219,13 +219,14 @@ async def _start(
     if checkpoint is not None:
         model = decode_tensors(checkpoint.model, config.task.spec)[0]  # views: the driver copies them into its own
 
-    def seal_next(next_round: int, dp_rounds: int, model: bytes | bytearray) -> Callable[[], Any]:
+    def seal_next(
+        next_round: int, dp_rounds: int, model: bytes | bytearray, model_sha256: bytes | None = None
+    ) -> Callable[[], Any]:
         assert sealing is not None
         intelligence = getattr(driver, "intelligence_state", None)  # drift and contribution state (issue 17)
+        state = intelligence() if intelligence is not None else None
         return prepare_checkpoint(
-            config.state_dir,
-            sealing,
-            Checkpoint(next_round, dp_rounds, model, now_iso(), intelligence() if intelligence is not None else None),
+            config.state_dir, sealing, Checkpoint(next_round, dp_rounds, model, now_iso(), state, model_sha256)
         )
 
     options: dict[str, Any] = dict(
