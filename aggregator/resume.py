@@ -165,11 +165,12 @@ async def receive_chunks(
     caller parks the upload). Every upload, first or resumed, reads its chunks here."""
     limits = service.limits
     while chunk is not None:
-        service.counters.bytes_in += len(chunk.ciphertext)
-        if not chunk.final and len(chunk.ciphertext) <= TAG_BYTES:
+        ciphertext = chunk.ciphertext  # once: each read of a bytes field is a new copy
+        service.counters.bytes_in += len(ciphertext)
+        if not chunk.final and len(ciphertext) <= TAG_BYTES:
             raise StreamError("an empty chunk that is not the final one")
         started = time.perf_counter()
-        partial.spool.receive(partial.opener, chunk.index, chunk.ciphertext, final=chunk.final)
+        partial.spool.receive(partial.opener, chunk.index, ciphertext, final=chunk.final)
         partial.decrypt_seconds += time.perf_counter() - started
         elapsed = time.monotonic() - started_at
         if elapsed > limits.upload_rate_grace and (partial.size - counted_from) / elapsed < limits.upload_min_rate:
