@@ -96,6 +96,8 @@ def _flower_server(address: str, sites: int, rounds: int, parameters: int, out: 
             self.ends: list[float] = []
             self.sent: list[int] = []
             self.received: list[int] = []
+            self.results: list[int] = []
+            self.failures: list[list[str]] = []
 
         def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> Any:
             instructions = super().configure_fit(server_round, parameters, client_manager)
@@ -104,10 +106,18 @@ def _flower_server(address: str, sites: int, rounds: int, parameters: int, out: 
 
         def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
             self.received.append(sum(sum(len(t) for t in fit.parameters.tensors) for _, fit in results))
+            self.results.append(len(results))
+            self.failures.append(sorted({_failure(f) for f in failures}))
             aggregated = super().aggregate_fit(server_round, results, failures)
             self.ends.append(time.time())
+            self.write()  # after every round: what happened survives a server that never finishes
             return aggregated
 
+        def write(self) -> None:
+            fields = ("ends", "sent", "received", "results", "failures")
+            Path(out).write_text(json.dumps({"started": started, **{k: getattr(self, k) for k in fields}}))
+
+    started = time.time()
     strategy = Timed(
         fraction_fit=1.0,
         fraction_evaluate=0.0,
@@ -116,11 +126,15 @@ def _flower_server(address: str, sites: int, rounds: int, parameters: int, out: 
         min_evaluate_clients=0,
         initial_parameters=ndarrays_to_parameters([np.zeros(parameters, np.float32)]),
     )
-    started = time.time()
     fl.server.start_server(server_address=address, config=fl.server.ServerConfig(num_rounds=rounds), strategy=strategy)
-    Path(out).write_text(
-        json.dumps({"started": started, "ends": strategy.ends, "sent": strategy.sent, "received": strategy.received})
-    )
+    strategy.write()
+
+
+def _failure(failure: Any) -> str:
+    """One line for a Flower round failure (an exception, or a client's failed result)."""
+    if isinstance(failure, BaseException):
+        return f"{type(failure).__name__}: {str(failure)[:200]}"
+    return "a client returned a failed result"
 
 
 def _flower_client(address: str, site: int, parameters: int) -> None:
@@ -144,7 +158,10 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_flower(sites: int, parameters: int, rounds: int) -> dict[str, Any]:
+def run_flower(sites: int, parameters: int, rounds: int, timeout: float = 1800.0) -> dict[str, Any]:
+    """Flower's federation; its rounds 2..R timed. A federation that fails or does not finish
+    within ``timeout`` seconds (Flower's 2 GB message limit at P=600M) is reported as such:
+    ``completed`` false, ``error``, and each round's results and failures as far as it got."""
     context = mp.get_context("spawn")
     address = f"127.0.0.1:{_free_port()}"
     out = Path(tempfile.mkdtemp(prefix="vs-flower-")) / "flower.json"
@@ -154,16 +171,28 @@ def run_flower(sites: int, parameters: int, rounds: int) -> dict[str, Any]:
     clients = [context.Process(target=_flower_client, args=(address, i, parameters)) for i in range(sites)]
     for client in clients:
         client.start()
-    server.join(timeout=1800)
+    server.join(timeout=timeout)
+    error = None
+    if server.is_alive():
+        server.kill()
+        server.join()
+        error = f"did not finish {rounds} rounds within {timeout:g} s"
+    elif server.exitcode != 0:
+        error = f"the Flower server exited with {server.exitcode}"
     for client in clients:
-        client.join(timeout=60)
+        client.join(timeout=0 if error else 60)
         if client.is_alive():
             client.kill()
-    if server.exitcode != 0 or not out.exists():
-        raise RuntimeError(f"the Flower server failed (exit {server.exitcode})")
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text()) if out.exists() else {"ends": [], "sent": [], "received": []}
+    results, failures = result.get("results", []), result.get("failures", [])
+    if error is None and any(n < sites for n in results):
+        error = f"rounds without all {sites} results: " + "; ".join(sorted({f for round_ in failures for f in round_}))
     ends = result["ends"]
     return {
+        "completed": error is None,
+        "error": error,
+        "results_per_round": results,
+        "failures_per_round": failures,
         "round_seconds": [round(b - a, 4) for a, b in itertools.pairwise(ends)],
         "bytes_per_round": [s + r for s, r in zip(result["sent"], result["received"], strict=True)][1:],
     }
@@ -227,7 +256,7 @@ def run_attestfl(
     sites: int, parameters: int, rounds: int, poll: float, *, compression: str = "float32"
 ) -> dict[str, Any]:
     from attestfl.loopback import Deployment
-    from protocol.tensors import encode_tensors
+    from protocol.tensors import encode_tensor_parts
 
     directory = Path(tempfile.mkdtemp(prefix="vs-flower-attestfl-"))
     model = {"w": np.zeros(parameters, np.float32)}
@@ -275,7 +304,7 @@ def run_attestfl(
         aggregator.stop()
     events = aggregator.events()
     ends = [_when(e) for e in events if e["message"] == "round"]
-    model_bytes = len(encode_tensors(model))
+    model_bytes = sum(memoryview(part).nbytes for part in encode_tensor_parts(model))  # no copy of the model
     uploads: dict[int, int] = {}
     for entry in events:
         if entry["message"] == "update_accepted":
@@ -295,6 +324,8 @@ def run_attestfl(
 
 def _summary(side: dict[str, Any], loopback: float) -> dict[str, Any]:
     seconds, moved = side["round_seconds"], side["bytes_per_round"]
+    if not seconds or side.get("completed") is False:
+        return {**side, "median_round_seconds": None}
     median = statistics.median(seconds)
     rate = statistics.median(b / s / 1e6 for b, s in zip(moved, seconds, strict=True))
     side = {k: v for k, v in side.items() if k not in ("upload_bytes", "model_bytes")}
@@ -319,12 +350,15 @@ def main() -> None:
         "answers when the next round opens",
     )
     parser.add_argument("--loopback-mb", type=int, default=512)
+    parser.add_argument(
+        "--flower-timeout", type=float, default=1800.0, help="seconds before an unfinished Flower run is stopped"
+    )
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds: at least 2 (rounds 2..R are timed)")
     load_before = os.getloadavg()
     loopback = loopback_mb_per_s(args.loopback_mb)
-    flower = run_flower(args.sites, args.parameters, args.rounds)
+    flower = run_flower(args.sites, args.parameters, args.rounds, args.flower_timeout)
     attestfl = run_attestfl(args.sites, args.parameters, args.rounds, args.poll)
     loopback_after = loopback_mb_per_s(args.loopback_mb)
     import flwr
@@ -342,8 +376,9 @@ def main() -> None:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
-    result["attestfl_over_flower"] = round(
-        result["attestfl"]["median_round_seconds"] / result["flower"]["median_round_seconds"], 3
+    flower_median, attestfl_median = (result[k]["median_round_seconds"] for k in ("flower", "attestfl"))
+    result["attestfl_over_flower"] = (
+        round(attestfl_median / flower_median, 3) if flower_median and attestfl_median else None
     )
     print(json.dumps(result, indent=2))
 
