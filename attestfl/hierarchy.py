@@ -308,7 +308,8 @@ class ParentLink:
                     f"({self.parent.round_timeout:g} s)"
                 )
             try:
-                task = client.task()
+                # After the forward: a long poll, answered when the root's round moves on.
+                task = client.task(after=(round_number, uploaded) if uploaded is not None else None)
                 if task.finished or task.round > round_number:
                     if task.round != round_number + 1:
                         raise LeafError(
@@ -341,7 +342,8 @@ class ParentLink:
                         receipt=receipt.to_json(),
                     )
                     continue
-                time.sleep(POLL_SECONDS)
+                if not task.waits:  # a root that does not hold long polls: poll
+                    time.sleep(POLL_SECONDS)
             except grpc.RpcError as exc:
                 from fedsite.sdk import transient
 
