@@ -60,7 +60,7 @@ class AsyncDriver:
         start_round: int = 1,
         model: dict[str, np.ndarray] | None = None,
         epsilon_rounds: int = 0,
-        checkpoint: Callable[[int, int, bytes, bytes], Callable[[], None]] | None = None,
+        checkpoint: Callable[[int, int, bytes, Callable[[], bytes]], Callable[[], None]] | None = None,
     ) -> None:
         self.config = config
         self.spec = config.spec
@@ -216,7 +216,7 @@ class AsyncDriver:
         digest = raw_digest.hex()
         next_version = self.round + 1
         finished = next_version > self.config.rounds
-        commit = self.checkpoint(next_version, 0, model, raw_digest) if self.checkpoint is not None else None
+        commit = self.checkpoint(next_version, 0, model, lambda: raw_digest) if self.checkpoint is not None else None
         participants = [
             {k: item[k] for k in ("site", "base_version", "staleness", "weight", "update_sha256")} for item in buffered
         ]

@@ -65,9 +65,10 @@ class Checkpoint:
     created: str
     #: Version 2: what federation intelligence needs to go on after a restart (None: start afresh).
     intelligence: dict[str, Any] | None = None
-    #: The model's SHA-256 when the caller has it already (the round driver hashed the model
-    #: for its ``round`` entry): not hashed a second time on the round's close.
-    known_sha256: bytes | None = field(default=None, repr=False)
+    #: The model's SHA-256 as the caller computes it (the round driver hashes the model for its
+    #: ``round`` entry, on a helper thread while the checkpoint is sealed and written): asked for
+    #: once the chunks are written, so the model is not hashed a second time on the round's close.
+    sha256_of_model: Callable[[], bytes] | None = field(default=None, repr=False)
 
     @property
     def model_sha256(self) -> str:
@@ -75,7 +76,9 @@ class Checkpoint:
 
     def digest(self) -> bytes:
         """The model's SHA-256."""
-        return self.known_sha256 if self.known_sha256 is not None else hashlib.sha256(self.model).digest()
+        if self.sha256_of_model is not None:
+            return self.sha256_of_model()
+        return hashlib.sha256(self.model).digest()
 
 
 def prepare_checkpoint(state_dir: Path, sealing: SealingKeySource, checkpoint: Checkpoint) -> Callable[[], Path]:
@@ -86,30 +89,40 @@ def prepare_checkpoint(state_dir: Path, sealing: SealingKeySource, checkpoint: C
     model = memoryview(checkpoint.model).cast("B")
     aead = AESGCM(sealing.key(PURPOSE))
     prefix = os.urandom(8)
-    header = cbor2.dumps(
-        {
+
+    def header(model_sha256: bytes) -> bytes:
+        fields = {
             "version": VERSION,
             "round": checkpoint.round,
             "dp_rounds": checkpoint.dp_rounds,
             "created": checkpoint.created,
             "intelligence": checkpoint.intelligence,
             "model_bytes": len(model),
-            "model_sha256": checkpoint.digest(),
+            "model_sha256": model_sha256,
             "chunk": CHUNK_BYTES,
-        },
-        canonical=True,
-    )
-    sealed_header = aead.encrypt(prefix + _HEADER_INDEX.to_bytes(4, "big"), header, MAGIC_STREAMED)
+        }
+        return aead.encrypt(
+            prefix + _HEADER_INDEX.to_bytes(4, "big"), cbor2.dumps(fields, canonical=True), MAGIC_STREAMED
+        )
+
+    # The chunks are written first, after room for the header: its length does not depend on the
+    # digest (32 bytes), which the caller may still be computing meanwhile; then the header.
+    start = len(MAGIC_STREAMED) + len(prefix) + 4 + len(header(bytes(32)))
     path = state_dir / FILE_NAME
     temporary = state_dir / (FILE_NAME + ".tmp")
     try:
         with open(temporary, "wb") as handle:
-            handle.write(MAGIC_STREAMED + prefix + len(sealed_header).to_bytes(4, "big") + sealed_header)
+            handle.seek(start)
             chunks = max(1, -(-len(model) // CHUNK_BYTES))
             for index in range(chunks):
                 piece = model[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
                 nonce = prefix + index.to_bytes(4, "big")
                 handle.write(aead.encrypt(nonce, piece, _chunk_aad(index, index == chunks - 1)))
+            sealed_header = header(checkpoint.digest())
+            handle.seek(0)
+            handle.write(MAGIC_STREAMED + prefix + len(sealed_header).to_bytes(4, "big") + sealed_header)
+            if handle.tell() != start:
+                raise CheckpointError("the checkpoint header changed size while it was written")
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:

@@ -55,6 +55,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -119,6 +120,8 @@ class TaskConfigError(AttestflError, ValueError):
 
 
 LOG = logging.getLogger("attestfl.aggregator")
+#: Hashes a closing round's model while its checkpoint is written (one round closes at a time).
+_MODEL_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attestfl-model-hash")
 
 #: Sane bounds: a value past them is a typo (or an attack on the operator's file), not a plan.
 MAX_ROUNDS = 100_000
@@ -490,7 +493,7 @@ class RoundDriver:
         start_round: int = 1,
         model: dict[str, np.ndarray] | None = None,
         epsilon_rounds: int = 0,
-        checkpoint: Callable[[int, int, bytes | bytearray, bytes], Callable[[], None]] | None = None,
+        checkpoint: Callable[[int, int, bytes | bytearray, Callable[[], bytes]], Callable[[], None]] | None = None,
     ) -> None:
         self.config = config
         #: What aggregates each round: the task's strategy with its wrappers (clipping, DP).
@@ -765,17 +768,19 @@ class RoundDriver:
             vector = self.next_vector(closing, aggregate)
             elapsed = time.perf_counter() - started
             model = self._encode(vector)
-            raw_digest = hashlib.sha256(model).digest()  # once: the checkpoint takes it as it is
-            digest = raw_digest.hex()
+            # Hashed once, on a helper thread while the checkpoint is sealed and written (which
+            # takes the digest as its last step): SHA-256 and the disk overlap.
+            hashing = _MODEL_HASHER.submit(lambda: hashlib.sha256(model).digest())
             next_round = closing.round + 1
             self.surveillance.after(
                 self.events, aggregate.delta, finished=next_round > self.config.rounds, rounds=self.config.rounds
             )
             commit_checkpoint = (
-                self.checkpoint(next_round, aggregate.privacy.rounds, model, raw_digest)
+                self.checkpoint(next_round, aggregate.privacy.rounds, model, hashing.result)
                 if self.checkpoint is not None
                 else None
             )
+            digest = hashing.result().hex()
             with self._lock:
                 self._commit_round(closing, aggregate.privacy, vector, model, digest, elapsed, commit_checkpoint)
         except BaseException as exc:

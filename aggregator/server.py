@@ -220,7 +220,7 @@ async def _start(
         model = decode_tensors(checkpoint.model, config.task.spec)[0]  # views: the driver copies them into its own
 
     def seal_next(
-        next_round: int, dp_rounds: int, model: bytes | bytearray, model_sha256: bytes | None = None
+        next_round: int, dp_rounds: int, model: bytes | bytearray, model_sha256: Callable[[], bytes] | None = None
     ) -> Callable[[], Any]:
         assert sealing is not None
         intelligence = getattr(driver, "intelligence_state", None)  # drift and contribution state (issue 17)
