@@ -18,7 +18,10 @@ received); effective MB/s is that over the round's time, against loopback's own 
 in the same run (a plain TCP socket copy between two processes).
 
     python benchmarks/vs_flower.py [--sites 4] [--parameters 1000000] [--rounds 3]
-    python benchmarks/vs_flower.py --sites 10 --parameters 10000000 --rounds 4
+    python benchmarks/vs_flower.py --sites 10 --parameters 10000000 --rounds 6 --pairs 3
+
+With ``--pairs K`` the two federations run in turn K times and the ratio is the median of the
+K pairs' ratios: on a shared machine whose speed drifts, one slow stretch moves one pair.
 
 Prints JSON with the load average before and after.
 """
@@ -353,16 +356,41 @@ def main() -> None:
     parser.add_argument(
         "--flower-timeout", type=float, default=1800.0, help="seconds before an unfinished Flower run is stopped"
     )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="run Flower then attestfl this many times, in turn, and take the ratio pair by pair (the median): "
+        "a machine whose speed drifts between the two federations moves one pair, not the figure",
+    )
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds: at least 2 (rounds 2..R are timed)")
+    if args.pairs < 1:
+        parser.error("--pairs: at least 1")
     load_before = os.getloadavg()
     loopback = loopback_mb_per_s(args.loopback_mb)
-    flower = run_flower(args.sites, args.parameters, args.rounds, args.flower_timeout)
-    attestfl = run_attestfl(args.sites, args.parameters, args.rounds, args.poll)
+    pairs = []
+    for _ in range(args.pairs):
+        flower = run_flower(args.sites, args.parameters, args.rounds, args.flower_timeout)
+        attestfl = run_attestfl(args.sites, args.parameters, args.rounds, args.poll)
+        pairs.append((flower, attestfl))
     loopback_after = loopback_mb_per_s(args.loopback_mb)
     import flwr
 
+    fastest = max(loopback, loopback_after)
+    summaries = [
+        {"flower": {"version": flwr.__version__, **_summary(f, fastest)}, "attestfl": _summary(a, fastest)}
+        for f, a in pairs
+    ]
+    ratios = []
+    for pair in summaries:
+        flower_median, attestfl_median = (pair[k]["median_round_seconds"] for k in ("flower", "attestfl"))
+        pair["attestfl_over_flower"] = (
+            round(attestfl_median / flower_median, 3) if flower_median and attestfl_median else None
+        )
+        if pair["attestfl_over_flower"] is not None:
+            ratios.append(pair["attestfl_over_flower"])
     result = {
         "benchmark": "vs_flower",
         "sites": args.sites,
@@ -370,16 +398,16 @@ def main() -> None:
         "rounds": args.rounds,
         "model_megabytes": round(args.parameters * 4 / 1e6, 1),
         "loopback_mb_per_s": [round(loopback, 1), round(loopback_after, 1)],
-        "flower": {"version": flwr.__version__, **_summary(flower, max(loopback, loopback_after))},
-        "attestfl": _summary(attestfl, max(loopback, loopback_after)),
+        **summaries[0],  # the first pair's figures in full (the only pair by default)
         "cpus": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        # the median of the pairs' ratios (None if Flower completed no pair)
+        "attestfl_over_flower": round(statistics.median(ratios), 3) if ratios else None,
     }
-    flower_median, attestfl_median = (result[k]["median_round_seconds"] for k in ("flower", "attestfl"))
-    result["attestfl_over_flower"] = (
-        round(attestfl_median / flower_median, 3) if flower_median and attestfl_median else None
-    )
+    if args.pairs > 1:
+        result["pairs"] = summaries
+        result["attestfl_over_flower_per_pair"] = [pair["attestfl_over_flower"] for pair in summaries]
     print(json.dumps(result, indent=2))
 
 
