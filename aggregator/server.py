@@ -27,7 +27,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.delivery import start_delivery
 from aggregator.gate import Limits
 from aggregator.rounds import RoundDriver, make_driver
-from aggregator.service import SERVER_OPTIONS, EventSink, FederationService, LogEvents, handlers
+from aggregator.service import SERVER_OPTIONS, EventSink, FederationService, LogEvents, ServerStopping, handlers
 from enclave.attester import Attester, GpuAttester, open_attester
 from enclave.gpu import open_gpu_attester
 from enclave.keys import EnclaveKeys
@@ -376,6 +376,8 @@ async def serve(
                         by_peer=top,
                         seconds=SUPPRESSED_FLUSH_SECONDS,
                     )
+        except ServerStopping:
+            break  # a deadline's close gave up because the server stops (a leaf): not a fault
         except Exception as exc:  # noqa: BLE001 - a round that cannot be logged or checkpointed: stop, apply nothing
             service.fail_stop(f"{type(exc).__name__}: {exc}")
         table.update()
@@ -389,6 +391,9 @@ async def serve(
     LOG.info("stopping", extra={"fields": {"fault": service.stopped}})
     service.stopping = True
     service.wake_task_waiters()  # long polls answer now, inside the grace
+    stop_driver = getattr(running.driver, "stop", None)  # a leaf waiting for its root gives up now
+    if stop_driver is not None:
+        stop_driver()
     await running.server.stop(grace=2)
     if running.audit is not None:
         running.audit.close()

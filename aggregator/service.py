@@ -199,6 +199,11 @@ class FailStop(AttestflError):
     exit_code = EXIT_FAULT
 
 
+class ServerStopping(AttestflError):
+    """The server was asked to stop while a round was closing (a leaf waiting for its root):
+    the close gave up, nothing of it was committed, and this is not a fault."""
+
+
 #: Exceptions of the event sink or the disk that stop the aggregator rather than the call.
 def _is_fault(exc: BaseException) -> bool:
     from aggregator.audit.log import AuditLogError
@@ -966,6 +971,8 @@ class FederationService:
     def _close_if_complete(self) -> None:
         try:
             self.driver.close_if_complete()
+        except ServerStopping as exc:  # asked to stop: the round is not committed, and that is no fault
+            LOG.info("round close abandoned: stopping", extra={"fields": {"detail": _short(str(exc), 300)}})
         except Exception as exc:  # noqa: BLE001 - a round that cannot be logged or checkpointed: stop, apply nothing
             self.fail_stop(f"closing the round: {exc}")
 

@@ -40,6 +40,7 @@ import hashlib
 import json
 import logging
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +223,8 @@ class ParentLink:
         self.parent = parent
         self.events = events
         self.spec = spec
+        #: Set when the leaf's server stops: a forward waiting for the root gives up.
+        self.stopping = threading.Event()
         self.client = SiteClient(
             parent.aggregator,
             site_id=parent.site_id,
@@ -302,6 +305,10 @@ class ParentLink:
         uploaded: int | None = None
         forwarded = False  # the root holds this round's partial aggregate (False: it moved on without it)
         while True:
+            if self.stopping.is_set():
+                from aggregator.service import ServerStopping
+
+                raise ServerStopping(f"round {round_number}: the leaf stops while waiting for the root's next model")
             if time.monotonic() > deadline:
                 raise LeafError(
                     f"round {round_number}: the root gave no next model within [parent] round_timeout "
@@ -343,7 +350,7 @@ class ParentLink:
                     )
                     continue
                 if not task.waits:  # a root that does not hold long polls: poll
-                    time.sleep(POLL_SECONDS)
+                    self.stopping.wait(POLL_SECONDS)
             except grpc.RpcError as exc:
                 from fedsite.sdk import transient
 
@@ -355,7 +362,8 @@ class ParentLink:
                     "parent: root unavailable or session ended; re-verifying and re-joining",
                     extra={"fields": {"round": round_number, "code": exc.code().name}},
                 )
-                time.sleep(1.0)
+                if self.stopping.wait(1.0):
+                    continue  # stopping: given up at the top of the loop
                 self.join(wait=max(1.0, deadline - time.monotonic()))
                 uploaded = None  # a restarted root kept no update of an unfinished round
         data = client.download_model_bytes(task.round, self.spec)
@@ -395,6 +403,10 @@ def make_leaf_driver(config: AggregatorConfig, attester: Attester, **options: An
             data = link.forward(closing.round, delta, weight)
             tensors, _ = decode_tensors(data, self.spec)
             return flatten(dict(tensors), self.spec).astype(np.float32)
+
+        def stop(self) -> None:
+            """The server stops: a round close waiting for the root gives up (nothing committed)."""
+            link.stopping.set()
 
     driver = LeafDriver(task_config, **options)
     link = ParentLink(parent, attester, identity, driver.events, driver.spec)

@@ -377,3 +377,54 @@ def test_config_check_reads_a_leafs_parent_table(tmp_path: Path) -> None:
     with contextlib.redirect_stderr(err):
         assert main(["config", "check", str(config)]) == 2
     assert err.getvalue() == f"attestfl: error: {config}: [parent] site_id: 1-128 letters, digits, '-', '_' or '.'\n"
+
+
+def test_a_leaf_waiting_for_its_root_stops_at_once(tmp_path: Path) -> None:
+    """SIGTERM reaches a leaf whose round is closing while it waits for the root's next model
+    (the root waits for another leaf): the leaf gives the close up (nothing committed), stops
+    within seconds, not after ``[parent] round_timeout``, and exits 0 (a stop, not a fault)."""
+    sim = tmp_path / "sim"
+    root = Deployment(
+        tmp_path / "root",
+        sim,
+        sites={"leaf-1": "", "leaf-2": ""},
+        task='rounds = 2\nmin_sites = 2\nround_deadline = "600s"\nevaluate = false',
+    )
+    root.directory.mkdir()
+    parent = '\n[parent]\naggregator = "127.0.0.1:1"\nsite_id = "leaf-1"\npolicy = "root-policy.toml"\n'
+    leaf = Deployment(
+        tmp_path / "leaf-1",
+        sim,
+        sites={"site-x": ""},
+        task=f'rounds = 2\nmin_sites = 1\nround_deadline = "600s"\nevaluate = false\n{parent}',
+    )
+    leaf.directory.mkdir()
+    other = _leaf(tmp_path, sim, "leaf-2", "leaf-2", "127.0.0.1:1")  # enrolled, never started
+    root.sites["leaf-1"] = f'identity_keys = ["{_enroll(leaf)}"]'
+    root.sites["leaf-2"] = f'identity_keys = ["{_enroll(other)}"]'
+    server = root.start()
+    process: subprocess.Popen | None = None
+    try:
+        leaf.task = leaf.task.replace("127.0.0.1:1", server.target)
+        process = _serve(leaf, server.target, root)
+        served = _ready(leaf, process)
+        with leaf.client(served.target, site_id="site-x") as client:
+            client.join()
+            client.upload_update(1, _delta(0, 1), weight=1.0)  # the leaf's round 1 closes: it forwards
+        deadline = time.time() + 60
+        while not any(e["message"] == "parent_forward" for e in served.events()):
+            assert time.time() < deadline, "the leaf never forwarded"
+            time.sleep(0.1)
+        time.sleep(0.5)  # the leaf now waits for the root, whose round waits for leaf-2
+        stopping = time.monotonic()
+        os.killpg(process.pid, 15)
+        code = process.wait(timeout=30)
+        seconds = time.monotonic() - stopping
+        assert code == 0, (leaf.directory / "aggregator.stderr").read_text()[-2000:]
+        assert seconds < 10, f"the leaf took {seconds:.1f} s to stop"
+        messages = [e["message"] for e in served.events()]
+        assert "round" not in messages, "nothing of the abandoned close is committed"
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+        server.stop()
