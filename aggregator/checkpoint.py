@@ -65,10 +65,10 @@ class Checkpoint:
     created: str
     #: Version 2: what federation intelligence needs to go on after a restart (None: start afresh).
     intelligence: dict[str, Any] | None = None
-    #: The model's SHA-256 as the caller computes it (the round driver hashes the model for its
-    #: ``round`` entry, on a helper thread while the checkpoint is sealed and written): asked for
-    #: once the chunks are written, so the model is not hashed a second time on the round's close.
-    sha256_of_model: Callable[[], bytes] | None = field(default=None, repr=False)
+    #: The model's SHA-256 when it is known or being computed elsewhere: the round driver hashes
+    #: the model for its ``round`` entry on a helper thread while the checkpoint is written (asked
+    #: for once the chunks are), and a load has checked it. The model is not hashed a second time.
+    sha256_of_model: Callable[[], bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def model_sha256(self) -> str:
@@ -235,13 +235,19 @@ def _load_streamed(path: Path, sealing: SealingKeySource) -> Checkpoint:
                     )
                 except InvalidTag:
                     raise _unsealable(path) from None
-            if hashlib.sha256(model).digest() != fields["model_sha256"]:
+            digest = hashlib.sha256(model).digest()
+            if digest != fields["model_sha256"]:
                 raise ValueError("the model's digest differs from the header's")
             intelligence = fields.get("intelligence")
             if intelligence is not None and not isinstance(intelligence, dict):
                 raise TypeError("intelligence is not a map")
-            return Checkpoint(
-                int(fields["round"]), int(fields["dp_rounds"]), model, str(fields["created"]), intelligence
+            return Checkpoint(  # the digest just checked: not hashed again (the restart logs it)
+                int(fields["round"]),
+                int(fields["dp_rounds"]),
+                model,
+                str(fields["created"]),
+                intelligence,
+                lambda: digest,
             )
         except (KeyError, TypeError, ValueError, AttributeError, cbor2.CBORDecodeError) as exc:
             raise CheckpointError(f"{path}: malformed checkpoint contents: {exc}") from exc

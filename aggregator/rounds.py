@@ -780,9 +780,10 @@ class RoundDriver:
                 if self.checkpoint is not None
                 else None
             )
-            digest = hashing.result().hex()
             with self._lock:
-                self._commit_round(closing, aggregate.privacy, vector, model, digest, elapsed, commit_checkpoint)
+                self._commit_round(
+                    closing, aggregate.privacy, vector, model, hashing.result(), elapsed, commit_checkpoint
+                )
         except BaseException as exc:
             with self._lock:
                 if self._closing is closing:  # not committed
@@ -808,13 +809,14 @@ class RoundDriver:
         privacy: Privacy,
         vector: np.ndarray,
         model: bytes | bytearray,
-        digest: str,
+        model_sha256: bytes,
         elapsed: float,
         commit_checkpoint: Callable[[], Any] | None,
     ) -> None:
         """Commit in this order (under the lock): the sealed checkpoint of the next state was
         written aside, the ``round`` entry is logged durably, the checkpoint is put in place, and
         only then does the in-memory state move on: a round is never applied twice or half."""
+        digest = model_sha256.hex()
         epsilon = privacy.epsilon
         dp_rounds = privacy.rounds
         next_round = closing.round + 1
@@ -845,7 +847,7 @@ class RoundDriver:
         self.attempt = 1
         self._models = {self.round: model}  # the previous model is freed (a download under way keeps its view)
         if self.on_model is not None:
-            self.on_model(self.round, model, finished, bytes.fromhex(digest))
+            self.on_model(self.round, model, finished, model_sha256)
         self.finished = finished
         self._closing = None
         self._begin()
