@@ -133,8 +133,16 @@ class Delivery:
         self.released: dict[int, bytes] = {}
         self.initial = b""
 
-    def start(self, initial: dict[str, np.ndarray], file_sha256: str | None, driver: Any) -> None:
-        """Log the initial model and the policy (``model_initial``); on a restart, the current model."""
+    def start(
+        self,
+        initial: dict[str, np.ndarray],
+        file_sha256: str | None,
+        driver: Any,
+        resumed: tuple[bytes | bytearray, bytes] | None = None,
+    ) -> None:
+        """Log the initial model and the policy (``model_initial``); on a restart, the current model.
+        ``resumed``: a checkpoint's model as loaded and the SHA-256 its load checked, used when the
+        driver serves those very bytes (it adopts the loaded buffer); else the model is hashed here."""
         self.initial, initial_length = served_digest(initial)
         self.events.record(
             "model_initial",
@@ -147,7 +155,10 @@ class Delivery:
         current = driver.task().round
         if current != 1:
             model = driver.model_bytes(current)
-            self.digests[current] = hashlib.sha256(model).digest()
+            if resumed is not None and model is resumed[0]:
+                self.digests[current] = resumed[1]
+            else:
+                self.digests[current] = hashlib.sha256(model).digest()
             if driver.task().finished:
                 self.on_model(current, model, True, self.digests[current])
 
@@ -206,9 +217,12 @@ class Delivery:
         return {"site": site_id, "round": round_number, "final": final, "model_sha256": digest.hex()}
 
 
-def start_delivery(config: Any, driver: Any, events: EventSink) -> Delivery:
+def start_delivery(
+    config: Any, driver: Any, events: EventSink, resumed: tuple[bytes | bytearray, bytes] | None = None
+) -> Delivery:
     """The delivery of an ``attestfl serve`` run (``config``: its AggregatorConfig): the
-    configuration bundle and the initial model logged, the driver hooked."""
+    configuration bundle and the initial model logged, the driver hooked. ``resumed``: on a
+    restart, the checkpoint's model and its SHA-256, checked as it was loaded (:meth:`Delivery.start`)."""
     from enclave.config_bundle import config_bundle
 
     task = config.task
@@ -223,6 +237,6 @@ def start_delivery(config: Any, driver: Any, events: EventSink) -> Delivery:
                 hasher.update(block)
         file_sha256 = hasher.hexdigest()
     delivery = Delivery(task.release, rounds=task.rounds, directory=config.state_dir / "delivery", events=events)
-    delivery.start(task.initial_model, file_sha256, driver)
+    delivery.start(task.initial_model, file_sha256, driver, resumed)
     driver.on_model = delivery.on_model
     return delivery

@@ -288,7 +288,8 @@ async def _start(
         service.vendor_jobs = EvaluationJobs(config.task.vendors, keys, service._record, report_dir, store)
         service.vendor_jobs.restore()  # jobs sealed by an earlier run (logged: vendor_restored)
         service.vendor_jobs.start()  # the report deadline, if the policy sets one
-    service.delivery = start_delivery(config, driver, events)
+    resumed = (checkpoint.model, checkpoint.digest()) if checkpoint is not None else None
+    service.delivery = start_delivery(config, driver, events, resumed)  # the resumed model: not hashed again
     config.task.release_initial_model()  # the driver holds the model now: one copy in memory, not two
     server.add_generic_rpc_handlers(handlers(service))
     await server.start()

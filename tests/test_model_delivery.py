@@ -18,12 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aggregator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from aggregator.delivery import Delivery, ReleaseConfigError, ReleasePolicy, read_release
+from aggregator.rounds import TaskConfig, make_driver
 from aggregator.service import LogEvents, UpdateRefused
 from attestation.platforms.snp import NAME as SNP
 from auditor.verify import verify_log
+from enclave.sealing import SimulatedSealingKey
 from protocol.delivery import DeliveryError, generate_owner_key, load_owner_key, open_owner_model, seal_to_owner
-from protocol.tensors import encode_tensors, load_model
+from protocol.tensors import decode_tensors, encode_tensors, load_model
 from tests.federation import Deployment
 
 SITES = ("site-a", "site-b", "site-c")
@@ -372,3 +375,32 @@ def test_every_round_delivery_with_a_progress_bar(tmp_path: Path) -> None:
         sealed = (tmp_path / "state" / "delivery" / f"{name}.{public.hex()[:16]}.afm").read_bytes()
         opened = open_owner_model(sealed, key)
         assert opened.round == round_number and opened.sha256 == models["released"][str(round_number)]
+
+
+def test_a_restart_releases_the_checkpointed_model_under_the_digest_its_load_checked(tmp_path: Path) -> None:
+    """After the last round, a restart releases the final model again. The driver serves the
+    checkpoint's model where the load put it (no copy), so the SHA-256 the load checked is the one
+    released and logged, and the model is not hashed a second time."""
+    initial = {"w": np.arange(6, dtype=np.float32), "b": np.ones(2, np.float32)}
+    config = TaskConfig(initial_model=initial, rounds=2, min_sites=1)
+    sealing = SimulatedSealingKey(tmp_path, b"\x02" * 48)
+    final = encode_tensors({"w": np.full(6, 0.5, np.float32), "b": np.zeros(2, np.float32)})
+    save_checkpoint(tmp_path / "state", sealing, Checkpoint(3, 0, final, "2026-11-30T00:00:00Z"))
+    checkpoint = load_checkpoint(tmp_path / "state", sealing)
+    assert checkpoint is not None
+    events = LogEvents()
+    driver = make_driver(
+        config, events=events, start_round=checkpoint.round, model=decode_tensors(checkpoint.model, config.spec)[0]
+    )
+    assert driver.task().finished and driver.model_bytes(3) is checkpoint.model
+    owner_pem, owner = generate_owner_key()
+    policy = ReleasePolicy(owner_keys=(owner,))
+    delivery = Delivery(policy, rounds=2, directory=tmp_path / "delivery", events=events)
+    delivery.start(initial, None, driver, (checkpoint.model, checkpoint.digest()))
+    assert delivery.released == {3: hashlib.sha256(final).digest()}
+    (sealed,) = (tmp_path / "delivery").iterdir()
+    assert open_owner_model(sealed.read_bytes(), load_owner_key(owner_pem)).model == final
+    # Bytes the driver does not serve as loaded are hashed, whatever digest comes with them.
+    again = Delivery(policy, rounds=2, directory=tmp_path / "again", events=events)
+    again.start(initial, None, driver, (bytearray(final), b"\x00" * 32))
+    assert again.released == {3: hashlib.sha256(final).digest()}
