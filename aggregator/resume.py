@@ -31,6 +31,7 @@ from protocol.resume import MAX_RESUMES, check_resume_token
 from protocol.streams import TAG_BYTES, StreamError, StreamHeader, StreamOpener
 from protocol.tensors import ModelSpec
 from protocol.wire import federation_pb2 as pb
+from protocol.wire.chunks import Chunk
 
 #: aggregator.service.FederationService and its Session (not imported: the service imports this module).
 FederationService = Any
@@ -151,8 +152,8 @@ class Resumes:
 async def receive_chunks(
     service: FederationService,
     partial: PartialUpload,
-    chunk: pb.SealedChunk | None,
-    iterator: AsyncIterator[pb.SealedChunk],
+    chunk: Chunk | None,
+    iterator: AsyncIterator[Chunk],
     context: grpc.aio.ServicerContext,
     *,
     started_at: float,
@@ -165,7 +166,7 @@ async def receive_chunks(
     caller parks the upload). Every upload, first or resumed, reads its chunks here."""
     limits = service.limits
     while chunk is not None:
-        ciphertext = chunk.ciphertext  # once: each read of a bytes field is a new copy
+        ciphertext = chunk.ciphertext  # a view of the received message (protocol.wire.chunks)
         service.counters.bytes_in += len(ciphertext)
         if not chunk.final and len(ciphertext) <= TAG_BYTES:
             raise StreamError("an empty chunk that is not the final one")
@@ -187,8 +188,8 @@ async def receive_resumed(
     service: FederationService,
     session: Session,
     call: int,
-    first: pb.SealedChunk,
-    iterator: AsyncIterator[pb.SealedChunk],
+    first: Chunk,
+    iterator: AsyncIterator[Chunk],
     context: grpc.aio.ServicerContext,
     refusals: tuple[type[Exception], ...],
 ) -> pb.Sealed | PartialUpload:

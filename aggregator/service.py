@@ -74,8 +74,10 @@ from protocol.streams import (
     transcript_hash,
 )
 from protocol.tensors import ModelSpec, UpdateFormatError
+from protocol.wire import chunks as chunk_codec
 from protocol.wire import federation_pb2 as pb
 from protocol.wire import health_pb2
+from protocol.wire.chunks import Chunk
 
 LOG = logging.getLogger("attestfl.aggregator")
 SERVICE_NAME = "attestfl.v1.Federation"
@@ -736,9 +738,7 @@ class FederationService:
         if moved is not None:
             moved.set()
 
-    async def DownloadModel(
-        self, request: pb.Sealed, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.SealedChunk]:
+    async def DownloadModel(self, request: pb.Sealed, context: grpc.aio.ServicerContext) -> AsyncIterator[Chunk]:
         session, call, plaintext = await self._open(context, "DownloadModel", request)
         inner = _parse(pb.DownloadRequest, plaintext)
         try:
@@ -757,7 +757,7 @@ class FederationService:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             for index, final, ciphertext in itertools.chain(pending, chunks):
                 self.counters.bytes_out += len(ciphertext)
-                yield pb.SealedChunk(index=index, final=final, ciphertext=ciphertext)
+                yield Chunk(index=index, final=final, ciphertext=ciphertext)
             return
         for header, index, final, ciphertext in seal_chunks(
             session.keys.aggregator_to_site,
@@ -769,11 +769,11 @@ class FederationService:
             if header:
                 self.resumes.issued(session.session_id, header, inner.round, len(model))
             self.counters.bytes_out += len(ciphertext)
-            yield pb.SealedChunk(header=header, index=index, final=final, ciphertext=ciphertext)
+            yield Chunk(header=header, index=index, final=final, ciphertext=ciphertext)
 
     async def _next_chunk(
-        self, iterator: AsyncIterator[pb.SealedChunk], context: grpc.aio.ServicerContext, deadline: float
-    ) -> pb.SealedChunk | None:
+        self, iterator: AsyncIterator[Chunk], context: grpc.aio.ServicerContext, deadline: float
+    ) -> Chunk | None:
         timeout = min(self.stall_timeout, deadline - time.monotonic())
         try:
             async with asyncio.timeout(max(0.0, timeout)):  # no extra task per chunk, unlike wait_for
@@ -794,7 +794,7 @@ class FederationService:
         return chunk
 
     async def UploadUpdate(
-        self, request_iterator: AsyncIterator[pb.SealedChunk], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[Chunk], context: grpc.aio.ServicerContext
     ) -> pb.Sealed:
         session, call = await self._session(context)
         if session.uploading:
@@ -809,7 +809,7 @@ class FederationService:
         self,
         session: Session,
         call: int,
-        request_iterator: AsyncIterator[pb.SealedChunk],
+        request_iterator: AsyncIterator[Chunk],
         context: grpc.aio.ServicerContext,
     ) -> pb.Sealed:
         update = await self._receive_update(session, call, request_iterator, context)
@@ -848,7 +848,7 @@ class FederationService:
         self,
         session: Session,
         call: int,
-        request_iterator: AsyncIterator[pb.SealedChunk],
+        request_iterator: AsyncIterator[Chunk],
         context: grpc.aio.ServicerContext,
     ) -> Any:
         """The sealed stream of an upload, authenticated chunk by chunk and decrypted in place into
@@ -1085,11 +1085,16 @@ class Malformed:
 
 
 def _deserializer(message_type: Any) -> Callable[[bytes], Any]:
+    if message_type is Chunk:
+        decode, name = chunk_codec.decode, "SealedChunk"
+    else:
+        decode, name = message_type.FromString, message_type.__name__
+
     def parse(data: bytes) -> Any:
         try:
-            return message_type.FromString(data)
+            return decode(data)
         except Exception:  # noqa: BLE001 - protobuf's DecodeError (and anything a hostile message makes it raise)
-            return Malformed(message_type.__name__)
+            return Malformed(name)
 
     return parse
 
@@ -1181,8 +1186,8 @@ _METHODS = {
     "GetChallenge": ("unary", pb.ChallengeRequest, pb.ChallengeResponse),
     "Admit": ("unary", pb.AdmitRequest, pb.AdmitResponse),
     "GetTask": ("unary", pb.Sealed, pb.Sealed),
-    "DownloadModel": ("server_stream", pb.Sealed, pb.SealedChunk),
-    "UploadUpdate": ("client_stream", pb.SealedChunk, pb.Sealed),
+    "DownloadModel": ("server_stream", pb.Sealed, Chunk),  # chunks: protocol.wire.chunks, not protobuf's copies
+    "UploadUpdate": ("client_stream", Chunk, pb.Sealed),
     "ReportMetrics": ("unary", pb.Sealed, pb.Sealed),
     "VendorSubmit": ("unary", pb.VendorSubmission, pb.VendorSubmitResponse),
     "VendorJobs": ("unary", pb.Sealed, pb.Sealed),
@@ -1203,7 +1208,7 @@ def handlers(service: FederationService) -> list[grpc.GenericRpcHandler]:
     message has arrived, unbounded in time)."""
 
     def serialize(message: Any) -> bytes:
-        return message.SerializeToString()
+        return message.encode() if isinstance(message, Chunk) else message.SerializeToString()
 
     federation = {}
     for name, (kind, request_type, _response_type) in _METHODS.items():

@@ -82,7 +82,7 @@ class UpdateSpool:
         held = len(self._memory) if self._memory is not None else 0
         return held + len(self._pending) + (len(self._scratch) if self._scratch is not None else 0)
 
-    def receive(self, opener: StreamOpener, index: int, ciphertext: bytes, *, final: bool) -> int:
+    def receive(self, opener: StreamOpener, index: int, ciphertext: bytes | memoryview, *, final: bool) -> int:
         """Authenticate and decrypt one chunk of the stream into the spool; its plaintext length."""
         length = len(ciphertext) - TAG_BYTES
         if length < 0 or length > MAX_CHUNK_BYTES:

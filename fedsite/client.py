@@ -58,6 +58,9 @@ from protocol.streams import SessionKeys, StreamError, StreamOpener, derive_sess
 from protocol.tensors import ModelSpec, decode_tensors, encode_tensor_parts, receive_buffer
 from protocol.wire import federation_pb2 as pb
 from protocol.wire import federation_pb2_grpc as pb_grpc
+from protocol.wire.chunks import DOWNLOAD_METHOD, UPLOAD_METHOD, Chunk
+from protocol.wire.chunks import decode as decode_chunk
+from protocol.wire.chunks import encode as encode_chunk
 
 
 class SiteError(AttestflError):
@@ -295,6 +298,14 @@ class SiteClient:
         self.keys = EnclaveKeys()
         self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
+        # The two chunk streams through protocol.wire.chunks: the same bytes on the wire, without
+        # protobuf's copies of each 1 MiB chunk (a generated SealedChunk is still sent as itself).
+        self.stub.DownloadModel = self.channel.unary_stream(
+            DOWNLOAD_METHOD, request_serializer=pb.Sealed.SerializeToString, response_deserializer=decode_chunk
+        )
+        self.stub.UploadUpdate = self.channel.stream_unary(
+            UPLOAD_METHOD, request_serializer=encode_chunk, response_deserializer=pb.Sealed.FromString
+        )
         self.session: JoinedSession | None = None
         #: The newest signed audit tree head this site has seen (kept across re-joins: a
         #: restarted aggregator must show a log that extends it, or the site stops).
@@ -524,7 +535,7 @@ class SiteClient:
         update: dict[str, np.ndarray],
         weight: float,
         parts: list[bytes | memoryview] | None = None,
-    ) -> Iterator[pb.SealedChunk]:
+    ) -> Iterator[Chunk]:
         """The sealed stream of one update, for call ``call`` (see :meth:`upload_update`)."""
         session = self.session
         if session is None:
@@ -537,7 +548,7 @@ class SiteClient:
             purpose="update",
             context=upload_context(round_number, attempt, self.site_id, call),
         ):
-            yield pb.SealedChunk(header=header, index=index, final=final, ciphertext=ciphertext)
+            yield Chunk(header=header, index=index, final=final, ciphertext=ciphertext)
 
     def upload_update(
         self,
@@ -664,7 +675,7 @@ __all__ = [
 ]
 
 
-def _counted(chunks: Iterator[pb.SealedChunk], on_chunk: Callable[[int], None]) -> Iterator[pb.SealedChunk]:
+def _counted(chunks: Iterator[Chunk], on_chunk: Callable[[int], None]) -> Iterator[Chunk]:
     """The chunks, calling ``on_chunk`` with each one's size as gRPC takes it to send."""
     for chunk in chunks:
         on_chunk(len(chunk.ciphertext))

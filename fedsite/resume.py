@@ -20,6 +20,7 @@ from protocol.formulas import STOPPED_ON_FAULT
 from protocol.resume import reseal_from, resume_token
 from protocol.streams import StreamHeader
 from protocol.wire import federation_pb2 as pb
+from protocol.wire.chunks import Chunk
 
 #: ``client`` below is a fedsite.client.SiteClient and ``session`` its JoinedSession (not imported:
 #: the client imports this module).
@@ -44,12 +45,12 @@ RESUME_ATTEMPTS = 6
 class SentStream:
     """Wraps a stream of SealedChunk: remembers its header (the stream to resume)."""
 
-    def __init__(self, chunks: Iterator[pb.SealedChunk]) -> None:
+    def __init__(self, chunks: Iterator[Chunk]) -> None:
         self.chunks = chunks
         self.header = b""
         self.sent = 0
 
-    def __iter__(self) -> Iterator[pb.SealedChunk]:
+    def __iter__(self) -> Iterator[Chunk]:
         for chunk in self.chunks:
             if chunk.header:
                 self.header = bytes(chunk.header)
@@ -106,7 +107,7 @@ def _call(client: SiteClient) -> tuple[int, tuple[tuple[str, str], ...]]:
 def _where(client: SiteClient, session: JoinedSession, stream_id: bytes) -> int:
     """The next chunk index the aggregator expects of stream ``stream_id``."""
     call, metadata = _call(client)
-    query = pb.SealedChunk(
+    query = Chunk(
         resume_stream=stream_id,
         resume_query=True,
         resume_seal=resume_token(session.keys, call=call, stream_id=stream_id, query=True),
@@ -118,15 +119,13 @@ def _where(client: SiteClient, session: JoinedSession, stream_id: bytes) -> int:
 
 def _rest(
     session: JoinedSession, call: int, header: bytes, stream_id: bytes, parts: list[bytes | memoryview], start: int
-) -> Iterator[pb.SealedChunk]:
+) -> Iterator[Chunk]:
     token = resume_token(session.keys, call=call, stream_id=stream_id, query=False)
     for index, final, ciphertext in reseal_from(session.keys.site_to_aggregator, header, parts, start):
         if index == start:
-            yield pb.SealedChunk(
-                index=index, final=final, ciphertext=ciphertext, resume_stream=stream_id, resume_seal=token
-            )
+            yield Chunk(index=index, final=final, ciphertext=ciphertext, resume_stream=stream_id, resume_seal=token)
         else:
-            yield pb.SealedChunk(index=index, final=final, ciphertext=ciphertext)
+            yield Chunk(index=index, final=final, ciphertext=ciphertext)
 
 
 def download_resume_request(round_number: int, header: bytes, start: int) -> pb.DownloadRequest:

@@ -227,7 +227,7 @@ class StreamOpener:
         self._received = 0
         self._max_bytes = max_bytes
 
-    def open(self, index: int, ciphertext: bytes, *, final: bool) -> bytes:
+    def open(self, index: int, ciphertext: bytes | memoryview, *, final: bool) -> bytes:
         if self._finished:
             raise StreamError("a chunk arrived after the final chunk")
         if index != self._index:
@@ -250,7 +250,7 @@ class StreamOpener:
         return plaintext
 
     def open_into(
-        self, index: int, ciphertext: bytes, *, final: bool, buffer: bytearray | memoryview, offset: int
+        self, index: int, ciphertext: bytes | memoryview, *, final: bool, buffer: bytearray | memoryview, offset: int
     ) -> int:
         """Like :meth:`open`, writing the plaintext into ``buffer`` at ``offset``; returns its length."""
         if self._finished:

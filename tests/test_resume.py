@@ -5,6 +5,7 @@ with their reasons; a resume after the retention window starts over; a download 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import socket
 import threading
@@ -25,6 +26,7 @@ from protocol.resume import resume_token
 from protocol.streams import TAG_BYTES, StreamHeader
 from protocol.tensors import ModelSpec, encode_tensors
 from protocol.wire import federation_pb2 as pb
+from protocol.wire.chunks import Chunk
 
 PARAMETERS = 1_250_000  # 5 MB of float32: five 1 MiB chunks
 MODEL = {"w": np.linspace(-1, 1, PARAMETERS, dtype=np.float32)}
@@ -137,7 +139,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def park_upload(
     aggregator: Aggregator, client: SiteClient, round_number: int, value: float, sent: int, metrics_port: int
-) -> tuple[list[pb.SealedChunk], bytes, list]:
+) -> tuple[list[Chunk], bytes, list]:
     """Send ``sent`` chunks of an update, then cancel the call (a client-side cut): the
     aggregator parks the upload. Returns the stream's chunks, its id and its parts."""
     _session, call, metadata = client._next_call()
@@ -145,7 +147,7 @@ def park_upload(
     chunks = list(client.sealed_update(round_number, 1, call, {}, 1.0, parts))
     release = threading.Event()
 
-    def some() -> Iterator[pb.SealedChunk]:
+    def some() -> Iterator[Chunk]:
         yield from chunks[:sent]
         release.wait(30)
 
@@ -160,13 +162,11 @@ def park_upload(
     return chunks, StreamHeader.decode(chunks[0].header).stream_id, parts
 
 
-def resume_call(client: SiteClient, stream_id: bytes, messages: list[pb.SealedChunk]) -> tuple:
+def resume_call(client: SiteClient, stream_id: bytes, messages: list[Chunk]) -> tuple:
     session, call, metadata = client._next_call()
     assert session is not None
-    first = pb.SealedChunk()
-    first.CopyFrom(messages[0])
-    first.resume_stream = stream_id
-    first.resume_seal = resume_token(session.keys, call=call, stream_id=stream_id, query=False)
+    token = resume_token(session.keys, call=call, stream_id=stream_id, query=False)
+    first = dataclasses.replace(messages[0], resume_stream=stream_id, resume_seal=token)
     return [first, *messages[1:]], metadata
 
 
