@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from attestation.errors import AttestflError
 from protocol.wire import federation_pb2 as pb
 
 _VARINT, _LEN = 0, 2
@@ -33,7 +34,7 @@ _TAGS = {(number << 3) | kind: number for number, kind in _FIELDS.items()}
 _MAX_FAST_VARINT = 9
 
 
-class ChunkDecodeError(ValueError):
+class ChunkDecodeError(AttestflError):
     """The bytes are not a SealedChunk (protobuf's parser refused them)."""
 
 
