@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.spool import SpoolError, StreamedUpdate, UpdateSpool
+from aggregator.spool import ReceiveBuffers, SpoolError, StreamedUpdate, UpdateSpool
 from enclave.simulated.attester import SimulatedSnpAttester
 from federation import Deployment, run_aggregator
 from protocol.compression import MODES, encode_update
@@ -23,11 +23,20 @@ from protocol.tensors import ModelSpec, UpdateFormatError
 KEY, SESSION = os.urandom(32), os.urandom(16)
 
 
-def _received(data: bytes, *, memory: int, chunk: int = 300_000, block: int = 65_536) -> UpdateSpool:
+def _received(
+    data: bytes,
+    *,
+    memory: int,
+    chunk: int = 300_000,
+    block: int = 65_536,
+    limit: int | None = None,
+    buffers: ReceiveBuffers | None = None,
+) -> UpdateSpool:
     """``data`` sealed as a stream and received into a spool chunk by chunk."""
+    limit = len(data) if limit is None else limit
     sealer = StreamSealer(KEY, session_id=SESSION, purpose="update", context=b"ctx")
-    opener = StreamOpener(KEY, sealer.header, session_id=SESSION, purpose="update", context=b"ctx", max_bytes=len(data))
-    spool = UpdateSpool(len(data), memory_bytes=memory, block=block)
+    opener = StreamOpener(KEY, sealer.header, session_id=SESSION, purpose="update", context=b"ctx", max_bytes=limit)
+    spool = UpdateSpool(limit, memory_bytes=memory, block=block, buffers=buffers or ReceiveBuffers())
     pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
     for index, piece in enumerate(pieces):
         final = index == len(pieces) - 1
@@ -49,6 +58,37 @@ def test_a_spool_reads_back_what_arrived(memory: int) -> None:
     with pytest.raises(SpoolError):
         spool.read(len(data) - 1, 2)
     spool.close()
+
+
+def test_a_receive_buffer_is_reused_only_when_nothing_refers_to_it() -> None:
+    buffers = ReceiveBuffers(most_bytes=3_000_000, most_buffers=2)
+    first = _received(os.urandom(2_000_000), memory=1 << 30, limit=2_000_000, buffers=buffers)
+    first.finish()
+    first.close()
+    assert buffers.kept_bytes == 2_000_000
+    # The next upload of that size is written over it; a shorter one shows nothing of the first.
+    data = os.urandom(700_000)
+    second = _received(data, memory=1 << 30, limit=2_000_000, buffers=buffers)
+    assert buffers.kept_bytes == 0
+    assert second.finish() == hashlib.sha256(data).digest() and second.size == len(data)
+    assert bytes(second.read(0, len(data))) == data
+    with pytest.raises(SpoolError):
+        second.read(len(data), 1)  # what the first upload left beyond this one's bytes
+    # A view of the update still alive when the spool closes: the buffer is let go, not reused.
+    view = np.frombuffer(second.read(0, 4000), np.float32)
+    second.close()
+    assert buffers.kept_bytes == 0 and bytes(view.tobytes()) == data[:4000]
+    del view
+    # Within the bounds: bytes, then count; other sizes are new buffers.
+    for size in (2_000_000, 2_000_000, 500_000, 400_000):
+        spool = _received(os.urandom(size), memory=1 << 30, buffers=buffers)
+        spool.finish()
+        spool.close()
+    assert buffers.kept_bytes == 2_500_000
+    spooled = _received(os.urandom(500_000), memory=100_000, buffers=buffers)  # sealed to disk: no buffer
+    spooled.finish()
+    spooled.close()
+    assert buffers.kept_bytes == 2_500_000
 
 
 def test_a_block_altered_on_disk_is_refused() -> None:
