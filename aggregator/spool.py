@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -33,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 import native
 from protocol.compression import UpdateLayout, iter_pieces, non_finite, read_layout
 from protocol.streams import MAX_CHUNK_BYTES, TAG_BYTES, StreamError, StreamOpener
-from protocol.tensors import MAX_HEADER_BYTES, ModelSpec, unflatten
+from protocol.tensors import MAX_HEADER_BYTES, ModelSpec, ReceiveBuffers, unflatten
 
 #: Updates up to this size are received in memory (one buffer of the update's size).
 MEMORY_BYTES = 64 * 1024 * 1024
@@ -41,59 +39,13 @@ MEMORY_BYTES = 64 * 1024 * 1024
 BLOCK_BYTES = 1 << 20
 
 
-#: At most this many bytes of receive buffers are kept for the next uploads (:class:`ReceiveBuffers`).
-KEPT_BUFFER_BYTES = 1 << 30
-#: And at most this many buffers.
-KEPT_BUFFERS = 16
-
-
 class SpoolError(StreamError):
     """A spooled update cannot be written (the disk) or read back intact (altered on disk)."""
 
 
-class ReceiveBuffers:
-    """The in-memory buffers of uploads that are done, kept for the next uploads of the same size
-    (every upload of a task has the task's size). A new buffer's pages are faulted in and
-    zeroed by the kernel as the first chunks are decrypted into it, on the event loop's thread:
-    about 10 ms for 40 MB, every upload of every round. A kept one is written over instead.
-
-    A buffer is kept only when nothing refers to it any more (no view of it is alive: its
-    reference count says so), within ``most_bytes`` and ``most_buffers``. What an earlier upload
-    left in it is never read: a spool reads, hashes and checks only the bytes its own upload
-    wrote (``size``). Thread-safe (a spool is closed wherever its last reference goes)."""
-
-    def __init__(self, most_bytes: int = KEPT_BUFFER_BYTES, most_buffers: int = KEPT_BUFFERS) -> None:
-        self.most_bytes = most_bytes
-        self.most_buffers = most_buffers
-        self._kept: list[np.ndarray] = []
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> np.ndarray:
-        """A buffer of ``size`` bytes: a kept one, else a new one of zero pages."""
-        with self._lock:
-            for position, kept in enumerate(self._kept):
-                if kept.size == size:
-                    return self._kept.pop(position)
-        return np.zeros(size, dtype=np.uint8)  # fresh zero pages (protocol.tensors.receive_buffer)
-
-    def give(self, buffer: np.ndarray) -> bool:
-        """Keep ``buffer`` for a later upload, if there is room; whether it was kept. The caller
-        holds the only reference to it."""
-        with self._lock:
-            held = sum(kept.size for kept in self._kept)
-            if len(self._kept) >= self.most_buffers or held + buffer.size > self.most_bytes:
-                return False
-            self._kept.append(buffer)
-            return True
-
-    @property
-    def kept_bytes(self) -> int:
-        with self._lock:
-            return sum(kept.size for kept in self._kept)
-
-
-#: The aggregator's kept receive buffers.
-RECEIVE_BUFFERS = ReceiveBuffers()
+#: The aggregator's kept receive buffers (protocol.tensors.ReceiveBuffers): a round's uploads are
+#: written over the last round's buffers. At most 16 of them and 1 GiB.
+RECEIVE_BUFFERS = ReceiveBuffers(most_buffers=16, most_bytes=1 << 30)
 
 
 class UpdateSpool:
@@ -116,7 +68,6 @@ class UpdateSpool:
         self._block = block
         # In memory only when the largest valid update fits: a larger one is spooled from its first byte.
         self._buffer = buffers.take(limit) if limit <= memory_bytes else None
-        self._buffers = buffers
         self._memory: memoryview | None = memoryview(self._buffer) if self._buffer is not None else None  # type: ignore[arg-type]  # ndarray is a buffer
         self._scratch: bytearray | None = None
         self._pending = bytearray()
@@ -245,15 +196,10 @@ class UpdateSpool:
         return data
 
     def close(self) -> None:
-        """Release the memory (the buffer is kept for a later upload when nothing else refers to
-        it: :class:`ReceiveBuffers`) and the file (idempotent)."""
+        """Release the memory (the buffer goes back to its keeper once nothing else refers to it)
+        and the file (idempotent)."""
         self._memory = None
-        buffer, self._buffer = getattr(self, "_buffer", None), None
-        # Two references: ``buffer`` and getrefcount's argument. A live view of the update (a
-        # piece a strategy kept, say) holds one more, and the buffer is then let go, not reused.
-        if buffer is not None and sys.getrefcount(buffer) == 2:
-            self._buffers.give(buffer)
-        del buffer
+        self._buffer = None
         self._scratch = None
         self._pending = bytearray()
         self._cached = None

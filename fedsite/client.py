@@ -55,7 +55,7 @@ from protocol.formulas import (
     upload_context,
 )
 from protocol.streams import SessionKeys, StreamError, StreamOpener, derive_session_keys, seal_chunks, transcript_hash
-from protocol.tensors import ModelSpec, decode_tensors, encode_tensor_parts, receive_buffer
+from protocol.tensors import ModelSpec, ReceiveBuffers, decode_tensors, encode_tensor_parts
 from protocol.wire import federation_pb2 as pb
 from protocol.wire import federation_pb2_grpc as pb_grpc
 from protocol.wire.chunks import DOWNLOAD_METHOD, UPLOAD_METHOD, Chunk
@@ -298,6 +298,9 @@ class SiteClient:
         self.keys = EnclaveKeys()
         self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
+        #: Download buffers: a round's model is received into the buffer of the round before the
+        #: last once the site holds no view of it any more (two models' worth at most).
+        self._download_buffers = ReceiveBuffers(most_buffers=2, most_bytes=1 << 62)
         # The two chunk streams through protocol.wire.chunks: the same bytes on the wire, without
         # protobuf's copies of each 1 MiB chunk (a generated SealedChunk is still sent as itself).
         self.stub.DownloadModel = self.channel.unary_stream(
@@ -483,7 +486,7 @@ class SiteClient:
         request = self._sealed(session, "DownloadModel", call, pb.DownloadRequest(round=round_number))
         chunks = self.stub.DownloadModel(request, metadata=metadata, timeout=self.timeout)
         opener: StreamOpener | None = None
-        data = receive_buffer(spec.max_update_bytes)
+        data = memoryview(self._download_buffers.take(spec.max_update_bytes))  # type: ignore[arg-type]  # ndarray is a buffer
         size, header, resumes = 0, b"", 0
         while True:
             try:

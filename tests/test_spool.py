@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.spool import ReceiveBuffers, SpoolError, StreamedUpdate, UpdateSpool
+from aggregator.spool import SpoolError, StreamedUpdate, UpdateSpool
 from enclave.simulated.attester import SimulatedSnpAttester
 from federation import Deployment, run_aggregator
 from protocol.compression import MODES, encode_update
 from protocol.streams import StreamOpener, StreamSealer
-from protocol.tensors import ModelSpec, UpdateFormatError
+from protocol.tensors import ModelSpec, ReceiveBuffers, UpdateFormatError
 
 KEY, SESSION = os.urandom(32), os.urandom(16)
 
@@ -36,7 +36,8 @@ def _received(
     limit = len(data) if limit is None else limit
     sealer = StreamSealer(KEY, session_id=SESSION, purpose="update", context=b"ctx")
     opener = StreamOpener(KEY, sealer.header, session_id=SESSION, purpose="update", context=b"ctx", max_bytes=limit)
-    spool = UpdateSpool(limit, memory_bytes=memory, block=block, buffers=buffers or ReceiveBuffers())
+    buffers = buffers or ReceiveBuffers(most_buffers=1, most_bytes=1 << 30)
+    spool = UpdateSpool(limit, memory_bytes=memory, block=block, buffers=buffers)
     pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
     for index, piece in enumerate(pieces):
         final = index == len(pieces) - 1
@@ -61,34 +62,44 @@ def test_a_spool_reads_back_what_arrived(memory: int) -> None:
 
 
 def test_a_receive_buffer_is_reused_only_when_nothing_refers_to_it() -> None:
-    buffers = ReceiveBuffers(most_bytes=3_000_000, most_buffers=2)
+    buffers = ReceiveBuffers(most_buffers=3, most_bytes=5_000_000)
+    first = buffers.take(2_000_000)
+    view = memoryview(first)[:10]  # a user still holds a view: the buffer is not free
+    del first
+    second = buffers.take(2_000_000)
+    assert view.obj is not second
+    del view
+    third = buffers.take(2_000_000)  # the first one, nobody refers to it now
+    assert buffers.kept_bytes == 4_000_000
+    fourth = buffers.take(2_000_000)  # the second is still held (``second``): a new one, over the bytes
+    assert fourth is not second and fourth is not third and buffers.kept_bytes == 4_000_000
+    del second, third, fourth
+    small = buffers.take(500_000)  # another size: a new buffer; three kept at most
+    assert buffers.kept_bytes == 4_500_000
+    del small
+    assert buffers.take(6_000_000).size == 6_000_000 and buffers.kept_bytes == 4_500_000  # over most_bytes: not kept
+
+
+def test_an_upload_written_over_a_kept_buffer_shows_only_its_own_bytes() -> None:
+    buffers = ReceiveBuffers(most_buffers=1, most_bytes=1 << 30)
     first = _received(os.urandom(2_000_000), memory=1 << 30, limit=2_000_000, buffers=buffers)
     first.finish()
+    assert first._buffer is not None
+    address = first._buffer.ctypes.data  # not a reference: holding one would keep the buffer busy
     first.close()
-    assert buffers.kept_bytes == 2_000_000
-    # The next upload of that size is written over it; a shorter one shows nothing of the first.
     data = os.urandom(700_000)
     second = _received(data, memory=1 << 30, limit=2_000_000, buffers=buffers)
-    assert buffers.kept_bytes == 0
+    assert second._buffer is not None and second._buffer.ctypes.data == address  # written over
     assert second.finish() == hashlib.sha256(data).digest() and second.size == len(data)
     assert bytes(second.read(0, len(data))) == data
     with pytest.raises(SpoolError):
         second.read(len(data), 1)  # what the first upload left beyond this one's bytes
-    # A view of the update still alive when the spool closes: the buffer is let go, not reused.
-    view = np.frombuffer(second.read(0, 4000), np.float32)
+    # A piece of the update still alive after the spool closed: the next upload gets a new buffer.
+    piece = np.frombuffer(second.read(0, 4000), np.float32)
     second.close()
-    assert buffers.kept_bytes == 0 and bytes(view.tobytes()) == data[:4000]
-    del view
-    # Within the bounds: bytes, then count; other sizes are new buffers.
-    for size in (2_000_000, 2_000_000, 500_000, 400_000):
-        spool = _received(os.urandom(size), memory=1 << 30, buffers=buffers)
-        spool.finish()
-        spool.close()
-    assert buffers.kept_bytes == 2_500_000
-    spooled = _received(os.urandom(500_000), memory=100_000, buffers=buffers)  # sealed to disk: no buffer
-    spooled.finish()
-    spooled.close()
-    assert buffers.kept_bytes == 2_500_000
+    third = _received(os.urandom(1000), memory=1 << 30, limit=2_000_000, buffers=buffers)
+    assert third._buffer is not None and not np.shares_memory(third._buffer, piece)
+    assert piece.tobytes() == data[:4000]
 
 
 def test_a_block_altered_on_disk_is_refused() -> None:
