@@ -238,11 +238,17 @@ def _attestfl_site(
                 if poll or not task.waits:
                     time.sleep(poll or 0.05)
                 continue
-            model = client.download_model(task.round, ModelSpec.from_json(task.model_spec))
-            np.add(model["w"], delta["w"], out=model["w"])  # the same "training" as the Flower client's (in place)
-            client.upload_update(task.round, delta, weight=1, attempt=task.attempt)
+            _attestfl_round(client, task, delta, ModelSpec.from_json(task.model_spec))
             done.add((task.round, task.attempt))
             sent = (task.round, task.attempt)
+
+
+def _attestfl_round(client: Any, task: Any, delta: dict[str, np.ndarray], spec: Any) -> None:
+    """One round of a site: the model is local to it, as in ``fedsite.sdk`` (and as Flower's
+    ``fit`` gets its parameters): a site holds one round's model at a time."""
+    model = client.download_model(task.round, spec)
+    np.add(model["w"], delta["w"], out=model["w"])  # the same "training" as the Flower client's (in place)
+    client.upload_update(task.round, delta, weight=1, attempt=task.attempt)
 
 
 def _when(entry: dict[str, Any]) -> float:
