@@ -67,8 +67,7 @@ class UpdateSpool:
         self._directory = directory
         self._block = block
         # In memory only when the largest valid update fits: a larger one is spooled from its first byte.
-        self._buffer = buffers.take(limit) if limit <= memory_bytes else None
-        self._memory: memoryview | None = memoryview(self._buffer) if self._buffer is not None else None  # type: ignore[arg-type]  # ndarray is a buffer
+        self._memory: memoryview | None = buffers.take(limit) if limit <= memory_bytes else None
         self._scratch: bytearray | None = None
         self._pending = bytearray()
         self._fd: int | None = None
@@ -199,7 +198,6 @@ class UpdateSpool:
         """Release the memory (the buffer goes back to its keeper once nothing else refers to it)
         and the file (idempotent)."""
         self._memory = None
-        self._buffer = None
         self._scratch = None
         self._pending = bytearray()
         self._cached = None

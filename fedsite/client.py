@@ -486,7 +486,7 @@ class SiteClient:
         request = self._sealed(session, "DownloadModel", call, pb.DownloadRequest(round=round_number))
         chunks = self.stub.DownloadModel(request, metadata=metadata, timeout=self.timeout)
         opener: StreamOpener | None = None
-        data = memoryview(self._download_buffers.take(spec.max_update_bytes))  # type: ignore[arg-type]  # ndarray is a buffer
+        data = self._download_buffers.take(spec.max_update_bytes)
         size, header, resumes = 0, b"", 0
         while True:
             try:

@@ -208,9 +208,10 @@ class ReceiveBuffers:
         self._kept: list[np.ndarray] = []  # least recently taken first
         self._lock = threading.Lock()
 
-    def take(self, size: int) -> np.ndarray:
-        """``size`` writable bytes (uint8): a kept buffer nobody refers to, else a new one of zero
-        pages (kept for later when within the bounds)."""
+    def take(self, size: int) -> memoryview:
+        """``size`` writable bytes: a kept buffer nobody refers to, else a new one of zero pages
+        (kept for later when within the bounds). The view, and every view made of it, refers to
+        the buffer: it is free again once they are all gone."""
         with self._lock:
             for position in range(len(self._kept)):
                 kept = self._kept[position]
@@ -218,7 +219,7 @@ class ReceiveBuffers:
                 if kept.size == size and sys.getrefcount(kept) == 3:
                     del self._kept[position]
                     self._kept.append(kept)
-                    return kept
+                    return memoryview(kept)  # type: ignore[arg-type]  # ndarray is a buffer
                 del kept
             # numpy, not bytearray(size): numpy takes fresh zero pages from the kernel and advises huge
             # pages for a large buffer, where bytearray writes every byte and faults 4 KiB pages in
@@ -228,7 +229,7 @@ class ReceiveBuffers:
                 self._kept.append(buffer)
                 while len(self._kept) > self.most_buffers or sum(k.size for k in self._kept) > self.most_bytes:
                     del self._kept[0]
-            return buffer
+            return memoryview(buffer)  # type: ignore[arg-type]  # ndarray is a buffer
 
     @property
     def kept_bytes(self) -> int:

@@ -64,32 +64,36 @@ def test_a_spool_reads_back_what_arrived(memory: int) -> None:
 def test_a_receive_buffer_is_reused_only_when_nothing_refers_to_it() -> None:
     buffers = ReceiveBuffers(most_buffers=3, most_bytes=5_000_000)
     first = buffers.take(2_000_000)
-    view = memoryview(first)[:10]  # a user still holds a view: the buffer is not free
+    view = first[:10]  # a user still holds a view: the buffer is not free
     del first
     second = buffers.take(2_000_000)
-    assert view.obj is not second
+    assert view.obj is not second.obj
     del view
     third = buffers.take(2_000_000)  # the first one, nobody refers to it now
     assert buffers.kept_bytes == 4_000_000
     fourth = buffers.take(2_000_000)  # the second is still held (``second``): a new one, over the bytes
-    assert fourth is not second and fourth is not third and buffers.kept_bytes == 4_000_000
+    assert fourth.obj is not second.obj and fourth.obj is not third.obj and buffers.kept_bytes == 4_000_000
     del second, third, fourth
     small = buffers.take(500_000)  # another size: a new buffer; three kept at most
     assert buffers.kept_bytes == 4_500_000
     del small
-    assert buffers.take(6_000_000).size == 6_000_000 and buffers.kept_bytes == 4_500_000  # over most_bytes: not kept
+    assert buffers.take(6_000_000).nbytes == 6_000_000 and buffers.kept_bytes == 4_500_000  # over most_bytes: not kept
+
+
+def _address(view: memoryview) -> int:
+    return int(np.frombuffer(view, np.uint8).ctypes.data)
 
 
 def test_an_upload_written_over_a_kept_buffer_shows_only_its_own_bytes() -> None:
     buffers = ReceiveBuffers(most_buffers=1, most_bytes=1 << 30)
     first = _received(os.urandom(2_000_000), memory=1 << 30, limit=2_000_000, buffers=buffers)
     first.finish()
-    assert first._buffer is not None
-    address = first._buffer.ctypes.data  # not a reference: holding one would keep the buffer busy
+    assert first._memory is not None
+    address = _address(first._memory)  # not a reference: holding one would keep the buffer busy
     first.close()
     data = os.urandom(700_000)
     second = _received(data, memory=1 << 30, limit=2_000_000, buffers=buffers)
-    assert second._buffer is not None and second._buffer.ctypes.data == address  # written over
+    assert second._memory is not None and _address(second._memory) == address  # written over
     assert second.finish() == hashlib.sha256(data).digest() and second.size == len(data)
     assert bytes(second.read(0, len(data))) == data
     with pytest.raises(SpoolError):
@@ -98,7 +102,7 @@ def test_an_upload_written_over_a_kept_buffer_shows_only_its_own_bytes() -> None
     piece = np.frombuffer(second.read(0, 4000), np.float32)
     second.close()
     third = _received(os.urandom(1000), memory=1 << 30, limit=2_000_000, buffers=buffers)
-    assert third._buffer is not None and not np.shares_memory(third._buffer, piece)
+    assert third._memory is not None and not np.shares_memory(np.frombuffer(third._memory, np.uint8), piece)
     assert piece.tobytes() == data[:4000]
 
 
