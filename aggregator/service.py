@@ -1207,27 +1207,24 @@ def handlers(service: FederationService) -> list[grpc.GenericRpcHandler]:
     is read and a message that never comes times out (gRPC's unary handlers start only once the
     message has arrived, unbounded in time)."""
 
-    def serialize(message: Any) -> bytes:
-        return message.encode() if isinstance(message, Chunk) else message.SerializeToString()
-
     federation = {}
     for name, (kind, request_type, _response_type) in _METHODS.items():
         implementation = getattr(service, name)
         if kind == "unary":
             federation[name] = grpc.stream_unary_rpc_method_handler(
-                service.unary(name, implementation), _deserializer(request_type), serialize
+                service.unary(name, implementation), _deserializer(request_type), chunk_codec.encode
             )
         elif kind == "client_stream":
             federation[name] = grpc.stream_unary_rpc_method_handler(
-                service.client_stream(name, implementation), _deserializer(request_type), serialize
+                service.client_stream(name, implementation), _deserializer(request_type), chunk_codec.encode
             )
         else:
             federation[name] = grpc.stream_stream_rpc_method_handler(
-                service.server_stream(name, implementation), _deserializer(request_type), serialize
+                service.server_stream(name, implementation), _deserializer(request_type), chunk_codec.encode
             )
     health = {
         "Check": grpc.stream_unary_rpc_method_handler(
-            service.unary("Check", service.Check), _deserializer(health_pb2.HealthCheckRequest), serialize
+            service.unary("Check", service.Check), _deserializer(health_pb2.HealthCheckRequest), chunk_codec.encode
         )
     }
     return [

@@ -76,9 +76,10 @@ DOWNLOAD_METHOD = "/attestfl.v1.Federation/DownloadModel"
 UPLOAD_METHOD = "/attestfl.v1.Federation/UploadUpdate"
 
 
-def encode(chunk: Chunk | pb.SealedChunk) -> bytes:
-    """gRPC's serializer for a chunk: a :class:`Chunk`, or a generated SealedChunk (its own encoding)."""
-    return chunk.encode() if isinstance(chunk, Chunk) else chunk.SerializeToString()
+def encode(message: Any) -> bytes:
+    """gRPC's serializer where chunks travel: a :class:`Chunk` by hand, any generated message (a
+    SealedChunk included) as protobuf encodes it."""
+    return message.encode() if isinstance(message, Chunk) else message.SerializeToString()
 
 
 def decode(data: bytes) -> Chunk:
