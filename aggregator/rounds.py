@@ -104,6 +104,7 @@ from protocol.config import (
     value_repr,
 )
 from protocol.tensors import (
+    ModelBuffers,
     ModelSpec,
     UpdateFormatError,
     adopt_model_buffer,
@@ -503,11 +504,15 @@ class RoundDriver:
         self.live_sites = live_sites
         self._lock = threading.RLock()
         given = model if model is not None else config.initial_model
+        #: The models' buffers: a round's next model is made in the buffer of the model before the
+        #: last once nothing holds that one any more (protocol.tensors.ModelBuffers).
+        self._model_buffers = ModelBuffers()
         adopted = adopt_model_buffer(given, self.spec)  # the file or checkpoint as read: no copy
         if adopted is not None:
             initial, self.global_vector = adopted
         else:
-            initial, self.global_vector = model_buffer(self.spec)  # the model's bytes and its flat view
+            # the model's bytes and its flat view, every value written below
+            initial, self.global_vector = model_buffer(self.spec, self._model_buffers)
             position = 0
             for tensor, array in zip(self.spec.tensors, _in_spec_order(given, self.spec), strict=True):
                 self.global_vector[position : position + tensor.size] = np.asarray(array, np.float32).reshape(-1)
@@ -576,7 +581,7 @@ class RoundDriver:
         with DP); the close then adds the global model in place, and a round holds two models'
         worth, the current one and its sum. Made here, not when the round begins, so that the
         last round's model is no longer held (a download under way keeps its own view)."""
-        _next, output = model_buffer(self.spec)
+        _next, output = model_buffer(self.spec, self._model_buffers)  # every value written by the sum
         self._output = output if self._aggregation.use_output(output) else None
 
     def record(self, round_number: int) -> RoundRecord:
@@ -799,7 +804,7 @@ class RoundDriver:
         if out is not None and aggregate.delta.ctypes.data == out.ctypes.data and aggregate.delta.size == out.size:
             np.add(out, closing.global_vector, out=out)  # the mean is in the next model's bytes already
             return out
-        _model, vector = model_buffer(self.spec)  # written in place: the next model's bytes
+        _model, vector = model_buffer(self.spec, self._model_buffers)  # the next model's bytes, all written here
         np.add(closing.global_vector, aggregate.delta, out=vector)
         return vector
 

@@ -216,3 +216,35 @@ def test_a_receipt_that_cannot_be_logged_applies_nothing() -> None:
     with pytest.raises(OSError):
         submit(d, "a", const(1.0))
     assert d._received == {} and d._aggregation.count == 0 and d.round == 1
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "median"])
+def test_next_models_take_turns_in_two_buffers_and_a_held_model_is_never_written(strategy: str) -> None:
+    """A round's next model is made in the buffer of the model before the last (fedavg sums into
+    it, median writes the mean of the two into it), never in one that something still holds: a
+    download under way, the delivery, a checkpoint being written."""
+    large = {"w": np.zeros(200_000, np.float32)}  # past the Accumulator's serial size: its store path
+    config = TaskConfig(initial_model=large, rounds=8, min_sites=2, strategy=make_strategy(strategy))
+    config.validate()
+    d = RoundDriver(config, events=Events())
+    seen: list[int] = []  # the models' ids (a held one's is its own)
+    held, held_bytes = None, b""
+    for round_number in range(1, 8):
+        model = d.model_bytes(round_number)
+        seen.append(id(model))
+        if round_number == 3:
+            held, held_bytes = model, bytes(model)  # a reader that never lets go of round 3's model
+        del model
+        for site in ("a", "b"):
+            digest = hashlib.sha256(site.encode()).digest()
+            d.accept_update(
+                site, round_number, 1, {"w": np.full(200_000, 1.0, np.float32)}, 1.0, digest, {"site": site}
+            )
+        d.close_if_complete()
+    assert d.round == 8
+    assert np.array_equal(d.final_model()["w"], np.full(200_000, 7.0, np.float32))  # every value of each round written
+    assert held is not None and bytes(held) == held_bytes  # never written after it was made
+    assert np.array_equal(np.frombuffer(held, np.float32, offset=len(held) - 800_000), np.full(200_000, 2.0))
+    # Two buffers take turns, a third when the held one is out of turn: not one a round.
+    assert d._model_buffers.made == 3
+    assert id(held) not in seen[3:]
