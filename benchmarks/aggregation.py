@@ -19,9 +19,11 @@ Ratios are peer_ms / ours_ms (> 1 means we are faster), of median times; the swe
 gives the ratio of best runs. torch runs on every core (``torch.set_num_threads``). Each
 timed call follows a pause and untimed calls of the same candidate (``GAP_S``, ``WARM_S``):
 no candidate shares the cores with another's spinning thread pool, and each runs with its own
-pool awake. JIT compilation is kept out of
-every timing (each kernel is warmed first) and reported in the ``jit`` section, which
-also times a new process reaching its first result with the on-disk cache warm. Peers
+pool awake. The pause is at least twice as long as the previous candidate's calls
+(``SETTLE_FACTOR``): no candidate runs in the kernel's aftermath of another's large
+allocations. JIT compilation is kept out of every timing (each kernel is warmed first) and
+reported in the ``jit`` section, which also times a new process reaching its first result
+with the on-disk cache warm. Peers
 come from the ``bench`` extra (``pip install -e '.[bench]'``); one that cannot be
 imported is reported as unavailable in the JSON, with the import error.
 """
@@ -260,6 +262,12 @@ def _max_diff(a: Any, b: Any) -> float:
 #: thread takes ~0.5 ms and up to ~8 ms on this shared VM), so each timed call runs hot and alone.
 GAP_S = 0.012
 WARM_S = 0.005
+#: ...and at least this many times as long as the previous candidate's calls took. A call that
+#: allocates and frees hundreds of MB (numpy's ``np.stack``, Flower's and NVFlare's
+#: temporaries) leaves the kernel work to do after it (freeing, compacting huge pages) that
+#: takes a core and memory bandwidth for 50-100 ms here: fedavg timed 12 ms after a 400 MB
+#: ``np.stack`` took 11.1 ms against 9.4 ms alone, and the same after a 100 ms pause.
+SETTLE_FACTOR = 2.0
 
 
 def _time_interleaved(candidates: dict[str, tuple[Callable[[], object], int]], warmup: int = 1) -> dict[str, Any]:
@@ -268,27 +276,31 @@ def _time_interleaved(candidates: dict[str, tuple[Callable[[], object], int]], w
     Each candidate is (fn, repeats); a candidate with fewer repeats drops out early.
     Warm-up (JIT, allocator, caches) runs for candidates with repeats >= 3 only, so
     the slow peers are not run more often than they are timed. Each timed call follows a
-    pause of ``GAP_S`` and, for those same candidates, untimed calls (see GAP_S)."""
+    pause of ``GAP_S`` (or ``SETTLE_FACTOR`` times the previous candidate's calls, if longer)
+    and, for those same candidates, untimed calls (see GAP_S)."""
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for fn, reps in candidates.values():
         for _ in range(warmup if reps >= 3 else 0):
             fn()
     rounds = max(reps for _, reps in candidates.values())
     names = list(candidates)
+    previous = 0.0  # seconds the previous candidate's calls took (warm-up and timed)
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             fn, reps = candidates[name]
             if r < reps:
-                time.sleep(GAP_S)
+                time.sleep(max(GAP_S, SETTLE_FACTOR * previous))
+                warm_from = time.perf_counter()
                 if reps >= 3:
-                    warm_from = time.perf_counter()
                     fn()
                     while time.perf_counter() - warm_from < WARM_S:
                         fn()
                 start = time.perf_counter()
                 fn()
-                samples[name].append((time.perf_counter() - start) * 1000.0)
+                end = time.perf_counter()
+                samples[name].append((end - start) * 1000.0)
+                previous = end - warm_from
     return {
         name: {"median_ms": round(statistics.median(v), 3), "min_ms": round(min(v), 3), "repeats": len(v)}
         for name, v in samples.items()
