@@ -267,7 +267,7 @@ class ModelBuffers(KeptBuffers[bytearray]):
     """Model buffers kept for reuse (:class:`KeptBuffers`), for :func:`model_buffer`: a round's
     next model is made in the buffer of the model before the last once nothing refers to it (no
     download, checkpoint or delivery still holds it), so two buffers take turns. A new one is a
-    ``bytearray``, zeroed byte by byte: 14-18 ms for 40 MB here, about 1.5 s for 4 GB."""
+    ``bytearray``, zeroed byte by byte: 14 ms for 40 MB here, 0.22 s for 600 MB."""
 
     def __init__(self, most_buffers: int = 2, most_bytes: int = 1 << 62) -> None:
         super().__init__(most_buffers, most_bytes, bytearray)
