@@ -509,14 +509,18 @@ class SiteClient:
                         on_chunk(received)
                 break
             except grpc.RpcError as exc:  # dropped: ask for the rest of the same stream, checked by the same opener
-                if opener is None or not dropped(exc) or resumes >= RESUME_ATTEMPTS:
+                if not dropped(exc) or resumes >= RESUME_ATTEMPTS:
                     raise
-                if opener.finished:
+                if opener is not None and opener.finished:
                     break
                 resumes += 1
-                resume = download_resume_request(round_number, header, opener.next_index)
-                session, resume_call, metadata = self._next_call()
-                request = self._sealed(session, "DownloadModel", resume_call, resume)
+                session, again, metadata = self._next_call()
+                if opener is None:  # dropped before a chunk was read: nothing to resume, ask for the model again
+                    call = again  # (the new stream is sealed for the new call)
+                    request = self._sealed(session, "DownloadModel", call, pb.DownloadRequest(round=round_number))
+                else:
+                    resume = download_resume_request(round_number, header, opener.next_index)
+                    request = self._sealed(session, "DownloadModel", again, resume)
                 chunks = self.stub.DownloadModel(request, metadata=metadata, timeout=self.timeout, wait_for_ready=True)
         if opener is None:
             raise StreamError("the aggregator sent no model")

@@ -283,6 +283,23 @@ def test_download_cut_by_a_proxy_resumes_with_the_same_model(
         assert len(sizes) == -(-len(whole) // (1024 * 1024))  # each chunk opened once
 
 
+def test_download_cut_before_its_first_chunk_asks_for_the_model_again(
+    aggregator: Aggregator, deployment: Deployment, proxy: CuttingProxy
+) -> None:
+    """A connection dropped before the site has read a single chunk leaves nothing to resume
+    (no stream header yet): the site asks for the model again, in a new call."""
+    client, round_number, spec = joined(deployment, proxy.target, "site-g")
+    with client:
+        whole = bytes(client.download_model_bytes(round_number, spec))
+        cuts = proxy.cuts
+        sizes: list[int] = []
+        proxy.arm("down", 64 * 1024)  # inside the first 1 MiB chunk
+        again = client.download_model_bytes(round_number, spec, on_chunk=sizes.append)
+        assert proxy.cuts == cuts + 1
+        assert bytes(again) == whole
+        assert len(sizes) == -(-len(whole) // (1024 * 1024))  # each chunk opened once
+
+
 def test_a_download_resume_names_only_a_stream_sent_to_this_session(
     aggregator: Aggregator, deployment: Deployment
 ) -> None:
