@@ -114,9 +114,8 @@ def prepare_checkpoint(state_dir: Path, sealing: SealingKeySource, checkpoint: C
         with open(temporary, "wb") as handle:
             handle.seek(start)
             chunks = max(1, -(-len(model) // CHUNK_BYTES))
-            view = memoryview(model)  # slices of a view: the model is not copied chunk by chunk
             for index in range(chunks):
-                piece = view[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
+                piece = model[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]  # a view (``model`` is one)
                 nonce = prefix + index.to_bytes(4, "big")
                 written = handle.tell()
                 handle.write(aead.encrypt(nonce, piece, _chunk_aad(index, index == chunks - 1)))
