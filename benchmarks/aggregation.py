@@ -15,7 +15,9 @@ time (1.0 = at the memory's speed). A one-pass read on every core measures readi
 which on this machine is slower than the mixed probes: each operation also gets the floor for
 its own mix of reads and writes (``floor_ms_for_its_mix``: the larger of its byte floor and
 the time to read its inputs) and the best ``fraction_of_floor`` that mix allows. Item 8 of
-issue 19 (``floor_targets``, at P=10M) is judged against the byte floor as stated.
+issue 19 (``floor_targets``, at P=10M) is judged against the byte floor as stated. At N=10
+fedavg is also timed against the least work that moves its bytes (a plain sum of the rows,
+``least_work_probe``): ``fraction_of_least_work`` = that time / ours.
 ``accumulator_vs_torch`` sweeps update sizes from 10K to 100M values: N = 10 updates added
 to a fresh accumulator and the mean taken, ours against torch's streaming ``add_`` (then
 ``div_``), with both as fractions of the floor.
@@ -127,6 +129,29 @@ def _all_core_probes() -> tuple[Callable[..., None], Callable[..., None], Callab
         return total
 
     return triad, add, read
+
+
+#: Rows of the least-work probe below (the N of the configuration item 8 is judged at).
+SUM_ROWS_PROBE_N = 10
+
+
+def _sum_rows_probe() -> Callable[[np.ndarray, np.ndarray], None]:
+    """out = the plain sum of 10 rows (float32, no weights, one pass on every core): the least
+    work that moves exactly fedavg's bytes at N=10 (read each row once, write the output
+    once). Written out for 10 rows so that each core streams all of them at once with the
+    sums in registers; a loop over N rows would not vectorise (numba has no way to say so)."""
+    import numba
+
+    @numba.njit(parallel=True, nogil=True, fastmath={"reassoc"})
+    def sum_rows(x: np.ndarray, out: np.ndarray) -> None:
+        for t in numba.prange(x.shape[1]):
+            out[t] = (
+                ((x[0, t] + x[1, t]) + (x[2, t] + x[3, t]))
+                + ((x[4, t] + x[5, t]) + (x[6, t] + x[7, t]))
+                + (x[8, t] + x[9, t])
+            )
+
+    return sum_rows
 
 
 def bench_bandwidth(values: int = 32 * 1024 * 1024, repeats: int = 7) -> dict[str, Any]:
@@ -247,6 +272,11 @@ def evaluate_floor_targets(config: dict[str, Any]) -> list[dict[str, Any]]:
                 "most_fraction_of_floor_reachable": floor["most_fraction_of_floor_reachable"],
                 "fraction_of_floor_for_its_mix": floor["fraction_of_floor_for_its_mix"],
                 "meets_for_its_mix": floor["fraction_of_floor_for_its_mix"] >= FLOOR_TARGET,
+                **(
+                    {"fraction_of_least_work": config["operations"][op]["fraction_of_least_work"]}
+                    if "fraction_of_least_work" in config["operations"][op]
+                    else {}
+                ),
             }
         )
     return lines
@@ -425,6 +455,10 @@ def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[st
             "ours_accumulator_reused_buffer": (lambda: case.accumulate(reused), repeats),
         }
     )
+    if n == SUM_ROWS_PROBE_N:
+        sum_rows, probe_out = _sum_rows_probe(), np.empty(p, dtype=np.float32)
+        sum_rows(case.stack, probe_out)  # compile outside the timing
+        case.mean_group["probe_sum_rows"] = (lambda: sum_rows(case.stack, probe_out), repeats)
     _add_numpy(case, ours_fedavg)
     torch_mod = peers["torch"][0]
     tensors = _add_torch(case, torch_mod[0], ours_fedavg) if torch_mod is not None else None
@@ -496,10 +530,11 @@ def _add_nvflare(case: _Case, helper_cls: Any, ours_fedavg: np.ndarray, tensors:
 def _time_operations(case: _Case) -> dict[str, dict[str, Any]]:
     """Each operation's timings (ours and its peers, interleaved) and the peer/ours ratios."""
     timed = _time_interleaved(case.mean_group)
-    peers_of_mean = {k: v for k, v in timed.items() if not k.startswith("ours_")}
+    peers_of_mean = {k: v for k, v in timed.items() if not k.startswith(("ours_", "probe_"))}
+    least_work = {"least_work_probe": timed["probe_sum_rows"]} if "probe_sum_rows" in timed else {}
     ops: dict[str, dict[str, Any]] = {
-        "fedavg": {"ours": timed["ours_fedavg"], **peers_of_mean},
-        "fedavg_reused_output": {"ours": timed["ours_fedavg_reused_output"], **peers_of_mean},
+        "fedavg": {"ours": timed["ours_fedavg"], **peers_of_mean, **least_work},
+        "fedavg_reused_output": {"ours": timed["ours_fedavg_reused_output"], **peers_of_mean, **least_work},
         "accumulator": {"ours": timed["ours_accumulator"], **peers_of_mean},
         "accumulator_reused_buffer": {"ours": timed["ours_accumulator_reused_buffer"], **peers_of_mean},
     }
@@ -513,8 +548,12 @@ def _time_operations(case: _Case) -> dict[str, dict[str, Any]]:
     for per_op in ops.values():
         ours_ms = per_op["ours"]["median_ms"]
         per_op["ratios_peer_over_ours"] = {
-            who: round(v["median_ms"] / ours_ms, 2) for who, v in per_op.items() if who != "ours"
+            who: round(v["median_ms"] / ours_ms, 2)
+            for who, v in per_op.items()
+            if who not in ("ours", "least_work_probe")
         }
+        if "least_work_probe" in per_op:
+            per_op["fraction_of_least_work"] = round(per_op["least_work_probe"]["median_ms"] / ours_ms, 3)
     return ops
 
 
