@@ -6,7 +6,8 @@ updates is an (N, P) float32 array. Every input is validated before a kernel run
 the site, it is never averaged.
 
 Precision choices: ``fedavg``, the trimmed/median means, ``l2_norms`` and multi-Krum
-accumulate in float64 inside cache-resident blocks (no extra memory traffic);
+accumulate in float64 inside cache-resident blocks or, for fedavg of 5 to 12 updates
+(``native/_small_means.py``, generated), in registers (no extra memory traffic);
 ``Accumulator`` accumulates in float32 in place, like ``torch.Tensor.add_``, because a
 float64 running sum would double its memory and the bytes moved per update; Krum's
 squared distances are float32 over 512-value runs summed in float64.

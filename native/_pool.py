@@ -47,6 +47,8 @@ from ._kernels import (
     unaccumulate_finite,
     unaccumulate_serial,
 )
+from ._small_means import WIDTHS as _MEAN_WIDTHS
+from ._small_means import mean_of_width
 
 # --- atomics and system calls ---------------------------------------------------------------
 
@@ -347,10 +349,12 @@ def _group(acc, o, rows, weights, i, k, size, start, stop, mode):
 
 @njit(cache=True, nogil=True, fastmath=_FM)
 def _fedavg_blocks(ctrl, ip, first, last, acc):
-    """out = sum_i weights[i] * rows[i] over blocks [first, last): float64 in a block buffer
-    (L1/L2) that the rows stream through four at a time, the last group rounding straight
-    into the output; the result block is checked for non-finite values (the weights are
-    normalised, so it is finite iff every input is)."""
+    """out = sum_i weights[i] * rows[i] over blocks [first, last), summed in float64. 8 or 12
+    rows (``padded_rows`` pads 5 to 11 up to one of these) stream through at once, their sums
+    in registers (native/_small_means.py); other counts go four at a time through a block
+    buffer (L1/L2), the last group rounding straight into the output. Each result block is
+    checked for non-finite values (the weights are normalised, so it is finite iff every
+    input is)."""
     size = ip[_SIZE]
     n = ip[_N]
     out = _f32(ip[_OUT], size)
@@ -360,6 +364,10 @@ def _fedavg_blocks(ctrl, ip, first, last, acc):
     for b in range(first, last):
         start = b * _FEDAVG_BLOCK
         stop = min(start + _FEDAVG_BLOCK, size)
+        if mean_of_width(n, out, rows, weights, size, start, stop):
+            if _any_nonfinite(out_bits, start, stop):
+                _store(ctrl, _BAD, 1)
+            continue
         o = out[start:stop]
         i = 0
         while i < n:
@@ -579,6 +587,25 @@ def scale(state, values, factor):
     generation = _run_job(ctrl, ip, ntasks)
     _finish(ctrl, ip, fp, generation, ntasks, fp)  # fp: a scratch of the right type, unused here
     _store(state, _BUSY, 0)
+
+
+def padded_rows(addresses: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and weights for ``fedavg``: 5 to 12 rows padded up to 8 or 12 with row 0 at
+    weight 0, as the kernels of those widths keep every row's sum in registers. A zero
+    weight adds an exact zero (0 * x for a finite x; a non-finite row 0 fails the mean
+    anyway) and the repeated row is read from L1. Up to 4 rows the general loop is one pass
+    already (two for 3), and padding them costs more than it saves; above 12 the rows are too
+    many streams at once (16 was 10 % slower). Keep both arrays alive until ``fedavg``
+    returns: it reads them by address."""
+    n = addresses.shape[0]
+    width = next((w for w in _MEAN_WIDTHS if n <= w), n) if n > 4 else n
+    if width == n:
+        return addresses, weights
+    rows = np.full(width, addresses[0], dtype=addresses.dtype)
+    rows[:n] = addresses
+    padded = np.zeros(width, dtype=weights.dtype)
+    padded[:n] = weights
+    return rows, padded
 
 
 @njit(cache=True, nogil=True)

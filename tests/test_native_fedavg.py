@@ -51,6 +51,44 @@ def test_fedavg_spans_several_blocks_and_groups() -> None:
         )
 
 
+def test_fedavg_of_every_count_the_unrolled_kernels_pad_spans_pool_blocks() -> None:
+    # 5-12 rows are padded up to the 8- and 12-row kernels (row 0 at weight 0); the helper
+    # pool's blocks are 16384 values: two whole blocks and a tail.
+    rng = np.random.default_rng(5)
+    for n in range(1, 18):
+        stack = rng.standard_normal((n, 2 * 16384 + 5), dtype=np.float32)
+        weights = rng.uniform(0.5, 10.0, n).tolist()
+        got = native.fedavg(list(stack), weights)
+        np.testing.assert_allclose(got, ref_fedavg(stack, weights), rtol=1e-6, atol=1e-6, err_msg=f"N={n}")
+        np.testing.assert_array_equal(native.fedavg(stack, weights), got)
+
+
+@pytest.mark.parametrize("n", [5, 10, 12])
+@pytest.mark.parametrize("row", ["first", "last"])
+def test_a_padded_mean_names_the_site_with_a_non_finite_value(n: int, row: str) -> None:
+    # Row 0 is also the padding: a NaN there, or in the last real row, is still found and named.
+    stack = np.random.default_rng(n).standard_normal((n, 40_000), dtype=np.float32)
+    site = 0 if row == "first" else n - 1
+    stack[site, 39_999] = np.nan
+    with pytest.raises(NonFiniteUpdateError) as info:
+        native.fedavg(list(stack), [1.0] * n)
+    assert info.value.site_index == site
+
+
+def test_generated_small_mean_kernels_are_up_to_date() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    generated = subprocess.run(
+        [sys.executable, str(root / "tools" / "gen_small_means.py")], capture_output=True, text=True, check=True
+    ).stdout
+    assert generated == (root / "native" / "_small_means.py").read_text(), (
+        "native/_small_means.py is stale: python tools/gen_small_means.py > native/_small_means.py"
+    )
+
+
 def test_fedavg_accepts_strided_updates() -> None:
     rng = np.random.default_rng(4)
     base = rng.standard_normal((3, 200), dtype=np.float32)
