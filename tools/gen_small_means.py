@@ -4,9 +4,9 @@ The weighted sum of the rows is written out as one expression per column, so eve
 streams through the core at once and the float64 sums stay in vector registers. The general
 kernel (native/_pool.py) sums 4 rows at a time into a float64 block buffer: each group
 starts its rows' streams again at every block. At P=10M, side by side in one process
-(docs/performance.md), one pass (padded as below) was 1-5 % faster for 5 to 12 rows when
-this machine's memory is slow, and 9 % (10 rows) and 17 % (12 rows) faster when it is
-fast; a 16-row kernel was 10 % slower at 16 rows (too many streams at once), so more than
+(docs/performance.md), one pass (padded as below) was up to 5-9 % faster for 5 to 12 rows
+when this machine's memory is slow, and 9 % (10 rows) and 17 % (12 rows) faster when it is
+fast; a 16-row kernel was 8-12 % slower at 16 rows (too many streams at once), so more than
 12 rows take the general kernel.
 
 Two widths only: the caller pads 5-11 rows up to the next with row 0 at weight 0 (0 * x
