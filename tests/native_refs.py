@@ -61,3 +61,19 @@ def tol(stack: np.ndarray) -> float:
     """Absolute float32 tolerance for means of values up to max |stack|."""
     scale = float(np.abs(stack).max()) if stack.size else 1.0
     return 4e-7 * max(scale, 1.0) * 4
+
+
+def assert_generated_is_current(tool: str, module: str) -> None:
+    """native/``module`` is what tools/``tool`` prints now (a generated kernel file is committed:
+    numba's on-disk cache needs a real source file)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    generated = subprocess.run(
+        [sys.executable, str(root / "tools" / tool)], capture_output=True, text=True, check=True
+    ).stdout
+    assert generated == (root / "native" / module).read_text(), (
+        f"native/{module} is stale: python tools/{tool} > native/{module}"
+    )

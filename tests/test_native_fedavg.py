@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import native
 from native import AggregationError, NonFiniteUpdateError
-from native_refs import ref_fedavg, stacks, tol
+from native_refs import assert_generated_is_current, ref_fedavg, stacks, tol
 
 SETTINGS = settings(max_examples=60, deadline=None)
 WEIGHT = st.floats(0.0, 1e4, allow_nan=False)
@@ -76,17 +76,7 @@ def test_a_padded_mean_names_the_site_with_a_non_finite_value(n: int, row: str) 
 
 
 def test_generated_small_mean_kernels_are_up_to_date() -> None:
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    generated = subprocess.run(
-        [sys.executable, str(root / "tools" / "gen_small_means.py")], capture_output=True, text=True, check=True
-    ).stdout
-    assert generated == (root / "native" / "_small_means.py").read_text(), (
-        "native/_small_means.py is stale: python tools/gen_small_means.py > native/_small_means.py"
-    )
+    assert_generated_is_current("gen_small_means.py", "_small_means.py")
 
 
 def test_fedavg_accepts_strided_updates() -> None:

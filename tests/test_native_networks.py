@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from native._networks import selection_network
+from native_refs import assert_generated_is_current
 
 
 def _apply_batch(lo: np.ndarray, hi: np.ndarray, batch: np.ndarray) -> np.ndarray:
@@ -53,14 +54,4 @@ def test_pruned_networks_are_smaller_than_a_full_sort() -> None:
 
 
 def test_generated_small_network_kernels_are_up_to_date() -> None:
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    generated = subprocess.run(
-        [sys.executable, str(root / "tools" / "gen_small_networks.py")], capture_output=True, text=True, check=True
-    ).stdout
-    assert generated == (root / "native" / "_small_networks.py").read_text(), (
-        "native/_small_networks.py is stale: python tools/gen_small_networks.py > native/_small_networks.py"
-    )
+    assert_generated_is_current("gen_small_networks.py", "_small_networks.py")
