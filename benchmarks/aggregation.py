@@ -7,12 +7,15 @@ One process, one run, the same data for everyone. Prints one JSON object:
     python benchmarks/aggregation.py --large-p 2000000 --sweep-max 10000000   # modest, on a shared machine
 
 The same run measures this machine's memory bandwidth (``bandwidth``: numpy streaming copy,
-in-place add and triad on one core, and a one-pass triad, in-place add and read on every core, over
-arrays far larger than the caches) and reports each kernel against its *byte floor*: the least
-bytes it must move (read every input once, write the output once) at the best streaming
-bandwidth measured. ``fraction_of_floor`` = floor time / our median
-time (1.0 = at the memory's speed). A one-pass read on every core measures reading alone,
-which on this machine is slower than the mixed probes: each operation also gets the floor for
+in-place add and triad on one core, and a one-pass triad, in-place add, read and copy on every
+core, over arrays far larger than the caches) and reports each kernel against its *byte floor*:
+the least bytes it must move (read every input once, write the output once) at the best
+streaming bandwidth measured (here the in-place add's, which is stricter than STREAM's copy and
+triad: their writes first read the line they write, bytes STREAM does not count; the fractions
+at those two probes' GB/s are reported beside the judged ones, ``at_stream_probes``).
+``fraction_of_floor`` = floor time / our median time (1.0 = at the memory's speed). A
+one-pass read on every core measures reading alone, which on this machine is slower than
+the mixed probes: each operation also gets the floor for
 its own mix of reads and writes (``floor_ms_for_its_mix``: the larger of its byte floor and
 the time to read its inputs) and the best ``fraction_of_floor`` that mix allows. This VM's
 bandwidth can double or halve within a run, so fedavg and the Accumulator are also timed in
@@ -100,13 +103,23 @@ _STREAMS: dict[str, int] = {
     "triad_all_cores": 12,
     "add_in_place_all_cores": 12,
     "read_all_cores": 4,
+    "copy_all_cores": 8,
 }
+
+#: The probes the issue names ("a streaming copy/triad"), on every core, as STREAM counts their
+#: bytes. The floor's bandwidth is the best probe, which here is the in-place add: its write goes
+#: to a line it has just read, so no byte it moves goes uncounted. Each operation's fraction of
+#: its byte floor at these probes' GB/s is reported beside the judged one (``at_stream_probes``).
+STREAM_PROBES = ("copy_all_cores", "triad_all_cores")
 
 
 @functools.cache
-def _all_core_probes() -> tuple[Callable[..., None], Callable[..., None], Callable[..., float]]:
-    """One-pass triad, in-place add and read (a sum) on every core (numba ``prange``): one
-    core alone may not draw all of the memory's bandwidth, and our kernels use every core.
+def _all_core_probes() -> tuple[Callable[..., None], Callable[..., None], Callable[..., float], Callable[..., None]]:
+    """One-pass triad, in-place add, read (a sum) and copy on every core (numba ``prange``):
+    one core alone may not draw all of the memory's bandwidth, and our kernels use every core.
+    The triad and the copy are STREAM's (a = b + s * c; b = a), their bytes counted as STREAM
+    counts them: each array once, not the reads that a write to memory not in cache makes
+    first.
 
     The read probe is there because reading alone is slower than a mix of reads and writes
     on this machine: a sum on both cores reads 47-48 GB/s while the in-place add (two
@@ -133,7 +146,12 @@ def _all_core_probes() -> tuple[Callable[..., None], Callable[..., None], Callab
             total += a[i]
         return total
 
-    return triad, add, read
+    @numba.njit(parallel=True, nogil=True)
+    def copy(b: np.ndarray, a: np.ndarray) -> None:
+        for i in numba.prange(a.shape[0]):
+            b[i] = a[i]
+
+    return triad, add, read, copy
 
 
 #: Rows of the least-work probe below (the N of the configuration item 8 is judged at).
@@ -173,10 +191,11 @@ def bench_bandwidth(values: int = 32 * 1024 * 1024, repeats: int = 7) -> dict[st
         np.multiply(c, np.float32(0.5), out=tmp)
         np.add(b, tmp, out=a)
 
-    triad_all, add_all, read_all = _all_core_probes()
+    triad_all, add_all, read_all, copy_all = _all_core_probes()
     triad_all(a, b, c, 0.5)  # compile outside the timing
     add_all(a, b)
     read_all(c)
+    copy_all(b, a)
     probes: dict[str, Callable[[], object]] = {
         "copy": lambda: np.copyto(b, a),
         "add_in_place": lambda: np.add(a, b, out=a),
@@ -184,6 +203,7 @@ def bench_bandwidth(values: int = 32 * 1024 * 1024, repeats: int = 7) -> dict[st
         "triad_all_cores": lambda: triad_all(a, b, c, 0.5),
         "add_in_place_all_cores": lambda: add_all(a, b),
         "read_all_cores": lambda: read_all(c),
+        "copy_all_cores": lambda: copy_all(b, a),
     }
     timed = _time_interleaved({name: (fn, repeats) for name, fn in probes.items()})
     out: dict[str, Any] = {"values": values, "bytes_per_array": 4 * values}
@@ -277,9 +297,18 @@ def _same_pass_fractions(op: str, n: int, p: int, per_op: dict[str, Any]) -> dic
         floors.append(floor_t / ours_t)
         mixes.append(max(floor_t, read_floor_t) / ours_t)
         reachable.append(floor_t / max(floor_t, read_floor_t))
+    at_stream = {}
+    for name in STREAM_PROBES:
+        fractions = [
+            byte_floor(op, n, p) / (_STREAMS[name] * PROBE_VALUES / (probe_t / 1000.0)) * 1000.0 / ours_t
+            for probe_t, ours_t in zip(probes[name]["samples_ms"], ours_ms, strict=False)
+        ]
+        at_stream[name] = round(statistics.median(fractions), 3)
     return {
         "passes": len(floors),
         "fraction_of_floor": round(statistics.median(floors), 3),
+        # the byte floor at each of STREAM's probes' GB/s instead of the best probe's (information)
+        "at_stream_probes": at_stream,
         "fraction_of_floor_for_its_mix": round(statistics.median(mixes), 3),
         "most_fraction_of_floor_reachable": round(statistics.median(reachable), 3),
         "fractions_of_floor_by_pass": [round(f, 3) for f in floors],
@@ -311,6 +340,7 @@ def evaluate_floor_targets(config: dict[str, Any]) -> list[dict[str, Any]]:
                 "most_fraction_of_floor_reachable": same_pass["most_fraction_of_floor_reachable"],
                 "fraction_of_floor_for_its_mix": same_pass["fraction_of_floor_for_its_mix"],
                 "meets_for_its_mix": same_pass["fraction_of_floor_for_its_mix"] >= FLOOR_TARGET,
+                "fraction_of_floor_at_stream_probes": same_pass["at_stream_probes"],
                 **(
                     {"fraction_of_least_work": config["operations"][op]["fraction_of_least_work"]}
                     if "fraction_of_least_work" in config["operations"][op]
@@ -503,10 +533,13 @@ def bench_config(n: int, p: int, repeats: int, peer_repeats: int, peers: dict[st
     # The floor's probes in the same passes as the kernels: this VM's memory bandwidth can
     # double or halve within a run (docs/performance.md), so a probe timed minutes earlier
     # can describe another machine. Same arrays and loops as ``bench_bandwidth``'s.
-    _, add_all, read_all = _all_core_probes()
+    triad_all, add_all, read_all, copy_all = _all_core_probes()
     probe_a, probe_b = np.ones(PROBE_VALUES, np.float32), np.full(PROBE_VALUES, 2.0, np.float32)
+    probe_c = np.empty(PROBE_VALUES, np.float32)  # written by the triad and the copy
     case.mean_group["probe_add_in_place_all_cores"] = (lambda: add_all(probe_a, probe_b), repeats)
     case.mean_group["probe_read_all_cores"] = (lambda: read_all(probe_b), repeats)
+    case.mean_group["probe_triad_all_cores"] = (lambda: triad_all(probe_c, probe_b, probe_a, 0.5), repeats)
+    case.mean_group["probe_copy_all_cores"] = (lambda: copy_all(probe_c, probe_b), repeats)
     if n == SUM_ROWS_PROBE_N:
         sum_rows, probe_out = _sum_rows_probe(), np.empty(p, dtype=np.float32)
         sum_rows(case.stack, probe_out)  # compile outside the timing
@@ -588,6 +621,7 @@ def _time_operations(case: _Case) -> dict[str, dict[str, Any]]:
         "same_pass_probes": {
             "add_in_place_all_cores": timed["probe_add_in_place_all_cores"],
             "read_all_cores": timed["probe_read_all_cores"],
+            **{name: timed[f"probe_{name}"] for name in STREAM_PROBES},
         }
     }
     ops: dict[str, dict[str, Any]] = {
