@@ -282,32 +282,40 @@ def add_floors(config: dict[str, Any], bandwidth: dict[str, Any]) -> None:
 PROBE_VALUES = 32 * 1024 * 1024
 
 
+def _ms_at(nbytes: int, probe: str, probe_ms: float) -> float:
+    """Milliseconds to move ``nbytes`` at the GB/s of ``probe`` (an all-core probe over
+    ``PROBE_VALUES`` values) in a pass where it took ``probe_ms``."""
+    return nbytes * probe_ms / (_STREAMS[probe] * PROBE_VALUES)
+
+
 def _same_pass_fractions(op: str, n: int, p: int, per_op: dict[str, Any]) -> dict[str, Any]:
     """The fractions of ``add_floors``, each pass against the probes timed in that same pass
     (seconds apart), then the median over passes."""
     probes = per_op["same_pass_probes"]
     add_ms, read_ms = probes["add_in_place_all_cores"]["samples_ms"], probes["read_all_cores"]["samples_ms"]
     ours_ms = per_op["ours"]["samples_ms"]
+    moved, read = byte_floor(op, n, p), bytes_read(op, n, p)
     floors, mixes, reachable = [], [], []
     for add_t, read_t, ours_t in zip(add_ms, read_ms, ours_ms, strict=False):
-        gbps = _STREAMS["add_in_place_all_cores"] * PROBE_VALUES / (add_t / 1000.0) / 1e9
-        read_gbps = _STREAMS["read_all_cores"] * PROBE_VALUES / (read_t / 1000.0) / 1e9
-        floor_t = byte_floor(op, n, p) / (gbps * 1e9) * 1000.0
-        read_floor_t = bytes_read(op, n, p) / (read_gbps * 1e9) * 1000.0
+        floor_t = _ms_at(moved, "add_in_place_all_cores", add_t)
+        read_floor_t = _ms_at(read, "read_all_cores", read_t)
         floors.append(floor_t / ours_t)
         mixes.append(max(floor_t, read_floor_t) / ours_t)
         reachable.append(floor_t / max(floor_t, read_floor_t))
-    at_stream = {}
-    for name in STREAM_PROBES:
-        fractions = [
-            byte_floor(op, n, p) / (_STREAMS[name] * PROBE_VALUES / (probe_t / 1000.0)) * 1000.0 / ours_t
-            for probe_t, ours_t in zip(probes[name]["samples_ms"], ours_ms, strict=False)
-        ]
-        at_stream[name] = round(statistics.median(fractions), 3)
+    # the byte floor at each of STREAM's probes' GB/s instead of the best probe's (information)
+    at_stream = {
+        name: round(
+            statistics.median(
+                _ms_at(moved, name, probe_t) / ours_t
+                for probe_t, ours_t in zip(probes[name]["samples_ms"], ours_ms, strict=False)
+            ),
+            3,
+        )
+        for name in STREAM_PROBES
+    }
     return {
         "passes": len(floors),
         "fraction_of_floor": round(statistics.median(floors), 3),
-        # the byte floor at each of STREAM's probes' GB/s instead of the best probe's (information)
         "at_stream_probes": at_stream,
         "fraction_of_floor_for_its_mix": round(statistics.median(mixes), 3),
         "most_fraction_of_floor_reachable": round(statistics.median(reachable), 3),
